@@ -1,0 +1,120 @@
+package v1
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+)
+
+func TestDecodeYAML(t *testing.T) {
+	good := `kind: Mesh
+name: default
+spec:
+  defaultPolicy: deny
+---
+kind: Service
+name: greeter
+spec:
+  protocol: http
+---
+kind: Intention
+name: greeter.name
+spec: {source: greeter, destination: name, action: allow}
+`
+	res, err := DecodeYAML("good.yaml", strings.NewReader(good))
+	if err != nil {
+		t.Fatalf("DecodeYAML: %v", err)
+	}
+	if len(res) != 3 {
+		t.Fatalf("got %d resources, want 3", len(res))
+	}
+	if got := res[0].Mesh.EffectiveDefaultPolicy(); got != Deny {
+		t.Errorf("mesh default policy = %q, want deny", got)
+	}
+	if got := res[2].Intention.Destination; got != "name" {
+		t.Errorf("intention destination = %q, want name", got)
+	}
+
+	bad := []struct {
+		name, in string
+		want     []string // every substring must appear
+	}{
+		{"unknown spec field", "kind: Service\nname: a\nspec:\n  protocl: http\n",
+			[]string{"bad.yaml:4: spec.protocl: unknown field (did you mean \"protocol\"?)"}},
+		{"unknown top field", "kind: Service\nnmae: a\n", []string{"bad.yaml:2: nmae: unknown field (did you mean \"name\"?)"}},
+		{"bad protocol", "kind: Service\nname: a\nspec:\n  protocol: udp\n", []string{"bad.yaml:4: spec.protocol:", "udp"}},
+		{"bad name", "kind: Service\nname: Bad_Name\n", []string{"bad.yaml:2: name:", "lowercase"}},
+		{"unknown kind", "kind: Gizmo\nname: a\n", []string{"bad.yaml:1: kind: unknown kind \"Gizmo\""}},
+		{"missing kind", "name: a\n", []string{"kind: missing"}},
+		{"syntax", "kind: Service\nname: [a\n", []string{"bad.yaml:"}},
+		{"two errors in one doc", "kind: Intention\nname: x\nspec:\n  source: Bad\n  destination: b\n  action: maybe\n",
+			[]string{"bad.yaml:4: spec.source", "bad.yaml:6: spec.action"}},
+		{"error in second doc", "kind: Service\nname: ok\n---\nkind: Service\nname: ok2\nspec:\n  port: 70000\n",
+			[]string{"bad.yaml:7: spec.port"}},
+		{"alias", "kind: Service\nname: &a x\nspec: {description: *a}\n", []string{"aliases"}},
+		{"wrong type", "kind: Service\nname: a\nspec:\n  port: eighty\n", []string{"bad.yaml:4"}},
+		{"empty", "", []string{"no resources"}},
+	}
+	for _, tt := range bad {
+		t.Run(tt.name, func(t *testing.T) {
+			res, err := DecodeYAML("bad.yaml", strings.NewReader(tt.in))
+			if err == nil {
+				t.Fatalf("DecodeYAML succeeded with %d resources, want error", len(res))
+			}
+			if res != nil {
+				t.Errorf("DecodeYAML returned resources with an error; want none (nothing half-applied)")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not contain %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestResourceJSONRoundTrip(t *testing.T) {
+	in := Resource{Kind: KindIntention, Name: "a.b", Intention: &IntentionSpec{Source: "a", Destination: "b", Action: Deny}}
+	b, err := json.Marshal(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `{"kind":"Intention","name":"a.b","spec":{"source":"a","destination":"b","action":"deny"}}`; string(b) != want {
+		t.Errorf("json = %s, want %s", b, want)
+	}
+	var out Resource
+	if err := json.Unmarshal(b, &out); err != nil {
+		t.Fatal(err)
+	}
+	if *out.Intention != *in.Intention {
+		t.Errorf("round trip = %+v, want %+v", out.Intention, in.Intention)
+	}
+	if err := json.Unmarshal([]byte(`{"kind":"Service","name":"a","spec":{"bogus":1}}`), &out); err == nil {
+		t.Error("unknown JSON field accepted")
+	}
+}
+
+func FuzzDecodeYAML(f *testing.F) {
+	f.Add("kind: Service\nname: a\nspec:\n  protocol: http\n")
+	f.Add("kind: Intention\nname: a.b\nspec: {source: '*', destination: b, action: deny}\n")
+	f.Add("kind: Mesh\nname: default\n---\n")
+	f.Fuzz(func(t *testing.T, in string) {
+		res, err := DecodeYAML("f.yaml", strings.NewReader(in))
+		if err != nil {
+			return
+		}
+		for i := range res {
+			if err := res[i].Validate(); err != nil {
+				t.Fatalf("decoded resource fails Validate: %v", err)
+			}
+			b, err := json.Marshal(res[i])
+			if err != nil {
+				t.Fatalf("marshal decoded resource: %v", err)
+			}
+			var back Resource
+			if err := json.Unmarshal(b, &back); err != nil {
+				t.Fatalf("unmarshal %s: %v", b, err)
+			}
+		}
+	})
+}
