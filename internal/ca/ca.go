@@ -1,0 +1,358 @@
+package ca
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"net/url"
+	"time"
+
+	"github.com/trellis-mesh/trellis/internal/identity"
+)
+
+// DefaultSVIDTTL is the lifetime of a workload certificate when none is set.
+const DefaultSVIDTTL = 24 * time.Hour
+
+// clockSkew backdates certificates so that a peer whose clock is a little
+// behind still accepts them.
+const clockSkew = time.Minute
+
+// CA signs workload certificates for one trust domain.
+// It is safe for concurrent use: all fields are read-only after Load.
+type CA struct {
+	trustDomain string
+	cert        *x509.Certificate   // the signing certificate
+	chain       []*x509.Certificate // intermediates above cert, excluding the root
+	roots       []*x509.Certificate // trust anchors: the self-signed top of the chain
+	key         crypto.Signer
+}
+
+// Generate creates a new self-signed root CA for trustDomain and returns its
+// certificate and private key in PEM. The root is valid for ten years.
+func Generate(trustDomain string, now time.Time) (certPEM, keyPEM []byte, err error) {
+	if err := identity.ValidateTrustDomain(trustDomain); err != nil {
+		return nil, nil, err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, fmt.Errorf("generate ca key: %w", err)
+	}
+	serial, err := newSerial()
+	if err != nil {
+		return nil, nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               pkix.Name{Organization: []string{"Trellis"}, CommonName: "Trellis CA " + trustDomain},
+		NotBefore:             now.Add(-clockSkew),
+		NotAfter:              now.Add(10 * 365 * 24 * time.Hour),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		URIs:                  []*url.URL{{Scheme: "spiffe", Host: trustDomain}},
+		SubjectKeyId:          keyID(&key.PublicKey),
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("self-sign ca: %w", err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("encode ca key: %w", err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), nil
+}
+
+// Load builds a CA from PEM. certPEM holds the signing certificate first,
+// then optionally the intermediates and root above it (as a Private CA or
+// Vault hands them out); when the chain does not end in a self-signed root,
+// its last certificate is the trust anchor. trustDomain must be set; an
+// imported CA need not carry a SPIFFE ID of its own.
+func Load(trustDomain string, certPEM, keyPEM []byte) (*CA, error) {
+	if err := identity.ValidateTrustDomain(trustDomain); err != nil {
+		return nil, err
+	}
+	certs, err := ParseCertificates(certPEM)
+	if err != nil {
+		return nil, fmt.Errorf("ca certificate: %w", err)
+	}
+	key, err := ParsePrivateKey(keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("ca key: %w", err)
+	}
+	c := certs[0]
+	if !c.IsCA || !c.BasicConstraintsValid {
+		return nil, errors.New("ca certificate is not a CA (basic constraints)")
+	}
+	if c.KeyUsage&x509.KeyUsageCertSign == 0 {
+		return nil, errors.New("ca certificate may not sign certificates (key usage)")
+	}
+	if !publicKeysEqual(c.PublicKey, key.Public()) {
+		return nil, errors.New("ca key does not match ca certificate")
+	}
+	for i := 0; i+1 < len(certs); i++ {
+		if err := certs[i].CheckSignatureFrom(certs[i+1]); err != nil {
+			return nil, fmt.Errorf("ca chain: certificate %d is not signed by certificate %d: %w", i+1, i+2, err)
+		}
+	}
+	top := certs[len(certs)-1]
+	ca := &CA{trustDomain: trustDomain, cert: c, key: key, roots: []*x509.Certificate{top}}
+	if len(certs) > 2 {
+		// The anchor is held by every peer; only what lies between travels.
+		ca.chain = certs[1 : len(certs)-1]
+	}
+	return ca, nil
+}
+
+// TrustDomain returns the CA's trust domain.
+func (ca *CA) TrustDomain() string { return ca.trustDomain }
+
+// Certificate returns the signing certificate.
+func (ca *CA) Certificate() *x509.Certificate { return ca.cert }
+
+// RootsPEM returns the trust anchors in PEM, the bundle proxies verify with.
+func (ca *CA) RootsPEM() []byte {
+	var b bytes.Buffer
+	for _, r := range ca.roots {
+		_ = pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: r.Raw})
+	}
+	return b.Bytes()
+}
+
+// SignRequest says what to sign.
+type SignRequest struct {
+	// CSR is a DER or PEM PKCS#10 request; only its public key is used.
+	CSR []byte
+	// ID is the identity to put in the certificate's one URI SAN.
+	ID identity.ID
+	// TTL is the lifetime; zero means DefaultSVIDTTL. It is cut to the CA's
+	// own expiry.
+	TTL time.Duration
+	// Now is the issue time; zero means time.Now.
+	Now time.Time
+}
+
+// SignSVID verifies the CSR's signature and issues an X509-SVID for req.ID.
+// It returns the leaf followed by the CA chain up to (not including) the
+// root, in PEM.
+func (ca *CA) SignSVID(req SignRequest) ([]byte, error) {
+	if req.ID.TrustDomain() != ca.trustDomain {
+		return nil, fmt.Errorf("sign %s: trust domain is not %q", req.ID, ca.trustDomain)
+	}
+	pub, err := csrPublicKey(req.CSR)
+	if err != nil {
+		return nil, fmt.Errorf("sign %s: %w", req.ID, err)
+	}
+	tmpl, err := ca.leafTemplate(pub, req.TTL, req.Now)
+	if err != nil {
+		return nil, err
+	}
+	tmpl.Subject = pkix.Name{Organization: []string{"Trellis"}, CommonName: req.ID.Service()}
+	tmpl.URIs = []*url.URL{req.ID.URL()}
+	return ca.sign(tmpl, pub)
+}
+
+// ServingRequest describes a TLS server certificate for the control plane.
+type ServingRequest struct {
+	PublicKey crypto.PublicKey
+	ID        identity.ID // optional SPIFFE ID for the server
+	DNSNames  []string
+	IPs       []net.IP
+	TTL       time.Duration
+	Now       time.Time
+}
+
+// SignServing issues a server certificate with DNS and IP SANs, for the
+// control plane's API, so that clients verify it against the mesh roots.
+func (ca *CA) SignServing(req ServingRequest) ([]byte, error) {
+	tmpl, err := ca.leafTemplate(req.PublicKey, req.TTL, req.Now)
+	if err != nil {
+		return nil, err
+	}
+	tmpl.Subject = pkix.Name{Organization: []string{"Trellis"}, CommonName: "trellis-server"}
+	tmpl.DNSNames = req.DNSNames
+	tmpl.IPAddresses = req.IPs
+	if !req.ID.IsZero() {
+		tmpl.URIs = []*url.URL{req.ID.URL()}
+	}
+	return ca.sign(tmpl, req.PublicKey)
+}
+
+func (ca *CA) leafTemplate(pub crypto.PublicKey, ttl time.Duration, now time.Time) (*x509.Certificate, error) {
+	if now.IsZero() {
+		now = time.Now()
+	}
+	if ttl <= 0 {
+		ttl = DefaultSVIDTTL
+	}
+	notAfter := now.Add(ttl)
+	if notAfter.After(ca.cert.NotAfter) {
+		notAfter = ca.cert.NotAfter
+	}
+	serial, err := newSerial()
+	if err != nil {
+		return nil, err
+	}
+	usage := x509.KeyUsageDigitalSignature
+	if _, ok := pub.(*rsa.PublicKey); ok {
+		usage |= x509.KeyUsageKeyEncipherment
+	}
+	return &x509.Certificate{
+		SerialNumber:          serial,
+		NotBefore:             now.Add(-clockSkew),
+		NotAfter:              notAfter,
+		KeyUsage:              usage,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  false,
+		SubjectKeyId:          keyID(pub),
+		AuthorityKeyId:        ca.cert.SubjectKeyId,
+	}, nil
+}
+
+func (ca *CA) sign(tmpl *x509.Certificate, pub crypto.PublicKey) ([]byte, error) {
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, pub, ca.key)
+	if err != nil {
+		return nil, fmt.Errorf("sign certificate: %w", err)
+	}
+	var b bytes.Buffer
+	_ = pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: der})
+	// The signing certificate travels with the leaf unless it is itself a
+	// root every peer already holds.
+	if len(ca.chain) > 0 || !ca.isRoot(ca.cert) {
+		_ = pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: ca.cert.Raw})
+	}
+	for _, c := range ca.chain {
+		_ = pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+	}
+	return b.Bytes(), nil
+}
+
+func (ca *CA) isRoot(c *x509.Certificate) bool {
+	for _, r := range ca.roots {
+		if r.Equal(c) {
+			return true
+		}
+	}
+	return false
+}
+
+func csrPublicKey(b []byte) (crypto.PublicKey, error) {
+	if p, _ := pem.Decode(b); p != nil {
+		if p.Type != "CERTIFICATE REQUEST" {
+			return nil, fmt.Errorf("pem block is %q, want CERTIFICATE REQUEST", p.Type)
+		}
+		b = p.Bytes
+	}
+	csr, err := x509.ParseCertificateRequest(b)
+	if err != nil {
+		return nil, fmt.Errorf("parse csr: %w", err)
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return nil, fmt.Errorf("csr signature: %w", err)
+	}
+	switch k := csr.PublicKey.(type) {
+	case *ecdsa.PublicKey:
+		if k.Curve != elliptic.P256() && k.Curve != elliptic.P384() {
+			return nil, fmt.Errorf("csr key: curve %s is not P-256 or P-384", k.Curve.Params().Name)
+		}
+	case *rsa.PublicKey:
+		if k.N.BitLen() < 2048 {
+			return nil, fmt.Errorf("csr key: RSA %d bits is under 2048", k.N.BitLen())
+		}
+	case ed25519.PublicKey:
+	default:
+		return nil, fmt.Errorf("csr key: unsupported type %T", k)
+	}
+	return csr.PublicKey, nil
+}
+
+// ParseCertificates parses every CERTIFICATE block in b.
+func ParseCertificates(b []byte) ([]*x509.Certificate, error) {
+	var out []*x509.Certificate
+	for {
+		var p *pem.Block
+		p, b = pem.Decode(b)
+		if p == nil {
+			break
+		}
+		if p.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(p.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("certificate %d: %w", len(out)+1, err)
+		}
+		out = append(out, c)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no PEM CERTIFICATE block found")
+	}
+	return out, nil
+}
+
+// ParsePrivateKey parses a PEM PKCS#8, EC or PKCS#1 private key.
+func ParsePrivateKey(b []byte) (crypto.Signer, error) {
+	p, _ := pem.Decode(b)
+	if p == nil {
+		return nil, errors.New("no PEM block found")
+	}
+	var (
+		k   any
+		err error
+	)
+	switch p.Type {
+	case "PRIVATE KEY":
+		k, err = x509.ParsePKCS8PrivateKey(p.Bytes)
+	case "EC PRIVATE KEY":
+		k, err = x509.ParseECPrivateKey(p.Bytes)
+	case "RSA PRIVATE KEY":
+		k, err = x509.ParsePKCS1PrivateKey(p.Bytes)
+	default:
+		return nil, fmt.Errorf("pem block is %q, not a private key", p.Type)
+	}
+	if err != nil {
+		return nil, err
+	}
+	s, ok := k.(crypto.Signer)
+	if !ok {
+		return nil, fmt.Errorf("key type %T cannot sign", k)
+	}
+	return s, nil
+}
+
+func publicKeysEqual(a, b crypto.PublicKey) bool {
+	type eq interface{ Equal(crypto.PublicKey) bool }
+	x, ok := a.(eq)
+	return ok && x.Equal(b)
+}
+
+func newSerial() (*big.Int, error) {
+	s, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		return nil, fmt.Errorf("serial number: %w", err)
+	}
+	return s.Add(s, big.NewInt(1)), nil
+}
+
+func keyID(pub crypto.PublicKey) []byte {
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return nil
+	}
+	sum := sha256.Sum256(der)
+	return sum[:20]
+}

@@ -1,0 +1,3 @@
+// Package trellistest holds helpers for tests: an in-process CA that issues
+// real SVIDs, free loopback ports, and polling with deadlines.
+package trellistest
