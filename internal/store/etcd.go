@@ -1,0 +1,233 @@
+package store
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+// EtcdConfig says how to reach etcd.
+type EtcdConfig struct {
+	// Endpoints are etcd client URLs, such as http://127.0.0.1:2379.
+	Endpoints []string
+	// TLS, when set, is used to reach the endpoints.
+	TLS *tls.Config
+	// DialTimeout bounds the first connection; zero means 5s.
+	DialTimeout time.Duration
+	// Prefix is put before every key, so that one etcd can hold several
+	// meshes; empty means "/trellis".
+	Prefix string
+}
+
+// Etcd is a Store on the etcd v3 API.
+type Etcd struct {
+	c      *clientv3.Client
+	prefix string
+}
+
+var _ Store = (*Etcd)(nil)
+
+// NewEtcd connects to etcd and checks that it answers.
+func NewEtcd(ctx context.Context, cfg EtcdConfig) (*Etcd, error) {
+	if len(cfg.Endpoints) == 0 {
+		return nil, errors.New("etcd: no endpoints")
+	}
+	if cfg.DialTimeout == 0 {
+		cfg.DialTimeout = 5 * time.Second
+	}
+	if cfg.Prefix == "" {
+		cfg.Prefix = "/trellis"
+	}
+	c, err := clientv3.New(clientv3.Config{
+		Endpoints:   cfg.Endpoints,
+		TLS:         cfg.TLS,
+		DialTimeout: cfg.DialTimeout,
+		Logger:      zap.NewNop(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("etcd %v: %w", cfg.Endpoints, err)
+	}
+	pctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
+	defer cancel()
+	if _, err := c.Get(pctx, cfg.Prefix+"/", clientv3.WithCountOnly()); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("etcd %v: %w", cfg.Endpoints, err)
+	}
+	return &Etcd{c: c, prefix: cfg.Prefix}, nil
+}
+
+func (e *Etcd) kv(k *mvccpb.KeyValue) KV {
+	return KV{Key: string(k.Key[len(e.prefix):]), Value: k.Value, Rev: k.ModRevision}
+}
+
+// Get implements Store.
+func (e *Etcd) Get(ctx context.Context, key string) (KV, error) {
+	r, err := e.c.Get(ctx, e.prefix+key)
+	if err != nil {
+		return KV{}, fmt.Errorf("get %s: %w", key, err)
+	}
+	if len(r.Kvs) == 0 {
+		return KV{}, fmt.Errorf("get %s: %w", key, ErrNotFound)
+	}
+	return e.kv(r.Kvs[0]), nil
+}
+
+// List implements Store.
+func (e *Etcd) List(ctx context.Context, prefix string) ([]KV, int64, error) {
+	r, err := e.c.Get(ctx, e.prefix+prefix, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
+	if err != nil {
+		return nil, 0, fmt.Errorf("list %s: %w", prefix, err)
+	}
+	out := make([]KV, len(r.Kvs))
+	for i, k := range r.Kvs {
+		out[i] = e.kv(k)
+	}
+	return out, r.Header.Revision, nil
+}
+
+// Put implements Store.
+func (e *Etcd) Put(ctx context.Context, key string, value []byte, lease LeaseID) error {
+	var opts []clientv3.OpOption
+	if lease != 0 {
+		opts = append(opts, clientv3.WithLease(clientv3.LeaseID(lease)))
+	}
+	if _, err := e.c.Put(ctx, e.prefix+key, string(value), opts...); err != nil {
+		return fmt.Errorf("put %s: %w", key, err)
+	}
+	return nil
+}
+
+// Create implements Store.
+func (e *Etcd) Create(ctx context.Context, key string, value []byte) error {
+	err := e.Commit(ctx, []Op{{Key: key, Value: value, IfRev: -1}})
+	if errors.Is(err, ErrConflict) {
+		return fmt.Errorf("create %s: %w", key, ErrExists)
+	}
+	return err
+}
+
+// Delete implements Store.
+func (e *Etcd) Delete(ctx context.Context, key string) error {
+	r, err := e.c.Delete(ctx, e.prefix+key)
+	if err != nil {
+		return fmt.Errorf("delete %s: %w", key, err)
+	}
+	if r.Deleted == 0 {
+		return fmt.Errorf("delete %s: %w", key, ErrNotFound)
+	}
+	return nil
+}
+
+// Commit implements Store.
+func (e *Etcd) Commit(ctx context.Context, ops []Op) error {
+	var (
+		cmps []clientv3.Cmp
+		then []clientv3.Op
+	)
+	for _, op := range ops {
+		k := e.prefix + op.Key
+		switch {
+		case op.IfRev == -1:
+			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(k), "=", 0))
+		case op.IfRev > 0:
+			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "=", op.IfRev))
+		}
+		if op.Delete {
+			then = append(then, clientv3.OpDelete(k))
+		} else {
+			then = append(then, clientv3.OpPut(k, string(op.Value)))
+		}
+	}
+	r, err := e.c.Txn(ctx).If(cmps...).Then(then...).Commit()
+	if err != nil {
+		return fmt.Errorf("commit %d ops: %w", len(ops), err)
+	}
+	if !r.Succeeded {
+		return ErrConflict
+	}
+	return nil
+}
+
+// Watch implements Store.
+func (e *Etcd) Watch(ctx context.Context, prefix string, rev int64) <-chan WatchBatch {
+	out := make(chan WatchBatch)
+	go func() {
+		defer close(out)
+		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		defer cancel()
+		wc := e.c.Watch(wctx, e.prefix+prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1))
+		for resp := range wc {
+			b := WatchBatch{Rev: resp.Header.Revision}
+			if err := resp.Err(); err != nil {
+				b.Err = fmt.Errorf("watch %s: %w", prefix, err)
+			}
+			for _, ev := range resp.Events {
+				t := Put
+				if ev.Type == clientv3.EventTypeDelete {
+					t = Delete
+				}
+				b.Events = append(b.Events, Event{Type: t, KV: e.kv(ev.Kv)})
+			}
+			select {
+			case out <- b:
+			case <-ctx.Done():
+				return
+			}
+			if b.Err != nil {
+				return
+			}
+		}
+		if ctx.Err() == nil {
+			select {
+			case out <- WatchBatch{Err: fmt.Errorf("watch %s: closed", prefix)}:
+			case <-ctx.Done():
+			}
+		}
+	}()
+	return out
+}
+
+// Grant implements Store.
+func (e *Etcd) Grant(ctx context.Context, ttl time.Duration) (LeaseID, error) {
+	secs := int64(ttl / time.Second)
+	if secs < 1 {
+		secs = 1
+	}
+	r, err := e.c.Grant(ctx, secs)
+	if err != nil {
+		return 0, fmt.Errorf("grant lease: %w", err)
+	}
+	return LeaseID(r.ID), nil
+}
+
+// KeepAlive implements Store.
+func (e *Etcd) KeepAlive(ctx context.Context, id LeaseID) error {
+	ch, err := e.c.KeepAlive(ctx, clientv3.LeaseID(id))
+	if err != nil {
+		return fmt.Errorf("keep lease %x alive: %w", id, err)
+	}
+	for range ch {
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return fmt.Errorf("lease %x lost", id)
+}
+
+// Revoke implements Store.
+func (e *Etcd) Revoke(ctx context.Context, id LeaseID) error {
+	if _, err := e.c.Revoke(ctx, clientv3.LeaseID(id)); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		return fmt.Errorf("revoke lease %x: %w", id, err)
+	}
+	return nil
+}
+
+// Close implements Store.
+func (e *Etcd) Close() error { return e.c.Close() }

@@ -1,0 +1,84 @@
+package store_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/trellis-mesh/trellis/internal/store"
+	"github.com/trellis-mesh/trellis/internal/store/storetest"
+)
+
+var prefixes atomic.Int64
+
+func newOn(endpoints []string) func(t *testing.T) store.Store {
+	return func(t *testing.T) store.Store {
+		s, err := store.NewEtcd(context.Background(), store.EtcdConfig{
+			Endpoints: endpoints,
+			Prefix:    fmt.Sprintf("/test%d", prefixes.Add(1)),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+}
+
+func TestEmbeddedEtcd(t *testing.T) {
+	e, err := store.StartEmbedded(context.Background(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	storetest.Run(t, newOn(e.Endpoints()))
+}
+
+// TestExternalEtcd runs the same suite against a separate etcd server
+// process, as a production deployment with --etcd-endpoints would use.
+func TestExternalEtcd(t *testing.T) {
+	bin, err := exec.LookPath("etcd")
+	if err != nil {
+		t.Skip("etcd binary not found; install Debian's etcd-server (.ci/run does)")
+	}
+	client, peer := freeAddr(t), freeAddr(t)
+	dir := t.TempDir()
+	cmd := exec.Command(bin,
+		"--name", "ext", "--data-dir", filepath.Join(dir, "data"),
+		"--listen-client-urls", "http://"+client, "--advertise-client-urls", "http://"+client,
+		"--listen-peer-urls", "http://"+peer, "--initial-advertise-peer-urls", "http://"+peer,
+		"--initial-cluster", "ext=http://"+peer, "--log-level", "error")
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		c, err := net.Dial("tcp", client)
+		if err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("external etcd not listening on %s", client)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	storetest.Run(t, newOn([]string{"http://" + client}))
+}
+
+func freeAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
