@@ -1,0 +1,140 @@
+package topology
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+
+	v1 "github.com/trellis-mesh/trellis/api/v1"
+	"github.com/trellis-mesh/trellis/internal/authz"
+	"github.com/trellis-mesh/trellis/internal/identity"
+)
+
+// Snapshot is everything one proxy needs, applied atomically.
+type Snapshot struct {
+	// Version identifies the content: equal content, equal version, on every
+	// control plane server.
+	Version string `json:"version"`
+	// Service is the proxy's own service.
+	Service string `json:"service"`
+	// TrustDomain and RootsPEM are the trust bundle peers are verified with.
+	TrustDomain string `json:"trustDomain"`
+	RootsPEM    string `json:"roots"`
+	// MTLS is the mesh's mode, strict or permissive.
+	MTLS string `json:"mtls"`
+	// Inbound authorizes callers of Service.
+	Inbound authz.Policy `json:"inbound"`
+	// Upstreams are the services the proxy has listeners for, by name.
+	Upstreams []Upstream `json:"upstreams"`
+}
+
+// Upstream is one destination service and its healthy endpoints.
+type Upstream struct {
+	Service   string     `json:"service"`
+	Protocol  string     `json:"protocol"`
+	Endpoints []Endpoint `json:"endpoints"`
+}
+
+// Endpoint is one healthy instance's proxy.
+type Endpoint struct {
+	Instance string `json:"instance"`
+	Address  string `json:"address"`
+	Port     int    `json:"port"`
+	Version  string `json:"version,omitempty"`
+	Network  string `json:"network,omitempty"`
+}
+
+// Upstream returns the named upstream, or nil.
+func (s *Snapshot) Upstream(service string) *Upstream {
+	for i := range s.Upstreams {
+		if s.Upstreams[i].Service == service {
+			return &s.Upstreams[i]
+		}
+	}
+	return nil
+}
+
+// Validate checks what a proxy relies on before applying a snapshot.
+func (s *Snapshot) Validate() error {
+	var errs []error
+	if err := identity.ValidateServiceName(s.Service); err != nil {
+		errs = append(errs, fmt.Errorf("service: %w", err))
+	}
+	if err := identity.ValidateTrustDomain(s.TrustDomain); err != nil {
+		errs = append(errs, fmt.Errorf("trustDomain: %w", err))
+	}
+	if s.RootsPEM == "" {
+		errs = append(errs, errors.New("roots: empty trust bundle"))
+	}
+	if s.MTLS != v1.MTLSStrict && s.MTLS != v1.MTLSPermissive {
+		errs = append(errs, fmt.Errorf("mtls: %q is not a mode", s.MTLS))
+	}
+	for _, u := range s.Upstreams {
+		for _, e := range u.Endpoints {
+			if e.Address == "" || e.Port <= 0 || e.Port > 65535 {
+				errs = append(errs, fmt.Errorf("upstream %s: endpoint %s has address %q port %d", u.Service, e.Instance, e.Address, e.Port))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Mesh is the state of the whole mesh, as the control plane read it.
+type Mesh struct {
+	TrustDomain string
+	RootsPEM    string
+	Mesh        *v1.MeshSpec
+	Services    map[string]*v1.ServiceSpec
+	Intentions  []v1.IntentionSpec
+	// Instances by service.
+	Instances map[string][]v1.Instance
+}
+
+// Proxy is what a proxy told the control plane about itself.
+type Proxy struct {
+	Service   string
+	Upstreams []string
+}
+
+// Compute returns the snapshot for p.
+func Compute(m *Mesh, p Proxy) *Snapshot {
+	s := &Snapshot{
+		Service:     p.Service,
+		TrustDomain: m.TrustDomain,
+		RootsPEM:    m.RootsPEM,
+		MTLS:        m.Mesh.EffectiveMTLS(),
+		Inbound:     authz.ForDestination(p.Service, m.Mesh.EffectiveDefaultPolicy(), m.Intentions),
+		Upstreams:   []Upstream{},
+	}
+	ups := append([]string(nil), p.Upstreams...)
+	sort.Strings(ups)
+	for i, name := range ups {
+		if i > 0 && ups[i-1] == name {
+			continue
+		}
+		u := Upstream{Service: name, Protocol: m.Services[name].EffectiveProtocol(), Endpoints: []Endpoint{}}
+		for _, in := range m.Instances[name] {
+			if !in.Healthy {
+				continue
+			}
+			u.Endpoints = append(u.Endpoints, Endpoint{
+				Instance: in.ID, Address: in.Address, Port: in.Port, Version: in.Version, Network: in.Network,
+			})
+		}
+		sort.Slice(u.Endpoints, func(i, j int) bool { return u.Endpoints[i].Instance < u.Endpoints[j].Instance })
+		s.Upstreams = append(s.Upstreams, u)
+	}
+	s.Version = contentVersion(s)
+	return s
+}
+
+func contentVersion(s *Snapshot) string {
+	c := *s
+	c.Version = ""
+	b, _ := json.Marshal(&c)
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:8])
+}
