@@ -1,0 +1,374 @@
+package control
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	v1 "github.com/trellis-mesh/trellis/api/v1"
+	"github.com/trellis-mesh/trellis/internal/ca"
+	"github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/store"
+)
+
+// maxBody bounds request bodies: resources and CSRs are small.
+const maxBody = 1 << 20
+
+// apiError is an error with its HTTP status.
+type apiError struct {
+	status int
+	msg    string
+}
+
+func (e *apiError) Error() string { return e.msg }
+
+func badRequest(format string, args ...any) error {
+	return &apiError{status: http.StatusBadRequest, msg: fmt.Sprintf(format, args...)}
+}
+
+func notFound(format string, args ...any) error {
+	return &apiError{status: http.StatusNotFound, msg: fmt.Sprintf(format, args...)}
+}
+
+// handler is an API handler: it returns the value to encode or an error.
+type handler func(p principal, r *http.Request) (any, error)
+
+// access says who may call a handler.
+type access int
+
+const (
+	adminOnly access = iota
+	anyToken
+)
+
+func (s *Server) routes() *http.ServeMux {
+	mux := http.NewServeMux()
+	h := func(pattern string, a access, fn handler) { mux.Handle(pattern, s.wrap(a, fn)) }
+	h("GET /v1/services", adminOnly, s.listServices)
+	h("GET /v1/instances", adminOnly, s.listInstances)
+	h("GET /v1/proxies", adminOnly, s.listProxies)
+	h("GET /v1/intentions", adminOnly, func(principal, *http.Request) (any, error) {
+		return s.state.listResources(v1.KindIntention), nil
+	})
+	h("GET /v1/resources/{kind}", adminOnly, s.listResources)
+	h("GET /v1/resources/{kind}/{name}", adminOnly, s.getResource)
+	h("DELETE /v1/resources/{kind}/{name}", adminOnly, s.deleteResource)
+	h("POST /v1/resources", adminOnly, s.applyResources)
+	h("GET /v1/ca/roots", anyToken, s.roots)
+	h("POST /v1/ca/sign", anyToken, s.sign)
+	h("GET /v1/tokens", adminOnly, func(principal, *http.Request) (any, error) { return s.state.listTokens(), nil })
+	h("POST /v1/tokens", adminOnly, s.createToken)
+	h("DELETE /v1/tokens/{id}", adminOnly, s.deleteToken)
+	mux.Handle("GET /metrics", s.metricsHandler)
+	mux.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusNotFound, map[string]string{"error": "no such API: " + r.Method + " " + r.URL.Path})
+	})
+	return mux
+}
+
+func (s *Server) wrap(a access, fn handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p, err := s.authRequest(r)
+		if err != nil {
+			s.metrics.api.WithLabelValues("401").Inc()
+			w.Header().Set("WWW-Authenticate", `Bearer realm="trellis"`)
+			writeJSON(w, http.StatusUnauthorized, map[string]string{"error": err.Error()})
+			return
+		}
+		if a == adminOnly && !p.isAdmin() {
+			s.metrics.api.WithLabelValues("403").Inc()
+			writeJSON(w, http.StatusForbidden, map[string]string{"error": "this API needs an admin token"})
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+		v, err := fn(p, r)
+		code := http.StatusOK
+		if err != nil {
+			var ae *apiError
+			switch {
+			case errors.As(err, &ae):
+				code = ae.status
+			case errors.Is(err, errForbidden):
+				code = http.StatusForbidden
+			default:
+				code = http.StatusInternalServerError
+				s.log.Error("api", "method", r.Method, "path", r.URL.Path, "err", err)
+			}
+			v = map[string]string{"error": err.Error()}
+		}
+		s.metrics.api.WithLabelValues(fmt.Sprint(code)).Inc()
+		writeJSON(w, code, v)
+	})
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+func decodeBody(r *http.Request, v any) error {
+	b, err := io.ReadAll(r.Body)
+	if err != nil {
+		return badRequest("read body: %v", err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return badRequest("decode body: %v", err)
+	}
+	return nil
+}
+
+// ServiceSummary is one entry of GET /v1/services.
+type ServiceSummary struct {
+	Name      string `json:"name"`
+	Protocol  string `json:"protocol"`
+	Instances int    `json:"instances"`
+	Healthy   int    `json:"healthy"`
+	Declared  bool   `json:"declared"`
+}
+
+func (s *Server) listServices(principal, *http.Request) (any, error) {
+	m := s.state.mesh()
+	byName := map[string]*ServiceSummary{}
+	get := func(n string) *ServiceSummary {
+		if byName[n] == nil {
+			byName[n] = &ServiceSummary{Name: n, Protocol: m.Services[n].EffectiveProtocol()}
+		}
+		return byName[n]
+	}
+	for n := range m.Services {
+		get(n).Declared = true
+	}
+	for n, ins := range m.Instances {
+		sum := get(n)
+		for _, in := range ins {
+			sum.Instances++
+			if in.Healthy {
+				sum.Healthy++
+			}
+		}
+	}
+	out := make([]ServiceSummary, 0, len(byName))
+	for _, v := range byName {
+		out = append(out, *v)
+	}
+	slices.SortFunc(out, func(a, b ServiceSummary) int { return strings.Compare(a.Name, b.Name) })
+	return out, nil
+}
+
+func (s *Server) listInstances(_ principal, r *http.Request) (any, error) {
+	out := s.state.listInstances(r.URL.Query().Get("service"))
+	if out == nil {
+		out = []v1.Instance{}
+	}
+	return out, nil
+}
+
+func (s *Server) listProxies(principal, *http.Request) (any, error) { return s.state.listStatus(), nil }
+
+func checkKind(kind string) error {
+	if !slices.Contains(v1.Kinds, kind) {
+		return notFound("unknown kind %q (want one of %v)", kind, v1.Kinds)
+	}
+	return nil
+}
+
+func (s *Server) listResources(_ principal, r *http.Request) (any, error) {
+	kind := r.PathValue("kind")
+	if err := checkKind(kind); err != nil {
+		return nil, err
+	}
+	return s.state.listResources(kind), nil
+}
+
+func (s *Server) getResource(_ principal, r *http.Request) (any, error) {
+	kind, name := r.PathValue("kind"), r.PathValue("name")
+	if err := checkKind(kind); err != nil {
+		return nil, err
+	}
+	res, ok := s.state.resource(kind, name)
+	if !ok {
+		return nil, notFound("%s %q not found", kind, name)
+	}
+	return res, nil
+}
+
+func (s *Server) deleteResource(_ principal, r *http.Request) (any, error) {
+	kind, name := r.PathValue("kind"), r.PathValue("name")
+	if err := checkKind(kind); err != nil {
+		return nil, err
+	}
+	err := s.store.Delete(r.Context(), resourceKey(kind, name))
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, notFound("%s %q not found", kind, name)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return map[string]string{"deleted": kind + "/" + name}, nil
+}
+
+// ApplyResult reports what an apply changed.
+type ApplyResult struct {
+	Applied []string `json:"applied"`
+}
+
+// applyResources validates every resource, checks them against each other and
+// the stored ones, and commits all in one transaction or none.
+func (s *Server) applyResources(_ principal, r *http.Request) (any, error) {
+	var in []v1.Resource
+	if err := decodeBody(r, &in); err != nil {
+		return nil, err
+	}
+	if len(in) == 0 {
+		return nil, badRequest("no resources")
+	}
+	var errs []string
+	pairs := map[string]string{} // "src>dst" -> intention name
+	for _, res := range s.state.listResources(v1.KindIntention) {
+		pairs[res.Intention.Source+">"+res.Intention.Destination] = res.Name
+	}
+	seen := map[string]bool{}
+	var ops []store.Op
+	for i := range in {
+		res := &in[i]
+		where := fmt.Sprintf("resource %d (%s %q)", i+1, res.Kind, res.Name)
+		if err := res.Validate(); err != nil {
+			errs = append(errs, where+": "+strings.ReplaceAll(err.Error(), "\n", "; "))
+			continue
+		}
+		key := resourceKey(res.Kind, res.Name)
+		if seen[key] {
+			errs = append(errs, where+": appears twice")
+		}
+		seen[key] = true
+		switch res.Kind {
+		case v1.KindMesh:
+			if td := res.Mesh.TrustDomain; td != "" && td != s.ca.TrustDomain() {
+				errs = append(errs, fmt.Sprintf("%s: spec.trustDomain: %q differs from the CA's %q (it is fixed when the CA is made)", where, td, s.ca.TrustDomain()))
+			}
+		case v1.KindIntention:
+			pair := res.Intention.Source + ">" + res.Intention.Destination
+			if other, ok := pairs[pair]; ok && other != res.Name {
+				errs = append(errs, fmt.Sprintf("%s: intention %q already covers %s -> %s", where, other, res.Intention.Source, res.Intention.Destination))
+			}
+			pairs[pair] = res.Name
+		}
+		b, err := json.Marshal(res)
+		if err != nil {
+			return nil, err
+		}
+		ops = append(ops, store.Op{Key: key, Value: b})
+	}
+	if len(errs) > 0 {
+		return nil, badRequest("nothing applied: %s", strings.Join(errs, "; "))
+	}
+	if err := s.store.Commit(r.Context(), ops); err != nil {
+		return nil, fmt.Errorf("commit: %w", err)
+	}
+	var res ApplyResult
+	for _, x := range in {
+		res.Applied = append(res.Applied, x.Kind+"/"+x.Name)
+	}
+	return res, nil
+}
+
+// RootsResponse is the body of GET /v1/ca/roots.
+type RootsResponse struct {
+	TrustDomain string `json:"trustDomain"`
+	RootsPEM    string `json:"roots"`
+}
+
+func (s *Server) roots(principal, *http.Request) (any, error) {
+	m := s.state.mesh()
+	return RootsResponse{TrustDomain: m.TrustDomain, RootsPEM: m.RootsPEM}, nil
+}
+
+// SignRequest is the body of POST /v1/ca/sign.
+type SignRequest struct {
+	Service string `json:"service"`
+	CSR     string `json:"csr"`
+}
+
+// SignResponse is the answer: the SVID chain, leaf first.
+type SignResponse struct {
+	ChainPEM  string    `json:"chain"`
+	ExpiresAt time.Time `json:"expiresAt"`
+}
+
+func (s *Server) sign(p principal, r *http.Request) (any, error) {
+	var req SignRequest
+	if err := decodeBody(r, &req); err != nil {
+		return nil, err
+	}
+	id, err := identity.New(s.ca.TrustDomain(), req.Service)
+	if err != nil {
+		return nil, badRequest("%v", err)
+	}
+	if !p.mayActAs(req.Service) {
+		return nil, fmt.Errorf("%w: identity %s", errForbidden, id)
+	}
+	chain, err := s.ca.SignSVID(ca.SignRequest{CSR: []byte(req.CSR), ID: id, TTL: s.cfg.SVIDTTL})
+	if err != nil {
+		return nil, badRequest("%v", err)
+	}
+	certs, err := ca.ParseCertificates(chain)
+	if err != nil {
+		return nil, err
+	}
+	s.metrics.svids.Inc()
+	s.log.Debug("issued svid", "id", id.String(), "expires", certs[0].NotAfter)
+	return SignResponse{ChainPEM: string(chain), ExpiresAt: certs[0].NotAfter}, nil
+}
+
+// TokenRequest is the body of POST /v1/tokens.
+type TokenRequest struct {
+	Services    []string `json:"services"`
+	Admin       bool     `json:"admin,omitempty"`
+	Description string   `json:"description,omitempty"`
+}
+
+// TokenResponse carries the secret, shown this once.
+type TokenResponse struct {
+	v1.Token
+	Secret string `json:"secret"`
+}
+
+func (s *Server) createToken(_ principal, r *http.Request) (any, error) {
+	var req TokenRequest
+	if err := decodeBody(r, &req); err != nil {
+		return nil, err
+	}
+	secret, t, err := createToken(r.Context(), s.store, v1.Token{Admin: req.Admin, Services: req.Services, Description: req.Description})
+	if err != nil {
+		return nil, badRequest("%v", err)
+	}
+	return TokenResponse{Token: t, Secret: secret}, nil
+}
+
+func (s *Server) deleteToken(_ principal, r *http.Request) (any, error) {
+	id := r.PathValue("id")
+	kvs, _, err := s.store.List(r.Context(), keyTokens)
+	if err != nil {
+		return nil, err
+	}
+	for _, kv := range kvs {
+		if strings.HasPrefix(strings.TrimPrefix(kv.Key, keyTokens), id) && len(id) >= 12 {
+			if err := s.store.Delete(r.Context(), kv.Key); err != nil {
+				return nil, err
+			}
+			return map[string]string{"deleted": id}, nil
+		}
+	}
+	return nil, notFound("token %q not found", id)
+}

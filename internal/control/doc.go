@@ -1,0 +1,7 @@
+// Package control is the control plane role (`trellis server`). It wires the
+// store, the CA and the token checks into an HTTPS API for the CLI and an
+// xDS-style gRPC stream for proxies: it mirrors the store in memory through a
+// watch, computes each connected proxy's snapshot with topology, pushes it
+// when it changes and records which version the proxy acknowledged.
+// Registrations live under a lease kept alive by the proxy's stream.
+package control

@@ -1,0 +1,30 @@
+package control
+
+import "strings"
+
+// Store layout, under the store's prefix. Kept in one place so that the
+// watch that mirrors the store and the writers agree.
+const (
+	keyResources = "/resources/"
+	keyInstances = "/instances/"
+	keyStatus    = "/status/"
+	keyTokens    = "/tokens/"
+	keyBundle    = "/ca/bundle"
+	keyBootstrap = "/bootstrap/admin"
+)
+
+func resourceKey(kind, name string) string { return keyResources + kind + "/" + name }
+func instanceKey(service, id string) string { return keyInstances + service + "/" + id }
+func statusKey(id string) string            { return keyStatus + id }
+func tokenKey(hash string) string           { return keyTokens + hash }
+
+// splitKey returns the two path parts after prefix: "/resources/Service/a"
+// -> "Service", "a".
+func splitKey(key, prefix string) (string, string, bool) {
+	rest, ok := strings.CutPrefix(key, prefix)
+	if !ok {
+		return "", "", false
+	}
+	a, b, ok := strings.Cut(rest, "/")
+	return a, b, ok
+}

@@ -1,0 +1,138 @@
+package control
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/trellis-mesh/trellis/internal/ca"
+	"github.com/trellis-mesh/trellis/internal/certs"
+	"github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/store"
+)
+
+// loadCA imports the configured CA files, or loads (creating on first start)
+// the CA in the data dir. The key file is written 0600 and never served.
+func (s *Server) loadCA() (*ca.CA, error) {
+	certFile, keyFile := s.cfg.CACertFile, s.cfg.CAKeyFile
+	if certFile == "" {
+		certFile = filepath.Join(s.cfg.DataDir, "ca.pem")
+		keyFile = filepath.Join(s.cfg.DataDir, "ca-key.pem")
+		if _, err := os.Stat(certFile); errors.Is(err, os.ErrNotExist) {
+			certPEM, keyPEM, err := ca.Generate(s.cfg.TrustDomain, time.Now())
+			if err != nil {
+				return nil, err
+			}
+			if err := os.WriteFile(keyFile, keyPEM, 0o600); err != nil {
+				return nil, fmt.Errorf("write ca key: %w", err)
+			}
+			if err := os.WriteFile(certFile, certPEM, 0o644); err != nil {
+				return nil, fmt.Errorf("write ca certificate: %w", err)
+			}
+			s.log.Info("created CA", "trustDomain", s.cfg.TrustDomain, "cert", certFile)
+		}
+	}
+	certPEM, err := os.ReadFile(certFile)
+	if err != nil {
+		return nil, fmt.Errorf("read ca certificate: %w", err)
+	}
+	if fi, err := os.Stat(keyFile); err == nil && fi.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("ca key %s is readable by others (mode %v); chmod 600 it", keyFile, fi.Mode().Perm())
+	}
+	keyPEM, err := os.ReadFile(keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("read ca key: %w", err)
+	}
+	c, err := ca.Load(s.cfg.TrustDomain, certPEM, keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("load ca %s: %w", certFile, err)
+	}
+	return c, nil
+}
+
+// publishBundle writes the CA's roots to the store for every server and
+// proxy. Roots already there from another CA are kept beside the new ones,
+// so that a CA change does not cut off workloads that still hold old SVIDs.
+func publishBundle(ctx context.Context, st store.Store, c *ca.CA) error {
+	want := string(c.RootsPEM())
+	for {
+		kv, err := st.Get(ctx, keyBundle)
+		if errors.Is(err, store.ErrNotFound) {
+			b, _ := json.Marshal(bundleRecord{TrustDomain: c.TrustDomain(), RootsPEM: want})
+			err = st.Create(ctx, keyBundle, b)
+			if errors.Is(err, store.ErrExists) {
+				continue
+			}
+			return err
+		}
+		if err != nil {
+			return err
+		}
+		var cur bundleRecord
+		if err := json.Unmarshal(kv.Value, &cur); err != nil {
+			return fmt.Errorf("decode trust bundle in store: %w", err)
+		}
+		if cur.TrustDomain != c.TrustDomain() {
+			return fmt.Errorf("the store's mesh has trust domain %q, this server's CA %q", cur.TrustDomain, c.TrustDomain())
+		}
+		if strings.Contains(cur.RootsPEM, want) {
+			return nil
+		}
+		cur.RootsPEM += want
+		b, _ := json.Marshal(cur)
+		err = st.Commit(ctx, []store.Op{{Key: keyBundle, Value: b, IfRev: kv.Rev}})
+		if errors.Is(err, store.ErrConflict) {
+			continue
+		}
+		return err
+	}
+}
+
+// servingCert issues the API's TLS certificate from the mesh CA, for
+// localhost, the loopback addresses, the host name and any configured names.
+func (s *Server) servingCert(c *ca.CA) (*tls.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	dns := []string{"localhost"}
+	if h, err := os.Hostname(); err == nil && h != "" {
+		dns = append(dns, h)
+	}
+	ips := []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
+	for _, n := range s.cfg.AdvertiseNames {
+		if ip := net.ParseIP(n); ip != nil {
+			ips = append(ips, ip)
+		} else {
+			dns = append(dns, n)
+		}
+	}
+	if host, _, err := net.SplitHostPort(s.cfg.Listen); err == nil {
+		if ip := net.ParseIP(host); ip != nil && !ip.IsUnspecified() {
+			ips = append(ips, ip)
+		}
+	}
+	id, _ := identity.New(c.TrustDomain(), "trellis-server")
+	chainPEM, err := c.SignServing(ca.ServingRequest{PublicKey: &key.PublicKey, ID: id, DNSNames: dns, IPs: ips, TTL: 30 * 24 * time.Hour})
+	if err != nil {
+		return nil, err
+	}
+	cert, err := tls.X509KeyPair(chainPEM, mustPKCS8(key))
+	if err != nil {
+		return nil, err
+	}
+	if _, err := certs.LeafOf(&cert); err != nil {
+		return nil, err
+	}
+	return &cert, nil
+}

@@ -1,0 +1,337 @@
+package control
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/net/http2"
+	"google.golang.org/grpc"
+
+	v1 "github.com/trellis-mesh/trellis/api/v1"
+	"github.com/trellis-mesh/trellis/internal/ca"
+	"github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/store"
+)
+
+// Defaults.
+const (
+	DefaultListen      = "127.0.0.1:7700"
+	DefaultTrustDomain = "trellis.local"
+	DefaultLeaseTTL    = 10 * time.Second
+	// AdminTokenFileName is where the first admin token is saved in the
+	// data dir.
+	AdminTokenFileName = "admin-token"
+)
+
+// Config configures a control plane server. The zero value of every field
+// but DataDir means its default.
+type Config struct {
+	// DataDir holds the embedded etcd, the CA (when not imported) and the
+	// first admin token. Created 0700 if missing.
+	DataDir string
+	// Listen is the HTTPS address of the API and the proxy stream.
+	Listen string
+	// EtcdEndpoints, when set, use an existing etcd cluster instead of the
+	// embedded one.
+	EtcdEndpoints []string
+	// EtcdPrefix is the key prefix in etcd; default "/trellis".
+	EtcdPrefix string
+	// TrustDomain of the mesh; default trellis.local. Fixed once a CA exists.
+	TrustDomain string
+	// CACertFile and CAKeyFile import a CA (root or intermediate); both or
+	// neither.
+	CACertFile, CAKeyFile string
+	// AdminTokenFile holds an admin token to accept, instead of generating one.
+	AdminTokenFile string
+	// SVIDTTL is the lifetime of workload certificates; default 24h.
+	SVIDTTL time.Duration
+	// LeaseTTL bounds how long a vanished proxy's instance outlives it when
+	// its stream did not close cleanly; default 10s.
+	LeaseTTL time.Duration
+	// AdvertiseNames are extra DNS names or IPs for the serving certificate.
+	AdvertiseNames []string
+	// Logger; nil discards.
+	Logger *slog.Logger
+	// Registry for metrics; nil makes a private one.
+	Registry *prometheus.Registry
+	// Out is where a newly made admin token is shown once; nil is os.Stdout.
+	Out io.Writer
+}
+
+// Validate reports every problem at once.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.DataDir == "" {
+		errs = append(errs, errors.New("data dir: required"))
+	}
+	if c.TrustDomain != "" {
+		if err := identity.ValidateTrustDomain(c.TrustDomain); err != nil {
+			errs = append(errs, fmt.Errorf("trust domain: %w", err))
+		}
+	}
+	if (c.CACertFile == "") != (c.CAKeyFile == "") {
+		errs = append(errs, errors.New("ca cert and ca key: give both or neither"))
+	}
+	if c.Listen != "" {
+		if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+			errs = append(errs, fmt.Errorf("listen %q: %w", c.Listen, err))
+		}
+	}
+	if c.SVIDTTL < 0 || c.SVIDTTL > 0 && c.SVIDTTL < 10*time.Second {
+		errs = append(errs, fmt.Errorf("svid ttl %v: must be at least 10s", c.SVIDTTL))
+	}
+	if c.LeaseTTL < 0 || c.LeaseTTL > 0 && c.LeaseTTL < time.Second {
+		errs = append(errs, fmt.Errorf("lease ttl %v: must be at least 1s", c.LeaseTTL))
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Config) setDefaults() {
+	if c.Listen == "" {
+		c.Listen = DefaultListen
+	}
+	if c.TrustDomain == "" {
+		c.TrustDomain = DefaultTrustDomain
+	}
+	if c.SVIDTTL == 0 {
+		c.SVIDTTL = ca.DefaultSVIDTTL
+	}
+	if c.LeaseTTL == 0 {
+		c.LeaseTTL = DefaultLeaseTTL
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Registry == nil {
+		c.Registry = prometheus.NewRegistry()
+	}
+	if c.Out == nil {
+		c.Out = os.Stdout
+	}
+}
+
+type serverMetrics struct {
+	proxies prometheus.Gauge
+	pushes  prometheus.Counter
+	svids   prometheus.Counter
+	api     *prometheus.CounterVec
+}
+
+func newServerMetrics(reg prometheus.Registerer) *serverMetrics {
+	m := &serverMetrics{
+		proxies: prometheus.NewGauge(prometheus.GaugeOpts{Name: "trellis_control_proxies_connected", Help: "Proxies with an open stream to this server."}),
+		pushes:  prometheus.NewCounter(prometheus.CounterOpts{Name: "trellis_control_snapshots_pushed_total", Help: "Snapshots sent to proxies."}),
+		svids:   prometheus.NewCounter(prometheus.CounterOpts{Name: "trellis_control_svids_issued_total", Help: "Workload certificates signed."}),
+		api:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "trellis_control_api_requests_total", Help: "API requests by status code."}, []string{"code"}),
+	}
+	reg.MustRegister(m.proxies, m.pushes, m.svids, m.api)
+	return m
+}
+
+// Server is a running control plane.
+type Server struct {
+	cfg            Config
+	log            *slog.Logger
+	store          store.Store
+	ca             *ca.CA
+	state          *state
+	metrics        *serverMetrics
+	metricsHandler http.Handler
+	stopping       atomic.Bool
+	ready          chan struct{}
+	addr           atomic.Pointer[string]
+}
+
+// New checks cfg and returns a server ready to Run.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg.setDefaults()
+	log := cfg.Logger.With("component", "control")
+	return &Server{
+		cfg:            cfg,
+		log:            log,
+		state:          newState(log),
+		metrics:        newServerMetrics(cfg.Registry),
+		metricsHandler: promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}),
+		ready:          make(chan struct{}),
+	}, nil
+}
+
+// Ready is closed once the server accepts requests.
+func (s *Server) Ready() <-chan struct{} { return s.ready }
+
+// Addr returns the address the server listens on, once Ready.
+func (s *Server) Addr() string {
+	if p := s.addr.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+// Run serves until ctx ends, then stops and releases the store.
+func (s *Server) Run(ctx context.Context) error {
+	if err := os.MkdirAll(s.cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	endpoints := s.cfg.EtcdEndpoints
+	if len(endpoints) == 0 {
+		emb, err := store.StartEmbedded(ctx, s.cfg.DataDir)
+		if err != nil {
+			return err
+		}
+		defer emb.Close()
+		endpoints = emb.Endpoints()
+		s.log.Info("embedded etcd started", "dir", filepath.Join(s.cfg.DataDir, "etcd"))
+	}
+	st, err := store.NewEtcd(ctx, store.EtcdConfig{Endpoints: endpoints, Prefix: s.cfg.EtcdPrefix})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	s.store = st
+
+	if s.ca, err = s.loadCA(); err != nil {
+		return err
+	}
+	if err := publishBundle(ctx, st, s.ca); err != nil {
+		return fmt.Errorf("publish trust bundle: %w", err)
+	}
+	stateCtx, stopState := context.WithCancel(ctx)
+	defer stopState()
+	go s.state.run(stateCtx, st)
+	select {
+	case <-s.state.ready:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if err := s.bootstrapAdmin(ctx); err != nil {
+		return fmt.Errorf("admin token: %w", err)
+	}
+
+	cert, err := s.servingCert(s.ca)
+	if err != nil {
+		return fmt.Errorf("serving certificate: %w", err)
+	}
+	var current atomic.Pointer[tls.Certificate]
+	current.Store(cert)
+	go s.renewServing(ctx, &current)
+
+	gs := grpc.NewServer()
+	discoveryv3.RegisterAggregatedDiscoveryServiceServer(gs, &adsServer{s: s})
+	api := s.routes()
+	hs := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+				gs.ServeHTTP(w, r)
+				return
+			}
+			api.ServeHTTP(w, r)
+		}),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+		TLSConfig: &tls.Config{
+			MinVersion:     tls.VersionTLS12,
+			NextProtos:     []string{"h2", "http/1.1"},
+			GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return current.Load(), nil },
+		},
+	}
+	// Proxies hold one long stream each; ping idle connections so that a
+	// proxy that vanished without closing its socket is noticed.
+	if err := http2.ConfigureServer(hs, &http2.Server{ReadIdleTimeout: 15 * time.Second, PingTimeout: 5 * time.Second}); err != nil {
+		return err
+	}
+	l, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	addr := l.Addr().String()
+	s.addr.Store(&addr)
+	errc := make(chan error, 1)
+	go func() { errc <- hs.ServeTLS(l, "", "") }()
+	s.log.Info("control plane serving", "addr", addr, "trustDomain", s.ca.TrustDomain())
+	close(s.ready)
+
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	s.stopping.Store(true)
+	shutCtx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if err := hs.Shutdown(shutCtx); err != nil {
+		hs.Close() // proxy streams never go idle; cut them after the grace period
+	}
+	s.log.Info("control plane stopped")
+	return nil
+}
+
+func (s *Server) renewServing(ctx context.Context, cur *atomic.Pointer[tls.Certificate]) {
+	for {
+		leaf := cur.Load().Leaf
+		wait := time.Until(leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2))
+		sleep(ctx, wait)
+		if ctx.Err() != nil {
+			return
+		}
+		c, err := s.servingCert(s.ca)
+		if err != nil {
+			s.log.Error("renew serving certificate", "err", err)
+			sleep(ctx, time.Minute)
+			continue
+		}
+		cur.Store(c)
+	}
+}
+
+// bootstrapAdmin makes sure an admin token exists: the configured file's, the
+// one saved in the data dir, or a new one made by the first server to start
+// (shown once and saved 0600).
+func (s *Server) bootstrapAdmin(ctx context.Context) error {
+	file := s.cfg.AdminTokenFile
+	if file == "" {
+		file = filepath.Join(s.cfg.DataDir, AdminTokenFileName)
+	}
+	if b, err := os.ReadFile(file); err == nil {
+		secret := strings.TrimSpace(string(b))
+		if !strings.HasPrefix(secret, tokenPrefix) || len(secret) < len(tokenPrefix)+16 {
+			return fmt.Errorf("%s: not a trellis token (want %s followed by at least 16 characters)", file, tokenPrefix)
+		}
+		return storeTokenHash(ctx, s.store, secret, v1.Token{Admin: true, Description: "admin (from " + filepath.Base(file) + ")"})
+	} else if s.cfg.AdminTokenFile != "" {
+		return fmt.Errorf("read admin token file: %w", err)
+	}
+	err := s.store.Create(ctx, keyBootstrap, []byte(time.Now().UTC().Format(time.RFC3339)))
+	if errors.Is(err, store.ErrExists) {
+		s.log.Info("admin token was made earlier or by another server; not making one")
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	secret, _, err := createToken(ctx, s.store, v1.Token{Admin: true, Description: "bootstrap admin"})
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(file, []byte(secret+"\n"), 0o600); err != nil {
+		return fmt.Errorf("save admin token: %w", err)
+	}
+	fmt.Fprintf(s.cfg.Out, "Admin token (shown once, saved to %s):\n  %s\n", file, secret)
+	return nil
+}

@@ -1,0 +1,270 @@
+package control
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	v1 "github.com/trellis-mesh/trellis/api/v1"
+	"github.com/trellis-mesh/trellis/internal/store"
+	"github.com/trellis-mesh/trellis/internal/topology"
+)
+
+// bundleRecord is what /ca/bundle holds.
+type bundleRecord struct {
+	TrustDomain string `json:"trustDomain"`
+	RootsPEM    string `json:"roots"`
+}
+
+// tokenRecord is what /tokens/<hash> holds: never the secret.
+type tokenRecord struct {
+	v1.Token
+}
+
+// state mirrors the store in memory. Readers take a consistent copy under
+// the lock; every change closes the current changed channel, waking every
+// stream that waits on it.
+type state struct {
+	log *slog.Logger
+
+	mu        sync.RWMutex
+	resources map[string]map[string]v1.Resource // kind -> name
+	instances map[string]map[string]v1.Instance // service -> id
+	status    map[string]v1.ProxyStatus
+	tokens    map[string]tokenRecord // hash -> record
+	bundle    bundleRecord
+	changed   chan struct{}
+	ready     chan struct{}
+	readyOnce sync.Once
+}
+
+func newState(log *slog.Logger) *state {
+	s := &state{log: log, changed: make(chan struct{}), ready: make(chan struct{})}
+	s.reset()
+	return s
+}
+
+func (s *state) reset() {
+	s.resources = map[string]map[string]v1.Resource{}
+	s.instances = map[string]map[string]v1.Instance{}
+	s.status = map[string]v1.ProxyStatus{}
+	s.tokens = map[string]tokenRecord{}
+	s.bundle = bundleRecord{}
+}
+
+// Changed returns a channel closed at the next change.
+func (s *state) Changed() <-chan struct{} {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.changed
+}
+
+// run mirrors the store until ctx ends, re-listing after any watch error.
+func (s *state) run(ctx context.Context, st store.Store) {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		kvs, rev, err := st.List(ctx, "/")
+		if err != nil {
+			s.log.Warn("list store", "err", err)
+			sleep(ctx, backoff)
+			backoff = min(backoff*2, 5*time.Second)
+			continue
+		}
+		backoff = 100 * time.Millisecond
+		s.mu.Lock()
+		s.reset()
+		for _, kv := range kvs {
+			s.applyLocked(store.Event{Type: store.Put, KV: kv})
+		}
+		s.notifyLocked()
+		s.mu.Unlock()
+		s.readyOnce.Do(func() { close(s.ready) })
+		for b := range st.Watch(ctx, "/", rev) {
+			if b.Err != nil {
+				s.log.Warn("store watch ended; re-listing", "err", b.Err)
+				break
+			}
+			s.mu.Lock()
+			for _, ev := range b.Events {
+				s.applyLocked(ev)
+			}
+			s.notifyLocked()
+			s.mu.Unlock()
+		}
+	}
+}
+
+func (s *state) notifyLocked() {
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+func (s *state) applyLocked(ev store.Event) {
+	key := ev.KV.Key
+	del := ev.Type == store.Delete
+	switch {
+	case strings.HasPrefix(key, keyResources):
+		kind, name, ok := splitKey(key, keyResources)
+		if !ok {
+			return
+		}
+		if del {
+			delete(s.resources[kind], name)
+			return
+		}
+		var r v1.Resource
+		if err := json.Unmarshal(ev.KV.Value, &r); err != nil {
+			s.log.Error("skip undecodable resource in store", "key", key, "err", err)
+			return
+		}
+		if s.resources[kind] == nil {
+			s.resources[kind] = map[string]v1.Resource{}
+		}
+		s.resources[kind][name] = r
+	case strings.HasPrefix(key, keyInstances):
+		svc, id, ok := splitKey(key, keyInstances)
+		if !ok {
+			return
+		}
+		if del {
+			delete(s.instances[svc], id)
+			return
+		}
+		var in v1.Instance
+		if err := json.Unmarshal(ev.KV.Value, &in); err != nil {
+			s.log.Error("skip undecodable instance in store", "key", key, "err", err)
+			return
+		}
+		if s.instances[svc] == nil {
+			s.instances[svc] = map[string]v1.Instance{}
+		}
+		s.instances[svc][id] = in
+	case strings.HasPrefix(key, keyStatus):
+		id := strings.TrimPrefix(key, keyStatus)
+		if del {
+			delete(s.status, id)
+			return
+		}
+		var ps v1.ProxyStatus
+		if json.Unmarshal(ev.KV.Value, &ps) == nil {
+			s.status[id] = ps
+		}
+	case strings.HasPrefix(key, keyTokens):
+		h := strings.TrimPrefix(key, keyTokens)
+		if del {
+			delete(s.tokens, h)
+			return
+		}
+		var t tokenRecord
+		if json.Unmarshal(ev.KV.Value, &t) == nil {
+			s.tokens[h] = t
+		}
+	case key == keyBundle:
+		if !del {
+			_ = json.Unmarshal(ev.KV.Value, &s.bundle)
+		}
+	}
+}
+
+// mesh returns a consistent copy of what topology needs.
+func (s *state) mesh() *topology.Mesh {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	m := &topology.Mesh{
+		TrustDomain: s.bundle.TrustDomain,
+		RootsPEM:    s.bundle.RootsPEM,
+		Services:    map[string]*v1.ServiceSpec{},
+		Instances:   map[string][]v1.Instance{},
+	}
+	if r, ok := s.resources[v1.KindMesh][v1.MeshName]; ok {
+		m.Mesh = r.Mesh
+	}
+	for name, r := range s.resources[v1.KindService] {
+		m.Services[name] = r.Service
+	}
+	for _, r := range s.resources[v1.KindIntention] {
+		m.Intentions = append(m.Intentions, *r.Intention)
+	}
+	for svc, ins := range s.instances {
+		for _, in := range ins {
+			m.Instances[svc] = append(m.Instances[svc], in)
+		}
+	}
+	return m
+}
+
+func (s *state) token(hash string) (tokenRecord, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	t, ok := s.tokens[hash]
+	return t, ok
+}
+
+func (s *state) listResources(kind string) []v1.Resource {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]v1.Resource, 0, len(s.resources[kind]))
+	for _, r := range s.resources[kind] {
+		out = append(out, r)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+func (s *state) resource(kind, name string) (v1.Resource, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	r, ok := s.resources[kind][name]
+	return r, ok
+}
+
+func (s *state) listInstances(service string) []v1.Instance {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var out []v1.Instance
+	for svc, ins := range s.instances {
+		if service != "" && svc != service {
+			continue
+		}
+		for _, in := range ins {
+			out = append(out, in)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+func (s *state) listStatus() []v1.ProxyStatus {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]v1.ProxyStatus, 0, len(s.status))
+	for _, st := range s.status {
+		out = append(out, st)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Instance < out[j].Instance })
+	return out
+}
+
+func (s *state) listTokens() []v1.Token {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]v1.Token, 0, len(s.tokens))
+	for _, t := range s.tokens {
+		out = append(out, t.Token)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].CreatedAt.Before(out[j].CreatedAt) })
+	return out
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}

@@ -1,0 +1,214 @@
+package control
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	v1 "github.com/trellis-mesh/trellis/api/v1"
+	"github.com/trellis-mesh/trellis/internal/store"
+	"github.com/trellis-mesh/trellis/internal/topology"
+	"github.com/trellis-mesh/trellis/internal/xds"
+)
+
+// adsServer serves the aggregated discovery stream to proxies.
+type adsServer struct {
+	discoveryv3.UnimplementedAggregatedDiscoveryServiceServer
+	s *Server
+}
+
+// proxyStream is the server's side of one connected proxy.
+type proxyStream struct {
+	s      *Server
+	reg    xds.Registration
+	lease  store.LeaseID
+	status v1.ProxyStatus
+	nonce  int
+}
+
+// StreamAggregatedResources implements the ADS stream. The first request
+// must carry the proxy's registration in its node; the token in the stream's
+// metadata must allow the registered service.
+func (a *adsServer) StreamAggregatedResources(stream discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
+	s := a.s
+	ctx := stream.Context()
+	md, _ := metadata.FromIncomingContext(ctx)
+	var secret string
+	if v := md.Get("authorization"); len(v) > 0 {
+		secret = bearer(v[0])
+	}
+	p, err := s.authenticate(secret)
+	if err != nil {
+		return status.Error(codes.Unauthenticated, err.Error())
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	reg, err := xds.FromNode(first.GetNode())
+	if err != nil {
+		return status.Errorf(codes.InvalidArgument, "registration: %v", err)
+	}
+	if !p.mayActAs(reg.Service) {
+		return status.Errorf(codes.PermissionDenied, "token may not register service %q", reg.Service)
+	}
+	ps := &proxyStream{s: s, reg: reg}
+	if err := ps.register(ctx); err != nil {
+		return status.Errorf(codes.Unavailable, "register: %v", err)
+	}
+	log := s.log.With("instance", reg.Instance, "service", reg.Service)
+	log.Info("proxy connected", "address", reg.Address, "port", reg.Port, "upstreams", reg.Upstreams)
+	s.metrics.proxies.Inc()
+	defer s.metrics.proxies.Dec()
+	defer ps.deregister(ctx, log)
+
+	// The lease lives as long as the stream; losing it (the store was
+	// unreachable past the TTL) ends the stream so the proxy re-registers.
+	leaseCtx, cancelLease := context.WithCancel(ctx)
+	defer cancelLease()
+	leaseLost := make(chan error, 1)
+	go func() { leaseLost <- s.store.KeepAlive(leaseCtx, ps.lease) }()
+
+	reqs := make(chan *discoveryv3.DiscoveryRequest)
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			r, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case reqs <- r:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+
+	var sent *topology.Snapshot
+	for {
+		changed := s.state.Changed()
+		snap := topology.Compute(s.state.mesh(), topology.Proxy{Service: reg.Service, Upstreams: reg.Upstreams})
+		if sent == nil || snap.Version != sent.Version {
+			ps.nonce++
+			resp, err := xds.Response(snap, strconv.Itoa(ps.nonce))
+			if err != nil {
+				return status.Errorf(codes.Internal, "encode snapshot: %v", err)
+			}
+			if err := stream.Send(resp); err != nil {
+				return err
+			}
+			sent = snap
+			s.metrics.pushes.Inc()
+			ps.status.SentVersion = snap.Version
+			ps.writeStatus(ctx)
+		}
+		select {
+		case <-changed:
+		case r := <-reqs:
+			ps.handle(ctx, r, log)
+		case err := <-recvErr:
+			if errors.Is(err, context.Canceled) || status.Code(err) == codes.Canceled {
+				return nil
+			}
+			return err
+		case err := <-leaseLost:
+			if ctx.Err() != nil {
+				return nil
+			}
+			log.Warn("registration lease lost; closing stream", "err", err)
+			return status.Error(codes.Unavailable, "registration lease lost")
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+// handle processes an ACK, a NACK or a registration update.
+func (ps *proxyStream) handle(ctx context.Context, r *discoveryv3.DiscoveryRequest, log interface {
+	Warn(string, ...any)
+	Info(string, ...any)
+}) {
+	if r.GetNode() != nil {
+		reg, err := xds.FromNode(r.GetNode())
+		switch {
+		case err != nil:
+			log.Warn("ignore invalid registration update", "err", err)
+		case reg.Instance != ps.reg.Instance || reg.Service != ps.reg.Service:
+			log.Warn("ignore registration update for another instance", "instance", reg.Instance)
+		case reg.Healthy != ps.reg.Healthy || reg.Address != ps.reg.Address || reg.Port != ps.reg.Port || reg.Version != ps.reg.Version:
+			ps.reg = reg
+			if err := ps.putInstance(ctx); err != nil {
+				log.Warn("update registration", "err", err)
+			} else {
+				log.Info("instance updated", "healthy", reg.Healthy)
+			}
+		}
+	}
+	if r.GetResponseNonce() == "" {
+		return
+	}
+	if d := r.GetErrorDetail(); d != nil {
+		ps.status.Error = d.GetMessage()
+		log.Warn("proxy rejected snapshot", "version", ps.status.SentVersion, "err", d.GetMessage())
+	} else {
+		ps.status.AckedVersion = r.GetVersionInfo()
+		ps.status.Error = ""
+	}
+	ps.writeStatus(ctx)
+}
+
+func (ps *proxyStream) register(ctx context.Context) error {
+	lease, err := ps.s.store.Grant(ctx, ps.s.cfg.LeaseTTL)
+	if err != nil {
+		return err
+	}
+	ps.lease = lease
+	ps.status = v1.ProxyStatus{
+		Instance: ps.reg.Instance, Service: ps.reg.Service, Server: ps.s.cfg.Listen, ConnectedAt: time.Now().UTC(),
+	}
+	return ps.putInstance(ctx)
+}
+
+func (ps *proxyStream) putInstance(ctx context.Context) error {
+	in := v1.Instance{
+		ID: ps.reg.Instance, Service: ps.reg.Service, Version: ps.reg.Version,
+		Address: ps.reg.Address, Port: ps.reg.Port, Network: ps.reg.Network,
+		Healthy: ps.reg.Healthy, RegisteredAt: ps.status.ConnectedAt,
+	}
+	b, _ := json.Marshal(in)
+	return ps.s.store.Put(ctx, instanceKey(in.Service, in.ID), b, ps.lease)
+}
+
+func (ps *proxyStream) writeStatus(ctx context.Context) {
+	b, _ := json.Marshal(ps.status)
+	if err := ps.s.store.Put(ctx, statusKey(ps.reg.Instance), b, ps.lease); err != nil && ctx.Err() == nil {
+		ps.s.log.Warn("write proxy status", "instance", ps.reg.Instance, "err", err)
+	}
+}
+
+// deregister revokes the lease when the proxy went away. When this server is
+// the one stopping, the lease is left to expire instead: the proxy will
+// re-register with another server, and its endpoint must not blink out.
+func (ps *proxyStream) deregister(streamCtx context.Context, log interface{ Info(string, ...any) }) {
+	if ps.s.stopping.Load() {
+		log.Info("proxy stream closed by server shutdown")
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(streamCtx), 5*time.Second)
+	defer cancel()
+	if err := ps.s.store.Revoke(ctx, ps.lease); err != nil {
+		log.Info("proxy disconnected; lease will expire", "err", fmt.Sprint(err))
+		return
+	}
+	log.Info("proxy disconnected; deregistered")
+}

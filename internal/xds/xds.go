@@ -1,0 +1,133 @@
+package xds
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/topology"
+)
+
+// SnapshotType is the type URL of a Trellis snapshot resource. Its value is
+// the JSON of topology.Snapshot.
+const SnapshotType = "type.trellis.dev/trellis.v1.Snapshot"
+
+// Registration is what a proxy tells the control plane about its instance.
+type Registration struct {
+	Instance  string   // unique instance ID
+	Service   string   // service name
+	Version   string   // version label
+	Address   string   // address of the public mTLS listener, as peers dial it
+	Port      int      // public mTLS port
+	Network   string   // network name
+	Upstreams []string // services the proxy has listeners for
+	Healthy   bool     // the app's last health check result
+}
+
+// Validate checks a registration as the control plane receives it.
+func (r *Registration) Validate() error {
+	var errs []error
+	if err := identity.ValidateServiceName(r.Service); err != nil {
+		errs = append(errs, fmt.Errorf("service: %w", err))
+	}
+	if r.Instance == "" || len(r.Instance) > 128 {
+		errs = append(errs, errors.New("instance id must be 1 to 128 characters"))
+	}
+	for _, c := range r.Instance {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '.' || c == '_') {
+			errs = append(errs, fmt.Errorf("instance id %q: %q is not allowed", r.Instance, c))
+			break
+		}
+	}
+	if net.ParseIP(r.Address) == nil {
+		errs = append(errs, fmt.Errorf("address %q is not an IP address", r.Address))
+	}
+	if r.Port <= 0 || r.Port > 65535 {
+		errs = append(errs, fmt.Errorf("port %d is not a port number", r.Port))
+	}
+	for _, u := range r.Upstreams {
+		if err := identity.ValidateServiceName(u); err != nil {
+			errs = append(errs, fmt.Errorf("upstream: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Node encodes r as an xDS node.
+func (r *Registration) Node() *corev3.Node {
+	ups := make([]any, len(r.Upstreams))
+	for i, u := range r.Upstreams {
+		ups[i] = u
+	}
+	md, _ := structpb.NewStruct(map[string]any{
+		"version":   r.Version,
+		"address":   r.Address,
+		"port":      strconv.Itoa(r.Port),
+		"network":   r.Network,
+		"upstreams": ups,
+		"healthy":   r.Healthy,
+	})
+	return &corev3.Node{Id: r.Instance, Cluster: r.Service, Metadata: md, UserAgentName: "trellis"}
+}
+
+// FromNode decodes a registration from an xDS node.
+func FromNode(n *corev3.Node) (Registration, error) {
+	if n == nil {
+		return Registration{}, errors.New("request has no node")
+	}
+	r := Registration{Instance: n.GetId(), Service: n.GetCluster()}
+	f := n.GetMetadata().GetFields()
+	r.Version = f["version"].GetStringValue()
+	r.Address = f["address"].GetStringValue()
+	r.Network = f["network"].GetStringValue()
+	r.Healthy = f["healthy"].GetBoolValue()
+	port, err := strconv.Atoi(f["port"].GetStringValue())
+	if err != nil {
+		return Registration{}, fmt.Errorf("node metadata port: %w", err)
+	}
+	r.Port = port
+	for _, v := range f["upstreams"].GetListValue().GetValues() {
+		r.Upstreams = append(r.Upstreams, v.GetStringValue())
+	}
+	return r, r.Validate()
+}
+
+// Response wraps a snapshot in a discovery response.
+func Response(s *topology.Snapshot, nonce string) (*discoveryv3.DiscoveryResponse, error) {
+	b, err := json.Marshal(s)
+	if err != nil {
+		return nil, err
+	}
+	return &discoveryv3.DiscoveryResponse{
+		VersionInfo: s.Version,
+		TypeUrl:     SnapshotType,
+		Nonce:       nonce,
+		Resources:   []*anypb.Any{{TypeUrl: SnapshotType, Value: b}},
+	}, nil
+}
+
+// SnapshotFrom decodes and validates the snapshot in a discovery response.
+func SnapshotFrom(resp *discoveryv3.DiscoveryResponse) (*topology.Snapshot, error) {
+	if resp.GetTypeUrl() != SnapshotType || len(resp.GetResources()) != 1 {
+		return nil, fmt.Errorf("response of type %q with %d resources, want one %s", resp.GetTypeUrl(), len(resp.GetResources()), SnapshotType)
+	}
+	var s topology.Snapshot
+	if err := json.Unmarshal(resp.Resources[0].GetValue(), &s); err != nil {
+		return nil, fmt.Errorf("decode snapshot: %w", err)
+	}
+	if s.Version != resp.GetVersionInfo() {
+		return nil, fmt.Errorf("snapshot version %q differs from response version %q", s.Version, resp.GetVersionInfo())
+	}
+	if err := s.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid snapshot: %w", err)
+	}
+	return &s, nil
+}
