@@ -1,0 +1,111 @@
+package l4
+
+import (
+	"math/rand/v2"
+	"sync"
+	"time"
+)
+
+// Endpoint is one place a service can be reached.
+type Endpoint struct {
+	Addr     string // host:port of the peer sidecar's mTLS listener
+	Instance string
+}
+
+// balancer picks endpoints by power of two choices on open streams, and
+// ejects an endpoint that fails to connect for a growing interval, so that a
+// dead instance stops receiving connections before the control plane says
+// it is gone.
+type balancer struct {
+	mu     sync.Mutex
+	active map[string]int       // addr -> open streams
+	eject  map[string]ejection  // addr -> ejection state
+	now    func() time.Time
+}
+
+type ejection struct {
+	until    time.Time
+	failures int
+}
+
+// Ejection intervals: base doubling per consecutive failure, capped.
+const (
+	ejectBase = 1 * time.Second
+	ejectMax  = 30 * time.Second
+)
+
+func newBalancer() *balancer {
+	return &balancer{active: map[string]int{}, eject: map[string]ejection{}, now: time.Now}
+}
+
+// pick returns an endpoint not in tried, preferring non-ejected ones with
+// fewer open streams. ok is false when every endpoint was tried.
+func (b *balancer) pick(eps []Endpoint, tried map[string]bool) (Endpoint, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := b.now()
+	var cands, ejected []Endpoint
+	for _, e := range eps {
+		if tried[e.Addr] {
+			continue
+		}
+		if b.eject[e.Addr].until.After(now) {
+			ejected = append(ejected, e)
+			continue
+		}
+		cands = append(cands, e)
+	}
+	if len(cands) == 0 {
+		// Every endpoint is ejected: trying one beats refusing outright.
+		cands = ejected
+	}
+	switch len(cands) {
+	case 0:
+		return Endpoint{}, false
+	case 1:
+		return cands[0], true
+	}
+	i := rand.IntN(len(cands))
+	j := rand.IntN(len(cands) - 1)
+	if j >= i {
+		j++
+	}
+	if b.active[cands[j].Addr] < b.active[cands[i].Addr] {
+		i = j
+	}
+	return cands[i], true
+}
+
+func (b *balancer) start(addr string) {
+	b.mu.Lock()
+	b.active[addr]++
+	b.mu.Unlock()
+}
+
+func (b *balancer) done(addr string) {
+	b.mu.Lock()
+	if b.active[addr]--; b.active[addr] <= 0 {
+		delete(b.active, addr)
+	}
+	b.mu.Unlock()
+}
+
+// failed records a connect failure and ejects addr.
+func (b *balancer) failed(addr string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	e := b.eject[addr]
+	e.failures++
+	d := ejectBase << min(e.failures-1, 5)
+	e.until = b.now().Add(min(d, ejectMax))
+	b.eject[addr] = e
+}
+
+// succeeded clears addr's ejection.
+func (b *balancer) succeeded(addr string) {
+	b.mu.Lock()
+	if _, ok := b.eject[addr]; ok {
+		delete(b.eject, addr)
+	}
+	b.mu.Unlock()
+}

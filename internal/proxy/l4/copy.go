@@ -1,0 +1,53 @@
+package l4
+
+import (
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+)
+
+// bufSize is the copy buffer: large enough that bulk transfers move in big
+// HTTP/2 frames, small enough to keep idle memory low (buffers are pooled).
+const bufSize = 64 << 10
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
+
+// copyBuf copies src to dst through a pooled buffer and returns the count.
+func copyBuf(dst io.Writer, src io.Reader) (int64, error) {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	return io.CopyBuffer(dst, src, *bp)
+}
+
+// flushWriter flushes an HTTP/2 response after every write, so that bytes of
+// an interactive protocol are not held back.
+type flushWriter struct {
+	w http.ResponseWriter
+	f http.Flusher
+}
+
+func (fw flushWriter) Write(p []byte) (int, error) {
+	n, err := fw.w.Write(p)
+	if err == nil {
+		fw.f.Flush()
+	}
+	return n, err
+}
+
+// closeWrite half-closes c when it can, so the peer sees EOF while its
+// answer can still come back.
+func closeWrite(c io.Closer) {
+	type cw interface{ CloseWrite() error }
+	if x, ok := c.(cw); ok {
+		_ = x.CloseWrite()
+		return
+	}
+	_ = c.Close()
+}
+
+// isClosed reports errors that only mean the other side went away.
+func isClosed(err error) bool {
+	return err == nil || errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrClosedPipe)
+}

@@ -1,0 +1,225 @@
+package l4
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/http2"
+
+	"github.com/trellis-mesh/trellis/internal/authz"
+	"github.com/trellis-mesh/trellis/internal/certs"
+	"github.com/trellis-mesh/trellis/internal/identity"
+)
+
+// ALPN is the protocol name on the mTLS link between sidecars.
+const ALPN = "trellis/h2"
+
+// Limits of the HTTP/2 link between sidecars.
+const (
+	maxStreamsPerConn = 1000
+	streamWindow      = 4 << 20
+	connWindow        = 32 << 20
+	maxFrameSize      = 1 << 20
+)
+
+type peerKey struct{}
+
+// Inbound accepts mTLS connections from other sidecars and forwards every
+// authorized CONNECT stream to the local app.
+type Inbound struct {
+	// TLS is the server configuration; it must verify the peer's SVID.
+	TLS *tls.Config
+	// Authorize decides per stream, from the peer's verified identity.
+	Authorize func(peer identity.ID) authz.Decision
+	// Target is the app's address, such as 127.0.0.1:8080.
+	Target string
+	// DialTimeout bounds dialing the app; zero means 5s.
+	DialTimeout time.Duration
+	// Logger; nil discards.
+	Logger *slog.Logger
+	// Metrics; nil means unregistered ones.
+	Metrics *Metrics
+
+	once    sync.Once
+	h2      *http2.Server
+	hs      *http.Server
+	mu      sync.Mutex
+	conns   map[net.Conn]struct{}
+	streams sync.WaitGroup
+	active  atomic.Int64
+}
+
+func (in *Inbound) init() {
+	in.once.Do(func() {
+		if in.Logger == nil {
+			in.Logger = slog.New(slog.DiscardHandler)
+		}
+		if in.Metrics == nil {
+			in.Metrics = NewMetrics(nil)
+		}
+		if in.DialTimeout == 0 {
+			in.DialTimeout = 5 * time.Second
+		}
+		in.conns = map[net.Conn]struct{}{}
+		in.h2 = &http2.Server{
+			MaxConcurrentStreams:         maxStreamsPerConn,
+			MaxUploadBufferPerStream:     streamWindow,
+			MaxUploadBufferPerConnection: connWindow,
+			MaxReadFrameSize:             maxFrameSize,
+			IdleTimeout:                  10 * time.Minute,
+			ReadIdleTimeout:              30 * time.Second,
+			PingTimeout:                  10 * time.Second,
+		}
+		// The http.Server is never served; it carries the graceful-shutdown
+		// hook that sends GOAWAY on every connection.
+		in.hs = &http.Server{}
+		_ = http2.ConfigureServer(in.hs, in.h2)
+	})
+}
+
+// Serve accepts connections on l (a plain TCP listener; TLS is done here)
+// until l is closed.
+func (in *Inbound) Serve(l net.Listener) error {
+	in.init()
+	handler := http.HandlerFunc(in.serveStream)
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+			return err
+		}
+		go in.serveConn(c, handler)
+	}
+}
+
+func (in *Inbound) serveConn(c net.Conn, h http.Handler) {
+	tc := tls.Server(c, in.TLS)
+	hctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	err := tc.HandshakeContext(hctx)
+	cancel()
+	if err != nil {
+		in.Metrics.Handshakes.WithLabelValues("server", "error").Inc()
+		in.Logger.Debug("inbound handshake failed", "remote", c.RemoteAddr().String(), "err", err)
+		c.Close()
+		return
+	}
+	cs := tc.ConnectionState()
+	result := "ok"
+	if cs.DidResume {
+		result = "resumed"
+	}
+	in.Metrics.Handshakes.WithLabelValues("server", result).Inc()
+	if cs.NegotiatedProtocol != ALPN {
+		in.Logger.Debug("inbound peer did not negotiate "+ALPN, "remote", c.RemoteAddr().String())
+		c.Close()
+		return
+	}
+	peer, err := certs.PeerID(cs)
+	if err != nil { // VerifyConnection already checked it; be safe anyway
+		c.Close()
+		return
+	}
+	in.mu.Lock()
+	in.conns[tc] = struct{}{}
+	in.mu.Unlock()
+	// The HTTP/2 server sets r.TLS only for requests with an https :scheme,
+	// which CONNECT lacks; the verified identity rides in the context.
+	ctx := context.WithValue(context.Background(), peerKey{}, peer)
+	in.h2.ServeConn(tc, &http2.ServeConnOpts{Handler: h, BaseConfig: in.hs, Context: ctx})
+	in.mu.Lock()
+	delete(in.conns, tc)
+	in.mu.Unlock()
+}
+
+func (in *Inbound) serveStream(w http.ResponseWriter, r *http.Request) {
+	in.streams.Add(1)
+	defer in.streams.Done()
+	if r.Method != http.MethodConnect {
+		http.Error(w, "trellis: only CONNECT is served here", http.StatusMethodNotAllowed)
+		return
+	}
+	peer, ok := r.Context().Value(peerKey{}).(identity.ID)
+	if !ok {
+		http.Error(w, "trellis: no peer identity", http.StatusForbidden)
+		return
+	}
+	if d := in.Authorize(peer); !d.Allow {
+		in.Metrics.Connections.WithLabelValues("inbound", peer.Service(), "denied").Inc()
+		in.Logger.Info("connection denied", "peer", peer.String(), "reason", d.Reason)
+		http.Error(w, "trellis: denied by "+d.Reason, http.StatusForbidden)
+		return
+	}
+	app, err := net.DialTimeout("tcp", in.Target, in.DialTimeout)
+	if err != nil {
+		in.Metrics.Connections.WithLabelValues("inbound", peer.Service(), "error").Inc()
+		in.Logger.Warn("dial app", "target", in.Target, "err", err)
+		http.Error(w, "trellis: app unreachable", http.StatusBadGateway)
+		return
+	}
+	defer app.Close()
+	in.Metrics.Connections.WithLabelValues("inbound", peer.Service(), "ok").Inc()
+	gauge := in.Metrics.Active.WithLabelValues("inbound")
+	gauge.Inc()
+	defer gauge.Dec()
+	in.active.Add(1)
+	defer in.active.Add(-1)
+
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+	if err := rc.Flush(); err != nil {
+		return
+	}
+	fw := flushWriter{w: w, f: w.(http.Flusher)}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		n, _ := copyBuf(app, r.Body)
+		in.Metrics.Bytes.WithLabelValues("inbound", peer.Service(), "received").Add(float64(n))
+		closeWrite(app)
+	}()
+	n, _ := copyBuf(fw, app)
+	in.Metrics.Bytes.WithLabelValues("inbound", peer.Service(), "sent").Add(float64(n))
+	// The app closed its side; the stream ends when this handler returns.
+	// Wait for the client's side only as long as it keeps sending.
+	<-done
+}
+
+// Active returns the number of connections being proxied.
+func (in *Inbound) Active() int64 { return in.active.Load() }
+
+// Drain stops new streams (GOAWAY to every peer) and waits for open ones to
+// finish until ctx ends; then it closes every connection.
+func (in *Inbound) Drain(ctx context.Context) error {
+	in.init()
+	// Shutdown on the never-served http.Server only fires the GOAWAY hook.
+	_ = in.hs.Shutdown(ctx)
+	done := make(chan struct{})
+	go func() { in.streams.Wait(); close(done) }()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		err = fmt.Errorf("drain: %d connections still open: %w", in.active.Load(), ctx.Err())
+	}
+	in.mu.Lock()
+	for c := range in.conns {
+		c.Close()
+	}
+	in.mu.Unlock()
+	return err
+}

@@ -1,0 +1,137 @@
+package l4
+
+import (
+	"bytes"
+	"crypto/rand"
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/trellis-mesh/trellis/internal/authz"
+	"github.com/trellis-mesh/trellis/internal/certs"
+	"github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/trellistest"
+)
+
+// echoApp echoes every connection until EOF.
+func echoApp(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); io.Copy(c, c) }()
+		}
+	}()
+	return l.Addr().String()
+}
+
+type chain struct {
+	client  string // outbound listener
+	in      *Inbound
+	out     *Outbound
+	metrics *Metrics
+	allow   func(identity.ID) authz.Decision
+}
+
+func newChain(t *testing.T, ca *trellistest.CA, serverSvc, clientSvc, expect string, allow func(identity.ID) authz.Decision) *chain {
+	t.Helper()
+	m := NewMetrics(prometheus.NewRegistry())
+	in := &Inbound{TLS: ca.Source(t, serverSvc).ServerConfig(nil, ALPN), Authorize: allow, Target: echoApp(t), Metrics: m}
+	pl, _ := net.Listen("tcp", "127.0.0.1:0")
+	go in.Serve(pl)
+	t.Cleanup(func() { pl.Close() })
+	pool := NewPool(0, m)
+	t.Cleanup(pool.Close)
+	out := &Outbound{
+		Service:   expect,
+		Endpoints: func() []Endpoint { return []Endpoint{{Addr: pl.Addr().String(), Instance: "x"}} },
+		TLS:       ca.Source(t, clientSvc).ClientConfig(certs.ExpectService(expect), ALPN),
+		Pool:      pool,
+	}
+	ol, _ := net.Listen("tcp", "127.0.0.1:0")
+	go out.Serve(ol)
+	t.Cleanup(func() { ol.Close() })
+	return &chain{client: ol.Addr().String(), in: in, out: out, metrics: m}
+}
+
+func roundTrip(addr string, payload []byte) ([]byte, error) {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	go func() { c.Write(payload); c.(*net.TCPConn).CloseWrite() }()
+	return io.ReadAll(c)
+}
+
+func allowAll(identity.ID) authz.Decision { return authz.Decision{Allow: true} }
+
+func TestTunnelEcho(t *testing.T) {
+	ca := trellistest.NewCA(t, "trellis.local")
+	ch := newChain(t, ca, "web", "client", "web", allowAll)
+	payload := make([]byte, 3<<20)
+	rand.Read(payload)
+	got, err := roundTrip(ch.client, payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, payload) {
+		t.Fatalf("echo returned %d bytes, want the same %d", len(got), len(payload))
+	}
+
+	// Many client connections share one mTLS connection.
+	var wg sync.WaitGroup
+	for range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if got, err := roundTrip(ch.client, []byte("hi")); err != nil || string(got) != "hi" {
+				t.Errorf("round trip = %q, %v", got, err)
+			}
+		}()
+	}
+	wg.Wait()
+	hs := testutil.ToFloat64(ch.metrics.Handshakes.WithLabelValues("client", "ok"))
+	if hs < 1 || hs > maxConnsPerEndpoint {
+		t.Errorf("%v client handshakes for 51 connections, want 1..%d", hs, maxConnsPerEndpoint)
+	}
+}
+
+func TestTunnelDenied(t *testing.T) {
+	ca := trellistest.NewCA(t, "trellis.local")
+	deny := func(identity.ID) authz.Decision { return authz.Decision{Allow: false, Reason: "default"} }
+	ch := newChain(t, ca, "web", "client", "web", deny)
+	got, _ := roundTrip(ch.client, []byte("hi"))
+	if len(got) != 0 {
+		t.Fatalf("denied connection returned %q", got)
+	}
+	if n := testutil.ToFloat64(ch.metrics.Connections.WithLabelValues("inbound", "client", "denied")); n != 1 {
+		t.Errorf("inbound denied count = %v, want 1", n)
+	}
+}
+
+func TestTunnelWrongServerIdentity(t *testing.T) {
+	ca := trellistest.NewCA(t, "trellis.local")
+	// The endpoint is really "db", but the client expects "web".
+	ch := newChain(t, ca, "db", "client", "web", allowAll)
+	got, _ := roundTrip(ch.client, []byte("hi"))
+	if len(got) != 0 {
+		t.Fatalf("connection to an impostor returned %q", got)
+	}
+	if n := testutil.ToFloat64(ch.metrics.Handshakes.WithLabelValues("client", "error")); n < 1 {
+		t.Errorf("client handshake errors = %v, want >= 1", n)
+	}
+}

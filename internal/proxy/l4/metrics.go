@@ -1,0 +1,38 @@
+package l4
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Metrics are the L4 data plane's Prometheus metrics. Names are a public
+// API: keep them stable.
+type Metrics struct {
+	Connections *prometheus.CounterVec // direction, service, result
+	Active      *prometheus.GaugeVec   // direction
+	Bytes       *prometheus.CounterVec // direction, service, flow (sent|received)
+	Handshakes  *prometheus.CounterVec // side, result
+}
+
+// NewMetrics creates the metrics and registers them with reg (if not nil).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		Connections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "trellis_tcp_connections_total",
+			Help: "TCP connections proxied, by direction (inbound|outbound), peer service and result (ok|denied|error).",
+		}, []string{"direction", "service", "result"}),
+		Active: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "trellis_tcp_connections_active",
+			Help: "TCP connections open now, by direction.",
+		}, []string{"direction"}),
+		Bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "trellis_tcp_bytes_total",
+			Help: "Bytes proxied, by direction, peer service and flow (sent to or received from the peer side).",
+		}, []string{"direction", "service", "flow"}),
+		Handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "trellis_tls_handshakes_total",
+			Help: "mTLS handshakes between sidecars, by side (client|server) and result (ok|resumed|error).",
+		}, []string{"side", "result"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.Connections, m.Active, m.Bytes, m.Handshakes)
+	}
+	return m
+}
