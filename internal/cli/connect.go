@@ -1,0 +1,72 @@
+package cli
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/trellis-mesh/trellis/client"
+)
+
+// Context is what `trellis up` leaves for other terminals: where its server
+// is and which files hold its CA and admin token (never the token itself).
+type Context struct {
+	Addr      string `json:"addr"`
+	CAFile    string `json:"caFile"`
+	TokenFile string `json:"tokenFile"`
+	PID       int    `json:"pid"`
+}
+
+// ContextFile is where `trellis up` writes its Context.
+func ContextFile() string {
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return filepath.Join(".trellis", "context.json")
+	}
+	return filepath.Join(home, ".trellis", "context.json")
+}
+
+// connect builds an API client from TRELLIS_ADDR, TRELLIS_TOKEN and
+// TRELLIS_CACERT, falling back to a running `trellis up`.
+func connect(e *env) (*client.Client, error) {
+	addr, token, caFile := e.getenv("TRELLIS_ADDR"), e.getenv("TRELLIS_TOKEN"), e.getenv("TRELLIS_CACERT")
+	if addr == "" || token == "" || caFile == "" {
+		if b, err := os.ReadFile(ContextFile()); err == nil {
+			var c Context
+			if err := json.Unmarshal(b, &c); err != nil {
+				return nil, fmt.Errorf("%s: %w", ContextFile(), err)
+			}
+			if addr == "" {
+				addr = c.Addr
+			}
+			if caFile == "" {
+				caFile = c.CAFile
+			}
+			if token == "" && c.TokenFile != "" {
+				t, err := os.ReadFile(c.TokenFile)
+				if err != nil {
+					return nil, fmt.Errorf("admin token of trellis up: %w", err)
+				}
+				token = strings.TrimSpace(string(t))
+			}
+		}
+	}
+	if addr == "" {
+		return nil, errors.New("no server: set TRELLIS_ADDR (and TRELLIS_TOKEN, TRELLIS_CACERT), or start one with trellis up")
+	}
+	if token == "" {
+		return nil, errors.New("no token: set TRELLIS_TOKEN")
+	}
+	var caPEM []byte
+	if caFile != "" {
+		b, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("TRELLIS_CACERT: %w", err)
+		}
+		caPEM = b
+	}
+	return client.New(client.Config{Addr: addr, Token: token, CAPEM: caPEM})
+}

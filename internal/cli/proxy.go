@@ -1,0 +1,128 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/trellis-mesh/trellis/internal/sidecar"
+)
+
+func runProxy(ctx context.Context, e *env, args []string) error {
+	fs := newFlags(e, "proxy", "proxy --service NAME --app-port P [--upstream SERVICE:PORT ...] [flags]")
+	configFile := fs.String("config", "", "read the proxy's configuration from this YAML file; flags override it")
+	service := fs.String("service", "", "the app's service name")
+	version := fs.String("version", "", "version label of this instance")
+	instance := fs.String("instance", "", "instance ID (default SERVICE-RANDOM)")
+	appPort := fs.Int("app-port", 0, "port of the app on --app-host")
+	appHost := fs.String("app-host", "127.0.0.1", "host of the app")
+	publicPort := fs.Int("public-port", 0, "port of the inbound mTLS listener (0: any free port)")
+	publicAddr := fs.String("public-addr", "127.0.0.1", "IP the inbound mTLS listener binds")
+	advertise := fs.String("advertise", "", "IP peers dial (default --public-addr, or 127.0.0.1 if unspecified)")
+	network := fs.String("network", "", "network this instance is in")
+	var upstreams listFlag
+	fs.Var(&upstreams, "upstream", "SERVICE:PORT or SERVICE:HOST:PORT local listener for an upstream (repeatable)")
+	server := fs.String("server", e.getenv("TRELLIS_ADDR"), "control plane host:port (env TRELLIS_ADDR)")
+	caFile := fs.String("ca-file", e.getenv("TRELLIS_CACERT"), "PEM roots that verify the control plane (env TRELLIS_CACERT)")
+	tokenFile := fs.String("token-file", "", "file holding the service token (or env TRELLIS_TOKEN)")
+	stateDir := fs.String("state-dir", "", "persist the last snapshot and certificate here")
+	adminPort := fs.Int("admin-port", 0, "port of the admin listener on 127.0.0.1 (0: any free port)")
+	healthPath := fs.String("health-path", "", "check the app with HTTP GET of this path (default: TCP connect)")
+	healthInterval := fs.Duration("health-interval", 0, "interval between app health checks (default 1s)")
+	drain := fs.Duration("drain-timeout", 0, "how long shutdown waits for open connections (default 15s)")
+	mkLog := logFlags(fs, e)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usageErr("unexpected argument %q", fs.Arg(0))
+	}
+	var cfg sidecar.Config
+	if *configFile != "" {
+		if err := loadStrictYAML(*configFile, &cfg); err != nil {
+			return usageErr("%v", err)
+		}
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	override := func(name string, apply func()) {
+		if set[name] || *configFile == "" {
+			apply()
+		}
+	}
+	override("service", func() { cfg.Service = *service })
+	override("version", func() { cfg.Version = *version })
+	override("instance", func() { cfg.Instance = *instance })
+	if set["app-port"] || set["app-host"] || cfg.AppAddr == "" {
+		if *appPort <= 0 || *appPort > 65535 {
+			return usageErr("--app-port: required, 1-65535")
+		}
+		cfg.AppAddr = net.JoinHostPort(*appHost, strconv.Itoa(*appPort))
+	}
+	if set["public-port"] || set["public-addr"] || cfg.PublicAddr == "" {
+		cfg.PublicAddr = net.JoinHostPort(*publicAddr, strconv.Itoa(*publicPort))
+	}
+	override("advertise", func() { cfg.AdvertiseAddr = *advertise })
+	override("network", func() { cfg.Network = *network })
+	if len(upstreams) > 0 {
+		cfg.Upstreams = nil
+		for _, u := range upstreams {
+			up, err := sidecar.ParseUpstream(u)
+			if err != nil {
+				return usageErr("--upstream: %v", err)
+			}
+			cfg.Upstreams = append(cfg.Upstreams, up)
+		}
+	}
+	if set["server"] || cfg.Server == "" {
+		cfg.Server = *server
+	}
+	if set["ca-file"] || cfg.ServerCAFile == "" {
+		cfg.ServerCAFile = *caFile
+	}
+	override("token-file", func() { cfg.TokenFile = *tokenFile })
+	if cfg.TokenFile == "" {
+		cfg.Token = e.getenv("TRELLIS_TOKEN")
+	}
+	override("state-dir", func() { cfg.StateDir = *stateDir })
+	if set["admin-port"] || cfg.AdminAddr == "" {
+		cfg.AdminAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(*adminPort))
+	}
+	override("health-path", func() { cfg.HealthHTTPPath = *healthPath })
+	override("health-interval", func() { cfg.HealthInterval = *healthInterval })
+	override("drain-timeout", func() { cfg.DrainTimeout = *drain })
+	if err := cfg.Validate(); err != nil {
+		return usageErr("%s", oneLine(err))
+	}
+	log, err := mkLog()
+	if err != nil {
+		return err
+	}
+	cfg.Logger = log
+	p, err := sidecar.New(cfg)
+	if err != nil {
+		return err
+	}
+	return p.Run(ctx)
+}
+
+// loadStrictYAML decodes one YAML document into v, rejecting unknown fields
+// and naming the file and line of any problem.
+func loadStrictYAML(file string, v any) error {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return err
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("%s: %v", file, err)
+	}
+	return nil
+}

@@ -1,0 +1,382 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	v1 "github.com/trellis-mesh/trellis/api/v1"
+	"github.com/trellis-mesh/trellis/internal/identity"
+)
+
+func runApply(ctx context.Context, e *env, args []string) error {
+	fs := newFlags(e, "apply", "apply -f FILE [-f FILE ...]")
+	var files listFlag
+	fs.Var(&files, "f", "YAML file of resources, - for standard input (repeatable; all are applied together or none)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if len(files) == 0 {
+		return usageErr("-f FILE is required")
+	}
+	if fs.NArg() > 0 {
+		return usageErr("unexpected argument %q", fs.Arg(0))
+	}
+	var all []v1.Resource
+	var errs []error
+	for _, f := range files {
+		var r io.Reader = os.Stdin
+		name := "<stdin>"
+		if f != "-" {
+			fh, err := os.Open(f)
+			if err != nil {
+				return err
+			}
+			defer fh.Close()
+			r, name = fh, f
+		}
+		res, err := v1.DecodeYAML(name, r)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		all = append(all, res...)
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("nothing applied:\n  %s", strings.ReplaceAll(errors.Join(errs...).Error(), "\n", "\n  "))
+	}
+	c, err := connect(e)
+	if err != nil {
+		return err
+	}
+	applied, err := c.Apply(ctx, all)
+	if err != nil {
+		return err
+	}
+	for _, a := range applied {
+		fmt.Fprintf(e.stdout, "%s applied\n", a)
+	}
+	return nil
+}
+
+// kindOf maps what users type to an API kind.
+func kindOf(s string) (string, bool) {
+	switch strings.ToLower(strings.TrimSuffix(strings.ToLower(s), "s")) {
+	case "mesh", "meshe":
+		return v1.KindMesh, true
+	case "service":
+		return v1.KindService, true
+	case "intention":
+		return v1.KindIntention, true
+	}
+	return "", false
+}
+
+func runGet(ctx context.Context, e *env, args []string) error {
+	fs := newFlags(e, "get", "get services|instances|proxies|tokens|KIND [NAME] [-o table|json|yaml]")
+	out := fs.String("o", "table", "output format: table, json or yaml")
+	if err := parse(fs, reorder(args)); err != nil {
+		return err
+	}
+	if fs.NArg() == 0 || fs.NArg() > 2 {
+		return usageErr("want: get services|instances|proxies|tokens|mesh|service|intention [NAME]")
+	}
+	if *out != "table" && *out != "json" && *out != "yaml" {
+		return usageErr("-o %q: want table, json or yaml", *out)
+	}
+	what, name := fs.Arg(0), fs.Arg(1)
+	c, err := connect(e)
+	if err != nil {
+		return err
+	}
+	switch strings.ToLower(what) {
+	case "services":
+		v, err := c.Services(ctx)
+		if err != nil {
+			return err
+		}
+		return show(e.stdout, *out, v, func(tw io.Writer) {
+			fmt.Fprintln(tw, "NAME\tPROTOCOL\tINSTANCES\tHEALTHY\tDECLARED")
+			for _, s := range v {
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%v\n", s.Name, s.Protocol, s.Instances, s.Healthy, s.Declared)
+			}
+		})
+	case "instances":
+		v, err := c.Instances(ctx, name)
+		if err != nil {
+			return err
+		}
+		return show(e.stdout, *out, v, func(tw io.Writer) {
+			fmt.Fprintln(tw, "ID\tSERVICE\tVERSION\tADDRESS\tHEALTHY\tREGISTERED")
+			for _, i := range v {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s:%d\t%v\t%s\n", i.ID, i.Service, dash(i.Version), i.Address, i.Port, i.Healthy, age(i.RegisteredAt))
+			}
+		})
+	case "proxies":
+		v, err := c.Proxies(ctx)
+		if err != nil {
+			return err
+		}
+		return show(e.stdout, *out, v, func(tw io.Writer) {
+			fmt.Fprintln(tw, "INSTANCE\tSERVICE\tSENT\tACKED\tERROR")
+			for _, p := range v {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", p.Instance, p.Service, p.SentVersion, dash(p.AckedVersion), dash(p.Error))
+			}
+		})
+	case "tokens":
+		v, err := c.Tokens(ctx)
+		if err != nil {
+			return err
+		}
+		return show(e.stdout, *out, v, func(tw io.Writer) {
+			fmt.Fprintln(tw, "ID\tADMIN\tSERVICES\tDESCRIPTION\tCREATED")
+			for _, t := range v {
+				fmt.Fprintf(tw, "%s\t%v\t%s\t%s\t%s\n", t.ID, t.Admin, dash(strings.Join(t.Services, ",")), dash(t.Description), age(t.CreatedAt))
+			}
+		})
+	}
+	kind, ok := kindOf(what)
+	if !ok {
+		return usageErr("unknown kind %q (want services, instances, proxies, tokens, mesh, service or intention)", what)
+	}
+	var res []v1.Resource
+	if name != "" {
+		r, err := c.Get(ctx, kind, name)
+		if err != nil {
+			return err
+		}
+		res = []v1.Resource{r}
+		if *out == "table" {
+			*out = "yaml"
+		}
+	} else if res, err = c.List(ctx, kind); err != nil {
+		return err
+	}
+	if *out == "yaml" {
+		for i, r := range res {
+			if i > 0 {
+				fmt.Fprintln(e.stdout, "---")
+			}
+			b, err := yaml.Marshal(r)
+			if err != nil {
+				return err
+			}
+			e.stdout.Write(b)
+		}
+		return nil
+	}
+	return show(e.stdout, *out, res, func(tw io.Writer) {
+		switch kind {
+		case v1.KindIntention:
+			fmt.Fprintln(tw, "NAME\tSOURCE\tDESTINATION\tACTION")
+			for _, r := range res {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Name, r.Intention.Source, r.Intention.Destination, r.Intention.Action)
+			}
+		case v1.KindService:
+			fmt.Fprintln(tw, "NAME\tPROTOCOL\tPORT")
+			for _, r := range res {
+				fmt.Fprintf(tw, "%s\t%s\t%d\n", r.Name, r.Service.EffectiveProtocol(), r.Service.Port)
+			}
+		case v1.KindMesh:
+			fmt.Fprintln(tw, "NAME\tMTLS\tDEFAULT POLICY")
+			for _, r := range res {
+				fmt.Fprintf(tw, "%s\t%s\t%s\n", r.Name, r.Mesh.EffectiveMTLS(), r.Mesh.EffectiveDefaultPolicy())
+			}
+		}
+	})
+}
+
+// reorder moves flags after positional arguments to the front, so that
+// `get services -o json` works as users expect.
+func reorder(args []string) []string {
+	var flags, pos []string
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if strings.HasPrefix(a, "-") && len(a) > 1 {
+			flags = append(flags, a)
+			if !strings.Contains(a, "=") && i+1 < len(args) {
+				flags = append(flags, args[i+1])
+				i++
+			}
+			continue
+		}
+		pos = append(pos, a)
+	}
+	return append(flags, pos...)
+}
+
+func show(w io.Writer, format string, v any, table func(io.Writer)) error {
+	switch format {
+	case "json":
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	case "yaml":
+		b, err := json.Marshal(v)
+		if err != nil {
+			return err
+		}
+		var generic any
+		if err := yaml.Unmarshal(b, &generic); err != nil {
+			return err
+		}
+		return yaml.NewEncoder(w).Encode(generic)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	table(tw)
+	return tw.Flush()
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func age(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return time.Since(t).Round(time.Second).String() + " ago"
+}
+
+func runDelete(ctx context.Context, e *env, args []string) error {
+	fs := newFlags(e, "delete", "delete KIND NAME")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 2 {
+		return usageErr("want: delete KIND NAME")
+	}
+	kind, ok := kindOf(fs.Arg(0))
+	if !ok {
+		return usageErr("unknown kind %q (want mesh, service or intention)", fs.Arg(0))
+	}
+	c, err := connect(e)
+	if err != nil {
+		return err
+	}
+	if err := c.Delete(ctx, kind, fs.Arg(1)); err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "%s/%s deleted\n", kind, fs.Arg(1))
+	return nil
+}
+
+func runIntention(ctx context.Context, e *env, args []string) error {
+	fs := newFlags(e, "intention", "intention allow|deny SRC DST")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 3 || (fs.Arg(0) != v1.Allow && fs.Arg(0) != v1.Deny) {
+		return usageErr("want: intention allow|deny SRC DST")
+	}
+	action, src, dst := fs.Arg(0), fs.Arg(1), fs.Arg(2)
+	if src != "*" {
+		if err := identity.ValidateServiceName(src); err != nil {
+			return usageErr("source: %v", err)
+		}
+	}
+	if err := identity.ValidateServiceName(dst); err != nil {
+		return usageErr("destination: %v", err)
+	}
+	c, err := connect(e)
+	if err != nil {
+		return err
+	}
+	// Update the intention that already covers this pair, whatever its name.
+	name := strings.ReplaceAll(src, "*", "any") + "." + dst
+	existing, err := c.List(ctx, v1.KindIntention)
+	if err != nil {
+		return err
+	}
+	for _, r := range existing {
+		if r.Intention.Source == src && r.Intention.Destination == dst {
+			name = r.Name
+		}
+	}
+	res := v1.Resource{Kind: v1.KindIntention, Name: name, Intention: &v1.IntentionSpec{Source: src, Destination: dst, Action: action}}
+	if _, err := c.Apply(ctx, []v1.Resource{res}); err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "intention %s: %s -> %s %s\n", name, src, dst, action)
+	return nil
+}
+
+func runToken(ctx context.Context, e *env, args []string) error {
+	if len(args) == 0 {
+		return usageErr("want: token create --service NAME... | token list | token delete ID")
+	}
+	switch args[0] {
+	case "create":
+		fs := newFlags(e, "token create", "token create --service NAME [--service NAME ...] [--admin] [--description TEXT]")
+		var services listFlag
+		fs.Var(&services, "service", "service the token may act as (repeatable)")
+		admin := fs.Bool("admin", false, "make an admin token")
+		desc := fs.String("description", "", "free text")
+		if err := parse(fs, args[1:]); err != nil {
+			return err
+		}
+		if len(services) == 0 && !*admin {
+			return usageErr("--service NAME is required (or --admin)")
+		}
+		for _, s := range services {
+			if err := identity.ValidateServiceName(s); err != nil {
+				return usageErr("--service: %v", err)
+			}
+		}
+		c, err := connect(e)
+		if err != nil {
+			return err
+		}
+		t, err := c.CreateToken(ctx, services, *admin, *desc)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(e.stdout, t.Secret)
+		return nil
+	case "list":
+		return runGet(ctx, e, []string{"tokens"})
+	case "delete":
+		if len(args) != 2 {
+			return usageErr("want: token delete ID")
+		}
+		c, err := connect(e)
+		if err != nil {
+			return err
+		}
+		if err := c.DeleteToken(ctx, args[1]); err != nil {
+			return err
+		}
+		fmt.Fprintf(e.stdout, "token %s deleted\n", args[1])
+		return nil
+	}
+	return usageErr("unknown token command %q (want create, list or delete)", args[0])
+}
+
+func runCA(ctx context.Context, e *env, args []string) error {
+	if len(args) != 1 || args[0] != "roots" {
+		return usageErr("want: ca roots")
+	}
+	c, err := connect(e)
+	if err != nil {
+		return err
+	}
+	r, err := c.Roots(ctx)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stderr, "trust domain: %s\n", r.TrustDomain)
+	fmt.Fprint(e.stdout, r.RootsPEM)
+	return nil
+}
+

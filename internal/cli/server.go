@@ -1,0 +1,74 @@
+package cli
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/trellis-mesh/trellis/internal/control"
+)
+
+func defaultDataDir(e *env) string {
+	if d := e.getenv("TRELLIS_DATA_DIR"); d != "" {
+		return d
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return ".trellis"
+	}
+	return filepath.Join(home, ".trellis", "server")
+}
+
+func runServer(ctx context.Context, e *env, args []string) error {
+	fs := newFlags(e, "server", "server [flags]")
+	var cfg control.Config
+	fs.StringVar(&cfg.DataDir, "data-dir", defaultDataDir(e), "directory for the embedded etcd, the CA and the first admin token")
+	fs.StringVar(&cfg.Listen, "listen", control.DefaultListen, "HTTPS address of the API and the proxy stream")
+	endpoints := fs.String("etcd-endpoints", "", "comma-separated etcd client URLs; empty runs an embedded etcd")
+	fs.StringVar(&cfg.EtcdPrefix, "etcd-prefix", "/trellis", "key prefix in etcd")
+	fs.StringVar(&cfg.TrustDomain, "trust-domain", control.DefaultTrustDomain, "SPIFFE trust domain of the mesh")
+	fs.StringVar(&cfg.CACertFile, "ca-cert", "", "import this CA certificate (PEM; signing cert first, then its chain)")
+	fs.StringVar(&cfg.CAKeyFile, "ca-key", "", "private key of --ca-cert (PEM, mode 0600)")
+	fs.StringVar(&cfg.AdminTokenFile, "admin-token-file", "", "accept the admin token in this file instead of generating one")
+	fs.DurationVar(&cfg.SVIDTTL, "svid-ttl", 24*time.Hour, "lifetime of workload certificates")
+	fs.DurationVar(&cfg.LeaseTTL, "lease-ttl", control.DefaultLeaseTTL, "how long a vanished proxy's registration outlives it")
+	advertise := fs.String("advertise", "", "comma-separated extra DNS names or IPs for the server certificate")
+	mkLog := logFlags(fs, e)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usageErr("unexpected argument %q", fs.Arg(0))
+	}
+	log, err := mkLog()
+	if err != nil {
+		return err
+	}
+	cfg.Logger = log
+	cfg.EtcdEndpoints = splitList(*endpoints)
+	cfg.AdvertiseNames = splitList(*advertise)
+	cfg.Out = e.stdout
+	if err := cfg.Validate(); err != nil {
+		return usageErr("%s", oneLine(err))
+	}
+	srv, err := control.New(cfg)
+	if err != nil {
+		return err
+	}
+	return srv.Run(ctx)
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// oneLine joins a multi-error into one line.
+func oneLine(err error) string { return strings.ReplaceAll(err.Error(), "\n", "; ") }

@@ -1,0 +1,68 @@
+package sidecar
+
+import (
+	"context"
+	"encoding/json"
+	"encoding/pem"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/trellis-mesh/trellis/internal/identity"
+)
+
+// serveAdmin serves the local admin endpoints until ctx ends.
+func (p *Proxy) serveAdmin(ctx context.Context, l net.Listener) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-p.ready:
+			w.Write([]byte("ready\n"))
+		default:
+			http.Error(w, "not ready: waiting for certificate and configuration", http.StatusServiceUnavailable)
+		}
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(p.cfg.Registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /config", func(w http.ResponseWriter, r *http.Request) {
+		out := map[string]any{"registration": p.reg.Load()}
+		if a := p.cur.Load(); a != nil {
+			out["snapshot"] = a.snap
+		}
+		writeJSON(w, out)
+	})
+	mux.HandleFunc("GET /certs", func(w http.ResponseWriter, r *http.Request) {
+		c := p.src.Certificate()
+		if c == nil {
+			http.Error(w, "no certificate yet", http.StatusServiceUnavailable)
+			return
+		}
+		id, _ := identity.FromCertificate(c.Leaf)
+		var chain []byte
+		for _, der := range c.Certificate {
+			chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
+		}
+		writeJSON(w, map[string]any{
+			"spiffeId":  id.String(),
+			"serial":    c.Leaf.SerialNumber.Text(16),
+			"notBefore": c.Leaf.NotBefore,
+			"notAfter":  c.Leaf.NotAfter,
+			"expiresIn": time.Until(c.Leaf.NotAfter).Round(time.Second).String(),
+			"chain":     string(chain),
+		})
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		srv.Close()
+	}()
+	_ = srv.Serve(l)
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}

@@ -1,0 +1,269 @@
+package sidecar
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	mrand "math/rand/v2"
+	"time"
+
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+	grpcstatus "google.golang.org/grpc/status"
+
+	"github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/proxy/l4"
+	"github.com/trellis-mesh/trellis/internal/xds"
+)
+
+// tokenCreds sends the service token with every RPC.
+type tokenCreds string
+
+func (t tokenCreds) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(t)}, nil
+}
+func (tokenCreds) RequireTransportSecurity() bool { return true }
+
+// backoff returns the next retry delay: doubling from 500ms to 30s, with
+// jitter so that proxies do not reconnect in lockstep after an outage.
+func backoff(prev time.Duration) time.Duration {
+	next := min(max(prev*2, 500*time.Millisecond), 30*time.Second)
+	return next/2 + mrand.N(next/2+1)
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// runControl keeps a stream to the control plane open until ctx ends.
+func (p *Proxy) runControl(ctx context.Context, pool *l4.Pool) {
+	conn, err := grpc.NewClient(p.api.Host(),
+		grpc.WithTransportCredentials(credentials.NewTLS(p.api.TLSConfig())),
+		grpc.WithPerRPCCredentials(tokenCreds(p.token)),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 20 * time.Second, Timeout: 10 * time.Second}),
+	)
+	if err != nil {
+		p.log.Error("control plane client", "err", err)
+		return
+	}
+	defer conn.Close()
+	ads := discoveryv3.NewAggregatedDiscoveryServiceClient(conn)
+	var delay time.Duration
+	for ctx.Err() == nil {
+		start := time.Now()
+		err := p.stream(ctx, ads, pool)
+		p.m.connected.Set(0)
+		if ctx.Err() != nil {
+			return
+		}
+		if time.Since(start) > time.Minute {
+			delay = 0
+		}
+		delay = backoff(delay)
+		code := grpcstatus.Code(err)
+		if code == codes.Unauthenticated || code == codes.PermissionDenied || code == codes.InvalidArgument {
+			p.log.Error("control plane refused this proxy; retrying", "err", err, "retryIn", delay.Round(time.Millisecond))
+		} else {
+			p.log.Warn("control plane unreachable; serving the last good configuration", "err", err, "retryIn", delay.Round(time.Millisecond))
+		}
+		sleepCtx(ctx, delay)
+	}
+}
+
+func (p *Proxy) stream(ctx context.Context, ads discoveryv3.AggregatedDiscoveryServiceClient, pool *l4.Pool) error {
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	st, err := ads.StreamAggregatedResources(sctx)
+	if err != nil {
+		return err
+	}
+	version, nonce := "", ""
+	if a := p.cur.Load(); a != nil {
+		version = a.snap.Version
+	}
+	send := func(withNode bool, errDetail string) error {
+		req := &discoveryv3.DiscoveryRequest{TypeUrl: xds.SnapshotType, VersionInfo: version, ResponseNonce: nonce}
+		if withNode {
+			req.Node = p.reg.Load().Node()
+		}
+		if errDetail != "" {
+			req.ErrorDetail = &status.Status{Code: int32(codes.InvalidArgument), Message: errDetail}
+		}
+		return st.Send(req)
+	}
+	if err := send(true, ""); err != nil {
+		return err
+	}
+	resps := make(chan *discoveryv3.DiscoveryResponse)
+	errc := make(chan error, 1)
+	go func() {
+		for {
+			r, err := st.Recv()
+			if err != nil {
+				errc <- err
+				return
+			}
+			select {
+			case resps <- r:
+			case <-sctx.Done():
+				return
+			}
+		}
+	}()
+	connected := false
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case err := <-errc:
+			return err
+		case <-p.regCh:
+			if err := send(true, ""); err != nil {
+				return err
+			}
+		case r := <-resps:
+			if !connected {
+				connected = true
+				p.m.connected.Set(1)
+				p.log.Info("connected to control plane", "server", p.api.Host())
+			}
+			nonce = r.GetNonce()
+			snap, err := xds.SnapshotFrom(r)
+			if err == nil && snap.Service != p.cfg.Service {
+				err = fmt.Errorf("snapshot is for service %q", snap.Service)
+			}
+			if err == nil {
+				err = p.apply(snap)
+			}
+			if err != nil {
+				p.m.snapshots.WithLabelValues("rejected").Inc()
+				p.log.Error("rejected snapshot; keeping the last good one", "version", r.GetVersionInfo(), "err", err)
+				if err := send(false, err.Error()); err != nil {
+					return err
+				}
+				continue
+			}
+			version = snap.Version
+			p.m.snapshots.WithLabelValues("applied").Inc()
+			p.log.Info("applied snapshot", "version", version, "upstreams", len(snap.Upstreams))
+			keep := map[string]bool{}
+			for _, eps := range p.cur.Load().endpoints {
+				for _, e := range eps {
+					keep[e.Addr] = true
+				}
+			}
+			pool.Forget(keep)
+			p.persist()
+			if p.src.Certificate() != nil {
+				p.markReady()
+			}
+			if err := send(false, ""); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// runCertificates obtains the first SVID and renews it at half-life, keeping
+// the current one (and retrying) while the CA is unreachable.
+func (p *Proxy) runCertificates(ctx context.Context) {
+	var delay time.Duration
+	for ctx.Err() == nil {
+		if c := p.src.Certificate(); c != nil {
+			half := c.Leaf.NotBefore.Add(c.Leaf.NotAfter.Sub(c.Leaf.NotBefore) / 2)
+			if delay == 0 {
+				sleepCtx(ctx, time.Until(half))
+			}
+			if ctx.Err() != nil {
+				return
+			}
+		}
+		if err := p.renew(ctx); err != nil {
+			p.m.renewals.WithLabelValues("error").Inc()
+			delay = backoff(delay)
+			if c := p.src.Certificate(); c != nil {
+				delay = min(delay, max(time.Until(c.Leaf.NotAfter)/4, time.Second))
+			}
+			p.log.Warn("certificate renewal failed; keeping the current one", "err", err, "retryIn", delay.Round(time.Millisecond))
+			sleepCtx(ctx, delay)
+			continue
+		}
+		delay = 0
+	}
+}
+
+// renew makes a fresh key, has the CA sign it and installs the result. The
+// key never leaves this process except into the 0600 state file.
+func (p *Proxy) renew(ctx context.Context) error {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		return err
+	}
+	rctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	signed, err := p.api.Sign(rctx, p.cfg.Service, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr}))
+	if err != nil {
+		return fmt.Errorf("sign: %w", err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return err
+	}
+	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
+	cert, err := tlsCertificate([]byte(signed.ChainPEM), keyPEM)
+	if err != nil {
+		return fmt.Errorf("signed certificate: %w", err)
+	}
+	id, err := identity.FromCertificate(cert.Leaf)
+	if err != nil || id.Service() != p.cfg.Service {
+		return fmt.Errorf("CA returned a certificate for %v (%v), want service %s", id, err, p.cfg.Service)
+	}
+	p.keyMu.Lock()
+	p.keyPEM = keyPEM
+	p.keyMu.Unlock()
+	p.src.SetCertificate(cert)
+	p.m.renewals.WithLabelValues("ok").Inc()
+	p.m.expiry.Set(float64(cert.Leaf.NotAfter.Unix()))
+	p.log.Info("certificate issued", "id", id.String(), "expires", cert.Leaf.NotAfter.Format(time.RFC3339))
+	p.persist()
+	if p.cur.Load() != nil {
+		p.markReady()
+	}
+	return nil
+}
+
+// persist saves the current certificate, key and snapshot when all exist.
+func (p *Proxy) persist() {
+	a := p.cur.Load()
+	c := p.src.Certificate()
+	p.keyMu.Lock()
+	keyPEM := p.keyPEM
+	p.keyMu.Unlock()
+	if a == nil || c == nil || keyPEM == nil {
+		return
+	}
+	var chain []byte
+	for _, der := range c.Certificate {
+		chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
+	}
+	if err := saveState(p.cfg.StateDir, persisted{ChainPEM: string(chain), KeyPEM: string(keyPEM), Snapshot: a.snap}); err != nil {
+		p.log.Warn("persist state", "dir", p.cfg.StateDir, "err", err)
+	}
+}
