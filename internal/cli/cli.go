@@ -97,27 +97,34 @@ func printUsage(w io.Writer, cmds map[string]command) {
 	fmt.Fprintln(w, "\nRun trellis COMMAND -h for a command's flags.")
 }
 
+// flagSet is a flag.FlagSet that reports errors in one line and prints
+// help only when asked.
+type flagSet struct {
+	*flag.FlagSet
+	help func()
+}
+
 // newFlags returns a flag set that reports errors instead of exiting.
-func newFlags(e *env, name, usage string) *flag.FlagSet {
+func newFlags(e *env, name, usage string) *flagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	fs.Usage = func() {
+	fs.Usage = func() {} // called on every error; help is printed in parse
+	return &flagSet{FlagSet: fs, help: func() {
 		fmt.Fprintf(e.stderr, "Usage: trellis %s\n\nFlags:\n", usage)
 		fs.SetOutput(e.stderr)
 		fs.PrintDefaults()
 		fs.SetOutput(io.Discard)
-	}
-	return fs
+	}}
 }
 
 // parse parses flags, turning flag errors into usage errors.
-func parse(fs *flag.FlagSet, args []string) error {
+func parse(fs *flagSet, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			fs.Usage()
+			fs.help()
 			return err
 		}
-		return usageErr("%v", err)
+		return usageErr("%v (see trellis %s -h)", err, fs.Name())
 	}
 	return nil
 }
@@ -129,7 +136,7 @@ func (l *listFlag) String() string     { return strings.Join(*l, ",") }
 func (l *listFlag) Set(s string) error { *l = append(*l, s); return nil }
 
 // logFlags adds --log-level and --log-format and returns a constructor.
-func logFlags(fs *flag.FlagSet, e *env) func() (*slog.Logger, error) {
+func logFlags(fs *flagSet, e *env) func() (*slog.Logger, error) {
 	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	format := fs.String("log-format", "text", "log format: text or json")
 	return func() (*slog.Logger, error) {
