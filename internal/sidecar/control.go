@@ -166,6 +166,9 @@ func (p *Proxy) stream(ctx context.Context, ads discoveryv3.AggregatedDiscoveryS
 				}
 			}
 			pool.Forget(keep)
+			if p.onApply != nil {
+				p.onApply()
+			}
 			p.persist()
 			if p.src.Certificate() != nil {
 				p.markReady()

@@ -42,6 +42,8 @@ type Proxy struct {
 	api    *client.Client
 	token  string
 	cur    atomic.Pointer[applied]
+	// onApply runs after each applied snapshot (set before the stream runs).
+	onApply func()
 	reg    atomic.Pointer[xds.Registration]
 	regCh  chan struct{} // a registration change to send
 	ready  chan struct{}
@@ -223,6 +225,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 		Metrics:   p.l4m,
 	}
 	goBG(func() { _ = inbound.Serve(publicL) })
+	p.onApply = func() { inbound.Reauthorize() }
 	pool := l4.NewPool(0, p.l4m)
 	defer pool.Close()
 	var outbounds []*l4.Outbound

@@ -37,7 +37,10 @@ func StartEmbedded(ctx context.Context, dir string) (*Embedded, error) {
 	cfg.ListenPeerUrls = []url.URL{*peerURL}
 	cfg.AdvertisePeerUrls = []url.URL{*peerURL}
 	cfg.InitialCluster = cfg.Name + "=" + peerURL.String()
-	cfg.LogLevel = "error"
+	// etcd logs through zap, apart from Trellis's slog; at "error" it also
+	// reports its own orderly shutdown as failures. Real store errors reach
+	// Trellis as client errors and are logged there.
+	cfg.LogLevel = "fatal"
 	cfg.Logger = "zap"
 	cfg.LogOutputs = []string{"stderr"}
 	// A development store: keep the history small and snapshots cheap.

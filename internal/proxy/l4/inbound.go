@@ -32,6 +32,13 @@ const (
 
 type peerKey struct{}
 
+// openStream is a proxied connection, kept so that a policy change can cut
+// the ones it no longer allows.
+type openStream struct {
+	peer identity.ID
+	app  net.Conn
+}
+
 // Inbound accepts mTLS connections from other sidecars and forwards every
 // authorized CONNECT stream to the local app.
 type Inbound struct {
@@ -53,6 +60,7 @@ type Inbound struct {
 	hs      *http.Server
 	mu      sync.Mutex
 	conns   map[net.Conn]struct{}
+	open    map[*openStream]struct{}
 	streams sync.WaitGroup
 	active  atomic.Int64
 }
@@ -69,6 +77,7 @@ func (in *Inbound) init() {
 			in.DialTimeout = 5 * time.Second
 		}
 		in.conns = map[net.Conn]struct{}{}
+		in.open = map[*openStream]struct{}{}
 		in.h2 = &http2.Server{
 			MaxConcurrentStreams:         maxStreamsPerConn,
 			MaxUploadBufferPerStream:     streamWindow,
@@ -172,6 +181,15 @@ func (in *Inbound) serveStream(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer app.Close()
+	st := &openStream{peer: peer, app: app}
+	in.mu.Lock()
+	in.open[st] = struct{}{}
+	in.mu.Unlock()
+	defer func() {
+		in.mu.Lock()
+		delete(in.open, st)
+		in.mu.Unlock()
+	}()
 	in.Metrics.Connections.WithLabelValues("inbound", peer.Service(), "ok").Inc()
 	gauge := in.Metrics.Active.WithLabelValues("inbound")
 	gauge.Inc()
@@ -197,6 +215,25 @@ func (in *Inbound) serveStream(w http.ResponseWriter, r *http.Request) {
 	// The app closed its side; the stream ends when this handler returns.
 	// Wait for the client's side only as long as it keeps sending.
 	<-done
+}
+
+// Reauthorize checks every open connection against Authorize again and
+// closes those it now denies, so that revoking an intention also ends
+// connections opened before the change. Call it after a policy change.
+func (in *Inbound) Reauthorize() int {
+	in.init()
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	n := 0
+	for st := range in.open {
+		if d := in.Authorize(st.peer); !d.Allow {
+			st.app.Close()
+			delete(in.open, st)
+			n++
+			in.Logger.Info("closed connection no longer allowed", "peer", st.peer.String(), "reason", d.Reason)
+		}
+	}
+	return n
 }
 
 // Active returns the number of connections being proxied.

@@ -1,0 +1,211 @@
+package up
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+
+	v1 "github.com/trellis-mesh/trellis/api/v1"
+	"github.com/trellis-mesh/trellis/internal/identity"
+)
+
+// FileName is the file `trellis up DIR` reads.
+const FileName = "trellis.yaml"
+
+// File is DIR/trellis.yaml.
+type File struct {
+	// Mesh is the mesh-wide configuration.
+	Mesh v1.MeshSpec `yaml:"mesh"`
+	// Services to run, each with its sidecar.
+	Services []Service `yaml:"services"`
+	// Client is a sidecar with no app, whose upstream listeners let a person
+	// call services from this machine (as `consul connect proxy -upstream`).
+	Client *Client `yaml:"client"`
+	// Intentions to apply.
+	Intentions []v1.IntentionSpec `yaml:"intentions"`
+}
+
+// Service is one service to run.
+type Service struct {
+	Name    string            `yaml:"name"`
+	Command []string          `yaml:"command"`
+	Port    int               `yaml:"port"`
+	Version string            `yaml:"version"`
+	// Replicas run with ports Port, Port+1, ...; default 1.
+	Replicas  int               `yaml:"replicas"`
+	Protocol  string            `yaml:"protocol"`
+	Upstreams []UpstreamSpec    `yaml:"upstreams"`
+	Health    HealthSpec        `yaml:"health"`
+	Env       map[string]string `yaml:"env"`
+}
+
+// UpstreamSpec is a local listener for an upstream service.
+type UpstreamSpec struct {
+	Service string `yaml:"service"`
+	Port    int    `yaml:"port"`
+}
+
+// HealthSpec says how to check an app: an HTTP path, or TCP when empty.
+type HealthSpec struct {
+	HTTP string `yaml:"http"`
+}
+
+// Client is the local client sidecar.
+type Client struct {
+	Service   string         `yaml:"service"`
+	Upstreams []UpstreamSpec `yaml:"upstreams"`
+}
+
+// Load reads and validates DIR/trellis.yaml, reporting every problem with
+// the file and, where it can, the line.
+func Load(dir string) (*File, error) {
+	path := filepath.Join(dir, FileName)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	var f File
+	if err := dec.Decode(&f); err != nil {
+		return nil, fmt.Errorf("%s: %s", path, strings.TrimPrefix(err.Error(), "yaml: "))
+	}
+	var root yaml.Node
+	_ = yaml.Unmarshal(b, &root)
+	if err := f.validate(path, &root); err != nil {
+		return nil, err
+	}
+	return &f, nil
+}
+
+func (f *File) validate(path string, root *yaml.Node) error {
+	var errs []error
+	add := func(field string, format string, args ...any) {
+		line := lineOf(root, field)
+		loc := path
+		if line > 0 {
+			loc = fmt.Sprintf("%s:%d", path, line)
+		}
+		errs = append(errs, fmt.Errorf("%s: %s: %s", loc, field, fmt.Sprintf(format, args...)))
+	}
+	mesh := v1.Resource{Kind: v1.KindMesh, Name: v1.MeshName, Mesh: &f.Mesh}
+	if err := mesh.Validate(); err != nil {
+		add("mesh", "%v", err)
+	}
+	if len(f.Services) == 0 {
+		add("services", "at least one service is required")
+	}
+	names := map[string]bool{}
+	ports := map[int]string{}
+	usePort := func(field string, port int, who string) {
+		if port <= 0 || port > 65535 {
+			add(field, "port %d is not 1-65535", port)
+			return
+		}
+		if other, ok := ports[port]; ok {
+			add(field, "port %d is already used by %s", port, other)
+		}
+		ports[port] = who
+	}
+	for i, s := range f.Services {
+		at := fmt.Sprintf("services[%d]", i)
+		if err := identity.ValidateServiceName(s.Name); err != nil {
+			add(at+".name", "%v", err)
+		}
+		if names[s.Name] {
+			add(at+".name", "service %q appears twice", s.Name)
+		}
+		names[s.Name] = true
+		if len(s.Command) == 0 {
+			add(at+".command", "required, such as [go, run, ./app]")
+		}
+		if s.Replicas < 0 || s.Replicas > 20 {
+			add(at+".replicas", "%d is not 0-20", s.Replicas)
+		}
+		if s.Replicas > 1 && len(s.Upstreams) > 0 {
+			add(at+".replicas", "replicas of a service with upstreams would share upstream ports; run one")
+		}
+		for r := 0; r < max(1, s.Replicas); r++ {
+			usePort(at+".port", s.Port+r, s.Name)
+		}
+		if s.Protocol != "" {
+			spec := v1.ServiceSpec{Protocol: s.Protocol}
+			res := v1.Resource{Kind: v1.KindService, Name: "x", Service: &spec}
+			if err := res.Validate(); err != nil {
+				add(at+".protocol", "%q is not tcp, http, http2 or grpc", s.Protocol)
+			}
+		}
+		if s.Health.HTTP != "" && !strings.HasPrefix(s.Health.HTTP, "/") {
+			add(at+".health.http", "%q must start with /", s.Health.HTTP)
+		}
+		for j, u := range s.Upstreams {
+			uat := fmt.Sprintf("%s.upstreams[%d]", at, j)
+			if err := identity.ValidateServiceName(u.Service); err != nil {
+				add(uat+".service", "%v", err)
+			}
+			usePort(uat+".port", u.Port, s.Name+" upstream "+u.Service)
+		}
+	}
+	if f.Client != nil {
+		if err := identity.ValidateServiceName(f.Client.Service); err != nil {
+			add("client.service", "%v", err)
+		}
+		if names[f.Client.Service] {
+			add("client.service", "%q is also a service; pick another name", f.Client.Service)
+		}
+		for j, u := range f.Client.Upstreams {
+			uat := fmt.Sprintf("client.upstreams[%d]", j)
+			if err := identity.ValidateServiceName(u.Service); err != nil {
+				add(uat+".service", "%v", err)
+			}
+			usePort(uat+".port", u.Port, "client upstream "+u.Service)
+		}
+	}
+	for i, in := range f.Intentions {
+		r := v1.Resource{Kind: v1.KindIntention, Name: "x", Intention: &in}
+		if err := r.Validate(); err != nil {
+			add(fmt.Sprintf("intentions[%d]", i), "%s", strings.ReplaceAll(err.Error(), "\n", "; "))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// lineOf finds the line of a field path such as "services[1].port".
+func lineOf(root *yaml.Node, path string) int {
+	n := root
+	if n.Kind == yaml.DocumentNode && len(n.Content) > 0 {
+		n = n.Content[0]
+	}
+	line := 0
+	for _, part := range strings.Split(path, ".") {
+		key, idx := part, -1
+		if i := strings.IndexByte(part, '['); i >= 0 {
+			key = part[:i]
+			fmt.Sscanf(part[i:], "[%d]", &idx)
+		}
+		if n == nil || n.Kind != yaml.MappingNode {
+			return line
+		}
+		var next *yaml.Node
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if n.Content[i].Value == key {
+				next = n.Content[i+1]
+				line = n.Content[i].Line
+			}
+		}
+		n = next
+		if idx >= 0 {
+			if n == nil || n.Kind != yaml.SequenceNode || idx >= len(n.Content) {
+				return line
+			}
+			n = n.Content[idx]
+			line = n.Line
+		}
+	}
+	return line
+}

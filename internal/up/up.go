@@ -1,0 +1,415 @@
+package up
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	v1 "github.com/trellis-mesh/trellis/api/v1"
+	"github.com/trellis-mesh/trellis/client"
+	"github.com/trellis-mesh/trellis/internal/control"
+	"github.com/trellis-mesh/trellis/internal/sidecar"
+)
+
+// Config configures `trellis up`.
+type Config struct {
+	// Dir holds trellis.yaml; commands run there.
+	Dir string
+	// DataDir is the control plane's data dir; default ~/.trellis/up.
+	DataDir string
+	// Listen is the API address; default 127.0.0.1:7700.
+	Listen string
+	// ContextFile, when set, is written with the server's address, CA and
+	// token file while up runs, so that the CLI finds it with no setup.
+	ContextFile string
+	// ReadyTimeout bounds waiting for every service to be healthy; default
+	// 3 minutes (a first `go run` downloads and builds).
+	ReadyTimeout time.Duration
+	// Logger; nil discards.
+	Logger *slog.Logger
+	// Out receives the summary and the apps' output.
+	Out io.Writer
+}
+
+// Run starts everything, prints where to reach it, and stops it all when
+// ctx ends.
+func Run(ctx context.Context, cfg Config) error {
+	f, err := Load(cfg.Dir)
+	if err != nil {
+		return err
+	}
+	if cfg.DataDir == "" {
+		home, err := os.UserHomeDir()
+		if err != nil {
+			return err
+		}
+		cfg.DataDir = filepath.Join(home, ".trellis", "up")
+	}
+	if cfg.ReadyTimeout == 0 {
+		cfg.ReadyTimeout = 3 * time.Minute
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Out == nil {
+		cfg.Out = os.Stdout
+	}
+	dir, err := filepath.Abs(cfg.Dir)
+	if err != nil {
+		return err
+	}
+	log := cfg.Logger
+
+	// Everything below stops when this function returns, in this order:
+	// sidecars (they deregister and drain), then the apps, then the control
+	// plane. ctx only triggers it; the stop itself must not be cut short.
+	base := context.WithoutCancel(ctx)
+	srvCtx, stopSrv := context.WithCancel(base)
+	sideCtx, stopSidecars := context.WithCancel(base)
+	var srvWG, sideWG sync.WaitGroup
+	var children []*child
+	defer func() {
+		stopSidecars()
+		sideWG.Wait()
+		stopChildren(children, log)
+		stopSrv()
+		srvWG.Wait()
+	}()
+
+	srv, err := control.New(control.Config{
+		DataDir: cfg.DataDir, Listen: cfg.Listen, Logger: log, Out: io.Discard,
+	})
+	if err != nil {
+		return err
+	}
+	srvErr := make(chan error, 1)
+	srvWG.Add(1)
+	go func() { defer srvWG.Done(); srvErr <- srv.Run(srvCtx) }()
+	select {
+	case <-srv.Ready():
+	case err := <-srvErr:
+		return fmt.Errorf("control plane: %w", err)
+	case <-ctx.Done():
+		return nil
+	}
+	caFile := filepath.Join(cfg.DataDir, "ca.pem")
+	tokenFile := filepath.Join(cfg.DataDir, control.AdminTokenFileName)
+	token, err := os.ReadFile(tokenFile)
+	if err != nil {
+		return fmt.Errorf("admin token: %w", err)
+	}
+	caPEM, err := os.ReadFile(caFile)
+	if err != nil {
+		return err
+	}
+	api, err := client.New(client.Config{Addr: srv.Addr(), Token: strings.TrimSpace(string(token)), CAPEM: caPEM})
+	if err != nil {
+		return err
+	}
+	if cfg.ContextFile != "" {
+		if err := writeContext(cfg.ContextFile, srv.Addr(), caFile, tokenFile); err != nil {
+			return err
+		}
+		defer os.Remove(cfg.ContextFile)
+	}
+	if err := applyFile(ctx, api, f); err != nil {
+		return err
+	}
+
+	tokDir := filepath.Join(cfg.DataDir, "tokens")
+	if err := os.MkdirAll(tokDir, 0o700); err != nil {
+		return err
+	}
+	// Children are started before their sidecars; a sidecar reports its app
+	// unhealthy until it answers.
+	type sc struct {
+		cfg sidecar.Config
+		id  string
+	}
+	var sidecars []sc
+	want := map[string]int{}
+	for _, s := range f.Services {
+		tok, err := serviceToken(ctx, api, tokDir, s.Name)
+		if err != nil {
+			return err
+		}
+		for r := 0; r < max(1, s.Replicas); r++ {
+			inst := fmt.Sprintf("%s-%d", s.Name, r+1)
+			port := s.Port + r
+			env := map[string]string{"PORT": strconv.Itoa(port), "TRELLIS_SERVICE": s.Name, "TRELLIS_INSTANCE": inst}
+			var ups []sidecar.Upstream
+			for _, u := range s.Upstreams {
+				addr := "127.0.0.1:" + strconv.Itoa(u.Port)
+				env["UPSTREAM_"+envName(u.Service)] = addr
+				ups = append(ups, sidecar.Upstream{Service: u.Service, Listen: addr})
+			}
+			for k, v := range s.Env {
+				env[k] = v
+			}
+			c, err := startChild(dir, inst, s.Command, env, cfg.Out)
+			if err != nil {
+				return err
+			}
+			children = append(children, c)
+			sidecars = append(sidecars, sc{id: inst, cfg: sidecar.Config{
+				Service: s.Name, Version: s.Version, Instance: inst,
+				AppAddr: "127.0.0.1:" + strconv.Itoa(port), Upstreams: ups,
+				Server: srv.Addr(), ServerCAFile: caFile, TokenFile: tok,
+				StateDir:       filepath.Join(cfg.DataDir, "proxies", inst),
+				HealthHTTPPath: s.Health.HTTP, DrainTimeout: 2 * time.Second,
+			}})
+			want[s.Name]++
+		}
+	}
+	if f.Client != nil {
+		tok, err := serviceToken(ctx, api, tokDir, f.Client.Service)
+		if err != nil {
+			return err
+		}
+		var ups []sidecar.Upstream
+		for _, u := range f.Client.Upstreams {
+			ups = append(ups, sidecar.Upstream{Service: u.Service, Listen: "127.0.0.1:" + strconv.Itoa(u.Port)})
+		}
+		// The client sidecar has no app: its "app" is its own admin port,
+		// so it registers healthy but no intention lets anyone call it.
+		adminPort, err := freePort()
+		if err != nil {
+			return err
+		}
+		sidecars = append(sidecars, sc{id: f.Client.Service, cfg: sidecar.Config{
+			Service: f.Client.Service, Instance: f.Client.Service + "-local",
+			AppAddr: "127.0.0.1:" + strconv.Itoa(adminPort), AdminAddr: "127.0.0.1:" + strconv.Itoa(adminPort),
+			Upstreams: ups, Server: srv.Addr(), ServerCAFile: caFile, TokenFile: tok, DrainTimeout: time.Second,
+		}})
+	}
+	sidecarErr := make(chan error, len(sidecars))
+	for _, s := range sidecars {
+		s.cfg.Logger = log
+		s.cfg.Registry = prometheus.NewRegistry()
+		p, err := sidecar.New(s.cfg)
+		if err != nil {
+			return fmt.Errorf("sidecar %s: %w", s.id, err)
+		}
+		sideWG.Add(1)
+		go func() {
+			defer sideWG.Done()
+			if err := p.Run(sideCtx); err != nil {
+				sidecarErr <- fmt.Errorf("sidecar %s: %w", s.id, err)
+			}
+		}()
+	}
+
+	fmt.Fprintf(cfg.Out, "Starting %d services (a first run builds them; this can take a minute)...\n", len(f.Services))
+	if err := waitHealthy(ctx, api, want, cfg.ReadyTimeout, children, sidecarErr); err != nil {
+		return err
+	}
+	printSummary(cfg.Out, srv.Addr(), f)
+	select {
+	case <-ctx.Done():
+		fmt.Fprintln(cfg.Out, "\nStopping...")
+	case err := <-srvErr:
+		return fmt.Errorf("control plane stopped: %w", err)
+	case err := <-sidecarErr:
+		return err
+	}
+	return nil
+}
+
+func applyFile(ctx context.Context, api *client.Client, f *File) error {
+	res := []v1.Resource{{Kind: v1.KindMesh, Name: v1.MeshName, Mesh: &f.Mesh}}
+	for _, s := range f.Services {
+		res = append(res, v1.Resource{Kind: v1.KindService, Name: s.Name, Service: &v1.ServiceSpec{Protocol: s.Protocol, Port: s.Port}})
+	}
+	for _, in := range f.Intentions {
+		in := in
+		name := strings.ReplaceAll(in.Source, "*", "any") + "." + in.Destination
+		res = append(res, v1.Resource{Kind: v1.KindIntention, Name: name, Intention: &in})
+	}
+	// Intentions left by an earlier run of another file would confuse; the
+	// file is the whole truth for a dev mesh.
+	old, err := api.List(ctx, v1.KindIntention)
+	if err != nil {
+		return err
+	}
+	keep := map[string]bool{}
+	for _, r := range res {
+		keep[r.Kind+"/"+r.Name] = true
+	}
+	for _, r := range old {
+		if !keep[r.Kind+"/"+r.Name] {
+			if err := api.Delete(ctx, r.Kind, r.Name); err != nil && !client.IsNotFound(err) {
+				return err
+			}
+		}
+	}
+	_, err = api.Apply(ctx, res)
+	return err
+}
+
+// serviceToken returns a token file for service, making the token once.
+func serviceToken(ctx context.Context, api *client.Client, dir, service string) (string, error) {
+	path := filepath.Join(dir, service)
+	// The token lives in the data dir beside the store that knows it, so
+	// the two are reset together.
+	if b, err := os.ReadFile(path); err == nil && len(b) > 0 {
+		return path, nil
+	}
+	t, err := api.CreateToken(ctx, []string{service}, false, "trellis up: "+service)
+	if err != nil {
+		return "", fmt.Errorf("token for %s: %w", service, err)
+	}
+	if err := os.WriteFile(path, []byte(t.Secret+"\n"), 0o600); err != nil {
+		return "", err
+	}
+	return path, nil
+}
+
+func writeContext(path, addr, caFile, tokenFile string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	b, _ := json.MarshalIndent(map[string]any{"addr": addr, "caFile": caFile, "tokenFile": tokenFile, "pid": os.Getpid()}, "", "  ")
+	return os.WriteFile(path, b, 0o600)
+}
+
+func envName(service string) string {
+	return strings.ToUpper(strings.ReplaceAll(service, "-", "_"))
+}
+
+// waitHealthy waits until every service has its replicas registered and
+// healthy, or a child exits, or the timeout passes.
+func waitHealthy(ctx context.Context, api *client.Client, want map[string]int, timeout time.Duration, children []*child, sidecarErr chan error) error {
+	deadline := time.Now().Add(timeout)
+	var last string
+	for {
+		for _, c := range children {
+			select {
+			case <-c.done:
+				return fmt.Errorf("%s exited before it was healthy: %v", c.name, c.err)
+			default:
+			}
+		}
+		select {
+		case err := <-sidecarErr:
+			return err
+		default:
+		}
+		sums, err := api.Services(ctx)
+		if err == nil {
+			have := map[string]int{}
+			for _, s := range sums {
+				have[s.Name] = s.Healthy
+			}
+			var missing []string
+			for svc, n := range want {
+				if have[svc] < n {
+					missing = append(missing, fmt.Sprintf("%s (%d/%d healthy)", svc, have[svc], n))
+				}
+			}
+			if len(missing) == 0 {
+				return nil
+			}
+			last = strings.Join(missing, ", ")
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not healthy after %v: %s", timeout, last)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func printSummary(w io.Writer, addr string, f *File) {
+	fmt.Fprintf(w, "\nTrellis is up.\n")
+	fmt.Fprintf(w, "  API:      https://%s  (the trellis CLI in another terminal finds it by itself)\n", addr)
+	if f.Client != nil {
+		for _, u := range f.Client.Upstreams {
+			fmt.Fprintf(w, "  %-9s curl http://127.0.0.1:%d/   (local upstream listener, as service %q)\n", u.Service+":", u.Port, f.Client.Service)
+		}
+	}
+	fmt.Fprintf(w, "  Services: ")
+	for i, s := range f.Services {
+		if i > 0 {
+			fmt.Fprint(w, ", ")
+		}
+		fmt.Fprintf(w, "%s x%d", s.Name, max(1, s.Replicas))
+	}
+	fmt.Fprintf(w, "\n  Try:      trellis get instances; trellis intention deny greeter name\nPress Ctrl-C to stop.\n")
+}
+
+// child is an app process, in its own process group so that stopping it
+// also stops what it started (go run starts the real binary as a child).
+type child struct {
+	name string
+	cmd  *exec.Cmd
+	done chan struct{}
+	err  error
+}
+
+func startChild(dir, name string, argv []string, env map[string]string, out io.Writer) (*child, error) {
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Dir = dir
+	cmd.Env = os.Environ()
+	for k, v := range env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	pr, pw := io.Pipe()
+	cmd.Stdout, cmd.Stderr = pw, pw
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s (%s): %w", name, strings.Join(argv, " "), err)
+	}
+	c := &child{name: name, cmd: cmd, done: make(chan struct{})}
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			fmt.Fprintf(out, "[%s] %s\n", name, sc.Text())
+		}
+	}()
+	go func() {
+		c.err = cmd.Wait()
+		pw.Close()
+		close(c.done)
+	}()
+	return c, nil
+}
+
+// stopChildren sends SIGTERM to every child's process group, then SIGKILL
+// to what is left after 3 seconds.
+func stopChildren(children []*child, log *slog.Logger) {
+	for _, c := range children {
+		_ = syscall.Kill(-c.cmd.Process.Pid, syscall.SIGTERM)
+	}
+	deadline := time.After(3 * time.Second)
+	for _, c := range children {
+		select {
+		case <-c.done:
+		case <-deadline:
+		}
+	}
+	for _, c := range children {
+		// The group may outlive its leader (go run's child); kill it anyway.
+		if err := syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL); err == nil {
+			log.Debug("killed process group", "name", c.name)
+		} else if !errors.Is(err, syscall.ESRCH) {
+			log.Warn("kill process group", "name", c.name, "err", err)
+		}
+	}
+}
