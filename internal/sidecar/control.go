@@ -186,9 +186,8 @@ func (p *Proxy) runCertificates(ctx context.Context) {
 	var delay time.Duration
 	for ctx.Err() == nil {
 		if c := p.src.Certificate(); c != nil {
-			half := c.Leaf.NotBefore.Add(c.Leaf.NotAfter.Sub(c.Leaf.NotBefore) / 2)
 			if delay == 0 {
-				sleepCtx(ctx, time.Until(half))
+				sleepCtx(ctx, time.Until(time.Unix(0, p.renewAt.Load())))
 			}
 			if ctx.Err() != nil {
 				return
@@ -241,9 +240,8 @@ func (p *Proxy) renew(ctx context.Context) error {
 	p.keyMu.Lock()
 	p.keyPEM = keyPEM
 	p.keyMu.Unlock()
-	p.src.SetCertificate(cert)
+	p.setCertificate(cert)
 	p.m.renewals.WithLabelValues("ok").Inc()
-	p.m.expiry.Set(float64(cert.Leaf.NotAfter.Unix()))
 	p.log.Info("certificate issued", "id", id.String(), "expires", cert.Leaf.NotAfter.Format(time.RFC3339))
 	p.persist()
 	if p.cur.Load() != nil {

@@ -60,9 +60,9 @@ func saveState(dir string, p persisted) error {
 	return os.Rename(tmp.Name(), filepath.Join(dir, stateFile))
 }
 
-// loadState returns the persisted certificate and snapshot, if both are
-// present, consistent and the certificate has not expired.
-func loadState(dir, service string, now time.Time) (*tls.Certificate, *topology.Snapshot, error) {
+// loadState returns the persisted state, if it is present, consistent, for
+// this service, and its certificate has not expired; nil when there is none.
+func loadState(dir, service string, now time.Time) (*tls.Certificate, *persisted, error) {
 	if dir == "" {
 		return nil, nil, nil
 	}
@@ -94,5 +94,5 @@ func loadState(dir, service string, now time.Time) (*tls.Certificate, *topology.
 	if now.After(leaf.NotAfter) {
 		return nil, nil, fmt.Errorf("persisted certificate expired at %v", leaf.NotAfter)
 	}
-	return &cert, p.Snapshot, nil
+	return &cert, &p, nil
 }

@@ -49,6 +49,9 @@ type Proxy struct {
 	ready  chan struct{}
 	rdOnce sync.Once
 
+	// renewAt is when to renew the current certificate (Unix nanoseconds).
+	renewAt atomic.Int64
+
 	keyMu  sync.Mutex
 	keyPEM []byte // the key of the current certificate, for persistence
 
@@ -161,12 +164,14 @@ func (p *Proxy) markReady() { p.rdOnce.Do(func() { close(p.ready) }) }
 // Run serves until ctx ends, then deregisters, stops accepting and drains.
 func (p *Proxy) Run(ctx context.Context) error {
 	cfg := p.cfg
-	if cert, snap, err := loadState(cfg.StateDir, cfg.Service, time.Now()); err != nil {
+	if cert, st, err := loadState(cfg.StateDir, cfg.Service, time.Now()); err != nil {
 		p.log.Warn("ignore persisted state", "err", err)
 	} else if cert != nil {
+		snap := st.Snapshot
 		if err := p.apply(snap); err == nil {
-			p.src.SetCertificate(cert)
-			p.m.expiry.Set(float64(cert.Leaf.NotAfter.Unix()))
+			p.keyPEM = []byte(st.KeyPEM)
+			p.setCertificate(cert)
+			p.markReady()
 			p.log.Info("serving from persisted state until the control plane answers", "version", snap.Version, "certExpires", cert.Leaf.NotAfter)
 		}
 	}
@@ -333,6 +338,16 @@ func (p *Proxy) Run(ctx context.Context) error {
 		p.log.Info("drained; stopped")
 	}
 	return nil
+}
+
+// setCertificate installs cert and schedules its renewal at half of its
+// remaining life. The CA backdates certificates for clock skew, so half of
+// NotBefore..NotAfter would come too early for a short-lived one.
+func (p *Proxy) setCertificate(cert *tls.Certificate) {
+	now := time.Now()
+	p.renewAt.Store(now.Add(cert.Leaf.NotAfter.Sub(now) / 2).UnixNano())
+	p.src.SetCertificate(cert)
+	p.m.expiry.Set(float64(cert.Leaf.NotAfter.Unix()))
 }
 
 // tlsCertificate pairs a chain and key into a tls.Certificate with Leaf.

@@ -1,0 +1,315 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/trellis-mesh/trellis/client"
+	"github.com/trellis-mesh/trellis/internal/trellistest"
+)
+
+// bin is the trellis binary under test, built once by TestMain.
+var bin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "trellis-integration")
+	if err != nil {
+		panic(err)
+	}
+	bin = filepath.Join(dir, "trellis")
+	build := exec.Command("go", "build", "-o", bin, "../cmd/trellis")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build trellis:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// proc is a trellis process started by a test.
+type proc struct {
+	t    *testing.T
+	name string
+	args []string
+	env  []string
+	log  string
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+func start(t *testing.T, name string, env []string, args ...string) *proc {
+	t.Helper()
+	p := &proc{t: t, name: name, args: args, env: env, log: filepath.Join(t.TempDir(), name+".log")}
+	p.run()
+	t.Cleanup(func() {
+		p.kill(syscall.SIGKILL)
+		if t.Failed() {
+			b, _ := os.ReadFile(p.log)
+			t.Logf("---- %s log ----\n%s", p.name, tail(string(b), 40))
+		}
+	})
+	return p
+}
+
+func (p *proc) run() {
+	p.t.Helper()
+	f, err := os.OpenFile(p.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	cmd := exec.Command(bin, p.args...)
+	cmd.Env = append(os.Environ(), p.env...)
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		p.t.Fatal(err)
+	}
+	p.cmd, p.done = cmd, make(chan struct{})
+	go func() { cmd.Wait(); f.Close(); close(p.done) }()
+}
+
+// kill sends sig and waits for the process to exit.
+func (p *proc) kill(sig syscall.Signal) {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Signal(sig)
+	select {
+	case <-p.done:
+	case <-time.After(20 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+// restart starts the process again with the same arguments.
+func (p *proc) restart() { p.kill(syscall.SIGKILL); p.run() }
+
+func (p *proc) logText() string { b, _ := os.ReadFile(p.log); return string(b) }
+
+func tail(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// server is a control plane process and a client for it.
+type server struct {
+	*proc
+	addr    string
+	dataDir string
+	caFile  string
+	admin   string
+	api     *client.Client
+}
+
+func startServer(t *testing.T, extra ...string) *server {
+	t.Helper()
+	dir := t.TempDir()
+	addr := fmt.Sprintf("127.0.0.1:%d", trellistest.FreePort(t))
+	args := append([]string{"server", "--data-dir", dir, "--listen", addr, "--log-level", "debug"}, extra...)
+	s := &server{proc: start(t, "server", nil, args...), addr: addr, dataDir: dir, caFile: filepath.Join(dir, "ca.pem")}
+	s.waitUp(t)
+	b, err := os.ReadFile(filepath.Join(dir, "admin-token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.admin = strings.TrimSpace(string(b))
+	ca, _ := os.ReadFile(s.caFile)
+	s.api, err = client.New(client.Config{Addr: addr, Token: s.admin, CAPEM: ca})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func (s *server) waitUp(t *testing.T) {
+	t.Helper()
+	trellistest.Eventually(t, 60*time.Second, "server listening", func() error {
+		if _, err := os.Stat(filepath.Join(s.dataDir, "admin-token")); err != nil {
+			return err
+		}
+		c, err := net.Dial("tcp", s.addr)
+		if err == nil {
+			c.Close()
+		}
+		return err
+	})
+}
+
+// env returns the environment for CLI commands against s.
+func (s *server) env() []string {
+	return []string{"TRELLIS_ADDR=" + s.addr, "TRELLIS_TOKEN=" + s.admin, "TRELLIS_CACERT=" + s.caFile, "HOME=" + s.dataDir}
+}
+
+// cli runs a trellis CLI command and returns its output and exit code.
+func (s *server) cli(t *testing.T, args ...string) (string, int) {
+	t.Helper()
+	return runCLI(t, s.env(), args...)
+}
+
+func runCLI(t *testing.T, env []string, args ...string) (string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("run %v: %v", args, err)
+	}
+	return out.String(), code
+}
+
+// mustCLI runs a command that must succeed.
+func (s *server) mustCLI(t *testing.T, args ...string) string {
+	t.Helper()
+	out, code := s.cli(t, args...)
+	if code != 0 {
+		t.Fatalf("trellis %s: exit %d: %s", strings.Join(args, " "), code, out)
+	}
+	return out
+}
+
+// tokenFile makes a service token and returns the file holding it.
+func (s *server) tokenFile(t *testing.T, services ...string) string {
+	t.Helper()
+	args := []string{"token", "create"}
+	for _, svc := range services {
+		args = append(args, "--service", svc)
+	}
+	secret := strings.TrimSpace(s.mustCLI(t, args...))
+	f := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(f, []byte(secret), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// sidecar is a proxy process.
+type sidecar struct {
+	*proc
+	admin    string
+	stateDir string
+}
+
+type proxyOpts struct {
+	service   string
+	appPort   int
+	upstreams []string // "svc:port"
+	extra     []string
+	stateDir  string
+}
+
+func (s *server) startProxy(t *testing.T, o proxyOpts) *sidecar {
+	t.Helper()
+	admin := trellistest.FreePort(t)
+	if o.stateDir == "" {
+		o.stateDir = t.TempDir()
+	}
+	args := []string{"proxy", "--service", o.service, "--app-port", strconv.Itoa(o.appPort),
+		"--server", s.addr, "--ca-file", s.caFile, "--token-file", s.tokenFile(t, o.service),
+		"--state-dir", o.stateDir, "--admin-port", strconv.Itoa(admin), "--log-level", "debug",
+		"--health-interval", "250ms"}
+	for _, u := range o.upstreams {
+		args = append(args, "--upstream", u)
+	}
+	args = append(args, o.extra...)
+	p := &sidecar{proc: start(t, "proxy-"+o.service, nil, args...), admin: fmt.Sprintf("127.0.0.1:%d", admin), stateDir: o.stateDir}
+	p.waitReady(t)
+	return p
+}
+
+func (p *sidecar) waitReady(t *testing.T) {
+	t.Helper()
+	trellistest.Eventually(t, 30*time.Second, p.name+" ready", func() error {
+		resp, err := http.Get("http://" + p.admin + "/ready")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return fmt.Errorf("status %d", resp.StatusCode)
+		}
+		return nil
+	})
+}
+
+// app is an HTTP server that answers with its name, standing for a real app.
+type app struct {
+	name string
+	port int
+	srv  *http.Server
+	mu   sync.Mutex
+	hits int
+}
+
+func startApp(t *testing.T, name string) *app {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &app{name: name, port: l.Addr().(*net.TCPAddr).Port}
+	a.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		a.mu.Lock()
+		a.hits++
+		a.mu.Unlock()
+		io.WriteString(w, a.name)
+	})}
+	go a.srv.Serve(l)
+	t.Cleanup(func() { a.srv.Close() })
+	return a
+}
+
+// get fetches http://addr/ on a new connection and returns the body.
+func get(addr string) (string, error) {
+	tr := &http.Transport{DisableKeepAlives: true}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	resp, err := c.Get("http://" + addr + "/")
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != 200 {
+		return "", fmt.Errorf("status %d: %s", resp.StatusCode, b)
+	}
+	return string(b), nil
+}
+
+// loopAddr returns 127.0.0.1:port for a fresh free port.
+func loopAddr(t *testing.T) (string, int) {
+	p := trellistest.FreePort(t)
+	return fmt.Sprintf("127.0.0.1:%d", p), p
+}
+
+func writeFile(path, content string) error { return os.WriteFile(path, []byte(content), 0o600) }
