@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bufio"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -162,19 +163,31 @@ func applyYAML(t *testing.T, s *server, doc string) {
 
 func TestIntentionDenyAndAllow(t *testing.T) {
 	p := startPair(t)
-	// A keep-alive client: its connection predates the deny and must be cut.
-	kc := &http.Client{Timeout: 3 * time.Second}
-	if _, err := kc.Get("http://" + p.upstream + "/"); err != nil {
+	// One TCP connection, opened before the deny, that must be cut by it.
+	old, err := net.Dial("tcp", p.upstream)
+	if err != nil {
 		t.Fatal(err)
 	}
-	keepAliveGet := func() error {
-		resp, err := kc.Get("http://" + p.upstream + "/")
+	defer old.Close()
+	br := bufio.NewReader(old)
+	oldGet := func() error {
+		old.SetDeadline(time.Now().Add(2 * time.Second))
+		if _, err := io.WriteString(old, "GET / HTTP/1.1\r\nHost: web\r\n\r\n"); err != nil {
+			return err
+		}
+		resp, err := http.ReadResponse(br, nil)
 		if err != nil {
 			return err
 		}
 		defer resp.Body.Close()
 		_, err = io.ReadAll(resp.Body)
 		return err
+	}
+	if err := oldGet(); err != nil {
+		t.Fatalf("first request on the old connection: %v", err)
+	}
+	if err := oldGet(); err != nil {
+		t.Fatalf("second request on the old connection (keep-alive): %v", err)
 	}
 
 	denied := time.Now()
@@ -185,8 +198,8 @@ func TestIntentionDenyAndAllow(t *testing.T) {
 		}
 		return nil
 	})
-	trellistest.Eventually(t, 5*time.Second-time.Since(denied), "kept-alive connection fails after deny", func() error {
-		if err := keepAliveGet(); err == nil {
+	trellistest.Eventually(t, 5*time.Second-time.Since(denied), "connection opened before the deny is cut", func() error {
+		if err := oldGet(); err == nil {
 			return errors.New("call on an old connection still succeeds")
 		}
 		return nil
