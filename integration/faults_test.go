@@ -1,0 +1,164 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/trellis-mesh/trellis/internal/trellistest"
+)
+
+// load sends requests through addr on new connections from workers
+// goroutines until stop is closed, counting successes and failures.
+type load struct {
+	ok, failed atomic.Int64
+	lastErr    atomic.Value
+	stop       chan struct{}
+	wg         sync.WaitGroup
+}
+
+func startLoad(addr string, workers int) *load {
+	l := &load{stop: make(chan struct{})}
+	for range workers {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			for {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				if _, err := get(addr); err != nil {
+					l.failed.Add(1)
+					l.lastErr.Store(err.Error())
+				} else {
+					l.ok.Add(1)
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+		}()
+	}
+	return l
+}
+
+func (l *load) halt() { close(l.stop); l.wg.Wait() }
+
+func certSerial(t *testing.T, admin string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + admin + "/certs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var c struct{ Serial string }
+	json.NewDecoder(resp.Body).Decode(&c)
+	return c.Serial
+}
+
+func TestRotationUnderLoad(t *testing.T) {
+	// 12s certificates are renewed every ~6s: two renewals of each sidecar
+	// while traffic flows.
+	p := startPair(t, "--svid-ttl", "12s")
+	first := map[string]string{"web": certSerial(t, p.webProxy.admin), "client": certSerial(t, p.client.admin)}
+	l := startLoad(p.upstream, 4)
+	time.Sleep(14 * time.Second)
+	l.halt()
+	if f := l.failed.Load(); f != 0 {
+		t.Errorf("%d of %d requests failed during rotation; last error: %v", f, f+l.ok.Load(), l.lastErr.Load())
+	}
+	if l.ok.Load() < 100 {
+		t.Errorf("only %d requests succeeded; the load did not run", l.ok.Load())
+	}
+	for name, admin := range map[string]string{"web": p.webProxy.admin, "client": p.client.admin} {
+		if now := certSerial(t, admin); now == first[name] {
+			t.Errorf("%s certificate not renewed in 14s (serial %s)", name, now)
+		}
+	}
+	t.Logf("%d requests, 0 failed, across renewals", l.ok.Load())
+}
+
+func TestControlPlaneOutage(t *testing.T) {
+	p := startPair(t)
+	p.srv.kill(syscall.SIGKILL)
+
+	// Existing proxies keep serving, new connections included.
+	for i := range 20 {
+		if got, err := get(p.upstream); err != nil || got != "web" {
+			t.Fatalf("request %d with the control plane down: %q, %v", i, got, err)
+		}
+	}
+	// A proxy restarted during the outage serves from its state dir.
+	p.client.restart()
+	p.client.waitReady(t)
+	trellistest.Eventually(t, 10*time.Second, "restarted proxy serves during the outage", func() error {
+		got, err := get(p.upstream)
+		if err == nil && got != "web" {
+			err = fmt.Errorf("got %q", got)
+		}
+		return err
+	})
+
+	// The control plane comes back: new registrations flow to peers again.
+	p.srv.run()
+	p.srv.waitUp(t)
+	web2 := startApp(t, "web2")
+	p.srv.startProxy(t, proxyOpts{service: "web", appPort: web2.port})
+	trellistest.Eventually(t, 30*time.Second, "new instance reachable after recovery", func() error {
+		seen := map[string]bool{}
+		for range 20 {
+			got, err := get(p.upstream)
+			if err != nil {
+				return err
+			}
+			seen[got] = true
+		}
+		if !seen["web2"] {
+			return fmt.Errorf("only saw %v", seen)
+		}
+		return nil
+	})
+}
+
+func TestUpstreamKilledUnderLoad(t *testing.T) {
+	p := startPair(t)
+	web2 := startApp(t, "web2")
+	victim := p.srv.startProxy(t, proxyOpts{service: "web", appPort: web2.port})
+	trellistest.Eventually(t, 10*time.Second, "both instances in use", func() error {
+		ins, err := p.srv.api.Instances(context.Background(), "web")
+		if err != nil || len(ins) != 2 {
+			return fmt.Errorf("instances %v, %v", ins, err)
+		}
+		return nil
+	})
+	l := startLoad(p.upstream, 4)
+	time.Sleep(time.Second)
+
+	killed := time.Now()
+	victim.kill(syscall.SIGKILL)
+	web2.srv.Close()
+	trellistest.Eventually(t, 10*time.Second, "killed instance leaves the endpoints", func() error {
+		ins, err := p.srv.api.Instances(context.Background(), "web")
+		if err != nil || len(ins) != 1 {
+			return fmt.Errorf("instances %d, %v", len(ins), err)
+		}
+		return nil
+	})
+	t.Logf("instance removed %v after SIGKILL", time.Since(killed).Round(time.Millisecond))
+	l.halt()
+	during := l.failed.Load()
+
+	after := startLoad(p.upstream, 4)
+	time.Sleep(2 * time.Second)
+	after.halt()
+	if f := after.failed.Load(); f != 0 {
+		t.Errorf("%d of %d new connections failed after removal; last: %v", f, f+after.ok.Load(), after.lastErr.Load())
+	}
+	t.Logf("failed while removing: %d of %d; after: 0 of %d", during, during+l.ok.Load(), after.ok.Load())
+}
