@@ -1,0 +1,219 @@
+package integration
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/trellis-mesh/trellis/internal/trellistest"
+)
+
+func TestBadInput(t *testing.T) {
+	s := startServer(t)
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	good := "kind: Service\nname: okay\n"
+	cases := []struct {
+		name     string
+		args     []string
+		env      []string
+		wantCode int
+		want     []string
+	}{
+		{"unknown field", []string{"apply", "-f", write("a.yaml", good+"---\nkind: Service\nname: b\nspec:\n  protocl: http\n")}, nil, 1,
+			[]string{"a.yaml:7: spec.protocl: unknown field (did you mean \"protocol\"?)", "nothing applied"}},
+		{"malformed yaml", []string{"apply", "-f", write("b.yaml", "kind: Service\nname: [x\n")}, nil, 1, []string{"b.yaml:"}},
+		{"invalid service name", []string{"apply", "-f", write("c.yaml", "kind: Service\nname: Not_Valid\n")}, nil, 1, []string{"c.yaml:2: name:"}},
+		{"intention bad action", []string{"apply", "-f", write("d.yaml", "kind: Intention\nname: a.b\nspec:\n  source: a\n  destination: b\n  action: perhaps\n")}, nil, 1, []string{"d.yaml:6: spec.action"}},
+		{"missing file", []string{"apply", "-f", filepath.Join(dir, "nope.yaml")}, nil, 1, []string{"no such file"}},
+		{"no -f", []string{"apply"}, nil, 2, []string{"-f FILE is required"}},
+		{"bad flag", []string{"proxy", "--bogus"}, nil, 2, []string{"flag provided but not defined: -bogus"}},
+		{"bad service flag", []string{"proxy", "--service", "Bad", "--app-port", "80", "--server", s.addr, "--token-file", "x"}, nil, 2, []string{"service name \"Bad\""}},
+		{"bad upstream", []string{"proxy", "--service", "a", "--app-port", "80", "--upstream", "nocolon"}, nil, 2, []string{"want SERVICE:PORT"}},
+		{"token for bad service", []string{"token", "create", "--service", "UPPER"}, nil, 2, []string{"--service"}},
+		{"wrong token", []string{"get", "services"}, []string{"TRELLIS_TOKEN=trellis_wrongwrongwrongwrongwrong"}, 1, []string{"missing or invalid token (HTTP 401)"}},
+		{"no token", []string{"get", "services"}, []string{"TRELLIS_TOKEN="}, 1, []string{"no token"}},
+		{"unknown command", []string{"frobnicate"}, nil, 2, []string{"unknown command"}},
+		{"unknown kind", []string{"get", "gizmos"}, nil, 2, []string{"unknown kind"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			out, code := runCLI(t, append(s.env(), tc.env...), tc.args...)
+			if code != tc.wantCode {
+				t.Errorf("exit code %d, want %d; output: %s", code, tc.wantCode, out)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(out, w) {
+					t.Errorf("output %q does not contain %q", out, w)
+				}
+			}
+			if tc.wantCode != 0 && strings.Count(strings.TrimSpace(out), "\n") > 3 {
+				t.Errorf("error output is %d lines, want a short message: %s", strings.Count(out, "\n"), out)
+			}
+		})
+	}
+	// Nothing was half-applied: the good document of the failed file is absent.
+	if out, _ := s.cli(t, "get", "service", "okay"); !strings.Contains(out, "not found") {
+		t.Errorf("service from a rejected file exists: %s", out)
+	}
+
+	// The API answers every unauthenticated or forbidden call with JSON.
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: s.api.TLSConfig()}}
+	svcTok := strings.TrimSpace(s.mustCLI(t, "token", "create", "--service", "web"))
+	for _, tc := range []struct {
+		token string
+		code  int
+	}{{"", 401}, {"garbage", 401}, {svcTok, 403}} {
+		req, _ := http.NewRequest("GET", "https://"+s.addr+"/v1/services", nil)
+		if tc.token != "" {
+			req.Header.Set("Authorization", "Bearer "+tc.token)
+		}
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var body struct{ Error string }
+		err = json.NewDecoder(resp.Body).Decode(&body)
+		resp.Body.Close()
+		if resp.StatusCode != tc.code || err != nil || body.Error == "" {
+			t.Errorf("token %q: status %d body error %q (%v), want %d with a JSON error", tc.token, resp.StatusCode, body.Error, err, tc.code)
+		}
+	}
+}
+
+// TestUpGreeter runs the bundled example exactly as the README does and
+// drives it with the CLI from "another terminal": no flags, no environment.
+func TestUpGreeter(t *testing.T) {
+	for _, port := range []int{7700, 8080, 9000, 9001, 9002, 9191, 9192} {
+		if c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 200*time.Millisecond); err == nil {
+			c.Close()
+			t.Skipf("port %d is in use; trellis up needs the example's fixed ports", port)
+		}
+	}
+	home := t.TempDir()
+	// A fresh HOME stands for "another terminal with no setup"; the Go
+	// caches stay where they are, so `go run` of the examples is not a
+	// cold build.
+	goenv, err := exec.Command("go", "env", "GOCACHE", "GOMODCACHE", "GOPATH").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := strings.Split(strings.TrimSpace(string(goenv)), "\n")
+	env := []string{"HOME=" + home, "TRELLIS_ADDR=", "TRELLIS_TOKEN=", "TRELLIS_CACERT=",
+		"GOCACHE=" + g[0], "GOMODCACHE=" + g[1], "GOPATH=" + g[2]}
+	cmd := exec.Command(bin, "up", "../examples/greeter")
+	cmd.Env = append(os.Environ(), env...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	stdout, _ := cmd.StdoutPipe()
+	logf, _ := os.Create(filepath.Join(t.TempDir(), "up.log"))
+	cmd.Stderr = logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	upIsUp := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		var all strings.Builder
+		for sc.Scan() {
+			all.WriteString(sc.Text() + "\n")
+			if strings.Contains(sc.Text(), "Press Ctrl-C") {
+				upIsUp <- all.String()
+			}
+		}
+		exited <- cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		if t.Failed() {
+			b, _ := os.ReadFile(logf.Name())
+			t.Logf("up log:\n%s", tail(string(b), 40))
+		}
+	})
+	var summary string
+	select {
+	case summary = <-upIsUp:
+	case err := <-exited:
+		t.Fatalf("trellis up exited: %v", err)
+	case <-time.After(3 * time.Minute):
+		t.Fatal("trellis up not up after 3 minutes")
+	}
+	if !strings.Contains(summary, "curl http://127.0.0.1:8080/") || !strings.Contains(summary, "https://127.0.0.1:7700") {
+		t.Errorf("summary does not say where to reach things:\n%s", summary)
+	}
+	want := regexp.MustCompile(`^From greeter-1: Hello \(greeting-1\) [A-Z][a-z]+ \(name-1\)\n?$`)
+	if got, err := get("127.0.0.1:8080"); err != nil || !want.MatchString(got) {
+		t.Fatalf("greeter answered %q, %v; want %v", got, err, want)
+	}
+
+	if out, code := runCLI(t, env, "intention", "deny", "greeter", "name"); code != 0 {
+		t.Fatalf("intention deny: %d %s", code, out)
+	}
+	trellistest.Eventually(t, 5*time.Second, "greeter fails after deny greeter->name", func() error {
+		if got, err := get("127.0.0.1:8080"); err == nil {
+			return fmt.Errorf("still answers %q", got)
+		}
+		return nil
+	})
+	if out, code := runCLI(t, env, "intention", "allow", "greeter", "name"); code != 0 {
+		t.Fatalf("intention allow: %d %s", code, out)
+	}
+	trellistest.Eventually(t, 5*time.Second, "greeter answers after allow", func() error {
+		_, err := get("127.0.0.1:8080")
+		return err
+	})
+	// greeter may call greeting and name only: greeting->name is not allowed.
+	out, _ := runCLI(t, env, "get", "intentions")
+	for _, w := range []string{"greeter.greeting", "greeter.name", "client.greeter"} {
+		if !strings.Contains(out, w) {
+			t.Errorf("intentions %q lack %s", out, w)
+		}
+	}
+
+	// Ctrl-C stops everything and leaves nothing listening.
+	syscall.Kill(cmd.Process.Pid, syscall.SIGINT)
+	select {
+	case <-exited:
+	case <-time.After(20 * time.Second):
+		t.Fatal("trellis up did not stop within 20s of Ctrl-C")
+	}
+	for _, port := range []int{7700, 8080, 9000, 9001, 9002, 9191, 9192} {
+		if c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 200*time.Millisecond); err == nil {
+			c.Close()
+			t.Errorf("port %d still served after trellis up stopped", port)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(home, ".trellis", "context.json")); err == nil {
+		t.Error("context file left behind")
+	}
+}
+
+func TestUpRejectsBadFile(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "trellis.yaml"), []byte("services:\n  - name: a\n    command: [x]\n    port: 9000\n    helth: {http: /}\n"), 0o600)
+	out, code := runCLI(t, nil, "up", dir)
+	if code != 2 || !strings.Contains(out, "line 5: field helth not found") {
+		t.Errorf("exit %d, output %q; want 2 naming line 5 and the field", code, out)
+	}
+	os.WriteFile(filepath.Join(dir, "trellis.yaml"), []byte("services:\n  - name: a\n    command: [x]\n    port: 9000\n  - name: a\n    command: [x]\n    port: 9000\n"), 0o600)
+	out, code = runCLI(t, nil, "up", dir)
+	if code != 2 || !strings.Contains(out, "trellis.yaml:5: services[1].name") || !strings.Contains(out, "port 9000 is already used") {
+		t.Errorf("exit %d, output %q; want 2 naming the duplicate name and port with lines", code, out)
+	}
+}
