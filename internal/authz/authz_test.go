@@ -17,11 +17,11 @@ func TestCheck(t *testing.T) {
 		dest, policy, caller string
 		want                 bool
 	}{
-		{"name", v1.Allow, "greeter", true},     // exact allow beats wildcard deny
-		{"name", v1.Allow, "other", false},      // wildcard deny beats default allow
-		{"greeting", v1.Allow, "other", true},   // default allow
-		{"greeting", v1.Deny, "other", false},   // default deny: unlisted pair fails
-		{"greeting", v1.Deny, "greeter", true},  // explicit allow under default deny
+		{"name", v1.Allow, "greeter", true},    // exact allow beats wildcard deny
+		{"name", v1.Allow, "other", false},     // wildcard deny beats default allow
+		{"greeting", v1.Allow, "other", true},  // default allow
+		{"greeting", v1.Deny, "other", false},  // default deny: unlisted pair fails
+		{"greeting", v1.Deny, "greeter", true}, // explicit allow under default deny
 		{"greeting", v1.Allow, "intruder", false},
 		{"unknown", v1.Deny, "greeter", false},
 	}

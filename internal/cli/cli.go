@@ -46,7 +46,10 @@ func commands() map[string]command {
 		"intention": {"allow or deny calls: intention allow|deny SRC DST", runIntention},
 		"token":     {"create, list or delete tokens", runToken},
 		"ca":        {"show the CA's trust bundle: ca roots", runCA},
-		"version":   {"print the version", func(_ context.Context, e *env, _ []string) error { fmt.Fprintln(e.stdout, "trellis", Version); return nil }},
+		"version": {"print the version", func(_ context.Context, e *env, _ []string) error {
+			fmt.Fprintln(e.stdout, "trellis", Version)
+			return nil
+		}},
 	}
 }
 

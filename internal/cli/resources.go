@@ -379,4 +379,3 @@ func runCA(ctx context.Context, e *env, args []string) error {
 	fmt.Fprint(e.stdout, r.RootsPEM)
 	return nil
 }
-

@@ -13,7 +13,7 @@ const (
 	keyBootstrap = "/bootstrap/admin"
 )
 
-func resourceKey(kind, name string) string { return keyResources + kind + "/" + name }
+func resourceKey(kind, name string) string  { return keyResources + kind + "/" + name }
 func instanceKey(service, id string) string { return keyInstances + service + "/" + id }
 func statusKey(id string) string            { return keyStatus + id }
 func tokenKey(hash string) string           { return keyTokens + hash }

@@ -36,18 +36,18 @@ type applied struct {
 
 // Proxy is a running sidecar.
 type Proxy struct {
-	cfg    Config
-	log    *slog.Logger
-	src    *certs.Source
-	api    *client.Client
-	token  string
-	cur    atomic.Pointer[applied]
+	cfg   Config
+	log   *slog.Logger
+	src   *certs.Source
+	api   *client.Client
+	token string
+	cur   atomic.Pointer[applied]
 	// onApply runs after each applied snapshot (set before the stream runs).
 	onApply func()
-	reg    atomic.Pointer[xds.Registration]
-	regCh  chan struct{} // a registration change to send
-	ready  chan struct{}
-	rdOnce sync.Once
+	reg     atomic.Pointer[xds.Registration]
+	regCh   chan struct{} // a registration change to send
+	ready   chan struct{}
+	rdOnce  sync.Once
 
 	// renewAt is when to renew the current certificate (Unix nanoseconds).
 	renewAt atomic.Int64

@@ -32,10 +32,10 @@ type File struct {
 
 // Service is one service to run.
 type Service struct {
-	Name    string            `yaml:"name"`
-	Command []string          `yaml:"command"`
-	Port    int               `yaml:"port"`
-	Version string            `yaml:"version"`
+	Name    string   `yaml:"name"`
+	Command []string `yaml:"command"`
+	Port    int      `yaml:"port"`
+	Version string   `yaml:"version"`
 	// Replicas run with ports Port, Port+1, ...; default 1.
 	Replicas  int               `yaml:"replicas"`
 	Protocol  string            `yaml:"protocol"`

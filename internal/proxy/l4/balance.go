@@ -18,8 +18,8 @@ type Endpoint struct {
 // it is gone.
 type balancer struct {
 	mu     sync.Mutex
-	active map[string]int       // addr -> open streams
-	eject  map[string]ejection  // addr -> ejection state
+	active map[string]int      // addr -> open streams
+	eject  map[string]ejection // addr -> ejection state
 	now    func() time.Time
 }
 

@@ -35,8 +35,8 @@ type poolKey struct {
 }
 
 type poolEntry struct {
-	mu      sync.Mutex // held while dialing, so that a burst makes one connection
-	conns   []*http2.ClientConn
+	mu    sync.Mutex // held while dialing, so that a burst makes one connection
+	conns []*http2.ClientConn
 }
 
 // NewPool returns an empty pool. dialTimeout bounds TCP connect plus TLS
