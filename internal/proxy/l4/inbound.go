@@ -27,7 +27,7 @@ const (
 	maxStreamsPerConn = 1000
 	streamWindow      = 4 << 20
 	connWindow        = 32 << 20
-	maxFrameSize      = 1 << 20
+	maxFrameSize      = 64 << 10
 )
 
 type peerKey struct{}
