@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -266,6 +267,7 @@ type app struct {
 	srv  *http.Server
 	mu   sync.Mutex
 	hits int
+	sick atomic.Bool // /health answers 503 while set
 }
 
 func startApp(t *testing.T, name string) *app {
@@ -276,6 +278,12 @@ func startApp(t *testing.T, name string) *app {
 	}
 	a := &app{name: name, port: l.Addr().(*net.TCPAddr).Port}
 	a.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/health" {
+			if a.sick.Load() {
+				w.WriteHeader(http.StatusServiceUnavailable)
+			}
+			return
+		}
 		a.mu.Lock()
 		a.hits++
 		a.mu.Unlock()

@@ -18,6 +18,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	v1 "github.com/trellis-mesh/trellis/api/v1"
 	"github.com/trellis-mesh/trellis/client"
 	"github.com/trellis-mesh/trellis/internal/authz"
 	"github.com/trellis-mesh/trellis/internal/certs"
@@ -225,9 +226,16 @@ func (p *Proxy) Run(ctx context.Context) error {
 	inbound := &l4.Inbound{
 		TLS:       p.src.ServerConfig(nil, l4.ALPN),
 		Authorize: p.authorize,
-		Target:    cfg.AppAddr,
-		Logger:    p.log,
-		Metrics:   p.l4m,
+		AcceptPlain: func() bool {
+			a := p.cur.Load()
+			return a != nil && a.snap.MTLS == v1.MTLSPermissive
+		},
+		// A plain caller has no identity: only a wildcard intention or the
+		// default policy can decide it.
+		AuthorizePlain: func() authz.Decision { return p.authorize(identity.ID{}) },
+		Target:         cfg.AppAddr,
+		Logger:         p.log,
+		Metrics:        p.l4m,
 	}
 	goBG(func() { _ = inbound.Serve(publicL) })
 	p.onApply = func() { inbound.Reauthorize() }

@@ -1,6 +1,7 @@
 package l4
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -46,6 +47,11 @@ type Inbound struct {
 	TLS *tls.Config
 	// Authorize decides per stream, from the peer's verified identity.
 	Authorize func(peer identity.ID) authz.Decision
+	// AcceptPlain, when set and returning true (the mesh is permissive),
+	// lets a connection that does not start a TLS handshake through as
+	// plain TCP from an unknown caller; AuthorizePlain decides it.
+	AcceptPlain    func() bool
+	AuthorizePlain func() authz.Decision
 	// Target is the app's address, such as 127.0.0.1:8080.
 	Target string
 	// DialTimeout bounds dialing the app; zero means 5s.
@@ -117,6 +123,18 @@ func (in *Inbound) Serve(l net.Listener) error {
 }
 
 func (in *Inbound) serveConn(c net.Conn, h http.Handler) {
+	if in.AcceptPlain != nil && in.AcceptPlain() {
+		pc, tlsNext, err := peekTLS(c)
+		if err != nil {
+			c.Close()
+			return
+		}
+		c = pc
+		if !tlsNext {
+			in.servePlain(c)
+			return
+		}
+	}
 	tc := tls.Server(c, in.TLS)
 	hctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	err := tc.HandshakeContext(hctx)
@@ -214,6 +232,63 @@ func (in *Inbound) serveStream(w http.ResponseWriter, r *http.Request) {
 	in.Metrics.Bytes.WithLabelValues("inbound", peer.Service(), "sent").Add(float64(n))
 	// The app closed its side; the stream ends when this handler returns.
 	// Wait for the client's side only as long as it keeps sending.
+	<-done
+}
+
+// peekTLS reports whether c starts with a TLS handshake record, returning a
+// conn that still yields the peeked byte.
+func peekTLS(c net.Conn) (net.Conn, bool, error) {
+	br := bufio.NewReaderSize(c, 1024)
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	b, err := br.Peek(1)
+	c.SetReadDeadline(time.Time{})
+	if err != nil {
+		return nil, false, err
+	}
+	const recordTypeHandshake = 0x16
+	return &peekedConn{Conn: c, r: br}, b[0] == recordTypeHandshake, nil
+}
+
+type peekedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (p *peekedConn) Read(b []byte) (int, error) { return p.r.Read(b) }
+
+// CloseWrite half-closes the underlying TCP connection.
+func (p *peekedConn) CloseWrite() error {
+	if cw, ok := p.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return p.Conn.Close()
+}
+
+// servePlain forwards a plain TCP connection of a permissive mesh.
+func (in *Inbound) servePlain(c net.Conn) {
+	defer c.Close()
+	if d := in.AuthorizePlain(); !d.Allow {
+		in.Metrics.Connections.WithLabelValues("inbound", "", "denied").Inc()
+		in.Logger.Info("plain connection denied", "remote", c.RemoteAddr().String(), "reason", d.Reason)
+		return
+	}
+	app, err := net.DialTimeout("tcp", in.Target, in.DialTimeout)
+	if err != nil {
+		in.Metrics.Connections.WithLabelValues("inbound", "", "error").Inc()
+		return
+	}
+	defer app.Close()
+	in.streams.Add(1)
+	defer in.streams.Done()
+	in.Metrics.Connections.WithLabelValues("inbound", "", "ok").Inc()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		copyBuf(app, c)
+		closeWrite(app)
+	}()
+	copyBuf(c, app)
+	closeWrite(c)
 	<-done
 }
 
