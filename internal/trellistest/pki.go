@@ -111,3 +111,13 @@ func Intermediate(t testing.TB, root *CA, key *ecdsa.PrivateKey) (keyPEM, certPE
 	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
 		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 }
+
+// KeyPEM returns the private key of cert in PEM.
+func KeyPEM(t testing.TB, cert *tls.Certificate) []byte {
+	t.Helper()
+	der, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
+}

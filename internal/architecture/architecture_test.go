@@ -1,0 +1,100 @@
+package architecture
+
+import (
+	"encoding/json"
+	"io"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+const module = "github.com/trellis-mesh/trellis"
+
+type pkg struct {
+	ImportPath string
+	Doc        string
+	Deps       []string
+	Standard   bool
+}
+
+func list(t *testing.T) map[string]pkg {
+	t.Helper()
+	cmd := exec.Command("go", "list", "-json", module+"/...")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pkgs := map[string]pkg{}
+	dec := json.NewDecoder(out)
+	for {
+		var p pkg
+		if err := dec.Decode(&p); err == io.EOF {
+			break
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		pkgs[p.ImportPath] = p
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	return pkgs
+}
+
+func TestLayering(t *testing.T) {
+	pkgs := list(t)
+	rules := []struct {
+		pkg       string
+		forbidden []string // import path prefixes
+		onlyStd   []string // when set, non-std deps must have one of these prefixes
+	}{
+		// The data plane never reaches the store, the CA or the control plane.
+		{pkg: "internal/sidecar", forbidden: []string{module + "/internal/store", module + "/internal/ca", module + "/internal/control", "go.etcd.io/"}},
+		{pkg: "internal/proxy/l4", forbidden: []string{module + "/internal/store", module + "/internal/ca", module + "/internal/control", module + "/internal/sidecar"}},
+		{pkg: "internal/certs", forbidden: []string{module + "/internal/ca", module + "/internal/store"}},
+		// Pure packages: no I/O machinery of the mesh.
+		{pkg: "internal/topology", forbidden: []string{"net/http", module + "/internal/store", module + "/internal/control"}},
+		{pkg: "internal/authz", forbidden: []string{"net/http", module + "/internal/store"}},
+		// Leaves.
+		{pkg: "internal/identity", onlyStd: []string{}},
+		{pkg: "api/v1", onlyStd: []string{module + "/internal/identity", "gopkg.in/yaml.v3"}},
+	}
+	for _, r := range rules {
+		t.Run(r.pkg, func(t *testing.T) {
+			p, ok := pkgs[module+"/"+r.pkg]
+			if !ok {
+				t.Fatalf("package %s not found", r.pkg)
+			}
+			for _, d := range p.Deps {
+				for _, f := range r.forbidden {
+					if strings.HasPrefix(d, f) {
+						t.Errorf("%s imports %s (forbidden: %s)", r.pkg, d, f)
+					}
+				}
+				if r.onlyStd == nil || !strings.Contains(strings.SplitN(d, "/", 2)[0], ".") {
+					continue // standard library
+				}
+				allowed := false
+				for _, a := range r.onlyStd {
+					if strings.HasPrefix(d, a) {
+						allowed = true
+					}
+				}
+				if !allowed {
+					t.Errorf("%s is a leaf but imports %s", r.pkg, d)
+				}
+			}
+		})
+	}
+}
+
+func TestPackagesAreDocumented(t *testing.T) {
+	for path, p := range list(t) {
+		if strings.TrimSpace(p.Doc) == "" {
+			t.Errorf("package %s has no package doc comment", strings.TrimPrefix(path, module+"/"))
+		}
+	}
+}
