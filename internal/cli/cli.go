@@ -139,8 +139,8 @@ func (l *listFlag) String() string     { return strings.Join(*l, ",") }
 func (l *listFlag) Set(s string) error { *l = append(*l, s); return nil }
 
 // logFlags adds --log-level and --log-format and returns a constructor.
-func logFlags(fs *flagSet, e *env) func() (*slog.Logger, error) {
-	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
+func logFlags(fs *flagSet, e *env, defaultLevel string) func() (*slog.Logger, error) {
+	level := fs.String("log-level", defaultLevel, "log level: debug, info, warn, error")
 	format := fs.String("log-format", "text", "log format: text or json")
 	return func() (*slog.Logger, error) {
 		var l slog.Level

@@ -36,7 +36,7 @@ func runProxy(ctx context.Context, e *env, args []string) error {
 	healthPath := fs.String("health-path", "", "check the app with HTTP GET of this path (default: TCP connect)")
 	healthInterval := fs.Duration("health-interval", 0, "interval between app health checks (default 1s)")
 	drain := fs.Duration("drain-timeout", 0, "how long shutdown waits for open connections (default 15s)")
-	mkLog := logFlags(fs, e)
+	mkLog := logFlags(fs, e, "info")
 	if err := parse(fs, args); err != nil {
 		return err
 	}

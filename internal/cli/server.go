@@ -35,7 +35,7 @@ func runServer(ctx context.Context, e *env, args []string) error {
 	fs.DurationVar(&cfg.SVIDTTL, "svid-ttl", 24*time.Hour, "lifetime of workload certificates")
 	fs.DurationVar(&cfg.LeaseTTL, "lease-ttl", control.DefaultLeaseTTL, "how long a vanished proxy's registration outlives it")
 	advertise := fs.String("advertise", "", "comma-separated extra DNS names or IPs for the server certificate")
-	mkLog := logFlags(fs, e)
+	mkLog := logFlags(fs, e, "info")
 	if err := parse(fs, args); err != nil {
 		return err
 	}

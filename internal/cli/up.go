@@ -12,7 +12,9 @@ func runUp(ctx context.Context, e *env, args []string) error {
 	fs := newFlags(e, "up", "up [DIR]   (DIR holds trellis.yaml; default .)")
 	dataDir := fs.String("data-dir", "", "data dir of the mesh (default ~/.trellis/up)")
 	listen := fs.String("listen", control.DefaultListen, "API address")
-	mkLog := logFlags(fs, e)
+	// The terminal of `up` shows the summary and the apps' output; the
+	// mesh's own logs are for when something is wrong.
+	mkLog := logFlags(fs, e, "warn")
 	if err := parse(fs, reorder(args)); err != nil {
 		return err
 	}

@@ -259,16 +259,23 @@ func (p *Proxy) Run(ctx context.Context) error {
 	// The health of the app is known before the first registration.
 	checker := &health.Checker{Addr: cfg.AppAddr, HTTPPath: cfg.HealthHTTPPath, Interval: cfg.HealthInterval}
 	firstHealth := make(chan struct{})
+	everHealthy := false // only touched on the checker's goroutine
 	var fhOnce sync.Once
 	goBG(func() {
 		checker.Run(runCtx, func(ok bool, err error) {
 			r := *p.reg.Load()
 			r.Healthy = ok
 			p.reg.Store(&r)
-			if ok {
+			switch {
+			case ok:
+				everHealthy = true
 				p.m.healthy.Set(1)
 				p.log.Info("app is healthy")
-			} else {
+			case !everHealthy:
+				// An app that is still starting is not news.
+				p.m.healthy.Set(0)
+				p.log.Info("waiting for the app to answer its health check", "err", err)
+			default:
 				p.m.healthy.Set(0)
 				p.log.Warn("app is unhealthy", "err", err)
 			}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -197,9 +198,17 @@ func Run(ctx context.Context, cfg Config) error {
 		}})
 	}
 	sidecarErr := make(chan error, len(sidecars))
+	var adminMu sync.Mutex
+	admins := map[string]string{} // instance -> admin address
 	for _, s := range sidecars {
 		s.cfg.Logger = log
 		s.cfg.Registry = prometheus.NewRegistry()
+		id := s.id
+		s.cfg.OnReady = func(admin, _ string) {
+			adminMu.Lock()
+			admins[id] = admin
+			adminMu.Unlock()
+		}
 		p, err := sidecar.New(s.cfg)
 		if err != nil {
 			return fmt.Errorf("sidecar %s: %w", s.id, err)
@@ -217,7 +226,9 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := waitHealthy(ctx, api, want, cfg.ReadyTimeout, children, sidecarErr); err != nil {
 		return err
 	}
-	printSummary(cfg.Out, srv.Addr(), f)
+	adminMu.Lock()
+	printSummary(cfg.Out, srv.Addr(), f, admins)
+	adminMu.Unlock()
 	select {
 	case <-ctx.Done():
 		fmt.Fprintln(cfg.Out, "\nStopping...")
@@ -336,7 +347,7 @@ func waitHealthy(ctx context.Context, api *client.Client, want map[string]int, t
 	}
 }
 
-func printSummary(w io.Writer, addr string, f *File) {
+func printSummary(w io.Writer, addr string, f *File, admins map[string]string) {
 	fmt.Fprintf(w, "\nTrellis is up.\n")
 	fmt.Fprintf(w, "  API:      https://%s  (the trellis CLI in another terminal finds it by itself)\n", addr)
 	if f.Client != nil {
@@ -350,6 +361,18 @@ func printSummary(w io.Writer, addr string, f *File) {
 			fmt.Fprint(w, ", ")
 		}
 		fmt.Fprintf(w, "%s x%d", s.Name, max(1, s.Replicas))
+	}
+	fmt.Fprintf(w, "\n  Proxies:  ")
+	ids := make([]string, 0, len(admins))
+	for id := range admins {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	for i, id := range ids {
+		if i > 0 {
+			fmt.Fprint(w, "\n            ")
+		}
+		fmt.Fprintf(w, "%-14s admin http://%s/certs  /config  /metrics", id, admins[id])
 	}
 	fmt.Fprintf(w, "\n  Try:      trellis get instances; trellis intention deny greeter name\nPress Ctrl-C to stop.\n")
 }
