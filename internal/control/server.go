@@ -310,8 +310,8 @@ func (s *Server) bootstrapAdmin(ctx context.Context) error {
 	}
 	if b, err := os.ReadFile(file); err == nil {
 		secret := strings.TrimSpace(string(b))
-		if !strings.HasPrefix(secret, tokenPrefix) || len(secret) < len(tokenPrefix)+16 {
-			return fmt.Errorf("%s: not a trellis token (want %s followed by at least 16 characters)", file, tokenPrefix)
+		if !strings.HasPrefix(secret, tokenPrefix) || len(secret) < len(tokenPrefix)+16 || len(secret) > len(tokenPrefix)+128 {
+			return fmt.Errorf("%s: not a trellis token (want %s followed by 16 to 128 characters)", file, tokenPrefix)
 		}
 		return storeTokenHash(ctx, s.store, secret, v1.Token{Admin: true, Description: "admin (from " + filepath.Base(file) + ")"})
 	} else if s.cfg.AdminTokenFile != "" {

@@ -45,7 +45,7 @@ func (a *adsServer) StreamAggregatedResources(stream discoveryv3.AggregatedDisco
 	if v := md.Get("authorization"); len(v) > 0 {
 		secret = bearer(v[0])
 	}
-	p, err := s.authenticate(secret)
+	p, err := s.authenticate(ctx, secret)
 	if err != nil {
 		return status.Error(codes.Unauthenticated, err.Error())
 	}

@@ -103,13 +103,20 @@ func bearer(h string) string {
 	return strings.TrimSpace(v)
 }
 
-// authenticate looks the secret up by its hash.
-func (s *Server) authenticate(secret string) (principal, error) {
-	if secret == "" || !strings.HasPrefix(secret, tokenPrefix) {
+// authenticate looks the secret up by its hash: in the store's mirror, and,
+// for a token made a moment ago that the mirror has not seen yet, in the
+// store itself.
+func (s *Server) authenticate(ctx context.Context, secret string) (principal, error) {
+	if len(secret) < len(tokenPrefix)+16 || len(secret) > len(tokenPrefix)+128 || !strings.HasPrefix(secret, tokenPrefix) {
 		return principal{}, errUnauthenticated
 	}
 	hash := hashSecret(secret)
 	t, ok := s.state.token(hash)
+	if !ok {
+		if kv, err := s.store.Get(ctx, tokenKey(hash)); err == nil && json.Unmarshal(kv.Value, &t) == nil {
+			ok = true
+		}
+	}
 	// The map lookup is by hash, which leaks nothing about the secret; the
 	// constant-time compare guards against a mirror that returned a record
 	// under another key.
@@ -120,5 +127,5 @@ func (s *Server) authenticate(secret string) (principal, error) {
 }
 
 func (s *Server) authRequest(r *http.Request) (principal, error) {
-	return s.authenticate(bearer(r.Header.Get("Authorization")))
+	return s.authenticate(r.Context(), bearer(r.Header.Get("Authorization")))
 }
