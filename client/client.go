@@ -142,9 +142,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 
 // Apply stores resources atomically: all or none.
 func (c *Client) Apply(ctx context.Context, res []v1.Resource) ([]string, error) {
-	var out struct {
-		Applied []string `json:"applied"`
-	}
+	var out v1.ApplyResult
 	err := c.do(ctx, http.MethodPost, "/v1/resources", res, &out)
 	return out.Applied, err
 }
@@ -168,18 +166,9 @@ func (c *Client) Delete(ctx context.Context, kind, name string) error {
 	return c.do(ctx, http.MethodDelete, "/v1/resources/"+url.PathEscape(kind)+"/"+url.PathEscape(name), nil, nil)
 }
 
-// ServiceSummary is one entry of Services.
-type ServiceSummary struct {
-	Name      string `json:"name"`
-	Protocol  string `json:"protocol"`
-	Instances int    `json:"instances"`
-	Healthy   int    `json:"healthy"`
-	Declared  bool   `json:"declared"`
-}
-
 // Services lists declared and registered services.
-func (c *Client) Services(ctx context.Context) ([]ServiceSummary, error) {
-	var out []ServiceSummary
+func (c *Client) Services(ctx context.Context) ([]v1.ServiceSummary, error) {
+	var out []v1.ServiceSummary
 	err := c.do(ctx, http.MethodGet, "/v1/services", nil, &out)
 	return out, err
 }
@@ -202,42 +191,24 @@ func (c *Client) Proxies(ctx context.Context) ([]v1.ProxyStatus, error) {
 	return out, err
 }
 
-// Roots is the mesh's trust bundle.
-type Roots struct {
-	TrustDomain string `json:"trustDomain"`
-	RootsPEM    string `json:"roots"`
-}
-
 // Roots returns the trust bundle.
-func (c *Client) Roots(ctx context.Context) (Roots, error) {
-	var out Roots
+func (c *Client) Roots(ctx context.Context) (v1.Roots, error) {
+	var out v1.Roots
 	err := c.do(ctx, http.MethodGet, "/v1/ca/roots", nil, &out)
 	return out, err
 }
 
-// Signed is a signed SVID chain.
-type Signed struct {
-	ChainPEM  string    `json:"chain"`
-	ExpiresAt time.Time `json:"expiresAt"`
-}
-
 // Sign asks the CA to sign csrPEM for service.
-func (c *Client) Sign(ctx context.Context, service string, csrPEM []byte) (Signed, error) {
-	var out Signed
-	err := c.do(ctx, http.MethodPost, "/v1/ca/sign", map[string]string{"service": service, "csr": string(csrPEM)}, &out)
+func (c *Client) Sign(ctx context.Context, service string, csrPEM []byte) (v1.Signed, error) {
+	var out v1.Signed
+	err := c.do(ctx, http.MethodPost, "/v1/ca/sign", v1.SignRequest{Service: service, CSR: string(csrPEM)}, &out)
 	return out, err
 }
 
-// NewToken is a created token with its secret, shown once.
-type NewToken struct {
-	v1.Token
-	Secret string `json:"secret"`
-}
-
 // CreateToken makes a token for services (or an admin token).
-func (c *Client) CreateToken(ctx context.Context, services []string, admin bool, description string) (NewToken, error) {
-	var out NewToken
-	err := c.do(ctx, http.MethodPost, "/v1/tokens", map[string]any{"services": services, "admin": admin, "description": description}, &out)
+func (c *Client) CreateToken(ctx context.Context, services []string, admin bool, description string) (v1.NewToken, error) {
+	var out v1.NewToken
+	err := c.do(ctx, http.MethodPost, "/v1/tokens", v1.TokenRequest{Services: services, Admin: admin, Description: description}, &out)
 	return out, err
 }
 

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"slices"
 	"strings"
-	"time"
 
 	v1 "github.com/trellis-mesh/trellis/api/v1"
 	"github.com/trellis-mesh/trellis/internal/ca"
@@ -128,21 +127,12 @@ func decodeBody(r *http.Request, v any) error {
 	return nil
 }
 
-// ServiceSummary is one entry of GET /v1/services.
-type ServiceSummary struct {
-	Name      string `json:"name"`
-	Protocol  string `json:"protocol"`
-	Instances int    `json:"instances"`
-	Healthy   int    `json:"healthy"`
-	Declared  bool   `json:"declared"`
-}
-
 func (s *Server) listServices(principal, *http.Request) (any, error) {
 	m := s.state.mesh()
-	byName := map[string]*ServiceSummary{}
-	get := func(n string) *ServiceSummary {
+	byName := map[string]*v1.ServiceSummary{}
+	get := func(n string) *v1.ServiceSummary {
 		if byName[n] == nil {
-			byName[n] = &ServiceSummary{Name: n, Protocol: m.Services[n].EffectiveProtocol()}
+			byName[n] = &v1.ServiceSummary{Name: n, Protocol: m.Services[n].EffectiveProtocol()}
 		}
 		return byName[n]
 	}
@@ -158,11 +148,11 @@ func (s *Server) listServices(principal, *http.Request) (any, error) {
 			}
 		}
 	}
-	out := make([]ServiceSummary, 0, len(byName))
+	out := make([]v1.ServiceSummary, 0, len(byName))
 	for _, v := range byName {
 		out = append(out, *v)
 	}
-	slices.SortFunc(out, func(a, b ServiceSummary) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortFunc(out, func(a, b v1.ServiceSummary) int { return strings.Compare(a.Name, b.Name) })
 	return out, nil
 }
 
@@ -218,11 +208,6 @@ func (s *Server) deleteResource(_ principal, r *http.Request) (any, error) {
 	return map[string]string{"deleted": kind + "/" + name}, nil
 }
 
-// ApplyResult reports what an apply changed.
-type ApplyResult struct {
-	Applied []string `json:"applied"`
-}
-
 // applyResources validates every resource, checks them against each other and
 // the stored ones, and commits all in one transaction or none.
 func (s *Server) applyResources(_ principal, r *http.Request) (any, error) {
@@ -276,38 +261,20 @@ func (s *Server) applyResources(_ principal, r *http.Request) (any, error) {
 	if err := s.store.Commit(r.Context(), ops); err != nil {
 		return nil, fmt.Errorf("commit: %w", err)
 	}
-	var res ApplyResult
+	var res v1.ApplyResult
 	for _, x := range in {
 		res.Applied = append(res.Applied, x.Kind+"/"+x.Name)
 	}
 	return res, nil
 }
 
-// RootsResponse is the body of GET /v1/ca/roots.
-type RootsResponse struct {
-	TrustDomain string `json:"trustDomain"`
-	RootsPEM    string `json:"roots"`
-}
-
 func (s *Server) roots(principal, *http.Request) (any, error) {
 	m := s.state.mesh()
-	return RootsResponse{TrustDomain: m.TrustDomain, RootsPEM: m.RootsPEM}, nil
-}
-
-// SignRequest is the body of POST /v1/ca/sign.
-type SignRequest struct {
-	Service string `json:"service"`
-	CSR     string `json:"csr"`
-}
-
-// SignResponse is the answer: the SVID chain, leaf first.
-type SignResponse struct {
-	ChainPEM  string    `json:"chain"`
-	ExpiresAt time.Time `json:"expiresAt"`
+	return v1.Roots{TrustDomain: m.TrustDomain, RootsPEM: m.RootsPEM}, nil
 }
 
 func (s *Server) sign(p principal, r *http.Request) (any, error) {
-	var req SignRequest
+	var req v1.SignRequest
 	if err := decodeBody(r, &req); err != nil {
 		return nil, err
 	}
@@ -328,24 +295,11 @@ func (s *Server) sign(p principal, r *http.Request) (any, error) {
 	}
 	s.metrics.svids.Inc()
 	s.log.Debug("issued svid", "id", id.String(), "expires", certs[0].NotAfter)
-	return SignResponse{ChainPEM: string(chain), ExpiresAt: certs[0].NotAfter}, nil
-}
-
-// TokenRequest is the body of POST /v1/tokens.
-type TokenRequest struct {
-	Services    []string `json:"services"`
-	Admin       bool     `json:"admin,omitempty"`
-	Description string   `json:"description,omitempty"`
-}
-
-// TokenResponse carries the secret, shown this once.
-type TokenResponse struct {
-	v1.Token
-	Secret string `json:"secret"`
+	return v1.Signed{ChainPEM: string(chain), ExpiresAt: certs[0].NotAfter}, nil
 }
 
 func (s *Server) createToken(_ principal, r *http.Request) (any, error) {
-	var req TokenRequest
+	var req v1.TokenRequest
 	if err := decodeBody(r, &req); err != nil {
 		return nil, err
 	}
@@ -353,7 +307,7 @@ func (s *Server) createToken(_ principal, r *http.Request) (any, error) {
 	if err != nil {
 		return nil, badRequest("%v", err)
 	}
-	return TokenResponse{Token: t, Secret: secret}, nil
+	return v1.NewToken{Token: t, Secret: secret}, nil
 }
 
 func (s *Server) deleteToken(_ principal, r *http.Request) (any, error) {

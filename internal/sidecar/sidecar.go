@@ -321,27 +321,15 @@ func (p *Proxy) Run(ctx context.Context) error {
 	}
 	dctx, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout-grace)
 	defer cancel()
-	var derrs []error
-	var dmu sync.Mutex
-	var dwg sync.WaitGroup
-	dwg.Add(1 + len(outbounds))
-	go func() {
-		defer dwg.Done()
-		if err := inbound.Drain(dctx); err != nil {
-			dmu.Lock()
-			derrs = append(derrs, err)
-			dmu.Unlock()
-		}
-	}()
+	drainers := []interface{ Drain(context.Context) error }{inbound}
 	for _, o := range outbounds {
-		go func() {
-			defer dwg.Done()
-			if err := o.Drain(dctx); err != nil {
-				dmu.Lock()
-				derrs = append(derrs, err)
-				dmu.Unlock()
-			}
-		}()
+		drainers = append(drainers, o)
+	}
+	derrs := make([]error, len(drainers))
+	var dwg sync.WaitGroup
+	for i, d := range drainers {
+		dwg.Add(1)
+		go func() { defer dwg.Done(); derrs[i] = d.Drain(dctx) }()
 	}
 	dwg.Wait()
 	stopBackground()

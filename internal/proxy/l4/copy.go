@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"time"
 )
 
 // bufSize is the copy buffer: large enough that bulk transfers move in big
@@ -50,4 +51,25 @@ func closeWrite(c io.Closer) {
 // isClosed reports errors that only mean the other side went away.
 func isClosed(err error) bool {
 	return err == nil || errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrClosedPipe)
+}
+
+// serve accepts connections on l and hands each to accept, which must not
+// block (it starts the connection's goroutine), until l is closed. Temporary accept errors (such as running
+// out of file descriptors) are retried after a pause instead of ending it.
+func serve(l net.Listener, accept func(net.Conn)) error {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+			return err
+		}
+		accept(c)
+	}
 }

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -105,21 +104,7 @@ func (in *Inbound) init() {
 func (in *Inbound) Serve(l net.Listener) error {
 	in.init()
 	handler := http.HandlerFunc(in.serveStream)
-	for {
-		c, err := l.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				time.Sleep(10 * time.Millisecond)
-				continue
-			}
-			return err
-		}
-		go in.serveConn(c, handler)
-	}
+	return serve(l, func(c net.Conn) { go in.serveConn(c, handler) })
 }
 
 func (in *Inbound) serveConn(c net.Conn, h http.Handler) {

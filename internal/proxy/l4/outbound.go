@@ -3,7 +3,6 @@ package l4
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -12,7 +11,6 @@ import (
 	"net/url"
 	"sync"
 	"sync/atomic"
-	"time"
 )
 
 // maxAttempts bounds the endpoints one client connection tries. Only
@@ -61,19 +59,8 @@ func (o *Outbound) init() {
 // Serve accepts client connections on l until it is closed.
 func (o *Outbound) Serve(l net.Listener) error {
 	o.init()
-	for {
-		c, err := l.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				time.Sleep(10 * time.Millisecond)
-				continue
-			}
-			return err
-		}
+	return serve(l, func(c net.Conn) {
+		// Counted before its goroutine starts, so that Drain sees it.
 		o.wg.Add(1)
 		o.mu.Lock()
 		o.conns[c] = struct{}{}
@@ -85,7 +72,7 @@ func (o *Outbound) Serve(l net.Listener) error {
 			delete(o.conns, c)
 			o.mu.Unlock()
 		}()
-	}
+	})
 }
 
 // gate is the request body of a CONNECT stream: it reads the client
