@@ -68,6 +68,17 @@ func TestBadInput(t *testing.T) {
 			}
 		})
 	}
+	// Two intentions may not cover the same pair: the second is refused and
+	// nothing of its file is applied.
+	s.mustCLI(t, "intention", "allow", "a", "b")
+	dup := write("dup.yaml", "kind: Service\nname: extra\n---\nkind: Intention\nname: other\nspec: {source: a, destination: b, action: deny}\n")
+	if out, code := s.cli(t, "apply", "-f", dup); code != 1 || !strings.Contains(out, `intention "a.b" already covers a -> b`) {
+		t.Errorf("duplicate pair: exit %d, %q", code, out)
+	}
+	if out, _ := s.cli(t, "get", "service", "extra"); !strings.Contains(out, "not found") {
+		t.Errorf("service from a refused apply exists: %s", out)
+	}
+
 	// Nothing was half-applied: the good document of the failed file is absent.
 	if out, _ := s.cli(t, "get", "service", "okay"); !strings.Contains(out, "not found") {
 		t.Errorf("service from a rejected file exists: %s", out)

@@ -1,0 +1,80 @@
+package xds
+
+import (
+	"testing"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/trellis-mesh/trellis/internal/topology"
+)
+
+func TestRegistrationRoundTrip(t *testing.T) {
+	r := Registration{Instance: "web-1", Service: "web", Version: "v2", Address: "10.0.0.7", Port: 20000, Network: "vpc-a", Upstreams: []string{"db", "cache"}, Healthy: true}
+	got, err := FromNode(r.Node())
+	if err != nil {
+		t.Fatalf("FromNode: %v", err)
+	}
+	if got.Instance != r.Instance || got.Service != r.Service || got.Version != r.Version || got.Address != r.Address ||
+		got.Port != r.Port || got.Network != r.Network || !got.Healthy || len(got.Upstreams) != 2 || got.Upstreams[1] != "cache" {
+		t.Errorf("round trip = %+v, want %+v", got, r)
+	}
+}
+
+func TestFromNodeRejects(t *testing.T) {
+	good := Registration{Instance: "web-1", Service: "web", Address: "127.0.0.1", Port: 1}
+	tests := map[string]func(*Registration){
+		"bad service":  func(r *Registration) { r.Service = "Web" },
+		"bad instance": func(r *Registration) { r.Instance = "a/b" },
+		"no address":   func(r *Registration) { r.Address = "" },
+		"bad port":     func(r *Registration) { r.Port = 70000 },
+		"bad upstream": func(r *Registration) { r.Upstreams = []string{"UP"} },
+	}
+	for name, mutate := range tests {
+		t.Run(name, func(t *testing.T) {
+			r := good
+			mutate(&r)
+			if _, err := FromNode(r.Node()); err == nil {
+				t.Errorf("FromNode accepted %+v", r)
+			}
+		})
+	}
+	if _, err := FromNode(nil); err == nil {
+		t.Error("FromNode(nil) succeeded")
+	}
+}
+
+func TestSnapshotResponse(t *testing.T) {
+	s := &topology.Snapshot{Version: "abc", Service: "web", TrustDomain: "td", RootsPEM: "x", MTLS: "strict"}
+	resp, err := Response(s, "1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := SnapshotFrom(resp)
+	if err != nil || back.Service != "web" {
+		t.Fatalf("SnapshotFrom = %+v, %v", back, err)
+	}
+	resp.VersionInfo = "other"
+	if _, err := SnapshotFrom(resp); err == nil {
+		t.Error("a response whose version differs from its snapshot's was accepted")
+	}
+}
+
+// FuzzFromNode feeds arbitrary node metadata, as a hostile proxy could send.
+func FuzzFromNode(f *testing.F) {
+	f.Add("web-1", "web", "127.0.0.1", "8080", "v1", "db")
+	f.Add("", "", "", "", "", "")
+	f.Fuzz(func(t *testing.T, id, svc, addr, port, version, upstream string) {
+		md, err := structpb.NewStruct(map[string]any{"address": addr, "port": port, "version": version, "upstreams": []any{upstream}})
+		if err != nil {
+			return
+		}
+		r, err := FromNode(&corev3.Node{Id: id, Cluster: svc, Metadata: md})
+		if err != nil {
+			return
+		}
+		if r.Validate() != nil {
+			t.Fatalf("FromNode returned an invalid registration %+v", r)
+		}
+	})
+}
