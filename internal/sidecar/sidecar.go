@@ -188,8 +188,10 @@ func (p *Proxy) Run(ctx context.Context) error {
 	}
 	defer adminL.Close()
 	var upLs []net.Listener
+	// Upstream listeners serve clients on this host: no keep-alive probes.
+	local := net.ListenConfig{KeepAlive: -1}
 	for _, u := range cfg.Upstreams {
-		l, err := net.Listen("tcp", u.Listen)
+		l, err := local.Listen(ctx, "tcp", u.Listen)
 		if err != nil {
 			for _, x := range upLs {
 				x.Close()

@@ -176,7 +176,7 @@ func (in *Inbound) serveStream(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "trellis: denied by "+d.Reason, http.StatusForbidden)
 		return
 	}
-	app, err := net.DialTimeout("tcp", in.Target, in.DialTimeout)
+	app, err := in.dialApp()
 	if err != nil {
 		in.Metrics.Connections.WithLabelValues("inbound", peer.Service(), "error").Inc()
 		in.Logger.Warn("dial app", "target", in.Target, "err", err)
@@ -257,7 +257,7 @@ func (in *Inbound) servePlain(c net.Conn) {
 		in.Logger.Info("plain connection denied", "remote", c.RemoteAddr().String(), "reason", d.Reason)
 		return
 	}
-	app, err := net.DialTimeout("tcp", in.Target, in.DialTimeout)
+	app, err := in.dialApp()
 	if err != nil {
 		in.Metrics.Connections.WithLabelValues("inbound", "", "error").Inc()
 		return
@@ -294,6 +294,13 @@ func (in *Inbound) Reauthorize() int {
 		}
 	}
 	return n
+}
+
+// dialApp connects to the app. The app is on this host, so TCP keep-alive
+// probes would only cost three setsockopt calls per connection.
+func (in *Inbound) dialApp() (net.Conn, error) {
+	d := net.Dialer{Timeout: in.DialTimeout, KeepAlive: -1}
+	return d.Dial("tcp", in.Target)
 }
 
 // Active returns the number of connections being proxied.
