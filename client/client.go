@@ -37,6 +37,9 @@ type Client struct {
 	base  *url.URL
 	token string
 	hc    *http.Client
+	// tls is never handed to the transport (which adjusts its own copy on
+	// first use), so that TLSConfig can clone it while requests run.
+	tls *tls.Config
 }
 
 // New builds a client. It does not connect.
@@ -66,14 +69,14 @@ func New(cfg Config) (*Client, error) {
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 30 * time.Second
 	}
-	tr := &http.Transport{TLSClientConfig: tlsCfg, ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 4}
-	return &Client{base: u, token: cfg.Token, hc: &http.Client{Transport: tr, Timeout: cfg.Timeout}}, nil
+	tr := &http.Transport{TLSClientConfig: tlsCfg.Clone(), ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 4}
+	return &Client{base: u, token: cfg.Token, hc: &http.Client{Transport: tr, Timeout: cfg.Timeout}, tls: tlsCfg}, nil
 }
 
 // TLSConfig returns the TLS settings used to reach the server, for a gRPC
 // connection to the same address.
 func (c *Client) TLSConfig() *tls.Config {
-	return c.hc.Transport.(*http.Transport).TLSClientConfig.Clone()
+	return c.tls.Clone()
 }
 
 // Host returns the server's host:port.

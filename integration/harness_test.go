@@ -31,7 +31,11 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	bin = filepath.Join(dir, "trellis")
-	build := exec.Command("go", "build", "-o", bin, "../cmd/trellis")
+	args := []string{"build", "-o", bin}
+	if raceEnabled {
+		args = append(args, "-race")
+	}
+	build := exec.Command("go", append(args, "../cmd/trellis")...)
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build trellis:", err)
@@ -59,6 +63,10 @@ func start(t *testing.T, name string, env []string, args ...string) *proc {
 	p.run()
 	t.Cleanup(func() {
 		p.kill(syscall.SIGKILL)
+		if log := p.logText(); strings.Contains(log, "WARNING: DATA RACE") {
+			race := log[strings.Index(log, "WARNING: DATA RACE"):]
+			t.Errorf("%s reported a data race:\n%s", p.name, head(race, 60))
+		}
 		if t.Failed() {
 			b, _ := os.ReadFile(p.log)
 			t.Logf("---- %s log ----\n%s", p.name, tail(string(b), 40))
@@ -104,6 +112,14 @@ func (p *proc) kill(sig syscall.Signal) {
 func (p *proc) restart() { p.kill(syscall.SIGKILL); p.run() }
 
 func (p *proc) logText() string { b, _ := os.ReadFile(p.log); return string(b) }
+
+func head(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = lines[:n]
+	}
+	return strings.Join(lines, "\n")
+}
 
 func tail(s string, n int) string {
 	lines := strings.Split(s, "\n")

@@ -1,11 +1,9 @@
 package sidecar
 
 import (
-	"context"
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -18,11 +16,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	v1 "github.com/trellis-mesh/trellis/api/v1"
 	"github.com/trellis-mesh/trellis/client"
 	"github.com/trellis-mesh/trellis/internal/authz"
 	"github.com/trellis-mesh/trellis/internal/certs"
-	"github.com/trellis-mesh/trellis/internal/health"
 	"github.com/trellis-mesh/trellis/internal/identity"
 	"github.com/trellis-mesh/trellis/internal/proxy/l4"
 	"github.com/trellis-mesh/trellis/internal/topology"
@@ -161,189 +157,6 @@ func (p *Proxy) endpoints(service string) func() []l4.Endpoint {
 }
 
 func (p *Proxy) markReady() { p.rdOnce.Do(func() { close(p.ready) }) }
-
-// Run serves until ctx ends, then deregisters, stops accepting and drains.
-func (p *Proxy) Run(ctx context.Context) error {
-	cfg := p.cfg
-	if cert, st, err := loadState(cfg.StateDir, cfg.Service, time.Now()); err != nil {
-		p.log.Warn("ignore persisted state", "err", err)
-	} else if cert != nil {
-		snap := st.Snapshot
-		if err := p.apply(snap); err == nil {
-			p.keyPEM = []byte(st.KeyPEM)
-			p.setCertificate(cert)
-			p.markReady()
-			p.log.Info("serving from persisted state until the control plane answers", "version", snap.Version, "certExpires", cert.Leaf.NotAfter)
-		}
-	}
-
-	publicL, err := net.Listen("tcp", cfg.PublicAddr)
-	if err != nil {
-		return fmt.Errorf("public listener: %w", err)
-	}
-	defer publicL.Close()
-	adminL, err := net.Listen("tcp", cfg.AdminAddr)
-	if err != nil {
-		return fmt.Errorf("admin listener: %w", err)
-	}
-	defer adminL.Close()
-	var upLs []net.Listener
-	// Upstream listeners serve clients on this host: no keep-alive probes.
-	local := net.ListenConfig{KeepAlive: -1}
-	for _, u := range cfg.Upstreams {
-		l, err := local.Listen(ctx, "tcp", u.Listen)
-		if err != nil {
-			for _, x := range upLs {
-				x.Close()
-			}
-			return fmt.Errorf("upstream %s listener: %w", u.Service, err)
-		}
-		upLs = append(upLs, l)
-	}
-
-	pubAddr := publicL.Addr().(*net.TCPAddr)
-	adv := cfg.AdvertiseAddr
-	if adv == "" {
-		adv = pubAddr.IP.String()
-		if pubAddr.IP.IsUnspecified() {
-			adv = "127.0.0.1"
-		}
-	}
-	ups := make([]string, len(cfg.Upstreams))
-	for i, u := range cfg.Upstreams {
-		ups[i] = u.Service
-	}
-	p.reg.Store(&xds.Registration{
-		Instance: cfg.Instance, Service: cfg.Service, Version: cfg.Version, Address: adv,
-		Port: pubAddr.Port, Network: cfg.Network, Upstreams: ups,
-	})
-
-	runCtx, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopBackground()
-	var bg sync.WaitGroup
-	goBG := func(f func()) { bg.Add(1); go func() { defer bg.Done(); f() }() }
-
-	goBG(func() { p.serveAdmin(runCtx, adminL) })
-
-	inbound := &l4.Inbound{
-		TLS:       p.src.ServerConfig(nil, l4.ALPN),
-		Authorize: p.authorize,
-		AcceptPlain: func() bool {
-			a := p.cur.Load()
-			return a != nil && a.snap.MTLS == v1.MTLSPermissive
-		},
-		// A plain caller has no identity: only a wildcard intention or the
-		// default policy can decide it.
-		AuthorizePlain: func() authz.Decision { return p.authorize(identity.ID{}) },
-		Target:         cfg.AppAddr,
-		Logger:         p.log,
-		Metrics:        p.l4m,
-	}
-	goBG(func() { _ = inbound.Serve(publicL) })
-	p.onApply = func() { inbound.Reauthorize() }
-	pool := l4.NewPool(0, p.l4m)
-	defer pool.Close()
-	var outbounds []*l4.Outbound
-	for i, u := range cfg.Upstreams {
-		o := &l4.Outbound{
-			Service:   u.Service,
-			Endpoints: p.endpoints(u.Service),
-			TLS:       p.src.ClientConfig(certs.ExpectService(u.Service), l4.ALPN),
-			Pool:      pool,
-			Logger:    p.log,
-			Metrics:   p.l4m,
-		}
-		outbounds = append(outbounds, o)
-		l := upLs[i]
-		goBG(func() { _ = o.Serve(l) })
-	}
-
-	// The health of the app is known before the first registration.
-	checker := &health.Checker{Addr: cfg.AppAddr, HTTPPath: cfg.HealthHTTPPath, Interval: cfg.HealthInterval}
-	firstHealth := make(chan struct{})
-	everHealthy := false // only touched on the checker's goroutine
-	var fhOnce sync.Once
-	goBG(func() {
-		checker.Run(runCtx, func(ok bool, err error) {
-			r := *p.reg.Load()
-			r.Healthy = ok
-			p.reg.Store(&r)
-			switch {
-			case ok:
-				everHealthy = true
-				p.m.healthy.Set(1)
-				p.log.Info("app is healthy")
-			case !everHealthy:
-				// An app that is still starting is not news.
-				p.m.healthy.Set(0)
-				p.log.Info("waiting for the app to answer its health check", "err", err)
-			default:
-				p.m.healthy.Set(0)
-				p.log.Warn("app is unhealthy", "err", err)
-			}
-			fhOnce.Do(func() { close(firstHealth) })
-			select {
-			case p.regCh <- struct{}{}:
-			default:
-			}
-		})
-	})
-	select {
-	case <-firstHealth:
-	case <-ctx.Done():
-	}
-
-	streamCtx, closeStream := context.WithCancel(runCtx)
-	streamDone := make(chan struct{})
-	go func() { defer close(streamDone); p.runControl(streamCtx, pool) }()
-	goBG(func() { p.runCertificates(runCtx) })
-
-	go func() {
-		select {
-		case <-p.ready:
-			if cfg.OnReady != nil {
-				cfg.OnReady(adminL.Addr().String(), publicL.Addr().String())
-			}
-		case <-ctx.Done():
-		}
-	}()
-	p.log.Info("proxy started", "public", publicL.Addr().String(), "admin", adminL.Addr().String(), "app", cfg.AppAddr)
-
-	<-ctx.Done()
-	// Shutdown: leave the mesh first so peers stop choosing this instance,
-	// give them a moment to hear it, then stop accepting and drain.
-	p.log.Info("shutting down: deregistering")
-	closeStream()
-	<-streamDone
-	grace := min(time.Second, cfg.DrainTimeout/4)
-	time.Sleep(grace)
-	publicL.Close()
-	for _, l := range upLs {
-		l.Close()
-	}
-	dctx, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout-grace)
-	defer cancel()
-	drainers := []interface{ Drain(context.Context) error }{inbound}
-	for _, o := range outbounds {
-		drainers = append(drainers, o)
-	}
-	derrs := make([]error, len(drainers))
-	var dwg sync.WaitGroup
-	for i, d := range drainers {
-		dwg.Add(1)
-		go func() { defer dwg.Done(); derrs[i] = d.Drain(dctx) }()
-	}
-	dwg.Wait()
-	stopBackground()
-	adminL.Close()
-	bg.Wait()
-	if err := errors.Join(derrs...); err != nil {
-		p.log.Warn("drain incomplete", "err", err)
-	} else {
-		p.log.Info("drained; stopped")
-	}
-	return nil
-}
 
 // setCertificate installs cert and schedules its renewal at half of its
 // remaining life. The CA backdates certificates for clock skew, so half of

@@ -1,11 +1,13 @@
 package l4
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -72,4 +74,26 @@ func serve(l net.Listener, accept func(net.Conn)) error {
 		}
 		accept(c)
 	}
+}
+
+// inflight counts work in progress for a drain. Unlike a sync.WaitGroup it
+// may be waited on while new work can still start (a stream that arrived
+// just before the GOAWAY), which a WaitGroup forbids.
+type inflight struct{ n atomic.Int64 }
+
+func (f *inflight) add()  { f.n.Add(1) }
+func (f *inflight) done() { f.n.Add(-1) }
+
+// wait returns when no work is in progress, or with ctx's error.
+func (f *inflight) wait(ctx context.Context) error {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for f.n.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+	return nil
 }

@@ -66,7 +66,7 @@ type Inbound struct {
 	mu      sync.Mutex
 	conns   map[net.Conn]struct{}
 	open    map[*openStream]struct{}
-	streams sync.WaitGroup
+	streams inflight
 	active  atomic.Int64
 }
 
@@ -159,8 +159,8 @@ func (in *Inbound) serveConn(c net.Conn, h http.Handler) {
 }
 
 func (in *Inbound) serveStream(w http.ResponseWriter, r *http.Request) {
-	in.streams.Add(1)
-	defer in.streams.Done()
+	in.streams.add()
+	defer in.streams.done()
 	if r.Method != http.MethodConnect {
 		http.Error(w, "trellis: only CONNECT is served here", http.StatusMethodNotAllowed)
 		return
@@ -263,8 +263,8 @@ func (in *Inbound) servePlain(c net.Conn) {
 		return
 	}
 	defer app.Close()
-	in.streams.Add(1)
-	defer in.streams.Done()
+	in.streams.add()
+	defer in.streams.done()
 	in.Metrics.Connections.WithLabelValues("inbound", "", "ok").Inc()
 	done := make(chan struct{})
 	go func() {
@@ -312,13 +312,9 @@ func (in *Inbound) Drain(ctx context.Context) error {
 	in.init()
 	// Shutdown on the never-served http.Server only fires the GOAWAY hook.
 	_ = in.hs.Shutdown(ctx)
-	done := make(chan struct{})
-	go func() { in.streams.Wait(); close(done) }()
 	var err error
-	select {
-	case <-done:
-	case <-ctx.Done():
-		err = fmt.Errorf("drain: %d connections still open: %w", in.active.Load(), ctx.Err())
+	if werr := in.streams.wait(ctx); werr != nil {
+		err = fmt.Errorf("drain: %d connections still open: %w", in.active.Load(), werr)
 	}
 	in.mu.Lock()
 	for c := range in.conns {

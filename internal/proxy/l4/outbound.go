@@ -35,12 +35,12 @@ type Outbound struct {
 	// Metrics; nil means the pool's.
 	Metrics *Metrics
 
-	once   sync.Once
-	bal    *balancer
-	wg     sync.WaitGroup
-	mu     sync.Mutex
-	conns  map[net.Conn]struct{}
-	active atomic.Int64
+	once     sync.Once
+	bal      *balancer
+	inflight inflight
+	mu       sync.Mutex
+	conns    map[net.Conn]struct{}
+	active   atomic.Int64
 }
 
 func (o *Outbound) init() {
@@ -61,12 +61,12 @@ func (o *Outbound) Serve(l net.Listener) error {
 	o.init()
 	return serve(l, func(c net.Conn) {
 		// Counted before its goroutine starts, so that Drain sees it.
-		o.wg.Add(1)
+		o.inflight.add()
 		o.mu.Lock()
 		o.conns[c] = struct{}{}
 		o.mu.Unlock()
 		go func() {
-			defer o.wg.Done()
+			defer o.inflight.done()
 			o.handle(c)
 			o.mu.Lock()
 			delete(o.conns, c)
@@ -206,12 +206,8 @@ func (o *Outbound) Active() int64 { return o.active.Load() }
 // closes the rest. Close the listener first.
 func (o *Outbound) Drain(ctx context.Context) error {
 	o.init()
-	done := make(chan struct{})
-	go func() { o.wg.Wait(); close(done) }()
-	select {
-	case <-done:
+	if o.inflight.wait(ctx) == nil {
 		return nil
-	case <-ctx.Done():
 	}
 	o.mu.Lock()
 	n := len(o.conns)

@@ -1,0 +1,262 @@
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	v1 "github.com/trellis-mesh/trellis/api/v1"
+	"github.com/trellis-mesh/trellis/internal/authz"
+	"github.com/trellis-mesh/trellis/internal/certs"
+	"github.com/trellis-mesh/trellis/internal/health"
+	"github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/proxy/l4"
+	"github.com/trellis-mesh/trellis/internal/xds"
+)
+
+// Run serves until ctx ends, then deregisters, stops accepting and drains.
+//
+// Order matters at both ends. At start: persisted state first (so a restart
+// during an outage serves at once), then the listeners, then the app's first
+// health check, and only then registration. At stop: deregistration first,
+// so that peers stop choosing this instance, then the listeners, then the
+// drain of open connections.
+func (p *Proxy) Run(ctx context.Context) error {
+	p.restoreState()
+	ls, err := p.listen(ctx)
+	if err != nil {
+		return err
+	}
+	defer ls.closeAll()
+	p.reg.Store(p.registration(ls.public.Addr().(*net.TCPAddr)))
+
+	// Background work outlives ctx until the drain is over.
+	runCtx, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopBackground()
+	var bg sync.WaitGroup
+	goBG := func(f func()) { bg.Add(1); go func() { defer bg.Done(); f() }() }
+
+	goBG(func() { p.serveAdmin(runCtx, ls.admin) })
+	pool := l4.NewPool(0, p.l4m)
+	defer pool.Close()
+	inbound, outbounds := p.dataPlane(pool)
+	p.onApply = func() { inbound.Reauthorize() }
+	goBG(func() { _ = inbound.Serve(ls.public) })
+	for i, o := range outbounds {
+		goBG(func() { _ = o.Serve(ls.upstreams[i]) })
+	}
+
+	firstHealth := make(chan struct{})
+	goBG(func() { p.checkHealth(runCtx, firstHealth) })
+	select {
+	case <-firstHealth:
+	case <-ctx.Done():
+	}
+	streamCtx, closeStream := context.WithCancel(runCtx)
+	streamDone := make(chan struct{})
+	go func() { defer close(streamDone); p.runControl(streamCtx, pool) }()
+	goBG(func() { p.runCertificates(runCtx) })
+	go func() {
+		select {
+		case <-p.ready:
+			if p.cfg.OnReady != nil {
+				p.cfg.OnReady(ls.admin.Addr().String(), ls.public.Addr().String())
+			}
+		case <-ctx.Done():
+		}
+	}()
+	p.log.Info("proxy started", "public", ls.public.Addr().String(), "admin", ls.admin.Addr().String(), "app", p.cfg.AppAddr)
+
+	<-ctx.Done()
+	p.log.Info("shutting down: deregistering")
+	closeStream()
+	<-streamDone
+	grace := min(time.Second, p.cfg.DrainTimeout/4)
+	time.Sleep(grace) // let peers hear of the deregistration
+	ls.closeServing()
+	drainers := []drainer{inbound}
+	for _, o := range outbounds {
+		drainers = append(drainers, o)
+	}
+	err = drainAll(drainers, p.cfg.DrainTimeout-grace)
+	stopBackground()
+	ls.admin.Close()
+	bg.Wait()
+	if err != nil {
+		p.log.Warn("drain incomplete", "err", err)
+	} else {
+		p.log.Info("drained; stopped")
+	}
+	return nil
+}
+
+// restoreState serves the persisted snapshot and certificate, if any, until
+// the control plane answers.
+func (p *Proxy) restoreState() {
+	cert, st, err := loadState(p.cfg.StateDir, p.cfg.Service, time.Now())
+	if err != nil {
+		p.log.Warn("ignore persisted state", "err", err)
+		return
+	}
+	if cert == nil {
+		return
+	}
+	if err := p.apply(st.Snapshot); err != nil {
+		p.log.Warn("ignore persisted snapshot", "err", err)
+		return
+	}
+	p.keyPEM = []byte(st.KeyPEM)
+	p.setCertificate(cert)
+	p.markReady()
+	p.log.Info("serving from persisted state until the control plane answers", "version", st.Snapshot.Version, "certExpires", cert.Leaf.NotAfter)
+}
+
+// listeners are the sockets a proxy serves.
+type listeners struct {
+	public, admin net.Listener
+	upstreams     []net.Listener // in the order of Config.Upstreams
+}
+
+func (p *Proxy) listen(ctx context.Context) (*listeners, error) {
+	ls := &listeners{}
+	var err error
+	if ls.public, err = net.Listen("tcp", p.cfg.PublicAddr); err != nil {
+		return nil, fmt.Errorf("public listener: %w", err)
+	}
+	if ls.admin, err = net.Listen("tcp", p.cfg.AdminAddr); err != nil {
+		ls.closeAll()
+		return nil, fmt.Errorf("admin listener: %w", err)
+	}
+	// Upstream listeners serve clients on this host: no keep-alive probes.
+	local := net.ListenConfig{KeepAlive: -1}
+	for _, u := range p.cfg.Upstreams {
+		l, err := local.Listen(ctx, "tcp", u.Listen)
+		if err != nil {
+			ls.closeAll()
+			return nil, fmt.Errorf("upstream %s listener: %w", u.Service, err)
+		}
+		ls.upstreams = append(ls.upstreams, l)
+	}
+	return ls, nil
+}
+
+// closeServing stops accepting mesh and client connections.
+func (ls *listeners) closeServing() {
+	if ls.public != nil {
+		ls.public.Close()
+	}
+	for _, l := range ls.upstreams {
+		l.Close()
+	}
+}
+
+func (ls *listeners) closeAll() {
+	ls.closeServing()
+	if ls.admin != nil {
+		ls.admin.Close()
+	}
+}
+
+// registration describes this instance; peers dial AdvertiseAddr, or the
+// public listener's IP, or loopback when that is unspecified.
+func (p *Proxy) registration(pub *net.TCPAddr) *xds.Registration {
+	adv := p.cfg.AdvertiseAddr
+	if adv == "" {
+		adv = pub.IP.String()
+		if pub.IP.IsUnspecified() {
+			adv = "127.0.0.1"
+		}
+	}
+	ups := make([]string, len(p.cfg.Upstreams))
+	for i, u := range p.cfg.Upstreams {
+		ups[i] = u.Service
+	}
+	return &xds.Registration{
+		Instance: p.cfg.Instance, Service: p.cfg.Service, Version: p.cfg.Version, Address: adv,
+		Port: pub.Port, Network: p.cfg.Network, Upstreams: ups,
+	}
+}
+
+// dataPlane builds the inbound and one outbound per upstream, all reading
+// the current snapshot and certificate.
+func (p *Proxy) dataPlane(pool *l4.Pool) (*l4.Inbound, []*l4.Outbound) {
+	inbound := &l4.Inbound{
+		TLS:       p.src.ServerConfig(nil, l4.ALPN),
+		Authorize: p.authorize,
+		AcceptPlain: func() bool {
+			a := p.cur.Load()
+			return a != nil && a.snap.MTLS == v1.MTLSPermissive
+		},
+		// A plain caller has no identity: only a wildcard intention or the
+		// default policy can decide it.
+		AuthorizePlain: func() authz.Decision { return p.authorize(identity.ID{}) },
+		Target:         p.cfg.AppAddr,
+		Logger:         p.log,
+		Metrics:        p.l4m,
+	}
+	var outbounds []*l4.Outbound
+	for _, u := range p.cfg.Upstreams {
+		outbounds = append(outbounds, &l4.Outbound{
+			Service:   u.Service,
+			Endpoints: p.endpoints(u.Service),
+			TLS:       p.src.ClientConfig(certs.ExpectService(u.Service), l4.ALPN),
+			Pool:      pool,
+			Logger:    p.log,
+			Metrics:   p.l4m,
+		})
+	}
+	return inbound, outbounds
+}
+
+// checkHealth checks the app until ctx ends, records each change in the
+// registration (the control stream sends it) and closes first after the
+// first result.
+func (p *Proxy) checkHealth(ctx context.Context, first chan<- struct{}) {
+	checker := &health.Checker{Addr: p.cfg.AppAddr, HTTPPath: p.cfg.HealthHTTPPath, Interval: p.cfg.HealthInterval}
+	everHealthy, reported := false, false
+	checker.Run(ctx, func(ok bool, err error) {
+		r := *p.reg.Load()
+		r.Healthy = ok
+		p.reg.Store(&r)
+		switch {
+		case ok:
+			everHealthy = true
+			p.m.healthy.Set(1)
+			p.log.Info("app is healthy")
+		case !everHealthy:
+			// An app that is still starting is not news.
+			p.m.healthy.Set(0)
+			p.log.Info("waiting for the app to answer its health check", "err", err)
+		default:
+			p.m.healthy.Set(0)
+			p.log.Warn("app is unhealthy", "err", err)
+		}
+		if !reported {
+			reported = true
+			close(first)
+		}
+		select {
+		case p.regCh <- struct{}{}:
+		default:
+		}
+	})
+}
+
+type drainer interface{ Drain(context.Context) error }
+
+// drainAll drains every listener's connections in parallel within timeout.
+func drainAll(ds []drainer, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	errs := make([]error, len(ds))
+	var wg sync.WaitGroup
+	for i, d := range ds {
+		wg.Add(1)
+		go func() { defer wg.Done(); errs[i] = d.Drain(ctx) }()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
