@@ -162,3 +162,27 @@ func TestUpstreamKilledUnderLoad(t *testing.T) {
 	}
 	t.Logf("failed while removing: %d of %d; after: 0 of %d", during, during+l.ok.Load(), after.ok.Load())
 }
+
+// TestFrozenProxyLeavesEndpoints freezes a proxy (SIGSTOP): its socket stays
+// open, as on a network partition, so only the control plane's liveness
+// checks can notice. Its instance must still vanish within 10 s.
+func TestFrozenProxyLeavesEndpoints(t *testing.T) {
+	p := startPair(t)
+	frozenAt := time.Now()
+	p.webProxy.cmd.Process.Signal(syscall.SIGSTOP)
+	defer p.webProxy.cmd.Process.Signal(syscall.SIGCONT)
+	trellistest.Eventually(t, 10*time.Second, "frozen instance removed", func() error {
+		ins, err := p.srv.api.Instances(context.Background(), "web")
+		if err != nil || len(ins) != 0 {
+			return fmt.Errorf("instances %d, %v", len(ins), err)
+		}
+		return nil
+	})
+	t.Logf("frozen instance removed after %v", time.Since(frozenAt).Round(time.Millisecond))
+	// Thawed, it registers again by itself.
+	p.webProxy.cmd.Process.Signal(syscall.SIGCONT)
+	trellistest.Eventually(t, 30*time.Second, "thawed instance back", func() error {
+		_, err := get(p.upstream)
+		return err
+	})
+}
