@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -185,15 +186,26 @@ func Run(ctx context.Context, cfg Config) error {
 		for _, u := range f.Client.Upstreams {
 			ups = append(ups, sidecar.Upstream{Service: u.Service, Listen: "127.0.0.1:" + strconv.Itoa(u.Port)})
 		}
-		// The client sidecar has no app: its "app" is its own admin port,
-		// so it registers healthy but no intention lets anyone call it.
-		adminPort, err := freePort()
+		// The client sidecar has no app. Its registration needs one, so a
+		// null app stands in: it accepts (the health check passes) and
+		// closes at once, so whatever reaches it through the mesh gets
+		// nothing, not even this machine's admin endpoints.
+		null, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			return err
 		}
+		defer null.Close()
+		go func() {
+			for {
+				c, err := null.Accept()
+				if err != nil {
+					return
+				}
+				c.Close()
+			}
+		}()
 		sidecars = append(sidecars, sc{id: f.Client.Service, cfg: sidecar.Config{
-			Service: f.Client.Service, Instance: f.Client.Service + "-local",
-			AppAddr: "127.0.0.1:" + strconv.Itoa(adminPort), AdminAddr: "127.0.0.1:" + strconv.Itoa(adminPort),
+			Service: f.Client.Service, Instance: f.Client.Service + "-local", AppAddr: null.Addr().String(),
 			Upstreams: ups, Server: srv.Addr(), ServerCAFile: caFile, TokenFile: tok, DrainTimeout: time.Second,
 		}})
 	}
