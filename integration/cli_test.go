@@ -228,3 +228,38 @@ func TestUpRejectsBadFile(t *testing.T) {
 		t.Errorf("exit %d, output %q; want 2 naming the duplicate name and port with lines", code, out)
 	}
 }
+
+func TestProxyFromConfigFile(t *testing.T) {
+	s := startServer(t)
+	web := startApp(t, "web")
+	s.startProxy(t, proxyOpts{service: "web", appPort: web.port})
+	up, _ := loopAddr(t)
+	admin, _ := loopAddr(t)
+	cfg := filepath.Join(t.TempDir(), "client.yaml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf(`service: client
+appAddr: 127.0.0.1:%d
+upstreams:
+  - {service: web, listen: %q}
+server: %q
+serverCAFile: %q
+tokenFile: %q
+adminAddr: %q
+healthInterval: 250ms
+`, web.port, up, s.addr, s.caFile, s.tokenFile(t, "client"), admin)), 0o600)
+	p := &sidecar{proc: start(t, "proxy-client", nil, "proxy", "--config", cfg), admin: admin}
+	p.waitReady(t)
+	trellistest.Eventually(t, 10*time.Second, "call through a proxy configured from YAML", func() error {
+		got, err := get(up)
+		if err == nil && got != "web" {
+			err = fmt.Errorf("got %q", got)
+		}
+		return err
+	})
+
+	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	os.WriteFile(bad, []byte("service: client\nappAddr: 127.0.0.1:1\nupstream: []\n"), 0o600)
+	out, code := runCLI(t, s.env(), "proxy", "--config", bad)
+	if code != 2 || !strings.Contains(out, "bad.yaml") || !strings.Contains(out, "line 3: field upstream not found") {
+		t.Errorf("exit %d, %q; want 2 naming the file, line 3 and the field", code, out)
+	}
+}
