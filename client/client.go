@@ -28,6 +28,10 @@ type Config struct {
 	Token string
 	// CAPEM are the roots that verify the server's certificate (the mesh CA).
 	CAPEM []byte
+	// ExtraRoots, when set, is asked at every handshake for more roots to
+	// accept beside CAPEM: a proxy passes the trust bundle of its latest
+	// snapshot, so that it still reaches the server after the CA rotates.
+	ExtraRoots func() []byte
 	// Timeout bounds each request; zero means 30s.
 	Timeout time.Duration
 }
@@ -65,6 +69,9 @@ func New(cfg Config) (*Client, error) {
 			return nil, errors.New("server CA: no PEM certificate")
 		}
 		tlsCfg.RootCAs = pool
+	}
+	if cfg.ExtraRoots != nil {
+		tlsCfg = dynamicRoots(tlsCfg, cfg.CAPEM, cfg.ExtraRoots)
 	}
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 30 * time.Second
@@ -201,6 +208,11 @@ func (c *Client) Roots(ctx context.Context) (v1.Roots, error) {
 	return out, err
 }
 
+// AddRoots adds PEM roots to the mesh's trust bundle.
+func (c *Client) AddRoots(ctx context.Context, rootsPEM []byte) error {
+	return c.do(ctx, http.MethodPost, "/v1/ca/roots", v1.Roots{RootsPEM: string(rootsPEM)}, nil)
+}
+
 // Sign asks the CA to sign csrPEM for service.
 func (c *Client) Sign(ctx context.Context, service string, csrPEM []byte) (v1.Signed, error) {
 	var out v1.Signed
@@ -225,4 +237,31 @@ func (c *Client) Tokens(ctx context.Context) ([]v1.Token, error) {
 // DeleteToken revokes a token by its ID.
 func (c *Client) DeleteToken(ctx context.Context, id string) error {
 	return c.do(ctx, http.MethodDelete, "/v1/tokens/"+url.PathEscape(id), nil, nil)
+}
+
+// dynamicRoots returns a config that verifies the server against the fixed
+// roots plus whatever extra() returns at handshake time. The standard
+// verification is switched off only to be done here instead, hostname
+// included.
+func dynamicRoots(base *tls.Config, fixed []byte, extra func() []byte) *tls.Config {
+	c := base.Clone()
+	c.RootCAs = nil
+	c.InsecureSkipVerify = true
+	c.VerifyConnection = func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 {
+			return errors.New("server presented no certificate")
+		}
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(fixed)
+		pool.AppendCertsFromPEM(extra())
+		inter := x509.NewCertPool()
+		for _, ic := range cs.PeerCertificates[1:] {
+			inter.AddCert(ic)
+		}
+		_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{
+			DNSName: cs.ServerName, Roots: pool, Intermediates: inter,
+		})
+		return err
+	}
+	return c
 }

@@ -5,12 +5,17 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/trellis-mesh/trellis/client"
+	"github.com/trellis-mesh/trellis/internal/ca"
 	"github.com/trellis-mesh/trellis/internal/trellistest"
 )
 
@@ -185,4 +190,81 @@ func TestFrozenProxyLeavesEndpoints(t *testing.T) {
 		_, err := get(p.upstream)
 		return err
 	})
+}
+
+// TestCARotationUnderLoad rotates the root CA the documented way, under
+// traffic: add the new root to the trust bundle (every proxy then trusts
+// both), restart the control plane with the new CA, and let the proxies
+// renew onto it at half-life. No request may fail on the way.
+func TestCARotationUnderLoad(t *testing.T) {
+	p := startPair(t, "--svid-ttl", "12s")
+	certPEM, keyPEM, err := ca.Generate("trellis.local", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	newCert, newKey := filepath.Join(dir, "new-ca.pem"), filepath.Join(dir, "new-ca-key.pem")
+	os.WriteFile(newCert, certPEM, 0o644)
+	os.WriteFile(newKey, keyPEM, 0o600)
+
+	l := startLoad(p.upstream, 4)
+	p.srv.mustCLI(t, "ca", "add-root", newCert)
+	for _, admin := range []string{p.client.admin, p.webProxy.admin} {
+		trellistest.Eventually(t, 10*time.Second, "proxy holds both roots", func() error {
+			resp, err := http.Get("http://" + admin + "/config")
+			if err != nil {
+				return err
+			}
+			defer resp.Body.Close()
+			var c struct{ Snapshot struct{ Roots string } }
+			json.NewDecoder(resp.Body).Decode(&c)
+			if n := strings.Count(c.Snapshot.Roots, "BEGIN CERTIFICATE"); n != 2 {
+				return fmt.Errorf("%d roots", n)
+			}
+			return nil
+		})
+	}
+	p.srv.kill(syscall.SIGTERM)
+	p.srv.args = append(p.srv.args, "--ca-cert", newCert, "--ca-key", newKey)
+	p.srv.run()
+	p.srv.waitUp(t)
+
+	newRoot, _ := ca.ParseCertificates(certPEM)
+	issuedByNew := func(admin string) error {
+		resp, err := http.Get("http://" + admin + "/certs")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		var c struct{ Chain string }
+		json.NewDecoder(resp.Body).Decode(&c)
+		chain, err := ca.ParseCertificates([]byte(c.Chain))
+		if err != nil {
+			return err
+		}
+		return chain[0].CheckSignatureFrom(newRoot[0])
+	}
+	trellistest.Eventually(t, 30*time.Second, "both proxies renewed onto the new CA", func() error {
+		if err := issuedByNew(p.client.admin); err != nil {
+			return fmt.Errorf("client: %v", err)
+		}
+		return issuedByNew(p.webProxy.admin)
+	})
+	time.Sleep(time.Second)
+	l.halt()
+	if f := l.failed.Load(); f != 0 {
+		t.Errorf("%d of %d requests failed across the CA rotation; last: %v", f, f+l.ok.Load(), l.lastErr.Load())
+	}
+	// The test's own client still holds only the old root: it learns the
+	// new one as an operator would, from a source it already trusts.
+	oldRoot, _ := os.ReadFile(p.srv.caFile)
+	api, _ := client.New(client.Config{Addr: p.srv.addr, Token: p.srv.admin, CAPEM: append(oldRoot, certPEM...)})
+	r, err := api.Roots(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(r.RootsPEM, "BEGIN CERTIFICATE"); n != 2 {
+		t.Errorf("trust bundle holds %d roots, want the old and the new", n)
+	}
+	t.Logf("%d requests, none failed, across the CA rotation", l.ok.Load())
 }

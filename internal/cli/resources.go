@@ -364,8 +364,24 @@ func runToken(ctx context.Context, e *env, args []string) error {
 }
 
 func runCA(ctx context.Context, e *env, args []string) error {
-	if len(args) != 1 || args[0] != "roots" {
-		return usageErr("want: ca roots")
+	switch {
+	case len(args) == 1 && args[0] == "roots":
+	case len(args) == 2 && args[0] == "add-root":
+		pemBytes, err := os.ReadFile(args[1])
+		if err != nil {
+			return err
+		}
+		c, err := connect(e)
+		if err != nil {
+			return err
+		}
+		if err := c.AddRoots(ctx, pemBytes); err != nil {
+			return err
+		}
+		fmt.Fprintf(e.stdout, "added %s to the trust bundle; restart the servers with the new CA once every proxy has acknowledged it (trellis get proxies)\n", args[1])
+		return nil
+	default:
+		return usageErr("want: ca roots | ca add-root FILE")
 	}
 	c, err := connect(e)
 	if err != nil {

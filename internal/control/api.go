@@ -61,6 +61,7 @@ func (s *Server) routes() *http.ServeMux {
 	h("POST /v1/resources", adminOnly, s.applyResources)
 	h("GET /v1/ca/roots", anyToken, s.roots)
 	h("POST /v1/ca/sign", anyToken, s.sign)
+	h("POST /v1/ca/roots", adminOnly, s.addRoots)
 	h("GET /v1/tokens", adminOnly, func(principal, *http.Request) (any, error) { return s.state.listTokens(), nil })
 	h("POST /v1/tokens", adminOnly, s.createToken)
 	h("DELETE /v1/tokens/{id}", adminOnly, s.deleteToken)
@@ -269,6 +270,19 @@ func (s *Server) applyResources(_ principal, r *http.Request) (any, error) {
 }
 
 func (s *Server) roots(principal, *http.Request) (any, error) {
+	m := s.state.mesh()
+	return v1.Roots{TrustDomain: m.TrustDomain, RootsPEM: m.RootsPEM}, nil
+}
+
+// addRoots adds roots to the trust bundle: the first step of a CA rotation.
+func (s *Server) addRoots(_ principal, r *http.Request) (any, error) {
+	var req v1.Roots
+	if err := decodeBody(r, &req); err != nil {
+		return nil, err
+	}
+	if err := addRoots(r.Context(), s.store, s.ca.TrustDomain(), []byte(req.RootsPEM)); err != nil {
+		return nil, badRequest("add roots: %v", err)
+	}
 	m := s.state.mesh()
 	return v1.Roots{TrustDomain: m.TrustDomain, RootsPEM: m.RootsPEM}, nil
 }

@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"
@@ -64,11 +65,18 @@ func (s *Server) loadCA() (*ca.CA, error) {
 // proxy. Roots already there from another CA are kept beside the new ones,
 // so that a CA change does not cut off workloads that still hold old SVIDs.
 func publishBundle(ctx context.Context, st store.Store, c *ca.CA) error {
-	want := string(c.RootsPEM())
+	return addRoots(ctx, st, c.TrustDomain(), c.RootsPEM())
+}
+
+// addRoots adds PEM roots to the trust bundle in the store, creating it if
+// needed; roots already in it are not added twice. This is the first step
+// of a CA rotation: every proxy trusts the new root before anything is
+// signed by it.
+func addRoots(ctx context.Context, st store.Store, trustDomain string, rootsPEM []byte) error {
 	for {
 		kv, err := st.Get(ctx, keyBundle)
 		if errors.Is(err, store.ErrNotFound) {
-			b, _ := json.Marshal(bundleRecord{TrustDomain: c.TrustDomain(), RootsPEM: want})
+			b, _ := json.Marshal(bundleRecord{TrustDomain: trustDomain, RootsPEM: string(rootsPEM)})
 			err = st.Create(ctx, keyBundle, b)
 			if errors.Is(err, store.ErrExists) {
 				continue
@@ -82,13 +90,14 @@ func publishBundle(ctx context.Context, st store.Store, c *ca.CA) error {
 		if err := json.Unmarshal(kv.Value, &cur); err != nil {
 			return fmt.Errorf("decode trust bundle in store: %w", err)
 		}
-		if cur.TrustDomain != c.TrustDomain() {
-			return fmt.Errorf("the store's mesh has trust domain %q, this server's CA %q", cur.TrustDomain, c.TrustDomain())
+		if cur.TrustDomain != trustDomain {
+			return fmt.Errorf("the store's mesh has trust domain %q, this server's CA %q", cur.TrustDomain, trustDomain)
 		}
-		if strings.Contains(cur.RootsPEM, want) {
-			return nil
+		merged, changed, err := mergeRoots(cur.RootsPEM, rootsPEM)
+		if err != nil || !changed {
+			return err
 		}
-		cur.RootsPEM += want
+		cur.RootsPEM = merged
 		b, _ := json.Marshal(cur)
 		err = st.Commit(ctx, []store.Op{{Key: keyBundle, Value: b, IfRev: kv.Rev}})
 		if errors.Is(err, store.ErrConflict) {
@@ -96,6 +105,34 @@ func publishBundle(ctx context.Context, st store.Store, c *ca.CA) error {
 		}
 		return err
 	}
+}
+
+// mergeRoots appends the certificates of add that cur lacks. Every one must
+// be a CA certificate.
+func mergeRoots(cur string, add []byte) (string, bool, error) {
+	have, _ := ca.ParseCertificates([]byte(cur))
+	adds, err := ca.ParseCertificates(add)
+	if err != nil {
+		return "", false, err
+	}
+	var b strings.Builder
+	b.WriteString(cur)
+	changed := false
+next:
+	for _, c := range adds {
+		if !c.IsCA {
+			return "", false, fmt.Errorf("certificate %q is not a CA", c.Subject.CommonName)
+		}
+		for _, h := range have {
+			if h.Equal(c) {
+				continue next
+			}
+		}
+		have = append(have, c)
+		b.Write(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw}))
+		changed = true
+	}
+	return b.String(), changed, nil
 }
 
 // servingCert issues the API's TLS certificate from the mesh CA, for

@@ -84,7 +84,18 @@ func New(cfg Config) (*Proxy, error) {
 		}
 		caPEM = b
 	}
-	api, err := client.New(client.Config{Addr: cfg.Server, Token: token, CAPEM: caPEM, Timeout: 10 * time.Second})
+	src := &certs.Source{}
+	api, err := client.New(client.Config{
+		Addr: cfg.Server, Token: token, CAPEM: caPEM, Timeout: 10 * time.Second,
+		// The server's certificate comes from the mesh CA: after a CA
+		// rotation only the bundle of the latest snapshot still names it.
+		ExtraRoots: func() []byte {
+			if b := src.Bundle(); b != nil {
+				return b.PEM
+			}
+			return nil
+		},
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -96,7 +107,7 @@ func New(cfg Config) (*Proxy, error) {
 	p := &Proxy{
 		cfg:   cfg,
 		log:   cfg.Logger.With("component", "sidecar", "service", cfg.Service, "instance", cfg.Instance),
-		src:   &certs.Source{},
+		src:   src,
 		api:   api,
 		token: token,
 		regCh: make(chan struct{}, 1),
