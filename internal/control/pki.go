@@ -2,10 +2,12 @@ package control
 
 import (
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -172,4 +174,13 @@ func (s *Server) servingCert(c *ca.CA) (*tls.Certificate, error) {
 		return nil, err
 	}
 	return &cert, nil
+}
+
+// mustPKCS8 encodes a key this package generated; it cannot fail for those.
+func mustPKCS8(k crypto.Signer) []byte {
+	der, err := x509.MarshalPKCS8PrivateKey(k)
+	if err != nil {
+		panic(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
 }
