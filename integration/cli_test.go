@@ -50,6 +50,10 @@ func TestBadInput(t *testing.T) {
 		{"wrong token", []string{"get", "services"}, []string{"TRELLIS_TOKEN=trellis_wrongwrongwrongwrongwrong"}, 1, []string{"missing or invalid token (HTTP 401)"}},
 		{"no token", []string{"get", "services"}, []string{"TRELLIS_TOKEN="}, 1, []string{"no token"}},
 		{"unknown command", []string{"frobnicate"}, nil, 2, []string{"unknown command"}},
+		{"proxy with a wrong token", []string{"proxy", "--service", "web", "--app-port", "1", "--server", s.addr, "--ca-file", s.caFile,
+			"--token-file", write("bad.token", "trellis_notarealtokennotarealtoken00")}, nil, 1, []string{"control plane refused the token", "--token-file"}},
+		{"proxy with a token for another service", []string{"proxy", "--service", "web", "--app-port", "1", "--server", s.addr, "--ca-file", s.caFile,
+			"--token-file", write("other.token", strings.TrimSpace(s.mustCLI(t, "token", "create", "--service", "db")))}, nil, 1, []string{"control plane refused the token"}},
 		{"unknown kind", []string{"get", "gizmos"}, nil, 2, []string{"unknown kind"}},
 	}
 	for _, tc := range cases {

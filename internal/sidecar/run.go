@@ -9,6 +9,7 @@ import (
 	"time"
 
 	v1 "github.com/trellis-mesh/trellis/api/v1"
+	"github.com/trellis-mesh/trellis/client"
 	"github.com/trellis-mesh/trellis/internal/authz"
 	"github.com/trellis-mesh/trellis/internal/certs"
 	"github.com/trellis-mesh/trellis/internal/health"
@@ -26,6 +27,18 @@ import (
 // drain of open connections.
 func (p *Proxy) Run(ctx context.Context) error {
 	p.restoreState()
+	if p.src.Certificate() == nil {
+		// With nothing to serve from, a refused token is fatal: say so now
+		// rather than retry forever. An unreachable server is not: the
+		// certificate loop keeps trying.
+		if err := p.renew(ctx); err != nil {
+			var ae *client.Error
+			if errors.As(err, &ae) && (ae.Status == 401 || ae.Status == 403) {
+				return fmt.Errorf("control plane refused the token: %s (check --token-file)", ae.Message)
+			}
+			p.log.Warn("no certificate yet; will retry", "err", err)
+		}
+	}
 	ls, err := p.listen(ctx)
 	if err != nil {
 		return err
