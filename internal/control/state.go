@@ -37,6 +37,9 @@ type state struct {
 	status    map[string]v1.ProxyStatus
 	tokens    map[string]tokenRecord // hash -> record
 	bundle    bundleRecord
+	// meshView is the topology input, built once per relevant change and
+	// shared read-only by every stream; nil when stale.
+	meshView  *topology.Mesh
 	changed   chan struct{}
 	ready     chan struct{}
 	readyOnce sync.Once
@@ -80,6 +83,7 @@ func (s *state) run(ctx context.Context, st store.Store) {
 		for _, kv := range kvs {
 			s.applyLocked(store.Event{Type: store.Put, KV: kv})
 		}
+		s.meshView = nil
 		s.notifyLocked()
 		s.mu.Unlock()
 		s.readyOnce.Do(func() { close(s.ready) })
@@ -89,10 +93,17 @@ func (s *state) run(ctx context.Context, st store.Store) {
 				break
 			}
 			s.mu.Lock()
+			relevant := false
 			for _, ev := range b.Events {
-				s.applyLocked(ev)
+				relevant = s.applyLocked(ev) || relevant
 			}
-			s.notifyLocked()
+			// Proxy status and tokens do not change any snapshot: waking
+			// every stream for them would cost each ACK a round over all
+			// proxies.
+			if relevant {
+				s.meshView = nil
+				s.notifyLocked()
+			}
 			s.mu.Unlock()
 		}
 	}
@@ -103,51 +114,55 @@ func (s *state) notifyLocked() {
 	s.changed = make(chan struct{})
 }
 
-func (s *state) applyLocked(ev store.Event) {
+// applyLocked mirrors one event and reports whether it can change a
+// proxy's snapshot.
+func (s *state) applyLocked(ev store.Event) bool {
 	key := ev.KV.Key
 	del := ev.Type == store.Delete
 	switch {
 	case strings.HasPrefix(key, keyResources):
 		kind, name, ok := splitKey(key, keyResources)
 		if !ok {
-			return
+			return false
 		}
 		if del {
 			delete(s.resources[kind], name)
-			return
+			return true
 		}
 		var r v1.Resource
 		if err := json.Unmarshal(ev.KV.Value, &r); err != nil {
 			s.log.Error("skip undecodable resource in store", "key", key, "err", err)
-			return
+			return false
 		}
 		if s.resources[kind] == nil {
 			s.resources[kind] = map[string]v1.Resource{}
 		}
 		s.resources[kind][name] = r
+		return true
 	case strings.HasPrefix(key, keyInstances):
 		svc, id, ok := splitKey(key, keyInstances)
 		if !ok {
-			return
+			return false
 		}
 		if del {
 			delete(s.instances[svc], id)
-			return
+			return true
 		}
 		var in v1.Instance
 		if err := json.Unmarshal(ev.KV.Value, &in); err != nil {
 			s.log.Error("skip undecodable instance in store", "key", key, "err", err)
-			return
+			return false
 		}
 		if s.instances[svc] == nil {
 			s.instances[svc] = map[string]v1.Instance{}
 		}
 		s.instances[svc][id] = in
+		return true
 	case strings.HasPrefix(key, keyStatus):
 		id := strings.TrimPrefix(key, keyStatus)
 		if del {
 			delete(s.status, id)
-			return
+			return false
 		}
 		var ps v1.ProxyStatus
 		if json.Unmarshal(ev.KV.Value, &ps) == nil {
@@ -157,7 +172,7 @@ func (s *state) applyLocked(ev store.Event) {
 		h := strings.TrimPrefix(key, keyTokens)
 		if del {
 			delete(s.tokens, h)
-			return
+			return false
 		}
 		var t tokenRecord
 		if json.Unmarshal(ev.KV.Value, &t) == nil {
@@ -167,13 +182,29 @@ func (s *state) applyLocked(ev store.Event) {
 		if !del {
 			_ = json.Unmarshal(ev.KV.Value, &s.bundle)
 		}
+		return true
 	}
+	return false
 }
 
-// mesh returns a consistent copy of what topology needs.
+// mesh returns what topology needs, consistent and shared: callers must
+// not modify it. It is rebuilt at most once per relevant change.
 func (s *state) mesh() *topology.Mesh {
 	s.mu.RLock()
-	defer s.mu.RUnlock()
+	m := s.meshView
+	s.mu.RUnlock()
+	if m != nil {
+		return m
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.meshView == nil {
+		s.meshView = s.buildMeshLocked()
+	}
+	return s.meshView
+}
+
+func (s *state) buildMeshLocked() *topology.Mesh {
 	m := &topology.Mesh{
 		TrustDomain: s.bundle.TrustDomain,
 		RootsPEM:    s.bundle.RootsPEM,
