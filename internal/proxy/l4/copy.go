@@ -18,11 +18,18 @@ const bufSize = 64 << 10
 var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
 
 // copyBuf copies src to dst through a pooled buffer and returns the count.
+// dst and src are wrapped so that io.CopyBuffer really uses the buffer: a
+// *net.TCPConn destination would otherwise take over through ReadFrom and,
+// with a source it cannot splice from (TLS, HTTP/2 bodies), allocate a fresh
+// 32 KiB buffer for every connection.
 func copyBuf(dst io.Writer, src io.Reader) (int64, error) {
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
-	return io.CopyBuffer(dst, src, *bp)
+	return io.CopyBuffer(writerOnly{dst}, readerOnly{src}, *bp)
 }
+
+type writerOnly struct{ io.Writer }
+type readerOnly struct{ io.Reader }
 
 // flushWriter flushes an HTTP/2 response after every write, so that bytes of
 // an interactive protocol are not held back.

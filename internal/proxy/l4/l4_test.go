@@ -19,7 +19,7 @@ import (
 )
 
 // echoApp echoes every connection until EOF.
-func echoApp(t *testing.T) string {
+func echoApp(t testing.TB) string {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -45,7 +45,7 @@ type chain struct {
 	allow   func(identity.ID) authz.Decision
 }
 
-func newChain(t *testing.T, ca *trellistest.CA, serverSvc, clientSvc, expect string, allow func(identity.ID) authz.Decision) *chain {
+func newChain(t testing.TB, ca *trellistest.CA, serverSvc, clientSvc, expect string, allow func(identity.ID) authz.Decision) *chain {
 	t.Helper()
 	m := NewMetrics(prometheus.NewRegistry())
 	in := &Inbound{TLS: ca.Source(t, serverSvc).ServerConfig(nil, ALPN), Authorize: allow, Target: echoApp(t), Metrics: m}
