@@ -22,25 +22,14 @@ func serve(t *testing.T, cfg *tls.Config) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				tc := c.(*tls.Conn)
-				if err := tc.Handshake(); err != nil {
-					return
-				}
-				id, _ := certs.PeerID(tc.ConnectionState())
-				io.WriteString(c, id.Service())
-			}()
+	return trellistest.Serve(t, l, func(c net.Conn) {
+		tc := c.(*tls.Conn)
+		if err := tc.Handshake(); err != nil {
+			return
 		}
-	}()
-	return l.Addr().String()
+		id, _ := certs.PeerID(tc.ConnectionState())
+		io.WriteString(c, id.Service())
+	})
 }
 
 func dial(addr string, cfg *tls.Config) (string, error) {

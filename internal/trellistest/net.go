@@ -33,3 +33,20 @@ func Eventually(t testing.TB, timeout time.Duration, what string, cond func() er
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// Serve accepts connections on l until the test ends, handling each on its
+// own goroutine and closing it afterwards, and returns l's address.
+func Serve(t testing.TB, l net.Listener, handle func(net.Conn)) string {
+	t.Helper()
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); handle(c) }()
+		}
+	}()
+	return l.Addr().String()
+}

@@ -24,17 +24,7 @@ func echoApp(t testing.TB) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); io.Copy(c, c) }()
-		}
-	}()
-	return l.Addr().String()
+	return trellistest.Serve(t, l, func(c net.Conn) { io.Copy(c, c) })
 }
 
 type chain struct {
