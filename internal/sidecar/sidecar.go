@@ -127,9 +127,6 @@ func (p *Proxy) registerMetrics(reg *prometheus.Registry) {
 	p.l4m = l4.NewMetrics(reg)
 }
 
-// Instance returns the instance ID.
-func (p *Proxy) Instance() string { return p.cfg.Instance }
-
 // apply installs a validated snapshot: the trust bundle, the inbound policy
 // and the endpoints, all at once.
 func (p *Proxy) apply(s *topology.Snapshot) error {

@@ -303,9 +303,6 @@ func (in *Inbound) dialApp() (net.Conn, error) {
 	return d.Dial("tcp", in.Target)
 }
 
-// Active returns the number of connections being proxied.
-func (in *Inbound) Active() int64 { return in.active.Load() }
-
 // Drain stops new streams (GOAWAY to every peer) and waits for open ones to
 // finish until ctx ends; then it closes every connection.
 func (in *Inbound) Drain(ctx context.Context) error {

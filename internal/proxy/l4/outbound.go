@@ -40,7 +40,6 @@ type Outbound struct {
 	inflight inflight
 	mu       sync.Mutex
 	conns    map[net.Conn]struct{}
-	active   atomic.Int64
 }
 
 func (o *Outbound) init() {
@@ -183,8 +182,6 @@ func (o *Outbound) pipe(client net.Conn, body *gate, respBody io.ReadCloser) {
 	gauge := o.Metrics.Active.WithLabelValues("outbound")
 	gauge.Inc()
 	defer gauge.Dec()
-	o.active.Add(1)
-	defer o.active.Add(-1)
 
 	close(body.open)
 	n, err := copyBuf(client, respBody)
@@ -198,9 +195,6 @@ func (o *Outbound) pipe(client net.Conn, body *gate, respBody io.ReadCloser) {
 	}
 	o.Metrics.Bytes.WithLabelValues("outbound", o.Service, "sent").Add(float64(body.n.Load()))
 }
-
-// Active returns the number of client connections being proxied.
-func (o *Outbound) Active() int64 { return o.active.Load() }
 
 // Drain waits for open client connections to end until ctx ends, then
 // closes the rest. Close the listener first.
