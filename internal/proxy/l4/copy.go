@@ -104,3 +104,24 @@ func (f *inflight) wait(ctx context.Context) error {
 	}
 	return nil
 }
+
+// DefaultHalfCloseTimeout bounds how long a connection whose one side has
+// finished waits for the other: a client that never closes must not pin a
+// goroutine, a stream and an app connection forever.
+const DefaultHalfCloseTimeout = 30 * time.Second
+
+// waitHalfClose waits until done is closed or d (zero: the default) passes,
+// and reports whether done was closed.
+func waitHalfClose(done <-chan struct{}, d time.Duration) bool {
+	if d == 0 {
+		d = DefaultHalfCloseTimeout
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-done:
+		return true
+	case <-t.C:
+		return false
+	}
+}

@@ -55,6 +55,10 @@ type Inbound struct {
 	Target string
 	// DialTimeout bounds dialing the app; zero means 5s.
 	DialTimeout time.Duration
+	// HalfCloseTimeout bounds how long a plain (permissive-mode) connection
+	// waits for the caller to finish once the app has; zero means
+	// DefaultHalfCloseTimeout.
+	HalfCloseTimeout time.Duration
 	// Logger; nil discards.
 	Logger *slog.Logger
 	// Metrics; nil means unregistered ones.
@@ -206,18 +210,19 @@ func (in *Inbound) serveStream(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	fw := flushWriter{w: w, f: w.(http.Flusher)}
-	done := make(chan struct{})
 	go func() {
-		defer close(done)
 		n, _ := copyBuf(app, r.Body)
 		in.Metrics.Bytes.WithLabelValues("inbound", peer.Service(), "received").Add(float64(n))
 		closeWrite(app)
 	}()
 	n, _ := copyBuf(fw, app)
 	in.Metrics.Bytes.WithLabelValues("inbound", peer.Service(), "sent").Add(float64(n))
-	// The app closed its side; the stream ends when this handler returns.
-	// Wait for the client's side only as long as it keeps sending.
-	<-done
+	// The app has finished sending: return now, so that the stream ends and
+	// the caller sees EOF at once. An HTTP/2 handler cannot end its response
+	// and keep reading the request, so this also ends the caller's direction
+	// (RST_STREAM NO_ERROR) and the copy above; that suits apps that close
+	// both directions, which nearly all do. A caller that half-closes first
+	// is served in full: its END_STREAM reaches the app as a TCP half-close.
 }
 
 // peekTLS reports whether c starts with a TLS handshake record, returning a
@@ -274,7 +279,7 @@ func (in *Inbound) servePlain(c net.Conn) {
 	}()
 	copyBuf(c, app)
 	closeWrite(c)
-	<-done
+	waitHalfClose(done, in.HalfCloseTimeout)
 }
 
 // Reauthorize checks every open connection against Authorize again and

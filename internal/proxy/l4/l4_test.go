@@ -2,6 +2,7 @@ package l4
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"io"
 	"net"
@@ -123,5 +124,53 @@ func TestTunnelWrongServerIdentity(t *testing.T) {
 	}
 	if n := testutil.ToFloat64(ch.metrics.Handshakes.WithLabelValues("client", "error")); n < 1 {
 		t.Errorf("client handshake errors = %v, want >= 1", n)
+	}
+}
+
+// TestHalfCloseIsBounded: the app answers and closes, the client reads the
+// answer but never closes its side. Both sidecars must let go of the
+// connection after the half-close timeout instead of holding it forever.
+func TestHalfCloseIsBounded(t *testing.T) {
+	ca := trellistest.NewCA(t, "trellis.local")
+	al, _ := net.Listen("tcp", "127.0.0.1:0")
+	app := trellistest.Serve(t, al, func(c net.Conn) { io.WriteString(c, "bye") })
+	in := &Inbound{TLS: ca.Source(t, "web").ServerConfig(nil, ALPN), Authorize: allowAll, Target: app, HalfCloseTimeout: 200 * time.Millisecond}
+	pl, _ := net.Listen("tcp", "127.0.0.1:0")
+	go in.Serve(pl)
+	defer pl.Close()
+	pool := NewPool(0, nil)
+	defer pool.Close()
+	out := &Outbound{
+		Service: "web", Pool: pool, HalfCloseTimeout: 200 * time.Millisecond,
+		Endpoints: func() []Endpoint { return []Endpoint{{Addr: pl.Addr().String()}} },
+		TLS:       ca.Source(t, "client").ClientConfig(certs.ExpectService("web"), ALPN),
+	}
+	ol, _ := net.Listen("tcp", "127.0.0.1:0")
+	go out.Serve(ol)
+
+	c, err := net.Dial("tcp", ol.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// The app's close reaches the client as EOF at once, not after a timeout.
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	start := time.Now()
+	if got, err := io.ReadAll(c); err != nil || string(got) != "bye" {
+		t.Fatalf("read %q, %v; want bye then EOF", got, err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("EOF took %v after the app closed", d)
+	}
+	// The client keeps its side open. Both sidecars must finish anyway.
+	ol.Close()
+	pl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if err := out.Drain(ctx); err != nil {
+		t.Errorf("outbound still holds the half-closed connection: %v", err)
+	}
+	if err := in.Drain(ctx); err != nil {
+		t.Errorf("inbound still holds the half-closed stream: %v", err)
 	}
 }

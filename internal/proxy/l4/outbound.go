@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // maxAttempts bounds the endpoints one client connection tries. Only
@@ -34,6 +35,9 @@ type Outbound struct {
 	Logger *slog.Logger
 	// Metrics; nil means the pool's.
 	Metrics *Metrics
+	// HalfCloseTimeout bounds waiting for the client to finish once the
+	// peer has; zero means DefaultHalfCloseTimeout.
+	HalfCloseTimeout time.Duration
 
 	once     sync.Once
 	bal      *balancer
@@ -187,9 +191,13 @@ func (o *Outbound) pipe(client net.Conn, body *gate, respBody io.ReadCloser) {
 	n, err := copyBuf(client, respBody)
 	o.Metrics.Bytes.WithLabelValues("outbound", o.Service, "received").Add(float64(n))
 	if isClosed(err) {
-		// The peer finished sending; let the client finish too.
+		// The peer finished sending; let the client finish too, within
+		// bounds (the deferred close in handle ends it otherwise).
 		closeWrite(client)
-		<-body.done
+		if !waitHalfClose(body.done, o.HalfCloseTimeout) {
+			client.Close()
+			<-body.done
+		}
 	} else {
 		client.Close()
 	}
