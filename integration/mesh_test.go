@@ -89,6 +89,24 @@ func TestSVIDShapeAndCerts(t *testing.T) {
 	if ttl := leaf.NotAfter.Sub(time.Now()); ttl < 23*time.Hour || ttl > 25*time.Hour {
 		t.Errorf("SVID lifetime left = %v, want about 24h", ttl)
 	}
+
+	// /metrics counts the call startPair made, under the documented names.
+	mresp, err := http.Get("http://" + p.client.admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mresp.Body.Close()
+	body, _ := io.ReadAll(mresp.Body)
+	for _, want := range []string{
+		`trellis_tcp_connections_total{direction="outbound",result="ok",service="web"}`,
+		`trellis_tls_handshakes_total{result="ok",side="client"}`,
+		`trellis_proxy_control_plane_connected 1`,
+		`trellis_proxy_app_healthy 1`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
 }
 
 func TestInboundRefusesWrongPeers(t *testing.T) {
