@@ -2,12 +2,10 @@ package control
 
 import (
 	"context"
-	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -166,21 +164,9 @@ func (s *Server) servingCert(c *ca.CA) (*tls.Certificate, error) {
 	if err != nil {
 		return nil, err
 	}
-	cert, err := tls.X509KeyPair(chainPEM, mustPKCS8(key))
+	keyPEM, err := certs.EncodeKey(key)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := certs.LeafOf(&cert); err != nil {
-		return nil, err
-	}
-	return &cert, nil
-}
-
-// mustPKCS8 encodes a key this package generated; it cannot fail for those.
-func mustPKCS8(k crypto.Signer) []byte {
-	der, err := x509.MarshalPKCS8PrivateKey(k)
-	if err != nil {
-		panic(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
+	return certs.KeyPair(chainPEM, keyPEM)
 }

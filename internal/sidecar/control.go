@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	grpcstatus "google.golang.org/grpc/status"
 
+	"github.com/trellis-mesh/trellis/internal/certs"
 	"github.com/trellis-mesh/trellis/internal/identity"
 	"github.com/trellis-mesh/trellis/internal/proxy/l4"
 	"github.com/trellis-mesh/trellis/internal/xds"
@@ -224,12 +225,11 @@ func (p *Proxy) renew(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("sign: %w", err)
 	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	keyPEM, err := certs.EncodeKey(key)
 	if err != nil {
 		return err
 	}
-	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
-	cert, err := tlsCertificate([]byte(signed.ChainPEM), keyPEM)
+	cert, err := certs.KeyPair([]byte(signed.ChainPEM), keyPEM)
 	if err != nil {
 		return fmt.Errorf("signed certificate: %w", err)
 	}

@@ -83,16 +83,12 @@ func loadState(dir, service string, now time.Time) (*tls.Certificate, *persisted
 	if err := p.Snapshot.Validate(); err != nil {
 		return nil, nil, err
 	}
-	cert, err := tls.X509KeyPair([]byte(p.ChainPEM), []byte(p.KeyPEM))
+	cert, err := certs.KeyPair([]byte(p.ChainPEM), []byte(p.KeyPEM))
 	if err != nil {
 		return nil, nil, fmt.Errorf("persisted certificate: %w", err)
 	}
-	leaf, err := certs.LeafOf(&cert)
-	if err != nil {
-		return nil, nil, err
+	if now.After(cert.Leaf.NotAfter) {
+		return nil, nil, fmt.Errorf("persisted certificate expired at %v", cert.Leaf.NotAfter)
 	}
-	if now.After(leaf.NotAfter) {
-		return nil, nil, fmt.Errorf("persisted certificate expired at %v", leaf.NotAfter)
-	}
-	return &cert, &p, nil
+	return cert, &p, nil
 }

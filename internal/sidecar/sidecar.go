@@ -175,15 +175,3 @@ func (p *Proxy) setCertificate(cert *tls.Certificate) {
 	p.src.SetCertificate(cert)
 	p.m.expiry.Set(float64(cert.Leaf.NotAfter.Unix()))
 }
-
-// tlsCertificate pairs a chain and key into a tls.Certificate with Leaf.
-func tlsCertificate(chainPEM, keyPEM []byte) (*tls.Certificate, error) {
-	c, err := tls.X509KeyPair(chainPEM, keyPEM)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := certs.LeafOf(&c); err != nil {
-		return nil, err
-	}
-	return &c, nil
-}

@@ -1,6 +1,7 @@
 package trellistest
 
 import (
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -56,15 +57,15 @@ func (c *CA) SVID(t testing.TB, service string, ttl time.Duration) *tls.Certific
 	if err != nil {
 		t.Fatalf("sign svid: %v", err)
 	}
-	keyDER, _ := x509.MarshalPKCS8PrivateKey(key)
-	cert, err := tls.X509KeyPair(chainPEM, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}))
+	keyPEM, err := certs.EncodeKey(key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := certs.LeafOf(&cert); err != nil {
+	cert, err := certs.KeyPair(chainPEM, keyPEM)
+	if err != nil {
 		t.Fatal(err)
 	}
-	return &cert
+	return cert
 }
 
 // Bundle returns the CA's trust bundle.
@@ -107,17 +108,19 @@ func Intermediate(t testing.TB, root *CA, key *ecdsa.PrivateKey) (keyPEM, certPE
 	if err != nil {
 		t.Fatal(err)
 	}
-	keyDER, _ := x509.MarshalPKCS8PrivateKey(key)
-	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
-		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	keyPEM, err = certs.EncodeKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return keyPEM, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 }
 
 // KeyPEM returns the private key of cert in PEM.
 func KeyPEM(t testing.TB, cert *tls.Certificate) []byte {
 	t.Helper()
-	der, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
+	keyPEM, err := certs.EncodeKey(cert.PrivateKey.(crypto.Signer))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
+	return keyPEM
 }
