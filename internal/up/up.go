@@ -8,11 +8,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -375,12 +376,7 @@ func printSummary(w io.Writer, addr string, f *File, admins map[string]string) {
 		fmt.Fprintf(w, "%s x%d", s.Name, max(1, s.Replicas))
 	}
 	fmt.Fprintf(w, "\n  Proxies:  ")
-	ids := make([]string, 0, len(admins))
-	for id := range admins {
-		ids = append(ids, id)
-	}
-	sort.Strings(ids)
-	for i, id := range ids {
+	for i, id := range slices.Sorted(maps.Keys(admins)) {
 		if i > 0 {
 			fmt.Fprint(w, "\n            ")
 		}
