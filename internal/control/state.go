@@ -125,38 +125,20 @@ func (s *state) applyLocked(ev store.Event) bool {
 		if !ok {
 			return false
 		}
-		if del {
-			delete(s.resources[kind], name)
-			return true
-		}
-		var r v1.Resource
-		if err := json.Unmarshal(ev.KV.Value, &r); err != nil {
+		if err := mirrorNested(s.resources, kind, name, ev); err != nil {
 			s.log.Error("skip undecodable resource in store", "key", key, "err", err)
 			return false
 		}
-		if s.resources[kind] == nil {
-			s.resources[kind] = map[string]v1.Resource{}
-		}
-		s.resources[kind][name] = r
 		return true
 	case strings.HasPrefix(key, keyInstances):
 		svc, id, ok := splitKey(key, keyInstances)
 		if !ok {
 			return false
 		}
-		if del {
-			delete(s.instances[svc], id)
-			return true
-		}
-		var in v1.Instance
-		if err := json.Unmarshal(ev.KV.Value, &in); err != nil {
+		if err := mirrorNested(s.instances, svc, id, ev); err != nil {
 			s.log.Error("skip undecodable instance in store", "key", key, "err", err)
 			return false
 		}
-		if s.instances[svc] == nil {
-			s.instances[svc] = map[string]v1.Instance{}
-		}
-		s.instances[svc][id] = in
 		return true
 	case strings.HasPrefix(key, keyStatus):
 		id := strings.TrimPrefix(key, keyStatus)
@@ -185,6 +167,23 @@ func (s *state) applyLocked(ev store.Event) bool {
 		return true
 	}
 	return false
+}
+
+// mirrorNested applies a put (JSON) or delete of m[a][b].
+func mirrorNested[T any](m map[string]map[string]T, a, b string, ev store.Event) error {
+	if ev.Type == store.Delete {
+		delete(m[a], b)
+		return nil
+	}
+	var v T
+	if err := json.Unmarshal(ev.KV.Value, &v); err != nil {
+		return err
+	}
+	if m[a] == nil {
+		m[a] = map[string]T{}
+	}
+	m[a][b] = v
+	return nil
 }
 
 // mesh returns what topology needs, consistent and shared: callers must
