@@ -325,18 +325,21 @@ func (s *Server) createToken(_ principal, r *http.Request) (any, error) {
 }
 
 func (s *Server) deleteToken(_ principal, r *http.Request) (any, error) {
+	// A token's ID is the start of the hash it is stored under; the store
+	// (not the mirror, which may lag a token made a moment ago) finds it.
 	id := r.PathValue("id")
-	kvs, _, err := s.store.List(r.Context(), keyTokens)
+	if len(id) < 12 {
+		return nil, notFound("token %q not found", id)
+	}
+	kvs, _, err := s.store.List(r.Context(), tokenKey(id))
 	if err != nil {
 		return nil, err
 	}
-	for _, kv := range kvs {
-		if strings.HasPrefix(strings.TrimPrefix(kv.Key, keyTokens), id) && len(id) >= 12 {
-			if err := s.store.Delete(r.Context(), kv.Key); err != nil {
-				return nil, err
-			}
-			return map[string]string{"deleted": id}, nil
-		}
+	if len(kvs) != 1 {
+		return nil, notFound("token %q not found", id)
 	}
-	return nil, notFound("token %q not found", id)
+	if err := s.store.Delete(r.Context(), kvs[0].Key); err != nil {
+		return nil, err
+	}
+	return map[string]string{"deleted": id}, nil
 }
