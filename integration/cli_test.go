@@ -267,3 +267,38 @@ healthInterval: 250ms
 		t.Errorf("exit %d, %q; want 2 naming the file, line 3 and the field", code, out)
 	}
 }
+
+func TestTokenDelete(t *testing.T) {
+	s := startServer(t)
+	secret := strings.TrimSpace(s.mustCLI(t, "token", "create", "--service", "web"))
+	tokens, err := s.api.Tokens(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var id string
+	for _, tk := range tokens {
+		if len(tk.Services) == 1 && tk.Services[0] == "web" {
+			id = tk.ID
+		}
+	}
+	if id == "" {
+		t.Fatalf("new token not listed: %+v", tokens)
+	}
+	asWeb := []string{"TRELLIS_TOKEN=" + secret, "TRELLIS_ADDR=" + s.addr, "TRELLIS_CACERT=" + s.caFile}
+	if out, code := runCLI(t, asWeb, "ca", "roots"); code != 0 {
+		t.Fatalf("service token before delete: %d %s", code, out)
+	}
+	s.mustCLI(t, "token", "delete", id)
+	if out, code := s.cli(t, "token", "delete", id); code != 1 || !strings.Contains(out, "not found") {
+		t.Errorf("second delete: exit %d, %q; want 1, not found", code, out)
+	}
+	if out, code := s.cli(t, "token", "delete", "abc"); code != 1 || !strings.Contains(out, "not found") {
+		t.Errorf("delete of a short id: exit %d, %q; want 1, not found", code, out)
+	}
+	trellistest.Eventually(t, 5*time.Second, "deleted token refused", func() error {
+		if out, code := runCLI(t, asWeb, "ca", "roots"); code == 0 || !strings.Contains(out, "401") {
+			return fmt.Errorf("exit %d: %s", code, out)
+		}
+		return nil
+	})
+}
