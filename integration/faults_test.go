@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -135,26 +134,14 @@ func TestUpstreamKilledUnderLoad(t *testing.T) {
 	p := startPair(t)
 	web2 := startApp(t, "web2")
 	victim := p.srv.startProxy(t, proxyOpts{service: "web", appPort: web2.port})
-	trellistest.Eventually(t, 10*time.Second, "both instances in use", func() error {
-		ins, err := p.srv.api.Instances(context.Background(), "web")
-		if err != nil || len(ins) != 2 {
-			return fmt.Errorf("instances %v, %v", ins, err)
-		}
-		return nil
-	})
+	p.srv.waitInstances(t, 10*time.Second, "both instances in use", "web", 2)
 	l := startLoad(p.upstream, 4)
 	time.Sleep(time.Second)
 
 	killed := time.Now()
 	victim.kill(syscall.SIGKILL)
 	web2.srv.Close()
-	trellistest.Eventually(t, 10*time.Second, "killed instance leaves the endpoints", func() error {
-		ins, err := p.srv.api.Instances(context.Background(), "web")
-		if err != nil || len(ins) != 1 {
-			return fmt.Errorf("instances %d, %v", len(ins), err)
-		}
-		return nil
-	})
+	p.srv.waitInstances(t, 10*time.Second, "killed instance leaves the endpoints", "web", 1)
 	t.Logf("instance removed %v after SIGKILL", time.Since(killed).Round(time.Millisecond))
 	l.halt()
 	during := l.failed.Load()
@@ -176,13 +163,7 @@ func TestFrozenProxyLeavesEndpoints(t *testing.T) {
 	frozenAt := time.Now()
 	p.webProxy.cmd.Process.Signal(syscall.SIGSTOP)
 	defer p.webProxy.cmd.Process.Signal(syscall.SIGCONT)
-	trellistest.Eventually(t, 10*time.Second, "frozen instance removed", func() error {
-		ins, err := p.srv.api.Instances(context.Background(), "web")
-		if err != nil || len(ins) != 0 {
-			return fmt.Errorf("instances %d, %v", len(ins), err)
-		}
-		return nil
-	})
+	p.srv.waitInstances(t, 10*time.Second, "frozen instance removed", "web", 0)
 	t.Logf("frozen instance removed after %v", time.Since(frozenAt).Round(time.Millisecond))
 	// Thawed, it registers again by itself.
 	p.webProxy.cmd.Process.Signal(syscall.SIGCONT)

@@ -337,3 +337,15 @@ func loopAddr(t *testing.T) (string, int) {
 }
 
 func writeFile(path, content string) error { return os.WriteFile(path, []byte(content), 0o600) }
+
+// waitInstances waits until service has exactly n registered instances.
+func (s *server) waitInstances(t *testing.T, within time.Duration, what, service string, n int) {
+	t.Helper()
+	trellistest.Eventually(t, within, what, func() error {
+		ins, err := s.api.Instances(context.Background(), service)
+		if err != nil || len(ins) != n {
+			return fmt.Errorf("%d instances of %s (%v), want %d", len(ins), service, err, n)
+		}
+		return nil
+	})
+}

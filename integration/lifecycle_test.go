@@ -61,13 +61,7 @@ func TestSIGTERMDrains(t *testing.T) {
 	wp.cmd.Process.Signal(syscall.SIGTERM)
 
 	// It leaves the mesh at once...
-	trellistest.Eventually(t, 3*time.Second, "deregistered after SIGTERM", func() error {
-		ins, err := s.api.Instances(context.Background(), "web")
-		if err != nil || len(ins) != 0 {
-			return fmt.Errorf("instances %v, %v", ins, err)
-		}
-		return nil
-	})
+	s.waitInstances(t, 3*time.Second, "deregistered after SIGTERM", "web", 0)
 	// ...while the open connection keeps working during the drain...
 	time.Sleep(2 * time.Second)
 	if got, err := open.get(); err != nil || got != "web" {
