@@ -69,12 +69,12 @@ func runApply(ctx context.Context, e *env, args []string) error {
 
 // kindOf maps what users type to an API kind.
 func kindOf(s string) (string, bool) {
-	switch strings.ToLower(strings.TrimSuffix(strings.ToLower(s), "s")) {
-	case "mesh", "meshe":
+	switch strings.ToLower(s) {
+	case "mesh", "meshes":
 		return v1.KindMesh, true
-	case "service":
+	case "service", "services":
 		return v1.KindService, true
-	case "intention":
+	case "intention", "intentions":
 		return v1.KindIntention, true
 	}
 	return "", false
