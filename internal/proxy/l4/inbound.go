@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -71,7 +70,6 @@ type Inbound struct {
 	conns   map[net.Conn]struct{}
 	open    map[*openStream]struct{}
 	streams inflight
-	active  atomic.Int64
 }
 
 func (in *Inbound) init() {
@@ -201,8 +199,6 @@ func (in *Inbound) serveStream(w http.ResponseWriter, r *http.Request) {
 	gauge := in.Metrics.Active.WithLabelValues("inbound")
 	gauge.Inc()
 	defer gauge.Dec()
-	in.active.Add(1)
-	defer in.active.Add(-1)
 
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
@@ -316,7 +312,7 @@ func (in *Inbound) Drain(ctx context.Context) error {
 	_ = in.hs.Shutdown(ctx)
 	var err error
 	if werr := in.streams.wait(ctx); werr != nil {
-		err = fmt.Errorf("drain: %d connections still open: %w", in.active.Load(), werr)
+		err = fmt.Errorf("drain: %d connections still open: %w", in.streams.n.Load(), werr)
 	}
 	in.mu.Lock()
 	for c := range in.conns {
