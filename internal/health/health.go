@@ -26,6 +26,10 @@ type Checker struct {
 	// FailuresToUnhealthy consecutive failures mark the app unhealthy;
 	// default 2. One success marks it healthy.
 	FailuresToUnhealthy int
+
+	// tr is made once: a check runs every Interval for the life of a proxy.
+	// No keep-alive, so that every check proves the app still accepts.
+	tr *http.Transport
 }
 
 func (c *Checker) defaults() {
@@ -38,9 +42,12 @@ func (c *Checker) defaults() {
 	if c.FailuresToUnhealthy == 0 {
 		c.FailuresToUnhealthy = 2
 	}
+	if c.tr == nil {
+		c.tr = &http.Transport{DisableKeepAlives: true}
+	}
 }
 
-// Check runs one check.
+// Check runs one check. A Checker is used by one goroutine at a time.
 func (c *Checker) Check(ctx context.Context) error {
 	c.defaults()
 	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
@@ -58,9 +65,7 @@ func (c *Checker) Check(ctx context.Context) error {
 		return err
 	}
 	req.Header.Set("User-Agent", "trellis-health")
-	tr := &http.Transport{DisableKeepAlives: true}
-	defer tr.CloseIdleConnections()
-	resp, err := tr.RoundTrip(req)
+	resp, err := c.tr.RoundTrip(req)
 	if err != nil {
 		return err
 	}
