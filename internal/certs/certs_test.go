@@ -2,6 +2,7 @@ package certs_test
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"io"
 	"net"
@@ -107,20 +108,20 @@ func TestVerifySVIDRejectsNonSVIDs(t *testing.T) {
 	mesh := trellistest.NewCA(t, "trellis.local")
 	b := mesh.Bundle(t)
 	// The CA certificate itself is a CA: never a valid leaf.
-	if _, err := certs.VerifySVID([][]byte{mesh.Certificate().Raw}, b, time.Now()); !errors.Is(err, certs.ErrNotSVID) {
+	if _, err := certs.VerifySVID([]*x509.Certificate{mesh.Certificate()}, b, time.Now()); !errors.Is(err, certs.ErrNotSVID) {
 		t.Errorf("CA as leaf: err = %v, want ErrNotSVID", err)
 	}
 	if _, err := certs.VerifySVID(nil, b, time.Now()); !errors.Is(err, certs.ErrNoCertificate) {
 		t.Errorf("no certs: err = %v, want ErrNoCertificate", err)
 	}
 	leaf := mesh.SVID(t, "a", time.Hour)
-	if _, err := certs.VerifySVID(leaf.Certificate, b, time.Now().Add(2*time.Hour)); err == nil || !strings.Contains(err.Error(), "expired") {
+	if _, err := certs.VerifySVID([]*x509.Certificate{leaf.Leaf}, b, time.Now().Add(2*time.Hour)); err == nil || !strings.Contains(err.Error(), "expired") {
 		t.Errorf("expired leaf: err = %v, want expiry error", err)
 	}
 	otherTD := trellistest.NewCA(t, "other.local")
 	ob := otherTD.Bundle(t)
 	ob.TrustDomain = "trellis.local" // roots of other.local, expecting trellis.local
-	if _, err := certs.VerifySVID(otherTD.SVID(t, "a", 0).Certificate, ob, time.Now()); err == nil {
+	if _, err := certs.VerifySVID([]*x509.Certificate{otherTD.SVID(t, "a", 0).Leaf}, ob, time.Now()); err == nil {
 		t.Error("leaf of another trust domain accepted")
 	}
 }

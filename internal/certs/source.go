@@ -72,11 +72,7 @@ func (s *Source) verify(cs tls.ConnectionState, authorize Authorizer) error {
 	if b == nil {
 		return errNotReady
 	}
-	raw := make([][]byte, len(cs.PeerCertificates))
-	for i, c := range cs.PeerCertificates {
-		raw[i] = c.Raw
-	}
-	id, err := VerifySVID(raw, b, s.now())
+	id, err := VerifySVID(cs.PeerCertificates, b, s.now())
 	if err != nil {
 		return err
 	}

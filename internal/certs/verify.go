@@ -34,23 +34,16 @@ func NewBundle(trustDomain string, rootsPEM []byte) (*Bundle, error) {
 	return &Bundle{TrustDomain: trustDomain, Pool: pool, PEM: rootsPEM}, nil
 }
 
-// VerifySVID checks a peer's certificate chain (leaf first, DER) against the
-// bundle at time now and returns the leaf's identity. It rejects a leaf that
-// is a CA, may sign certificates or CRLs, lacks the digitalSignature key
-// usage, has other than one URI SAN, or names another trust domain.
-func VerifySVID(rawCerts [][]byte, b *Bundle, now time.Time) (identity.ID, error) {
-	if len(rawCerts) == 0 {
+// VerifySVID checks a peer's certificate chain (leaf first, as crypto/tls
+// parsed it) against the bundle at time now and returns the leaf's
+// identity. It rejects a leaf that is a CA, may sign certificates or CRLs,
+// lacks the digitalSignature key usage, has other than one URI SAN, or
+// names another trust domain.
+func VerifySVID(chain []*x509.Certificate, b *Bundle, now time.Time) (identity.ID, error) {
+	if len(chain) == 0 {
 		return identity.ID{}, ErrNoCertificate
 	}
-	certs := make([]*x509.Certificate, 0, len(rawCerts))
-	for i, raw := range rawCerts {
-		c, err := x509.ParseCertificate(raw)
-		if err != nil {
-			return identity.ID{}, fmt.Errorf("parse peer certificate %d: %w", i, err)
-		}
-		certs = append(certs, c)
-	}
-	leaf := certs[0]
+	leaf := chain[0]
 	switch {
 	case leaf.IsCA:
 		return identity.ID{}, fmt.Errorf("%w: leaf is a CA", ErrNotSVID)
@@ -67,7 +60,7 @@ func VerifySVID(rawCerts [][]byte, b *Bundle, now time.Time) (identity.ID, error
 		return identity.ID{}, fmt.Errorf("peer %s is not in trust domain %q", id, b.TrustDomain)
 	}
 	inter := x509.NewCertPool()
-	for _, c := range certs[1:] {
+	for _, c := range chain[1:] {
 		inter.AddCert(c)
 	}
 	_, err = leaf.Verify(x509.VerifyOptions{
