@@ -53,7 +53,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	goBG := func(f func()) { bg.Add(1); go func() { defer bg.Done(); f() }() }
 
 	goBG(func() { p.serveAdmin(runCtx, ls.admin) })
-	pool := l4.NewPool(0, p.l4m)
+	pool := l4.NewPool(0, 0, p.l4m)
 	defer pool.Close()
 	inbound, outbounds := p.dataPlane(pool)
 	p.onApply = func() { inbound.Reauthorize() }

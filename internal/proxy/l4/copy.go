@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -31,21 +30,6 @@ func copyBuf(dst io.Writer, src io.Reader) (int64, error) {
 type writerOnly struct{ io.Writer }
 type readerOnly struct{ io.Reader }
 
-// flushWriter flushes an HTTP/2 response after every write, so that bytes of
-// an interactive protocol are not held back.
-type flushWriter struct {
-	w http.ResponseWriter
-	f http.Flusher
-}
-
-func (fw flushWriter) Write(p []byte) (int, error) {
-	n, err := fw.w.Write(p)
-	if err == nil {
-		fw.f.Flush()
-	}
-	return n, err
-}
-
 // closeWrite half-closes c when it can, so the peer sees EOF while its
 // answer can still come back.
 func closeWrite(c io.Closer) {
@@ -55,11 +39,6 @@ func closeWrite(c io.Closer) {
 		return
 	}
 	_ = c.Close()
-}
-
-// isClosed reports errors that only mean the other side went away.
-func isClosed(err error) bool {
-	return err == nil || errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrClosedPipe)
 }
 
 // serve accepts connections on l and hands each to accept, which must not

@@ -11,25 +11,14 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/net/http2"
-
 	"github.com/trellis-mesh/trellis/internal/authz"
 	"github.com/trellis-mesh/trellis/internal/certs"
 	"github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/proxy/tunnel"
 )
 
 // ALPN is the protocol name on the mTLS link between sidecars.
 const ALPN = "trellis/h2"
-
-// Limits of the HTTP/2 link between sidecars.
-const (
-	maxStreamsPerConn = 1000
-	streamWindow      = 4 << 20
-	connWindow        = 32 << 20
-	maxFrameSize      = 64 << 10
-)
-
-type peerKey struct{}
 
 // openStream is a proxied connection, kept so that a policy change can cut
 // the ones it no longer allows.
@@ -54,22 +43,20 @@ type Inbound struct {
 	Target string
 	// DialTimeout bounds dialing the app; zero means 5s.
 	DialTimeout time.Duration
-	// HalfCloseTimeout bounds how long a plain (permissive-mode) connection
-	// waits for the caller to finish once the app has; zero means
-	// DefaultHalfCloseTimeout.
+	// HalfCloseTimeout bounds how long a connection whose one side has
+	// finished waits for the other; zero means DefaultHalfCloseTimeout.
 	HalfCloseTimeout time.Duration
 	// Logger; nil discards.
 	Logger *slog.Logger
 	// Metrics; nil means unregistered ones.
 	Metrics *Metrics
 
-	once    sync.Once
-	h2      *http2.Server
-	hs      *http.Server
-	mu      sync.Mutex
-	conns   map[net.Conn]struct{}
-	open    map[*openStream]struct{}
-	streams inflight
+	once     sync.Once
+	mu       sync.Mutex
+	conns    map[*tunnel.Conn]struct{}
+	draining bool
+	open     map[*openStream]struct{}
+	streams  inflight
 }
 
 func (in *Inbound) init() {
@@ -83,21 +70,8 @@ func (in *Inbound) init() {
 		if in.DialTimeout == 0 {
 			in.DialTimeout = 5 * time.Second
 		}
-		in.conns = map[net.Conn]struct{}{}
+		in.conns = map[*tunnel.Conn]struct{}{}
 		in.open = map[*openStream]struct{}{}
-		in.h2 = &http2.Server{
-			MaxConcurrentStreams:         maxStreamsPerConn,
-			MaxUploadBufferPerStream:     streamWindow,
-			MaxUploadBufferPerConnection: connWindow,
-			MaxReadFrameSize:             maxFrameSize,
-			IdleTimeout:                  10 * time.Minute,
-			ReadIdleTimeout:              30 * time.Second,
-			PingTimeout:                  10 * time.Second,
-		}
-		// The http.Server is never served; it carries the graceful-shutdown
-		// hook that sends GOAWAY on every connection.
-		in.hs = &http.Server{}
-		_ = http2.ConfigureServer(in.hs, in.h2)
 	})
 }
 
@@ -105,11 +79,10 @@ func (in *Inbound) init() {
 // until l is closed.
 func (in *Inbound) Serve(l net.Listener) error {
 	in.init()
-	handler := http.HandlerFunc(in.serveStream)
-	return serve(l, func(c net.Conn) { go in.serveConn(c, handler) })
+	return serve(l, func(c net.Conn) { go in.serveConn(c) })
 }
 
-func (in *Inbound) serveConn(c net.Conn, h http.Handler) {
+func (in *Inbound) serveConn(c net.Conn) {
 	if in.AcceptPlain != nil && in.AcceptPlain() {
 		pc, tlsNext, err := peekTLS(c)
 		if err != nil {
@@ -148,41 +121,37 @@ func (in *Inbound) serveConn(c net.Conn, h http.Handler) {
 		c.Close()
 		return
 	}
+	tun := tunnel.NewServer(tc, tunnel.Config{HalfCloseTimeout: in.HalfCloseTimeout, Logger: in.Logger},
+		func(s *tunnel.Stream) { in.serveStream(peer, s) })
 	in.mu.Lock()
-	in.conns[tc] = struct{}{}
+	if in.draining {
+		in.mu.Unlock()
+		tc.Close()
+		return
+	}
+	in.conns[tun] = struct{}{}
 	in.mu.Unlock()
-	// The HTTP/2 server sets r.TLS only for requests with an https :scheme,
-	// which CONNECT lacks; the verified identity rides in the context.
-	ctx := context.WithValue(context.Background(), peerKey{}, peer)
-	in.h2.ServeConn(tc, &http2.ServeConnOpts{Handler: h, BaseConfig: in.hs, Context: ctx})
+	err = tun.Run()
+	in.Logger.Debug("inbound tunnel ended", "peer", peer.String(), "err", err)
 	in.mu.Lock()
-	delete(in.conns, tc)
+	delete(in.conns, tun)
 	in.mu.Unlock()
 }
 
-func (in *Inbound) serveStream(w http.ResponseWriter, r *http.Request) {
+func (in *Inbound) serveStream(peer identity.ID, s *tunnel.Stream) {
 	in.streams.add()
 	defer in.streams.done()
-	if r.Method != http.MethodConnect {
-		http.Error(w, "trellis: only CONNECT is served here", http.StatusMethodNotAllowed)
-		return
-	}
-	peer, ok := r.Context().Value(peerKey{}).(identity.ID)
-	if !ok {
-		http.Error(w, "trellis: no peer identity", http.StatusForbidden)
-		return
-	}
 	if d := in.Authorize(peer); !d.Allow {
 		in.Metrics.Connections.WithLabelValues("inbound", peer.Service(), "denied").Inc()
 		in.Logger.Info("connection denied", "peer", peer.String(), "reason", d.Reason)
-		http.Error(w, "trellis: denied by "+d.Reason, http.StatusForbidden)
+		s.Refuse(http.StatusForbidden, "denied by "+d.Reason)
 		return
 	}
 	app, err := in.dialApp()
 	if err != nil {
 		in.Metrics.Connections.WithLabelValues("inbound", peer.Service(), "error").Inc()
 		in.Logger.Warn("dial app", "target", in.Target, "err", err)
-		http.Error(w, "trellis: app unreachable", http.StatusBadGateway)
+		s.Refuse(http.StatusBadGateway, "app unreachable")
 		return
 	}
 	defer app.Close()
@@ -195,30 +164,16 @@ func (in *Inbound) serveStream(w http.ResponseWriter, r *http.Request) {
 		delete(in.open, st)
 		in.mu.Unlock()
 	}()
+	if err := s.Accept(); err != nil {
+		return
+	}
 	in.Metrics.Connections.WithLabelValues("inbound", peer.Service(), "ok").Inc()
 	gauge := in.Metrics.Active.WithLabelValues("inbound")
 	gauge.Inc()
 	defer gauge.Dec()
-
-	w.WriteHeader(http.StatusOK)
-	rc := http.NewResponseController(w)
-	if err := rc.Flush(); err != nil {
-		return
-	}
-	fw := flushWriter{w: w, f: w.(http.Flusher)}
-	go func() {
-		n, _ := copyBuf(app, r.Body)
-		in.Metrics.Bytes.WithLabelValues("inbound", peer.Service(), "received").Add(float64(n))
-		closeWrite(app)
-	}()
-	n, _ := copyBuf(fw, app)
-	in.Metrics.Bytes.WithLabelValues("inbound", peer.Service(), "sent").Add(float64(n))
-	// The app has finished sending: return now, so that the stream ends and
-	// the caller sees EOF at once. An HTTP/2 handler cannot end its response
-	// and keep reading the request, so this also ends the caller's direction
-	// (RST_STREAM NO_ERROR) and the copy above; that suits apps that close
-	// both directions, which nearly all do. A caller that half-closes first
-	// is served in full: its END_STREAM reaches the app as a TCP half-close.
+	sent, received := s.Splice(app)
+	in.Metrics.Bytes.WithLabelValues("inbound", peer.Service(), "received").Add(float64(received))
+	in.Metrics.Bytes.WithLabelValues("inbound", peer.Service(), "sent").Add(float64(sent))
 }
 
 // peekTLS reports whether c starts with a TLS handshake record, returning a
@@ -308,8 +263,12 @@ func (in *Inbound) dialApp() (net.Conn, error) {
 // finish until ctx ends; then it closes every connection.
 func (in *Inbound) Drain(ctx context.Context) error {
 	in.init()
-	// Shutdown on the never-served http.Server only fires the GOAWAY hook.
-	_ = in.hs.Shutdown(ctx)
+	in.mu.Lock()
+	in.draining = true
+	for c := range in.conns {
+		c.Shutdown()
+	}
+	in.mu.Unlock()
 	var err error
 	if werr := in.streams.wait(ctx); werr != nil {
 		err = fmt.Errorf("drain: %d connections still open: %w", in.streams.n.Load(), werr)

@@ -43,7 +43,7 @@ func newChain(t testing.TB, ca *trellistest.CA, serverSvc, clientSvc, expect str
 	pl, _ := net.Listen("tcp", "127.0.0.1:0")
 	go in.Serve(pl)
 	t.Cleanup(func() { pl.Close() })
-	pool := NewPool(0, m)
+	pool := NewPool(0, 0, m)
 	t.Cleanup(pool.Close)
 	out := &Outbound{
 		Service:   expect,
@@ -138,10 +138,10 @@ func TestHalfCloseIsBounded(t *testing.T) {
 	pl, _ := net.Listen("tcp", "127.0.0.1:0")
 	go in.Serve(pl)
 	defer pl.Close()
-	pool := NewPool(0, nil)
+	pool := NewPool(0, 200*time.Millisecond, nil)
 	defer pool.Close()
 	out := &Outbound{
-		Service: "web", Pool: pool, HalfCloseTimeout: 200 * time.Millisecond,
+		Service: "web", Pool: pool,
 		Endpoints: func() []Endpoint { return []Endpoint{{Addr: pl.Addr().String()}} },
 		TLS:       ca.Source(t, "client").ClientConfig(certs.ExpectService("web"), ALPN),
 	}

@@ -3,15 +3,15 @@ package l4
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
-	"net/url"
 	"sync"
-	"sync/atomic"
 	"time"
+
+	"github.com/trellis-mesh/trellis/internal/proxy/tunnel"
 )
 
 // maxAttempts bounds the endpoints one client connection tries. Only
@@ -35,9 +35,6 @@ type Outbound struct {
 	Logger *slog.Logger
 	// Metrics; nil means the pool's.
 	Metrics *Metrics
-	// HalfCloseTimeout bounds waiting for the client to finish once the
-	// peer has; zero means DefaultHalfCloseTimeout.
-	HalfCloseTimeout time.Duration
 
 	once     sync.Once
 	bal      *balancer
@@ -78,49 +75,12 @@ func (o *Outbound) Serve(l net.Listener) error {
 	})
 }
 
-// gate is the request body of a CONNECT stream: it reads the client
-// connection only once the peer has accepted the stream, so that a refused
-// attempt consumed nothing and can be retried elsewhere.
-type gate struct {
-	r         io.Reader
-	open      chan struct{}
-	abort     chan struct{}
-	abortOnce sync.Once
-	done      chan struct{} // closed when Read first fails (EOF included)
-	doneOnce  sync.Once
-	n         atomic.Int64
-}
-
-func newGate(r io.Reader) *gate {
-	return &gate{r: r, open: make(chan struct{}), abort: make(chan struct{}), done: make(chan struct{})}
-}
-
-func (g *gate) Read(p []byte) (int, error) {
-	select {
-	case <-g.open:
-	case <-g.abort:
-		g.finish()
-		return 0, io.EOF
-	}
-	n, err := g.r.Read(p)
-	g.n.Add(int64(n))
-	if err != nil {
-		g.finish()
-	}
-	return n, err
-}
-
-func (g *gate) finish() { g.doneOnce.Do(func() { close(g.done) }) }
-
-// Close is called by the transport when it is done with the body.
-func (g *gate) Close() error {
-	g.abortOnce.Do(func() { close(g.abort) })
-	return nil
-}
+// openTimeout bounds waiting for a peer to answer a new stream; a peer that
+// does not answer in time took nothing, so the next endpoint is tried.
+const openTimeout = 10 * time.Second
 
 func (o *Outbound) handle(client net.Conn) {
 	defer client.Close()
-	ctx := context.Background()
 	tried := map[string]bool{}
 	var lastErr error
 	for range maxAttempts {
@@ -129,45 +89,43 @@ func (o *Outbound) handle(client net.Conn) {
 			break
 		}
 		tried[ep.Addr] = true
-		cc, err := o.Pool.get(ctx, ep.Addr, o.Service, o.TLS)
+		tun, err := o.Pool.get(ep.Addr, o.Service, o.TLS)
 		if err != nil {
 			o.bal.failed(ep.Addr)
 			lastErr = err
 			o.Logger.Warn("upstream endpoint unreachable", "service", o.Service, "endpoint", ep.Addr, "instance", ep.Instance, "err", err)
 			continue
 		}
-		body := newGate(client)
-		req := &http.Request{
-			Method:        http.MethodConnect,
-			URL:           &url.URL{Host: o.Service},
-			Host:          o.Service,
-			Header:        http.Header{},
-			Body:          body,
-			ContentLength: -1,
-		}
-		req = req.WithContext(ctx)
 		o.bal.start(ep.Addr)
-		resp, err := cc.RoundTrip(req)
-		if err != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), openTimeout)
+		s, err := tun.Open(ctx, o.Service)
+		cancel()
+		var refused *tunnel.StatusError
+		switch {
+		case errors.As(err, &refused):
+			// The peer decided; another endpoint would decide the same.
+			o.bal.done(ep.Addr)
+			result := "error"
+			if refused.Status == http.StatusForbidden {
+				result = "denied"
+			}
+			o.Metrics.Connections.WithLabelValues("outbound", o.Service, result).Inc()
+			o.Logger.Info("upstream refused connection", "service", o.Service, "endpoint", ep.Addr, "status", refused.Status, "reason", refused.Reason)
+			return
+		case err != nil:
 			o.bal.done(ep.Addr)
 			o.bal.failed(ep.Addr)
 			lastErr = err
 			continue
 		}
-		if resp.StatusCode != http.StatusOK {
-			o.bal.done(ep.Addr)
-			msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-			resp.Body.Close()
-			result := "error"
-			if resp.StatusCode == http.StatusForbidden {
-				result = "denied"
-			}
-			o.Metrics.Connections.WithLabelValues("outbound", o.Service, result).Inc()
-			o.Logger.Info("upstream refused connection", "service", o.Service, "endpoint", ep.Addr, "status", resp.StatusCode, "reason", string(msg))
-			return
-		}
 		o.bal.succeeded(ep.Addr)
-		o.pipe(client, body, resp.Body)
+		o.Metrics.Connections.WithLabelValues("outbound", o.Service, "ok").Inc()
+		gauge := o.Metrics.Active.WithLabelValues("outbound")
+		gauge.Inc()
+		sent, received := s.Splice(client)
+		gauge.Dec()
+		o.Metrics.Bytes.WithLabelValues("outbound", o.Service, "sent").Add(float64(sent))
+		o.Metrics.Bytes.WithLabelValues("outbound", o.Service, "received").Add(float64(received))
 		o.bal.done(ep.Addr)
 		return
 	}
@@ -176,32 +134,6 @@ func (o *Outbound) handle(client net.Conn) {
 	}
 	o.Metrics.Connections.WithLabelValues("outbound", o.Service, "error").Inc()
 	o.Logger.Warn("no upstream connection", "service", o.Service, "err", lastErr)
-}
-
-// pipe runs an accepted stream: client bytes flow through body (now
-// opened), the peer's through respBody.
-func (o *Outbound) pipe(client net.Conn, body *gate, respBody io.ReadCloser) {
-	defer respBody.Close()
-	o.Metrics.Connections.WithLabelValues("outbound", o.Service, "ok").Inc()
-	gauge := o.Metrics.Active.WithLabelValues("outbound")
-	gauge.Inc()
-	defer gauge.Dec()
-
-	close(body.open)
-	n, err := copyBuf(client, respBody)
-	o.Metrics.Bytes.WithLabelValues("outbound", o.Service, "received").Add(float64(n))
-	if isClosed(err) {
-		// The peer finished sending; let the client finish too, within
-		// bounds (the deferred close in handle ends it otherwise).
-		closeWrite(client)
-		if !waitHalfClose(body.done, o.HalfCloseTimeout) {
-			client.Close()
-			<-body.done
-		}
-	} else {
-		client.Close()
-	}
-	o.Metrics.Bytes.WithLabelValues("outbound", o.Service, "sent").Add(float64(body.n.Load()))
 }
 
 // Drain waits for open client connections to end until ctx ends, then

@@ -9,7 +9,7 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/net/http2"
+	"github.com/trellis-mesh/trellis/internal/proxy/tunnel"
 )
 
 // maxConnsPerEndpoint bounds the mTLS connections to one endpoint. Streams
@@ -21,7 +21,7 @@ const maxConnsPerEndpoint = 4
 // endpoint address and the TLS configuration that checks its identity.
 // It is safe for concurrent use; its zero value is not: use NewPool.
 type Pool struct {
-	tr      *http2.Transport
+	cfg     tunnel.Config
 	timeout time.Duration
 	metrics *Metrics
 
@@ -36,12 +36,14 @@ type poolKey struct {
 
 type poolEntry struct {
 	mu    sync.Mutex // held while dialing, so that a burst makes one connection
-	conns []*http2.ClientConn
+	conns []*tunnel.Conn
 }
 
 // NewPool returns an empty pool. dialTimeout bounds TCP connect plus TLS
-// handshake; zero means 5s.
-func NewPool(dialTimeout time.Duration, m *Metrics) *Pool {
+// handshake; zero means 5s. halfClose bounds how long a connection whose
+// one side has finished waits for the other; zero means
+// DefaultHalfCloseTimeout.
+func NewPool(dialTimeout, halfClose time.Duration, m *Metrics) *Pool {
 	if dialTimeout == 0 {
 		dialTimeout = 5 * time.Second
 	}
@@ -49,13 +51,7 @@ func NewPool(dialTimeout time.Duration, m *Metrics) *Pool {
 		m = NewMetrics(nil)
 	}
 	return &Pool{
-		tr: &http2.Transport{
-			MaxReadFrameSize:           maxFrameSize,
-			StrictMaxConcurrentStreams: true,
-			ReadIdleTimeout:            30 * time.Second,
-			PingTimeout:                10 * time.Second,
-			IdleConnTimeout:            5 * time.Minute,
-		},
+		cfg:     tunnel.Config{HalfCloseTimeout: halfClose},
 		timeout: dialTimeout,
 		metrics: m,
 		entries: map[poolKey]*poolEntry{},
@@ -64,7 +60,7 @@ func NewPool(dialTimeout time.Duration, m *Metrics) *Pool {
 
 // get returns a connection to addr that has room for one more stream, with
 // that stream reserved, dialing a new one when needed.
-func (p *Pool) get(ctx context.Context, addr, service string, cfg *tls.Config) (*http2.ClientConn, error) {
+func (p *Pool) get(addr, service string, cfg *tls.Config) (*tunnel.Conn, error) {
 	key := poolKey{addr: addr, service: service}
 	p.mu.Lock()
 	e := p.entries[key]
@@ -77,15 +73,14 @@ func (p *Pool) get(ctx context.Context, addr, service string, cfg *tls.Config) (
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	live := e.conns[:0]
-	var pick *http2.ClientConn
-	for _, cc := range e.conns {
-		st := cc.State()
-		if st.Closed || st.Closing {
+	var pick *tunnel.Conn
+	for _, c := range e.conns {
+		if !c.Usable() {
 			continue
 		}
-		live = append(live, cc)
-		if pick == nil && cc.ReserveNewRequest() {
-			pick = cc
+		live = append(live, c)
+		if pick == nil && c.Reserve() {
+			pick = c
 		}
 	}
 	e.conns = live
@@ -95,28 +90,28 @@ func (p *Pool) get(ctx context.Context, addr, service string, cfg *tls.Config) (
 	if len(e.conns) >= maxConnsPerEndpoint {
 		return nil, fmt.Errorf("endpoint %s: %d connections, all at their stream limit", addr, len(e.conns))
 	}
-	cc, err := p.dial(ctx, addr, cfg)
+	c, err := p.dial(addr, cfg)
 	if err != nil {
 		return nil, err
 	}
-	if !cc.ReserveNewRequest() {
-		cc.Close()
+	if !c.Reserve() {
+		c.Close()
 		return nil, fmt.Errorf("endpoint %s: new connection refuses streams", addr)
 	}
-	e.conns = append(e.conns, cc)
-	return cc, nil
+	e.conns = append(e.conns, c)
+	return c, nil
 }
 
-func (p *Pool) dial(ctx context.Context, addr string, cfg *tls.Config) (*http2.ClientConn, error) {
-	ctx, cancel := context.WithTimeout(ctx, p.timeout)
+func (p *Pool) dial(addr string, cfg *tls.Config) (*tunnel.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), p.timeout)
 	defer cancel()
 	d := tls.Dialer{NetDialer: &net.Dialer{KeepAlive: 30 * time.Second}, Config: cfg}
-	c, err := d.DialContext(ctx, "tcp", addr)
+	nc, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		p.metrics.Handshakes.WithLabelValues("client", "error").Inc()
 		return nil, fmt.Errorf("dial %s: %w", addr, err)
 	}
-	tc := c.(*tls.Conn)
+	tc := nc.(*tls.Conn)
 	cs := tc.ConnectionState()
 	if cs.NegotiatedProtocol != ALPN {
 		tc.Close()
@@ -127,12 +122,12 @@ func (p *Pool) dial(ctx context.Context, addr string, cfg *tls.Config) (*http2.C
 		result = "resumed"
 	}
 	p.metrics.Handshakes.WithLabelValues("client", result).Inc()
-	cc, err := p.tr.NewClientConn(tc)
+	c, err := tunnel.NewClient(tc, p.cfg)
 	if err != nil {
 		tc.Close()
-		return nil, fmt.Errorf("http2 to %s: %w", addr, err)
+		return nil, fmt.Errorf("tunnel to %s: %w", addr, err)
 	}
-	return cc, nil
+	return c, nil
 }
 
 // Forget closes idle connections to endpoints not in keep, so that removed
@@ -149,8 +144,8 @@ func (p *Pool) Forget(keep map[string]bool) {
 		go func() {
 			e.mu.Lock()
 			defer e.mu.Unlock()
-			for _, cc := range e.conns {
-				_ = cc.Shutdown(context.Background())
+			for _, c := range e.conns {
+				c.Shutdown()
 			}
 		}()
 	}
@@ -163,8 +158,8 @@ func (p *Pool) Close() {
 	for k, e := range p.entries {
 		delete(p.entries, k)
 		e.mu.Lock()
-		for _, cc := range e.conns {
-			cc.Close()
+		for _, c := range e.conns {
+			c.Close()
 		}
 		e.mu.Unlock()
 	}

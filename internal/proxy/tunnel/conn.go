@@ -1,0 +1,762 @@
+package tunnel
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// Config tunes a connection. The zero value is usable: every zero field
+// takes the default named beside it.
+type Config struct {
+	// MaxStreams bounds the streams a peer may have open on a server
+	// connection (1000).
+	MaxStreams uint32
+	// StreamWindow is the receive window of one stream (4 MiB): how much a
+	// peer may send before the local socket has taken it.
+	StreamWindow uint32
+	// ConnWindow is the receive window of the connection (32 MiB).
+	ConnWindow uint32
+	// MaxFrameSize is the largest DATA frame accepted and sent (64 KiB).
+	MaxFrameSize uint32
+	// IdleTimeout closes a connection that has had no stream for this long
+	// (5 minutes).
+	IdleTimeout time.Duration
+	// PingAfter sends a PING on a connection from which nothing was read
+	// for this long, and closes it when nothing comes back for as long
+	// again (15 s): a peer that vanished without a FIN is noticed.
+	PingAfter time.Duration
+	// HalfCloseTimeout bounds how long a stream whose one direction has
+	// ended waits for the other (30 s).
+	HalfCloseTimeout time.Duration
+	// Logger; nil discards.
+	Logger *slog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	def := func(v *uint32, d uint32) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	def(&c.MaxStreams, 1000)
+	def(&c.StreamWindow, 4<<20)
+	def(&c.ConnWindow, 32<<20)
+	def(&c.MaxFrameSize, 64<<10)
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = 5 * time.Minute
+	}
+	if c.PingAfter == 0 {
+		c.PingAfter = 15 * time.Second
+	}
+	if c.HalfCloseTimeout == 0 {
+		c.HalfCloseTimeout = 30 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+// Limits of HTTP/2 itself (RFC 9113 section 6.5.2 and 6.9.1).
+const (
+	initialWindow  = 65535
+	minFrameSize   = 16384
+	maxFrameLimit  = 1<<24 - 1
+	maxWindow      = 1<<31 - 1
+	frameHeaderLen = 9
+	// ctrlQueue bounds the frames waiting to be written for the reader.
+	// A peer that makes us queue more (a PING flood) is cut off.
+	ctrlQueue = 4096
+)
+
+// ErrClosed is returned for work on a closed connection.
+var ErrClosed = errors.New("tunnel: connection closed")
+
+// errRefused means the peer did not take a stream: it is going away or at
+// its stream limit. Nothing was sent on the stream, so it can be retried.
+var errRefused = errors.New("tunnel: stream refused by peer")
+
+// Conn is one HTTP/2 connection carrying CONNECT streams. A client Conn
+// (NewClient) opens streams; a server Conn (Serve) hands each new stream to
+// its handler.
+type Conn struct {
+	cfg     Config
+	nc      net.Conn
+	client  bool
+	handler func(*Stream)
+
+	// wmu serializes writes to nc; fw and henc are used only under it.
+	wmu  sync.Mutex
+	fw   *http2.Framer
+	henc *hpack.Encoder
+	hbuf bytes.Buffer
+
+	fr   *http2.Framer // the reader's
+	ctrl chan func(*http2.Framer) error
+
+	// Read by the reader only.
+	recvWindow  int64 // what the peer may still send on the connection
+	recvUnacked int64 // consumed, not yet returned in a WINDOW_UPDATE
+	frames      atomic.Uint64
+
+	mu             sync.Mutex
+	cond           *sync.Cond // send windows grew, or a stream or the conn ended
+	streams        map[uint32]*Stream
+	nextID         uint32 // client: the next stream ID
+	lastPeerID     uint32 // server: the highest stream ID the peer opened
+	reserved       int    // client: slots promised by Reserve, not yet opened
+	peerMaxStreams uint32
+	peerWindow     int64 // the peer's SETTINGS_INITIAL_WINDOW_SIZE
+	peerFrame      int
+	sendWindow     int64 // what we may still send on the connection
+	goingAway      bool  // no new streams; close when the last one ends
+	closed         bool
+	err            error
+	idleSince      time.Time
+	done           chan struct{}
+}
+
+func newConn(nc net.Conn, cfg Config, client bool) *Conn {
+	cfg = cfg.withDefaults()
+	c := &Conn{
+		cfg:            cfg,
+		nc:             nc,
+		client:         client,
+		fw:             http2.NewFramer(nc, nil),
+		fr:             http2.NewFramer(nil, nc),
+		ctrl:           make(chan func(*http2.Framer) error, ctrlQueue),
+		recvWindow:     int64(cfg.ConnWindow),
+		streams:        map[uint32]*Stream{},
+		nextID:         1,
+		peerMaxStreams: 100, // until the peer's SETTINGS say (RFC 9113 recommends at least 100)
+		peerWindow:     initialWindow,
+		peerFrame:      minFrameSize,
+		sendWindow:     initialWindow,
+		idleSince:      time.Now(),
+		done:           make(chan struct{}),
+	}
+	c.cond = sync.NewCond(&c.mu)
+	c.henc = hpack.NewEncoder(&c.hbuf)
+	c.fr.SetReuseFrames()
+	c.fr.SetMaxReadFrameSize(cfg.MaxFrameSize)
+	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	c.fr.MaxHeaderListSize = 16 << 10
+	return c
+}
+
+// NewClient starts the client side of a connection on nc, which is
+// already secured (and its peer checked) by the caller.
+func NewClient(nc net.Conn, cfg Config) (*Conn, error) {
+	c := newConn(nc, cfg, true)
+	var b bytes.Buffer
+	b.WriteString(http2.ClientPreface)
+	fw := http2.NewFramer(&b, nil)
+	_ = fw.WriteSettings(
+		http2.Setting{ID: http2.SettingEnablePush, Val: 0},
+		http2.Setting{ID: http2.SettingInitialWindowSize, Val: c.cfg.StreamWindow},
+		http2.Setting{ID: http2.SettingMaxFrameSize, Val: c.cfg.MaxFrameSize},
+	)
+	_ = fw.WriteWindowUpdate(0, c.cfg.ConnWindow-initialWindow)
+	if _, err := nc.Write(b.Bytes()); err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("tunnel: send preface: %w", err)
+	}
+	go c.writeControl()
+	go c.keepAlive()
+	go c.readLoop()
+	return c, nil
+}
+
+// NewServer makes the server side of a connection on nc, already secured
+// by the caller; Run serves it. handler runs in a new goroutine for every
+// stream the peer opens and must Accept and Splice the stream, or Refuse it.
+func NewServer(nc net.Conn, cfg Config, handler func(*Stream)) *Conn {
+	c := newConn(nc, cfg, false)
+	c.handler = handler
+	return c
+}
+
+// Run serves a server Conn made by NewServer until it ends and returns why. io.EOF means the peer closed it cleanly.
+func (c *Conn) Run() error {
+	deadline := time.Now().Add(10 * time.Second)
+	c.nc.SetReadDeadline(deadline)
+	preface := make([]byte, len(http2.ClientPreface))
+	if _, err := io.ReadFull(c.nc, preface); err != nil || string(preface) != http2.ClientPreface {
+		c.nc.Close()
+		if err == nil {
+			err = errors.New("tunnel: peer did not send the HTTP/2 preface")
+		}
+		return err
+	}
+	c.nc.SetReadDeadline(time.Time{})
+	var b bytes.Buffer
+	fw := http2.NewFramer(&b, nil)
+	_ = fw.WriteSettings(
+		http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: c.cfg.MaxStreams},
+		http2.Setting{ID: http2.SettingInitialWindowSize, Val: c.cfg.StreamWindow},
+		http2.Setting{ID: http2.SettingMaxFrameSize, Val: c.cfg.MaxFrameSize},
+	)
+	_ = fw.WriteWindowUpdate(0, c.cfg.ConnWindow-initialWindow)
+	if _, err := c.nc.Write(b.Bytes()); err != nil {
+		c.nc.Close()
+		return err
+	}
+	go c.writeControl()
+	go c.keepAlive()
+	c.readLoop()
+	return c.Err()
+}
+
+// Done is closed when the connection has ended.
+func (c *Conn) Done() <-chan struct{} { return c.done }
+
+// Err says why the connection ended; nil while it runs.
+func (c *Conn) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+// Usable reports whether the connection takes new streams.
+func (c *Conn) Usable() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return !c.closed && !c.goingAway
+}
+
+// Reserve claims room for one stream that Open will use; it is false when
+// the connection is at the peer's stream limit or going away. Every true
+// Reserve must be followed by Open or Unreserve.
+func (c *Conn) Reserve() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed || c.goingAway || len(c.streams)+c.reserved >= int(c.peerMaxStreams) {
+		return false
+	}
+	c.reserved++
+	return true
+}
+
+// Unreserve gives back a reservation that will not be used.
+func (c *Conn) Unreserve() {
+	c.mu.Lock()
+	c.reserved--
+	c.mu.Unlock()
+}
+
+// Shutdown stops new streams (telling the peer with GOAWAY) and closes the
+// connection once its open streams have ended.
+func (c *Conn) Shutdown() {
+	c.mu.Lock()
+	if c.closed || c.goingAway {
+		c.mu.Unlock()
+		return
+	}
+	c.goingAway = true
+	last := c.lastPeerID
+	idle := len(c.streams) == 0
+	c.mu.Unlock()
+	c.queue(func(fw *http2.Framer) error { return fw.WriteGoAway(last, http2.ErrCodeNo, nil) })
+	if idle {
+		// Let the GOAWAY go out before the close.
+		go func() {
+			c.flushControl()
+			c.fail(ErrClosed)
+		}()
+	}
+}
+
+// Close ends the connection and every stream on it at once.
+func (c *Conn) Close() error {
+	c.fail(ErrClosed)
+	return nil
+}
+
+// StreamCount is the number of open streams.
+func (c *Conn) StreamCount() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.streams)
+}
+
+// fail ends the connection with err (the first error wins).
+func (c *Conn) fail(err error) {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	c.closed = true
+	c.err = err
+	streams := make([]*Stream, 0, len(c.streams))
+	for _, s := range c.streams {
+		streams = append(streams, s)
+	}
+	close(c.done)
+	c.cond.Broadcast()
+	c.mu.Unlock()
+	c.nc.Close()
+	for _, s := range streams {
+		s.abort(err, false)
+	}
+	if !errors.Is(err, ErrClosed) && !errors.Is(err, io.EOF) {
+		c.cfg.Logger.Debug("tunnel connection ended", "remote", c.nc.RemoteAddr().String(), "err", err)
+	}
+}
+
+// connError ends the connection after telling the peer why.
+func (c *Conn) connError(code http2.ErrCode, err error) {
+	c.mu.Lock()
+	last := c.lastPeerID
+	c.mu.Unlock()
+	c.queue(func(fw *http2.Framer) error { return fw.WriteGoAway(last, code, []byte(err.Error())) })
+	c.flushControl()
+	c.fail(err)
+}
+
+// queue hands a frame to the control writer. It never blocks, so the
+// reader can always go on reading.
+func (c *Conn) queue(write func(*http2.Framer) error) {
+	select {
+	case c.ctrl <- write:
+	case <-c.done:
+	default:
+		go c.fail(errors.New("tunnel: peer makes us queue too many control frames"))
+	}
+}
+
+// flushControl waits until the frames queued so far are written (or the
+// connection ended), by queueing a marker behind them.
+func (c *Conn) flushControl() {
+	written := make(chan struct{})
+	c.queue(func(*http2.Framer) error { close(written); return nil })
+	select {
+	case <-written:
+	case <-c.done:
+	case <-time.After(time.Second):
+	}
+}
+
+func (c *Conn) writeControl() {
+	for {
+		select {
+		case write := <-c.ctrl:
+			c.wmu.Lock()
+			err := write(c.fw)
+			c.wmu.Unlock()
+			if err != nil {
+				c.fail(fmt.Errorf("tunnel: write: %w", err))
+				return
+			}
+		case <-c.done:
+			return
+		}
+	}
+}
+
+// write sends p, one or more whole frames, under the write lock.
+func (c *Conn) write(p []byte) error {
+	c.wmu.Lock()
+	_, err := c.nc.Write(p)
+	c.wmu.Unlock()
+	if err != nil {
+		err = fmt.Errorf("tunnel: write: %w", err)
+		c.fail(err)
+	}
+	return err
+}
+
+// writeHeaders sends one HEADERS frame with fields.
+func (c *Conn) writeHeaders(id uint32, end bool, fields ...hpack.HeaderField) error {
+	c.wmu.Lock()
+	err := c.writeHeadersLocked(c.fw, id, end, fields...)
+	c.wmu.Unlock()
+	if err != nil {
+		err = fmt.Errorf("tunnel: write: %w", err)
+		c.fail(err)
+	}
+	return err
+}
+
+func (c *Conn) writeHeadersLocked(fw *http2.Framer, id uint32, end bool, fields ...hpack.HeaderField) error {
+	c.hbuf.Reset()
+	for _, f := range fields {
+		if err := c.henc.WriteField(f); err != nil {
+			return err
+		}
+	}
+	return fw.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: c.hbuf.Bytes(), EndStream: end, EndHeaders: true})
+}
+
+// keepAlive pings a silent peer and closes the connection when the peer
+// stays silent, or when it has carried no stream for IdleTimeout.
+func (c *Conn) keepAlive() {
+	t := time.NewTicker(c.cfg.PingAfter)
+	defer t.Stop()
+	seen, pinged := c.frames.Load(), false
+	for {
+		select {
+		case <-c.done:
+			return
+		case <-t.C:
+		}
+		c.mu.Lock()
+		idle := len(c.streams) == 0 && c.reserved == 0 && time.Since(c.idleSince) > c.cfg.IdleTimeout
+		c.mu.Unlock()
+		if idle {
+			c.Shutdown()
+		}
+		now := c.frames.Load()
+		switch {
+		case now != seen:
+			seen, pinged = now, false
+		case pinged:
+			c.fail(fmt.Errorf("tunnel: peer %s silent for %s", c.nc.RemoteAddr(), 2*c.cfg.PingAfter))
+			return
+		default:
+			pinged = true
+			c.queue(func(fw *http2.Framer) error { return fw.WritePing(false, [8]byte{'t', 'r', 'e', 'l', 'l', 'i', 's'}) })
+		}
+	}
+}
+
+// readLoop reads frames until the connection fails.
+func (c *Conn) readLoop() {
+	first := true
+	for {
+		f, err := c.fr.ReadFrame()
+		if err != nil {
+			var se http2.StreamError
+			if errors.As(err, &se) {
+				c.resetStream(se.StreamID, se.Code, se)
+				continue
+			}
+			var ce http2.ConnectionError
+			if errors.As(err, &ce) {
+				c.connError(http2.ErrCode(ce), fmt.Errorf("tunnel: %w", err))
+				return
+			}
+			if c.Err() == nil && !errors.Is(err, net.ErrClosed) {
+				c.fail(fmt.Errorf("tunnel: read: %w", err))
+			} else {
+				c.fail(io.EOF)
+			}
+			return
+		}
+		c.frames.Add(1)
+		if first {
+			first = false
+			if sf, ok := f.(*http2.SettingsFrame); !ok || sf.IsAck() {
+				c.connError(http2.ErrCodeProtocol, errors.New("tunnel: first frame from peer is not SETTINGS"))
+				return
+			}
+		}
+		switch f := f.(type) {
+		case *http2.DataFrame:
+			err = c.onData(f)
+		case *http2.MetaHeadersFrame:
+			err = c.onHeaders(f)
+		case *http2.WindowUpdateFrame:
+			err = c.onWindowUpdate(f)
+		case *http2.SettingsFrame:
+			err = c.onSettings(f)
+		case *http2.PingFrame:
+			if !f.IsAck() {
+				data := f.Data
+				c.queue(func(fw *http2.Framer) error { return fw.WritePing(true, data) })
+			}
+		case *http2.RSTStreamFrame:
+			c.onReset(f)
+		case *http2.GoAwayFrame:
+			c.onGoAway(f)
+		case *http2.PushPromiseFrame:
+			err = http2.ConnectionError(http2.ErrCodeProtocol)
+		default:
+			// PRIORITY and unknown frame types carry nothing we use.
+		}
+		if err != nil {
+			code := http2.ErrCodeProtocol
+			var ce http2.ConnectionError
+			if errors.As(err, &ce) {
+				code = http2.ErrCode(ce)
+			}
+			c.connError(code, fmt.Errorf("tunnel: %w", err))
+			return
+		}
+	}
+}
+
+func (c *Conn) onData(f *http2.DataFrame) error {
+	n := int64(f.Header().Length)
+	if n > c.recvWindow {
+		return http2.ConnectionError(http2.ErrCodeFlowControl)
+	}
+	c.recvWindow -= n
+	// The connection window is returned at once: a stream's own window
+	// bounds what it can hold, and a stalled stream must not stall the
+	// others.
+	c.recvUnacked += n
+	if c.recvUnacked >= int64(c.cfg.ConnWindow/4) {
+		inc := uint32(c.recvUnacked)
+		c.recvWindow += c.recvUnacked
+		c.recvUnacked = 0
+		c.queue(func(fw *http2.Framer) error { return fw.WriteWindowUpdate(0, inc) })
+	}
+	id := f.Header().StreamID
+	c.mu.Lock()
+	s := c.streams[id]
+	unknown := s == nil && c.idle(id)
+	c.mu.Unlock()
+	if s == nil {
+		if unknown {
+			return http2.ConnectionError(http2.ErrCodeProtocol)
+		}
+		// A stream we already closed: its frames may still be in flight.
+		return nil
+	}
+	s.deliver(f.Data(), f.StreamEnded(), n)
+	return nil
+}
+
+// idle reports whether id names a stream never opened (RFC 9113 5.1).
+func (c *Conn) idle(id uint32) bool {
+	if c.client {
+		return id >= c.nextID || id%2 == 0
+	}
+	return id > c.lastPeerID
+}
+
+func (c *Conn) onHeaders(f *http2.MetaHeadersFrame) error {
+	id := f.Header().StreamID
+	if c.client {
+		c.mu.Lock()
+		s := c.streams[id]
+		unknown := s == nil && c.idle(id)
+		c.mu.Unlock()
+		if s == nil {
+			if unknown {
+				return http2.ConnectionError(http2.ErrCodeProtocol)
+			}
+			return nil
+		}
+		s.onResponse(f)
+		return nil
+	}
+	if id%2 == 0 {
+		return http2.ConnectionError(http2.ErrCodeProtocol)
+	}
+	c.mu.Lock()
+	if s := c.streams[id]; s != nil {
+		c.mu.Unlock()
+		// CONNECT streams have no trailers; END_STREAM on HEADERS still
+		// ends the caller's direction.
+		if f.StreamEnded() {
+			s.deliver(nil, true, 0)
+			return nil
+		}
+		c.resetStream(id, http2.ErrCodeProtocol, errors.New("tunnel: second HEADERS on a stream"))
+		return nil
+	}
+	if id <= c.lastPeerID {
+		c.mu.Unlock()
+		return http2.ConnectionError(http2.ErrCodeStreamClosed)
+	}
+	c.lastPeerID = id
+	if c.goingAway || c.closed || len(c.streams) >= int(c.cfg.MaxStreams) {
+		c.mu.Unlock()
+		c.queue(func(fw *http2.Framer) error { return fw.WriteRSTStream(id, http2.ErrCodeRefusedStream) })
+		return nil
+	}
+	method, authority := f.PseudoValue("method"), f.PseudoValue("authority")
+	if method != "CONNECT" || authority == "" || f.PseudoValue("path") != "" {
+		c.mu.Unlock()
+		// Answer, then reset: the caller may still be sending a body.
+		c.queue(func(fw *http2.Framer) error {
+			status := "405"
+			if method == "CONNECT" {
+				status = "400"
+			}
+			if err := c.writeHeadersLocked(fw, id, true,
+				hpack.HeaderField{Name: ":status", Value: status},
+				hpack.HeaderField{Name: ReasonHeader, Value: "only CONNECT to a named service is served here"}); err != nil {
+				return err
+			}
+			return fw.WriteRSTStream(id, http2.ErrCodeNo)
+		})
+		return nil
+	}
+	s := c.newStreamLocked(id)
+	s.Authority = authority
+	c.mu.Unlock()
+	if f.StreamEnded() {
+		s.deliver(nil, true, 0)
+	}
+	go func() {
+		c.handler(s)
+		// A handler that returned without ending its stream abandoned it.
+		s.abort(errors.New("tunnel: stream abandoned by its handler"), true)
+	}()
+	return nil
+}
+
+// newStreamLocked registers a stream; c.mu must be held.
+func (c *Conn) newStreamLocked(id uint32) *Stream {
+	s := &Stream{
+		c:          c,
+		id:         id,
+		sendWindow: c.peerWindow,
+		recvWindow: int64(c.cfg.StreamWindow),
+		recvDone:   make(chan struct{}),
+	}
+	if c.client {
+		s.resp = make(chan response, 1)
+	}
+	c.streams[id] = s
+	return s
+}
+
+// forget removes a stream that has ended; the connection closes if it was
+// the last one and the connection is going away.
+func (c *Conn) forget(s *Stream) {
+	c.mu.Lock()
+	if c.streams[s.id] != s {
+		c.mu.Unlock()
+		return
+	}
+	delete(c.streams, s.id)
+	c.cond.Broadcast()
+	last := len(c.streams) == 0
+	if last {
+		c.idleSince = time.Now()
+	}
+	closeNow := last && c.goingAway && !c.closed
+	c.mu.Unlock()
+	if closeNow {
+		go func() {
+			c.flushControl()
+			c.fail(ErrClosed)
+		}()
+	}
+}
+
+func (c *Conn) onWindowUpdate(f *http2.WindowUpdateFrame) error {
+	inc := int64(f.Increment)
+	id := f.Header().StreamID
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if id == 0 {
+		if c.sendWindow+inc > maxWindow {
+			return http2.ConnectionError(http2.ErrCodeFlowControl)
+		}
+		c.sendWindow += inc
+		c.cond.Broadcast()
+		return nil
+	}
+	s := c.streams[id]
+	if s == nil {
+		return nil
+	}
+	if s.sendWindow+inc > maxWindow {
+		go c.resetStream(id, http2.ErrCodeFlowControl, errors.New("tunnel: stream window overflow"))
+		return nil
+	}
+	s.sendWindow += inc
+	c.cond.Broadcast()
+	return nil
+}
+
+func (c *Conn) onSettings(f *http2.SettingsFrame) error {
+	if f.IsAck() {
+		return nil
+	}
+	c.mu.Lock()
+	err := f.ForeachSetting(func(st http2.Setting) error {
+		if err := st.Valid(); err != nil {
+			return err
+		}
+		switch st.ID {
+		case http2.SettingInitialWindowSize:
+			delta := int64(st.Val) - c.peerWindow
+			c.peerWindow = int64(st.Val)
+			for _, s := range c.streams {
+				s.sendWindow += delta
+			}
+		case http2.SettingMaxFrameSize:
+			c.peerFrame = int(st.Val)
+		case http2.SettingMaxConcurrentStreams:
+			c.peerMaxStreams = st.Val
+		}
+		return nil
+	})
+	c.cond.Broadcast()
+	c.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	c.queue(func(fw *http2.Framer) error { return fw.WriteSettingsAck() })
+	return nil
+}
+
+func (c *Conn) onReset(f *http2.RSTStreamFrame) {
+	c.mu.Lock()
+	s := c.streams[f.Header().StreamID]
+	c.mu.Unlock()
+	if s == nil {
+		return
+	}
+	var err error = ResetError{Code: f.ErrCode}
+	if f.ErrCode == http2.ErrCodeRefusedStream {
+		err = errRefused
+	}
+	s.abort(err, false)
+}
+
+func (c *Conn) onGoAway(f *http2.GoAwayFrame) {
+	c.mu.Lock()
+	c.goingAway = true
+	var refused []*Stream
+	if c.client {
+		for id, s := range c.streams {
+			if id > f.LastStreamID {
+				refused = append(refused, s)
+			}
+		}
+	}
+	closeNow := len(c.streams) == len(refused)
+	c.mu.Unlock()
+	for _, s := range refused {
+		s.abort(errRefused, false)
+	}
+	if f.ErrCode != http2.ErrCodeNo {
+		c.cfg.Logger.Debug("peer ended tunnel connection", "remote", c.nc.RemoteAddr().String(), "code", f.ErrCode.String(), "debug", string(f.DebugData()))
+	}
+	if closeNow {
+		c.fail(io.EOF)
+	}
+}
+
+// resetStream ends stream id and tells the peer.
+func (c *Conn) resetStream(id uint32, code http2.ErrCode, err error) {
+	c.mu.Lock()
+	s := c.streams[id]
+	c.mu.Unlock()
+	if s != nil {
+		s.abort(err, false)
+	}
+	c.queue(func(fw *http2.Framer) error { return fw.WriteRSTStream(id, code) })
+}
+
+// ResetError is the end of a stream that the peer reset.
+type ResetError struct{ Code http2.ErrCode }
+
+func (e ResetError) Error() string { return "tunnel: stream reset by peer: " + e.Code.String() }

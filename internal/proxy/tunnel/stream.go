@@ -1,0 +1,578 @@
+package tunnel
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// ReasonHeader carries a human-readable reason with a refusal.
+const ReasonHeader = "trellis-reason"
+
+// StatusError is a stream the peer answered with a status other than 200.
+type StatusError struct {
+	Status int
+	Reason string
+}
+
+func (e *StatusError) Error() string {
+	if e.Reason == "" {
+		return fmt.Sprintf("tunnel: peer answered %d", e.Status)
+	}
+	return fmt.Sprintf("tunnel: peer answered %d: %s", e.Status, e.Reason)
+}
+
+var (
+	errHalfClose = errors.New("tunnel: one direction ended and the other did not within the half-close timeout")
+	errRefusedUs = errors.New("tunnel: stream refused")
+)
+
+type response struct {
+	status int
+	reason string
+	err    error
+}
+
+// Stream is one CONNECT stream: a TCP connection carried through the
+// tunnel. Its local end is a socket given to Splice.
+type Stream struct {
+	c  *Conn
+	id uint32
+	// Authority is the :authority the caller asked for (server side).
+	Authority string
+
+	resp     chan response // client: the answer to the CONNECT
+	stopped  atomic.Bool   // reset or failed: no more frames either way
+	received atomic.Int64
+
+	sendWindow int64 // under c.mu
+
+	mu           sync.Mutex
+	sink         net.Conn
+	raw          syscall.RawConn // sink's socket, for non-blocking writes
+	rawWrite     func(fd uintptr) bool
+	wbuf         []byte // tryWrite's argument and results, for rawWrite
+	wn           int
+	werr         error
+	pending      []byte          // from the peer, not yet taken by sink
+	spare        []byte
+	flushing     bool
+	gotResp      bool
+	recvEnd      bool // the peer sent END_STREAM
+	recvFinished bool // ... and it reached the sink, or the stream stopped
+	sentEnd      bool
+	ended        bool // both directions done, or stopped
+	err          error
+	recvWindow   int64
+	unacked      int64
+	halfTimer    *time.Timer
+	recvDone     chan struct{}
+}
+
+// Open starts a CONNECT stream to authority on a connection the caller
+// reserved room on (Reserve) and waits for the peer's answer. It returns a
+// *StatusError when the peer refused the stream; any other error means the
+// peer took nothing from the stream, so another peer may be tried.
+func (c *Conn) Open(ctx context.Context, authority string) (*Stream, error) {
+	c.wmu.Lock()
+	c.mu.Lock()
+	c.reserved--
+	if c.closed || c.goingAway {
+		c.mu.Unlock()
+		c.wmu.Unlock()
+		return nil, errRefused
+	}
+	// IDs must reach the peer in increasing order, so the ID is taken
+	// under the write lock.
+	id := c.nextID
+	c.nextID += 2
+	s := c.newStreamLocked(id)
+	c.mu.Unlock()
+	err := c.writeHeadersLocked(c.fw, id, false,
+		hpack.HeaderField{Name: ":method", Value: "CONNECT"},
+		hpack.HeaderField{Name: ":authority", Value: authority})
+	c.wmu.Unlock()
+	if err != nil {
+		err = fmt.Errorf("tunnel: write: %w", err)
+		c.fail(err)
+		return nil, err
+	}
+	select {
+	case r := <-s.resp:
+		switch {
+		case r.err != nil:
+			return nil, r.err
+		case r.status != 200:
+			return nil, &StatusError{Status: r.status, Reason: r.reason}
+		}
+		return s, nil
+	case <-ctx.Done():
+		s.abort(ctx.Err(), true)
+		return nil, ctx.Err()
+	}
+}
+
+// onResponse takes the peer's HEADERS on a client stream.
+func (s *Stream) onResponse(f *http2.MetaHeadersFrame) {
+	status, err := strconv.Atoi(f.PseudoValue("status"))
+	if err != nil {
+		s.c.resetStream(s.id, http2.ErrCodeProtocol, errors.New("tunnel: response without a valid :status"))
+		return
+	}
+	if status >= 100 && status < 200 {
+		return // informational; the real answer follows
+	}
+	s.mu.Lock()
+	again := s.gotResp
+	s.gotResp = true
+	s.mu.Unlock()
+	if again {
+		if f.StreamEnded() {
+			s.deliver(nil, true, 0)
+			return
+		}
+		s.c.resetStream(s.id, http2.ErrCodeProtocol, errors.New("tunnel: second response on a stream"))
+		return
+	}
+	var reason string
+	for _, hf := range f.RegularFields() {
+		if hf.Name == ReasonHeader {
+			reason = hf.Value
+		}
+	}
+	s.resp <- response{status: status, reason: reason}
+	if status != 200 {
+		s.abort(&StatusError{Status: status, Reason: reason}, !f.StreamEnded())
+		return
+	}
+	if f.StreamEnded() {
+		s.deliver(nil, true, 0)
+	}
+}
+
+// Accept answers the caller's CONNECT with 200; Splice then carries it.
+func (s *Stream) Accept() error {
+	if s.stopped.Load() {
+		return s.stopErr()
+	}
+	return s.c.writeHeaders(s.id, false, hpack.HeaderField{Name: ":status", Value: "200"})
+}
+
+// Refuse answers the caller's CONNECT with status and a reason and ends the
+// stream.
+func (s *Stream) Refuse(status int, reason string) {
+	if s.stopped.Load() {
+		return
+	}
+	_ = s.c.writeHeaders(s.id, true,
+		hpack.HeaderField{Name: ":status", Value: strconv.Itoa(status)},
+		hpack.HeaderField{Name: ReasonHeader, Value: reason})
+	s.mu.Lock()
+	s.sentEnd = true
+	reset := !s.recvEnd
+	s.mu.Unlock()
+	s.abort(errRefusedUs, false)
+	if reset {
+		// The caller must not send on: tell it the stream is over.
+		s.c.queue(func(fw *http2.Framer) error { return fw.WriteRSTStream(s.id, http2.ErrCodeNo) })
+	}
+}
+
+// Splice carries bytes between the stream and local until both directions
+// have ended or the stream fails, then closes local. It returns the bytes
+// sent to and received from the peer. When one direction ends first the
+// other gets HalfCloseTimeout to follow.
+func (s *Stream) Splice(local net.Conn) (sent, received int64) {
+	s.attach(local)
+	sent, err := s.copyFrom(local)
+	if err != nil {
+		s.abort(err, true)
+	} else {
+		t := time.NewTimer(s.c.cfg.HalfCloseTimeout)
+		select {
+		case <-s.recvDone:
+		case <-t.C:
+			s.abort(errHalfClose, true)
+		}
+		t.Stop()
+	}
+	local.Close()
+	return sent, s.received.Load()
+}
+
+// Err says why the stream stopped early; nil if it has not.
+func (s *Stream) Err() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
+}
+
+// Close resets the stream and closes its local end.
+func (s *Stream) Close() error {
+	s.abort(errors.New("tunnel: stream closed"), true)
+	return nil
+}
+
+func (s *Stream) stopErr() error {
+	if err := s.Err(); err != nil {
+		return err
+	}
+	return ErrClosed
+}
+
+// attach makes sink the stream's local end and hands it whatever the peer
+// already sent.
+func (s *Stream) attach(sink net.Conn) {
+	var raw syscall.RawConn
+	switch sc := sink.(type) {
+	// Only plain sockets: a wrapper (TLS, a peeked conn) must see its own
+	// Write called.
+	case *net.TCPConn:
+		raw, _ = sc.SyscallConn()
+	case *net.UnixConn:
+		raw, _ = sc.SyscallConn()
+	}
+	s.mu.Lock()
+	if s.ended && s.err != nil {
+		s.mu.Unlock()
+		sink.Close()
+		return
+	}
+	s.sink, s.raw = sink, raw
+	// Made once: a closure per write would allocate on every frame.
+	s.rawWrite = func(fd uintptr) bool {
+		s.wn, s.werr = syscall.Write(int(fd), s.wbuf)
+		return true // never wait for the socket: the flusher does that
+	}
+	if len(s.pending) > 0 {
+		s.flushing = true
+		go s.flush()
+	} else if s.recvEnd {
+		s.finishRecvLocked()
+	}
+	s.mu.Unlock()
+}
+
+// deliver takes a DATA payload (n bytes of flow control, padding included)
+// from the reader. It must not block: it writes to the sink only when the
+// socket takes the bytes at once and leaves the rest to a flusher.
+func (s *Stream) deliver(p []byte, end bool, n int64) {
+	s.mu.Lock()
+	if s.ended {
+		s.mu.Unlock()
+		return
+	}
+	if s.recvEnd && (n > 0 || len(p) > 0) {
+		s.mu.Unlock()
+		s.c.resetStream(s.id, http2.ErrCodeStreamClosed, errors.New("tunnel: DATA after END_STREAM"))
+		return
+	}
+	if n > s.recvWindow {
+		s.mu.Unlock()
+		s.c.resetStream(s.id, http2.ErrCodeFlowControl, errors.New("tunnel: peer overran the stream window"))
+		return
+	}
+	s.recvWindow -= n
+	credit := n - int64(len(p)) // padding is never delivered
+	s.received.Add(int64(len(p)))
+	var werr error
+	if len(p) > 0 {
+		if s.sink != nil && !s.flushing {
+			var w int
+			w, werr = s.tryWrite(p)
+			credit += int64(w)
+			if w < len(p) && werr == nil {
+				s.pending = append(s.spare[:0], p[w:]...)
+				s.spare = nil
+				s.flushing = true
+				go s.flush()
+			}
+		} else {
+			s.pending = append(s.pending, p...)
+		}
+	}
+	if end {
+		s.recvEnd = true
+		if s.sink != nil && !s.flushing {
+			s.finishRecvLocked()
+		}
+	}
+	inc := s.creditLocked(credit)
+	done := s.endedLocked()
+	s.mu.Unlock()
+	if werr != nil {
+		// The local end is gone.
+		s.abort(fmt.Errorf("tunnel: write to local end: %w", werr), true)
+		return
+	}
+	s.sendUpdate(inc)
+	if done {
+		s.c.forget(s)
+	}
+}
+
+// tryWrite writes p to the sink if its socket takes it without waiting;
+// s.mu must be held.
+func (s *Stream) tryWrite(p []byte) (int, error) {
+	if s.raw == nil {
+		return 0, nil
+	}
+	s.wbuf = p
+	err := s.raw.Write(s.rawWrite)
+	s.wbuf = nil
+	n, werr := s.wn, s.werr
+	if err != nil {
+		return 0, err
+	}
+	if n < 0 {
+		n = 0
+	}
+	if werr == syscall.EAGAIN || werr == syscall.EINTR {
+		werr = nil
+	}
+	return n, werr
+}
+
+// flush writes pending bytes to the sink, waiting for it, until none are
+// left.
+func (s *Stream) flush() {
+	var buf []byte
+	for {
+		s.mu.Lock()
+		if buf != nil && s.spare == nil {
+			s.spare = buf[:0]
+		}
+		buf = s.pending
+		s.pending = nil
+		if len(buf) == 0 || s.ended && s.err != nil {
+			s.flushing = false
+			if s.recvEnd {
+				s.finishRecvLocked()
+			}
+			s.mu.Unlock()
+			return
+		}
+		sink := s.sink
+		s.mu.Unlock()
+		n, err := sink.Write(buf)
+		s.mu.Lock()
+		inc := s.creditLocked(int64(n))
+		s.mu.Unlock()
+		s.sendUpdate(inc)
+		if err != nil {
+			s.mu.Lock()
+			s.flushing = false
+			s.mu.Unlock()
+			s.abort(fmt.Errorf("tunnel: write to local end: %w", err), true)
+			return
+		}
+	}
+}
+
+// finishRecvLocked ends the peer's direction at the sink: a TCP half-close,
+// so the local end sees EOF and can still answer.
+func (s *Stream) finishRecvLocked() {
+	if s.recvFinished {
+		return
+	}
+	s.recvFinished = true
+	if cw, ok := s.sink.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+	}
+	close(s.recvDone)
+	if !s.sentEnd && !s.ended {
+		// The local end now has HalfCloseTimeout to finish too.
+		s.halfTimer = time.AfterFunc(s.c.cfg.HalfCloseTimeout, func() { s.abort(errHalfClose, true) })
+	}
+}
+
+// creditLocked counts n bytes taken by the sink and returns the window
+// increment to send, if it is time to send one.
+func (s *Stream) creditLocked(n int64) uint32 {
+	if s.recvEnd || s.ended {
+		return 0
+	}
+	s.unacked += n
+	if s.unacked < int64(s.c.cfg.StreamWindow/4) {
+		return 0
+	}
+	inc := s.unacked
+	s.recvWindow += inc
+	s.unacked = 0
+	return uint32(inc)
+}
+
+func (s *Stream) sendUpdate(inc uint32) {
+	if inc == 0 {
+		return
+	}
+	id := s.id
+	s.c.queue(func(fw *http2.Framer) error { return fw.WriteWindowUpdate(id, inc) })
+}
+
+// endedLocked marks the stream ended once both directions are, and reports
+// whether this call did.
+func (s *Stream) endedLocked() bool {
+	if s.ended || !s.recvEnd || !s.sentEnd {
+		return false
+	}
+	s.ended = true
+	if s.halfTimer != nil {
+		s.halfTimer.Stop()
+	}
+	return true
+}
+
+// copyFrom sends what local sends as DATA frames and ends the stream's
+// sending direction when local reaches EOF.
+func (s *Stream) copyFrom(local net.Conn) (int64, error) {
+	bp := framePool.Get().(*[]byte)
+	defer framePool.Put(bp)
+	buf := *bp
+	var sent int64
+	for {
+		n, rerr := local.Read(buf[frameHeaderLen:])
+		if n > 0 {
+			if err := s.writeData(buf, n); err != nil {
+				return sent, err
+			}
+			sent += int64(n)
+		}
+		if rerr == io.EOF {
+			return sent, s.closeSend()
+		}
+		if rerr != nil {
+			if s.stopped.Load() {
+				return sent, s.stopErr()
+			}
+			return sent, rerr
+		}
+	}
+}
+
+var framePool = sync.Pool{New: func() any {
+	b := make([]byte, frameHeaderLen+64<<10)
+	return &b
+}}
+
+const flagEndStream = 0x1
+
+func putFrameHeader(h []byte, length int, flags byte, id uint32) {
+	h[0], h[1], h[2] = byte(length>>16), byte(length>>8), byte(length)
+	h[3] = byte(http2.FrameData)
+	h[4] = flags
+	binary.BigEndian.PutUint32(h[5:], id&(1<<31-1))
+}
+
+// writeData sends buf[9:9+n] as DATA frames, each as large as the windows
+// and the peer's frame size allow. Each frame's header is written over the
+// 9 bytes before its payload, which are free (the buffer's head, or the
+// tail of a payload already sent), so a frame goes out in one write.
+func (s *Stream) writeData(buf []byte, n int) error {
+	off, end := frameHeaderLen, frameHeaderLen+n
+	for off < end {
+		k, err := s.reserveSend(end - off)
+		if err != nil {
+			return err
+		}
+		putFrameHeader(buf[off-frameHeaderLen:off], k, 0, s.id)
+		if err := s.c.write(buf[off-frameHeaderLen : off+k]); err != nil {
+			return err
+		}
+		off += k
+	}
+	return nil
+}
+
+// reserveSend waits until the windows allow sending and takes up to want
+// bytes of them.
+func (s *Stream) reserveSend(want int) (int, error) {
+	c := s.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for {
+		if c.closed {
+			return 0, c.err
+		}
+		if s.stopped.Load() {
+			return 0, s.stopErr()
+		}
+		k := min(int64(want), int64(c.peerFrame), c.sendWindow, s.sendWindow)
+		if k > 0 {
+			c.sendWindow -= k
+			s.sendWindow -= k
+			return int(k), nil
+		}
+		c.cond.Wait()
+	}
+}
+
+// closeSend ends the sending direction with an empty END_STREAM frame.
+func (s *Stream) closeSend() error {
+	if s.stopped.Load() {
+		return s.stopErr()
+	}
+	var h [frameHeaderLen]byte
+	putFrameHeader(h[:], 0, flagEndStream, s.id)
+	if err := s.c.write(h[:]); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.sentEnd = true
+	done := s.endedLocked()
+	if s.halfTimer != nil && !done {
+		s.halfTimer.Stop()
+	}
+	s.mu.Unlock()
+	if done {
+		s.c.forget(s)
+	}
+	return nil
+}
+
+// abort stops the stream with err: the local end is closed and, when rst
+// is set, the peer gets RST_STREAM CANCEL. Later calls do nothing.
+func (s *Stream) abort(err error, rst bool) {
+	s.mu.Lock()
+	if s.ended {
+		s.mu.Unlock()
+		return
+	}
+	s.ended = true
+	s.err = err
+	s.stopped.Store(true)
+	if !s.recvFinished {
+		s.recvFinished = true
+		close(s.recvDone)
+	}
+	if s.halfTimer != nil {
+		s.halfTimer.Stop()
+	}
+	sink := s.sink
+	s.mu.Unlock()
+	if s.resp != nil {
+		select {
+		case s.resp <- response{err: err}:
+		default:
+		}
+	}
+	if sink != nil {
+		sink.Close()
+	}
+	s.c.forget(s)
+	if rst {
+		id := s.id
+		s.c.queue(func(fw *http2.Framer) error { return fw.WriteRSTStream(id, http2.ErrCodeCancel) })
+	}
+}

@@ -1,0 +1,461 @@
+package tunnel
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+
+	"github.com/trellis-mesh/trellis/internal/trellistest"
+)
+
+// tcpPair returns both ends of a loopback TCP connection.
+func tcpPair(t testing.TB) (net.Conn, net.Conn) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	a, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return a, b
+}
+
+// localPair makes the two ends of a local connection: TCP sockets (the
+// non-blocking fast path) or, with wrappedPair, sockets whose second end is
+// wrapped so that the tunnel cannot reach its file descriptor and always
+// writes through the flusher.
+type localPair func(testing.TB) (net.Conn, net.Conn)
+
+type wrapped struct{ *net.TCPConn }
+
+func wrappedPair(t testing.TB) (net.Conn, net.Conn) {
+	a, b := tcpPair(t)
+	return a, wrapped{b.(*net.TCPConn)}
+}
+
+// newTunnel runs a server Conn whose handler is h and returns a client Conn
+// to it, over loopback TCP.
+func newTunnel(t testing.TB, cfg Config, h func(*Stream)) (*Conn, *Conn) {
+	t.Helper()
+	cn, sn := tcpPair(t)
+	srv := NewServer(sn, cfg, h)
+	go srv.Run()
+	cli, err := NewClient(cn, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close(); srv.Close() })
+	return cli, srv
+}
+
+// echoHandler accepts every stream and splices it to an app that echoes.
+func echoHandler(pair localPair, t testing.TB) func(*Stream) {
+	return func(s *Stream) {
+		local, app := pair(t)
+		go func() {
+			io.Copy(app, app)
+			closeWrite(app)
+		}()
+		if err := s.Accept(); err != nil {
+			return
+		}
+		s.Splice(local)
+	}
+}
+
+func closeWrite(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+		return
+	}
+	c.Close()
+}
+
+// open opens a stream on c and splices it to a fresh local pair, returning
+// the caller's end.
+func open(t testing.TB, c *Conn, pair localPair) (net.Conn, error) {
+	t.Helper()
+	if !c.Reserve() {
+		return nil, errors.New("no room for a stream")
+	}
+	s, err := c.Open(context.Background(), "web")
+	if err != nil {
+		return nil, err
+	}
+	user, local := pair(t)
+	go s.Splice(local)
+	return user, nil
+}
+
+func TestEcho(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		pair    localPair
+		cfg     Config
+		streams int
+		size    int
+	}{
+		{"sockets", tcpPair, Config{}, 20, 1 << 20},
+		{"flusher", wrappedPair, Config{}, 20, 1 << 20},
+		{"small windows", tcpPair, Config{StreamWindow: 64 << 10, ConnWindow: 128 << 10, MaxFrameSize: 16384}, 8, 4 << 20},
+		{"small windows, flusher", wrappedPair, Config{StreamWindow: 64 << 10, ConnWindow: 128 << 10}, 8, 4 << 20},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cli, _ := newTunnel(t, tc.cfg, echoHandler(tc.pair, t))
+			var wg sync.WaitGroup
+			for range tc.streams {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					c, err := open(t, cli, tc.pair)
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					data := make([]byte, tc.size)
+					rand.Read(data)
+					go func() {
+						c.Write(data)
+						closeWrite(c)
+					}()
+					got, err := io.ReadAll(c)
+					if err != nil {
+						t.Error(err)
+					}
+					if !bytes.Equal(got, data) {
+						t.Errorf("echo: got %d bytes, want the %d sent", len(got), len(data))
+					}
+				}()
+			}
+			wg.Wait()
+			eventually(t, 2*time.Second, "streams not released", func() bool { return cli.StreamCount() == 0 })
+		})
+	}
+}
+
+// A stream whose local end stops reading holds only its own window: other
+// streams on the connection go on.
+func TestStalledStreamDoesNotBlockOthers(t *testing.T) {
+	const flood = 8 << 20
+	cfg := Config{StreamWindow: 256 << 10}
+	cli, _ := newTunnel(t, cfg, func(s *Stream) {
+		local, app := tcpPair(t)
+		if s.Authority == "flood" {
+			go app.Write(make([]byte, flood)) // more than any window and socket buffer
+		} else {
+			go io.Copy(app, app)
+		}
+		s.Accept()
+		s.Splice(local)
+	})
+	if !cli.Reserve() {
+		t.Fatal("no room")
+	}
+	fs, err := cli.Open(context.Background(), "flood")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stalled, local := tcpPair(t) // never read
+	go fs.Splice(local)
+	defer stalled.Close()
+	time.Sleep(200 * time.Millisecond)
+
+	c, err := open(t, cli, tcpPair)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	for i := range 100 {
+		msg := []byte{byte(i), 1, 2, 3}
+		if _, err := c.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, len(msg))
+		if _, err := io.ReadFull(c, got); err != nil {
+			t.Fatalf("echo %d behind a stalled stream: %v", i, err)
+		}
+	}
+}
+
+func TestHalfClose(t *testing.T) {
+	t.Run("caller finishes first", func(t *testing.T) {
+		cli, _ := newTunnel(t, Config{}, func(s *Stream) {
+			local, app := tcpPair(t)
+			go func() {
+				req, _ := io.ReadAll(app) // until the caller's half-close
+				app.Write(append([]byte("got "), req...))
+				app.Close()
+			}()
+			s.Accept()
+			s.Splice(local)
+		})
+		c, err := open(t, cli, tcpPair)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write([]byte("ping"))
+		closeWrite(c)
+		got, err := io.ReadAll(c)
+		if err != nil || string(got) != "got ping" {
+			t.Fatalf("got %q, %v; want %q", got, err, "got ping")
+		}
+	})
+	t.Run("app finishes first", func(t *testing.T) {
+		received := make(chan string, 1)
+		cli, _ := newTunnel(t, Config{}, func(s *Stream) {
+			local, app := tcpPair(t)
+			go func() {
+				app.Write([]byte("hello"))
+				closeWrite(app)
+				rest, _ := io.ReadAll(app)
+				received <- string(rest)
+			}()
+			s.Accept()
+			s.Splice(local)
+		})
+		c, err := open(t, cli, tcpPair)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(c) // EOF arrives while our side is open
+		if err != nil || string(got) != "hello" {
+			t.Fatalf("got %q, %v", got, err)
+		}
+		c.Write([]byte("bye"))
+		c.Close()
+		select {
+		case r := <-received:
+			if r != "bye" {
+				t.Fatalf("app received %q after its half-close, want %q", r, "bye")
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("app never saw the caller's close")
+		}
+	})
+	t.Run("other side never finishes", func(t *testing.T) {
+		appClosed := make(chan struct{})
+		cli, _ := newTunnel(t, Config{HalfCloseTimeout: 200 * time.Millisecond}, func(s *Stream) {
+			local, app := tcpPair(t)
+			go func() {
+				app.Write([]byte("bye"))
+				closeWrite(app)
+				io.Copy(io.Discard, app)
+				close(appClosed)
+			}()
+			s.Accept()
+			s.Splice(local)
+		})
+		c, err := open(t, cli, tcpPair)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close() // the caller never closes on its own
+		select {
+		case <-appClosed:
+		case <-time.After(5 * time.Second):
+			t.Fatal("a stream half-closed by the app was never ended")
+		}
+	})
+}
+
+func TestRefuse(t *testing.T) {
+	cli, _ := newTunnel(t, Config{}, func(s *Stream) { s.Refuse(http.StatusForbidden, "denied by intention") })
+	if !cli.Reserve() {
+		t.Fatal("no room")
+	}
+	_, err := cli.Open(context.Background(), "web")
+	var se *StatusError
+	if !errors.As(err, &se) || se.Status != 403 || se.Reason != "denied by intention" {
+		t.Fatalf("Open = %v, want a 403 with its reason", err)
+	}
+	eventually(t, 2*time.Second, "refused stream not released", func() bool { return cli.StreamCount() == 0 })
+}
+
+func TestPeerResetClosesLocalEnd(t *testing.T) {
+	cli, _ := newTunnel(t, Config{}, func(s *Stream) {
+		s.Accept()
+		s.Close()
+	})
+	c, err := open(t, cli, tcpPair)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, net.ErrClosed) {
+		t.Fatalf("read after the peer reset = %v, want the connection ended", err)
+	}
+}
+
+func TestShutdownDrains(t *testing.T) {
+	cli, srv := newTunnel(t, Config{}, echoHandler(tcpPair, t))
+	c, err := open(t, cli, tcpPair)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Shutdown()
+	eventually(t, 2*time.Second, "client never saw the GOAWAY", func() bool { return !cli.Usable() })
+	if cli.Reserve() {
+		t.Fatal("a connection going away took a new stream")
+	}
+	// The open stream still works.
+	c.Write([]byte("still here"))
+	got := make([]byte, 10)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != "still here" {
+		t.Fatalf("stream after GOAWAY: %q, %v", got, err)
+	}
+	c.Close()
+	select {
+	case <-cli.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("connection not closed once its last stream ended")
+	}
+}
+
+func TestMaxStreams(t *testing.T) {
+	cli, _ := newTunnel(t, Config{MaxStreams: 2}, echoHandler(tcpPair, t))
+	eventually(t, 2*time.Second, "server's SETTINGS not applied", func() bool {
+		cli.mu.Lock()
+		defer cli.mu.Unlock()
+		return cli.peerMaxStreams == 2
+	})
+	for i := range 2 {
+		if _, err := open(t, cli, tcpPair); err != nil {
+			t.Fatalf("stream %d: %v", i, err)
+		}
+	}
+	if cli.Reserve() {
+		t.Fatal("a third stream was allowed past the peer's limit of 2")
+	}
+}
+
+// A peer that stops answering is noticed by the PINGs.
+func TestSilentPeer(t *testing.T) {
+	cn, sn := tcpPair(t)
+	go func() {
+		// Take the preface, send SETTINGS, then fall silent (a frozen
+		// process: nothing read, nothing written, no FIN).
+		io.ReadFull(sn, make([]byte, len(http2.ClientPreface)))
+		http2.NewFramer(sn, nil).WriteSettings()
+	}()
+	cli, err := NewClient(cn, Config{PingAfter: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-cli.Done():
+	case <-time.After(3 * time.Second):
+		t.Fatal("connection to a silent peer still open")
+	}
+}
+
+func TestServerRejectsNonHTTP2(t *testing.T) {
+	cn, sn := tcpPair(t)
+	srv := NewServer(sn, Config{}, func(*Stream) { t.Error("handler called") })
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Run() }()
+	cn.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+	select {
+	case err := <-errc:
+		if err == nil {
+			t.Fatal("Run accepted an HTTP/1.1 request")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run still running")
+	}
+}
+
+// The wire is plain HTTP/2: golang.org/x/net/http2's client and server
+// interoperate with it.
+func TestInteropWithXNetHTTP2(t *testing.T) {
+	payload := make([]byte, 3<<20)
+	rand.Read(payload)
+	want := sha256.Sum256(payload)
+
+	t.Run("x/net client, tunnel server", func(t *testing.T) {
+		cn, sn := tcpPair(t)
+		srv := NewServer(sn, Config{}, echoHandler(tcpPair, t))
+		go srv.Run()
+		t.Cleanup(func() { srv.Close() })
+		tr := &http2.Transport{AllowHTTP: true}
+		cc, err := tr.NewClientConn(cn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pr, pw := io.Pipe()
+		req, _ := http.NewRequest(http.MethodConnect, "http://web", pr)
+		req.Host = "web"
+		resp, err := cc.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode != 200 {
+			t.Fatalf("status %d", resp.StatusCode)
+		}
+		go func() {
+			pw.Write(payload)
+			pw.Close()
+		}()
+		got, err := io.ReadAll(resp.Body)
+		if err != nil || sha256.Sum256(got) != want {
+			t.Fatalf("echo through the tunnel server: %d bytes, %v", len(got), err)
+		}
+	})
+	t.Run("tunnel client, x/net server", func(t *testing.T) {
+		cn, sn := tcpPair(t)
+		go (&http2.Server{}).ServeConn(sn, &http2.ServeConnOpts{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method != http.MethodConnect || r.Host != "web" {
+				http.Error(w, "bad request", 400)
+				return
+			}
+			w.WriteHeader(200)
+			w.(http.Flusher).Flush()
+			io.Copy(w, r.Body) // finishes when our END_STREAM arrives
+		})})
+		cli, err := NewClient(cn, Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cli.Close() })
+		c, err := open(t, cli, tcpPair)
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			c.Write(payload)
+			closeWrite(c)
+		}()
+		got, err := io.ReadAll(c)
+		if err != nil || sha256.Sum256(got) != want {
+			t.Fatalf("echo through the x/net server: %d bytes, %v", len(got), err)
+		}
+	})
+}
+
+func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	trellistest.Eventually(t, d, what, func() error {
+		if cond() {
+			return nil
+		}
+		return errors.New("not yet")
+	})
+}
