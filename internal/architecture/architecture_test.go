@@ -99,3 +99,24 @@ func TestPackagesAreDocumented(t *testing.T) {
 		}
 	}
 }
+
+// The proxy-only build is what sidecar images ship: it must not link the
+// control plane, whose packages every process would otherwise initialise
+// and page in.
+func TestProxyOnlyBuild(t *testing.T) {
+	out, err := exec.Command("go", "list", "-tags", "proxyonly", "-deps", module+"/cmd/trellis").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	deps := strings.Fields(string(out))
+	if len(deps) < 50 {
+		t.Fatalf("go list found only %d packages", len(deps))
+	}
+	for _, d := range deps {
+		for _, f := range []string{module + "/internal/control", module + "/internal/store", module + "/internal/ca", module + "/internal/up", "go.etcd.io/etcd/server"} {
+			if d == f || strings.HasPrefix(d, f+"/") {
+				t.Errorf("the proxyonly build links %s", d)
+			}
+		}
+	}
+}

@@ -54,6 +54,9 @@ func commands() map[string]command {
 	}
 }
 
+// oneLine joins a multi-error into one line.
+func oneLine(err error) string { return strings.ReplaceAll(err.Error(), "\n", "; ") }
+
 // Main runs the CLI and returns the process exit code: 0 ok, 1 failed,
 // 2 bad usage.
 func Main(args []string, stdout, stderr io.Writer) int {

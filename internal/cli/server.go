@@ -1,3 +1,5 @@
+//go:build !proxyonly
+
 package cli
 
 import (
@@ -69,6 +71,3 @@ func splitList(s string) []string {
 	}
 	return out
 }
-
-// oneLine joins a multi-error into one line.
-func oneLine(err error) string { return strings.ReplaceAll(err.Error(), "\n", "; ") }
