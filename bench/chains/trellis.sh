@@ -7,8 +7,10 @@
 TRELLIS_SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 register_chain trellis - - 127.0.0.1:25081
 start_trellis() {
-    local bin="$WORK/bin/trellis" data="$RUN/trellis-data" i
-    (cd "$TRELLIS_SRC" && go build -o "$bin" ./cmd/trellis) || return 1
+    local bin="$WORK/bin/trellis" proxy="$WORK/bin/trellis-proxy" data="$RUN/trellis-data" i
+    # The sidecars run the proxy-only build, as sidecar images do.
+    (cd "$TRELLIS_SRC" && go build -o "$bin" ./cmd/trellis &&
+        CGO_ENABLED=0 go build -tags proxyonly -o "$proxy" ./cmd/trellis) || return 1
     rm -rf "$data"
     "$bin" server --data-dir "$data" --listen 127.0.0.1:25700 --log-level warn > "$RUN/trellis-cp.log" 2>&1 &
     echo "trellis-cp server $!" >> "$RUN/pids"
@@ -17,9 +19,9 @@ start_trellis() {
     export TRELLIS_ADDR=127.0.0.1:25700 TRELLIS_CACERT=$data/ca.pem TRELLIS_TOKEN=$(cat "$data/admin-token")
     "$bin" token create --service web > "$RUN/trellis-web.token" || return 1
     "$bin" token create --service client > "$RUN/trellis-client.token" || return 1
-    spawn trellis in  env -u TRELLIS_TOKEN "$bin" proxy --service web --app-port 18081 --public-port 25444 \
+    spawn trellis in  env -u TRELLIS_TOKEN "$proxy" proxy --service web --app-port 18081 --public-port 25444 \
         --token-file "$RUN/trellis-web.token" --state-dir "$RUN/trellis-web" --log-level warn
-    spawn trellis out env -u TRELLIS_TOKEN "$bin" proxy --service client --app-port 18081 --upstream web:25081 \
+    spawn trellis out env -u TRELLIS_TOKEN "$proxy" proxy --service client --app-port 18081 --upstream web:25081 \
         --token-file "$RUN/trellis-client.token" --state-dir "$RUN/trellis-client" --log-level warn
     wait_port 127.0.0.1:25444 && wait_port 127.0.0.1:25081 || return 1
     # Ready when the client sidecar has web's endpoint and both have SVIDs.

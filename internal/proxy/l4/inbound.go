@@ -95,7 +95,8 @@ func (in *Inbound) serveConn(c net.Conn) {
 			return
 		}
 	}
-	tc := tls.Server(c, in.TLS)
+	cork := tunnel.NewCork(c)
+	tc := tls.Server(cork, in.TLS)
 	hctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	err := tc.HandshakeContext(hctx)
 	cancel()
@@ -121,7 +122,7 @@ func (in *Inbound) serveConn(c net.Conn) {
 		c.Close()
 		return
 	}
-	tun := tunnel.NewServer(tc, tunnel.Config{HalfCloseTimeout: in.HalfCloseTimeout, Logger: in.Logger},
+	tun := tunnel.NewServer(tc, tunnel.Config{HalfCloseTimeout: in.HalfCloseTimeout, Cork: cork, Logger: in.Logger},
 		func(s *tunnel.Stream) { in.serveStream(peer, s) })
 	in.mu.Lock()
 	if in.draining {

@@ -105,13 +105,19 @@ func (p *Pool) get(addr, service string, cfg *tls.Config) (*tunnel.Conn, error) 
 func (p *Pool) dial(addr string, cfg *tls.Config) (*tunnel.Conn, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), p.timeout)
 	defer cancel()
-	d := tls.Dialer{NetDialer: &net.Dialer{KeepAlive: 30 * time.Second}, Config: cfg}
+	d := net.Dialer{KeepAlive: 30 * time.Second}
 	nc, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		p.metrics.Handshakes.WithLabelValues("client", "error").Inc()
 		return nil, fmt.Errorf("dial %s: %w", addr, err)
 	}
-	tc := nc.(*tls.Conn)
+	cork := tunnel.NewCork(nc)
+	tc := tls.Client(cork, cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		nc.Close()
+		p.metrics.Handshakes.WithLabelValues("client", "error").Inc()
+		return nil, fmt.Errorf("dial %s: %w", addr, err)
+	}
 	cs := tc.ConnectionState()
 	if cs.NegotiatedProtocol != ALPN {
 		tc.Close()
@@ -122,7 +128,9 @@ func (p *Pool) dial(addr string, cfg *tls.Config) (*tunnel.Conn, error) {
 		result = "resumed"
 	}
 	p.metrics.Handshakes.WithLabelValues("client", result).Inc()
-	c, err := tunnel.NewClient(tc, p.cfg)
+	tcfg := p.cfg
+	tcfg.Cork = cork
+	c, err := tunnel.NewClient(tc, tcfg)
 	if err != nil {
 		tc.Close()
 		return nil, fmt.Errorf("tunnel to %s: %w", addr, err)

@@ -26,7 +26,7 @@ type Config struct {
 	StreamWindow uint32
 	// ConnWindow is the receive window of the connection (32 MiB).
 	ConnWindow uint32
-	// MaxFrameSize is the largest DATA frame accepted and sent (64 KiB).
+	// MaxFrameSize is the largest DATA frame accepted and sent (128 KiB).
 	MaxFrameSize uint32
 	// IdleTimeout closes a connection that has had no stream for this long
 	// (5 minutes).
@@ -38,6 +38,9 @@ type Config struct {
 	// HalfCloseTimeout bounds how long a stream whose one direction has
 	// ended waits for the other (30 s).
 	HalfCloseTimeout time.Duration
+	// Cork, when set, is the connection under the TLS layer of nc (see
+	// NewCork); each frame write then leaves in one socket write.
+	Cork *Cork
 	// Logger; nil discards.
 	Logger *slog.Logger
 }
@@ -51,7 +54,7 @@ func (c Config) withDefaults() Config {
 	def(&c.MaxStreams, 1000)
 	def(&c.StreamWindow, 4<<20)
 	def(&c.ConnWindow, 32<<20)
-	def(&c.MaxFrameSize, 64<<10)
+	def(&c.MaxFrameSize, 128<<10)
 	if c.IdleTimeout == 0 {
 		c.IdleTimeout = 5 * time.Minute
 	}
@@ -367,7 +370,16 @@ func (c *Conn) writeControl() {
 // write sends p, one or more whole frames, under the write lock.
 func (c *Conn) write(p []byte) error {
 	c.wmu.Lock()
-	_, err := c.nc.Write(p)
+	var err error
+	if k := c.cfg.Cork; k != nil && len(p) > 16<<10 {
+		k.cork()
+		_, err = c.nc.Write(p)
+		if uerr := k.uncork(); err == nil {
+			err = uerr
+		}
+	} else {
+		_, err = c.nc.Write(p)
+	}
 	c.wmu.Unlock()
 	if err != nil {
 		err = fmt.Errorf("tunnel: write: %w", err)

@@ -436,10 +436,19 @@ func (s *Stream) endedLocked() bool {
 
 // copyFrom sends what local sends as DATA frames and ends the stream's
 // sending direction when local reaches EOF.
+//
+// It reads into a small buffer and moves to a large one only while reads
+// fill the small one: an idle or chatty stream holds 16 KiB, a bulk
+// transfer moves in frames of up to 128 KiB.
 func (s *Stream) copyFrom(local net.Conn) (int64, error) {
-	bp := framePool.Get().(*[]byte)
-	defer framePool.Put(bp)
-	buf := *bp
+	small, large := smallBufs.Get().(*[]byte), (*[]byte)(nil)
+	buf, shortReads := *small, 0
+	defer func() {
+		smallBufs.Put(small)
+		if large != nil {
+			largeBufs.Put(large)
+		}
+	}()
 	var sent int64
 	for {
 		n, rerr := local.Read(buf[frameHeaderLen:])
@@ -449,22 +458,40 @@ func (s *Stream) copyFrom(local net.Conn) (int64, error) {
 			}
 			sent += int64(n)
 		}
-		if rerr == io.EOF {
+		switch {
+		case rerr == io.EOF:
 			return sent, s.closeSend()
-		}
-		if rerr != nil {
+		case rerr != nil:
 			if s.stopped.Load() {
 				return sent, s.stopErr()
 			}
 			return sent, rerr
+		case n == len(buf)-frameHeaderLen && large == nil:
+			large = largeBufs.Get().(*[]byte)
+			buf, shortReads = *large, 0
+		case large != nil && n < len(*small)-frameHeaderLen:
+			// Many short reads in a row: the burst is over.
+			if shortReads++; shortReads == 64 {
+				largeBufs.Put(large)
+				large, buf = nil, *small
+			}
+		case large != nil:
+			shortReads = 0
 		}
 	}
 }
 
-var framePool = sync.Pool{New: func() any {
-	b := make([]byte, frameHeaderLen+64<<10)
-	return &b
-}}
+func bufPool(size int) *sync.Pool {
+	return &sync.Pool{New: func() any {
+		b := make([]byte, frameHeaderLen+size)
+		return &b
+	}}
+}
+
+var (
+	smallBufs = bufPool(16 << 10)
+	largeBufs = bufPool(128 << 10)
+)
 
 const flagEndStream = 0x1
 

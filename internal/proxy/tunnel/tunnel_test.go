@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -15,6 +16,7 @@ import (
 
 	"golang.org/x/net/http2"
 
+	"github.com/trellis-mesh/trellis/internal/certs"
 	"github.com/trellis-mesh/trellis/internal/trellistest"
 )
 
@@ -458,4 +460,77 @@ func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
 		}
 		return errors.New("not yet")
 	})
+}
+
+// countingConn counts the writes that reach the socket.
+type countingConn struct {
+	net.Conn
+	mu     sync.Mutex
+	writes int
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	c.writes++
+	c.mu.Unlock()
+	return c.Conn.Write(p)
+}
+
+func (c *countingConn) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.writes
+}
+
+// Under TLS, a large DATA frame is several records; the cork sends them
+// in one socket write, and the bytes still arrive intact.
+func TestCorkSendsAFrameInOneWrite(t *testing.T) {
+	ca := trellistest.NewCA(t, "trellis.local")
+	cn, sn := tcpPair(t)
+	counted := &countingConn{Conn: cn}
+	cork := NewCork(counted)
+	tc := tls.Client(cork, ca.Source(t, "client").ClientConfig(certs.ExpectService("web")))
+	ts := tls.Server(sn, ca.Source(t, "web").ServerConfig(nil))
+	go ts.Handshake()
+	if err := tc.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	srv := NewServer(ts, Config{}, echoHandler(tcpPair, t))
+	go srv.Run()
+	t.Cleanup(func() { srv.Close() })
+	cli, err := NewClient(tc, Config{Cork: cork})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	eventually(t, 2*time.Second, "server's SETTINGS not applied", func() bool {
+		cli.mu.Lock()
+		defer cli.mu.Unlock()
+		return cli.peerFrame == 128<<10
+	})
+	c, err := open(t, cli, tcpPair)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Prime the buffers, then send exactly one full frame.
+	payload := make([]byte, 16<<10)
+	rand.Read(payload)
+	c.Write(payload)
+	io.ReadFull(c, make([]byte, len(payload)))
+	payload = make([]byte, 128<<10)
+	rand.Read(payload)
+	before := counted.count()
+	if _, err := c.Write(payload); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(payload))
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, payload) {
+		t.Fatalf("echo of a frame through the cork: %v", err)
+	}
+	// 128 KiB is 8 TLS records; allow the frame to have been read in two
+	// pieces, and a window update.
+	if n := counted.count() - before; n > 3 {
+		t.Fatalf("128 KiB of DATA took %d socket writes, want at most 3", n)
+	}
 }
