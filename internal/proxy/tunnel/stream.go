@@ -65,7 +65,7 @@ type Stream struct {
 	wbuf         []byte // tryWrite's argument and results, for rawWrite
 	wn           int
 	werr         error
-	pending      []byte          // from the peer, not yet taken by sink
+	pending      []byte // from the peer, not yet taken by sink
 	spare        []byte
 	flushing     bool
 	gotResp      bool
