@@ -249,3 +249,26 @@ func TestCARotationUnderLoad(t *testing.T) {
 	}
 	t.Logf("%d requests, none failed, across the CA rotation", l.ok.Load())
 }
+
+// Proxies restarted with their state dirs against a rebuilt control plane
+// (a new CA) hold certificates the new trust bundle does not know: they must
+// renew at once, not at half-life.
+func TestRebuiltControlPlaneReissues(t *testing.T) {
+	p := startPair(t)
+	p.client.kill(syscall.SIGKILL)
+	p.webProxy.kill(syscall.SIGKILL)
+	p.srv.kill(syscall.SIGKILL)
+
+	s := startServer(t)
+	s.startProxy(t, proxyOpts{service: "web", appPort: p.web.port, stateDir: p.webProxy.stateDir})
+	up, upPort := loopAddr(t)
+	s.startProxy(t, proxyOpts{service: "client", appPort: p.web.port, stateDir: p.client.stateDir,
+		upstreams: []string{fmt.Sprintf("web:%d", upPort)}})
+	trellistest.Eventually(t, 15*time.Second, "call through the mesh of the new CA", func() error {
+		got, err := get(up)
+		if err == nil && got != "web" {
+			err = fmt.Errorf("got %q", got)
+		}
+		return err
+	})
+}

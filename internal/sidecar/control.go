@@ -188,7 +188,13 @@ func (p *Proxy) runCertificates(ctx context.Context) {
 	for ctx.Err() == nil {
 		if c := p.src.Certificate(); c != nil {
 			if delay == 0 {
-				sleepCtx(ctx, time.Until(time.Unix(0, p.renewAt.Load())))
+				t := time.NewTimer(time.Until(time.Unix(0, p.renewAt.Load())))
+				select {
+				case <-ctx.Done():
+				case <-t.C:
+				case <-p.renewSoon:
+				}
+				t.Stop()
 			}
 			if ctx.Err() != nil {
 				return

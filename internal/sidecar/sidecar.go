@@ -3,6 +3,7 @@ package sidecar
 import (
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"fmt"
 	"log/slog"
@@ -48,6 +49,8 @@ type Proxy struct {
 
 	// renewAt is when to renew the current certificate (Unix nanoseconds).
 	renewAt atomic.Int64
+	// renewSoon wakes the certificate loop before renewAt.
+	renewSoon chan struct{}
 
 	keyMu  sync.Mutex
 	keyPEM []byte // the key of the current certificate, for persistence
@@ -105,13 +108,14 @@ func New(cfg Config) (*Proxy, error) {
 		cfg.Instance = cfg.Service + "-" + hex.EncodeToString(b)
 	}
 	p := &Proxy{
-		cfg:   cfg,
-		log:   cfg.Logger.With("component", "sidecar", "service", cfg.Service, "instance", cfg.Instance),
-		src:   src,
-		api:   api,
-		token: token,
-		regCh: make(chan struct{}, 1),
-		ready: make(chan struct{}),
+		cfg:       cfg,
+		log:       cfg.Logger.With("component", "sidecar", "service", cfg.Service, "instance", cfg.Instance),
+		src:       src,
+		api:       api,
+		token:     token,
+		regCh:     make(chan struct{}, 1),
+		renewSoon: make(chan struct{}, 1),
+		ready:     make(chan struct{}),
 	}
 	p.registerMetrics(cfg.Registry)
 	return p, nil
@@ -144,7 +148,31 @@ func (p *Proxy) apply(s *topology.Snapshot) error {
 	}
 	p.src.SetBundle(b)
 	p.cur.Store(a)
+	if cert := p.src.Certificate(); cert != nil && !trusted(cert, b) {
+		// The mesh's CA changed under a persisted certificate (the
+		// control plane was rebuilt, or a root was removed): peers will
+		// refuse it, so renew now instead of at half-life.
+		p.log.Warn("certificate not trusted by the new trust bundle; renewing now")
+		select {
+		case p.renewSoon <- struct{}{}:
+		default:
+		}
+	}
 	return nil
+}
+
+// trusted reports whether cert verifies under b.
+func trusted(cert *tls.Certificate, b *certs.Bundle) bool {
+	chain := []*x509.Certificate{cert.Leaf}
+	for _, der := range cert.Certificate[1:] {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return false
+		}
+		chain = append(chain, c)
+	}
+	_, err := certs.VerifySVID(chain, b, time.Now())
+	return err == nil
 }
 
 func (p *Proxy) authorize(peer identity.ID) authz.Decision {
