@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"reflect"
+	"strconv"
 	"strings"
 
 	"gopkg.in/yaml.v3"
@@ -30,6 +31,11 @@ func (r *Resource) spec(alloc bool) (any, error) {
 			r.Intention = &IntentionSpec{}
 		}
 		return r.Intention, nil
+	case KindRoute:
+		if r.Route == nil && alloc {
+			r.Route = &RouteSpec{}
+		}
+		return r.Route, nil
 	case "":
 		return nil, &FieldError{Path: "kind", Msg: "missing"}
 	}
@@ -228,8 +234,8 @@ func decodeDocument(file string, doc *yaml.Node) (*Resource, []error) {
 				}
 			}
 		}
-	} else if r.Kind == KindIntention {
-		r.Intention = nil // Validate reports the missing spec
+	} else if r.Kind == KindIntention || r.Kind == KindRoute {
+		r.Intention, r.Route = nil, nil // Validate reports the missing spec
 	}
 	if len(errs) > 0 {
 		return nil, errs
@@ -279,22 +285,38 @@ func checkFields(file string, node *yaml.Node, t reflect.Type, path string) []er
 		for ft.Kind() == reflect.Pointer {
 			ft = ft.Elem()
 		}
-		if ft.Kind() == reflect.Struct && v.Kind == yaml.MappingNode {
+		switch {
+		case ft.Kind() == reflect.Struct && v.Kind == yaml.MappingNode:
 			errs = append(errs, checkFields(file, v, ft, path+"."+k.Value)...)
+		case ft.Kind() == reflect.Slice && v.Kind == yaml.SequenceNode:
+			et := ft.Elem()
+			for et.Kind() == reflect.Pointer {
+				et = et.Elem()
+			}
+			if et.Kind() != reflect.Struct {
+				continue
+			}
+			for j, item := range v.Content {
+				if item.Kind == yaml.MappingNode {
+					errs = append(errs, checkFields(file, item, et, fmt.Sprintf("%s.%s[%d]", path, k.Value, j))...)
+				}
+			}
 		}
 	}
 	return errs
 }
 
-// lookup finds the value node at a dotted path such as "spec.protocol".
+// lookup finds the value node at a dotted path such as "spec.protocol" or
+// "spec.rules[1].targets[0].weight".
 func lookup(n *yaml.Node, path string) *yaml.Node {
 	for _, part := range strings.Split(path, ".") {
+		name, index, _ := strings.Cut(part, "[")
 		if n.Kind != yaml.MappingNode {
 			return nil
 		}
 		var next *yaml.Node
 		for i := 0; i+1 < len(n.Content); i += 2 {
-			if n.Content[i].Value == part {
+			if n.Content[i].Value == name {
 				next = n.Content[i+1]
 			}
 		}
@@ -302,6 +324,16 @@ func lookup(n *yaml.Node, path string) *yaml.Node {
 			return nil
 		}
 		n = next
+		for index != "" {
+			var idx string
+			idx, index, _ = strings.Cut(index, "]")
+			index = strings.TrimPrefix(index, "[")
+			i, err := strconv.Atoi(idx)
+			if err != nil || n.Kind != yaml.SequenceNode || i < 0 || i >= len(n.Content) {
+				return n
+			}
+			n = n.Content[i]
+		}
 	}
 	return n
 }

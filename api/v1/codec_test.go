@@ -54,6 +54,18 @@ spec: {source: greeter, destination: name, action: allow}
 		{"alias", "kind: Service\nname: &a x\nspec: {description: *a}\n", []string{"aliases"}},
 		{"wrong type", "kind: Service\nname: a\nspec:\n  port: eighty\n", []string{"bad.yaml:4"}},
 		{"empty", "", []string{"no resources"}},
+		{"route: unknown field in a rule", "kind: Route\nname: web\nspec:\n  rules:\n  - targets: [{version: v1, weight: 1}]\n  - tagrets: []\n",
+			[]string{"bad.yaml:6: spec.rules[1].tagrets: unknown field (did you mean \"targets\"?)"}},
+		{"route: bad weight and version", "kind: Route\nname: web\nspec:\n  rules:\n  - targets:\n    - version: v1\n      weight: 90\n    - version: v1\n      weight: -1\n",
+			[]string{"bad.yaml:8: spec.rules[0].targets[1].version: \"v1\" is listed twice", "bad.yaml:9: spec.rules[0].targets[1].weight"}},
+		{"route: zero weights", "kind: Route\nname: web\nspec:\n  rules:\n  - targets: [{version: v1, weight: 0}]\n", []string{"all weights are 0"}},
+		{"route: bad regex, two paths", "kind: Route\nname: web\nspec:\n  rules:\n  - match:\n      pathPrefix: /a\n      pathRegex: \"(\"\n",
+			[]string{"bad.yaml:7: spec.rules[0].match.pathRegex", "set at most one of pathPrefix"}},
+		{"route: rewrite without prefix", "kind: Route\nname: web\nspec:\n  rules:\n  - prefixRewrite: /x\n", []string{"prefixRewrite: needs match.pathPrefix"}},
+		{"route: bad retries and timeout", "kind: Route\nname: web\nspec:\n  rules:\n  - timeout: soon\n    retries: {attempts: 1, on: [5xx, sometimes]}\n",
+			[]string{"bad.yaml:5: spec.rules[0].timeout", "spec.rules[0].retries.attempts", "\"sometimes\" is not one of"}},
+		{"route: no rules", "kind: Route\nname: web\nspec: {}\n", []string{"spec.rules: missing"}},
+		{"route: lowercase method", "kind: Route\nname: web\nspec:\n  rules:\n  - match: {methods: [get]}\n", []string{"spec.rules[0].match.methods[0]"}},
 	}
 	for _, tt := range bad {
 		t.Run(tt.name, func(t *testing.T) {
@@ -117,4 +129,43 @@ func FuzzDecodeYAML(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestDecodeRoute(t *testing.T) {
+	in := `kind: Route
+name: hello-backend
+spec:
+  rules:
+  - name: canary
+    match:
+      pathPrefix: /api/
+      methods: [GET, HEAD]
+      headers: [{name: x-canary, exact: "yes"}]
+    prefixRewrite: /
+    timeout: 2s
+    retries: {attempts: 3, perTryTimeout: 500ms, on: [5xx, connect-failure]}
+    targets:
+    - {version: v1, weight: 90}
+    - {version: v2, weight: 10}
+`
+	res, err := DecodeYAML("route.yaml", strings.NewReader(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := res[0].Route
+	if r == nil || len(r.Rules) != 1 {
+		t.Fatalf("route = %+v", r)
+	}
+	rule := r.Rules[0]
+	if rule.Match.Headers[0].Exact != "yes" || rule.Targets[1].Weight != 10 || rule.Retries.Attempts != 3 || rule.PrefixRewrite != "/" {
+		t.Errorf("rule decoded as %+v", rule)
+	}
+	b, err := json.Marshal(res[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back Resource
+	if err := json.Unmarshal(b, &back); err != nil || back.Route == nil || back.Route.Rules[0].Targets[0].Version != "v1" {
+		t.Fatalf("JSON round trip: %v, %+v", err, back.Route)
+	}
 }

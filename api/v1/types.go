@@ -7,10 +7,11 @@ const (
 	KindMesh      = "Mesh"
 	KindService   = "Service"
 	KindIntention = "Intention"
+	KindRoute     = "Route"
 )
 
 // Kinds lists the kinds that can be applied, in the order they are applied.
-var Kinds = []string{KindMesh, KindService, KindIntention}
+var Kinds = []string{KindMesh, KindService, KindIntention, KindRoute}
 
 // Resource is one declarative document: a kind, a name and the kind's spec.
 // Exactly one of the spec fields is set, the one matching Kind.
@@ -25,6 +26,8 @@ type Resource struct {
 	Service *ServiceSpec `json:"-" yaml:"-"`
 	// Intention is the spec of an Intention resource.
 	Intention *IntentionSpec `json:"-" yaml:"-"`
+	// Route is the spec of a Route resource.
+	Route *RouteSpec `json:"-" yaml:"-"`
 }
 
 // MeshName is the name of the one Mesh resource.
@@ -87,6 +90,85 @@ type IntentionSpec struct {
 	// Description is free text for people.
 	Description string `json:"description,omitempty" yaml:"description,omitempty"`
 }
+
+// RouteSpec is a virtual router: how calls to one HTTP service (the
+// Route's name) are routed to its versions. The first rule whose match fits
+// a request decides; a request no rule matches goes to every healthy
+// instance alike, as with no Route at all.
+type RouteSpec struct {
+	Rules []RouteRule `json:"rules" yaml:"rules"`
+}
+
+// RouteRule matches requests and sends them to weighted targets.
+type RouteRule struct {
+	// Name labels the rule in metrics and logs (default "rule-N", from 1).
+	Name string `json:"name,omitempty" yaml:"name,omitempty"`
+	// Match selects requests; empty matches all.
+	Match RouteMatch `json:"match,omitempty" yaml:"match,omitempty"`
+	// Targets are versions of the service with weights; empty sends to
+	// every version alike. Weights are relative (90 and 10 send 90 %).
+	Targets []RouteTarget `json:"targets,omitempty" yaml:"targets,omitempty"`
+	// Timeout bounds the wait for the response headers, retries included
+	// (a Go duration, default 15s); the caller then gets 504.
+	Timeout string `json:"timeout,omitempty" yaml:"timeout,omitempty"`
+	// Retries, when set, retries failed attempts.
+	Retries *RetryPolicy `json:"retries,omitempty" yaml:"retries,omitempty"`
+	// PrefixRewrite replaces Match.PathPrefix in the path before the
+	// request is sent on.
+	PrefixRewrite string `json:"prefixRewrite,omitempty" yaml:"prefixRewrite,omitempty"`
+}
+
+// RouteMatch is what a request must have for a rule to apply: all of the
+// set fields, and at most one of the path fields.
+type RouteMatch struct {
+	PathPrefix string        `json:"pathPrefix,omitempty" yaml:"pathPrefix,omitempty"`
+	PathExact  string        `json:"pathExact,omitempty" yaml:"pathExact,omitempty"`
+	PathRegex  string        `json:"pathRegex,omitempty" yaml:"pathRegex,omitempty"`
+	Methods    []string      `json:"methods,omitempty" yaml:"methods,omitempty"`
+	Headers    []HeaderMatch `json:"headers,omitempty" yaml:"headers,omitempty"`
+}
+
+// HeaderMatch matches one request header: by exact value, prefix or
+// regular expression, or (none set) by being present.
+type HeaderMatch struct {
+	Name   string `json:"name" yaml:"name"`
+	Exact  string `json:"exact,omitempty" yaml:"exact,omitempty"`
+	Prefix string `json:"prefix,omitempty" yaml:"prefix,omitempty"`
+	Regex  string `json:"regex,omitempty" yaml:"regex,omitempty"`
+}
+
+// RouteTarget is one version of the service and its share of the traffic.
+type RouteTarget struct {
+	Version string `json:"version" yaml:"version"`
+	Weight  int    `json:"weight" yaml:"weight"`
+}
+
+// RetryPolicy says when and how often a failed attempt is retried.
+type RetryPolicy struct {
+	// Attempts is the number of tries in all, the first included (2-10).
+	Attempts int `json:"attempts" yaml:"attempts"`
+	// PerTryTimeout bounds one attempt (a Go duration; default: the
+	// rule's timeout).
+	PerTryTimeout string `json:"perTryTimeout,omitempty" yaml:"perTryTimeout,omitempty"`
+	// On lists the failures that are retried: connect-failure, reset,
+	// 5xx, gateway-error (502, 503, 504), retriable-grpc (the gRPC
+	// statuses UNAVAILABLE, RESOURCE_EXHAUSTED and, for idempotent
+	// methods, DEADLINE_EXCEEDED). Default: connect-failure, reset,
+	// gateway-error.
+	On []string `json:"on,omitempty" yaml:"on,omitempty"`
+	// NonIdempotent allows retrying POST, PATCH and other methods that
+	// are not idempotent; they are never retried otherwise.
+	NonIdempotent bool `json:"nonIdempotent,omitempty" yaml:"nonIdempotent,omitempty"`
+}
+
+// Retry conditions.
+const (
+	RetryConnectFailure = "connect-failure"
+	RetryReset          = "reset"
+	Retry5xx            = "5xx"
+	RetryGatewayError   = "gateway-error"
+	RetryGRPC           = "retriable-grpc"
+)
 
 // Instance is one registered instance of a service, kept alive by its proxy.
 // Instances are not applied by hand; the proxy registers them.

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"strings"
+	"time"
 
 	"github.com/trellis-mesh/trellis/internal/identity"
 )
@@ -34,7 +36,7 @@ func (r *Resource) Validate() error {
 		}
 	}
 	specs := 0
-	for _, set := range []bool{r.Mesh != nil, r.Service != nil, r.Intention != nil} {
+	for _, set := range []bool{r.Mesh != nil, r.Service != nil, r.Intention != nil, r.Route != nil} {
 		if set {
 			specs++
 		}
@@ -68,6 +70,15 @@ func (r *Resource) Validate() error {
 			break
 		}
 		errs = append(errs, r.Intention.validate()...)
+	case KindRoute:
+		if err := identity.ValidateServiceName(r.Name); err != nil {
+			add(fieldErr("name", "a Route is named after the service it routes: %v", err))
+		}
+		if r.Route == nil {
+			add(fieldErr("spec", "missing"))
+			break
+		}
+		errs = append(errs, r.Route.validate()...)
 	case "":
 		add(fieldErr("kind", "missing"))
 	default:
@@ -125,6 +136,144 @@ func (i *IntentionSpec) validate() []error {
 		errs = append(errs, fieldErr("spec.action", "missing (allow or deny)"))
 	default:
 		errs = append(errs, fieldErr("spec.action", "%q is not %q or %q", i.Action, Allow, Deny))
+	}
+	return errs
+}
+
+// maxRouteRules bounds a Route: rules are tried in order on every request.
+const maxRouteRules = 100
+
+func (r *RouteSpec) validate() []error {
+	var errs []error
+	if len(r.Rules) == 0 {
+		errs = append(errs, fieldErr("spec.rules", "missing: a Route needs at least one rule"))
+	}
+	if len(r.Rules) > maxRouteRules {
+		errs = append(errs, fieldErr("spec.rules", "%d rules, at most %d", len(r.Rules), maxRouteRules))
+	}
+	names := map[string]bool{}
+	for i := range r.Rules {
+		rule := &r.Rules[i]
+		at := fmt.Sprintf("spec.rules[%d]", i)
+		if rule.Name != "" {
+			if !ruleName.MatchString(rule.Name) {
+				errs = append(errs, fieldErr(at+".name", "%q must be lowercase letters, digits and '-'", rule.Name))
+			}
+			if names[rule.Name] {
+				errs = append(errs, fieldErr(at+".name", "%q names two rules", rule.Name))
+			}
+			names[rule.Name] = true
+		}
+		errs = append(errs, rule.Match.validate(at+".match")...)
+		total := 0
+		versions := map[string]bool{}
+		for j, t := range rule.Targets {
+			tat := fmt.Sprintf("%s.targets[%d]", at, j)
+			if t.Version == "" {
+				errs = append(errs, fieldErr(tat+".version", "missing"))
+			} else if versions[t.Version] {
+				errs = append(errs, fieldErr(tat+".version", "%q is listed twice", t.Version))
+			}
+			versions[t.Version] = true
+			if t.Weight < 0 || t.Weight > 10000 {
+				errs = append(errs, fieldErr(tat+".weight", "%d is not in 0..10000", t.Weight))
+			}
+			total += t.Weight
+		}
+		if len(rule.Targets) > 0 && total == 0 {
+			errs = append(errs, fieldErr(at+".targets", "all weights are 0: nothing would be served"))
+		}
+		if rule.Timeout != "" {
+			if d, err := time.ParseDuration(rule.Timeout); err != nil || d <= 0 {
+				errs = append(errs, fieldErr(at+".timeout", "%q is not a positive duration such as 2s or 500ms", rule.Timeout))
+			}
+		}
+		if rule.PrefixRewrite != "" {
+			if rule.Match.PathPrefix == "" {
+				errs = append(errs, fieldErr(at+".prefixRewrite", "needs match.pathPrefix: it replaces that prefix"))
+			}
+			if !strings.HasPrefix(rule.PrefixRewrite, "/") {
+				errs = append(errs, fieldErr(at+".prefixRewrite", "%q must start with /", rule.PrefixRewrite))
+			}
+		}
+		if rule.Retries != nil {
+			errs = append(errs, rule.Retries.validate(at+".retries")...)
+		}
+	}
+	return errs
+}
+
+var ruleName = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+func (m *RouteMatch) validate(at string) []error {
+	var errs []error
+	paths := 0
+	for _, p := range []struct{ field, v string }{{"pathPrefix", m.PathPrefix}, {"pathExact", m.PathExact}} {
+		if p.v == "" {
+			continue
+		}
+		paths++
+		if !strings.HasPrefix(p.v, "/") {
+			errs = append(errs, fieldErr(at+"."+p.field, "%q must start with /", p.v))
+		}
+	}
+	if m.PathRegex != "" {
+		paths++
+		if _, err := regexp.Compile(m.PathRegex); err != nil {
+			errs = append(errs, fieldErr(at+".pathRegex", "%v", err))
+		}
+	}
+	if paths > 1 {
+		errs = append(errs, fieldErr(at, "set at most one of pathPrefix, pathExact, pathRegex"))
+	}
+	for i, meth := range m.Methods {
+		if !httpToken.MatchString(meth) || strings.ToUpper(meth) != meth {
+			errs = append(errs, fieldErr(fmt.Sprintf("%s.methods[%d]", at, i), "%q is not an HTTP method in capitals", meth))
+		}
+	}
+	for i, h := range m.Headers {
+		hat := fmt.Sprintf("%s.headers[%d]", at, i)
+		if !httpToken.MatchString(h.Name) {
+			errs = append(errs, fieldErr(hat+".name", "%q is not a header name", h.Name))
+		}
+		set := 0
+		for _, v := range []string{h.Exact, h.Prefix, h.Regex} {
+			if v != "" {
+				set++
+			}
+		}
+		if set > 1 {
+			errs = append(errs, fieldErr(hat, "set at most one of exact, prefix, regex"))
+		}
+		if h.Regex != "" {
+			if _, err := regexp.Compile(h.Regex); err != nil {
+				errs = append(errs, fieldErr(hat+".regex", "%v", err))
+			}
+		}
+	}
+	return errs
+}
+
+// httpToken is RFC 9110's token: what methods and header names are made of.
+var httpToken = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+func (p *RetryPolicy) validate(at string) []error {
+	var errs []error
+	if p.Attempts < 2 || p.Attempts > 10 {
+		errs = append(errs, fieldErr(at+".attempts", "%d is not in 2..10 (tries in all, the first included)", p.Attempts))
+	}
+	if p.PerTryTimeout != "" {
+		if d, err := time.ParseDuration(p.PerTryTimeout); err != nil || d <= 0 {
+			errs = append(errs, fieldErr(at+".perTryTimeout", "%q is not a positive duration such as 500ms", p.PerTryTimeout))
+		}
+	}
+	for i, on := range p.On {
+		switch on {
+		case RetryConnectFailure, RetryReset, Retry5xx, RetryGatewayError, RetryGRPC:
+		default:
+			errs = append(errs, fieldErr(fmt.Sprintf("%s.on[%d]", at, i), "%q is not one of %s, %s, %s, %s, %s",
+				on, RetryConnectFailure, RetryReset, Retry5xx, RetryGatewayError, RetryGRPC))
+		}
 	}
 	return errs
 }

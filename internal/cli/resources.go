@@ -76,6 +76,8 @@ func kindOf(s string) (string, bool) {
 		return v1.KindService, true
 	case "intention", "intentions":
 		return v1.KindIntention, true
+	case "route", "routes":
+		return v1.KindRoute, true
 	}
 	return "", false
 }
@@ -87,7 +89,7 @@ func runGet(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	if fs.NArg() == 0 || fs.NArg() > 2 {
-		return usageErr("want: get services|instances|proxies|tokens|mesh|service|intention [NAME]")
+		return usageErr("want: get services|instances|proxies|tokens|mesh|service|intention|route [NAME]")
 	}
 	if *out != "table" && *out != "json" && *out != "yaml" {
 		return usageErr("-o %q: want table, json or yaml", *out)
@@ -184,6 +186,15 @@ func runGet(ctx context.Context, e *env, args []string) error {
 			fmt.Fprintln(tw, "NAME\tPROTOCOL\tPORT")
 			for _, r := range res {
 				fmt.Fprintf(tw, "%s\t%s\t%d\n", r.Name, r.Service.EffectiveProtocol(), r.Service.Port)
+			}
+		case v1.KindRoute:
+			fmt.Fprintln(tw, "SERVICE\tRULES\tFIRST RULE TARGETS")
+			for _, r := range res {
+				var targets []string
+				for _, t := range r.Route.Rules[0].Targets {
+					targets = append(targets, fmt.Sprintf("%s=%d", t.Version, t.Weight))
+				}
+				fmt.Fprintf(tw, "%s\t%d\t%s\n", r.Name, len(r.Route.Rules), strings.Join(targets, ","))
 			}
 		case v1.KindMesh:
 			fmt.Fprintln(tw, "NAME\tMTLS\tDEFAULT POLICY")

@@ -219,6 +219,10 @@ func (s *state) buildMeshLocked() *topology.Mesh {
 	for _, r := range s.resources[v1.KindIntention] {
 		m.Intentions = append(m.Intentions, *r.Intention)
 	}
+	m.Routes = map[string]*v1.RouteSpec{}
+	for name, r := range s.resources[v1.KindRoute] {
+		m.Routes[name] = r.Route
+	}
 	for svc, ins := range s.instances {
 		for _, in := range ins {
 			m.Instances[svc] = append(m.Instances[svc], in)

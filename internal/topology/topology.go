@@ -18,8 +18,9 @@ type Snapshot struct {
 	// Version identifies the content: equal content, equal version, on every
 	// control plane server.
 	Version string `json:"version"`
-	// Service is the proxy's own service.
-	Service string `json:"service"`
+	// Service is the proxy's own service, and Protocol how its app speaks.
+	Service  string `json:"service"`
+	Protocol string `json:"protocol"`
 	// TrustDomain and RootsPEM are the trust bundle peers are verified with.
 	TrustDomain string `json:"trustDomain"`
 	RootsPEM    string `json:"roots"`
@@ -36,6 +37,8 @@ type Upstream struct {
 	Service   string     `json:"service"`
 	Protocol  string     `json:"protocol"`
 	Endpoints []Endpoint `json:"endpoints"`
+	// Route, for HTTP protocols, routes requests to versions.
+	Route *v1.RouteSpec `json:"route,omitempty"`
 }
 
 // Endpoint is one healthy instance's proxy.
@@ -89,6 +92,8 @@ type Mesh struct {
 	Mesh        *v1.MeshSpec
 	Services    map[string]*v1.ServiceSpec
 	Intentions  []v1.IntentionSpec
+	// Routes by destination service.
+	Routes map[string]*v1.RouteSpec
 	// Instances by service.
 	Instances map[string][]v1.Instance
 }
@@ -103,6 +108,7 @@ type Proxy struct {
 func Compute(m *Mesh, p Proxy) *Snapshot {
 	s := &Snapshot{
 		Service:     p.Service,
+		Protocol:    m.Services[p.Service].EffectiveProtocol(),
 		TrustDomain: m.TrustDomain,
 		RootsPEM:    m.RootsPEM,
 		MTLS:        m.Mesh.EffectiveMTLS(),
@@ -116,6 +122,9 @@ func Compute(m *Mesh, p Proxy) *Snapshot {
 			continue
 		}
 		u := Upstream{Service: name, Protocol: m.Services[name].EffectiveProtocol(), Endpoints: []Endpoint{}}
+		if u.Protocol != v1.ProtocolTCP {
+			u.Route = m.Routes[name]
+		}
 		for _, in := range m.Instances[name] {
 			if !in.Healthy {
 				continue
