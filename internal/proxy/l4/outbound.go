@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/trellis-mesh/trellis/internal/proxy/balance"
 	"github.com/trellis-mesh/trellis/internal/proxy/tunnel"
 )
 
@@ -37,7 +38,7 @@ type Outbound struct {
 	Metrics *Metrics
 
 	once     sync.Once
-	bal      *balancer
+	bal      *balance.Balancer
 	inflight inflight
 	mu       sync.Mutex
 	conns    map[net.Conn]struct{}
@@ -51,7 +52,7 @@ func (o *Outbound) init() {
 		if o.Metrics == nil {
 			o.Metrics = o.Pool.metrics
 		}
-		o.bal = newBalancer()
+		o.bal = balance.New()
 		o.conns = map[net.Conn]struct{}{}
 	})
 }
@@ -84,19 +85,19 @@ func (o *Outbound) handle(client net.Conn) {
 	tried := map[string]bool{}
 	var lastErr error
 	for range maxAttempts {
-		ep, ok := o.bal.pick(o.Endpoints(), tried)
+		ep, ok := o.bal.Pick(o.Endpoints(), tried)
 		if !ok {
 			break
 		}
 		tried[ep.Addr] = true
 		tun, err := o.Pool.get(ep.Addr, o.Service, o.TLS)
 		if err != nil {
-			o.bal.failed(ep.Addr)
+			o.bal.Failed(ep.Addr)
 			lastErr = err
 			o.Logger.Warn("upstream endpoint unreachable", "service", o.Service, "endpoint", ep.Addr, "instance", ep.Instance, "err", err)
 			continue
 		}
-		o.bal.start(ep.Addr)
+		o.bal.Start(ep.Addr)
 		ctx, cancel := context.WithTimeout(context.Background(), openTimeout)
 		s, err := tun.Open(ctx, o.Service)
 		cancel()
@@ -104,7 +105,7 @@ func (o *Outbound) handle(client net.Conn) {
 		switch {
 		case errors.As(err, &refused):
 			// The peer decided; another endpoint would decide the same.
-			o.bal.done(ep.Addr)
+			o.bal.Done(ep.Addr)
 			result := "error"
 			if refused.Status == http.StatusForbidden {
 				result = "denied"
@@ -113,12 +114,12 @@ func (o *Outbound) handle(client net.Conn) {
 			o.Logger.Info("upstream refused connection", "service", o.Service, "endpoint", ep.Addr, "status", refused.Status, "reason", refused.Reason)
 			return
 		case err != nil:
-			o.bal.done(ep.Addr)
-			o.bal.failed(ep.Addr)
+			o.bal.Done(ep.Addr)
+			o.bal.Failed(ep.Addr)
 			lastErr = err
 			continue
 		}
-		o.bal.succeeded(ep.Addr)
+		o.bal.Succeeded(ep.Addr)
 		o.Metrics.Connections.WithLabelValues("outbound", o.Service, "ok").Inc()
 		gauge := o.Metrics.Active.WithLabelValues("outbound")
 		gauge.Inc()
@@ -126,7 +127,7 @@ func (o *Outbound) handle(client net.Conn) {
 		gauge.Dec()
 		o.Metrics.Bytes.WithLabelValues("outbound", o.Service, "sent").Add(float64(sent))
 		o.Metrics.Bytes.WithLabelValues("outbound", o.Service, "received").Add(float64(received))
-		o.bal.done(ep.Addr)
+		o.bal.Done(ep.Addr)
 		return
 	}
 	if lastErr == nil {

@@ -1,4 +1,7 @@
-package l4
+// Package balance picks the endpoint of a service for the next connection or
+// request: power of two choices on open work, with ejection of endpoints
+// that fail.
+package balance
 
 import (
 	"math/rand/v2"
@@ -10,13 +13,14 @@ import (
 type Endpoint struct {
 	Addr     string // host:port of the peer sidecar's mTLS listener
 	Instance string
+	Version  string
 }
 
-// balancer picks endpoints by power of two choices on open streams, and
+// Balancer picks endpoints by power of two choices on open streams, and
 // ejects an endpoint that fails to connect for a growing interval, so that a
 // dead instance stops receiving connections before the control plane says
 // it is gone.
-type balancer struct {
+type Balancer struct {
 	mu     sync.Mutex
 	active map[string]int      // addr -> open streams
 	eject  map[string]ejection // addr -> ejection state
@@ -34,13 +38,14 @@ const (
 	ejectMax  = 30 * time.Second
 )
 
-func newBalancer() *balancer {
-	return &balancer{active: map[string]int{}, eject: map[string]ejection{}, now: time.Now}
+// New returns a Balancer with no history.
+func New() *Balancer {
+	return &Balancer{active: map[string]int{}, eject: map[string]ejection{}, now: time.Now}
 }
 
-// pick returns an endpoint not in tried, preferring non-ejected ones with
+// Pick returns an endpoint not in tried, preferring non-ejected ones with
 // fewer open streams. ok is false when every endpoint was tried.
-func (b *balancer) pick(eps []Endpoint, tried map[string]bool) (Endpoint, bool) {
+func (b *Balancer) Pick(eps []Endpoint, tried map[string]bool) (Endpoint, bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	now := b.now()
@@ -76,13 +81,15 @@ func (b *balancer) pick(eps []Endpoint, tried map[string]bool) (Endpoint, bool) 
 	return cands[i], true
 }
 
-func (b *balancer) start(addr string) {
+// Start counts work started on addr.
+func (b *Balancer) Start(addr string) {
 	b.mu.Lock()
 	b.active[addr]++
 	b.mu.Unlock()
 }
 
-func (b *balancer) done(addr string) {
+// Done counts work on addr finished.
+func (b *Balancer) Done(addr string) {
 	b.mu.Lock()
 	if b.active[addr]--; b.active[addr] <= 0 {
 		delete(b.active, addr)
@@ -90,8 +97,8 @@ func (b *balancer) done(addr string) {
 	b.mu.Unlock()
 }
 
-// failed records a connect failure and ejects addr.
-func (b *balancer) failed(addr string) {
+// Failed records a connect failure and ejects addr.
+func (b *Balancer) Failed(addr string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	e := b.eject[addr]
@@ -101,8 +108,8 @@ func (b *balancer) failed(addr string) {
 	b.eject[addr] = e
 }
 
-// succeeded clears addr's ejection.
-func (b *balancer) succeeded(addr string) {
+// Succeeded clears addr's ejection.
+func (b *Balancer) Succeeded(addr string) {
 	b.mu.Lock()
 	if _, ok := b.eject[addr]; ok {
 		delete(b.eject, addr)
