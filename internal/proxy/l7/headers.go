@@ -1,0 +1,68 @@
+package l7
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"net/http"
+	"strings"
+)
+
+// Headers the proxies set.
+const (
+	// RequestIDHeader identifies a request across every hop; made when
+	// missing, kept when present.
+	RequestIDHeader = "X-Request-Id"
+	// PeerHeader hands the app its caller's identity, as Envoy's XFCC:
+	// By=<this service's SPIFFE ID>;URI=<the caller's>. The inbound proxy
+	// always replaces it, so a caller cannot forge it.
+	PeerHeader = "X-Forwarded-Client-Cert"
+	// UpstreamTimeHeader is the time in milliseconds from sending a
+	// request to the upstream's response headers, as Envoy's
+	// x-envoy-upstream-service-time.
+	UpstreamTimeHeader = "X-Trellis-Upstream-Service-Time"
+	traceparent        = "Traceparent"
+)
+
+// setRequestContext gives a request leaving this proxy a request ID and a
+// W3C trace context whose parent is a new span: this hop.
+func setRequestContext(h http.Header) {
+	if h.Get(RequestIDHeader) == "" {
+		h.Set(RequestIDHeader, newRequestID())
+	}
+	h.Set(traceparent, nextTraceparent(h.Get(traceparent)))
+}
+
+func newRequestID() string {
+	var b [16]byte
+	rand.Read(b[:])
+	s := hex.EncodeToString(b[:])
+	return s[0:8] + "-" + s[8:12] + "-" + s[12:16] + "-" + s[16:20] + "-" + s[20:]
+}
+
+// nextTraceparent keeps the trace ID and flags of a valid traceparent and
+// gives it a new parent (span) ID; an absent or invalid one starts a new
+// trace (W3C Trace Context, version 00).
+func nextTraceparent(in string) string {
+	var span [8]byte
+	rand.Read(span[:])
+	parts := strings.Split(in, "-")
+	if len(parts) == 4 && parts[0] == "00" && isHex(parts[1], 32) && parts[1] != strings.Repeat("0", 32) &&
+		isHex(parts[2], 16) && isHex(parts[3], 2) {
+		return "00-" + parts[1] + "-" + hex.EncodeToString(span[:]) + "-" + parts[3]
+	}
+	var trace [16]byte
+	rand.Read(trace[:])
+	return "00-" + hex.EncodeToString(trace[:]) + "-" + hex.EncodeToString(span[:]) + "-01"
+}
+
+func isHex(s string, n int) bool {
+	if len(s) != n {
+		return false
+	}
+	for _, c := range s {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}

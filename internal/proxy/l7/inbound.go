@@ -1,0 +1,176 @@
+package l7
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/http2"
+
+	v1 "github.com/trellis-mesh/trellis/api/v1"
+	"github.com/trellis-mesh/trellis/internal/authz"
+	"github.com/trellis-mesh/trellis/internal/identity"
+)
+
+// Inbound serves HTTP/2 connections from other sidecars and forwards each
+// authorized request to the app, in the protocol the app speaks.
+type Inbound struct {
+	// Self returns this proxy's identity, named in PeerHeader.
+	Self func() identity.ID
+	// Authorize decides per request, from the caller's verified identity.
+	Authorize func(peer identity.ID) authz.Decision
+	// Target is the app's address, such as 127.0.0.1:8080.
+	Target string
+	// Protocol returns how the app speaks now: http (HTTP/1.1), or http2
+	// and grpc (HTTP/2 without TLS).
+	Protocol func() string
+	// Logger; nil discards.
+	Logger *slog.Logger
+	// Metrics; nil means unregistered ones.
+	Metrics *Metrics
+
+	once     sync.Once
+	h2       *http2.Server
+	hs       *http.Server
+	h1       *http.Transport
+	h2c      *http2.Transport
+	rp       *httputil.ReverseProxy
+	inflight atomic.Int64
+}
+
+func (in *Inbound) init() {
+	in.once.Do(func() {
+		if in.Logger == nil {
+			in.Logger = slog.New(slog.DiscardHandler)
+		}
+		if in.Metrics == nil {
+			in.Metrics = NewMetrics(nil)
+		}
+		in.h2 = &http2.Server{
+			MaxConcurrentStreams: 1000,
+			IdleTimeout:          10 * time.Minute,
+			ReadIdleTimeout:      30 * time.Second,
+			PingTimeout:          10 * time.Second,
+		}
+		// Never served: it carries the shutdown hook that sends GOAWAY.
+		in.hs = &http.Server{}
+		_ = http2.ConfigureServer(in.hs, in.h2)
+		dialer := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: -1}
+		in.h1 = &http.Transport{
+			DialContext:         dialer.DialContext,
+			MaxIdleConnsPerHost: 256,
+			IdleConnTimeout:     90 * time.Second,
+			DisableCompression:  true,
+		}
+		in.h2c = &http2.Transport{
+			AllowHTTP: true,
+			DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
+				return dialer.DialContext(ctx, network, addr)
+			},
+		}
+		in.rp = &httputil.ReverseProxy{
+			Rewrite: func(pr *httputil.ProxyRequest) {
+				pr.Out.URL.Scheme = "http"
+				pr.Out.URL.Host = in.Target
+				pr.Out.Host = pr.In.Host
+			},
+			Transport: roundTripper(func(r *http.Request) (*http.Response, error) {
+				if p := in.Protocol(); p == v1.ProtocolHTTP2 || p == v1.ProtocolGRPC {
+					return in.h2c.RoundTrip(r)
+				}
+				return in.h1.RoundTrip(r)
+			}),
+			FlushInterval: -1,
+			ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+				if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
+					return
+				}
+				in.Logger.Warn("app request failed", "target", in.Target, "err", err)
+				w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+				w.WriteHeader(http.StatusBadGateway)
+				io.WriteString(w, "trellis: app unreachable\n")
+			},
+			ErrorLog: slog.NewLogLogger(in.Logger.Handler(), slog.LevelDebug),
+		}
+	})
+}
+
+// ServeConn serves one HTTP/2 connection (TLS done, ALPN h2) from peer
+// until it ends.
+func (in *Inbound) ServeConn(c net.Conn, peer identity.ID) {
+	in.init()
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { in.serve(w, r, peer) })
+	in.h2.ServeConn(c, &http2.ServeConnOpts{Handler: h, BaseConfig: in.hs})
+}
+
+func (in *Inbound) serve(w http.ResponseWriter, r *http.Request, peer identity.ID) {
+	in.inflight.Add(1)
+	defer in.inflight.Add(-1)
+	start := time.Now()
+	sw := &statusWriter{ResponseWriter: w}
+	if d := in.Authorize(peer); !d.Allow {
+		in.Logger.Info("request denied", "peer", peer.String(), "method", r.Method, "path", r.URL.Path, "reason", d.Reason)
+		http.Error(sw, "trellis: denied by "+d.Reason, http.StatusForbidden)
+	} else {
+		r.Header.Del(PeerHeader)
+		r.Header.Set(PeerHeader, fmt.Sprintf("By=%s;URI=%s", in.Self(), peer))
+		in.rp.ServeHTTP(sw, r)
+	}
+	in.Metrics.observe("inbound", peer.Service(), in.Self().Service(), "", "", sw.status(), start)
+}
+
+// Drain sends GOAWAY on every connection and waits, until ctx ends, for
+// the requests in flight.
+func (in *Inbound) Drain(ctx context.Context) error {
+	in.init()
+	_ = in.hs.Shutdown(ctx) // only fires the GOAWAY hook: nothing is served by it
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for in.inflight.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("drain: %d requests still open: %w", in.inflight.Load(), ctx.Err())
+		case <-t.C:
+		}
+	}
+	in.h1.CloseIdleConnections()
+	return nil
+}
+
+// statusWriter remembers the status written; Unwrap lets the proxy flush.
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (s *statusWriter) WriteHeader(code int) {
+	if s.code == 0 && code >= 200 {
+		s.code = code
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusWriter) Write(p []byte) (int, error) {
+	if s.code == 0 {
+		s.code = http.StatusOK
+	}
+	return s.ResponseWriter.Write(p)
+}
+
+func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+func (s *statusWriter) status() int {
+	if s.code == 0 {
+		return http.StatusOK
+	}
+	return s.code
+}

@@ -1,0 +1,338 @@
+package l7
+
+import (
+	"crypto/tls"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	v1 "github.com/trellis-mesh/trellis/api/v1"
+	"github.com/trellis-mesh/trellis/internal/authz"
+	"github.com/trellis-mesh/trellis/internal/certs"
+	"github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/proxy/balance"
+	"github.com/trellis-mesh/trellis/internal/trellistest"
+)
+
+func TestRouterMatch(t *testing.T) {
+	rt, err := Compile(&v1.RouteSpec{Rules: []v1.RouteRule{
+		{Name: "exact", Match: v1.RouteMatch{PathExact: "/health"}},
+		{Name: "posts", Match: v1.RouteMatch{PathPrefix: "/api/", Methods: []string{"POST"}}},
+		{Name: "canary", Match: v1.RouteMatch{Headers: []v1.HeaderMatch{{Name: "x-canary", Exact: "yes"}}}},
+		{Name: "ids", Match: v1.RouteMatch{PathRegex: "/users/[0-9]+"}},
+		{Name: "api", Match: v1.RouteMatch{PathPrefix: "/api/"}, PrefixRewrite: "/"},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		method, path string
+		header       string
+		want         string
+	}{
+		{"GET", "/health", "", "exact"},
+		{"GET", "/healthz", "", "default"},
+		{"POST", "/api/x", "", "posts"},
+		{"GET", "/api/x", "", "api"},
+		{"GET", "/other", "x-canary: yes", "canary"},
+		{"GET", "/other", "x-canary: no", "default"},
+		{"GET", "/users/42", "", "ids"},
+		{"GET", "/users/42/posts", "", "default"}, // regexes match the whole path
+	} {
+		r, _ := http.NewRequest(tc.method, "http://web"+tc.path, nil)
+		if tc.header != "" {
+			k, v, _ := strings.Cut(tc.header, ": ")
+			r.Header.Set(k, v)
+		}
+		if got := rt.Match(r).Name; got != tc.want {
+			t.Errorf("%s %s %s: rule %q, want %q", tc.method, tc.path, tc.header, got, tc.want)
+		}
+	}
+	api := rt.rules[4]
+	for in, want := range map[string]string{"/api/x": "/x", "/api/": "/", "/apix": "/apix"} {
+		if got := api.Rewrite(in); got != want {
+			t.Errorf("Rewrite(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestWeightsSplit(t *testing.T) {
+	rt, err := Compile(&v1.RouteSpec{Rules: []v1.RouteRule{{Targets: []v1.RouteTarget{{Version: "v1", Weight: 90}, {Version: "v2", Weight: 10}}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rule := rt.rules[0]
+	n := map[string]int{}
+	const draws = 10000
+	for range draws {
+		n[rule.PickVersion()]++
+	}
+	if share := float64(n["v2"]) / draws; math.Abs(share-0.10) > 0.02 {
+		t.Fatalf("v2 got %.3f of %d draws, want 0.10 +- 0.02 (%v)", share, draws, n)
+	}
+}
+
+// app is a backend that records what it was sent.
+type app struct {
+	addr  string
+	hits  atomic.Int64
+	mu    sync.Mutex
+	last  http.Header
+	serve func(w http.ResponseWriter, r *http.Request)
+}
+
+func startApp(t *testing.T, name string) *app {
+	a := &app{}
+	a.serve = func(w http.ResponseWriter, r *http.Request) { fmt.Fprintf(w, "%s %s", name, r.URL.Path) }
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		a.hits.Add(1)
+		a.mu.Lock()
+		a.last = r.Header.Clone()
+		a.mu.Unlock()
+		a.serve(w, r)
+	})}
+	go s.Serve(l)
+	t.Cleanup(func() { s.Close() })
+	a.addr = l.Addr().String()
+	return a
+}
+
+// startInbound serves L7 mTLS connections for service web in front of a.
+func startInbound(t *testing.T, ca *trellistest.CA, a *app, allow func(identity.ID) authz.Decision) string {
+	src := ca.Source(t, "web")
+	self, _ := identity.New("trellis.local", "web")
+	in := &Inbound{Self: func() identity.ID { return self }, Authorize: allow, Target: a.addr, Protocol: func() string { return v1.ProtocolHTTP }}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := src.ServerConfig(nil, ALPN)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				tc := tls.Server(c, cfg)
+				if tc.Handshake() != nil {
+					c.Close()
+					return
+				}
+				peer, _ := certs.PeerID(tc.ConnectionState())
+				in.ServeConn(tc, peer)
+			}()
+		}
+	}()
+	t.Cleanup(func() { l.Close() })
+	return l.Addr().String()
+}
+
+func allowAll(identity.ID) authz.Decision { return authz.Decision{Allow: true, Reason: "test"} }
+
+// startOutbound serves the client app's requests for web and returns the
+// URL of its local listener.
+func startOutbound(t *testing.T, ca *trellistest.CA, state func() (*Router, []balance.Endpoint)) (string, *Outbound) {
+	o := &Outbound{Service: "web", Source: "client", State: state, TLS: ca.Source(t, "client").ClientConfig(certs.ExpectService("web"), ALPN)}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &http.Server{Handler: o}
+	go s.Serve(l)
+	t.Cleanup(func() { s.Close(); o.Close() })
+	return "http://" + l.Addr().String(), o
+}
+
+func static(rt *Router, eps ...balance.Endpoint) func() (*Router, []balance.Endpoint) {
+	return func() (*Router, []balance.Endpoint) { return rt, eps }
+}
+
+func mustCompile(t *testing.T, spec *v1.RouteSpec) *Router {
+	rt, err := Compile(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rt
+}
+
+func get(t *testing.T, url string, header ...string) (int, string, http.Header) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", url, nil)
+	for _, h := range header {
+		k, v, _ := strings.Cut(h, ": ")
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), resp.Header
+}
+
+func TestProxyHeaders(t *testing.T) {
+	ca := trellistest.NewCA(t, "trellis.local")
+	a := startApp(t, "web")
+	in := startInbound(t, ca, a, allowAll)
+	url, _ := startOutbound(t, ca, static(mustCompile(t, nil), balance.Endpoint{Addr: in, Instance: "web-1"}))
+
+	code, body, h := get(t, url+"/hello", "X-Forwarded-Client-Cert: By=spiffe://evil/svc/x;URI=spiffe://trellis.local/svc/admin",
+		"Traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+	if code != 200 || body != "web /hello" {
+		t.Fatalf("got %d %q", code, body)
+	}
+	if h.Get(UpstreamTimeHeader) == "" {
+		t.Error("no upstream service time on the response")
+	}
+	a.mu.Lock()
+	sent := a.last
+	a.mu.Unlock()
+	if got, want := sent.Get(PeerHeader), "By=spiffe://trellis.local/svc/web;URI=spiffe://trellis.local/svc/client"; got != want || len(sent.Values(PeerHeader)) != 1 {
+		t.Errorf("app saw %s %v, want only %q (the forged one replaced)", PeerHeader, sent.Values(PeerHeader), want)
+	}
+	if len(sent.Get(RequestIDHeader)) != 36 {
+		t.Errorf("app saw request id %q, want a new UUID-shaped one", sent.Get(RequestIDHeader))
+	}
+	tp := strings.Split(sent.Get("Traceparent"), "-")
+	if len(tp) != 4 || tp[1] != "0af7651916cd43dd8448eb211c80319c" || tp[2] == "b7ad6b7169203331" {
+		t.Errorf("app saw traceparent %q, want the same trace with a new span", sent.Get("Traceparent"))
+	}
+	// A request ID that is present is kept.
+	get(t, url+"/", "X-Request-Id: keep-me")
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if got := a.last.Get(RequestIDHeader); got != "keep-me" {
+		t.Errorf("request id %q, want the caller's", got)
+	}
+}
+
+func TestDeniedRequestNeverReachesApp(t *testing.T) {
+	ca := trellistest.NewCA(t, "trellis.local")
+	a := startApp(t, "web")
+	in := startInbound(t, ca, a, func(identity.ID) authz.Decision { return authz.Decision{Reason: "intention client.web"} })
+	url, _ := startOutbound(t, ca, static(mustCompile(t, nil), balance.Endpoint{Addr: in}))
+	code, body, _ := get(t, url+"/")
+	if code != 403 || !strings.Contains(body, "denied by intention client.web") {
+		t.Fatalf("got %d %q, want 403 naming the intention", code, body)
+	}
+	if a.hits.Load() != 0 {
+		t.Fatal("a denied request reached the app")
+	}
+}
+
+func TestCanarySplitThroughProxies(t *testing.T) {
+	ca := trellistest.NewCA(t, "trellis.local")
+	v1app, v2app := startApp(t, "v1"), startApp(t, "v2")
+	eps := []balance.Endpoint{
+		{Addr: startInbound(t, ca, v1app, allowAll), Instance: "web-1", Version: "v1"},
+		{Addr: startInbound(t, ca, v2app, allowAll), Instance: "web-2", Version: "v2"},
+	}
+	var cur atomic.Pointer[Router]
+	cur.Store(mustCompile(t, &v1.RouteSpec{Rules: []v1.RouteRule{{Targets: []v1.RouteTarget{{Version: "v1", Weight: 90}, {Version: "v2", Weight: 10}}}}}))
+	url, _ := startOutbound(t, ca, func() (*Router, []balance.Endpoint) { return cur.Load(), eps })
+
+	const n = 10000
+	var failed atomic.Int64
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < n; i += 8 {
+				resp, err := http.Get(url + "/")
+				if err != nil {
+					failed.Add(1)
+					continue
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					failed.Add(1)
+				}
+				if i == n/2 {
+					// Shift all traffic to v2 under load.
+					cur.Store(mustCompile(t, &v1.RouteSpec{Rules: []v1.RouteRule{{Targets: []v1.RouteTarget{{Version: "v2", Weight: 1}}}}}))
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if failed.Load() != 0 {
+		t.Fatalf("%d of %d requests failed across a weight change", failed.Load(), n)
+	}
+	// Before the change 90/10, after it 0/100: v1 got about 0.9 * n/2.
+	if share := float64(v1app.hits.Load()) / (n / 2); math.Abs(share-0.9) > 0.03 {
+		t.Fatalf("v1 got %d requests (%.3f of the first half), want 0.90 +- 0.03", v1app.hits.Load(), share)
+	}
+}
+
+func TestRetriesMaskFailures(t *testing.T) {
+	ca := trellistest.NewCA(t, "trellis.local")
+	a := startApp(t, "web")
+	var count atomic.Int64
+	a.serve = func(w http.ResponseWriter, r *http.Request) {
+		if count.Add(1)%10 < 3 { // 30 % fail
+			http.Error(w, "boom", http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ok")
+	}
+	in := startInbound(t, ca, a, allowAll)
+	rt := mustCompile(t, &v1.RouteSpec{Rules: []v1.RouteRule{{Retries: &v1.RetryPolicy{Attempts: 5, On: []string{"5xx"}}}}})
+	url, o := startOutbound(t, ca, static(rt, balance.Endpoint{Addr: in}))
+	ok := 0
+	const n = 2000
+	for range n {
+		if code, _, _ := get(t, url+"/"); code == 200 {
+			ok++
+		}
+	}
+	if float64(ok)/n < 0.999 {
+		t.Fatalf("%d of %d succeeded with retries, want >= 99.9 %%", ok, n)
+	}
+	_ = o
+}
+
+func TestTimeoutAndNoEndpoints(t *testing.T) {
+	ca := trellistest.NewCA(t, "trellis.local")
+	a := startApp(t, "web")
+	release := make(chan struct{})
+	a.serve = func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}
+	t.Cleanup(func() { close(release) })
+	in := startInbound(t, ca, a, allowAll)
+	rt := mustCompile(t, &v1.RouteSpec{Rules: []v1.RouteRule{{Name: "slow", Timeout: "300ms"}}})
+	url, _ := startOutbound(t, ca, static(rt, balance.Endpoint{Addr: in}))
+	start := time.Now()
+	code, body, _ := get(t, url+"/")
+	took := time.Since(start)
+	if code != 504 || !strings.Contains(body, "300ms") {
+		t.Fatalf("hung backend: %d %q, want 504 naming the timeout", code, body)
+	}
+	if took < 270*time.Millisecond || took > 330*time.Millisecond+100*time.Millisecond {
+		t.Fatalf("504 after %s, want about 300ms", took)
+	}
+
+	url2, _ := startOutbound(t, ca, static(mustCompile(t, &v1.RouteSpec{Rules: []v1.RouteRule{{Targets: []v1.RouteTarget{{Version: "v9", Weight: 1}}}}}), balance.Endpoint{Addr: in, Version: "v1"}))
+	code, body, _ = get(t, url2+"/")
+	if code != 503 || !strings.Contains(body, "no healthy endpoint of web version v9") {
+		t.Fatalf("no endpoint of the version: %d %q, want 503 with a reason", code, body)
+	}
+}

@@ -1,0 +1,47 @@
+package l7
+
+import (
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the L7 proxy's Prometheus metrics, in the mesh's one naming
+// scheme.
+type Metrics struct {
+	Requests        *prometheus.CounterVec
+	Duration        *prometheus.HistogramVec
+	Retries         *prometheus.CounterVec
+	BudgetExhausted *prometheus.CounterVec
+}
+
+// NewMetrics makes the metrics and registers them with reg (nil: none).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	labels := []string{"direction", "source", "destination", "route", "version", "code"}
+	m := &Metrics{
+		Requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "trellis_requests_total", Help: "HTTP requests proxied.",
+		}, labels),
+		Duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "trellis_request_duration_seconds", Help: "Time from request to the end of the response body.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, labels),
+		Retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "trellis_request_retries_total", Help: "Retried attempts.",
+		}, []string{"source", "destination", "route"}),
+		BudgetExhausted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "trellis_retry_budget_exhausted_total", Help: "Retries not made because the retry budget was spent.",
+		}, []string{"source", "destination"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.Requests, m.Duration, m.Retries, m.BudgetExhausted)
+	}
+	return m
+}
+
+func (m *Metrics) observe(direction, source, destination, route, version string, code int, start time.Time) {
+	c := strconv.Itoa(code)
+	m.Requests.WithLabelValues(direction, source, destination, route, version, c).Inc()
+	m.Duration.WithLabelValues(direction, source, destination, route, version, c).Observe(time.Since(start).Seconds())
+}

@@ -1,0 +1,359 @@
+package l7
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/http2"
+
+	"github.com/trellis-mesh/trellis/internal/proxy/balance"
+)
+
+// ALPN is the protocol of L7 connections between sidecars: plain HTTP/2,
+// beside the CONNECT tunnel's protocol on the same port.
+const ALPN = "h2"
+
+// maxReplayBody is the largest request body kept for a retry; larger ones
+// stream through and are not retried.
+const maxReplayBody = 64 << 10
+
+// Outbound serves the local app's HTTP requests for one upstream service:
+// it routes each to a version and an endpoint and sends it over a pooled
+// HTTP/2 mTLS connection, retrying and timing out as the route says.
+type Outbound struct {
+	// Service is the upstream service; Source is this proxy's.
+	Service, Source string
+	// State returns the current router and healthy endpoints of Service.
+	State func() (*Router, []balance.Endpoint)
+	// TLS is the client configuration: it must check that the peer is
+	// Service and offer ALPN.
+	TLS *tls.Config
+	// Logger; nil discards.
+	Logger *slog.Logger
+	// Metrics; nil means unregistered ones.
+	Metrics *Metrics
+
+	once     sync.Once
+	tr       *http2.Transport
+	bal      *balance.Balancer
+	rp       *httputil.ReverseProxy
+	active   atomic.Int64
+	retrying atomic.Int64
+}
+
+func (o *Outbound) init() {
+	o.once.Do(func() {
+		if o.Logger == nil {
+			o.Logger = slog.New(slog.DiscardHandler)
+		}
+		if o.Metrics == nil {
+			o.Metrics = NewMetrics(nil)
+		}
+		o.bal = balance.New()
+		o.tr = &http2.Transport{
+			DialTLSContext:  o.dial,
+			ReadIdleTimeout: 30 * time.Second,
+			PingTimeout:     10 * time.Second,
+			IdleConnTimeout: 5 * time.Minute,
+		}
+		o.rp = &httputil.ReverseProxy{
+			Rewrite:       o.rewrite,
+			Transport:     roundTripper(o.roundTrip),
+			FlushInterval: -1, // streams (gRPC, server-sent events) must not wait
+			ErrorHandler:  o.fail,
+			ErrorLog:      slog.NewLogLogger(o.Logger.Handler(), slog.LevelDebug),
+		}
+	})
+}
+
+type roundTripper func(*http.Request) (*http.Response, error)
+
+func (f roundTripper) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// ServeHTTP proxies one request of the local app.
+func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	o.init()
+	o.rp.ServeHTTP(w, r)
+}
+
+// Close closes the pooled connections.
+func (o *Outbound) Close() {
+	o.init()
+	o.tr.CloseIdleConnections()
+}
+
+func (o *Outbound) rewrite(pr *httputil.ProxyRequest) {
+	pr.Out.URL.Scheme = "https"
+	pr.Out.URL.Host = o.Service // replaced by the endpoint in roundTrip
+	pr.Out.Host = pr.In.Host
+	setRequestContext(pr.Out.Header)
+}
+
+// dialError marks a failure to reach an endpoint: nothing was sent, so any
+// request may be retried elsewhere.
+type dialError struct{ err error }
+
+func (e *dialError) Error() string { return e.err.Error() }
+func (e *dialError) Unwrap() error { return e.err }
+
+func (o *Outbound) dial(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
+	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}, Config: o.TLS}
+	c, err := d.DialContext(ctx, network, addr)
+	if err != nil {
+		return nil, &dialError{err: fmt.Errorf("dial %s: %w", addr, err)}
+	}
+	if p := c.(*tls.Conn).ConnectionState().NegotiatedProtocol; p != ALPN {
+		c.Close()
+		return nil, &dialError{err: fmt.Errorf("dial %s: peer speaks %q, not %s", addr, p, ALPN)}
+	}
+	return c, nil
+}
+
+// proxyError is an answer the proxy gives itself.
+type proxyError struct {
+	status int
+	msg    string
+}
+
+func (e *proxyError) Error() string { return e.msg }
+
+func (o *Outbound) fail(w http.ResponseWriter, r *http.Request, err error) {
+	status, msg := http.StatusBadGateway, "trellis: upstream "+o.Service+" failed: "+err.Error()
+	var pe *proxyError
+	if errors.As(err, &pe) {
+		status, msg = pe.status, pe.msg
+	} else if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
+		return // the caller went away
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(status)
+	io.WriteString(w, msg+"\n")
+}
+
+// roundTrip routes, balances and retries one request.
+func (o *Outbound) roundTrip(req *http.Request) (*http.Response, error) {
+	start := time.Now()
+	router, eps := o.State()
+	rule := router.Match(req)
+	version := rule.PickVersion()
+	var cands []balance.Endpoint
+	for _, e := range eps {
+		if version == "" || e.Version == version {
+			cands = append(cands, e)
+		}
+	}
+	if len(cands) == 0 {
+		what := o.Service
+		if version != "" {
+			what += " version " + version
+		}
+		o.Metrics.observe("outbound", o.Source, o.Service, rule.Name, version, http.StatusServiceUnavailable, start)
+		return nil, &proxyError{http.StatusServiceUnavailable, "trellis: no healthy endpoint of " + what}
+	}
+	if rule.hasRW {
+		req.URL.Path = rule.Rewrite(req.URL.Path)
+		req.URL.RawPath = ""
+	}
+
+	attempts := 1
+	if rule.Retry != nil && (idempotent(req.Method) || rule.Retry.nonIdempotent) && replayable(req) {
+		attempts = rule.Retry.Attempts
+	}
+	o.active.Add(1)
+	defer o.active.Add(-1)
+
+	// The route timeout covers the wait for response headers, retries
+	// included; the body then streams for as long as it takes.
+	ctx, cancel := context.WithCancel(req.Context())
+	var timedOut atomic.Bool
+	timer := time.AfterFunc(rule.Timeout, func() { timedOut.Store(true); cancel() })
+	fail := func(err error) (*http.Response, error) {
+		timer.Stop()
+		cancel()
+		if timedOut.Load() {
+			o.Metrics.observe("outbound", o.Source, o.Service, rule.Name, version, http.StatusGatewayTimeout, start)
+			return nil, &proxyError{http.StatusGatewayTimeout, fmt.Sprintf("trellis: upstream %s did not answer within %s (route %s)", o.Service, rule.Timeout, rule.Name)}
+		}
+		o.Metrics.observe("outbound", o.Source, o.Service, rule.Name, version, http.StatusBadGateway, start)
+		return nil, err
+	}
+	tried := map[string]bool{}
+	var lastErr error
+	for attempt := 1; ; attempt++ {
+		if attempt > 1 {
+			if !o.takeRetry() {
+				return fail(lastErr)
+			}
+			o.Metrics.Retries.WithLabelValues(o.Source, o.Service, rule.Name).Inc()
+		}
+		ep, ok := o.bal.Pick(cands, tried)
+		if !ok {
+			clear(tried) // every endpoint tried once: go round again
+			ep, _ = o.bal.Pick(cands, tried)
+		}
+		tried[ep.Addr] = true
+		// Like the route timeout, the per-try timeout ends at the headers.
+		tryCtx, tryCancel := context.WithCancel(ctx)
+		var perTryExpired atomic.Bool
+		tryTimer := (*time.Timer)(nil)
+		if attempts > 1 {
+			tryTimer = time.AfterFunc(rule.Retry.PerTryTimeout, func() { perTryExpired.Store(true); tryCancel() })
+		}
+		out := req.Clone(tryCtx)
+		out.URL.Host = ep.Addr
+		if attempt > 1 {
+			out.Body, _ = req.GetBody()
+		}
+		o.bal.Start(ep.Addr)
+		resp, err := o.tr.RoundTrip(out)
+		if tryTimer != nil && !tryTimer.Stop() && err == nil {
+			// The answer came as the per-try timer fired: its context is
+			// gone, so this attempt failed after all.
+			resp.Body.Close()
+			resp, err = nil, context.DeadlineExceeded
+		}
+		if attempt > 1 {
+			o.retrying.Add(-1)
+		}
+		if err == nil && attempt < attempts && rule.Retry.retryStatus(resp) {
+			o.bal.Done(ep.Addr)
+			tryCancel()
+			// Drain a little so that the connection can be reused.
+			io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+			resp.Body.Close()
+			lastErr = fmt.Errorf("%s answered %d", ep.Instance, resp.StatusCode)
+			continue
+		}
+		if err == nil && !timer.Stop() {
+			resp.Body.Close()
+			o.bal.Done(ep.Addr)
+			tryCancel()
+			return fail(context.DeadlineExceeded)
+		}
+		if err == nil {
+			o.bal.Succeeded(ep.Addr)
+			resp.Header.Set(UpstreamTimeHeader, strconv.FormatInt(time.Since(start).Milliseconds(), 10))
+			code := resp.StatusCode
+			resp.Body = &trackedBody{ReadCloser: resp.Body, done: func() {
+				tryCancel()
+				cancel()
+				o.bal.Done(ep.Addr)
+				o.Metrics.observe("outbound", o.Source, o.Service, rule.Name, ep.Version, code, start)
+			}}
+			return resp, nil
+		}
+		o.bal.Done(ep.Addr)
+		var de *dialError
+		if errors.As(err, &de) {
+			o.bal.Failed(ep.Addr)
+		}
+		tryCancel()
+		lastErr = err
+		if timedOut.Load() || req.Context().Err() != nil || attempt >= attempts || !rule.Retry.retryError(err, perTryExpired.Load()) {
+			return fail(lastErr)
+		}
+	}
+}
+
+// takeRetry is the retry budget: retries in flight may be at most a fifth
+// of the requests in flight (and at least 3), so that when an upstream
+// fails outright, retries cannot multiply the load on it.
+func (o *Outbound) takeRetry() bool {
+	limit := max(o.active.Load()/5, 3)
+	if o.retrying.Add(1) > limit {
+		o.retrying.Add(-1)
+		o.Metrics.BudgetExhausted.WithLabelValues(o.Source, o.Service).Inc()
+		return false
+	}
+	return true
+}
+
+// retryStatus reports whether resp is a failure the policy retries.
+func (p *Retry) retryStatus(resp *http.Response) bool {
+	if p == nil {
+		return false
+	}
+	c := resp.StatusCode
+	switch {
+	case p.on["5xx"] && c >= 500:
+		return true
+	case p.on["gateway-error"] && (c == 502 || c == 503 || c == 504):
+		return true
+	case p.on["retriable-grpc"]:
+		switch resp.Header.Get("Grpc-Status") {
+		case "14", "8": // UNAVAILABLE, RESOURCE_EXHAUSTED
+			return true
+		}
+	}
+	return false
+}
+
+// retryError reports whether a failed attempt is one the policy retries.
+func (p *Retry) retryError(err error, perTryExpired bool) bool {
+	if p == nil {
+		return false
+	}
+	var de *dialError
+	switch {
+	case errors.As(err, &de):
+		return p.on["connect-failure"] || p.on["5xx"] || p.on["gateway-error"]
+	case perTryExpired:
+		return p.on["5xx"] || p.on["gateway-error"] // the per-try timeout
+	default:
+		return p.on["reset"] || p.on["5xx"]
+	}
+}
+
+// replayable reports whether req's body can be sent again, reading a small
+// one into memory to make it so.
+func replayable(req *http.Request) bool {
+	if req.Body == nil || req.Body == http.NoBody {
+		req.GetBody = func() (io.ReadCloser, error) { return http.NoBody, nil }
+		return true
+	}
+	if req.ContentLength <= 0 || req.ContentLength > maxReplayBody {
+		return false
+	}
+	b, err := io.ReadAll(io.LimitReader(req.Body, maxReplayBody+1))
+	req.Body.Close()
+	if err != nil || int64(len(b)) != req.ContentLength {
+		req.Body = io.NopCloser(bytes.NewReader(b))
+		return false
+	}
+	req.Body = io.NopCloser(bytes.NewReader(b))
+	req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }
+	return true
+}
+
+// trackedBody runs done once, when the body is closed or read to the end.
+type trackedBody struct {
+	io.ReadCloser
+	once sync.Once
+	done func()
+}
+
+func (b *trackedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil {
+		b.once.Do(b.done)
+	}
+	return n, err
+}
+
+func (b *trackedBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.once.Do(b.done)
+	return err
+}
