@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
+	"net/http"
 	"sync"
 	"time"
 
@@ -15,6 +17,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/health"
 	"github.com/trellis-mesh/trellis/internal/identity"
 	"github.com/trellis-mesh/trellis/internal/proxy/l4"
+	"github.com/trellis-mesh/trellis/internal/proxy/l7"
 	"github.com/trellis-mesh/trellis/internal/xds"
 )
 
@@ -55,11 +58,12 @@ func (p *Proxy) Run(ctx context.Context) error {
 	goBG(func() { p.serveAdmin(runCtx, ls.admin) })
 	pool := l4.NewPool(0, 0, p.l4m)
 	defer pool.Close()
-	inbound, outbounds := p.dataPlane(pool)
-	p.onApply = func() { inbound.Reauthorize() }
-	goBG(func() { _ = inbound.Serve(ls.public) })
-	for i, o := range outbounds {
-		goBG(func() { _ = o.Serve(ls.upstreams[i]) })
+	dp := p.dataPlane(pool)
+	p.onApply = func() { dp.inbound.Reauthorize() }
+	goBG(func() { _ = dp.inbound.Serve(ls.public) })
+	for i, u := range dp.upstreams {
+		goBG(func() { _ = p.serveUpstream(ls.upstreams[i], u) })
+		goBG(func() { _ = u.http.Serve(u.queue) })
 	}
 
 	firstHealth := make(chan struct{})
@@ -90,9 +94,10 @@ func (p *Proxy) Run(ctx context.Context) error {
 	grace := min(time.Second, p.cfg.DrainTimeout/4)
 	time.Sleep(grace) // let peers hear of the deregistration
 	ls.closeServing()
-	drainers := []drainer{inbound}
-	for _, o := range outbounds {
-		drainers = append(drainers, o)
+	drainers := []drainer{dp.inbound, dp.inboundHTTP}
+	for _, u := range dp.upstreams {
+		u.queue.Close()
+		drainers = append(drainers, u.tcp, httpDrainer{u.http})
 	}
 	err = drainAll(drainers, p.cfg.DrainTimeout-grace)
 	stopBackground()
@@ -193,11 +198,36 @@ func (p *Proxy) registration(pub *net.TCPAddr) *xds.Registration {
 	}
 }
 
-// dataPlane builds the inbound and one outbound per upstream, all reading
-// the current snapshot and certificate.
-func (p *Proxy) dataPlane(pool *l4.Pool) (*l4.Inbound, []*l4.Outbound) {
-	inbound := &l4.Inbound{
-		TLS:       p.src.ServerConfig(nil, l4.ALPN),
+// dataPlane is what serves traffic: the inbound (the tunnel, and HTTP/2
+// for L7 callers) and, per upstream, an L4 and an L7 outbound.
+type dataPlane struct {
+	inbound     *l4.Inbound
+	inboundHTTP *l7.Inbound
+	upstreams   []*upstream
+}
+
+type upstream struct {
+	service string
+	tcp     *l4.Outbound
+	web     *l7.Outbound
+	http    *http.Server
+	queue   *connQueue // connections for http
+}
+
+// dataPlane builds the data plane, all of it reading the current snapshot
+// and certificate.
+func (p *Proxy) dataPlane(pool *l4.Pool) *dataPlane {
+	dp := &dataPlane{}
+	dp.inboundHTTP = &l7.Inbound{
+		Self:      p.selfID,
+		Authorize: p.authorize,
+		Target:    p.cfg.AppAddr,
+		Protocol:  func() string { return p.protocol(p.cfg.Service) },
+		Logger:    p.log,
+		Metrics:   p.l7m,
+	}
+	dp.inbound = &l4.Inbound{
+		TLS:       p.src.ServerConfig(nil, l4.ALPN, l7.ALPN),
 		Authorize: p.authorize,
 		AcceptPlain: func() bool {
 			a := p.cur.Load()
@@ -206,23 +236,123 @@ func (p *Proxy) dataPlane(pool *l4.Pool) (*l4.Inbound, []*l4.Outbound) {
 		// A plain caller has no identity: only a wildcard intention or the
 		// default policy can decide it.
 		AuthorizePlain: func() authz.Decision { return p.authorize(identity.ID{}) },
+		ServeHTTP2:     dp.inboundHTTP.ServeConn,
 		Target:         p.cfg.AppAddr,
 		Logger:         p.log,
 		Metrics:        p.l4m,
 	}
-	var outbounds []*l4.Outbound
 	for _, u := range p.cfg.Upstreams {
-		outbounds = append(outbounds, &l4.Outbound{
-			Service:   u.Service,
-			Endpoints: p.endpoints(u.Service),
-			TLS:       p.src.ClientConfig(certs.ExpectService(u.Service), l4.ALPN),
-			Pool:      pool,
-			Logger:    p.log,
-			Metrics:   p.l4m,
+		web := &l7.Outbound{
+			Service: u.Service,
+			Source:  p.cfg.Service,
+			State:   p.l7State(u.Service),
+			TLS:     p.src.ClientConfig(certs.ExpectService(u.Service), l7.ALPN),
+			Logger:  p.log,
+			Metrics: p.l7m,
+		}
+		var protos http.Protocols
+		protos.SetHTTP1(true)
+		protos.SetUnencryptedHTTP2(true) // http2 and grpc apps speak h2c
+		dp.upstreams = append(dp.upstreams, &upstream{
+			service: u.Service,
+			tcp: &l4.Outbound{
+				Service:   u.Service,
+				Endpoints: p.endpoints(u.Service),
+				TLS:       p.src.ClientConfig(certs.ExpectService(u.Service), l4.ALPN),
+				Pool:      pool,
+				Logger:    p.log,
+				Metrics:   p.l4m,
+			},
+			web: web,
+			http: &http.Server{
+				Handler:           web,
+				Protocols:         &protos,
+				ReadHeaderTimeout: 30 * time.Second,
+				IdleTimeout:       5 * time.Minute,
+				MaxHeaderBytes:    60 << 10,
+				ErrorLog:          slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
+			},
+			queue: newConnQueue(),
 		})
 	}
-	return inbound, outbounds
+	return dp
 }
+
+// selfID is the identity of the current certificate.
+func (p *Proxy) selfID() identity.ID {
+	if c := p.src.Certificate(); c != nil {
+		if id, err := identity.FromCertificate(c.Leaf); err == nil {
+			return id
+		}
+	}
+	return identity.ID{}
+}
+
+// serveUpstream hands each client connection of an upstream listener to
+// the L4 or the L7 outbound, by the upstream's protocol when it arrives.
+func (p *Proxy) serveUpstream(l net.Listener, u *upstream) error {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+			return err
+		}
+		if p.protocol(u.service) == v1.ProtocolTCP {
+			u.tcp.ServeConn(c)
+		} else if !u.queue.put(c) {
+			c.Close()
+		}
+	}
+}
+
+// connQueue is a net.Listener fed by serveUpstream, for an http.Server.
+type connQueue struct {
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
+}
+
+func newConnQueue() *connQueue {
+	return &connQueue{ch: make(chan net.Conn), done: make(chan struct{})}
+}
+
+func (q *connQueue) put(c net.Conn) bool {
+	select {
+	case q.ch <- c:
+		return true
+	case <-q.done:
+		return false
+	}
+}
+
+func (q *connQueue) Accept() (net.Conn, error) {
+	select {
+	case c := <-q.ch:
+		return c, nil
+	case <-q.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (q *connQueue) Close() error {
+	q.once.Do(func() { close(q.done) })
+	return nil
+}
+
+func (q *connQueue) Addr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)} }
+
+// httpDrainer drains an http.Server: idle connections close at once, busy
+// ones after their request.
+type httpDrainer struct{ s *http.Server }
+
+func (d httpDrainer) Drain(ctx context.Context) error { return d.s.Shutdown(ctx) }
 
 // checkHealth checks the app until ctx ends, records each change in the
 // registration (the control stream sends it) and closes first after the

@@ -17,11 +17,13 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	v1 "github.com/trellis-mesh/trellis/api/v1"
 	"github.com/trellis-mesh/trellis/client"
 	"github.com/trellis-mesh/trellis/internal/authz"
 	"github.com/trellis-mesh/trellis/internal/certs"
 	"github.com/trellis-mesh/trellis/internal/identity"
 	"github.com/trellis-mesh/trellis/internal/proxy/l4"
+	"github.com/trellis-mesh/trellis/internal/proxy/l7"
 	"github.com/trellis-mesh/trellis/internal/topology"
 	"github.com/trellis-mesh/trellis/internal/xds"
 )
@@ -30,6 +32,8 @@ import (
 type applied struct {
 	snap      *topology.Snapshot
 	endpoints map[string][]l4.Endpoint
+	routers   map[string]*l7.Router // HTTP upstreams
+	protocols map[string]string
 }
 
 // Proxy is a running sidecar.
@@ -63,6 +67,7 @@ type Proxy struct {
 		healthy   prometheus.Gauge
 	}
 	l4m *l4.Metrics
+	l7m *l7.Metrics
 }
 
 // New checks cfg and returns a proxy ready to Run.
@@ -129,6 +134,7 @@ func (p *Proxy) registerMetrics(reg *prometheus.Registry) {
 	p.m.healthy = prometheus.NewGauge(prometheus.GaugeOpts{Name: "trellis_proxy_app_healthy", Help: "1 while the app passes its health check."})
 	reg.MustRegister(p.m.connected, p.m.expiry, p.m.renewals, p.m.snapshots, p.m.healthy)
 	p.l4m = l4.NewMetrics(reg)
+	p.l7m = l7.NewMetrics(reg)
 }
 
 // apply installs a validated snapshot: the trust bundle, the inbound policy
@@ -138,13 +144,21 @@ func (p *Proxy) apply(s *topology.Snapshot) error {
 	if err != nil {
 		return fmt.Errorf("trust bundle: %w", err)
 	}
-	a := &applied{snap: s, endpoints: map[string][]l4.Endpoint{}}
+	a := &applied{snap: s, endpoints: map[string][]l4.Endpoint{}, routers: map[string]*l7.Router{}, protocols: map[string]string{}}
 	for _, u := range s.Upstreams {
 		eps := make([]l4.Endpoint, 0, len(u.Endpoints))
 		for _, e := range u.Endpoints {
-			eps = append(eps, l4.Endpoint{Addr: net.JoinHostPort(e.Address, strconv.Itoa(e.Port)), Instance: e.Instance})
+			eps = append(eps, l4.Endpoint{Addr: net.JoinHostPort(e.Address, strconv.Itoa(e.Port)), Instance: e.Instance, Version: e.Version})
 		}
 		a.endpoints[u.Service] = eps
+		a.protocols[u.Service] = u.Protocol
+		if u.Protocol != v1.ProtocolTCP {
+			rt, err := l7.Compile(u.Route)
+			if err != nil {
+				return fmt.Errorf("upstream %s: route %w", u.Service, err)
+			}
+			a.routers[u.Service] = rt
+		}
 	}
 	p.src.SetBundle(b)
 	p.cur.Store(a)
@@ -181,6 +195,40 @@ func (p *Proxy) authorize(peer identity.ID) authz.Decision {
 		return authz.Decision{Allow: false, Reason: "no configuration yet"}
 	}
 	return a.snap.Inbound.Check(peer.Service())
+}
+
+// l7State returns the router and endpoints of an HTTP upstream.
+func (p *Proxy) l7State(service string) func() (*l7.Router, []l4.Endpoint) {
+	fallback, _ := l7.Compile(nil)
+	return func() (*l7.Router, []l4.Endpoint) {
+		a := p.cur.Load()
+		if a == nil {
+			return fallback, nil
+		}
+		rt := a.routers[service]
+		if rt == nil {
+			rt = fallback
+		}
+		return rt, a.endpoints[service]
+	}
+}
+
+// protocol returns how service speaks now: an upstream's protocol, or this
+// proxy's own; tcp until a snapshot says otherwise.
+func (p *Proxy) protocol(service string) string {
+	a := p.cur.Load()
+	switch {
+	case a == nil:
+		return v1.ProtocolTCP
+	case service == p.cfg.Service:
+		if a.snap.Protocol == "" {
+			return v1.ProtocolTCP
+		}
+		return a.snap.Protocol
+	case a.protocols[service] != "":
+		return a.protocols[service]
+	}
+	return v1.ProtocolTCP
 }
 
 func (p *Proxy) endpoints(service string) func() []l4.Endpoint {

@@ -39,6 +39,10 @@ type Inbound struct {
 	// plain TCP from an unknown caller; AuthorizePlain decides it.
 	AcceptPlain    func() bool
 	AuthorizePlain func() authz.Decision
+	// ServeHTTP2, when set, serves connections whose peer negotiated the
+	// ALPN "h2" (L7 requests) instead of the tunnel's protocol; the TLS
+	// configuration must offer both.
+	ServeHTTP2 func(c net.Conn, peer identity.ID)
 	// Target is the app's address, such as 127.0.0.1:8080.
 	Target string
 	// DialTimeout bounds dialing the app; zero means 5s.
@@ -112,13 +116,17 @@ func (in *Inbound) serveConn(c net.Conn) {
 		result = "resumed"
 	}
 	in.Metrics.Handshakes.WithLabelValues("server", result).Inc()
-	if cs.NegotiatedProtocol != ALPN {
-		in.Logger.Debug("inbound peer did not negotiate "+ALPN, "remote", c.RemoteAddr().String())
+	peer, err := certs.PeerID(cs)
+	if err != nil { // VerifyConnection already checked it; be safe anyway
 		c.Close()
 		return
 	}
-	peer, err := certs.PeerID(cs)
-	if err != nil { // VerifyConnection already checked it; be safe anyway
+	if cs.NegotiatedProtocol == "h2" && in.ServeHTTP2 != nil {
+		in.ServeHTTP2(tc, peer)
+		return
+	}
+	if cs.NegotiatedProtocol != ALPN {
+		in.Logger.Debug("inbound peer did not negotiate "+ALPN, "remote", c.RemoteAddr().String())
 		c.Close()
 		return
 	}

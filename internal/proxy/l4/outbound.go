@@ -60,20 +60,24 @@ func (o *Outbound) init() {
 // Serve accepts client connections on l until it is closed.
 func (o *Outbound) Serve(l net.Listener) error {
 	o.init()
-	return serve(l, func(c net.Conn) {
-		// Counted before its goroutine starts, so that Drain sees it.
-		o.inflight.add()
+	return serve(l, o.ServeConn)
+}
+
+// ServeConn carries one accepted client connection in a new goroutine.
+func (o *Outbound) ServeConn(c net.Conn) {
+	o.init()
+	// Counted before its goroutine starts, so that Drain sees it.
+	o.inflight.add()
+	o.mu.Lock()
+	o.conns[c] = struct{}{}
+	o.mu.Unlock()
+	go func() {
+		defer o.inflight.done()
+		o.handle(c)
 		o.mu.Lock()
-		o.conns[c] = struct{}{}
+		delete(o.conns, c)
 		o.mu.Unlock()
-		go func() {
-			defer o.inflight.done()
-			o.handle(c)
-			o.mu.Lock()
-			delete(o.conns, c)
-			o.mu.Unlock()
-		}()
-	})
+	}()
 }
 
 // openTimeout bounds waiting for a peer to answer a new stream; a peer that

@@ -1,0 +1,114 @@
+package integration
+
+import (
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/trellis-mesh/trellis/internal/trellistest"
+)
+
+// An HTTP service with two versions behind a Route: the canary walk-through
+// of App Mesh, through the real binary. Weights split the traffic, and a
+// weight change under load fails no request.
+func TestCanaryRoute(t *testing.T) {
+	s := startServer(t)
+	applyYAML(t, s, "kind: Service\nname: web\nspec: {protocol: http}\n")
+	v1app, v2app := startApp(t, "v1"), startApp(t, "v2")
+	s.startProxy(t, proxyOpts{service: "web", appPort: v1app.port, extra: []string{"--version", "v1"}})
+	s.startProxy(t, proxyOpts{service: "web", appPort: v2app.port, extra: []string{"--version", "v2"}})
+	up, upPort := loopAddr(t)
+	s.startProxy(t, proxyOpts{service: "client", appPort: v1app.port, upstreams: []string{fmt.Sprintf("web:%d", upPort)}})
+	s.waitInstances(t, 10*time.Second, "both versions registered", "web", 2)
+
+	route := func(w1, w2 int) {
+		applyYAML(t, s, fmt.Sprintf("kind: Route\nname: web\nspec:\n  rules:\n  - name: canary\n    targets:\n    - {version: v1, weight: %d}\n    - {version: v2, weight: %d}\n", w1, w2))
+	}
+	route(90, 10)
+	client := &http.Client{Timeout: 5 * time.Second}
+	fetch := func() (string, http.Header, error) {
+		resp, err := client.Get("http://" + up + "/")
+		if err != nil {
+			return "", nil, err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 {
+			return "", nil, fmt.Errorf("status %d: %s", resp.StatusCode, b)
+		}
+		return string(b), resp.Header, nil
+	}
+	// The route has reached the client proxy when v2 answers at all.
+	trellistest.Eventually(t, 10*time.Second, "route applied", func() error {
+		for range 100 {
+			if got, _, err := fetch(); err != nil {
+				return err
+			} else if got == "v2" {
+				return nil
+			}
+		}
+		return fmt.Errorf("no v2 in 100 requests")
+	})
+	n := map[string]int{}
+	const total = 2000
+	for range total {
+		got, h, err := fetch()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h.Get("X-Trellis-Upstream-Service-Time") == "" {
+			t.Fatal("response lacks the upstream service time")
+		}
+		n[got]++
+	}
+	if share := float64(n["v2"]) / total; math.Abs(share-0.10) > 0.03 {
+		t.Fatalf("v2 share %.3f over %d requests (%v), want 0.10 +- 0.03", share, total, n)
+	}
+
+	// All traffic to v2, under load: no request fails.
+	var failed, done atomic.Int64
+	var errs sync.Map
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, _, err := fetch(); err != nil {
+					failed.Add(1)
+					errs.Store(err.Error(), true)
+				}
+				done.Add(1)
+			}
+		}()
+	}
+	time.Sleep(300 * time.Millisecond)
+	route(0, 100)
+	trellistest.Eventually(t, 10*time.Second, "all traffic on v2", func() error {
+		for range 50 {
+			if got, _, err := fetch(); err != nil || got != "v2" {
+				return fmt.Errorf("got %q, %v", got, err)
+			}
+		}
+		return nil
+	})
+	close(stop)
+	wg.Wait()
+	if failed.Load() > 0 {
+		var msgs []string
+		errs.Range(func(k, _ any) bool { msgs = append(msgs, k.(string)); return true })
+		t.Fatalf("%d of %d requests failed during the weight change: %s", failed.Load(), done.Load(), strings.Join(msgs, "; "))
+	}
+}
