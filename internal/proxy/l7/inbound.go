@@ -89,7 +89,7 @@ func (in *Inbound) init() {
 				}
 				return in.h1.RoundTrip(r)
 			}),
-			FlushInterval: -1,
+			BufferPool: bufferPool{},
 			ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 				if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
 					return

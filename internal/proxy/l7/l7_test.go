@@ -88,7 +88,7 @@ type app struct {
 	serve func(w http.ResponseWriter, r *http.Request)
 }
 
-func startApp(t *testing.T, name string) *app {
+func startApp(t testing.TB, name string) *app {
 	a := &app{}
 	a.serve = func(w http.ResponseWriter, r *http.Request) { fmt.Fprintf(w, "%s %s", name, r.URL.Path) }
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -109,7 +109,7 @@ func startApp(t *testing.T, name string) *app {
 }
 
 // startInbound serves L7 mTLS connections for service web in front of a.
-func startInbound(t *testing.T, ca *trellistest.CA, a *app, allow func(identity.ID) authz.Decision) string {
+func startInbound(t testing.TB, ca *trellistest.CA, a *app, allow func(identity.ID) authz.Decision) string {
 	src := ca.Source(t, "web")
 	self, _ := identity.New("trellis.local", "web")
 	in := &Inbound{Self: func() identity.ID { return self }, Authorize: allow, Target: a.addr, Protocol: func() string { return v1.ProtocolHTTP }}
@@ -143,7 +143,7 @@ func allowAll(identity.ID) authz.Decision { return authz.Decision{Allow: true, R
 
 // startOutbound serves the client app's requests for web and returns the
 // URL of its local listener.
-func startOutbound(t *testing.T, ca *trellistest.CA, state func() (*Router, []balance.Endpoint)) (string, *Outbound) {
+func startOutbound(t testing.TB, ca *trellistest.CA, state func() (*Router, []balance.Endpoint)) (string, *Outbound) {
 	o := &Outbound{Service: "web", Source: "client", State: state, TLS: ca.Source(t, "client").ClientConfig(certs.ExpectService("web"), ALPN)}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -159,7 +159,7 @@ func static(rt *Router, eps ...balance.Endpoint) func() (*Router, []balance.Endp
 	return func() (*Router, []balance.Endpoint) { return rt, eps }
 }
 
-func mustCompile(t *testing.T, spec *v1.RouteSpec) *Router {
+func mustCompile(t testing.TB, spec *v1.RouteSpec) *Router {
 	rt, err := Compile(spec)
 	if err != nil {
 		t.Fatal(err)

@@ -69,11 +69,11 @@ func (o *Outbound) init() {
 			IdleConnTimeout: 5 * time.Minute,
 		}
 		o.rp = &httputil.ReverseProxy{
-			Rewrite:       o.rewrite,
-			Transport:     roundTripper(o.roundTrip),
-			FlushInterval: -1, // streams (gRPC, server-sent events) must not wait
-			ErrorHandler:  o.fail,
-			ErrorLog:      slog.NewLogLogger(o.Logger.Handler(), slog.LevelDebug),
+			Rewrite:      o.rewrite,
+			Transport:    roundTripper(o.roundTrip),
+			BufferPool:   bufferPool{},
+			ErrorHandler: o.fail,
+			ErrorLog:     slog.NewLogLogger(o.Logger.Handler(), slog.LevelDebug),
 		}
 	})
 }

@@ -1,0 +1,29 @@
+package l7
+
+import (
+	"io"
+	"net/http"
+	"testing"
+
+	"github.com/trellis-mesh/trellis/internal/proxy/balance"
+	"github.com/trellis-mesh/trellis/internal/trellistest"
+)
+
+// BenchmarkRequest measures one small keep-alive request through both
+// sidecars (client -> outbound -> HTTP/2 mTLS -> inbound -> app).
+func BenchmarkRequest(b *testing.B) {
+	ca := trellistest.NewCA(b, "trellis.local")
+	a := startApp(b, "web")
+	in := startInbound(b, ca, a, allowAll)
+	url, _ := startOutbound(b, ca, static(mustCompile(b, nil), balance.Endpoint{Addr: in}))
+	c := &http.Client{}
+	b.ReportAllocs()
+	for b.Loop() {
+		resp, err := c.Get(url + "/")
+		if err != nil {
+			b.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+}
