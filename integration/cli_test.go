@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -114,8 +115,21 @@ func TestBadInput(t *testing.T) {
 
 // TestUpGreeter runs the bundled example exactly as the README does and
 // drives it with the CLI from "another terminal": no flags, no environment.
-func TestUpGreeter(t *testing.T) {
-	for _, port := range []int{7700, 8080, 9000, 9001, 9002, 9191, 9192} {
+// upRun is a running `trellis up` on an example.
+type upRun struct {
+	env     []string // for CLI commands in "another terminal"
+	summary string
+	home    string
+	cmd     *exec.Cmd
+	exited  chan error
+	ports   []int
+}
+
+// startUp runs `trellis up DIR` and waits until it says it is up. ports are
+// the example's fixed ports: the test skips when one is taken.
+func startUp(t *testing.T, dir string, ports []int) *upRun {
+	t.Helper()
+	for _, port := range ports {
 		if c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 200*time.Millisecond); err == nil {
 			c.Close()
 			t.Skipf("port %d is in use; trellis up needs the example's fixed ports", port)
@@ -132,7 +146,7 @@ func TestUpGreeter(t *testing.T) {
 	g := strings.Split(strings.TrimSpace(string(goenv)), "\n")
 	env := []string{"HOME=" + home, "TRELLIS_ADDR=", "TRELLIS_TOKEN=", "TRELLIS_CACERT=",
 		"GOCACHE=" + g[0], "GOMODCACHE=" + g[1], "GOPATH=" + g[2]}
-	cmd := exec.Command(bin, "up", "../examples/greeter")
+	cmd := exec.Command(bin, "up", dir)
 	cmd.Env = append(os.Environ(), env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	stdout, _ := cmd.StdoutPipe()
@@ -141,7 +155,7 @@ func TestUpGreeter(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	exited := make(chan error, 1)
+	u := &upRun{env: env, home: home, cmd: cmd, exited: make(chan error, 1), ports: ports}
 	upIsUp := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(stdout)
@@ -152,7 +166,7 @@ func TestUpGreeter(t *testing.T) {
 				upIsUp <- all.String()
 			}
 		}
-		exited <- cmd.Wait()
+		u.exited <- cmd.Wait()
 	}()
 	t.Cleanup(func() {
 		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
@@ -161,14 +175,39 @@ func TestUpGreeter(t *testing.T) {
 			t.Logf("up log:\n%s", tail(string(b), 40))
 		}
 	})
-	var summary string
 	select {
-	case summary = <-upIsUp:
-	case err := <-exited:
+	case u.summary = <-upIsUp:
+	case err := <-u.exited:
 		t.Fatalf("trellis up exited: %v", err)
 	case <-time.After(3 * time.Minute):
 		t.Fatal("trellis up not up after 3 minutes")
 	}
+	return u
+}
+
+// stop sends Ctrl-C and checks that nothing is left behind.
+func (u *upRun) stop(t *testing.T) {
+	t.Helper()
+	syscall.Kill(u.cmd.Process.Pid, syscall.SIGINT)
+	select {
+	case <-u.exited:
+	case <-time.After(20 * time.Second):
+		t.Fatal("trellis up did not stop within 20s of Ctrl-C")
+	}
+	for _, port := range u.ports {
+		if c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 200*time.Millisecond); err == nil {
+			c.Close()
+			t.Errorf("port %d still served after trellis up stopped", port)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(u.home, ".trellis", "context.json")); err == nil {
+		t.Error("context file left behind")
+	}
+}
+
+func TestUpGreeter(t *testing.T) {
+	u := startUp(t, "../examples/greeter", []int{7700, 8080, 9000, 9001, 9002, 9191, 9192})
+	env, summary := u.env, u.summary
 	if !strings.Contains(summary, "curl http://127.0.0.1:8080/") || !strings.Contains(summary, "https://127.0.0.1:7700") {
 		t.Errorf("summary does not say where to reach things:\n%s", summary)
 	}
@@ -201,22 +240,63 @@ func TestUpGreeter(t *testing.T) {
 		}
 	}
 
-	// Ctrl-C stops everything and leaves nothing listening.
-	syscall.Kill(cmd.Process.Pid, syscall.SIGINT)
-	select {
-	case <-exited:
-	case <-time.After(20 * time.Second):
-		t.Fatal("trellis up did not stop within 20s of Ctrl-C")
+	u.stop(t)
+}
+
+// The App Mesh canary walk-through on the hello example, as the README
+// tells it: all traffic on v1, then 90/10, then all on v2.
+func TestUpHelloCanary(t *testing.T) {
+	u := startUp(t, "../examples/hello", []int{7700, 8080, 9100, 9101, 9102, 9191})
+	hello := func() (string, error) {
+		resp, err := http.Get("http://127.0.0.1:8080/hello/world")
+		if err != nil {
+			return "", err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 || !strings.Contains(string(b), ", world!</h1>") {
+			return "", fmt.Errorf("status %d: %s", resp.StatusCode, b)
+		}
+		return resp.Header.Get("X-Backend-Version"), nil
 	}
-	for _, port := range []int{7700, 8080, 9000, 9001, 9002, 9191, 9192} {
-		if c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 200*time.Millisecond); err == nil {
-			c.Close()
-			t.Errorf("port %d still served after trellis up stopped", port)
+	count := func(n int) map[string]int {
+		seen := map[string]int{}
+		for range n {
+			v, err := hello()
+			if err != nil {
+				t.Fatal(err)
+			}
+			seen[v]++
+		}
+		return seen
+	}
+	if seen := count(50); seen["v1"] != 50 {
+		t.Fatalf("with route-100-0 the versions were %v, want all v1", seen)
+	}
+	apply := func(file string) {
+		t.Helper()
+		if out, code := runCLI(t, u.env, "apply", "-f", "../examples/hello/"+file); code != 0 {
+			t.Fatalf("apply %s: %d %s", file, code, out)
 		}
 	}
-	if _, err := os.Stat(filepath.Join(home, ".trellis", "context.json")); err == nil {
-		t.Error("context file left behind")
+	apply("route-90-10.yaml")
+	trellistest.Eventually(t, 5*time.Second, "canary reaches v2", func() error {
+		if seen := count(50); seen["v2"] == 0 {
+			return fmt.Errorf("only %v", seen)
+		}
+		return nil
+	})
+	if seen := count(1000); seen["v2"] < 60 || seen["v2"] > 140 {
+		t.Errorf("with route-90-10 the versions were %v, want about 100 on v2", seen)
 	}
+	apply("route-0-100.yaml")
+	trellistest.Eventually(t, 5*time.Second, "all traffic on v2", func() error {
+		if seen := count(50); seen["v2"] != 50 {
+			return fmt.Errorf("%v", seen)
+		}
+		return nil
+	})
+	u.stop(t)
 }
 
 func TestUpRejectsBadFile(t *testing.T) {

@@ -28,9 +28,16 @@ type File struct {
 	Client *Client `yaml:"client"`
 	// Intentions to apply.
 	Intentions []v1.IntentionSpec `yaml:"intentions"`
+	// Resources are more resource files (Routes, say), relative to DIR,
+	// applied after the rest.
+	Resources []string `yaml:"resources"`
+
+	// resources is what the files in Resources hold, read by Load.
+	resources []v1.Resource
 }
 
-// Service is one service to run.
+// Service is one service to run. A service may appear more than once with
+// different versions (a canary beside the stable version).
 type Service struct {
 	Name    string   `yaml:"name"`
 	Command []string `yaml:"command"`
@@ -80,6 +87,19 @@ func Load(dir string) (*File, error) {
 	if err := f.validate(path, &root); err != nil {
 		return nil, err
 	}
+	for _, name := range f.Resources {
+		rpath := filepath.Join(dir, name)
+		rf, err := os.Open(rpath)
+		if err != nil {
+			return nil, fmt.Errorf("%s: resources: %w", path, err)
+		}
+		res, err := v1.DecodeYAML(rpath, rf)
+		rf.Close()
+		if err != nil {
+			return nil, err
+		}
+		f.resources = append(f.resources, res...)
+	}
 	return &f, nil
 }
 
@@ -101,6 +121,8 @@ func (f *File) validate(path string, root *yaml.Node) error {
 		add("services", "at least one service is required")
 	}
 	names := map[string]bool{}
+	versions := map[string]map[string]bool{}
+	protocols := map[string]string{}
 	ports := map[int]string{}
 	usePort := func(field string, port int, who string) {
 		if port <= 0 || port > 65535 {
@@ -117,10 +139,18 @@ func (f *File) validate(path string, root *yaml.Node) error {
 		if err := identity.ValidateServiceName(s.Name); err != nil {
 			add(at+".name", "%v", err)
 		}
-		if names[s.Name] {
-			add(at+".name", "service %q appears twice", s.Name)
+		if names[s.Name] && (s.Version == "" || versions[s.Name][""] || versions[s.Name][s.Version]) {
+			add(at+".name", "service %q appears twice: give each entry its own version", s.Name)
+		}
+		if p, ok := protocols[s.Name]; ok && p != s.Protocol {
+			add(at+".protocol", "%q differs from the other entry of %s (%q)", s.Protocol, s.Name, p)
 		}
 		names[s.Name] = true
+		protocols[s.Name] = s.Protocol
+		if versions[s.Name] == nil {
+			versions[s.Name] = map[string]bool{}
+		}
+		versions[s.Name][s.Version] = true
 		if len(s.Command) == 0 {
 			add(at+".command", "required, such as [go, run, ./app]")
 		}

@@ -145,15 +145,17 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	var sidecars []sc
 	want := map[string]int{}
+	numbered := map[string]int{} // instances are numbered across versions
 	for _, s := range f.Services {
 		tok, err := serviceToken(ctx, api, tokDir, s.Name)
 		if err != nil {
 			return err
 		}
 		for r := 0; r < max(1, s.Replicas); r++ {
-			inst := fmt.Sprintf("%s-%d", s.Name, r+1)
+			numbered[s.Name]++
+			inst := fmt.Sprintf("%s-%d", s.Name, numbered[s.Name])
 			port := s.Port + r
-			env := map[string]string{"PORT": strconv.Itoa(port), "TRELLIS_SERVICE": s.Name, "TRELLIS_INSTANCE": inst}
+			env := map[string]string{"PORT": strconv.Itoa(port), "TRELLIS_SERVICE": s.Name, "TRELLIS_INSTANCE": inst, "TRELLIS_VERSION": s.Version}
 			var ups []sidecar.Upstream
 			for _, u := range s.Upstreams {
 				addr := "127.0.0.1:" + strconv.Itoa(u.Port)
@@ -255,20 +257,30 @@ func Run(ctx context.Context, cfg Config) error {
 
 func applyFile(ctx context.Context, api *client.Client, f *File) error {
 	res := []v1.Resource{{Kind: v1.KindMesh, Name: v1.MeshName, Mesh: &f.Mesh}}
+	seen := map[string]bool{}
 	for _, s := range f.Services {
-		res = append(res, v1.Resource{Kind: v1.KindService, Name: s.Name, Service: &v1.ServiceSpec{Protocol: s.Protocol, Port: s.Port}})
+		if !seen[s.Name] {
+			seen[s.Name] = true
+			res = append(res, v1.Resource{Kind: v1.KindService, Name: s.Name, Service: &v1.ServiceSpec{Protocol: s.Protocol, Port: s.Port}})
+		}
 	}
 	for _, in := range f.Intentions {
 		in := in
 		name := strings.ReplaceAll(in.Source, "*", "any") + "." + in.Destination
 		res = append(res, v1.Resource{Kind: v1.KindIntention, Name: name, Intention: &in})
 	}
-	// Intentions left by an earlier run of another file would confuse; the
-	// file is the whole truth for a dev mesh.
+	res = append(res, f.resources...)
+	// Intentions and routes left by an earlier run of another file would
+	// confuse; the file is the whole truth for a dev mesh.
 	old, err := api.List(ctx, v1.KindIntention)
 	if err != nil {
 		return err
 	}
+	oldRoutes, err := api.List(ctx, v1.KindRoute)
+	if err != nil {
+		return err
+	}
+	old = append(old, oldRoutes...)
 	keep := map[string]bool{}
 	for _, r := range res {
 		keep[r.Kind+"/"+r.Name] = true
@@ -373,7 +385,13 @@ func printSummary(w io.Writer, addr string, f *File, admins map[string]string) {
 		if i > 0 {
 			fmt.Fprint(w, ", ")
 		}
-		fmt.Fprintf(w, "%s x%d", s.Name, max(1, s.Replicas))
+		fmt.Fprintf(w, "%s", s.Name)
+		if s.Version != "" {
+			fmt.Fprintf(w, " %s", s.Version)
+		}
+		if s.Replicas > 1 {
+			fmt.Fprintf(w, " x%d", s.Replicas)
+		}
 	}
 	fmt.Fprintf(w, "\n  Proxies:  ")
 	for i, id := range slices.Sorted(maps.Keys(admins)) {
@@ -382,7 +400,12 @@ func printSummary(w io.Writer, addr string, f *File, admins map[string]string) {
 		}
 		fmt.Fprintf(w, "%-14s admin http://%s/certs  /config  /metrics", id, admins[id])
 	}
-	fmt.Fprintf(w, "\n  Try:      trellis get instances; trellis intention deny greeter name\nPress Ctrl-C to stop.\n")
+	try := "trellis get instances"
+	if len(f.Intentions) > 0 {
+		in := f.Intentions[len(f.Intentions)-1]
+		try += fmt.Sprintf("; trellis intention deny %s %s", in.Source, in.Destination)
+	}
+	fmt.Fprintf(w, "\n  Try:      %s\nPress Ctrl-C to stop.\n", try)
 }
 
 // child is an app process, in its own process group so that stopping it
