@@ -110,9 +110,13 @@ func startApp(t testing.TB, name string) *app {
 
 // startInbound serves L7 mTLS connections for service web in front of a.
 func startInbound(t testing.TB, ca *trellistest.CA, a *app, allow func(identity.ID) authz.Decision) string {
+	return startInboundFor(t, ca, a.addr, v1.ProtocolHTTP, allow)
+}
+
+func startInboundFor(t testing.TB, ca *trellistest.CA, target, protocol string, allow func(identity.ID) authz.Decision) string {
 	src := ca.Source(t, "web")
 	self, _ := identity.New("trellis.local", "web")
-	in := &Inbound{Self: func() identity.ID { return self }, Authorize: allow, Target: a.addr, Protocol: func() string { return v1.ProtocolHTTP }}
+	in := &Inbound{Self: func() identity.ID { return self }, Authorize: allow, Target: target, Protocol: func() string { return protocol }}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -149,7 +153,10 @@ func startOutbound(t testing.TB, ca *trellistest.CA, state func() (*Router, []ba
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &http.Server{Handler: o}
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	protos.SetUnencryptedHTTP2(true)
+	s := &http.Server{Handler: o, Protocols: &protos}
 	go s.Serve(l)
 	t.Cleanup(func() { s.Close(); o.Close() })
 	return "http://" + l.Addr().String(), o
