@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/http"
 	"sync"
@@ -250,9 +249,6 @@ func (p *Proxy) dataPlane(pool *l4.Pool) *dataPlane {
 			Logger:  p.log,
 			Metrics: p.l7m,
 		}
-		var protos http.Protocols
-		protos.SetHTTP1(true)
-		protos.SetUnencryptedHTTP2(true) // http2 and grpc apps speak h2c
 		dp.upstreams = append(dp.upstreams, &upstream{
 			service: u.Service,
 			tcp: &l4.Outbound{
@@ -263,15 +259,8 @@ func (p *Proxy) dataPlane(pool *l4.Pool) *dataPlane {
 				Logger:    p.log,
 				Metrics:   p.l4m,
 			},
-			web: web,
-			http: &http.Server{
-				Handler:           web,
-				Protocols:         &protos,
-				ReadHeaderTimeout: 30 * time.Second,
-				IdleTimeout:       5 * time.Minute,
-				MaxHeaderBytes:    60 << 10,
-				ErrorLog:          slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
-			},
+			web:   web,
+			http:  l7.NewServer(web, p.log),
 			queue: newConnQueue(),
 		})
 	}

@@ -62,7 +62,7 @@ func (in *Inbound) init() {
 			PingTimeout:          10 * time.Second,
 		}
 		// Never served: it carries the shutdown hook that sends GOAWAY.
-		in.hs = &http.Server{}
+		in.hs = &http.Server{MaxHeaderBytes: MaxHeaderBytes}
 		_ = http2.ConfigureServer(in.hs, in.h2)
 		dialer := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: -1}
 		in.h1 = &http.Transport{
@@ -117,7 +117,10 @@ func (in *Inbound) serve(w http.ResponseWriter, r *http.Request, peer identity.I
 	defer in.inflight.Add(-1)
 	start := time.Now()
 	sw := &statusWriter{ResponseWriter: w}
-	if d := in.Authorize(peer); !d.Allow {
+	if err := sanitize(r); err != nil {
+		// Our outbound sent a clean request; this caller did not.
+		refuse(sw, err.(*badRequest))
+	} else if d := in.Authorize(peer); !d.Allow {
 		in.Logger.Info("request denied", "peer", peer.String(), "method", r.Method, "path", r.URL.Path, "reason", d.Reason)
 		http.Error(sw, "trellis: denied by "+d.Reason, http.StatusForbidden)
 	} else {

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
+	"log/slog"
 	"math"
 	"net"
 	"net/http"
@@ -153,10 +154,7 @@ func startOutbound(t testing.TB, ca *trellistest.CA, state func() (*Router, []ba
 	if err != nil {
 		t.Fatal(err)
 	}
-	var protos http.Protocols
-	protos.SetHTTP1(true)
-	protos.SetUnencryptedHTTP2(true)
-	s := &http.Server{Handler: o, Protocols: &protos}
+	s := NewServer(o, slog.New(slog.DiscardHandler))
 	go s.Serve(l)
 	t.Cleanup(func() { s.Close(); o.Close() })
 	return "http://" + l.Addr().String(), o

@@ -1,0 +1,151 @@
+package l7
+
+import (
+	"errors"
+	"net/http"
+	"net/url"
+	"strings"
+)
+
+// Limits on request heads, as Envoy's defaults: larger heads get 431.
+const (
+	MaxHeaderBytes  = 60 << 10
+	MaxHeaderFields = 100
+)
+
+// badRequest is a request refused before anything reaches an upstream.
+type badRequest struct {
+	status int
+	msg    string
+}
+
+func (e *badRequest) Error() string { return e.msg }
+
+// sanitize checks a request head and normalizes its path in place, so that
+// routing, authorization and the app all see the same path. It returns a
+// *badRequest for what is refused.
+//
+// Paths: percent-encoded unreserved characters are decoded ("%41" is "A",
+// "%2e" is "."), dot segments are resolved ("/a/../b" is "/b", and ".."
+// never climbs above "/"), and repeated slashes merge ("//a" is "/a").
+// Refused with 400: encoded slashes and backslashes ("%2F", "%5C"), raw
+// backslashes, NUL and other control characters, and malformed
+// percent-encoding: each has let requests slip past path rules in proxies
+// that decoded differently from the app.
+//
+// Transfer-Encoding and Content-Length together are read as RFC 9112
+// section 6.3 says (Transfer-Encoding wins) by the HTTP server before this
+// runs; the request then leaves with one framing only, so the app never
+// sees both.
+func sanitize(r *http.Request) error {
+	fields, size := 0, 0
+	for k, vs := range r.Header {
+		fields += len(vs)
+		for _, v := range vs {
+			size += len(k) + len(v) + 4 // ": " and CRLF, as on the wire
+		}
+	}
+	if fields > MaxHeaderFields {
+		return &badRequest{http.StatusRequestHeaderFieldsTooLarge, "trellis: more than 100 header fields"}
+	}
+	if size > MaxHeaderBytes {
+		// The HTTP server allows some slack over its own limit.
+		return &badRequest{http.StatusRequestHeaderFieldsTooLarge, "trellis: request headers over 60 KiB"}
+	}
+	if r.Method == http.MethodConnect {
+		return &badRequest{http.StatusMethodNotAllowed, "trellis: CONNECT is not proxied"}
+	}
+	if r.URL.Path == "*" && r.Method == http.MethodOptions {
+		return nil
+	}
+	p, err := NormalizePath(r.URL.EscapedPath())
+	if err != nil {
+		return &badRequest{http.StatusBadRequest, "trellis: " + err.Error()}
+	}
+	dec, err := url.PathUnescape(p)
+	if err != nil {
+		return &badRequest{http.StatusBadRequest, "trellis: " + err.Error()}
+	}
+	r.URL.Path, r.URL.RawPath = dec, p
+	if dec == p {
+		r.URL.RawPath = ""
+	}
+	return nil
+}
+
+// NormalizePath returns the normalized form of an escaped absolute path, or
+// why it is refused (see sanitize).
+func NormalizePath(escaped string) (string, error) {
+	if !strings.HasPrefix(escaped, "/") {
+		return "", errors.New("the path must start with /")
+	}
+	var b strings.Builder
+	b.Grow(len(escaped))
+	for i := 0; i < len(escaped); i++ {
+		c := escaped[i]
+		switch {
+		case c == '%':
+			if i+2 >= len(escaped) || unhex(escaped[i+1]) < 0 || unhex(escaped[i+2]) < 0 {
+				return "", errors.New("malformed percent-encoding in the path")
+			}
+			v := byte(unhex(escaped[i+1])<<4 | unhex(escaped[i+2]))
+			i += 2
+			switch {
+			case v == 0 || v < 0x20 || v == 0x7f:
+				return "", errors.New("NUL or a control character in the path")
+			case v == '/' || v == '\\':
+				return "", errors.New("an encoded slash or backslash in the path")
+			case unreserved(v):
+				b.WriteByte(v)
+			default:
+				const hexDigits = "0123456789ABCDEF"
+				b.WriteByte('%')
+				b.WriteByte(hexDigits[v>>4])
+				b.WriteByte(hexDigits[v&15])
+			}
+		case c == '\\':
+			return "", errors.New("a backslash in the path")
+		case c < 0x20 || c == 0x7f:
+			return "", errors.New("NUL or a control character in the path")
+		default:
+			b.WriteByte(c)
+		}
+	}
+	decoded := b.String()
+	var out []string
+	segs := strings.Split(decoded[1:], "/")
+	for _, s := range segs {
+		switch s {
+		case "", ".":
+		case "..":
+			if len(out) > 0 {
+				out = out[:len(out)-1]
+			}
+		default:
+			out = append(out, s)
+		}
+	}
+	p := "/" + strings.Join(out, "/")
+	last := segs[len(segs)-1]
+	if len(out) > 0 && (last == "" || last == "." || last == "..") {
+		p += "/" // "/a/b/" and "/a/b/." name a directory: keep the slash
+	}
+	return p, nil
+}
+
+func unhex(c byte) int {
+	switch {
+	case '0' <= c && c <= '9':
+		return int(c - '0')
+	case 'a' <= c && c <= 'f':
+		return int(c-'a') + 10
+	case 'A' <= c && c <= 'F':
+		return int(c-'A') + 10
+	}
+	return -1
+}
+
+// unreserved is RFC 3986's set, which means the same encoded or not.
+func unreserved(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.' || c == '_' || c == '~'
+}

@@ -1,0 +1,163 @@
+package l7
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/trellis-mesh/trellis/internal/proxy/balance"
+	"github.com/trellis-mesh/trellis/internal/trellistest"
+)
+
+func TestNormalizePath(t *testing.T) {
+	for _, tc := range []struct{ in, want, err string }{
+		{"/", "/", ""},
+		{"/a/b", "/a/b", ""},
+		{"/a/b/", "/a/b/", ""},
+		{"//a///b", "/a/b", ""},
+		{"/a/./b/../c", "/a/c", ""},
+		{"/a/%2e%2e/b", "/b", ""},
+		{"/a/%2E%2E/%2e%2E/../b", "/b", ""},
+		{"/../../etc/passwd", "/etc/passwd", ""},
+		{"/%41%7e", "/A~", ""},
+		{"/a%20b", "/a%20b", ""},
+		{"/a%3fb", "/a%3Fb", ""},
+		{"/a/..", "/", ""},
+		{"/a/b/.", "/a/b/", ""},
+		{"/a%2Fb", "", "encoded slash"},
+		{"/a%2fb", "", "encoded slash"},
+		{"/a%5Cb", "", "encoded slash or backslash"},
+		{"/a\\b", "", "backslash"},
+		{"/a%00b", "", "NUL"},
+		{"/a%0ab", "", "control"},
+		{"/a%zzb", "", "malformed"},
+		{"/a%4", "", "malformed"},
+		{"a/b", "", "must start with /"},
+	} {
+		got, err := NormalizePath(tc.in)
+		switch {
+		case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
+			t.Errorf("NormalizePath(%q) = %q, %v; want an error about %q", tc.in, got, err, tc.err)
+		case tc.err == "" && (err != nil || got != tc.want):
+			t.Errorf("NormalizePath(%q) = %q, %v; want %q", tc.in, got, err, tc.want)
+		}
+	}
+}
+
+// raw sends one request as bytes to the outbound and returns the status
+// line's code and the body.
+func raw(t *testing.T, addr, req string) (int, string) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, req)
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("%q: %v", req, err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// Every malformed or ambiguous request is refused at the first proxy with
+// no byte reaching the app, or normalized so that the app sees exactly what
+// the routes and rules saw.
+func TestHostileRequests(t *testing.T) {
+	ca := trellistest.NewCA(t, "trellis.local")
+	a := startApp(t, "web")
+	in := startInbound(t, ca, a, allowAll)
+	url, _ := startOutbound(t, ca, static(mustCompile(t, nil), balance.Endpoint{Addr: in}))
+	addr := strings.TrimPrefix(url, "http://")
+
+	many := strings.Repeat("X-A: b\r\n", 101)
+	big := "X-Big: " + strings.Repeat("a", 61<<10) + "\r\n"
+	for _, tc := range []struct {
+		name, req string
+		status    int
+	}{
+		{"encoded slash", "GET /a%2Fb HTTP/1.1\r\nHost: web\r\n\r\n", 400},
+		{"encoded backslash", "GET /a%5c..%5cadmin HTTP/1.1\r\nHost: web\r\n\r\n", 400},
+		{"backslash", "GET /a\\..\\admin HTTP/1.1\r\nHost: web\r\n\r\n", 400},
+		{"NUL", "GET /a%00.txt HTTP/1.1\r\nHost: web\r\n\r\n", 400},
+		{"bad percent", "GET /a%g0 HTTP/1.1\r\nHost: web\r\n\r\n", 400},
+		{"space before colon", "GET / HTTP/1.1\r\nHost: web\r\nX-A : b\r\n\r\n", 400},
+		{"space in name", "GET / HTTP/1.1\r\nHost: web\r\nX A: b\r\n\r\n", 400},
+		{"NUL in value", "GET / HTTP/1.1\r\nHost: web\r\nX-A: a\x00b\r\n\r\n", 400},
+		{"bare CR in value", "GET / HTTP/1.1\r\nHost: web\r\nX-A: a\rb\r\n\r\n", 400},
+		{"101 headers", "GET / HTTP/1.1\r\nHost: web\r\n" + many + "\r\n", 431},
+		{"61 KiB of headers", "GET / HTTP/1.1\r\nHost: web\r\n" + big + "\r\n", 431},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := a.hits.Load()
+			code, body := raw(t, addr, tc.req)
+			if code != tc.status {
+				t.Errorf("status %d (%q), want %d", code, body, tc.status)
+			}
+			if a.hits.Load() != before {
+				t.Error("the app received a refused request")
+			}
+		})
+	}
+
+	// Normalized: the app sees the path the rules saw.
+	for in, want := range map[string]string{
+		"/a/%2e%2e/admin": "/admin",
+		"//x//y":          "/x/y",
+		"/p/./q/../r":     "/p/r",
+		"/%61pi":          "/api",
+	} {
+		code, body := raw(t, addr, "GET "+in+" HTTP/1.1\r\nHost: web\r\n\r\n")
+		if code != 200 || body != "web "+want {
+			t.Errorf("%s: %d %q, want the app to see %s", in, code, body, want)
+		}
+	}
+
+	// Content-Length with Transfer-Encoding: chunked framing wins (RFC 9112
+	// section 6.3) and the request leaves re-framed, so the app sees what
+	// the proxy saw: an empty POST, then the pipelined GET as a request of
+	// its own, never bytes of one inside the other.
+	var mu sync.Mutex
+	var seen []string
+	a.serve = func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		seen = append(seen, fmt.Sprintf("%s %s %q te=%v", r.Method, r.URL.Path, b, r.TransferEncoding))
+		mu.Unlock()
+	}
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "POST / HTTP/1.1\r\nHost: web\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"+
+		"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: web\r\n\r\n")
+	br := bufio.NewReader(c)
+	for range 2 {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			break // the server may close after an ambiguous request
+		}
+		io.Copy(io.Discard, resp.Body)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) == 0 || !strings.HasPrefix(seen[0], `POST / "" `) {
+		t.Fatalf("the app saw %q, want first an empty POST", seen)
+	}
+	for _, s := range seen[1:] {
+		if s != `GET /smuggled "" te=[]` {
+			t.Fatalf("the app saw %q", seen)
+		}
+	}
+}
