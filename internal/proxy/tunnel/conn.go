@@ -80,6 +80,11 @@ const (
 	// ctrlQueue bounds the frames waiting to be written for the reader.
 	// A peer that makes us queue more (a PING flood) is cut off.
 	ctrlQueue = 4096
+	// maxResetsPerSecond bounds the streams a peer may open and reset in
+	// one second (the rapid reset attack, CVE-2023-44487): each costs a
+	// handler and a dial of the app, and reset streams do not count
+	// against the concurrent stream limit.
+	maxResetsPerSecond = 1000
 )
 
 // ErrClosed is returned for work on a closed connection.
@@ -110,6 +115,8 @@ type Conn struct {
 	// Read by the reader only.
 	recvWindow  int64 // what the peer may still send on the connection
 	recvUnacked int64 // consumed, not yet returned in a WINDOW_UPDATE
+	resets      int   // streams the peer reset since resetsSince
+	resetsSince time.Time
 	frames      atomic.Uint64
 
 	mu             sync.Mutex
@@ -488,6 +495,10 @@ func (c *Conn) readLoop() {
 				c.queue(func(fw *http2.Framer) error { return fw.WritePing(true, data) })
 			}
 		case *http2.RSTStreamFrame:
+			if !c.client && c.tooManyResets() {
+				c.connError(http2.ErrCodeEnhanceYourCalm, errors.New("tunnel: peer resets streams too fast"))
+				return
+			}
 			c.onReset(f)
 		case *http2.GoAwayFrame:
 			c.onGoAway(f)
@@ -717,6 +728,16 @@ func (c *Conn) onSettings(f *http2.SettingsFrame) error {
 	}
 	c.queue(func(fw *http2.Framer) error { return fw.WriteSettingsAck() })
 	return nil
+}
+
+// tooManyResets counts a reset from the peer and reports whether the peer
+// went over maxResetsPerSecond.
+func (c *Conn) tooManyResets() bool {
+	if now := time.Now(); now.Sub(c.resetsSince) > time.Second {
+		c.resets, c.resetsSince = 0, now
+	}
+	c.resets++
+	return c.resets > maxResetsPerSecond
 }
 
 func (c *Conn) onReset(f *http2.RSTStreamFrame) {

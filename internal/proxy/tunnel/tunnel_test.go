@@ -11,10 +11,12 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 
 	"github.com/trellis-mesh/trellis/internal/certs"
 	"github.com/trellis-mesh/trellis/internal/trellistest"
@@ -532,5 +534,51 @@ func TestCorkSendsAFrameInOneWrite(t *testing.T) {
 	// pieces, and a window update.
 	if n := counted.count() - before; n > 3 {
 		t.Fatalf("128 KiB of DATA took %d socket writes, want at most 3", n)
+	}
+}
+
+// A peer that opens and resets streams as fast as it can (CVE-2023-44487)
+// is cut off with ENHANCE_YOUR_CALM instead of making the server dial the
+// app for each.
+func TestRapidResetIsCutOff(t *testing.T) {
+	var handled atomic.Int64
+	cn, sn := tcpPair(t)
+	srv := NewServer(sn, Config{}, func(s *Stream) {
+		handled.Add(1)
+		s.Refuse(http.StatusForbidden, "no")
+	})
+	go srv.Run()
+	t.Cleanup(func() { srv.Close() })
+	io.WriteString(cn, http2.ClientPreface)
+	fr := http2.NewFramer(cn, cn)
+	fr.WriteSettings()
+	var hbuf bytes.Buffer
+	enc := hpack.NewEncoder(&hbuf)
+	go func() {
+		for id := uint32(1); id < 2*5000; id += 2 {
+			hbuf.Reset()
+			enc.WriteField(hpack.HeaderField{Name: ":method", Value: "CONNECT"})
+			enc.WriteField(hpack.HeaderField{Name: ":authority", Value: "web"})
+			if fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hbuf.Bytes(), EndHeaders: true}) != nil ||
+				fr.WriteRSTStream(id, http2.ErrCodeCancel) != nil {
+				return
+			}
+		}
+	}()
+	cn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("connection ended without a GOAWAY: %v (after %d streams handled)", err, handled.Load())
+		}
+		if ga, ok := f.(*http2.GoAwayFrame); ok {
+			if ga.ErrCode != http2.ErrCodeEnhanceYourCalm {
+				t.Fatalf("GOAWAY %v, want ENHANCE_YOUR_CALM", ga.ErrCode)
+			}
+			break
+		}
+	}
+	if n := handled.Load(); n > 2*maxResetsPerSecond {
+		t.Fatalf("%d streams handled before the cut-off", n)
 	}
 }
