@@ -112,3 +112,77 @@ func TestCanaryRoute(t *testing.T) {
 		t.Fatalf("%d of %d requests failed during the weight change: %s", failed.Load(), done.Load(), strings.Join(msgs, "; "))
 	}
 }
+
+// Intentions with HTTP permissions, through the real binary: only what a
+// permission allows reaches the app, matched on the normalized path.
+func TestL7Permissions(t *testing.T) {
+	s := startServer(t)
+	applyYAML(t, s, `kind: Mesh
+name: default
+spec: {defaultPolicy: deny}
+---
+kind: Service
+name: web
+spec: {protocol: http}
+---
+kind: Intention
+name: client.web
+spec:
+  source: client
+  destination: web
+  permissions:
+    - action: deny
+      http: {pathPrefix: /public/secret}
+    - action: allow
+      http: {pathPrefix: /public/, methods: [GET]}
+`)
+	web := startApp(t, "web")
+	s.startProxy(t, proxyOpts{service: "web", appPort: web.port})
+	up, upPort := loopAddr(t)
+	s.startProxy(t, proxyOpts{service: "client", appPort: web.port, upstreams: []string{fmt.Sprintf("web:%d", upPort)}})
+	do := func(method, path string) int {
+		req, _ := http.NewRequest(method, "http://"+up+path, nil)
+		req.URL.Opaque = path // send the path exactly as written
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	trellistest.Eventually(t, 10*time.Second, "allowed path served", func() error {
+		if c := do("GET", "/public/page"); c != 200 {
+			return fmt.Errorf("status %d", c)
+		}
+		return nil
+	})
+	web.mu.Lock()
+	before := web.hits
+	web.mu.Unlock()
+	for _, tc := range []struct {
+		method, path string
+		want         int
+	}{
+		{"POST", "/public/page", 403},
+		{"GET", "/admin", 403},
+		{"GET", "/public/secret/key", 403},
+		{"GET", "/public/../admin", 403},
+		{"GET", "/public/%2e%2e/admin", 403},
+		{"GET", "/public/x/..%2fsecret", 400},
+		{"GET", "//public//secret/key", 403},
+	} {
+		if got := do(tc.method, tc.path); got != tc.want {
+			t.Errorf("%s %s: %d, want %d", tc.method, tc.path, got, tc.want)
+		}
+	}
+	web.mu.Lock()
+	after := web.hits
+	web.mu.Unlock()
+	if after != before {
+		t.Fatalf("the app received %d refused requests", after-before)
+	}
+	if c := do("GET", "/public/./page"); c != 200 {
+		t.Fatalf("normalized allowed path: %d", c)
+	}
+}

@@ -2,6 +2,7 @@ package v1
 
 import (
 	"encoding/json"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -65,6 +66,10 @@ spec: {source: greeter, destination: name, action: allow}
 		{"route: bad retries and timeout", "kind: Route\nname: web\nspec:\n  rules:\n  - timeout: soon\n    retries: {attempts: 1, on: [5xx, sometimes]}\n",
 			[]string{"bad.yaml:5: spec.rules[0].timeout", "spec.rules[0].retries.attempts", "\"sometimes\" is not one of"}},
 		{"route: no rules", "kind: Route\nname: web\nspec: {}\n", []string{"spec.rules: missing"}},
+		{"intention: action and permissions", "kind: Intention\nname: a.b\nspec:\n  source: a\n  destination: b\n  action: allow\n  permissions: [{action: allow, http: {pathPrefix: /x}}]\n",
+			[]string{"set action or permissions, not both"}},
+		{"intention: bad permission", "kind: Intention\nname: a.b\nspec:\n  source: a\n  destination: b\n  permissions:\n  - action: maybe\n    http: {pathPrefix: x, methods: [get]}\n",
+			[]string{"bad.yaml:7: spec.permissions[0].action", "spec.permissions[0].http.pathPrefix", "spec.permissions[0].http.methods[0]"}},
 		{"route: lowercase method", "kind: Route\nname: web\nspec:\n  rules:\n  - match: {methods: [get]}\n", []string{"spec.rules[0].match.methods[0]"}},
 	}
 	for _, tt := range bad {
@@ -98,7 +103,7 @@ func TestResourceJSONRoundTrip(t *testing.T) {
 	if err := json.Unmarshal(b, &out); err != nil {
 		t.Fatal(err)
 	}
-	if *out.Intention != *in.Intention {
+	if !reflect.DeepEqual(out.Intention, in.Intention) {
 		t.Errorf("round trip = %+v, want %+v", out.Intention, in.Intention)
 	}
 	if err := json.Unmarshal([]byte(`{"kind":"Service","name":"a","spec":{"bogus":1}}`), &out); err == nil {

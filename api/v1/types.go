@@ -85,10 +85,24 @@ type IntentionSpec struct {
 	Source string `json:"source" yaml:"source"`
 	// Destination is the called service.
 	Destination string `json:"destination" yaml:"destination"`
-	// Action is "allow" or "deny".
-	Action string `json:"action" yaml:"action"`
+	// Action is "allow" or "deny". An intention has an Action or
+	// Permissions, not both.
+	Action string `json:"action,omitempty" yaml:"action,omitempty"`
+	// Permissions authorize HTTP requests one by one (the destination's
+	// protocol must be http, http2 or grpc): the first permission whose
+	// match fits decides; a request none fits gets the mesh's default
+	// policy. Connections that are not HTTP are refused.
+	Permissions []IntentionPermission `json:"permissions,omitempty" yaml:"permissions,omitempty"`
 	// Description is free text for people.
 	Description string `json:"description,omitempty" yaml:"description,omitempty"`
+}
+
+// IntentionPermission allows or denies the HTTP requests its match fits.
+// Paths are matched after normalization (see the L7 proxy), so encodings
+// cannot slip past a rule.
+type IntentionPermission struct {
+	Action string     `json:"action" yaml:"action"`
+	HTTP   RouteMatch `json:"http" yaml:"http"`
 }
 
 // RouteSpec is a virtual router: how calls to one HTTP service (the

@@ -130,12 +130,20 @@ func (i *IntentionSpec) validate() []error {
 	if err := identity.ValidateServiceName(i.Destination); err != nil {
 		errs = append(errs, fieldErr("spec.destination", "%v", err))
 	}
-	switch i.Action {
-	case Allow, Deny:
-	case "":
-		errs = append(errs, fieldErr("spec.action", "missing (allow or deny)"))
-	default:
+	switch {
+	case i.Action != "" && len(i.Permissions) > 0:
+		errs = append(errs, fieldErr("spec.action", "set action or permissions, not both"))
+	case i.Action == "" && len(i.Permissions) == 0:
+		errs = append(errs, fieldErr("spec.action", "missing (allow or deny, or permissions)"))
+	case i.Action != "" && i.Action != Allow && i.Action != Deny:
 		errs = append(errs, fieldErr("spec.action", "%q is not %q or %q", i.Action, Allow, Deny))
+	}
+	for j, p := range i.Permissions {
+		at := fmt.Sprintf("spec.permissions[%d]", j)
+		if p.Action != Allow && p.Action != Deny {
+			errs = append(errs, fieldErr(at+".action", "%q is not %q or %q", p.Action, Allow, Deny))
+		}
+		errs = append(errs, p.HTTP.validate(at+".http")...)
 	}
 	return errs
 }

@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	v1 "github.com/trellis-mesh/trellis/api/v1"
+	"github.com/trellis-mesh/trellis/internal/httpmatch"
 )
 
 func TestCheck(t *testing.T) {
@@ -32,5 +33,46 @@ func TestCheck(t *testing.T) {
 				t.Errorf("Check(%q) = %+v, want allow=%v", tt.caller, got, tt.want)
 			}
 		})
+	}
+}
+
+func TestCheckRequest(t *testing.T) {
+	intentions := []v1.IntentionSpec{
+		{Source: "web", Destination: "api", Permissions: []v1.IntentionPermission{
+			{Action: v1.Deny, HTTP: v1.RouteMatch{PathPrefix: "/public/admin"}},
+			{Action: v1.Allow, HTTP: v1.RouteMatch{PathPrefix: "/public/", Methods: []string{"GET", "HEAD"}}},
+			{Action: v1.Allow, HTTP: v1.RouteMatch{PathExact: "/write", Headers: []v1.HeaderMatch{{Name: "x-role", Exact: "writer"}}}},
+		}},
+		{Source: "ops", Destination: "api", Action: v1.Allow},
+	}
+	p := ForDestination("api", v1.Deny, intentions)
+	if err := p.Compile(); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		caller, method, path string
+		header               map[string][]string
+		want                 bool
+	}{
+		{"web", "GET", "/public/x", nil, true},
+		{"web", "POST", "/public/x", nil, false}, // method not allowed: default deny
+		{"web", "GET", "/public/admin/users", nil, false},
+		{"web", "GET", "/private", nil, false},
+		{"web", "POST", "/write", map[string][]string{"X-Role": {"writer"}}, true},
+		{"web", "POST", "/write", map[string][]string{"X-Role": {"reader"}}, false},
+		{"ops", "DELETE", "/anything", nil, true}, // no permissions: the action decides
+		{"other", "GET", "/public/x", nil, false},
+	} {
+		d := p.CheckRequest(tt.caller, &httpmatch.Request{Method: tt.method, Path: tt.path, Header: tt.header})
+		if d.Allow != tt.want {
+			t.Errorf("%s %s %s: %+v, want allow=%v", tt.caller, tt.method, tt.path, d, tt.want)
+		}
+	}
+	// A connection that is not HTTP cannot be held to permissions.
+	if d := p.Check("web"); d.Allow {
+		t.Errorf("plain connection from a caller with HTTP permissions allowed: %+v", d)
+	}
+	if d := p.Check("ops"); !d.Allow {
+		t.Errorf("plain connection from ops refused: %+v", d)
 	}
 }

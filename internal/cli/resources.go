@@ -180,7 +180,11 @@ func runGet(ctx context.Context, e *env, args []string) error {
 		case v1.KindIntention:
 			fmt.Fprintln(tw, "NAME\tSOURCE\tDESTINATION\tACTION")
 			for _, r := range res {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Name, r.Intention.Source, r.Intention.Destination, r.Intention.Action)
+				action := r.Intention.Action
+				if n := len(r.Intention.Permissions); n > 0 {
+					action = fmt.Sprintf("%d HTTP permissions", n)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Name, r.Intention.Source, r.Intention.Destination, action)
 			}
 		case v1.KindService:
 			fmt.Fprintln(tw, "NAME\tPROTOCOL\tPORT")

@@ -219,7 +219,7 @@ func (p *Proxy) dataPlane(pool *l4.Pool) *dataPlane {
 	dp := &dataPlane{}
 	dp.inboundHTTP = &l7.Inbound{
 		Self:      p.selfID,
-		Authorize: p.authorize,
+		Authorize: p.authorizeRequest,
 		Target:    p.cfg.AppAddr,
 		Protocol:  func() string { return p.protocol(p.cfg.Service) },
 		Logger:    p.log,

@@ -21,6 +21,7 @@ import (
 	"github.com/trellis-mesh/trellis/client"
 	"github.com/trellis-mesh/trellis/internal/authz"
 	"github.com/trellis-mesh/trellis/internal/certs"
+	"github.com/trellis-mesh/trellis/internal/httpmatch"
 	"github.com/trellis-mesh/trellis/internal/identity"
 	"github.com/trellis-mesh/trellis/internal/proxy/l4"
 	"github.com/trellis-mesh/trellis/internal/proxy/l7"
@@ -160,6 +161,9 @@ func (p *Proxy) apply(s *topology.Snapshot) error {
 			a.routers[u.Service] = rt
 		}
 	}
+	if err := s.Inbound.Compile(); err != nil {
+		return fmt.Errorf("inbound policy: %w", err)
+	}
 	p.src.SetBundle(b)
 	p.cur.Store(a)
 	if cert := p.src.Certificate(); cert != nil && !trusted(cert, b) {
@@ -187,6 +191,15 @@ func trusted(cert *tls.Certificate, b *certs.Bundle) bool {
 	}
 	_, err := certs.VerifySVID(chain, b, time.Now())
 	return err == nil
+}
+
+// authorizeRequest decides one HTTP request to this proxy's app.
+func (p *Proxy) authorizeRequest(peer identity.ID, r *httpmatch.Request) authz.Decision {
+	a := p.cur.Load()
+	if a == nil {
+		return authz.Decision{Allow: false, Reason: "no configuration yet"}
+	}
+	return a.snap.Inbound.CheckRequest(peer.Service(), r)
 }
 
 func (p *Proxy) authorize(peer identity.ID) authz.Decision {

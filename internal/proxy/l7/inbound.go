@@ -18,6 +18,7 @@ import (
 
 	v1 "github.com/trellis-mesh/trellis/api/v1"
 	"github.com/trellis-mesh/trellis/internal/authz"
+	"github.com/trellis-mesh/trellis/internal/httpmatch"
 	"github.com/trellis-mesh/trellis/internal/identity"
 )
 
@@ -26,8 +27,9 @@ import (
 type Inbound struct {
 	// Self returns this proxy's identity, named in PeerHeader.
 	Self func() identity.ID
-	// Authorize decides per request, from the caller's verified identity.
-	Authorize func(peer identity.ID) authz.Decision
+	// Authorize decides per request, from the caller's verified identity
+	// and the request (its path normalized).
+	Authorize func(peer identity.ID, r *httpmatch.Request) authz.Decision
 	// Target is the app's address, such as 127.0.0.1:8080.
 	Target string
 	// Protocol returns how the app speaks now: http (HTTP/1.1), or http2
@@ -120,7 +122,7 @@ func (in *Inbound) serve(w http.ResponseWriter, r *http.Request, peer identity.I
 	if err := sanitize(r); err != nil {
 		// Our outbound sent a clean request; this caller did not.
 		refuse(sw, err.(*badRequest))
-	} else if d := in.Authorize(peer); !d.Allow {
+	} else if d := in.Authorize(peer, &httpmatch.Request{Method: r.Method, Path: r.URL.Path, Header: r.Header}); !d.Allow {
 		in.Logger.Info("request denied", "peer", peer.String(), "method", r.Method, "path", r.URL.Path, "reason", d.Reason)
 		http.Error(sw, "trellis: denied by "+d.Reason, http.StatusForbidden)
 	} else {

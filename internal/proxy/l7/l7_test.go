@@ -17,6 +17,7 @@ import (
 	v1 "github.com/trellis-mesh/trellis/api/v1"
 	"github.com/trellis-mesh/trellis/internal/authz"
 	"github.com/trellis-mesh/trellis/internal/certs"
+	"github.com/trellis-mesh/trellis/internal/httpmatch"
 	"github.com/trellis-mesh/trellis/internal/identity"
 	"github.com/trellis-mesh/trellis/internal/proxy/balance"
 	"github.com/trellis-mesh/trellis/internal/trellistest"
@@ -110,11 +111,11 @@ func startApp(t testing.TB, name string) *app {
 }
 
 // startInbound serves L7 mTLS connections for service web in front of a.
-func startInbound(t testing.TB, ca *trellistest.CA, a *app, allow func(identity.ID) authz.Decision) string {
+func startInbound(t testing.TB, ca *trellistest.CA, a *app, allow func(identity.ID, *httpmatch.Request) authz.Decision) string {
 	return startInboundFor(t, ca, a.addr, v1.ProtocolHTTP, allow)
 }
 
-func startInboundFor(t testing.TB, ca *trellistest.CA, target, protocol string, allow func(identity.ID) authz.Decision) string {
+func startInboundFor(t testing.TB, ca *trellistest.CA, target, protocol string, allow func(identity.ID, *httpmatch.Request) authz.Decision) string {
 	src := ca.Source(t, "web")
 	self, _ := identity.New("trellis.local", "web")
 	in := &Inbound{Self: func() identity.ID { return self }, Authorize: allow, Target: target, Protocol: func() string { return protocol }}
@@ -144,7 +145,7 @@ func startInboundFor(t testing.TB, ca *trellistest.CA, target, protocol string, 
 	return l.Addr().String()
 }
 
-func allowAll(identity.ID) authz.Decision { return authz.Decision{Allow: true, Reason: "test"} }
+func allowAll(identity.ID, *httpmatch.Request) authz.Decision { return authz.Decision{Allow: true, Reason: "test"} }
 
 // startOutbound serves the client app's requests for web and returns the
 // URL of its local listener.
@@ -227,7 +228,7 @@ func TestProxyHeaders(t *testing.T) {
 func TestDeniedRequestNeverReachesApp(t *testing.T) {
 	ca := trellistest.NewCA(t, "trellis.local")
 	a := startApp(t, "web")
-	in := startInbound(t, ca, a, func(identity.ID) authz.Decision { return authz.Decision{Reason: "intention client.web"} })
+	in := startInbound(t, ca, a, func(identity.ID, *httpmatch.Request) authz.Decision { return authz.Decision{Reason: "intention client.web"} })
 	url, _ := startOutbound(t, ca, static(mustCompile(t, nil), balance.Endpoint{Addr: in}))
 	code, body, _ := get(t, url+"/")
 	if code != 403 || !strings.Contains(body, "denied by intention client.web") {

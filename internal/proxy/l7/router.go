@@ -4,12 +4,11 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
-	"regexp"
-	"slices"
 	"strings"
 	"time"
 
 	v1 "github.com/trellis-mesh/trellis/api/v1"
+	"github.com/trellis-mesh/trellis/internal/httpmatch"
 )
 
 // DefaultTimeout bounds the wait for response headers when a rule sets no
@@ -115,53 +114,12 @@ func compileRule(i int, r v1.RouteRule) (*Rule, error) {
 }
 
 func compileMatch(m v1.RouteMatch) (func(*http.Request) bool, error) {
-	var conds []func(*http.Request) bool
-	switch {
-	case m.PathPrefix != "":
-		p := m.PathPrefix
-		conds = append(conds, func(r *http.Request) bool { return strings.HasPrefix(r.URL.Path, p) })
-	case m.PathExact != "":
-		p := m.PathExact
-		conds = append(conds, func(r *http.Request) bool { return r.URL.Path == p })
-	case m.PathRegex != "":
-		re, err := regexp.Compile("^(?:" + m.PathRegex + ")$")
-		if err != nil {
-			return nil, fmt.Errorf("pathRegex: %w", err)
-		}
-		conds = append(conds, func(r *http.Request) bool { return re.MatchString(r.URL.Path) })
-	}
-	if len(m.Methods) > 0 {
-		methods := slices.Clone(m.Methods)
-		conds = append(conds, func(r *http.Request) bool { return slices.Contains(methods, r.Method) })
-	}
-	for _, h := range m.Headers {
-		name := http.CanonicalHeaderKey(h.Name)
-		switch {
-		case h.Exact != "":
-			v := h.Exact
-			conds = append(conds, func(r *http.Request) bool { return slices.Contains(r.Header.Values(name), v) })
-		case h.Prefix != "":
-			v := h.Prefix
-			conds = append(conds, func(r *http.Request) bool {
-				return slices.ContainsFunc(r.Header.Values(name), func(s string) bool { return strings.HasPrefix(s, v) })
-			})
-		case h.Regex != "":
-			re, err := regexp.Compile("^(?:" + h.Regex + ")$")
-			if err != nil {
-				return nil, fmt.Errorf("header %s regex: %w", h.Name, err)
-			}
-			conds = append(conds, func(r *http.Request) bool { return slices.ContainsFunc(r.Header.Values(name), re.MatchString) })
-		default:
-			conds = append(conds, func(r *http.Request) bool { return len(r.Header.Values(name)) > 0 })
-		}
+	hm, err := httpmatch.Compile(m)
+	if err != nil {
+		return nil, err
 	}
 	return func(r *http.Request) bool {
-		for _, c := range conds {
-			if !c(r) {
-				return false
-			}
-		}
-		return true
+		return hm.Match(&httpmatch.Request{Method: r.Method, Path: r.URL.Path, Header: r.Header})
 	}, nil
 }
 
