@@ -145,7 +145,9 @@ func startInboundFor(t testing.TB, ca *trellistest.CA, target, protocol string, 
 	return l.Addr().String()
 }
 
-func allowAll(identity.ID, *httpmatch.Request) authz.Decision { return authz.Decision{Allow: true, Reason: "test"} }
+func allowAll(identity.ID, *httpmatch.Request) authz.Decision {
+	return authz.Decision{Allow: true, Reason: "test"}
+}
 
 // startOutbound serves the client app's requests for web and returns the
 // URL of its local listener.
@@ -228,7 +230,9 @@ func TestProxyHeaders(t *testing.T) {
 func TestDeniedRequestNeverReachesApp(t *testing.T) {
 	ca := trellistest.NewCA(t, "trellis.local")
 	a := startApp(t, "web")
-	in := startInbound(t, ca, a, func(identity.ID, *httpmatch.Request) authz.Decision { return authz.Decision{Reason: "intention client.web"} })
+	in := startInbound(t, ca, a, func(identity.ID, *httpmatch.Request) authz.Decision {
+		return authz.Decision{Reason: "intention client.web"}
+	})
 	url, _ := startOutbound(t, ca, static(mustCompile(t, nil), balance.Endpoint{Addr: in}))
 	code, body, _ := get(t, url+"/")
 	if code != 403 || !strings.Contains(body, "denied by intention client.web") {
