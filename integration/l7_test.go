@@ -4,12 +4,16 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/net/websocket"
 
 	"github.com/trellis-mesh/trellis/internal/trellistest"
 )
@@ -184,5 +188,88 @@ spec:
 	}
 	if c := do("GET", "/public/./page"); c != 200 {
 		t.Fatalf("normalized allowed path: %d", c)
+	}
+}
+
+// A WebSocket through two sidecars: the upgrade is checked and authorized
+// like any request, then messages flow both ways.
+func TestWebSocketThroughMesh(t *testing.T) {
+	s := startServer(t)
+	applyYAML(t, s, `kind: Mesh
+name: default
+spec: {defaultPolicy: deny}
+---
+kind: Service
+name: web
+spec: {protocol: http}
+---
+kind: Intention
+name: client.web
+spec:
+  source: client
+  destination: web
+  permissions:
+    - action: allow
+      http: {pathPrefix: /ws}
+`)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var peerSeen atomic.Value
+	mux := http.NewServeMux()
+	mux.HandleFunc("/health", func(http.ResponseWriter, *http.Request) {})
+	echo := websocket.Handler(func(ws *websocket.Conn) {
+		peerSeen.Store(ws.Request().Header.Get("X-Forwarded-Client-Cert"))
+		for {
+			var msg string
+			if websocket.Message.Receive(ws, &msg) != nil || websocket.Message.Send(ws, msg) != nil {
+				return
+			}
+		}
+	})
+	mux.Handle("/ws", echo)
+	var deniedHits atomic.Int64
+	mux.HandleFunc("/denied", func(w http.ResponseWriter, r *http.Request) { deniedHits.Add(1); echo.ServeHTTP(w, r) })
+	srv := &http.Server{Handler: mux}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	appPort := l.Addr().(*net.TCPAddr).Port
+	s.startProxy(t, proxyOpts{service: "web", appPort: appPort})
+	up, upPort := loopAddr(t)
+	s.startProxy(t, proxyOpts{service: "client", appPort: appPort, upstreams: []string{fmt.Sprintf("web:%d", upPort)}})
+
+	var ws *websocket.Conn
+	trellistest.Eventually(t, 10*time.Second, "websocket dial through the mesh", func() error {
+		var err error
+		ws, err = websocket.Dial("ws://"+up+"/ws", "", "http://"+up)
+		return err
+	})
+	defer ws.Close()
+	for i := range 5 {
+		msg := strings.Repeat(fmt.Sprint(i), 1000*(i+1))
+		if err := websocket.Message.Send(ws, msg); err != nil {
+			t.Fatal(err)
+		}
+		var got string
+		ws.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if err := websocket.Message.Receive(ws, &got); err != nil || got != msg {
+			t.Fatalf("echo %d: %d bytes, %v", i, len(got), err)
+		}
+	}
+	if p, _ := peerSeen.Load().(string); !strings.Contains(p, "URI=spiffe://trellis.local/svc/client") {
+		t.Errorf("app saw X-Forwarded-Client-Cert %q", p)
+	}
+	if _, err := websocket.Dial("ws://"+up+"/denied", "", "http://"+up); err == nil {
+		t.Fatal("upgrade on a path no permission allows succeeded")
+	}
+	resp, err := http.DefaultClient.Do(&http.Request{Method: "GET", URL: &url.URL{Scheme: "http", Host: up, Path: "/denied"},
+		Header: http.Header{"Connection": {"Upgrade"}, "Upgrade": {"websocket"}, "Sec-Websocket-Version": {"13"}, "Sec-Websocket-Key": {"dGhlIHNhbXBsZSBub25jZQ=="}}})
+	if err != nil || resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("denied upgrade: %v %v, want 403", resp, err)
+	}
+	resp.Body.Close()
+	if n := deniedHits.Load(); n != 0 {
+		t.Fatalf("the app saw %d denied upgrades", n)
 	}
 }

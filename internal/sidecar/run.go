@@ -236,16 +236,21 @@ func (p *Proxy) dataPlane(pool *l4.Pool) *dataPlane {
 		// default policy can decide it.
 		AuthorizePlain: func() authz.Decision { return p.authorize(identity.ID{}) },
 		ServeHTTP2:     dp.inboundHTTP.ServeConn,
+		ServeUpgrade:   dp.inboundHTTP.ServeUpgrade,
 		Target:         p.cfg.AppAddr,
 		Logger:         p.log,
 		Metrics:        p.l4m,
 	}
 	for _, u := range p.cfg.Upstreams {
+		tunnelTLS := p.src.ClientConfig(certs.ExpectService(u.Service), l4.ALPN)
 		web := &l7.Outbound{
 			Service: u.Service,
 			Source:  p.cfg.Service,
 			State:   p.l7State(u.Service),
 			TLS:     p.src.ClientConfig(certs.ExpectService(u.Service), l7.ALPN),
+			DialUpgrade: func(ctx context.Context, ep l4.Endpoint) (net.Conn, error) {
+				return pool.DialUpgrade(ctx, ep.Addr, u.Service, tunnelTLS)
+			},
 			Logger:  p.log,
 			Metrics: p.l7m,
 		}
@@ -254,7 +259,7 @@ func (p *Proxy) dataPlane(pool *l4.Pool) *dataPlane {
 			tcp: &l4.Outbound{
 				Service:   u.Service,
 				Endpoints: p.endpoints(u.Service),
-				TLS:       p.src.ClientConfig(certs.ExpectService(u.Service), l4.ALPN),
+				TLS:       tunnelTLS,
 				Pool:      pool,
 				Logger:    p.log,
 				Metrics:   p.l4m,

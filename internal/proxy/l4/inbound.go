@@ -43,6 +43,10 @@ type Inbound struct {
 	// ALPN "h2" (L7 requests) instead of the tunnel's protocol; the TLS
 	// configuration must offer both.
 	ServeHTTP2 func(c net.Conn, peer identity.ID)
+	// ServeUpgrade, when set, serves streams marked with UpgradeHeader: an
+	// HTTP/1.1 request with an Upgrade, read from c, which it must check
+	// and authorize itself.
+	ServeUpgrade func(c net.Conn, peer identity.ID)
 	// Target is the app's address, such as 127.0.0.1:8080.
 	Target string
 	// DialTimeout bounds dialing the app; zero means 5s.
@@ -150,6 +154,10 @@ func (in *Inbound) serveConn(c net.Conn) {
 func (in *Inbound) serveStream(peer identity.ID, s *tunnel.Stream) {
 	in.streams.add()
 	defer in.streams.done()
+	if s.Header[UpgradeHeader] != "" && in.ServeUpgrade != nil {
+		in.serveUpgrade(peer, s)
+		return
+	}
 	if d := in.Authorize(peer); !d.Allow {
 		in.Metrics.Connections.WithLabelValues("inbound", peer.Service(), "denied").Inc()
 		in.Logger.Info("connection denied", "peer", peer.String(), "reason", d.Reason)

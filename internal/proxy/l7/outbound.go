@@ -40,6 +40,9 @@ type Outbound struct {
 	// TLS is the client configuration: it must check that the peer is
 	// Service and offer ALPN.
 	TLS *tls.Config
+	// DialUpgrade opens a connection to ep's sidecar for an upgraded
+	// (WebSocket) request; nil refuses upgrades with 501.
+	DialUpgrade func(ctx context.Context, ep balance.Endpoint) (net.Conn, error)
 	// Logger; nil discards.
 	Logger *slog.Logger
 	// Metrics; nil means unregistered ones.
@@ -194,6 +197,10 @@ func (o *Outbound) roundTrip(req *http.Request) (*http.Response, error) {
 	if rule.hasRW {
 		req.URL.Path = rule.Rewrite(req.URL.Path)
 		req.URL.RawPath = ""
+	}
+	if isUpgrade(req) {
+		ep, _ := o.bal.Pick(cands, nil)
+		return o.roundTripUpgrade(req, rule, ep, start)
 	}
 
 	attempts := 1

@@ -620,6 +620,12 @@ func (c *Conn) onHeaders(f *http2.MetaHeadersFrame) error {
 	}
 	s := c.newStreamLocked(id)
 	s.Authority = authority
+	if fields := f.RegularFields(); len(fields) > 0 {
+		s.Header = make(map[string]string, len(fields))
+		for _, hf := range fields {
+			s.Header[hf.Name] = hf.Value
+		}
+	}
 	c.mu.Unlock()
 	if f.StreamEnded() {
 		s.deliver(nil, true, 0)

@@ -49,8 +49,10 @@ type response struct {
 type Stream struct {
 	c  *Conn
 	id uint32
-	// Authority is the :authority the caller asked for (server side).
+	// Authority is the :authority the caller asked for, and Header its
+	// other header fields (server side).
 	Authority string
+	Header    map[string]string
 
 	resp     chan response // client: the answer to the CONNECT
 	stopped  atomic.Bool   // reset or failed: no more frames either way
@@ -84,7 +86,9 @@ type Stream struct {
 // reserved room on (Reserve) and waits for the peer's answer. It returns a
 // *StatusError when the peer refused the stream; any other error means the
 // peer took nothing from the stream, so another peer may be tried.
-func (c *Conn) Open(ctx context.Context, authority string) (*Stream, error) {
+//
+// header adds header fields to the CONNECT (lowercase names).
+func (c *Conn) Open(ctx context.Context, authority string, header ...hpack.HeaderField) (*Stream, error) {
 	c.wmu.Lock()
 	c.mu.Lock()
 	c.reserved--
@@ -99,9 +103,11 @@ func (c *Conn) Open(ctx context.Context, authority string) (*Stream, error) {
 	c.nextID += 2
 	s := c.newStreamLocked(id)
 	c.mu.Unlock()
-	err := c.writeHeadersLocked(c.fw, id, false,
-		hpack.HeaderField{Name: ":method", Value: "CONNECT"},
-		hpack.HeaderField{Name: ":authority", Value: authority})
+	fields := append([]hpack.HeaderField{
+		{Name: ":method", Value: "CONNECT"},
+		{Name: ":authority", Value: authority},
+	}, header...)
+	err := c.writeHeadersLocked(c.fw, id, false, fields...)
 	c.wmu.Unlock()
 	if err != nil {
 		err = fmt.Errorf("tunnel: write: %w", err)

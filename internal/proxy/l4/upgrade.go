@@ -1,0 +1,81 @@
+package l4
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"os"
+	"syscall"
+
+	"golang.org/x/net/http2/hpack"
+
+	"github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/proxy/tunnel"
+)
+
+// UpgradeHeader marks a CONNECT stream that carries one HTTP/1.1 request
+// with an Upgrade (a WebSocket), head and all: the inbound checks the
+// request as it checks any HTTP request before the stream reaches the app.
+const UpgradeHeader = "trellis-upgrade"
+
+// DialUpgrade opens a stream to addr for an upgraded HTTP connection and
+// returns its local end, a socket.
+func (p *Pool) DialUpgrade(ctx context.Context, addr, service string, cfg *tls.Config) (net.Conn, error) {
+	c, err := p.get(addr, service, cfg)
+	if err != nil {
+		return nil, err
+	}
+	s, err := c.Open(ctx, service, hpack.HeaderField{Name: UpgradeHeader, Value: "1"})
+	if err != nil {
+		return nil, err
+	}
+	mine, theirs, err := socketPair()
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	go s.Splice(theirs)
+	return mine, nil
+}
+
+// serveUpgrade hands an upgrade stream to ServeUpgrade through a socket
+// pair; the stream's other side is spliced as any other.
+func (in *Inbound) serveUpgrade(peer identity.ID, s *tunnel.Stream) {
+	mine, theirs, err := socketPair()
+	if err != nil {
+		s.Refuse(502, "no socket for the upgrade")
+		return
+	}
+	if err := s.Accept(); err != nil {
+		mine.Close()
+		theirs.Close()
+		return
+	}
+	go in.ServeUpgrade(mine, peer)
+	s.Splice(theirs)
+}
+
+// socketPair returns the two ends of a connected local stream socket.
+func socketPair() (net.Conn, net.Conn, error) {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("socketpair: %w", err)
+	}
+	conn := func(fd int) (net.Conn, error) {
+		f := os.NewFile(uintptr(fd), "socketpair")
+		defer f.Close() // FileConn dups it
+		return net.FileConn(f)
+	}
+	a, err := conn(fds[0])
+	if err != nil {
+		syscall.Close(fds[1])
+		return nil, nil, err
+	}
+	b, err := conn(fds[1])
+	if err != nil {
+		a.Close()
+		return nil, nil, err
+	}
+	return a, b, nil
+}
