@@ -29,8 +29,13 @@ type Balancer struct {
 
 type ejection struct {
 	until    time.Time
-	failures int
+	failures int // ejections in a row, for the growing interval
+	errors   int // consecutive errors since the last success
 }
+
+// ConsecutiveErrors is how many failed requests in a row (5xx, resets)
+// eject an endpoint, as Envoy's outlier detection does by default.
+const ConsecutiveErrors = 5
 
 // Ejection intervals: base doubling per consecutive failure, capped.
 const (
@@ -106,6 +111,25 @@ func (b *Balancer) Failed(addr string) {
 	d := ejectBase << min(e.failures-1, 5)
 	e.until = b.now().Add(min(d, ejectMax))
 	b.eject[addr] = e
+}
+
+// Errored records a failed request (a 5xx answer, a reset) and ejects addr
+// once ConsecutiveErrors come in a row; it reports whether it did.
+func (b *Balancer) Errored(addr string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	e := b.eject[addr]
+	e.errors++
+	if e.errors < ConsecutiveErrors {
+		b.eject[addr] = e
+		return false
+	}
+	e.errors = 0
+	e.failures++
+	d := ejectBase << min(e.failures-1, 5)
+	e.until = b.now().Add(min(d, ejectMax))
+	b.eject[addr] = e
+	return true
 }
 
 // Succeeded clears addr's ejection.

@@ -61,3 +61,27 @@ func TestPick(t *testing.T) {
 		t.Fatal("picked an endpoint already tried")
 	}
 }
+
+func TestErroredEjectsAfterConsecutiveErrors(t *testing.T) {
+	b := New()
+	now := time.Unix(1000, 0)
+	b.now = func() time.Time { return now }
+	eps := []Endpoint{{Addr: "a"}, {Addr: "b"}}
+	for i := 1; i < ConsecutiveErrors; i++ {
+		if b.Errored("b") {
+			t.Fatalf("ejected after %d errors", i)
+		}
+	}
+	b.Succeeded("b") // a success breaks the run
+	for i := 1; i < ConsecutiveErrors; i++ {
+		b.Errored("b")
+	}
+	if !b.Errored("b") {
+		t.Fatalf("not ejected after %d errors in a row", ConsecutiveErrors)
+	}
+	for range 50 {
+		if e, _ := b.Pick(eps, nil); e.Addr != "a" {
+			t.Fatal("picked the ejected endpoint")
+		}
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	v1 "github.com/trellis-mesh/trellis/api/v1"
 	"github.com/trellis-mesh/trellis/internal/authz"
 	"github.com/trellis-mesh/trellis/internal/certs"
@@ -344,5 +345,33 @@ func TestTimeoutAndNoEndpoints(t *testing.T) {
 	code, body, _ = get(t, url2+"/")
 	if code != 503 || !strings.Contains(body, "no healthy endpoint of web version v9") {
 		t.Fatalf("no endpoint of the version: %d %q, want 503 with a reason", code, body)
+	}
+}
+
+// An endpoint that answers 5xx five times in a row is ejected: during its
+// ejection it receives no request.
+func TestOutlierEjection(t *testing.T) {
+	ca := trellistest.NewCA(t, "trellis.local")
+	good, bad := startApp(t, "good"), startApp(t, "bad")
+	bad.serve = func(w http.ResponseWriter, r *http.Request) { http.Error(w, "broken", 500) }
+	eps := []balance.Endpoint{
+		{Addr: startInbound(t, ca, good, allowAll), Instance: "good"},
+		{Addr: startInbound(t, ca, bad, allowAll), Instance: "bad"},
+	}
+	url, o := startOutbound(t, ca, static(mustCompile(t, nil), eps...))
+	for bad.hits.Load() < balance.ConsecutiveErrors {
+		get(t, url+"/")
+	}
+	before := bad.hits.Load()
+	for range 100 {
+		if code, body, _ := get(t, url+"/"); code != 200 || body != "good /" {
+			t.Fatalf("during the ejection: %d %q", code, body)
+		}
+	}
+	if n := bad.hits.Load() - before; n != 0 {
+		t.Fatalf("the ejected endpoint received %d requests", n)
+	}
+	if v := testutil.ToFloat64(o.Metrics.Ejections.WithLabelValues("client", "web")); v != 1 {
+		t.Fatalf("ejections metric = %v, want 1", v)
 	}
 }

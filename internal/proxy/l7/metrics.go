@@ -14,6 +14,7 @@ type Metrics struct {
 	Duration        *prometheus.HistogramVec
 	Retries         *prometheus.CounterVec
 	BudgetExhausted *prometheus.CounterVec
+	Ejections       *prometheus.CounterVec
 }
 
 // NewMetrics makes the metrics and registers them with reg (nil: none).
@@ -33,9 +34,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		BudgetExhausted: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "trellis_retry_budget_exhausted_total", Help: "Retries not made because the retry budget was spent.",
 		}, []string{"source", "destination"}),
+		Ejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "trellis_endpoint_ejections_total", Help: "Endpoints ejected after consecutive failed requests.",
+		}, []string{"source", "destination"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.Requests, m.Duration, m.Retries, m.BudgetExhausted)
+		reg.MustRegister(m.Requests, m.Duration, m.Retries, m.BudgetExhausted, m.Ejections)
 	}
 	return m
 }

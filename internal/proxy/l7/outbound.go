@@ -263,6 +263,9 @@ func (o *Outbound) roundTrip(req *http.Request) (*http.Response, error) {
 		if attempt > 1 {
 			o.retrying.Add(-1)
 		}
+		if err == nil && resp.StatusCode >= 500 {
+			o.errored(ep)
+		}
 		if err == nil && attempt < attempts && rule.Retry.retryStatus(resp) {
 			o.bal.Done(ep.Addr)
 			tryCancel()
@@ -279,7 +282,9 @@ func (o *Outbound) roundTrip(req *http.Request) (*http.Response, error) {
 			return fail(context.DeadlineExceeded)
 		}
 		if err == nil {
-			o.bal.Succeeded(ep.Addr)
+			if resp.StatusCode < 500 {
+				o.bal.Succeeded(ep.Addr)
+			}
 			resp.Header.Set(UpstreamTimeHeader, strconv.FormatInt(time.Since(start).Milliseconds(), 10))
 			code := resp.StatusCode
 			resp.Body = &trackedBody{ReadCloser: resp.Body, done: func() {
@@ -294,12 +299,22 @@ func (o *Outbound) roundTrip(req *http.Request) (*http.Response, error) {
 		var de *dialError
 		if errors.As(err, &de) {
 			o.bal.Failed(ep.Addr)
+		} else if req.Context().Err() == nil {
+			o.errored(ep)
 		}
 		tryCancel()
 		lastErr = err
 		if timedOut.Load() || req.Context().Err() != nil || attempt >= attempts || !rule.Retry.retryError(err, perTryExpired.Load()) {
 			return fail(lastErr)
 		}
+	}
+}
+
+// errored counts a failed request against ep: outlier detection.
+func (o *Outbound) errored(ep balance.Endpoint) {
+	if o.bal.Errored(ep.Addr) {
+		o.Metrics.Ejections.WithLabelValues(o.Source, o.Service).Inc()
+		o.Logger.Warn("endpoint ejected after consecutive errors", "service", o.Service, "instance", ep.Instance, "errors", balance.ConsecutiveErrors)
 	}
 }
 
