@@ -77,6 +77,23 @@ type ServiceSpec struct {
 	Port int `json:"port,omitempty" yaml:"port,omitempty"`
 	// Description is free text for people.
 	Description string `json:"description,omitempty" yaml:"description,omitempty"`
+	// Limits are circuit breakers: each caller's sidecar refuses what
+	// would go over them, so that an overloaded service sheds load at its
+	// callers instead of queueing it.
+	Limits *ServiceLimits `json:"limits,omitempty" yaml:"limits,omitempty"`
+}
+
+// ServiceLimits bound what one caller's sidecar sends to a service. Zero
+// means no limit.
+type ServiceLimits struct {
+	// MaxConnections bounds concurrent connections (tcp services).
+	MaxConnections int `json:"maxConnections,omitempty" yaml:"maxConnections,omitempty"`
+	// MaxRequests bounds concurrent requests (HTTP protocols).
+	MaxRequests int `json:"maxRequests,omitempty" yaml:"maxRequests,omitempty"`
+	// MaxPendingRequests bounds requests waiting for one of MaxRequests;
+	// beyond it, and for a request that waited a route timeout, the caller
+	// gets 503 at once.
+	MaxPendingRequests int `json:"maxPendingRequests,omitempty" yaml:"maxPendingRequests,omitempty"`
 }
 
 // IntentionSpec authorizes (or forbids) calls from one service to another.

@@ -117,6 +117,19 @@ func (s *ServiceSpec) validate() []error {
 	if s.Port < 0 || s.Port > 65535 {
 		errs = append(errs, fieldErr("spec.port", "%d is not a port number", s.Port))
 	}
+	if l := s.Limits; l != nil {
+		for _, f := range []struct {
+			name string
+			v    int
+		}{{"maxConnections", l.MaxConnections}, {"maxRequests", l.MaxRequests}, {"maxPendingRequests", l.MaxPendingRequests}} {
+			if f.v < 0 || f.v > 1000000 {
+				errs = append(errs, fieldErr("spec.limits."+f.name, "%d is not in 0..1000000 (0: no limit)", f.v))
+			}
+		}
+		if l.MaxPendingRequests > 0 && l.MaxRequests == 0 {
+			errs = append(errs, fieldErr("spec.limits.maxPendingRequests", "needs maxRequests: requests wait for one of those"))
+		}
+	}
 	return errs
 }
 

@@ -248,6 +248,7 @@ func (p *Proxy) dataPlane(pool *l4.Pool) *dataPlane {
 			Source:  p.cfg.Service,
 			State:   p.l7State(u.Service),
 			TLS:     p.src.ClientConfig(certs.ExpectService(u.Service), l7.ALPN),
+			Limits:  func() *v1.ServiceLimits { return p.limits(u.Service) },
 			DialUpgrade: func(ctx context.Context, ep l4.Endpoint) (net.Conn, error) {
 				return pool.DialUpgrade(ctx, ep.Addr, u.Service, tunnelTLS)
 			},
@@ -261,8 +262,14 @@ func (p *Proxy) dataPlane(pool *l4.Pool) *dataPlane {
 				Endpoints: p.endpoints(u.Service),
 				TLS:       tunnelTLS,
 				Pool:      pool,
-				Logger:    p.log,
-				Metrics:   p.l4m,
+				MaxConnections: func() int {
+					if l := p.limits(u.Service); l != nil {
+						return l.MaxConnections
+					}
+					return 0
+				},
+				Logger:  p.log,
+				Metrics: p.l4m,
 			},
 			web:   web,
 			http:  l7.NewServer(web, p.log),

@@ -35,6 +35,7 @@ type applied struct {
 	endpoints map[string][]l4.Endpoint
 	routers   map[string]*l7.Router // HTTP upstreams
 	protocols map[string]string
+	limits    map[string]*v1.ServiceLimits
 }
 
 // Proxy is a running sidecar.
@@ -145,7 +146,7 @@ func (p *Proxy) apply(s *topology.Snapshot) error {
 	if err != nil {
 		return fmt.Errorf("trust bundle: %w", err)
 	}
-	a := &applied{snap: s, endpoints: map[string][]l4.Endpoint{}, routers: map[string]*l7.Router{}, protocols: map[string]string{}}
+	a := &applied{snap: s, endpoints: map[string][]l4.Endpoint{}, routers: map[string]*l7.Router{}, protocols: map[string]string{}, limits: map[string]*v1.ServiceLimits{}}
 	for _, u := range s.Upstreams {
 		eps := make([]l4.Endpoint, 0, len(u.Endpoints))
 		for _, e := range u.Endpoints {
@@ -153,6 +154,7 @@ func (p *Proxy) apply(s *topology.Snapshot) error {
 		}
 		a.endpoints[u.Service] = eps
 		a.protocols[u.Service] = u.Protocol
+		a.limits[u.Service] = u.Limits
 		if u.Protocol != v1.ProtocolTCP {
 			rt, err := l7.Compile(u.Route)
 			if err != nil {
@@ -224,6 +226,14 @@ func (p *Proxy) l7State(service string) func() (*l7.Router, []l4.Endpoint) {
 		}
 		return rt, a.endpoints[service]
 	}
+}
+
+// limits returns an upstream's circuit breakers now, or nil.
+func (p *Proxy) limits(service string) *v1.ServiceLimits {
+	if a := p.cur.Load(); a != nil {
+		return a.limits[service]
+	}
+	return nil
 }
 
 // protocol returns how service speaks now: an upstream's protocol, or this

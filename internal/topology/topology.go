@@ -39,6 +39,8 @@ type Upstream struct {
 	Endpoints []Endpoint `json:"endpoints"`
 	// Route, for HTTP protocols, routes requests to versions.
 	Route *v1.RouteSpec `json:"route,omitempty"`
+	// Limits are the service's circuit breakers.
+	Limits *v1.ServiceLimits `json:"limits,omitempty"`
 }
 
 // Endpoint is one healthy instance's proxy.
@@ -124,6 +126,9 @@ func Compute(m *Mesh, p Proxy) *Snapshot {
 		u := Upstream{Service: name, Protocol: m.Services[name].EffectiveProtocol(), Endpoints: []Endpoint{}}
 		if u.Protocol != v1.ProtocolTCP {
 			u.Route = m.Routes[name]
+		}
+		if svc := m.Services[name]; svc != nil {
+			u.Limits = svc.Limits
 		}
 		for _, in := range m.Instances[name] {
 			if !in.Healthy {

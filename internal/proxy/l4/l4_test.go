@@ -174,3 +174,38 @@ func TestHalfCloseIsBounded(t *testing.T) {
 		t.Errorf("inbound still holds the half-closed stream: %v", err)
 	}
 }
+
+// The circuit breaker on connections: one over maxConnections is closed at
+// once, and a slot freed is usable again.
+func TestMaxConnections(t *testing.T) {
+	ca := trellistest.NewCA(t, "trellis.local")
+	ch := newChain(t, ca, "web", "client", "web", allowAll)
+	out := &Outbound{Service: "web", Endpoints: ch.out.Endpoints, TLS: ch.out.TLS, Pool: ch.out.Pool,
+		MaxConnections: func() int { return 1 }}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go out.Serve(l)
+	t.Cleanup(func() { l.Close() })
+	ch.client = l.Addr().String()
+	first, err := net.Dial("tcp", ch.client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first.Write([]byte("ping"))
+	io.ReadFull(first, make([]byte, 4)) // established and counted
+	second, err := net.Dial("tcp", ch.client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := second.Read(make([]byte, 1)); err == nil {
+		t.Fatalf("a connection over the limit read %d bytes", n)
+	}
+	first.Close()
+	trellistest.Eventually(t, 5*time.Second, "slot freed", func() error {
+		_, err := roundTrip(ch.client, []byte("again"))
+		return err
+	})
+}

@@ -32,6 +32,9 @@ type Outbound struct {
 	TLS *tls.Config
 	// Pool holds the connections; shared by all outbounds of a sidecar.
 	Pool *Pool
+	// MaxConnections, when set, returns the circuit breaker's bound on
+	// open client connections (0: none); one over it is closed at once.
+	MaxConnections func() int
 	// Logger; nil discards.
 	Logger *slog.Logger
 	// Metrics; nil means the pool's.
@@ -66,6 +69,14 @@ func (o *Outbound) Serve(l net.Listener) error {
 // ServeConn carries one accepted client connection in a new goroutine.
 func (o *Outbound) ServeConn(c net.Conn) {
 	o.init()
+	if o.MaxConnections != nil {
+		if max := o.MaxConnections(); max > 0 && o.inflight.n.Load() >= int64(max) {
+			o.Metrics.Connections.WithLabelValues("outbound", o.Service, "overflow").Inc()
+			o.Logger.Debug("circuit breaker: connection refused", "service", o.Service, "maxConnections", max)
+			c.Close()
+			return
+		}
+	}
 	// Counted before its goroutine starts, so that Drain sees it.
 	o.inflight.add()
 	o.mu.Lock()

@@ -375,3 +375,54 @@ func TestOutlierEjection(t *testing.T) {
 		t.Fatalf("ejections metric = %v, want 1", v)
 	}
 }
+
+// The circuit breaker: maxRequests run, maxPendingRequests wait, the rest
+// get 503 at once; a waiting request runs when a slot frees.
+func TestCircuitBreaker(t *testing.T) {
+	ca := trellistest.NewCA(t, "trellis.local")
+	a := startApp(t, "web")
+	release := make(chan struct{})
+	a.serve = func(w http.ResponseWriter, r *http.Request) {
+		<-release
+		io.WriteString(w, "done")
+	}
+	in := startInbound(t, ca, a, allowAll)
+	url, o := startOutbound(t, ca, static(mustCompile(t, nil), balance.Endpoint{Addr: in}))
+	o.Limits = func() *v1.ServiceLimits { return &v1.ServiceLimits{MaxRequests: 2, MaxPendingRequests: 1} }
+
+	codes := make(chan int, 3)
+	for range 3 {
+		go func() {
+			code, _, _ := get(t, url+"/")
+			codes <- code
+		}()
+	}
+	eventually(t, 5*time.Second, "two requests at the app, one waiting", func() bool {
+		o.limit.mu.Lock()
+		defer o.limit.mu.Unlock()
+		return a.hits.Load() == 2 && len(o.limit.waiters) == 1
+	})
+	code, body, _ := get(t, url+"/")
+	if code != 503 || !strings.Contains(body, "circuit breaker") {
+		t.Fatalf("a fourth request: %d %q, want 503 from the circuit breaker", code, body)
+	}
+	close(release)
+	for range 3 {
+		if c := <-codes; c != 200 {
+			t.Fatalf("a request within the limits got %d", c)
+		}
+	}
+	if v := testutil.ToFloat64(o.Metrics.Overflows.WithLabelValues("client", "web")); v != 1 {
+		t.Fatalf("overflow metric %v, want 1", v)
+	}
+}
+
+func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	trellistest.Eventually(t, d, what, func() error {
+		if cond() {
+			return nil
+		}
+		return fmt.Errorf("not yet")
+	})
+}

@@ -15,6 +15,7 @@ type Metrics struct {
 	Retries         *prometheus.CounterVec
 	BudgetExhausted *prometheus.CounterVec
 	Ejections       *prometheus.CounterVec
+	Overflows       *prometheus.CounterVec
 }
 
 // NewMetrics makes the metrics and registers them with reg (nil: none).
@@ -37,9 +38,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Ejections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "trellis_endpoint_ejections_total", Help: "Endpoints ejected after consecutive failed requests.",
 		}, []string{"source", "destination"}),
+		Overflows: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "trellis_circuit_breaker_overflows_total", Help: "Requests refused by a circuit breaker.",
+		}, []string{"source", "destination"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.Requests, m.Duration, m.Retries, m.BudgetExhausted, m.Ejections)
+		reg.MustRegister(m.Requests, m.Duration, m.Retries, m.BudgetExhausted, m.Ejections, m.Overflows)
 	}
 	return m
 }

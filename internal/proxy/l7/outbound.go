@@ -18,6 +18,7 @@ import (
 
 	"golang.org/x/net/http2"
 
+	v1 "github.com/trellis-mesh/trellis/api/v1"
 	"github.com/trellis-mesh/trellis/internal/proxy/balance"
 )
 
@@ -40,6 +41,9 @@ type Outbound struct {
 	// TLS is the client configuration: it must check that the peer is
 	// Service and offer ALPN.
 	TLS *tls.Config
+	// Limits returns the service's circuit breakers now; nil or a nil
+	// result means none.
+	Limits func() *v1.ServiceLimits
 	// DialUpgrade opens a connection to ep's sidecar for an upgraded
 	// (WebSocket) request; nil refuses upgrades with 501.
 	DialUpgrade func(ctx context.Context, ep balance.Endpoint) (net.Conn, error)
@@ -49,6 +53,7 @@ type Outbound struct {
 	Metrics *Metrics
 
 	once     sync.Once
+	limit    limiter
 	tr       *http2.Transport
 	bal      *balance.Balancer
 	rp       *httputil.ReverseProxy
@@ -175,7 +180,8 @@ func (o *Outbound) fail(w http.ResponseWriter, r *http.Request, err error) {
 }
 
 // roundTrip routes, balances and retries one request.
-func (o *Outbound) roundTrip(req *http.Request) (*http.Response, error) {
+func (o *Outbound) roundTrip(req *http.Request) (resp *http.Response, err error) {
+	onDone := func() {}
 	start := time.Now()
 	router, eps := o.State()
 	rule := router.Match(req)
@@ -201,6 +207,33 @@ func (o *Outbound) roundTrip(req *http.Request) (*http.Response, error) {
 	if isUpgrade(req) {
 		ep, _ := o.bal.Pick(cands, nil)
 		return o.roundTripUpgrade(req, rule, ep, start)
+	}
+
+	if lim := o.limits(); lim != nil && lim.MaxRequests > 0 {
+		wait, cancel := context.WithTimeout(req.Context(), rule.Timeout)
+		ok := o.limit.acquire(wait, lim.MaxRequests, lim.MaxPendingRequests)
+		cancel()
+		if !ok {
+			o.Metrics.Overflows.WithLabelValues(o.Source, o.Service).Inc()
+			o.Metrics.observe("outbound", o.Source, o.Service, rule.Name, version, http.StatusServiceUnavailable, start)
+			return nil, &proxyError{http.StatusServiceUnavailable, fmt.Sprintf(
+				"trellis: circuit breaker: %d requests to %s in flight and %d waiting (maxRequests, maxPendingRequests)",
+				lim.MaxRequests, o.Service, lim.MaxPendingRequests)}
+		}
+		// The slot is held until the response body is done.
+		released := false
+		release := func() {
+			if !released {
+				released = true
+				o.limit.release()
+			}
+		}
+		defer func() {
+			if resp == nil {
+				release()
+			}
+		}()
+		onDone = release
 	}
 
 	attempts := 1
@@ -288,6 +321,7 @@ func (o *Outbound) roundTrip(req *http.Request) (*http.Response, error) {
 			resp.Header.Set(UpstreamTimeHeader, strconv.FormatInt(time.Since(start).Milliseconds(), 10))
 			code := resp.StatusCode
 			resp.Body = &trackedBody{ReadCloser: resp.Body, done: func() {
+				onDone()
 				tryCancel()
 				cancel()
 				o.bal.Done(ep.Addr)
@@ -308,6 +342,13 @@ func (o *Outbound) roundTrip(req *http.Request) (*http.Response, error) {
 			return fail(lastErr)
 		}
 	}
+}
+
+func (o *Outbound) limits() *v1.ServiceLimits {
+	if o.Limits == nil {
+		return nil
+	}
+	return o.Limits()
 }
 
 // errored counts a failed request against ep: outlier detection.
