@@ -70,8 +70,8 @@ spec: {source: greeter, destination: name, action: allow}
 			[]string{"set action or permissions, not both"}},
 		{"intention: bad permission", "kind: Intention\nname: a.b\nspec:\n  source: a\n  destination: b\n  permissions:\n  - action: maybe\n    http: {pathPrefix: x, methods: [get]}\n",
 			[]string{"bad.yaml:7: spec.permissions[0].action", "spec.permissions[0].http.pathPrefix", "spec.permissions[0].http.methods[0]"}},
-		{"service: bad limits", "kind: Service\nname: a\nspec:\n  limits: {maxRequests: -1, maxPendingRequests: 5}\n",
-			[]string{"spec.limits.maxRequests", "spec.limits.maxPendingRequests: needs maxRequests"}},
+		{"service: negative limit", "kind: Service\nname: a\nspec:\n  limits: {maxRequests: -1}\n", []string{"bad.yaml:4: spec.limits.maxRequests"}},
+		{"service: pending without max", "kind: Service\nname: a\nspec:\n  limits: {maxPendingRequests: 5}\n", []string{"spec.limits.maxPendingRequests: needs maxRequests"}},
 		{"route: lowercase method", "kind: Route\nname: web\nspec:\n  rules:\n  - match: {methods: [get]}\n", []string{"spec.rules[0].match.methods[0]"}},
 	}
 	for _, tt := range bad {
