@@ -349,3 +349,6 @@ func (s *server) waitInstances(t *testing.T, within time.Duration, what, service
 		return nil
 	})
 }
+
+// pid is the process's current PID.
+func (p *proc) pid() int { return p.cmd.Process.Pid }

@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -273,3 +275,90 @@ spec:
 		t.Fatalf("the app saw %d denied upgrades", n)
 	}
 }
+
+// peakRSS is a process's high-water resident memory, from /proc.
+func peakRSS(t *testing.T, pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmHWM:" {
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			return kb << 10
+		}
+	}
+	t.Fatal("no VmHWM")
+	return 0
+}
+
+// 100 MiB up and 100 MiB down through both sidecars at L7: bodies stream,
+// and neither sidecar's memory grows with them.
+func TestLargeBodiesStream(t *testing.T) {
+	const size = 100 << 20
+	s := startServer(t)
+	applyYAML(t, s, "kind: Service\nname: web\nspec: {protocol: http}\n")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/up":
+			n, _ := io.Copy(io.Discard, r.Body)
+			fmt.Fprint(w, n)
+		case "/down":
+			w.Header().Set("Content-Length", strconv.Itoa(size))
+			io.CopyN(w, zeros{}, size)
+		}
+	})}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	port := l.Addr().(*net.TCPAddr).Port
+	web := s.startProxy(t, proxyOpts{service: "web", appPort: port})
+	up, upPort := loopAddr(t)
+	client := s.startProxy(t, proxyOpts{service: "client", appPort: port, upstreams: []string{fmt.Sprintf("web:%d", upPort)}})
+
+	trellistest.Eventually(t, 10*time.Second, "route to web", func() error {
+		resp, err := http.Post("http://"+up+"/up", "application/octet-stream", strings.NewReader("x"))
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return fmt.Errorf("status %d", resp.StatusCode)
+		}
+		return nil
+	})
+	baseline := max(peakRSS(t, web.pid()), peakRSS(t, client.pid()))
+
+	resp, err := http.Post("http://"+up+"/up", "application/octet-stream", io.LimitReader(zeros{}, size))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(got) != strconv.Itoa(size) {
+		t.Fatalf("app received %s bytes, want %d", got, size)
+	}
+	resp, err = http.Get("http://" + up + "/down")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if err != nil || n != size {
+		t.Fatalf("downloaded %d bytes, %v", n, err)
+	}
+	for _, p := range []*sidecar{web, client} {
+		peak := peakRSS(t, p.pid())
+		t.Logf("%s: peak RSS %d MiB (before the transfers %d MiB)", p.name, peak>>20, baseline>>20)
+		if grown := peak - baseline; grown > 40<<20 {
+			t.Errorf("%s grew by %d MiB moving 100 MiB bodies: they are buffered", p.name, grown>>20)
+		}
+	}
+}
+
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }
