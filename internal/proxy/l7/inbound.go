@@ -131,6 +131,12 @@ func (in *Inbound) serve(w http.ResponseWriter, r *http.Request, peer identity.I
 		in.rp.ServeHTTP(sw, r)
 	}
 	in.Metrics.observe("inbound", peer.Service(), in.Self().Service(), "", "", sw.status(), start)
+	if in.Logger.Enabled(r.Context(), slog.LevelInfo) {
+		in.Logger.LogAttrs(r.Context(), slog.LevelInfo, "access",
+			slog.String("direction", "inbound"), slog.String("requestId", r.Header.Get(RequestIDHeader)),
+			slog.String("method", r.Method), slog.String("path", r.URL.Path), slog.String("source", peer.String()),
+			slog.Int("status", sw.status()), slog.Duration("duration", time.Since(start)))
+	}
 }
 
 // Drain sends GOAWAY on every connection and waits, until ctx ends, for

@@ -426,3 +426,38 @@ func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
 		return fmt.Errorf("not yet")
 	})
 }
+
+// Each request leaves one JSON access log line on each side.
+func TestAccessLog(t *testing.T) {
+	ca := trellistest.NewCA(t, "trellis.local")
+	a := startApp(t, "web")
+	in := startInbound(t, ca, a, allowAll)
+	var buf syncBuffer
+	url, o := startOutbound(t, ca, static(mustCompile(t, nil), balance.Endpoint{Addr: in, Instance: "web-1", Version: "v1"}))
+	o.Logger = slog.New(slog.NewJSONHandler(&buf, nil))
+	get(t, url+"/logged", "X-Request-Id: req-42")
+	eventually(t, 2*time.Second, "access line", func() bool { return strings.Contains(buf.String(), `"msg":"access"`) })
+	line := buf.String()
+	for _, want := range []string{`"requestId":"req-42"`, `"path":"/logged"`, `"status":200`, `"instance":"web-1"`, `"version":"v1"`, `"route":"default"`} {
+		if !strings.Contains(line, want) {
+			t.Errorf("access log %s lacks %s", line, want)
+		}
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}

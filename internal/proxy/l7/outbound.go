@@ -326,6 +326,7 @@ func (o *Outbound) roundTrip(req *http.Request) (resp *http.Response, err error)
 				cancel()
 				o.bal.Done(ep.Addr)
 				o.Metrics.observe("outbound", o.Source, o.Service, rule.Name, ep.Version, code, start)
+				o.access(req, rule.Name, ep, code, attempt, start)
 			}}
 			return resp, nil
 		}
@@ -349,6 +350,19 @@ func (o *Outbound) limits() *v1.ServiceLimits {
 		return nil
 	}
 	return o.Limits()
+}
+
+// access writes the access log line of a request (at info level: a JSON
+// access log with --log-format json).
+func (o *Outbound) access(req *http.Request, route string, ep balance.Endpoint, code, attempts int, start time.Time) {
+	if !o.Logger.Enabled(req.Context(), slog.LevelInfo) {
+		return
+	}
+	o.Logger.LogAttrs(req.Context(), slog.LevelInfo, "access",
+		slog.String("direction", "outbound"), slog.String("requestId", req.Header.Get(RequestIDHeader)),
+		slog.String("method", req.Method), slog.String("path", req.URL.Path), slog.String("destination", o.Service),
+		slog.String("route", route), slog.String("instance", ep.Instance), slog.String("version", ep.Version),
+		slog.Int("status", code), slog.Int("attempts", attempts), slog.Duration("duration", time.Since(start)))
 }
 
 // errored counts a failed request against ep: outlier detection.
