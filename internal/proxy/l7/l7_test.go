@@ -461,3 +461,43 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// When the upstream fails every request, the retry budget keeps retries
+// from multiplying the load: far fewer than attempts x requests arrive.
+func TestRetryBudgetCapsLoad(t *testing.T) {
+	ca := trellistest.NewCA(t, "trellis.local")
+	a := startApp(t, "web")
+	a.serve = func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(2 * time.Millisecond)
+		http.Error(w, "down", http.StatusServiceUnavailable)
+	}
+	in := startInbound(t, ca, a, allowAll)
+	rt := mustCompile(t, &v1.RouteSpec{Rules: []v1.RouteRule{{Retries: &v1.RetryPolicy{Attempts: 5, On: []string{"gateway-error"}}}}})
+	url, o := startOutbound(t, ca, static(rt, balance.Endpoint{Addr: in}))
+	const workers, each = 40, 25
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := &http.Client{}
+			for range each {
+				resp, err := c.Get(url + "/")
+				if err == nil {
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	requests := workers * each
+	hits := a.hits.Load()
+	t.Logf("%d requests made %d attempts at the app (without a budget: %d)", requests, hits, 5*requests)
+	if hits > int64(requests)*3/2 {
+		t.Fatalf("%d attempts for %d requests: retries multiplied the load", hits, requests)
+	}
+	if testutil.ToFloat64(o.Metrics.BudgetExhausted.WithLabelValues("client", "web")) == 0 {
+		t.Fatal("the budget never refused a retry")
+	}
+}
