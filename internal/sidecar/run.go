@@ -292,25 +292,13 @@ func (p *Proxy) selfID() identity.ID {
 // serveUpstream hands each client connection of an upstream listener to
 // the L4 or the L7 outbound, by the upstream's protocol when it arrives.
 func (p *Proxy) serveUpstream(l net.Listener, u *upstream) error {
-	for {
-		c, err := l.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				time.Sleep(10 * time.Millisecond)
-				continue
-			}
-			return err
-		}
+	return l4.AcceptLoop(l, func(c net.Conn) {
 		if p.protocol(u.service) == v1.ProtocolTCP {
 			u.tcp.ServeConn(c)
 		} else if !u.queue.put(c) {
 			c.Close()
 		}
-	}
+	})
 }
 
 // connQueue is a net.Listener fed by serveUpstream, for an http.Server.

@@ -41,10 +41,10 @@ func closeWrite(c io.Closer) {
 	_ = c.Close()
 }
 
-// serve accepts connections on l and hands each to accept, which must not
+// AcceptLoop accepts connections on l and hands each to accept, which must not
 // block (it starts the connection's goroutine), until l is closed. Temporary accept errors (such as running
 // out of file descriptors) are retried after a pause instead of ending it.
-func serve(l net.Listener, accept func(net.Conn)) error {
+func AcceptLoop(l net.Listener, accept func(net.Conn)) error {
 	for {
 		c, err := l.Accept()
 		if err != nil {

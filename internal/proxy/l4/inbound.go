@@ -87,7 +87,7 @@ func (in *Inbound) init() {
 // until l is closed.
 func (in *Inbound) Serve(l net.Listener) error {
 	in.init()
-	return serve(l, func(c net.Conn) { go in.serveConn(c) })
+	return AcceptLoop(l, func(c net.Conn) { go in.serveConn(c) })
 }
 
 func (in *Inbound) serveConn(c net.Conn) {

@@ -63,7 +63,7 @@ func (o *Outbound) init() {
 // Serve accepts client connections on l until it is closed.
 func (o *Outbound) Serve(l net.Listener) error {
 	o.init()
-	return serve(l, o.ServeConn)
+	return AcceptLoop(l, o.ServeConn)
 }
 
 // ServeConn carries one accepted client connection in a new goroutine.
