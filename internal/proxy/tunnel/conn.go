@@ -535,20 +535,26 @@ func (c *Conn) onData(f *http2.DataFrame) error {
 		c.recvUnacked = 0
 		c.queue(func(fw *http2.Framer) error { return fw.WriteWindowUpdate(0, inc) })
 	}
-	id := f.Header().StreamID
-	c.mu.Lock()
-	s := c.streams[id]
-	unknown := s == nil && c.idle(id)
-	c.mu.Unlock()
-	if s == nil {
-		if unknown {
-			return http2.ConnectionError(http2.ErrCodeProtocol)
-		}
-		// A stream we already closed: its frames may still be in flight.
-		return nil
+	s, err := c.frameStream(f.Header().StreamID)
+	if s != nil {
+		s.deliver(f.Data(), f.StreamEnded(), n)
 	}
-	s.deliver(f.Data(), f.StreamEnded(), n)
-	return nil
+	return err
+}
+
+// frameStream returns the open stream a frame is for. A frame for a stream
+// never opened is a protocol error; one for a stream already closed gives
+// nil and no error, since its frames may still be in flight.
+func (c *Conn) frameStream(id uint32) (*Stream, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s := c.streams[id]; s != nil {
+		return s, nil
+	}
+	if c.idle(id) {
+		return nil, http2.ConnectionError(http2.ErrCodeProtocol)
+	}
+	return nil, nil
 }
 
 // idle reports whether id names a stream never opened (RFC 9113 5.1).
@@ -562,18 +568,11 @@ func (c *Conn) idle(id uint32) bool {
 func (c *Conn) onHeaders(f *http2.MetaHeadersFrame) error {
 	id := f.Header().StreamID
 	if c.client {
-		c.mu.Lock()
-		s := c.streams[id]
-		unknown := s == nil && c.idle(id)
-		c.mu.Unlock()
-		if s == nil {
-			if unknown {
-				return http2.ConnectionError(http2.ErrCodeProtocol)
-			}
-			return nil
+		s, err := c.frameStream(id)
+		if s != nil {
+			s.onResponse(f)
 		}
-		s.onResponse(f)
-		return nil
+		return err
 	}
 	if id%2 == 0 {
 		return http2.ConnectionError(http2.ErrCodeProtocol)
