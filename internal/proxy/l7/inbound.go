@@ -119,15 +119,9 @@ func (in *Inbound) serve(w http.ResponseWriter, r *http.Request, peer identity.I
 	defer in.inflight.Add(-1)
 	start := time.Now()
 	sw := &statusWriter{ResponseWriter: w}
-	if err := sanitize(r); err != nil {
-		// Our outbound sent a clean request; this caller did not.
-		refuse(sw, err.(*badRequest))
-	} else if d := in.Authorize(peer, &httpmatch.Request{Method: r.Method, Path: r.URL.Path, Header: r.Header}); !d.Allow {
-		in.Logger.Info("request denied", "peer", peer.String(), "method", r.Method, "path", r.URL.Path, "reason", d.Reason)
-		http.Error(sw, "trellis: denied by "+d.Reason, http.StatusForbidden)
+	if bad := in.admit(r, peer); bad != nil {
+		refuse(sw, bad)
 	} else {
-		r.Header.Del(PeerHeader)
-		r.Header.Set(PeerHeader, fmt.Sprintf("By=%s;URI=%s", in.Self(), peer))
 		in.rp.ServeHTTP(sw, r)
 	}
 	in.Metrics.observe("inbound", peer.Service(), in.Self().Service(), "", "", sw.status(), start)
@@ -137,6 +131,22 @@ func (in *Inbound) serve(w http.ResponseWriter, r *http.Request, peer identity.I
 			slog.String("method", r.Method), slog.String("path", r.URL.Path), slog.String("source", peer.String()),
 			slog.Int("status", sw.status()), slog.Duration("duration", time.Since(start)))
 	}
+}
+
+// admit checks a request from peer (its head, then its authorization) and
+// names the caller to the app; a refusal says what to answer.
+func (in *Inbound) admit(r *http.Request, peer identity.ID) *badRequest {
+	if err := sanitize(r); err != nil {
+		// Our outbound sends clean requests; this caller did not.
+		return err.(*badRequest)
+	}
+	if d := in.Authorize(peer, &httpmatch.Request{Method: r.Method, Path: r.URL.Path, Header: r.Header}); !d.Allow {
+		in.Logger.Info("request denied", "peer", peer.String(), "method", r.Method, "path", r.URL.Path, "reason", d.Reason)
+		return &badRequest{http.StatusForbidden, "trellis: denied by " + d.Reason}
+	}
+	r.Header.Del(PeerHeader)
+	r.Header.Set(PeerHeader, fmt.Sprintf("By=%s;URI=%s", in.Self(), peer))
+	return nil
 }
 
 // Drain sends GOAWAY on every connection and waits, until ctx ends, for

@@ -10,7 +10,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/trellis-mesh/trellis/internal/httpmatch"
 	"github.com/trellis-mesh/trellis/internal/identity"
 	"github.com/trellis-mesh/trellis/internal/proxy/balance"
 )
@@ -118,19 +117,12 @@ func (in *Inbound) upgrade(c net.Conn, br *bufio.Reader, req *http.Request, peer
 			code, http.StatusText(code), len(msg)+1, msg)
 		return code
 	}
-	if err := sanitize(req); err != nil {
-		e := err.(*badRequest)
-		return reply(e.status, e.msg)
-	}
 	if !isUpgrade(req) {
 		return reply(http.StatusBadRequest, "trellis: not an upgrade request")
 	}
-	if d := in.Authorize(peer, &httpmatch.Request{Method: req.Method, Path: req.URL.Path, Header: req.Header}); !d.Allow {
-		in.Logger.Info("request denied", "peer", peer.String(), "method", req.Method, "path", req.URL.Path, "reason", d.Reason)
-		return reply(http.StatusForbidden, "trellis: denied by "+d.Reason)
+	if bad := in.admit(req, peer); bad != nil {
+		return reply(bad.status, bad.msg)
 	}
-	req.Header.Del(PeerHeader)
-	req.Header.Set(PeerHeader, fmt.Sprintf("By=%s;URI=%s", in.Self(), peer))
 	app, err := net.DialTimeout("tcp", in.Target, 5*time.Second)
 	if err != nil {
 		return reply(http.StatusBadGateway, "trellis: app unreachable")
