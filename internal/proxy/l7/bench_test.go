@@ -27,3 +27,25 @@ func BenchmarkRequest(b *testing.B) {
 		resp.Body.Close()
 	}
 }
+
+// BenchmarkRequestParallel is BenchmarkRequest with 64 clients at once,
+// as the keep-alive c64 bench: CPU per request, not latency.
+func BenchmarkRequestParallel(b *testing.B) {
+	ca := trellistest.NewCA(b, "trellis.local")
+	a := startApp(b, "web")
+	in := startInbound(b, ca, a, allowAll)
+	url, _ := startOutbound(b, ca, static(mustCompile(b, nil), balance.Endpoint{Addr: in}))
+	c := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	b.ReportAllocs()
+	b.SetParallelism(32)
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			resp, err := c.Get(url + "/")
+			if err != nil {
+				b.Fatal(err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+	})
+}

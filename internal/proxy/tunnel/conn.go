@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,6 +36,12 @@ type Config struct {
 	// for this long, and closes it when nothing comes back for as long
 	// again (15 s): a peer that vanished without a FIN is noticed.
 	PingAfter time.Duration
+	// Requests, on a server, hands ordinary HTTP/2 requests (any method
+	// but CONNECT) to the handler too, as streams with Method set.
+	Requests bool
+	// MaxHeaderBytes bounds the header list a peer may send (16 KiB); a
+	// larger request is answered 431.
+	MaxHeaderBytes uint32
 	// HalfCloseTimeout bounds how long a stream whose one direction has
 	// ended waits for the other (30 s).
 	HalfCloseTimeout time.Duration
@@ -55,6 +62,7 @@ func (c Config) withDefaults() Config {
 	def(&c.StreamWindow, 4<<20)
 	def(&c.ConnWindow, 32<<20)
 	def(&c.MaxFrameSize, 128<<10)
+	def(&c.MaxHeaderBytes, 16<<10)
 	if c.IdleTimeout == 0 {
 		c.IdleTimeout = 5 * time.Minute
 	}
@@ -77,9 +85,6 @@ const (
 	maxFrameLimit  = 1<<24 - 1
 	maxWindow      = 1<<31 - 1
 	frameHeaderLen = 9
-	// ctrlQueue bounds the frames waiting to be written for the reader.
-	// A peer that makes us queue more (a PING flood) is cut off.
-	ctrlQueue = 4096
 	// maxResetsPerSecond bounds the streams a peer may open and reset in
 	// one second (the rapid reset attack, CVE-2023-44487): each costs a
 	// handler and a dial of the app, and reset streams do not count
@@ -103,14 +108,19 @@ type Conn struct {
 	client  bool
 	handler func(*Stream)
 
-	// wmu serializes writes to nc; fw and henc are used only under it.
-	wmu  sync.Mutex
-	fw   *http2.Framer
-	henc *hpack.Encoder
-	hbuf bytes.Buffer
+	// The output (write.go): fw, henc and hbuf are used under omu only.
+	omu     sync.Mutex
+	ocond   *sync.Cond // the buffer was written, or writing failed
+	out     []byte     // frames waiting to be written
+	spare   []byte
+	writing bool // a goroutine is writing out
+	werr    error
+	kick    chan struct{}
+	fw      *http2.Framer
+	henc    *hpack.Encoder
+	hbuf    bytes.Buffer
 
-	fr   *http2.Framer // the reader's
-	ctrl chan func(*http2.Framer) error
+	fr *http2.Framer // the reader's
 
 	// Read by the reader only.
 	recvWindow  int64 // what the peer may still send on the connection
@@ -142,9 +152,8 @@ func newConn(nc net.Conn, cfg Config, client bool) *Conn {
 		cfg:            cfg,
 		nc:             nc,
 		client:         client,
-		fw:             http2.NewFramer(nc, nil),
 		fr:             http2.NewFramer(nil, nc),
-		ctrl:           make(chan func(*http2.Framer) error, ctrlQueue),
+		kick:           make(chan struct{}, 1),
 		recvWindow:     int64(cfg.ConnWindow),
 		streams:        map[uint32]*Stream{},
 		nextID:         1,
@@ -156,11 +165,13 @@ func newConn(nc net.Conn, cfg Config, client bool) *Conn {
 		done:           make(chan struct{}),
 	}
 	c.cond = sync.NewCond(&c.mu)
+	c.ocond = sync.NewCond(&c.omu)
+	c.fw = http2.NewFramer(outWriter{c}, nil)
 	c.henc = hpack.NewEncoder(&c.hbuf)
 	c.fr.SetReuseFrames()
 	c.fr.SetMaxReadFrameSize(cfg.MaxFrameSize)
 	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	c.fr.MaxHeaderListSize = 16 << 10
+	c.fr.MaxHeaderListSize = cfg.MaxHeaderBytes
 	return c
 }
 
@@ -181,7 +192,7 @@ func NewClient(nc net.Conn, cfg Config) (*Conn, error) {
 		nc.Close()
 		return nil, fmt.Errorf("tunnel: send preface: %w", err)
 	}
-	go c.writeControl()
+	go c.writer()
 	go c.keepAlive()
 	go c.readLoop()
 	return c, nil
@@ -221,7 +232,7 @@ func (c *Conn) Run() error {
 		c.nc.Close()
 		return err
 	}
-	go c.writeControl()
+	go c.writer()
 	go c.keepAlive()
 	c.readLoop()
 	return c.Err()
@@ -332,89 +343,6 @@ func (c *Conn) connError(code http2.ErrCode, err error) {
 	c.queue(func(fw *http2.Framer) error { return fw.WriteGoAway(last, code, []byte(err.Error())) })
 	c.flushControl()
 	c.fail(err)
-}
-
-// queue hands a frame to the control writer. It never blocks, so the
-// reader can always go on reading.
-func (c *Conn) queue(write func(*http2.Framer) error) {
-	select {
-	case c.ctrl <- write:
-	case <-c.done:
-	default:
-		go c.fail(errors.New("tunnel: peer makes us queue too many control frames"))
-	}
-}
-
-// flushControl waits until the frames queued so far are written (or the
-// connection ended), by queueing a marker behind them.
-func (c *Conn) flushControl() {
-	written := make(chan struct{})
-	c.queue(func(*http2.Framer) error { close(written); return nil })
-	select {
-	case <-written:
-	case <-c.done:
-	case <-time.After(time.Second):
-	}
-}
-
-func (c *Conn) writeControl() {
-	for {
-		select {
-		case write := <-c.ctrl:
-			c.wmu.Lock()
-			err := write(c.fw)
-			c.wmu.Unlock()
-			if err != nil {
-				c.fail(fmt.Errorf("tunnel: write: %w", err))
-				return
-			}
-		case <-c.done:
-			return
-		}
-	}
-}
-
-// write sends p, one or more whole frames, under the write lock.
-func (c *Conn) write(p []byte) error {
-	c.wmu.Lock()
-	var err error
-	if k := c.cfg.Cork; k != nil && len(p) > 16<<10 {
-		k.cork()
-		_, err = c.nc.Write(p)
-		if uerr := k.uncork(); err == nil {
-			err = uerr
-		}
-	} else {
-		_, err = c.nc.Write(p)
-	}
-	c.wmu.Unlock()
-	if err != nil {
-		err = fmt.Errorf("tunnel: write: %w", err)
-		c.fail(err)
-	}
-	return err
-}
-
-// writeHeaders sends one HEADERS frame with fields.
-func (c *Conn) writeHeaders(id uint32, end bool, fields ...hpack.HeaderField) error {
-	c.wmu.Lock()
-	err := c.writeHeadersLocked(c.fw, id, end, fields...)
-	c.wmu.Unlock()
-	if err != nil {
-		err = fmt.Errorf("tunnel: write: %w", err)
-		c.fail(err)
-	}
-	return err
-}
-
-func (c *Conn) writeHeadersLocked(fw *http2.Framer, id uint32, end bool, fields ...hpack.HeaderField) error {
-	c.hbuf.Reset()
-	for _, f := range fields {
-		if err := c.henc.WriteField(f); err != nil {
-			return err
-		}
-	}
-	return fw.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: c.hbuf.Bytes(), EndStream: end, EndHeaders: true})
 }
 
 // keepAlive pings a silent peer and closes the connection when the peer
@@ -580,13 +508,12 @@ func (c *Conn) onHeaders(f *http2.MetaHeadersFrame) error {
 	c.mu.Lock()
 	if s := c.streams[id]; s != nil {
 		c.mu.Unlock()
-		// CONNECT streams have no trailers; END_STREAM on HEADERS still
-		// ends the caller's direction.
-		if f.StreamEnded() {
-			s.deliver(nil, true, 0)
+		// Trailers: they must end the stream.
+		if !f.StreamEnded() {
+			c.resetStream(id, http2.ErrCodeProtocol, errors.New("tunnel: HEADERS in the middle of a stream"))
 			return nil
 		}
-		c.resetStream(id, http2.ErrCodeProtocol, errors.New("tunnel: second HEADERS on a stream"))
+		s.onTrailers(f)
 		return nil
 	}
 	if id <= c.lastPeerID {
@@ -599,18 +526,29 @@ func (c *Conn) onHeaders(f *http2.MetaHeadersFrame) error {
 		c.queue(func(fw *http2.Framer) error { return fw.WriteRSTStream(id, http2.ErrCodeRefusedStream) })
 		return nil
 	}
-	method, authority := f.PseudoValue("method"), f.PseudoValue("authority")
-	if method != "CONNECT" || authority == "" || f.PseudoValue("path") != "" {
+	method, authority, path := f.PseudoValue("method"), f.PseudoValue("authority"), f.PseudoValue("path")
+	scheme := f.PseudoValue("scheme")
+	var status int
+	var reason string
+	switch {
+	case f.Truncated:
+		status, reason = 431, "request header fields too large"
+	case method == "CONNECT" && (authority == "" || path != ""):
+		status, reason = 400, "CONNECT needs an authority and no path"
+	case method == "CONNECT":
+	case !c.cfg.Requests:
+		status, reason = 405, "only CONNECT to a named service is served here"
+	case method == "" || path == "" || scheme == "":
+		// RFC 9113 section 8.3.1: these three are required.
+		status, reason = 400, "request without :method, :scheme or :path"
+	}
+	if status != 0 {
 		c.mu.Unlock()
 		// Answer, then reset: the caller may still be sending a body.
 		c.queue(func(fw *http2.Framer) error {
-			status := "405"
-			if method == "CONNECT" {
-				status = "400"
-			}
-			if err := c.writeHeadersLocked(fw, id, true,
-				hpack.HeaderField{Name: ":status", Value: status},
-				hpack.HeaderField{Name: ReasonHeader, Value: "only CONNECT to a named service is served here"}); err != nil {
+			if err := c.headersLocked(id, true, []hpack.HeaderField{
+				{Name: ":status", Value: strconv.Itoa(status)},
+				{Name: ReasonHeader, Value: reason}}); err != nil {
 				return err
 			}
 			return fw.WriteRSTStream(id, http2.ErrCodeNo)
@@ -619,11 +557,17 @@ func (c *Conn) onHeaders(f *http2.MetaHeadersFrame) error {
 	}
 	s := c.newStreamLocked(id)
 	s.Authority = authority
-	if fields := f.RegularFields(); len(fields) > 0 {
-		s.Header = make(map[string]string, len(fields))
-		for _, hf := range fields {
-			s.Header[hf.Name] = hf.Value
+	if method == "CONNECT" {
+		if fields := f.RegularFields(); len(fields) > 0 {
+			s.Header = make(map[string]string, len(fields))
+			for _, hf := range fields {
+				s.Header[hf.Name] = hf.Value
+			}
 		}
+	} else {
+		s.Method, s.Scheme, s.Path = method, scheme, path
+		s.Fields = f.RegularFields()
+		s.request = true
 	}
 	c.mu.Unlock()
 	if f.StreamEnded() {

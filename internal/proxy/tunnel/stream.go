@@ -41,18 +41,27 @@ var (
 type response struct {
 	status int
 	reason string
+	fields []hpack.HeaderField
 	err    error
 }
 
-// Stream is one CONNECT stream: a TCP connection carried through the
-// tunnel. Its local end is a socket given to Splice.
+// Stream is one stream of the connection. A CONNECT stream is a TCP
+// connection carried through the tunnel; its local end is a socket given
+// to Splice. A request stream is one HTTP request and its response, whose
+// bodies are read with Read and sent with Write.
 type Stream struct {
 	c  *Conn
 	id uint32
-	// Authority is the :authority the caller asked for, and Header its
-	// other header fields (server side).
+	// Authority is the :authority the caller asked for, and Header the
+	// other header fields of a CONNECT (server side).
 	Authority string
 	Header    map[string]string
+	// Method, Scheme, Path and Fields (in order, names in lowercase) are
+	// a request's (server side, Config.Requests).
+	Method, Scheme, Path string
+	Fields               []hpack.HeaderField
+
+	request bool
 
 	resp     chan response // client: the answer to the CONNECT
 	stopped  atomic.Bool   // reset or failed: no more frames either way
@@ -80,6 +89,10 @@ type Stream struct {
 	unacked      int64
 	halfTimer    *time.Timer
 	recvDone     chan struct{}
+	readable     *sync.Cond // request streams: data, the end or a failure arrived
+	roff         int        // request streams: what Read took of pending
+	trailers     []hpack.HeaderField
+	stop         chan struct{} // made by Done, closed by abort
 }
 
 // Open starts a CONNECT stream to authority on a connection the caller
@@ -89,29 +102,30 @@ type Stream struct {
 //
 // header adds header fields to the CONNECT (lowercase names).
 func (c *Conn) Open(ctx context.Context, authority string, header ...hpack.HeaderField) (*Stream, error) {
-	c.wmu.Lock()
-	c.mu.Lock()
-	c.reserved--
-	if c.closed || c.goingAway {
-		c.mu.Unlock()
-		c.wmu.Unlock()
-		return nil, errRefused
-	}
-	// IDs must reach the peer in increasing order, so the ID is taken
-	// under the write lock.
-	id := c.nextID
-	c.nextID += 2
-	s := c.newStreamLocked(id)
-	c.mu.Unlock()
 	fields := append([]hpack.HeaderField{
 		{Name: ":method", Value: "CONNECT"},
 		{Name: ":authority", Value: authority},
 	}, header...)
-	err := c.writeHeadersLocked(c.fw, id, false, fields...)
-	c.wmu.Unlock()
+	var s *Stream
+	err := c.emit(func() error {
+		c.mu.Lock()
+		c.reserved--
+		if c.closed || c.goingAway {
+			c.mu.Unlock()
+			return errRefused
+		}
+		// IDs must reach the peer in increasing order, so the ID is taken
+		// under the output lock.
+		id := c.nextID
+		c.nextID += 2
+		s = c.newStreamLocked(id)
+		c.mu.Unlock()
+		return c.headersLocked(id, false, fields)
+	})
 	if err != nil {
-		err = fmt.Errorf("tunnel: write: %w", err)
-		c.fail(err)
+		if s != nil {
+			s.abort(err, false)
+		}
 		return nil, err
 	}
 	select {
@@ -145,10 +159,17 @@ func (s *Stream) onResponse(f *http2.MetaHeadersFrame) {
 	s.mu.Unlock()
 	if again {
 		if f.StreamEnded() {
-			s.deliver(nil, true, 0)
+			s.onTrailers(f)
 			return
 		}
 		s.c.resetStream(s.id, http2.ErrCodeProtocol, errors.New("tunnel: second response on a stream"))
+		return
+	}
+	if s.request {
+		s.resp <- response{status: status, fields: f.RegularFields()}
+		if f.StreamEnded() {
+			s.deliver(nil, true, 0)
+		}
 		return
 	}
 	var reason string
@@ -316,6 +337,9 @@ func (s *Stream) deliver(p []byte, end bool, n int64) {
 	}
 	inc := s.creditLocked(credit)
 	done := s.endedLocked()
+	if s.readable != nil {
+		s.readable.Broadcast()
+	}
 	s.mu.Unlock()
 	if werr != nil {
 		// The local end is gone.
@@ -520,7 +544,7 @@ func (s *Stream) writeData(buf []byte, n int) error {
 			return err
 		}
 		putFrameHeader(buf[off-frameHeaderLen:off], k, 0, s.id)
-		if err := s.c.write(buf[off-frameHeaderLen : off+k]); err != nil {
+		if err := s.c.send(buf[off-frameHeaderLen : off+k]); err != nil {
 			return err
 		}
 		off += k
@@ -558,7 +582,7 @@ func (s *Stream) closeSend() error {
 	}
 	var h [frameHeaderLen]byte
 	putFrameHeader(h[:], 0, flagEndStream, s.id)
-	if err := s.c.write(h[:]); err != nil {
+	if err := s.c.send(h[:]); err != nil {
 		return err
 	}
 	s.mu.Lock()
@@ -591,6 +615,12 @@ func (s *Stream) abort(err error, rst bool) {
 	}
 	if s.halfTimer != nil {
 		s.halfTimer.Stop()
+	}
+	if s.readable != nil {
+		s.readable.Broadcast()
+	}
+	if s.stop != nil {
+		close(s.stop)
 	}
 	sink := s.sink
 	s.mu.Unlock()

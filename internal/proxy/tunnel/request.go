@@ -1,0 +1,233 @@
+package tunnel
+
+import (
+	"context"
+	"errors"
+	"io"
+	"strconv"
+	"sync"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// Request streams carry ordinary HTTP/2 requests (RFC 9113 section 8.3)
+// beside the CONNECT streams: the L7 proxies send each request on its own
+// stream of the pooled connection, with the same flow control, output
+// batching and reader as the tunnel.
+
+// OpenRequest sends a request's header block (pseudo-header fields first)
+// on a connection the caller reserved room on, followed by body as DATA.
+// With end set the request ends there; otherwise Write and CloseWrite send
+// the rest. It does not wait for the response: see Response. An error
+// means nothing of the request reached the peer.
+func (c *Conn) OpenRequest(fields []hpack.HeaderField, body []byte, end bool) (*Stream, error) {
+	var s *Stream
+	err := c.emit(func() error {
+		c.mu.Lock()
+		c.reserved--
+		if c.closed || c.goingAway {
+			c.mu.Unlock()
+			return errRefused
+		}
+		// IDs must reach the peer in increasing order, so the ID is taken
+		// under the output lock.
+		id := c.nextID
+		c.nextID += 2
+		s = c.newStreamLocked(id)
+		s.request = true
+		s.readable = sync.NewCond(&s.mu)
+		c.mu.Unlock()
+		if err := c.headersLocked(id, end && len(body) == 0, fields); err != nil {
+			return err
+		}
+		return s.dataLocked(body, end)
+	})
+	if err != nil {
+		if s != nil {
+			s.abort(err, false)
+		}
+		return nil, err
+	}
+	if end {
+		s.endSend()
+	}
+	return s, nil
+}
+
+// dataLocked appends body as DATA frames within the windows it can take
+// now, ending the stream if end; omu is held. What the windows do not
+// allow is an error: callers send only small bodies this way, which fit
+// the initial windows.
+func (s *Stream) dataLocked(body []byte, end bool) error {
+	if len(body) == 0 {
+		return nil
+	}
+	c := s.c
+	c.mu.Lock()
+	max := min(int64(c.peerFrame), c.sendWindow, s.sendWindow)
+	if int64(len(body)) > min(c.sendWindow, s.sendWindow) {
+		c.mu.Unlock()
+		return errors.New("tunnel: body larger than the send window")
+	}
+	c.sendWindow -= int64(len(body))
+	s.sendWindow -= int64(len(body))
+	c.mu.Unlock()
+	for len(body) > 0 {
+		n := min(int64(len(body)), max)
+		if err := c.fw.WriteData(s.id, end && int(n) == len(body), body[:n]); err != nil {
+			return err
+		}
+		body = body[n:]
+	}
+	return nil
+}
+
+// Response waits for the response to a request stream and returns its
+// status and header fields. 1xx responses are skipped.
+func (s *Stream) Response(ctx context.Context) (int, []hpack.HeaderField, error) {
+	select {
+	case r := <-s.resp:
+		if r.err != nil {
+			return 0, nil, r.err
+		}
+		return r.status, r.fields, nil
+	case <-ctx.Done():
+		s.abort(ctx.Err(), true)
+		return 0, nil, ctx.Err()
+	}
+}
+
+// Refused reports whether err means that the peer did not take the stream
+// (it was going away or at its stream limit): the request may be sent
+// again elsewhere whatever its method.
+func Refused(err error) bool { return errors.Is(err, errRefused) }
+
+// WriteResponse sends a response's header block and body; with end set the
+// stream ends there. Later body bytes go with Write, and the end with
+// CloseWrite.
+func (s *Stream) WriteResponse(status int, fields []hpack.HeaderField, body []byte, end bool) error {
+	if s.stopped.Load() {
+		return s.stopErr()
+	}
+	all := make([]hpack.HeaderField, 0, len(fields)+1)
+	all = append(all, hpack.HeaderField{Name: ":status", Value: strconv.Itoa(status)})
+	all = append(all, fields...)
+	err := s.c.emit(func() error {
+		if err := s.c.headersLocked(s.id, end && len(body) == 0, all); err != nil {
+			return err
+		}
+		return s.dataLocked(body, end)
+	})
+	if err != nil {
+		return err
+	}
+	if end {
+		s.endSend()
+	}
+	return nil
+}
+
+// Write sends p as DATA, waiting for the flow-control windows.
+func (s *Stream) Write(p []byte) (int, error) {
+	bp := smallBufs.Get().(*[]byte)
+	defer smallBufs.Put(bp)
+	buf := *bp
+	sent := 0
+	for sent < len(p) {
+		n := copy(buf[frameHeaderLen:], p[sent:])
+		if err := s.writeData(buf, n); err != nil {
+			return sent, err
+		}
+		sent += n
+	}
+	return sent, nil
+}
+
+// CloseWrite ends the sending direction, with trailers if there are any.
+func (s *Stream) CloseWrite(trailers []hpack.HeaderField) error {
+	if len(trailers) == 0 {
+		return s.closeSend()
+	}
+	if s.stopped.Load() {
+		return s.stopErr()
+	}
+	if err := s.c.writeHeaders(s.id, true, trailers...); err != nil {
+		return err
+	}
+	s.endSend()
+	return nil
+}
+
+// endSend records that END_STREAM was sent.
+func (s *Stream) endSend() {
+	s.mu.Lock()
+	s.sentEnd = true
+	done := s.endedLocked()
+	s.mu.Unlock()
+	if done {
+		s.c.forget(s)
+	}
+}
+
+// Read reads the peer's DATA on a request stream: the request body on the
+// server, the response body on the client. It returns io.EOF once the
+// peer ended the stream, and the stream's error if it failed.
+func (s *Stream) Read(p []byte) (int, error) {
+	s.mu.Lock()
+	for s.roff == len(s.pending) && !s.recvEnd && !(s.ended && s.err != nil) {
+		s.readable.Wait()
+	}
+	if s.roff < len(s.pending) && !(s.ended && s.err != nil) {
+		n := copy(p, s.pending[s.roff:])
+		s.roff += n
+		if s.roff == len(s.pending) {
+			s.pending, s.roff = s.pending[:0], 0
+		}
+		inc := s.creditLocked(int64(n))
+		s.mu.Unlock()
+		s.sendUpdate(inc)
+		return n, nil
+	}
+	err := s.err
+	s.mu.Unlock()
+	if err != nil {
+		return 0, err
+	}
+	return 0, io.EOF
+}
+
+// Trailers returns the trailer fields the peer sent; complete once Read
+// has returned io.EOF.
+func (s *Stream) Trailers() []hpack.HeaderField {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.trailers
+}
+
+// onTrailers takes a header block that ends the peer's direction.
+func (s *Stream) onTrailers(f *http2.MetaHeadersFrame) {
+	if s.request {
+		s.mu.Lock()
+		s.trailers = f.RegularFields()
+		s.mu.Unlock()
+	}
+	s.deliver(nil, true, 0)
+}
+
+// Cancel resets the stream: the peer stops sending and the stream's
+// readers and writers return an error.
+func (s *Stream) Cancel(err error) { s.abort(err, true) }
+
+// Done is closed when the stream has stopped early (reset or failed).
+func (s *Stream) Done() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stop == nil {
+		s.stop = make(chan struct{})
+		if s.ended && s.err != nil {
+			close(s.stop)
+		}
+	}
+	return s.stop
+}

@@ -1,0 +1,231 @@
+package tunnel
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// Every frame leaves through one output buffer. A goroutine with frames to
+// send appends them under omu; if nobody is writing, it writes the buffer
+// out itself, together with whatever other goroutines append meanwhile. So
+// when one stream is busy each frame leaves at once, and when many are the
+// frames of many streams leave in one system call (and one TLS record):
+// the per-request cost on a loaded connection is a fraction of a write.
+const (
+	// maxOut is how much may wait in the buffer before a goroutine sending
+	// data waits for the writer: flow control for the local socket.
+	maxOut = 256 << 10
+	// maxCtrlOut bounds what the reader may queue (acknowledgements,
+	// resets) for a peer that does not read: beyond it, the peer is cut
+	// off rather than let it grow our memory.
+	maxCtrlOut = 8 << 20
+)
+
+// outWriter is the framer's destination: the output buffer (omu held).
+type outWriter struct{ c *Conn }
+
+func (w outWriter) Write(p []byte) (int, error) {
+	w.c.out = append(w.c.out, p...)
+	return len(p), nil
+}
+
+// send writes p, one or more whole frames, after what is queued. It waits
+// while the buffer is full, so a fast stream is held back by the socket.
+func (c *Conn) send(p []byte) error {
+	c.omu.Lock()
+	for c.writing && len(c.out) >= maxOut && c.werr == nil {
+		c.ocond.Wait()
+	}
+	if c.werr != nil {
+		err := c.werr
+		c.omu.Unlock()
+		return err
+	}
+	if !c.writing && len(c.out) == 0 {
+		// Nothing queued and nobody writing: p goes out as it is, without
+		// a copy into the buffer.
+		c.writing = true
+		c.omu.Unlock()
+		err := c.writeOut(p)
+		c.omu.Lock()
+		if err != nil && c.werr == nil {
+			c.werr = err
+		}
+		return c.flushLocked()
+	}
+	c.out = append(c.out, p...)
+	if c.writing {
+		c.omu.Unlock()
+		return nil // the writer takes it
+	}
+	c.writing = true
+	return c.flushLocked()
+}
+
+// emit appends the frames build writes and sends them as send does.
+// build runs under omu, so frames that must be in order on the wire (HPACK
+// blocks, increasing stream IDs) are.
+func (c *Conn) emit(build func() error) error {
+	c.omu.Lock()
+	for c.writing && len(c.out) >= maxOut && c.werr == nil {
+		c.ocond.Wait()
+	}
+	if c.werr != nil {
+		err := c.werr
+		c.omu.Unlock()
+		return err
+	}
+	if err := build(); err != nil {
+		c.omu.Unlock()
+		return err
+	}
+	if c.writing {
+		c.omu.Unlock()
+		return nil
+	}
+	c.writing = true
+	return c.flushLocked()
+}
+
+// flushLocked writes the buffer out until it is empty. omu is held and
+// c.writing set on entry; omu is released on return.
+func (c *Conn) flushLocked() error {
+	for len(c.out) > 0 && c.werr == nil {
+		buf := c.out
+		c.out, c.spare = c.spare[:0], nil
+		c.omu.Unlock()
+		err := c.writeOut(buf)
+		c.omu.Lock()
+		if cap(buf) <= 1<<20 {
+			c.spare = buf[:0] // keep a burst's buffer only if it is small
+		}
+		if err != nil && c.werr == nil {
+			c.werr = err
+		}
+		c.ocond.Broadcast()
+	}
+	c.writing = false
+	err := c.werr
+	c.ocond.Broadcast()
+	c.omu.Unlock()
+	if err != nil {
+		err = fmt.Errorf("tunnel: write: %w", err)
+		c.fail(err)
+	}
+	return err
+}
+
+// writeOut writes p to the connection. Under TLS, a write larger than one
+// record is corked so that it leaves in one socket write.
+func (c *Conn) writeOut(p []byte) error {
+	if k := c.cfg.Cork; k != nil && len(p) > 16<<10 {
+		k.cork()
+		_, err := c.nc.Write(p)
+		if uerr := k.uncork(); err == nil {
+			err = uerr
+		}
+		return err
+	}
+	_, err := c.nc.Write(p)
+	return err
+}
+
+// queue appends the frames write makes and never waits: the reader uses
+// it, and must go on reading whatever the socket does. When nobody is
+// writing, the writer goroutine is woken to send them.
+func (c *Conn) queue(write func(*http2.Framer) error) {
+	c.omu.Lock()
+	if c.werr != nil {
+		c.omu.Unlock()
+		return
+	}
+	if len(c.out) > maxCtrlOut {
+		c.omu.Unlock()
+		go c.fail(errors.New("tunnel: peer does not read what we send"))
+		return
+	}
+	err := write(c.fw)
+	wake := !c.writing
+	c.omu.Unlock()
+	if err != nil {
+		go c.fail(fmt.Errorf("tunnel: write: %w", err))
+		return
+	}
+	if wake {
+		select {
+		case c.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// writer sends what queue leaves when nobody else is writing.
+func (c *Conn) writer() {
+	for {
+		select {
+		case <-c.kick:
+		case <-c.done:
+			return
+		}
+		c.omu.Lock()
+		if c.writing || len(c.out) == 0 {
+			c.omu.Unlock()
+			continue
+		}
+		c.writing = true
+		c.flushLocked()
+	}
+}
+
+// flushControl waits until the frames queued so far are written, or for a
+// second; the connection is about to close.
+func (c *Conn) flushControl() {
+	c.nc.SetWriteDeadline(time.Now().Add(time.Second))
+	c.omu.Lock()
+	if !c.writing && len(c.out) > 0 {
+		c.writing = true
+		c.flushLocked()
+		return
+	}
+	for c.writing && c.werr == nil {
+		c.ocond.Wait()
+	}
+	c.omu.Unlock()
+}
+
+// writeHeaders sends one header block (HEADERS and, if it is larger than
+// the peer's frame size, CONTINUATION frames).
+func (c *Conn) writeHeaders(id uint32, end bool, fields ...hpack.HeaderField) error {
+	return c.emit(func() error { return c.headersLocked(id, end, fields) })
+}
+
+// headersLocked appends a header block for stream id; omu is held.
+func (c *Conn) headersLocked(id uint32, end bool, fields []hpack.HeaderField) error {
+	c.hbuf.Reset()
+	for _, f := range fields {
+		if err := c.henc.WriteField(f); err != nil {
+			return err
+		}
+	}
+	c.mu.Lock()
+	max := c.peerFrame
+	c.mu.Unlock()
+	block := c.hbuf.Bytes()
+	first := block[:min(len(block), max)]
+	block = block[len(first):]
+	if err := c.fw.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: first, EndStream: end, EndHeaders: len(block) == 0}); err != nil {
+		return err
+	}
+	for len(block) > 0 {
+		frag := block[:min(len(block), max)]
+		block = block[len(frag):]
+		if err := c.fw.WriteContinuation(id, len(block) == 0, frag); err != nil {
+			return err
+		}
+	}
+	return nil
+}
