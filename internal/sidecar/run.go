@@ -17,6 +17,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/identity"
 	"github.com/trellis-mesh/trellis/internal/proxy/l4"
 	"github.com/trellis-mesh/trellis/internal/proxy/l7"
+	"github.com/trellis-mesh/trellis/internal/proxy/tunnel"
 	"github.com/trellis-mesh/trellis/internal/xds"
 )
 
@@ -235,7 +236,8 @@ func (p *Proxy) dataPlane(pool *l4.Pool) *dataPlane {
 		// A plain caller has no identity: only a wildcard intention or the
 		// default policy can decide it.
 		AuthorizePlain: func() authz.Decision { return p.authorize(identity.ID{}) },
-		ServeHTTP2:     dp.inboundHTTP.ServeConn,
+		ServeRequest:   dp.inboundHTTP.ServeStream,
+		MaxHeaderBytes: l7.TunnelHeaderBytes,
 		ServeUpgrade:   dp.inboundHTTP.ServeUpgrade,
 		Target:         p.cfg.AppAddr,
 		Logger:         p.log,
@@ -247,8 +249,10 @@ func (p *Proxy) dataPlane(pool *l4.Pool) *dataPlane {
 			Service: u.Service,
 			Source:  p.cfg.Service,
 			State:   p.l7State(u.Service),
-			TLS:     p.src.ClientConfig(certs.ExpectService(u.Service), l7.ALPN),
-			Limits:  func() *v1.ServiceLimits { return p.limits(u.Service) },
+			Conn: func(ep l4.Endpoint) (*tunnel.Conn, error) {
+				return pool.Get(ep.Addr, u.Service, tunnelTLS)
+			},
+			Limits: func() *v1.ServiceLimits { return p.limits(u.Service) },
 			DialUpgrade: func(ctx context.Context, ep l4.Endpoint) (net.Conn, error) {
 				return pool.DialUpgrade(ctx, ep.Addr, u.Service, tunnelTLS)
 			},

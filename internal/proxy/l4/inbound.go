@@ -39,10 +39,13 @@ type Inbound struct {
 	// plain TCP from an unknown caller; AuthorizePlain decides it.
 	AcceptPlain    func() bool
 	AuthorizePlain func() authz.Decision
-	// ServeHTTP2, when set, serves connections whose peer negotiated the
-	// ALPN "h2" (L7 requests) instead of the tunnel's protocol; the TLS
-	// configuration must offer both.
-	ServeHTTP2 func(c net.Conn, peer identity.ID)
+	// ServeRequest, when set, serves request streams (L7 requests, any
+	// method but CONNECT), which it must authorize itself. Peers reach it
+	// on the tunnel's protocol or, when the TLS configuration offers it,
+	// on plain "h2".
+	ServeRequest func(s *tunnel.Stream, peer identity.ID)
+	// MaxHeaderBytes bounds a request's header list (16 KiB).
+	MaxHeaderBytes uint32
 	// ServeUpgrade, when set, serves streams marked with UpgradeHeader: an
 	// HTTP/1.1 request with an Upgrade, read from c, which it must check
 	// and authorize itself.
@@ -125,17 +128,16 @@ func (in *Inbound) serveConn(c net.Conn) {
 		c.Close()
 		return
 	}
-	if cs.NegotiatedProtocol == "h2" && in.ServeHTTP2 != nil {
-		in.ServeHTTP2(tc, peer)
-		return
-	}
-	if cs.NegotiatedProtocol != ALPN {
+	if cs.NegotiatedProtocol != ALPN && !(cs.NegotiatedProtocol == "h2" && in.ServeRequest != nil) {
 		in.Logger.Debug("inbound peer did not negotiate "+ALPN, "remote", c.RemoteAddr().String())
 		c.Close()
 		return
 	}
-	tun := tunnel.NewServer(tc, tunnel.Config{HalfCloseTimeout: in.HalfCloseTimeout, Cork: cork, Logger: in.Logger},
-		func(s *tunnel.Stream) { in.serveStream(peer, s) })
+	cfg := tunnel.Config{
+		HalfCloseTimeout: in.HalfCloseTimeout, Cork: cork, Logger: in.Logger,
+		Requests: in.ServeRequest != nil, MaxHeaderBytes: in.MaxHeaderBytes,
+	}
+	tun := tunnel.NewServer(tc, cfg, func(s *tunnel.Stream) { in.serveStream(peer, s) })
 	in.mu.Lock()
 	if in.draining {
 		in.mu.Unlock()
@@ -154,6 +156,10 @@ func (in *Inbound) serveConn(c net.Conn) {
 func (in *Inbound) serveStream(peer identity.ID, s *tunnel.Stream) {
 	in.streams.add()
 	defer in.streams.done()
+	if s.Method != "" {
+		in.ServeRequest(s, peer)
+		return
+	}
 	if s.Header[UpgradeHeader] != "" && in.ServeUpgrade != nil {
 		in.serveUpgrade(peer, s)
 		return

@@ -105,7 +105,7 @@ func (o *Outbound) handle(client net.Conn) {
 			break
 		}
 		tried[ep.Addr] = true
-		tun, err := o.Pool.get(ep.Addr, o.Service, o.TLS)
+		tun, err := o.Pool.Get(ep.Addr, o.Service, o.TLS)
 		if err != nil {
 			o.bal.Failed(ep.Addr)
 			lastErr = err

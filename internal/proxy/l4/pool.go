@@ -58,9 +58,10 @@ func NewPool(dialTimeout, halfClose time.Duration, m *Metrics) *Pool {
 	}
 }
 
-// get returns a connection to addr that has room for one more stream, with
-// that stream reserved, dialing a new one when needed.
-func (p *Pool) get(addr, service string, cfg *tls.Config) (*tunnel.Conn, error) {
+// Get returns a connection to addr that has room for one more stream, with
+// that stream reserved, dialing a new one when needed. cfg must check that
+// the peer is service.
+func (p *Pool) Get(addr, service string, cfg *tls.Config) (*tunnel.Conn, error) {
 	key := poolKey{addr: addr, service: service}
 	p.mu.Lock()
 	e := p.entries[key]

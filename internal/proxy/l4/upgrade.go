@@ -22,7 +22,7 @@ const UpgradeHeader = "trellis-upgrade"
 // DialUpgrade opens a stream to addr for an upgraded HTTP connection and
 // returns its local end, a socket.
 func (p *Pool) DialUpgrade(ctx context.Context, addr, service string, cfg *tls.Config) (net.Conn, error) {
-	c, err := p.get(addr, service, cfg)
+	c, err := p.Get(addr, service, cfg)
 	if err != nil {
 		return nil, err
 	}

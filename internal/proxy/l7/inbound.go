@@ -20,6 +20,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/authz"
 	"github.com/trellis-mesh/trellis/internal/httpmatch"
 	"github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/proxy/tunnel"
 )
 
 // Inbound serves HTTP/2 connections from other sidecars and forwards each
@@ -41,9 +42,10 @@ type Inbound struct {
 	Metrics *Metrics
 
 	once     sync.Once
-	h2       *http2.Server
-	hs       *http.Server
-	h1       *http.Transport
+	mu       sync.Mutex
+	conns    map[*tunnel.Conn]struct{}
+	draining bool
+	h1       *appClient
 	h2c      *http2.Transport
 	rp       *httputil.ReverseProxy
 	inflight atomic.Int64
@@ -57,22 +59,9 @@ func (in *Inbound) init() {
 		if in.Metrics == nil {
 			in.Metrics = NewMetrics(nil)
 		}
-		in.h2 = &http2.Server{
-			MaxConcurrentStreams: 1000,
-			IdleTimeout:          10 * time.Minute,
-			ReadIdleTimeout:      30 * time.Second,
-			PingTimeout:          10 * time.Second,
-		}
-		// Never served: it carries the shutdown hook that sends GOAWAY.
-		in.hs = &http.Server{MaxHeaderBytes: MaxHeaderBytes}
-		_ = http2.ConfigureServer(in.hs, in.h2)
+		in.conns = map[*tunnel.Conn]struct{}{}
 		dialer := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: -1}
-		in.h1 = &http.Transport{
-			DialContext:         dialer.DialContext,
-			MaxIdleConnsPerHost: 256,
-			IdleConnTimeout:     90 * time.Second,
-			DisableCompression:  true,
-		}
+		in.h1 = &appClient{target: in.Target, dial: dialer.DialContext, maxIdle: 256}
 		in.h2c = &http2.Transport{
 			AllowHTTP: true,
 			DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
@@ -107,11 +96,45 @@ func (in *Inbound) init() {
 }
 
 // ServeConn serves one HTTP/2 connection (TLS done, ALPN h2) from peer
-// until it ends.
+// until it ends. (Sidecars reach ServeStream through the tunnel instead.)
 func (in *Inbound) ServeConn(c net.Conn, peer identity.ID) {
 	in.init()
-	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { in.serve(w, r, peer) })
-	in.h2.ServeConn(c, &http2.ServeConnOpts{Handler: h, BaseConfig: in.hs})
+	tun := tunnel.NewServer(c, tunnel.Config{Requests: true, MaxHeaderBytes: TunnelHeaderBytes, Logger: in.Logger},
+		func(s *tunnel.Stream) { in.ServeStream(s, peer) })
+	in.mu.Lock()
+	if in.draining {
+		in.mu.Unlock()
+		c.Close()
+		return
+	}
+	in.conns[tun] = struct{}{}
+	in.mu.Unlock()
+	tun.Run()
+	in.mu.Lock()
+	delete(in.conns, tun)
+	in.mu.Unlock()
+}
+
+// TunnelHeaderBytes is the header list size a tunnel connection that
+// carries requests accepts: MaxHeaderBytes and the 32 bytes per field that
+// HTTP/2 counts (RFC 9113 section 6.5.2).
+const TunnelHeaderBytes = MaxHeaderBytes + MaxHeaderFields*32
+
+// ServeStream serves one request stream from peer.
+func (in *Inbound) ServeStream(s *tunnel.Stream, peer identity.ID) {
+	in.init()
+	w := &streamWriter{s: s, header: http.Header{}}
+	r, cancel, err := streamRequest(s)
+	if err != nil {
+		in.inflight.Add(1)
+		refuse(w, &badRequest{http.StatusBadRequest, "trellis: bad request: " + err.Error()})
+		w.finish()
+		in.inflight.Add(-1)
+		return
+	}
+	defer cancel()
+	in.serve(w, r, peer)
+	w.finish()
 }
 
 func (in *Inbound) serve(w http.ResponseWriter, r *http.Request, peer identity.ID) {
@@ -153,7 +176,12 @@ func (in *Inbound) admit(r *http.Request, peer identity.ID) *badRequest {
 // the requests in flight.
 func (in *Inbound) Drain(ctx context.Context) error {
 	in.init()
-	_ = in.hs.Shutdown(ctx) // only fires the GOAWAY hook: nothing is served by it
+	in.mu.Lock()
+	in.draining = true
+	for c := range in.conns {
+		c.Shutdown()
+	}
+	in.mu.Unlock()
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
 	for in.inflight.Load() > 0 {

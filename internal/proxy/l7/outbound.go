@@ -3,7 +3,6 @@ package l7
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -16,10 +15,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/net/http2"
-
 	v1 "github.com/trellis-mesh/trellis/api/v1"
 	"github.com/trellis-mesh/trellis/internal/proxy/balance"
+	"github.com/trellis-mesh/trellis/internal/proxy/tunnel"
 )
 
 // ALPN is the protocol of L7 connections between sidecars: plain HTTP/2,
@@ -38,9 +36,10 @@ type Outbound struct {
 	Service, Source string
 	// State returns the current router and healthy endpoints of Service.
 	State func() (*Router, []balance.Endpoint)
-	// TLS is the client configuration: it must check that the peer is
-	// Service and offer ALPN.
-	TLS *tls.Config
+	// Conn returns a tunnel connection to ep's sidecar with room for one
+	// request stream reserved (l4.Pool.Get); its TLS must check that the
+	// peer is Service.
+	Conn func(ep balance.Endpoint) (*tunnel.Conn, error)
 	// Limits returns the service's circuit breakers now; nil or a nil
 	// result means none.
 	Limits func() *v1.ServiceLimits
@@ -54,7 +53,6 @@ type Outbound struct {
 
 	once     sync.Once
 	limit    limiter
-	tr       *http2.Transport
 	bal      *balance.Balancer
 	rp       *httputil.ReverseProxy
 	active   atomic.Int64
@@ -70,12 +68,6 @@ func (o *Outbound) init() {
 			o.Metrics = NewMetrics(nil)
 		}
 		o.bal = balance.New()
-		o.tr = &http2.Transport{
-			DialTLSContext:  o.dial,
-			ReadIdleTimeout: 30 * time.Second,
-			PingTimeout:     10 * time.Second,
-			IdleConnTimeout: 5 * time.Minute,
-		}
 		o.rp = &httputil.ReverseProxy{
 			Rewrite:      o.rewrite,
 			Transport:    roundTripper(o.roundTrip),
@@ -125,12 +117,6 @@ func refuse(w http.ResponseWriter, e *badRequest) {
 	io.WriteString(w, e.msg+"\n")
 }
 
-// Close closes the pooled connections.
-func (o *Outbound) Close() {
-	o.init()
-	o.tr.CloseIdleConnections()
-}
-
 func (o *Outbound) rewrite(pr *httputil.ProxyRequest) {
 	pr.Out.URL.Scheme = "https"
 	pr.Out.URL.Host = o.Service // replaced by the endpoint in roundTrip
@@ -145,17 +131,13 @@ type dialError struct{ err error }
 func (e *dialError) Error() string { return e.err.Error() }
 func (e *dialError) Unwrap() error { return e.err }
 
-func (o *Outbound) dial(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
-	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}, Config: o.TLS}
-	c, err := d.DialContext(ctx, network, addr)
+// send makes one attempt of req (its URL host the endpoint) on ep.
+func (o *Outbound) send(req *http.Request, ep balance.Endpoint) (*http.Response, error) {
+	conn, err := o.Conn(ep)
 	if err != nil {
-		return nil, &dialError{err: fmt.Errorf("dial %s: %w", addr, err)}
+		return nil, &dialError{err: fmt.Errorf("connect to %s: %w", ep.Addr, err)}
 	}
-	if p := c.(*tls.Conn).ConnectionState().NegotiatedProtocol; p != ALPN {
-		c.Close()
-		return nil, &dialError{err: fmt.Errorf("dial %s: peer speaks %q, not %s", addr, p, ALPN)}
-	}
-	return c, nil
+	return sendRequest(req.Context(), conn, req)
 }
 
 // proxyError is an answer the proxy gives itself.
@@ -286,7 +268,7 @@ func (o *Outbound) roundTrip(req *http.Request) (resp *http.Response, err error)
 			out.Body, _ = req.GetBody()
 		}
 		o.bal.Start(ep.Addr)
-		resp, err := o.tr.RoundTrip(out)
+		resp, err := o.send(out, ep)
 		if tryTimer != nil && !tryTimer.Stop() && err == nil {
 			// The answer came as the per-try timer fired: its context is
 			// gone, so this attempt failed after all.

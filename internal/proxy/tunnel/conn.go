@@ -568,6 +568,7 @@ func (c *Conn) onHeaders(f *http2.MetaHeadersFrame) error {
 		s.Method, s.Scheme, s.Path = method, scheme, path
 		s.Fields = f.RegularFields()
 		s.request = true
+		s.readable = sync.NewCond(&s.mu)
 	}
 	c.mu.Unlock()
 	if f.StreamEnded() {

@@ -23,6 +23,7 @@ import (
 // means nothing of the request reached the peer.
 func (c *Conn) OpenRequest(fields []hpack.HeaderField, body []byte, end bool) (*Stream, error) {
 	var s *Stream
+	sent := false
 	err := c.emit(func() error {
 		c.mu.Lock()
 		c.reserved--
@@ -41,7 +42,9 @@ func (c *Conn) OpenRequest(fields []hpack.HeaderField, body []byte, end bool) (*
 		if err := c.headersLocked(id, end && len(body) == 0, fields); err != nil {
 			return err
 		}
-		return s.dataLocked(body, end)
+		var err error
+		sent, err = s.dataLocked(body, end)
+		return err
 	})
 	if err != nil {
 		if s != nil {
@@ -49,36 +52,50 @@ func (c *Conn) OpenRequest(fields []hpack.HeaderField, body []byte, end bool) (*
 		}
 		return nil, err
 	}
-	if end {
+	if !sent {
+		if err := s.sendRest(body, end); err != nil {
+			return nil, err
+		}
+	} else if end {
 		s.endSend()
 	}
 	return s, nil
 }
 
-// dataLocked appends body as DATA frames within the windows it can take
-// now, ending the stream if end; omu is held. What the windows do not
-// allow is an error: callers send only small bodies this way, which fit
-// the initial windows.
-func (s *Stream) dataLocked(body []byte, end bool) error {
+// dataLocked appends body as DATA frames, ending the stream if end, when
+// the windows take all of it now; omu is held. It reports whether it did:
+// otherwise nothing was sent, and Write must send the body.
+func (s *Stream) dataLocked(body []byte, end bool) (bool, error) {
 	if len(body) == 0 {
-		return nil
+		return true, nil
 	}
 	c := s.c
 	c.mu.Lock()
-	max := min(int64(c.peerFrame), c.sendWindow, s.sendWindow)
 	if int64(len(body)) > min(c.sendWindow, s.sendWindow) {
 		c.mu.Unlock()
-		return errors.New("tunnel: body larger than the send window")
+		return false, nil
 	}
+	max := c.peerFrame
 	c.sendWindow -= int64(len(body))
 	s.sendWindow -= int64(len(body))
 	c.mu.Unlock()
 	for len(body) > 0 {
-		n := min(int64(len(body)), max)
-		if err := c.fw.WriteData(s.id, end && int(n) == len(body), body[:n]); err != nil {
-			return err
+		n := min(len(body), max)
+		if err := c.fw.WriteData(s.id, end && n == len(body), body[:n]); err != nil {
+			return false, err
 		}
 		body = body[n:]
+	}
+	return true, nil
+}
+
+// sendRest sends with Write what dataLocked could not.
+func (s *Stream) sendRest(body []byte, end bool) error {
+	if _, err := s.Write(body); err != nil {
+		return err
+	}
+	if end {
+		return s.closeSend()
 	}
 	return nil
 }
@@ -113,14 +130,20 @@ func (s *Stream) WriteResponse(status int, fields []hpack.HeaderField, body []by
 	all := make([]hpack.HeaderField, 0, len(fields)+1)
 	all = append(all, hpack.HeaderField{Name: ":status", Value: strconv.Itoa(status)})
 	all = append(all, fields...)
+	sent := false
 	err := s.c.emit(func() error {
 		if err := s.c.headersLocked(s.id, end && len(body) == 0, all); err != nil {
 			return err
 		}
-		return s.dataLocked(body, end)
+		var err error
+		sent, err = s.dataLocked(body, end)
+		return err
 	})
 	if err != nil {
 		return err
+	}
+	if !sent {
+		return s.sendRest(body, end)
 	}
 	if end {
 		s.endSend()
@@ -219,15 +242,15 @@ func (s *Stream) onTrailers(f *http2.MetaHeadersFrame) {
 // readers and writers return an error.
 func (s *Stream) Cancel(err error) { s.abort(err, true) }
 
-// Done is closed when the stream has stopped early (reset or failed).
-func (s *Stream) Done() <-chan struct{} {
+// OnStop makes f run once if the stream stops early (reset or failed),
+// at once if it already has.
+func (s *Stream) OnStop(f func()) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.stop == nil {
-		s.stop = make(chan struct{})
-		if s.ended && s.err != nil {
-			close(s.stop)
-		}
+	if s.ended && s.err != nil {
+		s.mu.Unlock()
+		f()
+		return
 	}
-	return s.stop
+	s.onStop = f
+	s.mu.Unlock()
 }

@@ -92,7 +92,7 @@ type Stream struct {
 	readable     *sync.Cond // request streams: data, the end or a failure arrived
 	roff         int        // request streams: what Read took of pending
 	trailers     []hpack.HeaderField
-	stop         chan struct{} // made by Done, closed by abort
+	onStop       func()
 }
 
 // Open starts a CONNECT stream to authority on a connection the caller
@@ -145,6 +145,18 @@ func (c *Conn) Open(ctx context.Context, authority string, header ...hpack.Heade
 
 // onResponse takes the peer's HEADERS on a client stream.
 func (s *Stream) onResponse(f *http2.MetaHeadersFrame) {
+	s.mu.Lock()
+	again := s.gotResp
+	s.mu.Unlock()
+	if again {
+		// Trailers: they end the stream and have no :status.
+		if f.StreamEnded() {
+			s.onTrailers(f)
+			return
+		}
+		s.c.resetStream(s.id, http2.ErrCodeProtocol, errors.New("tunnel: second response on a stream"))
+		return
+	}
 	status, err := strconv.Atoi(f.PseudoValue("status"))
 	if err != nil {
 		s.c.resetStream(s.id, http2.ErrCodeProtocol, errors.New("tunnel: response without a valid :status"))
@@ -154,17 +166,8 @@ func (s *Stream) onResponse(f *http2.MetaHeadersFrame) {
 		return // informational; the real answer follows
 	}
 	s.mu.Lock()
-	again := s.gotResp
 	s.gotResp = true
 	s.mu.Unlock()
-	if again {
-		if f.StreamEnded() {
-			s.onTrailers(f)
-			return
-		}
-		s.c.resetStream(s.id, http2.ErrCodeProtocol, errors.New("tunnel: second response on a stream"))
-		return
-	}
 	if s.request {
 		s.resp <- response{status: status, fields: f.RegularFields()}
 		if f.StreamEnded() {
@@ -619,11 +622,12 @@ func (s *Stream) abort(err error, rst bool) {
 	if s.readable != nil {
 		s.readable.Broadcast()
 	}
-	if s.stop != nil {
-		close(s.stop)
-	}
+	onStop := s.onStop
 	sink := s.sink
 	s.mu.Unlock()
+	if onStop != nil {
+		onStop()
+	}
 	if s.resp != nil {
 		select {
 		case s.resp <- response{err: err}:

@@ -1,0 +1,206 @@
+package l7
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// appClient sends requests to the local app over HTTP/1.1 keep-alive
+// connections. It does what http.Transport does for this one job, without
+// its two goroutines per connection and the hand-offs between them and
+// the caller: the caller writes the request and reads the response head
+// itself, so a request costs a write and a read.
+type appClient struct {
+	target string
+	dial   func(ctx context.Context, network, addr string) (net.Conn, error)
+	// maxIdle bounds the idle connections kept.
+	maxIdle int
+
+	mu   sync.Mutex
+	idle []*appConn
+}
+
+type appConn struct {
+	c    net.Conn
+	br   *bufio.Reader
+	bw   *bufio.Writer
+	used time.Time
+}
+
+// idleTimeout closes connections unused this long: apps often close
+// theirs after a minute or two, and a request on a connection the app is
+// closing fails.
+const idleTimeout = 50 * time.Second
+
+func (a *appClient) get(ctx context.Context) (*appConn, bool, error) {
+	a.mu.Lock()
+	for n := len(a.idle); n > 0; n = len(a.idle) {
+		ac := a.idle[n-1]
+		a.idle = a.idle[:n-1]
+		if time.Since(ac.used) < idleTimeout {
+			a.mu.Unlock()
+			return ac, true, nil
+		}
+		ac.c.Close()
+	}
+	a.mu.Unlock()
+	c, err := a.dial(ctx, "tcp", a.target)
+	if err != nil {
+		return nil, false, err
+	}
+	return &appConn{c: c, br: bufio.NewReaderSize(c, 8<<10), bw: bufio.NewWriterSize(c, 8<<10)}, false, nil
+}
+
+func (a *appClient) put(ac *appConn) {
+	ac.used = time.Now()
+	a.mu.Lock()
+	if len(a.idle) < a.maxIdle {
+		a.idle = append(a.idle, ac)
+		ac = nil
+	}
+	a.mu.Unlock()
+	if ac != nil {
+		ac.c.Close()
+	}
+}
+
+// CloseIdleConnections closes the connections not in use.
+func (a *appClient) CloseIdleConnections() {
+	a.mu.Lock()
+	idle := a.idle
+	a.idle = nil
+	a.mu.Unlock()
+	for _, ac := range idle {
+		ac.c.Close()
+	}
+}
+
+// RoundTrip sends req to the app and returns its response; the response
+// body gives the connection back when read to its end or closed.
+func (a *appClient) RoundTrip(req *http.Request) (*http.Response, error) {
+	// The caller's sidecar already sent "100 Continue" if one was asked
+	// for, and the body is on its way: the app need not be asked again.
+	req.Header.Del("Expect")
+	for try := 0; ; try++ {
+		ac, reused, err := a.get(req.Context())
+		if err != nil {
+			return nil, err
+		}
+		resp, err := a.roundTrip(ac, req)
+		if err == nil {
+			return resp, nil
+		}
+		ac.c.Close()
+		// A kept connection the app closed meanwhile fails before the app
+		// saw anything: try a new one, once, if the request can be sent
+		// again.
+		var nw *notWritten
+		if reused && try == 0 && (errors.As(err, &nw) || errors.Is(err, io.EOF) && noBody(req)) {
+			continue
+		}
+		return nil, err
+	}
+}
+
+// notWritten is a failure to send a request: the app saw none of it.
+type notWritten struct{ err error }
+
+func (e *notWritten) Error() string { return e.err.Error() }
+func (e *notWritten) Unwrap() error { return e.err }
+
+func noBody(req *http.Request) bool { return req.Body == nil || req.Body == http.NoBody }
+
+func (a *appClient) roundTrip(ac *appConn, req *http.Request) (*http.Response, error) {
+	stop := context.AfterFunc(req.Context(), func() { ac.c.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	var written chan error
+	if noBody(req) {
+		if err := req.Write(ac.bw); err != nil {
+			return nil, &notWritten{err}
+		}
+		if err := ac.bw.Flush(); err != nil {
+			return nil, &notWritten{err}
+		}
+	} else {
+		// The body streams while the response is read: an app may answer
+		// before it has read all of it.
+		written = make(chan error, 1)
+		go func() {
+			err := req.Write(ac.bw)
+			if err == nil {
+				err = ac.bw.Flush()
+			}
+			if err != nil {
+				ac.c.Close()
+			}
+			written <- err
+		}()
+	}
+	var resp *http.Response
+	for {
+		var err error
+		resp, err = http.ReadResponse(ac.br, req)
+		if err != nil {
+			return nil, fmt.Errorf("read response from app: %w", err)
+		}
+		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
+			break
+		}
+		// 1xx: the final response follows.
+	}
+	resp.Body = &appBody{ReadCloser: resp.Body, a: a, ac: ac, reuse: !resp.Close && !req.Close, written: written}
+	return resp, nil
+}
+
+// appBody returns its connection to the pool once read to the end.
+type appBody struct {
+	io.ReadCloser
+	a     *appClient
+	ac    *appConn
+	reuse bool
+	done  bool
+	// written, for a request with a body, says when it was all sent: the
+	// connection is reusable only then.
+	written chan error
+}
+
+func (b *appBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && !b.done {
+		b.done = true
+		if err == io.EOF && b.reuse && b.sent() {
+			b.a.put(b.ac)
+		} else {
+			b.ac.c.Close()
+		}
+	}
+	return n, err
+}
+
+func (b *appBody) Close() error {
+	if !b.done {
+		b.done = true
+		b.ac.c.Close() // not read to its end: the connection is unusable
+	}
+	return nil
+}
+
+// sent reports whether the whole request went out without error.
+func (b *appBody) sent() bool {
+	if b.written == nil {
+		return true
+	}
+	select {
+	case err := <-b.written:
+		return err == nil
+	default:
+		return false // the app answered without reading it all
+	}
+}

@@ -1,0 +1,362 @@
+package l7
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/textproto"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+
+	"golang.org/x/net/http2/hpack"
+
+	"github.com/trellis-mesh/trellis/internal/proxy/tunnel"
+)
+
+// Requests travel between sidecars as request streams of the pooled
+// tunnel connection (package tunnel): this file turns an http.Request
+// into a stream and back, and a stream into an http.ResponseWriter.
+
+// connectionHeaders are the fields HTTP/2 forbids (RFC 9113 section
+// 8.2.2): they describe one HTTP/1.1 connection, not the message.
+var connectionHeaders = map[string]bool{
+	"connection": true, "proxy-connection": true, "keep-alive": true,
+	"transfer-encoding": true, "upgrade": true,
+}
+
+// lowerNames caches the HTTP/2 (lowercase) names of canonical header keys:
+// the set of names a mesh sees is small, and lowercasing allocates.
+var lowerNames sync.Map
+
+func lowerName(k string) string {
+	if v, ok := lowerNames.Load(k); ok {
+		return v.(string)
+	}
+	l := strings.ToLower(k)
+	if len(k) <= 64 {
+		lowerNames.Store(k, l)
+	}
+	return l
+}
+
+// appendFields appends h as HTTP/2 header fields, leaving out the
+// connection-specific ones and those for which skip is true.
+func appendFields(fields []hpack.HeaderField, h http.Header, skip func(string) bool) []hpack.HeaderField {
+	for k, vv := range h {
+		name := lowerName(k)
+		if connectionHeaders[name] || name == "host" || (skip != nil && skip(k)) {
+			continue
+		}
+		for _, v := range vv {
+			if name == "te" && v != "trailers" {
+				continue
+			}
+			fields = append(fields, hpack.HeaderField{Name: name, Value: v})
+		}
+	}
+	return fields
+}
+
+// fieldsHeader makes an http.Header of header fields, joining split
+// cookies again (RFC 9113 section 8.2.3).
+func fieldsHeader(fields []hpack.HeaderField) http.Header {
+	h := make(http.Header, len(fields))
+	var cookies []string
+	for _, f := range fields {
+		if f.Name == "cookie" {
+			cookies = append(cookies, f.Value)
+			continue
+		}
+		k := textproto.CanonicalMIMEHeaderKey(f.Name)
+		h[k] = append(h[k], f.Value)
+	}
+	if len(cookies) > 0 {
+		h["Cookie"] = []string{strings.Join(cookies, "; ")}
+	}
+	return h
+}
+
+// declaredTrailers makes the trailer map announced by a Trailer header.
+func declaredTrailers(h http.Header) http.Header {
+	var t http.Header
+	for _, v := range h["Trailer"] {
+		for _, k := range strings.Split(v, ",") {
+			if k = textproto.CanonicalMIMEHeaderKey(strings.TrimSpace(k)); k != "" {
+				if t == nil {
+					t = http.Header{}
+				}
+				t[k] = nil
+			}
+		}
+	}
+	return t
+}
+
+// streamBody is a message body read from a stream. At its end it fills
+// trailer, the message's Trailer map, with the trailers that came.
+type streamBody struct {
+	s       *tunnel.Stream
+	trailer *http.Header
+	eof     bool
+}
+
+func (b *streamBody) Read(p []byte) (int, error) {
+	n, err := b.s.Read(p)
+	if err == io.EOF && !b.eof {
+		b.eof = true
+		if t := b.s.Trailers(); len(t) > 0 {
+			if *b.trailer == nil {
+				*b.trailer = http.Header{}
+			}
+			for k, vv := range fieldsHeader(t) {
+				(*b.trailer)[k] = vv
+			}
+		}
+	}
+	return n, err
+}
+
+// Close stops the body: if it was not read to its end, the stream is
+// reset so that the peer stops sending.
+func (b *streamBody) Close() error {
+	if !b.eof {
+		b.s.Cancel(errors.New("l7: body closed before its end"))
+	}
+	return nil
+}
+
+// maxHeldBody is the body held back to leave with the header block: most
+// responses fit, and go out in one write with their head.
+const maxHeldBody = 16 << 10
+
+// sendRequest sends req (its URL already the endpoint's) on a request
+// stream of conn, which has a stream reserved, and waits for the response
+// headers.
+func sendRequest(ctx context.Context, conn *tunnel.Conn, req *http.Request) (*http.Response, error) {
+	path := req.URL.RequestURI()
+	if req.Method == http.MethodOptions && path == "/*" {
+		path = "*"
+	}
+	fields := make([]hpack.HeaderField, 0, 8+len(req.Header))
+	fields = append(fields,
+		hpack.HeaderField{Name: ":method", Value: req.Method},
+		hpack.HeaderField{Name: ":scheme", Value: "http"},
+		hpack.HeaderField{Name: ":authority", Value: req.Host},
+		hpack.HeaderField{Name: ":path", Value: path})
+	fields = appendFields(fields, req.Header, nil)
+	if req.ContentLength > 0 && req.Header.Get("Content-Length") == "" {
+		fields = append(fields, hpack.HeaderField{Name: "content-length", Value: strconv.FormatInt(req.ContentLength, 10)})
+	}
+	var body []byte
+	end := req.Body == nil || req.Body == http.NoBody || req.ContentLength == 0 && req.GetBody != nil
+	if !end && req.ContentLength > 0 && req.ContentLength <= maxHeldBody && len(req.Trailer) == 0 {
+		// Small and of known length: it leaves with the head.
+		b := make([]byte, req.ContentLength)
+		if _, err := io.ReadFull(req.Body, b); err != nil {
+			return nil, err
+		}
+		req.Body.Close()
+		body, end = b, true
+	}
+	s, err := conn.OpenRequest(fields, body, end)
+	if err != nil {
+		if tunnel.Refused(err) {
+			return nil, &dialError{err: err}
+		}
+		return nil, err
+	}
+	if !end {
+		go sendBody(s, req)
+	}
+	status, rfields, err := s.Response(ctx)
+	if err != nil {
+		if tunnel.Refused(err) {
+			return nil, &dialError{err: err}
+		}
+		return nil, err
+	}
+	resp := &http.Response{
+		Status:     strconv.Itoa(status) + " " + http.StatusText(status),
+		StatusCode: status,
+		Proto:      "HTTP/2.0",
+		ProtoMajor: 2,
+		Header:     fieldsHeader(rfields),
+		Request:    req,
+	}
+	resp.ContentLength = -1
+	if cl := resp.Header.Get("Content-Length"); cl != "" {
+		if n, err := strconv.ParseInt(cl, 10, 64); err == nil && n >= 0 {
+			resp.ContentLength = n
+		}
+	}
+	resp.Trailer = declaredTrailers(resp.Header)
+	resp.Body = &streamBody{s: s, trailer: &resp.Trailer}
+	return resp, nil
+}
+
+// sendBody streams a request body, then its trailers, to s.
+func sendBody(s *tunnel.Stream, req *http.Request) {
+	defer req.Body.Close()
+	if _, err := io.Copy(s, req.Body); err != nil {
+		s.Cancel(err)
+		return
+	}
+	var trailers []hpack.HeaderField
+	if len(req.Trailer) > 0 {
+		trailers = appendFields(nil, req.Trailer, nil)
+	}
+	if err := s.CloseWrite(trailers); err != nil {
+		s.Cancel(err)
+	}
+}
+
+// streamRequest makes the http.Request of a request stream, its context
+// ending when the stream stops.
+func streamRequest(s *tunnel.Stream) (*http.Request, context.CancelFunc, error) {
+	u, err := url.ParseRequestURI(s.Path)
+	if s.Path == "*" && s.Method == http.MethodOptions {
+		u, err = &url.URL{Path: "*"}, nil
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	h := fieldsHeader(s.Fields)
+	for k := range h {
+		if connectionHeaders[lowerName(k)] {
+			return nil, nil, errors.New("connection-specific header field " + k)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := (&http.Request{
+		Method:     s.Method,
+		URL:        u,
+		Proto:      "HTTP/2.0",
+		ProtoMajor: 2,
+		Header:     h,
+		Host:       s.Authority,
+		RequestURI: s.Path,
+	}).WithContext(ctx)
+	if r.Host == "" {
+		r.Host = h.Get("Host")
+	}
+	h.Del("Host")
+	r.ContentLength = -1
+	if cl := h.Get("Content-Length"); cl != "" {
+		n, err := strconv.ParseInt(cl, 10, 64)
+		if err != nil || n < 0 {
+			cancel()
+			return nil, nil, errors.New("invalid content-length")
+		}
+		r.ContentLength = n
+	}
+	r.Trailer = declaredTrailers(h)
+	r.Body = &streamBody{s: s, trailer: &r.Trailer}
+	s.OnStop(cancel)
+	return r, cancel, nil
+}
+
+// streamWriter is the http.ResponseWriter of a request stream. It holds
+// the head, and up to maxHeldBody of body, until the handler flushes, the
+// body grows past that, or the handler returns: a small response leaves
+// in one write.
+type streamWriter struct {
+	s      *tunnel.Stream
+	header http.Header
+	status int
+	sent   bool
+	held   []byte
+	err    error
+}
+
+func (w *streamWriter) Header() http.Header { return w.header }
+
+func (w *streamWriter) WriteHeader(code int) {
+	if w.status != 0 || code < 200 {
+		return // informational answers are not relayed
+	}
+	w.status = code
+}
+
+func (w *streamWriter) Write(p []byte) (int, error) {
+	if w.status == 0 {
+		w.WriteHeader(http.StatusOK)
+	}
+	if w.err != nil {
+		return 0, w.err
+	}
+	if !w.sent {
+		if len(w.held)+len(p) <= maxHeldBody {
+			w.held = append(w.held, p...)
+			return len(p), nil
+		}
+		if err := w.sendHead(false); err != nil {
+			return 0, err
+		}
+	}
+	n, err := w.s.Write(p)
+	w.err = err
+	return n, err
+}
+
+// Flush sends the head and what is held.
+func (w *streamWriter) Flush() {
+	if w.status == 0 {
+		w.WriteHeader(http.StatusOK)
+	}
+	if !w.sent && w.err == nil {
+		w.sendHead(false)
+	}
+}
+
+func (w *streamWriter) sendHead(end bool) error {
+	w.sent = true
+	declared := declaredTrailers(w.header)
+	fields := appendFields(nil, w.header, func(k string) bool {
+		_, trailer := declared[k]
+		return trailer || strings.HasPrefix(k, http.TrailerPrefix)
+	})
+	w.err = w.s.WriteResponse(w.status, fields, w.held, end)
+	w.held = nil
+	return w.err
+}
+
+// finish ends the response once the handler has returned.
+func (w *streamWriter) finish() {
+	if w.status == 0 {
+		w.WriteHeader(http.StatusOK)
+	}
+	if w.err != nil {
+		return
+	}
+	trailers := w.trailers()
+	if !w.sent {
+		if err := w.sendHead(len(trailers) == 0); err != nil || len(trailers) == 0 {
+			return
+		}
+	}
+	if err := w.s.CloseWrite(trailers); err != nil {
+		w.s.Cancel(err)
+	}
+}
+
+// trailers are the values of the trailers the handler declared in a
+// Trailer header or set with http.TrailerPrefix.
+func (w *streamWriter) trailers() []hpack.HeaderField {
+	var out []hpack.HeaderField
+	for k := range declaredTrailers(w.header) {
+		for _, v := range w.header[k] {
+			out = append(out, hpack.HeaderField{Name: lowerName(k), Value: v})
+		}
+	}
+	for k, vv := range w.header {
+		if name, ok := strings.CutPrefix(k, http.TrailerPrefix); ok {
+			for _, v := range vv {
+				out = append(out, hpack.HeaderField{Name: strings.ToLower(name), Value: v})
+			}
+		}
+	}
+	return out
+}
