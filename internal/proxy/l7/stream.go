@@ -253,7 +253,11 @@ func streamRequest(s *tunnel.Stream) (*http.Request, context.CancelFunc, error) 
 		r.ContentLength = n
 	}
 	r.Trailer = declaredTrailers(h)
-	r.Body = &streamBody{s: s, trailer: &r.Trailer}
+	if s.Drained() && len(r.Trailer) == 0 {
+		r.ContentLength, r.Body = 0, http.NoBody
+	} else {
+		r.Body = &streamBody{s: s, trailer: &r.Trailer}
+	}
 	s.OnStop(cancel)
 	return r, cancel, nil
 }

@@ -254,3 +254,11 @@ func (s *Stream) OnStop(f func()) {
 	s.onStop = f
 	s.mu.Unlock()
 }
+
+// Drained reports whether the peer has ended its direction and all it sent
+// was read: for a request stream at its start, that it has no body.
+func (s *Stream) Drained() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.recvEnd && s.roff == len(s.pending)
+}
