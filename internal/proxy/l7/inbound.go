@@ -73,6 +73,7 @@ func (in *Inbound) init() {
 				pr.Out.URL.Scheme = "http"
 				pr.Out.URL.Host = in.Target
 				pr.Out.Host = pr.In.Host
+				pr.Out.Trailer = pr.In.Trailer // filled in place at the body's end
 			},
 			Transport: roundTripper(func(r *http.Request) (*http.Response, error) {
 				if p := in.Protocol(); p == v1.ProtocolHTTP2 || p == v1.ProtocolGRPC {

@@ -121,6 +121,9 @@ func (o *Outbound) rewrite(pr *httputil.ProxyRequest) {
 	pr.Out.URL.Scheme = "https"
 	pr.Out.URL.Host = o.Service // replaced by the endpoint in roundTrip
 	pr.Out.Host = pr.In.Host
+	// The server fills the declared trailers into this map, in place, when
+	// the body ends; a clone's copy would stay empty.
+	pr.Out.Trailer = pr.In.Trailer
 	setRequestContext(pr.Out.Header)
 }
 
@@ -263,6 +266,7 @@ func (o *Outbound) roundTrip(req *http.Request) (resp *http.Response, err error)
 			tryTimer = time.AfterFunc(rule.Retry.PerTryTimeout, func() { perTryExpired.Store(true); tryCancel() })
 		}
 		out := req.Clone(tryCtx)
+		out.Trailer = req.Trailer
 		out.URL.Host = ep.Addr
 		if attempt > 1 {
 			out.Body, _ = req.GetBody()

@@ -147,6 +147,15 @@ func sendRequest(ctx context.Context, conn *tunnel.Conn, req *http.Request) (*ht
 		hpack.HeaderField{Name: ":authority", Value: req.Host},
 		hpack.HeaderField{Name: ":path", Value: path})
 	fields = appendFields(fields, req.Header, nil)
+	if len(req.Trailer) > 0 {
+		// Declared, so that the far side keeps a place for them (a proxy
+		// drops the Trailer header as hop-by-hop).
+		names := make([]string, 0, len(req.Trailer))
+		for k := range req.Trailer {
+			names = append(names, k)
+		}
+		fields = append(fields, hpack.HeaderField{Name: "trailer", Value: strings.Join(names, ", ")})
+	}
 	if req.ContentLength > 0 && req.Header.Get("Content-Length") == "" {
 		fields = append(fields, hpack.HeaderField{Name: "content-length", Value: strconv.FormatInt(req.ContentLength, 10)})
 	}
