@@ -22,8 +22,11 @@ type Config struct {
 	// MaxStreams bounds the streams a peer may have open on a server
 	// connection (1000).
 	MaxStreams uint32
-	// StreamWindow is the receive window of one stream (4 MiB): how much a
-	// peer may send before the local socket has taken it.
+	// StreamWindow is the receive window of one stream (1 MiB): how much a
+	// peer may send before the local socket (or a request stream's reader)
+	// has taken it, so what one stream may hold in memory. 4 MiB moved
+	// bulk no faster on loopback and let a 100 MiB request body grow a
+	// sidecar by 40 MiB.
 	StreamWindow uint32
 	// ConnWindow is the receive window of the connection (32 MiB).
 	ConnWindow uint32
@@ -59,7 +62,7 @@ func (c Config) withDefaults() Config {
 		}
 	}
 	def(&c.MaxStreams, 1000)
-	def(&c.StreamWindow, 4<<20)
+	def(&c.StreamWindow, 1<<20)
 	def(&c.ConnWindow, 32<<20)
 	def(&c.MaxFrameSize, 128<<10)
 	def(&c.MaxHeaderBytes, 16<<10)
@@ -574,11 +577,11 @@ func (c *Conn) onHeaders(f *http2.MetaHeadersFrame) error {
 	if f.StreamEnded() {
 		s.deliver(nil, true, 0)
 	}
-	go func() {
+	spawn(func() {
 		c.handler(s)
 		// A handler that returned without ending its stream abandoned it.
 		s.abort(errors.New("tunnel: stream abandoned by its handler"), true)
-	}()
+	})
 	return nil
 }
 

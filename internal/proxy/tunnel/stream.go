@@ -329,6 +329,14 @@ func (s *Stream) deliver(p []byte, end bool, n int64) {
 				go s.flush()
 			}
 		} else {
+			if s.roff > 0 && s.roff >= len(s.pending)/2 {
+				// Drop what Read took. A reader that never quite
+				// catches up would otherwise keep every byte ever
+				// received in front of what it has not: the window
+				// bounds what is unread, not what was read.
+				n := copy(s.pending, s.pending[s.roff:])
+				s.pending, s.roff = s.pending[:n], 0
+			}
 			s.pending = append(s.pending, p...)
 		}
 	}
