@@ -81,7 +81,8 @@ func (in *Inbound) init() {
 				}
 				return in.h1.RoundTrip(r)
 			}),
-			BufferPool: bufferPool{},
+			BufferPool:     bufferPool{},
+			ModifyResponse: endTrailersOnly,
 			ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 				if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
 					return

@@ -69,11 +69,12 @@ func (o *Outbound) init() {
 		}
 		o.bal = balance.New()
 		o.rp = &httputil.ReverseProxy{
-			Rewrite:      o.rewrite,
-			Transport:    roundTripper(o.roundTrip),
-			BufferPool:   bufferPool{},
-			ErrorHandler: o.fail,
-			ErrorLog:     slog.NewLogLogger(o.Logger.Handler(), slog.LevelDebug),
+			Rewrite:        o.rewrite,
+			Transport:      roundTripper(o.roundTrip),
+			BufferPool:     bufferPool{},
+			ModifyResponse: endTrailersOnly,
+			ErrorHandler:   o.fail,
+			ErrorLog:       slog.NewLogLogger(o.Logger.Handler(), slog.LevelDebug),
 		}
 	})
 }
