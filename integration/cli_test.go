@@ -2,6 +2,8 @@ package integration
 
 import (
 	"bufio"
+	"bytes"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -56,6 +58,16 @@ func TestBadInput(t *testing.T) {
 		{"proxy with a token for another service", []string{"proxy", "--service", "web", "--app-port", "1", "--server", s.addr, "--ca-file", s.caFile,
 			"--token-file", write("other.token", strings.TrimSpace(s.mustCLI(t, "token", "create", "--service", "db")))}, nil, 1, []string{"control plane refused the token"}},
 		{"unknown kind", []string{"get", "gizmos"}, nil, 2, []string{"unknown kind"}},
+		{"edge without a certificate", []string{"proxy", "--service", "a", "--app-port", "80", "--server", s.addr, "--token-file", "x", "--edge-port", "8443"},
+			[]string{"TRELLIS_EDGE_DNS_NAME="}, 2, []string{"self-signed needs a DNS name"}},
+		{"edge bad mode", []string{"proxy", "--service", "a", "--app-port", "80", "--server", s.addr, "--token-file", "x", "--edge-port", "8443", "--edge-mode", "sideways"},
+			nil, 2, []string{"edge mode \"sideways\""}},
+		{"edge flag without port", []string{"proxy", "--service", "a", "--app-port", "80", "--server", s.addr, "--token-file", "x", "--edge-cert", "c.pem"},
+			nil, 2, []string{"--edge-cert needs --edge-port"}},
+		{"edge certificate file missing", []string{"proxy", "--service", "a", "--app-port", "80", "--server", s.addr, "--ca-file", s.caFile,
+			"--token-file", write("edge.token", strings.TrimSpace(s.mustCLI(t, "token", "create", "--service", "a"))),
+			"--edge-port", "0", "--edge-cert", filepath.Join(dir, "none.pem"), "--edge-key", filepath.Join(dir, "none-key.pem")},
+			nil, 1, []string{"edge certificate: certificate file:", "none.pem"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -246,7 +258,8 @@ func TestUpGreeter(t *testing.T) {
 // The App Mesh canary walk-through on the hello example, as the README
 // tells it: all traffic on v1, then 90/10, then all on v2.
 func TestUpHelloCanary(t *testing.T) {
-	u := startUp(t, "../examples/hello", []int{7700, 8080, 9100, 9101, 9102, 9191})
+	u := startUp(t, "../examples/hello", []int{7700, 8000, 8080, 9100, 9101, 9102, 9191})
+	checkHelloIngress(t, u.summary)
 	hello := func() (string, error) {
 		resp, err := http.Get("http://127.0.0.1:8080/hello/world")
 		if err != nil {
@@ -381,4 +394,118 @@ func TestTokenDelete(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// The TLS sidecar pattern: `trellis up examples/tls-sidecar` serves the
+// plain-HTTP app over TLS with a certificate made at start for its DNS name.
+func TestUpTLSSidecar(t *testing.T) {
+	u := startUp(t, "../examples/tls-sidecar", []int{7700, 8443, 9200})
+	if !strings.Contains(u.summary, "curl -k https://127.0.0.1:8443/") {
+		t.Errorf("summary does not print the edge URL:\n%s", u.summary)
+	}
+	out, err := exec.Command("curl", "-sk", "--max-time", "5", "https://127.0.0.1:8443/").CombinedOutput()
+	if err != nil || strings.TrimSpace(string(out)) != "Hello from behind Trellis TLS proxy!" {
+		t.Fatalf("curl -k: %q, %v", out, err)
+	}
+	// The certificate carries the DNS name the example gives.
+	s := exec.Command("openssl", "s_client", "-connect", "127.0.0.1:8443", "-servername", "tls-app.local")
+	s.Stdin = strings.NewReader("")
+	pemOut, err := s.Output()
+	if err != nil {
+		t.Fatalf("openssl s_client: %v", err)
+	}
+	x := exec.Command("openssl", "x509", "-noout", "-ext", "subjectAltName")
+	x.Stdin = bytes.NewReader(pemOut)
+	san, err := x.CombinedOutput()
+	if err != nil || !strings.Contains(string(san), "DNS:tls-app.local") {
+		t.Errorf("certificate SAN %q, %v; want DNS:tls-app.local", san, err)
+	}
+	// TLS 1.1 and older are refused.
+	if out, err := exec.Command("curl", "-sk", "--max-time", "5", "--tlsv1.0", "--tls-max", "1.1", "https://127.0.0.1:8443/").CombinedOutput(); err == nil {
+		t.Errorf("TLS 1.1 accepted: %q", out)
+	}
+	u.stop(t)
+}
+
+// rawGet sends one request with path exactly as given (no client-side
+// normalization) and returns the status line and body.
+func rawGet(t *testing.T, addr, path string) (string, string) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: hello.test\r\nConnection: close\r\n\r\n", path)
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.Status, string(b)
+}
+
+// checkHelloIngress: the seed's virtual gateway example, exactly, and the
+// paths that must never reach a service without a route.
+func checkHelloIngress(t *testing.T, summary string) {
+	t.Helper()
+	if !strings.Contains(summary, "curl http://127.0.0.1:8000/hello-service/") {
+		t.Errorf("summary does not print the ingress URL:\n%s", summary)
+	}
+	status, body := rawGet(t, "127.0.0.1:8000", "/hello-service/hello/ingress")
+	if status != "200 OK" || !strings.Contains(body, "Hello, ingress!") {
+		t.Fatalf("ingress: %s %q; want hello-web's greeting for /hello/ingress", status, body)
+	}
+	// Duplicate slashes normalize to the routed path.
+	if status, body := rawGet(t, "127.0.0.1:8000", "//hello-service//hello/slashes"); status != "200 OK" || !strings.Contains(body, "Hello, slashes!") {
+		t.Errorf("//hello-service//hello/slashes: %s %q", status, body)
+	}
+	for _, path := range []string{
+		"/admin", "/hello-service/../admin", "/hello-service/%2e%2e/admin", "/hello-service/%2E%2E/%2e%2e/admin",
+		"/hello-service/./../admin", "/hello-servicex/hello/a",
+	} {
+		status, body := rawGet(t, "127.0.0.1:8000", path)
+		if status != "404 Not Found" || !strings.HasPrefix(body, "trellis: no route") {
+			t.Errorf("%s: %s %q; want the gateway's 404", path, status, body)
+		}
+	}
+	for _, path := range []string{"/hello-service%2F..%2Fadmin", "/hello-service/hello%2fx", "/hello-service/..%5Cadmin", "/hello-service/%00"} {
+		if status, body := rawGet(t, "127.0.0.1:8000", path); status != "400 Bad Request" || !strings.HasPrefix(body, "trellis:") {
+			t.Errorf("%s: %s %q; want the gateway's 400", path, status, body)
+		}
+	}
+}
+
+// The NLB pattern: `trellis up examples/passthrough` puts two services
+// that terminate their own TLS behind one pass-through listener.
+func TestUpPassthrough(t *testing.T) {
+	u := startUp(t, "../examples/passthrough", []int{7700, 8443, 9301, 9302, 9311, 9312, 9321, 9331})
+	if !strings.Contains(u.summary, "https://alpha.example.test:8443/") {
+		t.Errorf("summary does not print the pass-through URL:\n%s", u.summary)
+	}
+	for _, name := range []string{"alpha", "beta"} {
+		sni := name + ".example.test"
+		c, err := tls.Dial("tcp", "127.0.0.1:8443", &tls.Config{ServerName: sni, InsecureSkipVerify: true})
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		// The certificate is the app's own, for its own name: the gateway
+		// has none.
+		cert := c.ConnectionState().PeerCertificates[0]
+		if len(cert.DNSNames) != 1 || cert.DNSNames[0] != sni || cert.Subject.CommonName != sni {
+			t.Errorf("%s: certificate for %v", name, cert.DNSNames)
+		}
+		fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", sni)
+		b, _ := io.ReadAll(c)
+		c.Close()
+		// The app saw the client's own address through the gateway and
+		// its sidecar (PROXY protocol v2 at both hops).
+		want := fmt.Sprintf("Hello from %s, over its own TLS as %s; you are %s", name, sni, c.LocalAddr())
+		if !strings.Contains(string(b), want) {
+			t.Errorf("%s answered %q; want %q", name, b, want)
+		}
+	}
+	u.stop(t)
 }

@@ -36,6 +36,11 @@ func (r *Resource) spec(alloc bool) (any, error) {
 			r.Route = &RouteSpec{}
 		}
 		return r.Route, nil
+	case KindGateway:
+		if r.Gateway == nil && alloc {
+			r.Gateway = &GatewaySpec{}
+		}
+		return r.Gateway, nil
 	case "":
 		return nil, &FieldError{Path: "kind", Msg: "missing"}
 	}
@@ -234,8 +239,8 @@ func decodeDocument(file string, doc *yaml.Node) (*Resource, []error) {
 				}
 			}
 		}
-	} else if r.Kind == KindIntention || r.Kind == KindRoute {
-		r.Intention, r.Route = nil, nil // Validate reports the missing spec
+	} else if r.Kind == KindIntention || r.Kind == KindRoute || r.Kind == KindGateway {
+		r.Intention, r.Route, r.Gateway = nil, nil, nil // Validate reports the missing spec
 	}
 	if len(errs) > 0 {
 		return nil, errs

@@ -8,10 +8,11 @@ const (
 	KindService   = "Service"
 	KindIntention = "Intention"
 	KindRoute     = "Route"
+	KindGateway   = "Gateway"
 )
 
 // Kinds lists the kinds that can be applied, in the order they are applied.
-var Kinds = []string{KindMesh, KindService, KindIntention, KindRoute}
+var Kinds = []string{KindMesh, KindService, KindIntention, KindRoute, KindGateway}
 
 // Resource is one declarative document: a kind, a name and the kind's spec.
 // Exactly one of the spec fields is set, the one matching Kind.
@@ -28,6 +29,8 @@ type Resource struct {
 	Intention *IntentionSpec `json:"-" yaml:"-"`
 	// Route is the spec of a Route resource.
 	Route *RouteSpec `json:"-" yaml:"-"`
+	// Gateway is the spec of a Gateway resource.
+	Gateway *GatewaySpec `json:"-" yaml:"-"`
 }
 
 // MeshName is the name of the one Mesh resource.
@@ -214,6 +217,9 @@ type Instance struct {
 	Address string `json:"address"`
 	// Port is the proxy's public mTLS port.
 	Port int `json:"port"`
+	// EdgePort is the proxy's edge listener (for clients outside the
+	// mesh, and tls-passthrough gateways), or 0.
+	EdgePort int `json:"edgePort,omitempty"`
 	// Network names the network the instance is in; empty is the default one.
 	Network string `json:"network,omitempty"`
 	// Healthy is the last result of the proxy's health check of its app.
@@ -252,4 +258,98 @@ type ProxyStatus struct {
 	Error string `json:"error,omitempty"`
 	// ConnectedAt is when the proxy's stream opened.
 	ConnectedAt time.Time `json:"connectedAt"`
+}
+
+// Gateway listener protocols.
+const (
+	GatewayHTTP           = "http"            // ingress, plain HTTP
+	GatewayHTTPS          = "https"           // ingress, TLS ended at the gateway
+	GatewayTLSPassthrough = "tls-passthrough" // routed by SNI, never decrypted
+)
+
+// GatewaySpec is a gateway: what `trellis gateway --name NAME` serves. The
+// gateway's identity is the service named like the resource: its token is
+// a service token for that name, and intentions name it as the source.
+type GatewaySpec struct {
+	Listeners []GatewayListener `json:"listeners" yaml:"listeners"`
+}
+
+// GatewayListener is one port of a gateway.
+type GatewayListener struct {
+	// Port the gateway listens on.
+	Port int `json:"port" yaml:"port"`
+	// Protocol is http, https or tls-passthrough.
+	Protocol string `json:"protocol" yaml:"protocol"`
+	// TLS is the certificate of an https listener.
+	TLS *GatewayTLS `json:"tls,omitempty" yaml:"tls,omitempty"`
+	// Routes of an http or https listener, tried in order: the first whose
+	// host and path prefix match wins; a request no route matches gets 404.
+	Routes []GatewayRoute `json:"routes,omitempty" yaml:"routes,omitempty"`
+	// Targets of a tls-passthrough listener: which service's instances
+	// (their edge listeners) serve which SNI name.
+	Targets []PassthroughTarget `json:"targets,omitempty" yaml:"targets,omitempty"`
+	// DefaultService of a tls-passthrough listener serves ClientHellos
+	// without SNI, or with a name no target has; empty refuses them.
+	DefaultService string `json:"defaultService,omitempty" yaml:"defaultService,omitempty"`
+	// ProxyProtocol sends a PROXY protocol v2 header with the client's
+	// address to pass-through targets.
+	ProxyProtocol bool `json:"proxyProtocol,omitempty" yaml:"proxyProtocol,omitempty"`
+	// HealthCheck of pass-through targets: tcp (default: a connect) or tls
+	// (a full handshake, certificate unchecked).
+	HealthCheck string `json:"healthCheck,omitempty" yaml:"healthCheck,omitempty"`
+	// DrainTimeout is how long connections to a target that left stay open
+	// (a Go duration; default 30s).
+	DrainTimeout string `json:"drainTimeout,omitempty" yaml:"drainTimeout,omitempty"`
+}
+
+// GatewayTLS says where an https listener's certificate comes from: files
+// on the gateway's host (reloaded when they change), or self-signed at
+// start for DNSNames.
+type GatewayTLS struct {
+	CertFile string   `json:"certFile,omitempty" yaml:"certFile,omitempty"`
+	KeyFile  string   `json:"keyFile,omitempty" yaml:"keyFile,omitempty"`
+	DNSNames []string `json:"dnsNames,omitempty" yaml:"dnsNames,omitempty"`
+}
+
+// GatewayRoute sends matching requests to a mesh service.
+type GatewayRoute struct {
+	// Host matches the request's host (port ignored, case-insensitive);
+	// "*.example.com" matches one label; empty matches any.
+	Host string `json:"host,omitempty" yaml:"host,omitempty"`
+	// PathPrefix matches whole path segments of the normalized path:
+	// "/api" matches /api and /api/x, not /apix. Default "/".
+	PathPrefix string `json:"pathPrefix,omitempty" yaml:"pathPrefix,omitempty"`
+	// Service is the mesh service that serves the request.
+	Service string `json:"service" yaml:"service"`
+	// RewritePrefix replaces the matched PathPrefix; empty keeps the path.
+	RewritePrefix string `json:"rewritePrefix,omitempty" yaml:"rewritePrefix,omitempty"`
+}
+
+// PassthroughTarget routes one SNI name to a service.
+type PassthroughTarget struct {
+	// SNI is the server name; "*.example.com" matches one label.
+	SNI     string `json:"sni" yaml:"sni"`
+	Service string `json:"service" yaml:"service"`
+}
+
+// Services lists the services a gateway sends traffic to, each once.
+func (g *GatewaySpec) Services() []string {
+	seen := map[string]bool{}
+	var out []string
+	add := func(s string) {
+		if s != "" && !seen[s] {
+			seen[s] = true
+			out = append(out, s)
+		}
+	}
+	for _, l := range g.Listeners {
+		for _, r := range l.Routes {
+			add(r.Service)
+		}
+		for _, t := range l.Targets {
+			add(t.Service)
+		}
+		add(l.DefaultService)
+	}
+	return out
 }

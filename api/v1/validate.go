@@ -36,7 +36,7 @@ func (r *Resource) Validate() error {
 		}
 	}
 	specs := 0
-	for _, set := range []bool{r.Mesh != nil, r.Service != nil, r.Intention != nil, r.Route != nil} {
+	for _, set := range []bool{r.Mesh != nil, r.Service != nil, r.Intention != nil, r.Route != nil, r.Gateway != nil} {
 		if set {
 			specs++
 		}
@@ -79,6 +79,15 @@ func (r *Resource) Validate() error {
 			break
 		}
 		errs = append(errs, r.Route.validate()...)
+	case KindGateway:
+		if err := identity.ValidateServiceName(r.Name); err != nil {
+			add(fieldErr("name", "a Gateway is named after its identity, a service name: %v", err))
+		}
+		if r.Gateway == nil {
+			add(fieldErr("spec", "missing"))
+			break
+		}
+		errs = append(errs, r.Gateway.validate()...)
 	case "":
 		add(fieldErr("kind", "missing"))
 	default:
@@ -321,4 +330,116 @@ func (s *ServiceSpec) EffectiveProtocol() string {
 		return ProtocolTCP
 	}
 	return s.Protocol
+}
+
+func (g *GatewaySpec) validate() []error {
+	var errs []error
+	if len(g.Listeners) == 0 {
+		errs = append(errs, fieldErr("spec.listeners", "missing: a Gateway needs at least one listener"))
+	}
+	ports := map[int]bool{}
+	for i, l := range g.Listeners {
+		at := fmt.Sprintf("spec.listeners[%d]", i)
+		if l.Port <= 0 || l.Port > 65535 {
+			errs = append(errs, fieldErr(at+".port", "%d is not 1-65535", l.Port))
+		} else if ports[l.Port] {
+			errs = append(errs, fieldErr(at+".port", "%d is used by another listener", l.Port))
+		}
+		ports[l.Port] = true
+		if l.DrainTimeout != "" {
+			if d, err := time.ParseDuration(l.DrainTimeout); err != nil || d < 0 {
+				errs = append(errs, fieldErr(at+".drainTimeout", "%q is not a duration such as 30s", l.DrainTimeout))
+			}
+		}
+		switch l.Protocol {
+		case GatewayHTTP, GatewayHTTPS:
+			if l.Protocol == GatewayHTTPS {
+				switch {
+				case l.TLS == nil:
+					errs = append(errs, fieldErr(at+".tls", "missing: an https listener needs certFile and keyFile, or dnsNames for a self-signed certificate"))
+				case (l.TLS.CertFile == "") != (l.TLS.KeyFile == ""):
+					errs = append(errs, fieldErr(at+".tls", "certFile and keyFile go together"))
+				case l.TLS.CertFile == "" && len(l.TLS.DNSNames) == 0:
+					errs = append(errs, fieldErr(at+".tls", "give certFile and keyFile, or dnsNames for a self-signed certificate"))
+				}
+			} else if l.TLS != nil {
+				errs = append(errs, fieldErr(at+".tls", "an http listener has no certificate; use protocol https"))
+			}
+			if len(l.Routes) == 0 {
+				errs = append(errs, fieldErr(at+".routes", "missing: an %s listener needs at least one route", l.Protocol))
+			}
+			if len(l.Targets) > 0 || l.DefaultService != "" || l.ProxyProtocol || l.HealthCheck != "" {
+				errs = append(errs, fieldErr(at, "targets, defaultService, proxyProtocol and healthCheck are for tls-passthrough listeners"))
+			}
+			for j, r := range l.Routes {
+				rat := fmt.Sprintf("%s.routes[%d]", at, j)
+				if err := identity.ValidateServiceName(r.Service); err != nil {
+					errs = append(errs, fieldErr(rat+".service", "%v", err))
+				}
+				if r.PathPrefix != "" && !strings.HasPrefix(r.PathPrefix, "/") {
+					errs = append(errs, fieldErr(rat+".pathPrefix", "%q must start with /", r.PathPrefix))
+				}
+				if r.RewritePrefix != "" && !strings.HasPrefix(r.RewritePrefix, "/") {
+					errs = append(errs, fieldErr(rat+".rewritePrefix", "%q must start with /", r.RewritePrefix))
+				}
+				if !validHostPattern(r.Host) {
+					errs = append(errs, fieldErr(rat+".host", "%q is not a host name or *.domain", r.Host))
+				}
+			}
+		case GatewayTLSPassthrough:
+			if l.TLS != nil || len(l.Routes) > 0 {
+				errs = append(errs, fieldErr(at, "a tls-passthrough listener holds no certificate and has targets, not routes"))
+			}
+			if len(l.Targets) == 0 && l.DefaultService == "" {
+				errs = append(errs, fieldErr(at+".targets", "missing: give targets or a defaultService"))
+			}
+			if l.HealthCheck != "" && l.HealthCheck != "tcp" && l.HealthCheck != "tls" {
+				errs = append(errs, fieldErr(at+".healthCheck", "%q is not tcp or tls", l.HealthCheck))
+			}
+			snis := map[string]bool{}
+			for j, t := range l.Targets {
+				tat := fmt.Sprintf("%s.targets[%d]", at, j)
+				if t.SNI == "" || !validHostPattern(t.SNI) {
+					errs = append(errs, fieldErr(tat+".sni", "%q is not a host name or *.domain", t.SNI))
+				}
+				if snis[strings.ToLower(t.SNI)] {
+					errs = append(errs, fieldErr(tat+".sni", "%q is routed twice", t.SNI))
+				}
+				snis[strings.ToLower(t.SNI)] = true
+				if err := identity.ValidateServiceName(t.Service); err != nil {
+					errs = append(errs, fieldErr(tat+".service", "%v", err))
+				}
+			}
+			if l.DefaultService != "" {
+				if err := identity.ValidateServiceName(l.DefaultService); err != nil {
+					errs = append(errs, fieldErr(at+".defaultService", "%v", err))
+				}
+			}
+		default:
+			errs = append(errs, fieldErr(at+".protocol", "%q is not http, https or tls-passthrough", l.Protocol))
+		}
+	}
+	return errs
+}
+
+// validHostPattern accepts "", a DNS name, or "*." and a DNS name.
+func validHostPattern(h string) bool {
+	h = strings.TrimPrefix(h, "*.")
+	if len(h) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(h, ".") {
+		if h == "" {
+			return true
+		}
+		if label == "" || len(label) > 63 {
+			return false
+		}
+		for _, c := range label {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+				return false
+			}
+		}
+	}
+	return true
 }

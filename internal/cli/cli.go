@@ -40,6 +40,7 @@ func commands() map[string]command {
 	return map[string]command{
 		"server":    {"run a control plane server", runServer},
 		"proxy":     {"run a sidecar proxy beside an app", runProxy},
+		"gateway":   {"run a gateway (ingress, TLS pass-through) from a Gateway resource", runGateway},
 		"up":        {"run a whole mesh on this machine from DIR/trellis.yaml", runUp},
 		"apply":     {"create or update resources from YAML files (-f)", runApply},
 		"get":       {"show resources, services, instances, proxies or tokens", runGet},

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"strings"
 
 	"gopkg.in/yaml.v3"
 
@@ -36,6 +37,15 @@ func runProxy(ctx context.Context, e *env, args []string) error {
 	healthPath := fs.String("health-path", "", "check the app with HTTP GET of this path (default: TCP connect)")
 	healthInterval := fs.Duration("health-interval", 0, "interval between app health checks (default 1s)")
 	drain := fs.Duration("drain-timeout", 0, "how long shutdown waits for open connections (default 15s)")
+	edgePort := fs.Int("edge-port", -1, "port of an edge listener for clients outside the mesh (0: any free port; default none)")
+	edgeAddr := fs.String("edge-addr", "0.0.0.0", "IP the edge listener binds")
+	edgeMode := fs.String("edge-mode", "", "edge listener mode: terminate (TLS ends here, default) or passthrough (the app terminates TLS)")
+	edgeCert := fs.String("edge-cert", "", "edge certificate chain PEM file (reloaded when it changes)")
+	edgeKey := fs.String("edge-key", "", "edge private key PEM file")
+	edgeDNS := fs.String("edge-dns-name", e.getenv("TRELLIS_EDGE_DNS_NAME"), "comma-separated DNS names for a self-signed edge certificate (env TRELLIS_EDGE_DNS_NAME)")
+	edgeClientCA := fs.String("edge-client-ca", "", "require edge clients to present a certificate from these PEM roots")
+	edgeAcceptPP := fs.Bool("edge-accept-proxy-protocol", false, "edge connections start with a PROXY protocol header (from a gateway or load balancer)")
+	edgeSendPP := fs.Bool("edge-send-proxy-protocol", false, "send the edge client's address to the app in a PROXY protocol v2 header")
 	mkLog := logFlags(fs, e, "info")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -97,6 +107,27 @@ func runProxy(ctx context.Context, e *env, args []string) error {
 	override("health-path", func() { cfg.HealthHTTPPath = *healthPath })
 	override("health-interval", func() { cfg.HealthInterval = *healthInterval })
 	override("drain-timeout", func() { cfg.DrainTimeout = *drain })
+	if *edgePort >= 0 {
+		if *edgePort > 65535 {
+			return usageErr("--edge-port: %d is not 0-65535", *edgePort)
+		}
+		cfg.Edge = &sidecar.Edge{
+			Listen: net.JoinHostPort(*edgeAddr, strconv.Itoa(*edgePort)),
+			Mode:   *edgeMode, CertFile: *edgeCert, KeyFile: *edgeKey, ClientCAFile: *edgeClientCA,
+			AcceptProxyProtocol: *edgeAcceptPP, SendProxyProtocol: *edgeSendPP,
+		}
+		for _, n := range strings.Split(*edgeDNS, ",") {
+			if n = strings.TrimSpace(n); n != "" {
+				cfg.Edge.DNSNames = append(cfg.Edge.DNSNames, n)
+			}
+		}
+	} else {
+		for _, name := range []string{"edge-addr", "edge-mode", "edge-cert", "edge-key", "edge-client-ca", "edge-accept-proxy-protocol", "edge-send-proxy-protocol"} {
+			if set[name] {
+				return usageErr("--%s needs --edge-port", name)
+			}
+		}
+	}
 	if err := cfg.Validate(); err != nil {
 		return usageErr("%s", oneLine(err))
 	}

@@ -78,6 +78,8 @@ func kindOf(s string) (string, bool) {
 		return v1.KindIntention, true
 	case "route", "routes":
 		return v1.KindRoute, true
+	case "gateway", "gateways":
+		return v1.KindGateway, true
 	}
 	return "", false
 }
@@ -199,6 +201,15 @@ func runGet(ctx context.Context, e *env, args []string) error {
 					targets = append(targets, fmt.Sprintf("%s=%d", t.Version, t.Weight))
 				}
 				fmt.Fprintf(tw, "%s\t%d\t%s\n", r.Name, len(r.Route.Rules), strings.Join(targets, ","))
+			}
+		case v1.KindGateway:
+			fmt.Fprintln(tw, "NAME\tLISTENERS")
+			for _, r := range res {
+				var ls []string
+				for _, l := range r.Gateway.Listeners {
+					ls = append(ls, fmt.Sprintf("%s:%d", l.Protocol, l.Port))
+				}
+				fmt.Fprintf(tw, "%s\t%s\n", r.Name, strings.Join(ls, ","))
 			}
 		case v1.KindMesh:
 			fmt.Fprintln(tw, "NAME\tMTLS\tDEFAULT POLICY")

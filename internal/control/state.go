@@ -223,6 +223,10 @@ func (s *state) buildMeshLocked() *topology.Mesh {
 	for name, r := range s.resources[v1.KindRoute] {
 		m.Routes[name] = r.Route
 	}
+	m.Gateways = map[string]*v1.GatewaySpec{}
+	for name, r := range s.resources[v1.KindGateway] {
+		m.Gateways[name] = r.Gateway
+	}
 	for svc, ins := range s.instances {
 		for _, in := range ins {
 			m.Instances[svc] = append(m.Instances[svc], in)

@@ -182,7 +182,7 @@ func (ps *proxyStream) register(ctx context.Context) error {
 func (ps *proxyStream) putInstance(ctx context.Context) error {
 	in := v1.Instance{
 		ID: ps.reg.Instance, Service: ps.reg.Service, Version: ps.reg.Version,
-		Address: ps.reg.Address, Port: ps.reg.Port, Network: ps.reg.Network,
+		Address: ps.reg.Address, Port: ps.reg.Port, EdgePort: ps.reg.EdgePort, Network: ps.reg.Network,
 		Healthy: ps.reg.Healthy, RegisteredAt: ps.status.ConnectedAt,
 	}
 	b, _ := json.Marshal(in)

@@ -45,6 +45,89 @@ func (u Upstream) validate() error {
 	return nil
 }
 
+// Edge modes: how the edge listener treats a client's bytes.
+const (
+	EdgeTerminate   = "terminate"   // TLS ends here; the app gets plain bytes
+	EdgePassthrough = "passthrough" // the app terminates TLS itself
+)
+
+// Edge certificate sources, for EdgeTerminate.
+const (
+	EdgeCertFiles      = "files"       // CertFile and KeyFile, reloaded on change
+	EdgeCertSelfSigned = "self-signed" // made at start for DNSNames
+)
+
+// Edge is a listener for clients outside the mesh (browsers, load
+// balancers, `trellis gateway` in tls-passthrough mode): it terminates TLS
+// for them, or passes their bytes through, and forwards to the app.
+type Edge struct {
+	// Listen is the listener's address, such as 0.0.0.0:8443.
+	Listen string `yaml:"listen"`
+	// Mode is terminate (default) or passthrough.
+	Mode string `yaml:"mode"`
+	// CertSource is files or self-signed; default files when CertFile is
+	// set, else self-signed.
+	CertSource string `yaml:"certSource"`
+	// CertFile and KeyFile are PEM files (the chain, leaf first, and its key).
+	CertFile string `yaml:"certFile"`
+	KeyFile  string `yaml:"keyFile"`
+	// DNSNames name the self-signed certificate (DNS names or IPs).
+	DNSNames []string `yaml:"dnsNames"`
+	// ClientCAFile, when set, requires client certificates that chain to
+	// the PEM roots in it.
+	ClientCAFile string `yaml:"clientCAFile"`
+	// AcceptProxyProtocol requires a PROXY protocol header on every
+	// connection, as a gateway or load balancer sends.
+	AcceptProxyProtocol bool `yaml:"acceptProxyProtocol"`
+	// SendProxyProtocol sends the client's address to the app in a PROXY
+	// protocol v2 header.
+	SendProxyProtocol bool `yaml:"sendProxyProtocol"`
+}
+
+func (e *Edge) certSource() string {
+	switch {
+	case e.CertSource != "":
+		return e.CertSource
+	case e.CertFile != "":
+		return EdgeCertFiles
+	}
+	return EdgeCertSelfSigned
+}
+
+func (e *Edge) validate() error {
+	var errs []error
+	if err := validHostPort(e.Listen, true); err != nil {
+		errs = append(errs, fmt.Errorf("edge listen: %w", err))
+	}
+	switch e.Mode {
+	case "", EdgeTerminate:
+		switch e.certSource() {
+		case EdgeCertFiles:
+			if e.CertFile == "" || e.KeyFile == "" {
+				errs = append(errs, errors.New("edge certificate: files need both a certificate file and a key file"))
+			}
+		case EdgeCertSelfSigned:
+			if len(e.DNSNames) == 0 {
+				errs = append(errs, errors.New("edge certificate: self-signed needs a DNS name (--edge-dns-name or TRELLIS_EDGE_DNS_NAME)"))
+			}
+			for _, n := range e.DNSNames {
+				if n == "" || strings.ContainsAny(n, " /:") && net.ParseIP(n) == nil {
+					errs = append(errs, fmt.Errorf("edge DNS name %q: not a DNS name or IP", n))
+				}
+			}
+		default:
+			errs = append(errs, fmt.Errorf("edge certificate source %q: want %s or %s", e.CertSource, EdgeCertFiles, EdgeCertSelfSigned))
+		}
+	case EdgePassthrough:
+		if e.CertFile != "" || e.ClientCAFile != "" || len(e.DNSNames) > 0 {
+			errs = append(errs, errors.New("edge: passthrough mode holds no certificate; the app terminates TLS"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("edge mode %q: want %s or %s", e.Mode, EdgeTerminate, EdgePassthrough))
+	}
+	return errors.Join(errs...)
+}
+
 // Config configures a sidecar. Durations' zero values mean their defaults.
 type Config struct {
 	// Service is the app's service name.
@@ -64,6 +147,11 @@ type Config struct {
 	Network string `yaml:"network"`
 	// Upstreams are the local listeners.
 	Upstreams []Upstream `yaml:"upstreams"`
+	// Edge, if set, serves clients outside the mesh.
+	Edge *Edge `yaml:"edge"`
+	// Gateway, if set, makes this proxy the gateway named Service; it has
+	// no app (AppAddr is unused).
+	Gateway *Gateway `yaml:"gateway"`
 	// Server is the control plane's host:port.
 	Server string `yaml:"server"`
 	// ServerCAFile holds the roots that verify the control plane.
@@ -101,7 +189,14 @@ func (c *Config) Validate() error {
 	if err := identity.ValidateServiceName(c.Service); err != nil {
 		errs = append(errs, fmt.Errorf("service: %w", err))
 	}
-	if err := validHostPort(c.AppAddr, false); err != nil {
+	if c.Gateway != nil {
+		if c.Edge != nil || c.HealthHTTPPath != "" {
+			errs = append(errs, errors.New("a gateway has no app: no edge listener or health path"))
+		}
+		if c.Gateway.ListenIP != "" && net.ParseIP(c.Gateway.ListenIP) == nil {
+			errs = append(errs, fmt.Errorf("gateway listen IP %q: not an IP", c.Gateway.ListenIP))
+		}
+	} else if err := validHostPort(c.AppAddr, false); err != nil {
 		errs = append(errs, fmt.Errorf("app address: %w", err))
 	}
 	if c.PublicAddr != "" {
@@ -127,6 +222,11 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("upstream %s: listen address %s used twice", u.Service, u.Listen))
 		}
 		seen[u.Listen] = true
+	}
+	if c.Edge != nil {
+		if err := c.Edge.validate(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if c.HealthHTTPPath != "" && !strings.HasPrefix(c.HealthHTTPPath, "/") {
 		errs = append(errs, fmt.Errorf("health path %q: must start with /", c.HealthHTTPPath))

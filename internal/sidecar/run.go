@@ -15,6 +15,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/certs"
 	"github.com/trellis-mesh/trellis/internal/health"
 	"github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/proxy/edge"
 	"github.com/trellis-mesh/trellis/internal/proxy/l4"
 	"github.com/trellis-mesh/trellis/internal/proxy/l7"
 	"github.com/trellis-mesh/trellis/internal/proxy/tunnel"
@@ -47,7 +48,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 		return err
 	}
 	defer ls.closeAll()
-	p.reg.Store(p.registration(ls.public.Addr().(*net.TCPAddr)))
+	p.reg.Store(p.registration(ls.public.Addr().(*net.TCPAddr), ls.edgePort()))
 
 	// Background work outlives ctx until the drain is over.
 	runCtx, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
@@ -58,16 +59,40 @@ func (p *Proxy) Run(ctx context.Context) error {
 	goBG(func() { p.serveAdmin(runCtx, ls.admin) })
 	pool := l4.NewPool(0, 0, p.l4m)
 	defer pool.Close()
-	dp := p.dataPlane(pool)
-	p.onApply = func() { dp.inbound.Reauthorize() }
+	dp, err := p.dataPlane(pool)
+	if err != nil {
+		return err
+	}
+	var gw *gateway
+	if p.cfg.Gateway != nil {
+		gw = newGateway(p, pool)
+		gw.reconcile() // from the persisted snapshot, if any
+	}
+	p.onApply = func() {
+		dp.inbound.Reauthorize()
+		if gw != nil {
+			gw.reconcile()
+		}
+	}
 	goBG(func() { _ = dp.inbound.Serve(ls.public) })
+	if dp.edge != nil {
+		goBG(func() { _ = dp.edge.Serve(ls.edge) })
+	}
 	for i, u := range dp.upstreams {
 		goBG(func() { _ = p.serveUpstream(ls.upstreams[i], u) })
 		goBG(func() { _ = u.http.Serve(u.queue) })
 	}
 
 	firstHealth := make(chan struct{})
-	goBG(func() { p.checkHealth(runCtx, firstHealth) })
+	if gw != nil {
+		// Nothing to check: a gateway is healthy while it runs.
+		r := *p.reg.Load()
+		r.Healthy = true
+		p.reg.Store(&r)
+		close(firstHealth)
+	} else {
+		goBG(func() { p.checkHealth(runCtx, firstHealth) })
+	}
 	select {
 	case <-firstHealth:
 	case <-ctx.Done():
@@ -86,6 +111,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 		}
 	}()
 	p.log.Info("proxy started", "public", ls.public.Addr().String(), "admin", ls.admin.Addr().String(), "app", p.cfg.AppAddr)
+	if ls.edge != nil {
+		p.log.Info("edge listener started", "addr", ls.edge.Addr().String(), "mode", p.cfg.Edge.Mode)
+	}
 
 	<-ctx.Done()
 	p.log.Info("shutting down: deregistering")
@@ -95,6 +123,12 @@ func (p *Proxy) Run(ctx context.Context) error {
 	time.Sleep(grace) // let peers hear of the deregistration
 	ls.closeServing()
 	drainers := []drainer{dp.inbound, dp.inboundHTTP}
+	if dp.edge != nil {
+		drainers = append(drainers, dp.edge)
+	}
+	if gw != nil {
+		drainers = append(drainers, gw)
+	}
 	for _, u := range dp.upstreams {
 		u.queue.Close()
 		drainers = append(drainers, u.tcp, httpDrainer{u.http})
@@ -135,6 +169,7 @@ func (p *Proxy) restoreState() {
 // listeners are the sockets a proxy serves.
 type listeners struct {
 	public, admin net.Listener
+	edge          net.Listener   // nil without Config.Edge
 	upstreams     []net.Listener // in the order of Config.Upstreams
 }
 
@@ -147,6 +182,12 @@ func (p *Proxy) listen(ctx context.Context) (*listeners, error) {
 	if ls.admin, err = net.Listen("tcp", p.cfg.AdminAddr); err != nil {
 		ls.closeAll()
 		return nil, fmt.Errorf("admin listener: %w", err)
+	}
+	if p.cfg.Edge != nil {
+		if ls.edge, err = net.Listen("tcp", p.cfg.Edge.Listen); err != nil {
+			ls.closeAll()
+			return nil, fmt.Errorf("edge listener: %w", err)
+		}
 	}
 	// Upstream listeners serve clients on this host: no keep-alive probes.
 	local := net.ListenConfig{KeepAlive: -1}
@@ -166,6 +207,9 @@ func (ls *listeners) closeServing() {
 	if ls.public != nil {
 		ls.public.Close()
 	}
+	if ls.edge != nil {
+		ls.edge.Close()
+	}
 	for _, l := range ls.upstreams {
 		l.Close()
 	}
@@ -178,9 +222,18 @@ func (ls *listeners) closeAll() {
 	}
 }
 
+// edgePort is the edge listener's port, or 0.
+func (ls *listeners) edgePort() int {
+	if ls.edge == nil {
+		return 0
+	}
+	return ls.edge.Addr().(*net.TCPAddr).Port
+}
+
 // registration describes this instance; peers dial AdvertiseAddr, or the
-// public listener's IP, or loopback when that is unspecified.
-func (p *Proxy) registration(pub *net.TCPAddr) *xds.Registration {
+// public listener's IP, or loopback when that is unspecified. A gateway in
+// tls-passthrough mode dials the same address at the edge port.
+func (p *Proxy) registration(pub *net.TCPAddr, edgePort int) *xds.Registration {
 	adv := p.cfg.AdvertiseAddr
 	if adv == "" {
 		adv = pub.IP.String()
@@ -194,7 +247,7 @@ func (p *Proxy) registration(pub *net.TCPAddr) *xds.Registration {
 	}
 	return &xds.Registration{
 		Instance: p.cfg.Instance, Service: p.cfg.Service, Version: p.cfg.Version, Address: adv,
-		Port: pub.Port, Network: p.cfg.Network, Upstreams: ups,
+		Port: pub.Port, EdgePort: edgePort, Network: p.cfg.Network, Upstreams: ups,
 	}
 }
 
@@ -203,6 +256,7 @@ func (p *Proxy) registration(pub *net.TCPAddr) *xds.Registration {
 type dataPlane struct {
 	inbound     *l4.Inbound
 	inboundHTTP *l7.Inbound
+	edge        *edge.Listener // nil without Config.Edge
 	upstreams   []*upstream
 }
 
@@ -216,8 +270,15 @@ type upstream struct {
 
 // dataPlane builds the data plane, all of it reading the current snapshot
 // and certificate.
-func (p *Proxy) dataPlane(pool *l4.Pool) *dataPlane {
+func (p *Proxy) dataPlane(pool *l4.Pool) (*dataPlane, error) {
 	dp := &dataPlane{}
+	if p.cfg.Edge != nil {
+		e, err := p.edgeListener()
+		if err != nil {
+			return nil, err
+		}
+		dp.edge = e
+	}
 	dp.inboundHTTP = &l7.Inbound{
 		Self:      p.selfID,
 		Authorize: p.authorizeRequest,
@@ -280,7 +341,7 @@ func (p *Proxy) dataPlane(pool *l4.Pool) *dataPlane {
 			queue: newConnQueue(),
 		})
 	}
-	return dp
+	return dp, nil
 }
 
 // selfID is the identity of the current certificate.

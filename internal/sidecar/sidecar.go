@@ -25,6 +25,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/identity"
 	"github.com/trellis-mesh/trellis/internal/proxy/l4"
 	"github.com/trellis-mesh/trellis/internal/proxy/l7"
+	"github.com/trellis-mesh/trellis/internal/proxy/passthrough"
 	"github.com/trellis-mesh/trellis/internal/topology"
 	"github.com/trellis-mesh/trellis/internal/xds"
 )
@@ -36,6 +37,7 @@ type applied struct {
 	routers   map[string]*l7.Router // HTTP upstreams
 	protocols map[string]string
 	limits    map[string]*v1.ServiceLimits
+	edges     map[string][]passthrough.Target // instances with an edge listener
 }
 
 // Proxy is a running sidecar.
@@ -146,13 +148,18 @@ func (p *Proxy) apply(s *topology.Snapshot) error {
 	if err != nil {
 		return fmt.Errorf("trust bundle: %w", err)
 	}
-	a := &applied{snap: s, endpoints: map[string][]l4.Endpoint{}, routers: map[string]*l7.Router{}, protocols: map[string]string{}, limits: map[string]*v1.ServiceLimits{}}
+	a := &applied{snap: s, endpoints: map[string][]l4.Endpoint{}, routers: map[string]*l7.Router{}, protocols: map[string]string{}, limits: map[string]*v1.ServiceLimits{}, edges: map[string][]passthrough.Target{}}
 	for _, u := range s.Upstreams {
 		eps := make([]l4.Endpoint, 0, len(u.Endpoints))
 		for _, e := range u.Endpoints {
 			eps = append(eps, l4.Endpoint{Addr: net.JoinHostPort(e.Address, strconv.Itoa(e.Port)), Instance: e.Instance, Version: e.Version})
 		}
 		a.endpoints[u.Service] = eps
+		for _, e := range u.Endpoints {
+			if e.EdgePort > 0 {
+				a.edges[u.Service] = append(a.edges[u.Service], passthrough.Target{Addr: net.JoinHostPort(e.Address, strconv.Itoa(e.EdgePort)), Instance: e.Instance})
+			}
+		}
 		a.protocols[u.Service] = u.Protocol
 		a.limits[u.Service] = u.Limits
 		if u.Protocol != v1.ProtocolTCP {
@@ -195,8 +202,14 @@ func trusted(cert *tls.Certificate, b *certs.Bundle) bool {
 	return err == nil
 }
 
+// errGatewayInbound refuses mesh traffic to a gateway: it has no app.
+var errGatewayInbound = authz.Decision{Allow: false, Reason: "a gateway accepts no mesh traffic"}
+
 // authorizeRequest decides one HTTP request to this proxy's app.
 func (p *Proxy) authorizeRequest(peer identity.ID, r *httpmatch.Request) authz.Decision {
+	if p.cfg.Gateway != nil {
+		return errGatewayInbound
+	}
 	a := p.cur.Load()
 	if a == nil {
 		return authz.Decision{Allow: false, Reason: "no configuration yet"}
@@ -205,6 +218,9 @@ func (p *Proxy) authorizeRequest(peer identity.ID, r *httpmatch.Request) authz.D
 }
 
 func (p *Proxy) authorize(peer identity.ID) authz.Decision {
+	if p.cfg.Gateway != nil {
+		return errGatewayInbound
+	}
 	a := p.cur.Load()
 	if a == nil {
 		return authz.Decision{Allow: false, Reason: "no configuration yet"}

@@ -30,6 +30,9 @@ type Snapshot struct {
 	Inbound authz.Policy `json:"inbound"`
 	// Upstreams are the services the proxy has listeners for, by name.
 	Upstreams []Upstream `json:"upstreams"`
+	// Gateway is the Gateway resource named like Service, for a gateway;
+	// its services are among Upstreams.
+	Gateway *v1.GatewaySpec `json:"gateway,omitempty"`
 }
 
 // Upstream is one destination service and its healthy endpoints.
@@ -48,6 +51,9 @@ type Endpoint struct {
 	Instance string `json:"instance"`
 	Address  string `json:"address"`
 	Port     int    `json:"port"`
+	// EdgePort is the instance's edge listener, which tls-passthrough
+	// gateways dial; 0 if it has none.
+	EdgePort int    `json:"edgePort,omitempty"`
 	Version  string `json:"version,omitempty"`
 	Network  string `json:"network,omitempty"`
 }
@@ -98,6 +104,8 @@ type Mesh struct {
 	Routes map[string]*v1.RouteSpec
 	// Instances by service.
 	Instances map[string][]v1.Instance
+	// Gateways by name.
+	Gateways map[string]*v1.GatewaySpec
 }
 
 // Proxy is what a proxy told the control plane about itself.
@@ -118,6 +126,10 @@ func Compute(m *Mesh, p Proxy) *Snapshot {
 		Upstreams:   []Upstream{},
 	}
 	ups := append([]string(nil), p.Upstreams...)
+	if gw := m.Gateways[p.Service]; gw != nil {
+		s.Gateway = gw
+		ups = append(ups, gw.Services()...)
+	}
 	sort.Strings(ups)
 	for i, name := range ups {
 		if i > 0 && ups[i-1] == name {
@@ -135,7 +147,7 @@ func Compute(m *Mesh, p Proxy) *Snapshot {
 				continue
 			}
 			u.Endpoints = append(u.Endpoints, Endpoint{
-				Instance: in.ID, Address: in.Address, Port: in.Port, Version: in.Version, Network: in.Network,
+				Instance: in.ID, Address: in.Address, Port: in.Port, EdgePort: in.EdgePort, Version: in.Version, Network: in.Network,
 			})
 		}
 		sort.Slice(u.Endpoints, func(i, j int) bool { return u.Endpoints[i].Instance < u.Endpoints[j].Instance })

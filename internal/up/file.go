@@ -49,6 +49,25 @@ type Service struct {
 	Upstreams []UpstreamSpec    `yaml:"upstreams"`
 	Health    HealthSpec        `yaml:"health"`
 	Env       map[string]string `yaml:"env"`
+	// Edge, if set, gives each replica's sidecar an edge listener for
+	// clients outside the mesh, on Edge.Port, Edge.Port+1, ...
+	Edge *EdgeSpec `yaml:"edge"`
+}
+
+// EdgeSpec is a sidecar's edge listener (see sidecar.Edge).
+type EdgeSpec struct {
+	Port int `yaml:"port"`
+	// Mode is terminate (default) or passthrough.
+	Mode string `yaml:"mode"`
+	// DNSNames name a self-signed certificate made at start.
+	DNSNames []string `yaml:"dnsNames"`
+	// CertFile and KeyFile, relative to the directory, serve a certificate
+	// from files instead.
+	CertFile string `yaml:"certFile"`
+	KeyFile  string `yaml:"keyFile"`
+	// AcceptProxyProtocol and SendProxyProtocol, as sidecar.Edge.
+	AcceptProxyProtocol bool `yaml:"acceptProxyProtocol"`
+	SendProxyProtocol   bool `yaml:"sendProxyProtocol"`
 }
 
 // UpstreamSpec is a local listener for an upstream service.
@@ -162,6 +181,20 @@ func (f *File) validate(path string, root *yaml.Node) error {
 		}
 		for r := 0; r < max(1, s.Replicas); r++ {
 			usePort(at+".port", s.Port+r, s.Name)
+			if s.Edge != nil {
+				usePort(at+".edge.port", s.Edge.Port+r, s.Name+" edge")
+			}
+		}
+		if s.Edge != nil {
+			if s.Edge.Mode != "" && s.Edge.Mode != "terminate" && s.Edge.Mode != "passthrough" {
+				add(at+".edge.mode", "%q is not terminate or passthrough", s.Edge.Mode)
+			}
+			if (s.Edge.CertFile == "") != (s.Edge.KeyFile == "") {
+				add(at+".edge", "certFile and keyFile go together")
+			}
+			if s.Edge.Mode != "passthrough" && s.Edge.CertFile == "" && len(s.Edge.DNSNames) == 0 {
+				add(at+".edge", "give dnsNames (a self-signed certificate) or certFile and keyFile")
+			}
 		}
 		if s.Protocol != "" {
 			spec := v1.ServiceSpec{Protocol: s.Protocol}

@@ -173,6 +173,7 @@ func Run(ctx context.Context, cfg Config) error {
 			sidecars = append(sidecars, sc{id: inst, cfg: sidecar.Config{
 				Service: s.Name, Version: s.Version, Instance: inst,
 				AppAddr: "127.0.0.1:" + strconv.Itoa(port), Upstreams: ups,
+				Edge:   edgeConfig(dir, s.Edge, r),
 				Server: srv.Addr(), ServerCAFile: caFile, TokenFile: tok,
 				StateDir:       filepath.Join(cfg.DataDir, "proxies", inst),
 				HealthHTTPPath: s.Health.HTTP, DrainTimeout: 2 * time.Second,
@@ -211,6 +212,22 @@ func Run(ctx context.Context, cfg Config) error {
 			Service: f.Client.Service, Instance: f.Client.Service + "-local", AppAddr: null.Addr().String(),
 			Upstreams: ups, Server: srv.Addr(), ServerCAFile: caFile, TokenFile: tok, DrainTimeout: time.Second,
 		}})
+	}
+	// Each Gateway resource gets its gateway, on loopback.
+	for _, r := range f.resources {
+		if r.Kind != v1.KindGateway {
+			continue
+		}
+		tok, err := serviceToken(ctx, api, tokDir, r.Name)
+		if err != nil {
+			return err
+		}
+		sidecars = append(sidecars, sc{id: r.Name, cfg: sidecar.Config{
+			Service: r.Name, Instance: r.Name + "-local", Gateway: &sidecar.Gateway{ListenIP: "127.0.0.1"},
+			Server: srv.Addr(), ServerCAFile: caFile, TokenFile: tok, DrainTimeout: time.Second,
+			StateDir: filepath.Join(cfg.DataDir, "proxies", r.Name),
+		}})
+		want[r.Name]++
 	}
 	sidecarErr := make(chan error, len(sidecars))
 	var adminMu sync.Mutex
@@ -255,6 +272,21 @@ func Run(ctx context.Context, cfg Config) error {
 	return nil
 }
 
+// edgeConfig is replica r's edge listener of e (nil: none), on loopback.
+func edgeConfig(dir string, e *EdgeSpec, r int) *sidecar.Edge {
+	if e == nil {
+		return nil
+	}
+	c := &sidecar.Edge{
+		Listen: "127.0.0.1:" + strconv.Itoa(e.Port+r), Mode: e.Mode, DNSNames: e.DNSNames,
+		AcceptProxyProtocol: e.AcceptProxyProtocol, SendProxyProtocol: e.SendProxyProtocol,
+	}
+	if e.CertFile != "" {
+		c.CertFile, c.KeyFile = filepath.Join(dir, e.CertFile), filepath.Join(dir, e.KeyFile)
+	}
+	return c
+}
+
 func applyFile(ctx context.Context, api *client.Client, f *File) error {
 	res := []v1.Resource{{Kind: v1.KindMesh, Name: v1.MeshName, Mesh: &f.Mesh}}
 	seen := map[string]bool{}
@@ -276,11 +308,13 @@ func applyFile(ctx context.Context, api *client.Client, f *File) error {
 	if err != nil {
 		return err
 	}
-	oldRoutes, err := api.List(ctx, v1.KindRoute)
-	if err != nil {
-		return err
+	for _, kind := range []string{v1.KindRoute, v1.KindGateway} {
+		more, err := api.List(ctx, kind)
+		if err != nil {
+			return err
+		}
+		old = append(old, more...)
 	}
-	old = append(old, oldRoutes...)
 	keep := map[string]bool{}
 	for _, r := range res {
 		keep[r.Kind+"/"+r.Name] = true
@@ -378,6 +412,40 @@ func printSummary(w io.Writer, addr string, f *File, admins map[string]string) {
 	if f.Client != nil {
 		for _, u := range f.Client.Upstreams {
 			fmt.Fprintf(w, "  %-9s curl http://127.0.0.1:%d/   (local upstream listener, as service %q)\n", u.Service+":", u.Port, f.Client.Service)
+		}
+	}
+	for _, s := range f.Services {
+		if s.Edge == nil || s.Edge.AcceptProxyProtocol {
+			continue // behind a gateway: clients go through it
+		}
+		what := "TLS by the sidecar"
+		if s.Edge.Mode == "passthrough" {
+			what = "TLS by the app, passed through"
+		}
+		fmt.Fprintf(w, "  %-9s curl -k https://127.0.0.1:%d/   (edge listener of %s, %s)\n", s.Name+":", s.Edge.Port, s.Name, what)
+	}
+	for _, r := range f.resources {
+		if r.Kind != v1.KindGateway {
+			continue
+		}
+		for _, l := range r.Gateway.Listeners {
+			switch l.Protocol {
+			case v1.GatewayHTTP, v1.GatewayHTTPS:
+				path := "/"
+				if len(l.Routes) > 0 && l.Routes[0].PathPrefix != "" {
+					path = strings.TrimSuffix(l.Routes[0].PathPrefix, "/") + "/"
+				}
+				k := ""
+				if l.Protocol == v1.GatewayHTTPS {
+					k = "-k "
+				}
+				fmt.Fprintf(w, "  %-9s curl %s%s://127.0.0.1:%d%s   (ingress of gateway %s)\n", "ingress:", k, l.Protocol, l.Port, path, r.Name)
+			case v1.GatewayTLSPassthrough:
+				for _, t := range l.Targets {
+					fmt.Fprintf(w, "  %-9s curl -k --resolve %s:%d:127.0.0.1 https://%s:%d/   (TLS pass-through of gateway %s to %s)\n",
+						"pass:", t.SNI, l.Port, t.SNI, l.Port, r.Name, t.Service)
+				}
+			}
 		}
 	}
 	fmt.Fprintf(w, "  Services: ")

@@ -27,6 +27,7 @@ type Registration struct {
 	Version   string   // version label
 	Address   string   // address of the public mTLS listener, as peers dial it
 	Port      int      // public mTLS port
+	EdgePort  int      // edge listener's port, 0 if none
 	Network   string   // network name
 	Upstreams []string // services the proxy has listeners for
 	Healthy   bool     // the app's last health check result
@@ -53,6 +54,9 @@ func (r *Registration) Validate() error {
 	if r.Port <= 0 || r.Port > 65535 {
 		errs = append(errs, fmt.Errorf("port %d is not a port number", r.Port))
 	}
+	if r.EdgePort < 0 || r.EdgePort > 65535 {
+		errs = append(errs, fmt.Errorf("edge port %d is not a port number", r.EdgePort))
+	}
 	for _, u := range r.Upstreams {
 		if err := identity.ValidateServiceName(u); err != nil {
 			errs = append(errs, fmt.Errorf("upstream: %w", err))
@@ -71,6 +75,7 @@ func (r *Registration) Node() *corev3.Node {
 		"version":   r.Version,
 		"address":   r.Address,
 		"port":      strconv.Itoa(r.Port),
+		"edgePort":  strconv.Itoa(r.EdgePort),
 		"network":   r.Network,
 		"upstreams": ups,
 		"healthy":   r.Healthy,
@@ -94,6 +99,11 @@ func FromNode(n *corev3.Node) (Registration, error) {
 		return Registration{}, fmt.Errorf("node metadata port: %w", err)
 	}
 	r.Port = port
+	if ep := f["edgePort"].GetStringValue(); ep != "" {
+		if r.EdgePort, err = strconv.Atoi(ep); err != nil {
+			return Registration{}, fmt.Errorf("node metadata edgePort: %w", err)
+		}
+	}
 	for _, v := range f["upstreams"].GetListValue().GetValues() {
 		r.Upstreams = append(r.Upstreams, v.GetStringValue())
 	}

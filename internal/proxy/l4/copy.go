@@ -41,6 +41,28 @@ func closeWrite(c io.Closer) {
 	_ = c.Close()
 }
 
+// Join copies between two connections both ways until both directions
+// end, passing half-closes on; once one direction has ended the other gets
+// halfClose (zero: the default) to finish. It returns the bytes copied from
+// a to b and from b to a. The caller closes both.
+func Join(a, b net.Conn, halfClose time.Duration) (aToB, bToA int64) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		aToB, _ = copyBuf(b, a)
+		closeWrite(b)
+	}()
+	bToA, _ = copyBuf(a, b)
+	closeWrite(a)
+	if !waitHalfClose(done, halfClose) {
+		// Unblock the other copy, so that its count is final.
+		a.Close()
+		b.Close()
+		<-done
+	}
+	return aToB, bToA
+}
+
 // AcceptLoop accepts connections on l and hands each to accept, which must not
 // block (it starts the connection's goroutine), until l is closed. Temporary accept errors (such as running
 // out of file descriptors) are retried after a pause instead of ending it.

@@ -245,15 +245,7 @@ func (in *Inbound) servePlain(c net.Conn) {
 	in.streams.add()
 	defer in.streams.done()
 	in.Metrics.Connections.WithLabelValues("inbound", "", "ok").Inc()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		copyBuf(app, c)
-		closeWrite(app)
-	}()
-	copyBuf(c, app)
-	closeWrite(c)
-	waitHalfClose(done, in.HalfCloseTimeout)
+	Join(c, app, in.HalfCloseTimeout)
 }
 
 // Reauthorize checks every open connection against Authorize again and

@@ -1,0 +1,67 @@
+package cli
+
+import (
+	"context"
+	"net"
+	"strconv"
+
+	"github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/sidecar"
+)
+
+// runGateway runs the gateway NAME: a proxy with no app whose listeners
+// come from the Gateway resource NAME, its identity the service NAME.
+func runGateway(ctx context.Context, e *env, args []string) error {
+	fs := newFlags(e, "gateway", "gateway --name NAME --token-file FILE [flags]")
+	name := fs.String("name", "", "the Gateway resource to serve; also the gateway's service identity")
+	instance := fs.String("instance", "", "instance ID (default NAME-RANDOM)")
+	listenIP := fs.String("listen-addr", "0.0.0.0", "IP the gateway's listeners bind")
+	publicPort := fs.Int("public-port", 0, "port of the (refusing) mesh listener every proxy registers (0: any free port)")
+	publicAddr := fs.String("public-addr", "127.0.0.1", "IP of that listener")
+	advertise := fs.String("advertise", "", "IP peers dial (default --public-addr)")
+	network := fs.String("network", "", "network this gateway is in")
+	server := fs.String("server", e.getenv("TRELLIS_ADDR"), "control plane host:port (env TRELLIS_ADDR)")
+	caFile := fs.String("ca-file", e.getenv("TRELLIS_CACERT"), "PEM roots that verify the control plane (env TRELLIS_CACERT)")
+	tokenFile := fs.String("token-file", "", "file holding a service token for NAME (or env TRELLIS_TOKEN)")
+	stateDir := fs.String("state-dir", "", "persist the last snapshot and certificate here")
+	adminPort := fs.Int("admin-port", 0, "port of the admin listener on 127.0.0.1 (0: any free port)")
+	drain := fs.Duration("drain-timeout", 0, "how long shutdown waits for open connections (default 15s)")
+	mkLog := logFlags(fs, e, "info")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usageErr("unexpected argument %q", fs.Arg(0))
+	}
+	if err := identity.ValidateServiceName(*name); err != nil {
+		return usageErr("--name: %v", err)
+	}
+	if net.ParseIP(*listenIP) == nil {
+		return usageErr("--listen-addr %q: not an IP", *listenIP)
+	}
+	cfg := sidecar.Config{
+		Service: *name, Instance: *instance,
+		Gateway:       &sidecar.Gateway{ListenIP: *listenIP},
+		PublicAddr:    net.JoinHostPort(*publicAddr, strconv.Itoa(*publicPort)),
+		AdvertiseAddr: *advertise, Network: *network,
+		Server: *server, ServerCAFile: *caFile, TokenFile: *tokenFile, StateDir: *stateDir,
+		AdminAddr:    net.JoinHostPort("127.0.0.1", strconv.Itoa(*adminPort)),
+		DrainTimeout: *drain,
+	}
+	if cfg.TokenFile == "" {
+		cfg.Token = e.getenv("TRELLIS_TOKEN")
+	}
+	if err := cfg.Validate(); err != nil {
+		return usageErr("%s", oneLine(err))
+	}
+	log, err := mkLog()
+	if err != nil {
+		return err
+	}
+	cfg.Logger = log
+	p, err := sidecar.New(cfg)
+	if err != nil {
+		return err
+	}
+	return p.Run(ctx)
+}

@@ -1,0 +1,193 @@
+// Package edge serves clients from outside the mesh: a listener that
+// terminates TLS for them (or passes their bytes through untouched) and
+// forwards plain traffic to the app, optionally speaking the PROXY protocol
+// on either side so that the client's address survives the hops.
+package edge
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	proxyproto "github.com/pires/go-proxyproto"
+
+	"github.com/trellis-mesh/trellis/internal/proxy/l4"
+)
+
+// Listener forwards each accepted connection to Target.
+type Listener struct {
+	// TLS terminates TLS with this configuration; nil forwards the bytes
+	// as they come (the app terminates TLS itself).
+	TLS *tls.Config
+	// Target is the app's address, such as 127.0.0.1:8080.
+	Target string
+	// AcceptProxy requires a PROXY protocol header (v1 or v2) before
+	// anything else, as a load balancer or `trellis gateway` sends; the
+	// address it carries is the client's. Connections without one are
+	// refused.
+	AcceptProxy bool
+	// SendProxy sends a PROXY protocol v2 header with the client's address
+	// to the app before the client's bytes.
+	SendProxy bool
+	// HandshakeTimeout bounds the PROXY header and the TLS handshake;
+	// default 10s.
+	HandshakeTimeout time.Duration
+	// Logger; nil discards.
+	Logger *slog.Logger
+	// Metrics; nil means unregistered ones.
+	Metrics *l4.Metrics
+
+	once     sync.Once
+	mu       sync.Mutex
+	open     map[net.Conn]struct{}
+	draining bool
+	wg       sync.WaitGroup
+}
+
+func (e *Listener) init() {
+	e.once.Do(func() {
+		if e.Logger == nil {
+			e.Logger = slog.New(slog.DiscardHandler)
+		}
+		if e.Metrics == nil {
+			e.Metrics = l4.NewMetrics(nil)
+		}
+		if e.HandshakeTimeout == 0 {
+			e.HandshakeTimeout = 10 * time.Second
+		}
+		e.open = map[net.Conn]struct{}{}
+	})
+}
+
+// Serve accepts connections on l until it is closed.
+func (e *Listener) Serve(l net.Listener) error {
+	e.init()
+	return l4.AcceptLoop(l, func(c net.Conn) {
+		if !e.track(c) {
+			c.Close()
+			return
+		}
+		go func() {
+			defer e.untrack(c)
+			e.serve(c)
+		}()
+	})
+}
+
+func (e *Listener) track(c net.Conn) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.draining {
+		return false
+	}
+	e.open[c] = struct{}{}
+	e.wg.Add(1)
+	return true
+}
+
+func (e *Listener) untrack(c net.Conn) {
+	e.mu.Lock()
+	delete(e.open, c)
+	e.mu.Unlock()
+	e.wg.Done()
+}
+
+func (e *Listener) serve(raw net.Conn) {
+	defer raw.Close()
+	e.Metrics.Active.WithLabelValues("edge").Inc()
+	defer e.Metrics.Active.WithLabelValues("edge").Dec()
+	client, err := e.accept(raw)
+	if err != nil {
+		e.Metrics.Connections.WithLabelValues("edge", "", "error").Inc()
+		e.Logger.Info("edge connection refused", "remote", raw.RemoteAddr().String(), "err", err)
+		return
+	}
+	defer client.Close()
+	d := net.Dialer{Timeout: 5 * time.Second, KeepAlive: -1}
+	app, err := d.Dial("tcp", e.Target)
+	if err != nil {
+		e.Metrics.Connections.WithLabelValues("edge", "", "error").Inc()
+		e.Logger.Warn("edge: app unreachable", "target", e.Target, "err", err)
+		return
+	}
+	defer app.Close()
+	if e.SendProxy {
+		h := proxyproto.HeaderProxyFromAddrs(2, client.RemoteAddr(), client.LocalAddr())
+		if _, err := h.WriteTo(app); err != nil {
+			e.Metrics.Connections.WithLabelValues("edge", "", "error").Inc()
+			return
+		}
+	}
+	e.Metrics.Connections.WithLabelValues("edge", "", "ok").Inc()
+	in, out := l4.Join(client, app, 0)
+	e.Metrics.Bytes.WithLabelValues("edge", "", "received").Add(float64(in))
+	e.Metrics.Bytes.WithLabelValues("edge", "", "sent").Add(float64(out))
+}
+
+// accept reads the PROXY header and does the TLS handshake, as configured,
+// within the handshake timeout. The connection it returns reports the
+// client's address as its RemoteAddr.
+func (e *Listener) accept(c net.Conn) (net.Conn, error) {
+	deadline := time.Now().Add(e.HandshakeTimeout)
+	if e.AcceptProxy {
+		pc := proxyproto.NewConn(c, proxyproto.WithPolicy(proxyproto.REQUIRE), proxyproto.SetReadHeaderTimeout(e.HandshakeTimeout))
+		if pc.ProxyHeader() == nil {
+			// ProxyHeader reads the header; a missing or bad one shows as
+			// an error on the first read, which the handshake or copy
+			// below would report less clearly.
+			if _, err := pc.Read(nil); err != nil {
+				return nil, fmt.Errorf("PROXY protocol header: %w", err)
+			}
+		}
+		c = &proxied{pc}
+	}
+	if e.TLS == nil {
+		return c, nil
+	}
+	tc := tls.Server(c, e.TLS)
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	if err := tc.HandshakeContext(ctx); err != nil {
+		e.Metrics.Handshakes.WithLabelValues("edge", "error").Inc()
+		return nil, fmt.Errorf("TLS handshake: %w", err)
+	}
+	e.Metrics.Handshakes.WithLabelValues("edge", "ok").Inc()
+	return tc, nil
+}
+
+// proxied is a PROXY protocol connection that can still half-close.
+type proxied struct{ *proxyproto.Conn }
+
+func (p *proxied) CloseWrite() error {
+	if tc, ok := p.TCPConn(); ok {
+		return tc.CloseWrite()
+	}
+	return p.Close()
+}
+
+// Drain stops accepting new connections and waits for open ones until ctx
+// ends; then it closes them.
+func (e *Listener) Drain(ctx context.Context) error {
+	e.init()
+	e.mu.Lock()
+	e.draining = true
+	e.mu.Unlock()
+	done := make(chan struct{})
+	go func() { e.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+	}
+	e.mu.Lock()
+	n := len(e.open)
+	for c := range e.open {
+		c.Close()
+	}
+	e.mu.Unlock()
+	return fmt.Errorf("edge drain: closed %d connections still open: %w", n, ctx.Err())
+}

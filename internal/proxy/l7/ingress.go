@@ -1,0 +1,100 @@
+package l7
+
+import (
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	v1 "github.com/trellis-mesh/trellis/api/v1"
+)
+
+// Ingress serves requests from outside the mesh: it normalizes the path
+// (as sanitize does for every proxied request), picks the first route whose
+// host and path prefix match, rewrites the prefix and hands the request to
+// the route's service. What no route matches gets 404 and reaches nothing.
+// Because matching happens after normalization, /svc/../admin is /admin,
+// and /svc/%2e%2e/admin the same; an encoded slash or backslash is refused.
+type Ingress struct {
+	// Name labels metrics and logs (the gateway and its port).
+	Name string
+	// Routes returns the listener's current routes.
+	Routes func() []v1.GatewayRoute
+	// Upstream returns the handler that sends to a service (an Outbound
+	// under the gateway's identity), or nil if the service is unknown.
+	Upstream func(service string) http.Handler
+	// Metrics; nil means unregistered ones.
+	Metrics *Metrics
+}
+
+func (g *Ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if g.Metrics == nil {
+		g.Metrics = NewMetrics(nil)
+	}
+	start := time.Now()
+	if err := sanitize(r); err != nil {
+		refuse(w, err.(*badRequest))
+		g.Metrics.observe("ingress", g.Name, "", "", "", err.(*badRequest).status, start)
+		return
+	}
+	route, rest, ok := matchIngress(g.Routes(), r.Host, r.URL.Path)
+	if !ok {
+		refuse(w, &badRequest{http.StatusNotFound, "trellis: no route for " + r.URL.Path})
+		g.Metrics.observe("ingress", g.Name, "", "", "", http.StatusNotFound, start)
+		return
+	}
+	up := g.Upstream(route.Service)
+	if up == nil {
+		refuse(w, &badRequest{http.StatusServiceUnavailable, "trellis: service " + route.Service + " is not known yet"})
+		return
+	}
+	if route.RewritePrefix != "" {
+		p := strings.TrimSuffix(route.RewritePrefix, "/") + rest
+		if p == "" || p[0] != '/' {
+			p = "/" + p
+		}
+		r.URL.Path, r.URL.RawPath = p, ""
+	}
+	// The caller's own claims about forwarding are not ours to keep.
+	r.Header.Del("X-Forwarded-For")
+	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		r.Header.Set("X-Forwarded-For", host)
+	}
+	up.ServeHTTP(w, r)
+}
+
+// matchIngress returns the first route matching host and the normalized
+// path, and the part of the path after its prefix ("" or "/...").
+func matchIngress(routes []v1.GatewayRoute, host, path string) (v1.GatewayRoute, string, bool) {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.ToLower(host)
+	for _, rt := range routes {
+		if !hostMatches(rt.Host, host) {
+			continue
+		}
+		prefix := strings.TrimSuffix(rt.PathPrefix, "/")
+		switch {
+		case path == prefix || prefix == "":
+			return rt, path[len(prefix):], true
+		case strings.HasPrefix(path, prefix+"/"):
+			return rt, path[len(prefix):], true
+		}
+	}
+	return v1.GatewayRoute{}, "", false
+}
+
+// hostMatches reports whether host matches pattern: empty matches all,
+// "*.example.com" one more label, else equal ignoring case.
+func hostMatches(pattern, host string) bool {
+	pattern = strings.ToLower(pattern)
+	switch {
+	case pattern == "":
+		return true
+	case strings.HasPrefix(pattern, "*."):
+		label, rest, ok := strings.Cut(host, ".")
+		return ok && label != "" && rest == pattern[2:]
+	}
+	return pattern == host
+}

@@ -1,0 +1,398 @@
+// Package passthrough is TLS pass-through load balancing, as a network load
+// balancer does it: it reads the ClientHello's server name (SNI) without
+// answering it, picks a healthy target of the service that name maps to,
+// and forwards the untouched bytes, the ClientHello first. It holds no key
+// and never decrypts. Targets are health-checked here as well as by their
+// own sidecars; a target that leaves keeps its open connections until they
+// end or its drain timeout passes.
+package passthrough
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	proxyproto "github.com/pires/go-proxyproto"
+
+	"github.com/trellis-mesh/trellis/internal/proxy/l4"
+)
+
+// Target is one instance that terminates TLS for a service.
+type Target struct {
+	Addr     string // host:port of its edge listener
+	Instance string
+}
+
+// Config is a listener's current configuration, read per connection.
+type Config struct {
+	// Service maps a server name ("" when the ClientHello has none) to a
+	// service; ok false refuses the connection.
+	Service func(sni string) (service string, ok bool)
+	// Services are all the services Service may return, so that their
+	// targets are checked before the first connection.
+	Services []string
+	// ProxyProtocol sends a PROXY v2 header with the client's address.
+	ProxyProtocol bool
+	// TLSHealthCheck checks targets with a TLS handshake, not a connect.
+	TLSHealthCheck bool
+	// DrainTimeout bounds how long connections to a target that left stay
+	// open; default 30s.
+	DrainTimeout time.Duration
+}
+
+// Listener is one pass-through port.
+type Listener struct {
+	// Config returns the current configuration.
+	Config func() Config
+	// Targets returns the registered, healthy targets of a service.
+	Targets func(service string) []Target
+	// HelloTimeout bounds the wait for the ClientHello; default 10s.
+	HelloTimeout time.Duration
+	// CheckInterval between health checks of a target; default 2s.
+	CheckInterval time.Duration
+	// Logger; nil discards.
+	Logger *slog.Logger
+	// Metrics; nil means unregistered ones.
+	Metrics *l4.Metrics
+
+	once     sync.Once
+	mu       sync.Mutex
+	targets  map[string]*target // by address
+	draining bool
+	wg       sync.WaitGroup
+	stop     chan struct{}
+}
+
+// target is what the listener knows of one address.
+type target struct {
+	addr    string
+	healthy bool // the last health check passed (optimistic at first)
+	checked bool
+	active  int
+	conns   map[net.Conn]struct{}
+	gone    time.Time // when it stopped being registered; zero while it is
+	service string
+	sni     string // a name to check it with
+}
+
+func (l *Listener) init() {
+	l.once.Do(func() {
+		if l.Logger == nil {
+			l.Logger = slog.New(slog.DiscardHandler)
+		}
+		if l.Metrics == nil {
+			l.Metrics = l4.NewMetrics(nil)
+		}
+		if l.HelloTimeout == 0 {
+			l.HelloTimeout = 10 * time.Second
+		}
+		if l.CheckInterval == 0 {
+			l.CheckInterval = 2 * time.Second
+		}
+		l.targets = map[string]*target{}
+		l.stop = make(chan struct{})
+	})
+}
+
+// Serve accepts connections on ln until it is closed, and checks targets
+// meanwhile.
+func (l *Listener) Serve(ln net.Listener) error {
+	l.init()
+	go l.maintain()
+	defer func() {
+		l.mu.Lock()
+		select {
+		case <-l.stop:
+		default:
+			close(l.stop)
+		}
+		l.mu.Unlock()
+	}()
+	return l4.AcceptLoop(ln, func(c net.Conn) {
+		l.mu.Lock()
+		if l.draining {
+			l.mu.Unlock()
+			c.Close()
+			return
+		}
+		l.wg.Add(1)
+		l.mu.Unlock()
+		go func() {
+			defer l.wg.Done()
+			l.serve(c)
+		}()
+	})
+}
+
+func (l *Listener) serve(c net.Conn) {
+	defer c.Close()
+	l.Metrics.Active.WithLabelValues("passthrough").Inc()
+	defer l.Metrics.Active.WithLabelValues("passthrough").Dec()
+	cfg := l.Config()
+	hello, sni, err := readHello(c, l.HelloTimeout)
+	if err != nil {
+		l.Metrics.Connections.WithLabelValues("passthrough", "", "error").Inc()
+		l.Logger.Info("pass-through: no ClientHello", "remote", c.RemoteAddr().String(), "err", err)
+		return
+	}
+	svc, ok := cfg.Service(sni)
+	if !ok {
+		l.Metrics.Connections.WithLabelValues("passthrough", "", "denied").Inc()
+		l.Logger.Info("pass-through: no target group for the server name", "sni", sni, "remote", c.RemoteAddr().String())
+		return
+	}
+	t, up, err := l.dial(svc, sni)
+	if err != nil {
+		l.Metrics.Connections.WithLabelValues("passthrough", svc, "error").Inc()
+		l.Logger.Warn("pass-through: no target answered", "service", svc, "sni", sni, "err", err)
+		return
+	}
+	defer l.release(t, up)
+	if cfg.ProxyProtocol {
+		h := proxyproto.HeaderProxyFromAddrs(2, c.RemoteAddr(), c.LocalAddr())
+		if _, err := h.WriteTo(up); err != nil {
+			return
+		}
+	}
+	if _, err := up.Write(hello); err != nil {
+		return
+	}
+	l.Metrics.Connections.WithLabelValues("passthrough", svc, "ok").Inc()
+	in, out := l4.Join(c, up, 0)
+	l.Metrics.Bytes.WithLabelValues("passthrough", svc, "received").Add(float64(in + int64(len(hello))))
+	l.Metrics.Bytes.WithLabelValues("passthrough", svc, "sent").Add(float64(out))
+}
+
+var errHelloRead = errors.New("hello read")
+
+// readHello reads the ClientHello without answering it and returns the
+// bytes read and the server name. crypto/tls parses the hello; the
+// handshake is abandoned as soon as it has.
+func readHello(c net.Conn, timeout time.Duration) ([]byte, string, error) {
+	c.SetReadDeadline(time.Now().Add(timeout))
+	defer c.SetReadDeadline(time.Time{})
+	var buf bytes.Buffer
+	var sni string
+	seen := false
+	err := tls.Server(helloConn{r: io.TeeReader(c, &buf)}, &tls.Config{
+		GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
+			sni, seen = strings.ToLower(h.ServerName), true
+			return nil, errHelloRead
+		},
+	}).Handshake()
+	if !seen {
+		return nil, "", fmt.Errorf("not a TLS ClientHello: %w", err)
+	}
+	return buf.Bytes(), sni, nil
+}
+
+// helloConn feeds the handshake what the client sent and swallows what the
+// handshake would answer: the client must hear only from the target.
+type helloConn struct {
+	net.Conn // nil: only Read and Write are called
+	r        io.Reader
+}
+
+func (h helloConn) Read(p []byte) (int, error)       { return h.r.Read(p) }
+func (h helloConn) Write(p []byte) (int, error)      { return len(p), nil }
+func (h helloConn) Close() error                     { return nil }
+func (h helloConn) SetDeadline(time.Time) error      { return nil }
+func (h helloConn) SetReadDeadline(time.Time) error  { return nil }
+func (h helloConn) SetWriteDeadline(time.Time) error { return nil }
+func (h helloConn) RemoteAddr() net.Addr             { return &net.TCPAddr{} }
+func (h helloConn) LocalAddr() net.Addr              { return &net.TCPAddr{} }
+
+// dial connects to the least busy healthy target of svc, trying the others
+// if it fails.
+func (l *Listener) dial(svc, sni string) (*target, net.Conn, error) {
+	regs := l.Targets(svc)
+	tried := map[string]bool{}
+	var lastErr error = errors.New("no healthy target")
+	for range regs {
+		t := l.pick(svc, sni, regs, tried)
+		if t == nil {
+			break
+		}
+		tried[t.addr] = true
+		c, err := net.DialTimeout("tcp", t.addr, 5*time.Second)
+		if err != nil {
+			lastErr = err
+			l.mu.Lock()
+			t.active--
+			t.healthy = false // until the next check says otherwise
+			l.mu.Unlock()
+			continue
+		}
+		l.mu.Lock()
+		t.conns[c] = struct{}{}
+		l.mu.Unlock()
+		return t, c, nil
+	}
+	return nil, nil, lastErr
+}
+
+// pick chooses, among regs not yet tried, the healthy target with the
+// fewest connections, and counts the new one.
+func (l *Listener) pick(svc, sni string, regs []Target, tried map[string]bool) *target {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var best *target
+	for _, r := range regs {
+		t := l.targetLocked(r.Addr, svc, sni)
+		if tried[t.addr] || !t.healthy || !t.gone.IsZero() {
+			continue
+		}
+		if best == nil || t.active < best.active {
+			best = t
+		}
+	}
+	if best != nil {
+		best.active++
+	}
+	return best
+}
+
+func (l *Listener) targetLocked(addr, svc, sni string) *target {
+	t := l.targets[addr]
+	if t == nil {
+		t = &target{addr: addr, healthy: true, conns: map[net.Conn]struct{}{}, service: svc}
+		l.targets[addr] = t
+	}
+	if sni != "" {
+		t.sni = sni
+	}
+	return t
+}
+
+func (l *Listener) release(t *target, c net.Conn) {
+	c.Close()
+	l.mu.Lock()
+	t.active--
+	delete(t.conns, c)
+	l.mu.Unlock()
+}
+
+// maintain checks every known target, notes which left the registry, and
+// closes their connections when the drain timeout has passed.
+func (l *Listener) maintain() {
+	tick := time.NewTicker(l.CheckInterval)
+	defer tick.Stop()
+	for {
+		l.sweep()
+		select {
+		case <-l.stop:
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+func (l *Listener) sweep() {
+	cfg := l.Config()
+	drain := cfg.DrainTimeout
+	if drain <= 0 {
+		drain = 30 * time.Second
+	}
+	// Which addresses are registered now.
+	registered := map[string]string{}
+	for _, svc := range cfg.Services {
+		for _, r := range l.Targets(svc) {
+			registered[r.Addr] = svc
+		}
+	}
+	now := time.Now()
+	type probeOf struct {
+		t         *target
+		addr, sni string
+	}
+	var check []probeOf
+	l.mu.Lock()
+	for addr, svc := range registered {
+		l.targetLocked(addr, svc, "")
+	}
+	for addr, t := range l.targets {
+		if _, ok := registered[addr]; ok {
+			t.gone = time.Time{}
+			check = append(check, probeOf{t, t.addr, t.sni})
+			continue
+		}
+		if t.gone.IsZero() {
+			t.gone = now
+			l.Logger.Info("pass-through target left; draining", "target", addr, "connections", len(t.conns), "timeout", drain)
+		}
+		if len(t.conns) == 0 {
+			delete(l.targets, addr)
+		} else if now.Sub(t.gone) >= drain {
+			l.Logger.Info("pass-through drain timeout; closing connections", "target", addr, "connections", len(t.conns))
+			for c := range t.conns {
+				c.Close()
+			}
+		}
+	}
+	l.mu.Unlock()
+	for _, pr := range check {
+		ok := probe(pr.addr, pr.sni, cfg.TLSHealthCheck)
+		t := pr.t
+		l.mu.Lock()
+		if ok != t.healthy || !t.checked {
+			if !ok {
+				l.Logger.Warn("pass-through target failed its health check", "target", t.addr)
+			} else if t.checked {
+				l.Logger.Info("pass-through target healthy again", "target", t.addr)
+			}
+		}
+		t.healthy, t.checked = ok, true
+		l.mu.Unlock()
+	}
+}
+
+// probe checks a target: a TCP connect, or with tlsCheck a TLS handshake
+// (the target's certificate is not ours to judge, only that it answers).
+func probe(addr, sni string, tlsCheck bool) bool {
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		return false
+	}
+	defer c.Close()
+	if !tlsCheck {
+		return true
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	tc := tls.Client(c, &tls.Config{ServerName: sni, InsecureSkipVerify: true})
+	return tc.HandshakeContext(ctx) == nil
+}
+
+// Drain stops accepting and waits for open connections until ctx ends;
+// then it closes them.
+func (l *Listener) Drain(ctx context.Context) error {
+	l.init()
+	l.mu.Lock()
+	l.draining = true
+	l.mu.Unlock()
+	done := make(chan struct{})
+	go func() { l.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+	}
+	l.mu.Lock()
+	n := 0
+	for _, t := range l.targets {
+		for c := range t.conns {
+			c.Close()
+			n++
+		}
+	}
+	l.mu.Unlock()
+	return fmt.Errorf("pass-through drain: closed %d connections: %w", n, ctx.Err())
+}

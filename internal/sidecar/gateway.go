@@ -1,0 +1,276 @@
+package sidecar
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"net/http"
+	"reflect"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	v1 "github.com/trellis-mesh/trellis/api/v1"
+	"github.com/trellis-mesh/trellis/internal/certs"
+	"github.com/trellis-mesh/trellis/internal/proxy/l4"
+	"github.com/trellis-mesh/trellis/internal/proxy/l7"
+	"github.com/trellis-mesh/trellis/internal/proxy/passthrough"
+	"github.com/trellis-mesh/trellis/internal/proxy/tunnel"
+)
+
+// Gateway makes a proxy the gateway named by Config.Service: it has no
+// app, accepts no mesh traffic, and serves the listeners of the Gateway
+// resource of that name, opening, changing and closing them as the
+// resource changes.
+type Gateway struct {
+	// ListenIP is the IP the gateway's listeners bind; default 0.0.0.0.
+	ListenIP string `yaml:"listenIP"`
+}
+
+// gateway runs the listeners of the current Gateway resource.
+type gateway struct {
+	p    *Proxy
+	pool *l4.Pool
+
+	mu        sync.Mutex
+	open      map[int]*gwListener // by port
+	outbounds map[string]*l7.Outbound
+	stopped   bool
+}
+
+type gwListener struct {
+	spec  v1.GatewayListener
+	ln    net.Listener
+	drain func(context.Context) error
+}
+
+func newGateway(p *Proxy, pool *l4.Pool) *gateway {
+	return &gateway{p: p, pool: pool, open: map[int]*gwListener{}, outbounds: map[string]*l7.Outbound{}}
+}
+
+// listenerSpec returns the current spec of the listener on port, and false
+// if the resource no longer has it.
+func (g *gateway) listenerSpec(port int) (v1.GatewayListener, bool) {
+	a := g.p.cur.Load()
+	if a == nil || a.snap.Gateway == nil {
+		return v1.GatewayListener{}, false
+	}
+	for _, l := range a.snap.Gateway.Listeners {
+		if l.Port == port {
+			return l, true
+		}
+	}
+	return v1.GatewayListener{}, false
+}
+
+// reconcile opens the listeners the current resource has and closes (after
+// a drain) those it lost. A listener whose protocol or certificate changed
+// is replaced; routes and targets are read per request and need nothing.
+func (g *gateway) reconcile() {
+	a := g.p.cur.Load()
+	var want []v1.GatewayListener
+	if a != nil && a.snap.Gateway != nil {
+		want = a.snap.Gateway.Listeners
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.stopped {
+		return
+	}
+	keep := map[int]bool{}
+	for _, spec := range want {
+		keep[spec.Port] = true
+		if cur := g.open[spec.Port]; cur != nil {
+			if cur.spec.Protocol == spec.Protocol && reflect.DeepEqual(cur.spec.TLS, spec.TLS) {
+				continue
+			}
+			g.closeLocked(cur)
+		}
+		l, err := g.start(spec)
+		if err != nil {
+			g.p.log.Error("gateway listener not started", "port", spec.Port, "protocol", spec.Protocol, "err", err)
+			continue
+		}
+		g.open[spec.Port] = l
+		g.p.log.Info("gateway listener started", "addr", l.ln.Addr().String(), "protocol", spec.Protocol)
+	}
+	for port, l := range g.open {
+		if !keep[port] {
+			g.closeLocked(l)
+		}
+	}
+}
+
+func (g *gateway) closeLocked(l *gwListener) {
+	delete(g.open, l.spec.Port)
+	l.ln.Close()
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), g.p.cfg.DrainTimeout)
+		defer cancel()
+		if err := l.drain(ctx); err != nil {
+			g.p.log.Warn("gateway listener drain incomplete", "port", l.spec.Port, "err", err)
+		}
+	}()
+	g.p.log.Info("gateway listener closed", "port", l.spec.Port)
+}
+
+func (g *gateway) start(spec v1.GatewayListener) (*gwListener, error) {
+	ip := g.p.cfg.Gateway.ListenIP
+	if ip == "" {
+		ip = "0.0.0.0"
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort(ip, strconv.Itoa(spec.Port)))
+	if err != nil {
+		return nil, err
+	}
+	port := spec.Port
+	switch spec.Protocol {
+	case v1.GatewayTLSPassthrough:
+		pt := &passthrough.Listener{
+			Config:  func() passthrough.Config { return g.passthroughConfig(port) },
+			Targets: g.targets,
+			Logger:  g.p.log.With("listener", port),
+			Metrics: g.p.l4m,
+		}
+		go pt.Serve(ln)
+		return &gwListener{spec: spec, ln: ln, drain: pt.Drain}, nil
+	case v1.GatewayHTTPS:
+		get, err := gatewayCert(spec.TLS, g.p)
+		if err != nil {
+			ln.Close()
+			return nil, err
+		}
+		ln = tls.NewListener(ln, certs.EdgeServerConfig(get, nil, "http/1.1"))
+	}
+	in := &l7.Ingress{
+		Name: fmt.Sprintf("%s:%d", g.p.cfg.Service, port),
+		Routes: func() []v1.GatewayRoute {
+			l, _ := g.listenerSpec(port)
+			return l.Routes
+		},
+		Upstream: g.outbound,
+		Metrics:  g.p.l7m,
+	}
+	srv := l7.NewServer(in, g.p.log)
+	go srv.Serve(ln)
+	return &gwListener{spec: spec, ln: ln, drain: srv.Shutdown}, nil
+}
+
+// gatewayCert loads or makes an https listener's certificate.
+func gatewayCert(t *v1.GatewayTLS, p *Proxy) (func(*tls.ClientHelloInfo) (*tls.Certificate, error), error) {
+	if t.CertFile != "" {
+		fc := &certs.FileCert{CertFile: t.CertFile, KeyFile: t.KeyFile, Logger: p.log}
+		if err := fc.Load(); err != nil {
+			return nil, err
+		}
+		return fc.GetCertificate, nil
+	}
+	c, err := certs.SelfSigned(t.DNSNames, time.Now())
+	if err != nil {
+		return nil, err
+	}
+	return func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return c, nil }, nil
+}
+
+func (g *gateway) passthroughConfig(port int) passthrough.Config {
+	spec, ok := g.listenerSpec(port)
+	if !ok {
+		return passthrough.Config{Service: func(string) (string, bool) { return "", false }}
+	}
+	cfg := passthrough.Config{
+		ProxyProtocol:  spec.ProxyProtocol,
+		TLSHealthCheck: spec.HealthCheck == "tls",
+	}
+	if spec.DrainTimeout != "" {
+		cfg.DrainTimeout, _ = time.ParseDuration(spec.DrainTimeout)
+	}
+	for _, t := range spec.Targets {
+		cfg.Services = append(cfg.Services, t.Service)
+	}
+	if spec.DefaultService != "" {
+		cfg.Services = append(cfg.Services, spec.DefaultService)
+	}
+	cfg.Service = func(sni string) (string, bool) {
+		for _, t := range spec.Targets {
+			if sniMatches(strings.ToLower(t.SNI), sni) {
+				return t.Service, true
+			}
+		}
+		return spec.DefaultService, spec.DefaultService != ""
+	}
+	return cfg
+}
+
+// sniMatches: "*.example.com" matches one more label, else equal.
+func sniMatches(pattern, sni string) bool {
+	if rest, ok := strings.CutPrefix(pattern, "*."); ok {
+		label, host, found := strings.Cut(sni, ".")
+		return found && label != "" && host == rest
+	}
+	return pattern == sni
+}
+
+// targets returns the registered, healthy instances of service that have
+// an edge listener, where pass-through traffic goes.
+func (g *gateway) targets(service string) []passthrough.Target {
+	a := g.p.cur.Load()
+	if a == nil {
+		return nil
+	}
+	return a.edges[service]
+}
+
+// outbound returns the L7 outbound to service, under the gateway's
+// identity; it is made on first use.
+func (g *gateway) outbound(service string) http.Handler {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if o := g.outbounds[service]; o != nil {
+		return o
+	}
+	if a := g.p.cur.Load(); a == nil || a.snap.Upstream(service) == nil {
+		return nil
+	}
+	tlsCfg := g.p.src.ClientConfig(certs.ExpectService(service), l4.ALPN)
+	o := &l7.Outbound{
+		Service: service,
+		Source:  g.p.cfg.Service,
+		State:   g.p.l7State(service),
+		Conn: func(ep l4.Endpoint) (*tunnel.Conn, error) {
+			return g.pool.Get(ep.Addr, service, tlsCfg)
+		},
+		Limits: func() *v1.ServiceLimits { return g.p.limits(service) },
+		DialUpgrade: func(ctx context.Context, ep l4.Endpoint) (net.Conn, error) {
+			return g.pool.DialUpgrade(ctx, ep.Addr, service, tlsCfg)
+		},
+		Logger:  g.p.log,
+		Metrics: g.p.l7m,
+	}
+	g.outbounds[service] = o
+	return o
+}
+
+// Drain closes every listener and waits for their work until ctx ends.
+func (g *gateway) Drain(ctx context.Context) error {
+	g.mu.Lock()
+	g.stopped = true
+	ls := make([]*gwListener, 0, len(g.open))
+	for _, l := range g.open {
+		l.ln.Close()
+		ls = append(ls, l)
+	}
+	g.open = map[int]*gwListener{}
+	g.mu.Unlock()
+	ds := make([]drainer, len(ls))
+	for i, l := range ls {
+		ds[i] = drainFunc(l.drain)
+	}
+	deadline, _ := ctx.Deadline()
+	return drainAll(ds, time.Until(deadline))
+}
+
+type drainFunc func(context.Context) error
+
+func (f drainFunc) Drain(ctx context.Context) error { return f(ctx) }
