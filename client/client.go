@@ -265,3 +265,12 @@ func dynamicRoots(base *tls.Config, fixed []byte, extra func() []byte) *tls.Conf
 	}
 	return c
 }
+
+// SignEdge has the mesh CA sign an edge certificate of service for names:
+// a server certificate for clients outside the mesh, which the Service
+// (or the service's Gateway) must allow.
+func (c *Client) SignEdge(ctx context.Context, service string, csrPEM []byte, names []string) (v1.Signed, error) {
+	var out v1.Signed
+	err := c.do(ctx, http.MethodPost, "/v1/ca/sign", v1.SignRequest{Service: service, CSR: string(csrPEM), DNSNames: names}, &out)
+	return out, err
+}

@@ -39,6 +39,11 @@ type SignRequest struct {
 	Service string `json:"service"`
 	// CSR is a PEM PKCS#10 request; only its public key is used.
 	CSR string `json:"csr"`
+	// DNSNames, when set, ask for an edge certificate instead of an SVID:
+	// a server certificate for these names, with no SPIFFE ID, for clients
+	// outside the mesh. The Service resource's spec.dnsNames, or the https
+	// listeners of the service's Gateway, must allow each name.
+	DNSNames []string `json:"dnsNames,omitempty"`
 }
 
 // Signed is the answer of POST /v1/ca/sign.

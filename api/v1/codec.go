@@ -211,9 +211,18 @@ func decodeDocument(file string, doc *yaml.Node) (*Resource, []error) {
 			errs = append(errs, &DecodeError{File: file, Line: k.Line, Field: k.Value, Msg: "unknown field" + suggest(k.Value, []string{"kind", "name", "spec"})})
 		}
 	}
+	// where is the line of path's node or, for a missing field, of the
+	// nearest enclosing one that is there.
 	where := func(path string) int {
-		if n := lookup(doc, path); n != nil {
-			return n.Line
+		for path != "" {
+			if n := lookup(doc, path); n != nil {
+				return n.Line
+			}
+			i := strings.LastIndexAny(path, ".[")
+			if i < 0 {
+				break
+			}
+			path = path[:i]
 		}
 		return doc.Line
 	}

@@ -84,6 +84,12 @@ type ServiceSpec struct {
 	// would go over them, so that an overloaded service sheds load at its
 	// callers instead of queueing it.
 	Limits *ServiceLimits `json:"limits,omitempty" yaml:"limits,omitempty"`
+	// DNSNames are the names the mesh CA may put in edge certificates of
+	// this service (its sidecars' TLS listeners for clients outside the
+	// mesh); "*.example.com" allows any one label under example.com. No
+	// name is allowed unless listed: a token for a service cannot get a
+	// certificate for someone else's domain.
+	DNSNames []string `json:"dnsNames,omitempty" yaml:"dnsNames,omitempty"`
 }
 
 // ServiceLimits bound what one caller's sidecar sends to a service. Zero
@@ -302,13 +308,35 @@ type GatewayListener struct {
 	DrainTimeout string `json:"drainTimeout,omitempty" yaml:"drainTimeout,omitempty"`
 }
 
+// Certificate sources of GatewayTLS.
+const (
+	CertFiles      = "files"       // CertFile and KeyFile, reloaded when they change
+	CertMesh       = "mesh"        // issued and renewed by the mesh CA for DNSNames
+	CertSelfSigned = "self-signed" // made at start for DNSNames
+)
+
 // GatewayTLS says where an https listener's certificate comes from: files
-// on the gateway's host (reloaded when they change), or self-signed at
-// start for DNSNames.
+// on the gateway's host (reloaded when they change), the mesh CA (for
+// DNSNames, which this listing allows), or self-signed at start for
+// DNSNames.
 type GatewayTLS struct {
+	// Source is files, mesh or self-signed; default files when CertFile
+	// is set, else self-signed.
+	Source   string   `json:"source,omitempty" yaml:"source,omitempty"`
 	CertFile string   `json:"certFile,omitempty" yaml:"certFile,omitempty"`
 	KeyFile  string   `json:"keyFile,omitempty" yaml:"keyFile,omitempty"`
 	DNSNames []string `json:"dnsNames,omitempty" yaml:"dnsNames,omitempty"`
+}
+
+// EffectiveSource returns Source with its default applied.
+func (t *GatewayTLS) EffectiveSource() string {
+	switch {
+	case t.Source != "":
+		return t.Source
+	case t.CertFile != "":
+		return CertFiles
+	}
+	return CertSelfSigned
 }
 
 // GatewayRoute sends matching requests to a mesh service.

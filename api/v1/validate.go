@@ -126,6 +126,7 @@ func (s *ServiceSpec) validate() []error {
 	if s.Port < 0 || s.Port > 65535 {
 		errs = append(errs, fieldErr("spec.port", "%d is not a port number", s.Port))
 	}
+	errs = append(errs, validDNSNames("spec.dnsNames", s.DNSNames)...)
 	if l := s.Limits; l != nil {
 		for _, f := range []struct {
 			name string
@@ -356,11 +357,9 @@ func (g *GatewaySpec) validate() []error {
 			if l.Protocol == GatewayHTTPS {
 				switch {
 				case l.TLS == nil:
-					errs = append(errs, fieldErr(at+".tls", "missing: an https listener needs certFile and keyFile, or dnsNames for a self-signed certificate"))
-				case (l.TLS.CertFile == "") != (l.TLS.KeyFile == ""):
-					errs = append(errs, fieldErr(at+".tls", "certFile and keyFile go together"))
-				case l.TLS.CertFile == "" && len(l.TLS.DNSNames) == 0:
-					errs = append(errs, fieldErr(at+".tls", "give certFile and keyFile, or dnsNames for a self-signed certificate"))
+					errs = append(errs, fieldErr(at+".tls", "missing: an https listener needs certFile and keyFile, or dnsNames for a mesh-issued or self-signed certificate"))
+				default:
+					errs = append(errs, l.TLS.validate(at+".tls")...)
 				}
 			} else if l.TLS != nil {
 				errs = append(errs, fieldErr(at+".tls", "an http listener has no certificate; use protocol https"))
@@ -423,6 +422,41 @@ func (g *GatewaySpec) validate() []error {
 }
 
 // validHostPattern accepts "", a DNS name, or "*." and a DNS name.
+func (t *GatewayTLS) validate(at string) []error {
+	var errs []error
+	switch t.EffectiveSource() {
+	case CertFiles:
+		if t.CertFile == "" || t.KeyFile == "" {
+			errs = append(errs, fieldErr(at, "certFile and keyFile go together"))
+		}
+		if len(t.DNSNames) > 0 {
+			errs = append(errs, fieldErr(at+".dnsNames", "the names come from the certificate file; dnsNames are for source mesh or self-signed"))
+		}
+	case CertMesh, CertSelfSigned:
+		if t.CertFile != "" || t.KeyFile != "" {
+			errs = append(errs, fieldErr(at, "certFile and keyFile are for source files"))
+		}
+		if len(t.DNSNames) == 0 {
+			errs = append(errs, fieldErr(at+".dnsNames", "missing: source %s needs the names to put in the certificate", t.EffectiveSource()))
+		}
+		errs = append(errs, validDNSNames(at+".dnsNames", t.DNSNames)...)
+	default:
+		errs = append(errs, fieldErr(at+".source", "%q is not files, mesh or self-signed", t.Source))
+	}
+	return errs
+}
+
+// validDNSNames checks names for certificates: host names, or *.domain.
+func validDNSNames(at string, names []string) []error {
+	var errs []error
+	for i, n := range names {
+		if n == "" || !validHostPattern(n) {
+			errs = append(errs, fieldErr(fmt.Sprintf("%s[%d]", at, i), "%q is not a DNS name or *.domain", n))
+		}
+	}
+	return errs
+}
+
 func validHostPattern(h string) bool {
 	h = strings.TrimPrefix(h, "*.")
 	if len(h) > 253 {

@@ -3,6 +3,10 @@
 #         trellis proxy "web" (25444) -> app mux 18081.
 #   HTTP: client -> trellis proxy "client" (25080, HTTP/1.1 or h2c) -> mTLS
 #         HTTP/2 -> trellis proxy "webh" (25443) -> app 18080 (HTTP/1.1).
+#   Ingress (chain trellis-gw, HTTP only): client -> trellis gateway "ingress"
+#         (25180, one route "/" to webg) -> mTLS HTTP/2 -> trellis proxy
+#         "webg" (25445) -> app 18080. The same two hops as HAProxy's HTTP
+#         chain, so the two compare; it needs chain trellis (its control plane).
 # A real mesh: a control plane issues the SVIDs and pushes the endpoints.
 # The control plane is recorded as chain "trellis-cp" so that its CPU is not
 # counted as sidecar cost.
@@ -38,4 +42,37 @@ start_trellis() {
         sleep 0.1
     done
     echo "trellis chain not ready" >&2; return 1
+}
+
+register_chain trellis-gw http://127.0.0.1:25180/ http://127.0.0.1:25180/ -
+start_trellis-gw() {
+    local bin="$WORK/bin/trellis" proxy="$WORK/bin/trellis-proxy" i
+    [[ -n ${TRELLIS_ADDR:-} ]] || { echo "trellis-gw needs chain trellis" >&2; return 1; }
+    rm -rf "$RUN/trellis-webg" "$RUN/trellis-ingress"
+    "$bin" token create --service webg > "$RUN/trellis-webg.token" || return 1
+    "$bin" token create --service ingress > "$RUN/trellis-ingress.token" || return 1
+    cat > "$RUN/trellis-gw.yaml" <<'YAML'
+kind: Service
+name: webg
+spec: {protocol: http}
+---
+kind: Gateway
+name: ingress
+spec:
+  listeners:
+    - port: 25180
+      protocol: http
+      routes: [{pathPrefix: /, service: webg}]
+YAML
+    "$bin" apply -f "$RUN/trellis-gw.yaml" || return 1
+    spawn trellis-gw in env -u TRELLIS_TOKEN "$proxy" proxy --service webg --app-port 18080 --public-port 25445 \
+        --token-file "$RUN/trellis-webg.token" --state-dir "$RUN/trellis-webg" --log-level warn
+    spawn trellis-gw gw env -u TRELLIS_TOKEN "$proxy" gateway --name ingress --listen-addr 127.0.0.1 \
+        --token-file "$RUN/trellis-ingress.token" --state-dir "$RUN/trellis-ingress" --log-level warn
+    wait_port 127.0.0.1:25445 && wait_port 127.0.0.1:25180 || return 1
+    for i in $(seq 100); do
+        [[ $(curl -s -m 2 -o /dev/null -w '%{http_code}' http://127.0.0.1:25180/) == 200 ]] && return 0
+        sleep 0.1
+    done
+    echo "trellis-gw chain not ready" >&2; return 1
 }

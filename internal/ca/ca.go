@@ -165,6 +165,41 @@ func (ca *CA) SignSVID(req SignRequest) ([]byte, error) {
 	return ca.sign(tmpl, pub)
 }
 
+// EdgeRequest says what to put in an edge certificate: a service's server
+// certificate for clients outside the mesh.
+type EdgeRequest struct {
+	// CSR is a DER or PEM PKCS#10 request; only its public key is used.
+	CSR []byte
+	// Service is the service the certificate is for (its subject).
+	Service string
+	// DNSNames are the certificate's names; the caller has checked them.
+	DNSNames []string
+	TTL      time.Duration // zero means DefaultSVIDTTL
+	Now      time.Time     // zero means time.Now
+}
+
+// SignEdge issues an edge certificate: DNS names only, server
+// authentication only, and no SPIFFE ID, so that the key behind a
+// listener that faces the outside cannot act as the service inside the
+// mesh.
+func (ca *CA) SignEdge(req EdgeRequest) ([]byte, error) {
+	if len(req.DNSNames) == 0 {
+		return nil, fmt.Errorf("sign edge certificate for %s: no DNS name", req.Service)
+	}
+	pub, err := csrPublicKey(req.CSR)
+	if err != nil {
+		return nil, fmt.Errorf("sign edge certificate for %s: %w", req.Service, err)
+	}
+	tmpl, err := ca.leafTemplate(pub, req.TTL, req.Now)
+	if err != nil {
+		return nil, err
+	}
+	tmpl.Subject = pkix.Name{Organization: []string{"Trellis"}, OrganizationalUnit: []string{req.Service}, CommonName: req.DNSNames[0]}
+	tmpl.DNSNames = req.DNSNames
+	tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+	return ca.sign(tmpl, pub)
+}
+
 // ServingRequest describes a TLS server certificate for the control plane.
 type ServingRequest struct {
 	PublicKey crypto.PublicKey

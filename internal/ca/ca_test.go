@@ -8,6 +8,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/asn1"
 	"net/url"
+	"slices"
 	"testing"
 	"time"
 
@@ -118,5 +119,49 @@ func TestLoadIntermediate(t *testing.T) {
 	}
 	if _, err := ca.Load("trellis.local", root.CertPEM, keyPEM); err == nil {
 		t.Error("Load accepted a key that does not match the certificate")
+	}
+}
+
+// An edge certificate carries the checked DNS names and nothing a CSR asks
+// for, no SPIFFE ID (it must not act as the service in the mesh), and
+// server authentication only.
+func TestSignEdgeShape(t *testing.T) {
+	c := trellistest.NewCA(t, "trellis.local")
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	evil, _ := url.Parse("spiffe://trellis.local/svc/admin")
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
+		DNSNames: []string{"evil.example"}, URIs: []*url.URL{evil},
+	}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain, err := c.SignEdge(ca.EdgeRequest{CSR: csr, Service: "shop", DNSNames: []string{"shop.example.test", "*.shop.example.test"}, TTL: time.Hour})
+	if err != nil {
+		t.Fatalf("SignEdge: %v", err)
+	}
+	certs, err := ca.ParseCertificates(chain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf := certs[0]
+	if len(leaf.URIs) != 0 {
+		t.Errorf("URI SANs = %v, want none", leaf.URIs)
+	}
+	if !slices.Equal(leaf.DNSNames, []string{"shop.example.test", "*.shop.example.test"}) {
+		t.Errorf("DNS SANs = %v", leaf.DNSNames)
+	}
+	if !slices.Equal(leaf.ExtKeyUsage, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}) {
+		t.Errorf("ExtKeyUsage = %v, want server auth only", leaf.ExtKeyUsage)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(c.Certificate())
+	if _, err := leaf.Verify(x509.VerifyOptions{DNSName: "api.shop.example.test", Roots: roots}); err != nil {
+		t.Errorf("verify for a wildcard-covered name: %v", err)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err == nil {
+		t.Error("an edge certificate verified as a client certificate")
+	}
+	if _, err := c.SignEdge(ca.EdgeRequest{CSR: csr, Service: "shop"}); err == nil {
+		t.Error("signed an edge certificate with no name")
 	}
 }

@@ -42,7 +42,8 @@ func runProxy(ctx context.Context, e *env, args []string) error {
 	edgeMode := fs.String("edge-mode", "", "edge listener mode: terminate (TLS ends here, default) or passthrough (the app terminates TLS)")
 	edgeCert := fs.String("edge-cert", "", "edge certificate chain PEM file (reloaded when it changes)")
 	edgeKey := fs.String("edge-key", "", "edge private key PEM file")
-	edgeDNS := fs.String("edge-dns-name", e.getenv("TRELLIS_EDGE_DNS_NAME"), "comma-separated DNS names for a self-signed edge certificate (env TRELLIS_EDGE_DNS_NAME)")
+	edgeSource := fs.String("edge-cert-source", "", "edge certificate source: files (--edge-cert/--edge-key), mesh (issued by the mesh CA for --edge-dns-name, which the Service must allow in spec.dnsNames) or self-signed (default: files when --edge-cert is set, else self-signed)")
+	edgeDNS := fs.String("edge-dns-name", e.getenv("TRELLIS_EDGE_DNS_NAME"), "comma-separated DNS names for a mesh-issued or self-signed edge certificate (env TRELLIS_EDGE_DNS_NAME)")
 	edgeClientCA := fs.String("edge-client-ca", "", "require edge clients to present a certificate from these PEM roots")
 	edgeAcceptPP := fs.Bool("edge-accept-proxy-protocol", false, "edge connections start with a PROXY protocol header (from a gateway or load balancer)")
 	edgeSendPP := fs.Bool("edge-send-proxy-protocol", false, "send the edge client's address to the app in a PROXY protocol v2 header")
@@ -113,7 +114,7 @@ func runProxy(ctx context.Context, e *env, args []string) error {
 		}
 		cfg.Edge = &sidecar.Edge{
 			Listen: net.JoinHostPort(*edgeAddr, strconv.Itoa(*edgePort)),
-			Mode:   *edgeMode, CertFile: *edgeCert, KeyFile: *edgeKey, ClientCAFile: *edgeClientCA,
+			Mode:   *edgeMode, CertSource: *edgeSource, CertFile: *edgeCert, KeyFile: *edgeKey, ClientCAFile: *edgeClientCA,
 			AcceptProxyProtocol: *edgeAcceptPP, SendProxyProtocol: *edgeSendPP,
 		}
 		for _, n := range strings.Split(*edgeDNS, ",") {
@@ -122,7 +123,7 @@ func runProxy(ctx context.Context, e *env, args []string) error {
 			}
 		}
 	} else {
-		for _, name := range []string{"edge-addr", "edge-mode", "edge-cert", "edge-key", "edge-client-ca", "edge-accept-proxy-protocol", "edge-send-proxy-protocol"} {
+		for _, name := range []string{"edge-addr", "edge-mode", "edge-cert", "edge-key", "edge-cert-source", "edge-client-ca", "edge-accept-proxy-protocol", "edge-send-proxy-protocol"} {
 			if set[name] {
 				return usageErr("--%s needs --edge-port", name)
 			}

@@ -299,6 +299,9 @@ func (s *Server) sign(p principal, r *http.Request) (any, error) {
 	if !p.mayActAs(req.Service) {
 		return nil, fmt.Errorf("%w: identity %s", errForbidden, id)
 	}
+	if len(req.DNSNames) > 0 {
+		return s.signEdge(id, req)
+	}
 	chain, err := s.ca.SignSVID(ca.SignRequest{CSR: []byte(req.CSR), ID: id, TTL: s.cfg.SVIDTTL})
 	if err != nil {
 		return nil, badRequest("%v", err)
@@ -309,6 +312,24 @@ func (s *Server) sign(p principal, r *http.Request) (any, error) {
 	}
 	s.metrics.svids.Inc()
 	s.log.Debug("issued svid", "id", id.String(), "expires", certs[0].NotAfter)
+	return v1.Signed{ChainPEM: string(chain), ExpiresAt: certs[0].NotAfter}, nil
+}
+
+// signEdge issues an edge certificate, for names the service is allowed.
+func (s *Server) signEdge(id identity.ID, req v1.SignRequest) (any, error) {
+	if err := checkEdgeNames(allowedEdgeNames(s.state.mesh(), req.Service), req.DNSNames, req.Service); err != nil {
+		return nil, fmt.Errorf("%w: %v", errForbidden, err)
+	}
+	chain, err := s.ca.SignEdge(ca.EdgeRequest{CSR: []byte(req.CSR), Service: req.Service, DNSNames: req.DNSNames, TTL: s.cfg.SVIDTTL})
+	if err != nil {
+		return nil, badRequest("%v", err)
+	}
+	certs, err := ca.ParseCertificates(chain)
+	if err != nil {
+		return nil, err
+	}
+	s.metrics.svids.Inc()
+	s.log.Info("issued edge certificate", "service", id.Service(), "names", req.DNSNames, "expires", certs[0].NotAfter)
 	return v1.Signed{ChainPEM: string(chain), ExpiresAt: certs[0].NotAfter}, nil
 }
 

@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	v1 "github.com/trellis-mesh/trellis/api/v1"
 	"github.com/trellis-mesh/trellis/internal/identity"
 )
 
@@ -53,8 +54,9 @@ const (
 
 // Edge certificate sources, for EdgeTerminate.
 const (
-	EdgeCertFiles      = "files"       // CertFile and KeyFile, reloaded on change
-	EdgeCertSelfSigned = "self-signed" // made at start for DNSNames
+	EdgeCertFiles      = v1.CertFiles      // CertFile and KeyFile, reloaded on change
+	EdgeCertMesh       = v1.CertMesh       // issued and renewed by the mesh CA for DNSNames
+	EdgeCertSelfSigned = v1.CertSelfSigned // made at start for DNSNames
 )
 
 // Edge is a listener for clients outside the mesh (browsers, load
@@ -65,13 +67,15 @@ type Edge struct {
 	Listen string `yaml:"listen"`
 	// Mode is terminate (default) or passthrough.
 	Mode string `yaml:"mode"`
-	// CertSource is files or self-signed; default files when CertFile is
-	// set, else self-signed.
+	// CertSource is files, mesh or self-signed; default files when
+	// CertFile is set, else self-signed. Mesh certificates carry DNSNames,
+	// which the Service resource must allow in spec.dnsNames.
 	CertSource string `yaml:"certSource"`
 	// CertFile and KeyFile are PEM files (the chain, leaf first, and its key).
 	CertFile string `yaml:"certFile"`
 	KeyFile  string `yaml:"keyFile"`
-	// DNSNames name the self-signed certificate (DNS names or IPs).
+	// DNSNames name the mesh-issued or self-signed certificate (a
+	// self-signed one may name IPs too).
 	DNSNames []string `yaml:"dnsNames"`
 	// ClientCAFile, when set, requires client certificates that chain to
 	// the PEM roots in it.
@@ -106,9 +110,9 @@ func (e *Edge) validate() error {
 			if e.CertFile == "" || e.KeyFile == "" {
 				errs = append(errs, errors.New("edge certificate: files need both a certificate file and a key file"))
 			}
-		case EdgeCertSelfSigned:
+		case EdgeCertSelfSigned, EdgeCertMesh:
 			if len(e.DNSNames) == 0 {
-				errs = append(errs, errors.New("edge certificate: self-signed needs a DNS name (--edge-dns-name or TRELLIS_EDGE_DNS_NAME)"))
+				errs = append(errs, fmt.Errorf("edge certificate: %s needs a DNS name (--edge-dns-name or TRELLIS_EDGE_DNS_NAME)", e.certSource()))
 			}
 			for _, n := range e.DNSNames {
 				if n == "" || strings.ContainsAny(n, " /:") && net.ParseIP(n) == nil {
@@ -116,7 +120,7 @@ func (e *Edge) validate() error {
 				}
 			}
 		default:
-			errs = append(errs, fmt.Errorf("edge certificate source %q: want %s or %s", e.CertSource, EdgeCertFiles, EdgeCertSelfSigned))
+			errs = append(errs, fmt.Errorf("edge certificate source %q: want %s, %s or %s", e.CertSource, EdgeCertFiles, EdgeCertMesh, EdgeCertSelfSigned))
 		}
 	case EdgePassthrough:
 		if e.CertFile != "" || e.ClientCAFile != "" || len(e.DNSNames) > 0 {

@@ -1,11 +1,10 @@
 package sidecar
 
 import (
-	"crypto/tls"
+	"context"
 	"crypto/x509"
 	"fmt"
 	"os"
-	"time"
 
 	"github.com/trellis-mesh/trellis/internal/certs"
 	"github.com/trellis-mesh/trellis/internal/proxy/edge"
@@ -13,8 +12,9 @@ import (
 
 // edgeListener builds the edge listener of Config.Edge. Certificates are
 // made or loaded here, at start, so that a bad file or name stops the
-// proxy with a clear error instead of failing every handshake later.
-func (p *Proxy) edgeListener() (*edge.Listener, error) {
+// proxy with a clear error instead of failing every handshake later; a
+// mesh-issued one is renewed until ctx ends.
+func (p *Proxy) edgeListener(ctx context.Context) (*edge.Listener, error) {
 	e := p.cfg.Edge
 	l := &edge.Listener{
 		Target:      p.cfg.AppAddr,
@@ -26,21 +26,9 @@ func (p *Proxy) edgeListener() (*edge.Listener, error) {
 	if e.Mode == EdgePassthrough {
 		return l, nil
 	}
-	var get func(*tls.ClientHelloInfo) (*tls.Certificate, error)
-	switch e.certSource() {
-	case EdgeCertFiles:
-		fc := &certs.FileCert{CertFile: e.CertFile, KeyFile: e.KeyFile, Logger: p.log}
-		if err := fc.Load(); err != nil {
-			return nil, fmt.Errorf("edge certificate: %w", err)
-		}
-		get = fc.GetCertificate
-	case EdgeCertSelfSigned:
-		c, err := certs.SelfSigned(e.DNSNames, time.Now())
-		if err != nil {
-			return nil, fmt.Errorf("edge certificate: %w", err)
-		}
-		p.log.Info("edge certificate is self-signed", "names", e.DNSNames, "expires", c.Leaf.NotAfter)
-		get = func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return c, nil }
+	get, err := p.edgeCert(ctx, e.certSource(), e.CertFile, e.KeyFile, e.DNSNames)
+	if err != nil {
+		return nil, fmt.Errorf("edge certificate: %w", err)
 	}
 	var clientCAs *x509.CertPool
 	if e.ClientCAFile != "" {

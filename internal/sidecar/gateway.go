@@ -31,6 +31,7 @@ type Gateway struct {
 
 // gateway runs the listeners of the current Gateway resource.
 type gateway struct {
+	ctx  context.Context // ends when the proxy stops
 	p    *Proxy
 	pool *l4.Pool
 
@@ -44,10 +45,11 @@ type gwListener struct {
 	spec  v1.GatewayListener
 	ln    net.Listener
 	drain func(context.Context) error
+	stop  context.CancelFunc // ends the listener's certificate renewal
 }
 
-func newGateway(p *Proxy, pool *l4.Pool) *gateway {
-	return &gateway{p: p, pool: pool, open: map[int]*gwListener{}, outbounds: map[string]*l7.Outbound{}}
+func newGateway(ctx context.Context, p *Proxy, pool *l4.Pool) *gateway {
+	return &gateway{ctx: ctx, p: p, pool: pool, open: map[int]*gwListener{}, outbounds: map[string]*l7.Outbound{}}
 }
 
 // listenerSpec returns the current spec of the listener on port, and false
@@ -106,6 +108,7 @@ func (g *gateway) reconcile() {
 func (g *gateway) closeLocked(l *gwListener) {
 	delete(g.open, l.spec.Port)
 	l.ln.Close()
+	l.stop()
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), g.p.cfg.DrainTimeout)
 		defer cancel()
@@ -126,6 +129,7 @@ func (g *gateway) start(spec v1.GatewayListener) (*gwListener, error) {
 		return nil, err
 	}
 	port := spec.Port
+	cancel := func() {}
 	switch spec.Protocol {
 	case v1.GatewayTLSPassthrough:
 		pt := &passthrough.Listener{
@@ -135,13 +139,17 @@ func (g *gateway) start(spec v1.GatewayListener) (*gwListener, error) {
 			Metrics: g.p.l4m,
 		}
 		go pt.Serve(ln)
-		return &gwListener{spec: spec, ln: ln, drain: pt.Drain}, nil
+		return &gwListener{spec: spec, ln: ln, drain: pt.Drain, stop: func() {}}, nil
 	case v1.GatewayHTTPS:
-		get, err := gatewayCert(spec.TLS, g.p)
+		t := spec.TLS
+		ctx, stop := context.WithCancel(g.ctx)
+		get, err := g.p.edgeCert(ctx, t.EffectiveSource(), t.CertFile, t.KeyFile, t.DNSNames)
 		if err != nil {
+			stop()
 			ln.Close()
 			return nil, err
 		}
+		cancel = stop
 		ln = tls.NewListener(ln, certs.EdgeServerConfig(get, nil, "http/1.1"))
 	}
 	in := &l7.Ingress{
@@ -155,23 +163,7 @@ func (g *gateway) start(spec v1.GatewayListener) (*gwListener, error) {
 	}
 	srv := l7.NewServer(in, g.p.log)
 	go srv.Serve(ln)
-	return &gwListener{spec: spec, ln: ln, drain: srv.Shutdown}, nil
-}
-
-// gatewayCert loads or makes an https listener's certificate.
-func gatewayCert(t *v1.GatewayTLS, p *Proxy) (func(*tls.ClientHelloInfo) (*tls.Certificate, error), error) {
-	if t.CertFile != "" {
-		fc := &certs.FileCert{CertFile: t.CertFile, KeyFile: t.KeyFile, Logger: p.log}
-		if err := fc.Load(); err != nil {
-			return nil, err
-		}
-		return fc.GetCertificate, nil
-	}
-	c, err := certs.SelfSigned(t.DNSNames, time.Now())
-	if err != nil {
-		return nil, err
-	}
-	return func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return c, nil }, nil
+	return &gwListener{spec: spec, ln: ln, drain: srv.Shutdown, stop: cancel}, nil
 }
 
 func (g *gateway) passthroughConfig(port int) passthrough.Config {

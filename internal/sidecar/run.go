@@ -59,13 +59,13 @@ func (p *Proxy) Run(ctx context.Context) error {
 	goBG(func() { p.serveAdmin(runCtx, ls.admin) })
 	pool := l4.NewPool(0, 0, p.l4m)
 	defer pool.Close()
-	dp, err := p.dataPlane(pool)
+	dp, err := p.dataPlane(runCtx, pool)
 	if err != nil {
 		return err
 	}
 	var gw *gateway
 	if p.cfg.Gateway != nil {
-		gw = newGateway(p, pool)
+		gw = newGateway(runCtx, p, pool)
 		gw.reconcile() // from the persisted snapshot, if any
 	}
 	p.onApply = func() {
@@ -89,6 +89,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 		r := *p.reg.Load()
 		r.Healthy = true
 		p.reg.Store(&r)
+		p.m.healthy.Set(1)
 		close(firstHealth)
 	} else {
 		goBG(func() { p.checkHealth(runCtx, firstHealth) })
@@ -270,10 +271,10 @@ type upstream struct {
 
 // dataPlane builds the data plane, all of it reading the current snapshot
 // and certificate.
-func (p *Proxy) dataPlane(pool *l4.Pool) (*dataPlane, error) {
+func (p *Proxy) dataPlane(ctx context.Context, pool *l4.Pool) (*dataPlane, error) {
 	dp := &dataPlane{}
 	if p.cfg.Edge != nil {
-		e, err := p.edgeListener()
+		e, err := p.edgeListener(ctx)
 		if err != nil {
 			return nil, err
 		}

@@ -59,7 +59,11 @@ type EdgeSpec struct {
 	Port int `yaml:"port"`
 	// Mode is terminate (default) or passthrough.
 	Mode string `yaml:"mode"`
-	// DNSNames name a self-signed certificate made at start.
+	// CertSource is files, mesh or self-signed (the default without
+	// certFile). A mesh certificate needs the names in the Service's
+	// spec.dnsNames; trellis up allows them.
+	CertSource string `yaml:"certSource"`
+	// DNSNames name a mesh-issued or self-signed certificate.
 	DNSNames []string `yaml:"dnsNames"`
 	// CertFile and KeyFile, relative to the directory, serve a certificate
 	// from files instead.
@@ -192,8 +196,13 @@ func (f *File) validate(path string, root *yaml.Node) error {
 			if (s.Edge.CertFile == "") != (s.Edge.KeyFile == "") {
 				add(at+".edge", "certFile and keyFile go together")
 			}
+			switch s.Edge.CertSource {
+			case "", v1.CertFiles, v1.CertMesh, v1.CertSelfSigned:
+			default:
+				add(at+".edge.certSource", "%q is not files, mesh or self-signed", s.Edge.CertSource)
+			}
 			if s.Edge.Mode != "passthrough" && s.Edge.CertFile == "" && len(s.Edge.DNSNames) == 0 {
-				add(at+".edge", "give dnsNames (a self-signed certificate) or certFile and keyFile")
+				add(at+".edge", "give dnsNames (a mesh-issued or self-signed certificate) or certFile and keyFile")
 			}
 		}
 		if s.Protocol != "" {

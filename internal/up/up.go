@@ -278,7 +278,7 @@ func edgeConfig(dir string, e *EdgeSpec, r int) *sidecar.Edge {
 		return nil
 	}
 	c := &sidecar.Edge{
-		Listen: "127.0.0.1:" + strconv.Itoa(e.Port+r), Mode: e.Mode, DNSNames: e.DNSNames,
+		Listen: "127.0.0.1:" + strconv.Itoa(e.Port+r), Mode: e.Mode, CertSource: e.CertSource, DNSNames: e.DNSNames,
 		AcceptProxyProtocol: e.AcceptProxyProtocol, SendProxyProtocol: e.SendProxyProtocol,
 	}
 	if e.CertFile != "" {
@@ -293,7 +293,11 @@ func applyFile(ctx context.Context, api *client.Client, f *File) error {
 	for _, s := range f.Services {
 		if !seen[s.Name] {
 			seen[s.Name] = true
-			res = append(res, v1.Resource{Kind: v1.KindService, Name: s.Name, Service: &v1.ServiceSpec{Protocol: s.Protocol, Port: s.Port}})
+			spec := &v1.ServiceSpec{Protocol: s.Protocol, Port: s.Port}
+			if s.Edge != nil && s.Edge.CertSource == v1.CertMesh {
+				spec.DNSNames = s.Edge.DNSNames // what the mesh CA may sign for it
+			}
+			res = append(res, v1.Resource{Kind: v1.KindService, Name: s.Name, Service: spec})
 		}
 	}
 	for _, in := range f.Intentions {

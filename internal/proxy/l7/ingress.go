@@ -46,6 +46,7 @@ func (g *Ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	up := g.Upstream(route.Service)
 	if up == nil {
 		refuse(w, &badRequest{http.StatusServiceUnavailable, "trellis: service " + route.Service + " is not known yet"})
+		g.Metrics.observe("ingress", g.Name, route.Service, "", "", http.StatusServiceUnavailable, start)
 		return
 	}
 	if route.RewritePrefix != "" {
