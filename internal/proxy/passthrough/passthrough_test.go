@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,6 +17,7 @@ import (
 	"time"
 
 	proxyproto "github.com/pires/go-proxyproto"
+	"golang.org/x/net/websocket"
 
 	"github.com/trellis-mesh/trellis/internal/certs"
 	"github.com/trellis-mesh/trellis/internal/proxy/passthrough"
@@ -275,5 +278,68 @@ func TestProxyProtocolCarriesClientAddress(t *testing.T) {
 	// The backend's view of its peer is the client's own address.
 	if parts := strings.Split(string(b), "|"); len(parts) != 3 || parts[1] != c.LocalAddr().String() {
 		t.Errorf("backend saw %q; want the client address %s", b, c.LocalAddr())
+	}
+}
+
+// A WebSocket over TLS (wss) through the listener is a long-lived stream
+// the gateway never reads: it keeps working across health-check sweeps and
+// target changes, with the backend's own certificate.
+func TestWebSocketPassesThroughUntouched(t *testing.T) {
+	cert, err := certs.SelfSigned([]string{"ws.test"}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var upgrades atomic.Int64
+	srv := httptest.NewUnstartedServer(websocket.Handler(func(ws *websocket.Conn) {
+		upgrades.Add(1)
+		for {
+			var msg string
+			if websocket.Message.Receive(ws, &msg) != nil || websocket.Message.Send(ws, "echo:"+msg) != nil {
+				return
+			}
+		}
+	}))
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{*cert}}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	other := startBackend(t, "ws.test", false)
+
+	reg := &registry{targets: map[string][]passthrough.Target{}}
+	reg.set("ws", srv.Listener.Addr().String())
+	addr := serve(t, reg, passthrough.Config{Service: bySNI(map[string]string{"ws.test": "ws"}, ""), Services: []string{"ws"}})
+
+	roots := x509.NewCertPool()
+	roots.AddCert(cert.Leaf)
+	conn, err := tls.Dial("tcp", addr, &tls.Config{ServerName: "ws.test", RootCAs: roots})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := websocket.NewConfig("wss://ws.test/", "https://ws.test/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws, err := websocket.NewClient(cfg, conn)
+	if err != nil {
+		t.Fatalf("websocket handshake through the pass-through listener: %v", err)
+	}
+	defer ws.Close()
+	for i := range 6 {
+		if i == 3 {
+			// Another target joins; the open stream stays where it is.
+			reg.set("ws", srv.Listener.Addr().String(), other.addr)
+		}
+		time.Sleep(150 * time.Millisecond) // several health-check sweeps
+		msg := strings.Repeat(strconv.Itoa(i), 10000*(i+1))
+		if err := websocket.Message.Send(ws, msg); err != nil {
+			t.Fatal(err)
+		}
+		var got string
+		ws.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if err := websocket.Message.Receive(ws, &got); err != nil || got != "echo:"+msg {
+			t.Fatalf("message %d: %d bytes back, %v", i, len(got), err)
+		}
+	}
+	if n := upgrades.Load(); n != 1 {
+		t.Errorf("backend saw %d upgrades, want 1", n)
 	}
 }
