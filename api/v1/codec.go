@@ -7,8 +7,9 @@ import (
 	"fmt"
 	"io"
 	"reflect"
-	"strconv"
 	"strings"
+
+	"github.com/trellis-mesh/trellis/internal/yamlfields"
 
 	"gopkg.in/yaml.v3"
 )
@@ -192,7 +193,7 @@ func decodeDocument(file string, doc *yaml.Node) (*Resource, []error) {
 	if doc.Kind != yaml.MappingNode {
 		return nil, []error{&DecodeError{File: file, Line: doc.Line, Msg: "a resource must be a mapping with kind, name and spec"}}
 	}
-	if hasAliases(doc, 0) {
+	if yamlfields.HasAliases(doc, 0) {
 		return nil, []error{&DecodeError{File: file, Line: doc.Line, Msg: "anchors and aliases are not supported"}}
 	}
 	var errs []error
@@ -208,24 +209,12 @@ func decodeDocument(file string, doc *yaml.Node) (*Resource, []error) {
 		case "spec":
 			specNode = v
 		default:
-			errs = append(errs, &DecodeError{File: file, Line: k.Line, Field: k.Value, Msg: "unknown field" + suggest(k.Value, []string{"kind", "name", "spec"})})
+			errs = append(errs, &DecodeError{File: file, Line: k.Line, Field: k.Value, Msg: "unknown field" + didYouMean(yamlfields.Suggest(k.Value, []string{"kind", "name", "spec"}))})
 		}
 	}
 	// where is the line of path's node or, for a missing field, of the
 	// nearest enclosing one that is there.
-	where := func(path string) int {
-		for path != "" {
-			if n := lookup(doc, path); n != nil {
-				return n.Line
-			}
-			i := strings.LastIndexAny(path, ".[")
-			if i < 0 {
-				break
-			}
-			path = path[:i]
-		}
-		return doc.Line
-	}
+	where := func(path string) int { return yamlfields.Nearest(doc, path).Line }
 	spec, err := r.spec(true)
 	if err != nil {
 		var fe *FieldError
@@ -277,123 +266,16 @@ func unjoin(err error) []error {
 
 // checkFields reports every key of node that t (a struct) has no yaml field for.
 func checkFields(file string, node *yaml.Node, t reflect.Type, path string) []error {
-	known := map[string]reflect.Type{}
-	var names []string
-	for i := 0; i < t.NumField(); i++ {
-		f := t.Field(i)
-		name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
-		if name == "" || name == "-" {
-			continue
-		}
-		known[name] = f.Type
-		names = append(names, name)
-	}
 	var errs []error
-	for i := 0; i+1 < len(node.Content); i += 2 {
-		k, v := node.Content[i], node.Content[i+1]
-		ft, ok := known[k.Value]
-		if !ok {
-			errs = append(errs, &DecodeError{File: file, Line: k.Line, Field: path + "." + k.Value, Msg: "unknown field" + suggest(k.Value, names)})
-			continue
-		}
-		for ft.Kind() == reflect.Pointer {
-			ft = ft.Elem()
-		}
-		switch {
-		case ft.Kind() == reflect.Struct && v.Kind == yaml.MappingNode:
-			errs = append(errs, checkFields(file, v, ft, path+"."+k.Value)...)
-		case ft.Kind() == reflect.Slice && v.Kind == yaml.SequenceNode:
-			et := ft.Elem()
-			for et.Kind() == reflect.Pointer {
-				et = et.Elem()
-			}
-			if et.Kind() != reflect.Struct {
-				continue
-			}
-			for j, item := range v.Content {
-				if item.Kind == yaml.MappingNode {
-					errs = append(errs, checkFields(file, item, et, fmt.Sprintf("%s.%s[%d]", path, k.Value, j))...)
-				}
-			}
-		}
+	for _, u := range yamlfields.Check(node, t, path) {
+		errs = append(errs, &DecodeError{File: file, Line: u.Line, Field: u.Path, Msg: "unknown field" + didYouMean(u.Suggestion)})
 	}
 	return errs
 }
 
-// lookup finds the value node at a dotted path such as "spec.protocol" or
-// "spec.rules[1].targets[0].weight".
-func lookup(n *yaml.Node, path string) *yaml.Node {
-	for _, part := range strings.Split(path, ".") {
-		name, index, _ := strings.Cut(part, "[")
-		if n.Kind != yaml.MappingNode {
-			return nil
-		}
-		var next *yaml.Node
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			if n.Content[i].Value == name {
-				next = n.Content[i+1]
-			}
-		}
-		if next == nil {
-			return nil
-		}
-		n = next
-		for index != "" {
-			var idx string
-			idx, index, _ = strings.Cut(index, "]")
-			index = strings.TrimPrefix(index, "[")
-			i, err := strconv.Atoi(idx)
-			if err != nil || n.Kind != yaml.SequenceNode || i < 0 || i >= len(n.Content) {
-				return n
-			}
-			n = n.Content[i]
-		}
-	}
-	return n
-}
-
-func hasAliases(n *yaml.Node, depth int) bool {
-	if n.Kind == yaml.AliasNode || n.Anchor != "" || depth > 32 {
-		return true
-	}
-	for _, c := range n.Content {
-		if hasAliases(c, depth+1) {
-			return true
-		}
-	}
-	return false
-}
-
-// suggest returns ` (did you mean "x"?)` for the known name closest to name.
-func suggest(name string, known []string) string {
-	best, bestD := "", 3
-	for _, k := range known {
-		if d := editDistance(strings.ToLower(name), strings.ToLower(k)); d < bestD {
-			best, bestD = k, d
-		}
-	}
-	if best == "" {
+func didYouMean(s string) string {
+	if s == "" {
 		return ""
 	}
-	return fmt.Sprintf(" (did you mean %q?)", best)
-}
-
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur := make([]int, len(b)+1)
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev = cur
-	}
-	return prev[len(b)]
+	return fmt.Sprintf(" (did you mean %q?)", s)
 }

@@ -48,6 +48,8 @@ func commands() map[string]command {
 		"intention": {"allow or deny calls: intention allow|deny SRC DST", runIntention},
 		"token":     {"create, list or delete tokens", runToken},
 		"ca":        {"show the CA's trust bundle: ca roots", runCA},
+		"inject":    {"inject the sidecar: inject validate|ecs|compose|mesh -f MANIFEST --policy POLICY --version V", runInject},
+		"ready":     {"exit 0 if the local proxy is ready (a health check that needs no shell)", runReady},
 		"version": {"print the version", func(_ context.Context, e *env, _ []string) error {
 			fmt.Fprintln(e.stdout, "trellis", Version)
 			return nil
@@ -83,6 +85,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		return 0
 	case errors.Is(err, flag.ErrHelp):
 		return 0
+	case errors.Is(err, errInvalid):
+		return 1 // the diagnostics are printed
 	case errors.Is(err, errUsage):
 		fmt.Fprintf(stderr, "trellis %s: %s\n", args[0], strings.TrimPrefix(err.Error(), "usage: "))
 		return 2

@@ -21,7 +21,16 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b 
 // *net.TCPConn destination would otherwise take over through ReadFrom and,
 // with a source it cannot splice from (TLS, HTTP/2 bodies), allocate a fresh
 // 32 KiB buffer for every connection.
+//
+// Between two plain TCP sockets it splices instead: the kernel moves the
+// bytes, with no user-space buffer and no copy through this process (the
+// pass-through gateway and the edge in passthrough mode).
 func copyBuf(dst io.Writer, src io.Reader) (int64, error) {
+	if d, ok := dst.(*net.TCPConn); ok {
+		if s, ok := src.(*net.TCPConn); ok {
+			return d.ReadFrom(s)
+		}
+	}
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	return io.CopyBuffer(writerOnly{dst}, readerOnly{src}, *bp)

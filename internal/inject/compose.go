@@ -1,0 +1,89 @@
+package inject
+
+import (
+	"maps"
+	"slices"
+	"strconv"
+)
+
+// Compose is a compose file (compose-spec) that runs the app and its
+// sidecar on one machine, sharing one network namespace as they would in
+// an ECS task or a pod, against a trellis server.
+type Compose struct {
+	Name     string                    `yaml:"name"`
+	Services map[string]ComposeService `yaml:"services"`
+}
+
+type ComposeService struct {
+	Image       string               `yaml:"image"`
+	Command     []string             `yaml:"command,omitempty"`
+	User        string               `yaml:"user,omitempty"`
+	Environment map[string]string    `yaml:"environment,omitempty"`
+	Ports       []string             `yaml:"ports,omitempty"`
+	NetworkMode string               `yaml:"network_mode,omitempty"`
+	DependsOn   map[string]DependsOn `yaml:"depends_on,omitempty"`
+	Healthcheck *ComposeHealth       `yaml:"healthcheck,omitempty"`
+	ExtraHosts  []string             `yaml:"extra_hosts,omitempty"`
+	Volumes     []string             `yaml:"volumes,omitempty"`
+	ReadOnly    bool                 `yaml:"read_only,omitempty"`
+	Labels      map[string]string    `yaml:"labels,omitempty"`
+}
+
+type DependsOn struct {
+	Condition string `yaml:"condition"`
+}
+
+type ComposeHealth struct {
+	Test        []string `yaml:"test"`
+	Interval    string   `yaml:"interval"`
+	Timeout     string   `yaml:"timeout"`
+	Retries     int      `yaml:"retries"`
+	StartPeriod string   `yaml:"start_period"`
+}
+
+// Compose builds the compose file. The sidecar owns the network namespace
+// and publishes the mesh port; the app joins it (network_mode
+// service:trellis-proxy) and starts once the sidecar is healthy. Secrets
+// are the platform's, so the app gets their names as variables to fill
+// and the sidecar reads its token from TRELLIS_TOKEN in the environment
+// compose runs in.
+func (p *Plan) Compose() *Compose {
+	sc := p.Policy.Sidecar
+	env := map[string]string{}
+	for _, kv := range p.appEnv() {
+		env[kv.Name] = kv.Value
+	}
+	for _, k := range slices.Sorted(maps.Keys(p.App.Secrets)) {
+		env[k] = "${" + k + ":?set " + k + " (a secret in production)}"
+	}
+	proxyEnv := map[string]string{"TRELLIS_TOKEN": "${TRELLIS_TOKEN:?a service token for " + p.Service + "}"}
+	for _, kv := range p.sidecarEnv() {
+		proxyEnv[kv.Name] = kv.Value
+	}
+	labels := map[string]string{"trellis.service": p.Service, "trellis.version": p.Version}
+	return &Compose{
+		Name: p.Name,
+		Services: map[string]ComposeService{
+			SidecarName: {
+				Image:       sc.Image,
+				Command:     p.sidecarArgs(),
+				User:        strconv.Itoa(sc.UID),
+				Environment: proxyEnv,
+				Ports:       []string{strconv.Itoa(sc.PublicPort) + ":" + strconv.Itoa(sc.PublicPort)},
+				Healthcheck: &ComposeHealth{Test: append([]string{"CMD"}, p.readyCommand()...), Interval: "5s", Timeout: "2s", Retries: 3, StartPeriod: "10s"},
+				// The control plane on the laptop is reached as host.docker.internal.
+				ExtraHosts: []string{"host.docker.internal:host-gateway"},
+				ReadOnly:   true,
+				Labels:     labels,
+			},
+			"app": {
+				Image:       p.App.Image,
+				Command:     p.App.Command,
+				Environment: env,
+				NetworkMode: "service:" + SidecarName,
+				DependsOn:   map[string]DependsOn{SidecarName: {Condition: "service_healthy"}},
+				Labels:      labels,
+			},
+		},
+	}
+}

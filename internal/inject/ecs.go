@@ -1,0 +1,295 @@
+package inject
+
+import (
+	"maps"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// The ECS output: the inputs of RegisterTaskDefinition and CreateService,
+// in the JSON of the ECS API (what `aws ecs register-task-definition
+// --cli-input-json` takes).
+
+// ECS is both inputs.
+type ECS struct {
+	RegisterTaskDefinition TaskDefinition `json:"registerTaskDefinition"`
+	CreateService          ECSService     `json:"createService"`
+}
+
+type TaskDefinition struct {
+	Family                  string                `json:"family"`
+	TaskRoleArn             string                `json:"taskRoleArn"`
+	ExecutionRoleArn        string                `json:"executionRoleArn"`
+	NetworkMode             string                `json:"networkMode"`
+	RequiresCompatibilities []string              `json:"requiresCompatibilities"`
+	Cpu                     string                `json:"cpu"`
+	Memory                  string                `json:"memory"`
+	ContainerDefinitions    []ContainerDefinition `json:"containerDefinitions"`
+	ProxyConfiguration      *ProxyConfiguration   `json:"proxyConfiguration,omitempty"`
+	Tags                    []Tag                 `json:"tags,omitempty"`
+	RuntimePlatform         *RuntimePlatform      `json:"runtimePlatform,omitempty"`
+}
+
+type RuntimePlatform struct {
+	OperatingSystemFamily string `json:"operatingSystemFamily"`
+	CpuArchitecture       string `json:"cpuArchitecture,omitempty"`
+}
+
+type ContainerDefinition struct {
+	Name              string             `json:"name"`
+	Image             string             `json:"image"`
+	Essential         bool               `json:"essential"`
+	Cpu               int                `json:"cpu,omitempty"`
+	MemoryReservation int                `json:"memoryReservation,omitempty"`
+	Command           []string           `json:"command,omitempty"`
+	User              string             `json:"user,omitempty"`
+	PortMappings      []PortMapping      `json:"portMappings,omitempty"`
+	Environment       []KeyValue         `json:"environment,omitempty"`
+	Secrets           []Secret           `json:"secrets,omitempty"`
+	DependsOn         []ContainerDepends `json:"dependsOn,omitempty"`
+	HealthCheck       *HealthCheck       `json:"healthCheck,omitempty"`
+	LogConfiguration  *LogConfiguration  `json:"logConfiguration,omitempty"`
+	ReadonlyRootFS    bool               `json:"readonlyRootFilesystem,omitempty"`
+}
+
+type PortMapping struct {
+	ContainerPort int    `json:"containerPort"`
+	Protocol      string `json:"protocol"`
+	Name          string `json:"name,omitempty"`
+}
+
+type KeyValue struct {
+	Name  string `json:"name"`
+	Value string `json:"value"`
+}
+
+type Secret struct {
+	Name      string `json:"name"`
+	ValueFrom string `json:"valueFrom"`
+}
+
+type ContainerDepends struct {
+	ContainerName string `json:"containerName"`
+	Condition     string `json:"condition"`
+}
+
+type HealthCheck struct {
+	Command     []string `json:"command"`
+	Interval    int      `json:"interval"`
+	Timeout     int      `json:"timeout"`
+	Retries     int      `json:"retries"`
+	StartPeriod int      `json:"startPeriod"`
+}
+
+type LogConfiguration struct {
+	LogDriver string            `json:"logDriver"`
+	Options   map[string]string `json:"options,omitempty"`
+}
+
+type ProxyConfiguration struct {
+	Type          string     `json:"type"`
+	ContainerName string     `json:"containerName"`
+	Properties    []KeyValue `json:"properties"`
+}
+
+type Tag struct {
+	Key   string `json:"key"`
+	Value string `json:"value"`
+}
+
+type ECSService struct {
+	Cluster                 string                  `json:"cluster"`
+	ServiceName             string                  `json:"serviceName"`
+	TaskDefinition          string                  `json:"taskDefinition"`
+	DesiredCount            int                     `json:"desiredCount"`
+	LaunchType              string                  `json:"launchType"`
+	NetworkConfiguration    NetworkConfiguration    `json:"networkConfiguration"`
+	DeploymentConfiguration DeploymentConfiguration `json:"deploymentConfiguration"`
+	EnableECSManagedTags    bool                    `json:"enableECSManagedTags"`
+	PropagateTags           string                  `json:"propagateTags"`
+	Tags                    []Tag                   `json:"tags,omitempty"`
+}
+
+type NetworkConfiguration struct {
+	AwsvpcConfiguration AwsvpcConfiguration `json:"awsvpcConfiguration"`
+}
+
+type AwsvpcConfiguration struct {
+	Subnets        []string `json:"subnets"`
+	SecurityGroups []string `json:"securityGroups,omitempty"`
+	AssignPublicIp string   `json:"assignPublicIp"`
+}
+
+type DeploymentConfiguration struct {
+	MaximumPercent        int                      `json:"maximumPercent"`
+	MinimumHealthyPercent int                      `json:"minimumHealthyPercent"`
+	CircuitBreaker        DeploymentCircuitBreaker `json:"deploymentCircuitBreaker"`
+}
+
+type DeploymentCircuitBreaker struct {
+	Enable   bool `json:"enable"`
+	Rollback bool `json:"rollback"`
+}
+
+// sidecarArgs is the proxy's command line, the same on every platform.
+func (p *Plan) sidecarArgs() []string {
+	sc := p.Policy.Sidecar
+	args := []string{"proxy",
+		"--service", p.Service, "--version", p.Version,
+		"--app-port", strconv.Itoa(p.App.Port),
+		"--public-addr", "0.0.0.0", "--public-port", strconv.Itoa(sc.PublicPort),
+		"--admin-port", strconv.Itoa(sc.AdminPort),
+		"--ca-file", p.Policy.ControlPlane.CAFile,
+	}
+	if p.App.HealthCheckPath != "" {
+		args = append(args, "--health-path", p.App.HealthCheckPath)
+	}
+	for _, b := range p.Backends {
+		args = append(args, "--upstream", b.Service+":"+strconv.Itoa(b.Port))
+	}
+	return args
+}
+
+// sidecarEnv is the proxy's environment (its token comes as a secret).
+func (p *Plan) sidecarEnv() []KeyValue {
+	return []KeyValue{{Name: "TRELLIS_ADDR", Value: p.Policy.ControlPlane.Addr}}
+}
+
+// appEnv is the app's environment: its own variables, then where its
+// backends are (explicit mode), sorted.
+func (p *Plan) appEnv() []KeyValue {
+	env := maps.Clone(p.App.Environment)
+	if env == nil {
+		env = map[string]string{}
+	}
+	if !p.Policy.Sidecar.TransparentProxy {
+		for _, b := range p.Backends {
+			env["UPSTREAM_"+upstreamEnv(b.Service)] = net.JoinHostPort("127.0.0.1", strconv.Itoa(b.Port))
+		}
+	}
+	env["TRELLIS_SERVICE"], env["TRELLIS_VERSION"] = p.Service, p.Version
+	var out []KeyValue
+	for _, k := range slices.Sorted(maps.Keys(env)) {
+		out = append(out, KeyValue{Name: k, Value: env[k]})
+	}
+	return out
+}
+
+// upstreamEnv is the variable suffix for a service: hello-backend is
+// HELLO_BACKEND, as trellis up names them.
+func upstreamEnv(service string) string {
+	return strings.ToUpper(strings.ReplaceAll(service, "-", "_"))
+}
+
+// readyCommand is the sidecar's health check: the trellis binary asks its
+// own admin endpoint, so the image needs no shell or curl.
+func (p *Plan) readyCommand() []string {
+	return []string{"/trellis", "ready", "--admin-port", strconv.Itoa(p.Policy.Sidecar.AdminPort)}
+}
+
+func (p *Plan) tags() []Tag {
+	return []Tag{{Key: "trellis:service", Value: p.Service}, {Key: "trellis:version", Value: p.Version}}
+}
+
+func (p *Plan) logConfig(container string) *LogConfiguration {
+	lg := p.Policy.Logging
+	opts := map[string]string{}
+	switch lg.Driver {
+	case "awslogs":
+		opts["awslogs-group"] = expand(lg.Group, p.Service, p.Version)
+		opts["awslogs-region"] = lg.Region
+		opts["awslogs-create-group"] = "true"
+		prefix := expand(lg.StreamPrefix, p.Service, p.Version)
+		if prefix == "" {
+			prefix = p.Name
+		}
+		opts["awslogs-stream-prefix"] = prefix + "-" + container
+	default:
+		if lg.Group != "" {
+			opts["tag"] = expand(lg.Group, p.Service, p.Version) + "/" + container
+		}
+	}
+	return &LogConfiguration{LogDriver: lg.Driver, Options: opts}
+}
+
+// ECS builds the ECS inputs of the plan.
+func (p *Plan) ECS() *ECS {
+	pol := p.Policy
+	sc := pol.Sidecar
+	app := ContainerDefinition{
+		Name:         p.Service,
+		Image:        p.App.Image,
+		Essential:    true,
+		Command:      p.App.Command,
+		PortMappings: []PortMapping{{ContainerPort: p.App.Port, Protocol: "tcp", Name: "app"}},
+		Environment:  p.appEnv(),
+		// The app starts once its proxy is ready: its first calls to
+		// backends would fail before.
+		DependsOn:        []ContainerDepends{{ContainerName: SidecarName, Condition: "HEALTHY"}},
+		LogConfiguration: p.logConfig("app"),
+	}
+	for _, k := range slices.Sorted(maps.Keys(p.App.Secrets)) {
+		app.Secrets = append(app.Secrets, Secret{Name: k, ValueFrom: p.App.Secrets[k]})
+	}
+	proxy := ContainerDefinition{
+		Name:              SidecarName,
+		Image:             sc.Image,
+		Essential:         true,
+		Cpu:               sc.Cpu,
+		MemoryReservation: sc.Memory,
+		Command:           p.sidecarArgs(),
+		User:              strconv.Itoa(sc.UID),
+		PortMappings: []PortMapping{
+			{ContainerPort: sc.PublicPort, Protocol: "tcp", Name: "mesh"},
+		},
+		Environment:      p.sidecarEnv(),
+		Secrets:          []Secret{{Name: "TRELLIS_TOKEN", ValueFrom: expand(pol.ControlPlane.TokenSecret, p.Service, p.Version)}},
+		HealthCheck:      &HealthCheck{Command: append([]string{"CMD"}, p.readyCommand()...), Interval: 5, Timeout: 2, Retries: 3, StartPeriod: 10},
+		LogConfiguration: p.logConfig("proxy"),
+		ReadonlyRootFS:   true,
+	}
+	td := TaskDefinition{
+		Family:                  p.Service,
+		TaskRoleArn:             pol.TaskRoleArn,
+		ExecutionRoleArn:        pol.ExecutionRoleArn,
+		NetworkMode:             "awsvpc",
+		RequiresCompatibilities: []string{p.LaunchType},
+		Cpu:                     strconv.Itoa(p.Cpu),
+		Memory:                  strconv.Itoa(p.Memory),
+		ContainerDefinitions:    []ContainerDefinition{app, proxy},
+		Tags:                    p.tags(),
+	}
+	if sc.TransparentProxy {
+		td.ProxyConfiguration = &ProxyConfiguration{
+			Type:          "APPMESH",
+			ContainerName: SidecarName,
+			Properties: []KeyValue{
+				{Name: "AppPorts", Value: strconv.Itoa(p.App.Port)},
+				{Name: "EgressIgnoredIPs", Value: strings.Join(MetadataAddrs, ",")},
+				{Name: "IgnoredUID", Value: strconv.Itoa(sc.UID)},
+				{Name: "ProxyEgressPort", Value: strconv.Itoa(sc.EgressPort)},
+				{Name: "ProxyIngressPort", Value: strconv.Itoa(sc.IngressPort)},
+			},
+		}
+	}
+	svc := ECSService{
+		Cluster:        pol.Cluster,
+		ServiceName:    p.Name,
+		TaskDefinition: p.Service,
+		DesiredCount:   pol.Scaling.Min,
+		LaunchType:     p.LaunchType,
+		NetworkConfiguration: NetworkConfiguration{AwsvpcConfiguration: AwsvpcConfiguration{
+			Subnets: pol.Subnets, SecurityGroups: pol.SecurityGroups, AssignPublicIp: "DISABLED",
+		}},
+		DeploymentConfiguration: DeploymentConfiguration{
+			MaximumPercent: 200, MinimumHealthyPercent: 100,
+			CircuitBreaker: DeploymentCircuitBreaker{Enable: true, Rollback: true},
+		},
+		EnableECSManagedTags: true,
+		PropagateTags:        "SERVICE",
+		Tags:                 p.tags(),
+	}
+	return &ECS{RegisterTaskDefinition: td, CreateService: svc}
+}

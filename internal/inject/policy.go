@@ -1,0 +1,108 @@
+package inject
+
+// PolicyKind is the kind of the platform team's policy file.
+const PolicyKind = "PlatformPolicy"
+
+// Policy is owned by the platform team: what every service gets, what is
+// enforced, and the bounds within which a manifest may choose.
+type Policy struct {
+	Kind string     `yaml:"kind"`
+	Name string     `yaml:"name"`
+	Spec PolicySpec `yaml:"spec"`
+}
+
+// PolicySpec is the policy itself.
+type PolicySpec struct {
+	// LaunchType is FARGATE or EC2. Enforced, a manifest cannot change it;
+	// otherwise it is the default and a manifest may pick the other.
+	LaunchType Choice `yaml:"launchType"`
+	// Cluster, roles and network of the ECS services.
+	Cluster          string   `yaml:"cluster"`
+	TaskRoleArn      string   `yaml:"taskRoleArn"`
+	ExecutionRoleArn string   `yaml:"executionRoleArn"`
+	Subnets          []string `yaml:"subnets"`
+	SecurityGroups   []string `yaml:"securityGroups"`
+	// Cpu and Memory of tasks: a default and the bounds a manifest keeps to.
+	Cpu    Bounds `yaml:"cpu"`
+	Memory Bounds `yaml:"memory"`
+	// Sidecar is the injected Trellis proxy.
+	Sidecar SidecarPolicy `yaml:"sidecar"`
+	// ControlPlane is where sidecars register.
+	ControlPlane ControlPlane `yaml:"controlPlane"`
+	// Logging of both containers.
+	Logging Logging `yaml:"logging"`
+	// Scaling of each service version.
+	Scaling Scaling `yaml:"scaling"`
+	// Registries the app image may come from (host, or host/path prefix);
+	// empty allows any.
+	Registries []string `yaml:"registries"`
+	// ForbidLatest refuses app images tagged latest or not tagged at all.
+	ForbidLatest bool `yaml:"forbidLatest"`
+	// CloudMap registers each service in this Cloud Map namespace (ID).
+	CloudMapNamespace string `yaml:"cloudMapNamespace"`
+}
+
+// Choice is a value that is either enforced or a default.
+type Choice struct {
+	Value   string `yaml:"value"`
+	Enforce bool   `yaml:"enforce"`
+}
+
+// Bounds is a default and the range a manifest may choose in.
+type Bounds struct {
+	Default int `yaml:"default"`
+	Min     int `yaml:"min"`
+	Max     int `yaml:"max"`
+}
+
+// SidecarPolicy configures the injected proxy.
+type SidecarPolicy struct {
+	// Image is pinned: by digest (@sha256:...) or an exact version tag.
+	Image string `yaml:"image"`
+	// UID the proxy runs as; transparent mode lets its traffic through
+	// unredirected by this UID.
+	UID int `yaml:"uid"`
+	// PublicPort takes mesh (mTLS) traffic; AdminPort serves /ready and
+	// /metrics; IngressPort and EgressPort are where transparent mode
+	// redirects traffic; upstream listeners start at UpstreamPortBase.
+	PublicPort       int `yaml:"publicPort"`
+	AdminPort        int `yaml:"adminPort"`
+	IngressPort      int `yaml:"ingressPort"`
+	EgressPort       int `yaml:"egressPort"`
+	UpstreamPortBase int `yaml:"upstreamPortBase"`
+	// TransparentProxy adds ECS's proxyConfiguration, redirecting the
+	// task's traffic through the proxy; otherwise the app calls its
+	// backends at explicit local upstream addresses (UPSTREAM_<NAME>).
+	TransparentProxy bool `yaml:"transparentProxy"`
+	// Cpu and Memory reserved for the proxy within the task.
+	Cpu    int `yaml:"cpu"`
+	Memory int `yaml:"memory"`
+}
+
+// ControlPlane says how sidecars reach the Trellis servers.
+type ControlPlane struct {
+	Addr string `yaml:"addr"`
+	// CAFile is the path of the mesh's root certificates inside the
+	// sidecar image.
+	CAFile string `yaml:"caFile"`
+	// TokenSecret is the ARN of the secret holding a service's token; in
+	// it {{service}} stands for the service name.
+	TokenSecret string `yaml:"tokenSecret"`
+}
+
+// Logging is a log driver and the naming of log groups and streams; in
+// the templates {{service}} and {{version}} stand for the service and its
+// version, as the seed's app-<service>-<commit> prefixes.
+type Logging struct {
+	Driver       string `yaml:"driver"`
+	Group        string `yaml:"group"`
+	StreamPrefix string `yaml:"streamPrefix"`
+	Region       string `yaml:"region"`
+}
+
+// Scaling of a service version: task counts and the CPU target.
+type Scaling struct {
+	Min       int `yaml:"min"`
+	Max       int `yaml:"max"`
+	CPUTarget int `yaml:"cpuTarget"`
+}
