@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"net"
@@ -25,7 +26,7 @@ func runProxy(ctx context.Context, e *env, args []string) error {
 	appHost := fs.String("app-host", "127.0.0.1", "host of the app")
 	publicPort := fs.Int("public-port", 0, "port of the inbound mTLS listener (0: any free port)")
 	publicAddr := fs.String("public-addr", "127.0.0.1", "IP the inbound mTLS listener binds")
-	advertise := fs.String("advertise", "", "IP peers dial (default --public-addr, or 127.0.0.1 if unspecified)")
+	advertise := fs.String("advertise", "", "IP peers dial (default --public-addr, or 127.0.0.1 if unspecified); auto: this host's first non-loopback IPv4, as in an ECS task or a pod")
 	network := fs.String("network", "", "network this instance is in")
 	var upstreams listFlag
 	fs.Var(&upstreams, "upstream", "SERVICE:PORT or SERVICE:HOST:PORT local listener for an upstream (repeatable)")
@@ -80,6 +81,13 @@ func runProxy(ctx context.Context, e *env, args []string) error {
 		cfg.PublicAddr = net.JoinHostPort(*publicAddr, strconv.Itoa(*publicPort))
 	}
 	override("advertise", func() { cfg.AdvertiseAddr = *advertise })
+	if cfg.AdvertiseAddr == "auto" {
+		ip, err := firstIPv4()
+		if err != nil {
+			return usageErr("--advertise auto: %v", err)
+		}
+		cfg.AdvertiseAddr = ip
+	}
 	override("network", func() { cfg.Network = *network })
 	if len(upstreams) > 0 {
 		cfg.Upstreams = nil
@@ -157,4 +165,25 @@ func loadStrictYAML(file string, v any) error {
 		return fmt.Errorf("%s: %v", file, err)
 	}
 	return nil
+}
+
+// firstIPv4 is the first IPv4 address of an up, non-loopback interface:
+// in an ECS task (awsvpc) or a pod, the one address peers can reach.
+func firstIPv4() (string, error) {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return "", err
+	}
+	for _, ifc := range ifs {
+		if ifc.Flags&net.FlagUp == 0 || ifc.Flags&net.FlagLoopback != 0 {
+			continue
+		}
+		addrs, _ := ifc.Addrs()
+		for _, a := range addrs {
+			if n, ok := a.(*net.IPNet); ok && n.IP.To4() != nil && !n.IP.IsLinkLocalUnicast() {
+				return n.IP.String(), nil
+			}
+		}
+	}
+	return "", errors.New("no up, non-loopback IPv4 interface")
 }

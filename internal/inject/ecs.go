@@ -140,6 +140,7 @@ func (p *Plan) sidecarArgs() []string {
 		"--service", p.Service, "--version", p.Version,
 		"--app-port", strconv.Itoa(p.App.Port),
 		"--public-addr", "0.0.0.0", "--public-port", strconv.Itoa(sc.PublicPort),
+		"--advertise", "auto", // the task's own address (awsvpc) or the pod's
 		"--admin-port", strconv.Itoa(sc.AdminPort),
 		"--ca-file", p.Policy.ControlPlane.CAFile,
 	}
