@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"strconv"
-	"sync"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
@@ -25,24 +24,13 @@ func (c *Conn) OpenRequest(fields []hpack.HeaderField, body []byte, end bool) (*
 	var s *Stream
 	sent := false
 	err := c.emit(func() error {
-		c.mu.Lock()
-		c.reserved--
-		if c.closed || c.goingAway {
-			c.mu.Unlock()
-			return errRefused
-		}
-		// IDs must reach the peer in increasing order, so the ID is taken
-		// under the output lock.
-		id := c.nextID
-		c.nextID += 2
-		s = c.newStreamLocked(id)
-		s.request = true
-		s.readable = sync.NewCond(&s.mu)
-		c.mu.Unlock()
-		if err := c.headersLocked(id, end && len(body) == 0, fields); err != nil {
+		var err error
+		if s, err = c.openLocked(true); err != nil {
 			return err
 		}
-		var err error
+		if err := c.headersLocked(s.id, end && len(body) == 0, fields); err != nil {
+			return err
+		}
 		sent, err = s.dataLocked(body, end)
 		return err
 	})

@@ -108,19 +108,11 @@ func (c *Conn) Open(ctx context.Context, authority string, header ...hpack.Heade
 	}, header...)
 	var s *Stream
 	err := c.emit(func() error {
-		c.mu.Lock()
-		c.reserved--
-		if c.closed || c.goingAway {
-			c.mu.Unlock()
-			return errRefused
+		var err error
+		if s, err = c.openLocked(false); err != nil {
+			return err
 		}
-		// IDs must reach the peer in increasing order, so the ID is taken
-		// under the output lock.
-		id := c.nextID
-		c.nextID += 2
-		s = c.newStreamLocked(id)
-		c.mu.Unlock()
-		return c.headersLocked(id, false, fields)
+		return c.headersLocked(s.id, false, fields)
 	})
 	if err != nil {
 		if s != nil {
@@ -650,4 +642,25 @@ func (s *Stream) abort(err error, rst bool) {
 		id := s.id
 		s.c.queue(func(fw *http2.Framer) error { return fw.WriteRSTStream(id, http2.ErrCodeCancel) })
 	}
+}
+
+// openLocked starts a stream of ours on a reserved slot; omu is held, so
+// that stream IDs reach the peer in increasing order. A request stream
+// gets its reader's condition here, under c.mu, before the peer can
+// answer.
+func (c *Conn) openLocked(request bool) (*Stream, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.reserved--
+	if c.closed || c.goingAway {
+		return nil, errRefused
+	}
+	id := c.nextID
+	c.nextID += 2
+	s := c.newStreamLocked(id)
+	if request {
+		s.request = true
+		s.readable = sync.NewCond(&s.mu)
+	}
+	return s, nil
 }
