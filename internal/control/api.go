@@ -2,10 +2,12 @@ package control
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"slices"
 	"strings"
@@ -303,6 +305,12 @@ func (s *Server) sign(p principal, r *http.Request) (any, error) {
 		return s.signEdge(id, req)
 	}
 	chain, err := s.ca.SignSVID(ca.SignRequest{CSR: []byte(req.CSR), ID: id, TTL: s.cfg.SVIDTTL})
+	return s.signed(chain, err, slog.LevelDebug, "issued svid", "id", id.String())
+}
+
+// signed answers a sign request with the chain the CA issued (or its
+// error), counted and logged with attrs.
+func (s *Server) signed(chain []byte, err error, level slog.Level, msg string, attrs ...any) (any, error) {
 	if err != nil {
 		return nil, badRequest("%v", err)
 	}
@@ -311,7 +319,7 @@ func (s *Server) sign(p principal, r *http.Request) (any, error) {
 		return nil, err
 	}
 	s.metrics.svids.Inc()
-	s.log.Debug("issued svid", "id", id.String(), "expires", certs[0].NotAfter)
+	s.log.Log(context.Background(), level, msg, append(attrs, "expires", certs[0].NotAfter)...)
 	return v1.Signed{ChainPEM: string(chain), ExpiresAt: certs[0].NotAfter}, nil
 }
 
@@ -321,16 +329,7 @@ func (s *Server) signEdge(id identity.ID, req v1.SignRequest) (any, error) {
 		return nil, fmt.Errorf("%w: %v", errForbidden, err)
 	}
 	chain, err := s.ca.SignEdge(ca.EdgeRequest{CSR: []byte(req.CSR), Service: req.Service, DNSNames: req.DNSNames, TTL: s.cfg.SVIDTTL})
-	if err != nil {
-		return nil, badRequest("%v", err)
-	}
-	certs, err := ca.ParseCertificates(chain)
-	if err != nil {
-		return nil, err
-	}
-	s.metrics.svids.Inc()
-	s.log.Info("issued edge certificate", "service", id.Service(), "names", req.DNSNames, "expires", certs[0].NotAfter)
-	return v1.Signed{ChainPEM: string(chain), ExpiresAt: certs[0].NotAfter}, nil
+	return s.signed(chain, err, slog.LevelInfo, "issued edge certificate", "service", id.Service(), "names", req.DNSNames)
 }
 
 func (s *Server) createToken(_ principal, r *http.Request) (any, error) {

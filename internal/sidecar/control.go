@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	grpcstatus "google.golang.org/grpc/status"
 
+	v1 "github.com/trellis-mesh/trellis/api/v1"
 	"github.com/trellis-mesh/trellis/internal/certs"
 	"github.com/trellis-mesh/trellis/internal/identity"
 	"github.com/trellis-mesh/trellis/internal/proxy/l4"
@@ -217,27 +219,11 @@ func (p *Proxy) runCertificates(ctx context.Context) {
 // renew makes a fresh key, has the CA sign it and installs the result. The
 // key never leaves this process except into the 0600 state file.
 func (p *Proxy) renew(ctx context.Context) error {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	cert, keyPEM, err := p.issue(ctx, func(ctx context.Context, csrPEM []byte) (v1.Signed, error) {
+		return p.api.Sign(ctx, p.cfg.Service, csrPEM)
+	})
 	if err != nil {
 		return err
-	}
-	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
-	if err != nil {
-		return err
-	}
-	rctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
-	signed, err := p.api.Sign(rctx, p.cfg.Service, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr}))
-	if err != nil {
-		return fmt.Errorf("sign: %w", err)
-	}
-	keyPEM, err := certs.EncodeKey(key)
-	if err != nil {
-		return err
-	}
-	cert, err := certs.KeyPair([]byte(signed.ChainPEM), keyPEM)
-	if err != nil {
-		return fmt.Errorf("signed certificate: %w", err)
 	}
 	id, err := identity.FromCertificate(cert.Leaf)
 	if err != nil || id.Service() != p.cfg.Service {
@@ -254,6 +240,35 @@ func (p *Proxy) renew(ctx context.Context) error {
 		p.markReady()
 	}
 	return nil
+}
+
+// issue makes a fresh P-256 key, has sign get a certificate for it from a
+// CSR, and returns the pair and the key's PEM. The key stays in this
+// process.
+func (p *Proxy) issue(ctx context.Context, sign func(context.Context, []byte) (v1.Signed, error)) (*tls.Certificate, []byte, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		return nil, nil, err
+	}
+	rctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	signed, err := sign(rctx, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr}))
+	if err != nil {
+		return nil, nil, fmt.Errorf("sign: %w", err)
+	}
+	keyPEM, err := certs.EncodeKey(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	cert, err := certs.KeyPair([]byte(signed.ChainPEM), keyPEM)
+	if err != nil {
+		return nil, nil, fmt.Errorf("signed certificate: %w", err)
+	}
+	return cert, keyPEM, nil
 }
 
 // persist saves the current certificate, key and snapshot when all exist.

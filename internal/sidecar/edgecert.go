@@ -2,12 +2,7 @@ package sidecar
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"slices"
@@ -86,27 +81,11 @@ func (p *Proxy) keepMeshEdgeCert(ctx context.Context, names []string, cur *atomi
 // issueEdgeCert makes a key, which stays in this process (it is never
 // persisted), and has the mesh CA sign it for names.
 func (p *Proxy) issueEdgeCert(ctx context.Context, names []string) (*tls.Certificate, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	c, _, err := p.issue(ctx, func(ctx context.Context, csrPEM []byte) (v1.Signed, error) {
+		return p.api.SignEdge(ctx, p.cfg.Service, csrPEM, names)
+	})
 	if err != nil {
 		return nil, err
-	}
-	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
-	if err != nil {
-		return nil, err
-	}
-	rctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
-	signed, err := p.api.SignEdge(rctx, p.cfg.Service, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr}), names)
-	if err != nil {
-		return nil, fmt.Errorf("sign: %w", err)
-	}
-	keyPEM, err := certs.EncodeKey(key)
-	if err != nil {
-		return nil, err
-	}
-	c, err := certs.KeyPair([]byte(signed.ChainPEM), keyPEM)
-	if err != nil {
-		return nil, fmt.Errorf("signed certificate: %w", err)
 	}
 	if !slices.Equal(c.Leaf.DNSNames, names) || len(c.Leaf.URIs) > 0 {
 		return nil, errors.New("the CA returned a certificate for other names")
