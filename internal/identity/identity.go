@@ -121,3 +121,10 @@ func ValidateTrustDomain(td string) error {
 	}
 	return nil
 }
+
+// EnvName is a service name as an environment variable suffix:
+// hello-backend is HELLO_BACKEND. Apps find an upstream's local listener
+// in UPSTREAM_<EnvName>, whether trellis up or trellis inject started them.
+func EnvName(service string) string {
+	return strings.ToUpper(strings.ReplaceAll(service, "-", "_"))
+}

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/trellis-mesh/trellis/internal/identity"
 )
 
 // The ECS output: the inputs of RegisterTaskDefinition and CreateService,
@@ -29,12 +31,6 @@ type TaskDefinition struct {
 	ContainerDefinitions    []ContainerDefinition `json:"containerDefinitions"`
 	ProxyConfiguration      *ProxyConfiguration   `json:"proxyConfiguration,omitempty"`
 	Tags                    []Tag                 `json:"tags,omitempty"`
-	RuntimePlatform         *RuntimePlatform      `json:"runtimePlatform,omitempty"`
-}
-
-type RuntimePlatform struct {
-	OperatingSystemFamily string `json:"operatingSystemFamily"`
-	CpuArchitecture       string `json:"cpuArchitecture,omitempty"`
 }
 
 type ContainerDefinition struct {
@@ -167,7 +163,7 @@ func (p *Plan) appEnv() []KeyValue {
 	}
 	if !p.Policy.Sidecar.TransparentProxy {
 		for _, b := range p.Backends {
-			env["UPSTREAM_"+upstreamEnv(b.Service)] = net.JoinHostPort("127.0.0.1", strconv.Itoa(b.Port))
+			env["UPSTREAM_"+identity.EnvName(b.Service)] = net.JoinHostPort("127.0.0.1", strconv.Itoa(b.Port))
 		}
 	}
 	env["TRELLIS_SERVICE"], env["TRELLIS_VERSION"] = p.Service, p.Version
@@ -176,12 +172,6 @@ func (p *Plan) appEnv() []KeyValue {
 		out = append(out, KeyValue{Name: k, Value: env[k]})
 	}
 	return out
-}
-
-// upstreamEnv is the variable suffix for a service: hello-backend is
-// HELLO_BACKEND, as trellis up names them.
-func upstreamEnv(service string) string {
-	return strings.ToUpper(strings.ReplaceAll(service, "-", "_"))
 }
 
 // readyCommand is the sidecar's health check: the trellis binary asks its

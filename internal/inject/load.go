@@ -261,10 +261,12 @@ func expand(s, service, version string) string {
 	return strings.NewReplacer("{{service}}", service, "{{version}}", version).Replace(s)
 }
 
+var sha256Hex = regexp.MustCompile(`^[0-9a-f]{64}$`)
+
 // pinned: by digest, or by a tag that is neither missing nor latest.
 func pinned(image string) bool {
 	if _, digest, ok := strings.Cut(image, "@sha256:"); ok {
-		return regexp.MustCompile(`^[0-9a-f]{64}$`).MatchString(digest)
+		return sha256Hex.MatchString(digest)
 	}
 	_, tag := splitImage(image)
 	return tag != "" && tag != "latest"
@@ -415,8 +417,10 @@ func (c *checker) manifest(m *Manifest, pol PolicySpec, in Input) *Plan {
 			c.bad(s, at, "", "%s is listed twice", b)
 		}
 		seen[b] = true
-		plan.Backends = append(plan.Backends, Backend{Service: b, Port: pol.Sidecar.UpstreamPortBase + len(plan.Backends)})
+		plan.Backends = append(plan.Backends, Backend{Service: b})
 	}
+	// Ports follow the sorted names, so that reordering the list in the
+	// manifest changes nothing.
 	sort.Slice(plan.Backends, func(i, j int) bool { return plan.Backends[i].Service < plan.Backends[j].Service })
 	for i := range plan.Backends {
 		plan.Backends[i].Port = pol.Sidecar.UpstreamPortBase + i

@@ -38,8 +38,6 @@ type PolicySpec struct {
 	Registries []string `yaml:"registries"`
 	// ForbidLatest refuses app images tagged latest or not tagged at all.
 	ForbidLatest bool `yaml:"forbidLatest"`
-	// CloudMap registers each service in this Cloud Map namespace (ID).
-	CloudMapNamespace string `yaml:"cloudMapNamespace"`
 }
 
 // Choice is a value that is either enforced or a default.

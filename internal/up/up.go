@@ -25,6 +25,7 @@ import (
 	v1 "github.com/trellis-mesh/trellis/api/v1"
 	"github.com/trellis-mesh/trellis/client"
 	"github.com/trellis-mesh/trellis/internal/control"
+	"github.com/trellis-mesh/trellis/internal/identity"
 	"github.com/trellis-mesh/trellis/internal/sidecar"
 )
 
@@ -159,7 +160,7 @@ func Run(ctx context.Context, cfg Config) error {
 			var ups []sidecar.Upstream
 			for _, u := range s.Upstreams {
 				addr := "127.0.0.1:" + strconv.Itoa(u.Port)
-				env["UPSTREAM_"+envName(u.Service)] = addr
+				env["UPSTREAM_"+identity.EnvName(u.Service)] = addr
 				ups = append(ups, sidecar.Upstream{Service: u.Service, Listen: addr})
 			}
 			for k, v := range s.Env {
@@ -358,10 +359,6 @@ func writeContext(path, addr, caFile, tokenFile string) error {
 	}
 	b, _ := json.MarshalIndent(map[string]any{"addr": addr, "caFile": caFile, "tokenFile": tokenFile, "pid": os.Getpid()}, "", "  ")
 	return os.WriteFile(path, b, 0o600)
-}
-
-func envName(service string) string {
-	return strings.ToUpper(strings.ReplaceAll(service, "-", "_"))
 }
 
 // waitHealthy waits until every service has its replicas registered and
