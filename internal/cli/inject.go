@@ -21,10 +21,11 @@ var errInvalid = errors.New("invalid input")
 // runInject: trellis inject validate|ecs|compose|mesh -f MANIFEST --policy POLICY --version V.
 func runInject(_ context.Context, e *env, args []string) error {
 	formats := map[string]func(*inject.Plan) ([]byte, error){
-		"validate": nil,
-		"ecs":      func(p *inject.Plan) ([]byte, error) { return jsonOut(p.ECS()) },
-		"compose":  func(p *inject.Plan) ([]byte, error) { return yamlOut(p.Compose()) },
-		"mesh":     meshOut,
+		"validate":       nil,
+		"ecs":            func(p *inject.Plan) ([]byte, error) { return jsonOut(p.ECS()) },
+		"compose":        func(p *inject.Plan) ([]byte, error) { return yamlOut(p.Compose()) },
+		"cloudformation": func(p *inject.Plan) ([]byte, error) { return jsonOut(p.CloudFormation()) },
+		"mesh":           meshOut,
 	}
 	if len(args) == 0 || formats[args[0]] == nil && args[0] != "validate" {
 		return usageErr("inject validate|ecs|compose|mesh -f MANIFEST --policy POLICY --version V")

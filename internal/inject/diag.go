@@ -22,7 +22,11 @@ type Diagnostic struct {
 
 func (d Diagnostic) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s:%d:%d: %s: %s", d.File, d.Line, d.Column, d.Field, d.Message)
+	fmt.Fprintf(&b, "%s:%d:%d: ", d.File, d.Line, d.Column)
+	if d.Field != "" { // a syntax error belongs to no field
+		fmt.Fprintf(&b, "%s: ", d.Field)
+	}
+	b.WriteString(d.Message)
 	if d.Rule != "" {
 		fmt.Fprintf(&b, " (policy rule %s)", d.Rule)
 	}

@@ -77,6 +77,8 @@ func TestGoldenOutputs(t *testing.T) {
 			golden(t, name+".ecs.json", ecs, json.Unmarshal)
 			compose, _ := yaml.Marshal(plan.Compose())
 			golden(t, name+".compose.yaml", compose, yaml.Unmarshal)
+			cfn, _ := json.MarshalIndent(plan.CloudFormation(), "", "  ")
+			golden(t, name+".cfn.json", cfn, json.Unmarshal)
 		})
 	}
 }

@@ -24,6 +24,8 @@ const (
 	DefaultUpstreamPortBase = 15100
 	DefaultSidecarCPU       = 64
 	DefaultSidecarMemory    = 128
+	// DefaultKubernetesTokenSecret holds a service's token (key "token").
+	DefaultKubernetesTokenSecret = "trellis-{{service}}-token"
 	// SidecarName is the injected container's name everywhere.
 	SidecarName = "trellis-proxy"
 )
@@ -197,6 +199,17 @@ func (c *checker) policy(pol *Policy) PolicySpec {
 		c.bad(p, "spec.controlPlane.tokenSecret", "such as arn:aws:secretsmanager:REGION:ACCOUNT:secret:trellis/{{service}}", "%q is not an ARN naming {{service}}", cp.TokenSecret)
 	}
 
+	if ns := s.ServiceDiscovery.NamespaceID; ns != "" && !strings.HasPrefix(ns, "ns-") {
+		c.bad(p, "spec.serviceDiscovery.namespaceId", "a Cloud Map namespace id such as ns-0a1b2c3d4e5f6a7b8", "%q is not a namespace id", ns)
+	}
+	k := &s.Kubernetes
+	if k.TokenSecret == "" {
+		k.TokenSecret = DefaultKubernetesTokenSecret
+	}
+	if name := expand(k.TokenSecret, "svc", "v1"); !dnsLabel.MatchString(name) || unknownPlaceholder(k.TokenSecret) != "" {
+		c.bad(p, "spec.kubernetes.tokenSecret", "a Secret name such as trellis-{{service}}-token", "%q is not a Secret name", k.TokenSecret)
+	}
+
 	lg := s.Logging
 	switch lg.Driver {
 	case "awslogs":
@@ -244,6 +257,9 @@ func sidecarPorts(sc SidecarPolicy) []namedPort {
 	}
 	return ps
 }
+
+// dnsLabel is a Kubernetes object name (RFC 1123 label).
+var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
 
 var placeholder = regexp.MustCompile(`\{\{[^}]*\}\}`)
 

@@ -29,6 +29,11 @@ type PolicySpec struct {
 	Sidecar SidecarPolicy `yaml:"sidecar"`
 	// ControlPlane is where sidecars register.
 	ControlPlane ControlPlane `yaml:"controlPlane"`
+	// ServiceDiscovery is where versions register in Cloud Map
+	// (CloudFormation output).
+	ServiceDiscovery ServiceDiscovery `yaml:"serviceDiscovery"`
+	// Kubernetes configures the Kubernetes output and webhook.
+	Kubernetes KubernetesPolicy `yaml:"kubernetes"`
 	// Logging of both containers.
 	Logging Logging `yaml:"logging"`
 	// Scaling of each service version.
@@ -103,4 +108,16 @@ type Scaling struct {
 	Min       int `yaml:"min"`
 	Max       int `yaml:"max"`
 	CPUTarget int `yaml:"cpuTarget"`
+}
+
+// ServiceDiscovery names the Cloud Map namespace (ns-...).
+type ServiceDiscovery struct {
+	NamespaceID string `yaml:"namespaceId"`
+}
+
+// KubernetesPolicy is what the Kubernetes injection needs beyond the
+// sidecar: where a service's token lives, as a Secret in the pod's
+// namespace ({{service}} stands for the service name).
+type KubernetesPolicy struct {
+	TokenSecret string `yaml:"tokenSecret"`
 }
