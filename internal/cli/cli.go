@@ -25,6 +25,10 @@ func usageErr(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", errUsage, fmt.Sprintf(format, args...))
 }
 
+// errInvalid marks input that failed validation: exit code 1, with the
+// diagnostics already printed.
+var errInvalid = errors.New("invalid input")
+
 // env is what every command gets.
 type env struct {
 	stdout, stderr io.Writer
@@ -48,7 +52,7 @@ func commands() map[string]command {
 		"intention": {"allow or deny calls: intention allow|deny SRC DST", runIntention},
 		"token":     {"create, list or delete tokens", runToken},
 		"ca":        {"show the CA's trust bundle: ca roots", runCA},
-		"inject":    {"inject the sidecar: inject validate|ecs|compose|mesh -f MANIFEST --policy POLICY --version V", runInject},
+		"inject":    {"inject the sidecar: inject validate|ecs|cloudformation|kubernetes|compose|mesh, inject webhook", runInject},
 		"ready":     {"exit 0 if the local proxy is ready (a health check that needs no shell)", runReady},
 		"version": {"print the version", func(_ context.Context, e *env, _ []string) error {
 			fmt.Fprintln(e.stdout, "trellis", Version)

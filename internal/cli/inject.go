@@ -1,10 +1,11 @@
+//go:build !proxyonly
+
 package cli
 
 import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -14,25 +15,34 @@ import (
 	"github.com/trellis-mesh/trellis/internal/inject"
 )
 
-// errInvalid marks input that failed validation: exit code 1, with the
-// diagnostics already printed.
-var errInvalid = errors.New("invalid input")
+const injectUsage = "inject validate|ecs|cloudformation|kubernetes|compose|mesh -f MANIFEST --policy POLICY --version V | inject webhook | inject webhook-config"
 
-// runInject: trellis inject validate|ecs|compose|mesh -f MANIFEST --policy POLICY --version V.
-func runInject(_ context.Context, e *env, args []string) error {
+// runInject: trellis inject FORMAT -f MANIFEST --policy POLICY --version V,
+// and the Kubernetes webhook's two commands.
+func runInject(ctx context.Context, e *env, args []string) error {
 	formats := map[string]func(*inject.Plan) ([]byte, error){
 		"validate":       nil,
 		"ecs":            func(p *inject.Plan) ([]byte, error) { return jsonOut(p.ECS()) },
-		"compose":        func(p *inject.Plan) ([]byte, error) { return yamlOut(p.Compose()) },
 		"cloudformation": func(p *inject.Plan) ([]byte, error) { return jsonOut(p.CloudFormation()) },
+		"kubernetes":     (*inject.Plan).Kubernetes,
+		"compose":        func(p *inject.Plan) ([]byte, error) { return yamlOut(p.Compose()) },
 		"mesh":           meshOut,
 	}
-	if len(args) == 0 || formats[args[0]] == nil && args[0] != "validate" {
-		return usageErr("inject validate|ecs|compose|mesh -f MANIFEST --policy POLICY --version V")
+	if len(args) == 0 {
+		return usageErr(injectUsage)
+	}
+	switch args[0] {
+	case "webhook":
+		return runWebhook(ctx, e, args[1:])
+	case "webhook-config":
+		return runWebhookConfig(e, args[1:])
 	}
 	format, args := args[0], args[1:]
+	if _, ok := formats[format]; !ok {
+		return usageErr("unknown %q: %s", format, injectUsage)
+	}
 	fs := newFlags(e, "inject "+format, "inject "+format+" -f MANIFEST --policy POLICY --version V [-o FILE]")
-	manifest := fs.String("f", "", "the service manifest (Task, AppContainer, VirtualNode)")
+	manifest := fs.String("f", "", "the service manifest (Task, AppContainer, VirtualNode); for kubernetes also a file of Kubernetes objects")
 	policy := fs.String("policy", "", "the platform policy (kind: PlatformPolicy)")
 	version := fs.String("version", "", "version label of this deployment, such as the commit's first 8 characters")
 	envName := fs.String("env", "", "apply the manifest's Environments entry of this name")
@@ -51,39 +61,44 @@ func runInject(_ context.Context, e *env, args []string) error {
 	case *output != "text" && *output != "json":
 		return usageErr("--output %q: want text or json", *output)
 	}
+	mb, err := os.ReadFile(*manifest)
+	if err != nil {
+		return usageErr("%v", err)
+	}
+	pb, err := os.ReadFile(*policy)
+	if err != nil {
+		return usageErr("%v", err)
+	}
+	if format == "kubernetes" && inject.IsKubernetes(mb) {
+		// Kubernetes objects in, the same objects with the sidecar out;
+		// the version comes from each pod, --version being the default.
+		if *version != "" {
+			if err := inject.ValidVersion(*version); err != nil {
+				return usageErr("--version: %v", err)
+			}
+		}
+		pol, diags := inject.LoadPolicy(*policy, bytes.NewReader(pb))
+		if err := report(e, diags, *output); err != nil {
+			return err
+		}
+		in := &inject.Injector{Policy: pol, Version: *version}
+		b, err := in.InjectObjects(*manifest, bytes.NewReader(mb))
+		if err != nil {
+			fmt.Fprintln(e.stderr, err)
+			fmt.Fprintln(e.stderr, "nothing written")
+			return errInvalid
+		}
+		return writeOut(e, *out, b)
+	}
 	if err := inject.ValidVersion(*version); err != nil {
 		return usageErr("--version: %v", err)
 	}
-	mf, err := os.Open(*manifest)
-	if err != nil {
-		return usageErr("%v", err)
-	}
-	defer mf.Close()
-	pf, err := os.Open(*policy)
-	if err != nil {
-		return usageErr("%v", err)
-	}
-	defer pf.Close()
 	plan, diags := inject.Load(inject.Input{
-		ManifestFile: *manifest, Manifest: mf, PolicyFile: *policy, Policy: pf,
+		ManifestFile: *manifest, Manifest: bytes.NewReader(mb), PolicyFile: *policy, Policy: bytes.NewReader(pb),
 		Version: *version, Env: *envName,
 	})
-	if *output == "json" {
-		if diags == nil {
-			diags = inject.Diagnostics{}
-		}
-		b, _ := json.MarshalIndent(map[string]any{"valid": len(diags) == 0, "diagnostics": diags}, "", "  ")
-		fmt.Fprintln(e.stdout, string(b))
-	} else {
-		for _, d := range diags {
-			fmt.Fprintln(e.stderr, d.String())
-		}
-	}
-	if len(diags) > 0 {
-		if *output == "text" {
-			fmt.Fprintf(e.stderr, "%d problem(s); nothing written\n", len(diags))
-		}
-		return errInvalid
+	if err := report(e, diags, *output); err != nil {
+		return err
 	}
 	if format == "validate" {
 		if *output == "text" {
@@ -95,12 +110,40 @@ func runInject(_ context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	if *out == "" {
-		_, err = e.stdout.Write(b)
+	return writeOut(e, *out, b)
+}
+
+// report prints diagnostics as text on stderr, or as JSON on stdout
+// whether there are any or not; it returns errInvalid if there are.
+func report(e *env, diags inject.Diagnostics, output string) error {
+	if output == "json" {
+		if diags == nil {
+			diags = inject.Diagnostics{}
+		}
+		b, _ := json.MarshalIndent(map[string]any{"valid": len(diags) == 0, "diagnostics": diags}, "", "  ")
+		fmt.Fprintln(e.stdout, string(b))
+	} else {
+		for _, d := range diags {
+			fmt.Fprintln(e.stderr, d.String())
+		}
+	}
+	if len(diags) == 0 {
+		return nil
+	}
+	if output == "text" {
+		fmt.Fprintf(e.stderr, "%d problem(s); nothing written\n", len(diags))
+	}
+	return errInvalid
+}
+
+// writeOut writes b to stdout, or to the file out whole or not at all: a
+// pipeline never finds half a file.
+func writeOut(e *env, out string, b []byte) error {
+	if out == "" {
+		_, err := e.stdout.Write(b)
 		return err
 	}
-	// Written whole or not at all: a pipeline never finds half a file.
-	tmp, err := os.CreateTemp(filepath.Dir(*out), ".trellis-inject-*")
+	tmp, err := os.CreateTemp(filepath.Dir(out), ".trellis-inject-*")
 	if err != nil {
 		return usageErr("%v", err)
 	}
@@ -112,7 +155,7 @@ func runInject(_ context.Context, e *env, args []string) error {
 	if err := tmp.Close(); err != nil {
 		return err
 	}
-	return os.Rename(tmp.Name(), *out)
+	return os.Rename(tmp.Name(), out)
 }
 
 func jsonOut(v any) ([]byte, error) {

@@ -16,3 +16,5 @@ var errProxyOnly = errors.New("this trellis is the proxy-only build (-tags proxy
 func runServer(context.Context, *env, []string) error { return errProxyOnly }
 
 func runUp(context.Context, *env, []string) error { return errProxyOnly }
+
+func runInject(context.Context, *env, []string) error { return errProxyOnly }

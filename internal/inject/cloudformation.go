@@ -14,8 +14,8 @@ type Template struct {
 	Outputs       map[string]any `json:"Outputs"`
 }
 
-// resource is one entry of Resources.
-type resource struct {
+// cfnResource is one entry of Resources.
+type cfnResource struct {
 	Type       string         `json:"Type"`
 	Properties map[string]any `json:"Properties"`
 }
@@ -96,12 +96,12 @@ func (p *Plan) CloudFormation() *Template {
 		Description:   p.Name + ": " + p.Service + " version " + p.Version + " with the Trellis sidecar",
 		Parameters:    map[string]any{"NamespaceId": namespace},
 		Resources: map[string]any{
-			"TaskDefinition": resource{"AWS::ECS::TaskDefinition", taskProps},
-			"Service":        resource{"AWS::ECS::Service", serviceProps},
+			"TaskDefinition": cfnResource{"AWS::ECS::TaskDefinition", taskProps},
+			"Service":        cfnResource{"AWS::ECS::Service", serviceProps},
 			// Each version registers under its own name (two stacks cannot
 			// own one Cloud Map service); the mesh's registry is what
 			// groups versions into the service.
-			"DiscoveryService": resource{"AWS::ServiceDiscovery::Service", map[string]any{
+			"DiscoveryService": cfnResource{"AWS::ServiceDiscovery::Service", map[string]any{
 				"Name":        p.Name,
 				"NamespaceId": ref("NamespaceId"),
 				"DnsConfig": map[string]any{
@@ -112,7 +112,7 @@ func (p *Plan) CloudFormation() *Template {
 				"HealthCheckCustomConfig": map[string]any{"FailureThreshold": 1},
 				"Tags":                    cfnTags(p.tags()),
 			}},
-			"ScalableTarget": resource{"AWS::ApplicationAutoScaling::ScalableTarget", map[string]any{
+			"ScalableTarget": cfnResource{"AWS::ApplicationAutoScaling::ScalableTarget", map[string]any{
 				"ServiceNamespace":  "ecs",
 				"ScalableDimension": "ecs:service:DesiredCount",
 				"ResourceId": map[string]any{"Fn::Join": []any{"/", []any{
@@ -121,7 +121,7 @@ func (p *Plan) CloudFormation() *Template {
 				"MinCapacity": sc.Min,
 				"MaxCapacity": sc.Max,
 			}},
-			"ScalingPolicy": resource{"AWS::ApplicationAutoScaling::ScalingPolicy", map[string]any{
+			"ScalingPolicy": cfnResource{"AWS::ApplicationAutoScaling::ScalingPolicy", map[string]any{
 				"PolicyName":      p.Name + "-cpu",
 				"PolicyType":      "TargetTrackingScaling",
 				"ScalingTargetId": ref("ScalableTarget"),

@@ -131,22 +131,60 @@ type DeploymentCircuitBreaker struct {
 
 // sidecarArgs is the proxy's command line, the same on every platform.
 func (p *Plan) sidecarArgs() []string {
-	sc := p.Policy.Sidecar
-	args := []string{"proxy",
-		"--service", p.Service, "--version", p.Version,
-		"--app-port", strconv.Itoa(p.App.Port),
+	return proxyArgs(p.Policy, p.workload())
+}
+
+// workload is what the sidecar must know of the app, whichever input
+// described it: a manifest or a pod's annotations.
+type workload struct {
+	Service, Version string
+	AppPort          int
+	HealthPath       string
+	Backends         []Backend
+}
+
+func (p *Plan) workload() workload {
+	return workload{Service: p.Service, Version: p.Version, AppPort: p.App.Port, HealthPath: p.App.HealthCheckPath, Backends: p.Backends}
+}
+
+func proxyArgs(pol PolicySpec, w workload) []string {
+	sc := pol.Sidecar
+	args := []string{"proxy", "--service", w.Service}
+	if w.Version != "" {
+		args = append(args, "--version", w.Version)
+	}
+	args = append(args,
+		"--app-port", strconv.Itoa(w.AppPort),
 		"--public-addr", "0.0.0.0", "--public-port", strconv.Itoa(sc.PublicPort),
 		"--advertise", "auto", // the task's own address (awsvpc) or the pod's
 		"--admin-port", strconv.Itoa(sc.AdminPort),
-		"--ca-file", p.Policy.ControlPlane.CAFile,
+		"--ca-file", pol.ControlPlane.CAFile,
+	)
+	if w.HealthPath != "" {
+		args = append(args, "--health-path", w.HealthPath)
 	}
-	if p.App.HealthCheckPath != "" {
-		args = append(args, "--health-path", p.App.HealthCheckPath)
-	}
-	for _, b := range p.Backends {
+	for _, b := range w.Backends {
 		args = append(args, "--upstream", b.Service+":"+strconv.Itoa(b.Port))
 	}
 	return args
+}
+
+// envSorted is the container's own environment, sorted by name.
+func (a AppContainer) envSorted() []KeyValue {
+	var out []KeyValue
+	for _, k := range slices.Sorted(maps.Keys(a.Environment)) {
+		out = append(out, KeyValue{Name: k, Value: a.Environment[k]})
+	}
+	return out
+}
+
+// secretsSorted is the container's secrets, sorted by name.
+func (a AppContainer) secretsSorted() []Secret {
+	var out []Secret
+	for _, k := range slices.Sorted(maps.Keys(a.Secrets)) {
+		out = append(out, Secret{Name: k, ValueFrom: a.Secrets[k]})
+	}
+	return out
 }
 
 // sidecarEnv is the proxy's environment (its token comes as a secret).
@@ -154,19 +192,14 @@ func (p *Plan) sidecarEnv() []KeyValue {
 	return []KeyValue{{Name: "TRELLIS_ADDR", Value: p.Policy.ControlPlane.Addr}}
 }
 
-// appEnv is the app's environment: its own variables, then where its
-// backends are (explicit mode), sorted.
+// appEnv is the app's environment: its own variables, then what the
+// injection tells it, sorted.
 func (p *Plan) appEnv() []KeyValue {
 	env := maps.Clone(p.App.Environment)
 	if env == nil {
 		env = map[string]string{}
 	}
-	if !p.Policy.Sidecar.TransparentProxy {
-		for _, b := range p.Backends {
-			env["UPSTREAM_"+identity.EnvName(b.Service)] = net.JoinHostPort("127.0.0.1", strconv.Itoa(b.Port))
-		}
-	}
-	env["TRELLIS_SERVICE"], env["TRELLIS_VERSION"] = p.Service, p.Version
+	maps.Copy(env, meshEnv(p.workload(), !p.Policy.Sidecar.TransparentProxy))
 	var out []KeyValue
 	for _, k := range slices.Sorted(maps.Keys(env)) {
 		out = append(out, KeyValue{Name: k, Value: env[k]})
@@ -174,10 +207,24 @@ func (p *Plan) appEnv() []KeyValue {
 	return out
 }
 
+// meshEnv is what the injection tells the app: its service and version,
+// and in explicit mode where each backend's local listener is.
+func meshEnv(w workload, explicit bool) map[string]string {
+	env := map[string]string{"TRELLIS_SERVICE": w.Service, "TRELLIS_VERSION": w.Version}
+	if explicit {
+		for _, b := range w.Backends {
+			env["UPSTREAM_"+identity.EnvName(b.Service)] = net.JoinHostPort("127.0.0.1", strconv.Itoa(b.Port))
+		}
+	}
+	return env
+}
+
 // readyCommand is the sidecar's health check: the trellis binary asks its
 // own admin endpoint, so the image needs no shell or curl.
-func (p *Plan) readyCommand() []string {
-	return []string{"/trellis", "ready", "--admin-port", strconv.Itoa(p.Policy.Sidecar.AdminPort)}
+func (p *Plan) readyCommand() []string { return readyCommand(p.Policy) }
+
+func readyCommand(pol PolicySpec) []string {
+	return []string{"/trellis", "ready", "--admin-port", strconv.Itoa(pol.Sidecar.AdminPort)}
 }
 
 func (p *Plan) tags() []Tag {
@@ -221,9 +268,7 @@ func (p *Plan) ECS() *ECS {
 		DependsOn:        []ContainerDepends{{ContainerName: SidecarName, Condition: "HEALTHY"}},
 		LogConfiguration: p.logConfig("app"),
 	}
-	for _, k := range slices.Sorted(maps.Keys(p.App.Secrets)) {
-		app.Secrets = append(app.Secrets, Secret{Name: k, ValueFrom: p.App.Secrets[k]})
-	}
+	app.Secrets = p.App.secretsSorted()
 	proxy := ContainerDefinition{
 		Name:              SidecarName,
 		Image:             sc.Image,

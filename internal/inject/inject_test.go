@@ -79,6 +79,11 @@ func TestGoldenOutputs(t *testing.T) {
 			golden(t, name+".compose.yaml", compose, yaml.Unmarshal)
 			cfn, _ := json.MarshalIndent(plan.CloudFormation(), "", "  ")
 			golden(t, name+".cfn.json", cfn, json.Unmarshal)
+			k8s, err := plan.Kubernetes()
+			if err != nil {
+				t.Fatal(err)
+			}
+			golden(t, name+".k8s.yaml", k8s, yamlDocs)
 		})
 	}
 }

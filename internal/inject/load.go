@@ -101,6 +101,23 @@ func Load(in Input) (*Plan, Diagnostics) {
 	return plan, nil
 }
 
+// LoadPolicy reads and checks a policy alone, for inputs that are not a
+// manifest (Kubernetes objects, the webhook). It returns the spec with
+// defaults applied, or every problem found.
+func LoadPolicy(file string, r io.Reader) (PolicySpec, Diagnostics) {
+	var pol Policy
+	psrc, ds := decode(file, r, &pol)
+	if psrc == nil {
+		return PolicySpec{}, ds.sorted()
+	}
+	c := &checker{p: psrc, ds: ds}
+	spec := c.policy(&pol)
+	if len(c.ds) > 0 {
+		return PolicySpec{}, c.ds.sorted()
+	}
+	return spec, nil
+}
+
 // checker collects diagnostics against the two sources.
 type checker struct {
 	m, p *source
