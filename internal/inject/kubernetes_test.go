@@ -3,7 +3,7 @@ package inject
 import (
 	"bytes"
 	"encoding/json"
-		"io"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
