@@ -10,27 +10,36 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	v1 "github.com/trellis-mesh/trellis/api/v1"
 	"github.com/trellis-mesh/trellis/internal/trellistest"
 )
 
 // The example pipeline against a real control plane: it validates,
-// writes every output, and registers exactly the listed backends.
+// writes every output, registers each service with exactly the listed
+// backends, and a second version joins the Route at weight 0.
 func TestExamplePipeline(t *testing.T) {
 	s := startServer(t)
-	out := t.TempDir()
-	cmd := exec.Command("sh", "../examples/pipeline/pipeline.sh", "3f9c2a1b")
-	cmd.Env = append(append(os.Environ(), s.env()...), "TRELLIS="+bin, "OUT="+out)
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("pipeline: %v\n%s", err, b)
+	run := func(version string) string {
+		out := t.TempDir()
+		cmd := exec.Command("sh", "../examples/pipeline/pipeline.sh", version)
+		cmd.Env = append(append(os.Environ(), s.env()...), "TRELLIS="+bin, "OUT="+out)
+		if b, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("pipeline: %v\n%s", err, b)
+		}
+		return out
 	}
-	for _, f := range []string{"hello-web.ecs", "hello-web.compose", "hello-backend.ecs", "hello-backend.compose"} {
-		if st, err := os.Stat(filepath.Join(out, f)); err != nil || st.Size() == 0 {
-			t.Errorf("%s: %v", f, err)
+	out := run("3f9c2a1b")
+	for _, svc := range []string{"hello-web", "hello-backend"} {
+		for _, f := range []string{"ecs", "cloudformation", "kubernetes", "compose"} {
+			if st, err := os.Stat(filepath.Join(out, svc+"."+f)); err != nil || st.Size() == 0 {
+				t.Errorf("%s.%s: %v", svc, f, err)
+			}
 		}
 	}
 	got := s.mustCLI(t, "get", "intentions")
@@ -39,6 +48,26 @@ func TestExamplePipeline(t *testing.T) {
 	}
 	if strings.Count(got, "allow") != 1 {
 		t.Errorf("want exactly one allow intention (hello-web -> hello-backend):\n%s", got)
+	}
+	if got := s.mustCLI(t, "get", "services"); !strings.Contains(got, "hello-web") || !strings.Contains(got, "hello-backend") {
+		t.Errorf("services after the pipeline:\n%s", got)
+	}
+	targets := func() []v1.RouteTarget {
+		var rs []struct{ Spec v1.RouteSpec }
+		if err := json.Unmarshal([]byte(s.mustCLI(t, "get", "route", "hello-web", "-o", "json")), &rs); err != nil {
+			t.Fatal(err)
+		}
+		if len(rs) != 1 || len(rs[0].Spec.Rules) != 1 {
+			t.Fatalf("routes %+v", rs)
+		}
+		return rs[0].Spec.Rules[0].Targets
+	}
+	if got := targets(); !reflect.DeepEqual(got, []v1.RouteTarget{{Version: "3f9c2a1b", Weight: 100}}) {
+		t.Errorf("first version: route targets %+v", got)
+	}
+	run("4e5d6c7b")
+	if got := targets(); !reflect.DeepEqual(got, []v1.RouteTarget{{Version: "3f9c2a1b", Weight: 100}, {Version: "4e5d6c7b", Weight: 0}}) {
+		t.Errorf("second version: route targets %+v", got)
 	}
 }
 

@@ -12,6 +12,8 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	v1 "github.com/trellis-mesh/trellis/api/v1"
+	"github.com/trellis-mesh/trellis/client"
 	"github.com/trellis-mesh/trellis/internal/inject"
 )
 
@@ -48,6 +50,7 @@ func runInject(ctx context.Context, e *env, args []string) error {
 	envName := fs.String("env", "", "apply the manifest's Environments entry of this name")
 	out := fs.String("o", "", "write to this file instead of stdout (written only when everything is valid)")
 	output := fs.String("output", "text", "diagnostics as text or json")
+	apply := fs.Bool("apply", false, "register this version with the control plane: the Service if new, the backends' intentions, a Route holding it at weight 0")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -70,6 +73,9 @@ func runInject(ctx context.Context, e *env, args []string) error {
 		return usageErr("%v", err)
 	}
 	if format == "kubernetes" && inject.IsKubernetes(mb) {
+		if *apply {
+			return usageErr("--apply needs a manifest (its VirtualNode.Backends); %s holds Kubernetes objects", *manifest)
+		}
 		// Kubernetes objects in, the same objects with the sidecar out;
 		// the version comes from each pod, --version being the default.
 		if *version != "" {
@@ -100,17 +106,66 @@ func runInject(ctx context.Context, e *env, args []string) error {
 	if err := report(e, diags, *output); err != nil {
 		return err
 	}
+	var b []byte
 	if format == "validate" {
 		if *output == "text" {
 			fmt.Fprintf(e.stderr, "%s and %s are valid: %s\n", *manifest, *policy, plan.Name)
 		}
+	} else if b, err = formats[format](plan); err != nil {
+		return err
+	}
+	// Registered before anything is written: a failed registration
+	// leaves no output for the next pipeline step to deploy.
+	if *apply {
+		if err := register(ctx, e, plan); err != nil {
+			return err
+		}
+	}
+	if format == "validate" {
 		return nil
 	}
-	b, err := formats[format](plan)
+	return writeOut(e, *out, b)
+}
+
+// register applies the plan's registration against what the control
+// plane holds of the service now.
+func register(ctx context.Context, e *env, plan *inject.Plan) error {
+	c, err := connect(e)
 	if err != nil {
 		return err
 	}
-	return writeOut(e, *out, b)
+	var d inject.Deployed
+	get := func(kind string) (*v1.Resource, error) {
+		r, err := c.Get(ctx, kind, plan.Service)
+		switch {
+		case client.IsNotFound(err):
+			return nil, nil
+		case err != nil:
+			return nil, fmt.Errorf("register %s: %w", plan.Name, err)
+		}
+		return &r, nil
+	}
+	if d.Service, err = get(v1.KindService); err != nil {
+		return err
+	}
+	if d.Route, err = get(v1.KindRoute); err != nil {
+		return err
+	}
+	insts, err := c.Instances(ctx, plan.Service)
+	if err != nil && !client.IsNotFound(err) {
+		return fmt.Errorf("register %s: %w", plan.Name, err)
+	}
+	for _, in := range insts {
+		d.Versions = append(d.Versions, in.Version)
+	}
+	applied, err := c.Apply(ctx, plan.Registration(d))
+	if err != nil {
+		return fmt.Errorf("register %s: %w", plan.Name, err)
+	}
+	for _, a := range applied {
+		fmt.Fprintf(e.stderr, "%s applied\n", a)
+	}
+	return nil
 }
 
 // report prints diagnostics as text on stderr, or as JSON on stdout

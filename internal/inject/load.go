@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 
+	v1 "github.com/trellis-mesh/trellis/api/v1"
 	"github.com/trellis-mesh/trellis/internal/identity"
 )
 
@@ -58,6 +59,7 @@ type Plan struct {
 	Cpu        int
 	Memory     int
 	App        AppContainer // Environment merged with the environment's
+	Protocol   string       // VirtualNode.Protocol, default http
 	Backends   []Backend
 	Policy     PolicySpec // with the sidecar defaults applied
 }
@@ -433,6 +435,14 @@ func (c *checker) manifest(m *Manifest, pol PolicySpec, in Input) *Plan {
 		if _, dup := app.Environment[k]; dup {
 			c.bad(s, at, "", "%s is also a plain environment variable", k)
 		}
+	}
+
+	switch plan.Protocol = m.VirtualNode.Protocol; plan.Protocol {
+	case "":
+		plan.Protocol = v1.ProtocolHTTP
+	case v1.ProtocolHTTP, v1.ProtocolHTTP2, v1.ProtocolGRPC, v1.ProtocolTCP:
+	default:
+		c.bad(s, "VirtualNode.Protocol", "http, http2, grpc or tcp", "%q is not a protocol", plan.Protocol)
 	}
 
 	// Backends: each gets an upstream listener; none may collide.

@@ -57,6 +57,9 @@ type VirtualNode struct {
 	// Backends are the services this one may call: each gets a local
 	// upstream listener and an intention; nothing else may be called.
 	Backends []string `yaml:"Backends,omitempty" json:"Backends,omitempty"`
+	// Protocol the app speaks: http (default), http2, grpc or tcp; it is
+	// the Service's protocol when the pipeline registers a new service.
+	Protocol string `yaml:"Protocol,omitempty" json:"Protocol,omitempty"`
 }
 
 // Override is what one environment changes.
