@@ -84,6 +84,8 @@ func TestGoldenOutputs(t *testing.T) {
 				t.Fatal(err)
 			}
 			golden(t, name+".k8s.yaml", k8s, yamlDocs)
+			mesh, _ := json.MarshalIndent(plan.Registration(Deployed{}), "", "  ")
+			golden(t, name+".registration.json", mesh, json.Unmarshal)
 		})
 	}
 }
