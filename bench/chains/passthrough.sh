@@ -19,7 +19,7 @@ pt_ends() {
     [[ -n ${PT_ENDS:-} ]] && return 0
     local bin="$WORK/bin/trellis" proxy="$WORK/bin/trellis-proxy" data="$RUN/trellis-pt-data" i
     (cd "$TRELLIS_SRC" && go build -o "$bin" ./cmd/trellis &&
-        CGO_ENABLED=0 go build -tags proxyonly -o "$proxy" ./cmd/trellis) || return 1
+        CGO_ENABLED=0 go build -tags proxyonly,grpcnotrace -o "$proxy" ./cmd/trellis) || return 1
     rm -rf "$data" "$RUN/trellis-webtls" "$RUN/trellis-lb"
     spawn pt-ends cp "$bin" server --data-dir "$data" --listen 127.0.0.1:25701 --log-level warn
     wait_port 127.0.0.1:25701 || return 1

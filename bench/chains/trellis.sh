@@ -16,7 +16,7 @@ start_trellis() {
     local bin="$WORK/bin/trellis" proxy="$WORK/bin/trellis-proxy" data="$RUN/trellis-data" i
     # The sidecars run the proxy-only build, as sidecar images do.
     (cd "$TRELLIS_SRC" && go build -o "$bin" ./cmd/trellis &&
-        CGO_ENABLED=0 go build -tags proxyonly -o "$proxy" ./cmd/trellis) || return 1
+        CGO_ENABLED=0 go build -tags proxyonly,grpcnotrace -o "$proxy" ./cmd/trellis) || return 1
     rm -rf "$data" "$RUN/trellis-web" "$RUN/trellis-webh" "$RUN/trellis-client"
     "$bin" server --data-dir "$data" --listen 127.0.0.1:25700 --log-level warn > "$RUN/trellis-cp.log" 2>&1 &
     echo "trellis-cp server $!" >> "$RUN/pids"
