@@ -8,15 +8,12 @@
 package passthrough
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
-	"strings"
 	"sync"
 	"time"
 
@@ -170,45 +167,6 @@ func (l *Listener) serve(c net.Conn) {
 	l.Metrics.Bytes.WithLabelValues("passthrough", svc, "received").Add(float64(in + int64(len(hello))))
 	l.Metrics.Bytes.WithLabelValues("passthrough", svc, "sent").Add(float64(out))
 }
-
-var errHelloRead = errors.New("hello read")
-
-// readHello reads the ClientHello without answering it and returns the
-// bytes read and the server name. crypto/tls parses the hello; the
-// handshake is abandoned as soon as it has.
-func readHello(c net.Conn, timeout time.Duration) ([]byte, string, error) {
-	c.SetReadDeadline(time.Now().Add(timeout))
-	defer c.SetReadDeadline(time.Time{})
-	var buf bytes.Buffer
-	var sni string
-	seen := false
-	err := tls.Server(helloConn{r: io.TeeReader(c, &buf)}, &tls.Config{
-		GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
-			sni, seen = strings.ToLower(h.ServerName), true
-			return nil, errHelloRead
-		},
-	}).Handshake()
-	if !seen {
-		return nil, "", fmt.Errorf("not a TLS ClientHello: %w", err)
-	}
-	return buf.Bytes(), sni, nil
-}
-
-// helloConn feeds the handshake what the client sent and swallows what the
-// handshake would answer: the client must hear only from the target.
-type helloConn struct {
-	net.Conn // nil: only Read and Write are called
-	r        io.Reader
-}
-
-func (h helloConn) Read(p []byte) (int, error)       { return h.r.Read(p) }
-func (h helloConn) Write(p []byte) (int, error)      { return len(p), nil }
-func (h helloConn) Close() error                     { return nil }
-func (h helloConn) SetDeadline(time.Time) error      { return nil }
-func (h helloConn) SetReadDeadline(time.Time) error  { return nil }
-func (h helloConn) SetWriteDeadline(time.Time) error { return nil }
-func (h helloConn) RemoteAddr() net.Addr             { return &net.TCPAddr{} }
-func (h helloConn) LocalAddr() net.Addr              { return &net.TCPAddr{} }
 
 // dial connects to the least busy healthy target of svc, trying the others
 // if it fails.
