@@ -54,6 +54,7 @@ func runGateway(ctx context.Context, e *env, args []string) error {
 	if err := cfg.Validate(); err != nil {
 		return usageErr("%s", oneLine(err))
 	}
+	proxyGC(e)
 	log, err := mkLog()
 	if err != nil {
 		return err
