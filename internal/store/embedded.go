@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/url"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
@@ -21,6 +22,17 @@ type Embedded struct {
 // loopback ports (never the well-known 2379/2380, so that it cannot clash
 // with another etcd on the machine), and waits until it serves.
 func StartEmbedded(ctx context.Context, dir string) (*Embedded, error) {
+	// A free port can be taken by another process between the look and
+	// etcd's bind; then try other ports.
+	for attempt := 1; ; attempt++ {
+		m, err := startEmbedded(ctx, dir)
+		if err == nil || attempt == 5 || !strings.Contains(err.Error(), "address already in use") {
+			return m, err
+		}
+	}
+}
+
+func startEmbedded(ctx context.Context, dir string) (*Embedded, error) {
 	clientURL, err := freeLoopbackURL()
 	if err != nil {
 		return nil, err
