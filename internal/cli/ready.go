@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"runtime/debug"
 	"strconv"
 	"time"
 )
@@ -30,15 +29,4 @@ func runReady(ctx context.Context, e *env, args []string) error {
 		return fmt.Errorf("not ready: %s", resp.Status)
 	}
 	return nil
-}
-
-// proxyGC sets a proxy's garbage collection target, unless GOGC is set: a
-// proxy's live heap is small and its garbage comes per connection, so
-// collecting at 50 % growth instead of 100 % keeps its footprint down
-// (the pass-through gateway's peak RSS under new-connection load) for
-// little CPU.
-func proxyGC(e *env) {
-	if e.getenv("GOGC") == "" {
-		debug.SetGCPercent(50)
-	}
 }

@@ -14,7 +14,6 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
@@ -128,7 +127,7 @@ func (in *Injector) injectObject(doc []byte) ([]byte, string, error) {
 	if err := json.Unmarshal(tmpl, &pod); err != nil {
 		return nil, what, fmt.Errorf("pod template: %w", err)
 	}
-	ops, err := in.PodPatch(pod.ObjectMeta, pod.Spec, at, strings.ReplaceAll(strings.TrimPrefix(at, "/"), "/", "."))
+	ops, err := in.PodPatch(pod.ObjectMeta, pod.Spec, at, fieldOf(at))
 	if err != nil || ops == nil {
 		return doc, what, err
 	}
@@ -168,6 +167,12 @@ func applyPatch(doc []byte, ops []PatchOp) ([]byte, error) {
 	return p.Apply(doc)
 }
 
+// fieldOf is a JSON pointer of object keys as a field path:
+// /spec/template is spec.template.
+func fieldOf(at string) string {
+	return strings.ReplaceAll(strings.TrimPrefix(at, "/"), "/", ".")
+}
+
 // pointerGet returns the value at a JSON pointer made of object keys.
 func pointerGet(doc []byte, at string) ([]byte, error) {
 	if at == "" {
@@ -180,7 +185,7 @@ func pointerGet(doc []byte, at string) ([]byte, error) {
 	for _, key := range strings.Split(strings.TrimPrefix(at, "/"), "/") {
 		m, ok := v.(map[string]any)
 		if !ok || m[key] == nil {
-			return nil, fmt.Errorf("no %s", strings.ReplaceAll(strings.TrimPrefix(at, "/"), "/", "."))
+			return nil, fmt.Errorf("no %s", fieldOf(at))
 		}
 		v = m[key]
 	}
@@ -220,8 +225,6 @@ func (p *Plan) Kubernetes() ([]byte, error) {
 			LocalObjectReference: corev1.LocalObjectReference{Name: p.Service + "-secrets"}, Key: s.Name,
 		}}})
 	}
-	cpu := resource.NewMilliQuantity(int64(p.Cpu-sc.Cpu)*1000/1024, resource.DecimalSI)
-	mem := resource.MustParse(strconv.Itoa(p.Memory-sc.Memory) + "Mi")
 	replicas := int32(p.Policy.Scaling.Min)
 	dep := appsv1.Deployment{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "apps/v1", Kind: "Deployment"},
@@ -237,10 +240,8 @@ func (p *Plan) Kubernetes() ([]byte, error) {
 					Command: p.App.Command,
 					Ports:   []corev1.ContainerPort{{Name: "app", ContainerPort: int32(p.App.Port), Protocol: corev1.ProtocolTCP}},
 					Env:     env,
-					Resources: corev1.ResourceRequirements{
-						Requests: corev1.ResourceList{corev1.ResourceCPU: *cpu, corev1.ResourceMemory: mem},
-						Limits:   corev1.ResourceList{corev1.ResourceMemory: mem},
-					},
+					// The task's size less the sidecar's.
+					Resources: resources(p.Cpu-sc.Cpu, p.Memory-sc.Memory),
 				}}},
 			},
 		},

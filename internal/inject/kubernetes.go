@@ -1,6 +1,7 @@
 package inject
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"maps"
@@ -144,13 +145,13 @@ func (in *Injector) settings(meta metav1.ObjectMeta, spec corev1.PodSpec, field 
 		bad(AnnotationInject, "%q is not true or false", v)
 	}
 
-	w.Service = first(a[AnnotationService], l["app.kubernetes.io/name"], l["app"])
+	w.Service = cmp.Or(a[AnnotationService], l["app.kubernetes.io/name"], l["app"])
 	if w.Service == "" {
 		bad(AnnotationService, "missing: name the mesh service here or in the label app.kubernetes.io/name")
 	} else if err := identity.ValidateServiceName(w.Service); err != nil {
 		bad(AnnotationService, "%v", err)
 	}
-	w.Version = first(a[AnnotationVersion], l["app.kubernetes.io/version"], in.Version)
+	w.Version = cmp.Or(a[AnnotationVersion], l["app.kubernetes.io/version"], in.Version)
 	if w.Version != "" {
 		if err := ValidVersion(w.Version); err != nil {
 			bad(AnnotationVersion, "%v", err)
@@ -224,15 +225,6 @@ func under(field, path string) string {
 	return field + "." + path
 }
 
-func first(vs ...string) string {
-	for _, v := range vs {
-		if v != "" {
-			return v
-		}
-	}
-	return ""
-}
-
 // appEnv is what each app container gets. A variable the injection sets
 // and the pod sets too is refused rather than silently shadowed.
 func (in *Injector) appEnv(w workload, spec corev1.PodSpec, field string) ([]corev1.EnvVar, error) {
@@ -263,9 +255,6 @@ func (in *Injector) sidecar(w workload) corev1.Container {
 	ready := corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: readyCommand(pol)}}
 	uid := int64(sc.UID)
 	yes, no := true, false
-	// ECS CPU units (1024 a core) to millicores.
-	cpu := resource.NewMilliQuantity(int64(sc.Cpu)*1000/1024, resource.DecimalSI)
-	mem := resource.MustParse(strconv.Itoa(sc.Memory) + "Mi")
 	return corev1.Container{
 		Name:          SidecarName,
 		Image:         sc.Image,
@@ -279,10 +268,7 @@ func (in *Injector) sidecar(w workload) corev1.Container {
 				Key:                  "token",
 			}}},
 		},
-		Resources: corev1.ResourceRequirements{
-			Requests: corev1.ResourceList{corev1.ResourceCPU: *cpu, corev1.ResourceMemory: mem},
-			Limits:   corev1.ResourceList{corev1.ResourceMemory: mem},
-		},
+		Resources: resources(sc.Cpu, sc.Memory),
 		// The app starts once the proxy has its certificate and config.
 		StartupProbe:   &corev1.Probe{ProbeHandler: ready, PeriodSeconds: 1, TimeoutSeconds: 2, FailureThreshold: 120},
 		ReadinessProbe: &corev1.Probe{ProbeHandler: ready, PeriodSeconds: 5, TimeoutSeconds: 2, FailureThreshold: 3},
@@ -293,6 +279,18 @@ func (in *Injector) sidecar(w workload) corev1.Container {
 			ReadOnlyRootFilesystem:   &yes,
 			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
 		},
+	}
+}
+
+// resources requests cpu in ECS CPU units (1024 a core) and memory in
+// MiB, and limits the memory: the sizes of the ECS outputs, in
+// Kubernetes's terms.
+func resources(cpuUnits, memMiB int) corev1.ResourceRequirements {
+	cpu := resource.NewMilliQuantity(int64(cpuUnits)*1000/1024, resource.DecimalSI)
+	mem := resource.MustParse(strconv.Itoa(memMiB) + "Mi")
+	return corev1.ResourceRequirements{
+		Requests: corev1.ResourceList{corev1.ResourceCPU: *cpu, corev1.ResourceMemory: mem},
+		Limits:   corev1.ResourceList{corev1.ResourceMemory: mem},
 	}
 }
 

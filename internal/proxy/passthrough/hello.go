@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"time"
 
@@ -46,7 +47,7 @@ func helloFrom(c io.Reader) ([]byte, string, error) {
 	var msg []byte // the handshake message, reassembled across records
 	for {
 		start := len(raw)
-		raw = grow(raw, recordHeaderLen)
+		raw = slices.Grow(raw, recordHeaderLen)[:start+recordHeaderLen]
 		if _, err := io.ReadFull(c, raw[start:]); err != nil {
 			return nil, "", fmt.Errorf("record header: %w", err)
 		}
@@ -56,7 +57,7 @@ func helloFrom(c io.Reader) ([]byte, string, error) {
 			return nil, "", errNotHello
 		}
 		start = len(raw)
-		raw = grow(raw, n)
+		raw = slices.Grow(raw, n)[:start+n]
 		if _, err := io.ReadFull(c, raw[start:]); err != nil {
 			return nil, "", fmt.Errorf("record: %w", err)
 		}
@@ -76,16 +77,6 @@ func helloFrom(c io.Reader) ([]byte, string, error) {
 			return raw, sni, err
 		}
 	}
-}
-
-// grow extends b by n bytes, reallocating when needed.
-func grow(b []byte, n int) []byte {
-	if cap(b)-len(b) < n {
-		nb := make([]byte, len(b), 2*cap(b)+n)
-		copy(nb, b)
-		b = nb
-	}
-	return b[:len(b)+n]
 }
 
 // serverName parses a ClientHello body (RFC 8446 4.1.2) for its server
