@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -50,6 +51,7 @@ func TestMain(m *testing.M) {
 type proc struct {
 	t    *testing.T
 	name string
+	wrap []string // runs bin through this command, such as ip netns exec NS
 	args []string
 	env  []string
 	log  string
@@ -59,7 +61,14 @@ type proc struct {
 
 func start(t *testing.T, name string, env []string, args ...string) *proc {
 	t.Helper()
-	p := &proc{t: t, name: name, args: args, env: env, log: filepath.Join(t.TempDir(), name+".log")}
+	return startWrapped(t, name, nil, env, args...)
+}
+
+// startWrapped starts bin through wrap, a command that ends by exec'ing its
+// arguments (ip netns exec, setpriv), so the process is still bin's.
+func startWrapped(t *testing.T, name string, wrap, env []string, args ...string) *proc {
+	t.Helper()
+	p := &proc{t: t, name: name, wrap: wrap, args: args, env: env, log: filepath.Join(t.TempDir(), name+".log")}
 	p.run()
 	t.Cleanup(func() {
 		p.kill(syscall.SIGKILL)
@@ -81,7 +90,8 @@ func (p *proc) run() {
 	if err != nil {
 		p.t.Fatal(err)
 	}
-	cmd := exec.Command(bin, p.args...)
+	argv := append(append(slices.Clone(p.wrap), bin), p.args...)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), p.env...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -141,8 +151,13 @@ type server struct {
 
 func startServer(t *testing.T, extra ...string) *server {
 	t.Helper()
+	return startServerOn(t, fmt.Sprintf("127.0.0.1:%d", trellistest.FreePort(t)), extra...)
+}
+
+// startServerOn starts a control plane listening on addr.
+func startServerOn(t *testing.T, addr string, extra ...string) *server {
+	t.Helper()
 	dir := t.TempDir()
-	addr := fmt.Sprintf("127.0.0.1:%d", trellistest.FreePort(t))
 	args := append([]string{"server", "--data-dir", dir, "--listen", addr, "--log-level", "debug"}, extra...)
 	s := &server{proc: start(t, "server", nil, args...), addr: addr, dataDir: dir, caFile: filepath.Join(dir, "ca.pem")}
 	s.waitUp(t)

@@ -53,6 +53,7 @@ func commands() map[string]command {
 		"token":     {"create, list or delete tokens", runToken},
 		"ca":        {"show the CA's trust bundle: ca roots", runCA},
 		"inject":    {"inject the sidecar: inject validate|ecs|cloudformation|kubernetes|compose|mesh, inject webhook", runInject},
+		"redirect":  {"install the iptables rules of transparent mode (as ECS does for proxyConfiguration)", runRedirect},
 		"ready":     {"exit 0 if the local proxy is ready (a health check that needs no shell)", runReady},
 		"version": {"print the version", func(_ context.Context, e *env, _ []string) error {
 			fmt.Fprintln(e.stdout, "trellis", Version)
@@ -138,6 +139,17 @@ func parse(fs *flagSet, args []string) error {
 		return usageErr("%v (see trellis %s -h)", err, fs.Name())
 	}
 	return nil
+}
+
+// splitList splits a comma-separated flag, dropping empty items.
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 // listFlag collects a repeatable flag.

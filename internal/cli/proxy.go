@@ -48,6 +48,8 @@ func runProxy(ctx context.Context, e *env, args []string) error {
 	edgeClientCA := fs.String("edge-client-ca", "", "require edge clients to present a certificate from these PEM roots")
 	edgeAcceptPP := fs.Bool("edge-accept-proxy-protocol", false, "edge connections start with a PROXY protocol header (from a gateway or load balancer)")
 	edgeSendPP := fs.Bool("edge-send-proxy-protocol", false, "send the edge client's address to the app in a PROXY protocol v2 header")
+	ingressPort := fs.Int("ingress-port", 0, "transparent mode: port on 0.0.0.0 where redirect rules send callers of the app's port (with --egress-port; see trellis redirect)")
+	egressPort := fs.Int("egress-port", 0, "transparent mode: port on 127.0.0.1 where redirect rules send the app's outbound connections; they reach only the --upstream services")
 	mkLog := logFlags(fs, e, "info")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -135,6 +137,15 @@ func runProxy(ctx context.Context, e *env, args []string) error {
 			if set[name] {
 				return usageErr("--%s needs --edge-port", name)
 			}
+		}
+	}
+	if set["ingress-port"] || set["egress-port"] {
+		if !set["ingress-port"] || !set["egress-port"] {
+			return usageErr("--ingress-port and --egress-port go together (transparent mode)")
+		}
+		cfg.Transparent = &sidecar.Transparent{
+			IngressListen: net.JoinHostPort("0.0.0.0", strconv.Itoa(*ingressPort)),
+			EgressListen:  net.JoinHostPort("127.0.0.1", strconv.Itoa(*egressPort)),
 		}
 	}
 	if err := cfg.Validate(); err != nil {

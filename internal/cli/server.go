@@ -6,7 +6,6 @@ import (
 	"context"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/trellis-mesh/trellis/internal/control"
@@ -60,14 +59,4 @@ func runServer(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	return srv.Run(ctx)
-}
-
-func splitList(s string) []string {
-	var out []string
-	for _, p := range strings.Split(s, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			out = append(out, p)
-		}
-	}
-	return out
 }

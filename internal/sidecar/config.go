@@ -153,6 +153,8 @@ type Config struct {
 	Upstreams []Upstream `yaml:"upstreams"`
 	// Edge, if set, serves clients outside the mesh.
 	Edge *Edge `yaml:"edge"`
+	// Transparent, if set, serves traffic redirected to the proxy.
+	Transparent *Transparent `yaml:"transparent"`
 	// Gateway, if set, makes this proxy the gateway named Service; it has
 	// no app (AppAddr is unused).
 	Gateway *Gateway `yaml:"gateway"`
@@ -229,6 +231,14 @@ func (c *Config) Validate() error {
 	}
 	if c.Edge != nil {
 		if err := c.Edge.validate(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if c.Transparent != nil {
+		if c.Gateway != nil {
+			errs = append(errs, errors.New("a gateway has no app: no transparent listeners"))
+		}
+		if err := c.Transparent.validate(); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -78,6 +78,12 @@ func (p *Proxy) Run(ctx context.Context) error {
 	if dp.edge != nil {
 		goBG(func() { _ = dp.edge.Serve(ls.edge) })
 	}
+	if ls.ingress != nil {
+		goBG(func() { _ = dp.inbound.Serve(ls.ingress) })
+	}
+	if ls.egress != nil {
+		goBG(func() { _ = p.serveEgress(ls.egress, dp) })
+	}
 	for i, u := range dp.upstreams {
 		goBG(func() { _ = p.serveUpstream(ls.upstreams[i], u) })
 		goBG(func() { _ = u.http.Serve(u.queue) })
@@ -114,6 +120,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 	p.log.Info("proxy started", "public", ls.public.Addr().String(), "admin", ls.admin.Addr().String(), "app", p.cfg.AppAddr)
 	if ls.edge != nil {
 		p.log.Info("edge listener started", "addr", ls.edge.Addr().String(), "mode", p.cfg.Edge.Mode)
+	}
+	if ls.egress != nil {
+		p.log.Info("transparent listeners started", "ingress", p.cfg.Transparent.IngressListen, "egress", ls.egress.Addr().String())
 	}
 
 	<-ctx.Done()
@@ -171,6 +180,8 @@ func (p *Proxy) restoreState() {
 type listeners struct {
 	public, admin net.Listener
 	edge          net.Listener   // nil without Config.Edge
+	ingress       net.Listener   // nil without Config.Transparent, or when it is public
+	egress        net.Listener   // nil without Config.Transparent
 	upstreams     []net.Listener // in the order of Config.Upstreams
 }
 
@@ -188,6 +199,18 @@ func (p *Proxy) listen(ctx context.Context) (*listeners, error) {
 		if ls.edge, err = net.Listen("tcp", p.cfg.Edge.Listen); err != nil {
 			ls.closeAll()
 			return nil, fmt.Errorf("edge listener: %w", err)
+		}
+	}
+	if t := p.cfg.Transparent; t != nil {
+		if t.IngressListen != p.cfg.PublicAddr {
+			if ls.ingress, err = listenTransparent(t.IngressListen); err != nil {
+				ls.closeAll()
+				return nil, fmt.Errorf("transparent ingress listener: %w", err)
+			}
+		}
+		if ls.egress, err = listenTransparent(t.EgressListen); err != nil {
+			ls.closeAll()
+			return nil, fmt.Errorf("transparent egress listener: %w", err)
 		}
 	}
 	// Upstream listeners serve clients on this host: no keep-alive probes.
@@ -208,8 +231,10 @@ func (ls *listeners) closeServing() {
 	if ls.public != nil {
 		ls.public.Close()
 	}
-	if ls.edge != nil {
-		ls.edge.Close()
+	for _, l := range []net.Listener{ls.edge, ls.ingress, ls.egress} {
+		if l != nil {
+			l.Close()
+		}
 	}
 	for _, l := range ls.upstreams {
 		l.Close()
@@ -358,13 +383,15 @@ func (p *Proxy) selfID() identity.ID {
 // serveUpstream hands each client connection of an upstream listener to
 // the L4 or the L7 outbound, by the upstream's protocol when it arrives.
 func (p *Proxy) serveUpstream(l net.Listener, u *upstream) error {
-	return l4.AcceptLoop(l, func(c net.Conn) {
-		if p.protocol(u.service) == v1.ProtocolTCP {
-			u.tcp.ServeConn(c)
-		} else if !u.queue.put(c) {
-			c.Close()
-		}
-	})
+	return l4.AcceptLoop(l, func(c net.Conn) { p.serveUpstreamConn(c, u) })
+}
+
+func (p *Proxy) serveUpstreamConn(c net.Conn, u *upstream) {
+	if p.protocol(u.service) == v1.ProtocolTCP {
+		u.tcp.ServeConn(c)
+	} else if !u.queue.put(c) {
+		c.Close()
+	}
 }
 
 // connQueue is a net.Listener fed by serveUpstream, for an http.Server.

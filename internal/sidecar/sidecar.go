@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -38,6 +39,7 @@ type applied struct {
 	protocols map[string]string
 	limits    map[string]*v1.ServiceLimits
 	edges     map[string][]passthrough.Target // instances with an edge listener
+	byAddr    map[netip.Addr]string           // upstream instance addresses, for transparent egress
 }
 
 // Proxy is a running sidecar.
@@ -69,6 +71,7 @@ type Proxy struct {
 		renewals  *prometheus.CounterVec
 		snapshots *prometheus.CounterVec
 		healthy   prometheus.Gauge
+		egress    *prometheus.CounterVec
 	}
 	l4m *l4.Metrics
 	l7m *l7.Metrics
@@ -136,7 +139,8 @@ func (p *Proxy) registerMetrics(reg *prometheus.Registry) {
 	p.m.renewals = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "trellis_proxy_certificate_renewals_total", Help: "SVID renewals by result."}, []string{"result"})
 	p.m.snapshots = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "trellis_proxy_snapshots_total", Help: "Snapshots received, by result (applied|rejected)."}, []string{"result"})
 	p.m.healthy = prometheus.NewGauge(prometheus.GaugeOpts{Name: "trellis_proxy_app_healthy", Help: "1 while the app passes its health check."})
-	reg.MustRegister(p.m.connected, p.m.expiry, p.m.renewals, p.m.snapshots, p.m.healthy)
+	p.m.egress = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "trellis_proxy_transparent_egress_total", Help: "Redirected outbound connections, by how their upstream was found (address|host) or refused|error."}, []string{"result"})
+	reg.MustRegister(p.m.connected, p.m.expiry, p.m.renewals, p.m.snapshots, p.m.healthy, p.m.egress)
 	p.l4m = l4.NewMetrics(reg)
 	p.l7m = l7.NewMetrics(reg)
 }
@@ -148,11 +152,12 @@ func (p *Proxy) apply(s *topology.Snapshot) error {
 	if err != nil {
 		return fmt.Errorf("trust bundle: %w", err)
 	}
-	a := &applied{snap: s, endpoints: map[string][]l4.Endpoint{}, routers: map[string]*l7.Router{}, protocols: map[string]string{}, limits: map[string]*v1.ServiceLimits{}, edges: map[string][]passthrough.Target{}}
+	a := &applied{snap: s, endpoints: map[string][]l4.Endpoint{}, routers: map[string]*l7.Router{}, protocols: map[string]string{}, limits: map[string]*v1.ServiceLimits{}, edges: map[string][]passthrough.Target{}, byAddr: map[netip.Addr]string{}}
 	for _, u := range s.Upstreams {
 		eps := make([]l4.Endpoint, 0, len(u.Endpoints))
 		for _, e := range u.Endpoints {
 			eps = append(eps, l4.Endpoint{Addr: net.JoinHostPort(e.Address, strconv.Itoa(e.Port)), Instance: e.Instance, Version: e.Version})
+			indexAddr(a.byAddr, e.Address, u.Service)
 		}
 		a.endpoints[u.Service] = eps
 		for _, e := range u.Endpoints {

@@ -1,0 +1,63 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+
+	"github.com/trellis-mesh/trellis/internal/redirect"
+)
+
+// runRedirect installs (or prints, or removes) the iptables rules of
+// transparent mode in this network namespace: what ECS does for a task
+// definition's proxyConfiguration, for VMs, pods (an init container with
+// NET_ADMIN) and compose services.
+func runRedirect(ctx context.Context, e *env, args []string) error {
+	fs := newFlags(e, "redirect", "redirect --proxy-uid UID --app-port P[,P...] [flags] | redirect --remove")
+	uid := fs.Int("proxy-uid", 1337, "UID the proxy runs as: its own traffic is never redirected (not 0)")
+	appPorts := fs.String("app-port", "", "comma-separated app ports whose inbound traffic goes to --ingress-port (default none)")
+	ingress := fs.Int("ingress-port", 15006, "the proxy's transparent ingress port (trellis proxy --ingress-port)")
+	egress := fs.Int("egress-port", 15001, "the proxy's transparent egress port (trellis proxy --egress-port)")
+	excludeAddrs := fs.String("exclude-addr", "", "comma-separated IPv4 addresses or prefixes never redirected (the ECS and EC2 metadata addresses always are not)")
+	excludePorts := fs.String("exclude-port", "", "comma-separated destination ports never redirected")
+	printOnly := fs.Bool("print", false, "print the iptables-restore input and change nothing")
+	remove := fs.Bool("remove", false, "remove the rules")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usageErr("unexpected argument %q", fs.Arg(0))
+	}
+	if *remove {
+		return redirect.Remove(ctx, redirect.Exec)
+	}
+	r := redirect.Rules{ProxyUID: *uid, IngressPort: *ingress, EgressPort: *egress, ExcludeAddrs: splitList(*excludeAddrs)}
+	var err error
+	if r.AppPorts, err = ports("--app-port", *appPorts); err != nil {
+		return err
+	}
+	if r.ExcludePorts, err = ports("--exclude-port", *excludePorts); err != nil {
+		return err
+	}
+	if err := r.Validate(); err != nil {
+		return usageErr("%s", oneLine(err))
+	}
+	if *printOnly {
+		fmt.Fprint(e.stdout, r.Script())
+		return nil
+	}
+	return r.Apply(ctx, redirect.Exec)
+}
+
+// ports reads a comma-separated list of ports.
+func ports(flag, s string) ([]int, error) {
+	var out []int
+	for _, f := range splitList(s) {
+		p, err := strconv.Atoi(f)
+		if err != nil {
+			return nil, usageErr("%s: %q is not a port", flag, f)
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
