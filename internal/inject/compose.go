@@ -50,7 +50,7 @@ type ComposeHealth struct {
 func (p *Plan) Compose() *Compose {
 	sc := p.Policy.Sidecar
 	env := map[string]string{}
-	for _, kv := range p.appEnv() {
+	for _, kv := range p.appEnv(p.workload()) {
 		env[kv.Name] = kv.Value
 	}
 	for _, k := range slices.Sorted(maps.Keys(p.App.Secrets)) {
@@ -66,7 +66,7 @@ func (p *Plan) Compose() *Compose {
 		Services: map[string]ComposeService{
 			SidecarName: {
 				Image:       sc.Image,
-				Command:     p.sidecarArgs(),
+				Command:     p.sidecarArgs(p.workload()),
 				User:        strconv.Itoa(sc.UID),
 				Environment: proxyEnv,
 				Ports:       []string{strconv.Itoa(sc.PublicPort) + ":" + strconv.Itoa(sc.PublicPort)},

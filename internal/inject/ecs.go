@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/redirect"
 )
 
 // The ECS output: the inputs of RegisterTaskDefinition and CreateService,
@@ -130,8 +131,8 @@ type DeploymentCircuitBreaker struct {
 }
 
 // sidecarArgs is the proxy's command line, the same on every platform.
-func (p *Plan) sidecarArgs() []string {
-	return proxyArgs(p.Policy, p.workload())
+func (p *Plan) sidecarArgs(w workload) []string {
+	return proxyArgs(p.Policy, w)
 }
 
 // workload is what the sidecar must know of the app, whichever input
@@ -141,10 +142,24 @@ type workload struct {
 	AppPort          int
 	HealthPath       string
 	Backends         []Backend
+	// Transparent: redirect rules send the app's traffic through the
+	// proxy, which the app calls at its backends' own names; else it calls
+	// each at a local upstream listener.
+	Transparent bool
 }
 
+// workload is the app of the plan in explicit mode: compose and Kubernetes
+// have nothing that installs redirect rules.
 func (p *Plan) workload() workload {
 	return workload{Service: p.Service, Version: p.Version, AppPort: p.App.Port, HealthPath: p.App.HealthCheckPath, Backends: p.Backends}
+}
+
+// ecsWorkload is the app in transparent mode where the policy asks for it:
+// ECS installs the rules of the task definition's proxyConfiguration.
+func (p *Plan) ecsWorkload() workload {
+	w := p.workload()
+	w.Transparent = p.Policy.Sidecar.TransparentProxy
+	return w
 }
 
 func proxyArgs(pol PolicySpec, w workload) []string {
@@ -165,6 +180,9 @@ func proxyArgs(pol PolicySpec, w workload) []string {
 	}
 	for _, b := range w.Backends {
 		args = append(args, "--upstream", b.Service+":"+strconv.Itoa(b.Port))
+	}
+	if w.Transparent {
+		args = append(args, "--ingress-port", strconv.Itoa(sc.IngressPort), "--egress-port", strconv.Itoa(sc.EgressPort))
 	}
 	return args
 }
@@ -194,12 +212,12 @@ func (p *Plan) sidecarEnv() []KeyValue {
 
 // appEnv is the app's environment: its own variables, then what the
 // injection tells it, sorted.
-func (p *Plan) appEnv() []KeyValue {
+func (p *Plan) appEnv(w workload) []KeyValue {
 	env := maps.Clone(p.App.Environment)
 	if env == nil {
 		env = map[string]string{}
 	}
-	maps.Copy(env, meshEnv(p.workload(), !p.Policy.Sidecar.TransparentProxy))
+	maps.Copy(env, meshEnv(w))
 	var out []KeyValue
 	for _, k := range slices.Sorted(maps.Keys(env)) {
 		out = append(out, KeyValue{Name: k, Value: env[k]})
@@ -209,9 +227,9 @@ func (p *Plan) appEnv() []KeyValue {
 
 // meshEnv is what the injection tells the app: its service and version,
 // and in explicit mode where each backend's local listener is.
-func meshEnv(w workload, explicit bool) map[string]string {
+func meshEnv(w workload) map[string]string {
 	env := map[string]string{"TRELLIS_SERVICE": w.Service, "TRELLIS_VERSION": w.Version}
-	if explicit {
+	if !w.Transparent {
 		for _, b := range w.Backends {
 			env["UPSTREAM_"+identity.EnvName(b.Service)] = net.JoinHostPort("127.0.0.1", strconv.Itoa(b.Port))
 		}
@@ -256,13 +274,14 @@ func (p *Plan) logConfig(container string) *LogConfiguration {
 func (p *Plan) ECS() *ECS {
 	pol := p.Policy
 	sc := pol.Sidecar
+	w := p.ecsWorkload()
 	app := ContainerDefinition{
 		Name:         p.Service,
 		Image:        p.App.Image,
 		Essential:    true,
 		Command:      p.App.Command,
 		PortMappings: []PortMapping{{ContainerPort: p.App.Port, Protocol: "tcp", Name: "app"}},
-		Environment:  p.appEnv(),
+		Environment:  p.appEnv(w),
 		// The app starts once its proxy is ready: its first calls to
 		// backends would fail before.
 		DependsOn:        []ContainerDepends{{ContainerName: SidecarName, Condition: "HEALTHY"}},
@@ -275,7 +294,7 @@ func (p *Plan) ECS() *ECS {
 		Essential:         true,
 		Cpu:               sc.Cpu,
 		MemoryReservation: sc.Memory,
-		Command:           p.sidecarArgs(),
+		Command:           p.sidecarArgs(w),
 		User:              strconv.Itoa(sc.UID),
 		PortMappings: []PortMapping{
 			{ContainerPort: sc.PublicPort, Protocol: "tcp", Name: "mesh"},
@@ -303,7 +322,7 @@ func (p *Plan) ECS() *ECS {
 			ContainerName: SidecarName,
 			Properties: []KeyValue{
 				{Name: "AppPorts", Value: strconv.Itoa(p.App.Port)},
-				{Name: "EgressIgnoredIPs", Value: strings.Join(MetadataAddrs, ",")},
+				{Name: "EgressIgnoredIPs", Value: strings.Join(redirect.MetadataAddrs, ",")},
 				{Name: "IgnoredUID", Value: strconv.Itoa(sc.UID)},
 				{Name: "ProxyEgressPort", Value: strconv.Itoa(sc.EgressPort)},
 				{Name: "ProxyIngressPort", Value: strconv.Itoa(sc.IngressPort)},

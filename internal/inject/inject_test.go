@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/trellis-mesh/trellis/internal/redirect"
 	"gopkg.in/yaml.v3"
 )
 
@@ -88,6 +89,17 @@ func TestGoldenOutputs(t *testing.T) {
 			golden(t, name+".registration.json", mesh, json.Unmarshal)
 		})
 	}
+	// Transparent mode changes only the ECS output (the agent installs the
+	// redirect rules; elsewhere nothing would).
+	t.Run("hello-web-transparent", func(t *testing.T) {
+		plan, ds := load(t, pipeline+"hello-web.yaml", pipeline+"policy.yaml", "3f9c2a1b", "")
+		if ds != nil {
+			t.Fatalf("diagnostics:\n%v", ds)
+		}
+		plan.Policy.Sidecar.TransparentProxy = true
+		ecs, _ := json.MarshalIndent(plan.ECS(), "", "  ")
+		golden(t, "hello-web-transparent.ecs.json", ecs, json.Unmarshal)
+	})
 }
 
 // The properties every ECS output must have, checked on the structure
@@ -148,7 +160,22 @@ func TestECSInvariants(t *testing.T) {
 		if props["IgnoredUID"] != proxy.User {
 			t.Errorf("IgnoredUID %s, sidecar user %s", props["IgnoredUID"], proxy.User)
 		}
-		for _, ip := range MetadataAddrs {
+		// The ports ECS redirects to are the ones the proxy listens on,
+		// and the app calls its backends at their own names.
+		cmd := strings.Join(proxy.Command, " ")
+		for flag, prop := range map[string]string{"--ingress-port": "ProxyIngressPort", "--egress-port": "ProxyEgressPort"} {
+			if !strings.Contains(cmd, flag+" "+props[prop]+" ") && !strings.HasSuffix(cmd, flag+" "+props[prop]) {
+				t.Errorf("sidecar command %q lacks %s %s (the %s)", cmd, flag, props[prop], prop)
+			}
+		}
+		for _, c := range td.ContainerDefinitions {
+			for _, kv := range c.Environment {
+				if strings.HasPrefix(kv.Name, "UPSTREAM_") {
+					t.Errorf("%s gets %s in transparent mode", c.Name, kv.Name)
+				}
+			}
+		}
+		for _, ip := range redirect.MetadataAddrs {
 			if !strings.Contains(props["EgressIgnoredIPs"], ip) {
 				t.Errorf("EgressIgnoredIPs %q lacks %s", props["EgressIgnoredIPs"], ip)
 			}

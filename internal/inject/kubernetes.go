@@ -228,7 +228,7 @@ func under(field, path string) string {
 // appEnv is what each app container gets. A variable the injection sets
 // and the pod sets too is refused rather than silently shadowed.
 func (in *Injector) appEnv(w workload, spec corev1.PodSpec, field string) ([]corev1.EnvVar, error) {
-	add := meshEnv(w, true)
+	add := meshEnv(w)
 	var env []corev1.EnvVar
 	for _, k := range slices.Sorted(maps.Keys(add)) {
 		env = append(env, corev1.EnvVar{Name: k, Value: add[k]})

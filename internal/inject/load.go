@@ -31,11 +31,6 @@ const (
 	SidecarName = "trellis-proxy"
 )
 
-// MetadataAddrs are never redirected through the proxy in transparent
-// mode: the ECS task metadata and credentials endpoint and the instance
-// metadata service.
-var MetadataAddrs = []string{"169.254.170.2", "169.254.169.254"}
-
 // Input is what Load reads.
 type Input struct {
 	ManifestFile string

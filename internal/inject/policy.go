@@ -73,9 +73,12 @@ type SidecarPolicy struct {
 	IngressPort      int `yaml:"ingressPort"`
 	EgressPort       int `yaml:"egressPort"`
 	UpstreamPortBase int `yaml:"upstreamPortBase"`
-	// TransparentProxy adds ECS's proxyConfiguration, redirecting the
-	// task's traffic through the proxy; otherwise the app calls its
-	// backends at explicit local upstream addresses (UPSTREAM_<NAME>).
+	// TransparentProxy adds ECS's proxyConfiguration: the ECS agent
+	// redirects the task's traffic through the proxy's IngressPort and
+	// EgressPort, and the app calls its backends at their own names.
+	// Otherwise, and always on Kubernetes and compose, which have no agent
+	// to install the rules, the app calls each backend at a local upstream
+	// listener (UPSTREAM_<NAME>).
 	TransparentProxy bool `yaml:"transparentProxy"`
 	// Cpu and Memory reserved for the proxy within the task.
 	Cpu    int `yaml:"cpu"`
