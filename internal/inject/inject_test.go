@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -237,8 +238,11 @@ func TestYAMLBombRefused(t *testing.T) {
 		b.WriteString("]\n")
 	}
 	start := time.Now()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
 	var m Manifest
 	_, ds := decode("bomb.yaml", strings.NewReader(b.String()), &m)
+	runtime.ReadMemStats(&after)
 	if len(ds) != 1 || !strings.Contains(ds[0].Message, "anchors and aliases are not supported") {
 		t.Fatalf("diagnostics %v", ds)
 	}
@@ -246,6 +250,11 @@ func TestYAMLBombRefused(t *testing.T) {
 	// nodes would never finish.
 	if time.Since(start) > 5*time.Second {
 		t.Fatalf("took %v", time.Since(start))
+	}
+	// Nor memory: the input is 3 KB, its expansion 10^30 nodes; the
+	// refusal allocates a small multiple of the input.
+	if n := after.TotalAlloc - before.TotalAlloc; n > 32<<20 {
+		t.Errorf("refusing the bomb allocated %d MiB", n>>20)
 	}
 }
 
