@@ -28,7 +28,7 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b 
 func copyBuf(dst io.Writer, src io.Reader) (int64, error) {
 	if d, ok := dst.(*net.TCPConn); ok {
 		if s, ok := src.(*net.TCPConn); ok {
-			return d.ReadFrom(s)
+			return copyTCP(d, s)
 		}
 	}
 	bp := bufPool.Get().(*[]byte)
@@ -133,5 +133,43 @@ func waitHalfClose(done <-chan struct{}, d time.Duration) bool {
 		return true
 	case <-t.C:
 		return false
+	}
+}
+
+// smallBufSize is copyTCP's buffer: a request, a response or a TLS flight.
+const smallBufSize = 16 << 10
+
+var smallBufPool = sync.Pool{New: func() any { b := make([]byte, smallBufSize); return &b }}
+
+// copyTCP copies between two TCP sockets: through a small buffer while the
+// messages are small (one read and one write each, cheaper than two
+// splices through a pipe), and by splice once a read fills the buffer,
+// which says the stream is bulk.
+func copyTCP(d, s *net.TCPConn) (int64, error) {
+	bp := smallBufPool.Get().(*[]byte)
+	buf := *bp
+	var total int64
+	for {
+		n, err := s.Read(buf)
+		if n > 0 {
+			w, werr := d.Write(buf[:n])
+			total += int64(w)
+			if werr != nil {
+				smallBufPool.Put(bp)
+				return total, werr
+			}
+		}
+		if err != nil {
+			smallBufPool.Put(bp)
+			if err == io.EOF {
+				err = nil
+			}
+			return total, err
+		}
+		if n == len(buf) {
+			smallBufPool.Put(bp)
+			m, err := d.ReadFrom(s)
+			return total + m, err
+		}
 	}
 }

@@ -209,3 +209,71 @@ func TestMaxConnections(t *testing.T) {
 		return err
 	})
 }
+
+// tcpPair returns both ends of a loopback TCP connection.
+func tcpPair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	c, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(); s.Close() })
+	return c.(*net.TCPConn), s.(*net.TCPConn)
+}
+
+// Join between two TCP sockets copies small messages through a buffer and
+// switches to splice for bulk: whichever, every byte arrives in order, the
+// counts are exact and half-closes pass.
+func TestJoinTCPSmallThenBulk(t *testing.T) {
+	client, front := tcpPair(t)
+	back, app := tcpPair(t)
+	counts := make(chan [2]int64, 1)
+	go func() {
+		a, b := Join(front, back, time.Second)
+		counts <- [2]int64{a, b}
+	}()
+	go func() { io.Copy(app, app); app.CloseWrite() }() // echo, then EOF
+
+	bulk := make([]byte, 4<<20)
+	rand.Read(bulk)
+	want := append([]byte("ping\n"), bulk...)
+	client.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := client.Write(want[:5]); err != nil {
+		t.Fatal(err)
+	}
+	small := make([]byte, 5)
+	if _, err := io.ReadFull(client, small); err != nil || string(small) != "ping\n" {
+		t.Fatalf("small message: %q, %v", small, err)
+	}
+	got := make([]byte, len(bulk))
+	done := make(chan error, 1)
+	go func() { _, err := io.ReadFull(client, got); done <- err }()
+	if _, err := client.Write(bulk); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil || !bytes.Equal(got, bulk) {
+		t.Fatalf("bulk echo differs (err %v)", err)
+	}
+	// The client's half-close travels to the app, the app's back.
+	client.CloseWrite()
+	if rest, err := io.ReadAll(client); err != nil || len(rest) != 0 {
+		t.Fatalf("after half-close: %d bytes, %v; want EOF", len(rest), err)
+	}
+	select {
+	case c := <-counts:
+		if c[0] != int64(len(want)) || c[1] != int64(len(want)) {
+			t.Errorf("Join counted %d and %d bytes, want %d each way", c[0], c[1], len(want))
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Join did not return after both half-closes")
+	}
+}
