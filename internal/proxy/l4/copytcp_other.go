@@ -1,0 +1,8 @@
+//go:build !unix
+
+package l4
+
+import "net"
+
+// copyTCP splices (or copies, where the platform cannot).
+func copyTCP(d, s *net.TCPConn) (int64, error) { return d.ReadFrom(s) }
