@@ -3,6 +3,7 @@ package sidecar
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -33,17 +34,14 @@ type Transparent struct {
 }
 
 func (t *Transparent) validate() error {
-	var errs []string
+	var errs []error
 	if err := validHostPort(t.IngressListen, false); err != nil {
-		errs = append(errs, fmt.Sprintf("transparent ingress listen: %v", err))
+		errs = append(errs, fmt.Errorf("transparent ingress listen: %w", err))
 	}
 	if err := validHostPort(t.EgressListen, false); err != nil {
-		errs = append(errs, fmt.Sprintf("transparent egress listen: %v", err))
+		errs = append(errs, fmt.Errorf("transparent egress listen: %w", err))
 	}
-	if len(errs) > 0 {
-		return fmt.Errorf("%s", strings.Join(errs, "; "))
-	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // listenTransparent listens for redirected connections: IPv4 addresses on
