@@ -329,8 +329,20 @@ func startApp(t *testing.T, name string) *app {
 func get(addr string) (string, error) {
 	tr := &http.Transport{DisableKeepAlives: true}
 	defer tr.CloseIdleConnections()
-	c := &http.Client{Transport: tr, Timeout: 5 * time.Second}
-	resp, err := c.Get("http://" + addr + "/")
+	return fetch(&http.Client{Transport: tr, Timeout: 5 * time.Second}, "http://"+addr+"/", "")
+}
+
+// fetch GETs url with c, with host as the Host header if set, and returns
+// the body; a status other than 200 is an error that quotes the body.
+func fetch(c *http.Client, url, host string) (string, error) {
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		return "", err
+	}
+	if host != "" {
+		req.Host = host
+	}
+	resp, err := c.Do(req)
 	if err != nil {
 		return "", err
 	}
@@ -339,7 +351,7 @@ func get(addr string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if resp.StatusCode != 200 {
+	if resp.StatusCode != http.StatusOK {
 		return "", fmt.Errorf("status %d: %s", resp.StatusCode, b)
 	}
 	return string(b), nil

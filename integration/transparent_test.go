@@ -192,31 +192,6 @@ func serveName(t *testing.T, l net.Listener, name string, hits *atomic.Int64) {
 	t.Cleanup(func() { srv.Close() })
 }
 
-// fetch GETs url with c, with host as the Host header if set, and returns
-// the body; a status other than 200 is an error that quotes the body.
-func fetch(c *http.Client, url, host string) (string, error) {
-	req, err := http.NewRequest(http.MethodGet, url, nil)
-	if err != nil {
-		return "", err
-	}
-	if host != "" {
-		req.Host = host
-	}
-	resp, err := c.Do(req)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return "", err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("status %d: %s", resp.StatusCode, b)
-	}
-	return string(b), nil
-}
-
 // metricValue reads one sample of a Prometheus text exposition, or -1.
 func metricValue(text, series string) int {
 	sc := bufio.NewScanner(strings.NewReader(text))
