@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -160,7 +159,7 @@ func serviceOfHost(host string, dp *dataPlane) string {
 // was read.
 func sniffHost(c net.Conn) (net.Conn, string) {
 	br := bufio.NewReaderSize(c, maxSniff)
-	pc := &peekedConn{Conn: c, r: br}
+	pc := l4.Peeked(c, br)
 	c.SetReadDeadline(time.Now().Add(sniffTimeout))
 	defer c.SetReadDeadline(time.Time{})
 	for n := 1; ; n = br.Buffered() + 1 {
@@ -198,25 +197,6 @@ func looksHTTP1(b []byte) bool {
 		}
 	}
 	return true
-}
-
-// peekedConn replays what a bufio.Reader read ahead of a conn.
-type peekedConn struct {
-	net.Conn
-	r *bufio.Reader
-}
-
-func (p *peekedConn) Read(b []byte) (int, error) { return p.r.Read(b) }
-
-// WriteTo lets a splice drain the buffer and then the socket directly.
-func (p *peekedConn) WriteTo(w io.Writer) (int64, error) { return p.r.WriteTo(w) }
-
-// CloseWrite half-closes the underlying TCP connection.
-func (p *peekedConn) CloseWrite() error {
-	if cw, ok := p.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return p.Conn.Close()
 }
 
 // indexAddr records that service has an instance at addr; an address of

@@ -213,10 +213,16 @@ func peekTLS(c net.Conn) (net.Conn, bool, error) {
 	return &peekedConn{Conn: c, r: br}, b[0] == recordTypeHandshake, nil
 }
 
+// peekedConn is a conn that first yields what r read ahead of it.
 type peekedConn struct {
 	net.Conn
 	r *bufio.Reader
 }
+
+// Peeked returns c reading through r, which has read ahead of c: a sniffer
+// looks at the first bytes, and whoever handles the connection next still
+// gets them. Half-close passes to c.
+func Peeked(c net.Conn, r *bufio.Reader) net.Conn { return &peekedConn{Conn: c, r: r} }
 
 func (p *peekedConn) Read(b []byte) (int, error) { return p.r.Read(b) }
 
