@@ -66,7 +66,7 @@ func (p *Plan) Compose() *Compose {
 		Services: map[string]ComposeService{
 			SidecarName: {
 				Image:       sc.Image,
-				Command:     p.sidecarArgs(p.workload()),
+				Command:     proxyArgs(p.Policy, p.workload()),
 				User:        strconv.Itoa(sc.UID),
 				Environment: proxyEnv,
 				Ports:       []string{strconv.Itoa(sc.PublicPort) + ":" + strconv.Itoa(sc.PublicPort)},

@@ -130,11 +130,6 @@ type DeploymentCircuitBreaker struct {
 	Rollback bool `json:"rollback"`
 }
 
-// sidecarArgs is the proxy's command line, the same on every platform.
-func (p *Plan) sidecarArgs(w workload) []string {
-	return proxyArgs(p.Policy, w)
-}
-
 // workload is what the sidecar must know of the app, whichever input
 // described it: a manifest or a pod's annotations.
 type workload struct {
@@ -162,6 +157,7 @@ func (p *Plan) ecsWorkload() workload {
 	return w
 }
 
+// proxyArgs is the proxy's command line, the same on every platform.
 func proxyArgs(pol PolicySpec, w workload) []string {
 	sc := pol.Sidecar
 	args := []string{"proxy", "--service", w.Service}
@@ -294,7 +290,7 @@ func (p *Plan) ECS() *ECS {
 		Essential:         true,
 		Cpu:               sc.Cpu,
 		MemoryReservation: sc.Memory,
-		Command:           p.sidecarArgs(w),
+		Command:           proxyArgs(p.Policy, w),
 		User:              strconv.Itoa(sc.UID),
 		PortMappings: []PortMapping{
 			{ContainerPort: sc.PublicPort, Protocol: "tcp", Name: "mesh"},
