@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"sync"
 	"time"
 
@@ -86,7 +85,6 @@ func (p *Proxy) Run(ctx context.Context) error {
 	}
 	for i, u := range dp.upstreams {
 		goBG(func() { _ = p.serveUpstream(ls.upstreams[i], u) })
-		goBG(func() { _ = u.http.Serve(u.queue) })
 	}
 
 	firstHealth := make(chan struct{})
@@ -140,7 +138,6 @@ func (p *Proxy) Run(ctx context.Context) error {
 		drainers = append(drainers, gw)
 	}
 	for _, u := range dp.upstreams {
-		u.queue.Close()
 		drainers = append(drainers, u.tcp, httpDrainer{u.http})
 	}
 	err = drainAll(drainers, p.cfg.DrainTimeout-grace)
@@ -290,8 +287,7 @@ type upstream struct {
 	service string
 	tcp     *l4.Outbound
 	web     *l7.Outbound
-	http    *http.Server
-	queue   *connQueue // connections for http
+	http    *l7.Server
 }
 
 // dataPlane builds the data plane, all of it reading the current snapshot
@@ -362,9 +358,8 @@ func (p *Proxy) dataPlane(ctx context.Context, pool *l4.Pool) (*dataPlane, error
 				Logger:  p.log,
 				Metrics: p.l4m,
 			},
-			web:   web,
-			http:  l7.NewServer(web, p.log),
-			queue: newConnQueue(),
+			web:  web,
+			http: l7.NewServer(web, p.log),
 		})
 	}
 	return dp, nil
@@ -389,50 +384,14 @@ func (p *Proxy) serveUpstream(l net.Listener, u *upstream) error {
 func (p *Proxy) serveUpstreamConn(c net.Conn, u *upstream) {
 	if p.protocol(u.service) == v1.ProtocolTCP {
 		u.tcp.ServeConn(c)
-	} else if !u.queue.put(c) {
-		c.Close()
+	} else {
+		u.http.ServeConn(c)
 	}
 }
 
-// connQueue is a net.Listener fed by serveUpstream, for an http.Server.
-type connQueue struct {
-	ch   chan net.Conn
-	done chan struct{}
-	once sync.Once
-}
-
-func newConnQueue() *connQueue {
-	return &connQueue{ch: make(chan net.Conn), done: make(chan struct{})}
-}
-
-func (q *connQueue) put(c net.Conn) bool {
-	select {
-	case q.ch <- c:
-		return true
-	case <-q.done:
-		return false
-	}
-}
-
-func (q *connQueue) Accept() (net.Conn, error) {
-	select {
-	case c := <-q.ch:
-		return c, nil
-	case <-q.done:
-		return nil, net.ErrClosed
-	}
-}
-
-func (q *connQueue) Close() error {
-	q.once.Do(func() { close(q.done) })
-	return nil
-}
-
-func (q *connQueue) Addr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)} }
-
-// httpDrainer drains an http.Server: idle connections close at once, busy
+// httpDrainer drains an l7.Server: idle connections close at once, busy
 // ones after their request.
-type httpDrainer struct{ s *http.Server }
+type httpDrainer struct{ s *l7.Server }
 
 func (d httpDrainer) Drain(ctx context.Context) error { return d.s.Shutdown(ctx) }
 

@@ -83,23 +83,6 @@ type roundTripper func(*http.Request) (*http.Response, error)
 
 func (f roundTripper) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
-// NewServer returns the HTTP server for an Outbound's local listener:
-// HTTP/1.1 and HTTP/2 without TLS (how http2 and grpc apps call), with the
-// request head limits.
-func NewServer(h http.Handler, log *slog.Logger) *http.Server {
-	var protos http.Protocols
-	protos.SetHTTP1(true)
-	protos.SetUnencryptedHTTP2(true)
-	return &http.Server{
-		Handler:           h,
-		Protocols:         &protos,
-		ReadHeaderTimeout: 30 * time.Second,
-		IdleTimeout:       5 * time.Minute,
-		MaxHeaderBytes:    MaxHeaderBytes,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
-	}
-}
-
 // ServeHTTP proxies one request of the local app.
 func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	o.init()

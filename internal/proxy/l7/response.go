@@ -1,0 +1,366 @@
+package l7
+
+import (
+	"bufio"
+	"errors"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+)
+
+// responseWriter is the http.ResponseWriter of Server's HTTP/1.1
+// connections. It writes the head and the body into the connection's
+// buffer and flushes when the handler flushes or returns, so a small
+// response leaves in one write; a body of unknown length that fits in
+// maxHeld gets a Content-Length, a longer one is chunked (HTTP/1.1) or
+// ends with the connection (HTTP/1.0).
+type responseWriter struct {
+	c  net.Conn
+	br *bufio.Reader
+	bw *bufio.Writer
+
+	req      *http.Request
+	header   http.Header
+	status   int
+	held     []byte
+	cl       int64 // the declared Content-Length, or -1
+	written  int64
+	bodyless bool // HEAD, 204, 304: no body on the wire
+	chunked  bool
+	close    bool // the connection ends after this response
+	hijacked bool
+	err      error
+
+	// mu orders "100 Continue", written when the handler first reads the
+	// body (perhaps on another goroutine), before the head.
+	mu       sync.Mutex
+	headDone bool
+}
+
+// maxHeld is the body held back to learn a response's length.
+const maxHeld = 4 << 10
+
+func (w *responseWriter) reset(req *http.Request) {
+	if w.header == nil {
+		w.header = make(http.Header, 8)
+	} else {
+		clear(w.header) // the handler is done with it: keep its buckets
+	}
+	w.req, w.status, w.held = req, 0, w.held[:0]
+	w.cl, w.written, w.bodyless, w.chunked, w.close, w.err = -1, 0, false, false, false, nil
+	w.headDone = false
+}
+
+func (w *responseWriter) Header() http.Header { return w.header }
+
+func (w *responseWriter) WriteHeader(code int) {
+	if w.headDone || w.status != 0 || w.hijacked {
+		return
+	}
+	if code < 100 || code > 999 {
+		panic("l7: invalid WriteHeader code " + strconv.Itoa(code))
+	}
+	if code < 200 {
+		if code == http.StatusContinue || code == http.StatusSwitchingProtocols {
+			return // 100 is the server's to send; 101 comes by Hijack
+		}
+		w.mu.Lock()
+		w.bw.WriteString("HTTP/1.1 ")
+		w.bw.WriteString(statusLine(code))
+		w.bw.WriteString("\r\n")
+		w.writeFields(nil)
+		w.bw.WriteString("\r\n")
+		w.err = w.bw.Flush()
+		w.mu.Unlock()
+		return
+	}
+	w.status = code
+}
+
+func (w *responseWriter) Write(p []byte) (int, error) {
+	if w.hijacked {
+		return 0, http.ErrHijacked
+	}
+	if w.status == 0 {
+		w.WriteHeader(http.StatusOK)
+	}
+	if w.err != nil {
+		return 0, w.err
+	}
+	if !w.headDone {
+		if w.header.Get("Content-Length") == "" && len(w.held)+len(p) <= maxHeld {
+			w.held = append(w.held, p...)
+			return len(p), nil
+		}
+		w.writeHead(false)
+	}
+	return w.writeBody(p)
+}
+
+// Flush sends the head, if not yet sent, and what is buffered.
+func (w *responseWriter) Flush() {
+	if w.hijacked {
+		return
+	}
+	if w.status == 0 {
+		w.WriteHeader(http.StatusOK)
+	}
+	if !w.headDone {
+		w.writeHead(false)
+	}
+	if w.err == nil {
+		w.err = w.bw.Flush()
+	}
+}
+
+// Hijack hands the connection to the handler (for an upgrade); what the
+// reader holds beyond the request is in the returned reader.
+func (w *responseWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	if w.headDone || w.hijacked {
+		return nil, nil, errors.New("l7: hijack after the response began")
+	}
+	w.mu.Lock()
+	w.hijacked, w.headDone = true, true
+	w.mu.Unlock()
+	return w.c, bufio.NewReadWriter(w.br, w.bw), nil
+}
+
+// writeContinue answers "Expect: 100-continue" unless the response began.
+func (w *responseWriter) writeContinue() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.headDone {
+		w.bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
+		w.bw.Flush()
+	}
+}
+
+// writeHead decides the framing and writes the head; final says the
+// handler has returned, so that what is held is the whole body. The
+// framing fields (Content-Length, Transfer-Encoding, Connection) are
+// written from what was decided, not from the handler's header.
+func (w *responseWriter) writeHead(final bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.headDone = true
+	h, req := w.header, w.req
+	w.bodyless = req.Method == http.MethodHead || w.status == http.StatusNoContent || w.status == http.StatusNotModified
+	if v := h["Content-Length"]; len(v) == 1 {
+		if n, err := strconv.ParseInt(v[0], 10, 64); err == nil && n >= 0 {
+			w.cl = n
+		}
+	}
+	trailers := len(h["Trailer"]) > 0 || hasTrailerPrefix(h)
+	switch {
+	case w.status == http.StatusNoContent:
+		w.cl = -1
+	case w.bodyless:
+		if req.Method == http.MethodHead && w.cl < 0 && final && len(w.held) > 0 {
+			w.cl = int64(len(w.held))
+		}
+	case trailers && req.ProtoAtLeast(1, 1):
+		w.cl, w.chunked = -1, true // trailers ride only on chunked bodies
+	case w.cl >= 0:
+	case final:
+		w.cl = int64(len(w.held))
+	case req.ProtoAtLeast(1, 1):
+		w.chunked = true
+	default:
+		w.close = true // the body ends with the connection
+	}
+	if httpguts.HeaderValuesContainsToken(h["Connection"], "close") || req.Close {
+		w.close = true
+	}
+	bw := w.bw
+	bw.WriteString("HTTP/1.1 ")
+	bw.WriteString(statusLine(w.status))
+	bw.WriteString("\r\n")
+	w.writeFields(func(k string) bool {
+		switch k {
+		case "Content-Length", "Transfer-Encoding", "Connection":
+			return true
+		}
+		return strings.HasPrefix(k, http.TrailerPrefix)
+	})
+	if w.cl >= 0 {
+		bw.WriteString("Content-Length: ")
+		var b [20]byte
+		bw.Write(strconv.AppendInt(b[:0], w.cl, 10))
+		bw.WriteString("\r\n")
+	}
+	if w.chunked {
+		bw.WriteString("Transfer-Encoding: chunked\r\n")
+	}
+	switch {
+	case w.close:
+		bw.WriteString("Connection: close\r\n")
+	case !req.ProtoAtLeast(1, 1):
+		bw.WriteString("Connection: keep-alive\r\n")
+	}
+	if _, ok := h["Date"]; !ok {
+		bw.WriteString("Date: ")
+		bw.WriteString(httpDate())
+		bw.WriteString("\r\n")
+	}
+	bw.WriteString("\r\n")
+	held := w.held
+	w.writeBodyLocked(held)
+	w.held = held[:0]
+}
+
+// writeFields writes the header fields but those skip names.
+func (w *responseWriter) writeFields(skip func(string) bool) {
+	for k, vv := range w.header {
+		if !httpguts.ValidHeaderFieldName(k) || skip != nil && skip(k) {
+			continue
+		}
+		for _, v := range vv {
+			if strings.ContainsAny(v, "\r\n") {
+				v = strings.NewReplacer("\r", " ", "\n", " ").Replace(v)
+			}
+			w.bw.WriteString(k)
+			w.bw.WriteString(": ")
+			w.bw.WriteString(strings.TrimSpace(v))
+			w.bw.WriteString("\r\n")
+		}
+	}
+}
+
+func (w *responseWriter) writeBody(p []byte) (int, error) {
+	if w.bodyless {
+		return len(p), nil
+	}
+	return w.writeBodyLocked(p)
+}
+
+func (w *responseWriter) writeBodyLocked(p []byte) (int, error) {
+	if w.bodyless || len(p) == 0 {
+		return len(p), nil
+	}
+	if w.cl >= 0 && w.written+int64(len(p)) > w.cl {
+		w.close = true
+		return 0, http.ErrContentLength
+	}
+	w.written += int64(len(p))
+	if w.chunked {
+		var b [18]byte
+		w.bw.Write(strconv.AppendInt(b[:0], int64(len(p)), 16))
+		w.bw.WriteString("\r\n")
+		w.bw.Write(p)
+		_, w.err = w.bw.WriteString("\r\n")
+	} else {
+		_, w.err = w.bw.Write(p)
+	}
+	if w.err != nil {
+		return 0, w.err
+	}
+	return len(p), nil
+}
+
+// finish ends the response after the handler returned: the head if it is
+// still held, the last chunk and trailers, and one flush.
+func (w *responseWriter) finish() {
+	if w.hijacked {
+		return
+	}
+	if w.status == 0 {
+		w.WriteHeader(http.StatusOK)
+	}
+	if !w.headDone {
+		w.writeHead(true)
+	}
+	if w.err != nil {
+		w.close = true
+		return
+	}
+	if w.chunked {
+		w.bw.WriteString("0\r\n")
+		w.writeTrailers()
+		w.bw.WriteString("\r\n")
+	} else if w.cl >= 0 && w.written < w.cl && !w.bodyless {
+		w.close = true // the body came short: the client must not wait for more
+	}
+	w.err = w.bw.Flush()
+}
+
+// writeTrailers writes the trailers declared in the Trailer header and
+// those set under http.TrailerPrefix.
+func (w *responseWriter) writeTrailers() {
+	for _, v := range w.header["Trailer"] {
+		for _, k := range strings.Split(v, ",") {
+			k = http.CanonicalHeaderKey(strings.TrimSpace(k))
+			if !httpguts.ValidHeaderFieldName(k) {
+				continue
+			}
+			for _, tv := range w.header[k] {
+				if httpguts.ValidHeaderFieldValue(tv) {
+					w.bw.WriteString(k + ": " + tv + "\r\n")
+				}
+			}
+		}
+	}
+	for k, vv := range w.header {
+		name, ok := strings.CutPrefix(k, http.TrailerPrefix)
+		if !ok || !httpguts.ValidHeaderFieldName(name) {
+			continue
+		}
+		for _, v := range vv {
+			if httpguts.ValidHeaderFieldValue(v) {
+				w.bw.WriteString(name + ": " + v + "\r\n")
+			}
+		}
+	}
+}
+
+func hasTrailerPrefix(h http.Header) bool {
+	for k := range h {
+		if strings.HasPrefix(k, http.TrailerPrefix) {
+			return true
+		}
+	}
+	return false
+}
+
+// statusLines are "200 OK" and the like, made once.
+var statusLines = func() (s [600]string) {
+	for code := range s {
+		if text := http.StatusText(code); text != "" {
+			s[code] = strconv.Itoa(code) + " " + text
+		}
+	}
+	return s
+}()
+
+// statusLine is "200 OK" for 200.
+func statusLine(code int) string {
+	if code < len(statusLines) && statusLines[code] != "" {
+		return statusLines[code]
+	}
+	return strconv.Itoa(code) + " status code " + strconv.Itoa(code)
+}
+
+func itoa(n int64) string { return strconv.FormatInt(n, 10) }
+
+// httpDate is the Date header now, formatted once a second.
+func httpDate() string {
+	now := time.Now().Unix()
+	if d := cachedDate.Load(); d != nil && d.unix == now {
+		return d.text
+	}
+	d := &dateText{unix: now, text: time.Unix(now, 0).UTC().Format(http.TimeFormat)}
+	cachedDate.Store(d)
+	return d.text
+}
+
+type dateText struct {
+	unix int64
+	text string
+}
+
+var cachedDate atomic.Pointer[dateText]

@@ -1,0 +1,424 @@
+package l7
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"log/slog"
+	"math"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+	"golang.org/x/net/http2"
+
+	"github.com/trellis-mesh/trellis/internal/proxy/l4"
+)
+
+// Server serves the connections of clients outside the tunnel (an
+// upstream listener, a gateway listener) for a handler: HTTP/1.1 on a
+// loop of its own, and HTTP/2 (h2c with prior knowledge, or TLS with ALPN
+// h2) with x/net's server.
+//
+// It replaces net/http's server for HTTP/1.1 because that server pays, on
+// every request, for what a proxy in front of a local app does not use: a
+// goroutine reading ahead to notice a closed connection, a context per
+// request, and a chunking writer between the handler and the socket. The
+// request is parsed by net/http (http.ReadRequest) with the server's
+// checks added here, so what is accepted does not change. A request's
+// context ends with its connection, which is noticed when a read or write
+// on it fails, not while the handler waits.
+type Server struct {
+	handler http.Handler
+	log     *slog.Logger
+	h2      *http2.Server
+	h2base  *http.Server
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	conns     map[*serverConn]bool // true: idle, between requests
+	closing   bool
+	gone      chan struct{} // closed and remade as connections end
+}
+
+// Timeouts of client connections.
+const (
+	readHeaderTimeout = 30 * time.Second
+	idleConnTimeout   = 5 * time.Minute
+	// maxBodyDrain is how much of a request body the handler left unread
+	// is read and dropped to keep the connection; past it, or when the
+	// handler may still be reading, the connection is closed instead.
+	maxBodyDrain = 256 << 10
+)
+
+// NewServer returns the server for an Outbound's or a gateway's listener,
+// with the request head limits.
+func NewServer(h http.Handler, log *slog.Logger) *Server {
+	base := &http.Server{
+		Handler:        h,
+		MaxHeaderBytes: MaxHeaderBytes,
+		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	return &Server{
+		handler: h, log: log, h2base: base,
+		h2:        &http2.Server{IdleTimeout: idleConnTimeout, MaxConcurrentStreams: 250},
+		listeners: map[net.Listener]struct{}{},
+		conns:     map[*serverConn]bool{},
+		gone:      make(chan struct{}),
+	}
+}
+
+// Serve accepts connections on l until it is closed.
+func (s *Server) Serve(l net.Listener) error {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		l.Close()
+		return http.ErrServerClosed
+	}
+	s.listeners[l] = struct{}{}
+	s.mu.Unlock()
+	err := l4.AcceptLoop(l, s.ServeConn)
+	s.mu.Lock()
+	delete(s.listeners, l)
+	closing := s.closing
+	s.mu.Unlock()
+	if closing {
+		return http.ErrServerClosed
+	}
+	return err
+}
+
+// ServeConn serves one client connection on a goroutine of its own.
+func (s *Server) ServeConn(c net.Conn) {
+	go s.serveConn(c)
+}
+
+func (s *Server) serveConn(c net.Conn) {
+	sc := &serverConn{s: s, c: c}
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		c.Close()
+		return
+	}
+	s.conns[sc] = false
+	s.mu.Unlock()
+	defer func() {
+		c.Close()
+		s.mu.Lock()
+		delete(s.conns, sc)
+		close(s.gone)
+		s.gone = make(chan struct{})
+		s.mu.Unlock()
+	}()
+	sc.serve()
+}
+
+// Shutdown stops the listeners, closes idle connections and waits, until
+// ctx ends, for the others to finish their request.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing = true
+	for l := range s.listeners {
+		l.Close()
+	}
+	s.mu.Unlock()
+	for {
+		s.mu.Lock()
+		for sc, idle := range s.conns {
+			if idle {
+				sc.c.Close()
+			}
+		}
+		n, gone := len(s.conns), s.gone
+		s.mu.Unlock()
+		if n == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-gone:
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// Close stops the listeners and closes every connection at once.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closing = true
+	for l := range s.listeners {
+		l.Close()
+	}
+	for sc := range s.conns {
+		sc.c.Close()
+	}
+	return nil
+}
+
+// setIdle marks sc idle or busy; a connection may not turn busy once the
+// server is closing.
+func (s *Server) setIdle(sc *serverConn, idle bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing && !idle {
+		return false
+	}
+	s.conns[sc] = idle
+	return true
+}
+
+var (
+	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
+	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
+)
+
+// h2Preface starts every HTTP/2 connection (RFC 9113 section 3.4).
+const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+type serverConn struct {
+	s *Server
+	c net.Conn
+}
+
+func (sc *serverConn) serve() {
+	c := sc.c
+	var tlsState *tls.ConnectionState
+	if tc, ok := c.(*tls.Conn); ok {
+		c.SetDeadline(time.Now().Add(readHeaderTimeout))
+		if err := tc.Handshake(); err != nil {
+			sc.s.log.Debug("TLS handshake failed", "remote", c.RemoteAddr().String(), "err", err)
+			return
+		}
+		c.SetDeadline(time.Time{})
+		st := tc.ConnectionState()
+		tlsState = &st
+		if st.NegotiatedProtocol == http2.NextProtoTLS {
+			sc.serveH2(c)
+			return
+		}
+	}
+	// The head of a request is read through a limit, so that an endless
+	// header section ends at MaxHeaderBytes (and some slack, as net/http).
+	lr := &io.LimitedReader{R: c, N: MaxHeaderBytes + 4<<10}
+	br := readerPool.Get().(*bufio.Reader)
+	br.Reset(lr)
+	bw := writerPool.Get().(*bufio.Writer)
+	bw.Reset(c)
+	pooled := true
+	defer func() {
+		if pooled {
+			br.Reset(nil)
+			readerPool.Put(br)
+			bw.Reset(nil)
+			writerPool.Put(bw)
+		}
+	}()
+
+	c.SetReadDeadline(time.Now().Add(readHeaderTimeout))
+	if p, err := br.Peek(len(h2Preface)); err == nil && string(p) == h2Preface && tlsState == nil {
+		pooled = false // x/net's server reads on through br
+		lr.N = math.MaxInt64
+		c.SetReadDeadline(time.Time{})
+		sc.serveH2(l4.Peeked(c, br))
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ctx = context.WithValue(ctx, http.LocalAddrContextKey, c.LocalAddr())
+	remote := c.RemoteAddr().String()
+	w := &responseWriter{c: c, br: br, bw: bw}
+	for first := true; ; first = false {
+		if !first {
+			c.SetReadDeadline(time.Now().Add(idleConnTimeout))
+			if _, err := br.Peek(1); err != nil {
+				return
+			}
+			c.SetReadDeadline(time.Now().Add(readHeaderTimeout))
+		}
+		if !sc.s.setIdle(sc, false) {
+			return
+		}
+		lr.N = MaxHeaderBytes + 4<<10
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			if lr.N <= 0 {
+				writeError(bw, http.StatusRequestHeaderFieldsTooLarge, "request header too large")
+			} else if !errors.Is(err, io.EOF) && !isTimeout(err) {
+				writeError(bw, http.StatusBadRequest, err.Error())
+			}
+			return
+		}
+		lr.N = math.MaxInt64
+		c.SetReadDeadline(time.Time{})
+		if code, msg := checkRequest(req); code != 0 {
+			writeError(bw, code, msg)
+			return
+		}
+		req.RemoteAddr = remote
+		req.TLS = tlsState
+		req = req.WithContext(ctx)
+		body := &requestBody{r: req.Body}
+		if req.Body != http.NoBody {
+			req.Body = body
+		}
+		w.reset(req)
+		if expect := req.Header.Get("Expect"); expect != "" {
+			if !httpguts.HeaderValuesContainsToken(req.Header["Expect"], "100-continue") || !req.ProtoAtLeast(1, 1) {
+				writeError(bw, http.StatusExpectationFailed, "unsupported Expect header")
+				return
+			}
+			req.Header.Del("Expect")
+			body.cont = w
+		}
+		sc.s.handler.ServeHTTP(w, req)
+		if w.hijacked {
+			pooled = false
+			return
+		}
+		w.finish()
+		if w.err != nil || w.close || req.Close {
+			if !body.done() {
+				pooled = false // the handler may still be reading
+			}
+			return
+		}
+		if !body.drain() {
+			pooled = false
+			return
+		}
+		if !sc.s.setIdle(sc, true) {
+			return
+		}
+	}
+}
+
+func (sc *serverConn) serveH2(c net.Conn) {
+	sc.s.setIdle(sc, false)
+	sc.s.h2.ServeConn(c, &http2.ServeConnOpts{Handler: sc.s.handler, BaseConfig: sc.s.h2base})
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// checkRequest is what net/http's server checks beyond http.ReadRequest
+// (which already refuses a second Host): HTTP/1.x only, a valid Host
+// (required from HTTP/1.1), and valid header field names and values. It
+// returns the status and why a request is refused, or 0.
+func checkRequest(r *http.Request) (int, string) {
+	switch {
+	case r.ProtoMajor != 1:
+		return http.StatusHTTPVersionNotSupported, "unsupported protocol version"
+	case r.ProtoAtLeast(1, 1) && r.Host == "" && r.Method != http.MethodConnect:
+		return http.StatusBadRequest, "missing required Host header"
+	case !httpguts.ValidHostHeader(r.Host):
+		return http.StatusBadRequest, "malformed Host header"
+	}
+	for k, vv := range r.Header {
+		if !httpguts.ValidHeaderFieldName(k) {
+			return http.StatusBadRequest, "invalid header name"
+		}
+		for _, v := range vv {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return http.StatusBadRequest, "invalid header value"
+			}
+		}
+	}
+	return 0, ""
+}
+
+// writeError answers a request that never reached the handler, and the
+// connection closes after it.
+func writeError(bw *bufio.Writer, code int, msg string) {
+	body := http.StatusText(code) + ": " + msg + "\n"
+	bw.WriteString("HTTP/1.1 ")
+	bw.WriteString(statusLine(code))
+	bw.WriteString("\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: ")
+	bw.WriteString(itoa(int64(len(body))))
+	bw.WriteString("\r\n\r\n")
+	bw.WriteString(body)
+	bw.Flush()
+}
+
+// requestBody is a request body as the handler sees it. It knows whether
+// the body was read to its end, and sends "100 Continue" before the first
+// read when the client asked for it.
+type requestBody struct {
+	r      io.ReadCloser
+	cont   *responseWriter
+	mu     sync.Mutex
+	eof    bool
+	closed bool
+	busy   bool
+}
+
+func (b *requestBody) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return 0, http.ErrBodyReadAfterClose
+	}
+	if b.eof {
+		b.mu.Unlock()
+		return 0, io.EOF
+	}
+	b.busy = true
+	cont := b.cont
+	b.cont = nil
+	b.mu.Unlock()
+	if cont != nil {
+		cont.writeContinue()
+	}
+	n, err := b.r.Read(p)
+	b.mu.Lock()
+	b.busy = false
+	if err == io.EOF {
+		b.eof = true
+	}
+	b.mu.Unlock()
+	return n, err
+}
+
+// Close stops reading: what is left is the server's to drop or not.
+func (b *requestBody) Close() error {
+	b.mu.Lock()
+	b.closed = true
+	b.mu.Unlock()
+	return nil
+}
+
+// done reports whether the body was read to its end (and is no longer
+// read by anyone).
+func (b *requestBody) done() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.eof && !b.busy || b.r == http.NoBody
+}
+
+// drain reads and drops what the handler left of the body, up to
+// maxBodyDrain; it reports whether the connection may carry another
+// request.
+func (b *requestBody) drain() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.r == http.NoBody || b.eof {
+		return !b.busy
+	}
+	if b.busy || b.cont != nil {
+		// Still being read elsewhere; or, with Expect: 100-continue, the
+		// client may never send the body it was not asked for.
+		return false
+	}
+	n, err := io.CopyN(io.Discard, b.r, maxBodyDrain+1)
+	b.closed = true
+	return err == io.EOF && n <= maxBodyDrain
+}
