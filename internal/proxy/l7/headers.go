@@ -68,23 +68,15 @@ func isHex(s string, n int) bool {
 	return true
 }
 
-// bufferPool lends the proxies their copy buffers: a ReverseProxy without
-// one allocates 32 KiB per request. Streaming responses (unknown length,
-// such as gRPC's) are still flushed at every write.
-type bufferPool struct{}
-
+// copyBuffers lend the proxies their body copy buffers.
 var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
-
-func (bufferPool) Get() []byte  { return *copyBuffers.Get().(*[]byte) }
-func (bufferPool) Put(b []byte) { copyBuffers.Put(&b) }
 
 // endTrailersOnly marks a gRPC Trailers-Only response (grpc-status in its
 // header block, which the gRPC spec allows only there) as bodiless.
-// ReverseProxy flushes the head of a response of unknown length at once,
-// from a timer, racing the handler's return; a flushed head goes out
-// without END_STREAM, and the client then sees a stream that ended with no
-// trailers. A response of length 0 is never flushed early: its head leaves
-// with END_STREAM when the handler returns.
+// copyResponse flushes the head of a response of unknown length at once; a
+// flushed head goes out without END_STREAM, and the client would then see
+// a stream that ended with no trailers. A response of length 0 is never
+// flushed early: its head leaves with END_STREAM when the handler returns.
 func endTrailersOnly(resp *http.Response) error {
 	if resp.ContentLength == -1 && resp.Header.Get("Grpc-Status") != "" &&
 		strings.HasPrefix(resp.Header.Get("Content-Type"), "application/grpc") {

@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httputil"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -47,7 +46,6 @@ type Inbound struct {
 	draining bool
 	h1       *appClient
 	h2c      *http2.Transport
-	rp       *httputil.ReverseProxy
 	inflight atomic.Int64
 }
 
@@ -67,32 +65,6 @@ func (in *Inbound) init() {
 			DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
 				return dialer.DialContext(ctx, network, addr)
 			},
-		}
-		in.rp = &httputil.ReverseProxy{
-			Rewrite: func(pr *httputil.ProxyRequest) {
-				pr.Out.URL.Scheme = "http"
-				pr.Out.URL.Host = in.Target
-				pr.Out.Host = pr.In.Host
-				pr.Out.Trailer = pr.In.Trailer // filled in place at the body's end
-			},
-			Transport: roundTripper(func(r *http.Request) (*http.Response, error) {
-				if p := in.Protocol(); p == v1.ProtocolHTTP2 || p == v1.ProtocolGRPC {
-					return in.h2c.RoundTrip(r)
-				}
-				return in.h1.RoundTrip(r)
-			}),
-			BufferPool:     bufferPool{},
-			ModifyResponse: endTrailersOnly,
-			ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-				if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
-					return
-				}
-				in.Logger.Warn("app request failed", "target", in.Target, "err", err)
-				w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-				w.WriteHeader(http.StatusBadGateway)
-				io.WriteString(w, "trellis: app unreachable\n")
-			},
-			ErrorLog: slog.NewLogLogger(in.Logger.Handler(), slog.LevelDebug),
 		}
 	})
 }
@@ -147,7 +119,7 @@ func (in *Inbound) serve(w http.ResponseWriter, r *http.Request, peer identity.I
 	if bad := in.admit(r, peer); bad != nil {
 		refuse(sw, bad)
 	} else {
-		in.rp.ServeHTTP(sw, r)
+		in.proxy(sw, r)
 	}
 	in.Metrics.observe("inbound", peer.Service(), in.Self().Service(), "", "", sw.status(), start)
 	if in.Logger.Enabled(r.Context(), slog.LevelInfo) {
@@ -156,6 +128,37 @@ func (in *Inbound) serve(w http.ResponseWriter, r *http.Request, peer identity.I
 			slog.String("method", r.Method), slog.String("path", r.URL.Path), slog.String("source", peer.String()),
 			slog.Int("status", sw.status()), slog.Duration("duration", time.Since(start)))
 	}
+}
+
+// proxy sends an admitted request to the app and its answer back.
+func (in *Inbound) proxy(w http.ResponseWriter, r *http.Request) {
+	if _, err := prepareRequest(r); err != nil {
+		refuse(w, &badRequest{http.StatusBadRequest, "trellis: " + err.Error()})
+		return
+	}
+	if _, ok := r.Header["User-Agent"]; !ok {
+		r.Header["User-Agent"] = []string{""} // not Go's default
+	}
+	r.URL.Scheme, r.URL.Host, r.RequestURI = "http", in.Target, ""
+	var resp *http.Response
+	var err error
+	if p := in.Protocol(); p == v1.ProtocolHTTP2 || p == v1.ProtocolGRPC {
+		resp, err = in.h2c.RoundTrip(r)
+	} else {
+		resp, err = in.h1.RoundTrip(r)
+	}
+	if err != nil {
+		if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
+			return
+		}
+		in.Logger.Warn("app request failed", "target", in.Target, "err", err)
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.WriteHeader(http.StatusBadGateway)
+		io.WriteString(w, "trellis: app unreachable\n")
+		return
+	}
+	endTrailersOnly(resp)
+	copyResponse(w, resp)
 }
 
 // admit checks a request from peer (its head, then its authorization) and

@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httputil"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -54,7 +53,6 @@ type Outbound struct {
 	once     sync.Once
 	limit    limiter
 	bal      *balance.Balancer
-	rp       *httputil.ReverseProxy
 	active   atomic.Int64
 	retrying atomic.Int64
 }
@@ -68,20 +66,8 @@ func (o *Outbound) init() {
 			o.Metrics = NewMetrics(nil)
 		}
 		o.bal = balance.New()
-		o.rp = &httputil.ReverseProxy{
-			Rewrite:        o.rewrite,
-			Transport:      roundTripper(o.roundTrip),
-			BufferPool:     bufferPool{},
-			ModifyResponse: endTrailersOnly,
-			ErrorHandler:   o.fail,
-			ErrorLog:       slog.NewLogLogger(o.Logger.Handler(), slog.LevelDebug),
-		}
 	})
 }
-
-type roundTripper func(*http.Request) (*http.Response, error)
-
-func (f roundTripper) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
 // ServeHTTP proxies one request of the local app.
 func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -91,7 +77,25 @@ func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		o.Metrics.observe("outbound", o.Source, o.Service, "", "", err.(*badRequest).status, time.Now())
 		return
 	}
-	o.rp.ServeHTTP(w, r)
+	up, err := prepareRequest(r)
+	if err != nil {
+		refuse(w, &badRequest{http.StatusBadRequest, "trellis: " + err.Error()})
+		return
+	}
+	setRequestContext(r.Header)
+	resp, err := o.roundTrip(r)
+	if err != nil {
+		o.fail(w, r, err)
+		return
+	}
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		if err := serveUpgrade(w, up, resp); err != nil {
+			o.fail(w, r, err)
+		}
+		return
+	}
+	endTrailersOnly(resp)
+	copyResponse(w, resp)
 }
 
 func refuse(w http.ResponseWriter, e *badRequest) {
@@ -101,16 +105,6 @@ func refuse(w http.ResponseWriter, e *badRequest) {
 	io.WriteString(w, e.msg+"\n")
 }
 
-func (o *Outbound) rewrite(pr *httputil.ProxyRequest) {
-	pr.Out.URL.Scheme = "https"
-	pr.Out.URL.Host = o.Service // replaced by the endpoint in roundTrip
-	pr.Out.Host = pr.In.Host
-	// The server fills the declared trailers into this map, in place, when
-	// the body ends; a clone's copy would stay empty.
-	pr.Out.Trailer = pr.In.Trailer
-	setRequestContext(pr.Out.Header)
-}
-
 // dialError marks a failure to reach an endpoint: nothing was sent, so any
 // request may be retried elsewhere.
 type dialError struct{ err error }
@@ -118,13 +112,13 @@ type dialError struct{ err error }
 func (e *dialError) Error() string { return e.err.Error() }
 func (e *dialError) Unwrap() error { return e.err }
 
-// send makes one attempt of req (its URL host the endpoint) on ep.
-func (o *Outbound) send(req *http.Request, ep balance.Endpoint) (*http.Response, error) {
+// send makes one attempt of req on ep, until ctx ends.
+func (o *Outbound) send(ctx context.Context, req *http.Request, ep balance.Endpoint) (*http.Response, error) {
 	conn, err := o.Conn(ep)
 	if err != nil {
 		return nil, &dialError{err: fmt.Errorf("connect to %s: %w", ep.Addr, err)}
 	}
-	return sendRequest(req.Context(), conn, req)
+	return sendRequest(ctx, conn, req)
 }
 
 // proxyError is an answer the proxy gives itself.
@@ -249,14 +243,11 @@ func (o *Outbound) roundTrip(req *http.Request) (resp *http.Response, err error)
 		if attempts > 1 {
 			tryTimer = time.AfterFunc(rule.Retry.PerTryTimeout, func() { perTryExpired.Store(true); tryCancel() })
 		}
-		out := req.Clone(tryCtx)
-		out.Trailer = req.Trailer
-		out.URL.Host = ep.Addr
 		if attempt > 1 {
-			out.Body, _ = req.GetBody()
+			req.Body, _ = req.GetBody()
 		}
 		o.bal.Start(ep.Addr)
-		resp, err := o.send(out, ep)
+		resp, err := o.send(tryCtx, req, ep)
 		if tryTimer != nil && !tryTimer.Stop() && err == nil {
 			// The answer came as the per-try timer fired: its context is
 			// gone, so this attempt failed after all.

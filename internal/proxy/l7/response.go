@@ -119,6 +119,17 @@ func (w *responseWriter) Flush() {
 	}
 }
 
+// abort ends the response as failed: the connection closes without the
+// rest of the body or the last chunk.
+func (w *responseWriter) abort() {
+	w.close = true
+	if w.err == nil {
+		w.err = errAborted
+	}
+}
+
+var errAborted = errors.New("l7: response aborted")
+
 // Hijack hands the connection to the handler (for an upgrade); what the
 // reader holds beyond the request is in the returned reader.
 func (w *responseWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {

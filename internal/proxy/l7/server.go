@@ -10,6 +10,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"runtime"
 	"sync"
 	"time"
 
@@ -190,6 +191,15 @@ type serverConn struct {
 
 func (sc *serverConn) serve() {
 	c := sc.c
+	defer func() {
+		// As net/http's server: a handler's panic ends its connection,
+		// not the process.
+		if err := recover(); err != nil && err != http.ErrAbortHandler {
+			buf := make([]byte, 64<<10)
+			buf = buf[:runtime.Stack(buf, false)]
+			sc.s.log.Error("panic serving a request", "remote", c.RemoteAddr().String(), "panic", err, "stack", string(buf))
+		}
+	}()
 	var tlsState *tls.ConnectionState
 	if tc, ok := c.(*tls.Conn); ok {
 		c.SetDeadline(time.Now().Add(readHeaderTimeout))
@@ -278,7 +288,9 @@ func (sc *serverConn) serve() {
 			req.Header.Del("Expect")
 			body.cont = w
 		}
+		pooled = false // until the handler returns, not panics
 		sc.s.handler.ServeHTTP(w, req)
+		pooled = true
 		if w.hijacked {
 			pooled = false
 			return

@@ -336,6 +336,14 @@ func (w *streamWriter) sendHead(end bool) error {
 	return w.err
 }
 
+// abort resets the stream: the peer sees the response fail.
+func (w *streamWriter) abort() {
+	if w.err == nil {
+		w.err = errAborted
+	}
+	w.s.Cancel(errAborted)
+}
+
 // finish ends the response once the handler has returned.
 func (w *streamWriter) finish() {
 	if w.status == 0 {
