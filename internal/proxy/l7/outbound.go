@@ -221,7 +221,10 @@ func (o *Outbound) roundTrip(req *http.Request) (resp *http.Response, err error)
 		o.Metrics.observe("outbound", o.Source, o.Service, rule.Name, version, http.StatusBadGateway, start)
 		return nil, err
 	}
-	tried := map[string]bool{}
+	var tried map[string]bool // endpoints tried, once there may be retries
+	if attempts > 1 {
+		tried = map[string]bool{}
+	}
 	var lastErr error
 	for attempt := 1; ; attempt++ {
 		if attempt > 1 {
@@ -235,12 +238,13 @@ func (o *Outbound) roundTrip(req *http.Request) (resp *http.Response, err error)
 			clear(tried) // every endpoint tried once: go round again
 			ep, _ = o.bal.Pick(cands, tried)
 		}
-		tried[ep.Addr] = true
 		// Like the route timeout, the per-try timeout ends at the headers.
-		tryCtx, tryCancel := context.WithCancel(ctx)
+		tryCtx, tryCancel := ctx, func() {}
 		var perTryExpired atomic.Bool
 		tryTimer := (*time.Timer)(nil)
 		if attempts > 1 {
+			tried[ep.Addr] = true
+			tryCtx, tryCancel = context.WithCancel(ctx)
 			tryTimer = time.AfterFunc(rule.Retry.PerTryTimeout, func() { perTryExpired.Store(true); tryCancel() })
 		}
 		if attempt > 1 {
