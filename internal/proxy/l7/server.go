@@ -64,9 +64,12 @@ func NewServer(h http.Handler, log *slog.Logger) *Server {
 		MaxHeaderBytes: MaxHeaderBytes,
 		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
+	h2 := &http2.Server{IdleTimeout: idleConnTimeout, MaxConcurrentStreams: 250}
+	// Registers h2's graceful shutdown (GOAWAY) with base.Shutdown; base
+	// itself never listens.
+	http2.ConfigureServer(base, h2)
 	return &Server{
-		handler: h, log: log, h2base: base,
-		h2:        &http2.Server{IdleTimeout: idleConnTimeout, MaxConcurrentStreams: 250},
+		handler: h, log: log, h2base: base, h2: h2,
 		listeners: map[net.Listener]struct{}{},
 		conns:     map[*serverConn]bool{},
 		gone:      make(chan struct{}),
@@ -129,6 +132,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		l.Close()
 	}
 	s.mu.Unlock()
+	s.h2base.Shutdown(ctx) // GOAWAY on HTTP/2 connections; returns at once
 	for {
 		s.mu.Lock()
 		for sc, idle := range s.conns {
@@ -162,6 +166,12 @@ func (s *Server) Close() error {
 		sc.c.Close()
 	}
 	return nil
+}
+
+func (s *Server) isClosing() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closing
 }
 
 // setIdle marks sc idle or busy; a connection may not turn busy once the
@@ -233,7 +243,7 @@ func (sc *serverConn) serve() {
 	}()
 
 	c.SetReadDeadline(time.Now().Add(readHeaderTimeout))
-	if p, err := br.Peek(len(h2Preface)); err == nil && string(p) == h2Preface && tlsState == nil {
+	if tlsState == nil && isH2Preface(br) {
 		pooled = false // x/net's server reads on through br
 		lr.N = math.MaxInt64
 		c.SetReadDeadline(time.Time{})
@@ -257,6 +267,15 @@ func (sc *serverConn) serve() {
 			return
 		}
 		lr.N = MaxHeaderBytes + 4<<10
+		// Empty lines before a request line are ignored (RFC 9112 section
+		// 2.2): old clients send a CRLF after a POST body.
+		if p, _ := br.Peek(4); len(p) > 0 {
+			n := 0
+			for n < len(p) && (p[n] == '\r' || p[n] == '\n') {
+				n++
+			}
+			br.Discard(n)
+		}
 		req, err := http.ReadRequest(br)
 		if err != nil {
 			if lr.N <= 0 {
@@ -295,6 +314,9 @@ func (sc *serverConn) serve() {
 			pooled = false
 			return
 		}
+		if sc.s.isClosing() {
+			w.close = true // the last response of a draining server
+		}
 		w.finish()
 		if w.err != nil || w.close || req.Close {
 			if !body.done() {
@@ -308,6 +330,21 @@ func (sc *serverConn) serve() {
 		}
 		if !sc.s.setIdle(sc, true) {
 			return
+		}
+	}
+}
+
+// isH2Preface reports whether the connection starts with the HTTP/2
+// preface. It peeks only as far as the bytes still match: an HTTP/1.0
+// request can be shorter than the preface.
+func isH2Preface(br *bufio.Reader) bool {
+	for n := 1; ; n = min(2*n, len(h2Preface)) {
+		p, err := br.Peek(n)
+		if err != nil || string(p) != h2Preface[:n] {
+			return false
+		}
+		if n == len(h2Preface) {
+			return true
 		}
 	}
 }
