@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -365,14 +366,27 @@ func (p *Proxy) dataPlane(ctx context.Context, pool *l4.Pool) (*dataPlane, error
 	return dp, nil
 }
 
-// selfID is the identity of the current certificate.
+// selfID is the identity of the current certificate. The inbound asks
+// for it on every request, so it is parsed once per certificate.
 func (p *Proxy) selfID() identity.ID {
-	if c := p.src.Certificate(); c != nil {
-		if id, err := identity.FromCertificate(c.Leaf); err == nil {
-			return id
-		}
+	c := p.src.Certificate()
+	if c == nil {
+		return identity.ID{}
 	}
-	return identity.ID{}
+	if s := p.self.Load(); s != nil && s.cert == c {
+		return s.id
+	}
+	id, err := identity.FromCertificate(c.Leaf)
+	if err != nil {
+		return identity.ID{}
+	}
+	p.self.Store(&selfCert{cert: c, id: id})
+	return id
+}
+
+type selfCert struct {
+	cert *tls.Certificate
+	id   identity.ID
 }
 
 // serveUpstream hands each client connection of an upstream listener to

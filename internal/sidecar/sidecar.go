@@ -50,6 +50,7 @@ type Proxy struct {
 	api   *client.Client
 	token string
 	cur   atomic.Pointer[applied]
+	self  atomic.Pointer[selfCert] // selfID's cache
 	// onApply runs after each applied snapshot (set before the stream runs).
 	onApply func()
 	reg     atomic.Pointer[xds.Registration]

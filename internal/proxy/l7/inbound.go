@@ -173,7 +173,7 @@ func (in *Inbound) admit(r *http.Request, peer identity.ID) *badRequest {
 		return &badRequest{http.StatusForbidden, "trellis: denied by " + d.Reason}
 	}
 	r.Header.Del(PeerHeader)
-	r.Header.Set(PeerHeader, fmt.Sprintf("By=%s;URI=%s", in.Self(), peer))
+	r.Header[PeerHeader] = []string{"By=" + in.Self().String() + ";URI=" + peer.String()}
 	return nil
 }
 

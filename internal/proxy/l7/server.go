@@ -18,6 +18,7 @@ import (
 	"golang.org/x/net/http2"
 
 	"github.com/trellis-mesh/trellis/internal/proxy/l4"
+	"github.com/trellis-mesh/trellis/internal/proxy/tunnel"
 )
 
 // Server serves the connections of clients outside the tunnel (an
@@ -36,8 +37,6 @@ import (
 type Server struct {
 	handler http.Handler
 	log     *slog.Logger
-	h2      *http2.Server
-	h2base  *http.Server
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -59,17 +58,9 @@ const (
 // NewServer returns the server for an Outbound's or a gateway's listener,
 // with the request head limits.
 func NewServer(h http.Handler, log *slog.Logger) *Server {
-	base := &http.Server{
-		Handler:        h,
-		MaxHeaderBytes: MaxHeaderBytes,
-		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelDebug),
-	}
-	h2 := &http2.Server{IdleTimeout: idleConnTimeout, MaxConcurrentStreams: 250}
-	// Registers h2's graceful shutdown (GOAWAY) with base.Shutdown; base
-	// itself never listens.
-	http2.ConfigureServer(base, h2)
 	return &Server{
-		handler: h, log: log, h2base: base, h2: h2,
+		handler:   h,
+		log:       log,
 		listeners: map[net.Listener]struct{}{},
 		conns:     map[*serverConn]bool{},
 		gone:      make(chan struct{}),
@@ -131,12 +122,16 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for l := range s.listeners {
 		l.Close()
 	}
+	for sc := range s.conns {
+		if sc.h2 != nil {
+			sc.h2.Shutdown() // GOAWAY; the connection ends with its last stream
+		}
+	}
 	s.mu.Unlock()
-	s.h2base.Shutdown(ctx) // GOAWAY on HTTP/2 connections; returns at once
 	for {
 		s.mu.Lock()
 		for sc, idle := range s.conns {
-			if idle {
+			if idle && sc.h2 == nil {
 				sc.c.Close()
 			}
 		}
@@ -195,8 +190,9 @@ var (
 const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 type serverConn struct {
-	s *Server
-	c net.Conn
+	s  *Server
+	c  net.Conn
+	h2 *tunnel.Conn // an HTTP/2 connection's server, else nil
 }
 
 func (sc *serverConn) serve() {
@@ -349,9 +345,23 @@ func isH2Preface(br *bufio.Reader) bool {
 	}
 }
 
+// serveH2 serves an HTTP/2 client with the tunnel's server, which speaks
+// plain HTTP/2 to any client: each request stream becomes an http.Request
+// for the handler, as on the inbound side.
 func (sc *serverConn) serveH2(c net.Conn) {
-	sc.s.setIdle(sc, false)
-	sc.s.h2.ServeConn(c, &http2.ServeConnOpts{Handler: sc.s.handler, BaseConfig: sc.s.h2base})
+	s := sc.s
+	remote := c.RemoteAddr().String()
+	tun := tunnel.NewServer(c, tunnel.Config{Requests: true, MaxStreams: 250, MaxHeaderBytes: TunnelHeaderBytes, Logger: s.log},
+		func(st *tunnel.Stream) { serveStream(s.handler, st, remote, s.log) })
+	s.mu.Lock()
+	sc.h2 = tun
+	closing := s.closing
+	s.conns[sc] = false
+	s.mu.Unlock()
+	if closing {
+		tun.Shutdown()
+	}
+	tun.Run()
 }
 
 func isTimeout(err error) bool {

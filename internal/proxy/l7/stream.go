@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/textproto"
 	"net/url"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -380,4 +382,29 @@ func (w *streamWriter) trailers() []hpack.HeaderField {
 		}
 	}
 	return out
+}
+
+// serveStream serves one request stream of a client (not a sidecar) with
+// h: the outbound's HTTP/2 clients.
+func serveStream(h http.Handler, s *tunnel.Stream, remote string, log *slog.Logger) {
+	w := &streamWriter{s: s, header: http.Header{}}
+	r, cancel, err := streamRequest(s)
+	if err != nil {
+		refuse(w, &badRequest{http.StatusBadRequest, "trellis: bad request: " + err.Error()})
+		w.finish()
+		return
+	}
+	defer cancel()
+	defer func() {
+		if err := recover(); err != nil {
+			if err != http.ErrAbortHandler {
+				buf := make([]byte, 64<<10)
+				log.Error("panic serving a request", "remote", remote, "panic", err, "stack", string(buf[:runtime.Stack(buf, false)]))
+			}
+			s.Cancel(errAborted)
+		}
+	}()
+	r.RemoteAddr = remote
+	h.ServeHTTP(w, r)
+	w.finish()
 }
