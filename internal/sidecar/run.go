@@ -9,6 +9,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/trellis-mesh/trellis/internal/proxy/netconn"
+
 	v1 "github.com/trellis-mesh/trellis/api/v1"
 	"github.com/trellis-mesh/trellis/client"
 	"github.com/trellis-mesh/trellis/internal/authz"
@@ -392,7 +394,7 @@ type selfCert struct {
 // serveUpstream hands each client connection of an upstream listener to
 // the L4 or the L7 outbound, by the upstream's protocol when it arrives.
 func (p *Proxy) serveUpstream(l net.Listener, u *upstream) error {
-	return l4.AcceptLoop(l, func(c net.Conn) { p.serveUpstreamConn(c, u) })
+	return netconn.AcceptLoop(l, func(c net.Conn) { p.serveUpstreamConn(c, u) })
 }
 
 func (p *Proxy) serveUpstreamConn(c net.Conn, u *upstream) {

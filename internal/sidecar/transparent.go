@@ -11,7 +11,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/trellis-mesh/trellis/internal/proxy/l4"
+	"github.com/trellis-mesh/trellis/internal/proxy/netconn"
+
 	"github.com/trellis-mesh/trellis/internal/redirect"
 )
 
@@ -68,7 +69,7 @@ const maxSniff = 16 << 10
 // upstream it is for, or refuses it.
 func (p *Proxy) serveEgress(l net.Listener, dp *dataPlane) error {
 	self := netip.MustParseAddrPort(l.Addr().String())
-	return l4.AcceptLoop(l, func(c net.Conn) {
+	return netconn.AcceptLoop(l, func(c net.Conn) {
 		go p.dispatchEgress(c, self, dp)
 	})
 }
@@ -159,7 +160,7 @@ func serviceOfHost(host string, dp *dataPlane) string {
 // was read.
 func sniffHost(c net.Conn) (net.Conn, string) {
 	br := bufio.NewReaderSize(c, maxSniff)
-	pc := l4.Peeked(c, br)
+	pc := netconn.Peeked(c, br)
 	c.SetReadDeadline(time.Now().Add(sniffTimeout))
 	defer c.SetReadDeadline(time.Time{})
 	for n := 1; ; n = br.Buffered() + 1 {

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/trellis-mesh/trellis/internal/proxy/netconn"
+
 	proxyproto "github.com/pires/go-proxyproto"
 
 	"github.com/trellis-mesh/trellis/internal/proxy/l4"
@@ -66,7 +68,7 @@ func (e *Listener) init() {
 // Serve accepts connections on l until it is closed.
 func (e *Listener) Serve(l net.Listener) error {
 	e.init()
-	return l4.AcceptLoop(l, func(c net.Conn) {
+	return netconn.AcceptLoop(l, func(c net.Conn) {
 		if !e.track(c) {
 			c.Close()
 			return

@@ -2,7 +2,6 @@ package l4
 
 import (
 	"context"
-	"errors"
 	"io"
 	"net"
 	"sync"
@@ -70,27 +69,6 @@ func Join(a, b net.Conn, halfClose time.Duration) (aToB, bToA int64) {
 		<-done
 	}
 	return aToB, bToA
-}
-
-// AcceptLoop accepts connections on l and hands each to accept, which must not
-// block (it starts the connection's goroutine), until l is closed. Temporary accept errors (such as running
-// out of file descriptors) are retried after a pause instead of ending it.
-func AcceptLoop(l net.Listener, accept func(net.Conn)) error {
-	for {
-		c, err := l.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				time.Sleep(10 * time.Millisecond)
-				continue
-			}
-			return err
-		}
-		accept(c)
-	}
 }
 
 // inflight counts work in progress for a drain. Unlike a sync.WaitGroup it

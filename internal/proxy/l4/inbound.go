@@ -11,6 +11,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/trellis-mesh/trellis/internal/proxy/netconn"
+
 	"github.com/trellis-mesh/trellis/internal/authz"
 	"github.com/trellis-mesh/trellis/internal/certs"
 	"github.com/trellis-mesh/trellis/internal/identity"
@@ -90,7 +92,7 @@ func (in *Inbound) init() {
 // until l is closed.
 func (in *Inbound) Serve(l net.Listener) error {
 	in.init()
-	return AcceptLoop(l, func(c net.Conn) { go in.serveConn(c) })
+	return netconn.AcceptLoop(l, func(c net.Conn) { go in.serveConn(c) })
 }
 
 func (in *Inbound) serveConn(c net.Conn) {
@@ -210,28 +212,7 @@ func peekTLS(c net.Conn) (net.Conn, bool, error) {
 		return nil, false, err
 	}
 	const recordTypeHandshake = 0x16
-	return &peekedConn{Conn: c, r: br}, b[0] == recordTypeHandshake, nil
-}
-
-// peekedConn is a conn that first yields what r read ahead of it.
-type peekedConn struct {
-	net.Conn
-	r *bufio.Reader
-}
-
-// Peeked returns c reading through r, which has read ahead of c: a sniffer
-// looks at the first bytes, and whoever handles the connection next still
-// gets them. Half-close passes to c.
-func Peeked(c net.Conn, r *bufio.Reader) net.Conn { return &peekedConn{Conn: c, r: r} }
-
-func (p *peekedConn) Read(b []byte) (int, error) { return p.r.Read(b) }
-
-// CloseWrite half-closes the underlying TCP connection.
-func (p *peekedConn) CloseWrite() error {
-	if cw, ok := p.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return p.Conn.Close()
+	return netconn.Peeked(c, br), b[0] == recordTypeHandshake, nil
 }
 
 // servePlain forwards a plain TCP connection of a permissive mesh.

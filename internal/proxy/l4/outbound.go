@@ -11,6 +11,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/trellis-mesh/trellis/internal/proxy/netconn"
+
 	"github.com/trellis-mesh/trellis/internal/proxy/balance"
 	"github.com/trellis-mesh/trellis/internal/proxy/tunnel"
 )
@@ -63,7 +65,7 @@ func (o *Outbound) init() {
 // Serve accepts client connections on l until it is closed.
 func (o *Outbound) Serve(l net.Listener) error {
 	o.init()
-	return AcceptLoop(l, o.ServeConn)
+	return netconn.AcceptLoop(l, o.ServeConn)
 }
 
 // ServeConn carries one accepted client connection in a new goroutine.

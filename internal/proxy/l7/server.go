@@ -14,10 +14,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/trellis-mesh/trellis/internal/proxy/netconn"
+
 	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2"
 
-	"github.com/trellis-mesh/trellis/internal/proxy/l4"
 	"github.com/trellis-mesh/trellis/internal/proxy/tunnel"
 )
 
@@ -77,7 +78,7 @@ func (s *Server) Serve(l net.Listener) error {
 	}
 	s.listeners[l] = struct{}{}
 	s.mu.Unlock()
-	err := l4.AcceptLoop(l, s.ServeConn)
+	err := netconn.AcceptLoop(l, s.ServeConn)
 	s.mu.Lock()
 	delete(s.listeners, l)
 	closing := s.closing
@@ -243,7 +244,7 @@ func (sc *serverConn) serve() {
 		pooled = false // x/net's server reads on through br
 		lr.N = math.MaxInt64
 		c.SetReadDeadline(time.Time{})
-		sc.serveH2(l4.Peeked(c, br))
+		sc.serveH2(netconn.Peeked(c, br))
 		return
 	}
 	ctx, cancel := context.WithCancel(context.Background())

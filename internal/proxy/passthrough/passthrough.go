@@ -17,6 +17,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/trellis-mesh/trellis/internal/proxy/netconn"
+
 	proxyproto "github.com/pires/go-proxyproto"
 
 	"github.com/trellis-mesh/trellis/internal/proxy/l4"
@@ -113,7 +115,7 @@ func (l *Listener) Serve(ln net.Listener) error {
 		}
 		l.mu.Unlock()
 	}()
-	return l4.AcceptLoop(ln, func(c net.Conn) {
+	return netconn.AcceptLoop(ln, func(c net.Conn) {
 		l.mu.Lock()
 		if l.draining {
 			l.mu.Unlock()

@@ -1,0 +1,54 @@
+// Package netconn holds the connection plumbing every proxy shares: the
+// accept loop of a listener, and a connection whose first bytes a sniffer
+// has already read.
+package netconn
+
+import (
+	"bufio"
+	"errors"
+	"net"
+	"time"
+)
+
+// AcceptLoop accepts connections on l and hands each to accept, which must
+// not block (it starts the connection's goroutine), until l is closed.
+// Temporary accept errors (such as running out of file descriptors) are
+// retried after a pause instead of ending it.
+func AcceptLoop(l net.Listener, accept func(net.Conn)) error {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+			return err
+		}
+		accept(c)
+	}
+}
+
+// Peeked returns c reading through r, which has read ahead of c: a sniffer
+// looks at the first bytes, and whoever handles the connection next still
+// gets them. Half-close passes to c.
+func Peeked(c net.Conn, r *bufio.Reader) net.Conn { return &peekedConn{Conn: c, r: r} }
+
+// peekedConn is a conn that first yields what r read ahead of it.
+type peekedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (p *peekedConn) Read(b []byte) (int, error) { return p.r.Read(b) }
+
+// CloseWrite half-closes the underlying TCP connection.
+func (p *peekedConn) CloseWrite() error {
+	if cw, ok := p.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return p.Conn.Close()
+}
