@@ -108,12 +108,7 @@ func (w *responseWriter) Flush() {
 	if w.hijacked {
 		return
 	}
-	if w.status == 0 {
-		w.WriteHeader(http.StatusOK)
-	}
-	if !w.headDone {
-		w.writeHead(false)
-	}
+	w.head(false)
 	if w.err == nil {
 		w.err = w.bw.Flush()
 	}
@@ -129,6 +124,17 @@ func (w *responseWriter) abort() {
 }
 
 var errAborted = errors.New("l7: response aborted")
+
+// head writes the head unless it is out (status 200 unless one was set);
+// final as for writeHead.
+func (w *responseWriter) head(final bool) {
+	if w.status == 0 {
+		w.WriteHeader(http.StatusOK)
+	}
+	if !w.headDone {
+		w.writeHead(final)
+	}
+}
 
 // Hijack hands the connection to the handler (for an upgrade); what the
 // reader holds beyond the request is in the returned reader.
@@ -221,7 +227,7 @@ func (w *responseWriter) writeHead(final bool) {
 	}
 	bw.WriteString("\r\n")
 	held := w.held
-	w.writeBodyLocked(held)
+	w.writeBody(held)
 	w.held = held[:0]
 }
 
@@ -244,13 +250,6 @@ func (w *responseWriter) writeFields(skip func(string) bool) {
 }
 
 func (w *responseWriter) writeBody(p []byte) (int, error) {
-	if w.bodyless {
-		return len(p), nil
-	}
-	return w.writeBodyLocked(p)
-}
-
-func (w *responseWriter) writeBodyLocked(p []byte) (int, error) {
 	if w.bodyless || len(p) == 0 {
 		return len(p), nil
 	}
@@ -280,12 +279,7 @@ func (w *responseWriter) finish() {
 	if w.hijacked {
 		return
 	}
-	if w.status == 0 {
-		w.WriteHeader(http.StatusOK)
-	}
-	if !w.headDone {
-		w.writeHead(true)
-	}
+	w.head(true)
 	if w.err != nil {
 		w.close = true
 		return
