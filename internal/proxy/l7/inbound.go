@@ -97,23 +97,12 @@ const TunnelHeaderBytes = MaxHeaderBytes + MaxHeaderFields*32
 // ServeStream serves one request stream from peer.
 func (in *Inbound) ServeStream(s *tunnel.Stream, peer identity.ID) {
 	in.init()
-	w := &streamWriter{s: s, header: http.Header{}}
-	r, cancel, err := streamRequest(s)
-	if err != nil {
-		in.inflight.Add(1)
-		refuse(w, &badRequest{http.StatusBadRequest, "trellis: bad request: " + err.Error()})
-		w.finish()
-		in.inflight.Add(-1)
-		return
-	}
-	defer cancel()
-	in.serve(w, r, peer)
-	w.finish()
+	in.inflight.Add(1)
+	defer in.inflight.Add(-1)
+	serveRequest(s, func(w http.ResponseWriter, r *http.Request) { in.serve(w, r, peer) })
 }
 
 func (in *Inbound) serve(w http.ResponseWriter, r *http.Request, peer identity.ID) {
-	in.inflight.Add(1)
-	defer in.inflight.Add(-1)
 	start := time.Now()
 	sw := &statusWriter{ResponseWriter: w}
 	if bad := in.admit(r, peer); bad != nil {

@@ -167,7 +167,7 @@ func (o *Outbound) roundTrip(req *http.Request) (resp *http.Response, err error)
 		req.URL.Path = rule.Rewrite(req.URL.Path)
 		req.URL.RawPath = ""
 	}
-	if isUpgrade(req) {
+	if upgradeType(req.Header) != "" {
 		ep, _ := o.bal.Pick(cands, nil)
 		return o.roundTripUpgrade(req, rule, ep, start)
 	}

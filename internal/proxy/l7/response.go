@@ -239,7 +239,7 @@ func (w *responseWriter) writeFields(skip func(string) bool) {
 		}
 		for _, v := range vv {
 			if strings.ContainsAny(v, "\r\n") {
-				v = strings.NewReplacer("\r", " ", "\n", " ").Replace(v)
+				v = newlineToSpace.Replace(v)
 			}
 			w.bw.WriteString(k)
 			w.bw.WriteString(": ")
@@ -350,7 +350,8 @@ func statusLine(code int) string {
 	return strconv.Itoa(code) + " status code " + strconv.Itoa(code)
 }
 
-func itoa(n int64) string { return strconv.FormatInt(n, 10) }
+// newlineToSpace keeps a field value on its line.
+var newlineToSpace = strings.NewReplacer("\r", " ", "\n", " ")
 
 // httpDate is the Date header now, formatted once a second.
 func httpDate() string {

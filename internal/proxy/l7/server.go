@@ -11,7 +11,9 @@ import (
 	"net"
 	"net/http"
 	"runtime"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/trellis-mesh/trellis/internal/proxy/netconn"
@@ -42,8 +44,8 @@ type Server struct {
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
 	conns     map[*serverConn]bool // true: idle, between requests
-	closing   bool
-	gone      chan struct{} // closed and remade as connections end
+	closing   atomic.Bool          // set under mu; read without it per request
+	gone      chan struct{}        // closed and remade as connections end
 }
 
 // Timeouts of client connections.
@@ -71,7 +73,7 @@ func NewServer(h http.Handler, log *slog.Logger) *Server {
 // Serve accepts connections on l until it is closed.
 func (s *Server) Serve(l net.Listener) error {
 	s.mu.Lock()
-	if s.closing {
+	if s.closing.Load() {
 		s.mu.Unlock()
 		l.Close()
 		return http.ErrServerClosed
@@ -81,7 +83,7 @@ func (s *Server) Serve(l net.Listener) error {
 	err := netconn.AcceptLoop(l, s.ServeConn)
 	s.mu.Lock()
 	delete(s.listeners, l)
-	closing := s.closing
+	closing := s.closing.Load()
 	s.mu.Unlock()
 	if closing {
 		return http.ErrServerClosed
@@ -97,7 +99,7 @@ func (s *Server) ServeConn(c net.Conn) {
 func (s *Server) serveConn(c net.Conn) {
 	sc := &serverConn{s: s, c: c}
 	s.mu.Lock()
-	if s.closing {
+	if s.closing.Load() {
 		s.mu.Unlock()
 		c.Close()
 		return
@@ -119,7 +121,7 @@ func (s *Server) serveConn(c net.Conn) {
 // ctx ends, for the others to finish their request.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
-	s.closing = true
+	s.closing.Store(true)
 	for l := range s.listeners {
 		l.Close()
 	}
@@ -154,7 +156,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 func (s *Server) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.closing = true
+	s.closing.Store(true)
 	for l := range s.listeners {
 		l.Close()
 	}
@@ -164,18 +166,12 @@ func (s *Server) Close() error {
 	return nil
 }
 
-func (s *Server) isClosing() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.closing
-}
-
 // setIdle marks sc idle or busy; a connection may not turn busy once the
 // server is closing.
 func (s *Server) setIdle(sc *serverConn, idle bool) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closing && !idle {
+	if s.closing.Load() && !idle {
 		return false
 	}
 	s.conns[sc] = idle
@@ -201,10 +197,8 @@ func (sc *serverConn) serve() {
 	defer func() {
 		// As net/http's server: a handler's panic ends its connection,
 		// not the process.
-		if err := recover(); err != nil && err != http.ErrAbortHandler {
-			buf := make([]byte, 64<<10)
-			buf = buf[:runtime.Stack(buf, false)]
-			sc.s.log.Error("panic serving a request", "remote", c.RemoteAddr().String(), "panic", err, "stack", string(buf))
+		if p := recover(); p != nil {
+			logPanic(sc.s.log, c.RemoteAddr().String(), p)
 		}
 	}()
 	var tlsState *tls.ConnectionState
@@ -311,7 +305,7 @@ func (sc *serverConn) serve() {
 			pooled = false
 			return
 		}
-		if sc.s.isClosing() {
+		if sc.s.closing.Load() {
 			w.close = true // the last response of a draining server
 		}
 		w.finish()
@@ -353,16 +347,37 @@ func (sc *serverConn) serveH2(c net.Conn) {
 	s := sc.s
 	remote := c.RemoteAddr().String()
 	tun := tunnel.NewServer(c, tunnel.Config{Requests: true, MaxStreams: 250, MaxHeaderBytes: TunnelHeaderBytes, Logger: s.log},
-		func(st *tunnel.Stream) { serveStream(s.handler, st, remote, s.log) })
+		func(st *tunnel.Stream) {
+			serveRequest(st, func(w http.ResponseWriter, r *http.Request) {
+				defer func() {
+					if p := recover(); p != nil {
+						logPanic(s.log, remote, p)
+						abortResponse(w) // a reset, not a response cut short
+					}
+				}()
+				r.RemoteAddr = remote
+				s.handler.ServeHTTP(w, r)
+			})
+		})
 	s.mu.Lock()
 	sc.h2 = tun
-	closing := s.closing
+	closing := s.closing.Load()
 	s.conns[sc] = false
 	s.mu.Unlock()
 	if closing {
 		tun.Shutdown()
 	}
 	tun.Run()
+}
+
+// logPanic logs a handler's panic, as net/http's server does;
+// http.ErrAbortHandler, the way to abort a response, is not logged.
+func logPanic(log *slog.Logger, remote string, p any) {
+	if p == http.ErrAbortHandler {
+		return
+	}
+	buf := make([]byte, 64<<10)
+	log.Error("panic serving a request", "remote", remote, "panic", p, "stack", string(buf[:runtime.Stack(buf, false)]))
 }
 
 func isTimeout(err error) bool {
@@ -403,7 +418,7 @@ func writeError(bw *bufio.Writer, code int, msg string) {
 	bw.WriteString("HTTP/1.1 ")
 	bw.WriteString(statusLine(code))
 	bw.WriteString("\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: ")
-	bw.WriteString(itoa(int64(len(body))))
+	bw.WriteString(strconv.Itoa(len(body)))
 	bw.WriteString("\r\n\r\n")
 	bw.WriteString(body)
 	bw.Flush()

@@ -4,11 +4,9 @@ import (
 	"context"
 	"errors"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/textproto"
 	"net/url"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -384,9 +382,10 @@ func (w *streamWriter) trailers() []hpack.HeaderField {
 	return out
 }
 
-// serveStream serves one request stream of a client (not a sidecar) with
-// h: the outbound's HTTP/2 clients.
-func serveStream(h http.Handler, s *tunnel.Stream, remote string, log *slog.Logger) {
+// serveRequest reads the request of stream s and hands it, with the
+// stream's ResponseWriter, to serve; a malformed one gets 400 and reaches
+// nothing.
+func serveRequest(s *tunnel.Stream, serve func(http.ResponseWriter, *http.Request)) {
 	w := &streamWriter{s: s, header: http.Header{}}
 	r, cancel, err := streamRequest(s)
 	if err != nil {
@@ -395,16 +394,6 @@ func serveStream(h http.Handler, s *tunnel.Stream, remote string, log *slog.Logg
 		return
 	}
 	defer cancel()
-	defer func() {
-		if err := recover(); err != nil {
-			if err != http.ErrAbortHandler {
-				buf := make([]byte, 64<<10)
-				log.Error("panic serving a request", "remote", remote, "panic", err, "stack", string(buf[:runtime.Stack(buf, false)]))
-			}
-			s.Cancel(errAborted)
-		}
-	}()
-	r.RemoteAddr = remote
-	h.ServeHTTP(w, r)
+	serve(w, r)
 	w.finish()
 }

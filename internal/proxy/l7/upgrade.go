@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/trellis-mesh/trellis/internal/identity"
@@ -18,21 +17,6 @@ import (
 // the sidecars: the outbound sends the HTTP/1.1 request head and then the
 // connection's bytes on a tunnel stream of their own, and the inbound
 // checks that head as it checks any request before the app sees it.
-
-func isUpgrade(r *http.Request) bool {
-	return r.Header.Get("Upgrade") != "" && headerHasToken(r.Header, "Connection", "upgrade")
-}
-
-func headerHasToken(h http.Header, name, token string) bool {
-	for _, v := range h.Values(name) {
-		for _, t := range strings.Split(v, ",") {
-			if strings.EqualFold(strings.TrimSpace(t), token) {
-				return true
-			}
-		}
-	}
-	return false
-}
 
 // roundTripUpgrade sends an upgrade request to ep over a stream of its own.
 // On 101 the response body is the connection, as httputil.ReverseProxy
@@ -117,7 +101,7 @@ func (in *Inbound) upgrade(c net.Conn, br *bufio.Reader, req *http.Request, peer
 			code, http.StatusText(code), len(msg)+1, msg)
 		return code
 	}
-	if !isUpgrade(req) {
+	if upgradeType(req.Header) == "" {
 		return reply(http.StatusBadRequest, "trellis: not an upgrade request")
 	}
 	if bad := in.admit(req, peer); bad != nil {
