@@ -108,7 +108,7 @@ func (in *Inbound) serveConn(c net.Conn) {
 			return
 		}
 	}
-	cork := tunnel.NewCork(c)
+	cork := tunnel.NewCork(netconn.Raw(c))
 	tc := tls.Server(cork, in.TLS)
 	hctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	err := tc.HandshakeContext(hctx)

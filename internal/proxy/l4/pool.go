@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/trellis-mesh/trellis/internal/proxy/netconn"
 	"github.com/trellis-mesh/trellis/internal/proxy/tunnel"
 )
 
@@ -112,7 +113,7 @@ func (p *Pool) dial(addr string, cfg *tls.Config) (*tunnel.Conn, error) {
 		p.metrics.Handshakes.WithLabelValues("client", "error").Inc()
 		return nil, fmt.Errorf("dial %s: %w", addr, err)
 	}
-	cork := tunnel.NewCork(nc)
+	cork := tunnel.NewCork(netconn.Raw(nc))
 	tc := tls.Client(cork, cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		nc.Close()

@@ -19,6 +19,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/authz"
 	"github.com/trellis-mesh/trellis/internal/httpmatch"
 	"github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/proxy/netconn"
 	"github.com/trellis-mesh/trellis/internal/proxy/tunnel"
 )
 
@@ -59,7 +60,13 @@ func (in *Inbound) init() {
 		}
 		in.conns = map[*tunnel.Conn]struct{}{}
 		dialer := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: -1}
-		in.h1 = &appClient{target: in.Target, dial: dialer.DialContext, maxIdle: 256}
+		in.h1 = &appClient{target: in.Target, maxIdle: 256, dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := dialer.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return netconn.Raw(c), nil
+		}}
 		in.h2c = &http2.Transport{
 			AllowHTTP: true,
 			DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {

@@ -97,6 +97,7 @@ func (s *Server) ServeConn(c net.Conn) {
 }
 
 func (s *Server) serveConn(c net.Conn) {
+	c = netconn.Raw(c)
 	sc := &serverConn{s: s, c: c}
 	s.mu.Lock()
 	if s.closing.Load() {

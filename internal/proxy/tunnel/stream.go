@@ -274,7 +274,7 @@ func (s *Stream) attach(sink net.Conn) {
 	s.sink, s.raw = sink, raw
 	// Made once: a closure per write would allocate on every frame.
 	s.rawWrite = func(fd uintptr) bool {
-		s.wn, s.werr = syscall.Write(int(fd), s.wbuf)
+		s.wn, s.werr = rawWrite(fd, s.wbuf)
 		return true // never wait for the socket: the flusher does that
 	}
 	if len(s.pending) > 0 {

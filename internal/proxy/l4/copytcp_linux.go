@@ -1,11 +1,11 @@
-//go:build unix
-
 package l4
 
 import (
 	"net"
 	"sync"
 	"syscall"
+
+	"github.com/trellis-mesh/trellis/internal/proxy/netconn"
 )
 
 // smallBufSize is copyTCP's buffer: a request, a response, a handshake flight; a full TLS record (16 KiB) fills it.
@@ -26,6 +26,7 @@ func copyTCP(d, s *net.TCPConn) (int64, error) {
 	if err != nil {
 		return d.ReadFrom(s)
 	}
+	dw := netconn.Raw(d)
 	var total int64
 	for {
 		var bp *[]byte
@@ -33,13 +34,18 @@ func copyTCP(d, s *net.TCPConn) (int64, error) {
 		var rerr error
 		err := rc.Read(func(fd uintptr) bool {
 			bp = smallBufPool.Get().(*[]byte)
+			var e syscall.Errno
 			for {
-				n, rerr = syscall.Read(int(fd), *bp)
-				if rerr != syscall.EINTR {
+				n, e = netconn.RawRead(fd, *bp)
+				if e != syscall.EINTR {
 					break
 				}
 			}
-			if rerr == syscall.EAGAIN {
+			rerr = nil
+			if e != 0 {
+				rerr = e
+			}
+			if e == syscall.EAGAIN {
 				// Nothing yet: give the buffer back and wait for the poller.
 				smallBufPool.Put(bp)
 				bp = nil
@@ -56,7 +62,7 @@ func copyTCP(d, s *net.TCPConn) (int64, error) {
 			}
 			return total, err // n == 0 with no error is EOF
 		}
-		w, werr := d.Write((*bp)[:n])
+		w, werr := dw.Write((*bp)[:n])
 		smallBufPool.Put(bp)
 		total += int64(w)
 		if werr != nil {

@@ -1,0 +1,107 @@
+package netconn
+
+import (
+	"bytes"
+	"crypto/rand"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"runtime"
+	"testing"
+	"time"
+)
+
+var isLinux = runtime.GOOS == "linux"
+
+// tcpPair returns both ends of a loopback TCP connection.
+func tcpPair(t *testing.T) (client, server net.Conn) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	acc := make(chan net.Conn, 1)
+	go func() {
+		c, _ := l.Accept()
+		acc <- c
+	}()
+	client, err = net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server = <-acc
+	if server == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { client.Close(); server.Close() })
+	return client, server
+}
+
+func TestRawCarriesBytesBothWays(t *testing.T) {
+	c, s := tcpPair(t)
+	rc, rs := Raw(c), Raw(s)
+	if _, ok := rc.(*rawConn); !ok && isLinux {
+		t.Fatalf("Raw(%T) = %T, want the raw wrapper", c, rc)
+	}
+	// More than the socket buffers hold, so that writes wait for the
+	// reader through the poller.
+	want := make([]byte, 8<<20)
+	rand.Read(want)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := rc.Write(want)
+		if err == nil {
+			err = rc.(interface{ CloseWrite() error }).CloseWrite()
+		}
+		errc <- err
+	}()
+	got, err := io.ReadAll(rs)
+	if err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("got %d bytes, want the %d written", len(got), len(want))
+	}
+	if n, err := rs.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Fatalf("read after the end = %d, %v; want 0, EOF", n, err)
+	}
+}
+
+func TestRawHonoursDeadlinesAndClose(t *testing.T) {
+	c, _ := tcpPair(t)
+	rc := Raw(c)
+	rc.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+	_, err := rc.Read(make([]byte, 10))
+	var ne net.Error
+	if !errors.Is(err, os.ErrDeadlineExceeded) || !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("read past the deadline: %v, want a timeout", err)
+	}
+	rc.SetReadDeadline(time.Time{})
+	done := make(chan error, 1)
+	go func() {
+		_, err := rc.Read(make([]byte, 10))
+		done <- err
+	}()
+	time.Sleep(10 * time.Millisecond)
+	rc.Close()
+	if err := <-done; !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("read on a closed conn: %v, want net.ErrClosed", err)
+	}
+	if _, err := rc.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("write on a closed conn: %v, want net.ErrClosed", err)
+	}
+}
+
+func TestRawLeavesOtherConnsAlone(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	if got := Raw(a); got != a {
+		t.Fatalf("Raw(pipe) = %T, want the pipe itself", got)
+	}
+}
