@@ -493,7 +493,7 @@ func startChild(dir, name string, argv []string, env map[string]string, out io.W
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	groupChild(cmd)
 	pr, pw := io.Pipe()
 	cmd.Stdout, cmd.Stderr = pw, pw
 	if err := cmd.Start(); err != nil {
@@ -518,7 +518,7 @@ func startChild(dir, name string, argv []string, env map[string]string, out io.W
 // to what is left after 3 seconds.
 func stopChildren(children []*child, log *slog.Logger) {
 	for _, c := range children {
-		_ = syscall.Kill(-c.cmd.Process.Pid, syscall.SIGTERM)
+		_ = signalGroup(c.cmd, syscall.SIGTERM)
 	}
 	deadline := time.After(3 * time.Second)
 	for _, c := range children {
@@ -529,7 +529,7 @@ func stopChildren(children []*child, log *slog.Logger) {
 	}
 	for _, c := range children {
 		// The group may outlive its leader (go run's child); kill it anyway.
-		if err := syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL); err == nil {
+		if err := signalGroup(c.cmd, syscall.SIGKILL); err == nil {
 			log.Debug("killed process group", "name", c.name)
 		} else if !errors.Is(err, syscall.ESRCH) {
 			log.Warn("kill process group", "name", c.name, "err", err)
