@@ -46,15 +46,17 @@ func newRequestID() string {
 func nextTraceparent(in string) string {
 	var span [8]byte
 	rand.Read(span[:])
-	parts := strings.Split(in, "-")
-	if len(parts) == 4 && parts[0] == "00" && isHex(parts[1], 32) && parts[1] != strings.Repeat("0", 32) &&
-		isHex(parts[2], 16) && isHex(parts[3], 2) {
-		return "00-" + parts[1] + "-" + hex.EncodeToString(span[:]) + "-" + parts[3]
+	// 00-<32 hex trace ID>-<16 hex parent ID>-<2 hex flags>
+	if len(in) == 55 && in[:3] == "00-" && in[35] == '-' && in[52] == '-' &&
+		isHex(in[3:35], 32) && in[3:35] != zeroTrace && isHex(in[36:52], 16) && isHex(in[53:], 2) {
+		return in[:36] + hex.EncodeToString(span[:]) + in[52:]
 	}
 	var trace [16]byte
 	rand.Read(trace[:])
 	return "00-" + hex.EncodeToString(trace[:]) + "-" + hex.EncodeToString(span[:]) + "-01"
 }
+
+var zeroTrace = strings.Repeat("0", 32)
 
 func isHex(s string, n int) bool {
 	if len(s) != n {

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/net/http2/hpack"
 
@@ -27,20 +28,38 @@ var connectionHeaders = map[string]bool{
 	"transfer-encoding": true, "upgrade": true,
 }
 
-// lowerNames caches the HTTP/2 (lowercase) names of canonical header keys:
-// the set of names a mesh sees is small, and lowercasing allocates.
-var lowerNames sync.Map
+// nameCache maps header names from one spelling to another (canonical to
+// lowercase, and back): the set of names a mesh sees is small, and
+// converting allocates. It stops taking new names at maxCachedNames, so
+// that clients sending made-up names cannot grow it without end.
+type nameCache struct {
+	m       sync.Map
+	n       atomic.Int32
+	convert func(string) string
+}
 
-func lowerName(k string) string {
-	if v, ok := lowerNames.Load(k); ok {
+const maxCachedNames = 1024
+
+func (c *nameCache) get(k string) string {
+	if v, ok := c.m.Load(k); ok {
 		return v.(string)
 	}
-	l := strings.ToLower(k)
-	if len(k) <= 64 {
-		lowerNames.Store(k, l)
+	v := c.convert(k)
+	if len(k) <= 64 && c.n.Load() < maxCachedNames {
+		if _, loaded := c.m.LoadOrStore(k, v); !loaded {
+			c.n.Add(1)
+		}
 	}
-	return l
+	return v
 }
+
+var (
+	lowerNames     = nameCache{convert: strings.ToLower}
+	canonicalNames = nameCache{convert: textproto.CanonicalMIMEHeaderKey}
+)
+
+// lowerName is the HTTP/2 name of a canonical header key.
+func lowerName(k string) string { return lowerNames.get(k) }
 
 // appendFields appends h as HTTP/2 header fields, leaving out the
 // connection-specific ones and those for which skip is true.
@@ -64,14 +83,22 @@ func appendFields(fields []hpack.HeaderField, h http.Header, skip func(string) b
 // cookies again (RFC 9113 section 8.2.3).
 func fieldsHeader(fields []hpack.HeaderField) http.Header {
 	h := make(http.Header, len(fields))
+	// One array holds the values: a slice per name would cost an
+	// allocation per field. A repeated name grows its own slice.
+	vals := make([]string, len(fields))
 	var cookies []string
-	for _, f := range fields {
+	for i, f := range fields {
 		if f.Name == "cookie" {
 			cookies = append(cookies, f.Value)
 			continue
 		}
-		k := textproto.CanonicalMIMEHeaderKey(f.Name)
-		h[k] = append(h[k], f.Value)
+		k := canonicalNames.get(f.Name)
+		if vv, ok := h[k]; ok {
+			h[k] = append(vv, f.Value)
+			continue
+		}
+		vals[i] = f.Value
+		h[k] = vals[i : i+1 : i+1]
 	}
 	if len(cookies) > 0 {
 		h["Cookie"] = []string{strings.Join(cookies, "; ")}
