@@ -21,9 +21,9 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b 
 // with a source it cannot splice from (TLS, HTTP/2 bodies), allocate a fresh
 // 32 KiB buffer for every connection.
 //
-// Between two plain TCP sockets it splices instead: the kernel moves the
-// bytes, with no user-space buffer and no copy through this process (the
-// pass-through gateway and the edge in passthrough mode).
+// Between two plain TCP sockets (the pass-through gateway, and the edge in
+// passthrough mode) copyTCP does the work: raw reads and writes through a
+// buffer held only while the socket is readable, on Linux.
 func copyBuf(dst io.Writer, src io.Reader) (int64, error) {
 	if d, ok := dst.(*net.TCPConn); ok {
 		if s, ok := src.(*net.TCPConn); ok {

@@ -4,5 +4,6 @@ package l4
 
 import "net"
 
-// copyTCP splices (or copies, where the platform cannot).
+// copyTCP copies with the platform's best means (sendfile or splice where
+// it has them).
 func copyTCP(d, s *net.TCPConn) (int64, error) { return d.ReadFrom(s) }

@@ -230,9 +230,9 @@ func tcpPair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
 	return c.(*net.TCPConn), s.(*net.TCPConn)
 }
 
-// Join between two TCP sockets copies small messages through a buffer and
-// switches to splice for bulk: whichever, every byte arrives in order, the
-// counts are exact and half-closes pass.
+// Join between two TCP sockets copies small messages through the small
+// buffer and bulk through the large one: whichever, every byte arrives in
+// order, the counts are exact and half-closes pass.
 func TestJoinTCPSmallThenBulk(t *testing.T) {
 	client, front := tcpPair(t)
 	back, app := tcpPair(t)
