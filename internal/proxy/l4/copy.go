@@ -7,6 +7,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/trellis-mesh/trellis/internal/proxy/netconn"
 )
 
 // bufSize is the copy buffer: large enough that bulk transfers move in big
@@ -41,6 +43,10 @@ type readerOnly struct{ io.Reader }
 // closeWrite half-closes c when it can, so the peer sees EOF while its
 // answer can still come back.
 func closeWrite(c io.Closer) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = netconn.CloseWrite(tc)
+		return
+	}
 	type cw interface{ CloseWrite() error }
 	if x, ok := c.(cw); ok {
 		_ = x.CloseWrite()

@@ -125,3 +125,23 @@ func (c *rawConn) opError(op string, err error) error {
 	}
 	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
 }
+
+// CloseWrite half-closes c with a raw shutdown(2) (see Raw).
+func CloseWrite(c *net.TCPConn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return c.CloseWrite()
+	}
+	var e syscall.Errno
+	if err := rc.Control(func(fd uintptr) {
+		_, _, e = syscall.RawSyscall(syscall.SYS_SHUTDOWN, fd, syscall.SHUT_WR, 0)
+	}); err != nil {
+		return &net.OpError{Op: "shutdown", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+	}
+	if e != 0 {
+		return &net.OpError{Op: "shutdown", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("shutdown", e)}
+	}
+	return nil
+}
+
+func (c *rawConn) CloseWrite() error { return CloseWrite(c.TCPConn) }

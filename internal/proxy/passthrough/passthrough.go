@@ -161,7 +161,7 @@ func (l *Listener) serve(c net.Conn) {
 			return
 		}
 	}
-	if _, err := up.Write(hello); err != nil {
+	if _, err := netconn.Raw(up).Write(hello); err != nil {
 		return
 	}
 	l.Metrics.Connections.WithLabelValues("passthrough", svc, "ok").Inc()
