@@ -153,12 +153,18 @@ func allowAll(identity.ID, *httpmatch.Request) authz.Decision {
 }
 
 // startOutbound serves the client app's requests for web and returns the
-// URL of its local listener.
-func startOutbound(t testing.TB, ca *trellistest.CA, state func() (*Router, []balance.Endpoint)) (string, *Outbound) {
+// URL of its local listener. Each of configure changes the Outbound before
+// it serves: afterwards its fields are the serving goroutines'.
+func startOutbound(t testing.TB, ca *trellistest.CA, state func() (*Router, []balance.Endpoint), configure ...func(*Outbound)) (string, *Outbound) {
 	pool := l4.NewPool(0, 0, nil)
 	cfg := ca.Source(t, "client").ClientConfig(certs.ExpectService("web"), l4.ALPN)
 	o := &Outbound{Service: "web", Source: "client", State: state,
-		Conn: func(ep balance.Endpoint) (*tunnel.Conn, error) { return pool.Get(ep.Addr, "web", cfg) }}
+		Conn:    func(ep balance.Endpoint) (*tunnel.Conn, error) { return pool.Get(ep.Addr, "web", cfg) },
+		Metrics: NewMetrics(nil), // set here, not by the serving goroutines: tests read it
+	}
+	for _, f := range configure {
+		f(o)
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -400,8 +406,9 @@ func TestCircuitBreaker(t *testing.T) {
 		io.WriteString(w, "done")
 	}
 	in := startInbound(t, ca, a, allowAll)
-	url, o := startOutbound(t, ca, static(mustCompile(t, nil), balance.Endpoint{Addr: in}))
-	o.Limits = func() *v1.ServiceLimits { return &v1.ServiceLimits{MaxRequests: 2, MaxPendingRequests: 1} }
+	url, o := startOutbound(t, ca, static(mustCompile(t, nil), balance.Endpoint{Addr: in}), func(o *Outbound) {
+		o.Limits = func() *v1.ServiceLimits { return &v1.ServiceLimits{MaxRequests: 2, MaxPendingRequests: 1} }
+	})
 
 	codes := make(chan int, 3)
 	for range 3 {
@@ -446,8 +453,9 @@ func TestAccessLog(t *testing.T) {
 	a := startApp(t, "web")
 	in := startInbound(t, ca, a, allowAll)
 	var buf syncBuffer
-	url, o := startOutbound(t, ca, static(mustCompile(t, nil), balance.Endpoint{Addr: in, Instance: "web-1", Version: "v1"}))
-	o.Logger = slog.New(slog.NewJSONHandler(&buf, nil))
+	url, _ := startOutbound(t, ca, static(mustCompile(t, nil), balance.Endpoint{Addr: in, Instance: "web-1", Version: "v1"}), func(o *Outbound) {
+		o.Logger = slog.New(slog.NewJSONHandler(&buf, nil))
+	})
 	get(t, url+"/logged", "X-Request-Id: req-42")
 	eventually(t, 2*time.Second, "access line", func() bool { return strings.Contains(buf.String(), `"msg":"access"`) })
 	line := buf.String()

@@ -14,9 +14,13 @@ import (
 // returns in microseconds, but as an ordinary system call it lets sysmon
 // take the goroutine's P away when it sees it in a call twice in a row
 // (20 us apart): under load that kept sysmon waking every 20 us and handed
-// Ps between threads on every few requests, a sixth of an L7 sidecar's
+// Ps between threads on every few requests, a fifth of an L7 sidecar's
 // CPU. Waiting still goes through the netpoller. Anything but a
 // *net.TCPConn is returned as it is.
+//
+// The race detector takes ordinary socket calls as synchronizing (a write
+// happens before the read that sees it); it does not know these, so code
+// must order its memory with Go's own means, not a socket round trip.
 func Raw(c net.Conn) net.Conn {
 	tc, ok := c.(*net.TCPConn)
 	if !ok {
