@@ -55,14 +55,17 @@ func TestExamplePipeline(t *testing.T) {
 		t.Errorf("services after the pipeline:\n%s", got)
 	}
 	targets := func() []v1.RouteTarget {
-		var rs []struct{ Spec v1.RouteSpec }
-		if err := json.Unmarshal([]byte(s.mustCLI(t, "get", "route", "hello-web", "-o", "json")), &rs); err != nil {
+		var r struct {
+			Kind, Name string
+			Spec       v1.RouteSpec
+		}
+		if err := json.Unmarshal([]byte(s.mustCLI(t, "get", "route", "hello-web", "-o", "json")), &r); err != nil {
 			t.Fatal(err)
 		}
-		if len(rs) != 1 || len(rs[0].Spec.Rules) != 1 {
-			t.Fatalf("routes %+v", rs)
+		if r.Kind != v1.KindRoute || r.Name != "hello-web" || len(r.Spec.Rules) != 1 {
+			t.Fatalf("route %+v", r)
 		}
-		return rs[0].Spec.Rules[0].Targets
+		return r.Spec.Rules[0].Targets
 	}
 	if got := targets(); !reflect.DeepEqual(got, []v1.RouteTarget{{Version: "3f9c2a1b", Weight: 100}}) {
 		t.Errorf("first version: route targets %+v", got)

@@ -157,6 +157,10 @@ func runGet(ctx context.Context, e *env, args []string) error {
 		if err != nil {
 			return err
 		}
+		// One named resource prints as itself, in JSON as in YAML.
+		if *out == "json" {
+			return show(e.stdout, *out, r, nil)
+		}
 		res = []v1.Resource{r}
 		if *out == "table" {
 			*out = "yaml"
