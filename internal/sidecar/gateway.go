@@ -16,6 +16,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/certs"
 	"github.com/trellis-mesh/trellis/internal/proxy/l4"
 	"github.com/trellis-mesh/trellis/internal/proxy/l7"
+	"github.com/trellis-mesh/trellis/internal/proxy/netconn"
 	"github.com/trellis-mesh/trellis/internal/proxy/passthrough"
 	"github.com/trellis-mesh/trellis/internal/proxy/tunnel"
 )
@@ -150,7 +151,7 @@ func (g *gateway) start(spec v1.GatewayListener) (*gwListener, error) {
 			return nil, err
 		}
 		cancel = stop
-		ln = tls.NewListener(ln, certs.EdgeServerConfig(get, nil, "http/1.1"))
+		ln = tls.NewListener(netconn.RawListener(ln), certs.EdgeServerConfig(get, nil, "http/1.1"))
 	}
 	in := &l7.Ingress{
 		Name: fmt.Sprintf("%s:%d", g.p.cfg.Service, port),

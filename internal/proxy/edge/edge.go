@@ -125,6 +125,11 @@ func (e *Listener) serve(raw net.Conn) {
 		}
 	}
 	e.Metrics.Connections.WithLabelValues("edge", "", "ok").Inc()
+	if e.TLS != nil {
+		// TLS to plain: no socket-to-socket copy, so the app's side may
+		// write raw as well.
+		app = netconn.Raw(app)
+	}
 	in, out := l4.Join(client, app, 0)
 	e.Metrics.Bytes.WithLabelValues("edge", "", "received").Add(float64(in))
 	e.Metrics.Bytes.WithLabelValues("edge", "", "sent").Add(float64(out))
@@ -148,9 +153,9 @@ func (e *Listener) accept(c net.Conn) (net.Conn, error) {
 		c = &proxied{pc}
 	}
 	if e.TLS == nil {
-		return c, nil
+		return c, nil // passed through: copied socket to socket
 	}
-	tc := tls.Server(c, e.TLS)
+	tc := tls.Server(netconn.Raw(c), e.TLS)
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 	if err := tc.HandshakeContext(ctx); err != nil {

@@ -52,3 +52,18 @@ func (p *peekedConn) CloseWrite() error {
 	}
 	return p.Conn.Close()
 }
+
+// RawListener returns l accepting connections wrapped by Raw: for a
+// listener whose connections are wrapped again (TLS) before anyone sees
+// them.
+func RawListener(l net.Listener) net.Listener { return rawListener{l} }
+
+type rawListener struct{ net.Listener }
+
+func (l rawListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return Raw(c), nil
+}

@@ -105,3 +105,34 @@ func TestRawLeavesOtherConnsAlone(t *testing.T) {
 		t.Fatalf("Raw(pipe) = %T, want the pipe itself", got)
 	}
 }
+
+func TestRawListenerWrapsWhatItAccepts(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rl := RawListener(l)
+	defer rl.Close()
+	go func() {
+		c, err := net.Dial("tcp", l.Addr().String())
+		if err == nil {
+			c.Write([]byte("ping"))
+			c.Close()
+		}
+	}()
+	c, err := rl.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, plain := c.(*net.TCPConn); plain && isLinux {
+		t.Fatal("Accept returned an unwrapped *net.TCPConn")
+	}
+	if got, err := io.ReadAll(c); err != nil || string(got) != "ping" {
+		t.Fatalf("read %q, %v; want ping", got, err)
+	}
+	rl.Close()
+	if _, err := rl.Accept(); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Accept after Close: %v, want net.ErrClosed", err)
+	}
+}
