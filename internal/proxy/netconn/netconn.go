@@ -1,6 +1,7 @@
 // Package netconn holds the connection plumbing every proxy shares: the
-// accept loop of a listener, and a connection whose first bytes a sniffer
-// has already read.
+// accept loop of a listener, a connection whose first bytes a sniffer has
+// already read, and sockets that read and write with raw system calls
+// (Raw, RawListener).
 package netconn
 
 import (
