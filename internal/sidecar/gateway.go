@@ -125,7 +125,8 @@ func (g *gateway) start(spec v1.GatewayListener) (*gwListener, error) {
 	if ip == "" {
 		ip = "0.0.0.0"
 	}
-	ln, err := net.Listen("tcp", net.JoinHostPort(ip, strconv.Itoa(spec.Port)))
+	lc := netconn.ListenConfig()
+	ln, err := lc.Listen(g.ctx, "tcp", net.JoinHostPort(ip, strconv.Itoa(spec.Port)))
 	if err != nil {
 		return nil, err
 	}

@@ -182,7 +182,7 @@ func (l *Listener) dial(svc, sni string) (*target, net.Conn, error) {
 			break
 		}
 		tried[t.addr] = true
-		c, err := net.DialTimeout("tcp", t.addr, 5*time.Second)
+		c, err := netconn.Dialer(5*time.Second).Dial("tcp", t.addr)
 		if err != nil {
 			lastErr = err
 			l.mu.Lock()
