@@ -15,22 +15,7 @@ func TestKeepAliveOnAcceptedAndDialedConns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	acc := make(chan net.Conn, 1)
-	go func() {
-		c, _ := l.Accept()
-		acc <- c
-	}()
-	d, err := Dialer(0).Dial("tcp", l.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	a := <-acc
-	if a == nil {
-		t.Fatal("accept failed")
-	}
-	defer a.Close()
+	d, a := acceptPair(t, l, Dialer(0).Dial)
 	for name, c := range map[string]net.Conn{"accepted": a, "dialed": d} {
 		rc, err := c.(*net.TCPConn).SyscallConn()
 		if err != nil {

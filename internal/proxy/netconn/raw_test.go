@@ -21,13 +21,19 @@ func tcpPair(t *testing.T) (client, server net.Conn) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return acceptPair(t, l, net.Dial)
+}
+
+// acceptPair connects to l with dial and returns both ends; it closes l.
+func acceptPair(t *testing.T, l net.Listener, dial func(network, addr string) (net.Conn, error)) (client, server net.Conn) {
+	t.Helper()
 	defer l.Close()
 	acc := make(chan net.Conn, 1)
 	go func() {
 		c, _ := l.Accept()
 		acc <- c
 	}()
-	client, err = net.Dial("tcp", l.Addr().String())
+	client, err := dial("tcp", l.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
