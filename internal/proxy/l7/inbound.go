@@ -153,7 +153,6 @@ func (in *Inbound) proxy(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "trellis: app unreachable\n")
 		return
 	}
-	endTrailersOnly(resp)
 	copyResponse(w, resp)
 }
 

@@ -94,7 +94,6 @@ func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
-	endTrailersOnly(resp)
 	copyResponse(w, resp)
 }
 

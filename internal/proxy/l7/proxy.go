@@ -87,6 +87,7 @@ func isPrint(s string) bool {
 // its trailers. An error while copying the body aborts the response, so
 // that the client does not take a cut body for a whole one.
 func copyResponse(w http.ResponseWriter, resp *http.Response) {
+	endTrailersOnly(resp)
 	removeHopByHop(resp.Header)
 	h := w.Header()
 	for k, vv := range resp.Header {

@@ -83,15 +83,14 @@ func (c *rawConn) Read(p []byte) (int, error) {
 	}
 	c.rmu.Lock()
 	defer c.rmu.Unlock()
-	c.rbuf = p
 	for {
+		c.rbuf = p
 		err := c.rc.Read(c.readFn)
 		c.rbuf = nil
 		switch {
 		case err != nil:
 			return 0, c.opError("read", err)
 		case c.rerr == syscall.EINTR:
-			c.rbuf = p
 			continue
 		case c.rerr != 0:
 			return 0, c.opError("read", c.rerr)
