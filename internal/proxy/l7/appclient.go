@@ -8,8 +8,12 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/textproto"
+	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // appClient sends requests to the local app over HTTP/1.1 keep-alive
@@ -122,7 +126,7 @@ func (a *appClient) roundTrip(ac *appConn, req *http.Request) (*http.Response, e
 	defer stop()
 	var written chan error
 	if noBody(req) {
-		if err := req.Write(ac.bw); err != nil {
+		if err := writeBodiless(ac.bw, req); err != nil {
 			return nil, &notWritten{err}
 		}
 		if err := ac.bw.Flush(); err != nil {
@@ -157,6 +161,63 @@ func (a *appClient) roundTrip(ac *appConn, req *http.Request) (*http.Response, e
 	}
 	resp.Body = &appBody{ReadCloser: resp.Body, a: a, ac: ac, reuse: !resp.Close && !req.Close, written: written}
 	return resp, nil
+}
+
+// writeBodiless writes a request without a body as req.Write does (Host
+// and User-Agent first, then the other fields; "Content-Length: 0" for the
+// methods that expect a body), without net/http's transfer writer, which
+// sorts the field names and allocates several times on every request.
+func writeBodiless(bw *bufio.Writer, req *http.Request) error {
+	host := req.Host
+	if host == "" {
+		host = req.URL.Host
+	}
+	if !httpguts.ValidHostHeader(host) {
+		return errors.New("http: invalid Host header")
+	}
+	bw.WriteString(req.Method)
+	bw.WriteByte(' ')
+	bw.WriteString(req.URL.RequestURI())
+	bw.WriteString(" HTTP/1.1\r\nHost: ")
+	bw.WriteString(host)
+	bw.WriteString("\r\n")
+	ua := "Go-http-client/1.1"
+	if v, ok := req.Header["User-Agent"]; ok {
+		ua = ""
+		if len(v) > 0 {
+			ua = v[0]
+		}
+	}
+	if ua != "" {
+		writeField(bw, "User-Agent", ua)
+	}
+	switch req.Method {
+	case http.MethodPost, http.MethodPut, http.MethodPatch:
+		bw.WriteString("Content-Length: 0\r\n")
+	}
+	for k, vv := range req.Header {
+		switch k {
+		case "Host", "User-Agent", "Content-Length", "Transfer-Encoding", "Trailer":
+			continue
+		}
+		for _, v := range vv {
+			writeField(bw, k, v)
+		}
+	}
+	_, err := bw.WriteString("\r\n")
+	return err
+}
+
+// writeField writes one header field line; as net/http, line breaks in
+// the value become spaces, and surrounding blanks go.
+func writeField(bw *bufio.Writer, k, v string) {
+	if strings.ContainsAny(v, "\r\n") {
+		v = strings.NewReplacer("\r", " ", "\n", " ").Replace(v)
+	}
+	bw.WriteString(k)
+	bw.WriteString(": ")
+	bw.WriteString(textproto.TrimString(v))
+	bw.WriteString("\r\n")
 }
 
 // appBody returns its connection to the pool once read to the end.
