@@ -135,9 +135,10 @@ type Conn struct {
 	mu             sync.Mutex
 	cond           *sync.Cond // send windows grew, or a stream or the conn ended
 	streams        map[uint32]*Stream
-	nextID         uint32 // client: the next stream ID
-	lastPeerID     uint32 // server: the highest stream ID the peer opened
-	reserved       int    // client: slots promised by Reserve, not yet opened
+	open           atomic.Int32 // len(streams), read without mu
+	nextID         uint32       // client: the next stream ID
+	lastPeerID     uint32       // server: the highest stream ID the peer opened
+	reserved       int          // client: slots promised by Reserve, not yet opened
 	peerMaxStreams uint32
 	peerWindow     int64 // the peer's SETTINGS_INITIAL_WINDOW_SIZE
 	peerFrame      int
@@ -598,6 +599,7 @@ func (c *Conn) newStreamLocked(id uint32) *Stream {
 		s.resp = make(chan response, 1)
 	}
 	c.streams[id] = s
+	c.open.Add(1)
 	return s
 }
 
@@ -610,6 +612,7 @@ func (c *Conn) forget(s *Stream) {
 		return
 	}
 	delete(c.streams, s.id)
+	c.open.Add(-1)
 	c.cond.Broadcast()
 	last := len(c.streams) == 0
 	if last {

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -580,5 +581,64 @@ func TestRapidResetIsCutOff(t *testing.T) {
 	}
 	if n := handled.Load(); n > 2*maxResetsPerSecond {
 		t.Fatalf("%d streams handled before the cut-off", n)
+	}
+}
+
+// Streams that send at the same moment share socket writes: the goroutine
+// that would write first lets the others add their frames. On one P the
+// order is fixed: without that yield, each request is a write of its own.
+func TestConcurrentStreamsShareWrites(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	cn, sn := tcpPair(t)
+	counted := &countingConn{Conn: cn}
+	srv := NewServer(sn, Config{Requests: true}, func(s *Stream) {
+		s.WriteResponse(200, nil, nil, true)
+	})
+	go srv.Run()
+	t.Cleanup(func() { srv.Close() })
+	cli, err := NewClient(counted, Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	request := func() error {
+		if !cli.Reserve() {
+			return errors.New("no room for a stream")
+		}
+		s, err := cli.OpenRequest([]hpack.HeaderField{
+			{Name: ":method", Value: "GET"}, {Name: ":scheme", Value: "http"},
+			{Name: ":authority", Value: "web"}, {Name: ":path", Value: "/"}}, nil, true)
+		if err != nil {
+			return err
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, _, err = s.Response(ctx)
+		return err
+	}
+	if err := request(); err != nil { // SETTINGS exchanged
+		t.Fatal(err)
+	}
+	const n = 64
+	start := make(chan struct{})
+	errs := make(chan error, n)
+	for range n {
+		go func() {
+			<-start
+			errs <- request()
+		}()
+	}
+	time.Sleep(50 * time.Millisecond) // all waiting at the start
+	before := counted.count()
+	close(start)
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Each request is one HEADERS frame; window updates and SETTINGS
+	// acknowledgements may add a few writes.
+	if w := counted.count() - before; w > n/4 {
+		t.Fatalf("%d requests sent at once took %d socket writes, want at most %d", n, w, n/4)
 	}
 }
