@@ -172,8 +172,18 @@ func writeBodiless(bw *bufio.Writer, req *http.Request) error {
 	if host == "" {
 		host = req.URL.Host
 	}
+	host, err := httpguts.PunycodeHostPort(host)
+	if err != nil {
+		return err
+	}
 	if !httpguts.ValidHostHeader(host) {
 		return errors.New("http: invalid Host header")
+	}
+	// An IPv6 zone names an interface of the sender, not a host.
+	if end := strings.LastIndexByte(host, ']'); end > 0 && host[0] == '[' {
+		if zone := strings.LastIndexByte(host[:end], '%'); zone > 0 {
+			host = host[:zone] + host[end:]
+		}
 	}
 	bw.WriteString(req.Method)
 	bw.WriteByte(' ')
@@ -204,7 +214,7 @@ func writeBodiless(bw *bufio.Writer, req *http.Request) error {
 			writeField(bw, k, v)
 		}
 	}
-	_, err := bw.WriteString("\r\n")
+	_, err = bw.WriteString("\r\n")
 	return err
 }
 

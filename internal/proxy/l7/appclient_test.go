@@ -24,6 +24,9 @@ func TestWriteBodilessAsRequestWrite(t *testing.T) {
 		{"options star", "OPTIONS", "*", "web", nil},
 		{"hop fields dropped", "GET", "/", "web", http.Header{"Transfer-Encoding": {"chunked"}, "Trailer": {"X"}}},
 		{"value with line break", "GET", "/", "web", http.Header{"X-Odd": {"a\r\nb "}}},
+		{"non-ASCII host", "GET", "/", "bücher.example:8080", nil},
+		{"IPv6 zone", "GET", "/", "[fe80::1%25eth0]:8080", nil},
+		{"no host", "GET", "/", "", nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			mk := func() *http.Request {
