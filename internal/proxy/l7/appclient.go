@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/textproto"
 	"strings"
 	"sync"
 	"time"
@@ -216,18 +215,6 @@ func writeBodiless(bw *bufio.Writer, req *http.Request) error {
 	}
 	_, err = bw.WriteString("\r\n")
 	return err
-}
-
-// writeField writes one header field line; as net/http, line breaks in
-// the value become spaces, and surrounding blanks go.
-func writeField(bw *bufio.Writer, k, v string) {
-	if strings.ContainsAny(v, "\r\n") {
-		v = strings.NewReplacer("\r", " ", "\n", " ").Replace(v)
-	}
-	bw.WriteString(k)
-	bw.WriteString(": ")
-	bw.WriteString(textproto.TrimString(v))
-	bw.WriteString("\r\n")
 }
 
 // appBody returns its connection to the pool once read to the end.

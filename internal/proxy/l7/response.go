@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"net/textproto"
 	"strconv"
 	"strings"
 	"sync"
@@ -238,13 +239,7 @@ func (w *responseWriter) writeFields(skip func(string) bool) {
 			continue
 		}
 		for _, v := range vv {
-			if strings.ContainsAny(v, "\r\n") {
-				v = newlineToSpace.Replace(v)
-			}
-			w.bw.WriteString(k)
-			w.bw.WriteString(": ")
-			w.bw.WriteString(strings.TrimSpace(v))
-			w.bw.WriteString("\r\n")
+			writeField(w.bw, k, v)
 		}
 	}
 }
@@ -348,6 +343,19 @@ func statusLine(code int) string {
 		return statusLines[code]
 	}
 	return strconv.Itoa(code) + " status code " + strconv.Itoa(code)
+}
+
+// writeField writes one header field line. As net/http does, line breaks
+// in the value become spaces and blanks around it go (spaces and tabs
+// only: other characters are the value's).
+func writeField(bw *bufio.Writer, k, v string) {
+	if strings.ContainsAny(v, "\r\n") {
+		v = newlineToSpace.Replace(v)
+	}
+	bw.WriteString(k)
+	bw.WriteString(": ")
+	bw.WriteString(textproto.TrimString(v))
+	bw.WriteString("\r\n")
 }
 
 // newlineToSpace keeps a field value on its line.
