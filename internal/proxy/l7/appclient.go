@@ -121,8 +121,17 @@ func (e *notWritten) Unwrap() error { return e.err }
 func noBody(req *http.Request) bool { return req.Body == nil || req.Body == http.NoBody }
 
 func (a *appClient) roundTrip(ac *appConn, req *http.Request) (*http.Response, error) {
+	var body *appBody
 	stop := context.AfterFunc(req.Context(), func() { ac.c.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
+	defer func() {
+		if !stop() && body != nil {
+			// Canceled as the response came: the deadline that ended the
+			// wait stays on the connection, and a body already buffered
+			// would still read to its end, so the connection must not go
+			// back to the pool (the next request on it would fail).
+			body.reuse = false
+		}
+	}()
 	var written chan error
 	if noBody(req) {
 		if err := writeBodiless(ac.bw, req); err != nil {
@@ -158,7 +167,8 @@ func (a *appClient) roundTrip(ac *appConn, req *http.Request) (*http.Response, e
 		}
 		// 1xx: the final response follows.
 	}
-	resp.Body = &appBody{ReadCloser: resp.Body, a: a, ac: ac, reuse: !resp.Close && !req.Close, written: written}
+	body = &appBody{ReadCloser: resp.Body, a: a, ac: ac, reuse: !resp.Close && !req.Close, written: written}
+	resp.Body = body
 	return resp, nil
 }
 

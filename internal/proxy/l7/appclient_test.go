@@ -3,10 +3,16 @@ package l7
 import (
 	"bufio"
 	"bytes"
+	"context"
+	"io"
+	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"reflect"
+	"sync"
 	"testing"
+	"time"
 )
 
 // writeBodiless must put on the wire what req.Write would for the same
@@ -69,4 +75,65 @@ func TestWriteBodilessRefusesBadHost(t *testing.T) {
 	if err := writeBodiless(bufio.NewWriter(new(bytes.Buffer)), req); err == nil {
 		t.Fatal("a Host with CRLF was written")
 	}
+}
+
+// A request canceled just as its response arrives must not leave its
+// connection in the pool with the deadline that ended it: the next request
+// to take the connection would fail.
+func TestCanceledRequestDoesNotPoisonThePool(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "ok")
+	}))
+	defer srv.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	a := &appClient{target: srv.Listener.Addr().String(), maxIdle: 4, dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return &cancelOnRead{Conn: c, cancel: cancel, deadlineSet: make(chan struct{})}, nil
+	}}
+	defer a.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, "GET", "http://"+a.target+"/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := a.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err := io.ReadAll(resp.Body); err != nil || string(b) != "ok" {
+		t.Fatalf("body %q, %v", b, err)
+	}
+	resp.Body.Close()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(a.idle) != 0 {
+		t.Fatal("the connection of a request canceled as its response came went back to the pool")
+	}
+}
+
+// cancelOnRead cancels the request when its response has been read from
+// the socket, and returns the bytes only once the cancellation has set
+// the connection's deadline: the response is buffered, the request gone.
+type cancelOnRead struct {
+	net.Conn
+	cancel      func()
+	once, set   sync.Once
+	deadlineSet chan struct{}
+}
+
+func (c *cancelOnRead) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.once.Do(func() { c.cancel(); <-c.deadlineSet })
+	}
+	return n, err
+}
+
+func (c *cancelOnRead) SetDeadline(t time.Time) error {
+	err := c.Conn.SetDeadline(t)
+	c.set.Do(func() { close(c.deadlineSet) })
+	return err
 }

@@ -3,7 +3,6 @@ package l7
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -144,8 +143,8 @@ func (in *Inbound) proxy(w http.ResponseWriter, r *http.Request) {
 		resp, err = in.h1.RoundTrip(r)
 	}
 	if err != nil {
-		if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
-			return
+		if r.Context().Err() != nil {
+			return // the caller went away; its cancellation ended the call
 		}
 		in.Logger.Warn("app request failed", "target", in.Target, "err", err)
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
