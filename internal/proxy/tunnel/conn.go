@@ -124,6 +124,7 @@ type Conn struct {
 	hbuf    bytes.Buffer
 
 	fr *http2.Framer // the reader's
+	hr *headerReader // the reader's
 
 	// Read by the reader only.
 	recvWindow  int64 // what the peer may still send on the connection
@@ -174,8 +175,7 @@ func newConn(nc net.Conn, cfg Config, client bool) *Conn {
 	c.henc = hpack.NewEncoder(&c.hbuf)
 	c.fr.SetReuseFrames()
 	c.fr.SetMaxReadFrameSize(cfg.MaxFrameSize)
-	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	c.fr.MaxHeaderListSize = cfg.MaxHeaderBytes
+	c.hr = newHeaderReader(cfg.MaxHeaderBytes)
 	return c
 }
 
@@ -386,6 +386,10 @@ func (c *Conn) readLoop() {
 	first := true
 	for {
 		f, err := c.fr.ReadFrame()
+		var hb *headerBlock
+		if hf, ok := f.(*http2.HeadersFrame); ok && err == nil {
+			hb, err = c.hr.read(c.fr, hf)
+		}
 		if err != nil {
 			var se http2.StreamError
 			if errors.As(err, &se) {
@@ -415,8 +419,8 @@ func (c *Conn) readLoop() {
 		switch f := f.(type) {
 		case *http2.DataFrame:
 			err = c.onData(f)
-		case *http2.MetaHeadersFrame:
-			err = c.onHeaders(f)
+		case *http2.HeadersFrame:
+			err = c.onHeaders(hb)
 		case *http2.WindowUpdateFrame:
 			err = c.onWindowUpdate(f)
 		case *http2.SettingsFrame:
@@ -497,12 +501,12 @@ func (c *Conn) idle(id uint32) bool {
 	return id > c.lastPeerID
 }
 
-func (c *Conn) onHeaders(f *http2.MetaHeadersFrame) error {
-	id := f.Header().StreamID
+func (c *Conn) onHeaders(b *headerBlock) error {
+	id := b.streamID
 	if c.client {
 		s, err := c.frameStream(id)
 		if s != nil {
-			s.onResponse(f)
+			s.onResponse(b)
 		}
 		return err
 	}
@@ -513,11 +517,11 @@ func (c *Conn) onHeaders(f *http2.MetaHeadersFrame) error {
 	if s := c.streams[id]; s != nil {
 		c.mu.Unlock()
 		// Trailers: they must end the stream.
-		if !f.StreamEnded() {
+		if !b.endStream {
 			c.resetStream(id, http2.ErrCodeProtocol, errors.New("tunnel: HEADERS in the middle of a stream"))
 			return nil
 		}
-		s.onTrailers(f)
+		s.onTrailers(b)
 		return nil
 	}
 	if id <= c.lastPeerID {
@@ -530,12 +534,12 @@ func (c *Conn) onHeaders(f *http2.MetaHeadersFrame) error {
 		c.queue(func(fw *http2.Framer) error { return fw.WriteRSTStream(id, http2.ErrCodeRefusedStream) })
 		return nil
 	}
-	method, authority, path := f.PseudoValue("method"), f.PseudoValue("authority"), f.PseudoValue("path")
-	scheme := f.PseudoValue("scheme")
+	method, authority, path := b.pseudo(":method"), b.pseudo(":authority"), b.pseudo(":path")
+	scheme := b.pseudo(":scheme")
 	var status int
 	var reason string
 	switch {
-	case f.Truncated:
+	case b.truncated:
 		status, reason = 431, "request header fields too large"
 	case method == "CONNECT" && (authority == "" || path != ""):
 		status, reason = 400, "CONNECT needs an authority and no path"
@@ -562,7 +566,7 @@ func (c *Conn) onHeaders(f *http2.MetaHeadersFrame) error {
 	s := c.newStreamLocked(id)
 	s.Authority = authority
 	if method == "CONNECT" {
-		if fields := f.RegularFields(); len(fields) > 0 {
+		if fields := b.regular(); len(fields) > 0 {
 			s.Header = make(map[string]string, len(fields))
 			for _, hf := range fields {
 				s.Header[hf.Name] = hf.Value
@@ -570,12 +574,12 @@ func (c *Conn) onHeaders(f *http2.MetaHeadersFrame) error {
 		}
 	} else {
 		s.Method, s.Scheme, s.Path = method, scheme, path
-		s.Fields = f.RegularFields()
+		s.Fields = b.regularCopy()
 		s.request = true
 		s.readable = sync.NewCond(&s.mu)
 	}
 	c.mu.Unlock()
-	if f.StreamEnded() {
+	if b.endStream {
 		s.deliver(nil, true, 0)
 	}
 	spawn(func() {

@@ -6,7 +6,6 @@ import (
 	"io"
 	"strconv"
 
-	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 )
 
@@ -217,10 +216,10 @@ func (s *Stream) Trailers() []hpack.HeaderField {
 }
 
 // onTrailers takes a header block that ends the peer's direction.
-func (s *Stream) onTrailers(f *http2.MetaHeadersFrame) {
+func (s *Stream) onTrailers(b *headerBlock) {
 	if s.request {
 		s.mu.Lock()
-		s.trailers = f.RegularFields()
+		s.trailers = b.regularCopy()
 		s.mu.Unlock()
 	}
 	s.deliver(nil, true, 0)

@@ -136,20 +136,20 @@ func (c *Conn) Open(ctx context.Context, authority string, header ...hpack.Heade
 }
 
 // onResponse takes the peer's HEADERS on a client stream.
-func (s *Stream) onResponse(f *http2.MetaHeadersFrame) {
+func (s *Stream) onResponse(b *headerBlock) {
 	s.mu.Lock()
 	again := s.gotResp
 	s.mu.Unlock()
 	if again {
 		// Trailers: they end the stream and have no :status.
-		if f.StreamEnded() {
-			s.onTrailers(f)
+		if b.endStream {
+			s.onTrailers(b)
 			return
 		}
 		s.c.resetStream(s.id, http2.ErrCodeProtocol, errors.New("tunnel: second response on a stream"))
 		return
 	}
-	status, err := strconv.Atoi(f.PseudoValue("status"))
+	status, err := strconv.Atoi(b.pseudo(":status"))
 	if err != nil {
 		s.c.resetStream(s.id, http2.ErrCodeProtocol, errors.New("tunnel: response without a valid :status"))
 		return
@@ -161,24 +161,24 @@ func (s *Stream) onResponse(f *http2.MetaHeadersFrame) {
 	s.gotResp = true
 	s.mu.Unlock()
 	if s.request {
-		s.resp <- response{status: status, fields: f.RegularFields()}
-		if f.StreamEnded() {
+		s.resp <- response{status: status, fields: b.regularCopy()}
+		if b.endStream {
 			s.deliver(nil, true, 0)
 		}
 		return
 	}
 	var reason string
-	for _, hf := range f.RegularFields() {
+	for _, hf := range b.regular() {
 		if hf.Name == ReasonHeader {
 			reason = hf.Value
 		}
 	}
 	s.resp <- response{status: status, reason: reason}
 	if status != 200 {
-		s.abort(&StatusError{Status: status, Reason: reason}, !f.StreamEnded())
+		s.abort(&StatusError{Status: status, Reason: reason}, !b.endStream)
 		return
 	}
-	if f.StreamEnded() {
+	if b.endStream {
 		s.deliver(nil, true, 0)
 	}
 }
