@@ -49,3 +49,30 @@ func BenchmarkRequestParallel(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkRequestParallelH2 is BenchmarkRequestParallel for a client
+// that speaks HTTP/2 without TLS (h2c) to the outbound, as the h2 bench.
+func BenchmarkRequestParallelH2(b *testing.B) {
+	ca := trellistest.NewCA(b, "trellis.local")
+	a := startApp(b, "web")
+	in := startInbound(b, ca, a, allowAll)
+	url, _ := startOutbound(b, ca, static(mustCompile(b, nil), balance.Endpoint{Addr: in}))
+	var protocols http.Protocols
+	protocols.SetUnencryptedHTTP2(true)
+	c := &http.Client{Transport: &http.Transport{Protocols: &protocols}}
+	b.ReportAllocs()
+	b.SetParallelism(32)
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			resp, err := c.Get(url + "/")
+			if err != nil {
+				b.Fatal(err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.ProtoMajor != 2 {
+				b.Fatalf("client spoke %s", resp.Proto)
+			}
+		}
+	})
+}

@@ -47,6 +47,28 @@ type Inbound struct {
 	h1       *appClient
 	h2c      *http2.Transport
 	inflight atomic.Int64
+	by       atomic.Pointer[peerPrefix]
+}
+
+// peerPrefix is PeerHeader's value up to the caller's ID, for one Self.
+type peerPrefix struct {
+	self identity.ID
+	s    string
+}
+
+// peerValue is PeerHeader's value for a request from peer, in one
+// allocation: most of it is the same on every request.
+func (in *Inbound) peerValue(peer identity.ID) string {
+	self := in.Self()
+	p := in.by.Load()
+	if p == nil || p.self != self {
+		p = &peerPrefix{self, "By=" + self.String() + ";URI="}
+		in.by.Store(p)
+	}
+	if peer.IsZero() {
+		return p.s
+	}
+	return p.s + "spiffe://" + peer.TrustDomain() + "/svc/" + peer.Service()
 }
 
 func (in *Inbound) init() {
@@ -167,7 +189,7 @@ func (in *Inbound) admit(r *http.Request, peer identity.ID) *badRequest {
 		return &badRequest{http.StatusForbidden, "trellis: denied by " + d.Reason}
 	}
 	r.Header.Del(PeerHeader)
-	r.Header[PeerHeader] = []string{"By=" + in.Self().String() + ";URI=" + peer.String()}
+	r.Header[PeerHeader] = []string{in.peerValue(peer)}
 	return nil
 }
 

@@ -79,6 +79,14 @@ func NormalizePath(escaped string) (string, error) {
 	if !strings.HasPrefix(escaped, "/") {
 		return "", errors.New("the path must start with /")
 	}
+	if isNormal(escaped) {
+		return escaped, nil // most paths: nothing to decode or drop
+	}
+	return normalize(escaped)
+}
+
+// normalize is NormalizePath for a path that starts with a slash.
+func normalize(escaped string) (string, error) {
 	var b strings.Builder
 	b.Grow(len(escaped))
 	for i := 0; i < len(escaped); i++ {
@@ -131,6 +139,27 @@ func NormalizePath(escaped string) (string, error) {
 		p += "/" // "/a/b/" and "/a/b/." name a directory: keep the slash
 	}
 	return p, nil
+}
+
+// isNormal reports whether an absolute path is its own normal form: no
+// percent-encoding, backslash or control character, and no empty, "." or
+// ".." segment (a trailing slash aside).
+func isNormal(p string) bool {
+	for i := 0; i < len(p); i++ {
+		switch c := p[i]; {
+		case c == '%' || c == '\\' || c < 0x20 || c == 0x7f:
+			return false
+		case c == '/':
+			seg := p[i+1:]
+			if j := strings.IndexByte(seg, '/'); j >= 0 {
+				seg = seg[:j]
+			}
+			if seg == "." || seg == ".." || seg == "" && i+1 < len(p) {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 func unhex(c byte) int {

@@ -161,3 +161,25 @@ func TestHostileRequests(t *testing.T) {
 		}
 	}
 }
+
+// The shortcut for paths already normal agrees with the full
+// normalization on every path of up to seven bytes over an alphabet of
+// the bytes that matter.
+func TestIsNormalAgrees(t *testing.T) {
+	const alphabet = "/.a%2e\\"
+	var walk func(p string)
+	walk = func(p string) {
+		if isNormal(p) {
+			if got, err := normalize(p); err != nil || got != p {
+				t.Fatalf("isNormal(%q), but it normalizes to %q, %v", p, got, err)
+			}
+		}
+		if len(p) == 7 {
+			return
+		}
+		for i := range len(alphabet) {
+			walk(p + alphabet[i:i+1])
+		}
+	}
+	walk("/")
+}

@@ -215,7 +215,7 @@ func sendRequest(ctx context.Context, conn *tunnel.Conn, req *http.Request) (*ht
 		return nil, err
 	}
 	resp := &http.Response{
-		Status:     strconv.Itoa(status) + " " + http.StatusText(status),
+		Status:     statusLine(status),
 		StatusCode: status,
 		Proto:      "HTTP/2.0",
 		ProtoMajor: 2,

@@ -576,7 +576,7 @@ func (c *Conn) onHeaders(b *headerBlock) error {
 		s.Method, s.Scheme, s.Path = method, scheme, path
 		s.Fields = b.regularCopy()
 		s.request = true
-		s.readable = sync.NewCond(&s.mu)
+		s.readable.L = &s.mu
 	}
 	c.mu.Unlock()
 	if b.endStream {
@@ -585,7 +585,7 @@ func (c *Conn) onHeaders(b *headerBlock) error {
 	spawn(func() {
 		c.handler(s)
 		// A handler that returned without ending its stream abandoned it.
-		s.abort(errors.New("tunnel: stream abandoned by its handler"), true)
+		s.abort(errAbandoned, true)
 	})
 	return nil
 }

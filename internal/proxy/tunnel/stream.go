@@ -36,6 +36,7 @@ func (e *StatusError) Error() string {
 var (
 	errHalfClose = errors.New("tunnel: one direction ended and the other did not within the half-close timeout")
 	errRefusedUs = errors.New("tunnel: stream refused")
+	errAbandoned = errors.New("tunnel: stream abandoned by its handler")
 )
 
 type response struct {
@@ -89,7 +90,7 @@ type Stream struct {
 	unacked      int64
 	halfTimer    *time.Timer
 	recvDone     chan struct{}
-	readable     *sync.Cond // request streams: data, the end or a failure arrived
+	readable     sync.Cond // request streams (L set): data, the end or a failure arrived
 	roff         int        // request streams: what Read took of pending
 	trailers     []hpack.HeaderField
 	onStop       func()
@@ -340,7 +341,7 @@ func (s *Stream) deliver(p []byte, end bool, n int64) {
 	}
 	inc := s.creditLocked(credit)
 	done := s.endedLocked()
-	if s.readable != nil {
+	if s.readable.L != nil {
 		s.readable.Broadcast()
 	}
 	s.mu.Unlock()
@@ -619,7 +620,7 @@ func (s *Stream) abort(err error, rst bool) {
 	if s.halfTimer != nil {
 		s.halfTimer.Stop()
 	}
-	if s.readable != nil {
+	if s.readable.L != nil {
 		s.readable.Broadcast()
 	}
 	onStop := s.onStop
@@ -660,7 +661,7 @@ func (c *Conn) openLocked(request bool) (*Stream, error) {
 	s := c.newStreamLocked(id)
 	if request {
 		s.request = true
-		s.readable = sync.NewCond(&s.mu)
+		s.readable.L = &s.mu
 	}
 	return s, nil
 }
