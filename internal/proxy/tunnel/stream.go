@@ -91,7 +91,7 @@ type Stream struct {
 	halfTimer    *time.Timer
 	recvDone     chan struct{}
 	readable     sync.Cond // request streams (L set): data, the end or a failure arrived
-	roff         int        // request streams: what Read took of pending
+	roff         int       // request streams: what Read took of pending
 	trailers     []hpack.HeaderField
 	onStop       func()
 }
