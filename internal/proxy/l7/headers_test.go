@@ -1,7 +1,9 @@
 package l7
 
 import (
+	"bytes"
 	"fmt"
+	"net/http"
 	"strings"
 	"testing"
 
@@ -69,5 +71,30 @@ func TestFieldsHeaderKeepsRepeatedNamesApart(t *testing.T) {
 	h["X-B"] = append(h["X-B"], "more")
 	if h.Get("X-C") != "2" {
 		t.Fatalf("appending to X-B changed X-C to %q", h.Get("X-C"))
+	}
+}
+
+// The request ID and trace context, new on every request, go on the wire
+// as never indexed; the fields that repeat are indexed.
+func TestPerRequestFieldsAreNotIndexed(t *testing.T) {
+	var buf bytes.Buffer
+	enc := hpack.NewEncoder(&buf)
+	dec := hpack.NewDecoder(4096, nil)
+	for i := range 3 {
+		h := http.Header{"User-Agent": {"curl/8"}}
+		setRequestContext(h)
+		buf.Reset()
+		for _, hf := range appendFields(nil, h, nil) {
+			enc.WriteField(hf)
+		}
+		fields, err := dec.DecodeFull(buf.Bytes())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, hf := range fields {
+			if want := hf.Name != "user-agent"; hf.Sensitive != want {
+				t.Errorf("request %d: %s sent with never-indexed %v, want %v", i, hf.Name, hf.Sensitive, want)
+			}
+		}
 	}
 }

@@ -73,10 +73,19 @@ func appendFields(fields []hpack.HeaderField, h http.Header, skip func(string) b
 			if name == "te" && v != "trailers" {
 				continue
 			}
-			fields = append(fields, hpack.HeaderField{Name: name, Value: v})
+			fields = append(fields, hpack.HeaderField{Name: name, Value: v, Sensitive: perRequest(name)})
 		}
 	}
 	return fields
+}
+
+// perRequest reports whether a field's value is new on every request, as
+// the request ID and trace context the sidecars make. Such fields are sent
+// as never indexed (RFC 7541 section 6.2.3): in the HPACK tables of a
+// long-lived connection they would only push out, request after request,
+// the fields that do repeat, and cost both ends a table insertion.
+func perRequest(name string) bool {
+	return name == "x-request-id" || name == "traceparent"
 }
 
 // fieldsHeader makes an http.Header of header fields, joining split
