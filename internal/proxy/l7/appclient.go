@@ -58,7 +58,7 @@ func (a *appClient) get(ctx context.Context) (*appConn, bool, error) {
 	if err != nil {
 		return nil, false, err
 	}
-	return &appConn{c: c, br: bufio.NewReaderSize(c, 8<<10), bw: bufio.NewWriterSize(c, 8<<10)}, false, nil
+	return &appConn{c: c, br: bufio.NewReaderSize(c, 4<<10), bw: bufio.NewWriterSize(c, 4<<10)}, false, nil
 }
 
 func (a *appClient) put(ac *appConn) {

@@ -70,8 +70,14 @@ func isHex(s string, n int) bool {
 	return true
 }
 
-// copyBuffers lend the proxies their body copy buffers.
-var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+// Body copy buffers: a small one to start with, and a large one once a
+// read fills the small one (a bulk body). A buffer is held for as long as
+// its body streams, and most bodies are small: a large buffer each cost
+// 32 KiB per response in flight.
+var (
+	smallBuffers = sync.Pool{New: func() any { b := make([]byte, 4<<10); return &b }}
+	largeBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+)
 
 // endTrailersOnly marks a gRPC Trailers-Only response (grpc-status in its
 // header block, which the gRPC spec allows only there) as bodiless.

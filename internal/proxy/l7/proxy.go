@@ -110,8 +110,8 @@ func copyResponse(w http.ResponseWriter, resp *http.Response) {
 			flusher.Flush() // a stream's head leaves before its first message
 		}
 	}
-	buf := copyBuffers.Get().(*[]byte)
-	defer copyBuffers.Put(buf)
+	buf, pool := smallBuffers.Get().(*[]byte), &smallBuffers
+	defer func() { pool.Put(buf) }()
 	for {
 		n, err := resp.Body.Read(*buf)
 		if n > 0 {
@@ -123,6 +123,10 @@ func copyResponse(w http.ResponseWriter, resp *http.Response) {
 			if flusher != nil {
 				flusher.Flush()
 			}
+		}
+		if n == len(*buf) && pool == &smallBuffers {
+			pool.Put(buf)
+			buf, pool = largeBuffers.Get().(*[]byte), &largeBuffers
 		}
 		if err == io.EOF {
 			break
