@@ -156,3 +156,24 @@ func TestHeaderBlocksAcrossFramesAndStreams(t *testing.T) {
 		t.Fatalf("stream 3 fields %v", s3.Fields)
 	}
 }
+
+// A block whose HEADERS frame promises CONTINUATION frames that do not
+// come ends the connection, without a stream for the handler.
+func TestHeaderBlockWithoutContinuation(t *testing.T) {
+	p := newRawPeer(t, Config{Requests: true})
+	for _, hf := range request() {
+		p.enc.WriteField(hf)
+	}
+	if err := p.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: p.hbuf.Bytes(), EndHeaders: false}); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.fr.WriteData(1, true, []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if got := p.answer(t, 1); got != "goaway PROTOCOL_ERROR" {
+		t.Fatalf("answer %q, want a GOAWAY", got)
+	}
+	if len(p.streams) > 0 {
+		t.Fatal("the handler got a stream")
+	}
+}
