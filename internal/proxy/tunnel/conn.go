@@ -597,7 +597,6 @@ func (c *Conn) newStreamLocked(id uint32) *Stream {
 		id:         id,
 		sendWindow: c.peerWindow,
 		recvWindow: int64(c.cfg.StreamWindow),
-		recvDone:   make(chan struct{}),
 	}
 	if c.client {
 		s.resp = make(chan response, 1)

@@ -89,9 +89,9 @@ type Stream struct {
 	recvWindow   int64
 	unacked      int64
 	halfTimer    *time.Timer
-	recvDone     chan struct{}
-	readable     sync.Cond // request streams (L set): data, the end or a failure arrived
-	roff         int       // request streams: what Read took of pending
+	recvDone     chan struct{} // closed with recvFinished; made by Splice only
+	readable     sync.Cond     // request streams (L set): data, the end or a failure arrived
+	roff         int           // request streams: what Read took of pending
 	trailers     []hpack.HeaderField
 	onStop       func()
 }
@@ -267,6 +267,12 @@ func (s *Stream) attach(sink net.Conn) {
 		raw, _ = sc.SyscallConn()
 	}
 	s.mu.Lock()
+	// Only a spliced stream waits for its receiving side to finish: the
+	// channel is made here, not for every stream.
+	s.recvDone = make(chan struct{})
+	if s.recvFinished {
+		close(s.recvDone)
+	}
 	if s.ended && s.err != nil {
 		s.mu.Unlock()
 		sink.Close()
@@ -424,7 +430,9 @@ func (s *Stream) finishRecvLocked() {
 	if cw, ok := s.sink.(interface{ CloseWrite() error }); ok {
 		_ = cw.CloseWrite()
 	}
-	close(s.recvDone)
+	if s.recvDone != nil {
+		close(s.recvDone)
+	}
 	if !s.sentEnd && !s.ended {
 		// The local end now has HalfCloseTimeout to finish too.
 		s.halfTimer = time.AfterFunc(s.c.cfg.HalfCloseTimeout, func() { s.abort(errHalfClose, true) })
@@ -615,7 +623,9 @@ func (s *Stream) abort(err error, rst bool) {
 	s.stopped.Store(true)
 	if !s.recvFinished {
 		s.recvFinished = true
-		close(s.recvDone)
+		if s.recvDone != nil {
+			close(s.recvDone)
+		}
 	}
 	if s.halfTimer != nil {
 		s.halfTimer.Stop()
