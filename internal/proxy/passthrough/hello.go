@@ -1,14 +1,17 @@
 package passthrough
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/trellis-mesh/trellis/internal/proxy/netconn"
 	"golang.org/x/crypto/cryptobyte"
 )
 
@@ -39,8 +42,27 @@ var errNotHello = errors.New("not a TLS ClientHello")
 func readHello(c net.Conn, timeout time.Duration) ([]byte, string, error) {
 	c.SetReadDeadline(time.Now().Add(timeout))
 	defer c.SetReadDeadline(time.Time{})
-	return helloFrom(c)
+	// Through a buffer and raw system calls (netconn.Raw): one read takes
+	// a whole ClientHello, where reading the socket itself took one for
+	// the record header and one for the rest, each an ordinary system call
+	// that keeps the runtime's monitor thread awake.
+	br := helloReaders.Get().(*bufio.Reader)
+	br.Reset(netconn.Raw(c))
+	defer func() {
+		br.Reset(nil)
+		helloReaders.Put(br)
+	}()
+	hello, sni, err := helloFrom(br)
+	if err == nil && br.Buffered() > 0 {
+		// The client sent on without waiting for the server: what was
+		// read goes first too.
+		rest, _ := br.Peek(br.Buffered())
+		hello = append(hello, rest...)
+	}
+	return hello, sni, err
 }
+
+var helloReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
 
 func helloFrom(c io.Reader) ([]byte, string, error) {
 	raw := make([]byte, 0, 2048)
