@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 
 	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2"
@@ -153,10 +152,15 @@ func (r *headerReader) read(fr *http2.Framer, hf *http2.HeadersFrame) (*headerBl
 // validFieldName reports whether a field name is a token in lowercase, as
 // HTTP/2 requires (RFC 9113 section 8.2.1).
 func validFieldName(name string) bool {
-	if !httpguts.ValidHeaderFieldName(name) {
+	if name == "" {
 		return false
 	}
-	return strings.IndexFunc(name, func(r rune) bool { return 'A' <= r && r <= 'Z' }) < 0
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; 'A' <= c && c <= 'Z' || !httpguts.IsTokenRune(rune(c)) {
+			return false
+		}
+	}
+	return true
 }
 
 // checkPseudos checks a block's pseudo-fields: known names, each once, and
