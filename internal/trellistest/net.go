@@ -6,6 +6,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -40,8 +41,9 @@ func FreePort(t testing.TB) int {
 // services' ports.
 const minPort = 10000
 
-// ephemeralLow is the first port of Linux's ephemeral range, or 0.
-func ephemeralLow() int {
+// ephemeralLow is the first port of Linux's ephemeral range, or 0; read
+// once, as FreePort runs for every process a test starts.
+var ephemeralLow = sync.OnceValue(func() int {
 	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
 	if err != nil {
 		return 0
@@ -55,7 +57,7 @@ func ephemeralLow() int {
 		return 0
 	}
 	return lo
-}
+})
 
 // Eventually polls cond every 50 ms until it returns nil or timeout passes,
 // then fails the test with cond's last error.

@@ -56,8 +56,8 @@ type peerPrefix struct {
 	s    string
 }
 
-// peerValue is PeerHeader's value for a request from peer, in one
-// allocation: most of it is the same on every request.
+// peerValue is PeerHeader's value for a request from peer: the part
+// naming this proxy is the same on every request and made once.
 func (in *Inbound) peerValue(peer identity.ID) string {
 	self := in.Self()
 	p := in.by.Load()
@@ -65,10 +65,7 @@ func (in *Inbound) peerValue(peer identity.ID) string {
 		p = &peerPrefix{self, "By=" + self.String() + ";URI="}
 		in.by.Store(p)
 	}
-	if peer.IsZero() {
-		return p.s
-	}
-	return p.s + "spiffe://" + peer.TrustDomain() + "/svc/" + peer.Service()
+	return p.s + peer.String()
 }
 
 func (in *Inbound) init() {

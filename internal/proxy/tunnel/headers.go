@@ -71,10 +71,11 @@ func newHeaderReader(limit uint32) *headerReader {
 var errPseudoAfterRegular = errors.New("pseudo-header field after a regular one")
 
 func (r *headerReader) emit(hf hpack.HeaderField) {
+	pseudo := hf.IsPseudo()
 	if !httpguts.ValidHeaderFieldValue(hf.Value) {
 		// The value is not quoted: it may be a secret.
 		r.invalid = fmt.Errorf("invalid value of header field %q", hf.Name)
-	} else if hf.IsPseudo() {
+	} else if pseudo {
 		if r.sawRegular {
 			r.invalid = errPseudoAfterRegular
 		}
@@ -99,7 +100,7 @@ func (r *headerReader) emit(hf hpack.HeaderField) {
 	}
 	r.remain -= size
 	r.block.fields = append(r.block.fields, hf)
-	if hf.IsPseudo() {
+	if pseudo {
 		r.block.npseudo++
 	}
 }
