@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/asn1"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,6 +17,9 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"golang.org/x/crypto/cryptobyte"
+	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
 
 	v1 "github.com/trellis-mesh/trellis/api/v1"
 )
@@ -62,17 +66,10 @@ func New(cfg Config) (*Client, error) {
 	if u.Scheme != "https" {
 		return nil, fmt.Errorf("server address %q: the API is served over https only", cfg.Addr)
 	}
-	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12}
-	if len(cfg.CAPEM) > 0 {
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(cfg.CAPEM) {
-			return nil, errors.New("server CA: no PEM certificate")
-		}
-		tlsCfg.RootCAs = pool
+	if len(cfg.CAPEM) > 0 && !x509.NewCertPool().AppendCertsFromPEM(cfg.CAPEM) {
+		return nil, errors.New("server CA: no PEM certificate")
 	}
-	if cfg.ExtraRoots != nil {
-		tlsCfg = dynamicRoots(tlsCfg, cfg.CAPEM, cfg.ExtraRoots)
-	}
+	tlsCfg := serverTLS(cfg.CAPEM, cfg.ExtraRoots)
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 30 * time.Second
 	}
@@ -114,8 +111,16 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		}
 		body = bytes.NewReader(b)
 	}
+	// path comes with its segments escaped (url.PathEscape): RawPath
+	// keeps them so, and Path must hold the same path unescaped, or
+	// URL.String would escape the escapes again ("*" -> %2A -> %252A).
 	u := *c.base
-	u.Path, u.RawQuery, _ = strings.Cut(path, "?")
+	raw, query, _ := strings.Cut(path, "?")
+	unescaped, err := url.PathUnescape(raw)
+	if err != nil {
+		return fmt.Errorf("request path %q: %w", raw, err)
+	}
+	u.Path, u.RawPath, u.RawQuery = unescaped, raw, query
 	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
 	if err != nil {
 		return err
@@ -221,9 +226,9 @@ func (c *Client) Sign(ctx context.Context, service string, csrPEM []byte) (v1.Si
 }
 
 // CreateToken makes a token for services (or an admin token).
-func (c *Client) CreateToken(ctx context.Context, services []string, admin bool, description string) (v1.NewToken, error) {
+func (c *Client) CreateToken(ctx context.Context, req v1.TokenRequest) (v1.NewToken, error) {
 	var out v1.NewToken
-	err := c.do(ctx, http.MethodPost, "/v1/tokens", v1.TokenRequest{Services: services, Admin: admin, Description: description}, &out)
+	err := c.do(ctx, http.MethodPost, "/v1/tokens", req, &out)
 	return out, err
 }
 
@@ -239,31 +244,116 @@ func (c *Client) DeleteToken(ctx context.Context, id string) error {
 	return c.do(ctx, http.MethodDelete, "/v1/tokens/"+url.PathEscape(id), nil, nil)
 }
 
-// dynamicRoots returns a config that verifies the server against the fixed
-// roots plus whatever extra() returns at handshake time. The standard
-// verification is switched off only to be done here instead, hostname
-// included.
-func dynamicRoots(base *tls.Config, fixed []byte, extra func() []byte) *tls.Config {
-	c := base.Clone()
-	c.RootCAs = nil
-	c.InsecureSkipVerify = true
-	c.VerifyConnection = func(cs tls.ConnectionState) error {
-		if len(cs.PeerCertificates) == 0 {
-			return errors.New("server presented no certificate")
-		}
-		pool := x509.NewCertPool()
-		pool.AppendCertsFromPEM(fixed)
-		pool.AppendCertsFromPEM(extra())
-		inter := x509.NewCertPool()
-		for _, ic := range cs.PeerCertificates[1:] {
-			inter.AddCert(ic)
-		}
-		_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{
-			DNSName: cs.ServerName, Roots: pool, Intermediates: inter,
-		})
+// serverTLS returns the TLS settings that authenticate the control plane:
+// a chain to the fixed roots (the system's when there are none), plus
+// whatever extra() returns at handshake time, for the dialed host name,
+// and the server's SPIFFE ID. The ID is what makes it the API: the same CA
+// signs workload SVIDs (spiffe://<td>/svc/...) and edge certificates for
+// names an admin allows, so a name alone could be a service's. The
+// standard verification is switched off only to be done here instead,
+// host name included.
+func serverTLS(fixed []byte, extra func() []byte) *tls.Config {
+	return &tls.Config{
+		MinVersion:         tls.VersionTLS12,
+		InsecureSkipVerify: true,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			var roots *x509.CertPool
+			if len(fixed) > 0 || extra != nil {
+				roots = x509.NewCertPool()
+				roots.AppendCertsFromPEM(fixed)
+				if extra != nil {
+					roots.AppendCertsFromPEM(extra())
+				}
+			}
+			return VerifyServer(cs.PeerCertificates, cs.ServerName, roots)
+		},
+	}
+}
+
+// VerifyServer checks that chain (leaf first) is the control plane's: it
+// verifies to roots (nil: the system's) for serverName, for server
+// authentication, and its leaf's only URI SAN is a server ID,
+// spiffe://<trust-domain>/trellis/server.
+func VerifyServer(chain []*x509.Certificate, serverName string, roots *x509.CertPool) error {
+	if len(chain) == 0 {
+		return errors.New("server presented no certificate")
+	}
+	leaf := chain[0]
+	inter := x509.NewCertPool()
+	for _, ic := range chain[1:] {
+		inter.AddCert(ic)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{
+		DNSName: serverName, Roots: roots, Intermediates: inter,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}); err != nil {
 		return err
 	}
-	return c
+	if err := checkServerID(leaf); err != nil {
+		return fmt.Errorf("not the Trellis control plane: %w", err)
+	}
+	return nil
+}
+
+// checkServerID requires the leaf's one URI SAN to be a server ID, read
+// from the certificate's own bytes: url.URL would drop an empty fragment
+// or query and accept what is not a SPIFFE ID.
+func checkServerID(leaf *x509.Certificate) error {
+	uris, err := rawURISANs(leaf)
+	if err != nil {
+		return err
+	}
+	if len(uris) != 1 {
+		return fmt.Errorf("certificate has %d URI SANs, want the server's SPIFFE ID", len(uris))
+	}
+	td, ok := strings.CutPrefix(uris[0], "spiffe://")
+	td, path, _ := strings.Cut(td, "/")
+	if !ok || path != v1.ServerIDPath[1:] || !validTrustDomain(td) {
+		return fmt.Errorf("certificate is for %q, not a control plane (spiffe://<trust-domain>%s)", uris[0], v1.ServerIDPath)
+	}
+	return nil
+}
+
+// rawURISANs returns the URI names of cert's subjectAltName extension as
+// their bytes stand.
+func rawURISANs(cert *x509.Certificate) ([]string, error) {
+	oidSAN := asn1.ObjectIdentifier{2, 5, 29, 17}
+	var uris []string
+	for _, ext := range cert.Extensions {
+		if !ext.Id.Equal(oidSAN) {
+			continue
+		}
+		in := cryptobyte.String(ext.Value)
+		var names cryptobyte.String
+		if !in.ReadASN1(&names, cbasn1.SEQUENCE) || !in.Empty() {
+			return nil, errors.New("malformed subjectAltName")
+		}
+		for !names.Empty() {
+			var name cryptobyte.String
+			var tag cbasn1.Tag
+			if !names.ReadAnyASN1(&name, &tag) {
+				return nil, errors.New("malformed subjectAltName")
+			}
+			if tag == cbasn1.Tag(6).ContextSpecific() {
+				uris = append(uris, string(name))
+			}
+		}
+	}
+	return uris, nil
+}
+
+// validTrustDomain: lowercase letters, digits, dots, hyphens, underscores.
+func validTrustDomain(td string) bool {
+	if td == "" || len(td) > 255 {
+		return false
+	}
+	for i := 0; i < len(td); i++ {
+		c := td[i]
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '.' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 // SignEdge has the mesh CA sign an edge certificate of service for names:

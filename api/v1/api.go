@@ -2,6 +2,13 @@ package v1
 
 import "time"
 
+// ServerIDPath is the path of the SPIFFE ID in the control plane's serving
+// certificate: spiffe://<trust-domain>/trellis/server. Workload SVIDs are
+// always /svc/<service> and edge certificates carry no URI at all, so no
+// certificate the CA signs for a service can pass for the API; clients
+// (the CLI, proxies) require this ID, not only a DNS name.
+const ServerIDPath = "/trellis/server"
+
 // The request and answer bodies of the HTTP API (/v1/...), shared by the
 // server and the Go client.
 
@@ -62,6 +69,9 @@ type TokenRequest struct {
 	Admin bool `json:"admin,omitempty"`
 	// Description is free text.
 	Description string `json:"description,omitempty"`
+	// TTL, when set, is how long the token works (a Go duration, at
+	// least a minute).
+	TTL string `json:"ttl,omitempty"`
 }
 
 // NewToken is the answer of POST /v1/tokens: the record and the secret,

@@ -246,6 +246,17 @@ type Token struct {
 	Description string `json:"description,omitempty"`
 	// CreatedAt is when the token was made.
 	CreatedAt time.Time `json:"createdAt"`
+	// ExpiresAt, when set, is when the token stops working; its open
+	// proxy streams end then.
+	ExpiresAt *time.Time `json:"expiresAt,omitempty"`
+	// LastUsedAt is when the token last authenticated a request or a
+	// stream, to the minute (it is written at most once a minute).
+	LastUsedAt *time.Time `json:"lastUsedAt,omitempty"`
+}
+
+// Expired reports whether the token's expiry has passed at now.
+func (t *Token) Expired(now time.Time) bool {
+	return t.ExpiresAt != nil && !now.Before(*t.ExpiresAt)
 }
 
 // ProxyStatus describes a proxy connected to a control plane server.

@@ -126,7 +126,7 @@ func (s *ServiceSpec) validate() []error {
 	if s.Port < 0 || s.Port > 65535 {
 		errs = append(errs, fieldErr("spec.port", "%d is not a port number", s.Port))
 	}
-	errs = append(errs, validDNSNames("spec.dnsNames", s.DNSNames)...)
+	errs = append(errs, validEdgeNames("spec.dnsNames", s.DNSNames)...)
 	if l := s.Limits; l != nil {
 		for _, f := range []struct {
 			name string
@@ -439,9 +439,24 @@ func (t *GatewayTLS) validate(at string) []error {
 		if len(t.DNSNames) == 0 {
 			errs = append(errs, fieldErr(at+".dnsNames", "missing: source %s needs the names to put in the certificate", t.EffectiveSource()))
 		}
-		errs = append(errs, validDNSNames(at+".dnsNames", t.DNSNames)...)
+		if t.EffectiveSource() == CertMesh {
+			errs = append(errs, validEdgeNames(at+".dnsNames", t.DNSNames)...)
+		} else {
+			errs = append(errs, validDNSNames(at+".dnsNames", t.DNSNames)...)
+		}
 	default:
 		errs = append(errs, fieldErr(at+".source", "%q is not files, mesh or self-signed", t.Source))
+	}
+	return errs
+}
+
+// validEdgeNames checks names the mesh CA is to sign.
+func validEdgeNames(at string, names []string) []error {
+	var errs []error
+	for i, n := range names {
+		if err := ValidateEdgeName(n); err != nil {
+			errs = append(errs, fieldErr(fmt.Sprintf("%s[%d]", at, i), "%v", err))
+		}
 	}
 	return errs
 }

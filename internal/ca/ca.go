@@ -19,6 +19,7 @@ import (
 	"net/url"
 	"time"
 
+	v1 "github.com/trellis-mesh/trellis/api/v1"
 	"github.com/trellis-mesh/trellis/internal/identity"
 )
 
@@ -203,15 +204,16 @@ func (ca *CA) SignEdge(req EdgeRequest) ([]byte, error) {
 // ServingRequest describes a TLS server certificate for the control plane.
 type ServingRequest struct {
 	PublicKey crypto.PublicKey
-	ID        identity.ID // optional SPIFFE ID for the server
 	DNSNames  []string
 	IPs       []net.IP
 	TTL       time.Duration
 	Now       time.Time
 }
 
-// SignServing issues a server certificate with DNS and IP SANs, for the
-// control plane's API, so that clients verify it against the mesh roots.
+// SignServing issues the control plane's server certificate: DNS and IP
+// SANs for the address clients dial, server authentication only, and the
+// server's SPIFFE ID (spiffe://<td>/trellis/server), which clients require
+// and which no workload or edge certificate can carry.
 func (ca *CA) SignServing(req ServingRequest) ([]byte, error) {
 	tmpl, err := ca.leafTemplate(req.PublicKey, req.TTL, req.Now)
 	if err != nil {
@@ -220,10 +222,14 @@ func (ca *CA) SignServing(req ServingRequest) ([]byte, error) {
 	tmpl.Subject = pkix.Name{Organization: []string{"Trellis"}, CommonName: "trellis-server"}
 	tmpl.DNSNames = req.DNSNames
 	tmpl.IPAddresses = req.IPs
-	if !req.ID.IsZero() {
-		tmpl.URIs = []*url.URL{req.ID.URL()}
-	}
+	tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+	tmpl.URIs = []*url.URL{ServerID(ca.trustDomain)}
 	return ca.sign(tmpl, req.PublicKey)
+}
+
+// ServerID returns the control plane's SPIFFE ID in trustDomain.
+func ServerID(trustDomain string) *url.URL {
+	return &url.URL{Scheme: "spiffe", Host: trustDomain, Path: v1.ServerIDPath}
 }
 
 func (ca *CA) leafTemplate(pub crypto.PublicKey, ttl time.Duration, now time.Time) (*x509.Certificate, error) {

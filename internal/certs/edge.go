@@ -134,6 +134,9 @@ func (f *FileCert) loadLocked(now time.Time) error {
 	if err != nil {
 		return fmt.Errorf("%s and %s: %w", f.CertFile, f.KeyFile, err)
 	}
+	if f.Logger != nil {
+		WarnIfShared(f.Logger, "edge key file", f.KeyFile)
+	}
 	f.cur, f.certPEM, f.keyPEM = c, certPEM, keyPEM
 	return nil
 }

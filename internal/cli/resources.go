@@ -141,9 +141,19 @@ func runGet(ctx context.Context, e *env, args []string) error {
 			return err
 		}
 		return show(e.stdout, *out, v, func(tw io.Writer) {
-			fmt.Fprintln(tw, "ID\tADMIN\tSERVICES\tDESCRIPTION\tCREATED")
+			fmt.Fprintln(tw, "ID\tADMIN\tSERVICES\tDESCRIPTION\tCREATED\tEXPIRES\tLAST USED")
 			for _, t := range v {
-				fmt.Fprintf(tw, "%s\t%v\t%s\t%s\t%s\n", t.ID, t.Admin, dash(strings.Join(t.Services, ",")), dash(t.Description), age(t.CreatedAt))
+				expires, used := "never", "never"
+				if t.ExpiresAt != nil {
+					expires = t.ExpiresAt.Local().Format(time.DateTime)
+					if t.Expired(time.Now()) {
+						expires += " (expired)"
+					}
+				}
+				if t.LastUsedAt != nil {
+					used = age(*t.LastUsedAt)
+				}
+				fmt.Fprintf(tw, "%s\t%v\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.Admin, dash(strings.Join(t.Services, ",")), dash(t.Description), age(t.CreatedAt), expires, used)
 			}
 		})
 	}
@@ -348,11 +358,13 @@ func runToken(ctx context.Context, e *env, args []string) error {
 	}
 	switch args[0] {
 	case "create":
-		fs := newFlags(e, "token create", "token create --service NAME [--service NAME ...] [--admin] [--description TEXT]")
+		fs := newFlags(e, "token create", "token create --service NAME [--service NAME ...] [--admin] [--ttl DURATION] [--description TEXT] [-o FILE]")
 		var services listFlag
 		fs.Var(&services, "service", "service the token may act as (repeatable)")
 		admin := fs.Bool("admin", false, "make an admin token")
 		desc := fs.String("description", "", "free text")
+		ttl := fs.Duration("ttl", 0, "how long the token works, e.g. 720h (default: until deleted)")
+		outFile := fs.String("o", "", "write the token to this new file, mode 0600, instead of standard output")
 		if err := parse(fs, args[1:]); err != nil {
 			return err
 		}
@@ -364,15 +376,47 @@ func runToken(ctx context.Context, e *env, args []string) error {
 				return usageErr("--service: %v", err)
 			}
 		}
+		if *ttl < 0 || *ttl > 0 && *ttl < time.Minute {
+			return usageErr("--ttl %v: want at least 1m", *ttl)
+		}
+		req := v1.TokenRequest{Services: services, Admin: *admin, Description: *desc}
+		if *ttl > 0 {
+			req.TTL = ttl.String()
+		}
+		// The file is made before the token, so that a token is never
+		// made that could not be saved.
+		var f *os.File
+		if *outFile != "" {
+			var err error
+			if f, err = os.OpenFile(*outFile, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600); err != nil {
+				return fmt.Errorf("-o: %w", err)
+			}
+			defer f.Close()
+		} else {
+			warnSharedStdout(e)
+		}
 		c, err := connect(e)
 		if err != nil {
 			return err
 		}
-		t, err := c.CreateToken(ctx, services, *admin, *desc)
+		t, err := c.CreateToken(ctx, req)
 		if err != nil {
+			if f != nil {
+				os.Remove(*outFile)
+			}
 			return err
 		}
-		fmt.Fprintln(e.stdout, t.Secret)
+		if f == nil {
+			fmt.Fprintln(e.stdout, t.Secret)
+			return nil
+		}
+		if _, err := fmt.Fprintln(f, t.Secret); err != nil {
+			return fmt.Errorf("-o: %w", err)
+		}
+		if err := f.Close(); err != nil {
+			return fmt.Errorf("-o: %w", err)
+		}
+		fmt.Fprintf(e.stdout, "token %s written to %s (mode 0600)\n", t.ID, *outFile)
 		return nil
 	case "list":
 		return runGet(ctx, e, []string{"tokens"})
@@ -424,4 +468,18 @@ func runCA(ctx context.Context, e *env, args []string) error {
 	fmt.Fprintf(e.stderr, "trust domain: %s\n", r.TrustDomain)
 	fmt.Fprint(e.stdout, r.RootsPEM)
 	return nil
+}
+
+// warnSharedStdout warns when standard output is a file that other users
+// can read: `trellis token create > file` would leave the secret there.
+func warnSharedStdout(e *env) {
+	f, ok := e.stdout.(*os.File)
+	if !ok {
+		return
+	}
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() || fi.Mode().Perm()&0o077 == 0 {
+		return
+	}
+	fmt.Fprintf(e.stderr, "warning: standard output is a file other users can read (mode %v); use -o FILE to write the token at mode 0600\n", fi.Mode().Perm())
 }

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"time"
 
 	v1 "github.com/trellis-mesh/trellis/api/v1"
 	"github.com/trellis-mesh/trellis/internal/ca"
@@ -78,13 +79,13 @@ func (s *Server) wrap(a access, fn handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p, err := s.authRequest(r)
 		if err != nil {
-			s.metrics.api.WithLabelValues("401").Inc()
+			s.refused(r, p, http.StatusUnauthorized, err.Error())
 			w.Header().Set("WWW-Authenticate", `Bearer realm="trellis"`)
 			writeJSON(w, http.StatusUnauthorized, map[string]string{"error": err.Error()})
 			return
 		}
 		if a == adminOnly && !p.isAdmin() {
-			s.metrics.api.WithLabelValues("403").Inc()
+			s.refused(r, p, http.StatusForbidden, "this API needs an admin token")
 			writeJSON(w, http.StatusForbidden, map[string]string{"error": "this API needs an admin token"})
 			return
 		}
@@ -102,11 +103,23 @@ func (s *Server) wrap(a access, fn handler) http.Handler {
 				code = http.StatusInternalServerError
 				s.log.Error("api", "method", r.Method, "path", r.URL.Path, "err", err)
 			}
+			if code < 500 {
+				s.refused(r, p, code, err.Error())
+			}
 			v = map[string]string{"error": err.Error()}
 		}
-		s.metrics.api.WithLabelValues(fmt.Sprint(code)).Inc()
+		if code < 400 || code >= 500 {
+			s.metrics.api.WithLabelValues(fmt.Sprint(code)).Inc()
+		}
 		writeJSON(w, code, v)
 	})
+}
+
+// refused counts and logs a refused call: who (the token's public ID and
+// description, never its secret), what, and why.
+func (s *Server) refused(r *http.Request, p principal, code int, why string) {
+	s.metrics.api.WithLabelValues(fmt.Sprint(code)).Inc()
+	s.log.Info("api request refused", "remote", r.RemoteAddr, "token", p, "method", r.Method, "path", r.URL.Path, "code", code, "reason", why)
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
@@ -221,6 +234,9 @@ func (s *Server) applyResources(_ principal, r *http.Request) (any, error) {
 	if len(in) == 0 {
 		return nil, badRequest("no resources")
 	}
+	if len(in) > store.MaxTxnOps {
+		return nil, badRequest("nothing applied: %d resources in one apply, over the limit of %d (one store transaction holds at most %d writes); apply them in several files", len(in), store.MaxTxnOps, store.MaxTxnOps)
+	}
 	var errs []string
 	pairs := map[string]string{} // "src>dst" -> intention name
 	for _, res := range s.state.listResources(v1.KindIntention) {
@@ -257,6 +273,9 @@ func (s *Server) applyResources(_ principal, r *http.Request) (any, error) {
 			return nil, err
 		}
 		ops = append(ops, store.Op{Key: key, Value: b})
+	}
+	if len(errs) == 0 {
+		errs = checkEdgeClaims(s.state.mesh(), in)
 	}
 	if len(errs) > 0 {
 		return nil, badRequest("nothing applied: %s", strings.Join(errs, "; "))
@@ -325,8 +344,27 @@ func (s *Server) signed(chain []byte, err error, level slog.Level, msg string, a
 
 // signEdge issues an edge certificate, for names the service is allowed.
 func (s *Server) signEdge(id identity.ID, req v1.SignRequest) (any, error) {
-	if err := checkEdgeNames(allowedEdgeNames(s.state.mesh(), req.Service), req.DNSNames, req.Service); err != nil {
+	m := s.state.mesh()
+	if err := checkEdgeNames(allowedEdgeNames(m, req.Service), req.DNSNames, req.Service); err != nil {
 		return nil, fmt.Errorf("%w: %v", errForbidden, err)
+	}
+	// Names stored before these rules, or claimed twice through a race
+	// between two applies, are refused here too.
+	claims := edgeClaims(m)
+	for _, n := range req.DNSNames {
+		if err := v1.ValidateEdgeName(n); err != nil {
+			return nil, fmt.Errorf("%w: DNS name: %v", errForbidden, err)
+		}
+		for other, names := range claims {
+			if other == req.Service {
+				continue
+			}
+			for _, o := range names {
+				if edgeOverlap(n, o) {
+					return nil, fmt.Errorf("%w: DNS name %q overlaps %q of service %s", errForbidden, n, o, other)
+				}
+			}
+		}
 	}
 	chain, err := s.ca.SignEdge(ca.EdgeRequest{CSR: []byte(req.CSR), Service: req.Service, DNSNames: req.DNSNames, TTL: s.cfg.SVIDTTL})
 	return s.signed(chain, err, slog.LevelInfo, "issued edge certificate", "service", id.Service(), "names", req.DNSNames)
@@ -337,7 +375,16 @@ func (s *Server) createToken(_ principal, r *http.Request) (any, error) {
 	if err := decodeBody(r, &req); err != nil {
 		return nil, err
 	}
-	secret, t, err := createToken(r.Context(), s.store, v1.Token{Admin: req.Admin, Services: req.Services, Description: req.Description})
+	t := v1.Token{Admin: req.Admin, Services: req.Services, Description: req.Description}
+	if req.TTL != "" {
+		d, err := time.ParseDuration(req.TTL)
+		if err != nil || d < time.Minute {
+			return nil, badRequest("ttl %q: want a duration of at least 1m, such as 24h", req.TTL)
+		}
+		exp := time.Now().Add(d).UTC().Truncate(time.Second)
+		t.ExpiresAt = &exp
+	}
+	secret, t, err := createToken(r.Context(), s.store, t)
 	if err != nil {
 		return nil, badRequest("%v", err)
 	}

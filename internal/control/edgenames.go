@@ -2,6 +2,8 @@ package control
 
 import (
 	"fmt"
+	"maps"
+	"sort"
 	"strings"
 
 	v1 "github.com/trellis-mesh/trellis/api/v1"
@@ -56,4 +58,67 @@ func edgeNameCovers(pattern, name string) bool {
 	}
 	label, domain, found := strings.Cut(name, ".")
 	return found && label != "" && domain == rest
+}
+
+// edgeClaims returns, per service, the edge names it may be issued: its
+// Service's spec.dnsNames and its Gateway's mesh-sourced listener names.
+func edgeClaims(m *topology.Mesh) map[string][]string {
+	out := map[string][]string{}
+	for name := range m.Services {
+		out[name] = allowedEdgeNames(m, name)
+	}
+	for name := range m.Gateways {
+		out[name] = allowedEdgeNames(m, name)
+	}
+	return out
+}
+
+// edgeOverlap says whether a name (or wildcard) of one service covers, or
+// is covered by, one of another's: then both could be issued a certificate
+// a client would accept for the same host.
+func edgeOverlap(a, b string) bool {
+	a, b = strings.ToLower(a), strings.ToLower(b)
+	// Two different one-label wildcards never cover a common name, so
+	// coverage either way is the whole test.
+	return edgeNameCovers(a, b) || edgeNameCovers(b, a)
+}
+
+// checkEdgeClaims reports every name that two services would claim once
+// the Services and Gateways in batch replace the stored ones of the same
+// name.
+func checkEdgeClaims(stored *topology.Mesh, batch []v1.Resource) []string {
+	m := &topology.Mesh{Services: maps.Clone(stored.Services), Gateways: maps.Clone(stored.Gateways)}
+	if m.Services == nil {
+		m.Services = map[string]*v1.ServiceSpec{}
+	}
+	if m.Gateways == nil {
+		m.Gateways = map[string]*v1.GatewaySpec{}
+	}
+	for i := range batch {
+		switch r := &batch[i]; r.Kind {
+		case v1.KindService:
+			m.Services[r.Name] = r.Service
+		case v1.KindGateway:
+			m.Gateways[r.Name] = r.Gateway
+		}
+	}
+	claims := edgeClaims(m)
+	services := make([]string, 0, len(claims))
+	for s := range claims {
+		services = append(services, s)
+	}
+	sort.Strings(services)
+	var errs []string
+	for i, a := range services {
+		for _, b := range services[i+1:] {
+			for _, na := range claims[a] {
+				for _, nb := range claims[b] {
+					if edgeOverlap(na, nb) {
+						errs = append(errs, fmt.Sprintf("edge name %q of %s overlaps %q of %s: a name may belong to one service only", na, a, nb, b))
+					}
+				}
+			}
+		}
+	}
+	return errs
 }

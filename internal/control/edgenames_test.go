@@ -46,3 +46,34 @@ func TestEdgeNames(t *testing.T) {
 		}
 	}
 }
+
+func TestEdgeClaimsOneServiceEach(t *testing.T) {
+	stored := &topology.Mesh{
+		Services: map[string]*v1.ServiceSpec{"shop": {DNSNames: []string{"shop.example.test"}}},
+		Gateways: map[string]*v1.GatewaySpec{"front": {Listeners: []v1.GatewayListener{
+			{Port: 443, Protocol: v1.GatewayHTTPS, TLS: &v1.GatewayTLS{Source: v1.CertMesh, DNSNames: []string{"www.example.test"}}},
+		}}},
+	}
+	svc := func(name string, names ...string) v1.Resource {
+		return v1.Resource{Kind: v1.KindService, Name: name, Service: &v1.ServiceSpec{DNSNames: names}}
+	}
+	for _, tc := range []struct {
+		name  string
+		batch []v1.Resource
+		bad   string // part of the error, "" for none
+	}{
+		{"a new name", []v1.Resource{svc("bank", "bank.example.test")}, ""},
+		{"shop keeps its own", []v1.Resource{svc("shop", "shop.example.test", "shop2.example.test")}, ""},
+		{"another's name", []v1.Resource{svc("evil", "SHOP.example.test")}, `"shop.example.test" of shop`},
+		{"a gateway's name", []v1.Resource{svc("evil", "www.example.test")}, "of front"},
+		{"a wildcard over another's", []v1.Resource{svc("evil", "*.example.test")}, "overlaps"},
+		{"two in one batch", []v1.Resource{svc("a", "x.example.test"), svc("b", "x.example.test")}, "overlaps"},
+		{"a name moved in one batch", []v1.Resource{svc("shop"), svc("bank", "shop.example.test")}, ""},
+	} {
+		errs := checkEdgeClaims(stored, tc.batch)
+		got := strings.Join(errs, "; ")
+		if (tc.bad == "") != (got == "") || !strings.Contains(got, tc.bad) {
+			t.Errorf("%s: errors %q, want one with %q", tc.name, got, tc.bad)
+		}
+	}
+}

@@ -15,8 +15,11 @@ const (
 
 func resourceKey(kind, name string) string  { return keyResources + kind + "/" + name }
 func instanceKey(service, id string) string { return keyInstances + service + "/" + id }
-func statusKey(id string) string            { return keyStatus + id }
-func tokenKey(hash string) string           { return keyTokens + hash }
+
+// statusKey is under the service, like instanceKey, so that a token for
+// one service cannot write over another service's records.
+func statusKey(service, id string) string { return keyStatus + service + "/" + id }
+func tokenKey(hash string) string         { return keyTokens + hash }
 
 // splitKey returns the two path parts after prefix: "/resources/Service/a"
 // -> "Service", "a".

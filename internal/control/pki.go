@@ -18,7 +18,6 @@ import (
 
 	"github.com/trellis-mesh/trellis/internal/ca"
 	"github.com/trellis-mesh/trellis/internal/certs"
-	"github.com/trellis-mesh/trellis/internal/identity"
 	"github.com/trellis-mesh/trellis/internal/store"
 )
 
@@ -159,8 +158,7 @@ func (s *Server) servingCert(c *ca.CA) (*tls.Certificate, error) {
 			ips = append(ips, ip)
 		}
 	}
-	id, _ := identity.New(c.TrustDomain(), "trellis-server")
-	chainPEM, err := c.SignServing(ca.ServingRequest{PublicKey: &key.PublicKey, ID: id, DNSNames: dns, IPs: ips, TTL: 30 * 24 * time.Hour})
+	chainPEM, err := c.SignServing(ca.ServingRequest{PublicKey: &key.PublicKey, DNSNames: dns, IPs: ips, TTL: 30 * 24 * time.Hour})
 	if err != nil {
 		return nil, err
 	}

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -23,6 +24,7 @@ import (
 
 	v1 "github.com/trellis-mesh/trellis/api/v1"
 	"github.com/trellis-mesh/trellis/internal/ca"
+	"github.com/trellis-mesh/trellis/internal/certs"
 	"github.com/trellis-mesh/trellis/internal/identity"
 	"github.com/trellis-mesh/trellis/internal/store"
 )
@@ -154,6 +156,9 @@ type Server struct {
 	stopping       atomic.Bool
 	ready          chan struct{}
 	addr           atomic.Pointer[string]
+
+	usedMu     sync.Mutex
+	usedWrites map[string]time.Time // token hash -> last-used write
 }
 
 // New checks cfg and returns a server ready to Run.
@@ -170,6 +175,7 @@ func New(cfg Config) (*Server, error) {
 		metrics:        newServerMetrics(cfg.Registry),
 		metricsHandler: promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}),
 		ready:          make(chan struct{}),
+		usedWrites:     map[string]time.Time{},
 	}, nil
 }
 
@@ -245,11 +251,11 @@ func (s *Server) Run(ctx context.Context) error {
 		}),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
-		TLSConfig: &tls.Config{
-			MinVersion:     tls.VersionTLS12,
-			NextProtos:     []string{"h2", "http/1.1"},
-			GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return current.Load(), nil },
-		},
+		// TLS 1.2 with forward-secret AEAD suites only, or 1.3, as the
+		// edge listeners: no CBC or static-RSA suite reaches the API.
+		TLSConfig: certs.EdgeServerConfig(func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return current.Load(), nil
+		}, nil, "h2", "http/1.1"),
 	}
 	// Proxies hold one long stream each. A proxy that froze or was cut off
 	// without its socket closing keeps its lease alive through this server
@@ -312,6 +318,7 @@ func (s *Server) bootstrapAdmin(ctx context.Context) error {
 		file = filepath.Join(s.cfg.DataDir, AdminTokenFileName)
 	}
 	if b, err := os.ReadFile(file); err == nil {
+		certs.WarnIfShared(s.log, "admin token file", file)
 		secret := strings.TrimSpace(string(b))
 		if !strings.HasPrefix(secret, tokenPrefix) || len(secret) < len(tokenPrefix)+16 || len(secret) > len(tokenPrefix)+128 {
 			return fmt.Errorf("%s: not a trellis token (want %s followed by 16 to 128 characters)", file, tokenPrefix)

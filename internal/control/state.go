@@ -23,6 +23,9 @@ type bundleRecord struct {
 // tokenRecord is what /tokens/<hash> holds: never the secret.
 type tokenRecord struct {
 	v1.Token
+	// rev is the record's store revision, for writes that must not bring
+	// back a token deleted meanwhile.
+	rev int64
 }
 
 // state mirrors the store in memory. Readers take a consistent copy under
@@ -39,14 +42,17 @@ type state struct {
 	bundle    bundleRecord
 	// meshView is the topology input, built once per relevant change and
 	// shared read-only by every stream; nil when stale.
-	meshView  *topology.Mesh
-	changed   chan struct{}
-	ready     chan struct{}
-	readyOnce sync.Once
+	meshView *topology.Mesh
+	changed  chan struct{}
+	// tokensChanged is closed, and replaced, when any token record is
+	// written or deleted: streams then check that theirs still stands.
+	tokensChanged chan struct{}
+	ready         chan struct{}
+	readyOnce     sync.Once
 }
 
 func newState(log *slog.Logger) *state {
-	s := &state{log: log, changed: make(chan struct{}), ready: make(chan struct{})}
+	s := &state{log: log, changed: make(chan struct{}), tokensChanged: make(chan struct{}), ready: make(chan struct{})}
 	s.reset()
 	return s
 }
@@ -64,6 +70,18 @@ func (s *state) Changed() <-chan struct{} {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	return s.changed
+}
+
+// TokensChanged returns a channel closed at the next token change.
+func (s *state) TokensChanged() <-chan struct{} {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.tokensChanged
+}
+
+func (s *state) notifyTokensLocked() {
+	close(s.tokensChanged)
+	s.tokensChanged = make(chan struct{})
 }
 
 // run mirrors the store until ctx ends, re-listing after any watch error.
@@ -85,6 +103,7 @@ func (s *state) run(ctx context.Context, st store.Store) {
 		}
 		s.meshView = nil
 		s.notifyLocked()
+		s.notifyTokensLocked() // one may have gone while the watch was down
 		s.mu.Unlock()
 		s.readyOnce.Do(func() { close(s.ready) })
 		for b := range st.Watch(ctx, "/", rev) {
@@ -141,7 +160,7 @@ func (s *state) applyLocked(ev store.Event) bool {
 		}
 		return true
 	case strings.HasPrefix(key, keyStatus):
-		id := strings.TrimPrefix(key, keyStatus)
+		id := strings.TrimPrefix(key, keyStatus) // service/instance
 		if del {
 			delete(s.status, id)
 			return false
@@ -152,12 +171,14 @@ func (s *state) applyLocked(ev store.Event) bool {
 		}
 	case strings.HasPrefix(key, keyTokens):
 		h := strings.TrimPrefix(key, keyTokens)
+		s.notifyTokensLocked()
 		if del {
 			delete(s.tokens, h)
 			return false
 		}
 		var t tokenRecord
 		if json.Unmarshal(ev.KV.Value, &t) == nil {
+			t.rev = ev.KV.Rev
 			s.tokens[h] = t
 		}
 	case key == keyBundle:

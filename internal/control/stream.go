@@ -11,6 +11,7 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	grpcpeer "google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	v1 "github.com/trellis-mesh/trellis/api/v1"
@@ -45,9 +46,14 @@ func (a *adsServer) StreamAggregatedResources(stream discoveryv3.AggregatedDisco
 	if v := md.Get("authorization"); len(v) > 0 {
 		secret = bearer(v[0])
 	}
+	peer := ""
+	if pr, ok := grpcpeer.FromContext(ctx); ok {
+		peer = pr.Addr.String()
+	}
 	p, err := s.authenticate(ctx, secret)
 	if err != nil {
-		return status.Error(codes.Unauthenticated, err.Error())
+		s.log.Info("proxy stream refused", "remote", peer, "reason", err.Error())
+		return status.Error(codes.Unauthenticated, errUnauthenticated.Error())
 	}
 	first, err := stream.Recv()
 	if err != nil {
@@ -55,9 +61,11 @@ func (a *adsServer) StreamAggregatedResources(stream discoveryv3.AggregatedDisco
 	}
 	reg, err := xds.FromNode(first.GetNode())
 	if err != nil {
+		s.log.Info("proxy stream refused", "remote", peer, "token", p, "reason", "invalid registration: "+err.Error())
 		return status.Errorf(codes.InvalidArgument, "registration: %v", err)
 	}
 	if !p.mayActAs(reg.Service) {
+		s.log.Info("proxy stream refused", "remote", peer, "token", p, "reason", fmt.Sprintf("token may not register service %q", reg.Service))
 		return status.Errorf(codes.PermissionDenied, "token may not register service %q", reg.Service)
 	}
 	ps := &proxyStream{s: s, reg: reg}
@@ -94,8 +102,19 @@ func (a *adsServer) StreamAggregatedResources(stream discoveryv3.AggregatedDisco
 		}
 	}()
 
+	// The token is checked again whenever a token changes, and the
+	// stream ends at its expiry: a revoked token's proxy stops getting
+	// configuration and loses its registration within moments.
+	var expired <-chan time.Time
+	if p.token.ExpiresAt != nil {
+		t := time.NewTimer(time.Until(*p.token.ExpiresAt))
+		defer t.Stop()
+		expired = t.C
+	}
+
 	var sent *topology.Snapshot
 	for {
+		tokens := s.state.TokensChanged()
 		changed := s.state.Changed()
 		snap := topology.Compute(s.state.mesh(), topology.Proxy{Service: reg.Service, Upstreams: reg.Upstreams})
 		if sent == nil || snap.Version != sent.Version {
@@ -114,6 +133,14 @@ func (a *adsServer) StreamAggregatedResources(stream discoveryv3.AggregatedDisco
 		}
 		select {
 		case <-changed:
+		case <-tokens:
+			if err := s.tokenStands(ctx, p); err != nil {
+				log.Info("proxy stream ended", "token", p, "reason", err.Error())
+				return status.Error(codes.Unauthenticated, err.Error())
+			}
+		case <-expired:
+			log.Info("proxy stream ended", "token", p, "reason", "token expired")
+			return status.Error(codes.Unauthenticated, "token expired")
 		case r := <-reqs:
 			ps.handle(ctx, r, log)
 		case err := <-recvErr:
@@ -191,7 +218,7 @@ func (ps *proxyStream) putInstance(ctx context.Context) error {
 
 func (ps *proxyStream) writeStatus(ctx context.Context) {
 	b, _ := json.Marshal(ps.status)
-	if err := ps.s.store.Put(ctx, statusKey(ps.reg.Instance), b, ps.lease); err != nil && ctx.Err() == nil {
+	if err := ps.s.store.Put(ctx, statusKey(ps.reg.Service, ps.reg.Instance), b, ps.lease); err != nil && ctx.Err() == nil {
 		ps.s.log.Warn("write proxy status", "instance", ps.reg.Instance, "err", err)
 	}
 }

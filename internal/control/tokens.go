@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"slices"
 	"strings"
@@ -60,7 +61,7 @@ func createToken(ctx context.Context, st store.Store, t v1.Token) (string, v1.To
 		return "", v1.Token{}, err
 	}
 	t.ID = hash[:12]
-	t.CreatedAt = time.Now().UTC()
+	t.CreatedAt = time.Now().UTC().Truncate(time.Second)
 	b, _ := json.Marshal(tokenRecord{Token: t})
 	if err := st.Create(ctx, tokenKey(hash), b); err != nil {
 		return "", v1.Token{}, fmt.Errorf("store token: %w", err)
@@ -84,6 +85,15 @@ func storeTokenHash(ctx context.Context, st store.Store, secret string, t v1.Tok
 // principal is who made a request.
 type principal struct {
 	token v1.Token
+	hash  string // the store key's part; never logged whole
+}
+
+// LogValue names the token in logs by its public ID and description.
+func (p principal) LogValue() slog.Value {
+	if p.hash == "" {
+		return slog.StringValue("no valid token")
+	}
+	return slog.GroupValue(slog.String("id", p.token.ID), slog.String("description", p.token.Description))
 }
 
 func (p principal) isAdmin() bool { return p.token.Admin }
@@ -113,14 +123,74 @@ func (s *Server) authenticate(ctx context.Context, secret string) (principal, er
 	t, ok := s.state.token(hash)
 	if !ok {
 		if kv, err := s.store.Get(ctx, tokenKey(hash)); err == nil && json.Unmarshal(kv.Value, &t) == nil {
-			ok = true
+			t.rev, ok = kv.Rev, true
 		}
 	}
 	// The lookup is by hash, which leaks nothing about the secret.
 	if !ok {
 		return principal{}, errUnauthenticated
 	}
-	return principal{token: t.Token}, nil
+	if t.Expired(time.Now()) {
+		return principal{}, fmt.Errorf("%w: token %s expired at %s", errUnauthenticated, t.ID, t.ExpiresAt.Format(time.RFC3339))
+	}
+	s.markUsed(hash, t)
+	return principal{token: t.Token, hash: hash}, nil
+}
+
+// usedEvery is how stale a token's last-used time may get: writing it on
+// every request would make each API call and stream a store write.
+const usedEvery = time.Minute
+
+// markUsed records that the token authenticated just now, at most once per
+// usedEvery, in the background. The write is conditional on the record's
+// revision, so that it never brings back a token deleted meanwhile.
+func (s *Server) markUsed(hash string, t tokenRecord) {
+	now := time.Now().UTC()
+	if t.LastUsedAt != nil && now.Sub(*t.LastUsedAt) < usedEvery || t.rev == 0 {
+		return
+	}
+	s.usedMu.Lock()
+	if last, ok := s.usedWrites[hash]; ok && now.Sub(last) < usedEvery {
+		s.usedMu.Unlock()
+		return
+	}
+	s.usedWrites[hash] = now
+	s.usedMu.Unlock()
+	t.LastUsedAt = &now
+	b, _ := json.Marshal(t)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		err := s.store.Commit(ctx, []store.Op{{Key: tokenKey(hash), Value: b, IfRev: t.rev}})
+		if err != nil && !errors.Is(err, store.ErrConflict) {
+			s.log.Debug("record token use", "token", t.ID, "err", err)
+		}
+	}()
+}
+
+// tokenStands reports whether the token behind p is still stored and
+// unexpired: a stream checks it whenever tokens change. A token missing
+// from the mirror is looked up in the store, which has the last word (the
+// mirror may not have seen a token made a moment ago); a store that does
+// not answer ends no stream.
+func (s *Server) tokenStands(ctx context.Context, p principal) error {
+	t, ok := s.state.token(p.hash)
+	if !ok {
+		kv, err := s.store.Get(ctx, tokenKey(p.hash))
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			return fmt.Errorf("token %s was revoked", p.token.ID)
+		case err != nil:
+			return nil
+		}
+		if json.Unmarshal(kv.Value, &t) != nil {
+			return nil
+		}
+	}
+	if t.Expired(time.Now()) {
+		return fmt.Errorf("token %s expired", p.token.ID)
+	}
+	return nil
 }
 
 func (s *Server) authRequest(r *http.Request) (principal, error) {

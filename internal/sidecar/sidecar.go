@@ -90,6 +90,7 @@ func New(cfg Config) (*Proxy, error) {
 		if err != nil {
 			return nil, fmt.Errorf("token file: %w", err)
 		}
+		certs.WarnIfShared(cfg.Logger, "token file", cfg.TokenFile)
 		token = strings.TrimSpace(string(b))
 	}
 	var caPEM []byte

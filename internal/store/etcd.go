@@ -127,6 +127,9 @@ func (e *Etcd) Delete(ctx context.Context, key string) error {
 
 // Commit implements Store.
 func (e *Etcd) Commit(ctx context.Context, ops []Op) error {
+	if len(ops) > MaxTxnOps {
+		return fmt.Errorf("commit %d writes: over the limit of %d in one transaction", len(ops), MaxTxnOps)
+	}
 	var (
 		cmps []clientv3.Cmp
 		then []clientv3.Op

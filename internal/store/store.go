@@ -43,6 +43,10 @@ type WatchBatch struct {
 	Err    error
 }
 
+// MaxTxnOps is the most ops one Commit may hold: etcd's default
+// --max-txn-ops, which an external cluster is likely to keep.
+const MaxTxnOps = 128
+
 // Op is one write in an atomic Commit.
 type Op struct {
 	Key    string
@@ -69,7 +73,7 @@ type Store interface {
 	Create(ctx context.Context, key string, value []byte) error
 	// Delete removes the key, or returns ErrNotFound.
 	Delete(ctx context.Context, key string) error
-	// Commit applies every op or none.
+	// Commit applies every op or none; at most MaxTxnOps of them.
 	Commit(ctx context.Context, ops []Op) error
 	// Watch delivers the changes under prefix after revision rev until ctx
 	// ends; the channel is closed then, or after a batch with Err.

@@ -343,7 +343,7 @@ func serviceToken(ctx context.Context, api *client.Client, dir, service string) 
 	if b, err := os.ReadFile(path); err == nil && len(b) > 0 {
 		return path, nil
 	}
-	t, err := api.CreateToken(ctx, []string{service}, false, "trellis up: "+service)
+	t, err := api.CreateToken(ctx, v1.TokenRequest{Services: []string{service}, Description: "trellis up: " + service})
 	if err != nil {
 		return "", fmt.Errorf("token for %s: %w", service, err)
 	}
@@ -474,6 +474,10 @@ func printSummary(w io.Writer, addr string, f *File, admins map[string]string) {
 		in := f.Intentions[len(f.Intentions)-1]
 		try += fmt.Sprintf("; trellis intention deny %s %s", in.Source, in.Destination)
 	}
+	// Said once, plainly: trellis proxy and trellis gateway bind their
+	// edge and gateway listeners to every interface unless told otherwise;
+	// trellis up never does.
+	fmt.Fprintf(w, "\n  Bound to: 127.0.0.1 only (API, mesh ports, edge, ingress and admin listeners): nothing here is reachable from another host")
 	fmt.Fprintf(w, "\n  Try:      %s\nPress Ctrl-C to stop.\n", try)
 }
 

@@ -1,0 +1,78 @@
+package v1
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"golang.org/x/net/publicsuffix"
+)
+
+// ValidateEdgeName checks a name the mesh CA may put in an edge certificate
+// (a Service's spec.dnsNames, a Gateway listener's names with source mesh).
+// The mesh CA's roots are trusted by every workload and by the CLI, so a
+// name it signs must not stand for anything but the service: not loopback
+// (a service holding "localhost" could pose as any local server), not an
+// address, and not a wildcard so wide that it covers other people's
+// domains. The rules follow what public CAs must refuse (CA/Browser Forum
+// Baseline Requirements 3.2.2.6): one wildcard label at most, leftmost and
+// whole, never directly under a public suffix.
+func ValidateEdgeName(name string) error {
+	n := strings.ToLower(name)
+	switch {
+	case n == "":
+		return errors.New("empty name")
+	case len(n) > 253:
+		return fmt.Errorf("%q is longer than 253 characters", name)
+	case strings.HasSuffix(n, "."):
+		return fmt.Errorf("%q ends with a dot; write the name without it", name)
+	}
+	if _, err := netip.ParseAddr(n); err == nil {
+		return fmt.Errorf("%q is an IP address; edge certificates carry DNS names only", name)
+	}
+	base, wildcard := strings.CutPrefix(n, "*.")
+	labels := strings.Split(base, ".")
+	for _, l := range labels {
+		if err := checkLabel(l); err != nil {
+			return fmt.Errorf("%q: %w", name, err)
+		}
+	}
+	last := labels[len(labels)-1]
+	if strings.Trim(last, "0123456789") == "" {
+		// No top-level domain is all digits: "127.1" and "10.0.0.1" are
+		// addresses to resolvers and browsers.
+		return fmt.Errorf("%q ends in a numeric label, as an IP address does", name)
+	}
+	if base == "localhost" || strings.HasSuffix(base, ".localhost") || base == "localhost.localdomain" {
+		return fmt.Errorf("%q is a loopback name (RFC 6761)", name)
+	}
+	if wildcard {
+		if ps, _ := publicsuffix.PublicSuffix(base); ps == base {
+			return fmt.Errorf("%q: a wildcard directly under the public suffix %q would cover every domain in it", name, base)
+		}
+	} else if ps, icann := publicsuffix.PublicSuffix(base); ps == base && icann {
+		return fmt.Errorf("%q is a public suffix, not a domain anyone holds", name)
+	}
+	return nil
+}
+
+func checkLabel(l string) error {
+	switch {
+	case l == "":
+		return errors.New("empty label")
+	case l == "*":
+		return errors.New("a wildcard may only be the whole leftmost label, once")
+	case len(l) > 63:
+		return fmt.Errorf("label %q is longer than 63 characters", l)
+	case l[0] == '-' || l[len(l)-1] == '-':
+		return fmt.Errorf("label %q starts or ends with a hyphen", l)
+	}
+	for i := 0; i < len(l); i++ {
+		c := l[i]
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+			return fmt.Errorf("label %q: %q is not a letter, digit or hyphen", l, c)
+		}
+	}
+	return nil
+}
