@@ -70,7 +70,7 @@ type TokenRequest struct {
 	// Description is free text.
 	Description string `json:"description,omitempty"`
 	// TTL, when set, is how long the token works (a Go duration, at
-	// least a minute).
+	// least 10s).
 	TTL string `json:"ttl,omitempty"`
 }
 

@@ -376,8 +376,8 @@ func runToken(ctx context.Context, e *env, args []string) error {
 				return usageErr("--service: %v", err)
 			}
 		}
-		if *ttl < 0 || *ttl > 0 && *ttl < time.Minute {
-			return usageErr("--ttl %v: want at least 1m", *ttl)
+		if *ttl < 0 || *ttl > 0 && *ttl < 10*time.Second {
+			return usageErr("--ttl %v: want at least 10s", *ttl)
 		}
 		req := v1.TokenRequest{Services: services, Admin: *admin, Description: *desc}
 		if *ttl > 0 {

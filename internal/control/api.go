@@ -378,8 +378,8 @@ func (s *Server) createToken(_ principal, r *http.Request) (any, error) {
 	t := v1.Token{Admin: req.Admin, Services: req.Services, Description: req.Description}
 	if req.TTL != "" {
 		d, err := time.ParseDuration(req.TTL)
-		if err != nil || d < time.Minute {
-			return nil, badRequest("ttl %q: want a duration of at least 1m, such as 24h", req.TTL)
+		if err != nil || d < 10*time.Second {
+			return nil, badRequest("ttl %q: want a duration of at least 10s, such as 720h", req.TTL)
 		}
 		exp := time.Now().Add(d).UTC().Truncate(time.Second)
 		t.ExpiresAt = &exp
