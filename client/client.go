@@ -218,6 +218,27 @@ func (c *Client) AddRoots(ctx context.Context, rootsPEM []byte) error {
 	return c.do(ctx, http.MethodPost, "/v1/ca/roots", v1.Roots{RootsPEM: string(rootsPEM)}, nil)
 }
 
+// RemoveRoot takes a root out of the trust bundle.
+func (c *Client) RemoveRoot(ctx context.Context, req v1.RemoveRootRequest) (v1.Roots, error) {
+	var out v1.Roots
+	err := c.do(ctx, http.MethodPost, "/v1/ca/roots/remove", req, &out)
+	return out, err
+}
+
+// Rotation says where the root rotation stands.
+func (c *Client) Rotation(ctx context.Context) (v1.Rotation, error) {
+	var out v1.Rotation
+	err := c.do(ctx, http.MethodGet, "/v1/ca/rotation", nil, &out)
+	return out, err
+}
+
+// Rotate runs one step of a root rotation.
+func (c *Client) Rotate(ctx context.Context, req v1.RotationRequest) (v1.Rotation, error) {
+	var out v1.Rotation
+	err := c.do(ctx, http.MethodPost, "/v1/ca/rotation", req, &out)
+	return out, err
+}
+
 // Sign asks the CA to sign csrPEM for service.
 func (c *Client) Sign(ctx context.Context, service string, csrPEM []byte) (v1.Signed, error) {
 	var out v1.Signed

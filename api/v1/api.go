@@ -81,3 +81,51 @@ type NewToken struct {
 	// Secret is the bearer token.
 	Secret string `json:"secret"`
 }
+
+// Rotation phases.
+const (
+	RotationPrepared = "prepared" // the new root is in the bundle; the old key still signs
+	RotationActive   = "active"   // the new key signs; the old root is still trusted
+	RotationRetired  = "retired"  // the old root has left the bundle
+)
+
+// Rotation is the answer of GET and POST /v1/ca/rotation: where a root
+// rotation stands.
+type Rotation struct {
+	// Phase is "" (none yet), prepared, active or retired.
+	Phase string `json:"phase"`
+	// NewRoot and OldRoot are fingerprints (hex SHA-256 of the DER).
+	NewRoot string `json:"newRoot,omitempty"`
+	OldRoot string `json:"oldRoot,omitempty"`
+	// StartedAt and SwitchedAt are when the new root was added and when
+	// the servers began signing with its key.
+	StartedAt  *time.Time `json:"startedAt,omitempty"`
+	SwitchedAt *time.Time `json:"switchedAt,omitempty"`
+	// OldSVIDsUntil is when the last certificate the old key may have
+	// signed expires: the old root may be removed after it.
+	OldSVIDsUntil *time.Time `json:"oldSVIDsUntil,omitempty"`
+	// Proxies connected, Trusting of them the new root in the snapshot
+	// they applied, and the instances still Waiting.
+	Proxies  int      `json:"proxies"`
+	Trusting int      `json:"trusting"`
+	Waiting  []string `json:"waiting,omitempty"`
+}
+
+// RotationRequest is the body of POST /v1/ca/rotation.
+type RotationRequest struct {
+	// Action is prepare (make the new root and add it to the bundle) or
+	// switch (sign with the new key, once every proxy trusts it).
+	Action string `json:"action"`
+	// Force switches even if some proxies have not acknowledged the new
+	// root.
+	Force bool `json:"force,omitempty"`
+}
+
+// RemoveRootRequest is the body of POST /v1/ca/roots/remove.
+type RemoveRootRequest struct {
+	// Fingerprint of the root, or a unique prefix of at least 8 characters.
+	Fingerprint string `json:"fingerprint"`
+	// Force removes a rotation's old root before its certificates have
+	// expired.
+	Force bool `json:"force,omitempty"`
+}

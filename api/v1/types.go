@@ -273,6 +273,10 @@ type ProxyStatus struct {
 	AckedVersion string `json:"ackedVersion"`
 	// Error is the proxy's reason for rejecting the last snapshot, if it did.
 	Error string `json:"error,omitempty"`
+	// AckedRoots are the fingerprints of the trust bundle's roots in the
+	// last snapshot the proxy applied: a root rotation waits until every
+	// proxy trusts the new root.
+	AckedRoots []string `json:"ackedRoots,omitempty"`
 	// ConnectedAt is when the proxy's stream opened.
 	ConnectedAt time.Time `json:"connectedAt"`
 }

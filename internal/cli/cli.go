@@ -51,7 +51,7 @@ func commands() map[string]command {
 		"delete":    {"delete a resource: delete KIND NAME", runDelete},
 		"intention": {"allow or deny calls: intention allow|deny SRC DST", runIntention},
 		"token":     {"create, list or delete tokens", runToken},
-		"ca":        {"show the CA's trust bundle: ca roots", runCA},
+		"ca":        {"the CA: ca roots | add-root FILE | rotate | remove-root FINGERPRINT", runCA},
 		"inject":    {"inject the sidecar: inject validate|ecs|cloudformation|kubernetes|compose|mesh, inject webhook", runInject},
 		"redirect":  {"install the iptables rules of transparent mode (as ECS does for proxyConfiguration)", runRedirect},
 		"ready":     {"exit 0 if the local proxy is ready (a health check that needs no shell)", runReady},

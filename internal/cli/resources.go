@@ -14,6 +14,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	v1 "github.com/trellis-mesh/trellis/api/v1"
+	"github.com/trellis-mesh/trellis/internal/ca"
 	"github.com/trellis-mesh/trellis/internal/identity"
 )
 
@@ -438,9 +439,29 @@ func runToken(ctx context.Context, e *env, args []string) error {
 }
 
 func runCA(ctx context.Context, e *env, args []string) error {
-	switch {
-	case len(args) == 1 && args[0] == "roots":
-	case len(args) == 2 && args[0] == "add-root":
+	if len(args) == 0 {
+		return usageErr("want: ca roots | ca add-root FILE | ca rotate | ca remove-root FINGERPRINT|FILE")
+	}
+	switch args[0] {
+	case "roots":
+		c, err := connect(e)
+		if err != nil {
+			return err
+		}
+		r, err := c.Roots(ctx)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(e.stderr, "trust domain: %s\n", r.TrustDomain)
+		for _, fp := range ca.Fingerprints([]byte(r.RootsPEM)) {
+			fmt.Fprintf(e.stderr, "root: %s\n", fp)
+		}
+		fmt.Fprint(e.stdout, r.RootsPEM)
+		return nil
+	case "add-root":
+		if len(args) != 2 {
+			return usageErr("want: ca add-root FILE")
+		}
 		pemBytes, err := os.ReadFile(args[1])
 		if err != nil {
 			return err
@@ -454,20 +475,118 @@ func runCA(ctx context.Context, e *env, args []string) error {
 		}
 		fmt.Fprintf(e.stdout, "added %s to the trust bundle; restart the servers with the new CA once every proxy has acknowledged it (trellis get proxies)\n", args[1])
 		return nil
-	default:
-		return usageErr("want: ca roots | ca add-root FILE")
+	case "remove-root":
+		fs := newFlags(e, "ca remove-root", "ca remove-root FINGERPRINT|FILE [--force]")
+		force := fs.Bool("force", false, "remove a rotation's old root before the certificates it signed have expired")
+		if err := parse(fs, args[1:]); err != nil {
+			return err
+		}
+		if fs.NArg() != 1 {
+			return usageErr("want: ca remove-root FINGERPRINT|FILE (trellis ca roots lists the fingerprints)")
+		}
+		fp := fs.Arg(0)
+		if b, err := os.ReadFile(fp); err == nil {
+			fps := ca.Fingerprints(b)
+			if len(fps) != 1 {
+				return usageErr("%s: want one PEM certificate, found %d", fp, len(fps))
+			}
+			fp = fps[0]
+		}
+		c, err := connect(e)
+		if err != nil {
+			return err
+		}
+		if _, err := c.RemoveRoot(ctx, v1.RemoveRootRequest{Fingerprint: fp, Force: *force}); err != nil {
+			return err
+		}
+		fmt.Fprintf(e.stdout, "removed root %s from the trust bundle\n", fp)
+		return nil
+	case "rotate":
+		return runRotate(ctx, e, args[1:])
+	}
+	return usageErr("unknown ca command %q (want roots, add-root, rotate or remove-root)", args[0])
+}
+
+// runRotate drives a root rotation to its end, resuming one in progress:
+// prepare, wait until every proxy trusts the new root, switch the signing
+// key, wait until the old key's certificates have expired, retire the old
+// root.
+func runRotate(ctx context.Context, e *env, args []string) error {
+	fs := newFlags(e, "ca rotate", "ca rotate [--ack-timeout DURATION] [--no-retire] [--force]")
+	ackTimeout := fs.Duration("ack-timeout", 5*time.Minute, "how long to wait for every proxy to trust the new root")
+	noRetire := fs.Bool("no-retire", false, "stop after the switch; remove the old root later with ca remove-root")
+	force := fs.Bool("force", false, "switch even if some proxies have not acknowledged the new root")
+	poll := fs.Duration("poll", time.Second, "how often to look at the proxies")
+	if err := parse(fs, args); err != nil {
+		return err
 	}
 	c, err := connect(e)
 	if err != nil {
 		return err
 	}
-	r, err := c.Roots(ctx)
+	r, err := c.Rotation(ctx)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stderr, "trust domain: %s\n", r.TrustDomain)
-	fmt.Fprint(e.stdout, r.RootsPEM)
+	if r.Phase == "" || r.Phase == v1.RotationRetired {
+		if r, err = c.Rotate(ctx, v1.RotationRequest{Action: "prepare"}); err != nil {
+			return err
+		}
+		fmt.Fprintf(e.stdout, "new root %s added to the trust bundle\n", r.NewRoot[:16])
+	} else {
+		fmt.Fprintf(e.stdout, "resuming the rotation to root %s (%s)\n", r.NewRoot[:16], r.Phase)
+	}
+	if r.Phase == v1.RotationPrepared {
+		deadline := time.Now().Add(*ackTimeout)
+		for {
+			if r, err = c.Rotation(ctx); err != nil {
+				return err
+			}
+			if len(r.Waiting) == 0 || *force {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("%d of %d proxies did not acknowledge the new root within %v: %s; the old key still signs, so nothing is broken: run trellis ca rotate again once they are back, or with --force", len(r.Waiting), r.Proxies, *ackTimeout, strings.Join(r.Waiting, ", "))
+			}
+			if err := sleepCtx(ctx, *poll); err != nil {
+				return err
+			}
+		}
+		fmt.Fprintf(e.stdout, "%d of %d proxies trust the new root\n", r.Trusting, r.Proxies)
+		if r, err = c.Rotate(ctx, v1.RotationRequest{Action: "switch", Force: *force}); err != nil {
+			return err
+		}
+		fmt.Fprintf(e.stdout, "the servers sign with the new key; certificates of the old one expire by %s\n", r.OldSVIDsUntil.Local().Format(time.DateTime))
+	}
+	if r.Phase != v1.RotationActive {
+		return nil
+	}
+	if *noRetire {
+		fmt.Fprintf(e.stdout, "after %s: trellis ca remove-root %s\n", r.OldSVIDsUntil.Local().Format(time.DateTime), r.OldRoot)
+		return nil
+	}
+	if wait := time.Until(*r.OldSVIDsUntil); wait > 0 {
+		fmt.Fprintf(e.stdout, "waiting %v for the old key's certificates to expire (Ctrl-C is safe: run trellis ca rotate again to resume)\n", wait.Round(time.Second))
+		if err := sleepCtx(ctx, wait); err != nil {
+			return err
+		}
+	}
+	if _, err := c.RemoveRoot(ctx, v1.RemoveRootRequest{Fingerprint: r.OldRoot}); err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "old root %s retired; the rotation is done\n", r.OldRoot[:16])
 	return nil
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // warnSharedStdout warns when standard output is a file that other users

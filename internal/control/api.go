@@ -65,7 +65,10 @@ func (s *Server) routes() *http.ServeMux {
 	h("GET /v1/ca/roots", anyToken, s.roots)
 	h("POST /v1/ca/sign", anyToken, s.sign)
 	h("POST /v1/ca/roots", adminOnly, s.addRoots)
-	h("GET /v1/tokens", adminOnly, func(principal, *http.Request) (any, error) { return s.state.listTokens(), nil })
+	h("POST /v1/ca/roots/remove", adminOnly, s.removeRoot)
+	h("GET /v1/ca/rotation", adminOnly, s.rotation)
+	h("POST /v1/ca/rotation", adminOnly, s.rotate)
+	h("GET /v1/tokens", adminOnly, s.listTokens)
 	h("POST /v1/tokens", adminOnly, s.createToken)
 	h("DELETE /v1/tokens/{id}", adminOnly, s.deleteToken)
 	mux.Handle("GET /metrics", s.metricsHandler)
@@ -258,8 +261,8 @@ func (s *Server) applyResources(_ principal, r *http.Request) (any, error) {
 		seen[key] = true
 		switch res.Kind {
 		case v1.KindMesh:
-			if td := res.Mesh.TrustDomain; td != "" && td != s.ca.TrustDomain() {
-				errs = append(errs, fmt.Sprintf("%s: spec.trustDomain: %q differs from the CA's %q (it is fixed when the CA is made)", where, td, s.ca.TrustDomain()))
+			if td := res.Mesh.TrustDomain; td != "" && td != s.signer().TrustDomain() {
+				errs = append(errs, fmt.Sprintf("%s: spec.trustDomain: %q differs from the CA's %q (it is fixed when the CA is made)", where, td, s.signer().TrustDomain()))
 			}
 		case v1.KindIntention:
 			pair := res.Intention.Source + ">" + res.Intention.Destination
@@ -301,7 +304,7 @@ func (s *Server) addRoots(_ principal, r *http.Request) (any, error) {
 	if err := decodeBody(r, &req); err != nil {
 		return nil, err
 	}
-	if err := addRoots(r.Context(), s.store, s.ca.TrustDomain(), []byte(req.RootsPEM)); err != nil {
+	if err := addRoots(r.Context(), s.store, s.signer().TrustDomain(), []byte(req.RootsPEM)); err != nil {
 		return nil, badRequest("add roots: %v", err)
 	}
 	m := s.state.mesh()
@@ -313,7 +316,7 @@ func (s *Server) sign(p principal, r *http.Request) (any, error) {
 	if err := decodeBody(r, &req); err != nil {
 		return nil, err
 	}
-	id, err := identity.New(s.ca.TrustDomain(), req.Service)
+	id, err := identity.New(s.signer().TrustDomain(), req.Service)
 	if err != nil {
 		return nil, badRequest("%v", err)
 	}
@@ -323,7 +326,7 @@ func (s *Server) sign(p principal, r *http.Request) (any, error) {
 	if len(req.DNSNames) > 0 {
 		return s.signEdge(id, req)
 	}
-	chain, err := s.ca.SignSVID(ca.SignRequest{CSR: []byte(req.CSR), ID: id, TTL: s.cfg.SVIDTTL})
+	chain, err := s.signer().SignSVID(ca.SignRequest{CSR: []byte(req.CSR), ID: id, TTL: s.cfg.SVIDTTL})
 	return s.signed(chain, err, slog.LevelDebug, "issued svid", "id", id.String())
 }
 
@@ -366,7 +369,7 @@ func (s *Server) signEdge(id identity.ID, req v1.SignRequest) (any, error) {
 			}
 		}
 	}
-	chain, err := s.ca.SignEdge(ca.EdgeRequest{CSR: []byte(req.CSR), Service: req.Service, DNSNames: req.DNSNames, TTL: s.cfg.SVIDTTL})
+	chain, err := s.signer().SignEdge(ca.EdgeRequest{CSR: []byte(req.CSR), Service: req.Service, DNSNames: req.DNSNames, TTL: s.cfg.SVIDTTL})
 	return s.signed(chain, err, slog.LevelInfo, "issued edge certificate", "service", id.Service(), "names", req.DNSNames)
 }
 
@@ -389,6 +392,26 @@ func (s *Server) createToken(_ principal, r *http.Request) (any, error) {
 		return nil, badRequest("%v", err)
 	}
 	return v1.NewToken{Token: t, Secret: secret}, nil
+}
+
+// listTokens reads the store, not its mirror, which may lag a token made
+// a moment ago.
+func (s *Server) listTokens(_ principal, r *http.Request) (any, error) {
+	kvs, _, err := s.store.List(r.Context(), keyTokens)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]v1.Token, 0, len(kvs))
+	for _, kv := range kvs {
+		var t tokenRecord
+		if err := json.Unmarshal(kv.Value, &t); err != nil {
+			s.log.Error("skip undecodable token in store", "key", kv.Key, "err", err)
+			continue
+		}
+		out = append(out, t.Token)
+	}
+	slices.SortFunc(out, func(a, b v1.Token) int { return a.CreatedAt.Compare(b.CreatedAt) })
+	return out, nil
 }
 
 func (s *Server) deleteToken(_ principal, r *http.Request) (any, error) {

@@ -10,6 +10,7 @@ const (
 	keyStatus    = "/status/"
 	keyTokens    = "/tokens/"
 	keyBundle    = "/ca/bundle"
+	keyIssuer    = "/ca/issuer" // a root rotation's state and new key
 	keyBootstrap = "/bootstrap/admin"
 )
 

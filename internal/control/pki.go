@@ -168,3 +168,7 @@ func (s *Server) servingCert(c *ca.CA) (*tls.Certificate, error) {
 	}
 	return certs.KeyPair(chainPEM, keyPEM)
 }
+
+func pemCert(der []byte) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+}

@@ -149,7 +149,9 @@ type Server struct {
 	cfg            Config
 	log            *slog.Logger
 	store          store.Store
-	ca             *ca.CA
+	issuer         atomic.Pointer[ca.CA] // swapped by a root rotation
+	serving        atomic.Pointer[tls.Certificate]
+	reissue        chan struct{} // the serving certificate is to be renewed now
 	state          *state
 	metrics        *serverMetrics
 	metricsHandler http.Handler
@@ -176,6 +178,7 @@ func New(cfg Config) (*Server, error) {
 		metricsHandler: promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}),
 		ready:          make(chan struct{}),
 		usedWrites:     map[string]time.Time{},
+		reissue:        make(chan struct{}, 1),
 	}, nil
 }
 
@@ -212,10 +215,15 @@ func (s *Server) Run(ctx context.Context) error {
 	defer st.Close()
 	s.store = st
 
-	if s.ca, err = s.loadCA(); err != nil {
+	c, err := s.loadCA()
+	if err != nil {
 		return err
 	}
-	if err := publishBundle(ctx, st, s.ca); err != nil {
+	if c, err = s.rotatedCA(ctx, c); err != nil {
+		return err
+	}
+	s.issuer.Store(c)
+	if err := publishBundle(ctx, st, c); err != nil {
 		return fmt.Errorf("publish trust bundle: %w", err)
 	}
 	stateCtx, stopState := context.WithCancel(ctx)
@@ -230,13 +238,13 @@ func (s *Server) Run(ctx context.Context) error {
 		return fmt.Errorf("admin token: %w", err)
 	}
 
-	cert, err := s.servingCert(s.ca)
+	cert, err := s.servingCert(s.signer())
 	if err != nil {
 		return fmt.Errorf("serving certificate: %w", err)
 	}
-	var current atomic.Pointer[tls.Certificate]
-	current.Store(cert)
-	go s.renewServing(ctx, &current)
+	s.serving.Store(cert)
+	go s.renewServing(ctx)
+	go s.followIssuer(ctx)
 
 	gs := grpc.NewServer()
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(gs, &adsServer{s: s})
@@ -254,7 +262,7 @@ func (s *Server) Run(ctx context.Context) error {
 		// TLS 1.2 with forward-secret AEAD suites only, or 1.3, as the
 		// edge listeners: no CBC or static-RSA suite reaches the API.
 		TLSConfig: certs.EdgeServerConfig(func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-			return current.Load(), nil
+			return s.serving.Load(), nil
 		}, nil, "h2", "http/1.1"),
 	}
 	// Proxies hold one long stream each. A proxy that froze or was cut off
@@ -273,7 +281,7 @@ func (s *Server) Run(ctx context.Context) error {
 	s.addr.Store(&addr)
 	errc := make(chan error, 1)
 	go func() { errc <- hs.ServeTLS(l, "", "") }()
-	s.log.Info("control plane serving", "addr", addr, "trustDomain", s.ca.TrustDomain())
+	s.log.Info("control plane serving", "addr", addr, "trustDomain", s.signer().TrustDomain())
 	close(s.ready)
 
 	select {
@@ -291,21 +299,30 @@ func (s *Server) Run(ctx context.Context) error {
 	return nil
 }
 
-func (s *Server) renewServing(ctx context.Context, cur *atomic.Pointer[tls.Certificate]) {
+// signer returns the CA that signs now.
+func (s *Server) signer() *ca.CA { return s.issuer.Load() }
+
+// renewServing renews the API's certificate at half-life, and at once when
+// the issuer changed.
+func (s *Server) renewServing(ctx context.Context) {
 	for {
-		leaf := cur.Load().Leaf
-		wait := time.Until(leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2))
-		sleep(ctx, wait)
-		if ctx.Err() != nil {
+		leaf := s.serving.Load().Leaf
+		wait := time.NewTimer(time.Until(leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2)))
+		select {
+		case <-ctx.Done():
+			wait.Stop()
 			return
+		case <-wait.C:
+		case <-s.reissue:
+			wait.Stop()
 		}
-		c, err := s.servingCert(s.ca)
+		c, err := s.servingCert(s.signer())
 		if err != nil {
 			s.log.Error("renew serving certificate", "err", err)
 			sleep(ctx, time.Minute)
 			continue
 		}
-		cur.Store(c)
+		s.serving.Store(c)
 	}
 }
 

@@ -40,6 +40,7 @@ type state struct {
 	status    map[string]v1.ProxyStatus
 	tokens    map[string]tokenRecord // hash -> record
 	bundle    bundleRecord
+	issuer    *issuerRecord // nil: no rotation was ever made
 	// meshView is the topology input, built once per relevant change and
 	// shared read-only by every stream; nil when stale.
 	meshView *topology.Mesh
@@ -63,6 +64,7 @@ func (s *state) reset() {
 	s.status = map[string]v1.ProxyStatus{}
 	s.tokens = map[string]tokenRecord{}
 	s.bundle = bundleRecord{}
+	s.issuer = nil
 }
 
 // Changed returns a channel closed at the next change.
@@ -181,6 +183,20 @@ func (s *state) applyLocked(ev store.Event) bool {
 			t.rev = ev.KV.Rev
 			s.tokens[h] = t
 		}
+	case key == keyIssuer:
+		// Not part of any snapshot, but every server follows it: waking
+		// the streams once per rotation step is cheap.
+		s.issuer = nil
+		if !del {
+			var rec issuerRecord
+			if err := json.Unmarshal(ev.KV.Value, &rec); err != nil {
+				s.log.Error("skip undecodable issuer record in store", "err", err)
+				return false
+			}
+			rec.rev = ev.KV.Rev
+			s.issuer = &rec
+		}
+		return true
 	case key == keyBundle:
 		if !del {
 			_ = json.Unmarshal(ev.KV.Value, &s.bundle)
@@ -256,6 +272,13 @@ func (s *state) buildMeshLocked() *topology.Mesh {
 	return m
 }
 
+// issuerRecord returns the rotation record, or nil.
+func (s *state) issuerRecord() *issuerRecord {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.issuer
+}
+
 func (s *state) token(hash string) (tokenRecord, bool) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
@@ -305,17 +328,6 @@ func (s *state) listStatus() []v1.ProxyStatus {
 		out = append(out, st)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Instance < out[j].Instance })
-	return out
-}
-
-func (s *state) listTokens() []v1.Token {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	out := make([]v1.Token, 0, len(s.tokens))
-	for _, t := range s.tokens {
-		out = append(out, t.Token)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].CreatedAt.Before(out[j].CreatedAt) })
 	return out
 }
 

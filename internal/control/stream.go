@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	v1 "github.com/trellis-mesh/trellis/api/v1"
+	"github.com/trellis-mesh/trellis/internal/ca"
 	"github.com/trellis-mesh/trellis/internal/store"
 	"github.com/trellis-mesh/trellis/internal/topology"
 	"github.com/trellis-mesh/trellis/internal/xds"
@@ -33,6 +34,9 @@ type proxyStream struct {
 	lease  store.LeaseID
 	status v1.ProxyStatus
 	nonce  int
+	// sentRoots are the fingerprints of the roots in the last snapshot
+	// sent; an ACK of it makes them the status's AckedRoots.
+	sentRoots []string
 }
 
 // StreamAggregatedResources implements the ADS stream. The first request
@@ -126,6 +130,9 @@ func (a *adsServer) StreamAggregatedResources(stream discoveryv3.AggregatedDisco
 			if err := stream.Send(resp); err != nil {
 				return err
 			}
+			if sent == nil || snap.RootsPEM != sent.RootsPEM {
+				ps.sentRoots = ca.Fingerprints([]byte(snap.RootsPEM))
+			}
 			sent = snap
 			s.metrics.pushes.Inc()
 			ps.status.SentVersion = snap.Version
@@ -190,6 +197,9 @@ func (ps *proxyStream) handle(ctx context.Context, r *discoveryv3.DiscoveryReque
 	} else {
 		ps.status.AckedVersion = r.GetVersionInfo()
 		ps.status.Error = ""
+		if ps.status.AckedVersion == ps.status.SentVersion {
+			ps.status.AckedRoots = ps.sentRoots
+		}
 	}
 	ps.writeStatus(ctx)
 }

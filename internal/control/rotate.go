@@ -1,0 +1,324 @@
+package control
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	v1 "github.com/trellis-mesh/trellis/api/v1"
+	"github.com/trellis-mesh/trellis/internal/ca"
+	"github.com/trellis-mesh/trellis/internal/store"
+)
+
+// A root rotation, in three steps that each survive a server's restart
+// and reach every server through the store:
+//
+//  1. prepare: one server makes the new root and its key, cross-signs the
+//     key with the current CA, stores both (keyIssuer) and adds the new
+//     root to the trust bundle. The old key still signs.
+//  2. switch, once every connected proxy has applied a snapshot that
+//     trusts the new root: every server signs with the new key, and its
+//     leaves carry the cross-signed certificate, so that a peer that
+//     still holds only the old root verifies them too.
+//  3. retire, once every certificate the old key signed has expired: the
+//     old root leaves the bundle (proxies then close connections that
+//     only it verified) and the new root signs alone.
+//
+// The new key is kept in the store, which only the servers can reach
+// (etcd with client-certificate or socket access), as Consul's built-in
+// CA keeps its key in its Raft store: every server must sign with it.
+// An imported CA is rotated at its source instead: add the new root with
+// `ca add-root`, restart the servers with the new --ca-cert/--ca-key, and
+// remove the old root with `ca remove-root`.
+
+// issuerRecord is what keyIssuer holds.
+type issuerRecord struct {
+	Phase         string    `json:"phase"`
+	RootPEM       string    `json:"rootPEM"`
+	CrossPEM      string    `json:"crossPEM,omitempty"` // dropped at retirement
+	KeyPEM        string    `json:"keyPEM"`
+	OldRootPEM    string    `json:"oldRootPEM"`
+	StartedAt     time.Time `json:"startedAt"`
+	SwitchedAt    time.Time `json:"switchedAt,omitzero"`
+	OldSVIDsUntil time.Time `json:"oldSVIDsUntil,omitzero"`
+
+	rev int64
+}
+
+// switchMargin covers the moment between one server's switch and the
+// others' (each sees it through its store watch) and clocks that differ a
+// little: the old key may sign for that long after SwitchedAt.
+const switchMargin = 10 * time.Second
+
+// rotatedCA returns the CA a rotation made, when the store holds one that
+// is past its prepare step; else files, the CA from the data dir or the
+// imported files.
+func (s *Server) rotatedCA(ctx context.Context, files *ca.CA) (*ca.CA, error) {
+	kv, err := s.store.Get(ctx, keyIssuer)
+	if errors.Is(err, store.ErrNotFound) {
+		return files, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read issuer record: %w", err)
+	}
+	var rec issuerRecord
+	if err := json.Unmarshal(kv.Value, &rec); err != nil {
+		return nil, fmt.Errorf("decode issuer record: %w", err)
+	}
+	if rec.Phase == v1.RotationPrepared || s.cfg.CACertFile != "" {
+		return files, nil
+	}
+	return ca.LoadNext(files.TrustDomain(), []byte(rec.RootPEM), []byte(rec.CrossPEM), []byte(rec.KeyPEM))
+}
+
+// followIssuer adopts every rotation step another server (or this one)
+// stores, without a restart.
+func (s *Server) followIssuer(ctx context.Context) {
+	var seen int64
+	for {
+		changed := s.state.Changed()
+		if rec := s.state.issuerRecord(); rec != nil && rec.rev != seen {
+			seen = rec.rev
+			s.adoptIssuer(rec)
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+func (s *Server) adoptIssuer(rec *issuerRecord) {
+	if rec.Phase == v1.RotationPrepared {
+		return // the old key signs until the switch
+	}
+	if s.cfg.CACertFile != "" {
+		s.log.Warn("a root rotation is in the store, but this server signs with its imported CA; restart it with the new CA's files", "phase", rec.Phase)
+		return
+	}
+	c, err := ca.LoadNext(s.signer().TrustDomain(), []byte(rec.RootPEM), []byte(rec.CrossPEM), []byte(rec.KeyPEM))
+	if err != nil {
+		s.log.Error("load the rotated CA; still signing with the previous one", "err", err)
+		return
+	}
+	s.issuer.Store(c)
+	// The data dir's CA files follow, so that a restart signs with the same
+	// key and the CLI of `trellis up` (which trusts ca.pem) the new root.
+	if err := writeFileAtomic(filepath.Join(s.cfg.DataDir, "ca-key.pem"), []byte(rec.KeyPEM), 0o600); err != nil {
+		s.log.Error("save the rotated CA key", "err", err)
+	} else if err := writeFileAtomic(filepath.Join(s.cfg.DataDir, "ca.pem"), []byte(rec.RootPEM), 0o644); err != nil {
+		s.log.Error("save the rotated CA certificate", "err", err)
+	}
+	select {
+	case s.reissue <- struct{}{}:
+	default:
+	}
+	s.log.Info("signing with the rotated CA", "phase", rec.Phase, "root", ca.Fingerprints([]byte(rec.RootPEM))[0])
+}
+
+func writeFileAtomic(name string, b []byte, mode os.FileMode) error {
+	tmp := name + ".tmp"
+	if err := os.WriteFile(tmp, b, mode); err != nil {
+		return err
+	}
+	return os.Rename(tmp, name)
+}
+
+// rotation reports where the rotation stands, with the proxies that do not
+// trust the new root yet.
+func (s *Server) rotation(principal, *http.Request) (any, error) {
+	return s.rotationStatus(s.state.issuerRecord()), nil
+}
+
+func (s *Server) rotationStatus(rec *issuerRecord) v1.Rotation {
+	var out v1.Rotation
+	if rec == nil {
+		return out
+	}
+	out.Phase = rec.Phase
+	out.NewRoot = ca.Fingerprints([]byte(rec.RootPEM))[0]
+	if old := ca.Fingerprints([]byte(rec.OldRootPEM)); len(old) > 0 {
+		out.OldRoot = old[0]
+	}
+	out.StartedAt = &rec.StartedAt
+	if !rec.SwitchedAt.IsZero() {
+		out.SwitchedAt, out.OldSVIDsUntil = &rec.SwitchedAt, &rec.OldSVIDsUntil
+	}
+	for _, ps := range s.state.listStatus() {
+		out.Proxies++
+		if slices.Contains(ps.AckedRoots, out.NewRoot) {
+			out.Trusting++
+		} else {
+			out.Waiting = append(out.Waiting, ps.Service+"/"+ps.Instance)
+		}
+	}
+	return out
+}
+
+func (s *Server) rotate(_ principal, r *http.Request) (any, error) {
+	var req v1.RotationRequest
+	if err := decodeBody(r, &req); err != nil {
+		return nil, err
+	}
+	if s.cfg.CACertFile != "" {
+		return nil, badRequest("this server's CA is imported (--ca-cert): rotate it at its source, then `trellis ca add-root NEW.pem`, restart the servers with the new --ca-cert and --ca-key, and `trellis ca remove-root OLD`")
+	}
+	kv, err := s.store.Get(r.Context(), keyIssuer)
+	var rec issuerRecord
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		kv.Rev = -1 // create
+	case err != nil:
+		return nil, err
+	default:
+		if err := json.Unmarshal(kv.Value, &rec); err != nil {
+			return nil, fmt.Errorf("decode issuer record: %w", err)
+		}
+	}
+	now := time.Now().UTC()
+	switch req.Action {
+	case "prepare":
+		if rec.Phase == v1.RotationPrepared || rec.Phase == v1.RotationActive {
+			return nil, &apiError{status: http.StatusConflict, msg: fmt.Sprintf("a rotation is already %s; finish it first (trellis ca rotate resumes it)", rec.Phase)}
+		}
+		cur := s.signer()
+		next, err := cur.Rotate(now)
+		if err != nil {
+			return nil, badRequest("rotate: %v", err)
+		}
+		rec = issuerRecord{
+			Phase: v1.RotationPrepared, RootPEM: string(next.RootPEM), CrossPEM: string(next.CrossPEM),
+			KeyPEM: string(next.KeyPEM), OldRootPEM: string(cur.RootsPEM()), StartedAt: now,
+		}
+		// Stored before the bundle grows: a server that stops in between
+		// leaves a record that a retry finds, never a root nobody holds
+		// the key of.
+		if err := s.putIssuer(r.Context(), rec, kv.Rev); err != nil {
+			return nil, err
+		}
+		if err := addRoots(r.Context(), s.store, cur.TrustDomain(), next.RootPEM); err != nil {
+			return nil, fmt.Errorf("add the new root to the bundle: %w", err)
+		}
+		s.log.Info("root rotation prepared", "newRoot", ca.Fingerprints(next.RootPEM)[0])
+	case "switch":
+		if rec.Phase != v1.RotationPrepared {
+			return nil, &apiError{status: http.StatusConflict, msg: fmt.Sprintf("nothing to switch: the rotation is %q (prepare first)", rec.Phase)}
+		}
+		if st := s.rotationStatus(&rec); len(st.Waiting) > 0 && !req.Force {
+			return nil, &apiError{status: http.StatusConflict, msg: fmt.Sprintf("%d of %d proxies do not trust the new root yet: %s", len(st.Waiting), st.Proxies, strings.Join(st.Waiting, ", "))}
+		}
+		rec.Phase, rec.SwitchedAt = v1.RotationActive, now
+		rec.OldSVIDsUntil = now.Add(s.cfg.SVIDTTL + switchMargin)
+		if err := s.putIssuer(r.Context(), rec, kv.Rev); err != nil {
+			return nil, err
+		}
+		s.log.Info("root rotation switched: the new key signs", "oldRootRemovableAt", rec.OldSVIDsUntil)
+	default:
+		return nil, badRequest("action %q: want prepare or switch", req.Action)
+	}
+	return s.rotationStatus(&rec), nil
+}
+
+func (s *Server) putIssuer(ctx context.Context, rec issuerRecord, rev int64) error {
+	b, _ := json.Marshal(rec)
+	err := s.store.Commit(ctx, []store.Op{{Key: keyIssuer, Value: b, IfRev: rev}})
+	if errors.Is(err, store.ErrConflict) {
+		return &apiError{status: http.StatusConflict, msg: "another rotation step ran at the same time; look again"}
+	}
+	return err
+}
+
+// removeRoot takes a root out of the trust bundle: a rotation's old root
+// once its certificates have expired, or a root added by hand.
+func (s *Server) removeRoot(_ principal, r *http.Request) (any, error) {
+	var req v1.RemoveRootRequest
+	if err := decodeBody(r, &req); err != nil {
+		return nil, err
+	}
+	fp := strings.ToLower(strings.TrimSpace(req.Fingerprint))
+	if len(fp) < 8 {
+		return nil, badRequest("fingerprint %q: give at least 8 hex characters (trellis ca roots lists them)", req.Fingerprint)
+	}
+	ctx := r.Context()
+	bkv, err := s.store.Get(ctx, keyBundle)
+	if err != nil {
+		return nil, err
+	}
+	var bundle bundleRecord
+	if err := json.Unmarshal(bkv.Value, &bundle); err != nil {
+		return nil, fmt.Errorf("decode trust bundle: %w", err)
+	}
+	roots, err := ca.ParseCertificates([]byte(bundle.RootsPEM))
+	if err != nil {
+		return nil, err
+	}
+	idx := -1
+	for i, c := range roots {
+		if strings.HasPrefix(ca.Fingerprint(c), fp) {
+			if idx >= 0 {
+				return nil, badRequest("fingerprint %q matches more than one root; give more of it", fp)
+			}
+			idx = i
+		}
+	}
+	if idx < 0 {
+		return nil, notFound("no root in the trust bundle has fingerprint %s", fp)
+	}
+	target := ca.Fingerprint(roots[idx])
+	for _, c := range s.signer().Roots() {
+		if c.Equal(roots[idx]) {
+			return nil, badRequest("root %s anchors the CA that signs now; rotate first (trellis ca rotate)", target[:16])
+		}
+	}
+	if len(roots) == 1 {
+		return nil, badRequest("root %s is the only one in the bundle", target[:16])
+	}
+	ops := []store.Op{}
+	ikv, err := s.store.Get(ctx, keyIssuer)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return nil, err
+	}
+	if err == nil {
+		var rec issuerRecord
+		if err := json.Unmarshal(ikv.Value, &rec); err != nil {
+			return nil, fmt.Errorf("decode issuer record: %w", err)
+		}
+		if old := ca.Fingerprints([]byte(rec.OldRootPEM)); len(old) > 0 && old[0] == target && rec.Phase != v1.RotationRetired {
+			if rec.Phase != v1.RotationActive {
+				return nil, badRequest("root %s still signs: switch the rotation first", target[:16])
+			}
+			if now := time.Now(); now.Before(rec.OldSVIDsUntil) && !req.Force {
+				return nil, &apiError{status: http.StatusConflict, msg: fmt.Sprintf("certificates signed under root %s may be alive until %s (%s from now); remove it then, or with --force", target[:16], rec.OldSVIDsUntil.Format(time.RFC3339), rec.OldSVIDsUntil.Sub(now).Round(time.Second))}
+			}
+			rec.Phase, rec.CrossPEM = v1.RotationRetired, ""
+			b, _ := json.Marshal(rec)
+			ops = append(ops, store.Op{Key: keyIssuer, Value: b, IfRev: ikv.Rev})
+		}
+	}
+	var rest strings.Builder
+	for i, c := range roots {
+		if i != idx {
+			rest.Write(pemCert(c.Raw))
+		}
+	}
+	bundle.RootsPEM = rest.String()
+	b, _ := json.Marshal(bundle)
+	ops = append(ops, store.Op{Key: keyBundle, Value: b, IfRev: bkv.Rev})
+	if err := s.store.Commit(ctx, ops); err != nil {
+		if errors.Is(err, store.ErrConflict) {
+			return nil, &apiError{status: http.StatusConflict, msg: "the bundle changed meanwhile; try again"}
+		}
+		return nil, err
+	}
+	s.log.Info("root removed from the trust bundle", "root", target)
+	m := s.state.mesh()
+	return v1.Roots{TrustDomain: m.TrustDomain, RootsPEM: bundle.RootsPEM}, nil
+}
