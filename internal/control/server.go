@@ -161,6 +161,11 @@ type Server struct {
 
 	usedMu     sync.Mutex
 	usedWrites map[string]time.Time // token hash -> last-used write
+
+	// bg runs the server's small background writes (a token's last use);
+	// bgCtx ends with Run, which waits for them before closing the store.
+	bg    sync.WaitGroup
+	bgCtx context.Context
 }
 
 // New checks cfg and returns a server ready to Run.
@@ -214,6 +219,8 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	defer st.Close()
 	s.store = st
+	s.bgCtx = ctx
+	defer s.bg.Wait()
 
 	c, err := s.loadCA()
 	if err != nil {

@@ -158,14 +158,14 @@ func (s *Server) markUsed(hash string, t tokenRecord) {
 	s.usedMu.Unlock()
 	t.LastUsedAt = &now
 	b, _ := json.Marshal(t)
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	s.bg.Go(func() {
+		ctx, cancel := context.WithTimeout(s.bgCtx, 5*time.Second)
 		defer cancel()
 		err := s.store.Commit(ctx, []store.Op{{Key: tokenKey(hash), Value: b, IfRev: t.rev}})
 		if err != nil && !errors.Is(err, store.ErrConflict) {
 			s.log.Debug("record token use", "token", t.ID, "err", err)
 		}
-	}()
+	})
 }
 
 // tokenStands reports whether the token behind p is still stored and
