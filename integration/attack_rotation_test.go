@@ -12,8 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -22,43 +20,15 @@ import (
 	"github.com/trellis-mesh/trellis/internal/trellistest"
 )
 
-// keepAliveLoad sends requests from n clients, each over one long-lived
-// keep-alive connection, until halted.
-type keepAliveLoad struct {
-	ok, failed atomic.Int64
-	lastErr    atomic.Value
-	stop       chan struct{}
-	wg         sync.WaitGroup
+// startKeepAliveLoad sends requests from n clients, each over one
+// long-lived keep-alive connection, until halted.
+func startKeepAliveLoad(addr string, n int) *load {
+	return runLoad(n, 20*time.Millisecond, func() (func() error, func()) {
+		tr := &http.Transport{MaxConnsPerHost: 1, MaxIdleConnsPerHost: 1}
+		c := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+		return func() error { _, err := fetch(c, "http://"+addr+"/", ""); return err }, tr.CloseIdleConnections
+	})
 }
-
-func startKeepAliveLoad(addr string, n int) *keepAliveLoad {
-	l := &keepAliveLoad{stop: make(chan struct{})}
-	for range n {
-		l.wg.Add(1)
-		go func() {
-			defer l.wg.Done()
-			tr := &http.Transport{MaxConnsPerHost: 1, MaxIdleConnsPerHost: 1}
-			defer tr.CloseIdleConnections()
-			c := &http.Client{Transport: tr, Timeout: 5 * time.Second}
-			for {
-				select {
-				case <-l.stop:
-					return
-				case <-time.After(20 * time.Millisecond):
-				}
-				if _, err := fetch(c, "http://"+addr+"/", ""); err != nil {
-					l.failed.Add(1)
-					l.lastErr.Store(err.Error())
-				} else {
-					l.ok.Add(1)
-				}
-			}
-		}()
-	}
-	return l
-}
-
-func (l *keepAliveLoad) halt() { close(l.stop); l.wg.Wait() }
 
 // A whole root rotation, `trellis ca rotate`, under 64 long-lived
 // keep-alive clients and a steady rate of new connections: nothing fails,

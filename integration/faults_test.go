@@ -30,24 +30,35 @@ type load struct {
 }
 
 func startLoad(addr string, workers int) *load {
+	return runLoad(workers, 5*time.Millisecond, func() (func() error, func()) {
+		return func() error { _, err := get(addr); return err }, func() {}
+	})
+}
+
+// runLoad runs workers goroutines, each sending with the request function
+// newWorker makes (and ending with its done function), one request per
+// pause, until halted.
+func runLoad(workers int, pause time.Duration, newWorker func() (request func() error, done func())) *load {
 	l := &load{stop: make(chan struct{})}
 	for range workers {
 		l.wg.Add(1)
 		go func() {
 			defer l.wg.Done()
+			request, done := newWorker()
+			defer done()
 			for {
 				select {
 				case <-l.stop:
 					return
 				default:
 				}
-				if _, err := get(addr); err != nil {
+				if err := request(); err != nil {
 					l.failed.Add(1)
 					l.lastErr.Store(err.Error())
 				} else {
 					l.ok.Add(1)
 				}
-				time.Sleep(5 * time.Millisecond)
+				time.Sleep(pause)
 			}
 		}()
 	}
