@@ -17,6 +17,7 @@ import (
 
 	"github.com/trellis-mesh/trellis/client"
 	"github.com/trellis-mesh/trellis/internal/ca"
+	"github.com/trellis-mesh/trellis/internal/certs"
 	"github.com/trellis-mesh/trellis/internal/trellistest"
 )
 
@@ -50,7 +51,7 @@ func TestAttackRootRotation(t *testing.T) {
 		return err
 	})
 	oldRootPEM, _ := os.ReadFile(s.caFile)
-	oldFP := ca.Fingerprints(oldRootPEM)[0]
+	oldFP := certs.Fingerprints(oldRootPEM)[0]
 
 	long := startKeepAliveLoad(up, 64)
 	fresh := startLoad(up, 2)
@@ -87,7 +88,7 @@ func TestAttackRootRotation(t *testing.T) {
 
 	// The bundle holds the new root only; ca.pem in the data dir is it.
 	newRootPEM, _ := os.ReadFile(s.caFile)
-	newFP := ca.Fingerprints(newRootPEM)[0]
+	newFP := certs.Fingerprints(newRootPEM)[0]
 	if newFP == oldFP {
 		t.Fatal("the data dir's ca.pem still holds the old root")
 	}
@@ -99,7 +100,7 @@ func TestAttackRootRotation(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the API with the new root: %v", err)
 	}
-	if fps := ca.Fingerprints([]byte(r.RootsPEM)); len(fps) != 1 || fps[0] != newFP {
+	if fps := certs.Fingerprints([]byte(r.RootsPEM)); len(fps) != 1 || fps[0] != newFP {
 		t.Errorf("bundle roots %v, want only the new %s", fps, newFP)
 	}
 	newRoot, _ := ca.ParseCertificates(newRootPEM)

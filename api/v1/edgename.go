@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
-
-	"golang.org/x/net/publicsuffix"
 )
 
 // ValidateEdgeName checks a name the mesh CA may put in an edge certificate
@@ -17,7 +15,9 @@ import (
 // address, and not a wildcard so wide that it covers other people's
 // domains. The rules follow what public CAs must refuse (CA/Browser Forum
 // Baseline Requirements 3.2.2.6): one wildcard label at most, leftmost and
-// whole, never directly under a public suffix.
+// whole, never directly under a top-level domain. (The server also refuses
+// a wildcard directly under any public suffix, such as *.co.uk, from the
+// Public Suffix List, which this package leaves out to stay a leaf.)
 func ValidateEdgeName(name string) error {
 	n := strings.ToLower(name)
 	switch {
@@ -47,12 +47,8 @@ func ValidateEdgeName(name string) error {
 	if base == "localhost" || strings.HasSuffix(base, ".localhost") || base == "localhost.localdomain" {
 		return fmt.Errorf("%q is a loopback name (RFC 6761)", name)
 	}
-	if wildcard {
-		if ps, _ := publicsuffix.PublicSuffix(base); ps == base {
-			return fmt.Errorf("%q: a wildcard directly under the public suffix %q would cover every domain in it", name, base)
-		}
-	} else if ps, icann := publicsuffix.PublicSuffix(base); ps == base && icann {
-		return fmt.Errorf("%q is a public suffix, not a domain anyone holds", name)
+	if wildcard && len(labels) < 2 {
+		return fmt.Errorf("%q: a wildcard over a top-level domain would cover every domain in it", name)
 	}
 	return nil
 }

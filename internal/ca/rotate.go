@@ -3,9 +3,7 @@ package ca
 import (
 	"bytes"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/x509"
-	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -91,23 +89,6 @@ func LoadNext(trustDomain string, rootPEM, crossPEM, keyPEM []byte) (*CA, error)
 	// travels with every leaf.
 	c.roots = roots[:1]
 	return c, nil
-}
-
-// Fingerprint is the hex SHA-256 of a certificate's DER, how roots are
-// named in the API and the CLI.
-func Fingerprint(c *x509.Certificate) string {
-	sum := sha256.Sum256(c.Raw)
-	return hex.EncodeToString(sum[:])
-}
-
-// Fingerprints returns the fingerprint of every certificate in pemBytes.
-func Fingerprints(pemBytes []byte) []string {
-	certs, _ := ParseCertificates(pemBytes)
-	out := make([]string, len(certs))
-	for i, c := range certs {
-		out[i] = Fingerprint(c)
-	}
-	return out
 }
 
 // Roots returns the CA's trust anchors.

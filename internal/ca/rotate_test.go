@@ -31,7 +31,7 @@ func TestRotateCrossSigns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, want := ca.Fingerprint(during.Roots()[0]), ca.Fingerprints(next.RootPEM)[0]; got != want {
+	if got, want := certs.Fingerprint(during.Roots()[0]), certs.Fingerprints(next.RootPEM)[0]; got != want {
 		t.Errorf("the rotating CA's anchor is %s, want the new root %s", got, want)
 	}
 	leaf := func(c *ca.CA) []*x509.Certificate {

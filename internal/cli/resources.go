@@ -14,7 +14,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	v1 "github.com/trellis-mesh/trellis/api/v1"
-	"github.com/trellis-mesh/trellis/internal/ca"
+	"github.com/trellis-mesh/trellis/internal/certs"
 	"github.com/trellis-mesh/trellis/internal/identity"
 )
 
@@ -453,7 +453,7 @@ func runCA(ctx context.Context, e *env, args []string) error {
 			return err
 		}
 		fmt.Fprintf(e.stderr, "trust domain: %s\n", r.TrustDomain)
-		for _, fp := range ca.Fingerprints([]byte(r.RootsPEM)) {
+		for _, fp := range certs.Fingerprints([]byte(r.RootsPEM)) {
 			fmt.Fprintf(e.stderr, "root: %s\n", fp)
 		}
 		fmt.Fprint(e.stdout, r.RootsPEM)
@@ -486,7 +486,7 @@ func runCA(ctx context.Context, e *env, args []string) error {
 		}
 		fp := fs.Arg(0)
 		if b, err := os.ReadFile(fp); err == nil {
-			fps := ca.Fingerprints(b)
+			fps := certs.Fingerprints(b)
 			if len(fps) != 1 {
 				return usageErr("%s: want one PEM certificate, found %d", fp, len(fps))
 			}

@@ -278,7 +278,7 @@ func (s *Server) applyResources(_ principal, r *http.Request) (any, error) {
 		ops = append(ops, store.Op{Key: key, Value: b})
 	}
 	if len(errs) == 0 {
-		errs = checkEdgeClaims(s.state.mesh(), in)
+		errs = append(checkEdgeSuffixes(in), checkEdgeClaims(s.state.mesh(), in)...)
 	}
 	if len(errs) > 0 {
 		return nil, badRequest("nothing applied: %s", strings.Join(errs, "; "))
@@ -356,6 +356,9 @@ func (s *Server) signEdge(id identity.ID, req v1.SignRequest) (any, error) {
 	claims := edgeClaims(m)
 	for _, n := range req.DNSNames {
 		if err := v1.ValidateEdgeName(n); err != nil {
+			return nil, fmt.Errorf("%w: DNS name: %v", errForbidden, err)
+		}
+		if err := checkPublicSuffix(n); err != nil {
 			return nil, fmt.Errorf("%w: DNS name: %v", errForbidden, err)
 		}
 		for other, names := range claims {

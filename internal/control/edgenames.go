@@ -6,6 +6,8 @@ import (
 	"sort"
 	"strings"
 
+	"golang.org/x/net/publicsuffix"
+
 	v1 "github.com/trellis-mesh/trellis/api/v1"
 	"github.com/trellis-mesh/trellis/internal/topology"
 )
@@ -103,11 +105,7 @@ func checkEdgeClaims(stored *topology.Mesh, batch []v1.Resource) []string {
 		}
 	}
 	claims := edgeClaims(m)
-	services := make([]string, 0, len(claims))
-	for s := range claims {
-		services = append(services, s)
-	}
-	sort.Strings(services)
+	services := sortedKeys(claims)
 	var errs []string
 	for i, a := range services {
 		for _, b := range services[i+1:] {
@@ -121,4 +119,55 @@ func checkEdgeClaims(stored *topology.Mesh, batch []v1.Resource) []string {
 		}
 	}
 	return errs
+}
+
+// checkPublicSuffix refuses, beyond v1.ValidateEdgeName, what only the
+// Public Suffix List tells: a wildcard directly under a public suffix
+// (*.co.uk, *.github.io, and under a suffix the list does not know, such
+// as *.internal), and a name that is itself an ICANN public suffix.
+func checkPublicSuffix(name string) error {
+	n := strings.ToLower(name)
+	if base, ok := strings.CutPrefix(n, "*."); ok {
+		if ps, _ := publicsuffix.PublicSuffix(base); ps == base {
+			return fmt.Errorf("%q: a wildcard directly under the public suffix %q would cover every domain in it", name, base)
+		}
+		return nil
+	}
+	if ps, icann := publicsuffix.PublicSuffix(n); ps == n && icann {
+		return fmt.Errorf("%q is a public suffix, not a domain anyone holds", name)
+	}
+	return nil
+}
+
+// checkEdgeSuffixes applies checkPublicSuffix to every edge name the
+// Services and Gateways in batch claim.
+func checkEdgeSuffixes(batch []v1.Resource) []string {
+	m := &topology.Mesh{Services: map[string]*v1.ServiceSpec{}, Gateways: map[string]*v1.GatewaySpec{}}
+	var errs []string
+	for i := range batch {
+		switch r := &batch[i]; r.Kind {
+		case v1.KindService:
+			m.Services[r.Name] = r.Service
+		case v1.KindGateway:
+			m.Gateways[r.Name] = r.Gateway
+		}
+	}
+	claims := edgeClaims(m)
+	for _, svc := range sortedKeys(claims) {
+		for _, n := range claims[svc] {
+			if err := checkPublicSuffix(n); err != nil {
+				errs = append(errs, fmt.Sprintf("edge name of %s: %v", svc, err))
+			}
+		}
+	}
+	return errs
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
 }

@@ -77,3 +77,28 @@ func TestEdgeClaimsOneServiceEach(t *testing.T) {
 		}
 	}
 }
+
+func TestEdgeNamesUnderPublicSuffixes(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		bad  bool
+	}{
+		{"*.example.com", false},
+		{"shop.example.co.uk", false},
+		{"*.shop.github.io", false},
+		{"web", false},
+		{"*.co.uk", true},
+		{"*.github.io", true},
+		{"*.internal", true},
+		{"co.uk", true},
+		{"com", true},
+	} {
+		if err := checkPublicSuffix(tc.name); (err != nil) != tc.bad {
+			t.Errorf("%q: err = %v, want refused=%v", tc.name, err, tc.bad)
+		}
+	}
+	errs := checkEdgeSuffixes([]v1.Resource{{Kind: v1.KindService, Name: "evil", Service: &v1.ServiceSpec{DNSNames: []string{"ok.example.test", "*.co.uk"}}}})
+	if len(errs) != 1 || !strings.Contains(errs[0], "*.co.uk") {
+		t.Errorf("apply check: %q", errs)
+	}
+}

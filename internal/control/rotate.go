@@ -14,6 +14,7 @@ import (
 
 	v1 "github.com/trellis-mesh/trellis/api/v1"
 	"github.com/trellis-mesh/trellis/internal/ca"
+	"github.com/trellis-mesh/trellis/internal/certs"
 	"github.com/trellis-mesh/trellis/internal/store"
 )
 
@@ -121,7 +122,7 @@ func (s *Server) adoptIssuer(rec *issuerRecord) {
 	case s.reissue <- struct{}{}:
 	default:
 	}
-	s.log.Info("signing with the rotated CA", "phase", rec.Phase, "root", ca.Fingerprints([]byte(rec.RootPEM))[0])
+	s.log.Info("signing with the rotated CA", "phase", rec.Phase, "root", certs.Fingerprints([]byte(rec.RootPEM))[0])
 }
 
 func writeFileAtomic(name string, b []byte, mode os.FileMode) error {
@@ -144,8 +145,8 @@ func (s *Server) rotationStatus(rec *issuerRecord) v1.Rotation {
 		return out
 	}
 	out.Phase = rec.Phase
-	out.NewRoot = ca.Fingerprints([]byte(rec.RootPEM))[0]
-	if old := ca.Fingerprints([]byte(rec.OldRootPEM)); len(old) > 0 {
+	out.NewRoot = certs.Fingerprints([]byte(rec.RootPEM))[0]
+	if old := certs.Fingerprints([]byte(rec.OldRootPEM)); len(old) > 0 {
 		out.OldRoot = old[0]
 	}
 	out.StartedAt = &rec.StartedAt
@@ -207,7 +208,7 @@ func (s *Server) rotate(_ principal, r *http.Request) (any, error) {
 		if err := addRoots(r.Context(), s.store, cur.TrustDomain(), next.RootPEM); err != nil {
 			return nil, fmt.Errorf("add the new root to the bundle: %w", err)
 		}
-		s.log.Info("root rotation prepared", "newRoot", ca.Fingerprints(next.RootPEM)[0])
+		s.log.Info("root rotation prepared", "newRoot", certs.Fingerprints(next.RootPEM)[0])
 	case "switch":
 		if rec.Phase != v1.RotationPrepared {
 			return nil, &apiError{status: http.StatusConflict, msg: fmt.Sprintf("nothing to switch: the rotation is %q (prepare first)", rec.Phase)}
@@ -262,7 +263,7 @@ func (s *Server) removeRoot(_ principal, r *http.Request) (any, error) {
 	}
 	idx := -1
 	for i, c := range roots {
-		if strings.HasPrefix(ca.Fingerprint(c), fp) {
+		if strings.HasPrefix(certs.Fingerprint(c), fp) {
 			if idx >= 0 {
 				return nil, badRequest("fingerprint %q matches more than one root; give more of it", fp)
 			}
@@ -272,7 +273,7 @@ func (s *Server) removeRoot(_ principal, r *http.Request) (any, error) {
 	if idx < 0 {
 		return nil, notFound("no root in the trust bundle has fingerprint %s", fp)
 	}
-	target := ca.Fingerprint(roots[idx])
+	target := certs.Fingerprint(roots[idx])
 	for _, c := range s.signer().Roots() {
 		if c.Equal(roots[idx]) {
 			return nil, badRequest("root %s anchors the CA that signs now; rotate first (trellis ca rotate)", target[:16])
@@ -291,7 +292,7 @@ func (s *Server) removeRoot(_ principal, r *http.Request) (any, error) {
 		if err := json.Unmarshal(ikv.Value, &rec); err != nil {
 			return nil, fmt.Errorf("decode issuer record: %w", err)
 		}
-		if old := ca.Fingerprints([]byte(rec.OldRootPEM)); len(old) > 0 && old[0] == target && rec.Phase != v1.RotationRetired {
+		if old := certs.Fingerprints([]byte(rec.OldRootPEM)); len(old) > 0 && old[0] == target && rec.Phase != v1.RotationRetired {
 			if rec.Phase != v1.RotationActive {
 				return nil, badRequest("root %s still signs: switch the rotation first", target[:16])
 			}

@@ -15,7 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	v1 "github.com/trellis-mesh/trellis/api/v1"
-	"github.com/trellis-mesh/trellis/internal/ca"
+	"github.com/trellis-mesh/trellis/internal/certs"
 	"github.com/trellis-mesh/trellis/internal/store"
 	"github.com/trellis-mesh/trellis/internal/topology"
 	"github.com/trellis-mesh/trellis/internal/xds"
@@ -131,7 +131,7 @@ func (a *adsServer) StreamAggregatedResources(stream discoveryv3.AggregatedDisco
 				return err
 			}
 			if sent == nil || snap.RootsPEM != sent.RootsPEM {
-				ps.sentRoots = ca.Fingerprints([]byte(snap.RootsPEM))
+				ps.sentRoots = certs.Fingerprints([]byte(snap.RootsPEM))
 			}
 			sent = snap
 			s.metrics.pushes.Inc()
