@@ -5,6 +5,7 @@ import (
 	"encoding/asn1"
 	"errors"
 	"fmt"
+	"strings"
 )
 
 var oidSubjectAltName = asn1.ObjectIdentifier{2, 5, 29, 17}
@@ -90,4 +91,36 @@ func FromCertificate(cert *x509.Certificate) (ID, error) {
 		return ID{}, err
 	}
 	return id.Workload()
+}
+
+// CheckSigningCertificate checks the SPIFFE IDs of a signing certificate
+// (a CA in an SVID's chain) by the X509-SVID standard: it may carry none,
+// or one, the ID of trust domain td itself, with no path. Any URI SAN
+// whose scheme is spiffe in any case counts as an ID, so that a spelling
+// a lenient reader would accept is judged too; other URIs are ignored.
+func CheckSigningCertificate(cert *x509.Certificate, td string) error {
+	uris, err := URISANs(cert)
+	if err != nil {
+		return err
+	}
+	n := 0
+	for _, u := range uris {
+		if len(u) < len("spiffe:") || !strings.EqualFold(u[:len("spiffe:")], "spiffe:") {
+			continue
+		}
+		n++
+		id, err := ParseSPIFFE(u)
+		switch {
+		case err != nil:
+			return err
+		case id.Path() != "":
+			return fmt.Errorf("carries %s: a signing certificate's SPIFFE ID has no path", id)
+		case id.TrustDomain() != td:
+			return fmt.Errorf("carries %s, not trust domain %q", id, td)
+		}
+	}
+	if n > 1 {
+		return fmt.Errorf("carries %d SPIFFE IDs, want at most 1", n)
+	}
+	return nil
 }
