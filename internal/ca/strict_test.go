@@ -1,9 +1,12 @@
 package ca_test
 
 import (
+	"crypto"
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
 	"strings"
@@ -28,8 +31,13 @@ func pemOf(fs ...*trellistest.Forged) []byte {
 // would present.
 func issue(t *testing.T, c *ca.CA) []*x509.Certificate {
 	t.Helper()
-	id, _ := identity.New(c.TrustDomain(), "a")
 	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	return issueFor(t, c, k)
+}
+
+func issueFor(t *testing.T, c *ca.CA, k crypto.Signer) []*x509.Certificate {
+	t.Helper()
+	id, _ := identity.New(c.TrustDomain(), "a")
 	csr, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, k)
 	chainPEM, err := c.SignSVID(ca.SignRequest{CSR: csr, ID: id})
 	if err != nil {
@@ -52,6 +60,15 @@ func TestIssuedSVIDsPassTheStrictVerifier(t *testing.T) {
 	}
 	if u := root.Certificate().URIs; len(u) != 1 || u[0].String() != "spiffe://td" {
 		t.Fatalf("generated root URIs = %v, want [spiffe://td]", u)
+	}
+	// Every key type the CA signs (RSA leaves get keyEncipherment too).
+	p384, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	rsaKey, _ := rsa.GenerateKey(rand.Reader, 2048)
+	_, edKey, _ := ed25519.GenerateKey(rand.Reader)
+	for name, k := range map[string]crypto.Signer{"P-384": p384, "RSA": rsaKey, "Ed25519": edKey} {
+		if _, err := certs.VerifySVID(issueFor(t, root.CA, k), root.Bundle(t), time.Now()); err != nil {
+			t.Errorf("%s SVID from the generated root: %v", name, err)
+		}
 	}
 	for _, ids := range [][]string{nil, {"spiffe://td"}} {
 		i1 := trellistest.Forge(t, trellistest.SigningSpec(ids...), root.Forger(t))
