@@ -8,7 +8,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/asn1"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,10 +17,8 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/crypto/cryptobyte"
-	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
-
 	v1 "github.com/trellis-mesh/trellis/api/v1"
+	"github.com/trellis-mesh/trellis/internal/identity"
 )
 
 // Config says where the server is and how to trust and authenticate to it.
@@ -316,65 +313,20 @@ func VerifyServer(chain []*x509.Certificate, serverName string, roots *x509.Cert
 	return nil
 }
 
-// checkServerID requires the leaf's one URI SAN to be a server ID, read
-// from the certificate's own bytes: url.URL would drop an empty fragment
-// or query and accept what is not a SPIFFE ID.
+// checkServerID requires the leaf's one URI SAN to be a server ID,
+// spiffe://<trust-domain>/trellis/server, read from the certificate's
+// signed bytes and parsed by the SPIFFE ID rules as every mesh peer's ID
+// is (identity.SPIFFEIDFromCertificate): url.URL would drop an empty
+// fragment or query and lowercase the scheme.
 func checkServerID(leaf *x509.Certificate) error {
-	uris, err := rawURISANs(leaf)
+	id, err := identity.SPIFFEIDFromCertificate(leaf)
 	if err != nil {
-		return err
+		return fmt.Errorf("not a control plane (spiffe://<trust-domain>%s): %w", v1.ServerIDPath, err)
 	}
-	if len(uris) != 1 {
-		return fmt.Errorf("certificate has %d URI SANs, want the server's SPIFFE ID", len(uris))
-	}
-	td, ok := strings.CutPrefix(uris[0], "spiffe://")
-	td, path, _ := strings.Cut(td, "/")
-	if !ok || path != v1.ServerIDPath[1:] || !validTrustDomain(td) {
-		return fmt.Errorf("certificate is for %q, not a control plane (spiffe://<trust-domain>%s)", uris[0], v1.ServerIDPath)
+	if id.Path() != v1.ServerIDPath {
+		return fmt.Errorf("certificate is for %s, not a control plane (spiffe://<trust-domain>%s)", id, v1.ServerIDPath)
 	}
 	return nil
-}
-
-// rawURISANs returns the URI names of cert's subjectAltName extension as
-// their bytes stand.
-func rawURISANs(cert *x509.Certificate) ([]string, error) {
-	oidSAN := asn1.ObjectIdentifier{2, 5, 29, 17}
-	var uris []string
-	for _, ext := range cert.Extensions {
-		if !ext.Id.Equal(oidSAN) {
-			continue
-		}
-		in := cryptobyte.String(ext.Value)
-		var names cryptobyte.String
-		if !in.ReadASN1(&names, cbasn1.SEQUENCE) || !in.Empty() {
-			return nil, errors.New("malformed subjectAltName")
-		}
-		for !names.Empty() {
-			var name cryptobyte.String
-			var tag cbasn1.Tag
-			if !names.ReadAnyASN1(&name, &tag) {
-				return nil, errors.New("malformed subjectAltName")
-			}
-			if tag == cbasn1.Tag(6).ContextSpecific() {
-				uris = append(uris, string(name))
-			}
-		}
-	}
-	return uris, nil
-}
-
-// validTrustDomain: lowercase letters, digits, dots, hyphens, underscores.
-func validTrustDomain(td string) bool {
-	if td == "" || len(td) > 255 {
-		return false
-	}
-	for i := 0; i < len(td); i++ {
-		c := td[i]
-		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '.' || c == '-' || c == '_') {
-			return false
-		}
-	}
-	return true
 }
 
 // SignEdge has the mesh CA sign an edge certificate of service for names:

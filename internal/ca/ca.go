@@ -81,7 +81,9 @@ func Generate(trustDomain string, now time.Time) (certPEM, keyPEM []byte, err er
 // then optionally the intermediates and root above it (as a Private CA or
 // Vault hands them out); when the chain does not end in a self-signed root,
 // its last certificate is the trust anchor. trustDomain must be set; an
-// imported CA need not carry a SPIFFE ID of its own.
+// imported CA need not carry a SPIFFE ID of its own, but may carry none
+// other than spiffe://<trustDomain>, with no path, as the X509-SVID
+// standard requires of signing certificates.
 func Load(trustDomain string, certPEM, keyPEM []byte) (*CA, error) {
 	if err := identity.ValidateTrustDomain(trustDomain); err != nil {
 		return nil, err
@@ -107,6 +109,17 @@ func Load(trustDomain string, certPEM, keyPEM []byte) (*CA, error) {
 	for i := 0; i+1 < len(certs); i++ {
 		if err := certs[i].CheckSignatureFrom(certs[i+1]); err != nil {
 			return nil, fmt.Errorf("ca chain: certificate %d is not signed by certificate %d: %w", i+1, i+2, err)
+		}
+	}
+	// Refuse now a chain whose SVIDs every peer would refuse (see
+	// certs.VerifySPIFFE): signing certificates carry at most the trust
+	// domain's own ID, and those between this one and the anchor may sign.
+	for i, cc := range certs {
+		if err := identity.CheckSigningCertificate(cc, trustDomain); err != nil {
+			return nil, fmt.Errorf("ca chain: certificate %d: %w", i+1, err)
+		}
+		if i > 0 && i < len(certs)-1 && (!cc.IsCA || cc.KeyUsage&x509.KeyUsageCertSign == 0) {
+			return nil, fmt.Errorf("ca chain: certificate %d is not a CA with the keyCertSign key usage", i+1)
 		}
 	}
 	top := certs[len(certs)-1]

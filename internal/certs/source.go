@@ -66,7 +66,8 @@ func (s *Source) now() time.Time {
 }
 
 // verify is a tls.Config.VerifyConnection hook: it checks the peer SVID
-// against the current bundle and then asks authorize.
+// against the current bundle and then asks authorize. It runs on resumed
+// sessions too, so a resumed peer is judged by today's bundle.
 func (s *Source) verify(cs tls.ConnectionState, authorize Authorizer) error {
 	b := s.bundle.Load()
 	if b == nil {
@@ -77,7 +78,9 @@ func (s *Source) verify(cs tls.ConnectionState, authorize Authorizer) error {
 		return err
 	}
 	if authorize != nil {
-		return authorize(id)
+		if err := authorize(id); err != nil {
+			return fmt.Errorf("%w: %w", ErrUnauthorized, err)
+		}
 	}
 	return nil
 }
@@ -114,7 +117,10 @@ func (s *Source) ClientConfig(authorize Authorizer, nextProtos ...string) *tls.C
 	}
 }
 
-// PeerID returns the verified identity of a completed handshake's peer.
+// PeerID returns the identity of a completed handshake's peer, read from
+// the leaf's signed SAN bytes as VerifySVID reads it. It does not verify
+// the chain: only call it on a connection whose config verified it (the
+// configs above do, in VerifyConnection, resumptions included).
 func PeerID(cs tls.ConnectionState) (identity.ID, error) {
 	if len(cs.PeerCertificates) == 0 {
 		return identity.ID{}, ErrNoCertificate

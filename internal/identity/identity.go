@@ -1,7 +1,6 @@
 package identity
 
 import (
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/url"
@@ -30,35 +29,14 @@ func New(trustDomain, service string) (ID, error) {
 	return ID{trustDomain: trustDomain, service: service}, nil
 }
 
-// Parse parses "spiffe://<trust-domain>/svc/<service>".
+// Parse parses a workload ID, "spiffe://<trust-domain>/svc/<service>",
+// with the rules of ParseSPIFFE.
 func Parse(s string) (ID, error) {
-	rest, ok := strings.CutPrefix(s, "spiffe://")
-	if !ok {
-		return ID{}, fmt.Errorf("spiffe id %q: scheme must be spiffe", s)
-	}
-	td, path, ok := strings.Cut(rest, "/")
-	if !ok {
-		return ID{}, fmt.Errorf("spiffe id %q: no path", s)
-	}
-	svc, ok := strings.CutPrefix(path, "svc/")
-	if !ok {
-		return ID{}, fmt.Errorf("spiffe id %q: path must be /svc/<service>", s)
-	}
-	id, err := New(td, svc)
+	id, err := ParseSPIFFE(s)
 	if err != nil {
-		return ID{}, fmt.Errorf("spiffe id %q: %w", s, err)
+		return ID{}, err
 	}
-	return id, nil
-}
-
-// FromCertificate returns the ID in cert's single URI SAN. A certificate with
-// no URI SAN, more than one, or one that is not a Trellis ID is rejected, as
-// the X509-SVID standard requires.
-func FromCertificate(cert *x509.Certificate) (ID, error) {
-	if len(cert.URIs) != 1 {
-		return ID{}, fmt.Errorf("certificate has %d URI SANs, want exactly 1", len(cert.URIs))
-	}
-	return Parse(cert.URIs[0].String())
+	return id.Workload()
 }
 
 // IsZero reports whether id is the zero value.
@@ -79,8 +57,14 @@ func (id ID) String() string {
 }
 
 // URL returns the ID as a URL, for a certificate's URI SAN.
-func (id ID) URL() *url.URL {
-	return &url.URL{Scheme: "spiffe", Host: id.trustDomain, Path: "/svc/" + id.service}
+func (id ID) URL() *url.URL { return id.SPIFFE().URL() }
+
+// SPIFFE returns id as a general SPIFFE ID.
+func (id ID) SPIFFE() SPIFFEID {
+	if id.IsZero() {
+		return SPIFFEID{}
+	}
+	return SPIFFEID{trustDomain: id.trustDomain, path: "/svc/" + id.service}
 }
 
 // ValidateServiceName checks that name is a DNS label: 1 to 63 lowercase
@@ -111,12 +95,12 @@ func ValidateTrustDomain(td string) error {
 	if td == "" {
 		return errors.New("trust domain is empty")
 	}
-	if len(td) > 255 {
-		return fmt.Errorf("trust domain %q is longer than 255 characters", td)
+	if len(td) > MaxTrustDomainLen {
+		return fmt.Errorf("trust domain %q is longer than %d characters", td, MaxTrustDomainLen)
 	}
-	for _, c := range td {
-		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '.' || c == '-' || c == '_') {
-			return fmt.Errorf("trust domain %q: %q is not allowed", td, c)
+	for i := 0; i < len(td); i++ {
+		if !isTrustDomainChar(td[i]) {
+			return fmt.Errorf("trust domain %q: %s is not allowed", td, quoteByte(td[i]))
 		}
 	}
 	return nil

@@ -1,8 +1,6 @@
 package identity
 
 import (
-	"crypto/x509"
-	"net/url"
 	"strings"
 	"testing"
 )
@@ -17,7 +15,7 @@ func TestParse(t *testing.T) {
 		{in: "http://trellis.local/svc/greeter", wantErr: "scheme"},
 		{in: "spiffe://trellis.local", wantErr: "no path"},
 		{in: "spiffe://trellis.local/ns/default/sa/x", wantErr: "/svc/"},
-		{in: "spiffe://trellis.local/svc/", wantErr: "empty"},
+		{in: "spiffe://trellis.local/svc/", wantErr: "trailing slash"},
 		{in: "spiffe://trellis.local/svc/Greeter", wantErr: "lowercase"},
 		{in: "spiffe://trellis.local/svc/a/b", wantErr: "not allowed"},
 		{in: "spiffe://Trellis.local/svc/a", wantErr: "trust domain"},
@@ -43,21 +41,6 @@ func TestParse(t *testing.T) {
 				t.Errorf("URL() = %q, want %q", got, tt.in)
 			}
 		})
-	}
-}
-
-func TestFromCertificate(t *testing.T) {
-	u := func(s string) *url.URL { v, _ := url.Parse(s); return v }
-	one := &x509.Certificate{URIs: []*url.URL{u("spiffe://td/svc/a")}}
-	if id, err := FromCertificate(one); err != nil || id.Service() != "a" {
-		t.Fatalf("FromCertificate(one) = %v, %v; want service a", id, err)
-	}
-	two := &x509.Certificate{URIs: []*url.URL{u("spiffe://td/svc/a"), u("spiffe://td/svc/b")}}
-	if _, err := FromCertificate(two); err == nil {
-		t.Fatal("FromCertificate with two URI SANs succeeded, want error")
-	}
-	if _, err := FromCertificate(&x509.Certificate{}); err == nil {
-		t.Fatal("FromCertificate with no URI SAN succeeded, want error")
 	}
 }
 

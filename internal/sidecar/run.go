@@ -60,6 +60,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 
 	goBG(func() { p.serveAdmin(runCtx, ls.admin) })
 	pool := l4.NewPool(0, 0, p.l4m)
+	pool.Logger = p.log
 	defer pool.Close()
 	dp, err := p.dataPlane(runCtx, pool)
 	if err != nil {

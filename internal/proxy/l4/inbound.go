@@ -115,7 +115,12 @@ func (in *Inbound) serveConn(c net.Conn) {
 	cancel()
 	if err != nil {
 		in.Metrics.Handshakes.WithLabelValues("server", "error").Inc()
-		in.Logger.Debug("inbound handshake failed", "remote", c.RemoteAddr().String(), "err", err)
+		if reason := certs.RejectReason(err); reason != "other" {
+			in.Metrics.Rejections.WithLabelValues("server", reason).Inc()
+			in.Logger.Info("inbound peer certificate rejected", "remote", c.RemoteAddr().String(), "reason", reason, "err", err)
+		} else {
+			in.Logger.Debug("inbound handshake failed", "remote", c.RemoteAddr().String(), "err", err)
+		}
 		c.Close()
 		return
 	}

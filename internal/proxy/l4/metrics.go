@@ -9,6 +9,7 @@ type Metrics struct {
 	Active      *prometheus.GaugeVec   // direction
 	Bytes       *prometheus.CounterVec // direction, service, flow (sent|received)
 	Handshakes  *prometheus.CounterVec // side, result
+	Rejections  *prometheus.CounterVec // side, reason
 }
 
 // NewMetrics creates the metrics and registers them with reg (if not nil).
@@ -30,9 +31,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "trellis_tls_handshakes_total",
 			Help: "mTLS handshakes between sidecars, by side (client|server) and result (ok|resumed|error).",
 		}, []string{"side", "result"}),
+		Rejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "trellis_tls_peer_rejections_total",
+			Help: "mTLS peers refused during the handshake because their certificate is not an acceptable X509-SVID or not the expected identity, by side (client|server) and reason (no_certificate|not_svid|trust_domain|signing_certificate|untrusted|unauthorized).",
+		}, []string{"side", "reason"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.Connections, m.Active, m.Bytes, m.Handshakes)
+		reg.MustRegister(m.Connections, m.Active, m.Bytes, m.Handshakes, m.Rejections)
 	}
 	return m
 }

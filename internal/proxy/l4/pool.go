@@ -5,10 +5,12 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"sync"
 	"time"
 
+	"github.com/trellis-mesh/trellis/internal/certs"
 	"github.com/trellis-mesh/trellis/internal/proxy/netconn"
 	"github.com/trellis-mesh/trellis/internal/proxy/tunnel"
 )
@@ -22,6 +24,10 @@ const maxConnsPerEndpoint = 4
 // endpoint address and the TLS configuration that checks its identity.
 // It is safe for concurrent use; its zero value is not: use NewPool.
 type Pool struct {
+	// Logger receives a line for each upstream whose certificate is
+	// refused; nil logs nothing. Set it before the pool's first use.
+	Logger *slog.Logger
+
 	cfg     tunnel.Config
 	timeout time.Duration
 	metrics *Metrics
@@ -118,6 +124,12 @@ func (p *Pool) dial(addr string, cfg *tls.Config) (*tunnel.Conn, error) {
 	if err := tc.HandshakeContext(ctx); err != nil {
 		nc.Close()
 		p.metrics.Handshakes.WithLabelValues("client", "error").Inc()
+		if reason := certs.RejectReason(err); reason != "other" {
+			p.metrics.Rejections.WithLabelValues("client", reason).Inc()
+			if p.Logger != nil {
+				p.Logger.Warn("upstream peer certificate rejected", "endpoint", addr, "reason", reason, "err", err)
+			}
+		}
 		return nil, fmt.Errorf("dial %s: %w", addr, err)
 	}
 	cs := tc.ConnectionState()
