@@ -28,6 +28,8 @@ start_trellis() {
     "$bin" token create --service client > "$RUN/trellis-client.token" || return 1
     printf 'kind: Service\nname: webh\nspec: {protocol: http}\n' > "$RUN/trellis-webh.yaml"
     "$bin" apply -f "$RUN/trellis-webh.yaml" || return 1
+    # A mesh denies what no intention allows.
+    "$bin" intention allow client web >/dev/null && "$bin" intention allow client webh >/dev/null || return 1
     spawn trellis in  env -u TRELLIS_TOKEN "$proxy" proxy --service web --app-port 18081 --public-port 25444 \
         --token-file "$RUN/trellis-web.token" --state-dir "$RUN/trellis-web" --log-level warn
     spawn trellis in  env -u TRELLIS_TOKEN "$proxy" proxy --service webh --app-port 18080 --public-port 25443 \
@@ -65,6 +67,7 @@ spec:
       routes: [{pathPrefix: /, service: webg}]
 YAML
     "$bin" apply -f "$RUN/trellis-gw.yaml" || return 1
+    "$bin" intention allow ingress webg >/dev/null || return 1
     spawn trellis-gw in env -u TRELLIS_TOKEN "$proxy" proxy --service webg --app-port 18080 --public-port 25445 \
         --token-file "$RUN/trellis-webg.token" --state-dir "$RUN/trellis-webg" --log-level warn
     spawn trellis-gw gw env -u TRELLIS_TOKEN "$proxy" gateway --name ingress --listen-addr 127.0.0.1 \
