@@ -61,7 +61,11 @@ func (p *Policy) Compile() error {
 	for i := range p.Rules {
 		for j := range p.Rules[i].Permissions {
 			perm := &p.Rules[i].Permissions[j]
-			m, err := httpmatch.Compile(perm.HTTP)
+			mode := httpmatch.Deny
+			if perm.Allow {
+				mode = httpmatch.Allow
+			}
+			m, err := httpmatch.Compile(perm.HTTP, mode)
 			if err != nil {
 				return fmt.Errorf("intention %s permission %d: %w", p.Rules[i].Source, j, err)
 			}

@@ -1,7 +1,32 @@
 // Package httpmatch matches HTTP requests (method, normalized path,
-// headers) against the match blocks of Routes and Intention permissions,
-// compiled once per snapshot. It is pure: no net/http, so the authorization
-// policy can use it too.
+// authority, headers) against the match blocks of Routes and Intention
+// permissions, compiled once per snapshot. It is pure: no net/http, so the
+// authorization policy can use it too.
+//
+// A request reaches a matcher only after the proxy checked and normalized
+// it (package l7's sanitize): the method is a known one in capitals, the
+// path normalized, the authority canonical (see CanonicalAuthority).
+// What a matcher still has to decide is how a header that is a list is
+// seen, and that depends on what the match is for (Mode):
+//
+//   - A header's value is the list of its elements: every field of that
+//     name (several fields are one list, RFC 9110 section 5.3), each split
+//     at commas (at semicolons for Cookie), optional white space trimmed,
+//     empty elements dropped. Fields whose names differ from the match's
+//     only by '_' for '-' count as the same header, since CGI-style
+//     frameworks read X_Role as X-Role.
+//   - Deny (Mode Deny) fires when any element fits, or any whole field,
+//     or an element without its surrounding quotes; values and paths are
+//     compared ignoring case. A deny errs on the side of refusing.
+//   - Allow (Mode Allow) fits only when every element fits, as written
+//     (case-sensitive): "x-role: user, admin" does not fit an allow of
+//     x-role "user". An allow errs on the side of not granting.
+//   - Routes (Mode Route) fit when any element fits, case-sensitive: a
+//     route picks a destination, it grants nothing.
+//
+// The header name "host" matches the request's authority (HTTP/1.1 Host,
+// an absolute-form target's host, or HTTP/2 :authority) in its canonical
+// form: lowercase, without port or trailing dot.
 package httpmatch
 
 import (
@@ -15,30 +40,86 @@ import (
 )
 
 // Request is what a match looks at. Header keys are canonical, as in
-// net/http.
+// net/http; the Host field is not in Header.
 type Request struct {
 	Method string
-	Path   string
+	// Path is the normalized path, without query.
+	Path string
+	// Host is the request's authority as CanonicalAuthority gives it:
+	// lowercase, without port or trailing dot; "" when the request had
+	// none.
+	Host   string
 	Header map[string][]string
+
+	// aliases maps the names of fields written with '_' to their values,
+	// under the canonical name with '-' (made on first use).
+	aliases map[string][]string
+	aliased bool
 }
+
+// values returns every field value of the header named canon (canonical
+// form), those of its '_' spellings included.
+func (r *Request) values(canon string) []string {
+	vs := r.Header[canon]
+	if !r.aliased {
+		r.aliased = true
+		for k, v := range r.Header {
+			if strings.IndexByte(k, '_') >= 0 {
+				if r.aliases == nil {
+					r.aliases = map[string][]string{}
+				}
+				a := textproto.CanonicalMIMEHeaderKey(strings.ReplaceAll(k, "_", "-"))
+				r.aliases[a] = append(r.aliases[a], v...)
+			}
+		}
+	}
+	if extra := r.aliases[canon]; len(extra) > 0 {
+		vs = append(slices.Clip(vs), extra...)
+	}
+	return vs
+}
+
+// Mode says what a match decides, and so how strictly header lists and
+// case are read (see the package doc).
+type Mode int
+
+const (
+	// Route: any element fits, case-sensitive.
+	Route Mode = iota
+	// Allow: every element must fit, case-sensitive.
+	Allow
+	// Deny: any element (or whole field, or unquoted element) fits,
+	// ignoring case.
+	Deny
+)
 
 // Matcher is a compiled match block; the zero value matches everything.
 type Matcher struct {
 	conds []func(*Request) bool
 }
 
-// Compile compiles m.
-func Compile(m v1.RouteMatch) (Matcher, error) {
+// Compile compiles m for mode.
+func Compile(m v1.RouteMatch, mode Mode) (Matcher, error) {
 	var conds []func(*Request) bool
+	fold := mode == Deny
+	norm := func(s string) string { return s }
+	if fold {
+		norm = strings.ToLower
+	}
 	switch {
 	case m.PathPrefix != "":
-		p := m.PathPrefix
-		conds = append(conds, func(r *Request) bool { return strings.HasPrefix(r.Path, p) })
+		p := norm(m.PathPrefix)
+		// "/admin/" also covers "/admin": the same resource to most apps.
+		dir := strings.TrimSuffix(p, "/")
+		conds = append(conds, func(r *Request) bool {
+			path := norm(r.Path)
+			return strings.HasPrefix(path, p) || dir != p && path == dir
+		})
 	case m.PathExact != "":
-		p := m.PathExact
-		conds = append(conds, func(r *Request) bool { return r.Path == p })
+		p := norm(m.PathExact)
+		conds = append(conds, func(r *Request) bool { return norm(r.Path) == p })
 	case m.PathRegex != "":
-		re, err := regexp.Compile("^(?:" + m.PathRegex + ")$")
+		re, err := compileRegex(m.PathRegex, fold)
 		if err != nil {
 			return Matcher{}, fmt.Errorf("pathRegex: %w", err)
 		}
@@ -49,27 +130,123 @@ func Compile(m v1.RouteMatch) (Matcher, error) {
 		conds = append(conds, func(r *Request) bool { return slices.Contains(methods, r.Method) })
 	}
 	for _, h := range m.Headers {
-		name := textproto.CanonicalMIMEHeaderKey(h.Name)
-		switch {
-		case h.Exact != "":
-			v := h.Exact
-			conds = append(conds, func(r *Request) bool { return slices.Contains(r.Header[name], v) })
-		case h.Prefix != "":
-			v := h.Prefix
-			conds = append(conds, func(r *Request) bool {
-				return slices.ContainsFunc(r.Header[name], func(s string) bool { return strings.HasPrefix(s, v) })
-			})
-		case h.Regex != "":
-			re, err := regexp.Compile("^(?:" + h.Regex + ")$")
-			if err != nil {
-				return Matcher{}, fmt.Errorf("header %s regex: %w", h.Name, err)
-			}
-			conds = append(conds, func(r *Request) bool { return slices.ContainsFunc(r.Header[name], re.MatchString) })
-		default:
-			conds = append(conds, func(r *Request) bool { return len(r.Header[name]) > 0 })
+		c, err := compileHeader(h, mode)
+		if err != nil {
+			return Matcher{}, err
 		}
+		conds = append(conds, c)
 	}
 	return Matcher{conds: conds}, nil
+}
+
+func compileRegex(expr string, fold bool) (*regexp.Regexp, error) {
+	flags := ""
+	if fold {
+		flags = "(?i)"
+	}
+	return regexp.Compile(flags + "^(?:" + expr + ")$")
+}
+
+// fits is one compiled value condition.
+type fits func(string) bool
+
+func compileHeader(h v1.HeaderMatch, mode Mode) (func(*Request) bool, error) {
+	host := strings.EqualFold(h.Name, "host")
+	fold := mode == Deny || host
+	var fit fits
+	switch {
+	case h.Exact != "":
+		v := h.Exact
+		if host {
+			v = strings.TrimSuffix(v, ".")
+		}
+		if fold {
+			fit = func(s string) bool { return strings.EqualFold(s, v) }
+		} else {
+			fit = func(s string) bool { return s == v }
+		}
+	case h.Prefix != "":
+		v := h.Prefix
+		if fold {
+			v = strings.ToLower(v)
+			fit = func(s string) bool { return strings.HasPrefix(strings.ToLower(s), v) }
+		} else {
+			fit = func(s string) bool { return strings.HasPrefix(s, v) }
+		}
+	case h.Regex != "":
+		re, err := compileRegex(h.Regex, fold)
+		if err != nil {
+			return nil, fmt.Errorf("header %s regex: %w", h.Name, err)
+		}
+		fit = re.MatchString
+	}
+	if host {
+		return func(r *Request) bool {
+			if r.Host == "" {
+				return false
+			}
+			return fit == nil || fit(r.Host)
+		}, nil
+	}
+	name := textproto.CanonicalMIMEHeaderKey(strings.ReplaceAll(h.Name, "_", "-"))
+	sep := byte(',')
+	if name == "Cookie" {
+		sep = ';'
+	}
+	if fit == nil { // present
+		return func(r *Request) bool { return len(r.values(name)) > 0 }, nil
+	}
+	switch mode {
+	case Deny:
+		return func(r *Request) bool { return anyFits(r.values(name), sep, fit, true) }, nil
+	case Allow:
+		return func(r *Request) bool { return everyFits(r.values(name), sep, fit) }, nil
+	}
+	return func(r *Request) bool { return anyFits(r.values(name), sep, fit, false) }, nil
+}
+
+func trimOWS(s string) string { return strings.Trim(s, " \t") }
+
+// anyFits reports whether an element fits; loose (for a deny) also tries
+// each whole field and elements without their quotes.
+func anyFits(fields []string, sep byte, fit fits, loose bool) bool {
+	for _, f := range fields {
+		if loose && fit(trimOWS(f)) {
+			return true
+		}
+		for e := range strings.SplitSeq(f, string(sep)) {
+			e = trimOWS(e)
+			if e == "" {
+				continue
+			}
+			if fit(e) {
+				return true
+			}
+			if loose {
+				if u := trimOWS(strings.Trim(e, `"`)); u != e && fit(u) {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+// everyFits reports whether the list has elements and each one fits.
+func everyFits(fields []string, sep byte, fit fits) bool {
+	n := 0
+	for _, f := range fields {
+		for e := range strings.SplitSeq(f, string(sep)) {
+			if e = trimOWS(e); e == "" {
+				continue
+			}
+			if !fit(e) {
+				return false
+			}
+			n++
+		}
+	}
+	return n > 0
 }
 
 // Match reports whether r fits every condition.
