@@ -58,6 +58,9 @@ func (e *badRequest) Error() string { return e.msg }
 // runs; the request then leaves with one framing only, so the app never
 // sees both.
 func sanitize(r *http.Request) error {
+	if bad, ok := r.Context().Value(malformedKey{}).(*badRequest); ok {
+		return bad
+	}
 	fields, size := 0, 0
 	for k, vs := range r.Header {
 		fields += len(vs)
@@ -141,6 +144,14 @@ func quoteShort(s string) string {
 		return strconv.Quote(s[:32]) + "..."
 	}
 	return strconv.Quote(s)
+}
+
+// cut is s up to n bytes, for a log line: a client picks its length.
+func cut(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "..."
+	}
+	return s
 }
 
 // checkTarget checks the request target and the authority, and leaves

@@ -432,17 +432,24 @@ func (w *streamWriter) trailers() []hpack.HeaderField {
 }
 
 // serveRequest reads the request of stream s and hands it, with the
-// stream's ResponseWriter, to serve; a malformed one gets 400 and reaches
-// nothing.
+// stream's ResponseWriter, to serve. A malformed one is handed over as a
+// request that sanitize refuses (with 400, so that it reaches nothing),
+// so that each handler counts and logs it as it does other refusals.
 func serveRequest(s *tunnel.Stream, serve func(http.ResponseWriter, *http.Request)) {
 	w := &streamWriter{s: s, header: http.Header{}}
 	r, cancel, err := streamRequest(s)
 	if err != nil {
-		refuse(w, &badRequest{http.StatusBadRequest, "trellis: bad request: " + err.Error(), ReasonStream})
-		w.finish()
-		return
+		bad := &badRequest{http.StatusBadRequest, "trellis: bad request: " + err.Error(), ReasonStream}
+		r = (&http.Request{Method: s.Method, URL: &url.URL{}, Proto: "HTTP/2.0", ProtoMajor: 2,
+			Header: http.Header{}, Body: http.NoBody, Host: s.Authority,
+		}).WithContext(context.WithValue(context.Background(), malformedKey{}, bad))
+		cancel = func() {}
 	}
 	defer cancel()
 	serve(w, r)
 	w.finish()
 }
+
+// malformedKey marks, in its context, a request stream that did not make
+// a request; the value is the *badRequest that sanitize returns.
+type malformedKey struct{}
