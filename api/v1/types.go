@@ -57,8 +57,9 @@ type MeshSpec struct {
 	// MTLS is "strict" (default: inbound accepts mTLS only) or "permissive"
 	// (inbound also accepts plain TCP, with no identity).
 	MTLS string `json:"mtls,omitempty" yaml:"mtls,omitempty"`
-	// DefaultPolicy is "allow" (default) or "deny": what happens to a call no
-	// intention matches.
+	// DefaultPolicy is "deny" (default) or "allow": what happens to a call no
+	// intention matches. A new mesh denies every call until intentions
+	// allow it; the proxy's refusal reads "no intention allows A -> B".
 	DefaultPolicy string `json:"defaultPolicy,omitempty" yaml:"defaultPolicy,omitempty"`
 }
 

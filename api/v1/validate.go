@@ -451,7 +451,7 @@ func (m *MeshSpec) EffectiveMTLS() string {
 // EffectiveDefaultPolicy returns the default policy with the default applied.
 func (m *MeshSpec) EffectiveDefaultPolicy() string {
 	if m == nil || m.DefaultPolicy == "" {
-		return Allow
+		return Deny
 	}
 	return m.DefaultPolicy
 }

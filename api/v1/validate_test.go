@@ -78,3 +78,16 @@ func TestGatewayRoutePathMatchable(t *testing.T) {
 		t.Errorf("got %v, want an error at the route's pathPrefix", err)
 	}
 }
+
+func TestDefaultPolicyIsDeny(t *testing.T) {
+	var none *MeshSpec
+	if got := none.EffectiveDefaultPolicy(); got != Deny {
+		t.Errorf("no Mesh: default policy %q, want %q", got, Deny)
+	}
+	if got := (&MeshSpec{}).EffectiveDefaultPolicy(); got != Deny {
+		t.Errorf("empty Mesh: default policy %q, want %q", got, Deny)
+	}
+	if got := (&MeshSpec{DefaultPolicy: Allow}).EffectiveDefaultPolicy(); got != Allow {
+		t.Errorf("allow: default policy %q", got)
+	}
+}
