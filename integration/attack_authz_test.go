@@ -263,6 +263,10 @@ spec:
 		{"underscore name", "GET / HTTP/1.1\r\nHost: web\r\nX_Role: admin\r\n\r\n", 403},
 		{"path without the slash", "GET /admin HTTP/1.1\r\nHost: web\r\n\r\n", 403},
 		{"encoded host", "GET / HTTP/1.1\r\nHost: admin%2einternal\r\n\r\n", 400},
+		{"segment parameters", "GET /admin;x/users HTTP/1.1\r\nHost: web\r\n\r\n", 403},
+		{"dot segment with parameters", "GET /ok/..;/admin/ HTTP/1.1\r\nHost: web\r\n\r\n", 400},
+		{"method override", "POST / HTTP/1.1\r\nHost: web\r\nX-HTTP-Method-Override: DELETE\r\nContent-Length: 0\r\n\r\n", 403},
+		{"forwarded host", "GET / HTTP/1.1\r\nHost: web\r\nForwarded: host=admin.internal\r\n\r\n", 403},
 	} {
 		t.Run("outbound/"+tc.name, func(t *testing.T) {
 			if got, body := authzRaw(t, up, tc.head); got != tc.want {

@@ -130,8 +130,10 @@ type IntentionSpec struct {
 // matched decoded and normalized, the host canonical, so encodings cannot
 // slip past a rule. A header is matched as the list it is (every field of
 // its name, each split at commas): a deny fits when any element fits,
-// ignoring case (and so does its path); an allow fits only when every
-// element fits, as written.
+// ignoring case (and so does its path), and also fits what an app may
+// read as the same request (a trailing slash, segment parameters, HEAD
+// for GET, method-override fields, X-Forwarded-Host); an allow fits only
+// when every element fits, as written. See package httpmatch.
 type IntentionPermission struct {
 	Action string     `json:"action" yaml:"action"`
 	HTTP   RouteMatch `json:"http" yaml:"http"`

@@ -23,6 +23,12 @@
 //     x-role "user". An allow errs on the side of not granting.
 //   - Routes (Mode Route) fit when any element fits, case-sensitive: a
 //     route picks a destination, it grants nothing.
+//   - Paths, methods and hosts follow the same rule. A deny also fits the
+//     path with its trailing slash toggled or without segment parameters
+//     ("/admin;x/y" is "/admin/y" to Tomcat), HEAD when it names GET (apps
+//     serve HEAD with their GET handler), a method-override field naming
+//     a denied method, and a host that X-Forwarded-Host or Forwarded
+//     names; an allow requires every override and forwarded host to fit.
 //
 // The header name "host" matches the request's authority (HTTP/1.1 Host,
 // an absolute-form target's host, or HTTP/2 :authority) in its canonical
@@ -101,33 +107,13 @@ type Matcher struct {
 // Compile compiles m for mode.
 func Compile(m v1.RouteMatch, mode Mode) (Matcher, error) {
 	var conds []func(*Request) bool
-	fold := mode == Deny
-	norm := func(s string) string { return s }
-	if fold {
-		norm = strings.ToLower
-	}
-	switch {
-	case m.PathPrefix != "":
-		p := norm(m.PathPrefix)
-		// "/admin/" also covers "/admin": the same resource to most apps.
-		dir := strings.TrimSuffix(p, "/")
-		conds = append(conds, func(r *Request) bool {
-			path := norm(r.Path)
-			return strings.HasPrefix(path, p) || dir != p && path == dir
-		})
-	case m.PathExact != "":
-		p := norm(m.PathExact)
-		conds = append(conds, func(r *Request) bool { return norm(r.Path) == p })
-	case m.PathRegex != "":
-		re, err := compileRegex(m.PathRegex, fold)
-		if err != nil {
-			return Matcher{}, fmt.Errorf("pathRegex: %w", err)
-		}
-		conds = append(conds, func(r *Request) bool { return re.MatchString(r.Path) })
+	if c, err := compilePath(m, mode); err != nil {
+		return Matcher{}, err
+	} else if c != nil {
+		conds = append(conds, c)
 	}
 	if len(m.Methods) > 0 {
-		methods := slices.Clone(m.Methods)
-		conds = append(conds, func(r *Request) bool { return slices.Contains(methods, r.Method) })
+		conds = append(conds, compileMethods(m.Methods, mode))
 	}
 	for _, h := range m.Headers {
 		c, err := compileHeader(h, mode)
@@ -137,6 +123,118 @@ func Compile(m v1.RouteMatch, mode Mode) (Matcher, error) {
 		conds = append(conds, c)
 	}
 	return Matcher{conds: conds}, nil
+}
+
+// compilePath compiles the path condition, or returns nil. A deny also
+// tries the forms of the path an app may serve as the same resource:
+// without a trailing slash, or with one, and without the parameters of
+// its segments ("/admin;x/users" is "/admin/users" to Tomcat and Spring).
+func compilePath(m v1.RouteMatch, mode Mode) (func(*Request) bool, error) {
+	fold := mode == Deny
+	equal, hasPrefix := equalExact, strings.HasPrefix
+	if fold {
+		equal, hasPrefix = strings.EqualFold, hasPrefixFold
+	}
+	var fit func(path string) bool
+	switch {
+	case m.PathPrefix != "":
+		p := m.PathPrefix
+		// "/admin/" also covers "/admin": the same resource to most apps.
+		dir := strings.TrimSuffix(p, "/")
+		fit = func(path string) bool {
+			return hasPrefix(path, p) || dir != p && equal(path, dir)
+		}
+	case m.PathExact != "":
+		p := m.PathExact
+		fit = func(path string) bool { return equal(path, p) }
+	case m.PathRegex != "":
+		re, err := compileRegex(m.PathRegex, fold)
+		if err != nil {
+			return nil, fmt.Errorf("pathRegex: %w", err)
+		}
+		fit = re.MatchString
+	default:
+		return nil, nil
+	}
+	if mode != Deny {
+		return func(r *Request) bool { return fit(r.Path) }, nil
+	}
+	return func(r *Request) bool {
+		for _, p := range pathForms(r.Path) {
+			if fit(p) {
+				return true
+			}
+		}
+		return false
+	}, nil
+}
+
+// pathForms are path, path with its trailing slash toggled, and the same
+// two without segment parameters.
+func pathForms(path string) []string {
+	forms := make([]string, 0, 4)
+	add := func(p string) {
+		forms = append(forms, p)
+		switch {
+		case p == "/":
+		case strings.HasSuffix(p, "/"):
+			forms = append(forms, strings.TrimSuffix(p, "/"))
+		default:
+			forms = append(forms, p+"/")
+		}
+	}
+	add(path)
+	if strings.IndexByte(path, ';') >= 0 {
+		segs := strings.Split(path, "/")
+		for i, s := range segs {
+			segs[i], _, _ = strings.Cut(s, ";")
+		}
+		add(strings.Join(segs, "/"))
+	}
+	return forms
+}
+
+// methodOverrides are the fields with which frameworks (Rails, Express's
+// method-override, Symfony, ...) let a POST stand for another method.
+var methodOverrides = []string{"X-Http-Method-Override", "X-Http-Method", "X-Method-Override"}
+
+// compileMethods compiles the method condition. A deny of GET also denies
+// HEAD, which apps serve with their GET handler; and a deny fits a
+// request whose method-override field names a denied method, while an
+// allow requires every override to be allowed too.
+func compileMethods(list []string, mode Mode) func(*Request) bool {
+	methods := slices.Clone(list)
+	if mode == Deny && slices.Contains(methods, "GET") && !slices.Contains(methods, "HEAD") {
+		methods = append(methods, "HEAD")
+	}
+	in := func(m string) bool { return slices.Contains(methods, strings.ToUpper(m)) }
+	switch mode {
+	case Deny:
+		return func(r *Request) bool {
+			if slices.Contains(methods, r.Method) {
+				return true
+			}
+			for _, h := range methodOverrides {
+				if anyFits(r.values(h), ',', in, true) {
+					return true
+				}
+			}
+			return false
+		}
+	case Allow:
+		return func(r *Request) bool {
+			if !slices.Contains(methods, r.Method) {
+				return false
+			}
+			for _, h := range methodOverrides {
+				if vs := r.values(h); len(vs) > 0 && !everyFits(vs, ',', in) {
+					return false
+				}
+			}
+			return true
+		}
+	}
+	return func(r *Request) bool { return slices.Contains(methods, r.Method) }
 }
 
 func compileRegex(expr string, fold bool) (*regexp.Regexp, error) {
@@ -168,8 +266,7 @@ func compileHeader(h v1.HeaderMatch, mode Mode) (func(*Request) bool, error) {
 	case h.Prefix != "":
 		v := h.Prefix
 		if fold {
-			v = strings.ToLower(v)
-			fit = func(s string) bool { return strings.HasPrefix(strings.ToLower(s), v) }
+			fit = func(s string) bool { return hasPrefixFold(s, v) }
 		} else {
 			fit = func(s string) bool { return strings.HasPrefix(s, v) }
 		}
@@ -181,12 +278,7 @@ func compileHeader(h v1.HeaderMatch, mode Mode) (func(*Request) bool, error) {
 		fit = re.MatchString
 	}
 	if host {
-		return func(r *Request) bool {
-			if r.Host == "" {
-				return false
-			}
-			return fit == nil || fit(r.Host)
-		}, nil
+		return compileHost(fit, mode), nil
 	}
 	name := textproto.CanonicalMIMEHeaderKey(strings.ReplaceAll(h.Name, "_", "-"))
 	sep := byte(',')
@@ -203,6 +295,67 @@ func compileHeader(h v1.HeaderMatch, mode Mode) (func(*Request) bool, error) {
 		return func(r *Request) bool { return everyFits(r.values(name), sep, fit) }, nil
 	}
 	return func(r *Request) bool { return anyFits(r.values(name), sep, fit, false) }, nil
+}
+
+// compileHost compiles a condition on the authority. Apps behind proxies
+// often take their host from X-Forwarded-Host or Forwarded: a deny also
+// fits when one of those names a host that fits; an allow requires that
+// they all do. fit nil means present.
+func compileHost(fit fits, mode Mode) func(*Request) bool {
+	if fit == nil {
+		return func(r *Request) bool { return r.Host != "" }
+	}
+	if mode == Route {
+		return func(r *Request) bool { return r.Host != "" && fit(r.Host) }
+	}
+	return func(r *Request) bool {
+		fwd := forwardedHosts(r)
+		if mode == Deny {
+			return r.Host != "" && fit(r.Host) || slices.ContainsFunc(fwd, fit)
+		}
+		return r.Host != "" && fit(r.Host) && !slices.ContainsFunc(fwd, func(h string) bool { return !fit(h) })
+	}
+}
+
+// forwardedHosts are the hosts X-Forwarded-Host and Forwarded's host=
+// parameters name, canonical where they parse, else in lowercase.
+func forwardedHosts(r *Request) []string {
+	var out []string
+	add := func(v string) {
+		v = strings.Trim(trimOWS(v), `"`)
+		if v == "" {
+			return
+		}
+		if _, h, err := CanonicalAuthority(v); err == nil {
+			v = h
+		}
+		out = append(out, strings.ToLower(v))
+	}
+	for _, f := range r.values("X-Forwarded-Host") {
+		for e := range strings.SplitSeq(f, ",") {
+			add(e)
+		}
+	}
+	for _, f := range r.values("Forwarded") {
+		for e := range strings.SplitSeq(f, ",") {
+			for pair := range strings.SplitSeq(e, ";") {
+				if k, v, ok := strings.Cut(trimOWS(pair), "="); ok && strings.EqualFold(k, "host") {
+					add(v)
+				}
+			}
+		}
+	}
+	return out
+}
+
+func equalExact(a, b string) bool { return a == b }
+
+// hasPrefixFold is strings.HasPrefix ignoring case. It compares the
+// bytes of s that the prefix spans, so that whatever HasPrefix accepts,
+// it accepts too (even invalid UTF-8, which strings.ToLower would
+// rewrite).
+func hasPrefixFold(s, prefix string) bool {
+	return len(s) >= len(prefix) && strings.EqualFold(s[:len(prefix)], prefix)
 }
 
 func trimOWS(s string) string { return strings.Trim(s, " \t") }

@@ -151,6 +151,18 @@ func TestHostAndPath(t *testing.T) {
 		{"exact case", v1.RouteMatch{PathExact: "/admin"}, Request{Path: "/ADMIN"}, true, false},
 		{"regex case", v1.RouteMatch{PathRegex: "/admin/.*"}, Request{Path: "/ADMIN/x"}, true, false},
 		{"method", v1.RouteMatch{Methods: []string{"GET"}}, Request{Method: "GET"}, true, true},
+		{"exact with a trailing slash", v1.RouteMatch{PathExact: "/admin"}, Request{Path: "/admin/"}, true, false},
+		{"exact without the trailing slash", v1.RouteMatch{PathExact: "/admin/"}, Request{Path: "/admin"}, true, false},
+		{"segment parameters", v1.RouteMatch{PathPrefix: "/admin/"}, Request{Path: "/admin;jsessionid=1/users"}, true, false},
+		{"regex and parameters", v1.RouteMatch{PathRegex: "/admin"}, Request{Path: "/admin;x"}, true, false},
+		{"HEAD is GET to a deny", v1.RouteMatch{Methods: []string{"GET"}}, Request{Method: "HEAD"}, true, false},
+		{"method override", v1.RouteMatch{Methods: []string{"DELETE"}}, Request{Method: "POST", Header: map[string][]string{"X-Http-Method-Override": {"delete"}}}, true, false},
+		{"allow refuses another override", v1.RouteMatch{Methods: []string{"POST"}}, Request{Method: "POST", Header: map[string][]string{"X-Method-Override": {"DELETE"}}}, true, false},
+		{"allow takes an allowed override", v1.RouteMatch{Methods: []string{"POST", "PUT"}}, Request{Method: "POST", Header: map[string][]string{"X-Http-Method": {"PUT"}}}, true, true},
+		{"x-forwarded-host", host(v1.HeaderMatch{Exact: "admin.internal"}), Request{Host: "web", Header: map[string][]string{"X-Forwarded-Host": {"web, Admin.Internal.:443"}}}, true, false},
+		{"forwarded host", host(v1.HeaderMatch{Exact: "admin.internal"}), Request{Host: "web", Header: map[string][]string{"Forwarded": {`for=1.2.3.4;host="admin.internal"`}}}, true, false},
+		{"allow with a forwarded host that fits", host(v1.HeaderMatch{Exact: "web"}), Request{Host: "web", Header: map[string][]string{"X-Forwarded-Host": {"web:80"}}}, true, true},
+		{"allow with another forwarded host", host(v1.HeaderMatch{Exact: "web"}), Request{Host: "web", Header: map[string][]string{"X-Forwarded-Host": {"admin"}}}, true, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			for _, m := range []struct {
@@ -187,6 +199,31 @@ func FuzzHeaderMatch(f *testing.F) {
 			req := &Request{Header: map[string][]string{textproto.CanonicalMIMEHeaderKey(name): {field}}}
 			if allow.Match(req) && !deny.Match(&Request{Header: req.Header}) {
 				t.Fatalf("%+v on %q: an allow fits, the deny does not", h, field)
+			}
+		}
+	})
+}
+
+// FuzzAllowImpliesDeny: for any match and request, if the match fits as
+// an allow, it fits as a deny (a deny is never narrower than an allow).
+func FuzzAllowImpliesDeny(f *testing.F) {
+	f.Add("/admin/", "/admin;x/y", "GET", "DELETE", "admin.internal", "web", "admin.internal")
+	f.Add("/a", "/A/", "HEAD", "get", "web", "WEB.", "")
+	f.Fuzz(func(t *testing.T, pattern, path, method, override, hostPattern, host, forwarded string) {
+		for _, m := range []v1.RouteMatch{
+			{PathPrefix: pattern, Methods: []string{method}},
+			{PathExact: pattern, Headers: []v1.HeaderMatch{{Name: "host", Exact: hostPattern}}},
+			{Headers: []v1.HeaderMatch{{Name: "host", Prefix: hostPattern}}},
+		} {
+			deny, err := Compile(m, Deny)
+			if err != nil {
+				return
+			}
+			allow, _ := Compile(m, Allow)
+			header := map[string][]string{"X-Http-Method-Override": {override}, "X-Forwarded-Host": {forwarded}}
+			if allow.Match(&Request{Method: method, Path: path, Host: host, Header: header}) &&
+				!deny.Match(&Request{Method: method, Path: path, Host: host, Header: header}) {
+				t.Fatalf("%+v fits %s %q host %q as an allow, not as a deny", m, method, path, host)
 			}
 		}
 	})

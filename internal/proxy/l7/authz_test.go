@@ -98,6 +98,11 @@ func TestPermissionSidesteps(t *testing.T) {
 		{"path without the prefix's slash", "GET /admin HTTP/1.1\r\nHost: web\r\n\r\n", 403},
 		{"path case", "GET /ADMIN/users HTTP/1.1\r\nHost: web\r\n\r\n", 403},
 		{"path with a fragment", "GET /admin#/x HTTP/1.1\r\nHost: web\r\n\r\n", 400},
+		{"path with a trailing slash", "GET /read HTTP/1.1\r\nHost: web\r\n\r\n", 403},
+		{"segment parameters", "GET /admin;jsessionid=1/users HTTP/1.1\r\nHost: web\r\n\r\n", 403},
+		{"dot segment with parameters", "GET /ok/..;/admin/users HTTP/1.1\r\nHost: web\r\n\r\n", 400},
+		{"method override", "POST /x HTTP/1.1\r\nHost: web\r\nX-HTTP-Method-Override: delete\r\nContent-Length: 0\r\n\r\n", 403},
+		{"forwarded host", "GET / HTTP/1.1\r\nHost: web\r\nX-Forwarded-Host: admin.internal\r\n\r\n", 403},
 		{"allow needs every element", "GET /read/x HTTP/1.1\r\nHost: web\r\nX-Mode: read, write\r\n\r\n", 403},
 		{"allow needs every field", "GET /read/x HTTP/1.1\r\nHost: web\r\nX-Mode: read\r\nX-Mode: write\r\n\r\n", 403},
 	} {

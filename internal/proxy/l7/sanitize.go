@@ -256,6 +256,11 @@ func normalize(escaped string) (string, error) {
 	var out []string
 	segs := strings.Split(decoded[1:], "/")
 	for _, s := range segs {
+		if dotWithParams(s) {
+			// "..;x" is ".." to apps that drop segment parameters first
+			// (Tomcat, Spring): it would climb past every path rule.
+			return "", errors.New("a dot segment with parameters (such as ..;) in the path")
+		}
 		switch s {
 		case "", ".":
 		case "..":
@@ -287,12 +292,19 @@ func isNormal(p string) bool {
 			if j := strings.IndexByte(seg, '/'); j >= 0 {
 				seg = seg[:j]
 			}
-			if seg == "." || seg == ".." || seg == "" && i+1 < len(p) {
+			if seg == "." || seg == ".." || seg == "" && i+1 < len(p) || dotWithParams(seg) {
 				return false
 			}
 		}
 	}
 	return true
+}
+
+// dotWithParams reports whether a segment is "." or ".." with
+// parameters: "..;", ".;x".
+func dotWithParams(seg string) bool {
+	d, _, params := strings.Cut(seg, ";")
+	return params && (d == "." || d == "..")
 }
 
 func unhex(c byte) int {
