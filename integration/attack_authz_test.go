@@ -349,7 +349,7 @@ func TestAuthzDefaultDeny(t *testing.T) {
 	app := authzStartApp(t)
 	wp := s.startProxy(t, proxyOpts{service: "web", appPort: app.port})
 	up, upPort := loopAddr(t)
-	s.startProxy(t, proxyOpts{service: "client", appPort: app.port, upstreams: []string{fmt.Sprintf("web:%d", upPort)}})
+	cp := s.startProxy(t, proxyOpts{service: "client", appPort: app.port, upstreams: []string{fmt.Sprintf("web:%d", upPort)}})
 	s.waitInstances(t, 10*time.Second, "web registered", "web", 1)
 
 	trellistest.Eventually(t, 10*time.Second, "refusal logged and counted", func() error {
@@ -358,6 +358,9 @@ func TestAuthzDefaultDeny(t *testing.T) {
 		}
 		if !strings.Contains(wp.logText(), "no intention allows client -> web") {
 			return fmt.Errorf("web's sidecar log lacks the reason")
+		}
+		if !strings.Contains(cp.logText(), "no intention allows client -> web") {
+			return fmt.Errorf("client's sidecar log lacks the reason")
 		}
 		if n := authzMetric(t, wp.admin, "trellis_tcp_connections_denied_total", `service="client"`, `reason="no-intention"`); n < 1 {
 			return fmt.Errorf("trellis_tcp_connections_denied_total{service=client, reason=no-intention} = %d", n)
