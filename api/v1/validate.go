@@ -251,8 +251,10 @@ func (m *RouteMatch) validate(at string) []error {
 	}
 	if m.PathRegex != "" {
 		paths++
-		if _, err := regexp.Compile(m.PathRegex); err != nil {
+		if re, err := regexp.Compile("^(?:" + m.PathRegex + ")$"); err != nil {
 			errs = append(errs, fieldErr(at+".pathRegex", "%v", err))
+		} else if prefix, _ := re.LiteralPrefix(); prefix != "" && !strings.HasPrefix(prefix, "/") {
+			errs = append(errs, fieldErr(at+".pathRegex", "%q can never match: it must match the whole path, which starts with /", m.PathRegex))
 		}
 	}
 	if paths > 1 {

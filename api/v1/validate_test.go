@@ -17,6 +17,7 @@ func TestValidateRefusesUnmatchable(t *testing.T) {
 		{"unknown method", RouteMatch{Methods: []string{"GET", "PURGE"}}, ".methods[1]"},
 		{"connect", RouteMatch{Methods: []string{"CONNECT"}}, ".methods[0]"},
 		{"relative path", RouteMatch{PathPrefix: "admin/"}, ".pathPrefix"},
+		{"relative regex", RouteMatch{PathRegex: "admin/.*"}, ".pathRegex"},
 		{"double slash", RouteMatch{PathExact: "/a//b"}, ".pathExact"},
 		{"dot segment", RouteMatch{PathPrefix: "/a/../b"}, ".pathPrefix"},
 		{"trailing dot segment", RouteMatch{PathExact: "/a/."}, ".pathExact"},
@@ -57,6 +58,8 @@ func TestValidateRefusesUnmatchable(t *testing.T) {
 func TestValidateAcceptsMatchable(t *testing.T) {
 	for _, m := range []RouteMatch{
 		{Methods: []string{"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "TRACE", "PATCH"}},
+		{PathRegex: "/users/[0-9]+"},
+		{PathRegex: ".*/admin"},
 		{PathPrefix: "/admin/", Headers: []HeaderMatch{{Name: "host", Exact: "Admin.Internal."}}},
 		{PathExact: "/a/b.c/...", Headers: []HeaderMatch{{Name: "host", Regex: `.*\.internal`}, {Name: "x_role", Prefix: "adm"}}},
 		{Headers: []HeaderMatch{{Name: "host", Exact: "[::1]"}, {Name: "cookie", Exact: "a=1"}, {Name: "x-role"}}},
