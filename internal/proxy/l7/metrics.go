@@ -70,6 +70,6 @@ func (m *Metrics) refused(log *slog.Logger, r *http.Request, direction, source, 
 	m.Refused.WithLabelValues(direction, source, destination, e.reason).Inc()
 	log.LogAttrs(r.Context(), slog.LevelInfo, "request refused",
 		slog.String("direction", direction), slog.String("source", source), slog.String("destination", destination),
-		slog.String("method", cut(r.Method, 32)), slog.String("path", r.URL.Path), slog.String("host", r.Host),
+		slog.String("method", cut(r.Method, 32)), slog.String("path", cut(r.URL.Path, 512)), slog.String("host", cut(r.Host, 256)),
 		slog.Int("status", e.status), slog.String("reason", e.reason), slog.String("why", e.msg))
 }
