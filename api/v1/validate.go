@@ -3,6 +3,7 @@ package v1
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"regexp"
 	"slices"
 	"strings"
@@ -351,12 +352,12 @@ func matchablePath(p string) error {
 	case strings.Contains(p+"/", "/./") || strings.Contains(p+"/", "/../"):
 		return errors.New("can never match: paths are matched with dot segments resolved")
 	case strings.ContainsAny(p, "?#"):
-		return errors.New("can never match: the path is matched without query or fragment")
+		return errors.New("holds a query or fragment, which are not part of the path a rule matches")
 	case strings.ContainsRune(p, '\\'):
 		return errors.New("can never match: requests with a backslash in the path are refused")
 	case percentEncoded(p):
-		return errors.New("can never match: paths are matched decoded; write the character, not its percent-encoding")
-	case !printable(p):
+		return errors.New("is percent-encoded: paths are matched decoded, so write the character, not its encoding")
+	case strings.ContainsFunc(p, func(r rune) bool { return r < 0x20 || r == 0x7f }):
 		return errors.New("can never match: requests with control characters in the path are refused")
 	}
 	return nil
@@ -395,9 +396,11 @@ func matchableHost(h string, prefix bool) error {
 			return nil
 		}
 		if end := strings.IndexByte(h, ']'); end == len(h)-1 {
-			return nil
+			if ip, err := netip.ParseAddr(h[1:end]); err == nil && ip.Is6() && ip.Zone() == "" {
+				return nil
+			}
 		}
-		return errors.New("an IPv6 address in brackets, without port")
+		return errors.New("not an IPv6 address in brackets, without port or zone")
 	}
 	for i := 0; i < len(h); i++ {
 		switch c := h[i]; {

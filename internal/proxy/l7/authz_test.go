@@ -3,6 +3,7 @@ package l7
 import (
 	"bufio"
 	"bytes"
+	"fmt"
 	"net"
 	"net/http"
 	"net/url"
@@ -251,6 +252,49 @@ func FuzzSanitizeHead(f *testing.F) {
 		}
 		if r.URL.Host != "" || r.URL.Scheme != "" || r.URL.User != nil {
 			t.Fatalf("target %q left as %v", target, r.URL)
+		}
+	})
+}
+
+// FuzzAcceptedMatchCanFit: what apply accepts as a path or host value,
+// some request can fit once the proxy normalized it (apply and the proxy
+// agree on what a path and a host are).
+func FuzzAcceptedMatchCanFit(f *testing.F) {
+	for _, s := range []string{"/admin/", "/a b", "/a;b", "/%", "admin.internal", "Admin.Internal.", "[::1]", "/café"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, v string) {
+		if v == "" {
+			return // not set: matches every request
+		}
+		valid := func(m v1.RouteMatch) bool {
+			r := &v1.Resource{Kind: v1.KindRoute, Name: "web", Route: &v1.RouteSpec{Rules: []v1.RouteRule{{Match: m}}}}
+			return r.Validate() == nil
+		}
+		if valid(v1.RouteMatch{PathExact: v}) {
+			// The request that names the path with every byte escaped
+			// but '/' must normalize and decode to it.
+			var b strings.Builder
+			for i := 0; i < len(v); i++ {
+				if v[i] == '/' {
+					b.WriteByte('/')
+				} else {
+					fmt.Fprintf(&b, "%%%02X", v[i])
+				}
+			}
+			p, err := NormalizePath(b.String())
+			if err != nil {
+				t.Fatalf("accepted path %q: request %q refused: %v", v, b.String(), err)
+			}
+			if dec, err := url.PathUnescape(p); err != nil || dec != v {
+				t.Fatalf("accepted path %q: request %q normalizes to %q (%q, %v)", v, b.String(), p, dec, err)
+			}
+		}
+		if valid(v1.RouteMatch{Headers: []v1.HeaderMatch{{Name: "host", Exact: v}}}) {
+			_, host, err := httpmatch.CanonicalAuthority(v)
+			if err != nil || host != strings.ToLower(strings.TrimSuffix(v, ".")) && !strings.HasPrefix(v, "[") {
+				t.Fatalf("accepted host %q: the proxy makes it %q, %v", v, host, err)
+			}
 		}
 	})
 }
