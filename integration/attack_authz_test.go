@@ -311,11 +311,11 @@ spec:
 		proxy          *sidecar
 		direction, why string
 	}{
-		{cp, "outbound", "bad-method"},
-		{cp, "outbound", "bad-host"},
+		{cp, "outbound", "bad_method"},
+		{cp, "outbound", "bad_host"},
 		{wp, "inbound", "permission"},
-		{wp, "inbound", "bad-method"},
-		{wp, "inbound", "bad-request"},
+		{wp, "inbound", "bad_method"},
+		{wp, "inbound", "bad_request"},
 	} {
 		if n := authzMetric(t, c.proxy.admin, "trellis_requests_refused_total", `direction="`+c.direction+`"`, `reason="`+c.why+`"`); n < 1 {
 			t.Errorf("%s: trellis_requests_refused_total{direction=%q, reason=%q} = %d, want >= 1", c.proxy.name, c.direction, c.why, n)
@@ -362,8 +362,8 @@ func TestAuthzDefaultDeny(t *testing.T) {
 		if !strings.Contains(cp.logText(), "no intention allows client -> web") {
 			return fmt.Errorf("client's sidecar log lacks the reason")
 		}
-		if n := authzMetric(t, wp.admin, "trellis_tcp_connections_denied_total", `service="client"`, `reason="no-intention"`); n < 1 {
-			return fmt.Errorf("trellis_tcp_connections_denied_total{service=client, reason=no-intention} = %d", n)
+		if n := authzMetric(t, wp.admin, "trellis_tcp_connections_denied_total", `service="client"`, `reason="no_intention"`); n < 1 {
+			return fmt.Errorf("trellis_tcp_connections_denied_total{service=client, reason=no_intention} = %d", n)
 		}
 		return nil
 	})
@@ -434,8 +434,8 @@ spec:
 	if n := app.bytes.Load() - before; n != 0 {
 		t.Errorf("%d bytes of refused requests reached the app: %q", n, app.requests())
 	}
-	if n := authzMetric(t, gw.admin, "trellis_requests_refused_total", `direction="ingress"`, `reason="bad-method"`); n < 2 {
-		t.Errorf("gateway: trellis_requests_refused_total{direction=ingress, reason=bad-method} = %d, want >= 2", n)
+	if n := authzMetric(t, gw.admin, "trellis_requests_refused_total", `direction="ingress"`, `reason="bad_method"`); n < 2 {
+		t.Errorf("gateway: trellis_requests_refused_total{direction=ingress, reason=bad_method} = %d, want >= 2", n)
 	}
 	if log := gw.logText(); !strings.Contains(log, "request refused") || !strings.Contains(log, "unknown method") {
 		t.Errorf("the gateway did not log the refusal with its reason:\n%s", grepLines(log, "refused"))

@@ -45,13 +45,13 @@ type Decision struct {
 
 // Decision codes.
 const (
-	CodeNoIntention  = "no-intention"     // no intention names the caller; default deny
-	CodeDefaultAllow = "default-allow"    // no intention names the caller; default allow
+	CodeNoIntention  = "no_intention"     // no intention names the caller; default deny
+	CodeDefaultAllow = "default_allow"    // no intention names the caller; default allow
 	CodeIntention    = "intention"        // an intention without permissions decided
 	CodePermission   = "permission"       // one of the intention's permissions decided
-	CodeNoPermission = "no-permission"    // the intention's permissions did not fit; default
-	CodeNotHTTP      = "permissions-http" // a plain connection from a caller held to HTTP permissions
-	CodeNotReady     = "not-ready"        // no configuration yet
+	CodeNoPermission = "no_permission"    // the intention's permissions did not fit; default
+	CodeNotHTTP      = "permissions_http" // a plain connection from a caller held to HTTP permissions
+	CodeNotReady     = "not_ready"        // no configuration yet
 	CodeGateway      = "gateway"          // a gateway takes no mesh traffic
 )
 

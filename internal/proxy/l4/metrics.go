@@ -12,7 +12,7 @@ type Metrics struct {
 	Rejections  *prometheus.CounterVec // side, reason
 	// Denied counts inbound connections refused by authorization, by
 	// peer service and reason (an authz decision code, such as
-	// no-intention).
+	// no_intention).
 	Denied *prometheus.CounterVec
 }
 
@@ -41,7 +41,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"side", "reason"}),
 		Denied: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "trellis_tcp_connections_denied_total",
-			Help: "Inbound TCP connections refused by authorization, by peer service and reason (no-intention, intention, permissions-http, ...).",
+			Help: "Inbound TCP connections refused by authorization, by peer service and reason (no_intention, intention, permissions_http, ...).",
 		}, []string{"service", "reason"}),
 	}
 	if reg != nil {

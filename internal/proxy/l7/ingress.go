@@ -47,13 +47,13 @@ func (g *Ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	route, rest, ok := matchIngress(g.Routes(), r.Host, r.URL.Path)
 	if !ok {
-		refuse(w, &badRequest{http.StatusNotFound, "trellis: no route for " + r.URL.Path, "no-route"})
+		refuse(w, &badRequest{http.StatusNotFound, "trellis: no route for " + r.URL.Path, "no_route"})
 		g.Metrics.observe("ingress", g.Name, "", "", "", http.StatusNotFound, start)
 		return
 	}
 	up := g.Upstream(route.Service)
 	if up == nil {
-		refuse(w, &badRequest{http.StatusServiceUnavailable, "trellis: service " + route.Service + " is not known yet", "unknown-service"})
+		refuse(w, &badRequest{http.StatusServiceUnavailable, "trellis: service " + route.Service + " is not known yet", "unknown_service"})
 		g.Metrics.observe("ingress", g.Name, route.Service, "", "", http.StatusServiceUnavailable, start)
 		return
 	}

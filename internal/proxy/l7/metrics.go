@@ -20,9 +20,9 @@ type Metrics struct {
 	Overflows       *prometheus.CounterVec
 	// Refused counts requests refused before reaching an upstream or the
 	// app, by direction, source, destination and reason: a malformed
-	// request (bad-method, bad-host, bad-target, bad-path, too-large,
-	// connect, bad-request) or an authorization decision (no-intention,
-	// intention, permission, no-permission, ...).
+	// request (bad_method, bad_host, bad_target, bad_path, too_large,
+	// connect, bad_request) or an authorization decision (no_intention,
+	// intention, permission, no_permission, ...).
 	Refused *prometheus.CounterVec
 }
 

@@ -30,13 +30,13 @@ type badRequest struct {
 
 // Reasons a request is refused before any rule sees it.
 const (
-	ReasonMethod  = "bad-method"  // not a token, unknown, or not in capitals
-	ReasonHost    = "bad-host"    // an authority that is not a host[:port]
-	ReasonTarget  = "bad-target"  // the request target: scheme, userinfo, characters
-	ReasonPath    = "bad-path"    // a path that does not normalize
-	ReasonHeaders = "too-large"   // too many or too large header fields
+	ReasonMethod  = "bad_method"  // not a token, unknown, or not in capitals
+	ReasonHost    = "bad_host"    // an authority that is not a host[:port]
+	ReasonTarget  = "bad_target"  // the request target: scheme, userinfo, characters
+	ReasonPath    = "bad_path"    // a path that does not normalize
+	ReasonHeaders = "too_large"   // too many or too large header fields
 	ReasonConnect = "connect"     // CONNECT is not proxied
-	ReasonStream  = "bad-request" // a request stream that does not make a request
+	ReasonStream  = "bad_request" // a request stream that does not make a request
 )
 
 func (e *badRequest) Error() string { return e.msg }
