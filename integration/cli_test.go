@@ -330,6 +330,7 @@ func TestUpRejectsBadFile(t *testing.T) {
 
 func TestProxyFromConfigFile(t *testing.T) {
 	s := startServer(t)
+	s.mustCLI(t, "intention", "allow", "client", "web")
 	web := startApp(t, "web")
 	s.startProxy(t, proxyOpts{service: "web", appPort: web.port})
 	up, _ := loopAddr(t)

@@ -273,6 +273,7 @@ func TestRebuiltControlPlaneReissues(t *testing.T) {
 	p.srv.kill(syscall.SIGKILL)
 
 	s := startServer(t)
+	s.mustCLI(t, "intention", "allow", "client", "web")
 	s.startProxy(t, proxyOpts{service: "web", appPort: p.web.port, stateDir: p.webProxy.stateDir})
 	up, upPort := loopAddr(t)
 	s.startProxy(t, proxyOpts{service: "client", appPort: p.web.port, stateDir: p.client.stateDir,

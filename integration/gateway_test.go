@@ -155,6 +155,7 @@ spec:
       routes: [{pathPrefix: /, service: shop}]
 `, meshPort, filesPort, certFile, keyFile))
 	s.mustCLI(t, "apply", "-f", res)
+	s.mustCLI(t, "intention", "allow", "front", "shop")
 	s.startProxy(t, proxyOpts{service: "shop", appPort: a.port})
 	start(t, "gateway", nil, "gateway", "--name", "front", "--listen-addr", "127.0.0.1",
 		"--server", s.addr, "--ca-file", s.caFile, "--token-file", s.tokenFile(t, "front"),

@@ -64,6 +64,7 @@ func TestHAServersOnExternalEtcd(t *testing.T) {
 	}
 	b := &server{addr: addrB, dataDir: dirB, caFile: a.caFile, admin: a.admin, api: apiB}
 
+	a.mustCLI(t, "intention", "allow", "client", "web")
 	web := startApp(t, "web")
 	a.startProxy(t, proxyOpts{service: "web", appPort: web.port})
 	up, upPort := loopAddr(t)

@@ -28,6 +28,7 @@ import (
 func TestCanaryRoute(t *testing.T) {
 	s := startServer(t)
 	applyYAML(t, s, "kind: Service\nname: web\nspec: {protocol: http}\n")
+	s.mustCLI(t, "intention", "allow", "client", "web")
 	v1app, v2app := startApp(t, "v1"), startApp(t, "v2")
 	s.startProxy(t, proxyOpts{service: "web", appPort: v1app.port, extra: []string{"--version", "v1"}})
 	s.startProxy(t, proxyOpts{service: "web", appPort: v2app.port, extra: []string{"--version", "v2"}})
@@ -300,6 +301,7 @@ func TestLargeBodiesStream(t *testing.T) {
 	const size = 100 << 20
 	s := startServer(t)
 	applyYAML(t, s, "kind: Service\nname: web\nspec: {protocol: http}\n")
+	s.mustCLI(t, "intention", "allow", "client", "web")
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -49,6 +49,7 @@ func (r *rawConn) get() (string, error) {
 
 func TestSIGTERMDrains(t *testing.T) {
 	s := startServer(t)
+	s.mustCLI(t, "intention", "allow", "client", "web")
 	web := startApp(t, "web")
 	wp := s.startProxy(t, proxyOpts{service: "web", appPort: web.port, extra: []string{"--drain-timeout", "20s"}})
 	up, upPort := loopAddr(t)
@@ -151,6 +152,15 @@ func TestPermissiveMode(t *testing.T) {
 		t.Fatal("plain TCP accepted in strict mode")
 	}
 	applyYAML(t, p.srv, "kind: Mesh\nname: default\nspec:\n  mtls: permissive\n")
+	// A plain caller has no identity: under the default deny, only a
+	// wildcard intention lets it in.
+	trellistest.Eventually(t, 5*time.Second, "plain TCP refused without a wildcard intention", func() error {
+		if plain() == nil {
+			return fmt.Errorf("accepted")
+		}
+		return nil
+	})
+	p.srv.mustCLI(t, "intention", "allow", "*", "web")
 	trellistest.Eventually(t, 5*time.Second, "plain TCP accepted in permissive mode", plain)
 	// mTLS callers still work beside it.
 	if got, err := get(p.upstream); err != nil || got != "web" {

@@ -39,6 +39,8 @@ type pair struct {
 func startPair(t *testing.T, serverFlags ...string) *pair {
 	t.Helper()
 	s := startServer(t, serverFlags...)
+	// A new mesh denies by default: client may call web by intention.
+	s.mustCLI(t, "intention", "allow", "client", "web")
 	web := startApp(t, "web")
 	wp := s.startProxy(t, proxyOpts{service: "web", appPort: web.port})
 	up, upPort := loopAddr(t)

@@ -36,6 +36,7 @@ func TestTransparentProxy(t *testing.T) {
 
 	s := startServerOn(t, fmt.Sprintf("%s:%d", tn.gw, trellistest.FreePort(t)))
 	applyYAML(t, s, "kind: Service\nname: backend\nspec: {protocol: http}\n")
+	s.mustCLI(t, "intention", "allow", "web", "backend")
 
 	// The proxy runs as its own UID, which must read the binary and the CA.
 	shared, err := os.MkdirTemp("", "trellis-tproxy")

@@ -57,8 +57,9 @@ type MeshSpec struct {
 	// MTLS is "strict" (default: inbound accepts mTLS only) or "permissive"
 	// (inbound also accepts plain TCP, with no identity).
 	MTLS string `json:"mtls,omitempty" yaml:"mtls,omitempty"`
-	// DefaultPolicy is "allow" (default) or "deny": what happens to a call no
-	// intention matches.
+	// DefaultPolicy is "deny" (default) or "allow": what happens to a call no
+	// intention matches. A new mesh denies every call until intentions
+	// allow it; the proxy's refusal reads "no intention allows A -> B".
 	DefaultPolicy string `json:"defaultPolicy,omitempty" yaml:"defaultPolicy,omitempty"`
 }
 
@@ -124,8 +125,15 @@ type IntentionSpec struct {
 }
 
 // IntentionPermission allows or denies the HTTP requests its match fits.
-// Paths are matched after normalization (see the L7 proxy), so encodings
-// cannot slip past a rule.
+// Requests are checked and normalized before any permission sees them
+// (see the L7 proxy): methods other than Methods are refused, paths are
+// matched decoded and normalized, the host canonical, so encodings cannot
+// slip past a rule. A header is matched as the list it is (every field of
+// its name, each split at commas): a deny fits when any element fits,
+// ignoring case (and so does its path), and also fits what an app may
+// read as the same request (a trailing slash, segment parameters, HEAD
+// for GET, method-override fields, X-Forwarded-Host); an allow fits only
+// when every element fits, as written. See package httpmatch.
 type IntentionPermission struct {
 	Action string     `json:"action" yaml:"action"`
 	HTTP   RouteMatch `json:"http" yaml:"http"`
@@ -159,7 +167,10 @@ type RouteRule struct {
 }
 
 // RouteMatch is what a request must have for a rule to apply: all of the
-// set fields, and at most one of the path fields.
+// set fields, and at most one of the path fields. A PathPrefix ending in
+// "/" also matches the path without that slash ("/admin/" matches
+// "/admin"). Apply refuses a match that could never fit a request as the
+// proxies pass it on.
 type RouteMatch struct {
 	PathPrefix string        `json:"pathPrefix,omitempty" yaml:"pathPrefix,omitempty"`
 	PathExact  string        `json:"pathExact,omitempty" yaml:"pathExact,omitempty"`
@@ -169,7 +180,11 @@ type RouteMatch struct {
 }
 
 // HeaderMatch matches one request header: by exact value, prefix or
-// regular expression, or (none set) by being present.
+// regular expression, or (none set) by being present. Values are matched
+// against the header's elements (split at commas, at semicolons for
+// Cookie), so a value cannot hold the separator. Name "host" matches the
+// request's authority (Host, or HTTP/2 :authority) in lowercase, without
+// port or trailing dot; pseudo-header names are refused.
 type HeaderMatch struct {
 	Name   string `json:"name" yaml:"name"`
 	Exact  string `json:"exact,omitempty" yaml:"exact,omitempty"`

@@ -3,7 +3,9 @@ package v1
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -244,45 +246,179 @@ func (m *RouteMatch) validate(at string) []error {
 			continue
 		}
 		paths++
-		if !strings.HasPrefix(p.v, "/") {
-			errs = append(errs, fieldErr(at+"."+p.field, "%q must start with /", p.v))
+		if err := matchablePath(p.v); err != nil {
+			errs = append(errs, fieldErr(at+"."+p.field, "%q %v", p.v, err))
 		}
 	}
 	if m.PathRegex != "" {
 		paths++
-		if _, err := regexp.Compile(m.PathRegex); err != nil {
+		if re, err := regexp.Compile("^(?:" + m.PathRegex + ")$"); err != nil {
 			errs = append(errs, fieldErr(at+".pathRegex", "%v", err))
+		} else if prefix, _ := re.LiteralPrefix(); prefix != "" && !strings.HasPrefix(prefix, "/") {
+			errs = append(errs, fieldErr(at+".pathRegex", "%q can never match: it must match the whole path, which starts with /", m.PathRegex))
 		}
 	}
 	if paths > 1 {
 		errs = append(errs, fieldErr(at, "set at most one of pathPrefix, pathExact, pathRegex"))
 	}
 	for i, meth := range m.Methods {
-		if !httpToken.MatchString(meth) || strings.ToUpper(meth) != meth {
-			errs = append(errs, fieldErr(fmt.Sprintf("%s.methods[%d]", at, i), "%q is not an HTTP method in capitals", meth))
+		if !slices.Contains(Methods, meth) {
+			errs = append(errs, fieldErr(fmt.Sprintf("%s.methods[%d]", at, i),
+				"%q can never match: the proxies refuse any method but %s (case-sensitive)", meth, strings.Join(Methods, ", ")))
 		}
 	}
 	for i, h := range m.Headers {
-		hat := fmt.Sprintf("%s.headers[%d]", at, i)
-		if !httpToken.MatchString(h.Name) {
-			errs = append(errs, fieldErr(hat+".name", "%q is not a header name", h.Name))
+		errs = append(errs, h.validate(fmt.Sprintf("%s.headers[%d]", at, i))...)
+	}
+	return errs
+}
+
+// Methods are the request methods the proxies pass on, in capitals:
+// requests with any other method are refused before any rule sees them,
+// so a match on another can never fit.
+var Methods = []string{"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "TRACE", "PATCH"}
+
+// unmatchableHeaders are fields a match would never see as the caller
+// sent them: connection-specific ones, which never cross the proxies, and
+// the peer header, which the proxy sets itself (match the caller by the
+// intention's source instead).
+var unmatchableHeaders = map[string]string{
+	"connection":              "a connection-specific field never reaches the rules",
+	"keep-alive":              "a connection-specific field never reaches the rules",
+	"proxy-connection":        "a connection-specific field never reaches the rules",
+	"transfer-encoding":       "a connection-specific field never reaches the rules",
+	"upgrade":                 "a connection-specific field never reaches the rules",
+	"x-forwarded-client-cert": "the proxy sets it; the intention's source names the caller",
+}
+
+func (h *HeaderMatch) validate(at string) []error {
+	var errs []error
+	name := strings.ToLower(h.Name)
+	switch {
+	case strings.HasPrefix(h.Name, ":"):
+		errs = append(errs, fieldErr(at+".name", "%q is a pseudo-header: match the authority with name host, the path and method with pathPrefix, pathExact, pathRegex and methods", h.Name))
+	case !httpToken.MatchString(h.Name):
+		errs = append(errs, fieldErr(at+".name", "%q is not a header name", h.Name))
+	case unmatchableHeaders[name] != "":
+		errs = append(errs, fieldErr(at+".name", "%q can never match: %s", h.Name, unmatchableHeaders[name]))
+	}
+	set := 0
+	for _, v := range []string{h.Exact, h.Prefix, h.Regex} {
+		if v != "" {
+			set++
 		}
-		set := 0
-		for _, v := range []string{h.Exact, h.Prefix, h.Regex} {
-			if v != "" {
-				set++
+	}
+	if set > 1 {
+		errs = append(errs, fieldErr(at, "set at most one of exact, prefix, regex"))
+	}
+	if h.Regex != "" {
+		if _, err := regexp.Compile(h.Regex); err != nil {
+			errs = append(errs, fieldErr(at+".regex", "%v", err))
+		}
+	}
+	sep := ","
+	if name == "cookie" {
+		sep = ";"
+	}
+	for _, f := range []struct{ field, v string }{{"exact", h.Exact}, {"prefix", h.Prefix}} {
+		if f.v == "" {
+			continue
+		}
+		fat := at + "." + f.field
+		switch {
+		case name == "host":
+			if err := matchableHost(f.v, f.field == "prefix"); err != nil {
+				errs = append(errs, fieldErr(fat, "%q can never match the request's host: %v", f.v, err))
 			}
-		}
-		if set > 1 {
-			errs = append(errs, fieldErr(hat, "set at most one of exact, prefix, regex"))
-		}
-		if h.Regex != "" {
-			if _, err := regexp.Compile(h.Regex); err != nil {
-				errs = append(errs, fieldErr(hat+".regex", "%v", err))
-			}
+		case strings.Contains(f.v, sep):
+			errs = append(errs, fieldErr(fat, "%q can never match: a header is matched element by element, split at %q", f.v, sep))
+		case strings.TrimLeft(f.v, " \t") != f.v || f.field == "exact" && strings.TrimRight(f.v, " \t") != f.v:
+			errs = append(errs, fieldErr(fat, "%q can never match: white space around an element is not part of it", f.v))
+		case !printable(f.v):
+			errs = append(errs, fieldErr(fat, "%q can never match: a control character cannot be in a header", f.v))
 		}
 	}
 	return errs
+}
+
+// matchablePath checks a path pattern against what the proxies match:
+// a normalized, decoded path (see the L7 proxy's path normalization).
+func matchablePath(p string) error {
+	switch {
+	case !strings.HasPrefix(p, "/"):
+		return errors.New("must start with /")
+	case strings.Contains(p, "//"):
+		return errors.New("can never match: paths are matched with repeated slashes merged")
+	case strings.Contains(p+"/", "/./") || strings.Contains(p+"/", "/../"):
+		return errors.New("can never match: paths are matched with dot segments resolved")
+	case strings.ContainsAny(p, "?#"):
+		return errors.New("holds a query or fragment, which are not part of the path a rule matches")
+	case strings.ContainsRune(p, '\\'):
+		return errors.New("can never match: requests with a backslash in the path are refused")
+	case percentEncoded(p):
+		return errors.New("is percent-encoded: paths are matched decoded, so write the character, not its encoding")
+	case strings.ContainsFunc(p, func(r rune) bool { return r < 0x20 || r == 0x7f }):
+		return errors.New("can never match: requests with control characters in the path are refused")
+	}
+	return nil
+}
+
+func percentEncoded(p string) bool {
+	for i := 0; i+2 < len(p); i++ {
+		if p[i] == '%' && isHex(p[i+1]) && isHex(p[i+2]) {
+			return true
+		}
+	}
+	return false
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}
+
+func printable(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 && c != '\t' || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// matchableHost checks a host rule's value: a host name or address (any
+// case, a trailing dot allowed) without port; for a prefix, a start of one.
+func matchableHost(h string, prefix bool) error {
+	if strings.HasPrefix(h, "*") {
+		return errors.New("a wildcard is not a host; use regex for several hosts")
+	}
+	if strings.HasPrefix(h, "[") {
+		if prefix {
+			return nil
+		}
+		if end := strings.IndexByte(h, ']'); end == len(h)-1 {
+			if ip, err := netip.ParseAddr(h[1:end]); err == nil && ip.Is6() && ip.Zone() == "" {
+				return nil
+			}
+		}
+		return errors.New("not an IPv6 address in brackets, without port or zone")
+	}
+	for i := 0; i < len(h); i++ {
+		switch c := h[i]; {
+		case c == ':':
+			return errors.New("the port is not part of the match (hosts are matched without it)")
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '-', c == '_':
+		case c == '.':
+			if i == 0 || h[i-1] == '.' {
+				return errors.New("an empty label")
+			}
+		default:
+			return fmt.Errorf("%q is not allowed in a host name", c)
+		}
+	}
+	if len(strings.TrimSuffix(h, ".")) > 253 {
+		return errors.New("longer than 253 characters")
+	}
+	return nil
 }
 
 // httpToken is RFC 9110's token: what methods and header names are made of.
@@ -320,7 +456,7 @@ func (m *MeshSpec) EffectiveMTLS() string {
 // EffectiveDefaultPolicy returns the default policy with the default applied.
 func (m *MeshSpec) EffectiveDefaultPolicy() string {
 	if m == nil || m.DefaultPolicy == "" {
-		return Allow
+		return Deny
 	}
 	return m.DefaultPolicy
 }
@@ -375,8 +511,10 @@ func (g *GatewaySpec) validate() []error {
 				if err := identity.ValidateServiceName(r.Service); err != nil {
 					errs = append(errs, fieldErr(rat+".service", "%v", err))
 				}
-				if r.PathPrefix != "" && !strings.HasPrefix(r.PathPrefix, "/") {
-					errs = append(errs, fieldErr(rat+".pathPrefix", "%q must start with /", r.PathPrefix))
+				if r.PathPrefix != "" {
+					if err := matchablePath(r.PathPrefix); err != nil {
+						errs = append(errs, fieldErr(rat+".pathPrefix", "%q %v", r.PathPrefix, err))
+					}
 				}
 				if r.RewritePrefix != "" && !strings.HasPrefix(r.RewritePrefix, "/") {
 					errs = append(errs, fieldErr(rat+".rewritePrefix", "%q must start with /", r.RewritePrefix))

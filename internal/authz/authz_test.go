@@ -1,6 +1,7 @@
 package authz
 
 import (
+	"strings"
 	"testing"
 
 	v1 "github.com/trellis-mesh/trellis/api/v1"
@@ -74,5 +75,47 @@ func TestCheckRequest(t *testing.T) {
 	}
 	if d := p.Check("ops"); !d.Allow {
 		t.Errorf("plain connection from ops refused: %+v", d)
+	}
+}
+
+func TestRefusalSaysWhichPair(t *testing.T) {
+	intentions := []v1.IntentionSpec{
+		{Source: "web", Destination: "api", Permissions: []v1.IntentionPermission{
+			{Action: v1.Allow, HTTP: v1.RouteMatch{PathPrefix: "/public/"}},
+		}},
+		{Source: "batch", Destination: "api", Action: v1.Deny},
+	}
+	p := ForDestination("api", v1.Deny, intentions)
+	if err := p.Compile(); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name   string
+		d      Decision
+		reason string
+		code   string
+	}{
+		{"no intention", p.Check("other"), "no intention allows other -> api", CodeNoIntention},
+		{"plain caller", p.Check(""), "no intention allows (unauthenticated) -> api", CodeNoIntention},
+		{"no permission fits", p.CheckRequest("web", &httpmatch.Request{Method: "GET", Path: "/private"}), "no intention allows web -> api", CodeNoPermission},
+		{"deny", p.Check("batch"), "intention batch -> api denies batch", CodeIntention},
+		{"plain connection", p.Check("web"), "intention web -> api has HTTP permissions", CodeNotHTTP},
+	} {
+		if tc.d.Allow || !strings.HasPrefix(tc.d.Reason, tc.reason) || tc.d.Code != tc.code {
+			t.Errorf("%s: got %+v, want a refusal %q (%s)", tc.name, tc.d, tc.reason, tc.code)
+		}
+	}
+}
+
+// TestUnknownDefaultDenies: only an explicit allow opens what no
+// intention names.
+func TestUnknownDefaultDenies(t *testing.T) {
+	for _, policy := range []string{"", "Allow", "permit"} {
+		if d := ForDestination("api", policy, nil).Check("web"); d.Allow {
+			t.Errorf("default policy %q allowed: %+v", policy, d)
+		}
+	}
+	if d := ForDestination("api", v1.Allow, nil).Check("web"); !d.Allow {
+		t.Errorf("default allow refused: %+v", d)
 	}
 }

@@ -1,7 +1,38 @@
 // Package httpmatch matches HTTP requests (method, normalized path,
-// headers) against the match blocks of Routes and Intention permissions,
-// compiled once per snapshot. It is pure: no net/http, so the authorization
-// policy can use it too.
+// authority, headers) against the match blocks of Routes and Intention
+// permissions, compiled once per snapshot. It is pure: no net/http, so the
+// authorization policy can use it too.
+//
+// A request reaches a matcher only after the proxy checked and normalized
+// it (package l7's sanitize): the method is a known one in capitals, the
+// path normalized, the authority canonical (see CanonicalAuthority).
+// What a matcher still has to decide is how a header that is a list is
+// seen, and that depends on what the match is for (Mode):
+//
+//   - A header's value is the list of its elements: every field of that
+//     name (several fields are one list, RFC 9110 section 5.3), each split
+//     at commas (at semicolons for Cookie), optional white space trimmed,
+//     empty elements dropped. Fields whose names differ from the match's
+//     only by '_' for '-' count as the same header, since CGI-style
+//     frameworks read X_Role as X-Role.
+//   - Deny (Mode Deny) fires when any element fits, or any whole field,
+//     or an element without its surrounding quotes; values and paths are
+//     compared ignoring case. A deny errs on the side of refusing.
+//   - Allow (Mode Allow) fits only when every element fits, as written
+//     (case-sensitive): "x-role: user, admin" does not fit an allow of
+//     x-role "user". An allow errs on the side of not granting.
+//   - Routes (Mode Route) fit when any element fits, case-sensitive: a
+//     route picks a destination, it grants nothing.
+//   - Paths, methods and hosts follow the same rule. A deny also fits the
+//     path with its trailing slash toggled or without segment parameters
+//     ("/admin;x/y" is "/admin/y" to Tomcat), HEAD when it names GET (apps
+//     serve HEAD with their GET handler), a method-override field naming
+//     a denied method, and a host that X-Forwarded-Host or Forwarded
+//     names; an allow requires every override and forwarded host to fit.
+//
+// The header name "host" matches the request's authority (HTTP/1.1 Host,
+// an absolute-form target's host, or HTTP/2 :authority) in its canonical
+// form: lowercase, without port or trailing dot.
 package httpmatch
 
 import (
@@ -15,61 +46,360 @@ import (
 )
 
 // Request is what a match looks at. Header keys are canonical, as in
-// net/http.
+// net/http; the Host field is not in Header.
 type Request struct {
 	Method string
-	Path   string
+	// Path is the normalized path, without query.
+	Path string
+	// Host is the request's authority as CanonicalAuthority gives it:
+	// lowercase, without port or trailing dot; "" when the request had
+	// none.
+	Host   string
 	Header map[string][]string
+
+	// aliases maps the names of fields written with '_' to their values,
+	// under the canonical name with '-' (made on first use).
+	aliases map[string][]string
+	aliased bool
 }
+
+// values returns every field value of the header named canon (canonical
+// form), those of its '_' spellings included.
+func (r *Request) values(canon string) []string {
+	vs := r.Header[canon]
+	if !r.aliased {
+		r.aliased = true
+		for k, v := range r.Header {
+			if strings.IndexByte(k, '_') >= 0 {
+				if r.aliases == nil {
+					r.aliases = map[string][]string{}
+				}
+				a := textproto.CanonicalMIMEHeaderKey(strings.ReplaceAll(k, "_", "-"))
+				r.aliases[a] = append(r.aliases[a], v...)
+			}
+		}
+	}
+	if extra := r.aliases[canon]; len(extra) > 0 {
+		vs = append(slices.Clip(vs), extra...)
+	}
+	return vs
+}
+
+// Mode says what a match decides, and so how strictly header lists and
+// case are read (see the package doc).
+type Mode int
+
+const (
+	// Route: any element fits, case-sensitive.
+	Route Mode = iota
+	// Allow: every element must fit, case-sensitive.
+	Allow
+	// Deny: any element (or whole field, or unquoted element) fits,
+	// ignoring case.
+	Deny
+)
 
 // Matcher is a compiled match block; the zero value matches everything.
 type Matcher struct {
 	conds []func(*Request) bool
 }
 
-// Compile compiles m.
-func Compile(m v1.RouteMatch) (Matcher, error) {
+// Compile compiles m for mode.
+func Compile(m v1.RouteMatch, mode Mode) (Matcher, error) {
 	var conds []func(*Request) bool
+	if c, err := compilePath(m, mode); err != nil {
+		return Matcher{}, err
+	} else if c != nil {
+		conds = append(conds, c)
+	}
+	if len(m.Methods) > 0 {
+		conds = append(conds, compileMethods(m.Methods, mode))
+	}
+	for _, h := range m.Headers {
+		c, err := compileHeader(h, mode)
+		if err != nil {
+			return Matcher{}, err
+		}
+		conds = append(conds, c)
+	}
+	return Matcher{conds: conds}, nil
+}
+
+// compilePath compiles the path condition, or returns nil. A deny also
+// tries the forms of the path an app may serve as the same resource:
+// without a trailing slash, or with one, and without the parameters of
+// its segments ("/admin;x/users" is "/admin/users" to Tomcat and Spring).
+func compilePath(m v1.RouteMatch, mode Mode) (func(*Request) bool, error) {
+	fold := mode == Deny
+	equal, hasPrefix := equalExact, strings.HasPrefix
+	if fold {
+		equal, hasPrefix = strings.EqualFold, hasPrefixFold
+	}
+	var fit func(path string) bool
 	switch {
 	case m.PathPrefix != "":
 		p := m.PathPrefix
-		conds = append(conds, func(r *Request) bool { return strings.HasPrefix(r.Path, p) })
+		// "/admin/" also covers "/admin": the same resource to most apps.
+		dir := strings.TrimSuffix(p, "/")
+		fit = func(path string) bool {
+			return hasPrefix(path, p) || dir != p && equal(path, dir)
+		}
 	case m.PathExact != "":
 		p := m.PathExact
-		conds = append(conds, func(r *Request) bool { return r.Path == p })
+		fit = func(path string) bool { return equal(path, p) }
 	case m.PathRegex != "":
-		re, err := regexp.Compile("^(?:" + m.PathRegex + ")$")
+		re, err := compileRegex(m.PathRegex, fold)
 		if err != nil {
-			return Matcher{}, fmt.Errorf("pathRegex: %w", err)
+			return nil, fmt.Errorf("pathRegex: %w", err)
 		}
-		conds = append(conds, func(r *Request) bool { return re.MatchString(r.Path) })
+		fit = re.MatchString
+	default:
+		return nil, nil
 	}
-	if len(m.Methods) > 0 {
-		methods := slices.Clone(m.Methods)
-		conds = append(conds, func(r *Request) bool { return slices.Contains(methods, r.Method) })
+	if mode != Deny {
+		return func(r *Request) bool { return fit(r.Path) }, nil
 	}
-	for _, h := range m.Headers {
-		name := textproto.CanonicalMIMEHeaderKey(h.Name)
-		switch {
-		case h.Exact != "":
-			v := h.Exact
-			conds = append(conds, func(r *Request) bool { return slices.Contains(r.Header[name], v) })
-		case h.Prefix != "":
-			v := h.Prefix
-			conds = append(conds, func(r *Request) bool {
-				return slices.ContainsFunc(r.Header[name], func(s string) bool { return strings.HasPrefix(s, v) })
-			})
-		case h.Regex != "":
-			re, err := regexp.Compile("^(?:" + h.Regex + ")$")
-			if err != nil {
-				return Matcher{}, fmt.Errorf("header %s regex: %w", h.Name, err)
+	return func(r *Request) bool {
+		for _, p := range pathForms(r.Path) {
+			if fit(p) {
+				return true
 			}
-			conds = append(conds, func(r *Request) bool { return slices.ContainsFunc(r.Header[name], re.MatchString) })
+		}
+		return false
+	}, nil
+}
+
+// pathForms are path, path with its trailing slash toggled, and the same
+// two without segment parameters.
+func pathForms(path string) []string {
+	forms := make([]string, 0, 4)
+	add := func(p string) {
+		forms = append(forms, p)
+		switch {
+		case p == "/":
+		case strings.HasSuffix(p, "/"):
+			forms = append(forms, strings.TrimSuffix(p, "/"))
 		default:
-			conds = append(conds, func(r *Request) bool { return len(r.Header[name]) > 0 })
+			forms = append(forms, p+"/")
 		}
 	}
-	return Matcher{conds: conds}, nil
+	add(path)
+	if strings.IndexByte(path, ';') >= 0 {
+		segs := strings.Split(path, "/")
+		for i, s := range segs {
+			segs[i], _, _ = strings.Cut(s, ";")
+		}
+		add(strings.Join(segs, "/"))
+	}
+	return forms
+}
+
+// methodOverrides are the fields with which frameworks (Rails, Express's
+// method-override, Symfony, ...) let a POST stand for another method.
+var methodOverrides = []string{"X-Http-Method-Override", "X-Http-Method", "X-Method-Override"}
+
+// compileMethods compiles the method condition. A deny of GET also denies
+// HEAD, which apps serve with their GET handler; and a deny fits a
+// request whose method-override field names a denied method, while an
+// allow requires every override to be allowed too.
+func compileMethods(list []string, mode Mode) func(*Request) bool {
+	methods := slices.Clone(list)
+	if mode == Deny && slices.Contains(methods, "GET") && !slices.Contains(methods, "HEAD") {
+		methods = append(methods, "HEAD")
+	}
+	in := func(m string) bool { return slices.Contains(methods, strings.ToUpper(m)) }
+	switch mode {
+	case Deny:
+		return func(r *Request) bool {
+			if slices.Contains(methods, r.Method) {
+				return true
+			}
+			for _, h := range methodOverrides {
+				if anyFits(r.values(h), ',', in, true) {
+					return true
+				}
+			}
+			return false
+		}
+	case Allow:
+		return func(r *Request) bool {
+			if !slices.Contains(methods, r.Method) {
+				return false
+			}
+			for _, h := range methodOverrides {
+				if vs := r.values(h); len(vs) > 0 && !everyFits(vs, ',', in) {
+					return false
+				}
+			}
+			return true
+		}
+	}
+	return func(r *Request) bool { return slices.Contains(methods, r.Method) }
+}
+
+func compileRegex(expr string, fold bool) (*regexp.Regexp, error) {
+	flags := ""
+	if fold {
+		flags = "(?i)"
+	}
+	return regexp.Compile(flags + "^(?:" + expr + ")$")
+}
+
+// fits is one compiled value condition.
+type fits func(string) bool
+
+func compileHeader(h v1.HeaderMatch, mode Mode) (func(*Request) bool, error) {
+	host := strings.EqualFold(h.Name, "host")
+	fold := mode == Deny || host
+	var fit fits
+	switch {
+	case h.Exact != "":
+		v := h.Exact
+		if host {
+			v = strings.TrimSuffix(v, ".")
+		}
+		if fold {
+			fit = func(s string) bool { return strings.EqualFold(s, v) }
+		} else {
+			fit = func(s string) bool { return s == v }
+		}
+	case h.Prefix != "":
+		v := h.Prefix
+		if fold {
+			fit = func(s string) bool { return hasPrefixFold(s, v) }
+		} else {
+			fit = func(s string) bool { return strings.HasPrefix(s, v) }
+		}
+	case h.Regex != "":
+		re, err := compileRegex(h.Regex, fold)
+		if err != nil {
+			return nil, fmt.Errorf("header %s regex: %w", h.Name, err)
+		}
+		fit = re.MatchString
+	}
+	if host {
+		return compileHost(fit, mode), nil
+	}
+	name := textproto.CanonicalMIMEHeaderKey(strings.ReplaceAll(h.Name, "_", "-"))
+	sep := byte(',')
+	if name == "Cookie" {
+		sep = ';'
+	}
+	if fit == nil { // present
+		return func(r *Request) bool { return len(r.values(name)) > 0 }, nil
+	}
+	switch mode {
+	case Deny:
+		return func(r *Request) bool { return anyFits(r.values(name), sep, fit, true) }, nil
+	case Allow:
+		return func(r *Request) bool { return everyFits(r.values(name), sep, fit) }, nil
+	}
+	return func(r *Request) bool { return anyFits(r.values(name), sep, fit, false) }, nil
+}
+
+// compileHost compiles a condition on the authority. Apps behind proxies
+// often take their host from X-Forwarded-Host or Forwarded: a deny also
+// fits when one of those names a host that fits; an allow requires that
+// they all do. fit nil means present.
+func compileHost(fit fits, mode Mode) func(*Request) bool {
+	if fit == nil {
+		return func(r *Request) bool { return r.Host != "" }
+	}
+	if mode == Route {
+		return func(r *Request) bool { return r.Host != "" && fit(r.Host) }
+	}
+	return func(r *Request) bool {
+		fwd := forwardedHosts(r)
+		if mode == Deny {
+			return r.Host != "" && fit(r.Host) || slices.ContainsFunc(fwd, fit)
+		}
+		return r.Host != "" && fit(r.Host) && !slices.ContainsFunc(fwd, func(h string) bool { return !fit(h) })
+	}
+}
+
+// forwardedHosts are the hosts X-Forwarded-Host and Forwarded's host=
+// parameters name, canonical where they parse, else in lowercase.
+func forwardedHosts(r *Request) []string {
+	var out []string
+	add := func(v string) {
+		v = strings.Trim(trimOWS(v), `"`)
+		if v == "" {
+			return
+		}
+		if _, h, err := CanonicalAuthority(v); err == nil {
+			v = h
+		}
+		out = append(out, strings.ToLower(v))
+	}
+	for _, f := range r.values("X-Forwarded-Host") {
+		for e := range strings.SplitSeq(f, ",") {
+			add(e)
+		}
+	}
+	for _, f := range r.values("Forwarded") {
+		for e := range strings.SplitSeq(f, ",") {
+			for pair := range strings.SplitSeq(e, ";") {
+				if k, v, ok := strings.Cut(trimOWS(pair), "="); ok && strings.EqualFold(k, "host") {
+					add(v)
+				}
+			}
+		}
+	}
+	return out
+}
+
+func equalExact(a, b string) bool { return a == b }
+
+// hasPrefixFold is strings.HasPrefix ignoring case. It compares the
+// bytes of s that the prefix spans, so that whatever HasPrefix accepts,
+// it accepts too (even invalid UTF-8, which strings.ToLower would
+// rewrite).
+func hasPrefixFold(s, prefix string) bool {
+	return len(s) >= len(prefix) && strings.EqualFold(s[:len(prefix)], prefix)
+}
+
+func trimOWS(s string) string { return strings.Trim(s, " \t") }
+
+// anyFits reports whether an element fits; loose (for a deny) also tries
+// each whole field and elements without their quotes.
+func anyFits(fields []string, sep byte, fit fits, loose bool) bool {
+	for _, f := range fields {
+		if loose && fit(trimOWS(f)) {
+			return true
+		}
+		for e := range strings.SplitSeq(f, string(sep)) {
+			e = trimOWS(e)
+			if e == "" {
+				continue
+			}
+			if fit(e) {
+				return true
+			}
+			if loose {
+				if u := trimOWS(strings.Trim(e, `"`)); u != e && fit(u) {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+// everyFits reports whether the list has elements and each one fits.
+func everyFits(fields []string, sep byte, fit fits) bool {
+	n := 0
+	for _, f := range fields {
+		for e := range strings.SplitSeq(f, string(sep)) {
+			if e = trimOWS(e); e == "" {
+				continue
+			}
+			if !fit(e) {
+				return false
+			}
+			n++
+		}
+	}
+	return n > 0
 }
 
 // Match reports whether r fits every condition.

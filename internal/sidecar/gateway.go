@@ -162,6 +162,7 @@ func (g *gateway) start(spec v1.GatewayListener) (*gwListener, error) {
 		},
 		Upstream: g.outbound,
 		Metrics:  g.p.l7m,
+		Logger:   g.p.log,
 	}
 	srv := l7.NewServer(in, g.p.log)
 	go srv.Serve(ln)

@@ -210,7 +210,7 @@ func trusted(cert *tls.Certificate, b *certs.Bundle) bool {
 }
 
 // errGatewayInbound refuses mesh traffic to a gateway: it has no app.
-var errGatewayInbound = authz.Decision{Allow: false, Reason: "a gateway accepts no mesh traffic"}
+var errGatewayInbound = authz.Decision{Allow: false, Reason: "a gateway accepts no mesh traffic", Code: authz.CodeGateway}
 
 // authorizeRequest decides one HTTP request to this proxy's app.
 func (p *Proxy) authorizeRequest(peer identity.ID, r *httpmatch.Request) authz.Decision {
@@ -219,7 +219,7 @@ func (p *Proxy) authorizeRequest(peer identity.ID, r *httpmatch.Request) authz.D
 	}
 	a := p.cur.Load()
 	if a == nil {
-		return authz.Decision{Allow: false, Reason: "no configuration yet"}
+		return authz.Decision{Allow: false, Reason: "no configuration yet", Code: authz.CodeNotReady}
 	}
 	return a.snap.Inbound.CheckRequest(peer.Service(), r)
 }
@@ -230,7 +230,7 @@ func (p *Proxy) authorize(peer identity.ID) authz.Decision {
 	}
 	a := p.cur.Load()
 	if a == nil {
-		return authz.Decision{Allow: false, Reason: "no configuration yet"}
+		return authz.Decision{Allow: false, Reason: "no configuration yet", Code: authz.CodeNotReady}
 	}
 	return a.snap.Inbound.Check(peer.Service())
 }

@@ -173,8 +173,9 @@ func (in *Inbound) serveStream(peer identity.ID, s *tunnel.Stream) {
 	}
 	if d := in.Authorize(peer); !d.Allow {
 		in.Metrics.Connections.WithLabelValues("inbound", peer.Service(), "denied").Inc()
-		in.Logger.Info("connection denied", "peer", peer.String(), "reason", d.Reason)
-		s.Refuse(http.StatusForbidden, "denied by "+d.Reason)
+		in.Metrics.Denied.WithLabelValues(peer.Service(), d.Code).Inc()
+		in.Logger.Info("connection denied", "peer", peer.String(), "reason", d.Reason, "code", d.Code)
+		s.Refuse(http.StatusForbidden, "denied: "+d.Reason)
 		return
 	}
 	app, err := in.dialApp()
@@ -225,7 +226,8 @@ func (in *Inbound) servePlain(c net.Conn) {
 	defer c.Close()
 	if d := in.AuthorizePlain(); !d.Allow {
 		in.Metrics.Connections.WithLabelValues("inbound", "", "denied").Inc()
-		in.Logger.Info("plain connection denied", "remote", c.RemoteAddr().String(), "reason", d.Reason)
+		in.Metrics.Denied.WithLabelValues("", d.Code).Inc()
+		in.Logger.Info("plain connection denied", "remote", c.RemoteAddr().String(), "reason", d.Reason, "code", d.Code)
 		return
 	}
 	app, err := in.dialApp()

@@ -10,6 +10,10 @@ type Metrics struct {
 	Bytes       *prometheus.CounterVec // direction, service, flow (sent|received)
 	Handshakes  *prometheus.CounterVec // side, result
 	Rejections  *prometheus.CounterVec // side, reason
+	// Denied counts inbound connections refused by authorization, by
+	// peer service and reason (an authz decision code, such as
+	// no_intention).
+	Denied *prometheus.CounterVec
 }
 
 // NewMetrics creates the metrics and registers them with reg (if not nil).
@@ -35,9 +39,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "trellis_tls_peer_rejections_total",
 			Help: "mTLS peers refused during the handshake because their certificate is not an acceptable X509-SVID or not the expected identity, by side (client|server) and reason (no_certificate|not_svid|trust_domain|signing_certificate|untrusted|unauthorized).",
 		}, []string{"side", "reason"}),
+		Denied: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "trellis_tcp_connections_denied_total",
+			Help: "Inbound TCP connections refused by authorization, by peer service and reason (no_intention, intention, permissions_http, ...).",
+		}, []string{"service", "reason"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.Connections, m.Active, m.Bytes, m.Handshakes, m.Rejections)
+		reg.MustRegister(m.Connections, m.Active, m.Bytes, m.Handshakes, m.Rejections, m.Denied)
 	}
 	return m
 }

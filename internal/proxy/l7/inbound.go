@@ -131,6 +131,7 @@ func (in *Inbound) serve(w http.ResponseWriter, r *http.Request, peer identity.I
 	start := time.Now()
 	sw := &statusWriter{ResponseWriter: w}
 	if bad := in.admit(r, peer); bad != nil {
+		in.Metrics.refused(in.Logger, r, "inbound", peer.Service(), in.Self().Service(), bad)
 		refuse(sw, bad)
 	} else {
 		in.proxy(sw, r)
@@ -147,7 +148,7 @@ func (in *Inbound) serve(w http.ResponseWriter, r *http.Request, peer identity.I
 // proxy sends an admitted request to the app and its answer back.
 func (in *Inbound) proxy(w http.ResponseWriter, r *http.Request) {
 	if _, err := prepareRequest(r); err != nil {
-		refuse(w, &badRequest{http.StatusBadRequest, "trellis: " + err.Error()})
+		refuse(w, &badRequest{http.StatusBadRequest, "trellis: " + err.Error(), ReasonStream})
 		return
 	}
 	if _, ok := r.Header["User-Agent"]; !ok {
@@ -181,9 +182,8 @@ func (in *Inbound) admit(r *http.Request, peer identity.ID) *badRequest {
 		// Our outbound sends clean requests; this caller did not.
 		return err.(*badRequest)
 	}
-	if d := in.Authorize(peer, &httpmatch.Request{Method: r.Method, Path: r.URL.Path, Header: r.Header}); !d.Allow {
-		in.Logger.Info("request denied", "peer", peer.String(), "method", r.Method, "path", r.URL.Path, "reason", d.Reason)
-		return &badRequest{http.StatusForbidden, "trellis: denied by " + d.Reason}
+	if d := in.Authorize(peer, matchRequest(r)); !d.Allow {
+		return &badRequest{http.StatusForbidden, "trellis: denied: " + d.Reason, d.Code}
 	}
 	r.Header.Del(PeerHeader)
 	r.Header[PeerHeader] = []string{in.peerValue(peer)}

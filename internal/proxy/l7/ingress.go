@@ -1,6 +1,7 @@
 package l7
 
 import (
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
@@ -25,27 +26,34 @@ type Ingress struct {
 	Upstream func(service string) http.Handler
 	// Metrics; nil means unregistered ones.
 	Metrics *Metrics
+	// Logger; nil discards.
+	Logger *slog.Logger
 }
 
 func (g *Ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if g.Metrics == nil {
 		g.Metrics = NewMetrics(nil)
 	}
+	log := g.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	start := time.Now()
 	if err := sanitize(r); err != nil {
+		g.Metrics.refused(log, r, "ingress", g.Name, "", err.(*badRequest))
 		refuse(w, err.(*badRequest))
 		g.Metrics.observe("ingress", g.Name, "", "", "", err.(*badRequest).status, start)
 		return
 	}
 	route, rest, ok := matchIngress(g.Routes(), r.Host, r.URL.Path)
 	if !ok {
-		refuse(w, &badRequest{http.StatusNotFound, "trellis: no route for " + r.URL.Path})
+		refuse(w, &badRequest{http.StatusNotFound, "trellis: no route for " + r.URL.Path, "no_route"})
 		g.Metrics.observe("ingress", g.Name, "", "", "", http.StatusNotFound, start)
 		return
 	}
 	up := g.Upstream(route.Service)
 	if up == nil {
-		refuse(w, &badRequest{http.StatusServiceUnavailable, "trellis: service " + route.Service + " is not known yet"})
+		refuse(w, &badRequest{http.StatusServiceUnavailable, "trellis: service " + route.Service + " is not known yet", "unknown_service"})
 		g.Metrics.observe("ingress", g.Name, route.Service, "", "", http.StatusServiceUnavailable, start)
 		return
 	}

@@ -247,7 +247,7 @@ func TestDeniedRequestNeverReachesApp(t *testing.T) {
 	})
 	url, _ := startOutbound(t, ca, static(mustCompile(t, nil), balance.Endpoint{Addr: in}))
 	code, body, _ := get(t, url+"/")
-	if code != 403 || !strings.Contains(body, "denied by intention client.web") {
+	if code != 403 || !strings.Contains(body, "denied: intention client.web") {
 		t.Fatalf("got %d %q, want 403 naming the intention", code, body)
 	}
 	if a.hits.Load() != 0 {

@@ -1,6 +1,8 @@
 package l7
 
 import (
+	"log/slog"
+	"net/http"
 	"strconv"
 	"time"
 
@@ -16,6 +18,12 @@ type Metrics struct {
 	BudgetExhausted *prometheus.CounterVec
 	Ejections       *prometheus.CounterVec
 	Overflows       *prometheus.CounterVec
+	// Refused counts requests refused before reaching an upstream or the
+	// app, by direction, source, destination and reason: a malformed
+	// request (bad_method, bad_host, bad_target, bad_path, too_large,
+	// connect, bad_request) or an authorization decision (no_intention,
+	// intention, permission, no_permission, ...).
+	Refused *prometheus.CounterVec
 }
 
 // NewMetrics makes the metrics and registers them with reg (nil: none).
@@ -41,9 +49,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Overflows: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "trellis_circuit_breaker_overflows_total", Help: "Requests refused by a circuit breaker.",
 		}, []string{"source", "destination"}),
+		Refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "trellis_requests_refused_total", Help: "HTTP requests refused by the proxy before reaching an upstream or the app, by reason.",
+		}, []string{"direction", "source", "destination", "reason"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.Requests, m.Duration, m.Retries, m.BudgetExhausted, m.Ejections, m.Overflows)
+		reg.MustRegister(m.Requests, m.Duration, m.Retries, m.BudgetExhausted, m.Ejections, m.Overflows, m.Refused)
 	}
 	return m
 }
@@ -52,4 +63,13 @@ func (m *Metrics) observe(direction, source, destination, route, version string,
 	c := strconv.Itoa(code)
 	m.Requests.WithLabelValues(direction, source, destination, route, version, c).Inc()
 	m.Duration.WithLabelValues(direction, source, destination, route, version, c).Observe(time.Since(start).Seconds())
+}
+
+// refused counts and logs a request refused before it went anywhere.
+func (m *Metrics) refused(log *slog.Logger, r *http.Request, direction, source, destination string, e *badRequest) {
+	m.Refused.WithLabelValues(direction, source, destination, e.reason).Inc()
+	log.LogAttrs(r.Context(), slog.LevelInfo, "request refused",
+		slog.String("direction", direction), slog.String("source", source), slog.String("destination", destination),
+		slog.String("method", cut(r.Method, 32)), slog.String("path", cut(r.URL.Path, 512)), slog.String("host", cut(r.Host, 256)),
+		slog.Int("status", e.status), slog.String("reason", e.reason), slog.String("why", e.msg))
 }

@@ -73,13 +73,15 @@ func (o *Outbound) init() {
 func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	o.init()
 	if err := sanitize(r); err != nil {
-		refuse(w, err.(*badRequest))
-		o.Metrics.observe("outbound", o.Source, o.Service, "", "", err.(*badRequest).status, time.Now())
+		bad := err.(*badRequest)
+		o.Metrics.refused(o.Logger, r, "outbound", o.Source, o.Service, bad)
+		refuse(w, bad)
+		o.Metrics.observe("outbound", o.Source, o.Service, "", "", bad.status, time.Now())
 		return
 	}
 	up, err := prepareRequest(r)
 	if err != nil {
-		refuse(w, &badRequest{http.StatusBadRequest, "trellis: " + err.Error()})
+		refuse(w, &badRequest{http.StatusBadRequest, "trellis: " + err.Error(), ReasonStream})
 		return
 	}
 	setRequestContext(r.Header)
@@ -98,6 +100,9 @@ func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func refuse(w http.ResponseWriter, e *badRequest) {
+	if e.status == http.StatusMethodNotAllowed {
+		w.Header().Set("Allow", allowHeader)
+	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("Connection", "close")
 	w.WriteHeader(e.status)

@@ -114,12 +114,12 @@ func compileRule(i int, r v1.RouteRule) (*Rule, error) {
 }
 
 func compileMatch(m v1.RouteMatch) (func(*http.Request) bool, error) {
-	hm, err := httpmatch.Compile(m)
+	hm, err := httpmatch.Compile(m, httpmatch.Route)
 	if err != nil {
 		return nil, err
 	}
 	return func(r *http.Request) bool {
-		return hm.Match(&httpmatch.Request{Method: r.Method, Path: r.URL.Path, Header: r.Header})
+		return hm.Match(matchRequest(r))
 	}, nil
 }
 
@@ -149,7 +149,14 @@ func (rule *Rule) PickVersion() string {
 
 // Rewrite applies the rule's prefix rewrite to path.
 func (rule *Rule) Rewrite(path string) string {
-	if !rule.hasRW || !strings.HasPrefix(path, rule.prefix) {
+	if !rule.hasRW {
+		return path
+	}
+	if path+"/" == rule.prefix {
+		// A prefix "/api/" matches "/api" too (package httpmatch).
+		return rule.rewrite
+	}
+	if !strings.HasPrefix(path, rule.prefix) {
 		return path
 	}
 	out := rule.rewrite + strings.TrimPrefix(path, rule.prefix)

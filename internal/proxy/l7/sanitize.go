@@ -4,7 +4,13 @@ import (
 	"errors"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
+
+	"golang.org/x/net/http/httpguts"
+
+	v1 "github.com/trellis-mesh/trellis/api/v1"
+	"github.com/trellis-mesh/trellis/internal/httpmatch"
 )
 
 // Limits on request heads, as Envoy's defaults: larger heads get 431.
@@ -17,7 +23,21 @@ const (
 type badRequest struct {
 	status int
 	msg    string
+	// reason labels the refusal in trellis_requests_refused_total: one of
+	// the Reason constants, or an authz decision code.
+	reason string
 }
+
+// Reasons a request is refused before any rule sees it.
+const (
+	ReasonMethod  = "bad_method"  // not a token, unknown, or not in capitals
+	ReasonHost    = "bad_host"    // an authority that is not a host[:port]
+	ReasonTarget  = "bad_target"  // the request target: scheme, userinfo, characters
+	ReasonPath    = "bad_path"    // a path that does not normalize
+	ReasonHeaders = "too_large"   // too many or too large header fields
+	ReasonConnect = "connect"     // CONNECT is not proxied
+	ReasonStream  = "bad_request" // a request stream that does not make a request
+)
 
 func (e *badRequest) Error() string { return e.msg }
 
@@ -38,6 +58,9 @@ func (e *badRequest) Error() string { return e.msg }
 // runs; the request then leaves with one framing only, so the app never
 // sees both.
 func sanitize(r *http.Request) error {
+	if bad, ok := r.Context().Value(malformedKey{}).(*badRequest); ok {
+		return bad
+	}
 	fields, size := 0, 0
 	for k, vs := range r.Header {
 		fields += len(vs)
@@ -46,31 +69,141 @@ func sanitize(r *http.Request) error {
 		}
 	}
 	if fields > MaxHeaderFields {
-		return &badRequest{http.StatusRequestHeaderFieldsTooLarge, "trellis: more than 100 header fields"}
+		return &badRequest{http.StatusRequestHeaderFieldsTooLarge, "trellis: more than 100 header fields", ReasonHeaders}
 	}
 	if size > MaxHeaderBytes {
 		// The HTTP server allows some slack over its own limit.
-		return &badRequest{http.StatusRequestHeaderFieldsTooLarge, "trellis: request headers over 60 KiB"}
+		return &badRequest{http.StatusRequestHeaderFieldsTooLarge, "trellis: request headers over 60 KiB", ReasonHeaders}
 	}
-	if r.Method == http.MethodConnect {
-		return &badRequest{http.StatusMethodNotAllowed, "trellis: CONNECT is not proxied"}
+	// The method first: no rule may see a method the app could read
+	// otherwise than the rules do.
+	if err := checkMethod(r.Method); err != nil {
+		return err
+	}
+	if err := checkTarget(r); err != nil {
+		return err
 	}
 	if r.URL.Path == "*" && r.Method == http.MethodOptions {
 		return nil
 	}
 	p, err := NormalizePath(r.URL.EscapedPath())
 	if err != nil {
-		return &badRequest{http.StatusBadRequest, "trellis: " + err.Error()}
+		return &badRequest{http.StatusBadRequest, "trellis: " + err.Error(), ReasonPath}
 	}
 	dec, err := url.PathUnescape(p)
 	if err != nil {
-		return &badRequest{http.StatusBadRequest, "trellis: " + err.Error()}
+		return &badRequest{http.StatusBadRequest, "trellis: " + err.Error(), ReasonPath}
 	}
 	r.URL.Path, r.URL.RawPath = dec, p
 	if dec == p {
 		r.URL.RawPath = ""
 	}
 	return nil
+}
+
+// allowHeader lists v1.Methods, the request methods the proxies pass on
+// (RFC 9110 section 9 and PATCH, RFC 5789). Methods are case-sensitive:
+// "get" is not GET, and an app that reads it as GET would let it past
+// every rule on GET. Anything else is refused before any rule is
+// evaluated. CONNECT is refused too: the proxies do not tunnel for apps.
+var allowHeader = strings.Join(v1.Methods, ", ")
+
+// checkMethod refuses a method not in v1.Methods (spelled out here: this
+// runs on every request).
+func checkMethod(m string) *badRequest {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodDelete,
+		http.MethodOptions, http.MethodTrace, http.MethodPatch:
+		return nil
+	case http.MethodConnect:
+		return &badRequest{http.StatusMethodNotAllowed, "trellis: CONNECT is not proxied", ReasonConnect}
+	}
+	if !validToken(m) {
+		return &badRequest{http.StatusBadRequest, "trellis: the method " + quoteShort(m) + " is not a valid token", ReasonMethod}
+	}
+	return &badRequest{http.StatusMethodNotAllowed, "trellis: unknown method " + quoteShort(m) +
+		" (methods are case-sensitive; proxied: " + allowHeader + ")", ReasonMethod}
+}
+
+// validToken reports whether s is an RFC 9110 token.
+func validToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !httpguts.IsTokenRune(rune(s[i])) {
+			return false
+		}
+	}
+	return true
+}
+
+// quoteShort quotes what a client sent for a message, cut to 32 bytes.
+func quoteShort(s string) string {
+	if len(s) > 32 {
+		return strconv.Quote(s[:32]) + "..."
+	}
+	return strconv.Quote(s)
+}
+
+// cut is s up to n bytes, for a log line: a client picks its length.
+func cut(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "..."
+	}
+	return s
+}
+
+// checkTarget checks the request target and the authority, and leaves
+// one authority in canonical form in r.Host (httpmatch.CanonicalAuthority)
+// and an origin-form target in r.URL: what rules match and what the app
+// gets are then the same.
+//
+// An absolute-form target (GET http://a/ HTTP/1.1) names the authority
+// and the Host field is ignored (RFC 9112 section 3.2.2); its scheme must
+// be http or https and it may carry no userinfo. A target with a
+// fragment, white space, control or non-ASCII characters is refused: RFC
+// 3986 allows none of them, and apps disagree on what they mean.
+func checkTarget(r *http.Request) *badRequest {
+	for i := 0; i < len(r.RequestURI); i++ {
+		if c := r.RequestURI[i]; c <= ' ' || c >= 0x7f || c == '#' {
+			return &badRequest{http.StatusBadRequest, "trellis: a fragment, white space, control or non-ASCII character in the request target", ReasonTarget}
+		}
+	}
+	if r.URL.Scheme != "" || r.URL.Host != "" || r.URL.User != nil || r.URL.Opaque != "" {
+		switch {
+		case r.URL.Scheme != "http" && r.URL.Scheme != "https":
+			return &badRequest{http.StatusBadRequest, "trellis: an absolute request target must be http or https", ReasonTarget}
+		case r.URL.User != nil:
+			return &badRequest{http.StatusBadRequest, "trellis: userinfo in the request target", ReasonTarget}
+		case r.URL.Opaque != "" || r.URL.Host == "":
+			return &badRequest{http.StatusBadRequest, "trellis: an absolute request target without a host", ReasonTarget}
+		}
+		r.Host = r.URL.Host
+		r.URL.Scheme, r.URL.Host = "", ""
+	}
+	canon, _, err := httpmatch.CanonicalAuthority(r.Host)
+	if err != nil {
+		return &badRequest{http.StatusBadRequest, "trellis: malformed host: " + err.Error(), ReasonHost}
+	}
+	r.Host = canon
+	return nil
+}
+
+// matchHost is the host of a canonical authority, without its port.
+func matchHost(authority string) string {
+	if strings.HasPrefix(authority, "[") {
+		if i := strings.IndexByte(authority, ']'); i >= 0 {
+			return authority[:i+1]
+		}
+	}
+	h, _, _ := strings.Cut(authority, ":")
+	return h
+}
+
+// matchRequest is what rules see of a sanitized request.
+func matchRequest(r *http.Request) *httpmatch.Request {
+	return &httpmatch.Request{Method: r.Method, Path: r.URL.Path, Host: matchHost(r.Host), Header: r.Header}
 }
 
 // NormalizePath returns the normalized form of an escaped absolute path, or
@@ -123,6 +256,11 @@ func normalize(escaped string) (string, error) {
 	var out []string
 	segs := strings.Split(decoded[1:], "/")
 	for _, s := range segs {
+		if dotWithParams(s) {
+			// "..;x" is ".." to apps that drop segment parameters first
+			// (Tomcat, Spring): it would climb past every path rule.
+			return "", errors.New("a dot segment with parameters (such as ..;) in the path")
+		}
 		switch s {
 		case "", ".":
 		case "..":
@@ -154,12 +292,19 @@ func isNormal(p string) bool {
 			if j := strings.IndexByte(seg, '/'); j >= 0 {
 				seg = seg[:j]
 			}
-			if seg == "." || seg == ".." || seg == "" && i+1 < len(p) {
+			if seg == "." || seg == ".." || seg == "" && i+1 < len(p) || dotWithParams(seg) {
 				return false
 			}
 		}
 	}
 	return true
+}
+
+// dotWithParams reports whether a segment is "." or ".." with
+// parameters: "..;", ".;x".
+func dotWithParams(seg string) bool {
+	d, _, params := strings.Cut(seg, ";")
+	return params && (d == "." || d == "..")
 }
 
 func unhex(c byte) int {

@@ -39,6 +39,11 @@ func TestNormalizePath(t *testing.T) {
 		{"/a%zzb", "", "malformed"},
 		{"/a%4", "", "malformed"},
 		{"a/b", "", "must start with /"},
+		{"/a;x/b;y", "/a;x/b;y", ""},
+		{"/public/..;/admin", "", "dot segment with parameters"},
+		{"/public/.;x/admin", "", "dot segment with parameters"},
+		{"/public/%2e%2e;/admin", "", "dot segment with parameters"},
+		{"/..;", "", "dot segment with parameters"},
 	} {
 		got, err := NormalizePath(tc.in)
 		switch {
@@ -166,7 +171,7 @@ func TestHostileRequests(t *testing.T) {
 // normalization on every path of up to seven bytes over an alphabet of
 // the bytes that matter.
 func TestIsNormalAgrees(t *testing.T) {
-	const alphabet = "/.a%2e\\"
+	const alphabet = "/.a%2e\\;"
 	var walk func(p string)
 	walk = func(p string) {
 		if isNormal(p) {
@@ -182,4 +187,26 @@ func TestIsNormalAgrees(t *testing.T) {
 		}
 	}
 	walk("/")
+}
+
+// FuzzNormalizePath: a normalized path is its own normal form, starts
+// with a slash and has no dot segment, with or without parameters.
+func FuzzNormalizePath(f *testing.F) {
+	for _, s := range []string{"/", "/a/../b", "/a/..;/b", "/%2e%2E;x", "//a//", "/a%2fb", "/a;b/c"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, in string) {
+		out, err := NormalizePath(in)
+		if err != nil {
+			return
+		}
+		if again, err := NormalizePath(out); err != nil || again != out {
+			t.Fatalf("%q -> %q -> %q, %v: not stable", in, out, again, err)
+		}
+		for _, seg := range strings.Split(out[1:], "/") {
+			if d, _, _ := strings.Cut(seg, ";"); d == "." || d == ".." {
+				t.Fatalf("%q -> %q keeps a dot segment", in, out)
+			}
+		}
+	})
 }

@@ -261,18 +261,31 @@ func sendBody(s *tunnel.Stream, req *http.Request) {
 // streamRequest makes the http.Request of a request stream, its context
 // ending when the stream stops.
 func streamRequest(s *tunnel.Stream) (*http.Request, context.CancelFunc, error) {
-	u, err := url.ParseRequestURI(s.Path)
-	if s.Path == "*" && s.Method == http.MethodOptions {
-		u, err = &url.URL{Path: "*"}, nil
-	}
-	if err != nil {
-		return nil, nil, err
+	var u *url.URL
+	var err error
+	switch {
+	case s.Path == "*" && s.Method == http.MethodOptions:
+		u = &url.URL{Path: "*"}
+	case !strings.HasPrefix(s.Path, "/"):
+		// RFC 9113 section 8.3.1: an http or https :path is origin-form;
+		// an absolute one could name another host than :authority.
+		return nil, nil, errors.New(":path is not an absolute path")
+	default:
+		if u, err = url.ParseRequestURI(s.Path); err != nil {
+			return nil, nil, err
+		}
 	}
 	h := fieldsHeader(s.Fields)
 	for k := range h {
 		if connectionHeaders[lowerName(k)] {
 			return nil, nil, errors.New("connection-specific header field " + k)
 		}
+	}
+	// One authority: several Host fields, or a Host that differs from
+	// :authority, could send rules and app after different hosts (RFC
+	// 9113 section 8.3.1 lets a server refuse them).
+	if hosts := h["Host"]; len(hosts) > 1 || len(hosts) == 1 && s.Authority != "" && hosts[0] != s.Authority {
+		return nil, nil, errors.New("Host fields that disagree with :authority or each other")
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := (&http.Request{
@@ -419,17 +432,24 @@ func (w *streamWriter) trailers() []hpack.HeaderField {
 }
 
 // serveRequest reads the request of stream s and hands it, with the
-// stream's ResponseWriter, to serve; a malformed one gets 400 and reaches
-// nothing.
+// stream's ResponseWriter, to serve. A malformed one is handed over as a
+// request that sanitize refuses (with 400, so that it reaches nothing),
+// so that each handler counts and logs it as it does other refusals.
 func serveRequest(s *tunnel.Stream, serve func(http.ResponseWriter, *http.Request)) {
 	w := &streamWriter{s: s, header: http.Header{}}
 	r, cancel, err := streamRequest(s)
 	if err != nil {
-		refuse(w, &badRequest{http.StatusBadRequest, "trellis: bad request: " + err.Error()})
-		w.finish()
-		return
+		bad := &badRequest{http.StatusBadRequest, "trellis: bad request: " + err.Error(), ReasonStream}
+		r = (&http.Request{Method: s.Method, URL: &url.URL{}, Proto: "HTTP/2.0", ProtoMajor: 2,
+			Header: http.Header{}, Body: http.NoBody, Host: s.Authority,
+		}).WithContext(context.WithValue(context.Background(), malformedKey{}, bad))
+		cancel = func() {}
 	}
 	defer cancel()
 	serve(w, r)
 	w.finish()
 }
+
+// malformedKey marks, in its context, a request stream that did not make
+// a request; the value is the *badRequest that sanitize returns.
+type malformedKey struct{}
