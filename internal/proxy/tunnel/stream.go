@@ -663,7 +663,9 @@ func (c *Conn) openLocked(request bool) (*Stream, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.reserved--
-	if c.closed || c.goingAway {
+	// A connection we shut down still opens the streams reserved before
+	// (see Shutdown); one the peer is leaving takes none.
+	if c.closed || c.peerAway {
 		return nil, errRefused
 	}
 	id := c.nextID
