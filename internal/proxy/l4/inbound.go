@@ -63,6 +63,9 @@ type Inbound struct {
 	Logger *slog.Logger
 	// Metrics; nil means unregistered ones.
 	Metrics *Metrics
+	// Guard, when set, watches every accepted mTLS connection and retires
+	// those whose trust ends.
+	Guard *Guard
 
 	once     sync.Once
 	mu       sync.Mutex
@@ -85,6 +88,13 @@ func (in *Inbound) init() {
 		}
 		in.conns = map[*tunnel.Conn]struct{}{}
 		in.open = map[*openStream]struct{}{}
+		if in.Guard != nil && in.TLS != nil && !in.TLS.SessionTicketsDisabled {
+			// No resumption under a Guard (see Pool.fullHandshakes): a
+			// resumed session would bring back a client chain the Guard
+			// cannot judge afresh.
+			in.TLS = in.TLS.Clone()
+			in.TLS.SessionTicketsDisabled = true
+		}
 	})
 }
 
@@ -109,6 +119,7 @@ func (in *Inbound) serveConn(c net.Conn) {
 		}
 	}
 	cork := tunnel.NewCork(netconn.Raw(c))
+	before := in.Guard.Before()
 	tc := tls.Server(cork, in.TLS)
 	hctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	err := tc.HandshakeContext(hctx)
@@ -153,6 +164,12 @@ func (in *Inbound) serveConn(c net.Conn) {
 	}
 	in.conns[tun] = struct{}{}
 	in.mu.Unlock()
+	if !in.Guard.Track(tun, "inbound", cs, before) {
+		in.mu.Lock()
+		delete(in.conns, tun)
+		in.mu.Unlock()
+		return
+	}
 	err = tun.Run()
 	in.Logger.Debug("inbound tunnel ended", "peer", peer.String(), "err", err)
 	in.mu.Lock()
