@@ -331,6 +331,7 @@ func (p *Proxy) dataPlane(ctx context.Context, pool *l4.Pool) (*dataPlane, error
 		Logger:         p.log,
 		Metrics:        p.l4m,
 		Guard:          p.guard,
+		HandshakeLog:   p.handshakes,
 	}
 	for _, u := range p.cfg.Upstreams {
 		tunnelTLS := p.src.ClientConfig(certs.ExpectService(u.Service), l4.ALPN)

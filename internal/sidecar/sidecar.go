@@ -25,6 +25,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/certs"
 	"github.com/trellis-mesh/trellis/internal/httpmatch"
 	"github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/proxy/handshake"
 	"github.com/trellis-mesh/trellis/internal/proxy/l4"
 	"github.com/trellis-mesh/trellis/internal/proxy/l7"
 	"github.com/trellis-mesh/trellis/internal/proxy/passthrough"
@@ -80,6 +81,9 @@ type Proxy struct {
 	// guard watches every mesh mTLS connection, inbound and pooled, and
 	// retires those whose trust ends (a root dropped, a leaf expiring).
 	guard *l4.Guard
+	// handshakes logs the failed TLS handshakes of every listener, under
+	// one rate limit.
+	handshakes *handshake.Log
 }
 
 // New checks cfg and returns a proxy ready to Run.
@@ -136,6 +140,7 @@ func New(cfg Config) (*Proxy, error) {
 		ready:     make(chan struct{}),
 	}
 	p.registerMetrics(cfg.Registry)
+	p.handshakes = &handshake.Log{Logger: p.log}
 	p.guard = &l4.Guard{
 		Bundle: src.Bundle, Own: src.Certificate,
 		Drain: cfg.DrainTimeout, Logger: p.log, Metrics: p.l4m,
