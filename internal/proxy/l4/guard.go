@@ -22,7 +22,7 @@ import (
 //   - every connection is retired before the earlier of the two leaves'
 //     expiry, the peer's and this proxy's own at the time of the
 //     handshake (a renewed proxy's connections made with its old leaf go
-//     before that leaf expires).
+//     before that leaf expires); see retirement for when.
 //
 // Retiring means: no new stream (a server sends GOAWAY; a pooled client
 // connection stops taking streams, so the pool dials a fresh one), the
@@ -176,8 +176,9 @@ func (g *Guard) Track(conn *tunnel.Conn, direction string, cs tls.ConnectionStat
 
 // retirement returns when a connection made at now, whose leaves expire
 // at expires, starts its retirement and when it is closed whatever its
-// streams do. The close leaves a tenth of the connection's life (at most
-// 5s) before the expiry, for clocks and the last bytes; the retirement
+// streams do. The close leaves a sixth of the connection's life (at most
+// 5s) before the expiry, for clocks, late timers on a busy host and the
+// last bytes; the retirement
 // starts a fifth of its life (at most 30s) before that, so that streams
 // in flight can finish. The outbound side starts a little earlier than
 // the inbound side of the same connection, so that the pool has replaced
@@ -189,7 +190,7 @@ func retirement(now, expires time.Time, direction string) (goawayAt, closeAt tim
 	if life <= 0 {
 		return now, now
 	}
-	closeAt = expires.Add(-min(life/10, 5*time.Second))
+	closeAt = expires.Add(-min(life/6, 5*time.Second))
 	lead := min(life/5, 30*time.Second)
 	if direction == "outbound" {
 		lead += min(life/20, 5*time.Second)

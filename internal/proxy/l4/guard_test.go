@@ -406,8 +406,8 @@ func TestRetirementTimes(t *testing.T) {
 	}{
 		{"day inbound", 24 * time.Hour, "inbound", 35 * time.Second, 5 * time.Second},
 		{"day outbound", 24 * time.Hour, "outbound", 40 * time.Second, 5 * time.Second},
-		{"10s inbound", 10 * time.Second, "inbound", 3 * time.Second, time.Second},
-		{"10s outbound", 10 * time.Second, "outbound", 3500 * time.Millisecond, time.Second},
+		{"12s inbound", 12 * time.Second, "inbound", 4400 * time.Millisecond, 2 * time.Second},
+		{"12s outbound", 12 * time.Second, "outbound", 5 * time.Second, 2 * time.Second},
 		{"expired", -time.Second, "inbound", -time.Second, -time.Second},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

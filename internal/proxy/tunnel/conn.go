@@ -336,8 +336,26 @@ func (c *Conn) closeGracefully() {
 		c.queue(func(fw *http2.Framer) error { return fw.WriteGoAway(0, http2.ErrCodeNo, nil) })
 	}
 	c.flushControl()
+	if !c.client {
+		// Streams the peer opened before it read our GOAWAY may still be
+		// on the way. Stay a moment to refuse them (REFUSED_STREAM, which
+		// the peer sends again elsewhere) instead of closing under them:
+		// the peer could not tell that close from a failure, and data we
+		// left unread would turn it into a reset that may take our GOAWAY
+		// with it. A peer that heard the GOAWAY closes first.
+		t := time.NewTimer(goAwayLinger)
+		select {
+		case <-c.done:
+		case <-t.C:
+		}
+		t.Stop()
+	}
 	c.fail(ErrClosed)
 }
+
+// goAwayLinger is how long a server stays after its GOAWAY for the
+// streams in flight towards it, as golang.org/x/net/http2's server does.
+const goAwayLinger = time.Second
 
 // Close ends the connection and every stream on it at once.
 func (c *Conn) Close() error {

@@ -711,3 +711,25 @@ func TestConcurrentStreamsShareWrites(t *testing.T) {
 		t.Fatalf("%d requests sent at once took %d socket writes, want at most %d", n, w, n/4)
 	}
 }
+
+// A reserved stream opened on a connection that has already failed is
+// refused, whatever the failure was: the peer saw nothing of it, so the
+// caller may send it again elsewhere.
+func TestOpenOnFailedConnectionIsRefused(t *testing.T) {
+	cli, srv := newTunnel(t, Config{}, echoHandler(tcpPair, t))
+	if !cli.Reserve() {
+		t.Fatal("no room for a stream")
+	}
+	srv.Close()
+	select {
+	case <-cli.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("client never saw the connection end")
+	}
+	if _, err := cli.Open(context.Background(), "web"); !Refused(err) {
+		t.Errorf("Open on a failed connection = %v, want a refusal", err)
+	}
+	if cli.Reserve() {
+		t.Error("a failed connection takes reservations")
+	}
+}
