@@ -57,7 +57,7 @@ type tracked struct {
 	direction string // inbound | outbound
 	peer      identity.ID
 	chain     []*x509.Certificate // as the peer sent it, leaf first
-	expires   time.Time           // the earlier of the two leaves' NotAfter
+	expires   time.Time           // the earliest NotAfter of the peer's chain and our leaf
 	closeAt   time.Time           // when it must be closed, for expiry
 	timer     *time.Timer         // fires at the start of the expiry retirement
 	retired   bool                // under Guard.mu
@@ -136,12 +136,7 @@ func (g *Guard) Track(conn *tunnel.Conn, direction string, cs tls.ConnectionStat
 	if after := g.ownExpiry(); own.IsZero() || !after.IsZero() && after.Before(own) {
 		own = after
 	}
-	if len(t.chain) > 0 {
-		t.expires = t.chain[0].NotAfter
-	}
-	if !own.IsZero() && (t.expires.IsZero() || own.Before(t.expires)) {
-		t.expires = own
-	}
+	t.expires = expiry(t.chain, own)
 	if g.Bundle != nil {
 		if b := g.Bundle(); b != nil && b != before.bundle {
 			// The bundle changed while we shook hands: Recheck may have
@@ -172,6 +167,19 @@ func (g *Guard) Track(conn *tunnel.Conn, direction string, cs tls.ConnectionStat
 		g.mu.Unlock()
 	}()
 	return true
+}
+
+// expiry is when a connection's trust ends: the earliest NotAfter of the
+// peer's chain (its leaf, or an intermediate that expires before it) and
+// of own, this proxy's leaf (zero: unknown).
+func expiry(chain []*x509.Certificate, own time.Time) time.Time {
+	end := own
+	for _, c := range chain {
+		if end.IsZero() || c.NotAfter.Before(end) {
+			end = c.NotAfter
+		}
+	}
+	return end
 }
 
 // retirement returns when a connection made at now, whose leaves expire

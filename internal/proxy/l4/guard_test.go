@@ -2,6 +2,7 @@ package l4
 
 import (
 	"bytes"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -293,7 +294,7 @@ func watchClose(c *tunnel.Conn) func() time.Time {
 func TestGuardRetiresOutboundConnectionBeforeThePeerLeafExpires(t *testing.T) {
 	ca := trellistest.NewCA(t, "trellis.local")
 	b := ca.Bundle(t)
-	server := workload(t, ca, "web", 4*time.Second, b)
+	server := workload(t, ca, "web", 6*time.Second, b)
 	expires := server.Certificate().Leaf.NotAfter
 	addr := serveInbound(t, server, nil)
 	client := workload(t, ca, "client", 0, b)
@@ -340,7 +341,7 @@ func TestGuardRetiresInboundConnectionBeforeThePeerLeafExpires(t *testing.T) {
 	m := NewMetrics(prometheus.NewRegistry())
 	g := &Guard{Bundle: server.Bundle, Own: server.Certificate, Metrics: m}
 	addr := serveInbound(t, server, g)
-	client := workload(t, ca, "client", 4*time.Second, b)
+	client := workload(t, ca, "client", 6*time.Second, b)
 	expires := client.Certificate().Leaf.NotAfter
 	pool := NewPool(0, 0, nil)
 	t.Cleanup(pool.Close)
@@ -377,7 +378,7 @@ func TestGuardRetiresBeforeTheOwnLeafExpires(t *testing.T) {
 	ca := trellistest.NewCA(t, "trellis.local")
 	b := ca.Bundle(t)
 	addr := serveInbound(t, workload(t, ca, "web", 0, b), nil)
-	client := workload(t, ca, "client", 3*time.Second, b)
+	client := workload(t, ca, "client", 6*time.Second, b)
 	expires := client.Certificate().Leaf.NotAfter
 	m := NewMetrics(prometheus.NewRegistry())
 	g := &Guard{Bundle: client.Bundle, Own: client.Certificate, Metrics: m}
@@ -418,6 +419,30 @@ func TestRetirementTimes(t *testing.T) {
 			}
 			if got := exp.Sub(c); got != tc.wantEnd {
 				t.Errorf("close %v before the expiry, want %v", got, tc.wantEnd)
+			}
+		})
+	}
+}
+
+func TestExpiryIsTheEarliestOfChainAndOwnLeaf(t *testing.T) {
+	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	cert := func(h int) *x509.Certificate {
+		return &x509.Certificate{NotAfter: base.Add(time.Duration(h) * time.Hour)}
+	}
+	for _, tc := range []struct {
+		name  string
+		chain []*x509.Certificate
+		own   time.Time
+		want  time.Time
+	}{
+		{"leaf first", []*x509.Certificate{cert(2), cert(10)}, base.Add(5 * time.Hour), base.Add(2 * time.Hour)},
+		{"own leaf first", []*x509.Certificate{cert(8), cert(10)}, base.Add(5 * time.Hour), base.Add(5 * time.Hour)},
+		{"intermediate first", []*x509.Certificate{cert(8), cert(3)}, base.Add(5 * time.Hour), base.Add(3 * time.Hour)},
+		{"own unknown", []*x509.Certificate{cert(8)}, time.Time{}, base.Add(8 * time.Hour)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := expiry(tc.chain, tc.own); !got.Equal(tc.want) {
+				t.Errorf("expiry = %v, want %v", got, tc.want)
 			}
 		})
 	}
