@@ -251,8 +251,8 @@ func TestConnsPprofAndHandshakeLog(t *testing.T) {
 	}
 	trellistest.Eventually(t, 5*time.Second, "the refused handshake in the proxy's log", func() error {
 		for _, line := range strings.Split(p.webProxy.logText(), "\n") {
-			if strings.Contains(line, "TLS handshake failed") && strings.Contains(line, local) {
-				for _, want := range []string{"unknown authority", "INFO", "web"} {
+			if strings.Contains(line, "inbound peer certificate rejected") && strings.Contains(line, local) {
+				for _, want := range []string{"unknown authority", "INFO", "reason=untrusted", "sni=web", "claimed=spiffe://trellis.local/svc/client"} {
 					if !strings.Contains(line, want) {
 						return fmt.Errorf("log line %q lacks %q", line, want)
 					}
