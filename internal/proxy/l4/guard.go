@@ -137,17 +137,6 @@ func (g *Guard) Track(conn *tunnel.Conn, direction string, cs tls.ConnectionStat
 		own = after
 	}
 	t.expires = expiry(t.chain, own)
-	if g.Bundle != nil {
-		if b := g.Bundle(); b != nil && b != before.bundle {
-			// The bundle changed while we shook hands: Recheck may have
-			// run before this connection was tracked.
-			if _, err := certs.VerifySVID(t.chain, b, now); err != nil {
-				g.count(t, RetiredTrust, err.Error())
-				conn.Close()
-				return false
-			}
-		}
-	}
 	goawayAt, closeAt := retirement(now, t.expires, direction)
 	t.closeAt = closeAt
 	if !closeAt.After(now) {
@@ -166,6 +155,25 @@ func (g *Guard) Track(conn *tunnel.Conn, direction string, cs tls.ConnectionStat
 		t.timer.Stop()
 		g.mu.Unlock()
 	}()
+	// A bundle set after before was taken may have been rechecked before
+	// t was in conns. Read it only now that t is: a Recheck that missed t
+	// came after its bundle was set, so the bundle read here is that one.
+	if g.Bundle != nil {
+		if b := g.Bundle(); b != nil && b != before.bundle {
+			if _, err := certs.VerifySVID(t.chain, b, time.Now()); err != nil {
+				g.mu.Lock()
+				first := !t.retired
+				t.retired = true
+				t.timer.Stop()
+				g.mu.Unlock()
+				if first {
+					g.count(t, RetiredTrust, err.Error())
+				}
+				conn.Close()
+				return false
+			}
+		}
+	}
 	return true
 }
 
@@ -186,9 +194,8 @@ func expiry(chain []*x509.Certificate, own time.Time) time.Time {
 // at expires, starts its retirement and when it is closed whatever its
 // streams do. The close leaves a sixth of the connection's life (at most
 // 5s) before the expiry, for clocks, late timers on a busy host and the
-// last bytes; the retirement
-// starts a fifth of its life (at most 30s) before that, so that streams
-// in flight can finish. The outbound side starts a little earlier than
+// last bytes; the retirement starts a fifth of its life (at most 30s)
+// before that, so that streams in flight can finish. The outbound side starts a little earlier than
 // the inbound side of the same connection, so that the pool has replaced
 // it before the peer's GOAWAY could refuse a stream. Both bounds are
 // fractions of the life left, so a connection made late in its leaves'

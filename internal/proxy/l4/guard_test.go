@@ -447,3 +447,44 @@ func TestExpiryIsTheEarliestOfChainAndOwnLeaf(t *testing.T) {
 		})
 	}
 }
+
+// A bundle that changes while a connection shakes hands (so that the
+// Recheck it comes with may have missed the connection) is applied to the
+// connection before its first stream: a peer only the dropped root
+// verified gets no stream.
+func TestGuardChecksABundleThatChangedDuringTheHandshake(t *testing.T) {
+	caA, caB, both := twoRoots(t)
+	webAddr := serveInbound(t, workload(t, caA, "web", 0, both), nil)
+	client := workload(t, caB, "client", 0, both)
+	onlyB := caB.Bundle(t)
+	var calls atomic.Int32
+	m := NewMetrics(prometheus.NewRegistry())
+	g := &Guard{
+		// Before sees the old bundle; every later look the new one.
+		Bundle: func() *certs.Bundle {
+			if calls.Add(1) == 1 {
+				return both
+			}
+			return onlyB
+		},
+		Own: client.Certificate, Metrics: m,
+	}
+	pool := NewPool(0, 0, m)
+	pool.Guard = g
+	t.Cleanup(pool.Close)
+	if c, err := pool.Get(webAddr, "web", client.ClientConfig(certs.ExpectService("web"), ALPN)); err == nil {
+		c.Unreserve()
+		t.Fatal("a connection to a peer the new bundle does not verify was handed out")
+	}
+	if got := testutil.ToFloat64(m.Retired.WithLabelValues("outbound", "web", RetiredTrust)); got != 1 {
+		t.Errorf("retired{outbound,web,trust} = %v, want 1", got)
+	}
+	if g.Open() != 0 {
+		trellistest.Eventually(t, 5*time.Second, "the refused connection forgotten", func() error {
+			if n := g.Open(); n != 0 {
+				return fmt.Errorf("%d tracked", n)
+			}
+			return nil
+		})
+	}
+}
