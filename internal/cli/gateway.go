@@ -27,6 +27,7 @@ func runGateway(ctx context.Context, e *env, args []string) error {
 	stateDir := fs.String("state-dir", "", "persist the last snapshot and certificate here")
 	adminPort := fs.Int("admin-port", 0, "port of the admin listener on 127.0.0.1 (0: any free port)")
 	drain := fs.Duration("drain-timeout", 0, "how long shutdown waits for open connections (default 15s)")
+	pprof := fs.Bool("pprof", false, "serve the Go profiler under /debug/pprof on the admin listener (any local user can reach it)")
 	mkLog := logFlags(fs, e, "info")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -48,6 +49,7 @@ func runGateway(ctx context.Context, e *env, args []string) error {
 		Server: *server, ServerCAFile: *caFile, TokenFile: *tokenFile, StateDir: *stateDir,
 		AdminAddr:    net.JoinHostPort("127.0.0.1", strconv.Itoa(*adminPort)),
 		DrainTimeout: *drain,
+		Pprof:        *pprof,
 	}
 	if cfg.TokenFile == "" {
 		cfg.Token = e.getenv("TRELLIS_TOKEN")

@@ -52,8 +52,12 @@ func (p *Proxy) serveAdmin(ctx context.Context, l net.Listener) {
 			"chain":     string(chain),
 		})
 	})
-	if addProfiles != nil {
-		addProfiles(mux)
+	if p.cfg.Pprof {
+		if addProfiles != nil {
+			addProfiles(mux)
+		} else {
+			p.log.Warn("--pprof: this build has no profiler (proxyonly)")
+		}
 	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {

@@ -179,6 +179,10 @@ type Config struct {
 	// DrainTimeout bounds waiting for open connections at shutdown;
 	// default 15s.
 	DrainTimeout time.Duration `yaml:"drainTimeout"`
+	// Pprof serves the Go profiler under /debug/pprof on the admin
+	// listener. Off by default: any local user can reach the admin port,
+	// and a profile or trace shows what the proxy holds and costs CPU.
+	Pprof bool `yaml:"pprof"`
 
 	// Logger; nil discards.
 	Logger *slog.Logger `yaml:"-"`

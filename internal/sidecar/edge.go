@@ -17,11 +17,12 @@ import (
 func (p *Proxy) edgeListener(ctx context.Context) (*edge.Listener, error) {
 	e := p.cfg.Edge
 	l := &edge.Listener{
-		Target:      p.cfg.AppAddr,
-		AcceptProxy: e.AcceptProxyProtocol,
-		SendProxy:   e.SendProxyProtocol,
-		Logger:      p.log.With("listener", "edge"),
-		Metrics:     p.l4m,
+		Target:       p.cfg.AppAddr,
+		AcceptProxy:  e.AcceptProxyProtocol,
+		SendProxy:    e.SendProxyProtocol,
+		Logger:       p.log.With("listener", "edge"),
+		Metrics:      p.l4m,
+		HandshakeLog: p.handshakes,
 	}
 	if e.Mode == EdgePassthrough {
 		return l, nil

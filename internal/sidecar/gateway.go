@@ -165,6 +165,7 @@ func (g *gateway) start(spec v1.GatewayListener) (*gwListener, error) {
 		Logger:   g.p.log,
 	}
 	srv := l7.NewServer(in, g.p.log)
+	srv.HandshakeLog = g.p.handshakes
 	go srv.Serve(ln)
 	return &gwListener{spec: spec, ln: ln, drain: srv.Shutdown, stop: cancel}, nil
 }

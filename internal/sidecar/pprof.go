@@ -7,8 +7,8 @@ import (
 	"net/http/pprof"
 )
 
-// Profiles, for the operator on this host: the admin listener is
-// loopback-only by default.
+// Profiles, for the operator on this host, only with Config.Pprof: the
+// admin listener is on loopback, but every local user can reach it.
 func init() {
 	addProfiles = func(mux *http.ServeMux) {
 		mux.HandleFunc("GET /debug/pprof/", pprof.Index)

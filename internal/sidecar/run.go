@@ -61,6 +61,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	goBG(func() { p.serveAdmin(runCtx, ls.admin) })
 	pool := l4.NewPool(0, 0, p.l4m)
 	pool.Logger = p.log
+	pool.Guard = p.guard
 	defer pool.Close()
 	dp, err := p.dataPlane(runCtx, pool)
 	if err != nil {
@@ -329,6 +330,8 @@ func (p *Proxy) dataPlane(ctx context.Context, pool *l4.Pool) (*dataPlane, error
 		Target:         p.cfg.AppAddr,
 		Logger:         p.log,
 		Metrics:        p.l4m,
+		Guard:          p.guard,
+		HandshakeLog:   p.handshakes,
 	}
 	for _, u := range p.cfg.Upstreams {
 		tunnelTLS := p.src.ClientConfig(certs.ExpectService(u.Service), l4.ALPN)

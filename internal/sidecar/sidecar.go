@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"bytes"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
@@ -24,6 +25,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/certs"
 	"github.com/trellis-mesh/trellis/internal/httpmatch"
 	"github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/proxy/handshake"
 	"github.com/trellis-mesh/trellis/internal/proxy/l4"
 	"github.com/trellis-mesh/trellis/internal/proxy/l7"
 	"github.com/trellis-mesh/trellis/internal/proxy/passthrough"
@@ -76,6 +78,12 @@ type Proxy struct {
 	}
 	l4m *l4.Metrics
 	l7m *l7.Metrics
+	// guard watches every mesh mTLS connection, inbound and pooled, and
+	// retires those whose trust ends (a root dropped, a leaf expiring).
+	guard *l4.Guard
+	// handshakes logs the failed TLS handshakes of every listener, under
+	// one rate limit.
+	handshakes *handshake.Log
 }
 
 // New checks cfg and returns a proxy ready to Run.
@@ -132,6 +140,11 @@ func New(cfg Config) (*Proxy, error) {
 		ready:     make(chan struct{}),
 	}
 	p.registerMetrics(cfg.Registry)
+	p.handshakes = &handshake.Log{Logger: p.log}
+	p.guard = &l4.Guard{
+		Bundle: src.Bundle, Own: src.Certificate,
+		Drain: cfg.DrainTimeout, Logger: p.log, Metrics: p.l4m,
+	}
 	return p, nil
 }
 
@@ -180,8 +193,15 @@ func (p *Proxy) apply(s *topology.Snapshot) error {
 	if err := s.Inbound.Compile(); err != nil {
 		return fmt.Errorf("inbound policy: %w", err)
 	}
+	old := p.src.Bundle()
 	p.src.SetBundle(b)
 	p.cur.Store(a)
+	if old != nil && (old.TrustDomain != b.TrustDomain || !bytes.Equal(old.PEM, b.PEM)) {
+		// Open connections were admitted by the old roots: those the new
+		// ones do not verify go (GOAWAY, drain, close).
+		n := p.guard.Recheck(b)
+		p.log.Info("trust bundle changed; open connections verified again", "retired", n, "open", p.guard.Open())
+	}
 	if cert := p.src.Certificate(); cert != nil && !trusted(cert, b) {
 		// The mesh's CA changed under a persisted certificate (the
 		// control plane was rebuilt, or a root was removed): peers will

@@ -7,6 +7,7 @@ package edge
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -17,6 +18,7 @@ import (
 
 	proxyproto "github.com/pires/go-proxyproto"
 
+	"github.com/trellis-mesh/trellis/internal/proxy/handshake"
 	"github.com/trellis-mesh/trellis/internal/proxy/l4"
 )
 
@@ -42,6 +44,8 @@ type Listener struct {
 	Logger *slog.Logger
 	// Metrics; nil means unregistered ones.
 	Metrics *l4.Metrics
+	// HandshakeLog reports failed TLS handshakes; nil means one on Logger.
+	HandshakeLog *handshake.Log
 
 	once     sync.Once
 	mu       sync.Mutex
@@ -57,6 +61,9 @@ func (e *Listener) init() {
 		}
 		if e.Metrics == nil {
 			e.Metrics = l4.NewMetrics(nil)
+		}
+		if e.HandshakeLog == nil {
+			e.HandshakeLog = &handshake.Log{Logger: e.Logger}
 		}
 		if e.HandshakeTimeout == 0 {
 			e.HandshakeTimeout = 10 * time.Second
@@ -105,7 +112,9 @@ func (e *Listener) serve(raw net.Conn) {
 	client, err := e.accept(raw)
 	if err != nil {
 		e.Metrics.Connections.WithLabelValues("edge", "", "error").Inc()
-		e.Logger.Info("edge connection refused", "remote", raw.RemoteAddr().String(), "err", err)
+		if !errors.Is(err, errHandshake) { // logged, rate-limited, by accept
+			e.Logger.Info("edge connection refused", "remote", raw.RemoteAddr().String(), "err", err)
+		}
 		return
 	}
 	defer client.Close()
@@ -160,11 +169,15 @@ func (e *Listener) accept(c net.Conn) (net.Conn, error) {
 	defer cancel()
 	if err := tc.HandshakeContext(ctx); err != nil {
 		e.Metrics.Handshakes.WithLabelValues("edge", "error").Inc()
-		return nil, fmt.Errorf("TLS handshake: %w", err)
+		e.HandshakeLog.Failed(c, tc, err)
+		return nil, fmt.Errorf("%w: %w", errHandshake, err)
 	}
 	e.Metrics.Handshakes.WithLabelValues("edge", "ok").Inc()
 	return tc, nil
 }
+
+// errHandshake marks a failed TLS handshake, which accept has logged.
+var errHandshake = errors.New("TLS handshake")
 
 // proxied is a PROXY protocol connection that can still half-close.
 type proxied struct{ *proxyproto.Conn }

@@ -12,12 +12,14 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/big"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -272,5 +274,57 @@ func TestPassthroughForwardsBytes(t *testing.T) {
 	got, err := get(addr, &tls.Config{ServerName: "app.local", RootCAs: pool(cert)})
 	if err != nil || got != "app tls" {
 		t.Fatalf("got %q, %v", got, err)
+	}
+}
+
+type logBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// A failed handshake is logged at info level with the client's address,
+// the SNI and the reason, once.
+func TestFailedHandshakeIsLogged(t *testing.T) {
+	cert := selfSigned(t, "edge.local")
+	var logs logBuffer
+	addr := serveEdge(t, &edge.Listener{TLS: certs.EdgeServerConfig(staticCert(cert), pool(clientCert(t))), Target: plainApp(t, false),
+		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc := tls.Client(c, &tls.Config{ServerName: "edge.local", RootCAs: pool(cert)})
+	tc.SetDeadline(time.Now().Add(5 * time.Second))
+	if err := tc.Handshake(); err == nil {
+		_, err = tc.Read(make([]byte, 1))
+	}
+	tc.Close()
+	trellistest.Eventually(t, 5*time.Second, "the failed handshake logged", func() error {
+		s := logs.String()
+		if !strings.Contains(s, "TLS handshake failed") {
+			return fmt.Errorf("log: %q", s)
+		}
+		return nil
+	})
+	s := logs.String()
+	for _, want := range []string{"level=INFO", "remote=" + c.LocalAddr().String(), "sni=edge.local", "certificate"} {
+		if !strings.Contains(s, want) {
+			t.Errorf("log %q lacks %q", s, want)
+		}
+	}
+	if n := strings.Count(s, "\n"); n != 1 {
+		t.Errorf("%d log lines for one failed handshake, want 1:\n%s", n, s)
 	}
 }

@@ -4,5 +4,8 @@
 // Istio's HBONE does. The outbound side keeps a small pool of these
 // connections per endpoint, so a new client connection costs a stream rather
 // than a handshake; the inbound side authorizes every stream against the
-// peer's verified identity before dialing the local app.
+// peer's verified identity before dialing the local app. A Guard keeps
+// both sides' connections within the trust that admitted them: it
+// re-verifies their peers when the trust bundle changes and retires each
+// connection before the certificates it was made with expire.
 package l4

@@ -16,6 +16,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/authz"
 	"github.com/trellis-mesh/trellis/internal/certs"
 	"github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/proxy/handshake"
 	"github.com/trellis-mesh/trellis/internal/proxy/tunnel"
 )
 
@@ -63,6 +64,11 @@ type Inbound struct {
 	Logger *slog.Logger
 	// Metrics; nil means unregistered ones.
 	Metrics *Metrics
+	// Guard, when set, watches every accepted mTLS connection and retires
+	// those whose trust ends.
+	Guard *Guard
+	// HandshakeLog reports failed handshakes; nil means one on Logger.
+	HandshakeLog *handshake.Log
 
 	once     sync.Once
 	mu       sync.Mutex
@@ -83,8 +89,18 @@ func (in *Inbound) init() {
 		if in.DialTimeout == 0 {
 			in.DialTimeout = 5 * time.Second
 		}
+		if in.HandshakeLog == nil {
+			in.HandshakeLog = &handshake.Log{Logger: in.Logger}
+		}
 		in.conns = map[*tunnel.Conn]struct{}{}
 		in.open = map[*openStream]struct{}{}
+		if in.Guard != nil && in.TLS != nil && !in.TLS.SessionTicketsDisabled {
+			// No resumption under a Guard (see Pool.fullHandshakes): a
+			// resumed session would bring back a client chain the Guard
+			// cannot judge afresh.
+			in.TLS = in.TLS.Clone()
+			in.TLS.SessionTicketsDisabled = true
+		}
 	})
 }
 
@@ -109,6 +125,7 @@ func (in *Inbound) serveConn(c net.Conn) {
 		}
 	}
 	cork := tunnel.NewCork(netconn.Raw(c))
+	before := in.Guard.Before()
 	tc := tls.Server(cork, in.TLS)
 	hctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	err := tc.HandshakeContext(hctx)
@@ -117,9 +134,9 @@ func (in *Inbound) serveConn(c net.Conn) {
 		in.Metrics.Handshakes.WithLabelValues("server", "error").Inc()
 		if reason := certs.RejectReason(err); reason != "other" {
 			in.Metrics.Rejections.WithLabelValues("server", reason).Inc()
-			in.Logger.Info("inbound peer certificate rejected", "remote", c.RemoteAddr().String(), "reason", reason, "err", err)
+			in.HandshakeLog.Log("inbound peer certificate rejected", c, tc, err, slog.String("reason", reason))
 		} else {
-			in.Logger.Debug("inbound handshake failed", "remote", c.RemoteAddr().String(), "err", err)
+			in.HandshakeLog.Failed(c, tc, err)
 		}
 		c.Close()
 		return
@@ -132,11 +149,12 @@ func (in *Inbound) serveConn(c net.Conn) {
 	in.Metrics.Handshakes.WithLabelValues("server", result).Inc()
 	peer, err := certs.PeerID(cs)
 	if err != nil { // VerifyConnection already checked it; be safe anyway
+		in.HandshakeLog.Failed(c, tc, fmt.Errorf("peer identity: %w", err))
 		c.Close()
 		return
 	}
 	if cs.NegotiatedProtocol != ALPN && !(cs.NegotiatedProtocol == "h2" && in.ServeRequest != nil) {
-		in.Logger.Debug("inbound peer did not negotiate "+ALPN, "remote", c.RemoteAddr().String())
+		in.HandshakeLog.Failed(c, tc, fmt.Errorf("peer did not negotiate %s (ALPN %q)", ALPN, cs.NegotiatedProtocol))
 		c.Close()
 		return
 	}
@@ -153,6 +171,12 @@ func (in *Inbound) serveConn(c net.Conn) {
 	}
 	in.conns[tun] = struct{}{}
 	in.mu.Unlock()
+	if !in.Guard.Track(tun, "inbound", cs, before) {
+		in.mu.Lock()
+		delete(in.conns, tun)
+		in.mu.Unlock()
+		return
+	}
 	err = tun.Run()
 	in.Logger.Debug("inbound tunnel ended", "peer", peer.String(), "err", err)
 	in.mu.Lock()

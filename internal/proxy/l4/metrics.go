@@ -14,6 +14,9 @@ type Metrics struct {
 	// peer service and reason (an authz decision code, such as
 	// no_intention).
 	Denied *prometheus.CounterVec
+	// Retired counts mTLS connections retired, by direction, peer
+	// service and reason (trust|expiry).
+	Retired *prometheus.CounterVec
 }
 
 // NewMetrics creates the metrics and registers them with reg (if not nil).
@@ -43,9 +46,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "trellis_tcp_connections_denied_total",
 			Help: "Inbound TCP connections refused by authorization, by peer service and reason (no_intention, intention, permissions_http, ...).",
 		}, []string{"service", "reason"}),
+		Retired: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "trellis_tls_connections_retired_total",
+			Help: "mTLS connections between proxies retired (no new stream, then closed), by direction (inbound|outbound), peer service and reason (trust: the trust bundle no longer verifies the peer; expiry: a leaf of the handshake is about to expire).",
+		}, []string{"direction", "service", "reason"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.Connections, m.Active, m.Bytes, m.Handshakes, m.Rejections, m.Denied)
+		reg.MustRegister(m.Connections, m.Active, m.Bytes, m.Handshakes, m.Rejections, m.Denied, m.Retired)
 	}
 	return m
 }

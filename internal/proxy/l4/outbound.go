@@ -107,17 +107,18 @@ func (o *Outbound) handle(client net.Conn) {
 			break
 		}
 		tried[ep.Addr] = true
-		tun, err := o.Pool.Get(ep.Addr, o.Service, o.TLS)
-		if err != nil {
+		o.bal.Start(ep.Addr)
+		ctx, cancel := context.WithTimeout(context.Background(), openTimeout)
+		s, err := o.Pool.Open(ctx, ep.Addr, o.Service, o.TLS)
+		cancel()
+		var dialErr *DialError
+		if errors.As(err, &dialErr) {
+			o.bal.Done(ep.Addr)
 			o.bal.Failed(ep.Addr)
 			lastErr = err
 			o.Logger.Warn("upstream endpoint unreachable", "service", o.Service, "endpoint", ep.Addr, "instance", ep.Instance, "err", err)
 			continue
 		}
-		o.bal.Start(ep.Addr)
-		ctx, cancel := context.WithTimeout(context.Background(), openTimeout)
-		s, err := tun.Open(ctx, o.Service)
-		cancel()
 		var refused *tunnel.StatusError
 		switch {
 		case errors.As(err, &refused):

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/net/http2/hpack"
+
 	"github.com/trellis-mesh/trellis/internal/certs"
 	"github.com/trellis-mesh/trellis/internal/proxy/netconn"
 	"github.com/trellis-mesh/trellis/internal/proxy/tunnel"
@@ -27,6 +29,10 @@ type Pool struct {
 	// Logger receives a line for each upstream whose certificate is
 	// refused; nil logs nothing. Set it before the pool's first use.
 	Logger *slog.Logger
+	// Guard, when set (before first use), watches every connection the
+	// pool dials and retires those whose trust ends: the pool then dials
+	// a fresh one.
+	Guard *Guard
 
 	cfg     tunnel.Config
 	timeout time.Duration
@@ -34,6 +40,7 @@ type Pool struct {
 
 	mu      sync.Mutex
 	entries map[poolKey]*poolEntry
+	fresh   sync.Map // *tls.Config -> its copy without session resumption
 }
 
 type poolKey struct {
@@ -110,6 +117,36 @@ func (p *Pool) Get(addr, service string, cfg *tls.Config) (*tunnel.Conn, error) 
 	return c, nil
 }
 
+// DialError is a failure to get a connection to an endpoint at all (TCP,
+// TLS, or no room for a stream).
+type DialError struct{ Err error }
+
+func (e *DialError) Error() string { return e.Err.Error() }
+func (e *DialError) Unwrap() error { return e.Err }
+
+// maxRefusedOpens bounds how often Open tries again when the peer refused
+// the stream unseen (it was going away: its connection is being retired).
+const maxRefusedOpens = 3
+
+// Open opens a CONNECT stream to service at addr, with header added, on a
+// pooled connection. A stream the peer refused before it took anything
+// (its connection going away) is opened again on another connection, so
+// that retiring a connection fails no caller. A *DialError means no
+// connection could be had; a *tunnel.StatusError that the peer refused
+// the stream; any other error that it took nothing from it.
+func (p *Pool) Open(ctx context.Context, addr, service string, cfg *tls.Config, header ...hpack.HeaderField) (*tunnel.Stream, error) {
+	for try := 1; ; try++ {
+		c, err := p.Get(addr, service, cfg)
+		if err != nil {
+			return nil, &DialError{Err: err}
+		}
+		s, err := c.Open(ctx, service, header...)
+		if err == nil || !tunnel.Refused(err) || try == maxRefusedOpens || ctx.Err() != nil {
+			return s, err
+		}
+	}
+}
+
 func (p *Pool) dial(addr string, cfg *tls.Config) (*tunnel.Conn, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), p.timeout)
 	defer cancel()
@@ -120,6 +157,10 @@ func (p *Pool) dial(addr string, cfg *tls.Config) (*tunnel.Conn, error) {
 		return nil, fmt.Errorf("dial %s: %w", addr, err)
 	}
 	cork := tunnel.NewCork(netconn.Raw(nc))
+	before := p.Guard.Before()
+	if p.Guard != nil {
+		cfg = p.fullHandshakes(cfg)
+	}
 	tc := tls.Client(cork, cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		nc.Close()
@@ -149,7 +190,29 @@ func (p *Pool) dial(addr string, cfg *tls.Config) (*tunnel.Conn, error) {
 		tc.Close()
 		return nil, fmt.Errorf("tunnel to %s: %w", addr, err)
 	}
+	if !p.Guard.Track(c, "outbound", cs, before) {
+		return nil, fmt.Errorf("dial %s: peer's certificate no longer trusted or about to expire", addr)
+	}
 	return c, nil
+}
+
+// fullHandshakes returns cfg without session resumption. A guarded pool
+// does not resume TLS sessions: a resumed session brings back the peer's
+// chain from its first handshake, whose leaf may be near its end or have
+// been replaced, and hides which leaf of ours it was made with; the Guard
+// must see the chain and the leaves each connection really rests on.
+// Connections are long-lived and multiplexed, so handshakes are rare.
+func (p *Pool) fullHandshakes(cfg *tls.Config) *tls.Config {
+	if cfg.ClientSessionCache == nil {
+		return cfg
+	}
+	if c, ok := p.fresh.Load(cfg); ok {
+		return c.(*tls.Config)
+	}
+	c := cfg.Clone()
+	c.ClientSessionCache = nil
+	actual, _ := p.fresh.LoadOrStore(cfg, c)
+	return actual.(*tls.Config)
 }
 
 // Forget closes idle connections to endpoints not in keep, so that removed

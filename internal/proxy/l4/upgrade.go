@@ -19,11 +19,7 @@ const UpgradeHeader = "trellis-upgrade"
 // DialUpgrade opens a stream to addr for an upgraded HTTP connection and
 // returns its local end, a socket.
 func (p *Pool) DialUpgrade(ctx context.Context, addr, service string, cfg *tls.Config) (net.Conn, error) {
-	c, err := p.Get(addr, service, cfg)
-	if err != nil {
-		return nil, err
-	}
-	s, err := c.Open(ctx, service, hpack.HeaderField{Name: UpgradeHeader, Value: "1"})
+	s, err := p.Open(ctx, addr, service, cfg, hpack.HeaderField{Name: UpgradeHeader, Value: "1"})
 	if err != nil {
 		return nil, err
 	}

@@ -522,3 +522,93 @@ func TestRetryBudgetCapsLoad(t *testing.T) {
 		t.Fatal("the budget never refused a retry")
 	}
 }
+
+// goneAwayConn returns a client connection, with one stream reserved, to
+// a server that sent GOAWAY before taking any stream: what a pooled
+// connection looks like when its peer retires it under a caller.
+func goneAwayConn(t *testing.T, ca *trellistest.CA) *tunnel.Conn {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	scfg := ca.Source(t, "web").ServerConfig(nil, l4.ALPN)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				tc := tls.Server(c, scfg)
+				if tc.Handshake() != nil {
+					c.Close()
+					return
+				}
+				srv := tunnel.NewServer(tc, tunnel.Config{Requests: true}, func(s *tunnel.Stream) {
+					t.Errorf("a server going away got a stream: %s %s", s.Method, s.Path)
+				})
+				srv.Shutdown()
+				srv.Run()
+			}()
+		}
+	}()
+	ccfg := ca.Source(t, "client").ClientConfig(certs.ExpectService("web"), l4.ALPN)
+	for range 10 {
+		tc, err := tls.Dial("tcp", l.Addr().String(), ccfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := tunnel.NewClient(tc, tunnel.Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		if !c.Reserve() {
+			continue // the GOAWAY came first
+		}
+		eventually(t, 5*time.Second, "GOAWAY received", func() bool { return !c.Usable() })
+		return c
+	}
+	t.Fatal("no reservation before the GOAWAY in 10 tries")
+	return nil
+}
+
+// A request whose stream the peer refused unseen (its connection was going
+// away, as a retired connection does) is sent again on a fresh connection,
+// body and all, even with no retry policy: retiring a connection fails no
+// request.
+func TestRefusedStreamIsSentAgain(t *testing.T) {
+	ca := trellistest.NewCA(t, "trellis.local")
+	a := startApp(t, "web")
+	a.serve = func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "got %s", b)
+	}
+	addr := startInbound(t, ca, a, allowAll)
+	gone := goneAwayConn(t, ca)
+	pool := l4.NewPool(0, 0, nil)
+	t.Cleanup(pool.Close)
+	cfg := ca.Source(t, "client").ClientConfig(certs.ExpectService("web"), l4.ALPN)
+	var calls atomic.Int32
+	url, _ := startOutbound(t, ca, static(mustCompile(t, nil), balance.Endpoint{Addr: addr, Instance: "web-1"}), func(o *Outbound) {
+		o.Conn = func(ep balance.Endpoint) (*tunnel.Conn, error) {
+			if calls.Add(1) == 1 {
+				return gone, nil
+			}
+			return pool.Get(ep.Addr, "web", cfg)
+		}
+	})
+	resp, err := http.Post(url+"/x", "text/plain", strings.NewReader("hello"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || string(body) != "got hello" {
+		t.Fatalf("POST after a refused stream = %d %q, want 200 %q", resp.StatusCode, body, "got hello")
+	}
+	if n := a.hits.Load(); n != 1 {
+		t.Errorf("app saw %d requests, want 1", n)
+	}
+}

@@ -116,13 +116,36 @@ type dialError struct{ err error }
 func (e *dialError) Error() string { return e.err.Error() }
 func (e *dialError) Unwrap() error { return e.err }
 
-// send makes one attempt of req on ep, until ctx ends.
+// maxRefusedSends bounds how often one attempt is sent again because the
+// peer refused its stream unseen.
+const maxRefusedSends = 3
+
+// send makes one attempt of req on ep, until ctx ends. A stream the peer
+// refused before it read anything (its connection was going away, as a
+// retired connection does) is sent again on a fresh connection whatever
+// the route's retry policy says, when the body can be had again: nothing
+// of it reached the app, and retiring a connection must fail no request.
 func (o *Outbound) send(ctx context.Context, req *http.Request, ep balance.Endpoint) (*http.Response, error) {
-	conn, err := o.Conn(ep)
-	if err != nil {
-		return nil, &dialError{err: fmt.Errorf("connect to %s: %w", ep.Addr, err)}
+	for try := 1; ; try++ {
+		conn, err := o.Conn(ep)
+		if err != nil {
+			return nil, &dialError{err: fmt.Errorf("connect to %s: %w", ep.Addr, err)}
+		}
+		resp, err := sendRequest(ctx, conn, req)
+		if err == nil || !tunnel.Refused(err) || try == maxRefusedSends || ctx.Err() != nil {
+			return resp, err
+		}
+		if req.Body != nil && req.Body != http.NoBody {
+			if req.GetBody == nil {
+				return nil, err
+			}
+			body, berr := req.GetBody()
+			if berr != nil {
+				return nil, err
+			}
+			req.Body = body
+		}
 	}
-	return sendRequest(ctx, conn, req)
 }
 
 // proxyError is an answer the proxy gives itself.

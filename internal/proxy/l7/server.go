@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/trellis-mesh/trellis/internal/proxy/handshake"
 	"github.com/trellis-mesh/trellis/internal/proxy/netconn"
 
 	"golang.org/x/net/http/httpguts"
@@ -38,6 +39,10 @@ import (
 // context ends with its connection, which is noticed when a read or write
 // on it fails, not while the handler waits.
 type Server struct {
+	// HandshakeLog reports failed TLS handshakes of a TLS listener (set
+	// before Serve); NewServer makes one on its logger.
+	HandshakeLog *handshake.Log
+
 	handler http.Handler
 	log     *slog.Logger
 
@@ -62,11 +67,12 @@ const (
 // with the request head limits.
 func NewServer(h http.Handler, log *slog.Logger) *Server {
 	return &Server{
-		handler:   h,
-		log:       log,
-		listeners: map[net.Listener]struct{}{},
-		conns:     map[*serverConn]bool{},
-		gone:      make(chan struct{}),
+		HandshakeLog: &handshake.Log{Logger: log},
+		handler:      h,
+		log:          log,
+		listeners:    map[net.Listener]struct{}{},
+		conns:        map[*serverConn]bool{},
+		gone:         make(chan struct{}),
 	}
 }
 
@@ -206,7 +212,7 @@ func (sc *serverConn) serve() {
 	if tc, ok := c.(*tls.Conn); ok {
 		c.SetDeadline(time.Now().Add(readHeaderTimeout))
 		if err := tc.Handshake(); err != nil {
-			sc.s.log.Debug("TLS handshake failed", "remote", c.RemoteAddr().String(), "err", err)
+			sc.s.HandshakeLog.Failed(c, tc, err)
 			return
 		}
 		c.SetDeadline(time.Time{})

@@ -1,6 +1,7 @@
 package l7
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -205,6 +206,10 @@ func sendRequest(ctx context.Context, conn *tunnel.Conn, req *http.Request) (*ht
 		}
 		req.Body.Close()
 		body, end = b, true
+		if req.GetBody == nil {
+			// So that a refused stream can be sent again (Outbound.send).
+			req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }
+		}
 	}
 	s, err := conn.OpenRequest(fields, body, end)
 	if err != nil {

@@ -145,6 +145,8 @@ type Conn struct {
 	peerFrame      int
 	sendWindow     int64 // what we may still send on the connection
 	goingAway      bool  // no new streams; close when the last one ends
+	peerAway       bool  // the peer sent GOAWAY: it takes no new stream of ours
+	started        bool  // server: SETTINGS sent, so a GOAWAY may follow
 	closed         bool
 	err            error
 	idleSince      time.Time
@@ -217,10 +219,10 @@ func (c *Conn) Run() error {
 	c.nc.SetReadDeadline(deadline)
 	preface := make([]byte, len(http2.ClientPreface))
 	if _, err := io.ReadFull(c.nc, preface); err != nil || string(preface) != http2.ClientPreface {
-		c.nc.Close()
 		if err == nil {
 			err = errors.New("tunnel: peer did not send the HTTP/2 preface")
 		}
+		c.fail(err) // closes Done, for those who wait on it
 		return err
 	}
 	c.nc.SetReadDeadline(time.Time{})
@@ -233,14 +235,27 @@ func (c *Conn) Run() error {
 	)
 	_ = fw.WriteWindowUpdate(0, c.cfg.ConnWindow-initialWindow)
 	if _, err := c.nc.Write(b.Bytes()); err != nil {
-		c.nc.Close()
+		c.fail(err)
 		return err
 	}
+	c.mu.Lock()
+	c.started = true
+	early := c.goingAway
+	c.goingAway = false
+	c.mu.Unlock()
 	go c.writer()
 	go c.keepAlive()
+	if early {
+		// Shutdown came before our SETTINGS could go out: its GOAWAY
+		// goes now, in its place after them.
+		c.Shutdown()
+	}
 	c.readLoop()
 	return c.Err()
 }
+
+// RemoteAddr is the peer's address.
+func (c *Conn) RemoteAddr() net.Addr { return c.nc.RemoteAddr() }
 
 // Done is closed when the connection has ended.
 func (c *Conn) Done() <-chan struct{} { return c.done }
@@ -276,11 +291,19 @@ func (c *Conn) Reserve() bool {
 func (c *Conn) Unreserve() {
 	c.mu.Lock()
 	c.reserved--
+	closeNow := c.goingAway && !c.closed && len(c.streams) == 0 && c.reserved == 0
 	c.mu.Unlock()
+	if closeNow {
+		go c.closeGracefully()
+	}
 }
 
-// Shutdown stops new streams (telling the peer with GOAWAY) and closes the
-// connection once its open streams have ended.
+// Shutdown stops new streams and closes the connection once its open
+// streams have ended. A server tells the peer at once with GOAWAY. A
+// client stops reserving streams (Usable and Reserve turn false) but still
+// opens those already reserved, and sends its GOAWAY just before it
+// closes: a GOAWAY of ours makes the peer refuse every later stream, and a
+// stream reserved before Shutdown must not fail for it.
 func (c *Conn) Shutdown() {
 	c.mu.Lock()
 	if c.closed || c.goingAway {
@@ -288,18 +311,51 @@ func (c *Conn) Shutdown() {
 		return
 	}
 	c.goingAway = true
+	if !c.client && !c.started {
+		// Run sends the GOAWAY after its SETTINGS (RFC 9113 section 3.4:
+		// SETTINGS come first).
+		c.mu.Unlock()
+		return
+	}
 	last := c.lastPeerID
-	idle := len(c.streams) == 0
+	idle := len(c.streams) == 0 && c.reserved == 0
 	c.mu.Unlock()
-	c.queue(func(fw *http2.Framer) error { return fw.WriteGoAway(last, http2.ErrCodeNo, nil) })
+	if !c.client {
+		c.queue(func(fw *http2.Framer) error { return fw.WriteGoAway(last, http2.ErrCodeNo, nil) })
+	}
 	if idle {
-		// Let the GOAWAY go out before the close.
-		go func() {
-			c.flushControl()
-			c.fail(ErrClosed)
-		}()
+		go c.closeGracefully()
 	}
 }
+
+// closeGracefully ends a connection that is going away and has no stream
+// left: a client sends its GOAWAY now; either side lets what is queued go
+// out before the close.
+func (c *Conn) closeGracefully() {
+	if c.client {
+		c.queue(func(fw *http2.Framer) error { return fw.WriteGoAway(0, http2.ErrCodeNo, nil) })
+	}
+	c.flushControl()
+	if !c.client {
+		// Streams the peer opened before it read our GOAWAY may still be
+		// on the way. Stay a moment to refuse them (REFUSED_STREAM, which
+		// the peer sends again elsewhere) instead of closing under them:
+		// the peer could not tell that close from a failure, and data we
+		// left unread would turn it into a reset that may take our GOAWAY
+		// with it. A peer that heard the GOAWAY closes first.
+		t := time.NewTimer(goAwayLinger)
+		select {
+		case <-c.done:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+	c.fail(ErrClosed)
+}
+
+// goAwayLinger is how long a server stays after its GOAWAY for the
+// streams in flight towards it, as golang.org/x/net/http2's server does.
+const goAwayLinger = time.Second
 
 // Close ends the connection and every stream on it at once.
 func (c *Conn) Close() error {
@@ -621,13 +677,10 @@ func (c *Conn) forget(s *Stream) {
 	if last {
 		c.idleSince = time.Now()
 	}
-	closeNow := last && c.goingAway && !c.closed
+	closeNow := last && c.goingAway && !c.closed && c.reserved == 0
 	c.mu.Unlock()
 	if closeNow {
-		go func() {
-			c.flushControl()
-			c.fail(ErrClosed)
-		}()
+		go c.closeGracefully()
 	}
 }
 
@@ -716,6 +769,7 @@ func (c *Conn) onReset(f *http2.RSTStreamFrame) {
 func (c *Conn) onGoAway(f *http2.GoAwayFrame) {
 	c.mu.Lock()
 	c.goingAway = true
+	c.peerAway = true
 	var refused []*Stream
 	if c.client {
 		for id, s := range c.streams {

@@ -21,8 +21,9 @@ import (
 // means nothing of the request reached the peer.
 func (c *Conn) OpenRequest(fields []hpack.HeaderField, body []byte, end bool) (*Stream, error) {
 	var s *Stream
-	sent := false
+	sent, built := false, false
 	err := c.emit(func() error {
+		built = true
 		var err error
 		if s, err = c.openLocked(true); err != nil {
 			return err
@@ -37,7 +38,7 @@ func (c *Conn) OpenRequest(fields []hpack.HeaderField, body []byte, end bool) (*
 		if s != nil {
 			s.abort(err, false)
 		}
-		return nil, err
+		return nil, c.notOpened(built, err)
 	}
 	if !sent {
 		if err := s.sendRest(body, end); err != nil {

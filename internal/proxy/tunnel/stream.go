@@ -108,7 +108,9 @@ func (c *Conn) Open(ctx context.Context, authority string, header ...hpack.Heade
 		{Name: ":authority", Value: authority},
 	}, header...)
 	var s *Stream
+	built := false
 	err := c.emit(func() error {
+		built = true
 		var err error
 		if s, err = c.openLocked(false); err != nil {
 			return err
@@ -119,7 +121,7 @@ func (c *Conn) Open(ctx context.Context, authority string, header ...hpack.Heade
 		if s != nil {
 			s.abort(err, false)
 		}
-		return nil, err
+		return nil, c.notOpened(built, err)
 	}
 	select {
 	case r := <-s.resp:
@@ -134,6 +136,21 @@ func (c *Conn) Open(ctx context.Context, authority string, header ...hpack.Heade
 		s.abort(ctx.Err(), true)
 		return nil, ctx.Err()
 	}
+}
+
+// notOpened is the error of a stream that failed before its HEADERS were
+// built (built false: the connection had already failed, and the
+// reservation is given back): the peer saw nothing of it, so it is
+// refused, which callers may send again elsewhere.
+func (c *Conn) notOpened(built bool, err error) error {
+	if built {
+		return err
+	}
+	c.Unreserve()
+	if errors.Is(err, errRefused) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", errRefused, err)
 }
 
 // onResponse takes the peer's HEADERS on a client stream.
@@ -663,7 +680,9 @@ func (c *Conn) openLocked(request bool) (*Stream, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.reserved--
-	if c.closed || c.goingAway {
+	// A connection we shut down still opens the streams reserved before
+	// (see Shutdown); one the peer is leaving takes none.
+	if c.closed || c.peerAway {
 		return nil, errRefused
 	}
 	id := c.nextID

@@ -335,6 +335,75 @@ func TestShutdownDrains(t *testing.T) {
 	}
 }
 
+// A client that shuts its connection down (a pool retiring it) takes no
+// new reservation, but the stream reserved just before still opens: the
+// caller who reserved it must not fail for the retirement. The connection
+// closes once that stream ends.
+func TestClientShutdownOpensReservedStreams(t *testing.T) {
+	cli, _ := newTunnel(t, Config{}, echoHandler(tcpPair, t))
+	if !cli.Reserve() {
+		t.Fatal("no room for a stream")
+	}
+	cli.Shutdown()
+	if cli.Usable() || cli.Reserve() {
+		t.Fatal("a connection shut down takes new reservations")
+	}
+	s, err := cli.Open(context.Background(), "web")
+	if err != nil {
+		t.Fatalf("open a stream reserved before Shutdown: %v", err)
+	}
+	user, local := tcpPair(t)
+	go s.Splice(local)
+	user.Write([]byte("reserved"))
+	got := make([]byte, 8)
+	user.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(user, got); err != nil || string(got) != "reserved" {
+		t.Fatalf("reserved stream after Shutdown: %q, %v", got, err)
+	}
+	user.Close()
+	select {
+	case <-cli.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("connection not closed once its last stream ended")
+	}
+}
+
+// A server Conn shut down before Run has sent its SETTINGS sends them
+// first, then its GOAWAY (RFC 9113 section 3.4), and closes.
+func TestServerShutdownBeforeRun(t *testing.T) {
+	cn, sn := tcpPair(t)
+	srv := NewServer(sn, Config{}, func(s *Stream) { s.Refuse(500, "no") })
+	srv.Shutdown()
+	go srv.Run()
+	if _, err := cn.Write([]byte(http2.ClientPreface)); err != nil {
+		t.Fatal(err)
+	}
+	fr := http2.NewFramer(cn, cn)
+	fr.WriteSettings()
+	cn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	f, err := fr.ReadFrame()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := f.(*http2.SettingsFrame); !ok {
+		t.Fatalf("first frame %T, want SETTINGS", f)
+	}
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("connection ended without a GOAWAY: %v", err)
+		}
+		if _, ok := f.(*http2.GoAwayFrame); ok {
+			break
+		}
+	}
+	select {
+	case <-srv.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("idle connection not closed after its GOAWAY")
+	}
+}
+
 func TestMaxStreams(t *testing.T) {
 	cli, _ := newTunnel(t, Config{MaxStreams: 2}, echoHandler(tcpPair, t))
 	eventually(t, 2*time.Second, "server's SETTINGS not applied", func() bool {
@@ -640,5 +709,27 @@ func TestConcurrentStreamsShareWrites(t *testing.T) {
 	// acknowledgements may add a few writes.
 	if w := counted.count() - before; w > n/4 {
 		t.Fatalf("%d requests sent at once took %d socket writes, want at most %d", n, w, n/4)
+	}
+}
+
+// A reserved stream opened on a connection that has already failed is
+// refused, whatever the failure was: the peer saw nothing of it, so the
+// caller may send it again elsewhere.
+func TestOpenOnFailedConnectionIsRefused(t *testing.T) {
+	cli, srv := newTunnel(t, Config{}, echoHandler(tcpPair, t))
+	if !cli.Reserve() {
+		t.Fatal("no room for a stream")
+	}
+	srv.Close()
+	select {
+	case <-cli.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("client never saw the connection end")
+	}
+	if _, err := cli.Open(context.Background(), "web"); !Refused(err) {
+		t.Errorf("Open on a failed connection = %v, want a refusal", err)
+	}
+	if cli.Reserve() {
+		t.Error("a failed connection takes reservations")
 	}
 }
