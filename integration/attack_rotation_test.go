@@ -55,6 +55,16 @@ func TestAttackRootRotation(t *testing.T) {
 
 	long := startKeepAliveLoad(up, 64)
 	fresh := startLoad(up, 2)
+	ins, err := s.api.Instances(t.Context(), "web")
+	if err != nil || len(ins) != 1 {
+		t.Fatalf("instances of web: %v, %v", ins, err)
+	}
+	// The client's mTLS connections to web now: leaves of the old key,
+	// verified by the old root only.
+	before := connsTuples(t, ins[0].Port)
+	if len(before) == 0 {
+		t.Fatal("no mTLS connection to web before the rotation")
+	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -62,7 +72,7 @@ func TestAttackRootRotation(t *testing.T) {
 	cmd.Env = append(os.Environ(), s.env()...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
-	err := cmd.Run()
+	err = cmd.Run()
 	t.Logf("trellis ca rotate:\n%s", out.String())
 	if err != nil {
 		t.Fatalf("trellis ca rotate: %v", err)
@@ -76,6 +86,11 @@ func TestAttackRootRotation(t *testing.T) {
 		}
 		return nil
 	})
+	for c := range connsTuples(t, ins[0].Port) {
+		if before[c] {
+			t.Errorf("connection %s, made under the old root, is still open after its removal", c)
+		}
+	}
 	long.halt()
 	fresh.halt()
 	if f := long.failed.Load(); f != 0 {
