@@ -17,12 +17,11 @@ import (
 
 var prefixes atomic.Int64
 
-func newOn(endpoints []string) func(t *testing.T) store.Store {
+func newOn(cfg store.EtcdConfig) func(t *testing.T) store.Store {
 	return func(t *testing.T) store.Store {
-		s, err := store.NewEtcd(context.Background(), store.EtcdConfig{
-			Endpoints: endpoints,
-			Prefix:    fmt.Sprintf("/test%d", prefixes.Add(1)),
-		})
+		cfg := cfg
+		cfg.Prefix = fmt.Sprintf("/test%d", prefixes.Add(1))
+		s, err := store.NewEtcd(context.Background(), cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -37,7 +36,7 @@ func TestEmbeddedEtcd(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer e.Close()
-	storetest.Run(t, newOn(e.Endpoints()))
+	storetest.Run(t, newOn(e.Config()))
 }
 
 // TestExternalEtcd runs the same suite against a separate etcd server
@@ -71,7 +70,7 @@ func TestExternalEtcd(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	storetest.Run(t, newOn([]string{"http://" + client}))
+	storetest.Run(t, newOn(store.EtcdConfig{Endpoints: []string{"http://" + client}}))
 }
 
 func freeAddr(t *testing.T) string {

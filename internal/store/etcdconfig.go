@@ -1,0 +1,146 @@
+package store
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+)
+
+// ClientTLS returns the TLS configuration to reach an etcd cluster from PEM
+// files: caFile holds the CAs that sign etcd's serving certificates (empty
+// means the system's roots); certFile and keyFile, both or neither, are the
+// client certificate etcd asks for when it runs with --client-cert-auth.
+func ClientTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if caFile != "" {
+		b, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("etcd CA file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(b) {
+			return nil, fmt.Errorf("etcd CA file %s: no PEM certificate in it", caFile)
+		}
+		cfg.RootCAs = pool
+	}
+	if (certFile == "") != (keyFile == "") {
+		return nil, errors.New("etcd client certificate and key: give both or neither")
+	}
+	if certFile != "" {
+		pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("etcd client certificate %s with key %s: %w", certFile, keyFile, err)
+		}
+		cfg.Certificates = []tls.Certificate{pair}
+	}
+	return cfg, nil
+}
+
+// validate checks the endpoints' URLs and that TLS and authentication are
+// given in ways that can work, naming the endpoint at fault.
+func (cfg *EtcdConfig) validate() error {
+	if len(cfg.Endpoints) == 0 {
+		return errors.New("etcd: no endpoints")
+	}
+	var errs []error
+	secure := 0
+	for _, ep := range cfg.Endpoints {
+		u, err := url.Parse(ep)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("etcd endpoint %q: %w", ep, err))
+			continue
+		}
+		switch u.Scheme {
+		case "https":
+			secure++
+		case "http":
+		default:
+			errs = append(errs, fmt.Errorf("etcd endpoint %q: want an http:// or https:// URL", ep))
+			continue
+		}
+		if _, _, err := net.SplitHostPort(u.Host); err != nil || u.Path != "" && u.Path != "/" {
+			errs = append(errs, fmt.Errorf("etcd endpoint %q: want scheme://host:port", ep))
+		}
+	}
+	if secure != 0 && secure != len(cfg.Endpoints) {
+		errs = append(errs, fmt.Errorf("etcd endpoints %v: mix http:// and https://; use https:// for all", cfg.Endpoints))
+	}
+	if cfg.TLS != nil && secure == 0 {
+		errs = append(errs, fmt.Errorf("etcd endpoints %v: TLS is configured, but the URLs are http://; use https://", cfg.Endpoints))
+	}
+	if (cfg.Username == "") != (cfg.Password == "") {
+		errs = append(errs, errors.New("etcd username and password: give both or neither"))
+	}
+	return errors.Join(errs...)
+}
+
+// explain turns a failure to reach etcd into an error that says what to
+// change: etcd's authentication errors become plain words, and where the
+// client only saw a timeout, a TLS handshake with each endpoint tells why.
+func (cfg *EtcdConfig) explain(ctx context.Context, err error) error {
+	eps := cfg.Endpoints
+	switch {
+	case errors.Is(err, rpctypes.ErrUserEmpty):
+		return fmt.Errorf("etcd %v requires authentication: give an etcd username and password, or a client certificate whose common name is an etcd user: %w", eps, err)
+	case errors.Is(err, rpctypes.ErrAuthFailed):
+		return fmt.Errorf("etcd %v: user %q: wrong username or password: %w", eps, cfg.Username, err)
+	case errors.Is(err, rpctypes.ErrPermissionDenied):
+		return fmt.Errorf("etcd %v: user %q may not use keys under %s: grant it a role with readwrite on that prefix: %w", eps, cfg.Username, cfg.Prefix, err)
+	case errors.Is(err, rpctypes.ErrAuthNotEnabled):
+		return fmt.Errorf("etcd %v: a username was given but authentication is not enabled on this etcd: %w", eps, err)
+	}
+	if cfg.TLS != nil {
+		for _, ep := range eps {
+			if why := probeTLS(ctx, ep, cfg.TLS); why != nil {
+				return fmt.Errorf("etcd %v: %s: %w (and before that: %w)", eps, ep, why, err)
+			}
+		}
+	}
+	return fmt.Errorf("etcd %v: %w", eps, err)
+}
+
+// probeTLS opens a TLS connection to an https endpoint as the client would
+// and returns why it fails, or nil when it does not. With TLS 1.3 a server
+// refuses a client certificate only after the client's handshake is done,
+// so the probe also waits briefly for that refusal.
+func probeTLS(ctx context.Context, endpoint string, base *tls.Config) error {
+	u, err := url.Parse(endpoint)
+	if err != nil || u.Scheme != "https" {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	cfg := base.Clone()
+	if cfg.ServerName == "" {
+		cfg.ServerName = u.Hostname()
+	}
+	cfg.NextProtos = []string{"h2"}
+	d := tls.Dialer{Config: cfg}
+	c, err := d.DialContext(ctx, "tcp", u.Host)
+	if err != nil {
+		return fmt.Errorf("TLS connection: %w", err)
+	}
+	defer c.Close()
+	// The client's HTTP/2 preface and an empty SETTINGS frame: a server
+	// that accepted the handshake answers with its own SETTINGS.
+	_ = c.SetDeadline(time.Now().Add(time.Second))
+	if _, err := c.Write([]byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")); err != nil {
+		return fmt.Errorf("TLS connection: %w", err)
+	}
+	if _, err := c.Read(make([]byte, 1)); err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return nil
+		}
+		return fmt.Errorf("TLS connection refused by etcd: %w", err)
+	}
+	return nil
+}
