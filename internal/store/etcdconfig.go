@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"strings"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -97,14 +98,41 @@ func (cfg *EtcdConfig) explain(ctx context.Context, err error) error {
 	case errors.Is(err, rpctypes.ErrAuthNotEnabled):
 		return fmt.Errorf("etcd %v: a username was given but authentication is not enabled on this etcd: %w", eps, err)
 	}
-	if cfg.TLS != nil {
-		for _, ep := range eps {
-			if why := probeTLS(ctx, ep, cfg.TLS); why != nil {
-				return fmt.Errorf("etcd %v: %s: %w (and before that: %w)", eps, ep, why, err)
-			}
+	for _, ep := range eps {
+		why := probePlain(ctx, ep)
+		if cfg.TLS != nil {
+			why = probeTLS(ctx, ep, cfg.TLS)
+		}
+		if why != nil {
+			return fmt.Errorf("etcd %s: %w (the client saw: %w)", ep, why, err)
 		}
 	}
 	return fmt.Errorf("etcd %v: %w", eps, err)
+}
+
+// h2Preface is the HTTP/2 client preface and an empty SETTINGS frame: a
+// gRPC server that accepted the connection answers with its own SETTINGS.
+const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+// probePlain tells whether an http endpoint is in fact a TLS server: it
+// answers a TLS handshake (trusting any certificate, since nothing is
+// sent over it), with a certificate or at least a TLS alert.
+func probePlain(ctx context.Context, endpoint string) error {
+	u, err := url.Parse(endpoint)
+	if err != nil || u.Scheme != "http" {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	d := tls.Dialer{Config: &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2"}}}
+	c, err := d.DialContext(ctx, "tcp", u.Host)
+	if err == nil {
+		c.Close()
+	}
+	if err == nil || strings.Contains(err.Error(), "remote error: tls:") {
+		return errors.New("the server speaks TLS: use an https:// URL")
+	}
+	return nil
 }
 
 // probeTLS opens a TLS connection to an https endpoint as the client would
@@ -129,16 +157,17 @@ func probeTLS(ctx context.Context, endpoint string, base *tls.Config) error {
 		return fmt.Errorf("TLS connection: %w", err)
 	}
 	defer c.Close()
-	// The client's HTTP/2 preface and an empty SETTINGS frame: a server
-	// that accepted the handshake answers with its own SETTINGS.
 	_ = c.SetDeadline(time.Now().Add(time.Second))
-	if _, err := c.Write([]byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")); err != nil {
+	if _, err := c.Write([]byte(h2Preface)); err != nil {
 		return fmt.Errorf("TLS connection: %w", err)
 	}
 	if _, err := c.Read(make([]byte, 1)); err != nil {
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {
 			return nil
+		}
+		if len(cfg.Certificates) == 0 && cfg.GetClientCertificate == nil {
+			return fmt.Errorf("TLS connection refused by etcd, perhaps because it wants a client certificate and none is configured: %w", err)
 		}
 		return fmt.Errorf("TLS connection refused by etcd: %w", err)
 	}
