@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/trellis-mesh/trellis/internal/store"
 )
 
@@ -43,4 +45,23 @@ func (s *Server) etcdConfig() (store.EtcdConfig, error) {
 		cfg.TLS = tlsCfg
 	}
 	return cfg, nil
+}
+
+// storeRefused returns the embedded etcd's hook for connections it refused
+// (a local process without the server's credentials): each is counted and
+// logged with its reason.
+func (s *Server) storeRefused() func(store.Refusal) {
+	refused := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "trellis_store_connections_refused_total",
+		Help: "Connections the embedded etcd refused at its TLS handshake, by listener (client or peer).",
+	}, []string{"listener"})
+	if err := s.cfg.Registry.Register(refused); err != nil {
+		if are, ok := errors.AsType[prometheus.AlreadyRegisteredError](err); ok {
+			refused = are.ExistingCollector.(*prometheus.CounterVec)
+		}
+	}
+	return func(r store.Refusal) {
+		refused.WithLabelValues(r.Listener).Inc()
+		s.log.Warn("store connection refused", "listener", r.Listener, "remote", r.Remote, "reason", r.Reason)
+	}
 }

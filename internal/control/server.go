@@ -222,7 +222,7 @@ func (s *Server) Run(ctx context.Context) error {
 		return err
 	}
 	if len(etcdCfg.Endpoints) == 0 {
-		emb, err := store.StartEmbedded(ctx, s.cfg.DataDir)
+		emb, err := store.StartEmbedded(ctx, store.EmbeddedConfig{Dir: s.cfg.DataDir, OnRefused: s.storeRefused()})
 		if err != nil {
 			return err
 		}

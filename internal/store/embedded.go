@@ -13,6 +13,7 @@ import (
 
 	"go.etcd.io/etcd/client/pkg/v3/fileutil"
 	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
 )
 
 // Embedded is a single-member etcd running inside this process.
@@ -33,13 +34,23 @@ type Embedded struct {
 	url   string
 }
 
-// StartEmbedded starts etcd with its data in dir/etcd and its credentials in
-// dir/etcd-tls, listening on free loopback ports (never the well-known
+// EmbeddedConfig says where and how to run the embedded etcd.
+type EmbeddedConfig struct {
+	// Dir holds etcd's data (Dir/etcd) and credentials (Dir/etcd-tls); it
+	// must be private to this user (see PrivateDir, which is applied).
+	Dir string
+	// OnRefused, when set, is called for every connection etcd refuses at
+	// its TLS handshake, from etcd's goroutines; it must not block.
+	OnRefused func(Refusal)
+}
+
+// StartEmbedded starts etcd with its data in cfg.Dir/etcd and its
+// credentials in cfg.Dir/etcd-tls, listening on free loopback ports (never the well-known
 // 2379/2380, so that it cannot clash with another etcd on the machine), and
-// waits until it serves. dir must be private to this user (see PrivateDir,
-// which it calls); a second StartEmbedded on the same dir fails while the
-// first runs.
-func StartEmbedded(ctx context.Context, dir string) (*Embedded, error) {
+// waits until it serves. A second StartEmbedded on the same dir fails while
+// the first runs.
+func StartEmbedded(ctx context.Context, ecfg EmbeddedConfig) (*Embedded, error) {
+	dir := ecfg.Dir
 	if _, err := PrivateDir(dir); err != nil {
 		return nil, err
 	}
@@ -60,10 +71,15 @@ func StartEmbedded(ctx context.Context, dir string) (*Embedded, error) {
 		lock.Close()
 		return nil, err
 	}
+	logger, err := etcdLogger(ecfg.OnRefused)
+	if err != nil {
+		lock.Close()
+		return nil, err
+	}
 	// A free port can be taken by another process between the look and
 	// etcd's bind; then try other ports.
 	for attempt := 1; ; attempt++ {
-		m, err := startEmbedded(ctx, dir, creds)
+		m, err := startEmbedded(ctx, dir, creds, logger)
 		if err == nil {
 			m.lock = lock
 			return m, nil
@@ -75,7 +91,7 @@ func StartEmbedded(ctx context.Context, dir string) (*Embedded, error) {
 	}
 }
 
-func startEmbedded(ctx context.Context, dir string, creds *embeddedCreds) (*Embedded, error) {
+func startEmbedded(ctx context.Context, dir string, creds *embeddedCreds, logger *zap.Logger) (*Embedded, error) {
 	clientURL, err := freeLoopbackURL()
 	if err != nil {
 		return nil, err
@@ -107,12 +123,14 @@ func startEmbedded(ctx context.Context, dir string, creds *embeddedCreds) (*Embe
 	cfg.ListenMetricsUrls = nil
 	cfg.EnableGRPCGateway = false
 	cfg.EnablePprof = false
-	// etcd logs through zap, apart from Trellis's slog; at "error" it also
-	// reports its own orderly shutdown as failures. Real store errors reach
-	// Trellis as client errors and are logged there.
+	// etcd logs through zap, apart from Trellis's slog: only its fatal
+	// messages (at "error" it also reports its own orderly shutdown as
+	// failures), and the connections it refuses, which go to OnRefused.
+	// Real store errors reach Trellis as client errors and are logged there.
 	cfg.LogLevel = "fatal"
 	cfg.Logger = "zap"
 	cfg.LogOutputs = []string{"stderr"}
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(logger)
 	// A development store: keep the history small and snapshots cheap.
 	cfg.AutoCompactionMode = "revision"
 	cfg.AutoCompactionRetention = "1000"

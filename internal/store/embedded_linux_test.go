@@ -4,10 +4,12 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -26,7 +28,15 @@ import (
 // server's own client keeps working.
 func TestEmbeddedRefusesLocalIntruders(t *testing.T) {
 	dir := t.TempDir()
-	e, err := store.StartEmbedded(context.Background(), dir)
+	var (
+		mu      sync.Mutex
+		refused = map[string][]store.Refusal{}
+	)
+	e, err := store.StartEmbedded(context.Background(), store.EmbeddedConfig{Dir: dir, OnRefused: func(r store.Refusal) {
+		mu.Lock()
+		defer mu.Unlock()
+		refused[r.Listener] = append(refused[r.Listener], r)
+	}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,6 +105,21 @@ func TestEmbeddedRefusesLocalIntruders(t *testing.T) {
 		}
 	})
 
+	// Both listeners reported what they refused, and why.
+	trellistest.Eventually(t, 10*time.Second, "refusals reported by both listeners", func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, l := range []string{"client", "peer"} {
+			if len(refused[l]) == 0 {
+				return fmt.Errorf("none reported by the %s listener (got %v)", l, refused)
+			}
+			if r := refused[l][0]; r.Remote == "" || r.Reason == "" {
+				return fmt.Errorf("%s refusal %+v: want the remote address and a reason", l, r)
+			}
+		}
+		return nil
+	})
+
 	if _, err := s.Get(ctx, "/tokens/intruder"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("intruder's key: err = %v, want ErrNotFound", err)
 	}
@@ -108,12 +133,12 @@ func TestEmbeddedRefusesLocalIntruders(t *testing.T) {
 // one data dir serves one etcd at a time.
 func TestEmbeddedCredentials(t *testing.T) {
 	dir := t.TempDir()
-	e, err := store.StartEmbedded(context.Background(), dir)
+	e, err := store.StartEmbedded(context.Background(), store.EmbeddedConfig{Dir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}
 	old := e.Config()
-	if _, err := store.StartEmbedded(context.Background(), dir); err == nil || !strings.Contains(err.Error(), "in use") {
+	if _, err := store.StartEmbedded(context.Background(), store.EmbeddedConfig{Dir: dir}); err == nil || !strings.Contains(err.Error(), "in use") {
 		t.Errorf("second start on %s: err = %v, want one saying it is in use", dir, err)
 	}
 	for _, p := range []string{dir, filepath.Join(dir, "etcd-tls")} {
@@ -135,7 +160,7 @@ func TestEmbeddedCredentials(t *testing.T) {
 	}
 	e.Close()
 
-	e2, err := store.StartEmbedded(context.Background(), dir)
+	e2, err := store.StartEmbedded(context.Background(), store.EmbeddedConfig{Dir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -32,7 +32,7 @@ func newOn(cfg store.EtcdConfig) func(t *testing.T) store.Store {
 }
 
 func TestEmbeddedEtcd(t *testing.T) {
-	e, err := store.StartEmbedded(context.Background(), t.TempDir())
+	e, err := store.StartEmbedded(context.Background(), store.EmbeddedConfig{Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
