@@ -93,6 +93,9 @@ func (cfg *EtcdConfig) explain(ctx context.Context, err error) error {
 		return fmt.Errorf("etcd %v requires authentication: give an etcd username and password, or a client certificate whose common name is an etcd user: %w", eps, err)
 	case errors.Is(err, rpctypes.ErrAuthFailed):
 		return fmt.Errorf("etcd %v: user %q: wrong username or password: %w", eps, cfg.Username, err)
+	case errors.Is(err, rpctypes.ErrPermissionDenied) && cfg.Username == "" && clientCN(cfg.TLS) != "":
+		// Without a login, etcd takes the client certificate's CN as the user.
+		return fmt.Errorf("etcd %v: user %q, the client certificate's common name, may not use keys under %s: grant it a role with readwrite on that prefix, or log in as another user: %w", eps, clientCN(cfg.TLS), cfg.Prefix, err)
 	case errors.Is(err, rpctypes.ErrPermissionDenied):
 		return fmt.Errorf("etcd %v: user %q may not use keys under %s: grant it a role with readwrite on that prefix: %w", eps, cfg.Username, cfg.Prefix, err)
 	case errors.Is(err, rpctypes.ErrAuthNotEnabled):
@@ -108,6 +111,14 @@ func (cfg *EtcdConfig) explain(ctx context.Context, err error) error {
 		}
 	}
 	return fmt.Errorf("etcd %v: %w", eps, err)
+}
+
+// clientCN is the common name of the client certificate in c, if any.
+func clientCN(c *tls.Config) string {
+	if c == nil || len(c.Certificates) == 0 || c.Certificates[0].Leaf == nil {
+		return ""
+	}
+	return c.Certificates[0].Leaf.Subject.CommonName
 }
 
 // h2Preface is the HTTP/2 client preface and an empty SETTINGS frame: a
