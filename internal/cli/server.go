@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/trellis-mesh/trellis/internal/certs"
 	"github.com/trellis-mesh/trellis/internal/control"
 )
 
@@ -50,7 +51,7 @@ func etcdPassword(e *env, file string) (string, error) {
 func runServer(ctx context.Context, e *env, args []string) error {
 	fs := newFlags(e, "server", "server [flags]")
 	var cfg control.Config
-	fs.StringVar(&cfg.DataDir, "data-dir", defaultDataDir(e), "directory for the embedded etcd, the CA and the first admin token")
+	fs.StringVar(&cfg.DataDir, "data-dir", defaultDataDir(e), "directory for the embedded etcd, the CA and the first admin token (kept 0700; refused if others may write to it)")
 	fs.StringVar(&cfg.Listen, "listen", control.DefaultListen, "HTTPS address of the API and the proxy stream")
 	endpoints := fs.String("etcd-endpoints", "", "comma-separated etcd client URLs (http:// or https://); empty runs an embedded etcd that only this server can reach")
 	fs.StringVar(&cfg.EtcdCAFile, "etcd-ca-file", "", "PEM CAs that verify the etcd servers (https:// endpoints; default: the system's roots)")
@@ -78,6 +79,9 @@ func runServer(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	cfg.Logger = log
+	if *passwordFile != "" {
+		certs.WarnIfShared(log, "etcd password file", *passwordFile)
+	}
 	cfg.EtcdEndpoints = splitList(*endpoints)
 	if cfg.EtcdPassword, err = etcdPassword(e, *passwordFile); err != nil {
 		return err

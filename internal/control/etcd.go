@@ -3,9 +3,11 @@ package control
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/trellis-mesh/trellis/internal/certs"
 	"github.com/trellis-mesh/trellis/internal/store"
 )
 
@@ -37,6 +39,12 @@ func (s *Server) etcdConfig() (store.EtcdConfig, error) {
 		return store.EtcdConfig{}, nil
 	}
 	cfg := store.EtcdConfig{Endpoints: c.EtcdEndpoints, Username: c.EtcdUsername, Password: c.EtcdPassword}
+	if c.EtcdUsername != "" && !strings.HasPrefix(c.EtcdEndpoints[0], "https://") {
+		s.log.Warn("etcd password sent over plaintext http://; use https:// endpoints", "user", c.EtcdUsername)
+	}
+	if c.EtcdKeyFile != "" {
+		certs.WarnIfShared(s.log, "etcd client key", c.EtcdKeyFile)
+	}
 	if c.EtcdCAFile != "" || c.EtcdCertFile != "" {
 		tlsCfg, err := store.ClientTLS(c.EtcdCAFile, c.EtcdCertFile, c.EtcdKeyFile)
 		if err != nil {
