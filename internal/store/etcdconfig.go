@@ -53,10 +53,15 @@ func (cfg *EtcdConfig) validate() error {
 	}
 	var errs []error
 	secure := 0
-	for _, ep := range cfg.Endpoints {
+	for i, ep := range cfg.Endpoints {
 		u, err := url.Parse(ep)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("etcd endpoint %q: %w", ep, err))
+			// url's error repeats the URL, which may hold a password.
+			errs = append(errs, fmt.Errorf("etcd endpoint %d: not a URL", i+1))
+			continue
+		}
+		if u.User != nil {
+			errs = append(errs, fmt.Errorf("etcd endpoint %q: no user:password@ in the URL (ps would show it); log in with a username and a password file", u.Redacted()))
 			continue
 		}
 		switch u.Scheme {
@@ -67,7 +72,7 @@ func (cfg *EtcdConfig) validate() error {
 			errs = append(errs, fmt.Errorf("etcd endpoint %q: want an http:// or https:// URL", ep))
 			continue
 		}
-		if _, _, err := net.SplitHostPort(u.Host); err != nil || u.Path != "" && u.Path != "/" {
+		if _, _, err := net.SplitHostPort(u.Host); err != nil || u.Path != "" && u.Path != "/" || u.RawQuery != "" || u.Fragment != "" || u.Opaque != "" {
 			errs = append(errs, fmt.Errorf("etcd endpoint %q: want scheme://host:port", ep))
 		}
 	}

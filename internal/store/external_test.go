@@ -147,6 +147,7 @@ func TestEtcdConfigErrors(t *testing.T) {
 		{"no port", store.EtcdConfig{Endpoints: []string{"http://etcd"}}, "want scheme://host:port"},
 		{"mixed", store.EtcdConfig{Endpoints: []string{"http://a:1", "https://b:2"}}, "mix http:// and https://"},
 		{"TLS over http", store.EtcdConfig{Endpoints: []string{"http://a:1"}, TLS: tlsCfg}, "URLs are http://"},
+		{"password in the URL", store.EtcdConfig{Endpoints: []string{"http://root:hunter2@a:1"}}, `"http://root:xxxxx@a:1": no user:password@ in the URL`},
 		{"password alone", store.EtcdConfig{Endpoints: []string{"http://a:1"}, Password: "x"}, "give both or neither"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
