@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -19,6 +20,11 @@ import (
 // files: caFile holds the CAs that sign etcd's serving certificates (empty
 // means the system's roots); certFile and keyFile, both or neither, are the
 // client certificate etcd asks for when it runs with --client-cert-auth.
+//
+// The files are read now, so that a bad one stops the server at start. The
+// client certificate is read again at each handshake where the files
+// changed, so that a renewed certificate is used on the next connection
+// without a restart; a pair that fails to load keeps the last good one.
 func ClientTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
 	if caFile != "" {
@@ -36,13 +42,54 @@ func ClientTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
 		return nil, errors.New("etcd client certificate and key: give both or neither")
 	}
 	if certFile != "" {
-		pair, err := tls.LoadX509KeyPair(certFile, keyFile)
-		if err != nil {
-			return nil, fmt.Errorf("etcd client certificate %s with key %s: %w", certFile, keyFile, err)
+		kp := &keyPairFiles{certFile: certFile, keyFile: keyFile}
+		if _, err := kp.reload(); err != nil {
+			return nil, err
 		}
-		cfg.Certificates = []tls.Certificate{pair}
+		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return kp.get(), nil }
 	}
 	return cfg, nil
+}
+
+// keyPairFiles is a certificate and key read from files, again whenever
+// their size or modification time changes.
+type keyPairFiles struct {
+	certFile, keyFile string
+
+	mu    sync.Mutex // guards the fields below
+	cur   *tls.Certificate
+	stamp string
+}
+
+// get returns the current pair, reloading it first if the files changed.
+func (k *keyPairFiles) get() *tls.Certificate {
+	cur, _ := k.reload()
+	return cur
+}
+
+// reload loads the pair if the files changed since the last good load, and
+// returns the pair in effect with the load's error, if any.
+func (k *keyPairFiles) reload() (*tls.Certificate, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	stamp := fileStamp(k.certFile) + "|" + fileStamp(k.keyFile)
+	if k.cur != nil && stamp == k.stamp {
+		return k.cur, nil
+	}
+	pair, err := tls.LoadX509KeyPair(k.certFile, k.keyFile)
+	if err != nil {
+		return k.cur, fmt.Errorf("etcd client certificate %s with key %s: %w", k.certFile, k.keyFile, err)
+	}
+	k.cur, k.stamp = &pair, stamp
+	return k.cur, nil
+}
+
+func fileStamp(path string) string {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return ""
+	}
+	return fmt.Sprintf("%d/%d", fi.Size(), fi.ModTime().UnixNano())
 }
 
 // validate checks the endpoints' URLs and that TLS and authentication are
@@ -120,10 +167,19 @@ func (cfg *EtcdConfig) explain(ctx context.Context, err error) error {
 
 // clientCN is the common name of the client certificate in c, if any.
 func clientCN(c *tls.Config) string {
-	if c == nil || len(c.Certificates) == 0 || c.Certificates[0].Leaf == nil {
+	if c == nil {
 		return ""
 	}
-	return c.Certificates[0].Leaf.Subject.CommonName
+	cert := (*tls.Certificate)(nil)
+	if len(c.Certificates) > 0 {
+		cert = &c.Certificates[0]
+	} else if c.GetClientCertificate != nil {
+		cert, _ = c.GetClientCertificate(&tls.CertificateRequestInfo{})
+	}
+	if cert == nil || cert.Leaf == nil {
+		return ""
+	}
+	return cert.Leaf.Subject.CommonName
 }
 
 // h2Preface is the HTTP/2 client preface and an empty SETTINGS frame: a

@@ -2,6 +2,8 @@ package store_test
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -73,6 +75,54 @@ func TestExternalEtcdClientCert(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestExternalEtcdClientCertRenewed: a client certificate renewed in its
+// files is used on the next connection, without a new configuration.
+func TestExternalEtcdClientCertRenewed(t *testing.T) {
+	f := trellistest.WriteTLSFiles(t, t.TempDir(), "trellis")
+	ep := startExternal(t, "https", "--cert-file", f.ServerCert, "--key-file", f.ServerKey,
+		"--trusted-ca-file", f.CA, "--client-cert-auth")
+	other := trellistest.WriteTLSFiles(t, t.TempDir(), "trellis")
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "client.pem"), filepath.Join(dir, "client-key.pem")
+	copyFile := func(from, to string) {
+		b, err := os.ReadFile(from)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(to, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	copyFile(other.ClientCert, certFile)
+	copyFile(other.ClientKey, keyFile)
+	tlsCfg, err := store.ClientTLS(f.CA, certFile, keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := store.EtcdConfig{Endpoints: []string{ep}, TLS: tlsCfg, DialTimeout: 2 * time.Second}
+	if s, err := store.NewEtcd(context.Background(), cfg); err == nil {
+		s.Close()
+		t.Fatal("a certificate from another CA connected")
+	}
+	copyFile(f.ClientCert, certFile)
+	copyFile(f.ClientKey, keyFile)
+	s, err := store.NewEtcd(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("after the files were renewed: %v", err)
+	}
+	s.Close()
+
+	// A broken renewal keeps the last good pair.
+	if err := os.WriteFile(keyFile, []byte("not a key"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s, err = store.NewEtcd(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("after a broken renewal: %v", err)
+	}
+	s.Close()
 }
 
 // TestExternalEtcdUserAuth runs the suite as an etcd user whose role allows
