@@ -6,8 +6,10 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
+	"github.com/trellis-mesh/trellis/internal/certs"
 	"github.com/trellis-mesh/trellis/internal/control"
 )
 
@@ -22,12 +24,41 @@ func defaultDataDir(e *env) string {
 	return filepath.Join(home, ".trellis", "server")
 }
 
+// etcdPasswordEnv holds the etcd password when no file is given.
+const etcdPasswordEnv = "TRELLIS_ETCD_PASSWORD"
+
+// etcdPassword reads the etcd password from file, or else from the
+// environment. The file's last line break is not part of the password.
+func etcdPassword(e *env, file string) (string, error) {
+	env := e.getenv(etcdPasswordEnv)
+	if file == "" {
+		return env, nil
+	}
+	if env != "" {
+		return "", usageErr("etcd password: both --etcd-password-file and %s are set; give one", etcdPasswordEnv)
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", usageErr("--etcd-password-file: %v", err)
+	}
+	pw := strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r")
+	if pw == "" {
+		return "", usageErr("--etcd-password-file %s: empty", file)
+	}
+	return pw, nil
+}
+
 func runServer(ctx context.Context, e *env, args []string) error {
 	fs := newFlags(e, "server", "server [flags]")
 	var cfg control.Config
-	fs.StringVar(&cfg.DataDir, "data-dir", defaultDataDir(e), "directory for the embedded etcd, the CA and the first admin token")
+	fs.StringVar(&cfg.DataDir, "data-dir", defaultDataDir(e), "directory for the embedded etcd, the CA and the first admin token (kept 0700; refused if others may write to it)")
 	fs.StringVar(&cfg.Listen, "listen", control.DefaultListen, "HTTPS address of the API and the proxy stream")
-	endpoints := fs.String("etcd-endpoints", "", "comma-separated etcd client URLs; empty runs an embedded etcd")
+	endpoints := fs.String("etcd-endpoints", "", "comma-separated etcd client URLs (http:// or https://); empty runs an embedded etcd that only this server can reach")
+	fs.StringVar(&cfg.EtcdCAFile, "etcd-ca-file", "", "PEM CAs that verify the etcd servers (https:// endpoints; default: the system's roots)")
+	fs.StringVar(&cfg.EtcdCertFile, "etcd-cert-file", "", "client certificate (PEM) for an etcd run with --client-cert-auth")
+	fs.StringVar(&cfg.EtcdKeyFile, "etcd-key-file", "", "private key (PEM) of --etcd-cert-file")
+	fs.StringVar(&cfg.EtcdUsername, "etcd-username", "", "etcd user to log in as, on an etcd with authentication enabled")
+	passwordFile := fs.String("etcd-password-file", "", "file holding the password of --etcd-username (or env "+etcdPasswordEnv+"; never a flag, which ps would show)")
 	fs.StringVar(&cfg.EtcdPrefix, "etcd-prefix", "/trellis", "key prefix in etcd")
 	fs.StringVar(&cfg.TrustDomain, "trust-domain", control.DefaultTrustDomain, "SPIFFE trust domain of the mesh")
 	fs.StringVar(&cfg.CACertFile, "ca-cert", "", "import this CA certificate (PEM; signing cert first, then its chain)")
@@ -48,7 +79,13 @@ func runServer(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	cfg.Logger = log
+	if *passwordFile != "" {
+		certs.WarnIfShared(log, "etcd password file", *passwordFile)
+	}
 	cfg.EtcdEndpoints = splitList(*endpoints)
+	if cfg.EtcdPassword, err = etcdPassword(e, *passwordFile); err != nil {
+		return err
+	}
 	cfg.AdvertiseNames = splitList(*advertise)
 	cfg.Out = e.stdout
 	if err := cfg.Validate(); err != nil {

@@ -43,13 +43,24 @@ const (
 // but DataDir means its default.
 type Config struct {
 	// DataDir holds the embedded etcd, the CA (when not imported) and the
-	// first admin token. Created 0700 if missing.
+	// first admin token. Created 0700 if missing; one that group or others
+	// may read is made 0700 (with a warning), and one that another user
+	// owns or others may write to is refused (see store.PrivateDir).
 	DataDir string
 	// Listen is the HTTPS address of the API and the proxy stream.
 	Listen string
 	// EtcdEndpoints, when set, use an existing etcd cluster instead of the
-	// embedded one.
+	// embedded one: http:// URLs, or https:// ones for TLS.
 	EtcdEndpoints []string
+	// EtcdCAFile holds the CAs (PEM) that sign the etcd cluster's serving
+	// certificates; empty means the system's roots. https endpoints only.
+	EtcdCAFile string
+	// EtcdCertFile and EtcdKeyFile are a client certificate and its key
+	// (PEM), for an etcd that runs with --client-cert-auth; both or neither.
+	EtcdCertFile, EtcdKeyFile string
+	// EtcdUsername and EtcdPassword log in to an etcd with authentication
+	// enabled; both or neither. The password is never logged.
+	EtcdUsername, EtcdPassword string
 	// EtcdPrefix is the key prefix in etcd; default "/trellis".
 	EtcdPrefix string
 	// TrustDomain of the mesh; default trellis.local. Fixed once a CA exists.
@@ -93,6 +104,7 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("listen %q: %w", c.Listen, err))
 		}
 	}
+	errs = append(errs, c.validateEtcd()...)
 	if c.SVIDTTL < 0 || c.SVIDTTL > 0 && c.SVIDTTL < 10*time.Second {
 		errs = append(errs, fmt.Errorf("svid ttl %v: must be at least 10s", c.SVIDTTL))
 	}
@@ -200,20 +212,26 @@ func (s *Server) Addr() string {
 
 // Run serves until ctx ends, then stops and releases the store.
 func (s *Server) Run(ctx context.Context) error {
-	if err := os.MkdirAll(s.cfg.DataDir, 0o700); err != nil {
-		return fmt.Errorf("data dir: %w", err)
+	if was, err := store.PrivateDir(s.cfg.DataDir); err != nil {
+		return err
+	} else if was != 0 {
+		s.log.Warn("data dir was open to other users; made it 0700", "dir", s.cfg.DataDir, "mode", fmt.Sprintf("%04o", was))
 	}
-	endpoints := s.cfg.EtcdEndpoints
-	if len(endpoints) == 0 {
-		emb, err := store.StartEmbedded(ctx, s.cfg.DataDir)
+	etcdCfg, err := s.etcdConfig()
+	if err != nil {
+		return err
+	}
+	if len(etcdCfg.Endpoints) == 0 {
+		emb, err := store.StartEmbedded(ctx, store.EmbeddedConfig{Dir: s.cfg.DataDir, OnRefused: s.storeRefused()})
 		if err != nil {
 			return err
 		}
 		defer emb.Close()
-		endpoints = emb.Endpoints()
-		s.log.Info("embedded etcd started", "dir", filepath.Join(s.cfg.DataDir, "etcd"))
+		etcdCfg = emb.Config()
+		s.log.Info("embedded etcd started", "dir", filepath.Join(s.cfg.DataDir, "etcd"), "endpoint", etcdCfg.Endpoints[0])
 	}
-	st, err := store.NewEtcd(ctx, store.EtcdConfig{Endpoints: endpoints, Prefix: s.cfg.EtcdPrefix})
+	etcdCfg.Prefix = s.cfg.EtcdPrefix
+	st, err := store.NewEtcd(ctx, etcdCfg)
 	if err != nil {
 		return err
 	}

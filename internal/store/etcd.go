@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -17,8 +18,14 @@ import (
 type EtcdConfig struct {
 	// Endpoints are etcd client URLs, such as http://127.0.0.1:2379.
 	Endpoints []string
-	// TLS, when set, is used to reach the endpoints.
+	// TLS, when set, is used to reach the endpoints, which must then be
+	// https URLs; https URLs without it use the system's roots. See
+	// ClientTLS for one made from files.
 	TLS *tls.Config
+	// Username and Password log in to an etcd with authentication enabled
+	// (etcd's users and roles). Both or neither. Password is a secret: it is
+	// never logged or put in an error.
+	Username, Password string
 	// DialTimeout bounds the first connection; zero means 5s.
 	DialTimeout time.Duration
 	// Prefix is put before every key, so that one etcd can hold several
@@ -36,8 +43,8 @@ var _ Store = (*Etcd)(nil)
 
 // NewEtcd connects to etcd and checks that it answers.
 func NewEtcd(ctx context.Context, cfg EtcdConfig) (*Etcd, error) {
-	if len(cfg.Endpoints) == 0 {
-		return nil, errors.New("etcd: no endpoints")
+	if err := cfg.validate(); err != nil {
+		return nil, err
 	}
 	if cfg.DialTimeout == 0 {
 		cfg.DialTimeout = 5 * time.Second
@@ -45,20 +52,25 @@ func NewEtcd(ctx context.Context, cfg EtcdConfig) (*Etcd, error) {
 	if cfg.Prefix == "" {
 		cfg.Prefix = "/trellis"
 	}
+	if cfg.TLS == nil && strings.HasPrefix(cfg.Endpoints[0], "https://") {
+		cfg.TLS = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
 	c, err := clientv3.New(clientv3.Config{
 		Endpoints:   cfg.Endpoints,
 		TLS:         cfg.TLS,
+		Username:    cfg.Username,
+		Password:    cfg.Password,
 		DialTimeout: cfg.DialTimeout,
 		Logger:      zap.NewNop(),
 	})
 	if err != nil {
-		return nil, fmt.Errorf("etcd %v: %w", cfg.Endpoints, err)
+		return nil, cfg.explain(ctx, err)
 	}
 	pctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
 	defer cancel()
 	if _, err := c.Get(pctx, cfg.Prefix+"/", clientv3.WithCountOnly()); err != nil {
 		c.Close()
-		return nil, fmt.Errorf("etcd %v: %w", cfg.Endpoints, err)
+		return nil, cfg.explain(ctx, err)
 	}
 	return &Etcd{c: c, prefix: cfg.Prefix}, nil
 }

@@ -13,16 +13,16 @@ import (
 
 	"github.com/trellis-mesh/trellis/internal/store"
 	"github.com/trellis-mesh/trellis/internal/store/storetest"
+	"github.com/trellis-mesh/trellis/internal/trellistest"
 )
 
 var prefixes atomic.Int64
 
-func newOn(endpoints []string) func(t *testing.T) store.Store {
+func newOn(cfg store.EtcdConfig) func(t *testing.T) store.Store {
 	return func(t *testing.T) store.Store {
-		s, err := store.NewEtcd(context.Background(), store.EtcdConfig{
-			Endpoints: endpoints,
-			Prefix:    fmt.Sprintf("/test%d", prefixes.Add(1)),
-		})
+		cfg := cfg
+		cfg.Prefix = fmt.Sprintf("/test%d", prefixes.Add(1))
+		s, err := store.NewEtcd(context.Background(), cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -32,46 +32,48 @@ func newOn(endpoints []string) func(t *testing.T) store.Store {
 }
 
 func TestEmbeddedEtcd(t *testing.T) {
-	e, err := store.StartEmbedded(context.Background(), t.TempDir())
+	e, err := store.StartEmbedded(context.Background(), store.EmbeddedConfig{Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer e.Close()
-	storetest.Run(t, newOn(e.Endpoints()))
+	storetest.Run(t, newOn(e.Config()))
 }
 
 // TestExternalEtcd runs the same suite against a separate etcd server
 // process, as a production deployment with --etcd-endpoints would use.
 func TestExternalEtcd(t *testing.T) {
+	storetest.Run(t, newOn(store.EtcdConfig{Endpoints: []string{startExternal(t, "http")}}))
+}
+
+// startExternal runs an etcd server process serving clients over scheme
+// (http or https) with the extra flags, and returns its client URL.
+func startExternal(t *testing.T, scheme string, extra ...string) string {
+	t.Helper()
 	bin, err := exec.LookPath("etcd")
 	if err != nil {
 		t.Skip("etcd binary not found; install Debian's etcd-server (.ci/run does)")
 	}
 	client, peer := freeAddr(t), freeAddr(t)
 	dir := t.TempDir()
-	cmd := exec.Command(bin,
+	cmd := exec.Command(bin, append([]string{
 		"--name", "ext", "--data-dir", filepath.Join(dir, "data"),
-		"--listen-client-urls", "http://"+client, "--advertise-client-urls", "http://"+client,
-		"--listen-peer-urls", "http://"+peer, "--initial-advertise-peer-urls", "http://"+peer,
-		"--initial-cluster", "ext=http://"+peer, "--log-level", "error")
+		"--listen-client-urls", scheme + "://" + client, "--advertise-client-urls", scheme + "://" + client,
+		"--listen-peer-urls", "http://" + peer, "--initial-advertise-peer-urls", "http://" + peer,
+		"--initial-cluster", "ext=http://" + peer, "--log-level", "error"}, extra...)...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	trellistest.Eventually(t, 20*time.Second, "external etcd listening on "+client, func() error {
 		c, err := net.Dial("tcp", client)
 		if err == nil {
 			c.Close()
-			break
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("external etcd not listening on %s", client)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	storetest.Run(t, newOn([]string{"http://" + client}))
+		return err
+	})
+	return scheme + "://" + client
 }
 
 func freeAddr(t *testing.T) string {
