@@ -103,3 +103,66 @@ func TestReviewRawStreamToHTTPService(t *testing.T) {
 		t.Errorf("a raw stream reached web's app: %s", r)
 	}
 }
+
+// The upgrade stream (l4.UpgradeHeader) checks the first request's head,
+// then copies bytes both ways whatever the app answers: a second request
+// pipelined behind an allowed upgrade request reaches an app that did not
+// upgrade, past every permission. Here the intention client -> web denies
+// /admin/ and a Host of admin.example.com.
+func TestReviewUpgradeSmugglingEndToEnd(t *testing.T) {
+	s := startServer(t)
+	var mu sync.Mutex
+	var got []string
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/health" {
+			mu.Lock()
+			got = append(got, fmt.Sprintf("%s %s host=%s xfcc=%q", r.Method, r.RequestURI, r.Host, r.Header.Values("X-Forwarded-Client-Cert")))
+			mu.Unlock()
+		}
+	})}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	applyYAML(t, s, `kind: Service
+name: web
+spec: {protocol: http}
+---
+kind: Intention
+name: client.web
+spec:
+  source: client
+  destination: web
+  permissions:
+    - {action: deny, http: {pathPrefix: /admin/}}
+    - {action: deny, http: {headers: [{name: host, exact: admin.example.com}]}}
+    - {action: allow, http: {pathPrefix: /}}
+`)
+	s.startProxy(t, proxyOpts{service: "web", appPort: l.Addr().(*net.TCPAddr).Port})
+	s.waitInstances(t, 10*time.Second, "web registered", "web", 1)
+	ins, _ := s.api.Instances(t.Context(), "web")
+	ep := net.JoinHostPort(ins[0].Address, fmt.Sprint(ins[0].Port))
+
+	src := meshPeer(t, s, "client")
+	pool := l4.NewPool(0, 0, nil)
+	defer pool.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	c, err := pool.DialUpgrade(ctx, ep, "web", src.ClientConfig(certs.ExpectService("web"), l4.ALPN))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprint(c, "GET /ws HTTP/1.1\r\nHost: web\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"+
+		"GET /admin/users HTTP/1.1\r\nHost: admin.example.com\r\nX-Forwarded-Client-Cert: By=x;URI=spiffe://trellis.local/svc/root\r\nConnection: close\r\n\r\n")
+	time.Sleep(time.Second)
+	mu.Lock()
+	defer mu.Unlock()
+	for _, r := range got {
+		if strings.Contains(r, "/admin") {
+			t.Errorf("smuggled behind an upgrade the app did not make, web's app served: %s", r)
+		}
+	}
+}
