@@ -38,14 +38,15 @@ func ValidateEdgeName(name string) error {
 			return fmt.Errorf("%q: %w", name, err)
 		}
 	}
-	last := labels[len(labels)-1]
-	if strings.Trim(last, "0123456789") == "" {
-		// No top-level domain is all digits: "127.1" and "10.0.0.1" are
-		// addresses to resolvers and browsers.
+	if numericLabel(labels[len(labels)-1]) {
+		// No top-level domain is a number: a name that ends in one is an
+		// address to inet_aton (so to curl and most resolvers: "127.1",
+		// "0x7f000001", "1.0x1") and to browsers (the WHATWG URL parser
+		// reads such a host as IPv4).
 		return fmt.Errorf("%q ends in a numeric label, as an IP address does", name)
 	}
-	if base == "localhost" || strings.HasSuffix(base, ".localhost") || base == "localhost.localdomain" {
-		return fmt.Errorf("%q is a loopback name (RFC 6761)", name)
+	if loopbackNames[base] || strings.HasSuffix(base, ".localhost") {
+		return fmt.Errorf("%q is a loopback name (RFC 6761, or the hosts file of common systems)", name)
 	}
 	if wildcard && len(labels) < 2 {
 		return fmt.Errorf("%q: a wildcard over a top-level domain would cover every domain in it", name)
@@ -71,4 +72,21 @@ func checkLabel(l string) error {
 		}
 	}
 	return nil
+}
+
+// loopbackNames are names that mean this host: RFC 6761's localhost and
+// what the hosts files of Debian, Ubuntu and Red Hat map to loopback.
+var loopbackNames = map[string]bool{
+	"localhost": true, "localhost.localdomain": true, "localhost4": true, "localhost4.localdomain4": true,
+	"localhost6": true, "localhost6.localdomain6": true, "ip6-localhost": true, "ip6-loopback": true,
+}
+
+// numericLabel reports whether l is a number as inet_aton and the WHATWG
+// URL parser read one: decimal digits (octal with a leading 0), or 0x and
+// hex digits.
+func numericLabel(l string) bool {
+	if rest, ok := strings.CutPrefix(l, "0x"); ok {
+		return strings.Trim(rest, "0123456789abcdef") == ""
+	}
+	return l != "" && strings.Trim(l, "0123456789") == ""
 }

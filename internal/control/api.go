@@ -279,6 +279,7 @@ func (s *Server) applyResources(_ principal, r *http.Request) (any, error) {
 	}
 	if len(errs) == 0 {
 		errs = append(checkEdgeSuffixes(in), checkEdgeClaims(s.state.mesh(), in)...)
+		errs = append(errs, s.checkEdgeServerNames(in)...)
 	}
 	if len(errs) > 0 {
 		return nil, badRequest("nothing applied: %s", strings.Join(errs, "; "))
@@ -324,9 +325,9 @@ func (s *Server) sign(p principal, r *http.Request) (any, error) {
 		return nil, fmt.Errorf("%w: identity %s", errForbidden, id)
 	}
 	if len(req.DNSNames) > 0 {
-		return s.signEdge(id, req)
+		return s.signEdge(p, id, req)
 	}
-	chain, err := s.signer().SignSVID(ca.SignRequest{CSR: []byte(req.CSR), ID: id, TTL: s.cfg.SVIDTTL})
+	chain, err := s.signer().SignSVID(ca.SignRequest{CSR: []byte(req.CSR), ID: id, TTL: p.certTTL(s.cfg.SVIDTTL)})
 	return s.signed(chain, err, slog.LevelDebug, "issued svid", "id", id.String())
 }
 
@@ -346,7 +347,7 @@ func (s *Server) signed(chain []byte, err error, level slog.Level, msg string, a
 }
 
 // signEdge issues an edge certificate, for names the service is allowed.
-func (s *Server) signEdge(id identity.ID, req v1.SignRequest) (any, error) {
+func (s *Server) signEdge(p principal, id identity.ID, req v1.SignRequest) (any, error) {
 	m := s.state.mesh()
 	if err := checkEdgeNames(allowedEdgeNames(m, req.Service), req.DNSNames, req.Service); err != nil {
 		return nil, fmt.Errorf("%w: %v", errForbidden, err)
@@ -361,6 +362,9 @@ func (s *Server) signEdge(id identity.ID, req v1.SignRequest) (any, error) {
 		if err := checkPublicSuffix(n); err != nil {
 			return nil, fmt.Errorf("%w: DNS name: %v", errForbidden, err)
 		}
+		if err := s.checkServerNames(n); err != nil {
+			return nil, fmt.Errorf("%w: DNS name: %v", errForbidden, err)
+		}
 		for other, names := range claims {
 			if other == req.Service {
 				continue
@@ -372,7 +376,7 @@ func (s *Server) signEdge(id identity.ID, req v1.SignRequest) (any, error) {
 			}
 		}
 	}
-	chain, err := s.signer().SignEdge(ca.EdgeRequest{CSR: []byte(req.CSR), Service: req.Service, DNSNames: req.DNSNames, TTL: s.cfg.SVIDTTL})
+	chain, err := s.signer().SignEdge(ca.EdgeRequest{CSR: []byte(req.CSR), Service: req.Service, DNSNames: req.DNSNames, TTL: p.certTTL(s.cfg.SVIDTTL)})
 	return s.signed(chain, err, slog.LevelInfo, "issued edge certificate", "service", id.Service(), "names", req.DNSNames)
 }
 

@@ -142,8 +142,18 @@ func checkPublicSuffix(name string) error {
 // checkEdgeSuffixes applies checkPublicSuffix to every edge name the
 // Services and Gateways in batch claim.
 func checkEdgeSuffixes(batch []v1.Resource) []string {
+	return checkBatchEdgeNames(batch, checkPublicSuffix)
+}
+
+// checkEdgeServerNames refuses edge names that cover the API's names.
+func (s *Server) checkEdgeServerNames(batch []v1.Resource) []string {
+	return checkBatchEdgeNames(batch, s.checkServerNames)
+}
+
+// checkBatchEdgeNames applies check to every edge name the Services and
+// Gateways in batch claim.
+func checkBatchEdgeNames(batch []v1.Resource, check func(string) error) []string {
 	m := &topology.Mesh{Services: map[string]*v1.ServiceSpec{}, Gateways: map[string]*v1.GatewaySpec{}}
-	var errs []string
 	for i := range batch {
 		switch r := &batch[i]; r.Kind {
 		case v1.KindService:
@@ -152,10 +162,11 @@ func checkEdgeSuffixes(batch []v1.Resource) []string {
 			m.Gateways[r.Name] = r.Gateway
 		}
 	}
+	var errs []string
 	claims := edgeClaims(m)
 	for _, svc := range sortedKeys(claims) {
 		for _, n := range claims[svc] {
-			if err := checkPublicSuffix(n); err != nil {
+			if err := check(n); err != nil {
 				errs = append(errs, fmt.Sprintf("edge name of %s: %v", svc, err))
 			}
 		}

@@ -12,6 +12,8 @@ const (
 	keyBundle    = "/ca/bundle"
 	keyIssuer    = "/ca/issuer" // a root rotation's state and new key
 	keyBootstrap = "/bootstrap/admin"
+	// keyFileTokens marks tokens from files that were stored once.
+	keyFileTokens = "/bootstrap/file-tokens/"
 )
 
 func resourceKey(kind, name string) string  { return keyResources + kind + "/" + name }
@@ -21,6 +23,7 @@ func instanceKey(service, id string) string { return keyInstances + service + "/
 // one service cannot write over another service's records.
 func statusKey(service, id string) string { return keyStatus + service + "/" + id }
 func tokenKey(hash string) string         { return keyTokens + hash }
+func fileTokenKey(hash string) string     { return keyFileTokens + hash }
 
 // splitKey returns the two path parts after prefix: "/resources/Service/a"
 // -> "Service", "a".

@@ -134,13 +134,10 @@ next:
 	return b.String(), changed, nil
 }
 
-// servingCert issues the API's TLS certificate from the mesh CA, for
-// localhost, the loopback addresses, the host name and any configured names.
-func (s *Server) servingCert(c *ca.CA) (*tls.Certificate, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
-	}
+// servingNames are the names and addresses clients reach the API by:
+// localhost, the loopback addresses, the host name, the configured names
+// and the listen address.
+func (s *Server) servingNames() ([]string, []net.IP) {
 	dns := []string{"localhost"}
 	if h, err := os.Hostname(); err == nil && h != "" {
 		dns = append(dns, h)
@@ -158,6 +155,30 @@ func (s *Server) servingCert(c *ca.CA) (*tls.Certificate, error) {
 			ips = append(ips, ip)
 		}
 	}
+	return dns, ips
+}
+
+// checkServerNames refuses an edge name that covers a name the API is
+// served under: clients that check the API by name and the mesh roots
+// alone (curl --cacert, a metrics scraper) would take that service for it.
+func (s *Server) checkServerNames(name string) error {
+	dns, _ := s.servingNames()
+	for _, d := range dns {
+		if edgeOverlap(name, d) {
+			return fmt.Errorf("%q covers %q, a name the control plane serves under", name, d)
+		}
+	}
+	return nil
+}
+
+// servingCert issues the API's TLS certificate from the mesh CA, for
+// localhost, the loopback addresses, the host name and any configured names.
+func (s *Server) servingCert(c *ca.CA) (*tls.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	dns, ips := s.servingNames()
 	chainPEM, err := c.SignServing(ca.ServingRequest{PublicKey: &key.PublicKey, DNSNames: dns, IPs: ips, TTL: 30 * 24 * time.Hour})
 	if err != nil {
 		return nil, err

@@ -292,6 +292,9 @@ func (s *Server) removeRoot(_ principal, r *http.Request) (any, error) {
 		if err := json.Unmarshal(ikv.Value, &rec); err != nil {
 			return nil, fmt.Errorf("decode issuer record: %w", err)
 		}
+		if next := certs.Fingerprints([]byte(rec.RootPEM)); len(next) > 0 && next[0] == target && rec.Phase != v1.RotationRetired {
+			return nil, badRequest("root %s is the one the %s rotation signs with; finish the rotation (trellis ca rotate)", target[:16], rec.Phase)
+		}
 		if old := certs.Fingerprints([]byte(rec.OldRootPEM)); len(old) > 0 && old[0] == target && rec.Phase != v1.RotationRetired {
 			if rec.Phase != v1.RotationActive {
 				return nil, badRequest("root %s still signs: switch the rotation first", target[:16])

@@ -365,7 +365,14 @@ func (s *Server) bootstrapAdmin(ctx context.Context) error {
 		if !strings.HasPrefix(secret, tokenPrefix) || len(secret) < len(tokenPrefix)+16 || len(secret) > len(tokenPrefix)+128 {
 			return fmt.Errorf("%s: not a trellis token (want %s followed by 16 to 128 characters)", file, tokenPrefix)
 		}
-		return storeTokenHash(ctx, s.store, secret, v1.Token{Admin: true, Description: "admin (from " + filepath.Base(file) + ")"})
+		err := storeTokenHash(ctx, s.store, secret, v1.Token{Admin: true, Description: "admin (from " + filepath.Base(file) + ")"})
+		if errors.Is(err, errTokenRevoked) {
+			// Not fatal: the other admin tokens still work. The file's
+			// token stays refused.
+			s.log.Warn("the admin token in this file was deleted; it is not accepted again (put a new token there, or remove the file)", "file", file)
+			return nil
+		}
+		return err
 	} else if s.cfg.AdminTokenFile != "" {
 		return fmt.Errorf("read admin token file: %w", err)
 	}
@@ -379,6 +386,9 @@ func (s *Server) bootstrapAdmin(ctx context.Context) error {
 	}
 	secret, _, err := createToken(ctx, s.store, v1.Token{Admin: true, Description: "bootstrap admin"})
 	if err != nil {
+		return err
+	}
+	if err := markFileToken(ctx, s.store, secret); err != nil {
 		return err
 	}
 	if err := os.WriteFile(file, []byte(secret+"\n"), 0o600); err != nil {

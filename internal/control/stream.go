@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"time"
 
@@ -106,21 +107,48 @@ func (a *adsServer) StreamAggregatedResources(stream discoveryv3.AggregatedDisco
 		}
 	}()
 
-	// The token is checked again whenever a token changes, and the
-	// stream ends at its expiry: a revoked token's proxy stops getting
-	// configuration and loses its registration within moments.
+	// The push loop runs on its own, and the token is watched here: a
+	// Send that blocks on a proxy that stopped reading must not keep a
+	// revoked or expired token's stream, and its registration, alive.
+	// Returning ends the RPC, which unblocks that Send.
+	pushCtx, stopPush := context.WithCancel(ctx)
+	defer stopPush() // before deregister: no write of the loop outlives it
+	pushed := make(chan error, 1)
+	go func() { pushed <- ps.push(pushCtx, stream, reqs, recvErr, leaseLost, log) }()
+
 	var expired <-chan time.Time
 	if p.token.ExpiresAt != nil {
 		t := time.NewTimer(time.Until(*p.token.ExpiresAt))
 		defer t.Stop()
 		expired = t.C
 	}
-
-	var sent *topology.Snapshot
 	for {
 		tokens := s.state.TokensChanged()
+		select {
+		case err := <-pushed:
+			return err
+		case <-tokens:
+			if err := s.tokenStands(ctx, p); err != nil {
+				log.Info("proxy stream ended", "token", p, "reason", err.Error())
+				return status.Error(codes.Unauthenticated, err.Error())
+			}
+		case <-expired:
+			log.Info("proxy stream ended", "token", p, "reason", "token expired")
+			return status.Error(codes.Unauthenticated, "token expired")
+		}
+	}
+}
+
+// push sends the proxy a snapshot whenever its content changes, and takes
+// its ACKs, NACKs and registration updates, until the stream or its lease
+// ends.
+func (ps *proxyStream) push(ctx context.Context, stream discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesServer,
+	reqs <-chan *discoveryv3.DiscoveryRequest, recvErr, leaseLost <-chan error, log *slog.Logger) error {
+	s := ps.s
+	var sent *topology.Snapshot
+	for {
 		changed := s.state.Changed()
-		snap := topology.Compute(s.state.mesh(), topology.Proxy{Service: reg.Service, Upstreams: reg.Upstreams})
+		snap := topology.Compute(s.state.mesh(), topology.Proxy{Service: ps.reg.Service, Upstreams: ps.reg.Upstreams})
 		if sent == nil || snap.Version != sent.Version {
 			ps.nonce++
 			resp, err := xds.Response(snap, strconv.Itoa(ps.nonce))
@@ -140,14 +168,6 @@ func (a *adsServer) StreamAggregatedResources(stream discoveryv3.AggregatedDisco
 		}
 		select {
 		case <-changed:
-		case <-tokens:
-			if err := s.tokenStands(ctx, p); err != nil {
-				log.Info("proxy stream ended", "token", p, "reason", err.Error())
-				return status.Error(codes.Unauthenticated, err.Error())
-			}
-		case <-expired:
-			log.Info("proxy stream ended", "token", p, "reason", "token expired")
-			return status.Error(codes.Unauthenticated, "token expired")
 		case r := <-reqs:
 			ps.handle(ctx, r, log)
 		case err := <-recvErr:

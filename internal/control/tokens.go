@@ -69,13 +69,43 @@ func createToken(ctx context.Context, st store.Store, t v1.Token) (string, v1.To
 	return secret, t, nil
 }
 
-// storeTokenHash records an existing secret (an admin token from a file).
+// errTokenRevoked: a token from a file was accepted once and deleted since.
+var errTokenRevoked = errors.New("token was revoked")
+
+// storeTokenHash records an existing secret (an admin token from a file),
+// once: the first time, it is stored with a marker that says it was seen
+// (keyFileTokens), in one transaction. A token whose marker stands but
+// whose record is gone was deleted, most likely because it leaked: it is
+// never stored again, whatever file still holds it.
 func storeTokenHash(ctx context.Context, st store.Store, secret string, t v1.Token) error {
 	hash := hashSecret(secret)
 	t.ID = hash[:12]
-	t.CreatedAt = time.Now().UTC()
+	t.CreatedAt = time.Now().UTC().Truncate(time.Second)
 	b, _ := json.Marshal(tokenRecord{Token: t})
-	err := st.Create(ctx, tokenKey(hash), b)
+	err := st.Commit(ctx, []store.Op{
+		{Key: fileTokenKey(hash), Value: []byte(t.CreatedAt.Format(time.RFC3339)), IfRev: -1},
+		{Key: tokenKey(hash), Value: b, IfRev: -1},
+	})
+	if !errors.Is(err, store.ErrConflict) {
+		return err
+	}
+	// Seen before: still there, or deleted.
+	if _, err := st.Get(ctx, tokenKey(hash)); err == nil {
+		return nil
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
+	if _, err := st.Get(ctx, fileTokenKey(hash)); errors.Is(err, store.ErrNotFound) {
+		// A token made before markers existed: store it and its marker.
+		return storeTokenHash(ctx, st, secret, t)
+	}
+	return fmt.Errorf("%w: token %s", errTokenRevoked, t.ID)
+}
+
+// markFileToken records that a token saved to a file was stored, so that
+// storeTokenHash never brings it back once deleted.
+func markFileToken(ctx context.Context, st store.Store, secret string) error {
+	err := st.Create(ctx, fileTokenKey(hashSecret(secret)), []byte(time.Now().UTC().Format(time.RFC3339)))
 	if errors.Is(err, store.ErrExists) {
 		return nil
 	}
@@ -97,6 +127,17 @@ func (p principal) LogValue() slog.Value {
 }
 
 func (p principal) isAdmin() bool { return p.token.Admin }
+
+// certTTL cuts a certificate's lifetime at the token's expiry: an identity
+// obtained with a token does not outlive it. (Deleting a token cannot
+// recall what it was issued; its certificates expire within ttl.)
+func (p principal) certTTL(ttl time.Duration) time.Duration {
+	if p.token.ExpiresAt == nil {
+		return ttl
+	}
+	// At least a second: the CA reads zero as "the default lifetime".
+	return max(min(ttl, time.Until(*p.token.ExpiresAt)), time.Second)
+}
 
 // mayActAs reports whether the token may obtain the identity of service.
 func (p principal) mayActAs(service string) bool {
