@@ -60,7 +60,12 @@ func CanonicalAuthority(authority string) (canon, host string, err error) {
 		if n > 65535 {
 			return "", "", errors.New("the port is over 65535")
 		}
-		canon += ":" + strconv.Itoa(n)
+		if port[0] != '0' && len(host)+1+len(port) == len(authority) && authority[:len(host)] == host {
+			// Already canonical, as nearly every authority is: no copy.
+			canon = authority
+		} else {
+			canon += ":" + strconv.Itoa(n)
+		}
 	}
 	return canon, host, nil
 }
