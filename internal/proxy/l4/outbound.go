@@ -97,6 +97,29 @@ func (o *Outbound) ServeConn(c net.Conn) {
 // does not answer in time took nothing, so the next endpoint is tried.
 const openTimeout = 10 * time.Second
 
+// failed takes an endpoint's failure to open a stream and reports whether
+// the client connection is done: the peer refused it, and another
+// endpoint would decide the same. Otherwise the next endpoint is tried.
+func (o *Outbound) failed(ep Endpoint, err error) bool {
+	o.bal.Done(ep.Addr)
+	var refused *tunnel.StatusError
+	if errors.As(err, &refused) {
+		result := "error"
+		if refused.Status == http.StatusForbidden {
+			result = "denied"
+		}
+		o.Metrics.Connections.WithLabelValues("outbound", o.Service, result).Inc()
+		o.Logger.Info("upstream refused connection", "service", o.Service, "endpoint", ep.Addr, "status", refused.Status, "reason", refused.Reason)
+		return true
+	}
+	o.bal.Failed(ep.Addr)
+	var dialErr *DialError
+	if errors.As(err, &dialErr) {
+		o.Logger.Warn("upstream endpoint unreachable", "service", o.Service, "endpoint", ep.Addr, "instance", ep.Instance, "err", err)
+	}
+	return false
+}
+
 func (o *Outbound) handle(client net.Conn) {
 	defer client.Close()
 	tried := map[string]bool{}
@@ -111,29 +134,12 @@ func (o *Outbound) handle(client net.Conn) {
 		ctx, cancel := context.WithTimeout(context.Background(), openTimeout)
 		s, err := o.Pool.Open(ctx, ep.Addr, o.Service, o.TLS)
 		cancel()
-		var dialErr *DialError
-		if errors.As(err, &dialErr) {
-			o.bal.Done(ep.Addr)
-			o.bal.Failed(ep.Addr)
-			lastErr = err
-			o.Logger.Warn("upstream endpoint unreachable", "service", o.Service, "endpoint", ep.Addr, "instance", ep.Instance, "err", err)
-			continue
-		}
-		var refused *tunnel.StatusError
-		switch {
-		case errors.As(err, &refused):
-			// The peer decided; another endpoint would decide the same.
-			o.bal.Done(ep.Addr)
-			result := "error"
-			if refused.Status == http.StatusForbidden {
-				result = "denied"
+		if err != nil {
+			// Kept in this branch: errors.As's targets escape, and a new
+			// connection should not pay for them.
+			if o.failed(ep, err) {
+				return
 			}
-			o.Metrics.Connections.WithLabelValues("outbound", o.Service, result).Inc()
-			o.Logger.Info("upstream refused connection", "service", o.Service, "endpoint", ep.Addr, "status", refused.Status, "reason", refused.Reason)
-			return
-		case err != nil:
-			o.bal.Done(ep.Addr)
-			o.bal.Failed(ep.Addr)
 			lastErr = err
 			continue
 		}
