@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/net/http2"
+	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 
 	v1 "github.com/trellis-mesh/trellis/api/v1"
@@ -171,6 +172,9 @@ type Server struct {
 	ready          chan struct{}
 	addr           atomic.Pointer[string]
 
+	// storeLookups bounds the store reads for tokens the mirror lacks.
+	storeLookups *rate.Limiter
+
 	usedMu     sync.Mutex
 	usedWrites map[string]time.Time // token hash -> last-used write
 
@@ -195,6 +199,7 @@ func New(cfg Config) (*Server, error) {
 		metricsHandler: promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}),
 		ready:          make(chan struct{}),
 		usedWrites:     map[string]time.Time{},
+		storeLookups:   rate.NewLimiter(50, 50),
 		reissue:        make(chan struct{}, 1),
 	}, nil
 }

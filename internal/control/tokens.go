@@ -162,7 +162,10 @@ func (s *Server) authenticate(ctx context.Context, secret string) (principal, er
 	}
 	hash := hashSecret(secret)
 	t, ok := s.state.token(hash)
-	if !ok {
+	// The store is asked only within a budget: every guessed secret would
+	// otherwise cost a store read. Past it, a token made a moment ago
+	// waits the few milliseconds the mirror needs.
+	if !ok && s.storeLookups.Allow() {
 		if kv, err := s.store.Get(ctx, tokenKey(hash)); err == nil && json.Unmarshal(kv.Value, &t) == nil {
 			t.rev, ok = kv.Rev, true
 		}

@@ -1,0 +1,65 @@
+package control
+
+import (
+	"context"
+	"log/slog"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	v1 "github.com/trellis-mesh/trellis/api/v1"
+	"github.com/trellis-mesh/trellis/internal/store"
+)
+
+func tokenFor(service string) v1.Token { return v1.Token{Services: []string{service}} }
+
+// countingStore counts the reads that reach the real store.
+type countingStore struct {
+	store.Store
+	gets atomic.Int64
+}
+
+func (c *countingStore) Get(ctx context.Context, key string) (store.KV, error) {
+	c.gets.Add(1)
+	return c.Store.Get(ctx, key)
+}
+
+// Guessed secrets must not each cost a store read: past a small budget,
+// an unknown token is refused from the mirror alone, and a real token made
+// a moment ago is still found within it.
+func TestUnknownTokensReadTheStoreWithinABudget(t *testing.T) {
+	ctx := t.Context()
+	emb, err := store.StartEmbedded(ctx, store.EmbeddedConfig{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer emb.Close()
+	st, err := store.NewEtcd(ctx, emb.Config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	cs := &countingStore{Store: st}
+	log := slog.New(slog.DiscardHandler)
+	s := &Server{log: log, store: cs, state: newState(log), storeLookups: rate.NewLimiter(50, 50), usedWrites: map[string]time.Time{}, bgCtx: ctx}
+
+	secret, _, err := createToken(ctx, st, tokenFor("web"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.authenticate(ctx, secret); err != nil {
+		t.Fatalf("a token made a moment ago, not yet in the mirror: %v", err)
+	}
+	for range 1000 {
+		guess, _, _ := newSecret()
+		if _, err := s.authenticate(ctx, guess); err == nil {
+			t.Fatal("a guessed token was accepted")
+		}
+	}
+	if n := cs.gets.Load(); n > 60 {
+		t.Errorf("1000 guessed tokens made %d store reads, want at most the budget of 50 and the real token's", n)
+	}
+	s.bg.Wait()
+}
