@@ -24,6 +24,10 @@ type Metrics struct {
 	// connect, bad_request) or an authorization decision (no_intention,
 	// intention, permission, no_permission, ...).
 	Refused *prometheus.CounterVec
+	// DroppedFields counts request header fields a proxy removed before
+	// passing a request on, by direction and reason ("underscore": a
+	// name with '_', see DropUnderscoreFields).
+	DroppedFields *prometheus.CounterVec
 }
 
 // NewMetrics makes the metrics and registers them with reg (nil: none).
@@ -52,9 +56,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "trellis_requests_refused_total", Help: "HTTP requests refused by the proxy before reaching an upstream or the app, by reason.",
 		}, []string{"direction", "source", "destination", "reason"}),
+		DroppedFields: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "trellis_request_fields_dropped_total", Help: "Request header fields removed before the request was passed on, by reason.",
+		}, []string{"direction", "reason"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.Requests, m.Duration, m.Retries, m.BudgetExhausted, m.Ejections, m.Overflows, m.Refused)
+		reg.MustRegister(m.Requests, m.Duration, m.Retries, m.BudgetExhausted, m.Ejections, m.Overflows, m.Refused, m.DroppedFields)
 	}
 	return m
 }
@@ -72,4 +79,12 @@ func (m *Metrics) refused(log *slog.Logger, r *http.Request, direction, source, 
 		slog.String("direction", direction), slog.String("source", source), slog.String("destination", destination),
 		slog.String("method", cut(r.Method, 32)), slog.String("path", cut(r.URL.Path, 512)), slog.String("host", cut(r.Host, 256)),
 		slog.Int("status", e.status), slog.String("reason", e.reason), slog.String("why", e.msg))
+}
+
+// dropUnderscored removes the header fields of r whose names contain '_'
+// (see DropUnderscoreFields) and counts them.
+func (m *Metrics) dropUnderscored(r *http.Request, direction string, meshOnly bool) {
+	if n := DropUnderscoreFields(r.Header, meshOnly); n > 0 {
+		m.DroppedFields.WithLabelValues(direction, "underscore").Add(float64(n))
+	}
 }
