@@ -264,7 +264,8 @@ func matchHost(authority string) string {
 
 // matchRequest is what rules see of a sanitized request.
 func matchRequest(r *http.Request) *httpmatch.Request {
-	return &httpmatch.Request{Method: r.Method, Path: r.URL.Path, Host: matchHost(r.Host), Header: r.Header}
+	return &httpmatch.Request{Method: r.Method, Path: r.URL.Path, Host: matchHost(r.Host), Header: r.Header,
+		Query: r.URL.RawQuery, Form: mayBeForm(r)}
 }
 
 // NormalizePath returns the normalized form of an escaped absolute path, or
@@ -383,4 +384,25 @@ func unhex(c byte) int {
 // unreserved is RFC 3986's set, which means the same encoded or not.
 func unreserved(c byte) bool {
 	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.' || c == '_' || c == '~'
+}
+
+// mayBeForm reports whether r is a POST whose body may be a form that an
+// app reads a _method parameter from: an urlencoded or multipart form, or
+// a body with no Content-Type (Rack parses those as forms).
+func mayBeForm(r *http.Request) bool {
+	if r.Method != http.MethodPost {
+		return false
+	}
+	cts := r.Header["Content-Type"]
+	if len(cts) == 0 {
+		return r.ContentLength != 0
+	}
+	for _, ct := range cts {
+		mt, _, _ := strings.Cut(ct, ";")
+		mt = strings.ToLower(textproto.TrimString(mt))
+		if mt == "application/x-www-form-urlencoded" || mt == "multipart/form-data" || mt == "" {
+			return true
+		}
+	}
+	return false
 }
