@@ -46,6 +46,7 @@ type Inbound struct {
 	draining bool
 	h1       *appClient
 	h2c      *http2.Transport
+	plain    *Server
 	inflight atomic.Int64
 	by       atomic.Pointer[peerPrefix]
 }
@@ -85,6 +86,7 @@ func (in *Inbound) init() {
 			}
 			return netconn.Raw(c), nil
 		}}
+		in.plain = NewServer(http.HandlerFunc(in.servePlain), in.Logger)
 		in.h2c = &http2.Transport{
 			AllowHTTP: true,
 			DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
@@ -189,8 +191,44 @@ func (in *Inbound) admit(r *http.Request, peer identity.ID) *badRequest {
 	// deny on X-Role refuses X_Role: admin); the app sees none of them.
 	in.Metrics.dropUnderscored(r, "inbound", false)
 	r.Header.Del(PeerHeader)
-	r.Header[PeerHeader] = []string{in.peerValue(peer)}
+	if !peer.IsZero() { // a plain caller is named to nobody
+		r.Header[PeerHeader] = []string{in.peerValue(peer)}
+	}
 	return nil
+}
+
+// ServePlain serves a plain (no TLS) connection of a permissive mesh:
+// HTTP/1.1 or h2c requests from a caller without an identity, each
+// checked and authorized (as the unauthenticated caller) as an mTLS
+// caller's are; the app gets no peer header at all, whatever the caller
+// wrote. It returns when the connection ends.
+func (in *Inbound) ServePlain(c net.Conn) {
+	in.init()
+	in.plain.serveConn(c)
+}
+
+func (in *Inbound) servePlain(w http.ResponseWriter, r *http.Request) {
+	in.inflight.Add(1)
+	defer in.inflight.Add(-1)
+	if upgradeType(r.Header) == "" {
+		in.serve(w, r, identity.ID{})
+		return
+	}
+	// An upgrade takes the connection: the same path as an upgrade
+	// stream's, which waits for the app's 101 before passing anything on.
+	start := time.Now()
+	if r.ContentLength != 0 {
+		refuse(w, &badRequest{http.StatusBadRequest, "trellis: an upgrade request cannot have a body", ReasonStream})
+		return
+	}
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		refuse(w, &badRequest{http.StatusNotImplemented, "trellis: upgrades are not supported here", ReasonStream})
+		return
+	}
+	defer conn.Close()
+	code := in.upgrade(conn, brw.Reader, r, identity.ID{})
+	in.Metrics.observe("inbound", "", in.Self().Service(), "", "", code, start)
 }
 
 // Drain sends GOAWAY on every connection and waits, until ctx ends, for
@@ -203,6 +241,7 @@ func (in *Inbound) Drain(ctx context.Context) error {
 		c.Shutdown()
 	}
 	in.mu.Unlock()
+	in.plain.Shutdown(ctx) // plain callers' (permissive mode): idle ones close now
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
 	for in.inflight.Load() > 0 {

@@ -107,6 +107,7 @@ func (in *Inbound) upgrade(c net.Conn, br *bufio.Reader, req *http.Request, peer
 		return reply(http.StatusBadRequest, "trellis: not an upgrade request")
 	}
 	if bad := in.admit(req, peer); bad != nil {
+		in.Metrics.refused(in.Logger, req, "inbound", peer.Service(), in.Self().Service(), bad)
 		return reply(bad.status, bad.msg)
 	}
 	up, err := prepareRequest(req) // hop-by-hop fields out, the upgrade kept
