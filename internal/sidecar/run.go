@@ -314,6 +314,12 @@ func (p *Proxy) dataPlane(ctx context.Context, pool *l4.Pool) (*dataPlane, error
 		Logger:    p.log,
 		Metrics:   p.l7m,
 	}
+	if dp.edge != nil {
+		// An HTTP service's edge traffic (TLS ended here) goes through
+		// the L7 checks: no outside client writes the peer header.
+		dp.edge.HTTP = func() bool { return p.protocol(p.cfg.Service) != v1.ProtocolTCP }
+		dp.edge.ServeHTTP = dp.inboundHTTP.ServeEdge
+	}
 	dp.inbound = &l4.Inbound{
 		TLS:       p.src.ServerConfig(nil, l4.ALPN, l7.ALPN),
 		Authorize: p.authorize,

@@ -47,6 +47,7 @@ type Inbound struct {
 	h1       *appClient
 	h2c      *http2.Transport
 	plain    *Server
+	edge     *Server
 	inflight atomic.Int64
 	by       atomic.Pointer[peerPrefix]
 }
@@ -87,6 +88,7 @@ func (in *Inbound) init() {
 			return netconn.Raw(c), nil
 		}}
 		in.plain = NewServer(http.HandlerFunc(in.servePlain), in.Logger)
+		in.edge = NewServer(http.HandlerFunc(in.serveEdge), in.Logger)
 		in.h2c = &http2.Transport{
 			AllowHTTP: true,
 			DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
@@ -242,6 +244,7 @@ func (in *Inbound) Drain(ctx context.Context) error {
 	}
 	in.mu.Unlock()
 	in.plain.Shutdown(ctx) // plain callers' (permissive mode): idle ones close now
+	in.edge.Shutdown(ctx)
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
 	for in.inflight.Load() > 0 {
@@ -282,4 +285,54 @@ func (s *statusWriter) status() int {
 		return http.StatusOK
 	}
 	return s.code
+}
+
+// ServeEdge serves a connection of the edge listener (TLS ended there)
+// for an HTTP service: each request is checked as any other (sanitize,
+// fields with '_' dropped), loses the peer header (an outside client has
+// no mesh identity, whatever it wrote) and gets X-Forwarded-For with the
+// client's address in place of its own. The edge listener authorizes
+// nothing: it is the service's public entrance. It returns when the
+// connection ends.
+func (in *Inbound) ServeEdge(c net.Conn) {
+	in.init()
+	in.edge.serveConn(c)
+}
+
+func (in *Inbound) serveEdge(w http.ResponseWriter, r *http.Request) {
+	in.inflight.Add(1)
+	defer in.inflight.Add(-1)
+	start := time.Now()
+	sw := &statusWriter{ResponseWriter: w}
+	self := in.Self().Service()
+	in.Metrics.dropUnderscored(r, "edge", false)
+	if err := sanitize(r); err != nil {
+		bad := err.(*badRequest)
+		in.Metrics.refused(in.Logger, r, "edge", "", self, bad)
+		refuse(sw, bad)
+		in.Metrics.observe("edge", "", self, "", "", sw.status(), start)
+		return
+	}
+	r.Header.Del(PeerHeader)
+	r.Header.Del("X-Forwarded-For")
+	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		r.Header.Set("X-Forwarded-For", host)
+	}
+	if upgradeType(r.Header) == "" {
+		in.proxy(sw, r)
+		in.Metrics.observe("edge", "", self, "", "", sw.status(), start)
+		return
+	}
+	if r.ContentLength != 0 {
+		refuse(w, &badRequest{http.StatusBadRequest, "trellis: an upgrade request cannot have a body", ReasonStream})
+		return
+	}
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		refuse(w, &badRequest{http.StatusNotImplemented, "trellis: upgrades are not supported here", ReasonStream})
+		return
+	}
+	defer conn.Close()
+	code := in.switchProtocols(conn, brw.Reader, r)
+	in.Metrics.observe("edge", "", self, "", "", code, start)
 }

@@ -110,6 +110,21 @@ func (in *Inbound) upgrade(c net.Conn, br *bufio.Reader, req *http.Request, peer
 		in.Metrics.refused(in.Logger, req, "inbound", peer.Service(), in.Self().Service(), bad)
 		return reply(bad.status, bad.msg)
 	}
+	return in.switchProtocols(c, br, req)
+}
+
+// reply answers on c, closing the stream, and returns code.
+func reply(c net.Conn, code int, msg string) int {
+	fmt.Fprintf(c, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s\n",
+		code, http.StatusText(code), len(msg)+1, msg)
+	return code
+}
+
+// switchProtocols sends an admitted upgrade request read from c (through
+// br) to the app and, once the app has switched to the protocol asked
+// for, joins the two connections. It returns the status answered.
+func (in *Inbound) switchProtocols(c net.Conn, br *bufio.Reader, req *http.Request) int {
+	reply := func(code int, msg string) int { return reply(c, code, msg) }
 	up, err := prepareRequest(req) // hop-by-hop fields out, the upgrade kept
 	if err != nil {
 		return reply(http.StatusBadRequest, "trellis: "+err.Error())
