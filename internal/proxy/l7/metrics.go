@@ -12,6 +12,11 @@ import (
 // Metrics are the L7 proxy's Prometheus metrics, in the mesh's one naming
 // scheme.
 type Metrics struct {
+	// DroppedFields counts request header fields a proxy removed before
+	// passing a request on, by direction and reason ("underscore": a
+	// name with '_', see DropUnderscoreFields).
+	DroppedFields *prometheus.CounterVec
+
 	Requests        *prometheus.CounterVec
 	Duration        *prometheus.HistogramVec
 	Retries         *prometheus.CounterVec
@@ -24,16 +29,15 @@ type Metrics struct {
 	// connect, bad_request) or an authorization decision (no_intention,
 	// intention, permission, no_permission, ...).
 	Refused *prometheus.CounterVec
-	// DroppedFields counts request header fields a proxy removed before
-	// passing a request on, by direction and reason ("underscore": a
-	// name with '_', see DropUnderscoreFields).
-	DroppedFields *prometheus.CounterVec
 }
 
 // NewMetrics makes the metrics and registers them with reg (nil: none).
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	labels := []string{"direction", "source", "destination", "route", "version", "code"}
 	m := &Metrics{
+		DroppedFields: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "trellis_request_fields_dropped_total", Help: "Request header fields removed before the request was passed on, by reason.",
+		}, []string{"direction", "reason"}),
 		Requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "trellis_requests_total", Help: "HTTP requests proxied.",
 		}, labels),
@@ -56,12 +60,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "trellis_requests_refused_total", Help: "HTTP requests refused by the proxy before reaching an upstream or the app, by reason.",
 		}, []string{"direction", "source", "destination", "reason"}),
-		DroppedFields: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "trellis_request_fields_dropped_total", Help: "Request header fields removed before the request was passed on, by reason.",
-		}, []string{"direction", "reason"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.Requests, m.Duration, m.Retries, m.BudgetExhausted, m.Ejections, m.Overflows, m.Refused, m.DroppedFields)
+		reg.MustRegister(m.Requests, m.Duration, m.Retries, m.BudgetExhausted, m.Ejections, m.Overflows, m.Refused)
+	}
+	if reg != nil {
+		reg.MustRegister(m.DroppedFields)
 	}
 	return m
 }
