@@ -98,11 +98,7 @@ func (in *Inbound) ServeUpgrade(c net.Conn, peer identity.ID) {
 }
 
 func (in *Inbound) upgrade(c net.Conn, br *bufio.Reader, req *http.Request, peer identity.ID) int {
-	reply := func(code int, msg string) int {
-		fmt.Fprintf(c, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s\n",
-			code, http.StatusText(code), len(msg)+1, msg)
-		return code
-	}
+	reply := func(code int, msg string) int { return reply(c, code, msg) }
 	if upgradeType(req.Header) == "" {
 		return reply(http.StatusBadRequest, "trellis: not an upgrade request")
 	}
