@@ -27,8 +27,12 @@
 //     path with its trailing slash toggled or without segment parameters
 //     ("/admin;x/y" is "/admin/y" to Tomcat), HEAD when it names GET (apps
 //     serve HEAD with their GET handler), a method-override field naming
-//     a denied method, and a host that X-Forwarded-Host or Forwarded
-//     names; an allow requires every override and forwarded host to fit.
+//     a denied method (or a _method query parameter naming one, which
+//     Rails, Laravel and Symfony route by), and a host that
+//     X-Forwarded-Host or Forwarded names; an allow requires every
+//     override and forwarded host to fit. A form POST (Request.Form) may
+//     carry _method in its body, which no rule sees: a deny naming any
+//     method but POST fits it.
 //
 // The header name "host" matches the request's authority (HTTP/1.1 Host,
 // an absolute-form target's host, or HTTP/2 :authority) in its canonical
@@ -38,6 +42,7 @@ package httpmatch
 import (
 	"fmt"
 	"net/textproto"
+	"net/url"
 	"regexp"
 	"slices"
 	"strings"
@@ -56,6 +61,13 @@ type Request struct {
 	// none.
 	Host   string
 	Header map[string][]string
+	// Query is the request target's query, as sent (without '?').
+	Query string
+	// Form says the request is a POST whose body may be a form (an
+	// urlencoded or multipart form, or a body of no declared type, which
+	// Rack reads as a form): its _method parameter, which the proxy does
+	// not read, may stand for another method.
+	Form bool
 
 	// aliases maps the names of fields written with '_' to their values,
 	// under the canonical name with '-' (made on first use).
@@ -200,14 +212,17 @@ var methodOverrides = []string{"X-Http-Method-Override", "X-Http-Method", "X-Met
 
 // compileMethods compiles the method condition. A deny of GET also denies
 // HEAD, which apps serve with their GET handler; and a deny fits a
-// request whose method-override field names a denied method, while an
-// allow requires every override to be allowed too.
+// request whose method-override field or _method query parameter names a
+// denied method, or a form POST when it names any method but POST (the
+// form's _method is out of sight); an allow requires every override to be
+// allowed too.
 func compileMethods(list []string, mode Mode) func(*Request) bool {
 	methods := slices.Clone(list)
 	if mode == Deny && slices.Contains(methods, "GET") && !slices.Contains(methods, "HEAD") {
 		methods = append(methods, "HEAD")
 	}
 	in := func(m string) bool { return slices.Contains(methods, strings.ToUpper(m)) }
+	notPost := slices.ContainsFunc(methods, func(m string) bool { return m != "POST" })
 	switch mode {
 	case Deny:
 		return func(r *Request) bool {
@@ -219,7 +234,10 @@ func compileMethods(list []string, mode Mode) func(*Request) bool {
 					return true
 				}
 			}
-			return false
+			if r.Form && notPost {
+				return true
+			}
+			return slices.ContainsFunc(MethodParams(r.Query), func(v string) bool { return in(trimOWS(v)) })
 		}
 	case Allow:
 		return func(r *Request) bool {
@@ -231,10 +249,54 @@ func compileMethods(list []string, mode Mode) func(*Request) bool {
 					return false
 				}
 			}
+			for _, v := range MethodParams(r.Query) {
+				if !in(trimOWS(v)) {
+					return false
+				}
+			}
 			return true
 		}
 	}
 	return func(r *Request) bool { return slices.Contains(methods, r.Method) }
+}
+
+// MethodParams returns the values of the query's parameters that some
+// framework reads as _method (the method a POST stands for). The query is
+// read loosely, as the most lenient of them would: pairs split at '&' and
+// ';', names and values percent-decoded ('+' is a space; an invalid
+// escape is kept as written), names compared ignoring case, with leading
+// spaces trimmed and a first '.', ' ' or '[' read as '_' (PHP turns those
+// into '_' in parameter names).
+func MethodParams(query string) []string {
+	if strings.IndexAny(query, "mM%") < 0 {
+		return nil // no name here could read as _method
+	}
+	var out []string
+	for pair := range strings.FieldsFuncSeq(query, func(c rune) bool { return c == '&' || c == ';' }) {
+		name, value, _ := strings.Cut(pair, "=")
+		name = strings.TrimLeft(looseUnescape(name), " ")
+		if len(name) != len("_method") {
+			continue
+		}
+		switch name[0] {
+		case '_', '.', ' ', '[':
+		default:
+			continue
+		}
+		if strings.EqualFold(name[1:], "method") {
+			out = append(out, looseUnescape(value))
+		}
+	}
+	return out
+}
+
+// looseUnescape decodes a query component, or returns it with only '+'
+// replaced when its percent-encoding is invalid.
+func looseUnescape(s string) string {
+	if u, err := url.QueryUnescape(s); err == nil {
+		return u
+	}
+	return strings.ReplaceAll(s, "+", " ")
 }
 
 func compileRegex(expr string, fold bool) (*regexp.Regexp, error) {

@@ -314,6 +314,12 @@ func (p *Proxy) dataPlane(ctx context.Context, pool *l4.Pool) (*dataPlane, error
 		Logger:    p.log,
 		Metrics:   p.l7m,
 	}
+	if dp.edge != nil {
+		// An HTTP service's edge traffic (TLS ended here) goes through
+		// the L7 checks: no outside client writes the peer header.
+		dp.edge.HTTP = func() bool { return p.protocol(p.cfg.Service) != v1.ProtocolTCP }
+		dp.edge.ServeHTTP = dp.inboundHTTP.ServeEdge
+	}
 	dp.inbound = &l4.Inbound{
 		TLS:       p.src.ServerConfig(nil, l4.ALPN, l7.ALPN),
 		Authorize: p.authorize,
@@ -324,6 +330,10 @@ func (p *Proxy) dataPlane(ctx context.Context, pool *l4.Pool) (*dataPlane, error
 		// A plain caller has no identity: only a wildcard intention or the
 		// default policy can decide it.
 		AuthorizePlain: func() authz.Decision { return p.authorize(identity.ID{}) },
+		// An HTTP service's callers, plain ones included, all go through
+		// the L7 inbound's checks: nothing reaches its app as raw bytes.
+		HTTPOnly:       func() bool { return p.protocol(p.cfg.Service) != v1.ProtocolTCP },
+		ServePlainHTTP: dp.inboundHTTP.ServePlain,
 		ServeRequest:   dp.inboundHTTP.ServeStream,
 		MaxHeaderBytes: l7.TunnelHeaderBytes,
 		ServeUpgrade:   dp.inboundHTTP.ServeUpgrade,

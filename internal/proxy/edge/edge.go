@@ -40,6 +40,14 @@ type Listener struct {
 	// HandshakeTimeout bounds the PROXY header and the TLS handshake;
 	// default 10s.
 	HandshakeTimeout time.Duration
+	// HTTP, when set and returning true (the service speaks HTTP), hands
+	// each connection whose TLS ended here to ServeHTTP instead of
+	// splicing it to the app, so that its requests are checked and lose
+	// the peer header (l7.Inbound.ServeEdge). Not with SendProxy (the app
+	// then expects a PROXY header on each connection) nor without TLS
+	// (the bytes are the app's to decrypt).
+	HTTP      func() bool
+	ServeHTTP func(c net.Conn)
 	// Logger; nil discards.
 	Logger *slog.Logger
 	// Metrics; nil means unregistered ones.
@@ -118,6 +126,11 @@ func (e *Listener) serve(raw net.Conn) {
 		return
 	}
 	defer client.Close()
+	if e.TLS != nil && !e.SendProxy && e.ServeHTTP != nil && e.HTTP != nil && e.HTTP() {
+		e.Metrics.Connections.WithLabelValues("edge", "", "ok").Inc()
+		e.ServeHTTP(client)
+		return
+	}
 	d := net.Dialer{Timeout: 5 * time.Second, KeepAlive: -1}
 	app, err := d.Dial("tcp", e.Target)
 	if err != nil {

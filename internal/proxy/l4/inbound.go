@@ -42,6 +42,16 @@ type Inbound struct {
 	// plain TCP from an unknown caller; AuthorizePlain decides it.
 	AcceptPlain    func() bool
 	AuthorizePlain func() authz.Decision
+	// HTTPOnly, when set and returning true (the service speaks HTTP:
+	// protocol http, http2 or grpc), refuses every CONNECT stream that is
+	// neither a request nor a marked upgrade, since its bytes would reach
+	// the app past every request check; and it hands plain connections
+	// to ServePlainHTTP, or refuses them without one.
+	HTTPOnly func() bool
+	// ServePlainHTTP serves a plain connection of a permissive mesh to an
+	// HTTP service as HTTP requests from an unauthenticated caller, each
+	// checked and authorized itself.
+	ServePlainHTTP func(c net.Conn)
 	// ServeRequest, when set, serves request streams (L7 requests, any
 	// method but CONNECT), which it must authorize itself. Peers reach it
 	// on the tunnel's protocol or, when the TLS configuration offers it,
@@ -195,6 +205,13 @@ func (in *Inbound) serveStream(peer identity.ID, s *tunnel.Stream) {
 		in.serveUpgrade(peer, s)
 		return
 	}
+	if in.httpOnly() {
+		in.Metrics.Connections.WithLabelValues("inbound", peer.Service(), "denied").Inc()
+		in.Metrics.Denied.WithLabelValues(peer.Service(), CodeNotRequest).Inc()
+		in.Logger.Info("connection denied", "peer", peer.String(), "reason", "a raw stream to an HTTP service", "code", CodeNotRequest)
+		s.Refuse(http.StatusBadRequest, "this service speaks HTTP: send requests, not a raw stream")
+		return
+	}
 	if d := in.Authorize(peer); !d.Allow {
 		in.Metrics.Connections.WithLabelValues("inbound", peer.Service(), "denied").Inc()
 		in.Metrics.Denied.WithLabelValues(peer.Service(), d.Code).Inc()
@@ -245,8 +262,29 @@ func peekTLS(c net.Conn) (net.Conn, bool, error) {
 	return netconn.Peeked(c, br), b[0] == recordTypeHandshake, nil
 }
 
-// servePlain forwards a plain TCP connection of a permissive mesh.
+// CodeNotRequest labels streams refused because they carry no request to
+// an HTTP service.
+const CodeNotRequest = "not_request"
+
+func (in *Inbound) httpOnly() bool { return in.HTTPOnly != nil && in.HTTPOnly() }
+
+// servePlain forwards a plain TCP connection of a permissive mesh; an HTTP
+// service's goes to ServePlainHTTP, which checks each request.
 func (in *Inbound) servePlain(c net.Conn) {
+	if in.httpOnly() {
+		if in.ServePlainHTTP == nil {
+			in.Metrics.Connections.WithLabelValues("inbound", "", "denied").Inc()
+			in.Metrics.Denied.WithLabelValues("", CodeNotRequest).Inc()
+			in.Logger.Info("plain connection denied", "remote", c.RemoteAddr().String(), "reason", "no HTTP server for plain callers", "code", CodeNotRequest)
+			c.Close()
+			return
+		}
+		in.streams.add()
+		defer in.streams.done()
+		in.Metrics.Connections.WithLabelValues("inbound", "", "ok").Inc()
+		in.ServePlainHTTP(c)
+		return
+	}
 	defer c.Close()
 	if d := in.AuthorizePlain(); !d.Allow {
 		in.Metrics.Connections.WithLabelValues("inbound", "", "denied").Inc()

@@ -46,6 +46,8 @@ type Inbound struct {
 	draining bool
 	h1       *appClient
 	h2c      *http2.Transport
+	plain    *Server
+	edge     *Server
 	inflight atomic.Int64
 	by       atomic.Pointer[peerPrefix]
 }
@@ -85,6 +87,8 @@ func (in *Inbound) init() {
 			}
 			return netconn.Raw(c), nil
 		}}
+		in.plain = NewServer(http.HandlerFunc(in.servePlain), in.Logger)
+		in.edge = NewServer(http.HandlerFunc(in.serveEdge), in.Logger)
 		in.h2c = &http2.Transport{
 			AllowHTTP: true,
 			DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
@@ -185,9 +189,48 @@ func (in *Inbound) admit(r *http.Request, peer identity.ID) *badRequest {
 	if d := in.Authorize(peer, matchRequest(r)); !d.Allow {
 		return &badRequest{http.StatusForbidden, "trellis: denied: " + d.Reason, d.Code}
 	}
+	// Rules saw the fields named with '_' as the ones named with '-' (a
+	// deny on X-Role refuses X_Role: admin); the app sees none of them.
+	in.Metrics.dropUnderscored(r, "inbound", false)
 	r.Header.Del(PeerHeader)
-	r.Header[PeerHeader] = []string{in.peerValue(peer)}
+	if !peer.IsZero() { // a plain caller is named to nobody
+		r.Header[PeerHeader] = []string{in.peerValue(peer)}
+	}
 	return nil
+}
+
+// ServePlain serves a plain (no TLS) connection of a permissive mesh:
+// HTTP/1.1 or h2c requests from a caller without an identity, each
+// checked and authorized (as the unauthenticated caller) as an mTLS
+// caller's are; the app gets no peer header at all, whatever the caller
+// wrote. It returns when the connection ends.
+func (in *Inbound) ServePlain(c net.Conn) {
+	in.init()
+	in.plain.serveConn(c)
+}
+
+func (in *Inbound) servePlain(w http.ResponseWriter, r *http.Request) {
+	in.inflight.Add(1)
+	defer in.inflight.Add(-1)
+	if upgradeType(r.Header) == "" {
+		in.serve(w, r, identity.ID{})
+		return
+	}
+	// An upgrade takes the connection: the same path as an upgrade
+	// stream's, which waits for the app's 101 before passing anything on.
+	start := time.Now()
+	if r.ContentLength != 0 {
+		refuse(w, &badRequest{http.StatusBadRequest, "trellis: an upgrade request cannot have a body", ReasonStream})
+		return
+	}
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		refuse(w, &badRequest{http.StatusNotImplemented, "trellis: upgrades are not supported here", ReasonStream})
+		return
+	}
+	defer conn.Close()
+	code := in.upgrade(conn, brw.Reader, r, identity.ID{})
+	in.Metrics.observe("inbound", "", in.Self().Service(), "", "", code, start)
 }
 
 // Drain sends GOAWAY on every connection and waits, until ctx ends, for
@@ -200,6 +243,8 @@ func (in *Inbound) Drain(ctx context.Context) error {
 		c.Shutdown()
 	}
 	in.mu.Unlock()
+	in.plain.Shutdown(ctx) // plain callers' (permissive mode): idle ones close now
+	in.edge.Shutdown(ctx)
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
 	for in.inflight.Load() > 0 {
@@ -240,4 +285,54 @@ func (s *statusWriter) status() int {
 		return http.StatusOK
 	}
 	return s.code
+}
+
+// ServeEdge serves a connection of the edge listener (TLS ended there)
+// for an HTTP service: each request is checked as any other (sanitize,
+// fields with '_' dropped), loses the peer header (an outside client has
+// no mesh identity, whatever it wrote) and gets X-Forwarded-For with the
+// client's address in place of its own. The edge listener authorizes
+// nothing: it is the service's public entrance. It returns when the
+// connection ends.
+func (in *Inbound) ServeEdge(c net.Conn) {
+	in.init()
+	in.edge.serveConn(c)
+}
+
+func (in *Inbound) serveEdge(w http.ResponseWriter, r *http.Request) {
+	in.inflight.Add(1)
+	defer in.inflight.Add(-1)
+	start := time.Now()
+	sw := &statusWriter{ResponseWriter: w}
+	self := in.Self().Service()
+	in.Metrics.dropUnderscored(r, "edge", false)
+	if err := sanitize(r); err != nil {
+		bad := err.(*badRequest)
+		in.Metrics.refused(in.Logger, r, "edge", "", self, bad)
+		refuse(sw, bad)
+		in.Metrics.observe("edge", "", self, "", "", sw.status(), start)
+		return
+	}
+	r.Header.Del(PeerHeader)
+	r.Header.Del("X-Forwarded-For")
+	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		r.Header.Set("X-Forwarded-For", host)
+	}
+	if upgradeType(r.Header) == "" {
+		in.proxy(sw, r)
+		in.Metrics.observe("edge", "", self, "", "", sw.status(), start)
+		return
+	}
+	if r.ContentLength != 0 {
+		refuse(w, &badRequest{http.StatusBadRequest, "trellis: an upgrade request cannot have a body", ReasonStream})
+		return
+	}
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		refuse(w, &badRequest{http.StatusNotImplemented, "trellis: upgrades are not supported here", ReasonStream})
+		return
+	}
+	defer conn.Close()
+	code := in.switchProtocols(conn, brw.Reader, r)
+	in.Metrics.observe("edge", "", self, "", "", code, start)
 }

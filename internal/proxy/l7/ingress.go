@@ -39,6 +39,7 @@ func (g *Ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	start := time.Now()
+	g.Metrics.dropUnderscored(r, "ingress", false)
 	if err := sanitize(r); err != nil {
 		g.Metrics.refused(log, r, "ingress", g.Name, "", err.(*badRequest))
 		refuse(w, err.(*badRequest))

@@ -12,6 +12,11 @@ import (
 // Metrics are the L7 proxy's Prometheus metrics, in the mesh's one naming
 // scheme.
 type Metrics struct {
+	// DroppedFields counts request header fields a proxy removed before
+	// passing a request on, by direction and reason ("underscore": a
+	// name with '_', see DropUnderscoreFields).
+	DroppedFields *prometheus.CounterVec
+
 	Requests        *prometheus.CounterVec
 	Duration        *prometheus.HistogramVec
 	Retries         *prometheus.CounterVec
@@ -30,6 +35,9 @@ type Metrics struct {
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	labels := []string{"direction", "source", "destination", "route", "version", "code"}
 	m := &Metrics{
+		DroppedFields: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "trellis_request_fields_dropped_total", Help: "Request header fields removed before the request was passed on, by reason.",
+		}, []string{"direction", "reason"}),
 		Requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "trellis_requests_total", Help: "HTTP requests proxied.",
 		}, labels),
@@ -56,6 +64,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	if reg != nil {
 		reg.MustRegister(m.Requests, m.Duration, m.Retries, m.BudgetExhausted, m.Ejections, m.Overflows, m.Refused)
 	}
+	if reg != nil {
+		reg.MustRegister(m.DroppedFields)
+	}
 	return m
 }
 
@@ -72,4 +83,12 @@ func (m *Metrics) refused(log *slog.Logger, r *http.Request, direction, source, 
 		slog.String("direction", direction), slog.String("source", source), slog.String("destination", destination),
 		slog.String("method", cut(r.Method, 32)), slog.String("path", cut(r.URL.Path, 512)), slog.String("host", cut(r.Host, 256)),
 		slog.Int("status", e.status), slog.String("reason", e.reason), slog.String("why", e.msg))
+}
+
+// dropUnderscored removes the header fields of r whose names contain '_'
+// (see DropUnderscoreFields) and counts them.
+func (m *Metrics) dropUnderscored(r *http.Request, direction string, meshOnly bool) {
+	if n := DropUnderscoreFields(r.Header, meshOnly); n > 0 {
+		m.DroppedFields.WithLabelValues(direction, "underscore").Add(float64(n))
+	}
 }

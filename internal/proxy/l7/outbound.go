@@ -72,6 +72,9 @@ func (o *Outbound) init() {
 // ServeHTTP proxies one request of the local app.
 func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	o.init()
+	// Only the spellings of fields the proxies set or strip: the others
+	// travel on for the inbound's rules to see, and end there.
+	o.Metrics.dropUnderscored(r, "outbound", true)
 	if err := sanitize(r); err != nil {
 		bad := err.(*badRequest)
 		o.Metrics.refused(o.Logger, r, "outbound", o.Source, o.Service, bad)

@@ -3,6 +3,7 @@ package l7
 import (
 	"errors"
 	"net/http"
+	"net/textproto"
 	"net/url"
 	"strconv"
 	"strings"
@@ -37,6 +38,7 @@ const (
 	ReasonHeaders = "too_large"   // too many or too large header fields
 	ReasonConnect = "connect"     // CONNECT is not proxied
 	ReasonStream  = "bad_request" // a request stream that does not make a request
+	ReasonH2C     = "h2c_upgrade" // an upgrade to HTTP/2 over cleartext (h2c)
 )
 
 func (e *badRequest) Error() string { return e.msg }
@@ -83,6 +85,9 @@ func sanitize(r *http.Request) error {
 	if err := checkTarget(r); err != nil {
 		return err
 	}
+	if err := checkH2C(r.Header); err != nil {
+		return err
+	}
 	if r.URL.Path == "*" && r.Method == http.MethodOptions {
 		return nil
 	}
@@ -99,6 +104,62 @@ func sanitize(r *http.Request) error {
 		r.URL.RawPath = ""
 	}
 	return nil
+}
+
+// checkH2C refuses an upgrade to h2c and any request carrying
+// HTTP2-Settings, as Envoy does: an app that switches to HTTP/2 on the
+// connection (Go's h2c.NewHandler does) would read every later request on
+// it as the proxy never saw them.
+func checkH2C(h http.Header) *badRequest {
+	if _, ok := h["Http2-Settings"]; ok {
+		return &badRequest{http.StatusBadRequest, "trellis: HTTP2-Settings is not accepted (no upgrade to h2c)", ReasonH2C}
+	}
+	for _, v := range h["Upgrade"] {
+		for _, p := range strings.Split(v, ",") {
+			name, _, _ := strings.Cut(textproto.TrimString(p), "/")
+			if strings.EqualFold(name, "h2c") {
+				return &badRequest{http.StatusBadRequest, "trellis: an upgrade to h2c is not proxied", ReasonH2C}
+			}
+		}
+	}
+	return nil
+}
+
+// DropUnderscoreFields removes from h every field whose name contains an
+// underscore and returns how many it removed. CGI-style servers (WSGI,
+// Rack, PHP) read X_Forwarded_Client_Cert as X-Forwarded-Client-Cert:
+// such a field would stand beside, or in place of, one that a proxy sets
+// or strips. nginx (underscores_in_headers off) and Envoy
+// (headers_with_underscores_action: DROP_HEADER) drop them the same way.
+// With meshOnly, only the fields that would collide with one the proxies
+// set, strip or frame by are removed (see meshFields).
+func DropUnderscoreFields(h http.Header, meshOnly bool) int {
+	n := 0
+	for k, vs := range h {
+		if strings.IndexByte(k, '_') < 0 {
+			continue
+		}
+		if meshOnly && !meshFields[strings.ToLower(strings.ReplaceAll(k, "_", "-"))] {
+			continue
+		}
+		n += len(vs)
+		delete(h, k)
+	}
+	return n
+}
+
+// meshFields are the fields, in lowercase, that the proxies set, replace,
+// strip or read the framing from: a spelling of one of them with '_' is
+// never passed on.
+var meshFields = map[string]bool{
+	"x-forwarded-client-cert": true, "x-forwarded-for": true, "x-forwarded-host": true,
+	"x-forwarded-proto": true, "x-forwarded-port": true, "x-forwarded-prefix": true, "forwarded": true,
+	"x-real-ip": true, "x-request-id": true, "traceparent": true, "tracestate": true,
+	"x-trellis-upstream-service-time": true, "host": true, "content-length": true,
+	"transfer-encoding": true, "connection": true, "proxy-connection": true, "keep-alive": true,
+	"upgrade": true, "te": true, "trailer": true, "http2-settings": true,
+	"proxy-authorization": true, "proxy-authenticate": true,
+	"x-http-method-override": true, "x-http-method": true, "x-method-override": true,
 }
 
 // allowHeader lists v1.Methods, the request methods the proxies pass on
@@ -203,7 +264,8 @@ func matchHost(authority string) string {
 
 // matchRequest is what rules see of a sanitized request.
 func matchRequest(r *http.Request) *httpmatch.Request {
-	return &httpmatch.Request{Method: r.Method, Path: r.URL.Path, Host: matchHost(r.Host), Header: r.Header}
+	return &httpmatch.Request{Method: r.Method, Path: r.URL.Path, Host: matchHost(r.Host), Header: r.Header,
+		Query: r.URL.RawQuery, Form: mayBeForm(r)}
 }
 
 // NormalizePath returns the normalized form of an escaped absolute path, or
@@ -322,4 +384,25 @@ func unhex(c byte) int {
 // unreserved is RFC 3986's set, which means the same encoded or not.
 func unreserved(c byte) bool {
 	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.' || c == '_' || c == '~'
+}
+
+// mayBeForm reports whether r is a POST whose body may be a form that an
+// app reads a _method parameter from: an urlencoded or multipart form, or
+// a body with no Content-Type (Rack parses those as forms).
+func mayBeForm(r *http.Request) bool {
+	if r.Method != http.MethodPost {
+		return false
+	}
+	cts := r.Header["Content-Type"]
+	if len(cts) == 0 {
+		return r.ContentLength != 0
+	}
+	for _, ct := range cts {
+		mt, _, _ := strings.Cut(ct, ";")
+		mt = strings.ToLower(textproto.TrimString(mt))
+		if mt == "application/x-www-form-urlencoded" || mt == "multipart/form-data" || mt == "" {
+			return true
+		}
+	}
+	return false
 }

@@ -3,10 +3,12 @@ package l7
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/trellis-mesh/trellis/internal/identity"
@@ -96,16 +98,35 @@ func (in *Inbound) ServeUpgrade(c net.Conn, peer identity.ID) {
 }
 
 func (in *Inbound) upgrade(c net.Conn, br *bufio.Reader, req *http.Request, peer identity.ID) int {
-	reply := func(code int, msg string) int {
-		fmt.Fprintf(c, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s\n",
-			code, http.StatusText(code), len(msg)+1, msg)
-		return code
-	}
+	reply := func(code int, msg string) int { return reply(c, code, msg) }
 	if upgradeType(req.Header) == "" {
 		return reply(http.StatusBadRequest, "trellis: not an upgrade request")
 	}
 	if bad := in.admit(req, peer); bad != nil {
+		in.Metrics.refused(in.Logger, req, "inbound", peer.Service(), in.Self().Service(), bad)
 		return reply(bad.status, bad.msg)
+	}
+	return in.switchProtocols(c, br, req)
+}
+
+// reply answers on c, closing the stream, and returns code.
+func reply(c net.Conn, code int, msg string) int {
+	fmt.Fprintf(c, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s\n",
+		code, http.StatusText(code), len(msg)+1, msg)
+	return code
+}
+
+// switchProtocols sends an admitted upgrade request read from c (through
+// br) to the app and, once the app has switched to the protocol asked
+// for, joins the two connections. It returns the status answered.
+func (in *Inbound) switchProtocols(c net.Conn, br *bufio.Reader, req *http.Request) int {
+	reply := func(code int, msg string) int { return reply(c, code, msg) }
+	up, err := prepareRequest(req) // hop-by-hop fields out, the upgrade kept
+	if err != nil {
+		return reply(http.StatusBadRequest, "trellis: "+err.Error())
+	}
+	if _, ok := req.Header["User-Agent"]; !ok {
+		req.Header["User-Agent"] = []string{""} // not Go's default
 	}
 	app, err := net.DialTimeout("tcp", in.Target, 5*time.Second)
 	if err != nil {
@@ -113,20 +134,53 @@ func (in *Inbound) upgrade(c net.Conn, br *bufio.Reader, req *http.Request, peer
 	}
 	defer app.Close()
 	req.RequestURI = ""
+	// The head, and a body as its framing says; what the caller sent after
+	// it stays unread in br until the app has switched protocols.
 	if err := req.Write(app); err != nil {
 		return reply(http.StatusBadGateway, "trellis: app unreachable")
 	}
-	// From here on bytes flow both ways as they come: the app's response
-	// head first, then the upgraded protocol.
+	ar := bufio.NewReader(app)
+	app.SetReadDeadline(time.Now().Add(30 * time.Second))
+	resp, err := readFinalResponse(ar, req)
+	if err != nil {
+		return reply(http.StatusBadGateway, "trellis: the app did not answer the upgrade")
+	}
+	app.SetReadDeadline(time.Time{})
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		// The app did not upgrade: its answer is relayed and the stream
+		// ends. Anything the caller sent after the head would be a second
+		// request that no check saw; it never reaches the app.
+		removeHopByHop(resp.Header)
+		resp.Close = true
+		resp.Write(c)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if got := upgradeType(resp.Header); !strings.EqualFold(got, up) {
+		in.Logger.Info("app switched to another protocol than asked", "asked", cut(up, 64), "got", cut(got, 64))
+		return reply(http.StatusBadGateway, "trellis: the app switched to another protocol than the one asked for")
+	}
+	removeHopByHop(resp.Header)
+	resp.Header["Connection"] = []string{"Upgrade"}
+	resp.Header["Upgrade"] = []string{up}
+	bw := bufio.NewWriter(c)
+	bw.WriteString("HTTP/1.1 101 Switching Protocols\r\n")
+	resp.Header.Write(bw)
+	bw.WriteString("\r\n")
+	if err := bw.Flush(); err != nil {
+		return http.StatusSwitchingProtocols
+	}
+	// Switched: bytes flow both ways as they come, the ones each reader
+	// already buffered first.
 	done := make(chan struct{})
 	go func() {
-		io.Copy(app, br) // what the caller sent after the head, then the rest
+		io.Copy(app, br)
 		if cw, ok := app.(interface{ CloseWrite() error }); ok {
 			cw.CloseWrite()
 		}
 		close(done)
 	}()
-	io.Copy(c, app)
+	io.Copy(c, ar)
 	if cw, ok := c.(interface{ CloseWrite() error }); ok {
 		cw.CloseWrite()
 	}
@@ -135,4 +189,20 @@ func (in *Inbound) upgrade(c net.Conn, br *bufio.Reader, req *http.Request, peer
 	case <-time.After(30 * time.Second):
 	}
 	return http.StatusSwitchingProtocols
+}
+
+// readFinalResponse reads the app's answer to an upgrade request: 101, or
+// a final status; other informational responses (100, 103) are skipped.
+func readFinalResponse(br *bufio.Reader, req *http.Request) (*http.Response, error) {
+	for i := 0; i < 8; i++ {
+		resp, err := http.ReadResponse(br, req)
+		if err != nil {
+			return nil, err
+		}
+		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
+			return resp, nil
+		}
+		resp.Body.Close()
+	}
+	return nil, errors.New("too many informational responses")
 }
