@@ -12,8 +12,8 @@ import (
 	"net/http"
 	"runtime"
 	"strconv"
-	"sync"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
