@@ -230,7 +230,7 @@ func (sc *serverConn) serve() {
 		st := tc.ConnectionState()
 		tlsState = &st
 		if st.NegotiatedProtocol == http2.NextProtoTLS {
-			sc.serveH2(c)
+			sc.serveH2(c, tlsState)
 			return
 		}
 	}
@@ -256,7 +256,7 @@ func (sc *serverConn) serve() {
 		pooled = false // x/net's server reads on through br
 		lr.N = math.MaxInt64
 		c.SetReadDeadline(time.Time{})
-		sc.serveH2(netconn.Peeked(c, br))
+		sc.serveH2(netconn.Peeked(c, br), nil)
 		return
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -374,8 +374,9 @@ func isH2Preface(br *bufio.Reader) bool {
 
 // serveH2 serves an HTTP/2 client with the tunnel's server, which speaks
 // plain HTTP/2 to any client: each request stream becomes an http.Request
-// for the handler, as on the inbound side.
-func (sc *serverConn) serveH2(c net.Conn) {
+// for the handler, as on the inbound side. Over TLS, a request for a host
+// the client's server name did not name gets 421, as on HTTP/1.1.
+func (sc *serverConn) serveH2(c net.Conn, tlsState *tls.ConnectionState) {
 	s := sc.s
 	remote := c.RemoteAddr().String()
 	tun := tunnel.NewServer(c, tunnel.Config{Requests: true, MaxStreams: 250, MaxHeaderBytes: TunnelHeaderBytes, Logger: s.log},
@@ -388,6 +389,15 @@ func (sc *serverConn) serveH2(c net.Conn) {
 					}
 				}()
 				r.RemoteAddr = remote
+				if tlsState != nil {
+					r.TLS = tlsState
+					if !sniNames(tlsState.ServerName, r.Host) {
+						pe := misdirected(tlsState.ServerName, r.Host)
+						s.count(remote, pe)
+						refuse(w, &badRequest{pe.status, "trellis: " + pe.msg, pe.reason})
+						return
+					}
+				}
 				s.handler.ServeHTTP(w, r)
 			})
 		})
