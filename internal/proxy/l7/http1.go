@@ -263,6 +263,8 @@ func setHost(req *http.Request) error {
 		return refused(http.StatusBadRequest, "host", "more than one Host field")
 	case len(hosts) == 0 && req.ProtoAtLeast(1, 1):
 		return refused(http.StatusBadRequest, "host", "missing required Host header")
+	case len(hosts) == 1 && hosts[0] == "" && req.ProtoAtLeast(1, 1):
+		return refused(http.StatusBadRequest, "host", "empty Host field")
 	case len(hosts) == 1:
 		req.Host = hosts[0]
 		if !httpguts.ValidHostHeader(req.Host) {
