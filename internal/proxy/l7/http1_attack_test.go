@@ -22,6 +22,7 @@ import (
 
 	v1 "github.com/trellis-mesh/trellis/api/v1"
 	"github.com/trellis-mesh/trellis/internal/certs"
+	"github.com/trellis-mesh/trellis/internal/identity"
 	"github.com/trellis-mesh/trellis/internal/proxy/balance"
 	"github.com/trellis-mesh/trellis/internal/proxy/l4"
 	"github.com/trellis-mesh/trellis/internal/proxy/tunnel"
@@ -291,6 +292,9 @@ func h1Cases() []h1Case {
 		{name: "raw UTF-8", req: "GET /caf\xc3\xa9 HTTP/1.1\r\nHost: HOST\r\n\r\n", status: 400, closed: true},
 		{name: "valid percent-encoded UTF-8", req: "GET /caf%C3%A9 HTTP/1.1\r\nHost: HOST\r\n\r\n", status: 200, reaches: true},
 
+		{name: "upgrade with a body", req: "GET / HTTP/1.1\r\nHost: HOST\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nContent-Length: 5\r\n\r\nhello", status: 400},
+		{name: "upgrade with a chunked body", req: "GET / HTTP/1.1\r\nHost: HOST\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", status: 400},
+
 		// Item 5: header limits.
 		{name: "the most a client may send", req: "GET / HTTP/1.1\r\nHost: HOST\r\n" + full.String() + "\r\n", status: 200, reaches: true},
 		{name: "101 fields", req: "GET / HTTP/1.1\r\nHost: HOST\r\n" + strings.Repeat("X-A: b\r\n", 100) + "\r\n", status: 431, closed: true},
@@ -346,7 +350,10 @@ func runH1Case(t *testing.T, app *loggingApp, l h1Listener, m *Metrics, tc h1Cas
 		if n, err := br.Read(make([]byte, 1)); err == nil || isTimeout(err) {
 			t.Errorf("connection still open after the response (read %d, %v), want closed", n, err)
 		}
-	} else {
+	}
+	// What the app saw of this request (the next one is not its).
+	seen := app.since(before)
+	if !tc.closed {
 		if resp.Close {
 			t.Errorf("response with Connection: close, want the connection kept")
 		}
@@ -360,7 +367,7 @@ func runH1Case(t *testing.T, app *loggingApp, l h1Listener, m *Metrics, tc h1Cas
 			t.Errorf("next request on the connection: status %d, want 200", next.StatusCode)
 		}
 	}
-	switch got := app.since(before); {
+	switch got := seen; {
 	case tc.reaches && got == "":
 		t.Errorf("the request did not reach the app")
 	case !tc.reaches && got != "":
@@ -404,6 +411,8 @@ func TestH2CHostileInputs(t *testing.T) {
 		{"raw 0xff", "/a\xff", nil, 400, false},
 		{"the most a client may send", "/", full, 200, true},
 		{"101 fields", "/", tooMany, 431, false},
+		{"a host field that is not :authority", "/", []hpack.HeaderField{{Name: "host", Value: "admin-svc"}}, 400, false},
+		{"a host field that is :authority", "/", []hpack.HeaderField{{Name: "host", Value: "WEB"}}, 200, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := app.bytes()
@@ -496,4 +505,60 @@ func rejections(m *Metrics) float64 {
 		sum += testutil.ToFloat64(m.Rejected.WithLabelValues(r))
 	}
 	return sum
+}
+
+// The inbound reads the head of an upgrade stream (relayed by another
+// sidecar from its client) as strictly as Server does, and refuses an
+// upgrade with a body: no byte reaches the app.
+func TestInboundUpgradeHeadStrict(t *testing.T) {
+	app := startLoggingApp(t)
+	self, _ := identity.New("trellis.local", "web")
+	peer, _ := identity.New("trellis.local", "client")
+	in := &Inbound{Self: func() identity.ID { return self }, Authorize: allowAll, Target: app.addr,
+		Protocol: func() string { return v1.ProtocolHTTP }}
+	up := "GET /ws HTTP/1.1\r\nHost: web\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+	for _, tc := range []struct {
+		name, req string
+		status    int
+	}{
+		{"CL and TE", up + "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400},
+		{"a body", up + "Content-Length: 5\r\n\r\nhello", 400},
+		{"bare LF", "GET /ws HTTP/1.1\nHost: web\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", 400},
+		{"obs-fold", up + "X-A: a\r\n b\r\n\r\n", 400},
+		{"absolute-form, other Host", "GET http://admin/ws HTTP/1.1\r\nHost: web\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", 400},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := app.bytes()
+			c, s := net.Pipe()
+			defer c.Close()
+			go in.ServeUpgrade(s, peer)
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			go io.WriteString(c, tc.req)
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resp.StatusCode != tc.status {
+				t.Fatalf("status %d, want %d", resp.StatusCode, tc.status)
+			}
+			if got := app.since(before); got != "" {
+				t.Fatalf("the app received %q", got)
+			}
+		})
+	}
+}
+
+// The app client never writes a field name that is no token: it would
+// let the app read the request's framing otherwise than the proxies did.
+func TestAppClientRefusesBadFieldNames(t *testing.T) {
+	for _, name := range []string{"X-A\r\nContent-Length", "X A", "X-A:", ""} {
+		req, _ := http.NewRequest("GET", "http://web/", nil)
+		req.Header[name] = []string{"1"}
+		var b bytes.Buffer
+		bw := bufio.NewWriter(&b)
+		if err := writeBodiless(bw, req); err == nil {
+			bw.Flush()
+			t.Errorf("field name %q written:\n%s", name, b.String())
+		}
+	}
 }
