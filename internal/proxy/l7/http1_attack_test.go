@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -42,6 +43,9 @@ type loggingApp struct {
 	addr string
 	mu   sync.Mutex
 	got  bytes.Buffer
+	// bodies has, for each request the app handled, "ok" and its body's
+	// length or "error" and why its body could not be read.
+	bodies []string
 }
 
 type loggingConn struct {
@@ -77,7 +81,14 @@ func startLoggingApp(t *testing.T) *loggingApp {
 	}
 	a := &loggingApp{addr: l.Addr().String()}
 	s := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		b, _ := io.ReadAll(r.Body)
+		b, err := io.ReadAll(r.Body)
+		a.mu.Lock()
+		if err != nil {
+			a.bodies = append(a.bodies, "error "+err.Error())
+		} else {
+			a.bodies = append(a.bodies, fmt.Sprintf("ok %d", len(b)))
+		}
+		a.mu.Unlock()
 		fmt.Fprintf(w, "app: %s %s %q", r.Method, r.URL.RequestURI(), b)
 	})}
 	go s.Serve(loggingListener{l, a})
@@ -181,6 +192,11 @@ type h1Case struct {
 	closed bool // the connection ends after the response
 	// reaches: the request reaches the app (else no byte of it may).
 	reaches bool
+	// partial: past the read-ahead, the head and some of the body may
+	// reach the app, but the request never completes there.
+	partial bool
+	// body, if set, is in the response (the app's echo of what it got).
+	body string
 	// tlsOnly, plainOnly: the case applies to the TLS listener only, or
 	// to the others only.
 	tlsOnly, plainOnly bool
@@ -224,7 +240,7 @@ func h1Cases() []h1Case {
 		{name: "chunk size not hex", req: chunked + "zz\r\nhello\r\n0\r\n\r\n", status: 400, closed: true},
 		{name: "chunk size with a sign", req: chunked + "+5\r\nhello\r\n0\r\n\r\n", status: 400, closed: true},
 		{name: "chunk size with a space before it", req: chunked + " 5\r\nhello\r\n0\r\n\r\n", status: 400, closed: true},
-		{name: "chunk extension, quoted string", req: chunked + "5;name=\"a;b \\\" c\"\r\nhello\r\n0\r\n\r\n", status: 200, reaches: true},
+		{name: "chunk extension, quoted string", req: chunked + "5;name=\"a;b \\\" c\"\r\nhello\r\n0\r\n\r\n", status: 200, reaches: true, body: `app: POST / "hello"`},
 		{name: "chunk extension, unterminated quote", req: chunked + "5;name=\"abc\r\nhello\r\n0\r\n\r\n", status: 400, closed: true},
 		{name: "chunk extension, CTL in quotes", req: chunked + "5;name=\"a\x01b\"\r\nhello\r\n0\r\n\r\n", status: 400, closed: true},
 		{name: "chunk extension, not a token", req: chunked + "5;na@me\r\nhello\r\n0\r\n\r\n", status: 400, closed: true},
@@ -241,7 +257,9 @@ func h1Cases() []h1Case {
 		{name: "chunked body missing its last CRLF", req: chunked + "5\r\nhello\r\n0\r\n", status: 408, closed: true},
 		{name: "chunked body stalling mid-chunk", req: chunked + "a\r\nhello", status: 408, closed: true},
 		{name: "CL body stalling", req: post + "Content-Length: 10\r\n\r\nhello", status: 408, closed: true},
-		{name: "chunked body, valid", req: chunked + "5\r\nhello\r\n6;ext\r\n world\r\n0\r\nX-Sum: 1\r\n\r\n", status: 200, reaches: true},
+		{name: "chunked body, valid", req: chunked + "5\r\nhello\r\n6;ext\r\n world\r\n0\r\nX-Sum: 1\r\n\r\n", status: 200, reaches: true, body: `app: POST / "hello world"`},
+		{name: "chunked body over the read-ahead", req: chunked + "4000\r\n" + strings.Repeat("b", 0x4000) + "\r\n10\r\n" + strings.Repeat("c", 16) + "\r\n0\r\n\r\n", status: 200, reaches: true, body: "ccc\""},
+		{name: "chunked body over the read-ahead, then malformed", req: chunked + "4000\r\n" + strings.Repeat("b", 0x4000) + "\r\n10\r\n" + strings.Repeat("c", 16) + "\n0\r\n\r\n", status: 400, closed: true, partial: true},
 		{name: "bare LF in the request line", req: "GET / HTTP/1.1\nHost: HOST\r\n\r\n", status: 400, closed: true},
 		{name: "bare LF in a field line", req: "GET / HTTP/1.1\r\nHost: HOST\nX-A: b\r\n\r\n", status: 400, closed: true},
 		{name: "bare LF ending the head", req: "GET / HTTP/1.1\r\nHost: HOST\r\n\n", status: 400, closed: true},
@@ -269,7 +287,7 @@ func h1Cases() []h1Case {
 
 		// Item 3: authority, fragments, paths.
 		{name: "absolute-form, other Host", req: "GET http://admin-svc/ HTTP/1.1\r\nHost: HOST\r\n\r\n", status: 400, closed: true},
-		{name: "absolute-form, same Host", req: "GET http://HOST/x HTTP/1.1\r\nHost: HOST\r\n\r\n", status: 200, reaches: true},
+		{name: "absolute-form, same Host", req: "GET http://HOST/x?y HTTP/1.1\r\nHost: HOST\r\n\r\n", status: 200, reaches: true, body: `app: GET /x?y ""`},
 		{name: "absolute-form, no Host", req: "GET http://HOST/ HTTP/1.1\r\n\r\n", status: 400, closed: true},
 		{name: "absolute-form, ftp", req: "GET ftp://HOST/ HTTP/1.1\r\nHost: HOST\r\n\r\n", status: 400, closed: true},
 		{name: "absolute-form, userinfo", req: "GET http://u@HOST/ HTTP/1.1\r\nHost: HOST\r\n\r\n", status: 400, closed: true},
@@ -326,6 +344,9 @@ func runH1Case(t *testing.T, app *loggingApp, l h1Listener, m *Metrics, tc h1Cas
 	req := strings.ReplaceAll(tc.req, "HOST", host)
 	req = strings.ReplaceAll(req, "INGRESS.test", "INGRESS.TEST")
 	before := app.bytes()
+	app.mu.Lock()
+	handled := len(app.bodies)
+	app.mu.Unlock()
 	rejected := rejections(m)
 	c := l.dial(t)
 	defer c.Close()
@@ -341,6 +362,9 @@ func runH1Case(t *testing.T, app *loggingApp, l h1Listener, m *Metrics, tc h1Cas
 	body, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != tc.status {
 		t.Fatalf("status %d (%q), want %d", resp.StatusCode, body, tc.status)
+	}
+	if !strings.Contains(string(body), tc.body) {
+		t.Errorf("response %q, want it to contain %q", body, tc.body)
 	}
 	if tc.closed {
 		if !resp.Close {
@@ -366,6 +390,24 @@ func runH1Case(t *testing.T, app *loggingApp, l h1Listener, m *Metrics, tc h1Cas
 		if next.StatusCode != 200 {
 			t.Errorf("next request on the connection: status %d, want 200", next.StatusCode)
 		}
+	}
+	if tc.partial {
+		// The stream was reset when the framing failed. If the reset
+		// overtook the request, nothing reached the app; else the app's
+		// read of the body fails as its connection closes. Either way it
+		// never gets the request whole.
+		var got []string
+		deadline := time.Now().Add(3 * time.Second)
+		for len(got) == 0 && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+			app.mu.Lock()
+			got = slices.Clone(app.bodies[handled:])
+			app.mu.Unlock()
+		}
+		if len(got) > 1 || len(got) == 1 && !strings.HasPrefix(got[0], "error") {
+			t.Errorf("the app read %v, want nothing or one request whose body it could not read", got)
+		}
+		return
 	}
 	switch got := seen; {
 	case tc.reaches && got == "":
@@ -501,7 +543,7 @@ func h2cRequest(t *testing.T, c net.Conn, path string, extra []hpack.HeaderField
 func rejections(m *Metrics) float64 {
 	sum := 0.0
 	for _, r := range []string{"too-large", "line-ending", "request-line", "version", "field", "obs-fold",
-		"host", "framing", "body-timeout", "misdirected", "malformed"} {
+		"host", "framing", "body-timeout", "body-incomplete", "misdirected", "malformed"} {
 		sum += testutil.ToFloat64(m.Rejected.WithLabelValues(r))
 	}
 	return sum
@@ -560,5 +602,47 @@ func TestAppClientRefusesBadFieldNames(t *testing.T) {
 			bw.Flush()
 			t.Errorf("field name %q written:\n%s", name, b.String())
 		}
+	}
+}
+
+// A client's malformed or stalled body is the client's fault, not the
+// upstream's: it must not count towards ejecting an endpoint, or a client
+// could take healthy endpoints out of service for everyone.
+func TestClientBodyFailuresDoNotEject(t *testing.T) {
+	_, listeners, m := startH1Listeners(t)
+	out := listeners[0]
+	bodies := map[string]string{
+		"malformed in the read-ahead":   "zz\r\nhello\r\n0\r\n\r\n",
+		"malformed past the read-ahead": "4000\r\n" + strings.Repeat("b", 0x4000) + "\r\n10\r\n" + strings.Repeat("c", 16) + "\n0\r\n\r\n",
+		"short CL body":                 "",
+		"client gone mid-body":          "",
+	}
+	for name, body := range bodies {
+		t.Run(name, func(t *testing.T) {
+			for range 8 {
+				c := out.dial(t)
+				c.SetDeadline(time.Now().Add(5 * time.Second))
+				switch name {
+				case "short CL body":
+					io.WriteString(c, "POST / HTTP/1.1\r\nHost: web\r\nContent-Length: 10\r\n\r\nhello")
+				case "client gone mid-body":
+					io.WriteString(c, "POST / HTTP/1.1\r\nHost: web\r\nContent-Length: 10\r\n\r\nhello")
+					c.(*net.TCPConn).CloseWrite()
+				default:
+					io.WriteString(c, "POST / HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n"+body)
+				}
+				resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if resp.StatusCode != 400 && resp.StatusCode != 408 {
+					t.Fatalf("status %d, want 400 or 408", resp.StatusCode)
+				}
+				c.Close()
+			}
+		})
+	}
+	if n := testutil.ToFloat64(m.Ejections.WithLabelValues("client", "web")); n != 0 {
+		t.Fatalf("%v ejections after client body failures, want 0", n)
 	}
 }

@@ -36,11 +36,14 @@ import (
 // It replaces net/http's server for HTTP/1.1 because that server pays, on
 // every request, for what a proxy in front of a local app does not use: a
 // goroutine reading ahead to notice a closed connection, a context per
-// request, and a chunking writer between the handler and the socket. The
-// request is parsed by net/http (http.ReadRequest) with the server's
-// checks added here, so what is accepted does not change. A request's
-// context ends with its connection, which is noticed when a read or write
-// on it fails, not while the handler waits.
+// request, and a chunking writer between the handler and the socket; and
+// because net/http's request reader is lenient where a proxy must not be.
+// Requests are read by readRequest (http1.go), which refuses whatever two
+// HTTP/1.1 parsers could read two ways; what it accepts, net/http reads
+// the same way. A refused request is answered, counted and logged, and
+// its connection closed. A request's context ends with its connection,
+// which is noticed when a read or write on it fails, not while the
+// handler waits.
 type Server struct {
 	// HandshakeLog reports failed TLS handshakes of a TLS listener (set
 	// before Serve); NewServer makes one on its logger.
@@ -529,6 +532,11 @@ func (b *requestBody) Read(p []byte) (int, error) {
 	case isTimeout(err):
 		b.failed = refused(http.StatusRequestTimeout, "body-timeout", "no request body byte within "+b.timeout.String())
 		err = b.failed
+	default:
+		// The client went away or its connection broke mid-body: as a
+		// framing failure, the request must not be taken for a whole one,
+		// and it is the client's doing, not the upstream's.
+		b.failed = refused(http.StatusBadRequest, "body-incomplete", "the request body ended early: "+err.Error())
 	}
 	b.mu.Unlock()
 	return n, err
