@@ -73,7 +73,7 @@ func h1StartApp(t *testing.T) *h1App {
 	a := &h1App{port: l.Addr().(*net.TCPAddr).Port}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
-		fmt.Fprintf(w, "app: %s %s %q", r.Method, r.URL.RequestURI(), b)
+		fmt.Fprintf(w, "app: %s %s %q host=%s", r.Method, r.URL.RequestURI(), b, r.Host)
 	})}
 	go srv.Serve(h1AppListener{l, a})
 	t.Cleanup(func() { srv.Close() })
@@ -102,13 +102,15 @@ type h1Target struct {
 }
 
 type h1Case struct {
-	name    string
-	req     string // HOST stands for the listener's host
-	status  int
-	closed  bool
-	reaches bool
-	tlsOnly bool
-	slow    bool // waits for the body read timeout (30 s)
+	name      string
+	req       string // HOST stands for the listener's host
+	status    int
+	closed    bool
+	reaches   bool
+	tlsOnly   bool
+	plainOnly bool
+	slow      bool   // waits for the body read timeout (30 s)
+	body      string // in the response (the app's echo), if set
 }
 
 func h1Cases() []h1Case {
@@ -144,7 +146,8 @@ func h1Cases() []h1Case {
 		{name: "Connection: close", req: "GET / HTTP/1.1\r\nHost: HOST\r\nConnection: close\r\n\r\n", status: 200, closed: true, reaches: true},
 		{name: "HTTP/1.0", req: "GET / HTTP/1.0\r\nHost: HOST\r\n\r\n", status: 200, closed: true, reaches: true},
 		{name: "HTTP/1.0 keep-alive", req: "GET / HTTP/1.0\r\nHost: HOST\r\nConnection: keep-alive\r\n\r\n", status: 200, reaches: true},
-		{name: "absolute-form, other Host", req: "GET http://admin-svc/ HTTP/1.1\r\nHost: HOST\r\n\r\n", status: 400, closed: true},
+		{name: "absolute-form, other Host: the target's wins", req: "GET http://admin-svc/ HTTP/1.1\r\nHost: HOST\r\n\r\n", status: 200, reaches: true, body: "host=admin-svc", plainOnly: true},
+		{name: "absolute-form for another server name, Host this one", req: "GET https://other.example.test/ HTTP/1.1\r\nHost: HOST\r\n\r\n", status: 421, closed: true, tlsOnly: true},
 		{name: "absolute-form, same Host", req: "GET http://HOST/x HTTP/1.1\r\nHost: HOST\r\n\r\n", status: 200, reaches: true},
 		{name: "absolute-form for another server name", req: "GET https://other.example.test/ HTTP/1.1\r\nHost: other.example.test\r\n\r\n", status: 421, closed: true, tlsOnly: true},
 		{name: "Host the server name did not name", req: "GET / HTTP/1.1\r\nHost: other.example.test\r\n\r\n", status: 421, closed: true, tlsOnly: true},
@@ -210,7 +213,7 @@ spec:
 	for _, tg := range targets {
 		t.Run(tg.name, func(t *testing.T) {
 			for _, tc := range h1Cases() {
-				if tc.tlsOnly && tg.name != "ingress-https" {
+				if tc.tlsOnly && tg.name != "ingress-https" || tc.plainOnly && tg.name == "ingress-https" {
 					continue
 				}
 				t.Run(tc.name, func(t *testing.T) {
@@ -277,6 +280,9 @@ func h1Run(t *testing.T, app *h1App, tg h1Target, tc h1Case) {
 	body, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != tc.status {
 		t.Fatalf("status %d (%q), want %d", resp.StatusCode, body, tc.status)
+	}
+	if !strings.Contains(string(body), tc.body) {
+		t.Errorf("response %q, want it to contain %q", body, tc.body)
 	}
 	if tc.closed {
 		c.SetReadDeadline(time.Now().Add(5 * time.Second))

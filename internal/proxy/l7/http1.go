@@ -30,9 +30,10 @@ import (
 //     (two spaces, a tab), a method that is not a token, a request-target
 //     with a byte outside visible ASCII or with a fragment ('#'), "*" with
 //     any method but OPTIONS, a CONNECT target that is not host:port;
-//   - an absolute-form target (GET http://a/ HTTP/1.1) whose authority is
-//     not the Host field's, or whose scheme is not http or https; one that
-//     agrees is forwarded in origin-form;
+//   - an absolute-form target (GET http://a/ HTTP/1.1) whose scheme is not
+//     http or https or that has userinfo; otherwise its authority is the
+//     request's and the Host field is ignored (RFC 9112 section 3.2.2),
+//     and it is forwarded in origin-form with that one authority;
 //   - no Host field on HTTP/1.1, or two;
 //   - a field line starting with a space or a tab (obs-fold: RFC 9112
 //     section 5.2 lets a server refuse it rather than join it), a field
@@ -253,8 +254,9 @@ func readFields(br *bufio.Reader, scratch *[]byte, max, n int, where string) (ht
 }
 
 // setHost takes the request's authority from its Host field, which
-// HTTP/1.1 requires once, or from an absolute-form target, which must name
-// the same; the target then becomes origin-form.
+// HTTP/1.1 requires once, or from an absolute-form target, whose authority
+// wins over the Host field (RFC 9112 section 3.2.2); the target then
+// becomes origin-form, so that nothing after this sees two authorities.
 func setHost(req *http.Request) error {
 	hosts := req.Header["Host"]
 	delete(req.Header, "Host")
@@ -279,9 +281,6 @@ func setHost(req *http.Request) error {
 		return nil
 	}
 	if u := req.URL; u.Host != "" {
-		if !strings.EqualFold(u.Host, req.Host) {
-			return refused(http.StatusBadRequest, "host", "the request target names "+strconv.Quote(u.Host)+" but Host is "+strconv.Quote(req.Host))
-		}
 		if !httpguts.ValidHostHeader(u.Host) {
 			return refused(http.StatusBadRequest, "host", "malformed authority in the request target")
 		}

@@ -89,7 +89,7 @@ func startLoggingApp(t *testing.T) *loggingApp {
 			a.bodies = append(a.bodies, fmt.Sprintf("ok %d", len(b)))
 		}
 		a.mu.Unlock()
-		fmt.Fprintf(w, "app: %s %s %q", r.Method, r.URL.RequestURI(), b)
+		fmt.Fprintf(w, "app: %s %s %q host=%s", r.Method, r.URL.RequestURI(), b, r.Host)
 	})}
 	go s.Serve(loggingListener{l, a})
 	t.Cleanup(func() { s.Close() })
@@ -286,8 +286,10 @@ func h1Cases() []h1Case {
 		{name: "HTTP/1.1", req: "GET / HTTP/1.1\r\nHost: HOST\r\n\r\n", status: 200, reaches: true},
 
 		// Item 3: authority, fragments, paths.
-		{name: "absolute-form, other Host", req: "GET http://admin-svc/ HTTP/1.1\r\nHost: HOST\r\n\r\n", status: 400, closed: true},
+		{name: "absolute-form, other Host: the target's wins", req: "GET http://admin-svc/ HTTP/1.1\r\nHost: HOST\r\n\r\n", status: 200, reaches: true, body: "host=admin-svc", plainOnly: true},
+		{name: "absolute-form for another server name, Host this one", req: "GET https://other.test/ HTTP/1.1\r\nHost: HOST\r\n\r\n", status: 421, closed: true, tlsOnly: true},
 		{name: "absolute-form, same Host", req: "GET http://HOST/x?y HTTP/1.1\r\nHost: HOST\r\n\r\n", status: 200, reaches: true, body: `app: GET /x?y ""`},
+		{name: "absolute-form, Host malformed", req: "GET http://HOST/ HTTP/1.1\r\nHost: a b\r\n\r\n", status: 400, closed: true},
 		{name: "absolute-form, no Host", req: "GET http://HOST/ HTTP/1.1\r\n\r\n", status: 400, closed: true},
 		{name: "absolute-form, ftp", req: "GET ftp://HOST/ HTTP/1.1\r\nHost: HOST\r\n\r\n", status: 400, closed: true},
 		{name: "absolute-form, userinfo", req: "GET http://u@HOST/ HTTP/1.1\r\nHost: HOST\r\n\r\n", status: 400, closed: true},
@@ -454,7 +456,7 @@ func TestH2CHostileInputs(t *testing.T) {
 		{"the most a client may send", "/", full, 200, true},
 		{"101 fields", "/", tooMany, 431, false},
 		{"a host field that is not :authority", "/", []hpack.HeaderField{{Name: "host", Value: "admin-svc"}}, 400, false},
-		{"a host field that is :authority", "/", []hpack.HeaderField{{Name: "host", Value: "WEB"}}, 200, true},
+		{"a host field that is :authority", "/", []hpack.HeaderField{{Name: "host", Value: "web"}}, 200, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := app.bytes()
@@ -567,7 +569,8 @@ func TestInboundUpgradeHeadStrict(t *testing.T) {
 		{"a body", up + "Content-Length: 5\r\n\r\nhello", 400},
 		{"bare LF", "GET /ws HTTP/1.1\nHost: web\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", 400},
 		{"obs-fold", up + "X-A: a\r\n b\r\n\r\n", 400},
-		{"absolute-form, other Host", "GET http://admin/ws HTTP/1.1\r\nHost: web\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", 400},
+		{"absolute-form, ftp", "GET ftp://web/ws HTTP/1.1\r\nHost: web\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", 400},
+		{"two spaces", "GET  /ws HTTP/1.1\r\nHost: web\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", 400},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := app.bytes()

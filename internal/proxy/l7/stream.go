@@ -332,13 +332,6 @@ func streamRequest(s *tunnel.Stream) (*http.Request, context.CancelFunc, error) 
 		Host:       s.Authority,
 		RequestURI: s.Path,
 	}).WithContext(ctx)
-	if hosts := h["Host"]; len(hosts) > 1 || len(hosts) == 1 && r.Host != "" && !strings.EqualFold(hosts[0], r.Host) {
-		// RFC 9113 section 8.3.1: one authority, or the request is
-		// malformed; routing by one and the app reading the other is
-		// how requests reach what their rules did not allow.
-		cancel()
-		return nil, nil, errors.New("a host field that is not :authority")
-	}
 	if r.Host == "" {
 		r.Host = h.Get("Host")
 	}
