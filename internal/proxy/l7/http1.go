@@ -69,7 +69,7 @@ const (
 // why, and the reason label of the rejection counter.
 type protocolError struct {
 	status int
-	reason string // a short fixed label: "framing", "request-line", ...
+	reason string // a short fixed label: "framing", "request_line", ...
 	msg    string
 }
 
@@ -89,7 +89,7 @@ func readLine(br *bufio.Reader, scratch *[]byte, max int, where string) ([]byte,
 		buf := append((*scratch)[:0], line...)
 		for err == bufio.ErrBufferFull {
 			if len(buf) > max {
-				return nil, refused(http.StatusRequestHeaderFieldsTooLarge, "too-large", where+" too long")
+				return nil, refused(http.StatusRequestHeaderFieldsTooLarge, "too_large", where+" too long")
 			}
 			line, err = br.ReadSlice('\n')
 			buf = append(buf, line...)
@@ -104,14 +104,14 @@ func readLine(br *bufio.Reader, scratch *[]byte, max int, where string) ([]byte,
 		return nil, err
 	}
 	if len(line) > max+2 {
-		return nil, refused(http.StatusRequestHeaderFieldsTooLarge, "too-large", where+" too long")
+		return nil, refused(http.StatusRequestHeaderFieldsTooLarge, "too_large", where+" too long")
 	}
 	if len(line) < 2 || line[len(line)-2] != '\r' {
-		return nil, refused(http.StatusBadRequest, "line-ending", "bare LF in "+where+": lines end with CRLF")
+		return nil, refused(http.StatusBadRequest, "line_ending", "bare LF in "+where+": lines end with CRLF")
 	}
 	line = line[:len(line)-2]
 	if bytes.IndexByte(line, '\r') >= 0 {
-		return nil, refused(http.StatusBadRequest, "line-ending", "bare CR in "+where)
+		return nil, refused(http.StatusBadRequest, "line_ending", "bare CR in "+where)
 	}
 	return line, nil
 }
@@ -146,7 +146,7 @@ func readRequest(br *bufio.Reader) (*http.Request, error) {
 
 // parseRequestLine parses "method SP request-target SP HTTP-version".
 func parseRequestLine(s string) (*http.Request, error) {
-	bad := func(msg string) error { return refused(http.StatusBadRequest, "request-line", msg) }
+	bad := func(msg string) error { return refused(http.StatusBadRequest, "request_line", msg) }
 	method, rest, ok1 := strings.Cut(s, " ")
 	target, proto, ok2 := strings.Cut(rest, " ")
 	if !ok1 || !ok2 || strings.ContainsAny(proto, " \t") {
@@ -228,13 +228,13 @@ func readFields(br *bufio.Reader, scratch *[]byte, max, n int, where string) (ht
 			return h, nil
 		}
 		if size += len(line) + 2; size > max {
-			return nil, refused(http.StatusRequestHeaderFieldsTooLarge, "too-large", where+" over "+strconv.Itoa(max>>10)+" KiB")
+			return nil, refused(http.StatusRequestHeaderFieldsTooLarge, "too_large", where+" over "+strconv.Itoa(max>>10)+" KiB")
 		}
 		if count++; count > n {
-			return nil, refused(http.StatusRequestHeaderFieldsTooLarge, "too-large", where+" has over "+strconv.Itoa(n)+" fields")
+			return nil, refused(http.StatusRequestHeaderFieldsTooLarge, "too_large", where+" has over "+strconv.Itoa(n)+" fields")
 		}
 		if line[0] == ' ' || line[0] == '\t' {
-			return nil, refused(http.StatusBadRequest, "obs-fold", "a folded field line (obs-fold) in "+where)
+			return nil, refused(http.StatusBadRequest, "obs_fold", "a folded field line (obs-fold) in "+where)
 		}
 		i := bytes.IndexByte(line, ':')
 		if i <= 0 {

@@ -544,8 +544,8 @@ func h2cRequest(t *testing.T, c net.Conn, path string, extra []hpack.HeaderField
 // rejections sums trellis_http_requests_rejected_total over its reasons.
 func rejections(m *Metrics) float64 {
 	sum := 0.0
-	for _, r := range []string{"too-large", "line-ending", "request-line", "version", "field", "obs-fold",
-		"host", "framing", "body-timeout", "body-incomplete", "misdirected", "malformed"} {
+	for _, r := range []string{"too_large", "line_ending", "request_line", "version", "field", "obs_fold",
+		"host", "framing", "body_timeout", "body_incomplete", "misdirected", "malformed"} {
 		sum += testutil.ToFloat64(m.Rejected.WithLabelValues(r))
 	}
 	return sum
@@ -568,7 +568,7 @@ func TestInboundUpgradeHeadStrict(t *testing.T) {
 		{"CL and TE", up + "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400},
 		{"a body", up + "Content-Length: 5\r\n\r\nhello", 400},
 		{"bare LF", "GET /ws HTTP/1.1\nHost: web\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", 400},
-		{"obs-fold", up + "X-A: a\r\n b\r\n\r\n", 400},
+		{"obs_fold", up + "X-A: a\r\n b\r\n\r\n", 400},
 		{"absolute-form, ftp", "GET ftp://web/ws HTTP/1.1\r\nHost: web\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", 400},
 		{"two spaces", "GET  /ws HTTP/1.1\r\nHost: web\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", 400},
 	} {

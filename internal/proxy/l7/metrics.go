@@ -30,7 +30,7 @@ type Metrics struct {
 	// intention, permission, no_permission, ...).
 	Refused *prometheus.CounterVec
 	// Rejected counts requests Server's HTTP/1.1 reader refused, by
-	// reason (framing, line-ending, obs-fold, misdirected, ...).
+	// reason (framing, line_ending, obs_fold, misdirected, ...).
 	Rejected *prometheus.CounterVec
 }
 

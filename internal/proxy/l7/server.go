@@ -293,7 +293,7 @@ func (sc *serverConn) serve() {
 			var pe *protocolError
 			switch {
 			case lr.N <= 0:
-				sc.s.reject(remote, refused(http.StatusRequestHeaderFieldsTooLarge, "too-large", "request header too large"), bw)
+				sc.s.reject(remote, refused(http.StatusRequestHeaderFieldsTooLarge, "too_large", "request header too large"), bw)
 			case errors.As(err, &pe):
 				sc.s.reject(remote, pe, bw)
 			case !errors.Is(err, io.EOF) && !isTimeout(err) && !errors.Is(err, io.ErrUnexpectedEOF):
@@ -530,13 +530,13 @@ func (b *requestBody) Read(p []byte) (int, error) {
 	case errors.As(err, &pe):
 		b.failed = pe
 	case isTimeout(err):
-		b.failed = refused(http.StatusRequestTimeout, "body-timeout", "no request body byte within "+b.timeout.String())
+		b.failed = refused(http.StatusRequestTimeout, "body_timeout", "no request body byte within "+b.timeout.String())
 		err = b.failed
 	default:
 		// The client went away or its connection broke mid-body: as a
 		// framing failure, the request must not be taken for a whole one,
 		// and it is the client's doing, not the upstream's.
-		b.failed = refused(http.StatusBadRequest, "body-incomplete", "the request body ended early: "+err.Error())
+		b.failed = refused(http.StatusBadRequest, "body_incomplete", "the request body ended early: "+err.Error())
 	}
 	b.mu.Unlock()
 	return n, err
