@@ -172,6 +172,10 @@ func TestH1AttackListeners(t *testing.T) {
 name: web
 spec: {protocol: http}
 ---
+kind: Intention
+name: "*.web"
+spec: {source: "*", destination: web, action: allow}
+---
 kind: Gateway
 name: front
 spec:
@@ -338,7 +342,8 @@ func h1Rejected(t *testing.T, admin string) float64 {
 func TestH1AttackOutboundH2C(t *testing.T) {
 	s := startServer(t)
 	app := h1StartApp(t)
-	applyYAML(t, s, "kind: Service\nname: web\nspec: {protocol: http}\n")
+	applyYAML(t, s, "kind: Service\nname: web\nspec: {protocol: http}\n---\n"+
+		"kind: Intention\nname: client.web\nspec: {source: client, destination: web, action: allow}\n")
 	s.startProxy(t, proxyOpts{service: "web", appPort: app.port})
 	up, upPort := loopAddr(t)
 	s.startProxy(t, proxyOpts{service: "client", appPort: app.port, upstreams: []string{fmt.Sprintf("web:%d", upPort)}})
