@@ -242,7 +242,7 @@ func readFields(br *bufio.Reader, scratch *[]byte, max, n int, where string) (ht
 		}
 		name := string(line[:i])
 		if !isToken(name) {
-			return nil, refused(http.StatusBadRequest, "field", "invalid field name "+strconv.Quote(name)+" in "+where+" (no whitespace before the colon)")
+			return nil, refused(http.StatusBadRequest, "field", "invalid field name "+quoteShort(name)+" in "+where+" (no whitespace before the colon)")
 		}
 		value := string(bytes.Trim(line[i+1:], " \t"))
 		if !httpguts.ValidHeaderFieldValue(value) {
@@ -325,7 +325,7 @@ func frameBody(req *http.Request, br *bufio.Reader) error {
 		}
 		for _, c := range codings {
 			if c != "chunked" && c != "" {
-				return refused(http.StatusNotImplemented, "framing", "transfer coding "+strconv.Quote(c)+" not implemented: chunked only")
+				return refused(http.StatusNotImplemented, "framing", "transfer coding "+quoteShort(c)+" not implemented: chunked only")
 			}
 		}
 		if len(codings) != 1 || codings[0] != "chunked" {
@@ -347,7 +347,7 @@ func frameBody(req *http.Request, br *bufio.Reader) error {
 		}
 		n, ok := parseContentLength(cl[0])
 		if !ok {
-			return bad("invalid Content-Length " + strconv.Quote(cl[0]) + ": digits only, no sign, no leading zeros")
+			return bad("invalid Content-Length " + quoteShort(cl[0]) + ": digits only, no sign, no leading zeros")
 		}
 		req.ContentLength = n
 		if n == 0 {

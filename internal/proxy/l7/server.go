@@ -451,7 +451,7 @@ func (s *Server) count(remote string, pe *protocolError) {
 	if s.Rejected != nil {
 		s.Rejected.WithLabelValues(pe.reason).Inc()
 	}
-	s.log.Info("HTTP/1.1 request refused", "remote", remote, "status", pe.status, "reason", pe.reason, "detail", pe.msg)
+	s.log.Info("HTTP/1.1 request refused", "remote", remote, "status", pe.status, "reason", pe.reason, "detail", cut(pe.msg, 512))
 }
 
 // sniNames reports whether a TLS client that sent server name sni may ask
@@ -469,7 +469,7 @@ func sniNames(sni, host string) bool {
 
 func misdirected(sni, host string) *protocolError {
 	return refused(http.StatusMisdirectedRequest, "misdirected",
-		"this connection is for "+strconv.Quote(sni)+" (TLS server name), not "+strconv.Quote(host))
+		"this connection is for "+quoteShort(sni)+" (TLS server name), not "+quoteShort(host))
 }
 
 // writeError answers a request that never reached the handler, and the
