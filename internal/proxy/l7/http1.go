@@ -82,13 +82,13 @@ func refused(status int, reason, msg string) *protocolError {
 // readLine reads one CRLF-terminated line from br and returns it without
 // the CRLF; the slice is valid until the next read on br. A bare LF ends
 // nothing: it is refused, as is a CR anywhere but before the LF. Lines
-// longer than br's buffer are gathered in *scratch, up to max bytes.
-func readLine(br *bufio.Reader, scratch *[]byte, max int, where string) ([]byte, error) {
+// longer than br's buffer are gathered in *scratch, up to limit bytes.
+func readLine(br *bufio.Reader, scratch *[]byte, limit int, where string) ([]byte, error) {
 	line, err := br.ReadSlice('\n')
 	if err == bufio.ErrBufferFull {
 		buf := append((*scratch)[:0], line...)
 		for err == bufio.ErrBufferFull {
-			if len(buf) > max {
+			if len(buf) > limit {
 				return nil, refused(http.StatusRequestHeaderFieldsTooLarge, "too_large", where+" too long")
 			}
 			line, err = br.ReadSlice('\n')
@@ -103,7 +103,7 @@ func readLine(br *bufio.Reader, scratch *[]byte, max int, where string) ([]byte,
 		}
 		return nil, err
 	}
-	if len(line) > max+2 {
+	if len(line) > limit+2 {
 		return nil, refused(http.StatusRequestHeaderFieldsTooLarge, "too_large", where+" too long")
 	}
 	if len(line) < 2 || line[len(line)-2] != '\r' {
@@ -214,21 +214,21 @@ func parseRequestLine(s string) (*http.Request, error) {
 }
 
 // readFields reads field lines up to the empty line ending them: the
-// header section (max bytes and n fields, as Server's limits) or a chunked
-// body's trailers.
-func readFields(br *bufio.Reader, scratch *[]byte, max, n int, where string) (http.Header, error) {
+// header section (limit bytes and n fields, as Server's limits) or a
+// chunked body's trailers.
+func readFields(br *bufio.Reader, scratch *[]byte, limit, n int, where string) (http.Header, error) {
 	h := make(http.Header, 8)
 	size, count := 0, 0
 	for {
-		line, err := readLine(br, scratch, max, where)
+		line, err := readLine(br, scratch, limit, where)
 		if err != nil {
 			return nil, err
 		}
 		if len(line) == 0 {
 			return h, nil
 		}
-		if size += len(line) + 2; size > max {
-			return nil, refused(http.StatusRequestHeaderFieldsTooLarge, "too_large", where+" over "+strconv.Itoa(max>>10)+" KiB")
+		if size += len(line) + 2; size > limit {
+			return nil, refused(http.StatusRequestHeaderFieldsTooLarge, "too_large", where+" over "+strconv.Itoa(limit>>10)+" KiB")
 		}
 		if count++; count > n {
 			return nil, refused(http.StatusRequestHeaderFieldsTooLarge, "too_large", where+" has over "+strconv.Itoa(n)+" fields")
