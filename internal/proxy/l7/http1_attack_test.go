@@ -195,6 +195,8 @@ type h1Case struct {
 	// partial: past the read-ahead, the head and some of the body may
 	// reach the app, but the request never completes there.
 	partial bool
+	// appNot, if set, is not in what the app received.
+	appNot string
 	// body, if set, is in the response (the app's echo of what it got).
 	body string
 	// tlsOnly, plainOnly: the case applies to the TLS listener only, or
@@ -312,6 +314,8 @@ func h1Cases() []h1Case {
 		{name: "raw UTF-8", req: "GET /caf\xc3\xa9 HTTP/1.1\r\nHost: HOST\r\n\r\n", status: 400, closed: true},
 		{name: "valid percent-encoded UTF-8", req: "GET /caf%C3%A9 HTTP/1.1\r\nHost: HOST\r\n\r\n", status: 200, reaches: true},
 
+		{name: "upgrade to h2c", req: "GET / HTTP/1.1\r\nHost: HOST\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n", status: 400, closed: true},
+		{name: "HTTP2-Settings alone", req: "GET / HTTP/1.1\r\nHost: HOST\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n", status: 400, closed: true},
 		{name: "upgrade with a body", req: "GET / HTTP/1.1\r\nHost: HOST\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nContent-Length: 5\r\n\r\nhello", status: 400},
 		{name: "upgrade with a chunked body", req: "GET / HTTP/1.1\r\nHost: HOST\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", status: 400},
 
@@ -410,6 +414,9 @@ func runH1Case(t *testing.T, app *loggingApp, l h1Listener, m *Metrics, tc h1Cas
 			t.Errorf("the app read %v, want nothing or one request whose body it could not read", got)
 		}
 		return
+	}
+	if tc.appNot != "" && strings.Contains(strings.ToLower(seen), strings.ToLower(tc.appNot)) {
+		t.Errorf("the app received %q:\n%s", tc.appNot, seen)
 	}
 	switch got := seen; {
 	case tc.reaches && got == "":
@@ -569,6 +576,7 @@ func TestInboundUpgradeHeadStrict(t *testing.T) {
 		{"a body", up + "Content-Length: 5\r\n\r\nhello", 400},
 		{"bare LF", "GET /ws HTTP/1.1\nHost: web\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", 400},
 		{"obs_fold", up + "X-A: a\r\n b\r\n\r\n", 400},
+		{"h2c", "GET /ws HTTP/1.1\r\nHost: web\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: \r\n\r\n", 400},
 		{"absolute-form, ftp", "GET ftp://web/ws HTTP/1.1\r\nHost: web\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", 400},
 		{"two spaces", "GET  /ws HTTP/1.1\r\nHost: web\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", 400},
 	} {

@@ -102,8 +102,7 @@ func (in *Inbound) ServeUpgrade(c net.Conn, peer identity.ID) {
 	if err != nil {
 		var pe *protocolError
 		if errors.As(err, &pe) {
-			fmt.Fprintf(c, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s\n",
-				pe.status, http.StatusText(pe.status), len(pe.msg)+1, pe.msg)
+			reply(c, pe.status, "trellis: "+pe.msg)
 			in.Metrics.observe("inbound", peer.Service(), in.Self().Service(), "", "", pe.status, start)
 		}
 		return
@@ -115,10 +114,10 @@ func (in *Inbound) ServeUpgrade(c net.Conn, peer identity.ID) {
 
 func (in *Inbound) upgrade(c net.Conn, br *bufio.Reader, req *http.Request, peer identity.ID) int {
 	reply := func(code int, msg string) int { return reply(c, code, msg) }
-	if upgradeType(req.Header) == "" {
+	switch {
+	case upgradeType(req.Header) == "":
 		return reply(http.StatusBadRequest, "trellis: not an upgrade request")
-	}
-	if req.ContentLength != 0 {
+	case req.ContentLength != 0:
 		return reply(http.StatusBadRequest, errUpgradeBody.msg)
 	}
 	if bad := in.admit(req, peer); bad != nil {
