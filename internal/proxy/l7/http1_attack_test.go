@@ -657,3 +657,67 @@ func TestClientBodyFailuresDoNotEject(t *testing.T) {
 		t.Fatalf("%v ejections after client body failures, want 0", n)
 	}
 }
+
+// Over TLS with ALPN h2, as over HTTP/1.1, a request for an authority the
+// client's server name did not name gets 421 and reaches nothing.
+func TestH2OverTLSMisdirected(t *testing.T) {
+	cert := trellistest.Forge(t, trellistest.ForgeSpec{DNSNames: []string{"ingress.test", "other.test"},
+		KeyUsage: x509.KeyUsageDigitalSignature, EKU: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}, nil)
+	roots := x509.NewCertPool()
+	roots.AddCert(cert.Cert)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hits sync.Map
+	s := NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { hits.Store(r.Host, true) }), slog.New(slog.DiscardHandler))
+	go s.Serve(tls.NewListener(l, &tls.Config{Certificates: []tls.Certificate{*cert.TLS()}, NextProtos: []string{"h2"}}))
+	t.Cleanup(func() { s.Close() })
+	tr := &http2.Transport{TLSClientConfig: &tls.Config{ServerName: "ingress.test", RootCAs: roots}}
+	defer tr.CloseIdleConnections()
+	for host, want := range map[string]int{"ingress.test": 200, "INGRESS.test:443": 200, "other.test": 421} {
+		req, _ := http.NewRequest("GET", "https://"+l.Addr().String()+"/", nil)
+		req.Host = host
+		resp, err := tr.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("Host %s over a connection for ingress.test: status %d, want %d", host, resp.StatusCode, want)
+		}
+	}
+	if _, ok := hits.Load("other.test"); ok {
+		t.Error("a misdirected request reached the handler")
+	}
+}
+
+// Paths match case-sensitively (RFC 3986 section 6.2.2.1): a route for
+// /api does not take /API, which gets the ingress's 404 and reaches
+// nothing.
+func TestIngressPathsMatchCaseSensitively(t *testing.T) {
+	var mu sync.Mutex
+	var served []string
+	ing := &Ingress{Name: "case",
+		Routes: func() []v1.GatewayRoute { return []v1.GatewayRoute{{PathPrefix: "/api", Service: "web"}} },
+		Upstream: func(string) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				mu.Lock()
+				served = append(served, r.URL.Path)
+				mu.Unlock()
+			})
+		},
+	}
+	addr, _ := startServer(t, ing)
+	for path, want := range map[string]string{"/api/x": "200", "/API/x": "404", "/Api": "404", "/%61pi/x": "200"} {
+		got := exchange(t, addr, "GET "+path+" HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
+		if !strings.HasPrefix(got, "HTTP/1.1 "+want+" ") {
+			t.Errorf("GET %s: %q, want %s", path, strings.SplitN(got, "\r\n", 2)[0], want)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(served, []string{"/api/x", "/api/x"}) {
+		t.Errorf("the route served %q, want /api/x twice (for /api/x and /%%61pi/x)", served)
+	}
+}
