@@ -166,6 +166,7 @@ func (g *gateway) start(spec v1.GatewayListener) (*gwListener, error) {
 	}
 	srv := l7.NewServer(in, g.p.log)
 	srv.HandshakeLog = g.p.handshakes
+	srv.Rejected = g.p.l7m.Rejected
 	go srv.Serve(ln)
 	return &gwListener{spec: spec, ln: ln, drain: srv.Shutdown, stop: cancel}, nil
 }

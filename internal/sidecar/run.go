@@ -359,6 +359,8 @@ func (p *Proxy) dataPlane(ctx context.Context, pool *l4.Pool) (*dataPlane, error
 			Logger:  p.log,
 			Metrics: p.l7m,
 		}
+		srv := l7.NewServer(web, p.log)
+		srv.Rejected = p.l7m.Rejected
 		dp.upstreams = append(dp.upstreams, &upstream{
 			service: u.Service,
 			tcp: &l4.Outbound{
@@ -376,7 +378,7 @@ func (p *Proxy) dataPlane(ctx context.Context, pool *l4.Pool) (*dataPlane, error
 				Metrics: p.l4m,
 			},
 			web:  web,
-			http: l7.NewServer(web, p.log),
+			http: srv,
 		})
 	}
 	return dp, nil

@@ -219,6 +219,11 @@ func writeBodiless(bw *bufio.Writer, req *http.Request) error {
 		case "Host", "User-Agent", "Content-Length", "Transfer-Encoding", "Trailer":
 			continue
 		}
+		if !httpguts.ValidHeaderFieldName(k) {
+			// As req.Write: a name that is no token would let the
+			// request's framing be read otherwise by the app.
+			return fmt.Errorf("invalid header field name %q", k)
+		}
 		for _, v := range vv {
 			writeField(bw, k, v)
 		}

@@ -119,9 +119,10 @@ func (in *Inbound) ServeConn(c net.Conn, peer identity.ID) {
 }
 
 // TunnelHeaderBytes is the header list size a tunnel connection that
-// carries requests accepts: MaxHeaderBytes and the 32 bytes per field that
-// HTTP/2 counts (RFC 9113 section 6.5.2).
-const TunnelHeaderBytes = MaxHeaderBytes + MaxHeaderFields*32
+// carries requests accepts: the inbound's limits (a client's and the room
+// the mesh keeps for itself), the 32 bytes per field that HTTP/2 counts
+// (RFC 9113 section 6.5.2) and the four pseudo-header fields.
+const TunnelHeaderBytes = MaxHeaderBytes + MeshHeaderBytes + (MaxHeaderFields+MeshHeaderFields+4)*32
 
 // ServeStream serves one request stream from peer.
 func (in *Inbound) ServeStream(s *tunnel.Stream, peer identity.ID) {
@@ -182,7 +183,7 @@ func (in *Inbound) proxy(w http.ResponseWriter, r *http.Request) {
 // admit checks a request from peer (its head, then its authorization) and
 // names the caller to the app; a refusal says what to answer.
 func (in *Inbound) admit(r *http.Request, peer identity.ID) *badRequest {
-	if err := sanitize(r); err != nil {
+	if err := sanitizeWithin(r, meshLimits); err != nil {
 		// Our outbound sends clean requests; this caller did not.
 		return err.(*badRequest)
 	}

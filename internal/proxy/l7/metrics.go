@@ -29,6 +29,9 @@ type Metrics struct {
 	// connect, bad_request) or an authorization decision (no_intention,
 	// intention, permission, no_permission, ...).
 	Refused *prometheus.CounterVec
+	// Rejected counts requests Server's HTTP/1.1 reader refused, by
+	// reason (framing, line_ending, obs_fold, misdirected, ...).
+	Rejected *prometheus.CounterVec
 }
 
 // NewMetrics makes the metrics and registers them with reg (nil: none).
@@ -60,9 +63,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "trellis_requests_refused_total", Help: "HTTP requests refused by the proxy before reaching an upstream or the app, by reason.",
 		}, []string{"direction", "source", "destination", "reason"}),
+		Rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "trellis_http_requests_rejected_total", Help: "Client requests refused by the HTTP/1.1 reader (or 421 over TLS), by reason.",
+		}, []string{"reason"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.Requests, m.Duration, m.Retries, m.BudgetExhausted, m.Ejections, m.Overflows, m.Refused)
+		reg.MustRegister(m.Requests, m.Duration, m.Retries, m.BudgetExhausted, m.Ejections, m.Overflows, m.Refused, m.Rejected)
 	}
 	if reg != nil {
 		reg.MustRegister(m.DroppedFields)

@@ -174,6 +174,7 @@ func (o *Outbound) fail(w http.ResponseWriter, r *http.Request, err error) {
 
 // roundTrip routes, balances and retries one request.
 func (o *Outbound) roundTrip(req *http.Request) (resp *http.Response, err error) {
+	clientBody := req.Body // before a retry's copy replaces it
 	onDone := func() {}
 	start := time.Now()
 	router, eps := o.State()
@@ -327,17 +328,27 @@ func (o *Outbound) roundTrip(req *http.Request) (resp *http.Response, err error)
 		}
 		o.bal.Done(ep.Addr)
 		var de *dialError
+		clientFault := clientBodyFailed(clientBody)
 		if errors.As(err, &de) {
 			o.bal.Failed(ep.Addr)
-		} else if req.Context().Err() == nil {
+		} else if req.Context().Err() == nil && !clientFault {
 			o.errored(ep)
 		}
 		tryCancel()
 		lastErr = err
-		if timedOut.Load() || req.Context().Err() != nil || attempt >= attempts || !rule.Retry.retryError(err, perTryExpired.Load()) {
+		if clientFault || timedOut.Load() || req.Context().Err() != nil || attempt >= attempts || !rule.Retry.retryError(err, perTryExpired.Load()) {
 			return fail(lastErr)
 		}
 	}
+}
+
+// clientBodyFailed reports whether the client's request body failed
+// (malformed framing, a stall, a client gone mid-body): the attempt failed
+// by the client's doing, which must not count against the endpoint (a
+// client could eject healthy endpoints for everyone) nor be retried.
+func clientBodyFailed(body io.Reader) bool {
+	f, ok := body.(interface{ failure() *protocolError })
+	return ok && f.failure() != nil
 }
 
 func (o *Outbound) limits() *v1.ServiceLimits {

@@ -27,6 +27,7 @@ type responseWriter struct {
 	bw *bufio.Writer
 
 	req      *http.Request
+	body     *requestBody // req's body; nil if it has none
 	header   http.Header
 	status   int
 	held     []byte
@@ -47,7 +48,8 @@ type responseWriter struct {
 // maxHeld is the body held back to learn a response's length.
 const maxHeld = 4 << 10
 
-func (w *responseWriter) reset(req *http.Request) {
+func (w *responseWriter) reset(req *http.Request, body *requestBody) {
+	w.body = body
 	if w.header == nil {
 		w.header = make(http.Header, 8)
 	} else {
@@ -146,6 +148,7 @@ func (w *responseWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	w.mu.Lock()
 	w.hijacked, w.headDone = true, true
 	w.mu.Unlock()
+	w.c.SetReadDeadline(time.Time{}) // a body read's: the connection is the handler's now
 	return w.c, bufio.NewReadWriter(w.br, w.bw), nil
 }
 
@@ -167,6 +170,10 @@ func (w *responseWriter) writeHead(final bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.headDone = true
+	if pe := w.body.failure(); pe != nil {
+		w.writeBodyFailure(pe)
+		return
+	}
 	h, req := w.header, w.req
 	w.bodyless = req.Method == http.MethodHead || w.status == http.StatusNoContent || w.status == http.StatusNotModified
 	if v := h["Content-Length"]; len(v) == 1 {
@@ -230,6 +237,24 @@ func (w *responseWriter) writeHead(final bool) {
 	held := w.held
 	w.writeBody(held)
 	w.held = held[:0]
+}
+
+// writeBodyFailure answers, in place of the handler's response, a request
+// whose body could not be read to its end: malformed framing (400, 501)
+// or a body that stalled (408). What the handler then writes is dropped,
+// and the connection closes, since where the next request would start is
+// unknown.
+func (w *responseWriter) writeBodyFailure(pe *protocolError) {
+	msg := http.StatusText(pe.status) + ": " + pe.msg + "\n"
+	w.status, w.cl, w.chunked, w.bodyless, w.close = pe.status, -1, false, true, true
+	bw := w.bw
+	bw.WriteString("HTTP/1.1 ")
+	bw.WriteString(statusLine(pe.status))
+	bw.WriteString("\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: ")
+	bw.WriteString(strconv.Itoa(len(msg)))
+	bw.WriteString("\r\n\r\n")
+	bw.WriteString(msg)
+	w.held = w.held[:0]
 }
 
 // writeFields writes the header fields but those skip names.

@@ -2,11 +2,13 @@ package l7
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"net/textproto"
 	"net/url"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"golang.org/x/net/http/httpguts"
 
@@ -14,10 +16,31 @@ import (
 	"github.com/trellis-mesh/trellis/internal/httpmatch"
 )
 
-// Limits on request heads, as Envoy's defaults: larger heads get 431.
+// Limits on request heads from clients, as Envoy's defaults: larger heads
+// get 431 at the first proxy.
 const (
 	MaxHeaderBytes  = 60 << 10
 	MaxHeaderFields = 100
+)
+
+// Room kept inside the mesh for what the proxies add to a request on its
+// way (X-Forwarded-For and the gateway's forwarding fields, X-Request-Id,
+// Traceparent, X-Forwarded-Client-Cert): the inbound accepts a head this
+// much larger than a client may send, so that a request the first proxy
+// accepted is never refused further in for its size.
+const (
+	MeshHeaderBytes  = 8 << 10
+	MeshHeaderFields = 20
+)
+
+// headLimits bound a request head as sanitize counts it: its fields, and
+// the bytes of its target, its authority and its fields (name, value and
+// 4 for ": " and CRLF, as in HTTP/1.1).
+type headLimits struct{ bytes, fields int }
+
+var (
+	clientLimits = headLimits{MaxHeaderBytes, MaxHeaderFields}
+	meshLimits   = headLimits{MaxHeaderBytes + MeshHeaderBytes, MaxHeaderFields + MeshHeaderFields}
 )
 
 // badRequest is a request refused before anything reaches an upstream.
@@ -55,27 +78,32 @@ func (e *badRequest) Error() string { return e.msg }
 // percent-encoding: each has let requests slip past path rules in proxies
 // that decoded differently from the app.
 //
-// Transfer-Encoding and Content-Length together are read as RFC 9112
-// section 6.3 says (Transfer-Encoding wins) by the HTTP server before this
-// runs; the request then leaves with one framing only, so the app never
-// sees both.
-func sanitize(r *http.Request) error {
+// Refused too: a path that is not valid UTF-8 once percent-decoded
+// (overlong forms such as %c0%ae, stray bytes such as %ff). Paths match
+// case-sensitively (RFC 3986 section 6.2.2.1): /Admin is not /admin.
+//
+// Transfer-Encoding and Content-Length together, and every other framing
+// two parsers could read two ways, are refused by Server's HTTP/1.1 reader
+// before this runs (see http1.go).
+func sanitize(r *http.Request) error { return sanitizeWithin(r, clientLimits) }
+
+// sanitizeWithin is sanitize with the head limits lim.
+func sanitizeWithin(r *http.Request, lim headLimits) error {
 	if bad, ok := r.Context().Value(malformedKey{}).(*badRequest); ok {
 		return bad
 	}
-	fields, size := 0, 0
+	fields, size := 0, len(r.URL.RequestURI())+len(r.Host)
 	for k, vs := range r.Header {
 		fields += len(vs)
 		for _, v := range vs {
 			size += len(k) + len(v) + 4 // ": " and CRLF, as on the wire
 		}
 	}
-	if fields > MaxHeaderFields {
-		return &badRequest{http.StatusRequestHeaderFieldsTooLarge, "trellis: more than 100 header fields", ReasonHeaders}
+	if fields > lim.fields {
+		return &badRequest{http.StatusRequestHeaderFieldsTooLarge, fmt.Sprintf("trellis: more than %d header fields", lim.fields), ReasonHeaders}
 	}
-	if size > MaxHeaderBytes {
-		// The HTTP server allows some slack over its own limit.
-		return &badRequest{http.StatusRequestHeaderFieldsTooLarge, "trellis: request headers over 60 KiB", ReasonHeaders}
+	if size > lim.bytes {
+		return &badRequest{http.StatusRequestHeaderFieldsTooLarge, fmt.Sprintf("trellis: request head (target, host and fields) over %d KiB", lim.bytes>>10), ReasonHeaders}
 	}
 	// The method first: no rule may see a method the app could read
 	// otherwise than the rules do.
@@ -98,6 +126,12 @@ func sanitize(r *http.Request) error {
 	dec, err := url.PathUnescape(p)
 	if err != nil {
 		return &badRequest{http.StatusBadRequest, "trellis: " + err.Error(), ReasonPath}
+	}
+	if !utf8.ValidString(dec) {
+		// Overlong forms (%c0%ae for '.') and bytes that are no UTF-8
+		// (%ff): an app decoding leniently would read another path than
+		// the one routed and authorized.
+		return &badRequest{http.StatusBadRequest, "trellis: the path, percent-decoded, is not valid UTF-8", ReasonPath}
 	}
 	r.URL.Path, r.URL.RawPath = dec, p
 	if dec == p {

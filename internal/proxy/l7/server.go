@@ -12,9 +12,12 @@ import (
 	"net/http"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/trellis-mesh/trellis/internal/proxy/handshake"
 	"github.com/trellis-mesh/trellis/internal/proxy/netconn"
@@ -33,15 +36,25 @@ import (
 // It replaces net/http's server for HTTP/1.1 because that server pays, on
 // every request, for what a proxy in front of a local app does not use: a
 // goroutine reading ahead to notice a closed connection, a context per
-// request, and a chunking writer between the handler and the socket. The
-// request is parsed by net/http (http.ReadRequest) with the server's
-// checks added here, so what is accepted does not change. A request's
-// context ends with its connection, which is noticed when a read or write
-// on it fails, not while the handler waits.
+// request, and a chunking writer between the handler and the socket; and
+// because net/http's request reader is lenient where a proxy must not be.
+// Requests are read by readRequest (http1.go), which refuses whatever two
+// HTTP/1.1 parsers could read two ways; what it accepts, net/http reads
+// the same way. A refused request is answered, counted and logged, and
+// its connection closed. A request's context ends with its connection,
+// which is noticed when a read or write on it fails, not while the
+// handler waits.
 type Server struct {
 	// HandshakeLog reports failed TLS handshakes of a TLS listener (set
 	// before Serve); NewServer makes one on its logger.
 	HandshakeLog *handshake.Log
+	// BodyReadTimeout bounds the wait for each read of a request body: a
+	// body that stalls longer gets 408 and the connection closes. Zero
+	// means 30 s. Set before Serve.
+	BodyReadTimeout time.Duration
+	// Rejected counts requests refused by the HTTP/1.1 reader, by reason;
+	// nil counts nothing. Set before Serve.
+	Rejected *prometheus.CounterVec
 
 	handler http.Handler
 	log     *slog.Logger
@@ -56,6 +69,7 @@ type Server struct {
 // Timeouts of client connections.
 const (
 	readHeaderTimeout = 30 * time.Second
+	bodyReadTimeout   = 30 * time.Second
 	idleConnTimeout   = 5 * time.Minute
 	// maxBodyDrain is how much of a request body the handler left unread
 	// is read and dropped to keep the connection; past it, or when the
@@ -219,7 +233,7 @@ func (sc *serverConn) serve() {
 		st := tc.ConnectionState()
 		tlsState = &st
 		if st.NegotiatedProtocol == http2.NextProtoTLS {
-			sc.serveH2(c)
+			sc.serveH2(c, tlsState)
 			return
 		}
 	}
@@ -245,7 +259,7 @@ func (sc *serverConn) serve() {
 		pooled = false // x/net's server reads on through br
 		lr.N = math.MaxInt64
 		c.SetReadDeadline(time.Time{})
-		sc.serveH2(netconn.Peeked(c, br))
+		sc.serveH2(netconn.Peeked(c, br), nil)
 		return
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -274,29 +288,40 @@ func (sc *serverConn) serve() {
 			}
 			br.Discard(n)
 		}
-		req, err := http.ReadRequest(br)
+		req, err := readRequest(br)
 		if err != nil {
-			if lr.N <= 0 {
-				writeError(bw, http.StatusRequestHeaderFieldsTooLarge, "request header too large")
-			} else if !errors.Is(err, io.EOF) && !isTimeout(err) {
-				writeError(bw, http.StatusBadRequest, err.Error())
+			var pe *protocolError
+			switch {
+			case lr.N <= 0:
+				sc.s.reject(remote, refused(http.StatusRequestHeaderFieldsTooLarge, "too_large", "request header too large"), bw)
+			case errors.As(err, &pe):
+				sc.s.reject(remote, pe, bw)
+			case !errors.Is(err, io.EOF) && !isTimeout(err) && !errors.Is(err, io.ErrUnexpectedEOF):
+				sc.s.reject(remote, refused(http.StatusBadRequest, "malformed", err.Error()), bw)
 			}
 			return
 		}
 		lr.N = math.MaxInt64
 		c.SetReadDeadline(time.Time{})
-		if code, msg := checkRequest(req); code != 0 {
-			writeError(bw, code, msg)
+		if tlsState != nil && !sniNames(tlsState.ServerName, req.Host) {
+			sc.s.reject(remote, misdirected(tlsState.ServerName, req.Host), bw)
 			return
 		}
+		// The handler may clear req.Close (a proxy does, for the request it
+		// sends on): whether this connection ends is decided here.
+		closeAfter := req.Close
 		req.RemoteAddr = remote
 		req.TLS = tlsState
 		req = req.WithContext(ctx)
-		body := &requestBody{r: req.Body}
+		if cb, ok := req.Body.(*chunkedBody); ok {
+			cb.trailer = &req.Trailer // the copy's: trailers fill the handler's request
+		}
+		body := &requestBody{r: req.Body, c: c, timeout: sc.s.bodyReadTimeout()}
 		if req.Body != http.NoBody {
 			req.Body = body
 		}
-		w.reset(req)
+		w.reset(req, body)
+		w.close = closeAfter
 		if expect := req.Header.Get("Expect"); expect != "" {
 			if !httpguts.HeaderValuesContainsToken(req.Header["Expect"], "100-continue") || !req.ProtoAtLeast(1, 1) {
 				writeError(bw, http.StatusExpectationFailed, "unsupported Expect header")
@@ -308,6 +333,9 @@ func (sc *serverConn) serve() {
 		pooled = false // until the handler returns, not panics
 		sc.s.handler.ServeHTTP(w, req)
 		pooled = true
+		if pe := body.failure(); pe != nil {
+			sc.s.count(remote, pe) // answered by w in place of the handler's response
+		}
 		if w.hijacked {
 			pooled = false
 			return
@@ -316,7 +344,7 @@ func (sc *serverConn) serve() {
 			w.close = true // the last response of a draining server
 		}
 		w.finish()
-		if w.err != nil || w.close || req.Close {
+		if w.err != nil || w.close || closeAfter {
 			if !body.done() {
 				pooled = false // the handler may still be reading
 			}
@@ -349,8 +377,9 @@ func isH2Preface(br *bufio.Reader) bool {
 
 // serveH2 serves an HTTP/2 client with the tunnel's server, which speaks
 // plain HTTP/2 to any client: each request stream becomes an http.Request
-// for the handler, as on the inbound side.
-func (sc *serverConn) serveH2(c net.Conn) {
+// for the handler, as on the inbound side. Over TLS, a request for a host
+// the client's server name did not name gets 421, as on HTTP/1.1.
+func (sc *serverConn) serveH2(c net.Conn, tlsState *tls.ConnectionState) {
 	s := sc.s
 	remote := c.RemoteAddr().String()
 	tun := tunnel.NewServer(c, tunnel.Config{Requests: true, MaxStreams: 250, MaxHeaderBytes: TunnelHeaderBytes, Logger: s.log},
@@ -363,6 +392,15 @@ func (sc *serverConn) serveH2(c net.Conn) {
 					}
 				}()
 				r.RemoteAddr = remote
+				if tlsState != nil {
+					r.TLS = tlsState
+					if !sniNames(tlsState.ServerName, r.Host) {
+						pe := misdirected(tlsState.ServerName, r.Host)
+						s.count(remote, pe)
+						refuse(w, &badRequest{pe.status, "trellis: " + pe.msg, pe.reason})
+						return
+					}
+				}
 				s.handler.ServeHTTP(w, r)
 			})
 		})
@@ -392,30 +430,46 @@ func isTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-// checkRequest is what net/http's server checks beyond http.ReadRequest
-// (which already refuses a second Host): HTTP/1.x only, a valid Host
-// (required from HTTP/1.1), and valid header field names and values. It
-// returns the status and why a request is refused, or 0.
-func checkRequest(r *http.Request) (int, string) {
-	switch {
-	case r.ProtoMajor != 1:
-		return http.StatusHTTPVersionNotSupported, "unsupported protocol version"
-	case r.ProtoAtLeast(1, 1) && r.Host == "" && r.Method != http.MethodConnect:
-		return http.StatusBadRequest, "missing required Host header"
-	case !httpguts.ValidHostHeader(r.Host):
-		return http.StatusBadRequest, "malformed Host header"
+func (s *Server) bodyReadTimeout() time.Duration {
+	if s.BodyReadTimeout > 0 {
+		return s.BodyReadTimeout
 	}
-	for k, vv := range r.Header {
-		if !httpguts.ValidHeaderFieldName(k) {
-			return http.StatusBadRequest, "invalid header name"
-		}
-		for _, v := range vv {
-			if !httpguts.ValidHeaderFieldValue(v) {
-				return http.StatusBadRequest, "invalid header value"
-			}
-		}
+	return bodyReadTimeout
+}
+
+// reject answers a request the reader refused, counts and logs it; the
+// connection closes after it.
+func (s *Server) reject(remote string, pe *protocolError, bw *bufio.Writer) {
+	writeError(bw, pe.status, pe.msg)
+	s.count(remote, pe)
+}
+
+// count counts and logs a refused request. The log is at info: a client
+// sending what the reader refuses is a broken or hostile one, and the
+// operator may want to know which.
+func (s *Server) count(remote string, pe *protocolError) {
+	if s.Rejected != nil {
+		s.Rejected.WithLabelValues(pe.reason).Inc()
 	}
-	return 0, ""
+	s.log.Info("HTTP/1.1 request refused", "remote", remote, "status", pe.status, "reason", pe.reason, "detail", cut(pe.msg, 512))
+}
+
+// sniNames reports whether a TLS client that sent server name sni may ask
+// for host: the same name (port and a final dot aside, case ignored), or
+// any host if it sent no name (a client that dialed an address).
+func sniNames(sni, host string) bool {
+	if sni == "" {
+		return true
+	}
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	return strings.EqualFold(strings.TrimSuffix(host, "."), strings.TrimSuffix(sni, "."))
+}
+
+func misdirected(sni, host string) *protocolError {
+	return refused(http.StatusMisdirectedRequest, "misdirected",
+		"this connection is for "+quoteShort(sni)+" (TLS server name), not "+quoteShort(host))
 }
 
 // writeError answers a request that never reached the handler, and the
@@ -435,12 +489,15 @@ func writeError(bw *bufio.Writer, code int, msg string) {
 // the body was read to its end, and sends "100 Continue" before the first
 // read when the client asked for it.
 type requestBody struct {
-	r      io.ReadCloser
-	cont   *responseWriter
-	mu     sync.Mutex
-	eof    bool
-	closed bool
-	busy   bool
+	r       io.ReadCloser
+	c       net.Conn      // its read deadline bounds each read
+	timeout time.Duration // the body read timeout
+	cont    *responseWriter
+	mu      sync.Mutex
+	eof     bool
+	closed  bool
+	busy    bool
+	failed  *protocolError // the body's framing failed, or it timed out
 }
 
 func (b *requestBody) Read(p []byte) (int, error) {
@@ -460,14 +517,39 @@ func (b *requestBody) Read(p []byte) (int, error) {
 	if cont != nil {
 		cont.writeContinue()
 	}
+	b.c.SetReadDeadline(time.Now().Add(b.timeout))
 	n, err := b.r.Read(p)
 	b.mu.Lock()
 	b.busy = false
-	if err == io.EOF {
+	var pe *protocolError
+	switch {
+	case err == nil:
+	case err == io.EOF:
 		b.eof = true
+		b.c.SetReadDeadline(time.Time{})
+	case errors.As(err, &pe):
+		b.failed = pe
+	case isTimeout(err):
+		b.failed = refused(http.StatusRequestTimeout, "body_timeout", "no request body byte within "+b.timeout.String())
+		err = b.failed
+	default:
+		// The client went away or its connection broke mid-body: as a
+		// framing failure, the request must not be taken for a whole one,
+		// and it is the client's doing, not the upstream's.
+		b.failed = refused(http.StatusBadRequest, "body_incomplete", "the request body ended early: "+err.Error())
 	}
 	b.mu.Unlock()
 	return n, err
+}
+
+// failure is why the body failed, or nil.
+func (b *requestBody) failure() *protocolError {
+	if b == nil {
+		return nil
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.failed
 }
 
 // Close stops reading: what is left is the server's to drop or not.
@@ -500,6 +582,7 @@ func (b *requestBody) drain() bool {
 		// client may never send the body it was not asked for.
 		return false
 	}
+	b.c.SetReadDeadline(time.Now().Add(b.timeout))
 	n, err := io.CopyN(io.Discard, b.r, maxBodyDrain+1)
 	b.closed = true
 	return err == io.EOF && n <= maxBodyDrain

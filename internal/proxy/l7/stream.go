@@ -177,6 +177,33 @@ func sendRequest(ctx context.Context, conn *tunnel.Conn, req *http.Request) (*ht
 	if req.Method == http.MethodOptions && path == "/*" {
 		path = "*"
 	}
+	var body []byte
+	end := req.Body == nil || req.Body == http.NoBody || req.ContentLength == 0 && req.GetBody != nil
+	trailersOnly := false // the whole body is held, its trailers follow
+	if !end && req.ContentLength < 0 && req.ProtoMajor == 1 {
+		// An HTTP/1.1 body of unknown length (chunked) is read ahead up
+		// to maxHeldBody, as nginx buffers request bodies: a small one
+		// leaves with the head, and one whose framing fails within that
+		// never reaches the upstream at all. Past it, the rest streams,
+		// and a failure resets the stream, so that the app never sees the
+		// request complete. HTTP/2 bodies (gRPC's streams among them)
+		// stream from the first byte: their framing cannot fail so.
+		b, err := io.ReadAll(io.LimitReader(req.Body, maxHeldBody+1))
+		if err != nil {
+			req.Body.Close()
+			return nil, err
+		}
+		body = b
+		if len(b) <= maxHeldBody {
+			req.Body.Close()
+			req.Body = http.NoBody
+			if len(req.Trailer) == 0 {
+				end = true
+			} else {
+				trailersOnly = true
+			}
+		}
+	}
 	fields := make([]hpack.HeaderField, 0, 8+len(req.Header))
 	fields = append(fields,
 		hpack.HeaderField{Name: ":method", Value: req.Method},
@@ -196,8 +223,6 @@ func sendRequest(ctx context.Context, conn *tunnel.Conn, req *http.Request) (*ht
 	if req.ContentLength > 0 && req.Header.Get("Content-Length") == "" {
 		fields = append(fields, hpack.HeaderField{Name: "content-length", Value: strconv.FormatInt(req.ContentLength, 10)})
 	}
-	var body []byte
-	end := req.Body == nil || req.Body == http.NoBody || req.ContentLength == 0 && req.GetBody != nil
 	if !end && req.ContentLength > 0 && req.ContentLength <= maxHeldBody && len(req.Trailer) == 0 {
 		// Small and of known length: it leaves with the head.
 		b := make([]byte, req.ContentLength)
@@ -218,7 +243,12 @@ func sendRequest(ctx context.Context, conn *tunnel.Conn, req *http.Request) (*ht
 		}
 		return nil, err
 	}
-	if !end {
+	if trailersOnly {
+		if err := s.CloseWrite(appendFields(nil, req.Trailer, nil)); err != nil {
+			s.Cancel(err)
+			return nil, err
+		}
+	} else if !end {
 		go sendBody(s, req)
 	}
 	status, rfields, err := s.Response(ctx)

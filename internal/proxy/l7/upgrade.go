@@ -24,6 +24,9 @@ import (
 // On 101 the response body is the connection, as httputil.ReverseProxy
 // expects.
 func (o *Outbound) roundTripUpgrade(req *http.Request, rule *Rule, ep balance.Endpoint, start time.Time) (*http.Response, error) {
+	if req.ContentLength != 0 {
+		return nil, errUpgradeBody
+	}
 	if o.DialUpgrade == nil {
 		return nil, &proxyError{http.StatusNotImplemented, "trellis: upgrades are not supported here"}
 	}
@@ -60,6 +63,11 @@ func (o *Outbound) roundTripUpgrade(req *http.Request, rule *Rule, ep balance.En
 	return resp, nil
 }
 
+// errUpgradeBody refuses an upgrade request with a body: after its head
+// come the bytes of the protocol switched to, so where a body would end
+// is for the two ends to read differently.
+var errUpgradeBody = &proxyError{http.StatusBadRequest, "trellis: an upgrade request cannot have a body"}
+
 // upgraded is the connection after a 101, reading first what the response
 // reader already buffered.
 type upgraded struct {
@@ -88,8 +96,15 @@ func (in *Inbound) ServeUpgrade(c net.Conn, peer identity.ID) {
 	start := time.Now()
 	c.SetReadDeadline(time.Now().Add(30 * time.Second))
 	br := bufio.NewReaderSize(c, 16<<10)
-	req, err := http.ReadRequest(br)
+	// The head is read as strictly as a client's (see http1.go): the
+	// caller is another sidecar, but what it relays came from its client.
+	req, err := readRequest(br)
 	if err != nil {
+		var pe *protocolError
+		if errors.As(err, &pe) {
+			reply(c, pe.status, "trellis: "+pe.msg)
+			in.Metrics.observe("inbound", peer.Service(), in.Self().Service(), "", "", pe.status, start)
+		}
 		return
 	}
 	c.SetReadDeadline(time.Time{})
@@ -99,8 +114,11 @@ func (in *Inbound) ServeUpgrade(c net.Conn, peer identity.ID) {
 
 func (in *Inbound) upgrade(c net.Conn, br *bufio.Reader, req *http.Request, peer identity.ID) int {
 	reply := func(code int, msg string) int { return reply(c, code, msg) }
-	if upgradeType(req.Header) == "" {
+	switch {
+	case upgradeType(req.Header) == "":
 		return reply(http.StatusBadRequest, "trellis: not an upgrade request")
+	case req.ContentLength != 0:
+		return reply(http.StatusBadRequest, errUpgradeBody.msg)
 	}
 	if bad := in.admit(req, peer); bad != nil {
 		in.Metrics.refused(in.Logger, req, "inbound", peer.Service(), in.Self().Service(), bad)
