@@ -217,7 +217,11 @@ func parseRequestLine(s string) (*http.Request, error) {
 // header section (limit bytes and n fields, as Server's limits) or a
 // chunked body's trailers.
 func readFields(br *bufio.Reader, scratch *[]byte, limit, n int, where string) (http.Header, error) {
-	h := make(http.Header, 8)
+	// One backing array holds the first value of every field, as
+	// net/textproto does, sized by the lines already buffered.
+	hint := min(upcomingLines(br), n)
+	h := make(http.Header, hint)
+	values := make([]string, 0, hint)
 	size, count := 0, 0
 	for {
 		line, err := readLine(br, scratch, limit, where)
@@ -240,18 +244,71 @@ func readFields(br *bufio.Reader, scratch *[]byte, limit, n int, where string) (
 		if i <= 0 {
 			return nil, refused(http.StatusBadRequest, "field", "a field line without a name and a colon in "+where)
 		}
-		name := string(line[:i])
-		if !isToken(name) {
-			return nil, refused(http.StatusBadRequest, "field", "invalid field name "+quoteShort(name)+" in "+where+" (no whitespace before the colon)")
+		if !isTokenBytes(line[:i]) {
+			return nil, refused(http.StatusBadRequest, "field", "invalid field name "+quoteShort(string(line[:i]))+" in "+where+" (no whitespace before the colon)")
 		}
+		k := canonicalKey(line[:i])
 		value := string(bytes.Trim(line[i+1:], " \t"))
 		if !httpguts.ValidHeaderFieldValue(value) {
-			return nil, refused(http.StatusBadRequest, "field", "a control character in the value of "+name)
+			return nil, refused(http.StatusBadRequest, "field", "a control character in the value of "+k)
 		}
-		k := textproto.CanonicalMIMEHeaderKey(name)
-		h[k] = append(h[k], value)
+		if vv, ok := h[k]; ok || len(values) == cap(values) {
+			h[k] = append(vv, value)
+		} else {
+			values = append(values, value)
+			h[k] = values[len(values)-1 : len(values) : len(values)]
+		}
 	}
 }
+
+// upcomingLines counts the lines already buffered in br, a bound on the
+// fields to come.
+func upcomingLines(br *bufio.Reader) int {
+	b, _ := br.Peek(br.Buffered())
+	return bytes.Count(b, []byte{'\n'})
+}
+
+// canonicalKey returns the canonical form of a field name (a token), as
+// textproto.CanonicalMIMEHeaderKey does; the names most requests carry
+// come from a table, without a copy.
+func canonicalKey(name []byte) string {
+	var buf [32]byte
+	if len(name) > len(buf) {
+		return textproto.CanonicalMIMEHeaderKey(string(name))
+	}
+	upper := true
+	for i, c := range name {
+		switch {
+		case upper && 'a' <= c && c <= 'z':
+			c -= 'a' - 'A'
+		case !upper && 'A' <= c && c <= 'Z':
+			c += 'a' - 'A'
+		}
+		buf[i] = c
+		upper = c == '-'
+	}
+	canon := buf[:len(name)]
+	if k, ok := commonKeys[string(canon)]; ok {
+		return k
+	}
+	return string(canon)
+}
+
+// commonKeys are field names that most requests carry.
+var commonKeys = func() map[string]string {
+	m := map[string]string{}
+	for _, k := range []string{
+		"Accept", "Accept-Charset", "Accept-Encoding", "Accept-Language", "Authorization",
+		"Cache-Control", "Connection", "Content-Encoding", "Content-Length", "Content-Type",
+		"Cookie", "Expect", "Forwarded", "Host", "If-Match", "If-Modified-Since", "If-None-Match",
+		"Keep-Alive", "Origin", "Pragma", "Range", "Referer", "Te", "Traceparent", "Tracestate",
+		"Transfer-Encoding", "Upgrade", "User-Agent", "X-Forwarded-For", "X-Forwarded-Host",
+		"X-Forwarded-Proto", "X-Real-Ip", "X-Request-Id", "Sec-Websocket-Key", "Sec-Websocket-Version",
+	} {
+		m[k] = k
+	}
+	return m
+}()
 
 // setHost takes the request's authority from its Host field, which
 // HTTP/1.1 requires once, or from an absolute-form target, whose authority
@@ -649,6 +706,15 @@ func (b *chunkedBody) readTrailers() error {
 func (b *chunkedBody) Close() error { return nil }
 
 func isDigit(c byte) bool { return '0' <= c && c <= '9' }
+
+func isTokenBytes(b []byte) bool {
+	for _, c := range b {
+		if !httpguts.IsTokenRune(rune(c)) {
+			return false
+		}
+	}
+	return len(b) > 0
+}
 
 func isToken(s string) bool {
 	for i := 0; i < len(s); i++ {
