@@ -299,7 +299,7 @@ func (l *Listener) sweep() {
 	}
 	l.mu.Unlock()
 	for _, pr := range check {
-		ok := probe(pr.addr, pr.sni, cfg.TLSHealthCheck)
+		ok := probe(pr.addr, pr.sni, cfg.TLSHealthCheck, cfg.ProxyProtocol)
 		t := pr.t
 		l.mu.Lock()
 		if ok != t.healthy || !t.checked {
@@ -316,7 +316,7 @@ func (l *Listener) sweep() {
 
 // probe checks a target: a TCP connect, or with tlsCheck a TLS handshake
 // (the target's certificate is not ours to judge, only that it answers).
-func probe(addr, sni string, tlsCheck bool) bool {
+func probe(addr, sni string, tlsCheck, proxyProtocol bool) bool {
 	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
 	if err != nil {
 		return false
@@ -324,6 +324,16 @@ func probe(addr, sni string, tlsCheck bool) bool {
 	defer c.Close()
 	if !tlsCheck {
 		return true
+	}
+	if proxyProtocol {
+		// A target that takes the PROXY protocol requires its header
+		// first; LOCAL says the connection is the gateway's own, as
+		// HAProxy's check-send-proxy does.
+		h := &proxyproto.Header{Version: 2, Command: proxyproto.LOCAL}
+		c.SetWriteDeadline(time.Now().Add(2 * time.Second))
+		if _, err := h.WriteTo(c); err != nil {
+			return false
+		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()

@@ -48,7 +48,9 @@ func startBackend(t *testing.T, name string, proxied bool) *backend {
 	b := &backend{name: name, cert: cert, addr: l.Addr().String(), ln: l}
 	var ln net.Listener = l
 	if proxied {
-		ln = &proxyproto.Listener{Listener: l, Policy: func(net.Addr) (proxyproto.Policy, error) { return proxyproto.USE, nil }}
+		// As a sidecar with --edge-accept-proxy-protocol: every
+		// connection must start with a header.
+		ln = &proxyproto.Listener{Listener: l, Policy: func(net.Addr) (proxyproto.Policy, error) { return proxyproto.REQUIRE, nil }}
 	}
 	ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{*cert}})
 	go func() {
@@ -278,6 +280,26 @@ func TestProxyProtocolCarriesClientAddress(t *testing.T) {
 	// The backend's view of its peer is the client's own address.
 	if parts := strings.Split(string(b), "|"); len(parts) != 3 || parts[1] != c.LocalAddr().String() {
 		t.Errorf("backend saw %q; want the client address %s", b, c.LocalAddr())
+	}
+}
+
+// A TLS health check of a target that takes the PROXY protocol must send
+// a header too (LOCAL: the check's own connection), or the target never
+// passes it and gets no connection.
+func TestTLSHealthCheckSpeaksProxyProtocol(t *testing.T) {
+	alpha := startBackend(t, "alpha.test", true)
+	reg := &registry{targets: map[string][]passthrough.Target{}}
+	reg.set("alpha", alpha.addr)
+	addr := serve(t, reg, passthrough.Config{Service: bySNI(map[string]string{"alpha.test": "alpha"}, ""), Services: []string{"alpha"}, ProxyProtocol: true, TLSHealthCheck: true})
+	// Calls across a second, many 50 ms check sweeps: each must reach a
+	// target the checks keep healthy.
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for i := 0; i < 20; i++ {
+		<-tick.C
+		if got, _, err := call(addr, "alpha.test", alpha.pool(), []byte("x")); err != nil || !strings.HasPrefix(got, "alpha.test|") {
+			t.Fatalf("call %d: %q, %v", i, got, err)
+		}
 	}
 }
 
