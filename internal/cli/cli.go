@@ -51,7 +51,7 @@ func commands() map[string]command {
 		"delete":    {"delete a resource: delete KIND NAME", runDelete},
 		"intention": {"allow or deny calls: intention allow|deny SRC DST", runIntention},
 		"token":     {"create, list or delete tokens", runToken},
-		"ca":        {"the CA: ca roots | add-root FILE | rotate | remove-root FINGERPRINT", runCA},
+		"ca":        {"the CA: ca roots | add-root FILE | rotate | remove-root FINGERPRINT|FILE", runCA},
 		"inject":    {"inject the sidecar: inject validate|ecs|cloudformation|kubernetes|compose|mesh, inject webhook", runInject},
 		"redirect":  {"install the iptables rules of transparent mode (as ECS does for proxyConfiguration)", runRedirect},
 		"ready":     {"exit 0 if the local proxy is ready (a health check that needs no shell)", runReady},
@@ -127,6 +127,17 @@ func newFlags(e *env, name, usage string) *flagSet {
 		fs.PrintDefaults()
 		fs.SetOutput(io.Discard)
 	}}
+}
+
+// helpFor prints usage and returns flag.ErrHelp (exit 0) when args ask for
+// help: a command with subcommands and no flags of its own sees -h as its
+// first argument.
+func helpFor(e *env, usage string, args []string) error {
+	if len(args) > 0 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help" || args[0] == "help") {
+		fmt.Fprintf(e.stderr, "Usage: trellis %s\n", usage)
+		return flag.ErrHelp
+	}
+	return nil
 }
 
 // parse parses flags, turning flag errors into usage errors.

@@ -33,6 +33,9 @@ func runInject(ctx context.Context, e *env, args []string) error {
 	if len(args) == 0 {
 		return usageErr(injectUsage)
 	}
+	if err := helpFor(e, injectUsage, args); err != nil {
+		return err
+	}
 	switch args[0] {
 	case "webhook":
 		return runWebhook(ctx, e, args[1:])

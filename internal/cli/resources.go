@@ -152,7 +152,12 @@ func runGet(ctx context.Context, e *env, args []string) error {
 					}
 				}
 				if t.LastUsedAt != nil {
-					used = age(*t.LastUsedAt)
+					// Recorded to the minute: say no more than that.
+					if d := time.Since(*t.LastUsedAt); d < time.Minute {
+						used = "under a minute ago"
+					} else {
+						used = d.Truncate(time.Minute).String() + " ago"
+					}
 				}
 				fmt.Fprintf(tw, "%s\t%v\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.Admin, dash(strings.Join(t.Services, ",")), dash(t.Description), age(t.CreatedAt), expires, used)
 			}
@@ -160,7 +165,7 @@ func runGet(ctx context.Context, e *env, args []string) error {
 	}
 	kind, ok := kindOf(what)
 	if !ok {
-		return usageErr("unknown kind %q (want services, instances, proxies, tokens, mesh, service or intention)", what)
+		return usageErr("unknown kind %q (want services, instances, proxies, tokens, mesh, service, intention, route or gateway)", what)
 	}
 	var res []v1.Resource
 	if name != "" {
@@ -354,8 +359,17 @@ func runIntention(ctx context.Context, e *env, args []string) error {
 }
 
 func runToken(ctx context.Context, e *env, args []string) error {
+	const usage = "token create --service NAME... [--ttl D] [-o FILE] | token list | token delete ID"
 	if len(args) == 0 {
-		return usageErr("want: token create --service NAME... | token list | token delete ID")
+		return usageErr("want: %s", usage)
+	}
+	if err := helpFor(e, usage, args); err != nil {
+		return err
+	}
+	if len(args) > 1 && args[0] != "create" {
+		if err := helpFor(e, "token "+args[0]+map[string]string{"delete": " ID"}[args[0]], args[1:]); err != nil {
+			return err
+		}
 	}
 	switch args[0] {
 	case "create":
@@ -439,8 +453,17 @@ func runToken(ctx context.Context, e *env, args []string) error {
 }
 
 func runCA(ctx context.Context, e *env, args []string) error {
+	const usage = "ca roots | ca add-root FILE | ca rotate | ca remove-root FINGERPRINT|FILE"
 	if len(args) == 0 {
-		return usageErr("want: ca roots | ca add-root FILE | ca rotate | ca remove-root FINGERPRINT|FILE")
+		return usageErr("want: %s", usage)
+	}
+	if err := helpFor(e, usage, args); err != nil {
+		return err
+	}
+	if len(args) > 1 && (args[0] == "roots" || args[0] == "add-root") {
+		if err := helpFor(e, "ca "+args[0]+map[string]string{"add-root": " FILE"}[args[0]], args[1:]); err != nil {
+			return err
+		}
 	}
 	switch args[0] {
 	case "roots":
