@@ -34,6 +34,12 @@ func BenchmarkRequestParallel(b *testing.B) {
 	benchParallel(b, &http.Transport{MaxIdleConnsPerHost: 64}, 1)
 }
 
+// BenchmarkRequestParallelClose is BenchmarkRequestParallel with a new
+// client connection per request, as the close16 bench.
+func BenchmarkRequestParallelClose(b *testing.B) {
+	benchParallel(b, &http.Transport{DisableKeepAlives: true}, 1)
+}
+
 // BenchmarkRequestParallelH2 is BenchmarkRequestParallel for a client
 // that speaks HTTP/2 without TLS (h2c) to the outbound, as the h2 bench.
 func BenchmarkRequestParallelH2(b *testing.B) {
