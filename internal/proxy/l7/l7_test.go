@@ -599,16 +599,28 @@ func TestRefusedStreamIsSentAgain(t *testing.T) {
 			return pool.Get(ep.Addr, "web", cfg)
 		}
 	})
-	resp, err := http.Post(url+"/x", "text/plain", strings.NewReader("hello"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != 200 || string(body) != "got hello" {
-		t.Fatalf("POST after a refused stream = %d %q, want 200 %q", resp.StatusCode, body, "got hello")
-	}
-	if n := a.hits.Load(); n != 1 {
-		t.Errorf("app saw %d requests, want 1", n)
+	for _, tc := range []struct {
+		name string
+		body io.Reader
+	}{
+		{"known length", strings.NewReader("hello")},
+		// A reader of unknown size makes the client send it chunked: the
+		// outbound holds it ahead and must send it again, not an empty body.
+		{"chunked", io.MultiReader(strings.NewReader("hel"), strings.NewReader("lo"))},
+	} {
+		calls.Store(0)
+		hits := a.hits.Load()
+		resp, err := http.Post(url+"/x", "text/plain", tc.body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(body) != "got hello" {
+			t.Fatalf("%s: POST after a refused stream = %d %q, want 200 %q", tc.name, resp.StatusCode, body, "got hello")
+		}
+		if n := a.hits.Load() - hits; n != 1 {
+			t.Errorf("%s: app saw %d requests, want 1", tc.name, n)
+		}
 	}
 }

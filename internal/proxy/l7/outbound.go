@@ -138,15 +138,17 @@ func (o *Outbound) send(ctx context.Context, req *http.Request, ep balance.Endpo
 		if err == nil || !tunnel.Refused(err) || try == maxRefusedSends || ctx.Err() != nil {
 			return resp, err
 		}
-		if req.Body != nil && req.Body != http.NoBody {
-			if req.GetBody == nil {
-				return nil, err
-			}
+		// A body sendRequest held (read ahead, so req.Body is NoBody
+		// now) comes back through GetBody as well.
+		switch {
+		case req.GetBody != nil:
 			body, berr := req.GetBody()
 			if berr != nil {
 				return nil, err
 			}
 			req.Body = body
+		case req.Body != nil && req.Body != http.NoBody:
+			return nil, err
 		}
 	}
 }

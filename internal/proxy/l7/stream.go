@@ -197,6 +197,9 @@ func sendRequest(ctx context.Context, conn *tunnel.Conn, req *http.Request) (*ht
 		if len(b) <= maxHeldBody {
 			req.Body.Close()
 			req.Body = http.NoBody
+			// So that a refused stream can be sent again (Outbound.send)
+			// with the body it held, not an empty one.
+			req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }
 			if len(req.Trailer) == 0 {
 				end = true
 			} else {
