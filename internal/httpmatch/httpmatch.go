@@ -32,7 +32,8 @@
 //     X-Forwarded-Host or Forwarded names; an allow requires every
 //     override and forwarded host to fit. A form POST (Request.Form) may
 //     carry _method in its body, which no rule sees: a deny naming any
-//     method but POST fits it.
+//     method but POST fits it, and an allow fits it only if it also
+//     allows PUT, PATCH and DELETE.
 //
 // The header name "host" matches the request's authority (HTTP/1.1 Host,
 // an absolute-form target's host, or HTTP/2 :authority) in its canonical
@@ -254,10 +255,25 @@ func compileMethods(list []string, mode Mode) func(*Request) bool {
 					return false
 				}
 			}
-			return true
+			// A form's _method, which no rule sees, may name any method
+			// the frameworks route by: the allow must grant them all.
+			return !r.Form || formMethodsIn(in)
 		}
 	}
 	return func(r *Request) bool { return slices.Contains(methods, r.Method) }
+}
+
+// formMethods are the methods a form POST's _method may stand for: what
+// Rails, Laravel and Symfony accept there.
+var formMethods = []string{"PUT", "PATCH", "DELETE"}
+
+func formMethodsIn(in func(string) bool) bool {
+	for _, m := range formMethods {
+		if !in(m) {
+			return false
+		}
+	}
+	return true
 }
 
 // MethodParams returns the values of the query's parameters that some

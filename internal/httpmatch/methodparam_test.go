@@ -51,6 +51,18 @@ func TestMethodParameterOverride(t *testing.T) {
 	if !postOnly.Match(form) {
 		t.Error("a form POST does not fit a deny on POST")
 	}
+	// An allow of POST does not grant a form POST, whose _method may be
+	// DELETE; one that grants the methods a form may stand for does.
+	if allow.Match(form) {
+		t.Error("a form POST fits an allow of GET, POST")
+	}
+	every, _ := Compile(v1.RouteMatch{Methods: []string{"POST", "PUT", "PATCH", "DELETE"}}, Allow)
+	if !every.Match(form) {
+		t.Error("a form POST does not fit an allow of POST, PUT, PATCH, DELETE")
+	}
+	if !allow.Match(&Request{Method: "POST", Path: "/x"}) {
+		t.Error("a POST that is no form does not fit an allow of GET, POST")
+	}
 	getOnly, _ := Compile(v1.RouteMatch{Methods: []string{"GET"}}, Deny)
 	if getOnly.Match(&Request{Method: "POST", Path: "/x"}) {
 		t.Error("a POST that is no form fits a deny on GET")
