@@ -100,8 +100,10 @@ func (s *Source) ServerConfig(authorize Authorizer, nextProtos ...string) *tls.C
 }
 
 // ClientConfig returns a TLS 1.3 client config that presents the current
-// SVID and accepts only a server whose SVID authorize allows. Sessions are
-// resumed through a shared cache, so a reconnect skips the full handshake.
+// SVID and accepts only a server whose SVID authorize allows. It carries a
+// session cache, so that a reconnect may skip the full handshake; the
+// sidecar's pools, which l4.Guard watches, drop it: a resumed session
+// would hide which of our leaves the connection rests on.
 func (s *Source) ClientConfig(authorize Authorizer, nextProtos ...string) *tls.Config {
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,

@@ -178,10 +178,33 @@ type Server struct {
 	usedMu     sync.Mutex
 	usedWrites map[string]time.Time // token hash -> last-used write
 
-	// bg runs the server's small background writes (a token's last use);
-	// bgCtx ends with Run, which waits for them before closing the store.
-	bg    sync.WaitGroup
-	bgCtx context.Context
+	// bg holds the goroutines Run started (goBackground); bgCtx ends
+	// with Run, which waits for them before closing the store. Once
+	// bgStopped, nothing new starts: a request handler still running
+	// after the listener closed must not Add to bg while Run Waits.
+	bg        sync.WaitGroup
+	bgCtx     context.Context
+	bgMu      sync.Mutex
+	bgStopped bool
+}
+
+// goBackground runs f as one of Run's goroutines, unless Run is ending.
+func (s *Server) goBackground(f func()) {
+	s.bgMu.Lock()
+	defer s.bgMu.Unlock()
+	if s.bgStopped {
+		return
+	}
+	s.bg.Go(f)
+}
+
+// stopBackground ends and waits for Run's goroutines.
+func (s *Server) stopBackground(cancel context.CancelFunc) {
+	s.bgMu.Lock()
+	s.bgStopped = true
+	s.bgMu.Unlock()
+	cancel()
+	s.bg.Wait()
 }
 
 // New checks cfg and returns a server ready to Run.
@@ -242,8 +265,12 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	defer st.Close()
 	s.store = st
-	s.bgCtx = ctx
-	defer s.bg.Wait()
+	// What runs in the background (the store's mirror, certificate
+	// renewal, following a rotation, a token's last-use write) is
+	// stopped and waited for before the store closes.
+	bgCtx, stopBg := context.WithCancel(ctx)
+	s.bgCtx = bgCtx
+	defer s.stopBackground(stopBg)
 
 	c, err := s.loadCA()
 	if err != nil {
@@ -256,9 +283,7 @@ func (s *Server) Run(ctx context.Context) error {
 	if err := publishBundle(ctx, st, c); err != nil {
 		return fmt.Errorf("publish trust bundle: %w", err)
 	}
-	stateCtx, stopState := context.WithCancel(ctx)
-	defer stopState()
-	go s.state.run(stateCtx, st)
+	s.goBackground(func() { s.state.run(bgCtx, st) })
 	select {
 	case <-s.state.ready:
 	case <-ctx.Done():
@@ -273,8 +298,8 @@ func (s *Server) Run(ctx context.Context) error {
 		return fmt.Errorf("serving certificate: %w", err)
 	}
 	s.serving.Store(cert)
-	go s.renewServing(ctx)
-	go s.followIssuer(ctx)
+	s.goBackground(func() { s.renewServing(bgCtx) })
+	s.goBackground(func() { s.followIssuer(bgCtx) })
 
 	gs := grpc.NewServer()
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(gs, &adsServer{s: s})

@@ -112,7 +112,10 @@ func (a *adsServer) StreamAggregatedResources(stream discoveryv3.AggregatedDisco
 	// revoked or expired token's stream, and its registration, alive.
 	// Returning ends the RPC, which unblocks that Send.
 	pushCtx, stopPush := context.WithCancel(ctx)
-	defer stopPush() // before deregister: no write of the loop outlives it
+	// Cancelled before deregister runs: the loop's store writes use
+	// pushCtx, so none lands after the lease is revoked. The goroutine
+	// itself ends with the RPC, whose end fails its Send or Recv.
+	defer stopPush()
 	pushed := make(chan error, 1)
 	go func() { pushed <- ps.push(pushCtx, stream, reqs, recvErr, leaseLost, log) }()
 

@@ -91,13 +91,11 @@ func storeTokenHash(ctx context.Context, st store.Store, secret string, t v1.Tok
 	}
 	// Seen before: still there, or deleted.
 	if _, err := st.Get(ctx, tokenKey(hash)); err == nil {
-		return nil
+		// A token stored before markers existed gets its marker now, so
+		// that deleting it later is for good too.
+		return markFileToken(ctx, st, secret)
 	} else if !errors.Is(err, store.ErrNotFound) {
 		return err
-	}
-	if _, err := st.Get(ctx, fileTokenKey(hash)); errors.Is(err, store.ErrNotFound) {
-		// A token made before markers existed: store it and its marker.
-		return storeTokenHash(ctx, st, secret, t)
 	}
 	return fmt.Errorf("%w: token %s", errTokenRevoked, t.ID)
 }
@@ -164,10 +162,14 @@ func (s *Server) authenticate(ctx context.Context, secret string) (principal, er
 	t, ok := s.state.token(hash)
 	// The store is asked only within a budget: every guessed secret would
 	// otherwise cost a store read. Past it, a token made a moment ago
-	// waits the few milliseconds the mirror needs.
-	if !ok && s.storeLookups.Allow() {
-		if kv, err := s.store.Get(ctx, tokenKey(hash)); err == nil && json.Unmarshal(kv.Value, &t) == nil {
-			t.rev, ok = kv.Rev, true
+	// waits (a little) for the mirror to see it.
+	if !ok {
+		if s.storeLookups.Allow() {
+			if kv, err := s.store.Get(ctx, tokenKey(hash)); err == nil && json.Unmarshal(kv.Value, &t) == nil {
+				t.rev, ok = kv.Rev, true
+			}
+		} else {
+			t, ok = s.waitMirror(ctx, hash)
 		}
 	}
 	// The lookup is by hash, which leaks nothing about the secret.
@@ -179,6 +181,30 @@ func (s *Server) authenticate(ctx context.Context, secret string) (principal, er
 	}
 	s.markUsed(hash, t)
 	return principal{token: t.Token, hash: hash}, nil
+}
+
+// mirrorWait bounds how long a token lookup over the store budget waits
+// for the mirror.
+const mirrorWait = 200 * time.Millisecond
+
+// waitMirror waits for the mirror to hold the token, for mirrorWait at
+// most: its watch delivers a token made a moment ago within milliseconds.
+func (s *Server) waitMirror(ctx context.Context, hash string) (tokenRecord, bool) {
+	timeout := time.NewTimer(mirrorWait)
+	defer timeout.Stop()
+	for {
+		changed := s.state.TokensChanged()
+		if t, ok := s.state.token(hash); ok {
+			return t, true
+		}
+		select {
+		case <-changed:
+		case <-timeout.C:
+			return tokenRecord{}, false
+		case <-ctx.Done():
+			return tokenRecord{}, false
+		}
+	}
 }
 
 // usedEvery is how stale a token's last-used time may get: writing it on
@@ -202,7 +228,7 @@ func (s *Server) markUsed(hash string, t tokenRecord) {
 	s.usedMu.Unlock()
 	t.LastUsedAt = &now
 	b, _ := json.Marshal(t)
-	s.bg.Go(func() {
+	s.goBackground(func() {
 		ctx, cancel := context.WithTimeout(s.bgCtx, 5*time.Second)
 		defer cancel()
 		err := s.store.Commit(ctx, []store.Op{{Key: tokenKey(hash), Value: b, IfRev: t.rev}})

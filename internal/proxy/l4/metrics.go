@@ -36,7 +36,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"direction", "service", "flow"}),
 		Handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "trellis_tls_handshakes_total",
-			Help: "mTLS handshakes between sidecars, by side (client|server) and result (ok|resumed|error).",
+			Help: "mTLS handshakes between sidecars, by side (client|server) and result (ok|resumed|error; guarded connections are never resumed).",
 		}, []string{"side", "result"}),
 		Rejections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "trellis_tls_peer_rejections_total",

@@ -109,13 +109,13 @@ func (o *Outbound) failed(ep Endpoint, err error) bool {
 			result = "denied"
 		}
 		o.Metrics.Connections.WithLabelValues("outbound", o.Service, result).Inc()
-		o.Logger.Info("upstream refused connection", "service", o.Service, "endpoint", ep.Addr, "status", refused.Status, "reason", refused.Reason)
+		o.Logger.Info("upstream refused connection", "upstream", o.Service, "endpoint", ep.Addr, "status", refused.Status, "reason", refused.Reason)
 		return true
 	}
 	o.bal.Failed(ep.Addr)
 	var dialErr *DialError
 	if errors.As(err, &dialErr) {
-		o.Logger.Warn("upstream endpoint unreachable", "service", o.Service, "endpoint", ep.Addr, "instance", ep.Instance, "err", err)
+		o.Logger.Warn("upstream endpoint unreachable", "upstream", o.Service, "endpoint", ep.Addr, "endpointInstance", ep.Instance, "err", err)
 	}
 	return false
 }
