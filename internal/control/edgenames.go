@@ -89,22 +89,7 @@ func edgeOverlap(a, b string) bool {
 // the Services and Gateways in batch replace the stored ones of the same
 // name.
 func checkEdgeClaims(stored *topology.Mesh, batch []v1.Resource) []string {
-	m := &topology.Mesh{Services: maps.Clone(stored.Services), Gateways: maps.Clone(stored.Gateways)}
-	if m.Services == nil {
-		m.Services = map[string]*v1.ServiceSpec{}
-	}
-	if m.Gateways == nil {
-		m.Gateways = map[string]*v1.GatewaySpec{}
-	}
-	for i := range batch {
-		switch r := &batch[i]; r.Kind {
-		case v1.KindService:
-			m.Services[r.Name] = r.Service
-		case v1.KindGateway:
-			m.Gateways[r.Name] = r.Gateway
-		}
-	}
-	claims := edgeClaims(m)
+	claims := edgeClaims(batchMesh(stored, batch))
 	services := sortedKeys(claims)
 	var errs []string
 	for i, a := range services {
@@ -153,17 +138,8 @@ func (s *Server) checkEdgeServerNames(batch []v1.Resource) []string {
 // checkBatchEdgeNames applies check to every edge name the Services and
 // Gateways in batch claim.
 func checkBatchEdgeNames(batch []v1.Resource, check func(string) error) []string {
-	m := &topology.Mesh{Services: map[string]*v1.ServiceSpec{}, Gateways: map[string]*v1.GatewaySpec{}}
-	for i := range batch {
-		switch r := &batch[i]; r.Kind {
-		case v1.KindService:
-			m.Services[r.Name] = r.Service
-		case v1.KindGateway:
-			m.Gateways[r.Name] = r.Gateway
-		}
-	}
 	var errs []string
-	claims := edgeClaims(m)
+	claims := edgeClaims(batchMesh(&topology.Mesh{}, batch))
 	for _, svc := range sortedKeys(claims) {
 		for _, n := range claims[svc] {
 			if err := check(n); err != nil {
@@ -181,4 +157,25 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// batchMesh returns base's Services and Gateways with those in batch
+// applied over them; base is not changed.
+func batchMesh(base *topology.Mesh, batch []v1.Resource) *topology.Mesh {
+	m := &topology.Mesh{Services: maps.Clone(base.Services), Gateways: maps.Clone(base.Gateways)}
+	if m.Services == nil {
+		m.Services = map[string]*v1.ServiceSpec{}
+	}
+	if m.Gateways == nil {
+		m.Gateways = map[string]*v1.GatewaySpec{}
+	}
+	for i := range batch {
+		switch r := &batch[i]; r.Kind {
+		case v1.KindService:
+			m.Services[r.Name] = r.Service
+		case v1.KindGateway:
+			m.Gateways[r.Name] = r.Gateway
+		}
+	}
+	return m
 }
