@@ -89,6 +89,7 @@ func (in *Inbound) init() {
 		}}
 		in.plain = NewServer(http.HandlerFunc(in.servePlain), in.Logger)
 		in.edge = NewServer(http.HandlerFunc(in.serveEdge), in.Logger)
+		in.plain.Rejected, in.edge.Rejected = in.Metrics.Rejected, in.Metrics.Rejected
 		in.h2c = &http2.Transport{
 			AllowHTTP: true,
 			DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
