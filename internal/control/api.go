@@ -122,7 +122,24 @@ func (s *Server) wrap(a access, fn handler) http.Handler {
 // description, never its secret), what, and why.
 func (s *Server) refused(r *http.Request, p principal, code int, why string) {
 	s.metrics.api.WithLabelValues(fmt.Sprint(code)).Inc()
-	s.log.Info("api request refused", "remote", r.RemoteAddr, "token", p, "method", r.Method, "path", r.URL.Path, "code", code, "reason", why)
+	s.logRefusal("api request refused", "remote", r.RemoteAddr, "token", p, "method", r.Method, "path", r.URL.Path, "code", code, "reason", why)
+}
+
+// refusalsPerSecond bounds the refusal lines the server logs a second: a
+// client sending guesses must not flood the log (the counters count all).
+const refusalsPerSecond = 50
+
+// logRefusal logs a refused call or stream at info, within the budget;
+// the first line after a suppressed run says how many were not written.
+func (s *Server) logRefusal(msg string, args ...any) {
+	n, ok := s.refusals.Take(time.Now(), refusalsPerSecond)
+	if !ok {
+		return
+	}
+	if n > 0 {
+		args = append(args, "suppressed", n)
+	}
+	s.log.Info(msg, args...)
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

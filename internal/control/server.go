@@ -27,6 +27,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/ca"
 	"github.com/trellis-mesh/trellis/internal/certs"
 	"github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/ratelog"
 	"github.com/trellis-mesh/trellis/internal/store"
 )
 
@@ -174,6 +175,8 @@ type Server struct {
 
 	// storeLookups bounds the store reads for tokens the mirror lacks.
 	storeLookups *rate.Limiter
+	// refusals bounds the lines logged for refused calls and streams.
+	refusals ratelog.Limit
 
 	usedMu     sync.Mutex
 	usedWrites map[string]time.Time // token hash -> last-used write

@@ -57,7 +57,7 @@ func (a *adsServer) StreamAggregatedResources(stream discoveryv3.AggregatedDisco
 	}
 	p, err := s.authenticate(ctx, secret)
 	if err != nil {
-		s.log.Info("proxy stream refused", "remote", peer, "reason", err.Error())
+		s.logRefusal("proxy stream refused", "remote", peer, "reason", err.Error())
 		return status.Error(codes.Unauthenticated, errUnauthenticated.Error())
 	}
 	first, err := stream.Recv()
@@ -66,11 +66,11 @@ func (a *adsServer) StreamAggregatedResources(stream discoveryv3.AggregatedDisco
 	}
 	reg, err := xds.FromNode(first.GetNode())
 	if err != nil {
-		s.log.Info("proxy stream refused", "remote", peer, "token", p, "reason", "invalid registration: "+err.Error())
+		s.logRefusal("proxy stream refused", "remote", peer, "token", p, "reason", "invalid registration: "+err.Error())
 		return status.Errorf(codes.InvalidArgument, "registration: %v", err)
 	}
 	if !p.mayActAs(reg.Service) {
-		s.log.Info("proxy stream refused", "remote", peer, "token", p, "reason", fmt.Sprintf("token may not register service %q", reg.Service))
+		s.logRefusal("proxy stream refused", "remote", peer, "token", p, "reason", fmt.Sprintf("token may not register service %q", reg.Service))
 		return status.Errorf(codes.PermissionDenied, "token may not register service %q", reg.Service)
 	}
 	ps := &proxyStream{s: s, reg: reg}

@@ -5,8 +5,9 @@ import (
 	"crypto/tls"
 	"log/slog"
 	"net"
-	"sync"
 	"time"
+
+	"github.com/trellis-mesh/trellis/internal/ratelog"
 )
 
 // Log writes failed handshakes to Logger at info level, at most PerSecond
@@ -20,10 +21,7 @@ type Log struct {
 	// Now returns the time; nil means time.Now (tests).
 	Now func() time.Time
 
-	mu         sync.Mutex
-	window     time.Time // the start of the current second
-	lines      int       // written in this window
-	suppressed int       // not written since the last line that was
+	limit ratelog.Limit
 }
 
 // maxClaim bounds the identity quoted from a peer's certificate: it is the
@@ -95,17 +93,5 @@ func (l *Log) take() (int, bool) {
 	if per <= 0 {
 		per = 10
 	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if now.Sub(l.window) >= time.Second || now.Before(l.window) {
-		l.window, l.lines = now, 0
-	}
-	if l.lines >= per {
-		l.suppressed++
-		return 0, false
-	}
-	l.lines++
-	n := l.suppressed
-	l.suppressed = 0
-	return n, true
+	return l.limit.Take(now, per)
 }

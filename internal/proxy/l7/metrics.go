@@ -7,11 +7,15 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/trellis-mesh/trellis/internal/ratelog"
 )
 
 // Metrics are the L7 proxy's Prometheus metrics, in the mesh's one naming
 // scheme.
 type Metrics struct {
+	refusals ratelog.Limit // of the "request refused" lines
+
 	// DroppedFields counts request header fields a proxy removed before
 	// passing a request on, by direction and reason ("underscore": a
 	// name with '_', see DropUnderscoreFields).
@@ -85,11 +89,24 @@ func (m *Metrics) observe(direction, source, destination, route, version string,
 // refused counts and logs a request refused before it went anywhere.
 func (m *Metrics) refused(log *slog.Logger, r *http.Request, direction, source, destination string, e *badRequest) {
 	m.Refused.WithLabelValues(direction, source, destination, e.reason).Inc()
-	log.LogAttrs(r.Context(), slog.LevelInfo, "request refused",
+	n, ok := m.refusals.Take(time.Now(), refusalsPerSecond)
+	if !ok {
+		return // counted above; a client sending junk must not flood the log
+	}
+	attrs := []slog.Attr{
 		slog.String("direction", direction), slog.String("source", source), slog.String("destination", destination),
 		slog.String("method", cut(r.Method, 32)), slog.String("path", cut(r.URL.Path, 512)), slog.String("host", cut(r.Host, 256)),
-		slog.Int("status", e.status), slog.String("reason", e.reason), slog.String("why", e.msg))
+		slog.Int("status", e.status), slog.String("reason", e.reason), slog.String("why", e.msg),
+	}
+	if n > 0 {
+		attrs = append(attrs, slog.Int("suppressed", n))
+	}
+	log.LogAttrs(r.Context(), slog.LevelInfo, "request refused", attrs...)
 }
+
+// refusalsPerSecond bounds the lines a proxy logs a second for requests
+// it refused (each log site its own budget); the counters count all.
+const refusalsPerSecond = 100
 
 // dropUnderscored removes the header fields of r whose names contain '_'
 // (see DropUnderscoreFields) and counts them.

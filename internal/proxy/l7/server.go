@@ -21,6 +21,7 @@ import (
 
 	"github.com/trellis-mesh/trellis/internal/proxy/handshake"
 	"github.com/trellis-mesh/trellis/internal/proxy/netconn"
+	"github.com/trellis-mesh/trellis/internal/ratelog"
 
 	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2"
@@ -56,8 +57,9 @@ type Server struct {
 	// nil counts nothing. Set before Serve.
 	Rejected *prometheus.CounterVec
 
-	handler http.Handler
-	log     *slog.Logger
+	handler  http.Handler
+	log      *slog.Logger
+	refusals ratelog.Limit // of the reader's refusal lines
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -451,7 +453,15 @@ func (s *Server) count(remote string, pe *protocolError) {
 	if s.Rejected != nil {
 		s.Rejected.WithLabelValues(pe.reason).Inc()
 	}
-	s.log.Info("HTTP/1.1 request refused", "remote", remote, "status", pe.status, "reason", pe.reason, "detail", cut(pe.msg, 512))
+	n, ok := s.refusals.Take(time.Now(), refusalsPerSecond)
+	if !ok {
+		return
+	}
+	args := []any{"remote", remote, "status", pe.status, "reason", pe.reason, "detail", cut(pe.msg, 512)}
+	if n > 0 {
+		args = append(args, "suppressed", n)
+	}
+	s.log.Info("HTTP/1.1 request refused", args...)
 }
 
 // sniNames reports whether a TLS client that sent server name sni may ask

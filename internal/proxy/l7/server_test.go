@@ -2,6 +2,7 @@ package l7
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"io"
@@ -12,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/net/http2"
 )
 
@@ -189,5 +192,22 @@ func TestServerH2C(t *testing.T) {
 	defer resp.Body.Close()
 	if b, _ := io.ReadAll(resp.Body); string(b) != "HTTP/2.0" {
 		t.Fatalf("handler saw %q, want HTTP/2.0", b)
+	}
+}
+
+// A client sending junk as fast as it can must not flood the log: the
+// reader's refusals are all counted, and logged within a budget.
+func TestRefusalLinesAreBounded(t *testing.T) {
+	var buf bytes.Buffer
+	s := NewServer(http.NotFoundHandler(), slog.New(slog.NewTextHandler(&buf, nil)))
+	s.Rejected = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "x"}, []string{"reason"})
+	for range 1000 {
+		s.count("192.0.2.1:1234", refused(http.StatusBadRequest, "framing", "junk"))
+	}
+	if n := testutil.ToFloat64(s.Rejected.WithLabelValues("framing")); n != 1000 {
+		t.Errorf("counted %v refusals, want 1000", n)
+	}
+	if lines := strings.Count(buf.String(), "HTTP/1.1 request refused"); lines > refusalsPerSecond*2 || lines == 0 {
+		t.Errorf("%d lines logged for 1000 refusals, want at most about %d a second", lines, refusalsPerSecond)
 	}
 }
