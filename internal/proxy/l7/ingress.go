@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -24,6 +25,10 @@ type Ingress struct {
 	// Upstream returns the handler that sends to a service (an Outbound
 	// under the gateway's identity), or nil if the service is unknown.
 	Upstream func(service string) http.Handler
+	// TrustedProxies returns the hops (load balancers in front of the
+	// gateway) whose forwarding fields are kept and appended to; nil, or
+	// a nil result, trusts none. See forwardFromEdge.
+	TrustedProxies func() []netip.Prefix
 	// Metrics; nil means unregistered ones.
 	Metrics *Metrics
 	// Logger; nil discards.
@@ -65,11 +70,17 @@ func (g *Ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		r.URL.Path, r.URL.RawPath = p, ""
 	}
-	// The caller's own claims about forwarding are not ours to keep.
-	r.Header.Del("X-Forwarded-For")
-	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
-		r.Header.Set("X-Forwarded-For", host)
+	// The caller's own claims about the mesh and about forwarding are
+	// not ours to keep, unless a trusted hop made them.
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
 	}
+	var trusted []netip.Prefix
+	if g.TrustedProxies != nil {
+		trusted = g.TrustedProxies()
+	}
+	forwardFromEdge(r, scheme, trusted)
 	up.ServeHTTP(w, r)
 }
 

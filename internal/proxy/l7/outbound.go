@@ -82,6 +82,10 @@ func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		o.Metrics.observe("outbound", o.Source, o.Service, "", "", bad.status, time.Now())
 		return
 	}
+	// The mesh's own fields are for proxies to write: an app does not
+	// speak for the mesh to its peer (the peer's inbound replaces the
+	// peer header, and would strip these too).
+	stripInternal(r.Header)
 	up, err := prepareRequest(r)
 	if err != nil {
 		refuse(w, &badRequest{http.StatusBadRequest, "trellis: " + err.Error(), ReasonStream})
