@@ -101,12 +101,19 @@ func forwardFromEdge(r *http.Request, scheme string, trusted []netip.Prefix) {
 	if proto == "" {
 		proto = scheme
 	}
+	// The authority is written twice more; one longer than any host name
+	// and port is left out, so that what the edge adds stays well within
+	// the room the mesh keeps for itself (MeshHeaderBytes).
+	authority := r.Host
+	if len(authority) > maxForwardedHost {
+		authority = ""
+	}
 	if host == "" {
-		host = r.Host
+		host = authority
 	}
 	elem := "proto=" + scheme
-	if r.Host != "" {
-		elem = "host=" + forwardedValue(r.Host) + ";" + elem
+	if authority != "" {
+		elem = "host=" + forwardedValue(authority) + ";" + elem
 	}
 	if peer.IsValid() {
 		chain = joinList(chain, peer.String())
@@ -125,6 +132,10 @@ func forwardFromEdge(r *http.Request, scheme string, trusted []netip.Prefix) {
 		h["X-Real-Ip"] = []string{client}
 	}
 }
+
+// maxForwardedHost is the longest authority copied into the forwarding
+// fields: a DNS name (253) and a port.
+const maxForwardedHost = 253 + 6
 
 // realClient is the nearest address of an X-Forwarded-For chain that is
 // not a trusted hop: the client as far as the trusted hops vouch. An entry

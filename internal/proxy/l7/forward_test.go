@@ -291,3 +291,28 @@ func FuzzForwardFromEdge(f *testing.F) {
 		}
 	})
 }
+
+// What the edge adds fits in the room the mesh keeps, however long the
+// authority a client sent: a request the edge accepted is not refused
+// further in for its size.
+func TestEdgeForwardingAddsLittle(t *testing.T) {
+	size := func(h http.Header) int {
+		n := 0
+		for k, vs := range h {
+			for _, v := range vs {
+				n += len(k) + len(v) + 4
+			}
+		}
+		return n
+	}
+	for _, trusted := range [][]netip.Prefix{nil, {netip.MustParsePrefix("::/1"), netip.MustParsePrefix("128.0.0.0/1")}} {
+		host := strings.Repeat("a", 40<<10) + ".example"
+		r := &http.Request{Host: host, RemoteAddr: "[2001:db8::1]:4711", Header: http.Header{
+			"X-Forwarded-For": {"192.0.2.1"}, "Forwarded": {"for=192.0.2.1"}}}
+		before := size(r.Header)
+		forwardFromEdge(r, "https", trusted)
+		if added := size(r.Header) - before; added > 1<<10 {
+			t.Errorf("trusted %v: the edge added %d bytes", trusted, added)
+		}
+	}
+}
