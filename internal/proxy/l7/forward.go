@@ -28,6 +28,11 @@ import (
 //     X-Real-Ip is the nearest address of the X-Forwarded-For chain that
 //     is not a trusted hop; X-Request-Id is kept.
 
+// fromEdgeKey marks, in a request's context, a request the ingress
+// checked against a client's limits and then added its forwarding fields
+// to: the outbound after it checks it within the mesh's limits.
+type fromEdgeKey struct{}
+
 // internalPrefixes name the fields, lowercase, that are the mesh's own.
 var internalPrefixes = [...]string{"trellis-", "x-trellis-", "x-mesh-"}
 

@@ -1,6 +1,7 @@
 package l7
 
 import (
+	"context"
 	"log/slog"
 	"net"
 	"net/http"
@@ -81,7 +82,10 @@ func (g *Ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		trusted = g.TrustedProxies()
 	}
 	forwardFromEdge(r, scheme, trusted)
-	up.ServeHTTP(w, r)
+	// The head was checked against a client's limits above; what the
+	// edge just added is the mesh's, which the outbound must not count
+	// against the client.
+	up.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), fromEdgeKey{}, true)))
 }
 
 // matchIngress returns the first route matching host and the normalized
