@@ -40,7 +40,7 @@ func ParseTrustedProxy(s string) (netip.Prefix, error) {
 		p = netip.PrefixFrom(a, a.BitLen())
 	}
 	if p.Bits() == 0 {
-		return netip.Prefix{}, fmt.Errorf("%q trusts every client; name the networks of the hops in front of the gateway", s)
+		return netip.Prefix{}, fmt.Errorf("%q trusts every client; name the networks of the hops in front of the listener", s)
 	}
 	if p.Addr().Is4In6() {
 		return netip.Prefix{}, fmt.Errorf("%q is an IPv4-mapped IPv6 prefix; write the IPv4 form", s)
