@@ -81,6 +81,15 @@ func isForwardingClaim(name string) bool {
 	return forwardingClaims[l] || strings.HasPrefix(l, "x-forwarded-")
 }
 
+// meshTrailer reports whether a field is one the proxies set, replace or
+// strip in a request's head (the mesh's own, a forwarding claim, the
+// request ID and trace context): sent as a trailer it would pass beside
+// the head's checks, and an app that merges trailers into the header (as
+// some frameworks do) would read the caller's value.
+func meshTrailer(k string) bool {
+	return isInternalField(k) || isForwardingClaim(k) || meshFields[strings.ToLower(k)]
+}
+
 // forwardFromEdge rewrites the fields of r, a request from outside the
 // mesh, as the package comment above says. scheme is how the client
 // reached the edge (http or https); trusted are the hops whose claims are

@@ -3,6 +3,7 @@ package l7
 import (
 	"bufio"
 	"crypto/tls"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -11,6 +12,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/h2c"
 
 	v1 "github.com/trellis-mesh/trellis/api/v1"
 	"github.com/trellis-mesh/trellis/internal/authz"
@@ -313,6 +317,87 @@ func TestEdgeForwardingAddsLittle(t *testing.T) {
 		forwardFromEdge(r, "https", trusted)
 		if added := size(r.Header) - before; added > 1<<10 {
 			t.Errorf("trusted %v: the edge added %d bytes", trusted, added)
+		}
+	}
+}
+
+// A field the proxies set or strip cannot come as a trailer either, past
+// the head's checks: declared, it is refused before anything reaches the
+// app; undeclared, it is refused at the end of the body.
+func TestEdgeMeshTrailersRefused(t *testing.T) {
+	var mu sync.Mutex
+	var trailers []http.Header
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		mu.Lock()
+		trailers = append(trailers, r.Trailer.Clone())
+		mu.Unlock()
+	})}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	self, _ := identity.New("trellis.local", "web")
+	in := &Inbound{Self: func() identity.ID { return self }, Target: l.Addr().String(), Protocol: func() string { return v1.ProtocolHTTP }}
+	cfg := edgeServerTLS(t)
+	addr := serveOn(t, func(c net.Conn) { in.ServeEdge(tls.Server(c, cfg)) })
+	dial := edgeDialer(t, addr, true)
+	for _, f := range []string{"X-Forwarded-Client-Cert: forged", "Trellis-Upgrade: 1", "X-Mesh-Source: admin", "X-Forwarded-For: 6.6.6.6", "Forwarded: for=6.6.6.6", "X-Real-Ip: 6.6.6.6", "X-Request-Id: forged"} {
+		name, _, _ := strings.Cut(f, ":")
+		for _, head := range []string{
+			"POST /x HTTP/1.1\r\nHost: web.example\r\nTransfer-Encoding: chunked\r\nTrailer: " + name + "\r\n\r\n1\r\na\r\n0\r\n" + f + "\r\n\r\n",
+			"POST /x HTTP/1.1\r\nHost: web.example\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n" + f + "\r\n\r\n",
+		} {
+			c := dial()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			if _, err := c.Write([]byte(head)); err != nil {
+				t.Fatal(err)
+			}
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusOK {
+					t.Errorf("%q: 200", head)
+				}
+			}
+			c.Close()
+		}
+	}
+	// Over HTTP/2, to an app that speaks HTTP/2 (which gets trailers),
+	// they come after the body has gone on: they are dropped.
+	l2, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv2 := &http.Server{Handler: h2c.NewHandler(srv.Handler, &http2.Server{})}
+	go srv2.Serve(l2)
+	t.Cleanup(func() { srv2.Close() })
+	in2 := &Inbound{Self: func() identity.ID { return self }, Target: l2.Addr().String(), Protocol: func() string { return v1.ProtocolHTTP2 }}
+	cfg2 := edgeServerTLS(t)
+	cfg2.NextProtos = []string{"h2"}
+	addr2 := serveOn(t, func(c net.Conn) { in2.ServeEdge(tls.Server(c, cfg2)) })
+	h2 := &http2.Transport{TLSClientConfig: &tls.Config{ServerName: "web.example", InsecureSkipVerify: true}}
+	defer h2.CloseIdleConnections()
+	req, _ := http.NewRequest("POST", "https://"+addr2+"/x", strings.NewReader("a"))
+	req.Host = "web.example"
+	req.Trailer = http.Header{"X-Forwarded-Client-Cert": {"forged"}, "Trellis-Upgrade": {"1"}, "X-Forwarded-For": {"6.6.6.6"}, "X-Kept": {"1"}}
+	resp, err := h2.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	mu.Lock()
+	defer mu.Unlock()
+	if n := len(trailers); n == 0 || trailers[n-1].Get("X-Kept") != "1" {
+		t.Errorf("the HTTP/2 request's trailers did not reach the app: %v", trailers)
+	}
+	for _, tr := range trailers {
+		for k, v := range tr {
+			if meshTrailer(k) {
+				t.Errorf("the app got the trailer %s: %q", k, v)
+			}
 		}
 	}
 }
