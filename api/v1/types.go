@@ -336,6 +336,12 @@ type GatewayListener struct {
 	// DrainTimeout is how long connections to a target that left stay open
 	// (a Go duration; default 30s).
 	DrainTimeout string `json:"drainTimeout,omitempty" yaml:"drainTimeout,omitempty"`
+	// TrustedProxies of an http or https listener are the hops in front
+	// of it (load balancers), as CIDRs or single addresses, whose
+	// forwarding fields (X-Forwarded-For, -Proto, -Host, Forwarded, ...)
+	// and X-Request-Id the gateway keeps and appends to. Default none:
+	// every client's are replaced by what the gateway saw.
+	TrustedProxies []string `json:"trustedProxies,omitempty" yaml:"trustedProxies,omitempty"`
 }
 
 // Certificate sources of GatewayTLS.

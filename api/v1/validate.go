@@ -523,7 +523,15 @@ func (g *GatewaySpec) validate() []error {
 					errs = append(errs, fieldErr(rat+".host", "%q is not a host name or *.domain", r.Host))
 				}
 			}
+			for j, tp := range l.TrustedProxies {
+				if _, err := ParseTrustedProxy(tp); err != nil {
+					errs = append(errs, fieldErr(fmt.Sprintf("%s.trustedProxies[%d]", at, j), "%v", err))
+				}
+			}
 		case GatewayTLSPassthrough:
+			if len(l.TrustedProxies) > 0 {
+				errs = append(errs, fieldErr(at+".trustedProxies", "a tls-passthrough listener reads no HTTP fields; use proxyProtocol to pass the client's address"))
+			}
 			if l.TLS != nil || len(l.Routes) > 0 {
 				errs = append(errs, fieldErr(at, "a tls-passthrough listener holds no certificate and has targets, not routes"))
 			}

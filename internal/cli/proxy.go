@@ -47,6 +47,8 @@ func runProxy(ctx context.Context, e *env, args []string) error {
 	edgeDNS := fs.String("edge-dns-name", e.getenv("TRELLIS_EDGE_DNS_NAME"), "comma-separated DNS names for a mesh-issued or self-signed edge certificate (env TRELLIS_EDGE_DNS_NAME)")
 	edgeClientCA := fs.String("edge-client-ca", "", "require edge clients to present a certificate from these PEM roots")
 	edgeAcceptPP := fs.Bool("edge-accept-proxy-protocol", false, "edge connections start with a PROXY protocol header (from a gateway or load balancer)")
+	var edgeTrusted listFlag
+	fs.Var(&edgeTrusted, "edge-trusted-proxy", "CIDR or address of a hop in front of the edge listener whose X-Forwarded-For and other forwarding fields are kept (repeatable; default none)")
 	edgeSendPP := fs.Bool("edge-send-proxy-protocol", false, "send the edge client's address to the app in a PROXY protocol v2 header")
 	ingressPort := fs.Int("ingress-port", 0, "transparent mode: port on 0.0.0.0 where redirect rules send callers of the app's port (with --egress-port; see trellis redirect)")
 	egressPort := fs.Int("egress-port", 0, "transparent mode: port on 127.0.0.1 where redirect rules send the app's outbound connections; they reach only the --upstream services")
@@ -127,7 +129,7 @@ func runProxy(ctx context.Context, e *env, args []string) error {
 		cfg.Edge = &sidecar.Edge{
 			Listen: net.JoinHostPort(*edgeAddr, strconv.Itoa(*edgePort)),
 			Mode:   *edgeMode, CertSource: *edgeSource, CertFile: *edgeCert, KeyFile: *edgeKey, ClientCAFile: *edgeClientCA,
-			AcceptProxyProtocol: *edgeAcceptPP, SendProxyProtocol: *edgeSendPP,
+			AcceptProxyProtocol: *edgeAcceptPP, SendProxyProtocol: *edgeSendPP, TrustedProxies: edgeTrusted,
 		}
 		for _, n := range strings.Split(*edgeDNS, ",") {
 			if n = strings.TrimSpace(n); n != "" {
@@ -135,7 +137,7 @@ func runProxy(ctx context.Context, e *env, args []string) error {
 			}
 		}
 	} else {
-		for _, name := range []string{"edge-addr", "edge-mode", "edge-cert", "edge-key", "edge-cert-source", "edge-client-ca", "edge-accept-proxy-protocol", "edge-send-proxy-protocol"} {
+		for _, name := range []string{"edge-addr", "edge-mode", "edge-cert", "edge-key", "edge-cert-source", "edge-client-ca", "edge-accept-proxy-protocol", "edge-send-proxy-protocol", "edge-trusted-proxy"} {
 			if set[name] {
 				return usageErr("--%s needs --edge-port", name)
 			}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -86,6 +87,19 @@ type Edge struct {
 	// SendProxyProtocol sends the client's address to the app in a PROXY
 	// protocol v2 header.
 	SendProxyProtocol bool `yaml:"sendProxyProtocol"`
+	// TrustedProxies are the hops in front of the edge listener (CIDRs or
+	// addresses, as a Gateway listener's trustedProxies) whose forwarding
+	// fields an HTTP service's edge keeps and appends to; default none.
+	// With AcceptProxyProtocol the hop is the address the PROXY header
+	// names.
+	TrustedProxies []string `yaml:"trustedProxies"`
+}
+
+// trustedPrefixes returns TrustedProxies parsed (validate refused any
+// that does not parse).
+func (e *Edge) trustedPrefixes() []netip.Prefix {
+	l := v1.GatewayListener{TrustedProxies: e.TrustedProxies}
+	return l.TrustedPrefixes()
 }
 
 func (e *Edge) certSource() string {
@@ -128,6 +142,14 @@ func (e *Edge) validate() error {
 		}
 	default:
 		errs = append(errs, fmt.Errorf("edge mode %q: want %s or %s", e.Mode, EdgeTerminate, EdgePassthrough))
+	}
+	for i, tp := range e.TrustedProxies {
+		if _, err := v1.ParseTrustedProxy(tp); err != nil {
+			errs = append(errs, fmt.Errorf("edge trusted proxy %d: %w", i+1, err))
+		}
+	}
+	if len(e.TrustedProxies) > 0 && (e.Mode == EdgePassthrough || e.SendProxyProtocol) {
+		errs = append(errs, errors.New("edge trusted proxies: the edge reads no HTTP fields in passthrough mode or when it sends the PROXY protocol to the app"))
 	}
 	return errors.Join(errs...)
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"reflect"
 	"strconv"
 	"strings"
@@ -159,6 +160,11 @@ func (g *gateway) start(spec v1.GatewayListener) (*gwListener, error) {
 		Routes: func() []v1.GatewayRoute {
 			l, _ := g.listenerSpec(port)
 			return l.Routes
+		},
+		// Read per request, as the routes: a change needs no restart.
+		TrustedProxies: func() []netip.Prefix {
+			l, _ := g.listenerSpec(port)
+			return l.TrustedPrefixes()
 		},
 		Upstream: g.outbound,
 		Metrics:  g.p.l7m,

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -319,6 +320,8 @@ func (p *Proxy) dataPlane(ctx context.Context, pool *l4.Pool) (*dataPlane, error
 		// the L7 checks: no outside client writes the peer header.
 		dp.edge.HTTP = func() bool { return p.protocol(p.cfg.Service) != v1.ProtocolTCP }
 		dp.edge.ServeHTTP = dp.inboundHTTP.ServeEdge
+		trusted := p.cfg.Edge.trustedPrefixes()
+		dp.inboundHTTP.EdgeTrustedProxies = func() []netip.Prefix { return trusted }
 	}
 	dp.inbound = &l4.Inbound{
 		TLS:       p.src.ServerConfig(nil, l4.ALPN, l7.ALPN),

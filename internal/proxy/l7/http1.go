@@ -470,7 +470,7 @@ func forbiddenTrailer(k string) bool {
 		"Content-Range", "Authorization", "Cookie", "Expect", "Max-Forwards", "Cache-Control":
 		return true
 	}
-	return false
+	return meshTrailer(k)
 }
 
 // lengthBody is a body of Content-Length bytes.

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,6 +36,10 @@ type Inbound struct {
 	// Protocol returns how the app speaks now: http (HTTP/1.1), or http2
 	// and grpc (HTTP/2 without TLS).
 	Protocol func() string
+	// EdgeTrustedProxies returns the hops in front of the edge listener
+	// whose forwarding fields ServeEdge keeps and appends to; nil, or a
+	// nil result, trusts none.
+	EdgeTrustedProxies func() []netip.Prefix
 	// Logger; nil discards.
 	Logger *slog.Logger
 	// Metrics; nil means unregistered ones.
@@ -194,8 +199,8 @@ func (in *Inbound) admit(r *http.Request, peer identity.ID) *badRequest {
 	// Rules saw the fields named with '_' as the ones named with '-' (a
 	// deny on X-Role refuses X_Role: admin); the app sees none of them.
 	in.Metrics.dropUnderscored(r, "inbound", false)
-	r.Header.Del(PeerHeader)
-	if !peer.IsZero() { // a plain caller is named to nobody
+	stripInternal(r.Header) // PeerHeader among them
+	if !peer.IsZero() {     // a plain caller is named to nobody
 		r.Header[PeerHeader] = []string{in.peerValue(peer)}
 	}
 	return nil
@@ -291,9 +296,10 @@ func (s *statusWriter) status() int {
 
 // ServeEdge serves a connection of the edge listener (TLS ended there)
 // for an HTTP service: each request is checked as any other (sanitize,
-// fields with '_' dropped), loses the peer header (an outside client has
-// no mesh identity, whatever it wrote) and gets X-Forwarded-For with the
-// client's address in place of its own. The edge listener authorizes
+// fields with '_' dropped), loses the peer header and every other field
+// the mesh uses internally (an outside client has no mesh identity,
+// whatever it wrote), and gets the forwarding fields of what the edge saw
+// in place of its own (forwardFromEdge). The edge listener authorizes
 // nothing: it is the service's public entrance. It returns when the
 // connection ends.
 func (in *Inbound) ServeEdge(c net.Conn) {
@@ -315,10 +321,14 @@ func (in *Inbound) serveEdge(w http.ResponseWriter, r *http.Request) {
 		in.Metrics.observe("edge", "", self, "", "", sw.status(), start)
 		return
 	}
-	r.Header.Del(PeerHeader)
-	r.Header.Del("X-Forwarded-For")
-	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
-		r.Header.Set("X-Forwarded-For", host)
+	var trusted []netip.Prefix
+	if in.EdgeTrustedProxies != nil {
+		trusted = in.EdgeTrustedProxies()
+	}
+	// TLS always ends at the edge listener before a request gets here.
+	forwardFromEdge(r, "https", trusted)
+	if r.Header.Get(RequestIDHeader) == "" {
+		r.Header.Set(RequestIDHeader, newRequestID())
 	}
 	if upgradeType(r.Header) == "" {
 		in.proxy(sw, r)

@@ -1,9 +1,11 @@
 package l7
 
 import (
+	"context"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -24,6 +26,10 @@ type Ingress struct {
 	// Upstream returns the handler that sends to a service (an Outbound
 	// under the gateway's identity), or nil if the service is unknown.
 	Upstream func(service string) http.Handler
+	// TrustedProxies returns the hops (load balancers in front of the
+	// gateway) whose forwarding fields are kept and appended to; nil, or
+	// a nil result, trusts none. See forwardFromEdge.
+	TrustedProxies func() []netip.Prefix
 	// Metrics; nil means unregistered ones.
 	Metrics *Metrics
 	// Logger; nil discards.
@@ -65,12 +71,21 @@ func (g *Ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		r.URL.Path, r.URL.RawPath = p, ""
 	}
-	// The caller's own claims about forwarding are not ours to keep.
-	r.Header.Del("X-Forwarded-For")
-	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
-		r.Header.Set("X-Forwarded-For", host)
+	// The caller's own claims about the mesh and about forwarding are
+	// not ours to keep, unless a trusted hop made them.
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
 	}
-	up.ServeHTTP(w, r)
+	var trusted []netip.Prefix
+	if g.TrustedProxies != nil {
+		trusted = g.TrustedProxies()
+	}
+	forwardFromEdge(r, scheme, trusted)
+	// The head was checked against a client's limits above; what the
+	// edge just added is the mesh's, which the outbound must not count
+	// against the client.
+	up.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), fromEdgeKey{}, true)))
 }
 
 // matchIngress returns the first route matching host and the normalized

@@ -75,13 +75,21 @@ func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// Only the spellings of fields the proxies set or strip: the others
 	// travel on for the inbound's rules to see, and end there.
 	o.Metrics.dropUnderscored(r, "outbound", true)
-	if err := sanitize(r); err != nil {
+	lim := clientLimits
+	if r.Context().Value(fromEdgeKey{}) != nil {
+		lim = meshLimits // the ingress's fields are not the client's
+	}
+	if err := sanitizeWithin(r, lim); err != nil {
 		bad := err.(*badRequest)
 		o.Metrics.refused(o.Logger, r, "outbound", o.Source, o.Service, bad)
 		refuse(w, bad)
 		o.Metrics.observe("outbound", o.Source, o.Service, "", "", bad.status, time.Now())
 		return
 	}
+	// The mesh's own fields are for proxies to write: an app does not
+	// speak for the mesh to its peer (the peer's inbound replaces the
+	// peer header, and would strip these too).
+	stripInternal(r.Header)
 	up, err := prepareRequest(r)
 	if err != nil {
 		refuse(w, &badRequest{http.StatusBadRequest, "trellis: " + err.Error(), ReasonStream})

@@ -121,7 +121,7 @@ func declaredTrailers(h http.Header) http.Header {
 	var t http.Header
 	for _, v := range h["Trailer"] {
 		for _, k := range strings.Split(v, ",") {
-			if k = textproto.CanonicalMIMEHeaderKey(strings.TrimSpace(k)); k != "" {
+			if k = textproto.CanonicalMIMEHeaderKey(strings.TrimSpace(k)); k != "" && !meshTrailer(k) {
 				if t == nil {
 					t = http.Header{}
 				}
@@ -149,7 +149,9 @@ func (b *streamBody) Read(p []byte) (int, error) {
 				*b.trailer = http.Header{}
 			}
 			for k, vv := range fieldsHeader(t) {
-				(*b.trailer)[k] = vv
+				if !meshTrailer(k) { // what the proxies set comes in the head only
+					(*b.trailer)[k] = vv
+				}
 			}
 		}
 	}
