@@ -54,16 +54,38 @@ func isInternalField(name string) bool {
 	if len(name) < 7 {
 		return false
 	}
-	l := strings.ToLower(name)
-	if l == "x-forwarded-client-cert" {
+	if strings.EqualFold(name, "x-forwarded-client-cert") {
 		return true
 	}
 	for _, p := range internalPrefixes {
-		if strings.HasPrefix(l, p) {
+		if hasPrefixFold(name, p) {
 			return true
 		}
 	}
 	return false
+}
+
+// hasPrefixFold is strings.HasPrefix ignoring ASCII case, without the copy
+// strings.ToLower makes of a canonical (capitalized) field name.
+func hasPrefixFold(s, prefix string) bool {
+	return len(s) >= len(prefix) && strings.EqualFold(s[:len(prefix)], prefix)
+}
+
+// foldedIn reports whether name in lowercase is in set, without a copy for
+// names of up to 64 bytes (a map index by string(bytes) does not allocate).
+func foldedIn(set map[string]bool, name string) bool {
+	var buf [64]byte
+	if len(name) > len(buf) {
+		return set[strings.ToLower(name)]
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		buf[i] = c
+	}
+	return set[string(buf[:len(name)])]
 }
 
 // stripInternal deletes the fields the mesh uses internally: no one
@@ -77,8 +99,7 @@ func stripInternal(h http.Header) {
 }
 
 func isForwardingClaim(name string) bool {
-	l := strings.ToLower(name)
-	return forwardingClaims[l] || strings.HasPrefix(l, "x-forwarded-")
+	return foldedIn(forwardingClaims, name) || hasPrefixFold(name, "x-forwarded-")
 }
 
 // meshTrailer reports whether a field is one the proxies set, replace or
@@ -87,7 +108,7 @@ func isForwardingClaim(name string) bool {
 // the head's checks, and an app that merges trailers into the header (as
 // some frameworks do) would read the caller's value.
 func meshTrailer(k string) bool {
-	return isInternalField(k) || isForwardingClaim(k) || meshFields[strings.ToLower(k)]
+	return isInternalField(k) || isForwardingClaim(k) || foldedIn(meshFields, k)
 }
 
 // forwardFromEdge rewrites the fields of r, a request from outside the
