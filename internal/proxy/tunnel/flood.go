@@ -176,6 +176,13 @@ type rateLog struct {
 	suppressed int
 }
 
+// reset starts a new window (tests, which flood faster than the limit).
+func (l *rateLog) reset() {
+	l.mu.Lock()
+	l.window, l.lines, l.suppressed = time.Time{}, 0, 0
+	l.mu.Unlock()
+}
+
 func (l *rateLog) log(lg *slog.Logger, msg string, attrs ...slog.Attr) {
 	now := time.Now()
 	l.mu.Lock()

@@ -174,6 +174,20 @@ func TestFloodsAreCutOff(t *testing.T) {
 		}, func(fr *http2.Framer, i int) error {
 			return fr.WriteData(1, false, nil)
 		}},
+		// Variants: acknowledgements nobody asked for, DATA whose
+		// payload is all padding, window updates on a stream.
+		{"settings_flood", nil, func(fr *http2.Framer, i int) error { return fr.WriteSettingsAck() }},
+		{"ping_flood", nil, func(fr *http2.Framer, i int) error { return fr.WritePing(true, [8]byte{}) }},
+		{"empty_data_flood", func(fr *http2.Framer) error {
+			return fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block, EndHeaders: true})
+		}, func(fr *http2.Framer, i int) error {
+			return fr.WriteDataPadded(1, false, nil, make([]byte, 200))
+		}},
+		{"window_update_flood", func(fr *http2.Framer) error {
+			return fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block, EndHeaders: true})
+		}, func(fr *http2.Framer, i int) error {
+			return fr.WriteWindowUpdate(1, 1)
+		}},
 		{"empty_continuation_flood", func(fr *http2.Framer) error {
 			return fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block[:1]})
 		}, func(fr *http2.Framer, i int) error {
@@ -197,6 +211,7 @@ func TestFloodsAreCutOff(t *testing.T) {
 		}},
 	} {
 		t.Run(tc.reason, func(t *testing.T) {
+			floodLog.reset() // the cases come faster than the log's limit
 			addr, logs := floodServer(t, nil)
 			good := h2cClient(t, addr)
 			if err := post(good, "before"); err != nil {
@@ -292,11 +307,15 @@ func TestControlQueueIsBounded(t *testing.T) {
 	// Restored after floodServer's cleanup (they run last first).
 	old := maxQueuedControl
 	t.Cleanup(func() { maxQueuedControl = old })
-	maxQueuedControl = 50
+	// The write that blocks may hold up to the limit, and the limit more
+	// may queue behind it: 80 PINGs (under their budget of 100) and the
+	// SETTINGS ACK are more than twice 30.
+	maxQueuedControl = 30
 	gate := make(chan struct{})
 	var once sync.Once
 	release := func() { once.Do(func() { close(gate) }) }
 	t.Cleanup(release)
+	floodLog.reset()
 	addr, logs := floodServer(t, func(nc net.Conn) net.Conn { return &gatedConn{Conn: nc, open: gate} })
 	before := testutil.ToFloat64(ProtocolErrors.WithLabelValues("control_queue_full"))
 
@@ -416,5 +435,26 @@ func TestLegitimateLoadIsNotAFlood(t *testing.T) {
 	}
 	if after != before {
 		t.Fatalf("legitimate load counted as %v floods", after-before)
+	}
+}
+
+// The flood log writes at most its limit of lines a second for the whole
+// process, and the next line says how many it held back.
+func TestFloodLogIsRateLimited(t *testing.T) {
+	var buf syncBuffer
+	lg := slog.New(slog.NewTextHandler(&buf, nil))
+	l := &rateLog{perSecond: 3}
+	for range 10 {
+		l.log(lg, "flood")
+	}
+	if n := strings.Count(buf.String(), "flood"); n != 3 {
+		t.Fatalf("%d lines written in a second, want 3", n)
+	}
+	l.mu.Lock()
+	l.window = l.window.Add(-time.Second)
+	l.mu.Unlock()
+	l.log(lg, "flood")
+	if !strings.Contains(buf.String(), "suppressed=7") {
+		t.Fatalf("the next second's line does not count the 7 held back:\n%s", buf.String())
 	}
 }
