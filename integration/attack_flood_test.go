@@ -5,6 +5,7 @@ package integration
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -17,6 +18,8 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
+	"github.com/trellis-mesh/trellis/internal/certs"
+	"github.com/trellis-mesh/trellis/internal/proxy/l4"
 	"github.com/trellis-mesh/trellis/internal/trellistest"
 )
 
@@ -162,4 +165,88 @@ func floodMetric(t *testing.T, admin, reason string) float64 {
 		}
 	}
 	return 0
+}
+
+// The sidecar-to-sidecar port (mTLS, ALPN trellis/h2) is the same HTTP/2
+// layer: a mesh peer with a valid certificate that floods it with PINGs
+// is cut off the same way, and another connection is served meanwhile.
+func TestFloodAttackInboundMTLS(t *testing.T) {
+	s := startServer(t)
+	app := h1StartApp(t)
+	applyYAML(t, s, "kind: Service\nname: web\nspec: {protocol: http}\n---\n"+
+		"kind: Intention\nname: client.web\nspec: {source: client, destination: web, action: allow}\n")
+	web := s.startProxy(t, proxyOpts{service: "web", appPort: app.port})
+	s.waitInstances(t, 10*time.Second, "web registered", "web", 1)
+	ins, _ := s.api.Instances(t.Context(), "web")
+	ep := net.JoinHostPort(ins[0].Address, fmt.Sprint(ins[0].Port))
+	tlsCfg := meshPeer(t, s, "client").ClientConfig(certs.ExpectService("web"), l4.ALPN)
+	dial := func() *tls.Conn {
+		c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", ep, tlsCfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	before := floodMetric(t, web.admin, "ping_flood")
+
+	c := dial()
+	go func() {
+		bw := bufio.NewWriterSize(c, 64<<10)
+		fr := http2.NewFramer(bw, nil)
+		io.WriteString(bw, http2.ClientPreface)
+		fr.WriteSettings()
+		for i := range 500000 {
+			if fr.WritePing(false, [8]byte{byte(i)}) != nil {
+				return
+			}
+			if i%1024 == 0 && bw.Flush() != nil {
+				return
+			}
+		}
+		bw.Flush()
+	}()
+	// Another connection from the mesh is served meanwhile: it gets its
+	// PING answered.
+	good := dial()
+	good.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(good, http2.ClientPreface)
+	gfr := http2.NewFramer(good, good)
+	gfr.WriteSettings()
+	gfr.WritePing(false, [8]byte{'o', 'k'})
+	for {
+		f, err := gfr.ReadFrame()
+		if err != nil {
+			t.Fatalf("well-behaved connection during the flood: %v", err)
+		}
+		if p, ok := f.(*http2.PingFrame); ok && p.IsAck() {
+			break
+		}
+	}
+
+	c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	rfr := http2.NewFramer(nil, c)
+	for {
+		f, err := rfr.ReadFrame()
+		if err != nil {
+			t.Fatalf("connection ended without a GOAWAY: %v", err)
+		}
+		if ga, ok := f.(*http2.GoAwayFrame); ok {
+			if ga.ErrCode != http2.ErrCodeEnhanceYourCalm {
+				t.Fatalf("GOAWAY %v, want ENHANCE_YOUR_CALM", ga.ErrCode)
+			}
+			break
+		}
+	}
+	trellistest.Eventually(t, 10*time.Second, "the flood counted and logged", func() error {
+		if got := floodMetric(t, web.admin, "ping_flood"); got != before+1 {
+			return fmt.Errorf("trellis_http2_protocol_errors_total{reason=\"ping_flood\"} = %v, want %v", got, before+1)
+		}
+		for _, line := range strings.Split(web.logText(), "\n") {
+			if strings.Contains(line, "flooded") && strings.Contains(line, "ping_flood") && strings.Contains(line, c.LocalAddr().String()) {
+				return nil
+			}
+		}
+		return fmt.Errorf("no log line with the peer %s", c.LocalAddr())
+	})
 }
