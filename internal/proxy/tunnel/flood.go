@@ -5,11 +5,12 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/http2"
+
+	"github.com/trellis-mesh/trellis/internal/ratelog"
 )
 
 // Flood protection. Frames that carry no work (SETTINGS, PING, empty
@@ -137,7 +138,7 @@ func (e floodError) Error() string {
 func (c *Conn) flooded(k floodKind, frames int64) {
 	err := floodError{kind: k, frames: frames}
 	ProtocolErrors.WithLabelValues(k.String()).Inc()
-	floodLog.log(c.cfg.Logger, "HTTP/2 peer flooded the connection; sent GOAWAY ENHANCE_YOUR_CALM",
+	logFlood(c.cfg.Logger, "HTTP/2 peer flooded the connection; sent GOAWAY ENHANCE_YOUR_CALM",
 		slog.String("remote", c.nc.RemoteAddr().String()),
 		slog.String("local", c.nc.LocalAddr().String()),
 		slog.String("reason", k.String()),
@@ -163,41 +164,21 @@ func codeReason(code http2.ErrCode) string {
 	return strings.ToLower(code.String())
 }
 
-// floodLog rate-limits the info lines about floods for the whole
-// process: an attacker opening connection after connection must not
-// flood the log instead.
-var floodLog = &rateLog{perSecond: 10}
+// floodLog bounds the info lines about floods for the whole process: an
+// attacker opening connection after connection must not flood the log
+// instead. Every flood is still counted in ProtocolErrors.
+var floodLog ratelog.Limit
 
-type rateLog struct {
-	perSecond  int
-	mu         sync.Mutex
-	window     time.Time
-	lines      int
-	suppressed int
-}
+// floodLinesPerSecond is floodLog's budget.
+const floodLinesPerSecond = 10
 
-// reset starts a new window (tests, which flood faster than the limit).
-func (l *rateLog) reset() {
-	l.mu.Lock()
-	l.window, l.lines, l.suppressed = time.Time{}, 0, 0
-	l.mu.Unlock()
-}
-
-func (l *rateLog) log(lg *slog.Logger, msg string, attrs ...slog.Attr) {
-	now := time.Now()
-	l.mu.Lock()
-	if now.Sub(l.window) >= time.Second || now.Before(l.window) {
-		l.window, l.lines = now, 0
-	}
-	if l.lines >= l.perSecond {
-		l.suppressed++
-		l.mu.Unlock()
+// logFlood writes one flood line if the budget allows, with how many were
+// held back before it.
+func logFlood(lg *slog.Logger, msg string, attrs ...slog.Attr) {
+	n, ok := floodLog.Take(time.Now(), floodLinesPerSecond)
+	if !ok {
 		return
 	}
-	l.lines++
-	n := l.suppressed
-	l.suppressed = 0
-	l.mu.Unlock()
 	if n > 0 {
 		attrs = append(attrs, slog.Int("suppressed", n))
 	}
