@@ -767,7 +767,10 @@ func (c *Conn) onSettings(f *http2.SettingsFrame) error {
 func (c *Conn) floodKind(f http2.Frame) (floodKind, bool) {
 	switch f := f.(type) {
 	case *http2.DataFrame:
-		if len(f.Data()) == 0 && !f.StreamEnded() {
+		// An empty DATA frame that ends its stream is legitimate once per
+		// stream, and every stream earns a unit of work with its HEADERS;
+		// sent again and again on a closed stream, it is a flood too.
+		if len(f.Data()) == 0 {
 			return floodEmptyData, true
 		}
 		c.flood.work++

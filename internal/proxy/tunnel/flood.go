@@ -65,9 +65,9 @@ var floodBudgets = [nFloodKinds]struct{ base, perWork int64 }{
 	// Peers that estimate bandwidth (gRPC's BDP pings) ping about once
 	// per burst of DATA they receive.
 	floodPing: {100, 1},
-	// An empty DATA frame without END_STREAM, or an empty CONTINUATION
-	// without END_HEADERS, moves nothing; a peer may send one now and
-	// then (a flush), not one per unit of work.
+	// An empty DATA frame (one that ends a stream: once per stream), or an
+	// empty CONTINUATION without END_HEADERS, moves nothing; a peer may
+	// send one now and then, not more than one per unit of work.
 	floodEmptyData:         {100, 1},
 	floodEmptyContinuation: {100, 1},
 	// A reader returns window for each DATA frame it took: one update for

@@ -183,6 +183,11 @@ func TestFloodsAreCutOff(t *testing.T) {
 		}, func(fr *http2.Framer, i int) error {
 			return fr.WriteDataPadded(1, false, nil, make([]byte, 200))
 		}},
+		{"empty_data_flood", func(fr *http2.Framer) error {
+			return fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block, EndHeaders: true})
+		}, func(fr *http2.Framer, i int) error {
+			return fr.WriteData(1, true, nil) // END_STREAM again and again
+		}},
 		{"window_update_flood", func(fr *http2.Framer) error {
 			return fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block, EndHeaders: true})
 		}, func(fr *http2.Framer, i int) error {
