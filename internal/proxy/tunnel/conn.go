@@ -785,11 +785,12 @@ func (c *Conn) floodKind(f http2.Frame) (floodKind, bool) {
 	case *http2.PriorityFrame:
 		return floodPriority, true
 	case *http2.RSTStreamFrame:
-		// A client's peer resets streams it refuses; only a server pays
-		// a handler for each stream opened and reset.
-		if !c.client {
-			return floodReset, true
+		// Only a server pays a handler for each stream opened and reset;
+		// a client's peer may reset each stream it was sent once.
+		if c.client {
+			return floodClientReset, true
 		}
+		return floodReset, true
 	case *http2.UnknownFrame:
 		return floodUnknown, true
 	}

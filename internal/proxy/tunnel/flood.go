@@ -37,6 +37,7 @@ const (
 	floodPriority
 	floodUnknown
 	floodReset
+	floodClientReset
 	floodControlQueue
 	nFloodKinds
 )
@@ -50,6 +51,7 @@ var floodReasons = [nFloodKinds]string{
 	floodPriority:          "priority_flood",
 	floodUnknown:           "unknown_frame_flood",
 	floodReset:             "rapid_reset",
+	floodClientReset:       "reset_flood",
 	floodControlQueue:      "control_queue_full",
 }
 
@@ -82,6 +84,10 @@ var floodBudgets = [nFloodKinds]struct{ base, perWork int64 }{
 	// budget is absolute: a reset stream is work the peer made us start
 	// and abandoned, not work done.
 	floodReset: {maxResetsPerSecond, 0},
+	// On a client connection the peer may reset each stream we open once
+	// (refusing it, or failing it); a flood of resets beyond that, on
+	// streams long gone, only costs us the reading.
+	floodClientReset: {maxResetsPerSecond, 1},
 }
 
 // maxQueuedControl bounds the frames the reader has queued (ACKs, window
@@ -150,7 +156,7 @@ func (c *Conn) flooded(k floodKind, frames int64) {
 // the peer broke the protocol or flooded it, by reason: a flood's name
 // (settings_flood, ping_flood, empty_data_flood, empty_continuation_flood,
 // window_update_flood, priority_flood, unknown_frame_flood, rapid_reset,
-// control_queue_full) or the error code sent in the GOAWAY
+// reset_flood, control_queue_full) or the error code sent in the GOAWAY
 // (protocol_error, flow_control_error, frame_size_error, ...). One
 // counter for every tunnel connection in the process; whoever serves
 // metrics registers it.

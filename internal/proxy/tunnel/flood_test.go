@@ -462,3 +462,52 @@ func TestFloodLogIsRateLimited(t *testing.T) {
 // resetFloodLog starts the flood log's budget afresh: a line taken at the
 // zero time opens a window that the next real line finds over.
 func resetFloodLog() { floodLog.Take(time.Time{}, 1) }
+
+// A server that floods a tunnel client with RST_STREAM frames (on streams
+// the client never had, far more than it opened) gets GOAWAY
+// ENHANCE_YOUR_CALM from the client.
+func TestClientCutsOffResetFlood(t *testing.T) {
+	cn, sn := tcpPair(t)
+	before := testutil.ToFloat64(ProtocolErrors.WithLabelValues("reset_flood"))
+	cli, err := NewClient(cn, Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	preface := make([]byte, len(http2.ClientPreface))
+	if _, err := io.ReadFull(sn, preface); err != nil {
+		t.Fatal(err)
+	}
+	bw := bufio.NewWriterSize(sn, 64<<10)
+	wfr := http2.NewFramer(bw, nil)
+	wfr.WriteSettings()
+	go func() {
+		for i := 0; i < 200000; i++ {
+			if wfr.WriteRSTStream(uint32(2*i+1), http2.ErrCodeCancel) != nil {
+				return
+			}
+			if i%1024 == 0 && bw.Flush() != nil {
+				return
+			}
+		}
+		bw.Flush()
+	}()
+	sn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	rfr := http2.NewFramer(nil, sn)
+	for {
+		f, err := rfr.ReadFrame()
+		if err != nil {
+			t.Fatalf("connection ended without a GOAWAY: %v", err)
+		}
+		if ga, ok := f.(*http2.GoAwayFrame); ok {
+			if ga.ErrCode != http2.ErrCodeEnhanceYourCalm {
+				t.Fatalf("GOAWAY %v, want ENHANCE_YOUR_CALM", ga.ErrCode)
+			}
+			break
+		}
+	}
+	<-cli.Done()
+	if got := testutil.ToFloat64(ProtocolErrors.WithLabelValues("reset_flood")) - before; got != 1 {
+		t.Fatalf("reset_flood counted %v times, want 1", got)
+	}
+}
