@@ -29,6 +29,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/proxy/l4"
 	"github.com/trellis-mesh/trellis/internal/proxy/l7"
 	"github.com/trellis-mesh/trellis/internal/proxy/passthrough"
+	"github.com/trellis-mesh/trellis/internal/proxy/tunnel"
 	"github.com/trellis-mesh/trellis/internal/topology"
 	"github.com/trellis-mesh/trellis/internal/xds"
 )
@@ -158,6 +159,9 @@ func (p *Proxy) registerMetrics(reg *prometheus.Registry) {
 	reg.MustRegister(p.m.connected, p.m.expiry, p.m.renewals, p.m.snapshots, p.m.healthy, p.m.egress)
 	p.l4m = l4.NewMetrics(reg)
 	p.l7m = l7.NewMetrics(reg)
+	// One counter for every HTTP/2 connection of the process (the tunnel
+	// serves the sidecar-to-sidecar port and the h2/h2c listeners).
+	reg.MustRegister(tunnel.ProtocolErrors)
 }
 
 // apply installs a validated snapshot: the trust bundle, the inbound policy

@@ -122,6 +122,10 @@ type Conn struct {
 	fw      *http2.Framer
 	henc    *hpack.Encoder
 	hbuf    bytes.Buffer
+	// ctrlQueued counts the frames queue added since the writer last
+	// took the buffer: acknowledgements the peer made us owe.
+	ctrlQueued int
+	calming    bool // the control queue overflowed; only the GOAWAY goes
 
 	fr *http2.Framer // the reader's
 	hr *headerReader // the reader's
@@ -129,9 +133,11 @@ type Conn struct {
 	// Read by the reader only.
 	recvWindow  int64 // what the peer may still send on the connection
 	recvUnacked int64 // consumed, not yet returned in a WINDOW_UPDATE
-	resets      int   // streams the peer reset since resetsSince
-	resetsSince time.Time
+	flood       floodGuard
 	frames      atomic.Uint64
+	// sentWork counts HEADERS and DATA frames sent: the work that earns a
+	// peer its WINDOW_UPDATEs and PINGs (flood.go).
+	sentWork atomic.Int64
 
 	mu             sync.Mutex
 	cond           *sync.Cond // send windows grew, or a stream or the conn ended
@@ -178,6 +184,12 @@ func newConn(nc net.Conn, cfg Config, client bool) *Conn {
 	c.fr.SetReuseFrames()
 	c.fr.SetMaxReadFrameSize(cfg.MaxFrameSize)
 	c.hr = newHeaderReader(cfg.MaxHeaderBytes)
+	c.hr.empty = func() error {
+		if c.over(floodEmptyContinuation) {
+			return floodError{kind: floodEmptyContinuation}
+		}
+		return nil
+	}
 	return c
 }
 
@@ -397,10 +409,13 @@ func (c *Conn) fail(err error) {
 
 // connError ends the connection after telling the peer why.
 func (c *Conn) connError(code http2.ErrCode, err error) {
+	if !errors.As(err, new(floodError)) {
+		ProtocolErrors.WithLabelValues(codeReason(code)).Inc()
+	}
 	c.mu.Lock()
 	last := c.lastPeerID
 	c.mu.Unlock()
-	c.queue(func(fw *http2.Framer) error { return fw.WriteGoAway(last, code, []byte(err.Error())) })
+	c.queueFrame(func(fw *http2.Framer) error { return fw.WriteGoAway(last, code, []byte(err.Error())) }, true)
 	c.flushControl()
 	c.fail(err)
 }
@@ -447,6 +462,11 @@ func (c *Conn) readLoop() {
 			hb, err = c.hr.read(c.fr, hf)
 		}
 		if err != nil {
+			var fe floodError
+			if errors.As(err, &fe) {
+				c.flooded(fe.kind, c.flood.counts[fe.kind])
+				return
+			}
 			var se http2.StreamError
 			if errors.As(err, &se) {
 				c.resetStream(se.StreamID, se.Code, se)
@@ -472,6 +492,10 @@ func (c *Conn) readLoop() {
 				return
 			}
 		}
+		if k, ok := c.floodKind(f); ok && c.over(k) {
+			c.flooded(k, c.flood.counts[k])
+			return
+		}
 		switch f := f.(type) {
 		case *http2.DataFrame:
 			err = c.onData(f)
@@ -487,10 +511,6 @@ func (c *Conn) readLoop() {
 				c.queue(func(fw *http2.Framer) error { return fw.WritePing(true, data) })
 			}
 		case *http2.RSTStreamFrame:
-			if !c.client && c.tooManyResets() {
-				c.connError(http2.ErrCodeEnhanceYourCalm, errors.New("tunnel: peer resets streams too fast"))
-				return
-			}
 			c.onReset(f)
 		case *http2.GoAwayFrame:
 			c.onGoAway(f)
@@ -742,14 +762,39 @@ func (c *Conn) onSettings(f *http2.SettingsFrame) error {
 	return nil
 }
 
-// tooManyResets counts a reset from the peer and reports whether the peer
-// went over maxResetsPerSecond.
-func (c *Conn) tooManyResets() bool {
-	if now := time.Now(); now.Sub(c.resetsSince) > time.Second {
-		c.resets, c.resetsSince = 0, now
+// floodKind says which flood budget a frame counts against; a frame that
+// carries work counts towards the work instead, and gives false.
+func (c *Conn) floodKind(f http2.Frame) (floodKind, bool) {
+	switch f := f.(type) {
+	case *http2.DataFrame:
+		// An empty DATA frame that ends its stream is legitimate once per
+		// stream, and every stream earns a unit of work with its HEADERS;
+		// sent again and again on a closed stream, it is a flood too.
+		if len(f.Data()) == 0 {
+			return floodEmptyData, true
+		}
+		c.flood.work++
+	case *http2.HeadersFrame:
+		c.flood.work++
+	case *http2.WindowUpdateFrame:
+		return floodWindowUpdate, true
+	case *http2.SettingsFrame:
+		return floodSettings, true
+	case *http2.PingFrame:
+		return floodPing, true
+	case *http2.PriorityFrame:
+		return floodPriority, true
+	case *http2.RSTStreamFrame:
+		// Only a server pays a handler for each stream opened and reset;
+		// a client's peer may reset each stream it was sent once.
+		if c.client {
+			return floodClientReset, true
+		}
+		return floodReset, true
+	case *http2.UnknownFrame:
+		return floodUnknown, true
 	}
-	c.resets++
-	return c.resets > maxResetsPerSecond
+	return 0, false
 }
 
 func (c *Conn) onReset(f *http2.RSTStreamFrame) {

@@ -59,6 +59,9 @@ type headerReader struct {
 	sawRegular bool
 	invalid    error
 	block      headerBlock
+	// empty is called for each empty CONTINUATION frame that does not end
+	// its block; its error (a flood) ends the read.
+	empty func() error
 }
 
 func newHeaderReader(limit uint32) *headerReader {
@@ -137,6 +140,11 @@ func (r *headerReader) read(fr *http2.Framer, hf *http2.HeadersFrame) (*headerBl
 		}
 		cf := f.(*http2.ContinuationFrame)
 		frag, ended = cf.HeaderBlockFragment(), cf.HeadersEnded()
+		if len(frag) == 0 && !ended && r.empty != nil {
+			if err := r.empty(); err != nil {
+				return nil, err
+			}
+		}
 	}
 	if err := r.dec.Close(); err != nil {
 		return nil, http2.ConnectionError(http2.ErrCodeCompression)

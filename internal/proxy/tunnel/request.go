@@ -64,6 +64,7 @@ func (s *Stream) dataLocked(body []byte, end bool) (bool, error) {
 		return false, nil
 	}
 	max := c.peerFrame
+	c.sentWork.Add(int64((len(body) + max - 1) / max))
 	c.sendWindow -= int64(len(body))
 	s.sendWindow -= int64(len(body))
 	c.mu.Unlock()

@@ -598,6 +598,7 @@ func (s *Stream) reserveSend(want int) (int, error) {
 		if k > 0 {
 			c.sendWindow -= k
 			s.sendWindow -= k
+			c.sentWork.Add(1)
 			return int(k), nil
 		}
 		c.cond.Wait()

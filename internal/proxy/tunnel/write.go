@@ -119,6 +119,7 @@ func (c *Conn) flushLocked() error {
 	for len(c.out) > 0 && c.werr == nil {
 		buf := c.out
 		c.out, c.spare = c.spare[:0], nil
+		c.ctrlQueued = 0
 		c.omu.Unlock()
 		err := c.writeOut(buf)
 		c.omu.Lock()
@@ -160,14 +161,27 @@ func (c *Conn) writeOut(p []byte) error {
 // it, and must go on reading whatever the socket does. When nobody is
 // writing, the writer goroutine is woken to send them.
 func (c *Conn) queue(write func(*http2.Framer) error) {
+	c.queueFrame(write, false)
+}
+
+// queueFrame is queue; final is set for the GOAWAY that ends the
+// connection, which goes even when the peer made us owe too much.
+func (c *Conn) queueFrame(write func(*http2.Framer) error, final bool) {
 	c.omu.Lock()
-	if c.werr != nil {
+	if c.werr != nil || c.calming && !final {
 		c.omu.Unlock()
 		return
 	}
 	if len(c.out) > maxCtrlOut {
 		c.omu.Unlock()
 		go c.fail(errors.New("tunnel: peer does not read what we send"))
+		return
+	}
+	if c.ctrlQueued++; c.ctrlQueued > maxQueuedControl && !final {
+		// The peer makes us answer faster than it reads the answers.
+		c.calming = true
+		c.omu.Unlock()
+		go c.flooded(floodControlQueue, int64(maxQueuedControl))
 		return
 	}
 	err := write(c.fw)
@@ -227,6 +241,7 @@ func (c *Conn) writeHeaders(id uint32, end bool, fields ...hpack.HeaderField) er
 
 // headersLocked appends a header block for stream id; omu is held.
 func (c *Conn) headersLocked(id uint32, end bool, fields []hpack.HeaderField) error {
+	c.sentWork.Add(1)
 	c.hbuf.Reset()
 	for _, f := range fields {
 		if err := c.henc.WriteField(f); err != nil {
