@@ -185,6 +185,7 @@ func (p *Pool) dial(addr string, cfg *tls.Config) (*tunnel.Conn, error) {
 	p.metrics.Handshakes.WithLabelValues("client", result).Inc()
 	tcfg := p.cfg
 	tcfg.Cork = cork
+	tcfg.Logger = p.Logger // set after NewPool: the tunnel's own lines (floods) go there too
 	c, err := tunnel.NewClient(tc, tcfg)
 	if err != nil {
 		tc.Close()
