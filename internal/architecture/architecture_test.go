@@ -55,7 +55,7 @@ func TestLayering(t *testing.T) {
 		{pkg: "internal/sidecar", forbidden: []string{module + "/internal/store", module + "/internal/ca", module + "/internal/control", "go.etcd.io/"}},
 		{pkg: "internal/proxy/l4", forbidden: []string{module + "/internal/store", module + "/internal/ca", module + "/internal/control", module + "/internal/sidecar"}},
 		{pkg: "internal/proxy/l7", forbidden: []string{module + "/internal/store", module + "/internal/ca", module + "/internal/control", module + "/internal/sidecar", module + "/internal/proxy/l4"}},
-		{pkg: "internal/proxy/tunnel", onlyStd: []string{"golang.org/x/net/", "golang.org/x/text/"}},
+		{pkg: "internal/proxy/tunnel", onlyStd: []string{"golang.org/x/net/", "golang.org/x/text/", module + "/internal/ratelog"}},
 		{pkg: "internal/certs", forbidden: []string{module + "/internal/ca", module + "/internal/store"}},
 		// Pure packages: no I/O machinery of the mesh.
 		{pkg: "internal/topology", forbidden: []string{"net/http", module + "/internal/store", module + "/internal/control"}},

@@ -161,7 +161,25 @@ func (p *Proxy) registerMetrics(reg *prometheus.Registry) {
 	p.l7m = l7.NewMetrics(reg)
 	// One counter for every HTTP/2 connection of the process (the tunnel
 	// serves the sidecar-to-sidecar port and the h2/h2c listeners).
-	reg.MustRegister(tunnel.ProtocolErrors)
+	reg.MustRegister(protocolErrorsCollector{})
+}
+
+// protocolErrorsDesc is trellis_http2_protocol_errors_total, the tunnel's
+// counts of HTTP/2 connections ended for a protocol error or a flood.
+var protocolErrorsDesc = prometheus.NewDesc("trellis_http2_protocol_errors_total",
+	"HTTP/2 connections ended with a GOAWAY because the peer broke the protocol or flooded the connection, by reason (a flood such as ping_flood or rapid_reset, or the GOAWAY's error code such as protocol_error).",
+	[]string{"reason"}, nil)
+
+// protocolErrorsCollector exports the tunnel package's counts, which it
+// keeps without prometheus so as to stay a leaf.
+type protocolErrorsCollector struct{}
+
+func (protocolErrorsCollector) Describe(ch chan<- *prometheus.Desc) { ch <- protocolErrorsDesc }
+
+func (protocolErrorsCollector) Collect(ch chan<- prometheus.Metric) {
+	for reason, n := range tunnel.ProtocolErrorCounts() {
+		ch <- prometheus.MustNewConstMetric(protocolErrorsDesc, prometheus.CounterValue, float64(n), reason)
+	}
 }
 
 // apply installs a validated snapshot: the trust bundle, the inbound policy

@@ -410,7 +410,7 @@ func (c *Conn) fail(err error) {
 // connError ends the connection after telling the peer why.
 func (c *Conn) connError(code http2.ErrCode, err error) {
 	if !errors.As(err, new(floodError)) {
-		ProtocolErrors.WithLabelValues(codeReason(code)).Inc()
+		countProtocolError(codeReason(code))
 	}
 	c.mu.Lock()
 	last := c.lastPeerID

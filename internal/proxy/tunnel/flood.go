@@ -4,10 +4,11 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"strings"
+	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/http2"
 
 	"github.com/trellis-mesh/trellis/internal/ratelog"
@@ -143,7 +144,7 @@ func (e floodError) Error() string {
 // logs it; frames is how many of kind k the peer sent (or made us queue).
 func (c *Conn) flooded(k floodKind, frames int64) {
 	err := floodError{kind: k, frames: frames}
-	ProtocolErrors.WithLabelValues(k.String()).Inc()
+	countProtocolError(k.String())
 	logFlood(c.cfg.Logger, "HTTP/2 peer flooded the connection; sent GOAWAY ENHANCE_YOUR_CALM",
 		slog.String("remote", c.nc.RemoteAddr().String()),
 		slog.String("local", c.nc.LocalAddr().String()),
@@ -152,18 +153,43 @@ func (c *Conn) flooded(k floodKind, frames int64) {
 	c.connError(http2.ErrCodeEnhanceYourCalm, err)
 }
 
-// ProtocolErrors counts the HTTP/2 connections this process ended because
+// protocolErrors counts the HTTP/2 connections this process ended because
 // the peer broke the protocol or flooded it, by reason: a flood's name
 // (settings_flood, ping_flood, empty_data_flood, empty_continuation_flood,
 // window_update_flood, priority_flood, unknown_frame_flood, rapid_reset,
 // reset_flood, control_queue_full) or the error code sent in the GOAWAY
-// (protocol_error, flow_control_error, frame_size_error, ...). One
-// counter for every tunnel connection in the process; whoever serves
-// metrics registers it.
-var ProtocolErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
-	Name: "trellis_http2_protocol_errors_total",
-	Help: "HTTP/2 connections ended with a GOAWAY because the peer broke the protocol or flooded the connection, by reason (a flood such as ping_flood or rapid_reset, or the GOAWAY's error code such as protocol_error).",
-}, []string{"reason"})
+// (protocol_error, flow_control_error, frame_size_error, ...). One count
+// for every tunnel connection in the process; whoever serves metrics
+// exports ProtocolErrorCounts (the sidecar as
+// trellis_http2_protocol_errors_total). Plain counters keep this package
+// a leaf.
+var protocolErrors struct {
+	mu sync.Mutex
+	n  map[string]uint64
+}
+
+func countProtocolError(reason string) {
+	protocolErrors.mu.Lock()
+	if protocolErrors.n == nil {
+		protocolErrors.n = map[string]uint64{}
+	}
+	protocolErrors.n[reason]++
+	protocolErrors.mu.Unlock()
+}
+
+// ProtocolErrorCounts returns the counts so far, by reason.
+func ProtocolErrorCounts() map[string]uint64 {
+	protocolErrors.mu.Lock()
+	defer protocolErrors.mu.Unlock()
+	return maps.Clone(protocolErrors.n)
+}
+
+// ProtocolErrorCount returns the count so far of one reason.
+func ProtocolErrorCount(reason string) uint64 {
+	protocolErrors.mu.Lock()
+	defer protocolErrors.mu.Unlock()
+	return protocolErrors.n[reason]
+}
 
 // codeReason is the metric reason of a connection error sent with code.
 func codeReason(code http2.ErrCode) string {

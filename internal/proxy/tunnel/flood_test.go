@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 )
@@ -222,7 +221,7 @@ func TestFloodsAreCutOff(t *testing.T) {
 			if err := post(good, "before"); err != nil {
 				t.Fatalf("well-behaved client before the flood: %v", err)
 			}
-			before := testutil.ToFloat64(ProtocolErrors.WithLabelValues(tc.reason))
+			before := float64(ProtocolErrorCount(tc.reason))
 
 			cn, err := net.Dial("tcp", addr)
 			if err != nil {
@@ -276,7 +275,7 @@ func TestFloodsAreCutOff(t *testing.T) {
 					t.Fatalf("connection not closed after the GOAWAY: %v", err)
 				}
 			}
-			if got := testutil.ToFloat64(ProtocolErrors.WithLabelValues(tc.reason)) - before; got != 1 {
+			if got := float64(ProtocolErrorCount(tc.reason)) - before; got != 1 {
 				t.Fatalf("trellis_http2_protocol_errors_total{reason=%q} grew by %v, want 1", tc.reason, got)
 			}
 			eventually(t, 5*time.Second, "the flood logged", func() bool {
@@ -322,7 +321,7 @@ func TestControlQueueIsBounded(t *testing.T) {
 	t.Cleanup(release)
 	resetFloodLog()
 	addr, logs := floodServer(t, func(nc net.Conn) net.Conn { return &gatedConn{Conn: nc, open: gate} })
-	before := testutil.ToFloat64(ProtocolErrors.WithLabelValues("control_queue_full"))
+	before := float64(ProtocolErrorCount("control_queue_full"))
 
 	cn, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -338,7 +337,7 @@ func TestControlQueueIsBounded(t *testing.T) {
 		}
 	}
 	eventually(t, 10*time.Second, "the full control queue counted", func() bool {
-		return testutil.ToFloat64(ProtocolErrors.WithLabelValues("control_queue_full")) == before+1
+		return float64(ProtocolErrorCount("control_queue_full")) == before+1
 	})
 	release()
 	cn.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -375,7 +374,7 @@ func TestLegitimateLoadIsNotAFlood(t *testing.T) {
 	addr, _ := floodServer(t, nil)
 	var before float64
 	for _, r := range floodReasons {
-		before += testutil.ToFloat64(ProtocolErrors.WithLabelValues(r))
+		before += float64(ProtocolErrorCount(r))
 	}
 	cc := h2cClient(t, addr)
 	const requests, workers = 10000, 32
@@ -436,7 +435,7 @@ func TestLegitimateLoadIsNotAFlood(t *testing.T) {
 	}
 	var after float64
 	for _, r := range floodReasons {
-		after += testutil.ToFloat64(ProtocolErrors.WithLabelValues(r))
+		after += float64(ProtocolErrorCount(r))
 	}
 	if after != before {
 		t.Fatalf("legitimate load counted as %v floods", after-before)
@@ -468,7 +467,7 @@ func resetFloodLog() { floodLog.Take(time.Time{}, 1) }
 // ENHANCE_YOUR_CALM from the client.
 func TestClientCutsOffResetFlood(t *testing.T) {
 	cn, sn := tcpPair(t)
-	before := testutil.ToFloat64(ProtocolErrors.WithLabelValues("reset_flood"))
+	before := float64(ProtocolErrorCount("reset_flood"))
 	cli, err := NewClient(cn, Config{})
 	if err != nil {
 		t.Fatal(err)
@@ -507,7 +506,7 @@ func TestClientCutsOffResetFlood(t *testing.T) {
 		}
 	}
 	<-cli.Done()
-	if got := testutil.ToFloat64(ProtocolErrors.WithLabelValues("reset_flood")) - before; got != 1 {
+	if got := float64(ProtocolErrorCount("reset_flood")) - before; got != 1 {
 		t.Fatalf("reset_flood counted %v times, want 1", got)
 	}
 }
