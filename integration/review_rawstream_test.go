@@ -12,6 +12,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -162,7 +163,13 @@ spec:
 	defer c.Close()
 	fmt.Fprint(c, "GET /ws HTTP/1.1\r\nHost: web\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"+
 		"GET /admin/users HTTP/1.1\r\nHost: admin.example.com\r\nX-Forwarded-Client-Cert: By=x;URI=spiffe://trellis.local/svc/root\r\nConnection: close\r\n\r\n")
-	time.Sleep(time.Second)
+	// The stream ends once the app's answer is relayed (or, were the
+	// smuggled request served, after that one's "Connection: close"):
+	// read it to its end, then look at what the app got.
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.Copy(io.Discard, c); err != nil {
+		t.Fatalf("the upgrade stream did not end: %v", err)
+	}
 	mu.Lock()
 	defer mu.Unlock()
 	for _, r := range got {

@@ -36,7 +36,7 @@ func TestReviewRevokedTokenStuckStream(t *testing.T) {
 	defer conn.Close()
 	ads := discoveryv3.NewAggregatedDiscoveryServiceClient(conn)
 	ctx := metadata.AppendToOutgoingContext(t.Context(), "authorization", "Bearer "+secret)
-	open := func(inst string, ups []string) context.CancelFunc {
+	open := func(inst string, ups []string) (discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient, context.CancelFunc) {
 		sctx, cancel := context.WithCancel(ctx)
 		st, err := ads.StreamAggregatedResources(sctx)
 		if err != nil {
@@ -46,15 +46,19 @@ func TestReviewRevokedTokenStuckStream(t *testing.T) {
 		if err := st.Send(&discoveryv3.DiscoveryRequest{TypeUrl: xds.SnapshotType, Node: reg.Node()}); err != nil {
 			t.Fatal(err)
 		}
-		return cancel // st is never read
+		return st, cancel
 	}
-	defer open("x-stuck", []string{"x"})()
+	_, stopStuck := open("x-stuck", []string{"x"}) // never read
+	defer stopStuck()
 	s.waitInstances(t, 10*time.Second, "x-stuck registered", "x", 1)
 	for i := range 300 {
-		cancel := open(fmt.Sprintf("x-churn-%d", i), nil)
-		time.Sleep(15 * time.Millisecond)
+		// A churn stream is registered once its first snapshot comes:
+		// each one changes x's endpoints, which the stuck stream is sent.
+		st, cancel := open(fmt.Sprintf("x-churn-%d", i), nil)
+		if _, err := st.Recv(); err != nil {
+			t.Fatal(err)
+		}
 		cancel()
-		time.Sleep(15 * time.Millisecond)
 	}
 	s.waitInstances(t, 10*time.Second, "churn instances gone", "x", 1)
 
