@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync"
 	"time"
 
 	v1 "github.com/trellis-mesh/trellis/api/v1"
@@ -34,16 +35,26 @@ type Ingress struct {
 	Metrics *Metrics
 	// Logger; nil discards.
 	Logger *slog.Logger
+
+	once sync.Once
+}
+
+// init fills in the defaults once: requests on different connections
+// run on their own goroutines, so a field set lazily per request races.
+func (g *Ingress) init() {
+	g.once.Do(func() {
+		if g.Metrics == nil {
+			g.Metrics = NewMetrics(nil)
+		}
+		if g.Logger == nil {
+			g.Logger = slog.New(slog.DiscardHandler)
+		}
+	})
 }
 
 func (g *Ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if g.Metrics == nil {
-		g.Metrics = NewMetrics(nil)
-	}
+	g.init()
 	log := g.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
 	start := time.Now()
 	g.Metrics.dropUnderscored(r, "ingress", false)
 	if err := sanitize(r); err != nil {
