@@ -95,6 +95,11 @@ const (
 	maxResetsPerSecond = 1000
 )
 
+// recentResets is how many of the streams it reset a connection
+// remembers, to ignore their frames in flight. Past that, a late frame on
+// one gets a RST_STREAM of its own, which the peer ignores.
+const recentResets = 256
+
 // ErrClosed is returned for work on a closed connection.
 var ErrClosed = errors.New("tunnel: connection closed")
 
@@ -149,10 +154,12 @@ type Conn struct {
 	peerMaxStreams uint32
 	peerWindow     int64 // the peer's SETTINGS_INITIAL_WINDOW_SIZE
 	peerFrame      int
-	sendWindow     int64 // what we may still send on the connection
-	goingAway      bool  // no new streams; close when the last one ends
-	peerAway       bool  // the peer sent GOAWAY: it takes no new stream of ours
-	started        bool  // server: SETTINGS sent, so a GOAWAY may follow
+	sendWindow     int64                // what we may still send on the connection
+	goingAway      bool                 // no new streams; close when the last one ends
+	peerAway       bool                 // the peer sent GOAWAY: it takes no new stream of ours
+	started        bool                 // server: SETTINGS sent, so a GOAWAY may follow
+	resets         [recentResets]uint32 // the streams we reset lately (sendReset)
+	nextReset      int
 	closed         bool
 	err            error
 	idleSince      time.Time
@@ -383,7 +390,11 @@ func (c *Conn) StreamCount() int {
 }
 
 // fail ends the connection with err (the first error wins).
-func (c *Conn) fail(err error) {
+func (c *Conn) fail(err error) { c.stop(err, true) }
+
+// stop ends the connection with err, and its streams; closeConn closes
+// the socket too, which linger leaves open for a moment.
+func (c *Conn) stop(err error, closeConn bool) {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -398,7 +409,9 @@ func (c *Conn) fail(err error) {
 	close(c.done)
 	c.cond.Broadcast()
 	c.mu.Unlock()
-	c.nc.Close()
+	if closeConn {
+		c.nc.Close()
+	}
 	for _, s := range streams {
 		s.abort(err, false)
 	}
@@ -407,8 +420,15 @@ func (c *Conn) fail(err error) {
 	}
 }
 
-// connError ends the connection after telling the peer why.
+// connError ends the connection after telling the peer why. The reader
+// calls it, and lingers (see linger); others call goAway.
 func (c *Conn) connError(code http2.ErrCode, err error) {
+	c.goAway(code, err, true)
+}
+
+// goAway sends GOAWAY with code and ends the connection with err; with
+// linger set (only the reader may) it lingers before closing.
+func (c *Conn) goAway(code http2.ErrCode, err error, linger bool) {
 	if !errors.As(err, new(floodError)) {
 		countProtocolError(codeReason(code))
 	}
@@ -417,7 +437,34 @@ func (c *Conn) connError(code http2.ErrCode, err error) {
 	c.mu.Unlock()
 	c.queueFrame(func(fw *http2.Framer) error { return fw.WriteGoAway(last, code, []byte(err.Error())) }, true)
 	c.flushControl()
-	c.fail(err)
+	if !linger {
+		c.fail(err)
+		return
+	}
+	c.stop(err, false)
+	c.linger()
+}
+
+// Lingering close, after a GOAWAY that ends the connection.
+const (
+	lingerTime  = time.Second
+	lingerBytes = 1 << 20
+)
+
+// linger closes the socket after a GOAWAY as nginx's lingering close
+// does: our side is shut for writing, and what the peer still sends is
+// read and dropped until it closes too, for lingerTime or lingerBytes at
+// most. Closing with unread bytes (the rest of an oversized frame, frames
+// sent before the peer saw the GOAWAY) would make the kernel reset the
+// connection, and the reset may destroy the GOAWAY before the peer has
+// read it. Only the reader calls it: it is the socket's one reader.
+func (c *Conn) linger() {
+	if cw, ok := c.nc.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+	}
+	c.nc.SetReadDeadline(time.Now().Add(lingerTime))
+	_, _ = io.Copy(io.Discard, io.LimitReader(c.nc, lingerBytes))
+	c.nc.Close()
 }
 
 // keepAlive pings a silent peer and closes the connection when the peer
@@ -464,17 +511,23 @@ func (c *Conn) readLoop() {
 		if err != nil {
 			var fe floodError
 			if errors.As(err, &fe) {
-				c.flooded(fe.kind, c.flood.counts[fe.kind])
+				c.flooded(fe.kind, c.flood.counts[fe.kind], true)
 				return
 			}
 			var se http2.StreamError
 			if errors.As(err, &se) {
-				c.resetStream(se.StreamID, se.Code, se)
+				c.streamError(se.StreamID, se.Code, "malformed_frame", se)
 				continue
 			}
 			var ce http2.ConnectionError
 			if errors.As(err, &ce) {
 				c.connError(http2.ErrCode(ce), fmt.Errorf("tunnel: %w", err))
+				return
+			}
+			if errors.Is(err, http2.ErrFrameTooLarge) {
+				// RFC 9113 section 4.2: a frame over the size we allow
+				// is a connection error, told with GOAWAY.
+				c.connError(http2.ErrCodeFrameSize, fmt.Errorf("tunnel: %w", err))
 				return
 			}
 			if c.Err() == nil && !errors.Is(err, net.ErrClosed) {
@@ -493,7 +546,7 @@ func (c *Conn) readLoop() {
 			}
 		}
 		if k, ok := c.floodKind(f); ok && c.over(k) {
-			c.flooded(k, c.flood.counts[k])
+			c.flooded(k, c.flood.counts[k], true)
 			return
 		}
 		switch f := f.(type) {
@@ -511,13 +564,19 @@ func (c *Conn) readLoop() {
 				c.queue(func(fw *http2.Framer) error { return fw.WritePing(true, data) })
 			}
 		case *http2.RSTStreamFrame:
-			c.onReset(f)
+			err = c.onReset(f)
 		case *http2.GoAwayFrame:
 			c.onGoAway(f)
 		case *http2.PushPromiseFrame:
 			err = http2.ConnectionError(http2.ErrCodeProtocol)
+		case *http2.PriorityFrame:
+			// Priorities carry nothing we use, but a stream that depends
+			// on itself is an error (RFC 9113 section 5.3.1), even idle.
+			if f.StreamDep == f.StreamID {
+				c.streamError(f.StreamID, http2.ErrCodeProtocol, "self_dependency", errors.New("tunnel: PRIORITY makes a stream depend on itself"))
+			}
 		default:
-			// PRIORITY and unknown frame types carry nothing we use.
+			// Unknown frame types are ignored (RFC 9113 section 4.1).
 		}
 		if err != nil {
 			code := http2.ErrCodeProtocol
@@ -547,26 +606,62 @@ func (c *Conn) onData(f *http2.DataFrame) error {
 		c.recvUnacked = 0
 		c.queue(func(fw *http2.Framer) error { return fw.WriteWindowUpdate(0, inc) })
 	}
-	s, err := c.frameStream(f.Header().StreamID)
-	if s != nil {
+	id := f.Header().StreamID
+	s, st := c.lookup(id)
+	switch {
+	case st == streamIdle:
+		return http2.ConnectionError(http2.ErrCodeProtocol)
+	case st == streamClosed && c.client:
+		// Past the streams we remember resetting (a burst of cancelled
+		// requests), a response's frames in flight look the same:
+		// ignored, so that a pooled connection is not disturbed.
+	case st == streamClosed || s != nil && s.peerEnded():
+		// RFC 9113 section 5.1: DATA on a stream the peer ended.
+		c.streamError(id, http2.ErrCodeStreamClosed, "stream_closed", errors.New("tunnel: DATA on a closed stream"))
+	case s != nil:
+		if got := s.received.Load() + int64(len(f.Data())); s.declared >= 0 && (got > s.declared || f.StreamEnded() && got != s.declared) {
+			// RFC 9113 section 8.1.1: the stream fails before the
+			// bytes that break the declared length reach anyone.
+			c.streamError(id, http2.ErrCodeProtocol, "content_length_mismatch", fmt.Errorf("tunnel: body of at least %d bytes, content-length %d", got, s.declared))
+			return nil
+		}
 		s.deliver(f.Data(), f.StreamEnded(), n)
 	}
-	return err
+	return nil
 }
 
-// frameStream returns the open stream a frame is for. A frame for a stream
-// never opened is a protocol error; one for a stream already closed gives
-// nil and no error, since its frames may still be in flight.
-func (c *Conn) frameStream(id uint32) (*Stream, error) {
+// What a frame's stream ID names (RFC 9113 section 5.1), for lookup.
+const (
+	streamOpen      = iota // a stream in the map: open or half-closed
+	streamIdle             // never opened
+	streamResetByUs        // closed by our RST_STREAM: its frames may be in flight
+	streamClosed           // closed otherwise: the peer knows it is
+)
+
+// lookup returns the stream id names, if it is open, and its state.
+func (c *Conn) lookup(id uint32) (*Stream, int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if s := c.streams[id]; s != nil {
-		return s, nil
+		return s, streamOpen
 	}
-	if c.idle(id) {
-		return nil, http2.ConnectionError(http2.ErrCodeProtocol)
+	switch {
+	case c.idle(id):
+		return nil, streamIdle
+	case c.resetByUs(id):
+		return nil, streamResetByUs
 	}
-	return nil, nil
+	return nil, streamClosed
+}
+
+// resetByUs reports whether we reset stream id lately; c.mu is held.
+func (c *Conn) resetByUs(id uint32) bool {
+	for _, r := range c.resets {
+		if r == id {
+			return true
+		}
+	}
+	return false
 }
 
 // idle reports whether id names a stream never opened (RFC 9113 5.1).
@@ -579,67 +674,66 @@ func (c *Conn) idle(id uint32) bool {
 
 func (c *Conn) onHeaders(b *headerBlock) error {
 	id := b.streamID
-	if c.client {
-		s, err := c.frameStream(id)
-		if s != nil {
-			s.onResponse(b)
-		}
-		return err
-	}
-	if id%2 == 0 {
+	s, st := c.lookup(id)
+	switch {
+	case s != nil:
+		return c.onLaterHeaders(s, b)
+	case st == streamResetByUs:
+		return nil // decoded, for HPACK's sake, and ignored
+	case st == streamClosed && c.client:
+		return nil // as for DATA (onData)
+	case st == streamIdle && (c.client || id%2 == 0):
+		// A server opens no streams here (no push).
 		return http2.ConnectionError(http2.ErrCodeProtocol)
-	}
-	c.mu.Lock()
-	if s := c.streams[id]; s != nil {
-		c.mu.Unlock()
-		// Trailers: they must end the stream.
-		if !b.endStream {
-			c.resetStream(id, http2.ErrCodeProtocol, errors.New("tunnel: HEADERS in the middle of a stream"))
-			return nil
-		}
-		s.onTrailers(b)
-		return nil
-	}
-	if id <= c.lastPeerID {
-		c.mu.Unlock()
-		return http2.ConnectionError(http2.ErrCodeStreamClosed)
-	}
-	c.lastPeerID = id
-	if c.goingAway || c.closed || len(c.streams) >= int(c.cfg.MaxStreams) {
-		c.mu.Unlock()
-		c.queue(func(fw *http2.Framer) error { return fw.WriteRSTStream(id, http2.ErrCodeRefusedStream) })
-		return nil
+	case st == streamClosed:
+		// A stream ID at or below the last one opened, and not one we
+		// reset: the stream was closed, or skipped, which closes it
+		// (RFC 9113 section 5.1.1). Its header block cannot be a new
+		// request.
+		return http2.ConnectionError(http2.ErrCodeProtocol)
 	}
 	method, authority, path := b.pseudo(":method"), b.pseudo(":authority"), b.pseudo(":path")
 	scheme := b.pseudo(":scheme")
+	declared, malformed := int64(-1), b.malformed
+	if malformed == nil {
+		declared, malformed = checkRequest(b, method, scheme, path, authority)
+	}
 	var status int
 	var reason string
 	switch {
+	case b.selfDependent, malformed != nil:
 	case b.truncated:
 		status, reason = 431, "request header fields too large"
-	case method == "CONNECT" && (authority == "" || path != ""):
-		status, reason = 400, "CONNECT needs an authority and no path"
-	case method == "CONNECT":
-	case !c.cfg.Requests:
+	case method != "CONNECT" && !c.cfg.Requests:
 		status, reason = 405, "only CONNECT to a named service is served here"
-	case method == "" || path == "" || scheme == "":
-		// RFC 9113 section 8.3.1: these three are required.
-		status, reason = 400, "request without :method, :scheme or :path"
 	}
-	if status != 0 {
+	c.mu.Lock()
+	c.lastPeerID = id
+	refuse := c.goingAway || c.closed || len(c.streams) >= int(c.cfg.MaxStreams)
+	if b.selfDependent || malformed != nil || refuse || status != 0 {
 		c.mu.Unlock()
-		// Answer, then reset: the caller may still be sending a body.
-		c.queue(func(fw *http2.Framer) error {
-			if err := c.headersLocked(id, true, []hpack.HeaderField{
-				{Name: ":status", Value: strconv.Itoa(status)},
-				{Name: ReasonHeader, Value: reason}}); err != nil {
-				return err
+		switch {
+		case b.selfDependent:
+			c.streamError(id, http2.ErrCodeProtocol, "self_dependency", errors.New("tunnel: HEADERS make a stream depend on itself"))
+		case malformed != nil:
+			c.streamError(id, http2.ErrCodeProtocol, "malformed_request", fmt.Errorf("tunnel: malformed request: %w", malformed))
+		case refuse:
+			c.sendReset(id, http2.ErrCodeRefusedStream)
+		default:
+			// Answer, then reset: the caller may still be sending a body.
+			c.queue(func(fw *http2.Framer) error {
+				return c.headersLocked(id, true, []hpack.HeaderField{
+					{Name: ":status", Value: strconv.Itoa(status)},
+					{Name: ReasonHeader, Value: reason}})
+			})
+			if !b.endStream {
+				c.sendReset(id, http2.ErrCodeNo)
 			}
-			return fw.WriteRSTStream(id, http2.ErrCodeNo)
-		})
+		}
 		return nil
 	}
-	s := c.newStreamLocked(id)
+	s = c.newStreamLocked(id)
+	s.declared = declared
 	s.Authority = authority
 	if method == "CONNECT" {
 		if fields := b.regular(); len(fields) > 0 {
@@ -666,6 +760,66 @@ func (c *Conn) onHeaders(b *headerBlock) error {
 	return nil
 }
 
+// onLaterHeaders takes a header block on a stream already open: the
+// response (client), or trailers, which must end the stream and carry no
+// pseudo-header field (RFC 9113 section 8.1).
+func (c *Conn) onLaterHeaders(s *Stream, b *headerBlock) error {
+	switch {
+	case s.peerEnded():
+		c.streamError(s.id, http2.ErrCodeStreamClosed, "stream_closed", errors.New("tunnel: HEADERS after the peer ended the stream"))
+	case b.malformed != nil:
+		c.streamError(s.id, http2.ErrCodeProtocol, "malformed_headers", fmt.Errorf("tunnel: malformed header block: %w", b.malformed))
+	case b.selfDependent:
+		c.streamError(s.id, http2.ErrCodeProtocol, "self_dependency", errors.New("tunnel: HEADERS make a stream depend on itself"))
+	case c.client && !s.responded():
+		s.onResponse(b)
+	case !b.endStream || b.npseudo > 0:
+		c.streamError(s.id, http2.ErrCodeProtocol, "malformed_trailers", errors.New("tunnel: trailers must end the stream and carry no pseudo-header field"))
+	case s.declared >= 0 && s.received.Load() != s.declared:
+		c.streamError(s.id, http2.ErrCodeProtocol, "content_length_mismatch", fmt.Errorf("tunnel: body of %d bytes, content-length %d", s.received.Load(), s.declared))
+	default:
+		s.onTrailers(b)
+	}
+	return nil
+}
+
+// checkRequest checks a request's header block as RFC 9113 section 8.3
+// asks, and returns its declared content length (-1 if none).
+func checkRequest(b *headerBlock, method, scheme, path, authority string) (int64, error) {
+	protocol := b.pseudo(":protocol")
+	switch {
+	case method == "":
+		return -1, errors.New("no :method")
+	case protocol != "":
+		// Extended CONNECT (RFC 8441) needs a setting we do not send.
+		return -1, errors.New(":protocol without SETTINGS_ENABLE_CONNECT_PROTOCOL")
+	case method == "CONNECT":
+		if authority == "" || path != "" || scheme != "" {
+			return -1, errors.New("CONNECT needs :authority and no :scheme or :path")
+		}
+	case scheme == "" || path == "":
+		return -1, errors.New("no :scheme or :path, or an empty one")
+	case (scheme == "http" || scheme == "https") && path[0] != '/' && (path != "*" || method != "OPTIONS"):
+		// An absolute :path could name another host than :authority.
+		return -1, errors.New(":path is not an absolute path (origin form)")
+	}
+	declared := int64(-1)
+	for _, hf := range b.regular() {
+		if hf.Name != "content-length" {
+			continue
+		}
+		n, err := strconv.ParseUint(hf.Value, 10, 63)
+		if err != nil || declared >= 0 && int64(n) != declared {
+			return -1, errors.New("invalid content-length, or several that differ")
+		}
+		declared = int64(n)
+	}
+	if declared > 0 && b.endStream {
+		return -1, errors.New("content-length of a body that is not there")
+	}
+	return declared, nil
+}
+
 // newStreamLocked registers a stream; c.mu must be held.
 func (c *Conn) newStreamLocked(id uint32) *Stream {
 	s := &Stream{
@@ -673,6 +827,7 @@ func (c *Conn) newStreamLocked(id uint32) *Stream {
 		id:         id,
 		sendWindow: c.peerWindow,
 		recvWindow: int64(c.cfg.StreamWindow),
+		declared:   -1,
 	}
 	if c.client {
 		s.resp = make(chan response, 1)
@@ -708,8 +863,8 @@ func (c *Conn) onWindowUpdate(f *http2.WindowUpdateFrame) error {
 	inc := int64(f.Increment)
 	id := f.Header().StreamID
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if id == 0 {
+		defer c.mu.Unlock()
 		if c.sendWindow+inc > maxWindow {
 			return http2.ConnectionError(http2.ErrCodeFlowControl)
 		}
@@ -718,15 +873,21 @@ func (c *Conn) onWindowUpdate(f *http2.WindowUpdateFrame) error {
 		return nil
 	}
 	s := c.streams[id]
-	if s == nil {
-		return nil
-	}
-	if s.sendWindow+inc > maxWindow {
-		go c.resetStream(id, http2.ErrCodeFlowControl, errors.New("tunnel: stream window overflow"))
+	switch {
+	case s == nil && c.idle(id):
+		c.mu.Unlock()
+		return http2.ConnectionError(http2.ErrCodeProtocol)
+	case s == nil:
+		c.mu.Unlock()
+		return nil // a closed stream's, which may be in flight
+	case s.sendWindow+inc > maxWindow:
+		c.mu.Unlock()
+		c.streamError(id, http2.ErrCodeFlowControl, "stream_window_overflow", errors.New("tunnel: stream window overflow"))
 		return nil
 	}
 	s.sendWindow += inc
 	c.cond.Broadcast()
+	c.mu.Unlock()
 	return nil
 }
 
@@ -734,6 +895,8 @@ func (c *Conn) onSettings(f *http2.SettingsFrame) error {
 	if f.IsAck() {
 		return nil
 	}
+	var tableSize uint32
+	tableSizeSet := false
 	c.mu.Lock()
 	err := f.ForeachSetting(func(st http2.Setting) error {
 		if err := st.Valid(); err != nil {
@@ -745,7 +908,14 @@ func (c *Conn) onSettings(f *http2.SettingsFrame) error {
 			c.peerWindow = int64(st.Val)
 			for _, s := range c.streams {
 				s.sendWindow += delta
+				if s.sendWindow > maxWindow {
+					// RFC 9113 section 6.9.2.
+					return http2.ConnectionError(http2.ErrCodeFlowControl)
+				}
 			}
+		case http2.SettingHeaderTableSize:
+			tableSize = st.Val
+			tableSizeSet = true
 		case http2.SettingMaxFrameSize:
 			c.peerFrame = int(st.Val)
 		case http2.SettingMaxConcurrentStreams:
@@ -758,7 +928,16 @@ func (c *Conn) onSettings(f *http2.SettingsFrame) error {
 	if err != nil {
 		return err
 	}
-	c.queue(func(fw *http2.Framer) error { return fw.WriteSettingsAck() })
+	c.queue(func(fw *http2.Framer) error {
+		if tableSizeSet {
+			// The peer's decoder table: our encoder must fit it, and
+			// say so at the start of its next block (RFC 7541 section
+			// 4.2). Set here, under omu, so that no block encoded for
+			// the old size follows the acknowledgement.
+			c.henc.SetMaxDynamicTableSizeLimit(tableSize)
+		}
+		return fw.WriteSettingsAck()
+	})
 	return nil
 }
 
@@ -797,18 +976,21 @@ func (c *Conn) floodKind(f http2.Frame) (floodKind, bool) {
 	return 0, false
 }
 
-func (c *Conn) onReset(f *http2.RSTStreamFrame) {
-	c.mu.Lock()
-	s := c.streams[f.Header().StreamID]
-	c.mu.Unlock()
+func (c *Conn) onReset(f *http2.RSTStreamFrame) error {
+	s, st := c.lookup(f.Header().StreamID)
+	if st == streamIdle {
+		// RFC 9113 section 6.4.
+		return http2.ConnectionError(http2.ErrCodeProtocol)
+	}
 	if s == nil {
-		return
+		return nil
 	}
 	var err error = ResetError{Code: f.ErrCode}
 	if f.ErrCode == http2.ErrCodeRefusedStream {
 		err = errRefused
 	}
 	s.abort(err, false)
+	return nil
 }
 
 func (c *Conn) onGoAway(f *http2.GoAwayFrame) {
@@ -844,7 +1026,34 @@ func (c *Conn) resetStream(id uint32, code http2.ErrCode, err error) {
 	if s != nil {
 		s.abort(err, false)
 	}
+	c.sendReset(id, code)
+}
+
+// sendReset sends RST_STREAM for id, and remembers that we reset it: the
+// peer's frames on it may still be in flight, and are ignored (RFC 9113
+// section 5.1), while frames on a stream the peer itself ended are an
+// error.
+func (c *Conn) sendReset(id uint32, code http2.ErrCode) {
+	c.mu.Lock()
+	c.resets[c.nextReset] = id
+	c.nextReset = (c.nextReset + 1) % len(c.resets)
+	c.mu.Unlock()
 	c.queue(func(fw *http2.Framer) error { return fw.WriteRSTStream(id, code) })
+}
+
+// streamError resets stream id because the peer broke the protocol on it
+// (a stream error, RFC 9113 section 5.4.2), and counts and logs why under
+// reason. The connection goes on.
+func (c *Conn) streamError(id uint32, code http2.ErrCode, reason string, err error) {
+	countProtocolError(reason)
+	logProtocol(c.cfg.Logger, "HTTP/2 peer broke the protocol on a stream; reset it",
+		slog.String("remote", c.nc.RemoteAddr().String()),
+		slog.String("local", c.nc.LocalAddr().String()),
+		slog.String("reason", reason),
+		slog.Uint64("stream", uint64(id)),
+		slog.String("code", code.String()),
+		slog.String("detail", err.Error()))
+	c.resetStream(id, code, err)
 }
 
 // ResetError is the end of a stream that the peer reset.

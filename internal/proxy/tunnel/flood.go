@@ -142,15 +142,16 @@ func (e floodError) Error() string {
 
 // flooded ends the connection with GOAWAY ENHANCE_YOUR_CALM, counts it and
 // logs it; frames is how many of kind k the peer sent (or made us queue).
-func (c *Conn) flooded(k floodKind, frames int64) {
+// linger is set when the reader calls it (see Conn.linger).
+func (c *Conn) flooded(k floodKind, frames int64, linger bool) {
 	err := floodError{kind: k, frames: frames}
 	countProtocolError(k.String())
-	logFlood(c.cfg.Logger, "HTTP/2 peer flooded the connection; sent GOAWAY ENHANCE_YOUR_CALM",
+	logProtocol(c.cfg.Logger, "HTTP/2 peer flooded the connection; sent GOAWAY ENHANCE_YOUR_CALM",
 		slog.String("remote", c.nc.RemoteAddr().String()),
 		slog.String("local", c.nc.LocalAddr().String()),
 		slog.String("reason", k.String()),
 		slog.Int64("frames", err.frames))
-	c.connError(http2.ErrCodeEnhanceYourCalm, err)
+	c.goAway(http2.ErrCodeEnhanceYourCalm, err, linger)
 }
 
 // protocolErrors counts the HTTP/2 connections this process ended because
@@ -196,18 +197,18 @@ func codeReason(code http2.ErrCode) string {
 	return strings.ToLower(code.String())
 }
 
-// floodLog bounds the info lines about floods for the whole process: an
-// attacker opening connection after connection must not flood the log
-// instead. Every flood is still counted in ProtocolErrors.
-var floodLog ratelog.Limit
+// protocolLog bounds the info lines about floods and protocol errors for
+// the whole process: an attacker opening connection after connection must
+// not flood the log instead. Every one is still counted.
+var protocolLog ratelog.Limit
 
-// floodLinesPerSecond is floodLog's budget.
-const floodLinesPerSecond = 10
+// protocolLinesPerSecond is protocolLog's budget.
+const protocolLinesPerSecond = 10
 
-// logFlood writes one flood line if the budget allows, with how many were
+// logProtocol writes one line if the budget allows, with how many were
 // held back before it.
-func logFlood(lg *slog.Logger, msg string, attrs ...slog.Attr) {
-	n, ok := floodLog.Take(time.Now(), floodLinesPerSecond)
+func logProtocol(lg *slog.Logger, msg string, attrs ...slog.Attr) {
+	n, ok := protocolLog.Take(time.Now(), protocolLinesPerSecond)
 	if !ok {
 		return
 	}

@@ -442,29 +442,30 @@ func TestLegitimateLoadIsNotAFlood(t *testing.T) {
 	}
 }
 
-// The flood log writes at most floodLinesPerSecond lines a second for
+// The flood log writes at most protocolLinesPerSecond lines a second for
 // the whole process, and the next line written says how many it held
 // back.
 func TestFloodLogIsRateLimited(t *testing.T) {
 	resetFloodLog()
 	var buf syncBuffer
 	lg := slog.New(slog.NewTextHandler(&buf, nil))
-	for range floodLinesPerSecond + 7 {
-		logFlood(lg, "flood")
+	for range protocolLinesPerSecond + 7 {
+		logProtocol(lg, "flood")
 	}
-	if n := strings.Count(buf.String(), "flood"); n != floodLinesPerSecond {
-		t.Fatalf("%d lines written in a second, want %d", n, floodLinesPerSecond)
+	if n := strings.Count(buf.String(), "flood"); n != protocolLinesPerSecond {
+		t.Fatalf("%d lines written in a second, want %d", n, protocolLinesPerSecond)
 	}
 	resetFloodLog()
 }
 
 // resetFloodLog starts the flood log's budget afresh: a line taken at the
 // zero time opens a window that the next real line finds over.
-func resetFloodLog() { floodLog.Take(time.Time{}, 1) }
+func resetFloodLog() { protocolLog.Take(time.Time{}, 1) }
 
-// A server that floods a tunnel client with RST_STREAM frames (on streams
-// the client never had, far more than it opened) gets GOAWAY
-// ENHANCE_YOUR_CALM from the client.
+// A server that floods a tunnel client with RST_STREAM frames (on the one
+// stream the client opened, again and again: far more than it opened)
+// gets GOAWAY ENHANCE_YOUR_CALM from the client. (Resets of streams never
+// opened end the connection at the first one, as a protocol error.)
 func TestClientCutsOffResetFlood(t *testing.T) {
 	cn, sn := tcpPair(t)
 	before := float64(ProtocolErrorCount("reset_flood"))
@@ -477,12 +478,19 @@ func TestClientCutsOffResetFlood(t *testing.T) {
 	if _, err := io.ReadFull(sn, preface); err != nil {
 		t.Fatal(err)
 	}
+	if !cli.Reserve() {
+		t.Fatal("no room for a stream")
+	}
+	if _, err := cli.OpenRequest([]hpack.HeaderField{{Name: ":method", Value: "GET"}, {Name: ":scheme", Value: "http"},
+		{Name: ":authority", Value: "a"}, {Name: ":path", Value: "/"}}, nil, true); err != nil {
+		t.Fatal(err)
+	}
 	bw := bufio.NewWriterSize(sn, 64<<10)
 	wfr := http2.NewFramer(bw, nil)
 	wfr.WriteSettings()
 	go func() {
 		for i := 0; i < 200000; i++ {
-			if wfr.WriteRSTStream(uint32(2*i+1), http2.ErrCodeCancel) != nil {
+			if wfr.WriteRSTStream(1, http2.ErrCodeCancel) != nil {
 				return
 			}
 			if i%1024 == 0 && bw.Flush() != nil {

@@ -21,6 +21,12 @@ type headerBlock struct {
 	truncated bool
 	fields    []hpack.HeaderField // the pseudo-fields first
 	npseudo   int
+	// malformed says why the block breaks RFC 9113 section 8 (a stream
+	// error); its fields are then incomplete.
+	malformed error
+	// selfDependent: the HEADERS frame made its stream depend on itself
+	// (RFC 9113 section 5.3.1), a stream error.
+	selfDependent bool
 }
 
 // pseudo returns the value of a pseudo-field (name with its colon).
@@ -84,8 +90,13 @@ func (r *headerReader) emit(hf hpack.HeaderField) {
 		}
 	} else {
 		r.sawRegular = true
-		if !validFieldName(hf.Name) {
+		switch {
+		case !validFieldName(hf.Name):
 			r.invalid = fmt.Errorf("invalid header field name %q", hf.Name)
+		case connectionSpecific[hf.Name]:
+			r.invalid = fmt.Errorf("connection-specific header field %q", hf.Name)
+		case hf.Name == "te" && hf.Value != "trailers":
+			r.invalid = errors.New(`te header field other than "trailers"`)
 		}
 	}
 	if r.invalid != nil {
@@ -110,14 +121,16 @@ func (r *headerReader) emit(hf hpack.HeaderField) {
 
 // read decodes the block that hf starts, reading its CONTINUATION frames
 // from fr (whose frame order checks guarantee they follow). An error is an
-// http2.ConnectionError, an http2.StreamError, or fr's read error.
+// http2.ConnectionError or fr's read error; a block that is only malformed
+// comes back with its malformed field set.
 func (r *headerReader) read(fr *http2.Framer, hf *http2.HeadersFrame) (*headerBlock, error) {
 	b := &r.block
 	fields := b.fields[:0]
 	if cap(fields) > 64 {
 		fields = nil // a large block's buffer is not kept for the next
 	}
-	*b = headerBlock{streamID: hf.StreamID, endStream: hf.StreamEnded(), fields: fields}
+	*b = headerBlock{streamID: hf.StreamID, endStream: hf.StreamEnded(), fields: fields,
+		selfDependent: hf.HasPriority() && hf.Priority.StreamDep == hf.StreamID}
 	r.remain, r.sawRegular, r.invalid = r.limit, false, nil
 	r.dec.SetEmitEnabled(true)
 	frag, ended := hf.HeaderBlockFragment(), hf.HeadersEnded()
@@ -152,10 +165,19 @@ func (r *headerReader) read(fr *http2.Framer, hf *http2.HeadersFrame) (*headerBl
 	if r.invalid == nil {
 		r.invalid = checkPseudos(b.fields[:b.npseudo])
 	}
-	if r.invalid != nil {
-		return nil, http2.StreamError{StreamID: b.streamID, Code: http2.ErrCodeProtocol, Cause: r.invalid}
-	}
+	// A malformed block is a stream error, which the connection answers
+	// knowing the stream's state: it may open a stream, or end one.
+	b.malformed = r.invalid
 	return b, nil
+}
+
+// connectionSpecific are the fields that describe one HTTP/1.1
+// connection, not the message: HTTP/2 makes a message carrying them
+// malformed (RFC 9113 section 8.2.2), so that a proxy translating to
+// HTTP/1.1 cannot be made to forward them.
+var connectionSpecific = map[string]bool{
+	"connection": true, "proxy-connection": true, "keep-alive": true,
+	"transfer-encoding": true, "upgrade": true,
 }
 
 // validFieldName reports whether a field name is a token in lowercase, as

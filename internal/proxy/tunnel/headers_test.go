@@ -21,11 +21,17 @@ type rawPeer struct {
 }
 
 func newRawPeer(t *testing.T, cfg Config) *rawPeer {
+	return newRawPeerWith(t, cfg, func(s *Stream) { s.WriteResponse(200, nil, nil, true) })
+}
+
+// newRawPeerWith is newRawPeer with a handler of the test's, which runs
+// after the stream is reported.
+func newRawPeerWith(t *testing.T, cfg Config, h func(*Stream)) *rawPeer {
 	cn, sn := tcpPair(t)
 	p := &rawPeer{streams: make(chan *Stream, 16)}
 	srv := NewServer(sn, cfg, func(s *Stream) {
 		p.streams <- s
-		s.WriteResponse(200, nil, nil, true)
+		h(s)
 	})
 	go srv.Run()
 	t.Cleanup(func() { srv.Close() })

@@ -185,13 +185,19 @@ func (s *Stream) endSend() {
 // Read reads the peer's DATA on a request stream: the request body on the
 // server, the response body on the client. It returns io.EOF once the
 // peer ended the stream, and the stream's error if it failed.
+//
+// Of a body with a content-length, the last byte is held back until the
+// peer ends the stream: whoever reads the body to its declared length
+// (an HTTP/1.1 app behind the proxy) must not see it complete before it
+// is known to be (RFC 9113 section 8.1.1: more DATA, or none, makes the
+// request malformed, and the stream fails instead).
 func (s *Stream) Read(p []byte) (int, error) {
 	s.mu.Lock()
-	for s.roff == len(s.pending) && !s.recvEnd && !(s.ended && s.err != nil) {
+	for s.readableLocked() == 0 && !s.recvEnd && !(s.ended && s.err != nil) {
 		s.readable.Wait()
 	}
-	if s.roff < len(s.pending) && !(s.ended && s.err != nil) {
-		n := copy(p, s.pending[s.roff:])
+	if k := s.readableLocked(); k > 0 && !(s.ended && s.err != nil) {
+		n := copy(p[:min(len(p), k)], s.pending[s.roff:])
 		s.roff += n
 		if s.roff == len(s.pending) {
 			s.pending, s.roff = s.pending[:0], 0
@@ -207,6 +213,15 @@ func (s *Stream) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	return 0, io.EOF
+}
+
+// readableLocked is how much of pending Read may hand out now.
+func (s *Stream) readableLocked() int {
+	k := len(s.pending) - s.roff
+	if k > 0 && s.declared >= 0 && !s.recvEnd && s.received.Load() == s.declared {
+		k-- // the last byte, until the end is known
+	}
+	return k
 }
 
 // Trailers returns the trailer fields the peer sent; complete once Read

@@ -63,6 +63,9 @@ type Stream struct {
 	Fields               []hpack.HeaderField
 
 	request bool
+	// declared is the request's content-length, -1 if none (server side;
+	// set before the stream is handed out, read by the reader and Read).
+	declared int64
 
 	resp     chan response // client: the answer to the CONNECT
 	stopped  atomic.Bool   // reset or failed: no more frames either way
@@ -153,19 +156,28 @@ func (c *Conn) notOpened(built bool, err error) error {
 	return fmt.Errorf("%w: %w", errRefused, err)
 }
 
-// onResponse takes the peer's HEADERS on a client stream.
-func (s *Stream) onResponse(b *headerBlock) {
+// peerEnded reports whether the peer ended its direction (END_STREAM).
+func (s *Stream) peerEnded() bool {
 	s.mu.Lock()
-	again := s.gotResp
-	s.mu.Unlock()
-	if again {
-		// Trailers: they end the stream and have no :status.
-		if b.endStream {
-			s.onTrailers(b)
-			return
-		}
-		s.c.resetStream(s.id, http2.ErrCodeProtocol, errors.New("tunnel: second response on a stream"))
-		return
+	defer s.mu.Unlock()
+	return s.recvEnd
+}
+
+// responded reports whether a client stream has its final response.
+func (s *Stream) responded() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.gotResp
+}
+
+// testHookResponse, when a test sets it, runs as the reader takes a
+// response, before the stream's opener gets it.
+var testHookResponse func(*Stream)
+
+// onResponse takes the peer's response HEADERS on a client stream.
+func (s *Stream) onResponse(b *headerBlock) {
+	if testHookResponse != nil {
+		testHookResponse(s)
 	}
 	status, err := strconv.Atoi(b.pseudo(":status"))
 	if err != nil {
@@ -179,7 +191,7 @@ func (s *Stream) onResponse(b *headerBlock) {
 	s.gotResp = true
 	s.mu.Unlock()
 	if s.request {
-		s.resp <- response{status: status, fields: b.regularCopy()}
+		s.answer(response{status: status, fields: b.regularCopy()})
 		if b.endStream {
 			s.deliver(nil, true, 0)
 		}
@@ -191,13 +203,23 @@ func (s *Stream) onResponse(b *headerBlock) {
 			reason = hf.Value
 		}
 	}
-	s.resp <- response{status: status, reason: reason}
+	s.answer(response{status: status, reason: reason})
 	if status != 200 {
 		s.abort(&StatusError{Status: status, Reason: reason}, !b.endStream)
 		return
 	}
 	if b.endStream {
 		s.deliver(nil, true, 0)
+	}
+}
+
+// answer hands the response to the stream's opener. It never waits: the
+// one slot may hold the error of an abort already (a caller's context
+// ended), and the reader, which calls this, must never block on a stream.
+func (s *Stream) answer(r response) {
+	select {
+	case s.resp <- r:
+	default:
 	}
 }
 
@@ -225,7 +247,7 @@ func (s *Stream) Refuse(status int, reason string) {
 	s.abort(errRefusedUs, false)
 	if reset {
 		// The caller must not send on: tell it the stream is over.
-		s.c.queue(func(fw *http2.Framer) error { return fw.WriteRSTStream(s.id, http2.ErrCodeNo) })
+		s.c.sendReset(s.id, http2.ErrCodeNo)
 	}
 }
 
@@ -319,14 +341,14 @@ func (s *Stream) deliver(p []byte, end bool, n int64) {
 		s.mu.Unlock()
 		return
 	}
-	if s.recvEnd && (n > 0 || len(p) > 0) {
+	if s.recvEnd {
+		// The reader checks (Conn.onData); trailers after the end too.
 		s.mu.Unlock()
-		s.c.resetStream(s.id, http2.ErrCodeStreamClosed, errors.New("tunnel: DATA after END_STREAM"))
 		return
 	}
 	if n > s.recvWindow {
 		s.mu.Unlock()
-		s.c.resetStream(s.id, http2.ErrCodeFlowControl, errors.New("tunnel: peer overran the stream window"))
+		s.c.streamError(s.id, http2.ErrCodeFlowControl, "stream_flow_control", errors.New("tunnel: peer overran the stream window"))
 		return
 	}
 	s.recvWindow -= n
@@ -658,18 +680,14 @@ func (s *Stream) abort(err error, rst bool) {
 		onStop()
 	}
 	if s.resp != nil {
-		select {
-		case s.resp <- response{err: err}:
-		default:
-		}
+		s.answer(response{err: err})
 	}
 	if sink != nil {
 		sink.Close()
 	}
 	s.c.forget(s)
 	if rst {
-		id := s.id
-		s.c.queue(func(fw *http2.Framer) error { return fw.WriteRSTStream(id, http2.ErrCodeCancel) })
+		s.c.sendReset(s.id, http2.ErrCodeCancel)
 	}
 }
 

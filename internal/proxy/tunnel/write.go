@@ -181,7 +181,7 @@ func (c *Conn) queueFrame(write func(*http2.Framer) error, final bool) {
 		// The peer makes us answer faster than it reads the answers.
 		c.calming = true
 		c.omu.Unlock()
-		go c.flooded(floodControlQueue, int64(maxQueuedControl))
+		go c.flooded(floodControlQueue, int64(maxQueuedControl), false)
 		return
 	}
 	err := write(c.fw)
