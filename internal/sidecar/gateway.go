@@ -153,7 +153,7 @@ func (g *gateway) start(spec v1.GatewayListener) (*gwListener, error) {
 			return nil, err
 		}
 		cancel = stop
-		ln = tls.NewListener(netconn.RawListener(ln), certs.EdgeServerConfig(get, nil, "http/1.1"))
+		ln = tls.NewListener(netconn.RawListener(ln), certs.EdgeServerConfig(get, nil, "h2", "http/1.1"))
 	}
 	in := &l7.Ingress{
 		Name: fmt.Sprintf("%s:%d", g.p.cfg.Service, port),

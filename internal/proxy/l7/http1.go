@@ -75,6 +75,10 @@ type protocolError struct {
 
 func (e *protocolError) Error() string { return e.msg }
 
+// ReasonNotHTTP labels a connection whose first line is neither HTTP/1.x
+// nor the HTTP/2 preface: it is closed without an answer.
+const ReasonNotHTTP = "not_http"
+
 func refused(status int, reason, msg string) *protocolError {
 	return &protocolError{status: status, reason: reason, msg: msg}
 }
@@ -176,7 +180,13 @@ func parseRequestLine(s string) (*http.Request, error) {
 		if len(proto) == 8 && strings.HasPrefix(proto, "HTTP/") && isDigit(proto[5]) && proto[6] == '.' && isDigit(proto[7]) {
 			return nil, refused(http.StatusHTTPVersionNotSupported, "version", "HTTP version "+proto[5:]+" not supported: HTTP/1.0 and HTTP/1.1 only")
 		}
-		return nil, bad("malformed HTTP version")
+		if len(proto) >= 5 && strings.EqualFold(proto[:5], "HTTP/") {
+			return nil, bad("malformed HTTP version")
+		}
+		// Not HTTP/1 at all, nor the HTTP/2 preface (the server checks
+		// for it first): a peer speaking neither gets no HTTP/1.1 answer
+		// it could not read, only the close (RFC 9113 section 3.4).
+		return nil, refused(http.StatusBadRequest, ReasonNotHTTP, "not an HTTP/1.x request line nor the HTTP/2 preface")
 	}
 	switch {
 	case target == "*":

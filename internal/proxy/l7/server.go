@@ -206,6 +206,10 @@ var (
 	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
 )
 
+// clientFrameSize is the largest frame an HTTP/2 client of a listener may
+// send: the size every peer must take (RFC 9113 section 4.2).
+const clientFrameSize = 16 << 10
+
 // h2Preface starts every HTTP/2 connection (RFC 9113 section 3.4).
 const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -296,6 +300,8 @@ func (sc *serverConn) serve() {
 			switch {
 			case lr.N <= 0:
 				sc.s.reject(remote, refused(http.StatusRequestHeaderFieldsTooLarge, "too_large", "request header too large"), bw)
+			case errors.As(err, &pe) && pe.reason == ReasonNotHTTP:
+				sc.s.count(remote, pe)
 			case errors.As(err, &pe):
 				sc.s.reject(remote, pe, bw)
 			case !errors.Is(err, io.EOF) && !isTimeout(err) && !errors.Is(err, io.ErrUnexpectedEOF):
@@ -384,7 +390,11 @@ func isH2Preface(br *bufio.Reader) bool {
 func (sc *serverConn) serveH2(c net.Conn, tlsState *tls.ConnectionState) {
 	s := sc.s
 	remote := c.RemoteAddr().String()
-	tun := tunnel.NewServer(c, tunnel.Config{Requests: true, MaxStreams: 250, MaxHeaderBytes: TunnelHeaderBytes, Logger: s.log},
+	// Frames of the protocol's default size (16 KiB), as Envoy, nginx
+	// and HAProxy take from clients: the tunnel's 128 KiB frames are for
+	// bulk between sidecars, not for clients of the listener.
+	tun := tunnel.NewServer(c, tunnel.Config{Requests: true, MaxStreams: 250, MaxHeaderBytes: TunnelHeaderBytes,
+		MaxFrameSize: clientFrameSize, Logger: s.log},
 		func(st *tunnel.Stream) {
 			serveRequest(st, func(w http.ResponseWriter, r *http.Request) {
 				defer func() {
