@@ -172,6 +172,12 @@ func (in *Inbound) serveConn(c net.Conn) {
 		HalfCloseTimeout: in.HalfCloseTimeout, Cork: cork, Logger: in.Logger,
 		Requests: in.ServeRequest != nil, MaxHeaderBytes: in.MaxHeaderBytes,
 	}
+	if cs.NegotiatedProtocol == "h2" {
+		// A plain HTTP/2 client (gRPC with an SVID, say), not a sidecar:
+		// frames of the protocol's default size, as on every listener
+		// for clients; the large ones are for the tunnel's bulk.
+		cfg.MaxFrameSize = 16 << 10
+	}
 	tun := tunnel.NewServer(tc, cfg, func(s *tunnel.Stream) { in.serveStream(peer, s) })
 	in.mu.Lock()
 	if in.draining {

@@ -1,6 +1,7 @@
 package l7
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -124,6 +125,29 @@ func (in *Inbound) ServeConn(c net.Conn, peer identity.ID) {
 	in.mu.Unlock()
 }
 
+// holdBody reads a small body of known length whole before the app sees
+// the request's head, and gives it to the request from memory: a body
+// that breaks its framing (a content-length it does not match, a reset
+// stream) then reaches the app not at all, instead of as a head and an
+// incomplete body; and the request leaves in one write. The body of a
+// caller's sidecar arrives with its head, so this waits for nothing.
+func holdBody(r *http.Request) error {
+	if noBody(r) || r.ContentLength <= 0 || r.ContentLength > maxHeldBody || len(r.Trailer) > 0 {
+		return nil
+	}
+	b, err := io.ReadAll(io.LimitReader(r.Body, r.ContentLength+1))
+	if err != nil {
+		return err
+	}
+	if int64(len(b)) != r.ContentLength {
+		return fmt.Errorf("body of %d bytes, content-length %d", len(b), r.ContentLength)
+	}
+	r.Body.Close()
+	r.Body = io.NopCloser(bytes.NewReader(b))
+	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }
+	return nil
+}
+
 // TunnelHeaderBytes is the header list size a tunnel connection that
 // carries requests accepts: the inbound's limits (a client's and the room
 // the mesh keeps for itself), the 32 bytes per field that HTTP/2 counts
@@ -166,6 +190,13 @@ func (in *Inbound) proxy(w http.ResponseWriter, r *http.Request) {
 		r.Header["User-Agent"] = []string{""} // not Go's default
 	}
 	r.URL.Scheme, r.URL.Host, r.RequestURI = "http", in.Target, ""
+	if err := holdBody(r); err != nil {
+		if r.Context().Err() == nil {
+			in.Logger.Debug("request body failed before it reached the app", "err", err)
+			abortResponse(w)
+		}
+		return
+	}
 	var resp *http.Response
 	var err error
 	if p := in.Protocol(); p == v1.ProtocolHTTP2 || p == v1.ProtocolGRPC {

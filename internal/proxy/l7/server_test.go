@@ -211,3 +211,38 @@ func TestRefusalLinesAreBounded(t *testing.T) {
 		t.Errorf("%d lines logged for 1000 refusals, want at most about %d a second", lines, refusalsPerSecond)
 	}
 }
+
+// A first line that is neither HTTP/1.x nor the HTTP/2 preface (h2spec's
+// invalid preface) gets no HTTP/1.1 answer, which the peer could not read,
+// only the close; it is counted. A broken HTTP/1 version still gets 400.
+func TestNeitherHTTP1NorPrefaceIsClosed(t *testing.T) {
+	rejected := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rejected"}, []string{"reason"})
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := NewServer(http.NotFoundHandler(), slog.New(slog.DiscardHandler))
+	s.Rejected = rejected
+	go s.Serve(l)
+	t.Cleanup(func() { s.Close() })
+	for first, want := range map[string]string{
+		"INVALID CONNECTION PREFACE": "",
+		"PRI * HTTP/2.1":             "HTTP/1.1 505 ",
+		"GET / HTTP/x":               "HTTP/1.1 400 ",
+	} {
+		c, err := net.Dial("tcp", l.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.WriteString(c, first+"\r\n\r\n")
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		got, err := io.ReadAll(c) // to the server's close
+		c.Close()
+		if err != nil || !strings.HasPrefix(string(got), want) || want == "" && len(got) > 0 {
+			t.Errorf("%q: got %q, %v; want %q and the close", first, got, err, want)
+		}
+	}
+	if n := testutil.ToFloat64(rejected.WithLabelValues(ReasonNotHTTP)); n != 1 {
+		t.Errorf("counted %v as not HTTP, want 1", n)
+	}
+}

@@ -764,8 +764,12 @@ func (c *Conn) onHeaders(b *headerBlock) error {
 // response (client), or trailers, which must end the stream and carry no
 // pseudo-header field (RFC 9113 section 8.1).
 func (c *Conn) onLaterHeaders(s *Stream, b *headerBlock) error {
+	recvEnd, sentEnd := s.endState()
 	switch {
-	case s.peerEnded():
+	case recvEnd && sentEnd:
+		// Closed both ways, if not yet forgotten (RFC 9113 section 5.1).
+		return http2.ConnectionError(http2.ErrCodeStreamClosed)
+	case recvEnd:
 		c.streamError(s.id, http2.ErrCodeStreamClosed, "stream_closed", errors.New("tunnel: HEADERS after the peer ended the stream"))
 	case b.malformed != nil:
 		c.streamError(s.id, http2.ErrCodeProtocol, "malformed_headers", fmt.Errorf("tunnel: malformed header block: %w", b.malformed))

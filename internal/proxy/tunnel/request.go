@@ -31,7 +31,9 @@ func (c *Conn) OpenRequest(fields []hpack.HeaderField, body []byte, end bool) (*
 		if err := c.headersLocked(s.id, end && len(body) == 0, fields); err != nil {
 			return err
 		}
-		sent, err = s.dataLocked(body, end)
+		if sent, err = s.dataLocked(body, end); sent && end {
+			s.markSentEnd()
+		}
 		return err
 	})
 	if err != nil {
@@ -125,7 +127,9 @@ func (s *Stream) WriteResponse(status int, fields []hpack.HeaderField, body []by
 			return err
 		}
 		var err error
-		sent, err = s.dataLocked(body, end)
+		if sent, err = s.dataLocked(body, end); sent && end {
+			s.markSentEnd()
+		}
 		return err
 	})
 	if err != nil {
@@ -164,7 +168,13 @@ func (s *Stream) CloseWrite(trailers []hpack.HeaderField) error {
 	if s.stopped.Load() {
 		return s.stopErr()
 	}
-	if err := s.c.writeHeaders(s.id, true, trailers...); err != nil {
+	if err := s.c.emit(func() error {
+		if err := s.c.headersLocked(s.id, true, trailers); err != nil {
+			return err
+		}
+		s.markSentEnd()
+		return nil
+	}); err != nil {
 		return err
 	}
 	s.endSend()

@@ -237,11 +237,16 @@ func (s *Stream) Refuse(status int, reason string) {
 	if s.stopped.Load() {
 		return
 	}
-	_ = s.c.writeHeaders(s.id, true,
-		hpack.HeaderField{Name: ":status", Value: strconv.Itoa(status)},
-		hpack.HeaderField{Name: ReasonHeader, Value: reason})
+	_ = s.c.emit(func() error {
+		if err := s.c.headersLocked(s.id, true, []hpack.HeaderField{
+			{Name: ":status", Value: strconv.Itoa(status)},
+			{Name: ReasonHeader, Value: reason}}); err != nil {
+			return err
+		}
+		s.markSentEnd()
+		return nil
+	})
 	s.mu.Lock()
-	s.sentEnd = true
 	reset := !s.recvEnd
 	s.mu.Unlock()
 	s.abort(errRefusedUs, false)
@@ -634,11 +639,11 @@ func (s *Stream) closeSend() error {
 	}
 	var h [frameHeaderLen]byte
 	putFrameHeader(h[:], 0, flagEndStream, s.id)
+	s.markSentEnd()
 	if err := s.c.send(h[:]); err != nil {
 		return err
 	}
 	s.mu.Lock()
-	s.sentEnd = true
 	done := s.endedLocked()
 	if s.halfTimer != nil && !done {
 		s.halfTimer.Stop()
@@ -648,6 +653,24 @@ func (s *Stream) closeSend() error {
 		s.c.forget(s)
 	}
 	return nil
+}
+
+// markSentEnd records that our END_STREAM is on its way, before it can
+// reach the peer: a frame the peer sends after reading it must find the
+// stream closed on our side too (RFC 9113 section 5.1), not half-closed.
+// The stream is forgotten later, by whoever sent it (endedLocked).
+func (s *Stream) markSentEnd() {
+	s.mu.Lock()
+	s.sentEnd = true
+	s.mu.Unlock()
+}
+
+// endState reports which directions have ended: the peer's (END_STREAM
+// received) and ours (END_STREAM sent or on its way).
+func (s *Stream) endState() (recv, sent bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.recvEnd, s.sentEnd
 }
 
 // abort stops the stream with err: the local end is closed and, when rst
