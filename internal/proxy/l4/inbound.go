@@ -172,6 +172,9 @@ func (in *Inbound) serveConn(c net.Conn) {
 		HalfCloseTimeout: in.HalfCloseTimeout, Cork: cork, Logger: in.Logger,
 		Requests: in.ServeRequest != nil, MaxHeaderBytes: in.MaxHeaderBytes,
 	}
+	// A sidecar relays its clients' resets; they are counted where the
+	// clients are (Config.PeerIsProxy).
+	cfg.PeerIsProxy = cs.NegotiatedProtocol == ALPN
 	if cs.NegotiatedProtocol == "h2" {
 		// A plain HTTP/2 client (gRPC with an SVID, say), not a sidecar:
 		// frames of the protocol's default size, as on every listener

@@ -206,6 +206,10 @@ var (
 	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
 )
 
+// clientMaxStreams bounds the streams one HTTP/2 client connection may
+// have open at once.
+const clientMaxStreams = 100
+
 // clientFrameSize is the largest frame an HTTP/2 client of a listener may
 // send: the size every peer must take (RFC 9113 section 4.2).
 const clientFrameSize = 16 << 10
@@ -392,8 +396,10 @@ func (sc *serverConn) serveH2(c net.Conn, tlsState *tls.ConnectionState) {
 	remote := c.RemoteAddr().String()
 	// Frames of the protocol's default size (16 KiB), as Envoy, nginx
 	// and HAProxy take from clients: the tunnel's 128 KiB frames are for
-	// bulk between sidecars, not for clients of the listener.
-	tun := tunnel.NewServer(c, tunnel.Config{Requests: true, MaxStreams: 250, MaxHeaderBytes: TunnelHeaderBytes,
+	// bulk between sidecars, not for clients of the listener. And at most
+	// 100 streams at once per client connection (Envoy's edge default):
+	// one client must not take a service's whole pool.
+	tun := tunnel.NewServer(c, tunnel.Config{Requests: true, MaxStreams: clientMaxStreams, MaxHeaderBytes: TunnelHeaderBytes,
 		MaxFrameSize: clientFrameSize, Logger: s.log},
 		func(st *tunnel.Stream) {
 			serveRequest(st, func(w http.ResponseWriter, r *http.Request) {

@@ -379,3 +379,30 @@ func TestCancelDuringResponseDoesNotBlockReader(t *testing.T) {
 		t.Fatalf("echo %q, %v", got, err)
 	}
 }
+
+// Streams reset while their handlers still run count against the stream
+// limit until the handlers return (at twice MaxStreams): a peer that opens
+// and resets streams faster than handlers end (the rapid reset attack,
+// from a proxy too, whose resets are not rate-limited) gets REFUSED_STREAM
+// instead of piling up work.
+func TestResetStreamsHandlersStillCount(t *testing.T) {
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	p := newRawPeerWith(t, Config{Requests: true, MaxStreams: 5, PeerIsProxy: true}, func(s *Stream) {
+		<-release // a slow app: the handler outlives the reset
+	})
+	id := uint32(1)
+	for range 10 {
+		p.block(t, id, false, request()...)
+		p.fr.WriteRSTStream(id, http2.ErrCodeCancel)
+		id += 2
+	}
+	// Ten handlers run, none with a stream: the next stream is refused.
+	for range 10 {
+		<-p.streams // each handler reports its stream as it starts
+	}
+	p.block(t, id, true, request()...)
+	if got := p.answer(t, id); got != "reset REFUSED_STREAM" {
+		t.Fatalf("stream %d with 10 handlers running: %q, want REFUSED_STREAM", id, got)
+	}
+}

@@ -42,6 +42,14 @@ type Config struct {
 	// Requests, on a server, hands ordinary HTTP/2 requests (any method
 	// but CONNECT) to the handler too, as streams with Method set.
 	Requests bool
+	// PeerIsProxy, on a server, says the peer is a proxy that relays its
+	// own clients' resets (a sidecar, on the sidecar-to-sidecar port):
+	// they are not counted against the connection's reset budget, which
+	// would end it for every client of that proxy when one of them
+	// floods. The clients' resets are counted where they arrive, on the
+	// proxy's own listener; here the handlers still running bound the
+	// work, as on every connection.
+	PeerIsProxy bool
 	// MaxHeaderBytes bounds the header list a peer may send (16 KiB); a
 	// larger request is answered 431.
 	MaxHeaderBytes uint32
@@ -134,6 +142,9 @@ type Conn struct {
 
 	fr *http2.Framer // the reader's
 	hr *headerReader // the reader's
+	// calmed: the peer flooded us and got GOAWAY; its streams in flight
+	// are finishing (the reader's, see calm).
+	calmed bool
 
 	// Read by the reader only.
 	recvWindow  int64 // what the peer may still send on the connection
@@ -143,6 +154,15 @@ type Conn struct {
 	// sentWork counts HEADERS and DATA frames sent: the work that earns a
 	// peer its WINDOW_UPDATEs and PINGs (flood.go).
 	sentWork atomic.Int64
+
+	// The handlers' workers (workers.go): Run waits for them.
+	work    chan func()
+	workers sync.WaitGroup
+	// running counts the handlers that have not returned, reset streams'
+	// among them: at twice MaxStreams, new streams are refused, so that
+	// streams opened and reset at once (the rapid reset attack) cannot
+	// pile up work that the stream limit does not see.
+	running atomic.Int32
 
 	mu             sync.Mutex
 	cond           *sync.Cond // send windows grew, or a stream or the conn ended
@@ -159,6 +179,7 @@ type Conn struct {
 	peerAway       bool                 // the peer sent GOAWAY: it takes no new stream of ours
 	started        bool                 // server: SETTINGS sent, so a GOAWAY may follow
 	resets         [recentResets]uint32 // the streams we reset lately (sendReset)
+	calmTimer      *time.Timer          // ends a calmed connection (calm)
 	nextReset      int
 	closed         bool
 	err            error
@@ -174,6 +195,7 @@ func newConn(nc net.Conn, cfg Config, client bool) *Conn {
 		client:         client,
 		fr:             http2.NewFramer(nil, nc),
 		kick:           make(chan struct{}, 1),
+		work:           make(chan func()),
 		recvWindow:     int64(cfg.ConnWindow),
 		streams:        map[uint32]*Stream{},
 		nextID:         1,
@@ -270,6 +292,9 @@ func (c *Conn) Run() error {
 		c.Shutdown()
 	}
 	c.readLoop()
+	// The connection has ended, and with it every stream: their handlers
+	// return, and Run with them, owning them.
+	c.workers.Wait()
 	return c.Err()
 }
 
@@ -408,6 +433,9 @@ func (c *Conn) stop(err error, closeConn bool) {
 	}
 	close(c.done)
 	c.cond.Broadcast()
+	if c.calmTimer != nil {
+		c.calmTimer.Stop()
+	}
 	c.mu.Unlock()
 	if closeConn {
 		c.nc.Close()
@@ -546,6 +574,17 @@ func (c *Conn) readLoop() {
 			}
 		}
 		if k, ok := c.floodKind(f); ok && c.over(k) {
+			switch {
+			case c.calmed:
+				continue // over budget again: dropped, not answered
+			case !c.client:
+				// The streams in flight may finish (calm); a client's
+				// peer is one server, its streams ours, and it ends.
+				if c.calm(k) {
+					continue
+				}
+				return
+			}
 			c.flooded(k, c.flood.counts[k], true)
 			return
 		}
@@ -709,7 +748,7 @@ func (c *Conn) onHeaders(b *headerBlock) error {
 	}
 	c.mu.Lock()
 	c.lastPeerID = id
-	refuse := c.goingAway || c.closed || len(c.streams) >= int(c.cfg.MaxStreams)
+	refuse := c.goingAway || c.closed || len(c.streams) >= int(c.cfg.MaxStreams) || c.running.Load() >= 2*int32(c.cfg.MaxStreams)
 	if b.selfDependent || malformed != nil || refuse || status != 0 {
 		c.mu.Unlock()
 		switch {
@@ -752,7 +791,9 @@ func (c *Conn) onHeaders(b *headerBlock) error {
 	if b.endStream {
 		s.deliver(nil, true, 0)
 	}
-	spawn(func() {
+	c.running.Add(1)
+	c.spawn(func() {
+		defer c.running.Add(-1)
 		c.handler(s)
 		// A handler that returned without ending its stream abandoned it.
 		s.abort(errAbandoned, true)
@@ -970,8 +1011,11 @@ func (c *Conn) floodKind(f http2.Frame) (floodKind, bool) {
 	case *http2.RSTStreamFrame:
 		// Only a server pays a handler for each stream opened and reset;
 		// a client's peer may reset each stream it was sent once.
-		if c.client {
+		switch {
+		case c.client:
 			return floodClientReset, true
+		case c.cfg.PeerIsProxy:
+			return 0, false // see Config.PeerIsProxy
 		}
 		return floodReset, true
 	case *http2.UnknownFrame:

@@ -154,6 +154,44 @@ func (c *Conn) flooded(k floodKind, frames int64, linger bool) {
 	c.goAway(http2.ErrCodeEnhanceYourCalm, err, linger)
 }
 
+// calmGrace is how long the streams in flight on a server connection
+// whose peer flooded it may take to finish after its GOAWAY. A variable
+// for tests.
+var calmGrace = 5 * time.Second
+
+// calm answers a flood on a server connection: GOAWAY ENHANCE_YOUR_CALM
+// naming the last stream taken, no new stream, and the streams in flight
+// let finish for calmGrace, as a graceful shutdown would. The peer may be
+// a proxy (a gateway, a sidecar) carrying other clients' requests beside
+// the flooder's, which must not fail for it. Meanwhile frames over a
+// budget are dropped unanswered. It reports whether the connection goes
+// on (false: it had nothing in flight, and ended). The reader calls it.
+func (c *Conn) calm(k floodKind) bool {
+	err := floodError{kind: k, frames: c.flood.counts[k]}
+	countProtocolError(k.String())
+	logProtocol(c.cfg.Logger, "HTTP/2 peer flooded the connection; sent GOAWAY ENHANCE_YOUR_CALM",
+		slog.String("remote", c.nc.RemoteAddr().String()),
+		slog.String("local", c.nc.LocalAddr().String()),
+		slog.String("reason", k.String()),
+		slog.Int64("frames", err.frames))
+	c.mu.Lock()
+	c.goingAway = true
+	last, idle := c.lastPeerID, len(c.streams) == 0
+	if !idle && !c.closed {
+		c.calmTimer = time.AfterFunc(calmGrace, func() { c.fail(err) })
+	}
+	c.mu.Unlock()
+	c.calmed = true
+	if idle {
+		c.goAway(http2.ErrCodeEnhanceYourCalm, err, true)
+		return false
+	}
+	c.queueFrame(func(fw *http2.Framer) error {
+		return fw.WriteGoAway(last, http2.ErrCodeEnhanceYourCalm, []byte(err.Error()))
+	}, true)
+	return true
+}
+
 // protocolErrors counts the HTTP/2 connections this process ended because
 // the peer broke the protocol or flooded it, by reason: a flood's name
 // (settings_flood, ping_flood, empty_data_flood, empty_continuation_flood,

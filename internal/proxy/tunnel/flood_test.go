@@ -148,6 +148,9 @@ func requestBlock() []byte {
 // well-behaved client on another connection is served.
 func TestFloodsAreCutOff(t *testing.T) {
 	const frames = 200000
+	// The flooder's stream in flight never ends: its grace, short.
+	defer func(g time.Duration) { calmGrace = g }(calmGrace)
+	calmGrace = 100 * time.Millisecond
 	block := requestBlock()
 	connect := func() []byte {
 		var b bytes.Buffer
@@ -516,5 +519,95 @@ func TestClientCutsOffResetFlood(t *testing.T) {
 	<-cli.Done()
 	if got := float64(ProtocolErrorCount("reset_flood")) - before; got != 1 {
 		t.Fatalf("reset_flood counted %v times, want 1", got)
+	}
+}
+
+// A proxy's connection that one of its clients floods through it gets
+// GOAWAY ENHANCE_YOUR_CALM, but its streams in flight (other clients'
+// requests) finish: the response comes, then the connection closes. And
+// resets from a proxy (PeerIsProxy) are its clients', counted where they
+// arrived, not against the shared connection.
+func TestCalmLetsStreamsInFlightFinish(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		cfg   Config
+		flood func(fr *http2.Framer, i int) error
+		calm  bool // the flood ends in GOAWAY ENHANCE_YOUR_CALM
+	}{
+		{"ping flood", Config{Requests: true}, func(fr *http2.Framer, i int) error { return fr.WritePing(false, [8]byte{byte(i)}) }, true},
+		{"resets relayed by a proxy", Config{Requests: true, PeerIsProxy: true}, func(fr *http2.Framer, i int) error {
+			id := uint32(2*i + 3)
+			if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: requestBlock(), EndHeaders: true}); err != nil {
+				return err
+			}
+			return fr.WriteRSTStream(id, http2.ErrCodeCancel)
+		}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cn, sn := tcpPair(t)
+			release := make(chan struct{})
+			srv := NewServer(sn, tc.cfg, func(s *Stream) {
+				if s.id == 1 {
+					<-release // in flight through the flood
+				}
+				io.Copy(io.Discard, s)
+				s.WriteResponse(200, nil, []byte("done"), true)
+			})
+			go srv.Run()
+			t.Cleanup(func() { srv.Close() })
+			bw := bufio.NewWriterSize(cn, 64<<10)
+			fr := http2.NewFramer(bw, cn)
+			io.WriteString(bw, http2.ClientPreface)
+			fr.WriteSettings()
+			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: requestBlock(), EndStream: true, EndHeaders: true})
+			for i := range 5000 {
+				if tc.flood(fr, i) != nil {
+					break
+				}
+			}
+			marker := [8]byte{'m', 'a', 'r', 'k'}
+			fr.WritePing(false, marker)
+			bw.Flush()
+			// The stream is released once the reader has gone through the
+			// flood: after the GOAWAY, or after the PING behind the resets.
+			cn.SetReadDeadline(time.Now().Add(10 * time.Second))
+			var away *http2.GoAwayFrame
+			for away == nil {
+				f, err := fr.ReadFrame()
+				if err != nil {
+					t.Fatalf("reading: %v", err)
+				}
+				if ga, ok := f.(*http2.GoAwayFrame); ok {
+					away = ga
+				}
+				if p, ok := f.(*http2.PingFrame); ok && p.IsAck() && p.Data == marker {
+					break
+				}
+			}
+			close(release)
+			for {
+				f, err := fr.ReadFrame()
+				if err != nil {
+					t.Fatalf("no response on the stream in flight: %v (GOAWAY %v)", err, away)
+				}
+				switch f := f.(type) {
+				case *http2.GoAwayFrame:
+					away = f
+				case *http2.DataFrame:
+					if f.StreamID == 1 && f.StreamEnded() {
+						if tc.calm && (away == nil || away.ErrCode != http2.ErrCodeEnhanceYourCalm) {
+							t.Fatalf("GOAWAY %v, want ENHANCE_YOUR_CALM", away)
+						}
+						if !tc.calm && away != nil {
+							t.Fatalf("GOAWAY %v for resets relayed by a proxy", away.ErrCode)
+						}
+						return
+					}
+				}
+				if ga, ok := f.(*http2.GoAwayFrame); ok && ga.LastStreamID < 1 {
+					t.Fatalf("GOAWAY names stream %d as the last: the stream in flight is dropped", ga.LastStreamID)
+				}
+			}
+		})
 	}
 }

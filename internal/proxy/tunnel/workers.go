@@ -5,21 +5,24 @@ import "time"
 // Stream handlers run on reused goroutines. A request's handler grows its
 // goroutine's stack to tens of kilobytes (HTTP parsing, the app call); a
 // new goroutine per stream pays for that growth on every request, a reused
-// one once. Workers with nothing to do for workerIdle exit.
+// one once. The workers are the connection's: each exits when it has had
+// nothing to do for workerIdle or the connection has ended, and Run
+// returns only after every one has (see Conn.handlers).
 const workerIdle = 10 * time.Second
 
-var work = make(chan func())
-
-// spawn runs f on an idle worker, or on a new one if none is waiting.
-func spawn(f func()) {
+// spawn runs f on an idle worker of the connection, or on a new one if
+// none is waiting.
+func (c *Conn) spawn(f func()) {
 	select {
-	case work <- f:
+	case c.work <- f:
 	default:
-		go worker(f)
+		c.workers.Add(1)
+		go c.worker(f)
 	}
 }
 
-func worker(f func()) {
+func (c *Conn) worker(f func()) {
+	defer c.workers.Done()
 	t := time.NewTimer(workerIdle)
 	defer t.Stop()
 	for {
@@ -27,8 +30,10 @@ func worker(f func()) {
 		f = nil // let what it holds go while this worker waits
 		t.Reset(workerIdle)
 		select {
-		case f = <-work:
+		case f = <-c.work:
 		case <-t.C:
+			return
+		case <-c.done:
 			return
 		}
 	}
