@@ -22,12 +22,28 @@ type Config struct {
 	// MaxStreams bounds the streams a peer may have open on a server
 	// connection (1000).
 	MaxStreams uint32
-	// StreamWindow is the receive window of one stream (1 MiB): how much a
-	// peer may send before the local socket (or a request stream's reader)
-	// has taken it, so what one stream may hold in memory. 4 MiB moved
-	// bulk no faster on loopback and let a 100 MiB request body grow a
-	// sidecar by 40 MiB.
+	// StreamWindow is the largest receive window of one stream (1 MiB):
+	// how much a peer may send before the local socket (or a request
+	// stream's reader) has taken it, so what one stream may hold in
+	// memory. 4 MiB moved bulk no faster on loopback and let a 100 MiB
+	// request body grow a sidecar by 40 MiB.
 	StreamWindow uint32
+	// InitialStreamWindow is a stream's receive window at its start (64
+	// KiB, at most StreamWindow). It doubles, up to StreamWindow, each time
+	// the stream's reader has taken all that came when credit is returned:
+	// a reader that keeps up earns the large window bulk needs, and one
+	// that stalls from the start (a client that never reads its response)
+	// holds tens of KiB, not a megabyte.
+	InitialStreamWindow uint32
+	// StreamIdleTimeout resets a request stream on which no frame has come
+	// or gone for this long (5 minutes, as Envoy's stream idle timeout): a
+	// stalled reader is not kept for ever. ConnectIdleTimeout is the same
+	// for CONNECT streams, TCP connections that may idle in a client's
+	// pool (1 hour, as Envoy's TCP proxy).
+	StreamIdleTimeout, ConnectIdleTimeout time.Duration
+	// WriteTimeout closes a connection whose peer has taken none of what
+	// we write for this long (60 s).
+	WriteTimeout time.Duration
 	// ConnWindow is the receive window of the connection (32 MiB).
 	ConnWindow uint32
 	// MaxFrameSize is the largest DATA frame accepted and sent (128 KiB).
@@ -71,6 +87,8 @@ func (c Config) withDefaults() Config {
 	}
 	def(&c.MaxStreams, 1000)
 	def(&c.StreamWindow, 1<<20)
+	def(&c.InitialStreamWindow, min(64<<10, c.StreamWindow))
+	c.InitialStreamWindow = min(c.InitialStreamWindow, c.StreamWindow)
 	def(&c.ConnWindow, 32<<20)
 	def(&c.MaxFrameSize, 128<<10)
 	def(&c.MaxHeaderBytes, 16<<10)
@@ -82,6 +100,15 @@ func (c Config) withDefaults() Config {
 	}
 	if c.HalfCloseTimeout == 0 {
 		c.HalfCloseTimeout = 30 * time.Second
+	}
+	if c.StreamIdleTimeout == 0 {
+		c.StreamIdleTimeout = 5 * time.Minute
+	}
+	if c.ConnectIdleTimeout == 0 {
+		c.ConnectIdleTimeout = time.Hour
+	}
+	if c.WriteTimeout == 0 {
+		c.WriteTimeout = time.Minute
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -130,11 +157,16 @@ type Conn struct {
 	out     []byte     // frames waiting to be written
 	spare   []byte
 	writing bool // a goroutine is writing out
-	werr    error
-	kick    chan struct{}
-	fw      *http2.Framer
-	henc    *hpack.Encoder
-	hbuf    bytes.Buffer
+	// deadlineSet is when the writer last moved the write deadline;
+	// finalFlush: the connection is closing, and flushControl's short
+	// deadline stands (writeOut).
+	deadlineSet time.Time
+	finalFlush  atomic.Bool
+	werr        error
+	kick        chan struct{}
+	fw          *http2.Framer
+	henc        *hpack.Encoder
+	hbuf        bytes.Buffer
 	// ctrlQueued counts the frames queue added since the writer last
 	// took the buffer: acknowledgements the peer made us owe.
 	ctrlQueued int
@@ -231,7 +263,7 @@ func NewClient(nc net.Conn, cfg Config) (*Conn, error) {
 	fw := http2.NewFramer(&b, nil)
 	_ = fw.WriteSettings(
 		http2.Setting{ID: http2.SettingEnablePush, Val: 0},
-		http2.Setting{ID: http2.SettingInitialWindowSize, Val: c.cfg.StreamWindow},
+		http2.Setting{ID: http2.SettingInitialWindowSize, Val: c.cfg.InitialStreamWindow},
 		http2.Setting{ID: http2.SettingMaxFrameSize, Val: c.cfg.MaxFrameSize},
 	)
 	_ = fw.WriteWindowUpdate(0, c.cfg.ConnWindow-initialWindow)
@@ -271,7 +303,7 @@ func (c *Conn) Run() error {
 	fw := http2.NewFramer(&b, nil)
 	_ = fw.WriteSettings(
 		http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: c.cfg.MaxStreams},
-		http2.Setting{ID: http2.SettingInitialWindowSize, Val: c.cfg.StreamWindow},
+		http2.Setting{ID: http2.SettingInitialWindowSize, Val: c.cfg.InitialStreamWindow},
 		http2.Setting{ID: http2.SettingMaxFrameSize, Val: c.cfg.MaxFrameSize},
 	)
 	_ = fw.WriteWindowUpdate(0, c.cfg.ConnWindow-initialWindow)
@@ -509,9 +541,13 @@ func (c *Conn) keepAlive() {
 		}
 		c.mu.Lock()
 		idle := len(c.streams) == 0 && c.reserved == 0 && time.Since(c.idleSince) > c.cfg.IdleTimeout
+		stale := c.staleStreamsLocked(time.Now())
 		c.mu.Unlock()
 		if idle {
 			c.Shutdown()
+		}
+		for _, s := range stale {
+			s.abort(errStreamIdle, true)
 		}
 		now := c.frames.Load()
 		switch {
@@ -525,6 +561,30 @@ func (c *Conn) keepAlive() {
 			c.queue(func(fw *http2.Framer) error { return fw.WritePing(false, [8]byte{'t', 'r', 'e', 'l', 'l', 'i', 's'}) })
 		}
 	}
+}
+
+// errStreamIdle ends a stream idle for longer than its timeout.
+var errStreamIdle = errors.New("tunnel: stream idle for longer than its idle timeout")
+
+// staleStreamsLocked returns the streams on which no frame came or went
+// for their idle timeout; keepAlive, their only watcher, calls it with mu
+// held, every PingAfter.
+func (c *Conn) staleStreamsLocked(now time.Time) []*Stream {
+	var stale []*Stream
+	for _, s := range c.streams {
+		if a := s.activity.Load(); a != s.seen || s.quietSince.IsZero() {
+			s.seen, s.quietSince = a, now
+			continue
+		}
+		limit := c.cfg.StreamIdleTimeout
+		if !s.request {
+			limit = c.cfg.ConnectIdleTimeout
+		}
+		if now.Sub(s.quietSince) >= limit {
+			stale = append(stale, s)
+		}
+	}
+	return stale
 }
 
 // readLoop reads frames until the connection fails.
@@ -871,7 +931,8 @@ func (c *Conn) newStreamLocked(id uint32) *Stream {
 		c:          c,
 		id:         id,
 		sendWindow: c.peerWindow,
-		recvWindow: int64(c.cfg.StreamWindow),
+		recvWindow: int64(c.cfg.InitialStreamWindow),
+		window:     int64(c.cfg.InitialStreamWindow),
 		declared:   -1,
 	}
 	if c.client {

@@ -89,6 +89,10 @@ func (p *rawPeer) answer(t *testing.T, id uint32) string {
 			}
 		case *http2.GoAwayFrame:
 			return "goaway " + f.ErrCode.String()
+		case *http2.PingFrame:
+			if !f.IsAck() {
+				p.fr.WritePing(true, f.Data) // a live peer
+			}
 		}
 	}
 }

@@ -70,6 +70,11 @@ type Stream struct {
 	resp     chan response // client: the answer to the CONNECT
 	stopped  atomic.Bool   // reset or failed: no more frames either way
 	received atomic.Int64
+	// activity counts frames either way; keepAlive compares it with seen
+	// (its own, under c.mu, as quietSince) to find idle streams.
+	activity   atomic.Uint32
+	seen       uint32
+	quietSince time.Time
 
 	sendWindow int64 // under c.mu
 
@@ -89,7 +94,8 @@ type Stream struct {
 	sentEnd      bool
 	ended        bool // both directions done, or stopped
 	err          error
-	recvWindow   int64
+	recvWindow   int64 // what the peer may still send
+	window       int64 // recvWindow when all is acknowledged; grows (creditLocked)
 	unacked      int64
 	halfTimer    *time.Timer
 	recvDone     chan struct{} // closed with recvFinished; made by Splice only
@@ -357,6 +363,7 @@ func (s *Stream) deliver(p []byte, end bool, n int64) {
 		return
 	}
 	s.recvWindow -= n
+	s.activity.Add(1)
 	credit := n - int64(len(p)) // padding is never delivered
 	s.received.Add(int64(len(p)))
 	var werr error
@@ -490,10 +497,17 @@ func (s *Stream) creditLocked(n int64) uint32 {
 		return 0
 	}
 	s.unacked += n
-	if s.unacked < int64(s.c.cfg.StreamWindow/4) {
+	if s.unacked < s.window/4 {
 		return 0
 	}
 	inc := s.unacked
+	if len(s.pending) == s.roff && s.window < int64(s.c.cfg.StreamWindow) {
+		// The reader has taken all that came: it keeps up, and may
+		// have more (Config.InitialStreamWindow).
+		grow := min(s.window, int64(s.c.cfg.StreamWindow)-s.window)
+		s.window += grow
+		inc += grow
+	}
 	s.recvWindow += inc
 	s.unacked = 0
 	return uint32(inc)
@@ -600,6 +614,7 @@ func (s *Stream) writeData(buf []byte, n int) error {
 			return err
 		}
 		putFrameHeader(buf[off-frameHeaderLen:off], k, 0, s.id)
+		s.activity.Add(1)
 		if err := s.c.send(buf[off-frameHeaderLen : off+k]); err != nil {
 			return err
 		}

@@ -567,10 +567,11 @@ func TestCorkSendsAFrameInOneWrite(t *testing.T) {
 	if err := tc.Handshake(); err != nil {
 		t.Fatal(err)
 	}
-	srv := NewServer(ts, Config{}, echoHandler(tcpPair, t))
+	// Full windows from the start: one 128 KiB frame must fit.
+	srv := NewServer(ts, Config{InitialStreamWindow: 1 << 20}, echoHandler(tcpPair, t))
 	go srv.Run()
 	t.Cleanup(func() { srv.Close() })
-	cli, err := NewClient(tc, Config{Cork: cork})
+	cli, err := NewClient(tc, Config{Cork: cork, InitialStreamWindow: 1 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -143,8 +143,15 @@ func (c *Conn) flushLocked() error {
 }
 
 // writeOut writes p to the connection. Under TLS, a write larger than one
-// record is corked so that it leaves in one socket write.
+// record is corked so that it leaves in one socket write. A write that
+// the peer does not take within WriteTimeout fails, and the connection
+// with it. The deadline is moved at most once a second: the one writer
+// (writing set) owns deadlineSet.
 func (c *Conn) writeOut(p []byte) error {
+	if now := time.Now(); now.Sub(c.deadlineSet) > time.Second && !c.finalFlush.Load() {
+		c.nc.SetWriteDeadline(now.Add(c.cfg.WriteTimeout))
+		c.deadlineSet = now
+	}
 	if k := c.cfg.Cork; k != nil && len(p) > 16<<10 {
 		k.cork()
 		_, err := c.nc.Write(p)
@@ -220,6 +227,7 @@ func (c *Conn) writer() {
 // flushControl waits until the frames queued so far are written, or for a
 // second; the connection is about to close.
 func (c *Conn) flushControl() {
+	c.finalFlush.Store(true)
 	c.nc.SetWriteDeadline(time.Now().Add(time.Second))
 	c.omu.Lock()
 	if !c.writing && len(c.out) > 0 {
