@@ -179,9 +179,18 @@ func TestStalledStreamDoesNotBlockOthers(t *testing.T) {
 		t.Fatal(err)
 	}
 	stalled, local := tcpPair(t) // never read
+	// Small socket buffers: the flood must not fit in the kernel's.
+	stalled.(*net.TCPConn).SetReadBuffer(4 << 10)
+	local.(*net.TCPConn).SetWriteBuffer(4 << 10)
 	go fs.Splice(local)
 	defer stalled.Close()
-	time.Sleep(200 * time.Millisecond)
+	eventually(t, 10*time.Second, "the flood stream stalled on its local end", func() bool {
+		fs.mu.Lock()
+		defer fs.mu.Unlock()
+		// The local socket takes no more: the flusher waits on it with
+		// what it took, or the rest waits for the flusher.
+		return fs.flushing || len(fs.pending) > 0
+	})
 
 	c, err := open(t, cli, tcpPair)
 	if err != nil {
@@ -692,13 +701,16 @@ func TestConcurrentStreamsShareWrites(t *testing.T) {
 	const n = 64
 	start := make(chan struct{})
 	errs := make(chan error, n)
+	var ready sync.WaitGroup
+	ready.Add(n)
 	for range n {
 		go func() {
+			ready.Done()
 			<-start
 			errs <- request()
 		}()
 	}
-	time.Sleep(50 * time.Millisecond) // all waiting at the start
+	ready.Wait() // all at the start (one P: none runs on until start closes)
 	before := counted.count()
 	close(start)
 	for range n {
