@@ -38,6 +38,12 @@ func (c *Conn) OpenRequest(fields []hpack.HeaderField, body []byte, end bool) (*
 	})
 	if err != nil {
 		if s != nil {
+			if serr := s.Err(); errors.Is(serr, errRefused) {
+				// The peer's GOAWAY came first and named an earlier
+				// stream as its last: it never took this one, which may
+				// go elsewhere, whatever the write then met.
+				return nil, serr
+			}
 			s.abort(err, false)
 		}
 		return nil, c.notOpened(built, err)
@@ -184,7 +190,7 @@ func (s *Stream) CloseWrite(trailers []hpack.HeaderField) error {
 // endSend records that END_STREAM was sent.
 func (s *Stream) endSend() {
 	s.mu.Lock()
-	s.sentEnd = true
+	s.st |= weEnded
 	done := s.endedLocked()
 	s.mu.Unlock()
 	if done {
@@ -203,10 +209,10 @@ func (s *Stream) endSend() {
 // request malformed, and the stream fails instead).
 func (s *Stream) Read(p []byte) (int, error) {
 	s.mu.Lock()
-	for s.readableLocked() == 0 && !s.recvEnd && !(s.ended && s.err != nil) {
+	for s.readableLocked() == 0 && !s.st.has(peerEnded) && !s.st.has(aborted) {
 		s.readable.Wait()
 	}
-	if k := s.readableLocked(); k > 0 && !(s.ended && s.err != nil) {
+	if k := s.readableLocked(); k > 0 && !s.st.has(aborted) {
 		n := copy(p[:min(len(p), k)], s.pending[s.roff:])
 		s.roff += n
 		if s.roff == len(s.pending) {
@@ -228,7 +234,7 @@ func (s *Stream) Read(p []byte) (int, error) {
 // readableLocked is how much of pending Read may hand out now.
 func (s *Stream) readableLocked() int {
 	k := len(s.pending) - s.roff
-	if k > 0 && s.declared >= 0 && !s.recvEnd && s.received.Load() == s.declared {
+	if k > 0 && s.declared >= 0 && !s.st.has(peerEnded) && s.received.Load() == s.declared {
 		k-- // the last byte, until the end is known
 	}
 	return k
@@ -260,7 +266,7 @@ func (s *Stream) Cancel(err error) { s.abort(err, true) }
 // at once if it already has.
 func (s *Stream) OnStop(f func()) {
 	s.mu.Lock()
-	if s.ended && s.err != nil {
+	if s.st.has(aborted) {
 		s.mu.Unlock()
 		f()
 		return
@@ -274,5 +280,5 @@ func (s *Stream) OnStop(f func()) {
 func (s *Stream) Drained() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.recvEnd && s.roff == len(s.pending)
+	return s.st.has(peerEnded) && s.roff == len(s.pending)
 }

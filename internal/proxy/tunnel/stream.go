@@ -87,15 +87,13 @@ type Stream struct {
 	werr         error
 	pending      []byte // from the peer, not yet taken by sink
 	spare        []byte
-	flushing     bool
-	gotResp      bool
-	recvEnd      bool // the peer sent END_STREAM
-	recvFinished bool // ... and it reached the sink, or the stream stopped
-	sentEnd      bool
-	ended        bool // both directions done, or stopped
-	err          error
-	recvWindow   int64 // what the peer may still send
-	window       int64 // recvWindow when all is acknowledged; grows (creditLocked)
+	st           streamState // state.go
+	flushing     bool        // a flusher goroutine is writing pending to the sink
+	gotResp      bool        // client: the final response came
+	recvFinished bool        // the peer's END_STREAM reached the sink, or the stream stopped
+	err          error       // why the stream stopped, with aborted set
+	recvWindow   int64       // what the peer may still send
+	window       int64       // recvWindow when all is acknowledged; grows (creditLocked)
 	unacked      int64
 	halfTimer    *time.Timer
 	recvDone     chan struct{} // closed with recvFinished; made by Splice only
@@ -128,6 +126,12 @@ func (c *Conn) Open(ctx context.Context, authority string, header ...hpack.Heade
 	})
 	if err != nil {
 		if s != nil {
+			if serr := s.Err(); errors.Is(serr, errRefused) {
+				// The peer's GOAWAY came first and named an earlier
+				// stream as its last: it never took this one, which may
+				// go elsewhere, whatever the write then met.
+				return nil, serr
+			}
 			s.abort(err, false)
 		}
 		return nil, c.notOpened(built, err)
@@ -166,7 +170,7 @@ func (c *Conn) notOpened(built bool, err error) error {
 func (s *Stream) peerEnded() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.recvEnd
+	return s.st.has(peerEnded)
 }
 
 // responded reports whether a client stream has its final response.
@@ -253,7 +257,7 @@ func (s *Stream) Refuse(status int, reason string) {
 		return nil
 	})
 	s.mu.Lock()
-	reset := !s.recvEnd
+	reset := !s.st.has(peerEnded)
 	s.mu.Unlock()
 	s.abort(errRefusedUs, false)
 	if reset {
@@ -323,7 +327,7 @@ func (s *Stream) attach(sink net.Conn) {
 	if s.recvFinished {
 		close(s.recvDone)
 	}
-	if s.ended && s.err != nil {
+	if s.st.has(aborted) {
 		s.mu.Unlock()
 		sink.Close()
 		return
@@ -337,7 +341,7 @@ func (s *Stream) attach(sink net.Conn) {
 	if len(s.pending) > 0 {
 		s.flushing = true
 		go s.flush()
-	} else if s.recvEnd {
+	} else if s.st.has(peerEnded) {
 		s.finishRecvLocked()
 	}
 	s.mu.Unlock()
@@ -348,11 +352,11 @@ func (s *Stream) attach(sink net.Conn) {
 // socket takes the bytes at once and leaves the rest to a flusher.
 func (s *Stream) deliver(p []byte, end bool, n int64) {
 	s.mu.Lock()
-	if s.ended {
+	if s.st.has(ended) {
 		s.mu.Unlock()
 		return
 	}
-	if s.recvEnd {
+	if s.st.has(peerEnded) {
 		// The reader checks (Conn.onData); trailers after the end too.
 		s.mu.Unlock()
 		return
@@ -391,7 +395,7 @@ func (s *Stream) deliver(p []byte, end bool, n int64) {
 		}
 	}
 	if end {
-		s.recvEnd = true
+		s.st |= peerEnded
 		if s.sink != nil && !s.flushing {
 			s.finishRecvLocked()
 		}
@@ -446,9 +450,9 @@ func (s *Stream) flush() {
 		}
 		buf = s.pending
 		s.pending = nil
-		if len(buf) == 0 || s.ended && s.err != nil {
+		if len(buf) == 0 || s.st.has(aborted) {
 			s.flushing = false
-			if s.recvEnd {
+			if s.st.has(peerEnded) {
 				s.finishRecvLocked()
 			}
 			s.mu.Unlock()
@@ -484,7 +488,7 @@ func (s *Stream) finishRecvLocked() {
 	if s.recvDone != nil {
 		close(s.recvDone)
 	}
-	if !s.sentEnd && !s.ended {
+	if !s.st.has(weEnded) && !s.st.has(ended) {
 		// The local end now has HalfCloseTimeout to finish too.
 		s.halfTimer = time.AfterFunc(s.c.cfg.HalfCloseTimeout, func() { s.abort(errHalfClose, true) })
 	}
@@ -493,7 +497,7 @@ func (s *Stream) finishRecvLocked() {
 // creditLocked counts n bytes taken by the sink and returns the window
 // increment to send, if it is time to send one.
 func (s *Stream) creditLocked(n int64) uint32 {
-	if s.recvEnd || s.ended {
+	if s.st.has(peerEnded) || s.st.has(ended) {
 		return 0
 	}
 	s.unacked += n
@@ -524,10 +528,10 @@ func (s *Stream) sendUpdate(inc uint32) {
 // endedLocked marks the stream ended once both directions are, and reports
 // whether this call did.
 func (s *Stream) endedLocked() bool {
-	if s.ended || !s.recvEnd || !s.sentEnd {
+	if s.st.has(ended) || !s.st.has(peerEnded|weEnded) {
 		return false
 	}
-	s.ended = true
+	s.st |= ended
 	if s.halfTimer != nil {
 		s.halfTimer.Stop()
 	}
@@ -676,7 +680,7 @@ func (s *Stream) closeSend() error {
 // The stream is forgotten later, by whoever sent it (endedLocked).
 func (s *Stream) markSentEnd() {
 	s.mu.Lock()
-	s.sentEnd = true
+	s.st |= weEnded
 	s.mu.Unlock()
 }
 
@@ -685,18 +689,18 @@ func (s *Stream) markSentEnd() {
 func (s *Stream) endState() (recv, sent bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.recvEnd, s.sentEnd
+	return s.st.has(peerEnded), s.st.has(weEnded)
 }
 
 // abort stops the stream with err: the local end is closed and, when rst
 // is set, the peer gets RST_STREAM CANCEL. Later calls do nothing.
 func (s *Stream) abort(err error, rst bool) {
 	s.mu.Lock()
-	if s.ended {
+	if s.st.has(ended) {
 		s.mu.Unlock()
 		return
 	}
-	s.ended = true
+	s.st |= ended | aborted
 	s.err = err
 	s.stopped.Store(true)
 	if !s.recvFinished {
