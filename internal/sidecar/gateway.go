@@ -241,8 +241,8 @@ func (g *gateway) outbound(service string) http.Handler {
 		Service: service,
 		Source:  g.p.cfg.Service,
 		State:   g.p.l7State(service),
-		Conn: func(ep l4.Endpoint) (*tunnel.Conn, error) {
-			return g.pool.Get(ep.Addr, service, tlsCfg)
+		Conn: func(ctx context.Context, ep l4.Endpoint) (*tunnel.Conn, error) {
+			return g.pool.Get(ctx, ep.Addr, service, tlsCfg)
 		},
 		Limits: func() *v1.ServiceLimits { return g.p.limits(service) },
 		DialUpgrade: func(ctx context.Context, ep l4.Endpoint) (net.Conn, error) {

@@ -352,8 +352,8 @@ func (p *Proxy) dataPlane(ctx context.Context, pool *l4.Pool) (*dataPlane, error
 			Service: u.Service,
 			Source:  p.cfg.Service,
 			State:   p.l7State(u.Service),
-			Conn: func(ep l4.Endpoint) (*tunnel.Conn, error) {
-				return pool.Get(ep.Addr, u.Service, tunnelTLS)
+			Conn: func(ctx context.Context, ep l4.Endpoint) (*tunnel.Conn, error) {
+				return pool.Get(ctx, ep.Addr, u.Service, tunnelTLS)
 			},
 			Limits: func() *v1.ServiceLimits { return p.limits(u.Service) },
 			DialUpgrade: func(ctx context.Context, ep l4.Endpoint) (net.Conn, error) {
