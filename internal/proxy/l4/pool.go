@@ -39,10 +39,11 @@ type Pool struct {
 	metrics *Metrics
 
 	// ctx ends with Close, which cancels the dials in progress and waits
-	// for their goroutines (dials).
-	ctx   context.Context
-	stop  context.CancelFunc
-	dials sync.WaitGroup
+	// for the pool's goroutines (bg): dials, and the splices of upgrade
+	// streams (DialUpgrade), which end with their connections.
+	ctx  context.Context
+	stop context.CancelFunc
+	bg   sync.WaitGroup
 
 	// Lock order: mu, then an entry's mu, then dialMu.
 	mu          sync.Mutex // guards entries and closed
@@ -207,7 +208,7 @@ func (p *Pool) startDial(e *poolEntry, addr string, cfg *tls.Config) (*pendingDi
 	e.dialing = d
 	// Added under dialMu, with dialsClosed false: Close, which sets it
 	// under dialMu before it waits, sees every dial it must wait for.
-	p.dials.Go(func() {
+	p.bg.Go(func() {
 		defer cancel()
 		c, err := p.dial(ctx, addr, cfg)
 		e.mu.Lock()
@@ -369,7 +370,7 @@ func (p *Pool) Close() {
 		e.mu.Unlock()
 	}
 	p.mu.Unlock()
-	p.dials.Wait()
+	p.bg.Wait()
 }
 
 var errNoEndpoints = errors.New("no healthy endpoints")

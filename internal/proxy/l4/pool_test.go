@@ -3,11 +3,14 @@ package l4
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/trellis-mesh/trellis/internal/certs"
 	"github.com/trellis-mesh/trellis/internal/trellistest"
@@ -272,5 +275,54 @@ func TestPoolCloseEndsDials(t *testing.T) {
 	}
 	if _, err := pool.Get(t.Context(), hole.Addr().String(), "web", cfg); !errors.Is(err, errPoolClosed) {
 		t.Errorf("Get after Close: %v, want %v", err, errPoolClosed)
+	}
+}
+
+// Drain that gives up ends the inbound's dials to the app too (here an
+// address that drops packets) and waits for the streams: none is left
+// when it returns.
+func TestInboundDrainEndsAppDials(t *testing.T) {
+	ca := trellistest.NewCA(t, "trellis.local")
+	m := NewMetrics(prometheus.NewRegistry())
+	in := &Inbound{TLS: ca.Source(t, "web").ServerConfig(nil, ALPN), Authorize: allowAll, Target: trellistest.BlackHole(t),
+		DialTimeout: time.Minute, Metrics: m}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan struct{})
+	go func() { defer close(served); in.Serve(l) }()
+	pool := NewPool(0, 0, nil)
+	t.Cleanup(pool.Close)
+	opened := make(chan error, 1)
+	go func() {
+		s, err := pool.Open(t.Context(), l.Addr().String(), "web", ca.Source(t, "client").ClientConfig(certs.ExpectService("web"), ALPN))
+		if err == nil {
+			s.Close()
+		}
+		opened <- err
+	}()
+	trellistest.Eventually(t, 5*time.Second, "the stream dialing the app", func() error {
+		if n := in.streams.n.Load(); n != 1 {
+			return fmt.Errorf("%d streams", n)
+		}
+		return nil
+	})
+	l.Close()
+	<-served
+	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if err := in.Drain(ctx); err == nil {
+		t.Error("Drain says all ended, with a stream dialing")
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("Drain returned after %s, want about its 100ms", took)
+	}
+	if n := in.streams.n.Load(); n != 0 {
+		t.Errorf("%d streams still open after Drain returned, want 0", n)
+	}
+	if err := <-opened; err == nil {
+		t.Error("the stream was accepted, with the app unreachable")
 	}
 }
