@@ -53,7 +53,10 @@ func (p *Proxy) Run(ctx context.Context) error {
 	defer ls.closeAll()
 	p.reg.Store(p.registration(ls.public.Addr().(*net.TCPAddr), ls.edgePort()))
 
-	// Background work outlives ctx until the drain is over.
+	// Background work outlives ctx until the drain is over. The edge
+	// certificates' keepers end with runCtx: waited for after it ends,
+	// on every way out (deferred calls run last first).
+	defer p.certWork.Wait()
 	runCtx, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopBackground()
 	var bg sync.WaitGroup
