@@ -29,8 +29,19 @@ func blackHoleAddr(t *testing.T) string {
 // with a 200ms timeout fail in about that time (not the pool's 5s dial
 // timeout), and a request to another endpoint is not delayed meanwhile.
 func TestRouteTimeoutCoversDial(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		hole func(*testing.T) string
+	}{
+		{"handshake never answered", blackHoleAddr},
+		{"connect never answered", func(t *testing.T) string { return trellistest.BlackHole(t) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testRouteTimeoutCoversDial(t, tc.hole(t)) })
+	}
+}
+
+func testRouteTimeoutCoversDial(t *testing.T, hole string) {
 	ca := trellistest.NewCA(t, "trellis.local")
-	hole := blackHoleAddr(t)
 	rt := mustCompile(t, &v1.RouteSpec{Rules: []v1.RouteRule{{Name: "short", Timeout: "200ms"}}})
 	url, _ := startOutbound(t, ca, static(rt, balance.Endpoint{Addr: hole, Instance: "hole"}))
 	a := startApp(t, "web")
