@@ -22,25 +22,6 @@ import (
 	"github.com/trellis-mesh/trellis/internal/trellistest"
 )
 
-// leakOptions are the goroutines goleak may find after a role's Run has
-// returned: only background goroutines of the runtime and libraries that
-// live for the whole process, none started for a Run.
-func leakOptions(extra ...goleak.Option) []goleak.Option {
-	return append([]goleak.Option{
-		// glog-style flushing that klog starts in its package init (it
-		// comes in with the Kubernetes types the inject tooling links).
-		goleak.IgnoreTopFunction("k8s.io/klog/v2.(*flushDaemon).run.func1"),
-		// OpenCensus/OpenTelemetry-free etcd still links grpc, whose
-		// process-wide callback serializer for the resolver registry runs
-		// for the whole process.
-		goleak.IgnoreAnyFunction("google.golang.org/grpc/internal/grpcsync.(*CallbackSerializer).run"),
-		// The tunnel's worker pool: its owner is being given to it in the
-		// tunnel's own change (issue 19, item 10, the tunnel part); drop
-		// this line when that is in.
-		goleak.IgnoreTopFunction("github.com/trellis-mesh/trellis/internal/proxy/tunnel.worker"),
-	}, extra...)
-}
-
 // roleRun is a role started by the test, and what its Run returned.
 type roleRun struct {
 	cancel context.CancelFunc
@@ -151,7 +132,7 @@ func TestRolesLeaveNoGoroutine(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a control plane, a proxy and a gateway")
 	}
-	defer goleak.VerifyNone(t, leakOptions()...)
+	defer goleak.VerifyNone(t) // no ignores: nothing of a library outlives the roles either
 	m := startMesh(t, answerWeb)
 	defer m.stopApps()
 	// A first registration starts what the control plane then keeps for
@@ -173,7 +154,7 @@ func TestRolesLeaveNoGoroutine(t *testing.T) {
 	web.stop(t, "proxy")
 	checkNoneOwned(t, "gateway and proxy", dataPlane...)
 	// The control plane's side of their streams ends with them.
-	goleak.VerifyNone(t, leakOptions(serverOnly)...)
+	goleak.VerifyNone(t, serverOnly)
 
 	m.server.stop(t, "control plane")
 	checkNoneOwned(t, "control plane", "/trellis/internal/")
@@ -189,7 +170,7 @@ func TestGatewayRunWaitsForListenerDrains(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a control plane, a proxy and a gateway")
 	}
-	defer goleak.VerifyNone(t, leakOptions()...)
+	defer goleak.VerifyNone(t) // no ignores: nothing of a library outlives the roles either
 	arrived, release := make(chan struct{}, 1), make(chan struct{})
 	m := startMesh(t, func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/slow" {
@@ -250,9 +231,8 @@ func checkNoneOwned(t *testing.T, role string, pkgs ...string) {
 	buf = buf[:runtime.Stack(buf, true)]
 	for _, g := range strings.Split(string(buf), "\n\n") {
 		if strings.Contains(g, "/internal/control.startRole") || strings.Contains(g, "testing.tRunner") ||
-			strings.Contains(g, "/internal/control.startMesh") ||
-			strings.Contains(g, "proxy/tunnel.worker") { // see leakOptions
-			continue
+			strings.Contains(g, "/internal/control.startMesh") {
+			continue // the test's own
 		}
 		for _, p := range pkgs {
 			if strings.Contains(g, p) {
@@ -337,7 +317,7 @@ func TestServerRunWaitsForStreams(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a control plane and a proxy")
 	}
-	defer goleak.VerifyNone(t, leakOptions()...)
+	defer goleak.VerifyNone(t) // no ignores: nothing of a library outlives the roles either
 	m := startMesh(t, answerWeb)
 	defer m.stopApps()
 	web := runProxy(t, m.web)
