@@ -72,8 +72,7 @@ type poolEntry struct {
 // in a caller's: a caller whose context ends stops waiting without ending
 // the dial for the others.
 type pendingDial struct {
-	done   chan struct{} // closed when c or err is set
-	c      *tunnel.Conn
+	done   chan struct{} // closed when err is set; a new connection is in the entry's conns
 	err    error
 	cancel context.CancelFunc
 	// waiters counts the callers waiting on done, under the entry's mu.
@@ -116,6 +115,9 @@ const maxDialRounds = 3
 // dial itself is shared by every caller that needs a new connection to
 // addr, and goes on while one of them still waits.
 func (p *Pool) Get(ctx context.Context, addr, service string, cfg *tls.Config) (*tunnel.Conn, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("connect to %s: %w", addr, context.Cause(ctx))
+	}
 	key := poolKey{addr: addr, service: service}
 	p.mu.Lock()
 	if p.closed {
@@ -146,6 +148,10 @@ func (p *Pool) Get(ctx context.Context, addr, service string, cfg *tls.Config) (
 				e.mu.Unlock()
 				return nil, fmt.Errorf("endpoint %s: new connections refuse streams", addr)
 			}
+			if e.gone {
+				e.mu.Unlock()
+				return nil, fmt.Errorf("endpoint %s: removed from the pool", addr)
+			}
 			var err error
 			if d, err = p.startDial(e, addr, cfg); err != nil {
 				e.mu.Unlock()
@@ -161,7 +167,13 @@ func (p *Pool) Get(ctx context.Context, addr, service string, cfg *tls.Config) (
 			e.mu.Lock()
 			d.waiters--
 			if d.waiters == 0 {
-				d.cancel() // nobody wants it any more (a no-op once done)
+				// Nobody wants it any more (a no-op once done); the
+				// next caller starts afresh rather than join a dial
+				// that is ending.
+				d.cancel()
+				if e.dialing == d {
+					e.dialing = nil
+				}
 			}
 			e.mu.Unlock()
 			return nil, fmt.Errorf("connect to %s: %w", addr, context.Cause(ctx))
@@ -219,8 +231,10 @@ func (p *Pool) startDial(e *poolEntry, addr string, cfg *tls.Config) (*pendingDi
 		if err == nil {
 			e.conns = append(e.conns, c)
 		}
-		d.c, d.err = c, err
-		e.dialing = nil
+		d.err = err
+		if e.dialing == d {
+			e.dialing = nil
+		}
 		close(d.done)
 		e.mu.Unlock()
 	})
