@@ -1,6 +1,7 @@
 package l7
 
 import (
+	"context"
 	"io"
 	"net"
 	"net/http"
@@ -9,7 +10,10 @@ import (
 	"time"
 
 	v1 "github.com/trellis-mesh/trellis/api/v1"
+	"github.com/trellis-mesh/trellis/internal/certs"
 	"github.com/trellis-mesh/trellis/internal/proxy/balance"
+	"github.com/trellis-mesh/trellis/internal/proxy/l4"
+	"github.com/trellis-mesh/trellis/internal/proxy/tunnel"
 	"github.com/trellis-mesh/trellis/internal/trellistest"
 )
 
@@ -42,10 +46,19 @@ func TestRouteTimeoutCoversDial(t *testing.T) {
 
 func testRouteTimeoutCoversDial(t *testing.T, hole string) {
 	ca := trellistest.NewCA(t, "trellis.local")
+	// One pool for both outbounds, as a sidecar's upstreams share one.
+	pool := l4.NewPool(0, 0, nil)
+	t.Cleanup(pool.Close)
+	cfg := ca.Source(t, "client").ClientConfig(certs.ExpectService("web"), l4.ALPN)
+	shared := func(o *Outbound) {
+		o.Conn = func(ctx context.Context, ep balance.Endpoint) (*tunnel.Conn, error) {
+			return pool.Get(ctx, ep.Addr, "web", cfg)
+		}
+	}
 	rt := mustCompile(t, &v1.RouteSpec{Rules: []v1.RouteRule{{Name: "short", Timeout: "200ms"}}})
-	url, _ := startOutbound(t, ca, static(rt, balance.Endpoint{Addr: hole, Instance: "hole"}))
+	url, _ := startOutbound(t, ca, static(rt, balance.Endpoint{Addr: hole, Instance: "hole"}), shared)
 	a := startApp(t, "web")
-	good, _ := startOutbound(t, ca, static(mustCompile(t, nil), balance.Endpoint{Addr: startInbound(t, ca, a, allowAll), Instance: "web-1"}))
+	good, _ := startOutbound(t, ca, static(mustCompile(t, nil), balance.Endpoint{Addr: startInbound(t, ca, a, allowAll), Instance: "web-1"}), shared)
 
 	type answer struct {
 		code int
