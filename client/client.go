@@ -80,6 +80,11 @@ func (c *Client) TLSConfig() *tls.Config {
 	return c.tls.Clone()
 }
 
+// CloseIdleConnections closes the connections kept for the next request,
+// and the goroutines that serve them: a program that is done with the
+// client calls it (requests made later open new ones).
+func (c *Client) CloseIdleConnections() { c.hc.CloseIdleConnections() }
+
 // Host returns the server's host:port.
 func (c *Client) Host() string { return c.base.Host }
 

@@ -103,7 +103,13 @@ func TestCanaryRoute(t *testing.T) {
 			}
 		}()
 	}
-	time.Sleep(300 * time.Millisecond)
+	// The switch happens under load: wait until requests flow.
+	trellistest.Eventually(t, 10*time.Second, "requests under way", func() error {
+		if n := done.Load(); n < 50 {
+			return fmt.Errorf("%d requests done", n)
+		}
+		return nil
+	})
 	route(0, 100)
 	trellistest.Eventually(t, 10*time.Second, "all traffic on v2", func() error {
 		for range 50 {

@@ -189,6 +189,42 @@ type Server struct {
 	bgCtx     context.Context
 	bgMu      sync.Mutex
 	bgStopped bool
+	// handlers are the API's and the proxy streams' handlers running, and
+	// the goroutines a stream starts (goStream); Run waits for them
+	// after its server has closed. Added under bgMu until handlersDone.
+	handlers     sync.WaitGroup
+	handlersDone bool
+}
+
+// handlerStarts counts a handler (or a stream's goroutine) in, unless Run
+// is past waiting for them; then the caller must not run.
+func (s *Server) handlerStarts() bool {
+	s.bgMu.Lock()
+	defer s.bgMu.Unlock()
+	if s.handlersDone {
+		return false
+	}
+	s.handlers.Add(1)
+	return true
+}
+
+// waitHandlers refuses handlers from now on and waits for those running.
+func (s *Server) waitHandlers() {
+	s.bgMu.Lock()
+	s.handlersDone = true
+	s.bgMu.Unlock()
+	s.handlers.Wait()
+}
+
+// goStream runs f as a goroutine of a proxy stream, owned by Run. Only a
+// handler calls it, while counted itself: the count is above zero, so the
+// Add may come while Run waits.
+func (s *Server) goStream(f func()) {
+	s.handlers.Add(1)
+	go func() {
+		defer s.handlers.Done()
+		f()
+	}()
 }
 
 // goBackground runs f as one of Run's goroutines, unless Run is ending.
@@ -309,6 +345,13 @@ func (s *Server) Run(ctx context.Context) error {
 	api := s.routes()
 	hs := &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			// Counted so that Run waits for it: Close cuts connections
+			// but returns while their handlers still run.
+			if !s.handlerStarts() {
+				http.Error(w, "control plane stopping", http.StatusServiceUnavailable)
+				return
+			}
+			defer s.handlers.Done()
 			if r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
 				gs.ServeHTTP(w, r)
 				return
@@ -337,6 +380,8 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	addr := l.Addr().String()
 	s.addr.Store(&addr)
+	// The serving goroutine is Run's: every way out below waits for it,
+	// and for the handlers still running (http.Server.Close does not).
 	errc := make(chan error, 1)
 	go func() { errc <- hs.ServeTLS(l, "", "") }()
 	s.log.Info("control plane serving", "addr", addr, "trustDomain", s.signer().TrustDomain())
@@ -344,6 +389,8 @@ func (s *Server) Run(ctx context.Context) error {
 
 	select {
 	case err := <-errc:
+		hs.Close()
+		s.waitHandlers()
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
 	}
@@ -353,6 +400,8 @@ func (s *Server) Run(ctx context.Context) error {
 	if err := hs.Shutdown(shutCtx); err != nil {
 		hs.Close() // proxy streams never go idle; cut them after the grace period
 	}
+	<-errc
+	s.waitHandlers()
 	s.log.Info("control plane stopped")
 	return nil
 }

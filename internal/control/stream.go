@@ -88,11 +88,13 @@ func (a *adsServer) StreamAggregatedResources(stream discoveryv3.AggregatedDisco
 	leaseCtx, cancelLease := context.WithCancel(ctx)
 	defer cancelLease()
 	leaseLost := make(chan error, 1)
-	go func() { leaseLost <- s.store.KeepAlive(leaseCtx, ps.lease) }()
+	s.goStream(func() { leaseLost <- s.store.KeepAlive(leaseCtx, ps.lease) })
 
 	reqs := make(chan *discoveryv3.DiscoveryRequest)
 	recvErr := make(chan error, 1)
-	go func() {
+	// Ends when the stream does, which is after this handler returns:
+	// Run, not the handler, waits for it.
+	s.goStream(func() {
 		for {
 			r, err := stream.Recv()
 			if err != nil {
@@ -105,7 +107,7 @@ func (a *adsServer) StreamAggregatedResources(stream discoveryv3.AggregatedDisco
 				return
 			}
 		}
-	}()
+	})
 
 	// The push loop runs on its own, and the token is watched here: a
 	// Send that blocks on a proxy that stopped reading must not keep a
@@ -117,7 +119,7 @@ func (a *adsServer) StreamAggregatedResources(stream discoveryv3.AggregatedDisco
 	// itself ends with the RPC, whose end fails its Send or Recv.
 	defer stopPush()
 	pushed := make(chan error, 1)
-	go func() { pushed <- ps.push(pushCtx, stream, reqs, recvErr, leaseLost, log) }()
+	s.goStream(func() { pushed <- ps.push(pushCtx, stream, reqs, recvErr, leaseLost, log) })
 
 	var expired <-chan time.Time
 	if p.token.ExpiresAt != nil {

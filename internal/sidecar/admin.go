@@ -6,6 +6,7 @@ import (
 	"encoding/pem"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -60,11 +61,21 @@ func (p *Proxy) serveAdmin(ctx context.Context, l net.Listener) {
 		}
 	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go func() {
-		<-ctx.Done()
-		srv.Close()
-	}()
+	// Closed when ctx ends, and in any case before returning: the
+	// connections' goroutines, and the closer's, end with serveAdmin.
+	served := make(chan struct{})
+	var closer sync.WaitGroup
+	closer.Go(func() {
+		select {
+		case <-ctx.Done():
+			srv.Close()
+		case <-served:
+		}
+	})
 	_ = srv.Serve(l)
+	close(served)
+	closer.Wait()
+	srv.Close()
 }
 
 // addProfiles adds /debug/pprof to the admin mux in the full build; the

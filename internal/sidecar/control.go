@@ -10,6 +10,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	mrand "math/rand/v2"
+	"sync"
 	"time"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -87,6 +88,10 @@ func (p *Proxy) runControl(ctx context.Context, pool *l4.Pool) {
 }
 
 func (p *Proxy) stream(ctx context.Context, ads discoveryv3.AggregatedDiscoveryServiceClient, pool *l4.Pool) error {
+	// recv is waited for after sctx ends (deferred calls run last
+	// first): the stream's end ends its Recv.
+	var recv sync.WaitGroup
+	defer recv.Wait()
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	st, err := ads.StreamAggregatedResources(sctx)
@@ -112,7 +117,7 @@ func (p *Proxy) stream(ctx context.Context, ads discoveryv3.AggregatedDiscoveryS
 	}
 	resps := make(chan *discoveryv3.DiscoveryResponse)
 	errc := make(chan error, 1)
-	go func() {
+	recv.Go(func() {
 		for {
 			r, err := st.Recv()
 			if err != nil {
@@ -125,7 +130,7 @@ func (p *Proxy) stream(ctx context.Context, ads discoveryv3.AggregatedDiscoveryS
 				return
 			}
 		}
-	}()
+	})
 	connected := false
 	for {
 		select {

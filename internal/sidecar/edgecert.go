@@ -40,7 +40,7 @@ func (p *Proxy) edgeCert(ctx context.Context, source, certFile, keyFile string, 
 		return func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return c, nil }, nil
 	case v1.CertMesh:
 		var cur atomic.Pointer[tls.Certificate]
-		go p.keepMeshEdgeCert(ctx, slices.Clone(names), &cur)
+		p.certWork.Go(func() { p.keepMeshEdgeCert(ctx, slices.Clone(names), &cur) })
 		return func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 			if c := cur.Load(); c != nil {
 				return c, nil

@@ -41,6 +41,13 @@ type gateway struct {
 	open      map[int]*gwListener // by port
 	outbounds map[string]*l7.Outbound
 	stopped   bool
+
+	// drains are the drains of listeners the resource lost (closeLocked),
+	// each bounded by the drain timeout; Drain waits for them, and ends
+	// them (endDrains) when its own context ends first.
+	drains    sync.WaitGroup
+	endDrains context.CancelFunc
+	drainsCtx context.Context
 }
 
 type gwListener struct {
@@ -51,7 +58,9 @@ type gwListener struct {
 }
 
 func newGateway(ctx context.Context, p *Proxy, pool *l4.Pool) *gateway {
-	return &gateway{ctx: ctx, p: p, pool: pool, open: map[int]*gwListener{}, outbounds: map[string]*l7.Outbound{}}
+	g := &gateway{ctx: ctx, p: p, pool: pool, open: map[int]*gwListener{}, outbounds: map[string]*l7.Outbound{}}
+	g.drainsCtx, g.endDrains = context.WithCancel(ctx)
+	return g
 }
 
 // listenerSpec returns the current spec of the listener on port, and false
@@ -111,13 +120,15 @@ func (g *gateway) closeLocked(l *gwListener) {
 	delete(g.open, l.spec.Port)
 	l.ln.Close()
 	l.stop()
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), g.p.cfg.DrainTimeout)
+	// Added under g.mu while not stopped: Drain, which sets stopped under
+	// g.mu before it waits, sees every one.
+	g.drains.Go(func() {
+		ctx, cancel := context.WithTimeout(g.drainsCtx, g.p.cfg.DrainTimeout)
 		defer cancel()
 		if err := l.drain(ctx); err != nil {
 			g.p.log.Warn("gateway listener drain incomplete", "port", l.spec.Port, "err", err)
 		}
-	}()
+	})
 	g.p.log.Info("gateway listener closed", "port", l.spec.Port)
 }
 
@@ -174,7 +185,7 @@ func (g *gateway) start(spec v1.GatewayListener) (*gwListener, error) {
 	srv.HandshakeLog = g.p.handshakes
 	srv.Rejected = g.p.l7m.Rejected
 	go srv.Serve(ln)
-	return &gwListener{spec: spec, ln: ln, drain: srv.Shutdown, stop: cancel}, nil
+	return &gwListener{spec: spec, ln: ln, drain: httpDrainer{srv}.Drain, stop: cancel}, nil
 }
 
 func (g *gateway) passthroughConfig(port int) passthrough.Config {
@@ -241,8 +252,8 @@ func (g *gateway) outbound(service string) http.Handler {
 		Service: service,
 		Source:  g.p.cfg.Service,
 		State:   g.p.l7State(service),
-		Conn: func(ep l4.Endpoint) (*tunnel.Conn, error) {
-			return g.pool.Get(ep.Addr, service, tlsCfg)
+		Conn: func(ctx context.Context, ep l4.Endpoint) (*tunnel.Conn, error) {
+			return g.pool.Get(ctx, ep.Addr, service, tlsCfg)
 		},
 		Limits: func() *v1.ServiceLimits { return g.p.limits(service) },
 		DialUpgrade: func(ctx context.Context, ep l4.Endpoint) (net.Conn, error) {
@@ -255,7 +266,9 @@ func (g *gateway) outbound(service string) http.Handler {
 	return o
 }
 
-// Drain closes every listener and waits for their work until ctx ends.
+// Drain closes every listener and waits for their work until ctx ends,
+// and for the drains of listeners closed before; those still running when
+// ctx ends are ended then.
 func (g *gateway) Drain(ctx context.Context) error {
 	g.mu.Lock()
 	g.stopped = true
@@ -271,7 +284,11 @@ func (g *gateway) Drain(ctx context.Context) error {
 		ds[i] = drainFunc(l.drain)
 	}
 	deadline, _ := ctx.Deadline()
-	return drainAll(ds, time.Until(deadline))
+	err := drainAll(ds, time.Until(deadline))
+	stop := context.AfterFunc(ctx, g.endDrains)
+	g.drains.Wait()
+	stop()
+	return err
 }
 
 type drainFunc func(context.Context) error

@@ -53,7 +53,10 @@ func (p *Proxy) Run(ctx context.Context) error {
 	defer ls.closeAll()
 	p.reg.Store(p.registration(ls.public.Addr().(*net.TCPAddr), ls.edgePort()))
 
-	// Background work outlives ctx until the drain is over.
+	// Background work outlives ctx until the drain is over. The edge
+	// certificates' keepers end with runCtx: waited for after it ends,
+	// on every way out (deferred calls run last first).
+	defer p.certWork.Wait()
 	runCtx, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopBackground()
 	var bg sync.WaitGroup
@@ -112,7 +115,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	streamDone := make(chan struct{})
 	go func() { defer close(streamDone); p.runControl(streamCtx, pool) }()
 	goBG(func() { p.runCertificates(runCtx) })
-	go func() {
+	goBG(func() {
 		select {
 		case <-p.ready:
 			if p.cfg.OnReady != nil {
@@ -120,7 +123,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 			}
 		case <-ctx.Done():
 		}
-	}()
+	})
 	p.log.Info("proxy started", "public", ls.public.Addr().String(), "admin", ls.admin.Addr().String(), "app", p.cfg.AppAddr)
 	if ls.edge != nil {
 		p.log.Info("edge listener started", "addr", ls.edge.Addr().String(), "mode", p.cfg.Edge.Mode)
@@ -150,6 +153,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	stopBackground()
 	ls.admin.Close()
 	bg.Wait()
+	p.api.CloseIdleConnections() // their goroutines are the proxy's too
 	if err != nil {
 		p.log.Warn("drain incomplete", "err", err)
 	} else {
@@ -352,8 +356,8 @@ func (p *Proxy) dataPlane(ctx context.Context, pool *l4.Pool) (*dataPlane, error
 			Service: u.Service,
 			Source:  p.cfg.Service,
 			State:   p.l7State(u.Service),
-			Conn: func(ep l4.Endpoint) (*tunnel.Conn, error) {
-				return pool.Get(ep.Addr, u.Service, tunnelTLS)
+			Conn: func(ctx context.Context, ep l4.Endpoint) (*tunnel.Conn, error) {
+				return pool.Get(ctx, ep.Addr, u.Service, tunnelTLS)
 			},
 			Limits: func() *v1.ServiceLimits { return p.limits(u.Service) },
 			DialUpgrade: func(ctx context.Context, ep l4.Endpoint) (net.Conn, error) {
@@ -425,10 +429,17 @@ func (p *Proxy) serveUpstreamConn(c net.Conn, u *upstream) {
 }
 
 // httpDrainer drains an l7.Server: idle connections close at once, busy
-// ones after their request.
+// ones after their request, or when ctx ends: then they are cut, so that
+// none outlives the drain.
 type httpDrainer struct{ s *l7.Server }
 
-func (d httpDrainer) Drain(ctx context.Context) error { return d.s.Shutdown(ctx) }
+func (d httpDrainer) Drain(ctx context.Context) error {
+	err := d.s.Shutdown(ctx)
+	if err != nil {
+		d.s.Close()
+	}
+	return err
+}
 
 // checkHealth checks the app until ctx ends, records each change in the
 // registration (the control stream sends it) and closes first after the

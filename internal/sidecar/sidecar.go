@@ -56,10 +56,14 @@ type Proxy struct {
 	self  atomic.Pointer[selfCert] // selfID's cache
 	// onApply runs after each applied snapshot (set before the stream runs).
 	onApply func()
-	reg     atomic.Pointer[xds.Registration]
-	regCh   chan struct{} // a registration change to send
-	ready   chan struct{}
-	rdOnce  sync.Once
+	// certWork are the goroutines that keep mesh-issued edge certificates
+	// (edgeCert); they end with the context they were given, and Run
+	// waits for them.
+	certWork sync.WaitGroup
+	reg      atomic.Pointer[xds.Registration]
+	regCh    chan struct{} // a registration change to send
+	ready    chan struct{}
+	rdOnce   sync.Once
 
 	// renewAt is when to renew the current certificate (Unix nanoseconds).
 	renewAt atomic.Int64

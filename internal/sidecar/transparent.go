@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/trellis-mesh/trellis/internal/proxy/netconn"
@@ -69,8 +70,12 @@ const maxSniff = 16 << 10
 // upstream it is for, or refuses it.
 func (p *Proxy) serveEgress(l net.Listener, dp *dataPlane) error {
 	self := netip.MustParseAddrPort(l.Addr().String())
+	// A dispatch sniffs for at most sniffTimeout, then hands the
+	// connection on: serveEgress waits for those in progress.
+	var dispatch sync.WaitGroup
+	defer dispatch.Wait()
 	return netconn.AcceptLoop(l, func(c net.Conn) {
-		go p.dispatchEgress(c, self, dp)
+		dispatch.Go(func() { p.dispatchEgress(c, self, dp) })
 	})
 }
 

@@ -77,18 +77,52 @@ func Eventually(t testing.TB, timeout time.Duration, what string, cond func() er
 }
 
 // Serve accepts connections on l until the test ends, handling each on its
-// own goroutine and closing it afterwards, and returns l's address.
+// own goroutine and closing it afterwards, and returns l's address. When
+// the test ends it closes l and the connections still open, and waits for
+// every goroutine it started (handle must return once its connection is
+// closed).
 func Serve(t testing.TB, l net.Listener, handle func(net.Conn)) string {
 	t.Helper()
-	t.Cleanup(func() { l.Close() })
-	go func() {
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		conns = map[net.Conn]struct{}{}
+		done  bool
+	)
+	t.Cleanup(func() {
+		l.Close()
+		mu.Lock()
+		done = true
+		for c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Go(func() {
 		for {
 			c, err := l.Accept()
 			if err != nil {
 				return
 			}
-			go func() { defer c.Close(); handle(c) }()
+			mu.Lock()
+			if done {
+				mu.Unlock()
+				c.Close()
+				return
+			}
+			conns[c] = struct{}{}
+			wg.Go(func() {
+				defer func() {
+					c.Close()
+					mu.Lock()
+					delete(conns, c)
+					mu.Unlock()
+				}()
+				handle(c)
+			})
+			mu.Unlock()
 		}
-	}()
+	})
 	return l.Addr().String()
 }

@@ -199,8 +199,10 @@ func Run(ctx context.Context, cfg Config) error {
 		if err != nil {
 			return err
 		}
+		var nullLoop sync.WaitGroup
+		defer nullLoop.Wait() // after the Close below: deferred calls run last first
 		defer null.Close()
-		go func() {
+		nullLoop.Go(func() {
 			for {
 				c, err := null.Accept()
 				if err != nil {
@@ -208,7 +210,7 @@ func Run(ctx context.Context, cfg Config) error {
 				}
 				c.Close()
 			}
-		}()
+		})
 		sidecars = append(sidecars, sc{id: f.Client.Service, cfg: sidecar.Config{
 			Service: f.Client.Service, Instance: f.Client.Service + "-local", AppAddr: null.Addr().String(),
 			Upstreams: ups, Server: srv.Addr(), ServerCAFile: caFile, TokenFile: tok, DrainTimeout: time.Second,
@@ -504,15 +506,21 @@ func startChild(dir, name string, argv []string, env map[string]string, out io.W
 		return nil, fmt.Errorf("start %s (%s): %w", name, strings.Join(argv, " "), err)
 	}
 	c := &child{name: name, cmd: cmd, done: make(chan struct{})}
+	// Both end with the child, and done waits for both: whoever waits
+	// for the child waits for its output to be copied too.
+	scanned := make(chan struct{})
 	go func() {
+		defer close(scanned)
 		sc := bufio.NewScanner(pr)
 		for sc.Scan() {
 			fmt.Fprintf(out, "[%s] %s\n", name, sc.Text())
 		}
+		io.Copy(io.Discard, pr) // a line too long for the scanner: drain the rest
 	}()
 	go func() {
 		c.err = cmd.Wait()
 		pw.Close()
+		<-scanned
 		close(c.done)
 	}()
 	return c, nil

@@ -55,11 +55,16 @@ type Listener struct {
 	// HandshakeLog reports failed TLS handshakes; nil means one on Logger.
 	HandshakeLog *handshake.Log
 
-	once     sync.Once
+	once sync.Once
+	// ctx is every connection's: it ends when Drain gives up waiting, so
+	// that a handshake or a dial to the app in progress ends with the
+	// connection instead of running to its own timeout.
+	ctx      context.Context
+	cancel   context.CancelFunc
 	mu       sync.Mutex
 	open     map[net.Conn]struct{}
 	draining bool
-	wg       sync.WaitGroup
+	wg       sync.WaitGroup // the connections' goroutines; Drain waits for them
 }
 
 func (e *Listener) init() {
@@ -77,6 +82,7 @@ func (e *Listener) init() {
 			e.HandshakeTimeout = 10 * time.Second
 		}
 		e.open = map[net.Conn]struct{}{}
+		e.ctx, e.cancel = context.WithCancel(context.Background())
 	})
 }
 
@@ -132,7 +138,7 @@ func (e *Listener) serve(raw net.Conn) {
 		return
 	}
 	d := net.Dialer{Timeout: 5 * time.Second, KeepAlive: -1}
-	app, err := d.Dial("tcp", e.Target)
+	app, err := d.DialContext(e.ctx, "tcp", e.Target)
 	if err != nil {
 		e.Metrics.Connections.WithLabelValues("edge", "", "error").Inc()
 		e.Logger.Warn("edge: app unreachable", "target", e.Target, "err", err)
@@ -178,7 +184,7 @@ func (e *Listener) accept(c net.Conn) (net.Conn, error) {
 		return c, nil // passed through: copied socket to socket
 	}
 	tc := tls.Server(netconn.Raw(c), e.TLS)
-	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	ctx, cancel := context.WithDeadline(e.ctx, deadline)
 	defer cancel()
 	if err := tc.HandshakeContext(ctx); err != nil {
 		e.Metrics.Handshakes.WithLabelValues("edge", "error").Inc()
@@ -203,7 +209,8 @@ func (p *proxied) CloseWrite() error {
 }
 
 // Drain stops accepting new connections and waits for open ones until ctx
-// ends; then it closes them.
+// ends; then it closes them, ends their handshakes and dials, and waits
+// for their goroutines, which end at once: none is left when it returns.
 func (e *Listener) Drain(ctx context.Context) error {
 	e.init()
 	e.mu.Lock()
@@ -216,11 +223,13 @@ func (e *Listener) Drain(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 	}
+	e.cancel()
 	e.mu.Lock()
 	n := len(e.open)
 	for c := range e.open {
 		c.Close()
 	}
 	e.mu.Unlock()
+	<-done
 	return fmt.Errorf("edge drain: closed %d connections still open: %w", n, ctx.Err())
 }

@@ -24,9 +24,12 @@ import (
 	"time"
 
 	proxyproto "github.com/pires/go-proxyproto"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/trellis-mesh/trellis/internal/certs"
 	"github.com/trellis-mesh/trellis/internal/proxy/edge"
+	"github.com/trellis-mesh/trellis/internal/proxy/l4"
 	"github.com/trellis-mesh/trellis/internal/trellistest"
 )
 
@@ -194,7 +197,9 @@ func TestCertificateFilesReloaded(t *testing.T) {
 	dir := t.TempDir()
 	first, second := selfSigned(t, "edge.local"), selfSigned(t, "edge.local")
 	writePair(t, dir, first)
-	fc := &certs.FileCert{CertFile: filepath.Join(dir, "cert.pem"), KeyFile: filepath.Join(dir, "key.pem"), Interval: 50 * time.Millisecond}
+	var logs logBuffer
+	fc := &certs.FileCert{CertFile: filepath.Join(dir, "cert.pem"), KeyFile: filepath.Join(dir, "key.pem"), Interval: 50 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil))}
 	if err := fc.Load(); err != nil {
 		t.Fatal(err)
 	}
@@ -214,7 +219,17 @@ func TestCertificateFilesReloaded(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "cert.pem"), []byte("-----BEGIN CERTIFICATE-----\ngarbage\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(100 * time.Millisecond)
+	// Each handshake after the interval looks at the files again: wait
+	// until one has seen the broken file, and check what it served.
+	trellistest.Eventually(t, 5*time.Second, "the broken file seen", func() error {
+		if !served().Equal(first.Leaf) {
+			t.Fatal("a broken file replaced the certificate")
+		}
+		if !strings.Contains(logs.String(), "keep the last good edge certificate") {
+			return fmt.Errorf("not yet reloaded; log: %q", logs.String())
+		}
+		return nil
+	})
 	if !served().Equal(first.Leaf) {
 		t.Fatal("a broken file replaced the certificate")
 	}
@@ -326,5 +341,42 @@ func TestFailedHandshakeIsLogged(t *testing.T) {
 	}
 	if n := strings.Count(s, "\n"); n != 1 {
 		t.Errorf("%d log lines for one failed handshake, want 1:\n%s", n, s)
+	}
+}
+
+// Drain that gives up ends the connections' dials to the app as well, and
+// waits for their goroutines: nothing of the listener runs after it
+// returns, even with the app unreachable (its address drops packets).
+func TestDrainEndsDialsAndWaits(t *testing.T) {
+	m := l4.NewMetrics(prometheus.NewRegistry())
+	e := &edge.Listener{Target: trellistest.BlackHole(t), Metrics: m}
+	addr := serveEdge(t, e)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	active := m.Active.WithLabelValues("edge")
+	trellistest.Eventually(t, 5*time.Second, "the connection served", func() error {
+		if v := testutil.ToFloat64(active); v != 1 {
+			return fmt.Errorf("%v active connections", v)
+		}
+		return nil
+	})
+	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if err := e.Drain(ctx); err == nil {
+		t.Error("Drain says all ended, with a connection dialing")
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("Drain returned after %s, want about its 100ms", took)
+	}
+	if v := testutil.ToFloat64(active); v != 0 {
+		t.Errorf("%v connections still served after Drain returned, want 0", v)
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+		t.Errorf("client read %v, want EOF: the connection closed", err)
 	}
 }

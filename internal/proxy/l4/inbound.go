@@ -80,12 +80,19 @@ type Inbound struct {
 	// HandshakeLog reports failed handshakes; nil means one on Logger.
 	HandshakeLog *handshake.Log
 
-	once     sync.Once
+	once sync.Once
+	// ctx is every connection's: it ends when Drain is over, which ends
+	// handshakes and dials to the app still in progress.
+	ctx      context.Context
+	cancel   context.CancelFunc
 	mu       sync.Mutex
 	conns    map[*tunnel.Conn]struct{}
 	draining bool
 	open     map[*openStream]struct{}
 	streams  inflight
+	// handlers are the accepted connections' goroutines, added under mu
+	// while not draining; Drain waits for them.
+	handlers sync.WaitGroup
 }
 
 func (in *Inbound) init() {
@@ -104,6 +111,7 @@ func (in *Inbound) init() {
 		}
 		in.conns = map[*tunnel.Conn]struct{}{}
 		in.open = map[*openStream]struct{}{}
+		in.ctx, in.cancel = context.WithCancel(context.Background())
 		if in.Guard != nil && in.TLS != nil && !in.TLS.SessionTicketsDisabled {
 			// No resumption under a Guard (see Pool.fullHandshakes): a
 			// resumed session would bring back a client chain the Guard
@@ -118,10 +126,22 @@ func (in *Inbound) init() {
 // until l is closed.
 func (in *Inbound) Serve(l net.Listener) error {
 	in.init()
-	return netconn.AcceptLoop(l, func(c net.Conn) { go in.serveConn(c) })
+	return netconn.AcceptLoop(l, func(c net.Conn) {
+		in.mu.Lock()
+		defer in.mu.Unlock()
+		if in.draining {
+			c.Close()
+			return
+		}
+		in.handlers.Go(func() { in.serveConn(c) })
+	})
 }
 
 func (in *Inbound) serveConn(c net.Conn) {
+	// A connection still in its handshake when Drain is over is closed
+	// with the others.
+	stop := context.AfterFunc(in.ctx, func() { c.Close() })
+	defer stop()
 	if in.AcceptPlain != nil && in.AcceptPlain() {
 		pc, tlsNext, err := peekTLS(c)
 		if err != nil {
@@ -137,7 +157,7 @@ func (in *Inbound) serveConn(c net.Conn) {
 	cork := tunnel.NewCork(netconn.Raw(c))
 	before := in.Guard.Before()
 	tc := tls.Server(cork, in.TLS)
-	hctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	hctx, cancel := context.WithTimeout(in.ctx, 10*time.Second)
 	err := tc.HandshakeContext(hctx)
 	cancel()
 	if err != nil {
@@ -228,7 +248,7 @@ func (in *Inbound) serveStream(peer identity.ID, s *tunnel.Stream) {
 		s.Refuse(http.StatusForbidden, "denied: "+d.Reason)
 		return
 	}
-	app, err := in.dialApp()
+	app, err := in.dialApp(in.ctx)
 	if err != nil {
 		in.Metrics.Connections.WithLabelValues("inbound", peer.Service(), "error").Inc()
 		in.Logger.Warn("dial app", "target", in.Target, "err", err)
@@ -301,7 +321,7 @@ func (in *Inbound) servePlain(c net.Conn) {
 		in.Logger.Info("plain connection denied", "remote", c.RemoteAddr().String(), "reason", d.Reason, "code", d.Code)
 		return
 	}
-	app, err := in.dialApp()
+	app, err := in.dialApp(in.ctx)
 	if err != nil {
 		in.Metrics.Connections.WithLabelValues("inbound", "", "error").Inc()
 		return
@@ -334,13 +354,15 @@ func (in *Inbound) Reauthorize() int {
 
 // dialApp connects to the app. The app is on this host, so TCP keep-alive
 // probes would only cost three setsockopt calls per connection.
-func (in *Inbound) dialApp() (net.Conn, error) {
+func (in *Inbound) dialApp(ctx context.Context) (net.Conn, error) {
 	d := net.Dialer{Timeout: in.DialTimeout, KeepAlive: -1}
-	return d.Dial("tcp", in.Target)
+	return d.DialContext(ctx, "tcp", in.Target)
 }
 
 // Drain stops new streams (GOAWAY to every peer) and waits for open ones to
-// finish until ctx ends; then it closes every connection.
+// finish until ctx ends; then it closes every connection, ends the dials
+// and handshakes in progress, and waits for the connections' goroutines.
+// Close the listener first.
 func (in *Inbound) Drain(ctx context.Context) error {
 	in.init()
 	in.mu.Lock()
@@ -358,5 +380,8 @@ func (in *Inbound) Drain(ctx context.Context) error {
 		c.Close()
 	}
 	in.mu.Unlock()
+	in.cancel()
+	in.handlers.Wait()
+	in.streams.wait(context.Background()) // they end with their connections
 	return err
 }

@@ -42,7 +42,10 @@ type Outbound struct {
 	// Metrics; nil means the pool's.
 	Metrics *Metrics
 
-	once     sync.Once
+	once sync.Once
+	// ctx ends when Drain gives up: opening streams in progress end then.
+	ctx      context.Context
+	cancel   context.CancelFunc
 	bal      *balance.Balancer
 	inflight inflight
 	mu       sync.Mutex
@@ -59,6 +62,7 @@ func (o *Outbound) init() {
 		}
 		o.bal = balance.New()
 		o.conns = map[net.Conn]struct{}{}
+		o.ctx, o.cancel = context.WithCancel(context.Background())
 	})
 }
 
@@ -131,7 +135,7 @@ func (o *Outbound) handle(client net.Conn) {
 		}
 		tried[ep.Addr] = true
 		o.bal.Start(ep.Addr)
-		ctx, cancel := context.WithTimeout(context.Background(), openTimeout)
+		ctx, cancel := context.WithTimeout(o.ctx, openTimeout)
 		s, err := o.Pool.Open(ctx, ep.Addr, o.Service, o.TLS)
 		cancel()
 		if err != nil {
@@ -162,17 +166,20 @@ func (o *Outbound) handle(client net.Conn) {
 }
 
 // Drain waits for open client connections to end until ctx ends, then
-// closes the rest. Close the listener first.
+// closes the rest, ends the opens in progress and waits for their
+// goroutines, which end at once. Close the listener first.
 func (o *Outbound) Drain(ctx context.Context) error {
 	o.init()
 	if o.inflight.wait(ctx) == nil {
 		return nil
 	}
+	o.cancel()
 	o.mu.Lock()
 	n := len(o.conns)
 	for c := range o.conns {
 		c.Close()
 	}
 	o.mu.Unlock()
+	o.inflight.wait(context.Background())
 	return fmt.Errorf("drain %s: closed %d connections still open: %w", o.Service, n, ctx.Err())
 }

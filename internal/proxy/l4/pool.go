@@ -38,9 +38,20 @@ type Pool struct {
 	timeout time.Duration
 	metrics *Metrics
 
-	mu      sync.Mutex
-	entries map[poolKey]*poolEntry
-	fresh   sync.Map // *tls.Config -> its copy without session resumption
+	// ctx ends with Close, which cancels the dials in progress and waits
+	// for the pool's goroutines (bg): dials, and the splices of upgrade
+	// streams (DialUpgrade), which end with their connections.
+	ctx  context.Context
+	stop context.CancelFunc
+	bg   sync.WaitGroup
+
+	// Lock order: mu, then an entry's mu, then dialMu.
+	mu          sync.Mutex // guards entries and closed
+	entries     map[poolKey]*poolEntry
+	closed      bool
+	dialMu      sync.Mutex // guards dialsClosed, so that no dial starts once Close waits
+	dialsClosed bool
+	fresh       sync.Map // *tls.Config -> its copy without session resumption
 }
 
 type poolKey struct {
@@ -49,8 +60,25 @@ type poolKey struct {
 }
 
 type poolEntry struct {
-	mu    sync.Mutex // held while dialing, so that a burst makes one connection
-	conns []*tunnel.Conn
+	mu      sync.Mutex
+	conns   []*tunnel.Conn
+	dialing *pendingDial // the dial in progress, shared by its waiters; nil if none
+	gone    bool         // Forget or Close removed the entry: a dial that ends keeps nothing
+}
+
+// pendingDial is one dial to an endpoint that every caller needing a new
+// connection to it waits for, so that a burst makes one connection. It
+// runs in its own goroutine (owned by the pool: Close waits for it), not
+// in a caller's: a caller whose context ends stops waiting without ending
+// the dial for the others.
+type pendingDial struct {
+	done   chan struct{} // closed when err is set; a new connection is in the entry's conns
+	err    error
+	cancel context.CancelFunc
+	// waiters counts the callers waiting on done, under the entry's mu.
+	// When the last one gives up the dial is cancelled: it is bounded by
+	// the longest waiter, and by the pool's dial timeout.
+	waiters int
 }
 
 // NewPool returns an empty pool. dialTimeout bounds TCP connect plus TLS
@@ -64,20 +92,38 @@ func NewPool(dialTimeout, halfClose time.Duration, m *Metrics) *Pool {
 	if m == nil {
 		m = NewMetrics(nil)
 	}
+	ctx, stop := context.WithCancel(context.Background())
 	return &Pool{
 		cfg:     tunnel.Config{HalfCloseTimeout: halfClose},
 		timeout: dialTimeout,
 		metrics: m,
+		ctx:     ctx,
+		stop:    stop,
 		entries: map[poolKey]*poolEntry{},
 	}
 }
 
+// maxDialRounds bounds how many dials one Get waits for: a dial whose
+// connection is taken (or refuses streams) before this caller can reserve
+// a stream on it sends the caller round again, but not for ever.
+const maxDialRounds = 3
+
 // Get returns a connection to addr that has room for one more stream, with
 // that stream reserved, dialing a new one when needed. cfg must check that
-// the peer is service.
-func (p *Pool) Get(addr, service string, cfg *tls.Config) (*tunnel.Conn, error) {
+// the peer is service. Get returns when ctx ends, even if a dial is in
+// progress: the caller's route or per-try timeout covers the dial. The
+// dial itself is shared by every caller that needs a new connection to
+// addr, and goes on while one of them still waits.
+func (p *Pool) Get(ctx context.Context, addr, service string, cfg *tls.Config) (*tunnel.Conn, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("connect to %s: %w", addr, context.Cause(ctx))
+	}
 	key := poolKey{addr: addr, service: service}
 	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil, fmt.Errorf("endpoint %s: %w", addr, errPoolClosed)
+	}
 	e := p.entries[key]
 	if e == nil {
 		e = &poolEntry{}
@@ -85,8 +131,65 @@ func (p *Pool) Get(addr, service string, cfg *tls.Config) (*tunnel.Conn, error) 
 	}
 	p.mu.Unlock()
 
-	e.mu.Lock()
-	defer e.mu.Unlock()
+	for round := 0; ; round++ {
+		e.mu.Lock()
+		if c := e.reserveLocked(); c != nil {
+			e.mu.Unlock()
+			return c, nil
+		}
+		d := e.dialing
+		if d == nil {
+			if len(e.conns) >= maxConnsPerEndpoint {
+				n := len(e.conns)
+				e.mu.Unlock()
+				return nil, fmt.Errorf("endpoint %s: %d connections, all at their stream limit", addr, n)
+			}
+			if round >= maxDialRounds {
+				e.mu.Unlock()
+				return nil, fmt.Errorf("endpoint %s: new connections refuse streams", addr)
+			}
+			if e.gone {
+				e.mu.Unlock()
+				return nil, fmt.Errorf("endpoint %s: removed from the pool", addr)
+			}
+			var err error
+			if d, err = p.startDial(e, addr, cfg); err != nil {
+				e.mu.Unlock()
+				return nil, err
+			}
+		}
+		d.waiters++
+		e.mu.Unlock()
+
+		select {
+		case <-d.done:
+		case <-ctx.Done():
+			e.mu.Lock()
+			d.waiters--
+			if d.waiters == 0 {
+				// Nobody wants it any more (a no-op once done); the
+				// next caller starts afresh rather than join a dial
+				// that is ending.
+				d.cancel()
+				if e.dialing == d {
+					e.dialing = nil
+				}
+			}
+			e.mu.Unlock()
+			return nil, fmt.Errorf("connect to %s: %w", addr, context.Cause(ctx))
+		}
+		e.mu.Lock()
+		d.waiters--
+		e.mu.Unlock()
+		if d.err != nil {
+			return nil, d.err
+		}
+	}
+}
+
+// reserveLocked drops the entry's unusable connections and returns one
+// with a stream reserved, or nil.
+func (e *poolEntry) reserveLocked() *tunnel.Conn {
 	live := e.conns[:0]
 	var pick *tunnel.Conn
 	for _, c := range e.conns {
@@ -98,24 +201,47 @@ func (p *Pool) Get(addr, service string, cfg *tls.Config) (*tunnel.Conn, error) 
 			pick = c
 		}
 	}
+	clear(e.conns[len(live):])
 	e.conns = live
-	if pick != nil {
-		return pick, nil
-	}
-	if len(e.conns) >= maxConnsPerEndpoint {
-		return nil, fmt.Errorf("endpoint %s: %d connections, all at their stream limit", addr, len(e.conns))
-	}
-	c, err := p.dial(addr, cfg)
-	if err != nil {
-		return nil, err
-	}
-	if !c.Reserve() {
-		c.Close()
-		return nil, fmt.Errorf("endpoint %s: new connection refuses streams", addr)
-	}
-	e.conns = append(e.conns, c)
-	return c, nil
+	return pick
 }
+
+// startDial starts the entry's shared dial, with e.mu held. The dial's
+// context is the pool's (Close ends it) bounded by the dial timeout, and
+// cancelled by the last waiter to give up.
+func (p *Pool) startDial(e *poolEntry, addr string, cfg *tls.Config) (*pendingDial, error) {
+	p.dialMu.Lock()
+	defer p.dialMu.Unlock()
+	if p.dialsClosed {
+		return nil, fmt.Errorf("endpoint %s: %w", addr, errPoolClosed)
+	}
+	ctx, cancel := context.WithTimeout(p.ctx, p.timeout)
+	d := &pendingDial{done: make(chan struct{}), cancel: cancel}
+	e.dialing = d
+	// Added under dialMu, with dialsClosed false: Close, which sets it
+	// under dialMu before it waits, sees every dial it must wait for.
+	p.bg.Go(func() {
+		defer cancel()
+		c, err := p.dial(ctx, addr, cfg)
+		e.mu.Lock()
+		if err == nil && e.gone {
+			c.Close()
+			c, err = nil, fmt.Errorf("endpoint %s: removed from the pool while dialing", addr)
+		}
+		if err == nil {
+			e.conns = append(e.conns, c)
+		}
+		d.err = err
+		if e.dialing == d {
+			e.dialing = nil
+		}
+		close(d.done)
+		e.mu.Unlock()
+	})
+	return d, nil
+}
+
+var errPoolClosed = errors.New("connection pool closed")
 
 // DialError is a failure to get a connection to an endpoint at all (TCP,
 // TLS, or no room for a stream).
@@ -136,7 +262,7 @@ const maxRefusedOpens = 3
 // the stream; any other error that it took nothing from it.
 func (p *Pool) Open(ctx context.Context, addr, service string, cfg *tls.Config, header ...hpack.HeaderField) (*tunnel.Stream, error) {
 	for try := 1; ; try++ {
-		c, err := p.Get(addr, service, cfg)
+		c, err := p.Get(ctx, addr, service, cfg)
 		if err != nil {
 			return nil, &DialError{Err: err}
 		}
@@ -147,9 +273,8 @@ func (p *Pool) Open(ctx context.Context, addr, service string, cfg *tls.Config, 
 	}
 }
 
-func (p *Pool) dial(addr string, cfg *tls.Config) (*tunnel.Conn, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), p.timeout)
-	defer cancel()
+// dial connects to addr within ctx: TCP, TLS and the tunnel's start.
+func (p *Pool) dial(ctx context.Context, addr string, cfg *tls.Config) (*tunnel.Conn, error) {
 	d := net.Dialer{KeepAlive: 30 * time.Second}
 	nc, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
@@ -218,7 +343,8 @@ func (p *Pool) fullHandshakes(cfg *tls.Config) *tls.Config {
 
 // Forget closes idle connections to endpoints not in keep, so that removed
 // endpoints do not hold sockets. Connections with open streams close when
-// their streams end.
+// their streams end; a dial in progress to a removed endpoint keeps
+// nothing.
 func (p *Pool) Forget(keep map[string]bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -227,28 +353,38 @@ func (p *Pool) Forget(keep map[string]bool) {
 			continue
 		}
 		delete(p.entries, k)
-		go func() {
-			e.mu.Lock()
-			defer e.mu.Unlock()
-			for _, c := range e.conns {
-				c.Shutdown()
-			}
-		}()
+		// No dial holds e.mu (dials run outside it), so this is quick.
+		e.mu.Lock()
+		e.gone = true
+		for _, c := range e.conns {
+			c.Shutdown()
+		}
+		e.conns = nil
+		e.mu.Unlock()
 	}
 }
 
-// Close closes every pooled connection.
+// Close closes every pooled connection, cancels the dials in progress and
+// waits for them to end. Get fails after Close.
 func (p *Pool) Close() {
+	p.dialMu.Lock()
+	p.dialsClosed = true
+	p.dialMu.Unlock()
+	p.stop()
 	p.mu.Lock()
-	defer p.mu.Unlock()
+	p.closed = true
 	for k, e := range p.entries {
 		delete(p.entries, k)
 		e.mu.Lock()
+		e.gone = true
 		for _, c := range e.conns {
 			c.Close()
 		}
+		e.conns = nil
 		e.mu.Unlock()
 	}
+	p.mu.Unlock()
+	p.bg.Wait()
 }
 
 var errNoEndpoints = errors.New("no healthy endpoints")

@@ -3,7 +3,9 @@ package l4
 import (
 	"context"
 	"crypto/tls"
+	"fmt"
 	"net"
+	"sync"
 
 	"golang.org/x/net/http2/hpack"
 
@@ -28,7 +30,15 @@ func (p *Pool) DialUpgrade(ctx context.Context, addr, service string, cfg *tls.C
 		s.Close()
 		return nil, err
 	}
-	go s.Splice(theirs)
+	p.dialMu.Lock()
+	defer p.dialMu.Unlock()
+	if p.dialsClosed {
+		s.Close()
+		mine.Close()
+		theirs.Close()
+		return nil, fmt.Errorf("endpoint %s: %w", addr, errPoolClosed)
+	}
+	p.bg.Go(func() { s.Splice(theirs) })
 	return mine, nil
 }
 
@@ -45,6 +55,11 @@ func (in *Inbound) serveUpgrade(peer identity.ID, s *tunnel.Stream) {
 		theirs.Close()
 		return
 	}
-	go in.ServeUpgrade(mine, peer)
+	var served sync.WaitGroup
+	served.Go(func() { in.ServeUpgrade(mine, peer) })
 	s.Splice(theirs)
+	// The stream is over: so is the upgraded connection. Closing our end
+	// ends ServeUpgrade, which this stream's goroutine waits for.
+	mine.Close()
+	served.Wait()
 }

@@ -3,6 +3,7 @@ package l7
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -131,7 +132,9 @@ func startH1Listeners(t *testing.T) (*loggingApp, []h1Listener, *Metrics) {
 	cfg := ca.Source(t, "client").ClientConfig(certs.ExpectService("web"), l4.ALPN)
 	m := NewMetrics(nil)
 	out := &Outbound{Service: "web", Source: "client", State: static(mustCompile(t, nil), balance.Endpoint{Addr: in}),
-		Conn:    func(ep balance.Endpoint) (*tunnel.Conn, error) { return pool.Get(ep.Addr, "web", cfg) },
+		Conn: func(ctx context.Context, ep balance.Endpoint) (*tunnel.Conn, error) {
+			return pool.Get(ctx, ep.Addr, "web", cfg)
+		},
 		Metrics: m,
 	}
 	ing := &Ingress{Name: "test", Metrics: m,

@@ -1,6 +1,7 @@
 package l7
 
 import (
+	"context"
 	"crypto/tls"
 	"fmt"
 	"io"
@@ -159,7 +160,9 @@ func startOutbound(t testing.TB, ca *trellistest.CA, state func() (*Router, []ba
 	pool := l4.NewPool(0, 0, nil)
 	cfg := ca.Source(t, "client").ClientConfig(certs.ExpectService("web"), l4.ALPN)
 	o := &Outbound{Service: "web", Source: "client", State: state,
-		Conn:    func(ep balance.Endpoint) (*tunnel.Conn, error) { return pool.Get(ep.Addr, "web", cfg) },
+		Conn: func(ctx context.Context, ep balance.Endpoint) (*tunnel.Conn, error) {
+			return pool.Get(ctx, ep.Addr, "web", cfg)
+		},
 		Metrics: NewMetrics(nil), // set here, not by the serving goroutines: tests read it
 	}
 	for _, f := range configure {
@@ -592,11 +595,11 @@ func TestRefusedStreamIsSentAgain(t *testing.T) {
 	cfg := ca.Source(t, "client").ClientConfig(certs.ExpectService("web"), l4.ALPN)
 	var calls atomic.Int32
 	url, _ := startOutbound(t, ca, static(mustCompile(t, nil), balance.Endpoint{Addr: addr, Instance: "web-1"}), func(o *Outbound) {
-		o.Conn = func(ep balance.Endpoint) (*tunnel.Conn, error) {
+		o.Conn = func(ctx context.Context, ep balance.Endpoint) (*tunnel.Conn, error) {
 			if calls.Add(1) == 1 {
 				return gone, nil
 			}
-			return pool.Get(ep.Addr, "web", cfg)
+			return pool.Get(ctx, ep.Addr, "web", cfg)
 		}
 	})
 	for _, tc := range []struct {

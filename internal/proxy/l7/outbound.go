@@ -37,8 +37,9 @@ type Outbound struct {
 	State func() (*Router, []balance.Endpoint)
 	// Conn returns a tunnel connection to ep's sidecar with room for one
 	// request stream reserved (l4.Pool.Get); its TLS must check that the
-	// peer is Service.
-	Conn func(ep balance.Endpoint) (*tunnel.Conn, error)
+	// peer is Service. It must return when ctx ends (the route's or the
+	// try's timeout, or the caller gone), a dial in progress or not.
+	Conn func(ctx context.Context, ep balance.Endpoint) (*tunnel.Conn, error)
 	// Limits returns the service's circuit breakers now; nil or a nil
 	// result means none.
 	Limits func() *v1.ServiceLimits
@@ -138,7 +139,7 @@ const maxRefusedSends = 3
 // of it reached the app, and retiring a connection must fail no request.
 func (o *Outbound) send(ctx context.Context, req *http.Request, ep balance.Endpoint) (*http.Response, error) {
 	for try := 1; ; try++ {
-		conn, err := o.Conn(ep)
+		conn, err := o.Conn(ctx, ep)
 		if err != nil {
 			return nil, &dialError{err: fmt.Errorf("connect to %s: %w", ep.Addr, err)}
 		}

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -32,7 +33,9 @@ func startServer(t *testing.T, h http.Handler) (string, *Server) {
 }
 
 // exchange writes raw to a new connection and returns what the server
-// sent until it closed the connection or went quiet for a second.
+// sent: every response to the requests raw holds, or all it sent until
+// it closed the connection, whichever comes first. Nothing waits for the
+// server to go quiet; a long deadline only guards against a hang.
 func exchange(t *testing.T, addr, raw string) string {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
@@ -40,10 +43,49 @@ func exchange(t *testing.T, addr, raw string) string {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	io.WriteString(c, raw)
-	c.SetReadDeadline(time.Now().Add(time.Second))
-	b, _ := io.ReadAll(c)
-	return string(b)
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	if _, err := io.WriteString(c, raw); err != nil {
+		t.Fatal(err)
+	}
+	var got bytes.Buffer
+	br := bufio.NewReader(io.TeeReader(c, &got))
+	var last error
+	for _, method := range requestMethods(raw) {
+		resp, err := http.ReadResponse(br, &http.Request{Method: method})
+		if last = err; err != nil {
+			break // closed: got holds all it sent
+		}
+		_, last = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if last != nil || resp.Close {
+			break
+		}
+	}
+	if ne := net.Error(nil); errors.As(last, &ne) && ne.Timeout() {
+		t.Fatalf("no complete answer within 30s; got:\n%s", got.String())
+	}
+	return got.String()
+}
+
+// requestMethods returns the methods of the requests raw holds, in order,
+// as far as they parse; one that does not parse counts as a request too
+// (the server answers it, and closes).
+func requestMethods(raw string) []string {
+	var methods []string
+	br := bufio.NewReader(strings.NewReader(raw))
+	for {
+		if _, err := br.Peek(1); err != nil {
+			return methods
+		}
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return append(methods, http.MethodGet)
+		}
+		methods = append(methods, req.Method)
+		if _, err := io.Copy(io.Discard, req.Body); err != nil {
+			return methods
+		}
+	}
 }
 
 func TestServerHTTP1(t *testing.T) {

@@ -146,7 +146,10 @@ func (in *Inbound) switchProtocols(c net.Conn, br *bufio.Reader, req *http.Reque
 	if _, ok := req.Header["User-Agent"]; !ok {
 		req.Header["User-Agent"] = []string{""} // not Go's default
 	}
-	app, err := net.DialTimeout("tcp", in.Target, 5*time.Second)
+	// The caller's context: a request whose caller left, or whose server
+	// stops, stops dialing too.
+	d := net.Dialer{Timeout: 5 * time.Second}
+	app, err := d.DialContext(req.Context(), "tcp", in.Target)
 	if err != nil {
 		return reply(http.StatusBadGateway, "trellis: app unreachable")
 	}

@@ -138,37 +138,3 @@ func FuzzReadHello(f *testing.F) {
 		}
 	})
 }
-
-// Bytes a client sends after its ClientHello without waiting, read with
-// it in one go, are returned with it, to be forwarded in order.
-func TestReadHelloKeepsWhatFollows(t *testing.T) {
-	hello := helloWithName(t, "web.example")
-	data := append(append([]byte{}, hello...), "early bytes"...)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	go func() {
-		c, err := net.Dial("tcp", l.Addr().String())
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		c.Write(data)
-		io.Copy(io.Discard, c)
-	}()
-	c, err := l.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	time.Sleep(50 * time.Millisecond) // all of it has arrived
-	got, sni, err := readHello(c, time.Second)
-	if err != nil || sni != "web.example" {
-		t.Fatalf("readHello: %q, %v", sni, err)
-	}
-	if !bytes.Equal(got, data) {
-		t.Fatalf("got %d bytes, want the hello and what followed (%d)", len(got), len(data))
-	}
-}

@@ -62,12 +62,17 @@ type Listener struct {
 	// Metrics; nil means unregistered ones.
 	Metrics *l4.Metrics
 
-	once     sync.Once
+	once sync.Once
+	// ctx is every connection's and health check's: it ends when Drain
+	// gives up waiting, so that a dial or a check in progress ends then
+	// instead of at its own timeout.
+	ctx      context.Context
+	cancel   context.CancelFunc
 	mu       sync.Mutex
 	targets  map[string]*target // by address
+	clients  map[net.Conn]struct{}
 	draining bool
-	wg       sync.WaitGroup
-	stop     chan struct{}
+	wg       sync.WaitGroup // the connections' goroutines; Drain waits for them
 }
 
 // target is what the listener knows of one address.
@@ -97,24 +102,21 @@ func (l *Listener) init() {
 			l.CheckInterval = 2 * time.Second
 		}
 		l.targets = map[string]*target{}
-		l.stop = make(chan struct{})
+		l.clients = map[net.Conn]struct{}{}
+		l.ctx, l.cancel = context.WithCancel(context.Background())
 	})
 }
 
 // Serve accepts connections on ln until it is closed, and checks targets
-// meanwhile.
+// meanwhile; the checks stop before it returns. The connections go on
+// until they end or Drain ends them.
 func (l *Listener) Serve(ln net.Listener) error {
 	l.init()
-	go l.maintain()
-	defer func() {
-		l.mu.Lock()
-		select {
-		case <-l.stop:
-		default:
-			close(l.stop)
-		}
-		l.mu.Unlock()
-	}()
+	ctx, stop := context.WithCancel(l.ctx)
+	var checks sync.WaitGroup
+	checks.Go(func() { l.maintain(ctx) })
+	defer checks.Wait()
+	defer stop()
 	return netconn.AcceptLoop(ln, func(c net.Conn) {
 		l.mu.Lock()
 		if l.draining {
@@ -122,11 +124,15 @@ func (l *Listener) Serve(ln net.Listener) error {
 			c.Close()
 			return
 		}
+		l.clients[c] = struct{}{}
 		l.wg.Add(1)
 		l.mu.Unlock()
 		go func() {
 			defer l.wg.Done()
 			l.serve(c)
+			l.mu.Lock()
+			delete(l.clients, c)
+			l.mu.Unlock()
 		}()
 	})
 }
@@ -182,7 +188,7 @@ func (l *Listener) dial(svc, sni string) (*target, net.Conn, error) {
 			break
 		}
 		tried[t.addr] = true
-		c, err := netconn.Dialer(5*time.Second).Dial("tcp", t.addr)
+		c, err := netconn.Dialer(5*time.Second).DialContext(l.ctx, "tcp", t.addr)
 		if err != nil {
 			lastErr = err
 			l.mu.Lock()
@@ -242,20 +248,20 @@ func (l *Listener) release(t *target, c net.Conn) {
 
 // maintain checks every known target, notes which left the registry, and
 // closes their connections when the drain timeout has passed.
-func (l *Listener) maintain() {
+func (l *Listener) maintain(ctx context.Context) {
 	tick := time.NewTicker(l.CheckInterval)
 	defer tick.Stop()
 	for {
-		l.sweep()
+		l.sweep(ctx)
 		select {
-		case <-l.stop:
+		case <-ctx.Done():
 			return
 		case <-tick.C:
 		}
 	}
 }
 
-func (l *Listener) sweep() {
+func (l *Listener) sweep(ctx context.Context) {
 	cfg := l.Config()
 	drain := cfg.DrainTimeout
 	if drain <= 0 {
@@ -299,7 +305,10 @@ func (l *Listener) sweep() {
 	}
 	l.mu.Unlock()
 	for _, pr := range check {
-		ok := probe(pr.addr, pr.sni, cfg.TLSHealthCheck, cfg.ProxyProtocol)
+		ok := probe(ctx, pr.addr, pr.sni, cfg.TLSHealthCheck, cfg.ProxyProtocol)
+		if ctx.Err() != nil {
+			return // stopped, not a failed check
+		}
 		t := pr.t
 		l.mu.Lock()
 		if ok != t.healthy || !t.checked {
@@ -315,9 +324,13 @@ func (l *Listener) sweep() {
 }
 
 // probe checks a target: a TCP connect, or with tlsCheck a TLS handshake
-// (the target's certificate is not ours to judge, only that it answers).
-func probe(addr, sni string, tlsCheck, proxyProtocol bool) bool {
-	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+// (the target's certificate is not ours to judge, only that it answers),
+// within 2s and ctx.
+func probe(ctx context.Context, addr, sni string, tlsCheck, proxyProtocol bool) bool {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return false
 	}
@@ -330,19 +343,19 @@ func probe(addr, sni string, tlsCheck, proxyProtocol bool) bool {
 		// first; LOCAL says the connection is the gateway's own, as
 		// HAProxy's check-send-proxy does.
 		h := &proxyproto.Header{Version: 2, Command: proxyproto.LOCAL}
-		c.SetWriteDeadline(time.Now().Add(2 * time.Second))
+		deadline, _ := ctx.Deadline()
+		c.SetWriteDeadline(deadline)
 		if _, err := h.WriteTo(c); err != nil {
 			return false
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
 	tc := tls.Client(c, &tls.Config{ServerName: sni, InsecureSkipVerify: true})
 	return tc.HandshakeContext(ctx) == nil
 }
 
 // Drain stops accepting and waits for open connections until ctx ends;
-// then it closes them.
+// then it closes them, ends their dials and the health checks, and waits
+// for their goroutines, which end at once: none is left when it returns.
 func (l *Listener) Drain(ctx context.Context) error {
 	l.init()
 	l.mu.Lock()
@@ -355,14 +368,18 @@ func (l *Listener) Drain(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 	}
+	l.cancel()
 	l.mu.Lock()
-	n := 0
+	n := len(l.clients)
+	for c := range l.clients {
+		c.Close()
+	}
 	for _, t := range l.targets {
 		for c := range t.conns {
 			c.Close()
-			n++
 		}
 	}
 	l.mu.Unlock()
+	<-done
 	return fmt.Errorf("pass-through drain: closed %d connections: %w", n, ctx.Err())
 }

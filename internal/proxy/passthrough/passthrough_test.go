@@ -1,12 +1,14 @@
 package passthrough_test
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http/httptest"
 	"strconv"
@@ -17,10 +19,14 @@ import (
 	"time"
 
 	proxyproto "github.com/pires/go-proxyproto"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/net/websocket"
 
 	"github.com/trellis-mesh/trellis/internal/certs"
+	"github.com/trellis-mesh/trellis/internal/proxy/l4"
 	"github.com/trellis-mesh/trellis/internal/proxy/passthrough"
+	"github.com/trellis-mesh/trellis/internal/trellistest"
 )
 
 // backend terminates its own TLS for name. Each connection is answered
@@ -85,6 +91,7 @@ func (b *backend) pool() *x509.CertPool {
 type registry struct {
 	mu      sync.Mutex
 	targets map[string][]passthrough.Target
+	gets    int // how often the listener asked: each sweep does
 }
 
 func (r *registry) set(svc string, addrs ...string) {
@@ -100,19 +107,102 @@ func (r *registry) set(svc string, addrs ...string) {
 func (r *registry) get(svc string) []passthrough.Target {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.gets++
 	return r.targets[svc]
 }
 
+// waitSweeps waits until the listener has read the registry n more times:
+// with no connection being made meanwhile, n health-check sweeps of a
+// one-service listener.
+func (r *registry) waitSweeps(t *testing.T, n int) {
+	t.Helper()
+	r.mu.Lock()
+	want := r.gets + n
+	r.mu.Unlock()
+	trellistest.Eventually(t, 5*time.Second, "health-check sweeps", func() error {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if r.gets < want {
+			return fmt.Errorf("%d of %d registry reads", r.gets, want)
+		}
+		return nil
+	})
+}
+
 func serve(t *testing.T, reg *registry, cfg passthrough.Config) string {
+	t.Helper()
+	addr, _ := serveListener(t, reg, cfg, nil)
+	return addr
+}
+
+// serveListener serves a listener with a 50ms check interval, changed by
+// configure first, and waits for it to stop when the test ends.
+func serveListener(t *testing.T, reg *registry, cfg passthrough.Config, configure func(*passthrough.Listener)) (string, *passthrough.Listener) {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	pt := &passthrough.Listener{Config: func() passthrough.Config { return cfg }, Targets: reg.get, CheckInterval: 50 * time.Millisecond}
-	go pt.Serve(l)
-	t.Cleanup(func() { l.Close() })
-	return l.Addr().String()
+	if configure != nil {
+		configure(pt)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); pt.Serve(l) }()
+	t.Cleanup(func() {
+		l.Close()
+		<-done
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		pt.Drain(ctx)
+	})
+	return l.Addr().String(), pt
+}
+
+// logBuffer is a log destination safe for concurrent writes.
+type logBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// waitLog waits until the log has a line with every one of want.
+func waitLog(t *testing.T, logs *logBuffer, want ...string) {
+	t.Helper()
+	trellistest.Eventually(t, 5*time.Second, "log line "+strings.Join(want, " "), func() error {
+	lines:
+		for _, line := range strings.Split(logs.String(), "\n") {
+			for _, w := range want {
+				if !strings.Contains(line, w) {
+					continue lines
+				}
+			}
+			return nil
+		}
+		return fmt.Errorf("log: %q", logs.String())
+	})
+}
+
+// brokenBackend accepts TCP connections and closes them at once: it is
+// reachable, and fails every TLS handshake.
+func brokenBackend(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return trellistest.Serve(t, l, func(net.Conn) {})
 }
 
 func bySNI(m map[string]string, def string) func(string) (string, bool) {
@@ -205,15 +295,19 @@ func TestDefaultServiceTakesHellosWithoutSNI(t *testing.T) {
 	}
 }
 
+// A registered target that takes connections but fails TLS handshakes (its
+// sidecar has not noticed) is taken out by the gateway's own TLS health
+// check: every connection goes to the healthy one. Without the check, the
+// broken target, reachable, would be given about half of them, and they
+// would fail.
 func TestUnhealthyTargetGetsNoConnections(t *testing.T) {
-	a1, a2 := startBackend(t, "alpha.test", false), startBackend(t, "alpha.test", false)
+	a1, a2 := startBackend(t, "alpha.test", false), brokenBackend(t)
 	reg := &registry{targets: map[string][]passthrough.Target{}}
-	reg.set("alpha", a1.addr, a2.addr)
-	addr := serve(t, reg, passthrough.Config{Service: bySNI(map[string]string{"alpha.test": "alpha"}, ""), Services: []string{"alpha"}, TLSHealthCheck: true})
-	// a2 stops answering but stays registered (its sidecar has not
-	// noticed): the gateway's own check takes it out.
-	a2.ln.Close()
-	time.Sleep(300 * time.Millisecond) // several check intervals
+	reg.set("alpha", a1.addr, a2)
+	var logs logBuffer
+	addr, _ := serveListener(t, reg, passthrough.Config{Service: bySNI(map[string]string{"alpha.test": "alpha"}, ""), Services: []string{"alpha"}, TLSHealthCheck: true},
+		func(l *passthrough.Listener) { l.Logger = slog.New(slog.NewTextHandler(&logs, nil)) })
+	waitLog(t, &logs, "failed its health check", "target="+a2)
 	a1Before := a1.conns.Load()
 	for i := 0; i < 20; i++ {
 		got, _, err := call(addr, "alpha.test", a1.pool(), []byte("x"))
@@ -230,7 +324,9 @@ func TestDrainingTargetKeepsOpenConnections(t *testing.T) {
 	a1, a2 := startBackend(t, "alpha.test", false), startBackend(t, "alpha.test", false)
 	reg := &registry{targets: map[string][]passthrough.Target{}}
 	reg.set("alpha", a1.addr)
-	addr := serve(t, reg, passthrough.Config{Service: bySNI(map[string]string{"alpha.test": "alpha"}, ""), Services: []string{"alpha"}, DrainTimeout: 700 * time.Millisecond})
+	var logs logBuffer
+	addr, _ := serveListener(t, reg, passthrough.Config{Service: bySNI(map[string]string{"alpha.test": "alpha"}, ""), Services: []string{"alpha"}, DrainTimeout: 700 * time.Millisecond},
+		func(l *passthrough.Listener) { l.Logger = slog.New(slog.NewTextHandler(&logs, nil)) })
 
 	open := func() *tls.Conn {
 		c, err := tls.Dial("tcp", addr, &tls.Config{ServerName: "alpha.test", RootCAs: a1.pool()})
@@ -242,7 +338,7 @@ func TestDrainingTargetKeepsOpenConnections(t *testing.T) {
 	// Two long-lived connections to a1; then a1 leaves the registry.
 	finishes, cut := open(), open()
 	reg.set("alpha", a2.addr)
-	time.Sleep(200 * time.Millisecond)
+	waitLog(t, &logs, "target left; draining", "target="+a1.addr)
 	// New connections go to a2 only.
 	got, _, err := call(addr, "alpha.test", a2.pool(), []byte("new"))
 	if err != nil || !strings.HasPrefix(got, "alpha.test|") || a2.conns.Load() != 1 {
@@ -291,12 +387,11 @@ func TestTLSHealthCheckSpeaksProxyProtocol(t *testing.T) {
 	reg := &registry{targets: map[string][]passthrough.Target{}}
 	reg.set("alpha", alpha.addr)
 	addr := serve(t, reg, passthrough.Config{Service: bySNI(map[string]string{"alpha.test": "alpha"}, ""), Services: []string{"alpha"}, ProxyProtocol: true, TLSHealthCheck: true})
-	// Calls across a second, many 50 ms check sweeps: each must reach a
-	// target the checks keep healthy.
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
+	// Calls between check sweeps: each must reach a target the checks
+	// keep healthy. (A check without the header fails, and takes the
+	// target out.)
 	for i := 0; i < 20; i++ {
-		<-tick.C
+		reg.waitSweeps(t, 1)
 		if got, _, err := call(addr, "alpha.test", alpha.pool(), []byte("x")); err != nil || !strings.HasPrefix(got, "alpha.test|") {
 			t.Fatalf("call %d: %q, %v", i, got, err)
 		}
@@ -350,7 +445,7 @@ func TestWebSocketPassesThroughUntouched(t *testing.T) {
 			// Another target joins; the open stream stays where it is.
 			reg.set("ws", srv.Listener.Addr().String(), other.addr)
 		}
-		time.Sleep(150 * time.Millisecond) // several health-check sweeps
+		reg.waitSweeps(t, 3) // several health-check sweeps
 		msg := strings.Repeat(strconv.Itoa(i), 10000*(i+1))
 		if err := websocket.Message.Send(ws, msg); err != nil {
 			t.Fatal(err)
@@ -363,5 +458,51 @@ func TestWebSocketPassesThroughUntouched(t *testing.T) {
 	}
 	if n := upgrades.Load(); n != 1 {
 		t.Errorf("backend saw %d upgrades, want 1", n)
+	}
+}
+
+// Drain that gives up ends the dials in progress too (here to a target
+// whose address drops packets), and waits for the connections'
+// goroutines: none is served after it returns, not even one that was
+// still dialing.
+func TestDrainEndsDialsAndWaits(t *testing.T) {
+	reg := &registry{targets: map[string][]passthrough.Target{}}
+	reg.set("alpha", trellistest.BlackHole(t))
+	m := l4.NewMetrics(prometheus.NewRegistry())
+	addr, pt := serveListener(t, reg, passthrough.Config{Service: bySNI(nil, "alpha"), Services: []string{"alpha"}},
+		func(l *passthrough.Listener) { l.Metrics = m; l.CheckInterval = time.Hour })
+	handshake := make(chan error, 1)
+	go func() {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			handshake <- err
+			return
+		}
+		defer c.Close()
+		tc := tls.Client(c, &tls.Config{ServerName: "alpha.test", InsecureSkipVerify: true})
+		tc.SetDeadline(time.Now().Add(10 * time.Second))
+		handshake <- tc.Handshake()
+	}()
+	active := m.Active.WithLabelValues("passthrough")
+	trellistest.Eventually(t, 5*time.Second, "the connection served", func() error {
+		if v := testutil.ToFloat64(active); v != 1 {
+			return fmt.Errorf("%v active connections", v)
+		}
+		return nil
+	})
+	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if err := pt.Drain(ctx); err == nil {
+		t.Error("Drain says all ended, with a connection dialing")
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("Drain returned after %s, want about its 100ms", took)
+	}
+	if v := testutil.ToFloat64(active); v != 0 {
+		t.Errorf("%v connections still served after Drain returned, want 0", v)
+	}
+	if err := <-handshake; err == nil {
+		t.Error("the client's handshake succeeded")
 	}
 }
