@@ -18,9 +18,13 @@ import (
 )
 
 // maxConnsPerEndpoint bounds the mTLS connections to one endpoint. Streams
-// multiplex on them; more than one only helps when a connection's stream
-// limit or flow-control window is reached.
-const maxConnsPerEndpoint = 4
+// multiplex on them; another is dialed only when every one is at its
+// stream limit (1000), so the pool grows with the streams in flight, up to
+// 64,000 to one endpoint, instead of refusing requests past 4,000 as it
+// did (a few clients holding stalled streams filled it, and every other
+// request failed). Connections left without streams close after the
+// tunnel's idle timeout.
+const maxConnsPerEndpoint = 64
 
 // Pool keeps multiplexed mTLS connections to endpoints, keyed by the
 // endpoint address and the TLS configuration that checks its identity.

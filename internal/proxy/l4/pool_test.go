@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/trellis-mesh/trellis/internal/certs"
+	"github.com/trellis-mesh/trellis/internal/proxy/tunnel"
 	"github.com/trellis-mesh/trellis/internal/trellistest"
 )
 
@@ -324,5 +325,33 @@ func TestInboundDrainEndsAppDials(t *testing.T) {
 	}
 	if err := <-opened; err == nil {
 		t.Error("the stream was accepted, with the app unreachable")
+	}
+}
+
+// Past the streams four connections carry (4,000), the pool dials more
+// instead of refusing: a few clients holding stalled streams must not
+// make every other request to the endpoint fail.
+func TestPoolGrowsPastFourConnections(t *testing.T) {
+	ca := trellistest.NewCA(t, "trellis.local")
+	ch := newChain(t, ca, "web", "client", "web", allowAll)
+	addr := ch.out.Endpoints()[0].Addr
+	pool := NewPool(0, 0, nil)
+	t.Cleanup(pool.Close)
+	cfg := ca.Source(t, "client").ClientConfig(certs.ExpectService("web"), ALPN)
+	conns := map[*tunnel.Conn]int{}
+	for i := range 5000 {
+		c, err := pool.Get(t.Context(), addr, "web", cfg)
+		if err != nil {
+			t.Fatalf("stream %d: %v", i, err)
+		}
+		conns[c]++
+	}
+	if len(conns) < 5 {
+		t.Fatalf("5000 streams on %d connections, want at least 5", len(conns))
+	}
+	for c, n := range conns {
+		for range n {
+			c.Unreserve()
+		}
 	}
 }
