@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/net/http/httpguts"
+
+	"github.com/trellis-mesh/trellis/internal/proxy/h1"
 )
 
 // appClient sends requests to the local app over HTTP/1.1 keep-alive
@@ -208,7 +210,7 @@ func writeBodiless(bw *bufio.Writer, req *http.Request) error {
 		}
 	}
 	if ua != "" {
-		writeField(bw, "User-Agent", ua)
+		h1.WriteField(bw, "User-Agent", ua)
 	}
 	switch req.Method {
 	case http.MethodPost, http.MethodPut, http.MethodPatch:
@@ -225,7 +227,7 @@ func writeBodiless(bw *bufio.Writer, req *http.Request) error {
 			return fmt.Errorf("invalid header field name %q", k)
 		}
 		for _, v := range vv {
-			writeField(bw, k, v)
+			h1.WriteField(bw, k, v)
 		}
 	}
 	_, err = bw.WriteString("\r\n")

@@ -244,7 +244,7 @@ func (in *Inbound) admit(r *http.Request, peer identity.ID) *badRequest {
 // wrote. It returns when the connection ends.
 func (in *Inbound) ServePlain(c net.Conn) {
 	in.init()
-	in.plain.serveConn(c)
+	in.plain.RunConn(c)
 }
 
 func (in *Inbound) servePlain(w http.ResponseWriter, r *http.Request) {
@@ -335,7 +335,7 @@ func (s *statusWriter) status() int {
 // connection ends.
 func (in *Inbound) ServeEdge(c net.Conn) {
 	in.init()
-	in.edge.serveConn(c)
+	in.edge.RunConn(c)
 }
 
 func (in *Inbound) serveEdge(w http.ResponseWriter, r *http.Request) {

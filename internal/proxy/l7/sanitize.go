@@ -14,13 +14,16 @@ import (
 
 	v1 "github.com/trellis-mesh/trellis/api/v1"
 	"github.com/trellis-mesh/trellis/internal/httpmatch"
+	"github.com/trellis-mesh/trellis/internal/proxy/h1"
 )
 
 // Limits on request heads from clients, as Envoy's defaults: larger heads
-// get 431 at the first proxy.
+// get 431 at the first proxy. They are the HTTP/1.1 reader's (package h1),
+// so that what a client's HTTP/1.1 head may hold and what sanitize lets
+// through from HTTP/2 are the same.
 const (
-	MaxHeaderBytes  = 60 << 10
-	MaxHeaderFields = 100
+	MaxHeaderBytes  = h1.MaxHeaderBytes
+	MaxHeaderFields = h1.MaxHeaderFields
 )
 
 // Room kept inside the mesh for what the proxies add to a request on its
