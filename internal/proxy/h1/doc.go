@@ -1,7 +1,7 @@
 // Package h1 is Trellis's own HTTP/1.1 machinery: the server of the
 // listeners that face clients outside the tunnel (a sidecar's upstream
 // listener, a gateway's listener), its strict request reader and its
-// response writer. It speaks the protocol and nothing more; what a
+// response writer, and the client that sends requests to the local app. It speaks the protocol and nothing more; what a
 // request means (routing, retries, identities, authorization, the mesh's
 // own header fields) is its user's, package l7, which imports h1 and
 // never the other way round.
@@ -21,6 +21,8 @@
 //   - Abort and Aborter: how a handler ends a response as failed on any
 //     ResponseWriter that supports it (this package's, l7's stream
 //     writer), and StatusLine, the "200 OK" text of a status.
+//   - Client: an http.RoundTripper to one address (the local app) over
+//     kept HTTP/1.1 connections, without http.Transport's goroutines.
 //   - A request body of Server has a Failure method (*ProtocolError, or
 //     nil): a proxy tells by it a request that failed by the client's
 //     doing (malformed framing, a stall, a client gone) from an upstream's

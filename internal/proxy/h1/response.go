@@ -287,7 +287,7 @@ func (w *responseWriter) writeFields(skip func(string) bool) {
 			continue
 		}
 		for _, v := range vv {
-			WriteField(w.bw, k, v)
+			writeField(w.bw, k, v)
 		}
 	}
 }
@@ -394,10 +394,10 @@ func StatusLine(code int) string {
 	return strconv.Itoa(code) + " status code " + strconv.Itoa(code)
 }
 
-// WriteField writes one header field line. As net/http does, line breaks
+// writeField writes one header field line. As net/http does, line breaks
 // in the value become spaces and blanks around it go (spaces and tabs
 // only: other characters are the value's).
-func WriteField(bw *bufio.Writer, k, v string) {
+func writeField(bw *bufio.Writer, k, v string) {
 	if strings.ContainsAny(v, "\r\n") {
 		v = newlineToSpace.Replace(v)
 	}

@@ -4,6 +4,6 @@
 // pooled mTLS connection; the inbound side authorizes it and hands it to the
 // app in the protocol the app speaks (HTTP/1.1, or HTTP/2 for http2 and
 // grpc services). It is policy: the listeners' HTTP/1.1 server, reader and
-// response writer are package h1's, wired here with l7's hooks
-// (NewServer).
+// response writer, and the HTTP/1.1 client to the app, are package h1's,
+// wired here with l7's hooks (NewServer).
 package l7
