@@ -168,6 +168,8 @@ func abortResponse(w http.ResponseWriter) { h1.Abort(w) }
 
 var errAborted = errors.New("l7: response aborted")
 
+var _ h1.Aborter = (*streamWriter)(nil)
+
 // serveUpgrade joins the client's connection to an upstream's after a
 // 101 response whose body is that upstream connection.
 func serveUpgrade(w http.ResponseWriter, reqType string, resp *http.Response) error {

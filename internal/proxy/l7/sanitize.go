@@ -87,7 +87,7 @@ func (e *badRequest) Error() string { return e.msg }
 //
 // Transfer-Encoding and Content-Length together, and every other framing
 // two parsers could read two ways, are refused by Server's HTTP/1.1 reader
-// before this runs (see http1.go).
+// before this runs (see package h1).
 func sanitize(r *http.Request) error { return sanitizeWithin(r, clientLimits) }
 
 // sanitizeWithin is sanitize with the head limits lim.
