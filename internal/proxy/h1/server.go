@@ -32,7 +32,8 @@ import (
 // Server serves the connections of clients outside the tunnel (an
 // upstream listener, a gateway listener) for a handler: HTTP/1.1 on a
 // loop of its own, and HTTP/2 (h2c with prior knowledge, or TLS with ALPN
-// h2) with x/net's server.
+// h2) with the tunnel's server, whose request streams ServeStream turns
+// into requests.
 //
 // It replaces net/http's server for HTTP/1.1 because that server pays, on
 // every request, for what a proxy in front of a local app does not use: a
@@ -94,8 +95,8 @@ const (
 	maxBodyDrain = 256 << 10
 )
 
-// NewServer returns the server for an Outbound's or a gateway's listener,
-// with the request head limits.
+// NewServer returns a server of h with the request head limits; its
+// user sets the hooks (l7.NewServer sets l7's) before Serve.
 func NewServer(h http.Handler, log *slog.Logger) *Server {
 	return &Server{
 		HandshakeLog: &handshake.Log{Logger: log},
