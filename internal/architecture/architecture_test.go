@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"io"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -13,6 +14,7 @@ const module = "github.com/trellis-mesh/trellis"
 type pkg struct {
 	ImportPath string
 	Doc        string
+	Imports    []string
 	Deps       []string
 	Standard   bool
 }
@@ -50,11 +52,24 @@ func TestLayering(t *testing.T) {
 		pkg       string
 		forbidden []string // import path prefixes
 		onlyStd   []string // when set, non-std deps must have one of these prefixes
+		// onlyImports, when set, is onlyStd for the package's own imports
+		// only: for a package that may use a library (prometheus) whose
+		// dependencies are not its business.
+		onlyImports []string
 	}{
 		// The data plane never reaches the store, the CA or the control plane.
 		{pkg: "internal/sidecar", forbidden: []string{module + "/internal/store", module + "/internal/ca", module + "/internal/control", "go.etcd.io/"}},
 		{pkg: "internal/proxy/l4", forbidden: []string{module + "/internal/store", module + "/internal/ca", module + "/internal/control", module + "/internal/sidecar"}},
 		{pkg: "internal/proxy/l7", forbidden: []string{module + "/internal/store", module + "/internal/ca", module + "/internal/control", module + "/internal/sidecar", module + "/internal/proxy/l4"}},
+		// The HTTP/1.1 server and app client speak the protocol, not the
+		// mesh: no policy (l7), identities or authorization, nothing of
+		// the control plane; l7 imports h1, never the other way round.
+		{pkg: "internal/proxy/h1",
+			forbidden: []string{module + "/internal/proxy/l7", module + "/internal/proxy/l4", module + "/internal/identity",
+				module + "/internal/authz", module + "/internal/httpmatch", module + "/internal/topology", module + "/api/",
+				module + "/internal/store", module + "/internal/ca", module + "/internal/control", module + "/internal/sidecar"},
+			onlyImports: []string{"golang.org/x/net/", "github.com/prometheus/client_golang/prometheus",
+				module + "/internal/proxy/netconn", module + "/internal/proxy/handshake", module + "/internal/proxy/tunnel", module + "/internal/ratelog"}},
 		{pkg: "internal/proxy/tunnel", onlyStd: []string{"golang.org/x/net/", "golang.org/x/text/", module + "/internal/ratelog"}},
 		{pkg: "internal/certs", forbidden: []string{module + "/internal/ca", module + "/internal/store"}},
 		// Pure packages: no I/O machinery of the mesh.
@@ -70,6 +85,16 @@ func TestLayering(t *testing.T) {
 			p, ok := pkgs[module+"/"+r.pkg]
 			if !ok {
 				t.Fatalf("package %s not found", r.pkg)
+			}
+			for _, d := range p.Imports {
+				if r.onlyImports == nil || !strings.Contains(strings.SplitN(d, "/", 2)[0], ".") {
+					continue // standard library
+				}
+				if !slices.ContainsFunc(r.onlyImports, func(a string) bool {
+					return d == a || strings.HasPrefix(d, a+"/") || strings.HasSuffix(a, "/") && strings.HasPrefix(d, a)
+				}) {
+					t.Errorf("%s imports %s, not in its allowed list", r.pkg, d)
+				}
 			}
 			for _, d := range p.Deps {
 				for _, f := range r.forbidden {

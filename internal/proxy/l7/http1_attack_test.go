@@ -604,21 +604,6 @@ func TestInboundUpgradeHeadStrict(t *testing.T) {
 	}
 }
 
-// The app client never writes a field name that is no token: it would
-// let the app read the request's framing otherwise than the proxies did.
-func TestAppClientRefusesBadFieldNames(t *testing.T) {
-	for _, name := range []string{"X-A\r\nContent-Length", "X A", "X-A:", ""} {
-		req, _ := http.NewRequest("GET", "http://web/", nil)
-		req.Header[name] = []string{"1"}
-		var b bytes.Buffer
-		bw := bufio.NewWriter(&b)
-		if err := writeBodiless(bw, req); err == nil {
-			bw.Flush()
-			t.Errorf("field name %q written:\n%s", name, b.String())
-		}
-	}
-}
-
 // A client's malformed or stalled body is the client's fault, not the
 // upstream's: it must not count towards ejecting an endpoint, or a client
 // could take healthy endpoints out of service for everyone.

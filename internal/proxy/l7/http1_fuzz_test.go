@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"golang.org/x/net/http/httpguts"
+
+	"github.com/trellis-mesh/trellis/internal/proxy/h1"
 )
 
 // The differential test of Server's HTTP/1.1 reader: the same bytes
@@ -65,7 +67,7 @@ func netHTTPRead(br *bufio.Reader) (*http.Request, error) {
 		return nil, err
 	}
 	if code, msg := netHTTPChecks(req); code != 0 {
-		return nil, &protocolError{status: code, msg: msg}
+		return nil, &h1.ProtocolError{Status: code, Msg: msg}
 	}
 	delete(req.Header, "Host")
 	return req, nil
@@ -115,7 +117,7 @@ func FuzzReadRequestDifferential(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		ours, err := readWith(data, readRequest)
+		ours, err := readWith(data, func(br *bufio.Reader) (*http.Request, error) { return h1.ReadRequest(br, meshTrailer) })
 		if err != nil {
 			return // refused (or incomplete): Trellis may refuse more
 		}

@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/textproto"
 	"strings"
 	"testing"
 	"time"
@@ -90,20 +89,4 @@ func readResponse(t *testing.T, br *bufio.Reader, method string) (string, *http.
 		t.Fatalf("%d %q %v", resp.StatusCode, b, err)
 	}
 	return string(b), resp
-}
-
-// canonicalKey is textproto.CanonicalMIMEHeaderKey for tokens, table or
-// not, in any case and length.
-func FuzzCanonicalKey(f *testing.F) {
-	for _, s := range []string{"host", "X-REQUEST-ID", "content-length", "x_role", "a-", "-a", "sec-websocket-key", strings.Repeat("ab-", 20)} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, name string) {
-		if !isToken(name) {
-			return
-		}
-		if got, want := canonicalKey([]byte(name)), textproto.CanonicalMIMEHeaderKey(name); got != want {
-			t.Fatalf("canonicalKey(%q) = %q, want %q", name, got, want)
-		}
-	})
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/authz"
 	"github.com/trellis-mesh/trellis/internal/httpmatch"
 	"github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/proxy/h1"
 	"github.com/trellis-mesh/trellis/internal/proxy/netconn"
 	"github.com/trellis-mesh/trellis/internal/proxy/tunnel"
 )
@@ -50,7 +51,7 @@ type Inbound struct {
 	mu       sync.Mutex
 	conns    map[*tunnel.Conn]struct{}
 	draining bool
-	h1       *appClient
+	app      *h1.Client // to the app over HTTP/1.1
 	h2c      *http2.Transport
 	plain    *Server
 	edge     *Server
@@ -86,7 +87,7 @@ func (in *Inbound) init() {
 		}
 		in.conns = map[*tunnel.Conn]struct{}{}
 		dialer := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: -1}
-		in.h1 = &appClient{target: in.Target, maxIdle: 256, dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		in.app = &h1.Client{Target: in.Target, MaxIdle: 256, Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			c, err := dialer.DialContext(ctx, network, addr)
 			if err != nil {
 				return nil, err
@@ -124,6 +125,8 @@ func (in *Inbound) ServeConn(c net.Conn, peer identity.ID) {
 	delete(in.conns, tun)
 	in.mu.Unlock()
 }
+
+func noBody(req *http.Request) bool { return req.Body == nil || req.Body == http.NoBody }
 
 // holdBody reads a small body of known length whole before the app sees
 // the request's head, and gives it to the request from memory: a body
@@ -202,7 +205,7 @@ func (in *Inbound) proxy(w http.ResponseWriter, r *http.Request) {
 	if p := in.Protocol(); p == v1.ProtocolHTTP2 || p == v1.ProtocolGRPC {
 		resp, err = in.h2c.RoundTrip(r)
 	} else {
-		resp, err = in.h1.RoundTrip(r)
+		resp, err = in.app.RoundTrip(r)
 	}
 	if err != nil {
 		if r.Context().Err() != nil {
@@ -244,7 +247,7 @@ func (in *Inbound) admit(r *http.Request, peer identity.ID) *badRequest {
 // wrote. It returns when the connection ends.
 func (in *Inbound) ServePlain(c net.Conn) {
 	in.init()
-	in.plain.serveConn(c)
+	in.plain.RunConn(c)
 }
 
 func (in *Inbound) servePlain(w http.ResponseWriter, r *http.Request) {
@@ -292,7 +295,7 @@ func (in *Inbound) Drain(ctx context.Context) error {
 		case <-t.C:
 		}
 	}
-	in.h1.CloseIdleConnections()
+	in.app.CloseIdleConnections()
 	return nil
 }
 
@@ -335,7 +338,7 @@ func (s *statusWriter) status() int {
 // connection ends.
 func (in *Inbound) ServeEdge(c net.Conn) {
 	in.init()
-	in.edge.serveConn(c)
+	in.edge.RunConn(c)
 }
 
 func (in *Inbound) serveEdge(w http.ResponseWriter, r *http.Request) {

@@ -16,6 +16,7 @@ import (
 
 	v1 "github.com/trellis-mesh/trellis/api/v1"
 	"github.com/trellis-mesh/trellis/internal/proxy/balance"
+	"github.com/trellis-mesh/trellis/internal/proxy/h1"
 	"github.com/trellis-mesh/trellis/internal/proxy/tunnel"
 )
 
@@ -358,8 +359,8 @@ func (o *Outbound) roundTrip(req *http.Request) (resp *http.Response, err error)
 // by the client's doing, which must not count against the endpoint (a
 // client could eject healthy endpoints for everyone) nor be retried.
 func clientBodyFailed(body io.Reader) bool {
-	f, ok := body.(interface{ failure() *protocolError })
-	return ok && f.failure() != nil
+	f, ok := body.(interface{ Failure() *h1.ProtocolError })
+	return ok && f.Failure() != nil
 }
 
 func (o *Outbound) limits() *v1.ServiceLimits {

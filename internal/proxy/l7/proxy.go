@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"golang.org/x/net/http/httpguts"
+
+	"github.com/trellis-mesh/trellis/internal/proxy/h1"
 )
 
 // The proxies' own request and response plumbing, in place of
@@ -160,24 +162,13 @@ func flusherOf(w http.ResponseWriter) http.Flusher {
 	}
 }
 
-// aborter is a ResponseWriter that can end a response as failed (an
-// HTTP/1.1 connection closed before the last chunk, a stream reset).
-type aborter interface{ abort() }
+// abortResponse ends w's response as failed (an HTTP/1.1 connection
+// closed before the last chunk, a stream reset): see h1.Abort.
+func abortResponse(w http.ResponseWriter) { h1.Abort(w) }
 
-func abortResponse(w http.ResponseWriter) {
-	for {
-		switch x := w.(type) {
-		case aborter:
-			x.abort()
-			return
-		case interface{ Unwrap() http.ResponseWriter }:
-			w = x.Unwrap()
-		default:
-			// x/net's HTTP/2 server resets the stream on this panic.
-			panic(http.ErrAbortHandler)
-		}
-	}
-}
+var errAborted = errors.New("l7: response aborted")
+
+var _ h1.Aborter = (*streamWriter)(nil)
 
 // serveUpgrade joins the client's connection to an upstream's after a
 // 101 response whose body is that upstream connection.

@@ -14,13 +14,16 @@ import (
 
 	v1 "github.com/trellis-mesh/trellis/api/v1"
 	"github.com/trellis-mesh/trellis/internal/httpmatch"
+	"github.com/trellis-mesh/trellis/internal/proxy/h1"
 )
 
 // Limits on request heads from clients, as Envoy's defaults: larger heads
-// get 431 at the first proxy.
+// get 431 at the first proxy. They are the HTTP/1.1 reader's (package h1),
+// so that what a client's HTTP/1.1 head may hold and what sanitize lets
+// through from HTTP/2 are the same.
 const (
-	MaxHeaderBytes  = 60 << 10
-	MaxHeaderFields = 100
+	MaxHeaderBytes  = h1.MaxHeaderBytes
+	MaxHeaderFields = h1.MaxHeaderFields
 )
 
 // Room kept inside the mesh for what the proxies add to a request on its
@@ -84,7 +87,7 @@ func (e *badRequest) Error() string { return e.msg }
 //
 // Transfer-Encoding and Content-Length together, and every other framing
 // two parsers could read two ways, are refused by Server's HTTP/1.1 reader
-// before this runs (see http1.go).
+// before this runs (see package h1).
 func sanitize(r *http.Request) error { return sanitizeWithin(r, clientLimits) }
 
 // sanitizeWithin is sanitize with the head limits lim.

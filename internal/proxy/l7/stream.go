@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/net/http2/hpack"
 
+	"github.com/trellis-mesh/trellis/internal/proxy/h1"
 	"github.com/trellis-mesh/trellis/internal/proxy/tunnel"
 )
 
@@ -264,7 +265,7 @@ func sendRequest(ctx context.Context, conn *tunnel.Conn, req *http.Request) (*ht
 		return nil, err
 	}
 	resp := &http.Response{
-		Status:     statusLine(status),
+		Status:     h1.StatusLine(status),
 		StatusCode: status,
 		Proto:      "HTTP/2.0",
 		ProtoMajor: 2,
@@ -425,8 +426,8 @@ func (w *streamWriter) sendHead(end bool) error {
 	return w.err
 }
 
-// abort resets the stream: the peer sees the response fail.
-func (w *streamWriter) abort() {
+// Abort resets the stream: the peer sees the response fail.
+func (w *streamWriter) Abort() {
 	if w.err == nil {
 		w.err = errAborted
 	}

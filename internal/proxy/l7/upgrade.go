@@ -13,6 +13,7 @@ import (
 
 	"github.com/trellis-mesh/trellis/internal/identity"
 	"github.com/trellis-mesh/trellis/internal/proxy/balance"
+	"github.com/trellis-mesh/trellis/internal/proxy/h1"
 )
 
 // Upgraded connections (WebSocket) cannot ride an HTTP/2 request between
@@ -96,14 +97,14 @@ func (in *Inbound) ServeUpgrade(c net.Conn, peer identity.ID) {
 	start := time.Now()
 	c.SetReadDeadline(time.Now().Add(30 * time.Second))
 	br := bufio.NewReaderSize(c, 16<<10)
-	// The head is read as strictly as a client's (see http1.go): the
+	// The head is read as strictly as a client's (see package h1): the
 	// caller is another sidecar, but what it relays came from its client.
-	req, err := readRequest(br)
+	req, err := h1.ReadRequest(br, meshTrailer)
 	if err != nil {
-		var pe *protocolError
+		var pe *h1.ProtocolError
 		if errors.As(err, &pe) {
-			reply(c, pe.status, "trellis: "+pe.msg)
-			in.Metrics.observe("inbound", peer.Service(), in.Self().Service(), "", "", pe.status, start)
+			reply(c, pe.Status, "trellis: "+pe.Msg)
+			in.Metrics.observe("inbound", peer.Service(), in.Self().Service(), "", "", pe.Status, start)
 		}
 		return
 	}

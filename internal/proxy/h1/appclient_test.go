@@ -1,4 +1,4 @@
-package l7
+package h1
 
 import (
 	"bufio"
@@ -87,7 +87,7 @@ func TestCanceledRequestDoesNotPoisonThePool(t *testing.T) {
 	defer srv.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	a := &appClient{target: srv.Listener.Addr().String(), maxIdle: 4, dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+	a := &Client{Target: srv.Listener.Addr().String(), MaxIdle: 4, Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
 		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
 		if err != nil {
 			return nil, err
@@ -95,7 +95,7 @@ func TestCanceledRequestDoesNotPoisonThePool(t *testing.T) {
 		return &cancelOnRead{Conn: c, cancel: cancel, deadlineSet: make(chan struct{})}, nil
 	}}
 	defer a.CloseIdleConnections()
-	req, err := http.NewRequestWithContext(ctx, "GET", "http://"+a.target+"/", nil)
+	req, err := http.NewRequestWithContext(ctx, "GET", "http://"+a.Target+"/", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,4 +136,19 @@ func (c *cancelOnRead) SetDeadline(t time.Time) error {
 	err := c.Conn.SetDeadline(t)
 	c.set.Do(func() { close(c.deadlineSet) })
 	return err
+}
+
+// The app client never writes a field name that is no token: it would
+// let the app read the request's framing otherwise than the proxies did.
+func TestAppClientRefusesBadFieldNames(t *testing.T) {
+	for _, name := range []string{"X-A\r\nContent-Length", "X A", "X-A:", ""} {
+		req, _ := http.NewRequest("GET", "http://web/", nil)
+		req.Header[name] = []string{"1"}
+		var b bytes.Buffer
+		bw := bufio.NewWriter(&b)
+		if err := writeBodiless(bw, req); err == nil {
+			bw.Flush()
+			t.Errorf("field name %q written:\n%s", name, b.String())
+		}
+	}
 }

@@ -1,4 +1,4 @@
-package l7
+package h1
 
 import (
 	"bufio"
@@ -14,7 +14,8 @@ import (
 	"golang.org/x/net/http/httpguts"
 )
 
-// The HTTP/1.1 request reader of Server. It reads a request head and frames
+// The HTTP/1.1 request reader of Server (and of whoever reads a request
+// head with ReadRequest). It reads a request head and frames
 // its body by RFC 9112 to the letter and refuses, with the status the RFC
 // names, everything that two HTTP/1.1 parsers could read two ways: the
 // ambiguities that request smuggling lives on. net/http's reader is lenient
@@ -54,6 +55,12 @@ import (
 // (505), a transfer coding other than chunked (501), and a body that does
 // not arrive within the body read timeout (408).
 
+// Limits on request heads, as Envoy's defaults: a larger head gets 431.
+const (
+	MaxHeaderBytes  = 60 << 10
+	MaxHeaderFields = 100
+)
+
 // Limits of chunked request bodies.
 const (
 	// maxChunkLine bounds a chunk-size line, extensions included.
@@ -65,22 +72,22 @@ const (
 	maxTrailerBytes = 16 << 10
 )
 
-// protocolError is a request the server refuses: the status to answer and
-// why, and the reason label of the rejection counter.
-type protocolError struct {
-	status int
-	reason string // a short fixed label: "framing", "request_line", ...
-	msg    string
+// ProtocolError is a request the reader or the server refuses: the status
+// to answer and why, and the reason label of the rejection counter.
+type ProtocolError struct {
+	Status int
+	Reason string // a short fixed label: "framing", "request_line", ...
+	Msg    string
 }
 
-func (e *protocolError) Error() string { return e.msg }
+func (e *ProtocolError) Error() string { return e.Msg }
 
 // ReasonNotHTTP labels a connection whose first line is neither HTTP/1.x
 // nor the HTTP/2 preface: it is closed without an answer.
 const ReasonNotHTTP = "not_http"
 
-func refused(status int, reason, msg string) *protocolError {
-	return &protocolError{status: status, reason: reason, msg: msg}
+func refused(status int, reason, msg string) *ProtocolError {
+	return &ProtocolError{Status: status, Reason: reason, Msg: msg}
 }
 
 // readLine reads one CRLF-terminated line from br and returns it without
@@ -120,10 +127,13 @@ func readLine(br *bufio.Reader, scratch *[]byte, limit int, where string) ([]byt
 	return line, nil
 }
 
-// readRequest reads a request head from br and sets up its body, which
-// reads from br. The errors it returns are a *protocolError for a request
+// ReadRequest reads a request head from br and sets up its body, which
+// reads from br. The errors it returns are a *ProtocolError for a request
 // refused, or the read's error (io.EOF before any byte: the client closed).
-func readRequest(br *bufio.Reader) (*http.Request, error) {
+// forbidTrailer, if not nil, names the fields a chunked body's trailers may
+// not carry beyond those that frame, route or authorize a message (which
+// are always refused): the user's own, such as a proxy's internal fields.
+func ReadRequest(br *bufio.Reader, forbidTrailer func(name string) bool) (*http.Request, error) {
 	var scratch []byte
 	line, err := readLine(br, &scratch, MaxHeaderBytes, "the request line")
 	if err != nil {
@@ -142,7 +152,7 @@ func readRequest(br *bufio.Reader) (*http.Request, error) {
 		return nil, err
 	}
 	req.Close = shouldClose(req)
-	if err := frameBody(req, br); err != nil {
+	if err := frameBody(req, br, forbidTrailer); err != nil {
 		return nil, err
 	}
 	return req, nil
@@ -374,7 +384,7 @@ func shouldClose(req *http.Request) bool {
 
 // frameBody decides the body's length (RFC 9112 section 6.3, refusing
 // every case the RFC leaves to judgement) and sets the body reader.
-func frameBody(req *http.Request, br *bufio.Reader) error {
+func frameBody(req *http.Request, br *bufio.Reader, forbidTrailer func(string) bool) error {
 	bad := func(msg string) error { return refused(http.StatusBadRequest, "framing", msg) }
 	te, hasTE := req.Header["Transfer-Encoding"]
 	cl, hasCL := req.Header["Content-Length"]
@@ -401,12 +411,12 @@ func frameBody(req *http.Request, br *bufio.Reader) error {
 		delete(req.Header, "Transfer-Encoding")
 		req.TransferEncoding = []string{"chunked"}
 		req.ContentLength = -1
-		t, err := declaredRequestTrailers(req.Header)
+		t, err := declaredRequestTrailers(req.Header, forbidTrailer)
 		if err != nil {
 			return err
 		}
 		req.Trailer = t
-		req.Body = &chunkedBody{br: br, trailer: &req.Trailer}
+		req.Body = &chunkedBody{br: br, trailer: &req.Trailer, forbid: forbidTrailer}
 		return nil
 	case hasCL:
 		if len(cl) != 1 {
@@ -445,7 +455,7 @@ func parseContentLength(s string) (int64, bool) {
 
 // declaredRequestTrailers is the trailer map a Trailer field announces;
 // fields that frame or route a message cannot be trailers.
-func declaredRequestTrailers(h http.Header) (http.Header, error) {
+func declaredRequestTrailers(h http.Header, forbid func(string) bool) (http.Header, error) {
 	vv, ok := h["Trailer"]
 	if !ok {
 		return nil, nil
@@ -462,7 +472,7 @@ func declaredRequestTrailers(h http.Header) (http.Header, error) {
 				return nil, refused(http.StatusBadRequest, "framing", "invalid field name in Trailer")
 			}
 			k = textproto.CanonicalMIMEHeaderKey(k)
-			if forbiddenTrailer(k) {
+			if forbiddenTrailer(k, forbid) {
 				return nil, refused(http.StatusBadRequest, "framing", k+" cannot be a trailer")
 			}
 			t[k] = nil
@@ -472,15 +482,16 @@ func declaredRequestTrailers(h http.Header) (http.Header, error) {
 }
 
 // forbiddenTrailer reports whether a field frames, routes or authorizes a
-// message, and so may not come after its body (RFC 9110 section 6.5.1).
-func forbiddenTrailer(k string) bool {
+// message, and so may not come after its body (RFC 9110 section 6.5.1),
+// or is one that forbid (ReadRequest's) names.
+func forbiddenTrailer(k string, forbid func(string) bool) bool {
 	switch k {
 	case "Transfer-Encoding", "Content-Length", "Trailer", "Host", "Connection", "Te",
 		"Upgrade", "Keep-Alive", "Proxy-Connection", "Content-Type", "Content-Encoding",
 		"Content-Range", "Authorization", "Cookie", "Expect", "Max-Forwards", "Cache-Control":
 		return true
 	}
-	return meshTrailer(k)
+	return forbid != nil && forbid(k)
 }
 
 // lengthBody is a body of Content-Length bytes.
@@ -510,11 +521,12 @@ func (b *lengthBody) Read(p []byte) (int, error) {
 func (b *lengthBody) Close() error { return nil }
 
 // chunkedBody reads a chunked body (RFC 9112 section 7.1) strictly: the
-// errors of a malformed one are *protocolError.
+// errors of a malformed one are *ProtocolError.
 type chunkedBody struct {
 	br      *bufio.Reader
 	trailer *http.Header
-	left    int64 // data left in the current chunk
+	forbid  func(string) bool // ReadRequest's forbidTrailer
+	left    int64             // data left in the current chunk
 	inChunk bool
 	extSize int
 	err     error // sticky
@@ -588,9 +600,9 @@ func (b *chunkedBody) chunkHeader() (int64, error) {
 	bad := func(msg string) error { return refused(http.StatusBadRequest, "framing", msg) }
 	line, err := readLine(b.br, &b.scratch, maxChunkLine, "a chunk-size line")
 	if err != nil {
-		var pe *protocolError
+		var pe *ProtocolError
 		if errors.As(err, &pe) {
-			pe.status, pe.reason = http.StatusBadRequest, "framing"
+			pe.Status, pe.Reason = http.StatusBadRequest, "framing"
 		}
 		return 0, err
 	}
@@ -695,14 +707,14 @@ func qdtext(c byte) bool {
 func (b *chunkedBody) readTrailers() error {
 	t, err := readFields(b.br, &b.scratch, maxTrailerBytes, MaxHeaderFields, "the trailer section")
 	if err != nil {
-		var pe *protocolError
+		var pe *ProtocolError
 		if errors.As(err, &pe) {
-			pe.status, pe.reason = http.StatusBadRequest, "framing"
+			pe.Status, pe.Reason = http.StatusBadRequest, "framing"
 		}
 		return err
 	}
 	for k, vv := range t {
-		if forbiddenTrailer(k) {
+		if forbiddenTrailer(k, b.forbid) {
 			return refused(http.StatusBadRequest, "framing", k+" in the trailer section")
 		}
 		if *b.trailer == nil {
@@ -755,4 +767,33 @@ func splitHostPort(s string) (string, string, error) {
 		}
 	}
 	return host, port, nil
+}
+
+// unhex is the value of a hexadecimal digit, or -1.
+func unhex(c byte) int {
+	switch {
+	case '0' <= c && c <= '9':
+		return int(c - '0')
+	case 'a' <= c && c <= 'f':
+		return int(c-'a') + 10
+	case 'A' <= c && c <= 'F':
+		return int(c-'A') + 10
+	}
+	return -1
+}
+
+// quoteShort quotes what a client sent for a message, cut to 32 bytes.
+func quoteShort(s string) string {
+	if len(s) > 32 {
+		return strconv.Quote(s[:32]) + "..."
+	}
+	return strconv.Quote(s)
+}
+
+// cut is s up to n bytes, for a log line: a client picks its length.
+func cut(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "..."
+	}
+	return s
 }

@@ -1,4 +1,4 @@
-package l7
+package h1
 
 import (
 	"bufio"
@@ -15,20 +15,31 @@ import (
 	"golang.org/x/net/http/httpguts"
 )
 
-// appClient sends requests to the local app over HTTP/1.1 keep-alive
-// connections. It does what http.Transport does for this one job, without
-// its two goroutines per connection and the hand-offs between them and
-// the caller: the caller writes the request and reads the response head
-// itself, so a request costs a write and a read.
-type appClient struct {
-	target string
-	dial   func(ctx context.Context, network, addr string) (net.Conn, error)
-	// maxIdle bounds the idle connections kept.
-	maxIdle int
+// Client sends requests to the local app over HTTP/1.1 keep-alive
+// connections: an http.RoundTripper. It does what http.Transport does for
+// this one job, without its two goroutines per connection and the
+// hand-offs between them and the caller: the caller writes the request and
+// reads the response head itself, so a request costs a write and a read.
+// Set its fields before the first request.
+type Client struct {
+	// Target is the app's address (host:port): every request goes there,
+	// whatever its URL says.
+	Target string
+	// Dial makes a connection to Target; nil means a net.Dialer's.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// MaxIdle bounds the idle connections kept; zero means
+	// DefaultMaxIdle.
+	MaxIdle int
 
 	mu   sync.Mutex
 	idle []*appConn
 }
+
+// DefaultMaxIdle is the idle connections a Client keeps when MaxIdle is
+// zero.
+const DefaultMaxIdle = 256
+
+var _ http.RoundTripper = (*Client)(nil)
 
 type appConn struct {
 	c    net.Conn
@@ -42,7 +53,7 @@ type appConn struct {
 // closing fails.
 const idleTimeout = 50 * time.Second
 
-func (a *appClient) get(ctx context.Context) (*appConn, bool, error) {
+func (a *Client) get(ctx context.Context) (*appConn, bool, error) {
 	a.mu.Lock()
 	for n := len(a.idle); n > 0; n = len(a.idle) {
 		ac := a.idle[n-1]
@@ -54,17 +65,25 @@ func (a *appClient) get(ctx context.Context) (*appConn, bool, error) {
 		ac.c.Close()
 	}
 	a.mu.Unlock()
-	c, err := a.dial(ctx, "tcp", a.target)
+	dial := a.Dial
+	if dial == nil {
+		dial = (&net.Dialer{}).DialContext
+	}
+	c, err := dial(ctx, "tcp", a.Target)
 	if err != nil {
 		return nil, false, err
 	}
 	return &appConn{c: c, br: bufio.NewReaderSize(c, 4<<10), bw: bufio.NewWriterSize(c, 4<<10)}, false, nil
 }
 
-func (a *appClient) put(ac *appConn) {
+func (a *Client) put(ac *appConn) {
 	ac.used = time.Now()
 	a.mu.Lock()
-	if len(a.idle) < a.maxIdle {
+	maxIdle := a.MaxIdle
+	if maxIdle == 0 {
+		maxIdle = DefaultMaxIdle
+	}
+	if len(a.idle) < maxIdle {
 		a.idle = append(a.idle, ac)
 		ac = nil
 	}
@@ -75,7 +94,7 @@ func (a *appClient) put(ac *appConn) {
 }
 
 // CloseIdleConnections closes the connections not in use.
-func (a *appClient) CloseIdleConnections() {
+func (a *Client) CloseIdleConnections() {
 	a.mu.Lock()
 	idle := a.idle
 	a.idle = nil
@@ -87,7 +106,7 @@ func (a *appClient) CloseIdleConnections() {
 
 // RoundTrip sends req to the app and returns its response; the response
 // body gives the connection back when read to its end or closed.
-func (a *appClient) RoundTrip(req *http.Request) (*http.Response, error) {
+func (a *Client) RoundTrip(req *http.Request) (*http.Response, error) {
 	// The caller's sidecar already sent "100 Continue" if one was asked
 	// for, and the body is on its way: the app need not be asked again.
 	req.Header.Del("Expect")
@@ -120,7 +139,7 @@ func (e *notWritten) Unwrap() error { return e.err }
 
 func noBody(req *http.Request) bool { return req.Body == nil || req.Body == http.NoBody }
 
-func (a *appClient) roundTrip(ac *appConn, req *http.Request) (*http.Response, error) {
+func (a *Client) roundTrip(ac *appConn, req *http.Request) (*http.Response, error) {
 	var body *appBody
 	stop := context.AfterFunc(req.Context(), func() { ac.c.SetDeadline(time.Unix(1, 0)) })
 	defer func() {
@@ -235,7 +254,7 @@ func writeBodiless(bw *bufio.Writer, req *http.Request) error {
 // appBody returns its connection to the pool once read to the end.
 type appBody struct {
 	io.ReadCloser
-	a     *appClient
+	a     *Client
 	ac    *appConn
 	reuse bool
 	done  bool

@@ -1,4 +1,4 @@
-package l7
+package h1
 
 import (
 	"bufio"
@@ -67,7 +67,7 @@ func (w *responseWriter) WriteHeader(code int) {
 		return
 	}
 	if code < 100 || code > 999 {
-		panic("l7: invalid WriteHeader code " + strconv.Itoa(code))
+		panic("h1: invalid WriteHeader code " + strconv.Itoa(code))
 	}
 	if code < 200 {
 		if code == http.StatusContinue || code == http.StatusSwitchingProtocols {
@@ -75,7 +75,7 @@ func (w *responseWriter) WriteHeader(code int) {
 		}
 		w.mu.Lock()
 		w.bw.WriteString("HTTP/1.1 ")
-		w.bw.WriteString(statusLine(code))
+		w.bw.WriteString(StatusLine(code))
 		w.bw.WriteString("\r\n")
 		w.writeFields(nil)
 		w.bw.WriteString("\r\n")
@@ -117,16 +117,39 @@ func (w *responseWriter) Flush() {
 	}
 }
 
-// abort ends the response as failed: the connection closes without the
+// Abort ends the response as failed: the connection closes without the
 // rest of the body or the last chunk.
-func (w *responseWriter) abort() {
+func (w *responseWriter) Abort() {
 	w.close = true
 	if w.err == nil {
 		w.err = errAborted
 	}
 }
 
-var errAborted = errors.New("l7: response aborted")
+var errAborted = errors.New("h1: response aborted")
+
+// An Aborter is a ResponseWriter that can end a response as failed (an
+// HTTP/1.1 connection closed before the last chunk, a stream reset).
+type Aborter interface{ Abort() }
+
+var _ Aborter = (*responseWriter)(nil)
+
+// Abort ends w's response as failed: by w's Abort, or the one of a writer
+// it wraps (Unwrap, as http.ResponseController); a writer without one, as
+// x/net's HTTP/2 server's, gets the panic that makes it reset the stream.
+func Abort(w http.ResponseWriter) {
+	for {
+		switch x := w.(type) {
+		case Aborter:
+			x.Abort()
+			return
+		case interface{ Unwrap() http.ResponseWriter }:
+			w = x.Unwrap()
+		default:
+			panic(http.ErrAbortHandler)
+		}
+	}
+}
 
 // head writes the head unless it is out (status 200 unless one was set);
 // final as for writeHead.
@@ -143,7 +166,7 @@ func (w *responseWriter) head(final bool) {
 // reader holds beyond the request is in the returned reader.
 func (w *responseWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if w.headDone || w.hijacked {
-		return nil, nil, errors.New("l7: hijack after the response began")
+		return nil, nil, errors.New("h1: hijack after the response began")
 	}
 	w.mu.Lock()
 	w.hijacked, w.headDone = true, true
@@ -170,7 +193,7 @@ func (w *responseWriter) writeHead(final bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.headDone = true
-	if pe := w.body.failure(); pe != nil {
+	if pe := w.body.Failure(); pe != nil {
 		w.writeBodyFailure(pe)
 		return
 	}
@@ -204,7 +227,7 @@ func (w *responseWriter) writeHead(final bool) {
 	}
 	bw := w.bw
 	bw.WriteString("HTTP/1.1 ")
-	bw.WriteString(statusLine(w.status))
+	bw.WriteString(StatusLine(w.status))
 	bw.WriteString("\r\n")
 	w.writeFields(func(k string) bool {
 		switch k {
@@ -244,12 +267,12 @@ func (w *responseWriter) writeHead(final bool) {
 // or a body that stalled (408). What the handler then writes is dropped,
 // and the connection closes, since where the next request would start is
 // unknown.
-func (w *responseWriter) writeBodyFailure(pe *protocolError) {
-	msg := http.StatusText(pe.status) + ": " + pe.msg + "\n"
-	w.status, w.cl, w.chunked, w.bodyless, w.close = pe.status, -1, false, true, true
+func (w *responseWriter) writeBodyFailure(pe *ProtocolError) {
+	msg := http.StatusText(pe.Status) + ": " + pe.Msg + "\n"
+	w.status, w.cl, w.chunked, w.bodyless, w.close = pe.Status, -1, false, true, true
 	bw := w.bw
 	bw.WriteString("HTTP/1.1 ")
-	bw.WriteString(statusLine(pe.status))
+	bw.WriteString(StatusLine(pe.Status))
 	bw.WriteString("\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: ")
 	bw.WriteString(strconv.Itoa(len(msg)))
 	bw.WriteString("\r\n\r\n")
@@ -362,8 +385,9 @@ var statusLines = func() (s [600]string) {
 	return s
 }()
 
-// statusLine is "200 OK" for 200.
-func statusLine(code int) string {
+// StatusLine is "200 OK" for 200: the status line's text, as
+// http.Response.Status holds it.
+func StatusLine(code int) string {
 	if code < len(statusLines) && statusLines[code] != "" {
 		return statusLines[code]
 	}

@@ -1,4 +1,4 @@
-package l7
+package h1
 
 import (
 	"bufio"
@@ -32,14 +32,15 @@ import (
 // Server serves the connections of clients outside the tunnel (an
 // upstream listener, a gateway listener) for a handler: HTTP/1.1 on a
 // loop of its own, and HTTP/2 (h2c with prior knowledge, or TLS with ALPN
-// h2) with x/net's server.
+// h2) with the tunnel's server, whose request streams ServeStream turns
+// into requests.
 //
 // It replaces net/http's server for HTTP/1.1 because that server pays, on
 // every request, for what a proxy in front of a local app does not use: a
 // goroutine reading ahead to notice a closed connection, a context per
 // request, and a chunking writer between the handler and the socket; and
 // because net/http's request reader is lenient where a proxy must not be.
-// Requests are read by readRequest (http1.go), which refuses whatever two
+// Requests are read by ReadRequest (reader.go), which refuses whatever two
 // HTTP/1.1 parsers could read two ways; what it accepts, net/http reads
 // the same way. A refused request is answered, counted and logged, and
 // its connection closed. A request's context ends with its connection,
@@ -56,6 +57,21 @@ type Server struct {
 	// Rejected counts requests refused by the HTTP/1.1 reader, by reason;
 	// nil counts nothing. Set before Serve.
 	Rejected *prometheus.CounterVec
+	// ForbidTrailer names the fields a chunked request body's trailers
+	// may not carry beyond those the reader always refuses (see
+	// ReadRequest); nil forbids no more. Set before Serve.
+	ForbidTrailer func(name string) bool
+	// ServeStream serves the request streams of HTTP/2 clients (h2c with
+	// prior knowledge, or TLS with ALPN h2): it turns stream s into a
+	// request and a ResponseWriter and calls serve with them, then ends
+	// the response. Server owns the connection and its goroutine; the
+	// user (l7) owns what a request stream means. nil: an HTTP/2 client's
+	// connection is closed unserved. Set before Serve.
+	ServeStream func(s *tunnel.Stream, serve func(http.ResponseWriter, *http.Request))
+	// H2MaxHeaderBytes is the header list size an HTTP/2 client may send
+	// (tunnel.Config.MaxHeaderBytes); zero means the tunnel's default.
+	// Set before Serve.
+	H2MaxHeaderBytes uint32
 
 	handler  http.Handler
 	log      *slog.Logger
@@ -79,8 +95,8 @@ const (
 	maxBodyDrain = 256 << 10
 )
 
-// NewServer returns the server for an Outbound's or a gateway's listener,
-// with the request head limits.
+// NewServer returns a server of h with the request head limits; its
+// user sets the hooks (l7.NewServer sets l7's) before Serve.
 func NewServer(h http.Handler, log *slog.Logger) *Server {
 	return &Server{
 		HandshakeLog: &handshake.Log{Logger: log},
@@ -115,10 +131,12 @@ func (s *Server) Serve(l net.Listener) error {
 
 // ServeConn serves one client connection on a goroutine of its own.
 func (s *Server) ServeConn(c net.Conn) {
-	go s.serveConn(c)
+	go s.RunConn(c)
 }
 
-func (s *Server) serveConn(c net.Conn) {
+// RunConn serves one client connection on the caller's goroutine, until
+// the connection ends.
+func (s *Server) RunConn(c net.Conn) {
 	c = netconn.Raw(c)
 	sc := &serverConn{s: s, c: c}
 	s.mu.Lock()
@@ -298,13 +316,13 @@ func (sc *serverConn) serve() {
 			}
 			br.Discard(n)
 		}
-		req, err := readRequest(br)
+		req, err := ReadRequest(br, sc.s.ForbidTrailer)
 		if err != nil {
-			var pe *protocolError
+			var pe *ProtocolError
 			switch {
 			case lr.N <= 0:
 				sc.s.reject(remote, refused(http.StatusRequestHeaderFieldsTooLarge, "too_large", "request header too large"), bw)
-			case errors.As(err, &pe) && pe.reason == ReasonNotHTTP:
+			case errors.As(err, &pe) && pe.Reason == ReasonNotHTTP:
 				sc.s.count(remote, pe)
 			case errors.As(err, &pe):
 				sc.s.reject(remote, pe, bw)
@@ -345,7 +363,7 @@ func (sc *serverConn) serve() {
 		pooled = false // until the handler returns, not panics
 		sc.s.handler.ServeHTTP(w, req)
 		pooled = true
-		if pe := body.failure(); pe != nil {
+		if pe := body.Failure(); pe != nil {
 			sc.s.count(remote, pe) // answered by w in place of the handler's response
 		}
 		if w.hijacked {
@@ -388,25 +406,29 @@ func isH2Preface(br *bufio.Reader) bool {
 }
 
 // serveH2 serves an HTTP/2 client with the tunnel's server, which speaks
-// plain HTTP/2 to any client: each request stream becomes an http.Request
-// for the handler, as on the inbound side. Over TLS, a request for a host
-// the client's server name did not name gets 421, as on HTTP/1.1.
+// plain HTTP/2 to any client: each request stream becomes, by
+// ServeStream, an http.Request for the handler, as on the inbound side.
+// Over TLS, a request for a host the client's server name did not name
+// gets 421, as on HTTP/1.1.
 func (sc *serverConn) serveH2(c net.Conn, tlsState *tls.ConnectionState) {
 	s := sc.s
+	if s.ServeStream == nil {
+		return // HTTP/2 not served: the connection closes
+	}
 	remote := c.RemoteAddr().String()
 	// Frames of the protocol's default size (16 KiB), as Envoy, nginx
 	// and HAProxy take from clients: the tunnel's 128 KiB frames are for
 	// bulk between sidecars, not for clients of the listener. And at most
 	// 100 streams at once per client connection (Envoy's edge default):
 	// one client must not take a service's whole pool.
-	tun := tunnel.NewServer(c, tunnel.Config{Requests: true, MaxStreams: clientMaxStreams, MaxHeaderBytes: TunnelHeaderBytes,
+	tun := tunnel.NewServer(c, tunnel.Config{Requests: true, MaxStreams: clientMaxStreams, MaxHeaderBytes: s.H2MaxHeaderBytes,
 		MaxFrameSize: clientFrameSize, Logger: s.log},
 		func(st *tunnel.Stream) {
-			serveRequest(st, func(w http.ResponseWriter, r *http.Request) {
+			s.ServeStream(st, func(w http.ResponseWriter, r *http.Request) {
 				defer func() {
 					if p := recover(); p != nil {
 						logPanic(s.log, remote, p)
-						abortResponse(w) // a reset, not a response cut short
+						Abort(w) // a reset, not a response cut short
 					}
 				}()
 				r.RemoteAddr = remote
@@ -415,7 +437,7 @@ func (sc *serverConn) serveH2(c net.Conn, tlsState *tls.ConnectionState) {
 					if !sniNames(tlsState.ServerName, r.Host) {
 						pe := misdirected(tlsState.ServerName, r.Host)
 						s.count(remote, pe)
-						refuse(w, &badRequest{pe.status, "trellis: " + pe.msg, pe.reason})
+						refuseH2(w, pe)
 						return
 					}
 				}
@@ -431,6 +453,15 @@ func (sc *serverConn) serveH2(c net.Conn, tlsState *tls.ConnectionState) {
 		tun.Shutdown()
 	}
 	tun.Run()
+}
+
+// refuseH2 answers, in place of the handler, an HTTP/2 request the server
+// refused; the stream ends with the response.
+func refuseH2(w http.ResponseWriter, pe *ProtocolError) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Connection", "close")
+	w.WriteHeader(pe.Status)
+	io.WriteString(w, "trellis: "+pe.Msg+"\n")
 }
 
 // logPanic logs a handler's panic, as net/http's server does;
@@ -457,23 +488,27 @@ func (s *Server) bodyReadTimeout() time.Duration {
 
 // reject answers a request the reader refused, counts and logs it; the
 // connection closes after it.
-func (s *Server) reject(remote string, pe *protocolError, bw *bufio.Writer) {
-	writeError(bw, pe.status, pe.msg)
+func (s *Server) reject(remote string, pe *ProtocolError, bw *bufio.Writer) {
+	writeError(bw, pe.Status, pe.Msg)
 	s.count(remote, pe)
 }
+
+// refusalsPerSecond bounds the lines a server logs a second for requests
+// its reader refused; Rejected counts them all.
+const refusalsPerSecond = 100
 
 // count counts and logs a refused request. The log is at info: a client
 // sending what the reader refuses is a broken or hostile one, and the
 // operator may want to know which.
-func (s *Server) count(remote string, pe *protocolError) {
+func (s *Server) count(remote string, pe *ProtocolError) {
 	if s.Rejected != nil {
-		s.Rejected.WithLabelValues(pe.reason).Inc()
+		s.Rejected.WithLabelValues(pe.Reason).Inc()
 	}
 	n, ok := s.refusals.Take(time.Now(), refusalsPerSecond)
 	if !ok {
 		return
 	}
-	args := []any{"remote", remote, "status", pe.status, "reason", pe.reason, "detail", cut(pe.msg, 512)}
+	args := []any{"remote", remote, "status", pe.Status, "reason", pe.Reason, "detail", cut(pe.Msg, 512)}
 	if n > 0 {
 		args = append(args, "suppressed", n)
 	}
@@ -493,7 +528,7 @@ func sniNames(sni, host string) bool {
 	return strings.EqualFold(strings.TrimSuffix(host, "."), strings.TrimSuffix(sni, "."))
 }
 
-func misdirected(sni, host string) *protocolError {
+func misdirected(sni, host string) *ProtocolError {
 	return refused(http.StatusMisdirectedRequest, "misdirected",
 		"this connection is for "+quoteShort(sni)+" (TLS server name), not "+quoteShort(host))
 }
@@ -503,7 +538,7 @@ func misdirected(sni, host string) *protocolError {
 func writeError(bw *bufio.Writer, code int, msg string) {
 	body := http.StatusText(code) + ": " + msg + "\n"
 	bw.WriteString("HTTP/1.1 ")
-	bw.WriteString(statusLine(code))
+	bw.WriteString(StatusLine(code))
 	bw.WriteString("\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: ")
 	bw.WriteString(strconv.Itoa(len(body)))
 	bw.WriteString("\r\n\r\n")
@@ -523,7 +558,7 @@ type requestBody struct {
 	eof     bool
 	closed  bool
 	busy    bool
-	failed  *protocolError // the body's framing failed, or it timed out
+	failed  *ProtocolError // the body's framing failed, or it timed out
 }
 
 func (b *requestBody) Read(p []byte) (int, error) {
@@ -547,7 +582,7 @@ func (b *requestBody) Read(p []byte) (int, error) {
 	n, err := b.r.Read(p)
 	b.mu.Lock()
 	b.busy = false
-	var pe *protocolError
+	var pe *ProtocolError
 	switch {
 	case err == nil:
 	case err == io.EOF:
@@ -568,8 +603,10 @@ func (b *requestBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// failure is why the body failed, or nil.
-func (b *requestBody) failure() *protocolError {
+// Failure is why the body failed, or nil: its framing was malformed, it
+// stalled past the body read timeout, or the client went away mid-body.
+// A proxy tells by it a failure of the client's doing from an upstream's.
+func (b *requestBody) Failure() *ProtocolError {
 	if b == nil {
 		return nil
 	}
