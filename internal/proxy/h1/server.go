@@ -72,6 +72,15 @@ type Server struct {
 	// (tunnel.Config.MaxHeaderBytes); zero means the tunnel's default.
 	// Set before Serve.
 	H2MaxHeaderBytes uint32
+	// H2 configures the connections of HTTP/2 clients; zero fields take
+	// the defaults for clients: 100 streams at once (MaxStreams), frames
+	// of 16 KiB (MaxFrameSize), and the tunnel's own for the rest. Set
+	// before Serve.
+	H2 tunnel.Config
+	// HeaderReadTimeout bounds the wait for a request's head, from its
+	// first byte or the TLS handshake (30 s); IdleTimeout the wait for the
+	// next request on a kept connection (5 minutes). Set before Serve.
+	HeaderReadTimeout, IdleTimeout time.Duration
 
 	handler  http.Handler
 	log      *slog.Logger
@@ -252,7 +261,7 @@ func (sc *serverConn) serve() {
 	}()
 	var tlsState *tls.ConnectionState
 	if tc, ok := c.(*tls.Conn); ok {
-		c.SetDeadline(time.Now().Add(readHeaderTimeout))
+		c.SetDeadline(time.Now().Add(sc.s.headerReadTimeout()))
 		if err := tc.Handshake(); err != nil {
 			sc.s.HandshakeLog.Failed(c, tc, err)
 			return
@@ -282,7 +291,7 @@ func (sc *serverConn) serve() {
 		}
 	}()
 
-	c.SetReadDeadline(time.Now().Add(readHeaderTimeout))
+	c.SetReadDeadline(time.Now().Add(sc.s.headerReadTimeout()))
 	if tlsState == nil && isH2Preface(br) {
 		pooled = false // x/net's server reads on through br
 		lr.N = math.MaxInt64
@@ -297,11 +306,11 @@ func (sc *serverConn) serve() {
 	w := &responseWriter{c: c, br: br, bw: bw}
 	for first := true; ; first = false {
 		if !first {
-			c.SetReadDeadline(time.Now().Add(idleConnTimeout))
+			c.SetReadDeadline(time.Now().Add(sc.s.idleTimeout()))
 			if _, err := br.Peek(1); err != nil {
 				return
 			}
-			c.SetReadDeadline(time.Now().Add(readHeaderTimeout))
+			c.SetReadDeadline(time.Now().Add(sc.s.headerReadTimeout()))
 		}
 		if !sc.s.setIdle(sc, false) {
 			return
@@ -421,8 +430,18 @@ func (sc *serverConn) serveH2(c net.Conn, tlsState *tls.ConnectionState) {
 	// bulk between sidecars, not for clients of the listener. And at most
 	// 100 streams at once per client connection (Envoy's edge default):
 	// one client must not take a service's whole pool.
-	tun := tunnel.NewServer(c, tunnel.Config{Requests: true, MaxStreams: clientMaxStreams, MaxHeaderBytes: s.H2MaxHeaderBytes,
-		MaxFrameSize: clientFrameSize, Logger: s.log},
+	cfg := s.H2
+	cfg.Requests, cfg.Logger = true, s.log
+	if cfg.MaxStreams == 0 {
+		cfg.MaxStreams = clientMaxStreams
+	}
+	if cfg.MaxFrameSize == 0 {
+		cfg.MaxFrameSize = clientFrameSize
+	}
+	if cfg.MaxHeaderBytes == 0 {
+		cfg.MaxHeaderBytes = s.H2MaxHeaderBytes
+	}
+	tun := tunnel.NewServer(c, cfg,
 		func(st *tunnel.Stream) {
 			s.ServeStream(st, func(w http.ResponseWriter, r *http.Request) {
 				defer func() {
@@ -477,6 +496,20 @@ func logPanic(log *slog.Logger, remote string, p any) {
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
+}
+
+func (s *Server) headerReadTimeout() time.Duration {
+	if s.HeaderReadTimeout > 0 {
+		return s.HeaderReadTimeout
+	}
+	return readHeaderTimeout
+}
+
+func (s *Server) idleTimeout() time.Duration {
+	if s.IdleTimeout > 0 {
+		return s.IdleTimeout
+	}
+	return idleConnTimeout
 }
 
 func (s *Server) bodyReadTimeout() time.Duration {

@@ -1,0 +1,122 @@
+package h1
+
+import (
+	"bytes"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+
+	"github.com/trellis-mesh/trellis/internal/proxy/tunnel"
+)
+
+// limitsServer serves a handler that answers at once, with the limits
+// set by configure.
+func limitsServer(t *testing.T, configure func(*Server)) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "ok")
+	}), slog.New(slog.DiscardHandler))
+	s.ServeStream = func(st *tunnel.Stream, serve func(http.ResponseWriter, *http.Request)) {
+		stopped := make(chan struct{})
+		st.OnStop(func() { close(stopped) })
+		<-stopped // held open until the connection ends
+	}
+	configure(s)
+	go s.Serve(l)
+	t.Cleanup(func() { s.Close() })
+	return l.Addr().String()
+}
+
+// closedWithin reads from c until the server closes it, and fails the
+// test if that takes longer than within.
+func closedWithin(t *testing.T, c net.Conn, within time.Duration) []byte {
+	t.Helper()
+	start := time.Now()
+	c.SetReadDeadline(time.Now().Add(within + 5*time.Second))
+	b, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("connection not closed by the server: %v", err)
+	}
+	if took := time.Since(start); took > within+2*time.Second {
+		t.Fatalf("closed after %s, want about %s", took, within)
+	}
+	return b
+}
+
+// The limits of client connections are settings: a head that does not
+// come within HeaderReadTimeout, and a kept connection idle for
+// IdleTimeout, are closed.
+func TestConnectionTimeoutsAreSettings(t *testing.T) {
+	addr := limitsServer(t, func(s *Server) {
+		s.HeaderReadTimeout = 200 * time.Millisecond
+		s.IdleTimeout = 300 * time.Millisecond
+	})
+	t.Run("header read timeout", func(t *testing.T) {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		io.WriteString(c, "GET / HTTP/1.1\r\nHost: a\r\n") // and no end of head
+		if b := closedWithin(t, c, 200*time.Millisecond); len(b) != 0 {
+			t.Fatalf("a head that never ended got %q", b)
+		}
+	})
+	t.Run("idle timeout", func(t *testing.T) {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		io.WriteString(c, "GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+		if b := closedWithin(t, c, 300*time.Millisecond); !bytes.HasSuffix(b, []byte("\r\n\r\nok")) {
+			t.Fatalf("got %q before the close, want the answer", b)
+		}
+	})
+}
+
+// An HTTP/2 client connection takes H2.MaxStreams streams at once; the
+// next is refused.
+func TestH2MaxStreamsIsASetting(t *testing.T) {
+	addr := limitsServer(t, func(s *Server) { s.H2.MaxStreams = 2 })
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, http2.ClientPreface)
+	fr := http2.NewFramer(c, c)
+	fr.WriteSettings()
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	for _, f := range []hpack.HeaderField{{Name: ":method", Value: "GET"}, {Name: ":scheme", Value: "http"},
+		{Name: ":authority", Value: "a"}, {Name: ":path", Value: "/"}} {
+		enc.WriteField(f)
+	}
+	for id := uint32(1); id <= 5; id += 2 {
+		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true})
+	}
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rst, ok := f.(*http2.RSTStreamFrame); ok {
+			if rst.StreamID != 5 || rst.ErrCode != http2.ErrCodeRefusedStream {
+				t.Fatalf("RST_STREAM %d %v, want stream 5 refused", rst.StreamID, rst.ErrCode)
+			}
+			return
+		}
+	}
+}
