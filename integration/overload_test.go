@@ -292,4 +292,3 @@ func (c *overloadConn) awaitGoAway(code http2.ErrCode) error {
 		}
 	}
 }
-
