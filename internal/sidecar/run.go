@@ -115,6 +115,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	streamDone := make(chan struct{})
 	go func() { defer close(streamDone); p.runControl(streamCtx, pool) }()
 	goBG(func() { p.runCertificates(runCtx) })
+	goBG(func() { p.runPersist(runCtx) })
 	goBG(func() {
 		select {
 		case <-p.ready:
@@ -167,7 +168,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 func (p *Proxy) restoreState() {
 	cert, st, err := loadState(p.cfg.StateDir, p.cfg.Service, time.Now())
 	if err != nil {
-		p.log.Warn("ignore persisted state", "err", err)
+		p.log.Warn("ignore persisted state; asking the control plane for a certificate", "err", err)
 		return
 	}
 	if cert == nil {
@@ -177,8 +178,7 @@ func (p *Proxy) restoreState() {
 		p.log.Warn("ignore persisted snapshot", "err", err)
 		return
 	}
-	p.keyPEM = []byte(st.KeyPEM)
-	p.setCertificate(cert)
+	p.setCredential(cert, []byte(st.KeyPEM))
 	p.markReady()
 	p.log.Info("serving from persisted state until the control plane answers", "version", st.Snapshot.Version, "certExpires", cert.Leaf.NotAfter)
 }

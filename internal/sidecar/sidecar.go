@@ -70,8 +70,13 @@ type Proxy struct {
 	// renewSoon wakes the certificate loop before renewAt.
 	renewSoon chan struct{}
 
-	keyMu  sync.Mutex
-	keyPEM []byte // the key of the current certificate, for persistence
+	// cred is the current certificate with its key's PEM, one value so
+	// that persistence never pairs a key with another key's certificate.
+	cred atomic.Pointer[credential]
+	// persistCh asks runPersist, the one writer of the state file, to
+	// save the current state (one slot: requests made while it writes
+	// fold into one).
+	persistCh chan struct{}
 
 	m struct {
 		connected prometheus.Gauge
@@ -143,6 +148,7 @@ func New(cfg Config) (*Proxy, error) {
 		regCh:     make(chan struct{}, 1),
 		renewSoon: make(chan struct{}, 1),
 		ready:     make(chan struct{}),
+		persistCh: make(chan struct{}, 1),
 	}
 	p.registerMetrics(cfg.Registry)
 	p.handshakes = &handshake.Log{Logger: p.log}
@@ -333,6 +339,19 @@ func (p *Proxy) endpoints(service string) func() []l4.Endpoint {
 }
 
 func (p *Proxy) markReady() { p.rdOnce.Do(func() { close(p.ready) }) }
+
+// credential is a certificate and the PEM of its private key.
+type credential struct {
+	cert   *tls.Certificate
+	keyPEM []byte
+}
+
+// setCredential installs cert, whose private key keyPEM encodes, as one
+// value for persistence, then serves it.
+func (p *Proxy) setCredential(cert *tls.Certificate, keyPEM []byte) {
+	p.cred.Store(&credential{cert: cert, keyPEM: keyPEM})
+	p.setCertificate(cert)
+}
 
 // setCertificate installs cert and schedules its renewal at half of its
 // remaining life. The CA backdates certificates for clock skew, so half of
