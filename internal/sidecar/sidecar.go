@@ -28,6 +28,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/proxy/handshake"
 	"github.com/trellis-mesh/trellis/internal/proxy/l4"
 	"github.com/trellis-mesh/trellis/internal/proxy/l7"
+	"github.com/trellis-mesh/trellis/internal/proxy/netconn"
 	"github.com/trellis-mesh/trellis/internal/proxy/passthrough"
 	"github.com/trellis-mesh/trellis/internal/proxy/tunnel"
 	"github.com/trellis-mesh/trellis/internal/topology"
@@ -94,6 +95,12 @@ type Proxy struct {
 	// handshakes logs the failed TLS handshakes of every listener, under
 	// one rate limit.
 	handshakes *handshake.Log
+	// admission is the process-wide connection gate every listener's
+	// accept loop shares; listenerm counts what those loops see.
+	admission *netconn.Admission
+	listenerm *listenerMetrics
+	// listeners records listeners that failed for good.
+	listeners *listenerHealth
 }
 
 // New checks cfg and returns a proxy ready to Run.
@@ -149,6 +156,8 @@ func New(cfg Config) (*Proxy, error) {
 		renewSoon: make(chan struct{}, 1),
 		ready:     make(chan struct{}),
 		persistCh: make(chan struct{}, 1),
+		admission: &netconn.Admission{MaxConnections: cfg.Limits.MaxConnections, FDHighWater: cfg.Limits.FDHighWater},
+		listeners: newListenerHealth(),
 	}
 	p.registerMetrics(cfg.Registry)
 	p.handshakes = &handshake.Log{Logger: p.log}
@@ -167,6 +176,7 @@ func (p *Proxy) registerMetrics(reg *prometheus.Registry) {
 	p.m.healthy = prometheus.NewGauge(prometheus.GaugeOpts{Name: "trellis_proxy_app_healthy", Help: "1 while the app passes its health check."})
 	p.m.egress = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "trellis_proxy_transparent_egress_total", Help: "Redirected outbound connections, by how their upstream was found (address|host) or refused|error."}, []string{"result"})
 	reg.MustRegister(p.m.connected, p.m.expiry, p.m.renewals, p.m.snapshots, p.m.healthy, p.m.egress)
+	p.listenerm = newListenerMetrics(reg, p.admission)
 	p.l4m = l4.NewMetrics(reg)
 	p.l7m = l7.NewMetrics(reg)
 	// One counter for every HTTP/2 connection of the process (the tunnel

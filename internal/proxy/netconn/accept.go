@@ -15,11 +15,10 @@ import (
 
 // DefaultMaxConnections is a listener's limit on connections open at once
 // when Acceptor.MaxConnections is 0. Ten thousand is well above what one
-// sidecar's app or one gateway port serves in practice (Envoy's overload
-// manager and HAProxy's maxconn defaults are of this order), and at about
-// 50 KiB per idle connection (socket buffers, a goroutine, TLS state) it
-// bounds a listener at about half a GiB: a flood of connections is refused
-// long before it costs the process its memory.
+// sidecar's app or one gateway port serves in practice, and at a few tens
+// of KiB per open connection (a goroutine, read and write buffers, TLS
+// state) it bounds what one listener holds to a few hundred MiB: a flood
+// of connections is refused long before it costs the process its memory.
 const DefaultMaxConnections = 10000
 
 // Accept loop backoff after a temporary error, as net/http's server does:
