@@ -3,7 +3,9 @@ package sidecar
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/tls"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -201,4 +203,40 @@ func TestPersistNeverSplitsKeyAndCertificate(t *testing.T) {
 	if want := fmt.Sprintf("v%d", renewals); st.Snapshot.Version != want {
 		t.Errorf("saved snapshot %s, want the last applied %s", st.Snapshot.Version, want)
 	}
+}
+
+// FuzzLoadState: whatever the state file holds, loadState does not panic,
+// and what it accepts is a certificate whose key is its own.
+func FuzzLoadState(f *testing.F) {
+	ca := trellistest.NewCA(f, "trellis.local")
+	a, b := ca.SVID(f, "web", time.Hour), ca.SVID(f, "web", time.Hour)
+	snap := &topology.Snapshot{Version: "v1", Service: "web", TrustDomain: "trellis.local", RootsPEM: string(ca.RootsPEM()), MTLS: "strict"}
+	for _, st := range []persisted{
+		{ChainPEM: chainPEM(a), KeyPEM: string(trellistest.KeyPEM(f, a)), Snapshot: snap},
+		{ChainPEM: chainPEM(a), KeyPEM: string(trellistest.KeyPEM(f, b)), Snapshot: snap},
+		{ChainPEM: chainPEM(a), KeyPEM: "", Snapshot: snap},
+		{ChainPEM: "", KeyPEM: string(trellistest.KeyPEM(f, a)), Snapshot: snap},
+	} {
+		js, err := json.Marshal(st)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(js)
+	}
+	f.Add([]byte(`{"chain":"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n","key":"x"}`))
+	f.Add([]byte("{garbage"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		dir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(dir, stateFile), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cert, _, err := loadState(dir, "web", time.Now())
+		if err != nil || cert == nil {
+			return
+		}
+		pub, ok := cert.PrivateKey.(interface{ Public() crypto.PublicKey })
+		if !ok || !pub.Public().(interface{ Equal(crypto.PublicKey) bool }).Equal(cert.Leaf.PublicKey) {
+			t.Fatal("loadState returned a certificate whose key is not its own")
+		}
+	})
 }
