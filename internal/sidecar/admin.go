@@ -70,8 +70,9 @@ func (p *Proxy) serveAdmin(ctx context.Context, l net.Listener) error {
 	}
 	srv := &http.Server{
 		Handler: mux, ReadHeaderTimeout: 5 * time.Second,
-		// net/http retries temporary accept errors itself (5 ms to 1 s,
-		// as netconn.Acceptor); its lines go to our log, not stderr.
+		// Temporary accept errors are retried (logged, counted) by the
+		// acceptor's listener; what net/http still has to say goes to our
+		// log, not stderr.
 		ErrorLog: slog.NewLogLogger(p.log.With("listener", "admin").Handler(), slog.LevelWarn),
 	}
 	// Closed when ctx ends, and in any case before returning: the
@@ -85,7 +86,7 @@ func (p *Proxy) serveAdmin(ctx context.Context, l net.Listener) error {
 		case <-served:
 		}
 	})
-	err := srv.Serve(l)
+	err := srv.Serve(p.acceptor("admin").Listener(l))
 	close(served)
 	closer.Wait()
 	srv.Close()

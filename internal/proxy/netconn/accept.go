@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -88,6 +89,45 @@ func (a *Acceptor) Serve(l net.Listener, serve func(net.Conn)) error {
 	if a == nil {
 		a = &Acceptor{}
 	}
+	rl := a.Listener(l).(*retryListener)
+	limit := a.MaxConnections
+	if limit == 0 {
+		limit = DefaultMaxConnections
+	}
+	var open atomic.Int64 // this listener's connections being served
+	for {
+		c, err := rl.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("accept on %s listener: %w", rl.name, err)
+		}
+		if reason := a.admit(&open, limit); reason != "" {
+			c.Close()
+			if a.Counters != nil {
+				a.Counters.Refused(rl.name, reason)
+			}
+			a.logf(&a.refusedLog, rl.log, slog.LevelWarn, "connection refused: limit reached", "listener", rl.name, "reason", reason,
+				"listenerOpen", open.Load(), "listenerMax", limit)
+			continue
+		}
+		go func() {
+			defer a.release(&open)
+			serve(c)
+		}()
+	}
+}
+
+// Listener returns l with Accept retrying temporary errors as Serve does
+// (backoff, a log line per episode, each one counted), for a server that
+// runs its own accept loop (net/http's): only a closed or failed listener
+// reaches it. It applies no connection limit, since it cannot see when a
+// connection ends.
+func (a *Acceptor) Listener(l net.Listener) net.Listener {
+	if a == nil {
+		a = &Acceptor{}
+	}
 	name := a.Name
 	if name == "" {
 		name = l.Addr().String()
@@ -96,55 +136,49 @@ func (a *Acceptor) Serve(l net.Listener, serve func(net.Conn)) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	limit := a.MaxConnections
-	if limit == 0 {
-		limit = DefaultMaxConnections
-	}
-	var open atomic.Int64 // this listener's connections being served
-	var (
-		delay    time.Duration
-		failures int       // in the current episode of temporary errors
-		since    time.Time // when the episode began
-	)
+	return &retryListener{Listener: l, a: a, name: name, log: log}
+}
+
+type retryListener struct {
+	net.Listener
+	a    *Acceptor
+	name string
+	log  *slog.Logger
+
+	mu       sync.Mutex // serializes Accept, whose backoff state this is
+	delay    time.Duration
+	failures int
+	since    time.Time
+}
+
+func (r *retryListener) Accept() (net.Conn, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	a, name, log := r.a, r.name, r.log
 	for {
-		c, err := l.Accept()
+		c, err := r.Listener.Accept()
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return nil
-			}
 			reason, temporary := acceptErrorReason(err)
-			if !temporary {
-				return fmt.Errorf("accept on %s listener: %w", name, err)
+			if errors.Is(err, net.ErrClosed) || !temporary {
+				return nil, err
 			}
 			if a.Counters != nil {
 				a.Counters.AcceptError(name, reason)
 			}
-			delay = min(max(2*delay, minAcceptDelay), maxAcceptDelay)
-			if failures == 0 {
-				since = time.Now()
-				a.logf(&a.failingLog, log, slog.LevelWarn, "accept failing; retrying with backoff", "listener", name, "reason", reason, "err", err, "retryIn", delay)
+			r.delay = min(max(2*r.delay, minAcceptDelay), maxAcceptDelay)
+			if r.failures == 0 {
+				r.since = time.Now()
+				a.logf(&a.failingLog, log, slog.LevelWarn, "accept failing; retrying with backoff", "listener", name, "reason", reason, "err", err, "retryIn", r.delay)
 			}
-			failures++
-			time.Sleep(delay)
+			r.failures++
+			time.Sleep(r.delay)
 			continue
 		}
-		if failures > 0 {
-			a.logf(&a.recoveredLog, log, slog.LevelInfo, "accepting again", "listener", name, "failures", failures, "after", time.Since(since).Round(time.Millisecond))
-			failures, delay = 0, 0
+		if r.failures > 0 {
+			a.logf(&a.recoveredLog, log, slog.LevelInfo, "accepting again", "listener", name, "failures", r.failures, "after", time.Since(r.since).Round(time.Millisecond))
+			r.failures, r.delay = 0, 0
 		}
-		if reason := a.admit(&open, limit); reason != "" {
-			c.Close()
-			if a.Counters != nil {
-				a.Counters.Refused(name, reason)
-			}
-			a.logf(&a.refusedLog, log, slog.LevelWarn, "connection refused: limit reached", "listener", name, "reason", reason,
-				"listenerOpen", open.Load(), "listenerMax", limit)
-			continue
-		}
-		go func() {
-			defer a.release(&open)
-			serve(c)
-		}()
+		return c, nil
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"strings"
@@ -463,5 +464,32 @@ func TestDefaultLimits(t *testing.T) {
 		if got := FDHighWater(tc.nofile); got != tc.high {
 			t.Errorf("FDHighWater(%d) = %d, want %d", tc.nofile, got, tc.high)
 		}
+	}
+}
+
+// A server that runs its own accept loop (net/http's) over Listener sees
+// only a failed or closed listener: it ends with the failure, where it
+// would otherwise retry forever, and with ErrServerClosed when closed.
+func TestListenerForOwnLoops(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve((&Acceptor{Name: "admin"}).Listener(l)) }()
+	resp, err := http.Get("http://" + l.Addr().String() + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	rc, err := l.(*net.TCPListener).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc.Control(func(fd uintptr) { syscall.Shutdown(int(fd), syscall.SHUT_RDWR) })
+	if err := <-done; err == nil || errors.Is(err, http.ErrServerClosed) || !errors.Is(err, syscall.EINVAL) {
+		t.Fatalf("Serve = %v, want the listener's EINVAL", err)
 	}
 }
