@@ -117,15 +117,21 @@ func (a *Admission) release() {
 
 // fdsInUse estimates the descriptors the process has open: the last
 // count, moved by the connections admitted and released since. It counts
-// afresh every second, or every 50 ms once the count is past half the
-// high-water mark; one caller counts while the others use the estimate,
-// so that accepting never waits on a directory listing.
+// afresh every second, or every 50 ms once the last count is past half
+// the high-water mark; but never more often than every 20 us per
+// descriptor counted (a listing costs up to a microsecond an entry: this
+// keeps it to a few percent of an accept loop's time), nor less often
+// than every 10 s. One caller counts, on its accept, while the others
+// use the estimate.
 func (a *Admission) fdsInUse() int64 {
 	s := a.fds.Load()
 	now := time.Now()
 	every := time.Second
-	if s != nil && 2*s.count >= a.high {
-		every = 50 * time.Millisecond
+	if s != nil {
+		if 2*s.count >= a.high {
+			every = 50 * time.Millisecond
+		}
+		every = min(max(every, time.Duration(s.count)*20*time.Microsecond), 10*time.Second)
 	}
 	if (s == nil || now.Sub(s.at) >= every) && a.fdsMu.TryLock() {
 		n, err := countDescriptors()
