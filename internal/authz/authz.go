@@ -154,6 +154,11 @@ func (p Policy) CheckRequest(caller string, req *httpmatch.Request) Decision {
 		return p.Check(caller)
 	}
 	for i, perm := range r.Permissions {
+		if !perm.m.Compiled() {
+			// Compile was never called: an uncompiled deny would fit
+			// nothing and so let everything through. Refuse instead.
+			return Decision{Allow: false, Reason: fmt.Sprintf("%s permission %d was never compiled", p.pair(r), i), Code: CodeNotReady}
+		}
 		if perm.m.Match(req) {
 			verb := "allows"
 			if !perm.Allow {

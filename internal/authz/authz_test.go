@@ -119,3 +119,36 @@ func TestUnknownDefaultDenies(t *testing.T) {
 		t.Errorf("default allow refused: %+v", d)
 	}
 }
+
+// TestUncompiledPolicyRefuses: a policy whose permissions were never
+// compiled (decoded, say, and Compile forgotten) refuses every request,
+// even where its only permission is a deny that would otherwise fit
+// nothing and leave the caller allowed.
+func TestUncompiledPolicyRefuses(t *testing.T) {
+	intentions := []v1.IntentionSpec{{
+		Source: "web", Destination: "api", Action: v1.Allow,
+		Permissions: []v1.IntentionPermission{
+			{Action: v1.Deny, HTTP: v1.RouteMatch{PathPrefix: "/admin"}},
+			{Action: v1.Allow, HTTP: v1.RouteMatch{}},
+		},
+	}}
+	p := ForDestination("api", v1.Allow, intentions)
+	for _, path := range []string{"/admin", "/public"} {
+		d := p.CheckRequest("web", &httpmatch.Request{Method: "GET", Path: path})
+		if d.Allow {
+			t.Errorf("uncompiled policy: GET %s allowed (%s), want refused", path, d.Reason)
+		}
+		if !strings.Contains(d.Reason, "never compiled") {
+			t.Errorf("uncompiled policy: reason %q, want it to say the policy was never compiled", d.Reason)
+		}
+	}
+	if err := p.Compile(); err != nil {
+		t.Fatal(err)
+	}
+	if d := p.CheckRequest("web", &httpmatch.Request{Method: "GET", Path: "/admin"}); d.Allow {
+		t.Errorf("compiled: GET /admin allowed, want denied")
+	}
+	if d := p.CheckRequest("web", &httpmatch.Request{Method: "GET", Path: "/public"}); !d.Allow {
+		t.Errorf("compiled: GET /public refused (%s), want allowed", d.Reason)
+	}
+}

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"flag"
 	"net"
 	"runtime/debug"
 	"strconv"
@@ -28,6 +29,7 @@ func runGateway(ctx context.Context, e *env, args []string) error {
 	adminPort := fs.Int("admin-port", 0, "port of the admin listener on 127.0.0.1 (0: any free port)")
 	drain := fs.Duration("drain-timeout", 0, "how long shutdown waits for open connections (default 15s)")
 	pprof := fs.Bool("pprof", false, "serve the Go profiler under /debug/pprof on the admin listener (any local user can reach it)")
+	applyLimits := limitFlags(fs)
 	mkLog := logFlags(fs, e, "info")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -51,6 +53,9 @@ func runGateway(ctx context.Context, e *env, args []string) error {
 		DrainTimeout: *drain,
 		Pprof:        *pprof,
 	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	applyLimits(&cfg.Limits, set)
 	if cfg.TokenFile == "" {
 		cfg.Token = e.getenv("TRELLIS_TOKEN")
 	}

@@ -53,6 +53,7 @@ func runProxy(ctx context.Context, e *env, args []string) error {
 	ingressPort := fs.Int("ingress-port", 0, "transparent mode: port on 0.0.0.0 where redirect rules send callers of the app's port (with --egress-port; see trellis redirect)")
 	egressPort := fs.Int("egress-port", 0, "transparent mode: port on 127.0.0.1 where redirect rules send the app's outbound connections; they reach only the --upstream services")
 	pprof := fs.Bool("pprof", false, "serve the Go profiler under /debug/pprof on the admin listener (any local user can reach it)")
+	applyLimits := limitFlags(fs)
 	mkLog := logFlags(fs, e, "info")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -122,6 +123,7 @@ func runProxy(ctx context.Context, e *env, args []string) error {
 	override("health-interval", func() { cfg.HealthInterval = *healthInterval })
 	override("drain-timeout", func() { cfg.DrainTimeout = *drain })
 	override("pprof", func() { cfg.Pprof = *pprof })
+	applyLimits(&cfg.Limits, set)
 	if *edgePort >= 0 {
 		if *edgePort > 65535 {
 			return usageErr("--edge-port: %d is not 0-65535", *edgePort)

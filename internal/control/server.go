@@ -27,6 +27,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/ca"
 	"github.com/trellis-mesh/trellis/internal/certs"
 	"github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/proxy/netconn"
 	"github.com/trellis-mesh/trellis/internal/ratelog"
 	"github.com/trellis-mesh/trellis/internal/store"
 )
@@ -383,7 +384,10 @@ func (s *Server) Run(ctx context.Context) error {
 	// The serving goroutine is Run's: every way out below waits for it,
 	// and for the handlers still running (http.Server.Close does not).
 	errc := make(chan error, 1)
-	go func() { errc <- hs.ServeTLS(l, "", "") }()
+	// Running out of descriptors is retried with backoff and logged at
+	// warn (net/http's own retry lines go to ErrorLog, at debug).
+	retrying := (&netconn.Acceptor{Name: "api", Logger: s.log}).Listener(l)
+	go func() { errc <- hs.ServeTLS(retrying, "", "") }()
 	s.log.Info("control plane serving", "addr", addr, "trustDomain", s.signer().TrustDomain())
 	close(s.ready)
 

@@ -112,9 +112,14 @@ const (
 	Deny
 )
 
-// Matcher is a compiled match block; the zero value matches everything.
+// Matcher is a compiled match block, made only by Compile. A Matcher that
+// did not come from Compile (the zero value, say a permission decoded from
+// JSON whose policy was never compiled) matches nothing: an empty match
+// block compiles to "every request", so an uncompiled one must not look
+// like it, or a forgotten Compile would grant everything.
 type Matcher struct {
-	conds []func(*Request) bool
+	conds    []func(*Request) bool
+	compiled bool // set by Compile only
 }
 
 // Compile compiles m for mode.
@@ -135,7 +140,7 @@ func Compile(m v1.RouteMatch, mode Mode) (Matcher, error) {
 		}
 		conds = append(conds, c)
 	}
-	return Matcher{conds: conds}, nil
+	return Matcher{conds: conds, compiled: true}, nil
 }
 
 // compilePath compiles the path condition, or returns nil. A deny also
@@ -480,8 +485,12 @@ func everyFits(fields []string, sep byte, fit fits) bool {
 	return n > 0
 }
 
-// Match reports whether r fits every condition.
+// Match reports whether r fits every condition; a Matcher that did not
+// come from Compile fits nothing.
 func (m Matcher) Match(r *Request) bool {
+	if !m.compiled {
+		return false
+	}
 	for _, c := range m.conds {
 		if !c(r) {
 			return false
@@ -489,3 +498,8 @@ func (m Matcher) Match(r *Request) bool {
 	}
 	return true
 }
+
+// Compiled reports whether m came from Compile. A caller that decides by a
+// match that does not fit (a deny rule) must check it: an uncompiled
+// Matcher fits nothing, which for a deny would mean allowing.
+func (m Matcher) Compiled() bool { return m.compiled }

@@ -231,3 +231,34 @@ func FuzzAllowImpliesDeny(f *testing.F) {
 		}
 	})
 }
+
+// TestZeroMatcherMatchesNothing: a Matcher that never went through Compile
+// must not fit a request, though an empty match block compiled does fit
+// every one: otherwise a forgotten Compile grants everything.
+func TestZeroMatcherMatchesNothing(t *testing.T) {
+	reqs := []*Request{
+		{Method: "GET", Path: "/"},
+		{Method: "DELETE", Path: "/admin", Host: "web", Header: map[string][]string{"X-Role": {"admin"}}},
+	}
+	var zero Matcher
+	if zero.Compiled() {
+		t.Error("zero Matcher says it is compiled")
+	}
+	for _, mode := range []Mode{Route, Allow, Deny} {
+		empty, err := Compile(v1.RouteMatch{}, mode)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !empty.Compiled() {
+			t.Errorf("mode %d: Compile returned a Matcher that says it is not compiled", mode)
+		}
+		for _, r := range reqs {
+			if zero.Match(r) {
+				t.Errorf("zero Matcher matches %s %s, want no match", r.Method, r.Path)
+			}
+			if !empty.Match(r) {
+				t.Errorf("mode %d: compiled empty match block does not match %s %s, want a match", mode, r.Method, r.Path)
+			}
+		}
+	}
+}

@@ -4,6 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"sync"
@@ -14,10 +17,15 @@ import (
 	"github.com/trellis-mesh/trellis/internal/identity"
 )
 
-// serveAdmin serves the local admin endpoints until ctx ends.
-func (p *Proxy) serveAdmin(ctx context.Context, l net.Listener) {
+// serveAdmin serves the local admin endpoints until ctx ends or l is
+// closed (it then returns nil), or l fails.
+func (p *Proxy) serveAdmin(ctx context.Context, l net.Listener) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, r *http.Request) {
+		if why := p.listeners.notReady(); why != "" {
+			http.Error(w, "not ready: "+why, http.StatusServiceUnavailable)
+			return
+		}
 		select {
 		case <-p.ready:
 			w.Write([]byte("ready\n"))
@@ -60,7 +68,13 @@ func (p *Proxy) serveAdmin(ctx context.Context, l net.Listener) {
 			p.log.Warn("--pprof: this build has no profiler (proxyonly)")
 		}
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{
+		Handler: mux, ReadHeaderTimeout: 5 * time.Second,
+		// Temporary accept errors are retried (logged, counted) by the
+		// acceptor's listener; what net/http still has to say goes to our
+		// log, not stderr.
+		ErrorLog: slog.NewLogLogger(p.log.With("listener", "admin").Handler(), slog.LevelWarn),
+	}
 	// Closed when ctx ends, and in any case before returning: the
 	// connections' goroutines, and the closer's, end with serveAdmin.
 	served := make(chan struct{})
@@ -72,10 +86,14 @@ func (p *Proxy) serveAdmin(ctx context.Context, l net.Listener) {
 		case <-served:
 		}
 	})
-	_ = srv.Serve(l)
+	err := srv.Serve(p.acceptor("admin").Listener(l))
 	close(served)
 	closer.Wait()
 	srv.Close()
+	if !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+		return fmt.Errorf("admin: %w", err)
+	}
+	return nil
 }
 
 // addProfiles adds /debug/pprof to the admin mux in the full build; the

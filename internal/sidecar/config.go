@@ -205,6 +205,9 @@ type Config struct {
 	// listener. Off by default: any local user can reach the admin port,
 	// and a profile or trace shows what the proxy holds and costs CPU.
 	Pprof bool `yaml:"pprof"`
+	// Limits bound the connections the proxy takes on; zero values mean
+	// the defaults.
+	Limits Limits `yaml:"limits"`
 
 	// Logger; nil discards.
 	Logger *slog.Logger `yaml:"-"`
@@ -273,6 +276,9 @@ func (c *Config) Validate() error {
 	}
 	if c.DrainTimeout < 0 || c.HealthInterval < 0 {
 		errs = append(errs, errors.New("durations must not be negative"))
+	}
+	if err := c.Limits.validate(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

@@ -234,10 +234,7 @@ func (p *Proxy) renew(ctx context.Context) error {
 	if err != nil || id.Service() != p.cfg.Service {
 		return fmt.Errorf("CA returned a certificate for %v (%v), want service %s", id, err, p.cfg.Service)
 	}
-	p.keyMu.Lock()
-	p.keyPEM = keyPEM
-	p.keyMu.Unlock()
-	p.setCertificate(cert)
+	p.setCredential(cert, keyPEM)
 	p.m.renewals.WithLabelValues("ok").Inc()
 	p.log.Info("certificate issued", "id", id.String(), "expires", cert.Leaf.NotAfter.Format(time.RFC3339))
 	p.persist()
@@ -276,21 +273,49 @@ func (p *Proxy) issue(ctx context.Context, sign func(context.Context, []byte) (v
 	return cert, keyPEM, nil
 }
 
-// persist saves the current certificate, key and snapshot when all exist.
+// persist asks runPersist to save the current state. It never blocks: a
+// request made while one is pending is the same request.
 func (p *Proxy) persist() {
+	select {
+	case p.persistCh <- struct{}{}:
+	default:
+	}
+}
+
+// runPersist is the one writer of the state file: it saves the current
+// certificate, key and snapshot on each persist request until ctx ends,
+// then saves once more if a request is pending. One writer means two
+// saves never race to rename their files (an older state landing last);
+// reading the certificate and its key as one value means a save never
+// pairs a key with another key's certificate.
+func (p *Proxy) runPersist(ctx context.Context) {
+	for {
+		select {
+		case <-p.persistCh:
+			p.saveNow()
+		case <-ctx.Done():
+			select {
+			case <-p.persistCh:
+				p.saveNow()
+			default:
+			}
+			return
+		}
+	}
+}
+
+// saveNow writes the current certificate, key and snapshot when all exist.
+func (p *Proxy) saveNow() {
 	a := p.cur.Load()
-	c := p.src.Certificate()
-	p.keyMu.Lock()
-	keyPEM := p.keyPEM
-	p.keyMu.Unlock()
-	if a == nil || c == nil || keyPEM == nil {
+	cr := p.cred.Load()
+	if a == nil || cr == nil {
 		return
 	}
 	var chain []byte
-	for _, der := range c.Certificate {
+	for _, der := range cr.cert.Certificate {
 		chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
 	}
-	if err := saveState(p.cfg.StateDir, persisted{ChainPEM: string(chain), KeyPEM: string(keyPEM), Snapshot: a.snap}); err != nil {
+	if err := saveState(p.cfg.StateDir, persisted{ChainPEM: string(chain), KeyPEM: string(cr.keyPEM), Snapshot: a.snap}); err != nil {
 		p.log.Warn("persist state", "dir", p.cfg.StateDir, "err", err)
 	}
 }

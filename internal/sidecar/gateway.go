@@ -143,16 +143,18 @@ func (g *gateway) start(spec v1.GatewayListener) (*gwListener, error) {
 		return nil, err
 	}
 	port := spec.Port
+	name := fmt.Sprintf("gateway:%d", port)
 	cancel := func() {}
 	switch spec.Protocol {
 	case v1.GatewayTLSPassthrough:
 		pt := &passthrough.Listener{
-			Config:  func() passthrough.Config { return g.passthroughConfig(port) },
-			Targets: g.targets,
-			Logger:  g.p.log.With("listener", port),
-			Metrics: g.p.l4m,
+			Config:   func() passthrough.Config { return g.passthroughConfig(port) },
+			Targets:  g.targets,
+			Logger:   g.p.log.With("listener", port),
+			Metrics:  g.p.l4m,
+			Acceptor: g.p.acceptor(name),
 		}
-		go pt.Serve(ln)
+		go func() { g.p.listeners.done(name, pt.Serve(ln)) }()
 		return &gwListener{spec: spec, ln: ln, drain: pt.Drain, stop: func() {}}, nil
 	case v1.GatewayHTTPS:
 		t := spec.TLS
@@ -184,7 +186,8 @@ func (g *gateway) start(spec v1.GatewayListener) (*gwListener, error) {
 	srv := l7.NewServer(in, g.p.log)
 	srv.HandshakeLog = g.p.handshakes
 	srv.Rejected = g.p.l7m.Rejected
-	go srv.Serve(ln)
+	srv.Acceptor = g.p.acceptor(name)
+	go func() { g.p.listeners.done(name, srv.Serve(ln)) }()
 	return &gwListener{spec: spec, ln: ln, drain: httpDrainer{srv}.Drain, stop: cancel}, nil
 }
 

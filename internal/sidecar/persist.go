@@ -1,8 +1,11 @@
 package sidecar
 
 import (
+	"crypto"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
@@ -62,11 +65,13 @@ func saveState(dir string, p persisted) error {
 
 // loadState returns the persisted state, if it is present, consistent, for
 // this service, and its certificate has not expired; nil when there is none.
+// Every error names the file, so that an operator sees which one to look at.
 func loadState(dir, service string, now time.Time) (*tls.Certificate, *persisted, error) {
 	if dir == "" {
 		return nil, nil, nil
 	}
-	b, err := os.ReadFile(filepath.Join(dir, stateFile))
+	path := filepath.Join(dir, stateFile)
+	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil, nil
 	}
@@ -75,20 +80,62 @@ func loadState(dir, service string, now time.Time) (*tls.Certificate, *persisted
 	}
 	var p persisted
 	if err := json.Unmarshal(b, &p); err != nil {
-		return nil, nil, fmt.Errorf("decode %s: %w", stateFile, err)
+		return nil, nil, fmt.Errorf("decode %s: %w", path, err)
 	}
 	if p.Snapshot == nil || p.Snapshot.Service != service {
-		return nil, nil, fmt.Errorf("%s is for another service", stateFile)
+		return nil, nil, fmt.Errorf("%s is for another service", path)
 	}
 	if err := p.Snapshot.Validate(); err != nil {
-		return nil, nil, err
+		return nil, nil, fmt.Errorf("%s: snapshot: %w", path, err)
+	}
+	if err := matchingKey([]byte(p.ChainPEM), []byte(p.KeyPEM)); err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", path, err)
 	}
 	cert, err := certs.KeyPair([]byte(p.ChainPEM), []byte(p.KeyPEM))
 	if err != nil {
-		return nil, nil, fmt.Errorf("persisted certificate: %w", err)
+		return nil, nil, fmt.Errorf("%s: persisted certificate: %w", path, err)
 	}
 	if now.After(cert.Leaf.NotAfter) {
-		return nil, nil, fmt.Errorf("persisted certificate expired at %v", cert.Leaf.NotAfter)
+		return nil, nil, fmt.Errorf("%s: persisted certificate expired at %v", path, cert.Leaf.NotAfter)
 	}
 	return cert, &p, nil
+}
+
+// errKeyMismatch: the persisted key is not the certificate's.
+var errKeyMismatch = errors.New("private key does not match the certificate")
+
+// matchingKey reports errKeyMismatch when keyPEM's public key is not the
+// one chainPEM's leaf certifies, so that the refusal says so in plain
+// words rather than as whatever the TLS package says.
+func matchingKey(chainPEM, keyPEM []byte) error {
+	cb, _ := pem.Decode(chainPEM)
+	if cb == nil || cb.Type != "CERTIFICATE" {
+		return errors.New("no certificate in the persisted chain")
+	}
+	leaf, err := x509.ParseCertificate(cb.Bytes)
+	if err != nil {
+		return fmt.Errorf("persisted certificate: %w", err)
+	}
+	kb, _ := pem.Decode(keyPEM)
+	if kb == nil {
+		return errors.New("no private key in the persisted state")
+	}
+	var key any
+	if kb.Type == "EC PRIVATE KEY" {
+		key, err = x509.ParseECPrivateKey(kb.Bytes)
+	} else {
+		key, err = x509.ParsePKCS8PrivateKey(kb.Bytes)
+	}
+	if err != nil {
+		return fmt.Errorf("persisted private key: %w", err)
+	}
+	signer, ok := key.(crypto.Signer)
+	if !ok {
+		return fmt.Errorf("persisted private key: %T cannot sign", key)
+	}
+	pub, ok := signer.Public().(interface{ Equal(crypto.PublicKey) bool })
+	if !ok || !pub.Equal(leaf.PublicKey) {
+		return errKeyMismatch
+	}
+	return nil
 }

@@ -10,8 +10,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/trellis-mesh/trellis/internal/proxy/netconn"
-
 	v1 "github.com/trellis-mesh/trellis/api/v1"
 	"github.com/trellis-mesh/trellis/client"
 	"github.com/trellis-mesh/trellis/internal/authz"
@@ -62,7 +60,14 @@ func (p *Proxy) Run(ctx context.Context) error {
 	var bg sync.WaitGroup
 	goBG := func(f func()) { bg.Add(1); go func() { defer bg.Done(); f() }() }
 
-	goBG(func() { p.serveAdmin(runCtx, ls.admin) })
+	// Each listener's accept loop reports how it ended: a listener that
+	// fails for good (not closed by us) marks the proxy not ready and
+	// ends Run with its error, rather than leaving a port that no longer
+	// accepts behind a /ready that says all is well.
+	serve := func(name string, f func() error) {
+		goBG(func() { p.listeners.done(name, f()) })
+	}
+	serve("admin", func() error { return p.serveAdmin(runCtx, ls.admin) })
 	pool := l4.NewPool(0, 0, p.l4m)
 	pool.Logger = p.log
 	pool.Guard = p.guard
@@ -82,18 +87,20 @@ func (p *Proxy) Run(ctx context.Context) error {
 			gw.reconcile()
 		}
 	}
-	goBG(func() { _ = dp.inbound.Serve(ls.public) })
+	serve("public", func() error { return p.acceptor("public").Serve(ls.public, dp.inbound.Handle) })
 	if dp.edge != nil {
-		goBG(func() { _ = dp.edge.Serve(ls.edge) })
+		dp.edge.Acceptor = p.acceptor("edge")
+		serve("edge", func() error { return dp.edge.Serve(ls.edge) })
 	}
 	if ls.ingress != nil {
-		goBG(func() { _ = dp.inbound.Serve(ls.ingress) })
+		serve("ingress", func() error { return p.acceptor("ingress").Serve(ls.ingress, dp.inbound.Handle) })
 	}
 	if ls.egress != nil {
-		goBG(func() { _ = p.serveEgress(ls.egress, dp) })
+		serve("egress", func() error { return p.serveEgress(ls.egress, dp) })
 	}
 	for i, u := range dp.upstreams {
-		goBG(func() { _ = p.serveUpstream(ls.upstreams[i], u) })
+		name := "upstream:" + u.service
+		serve(name, func() error { return p.serveUpstream(name, ls.upstreams[i], u) })
 	}
 
 	firstHealth := make(chan struct{})
@@ -115,13 +122,14 @@ func (p *Proxy) Run(ctx context.Context) error {
 	streamDone := make(chan struct{})
 	go func() { defer close(streamDone); p.runControl(streamCtx, pool) }()
 	goBG(func() { p.runCertificates(runCtx) })
+	goBG(func() { p.runPersist(runCtx) })
 	goBG(func() {
 		select {
 		case <-p.ready:
 			if p.cfg.OnReady != nil {
 				p.cfg.OnReady(ls.admin.Addr().String(), ls.public.Addr().String())
 			}
-		case <-ctx.Done():
+		case <-runCtx.Done(): // not ctx: a failed listener stops Run too
 		}
 	})
 	p.log.Info("proxy started", "public", ls.public.Addr().String(), "admin", ls.admin.Addr().String(), "app", p.cfg.AppAddr)
@@ -132,7 +140,12 @@ func (p *Proxy) Run(ctx context.Context) error {
 		p.log.Info("transparent listeners started", "ingress", p.cfg.Transparent.IngressListen, "egress", ls.egress.Addr().String())
 	}
 
-	<-ctx.Done()
+	var failure error
+	select {
+	case <-ctx.Done():
+	case failure = <-p.listeners.failed:
+		p.log.Error("stopping: a listener failed", "err", failure)
+	}
 	p.log.Info("shutting down: deregistering")
 	closeStream()
 	<-streamDone
@@ -159,7 +172,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	} else {
 		p.log.Info("drained; stopped")
 	}
-	return nil
+	return failure
 }
 
 // restoreState serves the persisted snapshot and certificate, if any, until
@@ -167,7 +180,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 func (p *Proxy) restoreState() {
 	cert, st, err := loadState(p.cfg.StateDir, p.cfg.Service, time.Now())
 	if err != nil {
-		p.log.Warn("ignore persisted state", "err", err)
+		p.log.Warn("ignore persisted state; asking the control plane for a certificate", "err", err)
 		return
 	}
 	if cert == nil {
@@ -177,8 +190,7 @@ func (p *Proxy) restoreState() {
 		p.log.Warn("ignore persisted snapshot", "err", err)
 		return
 	}
-	p.keyPEM = []byte(st.KeyPEM)
-	p.setCertificate(cert)
+	p.setCredential(cert, []byte(st.KeyPEM))
 	p.markReady()
 	p.log.Info("serving from persisted state until the control plane answers", "version", st.Snapshot.Version, "certExpires", cert.Leaf.NotAfter)
 }
@@ -416,15 +428,16 @@ type selfCert struct {
 
 // serveUpstream hands each client connection of an upstream listener to
 // the L4 or the L7 outbound, by the upstream's protocol when it arrives.
-func (p *Proxy) serveUpstream(l net.Listener, u *upstream) error {
-	return netconn.AcceptLoop(l, func(c net.Conn) { p.serveUpstreamConn(c, u) })
+func (p *Proxy) serveUpstream(name string, l net.Listener, u *upstream) error {
+	return p.acceptor(name).Serve(l, func(c net.Conn) { p.serveUpstreamConn(c, u) })
 }
 
+// serveUpstreamConn serves c on the calling goroutine until it is done.
 func (p *Proxy) serveUpstreamConn(c net.Conn, u *upstream) {
 	if p.protocol(u.service) == v1.ProtocolTCP {
-		u.tcp.ServeConn(c)
+		u.tcp.Handle(c)
 	} else {
-		u.http.ServeConn(c)
+		u.http.RunConn(c)
 	}
 }
 

@@ -28,6 +28,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/proxy/handshake"
 	"github.com/trellis-mesh/trellis/internal/proxy/l4"
 	"github.com/trellis-mesh/trellis/internal/proxy/l7"
+	"github.com/trellis-mesh/trellis/internal/proxy/netconn"
 	"github.com/trellis-mesh/trellis/internal/proxy/passthrough"
 	"github.com/trellis-mesh/trellis/internal/proxy/tunnel"
 	"github.com/trellis-mesh/trellis/internal/topology"
@@ -70,8 +71,13 @@ type Proxy struct {
 	// renewSoon wakes the certificate loop before renewAt.
 	renewSoon chan struct{}
 
-	keyMu  sync.Mutex
-	keyPEM []byte // the key of the current certificate, for persistence
+	// cred is the current certificate with its key's PEM, one value so
+	// that persistence never pairs a key with another key's certificate.
+	cred atomic.Pointer[credential]
+	// persistCh asks runPersist, the one writer of the state file, to
+	// save the current state (one slot: requests made while it writes
+	// fold into one).
+	persistCh chan struct{}
 
 	m struct {
 		connected prometheus.Gauge
@@ -89,6 +95,12 @@ type Proxy struct {
 	// handshakes logs the failed TLS handshakes of every listener, under
 	// one rate limit.
 	handshakes *handshake.Log
+	// admission is the process-wide connection gate every listener's
+	// accept loop shares; listenerm counts what those loops see.
+	admission *netconn.Admission
+	listenerm *listenerMetrics
+	// listeners records listeners that failed for good.
+	listeners *listenerHealth
 }
 
 // New checks cfg and returns a proxy ready to Run.
@@ -143,6 +155,9 @@ func New(cfg Config) (*Proxy, error) {
 		regCh:     make(chan struct{}, 1),
 		renewSoon: make(chan struct{}, 1),
 		ready:     make(chan struct{}),
+		persistCh: make(chan struct{}, 1),
+		admission: &netconn.Admission{MaxConnections: cfg.Limits.MaxConnections, FDHighWater: cfg.Limits.FDHighWater},
+		listeners: newListenerHealth(),
 	}
 	p.registerMetrics(cfg.Registry)
 	p.handshakes = &handshake.Log{Logger: p.log}
@@ -161,6 +176,7 @@ func (p *Proxy) registerMetrics(reg *prometheus.Registry) {
 	p.m.healthy = prometheus.NewGauge(prometheus.GaugeOpts{Name: "trellis_proxy_app_healthy", Help: "1 while the app passes its health check."})
 	p.m.egress = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "trellis_proxy_transparent_egress_total", Help: "Redirected outbound connections, by how their upstream was found (address|host) or refused|error."}, []string{"result"})
 	reg.MustRegister(p.m.connected, p.m.expiry, p.m.renewals, p.m.snapshots, p.m.healthy, p.m.egress)
+	p.listenerm = newListenerMetrics(reg, p.admission)
 	p.l4m = l4.NewMetrics(reg)
 	p.l7m = l7.NewMetrics(reg)
 	// One counter for every HTTP/2 connection of the process (the tunnel
@@ -333,6 +349,19 @@ func (p *Proxy) endpoints(service string) func() []l4.Endpoint {
 }
 
 func (p *Proxy) markReady() { p.rdOnce.Do(func() { close(p.ready) }) }
+
+// credential is a certificate and the PEM of its private key.
+type credential struct {
+	cert   *tls.Certificate
+	keyPEM []byte
+}
+
+// setCredential installs cert, whose private key keyPEM encodes, as one
+// value for persistence, then serves it.
+func (p *Proxy) setCredential(cert *tls.Certificate, keyPEM []byte) {
+	p.cred.Store(&credential{cert: cert, keyPEM: keyPEM})
+	p.setCertificate(cert)
+}
 
 // setCertificate installs cert and schedules its renewal at half of its
 // remaining life. The CA backdates certificates for clock skew, so half of

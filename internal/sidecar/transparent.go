@@ -71,43 +71,68 @@ const maxSniff = 16 << 10
 func (p *Proxy) serveEgress(l net.Listener, dp *dataPlane) error {
 	self := netip.MustParseAddrPort(l.Addr().String())
 	// A dispatch sniffs for at most sniffTimeout, then hands the
-	// connection on: serveEgress waits for those in progress.
-	var dispatch sync.WaitGroup
-	defer dispatch.Wait()
-	return netconn.AcceptLoop(l, func(c net.Conn) {
-		dispatch.Go(func() { p.dispatchEgress(c, self, dp) })
+	// connection on to its upstream, which owns it from then on (its
+	// drain ends it): serveEgress waits for the dispatches in progress.
+	// One starting after the listener closed refuses its connection, so
+	// that none is added while serveEgress waits.
+	var (
+		mu       sync.Mutex
+		closed   bool
+		dispatch sync.WaitGroup
+	)
+	defer func() {
+		mu.Lock()
+		closed = true
+		mu.Unlock()
+		dispatch.Wait()
+	}()
+	return p.acceptor("egress").Serve(l, func(c net.Conn) {
+		mu.Lock()
+		if closed {
+			mu.Unlock()
+			c.Close()
+			return
+		}
+		dispatch.Add(1)
+		mu.Unlock()
+		c, u := p.dispatchEgress(c, self, dp)
+		dispatch.Done()
+		if u != nil {
+			p.serveUpstreamConn(c, u)
+		}
 	})
 }
 
-func (p *Proxy) dispatchEgress(c net.Conn, self netip.AddrPort, dp *dataPlane) {
+// dispatchEgress finds the upstream c is for and returns it with the
+// connection to serve (which replays what sniffing read), or refuses c
+// and returns a nil upstream.
+func (p *Proxy) dispatchEgress(c net.Conn, self netip.AddrPort, dp *dataPlane) (net.Conn, *upstream) {
 	dst, err := redirect.OriginalDst(c)
 	if err != nil {
 		p.refuseEgress(c, "error", "no original destination", "err", err)
-		return
+		return nil, nil
 	}
 	dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
 	if dst == self {
 		// Dialed directly rather than redirected: there is nowhere to
 		// forward it (and forwarding to ourselves would loop).
 		p.refuseEgress(c, "refused", "connection was not redirected", "dst", dst.String())
-		return
+		return nil, nil
 	}
 	if svc := p.serviceAt(dst.Addr()); svc != "" {
 		if u := dp.upstream(svc); u != nil {
 			p.m.egress.WithLabelValues("address").Inc()
-			p.serveUpstreamConn(c, u)
-			return
+			return c, u
 		}
 	}
 	pc, host := sniffHost(c)
 	if host == "" {
 		p.refuseEgress(pc, "refused", "destination is no instance of an upstream", "dst", dst.String())
-		return
+		return nil, nil
 	}
 	if u := dp.upstream(serviceOfHost(host, dp)); u != nil {
 		p.m.egress.WithLabelValues("host").Inc()
-		p.serveUpstreamConn(pc, u)
-		return
+		return pc, u
 	}
 	// An HTTP client is told why, so the app's logs say what to fix.
 	names := make([]string, len(dp.upstreams))
@@ -117,6 +142,7 @@ func (p *Proxy) dispatchEgress(c net.Conn, self netip.AddrPort, dp *dataPlane) {
 	msg := fmt.Sprintf("trellis: %s is not a backend of %s (backends: %s)\n", host, p.cfg.Service, strings.Join(names, ", "))
 	fmt.Fprintf(pc, "HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(msg), msg)
 	p.refuseEgress(pc, "refused", "host is not a backend", "host", host, "dst", dst.String())
+	return nil, nil
 }
 
 func (p *Proxy) refuseEgress(c net.Conn, result, why string, args ...any) {

@@ -26,6 +26,7 @@ import (
 	"github.com/trellis-mesh/trellis/client"
 	"github.com/trellis-mesh/trellis/internal/control"
 	"github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/proxy/netconn"
 	"github.com/trellis-mesh/trellis/internal/sidecar"
 )
 
@@ -202,14 +203,10 @@ func Run(ctx context.Context, cfg Config) error {
 		var nullLoop sync.WaitGroup
 		defer nullLoop.Wait() // after the Close below: deferred calls run last first
 		defer null.Close()
+		// Its accept loop retries running out of descriptors rather
+		// than ending, and stops when the deferred Close above runs.
 		nullLoop.Go(func() {
-			for {
-				c, err := null.Accept()
-				if err != nil {
-					return
-				}
-				c.Close()
-			}
+			_ = (&netconn.Acceptor{Name: "null-app", Logger: log}).Serve(null, func(c net.Conn) { c.Close() })
 		})
 		sidecars = append(sidecars, sc{id: f.Client.Service, cfg: sidecar.Config{
 			Service: f.Client.Service, Instance: f.Client.Service + "-local", AppAddr: null.Addr().String(),

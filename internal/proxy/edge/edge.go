@@ -54,6 +54,10 @@ type Listener struct {
 	Metrics *l4.Metrics
 	// HandshakeLog reports failed TLS handshakes; nil means one on Logger.
 	HandshakeLog *handshake.Log
+	// Acceptor runs Serve's accept loop (the listener's name, limits and
+	// counters); nil means one with the default limit that logs on
+	// Logger.
+	Acceptor *netconn.Acceptor
 
 	once sync.Once
 	// ctx is every connection's: it ends when Drain gives up waiting, so
@@ -89,15 +93,17 @@ func (e *Listener) init() {
 // Serve accepts connections on l until it is closed.
 func (e *Listener) Serve(l net.Listener) error {
 	e.init()
-	return netconn.AcceptLoop(l, func(c net.Conn) {
+	acc := e.Acceptor
+	if acc == nil {
+		acc = &netconn.Acceptor{Name: "edge", Logger: e.Logger}
+	}
+	return acc.Serve(l, func(c net.Conn) {
 		if !e.track(c) {
 			c.Close()
 			return
 		}
-		go func() {
-			defer e.untrack(c)
-			e.serve(c)
-		}()
+		defer e.untrack(c)
+		e.serve(c)
 	})
 }
 

@@ -81,6 +81,10 @@ type Server struct {
 	// first byte or the TLS handshake (30 s); IdleTimeout the wait for the
 	// next request on a kept connection (5 minutes). Set before Serve.
 	HeaderReadTimeout, IdleTimeout time.Duration
+	// Acceptor runs Serve's accept loops (the listener's name, limits and
+	// counters); nil means one with the default limit that logs on the
+	// server's logger. Set before Serve.
+	Acceptor *netconn.Acceptor
 
 	handler  http.Handler
 	log      *slog.Logger
@@ -127,7 +131,11 @@ func (s *Server) Serve(l net.Listener) error {
 	}
 	s.listeners[l] = struct{}{}
 	s.mu.Unlock()
-	err := netconn.AcceptLoop(l, s.ServeConn)
+	acc := s.Acceptor
+	if acc == nil {
+		acc = &netconn.Acceptor{Logger: s.log}
+	}
+	err := acc.Serve(l, s.RunConn)
 	s.mu.Lock()
 	delete(s.listeners, l)
 	closing := s.closing.Load()
@@ -144,7 +152,7 @@ func (s *Server) ServeConn(c net.Conn) {
 }
 
 // RunConn serves one client connection on the caller's goroutine, until
-// the connection ends.
+// the connection ends: what an Acceptor runs.
 func (s *Server) RunConn(c net.Conn) {
 	c = netconn.Raw(c)
 	sc := &serverConn{s: s, c: c}

@@ -79,6 +79,10 @@ type Inbound struct {
 	Guard *Guard
 	// HandshakeLog reports failed handshakes; nil means one on Logger.
 	HandshakeLog *handshake.Log
+	// Acceptor runs Serve's accept loop (the listener's name, limits and
+	// counters); nil means one with the default limit that logs on
+	// Logger.
+	Acceptor *netconn.Acceptor
 
 	once sync.Once
 	// ctx is every connection's: it ends when Drain is over, which ends
@@ -123,18 +127,32 @@ func (in *Inbound) init() {
 }
 
 // Serve accepts connections on l (a plain TCP listener; TLS is done here)
-// until l is closed.
+// until l is closed, through Acceptor.
 func (in *Inbound) Serve(l net.Listener) error {
 	in.init()
-	return netconn.AcceptLoop(l, func(c net.Conn) {
-		in.mu.Lock()
-		defer in.mu.Unlock()
-		if in.draining {
-			c.Close()
-			return
-		}
-		in.handlers.Go(func() { in.serveConn(c) })
-	})
+	acc := in.Acceptor
+	if acc == nil {
+		acc = &netconn.Acceptor{Name: "public", Logger: in.Logger}
+	}
+	return acc.Serve(l, in.Handle)
+}
+
+// Handle serves one accepted connection on the calling goroutine and
+// returns when it is done with it: what an Acceptor runs. A connection
+// that comes while the inbound drains is closed at once; the others count
+// among the handlers Drain waits for.
+func (in *Inbound) Handle(c net.Conn) {
+	in.init()
+	in.mu.Lock()
+	if in.draining {
+		in.mu.Unlock()
+		c.Close()
+		return
+	}
+	in.handlers.Add(1)
+	in.mu.Unlock()
+	defer in.handlers.Done()
+	in.serveConn(c)
 }
 
 func (in *Inbound) serveConn(c net.Conn) {

@@ -41,6 +41,10 @@ type Outbound struct {
 	Logger *slog.Logger
 	// Metrics; nil means the pool's.
 	Metrics *Metrics
+	// Acceptor runs Serve's accept loop (the listener's name, limits and
+	// counters); nil means one with the default limit that logs on
+	// Logger.
+	Acceptor *netconn.Acceptor
 
 	once sync.Once
 	// ctx ends when Drain gives up: opening streams in progress end then.
@@ -66,35 +70,58 @@ func (o *Outbound) init() {
 	})
 }
 
-// Serve accepts client connections on l until it is closed.
+// Serve accepts client connections on l until it is closed, through
+// Acceptor.
 func (o *Outbound) Serve(l net.Listener) error {
 	o.init()
-	return netconn.AcceptLoop(l, o.ServeConn)
+	acc := o.Acceptor
+	if acc == nil {
+		acc = &netconn.Acceptor{Name: "upstream:" + o.Service, Logger: o.Logger}
+	}
+	return acc.Serve(l, o.Handle)
 }
 
 // ServeConn carries one accepted client connection in a new goroutine.
 func (o *Outbound) ServeConn(c net.Conn) {
+	if o.admit(c) {
+		go o.serveAdmitted(c)
+	}
+}
+
+// Handle carries one accepted client connection on the calling goroutine
+// and returns when it is done: what an Acceptor runs.
+func (o *Outbound) Handle(c net.Conn) {
+	if o.admit(c) {
+		o.serveAdmitted(c)
+	}
+}
+
+// admit applies the circuit breaker and counts c in, or closes it.
+func (o *Outbound) admit(c net.Conn) bool {
 	o.init()
 	if o.MaxConnections != nil {
 		if max := o.MaxConnections(); max > 0 && o.inflight.n.Load() >= int64(max) {
 			o.Metrics.Connections.WithLabelValues("outbound", o.Service, "overflow").Inc()
 			o.Logger.Debug("circuit breaker: connection refused", "service", o.Service, "maxConnections", max)
 			c.Close()
-			return
+			return false
 		}
 	}
-	// Counted before its goroutine starts, so that Drain sees it.
+	// Counted before its goroutine starts (for ServeConn), so that Drain
+	// sees it.
 	o.inflight.add()
 	o.mu.Lock()
 	o.conns[c] = struct{}{}
 	o.mu.Unlock()
-	go func() {
-		defer o.inflight.done()
-		o.handle(c)
-		o.mu.Lock()
-		delete(o.conns, c)
-		o.mu.Unlock()
-	}()
+	return true
+}
+
+func (o *Outbound) serveAdmitted(c net.Conn) {
+	defer o.inflight.done()
+	o.handle(c)
+	o.mu.Lock()
+	delete(o.conns, c)
+	o.mu.Unlock()
 }
 
 // openTimeout bounds waiting for a peer to answer a new stream; a peer that

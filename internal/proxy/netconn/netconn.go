@@ -1,36 +1,24 @@
 // Package netconn holds the connection plumbing every proxy shares: the
-// accept loop of a listener, a connection whose first bytes a sniffer has
-// already read, and sockets that read and write with raw system calls
-// (Raw, RawListener).
+// accept loop of a listener (Acceptor: retries with backoff when the
+// process runs out of descriptors, per-listener and process-wide
+// connection limits, an overload signal from descriptors in use), a
+// connection whose first bytes a sniffer has already read, and sockets
+// that read and write with raw system calls (Raw, RawListener).
 package netconn
 
 import (
 	"bufio"
-	"errors"
 	"net"
-	"time"
 )
 
-// AcceptLoop accepts connections on l and hands each to accept, which must
-// not block (it starts the connection's goroutine), until l is closed.
-// Temporary accept errors (such as running out of file descriptors) are
-// retried after a pause instead of ending it.
+// AcceptLoop serves l with a default Acceptor (no name, the default limit,
+// nothing logged or counted), running accept on a goroutine of its own per
+// connection.
+//
+// Deprecated: use an Acceptor, which a role configures with the
+// listener's name, limits, logger and counters.
 func AcceptLoop(l net.Listener, accept func(net.Conn)) error {
-	for {
-		c, err := l.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				time.Sleep(10 * time.Millisecond)
-				continue
-			}
-			return err
-		}
-		accept(c)
-	}
+	return (*Acceptor)(nil).Serve(l, accept)
 }
 
 // Peeked returns c reading through r, which has read ahead of c: a sniffer

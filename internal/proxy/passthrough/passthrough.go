@@ -61,6 +61,10 @@ type Listener struct {
 	Logger *slog.Logger
 	// Metrics; nil means unregistered ones.
 	Metrics *l4.Metrics
+	// Acceptor runs Serve's accept loop (the listener's name, limits and
+	// counters); nil means one with the default limit that logs on
+	// Logger.
+	Acceptor *netconn.Acceptor
 
 	once sync.Once
 	// ctx is every connection's and health check's: it ends when Drain
@@ -117,7 +121,11 @@ func (l *Listener) Serve(ln net.Listener) error {
 	checks.Go(func() { l.maintain(ctx) })
 	defer checks.Wait()
 	defer stop()
-	return netconn.AcceptLoop(ln, func(c net.Conn) {
+	acc := l.Acceptor
+	if acc == nil {
+		acc = &netconn.Acceptor{Logger: l.Logger}
+	}
+	return acc.Serve(ln, func(c net.Conn) {
 		l.mu.Lock()
 		if l.draining {
 			l.mu.Unlock()
@@ -127,13 +135,11 @@ func (l *Listener) Serve(ln net.Listener) error {
 		l.clients[c] = struct{}{}
 		l.wg.Add(1)
 		l.mu.Unlock()
-		go func() {
-			defer l.wg.Done()
-			l.serve(c)
-			l.mu.Lock()
-			delete(l.clients, c)
-			l.mu.Unlock()
-		}()
+		defer l.wg.Done()
+		l.serve(c)
+		l.mu.Lock()
+		delete(l.clients, c)
+		l.mu.Unlock()
 	})
 }
 

@@ -1,0 +1,123 @@
+//go:build linux
+
+package sidecar
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/trellis-mesh/trellis/internal/topology"
+	"github.com/trellis-mesh/trellis/internal/trellistest"
+)
+
+// A listener that fails for good, not closed by the proxy, makes /ready
+// say so and Run return the failure, instead of a port that no longer
+// accepts behind a /ready that says all is well. The proxy serves from
+// persisted state (no control plane), its public listener is shut down
+// under it.
+func TestListenerFailureEndsRunAndReadiness(t *testing.T) {
+	ca := trellistest.NewCA(t, "trellis.local")
+	cert := ca.SVID(t, "web", time.Hour)
+	snap := &topology.Snapshot{Version: "v1", Service: "web", TrustDomain: "trellis.local", RootsPEM: string(ca.RootsPEM()), MTLS: "strict"}
+	dir := t.TempDir()
+	if err := saveState(dir, persisted{ChainPEM: chainPEM(cert), KeyPEM: string(trellistest.KeyPEM(t, cert)), Snapshot: snap}); err != nil {
+		t.Fatal(err)
+	}
+	appL, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	app := trellistest.Serve(t, appL, func(c net.Conn) { io.Copy(io.Discard, c) })
+
+	type addrs struct{ admin, public string }
+	ready := make(chan addrs, 1)
+	p, err := New(Config{Service: "web", AppAddr: app, Server: "127.0.0.1:1", Token: "t", StateDir: dir,
+		DrainTimeout: 4 * time.Second, HealthInterval: 50 * time.Millisecond,
+		OnReady: func(admin, public string) { ready <- addrs{admin, public} }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	runErr := make(chan error, 1)
+	go func() { runErr <- p.Run(ctx) }()
+	var a addrs
+	select {
+	case a = <-ready:
+	case err := <-runErr:
+		t.Fatalf("Run ended before ready: %v", err)
+	}
+	readyz := func() (int, string, error) {
+		resp, err := http.Get("http://" + a.admin + "/ready")
+		if err != nil {
+			return 0, "", err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b), nil
+	}
+	if code, body, err := readyz(); err != nil || code != http.StatusOK {
+		t.Fatalf("/ready before: %d %q %v; want 200", code, body, err)
+	}
+
+	_, port, _ := net.SplitHostPort(a.public)
+	var portN int
+	fmt.Sscan(port, &portN)
+	trellistest.BreakListener(t, os.Getpid(), portN)
+
+	// Run takes the failure, deregisters, and drains for a while (at least
+	// a second here) before it returns: /ready says why meanwhile.
+	trellistest.Eventually(t, 5*time.Second, "/ready reports the failed listener", func() error {
+		code, body, err := readyz()
+		if err != nil {
+			return err
+		}
+		if code != http.StatusServiceUnavailable || !strings.Contains(body, "public") {
+			return fmt.Errorf("/ready: %d %q; want 503 naming the public listener", code, body)
+		}
+		return nil
+	})
+	select {
+	case err := <-runErr:
+		if err == nil || !strings.Contains(err.Error(), "public listener") {
+			t.Fatalf("Run = %v, want the public listener's failure", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run did not return after its public listener failed")
+	}
+}
+
+func TestLimitsValidate(t *testing.T) {
+	base := Config{Service: "web", AppAddr: "127.0.0.1:8080", Server: "127.0.0.1:1", Token: "t"}
+	for _, tc := range []struct {
+		name   string
+		limits Limits
+		bad    string // a field the error must name; "" means valid
+	}{
+		{"defaults", Limits{}, ""},
+		{"none", Limits{MaxConnectionsPerListener: -1, MaxConnections: -1, FDHighWater: -1}, ""},
+		{"set", Limits{MaxConnectionsPerListener: 100, MaxConnections: 1000, FDHighWater: 900}, ""},
+		{"per listener below -1", Limits{MaxConnectionsPerListener: -2}, "limits.maxConnectionsPerListener"},
+		{"process below -1", Limits{MaxConnections: -5}, "limits.maxConnections"},
+		{"high water below -1", Limits{FDHighWater: -3}, "limits.fdHighWater"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := base
+			c.Limits = tc.limits
+			err := c.Validate()
+			switch {
+			case tc.bad == "" && err != nil:
+				t.Errorf("Validate: %v, want nil", err)
+			case tc.bad != "" && (err == nil || !strings.Contains(err.Error(), tc.bad)):
+				t.Errorf("Validate: %v, want an error naming %s", err, tc.bad)
+			}
+		})
+	}
+}
