@@ -186,6 +186,7 @@ func (g *gateway) start(spec v1.GatewayListener) (*gwListener, error) {
 	srv := l7.NewServer(in, g.p.log)
 	srv.HandshakeLog = g.p.handshakes
 	srv.Rejected = g.p.l7m.Rejected
+	g.p.cfg.Limits.http(srv)
 	srv.Acceptor = g.p.acceptor(name)
 	go func() { g.p.listeners.done(name, srv.Serve(ln)) }()
 	return &gwListener{spec: spec, ln: ln, drain: httpDrainer{srv}.Drain, stop: cancel}, nil

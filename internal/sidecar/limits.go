@@ -8,10 +8,13 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/trellis-mesh/trellis/internal/proxy/l7"
 	"github.com/trellis-mesh/trellis/internal/proxy/netconn"
+	"github.com/trellis-mesh/trellis/internal/proxy/tunnel"
 )
 
 // Limits bound the connections a proxy takes on (the README's Limits
@@ -31,6 +34,38 @@ type Limits struct {
 	// connections are refused, before the process runs out of them.
 	// Default 90 % of RLIMIT_NOFILE (netconn.FDHighWater).
 	FDHighWater int `yaml:"fdHighWater"`
+
+	// HeaderReadTimeout bounds the wait for a client's request head (30
+	// s); BodyReadTimeout each read of its body (30 s, then 408);
+	// IdleTimeout a kept client connection with no request (5 min).
+	HeaderReadTimeout time.Duration `yaml:"headerReadTimeout"`
+	BodyReadTimeout   time.Duration `yaml:"bodyReadTimeout"`
+	IdleTimeout       time.Duration `yaml:"idleTimeout"`
+	// StreamIdleTimeout resets an HTTP/2 request stream, a client's or
+	// one between sidecars, on which nothing moves (5 min).
+	StreamIdleTimeout time.Duration `yaml:"streamIdleTimeout"`
+	// MaxConcurrentStreams bounds the streams one HTTP/2 client
+	// connection has open at once (100).
+	MaxConcurrentStreams uint32 `yaml:"maxConcurrentStreams"`
+	// StreamBuffer is the most one HTTP/2 stream may hold unread, its
+	// largest receive window (1 MiB); a stream starts at 64 KiB and grows
+	// towards it while its reader keeps up.
+	StreamBuffer uint32 `yaml:"streamBuffer"`
+}
+
+// http applies the HTTP limits to a server of clients.
+func (l Limits) http(s *l7.Server) {
+	s.HeaderReadTimeout, s.BodyReadTimeout, s.IdleTimeout = l.HeaderReadTimeout, l.BodyReadTimeout, l.IdleTimeout
+	s.H2 = l.tunnel(s.H2)
+	s.H2.MaxStreams = l.MaxConcurrentStreams
+	s.H2.IdleTimeout = l.IdleTimeout
+}
+
+// tunnel applies the stream limits to a tunnel configuration.
+func (l Limits) tunnel(c tunnel.Config) tunnel.Config {
+	c.StreamIdleTimeout = l.StreamIdleTimeout
+	c.StreamWindow = l.StreamBuffer
+	return c
 }
 
 func (l Limits) validate() error {
@@ -46,6 +81,25 @@ func (l Limits) validate() error {
 		if f.v < -1 {
 			errs = append(errs, fmt.Errorf("%s: %d: want a count, 0 for the default or -1 for none", f.name, f.v))
 		}
+	}
+	for _, f := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"limits.headerReadTimeout", l.HeaderReadTimeout},
+		{"limits.bodyReadTimeout", l.BodyReadTimeout},
+		{"limits.idleTimeout", l.IdleTimeout},
+		{"limits.streamIdleTimeout", l.StreamIdleTimeout},
+	} {
+		if f.v < 0 {
+			errs = append(errs, fmt.Errorf("%s: %s: want a duration, 0 for the default", f.name, f.v))
+		}
+	}
+	if b := l.StreamBuffer; b != 0 && (b < 64<<10 || b > 1<<31-1) {
+		errs = append(errs, fmt.Errorf("limits.streamBuffer: %d: want 65536 to 2147483647 bytes, 0 for the default", b))
+	}
+	if n := l.MaxConcurrentStreams; n > 1<<20 {
+		errs = append(errs, fmt.Errorf("limits.maxConcurrentStreams: %d: want at most 1048576, 0 for the default", n))
 	}
 	return errors.Join(errs...)
 }

@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -13,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/trellis-mesh/trellis/internal/proxy/l7"
+	"github.com/trellis-mesh/trellis/internal/proxy/tunnel"
 	"github.com/trellis-mesh/trellis/internal/topology"
 	"github.com/trellis-mesh/trellis/internal/trellistest"
 )
@@ -107,6 +110,12 @@ func TestLimitsValidate(t *testing.T) {
 		{"per listener below -1", Limits{MaxConnectionsPerListener: -2}, "limits.maxConnectionsPerListener"},
 		{"process below -1", Limits{MaxConnections: -5}, "limits.maxConnections"},
 		{"high water below -1", Limits{FDHighWater: -3}, "limits.fdHighWater"},
+		{"timeouts and streams", Limits{HeaderReadTimeout: time.Second, BodyReadTimeout: time.Second, IdleTimeout: time.Minute,
+			StreamIdleTimeout: time.Minute, MaxConcurrentStreams: 10, StreamBuffer: 256 << 10}, ""},
+		{"negative header timeout", Limits{HeaderReadTimeout: -time.Second}, "limits.headerReadTimeout"},
+		{"negative stream idle timeout", Limits{StreamIdleTimeout: -1}, "limits.streamIdleTimeout"},
+		{"stream buffer under 64 KiB", Limits{StreamBuffer: 1000}, "limits.streamBuffer"},
+		{"a million and more streams", Limits{MaxConcurrentStreams: 2 << 20}, "limits.maxConcurrentStreams"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := base
@@ -119,5 +128,21 @@ func TestLimitsValidate(t *testing.T) {
 				t.Errorf("Validate: %v, want an error naming %s", err, tc.bad)
 			}
 		})
+	}
+}
+
+// The HTTP limits of the configuration reach the servers of clients and
+// the tunnels, where their own tests (h1, tunnel) show each one hit.
+func TestLimitsReachServersAndTunnels(t *testing.T) {
+	l := Limits{HeaderReadTimeout: time.Second, BodyReadTimeout: 2 * time.Second, IdleTimeout: 3 * time.Second,
+		StreamIdleTimeout: 4 * time.Second, MaxConcurrentStreams: 7, StreamBuffer: 128 << 10}
+	srv := l7.NewServer(http.NotFoundHandler(), slog.New(slog.DiscardHandler))
+	l.http(srv)
+	if srv.HeaderReadTimeout != time.Second || srv.BodyReadTimeout != 2*time.Second || srv.IdleTimeout != 3*time.Second ||
+		srv.H2.MaxStreams != 7 || srv.H2.StreamIdleTimeout != 4*time.Second || srv.H2.StreamWindow != 128<<10 || srv.H2.IdleTimeout != 3*time.Second {
+		t.Errorf("server limits: %+v, H2 %+v", srv, srv.H2)
+	}
+	if c := l.tunnel(tunnel.Config{}); c.StreamIdleTimeout != 4*time.Second || c.StreamWindow != 128<<10 {
+		t.Errorf("tunnel limits: %+v", c)
 	}
 }

@@ -69,6 +69,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	}
 	serve("admin", func() error { return p.serveAdmin(runCtx, ls.admin) })
 	pool := l4.NewPool(0, 0, p.l4m)
+	pool.Tunnel = p.cfg.Limits.tunnel(tunnel.Config{})
 	pool.Logger = p.log
 	pool.Guard = p.guard
 	defer pool.Close()
@@ -355,6 +356,7 @@ func (p *Proxy) dataPlane(ctx context.Context, pool *l4.Pool) (*dataPlane, error
 		ServePlainHTTP: dp.inboundHTTP.ServePlain,
 		ServeRequest:   dp.inboundHTTP.ServeStream,
 		MaxHeaderBytes: l7.TunnelHeaderBytes,
+		Tunnel:         p.cfg.Limits.tunnel(tunnel.Config{}),
 		ServeUpgrade:   dp.inboundHTTP.ServeUpgrade,
 		Target:         p.cfg.AppAddr,
 		Logger:         p.log,
@@ -380,6 +382,7 @@ func (p *Proxy) dataPlane(ctx context.Context, pool *l4.Pool) (*dataPlane, error
 		}
 		srv := l7.NewServer(web, p.log)
 		srv.Rejected = p.l7m.Rejected
+		p.cfg.Limits.http(srv)
 		dp.upstreams = append(dp.upstreams, &upstream{
 			service: u.Service,
 			tcp: &l4.Outbound{

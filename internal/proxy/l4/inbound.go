@@ -59,6 +59,10 @@ type Inbound struct {
 	ServeRequest func(s *tunnel.Stream, peer identity.ID)
 	// MaxHeaderBytes bounds a request's header list (16 KiB).
 	MaxHeaderBytes uint32
+	// Tunnel holds the stream limits of the connections served
+	// (StreamIdleTimeout, StreamWindow, ...); zero fields take the
+	// tunnel's defaults, and the fields the inbound sets are its own.
+	Tunnel tunnel.Config
 	// ServeUpgrade, when set, serves streams marked with UpgradeHeader: an
 	// HTTP/1.1 request with an Upgrade, read from c, which it must check
 	// and authorize itself.
@@ -206,10 +210,9 @@ func (in *Inbound) serveConn(c net.Conn) {
 		c.Close()
 		return
 	}
-	cfg := tunnel.Config{
-		HalfCloseTimeout: in.HalfCloseTimeout, Cork: cork, Logger: in.Logger,
-		Requests: in.ServeRequest != nil, MaxHeaderBytes: in.MaxHeaderBytes,
-	}
+	cfg := in.Tunnel
+	cfg.HalfCloseTimeout, cfg.Cork, cfg.Logger = in.HalfCloseTimeout, cork, in.Logger
+	cfg.Requests, cfg.MaxHeaderBytes = in.ServeRequest != nil, in.MaxHeaderBytes
 	// A sidecar relays its clients' resets; they are counted where the
 	// clients are (Config.PeerIsProxy).
 	cfg.PeerIsProxy = cs.NegotiatedProtocol == ALPN

@@ -37,6 +37,10 @@ type Pool struct {
 	// pool dials and retires those whose trust ends: the pool then dials
 	// a fresh one.
 	Guard *Guard
+	// Tunnel holds the stream limits of the connections dialed
+	// (StreamIdleTimeout, StreamWindow); zero fields take the tunnel's
+	// defaults. Set before first use.
+	Tunnel tunnel.Config
 
 	cfg     tunnel.Config
 	timeout time.Duration
@@ -313,6 +317,7 @@ func (p *Pool) dial(ctx context.Context, addr string, cfg *tls.Config) (*tunnel.
 	}
 	p.metrics.Handshakes.WithLabelValues("client", result).Inc()
 	tcfg := p.cfg
+	tcfg.StreamIdleTimeout, tcfg.StreamWindow = p.Tunnel.StreamIdleTimeout, p.Tunnel.StreamWindow
 	tcfg.Cork = cork
 	tcfg.Logger = p.Logger // set after NewPool: the tunnel's own lines (floods) go there too
 	c, err := tunnel.NewClient(tc, tcfg)
