@@ -260,9 +260,12 @@ func TestSVIDAttackForgedClientCertificates(t *testing.T) {
 				t.Fatalf("forged certificate carried a request to the app: %q", got)
 			}
 			t.Logf("refused: %v", err)
+			// At least once: when the server refuses the certificate just
+			// after the client's side of the handshake ended, the pool
+			// may dial again before the caller could use the connection.
 			trellistest.Eventually(t, 5*time.Second, "rejection counted", func() error {
-				if m := svidMetric(t, web.admin, series); m != n+1 {
-					return fmt.Errorf("%s = %d, want %d", series, m, n+1)
+				if m := svidMetric(t, web.admin, series); m <= n {
+					return fmt.Errorf("%s = %d, want more than %d", series, m, n)
 				}
 				return nil
 			})
