@@ -11,7 +11,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -291,4 +293,104 @@ func (c *overloadConn) awaitGoAway(code http2.ErrCode) error {
 			return nil
 		}
 	}
+}
+
+// TestStalledReaderMemory measures what a stalled reader costs the
+// gateway: 50 downloads of 20 MB whose clients never read, as 50 streams
+// of one HTTP/2 connection (which never returns window) and as 50
+// HTTP/1.1 connections. It logs the gateway's RSS growth per stalled
+// download, once the growth has settled. A measurement, not a test: it
+// runs only under bench/stalled-readers.sh (TRELLIS_MEASURE=1).
+func TestStalledReaderMemory(t *testing.T) {
+	if os.Getenv("TRELLIS_MEASURE") == "" {
+		t.Skip("a measurement: run bench/stalled-readers.sh")
+	}
+	s := startServer(t)
+	app := overloadStartApp(t)
+	httpPort := trellistest.FreePort(t)
+	applyYAML(t, s, fmt.Sprintf(`kind: Service
+name: web
+spec: {protocol: http}
+---
+kind: Intention
+name: "*.web"
+spec: {source: "*", destination: web, action: allow}
+---
+kind: Gateway
+name: front
+spec:
+  listeners:
+    - port: %d
+      protocol: http
+      routes: [{pathPrefix: /, service: web}]
+`, httpPort))
+	s.startProxy(t, proxyOpts{service: "web", appPort: app.port})
+	gw := start(t, "gateway", nil, "gateway", "--name", "front", "--listen-addr", "127.0.0.1",
+		"--server", s.addr, "--ca-file", s.caFile, "--token-file", s.tokenFile(t, "front"),
+		"--admin-port", strconv.Itoa(trellistest.FreePort(t)))
+	addr := "127.0.0.1:" + strconv.Itoa(httpPort)
+	trellistest.Eventually(t, 30*time.Second, "serving", func() error { return overloadGet(addr, "/") })
+	const n = 50
+	for _, mode := range []string{"h2", "http1"} {
+		// Warm up: the download path once, read whole.
+		if err := overloadDownloadAll(addr); err != nil {
+			t.Fatal(err)
+		}
+		before := settledRSS(t, gw.pid())
+		var conns []net.Conn
+		if mode == "h2" {
+			c, err := overloadDial(addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := range n {
+				c.get(uint32(2*i+1), "/download", true)
+			}
+			c.bw.Flush()
+			conns = append(conns, c.Conn)
+		} else {
+			for range n {
+				c, err := net.Dial("tcp", addr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				fmt.Fprintf(c, "GET /download HTTP/1.1\r\nHost: web\r\n\r\n")
+				conns = append(conns, c)
+			}
+		}
+		after := settledRSS(t, gw.pid())
+		t.Logf("%s: gateway RSS %d KiB -> %d KiB: %d KiB per stalled download", mode, before, after, (after-before)/n)
+		for _, c := range conns {
+			c.Close()
+		}
+	}
+}
+
+// settledRSS returns pid's VmRSS (KiB) once it has stopped growing: two
+// readings half a second apart within 1 %.
+func settledRSS(t *testing.T, pid int) int {
+	read := func() int {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+				n, _ := strconv.Atoi(strings.Fields(v)[0])
+				return n
+			}
+		}
+		t.Fatal("no VmRSS")
+		return 0
+	}
+	last := read()
+	for range 60 {
+		time.Sleep(500 * time.Millisecond) // a measurement settling, not a test waiting
+		now := read()
+		if now-last < last/100 {
+			return now
+		}
+		last = now
+	}
+	return last
 }

@@ -120,3 +120,38 @@ func TestH2MaxStreamsIsASetting(t *testing.T) {
 		}
 	}
 }
+
+// A client that stops reading its response is disconnected after
+// WriteTimeout: the handler's writes fail instead of waiting for ever.
+func TestClientThatStopsReadingIsCutOff(t *testing.T) {
+	wrote := make(chan error, 1)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		chunk := make([]byte, 64<<10)
+		for {
+			if _, err := w.Write(chunk); err != nil {
+				wrote <- err
+				return
+			}
+		}
+	}), slog.New(slog.DiscardHandler))
+	s.WriteTimeout = 200 * time.Millisecond
+	go s.Serve(l)
+	t.Cleanup(func() { s.Close() })
+	c, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.(*net.TCPConn).SetReadBuffer(4 << 10)
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: a\r\n\r\n") // and never read
+	select {
+	case err := <-wrote:
+		t.Logf("the handler's write ended: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("the handler still writes to a client that does not read")
+	}
+}

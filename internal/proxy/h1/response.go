@@ -25,6 +25,7 @@ type responseWriter struct {
 	c  net.Conn
 	br *bufio.Reader
 	bw *bufio.Writer
+	pw *progressWriter // under bw: the write deadline
 
 	req      *http.Request
 	body     *requestBody // req's body; nil if it has none
@@ -171,7 +172,12 @@ func (w *responseWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	w.mu.Lock()
 	w.hijacked, w.headDone = true, true
 	w.mu.Unlock()
-	w.c.SetReadDeadline(time.Time{}) // a body read's: the connection is the handler's now
+	// The connection is the handler's now: no body read's deadline, and
+	// no response write's (the handler writes to it directly too).
+	w.c.SetDeadline(time.Time{})
+	if w.pw != nil {
+		w.pw.timeout = 0
+	}
 	return w.c, bufio.NewReadWriter(w.br, w.bw), nil
 }
 

@@ -79,8 +79,11 @@ type Server struct {
 	H2 tunnel.Config
 	// HeaderReadTimeout bounds the wait for a request's head, from its
 	// first byte or the TLS handshake (30 s); IdleTimeout the wait for the
-	// next request on a kept connection (5 minutes). Set before Serve.
-	HeaderReadTimeout, IdleTimeout time.Duration
+	// next request on a kept connection (5 minutes); WriteTimeout a
+	// response write the client takes nothing of (60 s: a client that
+	// stops reading is disconnected, and what its response held is let
+	// go). Set before Serve.
+	HeaderReadTimeout, IdleTimeout, WriteTimeout time.Duration
 	// Acceptor runs Serve's accept loops (the listener's name, limits and
 	// counters); nil means one with the default limit that logs on the
 	// server's logger. Set before Serve.
@@ -102,6 +105,7 @@ const (
 	readHeaderTimeout = 30 * time.Second
 	bodyReadTimeout   = 30 * time.Second
 	idleConnTimeout   = 5 * time.Minute
+	writeTimeout      = time.Minute
 	// maxBodyDrain is how much of a request body the handler left unread
 	// is read and dropped to keep the connection; past it, or when the
 	// handler may still be reading, the connection is closed instead.
@@ -288,7 +292,8 @@ func (sc *serverConn) serve() {
 	br := readerPool.Get().(*bufio.Reader)
 	br.Reset(lr)
 	bw := writerPool.Get().(*bufio.Writer)
-	bw.Reset(c)
+	pw := &progressWriter{c: c, timeout: sc.s.writeTimeout()}
+	bw.Reset(pw)
 	pooled := true
 	defer func() {
 		if pooled {
@@ -311,7 +316,7 @@ func (sc *serverConn) serve() {
 	defer cancel()
 	ctx = context.WithValue(ctx, http.LocalAddrContextKey, c.LocalAddr())
 	remote := c.RemoteAddr().String()
-	w := &responseWriter{c: c, br: br, bw: bw}
+	w := &responseWriter{c: c, br: br, bw: bw, pw: pw}
 	for first := true; ; first = false {
 		if !first {
 			c.SetReadDeadline(time.Now().Add(sc.s.idleTimeout()))
@@ -511,6 +516,31 @@ func (s *Server) headerReadTimeout() time.Duration {
 		return s.HeaderReadTimeout
 	}
 	return readHeaderTimeout
+}
+
+func (s *Server) writeTimeout() time.Duration {
+	if s.WriteTimeout > 0 {
+		return s.WriteTimeout
+	}
+	return writeTimeout
+}
+
+// progressWriter writes to a client connection with a deadline that
+// moves while writes progress (at most once a second, for the cost): a
+// write fails only when the client has taken nothing for the timeout,
+// however long the whole response takes.
+type progressWriter struct {
+	c       net.Conn
+	timeout time.Duration
+	set     time.Time
+}
+
+func (w *progressWriter) Write(p []byte) (int, error) {
+	if now := time.Now(); w.timeout > 0 && now.Sub(w.set) > time.Second {
+		w.c.SetWriteDeadline(now.Add(w.timeout))
+		w.set = now
+	}
+	return w.c.Write(p)
 }
 
 func (s *Server) idleTimeout() time.Duration {
