@@ -167,33 +167,12 @@ func h1Cases() []h1Case {
 func TestH1AttackListeners(t *testing.T) {
 	s := startServer(t)
 	app := h1StartApp(t)
-	httpPort, httpsPort, gwAdmin := trellistest.FreePort(t), trellistest.FreePort(t), trellistest.FreePort(t)
-	applyYAML(t, s, fmt.Sprintf(`kind: Service
-name: web
-spec: {protocol: http}
----
-kind: Intention
-name: "*.web"
-spec: {source: "*", destination: web, action: allow}
----
-kind: Gateway
-name: front
-spec:
-  listeners:
-    - port: %d
-      protocol: http
-      routes: [{pathPrefix: /, service: web}]
-    - port: %d
-      protocol: https
-      tls: {source: mesh, dnsNames: [web.example.test]}
-      routes: [{pathPrefix: /, service: web}]
-`, httpPort, httpsPort))
+	httpPort, httpsPort := trellistest.FreePort(t), trellistest.FreePort(t)
+	frontWeb(t, s, frontHTTP(httpPort), frontHTTPS(httpsPort))
 	s.startProxy(t, proxyOpts{service: "web", appPort: app.port})
 	up, upPort := loopAddr(t)
 	client := s.startProxy(t, proxyOpts{service: "client", appPort: app.port, upstreams: []string{fmt.Sprintf("web:%d", upPort)}})
-	gw := start(t, "gateway", nil, "gateway", "--name", "front", "--listen-addr", "127.0.0.1",
-		"--server", s.addr, "--ca-file", s.caFile, "--token-file", s.tokenFile(t, "front"),
-		"--admin-port", strconv.Itoa(gwAdmin), "--log-level", "debug")
+	gw, gwAdmin := s.startFront(t)
 	roots := meshRoots(t, s)
 	plain := func(addr string) func() (net.Conn, error) {
 		return func() (net.Conn, error) { return net.DialTimeout("tcp", addr, 5*time.Second) }
@@ -202,11 +181,11 @@ spec:
 	httpsAddr := "127.0.0.1:" + strconv.Itoa(httpsPort)
 	targets := []h1Target{
 		{"outbound", "web", plain(up), client.admin, client.proc},
-		{"ingress-http", "web.example.test", plain(httpAddr), "127.0.0.1:" + strconv.Itoa(gwAdmin), gw},
+		{"ingress-http", "web.example.test", plain(httpAddr), gwAdmin, gw},
 		{"ingress-https", "web.example.test", func() (net.Conn, error) {
 			return tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", httpsAddr,
 				&tls.Config{ServerName: "web.example.test", RootCAs: roots, NextProtos: []string{"http/1.1"}})
-		}, "127.0.0.1:" + strconv.Itoa(gwAdmin), gw},
+		}, gwAdmin, gw},
 	}
 	for _, tg := range targets {
 		trellistest.Eventually(t, 30*time.Second, tg.name+" serving", func() error {

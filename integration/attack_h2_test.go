@@ -53,33 +53,12 @@ type h2Target struct {
 func TestH2AttackListeners(t *testing.T) {
 	s := startServer(t)
 	app := h1StartApp(t)
-	httpPort, httpsPort, gwAdmin := trellistest.FreePort(t), trellistest.FreePort(t), trellistest.FreePort(t)
-	applyYAML(t, s, fmt.Sprintf(`kind: Service
-name: web
-spec: {protocol: http}
----
-kind: Intention
-name: "*.web"
-spec: {source: "*", destination: web, action: allow}
----
-kind: Gateway
-name: front
-spec:
-  listeners:
-    - port: %d
-      protocol: http
-      routes: [{pathPrefix: /, service: web}]
-    - port: %d
-      protocol: https
-      tls: {source: mesh, dnsNames: [web.example.test]}
-      routes: [{pathPrefix: /, service: web}]
-`, httpPort, httpsPort))
+	httpPort, httpsPort := trellistest.FreePort(t), trellistest.FreePort(t)
+	frontWeb(t, s, frontHTTP(httpPort), frontHTTPS(httpsPort))
 	web := s.startProxy(t, proxyOpts{service: "web", appPort: app.port})
 	up, upPort := loopAddr(t)
 	client := s.startProxy(t, proxyOpts{service: "client", appPort: app.port, upstreams: []string{fmt.Sprintf("web:%d", upPort)}})
-	start(t, "gateway", nil, "gateway", "--name", "front", "--listen-addr", "127.0.0.1",
-		"--server", s.addr, "--ca-file", s.caFile, "--token-file", s.tokenFile(t, "front"),
-		"--admin-port", strconv.Itoa(gwAdmin), "--log-level", "debug")
+	_, gwAdminAddr := s.startFront(t)
 	ins, err := s.api.Instances(context.Background(), "web")
 	if err != nil || len(ins) != 1 {
 		t.Fatalf("instances of web = %v, %v; want 1", ins, err)
@@ -92,7 +71,6 @@ spec:
 	}
 	httpsAddr := "127.0.0.1:" + strconv.Itoa(httpsPort)
 	roots := meshRoots(t, s)
-	gwAdminAddr := "127.0.0.1:" + strconv.Itoa(gwAdmin)
 	targets := []h2Target{
 		{"outbound", "127.0.0.1", upPort, false, plain(up), client.admin, "web"},
 		{"ingress-http", "127.0.0.1", httpPort, false, plain("127.0.0.1:" + strconv.Itoa(httpPort)), gwAdminAddr, "web"},

@@ -73,29 +73,12 @@ func TestOverloadFromOneClient(t *testing.T) {
 	s := startServer(t)
 	app := overloadStartApp(t)
 	httpPort := trellistest.FreePort(t)
-	applyYAML(t, s, fmt.Sprintf(`kind: Service
-name: web
-spec: {protocol: http}
----
-kind: Intention
-name: "*.web"
-spec: {source: "*", destination: web, action: allow}
----
-kind: Gateway
-name: front
-spec:
-  listeners:
-    - port: %d
-      protocol: http
-      routes: [{pathPrefix: /, service: web}]
-`, httpPort))
+	frontWeb(t, s, frontHTTP(httpPort))
 	s.startProxy(t, proxyOpts{service: "web", appPort: app.port})
 	up, _ := loopAddr(t)
 	_, upPort, _ := net.SplitHostPort(up)
 	s.startProxy(t, proxyOpts{service: "client", appPort: app.port, upstreams: []string{"web:" + upPort}})
-	start(t, "gateway", nil, "gateway", "--name", "front", "--listen-addr", "127.0.0.1",
-		"--server", s.addr, "--ca-file", s.caFile, "--token-file", s.tokenFile(t, "front"),
-		"--admin-port", strconv.Itoa(trellistest.FreePort(t)))
+	s.startFront(t)
 	for _, target := range []struct{ name, addr string }{
 		{"ingress", "127.0.0.1:" + strconv.Itoa(httpPort)},
 		{"outbound", up},
@@ -308,26 +291,9 @@ func TestStalledReaderMemory(t *testing.T) {
 	s := startServer(t)
 	app := overloadStartApp(t)
 	httpPort := trellistest.FreePort(t)
-	applyYAML(t, s, fmt.Sprintf(`kind: Service
-name: web
-spec: {protocol: http}
----
-kind: Intention
-name: "*.web"
-spec: {source: "*", destination: web, action: allow}
----
-kind: Gateway
-name: front
-spec:
-  listeners:
-    - port: %d
-      protocol: http
-      routes: [{pathPrefix: /, service: web}]
-`, httpPort))
+	frontWeb(t, s, frontHTTP(httpPort))
 	s.startProxy(t, proxyOpts{service: "web", appPort: app.port})
-	gw := start(t, "gateway", nil, "gateway", "--name", "front", "--listen-addr", "127.0.0.1",
-		"--server", s.addr, "--ca-file", s.caFile, "--token-file", s.tokenFile(t, "front"),
-		"--admin-port", strconv.Itoa(trellistest.FreePort(t)))
+	gw, _ := s.startFront(t)
 	addr := "127.0.0.1:" + strconv.Itoa(httpPort)
 	trellistest.Eventually(t, 30*time.Second, "serving", func() error { return overloadGet(addr, "/") })
 	const n = 50

@@ -665,7 +665,15 @@ func (c *Conn) readLoop() {
 		case *http2.RSTStreamFrame:
 			err = c.onReset(f)
 		case *http2.GoAwayFrame:
-			c.onGoAway(f)
+			if c.onGoAway(f) {
+				// Nothing left in flight: close, lingering, so that
+				// frames the peer sent behind its GOAWAY (a PING) do
+				// not turn our close into a reset.
+				c.flushControl()
+				c.stop(io.EOF, false)
+				c.linger()
+				return
+			}
 		case *http2.PushPromiseFrame:
 			err = http2.ConnectionError(http2.ErrCodeProtocol)
 		case *http2.PriorityFrame:
@@ -1102,7 +1110,9 @@ func (c *Conn) onReset(f *http2.RSTStreamFrame) error {
 	return nil
 }
 
-func (c *Conn) onGoAway(f *http2.GoAwayFrame) {
+// onGoAway takes the peer's GOAWAY; it reports whether nothing is left in
+// flight, so the connection is to close now.
+func (c *Conn) onGoAway(f *http2.GoAwayFrame) bool {
 	c.mu.Lock()
 	c.goingAway = true
 	c.peerAway = true
@@ -1122,9 +1132,7 @@ func (c *Conn) onGoAway(f *http2.GoAwayFrame) {
 	if f.ErrCode != http2.ErrCodeNo {
 		c.cfg.Logger.Debug("peer ended tunnel connection", "remote", c.nc.RemoteAddr().String(), "code", f.ErrCode.String(), "debug", string(f.DebugData()))
 	}
-	if closeNow {
-		c.fail(io.EOF)
-	}
+	return closeNow
 }
 
 // resetStream ends stream id and tells the peer.
