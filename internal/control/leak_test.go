@@ -239,6 +239,13 @@ func checkNoneOwned(t *testing.T, role string, pkgs ...string) {
 				strings.Contains(g, "/internal/control.startMesh") {
 				continue // the test's own
 			}
+			if i := strings.LastIndex(g, "created by "); i >= 0 && role != "control plane" &&
+				strings.Contains(g[i:], "/internal/control.") {
+				// The control plane's, still running: its API server
+				// accepts through netconn's listener, whose frame
+				// would otherwise count as the data plane's.
+				continue
+			}
 			for _, p := range pkgs {
 				if strings.Contains(g, p) {
 					found = append(found, g)
