@@ -33,10 +33,13 @@ func (s *Server) loadCA() (*ca.CA, error) {
 			if err != nil {
 				return nil, err
 			}
-			if err := os.WriteFile(keyFile, keyPEM, 0o600); err != nil {
+			// The key first, each file whole or not at all: a crash
+			// between the two leaves no certificate, and the next start
+			// makes the pair again; never a certificate without its key.
+			if err := writeFileAtomic(keyFile, keyPEM, 0o600); err != nil {
 				return nil, fmt.Errorf("write ca key: %w", err)
 			}
-			if err := os.WriteFile(certFile, certPEM, 0o644); err != nil {
+			if err := writeFileAtomic(certFile, certPEM, 0o644); err != nil {
 				return nil, fmt.Errorf("write ca certificate: %w", err)
 			}
 			s.log.Info("created CA", "trustDomain", s.cfg.TrustDomain, "cert", certFile)
@@ -55,7 +58,8 @@ func (s *Server) loadCA() (*ca.CA, error) {
 	}
 	c, err := ca.Load(s.cfg.TrustDomain, certPEM, keyPEM)
 	if err != nil {
-		return nil, fmt.Errorf("load ca %s: %w", certFile, err)
+		return nil, fmt.Errorf("load ca %s with key %s: %w (a rotation interrupted between the two files? "+
+			"restore the pair, or start with --ca-cert and --ca-key naming a matching one)", certFile, keyFile, err)
 	}
 	return c, nil
 }

@@ -125,12 +125,37 @@ func (s *Server) adoptIssuer(rec *issuerRecord) {
 	s.log.Info("signing with the rotated CA", "phase", rec.Phase, "root", certs.Fingerprints([]byte(rec.RootPEM))[0])
 }
 
+// writeFileAtomic replaces name with b, whole or not at all, and durably:
+// the bytes reach the disk before the rename, and the rename before it
+// returns, so that a crash leaves the old file or the new one, never a
+// truncated key.
 func writeFileAtomic(name string, b []byte, mode os.FileMode) error {
 	tmp := name + ".tmp"
-	if err := os.WriteFile(tmp, b, mode); err != nil {
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
+	if err != nil {
 		return err
 	}
-	return os.Rename(tmp, name)
+	_, err = f.Write(b)
+	if serr := f.Sync(); err == nil {
+		err = serr
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	if err := os.Rename(tmp, name); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	d, err := os.Open(filepath.Dir(name))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 // rotation reports where the rotation stands, with the proxies that do not
