@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -92,6 +93,25 @@ func fileStamp(path string) string {
 	return fmt.Sprintf("%d/%d", fi.Size(), fi.ModTime().UnixNano())
 }
 
+// shownEndpoint is ep as an error may show it: quoted, unless it holds an
+// @, which may end a password however the rest parses (":pw@h", or
+// "x:pw@h", which parses as an opaque URL with no user at all).
+func shownEndpoint(ep string) string {
+	if strings.Contains(ep, "@") {
+		return "(one with an @, not shown: it may hold a password)"
+	}
+	return strconv.Quote(ep)
+}
+
+// shownEndpoints is a list of endpoints as shownEndpoint shows each.
+func shownEndpoints(eps []string) string {
+	shown := make([]string, len(eps))
+	for i, ep := range eps {
+		shown[i] = shownEndpoint(ep)
+	}
+	return "[" + strings.Join(shown, " ") + "]"
+}
+
 // validate checks the endpoints' URLs and that TLS and authentication are
 // given in ways that can work, naming the endpoint at fault.
 func (cfg *EtcdConfig) validate() error {
@@ -116,18 +136,18 @@ func (cfg *EtcdConfig) validate() error {
 			secure++
 		case "http":
 		default:
-			errs = append(errs, fmt.Errorf("etcd endpoint %q: want an http:// or https:// URL", ep))
+			errs = append(errs, fmt.Errorf("etcd endpoint %s: want an http:// or https:// URL", shownEndpoint(ep)))
 			continue
 		}
 		if _, _, err := net.SplitHostPort(u.Host); err != nil || u.Path != "" && u.Path != "/" || u.RawQuery != "" || u.Fragment != "" || u.Opaque != "" {
-			errs = append(errs, fmt.Errorf("etcd endpoint %q: want scheme://host:port", ep))
+			errs = append(errs, fmt.Errorf("etcd endpoint %s: want scheme://host:port", shownEndpoint(ep)))
 		}
 	}
 	if secure != 0 && secure != len(cfg.Endpoints) {
-		errs = append(errs, fmt.Errorf("etcd endpoints %v: mix http:// and https://; use https:// for all", cfg.Endpoints))
+		errs = append(errs, fmt.Errorf("etcd endpoints %s: mix http:// and https://; use https:// for all", shownEndpoints(cfg.Endpoints)))
 	}
 	if cfg.TLS != nil && secure == 0 {
-		errs = append(errs, fmt.Errorf("etcd endpoints %v: TLS is configured, but the URLs are http://; use https://", cfg.Endpoints))
+		errs = append(errs, fmt.Errorf("etcd endpoints %s: TLS is configured, but the URLs are http://; use https://", shownEndpoints(cfg.Endpoints)))
 	}
 	if (cfg.Username == "") != (cfg.Password == "") {
 		errs = append(errs, errors.New("etcd username and password: give both or neither"))
