@@ -82,6 +82,7 @@ type poolEntry struct {
 type pendingDial struct {
 	done   chan struct{} // closed when err is set; a new connection is in the entry's conns
 	err    error
+	conn   *tunnel.Conn // the connection dialed, if err is nil
 	cancel context.CancelFunc
 	// waiters counts the callers waiting on done, under the entry's mu.
 	// When the last one gives up the dial is cancelled: it is bounded by
@@ -192,6 +193,13 @@ func (p *Pool) Get(ctx context.Context, addr, service string, cfg *tls.Config) (
 		if d.err != nil {
 			return nil, d.err
 		}
+		if err := d.conn.Err(); err != nil {
+			// The connection failed as soon as it was made (the peer
+			// refused our certificate after TLS 1.3's handshake had
+			// ended on our side): that is this dial's answer, not a
+			// reason to dial again.
+			return nil, fmt.Errorf("endpoint %s: connection failed as it opened: %w", addr, err)
+		}
 	}
 }
 
@@ -239,7 +247,7 @@ func (p *Pool) startDial(e *poolEntry, addr string, cfg *tls.Config) (*pendingDi
 		if err == nil {
 			e.conns = append(e.conns, c)
 		}
-		d.err = err
+		d.err, d.conn = err, c
 		if e.dialing == d {
 			e.dialing = nil
 		}
