@@ -15,7 +15,7 @@ import (
 // definition's proxyConfiguration, for VMs, pods (an init container with
 // NET_ADMIN) and compose services.
 func runRedirect(ctx context.Context, e *env, args []string) error {
-	fs := newFlags(e, "redirect", "redirect --proxy-uid UID --app-port P[,P...] [--dns-port PORT] [flags] | redirect --remove")
+	fs := newFlags(e, "redirect", "redirect --proxy-uid UID --app-port P[,P...] [--dns-port PORT] [flags] | redirect --dns-only --dns-port PORT | redirect --remove")
 	uid := fs.Int("proxy-uid", 1337, "UID the proxy runs as: its own traffic is never redirected (not 0)")
 	appPorts := fs.String("app-port", "", "comma-separated app ports whose inbound traffic goes to --ingress-port (default none)")
 	ingress := fs.Int("ingress-port", 15006, "the proxy's transparent ingress port (trellis proxy --ingress-port)")
@@ -23,6 +23,7 @@ func runRedirect(ctx context.Context, e *env, args []string) error {
 	excludeAddrs := fs.String("exclude-addr", "", "comma-separated IPv4 addresses or prefixes never redirected (the ECS and EC2 metadata addresses always are not)")
 	excludePorts := fs.String("exclude-port", "", "comma-separated destination ports never redirected")
 	dnsPort := fs.Int("dns-port", 0, "send the app's UDP and TCP port-53 traffic to the proxy's DNS listener on 127.0.0.1:PORT (trellis proxy --dns-listen; default off)")
+	dnsOnly := fs.Bool("dns-only", false, "install the DNS rule alone (with --dns-port), where something else redirects TCP, such as the ECS agent")
 	excludeUIDs := fs.String("exclude-uid", "", "comma-separated further UIDs or user names whose traffic is never redirected; with --dns-port the users of local caching resolvers ("+strings.Join(redirect.LocalResolverUsers, ", ")+") found on this host are added")
 	printOnly := fs.Bool("print", false, "print every rule the install adds (iptables-restore input, then the jumps from PREROUTING and OUTPUT) and change nothing")
 	remove := fs.Bool("remove", false, "remove the rules")
@@ -35,7 +36,7 @@ func runRedirect(ctx context.Context, e *env, args []string) error {
 	if *remove {
 		return redirect.Remove(ctx, redirect.Exec)
 	}
-	r := redirect.Rules{ProxyUID: *uid, IngressPort: *ingress, EgressPort: *egress, ExcludeAddrs: splitList(*excludeAddrs), DNSPort: *dnsPort}
+	r := redirect.Rules{ProxyUID: *uid, IngressPort: *ingress, EgressPort: *egress, ExcludeAddrs: splitList(*excludeAddrs), DNSPort: *dnsPort, DNSOnly: *dnsOnly}
 	var err error
 	if r.AppPorts, err = ports("--app-port", *appPorts); err != nil {
 		return err

@@ -22,8 +22,16 @@ import (
 // Remove the app's reaches it again.
 func TestDNSRedirectInNamespace(t *testing.T) {
 	needNetns(t)
+	for i, dnsOnly := range []bool{false, true} {
+		t.Run(fmt.Sprintf("dnsOnly=%v", dnsOnly), func(t *testing.T) {
+			testDNSRedirect(t, fmt.Sprintf("hdns-%d-%d", os.Getpid()%100000, i), dnsOnly)
+		})
+	}
+}
+
+func testDNSRedirect(t *testing.T, name string, dnsOnly bool) {
 	const proxyUID = 1337
-	ns := newNamespace(t, "hdns-"+fmt.Sprint(os.Getpid()%100000))
+	ns := newNamespace(t, name)
 	// The resolver's address, on loopback: DNS is redirected whatever the
 	// destination (127.0.0.53 of systemd-resolved is local too).
 	ns.ip(t, "addr", "add", "192.0.2.53/32", "dev", "lo")
@@ -31,7 +39,7 @@ func TestDNSRedirectInNamespace(t *testing.T) {
 	// The real resolver answers 192.0.2.1, the proxy's 127.0.0.7.
 	real := ns.serveDNS(t, "192.0.2.53:53", "192.0.2.1")
 	proxy := ns.serveDNS(t, "127.0.0.1:0", "127.0.0.7")
-	r := Rules{ProxyUID: proxyUID, IngressPort: 15006, EgressPort: 15001, DNSPort: int(proxy.Port())}
+	r := Rules{ProxyUID: proxyUID, IngressPort: 15006, EgressPort: 15001, DNSPort: int(proxy.Port()), DNSOnly: dnsOnly}
 	run := func(ctx context.Context, stdin, name string, args ...string) (string, error) {
 		return Exec(ctx, stdin, "ip", append([]string{"netns", "exec", ns.name, name}, args...)...)
 	}

@@ -69,6 +69,10 @@ type Rules struct {
 	// proxy --dns-listen 127.0.0.1:PORT): the app's UDP and TCP queries to
 	// port 53 go there.
 	DNSPort int
+	// DNSOnly installs the DNS rule alone, where something else redirects
+	// TCP (the ECS agent, for a task definition's proxyConfiguration); the
+	// ingress, egress and app ports are then unused.
+	DNSOnly bool
 	// ExcludeUIDs are further UIDs whose traffic is never redirected, as
 	// the proxy's is: a local caching resolver's (LocalResolverUsers).
 	ExcludeUIDs []int
@@ -90,10 +94,17 @@ func (r Rules) Validate() error {
 		// it would exempt the app too whenever the app runs as root.
 		errs = append(errs, errors.New("proxy UID: 0 (root) cannot be told apart from the app; run the proxy as its own UID"))
 	}
-	port("ingress port", r.IngressPort)
-	port("egress port", r.EgressPort)
-	if r.IngressPort == r.EgressPort {
-		errs = append(errs, fmt.Errorf("ingress and egress ports are both %d", r.IngressPort))
+	if r.DNSOnly {
+		if r.DNSPort == 0 {
+			errs = append(errs, errors.New("DNS only, but no DNS port"))
+		}
+		r.IngressPort, r.EgressPort, r.AppPorts = 0, 0, nil // unused
+	} else {
+		port("ingress port", r.IngressPort)
+		port("egress port", r.EgressPort)
+		if r.IngressPort == r.EgressPort {
+			errs = append(errs, fmt.Errorf("ingress and egress ports are both %d", r.IngressPort))
+		}
 	}
 	for _, p := range r.AppPorts {
 		port("app port", p)
@@ -163,13 +174,19 @@ func (r Rules) excluded() []string {
 func (r Rules) Script() string {
 	var b strings.Builder
 	b.WriteString("*nat\n")
+	uids := r.uids()
+	if r.DNSOnly {
+		fmt.Fprintf(&b, ":%s - [0:0]\n", DNSChain)
+		r.dnsRules(&b, uids)
+		b.WriteString("COMMIT\n")
+		return b.String()
+	}
 	// The DNS chain is declared (so emptied) even without a DNS port:
 	// jumps left by an earlier install with one then lead nowhere.
 	fmt.Fprintf(&b, ":%s - [0:0]\n:%s - [0:0]\n:%s - [0:0]\n", IngressChain, EgressChain, DNSChain)
 	for _, ports := range chunks(r.AppPorts) {
 		fmt.Fprintf(&b, "-A %s -p tcp -m multiport --dports %s -j REDIRECT --to-ports %d\n", IngressChain, ports, r.IngressPort)
 	}
-	uids := r.uids()
 	for _, u := range uids {
 		fmt.Fprintf(&b, "-A %s -m owner --uid-owner %d -j RETURN\n", EgressChain, u)
 	}
@@ -180,16 +197,22 @@ func (r Rules) Script() string {
 		fmt.Fprintf(&b, "-A %s -p tcp -m multiport --dports %s -j RETURN\n", EgressChain, ports)
 	}
 	fmt.Fprintf(&b, "-A %s -p tcp -j REDIRECT --to-ports %d\n", EgressChain, r.EgressPort)
-	if r.DNSPort != 0 {
-		for _, u := range uids {
-			fmt.Fprintf(&b, "-A %s -m owner --uid-owner %d -j RETURN\n", DNSChain, u)
-		}
-		for _, proto := range []string{"udp", "tcp"} {
-			fmt.Fprintf(&b, "-A %s -p %s --dport 53 -j REDIRECT --to-ports %d\n", DNSChain, proto, r.DNSPort)
-		}
-	}
+	r.dnsRules(&b, uids)
 	b.WriteString("COMMIT\n")
 	return b.String()
+}
+
+// dnsRules are the DNS chain's rules, none without a DNS port.
+func (r Rules) dnsRules(b *strings.Builder, uids []int) {
+	if r.DNSPort == 0 {
+		return
+	}
+	for _, u := range uids {
+		fmt.Fprintf(b, "-A %s -m owner --uid-owner %d -j RETURN\n", DNSChain, u)
+	}
+	for _, proto := range []string{"udp", "tcp"} {
+		fmt.Fprintf(b, "-A %s -p %s --dport 53 -j REDIRECT --to-ports %d\n", DNSChain, proto, r.DNSPort)
+	}
 }
 
 // uids are the proxy's UID and the excluded ones, without duplicates.
@@ -247,6 +270,9 @@ var (
 
 // jumps are the jumps r installs.
 func (r Rules) jumps() []jump {
+	if r.DNSOnly {
+		return dnsJumps
+	}
 	js := []jump{ingressJump, egressJump}
 	if r.DNSPort != 0 {
 		js = append(js, dnsJumps...)

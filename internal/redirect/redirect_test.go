@@ -83,6 +83,35 @@ func TestPrintShowsEveryJump(t *testing.T) {
 	}
 }
 
+func TestDNSOnly(t *testing.T) {
+	r := Rules{ProxyUID: 1337, DNSOnly: true, DNSPort: 15053, AppPorts: []int{8080}}
+	if err := r.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	want := `*nat
+:TRELLIS_DNS - [0:0]
+-A TRELLIS_DNS -m owner --uid-owner 1337 -j RETURN
+-A TRELLIS_DNS -p udp --dport 53 -j REDIRECT --to-ports 15053
+-A TRELLIS_DNS -p tcp --dport 53 -j REDIRECT --to-ports 15053
+COMMIT
+`
+	if got := r.Script(); got != want {
+		t.Errorf("script:\n%s\nwant:\n%s", got, want)
+	}
+	f := &fakeIptables{present: map[string]bool{}}
+	if err := r.Apply(context.Background(), f.run); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range f.cmds {
+		if strings.Contains(c, "TRELLIS_INGRESS") || strings.Contains(c, "TRELLIS_EGRESS") {
+			t.Errorf("DNS only, but ran %q", c)
+		}
+	}
+	if err := (Rules{ProxyUID: 1337, DNSOnly: true}).Validate(); err == nil || !strings.Contains(err.Error(), "no DNS port") {
+		t.Errorf("DNS only without a port: %v", err)
+	}
+}
+
 func TestScriptSplitsPortLists(t *testing.T) {
 	r := Rules{ProxyUID: 1, IngressPort: 15006, EgressPort: 15001}
 	for p := 1; p <= 20; p++ {
