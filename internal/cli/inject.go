@@ -27,8 +27,14 @@ func runInject(ctx context.Context, e *env, args []string) error {
 		"ecs":            func(p *inject.Plan) ([]byte, error) { return jsonOut(p.ECS()) },
 		"cloudformation": func(p *inject.Plan) ([]byte, error) { return jsonOut(p.CloudFormation()) },
 		"kubernetes":     (*inject.Plan).Kubernetes,
-		"compose":        func(p *inject.Plan) ([]byte, error) { return yamlOut(p.Compose()) },
-		"mesh":           meshOut,
+		"compose": func(p *inject.Plan) ([]byte, error) {
+			c, err := p.Compose()
+			if err != nil {
+				return nil, err
+			}
+			return yamlOut(c)
+		},
+		"mesh": meshOut,
 		// A plain host's files: written by name into -o DIR, or listed.
 		"systemd": func(p *inject.Plan) ([]byte, error) {
 			fs, err := p.Host()

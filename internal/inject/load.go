@@ -34,6 +34,7 @@ const (
 	DefaultNetwork  = "default"
 	// DefaultKubernetesTokenSecret holds a service's token (key "token").
 	DefaultKubernetesTokenSecret = "trellis-{{service}}-token"
+	DefaultClusterDomain         = "cluster.local"
 	// SidecarName is the injected container's name everywhere.
 	SidecarName = "trellis-proxy"
 )
@@ -116,6 +117,12 @@ func LoadPolicy(file string, r io.Reader) (PolicySpec, Diagnostics) {
 	}
 	c := &checker{p: psrc, ds: ds}
 	spec := c.policy(&pol)
+	if spec.DNS.Enabled && spec.DNS.Upstream == "" {
+		// Here the policy serves Kubernetes alone, where the pod's resolver
+		// is the sidecar: refused at start, not pod by pod.
+		c.bad(psrc, "spec.dns", "the cluster's DNS Service (kubectl -n kube-system get service kube-dns), such as upstream: 10.96.0.10:53",
+			"upstream missing: with mesh DNS on Kubernetes the sidecar forwards other names there")
+	}
 	if len(c.ds) > 0 {
 		return PolicySpec{}, c.ds.sorted()
 	}
@@ -230,6 +237,12 @@ func (c *checker) policy(pol *Policy) PolicySpec {
 	if name := expand(k.TokenSecret, "svc", "v1"); !dnsLabel.MatchString(name) || unknownPlaceholder(k.TokenSecret) != "" {
 		c.bad(p, "spec.kubernetes.tokenSecret", "a Secret name such as trellis-{{service}}-token", "%q is not a Secret name", k.TokenSecret)
 	}
+	if k.ClusterDomain == "" {
+		k.ClusterDomain = DefaultClusterDomain
+	}
+	if !dnsName.MatchString(k.ClusterDomain) {
+		c.bad(p, "spec.kubernetes.clusterDomain", "such as cluster.local", "%q is not a DNS domain", k.ClusterDomain)
+	}
 
 	c.dns(&s.DNS, sc)
 	c.host(&s.Host)
@@ -342,6 +355,9 @@ func sidecarPorts(sc SidecarPolicy) []namedPort {
 
 // dnsLabel is a Kubernetes object name (RFC 1123 label).
 var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
+
+// dnsName is a DNS domain of RFC 1123 labels, without the final dot.
+var dnsName = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$`)
 
 var placeholder = regexp.MustCompile(`\{\{[^}]*\}\}`)
 

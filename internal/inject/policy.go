@@ -169,4 +169,8 @@ type ServiceDiscovery struct {
 // namespace ({{service}} stands for the service name).
 type KubernetesPolicy struct {
 	TokenSecret string `yaml:"tokenSecret"`
+	// ClusterDomain is the cluster's DNS domain (default cluster.local):
+	// with mesh DNS the pod's resolver is the sidecar, and the search path
+	// keeps the cluster's short names working.
+	ClusterDomain string `yaml:"clusterDomain"`
 }

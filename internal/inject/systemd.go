@@ -82,6 +82,9 @@ func (p *Plan) Host() (HostFiles, error) {
 func (p *Plan) hostWorkload() workload {
 	w := p.workload()
 	w.Transparent = true
+	if p.Policy.DNS.Enabled {
+		w.DNSListen, w.DNSUpstream = p.Policy.redirectedDNS(), p.Policy.DNS.Upstream
+	}
 	return w
 }
 
@@ -89,15 +92,11 @@ func (p *Plan) hostWorkload() workload {
 func (p *Plan) hostProxyArgs() []string {
 	pol := p.Policy
 	args := proxyArgs(pol, p.hostWorkload())
-	args = append(args,
+	return append(args,
 		"--network", pol.Host.Network,
 		"--state-dir", HostStateDir,
 		"--token-file", HostTokenFile,
 	)
-	if pol.DNS.Enabled {
-		args = append(args, "--dns-listen", "127.0.0.1:"+strconv.Itoa(pol.DNS.Port))
-	}
-	return args
 }
 
 // hostRedirectArgs installs the rules of transparent mode, and with mesh
