@@ -297,6 +297,10 @@ func FuzzManifest(f *testing.F) {
 	}
 	pol, _ := os.ReadFile(pipeline + "policy.yaml")
 	web, _ := os.ReadFile(pipeline + "hello-web.yaml")
+	// A policy with mesh DNS and a plain host's settings.
+	f.Add(append(bytes.Clone(pol), "  dns: {enabled: true, port: 15053, upstream: 10.96.0.10:53}\n"+
+		"  host: {user: px, network: vpc-a, binaryURL: \"https://x/t\", binarySHA256: "+strings.Repeat("ab", 32)+
+		", caPEM: \"-----BEGIN CERTIFICATE-----\\nx\\n-----END CERTIFICATE-----\\n\"}\n"...))
 	f.Fuzz(func(t *testing.T, in []byte) {
 		// As a manifest and as a policy: never a panic, and either a plan
 		// or diagnostics that say where.
@@ -312,8 +316,13 @@ func FuzzManifest(f *testing.F) {
 			}
 			if plan != nil {
 				plan.ECS()
-				if _, err := plan.Compose(); err != nil {
+				// Compose needs the DNS upstream with mesh DNS; the host
+				// output its own settings: an error, never a panic.
+				if _, err := plan.Compose(); err != nil && (!plan.Policy.DNS.Enabled || plan.Policy.DNS.Upstream != "") {
 					t.Fatal(err)
+				}
+				if fs, err := plan.Host(); err == nil {
+					fs.Listing()
 				}
 			}
 		}
