@@ -17,7 +17,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/inject"
 )
 
-const injectUsage = "inject validate|ecs|cloudformation|kubernetes|compose|mesh -f MANIFEST --policy POLICY --version V | inject webhook | inject webhook-config"
+const injectUsage = "inject validate|ecs|cloudformation|kubernetes|compose|systemd|mesh -f MANIFEST --policy POLICY --version V | inject webhook | inject webhook-config"
 
 // runInject: trellis inject FORMAT -f MANIFEST --policy POLICY --version V,
 // and the Kubernetes webhook's two commands.
@@ -27,8 +27,22 @@ func runInject(ctx context.Context, e *env, args []string) error {
 		"ecs":            func(p *inject.Plan) ([]byte, error) { return jsonOut(p.ECS()) },
 		"cloudformation": func(p *inject.Plan) ([]byte, error) { return jsonOut(p.CloudFormation()) },
 		"kubernetes":     (*inject.Plan).Kubernetes,
-		"compose":        func(p *inject.Plan) ([]byte, error) { return yamlOut(p.Compose()) },
-		"mesh":           meshOut,
+		"compose": func(p *inject.Plan) ([]byte, error) {
+			c, err := p.Compose()
+			if err != nil {
+				return nil, err
+			}
+			return yamlOut(c)
+		},
+		"mesh": meshOut,
+		// A plain host's files: written by name into -o DIR, or listed.
+		"systemd": func(p *inject.Plan) ([]byte, error) {
+			fs, err := p.Host()
+			if err != nil {
+				return nil, err
+			}
+			return fs.Listing(), nil
+		},
 	}
 	if len(args) == 0 {
 		return usageErr(injectUsage)
@@ -51,7 +65,7 @@ func runInject(ctx context.Context, e *env, args []string) error {
 	policy := fs.String("policy", "", "the platform policy (kind: PlatformPolicy)")
 	version := fs.String("version", "", "version label of this deployment, such as the commit's first 8 characters")
 	envName := fs.String("env", "", "apply the manifest's Environments entry of this name")
-	out := fs.String("o", "", "write to this file instead of stdout (written only when everything is valid)")
+	out := fs.String("o", "", "write to this file instead of stdout (written only when everything is valid); for systemd a directory, where each file goes by its name")
 	output := fs.String("output", "text", "diagnostics as text or json")
 	apply := fs.Bool("apply", false, "register this version with the control plane: the Service if new, the backends' intentions, a Route holding it at weight 0")
 	if err := parse(fs, args); err != nil {
@@ -110,7 +124,15 @@ func runInject(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	var b []byte
-	if format == "validate" {
+	var hostFiles inject.HostFiles
+	if format == "systemd" {
+		if hostFiles, err = plan.Host(); err != nil {
+			fmt.Fprintln(e.stderr, err)
+			fmt.Fprintln(e.stderr, "nothing written")
+			return errInvalid
+		}
+		b = hostFiles.Listing()
+	} else if format == "validate" {
 		if *output == "text" {
 			fmt.Fprintf(e.stderr, "%s and %s are valid: %s\n", *manifest, *policy, plan.Name)
 		}
@@ -125,6 +147,15 @@ func runInject(ctx context.Context, e *env, args []string) error {
 		}
 	}
 	if format == "validate" {
+		return nil
+	}
+	if format == "systemd" && *out != "" {
+		if err := hostFiles.WriteDir(*out); err != nil {
+			return err
+		}
+		for _, f := range hostFiles {
+			fmt.Fprintf(e.stderr, "wrote %s\n", filepath.Join(*out, f.Name))
+		}
 		return nil
 	}
 	return writeOut(e, *out, b)

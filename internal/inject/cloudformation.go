@@ -7,11 +7,13 @@ package inject
 
 // Template is a CloudFormation template, in its JSON form.
 type Template struct {
-	FormatVersion string         `json:"AWSTemplateFormatVersion"`
-	Description   string         `json:"Description"`
-	Parameters    map[string]any `json:"Parameters"`
-	Resources     map[string]any `json:"Resources"`
-	Outputs       map[string]any `json:"Outputs"`
+	FormatVersion string `json:"AWSTemplateFormatVersion"`
+	Description   string `json:"Description"`
+	// Metadata holds the ECS output's notes (Trellis::Notes), if any.
+	Metadata   map[string]any `json:"Metadata,omitempty"`
+	Parameters map[string]any `json:"Parameters"`
+	Resources  map[string]any `json:"Resources"`
+	Outputs    map[string]any `json:"Outputs"`
 }
 
 // cfnResource is one entry of Resources.
@@ -91,7 +93,12 @@ func (p *Plan) CloudFormation() *Template {
 	if ns := p.Policy.ServiceDiscovery.NamespaceID; ns != "" {
 		namespace["Default"] = ns
 	}
+	var meta map[string]any
+	if len(e.Notes) > 0 {
+		meta = map[string]any{"Trellis::Notes": e.Notes}
+	}
 	return &Template{
+		Metadata:      meta,
 		FormatVersion: "2010-09-09",
 		Description:   p.Name + ": " + p.Service + " version " + p.Version + " with the Trellis sidecar",
 		Parameters:    map[string]any{"NamespaceId": namespace},
@@ -161,6 +168,9 @@ func cfnContainer(c ContainerDefinition) map[string]any {
 	}
 	if c.ReadonlyRootFS {
 		m["ReadonlyRootFilesystem"] = true
+	}
+	if lp := c.LinuxParameters; lp != nil && lp.Capabilities != nil {
+		m["LinuxParameters"] = map[string]any{"Capabilities": map[string]any{"Add": lp.Capabilities.Add, "Drop": lp.Capabilities.Drop}}
 	}
 	var ports []any
 	for _, pm := range c.PortMappings {

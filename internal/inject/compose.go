@@ -1,6 +1,7 @@
 package inject
 
 import (
+	"errors"
 	"maps"
 	"slices"
 	"strconv"
@@ -27,6 +28,8 @@ type ComposeService struct {
 	Volumes     []string             `yaml:"volumes,omitempty"`
 	ReadOnly    bool                 `yaml:"read_only,omitempty"`
 	Labels      map[string]string    `yaml:"labels,omitempty"`
+	DNS         []string             `yaml:"dns,omitempty"`
+	Sysctls     map[string]string    `yaml:"sysctls,omitempty"`
 }
 
 type DependsOn struct {
@@ -47,10 +50,23 @@ type ComposeHealth struct {
 // are the platform's, so the app gets their names as variables to fill
 // and the sidecar reads its token from TRELLIS_TOKEN in the environment
 // compose runs in.
-func (p *Plan) Compose() *Compose {
+//
+// With mesh DNS the sidecar, which owns the namespace, gets dns:
+// [127.0.0.1] (the app, joining its namespace, shares its resolver) and
+// listens on 127.0.0.1:53, which the sysctl lets it do without root; it
+// forwards other names to the policy's spec.dns.upstream, without which
+// it would forward to itself.
+func (p *Plan) Compose() (*Compose, error) {
 	sc := p.Policy.Sidecar
+	w := p.workload()
+	if p.Policy.DNS.Enabled {
+		if p.Policy.DNS.Upstream == "" {
+			return nil, errors.New("policy spec.dns.upstream: missing: with mesh DNS on compose the containers' resolver is the sidecar, which needs a resolver to forward other names to, such as the host's")
+		}
+		w.DNSListen, w.DNSUpstream = resolverDNS, p.Policy.DNS.Upstream
+	}
 	env := map[string]string{}
-	for _, kv := range p.appEnv(p.workload()) {
+	for _, kv := range p.appEnv(w) {
 		env[kv.Name] = kv.Value
 	}
 	for _, k := range slices.Sorted(maps.Keys(p.App.Secrets)) {
@@ -61,12 +77,12 @@ func (p *Plan) Compose() *Compose {
 		proxyEnv[kv.Name] = kv.Value
 	}
 	labels := map[string]string{"trellis.service": p.Service, "trellis.version": p.Version}
-	return &Compose{
+	c := &Compose{
 		Name: p.Name,
 		Services: map[string]ComposeService{
 			SidecarName: {
 				Image:       sc.Image,
-				Command:     proxyArgs(p.Policy, p.workload()),
+				Command:     proxyArgs(p.Policy, w),
 				User:        strconv.Itoa(sc.UID),
 				Environment: proxyEnv,
 				Ports:       []string{strconv.Itoa(sc.PublicPort) + ":" + strconv.Itoa(sc.PublicPort)},
@@ -86,4 +102,11 @@ func (p *Plan) Compose() *Compose {
 			},
 		},
 	}
+	if w.DNSListen != "" {
+		proxy := c.Services[SidecarName]
+		proxy.DNS = []string{"127.0.0.1"}
+		proxy.Sysctls = map[string]string{unprivilegedPortStart: "53"}
+		c.Services[SidecarName] = proxy
+	}
+	return c, nil
 }

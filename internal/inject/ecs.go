@@ -1,6 +1,7 @@
 package inject
 
 import (
+	"fmt"
 	"maps"
 	"net"
 	"slices"
@@ -19,6 +20,8 @@ import (
 type ECS struct {
 	RegisterTaskDefinition TaskDefinition `json:"registerTaskDefinition"`
 	CreateService          ECSService     `json:"createService"`
+	// Notes say what the output could not do on ECS, for the reader.
+	Notes []string `json:"notes,omitempty"`
 }
 
 type TaskDefinition struct {
@@ -49,6 +52,16 @@ type ContainerDefinition struct {
 	HealthCheck       *HealthCheck       `json:"healthCheck,omitempty"`
 	LogConfiguration  *LogConfiguration  `json:"logConfiguration,omitempty"`
 	ReadonlyRootFS    bool               `json:"readonlyRootFilesystem,omitempty"`
+	LinuxParameters   *LinuxParameters   `json:"linuxParameters,omitempty"`
+}
+
+type LinuxParameters struct {
+	Capabilities *KernelCapabilities `json:"capabilities,omitempty"`
+}
+
+type KernelCapabilities struct {
+	Add  []string `json:"add,omitempty"`
+	Drop []string `json:"drop,omitempty"`
 }
 
 type PortMapping struct {
@@ -141,6 +154,10 @@ type workload struct {
 	// proxy, which the app calls at its backends' own names; else it calls
 	// each at a local upstream listener.
 	Transparent bool
+	// DNSListen is the proxy's DNS listener (mesh DNS), "" for none;
+	// DNSUpstream where it forwards other names, "" for the proxy's own
+	// /etc/resolv.conf.
+	DNSListen, DNSUpstream string
 }
 
 // workload is the app of the plan in explicit mode: compose and Kubernetes
@@ -151,10 +168,50 @@ func (p *Plan) workload() workload {
 
 // ecsWorkload is the app in transparent mode where the policy asks for it:
 // ECS installs the rules of the task definition's proxyConfiguration.
+// With mesh DNS the proxy listens where a redirect rule can send the app's
+// queries: awsvpc tasks take no dnsServers.
 func (p *Plan) ecsWorkload() workload {
 	w := p.workload()
 	w.Transparent = p.Policy.Sidecar.TransparentProxy
+	if p.Policy.DNS.Enabled {
+		w.DNSListen, w.DNSUpstream = p.Policy.redirectedDNS(), p.Policy.DNS.Upstream
+	}
 	return w
+}
+
+// DNSRedirectName is the ECS container that installs the DNS rule.
+const DNSRedirectName = "trellis-dns-redirect"
+
+// ecsDNS is how an ECS task's app reaches the proxy's resolver: a
+// container that installs the DNS redirect rule where the task may have
+// NET_ADMIN (EC2 launch type) and the ECS agent redirects TCP already
+// (transparent mode), or else only a note saying why not.
+func (p *Plan) ecsDNS() (*ContainerDefinition, []string) {
+	pol := p.Policy
+	if !pol.DNS.Enabled {
+		return nil, nil
+	}
+	listen := pol.redirectedDNS()
+	const noDNSServers = "awsvpc task definitions take no dnsServers, so the task's resolver cannot be pointed at the sidecar"
+	switch {
+	case !pol.Sidecar.TransparentProxy:
+		return nil, []string{fmt.Sprintf("mesh DNS: %s; with spec.sidecar.transparentProxy a redirect rule would send the app's queries to the sidecar. The sidecar answers at %s (the app's TRELLIS_DNS) for an app configured to ask it.", noDNSServers, listen)}
+	case p.LaunchType != "EC2":
+		return nil, []string{fmt.Sprintf("mesh DNS: %s, and Fargate grants no NET_ADMIN for the redirect rule. The sidecar answers at %s (the app's TRELLIS_DNS) for an app configured to ask it.", noDNSServers, listen)}
+	}
+	c := &ContainerDefinition{
+		Name:      DNSRedirectName,
+		Image:     pol.Sidecar.Image,
+		Essential: false,
+		Command: []string{"redirect", "--dns-only", "--dns-port", strconv.Itoa(pol.DNS.Port),
+			"--proxy-uid", strconv.Itoa(pol.Sidecar.UID)},
+		User: "0",
+		// iptables needs these; the container exits once the rule is in.
+		LinuxParameters:  &LinuxParameters{Capabilities: &KernelCapabilities{Add: []string{"NET_ADMIN", "NET_RAW"}, Drop: []string{"ALL"}}},
+		LogConfiguration: p.logConfig("dns-redirect"),
+		ReadonlyRootFS:   true,
+	}
+	return c, []string{fmt.Sprintf("mesh DNS: %s; the %s container installs a redirect rule sending the app's port-53 traffic to the sidecar at %s (trellis redirect --dns-only), and the app starts once it has.", noDNSServers, DNSRedirectName, listen)}
 }
 
 // proxyArgs is the proxy's command line, the same on every platform.
@@ -180,8 +237,28 @@ func proxyArgs(pol PolicySpec, w workload) []string {
 	if w.Transparent {
 		args = append(args, "--ingress-port", strconv.Itoa(sc.IngressPort), "--egress-port", strconv.Itoa(sc.EgressPort))
 	}
+	if w.DNSListen != "" {
+		args = append(args, "--dns-listen", w.DNSListen)
+		if w.DNSUpstream != "" {
+			args = append(args, "--dns-upstream", w.DNSUpstream)
+		}
+	}
 	return args
 }
+
+// redirectedDNS is the proxy's DNS listener where redirect rules send the
+// app's queries to it (hosts, ECS): an unprivileged port on 127.0.0.1.
+func (pol PolicySpec) redirectedDNS() string {
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(pol.DNS.Port))
+}
+
+// resolverDNS is the proxy's DNS listener where the app's resolv.conf
+// names it (Kubernetes, compose): port 53, as resolv.conf has no port.
+const resolverDNS = "127.0.0.1:53"
+
+// unprivilegedPortStart is the sysctl that lets the proxy, not root and
+// without capabilities, listen on port 53 in its network namespace.
+const unprivilegedPortStart = "net.ipv4.ip_unprivileged_port_start"
 
 // envSorted is the container's own environment, sorted by name.
 func (a AppContainer) envSorted() []KeyValue {
@@ -222,9 +299,14 @@ func (p *Plan) appEnv(w workload) []KeyValue {
 }
 
 // meshEnv is what the injection tells the app: its service and version,
-// and in explicit mode where each backend's local listener is.
+// in explicit mode where each backend's local listener is, and with mesh
+// DNS where the sidecar's resolver is (TRELLIS_DNS, for an app that can be
+// pointed at it where the platform cannot).
 func meshEnv(w workload) map[string]string {
 	env := map[string]string{"TRELLIS_SERVICE": w.Service, "TRELLIS_VERSION": w.Version}
+	if w.DNSListen != "" {
+		env["TRELLIS_DNS"] = w.DNSListen
+	}
 	if !w.Transparent {
 		for _, b := range w.Backends {
 			env["UPSTREAM_"+identity.EnvName(b.Service)] = net.JoinHostPort("127.0.0.1", strconv.Itoa(b.Port))
@@ -301,6 +383,12 @@ func (p *Plan) ECS() *ECS {
 		LogConfiguration: p.logConfig("proxy"),
 		ReadonlyRootFS:   true,
 	}
+	dnsRedirect, notes := p.ecsDNS()
+	containers := []ContainerDefinition{app, proxy}
+	if dnsRedirect != nil {
+		containers[0].DependsOn = append(containers[0].DependsOn, ContainerDepends{ContainerName: DNSRedirectName, Condition: "SUCCESS"})
+		containers = append(containers, *dnsRedirect)
+	}
 	td := TaskDefinition{
 		Family:                  p.Service,
 		TaskRoleArn:             pol.TaskRoleArn,
@@ -309,7 +397,7 @@ func (p *Plan) ECS() *ECS {
 		RequiresCompatibilities: []string{p.LaunchType},
 		Cpu:                     strconv.Itoa(p.Cpu),
 		Memory:                  strconv.Itoa(p.Memory),
-		ContainerDefinitions:    []ContainerDefinition{app, proxy},
+		ContainerDefinitions:    containers,
 		Tags:                    p.tags(),
 	}
 	if sc.TransparentProxy {
@@ -342,5 +430,5 @@ func (p *Plan) ECS() *ECS {
 		PropagateTags:        "SERVICE",
 		Tags:                 p.tags(),
 	}
-	return &ECS{RegisterTaskDefinition: td, CreateService: svc}
+	return &ECS{RegisterTaskDefinition: td, CreateService: svc, Notes: notes}
 }

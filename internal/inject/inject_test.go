@@ -77,7 +77,11 @@ func TestGoldenOutputs(t *testing.T) {
 			}
 			ecs, _ := json.MarshalIndent(plan.ECS(), "", "  ")
 			golden(t, name+".ecs.json", ecs, json.Unmarshal)
-			compose, _ := yaml.Marshal(plan.Compose())
+			c, err := plan.Compose()
+			if err != nil {
+				t.Fatal(err)
+			}
+			compose, _ := yaml.Marshal(c)
 			golden(t, name+".compose.yaml", compose, yaml.Unmarshal)
 			cfn, _ := json.MarshalIndent(plan.CloudFormation(), "", "  ")
 			golden(t, name+".cfn.json", cfn, json.Unmarshal)
@@ -90,6 +94,32 @@ func TestGoldenOutputs(t *testing.T) {
 			golden(t, name+".registration.json", mesh, json.Unmarshal)
 		})
 	}
+	// Mesh DNS on: every output points the app's resolver at the sidecar
+	// where its platform allows (ECS on EC2 in transparent mode).
+	t.Run("hello-web-dns", func(t *testing.T) {
+		plan, ds := load(t, pipeline+"hello-web.yaml", pipeline+"policy.yaml", "3f9c2a1b", "")
+		if ds != nil {
+			t.Fatalf("diagnostics:\n%v", ds)
+		}
+		plan.Policy.DNS.Enabled, plan.Policy.DNS.Upstream = true, "10.96.0.10:53"
+		plan.Policy.Sidecar.TransparentProxy = true
+		plan.LaunchType = "EC2"
+		ecs, _ := json.MarshalIndent(plan.ECS(), "", "  ")
+		golden(t, "hello-web-dns.ecs.json", ecs, json.Unmarshal)
+		cfn, _ := json.MarshalIndent(plan.CloudFormation(), "", "  ")
+		golden(t, "hello-web-dns.cfn.json", cfn, json.Unmarshal)
+		c, err := plan.Compose()
+		if err != nil {
+			t.Fatal(err)
+		}
+		compose, _ := yaml.Marshal(c)
+		golden(t, "hello-web-dns.compose.yaml", compose, yaml.Unmarshal)
+		k8s, err := plan.Kubernetes()
+		if err != nil {
+			t.Fatal(err)
+		}
+		golden(t, "hello-web-dns.k8s.yaml", k8s, yamlDocs)
+	})
 	// Transparent mode changes only the ECS output (the agent installs the
 	// redirect rules; elsewhere nothing would).
 	t.Run("hello-web-transparent", func(t *testing.T) {
@@ -267,6 +297,10 @@ func FuzzManifest(f *testing.F) {
 	}
 	pol, _ := os.ReadFile(pipeline + "policy.yaml")
 	web, _ := os.ReadFile(pipeline + "hello-web.yaml")
+	// A policy with mesh DNS and a plain host's settings.
+	f.Add(append(bytes.Clone(pol), "  dns: {enabled: true, port: 15053, upstream: 10.96.0.10:53}\n"+
+		"  host: {user: px, network: vpc-a, binaryURL: \"https://x/t\", binarySHA256: "+strings.Repeat("ab", 32)+
+		", caPEM: \"-----BEGIN CERTIFICATE-----\\nx\\n-----END CERTIFICATE-----\\n\"}\n"...))
 	f.Fuzz(func(t *testing.T, in []byte) {
 		// As a manifest and as a policy: never a panic, and either a plan
 		// or diagnostics that say where.
@@ -282,7 +316,14 @@ func FuzzManifest(f *testing.F) {
 			}
 			if plan != nil {
 				plan.ECS()
-				plan.Compose()
+				// Compose needs the DNS upstream with mesh DNS; the host
+				// output its own settings: an error, never a panic.
+				if _, err := plan.Compose(); err != nil && (!plan.Policy.DNS.Enabled || plan.Policy.DNS.Upstream != "") {
+					t.Fatal(err)
+				}
+				if fs, err := plan.Host(); err == nil {
+					fs.Listing()
+				}
 			}
 		}
 	})

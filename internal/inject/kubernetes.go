@@ -86,8 +86,14 @@ func (in *Injector) PodPatch(meta metav1.ObjectMeta, spec corev1.PodSpec, at, fi
 	if skip {
 		return nil, nil
 	}
+	var dnsOps []PatchOp
+	var dnsErr error
+	if in.Policy.DNS.Enabled {
+		w.DNSListen, w.DNSUpstream = resolverDNS, in.Policy.DNS.Upstream
+		dnsOps, dnsErr = in.dnsPatch(meta, spec, at, field)
+	}
 	env, envErr := in.appEnv(w, spec, field)
-	if err := errors.Join(err, envErr); err != nil {
+	if err := errors.Join(err, envErr, dnsErr); err != nil {
 		return nil, err
 	}
 
@@ -110,6 +116,7 @@ func (in *Injector) PodPatch(meta metav1.ObjectMeta, spec corev1.PodSpec, at, fi
 			add(fmt.Sprintf("/spec/containers/%d/env/-", i), e)
 		}
 	}
+	ops = append(ops, dnsOps...)
 	if meta.Annotations == nil {
 		add("/metadata/annotations", map[string]string{AnnotationInjected: in.Policy.Sidecar.Image})
 	} else {
@@ -214,6 +221,67 @@ func (in *Injector) settings(meta metav1.ObjectMeta, spec corev1.PodSpec, field 
 		bad(AnnotationHealthPath, "%q must start with /", w.HealthPath)
 	}
 	return w, false, errors.Join(errs...)
+}
+
+// dnsPatch points the pod's resolver at its sidecar (mesh DNS): dnsPolicy
+// None with the sidecar as the only nameserver and the cluster's search
+// path, and the sysctl that lets the sidecar, not root, listen on port 53
+// (a safe sysctl since Kubernetes 1.22). A pod that sets its own DNS, or
+// shares the node's network, is refused rather than silently changed.
+func (in *Injector) dnsPatch(meta metav1.ObjectMeta, spec corev1.PodSpec, at, field string) ([]PatchOp, error) {
+	var errs []error
+	bad := func(path, format string, args ...any) {
+		errs = append(errs, &FieldError{Field: under(field, path), Message: fmt.Sprintf(format, args...)})
+	}
+	if in.Policy.DNS.Upstream == "" {
+		errs = append(errs, &FieldError{Field: "policy spec.dns.upstream", Message: "missing: with mesh DNS the pod's resolver is its sidecar, which forwards other names to the cluster's DNS Service (kubectl -n kube-system get service kube-dns), such as 10.96.0.10:53"})
+	}
+	if spec.HostNetwork {
+		bad("spec.hostNetwork", "a pod on the node's network cannot have its own resolver; mesh DNS is on in the policy")
+	}
+	if spec.DNSPolicy != "" && spec.DNSPolicy != corev1.DNSClusterFirst {
+		bad("spec.dnsPolicy", "%s: mesh DNS sets it (None, with the sidecar as nameserver); remove it", spec.DNSPolicy)
+	}
+	if spec.DNSConfig != nil {
+		bad("spec.dnsConfig", "mesh DNS sets it (the sidecar as nameserver); remove it")
+	}
+	sysctl := corev1.Sysctl{Name: unprivilegedPortStart, Value: "53"}
+	var ops []PatchOp
+	add := func(path string, v any) { ops = append(ops, PatchOp{"add", at + path, v}) }
+	switch sc := spec.SecurityContext; {
+	case sc == nil:
+		add("/spec/securityContext", corev1.PodSecurityContext{Sysctls: []corev1.Sysctl{sysctl}})
+	case len(sc.Sysctls) == 0:
+		add("/spec/securityContext/sysctls", []corev1.Sysctl{sysctl})
+	default:
+		present := false
+		for i, s := range sc.Sysctls {
+			if s.Name != sysctl.Name {
+				continue
+			}
+			present = true
+			if v, err := strconv.Atoi(s.Value); err != nil || v > 53 {
+				bad(fmt.Sprintf("spec.securityContext.sysctls[%d]", i), "%s=%s keeps the sidecar off port 53; mesh DNS needs 53 or less", s.Name, s.Value)
+			}
+		}
+		if !present {
+			add("/spec/securityContext/sysctls/-", sysctl)
+		}
+	}
+	searches := []string{}
+	domain := in.Policy.Kubernetes.ClusterDomain
+	if meta.Namespace != "" {
+		searches = append(searches, meta.Namespace+".svc."+domain)
+	}
+	searches = append(searches, "svc."+domain, domain)
+	ndots := "5"
+	add("/spec/dnsPolicy", corev1.DNSNone)
+	add("/spec/dnsConfig", corev1.PodDNSConfig{
+		Nameservers: []string{"127.0.0.1"},
+		Searches:    searches,
+		Options:     []corev1.PodDNSConfigOption{{Name: "ndots", Value: &ndots}},
+	})
+	return ops, errors.Join(errs...)
 }
 
 // under is the path of a field within the object at field ("" for the

@@ -25,8 +25,16 @@ const (
 	DefaultUpstreamPortBase = 15100
 	DefaultSidecarCPU       = 64
 	DefaultSidecarMemory    = 128
+	// DefaultDNSPort is the sidecar's DNS listener on 127.0.0.1 where
+	// redirect rules send the app's queries.
+	DefaultDNSPort = 15053
+	// DefaultHostUser and DefaultNetwork are the plain host's proxy user
+	// and network.
+	DefaultHostUser = "trellis-proxy"
+	DefaultNetwork  = "default"
 	// DefaultKubernetesTokenSecret holds a service's token (key "token").
 	DefaultKubernetesTokenSecret = "trellis-{{service}}-token"
+	DefaultClusterDomain         = "cluster.local"
 	// SidecarName is the injected container's name everywhere.
 	SidecarName = "trellis-proxy"
 )
@@ -109,6 +117,12 @@ func LoadPolicy(file string, r io.Reader) (PolicySpec, Diagnostics) {
 	}
 	c := &checker{p: psrc, ds: ds}
 	spec := c.policy(&pol)
+	if spec.DNS.Enabled && spec.DNS.Upstream == "" {
+		// Here the policy serves Kubernetes alone, where the pod's resolver
+		// is the sidecar: refused at start, not pod by pod.
+		c.bad(psrc, "spec.dns", "the cluster's DNS Service (kubectl -n kube-system get service kube-dns), such as upstream: 10.96.0.10:53",
+			"upstream missing: with mesh DNS on Kubernetes the sidecar forwards other names there")
+	}
 	if len(c.ds) > 0 {
 		return PolicySpec{}, c.ds.sorted()
 	}
@@ -223,6 +237,15 @@ func (c *checker) policy(pol *Policy) PolicySpec {
 	if name := expand(k.TokenSecret, "svc", "v1"); !dnsLabel.MatchString(name) || unknownPlaceholder(k.TokenSecret) != "" {
 		c.bad(p, "spec.kubernetes.tokenSecret", "a Secret name such as trellis-{{service}}-token", "%q is not a Secret name", k.TokenSecret)
 	}
+	if k.ClusterDomain == "" {
+		k.ClusterDomain = DefaultClusterDomain
+	}
+	if !dnsName.MatchString(k.ClusterDomain) {
+		c.bad(p, "spec.kubernetes.clusterDomain", "such as cluster.local", "%q is not a DNS domain", k.ClusterDomain)
+	}
+
+	c.dns(&s.DNS, sc)
+	c.host(&s.Host)
 
 	lg := s.Logging
 	switch lg.Driver {
@@ -259,6 +282,64 @@ func (c *checker) policy(pol *Policy) PolicySpec {
 	return s
 }
 
+// dns checks the mesh DNS settings and applies their defaults.
+func (c *checker) dns(d *DNSPolicy, sc *SidecarPolicy) {
+	p := c.p
+	if d.Port == 0 {
+		d.Port = DefaultDNSPort
+	}
+	switch {
+	case d.Port < 1 || d.Port > 65535:
+		c.bad(p, "spec.dns.port", "", "%d is not a port", d.Port)
+	case d.Port == 53:
+		c.bad(p, "spec.dns.port", "such as 15053", "53 is the port redirect rules send queries from; the sidecar's must be another")
+	default:
+		for _, f := range sidecarPorts(*sc) {
+			if f.port == d.Port {
+				c.bad(p, "spec.dns.port", "", "%d is also spec.sidecar.%s", d.Port, f.name)
+			}
+		}
+	}
+	if d.Upstream != "" {
+		host, port, err := net.SplitHostPort(d.Upstream)
+		if _, perr := strconv.Atoi(port); err != nil || perr != nil || net.ParseIP(host) == nil {
+			c.bad(p, "spec.dns.upstream", "an IP address and port, such as 10.96.0.10:53", "%q is not ip:port", d.Upstream)
+		}
+	}
+}
+
+var (
+	hostUser = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
+	hexSHA   = regexp.MustCompile(`^[0-9a-f]{64}$`)
+)
+
+// host checks the plain-host settings and applies their defaults; what
+// only the host output needs (binary, CA) is checked by it.
+func (c *checker) host(h *HostPolicy) {
+	p := c.p
+	if h.User == "" {
+		h.User = DefaultHostUser
+	}
+	if h.Network == "" {
+		h.Network = DefaultNetwork
+	}
+	if !hostUser.MatchString(h.User) {
+		c.bad(p, "spec.host.user", "lowercase letters, digits, _ and -, such as trellis-proxy", "%q is not a user name", h.User)
+	}
+	if !dnsLabel.MatchString(h.Network) {
+		c.bad(p, "spec.host.network", "", "%q is not a network name (lowercase letters, digits and -)", h.Network)
+	}
+	if h.BinaryURL != "" && !strings.HasPrefix(h.BinaryURL, "https://") {
+		c.bad(p, "spec.host.binaryURL", "the binary is fetched over https and checked against binarySHA256", "%q is not an https URL", h.BinaryURL)
+	}
+	if h.BinarySHA256 != "" && !hexSHA.MatchString(h.BinarySHA256) {
+		c.bad(p, "spec.host.binarySHA256", "64 lowercase hex digits (sha256sum)", "%q is not a SHA-256", h.BinarySHA256)
+	}
+	if h.CAPEM != "" && !strings.Contains(h.CAPEM, "-----BEGIN CERTIFICATE-----") {
+		c.bad(p, "spec.host.caPEM", "the mesh's root certificates (trellis ca roots)", "holds no PEM certificate")
+	}
+}
+
 type namedPort struct {
 	name string
 	port int
@@ -274,6 +355,9 @@ func sidecarPorts(sc SidecarPolicy) []namedPort {
 
 // dnsLabel is a Kubernetes object name (RFC 1123 label).
 var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
+
+// dnsName is a DNS domain of RFC 1123 labels, without the final dot.
+var dnsName = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$`)
 
 var placeholder = regexp.MustCompile(`\{\{[^}]*\}\}`)
 

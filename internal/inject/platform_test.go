@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"reflect"
@@ -75,12 +76,17 @@ func same(t *testing.T, a, b []byte) bool {
 }
 
 func TestECSThroughTheAWSSDK(t *testing.T) {
-	for _, transparent := range []bool{false, true} {
+	for _, tc := range []struct {
+		transparent, dns bool
+		launchType       string
+	}{{false, false, "FARGATE"}, {true, false, "FARGATE"}, {true, true, "EC2"}} {
 		plan, ds := load(t, pipeline+"hello-web.yaml", pipeline+"policy.yaml", "3f9c2a1b", "")
 		if ds != nil {
 			t.Fatal(ds)
 		}
-		plan.Policy.Sidecar.TransparentProxy = transparent
+		plan.Policy.Sidecar.TransparentProxy = tc.transparent
+		plan.Policy.DNS.Enabled = tc.dns
+		plan.LaunchType = tc.launchType
 		out := plan.ECS()
 		tdJSON, _ := json.Marshal(out.RegisterTaskDefinition)
 		svcJSON, _ := json.Marshal(out.CreateService)
@@ -125,11 +131,22 @@ func TestAWSSDKValidationRefuses(t *testing.T) {
 }
 
 func TestComposeLoads(t *testing.T) {
+	for _, dns := range []bool{false, true} {
+		t.Run(fmt.Sprintf("dns=%v", dns), func(t *testing.T) { testComposeLoads(t, dns) })
+	}
+}
+
+func testComposeLoads(t *testing.T, dns bool) {
 	plan, ds := load(t, pipeline+"hello-web.yaml", pipeline+"policy.yaml", "3f9c2a1b", "")
 	if ds != nil {
 		t.Fatal(ds)
 	}
-	b, err := yaml.Marshal(plan.Compose())
+	plan.Policy.DNS.Enabled, plan.Policy.DNS.Upstream = dns, "192.0.2.53:53"
+	c, err := plan.Compose()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := yaml.Marshal(c)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,6 +191,19 @@ func TestComposeLoads(t *testing.T) {
 	}
 	if len(proxy.Ports) != 1 || proxy.Ports[0].Target != uint32(plan.Policy.Sidecar.PublicPort) {
 		t.Errorf("sidecar ports %+v", proxy.Ports)
+	}
+	// Mesh DNS: the namespace's resolver is the sidecar, which may listen
+	// on port 53 and forwards elsewhere than to itself.
+	cmd := strings.Join(proxy.Command, " ")
+	if dns {
+		if strings.Join(proxy.DNS, ",") != "127.0.0.1" || proxy.Sysctls[unprivilegedPortStart] != "53" || len(app.DNS) != 0 {
+			t.Errorf("mesh DNS: sidecar dns %v sysctls %v, app dns %v", proxy.DNS, proxy.Sysctls, app.DNS)
+		}
+		if !strings.Contains(cmd, "--dns-listen 127.0.0.1:53 --dns-upstream 192.0.2.53:53") {
+			t.Errorf("mesh DNS: sidecar command %q", cmd)
+		}
+	} else if len(proxy.DNS) != 0 || len(proxy.Sysctls) != 0 || strings.Contains(cmd, "--dns") {
+		t.Errorf("mesh DNS off, but dns %v sysctls %v command %q", proxy.DNS, proxy.Sysctls, cmd)
 	}
 	if proxy.User != "1337" || !proxy.ReadOnly {
 		t.Errorf("sidecar user %q read-only %v", proxy.User, proxy.ReadOnly)

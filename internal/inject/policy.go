@@ -43,6 +43,51 @@ type PolicySpec struct {
 	Registries []string `yaml:"registries"`
 	// ForbidLatest refuses app images tagged latest or not tagged at all.
 	ForbidLatest bool `yaml:"forbidLatest"`
+
+	// DNS is mesh DNS in the sidecar: a resolver for its app that answers
+	// the mesh's names. Off by default.
+	DNS DNSPolicy `yaml:"dns"`
+	// Host configures the plain-host output (trellis inject systemd).
+	Host HostPolicy `yaml:"host"`
+}
+
+// DNSPolicy turns on the sidecar's resolver and says how each platform
+// points the app's resolver at it.
+type DNSPolicy struct {
+	// Enabled gives every sidecar a DNS listener (trellis proxy
+	// --dns-listen) and points the app's resolver at it where the platform
+	// allows: redirect rules on hosts and on ECS with the EC2 launch type in
+	// transparent mode, the pod's dnsConfig on Kubernetes, the container's
+	// dns on compose.
+	Enabled bool `yaml:"enabled"`
+	// Port of the listener on 127.0.0.1 where redirect rules send the
+	// app's port-53 traffic (default 15053). Where the app's resolv.conf
+	// names the sidecar (Kubernetes, compose) it listens on 127.0.0.1:53,
+	// as resolv.conf takes no port.
+	Port int `yaml:"port"`
+	// Upstream is the resolver (host:port) the sidecar forwards other names
+	// to where the app's resolv.conf names the sidecar, and so the
+	// sidecar's too: on Kubernetes the cluster's DNS Service (such as
+	// 10.96.0.10:53), on compose a resolver the host can reach. Elsewhere
+	// the sidecar reads it from /etc/resolv.conf.
+	Upstream string `yaml:"upstream"`
+}
+
+// HostPolicy is what a plain host (a VM) needs beyond the sidecar policy.
+type HostPolicy struct {
+	// User the proxy runs as, made with the sidecar's UID; default
+	// trellis-proxy.
+	User string `yaml:"user"`
+	// Network the hosts are in (trellis proxy --network); default
+	// "default".
+	Network string `yaml:"network"`
+	// BinaryURL is where user-data downloads the trellis binary from
+	// (https), checked against BinarySHA256 (hex).
+	BinaryURL    string `yaml:"binaryURL"`
+	BinarySHA256 string `yaml:"binarySHA256"`
+	// CAPEM is the mesh's root certificates (PEM), which user-data writes
+	// to controlPlane.caFile.
+	CAPEM string `yaml:"caPEM"`
 }
 
 // Choice is a value that is either enforced or a default.
@@ -92,7 +137,8 @@ type ControlPlane struct {
 	// sidecar image.
 	CAFile string `yaml:"caFile"`
 	// TokenSecret is the ARN of the secret holding a service's token; in
-	// it {{service}} stands for the service name.
+	// it {{service}} stands for the service name. A plain host reads it at
+	// boot with its instance role.
 	TokenSecret string `yaml:"tokenSecret"`
 }
 
@@ -123,4 +169,8 @@ type ServiceDiscovery struct {
 // namespace ({{service}} stands for the service name).
 type KubernetesPolicy struct {
 	TokenSecret string `yaml:"tokenSecret"`
+	// ClusterDomain is the cluster's DNS domain (default cluster.local):
+	// with mesh DNS the pod's resolver is the sidecar, and the search path
+	// keeps the cluster's short names working.
+	ClusterDomain string `yaml:"clusterDomain"`
 }

@@ -85,6 +85,11 @@ func (wh *Webhook) review(req *admissionv1.AdmissionRequest) *admissionv1.Admiss
 		name = pod.GenerateName + "*"
 	}
 	log := wh.logger().With("namespace", req.Namespace, "pod", name)
+	if pod.Namespace == "" {
+		// A pod being created often has none yet: the request's is its
+		// own (the search path of mesh DNS names it).
+		pod.Namespace = req.Namespace
+	}
 	ops, err := wh.Injector.PodPatch(pod.ObjectMeta, pod.Spec, "", "")
 	if err != nil {
 		// One line per wrong field, joined: kubectl prints it as one line.

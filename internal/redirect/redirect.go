@@ -11,7 +11,11 @@
 //   - outbound: TCP to other hosts goes to the proxy's egress port, except
 //     the proxy's own (by its UID), excluded addresses (the ECS metadata
 //     endpoints at least) and excluded ports. Traffic to this host's own
-//     addresses (localhost, the explicit upstream listeners) is left alone.
+//     addresses (localhost, the explicit upstream listeners) is left alone;
+//   - DNS (with a DNS port): UDP and TCP to port 53 of any address, this
+//     host's own included (127.0.0.53 of systemd-resolved), goes to the
+//     proxy's resolver on 127.0.0.1, except the proxy's own queries, which
+//     must reach the real resolver. The rules are IPv4, as the others are.
 package redirect
 
 import (
@@ -30,7 +34,15 @@ import (
 const (
 	IngressChain = "TRELLIS_INGRESS"
 	EgressChain  = "TRELLIS_EGRESS"
+	DNSChain     = "TRELLIS_DNS"
 )
+
+// LocalResolverUsers are the users local caching resolvers run as
+// (systemd-resolved, dnsmasq, unbound, BIND). Where one exists on the host,
+// `trellis redirect --dns-port` leaves its traffic alone too: its queries
+// to the network are what the proxy's own forwarded queries become, and
+// redirecting them back to the proxy would loop.
+var LocalResolverUsers = []string{"systemd-resolve", "dnsmasq", "unbound", "bind"}
 
 // MetadataAddrs are the ECS task metadata and EC2 instance metadata
 // endpoints: their callers authenticate by source address, so they are
@@ -52,6 +64,18 @@ type Rules struct {
 	ExcludeAddrs []string
 	// ExcludePorts are destination ports left alone.
 	ExcludePorts []int
+
+	// DNSPort, when not 0, is the proxy's DNS listener on 127.0.0.1 (trellis
+	// proxy --dns-listen 127.0.0.1:PORT): the app's UDP and TCP queries to
+	// port 53 go there.
+	DNSPort int
+	// DNSOnly installs the DNS rule alone, where something else redirects
+	// TCP (the ECS agent, for a task definition's proxyConfiguration); the
+	// ingress, egress and app ports are then unused.
+	DNSOnly bool
+	// ExcludeUIDs are further UIDs whose traffic is never redirected, as
+	// the proxy's is: a local caching resolver's (LocalResolverUsers).
+	ExcludeUIDs []int
 }
 
 // Validate reports every problem at once.
@@ -70,10 +94,17 @@ func (r Rules) Validate() error {
 		// it would exempt the app too whenever the app runs as root.
 		errs = append(errs, errors.New("proxy UID: 0 (root) cannot be told apart from the app; run the proxy as its own UID"))
 	}
-	port("ingress port", r.IngressPort)
-	port("egress port", r.EgressPort)
-	if r.IngressPort == r.EgressPort {
-		errs = append(errs, fmt.Errorf("ingress and egress ports are both %d", r.IngressPort))
+	if r.DNSOnly {
+		if r.DNSPort == 0 {
+			errs = append(errs, errors.New("DNS only, but no DNS port"))
+		}
+		r.IngressPort, r.EgressPort, r.AppPorts = 0, 0, nil // unused
+	} else {
+		port("ingress port", r.IngressPort)
+		port("egress port", r.EgressPort)
+		if r.IngressPort == r.EgressPort {
+			errs = append(errs, fmt.Errorf("ingress and egress ports are both %d", r.IngressPort))
+		}
 	}
 	for _, p := range r.AppPorts {
 		port("app port", p)
@@ -83,6 +114,25 @@ func (r Rules) Validate() error {
 	}
 	for _, p := range r.ExcludePorts {
 		port("excluded port", p)
+	}
+	if r.DNSPort != 0 {
+		port("DNS port", r.DNSPort)
+		if r.DNSPort == r.IngressPort || r.DNSPort == r.EgressPort {
+			errs = append(errs, fmt.Errorf("DNS port %d is one of the proxy's transparent ports", r.DNSPort))
+		}
+		if r.DNSPort == 53 {
+			// 127.0.0.1:53 redirected to itself is harmless, but a proxy
+			// listening there gets the queries without any rule.
+			errs = append(errs, errors.New("DNS port: 53 needs no redirect; give the proxy's own port, such as 15053"))
+		}
+	}
+	for _, u := range r.ExcludeUIDs {
+		if u < 0 {
+			errs = append(errs, fmt.Errorf("excluded UID: %d is negative", u))
+		}
+		if u == 0 {
+			errs = append(errs, errors.New("excluded UID: 0 (root) cannot be told apart from the app"))
+		}
 	}
 	for _, a := range r.ExcludeAddrs {
 		if _, err := parsePrefix(a); err != nil {
@@ -124,11 +174,22 @@ func (r Rules) excluded() []string {
 func (r Rules) Script() string {
 	var b strings.Builder
 	b.WriteString("*nat\n")
-	fmt.Fprintf(&b, ":%s - [0:0]\n:%s - [0:0]\n", IngressChain, EgressChain)
+	uids := r.uids()
+	if r.DNSOnly {
+		fmt.Fprintf(&b, ":%s - [0:0]\n", DNSChain)
+		r.dnsRules(&b, uids)
+		b.WriteString("COMMIT\n")
+		return b.String()
+	}
+	// The DNS chain is declared (so emptied) even without a DNS port:
+	// jumps left by an earlier install with one then lead nowhere.
+	fmt.Fprintf(&b, ":%s - [0:0]\n:%s - [0:0]\n:%s - [0:0]\n", IngressChain, EgressChain, DNSChain)
 	for _, ports := range chunks(r.AppPorts) {
 		fmt.Fprintf(&b, "-A %s -p tcp -m multiport --dports %s -j REDIRECT --to-ports %d\n", IngressChain, ports, r.IngressPort)
 	}
-	fmt.Fprintf(&b, "-A %s -m owner --uid-owner %d -j RETURN\n", EgressChain, r.ProxyUID)
+	for _, u := range uids {
+		fmt.Fprintf(&b, "-A %s -m owner --uid-owner %d -j RETURN\n", EgressChain, u)
+	}
 	for _, a := range r.excluded() {
 		fmt.Fprintf(&b, "-A %s -d %s -j RETURN\n", EgressChain, a)
 	}
@@ -136,15 +197,87 @@ func (r Rules) Script() string {
 		fmt.Fprintf(&b, "-A %s -p tcp -m multiport --dports %s -j RETURN\n", EgressChain, ports)
 	}
 	fmt.Fprintf(&b, "-A %s -p tcp -j REDIRECT --to-ports %d\n", EgressChain, r.EgressPort)
+	r.dnsRules(&b, uids)
 	b.WriteString("COMMIT\n")
 	return b.String()
 }
 
-// jumps are the rules of the built-in chains that enter ours: inbound from
-// other hosts, outbound to other hosts.
-var jumps = [][]string{
-	{"PREROUTING", "-p", "tcp", "-m", "addrtype", "!", "--src-type", "LOCAL", "-j", IngressChain},
-	{"OUTPUT", "-p", "tcp", "-m", "addrtype", "!", "--dst-type", "LOCAL", "-j", EgressChain},
+// dnsRules are the DNS chain's rules, none without a DNS port.
+func (r Rules) dnsRules(b *strings.Builder, uids []int) {
+	if r.DNSPort == 0 {
+		return
+	}
+	for _, u := range uids {
+		fmt.Fprintf(b, "-A %s -m owner --uid-owner %d -j RETURN\n", DNSChain, u)
+	}
+	for _, proto := range []string{"udp", "tcp"} {
+		fmt.Fprintf(b, "-A %s -p %s --dport 53 -j REDIRECT --to-ports %d\n", DNSChain, proto, r.DNSPort)
+	}
+}
+
+// uids are the proxy's UID and the excluded ones, without duplicates.
+func (r Rules) uids() []int {
+	out := []int{r.ProxyUID}
+	for _, u := range r.ExcludeUIDs {
+		if !slices.Contains(out, u) {
+			out = append(out, u)
+		}
+	}
+	return out
+}
+
+// Print is Script followed by the jumps Apply adds to the built-in chains
+// (as commands, in comments, so that the whole stays iptables-restore
+// input): every rule the install makes.
+func (r Rules) Print() string {
+	var b strings.Builder
+	b.WriteString(r.Script())
+	b.WriteString("# then each of these unless iptables -t nat -C finds it already:\n")
+	for _, j := range r.jumps() {
+		fmt.Fprintf(&b, "# iptables %s\n", strings.Join(j.args(), " "))
+	}
+	return b.String()
+}
+
+// jump is a rule of a built-in chain that enters one of ours.
+type jump struct {
+	rule []string
+	// first: inserted at the top of its chain rather than appended, to
+	// come before the egress jump (which would take TCP port 53).
+	first bool
+}
+
+// args are iptables's arguments that add j.
+func (j jump) args() []string {
+	if j.first {
+		return slices.Concat([]string{"-t", "nat", "-I", j.rule[0], "1"}, j.rule[1:])
+	}
+	return append([]string{"-t", "nat", "-A"}, j.rule...)
+}
+
+// The jumps: inbound from other hosts, outbound to other hosts, and DNS
+// to any address.
+var (
+	ingressJump = jump{rule: []string{"PREROUTING", "-p", "tcp", "-m", "addrtype", "!", "--src-type", "LOCAL", "-j", IngressChain}}
+	egressJump  = jump{rule: []string{"OUTPUT", "-p", "tcp", "-m", "addrtype", "!", "--dst-type", "LOCAL", "-j", EgressChain}}
+	dnsJumps    = []jump{
+		{rule: []string{"OUTPUT", "-p", "udp", "--dport", "53", "-j", DNSChain}, first: true},
+		{rule: []string{"OUTPUT", "-p", "tcp", "--dport", "53", "-j", DNSChain}, first: true},
+	}
+	// allJumps are what Remove takes out, whatever was installed.
+	allJumps = append([]jump{ingressJump, egressJump}, dnsJumps...)
+)
+
+// jumps are the jumps r installs.
+func (r Rules) jumps() []jump {
+	if r.DNSOnly {
+		return dnsJumps
+	}
+	js := []jump{ingressJump, egressJump}
+	if r.DNSPort != 0 {
+		js = append(js, dnsJumps...)
+	}
+	return js
 }
 
 // chunks joins ports by commas, 15 at a time (the multiport limit).
@@ -182,12 +315,12 @@ func (r Rules) Apply(ctx context.Context, run Runner) error {
 	if out, err := run(ctx, r.Script(), "iptables-restore", "--noflush"); err != nil {
 		return fmt.Errorf("iptables-restore: %v: %s", err, out)
 	}
-	for _, j := range jumps {
-		if _, err := run(ctx, "", "iptables", append([]string{"-t", "nat", "-C"}, j...)...); err == nil {
+	for _, j := range r.jumps() {
+		if _, err := run(ctx, "", "iptables", append([]string{"-t", "nat", "-C"}, j.rule...)...); err == nil {
 			continue
 		}
-		if out, err := run(ctx, "", "iptables", append([]string{"-t", "nat", "-A"}, j...)...); err != nil {
-			return fmt.Errorf("iptables -A %s: %v: %s", j[0], err, out)
+		if out, err := run(ctx, "", "iptables", j.args()...); err != nil {
+			return fmt.Errorf("iptables %s: %v: %s", strings.Join(j.args(), " "), err, out)
 		}
 	}
 	return nil
@@ -196,14 +329,14 @@ func (r Rules) Apply(ctx context.Context, run Runner) error {
 // Remove takes the rules out again; what is already gone is no error.
 func Remove(ctx context.Context, run Runner) error {
 	var errs []error
-	for _, j := range jumps {
+	for _, j := range allJumps {
 		for {
-			if _, err := run(ctx, "", "iptables", append([]string{"-t", "nat", "-D"}, j...)...); err != nil {
+			if _, err := run(ctx, "", "iptables", append([]string{"-t", "nat", "-D"}, j.rule...)...); err != nil {
 				break // no (more) such rule
 			}
 		}
 	}
-	for _, c := range []string{IngressChain, EgressChain} {
+	for _, c := range []string{IngressChain, EgressChain, DNSChain} {
 		if _, err := run(ctx, "", "iptables", "-t", "nat", "-L", c, "-n"); err != nil {
 			continue // no such chain
 		}
