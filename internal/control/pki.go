@@ -57,6 +57,9 @@ func (s *Server) loadCA() (*ca.CA, error) {
 		return nil, fmt.Errorf("read ca key: %w", err)
 	}
 	c, err := ca.Load(s.cfg.TrustDomain, certPEM, keyPEM)
+	if err != nil && s.cfg.CACertFile != "" {
+		return nil, fmt.Errorf("import ca --ca-cert %s --ca-key %s: %w", certFile, keyFile, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("load ca %s with key %s: %w (a rotation interrupted between the two files? "+
 			"restore the pair, or start with --ca-cert and --ca-key naming a matching one)", certFile, keyFile, err)
