@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/trellis-mesh/trellis/client"
+	"github.com/trellis-mesh/trellis/internal/certs"
 	"github.com/trellis-mesh/trellis/internal/trellistest"
 )
 
@@ -45,8 +46,13 @@ func openssl(t *testing.T, dir string, args ...string) {
 }
 
 // newOutsidePKI makes the root, then an intermediate it signs with the
-// extensions in interExt (an openssl extension file's lines).
+// extensions in interExt (an openssl extension file's lines), for a year.
 func newOutsidePKI(t *testing.T, interExt string) *outsidePKI {
+	t.Helper()
+	return newOutsidePKIDays(t, interExt, 365)
+}
+
+func newOutsidePKIDays(t *testing.T, interExt string, days int) *outsidePKI {
 	t.Helper()
 	if _, err := exec.LookPath("openssl"); err != nil {
 		t.Skip("no openssl command") // .ci/run installs it
@@ -65,7 +71,7 @@ func newOutsidePKI(t *testing.T, interExt string) *outsidePKI {
 	openssl(t, dir, "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
 		"-keyout", "trellis-ca-key.pem", "-out", "trellis-ca.csr", "-subj", "/O=Example/CN=Trellis intermediate")
 	openssl(t, dir, "x509", "-req", "-in", "trellis-ca.csr", "-CA", "root.pem", "-CAkey", "root-key.pem",
-		"-CAcreateserial", "-days", "365", "-extfile", "inter.ext", "-out", "trellis-ca.pem")
+		"-CAcreateserial", "-days", strconv.Itoa(days), "-extfile", "inter.ext", "-out", "trellis-ca.pem")
 	rootPEM, _ := os.ReadFile(p.root)
 	interPEM, _ := os.ReadFile(p.inter)
 	if err := os.WriteFile(p.chain, append(interPEM, rootPEM...), 0o644); err != nil {
@@ -155,6 +161,9 @@ func peerChain(addr string) ([]*x509.Certificate, error) {
 func TestImportedCAFromOpenSSL(t *testing.T) {
 	p := newOutsidePKI(t, interExt)
 	s := startServerWithCA(t, p)
+	if !strings.Contains(s.logText(), "signing as the imported CA") || !strings.Contains(s.logText(), certs.Fingerprint(p.rootCert)) {
+		t.Errorf("the server does not say which CA it signs as, under which root:\n%s", tail(s.logText(), 10))
+	}
 
 	// The CLI trusts the root alone (TRELLIS_CACERT): the API's serving
 	// certificate arrives with the intermediate.
@@ -241,6 +250,17 @@ func TestImportedCAFromOpenSSL(t *testing.T) {
 		}
 		return err
 	})
+}
+
+// An imported CA that expires within 30 days still signs, with a warning
+// at start: every certificate it signs ends with it.
+func TestImportedCAExpiringSoon(t *testing.T) {
+	p := newOutsidePKIDays(t, interExt, 10)
+	s := startServerWithCA(t, p)
+	if !strings.Contains(s.logText(), "the imported CA expires in") {
+		t.Errorf("no warning about an imported CA that expires in 10 days:\n%s", tail(s.logText(), 10))
+	}
+	s.mustCLI(t, "get", "services")
 }
 
 // A CA Trellis cannot sign as is refused at start, with the reason.
