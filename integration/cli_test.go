@@ -203,6 +203,29 @@ func startUp(t *testing.T, dir string, ports []int) *upRun {
 	return u
 }
 
+// checkBindsLoopback checks what the summary promises (issue 17 item 8):
+// every TCP listener of trellis up (API, mesh ports, edge, ingress,
+// admin) is on a loopback address.
+func (u *upRun) checkBindsLoopback(t *testing.T) {
+	t.Helper()
+	if !strings.Contains(u.summary, "Bound to: 127.0.0.1 only") {
+		t.Errorf("the summary does not say where it binds:\n%s", u.summary)
+	}
+	l, err := trellistest.ListenersOf(u.cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(l.TCP) == 0 {
+		t.Fatal("trellis up has no TCP listener")
+	}
+	for _, a := range l.TCP {
+		host, _, err := net.SplitHostPort(a)
+		if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
+			t.Errorf("trellis up listens on %s, not a loopback address", a)
+		}
+	}
+}
+
 // stop sends Ctrl-C and checks that nothing is left behind.
 func (u *upRun) stop(t *testing.T) {
 	t.Helper()
@@ -266,6 +289,7 @@ func TestUpGreeter(t *testing.T) {
 func TestUpHelloCanary(t *testing.T) {
 	u := startUp(t, "../examples/hello", []int{7700, 8000, 8080, 9100, 9101, 9102, 9191})
 	checkHelloIngress(t, u.summary)
+	u.checkBindsLoopback(t)
 	hello := func() (string, error) {
 		resp, err := http.Get("http://127.0.0.1:8080/hello/world")
 		if err != nil {
@@ -407,6 +431,7 @@ func TestTokenDelete(t *testing.T) {
 // plain-HTTP app over TLS with a certificate made at start for its DNS name.
 func TestUpTLSSidecar(t *testing.T) {
 	u := startUp(t, "../examples/tls-sidecar", []int{7700, 8443, 9200})
+	u.checkBindsLoopback(t)
 	if !strings.Contains(u.summary, "curl -k https://127.0.0.1:8443/") {
 		t.Errorf("summary does not print the edge URL:\n%s", u.summary)
 	}

@@ -78,13 +78,27 @@ func Generate(trustDomain string, now time.Time) (certPEM, keyPEM []byte, err er
 }
 
 // Load builds a CA from PEM. certPEM holds the signing certificate first,
-// then optionally the intermediates and root above it (as a Private CA or
-// Vault hands them out); when the chain does not end in a self-signed root,
-// its last certificate is the trust anchor. trustDomain must be set; an
-// imported CA need not carry a SPIFFE ID of its own, but may carry none
-// other than spiffe://<trustDomain>, with no path, as the X509-SVID
-// standard requires of signing certificates.
+// then the intermediates above it and the self-signed root they chain to
+// (as a private CA, Vault or `cat trellis-ca.pem root.pem` hands them
+// out): the root is the trust anchor every peer holds, and the
+// certificates between it and the leaves travel in every handshake.
+// trustDomain must be set; an imported CA need not carry a SPIFFE ID of
+// its own, but may carry none other than spiffe://<trustDomain>, with no
+// path, as the X509-SVID standard requires of signing certificates.
+//
+// A chain Trellis could not sign with, or whose leaves some peer would
+// refuse, is refused here with the reason and the certificate it is
+// about: not a CA, no keyCertSign, outside its validity, a key that is not
+// the signing certificate's, a path length that forbids the certificates
+// below it, no root at the top.
 func Load(trustDomain string, certPEM, keyPEM []byte) (*CA, error) {
+	return load(trustDomain, certPEM, keyPEM, time.Now(), true)
+}
+
+// load is Load; a chain need not end in a self-signed root when
+// wantRoot is false (LoadNext's cross-signed certificate, whose anchor is
+// given apart).
+func load(trustDomain string, certPEM, keyPEM []byte, now time.Time, wantRoot bool) (*CA, error) {
 	if err := identity.ValidateTrustDomain(trustDomain); err != nil {
 		return nil, err
 	}
@@ -98,17 +112,18 @@ func Load(trustDomain string, certPEM, keyPEM []byte) (*CA, error) {
 	}
 	c := certs[0]
 	if !c.IsCA || !c.BasicConstraintsValid {
-		return nil, errors.New("ca certificate is not a CA (basic constraints)")
+		return nil, fmt.Errorf("ca certificate %s is not a CA: its basicConstraints must say CA:TRUE", describe(c))
 	}
 	if c.KeyUsage&x509.KeyUsageCertSign == 0 {
-		return nil, errors.New("ca certificate may not sign certificates (key usage)")
+		return nil, fmt.Errorf("ca certificate %s may not sign certificates: its keyUsage must include keyCertSign", describe(c))
 	}
 	if !publicKeysEqual(c.PublicKey, key.Public()) {
-		return nil, errors.New("ca key does not match ca certificate")
+		return nil, fmt.Errorf("ca key does not match ca certificate %s (the key of another certificate?)", describe(c))
 	}
 	for i := 0; i+1 < len(certs); i++ {
 		if err := certs[i].CheckSignatureFrom(certs[i+1]); err != nil {
-			return nil, fmt.Errorf("ca chain: certificate %d is not signed by certificate %d: %w", i+1, i+2, err)
+			return nil, fmt.Errorf("ca chain: certificate %d %s is not signed by certificate %d %s: %w",
+				i+1, describe(certs[i]), i+2, describe(certs[i+1]), err)
 		}
 	}
 	// Refuse now a chain whose SVIDs every peer would refuse (see
@@ -121,14 +136,81 @@ func Load(trustDomain string, certPEM, keyPEM []byte) (*CA, error) {
 		if i > 0 && i < len(certs)-1 && (!cc.IsCA || cc.KeyUsage&x509.KeyUsageCertSign == 0) {
 			return nil, fmt.Errorf("ca chain: certificate %d is not a CA with the keyCertSign key usage", i+1)
 		}
+		switch {
+		case now.After(cc.NotAfter):
+			return nil, fmt.Errorf("ca chain: certificate %d %s expired at %s", i+1, describe(cc), cc.NotAfter.UTC().Format(time.RFC3339))
+		case now.Before(cc.NotBefore):
+			return nil, fmt.Errorf("ca chain: certificate %d %s is not valid before %s (check the clock)", i+1, describe(cc), cc.NotBefore.UTC().Format(time.RFC3339))
+		}
+		// i CA certificates lie between cc and the leaves this CA signs;
+		// a path length under that makes every peer refuse them.
+		if cc.BasicConstraintsValid && cc.MaxPathLen >= 0 && (cc.MaxPathLen > 0 || cc.MaxPathLenZero) && i > cc.MaxPathLen {
+			return nil, fmt.Errorf("ca chain: certificate %d %s has pathlen:%d, which forbids the %d CA certificate(s) below it: "+
+				"have it issue Trellis's certificate directly, or reissue it with a larger pathlen", i+1, describe(cc), cc.MaxPathLen, i)
+		}
 	}
 	top := certs[len(certs)-1]
+	if wantRoot && !selfSigned(top) {
+		return nil, fmt.Errorf("ca chain ends in %s, which is not self-signed: append the root that signed it "+
+			"(cat trellis-ca.pem root.pem > chain.pem); peers trust the root, and every leaf carries the certificates below it", describe(top))
+	}
 	ca := &CA{trustDomain: trustDomain, cert: c, key: key, roots: []*x509.Certificate{top}}
 	if len(certs) > 2 {
 		// The anchor is held by every peer; only what lies between travels.
 		ca.chain = certs[1 : len(certs)-1]
 	}
+	if err := ca.probe(now); err != nil {
+		return nil, err
+	}
 	return ca, nil
+}
+
+// probe signs a throwaway SVID and verifies it as a peer would, for the
+// constraints Load does not check one by one (extended key usages or name
+// constraints on the chain).
+func (ca *CA) probe(now time.Time) error {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	tmpl, err := ca.leafTemplate(&key.PublicKey, time.Hour, now)
+	if err != nil {
+		return err
+	}
+	id := &url.URL{Scheme: "spiffe", Host: ca.trustDomain, Path: "/svc/probe"}
+	tmpl.URIs = []*url.URL{id}
+	chainPEM, err := ca.sign(tmpl, &key.PublicKey)
+	if err != nil {
+		return err
+	}
+	chain, err := ParseCertificates(chainPEM)
+	if err != nil {
+		return err
+	}
+	roots, inter := x509.NewCertPool(), x509.NewCertPool()
+	for _, r := range ca.roots {
+		roots.AddCert(r)
+	}
+	for _, c := range chain[1:] {
+		inter.AddCert(c)
+	}
+	for _, u := range []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth} {
+		opts := x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{u}}
+		if _, err := chain[0].Verify(opts); err != nil {
+			return fmt.Errorf("ca chain: an SVID it signs (%s) would not verify: %w", id, err)
+		}
+	}
+	return nil
+}
+
+// describe names a certificate in an error: its subject, which is what
+// `openssl x509 -noout -subject` shows.
+func describe(c *x509.Certificate) string {
+	return fmt.Sprintf("%q", c.Subject.String())
+}
+
+func selfSigned(c *x509.Certificate) bool {
+	return bytes.Equal(c.RawIssuer, c.RawSubject) && c.CheckSignature(c.SignatureAlgorithm, c.RawTBSCertificate, c.Signature) == nil
 }
 
 // TrustDomain returns the CA's trust domain.
@@ -358,9 +440,14 @@ func ParseCertificates(b []byte) ([]*x509.Certificate, error) {
 	return out, nil
 }
 
-// ParsePrivateKey parses a PEM PKCS#8, EC or PKCS#1 private key.
+// ParsePrivateKey parses a PEM PKCS#8, EC or PKCS#1 private key; EC
+// PARAMETERS blocks before it are skipped.
 func ParsePrivateKey(b []byte) (crypto.Signer, error) {
-	p, _ := pem.Decode(b)
+	p, rest := pem.Decode(b)
+	// `openssl ecparam -genkey` writes the curve's parameters first.
+	for p != nil && p.Type == "EC PARAMETERS" {
+		p, rest = pem.Decode(rest)
+	}
 	if p == nil {
 		return nil, errors.New("no PEM block found")
 	}

@@ -78,7 +78,7 @@ func LoadNext(trustDomain string, rootPEM, crossPEM, keyPEM []byte) (*CA, error)
 	if err != nil {
 		return nil, fmt.Errorf("new root: %w", err)
 	}
-	c, err := Load(trustDomain, crossPEM, keyPEM)
+	c, err := load(trustDomain, crossPEM, keyPEM, time.Now(), false)
 	if err != nil {
 		return nil, fmt.Errorf("cross-signed certificate: %w", err)
 	}

@@ -57,11 +57,35 @@ func (s *Server) loadCA() (*ca.CA, error) {
 		return nil, fmt.Errorf("read ca key: %w", err)
 	}
 	c, err := ca.Load(s.cfg.TrustDomain, certPEM, keyPEM)
+	if err != nil && s.cfg.CACertFile != "" {
+		return nil, fmt.Errorf("import ca --ca-cert %s --ca-key %s: %w", certFile, keyFile, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("load ca %s with key %s: %w (a rotation interrupted between the two files? "+
 			"restore the pair, or start with --ca-cert and --ca-key naming a matching one)", certFile, keyFile, err)
 	}
+	if s.cfg.CACertFile != "" {
+		s.logImported(c, time.Now())
+	}
 	return c, nil
+}
+
+// importedCAWarning is how long before an imported CA's expiry the server
+// warns at start: leaves are cut to that expiry, so the mesh stops with it.
+const importedCAWarning = 30 * 24 * time.Hour
+
+// logImported says which CA the server signs as, and warns when it
+// expires soon: an imported CA is renewed outside, by hand.
+func (s *Server) logImported(c *ca.CA, now time.Time) {
+	cert := c.Certificate()
+	args := []any{"subject", cert.Subject.String(), "expires", cert.NotAfter.UTC().Format(time.RFC3339),
+		"root", certs.Fingerprints(c.RootsPEM())[0]}
+	if left := cert.NotAfter.Sub(now); left < importedCAWarning {
+		s.log.Warn(fmt.Sprintf("the imported CA expires in %s: every certificate it signs ends then; "+
+			"issue a new one from the same root and restart with it", left.Round(time.Hour)), args...)
+		return
+	}
+	s.log.Info("signing as the imported CA", args...)
 }
 
 // publishBundle writes the CA's roots to the store for every server and
