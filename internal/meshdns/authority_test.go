@@ -77,8 +77,8 @@ func TestAuthorityAnswers(t *testing.T) {
 		{"crystal.demo.local.", dns.TypeAAAA, dns.RcodeSuccess, "fd00::5", false},
 		{"crystal.demo.local.", dns.TypeSRV, dns.RcodeSuccess, "ip-10-0-0-1.crystal.demo.local.:8443 ip-10-0-0-2.crystal.demo.local.:8444 ip-fd00--5.crystal.demo.local.:8443", false},
 		{"ip-10-0-0-2.crystal.demo.local.", dns.TypeA, dns.RcodeSuccess, "10.0.0.2", false},
-		{"crystal.demo.local.", dns.TypeTXT, dns.RcodeSuccess, "", true},     // NODATA
-		{"nodejs.demo.local.", dns.TypeA, dns.RcodeSuccess, "", true},        // no edge listener: NODATA
+		{"crystal.demo.local.", dns.TypeTXT, dns.RcodeSuccess, "", true},      // NODATA
+		{"nodejs.demo.local.", dns.TypeA, dns.RcodeSuccess, "", true},         // no edge listener: NODATA
 		{"front.demo.local.", dns.TypeA, dns.RcodeSuccess, "10.0.3.1", false}, // the gateway's, healthy
 		{"front.demo.local.", dns.TypeSRV, dns.RcodeSuccess, "ip-10-0-3-1.front.demo.local.:8080", false},
 		{"demo.local.", dns.TypeA, dns.RcodeSuccess, "", true},

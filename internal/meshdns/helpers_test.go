@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"os"
 	"testing"
 	"time"
 
@@ -88,4 +89,11 @@ func raw(t *testing.T, addr string, b []byte) []byte {
 // dialFrom dials from ip, another loopback address than the default.
 func dialFrom(t *testing.T, ip string) *net.Dialer {
 	return &net.Dialer{LocalAddr: &net.UDPAddr{IP: net.ParseIP(ip)}, Timeout: 5 * time.Second}
+}
+
+func writeFile(t *testing.T, name, s string) {
+	t.Helper()
+	if err := os.WriteFile(name, []byte(s), 0o600); err != nil {
+		t.Fatal(err)
+	}
 }
