@@ -38,7 +38,10 @@ func FuzzHandler(f *testing.F) {
 		func(m *dns.Msg) { m.SetQuestion("nothing.demo.local.", dns.TypeAAAA) },
 		func(m *dns.Msg) { m.SetQuestion("ip-10-0-0-1.crystal.demo.local.", dns.TypeANY) },
 		func(m *dns.Msg) { m.SetQuestion("demo.local.", dns.TypeSOA); m.Opcode = dns.OpcodeNotify },
-		func(m *dns.Msg) { m.SetQuestion("example.test.", dns.TypeA); m.Question = append(m.Question, m.Question[0]) },
+		func(m *dns.Msg) {
+			m.SetQuestion("example.test.", dns.TypeA)
+			m.Question = append(m.Question, m.Question[0])
+		},
 	} {
 		m := new(dns.Msg)
 		seed(m)

@@ -61,8 +61,8 @@ func TestResolverVIP(t *testing.T) {
 		{"crystal.demo.local.", dns.TypeAAAA, dns.RcodeSuccess, ""},
 		{"crystal.demo.local.", dns.TypeSRV, dns.RcodeSuccess, "crystal.demo.local.:3000"},
 		{"db.demo.local.", dns.TypeA, dns.RcodeSuccess, vips["db"].String()},
-		{"db.demo.local.", dns.TypeSRV, dns.RcodeSuccess, ""},         // no port declared
-		{"nodejs.demo.local.", dns.TypeA, dns.RcodeNameError, ""},     // a mesh name it may not call
+		{"db.demo.local.", dns.TypeSRV, dns.RcodeSuccess, ""},          // no port declared
+		{"nodejs.demo.local.", dns.TypeA, dns.RcodeNameError, ""},      // a mesh name it may not call
 		{"x.crystal.hosted.local.", dns.TypeA, dns.RcodeNameError, ""}, // under a hostname
 		{"www.example.test.", dns.TypeA, dns.RcodeSuccess, "192.0.2.7"},
 		{"WWW.Example.Test.", dns.TypeA, dns.RcodeSuccess, "192.0.2.7"},
