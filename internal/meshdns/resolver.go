@@ -34,6 +34,10 @@ const (
 	DefaultResolvConf     = "/etc/resolv.conf"
 	DefaultMaxForwards    = 128
 	DefaultForwardTimeout = 2 * time.Second
+	// DefaultResolverRate is the resolver's per-client rate: its clients
+	// are the app's processes, all at one loopback address, and many
+	// runtimes cache nothing.
+	DefaultResolverRate = 2000
 )
 
 // ResolverConfig configures a Resolver. Zero values mean the defaults.
@@ -56,7 +60,8 @@ type ResolverConfig struct {
 	MaxForwards int
 	// ForwardTimeout bounds one forward; default 2s.
 	ForwardTimeout time.Duration
-	// Rate and Burst limit each client, as in AuthorityConfig.
+	// Rate and Burst limit each client, as in AuthorityConfig; default
+	// DefaultResolverRate.
 	Rate  float64
 	Burst int
 	// Logger; nil discards.
@@ -112,7 +117,11 @@ func NewResolver(cfg ResolverConfig) (*Resolver, error) {
 		return nil, err
 	}
 	r.upstream = up
-	r.guard = guard{answer: r.answer, limits: newClientLimits(cfg.Rate, cfg.Burst), metrics: cfg.Metrics, log: log}
+	qps := cfg.Rate
+	if qps == 0 {
+		qps = DefaultResolverRate
+	}
+	r.guard = guard{answer: r.answer, limits: newClientLimits(qps, cfg.Burst), metrics: cfg.Metrics, log: log}
 	return r, nil
 }
 
