@@ -180,6 +180,9 @@ func New(cfg Config) (*Proxy, error) {
 			return nil, err
 		}
 		p.dns = r
+		if (d.Mode == "" || d.Mode == meshdns.ModeVIP) && cfg.Transparent == nil {
+			p.log.Warn("dns mode vip answers virtual IPs, which only the transparent egress serves: without --egress-port (and redirect rules) the app cannot reach them; use --dns-mode local for explicit mode")
+		}
 	}
 	p.handshakes = &handshake.Log{Logger: p.log}
 	p.guard = &l4.Guard{
