@@ -37,6 +37,7 @@ func testMesh() *topology.Mesh {
 		},
 		Gateways: map[string]*v1.GatewaySpec{"ingress": {Listeners: []v1.GatewayListener{
 			{Port: 8080, Protocol: v1.GatewayHTTP, Routes: []v1.GatewayRoute{{Host: "front.demo.local", Service: "front"}, {Host: "shop.example.com", Service: "front"}}},
+			{Port: 8443, Protocol: v1.GatewayTLSPassthrough, Targets: []v1.PassthroughTarget{{SNI: "secure.demo.local", Service: "front"}, {SNI: "*.demo.local", Service: "front"}}},
 		}}},
 	}
 }
@@ -81,6 +82,8 @@ func TestAuthorityAnswers(t *testing.T) {
 		{"nodejs.demo.local.", dns.TypeA, dns.RcodeSuccess, "", true},         // no edge listener: NODATA
 		{"front.demo.local.", dns.TypeA, dns.RcodeSuccess, "10.0.3.1", false}, // the gateway's, healthy
 		{"front.demo.local.", dns.TypeSRV, dns.RcodeSuccess, "ip-10-0-3-1.front.demo.local.:8080", false},
+		{"secure.demo.local.", dns.TypeSRV, dns.RcodeSuccess, "ip-10-0-3-1.secure.demo.local.:8443", false}, // a pass-through SNI
+		{"other.demo.local.", dns.TypeA, dns.RcodeNameError, "", true},                                      // wildcards answer nothing
 		{"demo.local.", dns.TypeA, dns.RcodeSuccess, "", true},
 		{"demo.local.", dns.TypeSOA, dns.RcodeSuccess, "", false},
 		{"nothing.demo.local.", dns.TypeA, dns.RcodeNameError, "", true},
