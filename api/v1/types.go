@@ -61,6 +61,20 @@ type MeshSpec struct {
 	// intention matches. A new mesh denies every call until intentions
 	// allow it; the proxy's refusal reads "no intention allows A -> B".
 	DefaultPolicy string `json:"defaultPolicy,omitempty" yaml:"defaultPolicy,omitempty"`
+
+	// DNS, when set, names every Service in DNS under the mesh's domains:
+	// the sidecars answer their apps, `trellis server --dns-listen`
+	// answers callers outside the mesh.
+	DNS *MeshDNS `json:"dns,omitempty" yaml:"dns,omitempty"`
+}
+
+// MeshDNS is the mesh's DNS: every Service answers as <service>.<domain>
+// for each of Domains, and at its own spec.hostnames.
+type MeshDNS struct {
+	// Domains are the DNS domains of the mesh, such as demo.local or
+	// appmeshworkshop.hosted.local (lowercase, no trailing dot, at most
+	// 16). Names under them that are no service's answer NXDOMAIN.
+	Domains []string `json:"domains,omitempty" yaml:"domains,omitempty"`
 }
 
 // Protocols of a service.
@@ -91,6 +105,12 @@ type ServiceSpec struct {
 	// name is allowed unless listed: a token for a service cannot get a
 	// certificate for someone else's domain.
 	DNSNames []string `json:"dnsNames,omitempty" yaml:"dnsNames,omitempty"`
+
+	// Hostnames are extra full DNS names of the service, answered like
+	// <service>.<domain> (such as crystal.appmeshworkshop.hosted.local,
+	// so that the names apps already use keep working). A name belongs
+	// to one service only: apply refuses a second claim.
+	Hostnames []string `json:"hostnames,omitempty" yaml:"hostnames,omitempty"`
 }
 
 // ServiceLimits bound what one caller's sidecar sends to a service. Zero

@@ -115,6 +115,9 @@ func (m *MeshSpec) validate() []error {
 	default:
 		errs = append(errs, fieldErr("spec.defaultPolicy", "%q is not %q or %q", m.DefaultPolicy, Allow, Deny))
 	}
+	if m.DNS != nil {
+		errs = append(errs, validMeshDNSNames("spec.dns.domains", m.DNS.Domains, maxMeshDomains)...)
+	}
 	return errs
 }
 
@@ -129,6 +132,7 @@ func (s *ServiceSpec) validate() []error {
 		errs = append(errs, fieldErr("spec.port", "%d is not a port number", s.Port))
 	}
 	errs = append(errs, validEdgeNames("spec.dnsNames", s.DNSNames)...)
+	errs = append(errs, validMeshDNSNames("spec.hostnames", s.Hostnames, maxServiceHostname)...)
 	if l := s.Limits; l != nil {
 		for _, f := range []struct {
 			name string

@@ -71,6 +71,9 @@ func TestLayering(t *testing.T) {
 			onlyImports: []string{"golang.org/x/net/", "github.com/prometheus/client_golang/prometheus",
 				module + "/internal/proxy/netconn", module + "/internal/proxy/handshake", module + "/internal/proxy/tunnel", module + "/internal/ratelog"}},
 		{pkg: "internal/proxy/tunnel", onlyStd: []string{"golang.org/x/net/", "golang.org/x/text/", module + "/internal/ratelog"}},
+		// Mesh DNS is a mechanism of both planes: fed names, it holds no
+		// store, CA or role.
+		{pkg: "internal/meshdns", forbidden: []string{module + "/internal/store", module + "/internal/ca", module + "/internal/control", module + "/internal/sidecar", "go.etcd.io/"}},
 		{pkg: "internal/certs", forbidden: []string{module + "/internal/ca", module + "/internal/store"}},
 		// Pure packages: no I/O machinery of the mesh.
 		{pkg: "internal/topology", forbidden: []string{"net/http", module + "/internal/store", module + "/internal/control"}},

@@ -52,6 +52,9 @@ func runProxy(ctx context.Context, e *env, args []string) error {
 	edgeSendPP := fs.Bool("edge-send-proxy-protocol", false, "send the edge client's address to the app in a PROXY protocol v2 header")
 	ingressPort := fs.Int("ingress-port", 0, "transparent mode: port on 0.0.0.0 where redirect rules send callers of the app's port (with --egress-port; see trellis redirect)")
 	egressPort := fs.Int("egress-port", 0, "transparent mode: port on 127.0.0.1 where redirect rules send the app's outbound connections; they reach only the --upstream services")
+	dnsListen := fs.String("dns-listen", "", "serve the app's DNS on this address, UDP and TCP, such as 127.0.0.1:15053 or 127.0.0.1:53 (off when empty): its upstreams by their mesh names, NXDOMAIN for other mesh names, the rest forwarded to the host's resolver")
+	dnsMode := fs.String("dns-mode", "", "what mesh names answer: vip (default: a virtual IP in 240.240.0.0/16, for transparent mode) or local (127.0.0.1 where the upstream's listener is on 127.0.0.1 at the Service's port)")
+	dnsUpstream := fs.String("dns-upstream", "", "the host's resolver, IP or IP:port, that names outside the mesh go to (default: the first nameserver of /etc/resolv.conf, read at start)")
 	pprof := fs.Bool("pprof", false, "serve the Go profiler under /debug/pprof on the admin listener (any local user can reach it)")
 	applyLimits := limitFlags(fs)
 	mkLog := logFlags(fs, e, "info")
@@ -152,6 +155,17 @@ func runProxy(ctx context.Context, e *env, args []string) error {
 		cfg.Transparent = &sidecar.Transparent{
 			IngressListen: net.JoinHostPort("0.0.0.0", strconv.Itoa(*ingressPort)),
 			EgressListen:  net.JoinHostPort("127.0.0.1", strconv.Itoa(*egressPort)),
+		}
+	}
+	if set["dns-listen"] || set["dns-mode"] || set["dns-upstream"] {
+		if cfg.DNS == nil {
+			cfg.DNS = &sidecar.DNS{}
+		}
+		override("dns-listen", func() { cfg.DNS.Listen = *dnsListen })
+		override("dns-mode", func() { cfg.DNS.Mode = *dnsMode })
+		override("dns-upstream", func() { cfg.DNS.Upstream = *dnsUpstream })
+		if cfg.DNS.Listen == "" {
+			return usageErr("--dns-mode and --dns-upstream need --dns-listen")
 		}
 	}
 	if err := cfg.Validate(); err != nil {

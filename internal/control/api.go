@@ -297,6 +297,7 @@ func (s *Server) applyResources(_ principal, r *http.Request) (any, error) {
 	if len(errs) == 0 {
 		errs = append(checkEdgeSuffixes(in), checkEdgeClaims(s.state.mesh(), in)...)
 		errs = append(errs, s.checkEdgeServerNames(in)...)
+		errs = append(errs, checkHostnameClaims(s.state.mesh(), in)...)
 	}
 	if len(errs) > 0 {
 		return nil, badRequest("nothing applied: %s", strings.Join(errs, "; "))

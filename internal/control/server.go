@@ -80,6 +80,13 @@ type Config struct {
 	LeaseTTL time.Duration
 	// AdvertiseNames are extra DNS names or IPs for the serving certificate.
 	AdvertiseNames []string
+	// DNSListen, when set, serves the mesh's names over DNS (UDP and TCP)
+	// for callers outside the mesh, such as 127.0.0.1:15053; off when
+	// empty.
+	DNSListen string
+	// DNSRate is the DNS queries a second each client may ask (default
+	// meshdns.DefaultRate; negative: no limit).
+	DNSRate float64
 	// Logger; nil discards.
 	Logger *slog.Logger
 	// Registry for metrics; nil makes a private one.
@@ -105,6 +112,11 @@ func (c *Config) Validate() error {
 	if c.Listen != "" {
 		if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 			errs = append(errs, fmt.Errorf("listen %q: %w", c.Listen, err))
+		}
+	}
+	if c.DNSListen != "" {
+		if _, _, err := net.SplitHostPort(c.DNSListen); err != nil {
+			errs = append(errs, fmt.Errorf("dns listen %q: %w", c.DNSListen, err))
 		}
 	}
 	errs = append(errs, c.validateEtcd()...)
@@ -340,6 +352,12 @@ func (s *Server) Run(ctx context.Context) error {
 	s.serving.Store(cert)
 	s.goBackground(func() { s.renewServing(bgCtx) })
 	s.goBackground(func() { s.followIssuer(bgCtx) })
+
+	if s.cfg.DNSListen != "" {
+		if err := s.serveDNS(bgCtx); err != nil {
+			return err
+		}
+	}
 
 	gs := grpc.NewServer()
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(gs, &adsServer{s: s})

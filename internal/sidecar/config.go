@@ -14,6 +14,7 @@ import (
 
 	v1 "github.com/trellis-mesh/trellis/api/v1"
 	"github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/meshdns"
 )
 
 // Upstream is one local listener for a destination service.
@@ -154,6 +155,39 @@ func (e *Edge) validate() error {
 	return errors.Join(errs...)
 }
 
+// DNS is the proxy's DNS server for its app (see package meshdns): the
+// app's upstreams by their mesh names, NXDOMAIN for the mesh names it may
+// not call, every other name forwarded to the host's resolver.
+type DNS struct {
+	// Listen is the UDP and TCP address, such as 127.0.0.1:15053 (or
+	// 127.0.0.1:53 when the app's resolv.conf names it directly).
+	Listen string `yaml:"listen"`
+	// Mode is vip (default: each upstream's virtual IP in
+	// 240.240.0.0/16, for transparent mode) or local (127.0.0.1, where
+	// the upstream's listener is at the Service's port; no redirect
+	// rules needed).
+	Mode string `yaml:"mode"`
+	// Upstream is the host's resolver, IP or IP:port; default the first
+	// nameserver of /etc/resolv.conf, read at start.
+	Upstream string `yaml:"upstream"`
+}
+
+func (d *DNS) validate() error {
+	var errs []error
+	if err := validHostPort(d.Listen, false); err != nil {
+		errs = append(errs, fmt.Errorf("dns listen: %w", err))
+	}
+	switch d.Mode {
+	case "", meshdns.ModeVIP, meshdns.ModeLocal:
+	default:
+		errs = append(errs, fmt.Errorf("dns mode %q: want %s or %s", d.Mode, meshdns.ModeVIP, meshdns.ModeLocal))
+	}
+	if d.Upstream != "" && d.Upstream == d.Listen {
+		errs = append(errs, fmt.Errorf("dns upstream %s is the proxy's own DNS listener", d.Upstream))
+	}
+	return errors.Join(errs...)
+}
+
 // Config configures a sidecar. Durations' zero values mean their defaults.
 type Config struct {
 	// Service is the app's service name.
@@ -177,6 +211,8 @@ type Config struct {
 	Edge *Edge `yaml:"edge"`
 	// Transparent, if set, serves traffic redirected to the proxy.
 	Transparent *Transparent `yaml:"transparent"`
+	// DNS, if set, serves the app's DNS queries.
+	DNS *DNS `yaml:"dns"`
 	// Gateway, if set, makes this proxy the gateway named Service; it has
 	// no app (AppAddr is unused).
 	Gateway *Gateway `yaml:"gateway"`
@@ -268,6 +304,14 @@ func (c *Config) Validate() error {
 			errs = append(errs, errors.New("a gateway has no app: no transparent listeners"))
 		}
 		if err := c.Transparent.validate(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if c.DNS != nil {
+		if c.Gateway != nil {
+			errs = append(errs, errors.New("a gateway has no app: no DNS listener"))
+		}
+		if err := c.DNS.validate(); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/certs"
 	"github.com/trellis-mesh/trellis/internal/health"
 	"github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/meshdns"
 	"github.com/trellis-mesh/trellis/internal/proxy/edge"
 	"github.com/trellis-mesh/trellis/internal/proxy/l4"
 	"github.com/trellis-mesh/trellis/internal/proxy/l7"
@@ -99,6 +100,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 	if ls.egress != nil {
 		serve("egress", func() error { return p.serveEgress(ls.egress, dp) })
 	}
+	if ls.dns != nil {
+		serve("dns", func() error { return meshdns.Serve(runCtx, ls.dns, p.dns) })
+	}
 	for i, u := range dp.upstreams {
 		name := "upstream:" + u.service
 		serve(name, func() error { return p.serveUpstream(name, ls.upstreams[i], u) })
@@ -136,6 +140,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 	p.log.Info("proxy started", "public", ls.public.Addr().String(), "admin", ls.admin.Addr().String(), "app", p.cfg.AppAddr)
 	if ls.edge != nil {
 		p.log.Info("edge listener started", "addr", ls.edge.Addr().String(), "mode", p.cfg.Edge.Mode)
+	}
+	if ls.dns != nil {
+		p.log.Info("DNS listener started", "addr", ls.dns.Addr(), "mode", p.cfg.DNS.Mode, "upstream", p.dns.Upstream())
 	}
 	if ls.egress != nil {
 		p.log.Info("transparent listeners started", "ingress", p.cfg.Transparent.IngressListen, "egress", ls.egress.Addr().String())
@@ -199,10 +206,11 @@ func (p *Proxy) restoreState() {
 // listeners are the sockets a proxy serves.
 type listeners struct {
 	public, admin net.Listener
-	edge          net.Listener   // nil without Config.Edge
-	ingress       net.Listener   // nil without Config.Transparent, or when it is public
-	egress        net.Listener   // nil without Config.Transparent
-	upstreams     []net.Listener // in the order of Config.Upstreams
+	edge          net.Listener       // nil without Config.Edge
+	ingress       net.Listener       // nil without Config.Transparent, or when it is public
+	egress        net.Listener       // nil without Config.Transparent
+	upstreams     []net.Listener     // in the order of Config.Upstreams
+	dns           *meshdns.Listeners // nil without Config.DNS
 }
 
 func (p *Proxy) listen(ctx context.Context) (*listeners, error) {
@@ -231,6 +239,12 @@ func (p *Proxy) listen(ctx context.Context) (*listeners, error) {
 		if ls.egress, err = listenTransparent(t.EgressListen); err != nil {
 			ls.closeAll()
 			return nil, fmt.Errorf("transparent egress listener: %w", err)
+		}
+	}
+	if p.cfg.DNS != nil {
+		if ls.dns, err = meshdns.Listen(p.cfg.DNS.Listen); err != nil {
+			ls.closeAll()
+			return nil, fmt.Errorf("DNS listener: %w", err)
 		}
 	}
 	// Upstream listeners serve clients on this host: no keep-alive probes.
@@ -263,6 +277,9 @@ func (ls *listeners) closeServing() {
 
 func (ls *listeners) closeAll() {
 	ls.closeServing()
+	if ls.dns != nil {
+		ls.dns.Close() // else meshdns.Serve closes it as Run ends
+	}
 	if ls.admin != nil {
 		ls.admin.Close()
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/certs"
 	"github.com/trellis-mesh/trellis/internal/httpmatch"
 	"github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/meshdns"
 	"github.com/trellis-mesh/trellis/internal/proxy/handshake"
 	"github.com/trellis-mesh/trellis/internal/proxy/l4"
 	"github.com/trellis-mesh/trellis/internal/proxy/l7"
@@ -44,6 +45,7 @@ type applied struct {
 	limits    map[string]*v1.ServiceLimits
 	edges     map[string][]passthrough.Target // instances with an edge listener
 	byAddr    map[netip.Addr]string           // upstream instance addresses, for transparent egress
+	byVIP     map[netip.Addr]string           // upstreams' virtual IPs (meshdns.VIPs), for transparent egress
 }
 
 // Proxy is a running sidecar.
@@ -101,6 +103,9 @@ type Proxy struct {
 	listenerm *listenerMetrics
 	// listeners records listeners that failed for good.
 	listeners *listenerHealth
+	// dns answers the app's DNS queries; nil without Config.DNS. It is
+	// fed every applied snapshot.
+	dns *meshdns.Resolver
 }
 
 // New checks cfg and returns a proxy ready to Run.
@@ -160,6 +165,25 @@ func New(cfg Config) (*Proxy, error) {
 		listeners: newListenerHealth(),
 	}
 	p.registerMetrics(cfg.Registry)
+	if d := cfg.DNS; d != nil {
+		listeners := map[string]netip.AddrPort{}
+		for _, u := range cfg.Upstreams {
+			if ap, err := netip.ParseAddrPort(u.Listen); err == nil {
+				listeners[u.Service] = ap
+			}
+		}
+		r, err := meshdns.NewResolver(meshdns.ResolverConfig{
+			Mode: d.Mode, Upstream: d.Upstream, Listeners: listeners,
+			Logger: p.log, Metrics: meshdns.NewMetrics(cfg.Registry),
+		})
+		if err != nil {
+			return nil, err
+		}
+		p.dns = r
+		if (d.Mode == "" || d.Mode == meshdns.ModeVIP) && cfg.Transparent == nil {
+			p.log.Warn("dns mode vip answers virtual IPs, which only the transparent egress serves: without --egress-port (and redirect rules) the app cannot reach them; use --dns-mode local for explicit mode")
+		}
+	}
 	p.handshakes = &handshake.Log{Logger: p.log}
 	p.guard = &l4.Guard{
 		Bundle: src.Bundle, Own: src.Certificate,
@@ -209,7 +233,14 @@ func (p *Proxy) apply(s *topology.Snapshot) error {
 	if err != nil {
 		return fmt.Errorf("trust bundle: %w", err)
 	}
-	a := &applied{snap: s, endpoints: map[string][]l4.Endpoint{}, routers: map[string]*l7.Router{}, protocols: map[string]string{}, limits: map[string]*v1.ServiceLimits{}, edges: map[string][]passthrough.Target{}, byAddr: map[netip.Addr]string{}}
+	a := &applied{snap: s, endpoints: map[string][]l4.Endpoint{}, routers: map[string]*l7.Router{}, protocols: map[string]string{}, limits: map[string]*v1.ServiceLimits{}, edges: map[string][]passthrough.Target{}, byAddr: map[netip.Addr]string{}, byVIP: map[netip.Addr]string{}}
+	names := make([]string, len(s.Upstreams))
+	for i, u := range s.Upstreams {
+		names[i] = u.Service
+	}
+	for svc, vip := range meshdns.VIPs(names) {
+		a.byVIP[vip] = svc
+	}
 	for _, u := range s.Upstreams {
 		eps := make([]l4.Endpoint, 0, len(u.Endpoints))
 		for _, e := range u.Endpoints {
@@ -238,6 +269,9 @@ func (p *Proxy) apply(s *topology.Snapshot) error {
 	old := p.src.Bundle()
 	p.src.SetBundle(b)
 	p.cur.Store(a)
+	if p.dns != nil {
+		p.dns.Update(s)
+	}
 	if old != nil && (old.TrustDomain != b.TrustDomain || !bytes.Equal(old.PEM, b.PEM)) {
 		// Open connections were admitted by the old roots: those the new
 		// ones do not verify go (GOAWAY, drain, close).

@@ -151,13 +151,19 @@ func (p *Proxy) refuseEgress(c net.Conn, result, why string, args ...any) {
 	p.log.Info("outbound connection refused: "+why, append(args, "src", c.RemoteAddr().String())...)
 }
 
-// serviceAt is the upstream with an instance at addr, or "" when none or
+// serviceAt is the upstream whose virtual IP addr is, or the one with an
+// instance at addr, or "" when none or
 // several have (several services on one host, or behind one gateway: the
 // Host header may still tell them apart).
 func (p *Proxy) serviceAt(addr netip.Addr) string {
 	a := p.cur.Load()
 	if a == nil {
 		return ""
+	}
+	if svc, ok := a.byVIP[addr]; ok {
+		// A virtual IP the app got from the proxy's DNS: the easiest
+		// case, any TCP protocol, no Host header needed.
+		return svc
 	}
 	return a.byAddr[addr]
 }

@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
+	"strings"
 
 	v1 "github.com/trellis-mesh/trellis/api/v1"
 	"github.com/trellis-mesh/trellis/internal/authz"
@@ -33,6 +35,12 @@ type Snapshot struct {
 	// Gateway is the Gateway resource named like Service, for a gateway;
 	// its services are among Upstreams.
 	Gateway *v1.GatewaySpec `json:"gateway,omitempty"`
+
+	// DNSDomains are the names the mesh answers for: the Mesh's DNS
+	// domains and every Service's hostnames, lowercase and sorted. The
+	// sidecar's resolver answers NXDOMAIN for a name at or under one of
+	// them that is no upstream's, and forwards every other name.
+	DNSDomains []string `json:"dnsDomains,omitempty"`
 }
 
 // Upstream is one destination service and its healthy endpoints.
@@ -44,6 +52,12 @@ type Upstream struct {
 	Route *v1.RouteSpec `json:"route,omitempty"`
 	// Limits are the service's circuit breakers.
 	Limits *v1.ServiceLimits `json:"limits,omitempty"`
+
+	// Hostnames are the upstream's DNS names: <service>.<domain> for each
+	// mesh domain, and its Service's hostnames; lowercase, sorted.
+	Hostnames []string `json:"hostnames,omitempty"`
+	// Port is the Service's port (spec.port), 0 when it declares none.
+	Port int `json:"port,omitempty"`
 }
 
 // Endpoint is one healthy instance's proxy.
@@ -141,7 +155,9 @@ func Compute(m *Mesh, p Proxy) *Snapshot {
 		}
 		if svc := m.Services[name]; svc != nil {
 			u.Limits = svc.Limits
+			u.Port = svc.Port
 		}
+		u.Hostnames = sortedNames(v1.MeshNames(m.Mesh, name, m.Services[name]))
 		for _, in := range m.Instances[name] {
 			if !in.Healthy {
 				continue
@@ -153,8 +169,38 @@ func Compute(m *Mesh, p Proxy) *Snapshot {
 		sort.Slice(u.Endpoints, func(i, j int) bool { return u.Endpoints[i].Instance < u.Endpoints[j].Instance })
 		s.Upstreams = append(s.Upstreams, u)
 	}
+	s.DNSDomains = DNSDomains(m)
 	s.Version = contentVersion(s)
 	return s
+}
+
+// DNSDomains returns the names the mesh answers for: its DNS domains and
+// every Service's hostnames, lowercase, sorted, each once.
+func DNSDomains(m *Mesh) []string {
+	var names []string
+	if m.Mesh != nil && m.Mesh.DNS != nil {
+		names = append(names, m.Mesh.DNS.Domains...)
+	}
+	for _, svc := range m.Services {
+		if svc != nil {
+			names = append(names, svc.Hostnames...)
+		}
+	}
+	return sortedNames(names)
+}
+
+// sortedNames lowercases names, sorts them and drops repeats; nil when
+// there are none.
+func sortedNames(names []string) []string {
+	if len(names) == 0 {
+		return nil
+	}
+	out := make([]string, len(names))
+	for i, n := range names {
+		out[i] = strings.ToLower(n)
+	}
+	sort.Strings(out)
+	return slices.Compact(out)
 }
 
 func contentVersion(s *Snapshot) string {

@@ -1,6 +1,7 @@
 package topology
 
 import (
+	"strings"
 	"testing"
 
 	v1 "github.com/trellis-mesh/trellis/api/v1"
@@ -50,5 +51,31 @@ func TestCompute(t *testing.T) {
 	m.Instances["name"][2].Healthy = true
 	if changed := Compute(m, Proxy{Service: "greeter", Upstreams: []string{"name", "greeting"}}); changed.Version == s.Version {
 		t.Error("a newly healthy endpoint did not change the version")
+	}
+}
+
+func TestComputeDNSNames(t *testing.T) {
+	m := &Mesh{
+		TrustDomain: "trellis.local",
+		RootsPEM:    "roots",
+		Mesh:        &v1.MeshSpec{DNS: &v1.MeshDNS{Domains: []string{"Demo.Local", "appmeshworkshop.hosted.local"}}},
+		Services: map[string]*v1.ServiceSpec{
+			"crystal": {Port: 3000, Hostnames: []string{"Crystal.Legacy.Example"}},
+			"nodejs":  {Hostnames: []string{"node.other.example"}},
+		},
+	}
+	s := Compute(m, Proxy{Service: "frontend", Upstreams: []string{"crystal"}})
+	if got, want := strings.Join(s.DNSDomains, " "), "appmeshworkshop.hosted.local crystal.legacy.example demo.local node.other.example"; got != want {
+		t.Errorf("dnsDomains = %s, want %s", got, want)
+	}
+	u := s.Upstream("crystal")
+	if got, want := strings.Join(u.Hostnames, " "), "crystal.appmeshworkshop.hosted.local crystal.demo.local crystal.legacy.example"; got != want {
+		t.Errorf("hostnames = %s, want %s", got, want)
+	}
+	if u.Port != 3000 {
+		t.Errorf("port = %d, want the Service's 3000", u.Port)
+	}
+	if none := Compute(&Mesh{TrustDomain: "t", RootsPEM: "r"}, Proxy{Service: "a", Upstreams: []string{"b"}}); none.DNSDomains != nil || none.Upstreams[0].Hostnames != nil {
+		t.Errorf("a mesh without DNS gave names: %v %v", none.DNSDomains, none.Upstreams[0].Hostnames)
 	}
 }

@@ -1,0 +1,137 @@
+package sidecar
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/trellis-mesh/trellis/internal/meshdns"
+	"github.com/trellis-mesh/trellis/internal/topology"
+	"github.com/trellis-mesh/trellis/internal/trellistest"
+)
+
+// stubHostResolver is a second DNS server on loopback, the "host
+// resolver": it answers A 192.0.2.7 for every name.
+func stubHostResolver(t *testing.T) string {
+	t.Helper()
+	ls, err := meshdns.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- meshdns.Serve(ctx, ls, dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) {
+			r := new(dns.Msg)
+			r.SetReply(req)
+			r.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: req.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.IPv4(192, 0, 2, 7)}}
+			w.WriteMsg(r)
+		}))
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	return ls.Addr()
+}
+
+// The proxy's resolver, fed the snapshot the proxy applies (here the
+// persisted one: no control plane runs), answers its app's upstream with
+// its virtual IP, NXDOMAIN for a mesh name the app may not call, and the
+// host resolver's answer for any other name; the transparent egress maps
+// that virtual IP back to the upstream.
+func TestProxyDNSForItsApp(t *testing.T) {
+	ca := trellistest.NewCA(t, "trellis.local")
+	cert := ca.SVID(t, "front", time.Hour)
+	snap := &topology.Snapshot{
+		Version: "v1", Service: "front", TrustDomain: "trellis.local", RootsPEM: string(ca.RootsPEM()), MTLS: "strict",
+		DNSDomains: []string{"appmeshworkshop.hosted.local", "demo.local"},
+		Upstreams: []topology.Upstream{{Service: "crystal", Protocol: "tcp", Port: 3000, Endpoints: []topology.Endpoint{},
+			Hostnames: []string{"crystal.appmeshworkshop.hosted.local", "crystal.demo.local"}}},
+	}
+	dir := t.TempDir()
+	if err := saveState(dir, persisted{ChainPEM: chainPEM(cert), KeyPEM: string(trellistest.KeyPEM(t, cert)), Snapshot: snap}); err != nil {
+		t.Fatal(err)
+	}
+	appL, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	app := trellistest.Serve(t, appL, func(c net.Conn) { io.Copy(io.Discard, c) })
+	dnsAddr := "127.0.0.1:" + strconv.Itoa(trellistest.FreePort(t))
+	ready := make(chan struct{})
+	p, err := New(Config{Service: "front", AppAddr: app, Server: "127.0.0.1:1", Token: "t", StateDir: dir,
+		Upstreams:    []Upstream{{Service: "crystal", Listen: "127.0.0.1:" + strconv.Itoa(trellistest.FreePort(t))}},
+		DNS:          &DNS{Listen: dnsAddr, Upstream: stubHostResolver(t)},
+		DrainTimeout: time.Second, HealthInterval: 50 * time.Millisecond,
+		OnReady: func(string, string) { close(ready) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	runErr := make(chan error, 1)
+	go func() { runErr <- p.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-runErr; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	select {
+	case <-ready:
+	case err := <-runErr:
+		t.Fatalf("Run ended before ready: %v", err)
+	}
+	vip := meshdns.VIPs([]string{"crystal"})["crystal"]
+	for _, tc := range []struct {
+		name  string
+		rcode int
+		want  string
+	}{
+		{"crystal.appmeshworkshop.hosted.local.", dns.RcodeSuccess, vip.String()},
+		{"Crystal.Demo.Local.", dns.RcodeSuccess, vip.String()},
+		{"nodejs.appmeshworkshop.hosted.local.", dns.RcodeNameError, ""},
+		{"www.example.test.", dns.RcodeSuccess, "192.0.2.7"},
+	} {
+		m := new(dns.Msg)
+		m.SetQuestion(tc.name, dns.TypeA)
+		r, _, err := (&dns.Client{Timeout: 5 * time.Second}).Exchange(m, dnsAddr)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		var got []string
+		for _, rr := range r.Answer {
+			if a, ok := rr.(*dns.A); ok {
+				got = append(got, a.A.String())
+			}
+		}
+		if r.Rcode != tc.rcode || strings.Join(got, " ") != tc.want {
+			t.Errorf("%s: %s %v, want %s %q", tc.name, dns.RcodeToString[r.Rcode], got, dns.RcodeToString[tc.rcode], tc.want)
+		}
+	}
+	if svc := p.serviceAt(vip); svc != "crystal" {
+		t.Errorf("transparent egress maps %s to %q, want crystal", vip, svc)
+	}
+	if svc := p.serviceAt(netip.MustParseAddr("240.240.0.1")); svc != "" && vip.String() != "240.240.0.1" {
+		t.Errorf("an unassigned virtual IP maps to %q", svc)
+	}
+}
+
+func TestDNSConfigValidated(t *testing.T) {
+	base := Config{Service: "a", AppAddr: "127.0.0.1:1", Server: "127.0.0.1:2", Token: "t"}
+	for _, d := range []DNS{
+		{Listen: "localhost:x"},
+		{Listen: "127.0.0.1:15053", Mode: "magic"},
+		{Listen: "127.0.0.1:15053", Upstream: "127.0.0.1:15053"},
+	} {
+		c := base
+		c.DNS = &d
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "dns") {
+			t.Errorf("%+v: %v, want a dns error", d, err)
+		}
+	}
+}
