@@ -24,8 +24,11 @@ const (
 	// ModeVIP answers each upstream's virtual IP (VIPs), for apps whose
 	// traffic the redirect rules send to the transparent egress.
 	ModeVIP = "vip"
-	// ModeLocal answers 127.0.0.1, where the upstream's local listener is
-	// at the Service's port: an unmodified app needs no redirect rules.
+	// ModeLocal answers the upstream's local listener address, where that
+	// is a loopback address and the Service's port: an unmodified app
+	// needs no redirect rules. Upstreams that share a port (every backend
+	// on 3000, as App Mesh apps often have them) each take a loopback
+	// address of their own, such as 127.0.0.2 and 127.0.0.3.
 	ModeLocal = "local"
 )
 
@@ -52,7 +55,7 @@ type ResolverConfig struct {
 	// /etc/resolv.conf.
 	ResolvConf string
 	// Listeners are the upstreams' local listeners, by service (ModeLocal
-	// answers 127.0.0.1 only where one is on 127.0.0.1 at the Service's
+	// answers one only where it is on a loopback address at the Service's
 	// port).
 	Listeners map[string]netip.AddrPort
 	// MaxForwards bounds the forwards in flight; a query over it gets
@@ -71,8 +74,8 @@ type ResolverConfig struct {
 }
 
 // Resolver is a sidecar's DNS server for its own app. The names of the
-// app's upstreams answer A with their virtual IP (or 127.0.0.1 in local
-// mode) and SRV with their port; AAAA is NODATA. Other names under the
+// app's upstreams answer A with their virtual IP (or their loopback
+// listener's address in local mode) and SRV with their port; AAAA is NODATA. Other names under the
 // mesh's domains are NXDOMAIN: an app learns nothing of services it may
 // not call. Every other name goes to the host's resolver.
 type Resolver struct {
@@ -188,7 +191,7 @@ func (r *Resolver) Update(s *topology.Snapshot) {
 	r.unanswered = msg
 	r.mu.Unlock()
 	if changed && msg != "" {
-		r.log.Warn("dns: these mesh names answer no address in local mode, as no local listener is on 127.0.0.1 at the Service's port (give the upstream one, or use mode vip with redirect rules)", "names", msg)
+		r.log.Warn("dns: these mesh names answer no address in local mode, as no local listener is on a loopback address at the Service's port (give the upstream one, or use mode vip with redirect rules)", "names", msg)
 	}
 }
 
@@ -204,8 +207,8 @@ func (r *Resolver) target(u topology.Upstream, vips map[string]netip.Addr) (neti
 		return netip.Addr{}, 0, "its Service declares no port"
 	case !ok:
 		return netip.Addr{}, 0, "no local listener"
-	case l.Addr() != netip.AddrFrom4([4]byte{127, 0, 0, 1}):
-		return netip.Addr{}, 0, "listener on " + l.String() + ", not 127.0.0.1"
+	case !l.Addr().Is4() || !l.Addr().IsLoopback():
+		return netip.Addr{}, 0, "listener on " + l.String() + ", not a 127.x address"
 	case int(l.Port()) != u.Port:
 		return netip.Addr{}, 0, "listener port " + strconv.Itoa(int(l.Port())) + ", Service port " + strconv.Itoa(u.Port)
 	}

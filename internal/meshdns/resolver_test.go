@@ -120,6 +120,42 @@ func TestResolverLocalMode(t *testing.T) {
 	}
 }
 
+// TestResolverLocalModeSharedPort: upstreams on one port (every backend
+// on 3000) each answer their own loopback address; a listener that is not
+// on loopback answers nothing, and the log says why.
+func TestResolverLocalModeSharedPort(t *testing.T) {
+	var logs bytes.Buffer
+	r, err := NewResolver(ResolverConfig{
+		Mode: ModeLocal, Upstream: "127.0.0.1:9", Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+		Listeners: map[string]netip.AddrPort{
+			"crystal": netip.MustParseAddrPort("127.0.0.2:3000"),
+			"nodejs":  netip.MustParseAddrPort("127.0.0.3:3000"),
+			"db":      netip.MustParseAddrPort("10.0.0.1:3000"),
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Update(&topology.Snapshot{
+		Service:    "front",
+		DNSDomains: []string{"demo.local"},
+		Upstreams: []topology.Upstream{
+			{Service: "crystal", Port: 3000, Hostnames: []string{"crystal.demo.local"}},
+			{Service: "db", Port: 3000, Hostnames: []string{"db.demo.local"}},
+			{Service: "nodejs", Port: 3000, Hostnames: []string{"nodejs.demo.local"}},
+		},
+	})
+	addr := serve(t, r)
+	for name, want := range map[string]string{"crystal.demo.local.": "127.0.0.2", "nodejs.demo.local.": "127.0.0.3", "db.demo.local.": ""} {
+		if got := addrsOf(ask(t, addr, "udp", name, dns.TypeA, 0).Answer); got != want {
+			t.Errorf("%s: %q, want %q", name, got, want)
+		}
+	}
+	if !strings.Contains(logs.String(), "db.demo.local (listener on 10.0.0.1:3000, not a 127.x address)") {
+		t.Errorf("log does not say why db is not answered: %s", logs.String())
+	}
+}
+
 // TestResolverForwardBounds: a host resolver that never answers costs a
 // SERVFAIL after the timeout, and forwards beyond the bound are refused
 // at once with SERVFAIL.

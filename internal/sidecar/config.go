@@ -163,9 +163,9 @@ type DNS struct {
 	// 127.0.0.1:53 when the app's resolv.conf names it directly).
 	Listen string `yaml:"listen"`
 	// Mode is vip (default: each upstream's virtual IP in
-	// 240.240.0.0/16, for transparent mode) or local (127.0.0.1, where
-	// the upstream's listener is at the Service's port; no redirect
-	// rules needed).
+	// 240.240.0.0/16, for transparent mode) or local (the upstream's
+	// listener address, where that is a loopback address at the
+	// Service's port; no redirect rules needed).
 	Mode string `yaml:"mode"`
 	// Upstream is the host's resolver, IP or IP:port; default the first
 	// nameserver of /etc/resolv.conf, read at start.
