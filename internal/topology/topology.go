@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"sort"
 
 	v1 "github.com/trellis-mesh/trellis/api/v1"
@@ -33,6 +34,11 @@ type Snapshot struct {
 	// Gateway is the Gateway resource named like Service, for a gateway;
 	// its services are among Upstreams.
 	Gateway *v1.GatewaySpec `json:"gateway,omitempty"`
+
+	// NetworkTargets, for a network gateway, maps the SNI of each healthy
+	// instance in the gateway's network (SNI) to its public mTLS listener
+	// ("address:port"): where the gateway forwards a stream that names it.
+	NetworkTargets map[string]string `json:"networkTargets,omitempty"`
 }
 
 // Upstream is one destination service and its healthy endpoints.
@@ -44,6 +50,11 @@ type Upstream struct {
 	Route *v1.RouteSpec `json:"route,omitempty"`
 	// Limits are the service's circuit breakers.
 	Limits *v1.ServiceLimits `json:"limits,omitempty"`
+
+	// Unreachable says why endpoints of the service are missing: they are
+	// in networks whose network gateways are all down. The outbound's 503
+	// and its log carry it.
+	Unreachable string `json:"unreachable,omitempty"`
 }
 
 // Endpoint is one healthy instance's proxy.
@@ -56,6 +67,14 @@ type Endpoint struct {
 	EdgePort int    `json:"edgePort,omitempty"`
 	Version  string `json:"version,omitempty"`
 	Network  string `json:"network,omitempty"`
+
+	// Gateways are the "ip:port" of the healthy network gateways of the
+	// endpoint's network to dial for it, sorted; empty means dial
+	// Address:Port directly.
+	Gateways []string `json:"gateways,omitempty"`
+	// SNI is the name the network gateway routes by (SNI), set with
+	// Gateways.
+	SNI string `json:"sni,omitempty"`
 }
 
 // Upstream returns the named upstream, or nil.
@@ -88,6 +107,14 @@ func (s *Snapshot) Validate() error {
 			if e.Address == "" || e.Port <= 0 || e.Port > 65535 {
 				errs = append(errs, fmt.Errorf("upstream %s: endpoint %s has address %q port %d", u.Service, e.Instance, e.Address, e.Port))
 			}
+			for _, g := range e.Gateways {
+				if _, _, err := net.SplitHostPort(g); err != nil {
+					errs = append(errs, fmt.Errorf("upstream %s: endpoint %s: gateway %q: %w", u.Service, e.Instance, g, err))
+				}
+			}
+			if len(e.Gateways) > 0 && e.SNI == "" {
+				errs = append(errs, fmt.Errorf("upstream %s: endpoint %s has gateways and no sni", u.Service, e.Instance))
+			}
 		}
 	}
 	return errors.Join(errs...)
@@ -112,6 +139,9 @@ type Mesh struct {
 type Proxy struct {
 	Service   string
 	Upstreams []string
+
+	// Network is the proxy's network; empty is v1.DefaultNetwork.
+	Network string
 }
 
 // Compute returns the snapshot for p.
@@ -131,6 +161,11 @@ func Compute(m *Mesh, p Proxy) *Snapshot {
 		ups = append(ups, gw.Services()...)
 	}
 	sort.Strings(ups)
+	nets := networkGateways(m)
+	local := v1.EffectiveNetwork(p.Network)
+	if s.Gateway != nil {
+		s.NetworkTargets = networkTargets(m, s.Gateway, local)
+	}
 	for i, name := range ups {
 		if i > 0 && ups[i-1] == name {
 			continue
@@ -142,14 +177,7 @@ func Compute(m *Mesh, p Proxy) *Snapshot {
 		if svc := m.Services[name]; svc != nil {
 			u.Limits = svc.Limits
 		}
-		for _, in := range m.Instances[name] {
-			if !in.Healthy {
-				continue
-			}
-			u.Endpoints = append(u.Endpoints, Endpoint{
-				Instance: in.ID, Address: in.Address, Port: in.Port, EdgePort: in.EdgePort, Version: in.Version, Network: in.Network,
-			})
-		}
+		u.Endpoints, u.Unreachable = endpoints(m.Instances[name], nets, local, m.Services[name].EffectiveLocality())
 		sort.Slice(u.Endpoints, func(i, j int) bool { return u.Endpoints[i].Instance < u.Endpoints[j].Instance })
 		s.Upstreams = append(s.Upstreams, u)
 	}
