@@ -174,3 +174,30 @@ func networkTargets(m *Mesh, gw *v1.GatewaySpec, local string) map[string]string
 	}
 	return out
 }
+
+// Paths says how the proxy given s reaches each of its upstreams, for
+// `trellis get proxies`.
+func Paths(s *Snapshot) []v1.UpstreamPath {
+	out := make([]v1.UpstreamPath, 0, len(s.Upstreams))
+	for _, u := range s.Upstreams {
+		var kinds []string
+		seen := map[string]bool{}
+		for _, e := range u.Endpoints {
+			k := "direct"
+			if len(e.Gateways) > 0 {
+				k = "via gateway network " + v1.EffectiveNetwork(e.Network)
+			}
+			if !seen[k] {
+				seen[k] = true
+				kinds = append(kinds, k)
+			}
+		}
+		sort.Strings(kinds)
+		path := strings.Join(kinds, ", ")
+		if path == "" {
+			path = "none"
+		}
+		out = append(out, v1.UpstreamPath{Service: u.Service, Path: path, Unreachable: u.Unreachable})
+	}
+	return out
+}
