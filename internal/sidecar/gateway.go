@@ -257,14 +257,15 @@ func (g *gateway) outbound(service string) http.Handler {
 		Source:  g.p.cfg.Service,
 		State:   g.p.l7State(service),
 		Conn: func(ctx context.Context, ep l4.Endpoint) (*tunnel.Conn, error) {
-			return g.pool.Get(ctx, ep.Addr, service, tlsCfg)
+			return g.pool.Get(ctx, ep, service, tlsCfg)
 		},
 		Limits: func() *v1.ServiceLimits { return g.p.limits(service) },
 		DialUpgrade: func(ctx context.Context, ep l4.Endpoint) (net.Conn, error) {
-			return g.pool.DialUpgrade(ctx, ep.Addr, service, tlsCfg)
+			return g.pool.DialUpgrade(ctx, ep, service, tlsCfg)
 		},
-		Logger:  g.p.log,
-		Metrics: g.p.l7m,
+		Unreachable: g.p.unreachable(service),
+		Logger:      g.p.log,
+		Metrics:     g.p.l7m,
 	}
 	g.outbounds[service] = o
 	return o

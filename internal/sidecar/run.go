@@ -371,14 +371,15 @@ func (p *Proxy) dataPlane(ctx context.Context, pool *l4.Pool) (*dataPlane, error
 			Source:  p.cfg.Service,
 			State:   p.l7State(u.Service),
 			Conn: func(ctx context.Context, ep l4.Endpoint) (*tunnel.Conn, error) {
-				return pool.Get(ctx, ep.Addr, u.Service, tunnelTLS)
+				return pool.Get(ctx, ep, u.Service, tunnelTLS)
 			},
 			Limits: func() *v1.ServiceLimits { return p.limits(u.Service) },
 			DialUpgrade: func(ctx context.Context, ep l4.Endpoint) (net.Conn, error) {
-				return pool.DialUpgrade(ctx, ep.Addr, u.Service, tunnelTLS)
+				return pool.DialUpgrade(ctx, ep, u.Service, tunnelTLS)
 			},
-			Logger:  p.log,
-			Metrics: p.l7m,
+			Unreachable: p.unreachable(u.Service),
+			Logger:      p.log,
+			Metrics:     p.l7m,
 		}
 		srv := l7.NewServer(web, p.log)
 		srv.Rejected = p.l7m.Rejected
@@ -386,10 +387,11 @@ func (p *Proxy) dataPlane(ctx context.Context, pool *l4.Pool) (*dataPlane, error
 		dp.upstreams = append(dp.upstreams, &upstream{
 			service: u.Service,
 			tcp: &l4.Outbound{
-				Service:   u.Service,
-				Endpoints: p.endpoints(u.Service),
-				TLS:       tunnelTLS,
-				Pool:      pool,
+				Service:     u.Service,
+				Endpoints:   p.endpoints(u.Service),
+				Unreachable: p.unreachable(u.Service),
+				TLS:         tunnelTLS,
+				Pool:        pool,
 				MaxConnections: func() int {
 					if l := p.limits(u.Service); l != nil {
 						return l.MaxConnections
