@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	v1 "github.com/trellis-mesh/trellis/api/v1"
+	"github.com/trellis-mesh/trellis/internal/identity"
 )
 
 // SNISuffix ends every name a network gateway routes by. ".internal" is
@@ -200,4 +201,19 @@ func Paths(s *Snapshot) []v1.UpstreamPath {
 		out = append(out, v1.UpstreamPath{Service: u.Service, Path: path, Unreachable: u.Unreachable})
 	}
 	return out
+}
+
+// ParseNetworkSNI splits a name made by NetworkSNI into its instance
+// label and service; ok is false for any other name. Server names come
+// from any client of a network gateway: untrusted input.
+func ParseNetworkSNI(sni string) (instance, service string, ok bool) {
+	rest, found := strings.CutSuffix(sni, "."+SNISuffix)
+	if !found {
+		return "", "", false
+	}
+	instance, service, found = strings.Cut(rest, ".")
+	if !found || instance == "" || strings.Contains(service, ".") || identity.ValidateServiceName(service) != nil {
+		return "", "", false
+	}
+	return instance, service, true
 }

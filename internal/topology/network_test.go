@@ -162,3 +162,21 @@ func TestNetworkSNI(t *testing.T) {
 		t.Errorf("two instances share the name %q", a)
 	}
 }
+
+func FuzzParseNetworkSNI(f *testing.F) {
+	for _, s := range []string{"api-1.api.trellis.internal", NetworkSNI("a.b_c", "web"), "x.trellis.internal", ".api.trellis.internal", "a.b.c.trellis.internal", "api.Web.trellis.internal", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, sni string) {
+		inst, svc, ok := ParseNetworkSNI(sni)
+		if !ok {
+			return
+		}
+		if got := inst + "." + svc + "." + SNISuffix; got != sni {
+			t.Fatalf("ParseNetworkSNI(%q) = %q, %q: rebuilt %q", sni, inst, svc, got)
+		}
+		if NetworkSNI(inst, svc) == sni && instanceLabel(inst) != inst {
+			t.Fatalf("instance label %q does not round-trip", inst)
+		}
+	})
+}
