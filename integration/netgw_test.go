@@ -35,12 +35,13 @@ func peerApp(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// netGateway starts instance of the network gateway gw-b on ip.
-func netGateway(t *testing.T, s *server, token, instance, ip string) *sidecar {
+// netGateway starts instance of the network gateway gw-b on ip, in
+// network.
+func netGateway(t *testing.T, s *server, token, instance, ip, network string) *sidecar {
 	t.Helper()
 	admin := trellistest.FreePort(t)
 	return &sidecar{proc: start(t, instance, nil, "gateway", "--name", "gw-b", "--instance", instance,
-		"--listen-addr", ip, "--public-addr", ip, "--network", "b", "--drain-timeout", "5s",
+		"--listen-addr", ip, "--public-addr", ip, "--network", network, "--drain-timeout", "5s",
 		"--server", s.addr, "--ca-file", s.caFile, "--token-file", token,
 		"--admin-port", strconv.Itoa(admin), "--log-level", "debug"), admin: fmt.Sprintf("127.0.0.1:%d", admin)}
 }
@@ -56,7 +57,7 @@ func forwarded(t *testing.T, gw *sidecar) int {
 // request; stopping both gives a 503 that says why; starting one brings
 // traffic back.
 func TestNetworkGatewayLoopback(t *testing.T) {
-	for _, ip := range []string{"127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"} {
+	for _, ip := range []string{"127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.6"} {
 		if l, err := net.Listen("tcp", ip+":0"); err != nil {
 			t.Skipf("loopback address %s: %v", ip, err)
 		} else {
@@ -85,10 +86,14 @@ spec:
 	s.mustCLI(t, "apply", "-f", f)
 	s.startProxy(t, proxyOpts{service: "api", appPort: peerApp(t), extra: []string{"--network", "b", "--public-addr", "127.0.0.3"}})
 	token := s.tokenFile(t, "gw-b")
-	gw1 := netGateway(t, s, token, "gw-b-1", "127.0.0.4")
-	gw2 := netGateway(t, s, token, "gw-b-2", "127.0.0.5")
+	gw1 := netGateway(t, s, token, "gw-b-1", "127.0.0.4", "b")
+	gw2 := netGateway(t, s, token, "gw-b-2", "127.0.0.5", "b")
+	// An instance of gw-b started in another network: it refuses to
+	// serve network b's listener, and callers do not count it.
+	stray := netGateway(t, s, token, "gw-b-stray", "127.0.0.6", "c")
 	gw1.waitReady(t)
 	gw2.waitReady(t)
+	stray.waitReady(t)
 	up, upPort := loopAddr(t)
 	s.startProxy(t, proxyOpts{service: "web", appPort: peerApp(t), upstreams: []string{fmt.Sprintf("api:%d", upPort)},
 		extra: []string{"--network", "a", "--public-addr", "127.0.0.2"}})
@@ -104,6 +109,16 @@ spec:
 		}
 		return err
 	})
+	trellistest.Eventually(t, 10*time.Second, "the stray gateway refuses the listener", func() error {
+		if !strings.Contains(stray.logText(), `the listener serves network \"b\" and this gateway is in network \"c\"`) {
+			return fmt.Errorf("no refusal in its log")
+		}
+		return nil
+	})
+	if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.6:%d", gwPort)); err == nil {
+		c.Close()
+		t.Error("the gateway in network c listens for network b")
+	}
 	out := s.mustCLI(t, "get", "proxies")
 	if !strings.Contains(out, "api: via gateway network b") {
 		t.Errorf("get proxies does not show web's path to api through network b:\n%s", out)
