@@ -57,7 +57,7 @@ func forwarded(t *testing.T, gw *sidecar) int {
 // request; stopping both gives a 503 that says why; starting one brings
 // traffic back.
 func TestNetworkGatewayLoopback(t *testing.T) {
-	for _, ip := range []string{"127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.6"} {
+	for _, ip := range []string{"127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.6", "127.0.0.7"} {
 		if l, err := net.Listen("tcp", ip+":0"); err != nil {
 			t.Skipf("loopback address %s: %v", ip, err)
 		} else {
@@ -91,9 +91,32 @@ spec:
 	// An instance of gw-b started in another network: it refuses to
 	// serve network b's listener, and callers do not count it.
 	stray := netGateway(t, s, token, "gw-b-stray", "127.0.0.6", "c")
+	// One whose port is taken cannot serve: it registers unhealthy, and
+	// callers leave it out (else the 503 below would not come).
+	taken, err := net.Listen("tcp", fmt.Sprintf("127.0.0.7:%d", gwPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	blocked := netGateway(t, s, token, "gw-b-blocked", "127.0.0.7", "b")
 	gw1.waitReady(t)
 	gw2.waitReady(t)
 	stray.waitReady(t)
+	blocked.waitReady(t)
+	trellistest.Eventually(t, 10*time.Second, "gw-b-blocked registered unhealthy, the others healthy", func() error {
+		ins, err := s.api.Instances(t.Context(), "gw-b")
+		if err != nil {
+			return err
+		}
+		got := map[string]bool{}
+		for _, in := range ins {
+			got[in.ID] = in.Healthy
+		}
+		if len(got) != 4 || got["gw-b-blocked"] || !got["gw-b-1"] || !got["gw-b-2"] {
+			return fmt.Errorf("gateway health %v", got)
+		}
+		return nil
+	})
 	up, upPort := loopAddr(t)
 	s.startProxy(t, proxyOpts{service: "web", appPort: peerApp(t), upstreams: []string{fmt.Sprintf("api:%d", upPort)},
 		extra: []string{"--network", "a", "--public-addr", "127.0.0.2"}})

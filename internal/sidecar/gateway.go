@@ -115,6 +115,20 @@ func (g *gateway) reconcile() {
 			g.closeLocked(l)
 		}
 	}
+	g.p.setGatewayHealth(g.servingLocked(want))
+}
+
+// servingLocked reports whether every network listener of the gateway's
+// own network in want is open: a gateway that could not bind one (its
+// port taken) registers unhealthy, so that callers dial the others.
+// Listeners of other networks are refused by design and do not count.
+func (g *gateway) servingLocked(want []v1.GatewayListener) bool {
+	for _, spec := range want {
+		if spec.Protocol == v1.GatewayNetwork && spec.Network == g.p.cfg.Network && g.open[spec.Port] == nil {
+			return false
+		}
+	}
+	return true
 }
 
 func (g *gateway) closeLocked(l *gwListener) {
@@ -282,6 +296,27 @@ func (g *gateway) networkTarget(sni string) []passthrough.Target {
 		return nil
 	}
 	return []passthrough.Target{{Addr: addr, Instance: sni}}
+}
+
+// setGatewayHealth records a gateway's health in its registration, and
+// has the control stream send it when it changed.
+func (p *Proxy) setGatewayHealth(ok bool) {
+	r := *p.reg.Load()
+	if r.Healthy == ok {
+		return
+	}
+	r.Healthy = ok
+	p.reg.Store(&r)
+	if ok {
+		p.m.healthy.Set(1)
+	} else {
+		p.m.healthy.Set(0)
+		p.log.Warn("gateway unhealthy: a network listener is not serving")
+	}
+	select {
+	case p.regCh <- struct{}{}:
+	default:
+	}
 }
 
 // sniMatches: "*.example.com" matches one more label, else equal.

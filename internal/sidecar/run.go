@@ -106,11 +106,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 
 	firstHealth := make(chan struct{})
 	if gw != nil {
-		// Nothing to check: a gateway is healthy while it runs.
-		r := *p.reg.Load()
-		r.Healthy = true
-		p.reg.Store(&r)
-		p.m.healthy.Set(1)
+		// No app to check: a gateway is healthy while it runs and
+		// serves its network listeners, which reconcile (above, and
+		// per snapshot) records.
 		close(firstHealth)
 	} else {
 		goBG(func() { p.checkHealth(runCtx, firstHealth) })
