@@ -192,10 +192,10 @@ const maxDialRounds = 3
 // that stream reserved, dialing a new one when needed: to ep.Addr, or
 // through one of ep.Via (another if one fails) with server name ep.SNI.
 // cfg must check that the peer is service: through a gateway too, the
-// identity checked is the endpoint's own. Get returns when ctx ends, even if a dial is in
-// progress: the caller's route or per-try timeout covers the dial. The
-// dial itself is shared by every caller that needs a new connection to
-// addr, and goes on while one of them still waits.
+// identity checked is the endpoint's own. Get returns when ctx ends, even
+// if a dial is in progress: the caller's route or per-try timeout covers
+// the dial. The dial itself is shared by every caller that needs a new
+// connection to the endpoint, and goes on while one of them still waits.
 func (p *Pool) Get(ctx context.Context, ep Endpoint, service string, cfg *tls.Config) (*tunnel.Conn, error) {
 	addr := ep.Addr
 	if err := ctx.Err(); err != nil {
@@ -285,6 +285,7 @@ func (e *poolEntry) reserveLocked() *tunnel.Conn {
 	var pick *tunnel.Conn
 	for _, c := range e.conns {
 		if !c.Usable() {
+			delete(e.hops, c) // a no-op for direct connections
 			continue
 		}
 		live = append(live, c)
@@ -294,11 +295,6 @@ func (e *poolEntry) reserveLocked() *tunnel.Conn {
 	}
 	clear(e.conns[len(live):])
 	e.conns = live
-	for c := range e.hops {
-		if !c.Usable() {
-			delete(e.hops, c)
-		}
-	}
 	return pick
 }
 
@@ -331,11 +327,12 @@ func (p *Pool) startDial(e *poolEntry, addr string, cfg *tls.Config) (*pendingDi
 		}
 		if err == nil {
 			e.conns = append(e.conns, c)
-			if e.hops == nil {
-				e.hops = map[*tunnel.Conn]string{}
-			}
-			e.hops[c] = hop
 			if hop != "" {
+				// Direct connections are not recorded: no entry is "".
+				if e.hops == nil {
+					e.hops = map[*tunnel.Conn]string{}
+				}
+				e.hops[c] = hop
 				e.lastHop = hop
 			}
 		}
