@@ -133,6 +133,13 @@ func TestComputeNetworkTargets(t *testing.T) {
 	if !reflect.DeepEqual(s.NetworkTargets, want) {
 		t.Errorf("network targets = %v, want %v", s.NetworkTargets, want)
 	}
+	if err := s.Validate(); err != nil {
+		t.Errorf("Validate: %v", err)
+	}
+	s.NetworkTargets["evil.example.com"] = "10.0.0.1"
+	if err := s.Validate(); err == nil || !strings.Contains(err.Error(), "evil.example.com") {
+		t.Errorf("Validate of a bad network target: %v", err)
+	}
 	// A gateway process started in another network gets none: it must
 	// not forward into a network it is not in.
 	if s := Compute(m, Proxy{Service: "gw-b", Network: "c"}); len(s.NetworkTargets) != 0 {

@@ -117,6 +117,14 @@ func (s *Snapshot) Validate() error {
 			}
 		}
 	}
+	for sni, addr := range s.NetworkTargets {
+		if _, _, ok := ParseNetworkSNI(sni); !ok {
+			errs = append(errs, fmt.Errorf("networkTargets: %q is not a network SNI name", sni))
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			errs = append(errs, fmt.Errorf("networkTargets: %s: %w", sni, err))
+		}
+	}
 	return errors.Join(errs...)
 }
 
