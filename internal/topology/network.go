@@ -105,7 +105,7 @@ func compactStrings(s []string) []string {
 //     returned.
 //
 // With locality prefer-local, instances outside local are kept only when
-// none in local is healthy.
+// none in local is healthy (and then only are missing ones explained).
 func endpoints(ins []v1.Instance, nets map[string]*gatewaySet, local, locality string) ([]Endpoint, string) {
 	eps := []Endpoint{}
 	var cut []string // networks whose endpoints were left out
@@ -138,6 +138,9 @@ func endpoints(ins []v1.Instance, nets map[string]*gatewaySet, local, locality s
 			}
 		}
 		eps = kept
+		// What was cut would not have been used: nothing to explain,
+		// and a remote gateway's flapping changes no local snapshot.
+		cut = nil
 	}
 	if len(cut) == 0 {
 		return eps, ""

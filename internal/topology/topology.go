@@ -51,9 +51,9 @@ type Upstream struct {
 	// Limits are the service's circuit breakers.
 	Limits *v1.ServiceLimits `json:"limits,omitempty"`
 
-	// Unreachable says why endpoints of the service are missing: they are
-	// in networks whose network gateways are all down. The outbound's 503
-	// and its log carry it.
+	// Unreachable says why endpoints the proxy would use are missing:
+	// they are in networks whose network gateways are all down. The
+	// outbound's 503 and its log carry it.
 	Unreachable string `json:"unreachable,omitempty"`
 }
 
