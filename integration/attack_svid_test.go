@@ -130,7 +130,7 @@ func svidAttack(t *testing.T, ep string, cert *tls.Certificate, path string) (st
 		// The attacker does not care who the server is.
 		InsecureSkipVerify: true,
 	}
-	tun, err := pool.Get(context.Background(), ep, "web", cfg)
+	tun, err := pool.Get(context.Background(), l4.Endpoint{Addr: ep}, "web", cfg)
 	if err != nil {
 		return "", fmt.Errorf("handshake: %w", err)
 	}

@@ -71,7 +71,7 @@ spec:
 	defer pool.Close()
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
-	c, err := pool.DialUpgrade(ctx, ep, "web", src.ClientConfig(certs.ExpectService("web"), l4.ALPN))
+	c, err := pool.DialUpgrade(ctx, l4.Endpoint{Addr: ep}, "web", src.ClientConfig(certs.ExpectService("web"), l4.ALPN))
 	if err != nil {
 		t.Fatal(err)
 	}

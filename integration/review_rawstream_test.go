@@ -93,7 +93,7 @@ func TestReviewRawStreamToHTTPService(t *testing.T) {
 	defer pool.Close()
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
-	st, err := pool.Open(ctx, ep, "web", src.ClientConfig(certs.ExpectService("web"), l4.ALPN))
+	st, err := pool.Open(ctx, l4.Endpoint{Addr: ep}, "web", src.ClientConfig(certs.ExpectService("web"), l4.ALPN))
 	var refused *tunnel.StatusError
 	if errors.As(err, &refused) && refused.Status == http.StatusBadRequest {
 		return // refused by the HTTP service's inbound, before the app
@@ -156,7 +156,7 @@ spec:
 	defer pool.Close()
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
-	c, err := pool.DialUpgrade(ctx, ep, "web", src.ClientConfig(certs.ExpectService("web"), l4.ALPN))
+	c, err := pool.DialUpgrade(ctx, l4.Endpoint{Addr: ep}, "web", src.ClientConfig(certs.ExpectService("web"), l4.ALPN))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -86,6 +86,11 @@ spec: {source: greeter, destination: name, action: allow}
 			[]string{"bad.yaml:7: spec.permissions[0].action", "spec.permissions[0].http.pathPrefix", "spec.permissions[0].http.methods[0]"}},
 		{"service: negative limit", "kind: Service\nname: a\nspec:\n  limits: {maxRequests: -1}\n", []string{"bad.yaml:4: spec.limits.maxRequests"}},
 		{"service: pending without max", "kind: Service\nname: a\nspec:\n  limits: {maxPendingRequests: 5}\n", []string{"spec.limits.maxPendingRequests: needs maxRequests"}},
+		{"gateway: network listener without network", "kind: Gateway\nname: gw\nspec:\n  listeners:\n  - port: 15443\n    protocol: network\n    routes: [{service: web}]\n",
+			[]string{"bad.yaml:5: spec.listeners[0].network: missing", "a network listener holds no certificate"}},
+		{"gateway: bad network name, network on http", "kind: Gateway\nname: gw\nspec:\n  listeners:\n  - port: 15443\n    protocol: network\n    network: VPC_B\n  - port: 80\n    protocol: http\n    network: b\n    routes: [{service: web}]\n",
+			[]string{"spec.listeners[0].network: network name \"VPC_B\"", "spec.listeners[1].network: only a network listener has a network"}},
+		{"service: bad locality", "kind: Service\nname: a\nspec:\n  locality: nearest\n", []string{"bad.yaml:4: spec.locality: \"nearest\" is not \"prefer-local\" or \"any\""}},
 		{"route: lowercase method", "kind: Route\nname: web\nspec:\n  rules:\n  - match: {methods: [get]}\n", []string{"spec.rules[0].match.methods[0]"}},
 	}
 	for _, tt := range bad {

@@ -111,6 +111,38 @@ type ServiceSpec struct {
 	// so that the names apps already use keep working). A name belongs
 	// to one service only: apply refuses a second claim.
 	Hostnames []string `json:"hostnames,omitempty" yaml:"hostnames,omitempty"`
+	// Locality is where callers' sidecars send calls when the service has
+	// instances in several networks: "prefer-local" (default) uses the
+	// caller's own network while any instance there is healthy, and the
+	// others only when none is; "any" balances over every network alike.
+	Locality string `json:"locality,omitempty" yaml:"locality,omitempty"`
+}
+
+// Localities of a service.
+const (
+	LocalityPreferLocal = "prefer-local"
+	LocalityAny         = "any"
+)
+
+// EffectiveLocality returns Locality with its default applied; a nil
+// spec (a service with no resource) prefers local.
+func (s *ServiceSpec) EffectiveLocality() string {
+	if s == nil || s.Locality == "" {
+		return LocalityPreferLocal
+	}
+	return s.Locality
+}
+
+// DefaultNetwork is the network of an instance that names none.
+const DefaultNetwork = "default"
+
+// EffectiveNetwork returns network, or DefaultNetwork when it is empty
+// (records written before networks were read have none).
+func EffectiveNetwork(network string) string {
+	if network == "" {
+		return DefaultNetwork
+	}
+	return network
 }
 
 // ServiceLimits bound what one caller's sidecar sends to a service. Zero
@@ -314,6 +346,26 @@ type ProxyStatus struct {
 	AckedRoots []string `json:"ackedRoots,omitempty"`
 	// ConnectedAt is when the proxy's stream opened.
 	ConnectedAt time.Time `json:"connectedAt"`
+
+	// Network is the proxy's network.
+	Network string `json:"network,omitempty"`
+	// Paths say how the proxy reaches each upstream in the last snapshot
+	// sent to it, by service name.
+	Paths []UpstreamPath `json:"paths,omitempty"`
+}
+
+// UpstreamPath is how a proxy reaches one upstream: directly, through the
+// network gateways of other networks, or not at all.
+type UpstreamPath struct {
+	// Service is the upstream service.
+	Service string `json:"service"`
+	// Path is "direct", "via gateway network NAME", several of these
+	// joined by ", " when endpoints differ, or "none" when the upstream
+	// has no endpoint.
+	Path string `json:"path"`
+	// Unreachable says why endpoints are missing (a network whose
+	// gateways are all down), if any are.
+	Unreachable string `json:"unreachable,omitempty"`
 }
 
 // Gateway listener protocols.
@@ -321,6 +373,7 @@ const (
 	GatewayHTTP           = "http"            // ingress, plain HTTP
 	GatewayHTTPS          = "https"           // ingress, TLS ended at the gateway
 	GatewayTLSPassthrough = "tls-passthrough" // routed by SNI, never decrypted
+	GatewayNetwork        = "network"         // east-west: mTLS from other networks to local instances, by SNI, never decrypted
 )
 
 // GatewaySpec is a gateway: what `trellis gateway --name NAME` serves. The
@@ -362,6 +415,12 @@ type GatewayListener struct {
 	// and X-Request-Id the gateway keeps and appends to. Default none:
 	// every client's are replaced by what the gateway saw.
 	TrustedProxies []string `json:"trustedProxies,omitempty" yaml:"trustedProxies,omitempty"`
+
+	// Network of a network listener (required there, refused elsewhere):
+	// the network whose instances the listener exposes to the other
+	// networks. A gateway process whose --network differs refuses to
+	// serve the listener, and callers do not count it.
+	Network string `json:"network,omitempty" yaml:"network,omitempty"`
 }
 
 // Certificate sources of GatewayTLS.

@@ -133,6 +133,11 @@ func (s *ServiceSpec) validate() []error {
 	}
 	errs = append(errs, validEdgeNames("spec.dnsNames", s.DNSNames)...)
 	errs = append(errs, validMeshDNSNames("spec.hostnames", s.Hostnames, maxServiceHostname)...)
+	switch s.Locality {
+	case "", LocalityPreferLocal, LocalityAny:
+	default:
+		errs = append(errs, fieldErr("spec.locality", "%q is not %q or %q", s.Locality, LocalityPreferLocal, LocalityAny))
+	}
 	if l := s.Limits; l != nil {
 		for _, f := range []struct {
 			name string
@@ -564,11 +569,42 @@ func (g *GatewaySpec) validate() []error {
 					errs = append(errs, fieldErr(at+".defaultService", "%v", err))
 				}
 			}
+		case GatewayNetwork:
+			if l.Network == "" {
+				errs = append(errs, fieldErr(at+".network", "missing: a network listener names the network whose instances it exposes"))
+			} else if err := ValidateNetworkName(l.Network); err != nil {
+				errs = append(errs, fieldErr(at+".network", "%v", err))
+			}
+			if l.TLS != nil || len(l.Routes) > 0 || len(l.Targets) > 0 || l.DefaultService != "" || l.ProxyProtocol || l.HealthCheck != "" || len(l.TrustedProxies) > 0 {
+				errs = append(errs, fieldErr(at, "a network listener holds no certificate and routes by the instance its SNI names: no tls, routes, targets, defaultService, proxyProtocol, healthCheck or trustedProxies"))
+			}
 		default:
-			errs = append(errs, fieldErr(at+".protocol", "%q is not http, https or tls-passthrough", l.Protocol))
+			errs = append(errs, fieldErr(at+".protocol", "%q is not http, https, tls-passthrough or network", l.Protocol))
+		}
+		if l.Protocol != GatewayNetwork && l.Network != "" {
+			errs = append(errs, fieldErr(at+".network", "only a network listener has a network"))
 		}
 	}
 	return errs
+}
+
+// ValidateNetworkName checks a network name: a DNS label (1-63 of a-z,
+// 0-9 and -, not starting or ending with -).
+func ValidateNetworkName(name string) error {
+	switch {
+	case name == "":
+		return errors.New("network name is empty")
+	case len(name) > 63:
+		return fmt.Errorf("network name %q is longer than 63 characters", name)
+	case name[0] == '-' || name[len(name)-1] == '-':
+		return fmt.Errorf("network name %q must not start or end with a hyphen", name)
+	}
+	for _, c := range name {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+			return fmt.Errorf("network name %q: %q is not allowed (use a-z, 0-9 and -)", name, c)
+		}
+	}
+	return nil
 }
 
 // validHostPattern accepts "", a DNS name, or "*." and a DNS name.

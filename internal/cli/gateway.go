@@ -21,7 +21,7 @@ func runGateway(ctx context.Context, e *env, args []string) error {
 	publicPort := fs.Int("public-port", 0, "port of the (refusing) mesh listener every proxy registers (0: any free port)")
 	publicAddr := fs.String("public-addr", "127.0.0.1", "IP of that listener")
 	advertise := fs.String("advertise", "", "IP peers dial (default --public-addr)")
-	network := fs.String("network", "", "network this gateway is in")
+	network := fs.String("network", "", "network this gateway is in (default \"default\"); a network listener serves only its own network")
 	server := fs.String("server", e.getenv("TRELLIS_ADDR"), "control plane host:port (env TRELLIS_ADDR)")
 	caFile := fs.String("ca-file", e.getenv("TRELLIS_CACERT"), "PEM roots that verify the control plane (env TRELLIS_CACERT)")
 	tokenFile := fs.String("token-file", "", "file holding a service token for NAME (or env TRELLIS_TOKEN)")

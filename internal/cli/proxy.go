@@ -27,7 +27,7 @@ func runProxy(ctx context.Context, e *env, args []string) error {
 	publicPort := fs.Int("public-port", 0, "port of the inbound mTLS listener (0: any free port)")
 	publicAddr := fs.String("public-addr", "127.0.0.1", "IP the inbound mTLS listener binds")
 	advertise := fs.String("advertise", "", "IP peers dial (default --public-addr, or 127.0.0.1 if unspecified); auto: this host's first non-loopback IPv4, as in an ECS task or a pod")
-	network := fs.String("network", "", "network this instance is in")
+	network := fs.String("network", "", "network this instance is in (default \"default\")")
 	var upstreams listFlag
 	fs.Var(&upstreams, "upstream", "SERVICE:PORT or SERVICE:HOST:PORT local listener for an upstream (repeatable)")
 	server := fs.String("server", e.getenv("TRELLIS_ADDR"), "control plane host:port (env TRELLIS_ADDR)")

@@ -120,9 +120,9 @@ func runGet(ctx context.Context, e *env, args []string) error {
 			return err
 		}
 		return show(e.stdout, *out, v, func(tw io.Writer) {
-			fmt.Fprintln(tw, "ID\tSERVICE\tVERSION\tADDRESS\tHEALTHY\tREGISTERED")
+			fmt.Fprintln(tw, "ID\tSERVICE\tVERSION\tADDRESS\tNETWORK\tHEALTHY\tREGISTERED")
 			for _, i := range v {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s:%d\t%v\t%s\n", i.ID, i.Service, dash(i.Version), i.Address, i.Port, i.Healthy, age(i.RegisteredAt))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s:%d\t%s\t%v\t%s\n", i.ID, i.Service, dash(i.Version), i.Address, i.Port, v1.EffectiveNetwork(i.Network), i.Healthy, age(i.RegisteredAt))
 			}
 		})
 	case "proxies":
@@ -131,9 +131,9 @@ func runGet(ctx context.Context, e *env, args []string) error {
 			return err
 		}
 		return show(e.stdout, *out, v, func(tw io.Writer) {
-			fmt.Fprintln(tw, "INSTANCE\tSERVICE\tSENT\tACKED\tERROR")
+			fmt.Fprintln(tw, "INSTANCE\tSERVICE\tNETWORK\tSENT\tACKED\tERROR\tPATHS")
 			for _, p := range v {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", p.Instance, p.Service, p.SentVersion, dash(p.AckedVersion), dash(p.Error))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Instance, p.Service, v1.EffectiveNetwork(p.Network), p.SentVersion, dash(p.AckedVersion), dash(p.Error), dash(paths(p.Paths)))
 			}
 		})
 	case "tokens":
@@ -624,4 +624,18 @@ func warnSharedStdout(e *env) {
 		return
 	}
 	fmt.Fprintf(e.stderr, "warning: standard output is a file other users can read (mode %v); use -o FILE to write the token at mode 0600\n", fi.Mode().Perm())
+}
+
+// paths renders a proxy's upstream paths on one line:
+// "api: direct; db: via gateway network b".
+func paths(ps []v1.UpstreamPath) string {
+	parts := make([]string, 0, len(ps))
+	for _, p := range ps {
+		s := p.Service + ": " + p.Path
+		if p.Unreachable != "" {
+			s += " (" + p.Unreachable + ")"
+		}
+		parts = append(parts, s)
+	}
+	return strings.Join(parts, "; ")
 }

@@ -153,7 +153,7 @@ func (ps *proxyStream) push(ctx context.Context, stream discoveryv3.AggregatedDi
 	var sent *topology.Snapshot
 	for {
 		changed := s.state.Changed()
-		snap := topology.Compute(s.state.mesh(), topology.Proxy{Service: ps.reg.Service, Upstreams: ps.reg.Upstreams})
+		snap := topology.Compute(s.state.mesh(), topology.Proxy{Service: ps.reg.Service, Upstreams: ps.reg.Upstreams, Network: ps.reg.Network})
 		if sent == nil || snap.Version != sent.Version {
 			ps.nonce++
 			resp, err := xds.Response(snap, strconv.Itoa(ps.nonce))
@@ -169,6 +169,7 @@ func (ps *proxyStream) push(ctx context.Context, stream discoveryv3.AggregatedDi
 			sent = snap
 			s.metrics.pushes.Inc()
 			ps.status.SentVersion = snap.Version
+			ps.status.Paths = topology.Paths(snap)
 			ps.writeStatus(ctx)
 		}
 		select {
@@ -237,6 +238,7 @@ func (ps *proxyStream) register(ctx context.Context) error {
 	ps.lease = lease
 	ps.status = v1.ProxyStatus{
 		Instance: ps.reg.Instance, Service: ps.reg.Service, Server: ps.s.cfg.Listen, ConnectedAt: time.Now().UTC(),
+		Network: v1.EffectiveNetwork(ps.reg.Network),
 	}
 	return ps.putInstance(ctx)
 }
@@ -244,7 +246,7 @@ func (ps *proxyStream) register(ctx context.Context) error {
 func (ps *proxyStream) putInstance(ctx context.Context) error {
 	in := v1.Instance{
 		ID: ps.reg.Instance, Service: ps.reg.Service, Version: ps.reg.Version,
-		Address: ps.reg.Address, Port: ps.reg.Port, EdgePort: ps.reg.EdgePort, Network: ps.reg.Network,
+		Address: ps.reg.Address, Port: ps.reg.Port, EdgePort: ps.reg.EdgePort, Network: v1.EffectiveNetwork(ps.reg.Network),
 		Healthy: ps.reg.Healthy, RegisteredAt: ps.status.ConnectedAt,
 	}
 	b, _ := json.Marshal(in)

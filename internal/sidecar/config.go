@@ -203,7 +203,8 @@ type Config struct {
 	// AdvertiseAddr is the IP peers dial; default the PublicAddr IP, or
 	// 127.0.0.1 when that is unspecified.
 	AdvertiseAddr string `yaml:"advertiseAddr"`
-	// Network names the instance's network.
+	// Network names the instance's network; default "default". Peers in
+	// other networks that declare a network gateway reach it through one.
 	Network string `yaml:"network"`
 	// Upstreams are the local listeners.
 	Upstreams []Upstream `yaml:"upstreams"`
@@ -275,6 +276,11 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("public address: %w", err))
 		}
 	}
+	if c.Network != "" {
+		if err := v1.ValidateNetworkName(c.Network); err != nil {
+			errs = append(errs, fmt.Errorf("network: %w", err))
+		}
+	}
 	if c.AdvertiseAddr != "" && net.ParseIP(c.AdvertiseAddr) == nil {
 		errs = append(errs, fmt.Errorf("advertise address %q: not an IP", c.AdvertiseAddr))
 	}
@@ -336,6 +342,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.DrainTimeout == 0 {
 		c.DrainTimeout = 15 * time.Second
+	}
+	if c.Network == "" {
+		c.Network = v1.DefaultNetwork
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

@@ -167,10 +167,10 @@ func (p *Proxy) stream(ctx context.Context, ads discoveryv3.AggregatedDiscoveryS
 			version = snap.Version
 			p.m.snapshots.WithLabelValues("applied").Inc()
 			p.log.Info("applied snapshot", "version", version, "upstreams", len(snap.Upstreams))
-			keep := map[string]bool{}
+			keep := map[string]l4.Endpoint{}
 			for _, eps := range p.cur.Load().endpoints {
 				for _, e := range eps {
-					keep[e.Addr] = true
+					keep[e.Addr] = e
 				}
 			}
 			pool.Forget(keep)

@@ -20,6 +20,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/proxy/netconn"
 	"github.com/trellis-mesh/trellis/internal/proxy/passthrough"
 	"github.com/trellis-mesh/trellis/internal/proxy/tunnel"
+	"github.com/trellis-mesh/trellis/internal/topology"
 )
 
 // Gateway makes a proxy the gateway named by Config.Service: it has no
@@ -96,7 +97,7 @@ func (g *gateway) reconcile() {
 	for _, spec := range want {
 		keep[spec.Port] = true
 		if cur := g.open[spec.Port]; cur != nil {
-			if cur.spec.Protocol == spec.Protocol && reflect.DeepEqual(cur.spec.TLS, spec.TLS) {
+			if cur.spec.Protocol == spec.Protocol && reflect.DeepEqual(cur.spec.TLS, spec.TLS) && cur.spec.Network == spec.Network {
 				continue
 			}
 			g.closeLocked(cur)
@@ -114,6 +115,20 @@ func (g *gateway) reconcile() {
 			g.closeLocked(l)
 		}
 	}
+	g.p.setGatewayHealth(g.servingLocked(want))
+}
+
+// servingLocked reports whether every network listener of the gateway's
+// own network in want is open: a gateway that could not bind one (its
+// port taken) registers unhealthy, so that callers dial the others.
+// Listeners of other networks are refused by design and do not count.
+func (g *gateway) servingLocked(want []v1.GatewayListener) bool {
+	for _, spec := range want {
+		if spec.Protocol == v1.GatewayNetwork && spec.Network == g.p.cfg.Network && g.open[spec.Port] == nil {
+			return false
+		}
+	}
+	return true
 }
 
 func (g *gateway) closeLocked(l *gwListener) {
@@ -133,6 +148,11 @@ func (g *gateway) closeLocked(l *gwListener) {
 }
 
 func (g *gateway) start(spec v1.GatewayListener) (*gwListener, error) {
+	if spec.Protocol == v1.GatewayNetwork && spec.Network != g.p.cfg.Network {
+		// Callers do not count it either (topology): its instances are
+		// not this gateway's to reach.
+		return nil, fmt.Errorf("the listener serves network %q and this gateway is in network %q (--network)", spec.Network, g.p.cfg.Network)
+	}
 	ip := g.p.cfg.Gateway.ListenIP
 	if ip == "" {
 		ip = "0.0.0.0"
@@ -156,6 +176,17 @@ func (g *gateway) start(spec v1.GatewayListener) (*gwListener, error) {
 		}
 		go func() { g.p.listeners.done(name, pt.Serve(ln)) }()
 		return &gwListener{spec: spec, ln: ln, drain: pt.Drain, stop: func() {}}, nil
+	case v1.GatewayNetwork:
+		nt := &passthrough.Listener{
+			Config:    func() passthrough.Config { return g.networkConfig(port) },
+			Targets:   g.networkTarget,
+			Logger:    g.p.log.With("listener", port, "network", spec.Network),
+			Metrics:   g.p.l4m,
+			Acceptor:  g.p.acceptor(name),
+			Direction: "network",
+		}
+		go func() { g.p.listeners.done(name, nt.Serve(ln)) }()
+		return &gwListener{spec: spec, ln: ln, drain: nt.Drain, stop: func() {}}, nil
 	case v1.GatewayHTTPS:
 		t := spec.TLS
 		ctx, stop := context.WithCancel(g.ctx)
@@ -221,6 +252,73 @@ func (g *gateway) passthroughConfig(port int) passthrough.Config {
 	return cfg
 }
 
+// networkConfig is a network listener's: a server name routes to the
+// local instance it names (Snapshot.NetworkTargets), and nothing else.
+// The instances' own sidecars check their health; the control plane
+// drops those that fail.
+func (g *gateway) networkConfig(port int) passthrough.Config {
+	spec, ok := g.listenerSpec(port)
+	a := g.p.cur.Load()
+	if !ok || a == nil {
+		return passthrough.Config{Service: func(string) (string, bool) { return "", false }}
+	}
+	cfg := passthrough.Config{
+		Registered: true,
+		Label: func(sni string) string {
+			_, svc, _ := topology.ParseNetworkSNI(sni)
+			return svc
+		},
+	}
+	if spec.DrainTimeout != "" {
+		cfg.DrainTimeout, _ = time.ParseDuration(spec.DrainTimeout)
+	}
+	targets := a.snap.NetworkTargets
+	for sni := range targets {
+		cfg.Services = append(cfg.Services, sni)
+	}
+	// The "service" of each name is the name itself: one target each.
+	cfg.Service = func(sni string) (string, bool) {
+		_, ok := targets[sni]
+		return sni, ok
+	}
+	return cfg
+}
+
+// networkTarget returns the instance the server name sni names, if it is
+// a healthy instance in this gateway's network.
+func (g *gateway) networkTarget(sni string) []passthrough.Target {
+	a := g.p.cur.Load()
+	if a == nil {
+		return nil
+	}
+	addr, ok := a.snap.NetworkTargets[sni]
+	if !ok {
+		return nil
+	}
+	return []passthrough.Target{{Addr: addr, Instance: sni}}
+}
+
+// setGatewayHealth records a gateway's health in its registration, and
+// has the control stream send it when it changed.
+func (p *Proxy) setGatewayHealth(ok bool) {
+	r := *p.reg.Load()
+	if r.Healthy == ok {
+		return
+	}
+	r.Healthy = ok
+	p.reg.Store(&r)
+	if ok {
+		p.m.healthy.Set(1)
+	} else {
+		p.m.healthy.Set(0)
+		p.log.Warn("gateway unhealthy: a network listener is not serving")
+	}
+	select {
+	case p.regCh <- struct{}{}:
+	default:
+	}
+}
+
 // sniMatches: "*.example.com" matches one more label, else equal.
 func sniMatches(pattern, sni string) bool {
 	if rest, ok := strings.CutPrefix(pattern, "*."); ok {
@@ -257,14 +355,15 @@ func (g *gateway) outbound(service string) http.Handler {
 		Source:  g.p.cfg.Service,
 		State:   g.p.l7State(service),
 		Conn: func(ctx context.Context, ep l4.Endpoint) (*tunnel.Conn, error) {
-			return g.pool.Get(ctx, ep.Addr, service, tlsCfg)
+			return g.pool.Get(ctx, ep, service, tlsCfg)
 		},
 		Limits: func() *v1.ServiceLimits { return g.p.limits(service) },
 		DialUpgrade: func(ctx context.Context, ep l4.Endpoint) (net.Conn, error) {
-			return g.pool.DialUpgrade(ctx, ep.Addr, service, tlsCfg)
+			return g.pool.DialUpgrade(ctx, ep, service, tlsCfg)
 		},
-		Logger:  g.p.log,
-		Metrics: g.p.l7m,
+		Unreachable: g.p.unreachable(service),
+		Logger:      g.p.log,
+		Metrics:     g.p.l7m,
 	}
 	g.outbounds[service] = o
 	return o

@@ -110,11 +110,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 
 	firstHealth := make(chan struct{})
 	if gw != nil {
-		// Nothing to check: a gateway is healthy while it runs.
-		r := *p.reg.Load()
-		r.Healthy = true
-		p.reg.Store(&r)
-		p.m.healthy.Set(1)
+		// No app to check: a gateway is healthy while it runs and
+		// serves its network listeners, which reconcile (above, and
+		// per snapshot) records.
 		close(firstHealth)
 	} else {
 		goBG(func() { p.checkHealth(runCtx, firstHealth) })
@@ -388,14 +386,15 @@ func (p *Proxy) dataPlane(ctx context.Context, pool *l4.Pool) (*dataPlane, error
 			Source:  p.cfg.Service,
 			State:   p.l7State(u.Service),
 			Conn: func(ctx context.Context, ep l4.Endpoint) (*tunnel.Conn, error) {
-				return pool.Get(ctx, ep.Addr, u.Service, tunnelTLS)
+				return pool.Get(ctx, ep, u.Service, tunnelTLS)
 			},
 			Limits: func() *v1.ServiceLimits { return p.limits(u.Service) },
 			DialUpgrade: func(ctx context.Context, ep l4.Endpoint) (net.Conn, error) {
-				return pool.DialUpgrade(ctx, ep.Addr, u.Service, tunnelTLS)
+				return pool.DialUpgrade(ctx, ep, u.Service, tunnelTLS)
 			},
-			Logger:  p.log,
-			Metrics: p.l7m,
+			Unreachable: p.unreachable(u.Service),
+			Logger:      p.log,
+			Metrics:     p.l7m,
 		}
 		srv := l7.NewServer(web, p.log)
 		srv.Rejected = p.l7m.Rejected
@@ -403,10 +402,11 @@ func (p *Proxy) dataPlane(ctx context.Context, pool *l4.Pool) (*dataPlane, error
 		dp.upstreams = append(dp.upstreams, &upstream{
 			service: u.Service,
 			tcp: &l4.Outbound{
-				Service:   u.Service,
-				Endpoints: p.endpoints(u.Service),
-				TLS:       tunnelTLS,
-				Pool:      pool,
+				Service:     u.Service,
+				Endpoints:   p.endpoints(u.Service),
+				Unreachable: p.unreachable(u.Service),
+				TLS:         tunnelTLS,
+				Pool:        pool,
 				MaxConnections: func() int {
 					if l := p.limits(u.Service); l != nil {
 						return l.MaxConnections

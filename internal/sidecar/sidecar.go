@@ -244,7 +244,7 @@ func (p *Proxy) apply(s *topology.Snapshot) error {
 	for _, u := range s.Upstreams {
 		eps := make([]l4.Endpoint, 0, len(u.Endpoints))
 		for _, e := range u.Endpoints {
-			eps = append(eps, l4.Endpoint{Addr: net.JoinHostPort(e.Address, strconv.Itoa(e.Port)), Instance: e.Instance, Version: e.Version})
+			eps = append(eps, l4.Endpoint{Addr: net.JoinHostPort(e.Address, strconv.Itoa(e.Port)), Instance: e.Instance, Version: e.Version, Via: e.Gateways, SNI: e.SNI})
 			indexAddr(a.byAddr, e.Address, u.Service)
 		}
 		a.endpoints[u.Service] = eps
@@ -371,6 +371,19 @@ func (p *Proxy) protocol(service string) string {
 		return a.protocols[service]
 	}
 	return v1.ProtocolTCP
+}
+
+// unreachable returns why endpoints of service are missing now (networks
+// whose gateways are all down), or "".
+func (p *Proxy) unreachable(service string) func() string {
+	return func() string {
+		if a := p.cur.Load(); a != nil {
+			if u := a.snap.Upstream(service); u != nil {
+				return u.Unreachable
+			}
+		}
+		return ""
+	}
 }
 
 func (p *Proxy) endpoints(service string) func() []l4.Endpoint {

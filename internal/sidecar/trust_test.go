@@ -59,7 +59,7 @@ func TestSnapshotDroppingARootRetiresItsConnections(t *testing.T) {
 	pool := l4.NewPool(0, 0, nil)
 	t.Cleanup(pool.Close)
 	cfg := caller.ClientConfig(certs.ExpectService("web"), l4.ALPN)
-	conn, err := pool.Get(t.Context(), l.Addr().String(), "web", cfg)
+	conn, err := pool.Get(t.Context(), l4.Endpoint{Addr: l.Addr().String()}, "web", cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

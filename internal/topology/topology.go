@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"slices"
 	"sort"
 	"strings"
@@ -41,6 +42,10 @@ type Snapshot struct {
 	// sidecar's resolver answers NXDOMAIN for a name at or under one of
 	// them that is no upstream's, and forwards every other name.
 	DNSDomains []string `json:"dnsDomains,omitempty"`
+	// NetworkTargets, for a network gateway, maps the SNI of each healthy
+	// instance in the gateway's network (SNI) to its public mTLS listener
+	// ("address:port"): where the gateway forwards a stream that names it.
+	NetworkTargets map[string]string `json:"networkTargets,omitempty"`
 }
 
 // Upstream is one destination service and its healthy endpoints.
@@ -58,6 +63,10 @@ type Upstream struct {
 	Hostnames []string `json:"hostnames,omitempty"`
 	// Port is the Service's port (spec.port), 0 when it declares none.
 	Port int `json:"port,omitempty"`
+	// Unreachable says why endpoints the proxy would use are missing:
+	// they are in networks whose network gateways are all down. The
+	// outbound's 503 and its log carry it.
+	Unreachable string `json:"unreachable,omitempty"`
 }
 
 // Endpoint is one healthy instance's proxy.
@@ -70,6 +79,14 @@ type Endpoint struct {
 	EdgePort int    `json:"edgePort,omitempty"`
 	Version  string `json:"version,omitempty"`
 	Network  string `json:"network,omitempty"`
+
+	// Gateways are the "ip:port" of the healthy network gateways of the
+	// endpoint's network to dial for it, sorted; empty means dial
+	// Address:Port directly.
+	Gateways []string `json:"gateways,omitempty"`
+	// SNI is the name the network gateway routes by (SNI), set with
+	// Gateways.
+	SNI string `json:"sni,omitempty"`
 }
 
 // Upstream returns the named upstream, or nil.
@@ -102,6 +119,22 @@ func (s *Snapshot) Validate() error {
 			if e.Address == "" || e.Port <= 0 || e.Port > 65535 {
 				errs = append(errs, fmt.Errorf("upstream %s: endpoint %s has address %q port %d", u.Service, e.Instance, e.Address, e.Port))
 			}
+			for _, g := range e.Gateways {
+				if _, _, err := net.SplitHostPort(g); err != nil {
+					errs = append(errs, fmt.Errorf("upstream %s: endpoint %s: gateway %q: %w", u.Service, e.Instance, g, err))
+				}
+			}
+			if len(e.Gateways) > 0 && e.SNI == "" {
+				errs = append(errs, fmt.Errorf("upstream %s: endpoint %s has gateways and no sni", u.Service, e.Instance))
+			}
+		}
+	}
+	for sni, addr := range s.NetworkTargets {
+		if _, _, ok := ParseNetworkSNI(sni); !ok {
+			errs = append(errs, fmt.Errorf("networkTargets: %q is not a network SNI name", sni))
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			errs = append(errs, fmt.Errorf("networkTargets: %s: %w", sni, err))
 		}
 	}
 	return errors.Join(errs...)
@@ -126,6 +159,9 @@ type Mesh struct {
 type Proxy struct {
 	Service   string
 	Upstreams []string
+
+	// Network is the proxy's network; empty is v1.DefaultNetwork.
+	Network string
 }
 
 // Compute returns the snapshot for p.
@@ -145,6 +181,11 @@ func Compute(m *Mesh, p Proxy) *Snapshot {
 		ups = append(ups, gw.Services()...)
 	}
 	sort.Strings(ups)
+	nets := networkGateways(m)
+	local := v1.EffectiveNetwork(p.Network)
+	if s.Gateway != nil {
+		s.NetworkTargets = networkTargets(m, s.Gateway, local)
+	}
 	for i, name := range ups {
 		if i > 0 && ups[i-1] == name {
 			continue
@@ -158,14 +199,7 @@ func Compute(m *Mesh, p Proxy) *Snapshot {
 			u.Port = svc.Port
 		}
 		u.Hostnames = sortedNames(v1.MeshNames(m.Mesh, name, m.Services[name]))
-		for _, in := range m.Instances[name] {
-			if !in.Healthy {
-				continue
-			}
-			u.Endpoints = append(u.Endpoints, Endpoint{
-				Instance: in.ID, Address: in.Address, Port: in.Port, EdgePort: in.EdgePort, Version: in.Version, Network: in.Network,
-			})
-		}
+		u.Endpoints, u.Unreachable = endpoints(m.Instances[name], nets, local, m.Services[name].EffectiveLocality())
 		sort.Slice(u.Endpoints, func(i, j int) bool { return u.Endpoints[i].Instance < u.Endpoints[j].Instance })
 		s.Upstreams = append(s.Upstreams, u)
 	}

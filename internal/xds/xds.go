@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	v1 "github.com/trellis-mesh/trellis/api/v1"
 	"github.com/trellis-mesh/trellis/internal/identity"
 	"github.com/trellis-mesh/trellis/internal/topology"
 )
@@ -28,7 +29,7 @@ type Registration struct {
 	Address   string   // address of the public mTLS listener, as peers dial it
 	Port      int      // public mTLS port
 	EdgePort  int      // edge listener's port, 0 if none
-	Network   string   // network name
+	Network   string   // network name; empty (older proxies) is v1.DefaultNetwork
 	Upstreams []string // services the proxy has listeners for
 	Healthy   bool     // the app's last health check result
 }
@@ -53,6 +54,11 @@ func (r *Registration) Validate() error {
 	}
 	if r.Port <= 0 || r.Port > 65535 {
 		errs = append(errs, fmt.Errorf("port %d is not a port number", r.Port))
+	}
+	if r.Network != "" {
+		if err := v1.ValidateNetworkName(r.Network); err != nil {
+			errs = append(errs, fmt.Errorf("network: %w", err))
+		}
 	}
 	if r.EdgePort < 0 || r.EdgePort > 65535 {
 		errs = append(errs, fmt.Errorf("edge port %d is not a port number", r.EdgePort))

@@ -1,6 +1,7 @@
 package xds
 
 import (
+	"strings"
 	"testing"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -29,6 +30,8 @@ func TestFromNodeRejects(t *testing.T) {
 		"no address":   func(r *Registration) { r.Address = "" },
 		"bad port":     func(r *Registration) { r.Port = 70000 },
 		"bad upstream": func(r *Registration) { r.Upstreams = []string{"UP"} },
+		"bad network":  func(r *Registration) { r.Network = "vpc_a" },
+		"long network": func(r *Registration) { r.Network = strings.Repeat("a", 64) },
 	}
 	for name, mutate := range tests {
 		t.Run(name, func(t *testing.T) {

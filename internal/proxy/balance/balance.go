@@ -14,6 +14,14 @@ type Endpoint struct {
 	Addr     string // host:port of the peer sidecar's mTLS listener
 	Instance string
 	Version  string
+
+	// Via are the network gateways ("host:port") that reach Addr when it
+	// is in another network: a connection dials one of them with TLS
+	// server name SNI, and the gateway forwards it to Addr unopened.
+	// Empty means dial Addr. Addr stays the key for balancing, ejection
+	// and pooling.
+	Via []string
+	SNI string
 }
 
 // Balancer picks endpoints by power of two choices on open streams, and

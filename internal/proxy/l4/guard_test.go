@@ -472,7 +472,7 @@ func TestGuardChecksABundleThatChangedDuringTheHandshake(t *testing.T) {
 	pool := NewPool(0, 0, m)
 	pool.Guard = g
 	t.Cleanup(pool.Close)
-	if c, err := pool.Get(t.Context(), webAddr, "web", client.ClientConfig(certs.ExpectService("web"), ALPN)); err == nil {
+	if c, err := pool.Get(t.Context(), Endpoint{Addr: webAddr}, "web", client.ClientConfig(certs.ExpectService("web"), ALPN)); err == nil {
 		c.Unreserve()
 		t.Fatal("a connection to a peer the new bundle does not verify was handed out")
 	}

@@ -41,7 +41,7 @@ func TestHTTPOnlyRefusesRawStreams(t *testing.T) {
 	t.Cleanup(pool.Close)
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 	defer cancel()
-	if s, err := pool.Open(ctx, addr, "web", ca.Source(t, "client").ClientConfig(certs.ExpectService("web"), ALPN)); err == nil {
+	if s, err := pool.Open(ctx, Endpoint{Addr: addr}, "web", ca.Source(t, "client").ClientConfig(certs.ExpectService("web"), ALPN)); err == nil {
 		fmt.Fprint(s, "get /x/../admin HTTP/1.1\r\nHost: web\r\n\r\n")
 		s.Close()
 		t.Error("a raw stream to an HTTP service was accepted")

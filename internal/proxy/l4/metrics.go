@@ -24,7 +24,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		Connections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "trellis_tcp_connections_total",
-			Help: "TCP connections proxied, by direction (inbound|outbound), peer service and result (ok|denied|error).",
+			Help: "TCP connections proxied, by direction (inbound|outbound|passthrough|network), peer service (for network, the service the SNI names) and result (ok|denied|error).",
 		}, []string{"direction", "service", "result"}),
 		Active: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "trellis_tcp_connections_active",

@@ -29,6 +29,10 @@ type Outbound struct {
 	Service string
 	// Endpoints returns the current healthy endpoints.
 	Endpoints func() []Endpoint
+	// Unreachable, when set, says why endpoints are missing (networks
+	// whose gateways are all down), for the log of a connection that
+	// found none.
+	Unreachable func() string
 	// TLS is the client configuration; it must verify that the peer is
 	// Service (certs.Source.ClientConfig with certs.ExpectService).
 	TLS *tls.Config
@@ -163,7 +167,7 @@ func (o *Outbound) handle(client net.Conn) {
 		tried[ep.Addr] = true
 		o.bal.Start(ep.Addr)
 		ctx, cancel := context.WithTimeout(o.ctx, openTimeout)
-		s, err := o.Pool.Open(ctx, ep.Addr, o.Service, o.TLS)
+		s, err := o.Pool.Open(ctx, ep, o.Service, o.TLS)
 		cancel()
 		if err != nil {
 			// Kept in this branch: errors.As's targets escape, and a new
@@ -187,6 +191,11 @@ func (o *Outbound) handle(client net.Conn) {
 	}
 	if lastErr == nil {
 		lastErr = errNoEndpoints
+		if o.Unreachable != nil {
+			if why := o.Unreachable(); why != "" {
+				lastErr = fmt.Errorf("%w: %s", errNoEndpoints, why)
+			}
+		}
 	}
 	o.Metrics.Connections.WithLabelValues("outbound", o.Service, "error").Inc()
 	o.Logger.Warn("no upstream connection", "service", o.Service, "err", lastErr)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"sync"
 	"time"
@@ -72,6 +73,76 @@ type poolEntry struct {
 	conns   []*tunnel.Conn
 	dialing *pendingDial // the dial in progress, shared by its waiters; nil if none
 	gone    bool         // Forget or Close removed the entry: a dial that ends keeps nothing
+
+	// path is how the endpoint is reached now (the last Get's or
+	// Forget's); hops holds the hop each connection was dialed through
+	// ("" direct), so that a connection on a path the endpoint no longer
+	// has is retired; lastHop is the gateway the last dial got through,
+	// tried first by the next one.
+	path    path
+	hops    map[*tunnel.Conn]string
+	lastHop string
+}
+
+// path is how an endpoint is dialed: directly (no via) or through one of
+// via with TLS server name sni.
+type path struct {
+	via []string
+	sni string
+}
+
+func pathOf(ep Endpoint) path { return path{via: ep.Via, sni: ep.SNI} }
+
+func (a path) equal(b path) bool {
+	if a.sni != b.sni || len(a.via) != len(b.via) {
+		return false
+	}
+	for i := range a.via {
+		if a.via[i] != b.via[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// allows reports whether a connection dialed through hop (or directly,
+// "") is on the path.
+func (a path) allows(hop string) bool {
+	if len(a.via) == 0 {
+		return hop == ""
+	}
+	for _, v := range a.via {
+		if v == hop {
+			return true
+		}
+	}
+	return false
+}
+
+// setPathLocked makes p the entry's path and retires, gracefully, the
+// connections not on it (a gateway left, or the endpoint's network became
+// directly routed): they take no new streams and close when their open
+// ones end, as connections to removed endpoints do. Called with e.mu.
+func (e *poolEntry) setPathLocked(p path) {
+	if e.path.equal(p) {
+		return
+	}
+	sniChanged := e.path.sni != p.sni
+	e.path = path{via: append([]string(nil), p.via...), sni: p.sni}
+	live := e.conns[:0]
+	for _, c := range e.conns {
+		if hop := e.hops[c]; sniChanged || !p.allows(hop) {
+			delete(e.hops, c)
+			c.Shutdown()
+			continue
+		}
+		live = append(live, c)
+	}
+	clear(e.conns[len(live):])
+	e.conns = live
+	if !p.allows(e.lastHop) {
+		e.lastHop = ""
+	}
 }
 
 // pendingDial is one dial to an endpoint that every caller needing a new
@@ -117,13 +188,16 @@ func NewPool(dialTimeout, halfClose time.Duration, m *Metrics) *Pool {
 // a stream on it sends the caller round again, but not for ever.
 const maxDialRounds = 3
 
-// Get returns a connection to addr that has room for one more stream, with
-// that stream reserved, dialing a new one when needed. cfg must check that
-// the peer is service. Get returns when ctx ends, even if a dial is in
-// progress: the caller's route or per-try timeout covers the dial. The
-// dial itself is shared by every caller that needs a new connection to
-// addr, and goes on while one of them still waits.
-func (p *Pool) Get(ctx context.Context, addr, service string, cfg *tls.Config) (*tunnel.Conn, error) {
+// Get returns a connection to ep that has room for one more stream, with
+// that stream reserved, dialing a new one when needed: to ep.Addr, or
+// through one of ep.Via (another if one fails) with server name ep.SNI.
+// cfg must check that the peer is service: through a gateway too, the
+// identity checked is the endpoint's own. Get returns when ctx ends, even
+// if a dial is in progress: the caller's route or per-try timeout covers
+// the dial. The dial itself is shared by every caller that needs a new
+// connection to the endpoint, and goes on while one of them still waits.
+func (p *Pool) Get(ctx context.Context, ep Endpoint, service string, cfg *tls.Config) (*tunnel.Conn, error) {
+	addr := ep.Addr
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("connect to %s: %w", addr, context.Cause(ctx))
 	}
@@ -142,6 +216,7 @@ func (p *Pool) Get(ctx context.Context, addr, service string, cfg *tls.Config) (
 
 	for round := 0; ; round++ {
 		e.mu.Lock()
+		e.setPathLocked(pathOf(ep))
 		if c := e.reserveLocked(); c != nil {
 			e.mu.Unlock()
 			return c, nil
@@ -210,6 +285,7 @@ func (e *poolEntry) reserveLocked() *tunnel.Conn {
 	var pick *tunnel.Conn
 	for _, c := range e.conns {
 		if !c.Usable() {
+			delete(e.hops, c) // a no-op for direct connections
 			continue
 		}
 		live = append(live, c)
@@ -236,16 +312,29 @@ func (p *Pool) startDial(e *poolEntry, addr string, cfg *tls.Config) (*pendingDi
 	e.dialing = d
 	// Added under dialMu, with dialsClosed false: Close, which sets it
 	// under dialMu before it waits, sees every dial it must wait for.
+	pth, first := e.path, e.lastHop
 	p.bg.Go(func() {
 		defer cancel()
-		c, err := p.dial(ctx, addr, cfg)
+		c, hop, err := p.dialPath(ctx, addr, pth, first, cfg)
 		e.mu.Lock()
 		if err == nil && e.gone {
 			c.Close()
 			c, err = nil, fmt.Errorf("endpoint %s: removed from the pool while dialing", addr)
 		}
+		if err == nil && !e.path.equal(pth) && (e.path.sni != pth.sni || !e.path.allows(hop)) {
+			c.Close()
+			c, err = nil, fmt.Errorf("endpoint %s: its path changed while dialing", addr)
+		}
 		if err == nil {
 			e.conns = append(e.conns, c)
+			if hop != "" {
+				// Direct connections are not recorded: no entry is "".
+				if e.hops == nil {
+					e.hops = map[*tunnel.Conn]string{}
+				}
+				e.hops[c] = hop
+				e.lastHop = hop
+			}
 		}
 		d.err, d.conn = err, c
 		if e.dialing == d {
@@ -276,9 +365,9 @@ const maxRefusedOpens = 3
 // that retiring a connection fails no caller. A *DialError means no
 // connection could be had; a *tunnel.StatusError that the peer refused
 // the stream; any other error that it took nothing from it.
-func (p *Pool) Open(ctx context.Context, addr, service string, cfg *tls.Config, header ...hpack.HeaderField) (*tunnel.Stream, error) {
+func (p *Pool) Open(ctx context.Context, ep Endpoint, service string, cfg *tls.Config, header ...hpack.HeaderField) (*tunnel.Stream, error) {
 	for try := 1; ; try++ {
-		c, err := p.Get(ctx, addr, service, cfg)
+		c, err := p.Get(ctx, ep, service, cfg)
 		if err != nil {
 			return nil, &DialError{Err: err}
 		}
@@ -289,18 +378,71 @@ func (p *Pool) Open(ctx context.Context, addr, service string, cfg *tls.Config, 
 	}
 }
 
-// dial connects to addr within ctx: TCP, TLS and the tunnel's start.
-func (p *Pool) dial(ctx context.Context, addr string, cfg *tls.Config) (*tunnel.Conn, error) {
+// dialPath connects to addr along pth: directly, or through the gateways
+// of pth.via, first (the last one that worked) and then the others from a
+// random one on, each with an even share of what is left of ctx. A
+// gateway that refuses the connection or ends it before the handshake is
+// done is passed over; a handshake whose peer certificate was rejected is
+// the answer (another gateway reaches the same peer). It returns the hop
+// the connection went through, "" for direct.
+func (p *Pool) dialPath(ctx context.Context, addr string, pth path, first string, cfg *tls.Config) (*tunnel.Conn, string, error) {
+	if len(pth.via) == 0 {
+		c, err := p.dial(ctx, addr, "", "", cfg)
+		return c, "", err
+	}
+	order := make([]string, 0, len(pth.via))
+	if pth.allows(first) {
+		order = append(order, first)
+	}
+	start := rand.IntN(len(pth.via))
+	for i := range pth.via {
+		if h := pth.via[(start+i)%len(pth.via)]; h != first {
+			order = append(order, h)
+		}
+	}
+	var errs []error
+	for i, hop := range order {
+		hctx, cancel := ctx, context.CancelFunc(func() {})
+		if dl, ok := ctx.Deadline(); ok && i < len(order)-1 {
+			hctx, cancel = context.WithTimeout(ctx, time.Until(dl)/time.Duration(len(order)-i))
+		}
+		c, err := p.dial(hctx, addr, hop, pth.sni, cfg)
+		cancel()
+		if err == nil {
+			return c, hop, nil
+		}
+		errs = append(errs, err)
+		if certs.RejectReason(err) != "other" || ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, "", errors.Join(errs...)
+}
+
+// dial connects to addr within ctx: TCP (to hop, a network gateway, when
+// set), TLS (with server name sni when set) and the tunnel's start.
+func (p *Pool) dial(ctx context.Context, addr, hop, sni string, cfg *tls.Config) (*tunnel.Conn, error) {
+	target, what := addr, addr
+	if hop != "" {
+		target, what = hop, addr+" via gateway "+hop
+	}
 	d := net.Dialer{KeepAlive: 30 * time.Second}
-	nc, err := d.DialContext(ctx, "tcp", addr)
+	nc, err := d.DialContext(ctx, "tcp", target)
 	if err != nil {
 		p.metrics.Handshakes.WithLabelValues("client", "error").Inc()
-		return nil, fmt.Errorf("dial %s: %w", addr, err)
+		return nil, fmt.Errorf("dial %s: %w", what, err)
 	}
+	addr = what
 	cork := tunnel.NewCork(netconn.Raw(nc))
 	before := p.Guard.Before()
 	if p.Guard != nil {
 		cfg = p.fullHandshakes(cfg)
+	}
+	if sni != "" {
+		// Cloned per dial (dials are rare): the name is the gateway's
+		// routing key only; VerifyConnection still checks the SPIFFE ID.
+		cfg = cfg.Clone()
+		cfg.ServerName = sni
 	}
 	tc := tls.Client(cork, cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
@@ -358,15 +500,19 @@ func (p *Pool) fullHandshakes(cfg *tls.Config) *tls.Config {
 	return actual.(*tls.Config)
 }
 
-// Forget closes idle connections to endpoints not in keep, so that removed
-// endpoints do not hold sockets. Connections with open streams close when
-// their streams end; a dial in progress to a removed endpoint keeps
-// nothing.
-func (p *Pool) Forget(keep map[string]bool) {
+// Forget closes idle connections to endpoints not in keep (by Addr), so
+// that removed endpoints do not hold sockets, and retires the connections
+// of kept endpoints whose path changed (a gateway left). Connections with
+// open streams close when their streams end; a dial in progress to a
+// removed endpoint keeps nothing.
+func (p *Pool) Forget(keep map[string]Endpoint) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for k, e := range p.entries {
-		if keep[k.addr] {
+		if ep, ok := keep[k.addr]; ok {
+			e.mu.Lock()
+			e.setPathLocked(pathOf(ep))
+			e.mu.Unlock()
 			continue
 		}
 		delete(p.entries, k)

@@ -151,7 +151,7 @@ func TestPoolGetEndsWithCallerContext(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
 	defer cancel()
 	start := time.Now()
-	c, err := pool.Get(ctx, hole.Addr().String(), "web", cfg)
+	c, err := pool.Get(ctx, Endpoint{Addr: hole.Addr().String()}, "web", cfg)
 	took := time.Since(start)
 	if err == nil {
 		c.Unreserve()
@@ -191,7 +191,7 @@ func TestPoolDialSharedByWaiters(t *testing.T) {
 	}
 	first := make(chan result, 1)
 	go func() {
-		c, err := pool.Get(t.Context(), addr, "web", cfg)
+		c, err := pool.Get(t.Context(), Endpoint{Addr: addr}, "web", cfg)
 		if err == nil {
 			c.Unreserve()
 		}
@@ -208,7 +208,7 @@ func TestPoolDialSharedByWaiters(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
 	defer cancel()
 	start := time.Now()
-	if c, err := pool.Get(ctx, addr, "web", cfg); err == nil {
+	if c, err := pool.Get(ctx, Endpoint{Addr: addr}, "web", cfg); err == nil {
 		c.Unreserve()
 		t.Fatal("the second caller got a connection from a black hole")
 	} else if took := time.Since(start); !errors.Is(err, context.DeadlineExceeded) || took > time.Second {
@@ -219,7 +219,7 @@ func TestPoolDialSharedByWaiters(t *testing.T) {
 	other := newChain(t, ca, "web", "client", "web", allowAll)
 	otherAddr := other.out.Endpoints()[0].Addr
 	start = time.Now()
-	c, err := pool.Get(t.Context(), otherAddr, "web", cfg)
+	c, err := pool.Get(t.Context(), Endpoint{Addr: otherAddr}, "web", cfg)
 	if err != nil {
 		t.Fatalf("another endpoint: %v", err)
 	}
@@ -256,7 +256,7 @@ func TestPoolCloseEndsDials(t *testing.T) {
 	cfg := ca.Source(t, "client").ClientConfig(certs.ExpectService("web"), ALPN)
 	got := make(chan error, 1)
 	go func() {
-		_, err := pool.Get(t.Context(), hole.Addr().String(), "web", cfg)
+		_, err := pool.Get(t.Context(), Endpoint{Addr: hole.Addr().String()}, "web", cfg)
 		got <- err
 	}()
 	trellistest.Eventually(t, 5*time.Second, "the dial to reach the endpoint", func() error {
@@ -274,7 +274,7 @@ func TestPoolCloseEndsDials(t *testing.T) {
 	if err := <-got; err == nil {
 		t.Fatal("Get succeeded against a black hole")
 	}
-	if _, err := pool.Get(t.Context(), hole.Addr().String(), "web", cfg); !errors.Is(err, errPoolClosed) {
+	if _, err := pool.Get(t.Context(), Endpoint{Addr: hole.Addr().String()}, "web", cfg); !errors.Is(err, errPoolClosed) {
 		t.Errorf("Get after Close: %v, want %v", err, errPoolClosed)
 	}
 }
@@ -297,7 +297,7 @@ func TestInboundDrainEndsAppDials(t *testing.T) {
 	t.Cleanup(pool.Close)
 	opened := make(chan error, 1)
 	go func() {
-		s, err := pool.Open(t.Context(), l.Addr().String(), "web", ca.Source(t, "client").ClientConfig(certs.ExpectService("web"), ALPN))
+		s, err := pool.Open(t.Context(), Endpoint{Addr: l.Addr().String()}, "web", ca.Source(t, "client").ClientConfig(certs.ExpectService("web"), ALPN))
 		if err == nil {
 			s.Close()
 		}
@@ -340,7 +340,7 @@ func TestPoolGrowsPastFourConnections(t *testing.T) {
 	cfg := ca.Source(t, "client").ClientConfig(certs.ExpectService("web"), ALPN)
 	conns := map[*tunnel.Conn]int{}
 	for i := range 5000 {
-		c, err := pool.Get(t.Context(), addr, "web", cfg)
+		c, err := pool.Get(t.Context(), Endpoint{Addr: addr}, "web", cfg)
 		if err != nil {
 			t.Fatalf("stream %d: %v", i, err)
 		}

@@ -146,7 +146,7 @@ func TestOutboundRefusesForgedServerSVIDs(t *testing.T) {
 			var logs syncBuffer
 			pool.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
 			t.Cleanup(pool.Close)
-			_, err := pool.Get(t.Context(), addr, "web", ca.Source(t, "client").ClientConfig(certs.ExpectService("web"), ALPN))
+			_, err := pool.Get(t.Context(), Endpoint{Addr: addr}, "web", ca.Source(t, "client").ClientConfig(certs.ExpectService("web"), ALPN))
 			if err == nil {
 				t.Fatal("pool connected to the fake server")
 			}

@@ -18,10 +18,11 @@ import (
 // request as it checks any HTTP request before the stream reaches the app.
 const UpgradeHeader = "trellis-upgrade"
 
-// DialUpgrade opens a stream to addr for an upgraded HTTP connection and
+// DialUpgrade opens a stream to ep for an upgraded HTTP connection and
 // returns its local end, a socket.
-func (p *Pool) DialUpgrade(ctx context.Context, addr, service string, cfg *tls.Config) (net.Conn, error) {
-	s, err := p.Open(ctx, addr, service, cfg, hpack.HeaderField{Name: UpgradeHeader, Value: "1"})
+func (p *Pool) DialUpgrade(ctx context.Context, ep Endpoint, service string, cfg *tls.Config) (net.Conn, error) {
+	addr := ep.Addr
+	s, err := p.Open(ctx, ep, service, cfg, hpack.HeaderField{Name: UpgradeHeader, Value: "1"})
 	if err != nil {
 		return nil, err
 	}

@@ -52,7 +52,7 @@ func testRouteTimeoutCoversDial(t *testing.T, hole string) {
 	cfg := ca.Source(t, "client").ClientConfig(certs.ExpectService("web"), l4.ALPN)
 	shared := func(o *Outbound) {
 		o.Conn = func(ctx context.Context, ep balance.Endpoint) (*tunnel.Conn, error) {
-			return pool.Get(ctx, ep.Addr, "web", cfg)
+			return pool.Get(ctx, ep, "web", cfg)
 		}
 	}
 	rt := mustCompile(t, &v1.RouteSpec{Rules: []v1.RouteRule{{Name: "short", Timeout: "200ms"}}})

@@ -133,7 +133,7 @@ func startH1Listeners(t *testing.T) (*loggingApp, []h1Listener, *Metrics) {
 	m := NewMetrics(nil)
 	out := &Outbound{Service: "web", Source: "client", State: static(mustCompile(t, nil), balance.Endpoint{Addr: in}),
 		Conn: func(ctx context.Context, ep balance.Endpoint) (*tunnel.Conn, error) {
-			return pool.Get(ctx, ep.Addr, "web", cfg)
+			return pool.Get(ctx, ep, "web", cfg)
 		},
 		Metrics: m,
 	}

@@ -161,7 +161,7 @@ func startOutbound(t testing.TB, ca *trellistest.CA, state func() (*Router, []ba
 	cfg := ca.Source(t, "client").ClientConfig(certs.ExpectService("web"), l4.ALPN)
 	o := &Outbound{Service: "web", Source: "client", State: state,
 		Conn: func(ctx context.Context, ep balance.Endpoint) (*tunnel.Conn, error) {
-			return pool.Get(ctx, ep.Addr, "web", cfg)
+			return pool.Get(ctx, ep, "web", cfg)
 		},
 		Metrics: NewMetrics(nil), // set here, not by the serving goroutines: tests read it
 	}
@@ -599,7 +599,7 @@ func TestRefusedStreamIsSentAgain(t *testing.T) {
 			if calls.Add(1) == 1 {
 				return gone, nil
 			}
-			return pool.Get(ctx, ep.Addr, "web", cfg)
+			return pool.Get(ctx, ep, "web", cfg)
 		}
 	})
 	for _, tc := range []struct {

@@ -47,6 +47,9 @@ type Outbound struct {
 	// DialUpgrade opens a connection to ep's sidecar for an upgraded
 	// (WebSocket) request; nil refuses upgrades with 501.
 	DialUpgrade func(ctx context.Context, ep balance.Endpoint) (net.Conn, error)
+	// Unreachable, when set, says why endpoints are missing (networks
+	// whose gateways are all down); the 503 for no endpoint carries it.
+	Unreachable func() string
 	// Logger; nil discards.
 	Logger *slog.Logger
 	// Metrics; nil means unregistered ones.
@@ -203,8 +206,17 @@ func (o *Outbound) roundTrip(req *http.Request) (resp *http.Response, err error)
 		if version != "" {
 			what += " version " + version
 		}
+		msg := "trellis: no healthy endpoint of " + what
+		if o.Unreachable != nil {
+			if why := o.Unreachable(); why != "" {
+				msg += " (" + why + ")"
+				// Per request, as the access log is: the reason is what
+				// an operator looks for in a 503.
+				o.Logger.Warn("no healthy endpoint", "service", o.Service, "reason", why)
+			}
+		}
 		o.Metrics.observe("outbound", o.Source, o.Service, rule.Name, version, http.StatusServiceUnavailable, start)
-		return nil, &proxyError{http.StatusServiceUnavailable, "trellis: no healthy endpoint of " + what}
+		return nil, &proxyError{http.StatusServiceUnavailable, msg}
 	}
 	if rule.hasRW {
 		req.URL.Path = rule.Rewrite(req.URL.Path)

@@ -45,6 +45,15 @@ type Config struct {
 	// DrainTimeout bounds how long connections to a target that left stay
 	// open; default 30s.
 	DrainTimeout time.Duration
+	// Registered trusts the registry's health (the targets' own sidecars
+	// check their apps) instead of checking targets here: a network
+	// gateway's targets are every instance in its network.
+	Registered bool
+	// Label, when set, is the service label of the connection and byte
+	// counters for a server name, instead of the service it maps to (a
+	// network gateway counts by the service the name targets, not by
+	// instance).
+	Label func(sni string) string
 }
 
 // Listener is one pass-through port.
@@ -65,6 +74,8 @@ type Listener struct {
 	// counters); nil means one with the default limit that logs on
 	// Logger.
 	Acceptor *netconn.Acceptor
+	// Direction labels the listener's metrics; default "passthrough".
+	Direction string
 
 	once sync.Once
 	// ctx is every connection's and health check's: it ends when Drain
@@ -104,6 +115,9 @@ func (l *Listener) init() {
 		}
 		if l.CheckInterval == 0 {
 			l.CheckInterval = 2 * time.Second
+		}
+		if l.Direction == "" {
+			l.Direction = "passthrough"
 		}
 		l.targets = map[string]*target{}
 		l.clients = map[net.Conn]struct{}{}
@@ -145,24 +159,28 @@ func (l *Listener) Serve(ln net.Listener) error {
 
 func (l *Listener) serve(c net.Conn) {
 	defer c.Close()
-	l.Metrics.Active.WithLabelValues("passthrough").Inc()
-	defer l.Metrics.Active.WithLabelValues("passthrough").Dec()
+	l.Metrics.Active.WithLabelValues(l.Direction).Inc()
+	defer l.Metrics.Active.WithLabelValues(l.Direction).Dec()
 	cfg := l.Config()
 	hello, sni, err := readHello(c, l.HelloTimeout)
 	if err != nil {
-		l.Metrics.Connections.WithLabelValues("passthrough", "", "error").Inc()
+		l.Metrics.Connections.WithLabelValues(l.Direction, "", "error").Inc()
 		l.Logger.Info("pass-through: no ClientHello", "remote", c.RemoteAddr().String(), "err", err)
 		return
 	}
 	svc, ok := cfg.Service(sni)
 	if !ok {
-		l.Metrics.Connections.WithLabelValues("passthrough", "", "denied").Inc()
+		l.Metrics.Connections.WithLabelValues(l.Direction, "", "denied").Inc()
 		l.Logger.Info("pass-through: no target group for the server name", "sni", sni, "remote", c.RemoteAddr().String())
 		return
 	}
+	label := svc
+	if cfg.Label != nil {
+		label = cfg.Label(sni)
+	}
 	t, up, err := l.dial(svc, sni)
 	if err != nil {
-		l.Metrics.Connections.WithLabelValues("passthrough", svc, "error").Inc()
+		l.Metrics.Connections.WithLabelValues(l.Direction, label, "error").Inc()
 		l.Logger.Warn("pass-through: no target answered", "service", svc, "sni", sni, "err", err)
 		return
 	}
@@ -176,10 +194,10 @@ func (l *Listener) serve(c net.Conn) {
 	if _, err := netconn.Raw(up).Write(hello); err != nil {
 		return
 	}
-	l.Metrics.Connections.WithLabelValues("passthrough", svc, "ok").Inc()
+	l.Metrics.Connections.WithLabelValues(l.Direction, label, "ok").Inc()
 	in, out := l4.Join(c, up, 0)
-	l.Metrics.Bytes.WithLabelValues("passthrough", svc, "received").Add(float64(in + int64(len(hello))))
-	l.Metrics.Bytes.WithLabelValues("passthrough", svc, "sent").Add(float64(out))
+	l.Metrics.Bytes.WithLabelValues(l.Direction, label, "received").Add(float64(in + int64(len(hello))))
+	l.Metrics.Bytes.WithLabelValues(l.Direction, label, "sent").Add(float64(out))
 }
 
 // dial connects to the least busy healthy target of svc, trying the others
@@ -311,6 +329,12 @@ func (l *Listener) sweep(ctx context.Context) {
 	}
 	l.mu.Unlock()
 	for _, pr := range check {
+		if cfg.Registered {
+			l.mu.Lock()
+			pr.t.healthy, pr.t.checked = true, true
+			l.mu.Unlock()
+			continue
+		}
 		ok := probe(ctx, pr.addr, pr.sni, cfg.TLSHealthCheck, cfg.ProxyProtocol)
 		if ctx.Err() != nil {
 			return // stopped, not a failed check
