@@ -26,6 +26,7 @@ import (
 	"github.com/trellis-mesh/trellis/client"
 	"github.com/trellis-mesh/trellis/internal/control"
 	"github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/meshdns"
 	"github.com/trellis-mesh/trellis/internal/proxy/netconn"
 	"github.com/trellis-mesh/trellis/internal/sidecar"
 )
@@ -178,7 +179,7 @@ func Run(ctx context.Context, cfg Config) error {
 					// its DNS answers (one machine, many "hosts").
 					if dns == nil {
 						byName++
-						dns = &sidecar.DNS{Listen: fmt.Sprintf("127.77.%d.53:1053", byName), Mode: sidecar.DNSLocal}
+						dns = &sidecar.DNS{Listen: fmt.Sprintf("127.77.%d.53:1053", byName), Mode: meshdns.ModeLocal}
 						env["TRELLIS_DNS"] = dns.Listen
 					}
 					addr = fmt.Sprintf("127.77.%d.%d:%d", byName, j+1, callPorts[u.Service])
