@@ -245,12 +245,7 @@ func Run(ctx context.Context, cfg Config) error {
 		if err != nil {
 			return err
 		}
-		network := ""
-		for _, l := range r.Gateway.Listeners {
-			if l.Protocol == v1.GatewayNetwork {
-				network = l.Network // a network gateway is in the network it serves
-			}
-		}
+		network := gatewayNetwork(f, r.Gateway)
 		sidecars = append(sidecars, sc{id: r.Name, cfg: sidecar.Config{
 			Service: r.Name, Instance: r.Name + "-local", Gateway: &sidecar.Gateway{ListenIP: "127.0.0.1"}, Network: network,
 			Server: srv.Addr(), ServerCAFile: caFile, TokenFile: tok, DrainTimeout: time.Second,
@@ -304,6 +299,32 @@ func Run(ctx context.Context, cfg Config) error {
 // ServerDNS is where trellis up's control plane answers DNS for the
 // mesh's domains (Consul's DNS port).
 const ServerDNS = "127.0.0.1:8600"
+
+// gatewayNetwork is the network trellis up runs gateway g in: the one its
+// network listener serves, or else the one network all the services it
+// routes to are in (an ingress in front of its services), or else the
+// default network.
+func gatewayNetwork(f *File, g *v1.GatewaySpec) string {
+	for _, l := range g.Listeners {
+		if l.Protocol == v1.GatewayNetwork {
+			return l.Network
+		}
+	}
+	nets := map[string]bool{}
+	for _, svc := range g.Services() {
+		for _, s := range f.Services {
+			if s.Name == svc {
+				nets[networkOf(s.Network)] = true
+			}
+		}
+	}
+	if len(nets) == 1 {
+		for n := range nets {
+			return n
+		}
+	}
+	return ""
+}
 
 // networkOf names the network an instance with setting n is in.
 func networkOf(n string) string {

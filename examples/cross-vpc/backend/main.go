@@ -28,7 +28,7 @@ func main() {
 		Version:  os.Getenv("TRELLIS_VERSION"),
 		Network:  os.Getenv("TRELLIS_NETWORK"),
 	}
-	http.HandleFunc("/health", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
+	http.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
 	http.HandleFunc("GET /", func(w http.ResponseWriter, r *http.Request) {
 		a := me
 		a.Caller = r.Header.Get("X-Forwarded-Client-Cert")

@@ -27,10 +27,19 @@ var backends = []string{
 }
 
 type result struct {
-	URL    string          `json:"url"`
-	Status int             `json:"status,omitempty"`
-	Answer json.RawMessage `json:"answer,omitempty"`
-	Error  string          `json:"error,omitempty"`
+	URL    string  `json:"url"`
+	Status int     `json:"status,omitempty"`
+	Answer *answer `json:"answer,omitempty"`
+	Error  string  `json:"error,omitempty"`
+}
+
+// answer is what a backend says of itself.
+type answer struct {
+	Service  string `json:"service"`
+	Instance string `json:"instance"`
+	Version  string `json:"version,omitempty"`
+	Network  string `json:"network"`
+	Caller   string `json:"caller"`
 }
 
 type page struct {
@@ -51,7 +60,7 @@ func main() {
 		client.Transport = &http.Transport{DialContext: (&net.Dialer{Resolver: r}).DialContext}
 	}
 	me := page{Frontend: os.Getenv("TRELLIS_INSTANCE"), Network: os.Getenv("TRELLIS_NETWORK")}
-	http.HandleFunc("/health", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
+	http.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
 	http.HandleFunc("GET /", func(w http.ResponseWriter, r *http.Request) {
 		p := me
 		for _, u := range backends {
@@ -86,11 +95,12 @@ func call(ctx context.Context, c *http.Client, url string) result {
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	res.Status = resp.StatusCode
+	var a answer
 	switch {
 	case err != nil:
 		res.Error = err.Error()
-	case json.Valid(body) && resp.StatusCode == http.StatusOK:
-		res.Answer = body
+	case resp.StatusCode == http.StatusOK && json.Unmarshal(body, &a) == nil:
+		res.Answer = &a
 	default:
 		res.Error = strings.TrimSpace(string(body))
 	}
@@ -103,7 +113,7 @@ var pageHTML = template.Must(template.New("page").Parse(`<!doctype html>
 <title>cross-vpc</title>
 <h1>frontend {{.Frontend}} (network {{.Network}})</h1>
 <ul>{{range .Backends}}
-<li>{{.URL}}: {{if .Error}}<b>failed</b> {{.Status}} {{.Error}}{{else}}answered {{printf "%s" .Answer}}{{end}}</li>{{end}}
+<li>{{.URL}}: {{with .Answer}}answered by <b>{{.Instance}}</b> in network <b>{{.Network}}</b>, which saw the caller as {{.Caller}}{{else}}<b>failed</b> {{.Status}} {{.Error}}{{end}}</li>{{end}}
 </ul>
 `))
 
