@@ -74,8 +74,8 @@ func newVPCs(t *testing.T, na, nb int, namesA, namesB []string) *vpcs {
 func (v *vpcs) open(t *testing.T, hosts ...*host) {
 	t.Helper()
 	for _, h := range hosts {
-		in, out := v.a.bridge, v.b.bridge
-		if v.inB(h) {
+		in, out := v.a.bridge, v.b.bridge // into b's host from a
+		if !v.inB(h) {
 			in, out = out, in
 		}
 		for _, rule := range [][]string{
@@ -417,7 +417,7 @@ func TestCrossNetworkThroughGateways(t *testing.T) {
 	var crossed float64
 	for _, h := range x.gwB {
 		m := metricsOf(t, h, x.gws[h].admin)
-		crossed += sumMetric(m, "trellis_network_gateway_connections_total")
+		crossed += sumMetric(m, "trellis_tcp_connections_total", `direction="network"`, `result="ok"`)
 		certs := adminGet(t, h, x.gws[h].admin, "/certs")
 		if strings.Contains(certs, "/svc/nodejs") || strings.Contains(certs, "/svc/frontend") || !strings.Contains(certs, "/svc/gw-vpc-b") {
 			t.Errorf("gateway %s holds certificates other than its own: %s", h.ns, head(certs, 20))
@@ -623,12 +623,19 @@ func metricsOf(t *testing.T, h *host, admin string) string {
 	return adminGet(t, h, admin, "/metrics")
 }
 
-// sumMetric adds every sample of the named metric in a Prometheus text.
-func sumMetric(text, name string) float64 {
+// sumMetric adds the samples of the named metric in a Prometheus text
+// that have every label given (such as `direction="network"`).
+func sumMetric(text, name string, labels ...string) float64 {
 	var sum float64
+lines:
 	for _, line := range strings.Split(text, "\n") {
 		if !strings.HasPrefix(line, name) || (len(line) > len(name) && line[len(name)] != '{' && line[len(name)] != ' ') {
 			continue
+		}
+		for _, l := range labels {
+			if !strings.Contains(line, l) {
+				continue lines
+			}
 		}
 		f := strings.Fields(line)
 		if v, err := strconv.ParseFloat(f[len(f)-1], 64); err == nil {
