@@ -541,3 +541,48 @@ func TestUpPassthrough(t *testing.T) {
 	}
 	u.stop(t)
 }
+
+// TestUpCrossVPC runs the cross-VPC example as the README does: the
+// ingress serves the frontend's page, on which crystal answers from vpc-a
+// and nodejs from vpc-b (through vpc-b's network gateway), both by the
+// workshop's names; the summary's dig line gets an answer.
+func TestUpCrossVPC(t *testing.T) {
+	u := startUp(t, "../examples/cross-vpc", []int{7700, 8000, 8600, 9300, 9301, 9302, 9310, 9311, 9320, 9321, 15441, 15442})
+	u.checkBindsLoopback(t)
+	if !strings.Contains(u.summary, "curl http://127.0.0.1:8000/") {
+		t.Errorf("the summary does not give the ingress URL:\n%s", u.summary)
+	}
+	dig := regexp.MustCompile(`dig @127\.0\.0\.1 -p 8600 (\S+)`).FindStringSubmatch(u.summary)
+	if dig == nil {
+		t.Fatalf("the summary has no dig line:\n%s", u.summary)
+	}
+	var page frontendPage
+	trellistest.Eventually(t, 10*time.Second, "the frontend's page through the ingress", func() error {
+		body, err := fetch(http.DefaultClient, "http://127.0.0.1:8000/", "")
+		if err != nil {
+			return err
+		}
+		page = frontendPage{}
+		if err := json.Unmarshal([]byte(body), &page); err != nil {
+			return fmt.Errorf("%v: %s", err, body)
+		}
+		for _, want := range []struct{ svc, network string }{{"crystal", "vpc-a"}, {"nodejs", "vpc-b"}} {
+			status, _, network, caller, why := page.backend(want.svc)
+			if status != http.StatusOK || network != want.network || !strings.Contains(caller, "/svc/frontend") {
+				return fmt.Errorf("%s: %d %q %q %s", want.svc, status, network, caller, why)
+			}
+		}
+		return nil
+	})
+	out, code := runCLI(t, u.env, "get", "proxies")
+	if code != 0 || !strings.Contains(out, "nodejs: via gateway network vpc-b") || !strings.Contains(out, "crystal: direct") {
+		t.Errorf("get proxies does not show the frontends' paths: %d\n%s", code, out)
+	}
+	if _, err := exec.LookPath("dig"); err == nil || os.Getenv("TRELLIS_REQUIRE_NETNS") != "" {
+		got, err := exec.Command("dig", "+short", "@127.0.0.1", "-p", "8600", dig[1]).CombinedOutput()
+		if err != nil || strings.TrimSpace(string(got)) != "127.0.0.1" {
+			t.Errorf("dig %s: %v %q, want the ingress at 127.0.0.1", dig[1], err, got)
+		}
+	}
+	u.stop(t)
+}

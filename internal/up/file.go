@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"gopkg.in/yaml.v3"
@@ -52,6 +53,24 @@ type Service struct {
 	// Edge, if set, gives each replica's sidecar an edge listener for
 	// clients outside the mesh, on Edge.Port, Edge.Port+1, ...
 	Edge *EdgeSpec `yaml:"edge"`
+	// Network is the network the instances are in (default "default"):
+	// callers in another network reach them through that network's
+	// gateway, when a Gateway declares one.
+	Network string `yaml:"network"`
+	// ServicePort is the port callers put in the service's URLs, which
+	// their sidecars listen on when they call it by name (default Port).
+	ServicePort int `yaml:"servicePort"`
+	// Hostnames are more DNS names of the service, beside
+	// <name>.<domain> for each of mesh.dns.domains.
+	Hostnames []string `yaml:"hostnames"`
+}
+
+// callPort is the port callers of s use: ServicePort, or Port.
+func (s *Service) callPort() int {
+	if s.ServicePort != 0 {
+		return s.ServicePort
+	}
+	return s.Port
 }
 
 // EdgeSpec is a sidecar's edge listener (see sidecar.Edge).
@@ -74,7 +93,10 @@ type EdgeSpec struct {
 	SendProxyProtocol   bool `yaml:"sendProxyProtocol"`
 }
 
-// UpstreamSpec is a local listener for an upstream service.
+// UpstreamSpec is a local listener for an upstream service. Without a
+// Port the app calls the upstream by its DNS name (mesh.dns.domains must
+// be set): the sidecar listens at the upstream's service port on a
+// loopback address of its own, and its DNS answers the name with it.
 type UpstreamSpec struct {
 	Service string `yaml:"service"`
 	Port    int    `yaml:"port"`
@@ -180,8 +202,16 @@ func (f *File) validate(path string, root *yaml.Node) error {
 		if s.Replicas < 0 || s.Replicas > 20 {
 			add(at+".replicas", "%d is not 0-20", s.Replicas)
 		}
-		if s.Replicas > 1 && len(s.Upstreams) > 0 {
-			add(at+".replicas", "replicas of a service with upstreams would share upstream ports; run one")
+		if s.Replicas > 1 && slices.ContainsFunc(s.Upstreams, func(u UpstreamSpec) bool { return u.Port != 0 }) {
+			add(at+".replicas", "replicas of a service with upstream ports would share them; run one, or call the upstreams by name (no port)")
+		}
+		if s.ServicePort < 0 || s.ServicePort > 65535 {
+			add(at+".servicePort", "%d is not 1-65535", s.ServicePort)
+		}
+		if s.Network != "" {
+			if err := identity.ValidateServiceName(s.Network); err != nil {
+				add(at+".network", "%v", err)
+			}
 		}
 		for r := 0; r < max(1, s.Replicas); r++ {
 			usePort(at+".port", s.Port+r, s.Name)
@@ -220,7 +250,14 @@ func (f *File) validate(path string, root *yaml.Node) error {
 			if err := identity.ValidateServiceName(u.Service); err != nil {
 				add(uat+".service", "%v", err)
 			}
-			usePort(uat+".port", u.Port, s.Name+" upstream "+u.Service)
+			switch {
+			case u.Port != 0:
+				usePort(uat+".port", u.Port, s.Name+" upstream "+u.Service)
+			case !f.meshDNS():
+				add(uat+".port", "required unless the upstream is called by name: declare mesh.dns.domains for that")
+			case !names[u.Service] && !slices.ContainsFunc(f.Services, func(o Service) bool { return o.Name == u.Service }):
+				add(uat+".service", "%q is not a service of this file: calling it by name needs its port", u.Service)
+			}
 		}
 	}
 	if f.Client != nil {
@@ -246,6 +283,9 @@ func (f *File) validate(path string, root *yaml.Node) error {
 	}
 	return errors.Join(errs...)
 }
+
+// meshDNS reports whether the file declares mesh DNS domains.
+func (f *File) meshDNS() bool { return f.Mesh.DNS != nil && len(f.Mesh.DNS.Domains) > 0 }
 
 // lineOf finds the line of a field path such as "services[1].port".
 func lineOf(root *yaml.Node, path string) int {

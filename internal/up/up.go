@@ -26,6 +26,7 @@ import (
 	"github.com/trellis-mesh/trellis/client"
 	"github.com/trellis-mesh/trellis/internal/control"
 	"github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/meshdns"
 	"github.com/trellis-mesh/trellis/internal/proxy/netconn"
 	"github.com/trellis-mesh/trellis/internal/sidecar"
 )
@@ -95,9 +96,11 @@ func Run(ctx context.Context, cfg Config) error {
 		srvWG.Wait()
 	}()
 
-	srv, err := control.New(control.Config{
-		DataDir: cfg.DataDir, Listen: cfg.Listen, Logger: log, Out: io.Discard,
-	})
+	ccfg := control.Config{DataDir: cfg.DataDir, Listen: cfg.Listen, Logger: log, Out: io.Discard}
+	if f.meshDNS() {
+		ccfg.DNSListen = ServerDNS
+	}
+	srv, err := control.New(ccfg)
 	if err != nil {
 		return err
 	}
@@ -148,6 +151,13 @@ func Run(ctx context.Context, cfg Config) error {
 	var sidecars []sc
 	want := map[string]int{}
 	numbered := map[string]int{} // instances are numbered across versions
+	callPorts := map[string]int{}
+	for _, s := range f.Services {
+		if _, ok := callPorts[s.Name]; !ok {
+			callPorts[s.Name] = s.callPort()
+		}
+	}
+	byName := 0 // sidecars that call upstreams by name, each with loopback addresses of its own
 	for _, s := range f.Services {
 		tok, err := serviceToken(ctx, api, tokDir, s.Name)
 		if err != nil {
@@ -157,10 +167,23 @@ func Run(ctx context.Context, cfg Config) error {
 			numbered[s.Name]++
 			inst := fmt.Sprintf("%s-%d", s.Name, numbered[s.Name])
 			port := s.Port + r
-			env := map[string]string{"PORT": strconv.Itoa(port), "TRELLIS_SERVICE": s.Name, "TRELLIS_INSTANCE": inst, "TRELLIS_VERSION": s.Version}
+			env := map[string]string{"PORT": strconv.Itoa(port), "TRELLIS_SERVICE": s.Name, "TRELLIS_INSTANCE": inst,
+				"TRELLIS_VERSION": s.Version, "TRELLIS_NETWORK": networkOf(s.Network)}
 			var ups []sidecar.Upstream
-			for _, u := range s.Upstreams {
+			var dns *sidecar.DNS
+			for j, u := range s.Upstreams {
 				addr := "127.0.0.1:" + strconv.Itoa(u.Port)
+				if u.Port == 0 {
+					// Called by name: the listener takes the service's
+					// port on an address of this sidecar's own, which
+					// its DNS answers (one machine, many "hosts").
+					if dns == nil {
+						byName++
+						dns = &sidecar.DNS{Listen: fmt.Sprintf("127.77.%d.53:1053", byName), Mode: meshdns.ModeLocal}
+						env["TRELLIS_DNS"] = dns.Listen
+					}
+					addr = fmt.Sprintf("127.77.%d.%d:%d", byName, j+1, callPorts[u.Service])
+				}
 				env["UPSTREAM_"+identity.EnvName(u.Service)] = addr
 				ups = append(ups, sidecar.Upstream{Service: u.Service, Listen: addr})
 			}
@@ -174,7 +197,7 @@ func Run(ctx context.Context, cfg Config) error {
 			children = append(children, c)
 			sidecars = append(sidecars, sc{id: inst, cfg: sidecar.Config{
 				Service: s.Name, Version: s.Version, Instance: inst,
-				AppAddr: "127.0.0.1:" + strconv.Itoa(port), Upstreams: ups,
+				AppAddr: "127.0.0.1:" + strconv.Itoa(port), Upstreams: ups, Network: s.Network, DNS: dns,
 				Edge:   edgeConfig(dir, s.Edge, r),
 				Server: srv.Addr(), ServerCAFile: caFile, TokenFile: tok,
 				StateDir:       filepath.Join(cfg.DataDir, "proxies", inst),
@@ -222,8 +245,9 @@ func Run(ctx context.Context, cfg Config) error {
 		if err != nil {
 			return err
 		}
+		network := gatewayNetwork(f, r.Gateway)
 		sidecars = append(sidecars, sc{id: r.Name, cfg: sidecar.Config{
-			Service: r.Name, Instance: r.Name + "-local", Gateway: &sidecar.Gateway{ListenIP: "127.0.0.1"},
+			Service: r.Name, Instance: r.Name + "-local", Gateway: &sidecar.Gateway{ListenIP: "127.0.0.1"}, Network: network,
 			Server: srv.Addr(), ServerCAFile: caFile, TokenFile: tok, DrainTimeout: time.Second,
 			StateDir: filepath.Join(cfg.DataDir, "proxies", r.Name),
 		}})
@@ -272,6 +296,44 @@ func Run(ctx context.Context, cfg Config) error {
 	return nil
 }
 
+// ServerDNS is where trellis up's control plane answers DNS for the
+// mesh's domains (Consul's DNS port).
+const ServerDNS = "127.0.0.1:8600"
+
+// gatewayNetwork is the network trellis up runs gateway g in: the one its
+// network listener serves, or else the one network all the services it
+// routes to are in (an ingress in front of its services), or else the
+// default network.
+func gatewayNetwork(f *File, g *v1.GatewaySpec) string {
+	for _, l := range g.Listeners {
+		if l.Protocol == v1.GatewayNetwork {
+			return l.Network
+		}
+	}
+	nets := map[string]bool{}
+	for _, svc := range g.Services() {
+		for _, s := range f.Services {
+			if s.Name == svc {
+				nets[networkOf(s.Network)] = true
+			}
+		}
+	}
+	if len(nets) == 1 {
+		for n := range nets {
+			return n
+		}
+	}
+	return ""
+}
+
+// networkOf names the network an instance with setting n is in.
+func networkOf(n string) string {
+	if n == "" {
+		return "default"
+	}
+	return n
+}
+
 // edgeConfig is replica r's edge listener of e (nil: none), on loopback.
 func edgeConfig(dir string, e *EdgeSpec, r int) *sidecar.Edge {
 	if e == nil {
@@ -293,7 +355,7 @@ func applyFile(ctx context.Context, api *client.Client, f *File) error {
 	for _, s := range f.Services {
 		if !seen[s.Name] {
 			seen[s.Name] = true
-			spec := &v1.ServiceSpec{Protocol: s.Protocol, Port: s.Port}
+			spec := &v1.ServiceSpec{Protocol: s.Protocol, Port: s.callPort(), Hostnames: s.Hostnames}
 			if s.Edge != nil && s.Edge.CertSource == v1.CertMesh {
 				spec.DNSNames = s.Edge.DNSNames // what the mesh CA may sign for it
 			}
@@ -467,6 +529,11 @@ func printSummary(w io.Writer, addr string, f *File, admins map[string]string) {
 			fmt.Fprint(w, "\n            ")
 		}
 		fmt.Fprintf(w, "%-14s admin http://%s/certs  /config  /metrics", id, admins[id])
+	}
+	if f.meshDNS() {
+		name := f.Services[0].Name + "." + f.Mesh.DNS.Domains[0]
+		host, port, _ := net.SplitHostPort(ServerDNS)
+		fmt.Fprintf(w, "\n  DNS:      dig @%s -p %s %s   (the control plane's DNS, for callers outside the mesh)", host, port, name)
 	}
 	try := "trellis get instances"
 	if len(f.Intentions) > 0 {
