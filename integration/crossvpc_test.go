@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -17,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/miekg/dns"
 
 	"github.com/trellis-mesh/trellis/internal/trellistest"
 )
@@ -201,7 +204,9 @@ type crossVPC struct {
 	outside *host
 	gws     map[*host]*sidecar
 	apps    map[*host]*exec.Cmd
+	proxies map[*host]*proc
 	dnsAddr string // the control plane's DNS listener
+	hostDNS string // the VPC's own resolver, which knows corp.example
 	shared  string // a directory every host reads (binary, CA)
 }
 
@@ -215,7 +220,7 @@ func startCrossVPC(t *testing.T, na, nb int, gateways bool) *crossVPC {
 	needNetns(t, "iptables", "dig")
 	namesA := []string{"fe1", "fe2", "fe3", "crystal1", "crystal2", "gwa1", "outside"}
 	namesB := []string{"nodejs1", "nodejs2", "gwb1", "gwb2"}
-	x := &crossVPC{v: newVPCs(t, na, nb, namesA, namesB), gws: map[*host]*sidecar{}, apps: map[*host]*exec.Cmd{}}
+	x := &crossVPC{v: newVPCs(t, na, nb, namesA, namesB), gws: map[*host]*sidecar{}, apps: map[*host]*exec.Cmd{}, proxies: map[*host]*proc{}}
 	a, b := x.v.a.hosts, x.v.b.hosts
 	x.fe, x.crystal, x.gwA, x.outside = a[0:3], a[3:5], a[5], a[6]
 	x.nodejs, x.gwB = b[0:2], b[2:4]
@@ -226,6 +231,8 @@ func startCrossVPC(t *testing.T, na, nb int, gateways bool) *crossVPC {
 		x.v.peer(t)
 	}
 
+	x.hostDNS = x.outside.ip + ":53"
+	serveHostDNS(t, x.outside, x.hostDNS)
 	dnsPort := trellistest.FreePort(t)
 	x.dnsAddr = fmt.Sprintf("%s:%d", x.v.a.gw, dnsPort)
 	x.s = startServerOn(t, fmt.Sprintf("%s:%d", x.v.a.gw, trellistest.FreePort(t)), "--dns-listen", x.dnsAddr)
@@ -309,7 +316,7 @@ func (x *crossVPC) startBackend(t *testing.T, h *host, service, network string) 
 		"--advertise", h.ip, "--health-path", "/health", "--health-interval", "250ms",
 		"--edge-port", "8443", "--edge-addr", h.ip, "--edge-dns-name", service + "." + xvpcDomain,
 		"--admin-port", "15000"}, x.proxyArgs(t, service)...)
-	startWrapped(t, "proxy-"+h.ns, h.wrap(0), nil, args...)
+	x.proxies[h] = startWrapped(t, "proxy-"+h.ns, h.wrap(0), nil, args...)
 }
 
 // startFrontend runs a frontend VM: the app calls its backends by name,
@@ -333,7 +340,7 @@ func (x *crossVPC) startFrontend(t *testing.T, h *host) {
 		"--network", "vpc-a", "--app-port", strconv.Itoa(appPort), "--public-addr", "0.0.0.0", "--public-port", "15443",
 		"--advertise", h.ip, "--health-path", "/health", "--health-interval", "250ms",
 		"--upstream", fmt.Sprintf("crystal:127.0.0.2:%d", xvpcPort), "--upstream", fmt.Sprintf("nodejs:127.0.0.3:%d", xvpcPort),
-		"--dns-listen", "127.0.0.1:53", "--dns-mode", "local", "--dns-upstream", x.dnsAddr,
+		"--dns-listen", "127.0.0.1:53", "--dns-mode", "local", "--dns-upstream", x.hostDNS,
 		"--admin-port", "15000"}, x.proxyArgs(t, "frontend")...)
 	startWrapped(t, "proxy-"+h.ns, h.wrap(0), nil, args...)
 }
@@ -547,7 +554,7 @@ func checkDNS(t *testing.T, x *crossVPC) {
 	if _, status := dig(t, x.outside, x.dnsAddr, "A", "nosuch."+xvpcDomain); status != "NXDOMAIN" {
 		t.Errorf("an unknown mesh name got %s, want NXDOMAIN", status)
 	}
-	syscall.Kill(-x.apps[x.crystal[1]].Process.Pid, syscall.SIGKILL)
+	x.proxies[x.crystal[1]].kill(syscall.SIGKILL)
 	killed := time.Now()
 	trellistest.Eventually(t, 10*time.Second, "the killed instance leaves the answers", func() error {
 		got, _ := dig(t, x.outside, x.dnsAddr, "A", name)
@@ -570,11 +577,37 @@ func checkDNS(t *testing.T, x *crossVPC) {
 	if got, status := dig(t, fe, "127.0.0.1:53", "A", name); status != "NOERROR" || got != "127.0.0.2" {
 		t.Errorf("the sidecar answered crystal with %s %q", status, got)
 	}
-	// Forwarded: the sidecar's resolver is the control plane's DNS here,
-	// which refuses names outside the mesh; the sidecar passes that on.
-	if _, status := dig(t, fe, "127.0.0.1:53", "A", "example.com"); status != "REFUSED" {
-		t.Errorf("an outside name got %s from the sidecar, want the forwarded REFUSED", status)
+	// Every other name goes to the VPC's resolver, as the VM's did before.
+	if got, status := dig(t, fe, "127.0.0.1:53", "A", "db.corp.example"); status != "NOERROR" || got != "192.0.2.7" {
+		t.Errorf("an outside name got %s %q through the sidecar, want the VPC resolver's 192.0.2.7", status, got)
 	}
+	if _, status := dig(t, fe, "127.0.0.1:53", "A", "nosuch.corp.example"); status != "NXDOMAIN" {
+		t.Errorf("an unknown outside name got %s through the sidecar, want the VPC resolver's NXDOMAIN", status)
+	}
+}
+
+// serveHostDNS runs the VPC's own resolver in h at addr: it knows
+// db.corp.example, and nothing else.
+func serveHostDNS(t *testing.T, h *host, addr string) {
+	t.Helper()
+	var pc net.PacketConn
+	if err := h.do(func() (err error) { pc, err = net.ListenPacket("udp4", addr); return err }); err != nil {
+		t.Fatal(err)
+	}
+	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(req)
+		if q := req.Question; len(q) == 1 && strings.EqualFold(q[0].Name, "db.corp.example.") && q[0].Qtype == dns.TypeA {
+			rr, _ := dns.NewRR("db.corp.example. 60 IN A 192.0.2.7")
+			m.Answer = append(m.Answer, rr)
+		} else {
+			m.Rcode = dns.RcodeNameError
+		}
+		w.WriteMsg(m)
+	})}
+	done := make(chan struct{})
+	go func() { defer close(done); srv.ActivateAndServe() }()
+	t.Cleanup(func() { srv.Shutdown(); <-done })
 }
 
 func sameSet(a, b string) bool {
