@@ -294,6 +294,14 @@ type ProxyStatus struct {
 	AckedRoots []string `json:"ackedRoots,omitempty"`
 	// ConnectedAt is when the proxy's stream opened.
 	ConnectedAt time.Time `json:"connectedAt"`
+
+	// Node names the host or task the proxy runs on, as the proxy
+	// reports it (--node, default its host name); empty from proxies
+	// that predate it.
+	Node string `json:"node,omitempty"`
+	// SVIDExpiresAt is when the proxy's current workload certificate
+	// expires, as it last reported; nil before it reported one.
+	SVIDExpiresAt *time.Time `json:"svidExpiresAt,omitempty"`
 }
 
 // Gateway listener protocols.
