@@ -72,6 +72,10 @@ type TokenRequest struct {
 	// TTL, when set, is how long the token works (a Go duration, at
 	// least 10s).
 	TTL string `json:"ttl,omitempty"`
+
+	// Viewer makes a read-only token, for the dashboard and scripts that
+	// only look: with no Services, and not with Admin.
+	Viewer bool `json:"viewer,omitempty"`
 }
 
 // NewToken is the answer of POST /v1/tokens: the record and the secret,

@@ -267,6 +267,12 @@ type Token struct {
 	// LastUsedAt is when the token last authenticated a request or a
 	// stream, to the minute (it is written at most once a minute).
 	LastUsedAt *time.Time `json:"lastUsedAt,omitempty"`
+
+	// Viewer tokens read what admin tokens read (not tokens) and change
+	// nothing: the API refuses every write with 403, and a dashboard
+	// session made with one is read-only too. Neither Admin nor Services
+	// are set on a viewer token.
+	Viewer bool `json:"viewer,omitempty"`
 }
 
 // Expired reports whether the token's expiry has passed at now.
