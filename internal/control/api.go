@@ -322,7 +322,7 @@ func (s *Server) applyResources(_ principal, r *http.Request) (any, error) {
 
 func (s *Server) roots(principal, *http.Request) (any, error) {
 	m := s.state.mesh()
-	return v1.Roots{TrustDomain: m.TrustDomain, RootsPEM: m.RootsPEM}, nil
+	return v1.Roots{TrustDomain: m.TrustDomain, RootsPEM: m.RootsPEM, Certs: rootCerts(m.RootsPEM)}, nil
 }
 
 // addRoots adds roots to the trust bundle: the first step of a CA rotation.

@@ -20,6 +20,9 @@ import (
 
 	"golang.org/x/time/rate"
 
+	v1 "github.com/trellis-mesh/trellis/api/v1"
+	"github.com/trellis-mesh/trellis/internal/ca"
+	"github.com/trellis-mesh/trellis/internal/certs"
 	"github.com/trellis-mesh/trellis/internal/dashboard"
 )
 
@@ -463,3 +466,14 @@ func (s *Server) logout(w http.ResponseWriter, r *http.Request) {
 
 // dashboardPages serves the embedded pages under /ui/.
 func dashboardPages() http.Handler { return dashboard.Handler("/ui/") }
+
+// rootCerts describes the roots of a bundle; a root that does not parse
+// (the bundle is checked when written) is left out.
+func rootCerts(bundle string) []v1.RootCert {
+	roots, _ := ca.ParseCertificates([]byte(bundle))
+	out := make([]v1.RootCert, 0, len(roots))
+	for _, c := range roots {
+		out = append(out, v1.RootCert{Fingerprint: certs.Fingerprint(c), Subject: c.Subject.String(), NotAfter: c.NotAfter})
+	}
+	return out
+}
