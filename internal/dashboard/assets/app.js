@@ -557,7 +557,7 @@
       else a.removeAttribute("aria-current");
     }
     const mine = ++rendering;
-    const page = el("div", { id: "page", "data-page": name, "aria-busy": "true" });
+    const page = el("div", { id: "page", "data-page": name, "data-route": arg ? name + "/" + arg : name, "aria-busy": "true" });
     try {
       await pages[name](page, arg);
     } catch (e) {
@@ -575,7 +575,8 @@
     session = null;
     $("nav").hidden = true;
     $("who").hidden = true;
-    $("page").replaceChildren();
+    rendering++; // a render still loading is not shown
+    $("page").replaceWith(el("div", { id: "page" }));
     $("login").hidden = false;
     $("login-error").textContent = msg && msg !== "not logged in" ? msg : "";
     $("token").focus();
