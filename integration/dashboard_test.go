@@ -219,6 +219,21 @@ func TestDashboardInBrowser(t *testing.T) {
 		}
 	}
 	shot(t, tab, shots, "nodes")
+	// Each proxy reported its node and its certificate's expiry.
+	var proxies []struct {
+		Instance      string     `json:"instance"`
+		Node          string     `json:"node"`
+		SVIDExpiresAt *time.Time `json:"svidExpiresAt"`
+	}
+	out, _ := runCLI(t, u.env, "get", "proxies", "-o", "json")
+	if err := json.Unmarshal([]byte(out), &proxies); err != nil || len(proxies) != 4 {
+		t.Fatalf("get proxies: %v, %s", err, out)
+	}
+	for _, p := range proxies {
+		if p.Node != host || p.SVIDExpiresAt == nil || time.Until(*p.SVIDExpiresAt) < 23*time.Hour {
+			t.Errorf("proxy %s reports node %q and SVID expiry %v, want %q and about 24 h ahead", p.Instance, p.Node, p.SVIDExpiresAt, host)
+		}
+	}
 
 	// Deny greeter -> name: change, confirm, and the greeter fails.
 	open("intentions")
@@ -243,6 +258,36 @@ func TestDashboardInBrowser(t *testing.T) {
 	trellistest.Eventually(t, 10*time.Second, "greeter answers after the dashboard allowed greeter->name", func() error {
 		_, err := get("127.0.0.1:8080")
 		return err
+	})
+
+	// A Route's weights: edited, previewed as the Route it will be,
+	// confirmed, applied. (name is a tcp service here: the Route is
+	// stored but steers nothing.)
+	route := filepath.Join(t.TempDir(), "route.yaml")
+	if err := writeFile(route, "kind: Route\nname: name\nspec:\n  rules:\n    - name: split\n      targets:\n        - {version: v1, weight: 100}\n        - {version: v2, weight: 0}\n"); err != nil {
+		t.Fatal(err)
+	}
+	if out, code := runCLI(t, u.env, "apply", "-f", route); code != 0 {
+		t.Fatalf("apply route: %d %s", code, out)
+	}
+	open("services")
+	do("edit the Route of name",
+		chromedp.Click(chromedp.CSS(`#page a[href="#/services/name"]`)), loaded("services/name"),
+		chromedp.SetValue(chromedp.ID("weight-0-0"), "90"),
+		chromedp.SetValue(chromedp.ID("weight-0-1"), "10"),
+		chromedp.Click(chromedp.ID("preview-route")),
+		chromedp.WaitVisible(chromedp.ID("confirm")))
+	if got := text(".confirm"); !strings.Contains(got, "split: v1 100 → 90") || !strings.Contains(got, `"weight": 10`) {
+		t.Errorf("the Route preview reads:\n%s", got)
+	}
+	shot(t, tab, shots, "route-preview")
+	do("apply the Route", chromedp.Click(chromedp.ID("confirm")))
+	trellistest.Eventually(t, 10*time.Second, "the Route applied from the dashboard", func() error {
+		out, _ := runCLI(t, u.env, "get", "route", "name", "-o", "json")
+		if !regexp.MustCompile(`"version":\s*"v1",\s*"weight":\s*90`).MatchString(out) {
+			return fmt.Errorf("route reads %s", out)
+		}
+		return nil
 	})
 
 	open("gateways")

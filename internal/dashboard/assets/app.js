@@ -78,10 +78,15 @@
     }
   }
 
+  // say tells what happened in the status line (read out by screen
+  // readers); it clears itself after a while.
+  let sayTimer = 0;
   function say(msg, failed) {
     const s = $("status");
     s.textContent = msg;
     s.classList.toggle("failed", !!failed);
+    clearTimeout(sayTimer);
+    sayTimer = setTimeout(() => (s.textContent = ""), failed ? 20000 : 8000);
   }
 
   // ---- formatting -------------------------------------------------------
@@ -338,7 +343,7 @@
       const label = rule.name || "rule-" + (ri + 1);
       const rows = (rule.targets || []).map((t, ti) => {
         const id = "weight-" + ri + "-" + ti;
-        const input = el("input", { id, class: "weight", type: "number", min: 0, max: 1000, step: 1, value: t.weight, disabled: readOnly() });
+        const input = el("input", { id, class: "weight", type: "number", min: 0, max: 10000, step: 1, value: t.weight, disabled: readOnly() });
         inputs.push({ ri, ti, input });
         return [el("label", { for: id }, "Version " + t.version), input];
       });
