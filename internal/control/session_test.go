@@ -447,3 +447,30 @@ func FuzzSessionCookie(f *testing.F) {
 		}
 	})
 }
+
+// A proxy's node and certificate expiry reach its status, which the
+// Nodes page shows: from the registration, as the proxy sends it.
+func TestProxyStatusNamesNodeAndSVIDExpiry(t *testing.T) {
+	m := startMesh(t, answerWeb)
+	defer m.stopApps()
+	cfg := m.web
+	cfg.Node = "rack-7.example"
+	web := runProxy(t, cfg)
+	defer web.stop(t, "proxy")
+	trellistest.Eventually(t, 20*time.Second, "the proxy's status names its node and SVID expiry", func() error {
+		ps, err := m.api.Proxies(t.Context())
+		if err != nil {
+			return err
+		}
+		for _, p := range ps {
+			if p.Instance != "web-1" {
+				continue
+			}
+			if p.Node != "rack-7.example" || p.SVIDExpiresAt == nil || time.Until(*p.SVIDExpiresAt) < 23*time.Hour {
+				return fmt.Errorf("status %+v: want node rack-7.example and an SVID expiry about 24 h ahead", p)
+			}
+			return nil
+		}
+		return fmt.Errorf("no status for web-1 in %+v", ps)
+	})
+}
