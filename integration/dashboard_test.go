@@ -290,7 +290,35 @@ func TestDashboardInBrowser(t *testing.T) {
 		return nil
 	})
 
+	// A Gateway (no gateway proxy runs for it here): its listeners,
+	// routes and pass-through targets with their instances' health.
+	gwFile := filepath.Join(t.TempDir(), "gateway.yaml")
+	if err := writeFile(gwFile, `kind: Gateway
+name: edge
+spec:
+  listeners:
+    - port: 18000
+      protocol: http
+      routes:
+        - {pathPrefix: /greet/, service: greeter, rewritePrefix: /}
+    - port: 18443
+      protocol: tls-passthrough
+      targets:
+        - {sni: greet.example.com, service: greeter}
+      defaultService: name
+`); err != nil {
+		t.Fatal(err)
+	}
+	if out, code := runCLI(t, u.env, "apply", "-f", gwFile); code != 0 {
+		t.Fatalf("apply gateway: %d %s", code, out)
+	}
 	open("gateways")
+	gw := text("#page")
+	for _, want := range []string{"edge", "Port 18000", "/greet/", "Port 18443", "greet.example.com", "1 of 1 healthy", "No gateway proxy connected"} {
+		if !strings.Contains(gw, want) {
+			t.Errorf("gateways page lacks %q:\n%s", want, gw)
+		}
+	}
 	shot(t, tab, shots, "gateways")
 	open("topology")
 	shot(t, tab, shots, "topology")
