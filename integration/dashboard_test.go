@@ -116,6 +116,9 @@ func TestDashboardInBrowser(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if !strings.Contains(u.summary, origin+"/ui/") {
+		t.Errorf("trellis up does not say where the dashboard is:\n%s", u.summary)
+	}
 	shots := artifactsDir(t)
 	t.Logf("screenshots in %s", shots)
 
