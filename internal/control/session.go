@@ -24,29 +24,31 @@ import (
 	"github.com/trellis-mesh/trellis/internal/ca"
 	"github.com/trellis-mesh/trellis/internal/certs"
 	"github.com/trellis-mesh/trellis/internal/dashboard"
+	"github.com/trellis-mesh/trellis/internal/store"
 )
 
 // Dashboard sessions. A person logs in with a token (admin or viewer) and
 // gets a session: a random ID in a cookie the page's script cannot read
 // (HttpOnly), sent only over HTTPS (Secure) and only by pages of this
 // origin (SameSite=Strict; the __Host- prefix forbids a Domain and needs
-// Path=/). The server keeps the session, never the token's secret; the
+// Path=/). The servers keep the session, never the token's secret; the
 // session lives until logout, its expiry (sessionTTL, or the token's
 // expiry if sooner) or the token's revocation, checked on every request.
 // Every write made with a session also carries the session's CSRF token
 // in csrfHeader, which only the page's own script can have read (from
 // GET /ui/session), and comes from this origin (Origin, Sec-Fetch-Site).
 //
-// Sessions are this server's: with several servers behind one address,
-// the load balancer must keep a browser on one server (or the person logs
-// in again).
+// Sessions are in the store (keySessions, by the hash of their ID, each
+// under a lease that ends with it), mirrored by every server: behind a
+// load balancer, any server answers a session any other made, and a
+// logout on one ends it on all.
 const (
 	sessionCookie = "__Host-trellis-session"
 	csrfHeader    = "X-Trellis-Csrf"
 	// sessionTTL bounds a session's life, whatever its token's.
 	sessionTTL = 12 * time.Hour
-	// maxSessions bounds the sessions a server keeps; past it, expired
-	// ones are dropped, and if none is, a login is refused (503).
+	// maxSessions bounds the sessions in the store (expired ones leave
+	// with their lease); past it, a login is refused (503).
 	maxSessions = 4096
 	// sessionIDBytes of randomness in a session ID and a CSRF token.
 	sessionIDBytes = 32
@@ -65,23 +67,36 @@ const (
 // sessionIDLen is the length of an encoded session ID.
 var sessionIDLen = base64.RawURLEncoding.EncodedLen(sessionIDBytes)
 
-// session is one logged-in browser.
+// sessionRecord is what keySessions/<hash of the ID> holds: never the ID
+// or the token's secret.
+type sessionRecord struct {
+	// TokenHash is the store key's part of the token the session was
+	// made with.
+	TokenHash string    `json:"tokenHash"`
+	CSRF      string    `json:"csrf"`
+	ExpiresAt time.Time `json:"expiresAt"`
+	// Lease holds the record; revoking it ends the session.
+	Lease store.LeaseID `json:"lease"`
+}
+
+// session is one logged-in browser, as a request finds it.
 type session struct {
+	key     string // the hash of its ID
 	p       principal
 	csrf    string
 	expires time.Time
+	lease   store.LeaseID
 }
 
-// sessions holds the sessions and the failed-login limiters. Its lock is
-// held only for map operations.
+// sessions holds this server's failed-login limiters. Its lock is held
+// only for map operations.
 type sessions struct {
 	mu       sync.Mutex
-	sessions map[string]*session      // SHA-256 of the session ID (hex) -> session
 	failures map[string]*rate.Limiter // remote IP -> failed logins
 }
 
 func newSessions() *sessions {
-	return &sessions{sessions: map[string]*session{}, failures: map[string]*rate.Limiter{}}
+	return &sessions{failures: map[string]*rate.Limiter{}}
 }
 
 // sessionInfo is the answer of POST /ui/login and GET /ui/session.
@@ -190,26 +205,77 @@ func (s *Server) session(ctx context.Context, v string) (*session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", errUnauthenticated, err)
 	}
-	d := s.dash
-	d.mu.Lock()
-	sess := d.sessions[key]
-	d.mu.Unlock()
-	if sess == nil {
+	rec, ok := s.sessionRecord(ctx, key)
+	if !ok {
 		return nil, fmt.Errorf("%w: no such session (log in again)", errUnauthenticated)
 	}
 	why := ""
-	if !time.Now().Before(sess.expires) {
+	p, err := s.sessionPrincipal(ctx, rec)
+	switch {
+	case !time.Now().Before(rec.ExpiresAt):
 		why = "session expired"
-	} else if err := s.tokenStands(ctx, sess.p); err != nil {
+	case err != nil:
 		why = "session ended: " + err.Error()
 	}
+	sess := &session{key: key, p: p, csrf: rec.CSRF, expires: rec.ExpiresAt, lease: rec.Lease}
 	if why != "" {
-		d.mu.Lock()
-		delete(d.sessions, key)
-		d.mu.Unlock()
+		if err := s.endSession(ctx, sess); err != nil {
+			s.log.Warn("end dashboard session", "err", err)
+		}
 		return nil, fmt.Errorf("%w: %s (log in again)", errUnauthenticated, why)
 	}
 	return sess, nil
+}
+
+// endSession removes a session from the store (revoking its lease) and, at
+// once, from this server's mirror; the others' mirrors follow the watch.
+func (s *Server) endSession(ctx context.Context, sess *session) error {
+	s.state.setSession(sess.key, nil)
+	if err := s.store.Revoke(ctx, sess.lease); err != nil {
+		return err
+	}
+	// A record without its lease (written by hand) goes too.
+	if err := s.store.Delete(ctx, sessionKey(sess.key)); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
+	return nil
+}
+
+// sessionRecord finds a session in the mirror, or (one made a moment ago
+// on another server) in the store, within the budget of store reads that
+// guessed tokens share: a made-up cookie costs no more than a guessed
+// token.
+func (s *Server) sessionRecord(ctx context.Context, key string) (sessionRecord, bool) {
+	rec, ok, _ := s.state.session(key)
+	if ok || !s.storeLookups.Allow() {
+		return rec, ok
+	}
+	kv, err := s.store.Get(ctx, sessionKey(key))
+	if err != nil || json.Unmarshal(kv.Value, &rec) != nil {
+		return sessionRecord{}, false
+	}
+	return rec, true
+}
+
+// sessionPrincipal is the token behind a session, if it still stands.
+func (s *Server) sessionPrincipal(ctx context.Context, rec sessionRecord) (principal, error) {
+	t, ok := s.state.token(rec.TokenHash)
+	if !ok {
+		kv, err := s.store.Get(ctx, tokenKey(rec.TokenHash))
+		if errors.Is(err, store.ErrNotFound) {
+			return principal{}, errors.New("its token was revoked")
+		}
+		if err != nil {
+			return principal{}, fmt.Errorf("look up its token: %w", err)
+		}
+		if err := json.Unmarshal(kv.Value, &t); err != nil {
+			return principal{}, fmt.Errorf("decode its token: %w", err)
+		}
+	}
+	if t.Expired(time.Now()) {
+		return principal{}, fmt.Errorf("its token %s expired", t.ID)
+	}
+	return principal{token: t.Token, hash: rec.TokenHash}, nil
 }
 
 // checkCSRF makes sure a write made with a session comes from the page:
@@ -284,23 +350,28 @@ func (d *sessions) loginLimiter(ip string) *rate.Limiter {
 	return l
 }
 
-// add keeps sess under key, within maxSessions.
-func (d *sessions) add(key string, sess *session) bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if len(d.sessions) >= maxSessions {
-		now := time.Now()
-		for k, s := range d.sessions {
-			if !now.Before(s.expires) {
-				delete(d.sessions, k)
-			}
-		}
-		if len(d.sessions) >= maxSessions {
-			return false
-		}
+// errTooManySessions: the store holds maxSessions.
+var errTooManySessions = fmt.Errorf("the mesh holds %d dashboard sessions, the limit; try again later", maxSessions)
+
+// storeSession writes a new session under a lease that ends with it.
+func (s *Server) storeSession(ctx context.Context, key string, sess *session) error {
+	if _, _, n := s.state.session(key); n >= maxSessions {
+		return errTooManySessions
 	}
-	d.sessions[key] = sess
-	return true
+	// The lease outlives the session by a little: the session's expiry
+	// is checked on every request; the lease only clears the store.
+	lease, err := s.store.Grant(ctx, time.Until(sess.expires)+time.Minute)
+	if err != nil {
+		return fmt.Errorf("session lease: %w", err)
+	}
+	rec := sessionRecord{TokenHash: sess.p.hash, CSRF: sess.csrf, ExpiresAt: sess.expires, Lease: lease}
+	b, _ := json.Marshal(rec)
+	if err := s.store.Put(ctx, sessionKey(key), b, lease); err != nil {
+		return fmt.Errorf("store session: %w", err)
+	}
+	// This server knows it at once; the watch brings the same record.
+	s.state.setSession(key, &rec)
+	return nil
 }
 
 // dashboardRoutes adds the dashboard: its pages and the session endpoints.
@@ -395,8 +466,11 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 		sess.expires = *e
 	}
 	key, _ := parseSessionID(id)
-	if !s.dash.add(key, sess) {
-		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": fmt.Sprintf("this server holds %d dashboard sessions, its limit; try again later", maxSessions)})
+	if err := s.storeSession(r.Context(), key, sess); err != nil {
+		if !errors.Is(err, errTooManySessions) {
+			s.log.Error("dashboard login", "remote", r.RemoteAddr, "err", err)
+		}
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": err.Error()})
 		return
 	}
 	http.SetCookie(w, &http.Cookie{
@@ -455,10 +529,10 @@ func (s *Server) logout(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusForbidden, map[string]string{"error": err.Error()})
 		return
 	}
-	key, _ := parseSessionID(c.Value)
-	s.dash.mu.Lock()
-	delete(s.dash.sessions, key)
-	s.dash.mu.Unlock()
+	if err := s.endSession(r.Context(), sess); err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": fmt.Sprintf("end session: %v", err)})
+		return
+	}
 	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: "", Path: "/", MaxAge: -1, Secure: true, HttpOnly: true, SameSite: http.SameSiteStrictMode})
 	s.log.Info("dashboard logout", "remote", r.RemoteAddr, "token", sess.p)
 	writeJSON(w, http.StatusOK, map[string]string{"loggedOut": sess.p.token.ID})

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -19,6 +20,7 @@ import (
 
 	v1 "github.com/trellis-mesh/trellis/api/v1"
 	"github.com/trellis-mesh/trellis/client"
+	"github.com/trellis-mesh/trellis/internal/store"
 	"github.com/trellis-mesh/trellis/internal/trellistest"
 )
 
@@ -473,4 +475,58 @@ func TestProxyStatusNamesNodeAndSVIDExpiry(t *testing.T) {
 		}
 		return fmt.Errorf("no status for web-1 in %+v", ps)
 	})
+}
+
+// Sessions live in the store: one another server made (written straight
+// to the store here) is honoured, and one it ended (deleted there) ends
+// here too. The store holds neither the session's ID nor the token.
+func TestSessionsAreSharedThroughTheStore(t *testing.T) {
+	d := startDashServer(t)
+	ctx := t.Context()
+	cookie, info := d.login(t, d.admin)
+	key, err := parseSessionID(cookie.Value)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := d.srv.store.Get(ctx, sessionKey(key))
+	if err != nil {
+		t.Fatalf("the login's session is not in the store: %v", err)
+	}
+	if v := string(kv.Value); strings.Contains(v, cookie.Value) || strings.Contains(v, d.admin) || !strings.Contains(v, info.CSRF) {
+		t.Errorf("stored session %s: want its CSRF token, not its ID or the token", v)
+	}
+
+	// Another server's session, for the same token.
+	var rec sessionRecord
+	if err := json.Unmarshal(kv.Value, &rec); err != nil {
+		t.Fatal(err)
+	}
+	otherID, _ := randomID()
+	otherKey, _ := parseSessionID(otherID)
+	rec.CSRF, rec.Lease = "other-csrf", 0
+	b, _ := json.Marshal(rec)
+	if err := d.srv.store.Put(ctx, sessionKey(otherKey), b, 0); err != nil {
+		t.Fatal(err)
+	}
+	other := &http.Cookie{Name: sessionCookie, Value: otherID}
+	if a := d.do(t, req{method: "GET", path: "/ui/session", cookie: other}); a.code != 200 || !strings.Contains(a.body, "other-csrf") {
+		t.Fatalf("a session made by another server: %v", a)
+	}
+	// Ended by the other server.
+	if err := d.srv.store.Delete(ctx, sessionKey(otherKey)); err != nil {
+		t.Fatal(err)
+	}
+	trellistest.Eventually(t, 5*time.Second, "a session ended in the store is refused", func() error {
+		if a := d.do(t, req{method: "GET", path: "/v1/services", cookie: other}); a.code != 401 {
+			return fmt.Errorf("got %v", a)
+		}
+		return nil
+	})
+	// Logout here removes the record, lease and all.
+	if a := d.do(t, req{method: "POST", path: "/ui/logout", cookie: cookie, origin: "self", csrf: info.CSRF}); a.code != 200 {
+		t.Fatalf("logout: %v", a)
+	}
+	if _, err := d.srv.store.Get(ctx, sessionKey(key)); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("after logout the store still holds the session: %v", err)
+	}
 }
