@@ -38,6 +38,20 @@ type Roots struct {
 	TrustDomain string `json:"trustDomain"`
 	// RootsPEM are the trust anchors, PEM.
 	RootsPEM string `json:"roots"`
+
+	// Certs describe the roots in RootsPEM, for people (the dashboard's
+	// Overview): filled in by the server's answers, ignored in requests.
+	Certs []RootCert `json:"certs,omitempty"`
+}
+
+// RootCert describes one root of the trust bundle.
+type RootCert struct {
+	// Fingerprint is the hex SHA-256 of the certificate's DER.
+	Fingerprint string `json:"fingerprint"`
+	// Subject is the certificate's subject, as text.
+	Subject string `json:"subject"`
+	// NotAfter is when the root expires.
+	NotAfter time.Time `json:"notAfter"`
 }
 
 // SignRequest is the body of POST /v1/ca/sign.
@@ -72,6 +86,10 @@ type TokenRequest struct {
 	// TTL, when set, is how long the token works (a Go duration, at
 	// least 10s).
 	TTL string `json:"ttl,omitempty"`
+
+	// Viewer makes a read-only token, for the dashboard and scripts that
+	// only look: with no Services, and not with Admin.
+	Viewer bool `json:"viewer,omitempty"`
 }
 
 // NewToken is the answer of POST /v1/tokens: the record and the secret,

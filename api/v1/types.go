@@ -319,6 +319,12 @@ type Token struct {
 	// LastUsedAt is when the token last authenticated a request or a
 	// stream, to the minute (it is written at most once a minute).
 	LastUsedAt *time.Time `json:"lastUsedAt,omitempty"`
+
+	// Viewer tokens read what admin tokens read (not tokens) and change
+	// nothing: the API refuses every write with 403, and a dashboard
+	// session made with one is read-only too. Neither Admin nor Services
+	// are set on a viewer token.
+	Viewer bool `json:"viewer,omitempty"`
 }
 
 // Expired reports whether the token's expiry has passed at now.
@@ -352,6 +358,13 @@ type ProxyStatus struct {
 	// Paths say how the proxy reaches each upstream in the last snapshot
 	// sent to it, by service name.
 	Paths []UpstreamPath `json:"paths,omitempty"`
+	// Node names the host or task the proxy runs on, as the proxy
+	// reports it (--node, default its host name); empty from proxies
+	// that predate it.
+	Node string `json:"node,omitempty"`
+	// SVIDExpiresAt is when the proxy's current workload certificate
+	// expires, as it last reported; nil before it reported one.
+	SVIDExpiresAt *time.Time `json:"svidExpiresAt,omitempty"`
 }
 
 // UpstreamPath is how a proxy reaches one upstream: directly, through the

@@ -22,6 +22,7 @@ func runGateway(ctx context.Context, e *env, args []string) error {
 	publicAddr := fs.String("public-addr", "127.0.0.1", "IP of that listener")
 	advertise := fs.String("advertise", "", "IP peers dial (default --public-addr)")
 	network := fs.String("network", "", "network this gateway is in (default \"default\"); a network listener serves only its own network")
+	node := fs.String("node", "", "name of the host or task this gateway runs on, shown on the dashboard (default the host name)")
 	server := fs.String("server", e.getenv("TRELLIS_ADDR"), "control plane host:port (env TRELLIS_ADDR)")
 	caFile := fs.String("ca-file", e.getenv("TRELLIS_CACERT"), "PEM roots that verify the control plane (env TRELLIS_CACERT)")
 	tokenFile := fs.String("token-file", "", "file holding a service token for NAME (or env TRELLIS_TOKEN)")
@@ -47,7 +48,7 @@ func runGateway(ctx context.Context, e *env, args []string) error {
 		Service: *name, Instance: *instance,
 		Gateway:       &sidecar.Gateway{ListenIP: *listenIP},
 		PublicAddr:    net.JoinHostPort(*publicAddr, strconv.Itoa(*publicPort)),
-		AdvertiseAddr: *advertise, Network: *network,
+		AdvertiseAddr: *advertise, Network: *network, Node: *node,
 		Server: *server, ServerCAFile: *caFile, TokenFile: *tokenFile, StateDir: *stateDir,
 		AdminAddr:    net.JoinHostPort("127.0.0.1", strconv.Itoa(*adminPort)),
 		DrainTimeout: *drain,

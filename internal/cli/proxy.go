@@ -28,6 +28,7 @@ func runProxy(ctx context.Context, e *env, args []string) error {
 	publicAddr := fs.String("public-addr", "127.0.0.1", "IP the inbound mTLS listener binds")
 	advertise := fs.String("advertise", "", "IP peers dial (default --public-addr, or 127.0.0.1 if unspecified); auto: this host's first non-loopback IPv4, as in an ECS task or a pod")
 	network := fs.String("network", "", "network this instance is in (default \"default\")")
+	node := fs.String("node", "", "name of the host or task this proxy runs on, shown on the dashboard (default the host name)")
 	var upstreams listFlag
 	fs.Var(&upstreams, "upstream", "SERVICE:PORT or SERVICE:HOST:PORT local listener for an upstream (repeatable)")
 	server := fs.String("server", e.getenv("TRELLIS_ADDR"), "control plane host:port (env TRELLIS_ADDR)")
@@ -98,6 +99,7 @@ func runProxy(ctx context.Context, e *env, args []string) error {
 		cfg.AdvertiseAddr = ip
 	}
 	override("network", func() { cfg.Network = *network })
+	override("node", func() { cfg.Node = *node })
 	if len(upstreams) > 0 {
 		cfg.Upstreams = nil
 		for _, u := range upstreams {

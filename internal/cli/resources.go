@@ -142,7 +142,7 @@ func runGet(ctx context.Context, e *env, args []string) error {
 			return err
 		}
 		return show(e.stdout, *out, v, func(tw io.Writer) {
-			fmt.Fprintln(tw, "ID\tADMIN\tSERVICES\tDESCRIPTION\tCREATED\tEXPIRES\tLAST USED")
+			fmt.Fprintln(tw, "ID\tROLE\tSERVICES\tDESCRIPTION\tCREATED\tEXPIRES\tLAST USED")
 			for _, t := range v {
 				expires, used := "never", "never"
 				if t.ExpiresAt != nil {
@@ -159,7 +159,14 @@ func runGet(ctx context.Context, e *env, args []string) error {
 						used = d.Truncate(time.Minute).String() + " ago"
 					}
 				}
-				fmt.Fprintf(tw, "%s\t%v\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.Admin, dash(strings.Join(t.Services, ",")), dash(t.Description), age(t.CreatedAt), expires, used)
+				role := "service"
+				switch {
+				case t.Admin:
+					role = "admin"
+				case t.Viewer:
+					role = "viewer"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.ID, role, dash(strings.Join(t.Services, ",")), dash(t.Description), age(t.CreatedAt), expires, used)
 			}
 		})
 	}
@@ -359,7 +366,7 @@ func runIntention(ctx context.Context, e *env, args []string) error {
 }
 
 func runToken(ctx context.Context, e *env, args []string) error {
-	const usage = "token create --service NAME... [--ttl D] [-o FILE] | token list | token delete ID"
+	const usage = "token create --service NAME... | --admin | --viewer [--ttl D] [-o FILE] | token list | token delete ID"
 	if len(args) == 0 {
 		return usageErr("want: %s", usage)
 	}
@@ -373,18 +380,22 @@ func runToken(ctx context.Context, e *env, args []string) error {
 	}
 	switch args[0] {
 	case "create":
-		fs := newFlags(e, "token create", "token create --service NAME [--service NAME ...] [--admin] [--ttl DURATION] [--description TEXT] [-o FILE]")
+		fs := newFlags(e, "token create", "token create --service NAME [--service NAME ...] | --admin | --viewer [--ttl DURATION] [--description TEXT] [-o FILE]")
 		var services listFlag
 		fs.Var(&services, "service", "service the token may act as (repeatable)")
 		admin := fs.Bool("admin", false, "make an admin token")
+		viewer := fs.Bool("viewer", false, "make a read-only token: it reads what an admin reads (not tokens), for the dashboard, and changes nothing")
 		desc := fs.String("description", "", "free text")
 		ttl := fs.Duration("ttl", 0, "how long the token works, e.g. 720h (default: until deleted)")
 		outFile := fs.String("o", "", "write the token to this new file, mode 0600, instead of standard output")
 		if err := parse(fs, args[1:]); err != nil {
 			return err
 		}
-		if len(services) == 0 && !*admin {
-			return usageErr("--service NAME is required (or --admin)")
+		if *viewer && (*admin || len(services) > 0) {
+			return usageErr("--viewer makes a read-only token: not with --admin or --service")
+		}
+		if len(services) == 0 && !*admin && !*viewer {
+			return usageErr("--service NAME is required (or --admin, or --viewer)")
 		}
 		for _, s := range services {
 			if err := identity.ValidateServiceName(s); err != nil {
@@ -394,7 +405,7 @@ func runToken(ctx context.Context, e *env, args []string) error {
 		if *ttl < 0 || *ttl > 0 && *ttl < 10*time.Second {
 			return usageErr("--ttl %v: want at least 10s", *ttl)
 		}
-		req := v1.TokenRequest{Services: services, Admin: *admin, Description: *desc}
+		req := v1.TokenRequest{Services: services, Admin: *admin, Viewer: *viewer, Description: *desc}
 		if *ttl > 0 {
 			req.TTL = ttl.String()
 		}

@@ -47,31 +47,35 @@ type access int
 const (
 	adminOnly access = iota
 	anyToken
+	// readers are admin and viewer tokens (and their dashboard sessions):
+	// reads of the mesh.
+	readers
 )
 
 func (s *Server) routes() *http.ServeMux {
 	mux := http.NewServeMux()
 	h := func(pattern string, a access, fn handler) { mux.Handle(pattern, s.wrap(a, fn)) }
-	h("GET /v1/services", adminOnly, s.listServices)
-	h("GET /v1/instances", adminOnly, s.listInstances)
-	h("GET /v1/proxies", adminOnly, s.listProxies)
-	h("GET /v1/intentions", adminOnly, func(principal, *http.Request) (any, error) {
+	h("GET /v1/services", readers, s.listServices)
+	h("GET /v1/instances", readers, s.listInstances)
+	h("GET /v1/proxies", readers, s.listProxies)
+	h("GET /v1/intentions", readers, func(principal, *http.Request) (any, error) {
 		return s.state.listResources(v1.KindIntention), nil
 	})
-	h("GET /v1/resources/{kind}", adminOnly, s.listResources)
-	h("GET /v1/resources/{kind}/{name}", adminOnly, s.getResource)
+	h("GET /v1/resources/{kind}", readers, s.listResources)
+	h("GET /v1/resources/{kind}/{name}", readers, s.getResource)
 	h("DELETE /v1/resources/{kind}/{name}", adminOnly, s.deleteResource)
 	h("POST /v1/resources", adminOnly, s.applyResources)
 	h("GET /v1/ca/roots", anyToken, s.roots)
 	h("POST /v1/ca/sign", anyToken, s.sign)
 	h("POST /v1/ca/roots", adminOnly, s.addRoots)
 	h("POST /v1/ca/roots/remove", adminOnly, s.removeRoot)
-	h("GET /v1/ca/rotation", adminOnly, s.rotation)
+	h("GET /v1/ca/rotation", readers, s.rotation)
 	h("POST /v1/ca/rotation", adminOnly, s.rotate)
 	h("GET /v1/tokens", adminOnly, s.listTokens)
 	h("POST /v1/tokens", adminOnly, s.createToken)
 	h("DELETE /v1/tokens/{id}", adminOnly, s.deleteToken)
 	mux.Handle("GET /metrics", s.metricsHandler)
+	s.dashboardRoutes(mux)
 	mux.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, map[string]string{"error": "no such API: " + r.Method + " " + r.URL.Path})
 	})
@@ -80,16 +84,21 @@ func (s *Server) routes() *http.ServeMux {
 
 func (s *Server) wrap(a access, fn handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		p, err := s.authRequest(r)
+		p, err := s.authHTTP(r)
 		if err != nil {
-			s.refused(r, p, http.StatusUnauthorized, err.Error())
-			w.Header().Set("WWW-Authenticate", `Bearer realm="trellis"`)
-			writeJSON(w, http.StatusUnauthorized, map[string]string{"error": err.Error()})
+			code := http.StatusUnauthorized
+			if ae := (*apiError)(nil); errors.As(err, &ae) {
+				code = ae.status // a session's write without its CSRF proof
+			} else {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="trellis"`)
+			}
+			s.refused(r, p, code, err.Error())
+			writeJSON(w, code, map[string]string{"error": err.Error()})
 			return
 		}
-		if a == adminOnly && !p.isAdmin() {
-			s.refused(r, p, http.StatusForbidden, "this API needs an admin token")
-			writeJSON(w, http.StatusForbidden, map[string]string{"error": "this API needs an admin token"})
+		if why := p.refusal(a, r.Method); why != "" {
+			s.refused(r, p, http.StatusForbidden, why)
+			writeJSON(w, http.StatusForbidden, map[string]string{"error": why})
 			return
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
@@ -314,7 +323,7 @@ func (s *Server) applyResources(_ principal, r *http.Request) (any, error) {
 
 func (s *Server) roots(principal, *http.Request) (any, error) {
 	m := s.state.mesh()
-	return v1.Roots{TrustDomain: m.TrustDomain, RootsPEM: m.RootsPEM}, nil
+	return v1.Roots{TrustDomain: m.TrustDomain, RootsPEM: m.RootsPEM, Certs: rootCerts(m.RootsPEM)}, nil
 }
 
 // addRoots adds roots to the trust bundle: the first step of a CA rotation.
@@ -403,7 +412,7 @@ func (s *Server) createToken(_ principal, r *http.Request) (any, error) {
 	if err := decodeBody(r, &req); err != nil {
 		return nil, err
 	}
-	t := v1.Token{Admin: req.Admin, Services: req.Services, Description: req.Description}
+	t := v1.Token{Admin: req.Admin, Services: req.Services, Description: req.Description, Viewer: req.Viewer}
 	if req.TTL != "" {
 		d, err := time.ParseDuration(req.TTL)
 		if err != nil || d < 10*time.Second {

@@ -3,5 +3,7 @@
 // xDS-style gRPC stream for proxies: it mirrors the store in memory through a
 // watch, computes each connected proxy's snapshot with topology, pushes it
 // when it changes and records which version the proxy acknowledged.
-// Registrations live under a lease kept alive by the proxy's stream.
+// Registrations live under a lease kept alive by the proxy's stream. It
+// also serves the dashboard's pages (package dashboard) under /ui/, with
+// sessions made from admin or viewer tokens (session.go).
 package control

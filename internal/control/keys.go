@@ -14,6 +14,9 @@ const (
 	keyBootstrap = "/bootstrap/admin"
 	// keyFileTokens marks tokens from files that were stored once.
 	keyFileTokens = "/bootstrap/file-tokens/"
+	// keySessions holds the dashboard's sessions, by the hash of their
+	// ID, each under a lease that ends with it.
+	keySessions = "/sessions/"
 )
 
 func resourceKey(kind, name string) string  { return keyResources + kind + "/" + name }
@@ -24,6 +27,7 @@ func instanceKey(service, id string) string { return keyInstances + service + "/
 func statusKey(service, id string) string { return keyStatus + service + "/" + id }
 func tokenKey(hash string) string         { return keyTokens + hash }
 func fileTokenKey(hash string) string     { return keyFileTokens + hash }
+func sessionKey(hash string) string       { return keySessions + hash }
 
 // splitKey returns the two path parts after prefix: "/resources/Service/a"
 // -> "Service", "a".

@@ -190,6 +190,8 @@ type Server struct {
 	storeLookups *rate.Limiter
 	// refusals bounds the lines logged for refused calls and streams.
 	refusals ratelog.Limit
+	// dash holds the dashboard's sessions (session.go).
+	dash *sessions
 
 	usedMu     sync.Mutex
 	usedWrites map[string]time.Time // token hash -> last-used write
@@ -276,6 +278,7 @@ func New(cfg Config) (*Server, error) {
 		usedWrites:     map[string]time.Time{},
 		storeLookups:   rate.NewLimiter(50, 50),
 		reissue:        make(chan struct{}, 1),
+		dash:           newSessions(),
 	}, nil
 }
 

@@ -50,6 +50,9 @@ type state struct {
 	tokensChanged chan struct{}
 	ready         chan struct{}
 	readyOnce     sync.Once
+
+	// sessions are the dashboard's, by the hash of their ID.
+	sessions map[string]sessionRecord
 }
 
 func newState(log *slog.Logger) *state {
@@ -63,6 +66,7 @@ func (s *state) reset() {
 	s.instances = map[string]map[string]v1.Instance{}
 	s.status = map[string]v1.ProxyStatus{}
 	s.tokens = map[string]tokenRecord{}
+	s.sessions = map[string]sessionRecord{}
 	s.bundle = bundleRecord{}
 	s.issuer = nil
 }
@@ -183,6 +187,13 @@ func (s *state) applyLocked(ev store.Event) bool {
 			t.rev = ev.KV.Rev
 			s.tokens[h] = t
 		}
+	case strings.HasPrefix(key, keySessions):
+		h := strings.TrimPrefix(key, keySessions)
+		delete(s.sessions, h)
+		var rec sessionRecord
+		if !del && json.Unmarshal(ev.KV.Value, &rec) == nil {
+			s.sessions[h] = rec
+		}
 	case key == keyIssuer:
 		// Not part of any snapshot, but every server follows it: waking
 		// the streams once per rotation step is cheap.
@@ -284,6 +295,28 @@ func (s *state) token(hash string) (tokenRecord, bool) {
 	defer s.mu.RUnlock()
 	t, ok := s.tokens[hash]
 	return t, ok
+}
+
+// setSession puts a session's record in the mirror, or (nil) takes it
+// out, ahead of the watch: a login or logout holds on the server that
+// made it from the next request on.
+func (s *state) setSession(hash string, rec *sessionRecord) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if rec == nil {
+		delete(s.sessions, hash)
+		return
+	}
+	s.sessions[hash] = *rec
+}
+
+// session returns a dashboard session's record from the mirror, and how
+// many sessions it holds.
+func (s *state) session(hash string) (sessionRecord, bool, int) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	rec, ok := s.sessions[hash]
+	return rec, ok, len(s.sessions)
 }
 
 func (s *state) listResources(kind string) []v1.Resource {

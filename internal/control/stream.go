@@ -213,6 +213,12 @@ func (ps *proxyStream) handle(ctx context.Context, r *discoveryv3.DiscoveryReque
 				log.Info("instance updated", "healthy", reg.Healthy)
 			}
 		}
+		if err == nil && reg.Instance == ps.reg.Instance && reg.Service == ps.reg.Service && ps.setNodeInfo(reg.NodeInfo) {
+			ps.reg.NodeInfo = reg.NodeInfo
+			if r.GetResponseNonce() == "" {
+				ps.writeStatus(ctx)
+			}
+		}
 	}
 	if r.GetResponseNonce() == "" {
 		return
@@ -240,7 +246,22 @@ func (ps *proxyStream) register(ctx context.Context) error {
 		Instance: ps.reg.Instance, Service: ps.reg.Service, Server: ps.s.cfg.Listen, ConnectedAt: time.Now().UTC(),
 		Network: v1.EffectiveNetwork(ps.reg.Network),
 	}
+	ps.setNodeInfo(ps.reg.NodeInfo)
 	return ps.putInstance(ctx)
+}
+
+// setNodeInfo copies what the proxy says of its host and certificate into
+// its status, and reports whether that changed it.
+func (ps *proxyStream) setNodeInfo(n xds.NodeInfo) bool {
+	var exp *time.Time
+	if !n.SVIDExpiresAt.IsZero() {
+		t := n.SVIDExpiresAt.UTC()
+		exp = &t
+	}
+	same := ps.status.Node == n.NodeName && (exp == nil) == (ps.status.SVIDExpiresAt == nil) &&
+		(exp == nil || exp.Equal(*ps.status.SVIDExpiresAt))
+	ps.status.Node, ps.status.SVIDExpiresAt = n.NodeName, exp
+	return !same
 }
 
 func (ps *proxyStream) putInstance(ctx context.Context) error {

@@ -53,7 +53,10 @@ func createToken(ctx context.Context, st store.Store, t v1.Token) (string, v1.To
 			return "", v1.Token{}, err
 		}
 	}
-	if !t.Admin && len(t.Services) == 0 {
+	if t.Viewer && (t.Admin || len(t.Services) > 0) {
+		return "", v1.Token{}, errors.New("a viewer token is read-only: it cannot also be an admin token or act as a service")
+	}
+	if !t.Admin && !t.Viewer && len(t.Services) == 0 {
 		return "", v1.Token{}, errors.New("a service token needs at least one service")
 	}
 	secret, hash, err := newSecret()
@@ -125,6 +128,10 @@ func (p principal) LogValue() slog.Value {
 }
 
 func (p principal) isAdmin() bool { return p.token.Admin }
+
+// isViewer reports a read-only token's principal: it reads what an admin
+// reads, but tokens, and writes nothing.
+func (p principal) isViewer() bool { return p.token.Viewer && !p.token.Admin }
 
 // certTTL cuts a certificate's lifetime at the token's expiry: an identity
 // obtained with a token does not outlive it. (Deleting a token cannot

@@ -6,9 +6,11 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -206,6 +208,9 @@ type Config struct {
 	// Network names the instance's network; default "default". Peers in
 	// other networks that declare a network gateway reach it through one.
 	Network string `yaml:"network"`
+	// Node names the host or task the proxy runs on, shown on the
+	// dashboard's Nodes page; default the host name.
+	Node string `yaml:"node"`
 	// Upstreams are the local listeners.
 	Upstreams []Upstream `yaml:"upstreams"`
 	// Edge, if set, serves clients outside the mesh.
@@ -330,6 +335,9 @@ func (c *Config) Validate() error {
 	if err := c.Limits.validate(); err != nil {
 		errs = append(errs, err)
 	}
+	if len(c.Node) > 253 || strings.ContainsFunc(c.Node, func(r rune) bool { return !unicode.IsPrint(r) }) {
+		errs = append(errs, fmt.Errorf("node %q: want at most 253 printable characters", c.Node))
+	}
 	return errors.Join(errs...)
 }
 
@@ -345,6 +353,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Network == "" {
 		c.Network = v1.DefaultNetwork
+	}
+	if c.Node == "" {
+		c.Node, _ = os.Hostname()
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

@@ -105,7 +105,11 @@ func (p *Proxy) stream(ctx context.Context, ads discoveryv3.AggregatedDiscoveryS
 	send := func(withNode bool, errDetail string) error {
 		req := &discoveryv3.DiscoveryRequest{TypeUrl: xds.SnapshotType, VersionInfo: version, ResponseNonce: nonce}
 		if withNode {
-			req.Node = p.reg.Load().Node()
+			r := *p.reg.Load()
+			if c := p.src.Certificate(); c != nil {
+				r.SVIDExpiresAt = c.Leaf.NotAfter
+			}
+			req.Node = r.Node()
 		}
 		if errDetail != "" {
 			req.ErrorDetail = &status.Status{Code: int32(codes.InvalidArgument), Message: errDetail}
@@ -235,6 +239,11 @@ func (p *Proxy) renew(ctx context.Context) error {
 		return fmt.Errorf("CA returned a certificate for %v (%v), want service %s", id, err, p.cfg.Service)
 	}
 	p.setCredential(cert, keyPEM)
+	// The registration carries the certificate's expiry: send it again.
+	select {
+	case p.regCh <- struct{}{}:
+	default:
+	}
 	p.m.renewals.WithLabelValues("ok").Inc()
 	p.log.Info("certificate issued", "id", id.String(), "expires", cert.Leaf.NotAfter.Format(time.RFC3339))
 	p.persist()

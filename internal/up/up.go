@@ -471,6 +471,7 @@ func waitHealthy(ctx context.Context, api *client.Client, want map[string]int, t
 func printSummary(w io.Writer, addr string, f *File, admins map[string]string) {
 	fmt.Fprintf(w, "\nTrellis is up.\n")
 	fmt.Fprintf(w, "  API:      https://%s  (the trellis CLI in another terminal finds it by itself)\n", addr)
+	fmt.Fprintf(w, "  Dashboard: https://%s/ui/  (log in with a token from `trellis token create --viewer`)\n", addr)
 	if f.Client != nil {
 		for _, u := range f.Client.Upstreams {
 			fmt.Fprintf(w, "  %-9s curl http://127.0.0.1:%d/   (local upstream listener, as service %q)\n", u.Service+":", u.Port, f.Client.Service)

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"time"
+	"unicode"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -32,7 +34,26 @@ type Registration struct {
 	Network   string   // network name; empty (older proxies) is v1.DefaultNetwork
 	Upstreams []string // services the proxy has listeners for
 	Healthy   bool     // the app's last health check result
+
+	// Where the proxy runs and what it holds, for people (the dashboard's
+	// Nodes page): no snapshot depends on them.
+	NodeInfo
 }
+
+// NodeInfo is the part of a registration that describes the proxy's host
+// and certificate. It travels in the node metadata's "nodeInfo" struct,
+// a block of its own.
+type NodeInfo struct {
+	// Node names the host or task the proxy runs on (--node, default the
+	// host name); empty from proxies that predate it.
+	NodeName string
+	// SVIDExpiresAt is when the proxy's current workload certificate
+	// expires; zero before the first one.
+	SVIDExpiresAt time.Time
+}
+
+// maxNodeName bounds a node name: it is shown, never parsed.
+const maxNodeName = 253
 
 // Validate checks a registration as the control plane receives it.
 func (r *Registration) Validate() error {
@@ -68,6 +89,9 @@ func (r *Registration) Validate() error {
 			errs = append(errs, fmt.Errorf("upstream: %w", err))
 		}
 	}
+	if err := validNodeName(r.NodeName); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 
@@ -85,6 +109,7 @@ func (r *Registration) Node() *corev3.Node {
 		"network":   r.Network,
 		"upstreams": ups,
 		"healthy":   r.Healthy,
+		"nodeInfo":  r.NodeInfo.metadata(),
 	})
 	return &corev3.Node{Id: r.Instance, Cluster: r.Service, Metadata: md, UserAgentName: "trellis"}
 }
@@ -112,6 +137,9 @@ func FromNode(n *corev3.Node) (Registration, error) {
 	}
 	for _, v := range f["upstreams"].GetListValue().GetValues() {
 		r.Upstreams = append(r.Upstreams, v.GetStringValue())
+	}
+	if r.NodeInfo, err = nodeInfoFrom(f["nodeInfo"].GetStructValue()); err != nil {
+		return Registration{}, err
 	}
 	return r, r.Validate()
 }
@@ -146,4 +174,42 @@ func SnapshotFrom(resp *discoveryv3.DiscoveryResponse) (*topology.Snapshot, erro
 		return nil, fmt.Errorf("invalid snapshot: %w", err)
 	}
 	return &s, nil
+}
+
+// metadata encodes n for the node metadata.
+func (n NodeInfo) metadata() map[string]any {
+	m := map[string]any{"node": n.NodeName}
+	if !n.SVIDExpiresAt.IsZero() {
+		m["svidExpiresAt"] = n.SVIDExpiresAt.UTC().Format(time.RFC3339)
+	}
+	return m
+}
+
+// nodeInfoFrom decodes the node metadata's nodeInfo block; a proxy that
+// sends none has an empty NodeInfo.
+func nodeInfoFrom(s *structpb.Struct) (NodeInfo, error) {
+	f := s.GetFields()
+	n := NodeInfo{NodeName: f["node"].GetStringValue()}
+	if v := f["svidExpiresAt"].GetStringValue(); v != "" {
+		t, err := time.Parse(time.RFC3339, v)
+		if err != nil {
+			return NodeInfo{}, fmt.Errorf("node metadata nodeInfo.svidExpiresAt: %w", err)
+		}
+		n.SVIDExpiresAt = t
+	}
+	return n, nil
+}
+
+// validNodeName accepts any printable name of at most maxNodeName bytes:
+// host names, task ARNs and pod names all fit.
+func validNodeName(s string) error {
+	if len(s) > maxNodeName {
+		return fmt.Errorf("node name is %d bytes, over the limit of %d", len(s), maxNodeName)
+	}
+	for _, c := range s {
+		if !unicode.IsPrint(c) {
+			return fmt.Errorf("node name %q: %q is not printable", s, c)
+		}
+	}
+	return nil
 }

@@ -3,6 +3,7 @@ package xds
 import (
 	"strings"
 	"testing"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -22,6 +23,30 @@ func TestRegistrationRoundTrip(t *testing.T) {
 	}
 }
 
+func TestRegistrationNodeInfo(t *testing.T) {
+	exp := time.Date(2026, 12, 8, 3, 0, 0, 0, time.UTC)
+	r := Registration{Instance: "web-1", Service: "web", Address: "10.0.0.7", Port: 20000,
+		NodeInfo: NodeInfo{NodeName: "ip-10-0-0-7.ec2.internal", SVIDExpiresAt: exp}}
+	got, err := FromNode(r.Node())
+	if err != nil {
+		t.Fatalf("FromNode: %v", err)
+	}
+	if got.NodeName != r.NodeName || !got.SVIDExpiresAt.Equal(exp) {
+		t.Errorf("node info = %+v, want %+v", got.NodeInfo, r.NodeInfo)
+	}
+	// A proxy that predates the block registers with an empty one.
+	n := r.Node()
+	delete(n.Metadata.Fields, "nodeInfo")
+	if got, err := FromNode(n); err != nil || got.NodeInfo != (NodeInfo{}) {
+		t.Errorf("without nodeInfo: %+v, %v; want an empty NodeInfo", got.NodeInfo, err)
+	}
+	n = r.Node()
+	n.Metadata.Fields["nodeInfo"].GetStructValue().Fields["svidExpiresAt"] = structpb.NewStringValue("tomorrow")
+	if _, err := FromNode(n); err == nil || !strings.Contains(err.Error(), "svidExpiresAt") {
+		t.Errorf("bad svidExpiresAt: err %v, want one naming the field", err)
+	}
+}
+
 func TestFromNodeRejects(t *testing.T) {
 	good := Registration{Instance: "web-1", Service: "web", Address: "127.0.0.1", Port: 1}
 	tests := map[string]func(*Registration){
@@ -32,6 +57,8 @@ func TestFromNodeRejects(t *testing.T) {
 		"bad upstream": func(r *Registration) { r.Upstreams = []string{"UP"} },
 		"bad network":  func(r *Registration) { r.Network = "vpc_a" },
 		"long network": func(r *Registration) { r.Network = strings.Repeat("a", 64) },
+		"long node":    func(r *Registration) { r.NodeName = strings.Repeat("n", 254) },
+		"control node": func(r *Registration) { r.NodeName = "host\x1b[31m" },
 	}
 	for name, mutate := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -65,10 +92,11 @@ func TestSnapshotResponse(t *testing.T) {
 
 // FuzzFromNode feeds arbitrary node metadata, as a hostile proxy could send.
 func FuzzFromNode(f *testing.F) {
-	f.Add("web-1", "web", "127.0.0.1", "8080", "v1", "db")
-	f.Add("", "", "", "", "", "")
-	f.Fuzz(func(t *testing.T, id, svc, addr, port, version, upstream string) {
-		md, err := structpb.NewStruct(map[string]any{"address": addr, "port": port, "version": version, "upstreams": []any{upstream}})
+	f.Add("web-1", "web", "127.0.0.1", "8080", "v1", "db", "host-a", "2026-12-08T03:00:00Z")
+	f.Add("", "", "", "", "", "", "", "")
+	f.Fuzz(func(t *testing.T, id, svc, addr, port, version, upstream, node, svidExp string) {
+		md, err := structpb.NewStruct(map[string]any{"address": addr, "port": port, "version": version, "upstreams": []any{upstream},
+			"nodeInfo": map[string]any{"node": node, "svidExpiresAt": svidExp}})
 		if err != nil {
 			return
 		}
