@@ -127,11 +127,24 @@ func TestDNSConfigValidated(t *testing.T) {
 		{Listen: "localhost:x"},
 		{Listen: "127.0.0.1:15053", Mode: "magic"},
 		{Listen: "127.0.0.1:15053", Upstream: "127.0.0.1:15053"},
+		// Off loopback the resolver would forward any stranger's query
+		// to the host's resolver: an open resolver.
+		{Listen: ":15053"},
+		{Listen: "0.0.0.0:53"},
+		{Listen: "[::]:15053"},
+		{Listen: "10.0.0.5:15053"},
 	} {
 		c := base
 		c.DNS = &d
 		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "dns") {
 			t.Errorf("%+v: %v, want a dns error", d, err)
+		}
+	}
+	for _, l := range []string{"127.0.0.1:15053", "127.0.0.53:53", "[::1]:15053", "localhost:15053"} {
+		c := base
+		c.DNS = &DNS{Listen: l}
+		if err := c.Validate(); err != nil {
+			t.Errorf("dns listen %s: %v, want none", l, err)
 		}
 	}
 }
