@@ -2,6 +2,7 @@ package meshdns
 
 import (
 	"bytes"
+	"context"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -216,5 +217,40 @@ func TestResolverUpstreamFromResolvConf(t *testing.T) {
 	}
 	if _, err := NewResolver(ResolverConfig{Upstream: "192.0.2.1", Mode: "magic"}); err == nil {
 		t.Error("mode magic accepted")
+	}
+}
+
+// The resolver's answers keep their address across snapshots in which a
+// new upstream's name hashes to an answered one's slot.
+func TestResolverVIPsStableAcrossUpdates(t *testing.T) {
+	c := collider(t, "crystal")
+	r, err := NewResolver(ResolverConfig{Upstream: "127.0.0.1:9"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap := func(svcs ...string) *topology.Snapshot {
+		s := &topology.Snapshot{DNSDomains: []string{"demo.local"}}
+		for _, svc := range svcs {
+			s.Upstreams = append(s.Upstreams, topology.Upstream{Service: svc, Hostnames: []string{svc + ".demo.local"}})
+		}
+		return s
+	}
+	ask := func(name string) string {
+		m := new(dns.Msg)
+		m.SetQuestion(name, dns.TypeA)
+		reply, _ := r.respond(context.Background(), m, false)
+		if len(reply.Answer) != 1 {
+			t.Fatalf("%s: %v", name, reply)
+		}
+		return reply.Answer[0].(*dns.A).A.String()
+	}
+	r.Update(snap("crystal"))
+	before := ask("crystal.demo.local.")
+	r.Update(snap(c, "crystal"))
+	if after := ask("crystal.demo.local."); after != before {
+		t.Errorf("crystal answered %s, then %s once %s came", before, after, c)
+	}
+	if other := ask(c + ".demo.local."); other == before {
+		t.Errorf("%s answers crystal's %s", c, other)
 	}
 }

@@ -148,3 +148,36 @@ func TestDNSConfigValidated(t *testing.T) {
 		}
 	}
 }
+
+// The transparent egress maps a virtual IP to the service the app's
+// resolver answered it for, also after a snapshot in which a new
+// upstream's name hashes to that address's slot.
+func TestTransparentVIPKeptAcrossSnapshots(t *testing.T) {
+	ca := trellistest.NewCA(t, "trellis.local")
+	p, err := New(Config{Service: "front", AppAddr: "127.0.0.1:1", Server: "127.0.0.1:1", Token: "t", StateDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// "a447" sorts before crystal and hashes to its slot (meshdns's
+	// collider finds it).
+	snap := func(version string, svcs ...string) *topology.Snapshot {
+		s := &topology.Snapshot{Version: version, Service: "front", TrustDomain: "trellis.local", RootsPEM: string(ca.RootsPEM()), MTLS: "strict"}
+		for _, svc := range svcs {
+			s.Upstreams = append(s.Upstreams, topology.Upstream{Service: svc, Protocol: "tcp"})
+		}
+		return s
+	}
+	if err := p.apply(snap("v1", "crystal")); err != nil {
+		t.Fatal(err)
+	}
+	vip := meshdns.VIPs([]string{"crystal"})["crystal"]
+	if meshdns.VIPs([]string{"a447", "crystal"})["a447"] != vip {
+		t.Fatalf("a447 no longer collides with crystal at %s", vip)
+	}
+	if err := p.apply(snap("v2", "a447", "crystal")); err != nil {
+		t.Fatal(err)
+	}
+	if svc := p.serviceAt(vip); svc != "crystal" {
+		t.Errorf("%s, crystal's, maps to %q once a447 came", vip, svc)
+	}
+}

@@ -106,6 +106,10 @@ type Proxy struct {
 	// dns answers the app's DNS queries; nil without Config.DNS. It is
 	// fed every applied snapshot.
 	dns *meshdns.Resolver
+	// vips are the upstreams' virtual IPs, shared by dns (which answers
+	// them) and the transparent egress (which maps them back): an
+	// address once answered stays its service's.
+	vips *meshdns.VIPTable
 }
 
 // New checks cfg and returns a proxy ready to Run.
@@ -163,6 +167,7 @@ func New(cfg Config) (*Proxy, error) {
 		persistCh: make(chan struct{}, 1),
 		admission: &netconn.Admission{MaxConnections: cfg.Limits.MaxConnections, FDHighWater: cfg.Limits.FDHighWater},
 		listeners: newListenerHealth(),
+		vips:      &meshdns.VIPTable{},
 	}
 	p.registerMetrics(cfg.Registry)
 	if d := cfg.DNS; d != nil {
@@ -173,7 +178,7 @@ func New(cfg Config) (*Proxy, error) {
 			}
 		}
 		r, err := meshdns.NewResolver(meshdns.ResolverConfig{
-			Mode: d.Mode, Upstream: d.Upstream, Listeners: listeners,
+			Mode: d.Mode, Upstream: d.Upstream, Listeners: listeners, VIPs: p.vips,
 			Logger: p.log, Metrics: meshdns.NewMetrics(cfg.Registry),
 		})
 		if err != nil {
@@ -238,7 +243,7 @@ func (p *Proxy) apply(s *topology.Snapshot) error {
 	for i, u := range s.Upstreams {
 		names[i] = u.Service
 	}
-	for svc, vip := range meshdns.VIPs(names) {
+	for svc, vip := range p.vips.Assign(names) {
 		a.byVIP[vip] = svc
 	}
 	for _, u := range s.Upstreams {
