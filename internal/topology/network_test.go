@@ -194,3 +194,53 @@ func FuzzParseNetworkSNI(f *testing.F) {
 		}
 	})
 }
+
+// A proxy refuses a snapshot whose network paths it cannot trust: a
+// gateway that is not an IP and port, an SNI that does not name the
+// endpoint it is given for (the gateway would route the stream to
+// another instance or service), a network target that is not an IP and
+// port.
+func TestValidateNetworkPaths(t *testing.T) {
+	m := netMesh(v1.LocalityAny, map[string][]v1.Instance{"gw-b": {{ID: "gw-b-1", Address: "192.0.2.1", Network: "b", Healthy: true}}})
+	good := func() *Snapshot {
+		s := Compute(m, Proxy{Service: "web", Upstreams: []string{"api"}})
+		if err := s.Validate(); err != nil {
+			t.Fatalf("Validate: %v", err)
+		}
+		return s
+	}
+	viaB := func(s *Snapshot) *Endpoint {
+		for i, e := range s.Upstreams[0].Endpoints {
+			if len(e.Gateways) > 0 {
+				return &s.Upstreams[0].Endpoints[i]
+			}
+		}
+		t.Fatal("no endpoint through a gateway")
+		return nil
+	}
+	for _, tc := range []struct {
+		name, want string
+		edit       func(s *Snapshot)
+	}{
+		{"gateway a host name", "gateway", func(s *Snapshot) { viaB(s).Gateways = []string{"gw.example.com:15443"} }},
+		{"gateway port 0", "gateway", func(s *Snapshot) { viaB(s).Gateways = []string{"192.0.2.1:0"} }},
+		{"gateway port too big", "gateway", func(s *Snapshot) { viaB(s).Gateways = []string{"192.0.2.1:70000"} }},
+		{"sni of another service", "sni", func(s *Snapshot) { viaB(s).SNI = NetworkSNI("api-b", "web") }},
+		{"sni of another instance", "sni", func(s *Snapshot) { viaB(s).SNI = NetworkSNI("api-c", "api") }},
+		{"sni not a network name", "sni", func(s *Snapshot) { viaB(s).SNI = "api.example.com" }},
+		{"network target a host name", "networkTargets", func(s *Snapshot) {
+			s.NetworkTargets = map[string]string{NetworkSNI("api-b", "api"): "api.example.com:8443"}
+		}},
+		{"network target port 0", "networkTargets", func(s *Snapshot) {
+			s.NetworkTargets = map[string]string{NetworkSNI("api-b", "api"): "10.1.0.1:0"}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := good()
+			tc.edit(s)
+			if err := s.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("Validate: %v, want an error naming %s", err, tc.want)
+			}
+		})
+	}
+}

@@ -6,7 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
+	"net/netip"
 	"slices"
 	"sort"
 	"strings"
@@ -120,12 +120,14 @@ func (s *Snapshot) Validate() error {
 				errs = append(errs, fmt.Errorf("upstream %s: endpoint %s has address %q port %d", u.Service, e.Instance, e.Address, e.Port))
 			}
 			for _, g := range e.Gateways {
-				if _, _, err := net.SplitHostPort(g); err != nil {
-					errs = append(errs, fmt.Errorf("upstream %s: endpoint %s: gateway %q: %w", u.Service, e.Instance, g, err))
+				if err := validIPPort(g); err != nil {
+					errs = append(errs, fmt.Errorf("upstream %s: endpoint %s: gateway %w", u.Service, e.Instance, err))
 				}
 			}
-			if len(e.Gateways) > 0 && e.SNI == "" {
-				errs = append(errs, fmt.Errorf("upstream %s: endpoint %s has gateways and no sni", u.Service, e.Instance))
+			// The gateway routes by the SNI alone: one naming another
+			// instance or service would take the stream there.
+			if want := NetworkSNI(e.Instance, u.Service); len(e.Gateways) > 0 && e.SNI != want {
+				errs = append(errs, fmt.Errorf("upstream %s: endpoint %s through gateways: sni %q, want %q", u.Service, e.Instance, e.SNI, want))
 			}
 		}
 	}
@@ -133,11 +135,21 @@ func (s *Snapshot) Validate() error {
 		if _, _, ok := ParseNetworkSNI(sni); !ok {
 			errs = append(errs, fmt.Errorf("networkTargets: %q is not a network SNI name", sni))
 		}
-		if _, _, err := net.SplitHostPort(addr); err != nil {
+		if err := validIPPort(addr); err != nil {
 			errs = append(errs, fmt.Errorf("networkTargets: %s: %w", sni, err))
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// validIPPort checks an address a proxy dials as it is: an IP and a port
+// (a host name would be looked up, port 0 is no port).
+func validIPPort(s string) error {
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil || ap.Port() == 0 {
+		return fmt.Errorf("%q: not an IP address and port", s)
+	}
+	return nil
 }
 
 // Mesh is the state of the whole mesh, as the control plane read it.
