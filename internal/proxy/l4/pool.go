@@ -28,7 +28,7 @@ import (
 const maxConnsPerEndpoint = 64
 
 // Pool keeps multiplexed mTLS connections to endpoints, keyed by the
-// endpoint address and the TLS configuration that checks its identity.
+// endpoint (Endpoint.Key) and the service whose identity is checked.
 // It is safe for concurrent use; its zero value is not: use NewPool.
 type Pool struct {
 	// Logger receives a line for each upstream whose certificate is
@@ -64,8 +64,8 @@ type Pool struct {
 }
 
 type poolKey struct {
-	addr    string
-	service string
+	endpoint string // Endpoint.Key: addresses of other networks may repeat
+	service  string
 }
 
 type poolEntry struct {
@@ -201,7 +201,7 @@ func (p *Pool) Get(ctx context.Context, ep Endpoint, service string, cfg *tls.Co
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("connect to %s: %w", addr, context.Cause(ctx))
 	}
-	key := poolKey{addr: addr, service: service}
+	key := poolKey{endpoint: ep.Key(), service: service}
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
@@ -500,7 +500,7 @@ func (p *Pool) fullHandshakes(cfg *tls.Config) *tls.Config {
 	return actual.(*tls.Config)
 }
 
-// Forget closes idle connections to endpoints not in keep (by Addr), so
+// Forget closes idle connections to endpoints not in keep (by Key), so
 // that removed endpoints do not hold sockets, and retires the connections
 // of kept endpoints whose path changed (a gateway left). Connections with
 // open streams close when their streams end; a dial in progress to a
@@ -509,7 +509,7 @@ func (p *Pool) Forget(keep map[string]Endpoint) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for k, e := range p.entries {
-		if ep, ok := keep[k.addr]; ok {
+		if ep, ok := keep[k.endpoint]; ok {
 			e.mu.Lock()
 			e.setPathLocked(pathOf(ep))
 			e.mu.Unlock()
