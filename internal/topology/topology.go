@@ -137,6 +137,8 @@ func (s *Snapshot) Validate() error {
 		}
 		if err := validIPPort(addr); err != nil {
 			errs = append(errs, fmt.Errorf("networkTargets: %s: %w", sni, err))
+		} else if err := forwardable(netip.MustParseAddrPort(addr).Addr().Unmap()); err != nil {
+			errs = append(errs, fmt.Errorf("networkTargets: %s: %w", sni, err))
 		}
 	}
 	return errors.Join(errs...)
@@ -196,7 +198,7 @@ func Compute(m *Mesh, p Proxy) *Snapshot {
 	nets := networkGateways(m)
 	local := v1.EffectiveNetwork(p.Network)
 	if s.Gateway != nil {
-		s.NetworkTargets = networkTargets(m, s.Gateway, local)
+		s.NetworkTargets = networkTargets(m, p.Service, local)
 	}
 	for i, name := range ups {
 		if i > 0 && ups[i-1] == name {
