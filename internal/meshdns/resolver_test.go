@@ -254,3 +254,38 @@ func TestResolverVIPsStableAcrossUpdates(t *testing.T) {
 		t.Errorf("%s answers crystal's %s", c, other)
 	}
 }
+
+// A hostname of a service the app may not call is in the snapshot's
+// DNSDomains (so that the name is never forwarded), but the app learns
+// nothing of it: NXDOMAIN, as for <service>.<domain>, not the NODATA
+// that would tell it the name exists. A mesh domain with an upstream
+// under it still exists (NODATA, and its SOA).
+func TestResolverOtherServicesHostnamesAreNXDOMAIN(t *testing.T) {
+	r, err := NewResolver(ResolverConfig{Upstream: "127.0.0.1:9"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Update(&topology.Snapshot{
+		Service:    "front",
+		DNSDomains: []string{"demo.local", "nodejs.hosted.local"},
+		Upstreams:  []topology.Upstream{{Service: "crystal", Hostnames: []string{"crystal.demo.local"}}},
+	})
+	addr := serve(t, r)
+	for _, tc := range []struct {
+		name  string
+		qtype uint16
+		rcode int
+	}{
+		{"nodejs.hosted.local.", dns.TypeA, dns.RcodeNameError},
+		{"NodeJS.Hosted.Local.", dns.TypeAAAA, dns.RcodeNameError},
+		{"nodejs.hosted.local.", dns.TypeSOA, dns.RcodeNameError},
+		{"x.nodejs.hosted.local.", dns.TypeA, dns.RcodeNameError},
+		{"nodejs.demo.local.", dns.TypeA, dns.RcodeNameError},
+		{"demo.local.", dns.TypeA, dns.RcodeSuccess},
+		{"crystal.demo.local.", dns.TypeA, dns.RcodeSuccess},
+	} {
+		if got := ask(t, addr, "udp", tc.name, tc.qtype, 0).Rcode; got != tc.rcode {
+			t.Errorf("%s %s: %s, want %s", tc.name, dns.TypeToString[tc.qtype], dns.RcodeToString[got], dns.RcodeToString[tc.rcode])
+		}
+	}
+}

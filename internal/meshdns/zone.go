@@ -59,7 +59,7 @@ func (z *zone) apex(name string) string {
 }
 
 // add returns name's node, making it and the empty non-terminals above it
-// up to its apex. A name under no domain is not added (nil).
+// up to and with its apex. A name under no domain is not added (nil).
 func (z *zone) add(name string) *node {
 	name = strings.ToLower(name)
 	apex := z.apex(name)
@@ -109,11 +109,13 @@ func (z *zone) lookup(qname string) (*node, string, lookup) {
 	if apex == "" {
 		return nil, "", outside
 	}
+	// An apex exists only with a name at or under it: the snapshot's
+	// domains hold every Service's hostnames, also those of services the
+	// app may not call, and an empty apex answering NODATA would tell the
+	// app that such a name exists. NXDOMAIN there also says, rightly,
+	// that nothing under it exists (RFC 8020).
 	if n := z.names[name]; n != nil {
 		return n, apex, found
-	}
-	if name == apex {
-		return &node{}, apex, found // the apex always exists
 	}
 	return nil, apex, missing
 }
