@@ -168,7 +168,7 @@ func hostResolver(upstream, resolvConf string) (string, error) {
 // Update replaces the names answered with those of s, and logs the names
 // that local mode cannot answer when they change.
 func (r *Resolver) Update(s *topology.Snapshot) {
-	z := newZone(s.DNSDomains, uint32(time.Now().Unix()))
+	z := newZone(s.DNSDomains, s.DNSHostnames, uint32(time.Now().Unix()))
 	names := make([]string, len(s.Upstreams))
 	for i, u := range s.Upstreams {
 		names[i] = u.Service

@@ -37,15 +37,22 @@ type Snapshot struct {
 	// its services are among Upstreams.
 	Gateway *v1.GatewaySpec `json:"gateway,omitempty"`
 
-	// DNSDomains are the names the mesh answers for: the Mesh's DNS
-	// domains and every Service's hostnames, lowercase and sorted. The
-	// sidecar's resolver answers NXDOMAIN for a name at or under one of
-	// them that is no upstream's, and forwards every other name.
+	// DNSDomains are the Mesh's DNS domains, lowercase and sorted: the
+	// zones the mesh answers for. The sidecar's resolver answers NXDOMAIN
+	// for a name at or under one of them that is no upstream's, and
+	// forwards every name under none of them and not in DNSHostnames.
 	DNSDomains []string `json:"dnsDomains,omitempty"`
 	// NetworkTargets, for a network gateway, maps the SNI of each healthy
 	// instance in the gateway's network (SNI) to its public mTLS listener
 	// ("address:port"): where the gateway forwards a stream that names it.
 	NetworkTargets map[string]string `json:"networkTargets,omitempty"`
+
+	// DNSHostnames are every Service's hostnames (spec.hostnames),
+	// lowercase and sorted: names, not zones. The sidecar's resolver
+	// answers NXDOMAIN for one that is no upstream's, and forwards the
+	// names under it: a Service named api.example.com takes no other
+	// name of example.com from any app.
+	DNSHostnames []string `json:"dnsHostnames,omitempty"`
 }
 
 // Upstream is one destination service and its healthy endpoints.
@@ -218,17 +225,24 @@ func Compute(m *Mesh, p Proxy) *Snapshot {
 		s.Upstreams = append(s.Upstreams, u)
 	}
 	s.DNSDomains = DNSDomains(m)
+	s.DNSHostnames = DNSHostnames(m)
 	s.Version = contentVersion(s)
 	return s
 }
 
-// DNSDomains returns the names the mesh answers for: its DNS domains and
-// every Service's hostnames, lowercase, sorted, each once.
+// DNSDomains returns the zones the mesh answers for, its DNS domains,
+// lowercase, sorted, each once.
 func DNSDomains(m *Mesh) []string {
-	var names []string
-	if m.Mesh != nil && m.Mesh.DNS != nil {
-		names = append(names, m.Mesh.DNS.Domains...)
+	if m.Mesh == nil || m.Mesh.DNS == nil {
+		return nil
 	}
+	return sortedNames(m.Mesh.DNS.Domains)
+}
+
+// DNSHostnames returns every Service's hostnames, lowercase, sorted, each
+// once: names the mesh answers, not zones.
+func DNSHostnames(m *Mesh) []string {
+	var names []string
 	for _, svc := range m.Services {
 		if svc != nil {
 			names = append(names, svc.Hostnames...)
