@@ -181,3 +181,37 @@ func TestTransparentVIPKeptAcrossSnapshots(t *testing.T) {
 		t.Errorf("%s, crystal's, maps to %q once a447 came", vip, svc)
 	}
 }
+
+// The transparent egress maps an address to the upstream with an
+// instance there only for instances dialed directly. One in another
+// network, reached through its gateways, is at an address of that
+// network, which may well be a local one too (overlapping private
+// ranges are often why networks are not routed): counting it would make
+// a local instance's address ambiguous, or send the app's connection to
+// a local host into the mesh.
+func TestTransparentAddrIndexSkipsOtherNetworks(t *testing.T) {
+	ca := trellistest.NewCA(t, "trellis.local")
+	p, err := New(Config{Service: "front", AppAddr: "127.0.0.1:1", Server: "127.0.0.1:1", Token: "t", StateDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &topology.Snapshot{Version: "v1", Service: "front", TrustDomain: "trellis.local", RootsPEM: string(ca.RootsPEM()), MTLS: "strict",
+		Upstreams: []topology.Upstream{
+			{Service: "crystal", Protocol: "tcp", Endpoints: []topology.Endpoint{{Instance: "crystal-1", Address: "10.0.1.5", Port: 8443}}},
+			{Service: "nodejs", Protocol: "tcp", Endpoints: []topology.Endpoint{
+				{Instance: "nodejs-1", Address: "10.0.1.5", Port: 8443, Network: "b", Gateways: []string{"192.0.2.1:15443"}, SNI: topology.NetworkSNI("nodejs-1", "nodejs")},
+				{Instance: "nodejs-2", Address: "10.0.1.6", Port: 8443, Network: "b", Gateways: []string{"192.0.2.1:15443"}, SNI: topology.NetworkSNI("nodejs-2", "nodejs")},
+			}},
+		}}
+	if err := s.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.apply(s); err != nil {
+		t.Fatal(err)
+	}
+	for addr, want := range map[string]string{"10.0.1.5": "crystal", "10.0.1.6": ""} {
+		if got := p.serviceAt(netip.MustParseAddr(addr)); got != want {
+			t.Errorf("%s maps to %q, want %q", addr, got, want)
+		}
+	}
+}

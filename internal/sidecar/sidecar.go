@@ -44,7 +44,7 @@ type applied struct {
 	protocols map[string]string
 	limits    map[string]*v1.ServiceLimits
 	edges     map[string][]passthrough.Target // instances with an edge listener
-	byAddr    map[netip.Addr]string           // upstream instance addresses, for transparent egress
+	byAddr    map[netip.Addr]string           // addresses of upstream instances dialed directly, for transparent egress
 	byVIP     map[netip.Addr]string           // upstreams' virtual IPs (meshdns.VIPs), for transparent egress
 }
 
@@ -250,7 +250,12 @@ func (p *Proxy) apply(s *topology.Snapshot) error {
 		eps := make([]l4.Endpoint, 0, len(u.Endpoints))
 		for _, e := range u.Endpoints {
 			eps = append(eps, l4.Endpoint{Addr: net.JoinHostPort(e.Address, strconv.Itoa(e.Port)), Instance: e.Instance, Version: e.Version, Via: e.Gateways, SNI: e.SNI})
-			indexAddr(a.byAddr, e.Address, u.Service)
+			if len(e.Gateways) == 0 {
+				// An address of another network, reached through its
+				// gateways, may also be a local one (overlapping
+				// ranges): it names nothing the app can connect to.
+				indexAddr(a.byAddr, e.Address, u.Service)
+			}
 		}
 		a.endpoints[u.Service] = eps
 		for _, e := range u.Endpoints {
