@@ -120,18 +120,19 @@ func (a path) allows(hop string) bool {
 }
 
 // setPathLocked makes p the entry's path and retires, gracefully, the
-// connections not on it (a gateway left, or the endpoint's network became
-// directly routed): they take no new streams and close when their open
-// ones end, as connections to removed endpoints do. Called with e.mu.
+// connections not on it (a gateway left): they take no new streams and
+// close when their open ones end, as connections to removed endpoints
+// do. Only the gateways change: the SNI is the entry's key (Endpoint.Key),
+// so an endpoint that turns direct, or starts going through gateways, is
+// another entry, and Forget retires the old one. Called with e.mu.
 func (e *poolEntry) setPathLocked(p path) {
 	if e.path.equal(p) {
 		return
 	}
-	sniChanged := e.path.sni != p.sni
 	e.path = path{via: append([]string(nil), p.via...), sni: p.sni}
 	live := e.conns[:0]
 	for _, c := range e.conns {
-		if hop := e.hops[c]; sniChanged || !p.allows(hop) {
+		if !p.allows(e.hops[c]) {
 			delete(e.hops, c)
 			c.Shutdown()
 			continue
@@ -321,7 +322,7 @@ func (p *Pool) startDial(e *poolEntry, addr string, cfg *tls.Config) (*pendingDi
 			c.Close()
 			c, err = nil, fmt.Errorf("endpoint %s: removed from the pool while dialing", addr)
 		}
-		if err == nil && !e.path.equal(pth) && (e.path.sni != pth.sni || !e.path.allows(hop)) {
+		if err == nil && !e.path.allows(hop) {
 			c.Close()
 			c, err = nil, fmt.Errorf("endpoint %s: its path changed while dialing", addr)
 		}
