@@ -1,9 +1,7 @@
 package v1
 
 import (
-	"errors"
 	"fmt"
-	"net/netip"
 	"strings"
 )
 
@@ -21,33 +19,8 @@ const (
 // be two names; it is no address, no wildcard and no loopback name (an app
 // asking for "localhost" must get its own host, never a mesh service).
 func ValidateMeshDNSName(name string) error {
-	n := strings.ToLower(name)
-	switch {
-	case n == "":
-		return errors.New("empty name")
-	case len(n) > 253:
-		return fmt.Errorf("%q is longer than 253 characters", name)
-	case strings.HasSuffix(n, "."):
-		return fmt.Errorf("%q ends with a dot; write the name without it", name)
-	case strings.Contains(n, "*"):
-		return fmt.Errorf("%q: a mesh name is never a wildcard", name)
-	}
-	if _, err := netip.ParseAddr(n); err == nil {
-		return fmt.Errorf("%q is an IP address, not a DNS name", name)
-	}
-	labels := strings.Split(n, ".")
-	for _, l := range labels {
-		if err := checkLabel(l); err != nil {
-			return fmt.Errorf("%q: %w", name, err)
-		}
-	}
-	if numericLabel(labels[len(labels)-1]) {
-		return fmt.Errorf("%q ends in a numeric label, as an IP address does", name)
-	}
-	if loopbackNames[n] || strings.HasSuffix(n, ".localhost") {
-		return fmt.Errorf("%q is a loopback name (RFC 6761, or the hosts file of common systems)", name)
-	}
-	return nil
+	_, _, err := checkDNSName(name, false, ", not a DNS name")
+	return err
 }
 
 // validMeshDNSNames checks a list of mesh DNS names at path: each valid,

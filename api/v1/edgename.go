@@ -19,23 +19,42 @@ import (
 // a wildcard directly under any public suffix, such as *.co.uk, from the
 // Public Suffix List, which this package leaves out to stay a leaf.)
 func ValidateEdgeName(name string) error {
+	labels, wildcard, err := checkDNSName(name, true, "; edge certificates carry DNS names only")
+	if err != nil {
+		return err
+	}
+	if wildcard && len(labels) < 2 {
+		return fmt.Errorf("%q: a wildcard over a top-level domain would cover every domain in it", name)
+	}
+	return nil
+}
+
+// checkDNSName applies the rules every DNS name of the mesh follows (an
+// edge certificate's, a mesh domain, a hostname): 1 to 253 characters
+// without a trailing dot, letter-digit-hyphen labels, no address, no
+// numeric last label, no loopback name. A leading "*." is cut off when
+// wildcardOK (wildcard says so) and refused otherwise; labels are those
+// of the rest, lowercase. notIP ends the message for an IP address.
+func checkDNSName(name string, wildcardOK bool, notIP string) (labels []string, wildcard bool, err error) {
 	n := strings.ToLower(name)
 	switch {
 	case n == "":
-		return errors.New("empty name")
+		return nil, false, errors.New("empty name")
 	case len(n) > 253:
-		return fmt.Errorf("%q is longer than 253 characters", name)
+		return nil, false, fmt.Errorf("%q is longer than 253 characters", name)
 	case strings.HasSuffix(n, "."):
-		return fmt.Errorf("%q ends with a dot; write the name without it", name)
+		return nil, false, fmt.Errorf("%q ends with a dot; write the name without it", name)
+	case !wildcardOK && strings.Contains(n, "*"):
+		return nil, false, fmt.Errorf("%q: a mesh name is never a wildcard", name)
 	}
 	if _, err := netip.ParseAddr(n); err == nil {
-		return fmt.Errorf("%q is an IP address; edge certificates carry DNS names only", name)
+		return nil, false, fmt.Errorf("%q is an IP address%s", name, notIP)
 	}
 	base, wildcard := strings.CutPrefix(n, "*.")
-	labels := strings.Split(base, ".")
+	labels = strings.Split(base, ".")
 	for _, l := range labels {
 		if err := checkLabel(l); err != nil {
-			return fmt.Errorf("%q: %w", name, err)
+			return nil, false, fmt.Errorf("%q: %w", name, err)
 		}
 	}
 	if numericLabel(labels[len(labels)-1]) {
@@ -43,15 +62,12 @@ func ValidateEdgeName(name string) error {
 		// address to inet_aton (so to curl and most resolvers: "127.1",
 		// "0x7f000001", "1.0x1") and to browsers (the WHATWG URL parser
 		// reads such a host as IPv4).
-		return fmt.Errorf("%q ends in a numeric label, as an IP address does", name)
+		return nil, false, fmt.Errorf("%q ends in a numeric label, as an IP address does", name)
 	}
 	if loopbackNames[base] || strings.HasSuffix(base, ".localhost") {
-		return fmt.Errorf("%q is a loopback name (RFC 6761, or the hosts file of common systems)", name)
+		return nil, false, fmt.Errorf("%q is a loopback name (RFC 6761, or the hosts file of common systems)", name)
 	}
-	if wildcard && len(labels) < 2 {
-		return fmt.Errorf("%q: a wildcard over a top-level domain would cover every domain in it", name)
-	}
-	return nil
+	return labels, wildcard, nil
 }
 
 func checkLabel(l string) error {

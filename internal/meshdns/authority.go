@@ -75,7 +75,7 @@ type endpoint struct {
 
 // authorityZone builds the authority's names from m.
 func authorityZone(m *topology.Mesh) *zone {
-	z := newZone(topology.DNSDomains(m), uint32(time.Now().Unix()))
+	z := newZone(topology.DNSDomains(m), topology.DNSHostnames(m), uint32(time.Now().Unix()))
 	// Every service, declared or only registered, answers at its names.
 	services := map[string]bool{}
 	for s := range m.Services {
@@ -148,7 +148,7 @@ func authorityZone(m *topology.Mesh) *zone {
 				continue
 			}
 			n.addSRV(srvTarget{prefix: prefix, port: ep.port})
-			z.add(prefix + "." + name).addAddr(ep.addr)
+			z.addExact(prefix + "." + name).addAddr(ep.addr)
 		}
 	}
 	return z

@@ -87,8 +87,8 @@ func TestAuthorityAnswers(t *testing.T) {
 		{"demo.local.", dns.TypeA, dns.RcodeSuccess, "", true},
 		{"demo.local.", dns.TypeSOA, dns.RcodeSuccess, "", false},
 		{"nothing.demo.local.", dns.TypeA, dns.RcodeNameError, "", true},
-		{"x.crystal.hosted.local.", dns.TypeA, dns.RcodeNameError, "", true},
-		{"shop.example.com.", dns.TypeA, dns.RcodeRefused, "", false}, // a gateway's host, not the mesh's
+		{"x.crystal.hosted.local.", dns.TypeA, dns.RcodeRefused, "", false}, // a hostname is a name, not a zone
+		{"shop.example.com.", dns.TypeA, dns.RcodeRefused, "", false},       // a gateway's host, not the mesh's
 		{"example.com.", dns.TypeA, dns.RcodeRefused, "", false},
 		{"local.", dns.TypeA, dns.RcodeRefused, "", false},
 		{".", dns.TypeNS, dns.RcodeRefused, "", false},

@@ -16,16 +16,24 @@ const (
 )
 
 // maxClients bounds the limiters kept: beyond it, those idle for a while
-// are forgotten (and, if all are busy, all are).
+// are forgotten, and while none is, new clients share one bucket.
 const maxClients = 10000
 
-// clientLimits is a token bucket per client address.
+// ipv6ClientBits is the prefix an IPv6 client is known by: a host holds a
+// /64 at least, and could take any address in it for each query.
+const ipv6ClientBits = 64
+
+// clientLimits is a token bucket per client address (per /64 for IPv6).
 type clientLimits struct {
 	rate  rate.Limit
 	burst int
 
 	mu      sync.Mutex
 	clients map[netip.Addr]*clientLimit // guarded by mu
+	// overflow is the bucket clients past maxClients share while every
+	// kept one is busy (a flood from many sources): emptying the table
+	// instead would give the clients over their rate full buckets again.
+	overflow *rate.Limiter // guarded by mu
 }
 
 type clientLimit struct {
@@ -46,6 +54,7 @@ func newClientLimits(qps float64, burst int) *clientLimits {
 	if qps < 0 {
 		c.rate = rate.Inf
 	}
+	c.overflow = rate.NewLimiter(c.rate, c.burst)
 	return c
 }
 
@@ -62,6 +71,9 @@ func (c *clientLimits) allow(addr net.Addr) bool {
 		if len(c.clients) >= maxClients {
 			c.sweepLocked(now)
 		}
+		if len(c.clients) >= maxClients {
+			return c.overflow.AllowN(now, 1)
+		}
 		cl = &clientLimit{l: rate.NewLimiter(c.rate, c.burst)}
 		c.clients[ip] = cl
 	}
@@ -70,7 +82,7 @@ func (c *clientLimits) allow(addr net.Addr) bool {
 }
 
 // sweepLocked forgets clients idle long enough for their bucket to be
-// full again, or every client when none is.
+// full again: forgetting them gives them nothing they would not have.
 func (c *clientLimits) sweepLocked(now time.Time) {
 	idle := time.Duration(float64(c.burst)/float64(c.rate)*float64(time.Second)) + time.Second
 	for ip, cl := range c.clients {
@@ -78,23 +90,26 @@ func (c *clientLimits) sweepLocked(now time.Time) {
 			delete(c.clients, ip)
 		}
 	}
-	if len(c.clients) >= maxClients {
-		clear(c.clients)
-	}
 }
 
+// addrIP is the client a's key: its IPv4 address, or its IPv6 /64.
 func addrIP(a net.Addr) netip.Addr {
+	var ip netip.Addr
 	switch a := a.(type) {
 	case *net.UDPAddr:
-		ip, _ := netip.AddrFromSlice(a.IP)
-		return ip.Unmap()
+		ip, _ = netip.AddrFromSlice(a.IP)
 	case *net.TCPAddr:
-		ip, _ := netip.AddrFromSlice(a.IP)
-		return ip.Unmap()
-	}
-	if a == nil {
+		ip, _ = netip.AddrFromSlice(a.IP)
+	case nil:
 		return netip.Addr{}
+	default:
+		ap, _ := netip.ParseAddrPort(a.String())
+		ip = ap.Addr()
 	}
-	ap, _ := netip.ParseAddrPort(a.String())
-	return ap.Addr().Unmap()
+	if ip = ip.Unmap(); ip.Is6() {
+		if p, err := ip.Prefix(ipv6ClientBits); err == nil {
+			return p.Addr()
+		}
+	}
+	return ip
 }

@@ -54,6 +54,10 @@ type ResolverConfig struct {
 	// ResolvConf is read for Upstream when that is empty; default
 	// /etc/resolv.conf.
 	ResolvConf string
+	// VIPs is the table of virtual IPs ModeVIP answers, shared with the
+	// transparent egress that maps them back; nil makes one of the
+	// resolver's own.
+	VIPs *VIPTable
 	// Listeners are the upstreams' local listeners, by service (ModeLocal
 	// answers one only where it is on a loopback address at the Service's
 	// port).
@@ -85,6 +89,7 @@ type Resolver struct {
 	upstream  string // "" forwards nothing (REFUSED)
 	timeout   time.Duration
 	forwards  chan struct{} // a slot per forward in flight
+	vips      *VIPTable
 
 	zone atomic.Pointer[zone]
 
@@ -99,7 +104,10 @@ func NewResolver(cfg ResolverConfig) (*Resolver, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	r := &Resolver{mode: cfg.Mode, listeners: cfg.Listeners, timeout: cfg.ForwardTimeout}
+	r := &Resolver{mode: cfg.Mode, listeners: cfg.Listeners, timeout: cfg.ForwardTimeout, vips: cfg.VIPs}
+	if r.vips == nil {
+		r.vips = &VIPTable{}
+	}
 	switch r.mode {
 	case "":
 		r.mode = ModeVIP
@@ -160,12 +168,12 @@ func hostResolver(upstream, resolvConf string) (string, error) {
 // Update replaces the names answered with those of s, and logs the names
 // that local mode cannot answer when they change.
 func (r *Resolver) Update(s *topology.Snapshot) {
-	z := newZone(s.DNSDomains, uint32(time.Now().Unix()))
+	z := newZone(s.DNSDomains, s.DNSHostnames, uint32(time.Now().Unix()))
 	names := make([]string, len(s.Upstreams))
 	for i, u := range s.Upstreams {
 		names[i] = u.Service
 	}
-	vips := VIPs(names)
+	vips := r.vips.Assign(names)
 	var unanswered []string
 	for _, u := range s.Upstreams {
 		addr, port, why := r.target(u, vips)

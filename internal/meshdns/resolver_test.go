@@ -2,6 +2,7 @@ package meshdns
 
 import (
 	"bytes"
+	"context"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -33,8 +34,9 @@ func hostResolverStub(t *testing.T) string {
 
 func testSnapshot() *topology.Snapshot {
 	return &topology.Snapshot{
-		Service:    "front",
-		DNSDomains: []string{"crystal.hosted.local", "demo.local"},
+		Service:      "front",
+		DNSDomains:   []string{"demo.local"},
+		DNSHostnames: []string{"crystal.hosted.local"},
 		Upstreams: []topology.Upstream{
 			{Service: "crystal", Port: 3000, Hostnames: []string{"crystal.demo.local", "crystal.hosted.local"}},
 			{Service: "db", Hostnames: []string{"db.demo.local"}},
@@ -216,5 +218,118 @@ func TestResolverUpstreamFromResolvConf(t *testing.T) {
 	}
 	if _, err := NewResolver(ResolverConfig{Upstream: "192.0.2.1", Mode: "magic"}); err == nil {
 		t.Error("mode magic accepted")
+	}
+}
+
+// The resolver's answers keep their address across snapshots in which a
+// new upstream's name hashes to an answered one's slot.
+func TestResolverVIPsStableAcrossUpdates(t *testing.T) {
+	c := collider(t, "crystal")
+	r, err := NewResolver(ResolverConfig{Upstream: "127.0.0.1:9"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap := func(svcs ...string) *topology.Snapshot {
+		s := &topology.Snapshot{DNSDomains: []string{"demo.local"}}
+		for _, svc := range svcs {
+			s.Upstreams = append(s.Upstreams, topology.Upstream{Service: svc, Hostnames: []string{svc + ".demo.local"}})
+		}
+		return s
+	}
+	ask := func(name string) string {
+		m := new(dns.Msg)
+		m.SetQuestion(name, dns.TypeA)
+		reply, _ := r.respond(context.Background(), m, false)
+		if len(reply.Answer) != 1 {
+			t.Fatalf("%s: %v", name, reply)
+		}
+		return reply.Answer[0].(*dns.A).A.String()
+	}
+	r.Update(snap("crystal"))
+	before := ask("crystal.demo.local.")
+	r.Update(snap(c, "crystal"))
+	if after := ask("crystal.demo.local."); after != before {
+		t.Errorf("crystal answered %s, then %s once %s came", before, after, c)
+	}
+	if other := ask(c + ".demo.local."); other == before {
+		t.Errorf("%s answers crystal's %s", c, other)
+	}
+}
+
+// A hostname of a service the app may not call is in the snapshot's
+// DNSDomains (so that the name is never forwarded), but the app learns
+// nothing of it: NXDOMAIN, as for <service>.<domain>, not the NODATA
+// that would tell it the name exists. A mesh domain with an upstream
+// under it still exists (NODATA, and its SOA).
+func TestResolverOtherServicesHostnamesAreNXDOMAIN(t *testing.T) {
+	r, err := NewResolver(ResolverConfig{Upstream: "127.0.0.1:9"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Update(&topology.Snapshot{
+		Service:      "front",
+		DNSDomains:   []string{"demo.local"},
+		DNSHostnames: []string{"nodejs.hosted.local"},
+		Upstreams:    []topology.Upstream{{Service: "crystal", Hostnames: []string{"crystal.demo.local"}}},
+	})
+	addr := serve(t, r)
+	for _, tc := range []struct {
+		name  string
+		qtype uint16
+		rcode int
+	}{
+		{"nodejs.hosted.local.", dns.TypeA, dns.RcodeNameError},
+		{"NodeJS.Hosted.Local.", dns.TypeAAAA, dns.RcodeNameError},
+		{"nodejs.hosted.local.", dns.TypeSOA, dns.RcodeNameError},
+		{"nodejs.demo.local.", dns.TypeA, dns.RcodeNameError},
+		{"demo.local.", dns.TypeA, dns.RcodeSuccess},
+		{"crystal.demo.local.", dns.TypeA, dns.RcodeSuccess},
+	} {
+		if got := ask(t, addr, "udp", tc.name, tc.qtype, 0).Rcode; got != tc.rcode {
+			t.Errorf("%s %s: %s, want %s", tc.name, dns.TypeToString[tc.qtype], dns.RcodeToString[got], dns.RcodeToString[tc.rcode])
+		}
+	}
+}
+
+// A Service's hostname is a name, not a zone: the names under it are
+// the host resolver's, for every app. Under a mesh domain, every name is
+// the mesh's.
+func TestResolverHostnamesAreNamesNotZones(t *testing.T) {
+	host := serve(t, dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) {
+		r := new(dns.Msg)
+		r.SetReply(req)
+		r.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: req.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.IPv4(192, 0, 2, 7)}}
+		w.WriteMsg(r)
+	}))
+	r, err := NewResolver(ResolverConfig{Upstream: host})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Update(&topology.Snapshot{
+		Service:      "front",
+		DNSDomains:   []string{"demo.local"},
+		DNSHostnames: []string{"api.example.com", "crystal.hosted.local", "nodejs.hosted.local"},
+		Upstreams:    []topology.Upstream{{Service: "crystal", Hostnames: []string{"crystal.demo.local", "crystal.hosted.local"}}},
+	})
+	addr := serve(t, r)
+	vip := VIPs([]string{"crystal"})["crystal"].String()
+	for _, tc := range []struct {
+		name  string
+		rcode int
+		want  string
+	}{
+		{"crystal.hosted.local.", dns.RcodeSuccess, vip},
+		{"nodejs.hosted.local.", dns.RcodeNameError, ""},
+		{"api.example.com.", dns.RcodeNameError, ""},
+		{"www.example.com.", dns.RcodeSuccess, "192.0.2.7"},
+		{"v2.api.example.com.", dns.RcodeSuccess, "192.0.2.7"},
+		{"x.crystal.hosted.local.", dns.RcodeSuccess, "192.0.2.7"},
+		{"hosted.local.", dns.RcodeSuccess, "192.0.2.7"},
+		{"x.crystal.demo.local.", dns.RcodeNameError, ""},
+	} {
+		m := ask(t, addr, "udp", tc.name, dns.TypeA, 0)
+		if got := addrsOf(m.Answer); m.Rcode != tc.rcode || got != tc.want {
+			t.Errorf("%s: %s %q, want %s %q", tc.name, dns.RcodeToString[m.Rcode], got, dns.RcodeToString[tc.rcode], tc.want)
+		}
 	}
 }

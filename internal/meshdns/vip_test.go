@@ -40,3 +40,43 @@ func TestVIPsStableAndDistinct(t *testing.T) {
 		t.Errorf("crystal moved from %s to %s when nodejs came", one["crystal"], two["crystal"])
 	}
 }
+
+// collider returns a name that sorts before name and hashes to its slot.
+func collider(t *testing.T, name string) string {
+	t.Helper()
+	want := slotOf(name)
+	for i := range 1 << 22 {
+		if c := fmt.Sprintf("a%d", i); slotOf(c) == want {
+			return c
+		}
+	}
+	t.Fatalf("no name collides with %s", name)
+	return ""
+}
+
+// An app keeps the address its resolver answered (for the TTL, or for
+// ever: many runtimes cache) and connects to it later. A new service
+// taking that slot must not move the old one, nor may a service that
+// comes after one left get its address: either way the transparent
+// egress would send the app's connection to another service.
+func TestVIPTableKeepsAddresses(t *testing.T) {
+	c := collider(t, "crystal")
+	var tab VIPTable
+	first := tab.Assign([]string{"crystal"})["crystal"]
+	both := tab.Assign([]string{c, "crystal"})
+	if both["crystal"] != first {
+		t.Errorf("crystal moved from %s to %s when %s came", first, both["crystal"], c)
+	}
+	if both[c] == first {
+		t.Errorf("%s took crystal's %s", c, first)
+	}
+
+	var tab2 VIPTable
+	gone := tab2.Assign([]string{"crystal"})["crystal"]
+	if got := tab2.Assign([]string{c})[c]; got == gone {
+		t.Errorf("%s got %s, crystal's until it left", c, got)
+	}
+	if got := tab2.Assign([]string{c, "crystal"})["crystal"]; got != gone {
+		t.Errorf("crystal came back at %s, want its %s", got, gone)
+	}
+}

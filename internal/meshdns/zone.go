@@ -11,10 +11,12 @@ import (
 // zone is one immutable view of the names a server answers: built whole
 // from the mesh's state, then only read.
 type zone struct {
-	// domains are the mesh's domains and hostnames, lowercase without the
-	// final dot, longest first (so the first that holds a name is its
-	// closest apex).
+	// domains are the mesh's domains, lowercase without the final dot,
+	// longest first (so the first that holds a name is its closest apex).
 	domains []string
+	// exact are the Services' hostnames: each the apex of itself alone
+	// when no domain holds it; the names under it are not the mesh's.
+	exact map[string]bool
 	// names holds every name with records, and every name between one and
 	// its apex (an empty non-terminal answers NODATA, not NXDOMAIN).
 	names map[string]*node
@@ -35,12 +37,17 @@ type srvTarget struct {
 	port   uint16
 }
 
-func newZone(domains []string, serial uint32) *zone {
-	z := &zone{names: map[string]*node{}, serial: serial}
+func newZone(domains, hostnames []string, serial uint32) *zone {
+	z := &zone{names: map[string]*node{}, exact: map[string]bool{}, serial: serial}
 	for _, d := range domains {
 		d = strings.ToLower(strings.TrimSuffix(d, "."))
 		if d != "" && !slices.Contains(z.domains, d) {
 			z.domains = append(z.domains, d)
+		}
+	}
+	for _, h := range hostnames {
+		if h = strings.ToLower(strings.TrimSuffix(h, ".")); h != "" {
+			z.exact[h] = true
 		}
 	}
 	slices.SortFunc(z.domains, func(a, b string) int { return len(b) - len(a) })
@@ -48,18 +55,21 @@ func newZone(domains []string, serial uint32) *zone {
 }
 
 // apex returns the closest mesh domain holding name (lowercase, no final
-// dot), or "".
+// dot), else name itself when it is a hostname, else "".
 func (z *zone) apex(name string) string {
 	for _, d := range z.domains {
 		if name == d || strings.HasSuffix(name, "."+d) {
 			return d
 		}
 	}
+	if z.exact[name] {
+		return name
+	}
 	return ""
 }
 
 // add returns name's node, making it and the empty non-terminals above it
-// up to its apex. A name under no domain is not added (nil).
+// up to and with its apex. A name under no domain is not added (nil).
 func (z *zone) add(name string) *node {
 	name = strings.ToLower(name)
 	apex := z.apex(name)
@@ -78,6 +88,13 @@ func (z *zone) add(name string) *node {
 		}
 	}
 	return n
+}
+
+// addExact is add for a name that is the zone's even where no domain
+// holds it, as the SRV targets under a hostname are.
+func (z *zone) addExact(name string) *node {
+	z.exact[strings.ToLower(name)] = true
+	return z.add(name)
 }
 
 // addAddr adds a to n once.
@@ -109,11 +126,13 @@ func (z *zone) lookup(qname string) (*node, string, lookup) {
 	if apex == "" {
 		return nil, "", outside
 	}
+	// An apex exists only with a name at or under it: the snapshot's
+	// domains hold every Service's hostnames, also those of services the
+	// app may not call, and an empty apex answering NODATA would tell the
+	// app that such a name exists. NXDOMAIN there also says, rightly,
+	// that nothing under it exists (RFC 8020).
 	if n := z.names[name]; n != nil {
 		return n, apex, found
-	}
-	if name == apex {
-		return &node{}, apex, found // the apex always exists
 	}
 	return nil, apex, missing
 }

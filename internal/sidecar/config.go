@@ -178,6 +178,15 @@ func (d *DNS) validate() error {
 	var errs []error
 	if err := validHostPort(d.Listen, false); err != nil {
 		errs = append(errs, fmt.Errorf("dns listen: %w", err))
+	} else if host, _, _ := net.SplitHostPort(d.Listen); host != "localhost" {
+		// The resolver forwards every name outside the mesh to the
+		// host's resolver for whoever asks: off loopback that is an open
+		// resolver (and a reflector) for the whole network. The app
+		// shares the proxy's network namespace (task, pod, host), and
+		// the redirect rules send its queries to 127.0.0.1.
+		if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+			errs = append(errs, fmt.Errorf("dns listen %q: not a loopback address (127.0.0.1, ::1): off loopback the app's resolver would forward anyone's queries", d.Listen))
+		}
 	}
 	switch d.Mode {
 	case "", meshdns.ModeVIP, meshdns.ModeLocal:

@@ -174,7 +174,7 @@ func (p *Proxy) stream(ctx context.Context, ads discoveryv3.AggregatedDiscoveryS
 			keep := map[string]l4.Endpoint{}
 			for _, eps := range p.cur.Load().endpoints {
 				for _, e := range eps {
-					keep[e.Addr] = e
+					keep[e.Key()] = e
 				}
 			}
 			pool.Forget(keep)

@@ -127,11 +127,91 @@ func TestDNSConfigValidated(t *testing.T) {
 		{Listen: "localhost:x"},
 		{Listen: "127.0.0.1:15053", Mode: "magic"},
 		{Listen: "127.0.0.1:15053", Upstream: "127.0.0.1:15053"},
+		// Off loopback the resolver would forward any stranger's query
+		// to the host's resolver: an open resolver.
+		{Listen: ":15053"},
+		{Listen: "0.0.0.0:53"},
+		{Listen: "[::]:15053"},
+		{Listen: "10.0.0.5:15053"},
 	} {
 		c := base
 		c.DNS = &d
 		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "dns") {
 			t.Errorf("%+v: %v, want a dns error", d, err)
+		}
+	}
+	for _, l := range []string{"127.0.0.1:15053", "127.0.0.53:53", "[::1]:15053", "localhost:15053"} {
+		c := base
+		c.DNS = &DNS{Listen: l}
+		if err := c.Validate(); err != nil {
+			t.Errorf("dns listen %s: %v, want none", l, err)
+		}
+	}
+}
+
+// The transparent egress maps a virtual IP to the service the app's
+// resolver answered it for, also after a snapshot in which a new
+// upstream's name hashes to that address's slot.
+func TestTransparentVIPKeptAcrossSnapshots(t *testing.T) {
+	ca := trellistest.NewCA(t, "trellis.local")
+	p, err := New(Config{Service: "front", AppAddr: "127.0.0.1:1", Server: "127.0.0.1:1", Token: "t", StateDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// "a447" sorts before crystal and hashes to its slot (meshdns's
+	// collider finds it).
+	snap := func(version string, svcs ...string) *topology.Snapshot {
+		s := &topology.Snapshot{Version: version, Service: "front", TrustDomain: "trellis.local", RootsPEM: string(ca.RootsPEM()), MTLS: "strict"}
+		for _, svc := range svcs {
+			s.Upstreams = append(s.Upstreams, topology.Upstream{Service: svc, Protocol: "tcp"})
+		}
+		return s
+	}
+	if err := p.apply(snap("v1", "crystal")); err != nil {
+		t.Fatal(err)
+	}
+	vip := meshdns.VIPs([]string{"crystal"})["crystal"]
+	if meshdns.VIPs([]string{"a447", "crystal"})["a447"] != vip {
+		t.Fatalf("a447 no longer collides with crystal at %s", vip)
+	}
+	if err := p.apply(snap("v2", "a447", "crystal")); err != nil {
+		t.Fatal(err)
+	}
+	if svc := p.serviceAt(vip); svc != "crystal" {
+		t.Errorf("%s, crystal's, maps to %q once a447 came", vip, svc)
+	}
+}
+
+// The transparent egress maps an address to the upstream with an
+// instance there only for instances dialed directly. One in another
+// network, reached through its gateways, is at an address of that
+// network, which may well be a local one too (overlapping private
+// ranges are often why networks are not routed): counting it would make
+// a local instance's address ambiguous, or send the app's connection to
+// a local host into the mesh.
+func TestTransparentAddrIndexSkipsOtherNetworks(t *testing.T) {
+	ca := trellistest.NewCA(t, "trellis.local")
+	p, err := New(Config{Service: "front", AppAddr: "127.0.0.1:1", Server: "127.0.0.1:1", Token: "t", StateDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &topology.Snapshot{Version: "v1", Service: "front", TrustDomain: "trellis.local", RootsPEM: string(ca.RootsPEM()), MTLS: "strict",
+		Upstreams: []topology.Upstream{
+			{Service: "crystal", Protocol: "tcp", Endpoints: []topology.Endpoint{{Instance: "crystal-1", Address: "10.0.1.5", Port: 8443}}},
+			{Service: "nodejs", Protocol: "tcp", Endpoints: []topology.Endpoint{
+				{Instance: "nodejs-1", Address: "10.0.1.5", Port: 8443, Network: "b", Gateways: []string{"192.0.2.1:15443"}, SNI: topology.NetworkSNI("nodejs-1", "nodejs")},
+				{Instance: "nodejs-2", Address: "10.0.1.6", Port: 8443, Network: "b", Gateways: []string{"192.0.2.1:15443"}, SNI: topology.NetworkSNI("nodejs-2", "nodejs")},
+			}},
+		}}
+	if err := s.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.apply(s); err != nil {
+		t.Fatal(err)
+	}
+	for addr, want := range map[string]string{"10.0.1.5": "crystal", "10.0.1.6": ""} {
+		if got := p.serviceAt(netip.MustParseAddr(addr)); got != want {
+			t.Errorf("%s maps to %q, want %q", addr, got, want)
 		}
 	}
 }

@@ -44,7 +44,7 @@ type applied struct {
 	protocols map[string]string
 	limits    map[string]*v1.ServiceLimits
 	edges     map[string][]passthrough.Target // instances with an edge listener
-	byAddr    map[netip.Addr]string           // upstream instance addresses, for transparent egress
+	byAddr    map[netip.Addr]string           // addresses of upstream instances dialed directly, for transparent egress
 	byVIP     map[netip.Addr]string           // upstreams' virtual IPs (meshdns.VIPs), for transparent egress
 }
 
@@ -106,6 +106,10 @@ type Proxy struct {
 	// dns answers the app's DNS queries; nil without Config.DNS. It is
 	// fed every applied snapshot.
 	dns *meshdns.Resolver
+	// vips are the upstreams' virtual IPs, shared by dns (which answers
+	// them) and the transparent egress (which maps them back): an
+	// address once answered stays its service's.
+	vips *meshdns.VIPTable
 }
 
 // New checks cfg and returns a proxy ready to Run.
@@ -163,6 +167,7 @@ func New(cfg Config) (*Proxy, error) {
 		persistCh: make(chan struct{}, 1),
 		admission: &netconn.Admission{MaxConnections: cfg.Limits.MaxConnections, FDHighWater: cfg.Limits.FDHighWater},
 		listeners: newListenerHealth(),
+		vips:      &meshdns.VIPTable{},
 	}
 	p.registerMetrics(cfg.Registry)
 	if d := cfg.DNS; d != nil {
@@ -173,7 +178,7 @@ func New(cfg Config) (*Proxy, error) {
 			}
 		}
 		r, err := meshdns.NewResolver(meshdns.ResolverConfig{
-			Mode: d.Mode, Upstream: d.Upstream, Listeners: listeners,
+			Mode: d.Mode, Upstream: d.Upstream, Listeners: listeners, VIPs: p.vips,
 			Logger: p.log, Metrics: meshdns.NewMetrics(cfg.Registry),
 		})
 		if err != nil {
@@ -238,14 +243,19 @@ func (p *Proxy) apply(s *topology.Snapshot) error {
 	for i, u := range s.Upstreams {
 		names[i] = u.Service
 	}
-	for svc, vip := range meshdns.VIPs(names) {
+	for svc, vip := range p.vips.Assign(names) {
 		a.byVIP[vip] = svc
 	}
 	for _, u := range s.Upstreams {
 		eps := make([]l4.Endpoint, 0, len(u.Endpoints))
 		for _, e := range u.Endpoints {
 			eps = append(eps, l4.Endpoint{Addr: net.JoinHostPort(e.Address, strconv.Itoa(e.Port)), Instance: e.Instance, Version: e.Version, Via: e.Gateways, SNI: e.SNI})
-			indexAddr(a.byAddr, e.Address, u.Service)
+			if len(e.Gateways) == 0 {
+				// An address of another network, reached through its
+				// gateways, may also be a local one (overlapping
+				// ranges): it names nothing the app can connect to.
+				indexAddr(a.byAddr, e.Address, u.Service)
+			}
 		}
 		a.endpoints[u.Service] = eps
 		for _, e := range u.Endpoints {

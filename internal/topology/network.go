@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net"
+	"net/netip"
 	"sort"
 	"strconv"
 	"strings"
@@ -154,10 +155,20 @@ func endpoints(ins []v1.Instance, nets map[string]*gatewaySet, local, locality s
 	return eps, strings.Join(why, "; ")
 }
 
-// networkTargets returns, for a gateway with a network listener for
-// network local, the SNI -> address of every healthy instance in local
-// that is not itself a gateway; nil for any other gateway.
-func networkTargets(m *Mesh, gw *v1.GatewaySpec, local string) map[string]string {
+// networkTargets returns, for the gateway name with a network listener
+// for network local, the SNI -> address of every healthy instance in
+// local that is not itself a gateway and that a sidecar could serve at;
+// nil for any other gateway.
+//
+// An instance's address is what its own sidecar registered, and the
+// gateway forwards raw TCP from other networks there: a token holder who
+// registered the cloud metadata endpoint, a gateway's own listener (a
+// loop: each connection opens another) or its host's loopback would have
+// the gateway carry strangers there. Those are left out
+// (forwardable); loopback only counts while the gateway itself is on
+// loopback, as with trellis up.
+func networkTargets(m *Mesh, name string, local string) map[string]string {
+	gw := m.Gateways[name]
 	serves := false
 	for _, l := range gw.Listeners {
 		serves = serves || l.Protocol == v1.GatewayNetwork && l.Network == local
@@ -165,18 +176,61 @@ func networkTargets(m *Mesh, gw *v1.GatewaySpec, local string) map[string]string
 	if !serves {
 		return nil
 	}
+	// Every gateway listener in the network: a target there is a loop.
+	loops := map[netip.AddrPort]bool{}
+	for g, spec := range m.Gateways {
+		for _, in := range m.Instances[g] {
+			a, err := netip.ParseAddr(in.Address)
+			if err != nil || v1.EffectiveNetwork(in.Network) != local {
+				continue
+			}
+			for _, l := range spec.Listeners {
+				loops[netip.AddrPortFrom(a.Unmap(), uint16(l.Port))] = true
+			}
+		}
+	}
+	loopback := len(m.Instances[name]) > 0
+	for _, in := range m.Instances[name] {
+		if a, err := netip.ParseAddr(in.Address); err != nil || !a.IsLoopback() {
+			loopback = false
+		}
+	}
 	out := map[string]string{}
 	for svc, ins := range m.Instances {
 		if m.Gateways[svc] != nil {
 			continue
 		}
 		for _, in := range ins {
-			if in.Healthy && v1.EffectiveNetwork(in.Network) == local {
-				out[NetworkSNI(in.ID, svc)] = net.JoinHostPort(in.Address, strconv.Itoa(in.Port))
+			if !in.Healthy || v1.EffectiveNetwork(in.Network) != local {
+				continue
 			}
+			a, err := netip.ParseAddr(in.Address)
+			if err != nil || in.Port <= 0 || in.Port > 65535 {
+				continue
+			}
+			ap := netip.AddrPortFrom(a.Unmap(), uint16(in.Port))
+			if forwardable(ap.Addr()) != nil || loops[ap] || a.IsLoopback() && !loopback {
+				continue
+			}
+			out[NetworkSNI(in.ID, svc)] = ap.String()
 		}
 	}
 	return out
+}
+
+// forwardable says why a network gateway must never forward to a, if it
+// must not: no sidecar serves peers from an unspecified, multicast or
+// link-local address (169.254.169.254 is the cloud's metadata endpoint).
+func forwardable(a netip.Addr) error {
+	switch {
+	case a.IsUnspecified():
+		return fmt.Errorf("%s is unspecified", a)
+	case a.IsMulticast():
+		return fmt.Errorf("%s is multicast", a)
+	case a.IsLinkLocalUnicast():
+		return fmt.Errorf("%s is link-local", a)
+	}
+	return nil
 }
 
 // Paths says how the proxy given s reaches each of its upstreams, for

@@ -1,7 +1,9 @@
 package topology
 
 import (
+	"net"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -193,4 +195,95 @@ func FuzzParseNetworkSNI(f *testing.F) {
 			t.Fatalf("instance label %q does not round-trip", inst)
 		}
 	})
+}
+
+// A proxy refuses a snapshot whose network paths it cannot trust: a
+// gateway that is not an IP and port, an SNI that does not name the
+// endpoint it is given for (the gateway would route the stream to
+// another instance or service), a network target that is not an IP and
+// port.
+func TestValidateNetworkPaths(t *testing.T) {
+	m := netMesh(v1.LocalityAny, map[string][]v1.Instance{"gw-b": {{ID: "gw-b-1", Address: "192.0.2.1", Network: "b", Healthy: true}}})
+	good := func() *Snapshot {
+		s := Compute(m, Proxy{Service: "web", Upstreams: []string{"api"}})
+		if err := s.Validate(); err != nil {
+			t.Fatalf("Validate: %v", err)
+		}
+		return s
+	}
+	viaB := func(s *Snapshot) *Endpoint {
+		for i, e := range s.Upstreams[0].Endpoints {
+			if len(e.Gateways) > 0 {
+				return &s.Upstreams[0].Endpoints[i]
+			}
+		}
+		t.Fatal("no endpoint through a gateway")
+		return nil
+	}
+	for _, tc := range []struct {
+		name, want string
+		edit       func(s *Snapshot)
+	}{
+		{"gateway a host name", "gateway", func(s *Snapshot) { viaB(s).Gateways = []string{"gw.example.com:15443"} }},
+		{"gateway port 0", "gateway", func(s *Snapshot) { viaB(s).Gateways = []string{"192.0.2.1:0"} }},
+		{"gateway port too big", "gateway", func(s *Snapshot) { viaB(s).Gateways = []string{"192.0.2.1:70000"} }},
+		{"sni of another service", "sni", func(s *Snapshot) { viaB(s).SNI = NetworkSNI("api-b", "web") }},
+		{"sni of another instance", "sni", func(s *Snapshot) { viaB(s).SNI = NetworkSNI("api-c", "api") }},
+		{"sni not a network name", "sni", func(s *Snapshot) { viaB(s).SNI = "api.example.com" }},
+		{"network target a host name", "networkTargets", func(s *Snapshot) {
+			s.NetworkTargets = map[string]string{NetworkSNI("api-b", "api"): "api.example.com:8443"}
+		}},
+		{"network target port 0", "networkTargets", func(s *Snapshot) {
+			s.NetworkTargets = map[string]string{NetworkSNI("api-b", "api"): "10.1.0.1:0"}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := good()
+			tc.edit(s)
+			if err := s.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("Validate: %v, want an error naming %s", err, tc.want)
+			}
+		})
+	}
+}
+
+// An instance's address is what its own sidecar registered: a token
+// holder can name any. The network gateway forwards raw TCP there from
+// other networks, so the registry's word is not enough: addresses no
+// sidecar serves at (link-local such as the cloud metadata endpoint,
+// unspecified, multicast), the gateway's own listeners (a loop: each
+// connection would open another), and loopback when the gateway is not
+// itself on loopback (its host's admin and local services) are no
+// targets; a proxy refuses a snapshot that has them.
+func TestNetworkTargetsRefuseWhatNoSidecarServes(t *testing.T) {
+	m := netMesh("", map[string][]v1.Instance{"gw-b": {{ID: "gw-b-1", Address: "192.0.2.1", Network: "b", Healthy: true}}})
+	for i, addr := range []string{"169.254.169.254:80", "192.0.2.1:15443", "127.0.0.1:6379", "0.0.0.0:8443", "224.0.0.1:8443", "[fe80::1]:8443", "[::1]:8443"} {
+		host, port, _ := net.SplitHostPort(addr)
+		p, _ := strconv.Atoi(port)
+		m.Instances["evil"] = append(m.Instances["evil"], v1.Instance{ID: "evil-" + strconv.Itoa(i), Service: "evil", Address: host, Port: p, Network: "b", Healthy: true})
+	}
+	s := Compute(m, Proxy{Service: "gw-b", Network: "b"})
+	want := map[string]string{NetworkSNI("api-b", "api"): "10.1.0.1:8443"}
+	if !reflect.DeepEqual(s.NetworkTargets, want) {
+		t.Errorf("network targets = %v, want %v", s.NetworkTargets, want)
+	}
+	for _, addr := range []string{"169.254.169.254:80", "0.0.0.0:8443", "224.0.0.1:8443"} {
+		s.NetworkTargets = map[string]string{NetworkSNI("evil-0", "evil"): addr}
+		if err := s.Validate(); err == nil || !strings.Contains(err.Error(), "networkTargets") {
+			t.Errorf("Validate of network target %s: %v", addr, err)
+		}
+	}
+
+	// A gateway on loopback (trellis up, tests) reaches instances on
+	// loopback; still not itself.
+	lo := netMesh("", map[string][]v1.Instance{"gw-b": {{ID: "gw-b-1", Address: "127.0.0.4", Network: "b", Healthy: true}}})
+	lo.Instances["api"] = []v1.Instance{
+		{ID: "api-b", Service: "api", Address: "127.0.0.3", Port: 8443, Network: "b", Healthy: true},
+		{ID: "api-loop", Service: "api", Address: "127.0.0.4", Port: 15443, Network: "b", Healthy: true},
+	}
+	s = Compute(lo, Proxy{Service: "gw-b", Network: "b"})
+	want = map[string]string{NetworkSNI("api-b", "api"): "127.0.0.3:8443"}
+	if !reflect.DeepEqual(s.NetworkTargets, want) {
+		t.Errorf("loopback gateway: network targets = %v, want %v", s.NetworkTargets, want)
+	}
 }

@@ -6,7 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
+	"net/netip"
 	"slices"
 	"sort"
 	"strings"
@@ -37,15 +37,22 @@ type Snapshot struct {
 	// its services are among Upstreams.
 	Gateway *v1.GatewaySpec `json:"gateway,omitempty"`
 
-	// DNSDomains are the names the mesh answers for: the Mesh's DNS
-	// domains and every Service's hostnames, lowercase and sorted. The
-	// sidecar's resolver answers NXDOMAIN for a name at or under one of
-	// them that is no upstream's, and forwards every other name.
+	// DNSDomains are the Mesh's DNS domains, lowercase and sorted: the
+	// zones the mesh answers for. The sidecar's resolver answers NXDOMAIN
+	// for a name at or under one of them that is no upstream's, and
+	// forwards every name under none of them and not in DNSHostnames.
 	DNSDomains []string `json:"dnsDomains,omitempty"`
 	// NetworkTargets, for a network gateway, maps the SNI of each healthy
 	// instance in the gateway's network (SNI) to its public mTLS listener
 	// ("address:port"): where the gateway forwards a stream that names it.
 	NetworkTargets map[string]string `json:"networkTargets,omitempty"`
+
+	// DNSHostnames are every Service's hostnames (spec.hostnames),
+	// lowercase and sorted: names, not zones. The sidecar's resolver
+	// answers NXDOMAIN for one that is no upstream's, and forwards the
+	// names under it: a Service named api.example.com takes no other
+	// name of example.com from any app.
+	DNSHostnames []string `json:"dnsHostnames,omitempty"`
 }
 
 // Upstream is one destination service and its healthy endpoints.
@@ -120,12 +127,14 @@ func (s *Snapshot) Validate() error {
 				errs = append(errs, fmt.Errorf("upstream %s: endpoint %s has address %q port %d", u.Service, e.Instance, e.Address, e.Port))
 			}
 			for _, g := range e.Gateways {
-				if _, _, err := net.SplitHostPort(g); err != nil {
-					errs = append(errs, fmt.Errorf("upstream %s: endpoint %s: gateway %q: %w", u.Service, e.Instance, g, err))
+				if err := validIPPort(g); err != nil {
+					errs = append(errs, fmt.Errorf("upstream %s: endpoint %s: gateway %w", u.Service, e.Instance, err))
 				}
 			}
-			if len(e.Gateways) > 0 && e.SNI == "" {
-				errs = append(errs, fmt.Errorf("upstream %s: endpoint %s has gateways and no sni", u.Service, e.Instance))
+			// The gateway routes by the SNI alone: one naming another
+			// instance or service would take the stream there.
+			if want := NetworkSNI(e.Instance, u.Service); len(e.Gateways) > 0 && e.SNI != want {
+				errs = append(errs, fmt.Errorf("upstream %s: endpoint %s through gateways: sni %q, want %q", u.Service, e.Instance, e.SNI, want))
 			}
 		}
 	}
@@ -133,11 +142,23 @@ func (s *Snapshot) Validate() error {
 		if _, _, ok := ParseNetworkSNI(sni); !ok {
 			errs = append(errs, fmt.Errorf("networkTargets: %q is not a network SNI name", sni))
 		}
-		if _, _, err := net.SplitHostPort(addr); err != nil {
+		if err := validIPPort(addr); err != nil {
+			errs = append(errs, fmt.Errorf("networkTargets: %s: %w", sni, err))
+		} else if err := forwardable(netip.MustParseAddrPort(addr).Addr().Unmap()); err != nil {
 			errs = append(errs, fmt.Errorf("networkTargets: %s: %w", sni, err))
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// validIPPort checks an address a proxy dials as it is: an IP and a port
+// (a host name would be looked up, port 0 is no port).
+func validIPPort(s string) error {
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil || ap.Port() == 0 {
+		return fmt.Errorf("%q: not an IP address and port", s)
+	}
+	return nil
 }
 
 // Mesh is the state of the whole mesh, as the control plane read it.
@@ -184,7 +205,7 @@ func Compute(m *Mesh, p Proxy) *Snapshot {
 	nets := networkGateways(m)
 	local := v1.EffectiveNetwork(p.Network)
 	if s.Gateway != nil {
-		s.NetworkTargets = networkTargets(m, s.Gateway, local)
+		s.NetworkTargets = networkTargets(m, p.Service, local)
 	}
 	for i, name := range ups {
 		if i > 0 && ups[i-1] == name {
@@ -204,17 +225,24 @@ func Compute(m *Mesh, p Proxy) *Snapshot {
 		s.Upstreams = append(s.Upstreams, u)
 	}
 	s.DNSDomains = DNSDomains(m)
+	s.DNSHostnames = DNSHostnames(m)
 	s.Version = contentVersion(s)
 	return s
 }
 
-// DNSDomains returns the names the mesh answers for: its DNS domains and
-// every Service's hostnames, lowercase, sorted, each once.
+// DNSDomains returns the zones the mesh answers for, its DNS domains,
+// lowercase, sorted, each once.
 func DNSDomains(m *Mesh) []string {
-	var names []string
-	if m.Mesh != nil && m.Mesh.DNS != nil {
-		names = append(names, m.Mesh.DNS.Domains...)
+	if m.Mesh == nil || m.Mesh.DNS == nil {
+		return nil
 	}
+	return sortedNames(m.Mesh.DNS.Domains)
+}
+
+// DNSHostnames returns every Service's hostnames, lowercase, sorted, each
+// once: names the mesh answers, not zones.
+func DNSHostnames(m *Mesh) []string {
+	var names []string
 	for _, svc := range m.Services {
 		if svc != nil {
 			names = append(names, svc.Hostnames...)

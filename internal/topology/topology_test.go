@@ -65,8 +65,11 @@ func TestComputeDNSNames(t *testing.T) {
 		},
 	}
 	s := Compute(m, Proxy{Service: "frontend", Upstreams: []string{"crystal"}})
-	if got, want := strings.Join(s.DNSDomains, " "), "appmeshworkshop.hosted.local crystal.legacy.example demo.local node.other.example"; got != want {
+	if got, want := strings.Join(s.DNSDomains, " "), "appmeshworkshop.hosted.local demo.local"; got != want {
 		t.Errorf("dnsDomains = %s, want %s", got, want)
+	}
+	if got, want := strings.Join(s.DNSHostnames, " "), "crystal.legacy.example node.other.example"; got != want {
+		t.Errorf("dnsHostnames = %s, want %s", got, want)
 	}
 	u := s.Upstream("crystal")
 	if got, want := strings.Join(u.Hostnames, " "), "crystal.appmeshworkshop.hosted.local crystal.demo.local crystal.legacy.example"; got != want {

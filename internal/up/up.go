@@ -168,7 +168,7 @@ func Run(ctx context.Context, cfg Config) error {
 			inst := fmt.Sprintf("%s-%d", s.Name, numbered[s.Name])
 			port := s.Port + r
 			env := map[string]string{"PORT": strconv.Itoa(port), "TRELLIS_SERVICE": s.Name, "TRELLIS_INSTANCE": inst,
-				"TRELLIS_VERSION": s.Version, "TRELLIS_NETWORK": networkOf(s.Network)}
+				"TRELLIS_VERSION": s.Version, "TRELLIS_NETWORK": v1.EffectiveNetwork(s.Network)}
 			var ups []sidecar.Upstream
 			var dns *sidecar.DNS
 			for j, u := range s.Upstreams {
@@ -314,7 +314,7 @@ func gatewayNetwork(f *File, g *v1.GatewaySpec) string {
 	for _, svc := range g.Services() {
 		for _, s := range f.Services {
 			if s.Name == svc {
-				nets[networkOf(s.Network)] = true
+				nets[v1.EffectiveNetwork(s.Network)] = true
 			}
 		}
 	}
@@ -324,14 +324,6 @@ func gatewayNetwork(f *File, g *v1.GatewaySpec) string {
 		}
 	}
 	return ""
-}
-
-// networkOf names the network an instance with setting n is in.
-func networkOf(n string) string {
-	if n == "" {
-		return "default"
-	}
-	return n
 }
 
 // edgeConfig is replica r's edge listener of e (nil: none), on loopback.

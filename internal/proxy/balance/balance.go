@@ -18,10 +18,20 @@ type Endpoint struct {
 	// Via are the network gateways ("host:port") that reach Addr when it
 	// is in another network: a connection dials one of them with TLS
 	// server name SNI, and the gateway forwards it to Addr unopened.
-	// Empty means dial Addr. Addr stays the key for balancing, ejection
-	// and pooling.
+	// Empty means dial Addr.
 	Via []string
 	SNI string
+}
+
+// Key identifies the endpoint for balancing, ejection and pooling: its
+// SNI when it is reached through gateways, which names the instance, and
+// otherwise its Addr. Networks joined by gateways may use the same
+// private addresses, so Addr alone could stand for two instances.
+func (e Endpoint) Key() string {
+	if e.SNI != "" {
+		return e.SNI
+	}
+	return e.Addr
 }
 
 // Balancer picks endpoints by power of two choices on open streams, and
@@ -64,10 +74,10 @@ func (b *Balancer) Pick(eps []Endpoint, tried map[string]bool) (Endpoint, bool) 
 	now := b.now()
 	var cands, ejected []Endpoint
 	for _, e := range eps {
-		if tried[e.Addr] {
+		if tried[e.Key()] {
 			continue
 		}
-		if b.eject[e.Addr].until.After(now) {
+		if b.eject[e.Key()].until.After(now) {
 			ejected = append(ejected, e)
 			continue
 		}
@@ -88,7 +98,7 @@ func (b *Balancer) Pick(eps []Endpoint, tried map[string]bool) (Endpoint, bool) 
 	if j >= i {
 		j++
 	}
-	if b.active[cands[j].Addr] < b.active[cands[i].Addr] {
+	if b.active[cands[j].Key()] < b.active[cands[i].Key()] {
 		i = j
 	}
 	return cands[i], true

@@ -74,7 +74,7 @@ func serveOutbound(t *testing.T, service, addr string, src *certs.Source, pool *
 // pooled returns the pool's connections to service at addr.
 func pooled(p *Pool, addr, service string) []*tunnel.Conn {
 	p.mu.Lock()
-	e := p.entries[poolKey{addr: addr, service: service}]
+	e := p.entries[poolKey{endpoint: addr, service: service}]
 	p.mu.Unlock()
 	if e == nil {
 		return nil

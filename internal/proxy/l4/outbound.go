@@ -136,7 +136,7 @@ const openTimeout = 10 * time.Second
 // the client connection is done: the peer refused it, and another
 // endpoint would decide the same. Otherwise the next endpoint is tried.
 func (o *Outbound) failed(ep Endpoint, err error) bool {
-	o.bal.Done(ep.Addr)
+	o.bal.Done(ep.Key())
 	var refused *tunnel.StatusError
 	if errors.As(err, &refused) {
 		result := "error"
@@ -147,7 +147,7 @@ func (o *Outbound) failed(ep Endpoint, err error) bool {
 		o.Logger.Info("upstream refused connection", "upstream", o.Service, "endpoint", ep.Addr, "status", refused.Status, "reason", refused.Reason)
 		return true
 	}
-	o.bal.Failed(ep.Addr)
+	o.bal.Failed(ep.Key())
 	var dialErr *DialError
 	if errors.As(err, &dialErr) {
 		o.Logger.Warn("upstream endpoint unreachable", "upstream", o.Service, "endpoint", ep.Addr, "endpointInstance", ep.Instance, "err", err)
@@ -164,8 +164,8 @@ func (o *Outbound) handle(client net.Conn) {
 		if !ok {
 			break
 		}
-		tried[ep.Addr] = true
-		o.bal.Start(ep.Addr)
+		tried[ep.Key()] = true
+		o.bal.Start(ep.Key())
 		ctx, cancel := context.WithTimeout(o.ctx, openTimeout)
 		s, err := o.Pool.Open(ctx, ep, o.Service, o.TLS)
 		cancel()
@@ -178,7 +178,7 @@ func (o *Outbound) handle(client net.Conn) {
 			lastErr = err
 			continue
 		}
-		o.bal.Succeeded(ep.Addr)
+		o.bal.Succeeded(ep.Key())
 		o.Metrics.Connections.WithLabelValues("outbound", o.Service, "ok").Inc()
 		gauge := o.Metrics.Active.WithLabelValues("outbound")
 		gauge.Inc()
@@ -186,7 +186,7 @@ func (o *Outbound) handle(client net.Conn) {
 		gauge.Dec()
 		o.Metrics.Bytes.WithLabelValues("outbound", o.Service, "sent").Add(float64(sent))
 		o.Metrics.Bytes.WithLabelValues("outbound", o.Service, "received").Add(float64(received))
-		o.bal.Done(ep.Addr)
+		o.bal.Done(ep.Key())
 		return
 	}
 	if lastErr == nil {

@@ -28,7 +28,7 @@ import (
 const maxConnsPerEndpoint = 64
 
 // Pool keeps multiplexed mTLS connections to endpoints, keyed by the
-// endpoint address and the TLS configuration that checks its identity.
+// endpoint (Endpoint.Key) and the service whose identity is checked.
 // It is safe for concurrent use; its zero value is not: use NewPool.
 type Pool struct {
 	// Logger receives a line for each upstream whose certificate is
@@ -64,8 +64,8 @@ type Pool struct {
 }
 
 type poolKey struct {
-	addr    string
-	service string
+	endpoint string // Endpoint.Key: addresses of other networks may repeat
+	service  string
 }
 
 type poolEntry struct {
@@ -120,18 +120,19 @@ func (a path) allows(hop string) bool {
 }
 
 // setPathLocked makes p the entry's path and retires, gracefully, the
-// connections not on it (a gateway left, or the endpoint's network became
-// directly routed): they take no new streams and close when their open
-// ones end, as connections to removed endpoints do. Called with e.mu.
+// connections not on it (a gateway left): they take no new streams and
+// close when their open ones end, as connections to removed endpoints
+// do. Only the gateways change: the SNI is the entry's key (Endpoint.Key),
+// so an endpoint that turns direct, or starts going through gateways, is
+// another entry, and Forget retires the old one. Called with e.mu.
 func (e *poolEntry) setPathLocked(p path) {
 	if e.path.equal(p) {
 		return
 	}
-	sniChanged := e.path.sni != p.sni
 	e.path = path{via: append([]string(nil), p.via...), sni: p.sni}
 	live := e.conns[:0]
 	for _, c := range e.conns {
-		if hop := e.hops[c]; sniChanged || !p.allows(hop) {
+		if !p.allows(e.hops[c]) {
 			delete(e.hops, c)
 			c.Shutdown()
 			continue
@@ -201,7 +202,7 @@ func (p *Pool) Get(ctx context.Context, ep Endpoint, service string, cfg *tls.Co
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("connect to %s: %w", addr, context.Cause(ctx))
 	}
-	key := poolKey{addr: addr, service: service}
+	key := poolKey{endpoint: ep.Key(), service: service}
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
@@ -321,7 +322,7 @@ func (p *Pool) startDial(e *poolEntry, addr string, cfg *tls.Config) (*pendingDi
 			c.Close()
 			c, err = nil, fmt.Errorf("endpoint %s: removed from the pool while dialing", addr)
 		}
-		if err == nil && !e.path.equal(pth) && (e.path.sni != pth.sni || !e.path.allows(hop)) {
+		if err == nil && !e.path.allows(hop) {
 			c.Close()
 			c, err = nil, fmt.Errorf("endpoint %s: its path changed while dialing", addr)
 		}
@@ -500,7 +501,7 @@ func (p *Pool) fullHandshakes(cfg *tls.Config) *tls.Config {
 	return actual.(*tls.Config)
 }
 
-// Forget closes idle connections to endpoints not in keep (by Addr), so
+// Forget closes idle connections to endpoints not in keep (by Key), so
 // that removed endpoints do not hold sockets, and retires the connections
 // of kept endpoints whose path changed (a gateway left). Connections with
 // open streams close when their streams end; a dial in progress to a
@@ -509,7 +510,7 @@ func (p *Pool) Forget(keep map[string]Endpoint) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for k, e := range p.entries {
-		if ep, ok := keep[k.addr]; ok {
+		if ep, ok := keep[k.endpoint]; ok {
 			e.mu.Lock()
 			e.setPathLocked(pathOf(ep))
 			e.mu.Unlock()

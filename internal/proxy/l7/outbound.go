@@ -298,14 +298,14 @@ func (o *Outbound) roundTrip(req *http.Request) (resp *http.Response, err error)
 		var perTryExpired atomic.Bool
 		tryTimer := (*time.Timer)(nil)
 		if attempts > 1 {
-			tried[ep.Addr] = true
+			tried[ep.Key()] = true
 			tryCtx, tryCancel = context.WithCancel(ctx)
 			tryTimer = time.AfterFunc(rule.Retry.PerTryTimeout, func() { perTryExpired.Store(true); tryCancel() })
 		}
 		if attempt > 1 {
 			req.Body, _ = req.GetBody()
 		}
-		o.bal.Start(ep.Addr)
+		o.bal.Start(ep.Key())
 		resp, err := o.send(tryCtx, req, ep)
 		if tryTimer != nil && !tryTimer.Stop() && err == nil {
 			// The answer came as the per-try timer fired: its context is
@@ -320,7 +320,7 @@ func (o *Outbound) roundTrip(req *http.Request) (resp *http.Response, err error)
 			o.errored(ep)
 		}
 		if err == nil && attempt < attempts && rule.Retry.retryStatus(resp) {
-			o.bal.Done(ep.Addr)
+			o.bal.Done(ep.Key())
 			tryCancel()
 			// Drain a little so that the connection can be reused.
 			io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
@@ -330,13 +330,13 @@ func (o *Outbound) roundTrip(req *http.Request) (resp *http.Response, err error)
 		}
 		if err == nil && !timer.Stop() {
 			resp.Body.Close()
-			o.bal.Done(ep.Addr)
+			o.bal.Done(ep.Key())
 			tryCancel()
 			return fail(context.DeadlineExceeded)
 		}
 		if err == nil {
 			if resp.StatusCode < 500 {
-				o.bal.Succeeded(ep.Addr)
+				o.bal.Succeeded(ep.Key())
 			}
 			resp.Header.Set(UpstreamTimeHeader, strconv.FormatInt(time.Since(start).Milliseconds(), 10))
 			code := resp.StatusCode
@@ -344,17 +344,17 @@ func (o *Outbound) roundTrip(req *http.Request) (resp *http.Response, err error)
 				onDone()
 				tryCancel()
 				cancel()
-				o.bal.Done(ep.Addr)
+				o.bal.Done(ep.Key())
 				o.Metrics.observe("outbound", o.Source, o.Service, rule.Name, ep.Version, code, start)
 				o.access(req, rule.Name, ep, code, attempt, start)
 			}}
 			return resp, nil
 		}
-		o.bal.Done(ep.Addr)
+		o.bal.Done(ep.Key())
 		var de *dialError
 		clientFault := clientBodyFailed(clientBody)
 		if errors.As(err, &de) {
-			o.bal.Failed(ep.Addr)
+			o.bal.Failed(ep.Key())
 		} else if req.Context().Err() == nil && !clientFault {
 			o.errored(ep)
 		}

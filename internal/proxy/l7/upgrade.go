@@ -35,7 +35,7 @@ func (o *Outbound) roundTripUpgrade(req *http.Request, rule *Rule, ep balance.En
 	defer cancel()
 	conn, err := o.DialUpgrade(ctx, ep)
 	if err != nil {
-		o.bal.Failed(ep.Addr)
+		o.bal.Failed(ep.Key())
 		return nil, fmt.Errorf("upgrade stream to %s: %w", ep.Instance, err)
 	}
 	conn.SetDeadline(time.Now().Add(rule.Timeout))

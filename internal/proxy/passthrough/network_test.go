@@ -20,6 +20,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/identity"
 	"github.com/trellis-mesh/trellis/internal/proxy/l4"
 	"github.com/trellis-mesh/trellis/internal/proxy/passthrough"
+	"github.com/trellis-mesh/trellis/internal/proxy/tunnel"
 	"github.com/trellis-mesh/trellis/internal/topology"
 	"github.com/trellis-mesh/trellis/internal/trellistest"
 )
@@ -160,7 +161,7 @@ func startCaller(t *testing.T, ca *trellistest.CA, expect string, ep l4.Endpoint
 // snapshot does.
 func (c *caller) set(ep l4.Endpoint) {
 	c.ep.Store(&ep)
-	c.pool.Forget(map[string]l4.Endpoint{ep.Addr: ep})
+	c.pool.Forget(map[string]l4.Endpoint{ep.Key(): ep})
 }
 
 func echoOnce(addr string, msg []byte) error {
@@ -346,5 +347,50 @@ func TestNetworkGatewayFailover(t *testing.T) {
 		if !bytes.Contains([]byte(err.Error()), []byte(a)) {
 			t.Errorf("error %q does not name gateway %s", err, a)
 		}
+	}
+}
+
+// Networks joined by gateways may use the same private addresses (that
+// is often why they are not routed): api's instances in networks b and
+// c both register 10.9.9.9:8443. The pool keeps a connection to each,
+// and uses it again, instead of taking one for the other and retiring it
+// at every call; Forget keeps both.
+func TestPoolTellsApartEndpointsAtOneAddressInTwoNetworks(t *testing.T) {
+	ca := trellistest.NewCA(t, "trellis.local")
+	apiB := startInbound(t, ca, "127.0.0.3", "api")
+	apiC := startInbound(t, ca, "127.0.0.3", "api")
+	sniB, sniC := topology.NetworkSNI("api-b", "api"), topology.NetworkSNI("api-c", "api")
+	gwB := startNetGateway(t, "127.0.0.4", map[string]string{sniB: apiB.addr})
+	gwC := startNetGateway(t, "127.0.0.5", map[string]string{sniC: apiC.addr})
+	const shared = "10.9.9.9:8443"
+	epB := l4.Endpoint{Addr: shared, Instance: "api-b", Via: []string{gwB.addr}, SNI: sniB}
+	epC := l4.Endpoint{Addr: shared, Instance: "api-c", Via: []string{gwC.addr}, SNI: sniC}
+	pool := l4.NewPool(2*time.Second, 0, nil)
+	defer pool.Close()
+	cfg := ca.Source(t, "web").ClientConfig(certs.ExpectService("api"), l4.ALPN)
+	get := func(ep l4.Endpoint) *tunnel.Conn {
+		t.Helper()
+		c, err := pool.Get(t.Context(), ep, "api", cfg)
+		if err != nil {
+			t.Fatalf("%s: %v", ep.Instance, err)
+		}
+		c.Unreserve()
+		return c
+	}
+	b, c := get(epB), get(epC)
+	if b == c {
+		t.Fatal("one connection for two instances")
+	}
+	pool.Forget(map[string]l4.Endpoint{epB.Key(): epB, epC.Key(): epC})
+	for range 3 {
+		if got := get(epB); got != b {
+			t.Error("api-b's connection was replaced")
+		}
+		if got := get(epC); got != c {
+			t.Error("api-c's connection was replaced")
+		}
+	}
+	if gwB.forwarded("api") != 1 || gwC.forwarded("api") != 1 {
+		t.Errorf("gateways forwarded b %v, c %v connections, want 1 each", gwB.forwarded("api"), gwC.forwarded("api"))
 	}
 }
