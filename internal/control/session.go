@@ -496,32 +496,33 @@ func (sess *session) info() sessionInfo {
 // currentSession answers the page, when it loads, with its session (and
 // the CSRF token its writes need), or 401.
 func (s *Server) currentSession(w http.ResponseWriter, r *http.Request) {
+	if sess := s.cookieSession(w, r); sess != nil {
+		writeJSON(w, http.StatusOK, sess.info())
+	}
+}
+
+// cookieSession returns the live session r's cookie names, or answers 401
+// and returns nil. Its answers are never cached.
+func (s *Server) cookieSession(w http.ResponseWriter, r *http.Request) *session {
 	w.Header().Set("Cache-Control", "no-store")
 	c, err := r.Cookie(sessionCookie)
 	if err != nil {
 		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "not logged in"})
-		return
+		return nil
 	}
 	sess, err := s.session(r.Context(), c.Value)
 	if err != nil {
 		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": err.Error()})
-		return
+		return nil
 	}
-	writeJSON(w, http.StatusOK, sess.info())
+	return sess
 }
 
 // logout ends the session (a write: it needs the CSRF proof, so that no
 // other site can log a person out).
 func (s *Server) logout(w http.ResponseWriter, r *http.Request) {
-	w.Header().Set("Cache-Control", "no-store")
-	c, err := r.Cookie(sessionCookie)
-	if err != nil {
-		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "not logged in"})
-		return
-	}
-	sess, err := s.session(r.Context(), c.Value)
-	if err != nil {
-		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": err.Error()})
+	sess := s.cookieSession(w, r)
+	if sess == nil {
 		return
 	}
 	if err := checkCSRF(r, sess.csrf); err != nil {
