@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 	"unicode"
+	"unicode/utf8"
 
 	"github.com/trellis-mesh/trellis/internal/identity"
 )
@@ -194,10 +195,13 @@ func otherKey(d, own string) Key {
 
 // Encode returns the summary's JSON.
 func (s *Summary) Encode() ([]byte, error) {
-	b, err := json.Marshal(s)
-	if err != nil {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false) // labels stay the size they are
+	if err := enc.Encode(s); err != nil {
 		return nil, err
 	}
+	b := bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
 	if len(b) > MaxSummaryBytes {
 		return nil, fmt.Errorf("summary is %d bytes, over the limit of %d", len(b), MaxSummaryBytes)
 	}
@@ -237,6 +241,10 @@ func (s *Summary) Validate() error {
 	}
 	if s.Instance == "" || len(s.Instance) > 128 {
 		errs = append(errs, errors.New("instance: must be 1 to 128 characters"))
+	} else if i := strings.IndexFunc(s.Instance, func(c rune) bool {
+		return !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '.' || c == '_')
+	}); i >= 0 {
+		errs = append(errs, fmt.Errorf("instance %q: character at %d is not allowed", s.Instance, i))
 	}
 	if s.IntervalMS < 100 || s.IntervalMS > 10*60*1000 {
 		errs = append(errs, fmt.Errorf("intervalMs: %d is not between 100 and 600000", s.IntervalMS))
@@ -253,7 +261,7 @@ func (s *Summary) Validate() error {
 	seen := make(map[Key]bool, len(s.Entries))
 	for i := range s.Entries {
 		e := &s.Entries[i]
-		if err := e.validate(s.Service); err != nil {
+		if err := e.Validate(s.Service); err != nil {
 			errs = append(errs, fmt.Errorf("entries[%d]: %w", i, err))
 			if len(errs) == 5 {
 				errs = append(errs, errors.New("(more errors not shown)"))
@@ -270,9 +278,9 @@ func (s *Summary) Validate() error {
 	return errors.Join(errs...)
 }
 
-// validate checks an entry of a summary from service own: an outbound
+// Validate checks an entry of a summary from service own: an outbound
 // entry's source and an inbound entry's destination must be own.
-func (e *Entry) validate(own string) error {
+func (e *Entry) Validate(own string) error {
 	switch e.Direction {
 	case Outbound:
 		if e.Source != own {
@@ -335,6 +343,9 @@ func peerName(s string, emptyOK bool) error {
 func label(s string) error {
 	if len(s) > maxLabel {
 		return fmt.Errorf("%d bytes, over the limit of %d", len(s), maxLabel)
+	}
+	if !utf8.ValidString(s) {
+		return fmt.Errorf("%q is not UTF-8", s)
 	}
 	if i := strings.IndexFunc(s, func(r rune) bool { return !unicode.IsPrint(r) || unicode.IsSpace(r) }); i >= 0 {
 		return fmt.Errorf("%q: character at %d is not allowed", s, i)
