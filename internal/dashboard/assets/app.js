@@ -635,7 +635,7 @@
       (cols[d] = cols[d] || []).push(n);
     }
     const pos = new Map();
-    const colW = 220, rowH = 90, nodeW = 150, nodeH = 44;
+    const colW = 290, rowH = 90, nodeW = 150, nodeH = 44;
     cols.forEach((col, ci) => (col || []).forEach((n, ri) => pos.set(n, { x: 20 + ci * colW, y: 20 + ri * rowH, w: nodeW, h: nodeH })));
     const width = 40 + Math.max(1, cols.length) * colW;
     const height = 40 + Math.max(1, ...cols.map((c) => (c || []).length)) * rowH;
@@ -649,7 +649,7 @@
     const root = svg("svg", { id: "topology-graph", viewBox: "0 0 " + width + " " + height, width, height, role: "img", "aria-labelledby": "topology-title" },
       svg("title", { id: "topology-title" }, "Services and the calls between them, last minute"),
       svg("defs", {}, ...["ok", "warn", "bad", "idle"].map((c) =>
-        svg("marker", { id: "arrow-" + c, class: "arrow " + c, viewBox: "0 0 10 10", refX: 10, refY: 5, markerWidth: 6, markerHeight: 6, orient: "auto-start-reverse" },
+        svg("marker", { id: "arrow-" + c, class: "arrow " + c, viewBox: "0 0 10 10", refX: 10, refY: 5, markerUnits: "userSpaceOnUse", markerWidth: 12, markerHeight: 12, orient: "auto-start-reverse" },
           svg("path", { d: "M 0 0 L 10 5 L 0 10 z" })))));
     const maxRps = Math.max(1, ...topo.edges.map((e) => e.requestsPerSecond || 0));
     for (const e of topo.edges) {
@@ -684,10 +684,11 @@
     for (const n of topo.nodes) {
       const p = pos.get(n.name);
       const link = svg("a", { href: "#/services/" + encodeURIComponent(n.name), class: "node " + successClass(n), id: "node-" + safeId(n.name) },
-        svg("title", {}, n.name + ": " + rps(n) + " requests/s received, success " + pct(n)),
+        svg("title", {}, n.name + ": " + (n.requests ? rps(n) + " requests/s received, success " + pct(n) : bytesRate(n.bytesPerSecond || 0) + " received over TCP")),
         svg("rect", { x: p.x, y: p.y, width: p.w, height: p.h, rx: 6 }),
         svg("text", { x: p.x + p.w / 2, y: p.y + 18, "text-anchor": "middle", class: "node-name" }, n.name),
-        svg("text", { x: p.x + p.w / 2, y: p.y + 35, "text-anchor": "middle", class: "node-figures" }, n.requests ? rps(n) + "/s · " + pct(n) : "no traffic"));
+        svg("text", { x: p.x + p.w / 2, y: p.y + 35, "text-anchor": "middle", class: "node-figures" },
+          n.requests ? rps(n) + "/s · " + pct(n) : n.bytesPerSecond ? bytesRate(n.bytesPerSecond) : "no traffic"));
       root.append(link);
     }
     return root;
