@@ -331,4 +331,13 @@ func TestStatsSummaryRefused(t *testing.T) {
 	if len(got.Edges) != 0 || len(got.Services) != 0 {
 		t.Errorf("stats of y: got %+v, want none", got)
 	}
+
+	// Readers: a viewer token reads the figures; a service token does not.
+	viewer := strings.TrimSpace(s.mustCLI(t, "token", "create", "--viewer"))
+	if _, err := clientFor(t, s, viewer).Topology(t.Context(), 0, ""); err != nil {
+		t.Errorf("a viewer reads /v1/topology: %v", err)
+	}
+	if _, err := clientFor(t, s, secret).Stats(t.Context(), 0, ""); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Errorf("a service token reads /v1/stats: got %v, want 403", err)
+	}
 }
