@@ -40,6 +40,14 @@ func feed(r *Ring, n int) {
 
 func near(got, want float64) bool { return math.Abs(got-want) < 1e-9 }
 
+// rate shows a success rate for a message.
+func rate(p *float64) string {
+	if p == nil {
+		return "none"
+	}
+	return fmt.Sprint(*p)
+}
+
 func TestRingStats(t *testing.T) {
 	r := NewRing(RingConfig{})
 	feed(r, 20)
@@ -58,7 +66,7 @@ func TestRingStats(t *testing.T) {
 				t.Errorf("edge %s->%s: got %v requests/s, want 4", e.Source, e.Destination, e.RequestsPerSecond)
 			}
 			if e.SuccessRate == nil || !near(*e.SuccessRate, 0.9) {
-				t.Errorf("edge success rate: got %v, want 0.9", e.SuccessRate)
+				t.Errorf("edge success rate: got %s, want 0.9", rate(e.SuccessRate))
 			}
 			// Every request in the 2.5 ms to 5 ms bucket.
 			if !near(e.P50Ms, 3.75) || !near(e.P99Ms, 4.975) {
