@@ -208,6 +208,36 @@ func (c *Client) Proxies(ctx context.Context) ([]v1.ProxyStatus, error) {
 	return out, err
 }
 
+// Stats returns the mesh's traffic figures over window (zero: the
+// server's default, 1m), of one service and its edges or (empty) all.
+func (c *Client) Stats(ctx context.Context, window time.Duration, service string) (v1.Stats, error) {
+	var out v1.Stats
+	err := c.do(ctx, http.MethodGet, "/v1/stats"+statsParams(window, service), nil, &out)
+	return out, err
+}
+
+// Topology returns the mesh's services and edges with their traffic
+// figures over window (zero: 1m), of one service or (empty) all.
+func (c *Client) Topology(ctx context.Context, window time.Duration, service string) (v1.Topology, error) {
+	var out v1.Topology
+	err := c.do(ctx, http.MethodGet, "/v1/topology"+statsParams(window, service), nil, &out)
+	return out, err
+}
+
+func statsParams(window time.Duration, service string) string {
+	q := url.Values{}
+	if window != 0 {
+		q.Set("window", window.String())
+	}
+	if service != "" {
+		q.Set("service", service)
+	}
+	if len(q) == 0 {
+		return ""
+	}
+	return "?" + q.Encode()
+}
+
 // Roots returns the trust bundle.
 func (c *Client) Roots(ctx context.Context) (v1.Roots, error) {
 	var out v1.Roots

@@ -111,6 +111,16 @@ func TestDashboardInBrowser(t *testing.T) {
 			}
 		}
 	})
+	// The example's services are TCP; greeting is made HTTP before the
+	// greeter first calls it (its app keeps that connection), so that the
+	// Topology page has requests to show on greeter->greeting.
+	httpGreeting := filepath.Join(t.TempDir(), "greeting.yaml")
+	if err := writeFile(httpGreeting, "kind: Service\nname: greeting\nspec: {protocol: http}\n"); err != nil {
+		t.Fatal(err)
+	}
+	if out, code := runCLI(t, u.env, "apply", "-f", httpGreeting); code != 0 {
+		t.Fatalf("apply greeting as http: %d %s", code, out)
+	}
 	const origin = "https://127.0.0.1:7700"
 	adminToken, err := os.ReadFile(filepath.Join(u.home, ".trellis", "up", "admin-token"))
 	if err != nil {
@@ -323,7 +333,49 @@ spec:
 		}
 	}
 	shot(t, tab, shots, "gateways")
+	// Traffic through the greeter until the Topology page draws it.
+	// greeting is HTTP (above): its edge carries requests. name is TCP,
+	// and the greeter's app keeps one connection to it open: a TCP
+	// connection's bytes are counted when it closes, so that edge is
+	// drawn (it had connections) without a rate. client->greeter is TCP
+	// with a connection per call: its bytes show. Summaries come every
+	// 5 s and an edge's first interval is not counted: this takes two or
+	// three intervals.
+	loadCtx, stopLoad := context.WithCancel(ctx)
+	var load sync.WaitGroup
+	load.Go(func() {
+		pace := time.NewTicker(100 * time.Millisecond)
+		defer pace.Stop()
+		for {
+			get("127.0.0.1:8080")
+			select {
+			case <-loadCtx.Done():
+				return
+			case <-pace.C:
+			}
+		}
+	})
 	open("topology")
+	trellistest.Eventually(t, 60*time.Second, "topology shows greeter->greeting, greeter->name and client->greeter with traffic", func() error {
+		// Each edge drawn: its ID, requests/s and bytes/s.
+		drawn, err := chromedp.Run(tab, chromedp.Evaluate[map[string][2]float64](`Object.fromEntries([...document.querySelectorAll("#topology-graph g.edge")].map(
+			(e) => [e.id, [Number(e.getAttribute("data-rps")), Number(e.getAttribute("data-bps"))]]))`))
+		if err != nil {
+			return err
+		}
+		g, gok := drawn["edge-greeter--greeting"]
+		_, nok := drawn["edge-greeter--name"]
+		c, cok := drawn["edge-client--greeter"]
+		if !gok || !nok || !cok || g[0] == 0 || c[1] == 0 {
+			return fmt.Errorf("edges drawn (requests/s, bytes/s): %v", drawn)
+		}
+		return nil
+	})
+	stopLoad()
+	load.Wait()
+	if got := text("#topology-edges"); !strings.Contains(got, "greeter") || !strings.Contains(got, "greeting") || !strings.Contains(got, "name") {
+		t.Errorf("topology's edge table lacks greeter's edges:\n%s", got)
+	}
 	shot(t, tab, shots, "topology")
 	do("log out", chromedp.Click(chromedp.ID("logout")), chromedp.WaitVisible(chromedp.ID("token")))
 

@@ -54,6 +54,8 @@ func commands() map[string]command {
 		"ca":        {"the CA: ca roots | add-root FILE | rotate | remove-root FINGERPRINT|FILE", runCA},
 		"inject":    {"inject the sidecar: inject validate|ecs|cloudformation|kubernetes|compose|mesh, inject webhook", runInject},
 		"redirect":  {"install the iptables rules of transparent mode (as ECS does for proxyConfiguration)", runRedirect},
+		"top":       {"live view of services and edges by requests/s (plain output once when not a terminal)", runTop},
+		"stat":      {"traffic of one service: stat service NAME (its versions and routes)", runStat},
 		"ready":     {"exit 0 if the local proxy is ready (a health check that needs no shell)", runReady},
 		"version": {"print the version", func(_ context.Context, e *env, _ []string) error {
 			fmt.Fprintln(e.stdout, "trellis", Version)

@@ -29,6 +29,7 @@ func runGateway(ctx context.Context, e *env, args []string) error {
 	stateDir := fs.String("state-dir", "", "persist the last snapshot and certificate here")
 	adminPort := fs.Int("admin-port", 0, "port of the admin listener on 127.0.0.1 (0: any free port)")
 	drain := fs.Duration("drain-timeout", 0, "how long shutdown waits for open connections (default 15s)")
+	statsInterval := fs.Duration("stats-interval", 0, "how often to send the control plane a traffic summary (default 5s; match the server's --stats-interval)")
 	pprof := fs.Bool("pprof", false, "serve the Go profiler under /debug/pprof on the admin listener (any local user can reach it)")
 	applyLimits := limitFlags(fs)
 	mkLog := logFlags(fs, e, "info")
@@ -50,9 +51,10 @@ func runGateway(ctx context.Context, e *env, args []string) error {
 		PublicAddr:    net.JoinHostPort(*publicAddr, strconv.Itoa(*publicPort)),
 		AdvertiseAddr: *advertise, Network: *network, Node: *node,
 		Server: *server, ServerCAFile: *caFile, TokenFile: *tokenFile, StateDir: *stateDir,
-		AdminAddr:    net.JoinHostPort("127.0.0.1", strconv.Itoa(*adminPort)),
-		DrainTimeout: *drain,
-		Pprof:        *pprof,
+		AdminAddr:     net.JoinHostPort("127.0.0.1", strconv.Itoa(*adminPort)),
+		DrainTimeout:  *drain,
+		StatsInterval: *statsInterval,
+		Pprof:         *pprof,
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })

@@ -39,6 +39,7 @@ func runProxy(ctx context.Context, e *env, args []string) error {
 	healthPath := fs.String("health-path", "", "check the app with HTTP GET of this path (default: TCP connect)")
 	healthInterval := fs.Duration("health-interval", 0, "interval between app health checks (default 1s)")
 	drain := fs.Duration("drain-timeout", 0, "how long shutdown waits for open connections (default 15s)")
+	statsInterval := fs.Duration("stats-interval", 0, "how often to send the control plane a traffic summary (default 5s; match the server's --stats-interval)")
 	edgePort := fs.Int("edge-port", -1, "port of an edge listener for clients outside the mesh (0: any free port; default none)")
 	edgeAddr := fs.String("edge-addr", "0.0.0.0", "IP the edge listener binds")
 	edgeMode := fs.String("edge-mode", "", "edge listener mode: terminate (TLS ends here, default) or passthrough (the app terminates TLS)")
@@ -127,6 +128,7 @@ func runProxy(ctx context.Context, e *env, args []string) error {
 	override("health-path", func() { cfg.HealthHTTPPath = *healthPath })
 	override("health-interval", func() { cfg.HealthInterval = *healthInterval })
 	override("drain-timeout", func() { cfg.DrainTimeout = *drain })
+	override("stats-interval", func() { cfg.StatsInterval = *statsInterval })
 	override("pprof", func() { cfg.Pprof = *pprof })
 	applyLimits(&cfg.Limits, set)
 	if *edgePort >= 0 {

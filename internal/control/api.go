@@ -58,6 +58,8 @@ func (s *Server) routes() *http.ServeMux {
 	h("GET /v1/services", readers, s.listServices)
 	h("GET /v1/instances", readers, s.listInstances)
 	h("GET /v1/proxies", readers, s.listProxies)
+	h("GET /v1/stats", readers, s.getStats)
+	h("GET /v1/topology", readers, s.getTopology)
 	h("GET /v1/intentions", readers, func(principal, *http.Request) (any, error) {
 		return s.state.listResources(v1.KindIntention), nil
 	})

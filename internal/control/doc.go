@@ -5,5 +5,7 @@
 // when it changes and records which version the proxy acknowledged.
 // Registrations live under a lease kept alive by the proxy's stream. It
 // also serves the dashboard's pages (package dashboard) under /ui/, with
-// sessions made from admin or viewer tokens (session.go).
+// sessions made from admin or viewer tokens (session.go), and the traffic
+// figures of /v1/stats and /v1/topology from the summaries proxies send on
+// their stream, kept in memory (stats.go, package stats).
 package control

@@ -29,6 +29,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/identity"
 	"github.com/trellis-mesh/trellis/internal/proxy/netconn"
 	"github.com/trellis-mesh/trellis/internal/ratelog"
+	"github.com/trellis-mesh/trellis/internal/stats"
 	"github.com/trellis-mesh/trellis/internal/store"
 )
 
@@ -87,6 +88,10 @@ type Config struct {
 	// DNSRate is the DNS queries a second each client may ask (default
 	// meshdns.DefaultRate; negative: no limit).
 	DNSRate float64
+	// StatsInterval is the width of the intervals the server sums the
+	// proxies' traffic summaries into (it keeps 15 minutes of them);
+	// default 5s, 1s to 1m. Proxies should send at the same interval.
+	StatsInterval time.Duration
 	// Logger; nil discards.
 	Logger *slog.Logger
 	// Registry for metrics; nil makes a private one.
@@ -125,6 +130,9 @@ func (c *Config) Validate() error {
 	}
 	if c.LeaseTTL < 0 || c.LeaseTTL > 0 && c.LeaseTTL < time.Second {
 		errs = append(errs, fmt.Errorf("lease ttl %v: must be at least 1s", c.LeaseTTL))
+	}
+	if c.StatsInterval != 0 && (c.StatsInterval < time.Second || c.StatsInterval > time.Minute) {
+		errs = append(errs, fmt.Errorf("stats interval %v: must be between 1s and 1m", c.StatsInterval))
 	}
 	return errors.Join(errs...)
 }
@@ -192,6 +200,9 @@ type Server struct {
 	refusals ratelog.Limit
 	// dash holds the dashboard's sessions (session.go).
 	dash *sessions
+	// stats holds the proxies' traffic summaries (stats.go).
+	stats  *stats.Ring
+	statsm *statsMetrics
 
 	usedMu     sync.Mutex
 	usedWrites map[string]time.Time // token hash -> last-used write
@@ -268,7 +279,10 @@ func New(cfg Config) (*Server, error) {
 	}
 	cfg.setDefaults()
 	log := cfg.Logger.With("component", "control")
+	ring := stats.NewRing(stats.RingConfig{Interval: cfg.StatsInterval})
 	return &Server{
+		stats:          ring,
+		statsm:         newStatsMetrics(cfg.Registry, ring),
 		cfg:            cfg,
 		log:            log,
 		state:          newState(log),

@@ -17,6 +17,7 @@ import (
 
 	v1 "github.com/trellis-mesh/trellis/api/v1"
 	"github.com/trellis-mesh/trellis/internal/certs"
+	"github.com/trellis-mesh/trellis/internal/stats"
 	"github.com/trellis-mesh/trellis/internal/store"
 	"github.com/trellis-mesh/trellis/internal/topology"
 	"github.com/trellis-mesh/trellis/internal/xds"
@@ -144,6 +145,9 @@ func (a *adsServer) StreamAggregatedResources(stream discoveryv3.AggregatedDisco
 	}
 }
 
+// errStreamDone is wait's word for a stream that ended cleanly.
+var errStreamDone = errors.New("stream done")
+
 // push sends the proxy a snapshot whenever its content changes, and takes
 // its ACKs, NACKs and registration updates, until the stream or its lease
 // ends.
@@ -172,23 +176,47 @@ func (ps *proxyStream) push(ctx context.Context, stream discoveryv3.AggregatedDi
 			ps.status.Paths = topology.Paths(snap)
 			ps.writeStatus(ctx)
 		}
+		if err := ps.wait(ctx, stream, changed, reqs, recvErr, leaseLost, log); errors.Is(err, errStreamDone) {
+			return nil
+		} else if err != nil {
+			return err
+		}
+	}
+}
+
+// wait returns when the snapshot may have changed: the mesh changed, or
+// an ACK, a NACK or a registration update came. Traffic summaries are
+// filed meanwhile: they change no snapshot. nil means "compute again";
+// errStreamDone a clean end (ctx done, the proxy gone), another error a
+// failed one.
+func (ps *proxyStream) wait(ctx context.Context, stream discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesServer,
+	changed <-chan struct{}, reqs <-chan *discoveryv3.DiscoveryRequest, recvErr, leaseLost <-chan error, log *slog.Logger) error {
+	for {
 		select {
 		case <-changed:
+			return nil
 		case r := <-reqs:
+			if r.GetTypeUrl() == stats.SummaryType {
+				if err := ps.summary(stream, r); err != nil {
+					return err
+				}
+				continue
+			}
 			ps.handle(ctx, r, log)
+			return nil
 		case err := <-recvErr:
 			if errors.Is(err, context.Canceled) || status.Code(err) == codes.Canceled {
-				return nil
+				return errStreamDone
 			}
 			return err
 		case err := <-leaseLost:
 			if ctx.Err() != nil {
-				return nil
+				return errStreamDone
 			}
 			log.Warn("registration lease lost; closing stream", "err", err)
 			return status.Error(codes.Unavailable, "registration lease lost")
 		case <-ctx.Done():
-			return nil
+			return errStreamDone
 		}
 	}
 }

@@ -17,6 +17,7 @@ import (
 	v1 "github.com/trellis-mesh/trellis/api/v1"
 	"github.com/trellis-mesh/trellis/internal/identity"
 	"github.com/trellis-mesh/trellis/internal/meshdns"
+	"github.com/trellis-mesh/trellis/internal/stats"
 )
 
 // Upstream is one local listener for a destination service.
@@ -260,6 +261,12 @@ type Config struct {
 	// the defaults.
 	Limits Limits `yaml:"limits"`
 
+	// StatsInterval is how often the proxy sends the control plane a
+	// traffic summary, at multiples of it on the wall clock; default 5s
+	// (stats.DefaultInterval), at least 1s. It should match the server's
+	// --stats-interval.
+	StatsInterval time.Duration `yaml:"statsInterval"`
+
 	// Logger; nil discards.
 	Logger *slog.Logger `yaml:"-"`
 	// Registry for metrics; nil makes a private one.
@@ -344,6 +351,9 @@ func (c *Config) Validate() error {
 	if err := c.Limits.validate(); err != nil {
 		errs = append(errs, err)
 	}
+	if c.StatsInterval != 0 && (c.StatsInterval < time.Second || c.StatsInterval > 5*time.Minute) {
+		errs = append(errs, fmt.Errorf("stats interval %v: must be between 1s and 5m", c.StatsInterval))
+	}
 	if len(c.Node) > 253 || strings.ContainsFunc(c.Node, func(r rune) bool { return !unicode.IsPrint(r) }) {
 		errs = append(errs, fmt.Errorf("node %q: want at most 253 printable characters", c.Node))
 	}
@@ -359,6 +369,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.DrainTimeout == 0 {
 		c.DrainTimeout = 15 * time.Second
+	}
+	if c.StatsInterval == 0 {
+		c.StatsInterval = stats.DefaultInterval
 	}
 	if c.Network == "" {
 		c.Network = v1.DefaultNetwork

@@ -25,6 +25,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/certs"
 	"github.com/trellis-mesh/trellis/internal/identity"
 	"github.com/trellis-mesh/trellis/internal/proxy/l4"
+	"github.com/trellis-mesh/trellis/internal/stats"
 	"github.com/trellis-mesh/trellis/internal/xds"
 )
 
@@ -135,6 +136,12 @@ func (p *Proxy) stream(ctx context.Context, ads discoveryv3.AggregatedDiscoveryS
 			}
 		}
 	})
+	// Traffic summaries go on this stream at multiples of the stats
+	// interval; what was counted while no stream was open is not sent.
+	sum := &summarizer{p: p}
+	sum.baseline(time.Now())
+	tick := time.NewTimer(p.nextSummary(time.Now()))
+	defer tick.Stop()
 	connected := false
 	for {
 		select {
@@ -146,11 +153,21 @@ func (p *Proxy) stream(ctx context.Context, ads discoveryv3.AggregatedDiscoveryS
 			if err := send(true, ""); err != nil {
 				return err
 			}
+		case now := <-tick.C:
+			tick.Reset(p.nextSummary(time.Now()))
+			if err := p.sendSummary(st, sum.take(now)); err != nil {
+				return err
+			}
 		case r := <-resps:
 			if !connected {
 				connected = true
 				p.m.connected.Set(1)
 				p.log.Info("connected to control plane", "server", p.api.Host())
+			}
+			if r.GetTypeUrl() == stats.SummaryType {
+				// Not a snapshot: the server refused a summary.
+				p.log.Warn("control plane refused a traffic summary", "reason", xds.RefusalFrom(r))
+				continue
 			}
 			nonce = r.GetNonce()
 			snap, err := xds.SnapshotFrom(r)
@@ -190,6 +207,21 @@ func (p *Proxy) stream(ctx context.Context, ads discoveryv3.AggregatedDiscoveryS
 			}
 		}
 	}
+}
+
+// sendSummary sends s (nil: nothing to send) on the stream.
+func (p *Proxy) sendSummary(st discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient, s *stats.Summary) error {
+	if s == nil {
+		return nil
+	}
+	req, err := xds.SummaryRequest(s)
+	if err != nil {
+		// Bound keeps a summary far under the limit: a bug, not a reason
+		// to drop the stream.
+		p.log.Error("encode traffic summary", "err", err)
+		return nil
+	}
+	return st.Send(req)
 }
 
 // runCertificates obtains the first SVID and renews it at half-life, keeping

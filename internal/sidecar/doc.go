@@ -5,5 +5,6 @@
 // redirect rules send traffic to), and applies the snapshots the control plane
 // pushes. It keeps serving with its last snapshot and certificate when the
 // control plane is unreachable, and persists both so that a restart during
-// an outage still serves.
+// an outage still serves. Every few seconds it sends the control plane a
+// summary of its traffic, read from its own counters (summary.go).
 package sidecar

@@ -133,16 +133,74 @@
 
   const svcLink = (name) => el("a", { href: "#/services/" + encodeURIComponent(name) }, name);
 
-  // trafficPlaceholder marks where traffic figures go once the control
-  // plane serves them (/v1/stats, /v1/topology): nothing is shown that
-  // was not measured.
-  function trafficPlaceholder(what) {
-    return el(
-      "section",
-      { class: "placeholder", "data-pending": "traffic", "aria-label": "Traffic (not yet available)" },
-      el("h2", {}, "Traffic"),
-      el("p", {}, what + " will appear here when the control plane serves traffic statistics (/v1/stats, /v1/topology). Not available yet.")
+  // ---- traffic figures (/v1/stats, /v1/topology) -------------------------
+
+  // Figures come from the summaries proxies send every few seconds; the
+  // server keeps 15 minutes. Nothing is shown that was not measured.
+  const rps = (t) => (t.requestsPerSecond || 0).toFixed(t.requestsPerSecond >= 100 ? 0 : 1);
+  const pct = (t) => (t.successRate === undefined || t.successRate === null ? "—" : (t.successRate * 100).toFixed(2) + "%");
+  const ms = (t, v) => (t.requests ? v.toFixed(1) + " ms" : "—");
+  function bytesRate(v) {
+    const units = ["B/s", "KiB/s", "MiB/s", "GiB/s"];
+    let i = 0;
+    while (v >= 1024 && i < units.length - 1) {
+      v /= 1024;
+      i++;
+    }
+    return (i ? v.toFixed(1) : Math.round(v)) + " " + units[i];
+  }
+  const peer = (n) => (n === "" ? "(outside the mesh)" : n === "*" ? "(other)" : svcLink(n));
+
+  // successClass colours a success rate: ok from 99 %, warn from 95 %.
+  function successClass(t) {
+    if (t.successRate === undefined || t.successRate === null) return "idle";
+    if (t.successRate >= 0.99) return "ok";
+    if (t.successRate >= 0.95) return "warn";
+    return "bad";
+  }
+
+  const figures = (t) => [rps(t), el("span", { class: successClass(t) }, pct(t)), ms(t, t.p50Ms), ms(t, t.p90Ms), ms(t, t.p99Ms), bytesRate(t.bytesPerSecond || 0)];
+  const figureHead = ["Requests/s", "Success", "p50", "p90", "p99", "Bytes"];
+
+  // trafficSection shows the golden signals of one service (its versions,
+  // its callers, its calls) or, without a name, of the mesh.
+  async function trafficSection(name) {
+    const sec = el("section", { id: "traffic", "aria-labelledby": "traffic-title" }, el("h2", { id: "traffic-title" }, "Traffic (last minute)"));
+    let st;
+    try {
+      st = await get("/v1/stats?window=1m" + (name ? "&service=" + encodeURIComponent(name) : ""));
+    } catch (e) {
+      if (e.status === 401) throw e;
+      sec.append(el("p", { class: "error" }, "Could not load traffic figures: " + e.message));
+      return sec;
+    }
+    if (!name) {
+      let total = 0, failed = 0, requests = 0;
+      for (const s of st.services) {
+        total += s.requestsPerSecond;
+        requests += s.requests;
+        failed += (s.codes && s.codes["5xx"]) || 0;
+      }
+      sec.append(
+        el("div", { class: "cards", id: "traffic-counts" },
+          el("div", {}, el("span", { class: "num" }, total.toFixed(1)), el("span", { class: "label" }, "Requests/s into services")),
+          el("div", {}, el("span", { class: "num" }, requests ? ((1 - failed / requests) * 100).toFixed(2) + "%" : "—"), el("span", { class: "label" }, "Success rate")),
+          el("div", {}, el("span", { class: "num" }, st.edges.filter((e) => e.requests > 0).length), el("span", { class: "label" }, "Edges with traffic"))),
+        table("Busiest services", ["Service"].concat(figureHead), st.services.slice(0, 10).map((s) => [svcLink(s.name)].concat(figures(s))), "traffic"),
+        table("Busiest edges", ["From", "To"].concat(figureHead), st.edges.slice(0, 10).map((e) => [peer(e.source), peer(e.destination)].concat(figures(e))), "traffic")
+      );
+      return sec;
+    }
+    const svc = st.services.find((s) => s.name === name);
+    sec.append(
+      table("Per version, as " + name + "'s proxies received it", ["Version"].concat(figureHead),
+        svc ? (svc.versions || []).map((v) => [v.version || "—"].concat(figures(v))) : [], "traffic"),
+      table("Callers, as their proxies sent it", ["From", "Route", "Version"].concat(figureHead),
+        st.edges.filter((e) => e.destination === name).flatMap((e) => (e.routes || []).map((r) => [peer(e.source), r.route || "—", r.version || "—"].concat(figures(r)))), "traffic"),
+      table("Calls from " + name, ["To"].concat(figureHead),
+        st.edges.filter((e) => e.source === name).map((e) => [peer(e.destination)].concat(figures(e))), "traffic")
     );
+    return sec;
   }
 
   // confirmBox shows what a change will do and asks before doing it.
@@ -243,7 +301,7 @@
         ["Subject", "Fingerprint (SHA-256)", "Expires"],
         (roots.certs || []).map((r) => [r.subject, el("code", {}, r.fingerprint.slice(0, 16) + "…"), when(r.notAfter)])
       ),
-      trafficPlaceholder("Requests per second, success rates and latencies of the mesh")
+      await trafficSection()
     );
   }
 
@@ -329,7 +387,7 @@
       el("h2", {}, "Intentions"),
       table("In: who may call " + name, ["Source", "Decision"], into.map((r) => [r.spec.source === "*" ? "any service" : svcLink(r.spec.source), decision(r.spec)])),
       table("Out: whom " + name + " may call", ["Destination", "Decision"], out.map((r) => [svcLink(r.spec.destination), decision(r.spec)])),
-      trafficPlaceholder("Golden signals per version (requests per second, success rate, p50/p90/p99)")
+      await trafficSection(name)
     );
   }
 
@@ -534,15 +592,143 @@
     }
   }
 
+  // ---- the topology graph -------------------------------------------------
+
+  const SVG = "http://www.w3.org/2000/svg";
+  function svg(tag, attrs, ...children) {
+    const e = document.createElementNS(SVG, tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v !== undefined && v !== null) e.setAttribute(k, String(v));
+    }
+    for (const c of children) e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    return e;
+  }
+
+  // layout places services in columns by how far they are from a caller
+  // that nobody calls (left to right, as requests flow), then in rows.
+  function layout(topo) {
+    const names = topo.nodes.map((n) => n.name);
+    const into = new Map(names.map((n) => [n, 0]));
+    const next = new Map(names.map((n) => [n, []]));
+    for (const e of topo.edges) {
+      if (!next.has(e.source) || !into.has(e.destination) || e.source === e.destination) continue;
+      next.get(e.source).push(e.destination);
+      into.set(e.destination, into.get(e.destination) + 1);
+    }
+    const depth = new Map();
+    let queue = names.filter((n) => into.get(n) === 0);
+    if (!queue.length) queue = names.slice(0, 1);
+    for (const n of queue) depth.set(n, 0);
+    // Breadth first; a cycle stops where it was already placed.
+    for (let i = 0; i < queue.length; i++) {
+      for (const m of next.get(queue[i])) {
+        if (!depth.has(m)) {
+          depth.set(m, depth.get(queue[i]) + 1);
+          queue.push(m);
+        }
+      }
+    }
+    for (const n of names) if (!depth.has(n)) depth.set(n, 0);
+    const cols = [];
+    for (const n of names) {
+      const d = depth.get(n);
+      (cols[d] = cols[d] || []).push(n);
+    }
+    const pos = new Map();
+    const colW = 290, rowH = 90, nodeW = 150, nodeH = 44;
+    cols.forEach((col, ci) => (col || []).forEach((n, ri) => pos.set(n, { x: 20 + ci * colW, y: 20 + ri * rowH, w: nodeW, h: nodeH })));
+    const width = 40 + Math.max(1, cols.length) * colW;
+    const height = 40 + Math.max(1, ...cols.map((c) => (c || []).length)) * rowH;
+    return { pos, width, height };
+  }
+
+  // drawTopology draws nodes as boxes and edges as arrows whose width
+  // grows with requests/s and whose colour is the success rate's.
+  function drawTopology(topo) {
+    const { pos, width, height } = layout(topo);
+    const root = svg("svg", { id: "topology-graph", viewBox: "0 0 " + width + " " + height, width, height, role: "img", "aria-labelledby": "topology-title" },
+      svg("title", { id: "topology-title" }, "Services and the calls between them, last minute"),
+      svg("defs", {}, ...["ok", "warn", "bad", "idle"].map((c) =>
+        svg("marker", { id: "arrow-" + c, class: "arrow " + c, viewBox: "0 0 10 10", refX: 10, refY: 5, markerUnits: "userSpaceOnUse", markerWidth: 12, markerHeight: 12, orient: "auto-start-reverse" },
+          svg("path", { d: "M 0 0 L 10 5 L 0 10 z" })))));
+    const maxRps = Math.max(1, ...topo.edges.map((e) => e.requestsPerSecond || 0));
+    for (const e of topo.edges) {
+      const a = pos.get(e.source), b = pos.get(e.destination);
+      if (!a || !b) continue;
+      const cls = successClass(e);
+      const w = 1.5 + 8 * Math.sqrt((e.requestsPerSecond || 0) / maxRps);
+      const x1 = a.x + a.w, y1 = a.y + a.h / 2;
+      let x2 = b.x, y2 = b.y + b.h / 2;
+      let d;
+      if (a === b) {
+        d = `M ${a.x + a.w - 20} ${a.y} C ${a.x + a.w + 30} ${a.y - 40}, ${a.x + a.w + 30} ${a.y + a.h + 40}, ${a.x + a.w - 20} ${a.y + a.h}`;
+      } else if (b.x <= a.x) {
+        // Backwards (a cycle or the same column): around the boxes' bottoms.
+        x2 = b.x + b.w / 2;
+        y2 = b.y + b.h;
+        const low = Math.max(a.y, b.y) + a.h + 30;
+        d = `M ${a.x + a.w / 2} ${a.y + a.h} C ${a.x + a.w / 2} ${low}, ${x2} ${low}, ${x2} ${y2}`;
+      } else {
+        const mx = (x1 + x2) / 2;
+        d = `M ${x1} ${y1} C ${mx} ${y1}, ${mx} ${y2}, ${x2} ${y2}`;
+      }
+      // A TCP edge has no requests: its figure is bytes per second.
+      const short = e.requests ? rps(e) + "/s · " + pct(e) : bytesRate(e.bytesPerSecond || 0);
+      const label = e.source + " → " + e.destination + ": " + (e.requests ? rps(e) + " requests/s, success " + pct(e) : bytesRate(e.bytesPerSecond || 0) + " over TCP");
+      root.append(svg("g", { class: "edge " + cls, id: "edge-" + safeId(e.source) + "--" + safeId(e.destination),
+        "data-rps": e.requestsPerSecond || 0, "data-bps": e.bytesPerSecond || 0 },
+        svg("title", {}, label),
+        svg("path", { d, "stroke-width": w.toFixed(1), "marker-end": "url(#arrow-" + cls + ")", fill: "none" }),
+        svg("text", { x: (x1 + x2) / 2, y: (y1 + y2) / 2 - w / 2 - 4, "text-anchor": "middle", class: "edge-label" }, short)));
+    }
+    for (const n of topo.nodes) {
+      const p = pos.get(n.name);
+      const link = svg("a", { href: "#/services/" + encodeURIComponent(n.name), class: "node " + successClass(n), id: "node-" + safeId(n.name) },
+        svg("title", {}, n.name + ": " + (n.requests ? rps(n) + " requests/s received, success " + pct(n) : bytesRate(n.bytesPerSecond || 0) + " received over TCP")),
+        svg("rect", { x: p.x, y: p.y, width: p.w, height: p.h, rx: 6 }),
+        svg("text", { x: p.x + p.w / 2, y: p.y + 18, "text-anchor": "middle", class: "node-name" }, n.name),
+        svg("text", { x: p.x + p.w / 2, y: p.y + 35, "text-anchor": "middle", class: "node-figures" },
+          n.requests ? rps(n) + "/s · " + pct(n) : n.bytesPerSecond ? bytesRate(n.bytesPerSecond) : "no traffic"));
+      root.append(link);
+    }
+    return root;
+  }
+
+  // topologyRefresh is how often the graph is redrawn.
+  const topologyRefresh = 3000;
+
   async function topologyPage(page) {
+    const host = el("div", { id: "topology", "aria-live": "off" });
+    const edges = el("div", { id: "topology-edges" });
+    const stamp = el("p", { class: "muted", id: "topology-at" });
     page.append(
       el("h1", {}, "Topology"),
-      el(
-        "section",
-        { class: "placeholder", "data-pending": "topology", id: "topology-placeholder" },
-        el("p", {}, "The live graph of services and edges (width by requests per second, colour by success rate) needs the traffic statistics the control plane does not serve yet (/v1/topology). It will appear here; nothing is drawn until it is measured.")
-      )
+      el("p", { class: "muted" }, "Services and the calls between them over the last minute, as the proxies measured them. Edge width: requests per second; colour: success rate (green from 99 %, amber from 95 %, red below, grey without requests). Redrawn every " + topologyRefresh / 1000 + " s."),
+      host,
+      stamp,
+      edges
     );
+    const draw = async () => {
+      const topo = await get("/v1/topology?window=1m");
+      host.replaceChildren(topo.nodes.length ? drawTopology(topo) : el("p", { class: "muted" }, "No service yet."));
+      edges.replaceChildren(table("Edges", ["From", "To"].concat(figureHead),
+        topo.edges.map((e) => [peer(e.source), peer(e.destination)].concat(figures(e))), "traffic"));
+      stamp.textContent = "Measured at " + new Date(topo.at).toLocaleTimeString() + ".";
+    };
+    await draw();
+    // Redraws until this page is replaced (another page, or Refresh).
+    const timer = setInterval(async () => {
+      if (page.getAttribute("data-loaded") && !page.isConnected) {
+        clearInterval(timer);
+        return;
+      }
+      try {
+        await draw();
+      } catch (e) {
+        if (e.status === 401) clearInterval(timer);
+        else stamp.textContent = "Could not refresh: " + e.message;
+      }
+    }, topologyRefresh);
   }
 
   // ---- routing and session -------------------------------------------------
