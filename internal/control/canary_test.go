@@ -1,0 +1,57 @@
+package control
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	v1 "github.com/trellis-mesh/trellis/api/v1"
+)
+
+func TestDecideCanary(t *testing.T) {
+	p := &v1.CanaryPolicy{Version: "v2", Steps: []int{10, 50, 100}, Interval: "1m", MinSuccessRate: 99, MaxP99: "500ms", MinRequests: 50}
+	rate := func(f float64) *float64 { return &f }
+	now := time.Date(2026, 12, 7, 5, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		name    string
+		step    int
+		elapsed time.Duration
+		t       v1.Traffic
+		action  string
+		reason  string
+	}{
+		{"no requests", 0, 2 * time.Minute, v1.Traffic{}, canaryWait, "0 requests to v2, 50 needed"},
+		{"not enough requests", 0, 2 * time.Minute, v1.Traffic{Requests: 49, SuccessRate: rate(0), P99Ms: 9000}, canaryWait, "49 requests to v2, 50 needed"},
+		{"success below", 0, time.Second, v1.Traffic{Requests: 50, SuccessRate: rate(0.98), P99Ms: 10}, canaryRollback, "success rate 98.00 % is below 99 %"},
+		{"half failing", 1, 2 * time.Minute, v1.Traffic{Requests: 400, SuccessRate: rate(0.5), P99Ms: 10}, canaryRollback, "success rate 50.00 %"},
+		{"p99 above", 0, 2 * time.Minute, v1.Traffic{Requests: 50, SuccessRate: rate(1), P99Ms: 500.1}, canaryRollback, "p99 500.1 ms is above 500ms"},
+		{"good within the interval", 0, 59 * time.Second, v1.Traffic{Requests: 500, SuccessRate: rate(0.99), P99Ms: 500}, canaryWait, "figures hold; the step has run 59s of 1m"},
+		{"all good: next step", 0, time.Minute, v1.Traffic{Requests: 500, SuccessRate: rate(0.995), P99Ms: 20}, canaryNext, "figures held for 1m at 10 %"},
+		{"all good at the middle step", 1, time.Minute, v1.Traffic{Requests: 500, SuccessRate: rate(1), P99Ms: 20}, canaryNext, "at 50 %"},
+		{"last step: promoted", 2, time.Minute, v1.Traffic{Requests: 500, SuccessRate: rate(1), P99Ms: 20}, canaryPromote, "figures held for 1m at 100 %"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := decideCanary(p, tc.step, tc.elapsed, tc.t, now)
+			if d.Action != tc.action || !strings.Contains(d.Reason, tc.reason) {
+				t.Errorf("got %s (%s), want %s (%s)", d.Action, d.Reason, tc.action, tc.reason)
+			}
+			if d.Requests != tc.t.Requests || d.P99Ms != tc.t.P99Ms || !d.At.Equal(now) {
+				t.Errorf("figures recorded %+v, from %+v", d, tc.t)
+			}
+			if tc.t.SuccessRate != nil && (d.SuccessRate == nil || *d.SuccessRate != *tc.t.SuccessRate*100) {
+				t.Errorf("success rate recorded %v, want %v %%", d.SuccessRate, *tc.t.SuccessRate*100)
+			}
+		})
+	}
+}
+
+func TestCanaryEventsBounded(t *testing.T) {
+	var st v1.CanaryStatus
+	now := time.Now()
+	for i := range maxCanaryEvents + 7 {
+		addEvent(&st, now, strings.Repeat("x", i))
+	}
+	if len(st.Events) != maxCanaryEvents || len(st.Events[0].Message) != 7 {
+		t.Errorf("%d events, the first %q; want the last %d", len(st.Events), st.Events[0].Message, maxCanaryEvents)
+	}
+}
