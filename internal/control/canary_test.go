@@ -55,3 +55,22 @@ func TestCanaryEventsBounded(t *testing.T) {
 		t.Errorf("%d events, the first %q; want the last %d", len(st.Events), st.Events[0].Message, maxCanaryEvents)
 	}
 }
+
+// TestCanaryIntervalFloor checks that apply refuses a canary whose
+// interval is shorter than two of the server's stats intervals.
+func TestCanaryIntervalFloor(t *testing.T) {
+	s, err := New(Config{DataDir: t.TempDir(), StatsInterval: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	route := func(interval string) v1.Resource {
+		return v1.Resource{Kind: v1.KindRoute, Name: "web", Route: &v1.RouteSpec{Rules: []v1.RouteRule{{
+			Targets: []v1.RouteTarget{{Version: "v1", Weight: 100}, {Version: "v2"}},
+			Canary:  &v1.CanaryPolicy{Version: "v2", Steps: []int{100}, Interval: interval, MinSuccessRate: 99, MaxP99: "1s"},
+		}}}}
+	}
+	errs := s.checkCanaryIntervals([]v1.Resource{route("10s"), route("9s")})
+	if len(errs) != 1 || !strings.Contains(errs[0], `resource 2 (Route "web"): spec.rules[0].canary.interval: 9s is shorter than twice the server's stats interval (5s): want at least 10s`) {
+		t.Errorf("got %q, want the 9s canary refused", errs)
+	}
+}
