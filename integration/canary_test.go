@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/chromedp"
+
 	v1 "github.com/trellis-mesh/trellis/api/v1"
 	"github.com/trellis-mesh/trellis/client"
 	"github.com/trellis-mesh/trellis/internal/trellistest"
@@ -219,7 +221,7 @@ spec:
 	}
 
 	// The good canary walks every step and is promoted.
-	trellistest.Eventually(t, 6*interval, "good's canary promoted", func() error {
+	trellistest.Eventually(t, 8*interval, "good's canary promoted", func() error {
 		var err error
 		if st, err = s.api.Canary(t.Context(), "good"); err != nil {
 			return err
@@ -260,5 +262,67 @@ spec:
 	}
 	if _, err := s.api.Canary(t.Context(), "nosuch"); !client.IsNotFound(err) {
 		t.Errorf("canary of a Route without one: got %v, want 404", err)
+	}
+	canaryInBrowser(t, s)
+}
+
+// canaryInBrowser opens bad's and good's Services pages on the dashboard
+// and reads their canaries' state and events.
+func canaryInBrowser(t *testing.T, s *server) {
+	browser := chromiumPath(t)
+	shots := artifactsDir(t)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	allocCtx, cancelAlloc := chromedp.NewExecAllocator(ctx,
+		chromedp.ExecPath(browser),
+		chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU, chromedp.NoFirstRun, chromedp.NoDefaultBrowserCheck,
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-dev-shm-usage", true),
+		chromedp.IgnoreCertErrors,
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.WindowSize(1280, 900),
+	)
+	defer cancelAlloc()
+	tab, cancelTab := chromedp.NewContext(allocCtx)
+	defer cancelTab()
+	// The first action runs on the tab's own context, whose end closes
+	// the browser: the later steps' timeouts must not.
+	if err := chromedp.Do(tab, chromedp.Navigate("https://"+s.addr+"/ui/#/services/bad")); err != nil {
+		t.Fatalf("open the dashboard: %v", err)
+	}
+	do := func(what string, steps ...chromedp.Action[chromedp.Void]) {
+		t.Helper()
+		stepCtx, cancel := context.WithTimeout(tab, 30*time.Second)
+		defer cancel()
+		if err := chromedp.Do(stepCtx, steps...); err != nil {
+			shot(t, tab, shots, "canary-failed")
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+	text := func(sel string) string {
+		t.Helper()
+		s, err := chromedp.Run(tab, chromedp.Text(chromedp.CSS(sel)))
+		if err != nil {
+			t.Fatalf("text of %s: %v", sel, err)
+		}
+		return s
+	}
+	do("log in",
+		chromedp.WaitVisible(chromedp.ID("token")),
+		chromedp.SendKeys(chromedp.ID("token"), s.admin+"\r"),
+		chromedp.WaitVisible(chromedp.ID("canary-state")))
+	shot(t, tab, shots, "canary-rolled-back")
+	if got := text("#canary-state"); !strings.Contains(got, "rolled-back") || !strings.Contains(got, "v2 at 0 %") {
+		t.Errorf("bad's canary on the dashboard reads %q", got)
+	}
+	if got := text("#canary"); !strings.Contains(got, "rollback") || !strings.Contains(got, "rolled back at step 1") {
+		t.Errorf("bad's canary section lacks the rollback:\n%s", got)
+	}
+	do("open good's page",
+		chromedp.Navigate("https://"+s.addr+"/ui/#/services/good"),
+		chromedp.WaitVisible(chromedp.CSS(`#page[data-route="services/good"][data-loaded] #canary-state`)))
+	shot(t, tab, shots, "canary-promoted")
+	if got := text("#canary"); !strings.Contains(got, "promoted") || !strings.Contains(got, "step 3 of 3") {
+		t.Errorf("good's canary section lacks the promotion:\n%s", got)
 	}
 }
