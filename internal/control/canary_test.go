@@ -1,11 +1,14 @@
 package control
 
 import (
+	"errors"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
 
 	v1 "github.com/trellis-mesh/trellis/api/v1"
+	"github.com/trellis-mesh/trellis/internal/store"
 )
 
 func TestDecideCanary(t *testing.T) {
@@ -72,5 +75,60 @@ func TestCanaryIntervalFloor(t *testing.T) {
 	errs := s.checkCanaryIntervals([]v1.Resource{route("10s"), route("9s")})
 	if len(errs) != 1 || !strings.Contains(errs[0], `resource 2 (Route "web"): spec.rules[0].canary.interval: 9s is shorter than twice the server's stats interval (5s): want at least 10s`) {
 		t.Errorf("got %q, want the 9s canary refused", errs)
+	}
+}
+
+// TestCanaryLockOneHolder checks, on a real etcd, that one server at a
+// time holds the canary lock, and that a holder whose lease ended can no
+// longer write: its commit conflicts, even before it notices.
+func TestCanaryLockOneHolder(t *testing.T) {
+	ctx := t.Context()
+	emb, err := store.StartEmbedded(ctx, store.EmbeddedConfig{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer emb.Close()
+	st, err := store.NewEtcd(ctx, emb.Config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	log := slog.New(slog.DiscardHandler)
+	a := &Server{log: log, store: st, cfg: Config{LeaseTTL: 5 * time.Second}}
+	b := &Server{log: log, store: st, cfg: Config{LeaseTTL: 5 * time.Second}}
+
+	la, err := a.takeCanaryLock(ctx, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.takeCanaryLock(ctx, "b"); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("a second server took the held lock: %v", err)
+	}
+	if err := la.commit(ctx, store.Op{Key: canaryStatusKey("web"), Value: []byte(`{"route":"web"}`)}); err != nil {
+		t.Fatalf("the holder cannot write: %v", err)
+	}
+	if err := la.commit(ctx, store.Op{Key: canaryStatusKey("web"), Value: []byte(`{"route":"web","step":1}`)}); err != nil {
+		t.Fatalf("the holder cannot write twice: %v", err)
+	}
+	// a's lease ends (a stalled server, cut from etcd); b takes over.
+	if err := st.Revoke(ctx, la.lease); err != nil {
+		t.Fatal(err)
+	}
+	lb, err := b.takeCanaryLock(ctx, "b")
+	if err != nil {
+		t.Fatalf("the lock is free, yet: %v", err)
+	}
+	if err := la.commit(ctx, store.Op{Key: canaryStatusKey("web"), Value: []byte(`{"route":"web","step":2}`)}); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("the old holder wrote after losing the lock: %v", err)
+	}
+	if err := la.refresh(ctx); err == nil {
+		t.Error("the old holder still believes it holds the lock")
+	}
+	kv, err := st.Get(ctx, canaryStatusKey("web"))
+	if err != nil || string(kv.Value) != `{"route":"web","step":1}` {
+		t.Errorf("status %q, %v; want the holder's last write", kv.Value, err)
+	}
+	if err := lb.commit(ctx, store.Op{Key: canaryStatusKey("web"), Delete: true}); err != nil {
+		t.Fatalf("the new holder cannot write: %v", err)
 	}
 }
