@@ -2,6 +2,7 @@ package v1
 
 import (
 	"math"
+	"os"
 	"strings"
 	"testing"
 )
@@ -120,5 +121,21 @@ spec:
 	_, err = DecodeYAML("route.yaml", strings.NewReader(strings.Replace(doc, "maxP99", "maxp99", 1)))
 	if err == nil || !strings.Contains(err.Error(), "route.yaml:13") || !strings.Contains(err.Error(), "maxp99") {
 		t.Errorf("misspelt field: got %v, want it refused at line 13", err)
+	}
+}
+
+// TestCanaryExample checks the example the README shows.
+func TestCanaryExample(t *testing.T) {
+	f, err := os.Open("../../examples/hello/route-canary.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	res, err := DecodeYAML("route-canary.yaml", f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res) != 1 || res[0].Route.Rules[0].Canary == nil {
+		t.Fatalf("decoded %+v, want one Route with a canary", res)
 	}
 }
