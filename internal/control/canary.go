@@ -177,6 +177,12 @@ func (s *Server) runCanaries(ctx context.Context) {
 }
 
 func (s *Server) takeCanaryLock(ctx context.Context, id string) (*canaryLock, error) {
+	// A held lock costs the others a read, not a lease each try.
+	if _, err := s.store.Get(ctx, keyCanaryLeader); err == nil {
+		return nil, store.ErrConflict
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return nil, err
+	}
 	lease, err := s.store.Grant(ctx, s.cfg.LeaseTTL)
 	if err != nil {
 		return nil, err
