@@ -178,6 +178,14 @@ func (c *Client) Get(ctx context.Context, kind, name string) (v1.Resource, error
 	return out, err
 }
 
+// Canary returns the status of a Route's canary; IsNotFound when the
+// Route has none.
+func (c *Client) Canary(ctx context.Context, route string) (v1.CanaryStatus, error) {
+	var out v1.CanaryStatus
+	err := c.do(ctx, http.MethodGet, "/v1/routes/"+url.PathEscape(route)+"/canary", nil, &out)
+	return out, err
+}
+
 // Delete removes one resource.
 func (c *Client) Delete(ctx context.Context, kind, name string) error {
 	return c.do(ctx, http.MethodDelete, "/v1/resources/"+url.PathEscape(kind)+"/"+url.PathEscape(name), nil, nil)

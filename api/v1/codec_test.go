@@ -136,6 +136,9 @@ func FuzzDecodeYAML(f *testing.F) {
 	f.Add("kind: Service\nname: a\nspec:\n  protocol: http\n")
 	f.Add("kind: Intention\nname: a.b\nspec: {source: '*', destination: b, action: deny}\n")
 	f.Add("kind: Mesh\nname: default\n---\n")
+	// A canary's figures must survive JSON: NaN would not.
+	f.Add("kind: Route\nname: a\nspec:\n  rules:\n  - targets: [{version: v1, weight: 100}, {version: v2, weight: 0}]\n    canary: {version: v2, steps: [10, 100], interval: 1m, minSuccessRate: 99.5, maxP99: 500ms}\n")
+	f.Add("kind: Route\nname: a\nspec:\n  rules:\n  - targets: [{version: v1, weight: 1}, {version: v2, weight: 0}]\n    canary: {version: v2, steps: [100], interval: 2s, minSuccessRate: .nan, maxP99: 1s}\n")
 	f.Fuzz(func(t *testing.T, in string) {
 		res, err := DecodeYAML("f.yaml", strings.NewReader(in))
 		if err != nil {

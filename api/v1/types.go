@@ -216,6 +216,11 @@ type RouteRule struct {
 	// PrefixRewrite replaces Match.PathPrefix in the path before the
 	// request is sent on.
 	PrefixRewrite string `json:"prefixRewrite,omitempty" yaml:"prefixRewrite,omitempty"`
+
+	// Canary, when set, makes the control plane move this rule's
+	// weights to Canary.Version step by step while its figures hold,
+	// and back to the other target when they do not.
+	Canary *CanaryPolicy `json:"canary,omitempty" yaml:"canary,omitempty"`
 }
 
 // RouteMatch is what a request must have for a rule to apply: all of the

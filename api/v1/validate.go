@@ -194,6 +194,7 @@ func (r *RouteSpec) validate() []error {
 		errs = append(errs, fieldErr("spec.rules", "%d rules, at most %d", len(r.Rules), maxRouteRules))
 	}
 	names := map[string]bool{}
+	canaries := 0
 	for i := range r.Rules {
 		rule := &r.Rules[i]
 		at := fmt.Sprintf("spec.rules[%d]", i)
@@ -241,6 +242,13 @@ func (r *RouteSpec) validate() []error {
 		if rule.Retries != nil {
 			errs = append(errs, rule.Retries.validate(at+".retries")...)
 		}
+		if rule.Canary != nil {
+			errs = append(errs, rule.Canary.validate(at+".canary", rule.Targets)...)
+			canaries++
+		}
+	}
+	if canaries > 1 {
+		errs = append(errs, fieldErr("spec.rules", "%d rules have a canary, at most one may", canaries))
 	}
 	return errs
 }

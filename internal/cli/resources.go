@@ -14,6 +14,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	v1 "github.com/trellis-mesh/trellis/api/v1"
+	"github.com/trellis-mesh/trellis/client"
 	"github.com/trellis-mesh/trellis/internal/certs"
 	"github.com/trellis-mesh/trellis/internal/identity"
 )
@@ -187,6 +188,18 @@ func runGet(ctx context.Context, e *env, args []string) error {
 		res = []v1.Resource{r}
 		if *out == "table" {
 			*out = "yaml"
+			if kind == v1.KindRoute && canaryRule(r.Route) {
+				// The canary's status follows as YAML comments: the
+				// output still applies as it is.
+				defer func() {
+					st, err := c.Canary(ctx, name)
+					if err == nil {
+						showCanary(e.stdout, st)
+					} else if !client.IsNotFound(err) {
+						fmt.Fprintf(e.stdout, "# canary: status unavailable: %v\n", err)
+					}
+				}()
+			}
 		}
 	} else if res, err = c.List(ctx, kind); err != nil {
 		return err
@@ -649,4 +662,30 @@ func paths(ps []v1.UpstreamPath) string {
 		parts = append(parts, s)
 	}
 	return strings.Join(parts, "; ")
+}
+
+func canaryRule(r *v1.RouteSpec) bool {
+	for _, rule := range r.Rules {
+		if rule.Canary != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// showCanary writes a canary's status as YAML comments.
+func showCanary(w io.Writer, st v1.CanaryStatus) {
+	fmt.Fprintf(w, "# canary (rule %s): %s, %s at %d %%, %s at %d %% (step %d)\n", st.Rule, st.State, st.Version, st.Weight, st.Stable, 100-st.Weight, st.Step+1)
+	if d := st.Last; d != nil {
+		rate := "-"
+		if d.SuccessRate != nil {
+			rate = fmt.Sprintf("%.2f %%", *d.SuccessRate)
+		}
+		fmt.Fprintf(w, "# last decision %s: %s: %s (requests %d, success %s, p99 %.1f ms)\n",
+			d.At.Local().Format(time.TimeOnly), d.Action, d.Reason, d.Requests, rate, d.P99Ms)
+	}
+	fmt.Fprintln(w, "# events:")
+	for _, ev := range st.Events {
+		fmt.Fprintf(w, "#   %s  %s\n", ev.At.Local().Format(time.DateTime), ev.Message)
+	}
 }

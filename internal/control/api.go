@@ -65,6 +65,7 @@ func (s *Server) routes() *http.ServeMux {
 	})
 	h("GET /v1/resources/{kind}", readers, s.listResources)
 	h("GET /v1/resources/{kind}/{name}", readers, s.getResource)
+	h("GET /v1/routes/{name}/canary", readers, s.getCanary)
 	h("DELETE /v1/resources/{kind}/{name}", adminOnly, s.deleteResource)
 	h("POST /v1/resources", adminOnly, s.applyResources)
 	h("GET /v1/ca/roots", anyToken, s.roots)
@@ -309,6 +310,7 @@ func (s *Server) applyResources(_ principal, r *http.Request) (any, error) {
 		errs = append(checkEdgeSuffixes(in), checkEdgeClaims(s.state.mesh(), in)...)
 		errs = append(errs, s.checkEdgeServerNames(in)...)
 		errs = append(errs, checkHostnameClaims(s.state.mesh(), in)...)
+		errs = append(errs, s.checkCanaryIntervals(in)...)
 	}
 	if len(errs) > 0 {
 		return nil, badRequest("nothing applied: %s", strings.Join(errs, "; "))

@@ -369,6 +369,7 @@ func (s *Server) Run(ctx context.Context) error {
 	s.serving.Store(cert)
 	s.goBackground(func() { s.renewServing(bgCtx) })
 	s.goBackground(func() { s.followIssuer(bgCtx) })
+	s.goBackground(func() { s.runCanaries(bgCtx) })
 
 	if s.cfg.DNSListen != "" {
 		if err := s.serveDNS(bgCtx); err != nil {

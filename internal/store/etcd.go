@@ -156,6 +156,8 @@ func (e *Etcd) Commit(ctx context.Context, ops []Op) error {
 		}
 		if op.Delete {
 			then = append(then, clientv3.OpDelete(k))
+		} else if op.Lease != 0 {
+			then = append(then, clientv3.OpPut(k, string(op.Value), clientv3.WithLease(clientv3.LeaseID(op.Lease))))
 		} else {
 			then = append(then, clientv3.OpPut(k, string(op.Value)))
 		}

@@ -55,6 +55,10 @@ type Op struct {
 	// IfRev, when non-zero, makes the commit fail with ErrConflict unless the
 	// key's mod revision is IfRev; -1 means the key must not exist.
 	IfRev int64
+
+	// Lease, when non-zero, puts the key under the lease: a lock that
+	// vanishes with its holder is a Create under a lease, in one commit.
+	Lease LeaseID
 }
 
 // LeaseID names a lease; keys put under it vanish when it expires.

@@ -380,6 +380,9 @@
       page.append(el("p", { class: "muted", id: "no-route" }, "No Route: calls go to every healthy instance alike."));
     } else {
       page.append(routeEditor(route));
+      if (route.spec.rules.some((r) => r.canary)) {
+        page.append(canarySection(await getOr("/v1/routes/" + encodeURIComponent(name) + "/canary", null)));
+      }
     }
     const into = intentions.filter((r) => r.spec.destination === name);
     const out = intentions.filter((r) => r.spec.source === name);
@@ -441,6 +444,32 @@
       );
     });
     box.append(el("p", {}, preview), confirmHost);
+    return box;
+  }
+
+  // canarySection shows where a Route's canary stands and its events,
+  // read-only: the server moves the weights.
+  function canarySection(st) {
+    const box = el("div", { id: "canary" }, el("h3", {}, "Canary"));
+    if (!st) {
+      box.append(el("p", { class: "muted" }, "Not started yet: the server starts it within a second or two."));
+      return box;
+    }
+    const cls = st.state === "rolled-back" ? "bad" : st.state === "promoted" ? "ok" : "";
+    box.append(
+      el("p", { id: "canary-state" },
+        "Rule " + st.rule + ": ", el("span", { class: cls }, st.state), ", " + st.version + " at " + st.weight + " %, " +
+        st.stable + " at " + (100 - st.weight) + " % (step " + (st.step + 1) + ", since " + when(st.stepStarted) + ")")
+    );
+    const d = st.last;
+    if (d) {
+      box.append(
+        table("Last decision", ["When", "Decision", "Requests", "Success rate", "p99", "Why"], [
+          [when(d.at), d.action, d.requests, d.successRate == null ? "—" : d.successRate.toFixed(2) + " %", d.p99Ms.toFixed(1) + " ms", d.reason],
+        ])
+      );
+    }
+    box.append(table("Events", ["When", "Event"], (st.events || []).slice().reverse().map((e) => [when(e.at), e.message]), "canary-events"));
     return box;
   }
 

@@ -20,6 +20,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 	t.Run("Commit", func(t *testing.T) { testCommit(t, newStore(t)) })
 	t.Run("Watch", func(t *testing.T) { testWatch(t, newStore(t)) })
 	t.Run("Lease", func(t *testing.T) { testLease(t, newStore(t)) })
+	t.Run("LeasedCommit", func(t *testing.T) { testLeasedCommit(t, newStore(t)) })
 	t.Run("ConcurrentCreate", func(t *testing.T) { testConcurrentCreate(t, newStore(t)) })
 }
 
@@ -198,5 +199,27 @@ func testConcurrentCreate(t *testing.T, s store.Store) {
 	wg.Wait()
 	if wins != 1 {
 		t.Errorf("%d concurrent creates won, want exactly 1", wins)
+	}
+}
+
+// testLeasedCommit checks a Create under a lease in one commit, as a lock
+// is taken: a second taker conflicts, and the key leaves with its lease.
+func testLeasedCommit(t *testing.T, s store.Store) {
+	c := ctx(t)
+	id, err := s.Grant(c, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Commit(c, []store.Op{{Key: "/lock", Value: []byte("a"), IfRev: -1, Lease: id}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Commit(c, []store.Op{{Key: "/lock", Value: []byte("b"), IfRev: -1}}); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("second taker: got %v, want a conflict", err)
+	}
+	if err := s.Revoke(c, id); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Get(c, "/lock"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("leased key survives its lease: %v", err)
 	}
 }

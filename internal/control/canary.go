@@ -1,0 +1,447 @@
+package control
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	v1 "github.com/trellis-mesh/trellis/api/v1"
+	"github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/stats"
+	"github.com/trellis-mesh/trellis/internal/store"
+)
+
+// Metric-gated canaries. One server at a time drives every canary: the
+// one holding keyCanaryLeader, a key under its lease (taken with a
+// leased create, so two servers never both hold it; gone with its holder
+// within the lease TTL). Every write the leader makes also rewrites that
+// key at the revision it last saw, so a server that lost the lock
+// without noticing yet cannot move a canary: its commit conflicts.
+//
+// The leader writes a Route's weights as an apply does (the same key,
+// the same validation, at the revision it read, so a user's apply in
+// between wins), and proxies get them by snapshot. Beside the Route, at
+// keyCanaryStatus, it keeps the canary's status: step, state, last
+// decision and events. The status names the Route's store revision it
+// follows: any other write of the Route (a new apply) starts the canary
+// again from its first step.
+
+const (
+	keyCanaryLeader = "/canary/leader"
+	keyCanaryStatus = "/canary/status/"
+	// maxCanaryEvents bounds a status's event list.
+	maxCanaryEvents = 50
+)
+
+func canaryStatusKey(route string) string { return keyCanaryStatus + route }
+
+// Canary decisions.
+const (
+	canaryWait     = "wait"
+	canaryNext     = "next"
+	canaryPromote  = "promote"
+	canaryRollback = "rollback"
+)
+
+// decideCanary judges a canary at step (an index into p.Steps) that has
+// run for elapsed, from its version's traffic t since the step began (at
+// most the last interval). Figures that break a bound roll it back at
+// once, whenever they are seen, once there are p.MinRequests of them;
+// figures that hold move it on only after a whole interval.
+func decideCanary(p *v1.CanaryPolicy, step int, elapsed time.Duration, t v1.Traffic, now time.Time) v1.CanaryDecision {
+	d := v1.CanaryDecision{Requests: t.Requests, P99Ms: t.P99Ms, At: now.UTC()}
+	if t.SuccessRate != nil {
+		pct := *t.SuccessRate * 100
+		d.SuccessRate = &pct
+	}
+	need := uint64(p.EffectiveMinRequests())
+	switch maxP99 := float64(p.MaxP99Duration()) / float64(time.Millisecond); {
+	case t.Requests < need || d.SuccessRate == nil:
+		d.Action, d.Reason = canaryWait, fmt.Sprintf("%d requests to %s, %d needed to judge", t.Requests, p.Version, need)
+	case *d.SuccessRate < p.MinSuccessRate:
+		d.Action, d.Reason = canaryRollback, fmt.Sprintf("success rate %.2f %% is below %v %%", *d.SuccessRate, p.MinSuccessRate)
+	case t.P99Ms > maxP99:
+		d.Action, d.Reason = canaryRollback, fmt.Sprintf("p99 %.1f ms is above %s", t.P99Ms, p.MaxP99)
+	case elapsed < p.IntervalDuration():
+		d.Action, d.Reason = canaryWait, fmt.Sprintf("figures hold; the step has run %v of %s", elapsed.Truncate(time.Second), p.Interval)
+	case step >= len(p.Steps)-1:
+		d.Action, d.Reason = canaryPromote, fmt.Sprintf("figures held for %s at 100 %%", p.Interval)
+	default:
+		d.Action, d.Reason = canaryNext, fmt.Sprintf("figures held for %s at %d %%", p.Interval, p.Steps[step])
+	}
+	return d
+}
+
+// canaryRule returns the index of the Route's rule with a canary, or -1.
+func canaryRule(r *v1.RouteSpec) int {
+	if r == nil {
+		return -1
+	}
+	for i := range r.Rules {
+		if r.Rules[i].Canary != nil {
+			return i
+		}
+	}
+	return -1
+}
+
+func ruleName(r *v1.RouteRule, i int) string {
+	if r.Name != "" {
+		return r.Name
+	}
+	return fmt.Sprintf("rule-%d", i+1)
+}
+
+// checkCanaryIntervals refuses canaries whose interval is shorter than two
+// of this server's stats intervals: the figures of a shorter one would
+// rest on a summary or two.
+func (s *Server) checkCanaryIntervals(in []v1.Resource) []string {
+	floor := 2 * s.stats.Interval()
+	var errs []string
+	for i, res := range in {
+		if res.Kind != v1.KindRoute || res.Route == nil {
+			continue
+		}
+		ri := canaryRule(res.Route)
+		if ri < 0 {
+			continue
+		}
+		if d := res.Route.Rules[ri].Canary.IntervalDuration(); d < floor {
+			errs = append(errs, fmt.Sprintf("resource %d (%s %q): spec.rules[%d].canary.interval: %v is shorter than twice the server's stats interval (%v): want at least %v",
+				i+1, res.Kind, res.Name, ri, d, s.stats.Interval(), floor))
+		}
+	}
+	return errs
+}
+
+// canaryLock is the leader's hold on keyCanaryLeader.
+type canaryLock struct {
+	st    store.Store
+	id    string
+	lease store.LeaseID
+	rev   int64 // the lock key's revision as last written
+}
+
+// commit writes ops and the lock key in one transaction that holds only
+// while the lock is still this server's.
+func (l *canaryLock) commit(ctx context.Context, ops ...store.Op) error {
+	ops = append(ops, store.Op{Key: keyCanaryLeader, Value: []byte(l.id), IfRev: l.rev, Lease: l.lease})
+	if err := l.st.Commit(ctx, ops); err != nil {
+		return err
+	}
+	return l.refresh(ctx)
+}
+
+// refresh reads the lock key's revision, and fails if the lock is lost.
+func (l *canaryLock) refresh(ctx context.Context) error {
+	kv, err := l.st.Get(ctx, keyCanaryLeader)
+	if err != nil {
+		return fmt.Errorf("canary lock: %w", err)
+	}
+	if string(kv.Value) != l.id {
+		return errors.New("canary lock: taken by another server")
+	}
+	l.rev = kv.Rev
+	return nil
+}
+
+// runCanaries drives canaries while this server holds the lock, and
+// tries to take it while it does not, until ctx ends.
+func (s *Server) runCanaries(ctx context.Context) {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	id := hex.EncodeToString(b)
+	for ctx.Err() == nil {
+		l, err := s.takeCanaryLock(ctx, id)
+		if err != nil {
+			if ctx.Err() == nil && !errors.Is(err, store.ErrConflict) {
+				s.log.Warn("canary lock", "err", err)
+			}
+			sleep(ctx, s.cfg.LeaseTTL/2)
+			continue
+		}
+		s.log.Info("driving canaries", "lock", id)
+		s.leadCanaries(ctx, l)
+		// Let another server take over now rather than at the lease's end.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		_ = s.store.Revoke(rctx, l.lease)
+		cancel()
+		s.log.Info("no longer driving canaries", "lock", id)
+	}
+}
+
+func (s *Server) takeCanaryLock(ctx context.Context, id string) (*canaryLock, error) {
+	// A held lock costs the others a read, not a lease each try.
+	if _, err := s.store.Get(ctx, keyCanaryLeader); err == nil {
+		return nil, store.ErrConflict
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return nil, err
+	}
+	lease, err := s.store.Grant(ctx, s.cfg.LeaseTTL)
+	if err != nil {
+		return nil, err
+	}
+	l := &canaryLock{st: s.store, id: id, lease: lease}
+	if err := s.store.Commit(ctx, []store.Op{{Key: keyCanaryLeader, Value: []byte(id), IfRev: -1, Lease: lease}}); err != nil {
+		_ = s.store.Revoke(context.WithoutCancel(ctx), lease)
+		return nil, err
+	}
+	if err := l.refresh(ctx); err != nil {
+		_ = s.store.Revoke(context.WithoutCancel(ctx), lease)
+		return nil, err
+	}
+	return l, nil
+}
+
+// canaryTick is how often the leader looks at its canaries: half a stats
+// interval, so that a rollback follows the summary that calls for it.
+func (s *Server) canaryTick() time.Duration {
+	return min(max(s.stats.Interval()/2, 250*time.Millisecond), 2*time.Second)
+}
+
+// leadCanaries drives every canary until ctx ends or the lock is lost.
+func (s *Server) leadCanaries(ctx context.Context, l *canaryLock) {
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	kept := make(chan struct{})
+	go func() {
+		defer close(kept)
+		defer cancel()
+		err := s.store.KeepAlive(lctx, l.lease)
+		if lctx.Err() == nil {
+			s.log.Warn("canary lock lost", "err", err)
+		}
+	}()
+	defer func() { <-kept }()
+	wrote := map[string]time.Time{}
+	t := time.NewTicker(s.canaryTick())
+	defer t.Stop()
+	for {
+		if err := s.canaryPass(lctx, l, wrote); err != nil {
+			if lctx.Err() == nil {
+				s.log.Warn("canary pass", "err", err)
+			}
+			if errors.Is(err, errLockLost) {
+				return
+			}
+		}
+		select {
+		case <-lctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+var errLockLost = errors.New("canary lock lost")
+
+// canaryPass looks at every Route once: starts, moves, promotes or rolls
+// back its canary, and drops the status of a Route that has none.
+func (s *Server) canaryPass(ctx context.Context, l *canaryLock, wrote map[string]time.Time) error {
+	kvs, _, err := s.store.List(ctx, keyCanaryStatus)
+	if err != nil {
+		return err
+	}
+	statuses := map[string]*v1.CanaryStatus{}
+	for _, kv := range kvs {
+		var st v1.CanaryStatus
+		if err := json.Unmarshal(kv.Value, &st); err != nil {
+			s.log.Error("skip undecodable canary status in store", "key", kv.Key, "err", err)
+			continue
+		}
+		statuses[st.Route] = &st
+	}
+	var errs []error
+	for _, res := range s.state.listResources(v1.KindRoute) {
+		if canaryRule(res.Route) < 0 {
+			continue
+		}
+		if err := s.driveCanary(ctx, l, res.Name, statuses[res.Name], wrote); err != nil {
+			if errors.Is(err, store.ErrConflict) && l.refresh(ctx) != nil {
+				return errLockLost
+			}
+			errs = append(errs, fmt.Errorf("route %s: %w", res.Name, err))
+		}
+		delete(statuses, res.Name)
+	}
+	for name := range statuses {
+		if err := l.commit(ctx, store.Op{Key: canaryStatusKey(name), Delete: true}); err != nil {
+			errs = append(errs, fmt.Errorf("drop canary status of %s: %w", name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// driveCanary takes one Route's canary one decision further.
+func (s *Server) driveCanary(ctx context.Context, l *canaryLock, name string, st *v1.CanaryStatus, wrote map[string]time.Time) error {
+	kv, err := s.store.Get(ctx, resourceKey(v1.KindRoute, name))
+	if errors.Is(err, store.ErrNotFound) {
+		return nil // deleted meanwhile; the next pass drops its status
+	}
+	if err != nil {
+		return err
+	}
+	var res v1.Resource
+	if err := json.Unmarshal(kv.Value, &res); err != nil {
+		return fmt.Errorf("decode: %w", err)
+	}
+	ri := canaryRule(res.Route)
+	if ri < 0 {
+		return nil
+	}
+	rule := &res.Route.Rules[ri]
+	p := rule.Canary
+	now := time.Now()
+	if st == nil || st.RouteRev != kv.Rev {
+		// A new apply of the Route: the canary starts from its first
+		// step, whatever it did before.
+		stable := rule.Targets[0].Version
+		if stable == p.Version {
+			stable = rule.Targets[1].Version
+		}
+		if st == nil {
+			st = &v1.CanaryStatus{}
+		}
+		*st = v1.CanaryStatus{
+			Route: name, Rule: ruleName(rule, ri), Version: p.Version, Stable: stable,
+			State: v1.CanaryProgressing, Step: 0, Weight: p.Steps[0], StepStarted: now.UTC(),
+			Events: st.Events,
+		}
+		addEvent(st, now, fmt.Sprintf("started: %s at %d %%, %s at %d %% (step 1 of %d)", p.Version, p.Steps[0], stable, 100-p.Steps[0], len(p.Steps)))
+		s.log.Info("canary started", "route", name, "version", p.Version, "weight", p.Steps[0])
+		return s.writeCanary(ctx, l, &res, ri, kv, st)
+	}
+	if st.State != v1.CanaryProgressing {
+		return nil
+	}
+	elapsed := now.Sub(st.StepStarted)
+	window := min(max(elapsed, s.stats.Interval()), p.IntervalDuration())
+	t := s.versionTraffic(name, p.Version, window, now)
+	d := decideCanary(p, st.Step, elapsed, t, now)
+	st.Last = &d
+	switch d.Action {
+	case canaryWait:
+		// Waits are written at most once a stats interval: they change
+		// no weight, only the figures shown.
+		if now.Sub(wrote[name]) < s.stats.Interval() {
+			return nil
+		}
+		wrote[name] = now
+		return s.writeStatus(ctx, l, st)
+	case canaryRollback:
+		st.State, st.Weight = v1.CanaryRolledBack, 0
+		addEvent(st, now, fmt.Sprintf("rolled back at step %d (%d %%): %s (%d requests); %s at 0 %%, %s at 100 %%",
+			st.Step+1, p.Steps[st.Step], d.Reason, d.Requests, p.Version, st.Stable))
+		s.log.Warn("canary rolled back", "route", name, "version", p.Version, "reason", d.Reason, "requests", d.Requests)
+		return s.writeCanary(ctx, l, &res, ri, kv, st)
+	case canaryNext:
+		st.Step++
+		st.Weight, st.StepStarted = p.Steps[st.Step], now.UTC()
+		addEvent(st, now, fmt.Sprintf("step %d of %d: %s at %d %% (%s, %d requests)", st.Step+1, len(p.Steps), p.Version, st.Weight, d.Reason, d.Requests))
+		s.log.Info("canary step", "route", name, "version", p.Version, "weight", st.Weight)
+		return s.writeCanary(ctx, l, &res, ri, kv, st)
+	default: // promote
+		st.State = v1.CanaryPromoted
+		addEvent(st, now, fmt.Sprintf("promoted: %s (%d requests)", d.Reason, d.Requests))
+		s.log.Info("canary promoted", "route", name, "version", p.Version)
+		return s.writeStatus(ctx, l, st)
+	}
+}
+
+func addEvent(st *v1.CanaryStatus, at time.Time, msg string) {
+	st.Events = append(st.Events, v1.CanaryEvent{At: at.UTC(), Message: msg})
+	if n := len(st.Events) - maxCanaryEvents; n > 0 {
+		st.Events = append(st.Events[:0:0], st.Events[n:]...)
+	}
+}
+
+// versionTraffic is the canary version's inbound traffic over window.
+func (s *Server) versionTraffic(service, version string, window time.Duration, now time.Time) v1.Traffic {
+	out := s.stats.Stats(stats.Query{Window: window, Service: service}, now)
+	for _, sv := range out.Services {
+		if sv.Name != service {
+			continue
+		}
+		for _, v := range sv.Versions {
+			if v.Version == version {
+				return v.Traffic
+			}
+		}
+	}
+	return v1.Traffic{}
+}
+
+// writeCanary sets the rule's weights to the status's (the canary's
+// Weight, the stable version the rest), as an apply would, then the
+// status following the Route's new revision.
+func (s *Server) writeCanary(ctx context.Context, l *canaryLock, res *v1.Resource, ri int, was store.KV, st *v1.CanaryStatus) error {
+	rule := &res.Route.Rules[ri]
+	for i := range rule.Targets {
+		if rule.Targets[i].Version == st.Version {
+			rule.Targets[i].Weight = st.Weight
+		} else {
+			rule.Targets[i].Weight = 100 - st.Weight
+		}
+	}
+	if err := res.Validate(); err != nil {
+		return fmt.Errorf("weights %d/%d: %w", st.Weight, 100-st.Weight, err)
+	}
+	b, err := json.Marshal(res)
+	if err != nil {
+		return err
+	}
+	key := resourceKey(v1.KindRoute, res.Name)
+	if !bytes.Equal(b, was.Value) {
+		if err := l.commit(ctx, store.Op{Key: key, Value: b, IfRev: was.Rev}); err != nil {
+			return fmt.Errorf("write weights: %w", err)
+		}
+	}
+	kv, err := s.store.Get(ctx, key)
+	if err != nil {
+		return err
+	}
+	// A user's apply right after ours has another value: the status then
+	// keeps the old revision, and the next pass starts the canary again.
+	if bytes.Equal(kv.Value, b) {
+		st.RouteRev = kv.Rev
+	}
+	return s.writeStatus(ctx, l, st)
+}
+
+func (s *Server) writeStatus(ctx context.Context, l *canaryLock, st *v1.CanaryStatus) error {
+	b, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	if err := l.commit(ctx, store.Op{Key: canaryStatusKey(st.Route), Value: b}); err != nil {
+		return fmt.Errorf("write canary status: %w", err)
+	}
+	return nil
+}
+
+// getCanary answers GET /v1/routes/{name}/canary from the store: any
+// server answers, not only the leader.
+func (s *Server) getCanary(_ principal, r *http.Request) (any, error) {
+	name := r.PathValue("name")
+	if err := identity.ValidateServiceName(name); err != nil {
+		return nil, badRequest("route name: %v", err)
+	}
+	kv, err := s.store.Get(r.Context(), canaryStatusKey(name))
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, notFound("Route %q has no canary", name)
+	}
+	if err != nil {
+		return nil, err
+	}
+	var st v1.CanaryStatus
+	if err := json.Unmarshal(kv.Value, &st); err != nil {
+		return nil, fmt.Errorf("decode canary status of %s: %w", name, err)
+	}
+	return st, nil
+}
