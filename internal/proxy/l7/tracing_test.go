@@ -23,13 +23,13 @@ import (
 	"github.com/trellis-mesh/trellis/internal/trellistest"
 )
 
-func startTracer(t *testing.T, r *trellistest.OTLPReceiver, service, version string) *tracing.Tracer {
+func startTracer(t testing.TB, r *trellistest.OTLPReceiver, service, version string, sampling float64) *tracing.Tracer {
 	t.Helper()
 	e, err := tracing.ParseEndpoint("grpc://"+r.Addr, "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	tr, err := tracing.New(tracing.Config{Endpoint: e, Service: service, Version: version}, tracing.Options{})
+	tr, err := tracing.New(tracing.Config{Endpoint: e, Service: service, Version: version, Sampling: sampling}, tracing.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,7 +38,7 @@ func startTracer(t *testing.T, r *trellistest.OTLPReceiver, service, version str
 }
 
 // startTracedInbound is startInbound with a tracer.
-func startTracedInbound(t *testing.T, ca *trellistest.CA, a *app, tr *tracing.Tracer) string {
+func startTracedInbound(t testing.TB, ca *trellistest.CA, a *app, tr *tracing.Tracer) string {
 	src := ca.Source(t, "web")
 	self, _ := identity.New("trellis.local", "web")
 	in := &Inbound{Self: func() identity.ID { return self }, Authorize: allowAll, Target: a.addr,
@@ -75,10 +75,10 @@ func TestTracingSpansPerHop(t *testing.T) {
 		}
 		io.WriteString(w, "ok")
 	}
-	webTracer := startTracer(t, r, "web", "v2")
+	webTracer := startTracer(t, r, "web", "v2", 0)
 	in := startTracedInbound(t, ca, a, webTracer)
 	rt := mustCompile(t, &v1.RouteSpec{Rules: []v1.RouteRule{{Name: "retrying", Retries: &v1.RetryPolicy{Attempts: 2, On: []string{"5xx"}}}}})
-	clientTracer := startTracer(t, r, "client", "")
+	clientTracer := startTracer(t, r, "client", "", 0)
 	url, _ := startOutbound(t, ca, static(rt, balance.Endpoint{Addr: in, Instance: "web-1", Version: "v2"}),
 		func(o *Outbound) { o.Tracer = clientTracer })
 
@@ -138,5 +138,34 @@ func TestTracingSpansPerHop(t *testing.T) {
 	a.mu.Unlock()
 	if len(tp) != 4 || tp[1] != trace || tp[2] != statuses["200"] {
 		t.Errorf("app saw traceparent %v, want trace %s, span %s (the server span of the answered attempt)", tp, trace, statuses["200"])
+	}
+}
+
+// BenchmarkRequestTraced is BenchmarkRequest with tracers on both
+// sidecars, recording every trace (sampled) or none (unsampled: the cost
+// of the spans' IDs and propagation alone).
+func BenchmarkRequestTraced(b *testing.B) {
+	for _, bc := range []struct {
+		name     string
+		sampling float64
+	}{{"sampled", 1}, {"unsampled", 0}} {
+		b.Run(bc.name, func(b *testing.B) {
+			r := trellistest.StartOTLP(b)
+			ca := trellistest.NewCA(b, "trellis.local")
+			a := startApp(b, "web")
+			in := startTracedInbound(b, ca, a, startTracer(b, r, "web", "v1", bc.sampling))
+			tr := startTracer(b, r, "client", "", bc.sampling)
+			url, _ := startOutbound(b, ca, static(mustCompile(b, nil), balance.Endpoint{Addr: in}), func(o *Outbound) { o.Tracer = tr })
+			c := &http.Client{}
+			b.ReportAllocs()
+			for b.Loop() {
+				resp, err := c.Get(url + "/")
+				if err != nil {
+					b.Fatal(err)
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		})
 	}
 }
