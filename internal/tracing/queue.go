@@ -2,7 +2,6 @@ package tracing
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -76,11 +75,26 @@ func (q *queue) run(ctx context.Context) {
 	for {
 		select {
 		case s := <-q.ch:
-			q.next.OnEnd(s) // may wait for room in the batch processor
+			q.pass(s) // may wait for room in the batch processor
 		case <-ctx.Done():
 			return
 		}
 	}
+}
+
+// flushMarker goes through the queue for ForceFlush: when the goroutine
+// gets to it, every span queued before it is in the batch processor.
+type flushMarker struct {
+	sdktrace.ReadOnlySpan // nil: never read
+	passed                chan struct{}
+}
+
+func (q *queue) pass(s sdktrace.ReadOnlySpan) {
+	if m, ok := s.(flushMarker); ok {
+		close(m.passed)
+		return
+	}
+	q.next.OnEnd(s)
 }
 
 func (q *queue) OnStart(context.Context, sdktrace.ReadWriteSpan) {}
@@ -98,21 +112,39 @@ func (q *queue) OnEnd(s sdktrace.ReadOnlySpan) {
 	}
 }
 
-// drain moves what is queued now into the batch processor.
+// drain moves what is queued now into the batch processor, once the
+// goroutine has returned.
 func (q *queue) drain() {
 	for {
 		select {
 		case s := <-q.ch:
-			q.next.OnEnd(s)
+			q.pass(s)
 		default:
 			return
 		}
 	}
 }
 
-// ForceFlush exports every span ended before it was called.
+// ForceFlush exports every span ended before it was called, until ctx
+// ends. It waits for room in the queue for its marker, and for the
+// goroutine to pass the marker: then the spans before it, including one
+// the goroutine held, are the batch processor's to flush.
 func (q *queue) ForceFlush(ctx context.Context) error {
-	q.drain()
+	m := flushMarker{passed: make(chan struct{})}
+	select {
+	case q.ch <- m:
+	case <-q.done:
+		return nil // shut down: Shutdown exported the rest
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case <-m.passed:
+	case <-q.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 	return q.next.ForceFlush(ctx)
 }
 
@@ -155,12 +187,4 @@ func (e *exporter) ExportSpans(ctx context.Context, spans []sdktrace.ReadOnlySpa
 		e.log.Warn("span export failed", attrs...)
 	}
 	return nil
-}
-
-func (e *exporter) Shutdown(ctx context.Context) error {
-	err := e.SpanExporter.Shutdown(ctx)
-	if errors.Is(err, context.Canceled) {
-		return nil
-	}
-	return err
 }
