@@ -38,6 +38,12 @@ const (
 	// maxPeerCount bounds any one counter of a slot's entry: a sum over
 	// the proxies of one server.
 	maxPeerCount = 1 << 48
+	// foldAfter is how many slots after a slot Merge sums its peers'
+	// figures into one: by then the slot's last push is in (it comes
+	// within the next slot), the figures count it (Ring.Stats), and
+	// keeping each peer's apart would cost a key per peer. A push of the
+	// slot from a peer already summed is ignored after that.
+	foldAfter = 3
 )
 
 // Push is what one server sends another: its own slots, changed since
@@ -273,6 +279,10 @@ func (r *Ring) Merge(p *Push, now time.Time) (skipped int) {
 		case sl.idx < ps.Slot:
 			sl.reset(ps.Slot)
 		}
+		if sl.folded[p.Origin] {
+			skipped++ // counted already
+			continue
+		}
 		if sl.peers == nil {
 			sl.peers = map[string]map[Key]*Counts{}
 		}
@@ -291,8 +301,46 @@ func (r *Ring) Merge(p *Push, now time.Time) (skipped int) {
 		}
 		sl.peers[p.Origin] = m
 	}
+	for i := range r.slots {
+		if sl := &r.slots[i]; len(sl.peers) > 0 && sl.idx < cur-foldAfter {
+			r.fold(sl)
+		}
+	}
 	r.peerAt = now
 	return skipped
+}
+
+// fold sums the peers' figures of sl into sl.merged, within the ring's
+// key bound (further keys go to their service's Other key, as Add's do).
+func (r *Ring) fold(sl *slot) {
+	if sl.merged == nil {
+		sl.merged = map[Key]*Counts{}
+		sl.folded = map[string]bool{}
+	}
+	for origin, m := range sl.peers {
+		for k, c := range m {
+			if o := sl.merged[k]; o != nil {
+				o.Add(c)
+				continue
+			}
+			if len(sl.merged) >= r.maxKeys {
+				r.folded++
+				own := k.Source
+				if k.Direction == Inbound {
+					own = k.Destination
+				}
+				k = otherKey(k.Direction, own)
+				k.Source, k.Destination = r.name(k.Source), r.name(k.Destination)
+				if o := sl.merged[k]; o != nil {
+					o.Add(c)
+					continue
+				}
+			}
+			sl.merged[k] = c // m is dropped: c is the slot's now
+		}
+		sl.folded[origin] = true
+		delete(sl.peers, origin)
+	}
 }
 
 // reset makes sl the empty slot idx.
@@ -304,4 +352,6 @@ func (sl *slot) reset(idx int64) {
 		clear(sl.counts)
 	}
 	clear(sl.peers)
+	clear(sl.merged)
+	clear(sl.folded)
 }

@@ -2,6 +2,7 @@ package stats
 
 import (
 	"fmt"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -196,5 +197,110 @@ func TestDecodePushRefuses(t *testing.T) {
 				t.Errorf("got %v, want an error naming %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// The memory of one of three servers that share the summaries of 1,000
+// proxies (as BenchmarkRingMemory1000Proxies, the instances spread over
+// the servers): its own ring with the two peers' slots merged, and the
+// bytes of one push.
+func BenchmarkRingMemoryThreeServers(b *testing.B) {
+	const services, instances, servers = 100, 10, 3
+	sums := make([][]*Summary, servers)
+	for s := range services {
+		own := fmt.Sprintf("svc-%03d", s)
+		for i := range instances {
+			sum := &Summary{Instance: fmt.Sprintf("%s-%d", own, i), Service: own, IntervalMS: 5000}
+			for d := 1; d <= 3; d++ {
+				peer := fmt.Sprintf("svc-%03d", (s+d)%services)
+				for _, v := range []string{"v1", "v2"} {
+					sum.Entries = append(sum.Entries, entry(Outbound, own, peer, "default", v, 100, 1))
+				}
+				from := fmt.Sprintf("svc-%03d", (s+services-d)%services)
+				sum.Entries = append(sum.Entries, entry(Inbound, from, own, "", []string{"v1", "v2"}[i%2], 100, 1))
+			}
+			sums[(s*instances+i)%servers] = append(sums[(s*instances+i)%servers], sum)
+		}
+	}
+	// The peers' pushes, made before the measurement: one a slot each.
+	slots := int(Keep / DefaultInterval)
+	pushes := make([][]*Push, slots+1)
+	pushBytes := 0
+	for j := 1; j < servers; j++ {
+		p, cur := NewRing(RingConfig{}), Cursor{}
+		for k := 1; k <= slots; k++ {
+			at := base.Add(time.Duration(k) * DefaultInterval)
+			for _, s := range sums[j] {
+				p.Add(s, at)
+			}
+			var out []PushSlot
+			out, cur = p.Export(cur, at)
+			push := &Push{Origin: fmt.Sprintf("s-%d", j), IntervalMS: 5000, Slots: out}
+			pushes[k] = append(pushes[k], push)
+			if k == slots {
+				enc, _ := push.Encode()
+				pushBytes = len(enc)
+			}
+		}
+	}
+	b.ReportMetric(float64(pushBytes), "push-bytes")
+	var kept *Ring
+	for b.Loop() {
+		runtime.GC()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		r := NewRing(RingConfig{})
+		for k := 1; k <= slots; k++ {
+			at := base.Add(time.Duration(k) * DefaultInterval)
+			for _, s := range sums[0] {
+				r.Add(s, at)
+			}
+			for _, p := range pushes[k] {
+				r.Merge(p, at)
+			}
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc), "heap-bytes")
+		kept = r
+	}
+	st := kept.Stats(Query{Window: 15 * time.Minute}, base.Add(time.Duration(slots)*DefaultInterval+8*time.Second))
+	if len(st.Edges) != services*3 {
+		b.Fatalf("got %d edges, want %d", len(st.Edges), services*3)
+	}
+}
+
+// Past foldAfter slots, a slot's peer figures are summed into one map
+// (one key per key, not per peer), and a push of the slot from a peer
+// already summed is ignored: counted once still.
+func TestMergeFoldsOldSlots(t *testing.T) {
+	r := NewRing(RingConfig{})
+	at := base.Add(5*time.Second + 10*time.Millisecond)
+	idx := at.UnixNano() / int64(5*time.Second)
+	push := func(origin string, slot int64, n uint64) *Push {
+		return &Push{Origin: origin, IntervalMS: 5000, Slots: []PushSlot{{Slot: slot, Entries: []Entry{entry(Outbound, "web", "api", "", "", n, 0)}}}}
+	}
+	// Two peers, five slots of 10 requests each.
+	for k := range int64(5) {
+		for _, o := range []string{"a", "b"} {
+			r.Merge(push(o, idx+k, 10), at.Add(time.Duration(k)*5*time.Second))
+		}
+	}
+	// Slot idx is folded: its peers map is empty, its merged map holds
+	// the one key.
+	sl := &r.slots[int(idx%int64(len(r.slots)))]
+	if len(sl.peers) != 0 || len(sl.merged) != 1 || sl.merged[Key{Direction: Outbound, Source: "web", Destination: "api"}].Requests() != 20 {
+		t.Fatalf("folded slot: %d peers, merged %v; want none and one key of 20 requests", len(sl.peers), sl.merged)
+	}
+	now := at.Add(5 * 5 * time.Second)
+	if skipped := r.Merge(push("a", idx, 10), now); skipped != 1 {
+		t.Errorf("a push of a folded slot: %d skipped, want 1", skipped)
+	}
+	// Once slot idx+4 is complete (an interval and the grace after its
+	// end): slots idx+1 to idx+4 of 20 each (idx is the first, not
+	// counted).
+	st := r.Stats(Query{Window: time.Minute}, now.Add(10*time.Second))
+	if len(st.Edges) != 1 || st.Edges[0].Requests != 80 {
+		t.Errorf("got %+v, want 80 requests", st.Edges)
 	}
 }

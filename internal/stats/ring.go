@@ -66,6 +66,11 @@ type slot struct {
 	// replaced whole by the origin's next push of the slot, and never
 	// exported again.
 	peers map[string]map[Key]*Counts
+	// merged sums the peers' figures once the slot is past foldAfter
+	// (Merge), and folded names the origins summed in it: a later push
+	// of the slot from one of them is ignored.
+	merged map[Key]*Counts
+	folded map[string]bool
 }
 
 // NewRing returns an empty ring.
@@ -231,6 +236,7 @@ func (r *Ring) Stats(q Query, now time.Time) v1.Stats {
 	}
 	for _, sl := range order {
 		add(sl, sl.counts)
+		add(sl, sl.merged)
 		for _, m := range sl.peers {
 			add(sl, m)
 		}
