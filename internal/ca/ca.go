@@ -306,9 +306,11 @@ type ServingRequest struct {
 }
 
 // SignServing issues the control plane's server certificate: DNS and IP
-// SANs for the address clients dial, server authentication only, and the
-// server's SPIFFE ID (spiffe://<td>/trellis/server), which clients require
-// and which no workload or edge certificate can carry.
+// SANs for the address clients dial, the server's SPIFFE ID
+// (spiffe://<td>/trellis/server), which clients require and which no
+// workload or edge certificate can carry, and server and client
+// authentication: servers present it to each other when they share
+// traffic summaries (a proxy refuses it: it is no workload's SVID).
 func (ca *CA) SignServing(req ServingRequest) ([]byte, error) {
 	tmpl, err := ca.leafTemplate(req.PublicKey, req.TTL, req.Now)
 	if err != nil {
@@ -317,7 +319,7 @@ func (ca *CA) SignServing(req ServingRequest) ([]byte, error) {
 	tmpl.Subject = pkix.Name{Organization: []string{"Trellis"}, CommonName: "trellis-server"}
 	tmpl.DNSNames = req.DNSNames
 	tmpl.IPAddresses = req.IPs
-	tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+	tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
 	tmpl.URIs = []*url.URL{ServerID(ca.trustDomain)}
 	return ca.sign(tmpl, req.PublicKey)
 }

@@ -165,3 +165,33 @@ func TestSignEdgeShape(t *testing.T) {
 		t.Error("signed an edge certificate with no name")
 	}
 }
+
+// The serving certificate carries the server's SPIFFE ID and both
+// usages: servers present it to each other as clients when they share
+// traffic summaries. It is no workload's SVID.
+func TestSignServingShape(t *testing.T) {
+	c := trellistest.NewCA(t, "trellis.local")
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	chain, err := c.SignServing(ca.ServingRequest{PublicKey: &key.PublicKey, DNSNames: []string{"localhost"}, TTL: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	certs, err := ca.ParseCertificates(chain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf := certs[0]
+	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != "spiffe://trellis.local/trellis/server" {
+		t.Errorf("URI SANs = %v, want the server ID", leaf.URIs)
+	}
+	if !slices.Equal(leaf.ExtKeyUsage, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}) {
+		t.Errorf("ExtKeyUsage = %v, want server and client auth", leaf.ExtKeyUsage)
+	}
+	id, err := identity.SPIFFEIDFromCertificate(leaf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := id.Workload(); err == nil {
+		t.Errorf("%s reads as a workload ID", id)
+	}
+}

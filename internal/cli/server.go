@@ -70,6 +70,7 @@ func runServer(ctx context.Context, e *env, args []string) error {
 	fs.StringVar(&cfg.DNSListen, "dns-listen", "", "serve the mesh's names over DNS on this address, UDP and TCP, for callers outside the mesh (healthy edge listeners, or the gateway serving a name; REFUSED outside the mesh's domains; off when empty)")
 	fs.Float64Var(&cfg.DNSRate, "dns-rate", 0, "DNS queries a second each client may ask (default 200; negative: no limit)")
 	advertise := fs.String("advertise", "", "comma-separated extra DNS names or IPs for the server certificate")
+	fs.StringVar(&cfg.AdvertiseAddress, "advertise-address", "", "host:port the other servers on the same etcd reach this one's API at, to share traffic summaries (default the listen address; with a wildcard listen address, the first --advertise name or the host name, with the listen port)")
 	mkLog := logFlags(fs, e, "info")
 	if err := parse(fs, args); err != nil {
 		return err

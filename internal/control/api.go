@@ -78,6 +78,8 @@ func (s *Server) routes() *http.ServeMux {
 	h("POST /v1/tokens", adminOnly, s.createToken)
 	h("DELETE /v1/tokens/{id}", adminOnly, s.deleteToken)
 	mux.Handle("GET /metrics", s.metricsHandler)
+	// Servers authenticate to each other by certificate, not token.
+	mux.HandleFunc("POST "+pushPath, s.receivePush)
 	s.dashboardRoutes(mux)
 	mux.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, map[string]string{"error": "no such API: " + r.Method + " " + r.URL.Path})

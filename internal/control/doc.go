@@ -7,5 +7,8 @@
 // also serves the dashboard's pages (package dashboard) under /ui/, with
 // sessions made from admin or viewer tokens (session.go), and the traffic
 // figures of /v1/stats and /v1/topology from the summaries proxies send on
-// their stream, kept in memory (stats.go, package stats).
+// their stream, kept in memory (stats.go, package stats). Servers on one
+// store push each other their own proxies' summaries, authenticated by
+// their serving certificates, so that any one answers for the whole mesh
+// (peer.go).
 package control

@@ -17,6 +17,9 @@ const (
 	// keySessions holds the dashboard's sessions, by the hash of their
 	// ID, each under a lease that ends with it.
 	keySessions = "/sessions/"
+	// keyServers holds the running servers, by their ID, each under a
+	// lease that ends with it: where peers push traffic summaries.
+	keyServers = "/servers/"
 )
 
 func resourceKey(kind, name string) string  { return keyResources + kind + "/" + name }
@@ -28,6 +31,7 @@ func statusKey(service, id string) string { return keyStatus + service + "/" + i
 func tokenKey(hash string) string         { return keyTokens + hash }
 func fileTokenKey(hash string) string     { return keyFileTokens + hash }
 func sessionKey(hash string) string       { return keySessions + hash }
+func serverKey(id string) string          { return keyServers + id }
 
 // splitKey returns the two path parts after prefix: "/resources/Service/a"
 // -> "Service", "a".

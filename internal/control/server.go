@@ -92,6 +92,12 @@ type Config struct {
 	// proxies' traffic summaries into (it keeps 15 minutes of them);
 	// default 5s, 1s to 1m. Proxies should send at the same interval.
 	StatsInterval time.Duration
+	// AdvertiseAddress is where the other servers of an HA setup reach
+	// this one's API (host:port) to push it their proxies' traffic
+	// summaries; default the listen address, or, when that is a
+	// wildcard, the first of AdvertiseNames (else the host name) with
+	// the listen port.
+	AdvertiseAddress string
 	// Logger; nil discards.
 	Logger *slog.Logger
 	// Registry for metrics; nil makes a private one.
@@ -130,6 +136,11 @@ func (c *Config) Validate() error {
 	}
 	if c.LeaseTTL < 0 || c.LeaseTTL > 0 && c.LeaseTTL < time.Second {
 		errs = append(errs, fmt.Errorf("lease ttl %v: must be at least 1s", c.LeaseTTL))
+	}
+	if c.AdvertiseAddress != "" {
+		if _, _, err := net.SplitHostPort(c.AdvertiseAddress); err != nil {
+			errs = append(errs, fmt.Errorf("advertise address %q: %w", c.AdvertiseAddress, err))
+		}
 	}
 	if c.StatsInterval != 0 && (c.StatsInterval < time.Second || c.StatsInterval > time.Minute) {
 		errs = append(errs, fmt.Errorf("stats interval %v: must be between 1s and 1m", c.StatsInterval))
@@ -203,6 +214,10 @@ type Server struct {
 	// stats holds the proxies' traffic summaries (stats.go).
 	stats  *stats.Ring
 	statsm *statsMetrics
+	// id names this server to its peers, a new one each start; peerm
+	// counts the pushes between servers (peer.go).
+	id    string
+	peerm *peerMetrics
 
 	usedMu     sync.Mutex
 	usedWrites map[string]time.Time // token hash -> last-used write
@@ -283,6 +298,8 @@ func New(cfg Config) (*Server, error) {
 	return &Server{
 		stats:          ring,
 		statsm:         newStatsMetrics(cfg.Registry, ring),
+		id:             newServerID(),
+		peerm:          newPeerMetrics(cfg.Registry),
 		cfg:            cfg,
 		log:            log,
 		state:          newState(log),
@@ -380,6 +397,10 @@ func (s *Server) Run(ctx context.Context) error {
 	gs := grpc.NewServer()
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(gs, &adsServer{s: s})
 	api := s.routes()
+	tlsCfg := certs.EdgeServerConfig(func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+		return s.serving.Load(), nil
+	}, nil, "h2", "http/1.1")
+	peerTLS(tlsCfg)
 	hs := &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			// Counted so that Run waits for it: Close cuts connections
@@ -399,9 +420,8 @@ func (s *Server) Run(ctx context.Context) error {
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 		// TLS 1.2 with forward-secret AEAD suites only, or 1.3, as the
 		// edge listeners: no CBC or static-RSA suite reaches the API.
-		TLSConfig: certs.EdgeServerConfig(func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-			return s.serving.Load(), nil
-		}, nil, "h2", "http/1.1"),
+		// Peer servers, and only they, are asked for a certificate.
+		TLSConfig: tlsCfg,
 	}
 	// Proxies hold one long stream each. A proxy that froze or was cut off
 	// without its socket closing keeps its lease alive through this server
@@ -426,6 +446,7 @@ func (s *Server) Run(ctx context.Context) error {
 	go func() { errc <- hs.ServeTLS(retrying, "", "") }()
 	s.log.Info("control plane serving", "addr", addr, "trustDomain", s.signer().TrustDomain())
 	close(s.ready)
+	s.goBackground(func() { s.runPeering(bgCtx) })
 
 	select {
 	case err := <-errc:

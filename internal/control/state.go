@@ -53,6 +53,8 @@ type state struct {
 
 	// sessions are the dashboard's, by the hash of their ID.
 	sessions map[string]sessionRecord
+	// servers are the running servers, by ID (peer.go).
+	servers map[string]serverRecord
 }
 
 func newState(log *slog.Logger) *state {
@@ -67,6 +69,7 @@ func (s *state) reset() {
 	s.status = map[string]v1.ProxyStatus{}
 	s.tokens = map[string]tokenRecord{}
 	s.sessions = map[string]sessionRecord{}
+	s.servers = map[string]serverRecord{}
 	s.bundle = bundleRecord{}
 	s.issuer = nil
 }
@@ -208,6 +211,13 @@ func (s *state) applyLocked(ev store.Event) bool {
 			s.issuer = &rec
 		}
 		return true
+	case strings.HasPrefix(key, keyServers):
+		id := strings.TrimPrefix(key, keyServers)
+		delete(s.servers, id)
+		var rec serverRecord
+		if !del && json.Unmarshal(ev.KV.Value, &rec) == nil && rec.ID == id {
+			s.servers[id] = rec
+		}
 	case key == keyBundle:
 		if !del {
 			_ = json.Unmarshal(ev.KV.Value, &s.bundle)

@@ -49,11 +49,28 @@ type Ring struct {
 	names map[string]string
 	// folded counts keys folded because a slot was full.
 	folded uint64
+	// gen counts the changes to the ring's own slots (Export's cursor).
+	gen uint64
+	// peerAt is when a peer's push was last merged (Merge); zero if
+	// never.
+	peerAt time.Time
 }
 
 type slot struct {
-	idx    int64
+	idx int64
+	// counts are the summaries this server received itself.
 	counts map[Key]*Counts
+	// gen is the ring's gen at the last change to counts.
+	gen uint64
+	// peers are the peers' figures for the slot, by origin server: each
+	// replaced whole by the origin's next push of the slot, and never
+	// exported again.
+	peers map[string]map[Key]*Counts
+	// merged sums the peers' figures once the slot is past foldAfter
+	// (Merge), and folded names the origins summed in it: a later push
+	// of the slot from one of them is ignored.
+	merged map[Key]*Counts
+	folded map[string]bool
 }
 
 // NewRing returns an empty ring.
@@ -94,13 +111,10 @@ func (r *Ring) Add(s *Summary, at time.Time) {
 	case sl.idx > idx:
 		return // older than the ring
 	case sl.idx < idx:
-		sl.idx = idx
-		if sl.counts == nil {
-			sl.counts = map[Key]*Counts{}
-		} else {
-			clear(sl.counts)
-		}
+		sl.reset(idx)
 	}
+	r.gen++
+	sl.gen = r.gen
 	if len(r.names) > 1<<16 {
 		r.names = map[string]string{} // names churned: start again
 	}
@@ -173,12 +187,19 @@ type outKey struct {
 }
 
 // Stats answers q at the time now from the slots that ended before now
-// (less a grace period for summaries in flight). A figure first seen in
+// (less a grace period for summaries in flight, and one interval more
+// while peers push: their last push of a slot comes in the interval
+// after it, see Merge). A figure first seen in
 // the ring is measured from the slot after its first one: that first one
 // is likely partial (traffic or a proxy that started within it), and
 // counting it would understate the rate.
 func (r *Ring) Stats(q Query, now time.Time) v1.Stats {
 	grace := min(r.interval/2, 2*time.Second)
+	r.mu.Lock()
+	if !r.peerAt.IsZero() && now.Sub(r.peerAt) < Keep {
+		grace += r.interval
+	}
+	r.mu.Unlock()
 	last := now.Add(-grace).UnixNano()/int64(r.interval) - 1
 	wslots := int64(q.Window / r.interval)
 	if wslots < 1 {
@@ -196,8 +217,8 @@ func (r *Ring) Stats(q Query, now time.Time) v1.Stats {
 		}
 	}
 	slices.SortFunc(order, func(a, b *slot) int { return cmp.Compare(a.idx, b.idx) })
-	for _, sl := range order {
-		for k, c := range sl.counts {
+	add := func(sl *slot, counts map[Key]*Counts) {
+		for k, c := range counts {
 			for _, ok := range outKeys(k) {
 				if q.Service != "" && !ok.concerns(q.Service) {
 					continue
@@ -211,6 +232,13 @@ func (r *Ring) Stats(q Query, now time.Time) v1.Stats {
 					a.counts.Add(c)
 				}
 			}
+		}
+	}
+	for _, sl := range order {
+		add(sl, sl.counts)
+		add(sl, sl.merged)
+		for _, m := range sl.peers {
+			add(sl, m)
 		}
 	}
 	r.mu.Unlock()
