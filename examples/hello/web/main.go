@@ -1,7 +1,5 @@
 // Command web is hello-web of the hello example: GET /hello/NAME calls
-// hello-backend's GET /data through its sidecar and answers HTML. It
-// passes the request's trace context and request ID on to that call, so
-// that with tracing on (--otlp-endpoint) the call joins the request's trace.
+// hello-backend's GET /data through its sidecar and answers HTML.
 package main
 
 import (
@@ -25,17 +23,7 @@ func main() {
 	client := &http.Client{Timeout: 5 * time.Second}
 	http.HandleFunc("/health", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
 	http.HandleFunc("GET /hello/{name}", func(w http.ResponseWriter, r *http.Request) {
-		req, err := http.NewRequestWithContext(r.Context(), http.MethodGet, backend+"/data", nil)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusInternalServerError)
-			return
-		}
-		for _, k := range []string{"Traceparent", "Tracestate", "X-Request-Id"} {
-			if v := r.Header.Get(k); v != "" {
-				req.Header.Set(k, v)
-			}
-		}
-		resp, err := client.Do(req)
+		resp, err := client.Get(backend + "/data")
 		if err != nil {
 			http.Error(w, "hello-backend: "+err.Error(), http.StatusBadGateway)
 			return
