@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
 	"github.com/trellis-mesh/trellis/internal/ratelog"
 )
@@ -44,65 +43,42 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	return m
 }
 
-// queue is the span processor the tracer's spans end in: a bounded
-// channel that OnEnd never waits on (a full channel drops the span and
-// counts it), and one goroutine, owned by the queue from newQueue to
-// Shutdown, that moves spans from it into the SDK's batch span processor.
-// That processor batches and exports; it is made to block when its own
-// queue is full, so that it drops nothing uncounted: while an export is
-// slow, it is this goroutine that waits, and this channel that fills.
+// queue holds ended spans for the exporter: a bounded channel that add
+// never waits on (a full channel drops the span and counts it), and one
+// goroutine, owned by the queue from newQueue to shutdown, that takes
+// spans from it in batches of up to batchSize and exports each batch
+// when it is full or batchTimeout old. While an export is slow, it is
+// this goroutine that waits, and the channel that fills.
 type queue struct {
-	ch      chan sdktrace.ReadOnlySpan
-	next    sdktrace.SpanProcessor
-	dropped prometheus.Counter
-	closed  atomic.Bool // set by Shutdown: OnEnd takes nothing more
-	cancel  context.CancelFunc
-	done    chan struct{} // closed when the goroutine has returned
-	stop    sync.Once
+	ch       chan *span
+	flushes  chan chan struct{}
+	send     sender
+	resource []attr
+	dropped  prometheus.Counter // queue_full
+	failed   prometheus.Counter // export_failed
+	log      *slog.Logger
+	limit    ratelog.Limit
+
+	closed atomic.Bool // set by shutdown: add takes nothing more
+	stop   chan context.Context
+	done   chan struct{} // closed when the goroutine has returned
+	once   sync.Once
 }
 
-var _ sdktrace.SpanProcessor = (*queue)(nil)
-
-func newQueue(size int, next sdktrace.SpanProcessor, dropped prometheus.Counter) *queue {
-	ctx, cancel := context.WithCancel(context.Background())
-	q := &queue{ch: make(chan sdktrace.ReadOnlySpan, size), next: next, dropped: dropped, cancel: cancel, done: make(chan struct{})}
-	go q.run(ctx)
+func newQueue(size int, s sender, resource []attr, m *Metrics, log *slog.Logger) *queue {
+	q := &queue{
+		ch: make(chan *span, size), flushes: make(chan chan struct{}), send: s, resource: resource,
+		dropped: m.Dropped.WithLabelValues(DropQueueFull), failed: m.Dropped.WithLabelValues(DropExportFailed),
+		log: log, stop: make(chan context.Context, 1), done: make(chan struct{}),
+	}
+	go q.run()
 	return q
 }
 
-func (q *queue) run(ctx context.Context) {
-	defer close(q.done)
-	for {
-		select {
-		case s := <-q.ch:
-			q.pass(s) // may wait for room in the batch processor
-		case <-ctx.Done():
-			return
-		}
-	}
-}
-
-// flushMarker goes through the queue for ForceFlush: when the goroutine
-// gets to it, every span queued before it is in the batch processor.
-type flushMarker struct {
-	sdktrace.ReadOnlySpan // nil: never read
-	passed                chan struct{}
-}
-
-func (q *queue) pass(s sdktrace.ReadOnlySpan) {
-	if m, ok := s.(flushMarker); ok {
-		close(m.passed)
-		return
-	}
-	q.next.OnEnd(s)
-}
-
-func (q *queue) OnStart(context.Context, sdktrace.ReadWriteSpan) {}
-
-// OnEnd queues a sampled span, or drops and counts it when the queue is
-// full; it never blocks.
-func (q *queue) OnEnd(s sdktrace.ReadOnlySpan) {
-	if !s.SpanContext().IsSampled() || q.closed.Load() {
+// add queues an ended sampled span, or drops and counts it when the
+// queue is full; it never blocks.
+func (q *queue) add(s *span) {
+	if q.closed.Load() {
 		return
 	}
 	select {
@@ -112,79 +88,105 @@ func (q *queue) OnEnd(s sdktrace.ReadOnlySpan) {
 	}
 }
 
-// drain moves what is queued now into the batch processor, once the
-// goroutine has returned.
-func (q *queue) drain() {
+func (q *queue) run() {
+	defer close(q.done)
+	batch := make([]*span, 0, batchSize)
+	tick := time.NewTicker(batchTimeout)
+	defer tick.Stop()
+	ctx := context.Background()
 	for {
 		select {
 		case s := <-q.ch:
-			q.pass(s)
-		default:
+			if batch = append(batch, s); len(batch) == batchSize {
+				batch = q.export(ctx, batch)
+			}
+		case <-tick.C:
+			batch = q.export(ctx, batch)
+		case f := <-q.flushes:
+			// Everything queued before the flush was asked for.
+			for n := len(q.ch); n > 0; n-- {
+				if batch = append(batch, <-q.ch); len(batch) == batchSize {
+					batch = q.export(ctx, batch)
+				}
+			}
+			batch = q.export(ctx, batch)
+			close(f)
+		case sctx := <-q.stop:
+			for {
+				select {
+				case s := <-q.ch:
+					if batch = append(batch, s); len(batch) == batchSize {
+						batch = q.export(sctx, batch)
+					}
+					continue
+				default:
+				}
+				break
+			}
+			q.export(sctx, batch)
 			return
 		}
 	}
 }
 
-// ForceFlush exports every span ended before it was called, until ctx
-// ends. It waits for room in the queue for its marker, and for the
-// goroutine to pass the marker: then the spans before it, including one
-// the goroutine held, are the batch processor's to flush.
-func (q *queue) ForceFlush(ctx context.Context) error {
-	m := flushMarker{passed: make(chan struct{})}
+// export sends batch, counting its spans as export_failed when that
+// fails, and returns it emptied.
+func (q *queue) export(ctx context.Context, batch []*span) []*span {
+	if len(batch) == 0 {
+		return batch
+	}
+	err := ctx.Err()
+	if err == nil {
+		err = sendRetrying(ctx, q.send, encodeRequest(q.resource, batch))
+	}
+	if err != nil {
+		q.failed.Add(float64(len(batch)))
+		if n, ok := q.limit.Take(time.Now(), 1); ok {
+			attrs := []any{"spans", len(batch), "err", err}
+			if n > 0 {
+				attrs = append(attrs, "suppressed", n)
+			}
+			q.log.Warn("span export failed", attrs...)
+		}
+	}
+	clear(batch)
+	return batch[:0]
+}
+
+// flush exports every span queued before it was called, until ctx ends.
+func (q *queue) flush(ctx context.Context) error {
+	f := make(chan struct{})
 	select {
-	case q.ch <- m:
+	case q.flushes <- f:
 	case <-q.done:
-		return nil // shut down: Shutdown exported the rest
+		return nil // shut down: shutdown exported the rest
 	case <-ctx.Done():
 		return ctx.Err()
 	}
 	select {
-	case <-m.passed:
-	case <-q.done:
+	case <-f:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	return q.next.ForceFlush(ctx)
 }
 
-// Shutdown stops the goroutine, exports what is queued (until ctx ends)
-// and shuts the exporter down.
-func (q *queue) Shutdown(ctx context.Context) error {
+// shutdown exports what is queued, until ctx ends, stops the goroutine
+// and closes the connection to the collector.
+func (q *queue) shutdown(ctx context.Context) error {
 	var err error
-	q.stop.Do(func() {
+	q.once.Do(func() {
 		q.closed.Store(true)
-		q.cancel()
-		<-q.done
-		q.drain()
-		err = q.next.Shutdown(ctx)
+		q.stop <- ctx
+		select {
+		case <-q.done:
+		case <-ctx.Done():
+			err = ctx.Err()
+			<-q.done // its export ends with ctx
+		}
+		if cerr := q.send.close(); err == nil {
+			err = cerr
+		}
 	})
 	return err
-}
-
-// exporter counts the spans of a failed export and logs why (at most
-// once a second), and reports success to the batch processor: it has
-// nothing better to do with the error than hand it to the OpenTelemetry
-// global error handler, which would write it to stderr unbounded.
-type exporter struct {
-	sdktrace.SpanExporter
-	dropped prometheus.Counter
-	log     *slog.Logger
-	limit   ratelog.Limit
-}
-
-func (e *exporter) ExportSpans(ctx context.Context, spans []sdktrace.ReadOnlySpan) error {
-	err := e.SpanExporter.ExportSpans(ctx, spans)
-	if err == nil {
-		return nil
-	}
-	e.dropped.Add(float64(len(spans)))
-	if n, ok := e.limit.Take(time.Now(), 1); ok {
-		attrs := []any{"spans", len(spans), "err", err}
-		if n > 0 {
-			attrs = append(attrs, "suppressed", n)
-		}
-		e.log.Warn("span export failed", attrs...)
-	}
-	return nil
 }

@@ -2,22 +2,14 @@ package tracing
 
 import (
 	"context"
-	"crypto/tls"
+	"encoding/binary"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
-
-	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/codes"
-	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
-	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
-	"go.opentelemetry.io/otel/propagation"
-	"go.opentelemetry.io/otel/sdk/resource"
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
-	"go.opentelemetry.io/otel/trace"
-	"google.golang.org/grpc/credentials"
 )
 
 // Attributes of the proxies' spans (besides the resource's service.name,
@@ -54,10 +46,13 @@ const (
 // Tracer starts the spans of one proxy and exports them. Its methods are
 // safe for concurrent use; a nil *Tracer starts nothing.
 type Tracer struct {
-	tp      *sdktrace.TracerProvider
-	tracer  trace.Tracer
+	q       *queue
 	version string
-	prop    propagation.TraceContext
+	// bound: a trace this proxy starts is sampled when the upper 63 bits
+	// of its trace ID's last 8 bytes are below it, as the OpenTelemetry
+	// TraceIDRatioBased sampler decides.
+	bound uint64
+	all   bool // sampling 1: every trace
 }
 
 // Options are what New needs besides Config.
@@ -70,7 +65,7 @@ type Options struct {
 
 // New makes a tracer exporting to cfg.Endpoint. It does no I/O: the
 // exporter connects when it first has spans to send. Shutdown ends its
-// goroutines.
+// goroutine.
 func New(cfg Config, o Options) (*Tracer, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -84,55 +79,25 @@ func New(cfg Config, o Options) (*Tracer, error) {
 	if cfg.QueueSize == 0 {
 		cfg.QueueSize = DefaultQueueSize
 	}
-	exp, err := newExporter(cfg.Endpoint)
-	if err != nil {
-		return nil, fmt.Errorf("otlp exporter for %s: %w", cfg.Endpoint, err)
+	var s sender = newHTTPSender(cfg.Endpoint)
+	if cfg.Endpoint.Protocol == ProtocolGRPC {
+		g, err := newGRPCSender(cfg.Endpoint)
+		if err != nil {
+			return nil, fmt.Errorf("otlp exporter for %s: %w", cfg.Endpoint, err)
+		}
+		s = g
 	}
-	wrapped := &exporter{SpanExporter: exp, dropped: o.Metrics.Dropped.WithLabelValues(DropExportFailed), log: o.Logger}
-	bsp := sdktrace.NewBatchSpanProcessor(wrapped,
-		sdktrace.WithBatchTimeout(batchTimeout), sdktrace.WithMaxExportBatchSize(batchSize),
-		sdktrace.WithMaxQueueSize(batchSize), sdktrace.WithExportTimeout(exportTimeout),
-		sdktrace.WithBlocking()) // the queue in front of it drops instead
-	q := newQueue(cfg.QueueSize, bsp, o.Metrics.Dropped.WithLabelValues(DropQueueFull))
-	attrs := []attribute.KeyValue{attribute.String("service.name", cfg.Service)}
+	resource := []attr{{key: "service.name", s: cfg.Service}}
 	if cfg.Version != "" {
-		attrs = append(attrs, attribute.String("service.version", cfg.Version))
+		resource = append(resource, attr{key: "service.version", s: cfg.Version})
 	}
 	if cfg.Instance != "" {
-		attrs = append(attrs, attribute.String("service.instance.id", cfg.Instance))
+		resource = append(resource, attr{key: "service.instance.id", s: cfg.Instance})
 	}
-	tp := sdktrace.NewTracerProvider(
-		sdktrace.WithResource(resource.NewSchemaless(attrs...)),
-		sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(cfg.Sampling))),
-		sdktrace.WithSpanProcessor(q),
-	)
-	return &Tracer{tp: tp, tracer: tp.Tracer("github.com/trellis-mesh/trellis/internal/tracing"), version: cfg.Version}, nil
-}
-
-func newExporter(e Endpoint) (sdktrace.SpanExporter, error) {
-	ctx := context.Background() // New does no I/O with it
-	if e.Protocol == ProtocolGRPC {
-		opts := []otlptracegrpc.Option{
-			otlptracegrpc.WithEndpoint(e.Host), otlptracegrpc.WithTimeout(exportTimeout),
-			otlptracegrpc.WithRetry(otlptracegrpc.RetryConfig{Enabled: true, InitialInterval: 500 * time.Millisecond, MaxInterval: 2 * time.Second, MaxElapsedTime: exportTimeout}),
-		}
-		if e.TLS {
-			opts = append(opts, otlptracegrpc.WithTLSCredentials(credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS12})))
-		} else {
-			opts = append(opts, otlptracegrpc.WithInsecure())
-		}
-		return otlptracegrpc.New(ctx, opts...)
-	}
-	opts := []otlptracehttp.Option{
-		otlptracehttp.WithEndpoint(e.Host), otlptracehttp.WithURLPath(e.Path), otlptracehttp.WithTimeout(exportTimeout),
-		otlptracehttp.WithRetry(otlptracehttp.RetryConfig{Enabled: true, InitialInterval: 500 * time.Millisecond, MaxInterval: 2 * time.Second, MaxElapsedTime: exportTimeout}),
-	}
-	if e.TLS {
-		opts = append(opts, otlptracehttp.WithTLSClientConfig(&tls.Config{MinVersion: tls.VersionTLS12}))
-	} else {
-		opts = append(opts, otlptracehttp.WithInsecure())
-	}
-	return otlptracehttp.New(ctx, opts...)
+	return &Tracer{
+		q: newQueue(cfg.QueueSize, s, resource, o.Metrics, o.Logger), version: cfg.Version,
+		bound: uint64(cfg.Sampling * (1 << 63)), all: cfg.Sampling >= 1,
+	}, nil
 }
 
 // Shutdown exports the spans still queued, until ctx ends, and stops the
@@ -141,7 +106,7 @@ func (t *Tracer) Shutdown(ctx context.Context) error {
 	if t == nil {
 		return nil
 	}
-	return t.tp.Shutdown(ctx)
+	return t.q.shutdown(ctx)
 }
 
 // ForceFlush exports every span ended so far, until ctx ends.
@@ -149,29 +114,70 @@ func (t *Tracer) ForceFlush(ctx context.Context) error {
 	if t == nil {
 		return nil
 	}
-	return t.tp.ForceFlush(ctx)
+	return t.q.flush(ctx)
+}
+
+// attr is a span or resource attribute: a string, or an integer.
+type attr struct {
+	key   string
+	s     string
+	i     int64
+	isInt bool
 }
 
 // Span is one hop's span. Its methods do nothing on a nil *Span; End may
 // be called more than once, the first call counts.
 type Span struct {
-	s      trace.Span
-	client bool
+	t     *Tracer
+	ended atomic.Bool
+	span
 }
 
-// parent is the span context h's traceparent (and tracestate) names, or
-// none when it is absent or invalid.
-func (t *Tracer) parent(h http.Header) context.Context {
-	return t.prop.Extract(context.Background(), propagation.HeaderCarrier(h))
+// span is what is exported of a Span.
+type span struct {
+	sc           spanContext // sc.sampled: recorded and exported
+	parent       [8]byte     // zero: a root span
+	remoteParent bool
+	tracestate   string
+	name         string
+	kind         int
+	start, end   time.Time
+	attrs        []attr
+	errorMsg     string // not empty: status error
+}
+
+// start starts a span as the child of the span h's traceparent names,
+// or of none; a new trace is sampled at the tracer's ratio.
+func (t *Tracer) start(h http.Header, name string, kind int) *Span {
+	sp := &Span{t: t}
+	sp.name, sp.kind, sp.start = name, kind, time.Now()
+	if p, err := parseTraceparent(h.Get("Traceparent")); err == nil {
+		sp.sc.traceID, sp.parent, sp.remoteParent, sp.sc.sampled = p.traceID, p.spanID, true, p.sampled
+		if ts := strings.Join(h.Values("Tracestate"), ","); len(ts) <= maxTracestate {
+			sp.tracestate = ts
+		}
+	} else {
+		for sp.sc.traceID == ([16]byte{}) {
+			binary.BigEndian.PutUint64(sp.sc.traceID[:8], rand.Uint64())
+			binary.BigEndian.PutUint64(sp.sc.traceID[8:], rand.Uint64())
+		}
+		sp.sc.sampled = t.all || binary.BigEndian.Uint64(sp.sc.traceID[8:])>>1 < t.bound
+	}
+	for sp.sc.spanID == ([8]byte{}) {
+		binary.BigEndian.PutUint64(sp.sc.spanID[:], rand.Uint64())
+	}
+	return sp
 }
 
 // StartClient starts the client span of a request a proxy sends on to
 // the service peer, as the child of the span h's traceparent names (a
 // new trace without one), and makes h's traceparent name the new span.
 func (t *Tracer) StartClient(h http.Header, method, peer string) *Span {
-	_, s := t.tracer.Start(t.parent(h), method+" "+peer, trace.WithSpanKind(trace.SpanKindClient),
-		trace.WithAttributes(attribute.String(AttrMethod, method), attribute.String(AttrPeerService, peer)))
-	sp := &Span{s: s, client: true}
+	sp := t.start(h, method+" "+peer, kindClient)
+	if sp.sc.sampled {
+		sp.attrs = make([]attr, 0, 6)
+		sp.attrs = append(sp.attrs, attr{key: AttrMethod, s: method}, attr{key: AttrPeerService, s: peer})
+	}
 	sp.Inject(h)
 	return sp
 }
@@ -181,16 +187,18 @@ func (t *Tracer) StartClient(h http.Header, method, peer string) *Span {
 // app, service, as the child of the span h's traceparent names. Inject
 // then hands the app the new span's traceparent.
 func (t *Tracer) StartServer(h http.Header, method, peer, service string) *Span {
-	attrs := make([]attribute.KeyValue, 0, 3)
-	attrs = append(attrs, attribute.String(AttrMethod, method))
-	if peer != "" {
-		attrs = append(attrs, attribute.String(AttrPeerService, peer))
+	sp := t.start(h, method+" "+service, kindServer)
+	if sp.sc.sampled {
+		sp.attrs = make([]attr, 0, 4)
+		sp.attrs = append(sp.attrs, attr{key: AttrMethod, s: method})
+		if peer != "" {
+			sp.attrs = append(sp.attrs, attr{key: AttrPeerService, s: peer})
+		}
+		if t.version != "" {
+			sp.attrs = append(sp.attrs, attr{key: AttrVersion, s: t.version})
+		}
 	}
-	if t.version != "" {
-		attrs = append(attrs, attribute.String(AttrVersion, t.version))
-	}
-	_, s := t.tracer.Start(t.parent(h), method+" "+service, trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(attrs...))
-	return &Span{s: s}
+	return sp
 }
 
 // Inject sets h's traceparent to the span's, and its tracestate to the
@@ -200,38 +208,35 @@ func (s *Span) Inject(h http.Header) {
 		return
 	}
 	delete(h, "Tracestate")
-	var p propagation.TraceContext
-	p.Inject(trace.ContextWithSpan(context.Background(), s.s), propagation.HeaderCarrier(h))
+	h.Set("Traceparent", s.sc.traceparent())
+	if s.tracestate != "" {
+		h.Set("Tracestate", s.tracestate)
+	}
 }
 
 // End ends the span with what the hop came to: the route and the
 // version that answered (client spans; "" when none), the status code,
 // and how many attempts it took (client spans).
 func (s *Span) End(route, version string, status, attempts int) {
-	if s == nil {
+	if s == nil || s.ended.Swap(true) || !s.sc.sampled {
 		return
 	}
-	s.end(route, version, status, attempts)
-}
-
-func (s *Span) end(route, version string, status, attempts int) {
-	if !s.s.IsRecording() {
-		s.s.End()
-		return
-	}
-	attrs := make([]attribute.KeyValue, 0, 4)
-	attrs = append(attrs, attribute.Int(AttrStatus, status))
-	if s.client {
-		attrs = append(attrs, attribute.String(AttrRoute, route), attribute.Int(AttrResends, max(attempts-1, 0)))
+	s.end = time.Now()
+	s.attrs = append(s.attrs, attr{key: AttrStatus, i: int64(status), isInt: true})
+	client := s.kind == kindClient
+	if client {
+		s.attrs = append(s.attrs, attr{key: AttrRoute, s: route}, attr{key: AttrResends, i: int64(max(attempts-1, 0)), isInt: true})
 		if version != "" {
-			attrs = append(attrs, attribute.String(AttrVersion, version))
+			s.attrs = append(s.attrs, attr{key: AttrVersion, s: version})
 		}
 	}
-	s.s.SetAttributes(attrs...)
 	// As the HTTP conventions have it: a client sees 4xx as its request
 	// failing, a server only 5xx as its own failure.
-	if status >= 500 || s.client && status >= 400 {
-		s.s.SetStatus(codes.Error, strings.TrimSpace(http.StatusText(status)))
+	if status >= 500 || client && status >= 400 {
+		s.errorMsg = strings.TrimSpace(http.StatusText(status))
+		if s.errorMsg == "" {
+			s.errorMsg = "status " + fmt.Sprint(status)
+		}
 	}
-	s.s.End()
+	s.t.q.add(&s.span)
 }
