@@ -71,6 +71,8 @@ func TestLayering(t *testing.T) {
 			onlyImports: []string{"golang.org/x/net/", "github.com/prometheus/client_golang/prometheus",
 				module + "/internal/proxy/netconn", module + "/internal/proxy/handshake", module + "/internal/proxy/tunnel", module + "/internal/ratelog"}},
 		{pkg: "internal/proxy/tunnel", onlyStd: []string{"golang.org/x/net/", "golang.org/x/text/", module + "/internal/ratelog"}},
+		// Tracing is the data plane's: it knows spans, not the proxies.
+		{pkg: "internal/tracing", forbidden: []string{module + "/internal/store", module + "/internal/ca", module + "/internal/control", module + "/internal/sidecar", module + "/internal/proxy/", "go.etcd.io/"}},
 		// Mesh DNS is a mechanism of both planes: fed names, it holds no
 		// store, CA or role.
 		{pkg: "internal/meshdns", forbidden: []string{module + "/internal/store", module + "/internal/ca", module + "/internal/control", module + "/internal/sidecar", "go.etcd.io/"}},

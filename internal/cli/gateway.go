@@ -32,6 +32,7 @@ func runGateway(ctx context.Context, e *env, args []string) error {
 	statsInterval := fs.Duration("stats-interval", 0, "how often to send the control plane a traffic summary (default 5s; match the server's --stats-interval)")
 	pprof := fs.Bool("pprof", false, "serve the Go profiler under /debug/pprof on the admin listener (any local user can reach it)")
 	applyLimits := limitFlags(fs)
+	applyTracing := tracingFlags(fs)
 	mkLog := logFlags(fs, e, "info")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -59,6 +60,9 @@ func runGateway(ctx context.Context, e *env, args []string) error {
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	applyLimits(&cfg.Limits, set)
+	if err := applyTracing(&cfg, set); err != nil {
+		return err
+	}
 	if cfg.TokenFile == "" {
 		cfg.Token = e.getenv("TRELLIS_TOKEN")
 	}

@@ -59,6 +59,7 @@ func runProxy(ctx context.Context, e *env, args []string) error {
 	dnsUpstream := fs.String("dns-upstream", "", "the host's resolver, IP or IP:port, that names outside the mesh go to (default: the first nameserver of /etc/resolv.conf, read at start)")
 	pprof := fs.Bool("pprof", false, "serve the Go profiler under /debug/pprof on the admin listener (any local user can reach it)")
 	applyLimits := limitFlags(fs)
+	applyTracing := tracingFlags(fs)
 	mkLog := logFlags(fs, e, "info")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -131,6 +132,9 @@ func runProxy(ctx context.Context, e *env, args []string) error {
 	override("stats-interval", func() { cfg.StatsInterval = *statsInterval })
 	override("pprof", func() { cfg.Pprof = *pprof })
 	applyLimits(&cfg.Limits, set)
+	if err := applyTracing(&cfg, set); err != nil {
+		return err
+	}
 	if *edgePort >= 0 {
 		if *edgePort > 65535 {
 			return usageErr("--edge-port: %d is not 0-65535", *edgePort)

@@ -18,6 +18,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/identity"
 	"github.com/trellis-mesh/trellis/internal/meshdns"
 	"github.com/trellis-mesh/trellis/internal/stats"
+	"github.com/trellis-mesh/trellis/internal/tracing"
 )
 
 // Upstream is one local listener for a destination service.
@@ -200,6 +201,36 @@ func (d *DNS) validate() error {
 	return errors.Join(errs...)
 }
 
+// Tracing configures the proxy's OTLP span export (see package tracing).
+type Tracing struct {
+	// Endpoint is the collector's URL: grpc://HOST:PORT or grpcs://
+	// for OTLP/gRPC, http://HOST:PORT[/PATH] or https:// for OTLP/HTTP
+	// (default path /v1/traces), unless Protocol says otherwise.
+	Endpoint string `yaml:"endpoint"`
+	// Protocol is grpc or http/protobuf; default by the URL's scheme.
+	Protocol string `yaml:"protocol"`
+	// Sampling is the share, 0 to 1, of the traces this proxy starts
+	// that it records; nil means tracing.DefaultSampling (0.01). A
+	// request with a traceparent follows its caller's decision.
+	Sampling *float64 `yaml:"sampling"`
+}
+
+func (t *Tracing) config(c *Config) (tracing.Config, error) {
+	e, err := tracing.ParseEndpoint(t.Endpoint, t.Protocol)
+	if err != nil {
+		return tracing.Config{}, err
+	}
+	ratio := tracing.DefaultSampling
+	if t.Sampling != nil {
+		ratio = *t.Sampling
+	}
+	tc := tracing.Config{Endpoint: e, Sampling: ratio, Service: c.Service, Version: c.Version, Instance: c.Instance}
+	if tc.Service == "" {
+		tc.Service = "unnamed" // Validate reports the service itself
+	}
+	return tc, tc.Validate()
+}
+
 // Config configures a sidecar. Durations' zero values mean their defaults.
 type Config struct {
 	// Service is the app's service name.
@@ -266,6 +297,9 @@ type Config struct {
 	// (stats.DefaultInterval), at least 1s. It should match the server's
 	// --stats-interval.
 	StatsInterval time.Duration `yaml:"statsInterval"`
+
+	// Tracing, if set, exports a span per request and side by OTLP.
+	Tracing *Tracing `yaml:"tracing"`
 
 	// Logger; nil discards.
 	Logger *slog.Logger `yaml:"-"`
@@ -353,6 +387,11 @@ func (c *Config) Validate() error {
 	}
 	if c.StatsInterval != 0 && (c.StatsInterval < time.Second || c.StatsInterval > 5*time.Minute) {
 		errs = append(errs, fmt.Errorf("stats interval %v: must be between 1s and 5m", c.StatsInterval))
+	}
+	if c.Tracing != nil {
+		if _, err := c.Tracing.config(c); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if len(c.Node) > 253 || strings.ContainsFunc(c.Node, func(r rune) bool { return !unicode.IsPrint(r) }) {
 		errs = append(errs, fmt.Errorf("node %q: want at most 253 printable characters", c.Node))

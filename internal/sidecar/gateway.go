@@ -364,6 +364,7 @@ func (g *gateway) outbound(service string) http.Handler {
 		Unreachable: g.p.unreachable(service),
 		Logger:      g.p.log,
 		Metrics:     g.p.l7m,
+		Tracer:      g.p.tracer,
 	}
 	g.outbounds[service] = o
 	return o

@@ -37,6 +37,8 @@ func TestRunLeavesNoGoroutine(t *testing.T) {
 	}{
 		{"proxy", Config{Service: "web", AppAddr: app, Upstreams: []Upstream{{Service: "db", Listen: "127.0.0.1:" + strconv.Itoa(trellistest.FreePort(t))}}}},
 		{"gateway", Config{Service: "edge", Gateway: &Gateway{ListenIP: "127.0.0.1"}}},
+		// Its exporter's collector is as absent as the control plane.
+		{"proxy with tracing", Config{Service: "web", AppAddr: app, Tracing: &Tracing{Endpoint: "grpc://" + server}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			defer goleak.VerifyNone(t, goleak.IgnoreCurrent())

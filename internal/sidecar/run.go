@@ -21,6 +21,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/proxy/l4"
 	"github.com/trellis-mesh/trellis/internal/proxy/l7"
 	"github.com/trellis-mesh/trellis/internal/proxy/tunnel"
+	"github.com/trellis-mesh/trellis/internal/tracing"
 	"github.com/trellis-mesh/trellis/internal/xds"
 )
 
@@ -51,6 +52,10 @@ func (p *Proxy) Run(ctx context.Context) error {
 	}
 	defer ls.closeAll()
 	p.reg.Store(p.registration(ls.public.Addr().(*net.TCPAddr), ls.edgePort()))
+	if err := p.startTracing(); err != nil {
+		return err
+	}
+	defer p.stopTracing()
 
 	// Background work outlives ctx until the drain is over. The edge
 	// certificates' keepers end with runCtx: waited for after it ends,
@@ -180,6 +185,42 @@ func (p *Proxy) Run(ctx context.Context) error {
 	}
 	return failure
 }
+
+// startTracing makes the tracer of Config.Tracing, if any.
+func (p *Proxy) startTracing() error {
+	if p.cfg.Tracing == nil {
+		return nil
+	}
+	tc, err := p.cfg.Tracing.config(&p.cfg)
+	if err != nil {
+		return err
+	}
+	tr, err := tracing.New(tc, tracing.Options{Metrics: p.tracem, Logger: p.log})
+	if err != nil {
+		return fmt.Errorf("tracing: %w", err)
+	}
+	if !tc.Endpoint.Loopback() && !tc.Endpoint.TLS {
+		p.log.Warn("spans leave for the collector unencrypted", "endpoint", tc.Endpoint.String())
+	}
+	p.tracer = tr
+	p.log.Info("exporting spans", "endpoint", tc.Endpoint.String(), "protocol", tc.Endpoint.Protocol, "sampling", tc.Sampling)
+	return nil
+}
+
+// stopTracing exports the spans still queued, for at most tracingFlush.
+func (p *Proxy) stopTracing() {
+	if p.tracer == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), tracingFlush)
+	defer cancel()
+	if err := p.tracer.Shutdown(ctx); err != nil {
+		p.log.Warn("span export at shutdown incomplete", "err", err)
+	}
+}
+
+// tracingFlush bounds the wait for the last spans at shutdown.
+const tracingFlush = 5 * time.Second
 
 // restoreState serves the persisted snapshot and certificate, if any, until
 // the control plane answers.
@@ -347,6 +388,7 @@ func (p *Proxy) dataPlane(ctx context.Context, pool *l4.Pool) (*dataPlane, error
 		Protocol:  func() string { return p.protocol(p.cfg.Service) },
 		Logger:    p.log,
 		Metrics:   p.l7m,
+		Tracer:    p.tracer,
 	}
 	if dp.edge != nil {
 		// An HTTP service's edge traffic (TLS ended here) goes through
@@ -396,6 +438,7 @@ func (p *Proxy) dataPlane(ctx context.Context, pool *l4.Pool) (*dataPlane, error
 			Unreachable: p.unreachable(u.Service),
 			Logger:      p.log,
 			Metrics:     p.l7m,
+			Tracer:      p.tracer,
 		}
 		srv := l7.NewServer(web, p.log)
 		srv.Rejected = p.l7m.Rejected

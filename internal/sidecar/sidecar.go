@@ -33,6 +33,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/proxy/passthrough"
 	"github.com/trellis-mesh/trellis/internal/proxy/tunnel"
 	"github.com/trellis-mesh/trellis/internal/topology"
+	"github.com/trellis-mesh/trellis/internal/tracing"
 	"github.com/trellis-mesh/trellis/internal/xds"
 )
 
@@ -91,6 +92,11 @@ type Proxy struct {
 	}
 	l4m *l4.Metrics
 	l7m *l7.Metrics
+	// tracem counts the spans tracing dropped (nil without
+	// Config.Tracing); tracer makes and exports them, set by Run before
+	// anything serves and shut down by it after the drain.
+	tracem *tracing.Metrics
+	tracer *tracing.Tracer
 	// guard watches every mesh mTLS connection, inbound and pooled, and
 	// retires those whose trust ends (a root dropped, a leaf expiring).
 	guard *l4.Guard
@@ -208,6 +214,9 @@ func (p *Proxy) registerMetrics(reg *prometheus.Registry) {
 	p.listenerm = newListenerMetrics(reg, p.admission)
 	p.l4m = l4.NewMetrics(reg)
 	p.l7m = l7.NewMetrics(reg)
+	if p.cfg.Tracing != nil {
+		p.tracem = tracing.NewMetrics(reg)
+	}
 	// One counter for every HTTP/2 connection of the process (the tunnel
 	// serves the sidecar-to-sidecar port and the h2/h2c listeners).
 	reg.MustRegister(protocolErrorsCollector{})

@@ -1,5 +1,7 @@
 // Command web is hello-web of the hello example: GET /hello/NAME calls
-// hello-backend's GET /data through its sidecar and answers HTML.
+// hello-backend's GET /data through its sidecar and answers HTML. It
+// passes the request's trace context and request ID on to that call, so
+// that with tracing on (--otlp-endpoint) the call joins the request's trace.
 package main
 
 import (
@@ -23,7 +25,17 @@ func main() {
 	client := &http.Client{Timeout: 5 * time.Second}
 	http.HandleFunc("/health", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
 	http.HandleFunc("GET /hello/{name}", func(w http.ResponseWriter, r *http.Request) {
-		resp, err := client.Get(backend + "/data")
+		req, err := http.NewRequestWithContext(r.Context(), http.MethodGet, backend+"/data", nil)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		for _, k := range []string{"Traceparent", "Tracestate", "X-Request-Id"} {
+			if v := r.Header.Get(k); v != "" {
+				req.Header.Set(k, v)
+			}
+		}
+		resp, err := client.Do(req)
 		if err != nil {
 			http.Error(w, "hello-backend: "+err.Error(), http.StatusBadGateway)
 			return

@@ -26,11 +26,17 @@ const (
 
 // setRequestContext gives a request leaving this proxy a request ID and a
 // W3C trace context whose parent is a new span: this hop.
+// (With a tracer, the tracer makes that span: setRequestID alone here.)
 func setRequestContext(h http.Header) {
+	setRequestID(h)
+	h.Set(traceparent, nextTraceparent(h.Get(traceparent)))
+}
+
+// setRequestID gives a request a request ID if it has none.
+func setRequestID(h http.Header) {
 	if h.Get(RequestIDHeader) == "" {
 		h.Set(RequestIDHeader, newRequestID())
 	}
-	h.Set(traceparent, nextTraceparent(h.Get(traceparent)))
 }
 
 func newRequestID() string {

@@ -23,6 +23,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/proxy/h1"
 	"github.com/trellis-mesh/trellis/internal/proxy/netconn"
 	"github.com/trellis-mesh/trellis/internal/proxy/tunnel"
+	"github.com/trellis-mesh/trellis/internal/tracing"
 )
 
 // Inbound serves HTTP/2 connections from other sidecars and forwards each
@@ -46,6 +47,9 @@ type Inbound struct {
 	Logger *slog.Logger
 	// Metrics; nil means unregistered ones.
 	Metrics *Metrics
+	// Tracer, when set, gives each request a server span, which the
+	// traceparent the app gets then names; nil traces nothing.
+	Tracer *tracing.Tracer
 
 	once     sync.Once
 	mu       sync.Mutex
@@ -168,13 +172,19 @@ func (in *Inbound) ServeStream(s *tunnel.Stream, peer identity.ID) {
 func (in *Inbound) serve(w http.ResponseWriter, r *http.Request, peer identity.ID) {
 	start := time.Now()
 	sw := &statusWriter{ResponseWriter: w}
+	var sp *tracing.Span
+	if in.Tracer != nil {
+		sp = in.Tracer.StartServer(r.Header, r.Method, peer.Service(), in.Self().Service())
+	}
 	if bad := in.admit(r, peer); bad != nil {
 		in.Metrics.refused(in.Logger, r, "inbound", peer.Service(), in.Self().Service(), bad)
 		refuse(sw, bad)
 	} else {
+		sp.Inject(r.Header)
 		in.proxy(sw, r)
 	}
 	in.Metrics.observe("inbound", peer.Service(), in.Self().Service(), "", "", sw.status(), start)
+	sp.End("", "", sw.status(), 0)
 	if in.Logger.Enabled(r.Context(), slog.LevelInfo) {
 		in.Logger.LogAttrs(r.Context(), slog.LevelInfo, "access",
 			slog.String("direction", "inbound"), slog.String("requestId", r.Header.Get(RequestIDHeader)),
@@ -365,8 +375,14 @@ func (in *Inbound) serveEdge(w http.ResponseWriter, r *http.Request) {
 		r.Header.Set(RequestIDHeader, newRequestID())
 	}
 	if upgradeType(r.Header) == "" {
+		var sp *tracing.Span
+		if in.Tracer != nil {
+			sp = in.Tracer.StartServer(r.Header, r.Method, "", self)
+			sp.Inject(r.Header)
+		}
 		in.proxy(sw, r)
 		in.Metrics.observe("edge", "", self, "", "", sw.status(), start)
+		sp.End("", "", sw.status(), 0)
 		return
 	}
 	if r.ContentLength != 0 {

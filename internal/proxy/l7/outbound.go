@@ -18,6 +18,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/proxy/balance"
 	"github.com/trellis-mesh/trellis/internal/proxy/h1"
 	"github.com/trellis-mesh/trellis/internal/proxy/tunnel"
+	"github.com/trellis-mesh/trellis/internal/tracing"
 )
 
 // ALPN is the protocol of L7 connections between sidecars: plain HTTP/2,
@@ -54,6 +55,9 @@ type Outbound struct {
 	Logger *slog.Logger
 	// Metrics; nil means unregistered ones.
 	Metrics *Metrics
+	// Tracer, when set, gives each request a client span, which the
+	// request's traceparent then names; nil traces nothing.
+	Tracer *tracing.Tracer
 
 	once     sync.Once
 	limit    limiter
@@ -100,9 +104,16 @@ func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		refuse(w, &badRequest{http.StatusBadRequest, "trellis: " + err.Error(), ReasonStream})
 		return
 	}
-	setRequestContext(r.Header)
-	resp, err := o.roundTrip(r)
+	var sp *tracing.Span
+	if o.Tracer == nil {
+		setRequestContext(r.Header)
+	} else {
+		setRequestID(r.Header)
+		sp = o.Tracer.StartClient(r.Header, r.Method, o.Service)
+	}
+	resp, err := o.roundTrip(r, sp)
 	if err != nil {
+		sp.End("", "", errorStatus(err), 1) // when roundTrip did not
 		o.fail(w, r, err)
 		return
 	}
@@ -174,6 +185,15 @@ type proxyError struct {
 
 func (e *proxyError) Error() string { return e.msg }
 
+// errorStatus is the status the proxy answers err with.
+func errorStatus(err error) int {
+	var pe *proxyError
+	if errors.As(err, &pe) {
+		return pe.status
+	}
+	return http.StatusBadGateway
+}
+
 func (o *Outbound) fail(w http.ResponseWriter, r *http.Request, err error) {
 	status, msg := http.StatusBadGateway, "trellis: upstream "+o.Service+" failed: "+err.Error()
 	var pe *proxyError
@@ -187,8 +207,9 @@ func (o *Outbound) fail(w http.ResponseWriter, r *http.Request, err error) {
 	io.WriteString(w, msg+"\n")
 }
 
-// roundTrip routes, balances and retries one request.
-func (o *Outbound) roundTrip(req *http.Request) (resp *http.Response, err error) {
+// roundTrip routes, balances and retries one request. It ends sp (nil
+// when tracing is off) where it observes the request's metrics.
+func (o *Outbound) roundTrip(req *http.Request, sp *tracing.Span) (resp *http.Response, err error) {
 	clientBody := req.Body // before a retry's copy replaces it
 	onDone := func() {}
 	start := time.Now()
@@ -216,6 +237,7 @@ func (o *Outbound) roundTrip(req *http.Request) (resp *http.Response, err error)
 			}
 		}
 		o.Metrics.observe("outbound", o.Source, o.Service, rule.Name, version, http.StatusServiceUnavailable, start)
+		sp.End(rule.Name, version, http.StatusServiceUnavailable, 0)
 		return nil, &proxyError{http.StatusServiceUnavailable, msg}
 	}
 	if rule.hasRW {
@@ -224,7 +246,7 @@ func (o *Outbound) roundTrip(req *http.Request) (resp *http.Response, err error)
 	}
 	if upgradeType(req.Header) != "" {
 		ep, _ := o.bal.Pick(cands, nil)
-		return o.roundTripUpgrade(req, rule, ep, start)
+		return o.roundTripUpgrade(req, rule, ep, start, sp)
 	}
 
 	if lim := o.limits(); lim != nil && lim.MaxRequests > 0 {
@@ -234,6 +256,7 @@ func (o *Outbound) roundTrip(req *http.Request) (resp *http.Response, err error)
 		if !ok {
 			o.Metrics.Overflows.WithLabelValues(o.Source, o.Service).Inc()
 			o.Metrics.observe("outbound", o.Source, o.Service, rule.Name, version, http.StatusServiceUnavailable, start)
+			sp.End(rule.Name, version, http.StatusServiceUnavailable, 0)
 			return nil, &proxyError{http.StatusServiceUnavailable, fmt.Sprintf(
 				"trellis: circuit breaker: %d requests to %s in flight and %d waiting (maxRequests, maxPendingRequests)",
 				lim.MaxRequests, o.Service, lim.MaxPendingRequests)}
@@ -266,14 +289,16 @@ func (o *Outbound) roundTrip(req *http.Request) (resp *http.Response, err error)
 	ctx, cancel := context.WithCancel(req.Context())
 	var timedOut atomic.Bool
 	timer := time.AfterFunc(rule.Timeout, func() { timedOut.Store(true); cancel() })
-	fail := func(err error) (*http.Response, error) {
+	fail := func(err error, attempt int) (*http.Response, error) {
 		timer.Stop()
 		cancel()
 		if timedOut.Load() {
 			o.Metrics.observe("outbound", o.Source, o.Service, rule.Name, version, http.StatusGatewayTimeout, start)
+			sp.End(rule.Name, version, http.StatusGatewayTimeout, attempt)
 			return nil, &proxyError{http.StatusGatewayTimeout, fmt.Sprintf("trellis: upstream %s did not answer within %s (route %s)", o.Service, rule.Timeout, rule.Name)}
 		}
 		o.Metrics.observe("outbound", o.Source, o.Service, rule.Name, version, http.StatusBadGateway, start)
+		sp.End(rule.Name, version, http.StatusBadGateway, attempt)
 		return nil, err
 	}
 	var tried map[string]bool // endpoints tried, once there may be retries
@@ -284,7 +309,7 @@ func (o *Outbound) roundTrip(req *http.Request) (resp *http.Response, err error)
 	for attempt := 1; ; attempt++ {
 		if attempt > 1 {
 			if !o.takeRetry() {
-				return fail(lastErr)
+				return fail(lastErr, attempt-1)
 			}
 			o.Metrics.Retries.WithLabelValues(o.Source, o.Service, rule.Name).Inc()
 		}
@@ -332,7 +357,7 @@ func (o *Outbound) roundTrip(req *http.Request) (resp *http.Response, err error)
 			resp.Body.Close()
 			o.bal.Done(ep.Key())
 			tryCancel()
-			return fail(context.DeadlineExceeded)
+			return fail(context.DeadlineExceeded, attempt)
 		}
 		if err == nil {
 			if resp.StatusCode < 500 {
@@ -346,6 +371,7 @@ func (o *Outbound) roundTrip(req *http.Request) (resp *http.Response, err error)
 				cancel()
 				o.bal.Done(ep.Key())
 				o.Metrics.observe("outbound", o.Source, o.Service, rule.Name, ep.Version, code, start)
+				sp.End(rule.Name, ep.Version, code, attempt)
 				o.access(req, rule.Name, ep, code, attempt, start)
 			}}
 			return resp, nil
@@ -361,7 +387,7 @@ func (o *Outbound) roundTrip(req *http.Request) (resp *http.Response, err error)
 		tryCancel()
 		lastErr = err
 		if clientFault || timedOut.Load() || req.Context().Err() != nil || attempt >= attempts || !rule.Retry.retryError(err, perTryExpired.Load()) {
-			return fail(lastErr)
+			return fail(lastErr, attempt)
 		}
 	}
 }

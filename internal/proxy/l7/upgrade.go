@@ -14,6 +14,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/identity"
 	"github.com/trellis-mesh/trellis/internal/proxy/balance"
 	"github.com/trellis-mesh/trellis/internal/proxy/h1"
+	"github.com/trellis-mesh/trellis/internal/tracing"
 )
 
 // Upgraded connections (WebSocket) cannot ride an HTTP/2 request between
@@ -24,7 +25,7 @@ import (
 // roundTripUpgrade sends an upgrade request to ep over a stream of its own.
 // On 101 the response body is the connection, as httputil.ReverseProxy
 // expects.
-func (o *Outbound) roundTripUpgrade(req *http.Request, rule *Rule, ep balance.Endpoint, start time.Time) (*http.Response, error) {
+func (o *Outbound) roundTripUpgrade(req *http.Request, rule *Rule, ep balance.Endpoint, start time.Time, sp *tracing.Span) (*http.Response, error) {
 	if req.ContentLength != 0 {
 		return nil, errUpgradeBody
 	}
@@ -56,6 +57,7 @@ func (o *Outbound) roundTripUpgrade(req *http.Request, rule *Rule, ep balance.En
 	}
 	conn.SetDeadline(time.Time{})
 	o.Metrics.observe("outbound", o.Source, o.Service, rule.Name, ep.Version, resp.StatusCode, start)
+	sp.End(rule.Name, ep.Version, resp.StatusCode, 1) // at the head: the connection may last for hours
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		resp.Body = &upgraded{Reader: br, Conn: conn}
 	} else {
