@@ -115,6 +115,11 @@ func ParseEndpoint(raw, protocol string) (Endpoint, error) {
 	if strings.HasSuffix(u.Host, ":") {
 		return Endpoint{}, fmt.Errorf("otlp endpoint %q: empty port", raw)
 	}
+	// url.Parse takes "grpc://::1" as host ":" and port "1": a host with a
+	// colon must be an IPv6 address in brackets.
+	if strings.Contains(host, ":") && (!strings.HasPrefix(u.Host, "[") || net.ParseIP(host) == nil) {
+		return Endpoint{}, fmt.Errorf("otlp endpoint %q: an IPv6 address goes in brackets, such as grpc://[::1]:4317", raw)
+	}
 	if port == "" {
 		port = defaultHTTPPort
 		if e.Protocol == ProtocolGRPC {
