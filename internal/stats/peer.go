@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"slices"
 	"strings"
 	"time"
@@ -83,17 +82,9 @@ func ValidateOrigin(s string) error {
 // DecodePush parses and validates a push's JSON: unknown fields, trailing
 // data and any value out of bounds are errors naming the field.
 func DecodePush(b []byte) (*Push, error) {
-	if len(b) > MaxPushBytes {
-		return nil, fmt.Errorf("push is %d bytes, over the limit of %d", len(b), MaxPushBytes)
-	}
-	d := json.NewDecoder(bytes.NewReader(b))
-	d.DisallowUnknownFields()
 	var p Push
-	if err := d.Decode(&p); err != nil {
-		return nil, fmt.Errorf("decode push: %w", err)
-	}
-	if _, err := d.Token(); !errors.Is(err, io.EOF) {
-		return nil, errors.New("decode push: data after the push")
+	if err := decodeStrict(b, MaxPushBytes, "push", &p); err != nil {
+		return nil, err
 	}
 	if err := p.Validate(); err != nil {
 		return nil, err

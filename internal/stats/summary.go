@@ -211,22 +211,32 @@ func (s *Summary) Encode() ([]byte, error) {
 // Decode parses and validates a summary's JSON: unknown fields, trailing
 // data and any value out of bounds are errors naming the field.
 func Decode(b []byte) (*Summary, error) {
-	if len(b) > MaxSummaryBytes {
-		return nil, fmt.Errorf("summary is %d bytes, over the limit of %d", len(b), MaxSummaryBytes)
-	}
-	d := json.NewDecoder(bytes.NewReader(b))
-	d.DisallowUnknownFields()
 	var s Summary
-	if err := d.Decode(&s); err != nil {
-		return nil, fmt.Errorf("decode summary: %w", err)
-	}
-	if _, err := d.Token(); !errors.Is(err, io.EOF) {
-		return nil, errors.New("decode summary: data after the summary")
+	if err := decodeStrict(b, MaxSummaryBytes, "summary", &s); err != nil {
+		return nil, err
 	}
 	if err := s.Validate(); err != nil {
 		return nil, err
 	}
 	return &s, nil
+}
+
+// decodeStrict decodes one JSON value of at most max bytes into v,
+// refusing unknown fields and anything after the value; what names it in
+// errors.
+func decodeStrict(b []byte, max int, what string, v any) error {
+	if len(b) > max {
+		return fmt.Errorf("%s is %d bytes, over the limit of %d", what, len(b), max)
+	}
+	d := json.NewDecoder(bytes.NewReader(b))
+	d.DisallowUnknownFields()
+	if err := d.Decode(v); err != nil {
+		return fmt.Errorf("decode %s: %w", what, err)
+	}
+	if _, err := d.Token(); !errors.Is(err, io.EOF) {
+		return fmt.Errorf("decode %s: data after the %s", what, what)
+	}
+	return nil
 }
 
 // Interval is the time the summary covers.
