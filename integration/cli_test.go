@@ -145,7 +145,7 @@ type upRun struct {
 
 // startUp runs `trellis up DIR` and waits until it says it is up. ports are
 // the example's fixed ports: the test skips when one is taken.
-func startUp(t *testing.T, dir string, ports []int) *upRun {
+func startUp(t *testing.T, dir string, ports []int, flags ...string) *upRun {
 	t.Helper()
 	for _, port := range ports {
 		if c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 200*time.Millisecond); err == nil {
@@ -164,7 +164,7 @@ func startUp(t *testing.T, dir string, ports []int) *upRun {
 	g := strings.Split(strings.TrimSpace(string(goenv)), "\n")
 	env := []string{"HOME=" + home, "TRELLIS_ADDR=", "TRELLIS_TOKEN=", "TRELLIS_CACERT=",
 		"GOCACHE=" + g[0], "GOMODCACHE=" + g[1], "GOPATH=" + g[2]}
-	cmd := exec.Command(bin, "up", dir)
+	cmd := exec.Command(bin, append([]string{"up", dir}, flags...)...)
 	cmd.Env = append(os.Environ(), env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	stdout, _ := cmd.StdoutPipe()
@@ -287,7 +287,10 @@ func TestUpGreeter(t *testing.T) {
 // The App Mesh canary walk-through on the hello example, as the README
 // tells it: all traffic on v1, then 90/10, then all on v2.
 func TestUpHelloCanary(t *testing.T) {
-	u := startUp(t, "../examples/hello", []int{7700, 8000, 8080, 9100, 9101, 9102, 9191})
+	// Every proxy of the example exports its spans where up is told.
+	collector := trellistest.StartOTLP(t)
+	u := startUp(t, "../examples/hello", []int{7700, 8000, 8080, 9100, 9101, 9102, 9191},
+		"--otlp-endpoint", "grpc://"+collector.Addr, "--trace-sampling", "1")
 	checkHelloIngress(t, u.summary)
 	u.checkBindsLoopback(t)
 	hello := func() (string, error) {
@@ -316,6 +319,18 @@ func TestUpHelloCanary(t *testing.T) {
 	if seen := count(50); seen["v1"] != 50 {
 		t.Fatalf("with route-100-0 the versions were %v, want all v1", seen)
 	}
+	trellistest.Eventually(t, 10*time.Second, "spans from the gateway and both services", func() error {
+		from := map[string]bool{}
+		for _, s := range collector.Spans() {
+			from[s.Resource["service.name"]] = true
+		}
+		for _, svc := range []string{"hello-gateway", "hello-web", "hello-backend"} {
+			if !from[svc] {
+				return fmt.Errorf("none from %s (spans from %v)", svc, from)
+			}
+		}
+		return nil
+	})
 	apply := func(file string) {
 		t.Helper()
 		if out, code := runCLI(t, u.env, "apply", "-f", "../examples/hello/"+file); code != 0 {

@@ -4,9 +4,11 @@ package cli
 
 import (
 	"context"
+	"flag"
 	"path/filepath"
 
 	"github.com/trellis-mesh/trellis/internal/control"
+	"github.com/trellis-mesh/trellis/internal/sidecar"
 	"github.com/trellis-mesh/trellis/internal/up"
 )
 
@@ -17,7 +19,16 @@ func runUp(ctx context.Context, e *env, args []string) error {
 	// The terminal of `up` shows the summary and the apps' output; the
 	// mesh's own logs are for when something is wrong.
 	mkLog := logFlags(fs, e, "warn")
+	// Every sidecar and gateway of the example exports its spans to the
+	// same collector.
+	applyTracing := tracingFlags(fs)
 	if err := parse(fs, reorder(args)); err != nil {
+		return err
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var traced sidecar.Config
+	if err := applyTracing(&traced, set); err != nil {
 		return err
 	}
 	if fs.NArg() > 1 {
@@ -44,6 +55,6 @@ func runUp(ctx context.Context, e *env, args []string) error {
 	}
 	return up.Run(ctx, up.Config{
 		Dir: dir, DataDir: *dataDir, Listen: *listen,
-		ContextFile: ContextFile(), Logger: log, Out: e.stdout,
+		ContextFile: ContextFile(), Logger: log, Out: e.stdout, Tracing: traced.Tracing,
 	})
 }

@@ -162,6 +162,8 @@ func (z *summarizer) read() map[stats.Key]*stats.Entry {
 			entry(k).Connections += z.delta(id, m.GetCounter().GetValue())
 		}
 	})
+	// Open connections' bytes so far count too, not only closed ones'.
+	l4m.Flush()
 	collect("bytes", l4m.Bytes, func(id string, l labels, m *dto.Metric) {
 		k, ok := keyFor(l.get("direction"), l.get("service"))
 		if !ok {

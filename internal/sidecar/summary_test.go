@@ -2,12 +2,15 @@ package sidecar
 
 import (
 	"fmt"
+	"io"
+	"net"
 	"testing"
 	"time"
 
 	"github.com/trellis-mesh/trellis/internal/proxy/l4"
 	"github.com/trellis-mesh/trellis/internal/proxy/l7"
 	"github.com/trellis-mesh/trellis/internal/stats"
+	"github.com/trellis-mesh/trellis/internal/trellistest"
 )
 
 func testSummarizer() (*summarizer, *Proxy) {
@@ -118,4 +121,37 @@ func TestSummaryBoundedUnderLoad(t *testing.T) {
 		t.Fatalf("encoded: %d bytes, %v; want at most %d", len(b), err, stats.MaxSummaryBytes)
 	}
 	t.Logf("5,000 destinations: %d entries, %d bytes", len(s.Entries), len(b))
+}
+
+// A long-lived connection's bytes are in every summary of its life, not
+// in one burst when it closes.
+func TestSummaryCountsOpenConnections(t *testing.T) {
+	z, p := testSummarizer()
+	t0 := time.Unix(1_000_000_000, 0)
+	z.baseline(t0)
+	client, peerSide := net.Pipe()
+	local, app := net.Pipe()
+	joined := make(chan struct{})
+	go func() {
+		defer close(joined)
+		p.l4m.Join("outbound", "db", peerSide, local, 0, 0)
+	}()
+	defer func() { client.Close(); app.Close(); <-joined }()
+	go client.Write(make([]byte, 1000))
+	if _, err := io.ReadFull(app, make([]byte, 1000)); err != nil {
+		t.Fatal(err)
+	}
+	trellistest.Eventually(t, 5*time.Second, "the open connection's bytes in a summary", func() error {
+		t0 = t0.Add(5 * time.Second)
+		s := z.take(t0)
+		if s == nil {
+			return fmt.Errorf("no summary")
+		}
+		for _, e := range s.Entries {
+			if e.Destination == "db" && e.BytesReceived == 1000 {
+				return nil
+			}
+		}
+		return fmt.Errorf("summary %+v has no 1000 bytes to db", s.Entries)
+	})
 }

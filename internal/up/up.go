@@ -49,6 +49,8 @@ type Config struct {
 	Logger *slog.Logger
 	// Out receives the summary and the apps' output.
 	Out io.Writer
+	// Tracing, if set, is every sidecar's and gateway's span export.
+	Tracing *sidecar.Tracing
 }
 
 // Run starts everything, prints where to reach it, and stops it all when
@@ -259,6 +261,10 @@ func Run(ctx context.Context, cfg Config) error {
 	for _, s := range sidecars {
 		s.cfg.Logger = log
 		s.cfg.Registry = prometheus.NewRegistry()
+		if cfg.Tracing != nil {
+			t := *cfg.Tracing
+			s.cfg.Tracing = &t
+		}
 		id := s.id
 		s.cfg.OnReady = func(admin, _ string) {
 			adminMu.Lock()

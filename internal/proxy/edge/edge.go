@@ -164,9 +164,7 @@ func (e *Listener) serve(raw net.Conn) {
 		// write raw as well.
 		app = netconn.Raw(app)
 	}
-	in, out := l4.Join(client, app, 0)
-	e.Metrics.Bytes.WithLabelValues("edge", "", "received").Add(float64(in))
-	e.Metrics.Bytes.WithLabelValues("edge", "", "sent").Add(float64(out))
+	e.Metrics.Join("edge", "", client, app, 0, 0)
 }
 
 // accept reads the PROXY header and does the TLS handshake, as configured,

@@ -17,24 +17,41 @@ const bufSize = 64 << 10
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
 
-// copyBuf copies src to dst through a pooled buffer and returns the count.
-// dst and src are wrapped so that io.CopyBuffer really uses the buffer: a
-// *net.TCPConn destination would otherwise take over through ReadFrom and,
-// with a source it cannot splice from (TLS, HTTP/2 bodies), allocate a fresh
+// copyBuf copies src to dst through a pooled buffer and returns the count,
+// which it also adds to n as it goes (n may be nil). dst and src are
+// wrapped so that io.CopyBuffer really uses the buffer: a *net.TCPConn
+// destination would otherwise take over through ReadFrom and, with a
+// source it cannot splice from (TLS, HTTP/2 bodies), allocate a fresh
 // 32 KiB buffer for every connection.
 //
 // Between two plain TCP sockets (the pass-through gateway, and the edge in
 // passthrough mode) copyTCP does the work: raw reads and writes through a
 // buffer held only while the socket is readable, on Linux.
-func copyBuf(dst io.Writer, src io.Reader) (int64, error) {
+func copyBuf(dst io.Writer, src io.Reader, n *atomic.Int64) (int64, error) {
 	if d, ok := dst.(*net.TCPConn); ok {
 		if s, ok := src.(*net.TCPConn); ok {
-			return copyTCP(d, s)
+			return copyTCP(d, s, n)
 		}
 	}
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
+	if n != nil {
+		return io.CopyBuffer(countingWriter{dst, n}, readerOnly{src}, *bp)
+	}
 	return io.CopyBuffer(writerOnly{dst}, readerOnly{src}, *bp)
+}
+
+// countingWriter adds what it writes to n: a copy's progress, readable
+// while it runs.
+type countingWriter struct {
+	w io.Writer
+	n *atomic.Int64
+}
+
+func (c countingWriter) Write(p []byte) (int, error) {
+	k, err := c.w.Write(p)
+	c.n.Add(int64(k))
+	return k, err
 }
 
 type writerOnly struct{ io.Writer }
@@ -60,13 +77,19 @@ func closeWrite(c io.Closer) {
 // halfClose (zero: the default) to finish. It returns the bytes copied from
 // a to b and from b to a. The caller closes both.
 func Join(a, b net.Conn, halfClose time.Duration) (aToB, bToA int64) {
+	return join(a, b, halfClose, nil, nil)
+}
+
+// join is Join that also adds its counts to ab and ba (either may be
+// nil) as it copies.
+func join(a, b net.Conn, halfClose time.Duration, ab, ba *atomic.Int64) (aToB, bToA int64) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		aToB, _ = copyBuf(b, a)
+		aToB, _ = copyBuf(b, a, ab)
 		closeWrite(b)
 	}()
-	bToA, _ = copyBuf(a, b)
+	bToA, _ = copyBuf(a, b, ba)
 	closeWrite(a)
 	if !waitHalfClose(done, halfClose) {
 		// Unblock the other copy, so that its count is final.

@@ -3,6 +3,7 @@ package l4
 import (
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/trellis-mesh/trellis/internal/proxy/netconn"
@@ -34,7 +35,7 @@ var (
 // fast as HAProxy's at 0.87x its CPU per GB, where splice through a pipe
 // (a read into the pipe, then a write out of it, each waiting its turn)
 // moved them at 0.90-0.99x (bench/NOTES.md, session 9).
-func copyTCP(d, s *net.TCPConn) (int64, error) {
+func copyTCP(d, s *net.TCPConn, progress *atomic.Int64) (int64, error) {
 	rc, err := s.SyscallConn()
 	if err != nil {
 		return d.ReadFrom(s)
@@ -75,6 +76,9 @@ func copyTCP(d, s *net.TCPConn) (int64, error) {
 		full := n == len(*bp)
 		pool.Put(bp)
 		total += int64(w)
+		if progress != nil {
+			progress.Add(int64(w))
+		}
 		if werr != nil {
 			return total, werr
 		}

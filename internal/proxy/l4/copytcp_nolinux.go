@@ -2,8 +2,17 @@
 
 package l4
 
-import "net"
+import (
+	"net"
+	"sync/atomic"
+)
 
 // copyTCP copies with the platform's best means (sendfile or splice where
-// it has them).
-func copyTCP(d, s *net.TCPConn) (int64, error) { return d.ReadFrom(s) }
+// it has them); progress, if not nil, gets the count at the end.
+func copyTCP(d, s *net.TCPConn, progress *atomic.Int64) (int64, error) {
+	n, err := d.ReadFrom(s)
+	if progress != nil {
+		progress.Add(n)
+	}
+	return n, err
+}

@@ -293,9 +293,7 @@ func (in *Inbound) serveStream(peer identity.ID, s *tunnel.Stream) {
 	gauge := in.Metrics.Active.WithLabelValues("inbound")
 	gauge.Inc()
 	defer gauge.Dec()
-	sent, received := s.Splice(app)
-	in.Metrics.Bytes.WithLabelValues("inbound", peer.Service(), "received").Add(float64(received))
-	in.Metrics.Bytes.WithLabelValues("inbound", peer.Service(), "sent").Add(float64(sent))
+	in.Metrics.Splice("inbound", peer.Service(), s, app)
 }
 
 // peekTLS reports whether c starts with a TLS handshake record, returning a

@@ -17,6 +17,10 @@ type Metrics struct {
 	// Retired counts mTLS connections retired, by direction, peer
 	// service and reason (trust|expiry).
 	Retired *prometheus.CounterVec
+
+	// flows are the open connections whose bytes Bytes gets as they move
+	// (flow.go).
+	flows flows
 }
 
 // NewMetrics creates the metrics and registers them with reg (if not nil).
@@ -52,7 +56,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"direction", "service", "reason"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.Connections, m.Active, m.Bytes, m.Handshakes, m.Rejections, m.Denied, m.Retired)
+		reg.MustRegister(m.Connections, m.Active, bytesCollector{m}, m.Handshakes, m.Rejections, m.Denied, m.Retired)
 	}
 	return m
 }

@@ -182,10 +182,8 @@ func (o *Outbound) handle(client net.Conn) {
 		o.Metrics.Connections.WithLabelValues("outbound", o.Service, "ok").Inc()
 		gauge := o.Metrics.Active.WithLabelValues("outbound")
 		gauge.Inc()
-		sent, received := s.Splice(client)
+		o.Metrics.Splice("outbound", o.Service, s, client)
 		gauge.Dec()
-		o.Metrics.Bytes.WithLabelValues("outbound", o.Service, "sent").Add(float64(sent))
-		o.Metrics.Bytes.WithLabelValues("outbound", o.Service, "received").Add(float64(received))
 		o.bal.Done(ep.Key())
 		return
 	}

@@ -195,9 +195,7 @@ func (l *Listener) serve(c net.Conn) {
 		return
 	}
 	l.Metrics.Connections.WithLabelValues(l.Direction, label, "ok").Inc()
-	in, out := l4.Join(c, up, 0)
-	l.Metrics.Bytes.WithLabelValues(l.Direction, label, "received").Add(float64(in + int64(len(hello))))
-	l.Metrics.Bytes.WithLabelValues(l.Direction, label, "sent").Add(float64(out))
+	l.Metrics.Join(l.Direction, label, c, up, 0, int64(len(hello)))
 }
 
 // dial connects to the least busy healthy target of svc, trying the others

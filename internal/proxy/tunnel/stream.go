@@ -70,6 +70,9 @@ type Stream struct {
 	resp     chan response // client: the answer to the CONNECT
 	stopped  atomic.Bool   // reset or failed: no more frames either way
 	received atomic.Int64
+	// sent counts the payload Splice sent, as it goes: Progress reads it
+	// while the stream is open.
+	sent atomic.Int64
 	// activity counts frames either way; keepAlive compares it with seen
 	// (its own, under c.mu, as quietSince) to find idle streams.
 	activity   atomic.Uint32
@@ -286,6 +289,12 @@ func (s *Stream) Splice(local net.Conn) (sent, received int64) {
 	}
 	local.Close()
 	return sent, s.received.Load()
+}
+
+// Progress returns the payload bytes Splice has sent and the stream has
+// received so far; it may be called while the stream is open.
+func (s *Stream) Progress() (sent, received int64) {
+	return s.sent.Load(), s.received.Load()
 }
 
 // Err says why the stream stopped early; nil if it has not.
@@ -561,6 +570,7 @@ func (s *Stream) copyFrom(local net.Conn) (int64, error) {
 				return sent, err
 			}
 			sent += int64(n)
+			s.sent.Add(int64(n))
 		}
 		switch {
 		case rerr == io.EOF:
