@@ -147,13 +147,19 @@ type upRun struct {
 // the example's fixed ports: the test skips when one is taken.
 func startUp(t *testing.T, dir string, ports []int, flags ...string) *upRun {
 	t.Helper()
+	return startUpIn(t, t.TempDir(), dir, ports, flags...)
+}
+
+// startUpIn is startUp with home as HOME: runs that share it share the
+// lock and the examples' data dirs, as one user's terminals do.
+func startUpIn(t *testing.T, home, dir string, ports []int, flags ...string) *upRun {
+	t.Helper()
 	for _, port := range ports {
 		if c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 200*time.Millisecond); err == nil {
 			c.Close()
 			t.Skipf("port %d is in use; trellis up needs the example's fixed ports", port)
 		}
 	}
-	home := t.TempDir()
 	// A fresh HOME stands for "another terminal with no setup"; the Go
 	// caches stay where they are, so `go run` of the examples is not a
 	// cold build.

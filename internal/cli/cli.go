@@ -46,6 +46,7 @@ func commands() map[string]command {
 		"proxy":     {"run a sidecar proxy beside an app", runProxy},
 		"gateway":   {"run a gateway (ingress, TLS pass-through) from a Gateway resource", runGateway},
 		"up":        {"run a whole mesh on this machine from DIR/trellis.yaml", runUp},
+		"down":      {"stop the trellis up running on this machine (from another terminal)", runDown},
 		"apply":     {"create or update resources from YAML files (-f)", runApply},
 		"get":       {"show resources, services, instances, proxies or tokens", runGet},
 		"delete":    {"delete a resource: delete KIND NAME", runDelete},

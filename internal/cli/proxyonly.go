@@ -17,4 +17,6 @@ func runServer(context.Context, *env, []string) error { return errProxyOnly }
 
 func runUp(context.Context, *env, []string) error { return errProxyOnly }
 
+func runDown(context.Context, *env, []string) error { return errProxyOnly }
+
 func runInject(context.Context, *env, []string) error { return errProxyOnly }

@@ -4,8 +4,13 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"flag"
+	"fmt"
+	"os/signal"
 	"path/filepath"
+	"syscall"
+	"time"
 
 	"github.com/trellis-mesh/trellis/internal/control"
 	"github.com/trellis-mesh/trellis/internal/sidecar"
@@ -14,7 +19,8 @@ import (
 
 func runUp(ctx context.Context, e *env, args []string) error {
 	fs := newFlags(e, "up", "up [DIR]   (DIR holds trellis.yaml; default .)")
-	dataDir := fs.String("data-dir", "", "data dir of the mesh (default ~/.trellis/up)")
+	dataDir := fs.String("data-dir", "", "data dir of the mesh (default one per example directory, ~/.trellis/up/NAME-HASH, kept between runs)")
+	fresh := fs.Bool("fresh", false, "start the example over: remove its data dir (store, CA, tokens) first")
 	listen := fs.String("listen", control.DefaultListen, "API address")
 	// The terminal of `up` shows the summary and the apps' output; the
 	// mesh's own logs are for when something is wrong.
@@ -45,6 +51,13 @@ func runUp(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	// Closing the terminal stops up as Ctrl-C does, apps included, unless
+	// the shell was told to ignore hangups (nohup).
+	if !signal.Ignored(syscall.SIGHUP) {
+		var stop context.CancelFunc
+		ctx, stop = signal.NotifyContext(ctx, syscall.SIGHUP)
+		defer stop()
+	}
 	if *dataDir == "" {
 		*dataDir = e.getenv("TRELLIS_UP_DATA_DIR")
 	}
@@ -56,5 +69,29 @@ func runUp(ctx context.Context, e *env, args []string) error {
 	return up.Run(ctx, up.Config{
 		Dir: dir, DataDir: *dataDir, Listen: *listen,
 		ContextFile: ContextFile(), Logger: log, Out: e.stdout, Tracing: traced.Tracing,
+		Home: filepath.Dir(ContextFile()), Fresh: *fresh,
 	})
+}
+
+func runDown(ctx context.Context, e *env, args []string) error {
+	fs := newFlags(e, "down", "down   (stops the trellis up of this user, started in another terminal)")
+	timeout := fs.Duration("timeout", time.Minute, "how long to wait for it to stop its apps and exit")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usageErr("unexpected argument %q", fs.Arg(0))
+	}
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	what, err := up.Down(ctx, filepath.Dir(ContextFile()))
+	if errors.Is(err, up.ErrNotRunning) {
+		fmt.Fprintln(e.stdout, "trellis up is not running")
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "Stopped trellis up (%s).\n", what)
+	return nil
 }

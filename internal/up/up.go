@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -35,10 +36,17 @@ import (
 type Config struct {
 	// Dir holds trellis.yaml; commands run there.
 	Dir string
-	// DataDir is the control plane's data dir; default ~/.trellis/up.
+	// DataDir is the control plane's data dir; default one per example
+	// directory under Home/up (DataDirFor).
 	DataDir string
 	// Listen is the API address; default 127.0.0.1:7700.
 	Listen string
+	// Home holds the lock and record of the running up, and the examples'
+	// data dirs; default ~/.trellis.
+	Home string
+	// Fresh removes the example's data dir first: a new CA, tokens and
+	// store.
+	Fresh bool
 	// ContextFile, when set, is written with the server's address, CA and
 	// token file while up runs, so that the CLI finds it with no setup.
 	ContextFile string
@@ -60,12 +68,12 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	if cfg.DataDir == "" {
+	if cfg.Home == "" {
 		home, err := os.UserHomeDir()
 		if err != nil {
 			return err
 		}
-		cfg.DataDir = filepath.Join(home, ".trellis", "up")
+		cfg.Home = filepath.Join(home, ".trellis")
 	}
 	if cfg.ReadyTimeout == 0 {
 		cfg.ReadyTimeout = 3 * time.Minute
@@ -81,6 +89,42 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	log := cfg.Logger
+
+	// One up at a time: the examples share the API's port and often
+	// others. A second one fails here, before it touches anything.
+	lock, swept, err := acquire(cfg.Home)
+	if err != nil {
+		return err
+	}
+	defer lock.release() // last: after every app has stopped
+	if swept > 0 {
+		fmt.Fprintf(cfg.Out, "Stopped %d app(s) left running by a trellis up that was killed.\n", swept)
+	}
+	if err := checkPorts(f, cfg.Listen); err != nil {
+		return err
+	}
+	if cfg.DataDir == "" {
+		cfg.DataDir = DataDirFor(cfg.Home, dir)
+	}
+	created, err := prepareDataDir(cfg.DataDir, dir, cfg.Fresh)
+	if err != nil {
+		return err
+	}
+	started := false
+	defer func() {
+		// A start that failed leaves nothing behind it did not find.
+		if created && !started {
+			os.RemoveAll(cfg.DataDir)
+		}
+	}()
+	if err := lock.record(&runRecord{PID: os.Getpid(), Dir: dir, DataDir: cfg.DataDir, Listen: cfg.Listen, Started: time.Now()}); err != nil {
+		return err
+	}
+	kept := "kept for the next run of this example; --fresh starts over"
+	if created {
+		kept = "new; " + kept
+	}
+	fmt.Fprintf(cfg.Out, "Data dir: %s (%s)\n", cfg.DataDir, kept)
 
 	// Everything below stops when this function returns, in this order:
 	// sidecars (they deregister and drain), then the apps, then the control
@@ -197,6 +241,9 @@ func Run(ctx context.Context, cfg Config) error {
 				return err
 			}
 			children = append(children, c)
+			if err := lock.addGroup(inst, c.cmd.Process.Pid); err != nil {
+				return err
+			}
 			sidecars = append(sidecars, sc{id: inst, cfg: sidecar.Config{
 				Service: s.Name, Version: s.Version, Instance: inst,
 				AppAddr: "127.0.0.1:" + strconv.Itoa(port), Upstreams: ups, Network: s.Network, DNS: dns,
@@ -256,8 +303,12 @@ func Run(ctx context.Context, cfg Config) error {
 		want[r.Name]++
 	}
 	sidecarErr := make(chan error, len(sidecars))
+	// Each sidecar says once when it serves: the summary waits for all,
+	// the client's upstream listeners too, which no health check covers.
+	sidecarReady := make(chan string, len(sidecars))
 	var adminMu sync.Mutex
-	admins := map[string]string{} // instance -> admin address
+	admins := map[string]string{}  // instance -> admin address
+	publics := map[string]string{} // instance -> public (mTLS) address
 	for _, s := range sidecars {
 		s.cfg.Logger = log
 		s.cfg.Registry = prometheus.NewRegistry()
@@ -266,10 +317,13 @@ func Run(ctx context.Context, cfg Config) error {
 			s.cfg.Tracing = &t
 		}
 		id := s.id
-		s.cfg.OnReady = func(admin, _ string) {
+		inst := s.cfg.Instance
+		s.cfg.OnReady = func(admin, public string) {
 			adminMu.Lock()
 			admins[id] = admin
+			publics[inst] = public
 			adminMu.Unlock()
+			sidecarReady <- id
 		}
 		p, err := sidecar.New(s.cfg)
 		if err != nil {
@@ -285,9 +339,25 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 
 	fmt.Fprintf(cfg.Out, "Starting %d services (a first run builds them; this can take a minute)...\n", len(f.Services))
-	if err := waitHealthy(ctx, api, want, cfg.ReadyTimeout, children, sidecarErr); err != nil {
+	if err := waitHealthy(ctx, api, want, func(in v1.Instance) bool {
+		adminMu.Lock()
+		defer adminMu.Unlock()
+		return publics[in.ID] != "" && publics[in.ID] == net.JoinHostPort(in.Address, strconv.Itoa(in.Port))
+	}, cfg.ReadyTimeout, children, sidecarErr); err != nil {
 		return err
 	}
+	for range sidecars {
+		select {
+		case <-sidecarReady:
+		case err := <-sidecarErr:
+			return err
+		case <-ctx.Done():
+			return nil
+		case <-time.After(cfg.ReadyTimeout):
+			return fmt.Errorf("a sidecar did not become ready within %v", cfg.ReadyTimeout)
+		}
+	}
+	started = true
 	adminMu.Lock()
 	printSummary(cfg.Out, srv.Addr(), f, admins)
 	adminMu.Unlock()
@@ -420,9 +490,12 @@ func writeContext(path, addr, caFile, tokenFile string) error {
 	return os.WriteFile(path, b, 0o600)
 }
 
-// waitHealthy waits until every service has its replicas registered and
-// healthy, or a child exits, or the timeout passes.
-func waitHealthy(ctx context.Context, api *client.Client, want map[string]int, timeout time.Duration, children []*child, sidecarErr chan error) error {
+// waitHealthy waits until every service has its replicas registered by
+// this run's sidecars (ours) and healthy, or a child exits, or the
+// timeout passes. A kept data dir's store may still hold a killed run's
+// instances, on ports nobody serves now, until their leases expire: they
+// do not count.
+func waitHealthy(ctx context.Context, api *client.Client, want map[string]int, ours func(v1.Instance) bool, timeout time.Duration, children []*child, sidecarErr chan error) error {
 	deadline := time.Now().Add(timeout)
 	var last string
 	for {
@@ -438,23 +511,28 @@ func waitHealthy(ctx context.Context, api *client.Client, want map[string]int, t
 			return err
 		default:
 		}
-		sums, err := api.Services(ctx)
-		if err == nil {
-			have := map[string]int{}
-			for _, s := range sums {
-				have[s.Name] = s.Healthy
+		var missing []string
+		for svc, n := range want {
+			ins, err := api.Instances(ctx, svc)
+			if err != nil {
+				missing = append(missing, fmt.Sprintf("%s (%v)", svc, err))
+				continue
 			}
-			var missing []string
-			for svc, n := range want {
-				if have[svc] < n {
-					missing = append(missing, fmt.Sprintf("%s (%d/%d healthy)", svc, have[svc], n))
+			have := 0
+			for _, in := range ins {
+				if in.Healthy && ours(in) {
+					have++
 				}
 			}
-			if len(missing) == 0 {
-				return nil
+			if have < n {
+				missing = append(missing, fmt.Sprintf("%s (%d/%d healthy)", svc, have, n))
 			}
-			last = strings.Join(missing, ", ")
 		}
+		if len(missing) == 0 {
+			return nil
+		}
+		sort.Strings(missing)
+		last = strings.Join(missing, ", ")
 		if time.Now().After(deadline) {
 			return fmt.Errorf("not healthy after %v: %s", timeout, last)
 		}
