@@ -148,7 +148,9 @@ type CanaryStatus struct {
 	// 50).
 	Events []CanaryEvent `json:"events"`
 	// RouteRev is the store revision of the Route this status follows: a
-	// new apply of the Route starts the canary again.
+	// new apply of the Route starts the canary again. Zero when the
+	// status was written in the same transaction as the Route's weights:
+	// it then follows the revision it was itself written at.
 	RouteRev int64 `json:"routeRev"`
 }
 

@@ -52,7 +52,9 @@ const (
 	readers
 )
 
-func (s *Server) routes() *http.ServeMux {
+// routes is the API port's handler (but gRPC's): every answer carries
+// the security headers (secureHeaders).
+func (s *Server) routes() http.Handler {
 	mux := http.NewServeMux()
 	h := func(pattern string, a access, fn handler) { mux.Handle(pattern, s.wrap(a, fn)) }
 	h("GET /v1/services", readers, s.listServices)
@@ -84,7 +86,7 @@ func (s *Server) routes() *http.ServeMux {
 	mux.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, map[string]string{"error": "no such API: " + r.Method + " " + r.URL.Path})
 	})
-	return mux
+	return secureHeaders(mux)
 }
 
 func (s *Server) wrap(a access, fn handler) http.Handler {
@@ -107,6 +109,8 @@ func (s *Server) wrap(a access, fn handler) http.Handler {
 			return
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+		// Answers may hold secrets (a new token's): never stored.
+		w.Header().Set("Cache-Control", "no-store")
 		v, err := fn(p, r)
 		code := http.StatusOK
 		if err != nil {

@@ -1,7 +1,6 @@
 package control
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -30,7 +29,11 @@ import (
 // keyCanaryStatus, it keeps the canary's status: step, state, last
 // decision and events. The status names the Route's store revision it
 // follows: any other write of the Route (a new apply) starts the canary
-// again from its first step.
+// again from its first step. Weights and status are written in one
+// transaction: a leader that loses the lock (or stops) between the two
+// would otherwise leave weights its status does not explain, and the
+// next leader, taking them for a person's apply, would start the canary
+// again (at its first step, even after a rollback).
 
 const (
 	keyCanaryLeader = "/canary/leader"
@@ -248,14 +251,14 @@ func (s *Server) canaryPass(ctx context.Context, l *canaryLock, wrote map[string
 	if err != nil {
 		return err
 	}
-	statuses := map[string]*v1.CanaryStatus{}
+	statuses := map[string]storedStatus{}
 	for _, kv := range kvs {
 		var st v1.CanaryStatus
 		if err := json.Unmarshal(kv.Value, &st); err != nil {
 			s.log.Error("skip undecodable canary status in store", "key", kv.Key, "err", err)
 			continue
 		}
-		statuses[st.Route] = &st
+		statuses[st.Route] = storedStatus{st: &st, rev: kv.Rev}
 	}
 	var errs []error
 	for _, res := range s.state.listResources(v1.KindRoute) {
@@ -278,8 +281,23 @@ func (s *Server) canaryPass(ctx context.Context, l *canaryLock, wrote map[string
 	return errors.Join(errs...)
 }
 
-// driveCanary takes one Route's canary one decision further.
-func (s *Server) driveCanary(ctx context.Context, l *canaryLock, name string, st *v1.CanaryStatus, wrote map[string]time.Time) error {
+// storedStatus is a canary status as the store holds it, with the
+// revision it was written at.
+type storedStatus struct {
+	st  *v1.CanaryStatus
+	rev int64
+}
+
+// follows reports whether the status follows the Route at revision rev:
+// it names rev, or it was written with the Route's weights, in one
+// transaction (RouteRev zero, the same revision).
+func (ss storedStatus) follows(rev int64) bool {
+	return ss.st != nil && (ss.st.RouteRev == rev || ss.st.RouteRev == 0 && ss.rev == rev)
+}
+
+// driveCanary takes one Route's canary one decision further; ss is its
+// stored status, if any.
+func (s *Server) driveCanary(ctx context.Context, l *canaryLock, name string, ss storedStatus, wrote map[string]time.Time) error {
 	kv, err := s.store.Get(ctx, resourceKey(v1.KindRoute, name))
 	if errors.Is(err, store.ErrNotFound) {
 		return nil // deleted meanwhile; the next pass drops its status
@@ -298,7 +316,10 @@ func (s *Server) driveCanary(ctx context.Context, l *canaryLock, name string, st
 	rule := &res.Route.Rules[ri]
 	p := rule.Canary
 	now := time.Now()
-	if st == nil || st.RouteRev != kv.Rev {
+	st := ss.st
+	if ss.follows(kv.Rev) {
+		st.RouteRev = kv.Rev // what a status-only write keeps
+	} else {
 		// A new apply of the Route: the canary starts from its first
 		// step, whatever it did before.
 		stable := rule.Targets[0].Version
@@ -396,22 +417,21 @@ func (s *Server) writeCanary(ctx context.Context, l *canaryLock, res *v1.Resourc
 	if err != nil {
 		return err
 	}
-	key := resourceKey(v1.KindRoute, res.Name)
-	if !bytes.Equal(b, was.Value) {
-		if err := l.commit(ctx, store.Op{Key: key, Value: b, IfRev: was.Rev}); err != nil {
-			return fmt.Errorf("write weights: %w", err)
-		}
-	}
-	kv, err := s.store.Get(ctx, key)
+	// Route and status in one transaction, the Route's at the revision
+	// read (a person's apply in between wins): the status follows the
+	// revision they are written at (RouteRev zero).
+	st.RouteRev = 0
+	sb, err := json.Marshal(st)
 	if err != nil {
 		return err
 	}
-	// A user's apply right after ours has another value: the status then
-	// keeps the old revision, and the next pass starts the canary again.
-	if bytes.Equal(kv.Value, b) {
-		st.RouteRev = kv.Rev
+	err = l.commit(ctx,
+		store.Op{Key: resourceKey(v1.KindRoute, res.Name), Value: b, IfRev: was.Rev},
+		store.Op{Key: canaryStatusKey(st.Route), Value: sb})
+	if err != nil {
+		return fmt.Errorf("write weights and canary status: %w", err)
 	}
-	return s.writeStatus(ctx, l, st)
+	return nil
 }
 
 func (s *Server) writeStatus(ctx context.Context, l *canaryLock, st *v1.CanaryStatus) error {

@@ -1,13 +1,17 @@
 package control
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	v1 "github.com/trellis-mesh/trellis/api/v1"
+	"github.com/trellis-mesh/trellis/internal/stats"
 	"github.com/trellis-mesh/trellis/internal/store"
 )
 
@@ -130,5 +134,139 @@ func TestCanaryLockOneHolder(t *testing.T) {
 	}
 	if err := lb.commit(ctx, store.Op{Key: canaryStatusKey("web"), Delete: true}); err != nil {
 		t.Fatalf("the new holder cannot write: %v", err)
+	}
+}
+
+// failStatusOnce fails, once armed, the first commit that writes a
+// canary status, writing nothing: the leader losing its lock (or
+// stopping) at that moment.
+type failStatusOnce struct {
+	store.Store
+	armed atomic.Bool
+}
+
+func (f *failStatusOnce) Commit(ctx context.Context, ops []store.Op) error {
+	for _, op := range ops {
+		if strings.HasPrefix(op.Key, keyCanaryStatus) && f.armed.CompareAndSwap(true, false) {
+			return errors.New("lock lost (test)")
+		}
+	}
+	return f.Store.Commit(ctx, ops)
+}
+
+// A rollback cut short between the Route's weights and the canary's
+// status must not leave weights the status does not explain: the next
+// pass (on this leader or the next) finishes the rollback, and never
+// takes the leader's own write for a person's apply that starts the
+// canary again at its first step.
+func TestCanaryWeightsAndStatusWrittenTogether(t *testing.T) {
+	ctx := t.Context()
+	emb, err := store.StartEmbedded(ctx, store.EmbeddedConfig{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer emb.Close()
+	raw, err := store.NewEtcd(ctx, emb.Config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	st := &failStatusOnce{Store: raw}
+	ring := stats.NewRing(stats.RingConfig{Interval: time.Second})
+	s := &Server{log: slog.New(slog.DiscardHandler), store: st, stats: ring, cfg: Config{LeaseTTL: 5 * time.Second}}
+	route := v1.Resource{Kind: v1.KindRoute, Name: "web", Route: &v1.RouteSpec{Rules: []v1.RouteRule{{
+		Targets: []v1.RouteTarget{{Version: "v1", Weight: 100}, {Version: "v2", Weight: 0}},
+		Canary:  &v1.CanaryPolicy{Version: "v2", Steps: []int{10, 50, 100}, Interval: "2s", MinSuccessRate: 99, MaxP99: "500ms", MinRequests: 10},
+	}}}}
+	if err := route.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(route)
+	if err := raw.Put(ctx, resourceKey(v1.KindRoute, "web"), b, 0); err != nil {
+		t.Fatal(err)
+	}
+	l, err := s.takeCanaryLock(ctx, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrote := map[string]time.Time{}
+	// pass is canaryPass for the one Route.
+	pass := func() error {
+		var ss storedStatus
+		if kv, err := raw.Get(ctx, canaryStatusKey("web")); err == nil {
+			ss.st, ss.rev = &v1.CanaryStatus{}, kv.Rev
+			if err := json.Unmarshal(kv.Value, ss.st); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return s.driveCanary(ctx, l, "web", ss, wrote)
+	}
+	weight := func() int {
+		kv, err := raw.Get(ctx, resourceKey(v1.KindRoute, "web"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r v1.Resource
+		if err := json.Unmarshal(kv.Value, &r); err != nil {
+			t.Fatal(err)
+		}
+		return r.Route.Rules[0].Targets[1].Weight
+	}
+	status := func() v1.CanaryStatus {
+		var cs v1.CanaryStatus
+		kv, err := raw.Get(ctx, canaryStatusKey("web"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := json.Unmarshal(kv.Value, &cs); err != nil {
+			t.Fatal(err)
+		}
+		return cs
+	}
+	// v2 fails every request, in every slot a pass could look at.
+	failing := func() {
+		now := time.Now()
+		for k := range 10 {
+			ring.Add(&stats.Summary{Instance: "web-2", Service: "web", IntervalMS: 1000, Entries: []stats.Entry{{
+				Key:    stats.Key{Direction: stats.Inbound, Destination: "web", Version: "v2"},
+				Counts: stats.Counts{Codes: [5]uint64{4: 100}, Latency: [stats.NumBuckets]uint64{0: 100}},
+			}}}, now.Add(-time.Duration(k)*time.Second))
+		}
+	}
+
+	if err := pass(); err != nil {
+		t.Fatal(err)
+	}
+	if w, cs := weight(), status(); w != 10 || cs.State != v1.CanaryProgressing {
+		t.Fatalf("after the start: v2 at %d %%, state %s; want 10 %%, progressing", w, cs.State)
+	}
+	failing()
+	st.armed.Store(true)
+	if err := pass(); err == nil {
+		t.Fatal("the pass whose status write failed reported no error")
+	}
+	failing()
+	if err := pass(); err != nil {
+		t.Fatal(err)
+	}
+	cs := status()
+	if w := weight(); w != 0 || cs.State != v1.CanaryRolledBack {
+		t.Errorf("after the interrupted rollback and one more pass: v2 at %d %%, state %s; want 0 %%, %s (events %v)", w, cs.State, v1.CanaryRolledBack, cs.Events)
+	}
+	starts := 0
+	for _, e := range cs.Events {
+		if strings.HasPrefix(e.Message, "started") {
+			starts++
+		}
+	}
+	if starts != 1 {
+		t.Errorf("the canary started %d times, want once: %v", starts, cs.Events)
+	}
+	// And the leader's own write is not taken for an apply afterwards.
+	if err := pass(); err != nil {
+		t.Fatal(err)
+	}
+	if w, cs := weight(), status(); w != 0 || cs.State != v1.CanaryRolledBack {
+		t.Errorf("one pass later: v2 at %d %%, state %s", w, cs.State)
 	}
 }

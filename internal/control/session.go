@@ -377,12 +377,12 @@ func (s *Server) storeSession(ctx context.Context, key string, sess *session) er
 // dashboardRoutes adds the dashboard: its pages and the session endpoints.
 func (s *Server) dashboardRoutes(mux *http.ServeMux) {
 	pages := dashboardPages()
-	mux.Handle("GET /ui/", secureHeaders(pages))
+	mux.Handle("GET /ui/", pages)
 	mux.Handle("GET /ui", http.RedirectHandler("/ui/", http.StatusMovedPermanently))
 	mux.Handle("GET /{$}", http.RedirectHandler("/ui/", http.StatusFound))
-	mux.Handle("POST /ui/login", secureHeaders(http.HandlerFunc(s.login)))
-	mux.Handle("POST /ui/logout", secureHeaders(http.HandlerFunc(s.logout)))
-	mux.Handle("GET /ui/session", secureHeaders(http.HandlerFunc(s.currentSession)))
+	mux.HandleFunc("POST /ui/login", s.login)
+	mux.HandleFunc("POST /ui/logout", s.logout)
+	mux.HandleFunc("GET /ui/session", s.currentSession)
 }
 
 // contentSecurityPolicy lets the page load its own script, style and
@@ -391,7 +391,10 @@ func (s *Server) dashboardRoutes(mux *http.ServeMux) {
 const contentSecurityPolicy = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; " +
 	"object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 
-// secureHeaders adds the dashboard's security headers to h's answers.
+// secureHeaders adds the dashboard's security headers to h's answers. It
+// wraps the whole API port (routes), not the pages alone: an error, a
+// 404, a 405 or a redirect of the mux, a JSON answer opened in a tab, are
+// documents of the dashboard's origin too.
 func secureHeaders(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		hd := w.Header()

@@ -530,3 +530,49 @@ func TestSessionsAreSharedThroughTheStore(t *testing.T) {
 		t.Errorf("after logout the store still holds the session: %v", err)
 	}
 }
+
+// Every answer of the API port carries the security headers, whatever
+// answers it: the API, its errors, the mux's own 404, 405 and redirects,
+// the peer endpoint, the static assets.
+func TestSecurityHeadersOnEveryResponse(t *testing.T) {
+	d := startDashServer(t)
+	hc := *d.hc
+	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	for _, tc := range []struct {
+		method, path string
+		bearer       bool
+		code         int
+	}{
+		{"GET", "/v1/services", true, 200},
+		{"GET", "/v1/services", false, 401},
+		{"GET", "/v1/no-such-api", true, 404},
+		{"GET", "/no-such-page", false, 404},
+		{"PUT", "/ui/login", false, 405},
+		{"GET", "/ui", false, 301},
+		{"GET", "/", false, 302},
+		{"POST", pushPath, false, 401},
+		{"GET", "/ui/app.js", false, 200},
+		{"HEAD", "/ui/", false, 200},
+		{"GET", "/metrics", false, 200},
+	} {
+		hr, _ := http.NewRequestWithContext(t.Context(), tc.method, d.base+tc.path, nil)
+		if tc.bearer {
+			hr.Header.Set("Authorization", "Bearer "+d.admin)
+		}
+		resp, err := hc.Do(hr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		h := resp.Header
+		if resp.StatusCode != tc.code {
+			t.Errorf("%s %s: got %d, want %d", tc.method, tc.path, resp.StatusCode, tc.code)
+		}
+		if got := h.Get("Content-Security-Policy"); got != contentSecurityPolicy {
+			t.Errorf("%s %s (%d): Content-Security-Policy %q, want the dashboard's", tc.method, tc.path, resp.StatusCode, got)
+		}
+		if h.Get("X-Content-Type-Options") != "nosniff" || h.Get("X-Frame-Options") != "DENY" || h.Get("Referrer-Policy") != "no-referrer" {
+			t.Errorf("%s %s (%d): headers %v lack nosniff, DENY or no-referrer", tc.method, tc.path, resp.StatusCode, h)
+		}
+	}
+}

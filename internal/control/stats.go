@@ -1,6 +1,7 @@
 package control
 
 import (
+	"fmt"
 	"net/http"
 	"time"
 
@@ -44,7 +45,11 @@ func (ps *proxyStream) summary(stream discoveryv3.AggregatedDiscoveryService_Str
 	s := ps.s
 	sum, err := xds.SummaryFrom(r)
 	if err == nil {
-		err = stats.ValidateFrom(sum, ps.reg.Service, ps.reg.Instance)
+		err = stats.ValidateFrom(sum, ps.reg.Service, ps.reg.Instance, ps.reg.Version)
+	}
+	now := time.Now()
+	if err == nil {
+		err = ps.pacer.pace(sum, ps.status.ConnectedAt, now)
 	}
 	if err != nil {
 		s.statsm.summaries.WithLabelValues("refused").Inc()
@@ -52,7 +57,51 @@ func (ps *proxyStream) summary(stream discoveryv3.AggregatedDiscoveryService_Str
 		return stream.Send(xds.SummaryRefusal(err.Error()))
 	}
 	s.statsm.summaries.WithLabelValues("accepted").Inc()
-	s.stats.Add(sum, time.Now())
+	s.stats.Add(sum, now)
+	return nil
+}
+
+// Pacing of one stream's summaries. A proxy sends one per stats interval
+// (1s at least) and none within half an interval of the last; a stream
+// may send summaryBurst at once (a reconnect, a last one on shutdown),
+// then one per summaryEvery. Faster ones are refused: they would only
+// be a proxy inflating its figures or churning keys.
+const (
+	summaryEvery = 500 * time.Millisecond
+	summaryBurst = 3
+)
+
+// summaryPacer is one stream's pacing state; the stream's goroutine owns
+// it (wait calls summary).
+type summaryPacer struct {
+	tokens float64   // summaries it may send now, at most summaryBurst
+	at     time.Time // when tokens was last computed
+	last   time.Time // when the last summary was accepted; zero if none
+}
+
+// pace refuses a summary that comes too soon, and bounds the time it
+// says it covers by the time since the stream's last summary (or since
+// the stream opened, at opened): the server places a summary by that
+// time (Ring.Add), and a proxy claiming ten minutes on a stream a second
+// old would file its counts into slots that were counted already.
+func (p *summaryPacer) pace(sum *stats.Summary, opened, now time.Time) error {
+	if p.at.IsZero() {
+		p.tokens, p.at = summaryBurst, now
+	}
+	p.tokens = min(summaryBurst, p.tokens+float64(now.Sub(p.at))/float64(summaryEvery))
+	p.at = now
+	if p.tokens < 1 {
+		return fmt.Errorf("summaries come faster than one every %v (a burst of %d): refused", summaryEvery, summaryBurst)
+	}
+	p.tokens--
+	since := opened
+	if !p.last.IsZero() {
+		since = p.last
+	}
+	p.last = now
+	if covered := now.Sub(since); !since.IsZero() && covered < sum.Interval() {
+		sum.IntervalMS = max(covered.Milliseconds(), 1)
+	}
 	return nil
 }
 

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/trellis-mesh/trellis/internal/stats"
 )
 
 // Bad stats queries are refused with 400, naming the parameter.
@@ -42,5 +44,44 @@ func TestStatsQueryRefusesBadParameters(t *testing.T) {
 	q, err = statsQuery(httptest.NewRequest(http.MethodGet, "/v1/stats", nil))
 	if err != nil || q.Window != time.Minute || q.Service != "" {
 		t.Errorf("no parameters: got %+v, %v; want 1m, all services", q, err)
+	}
+}
+
+// A stream's summaries are paced, and none says it covers more time than
+// passed since the stream's last one (or since it opened): the server
+// places a summary by that time, and a longer claim would file counts in
+// slots already counted.
+func TestSummaryPacing(t *testing.T) {
+	opened := time.Unix(1_000_000, 0)
+	var p summaryPacer
+	sum := func(ms int64) *stats.Summary { return &stats.Summary{IntervalMS: ms} }
+	for _, tc := range []struct {
+		after   time.Duration // since opened
+		claimMS int64
+		wantMS  int64 // after pacing; 0: refused
+	}{
+		{after: 2 * time.Second, claimMS: 600_000, wantMS: 2000}, // ten minutes claimed on a stream 2 s old
+		{after: 7 * time.Second, claimMS: 5000, wantMS: 5000},
+		{after: 8 * time.Second, claimMS: 5000, wantMS: 1000},
+		{after: 8*time.Second + 10*time.Millisecond, claimMS: 1000, wantMS: 10},
+		{after: 8*time.Second + 20*time.Millisecond, claimMS: 1000, wantMS: 10},
+		{after: 8*time.Second + 30*time.Millisecond, claimMS: 1000, wantMS: 0}, // the burst is spent
+		{after: 8*time.Second + 40*time.Millisecond, claimMS: 1000, wantMS: 0},
+		{after: 9 * time.Second, claimMS: 1000, wantMS: 980},
+	} {
+		s := sum(tc.claimMS)
+		err := p.pace(s, opened, opened.Add(tc.after))
+		switch {
+		case tc.wantMS == 0 && err == nil:
+			t.Errorf("at %v: accepted, want refused", tc.after)
+		case tc.wantMS == 0:
+			if !strings.Contains(err.Error(), "faster than one every") {
+				t.Errorf("at %v: error %q", tc.after, err)
+			}
+		case err != nil:
+			t.Errorf("at %v: %v", tc.after, err)
+		case s.IntervalMS != tc.wantMS:
+			t.Errorf("at %v: covers %d ms, want %d", tc.after, s.IntervalMS, tc.wantMS)
+		}
 	}
 }

@@ -39,6 +39,8 @@ type proxyStream struct {
 	// sentRoots are the fingerprints of the roots in the last snapshot
 	// sent; an ACK of it makes them the status's AckedRoots.
 	sentRoots []string
+	// pacer paces the stream's traffic summaries (summary).
+	pacer summaryPacer
 }
 
 // StreamAggregatedResources implements the ADS stream. The first request

@@ -339,8 +339,10 @@ func (sl *slot) reset(idx int64) {
 	sl.idx = idx
 	if sl.counts == nil {
 		sl.counts = map[Key]*Counts{}
+		sl.byService = map[string]int{}
 	} else {
 		clear(sl.counts)
+		clear(sl.byService)
 	}
 	clear(sl.peers)
 	clear(sl.merged)

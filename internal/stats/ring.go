@@ -20,6 +20,12 @@ const (
 	// DefaultMaxKeys bounds the keys of one interval: beyond it, a new
 	// key's counts are folded into its service's Other key.
 	DefaultMaxKeys = 5000
+	// DefaultMaxServiceKeys bounds the keys one service's proxies may
+	// add to one interval, so that one service churning keys (made up by
+	// a compromised proxy, or labels gone wild) cannot fill the slot and
+	// fold the others' keys: beyond it, that service's new keys are
+	// folded into its Other key.
+	DefaultMaxServiceKeys = DefaultMaxKeys / 10
 	// MinWindow and MaxWindow bound a query's window.
 	MinWindow = time.Minute
 	MaxWindow = Keep
@@ -32,14 +38,18 @@ type RingConfig struct {
 	Interval time.Duration
 	// MaxKeys bounds the keys of one slot; default DefaultMaxKeys.
 	MaxKeys int
+	// MaxServiceKeys bounds the keys the summaries of one service add
+	// to one slot; default DefaultMaxServiceKeys (at most MaxKeys).
+	MaxServiceKeys int
 }
 
 // Ring holds the last Keep of summaries, summed per interval slot across
 // the proxies that sent them. Its memory is bounded: Keep/Interval slots
 // of at most MaxKeys keys. Safe for concurrent use.
 type Ring struct {
-	interval time.Duration
-	maxKeys  int
+	interval   time.Duration
+	maxKeys    int
+	maxSvcKeys int
 
 	mu sync.Mutex // guards what follows
 	// slots[i % len(slots)] holds slot i: the summaries whose interval's
@@ -60,6 +70,8 @@ type slot struct {
 	idx int64
 	// counts are the summaries this server received itself.
 	counts map[Key]*Counts
+	// byService counts the keys of counts each reporting service added.
+	byService map[string]int
 	// gen is the ring's gen at the last change to counts.
 	gen uint64
 	// peers are the peers' figures for the slot, by origin server: each
@@ -81,8 +93,12 @@ func NewRing(cfg RingConfig) *Ring {
 	if cfg.MaxKeys <= 0 {
 		cfg.MaxKeys = DefaultMaxKeys
 	}
+	if cfg.MaxServiceKeys <= 0 {
+		cfg.MaxServiceKeys = DefaultMaxServiceKeys
+	}
+	cfg.MaxServiceKeys = min(cfg.MaxServiceKeys, cfg.MaxKeys)
 	n := int(Keep / cfg.Interval)
-	r := &Ring{interval: cfg.Interval, maxKeys: cfg.MaxKeys, slots: make([]slot, n), names: map[string]string{}}
+	r := &Ring{interval: cfg.Interval, maxKeys: cfg.MaxKeys, maxSvcKeys: cfg.MaxServiceKeys, slots: make([]slot, n), names: map[string]string{}}
 	for i := range r.slots {
 		r.slots[i].idx = -1
 	}
@@ -126,7 +142,7 @@ func (r *Ring) Add(s *Summary, at time.Time) {
 		k := r.intern(e.Key)
 		c := sl.counts[k]
 		if c == nil {
-			if len(sl.counts) >= r.maxKeys {
+			if len(sl.counts) >= r.maxKeys || sl.byService[s.Service] >= r.maxSvcKeys {
 				r.folded++
 				k = otherKey(k.Direction, s.Service)
 				k.Source, k.Destination = r.name(k.Source), r.name(k.Destination)
@@ -135,6 +151,7 @@ func (r *Ring) Add(s *Summary, at time.Time) {
 			if c == nil {
 				c = &Counts{}
 				sl.counts[k] = c
+				sl.byService[r.name(s.Service)]++
 			}
 		}
 		c.Add(&e.Counts)

@@ -233,3 +233,38 @@ func BenchmarkRingMemory1000Proxies(b *testing.B) {
 		b.Fatalf("got %d edges, want %d", len(st.Edges), services*3)
 	}
 }
+
+// One service's proxies churning made-up keys (routes, versions, peers)
+// fill only that service's share of a slot: another service's keys keep
+// their own figures, version by version (a canary is judged by them).
+func TestRingOneServiceCannotCrowdOutAnother(t *testing.T) {
+	r := NewRing(RingConfig{})
+	for k := 1; k <= 4; k++ {
+		at := base.Add(time.Duration(k)*5*time.Second + 10*time.Millisecond)
+		// The flood comes first in each slot: 30 summaries of 200 new
+		// keys each, more than the slot holds.
+		for n := range 30 {
+			s := &Summary{Instance: "evil-1", Service: "evil", IntervalMS: 5000}
+			for i := range 200 {
+				s.Entries = append(s.Entries, entry(Outbound, "evil", "api", fmt.Sprintf("r%d-%d-%d", k, n, i), "v1", 1, 0))
+			}
+			r.Add(s, at)
+		}
+		r.Add(&Summary{Instance: "web-2", Service: "web", IntervalMS: 5000, Entries: []Entry{
+			entry(Inbound, "api", "web", "", "v2", 10, 0),
+		}}, at)
+	}
+	st := r.Stats(Query{Window: time.Minute, Service: "web"}, base.Add(30*time.Second))
+	var got []string
+	for _, s := range st.Services {
+		for _, v := range s.Versions {
+			got = append(got, fmt.Sprintf("%s/%s:%d", s.Name, v.Version, v.Requests))
+		}
+	}
+	if len(got) != 1 || !strings.HasPrefix(got[0], "web/v2:") || strings.HasSuffix(got[0], ":0") {
+		t.Errorf("web's versions: %v; want web/v2 with its requests", got)
+	}
+	if r.Folded() == 0 {
+		t.Error("nothing of evil's was folded")
+	}
+}

@@ -364,15 +364,22 @@ func label(s string) error {
 }
 
 // ValidateFrom checks that s is a valid summary that the proxy registered
-// as instance of service may send: its own instance and service, and only
-// its own service's traffic (Validate checks the entries against
-// s.Service).
-func ValidateFrom(s *Summary, service, instance string) error {
+// as instance of service, at version, may send: its own instance and
+// service, only its own service's traffic (Validate checks the entries
+// against s.Service), and inbound traffic only at its own version (the
+// figures of a version, which a canary is judged by, come from that
+// version's proxies alone).
+func ValidateFrom(s *Summary, service, instance, version string) error {
 	if s.Service != service {
 		return fmt.Errorf("summary for service %q on the stream of %q: a proxy reports only its own service's traffic", s.Service, service)
 	}
 	if s.Instance != instance {
 		return fmt.Errorf("summary for instance %q on the stream of %q: a proxy reports only its own traffic", s.Instance, instance)
+	}
+	for i := range s.Entries {
+		if e := &s.Entries[i]; e.Direction == Inbound && e.Version != version {
+			return fmt.Errorf("entries[%d]: inbound traffic of version %q on the stream of a proxy registered at version %q: a proxy reports only its own version's", i, e.Version, version)
+		}
 	}
 	return nil
 }

@@ -89,7 +89,7 @@ func valid() Summary {
 	return Summary{Instance: "web-1", Service: "web", IntervalMS: 5000, Entries: []Entry{
 		entry(Outbound, "web", "api", "default", "v1", 10, 1),
 		entry(Inbound, "", "web", "", "v2", 3, 0),
-		entry(Inbound, "gw", "web", "", "", 3, 0),
+		entry(Inbound, "gw", "web", "", "v2", 3, 0),
 	}}
 }
 
@@ -161,15 +161,18 @@ func TestDecodeRefusesMalformed(t *testing.T) {
 // summary naming another is refused whatever its entries.
 func TestValidateFromRefusesAnotherProxy(t *testing.T) {
 	s := valid()
-	if err := ValidateFrom(&s, "web", "web-1"); err != nil {
+	if err := ValidateFrom(&s, "web", "web-1", "v2"); err != nil {
 		t.Fatalf("own summary refused: %v", err)
 	}
-	tests := []struct{ service, instance, want string }{
-		{"api", "web-1", `summary for service "web" on the stream of "api"`},
-		{"web", "web-2", `summary for instance "web-1" on the stream of "web-2"`},
+	tests := []struct{ service, instance, version, want string }{
+		{"api", "web-1", "v2", `summary for service "web" on the stream of "api"`},
+		{"web", "web-2", "v2", `summary for instance "web-1" on the stream of "web-2"`},
+		// A v1 proxy cannot speak for v2 (and sink or lift its canary).
+		{"web", "web-1", "v1", `entries[1]: inbound traffic of version "v2" on the stream of a proxy registered at version "v1"`},
+		{"web", "web-1", "", `inbound traffic of version "v2"`},
 	}
 	for _, tt := range tests {
-		err := ValidateFrom(&s, tt.service, tt.instance)
+		err := ValidateFrom(&s, tt.service, tt.instance, tt.version)
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("stream of %s/%s: got %v, want an error containing %q", tt.service, tt.instance, err, tt.want)
 		}

@@ -80,18 +80,25 @@ func ParseEndpoint(raw, protocol string) (Endpoint, error) {
 	default:
 		return Endpoint{}, fmt.Errorf("otlp protocol %q: want %s or %s", protocol, ProtocolGRPC, ProtocolHTTP)
 	}
+	// Errors name the endpoint as shown, never raw: a URL's user,
+	// password, query or fragment may hold a token, and errors are logged.
+	shown := redactRaw(raw)
 	if !strings.Contains(raw, "://") {
-		return Endpoint{}, fmt.Errorf("otlp endpoint %q: want a URL such as grpc://127.0.0.1:4317 or http://127.0.0.1:4318", raw)
+		return Endpoint{}, fmt.Errorf("otlp endpoint %q: want a URL such as grpc://127.0.0.1:4317 or http://127.0.0.1:4318", shown)
 	}
 	u, err := url.Parse(raw)
 	if err != nil {
-		return Endpoint{}, fmt.Errorf("otlp endpoint: %w", err)
+		// url.Error repeats the whole URL: keep only its reason.
+		if ue := (*url.Error)(nil); errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return Endpoint{}, fmt.Errorf("otlp endpoint %q: %w", shown, err)
 	}
 	var e Endpoint
 	switch strings.ToLower(u.Scheme) {
 	case "grpc", "grpcs":
 		if protocol == ProtocolHTTP {
-			return Endpoint{}, fmt.Errorf("otlp endpoint %q: a %s URL is gRPC, not %s", raw, u.Scheme, protocol)
+			return Endpoint{}, fmt.Errorf("otlp endpoint %q: a %s URL is gRPC, not %s", shown, u.Scheme, protocol)
 		}
 		e = Endpoint{Protocol: ProtocolGRPC, TLS: strings.EqualFold(u.Scheme, "grpcs")}
 	case "http", "https":
@@ -100,25 +107,25 @@ func ParseEndpoint(raw, protocol string) (Endpoint, error) {
 			e.Protocol = protocol
 		}
 	default:
-		return Endpoint{}, fmt.Errorf("otlp endpoint %q: scheme %q: want grpc, grpcs, http or https", raw, u.Scheme)
+		return Endpoint{}, fmt.Errorf("otlp endpoint %q: scheme %q: want grpc, grpcs, http or https", shown, u.Scheme)
 	}
 	if u.User != nil {
-		return Endpoint{}, fmt.Errorf("otlp endpoint %q: credentials in the URL are not supported", redact(u))
+		return Endpoint{}, fmt.Errorf("otlp endpoint %q: credentials in the URL are not supported", shown)
 	}
 	if u.Opaque != "" || u.RawQuery != "" || u.ForceQuery || u.Fragment != "" {
-		return Endpoint{}, fmt.Errorf("otlp endpoint %q: want no query or fragment", raw)
+		return Endpoint{}, fmt.Errorf("otlp endpoint %q: want no query or fragment", shown)
 	}
 	host, port := u.Hostname(), u.Port()
 	if host == "" {
-		return Endpoint{}, fmt.Errorf("otlp endpoint %q: no host", raw)
+		return Endpoint{}, fmt.Errorf("otlp endpoint %q: no host", shown)
 	}
 	if strings.HasSuffix(u.Host, ":") {
-		return Endpoint{}, fmt.Errorf("otlp endpoint %q: empty port", raw)
+		return Endpoint{}, fmt.Errorf("otlp endpoint %q: empty port", shown)
 	}
 	// url.Parse takes "grpc://::1" as host ":" and port "1": a host with a
 	// colon must be an IPv6 address in brackets.
 	if strings.Contains(host, ":") && (!strings.HasPrefix(u.Host, "[") || net.ParseIP(host) == nil) {
-		return Endpoint{}, fmt.Errorf("otlp endpoint %q: an IPv6 address goes in brackets, such as grpc://[::1]:4317", raw)
+		return Endpoint{}, fmt.Errorf("otlp endpoint %q: an IPv6 address goes in brackets, such as grpc://[::1]:4317", shown)
 	}
 	if port == "" {
 		port = defaultHTTPPort
@@ -127,12 +134,12 @@ func ParseEndpoint(raw, protocol string) (Endpoint, error) {
 		}
 	}
 	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
-		return Endpoint{}, fmt.Errorf("otlp endpoint %q: port %q: want 1-65535", raw, port)
+		return Endpoint{}, fmt.Errorf("otlp endpoint %q: port %q: want 1-65535", shown, port)
 	}
 	e.Host = net.JoinHostPort(host, port)
 	switch {
 	case e.Protocol == ProtocolGRPC && u.Path != "" && u.Path != "/":
-		return Endpoint{}, fmt.Errorf("otlp endpoint %q: a gRPC endpoint has no path", raw)
+		return Endpoint{}, fmt.Errorf("otlp endpoint %q: a gRPC endpoint has no path", shown)
 	case e.Protocol == ProtocolHTTP && (u.Path == "" || u.Path == "/"):
 		e.Path = defaultHTTPPath
 	case e.Protocol == ProtocolHTTP:
@@ -141,11 +148,34 @@ func ParseEndpoint(raw, protocol string) (Endpoint, error) {
 	return e, nil
 }
 
-// redact is u without its password, for error messages.
-func redact(u *url.URL) string {
-	c := *u
-	c.User = url.User("REDACTED")
-	return c.String()
+// redactRaw is raw as errors may show it: without the user and password
+// of its authority, its query and its fragment, each replaced by a
+// marker. It works on the text, so that a URL that does not parse is
+// shown safely too.
+func redactRaw(raw string) string {
+	s, cut := raw, false
+	if i := strings.IndexAny(s, "?#"); i >= 0 {
+		s, cut = s[:i], true
+	}
+	scheme, rest, ok := strings.Cut(s, "://")
+	if !ok {
+		scheme, rest = "", s
+	}
+	auth, path := rest, ""
+	if i := strings.IndexByte(rest, '/'); i >= 0 {
+		auth, path = rest[:i], rest[i:]
+	}
+	if i := strings.LastIndexByte(auth, '@'); i >= 0 {
+		auth = "REDACTED@" + auth[i+1:]
+	}
+	out := auth + path
+	if ok {
+		out = scheme + "://" + out
+	}
+	if cut {
+		out += "?REDACTED"
+	}
+	return out
 }
 
 // validSampling checks a sampling ratio.

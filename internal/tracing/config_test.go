@@ -1,6 +1,7 @@
 package tracing
 
 import (
+	"net/url"
 	"strings"
 	"testing"
 )
@@ -62,6 +63,13 @@ func FuzzParseEndpoint(f *testing.F) {
 	f.Fuzz(func(t *testing.T, raw, protocol string) {
 		e, err := ParseEndpoint(raw, protocol)
 		if err != nil {
+			// A password (long enough not to be found by chance) is
+			// never in the error.
+			if u, perr := url.Parse(raw); perr == nil {
+				if pw, ok := u.User.Password(); ok && len(pw) >= 6 && strings.Contains(err.Error(), pw) {
+					t.Fatalf("ParseEndpoint(%q): error %q shows the password", raw, err)
+				}
+			}
 			return
 		}
 		if e.Host == "" || (e.Protocol == ProtocolHTTP) != (e.Path != "") {
@@ -72,4 +80,34 @@ func FuzzParseEndpoint(f *testing.F) {
 			t.Fatalf("ParseEndpoint(%q) = %+v; its String %q parses to %+v, %v", raw, e, e.String(), again, err)
 		}
 	})
+}
+
+// An endpoint that is refused for any reason is named in the error (which
+// is logged) without what could be a secret: the URL's user and password,
+// its query and its fragment.
+func TestParseEndpointErrorsHideSecrets(t *testing.T) {
+	for _, tc := range []struct{ raw, protocol string }{
+		{raw: "grpc://user:s3cret@127.0.0.1:4317", protocol: ProtocolHTTP},
+		{raw: "tcp://user:s3cret@127.0.0.1:4317"},
+		{raw: "http://127.0.0.1:4318/v1/traces?api_key=s3cret"},
+		{raw: "http://127.0.0.1:4318/v1/traces#s3cret"},
+		{raw: "grpc://user:s3cret@:4317"},
+		{raw: "grpc://user:s3cret@127.0.0.1:"},
+		{raw: "grpc://user:s3cret@127.0.0.1:99999"},
+		{raw: "grpc://user:s3cret@127.0.0.1:4317/x"},
+		{raw: "grpc://user:s3cret@::1:4317"},
+		{raw: "http://user:s3cret@127.0.0.1:4318/%zz"},
+		{raw: "http://user:s3cret@127.0.0.1:4318", protocol: "http"},
+		{raw: "user:s3cret@127.0.0.1:4318"},
+	} {
+		t.Run(tc.raw, func(t *testing.T) {
+			_, err := ParseEndpoint(tc.raw, tc.protocol)
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			if strings.Contains(err.Error(), "s3cret") {
+				t.Errorf("error %q shows a secret of the URL", err)
+			}
+		})
+	}
 }
