@@ -368,7 +368,9 @@ func (s *Server) importOver(ctx context.Context, cur *ca.CA, rec *signerRecord) 
 			"(trellis ca add-root FILE), wait until every proxy trusts it (trellis get proxies), then restart one server with the new files",
 			certs.Fingerprints(p.ca.RootsPEM())[0][:16], useShared))
 	}
-	if !p.ca.Certificate().NotBefore.After(cur.Certificate().NotBefore) {
+	// Certificate times are whole seconds: one made in the same second
+	// counts as newer, an older one is a server restarted with stale files.
+	if p.ca.Certificate().NotBefore.Before(cur.Certificate().NotBefore) {
 		return nil, refuse("it is older than the shared CA; " + useShared)
 	}
 	next := signerRecord{CertPEM: string(p.certPEM), KeySealed: s.sealer.Seal(keySigner, p.keyPEM), Imported: true,
