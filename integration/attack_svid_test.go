@@ -93,7 +93,7 @@ func (a *svidApp) log() []string {
 	return append([]string(nil), a.paths...)
 }
 
-// svidMeshCA is the mesh CA of s, read from its data directory, to sign
+// svidMeshCA is the mesh CA of s, read from the files it imported, to sign
 // forgeries with.
 func svidMeshCA(t *testing.T, s *server) *trellistest.Forged {
 	t.Helper()
@@ -101,7 +101,7 @@ func svidMeshCA(t *testing.T, s *server) *trellistest.Forged {
 	if err != nil {
 		t.Fatal(err)
 	}
-	keyPEM, err := os.ReadFile(filepath.Join(s.dataDir, "ca-key.pem"))
+	keyPEM, err := os.ReadFile(s.caKeyFile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -192,7 +192,7 @@ func svidRejections(side, reason string) string {
 const svidIntention = "kind: Intention\nname: client.web\nspec: {source: client, destination: web, action: allow}\n"
 
 func TestSVIDAttackForgedClientCertificates(t *testing.T) {
-	s := startServer(t)
+	s := startServerKnownCA(t)
 	applyYAML(t, s, svidIntention)
 	app := svidStartApp(t)
 	web := s.startProxy(t, proxyOpts{service: "web", appPort: app.port})
@@ -309,7 +309,7 @@ func TestSVIDAttackForgedClientCertificates(t *testing.T) {
 // sidecar in the handshake: it gets no byte of the request, and the
 // outbound counts and logs why.
 func TestSVIDAttackFakeServer(t *testing.T) {
-	s := startServer(t)
+	s := startServerKnownCA(t)
 	applyYAML(t, s, svidIntention)
 	meshCA := svidMeshCA(t, s)
 

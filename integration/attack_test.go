@@ -42,7 +42,7 @@ import (
 // edge certificate from the mesh CA, and a fake API serving it received
 // the admin token from the CLI.
 func TestAttackFakeAPI(t *testing.T) {
-	s := startServer(t)
+	s := startServerKnownCA(t)
 	dir := t.TempDir()
 
 	// Such names are refused when applied...
@@ -76,7 +76,7 @@ func TestAttackFakeAPI(t *testing.T) {
 	// had been issued before these rules) does not make an API: the CLI
 	// requires the server's SPIFFE ID.
 	caPEM, _ := os.ReadFile(s.caFile)
-	keyPEM, err := os.ReadFile(filepath.Join(s.dataDir, "ca-key.pem"))
+	keyPEM, err := os.ReadFile(s.caKeyFile)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -34,7 +34,7 @@ func TestHAStatsWholeMesh(t *testing.T) {
 	addrB := fmt.Sprintf("127.0.0.1:%d", trellistest.FreePort(t))
 	dirB := t.TempDir()
 	procB := start(t, "server-b", nil, append([]string{"server", "--data-dir", dirB, "--listen", addrB, "--etcd-endpoints", endpoint,
-		"--ca-cert", a.caFile, "--ca-key", filepath.Join(a.dataDir, "ca-key.pem"), "--log-level", "debug"}, interval...)...)
+		"--store-secret-file", filepath.Join(a.dataDir, "store-secret"), "--log-level", "debug"}, interval...)...)
 	caPEM, _ := os.ReadFile(a.caFile)
 	apiB, _ := client.New(client.Config{Addr: addrB, Token: a.admin, CAPEM: caPEM})
 	b := &server{proc: procB, addr: addrB, dataDir: dirB, caFile: a.caFile, admin: a.admin, api: apiB}

@@ -8,10 +8,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
-	"github.com/trellis-mesh/trellis/client"
 	"github.com/trellis-mesh/trellis/internal/trellistest"
 )
 
@@ -43,26 +43,26 @@ func startEtcd(t *testing.T) string {
 
 // TestHAServersOnExternalEtcd runs two stateless servers on one external
 // etcd, as --etcd-endpoints does in production: a proxy on each server, and
-// the call between them works; either server's API sees the whole mesh.
+// the calls between them work both ways; either server's API sees the whole
+// mesh. The second server is given the store secret and no CA: it signs
+// with the CA the first one stored, so one CA file serves the CLI against
+// both.
 func TestHAServersOnExternalEtcd(t *testing.T) {
 	endpoint := startEtcd(t)
 	a := startServer(t, "--etcd-endpoints", endpoint)
-	// The second server imports the first one's CA; its admin token is the
-	// one the first made (stored hashed in the shared etcd).
-	addrB := fmt.Sprintf("127.0.0.1:%d", trellistest.FreePort(t))
-	dirB := t.TempDir()
-	start(t, "server-b", nil, "server", "--data-dir", dirB, "--listen", addrB, "--etcd-endpoints", endpoint,
-		"--ca-cert", a.caFile, "--ca-key", filepath.Join(a.dataDir, "ca-key.pem"))
-	caPEM, _ := os.ReadFile(a.caFile)
-	apiB, _ := client.New(client.Config{Addr: addrB, Token: a.admin, CAPEM: caPEM})
-	trellistest.Eventually(t, 30*time.Second, "server b answers with the shared admin token", func() error {
-		_, err := apiB.Services(t.Context())
-		return err
-	})
-	if _, err := os.Stat(filepath.Join(dirB, "admin-token")); err == nil {
+	// The second server shares the first one's CA through the store; its
+	// admin token is the one the first made (stored hashed in the shared
+	// etcd).
+	b := startServerB(t, endpoint, a, "--store-secret-file", copySecret(t, a))
+	if _, err := os.Stat(filepath.Join(b.dataDir, "admin-token")); err == nil {
 		t.Error("second server made its own admin token; only the first start may")
 	}
-	b := &server{addr: addrB, dataDir: dirB, caFile: a.caFile, admin: a.admin, api: apiB}
+	if pa, pb := readFile(t, a.caFile), readFile(t, filepath.Join(b.dataDir, "ca.pem")); pa != pb {
+		t.Errorf("the servers' ca.pem differ: a signs under\n%s\nb under\n%s", pa, pb)
+	}
+	if _, err := os.Stat(filepath.Join(b.dataDir, "ca-key.pem")); err == nil {
+		t.Error("the second server wrote a CA key of its own")
+	}
 
 	a.mustCLI(t, "intention", "allow", "client", "web")
 	web := startApp(t, "web")
@@ -76,14 +76,39 @@ func TestHAServersOnExternalEtcd(t *testing.T) {
 		}
 		return err
 	})
+	// And the other way: a proxy on b serves, one on a calls it.
+	b.mustCLI(t, "intention", "allow", "caller", "api")
+	apiApp := startApp(t, "api")
+	b.startProxy(t, proxyOpts{service: "api", appPort: apiApp.port})
+	up2, up2Port := loopAddr(t)
+	a.startProxy(t, proxyOpts{service: "caller", appPort: apiApp.port, upstreams: []string{fmt.Sprintf("api:%d", up2Port)}})
+	trellistest.Eventually(t, 10*time.Second, "call from a to b", func() error {
+		got, err := get(up2)
+		if err == nil && got != "api" {
+			err = fmt.Errorf("got %q", got)
+		}
+		return err
+	})
 	for name, s := range map[string]*server{"a": a, "b": b} {
 		ins, err := s.api.Instances(t.Context(), "")
-		if err != nil || len(ins) != 2 {
-			t.Errorf("server %s sees %d instances (%v), want 2", name, len(ins), err)
+		if err != nil || len(ins) != 4 {
+			t.Errorf("server %s sees %d instances (%v), want 4", name, len(ins), err)
+		}
+		// One CA file, a's, for the CLI against either server.
+		if out, code := runCLI(t, []string{"TRELLIS_ADDR=" + s.addr, "TRELLIS_TOKEN=" + a.admin, "TRELLIS_CACERT=" + a.caFile}, "get", "services"); code != 0 {
+			t.Errorf("CLI against server %s with a's ca.pem: %s", name, out)
 		}
 	}
+	// One root in the bundle: b added none of its own.
+	r, err := b.api.Roots(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(r.RootsPEM, "BEGIN CERTIFICATE"); n != 1 {
+		t.Errorf("the trust bundle holds %d roots, want the one shared CA's", n)
+	}
 	// An intention applied through one server reaches the proxy of the other.
-	out, code := runCLI(t, []string{"TRELLIS_ADDR=" + addrB, "TRELLIS_TOKEN=" + a.admin, "TRELLIS_CACERT=" + a.caFile}, "intention", "deny", "client", "web")
+	out, code := runCLI(t, []string{"TRELLIS_ADDR=" + b.addr, "TRELLIS_TOKEN=" + a.admin, "TRELLIS_CACERT=" + a.caFile}, "intention", "deny", "client", "web")
 	if code != 0 {
 		t.Fatalf("intention deny via server b: %s", out)
 	}

@@ -147,8 +147,11 @@ type server struct {
 	addr    string
 	dataDir string
 	caFile  string
-	admin   string
-	api     *client.Client
+	// caKeyFile is the CA key of a server started with one the test made
+	// (startServerKnownCA): the store holds the CA key sealed.
+	caKeyFile string
+	admin     string
+	api       *client.Client
 }
 
 func startServer(t *testing.T, extra ...string) *server {

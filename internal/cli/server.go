@@ -63,6 +63,7 @@ func runServer(ctx context.Context, e *env, args []string) error {
 	fs.StringVar(&cfg.TrustDomain, "trust-domain", control.DefaultTrustDomain, "SPIFFE trust domain of the mesh")
 	fs.StringVar(&cfg.CACertFile, "ca-cert", "", "import this CA certificate (PEM; signing cert first, then its chain)")
 	fs.StringVar(&cfg.CAKeyFile, "ca-key", "", "private key of --ca-cert (PEM, mode 0600)")
+	fs.StringVar(&cfg.StoreSecretFile, "store-secret-file", "", "file (mode 0600) holding the store secret, which seals the CA key kept in the store; every server on one store needs the same (or env "+control.StoreSecretEnv+"; default: the data dir's "+control.StoreSecretFileName+", made on a store without a CA)")
 	fs.StringVar(&cfg.AdminTokenFile, "admin-token-file", "", "accept the admin token in this file instead of generating one")
 	fs.DurationVar(&cfg.SVIDTTL, "svid-ttl", 24*time.Hour, "lifetime of workload certificates")
 	fs.DurationVar(&cfg.LeaseTTL, "lease-ttl", control.DefaultLeaseTTL, "how long a vanished proxy's registration outlives it")
@@ -89,6 +90,10 @@ func runServer(ctx context.Context, e *env, args []string) error {
 	cfg.EtcdEndpoints = splitList(*endpoints)
 	if cfg.EtcdPassword, err = etcdPassword(e, *passwordFile); err != nil {
 		return err
+	}
+	cfg.StoreSecret = e.getenv(control.StoreSecretEnv)
+	if cfg.StoreSecret != "" && cfg.StoreSecretFile != "" {
+		return usageErr("store secret: both --store-secret-file and %s are set; give one", control.StoreSecretEnv)
 	}
 	cfg.AdvertiseNames = splitList(*advertise)
 	cfg.Out = e.stdout

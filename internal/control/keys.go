@@ -10,7 +10,8 @@ const (
 	keyStatus    = "/status/"
 	keyTokens    = "/tokens/"
 	keyBundle    = "/ca/bundle"
-	keyIssuer    = "/ca/issuer" // a root rotation's state and new key
+	keyIssuer    = "/ca/issuer" // a root rotation's state and new key (sealed)
+	keySigner    = "/ca/signer" // the CA every server signs with, its key sealed (sharedca.go)
 	keyBootstrap = "/bootstrap/admin"
 	// keyFileTokens marks tokens from files that were stored once.
 	keyFileTokens = "/bootstrap/file-tokens/"

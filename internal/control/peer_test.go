@@ -57,14 +57,14 @@ func startExternalEtcd(t *testing.T) string {
 	return "http://" + client
 }
 
-// startPeerServer runs a server on the etcd at endpoint, with the CA of
-// caDir when set, at a 1 s stats interval.
-func startPeerServer(t *testing.T, endpoint, caDir string) *Server {
+// startPeerServer runs a server on the etcd at endpoint, with the store
+// secret in secretDir when set, at a 1 s stats interval.
+func startPeerServer(t *testing.T, endpoint, secretDir string) *Server {
 	t.Helper()
 	cfg := Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", EtcdEndpoints: []string{endpoint}, Out: io.Discard,
 		LeaseTTL: 2 * time.Second, StatsInterval: time.Second}
-	if caDir != "" {
-		cfg.CACertFile, cfg.CAKeyFile = filepath.Join(caDir, "ca.pem"), filepath.Join(caDir, "ca-key.pem")
+	if secretDir != "" {
+		cfg.StoreSecretFile = filepath.Join(secretDir, StoreSecretFileName)
 	}
 	srv, err := New(cfg)
 	if err != nil {

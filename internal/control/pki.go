@@ -21,30 +21,44 @@ import (
 	"github.com/trellis-mesh/trellis/internal/store"
 )
 
-// loadCA imports the configured CA files, or loads (creating on first start)
-// the CA in the data dir. The key file is written 0600 and never served.
-func (s *Server) loadCA() (*ca.CA, error) {
-	certFile, keyFile := s.cfg.CACertFile, s.cfg.CAKeyFile
-	if certFile == "" {
-		certFile = filepath.Join(s.cfg.DataDir, "ca.pem")
-		keyFile = filepath.Join(s.cfg.DataDir, "ca-key.pem")
-		if _, err := os.Stat(certFile); errors.Is(err, os.ErrNotExist) {
-			certPEM, keyPEM, err := ca.Generate(s.cfg.TrustDomain, time.Now())
-			if err != nil {
-				return nil, err
-			}
-			// The key first, each file whole or not at all: a crash
-			// between the two leaves no certificate, and the next start
-			// makes the pair again; never a certificate without its key.
-			if err := writeFileAtomic(keyFile, keyPEM, 0o600); err != nil {
-				return nil, fmt.Errorf("write ca key: %w", err)
-			}
-			if err := writeFileAtomic(certFile, certPEM, 0o644); err != nil {
-				return nil, fmt.Errorf("write ca certificate: %w", err)
-			}
-			s.log.Info("created CA", "trustDomain", s.cfg.TrustDomain, "cert", certFile)
-		}
+// caPair is a CA read from a certificate file and a key file.
+type caPair struct {
+	ca              *ca.CA
+	certPEM, keyPEM []byte
+}
+
+// loadImported reads the CA of --ca-cert/--ca-key. The key file must be
+// 0600: it is the mesh's signing key.
+func (s *Server) loadImported() (*caPair, error) {
+	p, err := readCAPair(s.cfg.TrustDomain, s.cfg.CACertFile, s.cfg.CAKeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("import ca --ca-cert %s --ca-key %s: %w", s.cfg.CACertFile, s.cfg.CAKeyFile, err)
 	}
+	return p, nil
+}
+
+// dataDirCAFiles are where servers before the shared CA kept theirs; the
+// certificate file stays, holding the shared CA's roots for the CLI.
+func (s *Server) dataDirCAFiles() (certFile, keyFile string) {
+	return filepath.Join(s.cfg.DataDir, "ca.pem"), filepath.Join(s.cfg.DataDir, "ca-key.pem")
+}
+
+// loadDataDirCA reads the CA that servers before the shared CA kept in
+// their data dir, to move it into the store; nil when there is none.
+func (s *Server) loadDataDirCA() (*caPair, error) {
+	certFile, keyFile := s.dataDirCAFiles()
+	if _, err := os.Stat(keyFile); errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	p, err := readCAPair(s.cfg.TrustDomain, certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("load ca %s with key %s: %w (a rotation interrupted between the two files? "+
+			"restore the pair, or start with --ca-cert and --ca-key naming a matching one)", certFile, keyFile, err)
+	}
+	return p, nil
+}
+
+func readCAPair(trustDomain, certFile, keyFile string) (*caPair, error) {
 	certPEM, err := os.ReadFile(certFile)
 	if err != nil {
 		return nil, fmt.Errorf("read ca certificate: %w", err)
@@ -56,18 +70,11 @@ func (s *Server) loadCA() (*ca.CA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read ca key: %w", err)
 	}
-	c, err := ca.Load(s.cfg.TrustDomain, certPEM, keyPEM)
-	if err != nil && s.cfg.CACertFile != "" {
-		return nil, fmt.Errorf("import ca --ca-cert %s --ca-key %s: %w", certFile, keyFile, err)
-	}
+	c, err := ca.Load(trustDomain, certPEM, keyPEM)
 	if err != nil {
-		return nil, fmt.Errorf("load ca %s with key %s: %w (a rotation interrupted between the two files? "+
-			"restore the pair, or start with --ca-cert and --ca-key naming a matching one)", certFile, keyFile, err)
+		return nil, err
 	}
-	if s.cfg.CACertFile != "" {
-		s.logImported(c, time.Now())
-	}
-	return c, nil
+	return &caPair{ca: c, certPEM: certPEM, keyPEM: keyPEM}, nil
 }
 
 // importedCAWarning is how long before an imported CA's expiry the server

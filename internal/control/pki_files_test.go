@@ -27,34 +27,9 @@ func TestLoadCARefusesMismatchedPair(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "ca.pem"), cert1, 0o644)
 	os.WriteFile(filepath.Join(dir, "ca-key.pem"), key2, 0o600)
 	s := &Server{cfg: Config{DataDir: dir, TrustDomain: "trellis.local"}, log: slog.New(slog.DiscardHandler)}
-	_, err = s.loadCA()
+	_, err = s.loadDataDirCA()
 	if err == nil || !strings.Contains(err.Error(), "ca.pem") || !strings.Contains(err.Error(), "ca-key.pem") {
-		t.Fatalf("loadCA: %v, want an error naming both files", err)
-	}
-}
-
-// A first start writes the pair whole: loading it again gives the same
-// CA, and no temporary file is left beside it.
-func TestLoadCAWritesThePairWhole(t *testing.T) {
-	dir := t.TempDir()
-	s := &Server{cfg: Config{DataDir: dir, TrustDomain: "trellis.local"}, log: slog.New(slog.DiscardHandler)}
-	first, err := s.loadCA()
-	if err != nil {
-		t.Fatal(err)
-	}
-	again, err := s.loadCA()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !first.Certificate().Equal(again.Certificate()) {
-		t.Fatal("a second load made another CA")
-	}
-	left, _ := filepath.Glob(filepath.Join(dir, "*.tmp"))
-	if len(left) > 0 {
-		t.Fatalf("temporary files left: %v", left)
-	}
-	if fi, err := os.Stat(filepath.Join(dir, "ca-key.pem")); err != nil || fi.Mode().Perm() != 0o600 {
-		t.Fatalf("key file: %v, %v; want mode 0600", fi, err)
+		t.Fatalf("loadDataDirCA: %v, want an error naming both files", err)
 	}
 }
 

@@ -32,19 +32,26 @@ import (
 //     old root leaves the bundle (proxies then close connections that
 //     only it verified) and the new root signs alone.
 //
-// The new key is kept in the store, which only the servers can reach
-// (etcd with client-certificate or socket access), as Consul's built-in
-// CA keeps its key in its Raft store: every server must sign with it.
-// An imported CA is rotated at its source instead: add the new root with
-// `ca add-root`, restart the servers with the new --ca-cert/--ca-key, and
-// remove the old root with `ca remove-root`.
+// The new key is kept in the store, as Consul's built-in CA keeps its key
+// in its Raft store, sealed with the store secret (sharedca.go): every
+// server must sign with it. The switch and the retirement rewrite the
+// shared CA (keySigner) in the same commit as the record, and every
+// server follows that. An imported CA is rotated at its source instead:
+// add the new root with `ca add-root`, restart one server with the new
+// --ca-cert/--ca-key (the others follow it), and remove the old root with
+// `ca remove-root`.
 
 // issuerRecord is what keyIssuer holds.
 type issuerRecord struct {
-	Phase         string    `json:"phase"`
-	RootPEM       string    `json:"rootPEM"`
-	CrossPEM      string    `json:"crossPEM,omitempty"` // dropped at retirement
-	KeyPEM        string    `json:"keyPEM"`
+	Phase    string `json:"phase"`
+	RootPEM  string `json:"rootPEM"`
+	CrossPEM string `json:"crossPEM,omitempty"` // dropped at retirement
+	// KeySealed is the new key (PEM), sealed with the store secret for
+	// keyIssuer.
+	KeySealed string `json:"keySealed,omitempty"`
+	// KeyPEM is the new key in clear, as versions before the shared CA
+	// stored it; sealed (and emptied) at the first start of this one.
+	KeyPEM        string    `json:"keyPEM,omitempty"`
 	OldRootPEM    string    `json:"oldRootPEM"`
 	StartedAt     time.Time `json:"startedAt"`
 	SwitchedAt    time.Time `json:"switchedAt,omitzero"`
@@ -57,73 +64,6 @@ type issuerRecord struct {
 // others' (each sees it through its store watch) and clocks that differ a
 // little: the old key may sign for that long after SwitchedAt.
 const switchMargin = 10 * time.Second
-
-// rotatedCA returns the CA a rotation made, when the store holds one that
-// is past its prepare step; else files, the CA from the data dir or the
-// imported files.
-func (s *Server) rotatedCA(ctx context.Context, files *ca.CA) (*ca.CA, error) {
-	kv, err := s.store.Get(ctx, keyIssuer)
-	if errors.Is(err, store.ErrNotFound) {
-		return files, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read issuer record: %w", err)
-	}
-	var rec issuerRecord
-	if err := json.Unmarshal(kv.Value, &rec); err != nil {
-		return nil, fmt.Errorf("decode issuer record: %w", err)
-	}
-	if rec.Phase == v1.RotationPrepared || s.cfg.CACertFile != "" {
-		return files, nil
-	}
-	return ca.LoadNext(files.TrustDomain(), []byte(rec.RootPEM), []byte(rec.CrossPEM), []byte(rec.KeyPEM))
-}
-
-// followIssuer adopts every rotation step another server (or this one)
-// stores, without a restart.
-func (s *Server) followIssuer(ctx context.Context) {
-	var seen int64
-	for {
-		changed := s.state.Changed()
-		if rec := s.state.issuerRecord(); rec != nil && rec.rev != seen {
-			seen = rec.rev
-			s.adoptIssuer(rec)
-		}
-		select {
-		case <-changed:
-		case <-ctx.Done():
-			return
-		}
-	}
-}
-
-func (s *Server) adoptIssuer(rec *issuerRecord) {
-	if rec.Phase == v1.RotationPrepared {
-		return // the old key signs until the switch
-	}
-	if s.cfg.CACertFile != "" {
-		s.log.Warn("a root rotation is in the store, but this server signs with its imported CA; restart it with the new CA's files", "phase", rec.Phase)
-		return
-	}
-	c, err := ca.LoadNext(s.signer().TrustDomain(), []byte(rec.RootPEM), []byte(rec.CrossPEM), []byte(rec.KeyPEM))
-	if err != nil {
-		s.log.Error("load the rotated CA; still signing with the previous one", "err", err)
-		return
-	}
-	s.issuer.Store(c)
-	// The data dir's CA files follow, so that a restart signs with the same
-	// key and the CLI of `trellis up` (which trusts ca.pem) the new root.
-	if err := writeFileAtomic(filepath.Join(s.cfg.DataDir, "ca-key.pem"), []byte(rec.KeyPEM), 0o600); err != nil {
-		s.log.Error("save the rotated CA key", "err", err)
-	} else if err := writeFileAtomic(filepath.Join(s.cfg.DataDir, "ca.pem"), []byte(rec.RootPEM), 0o644); err != nil {
-		s.log.Error("save the rotated CA certificate", "err", err)
-	}
-	select {
-	case s.reissue <- struct{}{}:
-	default:
-	}
-	s.log.Info("signing with the rotated CA", "phase", rec.Phase, "root", certs.Fingerprints([]byte(rec.RootPEM))[0])
-}
 
 // writeFileAtomic replaces name with b, whole or not at all, and durably:
 // the bytes reach the disk before the rename, and the rename before it
@@ -194,8 +134,19 @@ func (s *Server) rotate(_ principal, r *http.Request) (any, error) {
 	if err := decodeBody(r, &req); err != nil {
 		return nil, err
 	}
-	if s.cfg.CACertFile != "" {
-		return nil, badRequest("this server's CA is imported (--ca-cert): rotate it at its source, then `trellis ca add-root NEW.pem`, restart the servers with the new --ca-cert and --ca-key, and `trellis ca remove-root OLD`")
+	skv, err := s.store.Get(r.Context(), keySigner)
+	if err != nil {
+		return nil, fmt.Errorf("read the shared CA: %w", err)
+	}
+	signer, err := decodeSigner(skv)
+	if err != nil {
+		return nil, err
+	}
+	if signer.Imported {
+		return nil, badRequest("the servers share an imported CA (--ca-cert), which Trellis does not rotate: rotate it at its source, " +
+			"then `trellis ca add-root NEW.pem`, wait until `trellis get proxies` shows every proxy on the new version, " +
+			"restart one server with the new --ca-cert and --ca-key (the others follow it through the store), " +
+			"and `trellis ca remove-root OLD` once the old certificates have expired")
 	}
 	kv, err := s.store.Get(r.Context(), keyIssuer)
 	var rec issuerRecord
@@ -222,12 +173,12 @@ func (s *Server) rotate(_ principal, r *http.Request) (any, error) {
 		}
 		rec = issuerRecord{
 			Phase: v1.RotationPrepared, RootPEM: string(next.RootPEM), CrossPEM: string(next.CrossPEM),
-			KeyPEM: string(next.KeyPEM), OldRootPEM: string(cur.RootsPEM()), StartedAt: now,
+			KeySealed: s.sealer.Seal(keyIssuer, next.KeyPEM), OldRootPEM: string(cur.RootsPEM()), StartedAt: now,
 		}
 		// Stored before the bundle grows: a server that stops in between
 		// leaves a record that a retry finds, never a root nobody holds
 		// the key of.
-		if err := s.putIssuer(r.Context(), rec, kv.Rev); err != nil {
+		if err := s.commitRotation(r.Context(), s.issuerOp(rec, kv.Rev)); err != nil {
 			return nil, err
 		}
 		if err := addRoots(r.Context(), s.store, cur.TrustDomain(), next.RootPEM); err != nil {
@@ -243,7 +194,13 @@ func (s *Server) rotate(_ principal, r *http.Request) (any, error) {
 		}
 		rec.Phase, rec.SwitchedAt = v1.RotationActive, now
 		rec.OldSVIDsUntil = now.Add(s.cfg.SVIDTTL + switchMargin)
-		if err := s.putIssuer(r.Context(), rec, kv.Rev); err != nil {
+		// Every server signs with the new key from this commit on: they
+		// follow the shared CA.
+		next, err := s.rotatedSigner(rec, true)
+		if err != nil {
+			return nil, err
+		}
+		if err := s.commitRotation(r.Context(), s.issuerOp(rec, kv.Rev), s.putSignerOp(next, skv.Rev)); err != nil {
 			return nil, err
 		}
 		s.log.Info("root rotation switched: the new key signs", "oldRootRemovableAt", rec.OldSVIDsUntil)
@@ -253,9 +210,33 @@ func (s *Server) rotate(_ principal, r *http.Request) (any, error) {
 	return s.rotationStatus(&rec), nil
 }
 
-func (s *Server) putIssuer(ctx context.Context, rec issuerRecord, rev int64) error {
+func (s *Server) issuerOp(rec issuerRecord, rev int64) store.Op {
 	b, _ := json.Marshal(rec)
-	err := s.store.Commit(ctx, []store.Op{{Key: keyIssuer, Value: b, IfRev: rev}})
+	return store.Op{Key: keyIssuer, Value: b, IfRev: rev}
+}
+
+// rotatedSigner is the shared CA a rotation's new key makes: with the
+// cross-signed certificate after the switch (cross), alone after the
+// retirement. It is loaded once here, so that a record no server could
+// sign with is never stored.
+func (s *Server) rotatedSigner(rec issuerRecord, cross bool) (signerRecord, error) {
+	keyPEM, err := s.sealer.Open(keyIssuer, rec.KeySealed)
+	if err != nil {
+		return signerRecord{}, fmt.Errorf("open the rotation's key: %w", err)
+	}
+	next := signerRecord{CertPEM: rec.RootPEM, KeySealed: s.sealer.Seal(keySigner, keyPEM), Source: "rotated", UpdatedAt: time.Now().UTC()}
+	if cross {
+		next.CertPEM, next.RootPEM = rec.CrossPEM, rec.RootPEM
+	}
+	next.TrustDomain = s.cfg.TrustDomain
+	if _, err := next.load(s.cfg.TrustDomain, keyPEM); err != nil {
+		return signerRecord{}, fmt.Errorf("load the rotated CA: %w", err)
+	}
+	return next, nil
+}
+
+func (s *Server) commitRotation(ctx context.Context, ops ...store.Op) error {
+	err := s.store.Commit(ctx, ops)
 	if errors.Is(err, store.ErrConflict) {
 		return &apiError{status: http.StatusConflict, msg: "another rotation step ran at the same time; look again"}
 	}
@@ -328,8 +309,16 @@ func (s *Server) removeRoot(_ principal, r *http.Request) (any, error) {
 				return nil, &apiError{status: http.StatusConflict, msg: fmt.Sprintf("certificates signed under root %s may be alive until %s (%s from now); remove it then, or with --force", target[:16], rec.OldSVIDsUntil.Format(time.RFC3339), rec.OldSVIDsUntil.Sub(now).Round(time.Second))}
 			}
 			rec.Phase, rec.CrossPEM = v1.RotationRetired, ""
-			b, _ := json.Marshal(rec)
-			ops = append(ops, store.Op{Key: keyIssuer, Value: b, IfRev: ikv.Rev})
+			// The new root signs alone from now on, on every server.
+			skv, err := s.store.Get(ctx, keySigner)
+			if err != nil {
+				return nil, fmt.Errorf("read the shared CA: %w", err)
+			}
+			next, err := s.rotatedSigner(rec, false)
+			if err != nil {
+				return nil, err
+			}
+			ops = append(ops, s.issuerOp(rec, ikv.Rev), s.putSignerOp(next, skv.Rev))
 		}
 	}
 	var rest strings.Builder

@@ -72,6 +72,12 @@ type Config struct {
 	// CACertFile and CAKeyFile import a CA (root or intermediate); both or
 	// neither.
 	CACertFile, CAKeyFile string
+	// StoreSecretFile holds the store secret (mode 0600), which seals
+	// the CA key kept in the store: every server on one store needs the
+	// same. StoreSecret is the secret itself (the CLI reads it from
+	// $TRELLIS_STORE_SECRET). Give at most one; with neither, the data
+	// dir's store-secret file is used, made on a store without a CA.
+	StoreSecretFile, StoreSecret string
 	// AdminTokenFile holds an admin token to accept, instead of generating one.
 	AdminTokenFile string
 	// SVIDTTL is the lifetime of workload certificates; default 24h.
@@ -119,6 +125,9 @@ func (c *Config) Validate() error {
 	}
 	if (c.CACertFile == "") != (c.CAKeyFile == "") {
 		errs = append(errs, errors.New("ca cert and ca key: give both or neither"))
+	}
+	if c.StoreSecretFile != "" && c.StoreSecret != "" {
+		errs = append(errs, errors.New("store secret: both a file and the value are set; give one"))
 	}
 	if c.Listen != "" {
 		if _, _, err := net.SplitHostPort(c.Listen); err != nil {
@@ -192,10 +201,13 @@ func newServerMetrics(reg prometheus.Registerer) *serverMetrics {
 
 // Server is a running control plane.
 type Server struct {
-	cfg            Config
-	log            *slog.Logger
-	store          store.Store
-	issuer         atomic.Pointer[ca.CA] // swapped by a root rotation
+	cfg    Config
+	log    *slog.Logger
+	store  store.Store
+	issuer atomic.Pointer[ca.CA] // swapped when the shared CA changes
+	// sealer seals and opens the CA keys in the store with the store
+	// secret; set in Run before anything reads it.
+	sealer         *ca.Sealer
 	serving        atomic.Pointer[tls.Certificate]
 	reissue        chan struct{} // the serving certificate is to be renewed now
 	state          *state
@@ -358,14 +370,14 @@ func (s *Server) Run(ctx context.Context) error {
 	s.bgCtx = bgCtx
 	defer s.stopBackground(stopBg)
 
-	c, err := s.loadCA()
+	c, err := s.sharedCA(ctx)
 	if err != nil {
 		return err
 	}
-	if c, err = s.rotatedCA(ctx, c); err != nil {
-		return err
-	}
 	s.issuer.Store(c)
+	if err := s.writeRootsFile(c); err != nil {
+		return fmt.Errorf("save the CA's roots in the data dir: %w", err)
+	}
 	if err := publishBundle(ctx, st, c); err != nil {
 		return fmt.Errorf("publish trust bundle: %w", err)
 	}
@@ -385,7 +397,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.serving.Store(cert)
 	s.goBackground(func() { s.renewServing(bgCtx) })
-	s.goBackground(func() { s.followIssuer(bgCtx) })
+	s.goBackground(func() { s.followSigner(bgCtx) })
 	s.goBackground(func() { s.runCanaries(bgCtx) })
 
 	if s.cfg.DNSListen != "" {

@@ -41,6 +41,7 @@ type state struct {
 	tokens    map[string]tokenRecord // hash -> record
 	bundle    bundleRecord
 	issuer    *issuerRecord // nil: no rotation was ever made
+	signer    *signerRecord // nil until a server stored the shared CA
 	// meshView is the topology input, built once per relevant change and
 	// shared read-only by every stream; nil when stale.
 	meshView *topology.Mesh
@@ -72,6 +73,7 @@ func (s *state) reset() {
 	s.servers = map[string]serverRecord{}
 	s.bundle = bundleRecord{}
 	s.issuer = nil
+	s.signer = nil
 }
 
 // Changed returns a channel closed at the next change.
@@ -211,6 +213,19 @@ func (s *state) applyLocked(ev store.Event) bool {
 			s.issuer = &rec
 		}
 		return true
+	case key == keySigner:
+		// Every server follows it (followSigner); its key stays sealed
+		// in the mirror.
+		s.signer = nil
+		if !del {
+			rec, err := decodeSigner(ev.KV)
+			if err != nil {
+				s.log.Error("skip undecodable shared CA record in store", "err", err)
+				return false
+			}
+			s.signer = rec
+		}
+		return true
 	case strings.HasPrefix(key, keyServers):
 		id := strings.TrimPrefix(key, keyServers)
 		delete(s.servers, id)
@@ -291,6 +306,13 @@ func (s *state) buildMeshLocked() *topology.Mesh {
 		}
 	}
 	return m
+}
+
+// signerRecord returns the shared CA's record, or nil.
+func (s *state) signerRecord() *signerRecord {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.signer
 }
 
 // issuerRecord returns the rotation record, or nil.
