@@ -127,7 +127,6 @@ func (p *Proxy) streamTo(ctx context.Context, t target, pool *l4.Pool) (connecte
 	tlsCfg.ServerName = host // the certificate names the list's host, not the address dialed
 	conn, err := grpc.NewClient("passthrough:///"+t.addr,
 		grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)),
-		grpc.WithAuthority(t.entry),
 		grpc.WithPerRPCCredentials(tokenCreds(p.token)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 20 * time.Second, Timeout: 10 * time.Second}),
 		// The connection lives for one stream: gRPC's reconnection
@@ -426,7 +425,11 @@ func (p *Proxy) saveNow() {
 	for _, der := range cr.cert.Certificate {
 		chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
 	}
-	if err := saveState(p.cfg.StateDir, persisted{ChainPEM: string(chain), KeyPEM: string(cr.keyPEM), Snapshot: a.snap}); err != nil {
+	st := persisted{ChainPEM: string(chain), KeyPEM: string(cr.keyPEM), Snapshot: a.snap}
+	if r := p.reg.Load(); r != nil {
+		st.PublicPort = r.Port
+	}
+	if err := saveState(p.cfg.StateDir, st); err != nil {
 		p.log.Warn("persist state", "dir", p.cfg.StateDir, "err", err)
 	}
 }
