@@ -124,6 +124,7 @@ func (s *Server) watchStore(ctx context.Context) {
 	var failingSince time.Time
 	lost := false
 	for ctx.Err() == nil {
+		began := time.Now()
 		pctx, cancel := context.WithTimeout(ctx, storeProbeTimeout)
 		_, err := s.store.Get(pctx, keyBootstrap)
 		cancel()
@@ -139,7 +140,7 @@ func (s *Server) watchStore(ctx context.Context) {
 			}
 		} else {
 			if failingSince.IsZero() {
-				failingSince = time.Now()
+				failingSince = began
 			}
 			if !lost && time.Since(failingSince) >= storeLossAfter {
 				lost = true
