@@ -213,11 +213,11 @@ type Server struct {
 	metrics        *serverMetrics
 	metricsHandler http.Handler
 	stopping       atomic.Bool
-	// movers says when proxy streams must leave this server (failover.go).
-	movers *movers
 	ready          chan struct{}
 	addr           atomic.Pointer[string]
 
+	// movers says when proxy streams must leave this server (failover.go).
+	movers *movers
 	// storeLookups bounds the store reads for tokens the mirror lacks.
 	storeLookups *rate.Limiter
 	// refusals bounds the lines logged for refused calls and streams.
