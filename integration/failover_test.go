@@ -504,3 +504,46 @@ func (r *relay) cut(on bool) {
 		clear(r.conns)
 	}
 }
+
+// TestProxyMovesAtStreamAge runs two servers whose streams last 2s: the
+// client's proxy moves between them again and again, and keeps its
+// configuration meanwhile, so calls through it never fail. (web's proxy
+// is on a third server without the limit: its instance's registration
+// across a move is the lease's business, not this test's.)
+func TestProxyMovesAtStreamAge(t *testing.T) {
+	endpoint := startEtcd(t)
+	a := startServer(t, "--etcd-endpoints", endpoint)
+	b := startPeer(t, a, "server-b", fmt.Sprintf("127.0.0.1:%d", trellistest.FreePort(t)), endpoint, "--max-stream-age", "2s")
+	c := startPeer(t, a, "server-c", fmt.Sprintf("127.0.0.1:%d", trellistest.FreePort(t)), endpoint, "--max-stream-age", "2s")
+	a.mustCLI(t, "intention", "allow", "client", "web")
+	web := startApp(t, "web")
+	a.startProxy(t, proxyOpts{service: "web", appPort: web.port})
+	up, upPort := loopAddr(t)
+	a.startProxy(t, proxyOpts{service: "client", appPort: web.port, upstreams: []string{fmt.Sprintf("web:%d", upPort)},
+		extra: []string{"--server", b.addr + "," + c.addr}})
+	trellistest.Eventually(t, 15*time.Second, "call through the mesh", func() error {
+		got, err := get(up)
+		if err == nil && got != "web" {
+			err = fmt.Errorf("got %q", got)
+		}
+		return err
+	})
+	loop := startClientLoop(t, up, "web")
+	streams := map[time.Time]string{}
+	trellistest.Eventually(t, 20*time.Second, "three streams of the client's proxy", func() error {
+		st, err := proxyStatus(t.Context(), a.api, "client")
+		if err != nil {
+			return err
+		}
+		if st.Server != b.addr && st.Server != c.addr {
+			return fmt.Errorf("on %s", st.Server)
+		}
+		streams[st.ConnectedAt] = st.Server
+		if len(streams) < 3 {
+			return fmt.Errorf("%d streams seen", len(streams))
+		}
+		return nil
+	})
+	t.Logf("streams: %v", streams)
+	loop.finish(t)
+}
