@@ -12,9 +12,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	v1 "github.com/trellis-mesh/trellis/api/v1"
@@ -23,7 +26,9 @@ import (
 
 // Config says where the server is and how to trust and authenticate to it.
 type Config struct {
-	// Addr is host:port or an https:// URL.
+	// Addr is host:port or an https:// URL, or a comma-separated list of
+	// them (see ParseServers): requests go to the server that last
+	// answered, and to the next one when it cannot be reached.
 	Addr string
 	// Token is the bearer token sent with every request.
 	Token string
@@ -37,11 +42,14 @@ type Config struct {
 	Timeout time.Duration
 }
 
-// Client talks to one control plane server.
+// Client talks to the control plane: one server of its list at a time.
 type Client struct {
-	base  *url.URL
-	token string
-	hc    *http.Client
+	// servers are the list's host:port entries; cur indexes the one
+	// requests go to first (the last that answered, or Prefer's).
+	servers []string
+	cur     atomic.Int32
+	token   string
+	hc      *http.Client
 	// tls is never handed to the transport (which adjusts its own copy on
 	// first use), so that TLSConfig can clone it while requests run.
 	tls *tls.Config
@@ -52,16 +60,9 @@ func New(cfg Config) (*Client, error) {
 	if cfg.Addr == "" {
 		return nil, errors.New("no server address (set TRELLIS_ADDR or --server)")
 	}
-	raw := cfg.Addr
-	if !strings.Contains(raw, "://") {
-		raw = "https://" + raw
-	}
-	u, err := url.Parse(raw)
+	servers, err := ParseServers(cfg.Addr)
 	if err != nil {
-		return nil, fmt.Errorf("server address %q: %w", cfg.Addr, err)
-	}
-	if u.Scheme != "https" {
-		return nil, fmt.Errorf("server address %q: the API is served over https only", cfg.Addr)
+		return nil, err
 	}
 	if len(cfg.CAPEM) > 0 && !x509.NewCertPool().AppendCertsFromPEM(cfg.CAPEM) {
 		return nil, errors.New("server CA: no PEM certificate")
@@ -71,11 +72,13 @@ func New(cfg Config) (*Client, error) {
 		cfg.Timeout = 30 * time.Second
 	}
 	tr := &http.Transport{TLSClientConfig: tlsCfg.Clone(), ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 4}
-	return &Client{base: u, token: cfg.Token, hc: &http.Client{Transport: tr, Timeout: cfg.Timeout}, tls: tlsCfg}, nil
+	return &Client{servers: servers, token: cfg.Token, hc: &http.Client{Transport: tr, Timeout: cfg.Timeout}, tls: tlsCfg}, nil
 }
 
-// TLSConfig returns the TLS settings used to reach the server, for a gRPC
-// connection to the same address.
+// TLSConfig returns the TLS settings used to reach the servers, for a gRPC
+// connection to one of them. Its ServerName is empty: the dialer sets it to
+// the host of the entry it dials (a DNS name, also when it dials one of
+// the name's addresses), which the server's certificate must name.
 func (c *Client) TLSConfig() *tls.Config {
 	return c.tls.Clone()
 }
@@ -85,8 +88,20 @@ func (c *Client) TLSConfig() *tls.Config {
 // client calls it (requests made later open new ones).
 func (c *Client) CloseIdleConnections() { c.hc.CloseIdleConnections() }
 
-// Host returns the server's host:port.
-func (c *Client) Host() string { return c.base.Host }
+// Host returns the host:port requests go to first: the server that last
+// answered, or the one Prefer named.
+func (c *Client) Host() string { return c.servers[c.cur.Load()] }
+
+// Servers returns the list's host:port entries, in the order given.
+func (c *Client) Servers() []string { return slices.Clone(c.servers) }
+
+// Prefer makes requests go first to server, one of Servers (a proxy
+// passes the one its stream is on); another value is ignored.
+func (c *Client) Prefer(server string) {
+	if i := slices.Index(c.servers, server); i >= 0 {
+		c.cur.Store(int32(i))
+	}
+}
 
 // Error is an error answer from the API.
 type Error struct {
@@ -104,33 +119,78 @@ func IsNotFound(err error) bool {
 	return errors.As(err, &e) && e.Status == http.StatusNotFound
 }
 
+// do sends the request to the current server and, when that one cannot
+// take it, to the next ones of the list in turn; the first that answers
+// becomes the current one. "Cannot take it" is a failed dial for any
+// request (nothing was sent), and any transport failure or a 503 for a GET
+// (which changes nothing, so sending it again is safe).
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
-	var body io.Reader
+	var body []byte
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
 			return err
 		}
-		body = bytes.NewReader(b)
+		body = b
 	}
+	first := int(c.cur.Load())
+	var errs []error
+	for k := range c.servers {
+		i := (first + k) % len(c.servers)
+		err := c.doOn(ctx, c.servers[i], method, path, in != nil, body, out)
+		if err == nil || !c.nextMayTake(method, err) {
+			c.cur.Store(int32(i)) // it answered
+			return err
+		}
+		if len(c.servers) == 1 {
+			return err
+		}
+		errs = append(errs, fmt.Errorf("server %s: %w", c.servers[i], err))
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// nextMayTake reports whether a request that failed with err may be sent
+// to another server.
+func (c *Client) nextMayTake(method string, err error) bool {
+	var ae *Error
+	if errors.As(err, &ae) {
+		return method == http.MethodGet && ae.Status == http.StatusServiceUnavailable
+	}
+	if method == http.MethodGet {
+		return true
+	}
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
+// doOn sends one request to server.
+func (c *Client) doOn(ctx context.Context, server, method, path string, hasBody bool, body []byte, out any) error {
 	// path comes with its segments escaped (url.PathEscape): RawPath
 	// keeps them so, and Path must hold the same path unescaped, or
 	// URL.String would escape the escapes again ("*" -> %2A -> %252A).
-	u := *c.base
+	u := url.URL{Scheme: "https", Host: server}
 	raw, query, _ := strings.Cut(path, "?")
 	unescaped, err := url.PathUnescape(raw)
 	if err != nil {
 		return fmt.Errorf("request path %q: %w", raw, err)
 	}
 	u.Path, u.RawPath, u.RawQuery = unescaped, raw, query
-	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
+	var rd io.Reader
+	if hasBody {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), rd)
 	if err != nil {
 		return err
 	}
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
-	if in != nil {
+	if hasBody {
 		req.Header.Set("Content-Type", "application/json")
 	}
 	resp, err := c.hc.Do(req)

@@ -23,7 +23,7 @@ func runGateway(ctx context.Context, e *env, args []string) error {
 	advertise := fs.String("advertise", "", "IP peers dial (default --public-addr)")
 	network := fs.String("network", "", "network this gateway is in (default \"default\"); a network listener serves only its own network")
 	node := fs.String("node", "", "name of the host or task this gateway runs on, shown on the dashboard (default the host name)")
-	server := fs.String("server", e.getenv("TRELLIS_ADDR"), "control plane host:port (env TRELLIS_ADDR)")
+	server := fs.String("server", e.getenv("TRELLIS_ADDR"), "control plane host:port, or a comma-separated list of them; a DNS name means all its addresses (env TRELLIS_ADDR)")
 	caFile := fs.String("ca-file", e.getenv("TRELLIS_CACERT"), "PEM roots that verify the control plane (env TRELLIS_CACERT)")
 	tokenFile := fs.String("token-file", "", "file holding a service token for NAME (or env TRELLIS_TOKEN)")
 	stateDir := fs.String("state-dir", "", "persist the last snapshot and certificate here")

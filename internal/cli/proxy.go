@@ -31,7 +31,7 @@ func runProxy(ctx context.Context, e *env, args []string) error {
 	node := fs.String("node", "", "name of the host or task this proxy runs on, shown on the dashboard (default the host name)")
 	var upstreams listFlag
 	fs.Var(&upstreams, "upstream", "SERVICE:PORT or SERVICE:HOST:PORT local listener for an upstream (repeatable)")
-	server := fs.String("server", e.getenv("TRELLIS_ADDR"), "control plane host:port (env TRELLIS_ADDR)")
+	server := fs.String("server", e.getenv("TRELLIS_ADDR"), "control plane host:port, or a comma-separated list of them; a DNS name means all its addresses (env TRELLIS_ADDR)")
 	caFile := fs.String("ca-file", e.getenv("TRELLIS_CACERT"), "PEM roots that verify the control plane (env TRELLIS_CACERT)")
 	tokenFile := fs.String("token-file", "", "file holding the service token (or env TRELLIS_TOKEN)")
 	stateDir := fs.String("state-dir", "", "persist the last snapshot and certificate here")

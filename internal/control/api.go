@@ -80,6 +80,7 @@ func (s *Server) routes() http.Handler {
 	h("POST /v1/tokens", adminOnly, s.createToken)
 	h("DELETE /v1/tokens/{id}", adminOnly, s.deleteToken)
 	mux.Handle("GET /metrics", s.metricsHandler)
+	mux.HandleFunc("GET /healthz", s.healthz)
 	// Servers authenticate to each other by certificate, not token.
 	mux.HandleFunc("POST "+pushPath, s.receivePush)
 	s.dashboardRoutes(mux)

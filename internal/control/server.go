@@ -104,6 +104,11 @@ type Config struct {
 	// wildcard, the first of AdvertiseNames (else the host name) with
 	// the listen port.
 	AdvertiseAddress string
+	// MaxStreamAge is how long a proxy stream lasts before the server
+	// ends it, give or take 10%, for the proxy to reconnect to a random
+	// server: how proxies spread onto a server that joined. Default
+	// DefaultMaxStreamAge (30m); at least 1s.
+	MaxStreamAge time.Duration
 	// Logger; nil discards.
 	Logger *slog.Logger
 	// Registry for metrics; nil makes a private one.
@@ -151,6 +156,9 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("advertise address %q: %w", c.AdvertiseAddress, err))
 		}
 	}
+	if c.MaxStreamAge < 0 || c.MaxStreamAge > 0 && c.MaxStreamAge < time.Second {
+		errs = append(errs, fmt.Errorf("max stream age %v: must be at least 1s", c.MaxStreamAge))
+	}
 	if c.StatsInterval != 0 && (c.StatsInterval < time.Second || c.StatsInterval > time.Minute) {
 		errs = append(errs, fmt.Errorf("stats interval %v: must be between 1s and 1m", c.StatsInterval))
 	}
@@ -169,6 +177,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.LeaseTTL == 0 {
 		c.LeaseTTL = DefaultLeaseTTL
+	}
+	if c.MaxStreamAge == 0 {
+		c.MaxStreamAge = DefaultMaxStreamAge
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -217,6 +228,8 @@ type Server struct {
 	ready          chan struct{}
 	addr           atomic.Pointer[string]
 
+	// movers says when proxy streams must leave this server (failover.go).
+	movers *movers
 	// storeLookups bounds the store reads for tokens the mirror lacks.
 	storeLookups *rate.Limiter
 	// refusals bounds the lines logged for refused calls and streams.
@@ -322,6 +335,7 @@ func New(cfg Config) (*Server, error) {
 		storeLookups:   rate.NewLimiter(50, 50),
 		reissue:        make(chan struct{}, 1),
 		dash:           newSessions(),
+		movers:         newMovers(),
 	}, nil
 }
 
@@ -396,6 +410,7 @@ func (s *Server) Run(ctx context.Context) error {
 		return fmt.Errorf("serving certificate: %w", err)
 	}
 	s.serving.Store(cert)
+	s.goBackground(func() { s.watchStore(bgCtx) })
 	s.goBackground(func() { s.renewServing(bgCtx) })
 	s.goBackground(func() { s.followSigner(bgCtx) })
 	s.goBackground(func() { s.runCanaries(bgCtx) })
@@ -468,6 +483,9 @@ func (s *Server) Run(ctx context.Context) error {
 	case <-ctx.Done():
 	}
 	s.stopping.Store(true)
+	// Proxy streams end now, each with a status that sends its proxy to
+	// another server at once; then the listener closes (GOAWAY).
+	s.movers.set(func() { s.movers.stopping = true })
 	shutCtx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	if err := hs.Shutdown(shutCtx); err != nil {

@@ -49,6 +49,9 @@ type proxyStream struct {
 func (a *adsServer) StreamAggregatedResources(stream discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
 	s := a.s
 	ctx := stream.Context()
+	if err := s.streamRefusal(); err != nil {
+		return err // stopping or cut off from the store (failover.go)
+	}
 	md, _ := metadata.FromIncomingContext(ctx)
 	var secret string
 	if v := md.Get("authorization"); len(v) > 0 {
@@ -124,6 +127,7 @@ func (a *adsServer) StreamAggregatedResources(stream discoveryv3.AggregatedDisco
 	pushed := make(chan error, 1)
 	s.goStream(func() { pushed <- ps.push(pushCtx, stream, reqs, recvErr, leaseLost, log) })
 
+	move := s.streamMove(ctx) // failover.go
 	var expired <-chan time.Time
 	if p.token.ExpiresAt != nil {
 		t := time.NewTimer(time.Until(*p.token.ExpiresAt))
@@ -134,6 +138,9 @@ func (a *adsServer) StreamAggregatedResources(stream discoveryv3.AggregatedDisco
 		tokens := s.state.TokensChanged()
 		select {
 		case err := <-pushed:
+			return err
+		case err := <-move:
+			log.Info("proxy stream ended", "reason", err.Error())
 			return err
 		case <-tokens:
 			if err := s.tokenStands(ctx, p); err != nil {

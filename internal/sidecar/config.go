@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	v1 "github.com/trellis-mesh/trellis/api/v1"
+	"github.com/trellis-mesh/trellis/client"
 	"github.com/trellis-mesh/trellis/internal/identity"
 	"github.com/trellis-mesh/trellis/internal/meshdns"
 	"github.com/trellis-mesh/trellis/internal/stats"
@@ -263,7 +264,10 @@ type Config struct {
 	// Gateway, if set, makes this proxy the gateway named Service; it has
 	// no app (AppAddr is unused).
 	Gateway *Gateway `yaml:"gateway"`
-	// Server is the control plane's host:port.
+	// Server is the control plane's host:port, or a comma-separated list
+	// of them (client.ParseServers); a DNS name stands for all of its
+	// addresses. The proxy spreads over them at random and moves to
+	// another when its server fails, stops or asks it to.
 	Server string `yaml:"server"`
 	// ServerCAFile holds the roots that verify the control plane.
 	ServerCAFile string `yaml:"serverCAFile"`
@@ -341,6 +345,8 @@ func (c *Config) Validate() error {
 	}
 	if c.Server == "" {
 		errs = append(errs, errors.New("server: required (host:port of trellis server)"))
+	} else if _, err := client.ParseServers(c.Server); err != nil {
+		errs = append(errs, fmt.Errorf("server: %w", err))
 	}
 	if c.TokenFile == "" && c.Token == "" {
 		errs = append(errs, errors.New("token: give a token file (or TRELLIS_TOKEN)"))

@@ -8,14 +8,18 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	mrand "math/rand/v2"
+	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
+	grpcbackoff "google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
@@ -53,39 +57,104 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 	}
 }
 
-// runControl keeps a stream to the control plane open until ctx ends.
+// runControl keeps a stream to the control plane open until ctx ends. It
+// picks a server of the --server list at random (every address of a DNS
+// name is one), goes at once to another when the stream fails or the
+// server asks it to move, and waits reconnectDelay only after a round in
+// which no server took the stream. States are logged when they change,
+// not per attempt.
 func (p *Proxy) runControl(ctx context.Context, pool *l4.Pool) {
-	conn, err := grpc.NewClient(p.api.Host(),
-		grpc.WithTransportCredentials(credentials.NewTLS(p.api.TLSConfig())),
-		grpc.WithPerRPCCredentials(tokenCreds(p.token)),
-		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 20 * time.Second, Timeout: 10 * time.Second}),
-	)
-	if err != nil {
-		p.log.Error("control plane client", "err", err)
-		return
-	}
-	defer conn.Close()
-	ads := discoveryv3.NewAggregatedDiscoveryServiceClient(conn)
-	var delay time.Duration
+	entries := p.api.Servers()
+	tried := map[string]bool{} // addresses tried since a stream last worked
+	rounds := 0                // consecutive rounds in which none worked
+	var lastErr error
+	var logged logOnce
 	for ctx.Err() == nil {
+		ts, rerr := resolveTargets(ctx, entries, net.DefaultResolver.LookupHost)
+		t, ok := pickTarget(ts, tried)
+		if !ok {
+			if lastErr == nil {
+				lastErr = rerr
+			}
+			rounds++
+			delay := reconnectDelay(rounds)
+			code := grpcstatus.Code(lastErr)
+			refused := code == codes.Unauthenticated || code == codes.PermissionDenied || code == codes.InvalidArgument
+			switch {
+			case refused && logged.changed("refused "+fmt.Sprint(lastErr)):
+				p.log.Error("control plane refused this proxy; retrying", "err", lastErr, "servers", entries)
+			case !refused && logged.changed("unreachable"):
+				p.log.Warn("no control plane server reachable; serving the last good configuration", "err", lastErr, "servers", entries)
+			default:
+				p.log.Debug("no control plane server took the stream", "err", lastErr, "retryIn", delay.Round(time.Millisecond))
+			}
+			sleepCtx(ctx, delay)
+			clear(tried)
+			lastErr = nil
+			continue
+		}
+		tried[t.addr] = true
 		start := time.Now()
-		err := p.stream(ctx, ads, pool)
+		connected, moved, err := p.streamTo(ctx, t, pool)
 		p.m.connected.Set(0)
 		if ctx.Err() != nil {
 			return
 		}
-		if time.Since(start) > time.Minute {
-			delay = 0
+		if connected && (moved != "" || time.Since(start) >= stableStream) {
+			// A working stream ended: another server at once.
+			rounds, lastErr = 0, nil
+			clear(tried)
+			tried[t.addr] = true
+			logged.changed("moving")
+			if moved != "" {
+				p.log.Info("control plane stream ended; moving to another server", "server", t.entry, "address", t.addr, "reason", moved)
+			} else {
+				p.log.Warn("control plane stream failed; moving to another server", "server", t.entry, "address", t.addr, "err", err)
+			}
+			continue
 		}
-		delay = backoff(delay)
-		code := grpcstatus.Code(err)
-		if code == codes.Unauthenticated || code == codes.PermissionDenied || code == codes.InvalidArgument {
-			p.log.Error("control plane refused this proxy; retrying", "err", err, "retryIn", delay.Round(time.Millisecond))
-		} else {
-			p.log.Warn("control plane unreachable; serving the last good configuration", "err", err, "retryIn", delay.Round(time.Millisecond))
-		}
-		sleepCtx(ctx, delay)
+		lastErr = fmt.Errorf("%s (%s): %w", t.entry, t.addr, err)
+		p.log.Debug("control plane server did not take the stream", "server", t.entry, "address", t.addr, "err", err)
 	}
+}
+
+// streamTo runs one stream to t, on a connection of its own, and reports
+// whether the server took it (sent anything), and, when the server asked
+// the proxy to move or went away cleanly, why.
+func (p *Proxy) streamTo(ctx context.Context, t target, pool *l4.Pool) (connected bool, moved string, err error) {
+	host, _, _ := net.SplitHostPort(t.entry)
+	tlsCfg := p.api.TLSConfig()
+	tlsCfg.ServerName = host // the certificate names the list's host, not the address dialed
+	conn, err := grpc.NewClient("passthrough:///"+t.addr,
+		grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)),
+		grpc.WithPerRPCCredentials(tokenCreds(p.token)),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 20 * time.Second, Timeout: 10 * time.Second}),
+		// The connection lives for one stream: gRPC's reconnection
+		// backoff never runs long enough to matter.
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: grpcbackoff.DefaultConfig, MinConnectTimeout: connectTimeout}),
+	)
+	if err != nil {
+		return false, "", err
+	}
+	defer conn.Close()
+	// The watcher is waited for after the stream's context ends
+	// (deferred calls run last first).
+	var watch sync.WaitGroup
+	defer watch.Wait()
+	sctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	watch.Go(func() { watchConn(sctx, conn, cancel) })
+	p.api.Prefer(t.entry) // certificates from the same server
+	p.log.Debug("dialing control plane", "server", t.entry, "address", t.addr)
+	var got atomic.Bool
+	err = p.stream(sctx, observedADS{discoveryv3.NewAggregatedDiscoveryServiceClient(conn), &got}, pool)
+	if ctx.Err() == nil && errors.Is(context.Cause(sctx), errServerGoingAway) {
+		return got.Load(), errServerGoingAway.Error(), err
+	}
+	if why, ok := xds.MoveReason(err); ok {
+		return got.Load(), why, err
+	}
+	return got.Load(), "", err
 }
 
 func (p *Proxy) stream(ctx context.Context, ads discoveryv3.AggregatedDiscoveryServiceClient, pool *l4.Pool) error {
@@ -356,7 +425,11 @@ func (p *Proxy) saveNow() {
 	for _, der := range cr.cert.Certificate {
 		chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
 	}
-	if err := saveState(p.cfg.StateDir, persisted{ChainPEM: string(chain), KeyPEM: string(cr.keyPEM), Snapshot: a.snap}); err != nil {
+	st := persisted{ChainPEM: string(chain), KeyPEM: string(cr.keyPEM), Snapshot: a.snap}
+	if r := p.reg.Load(); r != nil {
+		st.PublicPort = r.Port
+	}
+	if err := saveState(p.cfg.StateDir, st); err != nil {
 		p.log.Warn("persist state", "dir", p.cfg.StateDir, "err", err)
 	}
 }

@@ -26,6 +26,10 @@ type persisted struct {
 	KeyPEM   string             `json:"key"`
 	Snapshot *topology.Snapshot `json:"snapshot"`
 	SavedAt  time.Time          `json:"savedAt"`
+	// PublicPort is the port the public listener had: a restart with
+	// --public-port 0 takes it again when it is free, so that callers
+	// holding the old endpoint still reach this instance.
+	PublicPort int `json:"publicPort,omitempty"`
 }
 
 func saveState(dir string, p persisted) error {
@@ -138,4 +142,24 @@ func matchingKey(chainPEM, keyPEM []byte) error {
 		return errKeyMismatch
 	}
 	return nil
+}
+
+// persistedPort returns the public port saved in dir's state file, 0 when
+// there is none. It reads that one field, whatever the state of the rest
+// (an expired certificate does not make the port another's).
+func persistedPort(dir string) int {
+	if dir == "" {
+		return 0
+	}
+	b, err := os.ReadFile(filepath.Join(dir, stateFile))
+	if err != nil {
+		return 0
+	}
+	var p struct {
+		PublicPort int `json:"publicPort"`
+	}
+	if json.Unmarshal(b, &p) != nil || p.PublicPort < 1 || p.PublicPort > 65535 {
+		return 0
+	}
+	return p.PublicPort
 }

@@ -240,3 +240,31 @@ func FuzzLoadState(f *testing.F) {
 		}
 	})
 }
+
+// The public port is read alone: a state file whose certificate expired
+// (or that another service wrote) still names the port to take again.
+func TestPersistedPort(t *testing.T) {
+	for _, tc := range []struct {
+		name, content string
+		want          int
+	}{
+		{"saved", `{"publicPort":43123,"chain":"expired"}`, 43123},
+		{"none saved", `{"chain":""}`, 0},
+		{"out of range", `{"publicPort":70000}`, 0},
+		{"negative", `{"publicPort":-1}`, 0},
+		{"not JSON", `publicPort=1`, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			if err := os.WriteFile(filepath.Join(dir, stateFile), []byte(tc.content), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if got := persistedPort(dir); got != tc.want {
+				t.Errorf("got %d, want %d", got, tc.want)
+			}
+		})
+	}
+	if got := persistedPort(t.TempDir()); got != 0 {
+		t.Errorf("no file: got %d, want 0", got)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strconv"
 	"sync"
 	"time"
 
@@ -242,6 +243,26 @@ func (p *Proxy) restoreState() {
 	p.log.Info("serving from persisted state until the control plane answers", "version", st.Snapshot.Version, "certExpires", cert.Leaf.NotAfter)
 }
 
+// listenPublic opens the public listener. With port 0 it first tries the
+// port persisted in the state dir: callers whose configuration still names
+// this instance's old endpoint (from a snapshot of before the restart)
+// reach it again; another free port only when that one is taken.
+func (p *Proxy) listenPublic() (net.Listener, error) {
+	host, port, err := net.SplitHostPort(p.cfg.PublicAddr)
+	if err != nil || port != "0" {
+		return net.Listen("tcp", p.cfg.PublicAddr)
+	}
+	if old := persistedPort(p.cfg.StateDir); old != 0 {
+		l, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(old)))
+		if err == nil {
+			p.log.Info("public listener on the persisted port", "port", old)
+			return l, nil
+		}
+		p.log.Warn("persisted public port not free; taking another", "port", old, "err", err)
+	}
+	return net.Listen("tcp", p.cfg.PublicAddr)
+}
+
 // listeners are the sockets a proxy serves.
 type listeners struct {
 	public, admin net.Listener
@@ -255,7 +276,7 @@ type listeners struct {
 func (p *Proxy) listen(ctx context.Context) (*listeners, error) {
 	ls := &listeners{}
 	var err error
-	if ls.public, err = net.Listen("tcp", p.cfg.PublicAddr); err != nil {
+	if ls.public, err = p.listenPublic(); err != nil {
 		return nil, fmt.Errorf("public listener: %w", err)
 	}
 	if ls.admin, err = net.Listen("tcp", p.cfg.AdminAddr); err != nil {

@@ -1,0 +1,164 @@
+package control
+
+import (
+	"context"
+	"errors"
+	mrand "math/rand/v2"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/trellis-mesh/trellis/internal/store"
+	"github.com/trellis-mesh/trellis/internal/xds"
+)
+
+// Moving proxies off this server. A proxy's stream ends with a
+// xds.MoveStatus, which sends the proxy to another server of its list at
+// once, when this server stops, when it cannot reach its store (and then
+// it refuses new streams until the store is back), and when the stream
+// reaches its age: the slow rebalance that spreads proxies onto a server
+// that joined.
+const (
+	// DefaultMaxStreamAge is the default Config.MaxStreamAge: Istio's
+	// MaxConnectionAge. With every proxy taking a random server when it
+	// moves, a joining server gets its share within about this long.
+	DefaultMaxStreamAge = 30 * time.Minute
+	// storeProbeInterval and storeProbeTimeout pace the linearizable read
+	// that tells whether the store (its quorum) answers.
+	storeProbeInterval = time.Second
+	storeProbeTimeout  = 2 * time.Second
+	// storeLossAfter is how long the store must fail every probe before
+	// this server gives up its proxies: long enough to ride out an etcd
+	// leader election, short enough that proxies do not sit for long on
+	// a server that can neither register them nor see the mesh change.
+	storeLossAfter = 5 * time.Second
+)
+
+// movers says whether streams must leave this server, and why. Safe for
+// concurrent use.
+type movers struct {
+	mu        sync.Mutex
+	stopping  bool
+	storeLost bool
+	// gone is closed when streams must leave; replaced by an open one
+	// when they may stay again.
+	gone chan struct{}
+}
+
+func newMovers() *movers { return &movers{gone: make(chan struct{})} }
+
+// reasonLocked is why streams must leave, "" when they may stay.
+func (m *movers) reasonLocked() string {
+	switch {
+	case m.stopping:
+		return "server stopping"
+	case m.storeLost:
+		return "server cannot reach its store"
+	}
+	return ""
+}
+
+// current returns why streams must leave ("" when they may stay) and a
+// channel closed when they must.
+func (m *movers) current() (string, <-chan struct{}) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.reasonLocked(), m.gone
+}
+
+// set changes one condition and wakes the streams when they must leave.
+func (m *movers) set(f func()) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	before := m.reasonLocked()
+	f()
+	switch after := m.reasonLocked(); {
+	case before == "" && after != "":
+		close(m.gone)
+	case before != "" && after == "":
+		m.gone = make(chan struct{})
+	}
+}
+
+// streamRefusal is the status a new proxy stream is refused with, nil when
+// this server takes streams.
+func (s *Server) streamRefusal() error {
+	if why, _ := s.movers.current(); why != "" {
+		return xds.MoveStatus(why)
+	}
+	return nil
+}
+
+// streamMove returns a channel that yields the status a proxy stream must
+// end with to move its proxy: when this server stops or loses its store,
+// or when the stream is MaxStreamAge old, give or take 10% (as gRPC's
+// MaxConnectionAge), so that proxies connected together do not all move
+// together. The stream's handler calls it; its goroutine ends with ctx.
+func (s *Server) streamMove(ctx context.Context) <-chan error {
+	out := make(chan error, 1)
+	age := s.cfg.MaxStreamAge
+	age += time.Duration(mrand.Int64N(int64(age)/5+1)) - age/10
+	s.goStream(func() {
+		t := time.NewTimer(age)
+		defer t.Stop()
+		_, gone := s.movers.current()
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+			out <- xds.MoveStatus("stream reached its maximum age; rebalancing")
+		case <-gone:
+			why, _ := s.movers.current()
+			if why == "" {
+				why = "server asked"
+			}
+			out <- xds.MoveStatus(why)
+		}
+	})
+	return out
+}
+
+// watchStore probes the store until ctx ends. After storeLossAfter of
+// failed probes it marks the store lost: /healthz answers 503, proxy
+// streams move elsewhere and new ones are refused, until a probe succeeds.
+func (s *Server) watchStore(ctx context.Context) {
+	var failingSince time.Time
+	lost := false
+	for ctx.Err() == nil {
+		began := time.Now()
+		pctx, cancel := context.WithTimeout(ctx, storeProbeTimeout)
+		_, err := s.store.Get(pctx, keyBootstrap)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		if err == nil || errors.Is(err, store.ErrNotFound) {
+			failingSince = time.Time{}
+			if lost {
+				lost = false
+				s.movers.set(func() { s.movers.storeLost = false })
+				s.log.Info("store reachable again; taking proxy streams")
+			}
+		} else {
+			if failingSince.IsZero() {
+				failingSince = began
+			}
+			if !lost && time.Since(failingSince) >= storeLossAfter {
+				lost = true
+				s.movers.set(func() { s.movers.storeLost = true })
+				s.log.Warn("store unreachable; not serving: proxies sent to other servers", "err", err, "for", time.Since(failingSince).Round(time.Second))
+			}
+		}
+		sleep(ctx, storeProbeInterval)
+	}
+}
+
+// healthz answers whether this server should be sent proxies and requests:
+// 200 while it serves, 503 naming why while it stops or cannot reach its
+// store. No token: load balancers and orchestrators ask it.
+func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
+	if why, _ := s.movers.current(); why != "" {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not serving", "reason": why})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "serving"})
+}
