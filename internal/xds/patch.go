@@ -52,8 +52,8 @@ func FullResource(r *topology.Resources) *anypb.Any {
 }
 
 // PatchResource returns the patch from a snapshot split as from to one
-// split as to, or false when it would carry about as much as the whole
-// snapshot (everything changed).
+// split as to, or false when it would carry as much as the whole snapshot
+// (the base and every upstream changed).
 func PatchResource(from, to *topology.Resources) (*anypb.Any, bool) {
 	p := patchWire{From: from.Version, Version: to.Version}
 	if from.Base.Hash != to.Base.Hash {
@@ -69,7 +69,7 @@ func PatchResource(from, to *topology.Resources) (*anypb.Any, bool) {
 		}
 		delete(had, u.Name)
 	}
-	if len(to.Upstreams) > 0 && len(p.Upstreams) == len(to.Upstreams) {
+	if p.Base != nil && len(p.Upstreams) == len(to.Upstreams) {
 		return nil, false
 	}
 	for name := range had {

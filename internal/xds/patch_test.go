@@ -41,7 +41,11 @@ func TestPatchRoundTrip(t *testing.T) {
 			m.Intentions = []v1.IntentionSpec{{Source: "db", Destination: "web", Action: v1.Allow}}
 		}},
 		"upstream removed": {change: func(_ *topology.Mesh, p *topology.Proxy) { p.Upstreams = []string{"db"} }},
-		"everything":       {change: func(m *topology.Mesh, _ *topology.Proxy) { m.Instances = nil }, whole: true},
+		"every upstream":   {change: func(m *topology.Mesh, _ *topology.Proxy) { m.Instances = nil }},
+		"everything": {change: func(m *topology.Mesh, _ *topology.Proxy) {
+			m.Instances = nil
+			m.Intentions = []v1.IntentionSpec{{Source: "db", Destination: "web", Action: v1.Allow}}
+		}, whole: true},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
