@@ -239,6 +239,9 @@ type Server struct {
 	// stats holds the proxies' traffic summaries (stats.go).
 	stats  *stats.Ring
 	statsm *statsMetrics
+	// snaps shares computed snapshots between the streams of one view
+	// (snapcache.go).
+	snaps *snapCache
 	// id names this server to its peers, a new one each start; peerm
 	// counts the pushes between servers (peer.go).
 	id    string
@@ -323,6 +326,7 @@ func New(cfg Config) (*Server, error) {
 	return &Server{
 		stats:          ring,
 		statsm:         newStatsMetrics(cfg.Registry, ring),
+		snaps:          newSnapCache(cfg.Registry),
 		id:             newServerID(),
 		peerm:          newPeerMetrics(cfg.Registry),
 		cfg:            cfg,

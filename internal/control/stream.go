@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"time"
 
@@ -14,12 +15,11 @@ import (
 	"google.golang.org/grpc/metadata"
 	grpcpeer "google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	v1 "github.com/trellis-mesh/trellis/api/v1"
-	"github.com/trellis-mesh/trellis/internal/certs"
 	"github.com/trellis-mesh/trellis/internal/stats"
 	"github.com/trellis-mesh/trellis/internal/store"
-	"github.com/trellis-mesh/trellis/internal/topology"
 	"github.com/trellis-mesh/trellis/internal/xds"
 )
 
@@ -41,6 +41,15 @@ type proxyStream struct {
 	sentRoots []string
 	// pacer paces the stream's traffic summaries (summary).
 	pacer summaryPacer
+	// patches: the proxy listed xds.FeaturePatch. Owned by push and wait
+	// (one goroutine), like the fields below.
+	patches bool
+	// lastWhole is the nonce of the last whole snapshot sent; needWhole
+	// says the next push must be whole (the proxy rejected one), and
+	// resend that it must go now, even with the same version.
+	lastWhole int
+	needWhole bool
+	resend    bool
 }
 
 // StreamAggregatedResources implements the ADS stream. The first request
@@ -79,7 +88,7 @@ func (a *adsServer) StreamAggregatedResources(stream discoveryv3.AggregatedDisco
 		s.logRefusal("proxy stream refused", "remote", peer, "token", p, "reason", fmt.Sprintf("token may not register service %q", reg.Service))
 		return status.Errorf(codes.PermissionDenied, "token may not register service %q", reg.Service)
 	}
-	ps := &proxyStream{s: s, reg: reg}
+	ps := &proxyStream{s: s, reg: reg, patches: slices.Contains(first.GetNode().GetClientFeatures(), xds.FeaturePatch)}
 	if err := ps.register(ctx); err != nil {
 		return status.Errorf(codes.Unavailable, "register: %v", err)
 	}
@@ -159,30 +168,55 @@ var errStreamDone = errors.New("stream done")
 
 // push sends the proxy a snapshot whenever its content changes, and takes
 // its ACKs, NACKs and registration updates, until the stream or its lease
-// ends.
+// ends. The snapshot is its view's, shared with every stream of the view
+// (snapcache.go); a proxy that takes patches gets, after the first whole
+// snapshot, only the resources that changed since the last one sent.
 func (ps *proxyStream) push(ctx context.Context, stream discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesServer,
 	reqs <-chan *discoveryv3.DiscoveryRequest, recvErr, leaseLost <-chan error, log *slog.Logger) error {
 	s := ps.s
-	var sent *topology.Snapshot
+	var v *view
+	defer func() {
+		if v != nil {
+			s.snaps.release(v)
+		}
+	}()
+	var sent *computed
 	for {
 		changed := s.state.Changed()
-		snap := topology.Compute(s.state.mesh(), topology.Proxy{Service: ps.reg.Service, Upstreams: ps.reg.Upstreams, Network: ps.reg.Network})
-		if sent == nil || snap.Version != sent.Version {
-			ps.nonce++
-			resp, err := xds.Response(snap, strconv.Itoa(ps.nonce))
-			if err != nil {
-				return status.Errorf(codes.Internal, "encode snapshot: %v", err)
+		// A registration update may bring other upstreams or another
+		// network: another view.
+		if _, key := viewOf(ps.reg); v == nil || v.key != key {
+			nv := s.snaps.acquire(ps.reg)
+			if v != nil {
+				s.snaps.release(v)
 			}
-			if err := stream.Send(resp); err != nil {
+			v = nv
+		}
+		c := s.snaps.get(v, s.state.mesh)
+		if sent == nil || ps.resend || c.snap.Version != sent.snap.Version {
+			ps.nonce++
+			res, patched := (*anypb.Any)(nil), false
+			if sent != nil && ps.patches && !ps.needWhole {
+				res, patched = c.patchFrom(sent)
+			}
+			if !patched {
+				res = c.wholeResource()
+				ps.lastWhole, ps.needWhole = ps.nonce, false
+			}
+			ps.resend = false
+			if err := stream.Send(xds.Respond(c.snap.Version, strconv.Itoa(ps.nonce), res)); err != nil {
 				return err
 			}
-			if sent == nil || snap.RootsPEM != sent.RootsPEM {
-				ps.sentRoots = certs.Fingerprints([]byte(snap.RootsPEM))
+			if sent == nil || c.snap.RootsPEM != sent.snap.RootsPEM {
+				ps.sentRoots = c.roots
 			}
-			sent = snap
+			sent = c
 			s.metrics.pushes.Inc()
-			ps.status.SentVersion = snap.Version
-			ps.status.Paths = topology.Paths(snap)
+			if patched {
+				s.snaps.patches.Inc()
+			}
+			ps.status.SentVersion = c.snap.Version
+			ps.status.Paths = c.paths
 			ps.writeStatus(ctx)
 		}
 		if err := ps.wait(ctx, stream, changed, reqs, recvErr, leaseLost, log); errors.Is(err, errStreamDone) {
@@ -190,6 +224,22 @@ func (ps *proxyStream) push(ctx context.Context, stream discoveryv3.AggregatedDi
 		} else if err != nil {
 			return err
 		}
+	}
+}
+
+// rejected notes a NACK: the proxy kept a snapshot the server no longer
+// knows, so the next push is whole; and when it rejected a patch (which
+// it may do only because it holds another version than the patch's
+// base), the whole snapshot goes now. A rejected whole snapshot is not
+// sent again until the mesh changes: the same content would fail the same
+// way.
+func (ps *proxyStream) rejected(r *discoveryv3.DiscoveryRequest) {
+	if r.GetErrorDetail() == nil || r.GetResponseNonce() == "" {
+		return
+	}
+	ps.needWhole = true
+	if n, err := strconv.Atoi(r.GetResponseNonce()); err == nil && n > ps.lastWhole && n <= ps.nonce {
+		ps.resend = true
 	}
 }
 
@@ -212,6 +262,7 @@ func (ps *proxyStream) wait(ctx context.Context, stream discoveryv3.AggregatedDi
 				continue
 			}
 			ps.handle(ctx, r, log)
+			ps.rejected(r)
 			return nil
 		case err := <-recvErr:
 			if errors.Is(err, context.Canceled) || status.Code(err) == codes.Canceled {

@@ -30,6 +30,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/identity"
 	"github.com/trellis-mesh/trellis/internal/proxy/l4"
 	"github.com/trellis-mesh/trellis/internal/stats"
+	"github.com/trellis-mesh/trellis/internal/topology"
 	"github.com/trellis-mesh/trellis/internal/xds"
 )
 
@@ -239,7 +240,13 @@ func (p *Proxy) stream(ctx context.Context, ads discoveryv3.AggregatedDiscoveryS
 				continue
 			}
 			nonce = r.GetNonce()
-			snap, err := xds.SnapshotFrom(r)
+			// A patch applies to the snapshot in use; a whole
+			// snapshot needs none.
+			var cur *topology.Snapshot
+			if a := p.cur.Load(); a != nil {
+				cur = a.snap
+			}
+			snap, err := xds.Decode(r, cur)
 			if err == nil && snap.Service != p.cfg.Service {
 				err = fmt.Errorf("snapshot is for service %q", snap.Service)
 			}

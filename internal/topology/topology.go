@@ -1,9 +1,6 @@
 package topology
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -187,6 +184,12 @@ type Proxy struct {
 
 // Compute returns the snapshot for p.
 func Compute(m *Mesh, p Proxy) *Snapshot {
+	s, _ := ComputeSplit(m, p)
+	return s
+}
+
+// ComputeSplit returns the snapshot for p and its resources.
+func ComputeSplit(m *Mesh, p Proxy) (*Snapshot, *Resources) {
 	s := &Snapshot{
 		Service:     p.Service,
 		Protocol:    m.Services[p.Service].EffectiveProtocol(),
@@ -226,8 +229,10 @@ func Compute(m *Mesh, p Proxy) *Snapshot {
 	}
 	s.DNSDomains = DNSDomains(m)
 	s.DNSHostnames = DNSHostnames(m)
-	s.Version = contentVersion(s)
-	return s
+	// Every value in s encodes: Split cannot fail here.
+	r, _ := Split(s)
+	s.Version = r.Version
+	return s, r
 }
 
 // DNSDomains returns the zones the mesh answers for, its DNS domains,
@@ -263,12 +268,4 @@ func sortedNames(names []string) []string {
 	}
 	sort.Strings(out)
 	return slices.Compact(out)
-}
-
-func contentVersion(s *Snapshot) string {
-	c := *s
-	c.Version = ""
-	b, _ := json.Marshal(&c)
-	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:8])
 }

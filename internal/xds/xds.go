@@ -11,7 +11,6 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	v1 "github.com/trellis-mesh/trellis/api/v1"
@@ -111,7 +110,7 @@ func (r *Registration) Node() *corev3.Node {
 		"healthy":   r.Healthy,
 		"nodeInfo":  r.NodeInfo.metadata(),
 	})
-	return &corev3.Node{Id: r.Instance, Cluster: r.Service, Metadata: md, UserAgentName: "trellis"}
+	return &corev3.Node{Id: r.Instance, Cluster: r.Service, Metadata: md, UserAgentName: "trellis", ClientFeatures: []string{FeaturePatch}}
 }
 
 // FromNode decodes a registration from an xDS node.
@@ -144,18 +143,16 @@ func FromNode(n *corev3.Node) (Registration, error) {
 	return r, r.Validate()
 }
 
-// Response wraps a snapshot in a discovery response.
+// Response wraps a whole snapshot in a discovery response.
 func Response(s *topology.Snapshot, nonce string) (*discoveryv3.DiscoveryResponse, error) {
-	b, err := json.Marshal(s)
+	r, err := topology.Split(s)
 	if err != nil {
 		return nil, err
 	}
-	return &discoveryv3.DiscoveryResponse{
-		VersionInfo: s.Version,
-		TypeUrl:     SnapshotType,
-		Nonce:       nonce,
-		Resources:   []*anypb.Any{{TypeUrl: SnapshotType, Value: b}},
-	}, nil
+	// The snapshot's own version, whatever made it: tests build some by
+	// hand.
+	r.Version = s.Version
+	return Respond(s.Version, nonce, FullResource(r)), nil
 }
 
 // SnapshotFrom decodes and validates the snapshot in a discovery response.

@@ -1,0 +1,188 @@
+package control
+
+import (
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	v1 "github.com/trellis-mesh/trellis/api/v1"
+	"github.com/trellis-mesh/trellis/internal/certs"
+	"github.com/trellis-mesh/trellis/internal/topology"
+	"github.com/trellis-mesh/trellis/internal/xds"
+)
+
+// Snapshots are computed once per view, not per proxy. A view is what
+// topology.Compute reads of a proxy (its service, its upstreams as a set,
+// its effective network): proxies of one view get the same snapshot. The
+// cache holds, per view in use, the snapshot of the newest mesh
+// generation (state.mesh's pointer) a stream asked for, computed and
+// encoded by the first stream to ask and shared read-only by all.
+//
+// A stream computes lazily, when it wakes, against the newest mesh: a
+// burst of changes costs each view one computation per generation some
+// stream saw, and a stream that is behind skips to the newest. Views are
+// counted by the streams that use them and dropped with the last, so the
+// cache holds at most one view per stream and nothing of proxies gone.
+//
+// Lock order: snapCache.mu, then view.mu (never the other way), then
+// computed.mu.
+type snapCache struct {
+	mu    sync.Mutex
+	views map[string]*view // by viewKey; guarded by mu
+
+	computes prometheus.Counter
+	patches  prometheus.Counter
+}
+
+// view is one distinct view's cache entry.
+type view struct {
+	key   string
+	proxy topology.Proxy // canonical: sorted upstreams, effective network
+	refs  int            // streams using it; guarded by snapCache.mu
+
+	mu   sync.Mutex     // held while computing; guards mesh and cur
+	mesh *topology.Mesh // the generation cur was computed from
+	cur  *computed
+}
+
+// computed is one view's snapshot for one mesh generation. Streams share
+// it read-only; it stays alive while a stream's last push was it.
+type computed struct {
+	snap  *topology.Snapshot
+	res   *topology.Resources
+	paths []v1.UpstreamPath // topology.Paths(snap)
+	roots []string          // fingerprints of snap's roots
+
+	fullOnce sync.Once
+	full     *anypb.Any
+
+	mu      sync.Mutex
+	patches map[string]patchEntry // by the version patched from; guarded by mu
+}
+
+type patchEntry struct {
+	res *anypb.Any
+	ok  bool
+}
+
+// maxPatchesPerSnapshot bounds the patches a computed snapshot keeps:
+// streams of one view are nearly always at one of a few versions.
+const maxPatchesPerSnapshot = 8
+
+func newSnapCache(reg prometheus.Registerer) *snapCache {
+	c := &snapCache{
+		views: map[string]*view{},
+		computes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "trellis_control_snapshot_computes_total", Help: "Snapshots computed, once per distinct proxy view and mesh change.",
+		}),
+		patches: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "trellis_control_snapshot_patches_total", Help: "Snapshots sent to proxies as patches of the one they held (counted in trellis_control_snapshots_pushed_total too).",
+		}),
+	}
+	views := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "trellis_control_snapshot_views", Help: "Distinct proxy views whose snapshots are cached.",
+	}, func() float64 { return float64(c.len()) })
+	reg.MustRegister(c.computes, c.patches, views)
+	return c
+}
+
+// viewOf returns the canonical view of a registration and its key.
+func viewOf(reg xds.Registration) (topology.Proxy, string) {
+	ups := slices.Clone(reg.Upstreams)
+	slices.Sort(ups)
+	ups = slices.Compact(ups)
+	p := topology.Proxy{Service: reg.Service, Upstreams: ups, Network: v1.EffectiveNetwork(reg.Network)}
+	// Service, network and upstream names have no NUL or comma.
+	return p, p.Service + "\x00" + p.Network + "\x00" + strings.Join(ups, ",")
+}
+
+// acquire returns the view of reg, counting the caller in; release it when
+// done.
+func (c *snapCache) acquire(reg xds.Registration) *view {
+	p, key := viewOf(reg)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	v := c.views[key]
+	if v == nil {
+		v = &view{key: key, proxy: p}
+		c.views[key] = v
+	}
+	v.refs++
+	return v
+}
+
+// release counts a caller of acquire out; the last one drops the view.
+func (c *snapCache) release(v *view) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	v.refs--
+	if v.refs == 0 && c.views[v.key] == v {
+		delete(c.views, v.key)
+	}
+}
+
+func (c *snapCache) len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.views)
+}
+
+// get returns v's snapshot for the newest mesh generation (mesh returns
+// it), computing it if no stream did yet. Streams of v asking at once
+// wait for one computation. The generation is read under v's lock, so a
+// view never goes back to an older one.
+func (c *snapCache) get(v *view, mesh func() *topology.Mesh) *computed {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	m := mesh()
+	if v.mesh == m && v.cur != nil {
+		return v.cur
+	}
+	snap, res := topology.ComputeSplit(m, v.proxy)
+	c.computes.Inc()
+	if v.cur != nil && v.cur.snap.Version == snap.Version {
+		// Nothing of this view changed: keep the encodings (and the
+		// patches to it) made so far.
+		v.mesh = m
+		return v.cur
+	}
+	cp := &computed{snap: snap, res: res, paths: topology.Paths(snap)}
+	if v.cur != nil && v.cur.snap.RootsPEM == snap.RootsPEM {
+		cp.roots = v.cur.roots
+	} else {
+		cp.roots = certs.Fingerprints([]byte(snap.RootsPEM))
+	}
+	v.mesh, v.cur = m, cp
+	return cp
+}
+
+// wholeResource returns the encoded whole snapshot, made once.
+func (cp *computed) wholeResource() *anypb.Any {
+	cp.fullOnce.Do(func() { cp.full = xds.FullResource(cp.res) })
+	return cp.full
+}
+
+// patchFrom returns the patch that turns from's snapshot into cp's, or
+// false when the whole snapshot is as small. Streams at one version share
+// one patch.
+func (cp *computed) patchFrom(from *computed) (*anypb.Any, bool) {
+	cp.mu.Lock()
+	e, hit := cp.patches[from.snap.Version]
+	cp.mu.Unlock()
+	if hit {
+		return e.res, e.ok
+	}
+	res, ok := xds.PatchResource(from.res, cp.res)
+	cp.mu.Lock()
+	if cp.patches == nil {
+		cp.patches = map[string]patchEntry{}
+	}
+	if len(cp.patches) < maxPatchesPerSnapshot {
+		cp.patches[from.snap.Version] = patchEntry{res: res, ok: ok}
+	}
+	cp.mu.Unlock()
+	return res, ok
+}

@@ -1,0 +1,74 @@
+package control
+
+import (
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	v1 "github.com/trellis-mesh/trellis/api/v1"
+	"github.com/trellis-mesh/trellis/internal/topology"
+	"github.com/trellis-mesh/trellis/internal/xds"
+)
+
+func cacheMesh(dbInstances int) *topology.Mesh {
+	m := &topology.Mesh{
+		TrustDomain: "trellis.local", RootsPEM: "roots", Mesh: &v1.MeshSpec{},
+		Services: map[string]*v1.ServiceSpec{"db": {Protocol: "tcp"}, "web": {Protocol: "http"}}, Instances: map[string][]v1.Instance{},
+	}
+	for i := range dbInstances {
+		m.Instances["db"] = append(m.Instances["db"], v1.Instance{ID: "db-" + string(rune('a'+i)), Service: "db", Address: "10.0.0.1", Port: 20000 + i, Healthy: true})
+	}
+	return m
+}
+
+// Streams of one view (upstreams in any order, the default network named
+// or not) share one computed and encoded snapshot per mesh generation; a
+// new generation is computed once; another view is computed apart; the
+// last stream of a view to go takes it out of the cache.
+func TestSnapCacheSharesOneSnapshotPerView(t *testing.T) {
+	c := newSnapCache(prometheus.NewRegistry())
+	gen := cacheMesh(1)
+	mesh := func() *topology.Mesh { return gen }
+	a := c.acquire(xds.Registration{Service: "web", Upstreams: []string{"db", "web"}})
+	b := c.acquire(xds.Registration{Service: "web", Upstreams: []string{"web", "db", "db"}, Network: v1.DefaultNetwork})
+	other := c.acquire(xds.Registration{Service: "web", Upstreams: []string{"db"}})
+	if a != b || a == other {
+		t.Fatalf("views: a %p, b %p, other %p; want a == b != other", a, b, other)
+	}
+	ca, cb := c.get(a, mesh), c.get(b, mesh)
+	if ca != cb || ca.wholeResource() != cb.wholeResource() {
+		t.Errorf("two streams of one view got different snapshots or encodings")
+	}
+	c.get(other, mesh)
+	if got := testutil.ToFloat64(c.computes); got != 2 {
+		t.Errorf("computes = %v, want 2 (one per view)", got)
+	}
+
+	gen = cacheMesh(2) // a change: a new generation
+	ca2 := c.get(a, mesh)
+	if ca2 == ca || c.get(b, mesh) != ca2 {
+		t.Errorf("after a change: same computed %v, shared %v; want a new one, shared", ca2 == ca, c.get(b, mesh) == ca2)
+	}
+	if got, want := len(ca2.snap.Upstream("db").Endpoints), 2; got != want {
+		t.Errorf("after a change: %d db endpoints, want %d", got, want)
+	}
+	if got := testutil.ToFloat64(c.computes); got != 3 {
+		t.Errorf("computes = %v, want 3", got)
+	}
+	p1, ok1 := ca2.patchFrom(ca)
+	p2, ok2 := ca2.patchFrom(ca)
+	if !ok1 || !ok2 || p1 != p2 {
+		t.Errorf("patch from the old version: ok %v %v, shared %v; want one shared patch", ok1, ok2, p1 == p2)
+	}
+
+	c.release(a)
+	c.release(other)
+	if got := c.len(); got != 1 {
+		t.Errorf("views after two releases = %d, want 1", got)
+	}
+	c.release(b)
+	if got := c.len(); got != 0 {
+		t.Errorf("views after the last release = %d, want 0", got)
+	}
+}
