@@ -98,6 +98,10 @@ type Config struct {
 	// wildcard, the first of AdvertiseNames (else the host name) with
 	// the listen port.
 	AdvertiseAddress string
+	// WriteTimeout bounds each API write, answered as applied, not
+	// applied or of unknown outcome within it (see write.go); default 5s,
+	// at least 1s.
+	WriteTimeout time.Duration
 	// Logger; nil discards.
 	Logger *slog.Logger
 	// Registry for metrics; nil makes a private one.
@@ -142,6 +146,9 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("advertise address %q: %w", c.AdvertiseAddress, err))
 		}
 	}
+	if c.WriteTimeout < 0 || c.WriteTimeout > 0 && c.WriteTimeout < time.Second {
+		errs = append(errs, fmt.Errorf("write timeout %v: must be at least 1s", c.WriteTimeout))
+	}
 	if c.StatsInterval != 0 && (c.StatsInterval < time.Second || c.StatsInterval > time.Minute) {
 		errs = append(errs, fmt.Errorf("stats interval %v: must be between 1s and 1m", c.StatsInterval))
 	}
@@ -160,6 +167,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.LeaseTTL == 0 {
 		c.LeaseTTL = DefaultLeaseTTL
+	}
+	if c.WriteTimeout == 0 {
+		c.WriteTimeout = DefaultWriteTimeout
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -218,6 +228,9 @@ type Server struct {
 	// counts the pushes between servers (peer.go).
 	id    string
 	peerm *peerMetrics
+
+	// writes holds what API writes share (write.go).
+	writes writes
 
 	usedMu     sync.Mutex
 	usedWrites map[string]time.Time // token hash -> last-used write
@@ -370,6 +383,7 @@ func (s *Server) Run(ctx context.Context) error {
 		return fmt.Errorf("publish trust bundle: %w", err)
 	}
 	s.goBackground(func() { s.state.run(bgCtx, st) })
+	s.goBackground(func() { s.state.probe(bgCtx, st) })
 	select {
 	case <-s.state.ready:
 	case <-ctx.Done():
@@ -527,7 +541,7 @@ func (s *Server) bootstrapAdmin(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	secret, _, err := createToken(ctx, s.store, v1.Token{Admin: true, Description: "bootstrap admin"})
+	secret, _, err := createToken(ctx, s.store.Commit, v1.Token{Admin: true, Description: "bootstrap admin"})
 	if err != nil {
 		return err
 	}
