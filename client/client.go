@@ -6,8 +6,10 @@ package client
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -35,6 +37,10 @@ type Config struct {
 	ExtraRoots func() []byte
 	// Timeout bounds each request; zero means 30s.
 	Timeout time.Duration
+	// OnStale, when set, is called with the server's warning whenever an
+	// answer may be stale: the server's view of its store is behind (its
+	// watch is down, or the store did not answer for seconds).
+	OnStale func(warning string)
 }
 
 // Client talks to one control plane server.
@@ -44,7 +50,8 @@ type Client struct {
 	hc    *http.Client
 	// tls is never handed to the transport (which adjusts its own copy on
 	// first use), so that TLSConfig can clone it while requests run.
-	tls *tls.Config
+	tls     *tls.Config
+	onStale func(string)
 }
 
 // New builds a client. It does not connect.
@@ -71,7 +78,7 @@ func New(cfg Config) (*Client, error) {
 		cfg.Timeout = 30 * time.Second
 	}
 	tr := &http.Transport{TLSClientConfig: tlsCfg.Clone(), ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 4}
-	return &Client{base: u, token: cfg.Token, hc: &http.Client{Transport: tr, Timeout: cfg.Timeout}, tls: tlsCfg}, nil
+	return &Client{base: u, token: cfg.Token, hc: &http.Client{Transport: tr, Timeout: cfg.Timeout}, tls: tlsCfg, onStale: cfg.OnStale}, nil
 }
 
 // TLSConfig returns the TLS settings used to reach the server, for a gRPC
@@ -92,6 +99,10 @@ func (c *Client) Host() string { return c.base.Host }
 type Error struct {
 	Status  int
 	Message string
+	// Outcome, for a write, is "not-applied" (it never will be) or
+	// "unknown" (the store did not answer in time: it may still apply;
+	// retrying with WriteKey is safe); empty for other answers.
+	Outcome, WriteKey string
 }
 
 func (e *Error) Error() string {
@@ -104,14 +115,51 @@ func IsNotFound(err error) bool {
 	return errors.As(err, &e) && e.Status == http.StatusNotFound
 }
 
+// Write answers of unknown outcome are retried with the same idempotency
+// key, which the server applies at most once, this many times, this far
+// apart: a store that was away for a moment then gives a definite answer.
+const (
+	unknownRetries = 2
+	unknownPause   = time.Second
+)
+
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
-	var body io.Reader
+	var b []byte
 	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
+		var err error
+		if b, err = json.Marshal(in); err != nil {
 			return err
 		}
-		body = bytes.NewReader(b)
+	}
+	var key string
+	if method != http.MethodGet && method != http.MethodHead {
+		k := make([]byte, 18)
+		if _, err := rand.Read(k); err != nil {
+			return err
+		}
+		key = base64.RawURLEncoding.EncodeToString(k)
+	}
+	for try := 0; ; try++ {
+		err := c.once(ctx, method, path, key, b, out)
+		var e *Error
+		if try == unknownRetries || !errors.As(err, &e) || e.Outcome != "unknown" {
+			return err
+		}
+		t := time.NewTimer(unknownPause)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+	}
+}
+
+// once makes one request; key, when set, is its idempotency key.
+func (c *Client) once(ctx context.Context, method, path, key string, in []byte, out any) error {
+	var body io.Reader
+	if in != nil {
+		body = bytes.NewReader(in)
 	}
 	// path comes with its segments escaped (url.PathEscape): RawPath
 	// keeps them so, and Path must hold the same path unescaped, or
@@ -133,23 +181,31 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	if key != "" {
+		req.Header.Set("Idempotency-Key", key)
+	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
+	if w := resp.Header.Get("Trellis-Stale"); w != "" && c.onStale != nil {
+		c.onStale(w)
+	}
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
 	if err != nil {
 		return err
 	}
 	if resp.StatusCode >= 300 {
 		var e struct {
-			Error string `json:"error"`
+			Error    string `json:"error"`
+			Outcome  string `json:"outcome"`
+			WriteKey string `json:"writeKey"`
 		}
 		if json.Unmarshal(b, &e) != nil || e.Error == "" {
 			e.Error = strings.TrimSpace(string(b))
 		}
-		return &Error{Status: resp.StatusCode, Message: e.Error}
+		return &Error{Status: resp.StatusCode, Message: e.Error, Outcome: e.Outcome, WriteKey: e.WriteKey}
 	}
 	if out != nil {
 		return json.Unmarshal(b, out)
