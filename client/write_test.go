@@ -53,7 +53,6 @@ func fakeAPIWith(t *testing.T, handler http.HandlerFunc, cfg client.Config) *cli
 	return c
 }
 
-
 // A write answered "outcome unknown" is tried again with the same
 // idempotency key (which the server applies at most once) until it gets a
 // definite answer; a not-applied one is not retried.
