@@ -171,7 +171,7 @@ func (s *Server) commitWrite(r *http.Request, p principal, ops []store.Op) error
 	rkey := writeRecordKey(key)
 	guard := int64(-1)
 	if given {
-		kv, err := s.store.Get(ctx, rkey)
+		kv, err := s.store.Get(store.RequireLeader(ctx), rkey)
 		switch {
 		case errors.Is(err, store.ErrNotFound):
 		case err != nil:
