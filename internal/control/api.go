@@ -81,6 +81,7 @@ func (s *Server) routes() *http.ServeMux {
 	h("GET /v1/tokens", adminOnly, s.listTokens)
 	h("POST /v1/tokens", adminOnly, s.createToken)
 	h("DELETE /v1/tokens/{id}", adminOnly, s.deleteToken)
+	mux.HandleFunc("GET /v1/backup", s.backup)
 	mux.Handle("GET /metrics", s.metricsHandler)
 	// Servers authenticate to each other by certificate, not token.
 	mux.HandleFunc("POST "+pushPath, s.receivePush)
