@@ -348,7 +348,7 @@ func TestWritesDuringStoreOutages(t *testing.T) {
 		}
 		var writes []rawWrite
 		for i := range 4 { // at once, before the leader steps down
-			writes = append(writes, writeService(t, s, fmt.Sprintf("quorum-early-%d", i), i%2 == 0))
+			writes = append(writes, writeService(t, s, fmt.Sprintf("quorum-early-%d", i), i%2 == 1))
 		}
 		trellistest.Eventually(t, 20*time.Second, "reads say stale", func() error {
 			if staleHeader(t, s) == "" {
@@ -356,6 +356,9 @@ func TestWritesDuringStoreOutages(t *testing.T) {
 			}
 			return nil
 		})
+		if code := healthz(t, s); code != http.StatusServiceUnavailable {
+			t.Errorf("GET /healthz with no quorum: %d, want 503", code)
+		}
 		for i := range 4 {
 			writes = append(writes, writeService(t, s, fmt.Sprintf("quorum-late-%d", i), i%2 == 0))
 		}
@@ -391,6 +394,12 @@ func TestWritesDuringStoreOutages(t *testing.T) {
 		}
 		applied := settle(t, s, ms, writes)
 		report(t, "quorum lost", writes, applied)
+		trellistest.Eventually(t, 20*time.Second, "healthz ok again", func() error {
+			if code := healthz(t, s); code != http.StatusOK {
+				return fmt.Errorf("GET /healthz: %d", code)
+			}
+			return nil
+		})
 	})
 
 	t.Run("server cut off", func(t *testing.T) {
@@ -443,4 +452,18 @@ func report(t *testing.T, what string, writes []rawWrite, applied int) {
 	}
 	t.Logf("%s: %d writes answered not-applied %d, unknown %d; slowest answer %v; applied after the outage: %d",
 		what, len(writes), count["not-applied"], count["unknown"], slowest.Round(time.Millisecond), applied)
+}
+
+// healthz returns the status of the server's GET /healthz, asked without
+// a token.
+func healthz(t *testing.T, s *server) int {
+	t.Helper()
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: s.api.TLSConfig()}, Timeout: 10 * time.Second}
+	defer hc.CloseIdleConnections()
+	resp, err := hc.Get("https://" + s.addr + "/healthz")
+	if err != nil {
+		t.Fatalf("GET /healthz: %v", err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
 }

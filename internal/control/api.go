@@ -82,6 +82,7 @@ func (s *Server) routes() *http.ServeMux {
 	h("POST /v1/tokens", adminOnly, s.createToken)
 	h("DELETE /v1/tokens/{id}", adminOnly, s.deleteToken)
 	mux.HandleFunc("GET /v1/backup", s.backup)
+	mux.HandleFunc("GET /healthz", s.healthz)
 	mux.Handle("GET /metrics", s.metricsHandler)
 	// Servers authenticate to each other by certificate, not token.
 	mux.HandleFunc("POST "+pushPath, s.receivePush)

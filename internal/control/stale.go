@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"time"
 
 	"github.com/trellis-mesh/trellis/internal/store"
@@ -75,4 +76,15 @@ func (s *state) probe(ctx context.Context, st store.Store) {
 			s.storeFailed(err)
 		}
 	}
+}
+
+// healthz answers, without a token, whether this server's view of the
+// store is current: 200, or 503 with the reason, for load balancers and
+// alerts. It says nothing about the mesh's contents.
+func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
+	if why := s.state.staleness(time.Now()); why != "" {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "stale", "reason": why})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 }
