@@ -18,3 +18,7 @@ func runServer(context.Context, *env, []string) error { return errProxyOnly }
 func runUp(context.Context, *env, []string) error { return errProxyOnly }
 
 func runInject(context.Context, *env, []string) error { return errProxyOnly }
+
+func runBackup(context.Context, *env, []string) error { return errProxyOnly }
+
+func runRestore(context.Context, *env, []string) error { return errProxyOnly }
