@@ -120,7 +120,7 @@ func (s *Server) wrap(a access, fn handler) http.Handler {
 		if write {
 			// The deadline holds whether or not the client waits: a
 			// write it gave up on is still settled (write.go).
-			ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), s.cfg.WriteTimeout)
+			ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), s.writeTimeout())
 			defer cancel()
 			r = r.WithContext(ctx)
 		}

@@ -199,7 +199,7 @@ func (s *Server) commitWrite(r *http.Request, p principal, ops []store.Op) error
 
 	// The transaction gets most of what is left of the deadline; fencing
 	// it off gets the rest.
-	budget := s.cfg.WriteTimeout
+	budget := s.writeTimeout()
 	if dl, ok := ctx.Deadline(); ok {
 		budget = time.Until(dl)
 	}
@@ -223,11 +223,11 @@ func (s *Server) commitWrite(r *http.Request, p principal, ops []store.Op) error
 	case outcomeApplied:
 		return nil
 	case outcomeNotApplied:
-		return writeFailed(outcomeNotApplied, key, "store did not confirm the write within %v (%v); it was fenced off: nothing applied, nor will be", s.cfg.WriteTimeout, err)
+		return writeFailed(outcomeNotApplied, key, "store did not confirm the write within %v (%v); it was fenced off: nothing applied, nor will be", s.writeTimeout(), err)
 	}
 	s.settleInBackground(key, rkey, guard, lease, digest)
 	return writeFailed(outcomeUnknown, key, "store did not answer within %v (%v; fencing: %v): the write's outcome is unknown until it does. "+
-		"The server keeps fencing it off; retrying with the same %s (%s) is safe and applies it at most once", s.cfg.WriteTimeout, err, ferr, idempotencyHeader, key)
+		"The server keeps fencing it off; retrying with the same %s (%s) is safe and applies it at most once", s.writeTimeout(), err, ferr, idempotencyHeader, key)
 }
 
 // fenceWrite writes the record as aborted, under the write's own guard,
@@ -279,7 +279,7 @@ func (s *Server) settleInBackground(key, rkey string, guard int64, lease store.L
 		backoff := time.Second
 		for s.bgCtx.Err() == nil {
 			sleep(s.bgCtx, backoff)
-			ctx, cancel := context.WithTimeout(store.RequireLeader(s.bgCtx), s.cfg.WriteTimeout)
+			ctx, cancel := context.WithTimeout(store.RequireLeader(s.bgCtx), s.writeTimeout())
 			out, err := s.fenceWrite(ctx, rkey, guard, lease, digest)
 			cancel()
 			if out != outcomeUnknown {
@@ -314,4 +314,13 @@ func (s *Server) getWrite(_ principal, r *http.Request) (any, error) {
 		out = outcomeNotApplied
 	}
 	return map[string]any{"key": key, "outcome": out, "at": rec.At}, nil
+}
+
+// writeTimeout is the configured deadline of a write, or the default for
+// a server not made by New.
+func (s *Server) writeTimeout() time.Duration {
+	if s.cfg.WriteTimeout > 0 {
+		return s.cfg.WriteTimeout
+	}
+	return DefaultWriteTimeout
 }
