@@ -153,6 +153,15 @@ func (s *Server) writeLease(ctx context.Context) (store.LeaseID, error) {
 	return id, nil
 }
 
+// dropWriteLease forgets the records' lease if it is still id.
+func (s *Server) dropWriteLease(id store.LeaseID) {
+	s.writes.mu.Lock()
+	defer s.writes.mu.Unlock()
+	if s.writes.lease == id {
+		s.writes.lease = 0
+	}
+}
+
 // commitWrite commits ops as the request's write, within the request's
 // deadline, and returns nil only when they were applied (now or by an
 // earlier try with the same key). An error from the ops' own guards is
@@ -204,7 +213,18 @@ func (s *Server) commitWrite(r *http.Request, p principal, ops []store.Op) error
 		budget = time.Until(dl)
 	}
 	tctx, cancel := context.WithTimeout(store.RequireLeader(ctx), budget*7/10)
+	defer cancel()
 	err = s.store.Commit(tctx, all)
+	if errors.Is(err, store.ErrLeaseNotFound) {
+		// The records' lease is gone (revoked, or the store restored from
+		// a backup): nothing was applied; take a new one and try again.
+		s.dropWriteLease(lease)
+		if lease, err = s.writeLease(tctx); err != nil {
+			return writeFailed(outcomeNotApplied, key, "store unavailable, nothing applied: %v", err)
+		}
+		all[len(all)-1].Lease = lease
+		err = s.store.Commit(tctx, all)
+	}
 	cancel()
 	switch {
 	case err == nil:

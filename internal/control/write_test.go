@@ -263,3 +263,19 @@ func FuzzParseIdempotencyKey(f *testing.F) {
 		}
 	})
 }
+
+// A write whose records' lease is gone (revoked, or a store restored from
+// a backup taken before it) takes a new lease instead of failing for the
+// hour the lease is kept.
+func TestWriteAfterItsLeaseIsGone(t *testing.T) {
+	s, ds, admin := newWriteServer(t)
+	if a := callWrite(t, s, admin, "POST", "/v1/resources", "", service("first")); a.code != http.StatusOK {
+		t.Fatalf("apply: %d %v", a.code, a.body)
+	}
+	if err := ds.Store.Revoke(t.Context(), s.writes.lease); err != nil {
+		t.Fatal(err)
+	}
+	if a := callWrite(t, s, admin, "POST", "/v1/resources", "", service("second")); a.code != http.StatusOK || !stored(t, ds.Store, "second") {
+		t.Fatalf("apply after the lease was revoked: %d %q %v, want applied", a.code, a.outcome, a.body)
+	}
+}

@@ -171,6 +171,9 @@ func (e *Etcd) Commit(ctx context.Context, ops []Op) error {
 	}
 	r, err := e.c.Txn(ctx).If(cmps...).Then(then...).Commit()
 	if err != nil {
+		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			return fmt.Errorf("commit %d ops: %w: %w", len(ops), ErrNotApplied, ErrLeaseNotFound)
+		}
 		if refusedWrite(err) {
 			return fmt.Errorf("commit %d ops: %w: %w", len(ops), ErrNotApplied, err)
 		}
@@ -210,6 +213,8 @@ func refusedWrite(err error) bool {
 		rpctypes.ErrUserEmpty,
 		rpctypes.ErrAuthFailed,
 		rpctypes.ErrNotCapable,
+		// A txn naming a lost lease fails as a whole where it is applied.
+		rpctypes.ErrLeaseNotFound,
 	} {
 		if errors.Is(err, e) {
 			return true

@@ -23,6 +23,7 @@ func TestRefusedWrite(t *testing.T) {
 		{"too many requests", rpctypes.ErrTooManyRequests, true},
 		{"request too large", rpctypes.ErrRequestTooLarge, true},
 		{"permission denied", rpctypes.ErrPermissionDenied, true},
+		{"lease not found", rpctypes.ErrLeaseNotFound, true},
 		{"deadline", context.DeadlineExceeded, false},
 		{"canceled", context.Canceled, false},
 		{"request timed out (after the proposal)", rpctypes.ErrTimeout, false},

@@ -18,6 +18,9 @@ var (
 	// it (a timeout, a lost connection) is of unknown outcome: the write
 	// may still be applied, seconds or minutes later.
 	ErrNotApplied = errors.New("the store refused the write; nothing was applied")
+	// ErrLeaseNotFound wraps a commit's error (with ErrNotApplied) when
+	// an op names a lease the store no longer has.
+	ErrLeaseNotFound = errors.New("lease not found")
 )
 
 // KV is one key and its value. Rev is the store revision that last modified it.
