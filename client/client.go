@@ -6,8 +6,10 @@ package client
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -40,6 +42,10 @@ type Config struct {
 	ExtraRoots func() []byte
 	// Timeout bounds each request; zero means 30s.
 	Timeout time.Duration
+	// OnStale, when set, is called with the server's warning whenever an
+	// answer may be stale: the server's view of its store is behind (its
+	// watch is down, or the store did not answer for seconds).
+	OnStale func(warning string)
 }
 
 // Client talks to the control plane: one server of its list at a time.
@@ -52,7 +58,8 @@ type Client struct {
 	hc      *http.Client
 	// tls is never handed to the transport (which adjusts its own copy on
 	// first use), so that TLSConfig can clone it while requests run.
-	tls *tls.Config
+	tls     *tls.Config
+	onStale func(string)
 }
 
 // New builds a client. It does not connect.
@@ -72,7 +79,7 @@ func New(cfg Config) (*Client, error) {
 		cfg.Timeout = 30 * time.Second
 	}
 	tr := &http.Transport{TLSClientConfig: tlsCfg.Clone(), ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 4}
-	return &Client{servers: servers, token: cfg.Token, hc: &http.Client{Transport: tr, Timeout: cfg.Timeout}, tls: tlsCfg}, nil
+	return &Client{servers: servers, token: cfg.Token, hc: &http.Client{Transport: tr, Timeout: cfg.Timeout}, tls: tlsCfg, onStale: cfg.OnStale}, nil
 }
 
 // TLSConfig returns the TLS settings used to reach the servers, for a gRPC
@@ -107,6 +114,10 @@ func (c *Client) Prefer(server string) {
 type Error struct {
 	Status  int
 	Message string
+	// Outcome, for a write, is "not-applied" (it never will be) or
+	// "unknown" (the store did not answer in time: it may still apply;
+	// retrying with WriteKey is safe); empty for other answers.
+	Outcome, WriteKey string
 }
 
 func (e *Error) Error() string {
@@ -119,25 +130,58 @@ func IsNotFound(err error) bool {
 	return errors.As(err, &e) && e.Status == http.StatusNotFound
 }
 
-// do sends the request to the current server and, when that one cannot
-// take it, to the next ones of the list in turn; the first that answers
-// becomes the current one. "Cannot take it" is a failed dial for any
-// request (nothing was sent), and any transport failure or a 503 for a GET
-// (which changes nothing, so sending it again is safe).
+// Write answers of unknown outcome are retried with the same idempotency
+// key, which the server applies at most once, this many times, this far
+// apart: a store that was away for a moment then gives a definite answer.
+const (
+	unknownRetries = 2
+	unknownPause   = time.Second
+)
+
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
-	var body []byte
+	var b []byte
 	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
+		var err error
+		if b, err = json.Marshal(in); err != nil {
 			return err
 		}
-		body = b
 	}
+	var key string
+	if method != http.MethodGet && method != http.MethodHead {
+		k := make([]byte, 18)
+		if _, err := rand.Read(k); err != nil {
+			return err
+		}
+		key = base64.RawURLEncoding.EncodeToString(k)
+	}
+	for try := 0; ; try++ {
+		err := c.once(ctx, method, path, key, b, out)
+		var e *Error
+		if try == unknownRetries || !errors.As(err, &e) || e.Outcome != "unknown" {
+			return err
+		}
+		t := time.NewTimer(unknownPause)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+	}
+}
+
+// once makes one request (key, when set, is its idempotency key): to the
+// current server and, when that one cannot take it, to the next ones of
+// the list in turn; the first that answers becomes the current one.
+// "Cannot take it" is a failed dial for any request (nothing was sent),
+// and any transport failure or a 503 for a GET (which changes nothing, so
+// sending it again is safe).
+func (c *Client) once(ctx context.Context, method, path, key string, body []byte, out any) error {
 	first := int(c.cur.Load())
 	var errs []error
 	for k := range c.servers {
 		i := (first + k) % len(c.servers)
-		err := c.doOn(ctx, c.servers[i], method, path, in != nil, body, out)
+		err := c.doOn(ctx, c.servers[i], method, path, key, body != nil, body, out)
 		if err == nil || !c.nextMayTake(method, err) {
 			c.cur.Store(int32(i)) // it answered
 			return err
@@ -168,7 +212,7 @@ func (c *Client) nextMayTake(method string, err error) bool {
 }
 
 // doOn sends one request to server.
-func (c *Client) doOn(ctx context.Context, server, method, path string, hasBody bool, body []byte, out any) error {
+func (c *Client) doOn(ctx context.Context, server, method, path, key string, hasBody bool, body []byte, out any) error {
 	// path comes with its segments escaped (url.PathEscape): RawPath
 	// keeps them so, and Path must hold the same path unescaped, or
 	// URL.String would escape the escapes again ("*" -> %2A -> %252A).
@@ -193,28 +237,71 @@ func (c *Client) doOn(ctx context.Context, server, method, path string, hasBody 
 	if hasBody {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	if key != "" {
+		req.Header.Set("Idempotency-Key", key)
+	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
+	if w := resp.Header.Get("Trellis-Stale"); w != "" && c.onStale != nil {
+		c.onStale(w)
+	}
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
 	if err != nil {
 		return err
 	}
 	if resp.StatusCode >= 300 {
 		var e struct {
-			Error string `json:"error"`
+			Error    string `json:"error"`
+			Outcome  string `json:"outcome"`
+			WriteKey string `json:"writeKey"`
 		}
 		if json.Unmarshal(b, &e) != nil || e.Error == "" {
 			e.Error = strings.TrimSpace(string(b))
 		}
-		return &Error{Status: resp.StatusCode, Message: e.Error}
+		return &Error{Status: resp.StatusCode, Message: e.Error, Outcome: e.Outcome, WriteKey: e.WriteKey}
 	}
 	if out != nil {
 		return json.Unmarshal(b, out)
 	}
 	return nil
+}
+
+// Backup streams a snapshot of the server's store (an etcd snapshot) to
+// w. Admin only.
+func (c *Client) Backup(ctx context.Context, w io.Writer) (int64, error) {
+	u := url.URL{Scheme: "https", Host: c.Host(), Path: "/v1/backup"}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.token)
+	// The snapshot may take longer than the client's request timeout: ctx
+	// bounds it.
+	hc := *c.hc
+	hc.Timeout = 0
+	resp, err := hc.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		var e struct {
+			Error string `json:"error"`
+		}
+		if json.Unmarshal(b, &e) != nil || e.Error == "" {
+			e.Error = strings.TrimSpace(string(b))
+		}
+		return 0, &Error{Status: resp.StatusCode, Message: e.Error}
+	}
+	n, err := io.Copy(w, resp.Body)
+	if err != nil {
+		return n, fmt.Errorf("backup cut short after %d bytes: %w", n, err)
+	}
+	return n, nil
 }
 
 // Apply stores resources atomically: all or none.

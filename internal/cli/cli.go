@@ -57,6 +57,8 @@ func commands() map[string]command {
 		"redirect":  {"install the iptables rules of transparent mode (as ECS does for proxyConfiguration)", runRedirect},
 		"top":       {"live view of services and edges by requests/s (plain output once when not a terminal)", runTop},
 		"stat":      {"traffic of one service: stat service NAME (its versions and routes)", runStat},
+		"backup":    {"save a snapshot of the server's store to FILE: backup FILE", runBackup},
+		"restore":   {"make a server's embedded store from a backup, offline: restore FILE --data-dir DIR", runRestore},
 		"ready":     {"exit 0 if the local proxy is ready (a health check that needs no shell)", runReady},
 		"version": {"print the version", func(_ context.Context, e *env, _ []string) error {
 			fmt.Fprintln(e.stdout, "trellis", Version)

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"github.com/trellis-mesh/trellis/client"
 )
@@ -68,5 +69,9 @@ func connect(e *env) (*client.Client, error) {
 		}
 		caPEM = b
 	}
-	return client.New(client.Config{Addr: addr, Token: token, CAPEM: caPEM})
+	var warned sync.Once
+	stale := func(w string) {
+		warned.Do(func() { fmt.Fprintf(e.stderr, "trellis: warning: the server says: %s\n", w) })
+	}
+	return client.New(client.Config{Addr: addr, Token: token, CAPEM: caPEM, OnStale: stale})
 }

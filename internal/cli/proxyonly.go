@@ -20,3 +20,7 @@ func runUp(context.Context, *env, []string) error { return errProxyOnly }
 func runDown(context.Context, *env, []string) error { return errProxyOnly }
 
 func runInject(context.Context, *env, []string) error { return errProxyOnly }
+
+func runBackup(context.Context, *env, []string) error { return errProxyOnly }
+
+func runRestore(context.Context, *env, []string) error { return errProxyOnly }

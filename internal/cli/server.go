@@ -69,6 +69,7 @@ func runServer(ctx context.Context, e *env, args []string) error {
 	fs.DurationVar(&cfg.LeaseTTL, "lease-ttl", control.DefaultLeaseTTL, "how long a vanished proxy's registration outlives it")
 	fs.DurationVar(&cfg.MaxStreamAge, "max-stream-age", control.DefaultMaxStreamAge, "a proxy's stream ends after this long (give or take 10%) and the proxy reconnects to a random server of its list: how proxies spread onto a server that joined (at least 1s)")
 	fs.DurationVar(&cfg.StatsInterval, "stats-interval", 0, "width of the intervals the server sums traffic summaries into (default 5s, 1s to 1m; proxies should send at the same interval)")
+	fs.DurationVar(&cfg.WriteTimeout, "write-timeout", control.DefaultWriteTimeout, "deadline of each API write: answered applied, not applied, or of unknown outcome (retry with its key) within it")
 	fs.StringVar(&cfg.DNSListen, "dns-listen", "", "serve the mesh's names over DNS on this address, UDP and TCP, for callers outside the mesh (healthy edge listeners, or the gateway serving a name; REFUSED outside the mesh's domains; off when empty)")
 	fs.Float64Var(&cfg.DNSRate, "dns-rate", 0, "DNS queries a second each client may ask (default 200; negative: no limit)")
 	advertise := fs.String("advertise", "", "comma-separated extra DNS names or IPs for the server certificate")

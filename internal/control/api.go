@@ -26,6 +26,9 @@ const maxBody = 1 << 20
 type apiError struct {
 	status int
 	msg    string
+	// outcome and writeKey, for a write that failed, say whether it may
+	// still apply and under which idempotency key (write.go).
+	outcome, writeKey string
 }
 
 func (e *apiError) Error() string { return e.msg }
@@ -76,11 +79,13 @@ func (s *Server) routes() http.Handler {
 	h("POST /v1/ca/roots/remove", adminOnly, s.removeRoot)
 	h("GET /v1/ca/rotation", readers, s.rotation)
 	h("POST /v1/ca/rotation", adminOnly, s.rotate)
+	h("GET /v1/writes/{key}", adminOnly, s.getWrite)
 	h("GET /v1/tokens", adminOnly, s.listTokens)
 	h("POST /v1/tokens", adminOnly, s.createToken)
 	h("DELETE /v1/tokens/{id}", adminOnly, s.deleteToken)
-	mux.Handle("GET /metrics", s.metricsHandler)
+	mux.HandleFunc("GET /v1/backup", s.backup)
 	mux.HandleFunc("GET /healthz", s.healthz)
+	mux.Handle("GET /metrics", s.metricsHandler)
 	// Servers authenticate to each other by certificate, not token.
 	mux.HandleFunc("POST "+pushPath, s.receivePush)
 	s.dashboardRoutes(mux)
@@ -112,13 +117,29 @@ func (s *Server) wrap(a access, fn handler) http.Handler {
 		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
 		// Answers may hold secrets (a new token's): never stored.
 		w.Header().Set("Cache-Control", "no-store")
+		if why := s.state.staleness(time.Now()); why != "" {
+			w.Header().Set(staleHeader, why)
+		}
+		write := !readMethod(r.Method)
+		if write {
+			// The deadline holds whether or not the client waits: a
+			// write it gave up on is still settled (write.go).
+			ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), s.writeTimeout())
+			defer cancel()
+			r = r.WithContext(ctx)
+		}
 		v, err := fn(p, r)
 		code := http.StatusOK
 		if err != nil {
+			v = nil
 			var ae *apiError
 			switch {
 			case errors.As(err, &ae):
 				code = ae.status
+				if ae.outcome != "" {
+					w.Header().Set(outcomeHeader, ae.outcome)
+					v = map[string]string{"error": err.Error(), "outcome": ae.outcome, "writeKey": ae.writeKey}
+				}
 			case errors.Is(err, errForbidden):
 				code = http.StatusForbidden
 			default:
@@ -128,7 +149,9 @@ func (s *Server) wrap(a access, fn handler) http.Handler {
 			if code < 500 {
 				s.refused(r, p, code, err.Error())
 			}
-			v = map[string]string{"error": err.Error()}
+			if v == nil {
+				v = map[string]string{"error": err.Error()}
+			}
 		}
 		if code < 400 || code >= 500 {
 			s.metrics.api.WithLabelValues(fmt.Sprint(code)).Inc()
@@ -248,24 +271,41 @@ func (s *Server) getResource(_ principal, r *http.Request) (any, error) {
 	return res, nil
 }
 
-func (s *Server) deleteResource(_ principal, r *http.Request) (any, error) {
+func (s *Server) deleteResource(p principal, r *http.Request) (any, error) {
 	kind, name := r.PathValue("kind"), r.PathValue("name")
 	if err := checkKind(kind); err != nil {
 		return nil, err
 	}
-	err := s.store.Delete(r.Context(), resourceKey(kind, name))
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, notFound("%s %q not found", kind, name)
-	}
-	if err != nil {
+	if err := s.deleteKey(r, p, resourceKey(kind, name)); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, notFound("%s %q not found", kind, name)
+		}
 		return nil, err
 	}
 	return map[string]string{"deleted": kind + "/" + name}, nil
 }
 
+// deleteKey deletes key as the request's write (commitWrite), guarded on
+// the revision read, so that a retry of it never deletes what was put
+// there since; store.ErrNotFound when it is not there.
+func (s *Server) deleteKey(r *http.Request, p principal, key string) error {
+	kv, err := s.store.Get(r.Context(), key)
+	if err != nil {
+		if !errors.Is(err, store.ErrNotFound) {
+			err = writeFailed(outcomeNotApplied, "", "store unavailable, nothing deleted: %v", err)
+		}
+		return err
+	}
+	err = s.commitWrite(r, p, []store.Op{{Key: key, Delete: true, IfRev: kv.Rev}})
+	if errors.Is(err, store.ErrConflict) {
+		return &apiError{status: http.StatusConflict, msg: fmt.Sprintf("nothing deleted: %s changed meanwhile; try again", key)}
+	}
+	return err
+}
+
 // applyResources validates every resource, checks them against each other and
 // the stored ones, and commits all in one transaction or none.
-func (s *Server) applyResources(_ principal, r *http.Request) (any, error) {
+func (s *Server) applyResources(p principal, r *http.Request) (any, error) {
 	var in []v1.Resource
 	if err := decodeBody(r, &in); err != nil {
 		return nil, err
@@ -273,8 +313,9 @@ func (s *Server) applyResources(_ principal, r *http.Request) (any, error) {
 	if len(in) == 0 {
 		return nil, badRequest("no resources")
 	}
-	if len(in) > store.MaxTxnOps {
-		return nil, badRequest("nothing applied: %d resources in one apply, over the limit of %d (one store transaction holds at most %d writes); apply them in several files", len(in), store.MaxTxnOps, store.MaxTxnOps)
+	// One op of the transaction is the write's record (write.go).
+	if limit := store.MaxTxnOps - 1; len(in) > limit {
+		return nil, badRequest("nothing applied: %d resources in one apply, over the limit of %d (one store transaction holds at most %d writes, one of them the write's record); apply them in several files", len(in), limit, store.MaxTxnOps)
 	}
 	var errs []string
 	pairs := map[string]string{} // "src>dst" -> intention name
@@ -322,7 +363,7 @@ func (s *Server) applyResources(_ principal, r *http.Request) (any, error) {
 	if len(errs) > 0 {
 		return nil, badRequest("nothing applied: %s", strings.Join(errs, "; "))
 	}
-	if err := s.store.Commit(r.Context(), ops); err != nil {
+	if err := s.commitWrite(r, p, ops); err != nil {
 		return nil, fmt.Errorf("commit: %w", err)
 	}
 	var res v1.ApplyResult
@@ -418,7 +459,7 @@ func (s *Server) signEdge(p principal, id identity.ID, req v1.SignRequest) (any,
 	return s.signed(chain, err, slog.LevelInfo, "issued edge certificate", "service", id.Service(), "names", req.DNSNames)
 }
 
-func (s *Server) createToken(_ principal, r *http.Request) (any, error) {
+func (s *Server) createToken(p principal, r *http.Request) (any, error) {
 	var req v1.TokenRequest
 	if err := decodeBody(r, &req); err != nil {
 		return nil, err
@@ -432,7 +473,11 @@ func (s *Server) createToken(_ principal, r *http.Request) (any, error) {
 		exp := time.Now().Add(d).UTC().Truncate(time.Second)
 		t.ExpiresAt = &exp
 	}
-	secret, t, err := createToken(r.Context(), s.store, t)
+	commit := func(_ context.Context, ops []store.Op) error { return s.commitWrite(r, p, ops) }
+	secret, t, err := createToken(r.Context(), commit, t)
+	if ae := (*apiError)(nil); errors.As(err, &ae) {
+		return nil, err
+	}
 	if err != nil {
 		return nil, badRequest("%v", err)
 	}
@@ -459,7 +504,7 @@ func (s *Server) listTokens(_ principal, r *http.Request) (any, error) {
 	return out, nil
 }
 
-func (s *Server) deleteToken(_ principal, r *http.Request) (any, error) {
+func (s *Server) deleteToken(p principal, r *http.Request) (any, error) {
 	// A token's ID is the start of the hash it is stored under; the store
 	// (not the mirror, which may lag a token made a moment ago) finds it.
 	id := r.PathValue("id")
@@ -473,7 +518,10 @@ func (s *Server) deleteToken(_ principal, r *http.Request) (any, error) {
 	if len(kvs) != 1 {
 		return nil, notFound("token %q not found", id)
 	}
-	if err := s.store.Delete(r.Context(), kvs[0].Key); err != nil {
+	if err := s.deleteKey(r, p, kvs[0].Key); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, notFound("token %q not found", id)
+		}
 		return nil, err
 	}
 	return map[string]string{"deleted": id}, nil

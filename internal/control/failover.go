@@ -152,12 +152,19 @@ func (s *Server) watchStore(ctx context.Context) {
 	}
 }
 
-// healthz answers whether this server should be sent proxies and requests:
-// 200 while it serves, 503 naming why while it stops or cannot reach its
-// store. No token: load balancers and orchestrators ask it.
+// healthz answers, without a token (load balancers and orchestrators ask
+// it), whether this server should be sent proxies and requests: 200
+// while it serves; 503 naming why while it stops or cannot reach its
+// store, or while its view of the store is stale (its watch is down, or
+// a leader-checked read has failed for a while: stale.go). It says
+// nothing about the mesh's contents.
 func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
 	if why, _ := s.movers.current(); why != "" {
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not serving", "reason": why})
+		return
+	}
+	if why := s.state.staleness(time.Now()); why != "" {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "stale", "reason": why})
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "serving"})

@@ -21,6 +21,9 @@ const (
 	// keyServers holds the running servers, by their ID, each under a
 	// lease that ends with it: where peers push traffic summaries.
 	keyServers = "/servers/"
+	// keyWrites holds a record of each API write, by its idempotency
+	// key, under a lease: what fences a write off (write.go).
+	keyWrites = "/writes/"
 )
 
 func resourceKey(kind, name string) string  { return keyResources + kind + "/" + name }

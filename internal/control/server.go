@@ -109,6 +109,10 @@ type Config struct {
 	// server: how proxies spread onto a server that joined. Default
 	// DefaultMaxStreamAge (30m); at least 1s.
 	MaxStreamAge time.Duration
+	// WriteTimeout bounds each API write, answered as applied, not
+	// applied or of unknown outcome within it (see write.go); default 5s,
+	// at least 1s.
+	WriteTimeout time.Duration
 	// Logger; nil discards.
 	Logger *slog.Logger
 	// Registry for metrics; nil makes a private one.
@@ -159,6 +163,9 @@ func (c *Config) Validate() error {
 	if c.MaxStreamAge < 0 || c.MaxStreamAge > 0 && c.MaxStreamAge < time.Second {
 		errs = append(errs, fmt.Errorf("max stream age %v: must be at least 1s", c.MaxStreamAge))
 	}
+	if c.WriteTimeout < 0 || c.WriteTimeout > 0 && c.WriteTimeout < time.Second {
+		errs = append(errs, fmt.Errorf("write timeout %v: must be at least 1s", c.WriteTimeout))
+	}
 	if c.StatsInterval != 0 && (c.StatsInterval < time.Second || c.StatsInterval > time.Minute) {
 		errs = append(errs, fmt.Errorf("stats interval %v: must be between 1s and 1m", c.StatsInterval))
 	}
@@ -180,6 +187,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.MaxStreamAge == 0 {
 		c.MaxStreamAge = DefaultMaxStreamAge
+	}
+	if c.WriteTimeout == 0 {
+		c.WriteTimeout = DefaultWriteTimeout
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -246,6 +256,9 @@ type Server struct {
 	// counts the pushes between servers (peer.go).
 	id    string
 	peerm *peerMetrics
+
+	// writes holds what API writes share (write.go).
+	writes writes
 
 	usedMu     sync.Mutex
 	usedWrites map[string]time.Time // token hash -> last-used write
@@ -400,6 +413,7 @@ func (s *Server) Run(ctx context.Context) error {
 		return fmt.Errorf("publish trust bundle: %w", err)
 	}
 	s.goBackground(func() { s.state.run(bgCtx, st) })
+	s.goBackground(func() { s.state.probe(bgCtx, st) })
 	select {
 	case <-s.state.ready:
 	case <-ctx.Done():
@@ -561,7 +575,7 @@ func (s *Server) bootstrapAdmin(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	secret, _, err := createToken(ctx, s.store, v1.Token{Admin: true, Description: "bootstrap admin"})
+	secret, _, err := createToken(ctx, s.store.Commit, v1.Token{Admin: true, Description: "bootstrap admin"})
 	if err != nil {
 		return err
 	}

@@ -380,9 +380,23 @@ func (s *Server) dashboardRoutes(mux *http.ServeMux) {
 	mux.Handle("GET /ui/", pages)
 	mux.Handle("GET /ui", http.RedirectHandler("/ui/", http.StatusMovedPermanently))
 	mux.Handle("GET /{$}", http.RedirectHandler("/ui/", http.StatusFound))
-	mux.HandleFunc("POST /ui/login", s.login)
-	mux.HandleFunc("POST /ui/logout", s.logout)
+	// Security headers wrap the whole mux (api.go).
+	mux.Handle("POST /ui/login", s.writeDeadline(http.HandlerFunc(s.login)))
+	mux.Handle("POST /ui/logout", s.writeDeadline(http.HandlerFunc(s.logout)))
 	mux.HandleFunc("GET /ui/session", s.currentSession)
+}
+
+// writeDeadline gives a dashboard write the API writes' deadline. Its
+// outcome needs no fence: a login answered as failed whose session is
+// stored later hands nobody the session's ID (it expires with its lease),
+// and a logout answered as failed that lands later only ends the session
+// sooner.
+func (s *Server) writeDeadline(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), s.writeTimeout())
+		defer cancel()
+		h.ServeHTTP(w, r.WithContext(ctx))
+	})
 }
 
 // contentSecurityPolicy lets the page load its own script, style and

@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	v1 "github.com/trellis-mesh/trellis/api/v1"
@@ -56,6 +57,13 @@ type state struct {
 	sessions map[string]sessionRecord
 	// servers are the running servers, by ID (peer.go).
 	servers map[string]serverRecord
+
+	// watching is set while the watch runs on a fresh list; lastContact
+	// (unix ns) is when the store last answered, lastErr why it did not
+	// (stale.go).
+	watching    atomic.Bool
+	lastContact atomic.Int64
+	lastErr     atomic.Pointer[string]
 }
 
 func newState(log *slog.Logger) *state {
@@ -101,6 +109,7 @@ func (s *state) run(ctx context.Context, st store.Store) {
 	for ctx.Err() == nil {
 		kvs, rev, err := st.List(ctx, "/")
 		if err != nil {
+			s.storeFailed(err)
 			s.log.Warn("list store", "err", err)
 			sleep(ctx, backoff)
 			backoff = min(backoff*2, 5*time.Second)
@@ -116,12 +125,17 @@ func (s *state) run(ctx context.Context, st store.Store) {
 		s.notifyLocked()
 		s.notifyTokensLocked() // one may have gone while the watch was down
 		s.mu.Unlock()
+		s.contact(time.Now())
+		s.watching.Store(true)
 		s.readyOnce.Do(func() { close(s.ready) })
 		for b := range st.Watch(ctx, "/", rev) {
 			if b.Err != nil {
+				s.watching.Store(false)
+				s.storeFailed(b.Err)
 				s.log.Warn("store watch ended; re-listing", "err", b.Err)
 				break
 			}
+			s.contact(time.Now())
 			s.mu.Lock()
 			relevant := false
 			for _, ev := range b.Events {
@@ -136,6 +150,7 @@ func (s *state) run(ctx context.Context, st store.Store) {
 			}
 			s.mu.Unlock()
 		}
+		s.watching.Store(false)
 	}
 }
 

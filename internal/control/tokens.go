@@ -46,8 +46,12 @@ func hashSecret(secret string) string {
 	return hex.EncodeToString(sum[:])
 }
 
+// committer commits ops all or none: a store's Commit, or an API write's
+// (commitWrite, with its deadline and fence).
+type committer func(ctx context.Context, ops []store.Op) error
+
 // createToken stores a new token and returns its secret, shown only once.
-func createToken(ctx context.Context, st store.Store, t v1.Token) (string, v1.Token, error) {
+func createToken(ctx context.Context, commit committer, t v1.Token) (string, v1.Token, error) {
 	for _, s := range t.Services {
 		if err := identity.ValidateServiceName(s); err != nil {
 			return "", v1.Token{}, err
@@ -66,7 +70,7 @@ func createToken(ctx context.Context, st store.Store, t v1.Token) (string, v1.To
 	t.ID = hash[:12]
 	t.CreatedAt = time.Now().UTC().Truncate(time.Second)
 	b, _ := json.Marshal(tokenRecord{Token: t})
-	if err := st.Create(ctx, tokenKey(hash), b); err != nil {
+	if err := commit(ctx, []store.Op{{Key: tokenKey(hash), Value: b, IfRev: -1}}); err != nil {
 		return "", v1.Token{}, fmt.Errorf("store token: %w", err)
 	}
 	return secret, t, nil

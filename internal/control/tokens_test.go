@@ -47,7 +47,7 @@ func TestUnknownTokensReadTheStoreWithinABudget(t *testing.T) {
 	const budget = 5
 	s := &Server{log: log, store: cs, state: newState(log), storeLookups: rate.NewLimiter(rate.Every(time.Hour), budget), usedWrites: map[string]time.Time{}, bgCtx: ctx}
 
-	secret, _, err := createToken(ctx, st, tokenFor("web"))
+	secret, _, err := createToken(ctx, st.Commit, tokenFor("web"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,7 +66,7 @@ func TestUnknownTokensReadTheStoreWithinABudget(t *testing.T) {
 	// Past the budget, a new token is found in the mirror.
 	go s.state.run(ctx, st)
 	<-s.state.ready
-	fresh, _, err := createToken(ctx, st, tokenFor("db"))
+	fresh, _, err := createToken(ctx, st.Commit, tokenFor("db"))
 	if err != nil {
 		t.Fatal(err)
 	}

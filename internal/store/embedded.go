@@ -91,6 +91,10 @@ func StartEmbedded(ctx context.Context, ecfg EmbeddedConfig) (*Embedded, error) 
 	}
 }
 
+// embeddedName is the embedded etcd member's name, which a restore gives
+// the member it makes.
+const embeddedName = "trellis"
+
 func startEmbedded(ctx context.Context, dir string, creds *embeddedCreds, logger *zap.Logger) (*Embedded, error) {
 	clientURL, err := freeLoopbackURL()
 	if err != nil {
@@ -102,7 +106,7 @@ func startEmbedded(ctx context.Context, dir string, creds *embeddedCreds, logger
 	}
 	cfg := embed.NewConfig()
 	cfg.Dir = filepath.Join(dir, "etcd")
-	cfg.Name = "trellis"
+	cfg.Name = embeddedName
 	cfg.ListenClientUrls = []url.URL{*clientURL}
 	cfg.AdvertiseClientUrls = []url.URL{*clientURL}
 	cfg.ListenPeerUrls = []url.URL{*peerURL}

@@ -61,7 +61,14 @@ func NewEtcd(ctx context.Context, cfg EtcdConfig) (*Etcd, error) {
 		Username:    cfg.Username,
 		Password:    cfg.Password,
 		DialTimeout: cfg.DialTimeout,
-		Logger:      zap.NewNop(),
+		// Pings find a connection that went silent (a partition drops
+		// packets without a reset), so that the client moves to another
+		// endpoint instead of waiting on TCP's retransmissions for
+		// minutes. Not under 5s: etcd's default --grpc-keepalive-min-time
+		// answers pings that come more often with GOAWAY.
+		DialKeepAliveTime:    10 * time.Second,
+		DialKeepAliveTimeout: 5 * time.Second,
+		Logger:               zap.NewNop(),
 	})
 	if err != nil {
 		return nil, cfg.explain(ctx, err)
@@ -164,12 +171,56 @@ func (e *Etcd) Commit(ctx context.Context, ops []Op) error {
 	}
 	r, err := e.c.Txn(ctx).If(cmps...).Then(then...).Commit()
 	if err != nil {
+		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			return fmt.Errorf("commit %d ops: %w: %w", len(ops), ErrNotApplied, ErrLeaseNotFound)
+		}
+		if refusedWrite(err) {
+			return fmt.Errorf("commit %d ops: %w: %w", len(ops), ErrNotApplied, err)
+		}
 		return fmt.Errorf("commit %d ops: %w", len(ops), err)
 	}
 	if !r.Succeeded {
 		return ErrConflict
 	}
 	return nil
+}
+
+// RequireLeader returns a context under which a write fails at once, with
+// ErrNotApplied, when the etcd member the client talks to has no leader
+// (etcd checks it before the request goes further): without it, a write
+// during a loss of quorum waits for its deadline and its outcome is
+// unknown. Reads under it fail the same way instead of waiting.
+func RequireLeader(ctx context.Context) context.Context {
+	return clientv3.WithRequireLeader(ctx)
+}
+
+// refusedWrite reports whether a write's error proves that etcd refused
+// it before proposing it to its raft log: etcd returns these from its
+// request interceptor or before Propose (etcdserver's
+// processInternalRaftRequestOnce), never after. Everything else, timeouts
+// above all, leaves the outcome open: a proposal forwarded to a leader, or
+// bytes still in a TCP send queue, may be applied later.
+func refusedWrite(err error) bool {
+	for _, e := range []error{
+		rpctypes.ErrNoLeader,
+		rpctypes.ErrTooManyRequests,
+		rpctypes.ErrRequestTooLarge,
+		rpctypes.ErrTooManyOps,
+		rpctypes.ErrDuplicateKey,
+		rpctypes.ErrPermissionDenied,
+		rpctypes.ErrInvalidAuthToken,
+		rpctypes.ErrAuthOldRevision,
+		rpctypes.ErrUserEmpty,
+		rpctypes.ErrAuthFailed,
+		rpctypes.ErrNotCapable,
+		// A txn naming a lost lease fails as a whole where it is applied.
+		rpctypes.ErrLeaseNotFound,
+	} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }
 
 // Watch implements Store.

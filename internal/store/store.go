@@ -11,6 +11,16 @@ var (
 	ErrNotFound = errors.New("key not found")
 	ErrExists   = errors.New("key already exists")
 	ErrConflict = errors.New("commit conflict: a key changed since it was read")
+	// ErrNotApplied wraps a write's error when the error proves that the
+	// store refused the write before it could enter its log (no leader,
+	// too many requests, too large, not permitted): such a write is never
+	// applied later and may be retried. A write error that does not wrap
+	// it (a timeout, a lost connection) is of unknown outcome: the write
+	// may still be applied, seconds or minutes later.
+	ErrNotApplied = errors.New("the store refused the write; nothing was applied")
+	// ErrLeaseNotFound wraps a commit's error (with ErrNotApplied) when
+	// an op names a lease the store no longer has.
+	ErrLeaseNotFound = errors.New("lease not found")
 )
 
 // KV is one key and its value. Rev is the store revision that last modified it.
@@ -77,7 +87,9 @@ type Store interface {
 	Create(ctx context.Context, key string, value []byte) error
 	// Delete removes the key, or returns ErrNotFound.
 	Delete(ctx context.Context, key string) error
-	// Commit applies every op or none; at most MaxTxnOps of them.
+	// Commit applies every op or none; at most MaxTxnOps of them. Under a
+	// context from RequireLeader, it fails at once, with ErrNotApplied,
+	// when the store has no leader.
 	Commit(ctx context.Context, ops []Op) error
 	// Watch delivers the changes under prefix after revision rev until ctx
 	// ends; the channel is closed then, or after a batch with Err.
