@@ -3,6 +3,7 @@
 package integration
 
 import (
+	"bytes"
 	"fmt"
 	"net"
 	"os"
@@ -36,8 +37,8 @@ func TestBackupAndRestore(t *testing.T) {
 	}
 	a.kill(syscall.SIGTERM)
 
-	// A fresh data dir, with the CA files carried over (they are not in
-	// the store).
+	// A fresh data dir, with the store secret carried over (the CA is in
+	// the store, sealed with it) and the root for the CLI.
 	dir := t.TempDir()
 	out, code := runCLI(t, nil, "restore", backup, "--data-dir", dir)
 	if code != 0 {
@@ -46,7 +47,7 @@ func TestBackupAndRestore(t *testing.T) {
 	if out, code := runCLI(t, nil, "restore", backup, "--data-dir", dir); code == 0 || !strings.Contains(out, "exists") {
 		t.Errorf("a second restore into the same dir: exit %d: %s; want refused", code, out)
 	}
-	for _, f := range []string{"ca.pem", "ca-key.pem"} {
+	for _, f := range []string{"ca.pem", "store-secret"} {
 		b, err := os.ReadFile(filepath.Join(a.dataDir, f))
 		if err != nil {
 			t.Fatal(err)
@@ -96,13 +97,17 @@ func TestBackupAndRestore(t *testing.T) {
 		t.Errorf("restored %d tokens, want the admin's and the service's", len(toks))
 	}
 
-	// A rotation keeps its new key in the store, in clear until keys are
-	// kept encrypted: no backup then carries it out through the API.
+	// A rotation keeps its new key in the store sealed, like the CA's:
+	// a backup taken during it carries no private key in clear.
 	env := []string{"TRELLIS_ADDR=" + addr, "TRELLIS_TOKEN=" + a.admin, "TRELLIS_CACERT=" + a.caFile, "HOME=" + dir}
 	if out, code := runCLI(t, env, "ca", "rotate", "--no-retire"); code != 0 {
 		t.Fatalf("trellis ca rotate: exit %d: %s", code, out)
 	}
-	if out, code := runCLI(t, env, "backup", filepath.Join(t.TempDir(), "x.snap")); code == 0 || !strings.Contains(out, "in clear") {
-		t.Errorf("backup with a CA key in clear in the store: exit %d: %s; want refused", code, out)
+	during := filepath.Join(t.TempDir(), "x.snap")
+	if out, code := runCLI(t, env, "backup", during); code != 0 {
+		t.Fatalf("backup during a rotation: exit %d: %s", code, out)
+	}
+	if b := mustRead(t, during); bytes.Contains(b, []byte("PRIVATE KEY-----")) {
+		t.Error("a backup holds a private key in clear")
 	}
 }

@@ -26,14 +26,14 @@ import (
 	"github.com/trellis-mesh/trellis/internal/trellistest"
 )
 
-// startPeer starts another server on the etcd at endpoint, importing a's CA
-// (servers on one etcd share it) and listening on addr; its API client is
-// a's admin token on it.
+// startPeer starts another server on the etcd at endpoint, given a's store
+// secret (servers on one etcd share its CA) and listening on addr; its API
+// client is a's admin token on it.
 func startPeer(t *testing.T, a *server, name, addr, endpoint string, extra ...string) *server {
 	t.Helper()
 	dir := t.TempDir()
 	args := append([]string{"server", "--data-dir", dir, "--listen", addr, "--etcd-endpoints", endpoint, "--log-level", "debug",
-		"--ca-cert", a.caFile, "--ca-key", filepath.Join(a.dataDir, "ca-key.pem")}, extra...)
+		"--store-secret-file", filepath.Join(a.dataDir, "store-secret")}, extra...)
 	p := start(t, name, nil, args...)
 	caPEM, _ := os.ReadFile(a.caFile)
 	api, err := client.New(client.Config{Addr: addr, Token: a.admin, CAPEM: caPEM})
