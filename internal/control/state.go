@@ -55,6 +55,12 @@ type state struct {
 	sessions map[string]sessionRecord
 	// servers are the running servers, by ID (peer.go).
 	servers map[string]serverRecord
+
+	// remembered are the instances last registered, by service and ID,
+	// and warm says whether those not registered now are kept in
+	// snapshots (warmup.go).
+	remembered map[string]map[string]rememberedInstance
+	warm       bool
 }
 
 func newState(log *slog.Logger) *state {
@@ -70,6 +76,7 @@ func (s *state) reset() {
 	s.tokens = map[string]tokenRecord{}
 	s.sessions = map[string]sessionRecord{}
 	s.servers = map[string]serverRecord{}
+	s.remembered = map[string]map[string]rememberedInstance{}
 	s.bundle = bundleRecord{}
 	s.issuer = nil
 }
@@ -211,6 +218,8 @@ func (s *state) applyLocked(ev store.Event) bool {
 			s.issuer = &rec
 		}
 		return true
+	case strings.HasPrefix(key, keyRemembered):
+		return s.applyRememberedLocked(ev)
 	case strings.HasPrefix(key, keyServers):
 		id := strings.TrimPrefix(key, keyServers)
 		delete(s.servers, id)
@@ -290,6 +299,7 @@ func (s *state) buildMeshLocked() *topology.Mesh {
 			m.Instances[svc] = append(m.Instances[svc], in)
 		}
 	}
+	s.addRememberedLocked(m)
 	return m
 }
 
