@@ -302,3 +302,33 @@ func TestStatusWritesAreBounded(t *testing.T) {
 		}
 	}
 }
+
+func TestStatusUrgent(t *testing.T) {
+	exp := time.Date(2026, 12, 8, 3, 0, 0, 0, time.UTC)
+	later := exp.Add(time.Hour)
+	base := v1.ProxyStatus{Instance: "web-1", Service: "web", SentVersion: "a", AckedVersion: "a", AckedRoots: []string{"r1"},
+		Paths: []v1.UpstreamPath{{Service: "db", Path: "direct"}}, Node: "n1", SVIDExpiresAt: &exp}
+	tests := map[string]struct {
+		change func(*v1.ProxyStatus)
+		want   bool
+	}{
+		"nothing":        {func(*v1.ProxyStatus) {}, false},
+		"sent version":   {func(s *v1.ProxyStatus) { s.SentVersion = "b" }, false},
+		"acked version":  {func(s *v1.ProxyStatus) { s.SentVersion, s.AckedVersion = "b", "b" }, false},
+		"rejection":      {func(s *v1.ProxyStatus) { s.Error = "bad" }, true},
+		"new root":       {func(s *v1.ProxyStatus) { s.AckedRoots = []string{"r1", "r2"} }, true},
+		"path":           {func(s *v1.ProxyStatus) { s.Paths = []v1.UpstreamPath{{Service: "db", Path: "none"}} }, true},
+		"node":           {func(s *v1.ProxyStatus) { s.Node = "n2" }, true},
+		"svid renewed":   {func(s *v1.ProxyStatus) { s.SVIDExpiresAt = &later }, true},
+		"svid forgotten": {func(s *v1.ProxyStatus) { s.SVIDExpiresAt = nil }, true},
+	}
+	for name, tt := range tests {
+		t.Run(name, func(t *testing.T) {
+			now := base
+			tt.change(&now)
+			if got := statusUrgent(base, now); got != tt.want {
+				t.Errorf("statusUrgent = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}

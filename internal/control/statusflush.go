@@ -19,12 +19,11 @@ const DefaultStatusInterval = 5 * time.Second
 // statusFlushers bounds the status writes in flight at once.
 const statusFlushers = 8
 
-// A proxy's status (sent and acknowledged versions, paths, node) changes
-// with every push and acknowledgement; it lives in memory and reaches the
-// store, for every server's API and dashboard, at most once per
-// Config.StatusInterval per proxy. What a reader waits for is written at
-// once: a rejected snapshot (or the end of one), and newly trusted roots,
-// which a root rotation waits for (rotate.go).
+// A proxy's status changes with every push and acknowledgement (its sent
+// and acknowledged versions); it lives in memory and reaches the store,
+// for every server's API and dashboard, at most once per
+// Config.StatusInterval per proxy. Other changes are rare, and some a
+// reader waits for, so they are written at once (statusUrgent).
 
 // streamStatus is a stream's status as written to the store. mu guards it;
 // the stream's push goroutine notes, the flusher or the push goroutine
@@ -55,12 +54,23 @@ func (ps *proxyStream) writeStatus(ctx context.Context) {
 		return
 	}
 	ps.st.pending = &st
-	urgent := st.Error != ps.st.written.Error || !slices.Equal(st.AckedRoots, ps.st.written.AckedRoots)
-	if !urgent && time.Since(ps.st.lastWrite) < ps.s.cfg.StatusInterval {
+	if !statusUrgent(ps.st.written, st) && time.Since(ps.st.lastWrite) < ps.s.cfg.StatusInterval {
 		ps.s.flusher.add(ps)
 		return
 	}
 	ps.flushLocked(ctx)
+}
+
+// statusUrgent reports whether the change from was to now is one a reader
+// waits for, to be written at once: anything but the versions, which
+// change with every push and acknowledgement. The rest changes rarely: a
+// rejection or its end, newly trusted roots (a root rotation waits for
+// every proxy's), an upstream's path, the proxy's node or certificate.
+func statusUrgent(was, now v1.ProxyStatus) bool {
+	return now.Error != was.Error || !slices.Equal(now.AckedRoots, was.AckedRoots) ||
+		!slices.Equal(now.Paths, was.Paths) || now.Node != was.Node ||
+		(now.SVIDExpiresAt == nil) != (was.SVIDExpiresAt == nil) ||
+		now.SVIDExpiresAt != nil && !now.SVIDExpiresAt.Equal(*was.SVIDExpiresAt)
 }
 
 // flushLocked writes the pending status, if any; ps.st.mu is held.
