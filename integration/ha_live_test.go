@@ -151,7 +151,7 @@ func TestRegistrationOutlivesKilledServer(t *testing.T) {
 
 	a.mustCLI(t, "intention", "allow", "client", "web")
 	web := startApp(t, "web")
-	webProxy := a.startProxy(t, proxyOpts{service: "web", appPort: web.port})
+	a.startProxy(t, proxyOpts{service: "web", appPort: web.port})
 	up, upPort := loopAddr(t)
 	client := b.startProxy(t, proxyOpts{service: "client", appPort: web.port, upstreams: []string{fmt.Sprintf("web:%d", upPort)}})
 	ins, err := a.api.Instances(t.Context(), "web")
@@ -199,7 +199,6 @@ func TestRegistrationOutlivesKilledServer(t *testing.T) {
 		t.Errorf("web missing from the caller's snapshot in %d of %d looks", n, w.looks.Load())
 	}
 	t.Logf("%d calls, %d snapshot looks, lease %x kept", w.calls.Load(), w.looks.Load(), after.Lease)
-	_ = webProxy
 }
 
 // TestWarmUpAfterFullRestart: the control plane is down past the
@@ -289,4 +288,35 @@ func startSecondServer(t *testing.T, a *server, endpoint string, extra ...string
 		return err
 	})
 	return b
+}
+
+// TestProxyCannotTakeAnotherInstance: a second proxy with the same token
+// that claims a live instance's ID is refused, and the instance stays as
+// its own proxy registered it.
+func TestProxyCannotTakeAnotherInstance(t *testing.T) {
+	s := startServer(t)
+	web := startApp(t, "web")
+	token := s.tokenFile(t, "web")
+	args := func(admin int) []string {
+		return []string{"proxy", "--service", "web", "--instance", "web-1", "--app-port", fmt.Sprint(web.port),
+			"--server", s.addr, "--ca-file", s.caFile, "--token-file", token, "--state-dir", t.TempDir(),
+			"--admin-port", fmt.Sprint(admin), "--log-level", "debug", "--health-interval", "250ms"}
+	}
+	start(t, "proxy-web-1", nil, args(trellistest.FreePort(t))...)
+	s.waitInstances(t, 30*time.Second, "web-1 registered", "web", 1)
+	before, err := s.api.Instances(t.Context(), "web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	second := start(t, "proxy-web-1-again", nil, args(trellistest.FreePort(t))...)
+	trellistest.Eventually(t, 30*time.Second, "the second proxy refused", func() error {
+		if !strings.Contains(second.logText(), "registered by another proxy") {
+			return fmt.Errorf("no refusal in its log")
+		}
+		return nil
+	})
+	after, err := s.api.Instances(t.Context(), "web")
+	if err != nil || len(after) != 1 || after[0].Port != before[0].Port || !after[0].RegisteredAt.Equal(before[0].RegisteredAt) {
+		t.Errorf("web-1 after the second proxy: %+v (%v), want it as first registered: %+v", after, err, before)
+	}
 }
