@@ -24,6 +24,13 @@ const (
 	// keyWrites holds a record of each API write, by its idempotency
 	// key, under a lease: what fences a write off (write.go).
 	keyWrites = "/writes/"
+	// keyRegistrations holds each instance's registration record, under
+	// the instance's lease: which lease, which stream (registration.go).
+	keyRegistrations = "/registrations/"
+	// keyRemembered holds the instances last registered, without a
+	// lease: what a restarted control plane keeps in snapshots while
+	// it warms up (warmup.go).
+	keyRemembered = "/remembered/"
 )
 
 func resourceKey(kind, name string) string  { return keyResources + kind + "/" + name }
@@ -36,6 +43,9 @@ func tokenKey(hash string) string         { return keyTokens + hash }
 func fileTokenKey(hash string) string     { return keyFileTokens + hash }
 func sessionKey(hash string) string       { return keySessions + hash }
 func serverKey(id string) string          { return keyServers + id }
+
+func registrationKey(service, id string) string { return keyRegistrations + service + "/" + id }
+func rememberedKey(service, id string) string   { return keyRemembered + service + "/" + id }
 
 // splitKey returns the two path parts after prefix: "/resources/Service/a"
 // -> "Service", "a".

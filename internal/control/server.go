@@ -38,6 +38,10 @@ const (
 	DefaultListen      = "127.0.0.1:7700"
 	DefaultTrustDomain = "trellis.local"
 	DefaultLeaseTTL    = 10 * time.Second
+	// DefaultRegistrationGrace is how long an instance outlives the
+	// server that held its stream: long enough for its proxy to notice
+	// and reconnect to another server.
+	DefaultRegistrationGrace = 30 * time.Second
 	// AdminTokenFileName is where the first admin token is saved in the
 	// data dir.
 	AdminTokenFileName = "admin-token"
@@ -82,9 +86,24 @@ type Config struct {
 	AdminTokenFile string
 	// SVIDTTL is the lifetime of workload certificates; default 24h.
 	SVIDTTL time.Duration
-	// LeaseTTL bounds how long a vanished proxy's instance outlives it when
-	// its stream did not close cleanly; default 10s.
+	// LeaseTTL bounds how long a stopped server's own records (its peer
+	// record, a singleton job's lock) outlive it; default 10s.
 	LeaseTTL time.Duration
+	// RegistrationGrace is how long an instance outlives the server that
+	// held its proxy's stream (a crash, a partition), for the proxy to
+	// reconnect to a server that takes its registration over; default
+	// 30s, at least 1s. A proxy that ends its stream, or whose connection
+	// its server declares dead, is deregistered at once.
+	RegistrationGrace time.Duration
+	// WarmUp is how long after its start a server keeps the instances
+	// last registered that have not re-registered yet in snapshots, so
+	// that a control plane restarted after an outage does not drop the
+	// endpoints of proxies that have not reconnected (warmup.go); default
+	// 30s, at most 10m.
+	WarmUp time.Duration
+	// StatusInterval is how often, at most, a proxy's status is written to
+	// the store when only its versions change; default 5s, 10ms to 1m.
+	StatusInterval time.Duration
 	// AdvertiseNames are extra DNS names or IPs for the serving certificate.
 	AdvertiseNames []string
 	// DNSListen, when set, serves the mesh's names over DNS (UDP and TCP)
@@ -155,6 +174,15 @@ func (c *Config) Validate() error {
 	if c.LeaseTTL < 0 || c.LeaseTTL > 0 && c.LeaseTTL < time.Second {
 		errs = append(errs, fmt.Errorf("lease ttl %v: must be at least 1s", c.LeaseTTL))
 	}
+	if c.RegistrationGrace < 0 || c.RegistrationGrace > 0 && c.RegistrationGrace < time.Second {
+		errs = append(errs, fmt.Errorf("registration grace %v: must be at least 1s", c.RegistrationGrace))
+	}
+	if c.WarmUp < 0 || c.WarmUp > 10*time.Minute {
+		errs = append(errs, fmt.Errorf("warm-up %v: must be between 0 (the default) and 10m", c.WarmUp))
+	}
+	if c.StatusInterval < 0 || c.StatusInterval > 0 && (c.StatusInterval < 10*time.Millisecond || c.StatusInterval > time.Minute) {
+		errs = append(errs, fmt.Errorf("status interval %v: must be between 10ms and 1m", c.StatusInterval))
+	}
 	if c.AdvertiseAddress != "" {
 		if _, _, err := net.SplitHostPort(c.AdvertiseAddress); err != nil {
 			errs = append(errs, fmt.Errorf("advertise address %q: %w", c.AdvertiseAddress, err))
@@ -190,6 +218,15 @@ func (c *Config) setDefaults() {
 	}
 	if c.WriteTimeout == 0 {
 		c.WriteTimeout = DefaultWriteTimeout
+	}
+	if c.RegistrationGrace == 0 {
+		c.RegistrationGrace = DefaultRegistrationGrace
+	}
+	if c.WarmUp == 0 {
+		c.WarmUp = DefaultWarmUp
+	}
+	if c.StatusInterval == 0 {
+		c.StatusInterval = DefaultStatusInterval
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -244,6 +281,8 @@ type Server struct {
 	storeLookups *rate.Limiter
 	// refusals bounds the lines logged for refused calls and streams.
 	refusals ratelog.Limit
+	// flusher writes the proxies' status at a bounded rate (statusflush.go).
+	flusher *statusFlusher
 	// dash holds the dashboard's sessions (session.go).
 	dash *sessions
 	// stats holds the proxies' traffic summaries (stats.go).
@@ -353,6 +392,7 @@ func New(cfg Config) (*Server, error) {
 		reissue:        make(chan struct{}, 1),
 		dash:           newSessions(),
 		movers:         newMovers(),
+		flusher:        newStatusFlusher(cfg.StatusInterval),
 	}, nil
 }
 
@@ -412,6 +452,7 @@ func (s *Server) Run(ctx context.Context) error {
 	if err := publishBundle(ctx, st, c); err != nil {
 		return fmt.Errorf("publish trust bundle: %w", err)
 	}
+	s.state.setWarm(true)
 	s.goBackground(func() { s.state.run(bgCtx, st) })
 	s.goBackground(func() { s.state.probe(bgCtx, st) })
 	select {
@@ -419,6 +460,8 @@ func (s *Server) Run(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+	s.goBackground(func() { s.runWarmUp(bgCtx) })
+	s.goBackground(func() { s.flusher.run(bgCtx) })
 	if err := s.bootstrapAdmin(ctx); err != nil {
 		return fmt.Errorf("admin token: %w", err)
 	}

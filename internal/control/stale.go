@@ -76,4 +76,3 @@ func (s *state) probe(ctx context.Context, st store.Store) {
 		}
 	}
 }
-

@@ -64,6 +64,11 @@ type state struct {
 	watching    atomic.Bool
 	lastContact atomic.Int64
 	lastErr     atomic.Pointer[string]
+	// remembered are the instances last registered, by service and ID,
+	// and warm says whether those not registered now are kept in
+	// snapshots (warmup.go).
+	remembered map[string]map[string]rememberedInstance
+	warm       bool
 }
 
 func newState(log *slog.Logger) *state {
@@ -79,6 +84,7 @@ func (s *state) reset() {
 	s.tokens = map[string]tokenRecord{}
 	s.sessions = map[string]sessionRecord{}
 	s.servers = map[string]serverRecord{}
+	s.remembered = map[string]map[string]rememberedInstance{}
 	s.bundle = bundleRecord{}
 	s.issuer = nil
 	s.signer = nil
@@ -241,6 +247,8 @@ func (s *state) applyLocked(ev store.Event) bool {
 			s.signer = rec
 		}
 		return true
+	case strings.HasPrefix(key, keyRemembered):
+		return s.applyRememberedLocked(ev)
 	case strings.HasPrefix(key, keyServers):
 		id := strings.TrimPrefix(key, keyServers)
 		delete(s.servers, id)
@@ -320,6 +328,7 @@ func (s *state) buildMeshLocked() *topology.Mesh {
 			m.Instances[svc] = append(m.Instances[svc], in)
 		}
 	}
+	s.addRememberedLocked(m)
 	return m
 }
 

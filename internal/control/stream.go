@@ -2,12 +2,12 @@ package control
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -50,6 +50,22 @@ type proxyStream struct {
 	lastWhole int
 	needWhole bool
 	resend    bool
+
+	// The registration this stream holds (registration.go): holder names
+	// the stream in the record, regRev is the record's revision that
+	// guards every write, adopted says the lease was taken over from an
+	// earlier stream. moved is set once another stream took it over (or
+	// its lease ended), stopLease then ends the keep-alive.
+	holder  string
+	regRev  int64
+	adopted bool
+	moved   atomic.Bool
+	// sentAway is set when this server ends the stream for the proxy to
+	// go to another (failover.go): deregister leaves the registration.
+	sentAway  atomic.Bool
+	stopLease context.CancelCauseFunc
+	// st is the status as written to the store (statusflush.go).
+	st streamStatus
 }
 
 // StreamAggregatedResources implements the ADS stream. The first request
@@ -89,21 +105,26 @@ func (a *adsServer) StreamAggregatedResources(stream discoveryv3.AggregatedDisco
 		return status.Errorf(codes.PermissionDenied, "token may not register service %q", reg.Service)
 	}
 	ps := &proxyStream{s: s, reg: reg, patches: slices.Contains(first.GetNode().GetClientFeatures(), xds.FeaturePatch)}
-	if err := ps.register(ctx); err != nil {
+	if err := ps.register(ctx, p.token.ID); errors.Is(err, errInstanceHeld) {
+		s.logRefusal("proxy stream refused", "remote", peer, "token", p, "instance", reg.Instance, "service", reg.Service, "reason", err.Error())
+		return status.Errorf(codes.AlreadyExists, "instance %q of %q: %v", reg.Instance, reg.Service, err)
+	} else if err != nil {
 		return status.Errorf(codes.Unavailable, "register: %v", err)
 	}
 	log := s.log.With("instance", reg.Instance, "service", reg.Service)
-	log.Info("proxy connected", "address", reg.Address, "port", reg.Port, "upstreams", reg.Upstreams)
+	log.Info("proxy connected", "address", reg.Address, "port", reg.Port, "upstreams", reg.Upstreams, "adopted", ps.adopted)
 	s.metrics.proxies.Inc()
 	defer s.metrics.proxies.Dec()
 	defer ps.deregister(ctx, log)
 
 	// The lease lives as long as the stream; losing it (the store was
 	// unreachable past the TTL) ends the stream so the proxy re-registers.
-	leaseCtx, cancelLease := context.WithCancel(ctx)
-	defer cancelLease()
+	// Another stream taking the registration over ends it too (lose).
+	leaseCtx, cancelLease := context.WithCancelCause(ctx)
+	defer cancelLease(nil)
+	ps.stopLease = cancelLease
 	leaseLost := make(chan error, 1)
-	s.goStream(func() { leaseLost <- s.store.KeepAlive(leaseCtx, ps.lease) })
+	s.goStream(func() { leaseLost <- ps.keepAlive(leaseCtx) })
 
 	reqs := make(chan *discoveryv3.DiscoveryRequest)
 	recvErr := make(chan error, 1)
@@ -149,6 +170,9 @@ func (a *adsServer) StreamAggregatedResources(stream discoveryv3.AggregatedDisco
 		case err := <-pushed:
 			return err
 		case err := <-move:
+			// Sent away, not gone: the registration is left for the
+			// stream the proxy opens on another server to adopt.
+			ps.sentAway.Store(true)
 			log.Info("proxy stream ended", "reason", err.Error())
 			return err
 		case <-tokens:
@@ -324,20 +348,6 @@ func (ps *proxyStream) handle(ctx context.Context, r *discoveryv3.DiscoveryReque
 	ps.writeStatus(ctx)
 }
 
-func (ps *proxyStream) register(ctx context.Context) error {
-	lease, err := ps.s.store.Grant(ctx, ps.s.cfg.LeaseTTL)
-	if err != nil {
-		return err
-	}
-	ps.lease = lease
-	ps.status = v1.ProxyStatus{
-		Instance: ps.reg.Instance, Service: ps.reg.Service, Server: ps.s.cfg.Listen, ConnectedAt: time.Now().UTC(),
-		Network: v1.EffectiveNetwork(ps.reg.Network),
-	}
-	ps.setNodeInfo(ps.reg.NodeInfo)
-	return ps.putInstance(ctx)
-}
-
 // setNodeInfo copies what the proxy says of its host and certificate into
 // its status, and reports whether that changed it.
 func (ps *proxyStream) setNodeInfo(n xds.NodeInfo) bool {
@@ -352,35 +362,36 @@ func (ps *proxyStream) setNodeInfo(n xds.NodeInfo) bool {
 	return !same
 }
 
+// putInstance writes the instance as the proxy now describes it.
 func (ps *proxyStream) putInstance(ctx context.Context) error {
-	in := v1.Instance{
-		ID: ps.reg.Instance, Service: ps.reg.Service, Version: ps.reg.Version,
-		Address: ps.reg.Address, Port: ps.reg.Port, EdgePort: ps.reg.EdgePort, Network: v1.EffectiveNetwork(ps.reg.Network),
-		Healthy: ps.reg.Healthy, RegisteredAt: ps.status.ConnectedAt,
-	}
-	b, _ := json.Marshal(in)
-	return ps.s.store.Put(ctx, instanceKey(in.Service, in.ID), b, ps.lease)
+	return ps.commitHeld(ctx, ps.instanceOps(ps.lease))
 }
 
-func (ps *proxyStream) writeStatus(ctx context.Context) {
-	b, _ := json.Marshal(ps.status)
-	if err := ps.s.store.Put(ctx, statusKey(ps.reg.Service, ps.reg.Instance), b, ps.lease); err != nil && ctx.Err() == nil {
-		ps.s.log.Warn("write proxy status", "instance", ps.reg.Instance, "err", err)
-	}
-}
-
-// deregister revokes the lease when the proxy went away. When this server is
-// the one stopping, the lease is left to expire instead: the proxy will
-// re-register with another server, and its endpoint must not blink out.
+// deregister deletes the instance's records and revokes its lease when the
+// proxy went away. When this server is the one stopping, or another stream
+// holds the registration now, the lease is left to the proxy's next stream:
+// its endpoint must not blink out.
 func (ps *proxyStream) deregister(streamCtx context.Context, log interface{ Info(string, ...any) }) {
+	ps.closeStatus()
 	if ps.s.stopping.Load() {
-		log.Info("proxy stream closed by server shutdown")
+		log.Info("proxy stream closed by server shutdown; registration left to the next server")
+		return
+	}
+	if ps.moved.Load() {
+		log.Info("proxy stream closed; registration held by another stream, or expired")
+		return
+	}
+	if ps.sentAway.Load() {
+		log.Info("proxy sent to another server; registration left for it to adopt")
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(streamCtx), 5*time.Second)
 	defer cancel()
-	if err := ps.s.store.Revoke(ctx, ps.lease); err != nil {
-		log.Info("proxy disconnected; lease will expire", "err", fmt.Sprint(err))
+	if err := ps.unregister(ctx); errors.Is(err, errRegistrationMoved) {
+		log.Info("proxy disconnected; registration held by another stream, or expired")
+		return
+	} else if err != nil {
+		log.Info("proxy disconnected; registration will expire", "err", fmt.Sprint(err))
 		return
 	}
 	log.Info("proxy disconnected; deregistered")

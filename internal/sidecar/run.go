@@ -371,7 +371,7 @@ func (p *Proxy) registration(pub *net.TCPAddr, edgePort int) *xds.Registration {
 	return &xds.Registration{
 		Instance: p.cfg.Instance, Service: p.cfg.Service, Version: p.cfg.Version, Address: adv,
 		Port: pub.Port, EdgePort: edgePort, Network: p.cfg.Network, Upstreams: ups,
-		NodeInfo: xds.NodeInfo{NodeName: p.cfg.Node},
+		NodeInfo: xds.NodeInfo{NodeName: p.cfg.Node}, Claim: p.claim,
 	}
 }
 

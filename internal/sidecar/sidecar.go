@@ -66,8 +66,12 @@ type Proxy struct {
 	certWork sync.WaitGroup
 	reg      atomic.Pointer[xds.Registration]
 	regCh    chan struct{} // a registration change to send
-	ready    chan struct{}
-	rdOnce   sync.Once
+	// claim proves to a server that a stream comes from the process that
+	// registered this instance, so another server may take over its
+	// registration when the stream moves; made at start, never stored.
+	claim  string
+	ready  chan struct{}
+	rdOnce sync.Once
 
 	// renewAt is when to renew the current certificate (Unix nanoseconds).
 	renewAt atomic.Int64
@@ -161,7 +165,10 @@ func New(cfg Config) (*Proxy, error) {
 		_, _ = rand.Read(b)
 		cfg.Instance = cfg.Service + "-" + hex.EncodeToString(b)
 	}
+	claim := make([]byte, 32)
+	_, _ = rand.Read(claim)
 	p := &Proxy{
+		claim:     hex.EncodeToString(claim),
 		cfg:       cfg,
 		log:       cfg.Logger.With("component", "sidecar", "service", cfg.Service, "instance", cfg.Instance),
 		src:       src,

@@ -161,11 +161,13 @@ func (e *Etcd) Commit(ctx context.Context, ops []Op) error {
 		case op.IfRev > 0:
 			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "=", op.IfRev))
 		}
-		if op.Delete {
+		switch {
+		case op.Check:
+		case op.Delete:
 			then = append(then, clientv3.OpDelete(k))
-		} else if op.Lease != 0 {
+		case op.Lease != 0:
 			then = append(then, clientv3.OpPut(k, string(op.Value), clientv3.WithLease(clientv3.LeaseID(op.Lease))))
-		} else {
+		default:
 			then = append(then, clientv3.OpPut(k, string(op.Value)))
 		}
 	}

@@ -69,6 +69,10 @@ type Op struct {
 	// Lease, when non-zero, puts the key under the lease: a lock that
 	// vanishes with its holder is a Create under a lease, in one commit.
 	Lease LeaseID
+
+	// Check makes the op a precondition only (IfRev on Key) that writes
+	// nothing: "write these keys while that one is unchanged".
+	Check bool
 }
 
 // LeaseID names a lease; keys put under it vanish when it expires.

@@ -33,6 +33,12 @@ type Registration struct {
 	Network   string   // network name; empty (older proxies) is v1.DefaultNetwork
 	Upstreams []string // services the proxy has listeners for
 	Healthy   bool     // the app's last health check result
+	// Claim is a secret the proxy makes at start and keeps in memory:
+	// a server lets a stream take over a live registration of the same
+	// instance (a proxy that moved servers) only with the claim that
+	// made it. 32 to 128 lowercase hex digits; empty from proxies that
+	// predate it, whose registrations are never taken over.
+	Claim string
 
 	// Where the proxy runs and what it holds, for people (the dashboard's
 	// Nodes page): no snapshot depends on them.
@@ -91,6 +97,9 @@ func (r *Registration) Validate() error {
 	if err := validNodeName(r.NodeName); err != nil {
 		errs = append(errs, err)
 	}
+	if err := validClaim(r.Claim); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 
@@ -109,6 +118,7 @@ func (r *Registration) Node() *corev3.Node {
 		"upstreams": ups,
 		"healthy":   r.Healthy,
 		"nodeInfo":  r.NodeInfo.metadata(),
+		"claim":     r.Claim,
 	})
 	return &corev3.Node{Id: r.Instance, Cluster: r.Service, Metadata: md, UserAgentName: "trellis", ClientFeatures: []string{FeaturePatch}}
 }
@@ -124,6 +134,7 @@ func FromNode(n *corev3.Node) (Registration, error) {
 	r.Address = f["address"].GetStringValue()
 	r.Network = f["network"].GetStringValue()
 	r.Healthy = f["healthy"].GetBoolValue()
+	r.Claim = f["claim"].GetStringValue()
 	port, err := strconv.Atoi(f["port"].GetStringValue())
 	if err != nil {
 		return Registration{}, fmt.Errorf("node metadata port: %w", err)
@@ -171,6 +182,23 @@ func SnapshotFrom(resp *discoveryv3.DiscoveryResponse) (*topology.Snapshot, erro
 		return nil, fmt.Errorf("invalid snapshot: %w", err)
 	}
 	return &s, nil
+}
+
+// validClaim checks a registration's claim: empty, or 32 to 128 lowercase
+// hex digits (the claim is compared by hash, never shown).
+func validClaim(c string) error {
+	if c == "" {
+		return nil
+	}
+	if len(c) < 32 || len(c) > 128 {
+		return fmt.Errorf("claim: %d characters, want 32 to 128 hex digits", len(c))
+	}
+	for _, ch := range c {
+		if !(ch >= '0' && ch <= '9' || ch >= 'a' && ch <= 'f') {
+			return errors.New("claim: not lowercase hex")
+		}
+	}
+	return nil
 }
 
 // metadata encodes n for the node metadata.

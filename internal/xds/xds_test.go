@@ -12,13 +12,15 @@ import (
 )
 
 func TestRegistrationRoundTrip(t *testing.T) {
-	r := Registration{Instance: "web-1", Service: "web", Version: "v2", Address: "10.0.0.7", Port: 20000, Network: "vpc-a", Upstreams: []string{"db", "cache"}, Healthy: true}
+	r := Registration{Instance: "web-1", Service: "web", Version: "v2", Address: "10.0.0.7", Port: 20000, Network: "vpc-a", Upstreams: []string{"db", "cache"}, Healthy: true,
+		Claim: strings.Repeat("0a", 16)}
 	got, err := FromNode(r.Node())
 	if err != nil {
 		t.Fatalf("FromNode: %v", err)
 	}
 	if got.Instance != r.Instance || got.Service != r.Service || got.Version != r.Version || got.Address != r.Address ||
-		got.Port != r.Port || got.Network != r.Network || !got.Healthy || len(got.Upstreams) != 2 || got.Upstreams[1] != "cache" {
+		got.Port != r.Port || got.Network != r.Network || !got.Healthy || len(got.Upstreams) != 2 || got.Upstreams[1] != "cache" ||
+		got.Claim != r.Claim {
 		t.Errorf("round trip = %+v, want %+v", got, r)
 	}
 }
@@ -59,6 +61,9 @@ func TestFromNodeRejects(t *testing.T) {
 		"long network": func(r *Registration) { r.Network = strings.Repeat("a", 64) },
 		"long node":    func(r *Registration) { r.NodeName = strings.Repeat("n", 254) },
 		"control node": func(r *Registration) { r.NodeName = "host\x1b[31m" },
+		"short claim":  func(r *Registration) { r.Claim = "0a0a" },
+		"long claim":   func(r *Registration) { r.Claim = strings.Repeat("a", 129) },
+		"upper claim":  func(r *Registration) { r.Claim = strings.Repeat("A", 32) },
 	}
 	for name, mutate := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -92,11 +97,13 @@ func TestSnapshotResponse(t *testing.T) {
 
 // FuzzFromNode feeds arbitrary node metadata, as a hostile proxy could send.
 func FuzzFromNode(f *testing.F) {
-	f.Add("web-1", "web", "127.0.0.1", "8080", "v1", "db", "host-a", "2026-12-08T03:00:00Z")
-	f.Add("", "", "", "", "", "", "", "")
-	f.Fuzz(func(t *testing.T, id, svc, addr, port, version, upstream, node, svidExp string) {
+	f.Add("web-1", "web", "127.0.0.1", "8080", "v1", "db", "host-a", "2026-12-08T03:00:00Z", "")
+	f.Add("", "", "", "", "", "", "", "", "")
+	f.Add("web-1", "web", "127.0.0.1", "8080", "", "", "", "", "0123456789abcdef0123456789abcdef")
+	f.Add("web-1", "web", "127.0.0.1", "8080", "", "", "", "", "0123456789ABCDEF0123456789ABCDEF")
+	f.Fuzz(func(t *testing.T, id, svc, addr, port, version, upstream, node, svidExp, claim string) {
 		md, err := structpb.NewStruct(map[string]any{"address": addr, "port": port, "version": version, "upstreams": []any{upstream},
-			"nodeInfo": map[string]any{"node": node, "svidExpiresAt": svidExp}})
+			"nodeInfo": map[string]any{"node": node, "svidExpiresAt": svidExp}, "claim": claim})
 		if err != nil {
 			return
 		}

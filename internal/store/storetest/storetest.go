@@ -21,6 +21,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 	t.Run("Watch", func(t *testing.T) { testWatch(t, newStore(t)) })
 	t.Run("Lease", func(t *testing.T) { testLease(t, newStore(t)) })
 	t.Run("LeasedCommit", func(t *testing.T) { testLeasedCommit(t, newStore(t)) })
+	t.Run("CheckedCommit", func(t *testing.T) { testCheckedCommit(t, newStore(t)) })
 	t.Run("ConcurrentCreate", func(t *testing.T) { testConcurrentCreate(t, newStore(t)) })
 }
 
@@ -98,6 +99,38 @@ func testCommit(t *testing.T, s store.Store) {
 	}
 	if kv, err := s.Get(c, "/k2"); err != nil || string(kv.Value) != "v2" {
 		t.Errorf("/k2 = %q, %v; want v2", kv.Value, err)
+	}
+}
+
+// testCheckedCommit: a Check op guards the commit by a key it leaves
+// alone.
+func testCheckedCommit(t *testing.T, s store.Store) {
+	c := ctx(t)
+	if err := s.Put(c, "/guard", []byte("g"), 0); err != nil {
+		t.Fatal(err)
+	}
+	g, _ := s.Get(c, "/guard")
+	if err := s.Commit(c, []store.Op{{Key: "/guard", IfRev: g.Rev, Check: true}, {Key: "/w", Value: []byte("1")}}); err != nil {
+		t.Fatalf("Commit guarded by an unchanged key: %v", err)
+	}
+	if kv, err := s.Get(c, "/guard"); err != nil || kv.Rev != g.Rev || string(kv.Value) != "g" {
+		t.Errorf("the Check op wrote its key: %q at rev %d (was %d), %v", kv.Value, kv.Rev, g.Rev, err)
+	}
+	if err := s.Commit(c, []store.Op{{Key: "/absent", IfRev: -1, Check: true}, {Key: "/w", Value: []byte("2")}}); err != nil {
+		t.Fatalf("Commit guarded by an absent key: %v", err)
+	}
+	if _, err := s.Get(c, "/absent"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("the Check op created its key (err %v)", err)
+	}
+	if err := s.Put(c, "/guard", []byte("h"), 0); err != nil {
+		t.Fatal(err)
+	}
+	err := s.Commit(c, []store.Op{{Key: "/guard", IfRev: g.Rev, Check: true}, {Key: "/w", Value: []byte("3")}})
+	if !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("Commit guarded by a changed key: err = %v, want ErrConflict", err)
+	}
+	if kv, _ := s.Get(c, "/w"); string(kv.Value) != "2" {
+		t.Errorf("/w = %q after a failed guard, want 2", kv.Value)
 	}
 }
 
