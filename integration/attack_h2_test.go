@@ -51,7 +51,7 @@ type h2Target struct {
 }
 
 func TestH2AttackListeners(t *testing.T) {
-	s := startServer(t)
+	s := startServerKnownCA(t) // the relay forges an SVID with its CA's key
 	app := h1StartApp(t)
 	httpPort, httpsPort := trellistest.FreePort(t), trellistest.FreePort(t)
 	frontWeb(t, s, frontHTTP(httpPort), frontHTTPS(httpsPort))

@@ -122,7 +122,12 @@ func TestDashboardInBrowser(t *testing.T) {
 		t.Fatalf("apply greeting as http: %d %s", code, out)
 	}
 	const origin = "https://127.0.0.1:7700"
-	adminToken, err := os.ReadFile(filepath.Join(u.home, ".trellis", "up", "admin-token"))
+	// Each example has its data dir, one here: ~/.trellis/up/NAME-HASH.
+	tokenFiles, _ := filepath.Glob(filepath.Join(u.home, ".trellis", "up", "*", "admin-token"))
+	if len(tokenFiles) != 1 {
+		t.Fatalf("admin token files %v, want one", tokenFiles)
+	}
+	adminToken, err := os.ReadFile(tokenFiles[0])
 	if err != nil {
 		t.Fatal(err)
 	}
