@@ -101,11 +101,20 @@ func decideCanary(p *v1.CanaryPolicy, step int, elapsed time.Duration, f canaryF
 	}
 	need := uint64(p.EffectiveMinRequests())
 	stall := canaryStallIntervals * p.IntervalDuration()
+	// v2's own figures first: they are the most direct, and the only
+	// latency. The callers' count the same requests and those that never
+	// reached it.
+	own := t.Requests >= need && d.SuccessRate != nil
+	callers := d.CallerSuccessRate != nil && f.Callers >= need
 	switch maxP99 := float64(p.MaxP99Duration()) / float64(time.Millisecond); {
-	case d.CallerSuccessRate != nil && f.Callers >= need && *d.CallerSuccessRate < p.MinSuccessRate:
+	case own && *d.SuccessRate < p.MinSuccessRate:
+		d.Action, d.Reason = canaryRollback, fmt.Sprintf("success rate %.2f %% is below %v %%", *d.SuccessRate, p.MinSuccessRate)
+	case own && t.P99Ms > maxP99:
+		d.Action, d.Reason = canaryRollback, fmt.Sprintf("p99 %.1f ms is above %s", t.P99Ms, p.MaxP99)
+	case callers && *d.CallerSuccessRate < p.MinSuccessRate:
 		d.Action, d.Reason = canaryRollback, fmt.Sprintf("callers' success rate %.2f %% over %d requests to %s is below %v %% (%d failed: 5xx, no healthy endpoint or connection failures)",
 			*d.CallerSuccessRate, f.Callers, p.Version, p.MinSuccessRate, f.CallersFailed)
-	case t.Requests < need || d.SuccessRate == nil:
+	case !own:
 		switch {
 		case f.NoneHealthy >= stall:
 			d.Action, d.Reason = canaryRollback, fmt.Sprintf("%s has had no healthy instance for %v (%d intervals), %d requests of %d needed to judge",
@@ -119,10 +128,6 @@ func decideCanary(p *v1.CanaryPolicy, step int, elapsed time.Duration, f canaryF
 		default:
 			d.Action, d.Reason = canaryWait, fmt.Sprintf("%d requests to %s, %d needed to judge", t.Requests, p.Version, need)
 		}
-	case *d.SuccessRate < p.MinSuccessRate:
-		d.Action, d.Reason = canaryRollback, fmt.Sprintf("success rate %.2f %% is below %v %%", *d.SuccessRate, p.MinSuccessRate)
-	case t.P99Ms > maxP99:
-		d.Action, d.Reason = canaryRollback, fmt.Sprintf("p99 %.1f ms is above %s", t.P99Ms, p.MaxP99)
 	case elapsed < p.IntervalDuration():
 		d.Action, d.Reason = canaryWait, fmt.Sprintf("figures hold; the step has run %v of %s", elapsed.Truncate(time.Second), p.Interval)
 	case step >= len(p.Steps)-1:

@@ -48,6 +48,8 @@ func TestDecideCanary(t *testing.T) {
 			"callers' success rate 83.33 % over 600 requests"},
 		{"too few callers' requests to judge", 0, 30 * time.Second, canaryFigures{Callers: 49, CallersFailed: 49, Offered: 490}, canaryWait, "0 requests to v2, 50 needed"},
 		{"callers and v2 agree: next", 0, time.Minute, canaryFigures{Own: good, Callers: 500, CallersFailed: 5, Offered: 5000}, canaryNext, "figures held"},
+		{"both fail: v2's own figures first", 0, time.Second, canaryFigures{Own: v1.Traffic{Requests: 50, SuccessRate: rate(0.5), P99Ms: 10}, Callers: 50, CallersFailed: 25}, canaryRollback, "success rate 50.00 % is below 99 %"},
+		{"v2 slow, callers fail: v2's own figures first", 0, time.Second, canaryFigures{Own: v1.Traffic{Requests: 50, SuccessRate: rate(1), P99Ms: 900}, Callers: 50, CallersFailed: 25}, canaryRollback, "p99 900.0 ms"},
 
 		// A step that cannot be judged does not wait forever.
 		{"no healthy instance, within the bound", 0, 5 * time.Minute, canaryFigures{NoneHealthy: 119 * time.Second}, canaryWait, "v2 has had no healthy instance for 1m59s (rolled back at 2m0s)"},
