@@ -33,7 +33,7 @@ func TestCanaryTwoServersTakeover(t *testing.T) {
 	addrB := fmt.Sprintf("127.0.0.1:%d", trellistest.FreePort(t))
 	dirB := t.TempDir()
 	procB := start(t, "server-b", nil, append([]string{"server", "--data-dir", dirB, "--listen", addrB,
-		"--ca-cert", a.caFile, "--ca-key", filepath.Join(a.dataDir, "ca-key.pem")}, common...)...)
+		"--store-secret-file", filepath.Join(a.dataDir, "store-secret")}, common...)...)
 	caPEM, _ := os.ReadFile(a.caFile)
 	apiB, _ := client.New(client.Config{Addr: addrB, Token: a.admin, CAPEM: caPEM})
 	b := &server{proc: procB, addr: addrB, dataDir: dirB, caFile: a.caFile, admin: a.admin, api: apiB}
