@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"strings"
@@ -454,8 +455,12 @@ spec:
 	if failed == 0 {
 		t.Fatalf("down: none of %d requests failed: the canary never reached v2", total)
 	}
-	if share := float64(failed) / float64(total); share > 0.10 {
-		t.Errorf("down: %d of %d requests failed (%.1f %%), over the first step's share of 10 %%", failed, total, 100*share)
+	// The client's proxy draws each request's version at random: v2's
+	// 10 % is a share in expectation, so allow three standard deviations
+	// of the draw (about 13 requests in 200) before calling it exceeded.
+	// A canary that reached its second step (50 %) would fail far more.
+	if limit := 0.10*float64(total) + 3*math.Sqrt(0.10*0.90*float64(total)); float64(failed) > limit {
+		t.Errorf("down: %d of %d requests failed (%.1f %%), over the first step's share of 10 %% (at most %.0f with the draw's spread)", failed, total, 100*float64(failed)/float64(total), limit)
 	}
 
 	st = wait("idle", 4*interval)
