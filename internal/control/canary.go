@@ -481,9 +481,9 @@ func addEvent(st *v1.CanaryStatus, at time.Time, msg string) {
 	}
 }
 
-// figures gathers what a canary step is judged by over window: the
+// canaryFigures gathers what a canary step is judged by over window: the
 // version's own inbound traffic, its callers' outbound traffic to it and
-// through rule, and (from memo) how long it has had no healthy instance.
+// through rule, and noneHealthy (the leader's count, see canaryMemo).
 func (s *Server) canaryFigures(service, rule string, p *v1.CanaryPolicy, window time.Duration, noneHealthy time.Duration, now time.Time) canaryFigures {
 	f := canaryFigures{NoneHealthy: noneHealthy}
 	out := s.stats.Stats(stats.Query{Window: window, Service: service}, now)
