@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"strings"
@@ -196,7 +197,11 @@ spec:
 	if took > 2*interval {
 		t.Errorf("bad's canary rolled back %v after it started, want within two intervals (%v)", took, 2*interval)
 	}
-	if st.Last == nil || st.Last.Action != "rollback" || st.Last.SuccessRate == nil || *st.Last.SuccessRate >= 99 || st.Last.Requests < 5 {
+	// v2's own figures or its callers' (the same requests, as the client's
+	// proxy counted them: whichever reached 5 first).
+	own := st.Last != nil && st.Last.SuccessRate != nil && *st.Last.SuccessRate < 99 && st.Last.Requests >= 5
+	callers := st.Last != nil && st.Last.CallerSuccessRate != nil && *st.Last.CallerSuccessRate < 99 && st.Last.CallerRequests >= 5
+	if st.Last == nil || st.Last.Action != "rollback" || !own && !callers {
 		t.Errorf("bad's last decision: %+v; want a rollback on a success rate below 99 %% over at least 5 requests", st.Last)
 	}
 	t.Logf("bad: rolled back %v after the start: %s", took, st.Last.Reason)
@@ -255,7 +260,7 @@ spec:
 
 	// trellis get route shows the status after the Route.
 	out := s.mustCLI(t, "get", "route", "bad")
-	for _, want := range []string{"kind: Route", "# canary (rule release): rolled-back, v2 at 0 %, v1 at 100 %", "# last decision", "rollback: success rate", "rolled back at step 1"} {
+	for _, want := range []string{"kind: Route", "# canary (rule release): rolled-back, v2 at 0 %, v1 at 100 %", "# last decision", "rollback: ", "success rate", "rolled back at step 1"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("trellis get route bad lacks %q:\n%s", want, out)
 		}
@@ -324,5 +329,150 @@ func canaryInBrowser(t *testing.T, s *server) {
 	shot(t, tab, shots, "canary-promoted")
 	if got := text("#canary"); !strings.Contains(got, "promoted") || !strings.Contains(got, "step 3 of 3") {
 		t.Errorf("good's canary section lacks the promotion:\n%s", got)
+	}
+}
+
+// waitOK waits until the load has had 50 answers in a row without a
+// failure.
+func (l *canaryLoad) waitOK(t *testing.T, what string) {
+	t.Helper()
+	n0, f0 := -1, 0
+	trellistest.Eventually(t, 10*time.Second, what, func() error {
+		n, f := l.counts()
+		switch {
+		case n0 < 0 || f != f0:
+			n0, f0 = n, f
+			return fmt.Errorf("%d failed so far", f)
+		case n < n0+50:
+			return fmt.Errorf("%d answers without a failure, want 50", n-n0)
+		}
+		return nil
+	})
+}
+
+// A canary whose v2 callers cannot reach, through the real binary: v2's
+// proxy runs but its app never answers, so v2 is never healthy and the
+// client's proxy answers 503 (no healthy endpoint) for v2's share, which
+// v2's own proxy never sees. "down" has that v2 under load: it must be
+// rolled back within two intervals, by its callers' figures, having
+// failed at most the first step's share of the requests. "idle" has no
+// instance and no traffic at all: it must be rolled back once v2 has had
+// no healthy instance for two intervals, not before, nor much later.
+func TestCanaryUnreachableVersionRollsBack(t *testing.T) {
+	const interval = 3 * time.Second
+	s := startServer(t, "--stats-interval", "1s")
+	applyYAML(t, s, "kind: Service\nname: down\nspec: {protocol: http}\n---\nkind: Service\nname: idle\nspec: {protocol: http}\n")
+	s.mustCLI(t, "intention", "allow", "client", "down")
+
+	v1App := startCanaryApp(t, "v1", false)
+	s.startProxy(t, proxyOpts{service: "down", appPort: v1App.port, extra: []string{"--version", "v1", "--stats-interval", "1s"}})
+	// Nothing listens on v2's app port: its health check never passes.
+	s.startProxy(t, proxyOpts{service: "down", appPort: trellistest.FreePort(t), extra: []string{"--version", "v2", "--stats-interval", "1s"}})
+	downUp, downPort := loopAddr(t)
+	s.startProxy(t, proxyOpts{service: "client", appPort: v1App.port, extra: []string{"--stats-interval", "1s"},
+		upstreams: []string{fmt.Sprintf("down:%d", downPort)}})
+	s.waitInstances(t, 10*time.Second, "down's versions registered", "down", 2)
+	trellistest.Eventually(t, 10*time.Second, "down's v2 unhealthy, v1 healthy", func() error {
+		ins, err := s.api.Instances(t.Context(), "down")
+		if err != nil {
+			return err
+		}
+		for _, in := range ins {
+			if in.Healthy != (in.Version == "v1") {
+				return fmt.Errorf("%s (%s) healthy: %v", in.ID, in.Version, in.Healthy)
+			}
+		}
+		return nil
+	})
+
+	route := func(name string) string {
+		return fmt.Sprintf(`kind: Route
+name: %s
+spec:
+  rules:
+    - name: release
+      targets:
+        - {version: v1, weight: 100}
+        - {version: v2, weight: 0}
+      canary: {version: v2, steps: [10, 50, 100], interval: %v, minSuccessRate: 99, maxP99: 500ms, minRequests: 5}
+`, name, interval)
+	}
+	plain := route("down")[:strings.Index(route("down"), "      canary:")]
+	applyYAML(t, s, plain)
+	hc := &http.Client{Timeout: 5 * time.Second}
+	ctx, stop := context.WithCancel(t.Context())
+	var wg sync.WaitGroup
+	down := &canaryLoad{bodies: map[string]int{}}
+	wg.Go(func() { down.run(ctx, hc, "http://"+downUp+"/", 20*time.Millisecond) })
+	defer func() { stop(); wg.Wait() }()
+	down.waitOK(t, "down's Route without a canary applied")
+	total0, failed0 := down.counts()
+	applyYAML(t, s, route("down")+"---\n"+route("idle"))
+
+	wait := func(name string, within time.Duration) v1.CanaryStatus {
+		t.Helper()
+		var st v1.CanaryStatus
+		trellistest.Eventually(t, within, name+"'s canary rolled back", func() error {
+			var err error
+			if st, err = s.api.Canary(t.Context(), name); err != nil {
+				return err
+			}
+			if st.State != v1.CanaryRolledBack {
+				return fmt.Errorf("state %s at step %d, last %+v", st.State, st.Step, st.Last)
+			}
+			return nil
+		})
+		return st
+	}
+	took := func(st v1.CanaryStatus) time.Duration {
+		return st.Events[len(st.Events)-1].At.Sub(st.Events[0].At)
+	}
+
+	st := wait("down", 6*interval)
+	last := st.Events[len(st.Events)-1].Message
+	t.Logf("down: rolled back %v after the start: %s", took(st), st.Last.Reason)
+	if !strings.HasPrefix(last, "rolled back at step 1 (10 %)") || !strings.Contains(last, "callers' success rate") {
+		t.Errorf("down's last event %q; want a rollback at step 1 on the callers' success rate", last)
+	}
+	if took(st) > 2*interval {
+		t.Errorf("down's canary rolled back %v after it started, want within two intervals (%v)", took(st), 2*interval)
+	}
+	if d := st.Last; d.Requests != 0 || d.CallerRequests < 5 || d.CallerSuccessRate == nil || *d.CallerSuccessRate >= 99 {
+		t.Errorf("down's last decision %+v; want none of v2's own requests, and at least 5 of its callers' mostly failed", d)
+	}
+	res, err := s.api.Get(t.Context(), v1.KindRoute, "down")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tg := res.Route.Rules[0].Targets; tg[0].Weight != 100 || tg[1].Weight != 0 {
+		t.Errorf("down's weights after the rollback: %+v; want v1 100, v2 0", tg)
+	}
+	// The rollback has reached the client's proxy when nothing fails.
+	down.waitOK(t, "down's v2 out of the traffic")
+	total, failed := down.counts()
+	total, failed = total-total0, failed-failed0
+	t.Logf("down: %d requests, %d failed", total, failed)
+	if failed == 0 {
+		t.Fatalf("down: none of %d requests failed: the canary never reached v2", total)
+	}
+	// The client's proxy draws each request's version at random: v2's
+	// 10 % is a share in expectation, so allow three standard deviations
+	// of the draw (about 13 requests in 200) before calling it exceeded.
+	// A canary that reached its second step (50 %) would fail far more.
+	if limit := 0.10*float64(total) + 3*math.Sqrt(0.10*0.90*float64(total)); float64(failed) > limit {
+		t.Errorf("down: %d of %d requests failed (%.1f %%), over the first step's share of 10 %% (at most %.0f with the draw's spread)", failed, total, 100*float64(failed)/float64(total), limit)
+	}
+
+	st = wait("idle", 4*interval)
+	t.Logf("idle: rolled back %v after the start: %s", took(st), st.Last.Reason)
+	if took(st) < 2*interval || took(st) > 2*interval+2*time.Second {
+		t.Errorf("idle's canary rolled back %v after it started, want two intervals (%v) and a pass or two", took(st), 2*interval)
+	}
+	if last := st.Events[len(st.Events)-1].Message; !strings.Contains(last, "v2 has had no healthy instance for 6s (2 intervals)") {
+		t.Errorf("idle's last event %q; want the rollback for want of a healthy instance", last)
+	}
+	out := s.mustCLI(t, "get", "route", "down")
+	if !strings.Contains(out, "; callers: requests ") {
+		t.Errorf("trellis get route down lacks the callers' figures:\n%s", out)
 	}
 }

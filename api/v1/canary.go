@@ -30,7 +30,11 @@ type CanaryPolicy struct {
 	MaxP99 string `json:"maxP99" yaml:"maxP99"`
 	// MinRequests is the fewest requests Version must have served in an
 	// interval before its figures count (default 50): until then the
-	// step waits.
+	// step waits, but not forever: a step that still lacks them after two
+	// intervals while callers send its rule this many requests an
+	// interval, or whose Version has had no healthy instance for two
+	// intervals, is rolled back. Callers' proxies that count this many
+	// requests to Version judge its success rate too.
 	MinRequests int `json:"minRequests,omitempty" yaml:"minRequests,omitempty"`
 }
 
@@ -167,6 +171,12 @@ type CanaryDecision struct {
 	SuccessRate *float64  `json:"successRate,omitempty"`
 	P99Ms       float64   `json:"p99Ms"`
 	At          time.Time `json:"at"`
+	// CallerRequests and CallerSuccessRate (percent; absent without
+	// requests) are the same window's requests to the canary version as
+	// the callers' proxies counted them: these include the requests that
+	// never reached it (no healthy endpoint, connection failures).
+	CallerRequests    uint64   `json:"callerRequests,omitempty"`
+	CallerSuccessRate *float64 `json:"callerSuccessRate,omitempty"`
 }
 
 // CanaryEvent is one line of a canary's history.

@@ -681,8 +681,12 @@ func showCanary(w io.Writer, st v1.CanaryStatus) {
 		if d.SuccessRate != nil {
 			rate = fmt.Sprintf("%.2f %%", *d.SuccessRate)
 		}
-		fmt.Fprintf(w, "# last decision %s: %s: %s (requests %d, success %s, p99 %.1f ms)\n",
-			d.At.Local().Format(time.TimeOnly), d.Action, d.Reason, d.Requests, rate, d.P99Ms)
+		callers := ""
+		if d.CallerSuccessRate != nil {
+			callers = fmt.Sprintf("; callers: requests %d, success %.2f %%", d.CallerRequests, *d.CallerSuccessRate)
+		}
+		fmt.Fprintf(w, "# last decision %s: %s: %s (requests %d, success %s, p99 %.1f ms%s)\n",
+			d.At.Local().Format(time.TimeOnly), d.Action, d.Reason, d.Requests, rate, d.P99Ms, callers)
 	}
 	fmt.Fprintln(w, "# events:")
 	for _, ev := range st.Events {

@@ -52,25 +52,82 @@ const (
 	canaryRollback = "rollback"
 )
 
+// canaryStallIntervals bounds, in intervals, how long a step may go
+// without being judged while it should be: see decideCanary.
+const canaryStallIntervals = 2
+
+// canaryFigures are what a step is judged by, over its window (the step
+// so far, at most the last interval).
+type canaryFigures struct {
+	// Own is the canary version's inbound traffic, as its own proxies
+	// counted it.
+	Own v1.Traffic
+	// Callers are the requests the callers' proxies sent the canary
+	// version (by any route), and CallersFailed those answered 5xx,
+	// their own 502, 503 (no healthy endpoint) and 504 included: the
+	// requests that never reached the version are only counted here.
+	Callers, CallersFailed uint64
+	// Offered are the requests callers sent through the canary's rule,
+	// to either version.
+	Offered uint64
+	// NoneHealthy is how long, within the step, the canary version has
+	// had no healthy instance as far as this server saw; zero while it
+	// has one.
+	NoneHealthy time.Duration
+}
+
 // decideCanary judges a canary at step (an index into p.Steps) that has
-// run for elapsed, from its version's traffic t since the step began (at
-// most the last interval). Figures that break a bound roll it back at
-// once, whenever they are seen, once there are p.MinRequests of them;
-// figures that hold move it on only after a whole interval.
-func decideCanary(p *v1.CanaryPolicy, step int, elapsed time.Duration, t v1.Traffic, now time.Time) v1.CanaryDecision {
-	d := v1.CanaryDecision{Requests: t.Requests, P99Ms: t.P99Ms, At: now.UTC()}
+// run for elapsed, from its version's figures f. Figures that break a
+// bound roll it back at once, whenever they are seen, once there are
+// p.MinRequests of them: the version's own, or its callers' (whose
+// success rate counts the requests that never reached it). Figures that
+// hold move it on only after a whole interval. A step that cannot be
+// judged waits, but rolls back once it has lacked p.MinRequests of its
+// own figures for canaryStallIntervals while it should have had them:
+// the version has had no healthy instance for that long, or callers
+// sent the rule p.MinRequests in the window (the step has run that long
+// and its last interval still falls short). Without any traffic to the
+// rule, and with a healthy instance, the step waits: nothing fails.
+func decideCanary(p *v1.CanaryPolicy, step int, elapsed time.Duration, f canaryFigures, now time.Time) v1.CanaryDecision {
+	t := f.Own
+	d := v1.CanaryDecision{Requests: t.Requests, P99Ms: t.P99Ms, At: now.UTC(), CallerRequests: f.Callers}
 	if t.SuccessRate != nil {
 		pct := *t.SuccessRate * 100
 		d.SuccessRate = &pct
 	}
+	if f.Callers > 0 {
+		pct := 100 * float64(f.Callers-min(f.CallersFailed, f.Callers)) / float64(f.Callers)
+		d.CallerSuccessRate = &pct
+	}
 	need := uint64(p.EffectiveMinRequests())
+	stall := canaryStallIntervals * p.IntervalDuration()
+	// v2's own figures first: they are the most direct, and the only
+	// latency. The callers' count the same requests and those that never
+	// reached it.
+	own := t.Requests >= need && d.SuccessRate != nil
+	callers := d.CallerSuccessRate != nil && f.Callers >= need
 	switch maxP99 := float64(p.MaxP99Duration()) / float64(time.Millisecond); {
-	case t.Requests < need || d.SuccessRate == nil:
-		d.Action, d.Reason = canaryWait, fmt.Sprintf("%d requests to %s, %d needed to judge", t.Requests, p.Version, need)
-	case *d.SuccessRate < p.MinSuccessRate:
+	case own && *d.SuccessRate < p.MinSuccessRate:
 		d.Action, d.Reason = canaryRollback, fmt.Sprintf("success rate %.2f %% is below %v %%", *d.SuccessRate, p.MinSuccessRate)
-	case t.P99Ms > maxP99:
+	case own && t.P99Ms > maxP99:
 		d.Action, d.Reason = canaryRollback, fmt.Sprintf("p99 %.1f ms is above %s", t.P99Ms, p.MaxP99)
+	case callers && *d.CallerSuccessRate < p.MinSuccessRate:
+		d.Action, d.Reason = canaryRollback, fmt.Sprintf("callers' success rate %.2f %% over %d requests to %s is below %v %% (%d failed: 5xx, no healthy endpoint or connection failures)",
+			*d.CallerSuccessRate, f.Callers, p.Version, p.MinSuccessRate, f.CallersFailed)
+	case !own:
+		switch {
+		case f.NoneHealthy >= stall:
+			d.Action, d.Reason = canaryRollback, fmt.Sprintf("%s has had no healthy instance for %v (%d intervals), %d requests of %d needed to judge",
+				p.Version, f.NoneHealthy.Truncate(time.Second), canaryStallIntervals, t.Requests, need)
+		case elapsed >= stall && f.Offered >= need:
+			d.Action, d.Reason = canaryRollback, fmt.Sprintf("%d requests to %s (its callers counted %d) while callers sent the rule %d, %d needed to judge, after %d intervals: too little traffic for the step's weight (raise interval or lower minRequests)",
+				t.Requests, p.Version, f.Callers, f.Offered, need, canaryStallIntervals)
+		case f.NoneHealthy > 0:
+			d.Action, d.Reason = canaryWait, fmt.Sprintf("%d requests to %s, %d needed to judge; %s has had no healthy instance for %v (rolled back at %v)",
+				t.Requests, p.Version, need, p.Version, f.NoneHealthy.Truncate(time.Second), stall)
+		default:
+			d.Action, d.Reason = canaryWait, fmt.Sprintf("%d requests to %s, %d needed to judge", t.Requests, p.Version, need)
+		}
 	case elapsed < p.IntervalDuration():
 		d.Action, d.Reason = canaryWait, fmt.Sprintf("figures hold; the step has run %v of %s", elapsed.Truncate(time.Second), p.Interval)
 	case step >= len(p.Steps)-1:
@@ -222,11 +279,11 @@ func (s *Server) leadCanaries(ctx context.Context, l *canaryLock) {
 		}
 	}()
 	defer func() { <-kept }()
-	wrote := map[string]time.Time{}
+	memo := newCanaryMemo()
 	t := time.NewTicker(s.canaryTick())
 	defer t.Stop()
 	for {
-		if err := s.canaryPass(lctx, l, wrote); err != nil {
+		if err := s.canaryPass(lctx, l, memo); err != nil {
 			if lctx.Err() == nil {
 				s.log.Warn("canary pass", "err", err)
 			}
@@ -246,7 +303,7 @@ var errLockLost = errors.New("canary lock lost")
 
 // canaryPass looks at every Route once: starts, moves, promotes or rolls
 // back its canary, and drops the status of a Route that has none.
-func (s *Server) canaryPass(ctx context.Context, l *canaryLock, wrote map[string]time.Time) error {
+func (s *Server) canaryPass(ctx context.Context, l *canaryLock, memo *canaryMemo) error {
 	kvs, _, err := s.store.List(ctx, keyCanaryStatus)
 	if err != nil {
 		return err
@@ -265,7 +322,7 @@ func (s *Server) canaryPass(ctx context.Context, l *canaryLock, wrote map[string
 		if canaryRule(res.Route) < 0 {
 			continue
 		}
-		if err := s.driveCanary(ctx, l, res.Name, statuses[res.Name], wrote); err != nil {
+		if err := s.driveCanary(ctx, l, res.Name, statuses[res.Name], memo); err != nil {
 			if errors.Is(err, store.ErrConflict) && l.refresh(ctx) != nil {
 				return errLockLost
 			}
@@ -274,6 +331,7 @@ func (s *Server) canaryPass(ctx context.Context, l *canaryLock, wrote map[string
 		delete(statuses, res.Name)
 	}
 	for name := range statuses {
+		memo.forget(name)
 		if err := l.commit(ctx, store.Op{Key: canaryStatusKey(name), Delete: true}); err != nil {
 			errs = append(errs, fmt.Errorf("drop canary status of %s: %w", name, err))
 		}
@@ -297,7 +355,7 @@ func (ss storedStatus) follows(rev int64) bool {
 
 // driveCanary takes one Route's canary one decision further; ss is its
 // stored status, if any.
-func (s *Server) driveCanary(ctx context.Context, l *canaryLock, name string, ss storedStatus, wrote map[string]time.Time) error {
+func (s *Server) driveCanary(ctx context.Context, l *canaryLock, name string, ss storedStatus, memo *canaryMemo) error {
 	kv, err := s.store.Get(ctx, resourceKey(v1.KindRoute, name))
 	if errors.Is(err, store.ErrNotFound) {
 		return nil // deleted meanwhile; the next pass drops its status
@@ -339,21 +397,23 @@ func (s *Server) driveCanary(ctx context.Context, l *canaryLock, name string, ss
 		return s.writeCanary(ctx, l, &res, ri, kv, st)
 	}
 	if st.State != v1.CanaryProgressing {
+		memo.forget(name)
 		return nil
 	}
 	elapsed := now.Sub(st.StepStarted)
 	window := min(max(elapsed, s.stats.Interval()), p.IntervalDuration())
-	t := s.versionTraffic(name, p.Version, window, now)
-	d := decideCanary(p, st.Step, elapsed, t, now)
+	noneHealthy := memo.healthy(name, s.healthyInstances(name, p.Version) > 0, st.StepStarted, now)
+	f := s.canaryFigures(name, st.Rule, p, window, noneHealthy, now)
+	d := decideCanary(p, st.Step, elapsed, f, now)
 	st.Last = &d
 	switch d.Action {
 	case canaryWait:
 		// Waits are written at most once a stats interval: they change
 		// no weight, only the figures shown.
-		if now.Sub(wrote[name]) < s.stats.Interval() {
+		if now.Sub(memo.wrote[name]) < s.stats.Interval() {
 			return nil
 		}
-		wrote[name] = now
+		memo.wrote[name] = now
 		return s.writeStatus(ctx, l, st)
 	case canaryRollback:
 		st.State, st.Weight = v1.CanaryRolledBack, 0
@@ -375,6 +435,45 @@ func (s *Server) driveCanary(ctx context.Context, l *canaryLock, name string, ss
 	}
 }
 
+// canaryMemo is what the leader keeps between passes, in memory: lost
+// with the lock, which only delays a wait's write or a stall's rollback.
+// Only the leader's loop uses it.
+type canaryMemo struct {
+	// wrote is when each Route's last wait was written.
+	wrote map[string]time.Time
+	// noneHealthy is since when each Route's canary version has had no
+	// healthy instance, as this leader saw it.
+	noneHealthy map[string]time.Time
+}
+
+func newCanaryMemo() *canaryMemo {
+	return &canaryMemo{wrote: map[string]time.Time{}, noneHealthy: map[string]time.Time{}}
+}
+
+// healthy records whether route's canary version has a healthy instance
+// now, and returns how long, within the step started at stepStarted, it
+// has had none.
+func (m *canaryMemo) healthy(route string, ok bool, stepStarted, now time.Time) time.Duration {
+	if ok {
+		delete(m.noneHealthy, route)
+		return 0
+	}
+	since, seen := m.noneHealthy[route]
+	if !seen {
+		since = now
+		m.noneHealthy[route] = now
+	}
+	if stepStarted.After(since) {
+		since = stepStarted
+	}
+	return max(now.Sub(since), 0)
+}
+
+func (m *canaryMemo) forget(route string) {
+	delete(m.wrote, route)
+	delete(m.noneHealthy, route)
+}
+
 func addEvent(st *v1.CanaryStatus, at time.Time, msg string) {
 	st.Events = append(st.Events, v1.CanaryEvent{At: at.UTC(), Message: msg})
 	if n := len(st.Events) - maxCanaryEvents; n > 0 {
@@ -382,20 +481,48 @@ func addEvent(st *v1.CanaryStatus, at time.Time, msg string) {
 	}
 }
 
-// versionTraffic is the canary version's inbound traffic over window.
-func (s *Server) versionTraffic(service, version string, window time.Duration, now time.Time) v1.Traffic {
+// canaryFigures gathers what a canary step is judged by over window: the
+// version's own inbound traffic, its callers' outbound traffic to it and
+// through rule, and noneHealthy (the leader's count, see canaryMemo).
+func (s *Server) canaryFigures(service, rule string, p *v1.CanaryPolicy, window time.Duration, noneHealthy time.Duration, now time.Time) canaryFigures {
+	f := canaryFigures{NoneHealthy: noneHealthy}
 	out := s.stats.Stats(stats.Query{Window: window, Service: service}, now)
 	for _, sv := range out.Services {
 		if sv.Name != service {
 			continue
 		}
 		for _, v := range sv.Versions {
-			if v.Version == version {
-				return v.Traffic
+			if v.Version == p.Version {
+				f.Own = v.Traffic
 			}
 		}
 	}
-	return v1.Traffic{}
+	for _, e := range out.Edges {
+		if e.Destination != service {
+			continue
+		}
+		for _, r := range e.Routes {
+			if r.Version == p.Version {
+				f.Callers += r.Requests
+				f.CallersFailed += r.Codes["5xx"]
+			}
+			if r.Route == rule {
+				f.Offered += r.Requests
+			}
+		}
+	}
+	return f
+}
+
+// healthyInstances counts the healthy instances of service at version.
+func (s *Server) healthyInstances(service, version string) int {
+	n := 0
+	for _, in := range s.state.mesh().Instances[service] {
+		if in.Version == version && in.Healthy {
+			n++
+		}
+	}
+	return n
 }
 
 // writeCanary sets the rule's weights to the status's (the canary's

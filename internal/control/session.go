@@ -32,8 +32,10 @@ import (
 // (HttpOnly), sent only over HTTPS (Secure) and only by pages of this
 // origin (SameSite=Strict; the __Host- prefix forbids a Domain and needs
 // Path=/). The servers keep the session, never the token's secret; the
-// session lives until logout, its expiry (sessionTTL, or the token's
-// expiry if sooner) or the token's revocation, checked on every request.
+// session lives until logout, a new login from the same browser (which
+// ends the session its cookie names), its expiry (sessionTTL, or the
+// token's expiry if sooner) or the token's revocation, checked on every
+// request.
 // Every write made with a session also carries the session's CSRF token
 // in csrfHeader, which only the page's own script can have read (from
 // GET /ui/session), and comes from this origin (Origin, Sec-Fetch-Site).
@@ -467,6 +469,20 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 	if !p.isAdmin() && !p.isViewer() {
 		refuse(http.StatusForbidden, fmt.Sprintf("token %s is a service token: log in with an admin or viewer token", p.token.ID), true)
 		return
+	}
+	// A browser that logs in again while its session cookie is live is
+	// given a new cookie: end the old session first, or its ID would stay
+	// valid (for whoever else holds it) until it expires. Failing that,
+	// refuse the login, which leaves the browser as it was.
+	if c, err := r.Cookie(sessionCookie); err == nil {
+		if old, err := s.session(r.Context(), c.Value); err == nil {
+			if err := s.endSession(r.Context(), old); err != nil {
+				s.log.Error("dashboard login: end the previous session", "remote", r.RemoteAddr, "err", err)
+				writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": fmt.Sprintf("end the previous session: %v", err)})
+				return
+			}
+			s.log.Info("dashboard session replaced by a new login", "remote", r.RemoteAddr, "token", old.p)
+		}
 	}
 	id, err := randomID()
 	if err != nil {

@@ -153,8 +153,18 @@ func (d *dashServer) do(t *testing.T, r req) answer {
 // cookie and what the server said of the session.
 func (d *dashServer) login(t *testing.T, token string) (*http.Cookie, sessionInfo) {
 	t.Helper()
+	return d.loginWith(t, token, nil)
+}
+
+// loginWith logs in as login does, from a browser that sends the session
+// cookie old (nil: none).
+func (d *dashServer) loginWith(t *testing.T, token string, old *http.Cookie) (*http.Cookie, sessionInfo) {
+	t.Helper()
 	b, _ := json.Marshal(loginRequest{Token: token})
 	hr, _ := http.NewRequestWithContext(t.Context(), "POST", d.base+"/ui/login", bytes.NewReader(b))
+	if old != nil {
+		hr.AddCookie(old)
+	}
 	hr.Header.Set("Content-Type", "application/json")
 	hr.Header.Set("Origin", d.base)
 	hr.Header.Set("Sec-Fetch-Site", "same-origin")
@@ -340,6 +350,50 @@ func TestSessionEndsWithItsToken(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// A second login from a browser that still holds a live session ends
+// that session at once: its old cookie is refused afterwards, on this
+// server and, through the store, on any other.
+func TestLoginEndsThePreviousSession(t *testing.T) {
+	d := startDashServer(t)
+	tok, err := d.api.CreateToken(t.Context(), v1.TokenRequest{Viewer: true, TTL: "1h"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ name, first, second string }{
+		{"same token", d.admin, d.admin},
+		{"another token", tok.Secret, d.admin},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			old, _ := d.login(t, tc.first)
+			if a := d.do(t, req{method: "GET", path: "/ui/session", cookie: old}); a.code != 200 {
+				t.Fatalf("the first session: %v", a)
+			}
+			cookie, info := d.loginWith(t, tc.second, old)
+			if cookie.Value == old.Value {
+				t.Fatal("the second login kept the first session's ID")
+			}
+			if a := d.do(t, req{method: "GET", path: "/ui/session", cookie: old}); a.code != 401 || !strings.Contains(a.body, "no such session") {
+				t.Errorf("the first session after the second login: got %v, want 401 no such session", a)
+			}
+			if a := d.do(t, req{method: "GET", path: "/ui/session", cookie: cookie}); a.code != 200 || !strings.Contains(a.body, info.CSRF) {
+				t.Errorf("the second session: got %v, want 200", a)
+			}
+			key, err := parseSessionID(old.Value)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := d.srv.store.Get(t.Context(), sessionKey(key)); !errors.Is(err, store.ErrNotFound) {
+				t.Errorf("the first session's record in the store: %v, want not found", err)
+			}
+		})
+	}
+	// A cookie that names no live session does not stop a login.
+	fake := &http.Cookie{Name: sessionCookie, Value: strings.Repeat("x", sessionIDLen)}
+	if c, _ := d.loginWith(t, d.admin, fake); c.Value == fake.Value {
+		t.Error("login with a made-up cookie kept it")
+	}
 }
 
 // Failed logins are limited per address, and logged (with the address
