@@ -33,6 +33,9 @@ var errInvalid = errors.New("invalid input")
 type env struct {
 	stdout, stderr io.Writer
 	getenv         func(string) string
+	// server is the control plane connect chose, and serverFrom where
+	// its address came from, for errors that say so.
+	server, serverFrom string
 }
 
 type command struct {
@@ -60,10 +63,7 @@ func commands() map[string]command {
 		"backup":    {"save a snapshot of the server's store to FILE: backup FILE", runBackup},
 		"restore":   {"make a server's embedded store from a backup, offline: restore FILE --data-dir DIR", runRestore},
 		"ready":     {"exit 0 if the local proxy is ready (a health check that needs no shell)", runReady},
-		"version": {"print the version", func(_ context.Context, e *env, _ []string) error {
-			fmt.Fprintln(e.stdout, "trellis", Version)
-			return nil
-		}},
+		"version":   {"print the version, commit and Go version (also --version)", runVersion},
 	}
 }
 
@@ -82,9 +82,12 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		}
 		return 0
 	}
+	if args[0] == "--version" || args[0] == "-version" {
+		args = []string{"version"}
+	}
 	cmd, ok := cmds[args[0]]
 	if !ok {
-		fmt.Fprintf(stderr, "trellis: unknown command %q (run trellis help)\n", args[0])
+		fmt.Fprintf(stderr, "trellis: unknown command %q%s (run trellis help)\n", args[0], didYouMean(args[0], slices.Collect(maps.Keys(cmds))))
 		return 2
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -101,7 +104,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "trellis %s: %s\n", args[0], strings.TrimPrefix(err.Error(), "usage: "))
 		return 2
 	default:
-		fmt.Fprintf(stderr, "trellis %s: %s\n", args[0], err)
+		fmt.Fprintf(stderr, "trellis %s: %s\n", args[0], e.unreachable(err))
 		return 1
 	}
 }

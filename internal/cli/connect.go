@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -34,6 +35,7 @@ func ContextFile() string {
 // TRELLIS_CACERT, falling back to a running `trellis up`.
 func connect(e *env) (*client.Client, error) {
 	addr, token, caFile := e.getenv("TRELLIS_ADDR"), e.getenv("TRELLIS_TOKEN"), e.getenv("TRELLIS_CACERT")
+	e.serverFrom = "TRELLIS_ADDR"
 	if addr == "" || token == "" || caFile == "" {
 		if b, err := os.ReadFile(ContextFile()); err == nil {
 			var c Context
@@ -42,6 +44,10 @@ func connect(e *env) (*client.Client, error) {
 			}
 			if addr == "" {
 				addr = c.Addr
+				e.serverFrom = ContextFile() + ", which trellis up writes"
+				if c.PID > 0 && !processAlive(c.PID) {
+					e.serverFrom = fmt.Sprintf("%s, left by a trellis up (pid %d) that is no longer running; remove it", ContextFile(), c.PID)
+				}
 			}
 			if caFile == "" {
 				caFile = c.CAFile
@@ -73,5 +79,17 @@ func connect(e *env) (*client.Client, error) {
 	stale := func(w string) {
 		warned.Do(func() { fmt.Fprintf(e.stderr, "trellis: warning: the server says: %s\n", w) })
 	}
+	e.server = addr
 	return client.New(client.Config{Addr: addr, Token: token, CAPEM: caPEM, OnStale: stale})
+}
+
+// unreachable rewrites err, when it is a failure to connect to the
+// server, as what happened and what to do; other errors are returned as
+// they are.
+func (e *env) unreachable(err error) error {
+	var op *net.OpError
+	if e.server == "" || !errors.As(err, &op) || op.Op != "dial" {
+		return err
+	}
+	return fmt.Errorf("cannot reach the control plane at %s (from %s): %v; start one with `trellis up` (or `trellis server`), or point TRELLIS_ADDR at a running one", e.server, e.serverFrom, op.Err)
 }

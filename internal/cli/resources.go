@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -86,6 +87,18 @@ func kindOf(s string) (string, bool) {
 	return "", false
 }
 
+// getWhats are what `get` shows: the live views, then the resource kinds.
+var getWhats = []string{"services", "instances", "proxies", "tokens", "mesh", "service", "intention", "route", "gateway"}
+
+// kinds are the resource kinds, as `delete` and `get` take them.
+var kinds = []string{"mesh", "service", "intention", "route", "gateway"}
+
+// unknownKind is the error for a kind the CLI does not know: every kind it
+// does, and the nearest.
+func unknownKind(what string, known []string) error {
+	return usageErr("unknown kind %q%s; want one of %s", what, didYouMean(what, known), strings.Join(known, ", "))
+}
+
 func runGet(ctx context.Context, e *env, args []string) error {
 	fs := newFlags(e, "get", "get services|instances|proxies|tokens|KIND [NAME] [-o table|json|yaml]")
 	out := fs.String("o", "table", "output format: table, json or yaml")
@@ -93,12 +106,15 @@ func runGet(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	if fs.NArg() == 0 || fs.NArg() > 2 {
-		return usageErr("want: get services|instances|proxies|tokens|mesh|service|intention|route [NAME]")
+		return usageErr("want: get %s [NAME]", strings.Join(getWhats, "|"))
 	}
 	if *out != "table" && *out != "json" && *out != "yaml" {
 		return usageErr("-o %q: want table, json or yaml", *out)
 	}
 	what, name := fs.Arg(0), fs.Arg(1)
+	if _, ok := kindOf(what); !ok && !slices.Contains([]string{"services", "instances", "proxies", "tokens"}, strings.ToLower(what)) {
+		return unknownKind(what, getWhats)
+	}
 	c, err := connect(e)
 	if err != nil {
 		return err
@@ -173,7 +189,7 @@ func runGet(ctx context.Context, e *env, args []string) error {
 	}
 	kind, ok := kindOf(what)
 	if !ok {
-		return usageErr("unknown kind %q (want services, instances, proxies, tokens, mesh, service, intention, route or gateway)", what)
+		return unknownKind(what, getWhats)
 	}
 	var res []v1.Resource
 	if name != "" {
@@ -316,26 +332,63 @@ func age(t time.Time) string {
 }
 
 func runDelete(ctx context.Context, e *env, args []string) error {
-	fs := newFlags(e, "delete", "delete KIND NAME")
+	fs := newFlags(e, "delete", "delete KIND NAME   (KIND: "+strings.Join(kinds, ", ")+"; an intention also as: delete intention SRC DST)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if fs.NArg() != 2 {
-		return usageErr("want: delete KIND NAME")
+	if fs.NArg() < 2 || fs.NArg() > 3 {
+		return usageErr("want: delete KIND NAME, or delete intention SRC DST")
 	}
 	kind, ok := kindOf(fs.Arg(0))
 	if !ok {
-		return usageErr("unknown kind %q (want mesh, service or intention)", fs.Arg(0))
+		return unknownKind(fs.Arg(0), kinds)
+	}
+	if fs.NArg() == 3 && kind != v1.KindIntention {
+		return usageErr("want: delete KIND NAME (only an intention is named by SRC DST)")
 	}
 	c, err := connect(e)
 	if err != nil {
 		return err
 	}
-	if err := c.Delete(ctx, kind, fs.Arg(1)); err != nil {
+	name := fs.Arg(1)
+	if kind == v1.KindIntention {
+		if name, err = intentionName(ctx, c, fs.Args()[1:]); err != nil {
+			return err
+		}
+	}
+	if err := c.Delete(ctx, kind, name); err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stdout, "%s/%s deleted\n", kind, fs.Arg(1))
+	fmt.Fprintf(e.stdout, "%s/%s deleted\n", kind, name)
 	return nil
+}
+
+// intentionName finds the intention args name: its name, a name written
+// with "*" where the store has "any" (as `intention allow '*' X` names
+// it), or its source and destination, whatever its name.
+func intentionName(ctx context.Context, c *client.Client, args []string) (string, error) {
+	src, dst := "", ""
+	if len(args) == 2 {
+		src, dst = args[0], args[1]
+	}
+	all, err := c.List(ctx, v1.KindIntention)
+	if err != nil {
+		return "", err
+	}
+	var names []string
+	for _, r := range all {
+		if src != "" && r.Intention.Source == src && r.Intention.Destination == dst {
+			return r.Name, nil
+		}
+		if len(args) == 1 && (r.Name == args[0] || r.Name == strings.ReplaceAll(args[0], "*", "any")) {
+			return r.Name, nil
+		}
+		names = append(names, r.Name)
+	}
+	if src != "" {
+		return "", fmt.Errorf("no intention from %s to %s (see trellis get intentions)", src, dst)
+	}
+	return "", fmt.Errorf("no intention named %q%s (see trellis get intentions)", args[0], didYouMean(args[0], names))
 }
 
 func runIntention(ctx context.Context, e *env, args []string) error {

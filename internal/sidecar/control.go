@@ -85,7 +85,13 @@ func (p *Proxy) runControl(ctx context.Context, pool *l4.Pool) {
 			case refused && logged.changed("refused "+fmt.Sprint(lastErr)):
 				p.log.Error("control plane refused this proxy; retrying", "err", lastErr, "servers", entries)
 			case !refused && logged.changed("unreachable"):
-				p.log.Warn("no control plane server reachable; serving the last good configuration", "err", lastErr, "servers", entries)
+				// Say what is served meanwhile: a proxy that never had a
+				// configuration (none received, none saved) serves none.
+				serving := "the last good configuration"
+				if p.cur.Load() == nil {
+					serving = "none yet: upstream calls fail until a server is reached"
+				}
+				p.log.Warn("no control plane server reachable", "serving", serving, "err", lastErr, "servers", entries)
 			default:
 				p.log.Debug("no control plane server took the stream", "err", lastErr, "retryIn", delay.Round(time.Millisecond))
 			}
