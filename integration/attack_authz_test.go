@@ -451,3 +451,32 @@ spec:
 		t.Fatalf("plain request after the attacks: %d %q", got, body)
 	}
 }
+
+// The same over HTTP: the destination's proxy refuses the request, and
+// the caller's proxy says at warn level (what trellis up's terminal
+// shows) that the destination's policy denied it, with the reason, not
+// only the app's error.
+func TestAuthzDefaultDenyHTTPBothSides(t *testing.T) {
+	s := startServer(t)
+	applyYAML(t, s, "kind: Service\nname: web\nspec: {protocol: http}\n")
+	app := h1StartApp(t)
+	wp := s.startProxy(t, proxyOpts{service: "web", appPort: app.port})
+	up, upPort := loopAddr(t)
+	cp := s.startProxy(t, proxyOpts{service: "client", appPort: app.port, upstreams: []string{fmt.Sprintf("web:%d", upPort)}})
+	s.waitInstances(t, 10*time.Second, "web registered", "web", 1)
+	trellistest.Eventually(t, 10*time.Second, "refusal logged on both sides", func() error {
+		if got, err := get(up); err == nil {
+			t.Fatalf("call with no intention answered %q", got)
+		}
+		if log := wp.logText(); !strings.Contains(log, "request refused") || !strings.Contains(log, "no intention allows client -> web") {
+			return fmt.Errorf("web's sidecar log lacks the refusal")
+		}
+		for _, line := range strings.Split(cp.logText(), "\n") {
+			if strings.Contains(line, "level=WARN") && strings.Contains(line, "call denied by the destination's policy") &&
+				strings.Contains(line, "upstream=web") && strings.Contains(line, "no intention allows client -> web") {
+				return nil
+			}
+		}
+		return fmt.Errorf("client's sidecar log lacks a warning with the reason")
+	})
+}

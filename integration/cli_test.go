@@ -194,8 +194,9 @@ func startUpIn(t *testing.T, home, dir string, ports []int, flags ...string) *up
 	}()
 	t.Cleanup(func() {
 		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		b, _ := os.ReadFile(logf.Name())
+		checkLogKeys(t, "trellis up", string(b))
 		if t.Failed() {
-			b, _ := os.ReadFile(logf.Name())
 			t.Logf("up log:\n%s", tail(string(b), 40))
 		}
 	})

@@ -74,10 +74,12 @@ func startWrapped(t *testing.T, name string, wrap, env []string, args ...string)
 	p.run()
 	t.Cleanup(func() {
 		p.kill(syscall.SIGKILL)
-		if log := p.logText(); strings.Contains(log, "WARNING: DATA RACE") {
+		log := p.logText()
+		if strings.Contains(log, "WARNING: DATA RACE") {
 			race := log[strings.Index(log, "WARNING: DATA RACE"):]
 			t.Errorf("%s reported a data race:\n%s", p.name, head(race, 60))
 		}
+		checkLogKeys(t, p.name, log)
 		if t.Failed() {
 			b, _ := os.ReadFile(p.log)
 			t.Logf("---- %s log ----\n%s", p.name, tail(string(b), 40))

@@ -106,7 +106,7 @@ func (o *Outbound) admit(c net.Conn) bool {
 	if o.MaxConnections != nil {
 		if max := o.MaxConnections(); max > 0 && o.inflight.n.Load() >= int64(max) {
 			o.Metrics.Connections.WithLabelValues("outbound", o.Service, "overflow").Inc()
-			o.Logger.Debug("circuit breaker: connection refused", "service", o.Service, "maxConnections", max)
+			o.Logger.Debug("circuit breaker: connection refused", "upstream", o.Service, "maxConnections", max)
 			c.Close()
 			return false
 		}
@@ -196,7 +196,7 @@ func (o *Outbound) handle(client net.Conn) {
 		}
 	}
 	o.Metrics.Connections.WithLabelValues("outbound", o.Service, "error").Inc()
-	o.Logger.Warn("no upstream connection", "service", o.Service, "err", lastErr)
+	o.Logger.Warn("no upstream connection", "upstream", o.Service, "err", lastErr)
 }
 
 // Drain waits for open client connections to end until ctx ends, then

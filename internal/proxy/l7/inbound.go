@@ -238,7 +238,7 @@ func (in *Inbound) admit(r *http.Request, peer identity.ID) *badRequest {
 		return err.(*badRequest)
 	}
 	if d := in.Authorize(peer, matchRequest(r)); !d.Allow {
-		return &badRequest{http.StatusForbidden, "trellis: denied: " + d.Reason, d.Code}
+		return &badRequest{http.StatusForbidden, deniedPrefix + d.Reason, d.Code}
 	}
 	// Rules saw the fields named with '_' as the ones named with '-' (a
 	// deny on X-Role refuses X_Role: admin); the app sees none of them.

@@ -462,7 +462,7 @@ func TestAccessLog(t *testing.T) {
 	get(t, url+"/logged", "X-Request-Id: req-42")
 	eventually(t, 2*time.Second, "access line", func() bool { return strings.Contains(buf.String(), `"msg":"access"`) })
 	line := buf.String()
-	for _, want := range []string{`"requestId":"req-42"`, `"path":"/logged"`, `"status":200`, `"instance":"web-1"`, `"version":"v1"`, `"route":"default"`} {
+	for _, want := range []string{`"requestId":"req-42"`, `"path":"/logged"`, `"status":200`, `"endpointInstance":"web-1"`, `"version":"v1"`, `"route":"default"`} {
 		if !strings.Contains(line, want) {
 			t.Errorf("access log %s lacks %s", line, want)
 		}

@@ -15,6 +15,7 @@ import (
 // scheme.
 type Metrics struct {
 	refusals ratelog.Limit // of the "request refused" lines
+	denials  ratelog.Limit // of the "call denied by the destination" lines
 
 	// DroppedFields counts request header fields a proxy removed before
 	// passing a request on, by direction and reason ("underscore": a

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -130,6 +131,10 @@ func refuse(w http.ResponseWriter, e *badRequest) {
 	if e.status == http.StatusMethodNotAllowed {
 		w.Header().Set("Allow", allowHeader)
 	}
+	if e.status == http.StatusForbidden {
+		// An authorization refusal: the caller's proxy logs it (denied).
+		w.Header().Set(DeniedHeader, strings.TrimPrefix(e.msg, deniedPrefix))
+	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("Connection", "close")
 	w.WriteHeader(e.status)
@@ -233,7 +238,7 @@ func (o *Outbound) roundTrip(req *http.Request, sp *tracing.Span) (resp *http.Re
 				msg += " (" + why + ")"
 				// Per request, as the access log is: the reason is what
 				// an operator looks for in a 503.
-				o.Logger.Warn("no healthy endpoint", "service", o.Service, "reason", why)
+				o.Logger.Warn("no healthy endpoint", "upstream", o.Service, "reason", why)
 			}
 		}
 		o.Metrics.observe("outbound", o.Source, o.Service, rule.Name, version, http.StatusServiceUnavailable, start)
@@ -363,6 +368,9 @@ func (o *Outbound) roundTrip(req *http.Request, sp *tracing.Span) (resp *http.Re
 			if resp.StatusCode < 500 {
 				o.bal.Succeeded(ep.Key())
 			}
+			if resp.StatusCode == http.StatusForbidden {
+				o.denied(req, resp)
+			}
 			resp.Header.Set(UpstreamTimeHeader, strconv.FormatInt(time.Since(start).Milliseconds(), 10))
 			code := resp.StatusCode
 			resp.Body = &trackedBody{ReadCloser: resp.Body, done: func() {
@@ -417,15 +425,43 @@ func (o *Outbound) access(req *http.Request, route string, ep balance.Endpoint, 
 	o.Logger.LogAttrs(req.Context(), slog.LevelInfo, "access",
 		slog.String("direction", "outbound"), slog.String("requestId", req.Header.Get(RequestIDHeader)),
 		slog.String("method", req.Method), slog.String("path", req.URL.Path), slog.String("destination", o.Service),
-		slog.String("route", route), slog.String("instance", ep.Instance), slog.String("version", ep.Version),
+		slog.String("route", route), slog.String("endpointInstance", ep.Instance), slog.String("version", ep.Version),
 		slog.Int("status", code), slog.Int("attempts", attempts), slog.Duration("duration", time.Since(start)))
+}
+
+// DeniedHeader marks a 403 that the destination's proxy answered because
+// no intention or permission allows the call; its value says why. The
+// caller's proxy logs it, so that a denied call shows on both sides, not
+// only as the app's error.
+const DeniedHeader = "Trellis-Denied"
+
+// deniedPrefix starts the body of an authorization refusal.
+const deniedPrefix = "trellis: denied: "
+
+// denied logs, at warn level and at most refusalsPerSecond lines a
+// second, a call the destination refused by policy.
+func (o *Outbound) denied(req *http.Request, resp *http.Response) {
+	why := resp.Header.Get(DeniedHeader)
+	if why == "" {
+		return // the app's own 403
+	}
+	n, ok := o.Metrics.denials.Take(time.Now(), refusalsPerSecond)
+	if !ok {
+		return
+	}
+	attrs := []slog.Attr{slog.String("upstream", o.Service), slog.String("method", cut(req.Method, 32)),
+		slog.String("path", cut(req.URL.Path, 512)), slog.String("reason", cut(why, 512))}
+	if n > 0 {
+		attrs = append(attrs, slog.Int("suppressed", n))
+	}
+	o.Logger.LogAttrs(req.Context(), slog.LevelWarn, "call denied by the destination's policy", attrs...)
 }
 
 // errored counts a failed request against ep: outlier detection.
 func (o *Outbound) errored(ep balance.Endpoint) {
 	if o.bal.Errored(ep.Addr) {
 		o.Metrics.Ejections.WithLabelValues(o.Source, o.Service).Inc()
-		o.Logger.Warn("endpoint ejected after consecutive errors", "service", o.Service, "instance", ep.Instance, "errors", balance.ConsecutiveErrors)
+		o.Logger.Warn("endpoint ejected after consecutive errors", "upstream", o.Service, "endpointInstance", ep.Instance, "errors", balance.ConsecutiveErrors)
 	}
 }
 

@@ -91,6 +91,9 @@ func isPrint(s string) bool {
 func copyResponse(w http.ResponseWriter, resp *http.Response) {
 	endTrailersOnly(resp)
 	removeHopByHop(resp.Header)
+	// Only a proxy's own refusal (refuse) says an intention denied the
+	// call: an app cannot, and the caller's app needs no copy.
+	delete(resp.Header, DeniedHeader)
 	h := w.Header()
 	for k, vv := range resp.Header {
 		h[k] = vv

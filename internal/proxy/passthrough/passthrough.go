@@ -181,7 +181,7 @@ func (l *Listener) serve(c net.Conn) {
 	t, up, err := l.dial(svc, sni)
 	if err != nil {
 		l.Metrics.Connections.WithLabelValues(l.Direction, label, "error").Inc()
-		l.Logger.Warn("pass-through: no target answered", "service", svc, "sni", sni, "err", err)
+		l.Logger.Warn("pass-through: no target answered", "target", svc, "sni", sni, "err", err)
 		return
 	}
 	defer l.release(t, up)
