@@ -57,11 +57,8 @@ func echoOnce(t *testing.T, c net.Conn, n int) {
 // far, and closing it adds only the rest.
 func TestBytesCountedWhileOpen(t *testing.T) {
 	ca := trellistest.NewCA(t, "trellis.local")
-	reg := prometheus.NewRegistry()
 	ch := newChain(t, ca, "web", "client", "web", allowAll)
-	// The chain's metrics, registered where this test can scrape them.
-	ch.in.Metrics = NewMetrics(reg)
-	ch.out.Metrics = ch.in.Metrics
+	reg := ch.reg
 	c, err := net.Dial("tcp", ch.client)
 	if err != nil {
 		t.Fatal(err)

@@ -32,13 +32,15 @@ type chain struct {
 	client  string // outbound listener
 	in      *Inbound
 	out     *Outbound
-	metrics *Metrics
+	metrics *Metrics // both sides' metrics, registered in reg
+	reg     *prometheus.Registry
 	allow   func(identity.ID) authz.Decision
 }
 
 func newChain(t testing.TB, ca *trellistest.CA, serverSvc, clientSvc, expect string, allow func(identity.ID) authz.Decision) *chain {
 	t.Helper()
-	m := NewMetrics(prometheus.NewRegistry())
+	reg := prometheus.NewRegistry()
+	m := NewMetrics(reg)
 	in := &Inbound{TLS: ca.Source(t, serverSvc).ServerConfig(nil, ALPN), Authorize: allow, Target: echoApp(t), Metrics: m}
 	pl, _ := net.Listen("tcp", "127.0.0.1:0")
 	go in.Serve(pl)
@@ -50,11 +52,12 @@ func newChain(t testing.TB, ca *trellistest.CA, serverSvc, clientSvc, expect str
 		Endpoints: func() []Endpoint { return []Endpoint{{Addr: pl.Addr().String(), Instance: "x"}} },
 		TLS:       ca.Source(t, clientSvc).ClientConfig(certs.ExpectService(expect), ALPN),
 		Pool:      pool,
+		Metrics:   m,
 	}
 	ol, _ := net.Listen("tcp", "127.0.0.1:0")
 	go out.Serve(ol)
 	t.Cleanup(func() { ol.Close() })
-	return &chain{client: ol.Addr().String(), in: in, out: out, metrics: m}
+	return &chain{client: ol.Addr().String(), in: in, out: out, metrics: m, reg: reg}
 }
 
 func roundTrip(addr string, payload []byte) ([]byte, error) {

@@ -104,10 +104,12 @@ func (a *Acceptor) Serve(l net.Listener, serve func(net.Conn)) error {
 			return fmt.Errorf("accept on %s listener: %w", rl.name, err)
 		}
 		if reason := a.admit(&open, limit); reason != "" {
-			c.Close()
+			// Counted before the close, so whoever sees the refusal
+			// (a client, a test) also sees it counted.
 			if a.Counters != nil {
 				a.Counters.Refused(rl.name, reason)
 			}
+			c.Close()
 			a.logf(&a.refusedLog, rl.log, slog.LevelWarn, "connection refused: limit reached", "listener", rl.name, "reason", reason,
 				"listenerOpen", open.Load(), "listenerMax", limit)
 			continue
