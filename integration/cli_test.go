@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -137,10 +138,13 @@ func TestBadInput(t *testing.T) {
 type upRun struct {
 	env     []string // for CLI commands in "another terminal"
 	summary string
-	home    string
-	cmd     *exec.Cmd
-	exited  chan error
-	ports   []int
+	// out is all up printed so far.
+	outMu  sync.Mutex
+	out    strings.Builder
+	home   string
+	cmd    *exec.Cmd
+	exited chan error
+	ports  []int
 }
 
 // startUp runs `trellis up DIR` and waits until it says it is up. ports are
@@ -183,11 +187,16 @@ func startUpIn(t *testing.T, home, dir string, ports []int, flags ...string) *up
 	upIsUp := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(stdout)
-		var all strings.Builder
 		for sc.Scan() {
-			all.WriteString(sc.Text() + "\n")
+			u.outMu.Lock()
+			u.out.WriteString(sc.Text() + "\n")
+			all := u.out.String()
+			u.outMu.Unlock()
 			if strings.Contains(sc.Text(), "Press Ctrl-C") {
-				upIsUp <- all.String()
+				select {
+				case upIsUp <- all: // the first summary
+				default:
+				}
 			}
 		}
 		u.exited <- cmd.Wait()
@@ -208,6 +217,13 @@ func startUpIn(t *testing.T, home, dir string, ports []int, flags ...string) *up
 		t.Fatal("trellis up not up after 3 minutes")
 	}
 	return u
+}
+
+// output returns all up printed so far.
+func (u *upRun) output() string {
+	u.outMu.Lock()
+	defer u.outMu.Unlock()
+	return u.out.String()
 }
 
 // checkBindsLoopback checks what the summary promises (issue 17 item 8):

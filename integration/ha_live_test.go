@@ -320,3 +320,44 @@ func TestProxyCannotTakeAnotherInstance(t *testing.T) {
 		t.Errorf("web-1 after the second proxy: %+v (%v), want it as first registered: %+v", after, err, before)
 	}
 }
+
+// A proxy restarted on its state dir takes its registration back at once:
+// the claim it registered with is kept there, so the servers see the same
+// proxy, not another one to hold off for the registration grace (ten
+// minutes here).
+func TestRestartedProxyTakesItsRegistrationBack(t *testing.T) {
+	s := startServer(t, "--registration-grace", "10m")
+	web := startApp(t, "web")
+	p := start(t, "proxy-web-1", nil, "proxy", "--service", "web", "--instance", "web-1", "--app-port", fmt.Sprint(web.port),
+		"--server", s.addr, "--ca-file", s.caFile, "--token-file", s.tokenFile(t, "web"), "--state-dir", t.TempDir(),
+		"--admin-port", fmt.Sprint(trellistest.FreePort(t)), "--health-interval", "250ms")
+	connectedAt := func() (time.Time, error) {
+		ps, err := s.api.Proxies(t.Context())
+		if err != nil {
+			return time.Time{}, err
+		}
+		for _, x := range ps {
+			if x.Instance == "web-1" {
+				return x.ConnectedAt, nil
+			}
+		}
+		return time.Time{}, fmt.Errorf("web-1 not connected")
+	}
+	s.waitInstances(t, 30*time.Second, "web-1 registered", "web", 1)
+	first, err := connectedAt()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.restart() // SIGKILL: no goodbye; the registration stays, held for its grace
+	trellistest.Eventually(t, 30*time.Second, "the restarted proxy connected again", func() error {
+		at, err := connectedAt()
+		if err == nil && !at.After(first) {
+			err = fmt.Errorf("web-1 still shown on the stream of %v", first)
+		}
+		return err
+	})
+	if strings.Contains(p.logText(), "registered by another proxy") {
+		t.Error("the restarted proxy was held off as another proxy")
+	}
+	s.waitInstances(t, 30*time.Second, "web-1 registered", "web", 1)
+}

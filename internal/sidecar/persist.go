@@ -2,24 +2,33 @@ package sidecar
 
 import (
 	"crypto"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/trellis-mesh/trellis/internal/certs"
 	"github.com/trellis-mesh/trellis/internal/topology"
 )
 
-// stateFile is the one file in the state dir. It holds the private key, so
+// stateFile is the state dir's main file. It holds the private key, so
 // it is written 0600, and atomically (rename), so a crash never leaves a key
 // that does not match its certificate.
 const stateFile = "proxy-state.json"
+
+// claimFile holds the proxy's registration claim (0600, like the key): a
+// proxy restarted on the same state dir shows the servers the claim its
+// registration was made with and takes it back at once, instead of
+// waiting out the registration grace of its former self.
+const claimFile = "claim"
 
 type persisted struct {
 	ChainPEM string             `json:"chain"`
@@ -162,4 +171,45 @@ func persistedPort(dir string) int {
 		return 0
 	}
 	return p.PublicPort
+}
+
+// loadClaim returns the claim kept in dir, making and keeping a new one
+// when there is none (or it is not one this code wrote); a random claim,
+// kept nowhere, when dir is empty or cannot be written, with the error.
+func loadClaim(dir string) (string, error) {
+	b := make([]byte, 32)
+	_, _ = rand.Read(b)
+	fresh := hex.EncodeToString(b)
+	if dir == "" {
+		return fresh, nil
+	}
+	path := filepath.Join(dir, claimFile)
+	if old, err := os.ReadFile(path); err == nil {
+		if c := strings.TrimSpace(string(old)); len(c) == 64 {
+			if _, err := hex.DecodeString(c); err == nil {
+				return c, nil
+			}
+		}
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fresh, err
+	}
+	tmp, err := os.CreateTemp(dir, claimFile+".*")
+	if err != nil {
+		return fresh, err
+	}
+	defer os.Remove(tmp.Name())
+	if err := tmp.Chmod(0o600); err == nil {
+		_, err = tmp.WriteString(fresh + "\n")
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), path)
+	}
+	if err != nil {
+		return fresh, fmt.Errorf("keep the registration claim in %s: %w", dir, err)
+	}
+	return fresh, nil
 }

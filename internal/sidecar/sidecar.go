@@ -68,7 +68,9 @@ type Proxy struct {
 	regCh    chan struct{} // a registration change to send
 	// claim proves to a server that a stream comes from the process that
 	// registered this instance, so another server may take over its
-	// registration when the stream moves; made at start, never stored.
+	// registration when the stream moves; made at start and kept only in
+	// the state dir (0600, beside the private key) when there is one, so
+	// that a restart of this proxy takes its registration back.
 	claim  string
 	ready  chan struct{}
 	rdOnce sync.Once
@@ -165,10 +167,12 @@ func New(cfg Config) (*Proxy, error) {
 		_, _ = rand.Read(b)
 		cfg.Instance = cfg.Service + "-" + hex.EncodeToString(b)
 	}
-	claim := make([]byte, 32)
-	_, _ = rand.Read(claim)
+	claim, err := loadClaim(cfg.StateDir)
+	if err != nil {
+		cfg.Logger.Warn("registration claim not kept: a restart waits out its former registration's grace", "err", err)
+	}
 	p := &Proxy{
-		claim:     hex.EncodeToString(claim),
+		claim:     claim,
 		cfg:       cfg,
 		log:       cfg.Logger.With("component", "sidecar", "service", cfg.Service, "instance", cfg.Instance),
 		src:       src,

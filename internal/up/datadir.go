@@ -13,7 +13,6 @@ import (
 	"syscall"
 
 	v1 "github.com/trellis-mesh/trellis/api/v1"
-	"github.com/trellis-mesh/trellis/internal/control"
 )
 
 // markerFile marks a directory as a data dir of trellis up; it holds the
@@ -68,13 +67,14 @@ func isEmpty(dir string) (bool, error) {
 
 // checkPorts fails, naming the port and what the file wants it for, when
 // one of the fixed ports the example needs is taken: before anything is
-// created or started.
-func checkPorts(f *File, listen string) error {
-	if listen == "" {
-		listen = control.DefaultListen
-	}
+// created or started. api is the API's address, "" when the control plane
+// already holds it (a reload).
+func checkPorts(f *File, api string) error {
 	type want struct{ addr, what string }
-	wants := []want{{listen, "the API"}}
+	var wants []want
+	if api != "" {
+		wants = append(wants, want{api, "the API"})
+	}
 	for _, s := range f.Services {
 		for r := 0; r < max(1, s.Replicas); r++ {
 			inst := fmt.Sprintf("%s replica %d", s.Name, r+1)
@@ -101,7 +101,7 @@ func checkPorts(f *File, listen string) error {
 			}
 		}
 	}
-	if f.meshDNS() {
+	if f.meshDNS() && api != "" {
 		wants = append(wants, want{ServerDNS, "the mesh DNS server"})
 	}
 	seen := map[string]bool{}

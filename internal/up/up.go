@@ -21,14 +21,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	v1 "github.com/trellis-mesh/trellis/api/v1"
 	"github.com/trellis-mesh/trellis/client"
 	"github.com/trellis-mesh/trellis/internal/control"
-	"github.com/trellis-mesh/trellis/internal/identity"
-	"github.com/trellis-mesh/trellis/internal/meshdns"
-	"github.com/trellis-mesh/trellis/internal/proxy/netconn"
 	"github.com/trellis-mesh/trellis/internal/sidecar"
 )
 
@@ -100,7 +95,11 @@ func Run(ctx context.Context, cfg Config) error {
 	if swept > 0 {
 		fmt.Fprintf(cfg.Out, "Stopped %d app(s) left running by a trellis up that was killed.\n", swept)
 	}
-	if err := checkPorts(f, cfg.Listen); err != nil {
+	apiAddr := cfg.Listen
+	if apiAddr == "" {
+		apiAddr = control.DefaultListen
+	}
+	if err := checkPorts(f, apiAddr); err != nil {
 		return err
 	}
 	if cfg.DataDir == "" {
@@ -131,13 +130,12 @@ func Run(ctx context.Context, cfg Config) error {
 	// plane. ctx only triggers it; the stop itself must not be cut short.
 	base := context.WithoutCancel(ctx)
 	srvCtx, stopSrv := context.WithCancel(base)
-	sideCtx, stopSidecars := context.WithCancel(base)
-	var srvWG, sideWG sync.WaitGroup
-	var children []*child
+	var srvWG sync.WaitGroup
+	var cur *workloads // the apps and sidecars running now
 	defer func() {
-		stopSidecars()
-		sideWG.Wait()
-		stopChildren(children, log)
+		if cur != nil {
+			cur.stop()
+		}
 		stopSrv()
 		srvWG.Wait()
 	}()
@@ -180,196 +178,24 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		defer os.Remove(cfg.ContextFile)
 	}
-	if err := applyFile(ctx, api, f); err != nil {
+	env := &upEnv{cfg: cfg, dir: dir, log: log, lock: lock, api: api, srvAddr: srv.Addr(), caFile: caFile}
+	if err := applyFile(ctx, env, f); err != nil {
 		return err
 	}
 
-	tokDir := filepath.Join(cfg.DataDir, "tokens")
-	if err := os.MkdirAll(tokDir, 0o700); err != nil {
+	wl, err := startWorkloads(ctx, env, f)
+	if wl != nil {
+		cur = wl
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while starting: not a failure
+		}
 		return err
-	}
-	// Children are started before their sidecars; a sidecar reports its app
-	// unhealthy until it answers.
-	type sc struct {
-		cfg sidecar.Config
-		id  string
-	}
-	var sidecars []sc
-	want := map[string]int{}
-	numbered := map[string]int{} // instances are numbered across versions
-	callPorts := map[string]int{}
-	for _, s := range f.Services {
-		if _, ok := callPorts[s.Name]; !ok {
-			callPorts[s.Name] = s.callPort()
-		}
-	}
-	byName := 0 // sidecars that call upstreams by name, each with loopback addresses of its own
-	for _, s := range f.Services {
-		tok, err := serviceToken(ctx, api, tokDir, s.Name)
-		if err != nil {
-			return err
-		}
-		for r := 0; r < max(1, s.Replicas); r++ {
-			numbered[s.Name]++
-			inst := fmt.Sprintf("%s-%d", s.Name, numbered[s.Name])
-			port := s.Port + r
-			env := map[string]string{"PORT": strconv.Itoa(port), "TRELLIS_SERVICE": s.Name, "TRELLIS_INSTANCE": inst,
-				"TRELLIS_VERSION": s.Version, "TRELLIS_NETWORK": v1.EffectiveNetwork(s.Network)}
-			var ups []sidecar.Upstream
-			var dns *sidecar.DNS
-			for j, u := range s.Upstreams {
-				addr := "127.0.0.1:" + strconv.Itoa(u.Port)
-				if u.Port == 0 {
-					// Called by name: the listener takes the service's
-					// port on an address of this sidecar's own, which
-					// its DNS answers (one machine, many "hosts").
-					if dns == nil {
-						byName++
-						dns = &sidecar.DNS{Listen: fmt.Sprintf("127.77.%d.53:1053", byName), Mode: meshdns.ModeLocal}
-						env["TRELLIS_DNS"] = dns.Listen
-					}
-					addr = fmt.Sprintf("127.77.%d.%d:%d", byName, j+1, callPorts[u.Service])
-				}
-				env["UPSTREAM_"+identity.EnvName(u.Service)] = addr
-				ups = append(ups, sidecar.Upstream{Service: u.Service, Listen: addr})
-			}
-			for k, v := range s.Env {
-				env[k] = v
-			}
-			c, err := startChild(dir, inst, s.Command, env, cfg.Out)
-			if err != nil {
-				return err
-			}
-			children = append(children, c)
-			if err := lock.addGroup(inst, c.cmd.Process.Pid); err != nil {
-				return err
-			}
-			sidecars = append(sidecars, sc{id: inst, cfg: sidecar.Config{
-				Service: s.Name, Version: s.Version, Instance: inst,
-				AppAddr: "127.0.0.1:" + strconv.Itoa(port), Upstreams: ups, Network: s.Network, DNS: dns,
-				Edge:   edgeConfig(dir, s.Edge, r),
-				Server: srv.Addr(), ServerCAFile: caFile, TokenFile: tok,
-				StateDir:       filepath.Join(cfg.DataDir, "proxies", inst),
-				HealthHTTPPath: s.Health.HTTP, DrainTimeout: 2 * time.Second,
-			}})
-			want[s.Name]++
-		}
-	}
-	if f.Client != nil {
-		tok, err := serviceToken(ctx, api, tokDir, f.Client.Service)
-		if err != nil {
-			return err
-		}
-		var ups []sidecar.Upstream
-		for _, u := range f.Client.Upstreams {
-			ups = append(ups, sidecar.Upstream{Service: u.Service, Listen: "127.0.0.1:" + strconv.Itoa(u.Port)})
-		}
-		// The client sidecar has no app. Its registration needs one, so a
-		// null app stands in: it accepts (the health check passes) and
-		// closes at once, so whatever reaches it through the mesh gets
-		// nothing, not even this machine's admin endpoints.
-		null, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return err
-		}
-		var nullLoop sync.WaitGroup
-		defer nullLoop.Wait() // after the Close below: deferred calls run last first
-		defer null.Close()
-		// Its accept loop retries running out of descriptors rather
-		// than ending, and stops when the deferred Close above runs.
-		nullLoop.Go(func() {
-			_ = (&netconn.Acceptor{Name: "null-app", Logger: log}).Serve(null, func(c net.Conn) { c.Close() })
-		})
-		sidecars = append(sidecars, sc{id: f.Client.Service, cfg: sidecar.Config{
-			Service: f.Client.Service, Instance: f.Client.Service + "-local", AppAddr: null.Addr().String(),
-			Upstreams: ups, Server: srv.Addr(), ServerCAFile: caFile, TokenFile: tok, DrainTimeout: time.Second,
-		}})
-	}
-	// Each Gateway resource gets its gateway, on loopback.
-	for _, r := range f.resources {
-		if r.Kind != v1.KindGateway {
-			continue
-		}
-		tok, err := serviceToken(ctx, api, tokDir, r.Name)
-		if err != nil {
-			return err
-		}
-		network := gatewayNetwork(f, r.Gateway)
-		sidecars = append(sidecars, sc{id: r.Name, cfg: sidecar.Config{
-			Service: r.Name, Instance: r.Name + "-local", Gateway: &sidecar.Gateway{ListenIP: "127.0.0.1"}, Network: network,
-			Server: srv.Addr(), ServerCAFile: caFile, TokenFile: tok, DrainTimeout: time.Second,
-			StateDir: filepath.Join(cfg.DataDir, "proxies", r.Name),
-		}})
-		want[r.Name]++
-	}
-	sidecarErr := make(chan error, len(sidecars))
-	// Each sidecar says once when it serves: the summary waits for all,
-	// the client's upstream listeners too, which no health check covers.
-	sidecarReady := make(chan string, len(sidecars))
-	var adminMu sync.Mutex
-	admins := map[string]string{}  // instance -> admin address
-	publics := map[string]string{} // instance -> public (mTLS) address
-	for _, s := range sidecars {
-		s.cfg.Logger = log
-		s.cfg.Registry = prometheus.NewRegistry()
-		if cfg.Tracing != nil {
-			t := *cfg.Tracing
-			s.cfg.Tracing = &t
-		}
-		id := s.id
-		inst := s.cfg.Instance
-		s.cfg.OnReady = func(admin, public string) {
-			adminMu.Lock()
-			admins[id] = admin
-			publics[inst] = public
-			adminMu.Unlock()
-			sidecarReady <- id
-		}
-		p, err := sidecar.New(s.cfg)
-		if err != nil {
-			return fmt.Errorf("sidecar %s: %w", s.id, err)
-		}
-		sideWG.Add(1)
-		go func() {
-			defer sideWG.Done()
-			if err := p.Run(sideCtx); err != nil {
-				sidecarErr <- fmt.Errorf("sidecar %s: %w", s.id, err)
-			}
-		}()
-	}
-
-	fmt.Fprintf(cfg.Out, "Starting %d services (a first run builds them; this can take a minute)...\n", len(f.Services))
-	if err := waitHealthy(ctx, api, want, func(in v1.Instance) bool {
-		adminMu.Lock()
-		defer adminMu.Unlock()
-		return publics[in.ID] != "" && publics[in.ID] == net.JoinHostPort(in.Address, strconv.Itoa(in.Port))
-	}, cfg.ReadyTimeout, children, sidecarErr); err != nil {
-		return err
-	}
-	for range sidecars {
-		select {
-		case <-sidecarReady:
-		case err := <-sidecarErr:
-			return err
-		case <-ctx.Done():
-			return nil
-		case <-time.After(cfg.ReadyTimeout):
-			return fmt.Errorf("a sidecar did not become ready within %v", cfg.ReadyTimeout)
-		}
 	}
 	started = true
-	adminMu.Lock()
-	printSummary(cfg.Out, srv.Addr(), f, admins)
-	adminMu.Unlock()
-	select {
-	case <-ctx.Done():
-		fmt.Fprintln(cfg.Out, "\nStopping...")
-	case err := <-srvErr:
-		return fmt.Errorf("control plane stopped: %w", err)
-	case err := <-sidecarErr:
-		return err
-	}
-	return nil
+	printSummary(cfg.Out, srv.Addr(), f, cur.adminAddrs())
+	return watch(ctx, env, &cur, srvErr)
 }
 
 // ServerDNS is where trellis up's control plane answers DNS for the
@@ -415,53 +241,6 @@ func edgeConfig(dir string, e *EdgeSpec, r int) *sidecar.Edge {
 		c.CertFile, c.KeyFile = filepath.Join(dir, e.CertFile), filepath.Join(dir, e.KeyFile)
 	}
 	return c
-}
-
-func applyFile(ctx context.Context, api *client.Client, f *File) error {
-	res := []v1.Resource{{Kind: v1.KindMesh, Name: v1.MeshName, Mesh: &f.Mesh}}
-	seen := map[string]bool{}
-	for _, s := range f.Services {
-		if !seen[s.Name] {
-			seen[s.Name] = true
-			spec := &v1.ServiceSpec{Protocol: s.Protocol, Port: s.callPort(), Hostnames: s.Hostnames}
-			if s.Edge != nil && s.Edge.CertSource == v1.CertMesh {
-				spec.DNSNames = s.Edge.DNSNames // what the mesh CA may sign for it
-			}
-			res = append(res, v1.Resource{Kind: v1.KindService, Name: s.Name, Service: spec})
-		}
-	}
-	for _, in := range f.Intentions {
-		in := in
-		name := strings.ReplaceAll(in.Source, "*", "any") + "." + in.Destination
-		res = append(res, v1.Resource{Kind: v1.KindIntention, Name: name, Intention: &in})
-	}
-	res = append(res, f.resources...)
-	// Intentions and routes left by an earlier run of another file would
-	// confuse; the file is the whole truth for a dev mesh.
-	old, err := api.List(ctx, v1.KindIntention)
-	if err != nil {
-		return err
-	}
-	for _, kind := range []string{v1.KindRoute, v1.KindGateway} {
-		more, err := api.List(ctx, kind)
-		if err != nil {
-			return err
-		}
-		old = append(old, more...)
-	}
-	keep := map[string]bool{}
-	for _, r := range res {
-		keep[r.Kind+"/"+r.Name] = true
-	}
-	for _, r := range old {
-		if !keep[r.Kind+"/"+r.Name] {
-			if err := api.Delete(ctx, r.Kind, r.Name); err != nil && !client.IsNotFound(err) {
-				return err
-			}
-		}
-	}
-	_, err = api.Apply(ctx, res)
-	return err
 }
 
 // serviceToken returns a token file for service, making the token once.
