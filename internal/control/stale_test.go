@@ -1,6 +1,13 @@
 package control
 
 import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"io"
 	"log/slog"
@@ -9,6 +16,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	v1 "github.com/trellis-mesh/trellis/api/v1"
+	"github.com/trellis-mesh/trellis/internal/trellistest"
 )
 
 // /healthz answers without a token: while the store is away it says so,
@@ -45,5 +55,68 @@ func TestHealthzLeaksNoStoreError(t *testing.T) {
 				t.Errorf("staleness %q lacks the store's error", why)
 			}
 		})
+	}
+}
+
+// A server whose view of the store is stale may still hold a token that
+// was revoked meanwhile. It answers reads (marked stale), but it issues
+// no certificate on a token the store no longer holds: an identity for
+// up to a day is not handed to a revoked token because one server did
+// not hear of the revocation.
+func TestStaleServerSignsNoRevokedToken(t *testing.T) {
+	rs := startRegServer(t, Config{})
+	secret := rs.token(t, "web")
+	hash := hashSecret(secret)
+	rec, ok := rs.srv.state.token(hash)
+	if !ok {
+		trellistest.Eventually(t, 10*time.Second, "the mirror has the token", func() error {
+			if rec, ok = rs.srv.state.token(hash); !ok {
+				return errors.New("not yet")
+			}
+			return nil
+		})
+	}
+	csr := func() []byte {
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})
+	}
+	sign := func() (int, string) {
+		b, _ := json.Marshal(v1.SignRequest{Service: "web", CSR: string(csr())})
+		r := httptest.NewRequest(http.MethodPost, "/v1/ca/sign", bytes.NewReader(b))
+		r.Header.Set("Authorization", "Bearer "+secret)
+		w := httptest.NewRecorder()
+		rs.srv.routes().ServeHTTP(w, r)
+		return w.Code, w.Body.String()
+	}
+	if code, body := sign(); code != http.StatusOK {
+		t.Fatalf("sign with a live token: %d %s", code, body)
+	}
+	// Stale: the watch is down, and the mirror still holds the token the
+	// store has lost.
+	if err := rs.srv.store.Delete(t.Context(), tokenKey(hash)); err != nil {
+		t.Fatal(err)
+	}
+	trellistest.Eventually(t, 10*time.Second, "the mirror drops the token", func() error {
+		if _, ok := rs.srv.state.token(hash); ok {
+			return errors.New("still there")
+		}
+		return nil
+	})
+	rs.srv.state.mu.Lock()
+	rs.srv.state.tokens[hash] = rec
+	rs.srv.state.mu.Unlock()
+	rs.srv.state.watching.Store(false)
+	defer rs.srv.state.watching.Store(true)
+
+	code, body := sign()
+	if code == http.StatusOK || !strings.Contains(body, "revoked") {
+		t.Errorf("sign on a stale server with a revoked token: %d %s, want refused as revoked", code, body)
 	}
 }
