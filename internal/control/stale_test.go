@@ -17,7 +17,11 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	v1 "github.com/trellis-mesh/trellis/api/v1"
+	"github.com/trellis-mesh/trellis/internal/store"
 	"github.com/trellis-mesh/trellis/internal/trellistest"
 )
 
@@ -59,24 +63,23 @@ func TestHealthzLeaksNoStoreError(t *testing.T) {
 }
 
 // A server whose view of the store is stale may still hold a token that
-// was revoked meanwhile. It answers reads (marked stale), but it issues
-// no certificate on a token the store no longer holds: an identity for
-// up to a day is not handed to a revoked token because one server did
-// not hear of the revocation.
-func TestStaleServerSignsNoRevokedToken(t *testing.T) {
+// was revoked meanwhile. It answers reads (marked stale), but on a token
+// the store no longer holds it issues no certificate (an identity for up
+// to a day) and registers no instance (traffic to whoever holds the
+// token) because it did not hear of the revocation.
+func TestStaleServerRefusesRevokedToken(t *testing.T) {
 	rs := startRegServer(t, Config{})
 	secret := rs.token(t, "web")
 	hash := hashSecret(secret)
-	rec, ok := rs.srv.state.token(hash)
-	if !ok {
-		trellistest.Eventually(t, 10*time.Second, "the mirror has the token", func() error {
-			if rec, ok = rs.srv.state.token(hash); !ok {
-				return errors.New("not yet")
-			}
-			return nil
-		})
-	}
-	csr := func() []byte {
+	var rec tokenRecord
+	trellistest.Eventually(t, 10*time.Second, "the mirror has the token", func() error {
+		var ok bool
+		if rec, ok = rs.srv.state.token(hash); !ok {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	sign := func() (int, string) {
 		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 		if err != nil {
 			t.Fatal(err)
@@ -85,10 +88,8 @@ func TestStaleServerSignsNoRevokedToken(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})
-	}
-	sign := func() (int, string) {
-		b, _ := json.Marshal(v1.SignRequest{Service: "web", CSR: string(csr())})
+		csr := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})
+		b, _ := json.Marshal(v1.SignRequest{Service: "web", CSR: string(csr)})
 		r := httptest.NewRequest(http.MethodPost, "/v1/ca/sign", bytes.NewReader(b))
 		r.Header.Set("Authorization", "Bearer "+secret)
 		w := httptest.NewRecorder()
@@ -115,8 +116,18 @@ func TestStaleServerSignsNoRevokedToken(t *testing.T) {
 	rs.srv.state.watching.Store(false)
 	defer rs.srv.state.watching.Store(true)
 
-	code, body := sign()
-	if code == http.StatusOK || !strings.Contains(body, "revoked") {
-		t.Errorf("sign on a stale server with a revoked token: %d %s, want refused as revoked", code, body)
-	}
+	t.Run("sign", func(t *testing.T) {
+		if code, body := sign(); code == http.StatusOK || !strings.Contains(body, "revoked") {
+			t.Errorf("sign on a stale server with a revoked token: %d %s, want refused as revoked", code, body)
+		}
+	})
+	t.Run("register", func(t *testing.T) {
+		_, err := rs.open(t, secret, webReg(strings.Repeat("3c", 16)))
+		if status.Code(err) != codes.Unauthenticated {
+			t.Errorf("stream on a stale server with a revoked token: %v, want Unauthenticated", err)
+		}
+		if _, err := rs.srv.store.Get(t.Context(), instanceKey("web", "web-1")); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("instance of a revoked token in the store: %v, want none", err)
+		}
+	})
 }

@@ -281,10 +281,11 @@ const staleCheck = 2 * time.Second
 // tokenStillStored asks the store, when this server's mirror may be
 // behind it (its watch is down, or the store went unanswered), whether
 // p's token is still there: a token revoked through another server while
-// this one did not hear must not obtain a certificate, an identity for up
-// to a day. A store that does not answer either is not a refusal: the
-// server keeps signing through a store outage (docs/operations.md), and
-// what it cannot know it logs. A fresh mirror costs no read.
+// this one did not hear must not obtain a certificate (an identity for up
+// to a day) nor register an instance. A store that does not answer either
+// is not a refusal: the server keeps signing through a store outage
+// (docs/operations.md), and what it cannot know it logs. A fresh mirror
+// costs no read.
 func (s *Server) tokenStillStored(ctx context.Context, p principal) error {
 	if p.hash == "" || s.state.staleSince(time.Now()) == "" {
 		return nil
@@ -296,7 +297,7 @@ func (s *Server) tokenStillStored(ctx context.Context, p principal) error {
 	case errors.Is(err, store.ErrNotFound):
 		return &apiError{status: http.StatusUnauthorized, msg: fmt.Sprintf("%v: token %s was revoked", errUnauthenticated, p.token.ID)}
 	case err != nil:
-		s.log.Warn("signing on a stale view: token not confirmed", "token", p.token.ID, "err", err)
+		s.log.Warn("stale view: token not confirmed by the store", "token", p.token.ID, "err", err)
 		return nil
 	}
 	var t tokenRecord
