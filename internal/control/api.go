@@ -403,6 +403,9 @@ func (s *Server) sign(p principal, r *http.Request) (any, error) {
 	if !p.mayActAs(req.Service) {
 		return nil, fmt.Errorf("%w: identity %s", errForbidden, id)
 	}
+	if err := s.tokenStillStored(r.Context(), p); err != nil {
+		return nil, err
+	}
 	if len(req.DNSNames) > 0 {
 		return s.signEdge(p, id, req)
 	}

@@ -157,13 +157,14 @@ func (s *Server) watchStore(ctx context.Context) {
 // while it serves; 503 naming why while it stops or cannot reach its
 // store, or while its view of the store is stale (its watch is down, or
 // a leader-checked read has failed for a while: stale.go). It says
-// nothing about the mesh's contents.
+// nothing about the mesh's contents, nor the store's errors.
 func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
 	if why, _ := s.movers.current(); why != "" {
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not serving", "reason": why})
 		return
 	}
-	if why := s.state.staleness(time.Now()); why != "" {
+	// Not the store's error (staleness): this answer takes no token.
+	if why := s.state.staleSince(time.Now()); why != "" {
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "stale", "reason": why})
 		return
 	}

@@ -190,9 +190,12 @@ func (s *Server) createSharedCA(ctx context.Context, secret []byte, from string)
 		ops = append(ops, store.Op{Key: keyIssuer, Value: b, IfRev: iss.rev})
 	}
 	if err := s.store.Commit(ctx, ops); err != nil {
-		if made != "" {
+		notApplied := errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrNotApplied)
+		if made != "" && notApplied {
 			// This secret seals nothing: the next try must not take it
-			// for the store's.
+			// for the store's. After any other error the commit may have
+			// applied, and then this secret is the only one that opens
+			// the mesh's CA: it stays, and seals the next try's CA if not.
 			os.Remove(made)
 		}
 		if errors.Is(err, store.ErrConflict) {

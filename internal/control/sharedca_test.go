@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"testing"
@@ -88,5 +89,48 @@ func TestSharedCAMigratesClearRotationKey(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "ca-key.pem")); err == nil {
 		t.Error("ca-key.pem is still in the data dir")
+	}
+}
+
+// lateStore applies a commit but answers it as timed out: what a client
+// sees when etcd commits and the answer is lost (a timeout, a cut link).
+type lateStore struct{ store.Store }
+
+func (l lateStore) Commit(ctx context.Context, ops []store.Op) error {
+	if err := l.Store.Commit(ctx, ops); err != nil {
+		return err
+	}
+	return context.DeadlineExceeded
+}
+
+// A first server that makes the store secret and puts the CA into the
+// store, whose commit's outcome it does not learn, keeps the secret: the
+// commit may have applied, and then the secret is the only one that opens
+// the mesh's CA. The next start joins with it.
+func TestSharedCAKeepsMadeSecretWhenCommitUnknown(t *testing.T) {
+	endpoint := startExternalEtcd(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st, err := store.NewEtcd(ctx, store.EtcdConfig{Endpoints: []string{endpoint}, Prefix: "/trellis"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	dir := t.TempDir()
+	s := &Server{cfg: Config{DataDir: dir, TrustDomain: "trellis.local"}, store: lateStore{st},
+		log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	if _, err := s.createSharedCA(ctx, nil, ""); err == nil {
+		t.Fatal("createSharedCA answered a commit of unknown outcome as done")
+	}
+	kv, err := st.Get(ctx, keySigner)
+	if err != nil {
+		t.Fatalf("the commit did not apply (%v): the test's premise", err)
+	}
+	secret, from, err := s.storeSecret()
+	if err != nil || secret == nil {
+		t.Fatalf("store secret after an unknown commit: %q, %v; want the data dir's, which seals the stored CA", from, err)
+	}
+	if _, err := s.joinSharedCA(ctx, kv, secret, from); err != nil {
+		t.Errorf("the next start cannot open the stored CA: %v", err)
 	}
 }

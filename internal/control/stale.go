@@ -34,22 +34,34 @@ func (s *state) storeFailed(err error) {
 	s.lastErr.Store(&msg)
 }
 
-// staleness says why the mirror may be behind the store, or "".
+// staleness says why the mirror may be behind the store, or "": with
+// the store's error, for API answers to a token.
 func (s *state) staleness(now time.Time) string {
+	why := s.staleSince(now)
+	if why == "" {
+		return ""
+	}
+	detail := "no answer"
+	if p := s.lastErr.Load(); p != nil {
+		detail = *p
+	}
+	return fmt.Sprintf("%s (%s); answers may be stale", why, detail)
+}
+
+// staleSince says since when the mirror may be behind the store, or "",
+// without the store's error: /healthz answers it to anyone, and the error
+// names etcd's addresses, its TLS trouble or its login.
+func (s *state) staleSince(now time.Time) string {
 	last := s.lastContact.Load()
 	if last == 0 {
 		return "" // not started: nothing is served yet
 	}
-	why := "no answer"
-	if p := s.lastErr.Load(); p != nil {
-		why = *p
-	}
 	since := time.Unix(0, last)
 	switch {
 	case !s.watching.Load():
-		return fmt.Sprintf("store watch down since %s (%s); answers may be stale", since.UTC().Format(time.RFC3339), why)
+		return "store watch down since " + since.UTC().Format(time.RFC3339)
 	case now.Sub(since) > staleAfter:
-		return fmt.Sprintf("store not reached for %s (%s); answers may be stale", now.Sub(since).Truncate(time.Second), why)
+		return fmt.Sprintf("store not reached for %s", now.Sub(since).Truncate(time.Second))
 	}
 	return ""
 }

@@ -87,8 +87,13 @@ func (a *adsServer) StreamAggregatedResources(stream discoveryv3.AggregatedDisco
 		peer = pr.Addr.String()
 	}
 	p, err := s.authenticate(ctx, secret)
+	if err == nil {
+		// Registering needs the store anyway: asking it costs a stale
+		// server nothing more.
+		err = s.tokenStillStored(ctx, p)
+	}
 	if err != nil {
-		s.logRefusal("proxy stream refused", "remote", peer, "reason", err.Error())
+		s.logRefusal("proxy stream refused", "remote", peer, "token", p, "reason", err.Error())
 		return status.Error(codes.Unauthenticated, errUnauthenticated.Error())
 	}
 	first, err := stream.Recv()

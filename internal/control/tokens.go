@@ -274,6 +274,39 @@ func (s *Server) tokenStands(ctx context.Context, p principal) error {
 	return nil
 }
 
+// staleCheck bounds the store read that confirms a token on a server
+// whose mirror may be behind (tokenStillStored).
+const staleCheck = 2 * time.Second
+
+// tokenStillStored asks the store, when this server's mirror may be
+// behind it (its watch is down, or the store went unanswered), whether
+// p's token is still there: a token revoked through another server while
+// this one did not hear must not obtain a certificate (an identity for up
+// to a day) nor register an instance. A store that does not answer either
+// is not a refusal: the server keeps signing through a store outage
+// (docs/operations.md), and what it cannot know it logs. A fresh mirror
+// costs no read.
+func (s *Server) tokenStillStored(ctx context.Context, p principal) error {
+	if p.hash == "" || s.state.staleSince(time.Now()) == "" {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(store.RequireLeader(ctx), staleCheck)
+	defer cancel()
+	kv, err := s.store.Get(ctx, tokenKey(p.hash))
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return &apiError{status: http.StatusUnauthorized, msg: fmt.Sprintf("%v: token %s was revoked", errUnauthenticated, p.token.ID)}
+	case err != nil:
+		s.log.Warn("stale view: token not confirmed by the store", "token", p.token.ID, "err", err)
+		return nil
+	}
+	var t tokenRecord
+	if err := json.Unmarshal(kv.Value, &t); err == nil && t.Expired(time.Now()) {
+		return &apiError{status: http.StatusUnauthorized, msg: fmt.Sprintf("%v: token %s expired", errUnauthenticated, p.token.ID)}
+	}
+	return nil
+}
+
 func (s *Server) authRequest(r *http.Request) (principal, error) {
 	return s.authenticate(r.Context(), bearer(r.Header.Get("Authorization")))
 }

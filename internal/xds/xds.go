@@ -37,8 +37,9 @@ type Registration struct {
 	// a server lets a stream take over a live registration of the same
 	// instance (a proxy that moved servers) only with the claim that
 	// made it. 32 to 128 lowercase hex digits; empty from proxies that
-	// predate it, whose registrations are never taken over.
-	Claim string
+	// predate it, whose registrations are never taken over. Never
+	// rendered: the proxy's /config shows its registration as JSON.
+	Claim string `json:"-"`
 
 	// Where the proxy runs and what it holds, for people (the dashboard's
 	// Nodes page): no snapshot depends on them.

@@ -1,6 +1,7 @@
 package xds
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
 	"time"
@@ -115,4 +116,25 @@ func FuzzFromNode(f *testing.F) {
 			t.Fatalf("FromNode returned an invalid registration %+v", r)
 		}
 	})
+}
+
+// The claim is what lets a stream take a live registration over: it must
+// not show where a registration is rendered (the proxy's /config, logs of
+// it), only travel in the node to the control plane.
+func TestRegistrationJSONHidesClaim(t *testing.T) {
+	claim := strings.Repeat("5c", 16)
+	r := Registration{Instance: "web-1", Service: "web", Address: "10.0.0.7", Port: 20000, Claim: claim}
+	b, err := json.Marshal(&r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(b), claim) {
+		t.Errorf("registration JSON %s shows the claim", b)
+	}
+	if !strings.Contains(string(b), "web-1") {
+		t.Errorf("registration JSON %s lacks the instance", b)
+	}
+	if got, err := FromNode(r.Node()); err != nil || got.Claim != claim {
+		t.Errorf("claim through the node = %q (%v), want %q", got.Claim, err, claim)
+	}
 }
