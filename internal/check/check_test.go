@@ -286,6 +286,13 @@ func TestFilesAndContext(t *testing.T) {
 		expect(t, Context(&ContextFile{Path: "/h/context.json", PID: 4242, Alive: true}), nil)
 	})
 	t.Run("no context", func(t *testing.T) { expect(t, Context(nil), nil) })
+	t.Run("context without pid", func(t *testing.T) {
+		got := Context(&ContextFile{Path: "/h/context.json"})
+		expect(t, got, nil)
+		if len(got) != 1 || strings.Contains(got[0].What, "pid") {
+			t.Errorf("got %+v, want one ok finding naming no pid", got)
+		}
+	})
 }
 
 // Resources reports, for apply, what concerns the applied resources

@@ -63,7 +63,9 @@ func Context(c *ContextFile) []Finding {
 	switch {
 	case c == nil:
 		return nil
-	case c.PID > 0 && !c.Alive:
+	case c.PID <= 0:
+		return []Finding{ok("context", "names no trellis up process; whether its server runs is checked above")}
+	case !c.Alive:
 		return []Finding{{Severity: Warning, Check: "context", Where: c.Path,
 			What: fmt.Sprintf("left by a trellis up (pid %d) that is no longer running: commands without TRELLIS_ADDR try its server", c.PID),
 			Fix:  "rm " + c.Path + " (or start trellis up again)"}}

@@ -19,13 +19,21 @@ import (
 	"github.com/trellis-mesh/trellis/client"
 	"github.com/trellis-mesh/trellis/internal/certs"
 	"github.com/trellis-mesh/trellis/internal/check"
-	"github.com/trellis-mesh/trellis/internal/control"
 )
 
 // defaultBehindWait is how long `trellis check` watches a proxy behind its
 // snapshot before that is an error: three times check.StatusDelay, so a
 // proxy that applied its snapshot has had its status written meanwhile.
 const defaultBehindWait = 3 * check.StatusDelay
+
+// The secret files of a server's data dir, as internal/control names
+// them (control.AdminTokenFileName, control.StoreSecretFileName; a test
+// pins them): named here so that the proxy-only build, which has check
+// but not the control plane, does not link it.
+const (
+	adminTokenFile  = "admin-token"
+	storeSecretFile = "store-secret"
+)
 
 func runCheck(ctx context.Context, e *env, args []string) error {
 	fs := newFlags(e, "check", "check [-o text|json] [--wait DURATION] [--data-dir DIR]")
@@ -68,7 +76,7 @@ func meshFindings(ctx context.Context, e *env, wait time.Duration) []check.Findi
 	fail := func(err error) []check.Finding {
 		return []check.Finding{{Severity: check.Error, Check: "server", Where: e.server,
 			What: "cannot read the mesh: " + oneLine(e.unreachable(err)),
-			Fix:  "start a server (trellis up, or trellis server), or point TRELLIS_ADDR, TRELLIS_TOKEN and TRELLIS_CACERT at a running one"}}
+			Fix:  "start a server (trellis up, or trellis server), or point TRELLIS_ADDR, TRELLIS_TOKEN and TRELLIS_CACERT at a running one; if it answered, fix what it said (a token it refuses: set TRELLIS_TOKEN to an admin or viewer token)"}}
 	}
 	c, err := connect(e)
 	if err != nil {
@@ -259,9 +267,9 @@ func localFindings(e *env, dataDir string) []check.Finding {
 		}
 	}
 	if dataDir != "" {
-		add(filepath.Join(dataDir, control.AdminTokenFileName), "admin token", true)
+		add(filepath.Join(dataDir, adminTokenFile), "admin token", true)
 		add(filepath.Join(dataDir, "ca-key.pem"), "CA key", true)
-		add(filepath.Join(dataDir, control.StoreSecretFileName), "store secret", true)
+		add(filepath.Join(dataDir, storeSecretFile), "store secret", true)
 	}
 	return append(out, check.Files(files)...)
 }

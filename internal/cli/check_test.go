@@ -12,6 +12,7 @@ import (
 
 	v1 "github.com/trellis-mesh/trellis/api/v1"
 	"github.com/trellis-mesh/trellis/internal/check"
+	"github.com/trellis-mesh/trellis/internal/control"
 )
 
 // TestWatchProxies drives the watch with a fake clock: each read returns
@@ -107,5 +108,12 @@ func TestLocalFindings(t *testing.T) {
 		if got[i].Severity != w.sev || got[i].Where != w.where || !strings.Contains(got[i].What, w.what) {
 			t.Errorf("finding %d: got %s %s %q, want %s %s containing %q", i, got[i].Severity, got[i].Where, got[i].What, w.sev, w.where, w.what)
 		}
+	}
+}
+
+// The data dir's file names check looks for are the server's.
+func TestDataDirNames(t *testing.T) {
+	if adminTokenFile != control.AdminTokenFileName || storeSecretFile != control.StoreSecretFileName {
+		t.Errorf("check looks for %s and %s, the server writes %s and %s", adminTokenFile, storeSecretFile, control.AdminTokenFileName, control.StoreSecretFileName)
 	}
 }
