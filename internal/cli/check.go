@@ -74,9 +74,18 @@ func runCheck(ctx context.Context, e *env, args []string) error {
 // a server it cannot reach is one error finding.
 func meshFindings(ctx context.Context, e *env, wait time.Duration) []check.Finding {
 	fail := func(err error) []check.Finding {
-		return []check.Finding{{Severity: check.Error, Check: "server", Where: e.server,
-			What: "cannot read the mesh: " + oneLine(e.unreachable(err)),
-			Fix:  "start a server (trellis up, or trellis server), or point TRELLIS_ADDR, TRELLIS_TOKEN and TRELLIS_CACERT at a running one; if it answered, fix what it said (a token it refuses: set TRELLIS_TOKEN to an admin or viewer token)"}}
+		f := check.Finding{Severity: check.Error, Check: "server", Where: e.server,
+			What: "cannot read the mesh: " + oneLine(err),
+			Fix:  "fix what the server said (a token it refuses: set TRELLIS_TOKEN to an admin or viewer token), or see its log"}
+		if u := e.unreachable(err); u != err {
+			// unreachable says what happened and what to do in one
+			// line: the finding keeps them apart.
+			what, _, _ := strings.Cut(oneLine(u), "; start one")
+			f.What, f.Fix = what, "start a server (trellis up, or trellis server), or point TRELLIS_ADDR (and TRELLIS_TOKEN, TRELLIS_CACERT) at a running one"
+		} else if e.server == "" {
+			f.Fix = "set TRELLIS_ADDR, TRELLIS_TOKEN and TRELLIS_CACERT, or start a mesh here with trellis up"
+		}
+		return []check.Finding{f}
 	}
 	c, err := connect(e)
 	if err != nil {
@@ -293,9 +302,9 @@ func printFindings(w io.Writer, fs []check.Finding) {
 	nErr, nWarn := check.Count(fs, check.Error), check.Count(fs, check.Warning)
 	switch {
 	case nErr > 0:
-		fmt.Fprintf(w, "\n%d errors, %d warnings: the mesh has problems\n", nErr, nWarn)
+		fmt.Fprintf(w, "\n%s, %s: the mesh has problems\n", plural(nErr, "error"), plural(nWarn, "warning"))
 	case nWarn > 0:
-		fmt.Fprintf(w, "\n%d warnings, no errors\n", nWarn)
+		fmt.Fprintf(w, "\n%s, no errors\n", plural(nWarn, "warning"))
 	default:
 		fmt.Fprintln(w, "\nall checks passed")
 	}
@@ -326,4 +335,12 @@ func warnApplied(ctx context.Context, e *env, c *client.Client, applied []v1.Res
 	for _, f := range check.Resources(applied, m) {
 		fmt.Fprintf(e.stderr, "trellis apply: warning: %s: %s (applied all the same; %s)\n", f.Where, f.What, f.Fix)
 	}
+}
+
+// plural is "1 error", "2 errors".
+func plural(n int, word string) string {
+	if n == 1 {
+		return "1 " + word
+	}
+	return fmt.Sprintf("%d %ss", n, word)
 }
