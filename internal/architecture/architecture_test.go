@@ -80,6 +80,8 @@ func TestLayering(t *testing.T) {
 		// Pure packages: no I/O machinery of the mesh.
 		{pkg: "internal/topology", forbidden: []string{"net/http", module + "/internal/store", module + "/internal/control"}},
 		{pkg: "internal/authz", forbidden: []string{"net/http", module + "/internal/store"}},
+		// The mesh's diagnosis reads what the API shows; it fetches nothing.
+		{pkg: "internal/check", forbidden: []string{"net/http", module + "/client", module + "/internal/store", module + "/internal/control"}},
 		// Leaves.
 		{pkg: "internal/identity", onlyStd: []string{}},
 		{pkg: "internal/yamlfields", onlyStd: []string{"gopkg.in/yaml.v3"}},

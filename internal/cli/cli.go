@@ -62,6 +62,7 @@ func commands() map[string]command {
 		"stat":      {"traffic of one service: stat service NAME (its versions and routes)", runStat},
 		"backup":    {"save a snapshot of the server's store to FILE: backup FILE", runBackup},
 		"restore":   {"make a server's embedded store from a backup, offline: restore FILE --data-dir DIR", runRestore},
+		"check":     {"diagnose the mesh: server, CA, proxies, routes, intentions, gateways, local files (exit 1 on an error)", runCheck},
 		"ready":     {"exit 0 if the local proxy is ready (a health check that needs no shell)", runReady},
 		"version":   {"print the version, commit and Go version (also --version)", runVersion},
 	}

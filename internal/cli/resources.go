@@ -67,6 +67,7 @@ func runApply(ctx context.Context, e *env, args []string) error {
 	for _, a := range applied {
 		fmt.Fprintf(e.stdout, "%s applied\n", a)
 	}
+	warnApplied(ctx, e, c, all)
 	return nil
 }
 
