@@ -96,29 +96,48 @@ func TestHAKubernetesManifests(t *testing.T) {
 	}
 }
 
-// The systemd unit passes systemd-analyze verify (when it is installed)
-// and its trellis server flags exist.
+// The packaged server unit (packaging/systemd/, the one the Debian
+// package installs) with the HA example's server.env passes
+// systemd-analyze verify (when it is installed), and the flags of both
+// exist in trellis server.
 func TestHASystemdUnit(t *testing.T) {
-	unit, err := os.ReadFile("../examples/ha/systemd/trellis-server.service")
+	unit, err := os.ReadFile("../packaging/systemd/trellis-server.service")
 	if err != nil {
 		t.Fatal(err)
 	}
-	exec_ := regexp.MustCompile(`(?s)ExecStart=(.*?[^\\])\n`).FindStringSubmatch(string(unit))
+	exec_ := regexp.MustCompile(`(?m)^ExecStart=(.*)$`).FindStringSubmatch(string(unit))
 	if exec_ == nil {
 		t.Fatal("no ExecStart")
 	}
-	args := strings.Fields(strings.ReplaceAll(exec_[1], "\\\n", " "))
-	if len(args) < 2 || args[1] != "server" {
-		t.Fatalf("ExecStart %q: want trellis server ...", args)
+	args := strings.Fields(exec_[1])
+	if len(args) < 2 || args[0] != "/usr/bin/trellis" || args[1] != "server" {
+		t.Fatalf("ExecStart %q: want /usr/bin/trellis server ...", args)
 	}
-	checkFlags(t, "trellis-server.service", args[2:], serverFlags(t))
+	if args[len(args)-1] != "$TRELLIS_SERVER_ARGS" {
+		t.Fatalf("ExecStart %q: want the flags of server.env last ($TRELLIS_SERVER_ARGS)", args)
+	}
+	checkFlags(t, "trellis-server.service", args[2:len(args)-1], serverFlags(t))
+	// server.env as systemd reads it: a line ending in \ goes on.
+	env, err := os.ReadFile("../examples/ha/systemd/server.env")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^TRELLIS_SERVER_ARGS=(.*)$`).FindStringSubmatch(strings.ReplaceAll(string(env), "\\\n", " "))
+	if m == nil {
+		t.Fatal("server.env: no TRELLIS_SERVER_ARGS=")
+	}
+	envArgs := strings.Fields(m[1])
+	if len(envArgs) < 10 {
+		t.Fatalf("server.env: TRELLIS_SERVER_ARGS %q: want the HA server's flags", envArgs)
+	}
+	checkFlags(t, "server.env", envArgs, serverFlags(t))
 	if _, err := exec.LookPath("systemd-analyze"); err != nil {
 		t.Skip("systemd-analyze not installed")
 	}
 	// Verified with this test's binary where the unit expects it.
 	dir := t.TempDir()
 	f := filepath.Join(dir, "trellis-server.service")
-	os.WriteFile(f, []byte(strings.Replace(string(unit), "/usr/local/bin/trellis", bin, 1)), 0o644)
+	os.WriteFile(f, []byte(strings.Replace(string(unit), "/usr/bin/trellis", bin, 1)), 0o644)
 	if out, err := exec.Command("systemd-analyze", "verify", f).CombinedOutput(); err != nil || len(strings.TrimSpace(string(out))) > 0 {
 		t.Errorf("systemd-analyze verify: %v: %s", err, out)
 	}
