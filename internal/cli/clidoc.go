@@ -35,7 +35,7 @@ func CLIReference() ([]byte, error) {
 	names := slices.Sorted(maps.Keys(cmds))
 	var b bytes.Buffer
 	b.WriteString("# trellis command reference\n\n")
-	b.WriteString("<!-- Generated from internal/cli by `go test ./internal/cli -run TestCLIReference -update`. Do not edit. -->\n\n")
+	b.WriteString("<!-- Generated from internal/cli by `go test ./internal/cli ./api/v1 -run Reference -update`. Do not edit. -->\n\n")
 	b.WriteString("Every command and its flags, as `trellis COMMAND -h` prints them. ")
 	b.WriteString("Flags take one dash or two (`-f`, `--service`); a default of `~` is the home directory of whoever runs the command. ")
 	b.WriteString("The proxy-only build (`-tags proxyonly`) has only the commands that do not need the control plane's code: ")

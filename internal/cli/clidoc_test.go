@@ -51,7 +51,7 @@ func TestCLIReference(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkGenerated(t, CLIReferenceFile, got, "go test ./internal/cli -run TestCLIReference -update")
+	checkGenerated(t, CLIReferenceFile, got, "go test ./internal/cli ./api/v1 -run Reference -update")
 }
 
 // TestCLIReferenceCoversEverything checks the walk itself: every command,
