@@ -187,8 +187,10 @@ type IntentionSpec struct {
 // for GET, method-override fields, X-Forwarded-Host); an allow fits only
 // when every element fits, as written. See package httpmatch.
 type IntentionPermission struct {
-	Action string     `json:"action" yaml:"action"`
-	HTTP   RouteMatch `json:"http" yaml:"http"`
+	// Action is "allow" or "deny": what happens to a request HTTP fits.
+	Action string `json:"action" yaml:"action"`
+	// HTTP is what the request must have: path, methods, headers.
+	HTTP RouteMatch `json:"http" yaml:"http"`
 }
 
 // RouteSpec is a virtual router: how calls to one HTTP service (the
@@ -196,6 +198,8 @@ type IntentionPermission struct {
 // a request decides; a request no rule matches goes to every healthy
 // instance alike, as with no Route at all.
 type RouteSpec struct {
+	// Rules are tried in order (at least 1, at most 100); at most one
+	// has a Canary.
 	Rules []RouteRule `json:"rules" yaml:"rules"`
 }
 
@@ -229,11 +233,18 @@ type RouteRule struct {
 // "/admin"). Apply refuses a match that could never fit a request as the
 // proxies pass it on.
 type RouteMatch struct {
-	PathPrefix string        `json:"pathPrefix,omitempty" yaml:"pathPrefix,omitempty"`
-	PathExact  string        `json:"pathExact,omitempty" yaml:"pathExact,omitempty"`
-	PathRegex  string        `json:"pathRegex,omitempty" yaml:"pathRegex,omitempty"`
-	Methods    []string      `json:"methods,omitempty" yaml:"methods,omitempty"`
-	Headers    []HeaderMatch `json:"headers,omitempty" yaml:"headers,omitempty"`
+	// PathPrefix matches paths that start with it (starting with /).
+	PathPrefix string `json:"pathPrefix,omitempty" yaml:"pathPrefix,omitempty"`
+	// PathExact matches this path only (starting with /).
+	PathExact string `json:"pathExact,omitempty" yaml:"pathExact,omitempty"`
+	// PathRegex is a regular expression (Go's RE2 syntax) that must
+	// match the whole path.
+	PathRegex string `json:"pathRegex,omitempty" yaml:"pathRegex,omitempty"`
+	// Methods the request may have, in capitals (any of them); empty
+	// matches every method.
+	Methods []string `json:"methods,omitempty" yaml:"methods,omitempty"`
+	// Headers the request must all have.
+	Headers []HeaderMatch `json:"headers,omitempty" yaml:"headers,omitempty"`
 }
 
 // HeaderMatch matches one request header: by exact value, prefix or
@@ -243,16 +254,25 @@ type RouteMatch struct {
 // request's authority (Host, or HTTP/2 :authority) in lowercase, without
 // port or trailing dot; pseudo-header names are refused.
 type HeaderMatch struct {
-	Name   string `json:"name" yaml:"name"`
-	Exact  string `json:"exact,omitempty" yaml:"exact,omitempty"`
+	// Name of the header, any case; "host" for the authority.
+	Name string `json:"name" yaml:"name"`
+	// Exact is the value an element must equal.
+	Exact string `json:"exact,omitempty" yaml:"exact,omitempty"`
+	// Prefix is what an element must start with.
 	Prefix string `json:"prefix,omitempty" yaml:"prefix,omitempty"`
-	Regex  string `json:"regex,omitempty" yaml:"regex,omitempty"`
+	// Regex is a regular expression (Go's RE2 syntax) that must match
+	// the whole element. Set at most one of Exact, Prefix and Regex.
+	Regex string `json:"regex,omitempty" yaml:"regex,omitempty"`
 }
 
 // RouteTarget is one version of the service and its share of the traffic.
 type RouteTarget struct {
+	// Version is the instances' version label (trellis proxy --version),
+	// listed once per rule.
 	Version string `json:"version" yaml:"version"`
-	Weight  int    `json:"weight" yaml:"weight"`
+	// Weight is the version's share, relative to the rule's other
+	// targets (0 to 10000; not all 0).
+	Weight int `json:"weight" yaml:"weight"`
 }
 
 // RetryPolicy says when and how often a failed attempt is retried.
@@ -398,6 +418,7 @@ const (
 // gateway's identity is the service named like the resource: its token is
 // a service token for that name, and intentions name it as the source.
 type GatewaySpec struct {
+	// Listeners are the gateway's ports, at least one, each port once.
 	Listeners []GatewayListener `json:"listeners" yaml:"listeners"`
 }
 
@@ -405,7 +426,7 @@ type GatewaySpec struct {
 type GatewayListener struct {
 	// Port the gateway listens on.
 	Port int `json:"port" yaml:"port"`
-	// Protocol is http, https or tls-passthrough.
+	// Protocol is http, https, tls-passthrough or network.
 	Protocol string `json:"protocol" yaml:"protocol"`
 	// TLS is the certificate of an https listener.
 	TLS *GatewayTLS `json:"tls,omitempty" yaml:"tls,omitempty"`
@@ -455,9 +476,14 @@ const (
 type GatewayTLS struct {
 	// Source is files, mesh or self-signed; default files when CertFile
 	// is set, else self-signed.
-	Source   string   `json:"source,omitempty" yaml:"source,omitempty"`
-	CertFile string   `json:"certFile,omitempty" yaml:"certFile,omitempty"`
-	KeyFile  string   `json:"keyFile,omitempty" yaml:"keyFile,omitempty"`
+	Source string `json:"source,omitempty" yaml:"source,omitempty"`
+	// CertFile is the certificate chain (PEM) on the gateway's host, for
+	// source files, with KeyFile.
+	CertFile string `json:"certFile,omitempty" yaml:"certFile,omitempty"`
+	// KeyFile is CertFile's private key (PEM).
+	KeyFile string `json:"keyFile,omitempty" yaml:"keyFile,omitempty"`
+	// DNSNames are the names in the certificate of source mesh or
+	// self-signed (required there, refused with files).
 	DNSNames []string `json:"dnsNames,omitempty" yaml:"dnsNames,omitempty"`
 }
 
@@ -489,7 +515,9 @@ type GatewayRoute struct {
 // PassthroughTarget routes one SNI name to a service.
 type PassthroughTarget struct {
 	// SNI is the server name; "*.example.com" matches one label.
-	SNI     string `json:"sni" yaml:"sni"`
+	SNI string `json:"sni" yaml:"sni"`
+	// Service is the mesh service whose instances' edge listeners get
+	// the connection.
 	Service string `json:"service" yaml:"service"`
 }
 

@@ -36,6 +36,10 @@ type env struct {
 	// server is the control plane connect chose, and serverFrom where
 	// its address came from, for errors that say so.
 	server, serverFrom string
+	// helpShown, when set, is told what -h printed: the usage line and
+	// the flag set (nil for a command group without flags of its own).
+	// The CLI reference (clidoc.go) is made from it.
+	helpShown func(usage string, fs *flag.FlagSet)
 }
 
 type command struct {
@@ -131,6 +135,9 @@ func newFlags(e *env, name, usage string) *flagSet {
 	fs.SetOutput(io.Discard)
 	fs.Usage = func() {} // called on every error; help is printed in parse
 	return &flagSet{FlagSet: fs, help: func() {
+		if e.helpShown != nil {
+			e.helpShown(usage, fs)
+		}
 		fmt.Fprintf(e.stderr, "Usage: trellis %s\n\nFlags:\n", usage)
 		fs.SetOutput(e.stderr)
 		fs.PrintDefaults()
@@ -143,6 +150,9 @@ func newFlags(e *env, name, usage string) *flagSet {
 // first argument.
 func helpFor(e *env, usage string, args []string) error {
 	if len(args) > 0 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help" || args[0] == "help") {
+		if e.helpShown != nil {
+			e.helpShown(usage, nil)
+		}
 		fmt.Fprintf(e.stderr, "Usage: trellis %s\n", usage)
 		return flag.ErrHelp
 	}
