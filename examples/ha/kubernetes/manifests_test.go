@@ -1,5 +1,3 @@
-// Package kubernetes holds no code: its test checks the manifests beside
-// it against the Kubernetes API's own types.
 package kubernetes
 
 import (
