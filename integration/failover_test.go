@@ -433,6 +433,40 @@ func TestServerCutOffFromStoreSendsProxiesAway(t *testing.T) {
 	})
 }
 
+// TestProxyNotHeldWhileServerFindsStoreGone: a proxy whose stream reaches
+// a server in the seconds between its store going away and the server
+// finding out waits in the stream's registration, a store read. When the
+// server finds out, the proxy must be sent to another server, not held
+// until the store is back (TestHAEndToEnd saw proxies held for 55 s of a
+// 60 s loss of quorum).
+func TestProxyNotHeldWhileServerFindsStoreGone(t *testing.T) {
+	endpoint := startEtcd(t)
+	relay := startRelay(t, strings.TrimPrefix(endpoint, "http://"))
+	a := startServer(t, "--etcd-endpoints", "http://"+relay.addr)
+	bAddr := fmt.Sprintf("127.0.0.1:%d", trellistest.FreePort(t))
+	web := startApp(t, "web")
+	token := a.tokenFile(t, "web")
+	relay.cut(true)
+	// b is not up yet: the proxy's stream can only go to a.
+	p := start(t, "proxy-web", nil, "proxy", "--service", "web", "--app-port", strconv.Itoa(web.port),
+		"--server", a.addr+","+bAddr, "--ca-file", a.caFile, "--token-file", token, "--state-dir", t.TempDir(),
+		"--admin-port", strconv.Itoa(trellistest.FreePort(t)), "--log-level", "debug")
+	trellistest.Eventually(t, 10*time.Second, "the proxy dialing a", func() error {
+		if !strings.Contains(p.logText(), "dialing control plane") || !strings.Contains(p.logText(), "server="+a.addr) {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	if strings.Contains(a.logText(), "store unreachable") {
+		t.Fatal("a found its store gone before the proxy dialed it: the test needs the proxy there first")
+	}
+	b := startPeer(t, a, "server-b", bAddr, endpoint)
+	waitMoved(t, b.api, "web", []string{b.addr}, 20*time.Second)
+	if !strings.Contains(a.logText(), "store unreachable") {
+		t.Error("the proxy moved, but a never found its store gone")
+	}
+}
+
 // relay forwards TCP connections to target until cut, when it closes them
 // and refuses new ones: a server cut off from etcd while etcd runs on.
 type relay struct {

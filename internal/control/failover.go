@@ -89,6 +89,24 @@ func (s *Server) streamRefusal() error {
 	return nil
 }
 
+// whileServing returns a context that ends with ctx, or as soon as
+// streams must leave this server. A stream's registration waits on the
+// store: one that came in during the seconds between the store going
+// away and this server finding out would hold its proxy until the store
+// is back, where it should be sent to another server.
+func (s *Server) whileServing(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(ctx)
+	_, gone := s.movers.current()
+	s.goStream(func() {
+		select {
+		case <-ctx.Done():
+		case <-gone:
+			cancel()
+		}
+	})
+	return ctx, cancel
+}
+
 // streamMove returns a channel that yields the status a proxy stream must
 // end with to move its proxy: when this server stops or loses its store,
 // or when the stream is MaxStreamAge old, give or take 10% (as gRPC's
