@@ -31,10 +31,16 @@ import (
 // client is a's admin token on it.
 func startPeer(t *testing.T, a *server, name, addr, endpoint string, extra ...string) *server {
 	t.Helper()
+	return startPeerIn(t, a, name, nil, addr, endpoint, extra...)
+}
+
+// startPeerIn is startPeer through wrap (such as ip netns exec NS).
+func startPeerIn(t *testing.T, a *server, name string, wrap []string, addr, endpoint string, extra ...string) *server {
+	t.Helper()
 	dir := t.TempDir()
 	args := append([]string{"server", "--data-dir", dir, "--listen", addr, "--etcd-endpoints", endpoint, "--log-level", "debug",
 		"--store-secret-file", filepath.Join(a.dataDir, "store-secret")}, extra...)
-	p := start(t, name, nil, args...)
+	p := startWrapped(t, name, wrap, nil, args...)
 	caPEM, _ := os.ReadFile(a.caFile)
 	api, err := client.New(client.Config{Addr: addr, Token: a.admin, CAPEM: caPEM})
 	if err != nil {
@@ -72,45 +78,78 @@ func proxyStatus(ctx context.Context, api *client.Client, service string) (v1.Pr
 	return v1.ProxyStatus{}, fmt.Errorf("no proxy of %s", service)
 }
 
-// clientLoop calls addr through a proxy every 20ms until stopped, and
-// counts the calls and the failures.
+// clientLoop calls addr through a proxy at a fixed rate until stopped or
+// done with its count, each call on a new connection and its own
+// goroutine (so that a slow call does not slow the rest), and counts the
+// calls and the failures, each failure with its time and the phase the
+// test was in.
 type clientLoop struct {
 	ok, failed atomic.Int64
+	phase      atomic.Pointer[string]
 	mu         sync.Mutex
 	errs       []string
+	phases     []string             // in the order they began; guarded by mu
+	perPhase   map[string]*[2]int64 // calls and failures; guarded by mu
 	stop       context.CancelFunc
 	done       chan struct{}
 }
 
+// startClientLoop calls addr 50 times a second until stopped.
 func startClientLoop(t *testing.T, addr, want string) *clientLoop {
+	return startRateLoop(t, addr, want, 50, 0)
+}
+
+// startRateLoop calls addr perSecond times a second, limit calls at most
+// (0: until stopped); a call that does not answer want within 5s fails.
+func startRateLoop(t *testing.T, addr, want string, perSecond, limit int) *clientLoop {
 	ctx, cancel := context.WithCancel(context.Background())
-	l := &clientLoop{stop: cancel, done: make(chan struct{})}
-	tick := time.NewTicker(20 * time.Millisecond)
+	l := &clientLoop{stop: cancel, done: make(chan struct{}), perPhase: map[string]*[2]int64{}}
+	l.setPhase("start")
+	tick := time.NewTicker(time.Second / time.Duration(perSecond))
 	go func() {
 		defer close(l.done)
 		defer tick.Stop()
-		for {
+		var calls sync.WaitGroup
+		defer calls.Wait()
+		for n := 0; limit == 0 || n < limit; n++ {
 			select {
 			case <-ctx.Done():
 				return
 			case <-tick.C:
 			}
-			got, err := get(addr)
-			if err == nil && got != want {
-				err = fmt.Errorf("got %q", got)
-			}
-			if err != nil {
-				l.failed.Add(1)
+			phase := *l.phase.Load()
+			calls.Go(func() {
+				got, err := get(addr)
+				if err == nil && got != want {
+					err = fmt.Errorf("got %q", got)
+				}
 				l.mu.Lock()
-				l.errs = append(l.errs, time.Now().Format("15:04:05.000")+" "+err.Error())
-				l.mu.Unlock()
-				continue
-			}
-			l.ok.Add(1)
+				defer l.mu.Unlock()
+				l.perPhase[phase][0]++
+				if err != nil {
+					l.failed.Add(1)
+					l.perPhase[phase][1]++
+					l.errs = append(l.errs, time.Now().Format("15:04:05.000")+" ["+phase+"] "+err.Error())
+					return
+				}
+				l.ok.Add(1)
+			})
 		}
 	}()
 	t.Cleanup(func() { cancel(); <-l.done })
 	return l
+}
+
+// setPhase names what the test does from now on, for the failures'
+// timeline.
+func (l *clientLoop) setPhase(p string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.perPhase[p] == nil {
+		l.perPhase[p] = new([2]int64)
+		l.phases = append(l.phases, p)
+	}
+	l.phase.Store(&p)
 }
 
 func (l *clientLoop) finish(t *testing.T) {
@@ -118,8 +157,13 @@ func (l *clientLoop) finish(t *testing.T) {
 	l.stop()
 	<-l.done
 	t.Logf("client loop: %d calls, %d failed", l.ok.Load()+l.failed.Load(), l.failed.Load())
+	if len(l.phases) > 1 {
+		for _, p := range l.phases {
+			t.Logf("  %-40s %6d calls, %d failed", p, l.perPhase[p][0], l.perPhase[p][1])
+		}
+	}
 	if n := l.failed.Load(); n > 0 {
-		t.Errorf("%d calls failed, want none: %s", n, strings.Join(l.errs[:min(len(l.errs), 10)], "; "))
+		t.Errorf("%d calls failed, want none; the first of them:\n%s", n, strings.Join(l.errs[:min(len(l.errs), 40)], "\n"))
 	}
 }
 
