@@ -159,6 +159,9 @@ func (l *clientLoop) finish(t *testing.T) {
 	t.Logf("client loop: %d calls, %d failed", l.ok.Load()+l.failed.Load(), l.failed.Load())
 	if len(l.phases) > 1 {
 		for _, p := range l.phases {
+			if l.perPhase[p][0] == 0 {
+				continue
+			}
 			t.Logf("  %-40s %6d calls, %d failed", p, l.perPhase[p][0], l.perPhase[p][1])
 		}
 	}
