@@ -31,10 +31,16 @@ import (
 // client is a's admin token on it.
 func startPeer(t *testing.T, a *server, name, addr, endpoint string, extra ...string) *server {
 	t.Helper()
+	return startPeerIn(t, a, name, nil, addr, endpoint, extra...)
+}
+
+// startPeerIn is startPeer through wrap (such as ip netns exec NS).
+func startPeerIn(t *testing.T, a *server, name string, wrap []string, addr, endpoint string, extra ...string) *server {
+	t.Helper()
 	dir := t.TempDir()
 	args := append([]string{"server", "--data-dir", dir, "--listen", addr, "--etcd-endpoints", endpoint, "--log-level", "debug",
 		"--store-secret-file", filepath.Join(a.dataDir, "store-secret")}, extra...)
-	p := start(t, name, nil, args...)
+	p := startWrapped(t, name, wrap, nil, args...)
 	caPEM, _ := os.ReadFile(a.caFile)
 	api, err := client.New(client.Config{Addr: addr, Token: a.admin, CAPEM: caPEM})
 	if err != nil {
@@ -72,45 +78,78 @@ func proxyStatus(ctx context.Context, api *client.Client, service string) (v1.Pr
 	return v1.ProxyStatus{}, fmt.Errorf("no proxy of %s", service)
 }
 
-// clientLoop calls addr through a proxy every 20ms until stopped, and
-// counts the calls and the failures.
+// clientLoop calls addr through a proxy at a fixed rate until stopped or
+// done with its count, each call on a new connection and its own
+// goroutine (so that a slow call does not slow the rest), and counts the
+// calls and the failures, each failure with its time and the phase the
+// test was in.
 type clientLoop struct {
 	ok, failed atomic.Int64
+	phase      atomic.Pointer[string]
 	mu         sync.Mutex
 	errs       []string
+	phases     []string             // in the order they began; guarded by mu
+	perPhase   map[string]*[2]int64 // calls and failures; guarded by mu
 	stop       context.CancelFunc
 	done       chan struct{}
 }
 
+// startClientLoop calls addr 50 times a second until stopped.
 func startClientLoop(t *testing.T, addr, want string) *clientLoop {
+	return startRateLoop(t, addr, want, 50, 0)
+}
+
+// startRateLoop calls addr perSecond times a second, limit calls at most
+// (0: until stopped); a call that does not answer want within 5s fails.
+func startRateLoop(t *testing.T, addr, want string, perSecond, limit int) *clientLoop {
 	ctx, cancel := context.WithCancel(context.Background())
-	l := &clientLoop{stop: cancel, done: make(chan struct{})}
-	tick := time.NewTicker(20 * time.Millisecond)
+	l := &clientLoop{stop: cancel, done: make(chan struct{}), perPhase: map[string]*[2]int64{}}
+	l.setPhase("start")
+	tick := time.NewTicker(time.Second / time.Duration(perSecond))
 	go func() {
 		defer close(l.done)
 		defer tick.Stop()
-		for {
+		var calls sync.WaitGroup
+		defer calls.Wait()
+		for n := 0; limit == 0 || n < limit; n++ {
 			select {
 			case <-ctx.Done():
 				return
 			case <-tick.C:
 			}
-			got, err := get(addr)
-			if err == nil && got != want {
-				err = fmt.Errorf("got %q", got)
-			}
-			if err != nil {
-				l.failed.Add(1)
+			phase := *l.phase.Load()
+			calls.Go(func() {
+				got, err := get(addr)
+				if err == nil && got != want {
+					err = fmt.Errorf("got %q", got)
+				}
 				l.mu.Lock()
-				l.errs = append(l.errs, time.Now().Format("15:04:05.000")+" "+err.Error())
-				l.mu.Unlock()
-				continue
-			}
-			l.ok.Add(1)
+				defer l.mu.Unlock()
+				l.perPhase[phase][0]++
+				if err != nil {
+					l.failed.Add(1)
+					l.perPhase[phase][1]++
+					l.errs = append(l.errs, time.Now().Format("15:04:05.000")+" ["+phase+"] "+err.Error())
+					return
+				}
+				l.ok.Add(1)
+			})
 		}
 	}()
 	t.Cleanup(func() { cancel(); <-l.done })
 	return l
+}
+
+// setPhase names what the test does from now on, for the failures'
+// timeline.
+func (l *clientLoop) setPhase(p string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.perPhase[p] == nil {
+		l.perPhase[p] = new([2]int64)
+		l.phases = append(l.phases, p)
+	}
+	l.phase.Store(&p)
 }
 
 func (l *clientLoop) finish(t *testing.T) {
@@ -118,8 +157,16 @@ func (l *clientLoop) finish(t *testing.T) {
 	l.stop()
 	<-l.done
 	t.Logf("client loop: %d calls, %d failed", l.ok.Load()+l.failed.Load(), l.failed.Load())
+	if len(l.phases) > 1 {
+		for _, p := range l.phases {
+			if l.perPhase[p][0] == 0 {
+				continue
+			}
+			t.Logf("  %-40s %6d calls, %d failed", p, l.perPhase[p][0], l.perPhase[p][1])
+		}
+	}
 	if n := l.failed.Load(); n > 0 {
-		t.Errorf("%d calls failed, want none: %s", n, strings.Join(l.errs[:min(len(l.errs), 10)], "; "))
+		t.Errorf("%d calls failed, want none; the first of them:\n%s", n, strings.Join(l.errs[:min(len(l.errs), 40)], "\n"))
 	}
 }
 
@@ -431,6 +478,40 @@ func TestServerCutOffFromStoreSendsProxiesAway(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestProxyNotHeldWhileServerFindsStoreGone: a proxy whose stream reaches
+// a server in the seconds between its store going away and the server
+// finding out waits in the stream's registration, a store read. When the
+// server finds out, the proxy must be sent to another server, not held
+// until the store is back (TestHAEndToEnd saw proxies held for 55 s of a
+// 60 s loss of quorum).
+func TestProxyNotHeldWhileServerFindsStoreGone(t *testing.T) {
+	endpoint := startEtcd(t)
+	relay := startRelay(t, strings.TrimPrefix(endpoint, "http://"))
+	a := startServer(t, "--etcd-endpoints", "http://"+relay.addr)
+	bAddr := fmt.Sprintf("127.0.0.1:%d", trellistest.FreePort(t))
+	web := startApp(t, "web")
+	token := a.tokenFile(t, "web")
+	relay.cut(true)
+	// b is not up yet: the proxy's stream can only go to a.
+	p := start(t, "proxy-web", nil, "proxy", "--service", "web", "--app-port", strconv.Itoa(web.port),
+		"--server", a.addr+","+bAddr, "--ca-file", a.caFile, "--token-file", token, "--state-dir", t.TempDir(),
+		"--admin-port", strconv.Itoa(trellistest.FreePort(t)), "--log-level", "debug")
+	trellistest.Eventually(t, 10*time.Second, "the proxy dialing a", func() error {
+		if !strings.Contains(p.logText(), "dialing control plane") || !strings.Contains(p.logText(), "server="+a.addr) {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	if strings.Contains(a.logText(), "store unreachable") {
+		t.Fatal("a found its store gone before the proxy dialed it: the test needs the proxy there first")
+	}
+	b := startPeer(t, a, "server-b", bAddr, endpoint)
+	waitMoved(t, b.api, "web", []string{b.addr}, 20*time.Second)
+	if !strings.Contains(a.logText(), "store unreachable") {
+		t.Error("the proxy moved, but a never found its store gone")
+	}
 }
 
 // relay forwards TCP connections to target until cut, when it closes them

@@ -164,9 +164,17 @@ func startServer(t *testing.T, extra ...string) *server {
 // startServerOn starts a control plane listening on addr.
 func startServerOn(t *testing.T, addr string, extra ...string) *server {
 	t.Helper()
+	return startServerIn(t, "server", nil, addr, extra...)
+}
+
+// startServerIn starts a control plane named name through wrap (such as ip
+// netns exec NS), listening on addr: the first server of a store, which
+// makes the admin token and the CA.
+func startServerIn(t *testing.T, name string, wrap []string, addr string, extra ...string) *server {
+	t.Helper()
 	dir := t.TempDir()
 	args := append([]string{"server", "--data-dir", dir, "--listen", addr, "--log-level", "debug"}, extra...)
-	s := &server{proc: start(t, "server", nil, args...), addr: addr, dataDir: dir, caFile: filepath.Join(dir, "ca.pem")}
+	s := &server{proc: startWrapped(t, name, wrap, nil, args...), addr: addr, dataDir: dir, caFile: filepath.Join(dir, "ca.pem")}
 	s.waitUp(t)
 	b, err := os.ReadFile(filepath.Join(dir, "admin-token"))
 	if err != nil {
@@ -330,6 +338,13 @@ func startApp(t *testing.T, name string) *app {
 	go a.srv.Serve(l)
 	t.Cleanup(func() { a.srv.Close() })
 	return a
+}
+
+// served is how many requests a has answered.
+func (a *app) served() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.hits
 }
 
 // get fetches http://addr/ on a new connection and returns the body.

@@ -61,7 +61,25 @@ func needNetns(t *testing.T, tools ...string) {
 // removed when the test ends.
 func newTestNet(t *testing.T, n int, names ...string) *testNet {
 	t.Helper()
-	tn := &testNet{bridge: fmt.Sprintf("trbr%d", n), gw: fmt.Sprintf("10.231.%d.1", n)}
+	return newNamedNet(t, netNaming{bridge: fmt.Sprintf("trbr%d", n), ns: "trellis-", veth: fmt.Sprintf("tr%d-", n),
+		subnet: fmt.Sprintf("10.231.%d", n)}, names...)
+}
+
+// netNaming is what a testNet's links and namespaces are called: every
+// name a test makes starts with its own prefix, so that tests of other
+// packages or worktrees running at the same time never collide.
+type netNaming struct {
+	bridge string // the bridge's name
+	ns     string // prefix of each host's namespace, before its name
+	veth   string // prefix of each host's veth (cut to 15 characters)
+	subnet string // the /24's first three octets: the bridge is .1, hosts .2 on
+}
+
+// newNamedNet makes the bridge and one host per name, as n names them,
+// removed when the test ends.
+func newNamedNet(t *testing.T, n netNaming, names ...string) *testNet {
+	t.Helper()
+	tn := &testNet{bridge: n.bridge, gw: n.subnet + ".1"}
 	ip := func(args ...string) {
 		t.Helper()
 		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
@@ -71,15 +89,15 @@ func newTestNet(t *testing.T, n int, names ...string) *testNet {
 	// Leftovers of a run that was killed would collide.
 	exec.Command("ip", "link", "del", tn.bridge).Run()
 	for _, name := range names {
-		exec.Command("ip", "netns", "del", "trellis-"+name).Run()
+		exec.Command("ip", "netns", "del", n.ns+name).Run()
 	}
 	ip("link", "add", tn.bridge, "type", "bridge")
 	t.Cleanup(func() { exec.Command("ip", "link", "del", tn.bridge).Run() })
 	ip("addr", "add", tn.gw+"/24", "dev", tn.bridge)
 	ip("link", "set", tn.bridge, "up")
 	for i, name := range names {
-		h := &host{ns: "trellis-" + name, ip: fmt.Sprintf("10.231.%d.%d", n, i+2)}
-		veth := fmt.Sprintf("tr%d-%s", n, name)
+		h := &host{ns: n.ns + name, ip: fmt.Sprintf("%s.%d", n.subnet, i+2)}
+		veth := n.veth + name
 		if len(veth) > 15 {
 			veth = veth[:15]
 		}

@@ -40,10 +40,19 @@ func (m *etcdMember) start(t *testing.T) {
 	go func(cmd *exec.Cmd, done chan struct{}) { cmd.Wait(); close(done) }(m.cmd, m.done)
 }
 
-func (m *etcdMember) kill() {
+func (m *etcdMember) kill() { m.stop(syscall.SIGKILL) }
+
+// stop sends sig and waits for the member to exit (killed after 20s).
+func (m *etcdMember) stop(sig syscall.Signal) {
 	select {
 	case <-m.done:
+		return
 	default:
+	}
+	m.cmd.Process.Signal(sig)
+	select {
+	case <-m.done:
+	case <-time.After(20 * time.Second):
 		m.cmd.Process.Kill()
 		<-m.done
 	}
@@ -103,9 +112,19 @@ func etcdctl(ms []*etcdMember, args ...string) (string, error) {
 // leaderIndex returns which member leads.
 func leaderIndex(t *testing.T, ms []*etcdMember) int {
 	t.Helper()
-	out, err := etcdctl(ms, "endpoint", "status", "-w", "json")
+	i, err := leaderAmong(ms, ms)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return i
+}
+
+// leaderAmong asks the members of live which member of ms leads, and
+// returns its index in ms; an error when they know of none.
+func leaderAmong(ms, live []*etcdMember) (int, error) {
+	out, err := etcdctl(live, "endpoint", "status", "-w", "json")
+	if err != nil {
+		return -1, err
 	}
 	var st []struct {
 		Endpoint string `json:"Endpoint"`
@@ -117,19 +136,18 @@ func leaderIndex(t *testing.T, ms []*etcdMember) int {
 		} `json:"Status"`
 	}
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
-		t.Fatalf("etcdctl endpoint status: %v: %s", err, out)
+		return -1, fmt.Errorf("etcdctl endpoint status: %v: %s", err, out)
 	}
 	for _, s := range st {
 		if s.Status.Header.MemberID == s.Status.Leader {
 			for i, m := range ms {
 				if m.client == s.Endpoint {
-					return i
+					return i, nil
 				}
 			}
 		}
 	}
-	t.Fatalf("no leader in %s", out)
-	return -1
+	return -1, fmt.Errorf("no leader in %s", out)
 }
 
 // stNet is a network namespace (st-srv) joined to this one by a veth pair:
@@ -321,16 +339,9 @@ func TestWritesDuringStoreOutages(t *testing.T) {
 	ms := startEtcdCluster(t, n.hostIP, 3)
 	const deadline = 3 * time.Second
 	addr := net.JoinHostPort(n.nsIP, fmt.Sprint(trellistest.FreePort(t)))
-	dir := t.TempDir()
-	s := &server{addr: addr, dataDir: dir, caFile: filepath.Join(dir, "ca.pem")}
-	s.proc = startWrapped(t, "server", []string{"ip", "netns", "exec", n.ns}, nil, "server", "--data-dir", dir, "--listen", addr,
-		"--etcd-endpoints", endpointsOf(ms), "--write-timeout", deadline.String(), "--log-level", "debug")
-	s.waitUp(t)
-	s.admin = strings.TrimSpace(string(mustRead(t, filepath.Join(dir, "admin-token"))))
-	var err error
-	if s.api, err = client.New(client.Config{Addr: addr, Token: s.admin, CAPEM: mustRead(t, s.caFile)}); err != nil {
-		t.Fatal(err)
-	}
+	s := startServerIn(t, "server", []string{"ip", "netns", "exec", n.ns}, addr,
+		"--etcd-endpoints", endpointsOf(ms), "--write-timeout", deadline.String())
+	dir := s.dataDir
 	if w := writeService(t, s, "before", true); w.code != http.StatusOK {
 		t.Fatalf("a write with the store up: %+v", w)
 	}
@@ -458,12 +469,21 @@ func report(t *testing.T, what string, writes []rawWrite, applied int) {
 // a token.
 func healthz(t *testing.T, s *server) int {
 	t.Helper()
+	code, err := healthzCode(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return code
+}
+
+// healthzCode is healthz, with an error where the server does not answer.
+func healthzCode(s *server) (int, error) {
 	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: s.api.TLSConfig()}, Timeout: 10 * time.Second}
 	defer hc.CloseIdleConnections()
 	resp, err := hc.Get("https://" + s.addr + "/healthz")
 	if err != nil {
-		t.Fatalf("GET /healthz: %v", err)
+		return 0, fmt.Errorf("GET /healthz: %w", err)
 	}
 	resp.Body.Close()
-	return resp.StatusCode
+	return resp.StatusCode, nil
 }

@@ -43,9 +43,13 @@ type movers struct {
 	// gone is closed when streams must leave; replaced by an open one
 	// when they may stay again.
 	gone chan struct{}
+	// back is closed when streams may stay again after having had to
+	// leave (the store is back), and at once replaced by an open one: it
+	// wakes whoever waited for that, such as the writes being settled.
+	back chan struct{}
 }
 
-func newMovers() *movers { return &movers{gone: make(chan struct{})} }
+func newMovers() *movers { return &movers{gone: make(chan struct{}), back: make(chan struct{})} }
 
 // reasonLocked is why streams must leave, "" when they may stay.
 func (m *movers) reasonLocked() string {
@@ -77,7 +81,17 @@ func (m *movers) set(f func()) {
 		close(m.gone)
 	case before != "" && after == "":
 		m.gone = make(chan struct{})
+		close(m.back)
+		m.back = make(chan struct{})
 	}
+}
+
+// returned returns a channel closed the next time streams may stay again
+// after having had to leave: when the store comes back.
+func (m *movers) returned() <-chan struct{} {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.back
 }
 
 // streamRefusal is the status a new proxy stream is refused with, nil when
@@ -87,6 +101,24 @@ func (s *Server) streamRefusal() error {
 		return xds.MoveStatus(why)
 	}
 	return nil
+}
+
+// whileServing returns a context that ends with ctx, or as soon as
+// streams must leave this server. A stream's registration waits on the
+// store: one that came in during the seconds between the store going
+// away and this server finding out would hold its proxy until the store
+// is back, where it should be sent to another server.
+func (s *Server) whileServing(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(ctx)
+	_, gone := s.movers.current()
+	s.goStream(func() {
+		select {
+		case <-ctx.Done():
+		case <-gone:
+			cancel()
+		}
+	})
+	return ctx, cancel
 }
 
 // streamMove returns a channel that yields the status a proxy stream must

@@ -110,10 +110,18 @@ func (a *adsServer) StreamAggregatedResources(stream discoveryv3.AggregatedDisco
 		return status.Errorf(codes.PermissionDenied, "token may not register service %q", reg.Service)
 	}
 	ps := &proxyStream{s: s, reg: reg, patches: slices.Contains(first.GetNode().GetClientFeatures(), xds.FeaturePatch)}
-	if err := ps.register(ctx, p.token.ID); errors.Is(err, errInstanceHeld) {
+	regCtx, endReg := s.whileServing(ctx) // failover.go
+	err = ps.register(regCtx, p.token.ID)
+	endReg()
+	if errors.Is(err, errInstanceHeld) {
 		s.logRefusal("proxy stream refused", "remote", peer, "token", p, "instance", reg.Instance, "service", reg.Service, "reason", err.Error())
 		return status.Errorf(codes.AlreadyExists, "instance %q of %q: %v", reg.Instance, reg.Service, err)
 	} else if err != nil {
+		if why, _ := s.movers.current(); why != "" {
+			// Cut short: what registration wrote, if anything, is the
+			// proxy's to adopt on the server it goes to.
+			return xds.MoveStatus(why)
+		}
 		return status.Errorf(codes.Unavailable, "register: %v", err)
 	}
 	log := s.log.With("instance", reg.Instance, "service", reg.Service)

@@ -288,7 +288,11 @@ func (s *Server) readOutcome(ctx context.Context, rkey, digest string) (string, 
 
 // settleInBackground keeps fencing off a write of unknown outcome until
 // the store answers, so that it is settled (either way) as soon as the
-// store is back, not whenever a stuck copy arrives.
+// store is back, not whenever a stuck copy arrives. Between tries it
+// backs off, but wakes when this server sees its store again: after a
+// long outage the backoff is long, and the store may be back for less
+// than that (the next outage, or a restart that ends this goroutine,
+// would leave the write unsettled for good).
 func (s *Server) settleInBackground(key, rkey string, guard int64, lease store.LeaseID, digest string) {
 	if s.writes.settling.Add(1) > maxSettling {
 		s.writes.settling.Add(-1)
@@ -298,7 +302,17 @@ func (s *Server) settleInBackground(key, rkey string, guard int64, lease store.L
 		defer s.writes.settling.Add(-1)
 		backoff := time.Second
 		for s.bgCtx.Err() == nil {
-			sleep(s.bgCtx, backoff)
+			t := time.NewTimer(backoff)
+			select {
+			case <-s.bgCtx.Done():
+			case <-t.C:
+			case <-s.movers.returned():
+				backoff = time.Second
+			}
+			t.Stop()
+			if s.bgCtx.Err() != nil {
+				return
+			}
 			ctx, cancel := context.WithTimeout(store.RequireLeader(s.bgCtx), s.writeTimeout())
 			out, err := s.fenceWrite(ctx, rkey, guard, lease, digest)
 			cancel()

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -29,6 +30,8 @@ type delayingStore struct {
 	hold    int
 	release chan struct{}
 	late    sync.WaitGroup
+	// gaveUp counts the held commits whose caller gave up.
+	gaveUp atomic.Int64
 }
 
 func (d *delayingStore) Commit(ctx context.Context, ops []store.Op) error {
@@ -57,6 +60,7 @@ func (d *delayingStore) Commit(ctx context.Context, ops []store.Op) error {
 	case err := <-done:
 		return err
 	case <-ctx.Done():
+		d.gaveUp.Add(1)
 		return fmt.Errorf("commit: %w", ctx.Err())
 	}
 }
@@ -67,6 +71,14 @@ func (d *delayingStore) setHold(n int) {
 	defer d.mu.Unlock()
 	d.hold = n
 	d.release = make(chan struct{})
+}
+
+// stopHolding lets new commits through; those held stay held until
+// releaseAll.
+func (d *delayingStore) stopHolding() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.hold = 0
 }
 
 // releaseAll delivers every held commit, in no set order, and waits.
@@ -209,6 +221,48 @@ func TestWriteOfUnknownOutcomeSettlesAndRetriesSafely(t *testing.T) {
 	// The key names one write: another body under it is refused.
 	if c := callWrite(t, s, admin, "POST", "/v1/resources", key, service("other")); c.code != http.StatusConflict {
 		t.Errorf("same key, another write: got %d %v, want 409", c.code, c.body)
+	}
+}
+
+// A write of unknown outcome is settled as soon as the server sees its
+// store again, not at the end of a backoff that grew during the outage:
+// the store may be back for less than that (TestHAEndToEnd saw a write
+// left unsettled for good, its server restarted before its next try).
+func TestWriteOfUnknownOutcomeSettlesWhenStoreReturns(t *testing.T) {
+	s, ds, admin := newWriteServer(t)
+	const key = "back-key-0123456789"
+	ds.setHold(-1)
+	release := sync.OnceFunc(ds.releaseAll)
+	t.Cleanup(release)
+	a := callWrite(t, s, admin, "POST", "/v1/resources", key, service("maybe"))
+	if a.code != http.StatusServiceUnavailable || a.outcome != outcomeUnknown {
+		t.Fatalf("got %d %q %v, want 503 unknown", a.code, a.outcome, a.body)
+	}
+	s.movers.set(func() { s.movers.storeLost = true }) // as watchStore would
+	// The write and its fence, then two tries in the background: the
+	// next is 4 s away.
+	trellistest.Eventually(t, 20*time.Second, "two background tries", func() error {
+		if n := ds.gaveUp.Load(); n < 4 {
+			return fmt.Errorf("%d commits given up", n)
+		}
+		return nil
+	})
+	ds.stopHolding() // the store is back; the stuck copies stay stuck
+	back := time.Now()
+	s.movers.set(func() { s.movers.storeLost = false })
+	trellistest.Eventually(t, 10*time.Second, "write settled", func() error {
+		g := callWrite(t, s, admin, "GET", "/v1/writes/"+key, "", nil)
+		if g.code != http.StatusOK || g.body["outcome"] != outcomeNotApplied {
+			return fmt.Errorf("GET /v1/writes: %d %v", g.code, g.body)
+		}
+		return nil
+	})
+	if took := time.Since(back); took > 2*time.Second {
+		t.Errorf("settled %v after the store came back, want within 2s", took.Round(time.Millisecond))
+	}
+	release() // the stuck copies arrive
+	if stored(t, ds.Store, "maybe") {
+		t.Error("a write settled as not applied was applied")
 	}
 }
 
