@@ -8,8 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,7 +18,6 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
-	apiclient "github.com/trellis-mesh/trellis/client"
 	"github.com/trellis-mesh/trellis/internal/trellistest"
 )
 
@@ -272,22 +269,7 @@ func TestWarmUpAfterFullRestart(t *testing.T) {
 // startSecondServer starts another server on a's etcd with a's CA.
 func startSecondServer(t *testing.T, a *server, endpoint string, extra ...string) *server {
 	t.Helper()
-	addr := fmt.Sprintf("127.0.0.1:%d", trellistest.FreePort(t))
-	dir := t.TempDir()
-	args := append([]string{"server", "--data-dir", dir, "--listen", addr, "--etcd-endpoints", endpoint, "--log-level", "debug",
-		"--ca-cert", a.caFile, "--ca-key", filepath.Join(a.dataDir, "ca-key.pem")}, extra...)
-	p := start(t, "server-b", nil, args...)
-	b := &server{proc: p, addr: addr, dataDir: dir, caFile: a.caFile, admin: a.admin}
-	caPEM, _ := os.ReadFile(a.caFile)
-	var err error
-	if b.api, err = apiclient.New(apiclient.Config{Addr: addr, Token: a.admin, CAPEM: caPEM}); err != nil {
-		t.Fatal(err)
-	}
-	trellistest.Eventually(t, 30*time.Second, "server b answers", func() error {
-		_, err := b.api.Services(t.Context())
-		return err
-	})
-	return b
+	return startPeer(t, a, "server-b", fmt.Sprintf("127.0.0.1:%d", trellistest.FreePort(t)), endpoint, extra...)
 }
 
 // TestProxyCannotTakeAnotherInstance: a second proxy with the same token
