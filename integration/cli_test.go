@@ -384,8 +384,8 @@ func TestUpRejectsBadFile(t *testing.T) {
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "trellis.yaml"), []byte("services:\n  - name: a\n    command: [x]\n    port: 9000\n    helth: {http: /}\n"), 0o600)
 	out, code := runCLI(t, nil, "up", dir)
-	if code != 2 || !strings.Contains(out, "line 5: field helth not found") {
-		t.Errorf("exit %d, output %q; want 2 naming line 5 and the field", code, out)
+	if code != 2 || !strings.Contains(out, `trellis.yaml:5: services[0].helth: unknown field (did you mean "health"?)`) {
+		t.Errorf("exit %d, output %q; want 2 naming line 5, the field and the nearest known one", code, out)
 	}
 	os.WriteFile(filepath.Join(dir, "trellis.yaml"), []byte("services:\n  - name: a\n    command: [x]\n    port: 9000\n  - name: a\n    command: [x]\n    port: 9000\n"), 0o600)
 	out, code = runCLI(t, nil, "up", dir)
