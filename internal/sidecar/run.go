@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"syscall"
 	"sync"
 	"time"
 
@@ -281,6 +282,9 @@ func (p *Proxy) listen(ctx context.Context) (*listeners, error) {
 	}
 	if ls.admin, err = net.Listen("tcp", p.cfg.AdminAddr); err != nil {
 		ls.closeAll()
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return nil, fmt.Errorf("admin listener: %w: %s", ErrAdminAddrInUse, p.cfg.AdminAddr)
+		}
 		return nil, fmt.Errorf("admin listener: %w", err)
 	}
 	if p.cfg.Edge != nil {
