@@ -275,6 +275,7 @@ func TestUpGreeter(t *testing.T) {
 	if !strings.Contains(summary, "curl http://127.0.0.1:8080/") || !strings.Contains(summary, "https://127.0.0.1:7700") {
 		t.Errorf("summary does not say where to reach things:\n%s", summary)
 	}
+	checkCurlHints(t, summary)
 	want := regexp.MustCompile(`^From greeter-1: Hello \(greeting-1\) [A-Z][a-z]+ \(name-1\)\n?$`)
 	if got, err := get("127.0.0.1:8080"); err != nil || !want.MatchString(got) {
 		t.Fatalf("greeter answered %q, %v; want %v", got, err, want)
@@ -315,6 +316,7 @@ func TestUpHelloCanary(t *testing.T) {
 	u := startUp(t, "../examples/hello", []int{7700, 8000, 8080, 9100, 9101, 9102, 9191},
 		"--otlp-endpoint", "grpc://"+collector.Addr, "--trace-sampling", "1")
 	checkHelloIngress(t, u.summary)
+	checkCurlHints(t, u.summary)
 	u.checkBindsLoopback(t)
 	hello := func() (string, error) {
 		resp, err := http.Get("http://127.0.0.1:8080/hello/world")
@@ -473,6 +475,7 @@ func TestUpTLSSidecar(t *testing.T) {
 	if !strings.Contains(u.summary, "curl -k https://127.0.0.1:8443/") {
 		t.Errorf("summary does not print the edge URL:\n%s", u.summary)
 	}
+	checkCurlHints(t, u.summary)
 	out, err := exec.Command("curl", "-sk", "--max-time", "5", "https://127.0.0.1:8443/").CombinedOutput()
 	if err != nil || strings.TrimSpace(string(out)) != "Hello from behind Trellis TLS proxy!" {
 		t.Fatalf("curl -k: %q, %v", out, err)
@@ -555,6 +558,11 @@ func TestUpPassthrough(t *testing.T) {
 	if !strings.Contains(u.summary, "https://alpha.example.test:8443/") {
 		t.Errorf("summary does not print the pass-through URL:\n%s", u.summary)
 	}
+	// The gateway checks its targets with a TLS handshake through each
+	// sidecar's edge listener, PROXY header first (healthCheck: tls with
+	// proxyProtocol: true, as the README's gateway example): the curl
+	// lines below answer only if the checks pass.
+	checkCurlHints(t, u.summary)
 	for _, name := range []string{"alpha", "beta"} {
 		sni := name + ".example.test"
 		c, err := tls.Dial("tcp", "127.0.0.1:8443", &tls.Config{ServerName: sni, InsecureSkipVerify: true})
@@ -578,6 +586,11 @@ func TestUpPassthrough(t *testing.T) {
 		}
 	}
 	u.stop(t)
+	// The sidecars' TCP health checks of the apps (a connect, every
+	// second) are not errors of the apps.
+	if n := strings.Count(u.output(), "TLS handshake error"); n > 0 {
+		t.Errorf("the apps logged %d TLS handshake errors:\n%s", n, tail(u.output(), 10))
+	}
 }
 
 // TestUpCrossVPC runs the cross-VPC example as the README does: the
@@ -612,6 +625,7 @@ func TestUpCrossVPC(t *testing.T) {
 		}
 		return nil
 	})
+	checkCurlHints(t, u.summary)
 	out, code := runCLI(t, u.env, "get", "proxies")
 	if code != 0 || !strings.Contains(out, "nodejs: via gateway network vpc-b") || !strings.Contains(out, "crystal: direct") {
 		t.Errorf("get proxies does not show the frontends' paths: %d\n%s", code, out)

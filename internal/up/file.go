@@ -64,6 +64,17 @@ type Service struct {
 	// Hostnames are more DNS names of the service, beside
 	// <name>.<domain> for each of mesh.dns.domains.
 	Hostnames []string `yaml:"hostnames"`
+	// Try is a path the app answers with 200, which the startup
+	// summary's curl lines use (default /): a hint that works.
+	Try string `yaml:"try"`
+}
+
+// tryPath is the path the summary shows for s.
+func (s *Service) tryPath() string {
+	if s.Try != "" {
+		return s.Try
+	}
+	return "/"
 }
 
 // callPort is the port callers of s use: ServicePort, or Port.
@@ -347,6 +358,9 @@ func (f *File) validate(path string, root *yaml.Node) error {
 			if err := res.Validate(); err != nil {
 				add(at+".protocol", "%q is not tcp, http, http2 or grpc", s.Protocol)
 			}
+		}
+		if s.Try != "" && !strings.HasPrefix(s.Try, "/") {
+			add(at+".try", "%q must start with /", s.Try)
 		}
 		if s.Health.HTTP != "" && !strings.HasPrefix(s.Health.HTTP, "/") {
 			add(at+".health.http", "%q must start with /", s.Health.HTTP)
