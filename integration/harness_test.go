@@ -61,7 +61,7 @@ type proc struct {
 	// output): for tests of what a process logs.
 	errLog string
 	cmd    *exec.Cmd
-	done chan struct{}
+	done   chan struct{}
 }
 
 func start(t *testing.T, name string, env []string, args ...string) *proc {

@@ -8,8 +8,8 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
-	"syscall"
 	"sync"
+	"syscall"
 	"time"
 
 	v1 "github.com/trellis-mesh/trellis/api/v1"
