@@ -69,7 +69,7 @@ YAML
 "$T" apply -f "$RUN/mesh.yaml" > /dev/null
 "$T" token create --service web -o "$RUN/web.token" > /dev/null
 for i in 1 2; do
-    spawn "web-$i" "$T" proxy --service web --instance "web-$i" --app-port "$APP" --edge-port 0 --edge-addr 127.0.0.1 \
+    spawn "web-$i" "$T" proxy --admin-port 0 --service web --instance "web-$i" --app-port "$APP" --edge-port 0 --edge-addr 127.0.0.1 \
         --edge-dns-name web.bench.local --token-file "$RUN/web.token"
 done
 for _ in $(seq 200); do

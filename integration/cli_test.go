@@ -56,9 +56,9 @@ func TestBadInput(t *testing.T) {
 		{"wrong token", []string{"get", "services"}, []string{"TRELLIS_TOKEN=trellis_wrongwrongwrongwrongwrong"}, 1, []string{"missing or invalid token (HTTP 401)"}},
 		{"no token", []string{"get", "services"}, []string{"TRELLIS_TOKEN="}, 1, []string{"no token"}},
 		{"unknown command", []string{"frobnicate"}, nil, 2, []string{"unknown command"}},
-		{"proxy with a wrong token", []string{"proxy", "--service", "web", "--app-port", "1", "--server", s.addr, "--ca-file", s.caFile,
+		{"proxy with a wrong token", []string{"proxy", "--admin-port", "0", "--service", "web", "--app-port", "1", "--server", s.addr, "--ca-file", s.caFile,
 			"--token-file", write("bad.token", "trellis_notarealtokennotarealtoken00")}, nil, 1, []string{"control plane refused the token", "--token-file"}},
-		{"proxy with a token for another service", []string{"proxy", "--service", "web", "--app-port", "1", "--server", s.addr, "--ca-file", s.caFile,
+		{"proxy with a token for another service", []string{"proxy", "--admin-port", "0", "--service", "web", "--app-port", "1", "--server", s.addr, "--ca-file", s.caFile,
 			"--token-file", write("other.token", strings.TrimSpace(s.mustCLI(t, "token", "create", "--service", "db")))}, nil, 1, []string{"control plane refused the token"}},
 		{"unknown kind", []string{"get", "gizmos"}, nil, 2, []string{"unknown kind", "route", "gateway"}},
 		{"help of ca", []string{"ca", "-h"}, nil, 0, []string{"Usage: trellis ca roots"}},
@@ -71,7 +71,7 @@ func TestBadInput(t *testing.T) {
 			nil, 2, []string{"edge mode \"sideways\""}},
 		{"edge flag without port", []string{"proxy", "--service", "a", "--app-port", "80", "--server", s.addr, "--token-file", "x", "--edge-cert", "c.pem"},
 			nil, 2, []string{"--edge-cert needs --edge-port"}},
-		{"edge certificate file missing", []string{"proxy", "--service", "a", "--app-port", "80", "--server", s.addr, "--ca-file", s.caFile,
+		{"edge certificate file missing", []string{"proxy", "--admin-port", "0", "--service", "a", "--app-port", "80", "--server", s.addr, "--ca-file", s.caFile,
 			"--token-file", write("edge.token", strings.TrimSpace(s.mustCLI(t, "token", "create", "--service", "a"))),
 			"--edge-port", "0", "--edge-cert", filepath.Join(dir, "none.pem"), "--edge-key", filepath.Join(dir, "none-key.pem")},
 			nil, 1, []string{"edge certificate: certificate file:", "none.pem"}},
@@ -275,6 +275,7 @@ func TestUpGreeter(t *testing.T) {
 	if !strings.Contains(summary, "curl http://127.0.0.1:8080/") || !strings.Contains(summary, "https://127.0.0.1:7700") {
 		t.Errorf("summary does not say where to reach things:\n%s", summary)
 	}
+	checkCurlHints(t, summary)
 	want := regexp.MustCompile(`^From greeter-1: Hello \(greeting-1\) [A-Z][a-z]+ \(name-1\)\n?$`)
 	if got, err := get("127.0.0.1:8080"); err != nil || !want.MatchString(got) {
 		t.Fatalf("greeter answered %q, %v; want %v", got, err, want)
@@ -315,6 +316,7 @@ func TestUpHelloCanary(t *testing.T) {
 	u := startUp(t, "../examples/hello", []int{7700, 8000, 8080, 9100, 9101, 9102, 9191},
 		"--otlp-endpoint", "grpc://"+collector.Addr, "--trace-sampling", "1")
 	checkHelloIngress(t, u.summary)
+	checkCurlHints(t, u.summary)
 	u.checkBindsLoopback(t)
 	hello := func() (string, error) {
 		resp, err := http.Get("http://127.0.0.1:8080/hello/world")
@@ -384,8 +386,8 @@ func TestUpRejectsBadFile(t *testing.T) {
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "trellis.yaml"), []byte("services:\n  - name: a\n    command: [x]\n    port: 9000\n    helth: {http: /}\n"), 0o600)
 	out, code := runCLI(t, nil, "up", dir)
-	if code != 2 || !strings.Contains(out, "line 5: field helth not found") {
-		t.Errorf("exit %d, output %q; want 2 naming line 5 and the field", code, out)
+	if code != 2 || !strings.Contains(out, `trellis.yaml:5: services[0].helth: unknown field (did you mean "health"?)`) {
+		t.Errorf("exit %d, output %q; want 2 naming line 5, the field and the nearest known one", code, out)
 	}
 	os.WriteFile(filepath.Join(dir, "trellis.yaml"), []byte("services:\n  - name: a\n    command: [x]\n    port: 9000\n  - name: a\n    command: [x]\n    port: 9000\n"), 0o600)
 	out, code = runCLI(t, nil, "up", dir)
@@ -473,6 +475,7 @@ func TestUpTLSSidecar(t *testing.T) {
 	if !strings.Contains(u.summary, "curl -k https://127.0.0.1:8443/") {
 		t.Errorf("summary does not print the edge URL:\n%s", u.summary)
 	}
+	checkCurlHints(t, u.summary)
 	out, err := exec.Command("curl", "-sk", "--max-time", "5", "https://127.0.0.1:8443/").CombinedOutput()
 	if err != nil || strings.TrimSpace(string(out)) != "Hello from behind Trellis TLS proxy!" {
 		t.Fatalf("curl -k: %q, %v", out, err)
@@ -555,6 +558,11 @@ func TestUpPassthrough(t *testing.T) {
 	if !strings.Contains(u.summary, "https://alpha.example.test:8443/") {
 		t.Errorf("summary does not print the pass-through URL:\n%s", u.summary)
 	}
+	// The gateway checks its targets with a TLS handshake through each
+	// sidecar's edge listener, PROXY header first (healthCheck: tls with
+	// proxyProtocol: true, as the README's gateway example): the curl
+	// lines below answer only if the checks pass.
+	checkCurlHints(t, u.summary)
 	for _, name := range []string{"alpha", "beta"} {
 		sni := name + ".example.test"
 		c, err := tls.Dial("tcp", "127.0.0.1:8443", &tls.Config{ServerName: sni, InsecureSkipVerify: true})
@@ -578,6 +586,11 @@ func TestUpPassthrough(t *testing.T) {
 		}
 	}
 	u.stop(t)
+	// The sidecars' TCP health checks of the apps (a connect, every
+	// second) are not errors of the apps.
+	if n := strings.Count(u.output(), "TLS handshake error"); n > 0 {
+		t.Errorf("the apps logged %d TLS handshake errors:\n%s", n, tail(u.output(), 10))
+	}
 }
 
 // TestUpCrossVPC runs the cross-VPC example as the README does: the
@@ -612,6 +625,7 @@ func TestUpCrossVPC(t *testing.T) {
 		}
 		return nil
 	})
+	checkCurlHints(t, u.summary)
 	out, code := runCLI(t, u.env, "get", "proxies")
 	if code != 0 || !strings.Contains(out, "nodejs: via gateway network vpc-b") || !strings.Contains(out, "crystal: direct") {
 		t.Errorf("get proxies does not show the frontends' paths: %d\n%s", code, out)

@@ -57,8 +57,11 @@ type proc struct {
 	args []string
 	env  []string
 	log  string
-	cmd  *exec.Cmd
-	done chan struct{}
+	// errLog, when set, takes standard error apart from log (standard
+	// output): for tests of what a process logs.
+	errLog string
+	cmd    *exec.Cmd
+	done   chan struct{}
 }
 
 func start(t *testing.T, name string, env []string, args ...string) *proc {
@@ -70,7 +73,19 @@ func start(t *testing.T, name string, env []string, args ...string) *proc {
 // arguments (ip netns exec, setpriv), so the process is still bin's.
 func startWrapped(t *testing.T, name string, wrap, env []string, args ...string) *proc {
 	t.Helper()
-	p := &proc{t: t, name: name, wrap: wrap, args: args, env: env, log: filepath.Join(t.TempDir(), name+".log")}
+	return startProc(t, &proc{t: t, name: name, wrap: wrap, args: args, env: env, log: filepath.Join(t.TempDir(), name+".log")})
+}
+
+// startSplit is start with standard error in a file of its own
+// (proc.errLog), apart from standard output.
+func startSplit(t *testing.T, name string, args ...string) *proc {
+	t.Helper()
+	dir := t.TempDir()
+	return startProc(t, &proc{t: t, name: name, args: args, log: filepath.Join(dir, name+".out"), errLog: filepath.Join(dir, name+".err")})
+}
+
+func startProc(t *testing.T, p *proc) *proc {
+	t.Helper()
 	p.run()
 	t.Cleanup(func() {
 		p.kill(syscall.SIGKILL)
@@ -81,8 +96,7 @@ func startWrapped(t *testing.T, name string, wrap, env []string, args ...string)
 		}
 		checkLogKeys(t, p.name, log)
 		if t.Failed() {
-			b, _ := os.ReadFile(p.log)
-			t.Logf("---- %s log ----\n%s", p.name, tail(string(b), 40))
+			t.Logf("---- %s log ----\n%s", p.name, tail(log, 40))
 		}
 	})
 	return p
@@ -98,12 +112,19 @@ func (p *proc) run() {
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), p.env...)
 	cmd.Stdout, cmd.Stderr = f, f
+	errf := f
+	if p.errLog != "" {
+		if errf, err = os.OpenFile(p.errLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600); err != nil {
+			p.t.Fatal(err)
+		}
+		cmd.Stderr = errf
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		p.t.Fatal(err)
 	}
 	p.cmd, p.done = cmd, make(chan struct{})
-	go func() { cmd.Wait(); f.Close(); close(p.done) }()
+	go func() { cmd.Wait(); f.Close(); errf.Close(); close(p.done) }()
 }
 
 // kill sends sig and waits for the process to exit.
@@ -125,7 +146,14 @@ func (p *proc) kill(sig syscall.Signal) {
 // restart starts the process again with the same arguments.
 func (p *proc) restart() { p.kill(syscall.SIGKILL); p.run() }
 
-func (p *proc) logText() string { b, _ := os.ReadFile(p.log); return string(b) }
+func (p *proc) logText() string {
+	b, _ := os.ReadFile(p.log)
+	if p.errLog != "" {
+		e, _ := os.ReadFile(p.errLog)
+		b = append(b, e...)
+	}
+	return string(b)
+}
 
 func head(s string, n int) string {
 	lines := strings.Split(s, "\n")
@@ -174,7 +202,14 @@ func startServerIn(t *testing.T, name string, wrap []string, addr string, extra 
 	t.Helper()
 	dir := t.TempDir()
 	args := append([]string{"server", "--data-dir", dir, "--listen", addr, "--log-level", "debug"}, extra...)
-	s := &server{proc: startWrapped(t, name, wrap, nil, args...), addr: addr, dataDir: dir, caFile: filepath.Join(dir, "ca.pem")}
+	return newServer(t, startWrapped(t, name, wrap, nil, args...), addr, dir)
+}
+
+// newServer waits for the server p (listening on addr, its data in dir)
+// to be up and returns it.
+func newServer(t *testing.T, p *proc, addr, dir string) *server {
+	t.Helper()
+	s := &server{proc: p, addr: addr, dataDir: dir, caFile: filepath.Join(dir, "ca.pem")}
 	s.waitUp(t)
 	b, err := os.ReadFile(filepath.Join(dir, "admin-token"))
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -143,5 +144,22 @@ func TestUpCannotBeWedged(t *testing.T) {
 	}
 	if made, _ := filepath.Glob(filepath.Join(home2, ".trellis", "up", "*")); len(made) != 0 {
 		t.Errorf("a failed start created %v", made)
+	}
+}
+
+// checkCurlHints runs every curl line of up's startup summary as printed
+// and wants 200 from each (issue 23: the hints answered 404).
+func checkCurlHints(t *testing.T, summary string) {
+	t.Helper()
+	hints := regexp.MustCompile(`curl (.+?)   \(`).FindAllStringSubmatch(summary, -1)
+	if len(hints) == 0 {
+		t.Errorf("the summary has no curl line:\n%s", summary)
+	}
+	for _, h := range hints {
+		args := append([]string{"-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5"}, strings.Fields(h[1])...)
+		out, err := exec.Command("curl", args...).Output()
+		if err != nil || string(out) != "200" {
+			t.Errorf("the summary's `curl %s` answered %q, %v; want 200", h[1], out, err)
+		}
 	}
 }

@@ -41,13 +41,13 @@ YAML
     "${cp[@]}" "$bin" apply -f "$RUN/trellis-ngw.yaml" || return 1
     "${cp[@]}" "$bin" intention allow clientn webn >/dev/null && "${cp[@]}" "$bin" intention allow clientn webnh >/dev/null || return 1
     local run=(env TRELLIS_ADDR=127.0.0.1:25702 TRELLIS_CACERT=$data/ca.pem "$proxy")
-    spawn trellis-ngw gw "${run[@]}" gateway --name ngw --network b --listen-addr 127.0.0.1 \
+    spawn trellis-ngw gw "${run[@]}" gateway --admin-port 0 --name ngw --network b --listen-addr 127.0.0.1 \
         --token-file "$RUN/trellis-ngw.token" --state-dir "$RUN/trellis-ngw" --log-level warn
-    spawn trellis-ngw in "${run[@]}" proxy --service webn --network b --app-port 18081 --public-port 25447 \
+    spawn trellis-ngw in "${run[@]}" proxy --admin-port 0 --service webn --network b --app-port 18081 --public-port 25447 \
         --token-file "$RUN/trellis-webn.token" --state-dir "$RUN/trellis-webn" --log-level warn
-    spawn trellis-ngw in "${run[@]}" proxy --service webnh --network b --app-port 18080 --public-port 25448 \
+    spawn trellis-ngw in "${run[@]}" proxy --admin-port 0 --service webnh --network b --app-port 18080 --public-port 25448 \
         --token-file "$RUN/trellis-webnh.token" --state-dir "$RUN/trellis-webnh" --log-level warn
-    spawn trellis-ngw out "${run[@]}" proxy --service clientn --network a --app-port 18081 --upstream webn:25381 --upstream webnh:25380 \
+    spawn trellis-ngw out "${run[@]}" proxy --admin-port 0 --service clientn --network a --app-port 18081 --upstream webn:25381 --upstream webnh:25380 \
         --token-file "$RUN/trellis-clientn.token" --state-dir "$RUN/trellis-clientn" --log-level warn
     wait_port 127.0.0.1:25393 && wait_port 127.0.0.1:25447 && wait_port 127.0.0.1:25448 &&
         wait_port 127.0.0.1:25381 && wait_port 127.0.0.1:25380 || return 1

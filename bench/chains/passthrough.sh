@@ -38,7 +38,7 @@ spec:
       targets: [{sni: web.mesh.local, service: webtls}]
 YAML
     "${cp[@]}" "$bin" apply -f "$RUN/trellis-pt.yaml" || return 1
-    spawn pt-ends webtls "${cp[@]}" TRELLIS_TOKEN= "$proxy" proxy --service webtls --app-port 18081 --public-port 25446 \
+    spawn pt-ends webtls "${cp[@]}" TRELLIS_TOKEN= "$proxy" proxy --admin-port 0 --service webtls --app-port 18081 --public-port 25446 \
         --edge-port 25294 --edge-addr 127.0.0.1 --edge-cert "$PKI/web.pem" --edge-key "$PKI/web.key" \
         --token-file "$RUN/trellis-webtls.token" --state-dir "$RUN/trellis-webtls" --log-level warn
     render "$TRELLIS_CONF/pt-ends.cfg" "$RUN/pt-ends.cfg"
@@ -52,7 +52,7 @@ start_trellis-pt() {
     pt_ends || return 1
     local data="$RUN/trellis-pt-data" i
     spawn trellis-pt lb env TRELLIS_ADDR=127.0.0.1:25701 TRELLIS_CACERT="$data/ca.pem" TRELLIS_TOKEN= \
-        "$WORK/bin/trellis-proxy" gateway --name lb --listen-addr 127.0.0.1 \
+        "$WORK/bin/trellis-proxy" gateway --admin-port 0 --name lb --listen-addr 127.0.0.1 \
         --token-file "$RUN/trellis-lb.token" --state-dir "$RUN/trellis-lb" --log-level warn
     wait_port 127.0.0.1:25293 || return 1
     # Ready when the gateway has the healthy target.

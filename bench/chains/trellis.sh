@@ -30,11 +30,11 @@ start_trellis() {
     "$bin" apply -f "$RUN/trellis-webh.yaml" || return 1
     # A mesh denies what no intention allows.
     "$bin" intention allow client web >/dev/null && "$bin" intention allow client webh >/dev/null || return 1
-    spawn trellis in  env -u TRELLIS_TOKEN "$proxy" proxy --service web --app-port 18081 --public-port 25444 \
+    spawn trellis in  env -u TRELLIS_TOKEN "$proxy" proxy --admin-port 0 --service web --app-port 18081 --public-port 25444 \
         --token-file "$RUN/trellis-web.token" --state-dir "$RUN/trellis-web" --log-level warn
-    spawn trellis in  env -u TRELLIS_TOKEN "$proxy" proxy --service webh --app-port 18080 --public-port 25443 \
+    spawn trellis in  env -u TRELLIS_TOKEN "$proxy" proxy --admin-port 0 --service webh --app-port 18080 --public-port 25443 \
         --token-file "$RUN/trellis-webh.token" --state-dir "$RUN/trellis-webh" --log-level warn
-    spawn trellis out env -u TRELLIS_TOKEN "$proxy" proxy --service client --app-port 18081 --upstream web:25081 --upstream webh:25080 \
+    spawn trellis out env -u TRELLIS_TOKEN "$proxy" proxy --admin-port 0 --service client --app-port 18081 --upstream web:25081 --upstream webh:25080 \
         --token-file "$RUN/trellis-client.token" --state-dir "$RUN/trellis-client" --log-level warn
     wait_port 127.0.0.1:25444 && wait_port 127.0.0.1:25443 && wait_port 127.0.0.1:25081 && wait_port 127.0.0.1:25080 || return 1
     # Ready when the client sidecar has web's endpoint and both have SVIDs.
@@ -68,9 +68,9 @@ spec:
 YAML
     "$bin" apply -f "$RUN/trellis-gw.yaml" || return 1
     "$bin" intention allow ingress webg >/dev/null || return 1
-    spawn trellis-gw in env -u TRELLIS_TOKEN "$proxy" proxy --service webg --app-port 18080 --public-port 25445 \
+    spawn trellis-gw in env -u TRELLIS_TOKEN "$proxy" proxy --admin-port 0 --service webg --app-port 18080 --public-port 25445 \
         --token-file "$RUN/trellis-webg.token" --state-dir "$RUN/trellis-webg" --log-level warn
-    spawn trellis-gw gw env -u TRELLIS_TOKEN "$proxy" gateway --name ingress --listen-addr 127.0.0.1 \
+    spawn trellis-gw gw env -u TRELLIS_TOKEN "$proxy" gateway --admin-port 0 --name ingress --listen-addr 127.0.0.1 \
         --token-file "$RUN/trellis-ingress.token" --state-dir "$RUN/trellis-ingress" --log-level warn
     wait_port 127.0.0.1:25445 && wait_port 127.0.0.1:25180 || return 1
     for i in $(seq 100); do

@@ -145,11 +145,30 @@ func newFlags(e *env, name, usage string) *flagSet {
 	}}
 }
 
+// isHelpFlag reports whether a is a request for help.
+func isHelpFlag(a string) bool { return a == "-h" || a == "-help" || a == "--help" }
+
+// asksHelp reports whether args ask for help anywhere before a "--": a
+// person adds -h at the end of what they typed, after the positional
+// arguments where the flag package stops looking.
+func asksHelp(args []string) bool {
+	for _, a := range args {
+		if a == "--" {
+			return false
+		}
+		if isHelpFlag(a) {
+			return true
+		}
+	}
+	return false
+}
+
 // helpFor prints usage and returns flag.ErrHelp (exit 0) when args ask for
-// help: a command with subcommands and no flags of its own sees -h as its
-// first argument.
+// help: "help" as the first argument, or -h anywhere. A group of
+// subcommands passes only its first argument, so that `ca rotate -h`
+// reaches rotate's own usage.
 func helpFor(e *env, usage string, args []string) error {
-	if len(args) > 0 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help" || args[0] == "help") {
+	if (len(args) > 0 && args[0] == "help") || asksHelp(args) {
 		if e.helpShown != nil {
 			e.helpShown(usage, nil)
 		}
@@ -159,8 +178,26 @@ func helpFor(e *env, usage string, args []string) error {
 	return nil
 }
 
-// parse parses flags, turning flag errors into usage errors.
+// parseSub is parse for a command whose first positional argument picks
+// what it acts on (get KIND, intention allow): "help" there asks for help.
+func parseSub(fs *flagSet, args []string) error {
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if fs.Arg(0) == "help" {
+		fs.help()
+		return flag.ErrHelp
+	}
+	return nil
+}
+
+// parse parses flags, turning flag errors into usage errors. -h anywhere
+// before "--" prints the help, even after positional arguments.
 func parse(fs *flagSet, args []string) error {
+	if asksHelp(args) {
+		fs.help()
+		return flag.ErrHelp
+	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.help()

@@ -27,7 +27,7 @@ func runGateway(ctx context.Context, e *env, args []string) error {
 	caFile := fs.String("ca-file", e.getenv("TRELLIS_CACERT"), "PEM roots that verify the control plane (env TRELLIS_CACERT)")
 	tokenFile := fs.String("token-file", "", "file holding a service token for NAME (or env TRELLIS_TOKEN)")
 	stateDir := fs.String("state-dir", "", "persist the last snapshot and certificate here")
-	adminPort := fs.Int("admin-port", 0, "port of the admin listener on 127.0.0.1 (0: any free port)")
+	adminPort := adminPortFlag(fs)
 	drain := fs.Duration("drain-timeout", 0, "how long shutdown waits for open connections (default 15s)")
 	statsInterval := fs.Duration("stats-interval", 0, "how often to send the control plane a traffic summary (default 5s; match the server's --stats-interval)")
 	pprof := fs.Bool("pprof", false, "serve the Go profiler under /debug/pprof on the admin listener (any local user can reach it)")
@@ -79,7 +79,7 @@ func runGateway(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	return p.Run(ctx)
+	return runSidecar(ctx, p)
 }
 
 // proxyGC sets a proxy's garbage collection target, unless GOGC is set: a

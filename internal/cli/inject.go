@@ -47,7 +47,7 @@ func runInject(ctx context.Context, e *env, args []string) error {
 	if len(args) == 0 {
 		return usageErr(injectUsage)
 	}
-	if err := helpFor(e, injectUsage, args); err != nil {
+	if err := helpFor(e, injectUsage, args[:1]); err != nil {
 		return err
 	}
 	switch args[0] {

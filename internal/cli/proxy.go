@@ -35,7 +35,7 @@ func runProxy(ctx context.Context, e *env, args []string) error {
 	caFile := fs.String("ca-file", e.getenv("TRELLIS_CACERT"), "PEM roots that verify the control plane (env TRELLIS_CACERT)")
 	tokenFile := fs.String("token-file", "", "file holding the service token (or env TRELLIS_TOKEN)")
 	stateDir := fs.String("state-dir", "", "persist the last snapshot and certificate here")
-	adminPort := fs.Int("admin-port", 0, "port of the admin listener on 127.0.0.1 (0: any free port)")
+	adminPort := adminPortFlag(fs)
 	healthPath := fs.String("health-path", "", "check the app with HTTP GET of this path (default: TCP connect)")
 	healthInterval := fs.Duration("health-interval", 0, "interval between app health checks (default 1s)")
 	drain := fs.Duration("drain-timeout", 0, "how long shutdown waits for open connections (default 15s)")
@@ -188,7 +188,22 @@ func runProxy(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	return p.Run(ctx)
+	return runSidecar(ctx, p)
+}
+
+// adminPortFlag adds --admin-port: sidecar.DefaultAdminPort unless told,
+// so that `trellis ready` finds the proxy with no flag either.
+func adminPortFlag(fs *flagSet) *int {
+	return fs.Int("admin-port", sidecar.DefaultAdminPort, "port of the admin listener on 127.0.0.1 (/ready, /metrics, /config, /certs); the default, which trellis ready checks, suits one proxy per network namespace (a task, a pod, a host); 0 takes any free port, for several proxies in one namespace")
+}
+
+// runSidecar runs p and says what to do when its admin port is taken.
+func runSidecar(ctx context.Context, p *sidecar.Proxy) error {
+	err := p.Run(ctx)
+	if errors.Is(err, sidecar.ErrAdminAddrInUse) {
+		return fmt.Errorf("%w (another proxy in this network namespace?): give each proxy its own --admin-port, or --admin-port 0 for any free port", err)
+	}
+	return err
 }
 
 // loadStrictYAML decodes one YAML document into v, rejecting unknown fields

@@ -103,7 +103,7 @@ func unknownKind(what string, known []string) error {
 func runGet(ctx context.Context, e *env, args []string) error {
 	fs := newFlags(e, "get", "get services|instances|proxies|tokens|KIND [NAME] [-o table|json|yaml]")
 	out := fs.String("o", "table", "output format: table, json or yaml")
-	if err := parse(fs, reorder(args)); err != nil {
+	if err := parseSub(fs, reorder(args)); err != nil {
 		return err
 	}
 	if fs.NArg() == 0 || fs.NArg() > 2 {
@@ -334,7 +334,7 @@ func age(t time.Time) string {
 
 func runDelete(ctx context.Context, e *env, args []string) error {
 	fs := newFlags(e, "delete", "delete KIND NAME   (KIND: "+strings.Join(kinds, ", ")+"; an intention also as: delete intention SRC DST)")
-	if err := parse(fs, args); err != nil {
+	if err := parseSub(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() < 2 || fs.NArg() > 3 {
@@ -394,7 +394,7 @@ func intentionName(ctx context.Context, c *client.Client, args []string) (string
 
 func runIntention(ctx context.Context, e *env, args []string) error {
 	fs := newFlags(e, "intention", "intention allow|deny SRC DST")
-	if err := parse(fs, args); err != nil {
+	if err := parseSub(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() != 3 || (fs.Arg(0) != v1.Allow && fs.Arg(0) != v1.Deny) {
@@ -437,7 +437,7 @@ func runToken(ctx context.Context, e *env, args []string) error {
 	if len(args) == 0 {
 		return usageErr("want: %s", usage)
 	}
-	if err := helpFor(e, usage, args); err != nil {
+	if err := helpFor(e, usage, args[:1]); err != nil {
 		return err
 	}
 	if len(args) > 1 && args[0] != "create" {
@@ -535,7 +535,7 @@ func runCA(ctx context.Context, e *env, args []string) error {
 	if len(args) == 0 {
 		return usageErr("want: %s", usage)
 	}
-	if err := helpFor(e, usage, args); err != nil {
+	if err := helpFor(e, usage, args[:1]); err != nil {
 		return err
 	}
 	if len(args) > 1 && (args[0] == "roots" || args[0] == "add-root") {

@@ -95,7 +95,7 @@ func runStat(ctx context.Context, e *env, args []string) error {
 	fs := newFlags(e, "stat", "stat service NAME [--window 1m] [-o table|json|yaml]")
 	window := fs.String("window", "1m", "window the figures cover: 1m to 15m")
 	out := fs.String("o", "table", "output format: table, json or yaml")
-	if err := parse(fs, reorder(args)); err != nil {
+	if err := parseSub(fs, reorder(args)); err != nil {
 		return err
 	}
 	if fs.NArg() != 2 || fs.Arg(0) != "service" {

@@ -17,6 +17,17 @@ import (
 	"github.com/trellis-mesh/trellis/internal/identity"
 )
 
+// adminEndpoint is one admin endpoint, as the admin root lists it.
+type adminEndpoint struct{ path, what string }
+
+// adminEndpoints are the admin endpoints every proxy serves.
+var adminEndpoints = []adminEndpoint{
+	{"/ready", "200 once the proxy has its certificate and configuration and its listeners are up (trellis ready)"},
+	{"/config", "the proxy's registration and applied snapshot, as JSON"},
+	{"/certs", "the workload certificate: SPIFFE ID, serial, validity and chain, as JSON"},
+	{"/metrics", "Prometheus metrics"},
+}
+
 // serveAdmin serves the local admin endpoints until ctx ends or l is
 // closed (it then returns nil), or l fails.
 func (p *Proxy) serveAdmin(ctx context.Context, l net.Listener) error {
@@ -61,13 +72,23 @@ func (p *Proxy) serveAdmin(ctx context.Context, l net.Listener) error {
 			"chain":     string(chain),
 		})
 	})
+	index := adminEndpoints
 	if p.cfg.Pprof {
 		if addProfiles != nil {
 			addProfiles(mux)
+			index = append(index[:len(index):len(index)], adminEndpoint{"/debug/pprof/", "the Go profiler (--pprof)"})
 		} else {
 			p.log.Warn("--pprof: this build has no profiler (proxyonly)")
 		}
 	}
+	// The root lists what there is, for a person who opens it.
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintf(w, "Trellis proxy admin\n\n")
+		for _, e := range index {
+			fmt.Fprintf(w, "  %-14s %s\n", e.path, e.what)
+		}
+	})
 	srv := &http.Server{
 		Handler: mux, ReadHeaderTimeout: 5 * time.Second,
 		// Temporary accept errors are retried (logged, counted) by the

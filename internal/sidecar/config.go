@@ -279,7 +279,8 @@ type Config struct {
 	// StateDir persists the last snapshot and certificate; empty disables.
 	StateDir string `yaml:"stateDir"`
 	// AdminAddr serves /ready, /metrics, /config, /certs; default
-	// 127.0.0.1:0.
+	// 127.0.0.1:0 (any free port, as trellis up's sidecars). trellis proxy
+	// and trellis gateway default to DefaultAdminPort instead.
 	AdminAddr string `yaml:"adminAddr"`
 	// HealthHTTPPath, when set, checks the app with HTTP GET; else TCP.
 	HealthHTTPPath string `yaml:"healthHTTPPath"`
@@ -404,6 +405,16 @@ func (c *Config) Validate() error {
 	}
 	return errors.Join(errs...)
 }
+
+// DefaultAdminPort is the admin port of trellis proxy and trellis
+// gateway unless told otherwise, and the one trellis ready checks: where
+// one proxy per network namespace is the rule (a task, a pod, a host), a
+// health check then needs no flag. Envoy's admin port, by custom.
+const DefaultAdminPort = 15000
+
+// ErrAdminAddrInUse is Run's error when AdminAddr is taken: most often by
+// another proxy in the same network namespace.
+var ErrAdminAddrInUse = errors.New("admin address already in use")
 
 func (c *Config) setDefaults() {
 	if c.PublicAddr == "" {

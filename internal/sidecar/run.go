@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	v1 "github.com/trellis-mesh/trellis/api/v1"
@@ -281,6 +282,9 @@ func (p *Proxy) listen(ctx context.Context) (*listeners, error) {
 	}
 	if ls.admin, err = net.Listen("tcp", p.cfg.AdminAddr); err != nil {
 		ls.closeAll()
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return nil, fmt.Errorf("admin listener: %w: %s", ErrAdminAddrInUse, p.cfg.AdminAddr)
+		}
 		return nil, fmt.Errorf("admin listener: %w", err)
 	}
 	if p.cfg.Edge != nil {

@@ -1,11 +1,11 @@
 package up
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 
@@ -13,6 +13,7 @@ import (
 
 	v1 "github.com/trellis-mesh/trellis/api/v1"
 	"github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/yamlfields"
 )
 
 // FileName is the file `trellis up DIR` reads.
@@ -63,6 +64,17 @@ type Service struct {
 	// Hostnames are more DNS names of the service, beside
 	// <name>.<domain> for each of mesh.dns.domains.
 	Hostnames []string `yaml:"hostnames"`
+	// Try is a path the app answers with 200, which the startup
+	// summary's curl lines use (default /): a hint that works.
+	Try string `yaml:"try"`
+}
+
+// tryPath is the path the summary shows for s.
+func (s *Service) tryPath() string {
+	if s.Try != "" {
+		return s.Try
+	}
+	return "/"
 }
 
 // callPort is the port callers of s use: ServicePort, or Port.
@@ -113,22 +125,31 @@ type Client struct {
 	Upstreams []UpstreamSpec `yaml:"upstreams"`
 }
 
-// Load reads and validates DIR/trellis.yaml, reporting every problem with
-// the file and, where it can, the line.
+// Load reads and validates DIR/trellis.yaml, reporting every problem as
+// `trellis apply` reports a resource's: file:line: field: what, with the
+// nearest known name for a misspelt key, and no Go type names.
 func Load(dir string) (*File, error) {
 	path := filepath.Join(dir, FileName)
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	var f File
-	if err := dec.Decode(&f); err != nil {
-		return nil, fmt.Errorf("%s: %s", path, strings.TrimPrefix(err.Error(), "yaml: "))
-	}
 	var root yaml.Node
-	_ = yaml.Unmarshal(b, &root)
+	if err := yaml.Unmarshal(b, &root); err != nil {
+		msg := strings.TrimPrefix(err.Error(), "yaml: ")
+		line := 0
+		if n, _ := fmt.Sscanf(msg, "line %d:", &line); n == 1 {
+			_, msg, _ = strings.Cut(msg, ": ")
+			return nil, fmt.Errorf("%s:%d: %s", path, line, msg)
+		}
+		return nil, fmt.Errorf("%s: %s", path, msg)
+	}
+	var f File
+	if len(root.Content) > 0 { // else an empty file: validate says what it lacks
+		if err := decode(path, &root, &f); err != nil {
+			return nil, err
+		}
+	}
 	if err := f.validate(path, &root); err != nil {
 		return nil, err
 	}
@@ -145,7 +166,103 @@ func Load(dir string) (*File, error) {
 		}
 		f.resources = append(f.resources, res...)
 	}
+	// Names are checked last: a Gateway of the resource files is a caller
+	// too.
+	if err := f.checkNames(path, &root); err != nil {
+		return nil, err
+	}
 	return &f, nil
+}
+
+// decode decodes root into f, reporting unknown keys and values of the
+// wrong kind, each with its line and field.
+func decode(path string, root *yaml.Node, f *File) error {
+	doc := root.Content[0]
+	if yamlfields.HasAliases(doc, 0) {
+		return fmt.Errorf("%s:%d: anchors and aliases are not supported", path, doc.Line)
+	}
+	if doc.Kind != yaml.MappingNode {
+		return fmt.Errorf("%s:%d: want a mapping of fields (mesh, services, client, intentions, resources)", path, doc.Line)
+	}
+	var errs []error
+	for _, u := range yamlfields.Check(doc, reflect.TypeOf(f), "") {
+		msg := "unknown field"
+		if u.Suggestion != "" {
+			msg += fmt.Sprintf(" (did you mean %q?)", u.Suggestion)
+		}
+		errs = append(errs, fmt.Errorf("%s:%d: %s: %s", path, u.Line, u.Path, msg))
+	}
+	if err := doc.Decode(f); err != nil {
+		var te *yaml.TypeError
+		if !errors.As(err, &te) {
+			return errors.Join(append(errs, fmt.Errorf("%s: %s", path, strings.TrimPrefix(err.Error(), "yaml: ")))...)
+		}
+		for _, m := range te.Errors {
+			p, ok := yamlfields.DescribeTypeError(doc, m)
+			switch {
+			case !ok:
+				errs = append(errs, fmt.Errorf("%s: %s", path, m))
+			case p.Path == "":
+				errs = append(errs, fmt.Errorf("%s:%d: %s", path, p.Line, p.Msg))
+			default:
+				errs = append(errs, fmt.Errorf("%s:%d: %s: %s", path, p.Line, p.Path, p.Msg))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// checkNames reports every upstream and intention that names a service
+// the file does not define: a misspelt name would otherwise be accepted
+// and show only as calls that fail.
+func (f *File) checkNames(path string, root *yaml.Node) error {
+	var services, callers []string
+	for _, s := range f.Services {
+		if !slices.Contains(services, s.Name) {
+			services = append(services, s.Name)
+		}
+	}
+	callers = append(callers, services...)
+	if f.Client != nil {
+		callers = append(callers, f.Client.Service)
+	}
+	for _, r := range f.resources {
+		if r.Kind == v1.KindGateway {
+			callers = append(callers, r.Name)
+		}
+	}
+	var errs []error
+	check := func(field, name string, known []string) {
+		if name == "*" || slices.Contains(known, name) {
+			return
+		}
+		msg := fmt.Sprintf("%q is not a service of this file", name)
+		if s := yamlfields.Suggest(name, known); s != "" {
+			msg += fmt.Sprintf(" (did you mean %q?)", s)
+		} else {
+			msg += ": add it under services, or fix the name"
+		}
+		loc := path
+		if line := lineOf(root, field); line > 0 {
+			loc = fmt.Sprintf("%s:%d", path, line)
+		}
+		errs = append(errs, fmt.Errorf("%s: %s: %s", loc, field, msg))
+	}
+	for i, s := range f.Services {
+		for j, u := range s.Upstreams {
+			check(fmt.Sprintf("services[%d].upstreams[%d].service", i, j), u.Service, services)
+		}
+	}
+	if f.Client != nil {
+		for j, u := range f.Client.Upstreams {
+			check(fmt.Sprintf("client.upstreams[%d].service", j), u.Service, services)
+		}
+	}
+	for i, in := range f.Intentions {
+		check(fmt.Sprintf("intentions[%d].source", i), in.Source, callers)
+		check(fmt.Sprintf("intentions[%d].destination", i), in.Destination, services)
+	}
+	return errors.Join(errs...)
 }
 
 func (f *File) validate(path string, root *yaml.Node) error {
@@ -242,6 +359,9 @@ func (f *File) validate(path string, root *yaml.Node) error {
 				add(at+".protocol", "%q is not tcp, http, http2 or grpc", s.Protocol)
 			}
 		}
+		if s.Try != "" && !strings.HasPrefix(s.Try, "/") {
+			add(at+".try", "%q must start with /", s.Try)
+		}
 		if s.Health.HTTP != "" && !strings.HasPrefix(s.Health.HTTP, "/") {
 			add(at+".health.http", "%q must start with /", s.Health.HTTP)
 		}
@@ -255,8 +375,6 @@ func (f *File) validate(path string, root *yaml.Node) error {
 				usePort(uat+".port", u.Port, s.Name+" upstream "+u.Service)
 			case !f.meshDNS():
 				add(uat+".port", "required unless the upstream is called by name: declare mesh.dns.domains for that")
-			case !names[u.Service] && !slices.ContainsFunc(f.Services, func(o Service) bool { return o.Name == u.Service }):
-				add(uat+".service", "%q is not a service of this file: calling it by name needs its port", u.Service)
 			}
 		}
 	}

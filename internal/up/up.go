@@ -329,7 +329,7 @@ func printSummary(w io.Writer, addr string, f *File, admins map[string]string) {
 	fmt.Fprintf(w, "  Dashboard: https://%s/ui/  (log in with a token from `trellis token create --viewer`)\n", addr)
 	if f.Client != nil {
 		for _, u := range f.Client.Upstreams {
-			fmt.Fprintf(w, "  %-9s curl http://127.0.0.1:%d/   (local upstream listener, as service %q)\n", u.Service+":", u.Port, f.Client.Service)
+			fmt.Fprintf(w, "  %-9s curl http://127.0.0.1:%d%s   (local upstream listener, as service %q)\n", u.Service+":", u.Port, f.tryPath(u.Service), f.Client.Service)
 		}
 	}
 	for _, s := range f.Services {
@@ -340,7 +340,7 @@ func printSummary(w io.Writer, addr string, f *File, admins map[string]string) {
 		if s.Edge.Mode == "passthrough" {
 			what = "TLS by the app, passed through"
 		}
-		fmt.Fprintf(w, "  %-9s curl -k https://127.0.0.1:%d/   (edge listener of %s, %s)\n", s.Name+":", s.Edge.Port, s.Name, what)
+		fmt.Fprintf(w, "  %-9s curl -k https://127.0.0.1:%d%s   (edge listener of %s, %s)\n", s.Name+":", s.Edge.Port, s.tryPath(), s.Name, what)
 	}
 	for _, r := range f.resources {
 		if r.Kind != v1.KindGateway {
@@ -350,8 +350,8 @@ func printSummary(w io.Writer, addr string, f *File, admins map[string]string) {
 			switch l.Protocol {
 			case v1.GatewayHTTP, v1.GatewayHTTPS:
 				path := "/"
-				if len(l.Routes) > 0 && l.Routes[0].PathPrefix != "" {
-					path = strings.TrimSuffix(l.Routes[0].PathPrefix, "/") + "/"
+				if len(l.Routes) > 0 {
+					path = f.ingressPath(l.Routes[0])
 				}
 				k := ""
 				if l.Protocol == v1.GatewayHTTPS {
@@ -360,8 +360,8 @@ func printSummary(w io.Writer, addr string, f *File, admins map[string]string) {
 				fmt.Fprintf(w, "  %-9s curl %s%s://127.0.0.1:%d%s   (ingress of gateway %s)\n", "ingress:", k, l.Protocol, l.Port, path, r.Name)
 			case v1.GatewayTLSPassthrough:
 				for _, t := range l.Targets {
-					fmt.Fprintf(w, "  %-9s curl -k --resolve %s:%d:127.0.0.1 https://%s:%d/   (TLS pass-through of gateway %s to %s)\n",
-						"pass:", t.SNI, l.Port, t.SNI, l.Port, r.Name, t.Service)
+					fmt.Fprintf(w, "  %-9s curl -k --resolve %s:%d:127.0.0.1 https://%s:%d%s   (TLS pass-through of gateway %s to %s)\n",
+						"pass:", t.SNI, l.Port, t.SNI, l.Port, f.tryPath(t.Service), r.Name, t.Service)
 				}
 			}
 		}
@@ -401,6 +401,37 @@ func printSummary(w io.Writer, addr string, f *File, admins map[string]string) {
 	// trellis up never does.
 	fmt.Fprintf(w, "\n  Bound to: 127.0.0.1 only (API, mesh ports, edge, ingress and admin listeners): nothing here is reachable from another host")
 	fmt.Fprintf(w, "\n  Try:      %s\nPress Ctrl-C to stop.\n", try)
+}
+
+// tryPath is the path the summary shows for calls to service: its first
+// entry's Try, or /.
+func (f *File) tryPath(service string) string {
+	for i := range f.Services {
+		if f.Services[i].Name == service {
+			return f.Services[i].tryPath()
+		}
+	}
+	return "/"
+}
+
+// ingressPath is the path a client gives gateway route r to reach its
+// service's Try path: the route's prefix, and the Try path past the
+// rewritten prefix (/hello-service/ + hello/world for a route that
+// rewrites /hello-service/ to /). A Try path the route cannot reach
+// leaves the prefix alone.
+func (f *File) ingressPath(r v1.GatewayRoute) string {
+	prefix := r.PathPrefix
+	if prefix == "" {
+		prefix = "/"
+	}
+	try := f.tryPath(r.Service)
+	switch {
+	case r.RewritePrefix != "" && strings.HasPrefix(try, r.RewritePrefix):
+		return strings.TrimSuffix(prefix, "/") + "/" + strings.TrimPrefix(strings.TrimPrefix(try, r.RewritePrefix), "/")
+	case r.RewritePrefix == "" && strings.HasPrefix(try, prefix):
+		return try
+	}
+	return strings.TrimSuffix(prefix, "/") + "/"
 }
 
 // child is an app process, in its own process group so that stopping it

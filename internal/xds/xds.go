@@ -24,15 +24,17 @@ const SnapshotType = "type.trellis.dev/trellis.v1.Snapshot"
 
 // Registration is what a proxy tells the control plane about its instance.
 type Registration struct {
-	Instance  string   // unique instance ID
-	Service   string   // service name
-	Version   string   // version label
-	Address   string   // address of the public mTLS listener, as peers dial it
-	Port      int      // public mTLS port
-	EdgePort  int      // edge listener's port, 0 if none
-	Network   string   // network name; empty (older proxies) is v1.DefaultNetwork
-	Upstreams []string // services the proxy has listeners for
-	Healthy   bool     // the app's last health check result
+	// The json names are what the proxy's /config shows (camelCase, as
+	// the rest of the API); the wire is the node metadata (Node).
+	Instance  string   `json:"instance"`  // unique instance ID
+	Service   string   `json:"service"`   // service name
+	Version   string   `json:"version"`   // version label
+	Address   string   `json:"address"`   // address of the public mTLS listener, as peers dial it
+	Port      int      `json:"port"`      // public mTLS port
+	EdgePort  int      `json:"edgePort"`  // edge listener's port, 0 if none
+	Network   string   `json:"network"`   // network name; empty (older proxies) is v1.DefaultNetwork
+	Upstreams []string `json:"upstreams"` // services the proxy has listeners for
+	Healthy   bool     `json:"healthy"`   // the app's last health check result
 	// Claim is a secret the proxy makes at start and keeps in memory:
 	// a server lets a stream take over a live registration of the same
 	// instance (a proxy that moved servers) only with the claim that
@@ -52,10 +54,10 @@ type Registration struct {
 type NodeInfo struct {
 	// Node names the host or task the proxy runs on (--node, default the
 	// host name); empty from proxies that predate it.
-	NodeName string
+	NodeName string `json:"nodeName"`
 	// SVIDExpiresAt is when the proxy's current workload certificate
 	// expires; zero before the first one.
-	SVIDExpiresAt time.Time
+	SVIDExpiresAt time.Time `json:"svidExpiresAt"`
 }
 
 // maxNodeName bounds a node name: it is shown, never parsed.

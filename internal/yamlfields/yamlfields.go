@@ -176,3 +176,92 @@ func HasAliases(n *yaml.Node, depth int) bool {
 	}
 	return false
 }
+
+// TypeProblem is a value of the wrong kind for its field, as a person
+// would say it: no Go type names.
+type TypeProblem struct {
+	Line int
+	Path string // such as services[0].port; "" if not found
+	Msg  string // such as `"ninety" is not a number`, or "want a list"
+}
+
+// DescribeTypeError turns one message of a yaml.TypeError ("line 4:
+// cannot unmarshal !!str `ninety` into int") about the document under
+// root into a TypeProblem; ok is false for any other message.
+func DescribeTypeError(root *yaml.Node, msg string) (p TypeProblem, ok bool) {
+	var rest string
+	if n, _ := fmt.Sscanf(msg, "line %d:", &p.Line); n != 1 {
+		return p, false
+	}
+	_, rest, _ = strings.Cut(msg, ": ")
+	rest, found := strings.CutPrefix(rest, "cannot unmarshal ")
+	if !found {
+		return p, false
+	}
+	what, goType, found := strings.Cut(rest, " into ")
+	if !found {
+		return p, false
+	}
+	tag, value, scalar := strings.Cut(what, " `")
+	value = strings.TrimSuffix(value, "`")
+	p.Path = pathAt(root, "", tag, value, p.Line)
+	var want string
+	switch {
+	case strings.HasPrefix(goType, "[]"):
+		want = "a list"
+	case strings.HasPrefix(goType, "map["), strings.Contains(goType, "."):
+		want = "a mapping of fields"
+	case strings.HasPrefix(goType, "int"), strings.HasPrefix(goType, "uint"), strings.HasPrefix(goType, "float"):
+		want = "a number"
+	case goType == "bool":
+		want = "true or false"
+	default:
+		want = "a string"
+	}
+	if scalar {
+		p.Msg = fmt.Sprintf("%q is not %s", value, want)
+	} else {
+		p.Msg = "want " + want
+	}
+	return p, true
+}
+
+// pathAt finds the path of the node at line with the given tag (and, for
+// a scalar, value), under n at path; "" if there is none.
+func pathAt(n *yaml.Node, path, tag, value string, line int) string {
+	if n.Kind == yaml.DocumentNode {
+		for _, c := range n.Content {
+			if p := pathAt(c, path, tag, value, line); p != "" {
+				return p
+			}
+		}
+		return ""
+	}
+	match := func(c *yaml.Node) bool {
+		return c.Line == line && c.ShortTag() == tag && (c.Kind != yaml.ScalarNode || c.Value == value)
+	}
+	switch n.Kind {
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			p := Join(path, k.Value)
+			if match(v) {
+				return p
+			}
+			if q := pathAt(v, p, tag, value, line); q != "" {
+				return q
+			}
+		}
+	case yaml.SequenceNode:
+		for i, c := range n.Content {
+			p := fmt.Sprintf("%s[%d]", path, i)
+			if match(c) {
+				return p
+			}
+			if q := pathAt(c, p, tag, value, line); q != "" {
+				return q
+			}
+		}
+	}
+	return ""
+}

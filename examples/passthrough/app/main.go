@@ -13,11 +13,13 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"fmt"
+	"io"
 	"log"
 	"math/big"
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 
 	proxyproto "github.com/pires/go-proxyproto"
@@ -41,7 +43,21 @@ func main() {
 	// sidecar without one.
 	pl := &proxyproto.Listener{Listener: l, Policy: func(net.Addr) (proxyproto.Policy, error) { return proxyproto.USE, nil }}
 	log.Printf("%s serves HTTPS for %s on %s", service, name, l.Addr())
-	log.Fatal(http.Serve(tls.NewListener(pl, &tls.Config{Certificates: []tls.Certificate{cert}}), nil))
+	srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, ErrorLog: log.New(probeFilter{os.Stderr}, "", log.LstdFlags)}
+	log.Fatal(srv.Serve(tls.NewListener(pl, &tls.Config{Certificates: []tls.Certificate{cert}})))
+}
+
+// probeFilter drops net/http's "TLS handshake error ... EOF": a
+// connection closed before it sent a byte is a TCP health check (the
+// sidecar's, every second, or a load balancer's), not an error. Every
+// other handshake error is still logged.
+type probeFilter struct{ w io.Writer }
+
+func (f probeFilter) Write(b []byte) (int, error) {
+	if line := strings.TrimSpace(string(b)); strings.Contains(line, "TLS handshake error") && strings.HasSuffix(line, ": EOF") {
+		return len(b), nil
+	}
+	return f.w.Write(b)
 }
 
 func selfSigned(name string) (tls.Certificate, error) {
