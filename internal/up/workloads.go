@@ -208,6 +208,10 @@ func (w *workloads) start(ctx context.Context, env *upEnv, f *File) error {
 	// the client's upstream listeners too, which no health check covers.
 	sidecarReady := make(chan string, len(sidecars))
 	publics := map[string]string{} // instance -> public (mTLS) address, under w.mu
+	// A kept data dir's store may hold this instance as the last run left
+	// it, healthy at the same address (a restarted sidecar takes its port
+	// and its registration back): only a registration made since counts.
+	since := time.Now()
 	for _, s := range sidecars {
 		s.cfg.Logger = env.log
 		s.cfg.Registry = prometheus.NewRegistry()
@@ -239,7 +243,7 @@ func (w *workloads) start(ctx context.Context, env *upEnv, f *File) error {
 	if err := waitHealthy(ctx, env.api, want, func(in v1.Instance) bool {
 		w.mu.Lock()
 		defer w.mu.Unlock()
-		return publics[in.ID] != "" && publics[in.ID] == net.JoinHostPort(in.Address, strconv.Itoa(in.Port))
+		return publics[in.ID] != "" && publics[in.ID] == net.JoinHostPort(in.Address, strconv.Itoa(in.Port)) && !in.RegisteredAt.Before(since)
 	}, env.cfg.ReadyTimeout, w.children, w.errs); err != nil {
 		return err
 	}
