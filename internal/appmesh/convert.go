@@ -170,7 +170,9 @@ func (c *conv) meshes(objs []*Object) []string {
 			c.rep.note(t, "ALLOW_ALL: Trellis sidecars do not stand between apps and hosts outside the mesh; such calls go as before")
 		}
 		s.Str("awsName")
-		c.rep.leftovers(s.Get("serviceDiscovery"))
+		if ip := s.At("serviceDiscovery.ipPreference"); ip != nil {
+			c.rep.drop(ip, "IP version preference is not carried", "not supported: sidecars use the addresses instances register")
+		}
 	}
 	return names
 }
@@ -437,8 +439,7 @@ func (c *conv) virtualNode(n *node) {
 			continue
 		}
 		n.backends = append(n.backends, dst)
-		c.intentions = append(c.intentions, v1.Resource{Kind: v1.KindIntention, Name: n.svc + "." + dst,
-			Intention: &v1.IntentionSpec{Source: n.svc, Destination: dst, Action: v1.Allow}})
+		c.allow(n.svc, dst)
 	}
 	if bd := spec.Get("backendDefaults"); bd != nil {
 		c.rep.note(bd, "backend defaults (client TLS): every Trellis sidecar calls with mTLS and checks the callee's SPIFFE ID")
@@ -526,4 +527,14 @@ func (c *conv) connectionPool(s *service, p *Node) {
 	if *lim != (v1.ServiceLimits{}) {
 		s.spec.Limits = lim
 	}
+}
+
+// allow adds the intention that lets src call dst, once.
+func (c *conv) allow(src, dst string) {
+	name := src + "." + dst
+	if slices.ContainsFunc(c.intentions, func(i v1.Resource) bool { return i.Name == name }) {
+		return
+	}
+	c.intentions = append(c.intentions, v1.Resource{Kind: v1.KindIntention, Name: name,
+		Intention: &v1.IntentionSpec{Source: src, Destination: dst, Action: v1.Allow}})
 }

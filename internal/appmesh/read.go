@@ -171,6 +171,11 @@ func yamlError(file string, err error) error {
 	msg := err.Error()
 	if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
 		line, _ := strconv.Atoi(m[1])
+		if strings.HasPrefix(m[2], "did not find expected") {
+			// yaml.v3 names a parser error by its context's line,
+			// counted from 0; scanner errors count from 1.
+			line++
+		}
 		return &Error{File: file, Line: line, Msg: "malformed YAML/JSON: " + m[2]}
 	}
 	return &Error{File: file, Msg: "malformed YAML/JSON: " + strings.TrimPrefix(msg, "yaml: ")}
@@ -215,8 +220,8 @@ var listKeys = map[string]string{
 func (r *reader) document(top *yaml.Node) {
 	switch top.Kind {
 	case yaml.SequenceNode: // a JSON array of describe outputs
-		for _, item := range top.Content {
-			if item.Kind != yaml.MappingNode || !r.describe(item, "") {
+		for i, item := range top.Content {
+			if item.Kind != yaml.MappingNode || !r.describe(item, fmt.Sprintf("[%d].", i)) {
 				r.errorf(item.Line, "", "not an App Mesh describe-* object")
 			}
 		}
@@ -238,11 +243,11 @@ func (r *reader) document(top *yaml.Node) {
 
 // describe reads a describe-* object, or a list of them; false when top
 // is neither.
-func (r *reader) describe(top *yaml.Node, _ string) bool {
+func (r *reader) describe(top *yaml.Node, at string) bool {
 	if len(top.Content) == 2 {
 		key, val := top.Content[0].Value, top.Content[1]
 		if typ, ok := describeKeys[key]; ok && val.Kind == yaml.MappingNode {
-			r.describeObject(typ, key, val)
+			r.describeObject(typ, at+key, val)
 			return true
 		}
 		if typ, ok := listKeys[key]; ok && val.Kind == yaml.SequenceNode {
@@ -359,7 +364,7 @@ func (r *reader) kubernetes(top *yaml.Node) {
 	if spec == nil {
 		spec = &yaml.Node{Kind: yaml.MappingNode, Line: top.Line}
 	}
-	o.Spec = r.toNode(spec, "spec", false)
+	o.Spec = r.toNode(spec, kind+"/"+o.Name+" spec", false)
 	if kind == TypeVirtualRouter {
 		// Routes are inline in a Kubernetes VirtualRouter: each becomes
 		// a Route object, as in the other forms.

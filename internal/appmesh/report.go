@@ -106,6 +106,15 @@ var leftover = map[string]struct{ level, msg, nearest string }{
 // leftovers reports everything under n that the mapping did not
 // consume.
 func (r *Report) leftovers(n *Node) {
+	if n == nil {
+		return
+	}
+	for _, c := range n.Vals {
+		r.leftover(c)
+	}
+}
+
+func (r *Report) leftover(n *Node) {
 	n.unused(func(u *Node) {
 		key := u.Path[strings.LastIndexAny(u.Path, ".")+1:]
 		if i := strings.IndexByte(key, '['); i >= 0 {

@@ -283,10 +283,7 @@ func (c *conv) virtualGateways(gws, grs []*Object) []error {
 			}
 			grs = append(grs, r)
 			ports = append(ports, port)
-			if !slices.ContainsFunc(c.intentions, func(i v1.Resource) bool { return i.Name == name+"."+r.Service }) {
-				c.intentions = append(c.intentions, v1.Resource{Kind: v1.KindIntention, Name: name + "." + r.Service,
-					Intention: &v1.IntentionSpec{Source: name, Destination: r.Service, Action: v1.Allow}})
-			}
+			c.allow(name, r.Service)
 		}
 		g := &v1.GatewaySpec{}
 		for _, l := range spec.List("listeners") {
