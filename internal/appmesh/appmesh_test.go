@@ -301,3 +301,34 @@ func FuzzRead(f *testing.F) {
 		}
 	})
 }
+
+// TestPlan: the cutover starts permissive, gives each service a gateway
+// route, moves weights by Route and ends strict.
+func TestPlan(t *testing.T) {
+	f, _ := os.Open("testdata/hello.cfn.yaml")
+	defer f.Close()
+	objs, err := Read("hello.cfn.yaml", f, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := Convert(objs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan := Plan(res, "out")
+	for _, want := range []string{
+		"spec: {mtls: permissive, defaultPolicy: deny}",
+		"- {pathPrefix: /trellis-cutover/hello-web/, service: hello-web, rewritePrefix: /}",
+		"- {pathPrefix: /trellis-cutover/hello-backend/, service: hello-backend, rewritePrefix: /}",
+		"spec: {rules: [{targets: [{version: trellis, weight: 50}, {version: v1, weight: 25}, {version: v2, weight: 25}]}]}",
+		"trellis inject ecs -f out/manifests/hello-web-v1.yaml",
+		"trellis apply -f out/mesh.yaml   # mtls strict",
+	} {
+		if !strings.Contains(plan, want) {
+			t.Errorf("plan lacks %q:\n%s", want, plan)
+		}
+	}
+	if i, j := strings.Index(plan, "mtls: permissive"), strings.Index(plan, "mtls strict"); i < 0 || j < i {
+		t.Errorf("plan does not go permissive first, strict last")
+	}
+}
