@@ -29,6 +29,10 @@ func usageErr(format string, args ...any) error {
 // diagnostics already printed.
 var errInvalid = errors.New("invalid input")
 
+// errUnreadable marks input that could not be read at all: exit code 2,
+// with the diagnostics already printed.
+var errUnreadable = errors.New("unreadable input")
+
 // env is what every command gets.
 type env struct {
 	stdout, stderr io.Writer
@@ -60,6 +64,7 @@ func commands() map[string]command {
 		"intention": {"allow or deny calls: intention allow|deny SRC DST", runIntention},
 		"token":     {"create, list or delete tokens", runToken},
 		"ca":        {"the CA: ca roots | add-root FILE | rotate | remove-root FINGERPRINT|FILE", runCA},
+		"import":    {"bring resources over from another mesh: import appmesh -f FILE... [-o DIR]", runImport},
 		"inject":    {"inject the sidecar: inject validate|ecs|cloudformation|kubernetes|compose|mesh, inject webhook", runInject},
 		"redirect":  {"install the iptables rules of transparent mode (as ECS does for proxyConfiguration)", runRedirect},
 		"top":       {"live view of services and edges by requests/s (plain output once when not a terminal)", runTop},
@@ -105,6 +110,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		return 0
 	case errors.Is(err, errInvalid):
 		return 1 // the diagnostics are printed
+	case errors.Is(err, errUnreadable):
+		return 2 // the diagnostics are printed
 	case errors.Is(err, errUsage):
 		fmt.Fprintf(stderr, "trellis %s: %s\n", args[0], strings.TrimPrefix(err.Error(), "usage: "))
 		return 2

@@ -24,3 +24,5 @@ func runInject(context.Context, *env, []string) error { return errProxyOnly }
 func runBackup(context.Context, *env, []string) error { return errProxyOnly }
 
 func runRestore(context.Context, *env, []string) error { return errProxyOnly }
+
+func runImport(context.Context, *env, []string) error { return errProxyOnly }
