@@ -302,8 +302,9 @@ func FuzzRead(f *testing.F) {
 	})
 }
 
-// TestPlan: the cutover starts permissive, gives each service a gateway
-// route, moves weights by Route and ends strict.
+// TestPlan: the cutover starts permissive, runs every version under
+// Trellis too, gives each service a gateway route, moves App Mesh's
+// callers by App Mesh's route weights and ends strict.
 func TestPlan(t *testing.T) {
 	f, _ := os.Open("testdata/hello.cfn.yaml")
 	defer f.Close()
@@ -320,13 +321,22 @@ func TestPlan(t *testing.T) {
 		"spec: {mtls: permissive, defaultPolicy: deny}",
 		"- {pathPrefix: /trellis-cutover/hello-web/, service: hello-web, rewritePrefix: /}",
 		"- {pathPrefix: /trellis-cutover/hello-backend/, service: hello-backend, rewritePrefix: /}",
-		"spec: {rules: [{targets: [{version: trellis, weight: 50}, {version: v1, weight: 25}, {version: v2, weight: 25}]}]}",
-		"trellis inject ecs -f out/manifests/hello-web-v1.yaml",
+		// Trellis callers follow the imported Routes from the start ...
+		"trellis apply -f out/services.yaml -f out/intentions.yaml -f out/routes.yaml",
+		// ... to versions deployed under Trellis with their App Mesh names,
+		"trellis inject ecs -f out/manifests/hello-web-v1.yaml --policy policy.yaml --version v1",
+		// and App Mesh's callers move by App Mesh's route, in proportion.
+		"aws appmesh create-virtual-node --mesh-name hello --virtual-node-name hello-backend-trellis",
+		`{"virtualNode":"hello-backend-v1","weight":45},{"virtualNode":"hello-backend-v2","weight":5},{"virtualNode":"hello-backend-trellis","weight":50}`,
 		"trellis apply -f out/mesh.yaml   # mtls strict",
 	} {
 		if !strings.Contains(plan, want) {
 			t.Errorf("plan lacks %q:\n%s", want, plan)
 		}
+	}
+	// No Trellis Route ever weights a version no Trellis instance runs.
+	if strings.Contains(plan, "version: trellis") || strings.Contains(plan, "kind: Route") {
+		t.Errorf("the plan rewrites Trellis Routes; App Mesh's callers move by App Mesh's routes:\n%s", plan)
 	}
 	if i, j := strings.Index(plan, "mtls: permissive"), strings.Index(plan, "mtls strict"); i < 0 || j < i {
 		t.Errorf("plan does not go permissive first, strict last")

@@ -24,6 +24,17 @@ type Result struct {
 	Report    Report
 	// Versions lists each service's versions, from its virtual nodes.
 	Versions map[string][]Version
+	// MeshRoutes are the App Mesh routes the services came from, for the
+	// cutover plan, which moves App Mesh's own weights.
+	MeshRoutes []MeshRoute
+}
+
+// MeshRoute is one App Mesh route of a service's virtual router.
+type MeshRoute struct {
+	Service            string
+	Form               Form
+	Mesh, Router, Name string
+	Spec               *Node
 }
 
 // Version is one virtual node as a version of a Service.
@@ -78,6 +89,7 @@ type conv struct {
 	routes                 []v1.Resource
 	gateways               []v1.Resource
 	hostOwner              map[string]string
+	meshRoutes             []MeshRoute
 }
 
 // Convert maps App Mesh objects to Trellis resources, manifests and a
@@ -145,7 +157,7 @@ func Convert(objs []Object) (*Result, error) {
 		return nil, errors.Join(errs...)
 	}
 	c.rep.sort()
-	out := &Result{Resources: res, Manifests: manifests, Report: c.rep, Versions: map[string][]Version{}}
+	out := &Result{Resources: res, Manifests: manifests, Report: c.rep, Versions: map[string][]Version{}, MeshRoutes: c.meshRoutes}
 	for _, n := range c.nodeOrder {
 		out.Versions[n.svc] = append(out.Versions[n.svc], Version{Node: n.obj.Name, Version: n.version, HealthPath: n.health, Port: n.port, Backends: n.backends})
 	}

@@ -87,6 +87,7 @@ func (c *conv) routeRules(routes []*Object) []error {
 		s := svcs[0]
 		var rules []v1.RouteRule
 		for _, rt := range rts {
+			c.meshRoutes = append(c.meshRoutes, MeshRoute{Service: s.name, Form: rt.Form, Mesh: rt.Mesh, Router: router, Name: rt.Name, Spec: rt.Spec})
 			rule, ok := c.routeRule(rt, s)
 			if ok {
 				rules = append(rules, rule)
