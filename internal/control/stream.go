@@ -105,7 +105,7 @@ func (a *adsServer) StreamAggregatedResources(stream discoveryv3.AggregatedDisco
 		return status.Errorf(codes.PermissionDenied, "token may not register service %q", reg.Service)
 	}
 	ps := &proxyStream{s: s, reg: reg, patches: slices.Contains(first.GetNode().GetClientFeatures(), xds.FeaturePatch)}
-	if err := ps.register(ctx, p.token.ID); errors.Is(err, errInstanceHeld) {
+	if err := s.admitRegister(ctx, ps, p.token.ID); errors.Is(err, errInstanceHeld) {
 		s.logRefusal("proxy stream refused", "remote", peer, "token", p, "instance", reg.Instance, "service", reg.Service, "reason", err.Error())
 		return status.Errorf(codes.AlreadyExists, "instance %q of %q: %v", reg.Instance, reg.Service, err)
 	} else if err != nil {

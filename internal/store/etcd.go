@@ -272,6 +272,12 @@ func (e *Etcd) Grant(ctx context.Context, ttl time.Duration) (LeaseID, error) {
 	}
 	r, err := e.c.Grant(ctx, secs)
 	if err != nil {
+		if refusedWrite(err) {
+			// Retried by callers that back off when the store is
+			// overloaded; a grant of unknown outcome only leaves a
+			// lease that expires unused.
+			return 0, fmt.Errorf("grant lease: %w: %w", ErrNotApplied, err)
+		}
 		return 0, fmt.Errorf("grant lease: %w", err)
 	}
 	return LeaseID(r.ID), nil
