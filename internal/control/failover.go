@@ -89,32 +89,26 @@ func (s *Server) streamRefusal() error {
 	return nil
 }
 
-// streamMove returns a channel that yields the status a proxy stream must
-// end with to move its proxy: when this server stops or loses its store,
-// or when the stream is MaxStreamAge old, give or take 10% (as gRPC's
-// MaxConnectionAge), so that proxies connected together do not all move
-// together. The stream's handler calls it; its goroutine ends with ctx.
-func (s *Server) streamMove(ctx context.Context) <-chan error {
-	out := make(chan error, 1)
-	age := s.cfg.MaxStreamAge
-	age += time.Duration(mrand.Int64N(int64(age)/5+1)) - age/10
-	s.goStream(func() {
-		t := time.NewTimer(age)
-		defer t.Stop()
-		_, gone := s.movers.current()
-		select {
-		case <-ctx.Done():
-		case <-t.C:
-			out <- xds.MoveStatus("stream reached its maximum age; rebalancing")
-		case <-gone:
-			why, _ := s.movers.current()
-			if why == "" {
-				why = "server asked"
-			}
-			out <- xds.MoveStatus(why)
-		}
-	})
-	return out
+// streamMove says when a proxy stream must end to move its proxy: when
+// this server stops or loses its store (gone is closed; moveStatus says
+// why), or when the stream is MaxStreamAge old, give or take 10% (as
+// gRPC's MaxConnectionAge), so that proxies connected together do not all
+// move together (age fires). The stream's handler selects on both itself:
+// no goroutine per stream. The caller stops age.
+func (s *Server) streamMove() (age *time.Timer, gone <-chan struct{}) {
+	d := s.cfg.MaxStreamAge
+	d += time.Duration(mrand.Int64N(int64(d)/5+1)) - d/10
+	_, gone = s.movers.current()
+	return time.NewTimer(d), gone
+}
+
+// moveStatus is the status a stream ends with when gone was closed.
+func (s *Server) moveStatus() error {
+	why, _ := s.movers.current()
+	if why == "" {
+		why = "server asked"
+	}
+	return xds.MoveStatus(why)
 }
 
 // watchStore probes the store until ctx ends. After storeLossAfter of

@@ -157,7 +157,8 @@ func (a *adsServer) StreamAggregatedResources(stream discoveryv3.AggregatedDisco
 	pushed := make(chan error, 1)
 	s.goStream(func() { pushed <- ps.push(pushCtx, stream, reqs, recvErr, leaseLost, log) })
 
-	move := s.streamMove(ctx) // failover.go
+	age, gone := s.streamMove() // failover.go
+	defer age.Stop()
 	var expired <-chan time.Time
 	if p.token.ExpiresAt != nil {
 		t := time.NewTimer(time.Until(*p.token.ExpiresAt))
@@ -169,12 +170,10 @@ func (a *adsServer) StreamAggregatedResources(stream discoveryv3.AggregatedDisco
 		select {
 		case err := <-pushed:
 			return err
-		case err := <-move:
-			// Sent away, not gone: the registration is left for the
-			// stream the proxy opens on another server to adopt.
-			ps.sentAway.Store(true)
-			log.Info("proxy stream ended", "reason", err.Error())
-			return err
+		case <-age.C:
+			return ps.sendAway(xds.MoveStatus("stream reached its maximum age; rebalancing"), log)
+		case <-gone:
+			return ps.sendAway(s.moveStatus(), log)
 		case <-tokens:
 			if err := s.tokenStands(ctx, p); err != nil {
 				log.Info("proxy stream ended", "token", p, "reason", err.Error())
@@ -185,6 +184,15 @@ func (a *adsServer) StreamAggregatedResources(stream discoveryv3.AggregatedDisco
 			return status.Error(codes.Unauthenticated, "token expired")
 		}
 	}
+}
+
+// sendAway ends the stream with err, a status that moves the proxy to
+// another server. Sent away, not gone: the registration is left for the
+// stream the proxy opens on another server to adopt.
+func (ps *proxyStream) sendAway(err error, log *slog.Logger) error {
+	ps.sentAway.Store(true)
+	log.Info("proxy stream ended", "reason", err.Error())
+	return err
 }
 
 // errStreamDone is wait's word for a stream that ended cleanly.
