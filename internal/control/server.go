@@ -476,6 +476,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.goBackground(func() { s.runWarmUp(bgCtx) })
 	s.goBackground(func() { s.flusher.run(bgCtx) })
+	s.goBackground(func() { s.refreshViews(bgCtx) })
 	if err := s.bootstrapAdmin(ctx); err != nil {
 		return fmt.Errorf("admin token: %w", err)
 	}

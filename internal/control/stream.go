@@ -50,6 +50,9 @@ type proxyStream struct {
 	lastWhole int
 	needWhole bool
 	resend    bool
+	// regChanged: handle took a registration update, which may change
+	// the stream's view.
+	regChanged bool
 
 	// The registration this stream holds (registration.go): holder names
 	// the stream in the record, regRev is the record's revision that
@@ -214,17 +217,22 @@ func (ps *proxyStream) push(ctx context.Context, stream discoveryv3.AggregatedDi
 	}()
 	var sent *computed
 	for {
-		changed := s.state.Changed()
 		// A registration update may bring other upstreams or another
 		// network: another view.
-		if _, key := viewOf(ps.reg); v == nil || v.key != key {
-			nv := s.snaps.acquire(ps.reg)
-			if v != nil {
-				s.snaps.release(v)
+		if v == nil || ps.regChanged {
+			ps.regChanged = false
+			if _, key := viewOf(ps.reg); v == nil || v.key != key {
+				nv := s.snaps.acquire(ps.reg)
+				if v != nil {
+					s.snaps.release(v)
+				}
+				v = nv
 			}
-			v = nv
 		}
-		c := s.snaps.get(v, s.state.mesh)
+		// Woken when the view's snapshot changes (snapcache.go), not at
+		// every change of the mesh.
+		changed := v.changes()
+		c := s.snaps.current(v, s.state.mesh)
 		if sent == nil || ps.resend || c.snap.Version != sent.snap.Version {
 			ps.nonce++
 			res, patched := (*anypb.Any)(nil), false
@@ -326,7 +334,7 @@ func (ps *proxyStream) handle(ctx context.Context, r *discoveryv3.DiscoveryReque
 		case reg.Instance != ps.reg.Instance || reg.Service != ps.reg.Service:
 			log.Warn("ignore registration update for another instance", "instance", reg.Instance)
 		case reg.Healthy != ps.reg.Healthy || reg.Address != ps.reg.Address || reg.Port != ps.reg.Port || reg.Version != ps.reg.Version:
-			ps.reg = reg
+			ps.reg, ps.regChanged = reg, true
 			if err := ps.putInstance(ctx); err != nil {
 				log.Warn("update registration", "err", err)
 			} else {
