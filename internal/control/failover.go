@@ -6,6 +6,7 @@ import (
 	mrand "math/rand/v2"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/trellis-mesh/trellis/internal/store"
@@ -125,7 +126,7 @@ func (s *Server) watchStore(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		if err == nil || errors.Is(err, store.ErrNotFound) {
+		if !probeFailed(err, began, s.applied()) {
 			failingSince = time.Time{}
 			if lost {
 				lost = false
@@ -144,6 +145,55 @@ func (s *Server) watchStore(ctx context.Context) {
 		}
 		sleep(ctx, storeProbeInterval)
 	}
+}
+
+// probeFailed says whether a store probe begun at began, which ended
+// with err, counts as failed. A probe that timed out while the store
+// applied one of this server's writes (lastApplied: liveStore) does not:
+// the quorum answers, only slowly. Under a burst of registrations from
+// thousands of proxies the probe's read waited behind etcd's apply queue
+// for seconds, the server declared its store lost and sent every proxy
+// away, which brought them all back at once.
+func probeFailed(err error, began, lastApplied time.Time) bool {
+	if err == nil || errors.Is(err, store.ErrNotFound) {
+		return false
+	}
+	return !lastApplied.After(began.Add(-storeProbeInterval))
+}
+
+// liveStore is the server's store, noting when it last applied a write of
+// this server's: a write the store applied needed its quorum, so the
+// store answers (probeFailed).
+type liveStore struct {
+	store.Store
+	lastApplied atomic.Int64 // UnixNano; 0: never
+}
+
+func (l *liveStore) Commit(ctx context.Context, ops []store.Op) error {
+	err := l.Store.Commit(ctx, ops)
+	if err == nil {
+		l.lastApplied.Store(time.Now().UnixNano())
+	}
+	return err
+}
+
+func (l *liveStore) Grant(ctx context.Context, ttl time.Duration) (store.LeaseID, error) {
+	id, err := l.Store.Grant(ctx, ttl)
+	if err == nil {
+		l.lastApplied.Store(time.Now().UnixNano())
+	}
+	return id, err
+}
+
+// applied returns when the store last applied a write of this server's;
+// the zero time if never, or if the store is not a liveStore (tests).
+func (s *Server) applied() time.Time {
+	if l, ok := s.store.(*liveStore); ok {
+		if n := l.lastApplied.Load(); n != 0 {
+			return time.Unix(0, n)
+		}
+	}
+	return time.Time{}
 }
 
 // healthz answers, without a token (load balancers and orchestrators ask

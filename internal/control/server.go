@@ -447,7 +447,7 @@ func (s *Server) Run(ctx context.Context) error {
 		return err
 	}
 	defer st.Close()
-	s.store = st
+	s.store = &liveStore{Store: st} // failover.go
 	// What runs in the background (the store's mirror, certificate
 	// renewal, following a rotation, a token's last-use write) is
 	// stopped and waited for before the store closes.
