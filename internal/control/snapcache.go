@@ -63,7 +63,7 @@ type view struct {
 }
 
 // changes returns a channel closed when the view's snapshot changes
-// version. A stream takes it before get: a change after that get closes it.
+// version. A stream takes it before current: a change after that closes it.
 func (v *view) changes() <-chan struct{} {
 	v.mu.Lock()
 	defer v.mu.Unlock()
