@@ -178,7 +178,9 @@ func run(ctx context.Context, c config) error {
 	for i := range c.servers {
 		var extra []string
 		if i > 0 {
-			extra = []string{"--ca-cert", filepath.Join(servers[0].dir, "ca.pem"), "--ca-key", filepath.Join(servers[0].dir, "ca-key.pem")}
+			// The CA is shared through the store, sealed with the
+			// first server's store secret.
+			extra = []string{"--store-secret-file", filepath.Join(servers[0].dir, "store-secret")}
 		}
 		s, err := startServer(ctx, c.bin, filepath.Join(tmp, fmt.Sprintf("server-%d", i)), etcdURL, extra)
 		if err != nil {
@@ -284,16 +286,23 @@ func run(ctx context.Context, c config) error {
 		}
 	}
 	openWG.Wait()
+	progress := time.NewTicker(5 * time.Second)
+	defer progress.Stop()
 	if err := waitFor(ctx, c.timeout, streamErrs, func() bool {
+		n := 0
 		for _, p := range proxies {
 			p.mu.Lock()
-			got := !p.first.IsZero()
-			p.mu.Unlock()
-			if !got {
-				return false
+			if !p.first.IsZero() {
+				n++
 			}
+			p.mu.Unlock()
 		}
-		return true
+		select {
+		case <-progress.C:
+			log.Printf("connecting: %d of %d streams have a snapshot after %v; %d reconnects", n, c.n, time.Since(t0).Round(time.Second), reconnects.Load())
+		default:
+		}
+		return n == c.n
 	}); err != nil {
 		n := 0
 		for _, p := range proxies {
@@ -580,7 +589,7 @@ func startServer(ctx context.Context, bin, dir, etcd string, extra []string) (*s
 	}
 	if len(extra) > 0 {
 		// The first server's admin token is in the shared store.
-		first := filepath.Join(filepath.Dir(extra[1]))
+		first := filepath.Dir(extra[1])
 		b, err := os.ReadFile(filepath.Join(first, "admin-token"))
 		if err != nil {
 			return nil, err

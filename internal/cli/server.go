@@ -69,6 +69,7 @@ func runServer(ctx context.Context, e *env, args []string) error {
 	fs.DurationVar(&cfg.LeaseTTL, "lease-ttl", control.DefaultLeaseTTL, "how long a stopped server's own records (its peer record, a job's lock) outlive it")
 	fs.DurationVar(&cfg.MaxStreamAge, "max-stream-age", control.DefaultMaxStreamAge, "a proxy's stream ends after this long (give or take 10%) and the proxy reconnects to a random server of its list: how proxies spread onto a server that joined (at least 1s)")
 	fs.DurationVar(&cfg.RegistrationGrace, "registration-grace", control.DefaultRegistrationGrace, "how long an instance outlives the server that held its proxy's stream, for the proxy to reconnect to another (a proxy that disconnects is deregistered at once)")
+	fs.IntVar(&cfg.MaxRegistering, "max-registering", control.DefaultMaxRegistering, "proxy streams that register in the store at once; the others wait their turn, holding their streams (a store that takes more writes may take more)")
 	fs.DurationVar(&cfg.WarmUp, "warm-up", control.DefaultWarmUp, "how long after its start the server keeps the instances last registered that have not re-registered yet in snapshots (at most 10m)")
 	fs.DurationVar(&cfg.StatsInterval, "stats-interval", 0, "width of the intervals the server sums traffic summaries into (default 5s, 1s to 1m; proxies should send at the same interval)")
 	fs.DurationVar(&cfg.WriteTimeout, "write-timeout", control.DefaultWriteTimeout, "deadline of each API write: answered applied, not applied, or of unknown outcome (retry with its key) within it")

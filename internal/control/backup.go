@@ -39,7 +39,11 @@ func (s *Server) backup(w http.ResponseWriter, r *http.Request) {
 		fail(http.StatusForbidden, why)
 		return
 	}
-	snap, ok := s.store.(snapshotter)
+	st := s.store
+	if l, ok := st.(*liveStore); ok {
+		st = l.Store
+	}
+	snap, ok := st.(snapshotter)
 	if !ok {
 		fail(http.StatusNotImplemented, "this store cannot make snapshots")
 		return

@@ -6,6 +6,7 @@ import (
 	mrand "math/rand/v2"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/trellis-mesh/trellis/internal/store"
@@ -121,32 +122,26 @@ func (s *Server) whileServing(ctx context.Context) (context.Context, context.Can
 	return ctx, cancel
 }
 
-// streamMove returns a channel that yields the status a proxy stream must
-// end with to move its proxy: when this server stops or loses its store,
-// or when the stream is MaxStreamAge old, give or take 10% (as gRPC's
-// MaxConnectionAge), so that proxies connected together do not all move
-// together. The stream's handler calls it; its goroutine ends with ctx.
-func (s *Server) streamMove(ctx context.Context) <-chan error {
-	out := make(chan error, 1)
-	age := s.cfg.MaxStreamAge
-	age += time.Duration(mrand.Int64N(int64(age)/5+1)) - age/10
-	s.goStream(func() {
-		t := time.NewTimer(age)
-		defer t.Stop()
-		_, gone := s.movers.current()
-		select {
-		case <-ctx.Done():
-		case <-t.C:
-			out <- xds.MoveStatus("stream reached its maximum age; rebalancing")
-		case <-gone:
-			why, _ := s.movers.current()
-			if why == "" {
-				why = "server asked"
-			}
-			out <- xds.MoveStatus(why)
-		}
-	})
-	return out
+// streamMove says when a proxy stream must end to move its proxy: when
+// this server stops or loses its store (gone is closed; moveStatus says
+// why), or when the stream is MaxStreamAge old, give or take 10% (as
+// gRPC's MaxConnectionAge), so that proxies connected together do not all
+// move together (age fires). The stream's handler selects on both itself:
+// no goroutine per stream. The caller stops age.
+func (s *Server) streamMove() (age *time.Timer, gone <-chan struct{}) {
+	d := s.cfg.MaxStreamAge
+	d += time.Duration(mrand.Int64N(int64(d)/5+1)) - d/10
+	_, gone = s.movers.current()
+	return time.NewTimer(d), gone
+}
+
+// moveStatus is the status a stream ends with when gone was closed.
+func (s *Server) moveStatus() error {
+	why, _ := s.movers.current()
+	if why == "" {
+		why = "server asked"
+	}
+	return xds.MoveStatus(why)
 }
 
 // watchStore probes the store until ctx ends. After storeLossAfter of
@@ -163,7 +158,7 @@ func (s *Server) watchStore(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		if err == nil || errors.Is(err, store.ErrNotFound) {
+		if !probeFailed(err, began, s.applied()) {
 			failingSince = time.Time{}
 			if lost {
 				lost = false
@@ -182,6 +177,55 @@ func (s *Server) watchStore(ctx context.Context) {
 		}
 		sleep(ctx, storeProbeInterval)
 	}
+}
+
+// probeFailed says whether a store probe begun at began, which ended
+// with err, counts as failed. A probe that timed out while the store
+// applied one of this server's writes (lastApplied: liveStore) does not:
+// the quorum answers, only slowly. Under a burst of registrations from
+// thousands of proxies the probe's read waited behind etcd's apply queue
+// for seconds, the server declared its store lost and sent every proxy
+// away, which brought them all back at once.
+func probeFailed(err error, began, lastApplied time.Time) bool {
+	if err == nil || errors.Is(err, store.ErrNotFound) {
+		return false
+	}
+	return !lastApplied.After(began.Add(-storeProbeInterval))
+}
+
+// liveStore is the server's store, noting when it last applied a write of
+// this server's: a write the store applied needed its quorum, so the
+// store answers (probeFailed).
+type liveStore struct {
+	store.Store
+	lastApplied atomic.Int64 // UnixNano; 0: never
+}
+
+func (l *liveStore) Commit(ctx context.Context, ops []store.Op) error {
+	err := l.Store.Commit(ctx, ops)
+	if err == nil {
+		l.lastApplied.Store(time.Now().UnixNano())
+	}
+	return err
+}
+
+func (l *liveStore) Grant(ctx context.Context, ttl time.Duration) (store.LeaseID, error) {
+	id, err := l.Store.Grant(ctx, ttl)
+	if err == nil {
+		l.lastApplied.Store(time.Now().UnixNano())
+	}
+	return id, err
+}
+
+// applied returns when the store last applied a write of this server's;
+// the zero time if never, or if the store is not a liveStore (tests).
+func (s *Server) applied() time.Time {
+	if l, ok := s.store.(*liveStore); ok {
+		if n := l.lastApplied.Load(); n != 0 {
+			return time.Unix(0, n)
+		}
+	}
+	return time.Time{}
 }
 
 // healthz answers, without a token (load balancers and orchestrators ask

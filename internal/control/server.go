@@ -128,6 +128,11 @@ type Config struct {
 	// server: how proxies spread onto a server that joined. Default
 	// DefaultMaxStreamAge (30m); at least 1s.
 	MaxStreamAge time.Duration
+	// MaxRegistering is how many proxy streams register in the store at
+	// once; the others wait their turn, holding their streams, so that
+	// thousands of proxies connecting together do not overload the store
+	// (admission.go). Default DefaultMaxRegistering (32).
+	MaxRegistering int
 	// WriteTimeout bounds each API write, answered as applied, not
 	// applied or of unknown outcome within it (see write.go); default 5s,
 	// at least 1s.
@@ -194,6 +199,9 @@ func (c *Config) Validate() error {
 	if c.WriteTimeout < 0 || c.WriteTimeout > 0 && c.WriteTimeout < time.Second {
 		errs = append(errs, fmt.Errorf("write timeout %v: must be at least 1s", c.WriteTimeout))
 	}
+	if c.MaxRegistering < 0 {
+		errs = append(errs, fmt.Errorf("max registering %d: must not be negative", c.MaxRegistering))
+	}
 	if c.StatsInterval != 0 && (c.StatsInterval < time.Second || c.StatsInterval > time.Minute) {
 		errs = append(errs, fmt.Errorf("stats interval %v: must be between 1s and 1m", c.StatsInterval))
 	}
@@ -227,6 +235,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.StatusInterval == 0 {
 		c.StatusInterval = DefaultStatusInterval
+	}
+	if c.MaxRegistering == 0 {
+		c.MaxRegistering = DefaultMaxRegistering
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -283,6 +294,8 @@ type Server struct {
 	refusals ratelog.Limit
 	// flusher writes the proxies' status at a bounded rate (statusflush.go).
 	flusher *statusFlusher
+	// admission lets a few proxy streams register at a time (admission.go).
+	admission *admission
 	// dash holds the dashboard's sessions (session.go).
 	dash *sessions
 	// stats holds the proxies' traffic summaries (stats.go).
@@ -393,6 +406,7 @@ func New(cfg Config) (*Server, error) {
 		dash:           newSessions(),
 		movers:         newMovers(),
 		flusher:        newStatusFlusher(cfg.StatusInterval),
+		admission:      newAdmission(cfg.MaxRegistering, cfg.Registry),
 	}, nil
 }
 
@@ -433,7 +447,7 @@ func (s *Server) Run(ctx context.Context) error {
 		return err
 	}
 	defer st.Close()
-	s.store = st
+	s.store = &liveStore{Store: st} // failover.go
 	// What runs in the background (the store's mirror, certificate
 	// renewal, following a rotation, a token's last-use write) is
 	// stopped and waited for before the store closes.
@@ -462,6 +476,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.goBackground(func() { s.runWarmUp(bgCtx) })
 	s.goBackground(func() { s.flusher.run(bgCtx) })
+	s.goBackground(func() { s.refreshViews(bgCtx) })
 	if err := s.bootstrapAdmin(ctx); err != nil {
 		return fmt.Errorf("admin token: %w", err)
 	}

@@ -1,9 +1,11 @@
 package control
 
 import (
+	"context"
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -27,6 +29,16 @@ import (
 // counted by the streams that use them and dropped with the last, so the
 // cache holds at most one view per stream and nothing of proxies gone.
 //
+// Views advance in one place: one goroutine (Server.refreshViews)
+// recomputes every view after the mesh changed and settled (debounce),
+// and a view's changed channel is closed when its snapshot's version
+// changes. Streams take their view's current snapshot (current) and wake
+// for their view only. With every stream computing against the newest
+// mesh and waking at every change, 10,000 proxies connecting meant every
+// registration woke every stream, and each proxy was sent a patch for
+// each instance of its upstreams that registered after it: pushes grew
+// with the square of N. Now a burst of changes is one round of pushes.
+//
 // Lock order: snapCache.mu, then view.mu (never the other way), then
 // computed.mu.
 type snapCache struct {
@@ -43,9 +55,19 @@ type view struct {
 	proxy topology.Proxy // canonical: sorted upstreams, effective network
 	refs  int            // streams using it; guarded by snapCache.mu
 
-	mu   sync.Mutex     // held while computing; guards mesh and cur
+	mu   sync.Mutex     // held while computing; guards mesh, cur and changed
 	mesh *topology.Mesh // the generation cur was computed from
 	cur  *computed
+	// changed is closed, and replaced, when cur's version changes.
+	changed chan struct{}
+}
+
+// changes returns a channel closed when the view's snapshot changes
+// version. A stream takes it before current: a change after that closes it.
+func (v *view) changes() <-chan struct{} {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.changed
 }
 
 // computed is one view's snapshot for one mesh generation. Streams share
@@ -107,7 +129,7 @@ func (c *snapCache) acquire(reg xds.Registration) *view {
 	defer c.mu.Unlock()
 	v := c.views[key]
 	if v == nil {
-		v = &view{key: key, proxy: p}
+		v = &view{key: key, proxy: p, changed: make(chan struct{})}
 		c.views[key] = v
 	}
 	v.refs++
@@ -137,6 +159,21 @@ func (c *snapCache) len() int {
 func (c *snapCache) get(v *view, mesh func() *topology.Mesh) *computed {
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	return c.getLocked(v, mesh)
+}
+
+// current returns v's snapshot as last computed, computing it only if
+// none was: streams do not advance views, refresh does.
+func (c *snapCache) current(v *view, mesh func() *topology.Mesh) *computed {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.cur != nil {
+		return v.cur
+	}
+	return c.getLocked(v, mesh)
+}
+
+func (c *snapCache) getLocked(v *view, mesh func() *topology.Mesh) *computed {
 	m := mesh()
 	if v.mesh == m && v.cur != nil {
 		return v.cur
@@ -155,8 +192,26 @@ func (c *snapCache) get(v *view, mesh func() *topology.Mesh) *computed {
 	} else {
 		cp.roots = certs.Fingerprints([]byte(snap.RootsPEM))
 	}
+	if v.cur != nil {
+		close(v.changed)
+		v.changed = make(chan struct{})
+	}
 	v.mesh, v.cur = m, cp
 	return cp
+}
+
+// refresh brings every view to the newest mesh generation, waking the
+// streams of those whose snapshot changed.
+func (c *snapCache) refresh(mesh func() *topology.Mesh) {
+	c.mu.Lock()
+	views := make([]*view, 0, len(c.views))
+	for _, v := range c.views {
+		views = append(views, v)
+	}
+	c.mu.Unlock()
+	for _, v := range views {
+		c.get(v, mesh)
+	}
 }
 
 // wholeResource returns the encoded whole snapshot, made once.
@@ -185,4 +240,58 @@ func (cp *computed) patchFrom(from *computed) (*anypb.Any, bool) {
 	}
 	cp.mu.Unlock()
 	return res, ok
+}
+
+// Debounce of view refreshes (Server.refreshViews): a round starts once
+// the mesh has not changed for refreshQuiet, or refreshMaxDelay after the
+// first change it takes, whichever comes first. The quiet time is what a
+// lone change waits; the maximum bounds the wait while changes keep
+// coming (thousands of proxies registering), so that a burst of N
+// registrations costs each proxy a push per refreshMaxDelay, not one per
+// registration.
+const (
+	refreshQuiet    = 50 * time.Millisecond
+	refreshMaxDelay = time.Second
+)
+
+// refreshViews brings the views to the newest mesh after every change,
+// debounced, until ctx ends: the streams of a view whose snapshot
+// changed wake then.
+func (s *Server) refreshViews(ctx context.Context) {
+	for {
+		changed := s.state.Changed()
+		s.snaps.refresh(s.state.mesh)
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		}
+		if !settle(ctx, s.state.Changed, refreshQuiet, refreshMaxDelay) {
+			return
+		}
+	}
+}
+
+// settle returns once changes (which returns a channel closed at the next
+// change) stayed quiet for quiet, or maxDelay after it was called,
+// whichever comes first; false if ctx ended first.
+func settle(ctx context.Context, changes func() <-chan struct{}, quiet, maxDelay time.Duration) bool {
+	deadline := time.Now().Add(maxDelay)
+	for {
+		ch := changes()
+		wait := min(quiet, time.Until(deadline))
+		if wait <= 0 {
+			return true
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return false
+		case <-t.C:
+			return true
+		case <-ch:
+			t.Stop()
+		}
+	}
 }

@@ -1,7 +1,11 @@
 package control
 
 import (
+	"context"
+	"runtime"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -70,5 +74,123 @@ func TestSnapCacheSharesOneSnapshotPerView(t *testing.T) {
 	c.release(b)
 	if got := c.len(); got != 0 {
 		t.Errorf("views after the last release = %d, want 0", got)
+	}
+}
+
+// Streams read a view's snapshot as last computed; a refresh advances
+// every view and wakes the streams of those whose snapshot changed, and
+// only them.
+func TestSnapCacheRefreshWakesChangedViewsOnly(t *testing.T) {
+	c := newSnapCache(prometheus.NewRegistry())
+	gen := cacheMesh(1)
+	gen.Services["cache"] = &v1.ServiceSpec{Protocol: "tcp"}
+	mesh := func() *topology.Mesh { return gen }
+	db := c.acquire(xds.Registration{Service: "web", Upstreams: []string{"db"}})
+	other := c.acquire(xds.Registration{Service: "web", Upstreams: []string{"cache"}})
+	first := c.current(db, mesh)
+	c.current(other, mesh)
+	dbChanged, otherChanged := db.changes(), other.changes()
+
+	next := cacheMesh(2) // a second db instance: db's view changes, other's not
+	next.Services["cache"] = gen.Services["cache"]
+	gen = next
+	if got := c.current(db, mesh); got != first {
+		t.Errorf("current advanced the view before a refresh")
+	}
+	c.refresh(mesh)
+	select {
+	case <-dbChanged:
+	default:
+		t.Errorf("db's view changed; its streams were not woken")
+	}
+	select {
+	case <-otherChanged:
+		t.Errorf("the other view did not change; its streams were woken")
+	default:
+	}
+	if got, want := len(c.current(db, mesh).snap.Upstream("db").Endpoints), 2; got != want {
+		t.Errorf("after the refresh: %d db endpoints, want %d", got, want)
+	}
+}
+
+// settle returns after a quiet spell, or at the maximum delay while
+// changes keep coming, or when ctx ends.
+func TestSettleDebouncesChanges(t *testing.T) {
+	var mu sync.Mutex
+	ch := make(chan struct{})
+	changes := func() <-chan struct{} {
+		mu.Lock()
+		defer mu.Unlock()
+		return ch
+	}
+	change := func() {
+		mu.Lock()
+		defer mu.Unlock()
+		close(ch)
+		ch = make(chan struct{})
+	}
+	done := func(f func() bool) <-chan bool {
+		out := make(chan bool, 1)
+		go func() { out <- f() }()
+		return out
+	}
+	ctx := context.Background()
+
+	// Quiet: returns after the quiet time though the maximum is far.
+	select {
+	case ok := <-done(func() bool { return settle(ctx, changes, time.Millisecond, time.Hour) }):
+		if !ok {
+			t.Errorf("quiet: got false, want true")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("quiet: settle did not return")
+	}
+
+	// Changes that never stop: returns at the maximum delay.
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				change()
+				runtime.Gosched()
+			}
+		}
+	})
+	select {
+	case ok := <-done(func() bool { return settle(ctx, changes, 50*time.Millisecond, 20*time.Millisecond) }):
+		if !ok {
+			t.Errorf("busy: got false, want true")
+		}
+	case <-time.After(10 * time.Second):
+		t.Errorf("busy: settle waited past its maximum delay while changes kept coming")
+	}
+	close(stop)
+	wg.Wait()
+
+	// A change restarts the quiet time: with one pending change it waits
+	// at least two quiet spells' worth of wakeups (observed as a second
+	// call to changes).
+	calls := 0
+	counted := func() <-chan struct{} {
+		calls++
+		if calls == 1 {
+			c := make(chan struct{})
+			close(c)
+			return c
+		}
+		return changes()
+	}
+	if !settle(ctx, counted, time.Millisecond, time.Hour) || calls != 2 {
+		t.Errorf("after one change: %d calls to changes, want 2", calls)
+	}
+
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if settle(cctx, changes, time.Hour, time.Hour) {
+		t.Errorf("ended ctx: got true, want false")
 	}
 }

@@ -50,6 +50,9 @@ type proxyStream struct {
 	lastWhole int
 	needWhole bool
 	resend    bool
+	// regChanged: handle took a registration update, which may change
+	// the stream's view.
+	regChanged bool
 
 	// The registration this stream holds (registration.go): holder names
 	// the stream in the record, regRev is the record's revision that
@@ -111,7 +114,7 @@ func (a *adsServer) StreamAggregatedResources(stream discoveryv3.AggregatedDisco
 	}
 	ps := &proxyStream{s: s, reg: reg, patches: slices.Contains(first.GetNode().GetClientFeatures(), xds.FeaturePatch)}
 	regCtx, endReg := s.whileServing(ctx) // failover.go
-	err = ps.register(regCtx, p.token.ID)
+	err = s.admitRegister(regCtx, ps, p.token.ID)
 	endReg()
 	if errors.Is(err, errInstanceHeld) {
 		s.logRefusal("proxy stream refused", "remote", peer, "token", p, "instance", reg.Instance, "service", reg.Service, "reason", err.Error())
@@ -170,7 +173,8 @@ func (a *adsServer) StreamAggregatedResources(stream discoveryv3.AggregatedDisco
 	pushed := make(chan error, 1)
 	s.goStream(func() { pushed <- ps.push(pushCtx, stream, reqs, recvErr, leaseLost, log) })
 
-	move := s.streamMove(ctx) // failover.go
+	age, gone := s.streamMove() // failover.go
+	defer age.Stop()
 	var expired <-chan time.Time
 	if p.token.ExpiresAt != nil {
 		t := time.NewTimer(time.Until(*p.token.ExpiresAt))
@@ -182,12 +186,10 @@ func (a *adsServer) StreamAggregatedResources(stream discoveryv3.AggregatedDisco
 		select {
 		case err := <-pushed:
 			return err
-		case err := <-move:
-			// Sent away, not gone: the registration is left for the
-			// stream the proxy opens on another server to adopt.
-			ps.sentAway.Store(true)
-			log.Info("proxy stream ended", "reason", err.Error())
-			return err
+		case <-age.C:
+			return ps.sendAway(xds.MoveStatus("stream reached its maximum age; rebalancing"), log)
+		case <-gone:
+			return ps.sendAway(s.moveStatus(), log)
 		case <-tokens:
 			if err := s.tokenStands(ctx, p); err != nil {
 				log.Info("proxy stream ended", "token", p, "reason", err.Error())
@@ -198,6 +200,15 @@ func (a *adsServer) StreamAggregatedResources(stream discoveryv3.AggregatedDisco
 			return status.Error(codes.Unauthenticated, "token expired")
 		}
 	}
+}
+
+// sendAway ends the stream with err, a status that moves the proxy to
+// another server. Sent away, not gone: the registration is left for the
+// stream the proxy opens on another server to adopt.
+func (ps *proxyStream) sendAway(err error, log *slog.Logger) error {
+	ps.sentAway.Store(true)
+	log.Info("proxy stream ended", "reason", err.Error())
+	return err
 }
 
 // errStreamDone is wait's word for a stream that ended cleanly.
@@ -219,17 +230,22 @@ func (ps *proxyStream) push(ctx context.Context, stream discoveryv3.AggregatedDi
 	}()
 	var sent *computed
 	for {
-		changed := s.state.Changed()
 		// A registration update may bring other upstreams or another
 		// network: another view.
-		if _, key := viewOf(ps.reg); v == nil || v.key != key {
-			nv := s.snaps.acquire(ps.reg)
-			if v != nil {
-				s.snaps.release(v)
+		if v == nil || ps.regChanged {
+			ps.regChanged = false
+			if _, key := viewOf(ps.reg); v == nil || v.key != key {
+				nv := s.snaps.acquire(ps.reg)
+				if v != nil {
+					s.snaps.release(v)
+				}
+				v = nv
 			}
-			v = nv
 		}
-		c := s.snaps.get(v, s.state.mesh)
+		// Woken when the view's snapshot changes (snapcache.go), not at
+		// every change of the mesh.
+		changed := v.changes()
+		c := s.snaps.current(v, s.state.mesh)
 		if sent == nil || ps.resend || c.snap.Version != sent.snap.Version {
 			ps.nonce++
 			res, patched := (*anypb.Any)(nil), false
@@ -331,7 +347,7 @@ func (ps *proxyStream) handle(ctx context.Context, r *discoveryv3.DiscoveryReque
 		case reg.Instance != ps.reg.Instance || reg.Service != ps.reg.Service:
 			log.Warn("ignore registration update for another instance", "instance", reg.Instance)
 		case reg.Healthy != ps.reg.Healthy || reg.Address != ps.reg.Address || reg.Port != ps.reg.Port || reg.Version != ps.reg.Version:
-			ps.reg = reg
+			ps.reg, ps.regChanged = reg, true
 			if err := ps.putInstance(ctx); err != nil {
 				log.Warn("update registration", "err", err)
 			} else {

@@ -272,23 +272,66 @@ func (e *Etcd) Grant(ctx context.Context, ttl time.Duration) (LeaseID, error) {
 	}
 	r, err := e.c.Grant(ctx, secs)
 	if err != nil {
+		if refusedWrite(err) {
+			// Retried by callers that back off when the store is
+			// overloaded; a grant of unknown outcome only leaves a
+			// lease that expires unused.
+			return 0, fmt.Errorf("grant lease: %w: %w", ErrNotApplied, err)
+		}
 		return 0, fmt.Errorf("grant lease: %w", err)
 	}
 	return LeaseID(r.ID), nil
 }
 
+// leaseCheckTimeout bounds the question whether a lease still stands
+// (KeepAlive).
+const leaseCheckTimeout = 10 * time.Second
+
 // KeepAlive implements Store.
+//
+// The etcd client gives up on a lease, closing its channel, when no
+// answer to its keep-alives came within the lease's TTL, and for a new
+// lease within its dial timeout plus 1 s (6 s). etcd answers one
+// client's keep-alives in turn, so with thousands of leases on one busy
+// server the first answer for a new one can take longer than that:
+// leases that stood were taken for lost, and their proxies reconnected.
+// So when the client gives up, etcd is asked whether the lease stands
+// (its remaining TTL); it is lost only if etcd says it is gone, or does
+// not answer within leaseCheckTimeout.
 func (e *Etcd) KeepAlive(ctx context.Context, id LeaseID) error {
-	ch, err := e.c.KeepAlive(ctx, clientv3.LeaseID(id))
-	if err != nil {
-		return fmt.Errorf("keep lease %x alive: %w", id, err)
+	for {
+		began := time.Now()
+		ch, err := e.c.KeepAlive(ctx, clientv3.LeaseID(id))
+		if err != nil {
+			return fmt.Errorf("keep lease %x alive: %w", id, err)
+		}
+		for range ch {
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		cctx, cancel := context.WithTimeout(ctx, leaseCheckTimeout)
+		r, err := e.c.TimeToLive(cctx, clientv3.LeaseID(id))
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case err != nil:
+			return fmt.Errorf("lease %x lost: no keep-alive answered, and: %w", id, err)
+		case r.TTL <= 0:
+			return fmt.Errorf("lease %x lost", id)
+		}
+		if time.Since(began) < time.Second {
+			// Given up on at once, yet standing: do not spin.
+			t := time.NewTimer(100 * time.Millisecond)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return ctx.Err()
+			case <-t.C:
+			}
+		}
 	}
-	for range ch {
-	}
-	if ctx.Err() != nil {
-		return ctx.Err()
-	}
-	return fmt.Errorf("lease %x lost", id)
 }
 
 // Revoke implements Store.

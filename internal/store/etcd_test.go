@@ -50,6 +50,13 @@ func TestExternalEtcd(t *testing.T) {
 // (http or https) with the extra flags, and returns its client URL.
 func startExternal(t *testing.T, scheme string, extra ...string) string {
 	t.Helper()
+	url, _ := startExternalProc(t, scheme, extra...)
+	return url
+}
+
+// startExternalProc is startExternal, also returning the etcd process.
+func startExternalProc(t *testing.T, scheme string, extra ...string) (string, *os.Process) {
+	t.Helper()
 	bin, err := exec.LookPath("etcd")
 	if err != nil {
 		t.Skip("etcd binary not found; install Debian's etcd-server (.ci/run does)")
@@ -73,7 +80,7 @@ func startExternal(t *testing.T, scheme string, extra ...string) string {
 		}
 		return err
 	})
-	return scheme + "://" + client
+	return scheme + "://" + client, cmd.Process
 }
 
 func freeAddr(t *testing.T) string {
