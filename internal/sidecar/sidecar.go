@@ -449,3 +449,13 @@ func (p *Proxy) setCertificate(cert *tls.Certificate) {
 	p.src.SetCertificate(cert)
 	p.m.expiry.Set(float64(cert.Leaf.NotAfter.Unix()))
 }
+
+// Snapshot returns the snapshot the proxy serves with, nil before the
+// first. It is for a process that runs proxies in-process (trellis up)
+// and waits until they see each other.
+func (p *Proxy) Snapshot() *topology.Snapshot {
+	if a := p.cur.Load(); a != nil {
+		return a.snap
+	}
+	return nil
+}

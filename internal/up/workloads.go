@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -19,6 +20,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/meshdns"
 	"github.com/trellis-mesh/trellis/internal/proxy/netconn"
 	"github.com/trellis-mesh/trellis/internal/sidecar"
+	"github.com/trellis-mesh/trellis/internal/topology"
 )
 
 // upEnv is what starting the example's workloads needs of the running up:
@@ -95,6 +97,9 @@ func (w *workloads) start(ctx context.Context, env *upEnv, f *File) error {
 	type sc struct {
 		cfg sidecar.Config
 		id  string
+		// needs are the services of this run it calls: up is up once it
+		// has an endpoint of this run for each.
+		needs []string
 	}
 	var sidecars []sc
 	want := map[string]int{}
@@ -146,7 +151,7 @@ func (w *workloads) start(ctx context.Context, env *upEnv, f *File) error {
 			if err := env.lock.addGroup(inst, c.cmd.Process.Pid); err != nil {
 				return err
 			}
-			sidecars = append(sidecars, sc{id: inst, cfg: sidecar.Config{
+			sidecars = append(sidecars, sc{id: inst, needs: upstreamServices(ups), cfg: sidecar.Config{
 				Service: s.Name, Version: s.Version, Instance: inst,
 				AppAddr: "127.0.0.1:" + strconv.Itoa(port), Upstreams: ups, Network: s.Network, DNS: dns,
 				Edge:   edgeConfig(env.dir, s.Edge, r),
@@ -180,7 +185,7 @@ func (w *workloads) start(ctx context.Context, env *upEnv, f *File) error {
 		w.nullLoop.Go(func() {
 			_ = (&netconn.Acceptor{Name: "null-app", Logger: env.log}).Serve(null, func(c net.Conn) { c.Close() })
 		})
-		sidecars = append(sidecars, sc{id: f.Client.Service, cfg: sidecar.Config{
+		sidecars = append(sidecars, sc{id: f.Client.Service, needs: upstreamServices(ups), cfg: sidecar.Config{
 			Service: f.Client.Service, Instance: f.Client.Service + "-local", AppAddr: null.Addr().String(),
 			Upstreams: ups, Server: env.srvAddr, ServerCAFile: env.caFile, TokenFile: tok, DrainTimeout: time.Second,
 			StateDir: filepath.Join(env.cfg.DataDir, "proxies", f.Client.Service+"-local"),
@@ -196,7 +201,7 @@ func (w *workloads) start(ctx context.Context, env *upEnv, f *File) error {
 			return err
 		}
 		network := gatewayNetwork(f, r.Gateway)
-		sidecars = append(sidecars, sc{id: r.Name, cfg: sidecar.Config{
+		sidecars = append(sidecars, sc{id: r.Name, needs: r.Gateway.Services(), cfg: sidecar.Config{
 			Service: r.Name, Instance: r.Name + "-local", Gateway: &sidecar.Gateway{ListenIP: "127.0.0.1"}, Network: network,
 			Server: env.srvAddr, ServerCAFile: env.caFile, TokenFile: tok, DrainTimeout: time.Second,
 			StateDir: filepath.Join(env.cfg.DataDir, "proxies", r.Name),
@@ -212,6 +217,7 @@ func (w *workloads) start(ctx context.Context, env *upEnv, f *File) error {
 	// it, healthy at the same address (a restarted sidecar takes its port
 	// and its registration back): only a registration made since counts.
 	since := time.Now()
+	var running []runningSidecar
 	for _, s := range sidecars {
 		s.cfg.Logger = env.log
 		s.cfg.Registry = prometheus.NewRegistry()
@@ -232,6 +238,7 @@ func (w *workloads) start(ctx context.Context, env *upEnv, f *File) error {
 		if err != nil {
 			return fmt.Errorf("sidecar %s: %w", s.id, err)
 		}
+		running = append(running, runningSidecar{id: s.id, p: p, needs: s.needs})
 		w.wg.Go(func() {
 			if err := p.Run(w.ctx); err != nil {
 				w.errs <- fmt.Errorf("sidecar %s: %w", s.id, err)
@@ -258,5 +265,77 @@ func (w *workloads) start(ctx context.Context, env *upEnv, f *File) error {
 			return fmt.Errorf("a sidecar did not become ready within %v", env.cfg.ReadyTimeout)
 		}
 	}
-	return nil
+	// Registered and healthy is not yet callable: each caller needs a
+	// snapshot with this run's endpoints, which the control plane pushes a
+	// moment later.
+	w.mu.Lock()
+	ours := map[string]bool{}
+	for _, a := range publics {
+		ours[a] = true
+	}
+	w.mu.Unlock()
+	return waitSeen(ctx, running, want, ours, env.cfg.ReadyTimeout, w.errs)
+}
+
+// runningSidecar is a sidecar of this run and the services it calls.
+type runningSidecar struct {
+	id    string
+	p     *sidecar.Proxy
+	needs []string
+}
+
+// upstreamOf returns snap's upstream svc; nil before the first snapshot.
+func upstreamOf(snap *topology.Snapshot, svc string) *topology.Upstream {
+	if snap == nil {
+		return nil
+	}
+	return snap.Upstream(svc)
+}
+
+// upstreamServices returns the services ups call.
+func upstreamServices(ups []sidecar.Upstream) []string {
+	var out []string
+	for _, u := range ups {
+		out = append(out, u.Service)
+	}
+	return out
+}
+
+// waitSeen waits until every sidecar's snapshot has, for each service of
+// this run it calls, an endpoint at one of this run's addresses (ours).
+func waitSeen(ctx context.Context, sidecars []runningSidecar, run map[string]int, ours map[string]bool, timeout time.Duration, errs chan error) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		var missing []string
+		for _, s := range sidecars {
+			snap := s.p.Snapshot()
+			for _, svc := range s.needs {
+				if run[svc] == 0 {
+					continue // not run here: nothing to wait for
+				}
+				seen := false
+				if u := upstreamOf(snap, svc); u != nil {
+					for _, e := range u.Endpoints {
+						seen = seen || ours[net.JoinHostPort(e.Address, strconv.Itoa(e.Port))]
+					}
+				}
+				if !seen {
+					missing = append(missing, s.id+" -> "+svc)
+				}
+			}
+		}
+		if len(missing) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("after %v, sidecars still have no endpoint for: %s", timeout, strings.Join(missing, ", "))
+		}
+		select {
+		case err := <-errs:
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
