@@ -132,7 +132,7 @@ func (c *cfn) resolve(n *yaml.Node, path string) (*yaml.Node, error) {
 				if line == 0 {
 					line = n.Line
 				}
-				return nil, &Error{File: c.r.file, Line: line, Path: path, Msg: ie.msg}
+				return nil, &Error{File: c.r.file, Line: line, Field: path, Msg: ie.msg}
 			}
 			return nil, err
 		}

@@ -165,7 +165,7 @@ func Convert(objs []Object) (*Result, error) {
 }
 
 func errAt(n *Node, format string, args ...any) error {
-	return &Error{File: n.File, Line: n.Line, Path: n.Path, Msg: fmt.Sprintf(format, args...)}
+	return &Error{File: n.File, Line: n.Line, Field: n.Path, Msg: fmt.Sprintf(format, args...)}
 }
 
 // meshes maps Mesh objects onto the one Trellis mesh.

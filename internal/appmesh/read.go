@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"gopkg.in/yaml.v3"
+
+	v1 "github.com/trellis-mesh/trellis/api/v1"
 )
 
 // Form is how a document wrote its App Mesh resources.
@@ -82,26 +84,9 @@ const (
 	maxDepth        = 64
 )
 
-// Error is a problem with an input, located.
-type Error struct {
-	File string
-	Line int
-	Path string
-	Msg  string
-}
-
-func (e *Error) Error() string {
-	var b strings.Builder
-	b.WriteString(e.File)
-	if e.Line > 0 {
-		fmt.Fprintf(&b, ":%d", e.Line)
-	}
-	if e.Path != "" {
-		b.WriteString(": " + e.Path)
-	}
-	b.WriteString(": " + e.Msg)
-	return b.String()
-}
+// Error is a problem with an input, located by file, line and field:
+// the same as trellis apply's, so both read alike.
+type Error = v1.DecodeError
 
 // reader reads one input.
 type reader struct {
@@ -112,7 +97,7 @@ type reader struct {
 }
 
 func (r *reader) errorf(line int, path, format string, args ...any) {
-	r.errs = append(r.errs, &Error{File: r.file, Line: line, Path: path, Msg: fmt.Sprintf(format, args...)})
+	r.errs = append(r.errs, &Error{File: r.file, Line: line, Field: path, Msg: fmt.Sprintf(format, args...)})
 }
 
 // Read reads every document of one input (file names it in errors) and
