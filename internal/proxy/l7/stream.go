@@ -417,7 +417,9 @@ func (w *streamWriter) Flush() {
 func (w *streamWriter) sendHead(end bool) error {
 	w.sent = true
 	declared := declaredTrailers(w.header)
-	fields := appendFields(nil, w.header, func(k string) bool {
+	// Sized for the usual one field a name: growing from nothing would
+	// cost an allocation per doubling.
+	fields := appendFields(make([]hpack.HeaderField, 0, len(w.header)), w.header, func(k string) bool {
 		_, trailer := declared[k]
 		return trailer || strings.HasPrefix(k, http.TrailerPrefix)
 	})
