@@ -134,16 +134,23 @@ func readLine(br *bufio.Reader, scratch *[]byte, limit int, where string) ([]byt
 // not carry beyond those that frame, route or authorize a message (which
 // are always refused): the user's own, such as a proxy's internal fields.
 func ReadRequest(br *bufio.Reader, forbidTrailer func(name string) bool) (*http.Request, error) {
+	return readRequest(br, forbidTrailer, nil)
+}
+
+// readRequest is ReadRequest, taking the strings of the request line and
+// the field values that equal the last request's on the connection from
+// kept (nil keeps nothing).
+func readRequest(br *bufio.Reader, forbidTrailer func(name string) bool, kept *keptStrings) (*http.Request, error) {
 	var scratch []byte
 	line, err := readLine(br, &scratch, MaxHeaderBytes, "the request line")
 	if err != nil {
 		return nil, err
 	}
-	req, err := parseRequestLine(string(line))
+	req, err := parseRequestLine(kept.get(0, line))
 	if err != nil {
 		return nil, err
 	}
-	h, err := readFields(br, &scratch, MaxHeaderBytes, MaxHeaderFields, "the header section")
+	h, err := readFields(br, &scratch, MaxHeaderBytes, MaxHeaderFields, "the header section", kept)
 	if err != nil {
 		return nil, err
 	}
@@ -236,7 +243,7 @@ func parseRequestLine(s string) (*http.Request, error) {
 // readFields reads field lines up to the empty line ending them: the
 // header section (limit bytes and n fields, as Server's limits) or a
 // chunked body's trailers.
-func readFields(br *bufio.Reader, scratch *[]byte, limit, n int, where string) (http.Header, error) {
+func readFields(br *bufio.Reader, scratch *[]byte, limit, n int, where string, kept *keptStrings) (http.Header, error) {
 	// One backing array holds the first value of every field, as
 	// net/textproto does, sized by the lines already buffered.
 	hint := min(upcomingLines(br), n)
@@ -268,7 +275,7 @@ func readFields(br *bufio.Reader, scratch *[]byte, limit, n int, where string) (
 			return nil, refused(http.StatusBadRequest, "field", "invalid field name "+quoteShort(string(line[:i]))+" in "+where+" (no whitespace before the colon)")
 		}
 		k := canonicalKey(line[:i])
-		value := string(bytes.Trim(line[i+1:], " \t"))
+		value := kept.get(count, bytes.Trim(line[i+1:], " \t"))
 		if !httpguts.ValidHeaderFieldValue(value) {
 			return nil, refused(http.StatusBadRequest, "field", "a control character in the value of "+k)
 		}
@@ -279,6 +286,41 @@ func readFields(br *bufio.Reader, scratch *[]byte, limit, n int, where string) (
 			h[k] = values[len(values)-1 : len(values) : len(values)]
 		}
 	}
+}
+
+// keptStrings holds, for one connection, the request line and the field
+// values of its last request by position. A keep-alive client sends much
+// the same head every time (the same Host, User-Agent, Accept and so on),
+// and a line equal to the last one's at its place is given the string
+// made then instead of a new copy of the buffer's bytes: one allocation
+// less per such line. Strings are immutable, so sharing one with an
+// earlier request changes nothing the handlers see. It keeps short lines
+// only, and no more than keptLines of them, so that an idle connection
+// holds at most a few KiB.
+type keptStrings struct {
+	s [keptLines]string
+}
+
+const (
+	keptLines     = 32
+	maxKeptString = 128
+)
+
+// get returns b as a string, the kept one for line i if it is equal.
+func (k *keptStrings) get(i int, b []byte) string {
+	if k == nil || i >= keptLines {
+		return string(b)
+	}
+	if s := k.s[i]; s == string(b) { // compared without a copy
+		return s
+	}
+	s := string(b)
+	if len(s) > maxKeptString {
+		k.s[i] = ""
+	} else {
+		k.s[i] = s
+	}
+	return s
 }
 
 // upcomingLines counts the lines already buffered in br, a bound on the
@@ -705,7 +747,7 @@ func qdtext(c byte) bool {
 // readTrailers reads the trailer section after the last chunk into the
 // request's Trailer map.
 func (b *chunkedBody) readTrailers() error {
-	t, err := readFields(b.br, &b.scratch, maxTrailerBytes, MaxHeaderFields, "the trailer section")
+	t, err := readFields(b.br, &b.scratch, maxTrailerBytes, MaxHeaderFields, "the trailer section", nil)
 	if err != nil {
 		var pe *ProtocolError
 		if errors.As(err, &pe) {

@@ -260,6 +260,8 @@ type serverConn struct {
 	s  *Server
 	c  net.Conn
 	h2 *tunnel.Conn // an HTTP/2 connection's server, else nil
+
+	kept keptStrings // HTTP/1.1: the last request's head, to share its strings
 }
 
 func (sc *serverConn) serve() {
@@ -338,7 +340,7 @@ func (sc *serverConn) serve() {
 			}
 			br.Discard(n)
 		}
-		req, err := ReadRequest(br, sc.s.ForbidTrailer)
+		req, err := readRequest(br, sc.s.ForbidTrailer, &sc.kept)
 		if err != nil {
 			var pe *ProtocolError
 			switch {
