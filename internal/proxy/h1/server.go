@@ -262,6 +262,10 @@ type serverConn struct {
 	h2 *tunnel.Conn // an HTTP/2 connection's server, else nil
 
 	kept keptStrings // HTTP/1.1: the last request's head, to share its strings
+	// noBody is the requestBody of every request without a body: the
+	// handler never sees it (its request's Body is http.NoBody), so it is
+	// the connection's, as the responseWriter is.
+	noBody requestBody
 }
 
 func (sc *serverConn) serve() {
@@ -370,8 +374,12 @@ func (sc *serverConn) serve() {
 		if cb, ok := req.Body.(*chunkedBody); ok {
 			cb.trailer = &req.Trailer // the copy's: trailers fill the handler's request
 		}
-		body := &requestBody{r: req.Body, c: c, timeout: sc.s.bodyReadTimeout()}
-		if req.Body != http.NoBody {
+		var body *requestBody
+		if req.Body == http.NoBody {
+			body = &sc.noBody
+			*body = requestBody{r: req.Body, c: c, timeout: sc.s.bodyReadTimeout()}
+		} else {
+			body = &requestBody{r: req.Body, c: c, timeout: sc.s.bodyReadTimeout()}
 			req.Body = body
 		}
 		w.reset(req, body)
