@@ -264,14 +264,16 @@ func sendRequest(ctx context.Context, conn *tunnel.Conn, req *http.Request) (*ht
 		}
 		return nil, err
 	}
-	resp := &http.Response{
+	// The response and its body in one allocation.
+	rb := &responseAndBody{Response: http.Response{
 		Status:     h1.StatusLine(status),
 		StatusCode: status,
 		Proto:      "HTTP/2.0",
 		ProtoMajor: 2,
 		Header:     fieldsHeader(rfields),
 		Request:    req,
-	}
+	}}
+	resp := &rb.Response
 	resp.ContentLength = -1
 	if cl := resp.Header.Get("Content-Length"); cl != "" {
 		if n, err := strconv.ParseInt(cl, 10, 64); err == nil && n >= 0 {
@@ -279,8 +281,15 @@ func sendRequest(ctx context.Context, conn *tunnel.Conn, req *http.Request) (*ht
 		}
 	}
 	resp.Trailer = declaredTrailers(resp.Header)
-	resp.Body = &streamBody{s: s, trailer: &resp.Trailer}
+	rb.body = streamBody{s: s, trailer: &resp.Trailer}
+	resp.Body = &rb.body
 	return resp, nil
+}
+
+// responseAndBody is a response from a stream with its body.
+type responseAndBody struct {
+	http.Response
+	body streamBody
 }
 
 // sendBody streams a request body, then its trailers, to s.
