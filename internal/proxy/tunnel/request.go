@@ -101,7 +101,8 @@ func (s *Stream) sendRest(body []byte, end bool) error {
 // status and header fields. 1xx responses are skipped.
 func (s *Stream) Response(ctx context.Context) (int, []hpack.HeaderField, error) {
 	select {
-	case r := <-s.resp:
+	case <-s.resp:
+		r := s.ans
 		if r.err != nil {
 			return 0, nil, r.err
 		}
