@@ -46,6 +46,9 @@ type appConn struct {
 	br   *bufio.Reader
 	bw   *bufio.Writer
 	used time.Time
+	// interrupt ends the wait of a request whose caller went away: made
+	// once per connection, not a closure per request.
+	interrupt func()
 }
 
 // idleTimeout closes connections unused this long: apps often close
@@ -73,7 +76,9 @@ func (a *Client) get(ctx context.Context) (*appConn, bool, error) {
 	if err != nil {
 		return nil, false, err
 	}
-	return &appConn{c: c, br: bufio.NewReaderSize(c, 4<<10), bw: bufio.NewWriterSize(c, 4<<10)}, false, nil
+	ac := &appConn{c: c, br: bufio.NewReaderSize(c, 4<<10), bw: bufio.NewWriterSize(c, 4<<10)}
+	ac.interrupt = func() { ac.c.SetDeadline(time.Unix(1, 0)) }
+	return ac, false, nil
 }
 
 func (a *Client) put(ac *appConn) {
@@ -141,7 +146,7 @@ func noBody(req *http.Request) bool { return req.Body == nil || req.Body == http
 
 func (a *Client) roundTrip(ac *appConn, req *http.Request) (*http.Response, error) {
 	var body *appBody
-	stop := context.AfterFunc(req.Context(), func() { ac.c.SetDeadline(time.Unix(1, 0)) })
+	stop := context.AfterFunc(req.Context(), ac.interrupt)
 	defer func() {
 		if !stop() && body != nil {
 			// Canceled as the response came: the deadline that ended the
