@@ -383,7 +383,23 @@ type streamWriter struct {
 	err    error
 }
 
-func (w *streamWriter) Header() http.Header { return w.header }
+func (w *streamWriter) Header() http.Header {
+	if w.header == nil {
+		w.header = http.Header{}
+	}
+	return w.header
+}
+
+// adoptHeader makes h the response's header, if none was set yet and the
+// head is not sent: a proxy relaying a response whose header map is its
+// own then hands it over instead of copying it into another map.
+func (w *streamWriter) adoptHeader(h http.Header) bool {
+	if len(w.header) > 0 || w.sent || w.status != 0 {
+		return false
+	}
+	w.header = h
+	return true
+}
 
 func (w *streamWriter) WriteHeader(code int) {
 	if w.status != 0 || code < 200 {
@@ -488,7 +504,7 @@ func (w *streamWriter) trailers() []hpack.HeaderField {
 // request that sanitize refuses (with 400, so that it reaches nothing),
 // so that each handler counts and logs it as it does other refusals.
 func serveRequest(s *tunnel.Stream, serve func(http.ResponseWriter, *http.Request)) {
-	w := &streamWriter{s: s, header: http.Header{}}
+	w := &streamWriter{s: s} // its header made when asked for, or adopted
 	r, cancel, err := streamRequest(s)
 	if err != nil {
 		bad := &badRequest{http.StatusBadRequest, "trellis: bad request: " + err.Error(), ReasonStream}
