@@ -3,6 +3,7 @@ package h1
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"net/http"
@@ -80,7 +81,7 @@ func TestReadRequestKeepsRepeatedStrings(t *testing.T) {
 	var kept keptStrings
 	read := func(head string) *http.Request {
 		t.Helper()
-		req, err := readRequest(bufio.NewReader(strings.NewReader(head)), nil, &kept)
+		req, err := readRequest(context.Background(), bufio.NewReader(strings.NewReader(head)), nil, &kept)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -112,8 +113,8 @@ func FuzzReadRequestKept(f *testing.F) {
 	f.Add([]byte("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc"), []byte("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nT: 1\r\n\r\n"))
 	f.Fuzz(func(t *testing.T, a, b []byte) {
 		var kept keptStrings
-		readRequest(bufio.NewReader(bytes.NewReader(a)), nil, &kept)
-		got, gerr := readRequest(bufio.NewReader(bytes.NewReader(b)), nil, &kept)
+		readRequest(context.Background(), bufio.NewReader(bytes.NewReader(a)), nil, &kept)
+		got, gerr := readRequest(context.Background(), bufio.NewReader(bytes.NewReader(b)), nil, &kept)
 		want, werr := ReadRequest(bufio.NewReader(bytes.NewReader(b)), nil)
 		if (gerr == nil) != (werr == nil) || gerr != nil && gerr.Error() != werr.Error() {
 			t.Fatalf("error %v, alone %v", gerr, werr)

@@ -344,7 +344,7 @@ func (sc *serverConn) serve() {
 			}
 			br.Discard(n)
 		}
-		req, err := readRequest(br, sc.s.ForbidTrailer, &sc.kept)
+		req, err := readRequest(ctx, br, sc.s.ForbidTrailer, &sc.kept)
 		if err != nil {
 			var pe *ProtocolError
 			switch {
@@ -370,10 +370,6 @@ func (sc *serverConn) serve() {
 		closeAfter := req.Close
 		req.RemoteAddr = remote
 		req.TLS = tlsState
-		req = req.WithContext(ctx)
-		if cb, ok := req.Body.(*chunkedBody); ok {
-			cb.trailer = &req.Trailer // the copy's: trailers fill the handler's request
-		}
 		var body *requestBody
 		if req.Body == http.NoBody {
 			body = &sc.noBody
