@@ -49,6 +49,7 @@ type appConn struct {
 	// interrupt ends the wait of a request whose caller went away: made
 	// once per connection, not a closure per request.
 	interrupt func()
+	kept      keptStrings // the last response's head (readResponse)
 }
 
 // idleTimeout closes connections unused this long: apps often close
@@ -180,9 +181,10 @@ func (a *Client) roundTrip(ac *appConn, req *http.Request) (*http.Response, erro
 		}()
 	}
 	var resp *http.Response
+	var ar *appResponse
 	for {
 		var err error
-		resp, err = http.ReadResponse(ac.br, req)
+		resp, ar, err = readResponse(ac.br, req, &ac.kept)
 		if err != nil {
 			return nil, fmt.Errorf("read response from app: %w", err)
 		}
@@ -191,7 +193,12 @@ func (a *Client) roundTrip(ac *appConn, req *http.Request) (*http.Response, erro
 		}
 		// 1xx: the final response follows.
 	}
-	body = &appBody{ReadCloser: resp.Body, a: a, ac: ac, reuse: !resp.Close && !req.Close, written: written}
+	if ar != nil {
+		body = &ar.app // made with the response
+	} else {
+		body = new(appBody)
+	}
+	*body = appBody{ReadCloser: resp.Body, a: a, ac: ac, reuse: !resp.Close && !req.Close, written: written}
 	resp.Body = body
 	return resp, nil
 }
