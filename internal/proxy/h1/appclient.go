@@ -137,6 +137,13 @@ func (a *Client) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 }
 
+// afterFuncer is a context that runs f after it ends, as
+// context.AfterFunc does; the context package asks a parent context so
+// too.
+type afterFuncer interface {
+	AfterFunc(f func()) (stop func() bool)
+}
+
 // notWritten is a failure to send a request: the app saw none of it.
 type notWritten struct{ err error }
 
@@ -147,7 +154,15 @@ func noBody(req *http.Request) bool { return req.Body == nil || req.Body == http
 
 func (a *Client) roundTrip(ac *appConn, req *http.Request) (*http.Response, error) {
 	var body *appBody
-	stop := context.AfterFunc(req.Context(), ac.interrupt)
+	var stop func() bool
+	if af, ok := req.Context().(afterFuncer); ok {
+		// A context that runs functions after its end itself (the
+		// inbound's request streams): what context.AfterFunc would ask
+		// it, without the context package's own allocations.
+		stop = af.AfterFunc(ac.interrupt)
+	} else {
+		stop = context.AfterFunc(req.Context(), ac.interrupt)
+	}
 	defer func() {
 		if !stop() && body != nil {
 			// Canceled as the response came: the deadline that ended the
