@@ -72,7 +72,10 @@ func (b *Balancer) Pick(eps []Endpoint, tried map[string]bool) (Endpoint, bool) 
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	now := b.now()
-	var cands, ejected []Endpoint
+	// Most services have a few endpoints: their candidates fit on the
+	// stack, and a pick costs no allocation.
+	var buf [8]Endpoint
+	cands, ejected := buf[:0], []Endpoint(nil)
 	for _, e := range eps {
 		if tried[e.Key()] {
 			continue

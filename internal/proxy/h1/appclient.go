@@ -46,6 +46,10 @@ type appConn struct {
 	br   *bufio.Reader
 	bw   *bufio.Writer
 	used time.Time
+	// interrupt ends the wait of a request whose caller went away: made
+	// once per connection, not a closure per request.
+	interrupt func()
+	kept      keptStrings // the last response's head (readResponse)
 }
 
 // idleTimeout closes connections unused this long: apps often close
@@ -73,7 +77,9 @@ func (a *Client) get(ctx context.Context) (*appConn, bool, error) {
 	if err != nil {
 		return nil, false, err
 	}
-	return &appConn{c: c, br: bufio.NewReaderSize(c, 4<<10), bw: bufio.NewWriterSize(c, 4<<10)}, false, nil
+	ac := &appConn{c: c, br: bufio.NewReaderSize(c, 4<<10), bw: bufio.NewWriterSize(c, 4<<10)}
+	ac.interrupt = func() { ac.c.SetDeadline(time.Unix(1, 0)) }
+	return ac, false, nil
 }
 
 func (a *Client) put(ac *appConn) {
@@ -131,6 +137,13 @@ func (a *Client) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 }
 
+// afterFuncer is a context that runs f after it ends, as
+// context.AfterFunc does; the context package asks a parent context so
+// too.
+type afterFuncer interface {
+	AfterFunc(f func()) (stop func() bool)
+}
+
 // notWritten is a failure to send a request: the app saw none of it.
 type notWritten struct{ err error }
 
@@ -141,7 +154,15 @@ func noBody(req *http.Request) bool { return req.Body == nil || req.Body == http
 
 func (a *Client) roundTrip(ac *appConn, req *http.Request) (*http.Response, error) {
 	var body *appBody
-	stop := context.AfterFunc(req.Context(), func() { ac.c.SetDeadline(time.Unix(1, 0)) })
+	var stop func() bool
+	if af, ok := req.Context().(afterFuncer); ok {
+		// A context that runs functions after its end itself (the
+		// inbound's request streams): what context.AfterFunc would ask
+		// it, without the context package's own allocations.
+		stop = af.AfterFunc(ac.interrupt)
+	} else {
+		stop = context.AfterFunc(req.Context(), ac.interrupt)
+	}
 	defer func() {
 		if !stop() && body != nil {
 			// Canceled as the response came: the deadline that ended the
@@ -175,9 +196,10 @@ func (a *Client) roundTrip(ac *appConn, req *http.Request) (*http.Response, erro
 		}()
 	}
 	var resp *http.Response
+	var ar *appResponse
 	for {
 		var err error
-		resp, err = http.ReadResponse(ac.br, req)
+		resp, ar, err = readResponse(ac.br, req, &ac.kept)
 		if err != nil {
 			return nil, fmt.Errorf("read response from app: %w", err)
 		}
@@ -186,7 +208,12 @@ func (a *Client) roundTrip(ac *appConn, req *http.Request) (*http.Response, erro
 		}
 		// 1xx: the final response follows.
 	}
-	body = &appBody{ReadCloser: resp.Body, a: a, ac: ac, reuse: !resp.Close && !req.Close, written: written}
+	if ar != nil {
+		body = &ar.app // made with the response
+	} else {
+		body = new(appBody)
+	}
+	*body = appBody{ReadCloser: resp.Body, a: a, ac: ac, reuse: !resp.Close && !req.Close, written: written}
 	resp.Body = body
 	return resp, nil
 }

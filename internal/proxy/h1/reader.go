@@ -3,6 +3,7 @@ package h1
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"net/http"
@@ -134,16 +135,24 @@ func readLine(br *bufio.Reader, scratch *[]byte, limit int, where string) ([]byt
 // not carry beyond those that frame, route or authorize a message (which
 // are always refused): the user's own, such as a proxy's internal fields.
 func ReadRequest(br *bufio.Reader, forbidTrailer func(name string) bool) (*http.Request, error) {
+	return readRequest(context.Background(), br, forbidTrailer, nil)
+}
+
+// readRequest is ReadRequest for a request of context ctx, taking the
+// strings of the request line and the field values that equal the last
+// request's on the connection from kept (nil keeps nothing).
+func readRequest(ctx context.Context, br *bufio.Reader, forbidTrailer func(name string) bool, kept *keptStrings) (*http.Request, error) {
 	var scratch []byte
 	line, err := readLine(br, &scratch, MaxHeaderBytes, "the request line")
 	if err != nil {
 		return nil, err
 	}
-	req, err := parseRequestLine(string(line))
-	if err != nil {
+	var head http.Request // on the stack: WithContext makes the one request
+	if err := parseRequestLine(kept.get(0, line), &head); err != nil {
 		return nil, err
 	}
-	h, err := readFields(br, &scratch, MaxHeaderBytes, MaxHeaderFields, "the header section")
+	req := head.WithContext(ctx)
+	h, err := readFields(br, &scratch, MaxHeaderBytes, MaxHeaderFields, "the header section", kept)
 	if err != nil {
 		return nil, err
 	}
@@ -158,29 +167,30 @@ func ReadRequest(br *bufio.Reader, forbidTrailer func(name string) bool) (*http.
 	return req, nil
 }
 
-// parseRequestLine parses "method SP request-target SP HTTP-version".
-func parseRequestLine(s string) (*http.Request, error) {
+// parseRequestLine parses "method SP request-target SP HTTP-version"
+// into req.
+func parseRequestLine(s string, req *http.Request) error {
 	bad := func(msg string) error { return refused(http.StatusBadRequest, "request_line", msg) }
 	method, rest, ok1 := strings.Cut(s, " ")
 	target, proto, ok2 := strings.Cut(rest, " ")
 	if !ok1 || !ok2 || strings.ContainsAny(proto, " \t") {
-		return nil, bad("malformed request line: want method SP target SP version, single spaces")
+		return bad("malformed request line: want method SP target SP version, single spaces")
 	}
 	if method == "" || !isToken(method) {
-		return nil, bad("invalid method in the request line")
+		return bad("invalid method in the request line")
 	}
 	if target == "" {
-		return nil, bad("empty request target")
+		return bad("empty request target")
 	}
 	for i := 0; i < len(target); i++ {
 		switch c := target[i]; {
 		case c <= ' ' || c >= 0x7f:
-			return nil, bad("a byte outside visible ASCII in the request target (at offset " + strconv.Itoa(i) + ")")
+			return bad("a byte outside visible ASCII in the request target (at offset " + strconv.Itoa(i) + ")")
 		case c == '#':
-			return nil, bad("a fragment (#) in the request target")
+			return bad("a fragment (#) in the request target")
 		}
 	}
-	req := &http.Request{Method: method, RequestURI: target, Proto: proto}
+	req.Method, req.RequestURI, req.Proto = method, target, proto
 	switch proto {
 	case "HTTP/1.1":
 		req.ProtoMajor, req.ProtoMinor = 1, 1
@@ -188,55 +198,55 @@ func parseRequestLine(s string) (*http.Request, error) {
 		req.ProtoMajor, req.ProtoMinor = 1, 0
 	default:
 		if len(proto) == 8 && strings.HasPrefix(proto, "HTTP/") && isDigit(proto[5]) && proto[6] == '.' && isDigit(proto[7]) {
-			return nil, refused(http.StatusHTTPVersionNotSupported, "version", "HTTP version "+proto[5:]+" not supported: HTTP/1.0 and HTTP/1.1 only")
+			return refused(http.StatusHTTPVersionNotSupported, "version", "HTTP version "+proto[5:]+" not supported: HTTP/1.0 and HTTP/1.1 only")
 		}
 		if len(proto) >= 5 && strings.EqualFold(proto[:5], "HTTP/") {
-			return nil, bad("malformed HTTP version")
+			return bad("malformed HTTP version")
 		}
 		// Not HTTP/1 at all, nor the HTTP/2 preface (the server checks
 		// for it first): a peer speaking neither gets no HTTP/1.1 answer
 		// it could not read, only the close (RFC 9113 section 3.4).
-		return nil, refused(http.StatusBadRequest, ReasonNotHTTP, "not an HTTP/1.x request line nor the HTTP/2 preface")
+		return refused(http.StatusBadRequest, ReasonNotHTTP, "not an HTTP/1.x request line nor the HTTP/2 preface")
 	}
 	switch {
 	case target == "*":
 		if method != http.MethodOptions {
-			return nil, bad("the asterisk-form target (*) is for OPTIONS only")
+			return bad("the asterisk-form target (*) is for OPTIONS only")
 		}
 		req.URL = &url.URL{Path: "*"}
 	case method == http.MethodConnect:
 		// authority-form: host:port and nothing else.
 		host, port, err := splitHostPort(target)
 		if err != nil || host == "" || port == "" || strings.ContainsAny(target, "/?@") {
-			return nil, bad("a CONNECT target must be host:port")
+			return bad("a CONNECT target must be host:port")
 		}
 		req.URL = &url.URL{Host: target}
 	case target[0] == '/':
 		u, err := url.ParseRequestURI(target)
 		if err != nil {
-			return nil, bad("malformed request target")
+			return bad("malformed request target")
 		}
 		req.URL = u
 	default:
 		u, err := url.ParseRequestURI(target)
 		if err != nil || u.Host == "" || u.Opaque != "" {
-			return nil, bad("malformed request target: want /path, an absolute http(s) URI, or *")
+			return bad("malformed request target: want /path, an absolute http(s) URI, or *")
 		}
 		if s := strings.ToLower(u.Scheme); s != "http" && s != "https" {
-			return nil, bad("absolute-form target with scheme " + u.Scheme + ": http or https only")
+			return bad("absolute-form target with scheme " + u.Scheme + ": http or https only")
 		}
 		if u.User != nil {
-			return nil, bad("userinfo in the request target")
+			return bad("userinfo in the request target")
 		}
 		req.URL = u
 	}
-	return req, nil
+	return nil
 }
 
 // readFields reads field lines up to the empty line ending them: the
 // header section (limit bytes and n fields, as Server's limits) or a
 // chunked body's trailers.
-func readFields(br *bufio.Reader, scratch *[]byte, limit, n int, where string) (http.Header, error) {
+func readFields(br *bufio.Reader, scratch *[]byte, limit, n int, where string, kept *keptStrings) (http.Header, error) {
 	// One backing array holds the first value of every field, as
 	// net/textproto does, sized by the lines already buffered.
 	hint := min(upcomingLines(br), n)
@@ -268,7 +278,7 @@ func readFields(br *bufio.Reader, scratch *[]byte, limit, n int, where string) (
 			return nil, refused(http.StatusBadRequest, "field", "invalid field name "+quoteShort(string(line[:i]))+" in "+where+" (no whitespace before the colon)")
 		}
 		k := canonicalKey(line[:i])
-		value := string(bytes.Trim(line[i+1:], " \t"))
+		value := kept.get(count, bytes.Trim(line[i+1:], " \t"))
 		if !httpguts.ValidHeaderFieldValue(value) {
 			return nil, refused(http.StatusBadRequest, "field", "a control character in the value of "+k)
 		}
@@ -279,6 +289,41 @@ func readFields(br *bufio.Reader, scratch *[]byte, limit, n int, where string) (
 			h[k] = values[len(values)-1 : len(values) : len(values)]
 		}
 	}
+}
+
+// keptStrings holds, for one connection, the request line and the field
+// values of its last request by position. A keep-alive client sends much
+// the same head every time (the same Host, User-Agent, Accept and so on),
+// and a line equal to the last one's at its place is given the string
+// made then instead of a new copy of the buffer's bytes: one allocation
+// less per such line. Strings are immutable, so sharing one with an
+// earlier request changes nothing the handlers see. It keeps short lines
+// only, and no more than keptLines of them, so that an idle connection
+// holds at most a few KiB.
+type keptStrings struct {
+	s [keptLines]string
+}
+
+const (
+	keptLines     = 32
+	maxKeptString = 128
+)
+
+// get returns b as a string, the kept one for line i if it is equal.
+func (k *keptStrings) get(i int, b []byte) string {
+	if k == nil || i >= keptLines {
+		return string(b)
+	}
+	if s := k.s[i]; s == string(b) { // compared without a copy
+		return s
+	}
+	s := string(b)
+	if len(s) > maxKeptString {
+		k.s[i] = ""
+	} else {
+		k.s[i] = s
+	}
+	return s
 }
 
 // upcomingLines counts the lines already buffered in br, a bound on the
@@ -705,7 +750,7 @@ func qdtext(c byte) bool {
 // readTrailers reads the trailer section after the last chunk into the
 // request's Trailer map.
 func (b *chunkedBody) readTrailers() error {
-	t, err := readFields(b.br, &b.scratch, maxTrailerBytes, MaxHeaderFields, "the trailer section")
+	t, err := readFields(b.br, &b.scratch, maxTrailerBytes, MaxHeaderFields, "the trailer section", nil)
 	if err != nil {
 		var pe *ProtocolError
 		if errors.As(err, &pe) {

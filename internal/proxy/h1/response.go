@@ -244,8 +244,9 @@ func (w *responseWriter) writeHead(final bool) {
 	})
 	if w.cl >= 0 {
 		bw.WriteString("Content-Length: ")
-		var b [20]byte
-		bw.Write(strconv.AppendInt(b[:0], w.cl, 10))
+		// Into the writer's own buffer: an array of ours would escape
+		// through Write, an allocation per response.
+		bw.Write(strconv.AppendInt(bw.AvailableBuffer(), w.cl, 10))
 		bw.WriteString("\r\n")
 	}
 	if w.chunked {

@@ -260,6 +260,12 @@ type serverConn struct {
 	s  *Server
 	c  net.Conn
 	h2 *tunnel.Conn // an HTTP/2 connection's server, else nil
+
+	kept keptStrings // HTTP/1.1: the last request's head, to share its strings
+	// noBody is the requestBody of every request without a body: the
+	// handler never sees it (its request's Body is http.NoBody), so it is
+	// the connection's, as the responseWriter is.
+	noBody requestBody
 }
 
 func (sc *serverConn) serve() {
@@ -338,7 +344,7 @@ func (sc *serverConn) serve() {
 			}
 			br.Discard(n)
 		}
-		req, err := ReadRequest(br, sc.s.ForbidTrailer)
+		req, err := readRequest(ctx, br, sc.s.ForbidTrailer, &sc.kept)
 		if err != nil {
 			var pe *ProtocolError
 			switch {
@@ -364,12 +370,12 @@ func (sc *serverConn) serve() {
 		closeAfter := req.Close
 		req.RemoteAddr = remote
 		req.TLS = tlsState
-		req = req.WithContext(ctx)
-		if cb, ok := req.Body.(*chunkedBody); ok {
-			cb.trailer = &req.Trailer // the copy's: trailers fill the handler's request
-		}
-		body := &requestBody{r: req.Body, c: c, timeout: sc.s.bodyReadTimeout()}
-		if req.Body != http.NoBody {
+		var body *requestBody
+		if req.Body == http.NoBody {
+			body = &sc.noBody
+			*body = requestBody{r: req.Body, c: c, timeout: sc.s.bodyReadTimeout()}
+		} else {
+			body = &requestBody{r: req.Body, c: c, timeout: sc.s.bodyReadTimeout()}
 			req.Body = body
 		}
 		w.reset(req, body)

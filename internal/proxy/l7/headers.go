@@ -28,8 +28,15 @@ const (
 // W3C trace context whose parent is a new span: this hop.
 // (With a tracer, the tracer makes that span: setRequestID alone here.)
 func setRequestContext(h http.Header) {
-	setRequestID(h)
-	h.Set(traceparent, nextTraceparent(h.Get(traceparent)))
+	// As h.Set for both (the names are canonical), with one array for
+	// the values: a slice each would cost an allocation each.
+	vals := make([]string, 0, 2)
+	if h.Get(RequestIDHeader) == "" {
+		vals = append(vals, newRequestID())
+		h[RequestIDHeader] = vals[0:1:1]
+	}
+	vals = append(vals, nextTraceparent(h.Get(traceparent)))
+	h[traceparent] = vals[len(vals)-1 : len(vals) : len(vals)]
 }
 
 // setRequestID gives a request a request ID if it has none.

@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/trellis-mesh/trellis/internal/identity"
 )
 
 func TestNextTraceparent(t *testing.T) {
@@ -96,5 +98,34 @@ func TestPerRequestFieldsAreNotIndexed(t *testing.T) {
 				t.Errorf("request %d: %s sent with never-indexed %v, want %v", i, hf.Name, hf.Sensitive, want)
 			}
 		}
+	}
+}
+
+// PeerHeader's value names this proxy and the caller, whichever caller
+// came last; for a caller like the last one it is made without an
+// allocation.
+func TestPeerValue(t *testing.T) {
+	id := func(td, svc string) identity.ID {
+		t.Helper()
+		i, err := identity.New(td, svc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return i
+	}
+	self := id("trellis.local", "web")
+	a, b := id("trellis.local", "a"), id("other.domain", "b")
+	in := &Inbound{Self: func() identity.ID { return self }}
+	for _, peer := range []identity.ID{a, a, b, a, b, b} {
+		if got, want := in.peerValue(peer), "By="+self.String()+";URI="+peer.String(); got != want {
+			t.Fatalf("peerValue(%s) = %q, want %q", peer, got, want)
+		}
+	}
+	if n := testing.AllocsPerRun(100, func() { in.peerValue(b) }); n != 0 {
+		t.Errorf("peerValue for the same caller again: %v allocations, want 0", n)
+	}
+	self = id("trellis.local", "api")
+	if got, want := in.peerValue(b), "By="+self.String()+";URI="+b.String(); got != want {
+		t.Fatalf("after Self changed: %q, want %q", got, want)
 	}
 }

@@ -63,22 +63,37 @@ type Inbound struct {
 	by       atomic.Pointer[peerPrefix]
 }
 
-// peerPrefix is PeerHeader's value up to the caller's ID, for one Self.
+// peerPrefix is PeerHeader's value up to the caller's ID, for one Self,
+// and the whole value for the last caller.
 type peerPrefix struct {
 	self identity.ID
 	s    string
+	last atomic.Pointer[peerHeader]
+}
+
+// peerHeader is PeerHeader's value for one caller.
+type peerHeader struct {
+	peer  identity.ID
+	value string
 }
 
 // peerValue is PeerHeader's value for a request from peer: the part
-// naming this proxy is the same on every request and made once.
+// naming this proxy is the same on every request and made once, and the
+// whole value is made again only when the caller is another than the
+// last one's (an inbound serves a few callers, their requests in runs).
 func (in *Inbound) peerValue(peer identity.ID) string {
 	self := in.Self()
 	p := in.by.Load()
 	if p == nil || p.self != self {
-		p = &peerPrefix{self, "By=" + self.String() + ";URI="}
+		p = &peerPrefix{self: self, s: "By=" + self.String() + ";URI="}
 		in.by.Store(p)
 	}
-	return p.s + peer.String()
+	if h := p.last.Load(); h != nil && h.peer == peer {
+		return h.value
+	}
+	h := &peerHeader{peer, p.s + peer.String()}
+	p.last.Store(h)
+	return h.value
 }
 
 func (in *Inbound) init() {

@@ -216,15 +216,18 @@ func (o *Outbound) fail(w http.ResponseWriter, r *http.Request, err error) {
 // when tracing is off) where it observes the request's metrics.
 func (o *Outbound) roundTrip(req *http.Request, sp *tracing.Span) (resp *http.Response, err error) {
 	clientBody := req.Body // before a retry's copy replaces it
-	onDone := func() {}
+	holdsSlot := false     // of the circuit breaker, until the body is done
 	start := time.Now()
 	router, eps := o.State()
 	rule := router.Match(req)
 	version := rule.PickVersion()
-	var cands []balance.Endpoint
-	for _, e := range eps {
-		if version == "" || e.Version == version {
-			cands = append(cands, e)
+	cands := eps // read only: Pick does not change it
+	if version != "" {
+		cands = nil
+		for _, e := range eps {
+			if e.Version == version {
+				cands = append(cands, e)
+			}
 		}
 	}
 	if len(cands) == 0 {
@@ -279,7 +282,7 @@ func (o *Outbound) roundTrip(req *http.Request, sp *tracing.Span) (resp *http.Re
 				release()
 			}
 		}()
-		onDone = release
+		holdsSlot = true
 	}
 
 	attempts := 1
@@ -372,16 +375,11 @@ func (o *Outbound) roundTrip(req *http.Request, sp *tracing.Span) (resp *http.Re
 				o.denied(req, resp)
 			}
 			resp.Header.Set(UpstreamTimeHeader, strconv.FormatInt(time.Since(start).Milliseconds(), 10))
-			code := resp.StatusCode
-			resp.Body = &trackedBody{ReadCloser: resp.Body, done: func() {
-				onDone()
-				tryCancel()
-				cancel()
-				o.bal.Done(ep.Key())
-				o.Metrics.observe("outbound", o.Source, o.Service, rule.Name, ep.Version, code, start)
-				sp.End(rule.Name, ep.Version, code, attempt)
-				o.access(req, rule.Name, ep, code, attempt, start)
-			}}
+			// One struct for what ends with the body, not a closure: the
+			// variables a closure captured would each cost an allocation.
+			resp.Body = &trackedBody{ReadCloser: resp.Body, o: o, req: req, rule: rule, ep: ep,
+				code: resp.StatusCode, attempt: attempt, start: start, sp: sp, holdsSlot: holdsSlot,
+				tryCancel: tryCancel, cancel: cancel}
 			return resp, nil
 		}
 		o.bal.Done(ep.Key())
@@ -535,11 +533,21 @@ func replayable(req *http.Request) bool {
 	return true
 }
 
-// trackedBody runs done once, when the body is closed or read to the end.
+// trackedBody ends an attempt that answered (done) once, when its
+// response body is closed or read to the end.
 type trackedBody struct {
 	io.ReadCloser
 	once sync.Once
-	done func()
+
+	o                 *Outbound
+	req               *http.Request
+	rule              *Rule
+	ep                balance.Endpoint
+	code, attempt     int
+	start             time.Time
+	sp                *tracing.Span
+	holdsSlot         bool // of the circuit breaker
+	tryCancel, cancel context.CancelFunc
 }
 
 func (b *trackedBody) Read(p []byte) (int, error) {
@@ -554,4 +562,17 @@ func (b *trackedBody) Close() error {
 	err := b.ReadCloser.Close()
 	b.once.Do(b.done)
 	return err
+}
+
+func (b *trackedBody) done() {
+	o := b.o
+	if b.holdsSlot {
+		o.limit.release()
+	}
+	b.tryCancel()
+	b.cancel()
+	o.bal.Done(b.ep.Key())
+	o.Metrics.observe("outbound", o.Source, o.Service, b.rule.Name, b.ep.Version, b.code, b.start)
+	b.sp.End(b.rule.Name, b.ep.Version, b.code, b.attempt)
+	o.access(b.req, b.rule.Name, b.ep, b.code, b.attempt, b.start)
 }

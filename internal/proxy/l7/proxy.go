@@ -94,10 +94,13 @@ func copyResponse(w http.ResponseWriter, resp *http.Response) {
 	// Only a proxy's own refusal (refuse) says an intention denied the
 	// call: an app cannot, and the caller's app needs no copy.
 	delete(resp.Header, DeniedHeader)
-	h := w.Header()
-	for k, vv := range resp.Header {
-		h[k] = vv
+	if !adoptHeader(w, resp.Header) {
+		h := w.Header()
+		for k, vv := range resp.Header {
+			h[k] = vv
+		}
 	}
+	h := w.Header()
 	announced := len(resp.Trailer)
 	if n := announced; n > 0 {
 		keys := make([]string, 0, n)
@@ -148,6 +151,22 @@ func copyResponse(w http.ResponseWriter, resp *http.Response) {
 			k = http.TrailerPrefix + k // not all declared in the Trailer field above
 		}
 		h[k] = vv
+	}
+}
+
+// adoptHeader makes h the header of w's response if w (under its
+// wrappers) can take a header map as its own, and reports whether it did.
+// h is then w's: the caller no longer uses it as anything else.
+func adoptHeader(w http.ResponseWriter, h http.Header) bool {
+	for {
+		switch x := w.(type) {
+		case interface{ adoptHeader(http.Header) bool }:
+			return x.adoptHeader(h)
+		case interface{ Unwrap() http.ResponseWriter }:
+			w = x.Unwrap()
+		default:
+			return false
+		}
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/net/http2/hpack"
 
@@ -264,14 +265,16 @@ func sendRequest(ctx context.Context, conn *tunnel.Conn, req *http.Request) (*ht
 		}
 		return nil, err
 	}
-	resp := &http.Response{
+	// The response and its body in one allocation.
+	rb := &responseAndBody{Response: http.Response{
 		Status:     h1.StatusLine(status),
 		StatusCode: status,
 		Proto:      "HTTP/2.0",
 		ProtoMajor: 2,
 		Header:     fieldsHeader(rfields),
 		Request:    req,
-	}
+	}}
+	resp := &rb.Response
 	resp.ContentLength = -1
 	if cl := resp.Header.Get("Content-Length"); cl != "" {
 		if n, err := strconv.ParseInt(cl, 10, 64); err == nil && n >= 0 {
@@ -279,8 +282,15 @@ func sendRequest(ctx context.Context, conn *tunnel.Conn, req *http.Request) (*ht
 		}
 	}
 	resp.Trailer = declaredTrailers(resp.Header)
-	resp.Body = &streamBody{s: s, trailer: &resp.Trailer}
+	rb.body = streamBody{s: s, trailer: &resp.Trailer}
+	resp.Body = &rb.body
 	return resp, nil
+}
+
+// responseAndBody is a response from a stream with its body.
+type responseAndBody struct {
+	http.Response
+	body streamBody
 }
 
 // sendBody streams a request body, then its trailers, to s.
@@ -300,8 +310,9 @@ func sendBody(s *tunnel.Stream, req *http.Request) {
 }
 
 // streamRequest makes the http.Request of a request stream, its context
-// ending when the stream stops.
-func streamRequest(s *tunnel.Stream) (*http.Request, context.CancelFunc, error) {
+// ctx, which ends when the stream stops (and which the caller ends when it
+// is done with the request).
+func streamRequest(s *tunnel.Stream, ctx *streamContext) (*http.Request, error) {
 	var u *url.URL
 	var err error
 	switch {
@@ -310,25 +321,24 @@ func streamRequest(s *tunnel.Stream) (*http.Request, context.CancelFunc, error) 
 	case !strings.HasPrefix(s.Path, "/"):
 		// RFC 9113 section 8.3.1: an http or https :path is origin-form;
 		// an absolute one could name another host than :authority.
-		return nil, nil, errors.New(":path is not an absolute path")
+		return nil, errors.New(":path is not an absolute path")
 	default:
 		if u, err = url.ParseRequestURI(s.Path); err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 	}
 	h := fieldsHeader(s.Fields)
 	for k := range h {
 		if connectionHeaders[lowerName(k)] {
-			return nil, nil, errors.New("connection-specific header field " + k)
+			return nil, errors.New("connection-specific header field " + k)
 		}
 	}
 	// One authority: several Host fields, or a Host that differs from
 	// :authority, could send rules and app after different hosts (RFC
 	// 9113 section 8.3.1 lets a server refuse them).
 	if hosts := h["Host"]; len(hosts) > 1 || len(hosts) == 1 && s.Authority != "" && hosts[0] != s.Authority {
-		return nil, nil, errors.New("Host fields that disagree with :authority or each other")
+		return nil, errors.New("Host fields that disagree with :authority or each other")
 	}
-	ctx, cancel := context.WithCancel(context.Background())
 	r := (&http.Request{
 		Method:     s.Method,
 		URL:        u,
@@ -346,8 +356,7 @@ func streamRequest(s *tunnel.Stream) (*http.Request, context.CancelFunc, error) 
 	if cl := h.Get("Content-Length"); cl != "" {
 		n, err := strconv.ParseInt(cl, 10, 64)
 		if err != nil || n < 0 {
-			cancel()
-			return nil, nil, errors.New("invalid content-length")
+			return nil, errors.New("invalid content-length")
 		}
 		r.ContentLength = n
 	}
@@ -357,15 +366,121 @@ func streamRequest(s *tunnel.Stream) (*http.Request, context.CancelFunc, error) 
 	} else {
 		r.Body = &streamBody{s: s, trailer: &r.Trailer}
 	}
-	s.OnStop(cancel)
-	return r, cancel, nil
+	s.OnStop(ctx.cancel)
+	return r, nil
 }
+
+// streamContext is the context of a request stream's request: it ends
+// (context.Canceled) when the stream stops early or its handling is done,
+// as a context.WithCancel of the background would. It lives in the
+// stream's streamWriter, not allocations of its own, and it runs the
+// functions given to its AfterFunc itself: context.AfterFunc on a new
+// cancelCtx costs five allocations (its own, the parent's list of
+// children and its Done channel), and the app client waits so on every
+// request (h1.Client). Functions run on goroutines of their own, as
+// context.AfterFunc's.
+type streamContext struct {
+	mu     sync.Mutex
+	done   chan struct{} // made when first asked for
+	ended  bool
+	afters []afterFunc // not yet run, nor stopped
+	first  [2]afterFunc
+	nextID uint64
+}
+
+type afterFunc struct {
+	f  func()
+	id uint64
+}
+
+// closedChan is the Done channel of a context that ended before anyone
+// asked for one.
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+func (c *streamContext) Deadline() (time.Time, bool) { return time.Time{}, false }
+func (c *streamContext) Value(any) any               { return nil }
+
+func (c *streamContext) Done() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.done == nil {
+		if c.ended {
+			c.done = closedChan
+		} else {
+			c.done = make(chan struct{})
+		}
+	}
+	return c.done
+}
+
+func (c *streamContext) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ended {
+		return context.Canceled
+	}
+	return nil
+}
+
+// AfterFunc runs f on its own goroutine once c has ended, at once if it
+// has; stop keeps f from running and reports whether it did: as
+// context.AfterFunc (which calls this, for a context derived from c).
+func (c *streamContext) AfterFunc(f func()) (stop func() bool) {
+	c.mu.Lock()
+	if c.ended {
+		c.mu.Unlock()
+		go f()
+		return func() bool { return false }
+	}
+	if c.afters == nil {
+		c.afters = c.first[:0]
+	}
+	c.nextID++
+	id := c.nextID
+	c.afters = append(c.afters, afterFunc{f, id})
+	c.mu.Unlock()
+	return func() bool { return c.stopAfter(id) }
+}
+
+func (c *streamContext) stopAfter(id uint64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, a := range c.afters {
+		if a.id == id {
+			c.afters = append(c.afters[:i], c.afters[i+1:]...)
+			return true
+		}
+	}
+	return false
+}
+
+// cancel ends c; only the first call does anything.
+func (c *streamContext) cancel() {
+	c.mu.Lock()
+	if c.ended {
+		c.mu.Unlock()
+		return
+	}
+	c.ended = true
+	if c.done != nil {
+		close(c.done)
+	}
+	afters := c.afters
+	c.afters = nil
+	c.mu.Unlock()
+	for _, a := range afters {
+		go a.f()
+	}
+}
+
+func (c *streamContext) String() string { return "l7.streamContext" }
 
 // streamWriter is the http.ResponseWriter of a request stream. It holds
 // the head, and up to maxHeldBody of body, until the handler flushes, the
 // body grows past that, or the handler returns: a small response leaves
 // in one write.
 type streamWriter struct {
+	ctx    streamContext // the request's
 	s      *tunnel.Stream
 	header http.Header
 	status int
@@ -374,7 +489,23 @@ type streamWriter struct {
 	err    error
 }
 
-func (w *streamWriter) Header() http.Header { return w.header }
+func (w *streamWriter) Header() http.Header {
+	if w.header == nil {
+		w.header = http.Header{}
+	}
+	return w.header
+}
+
+// adoptHeader makes h the response's header, if none was set yet and the
+// head is not sent: a proxy relaying a response whose header map is its
+// own then hands it over instead of copying it into another map.
+func (w *streamWriter) adoptHeader(h http.Header) bool {
+	if len(w.header) > 0 || w.sent || w.status != 0 {
+		return false
+	}
+	w.header = h
+	return true
+}
 
 func (w *streamWriter) WriteHeader(code int) {
 	if w.status != 0 || code < 200 {
@@ -417,7 +548,9 @@ func (w *streamWriter) Flush() {
 func (w *streamWriter) sendHead(end bool) error {
 	w.sent = true
 	declared := declaredTrailers(w.header)
-	fields := appendFields(nil, w.header, func(k string) bool {
+	// Sized for the usual one field a name: growing from nothing would
+	// cost an allocation per doubling.
+	fields := appendFields(make([]hpack.HeaderField, 0, len(w.header)), w.header, func(k string) bool {
 		_, trailer := declared[k]
 		return trailer || strings.HasPrefix(k, http.TrailerPrefix)
 	})
@@ -477,16 +610,15 @@ func (w *streamWriter) trailers() []hpack.HeaderField {
 // request that sanitize refuses (with 400, so that it reaches nothing),
 // so that each handler counts and logs it as it does other refusals.
 func serveRequest(s *tunnel.Stream, serve func(http.ResponseWriter, *http.Request)) {
-	w := &streamWriter{s: s, header: http.Header{}}
-	r, cancel, err := streamRequest(s)
+	w := &streamWriter{s: s} // its header made when asked for, or adopted
+	r, err := streamRequest(s, &w.ctx)
 	if err != nil {
 		bad := &badRequest{http.StatusBadRequest, "trellis: bad request: " + err.Error(), ReasonStream}
 		r = (&http.Request{Method: s.Method, URL: &url.URL{}, Proto: "HTTP/2.0", ProtoMajor: 2,
 			Header: http.Header{}, Body: http.NoBody, Host: s.Authority,
 		}).WithContext(context.WithValue(context.Background(), malformedKey{}, bad))
-		cancel = func() {}
 	}
-	defer cancel()
+	defer w.ctx.cancel()
 	serve(w, r)
 	w.finish()
 }

@@ -188,7 +188,7 @@ type Conn struct {
 	sentWork atomic.Int64
 
 	// The handlers' workers (workers.go): Run waits for them.
-	work    chan func()
+	work    chan *Stream
 	workers sync.WaitGroup
 	// running counts the handlers that have not returned, reset streams'
 	// among them: at twice MaxStreams, new streams are refused, so that
@@ -227,7 +227,7 @@ func newConn(nc net.Conn, cfg Config, client bool) *Conn {
 		client:         client,
 		fr:             http2.NewFramer(nil, nc),
 		kick:           make(chan struct{}, 1),
-		work:           make(chan func()),
+		work:           make(chan *Stream),
 		recvWindow:     int64(cfg.ConnWindow),
 		streams:        map[uint32]*Stream{},
 		nextID:         1,
@@ -860,13 +860,16 @@ func (c *Conn) onHeaders(b *headerBlock) error {
 		s.deliver(nil, true, 0)
 	}
 	c.running.Add(1)
-	c.spawn(func() {
-		defer c.running.Add(-1)
-		c.handler(s)
-		// A handler that returned without ending its stream abandoned it.
-		s.abort(errAbandoned, true)
-	})
+	c.spawn(s)
 	return nil
+}
+
+// serve runs the handler of a stream the peer opened, on a worker.
+func (c *Conn) serve(s *Stream) {
+	defer c.running.Add(-1)
+	c.handler(s)
+	// A handler that returned without ending its stream abandoned it.
+	s.abort(errAbandoned, true)
 }
 
 // onLaterHeaders takes a header block on a stream already open: the
@@ -944,7 +947,7 @@ func (c *Conn) newStreamLocked(id uint32) *Stream {
 		declared:   -1,
 	}
 	if c.client {
-		s.resp = make(chan response, 1)
+		s.resp = make(chan struct{}, 1)
 	}
 	c.streams[id] = s
 	c.open.Add(1)

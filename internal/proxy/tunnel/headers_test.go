@@ -3,6 +3,7 @@ package tunnel
 import (
 	"bytes"
 	"io"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -185,5 +186,14 @@ func TestHeaderBlockWithoutContinuation(t *testing.T) {
 	}
 	if len(p.streams) > 0 {
 		t.Fatal("the handler got a stream")
+	}
+}
+
+// statusText is the status code's decimal text, table or not.
+func TestStatusText(t *testing.T) {
+	for code := 100; code < 1000; code++ {
+		if got, want := statusText(code), strconv.Itoa(code); got != want {
+			t.Fatalf("statusText(%d) = %q", code, got)
+		}
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"strconv"
 
 	"golang.org/x/net/http2/hpack"
 )
@@ -101,7 +100,8 @@ func (s *Stream) sendRest(body []byte, end bool) error {
 // status and header fields. 1xx responses are skipped.
 func (s *Stream) Response(ctx context.Context) (int, []hpack.HeaderField, error) {
 	select {
-	case r := <-s.resp:
+	case <-s.resp:
+		r := s.ans
 		if r.err != nil {
 			return 0, nil, r.err
 		}
@@ -124,12 +124,9 @@ func (s *Stream) WriteResponse(status int, fields []hpack.HeaderField, body []by
 	if s.stopped.Load() {
 		return s.stopErr()
 	}
-	all := make([]hpack.HeaderField, 0, len(fields)+1)
-	all = append(all, hpack.HeaderField{Name: ":status", Value: strconv.Itoa(status)})
-	all = append(all, fields...)
 	sent := false
 	err := s.c.emit(func() error {
-		if err := s.c.headersLocked(s.id, end && len(body) == 0, all); err != nil {
+		if err := s.c.responseHeadersLocked(s.id, end && len(body) == 0, status, fields); err != nil {
 			return err
 		}
 		var err error

@@ -67,8 +67,12 @@ type Stream struct {
 	// set before the stream is handed out, read by the reader and Read).
 	declared int64
 
-	resp     chan response // client: the answer to the CONNECT
-	stopped  atomic.Bool   // reset or failed: no more frames either way
+	// resp is signalled, once, when answer holds the answer to a client's
+	// stream (a channel of values with pointers would cost a second
+	// allocation per stream, for its buffer).
+	resp     chan struct{}
+	ans      response    // set once under mu (answered), read by the opener after resp
+	stopped  atomic.Bool // reset or failed: no more frames either way
 	received atomic.Int64
 	// sent counts the payload Splice sent, as it goes: Progress reads it
 	// while the stream is open.
@@ -94,6 +98,7 @@ type Stream struct {
 	flushing     bool        // a flusher goroutine is writing pending to the sink
 	gotResp      bool        // client: the final response came
 	recvFinished bool        // the peer's END_STREAM reached the sink, or the stream stopped
+	answered     bool        // ans is set
 	err          error       // why the stream stopped, with aborted set
 	recvWindow   int64       // what the peer may still send
 	window       int64       // recvWindow when all is acknowledged; grows (creditLocked)
@@ -140,7 +145,8 @@ func (c *Conn) Open(ctx context.Context, authority string, header ...hpack.Heade
 		return nil, c.notOpened(built, err)
 	}
 	select {
-	case r := <-s.resp:
+	case <-s.resp:
+		r := s.ans
 		switch {
 		case r.err != nil:
 			return nil, r.err
@@ -230,10 +236,14 @@ func (s *Stream) onResponse(b *headerBlock) {
 // one slot may hold the error of an abort already (a caller's context
 // ended), and the reader, which calls this, must never block on a stream.
 func (s *Stream) answer(r response) {
-	select {
-	case s.resp <- r:
-	default:
+	s.mu.Lock()
+	if s.answered {
+		s.mu.Unlock()
+		return
 	}
+	s.answered, s.ans = true, r
+	s.mu.Unlock()
+	s.resp <- struct{}{} // the one send: the slot is free
 }
 
 // Accept answers the caller's CONNECT with 200; Splice then carries it.

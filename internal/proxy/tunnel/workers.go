@@ -10,27 +10,28 @@ import "time"
 // returns only after every one has (see Conn.handlers).
 const workerIdle = 10 * time.Second
 
-// spawn runs f on an idle worker of the connection, or on a new one if
-// none is waiting.
-func (c *Conn) spawn(f func()) {
+// spawn serves s on an idle worker of the connection, or on a new one if
+// none is waiting. (A stream, not a closure: a closure per stream would
+// cost an allocation.)
+func (c *Conn) spawn(s *Stream) {
 	select {
-	case c.work <- f:
+	case c.work <- s:
 	default:
 		c.workers.Add(1)
-		go c.worker(f)
+		go c.worker(s)
 	}
 }
 
-func (c *Conn) worker(f func()) {
+func (c *Conn) worker(s *Stream) {
 	defer c.workers.Done()
 	t := time.NewTimer(workerIdle)
 	defer t.Stop()
 	for {
-		f()
-		f = nil // let what it holds go while this worker waits
+		c.serve(s)
+		s = nil // let it go while this worker waits
 		t.Reset(workerIdle)
 		select {
-		case f = <-c.work:
+		case s = <-c.work:
 		case <-t.C:
 			return
 		case <-c.done:

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"strconv"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -249,8 +250,20 @@ func (c *Conn) writeHeaders(id uint32, end bool, fields ...hpack.HeaderField) er
 
 // headersLocked appends a header block for stream id; omu is held.
 func (c *Conn) headersLocked(id uint32, end bool, fields []hpack.HeaderField) error {
+	return c.responseHeadersLocked(id, end, -1, fields)
+}
+
+// responseHeadersLocked is headersLocked for a response's header block
+// when status is not -1: its :status field first, then fields (without a
+// list of its own to hold them together: an allocation per response).
+func (c *Conn) responseHeadersLocked(id uint32, end bool, status int, fields []hpack.HeaderField) error {
 	c.sentWork.Add(1)
 	c.hbuf.Reset()
+	if status >= 0 {
+		if err := c.henc.WriteField(hpack.HeaderField{Name: ":status", Value: statusText(status)}); err != nil {
+			return err
+		}
+	}
 	for _, f := range fields {
 		if err := c.henc.WriteField(f); err != nil {
 			return err
@@ -273,4 +286,36 @@ func (c *Conn) headersLocked(id uint32, end bool, fields []hpack.HeaderField) er
 		}
 	}
 	return nil
+}
+
+// statusText is the decimal text of an HTTP status code; the common ones
+// (those of HPACK's static table and a few more) without an allocation.
+func statusText(code int) string {
+	switch code {
+	case 200:
+		return "200"
+	case 204:
+		return "204"
+	case 206:
+		return "206"
+	case 301:
+		return "301"
+	case 302:
+		return "302"
+	case 304:
+		return "304"
+	case 400:
+		return "400"
+	case 403:
+		return "403"
+	case 404:
+		return "404"
+	case 500:
+		return "500"
+	case 502:
+		return "502"
+	case 503:
+		return "503"
+	}
+	return strconv.Itoa(code)
 }
