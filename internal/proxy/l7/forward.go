@@ -189,7 +189,7 @@ func realClient(chain string, trusted []netip.Prefix) string {
 		if err != nil {
 			return last
 		}
-		a = a.Unmap()
+		a = a.Unmap().WithZone("") // another host's interface name is not ours to repeat
 		last = a.String()
 		if !inPrefixes(trusted, a) {
 			return last
@@ -206,13 +206,14 @@ func joinList(list, elem string) string {
 }
 
 // remoteIP is the address of a request's RemoteAddr (ip:port), or the
-// zero Addr.
+// zero Addr. The zone is dropped: it names an interface of this host, means
+// nothing to the next hop, and is free text a header must not carry.
 func remoteIP(remote string) netip.Addr {
 	ap, err := netip.ParseAddrPort(remote)
 	if err != nil {
 		return netip.Addr{}
 	}
-	return ap.Addr().Unmap()
+	return ap.Addr().Unmap().WithZone("")
 }
 
 func inPrefixes(ps []netip.Prefix, a netip.Addr) bool {

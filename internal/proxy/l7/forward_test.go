@@ -278,6 +278,8 @@ func FuzzRealClient(f *testing.F) {
 func FuzzForwardFromEdge(f *testing.F) {
 	f.Add("web.example:8443", "[2001:db8::1]:4711", "1.2.3.4")
 	f.Add("a\"b", "127.0.0.1:1", "")
+	f.Add("", "[::%\r]:0", "") // a zone is free text: it must not reach a header
+	f.Add("", "127.0.0.1:1", "fe80::1%\"x")
 	f.Fuzz(func(t *testing.T, host, remote, xff string) {
 		r := &http.Request{Host: host, RemoteAddr: remote, Header: http.Header{"X-Forwarded-For": {xff}}}
 		forwardFromEdge(r, "https", []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")})
@@ -289,8 +291,13 @@ func FuzzForwardFromEdge(f *testing.F) {
 			}
 		}
 		if v := r.Header.Get("X-Real-Ip"); v != "" {
-			if _, err := netip.ParseAddr(v); err != nil {
+			if a, err := netip.ParseAddr(v); err != nil || a.Zone() != "" {
 				t.Fatalf("X-Real-Ip %q", v)
+			}
+		}
+		for _, v := range r.Header.Values("Forwarded") {
+			if strings.Contains(v, "%") && !strings.Contains(host+xff, "%") {
+				t.Fatalf("Forwarded carries a zone: %q", v)
 			}
 		}
 	})
