@@ -246,7 +246,9 @@ func run(ctx context.Context, c config) error {
 	var openWG sync.WaitGroup
 	for i := 0; i < c.n; i += c.perConn {
 		s := servers[(i/c.perConn)%len(servers)]
-		cc, err := grpc.NewClient(s.addr, grpc.WithTransportCredentials(credentials.NewTLS(api.TLSConfig())))
+		tlsCfg := api.TLSConfig()
+		tlsCfg.NextProtos = []string{xds.ALPN, "h2"} // as a proxy
+		cc, err := grpc.NewClient(s.addr, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
 		if err != nil {
 			return err
 		}

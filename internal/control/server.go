@@ -22,6 +22,9 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
 
 	v1 "github.com/trellis-mesh/trellis/api/v1"
 	"github.com/trellis-mesh/trellis/internal/ca"
@@ -31,6 +34,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/ratelog"
 	"github.com/trellis-mesh/trellis/internal/stats"
 	"github.com/trellis-mesh/trellis/internal/store"
+	"github.com/trellis-mesh/trellis/internal/xds"
 )
 
 // Defaults.
@@ -497,12 +501,36 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}
 
-	gs := grpc.NewServer()
+	// Proxies hold one long stream each. A proxy that froze or was cut off
+	// without its socket closing keeps its lease alive through this server
+	// until the connection is declared dead: ping after 3 s of silence and
+	// give up 3 s later, so that its instance leaves within 10 s. A ping is
+	// a few bytes, cheap even for thousands of proxies.
+	const pingAfter, pingTimeout = 3 * time.Second, 3 * time.Second
+	gs := grpc.NewServer(
+		grpc.Creds(handshaken{}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: pingAfter, Timeout: pingTimeout}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: xds.ClientPingInterval / 2, PermitWithoutStream: true}),
+		// A proxy sends small requests (acknowledgements) and receives
+		// snapshots: a small read buffer, and a write buffer shared
+		// between connections, not held by each between pushes.
+		grpc.ReadBufferSize(8<<10),
+		grpc.SharedWriteBuffer(true),
+		grpc.MaxConcurrentStreams(250), // as net/http's HTTP/2 server
+		grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+			// Counted so that Run waits for it, as the HTTP handlers.
+			if !s.handlerStarts() {
+				return status.Error(codes.Unavailable, "control plane stopping")
+			}
+			defer s.handlers.Done()
+			return handler(srv, ss)
+		}),
+	)
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(gs, &adsServer{s: s})
 	api := s.routes()
 	tlsCfg := certs.EdgeServerConfig(func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 		return s.serving.Load(), nil
-	}, nil, "h2", "http/1.1")
+	}, nil, xds.ALPN, "h2", "http/1.1")
 	peerTLS(tlsCfg)
 	hs := &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -514,7 +542,7 @@ func (s *Server) Run(ctx context.Context) error {
 			}
 			defer s.handlers.Done()
 			if r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
-				gs.ServeHTTP(w, r)
+				gs.ServeHTTP(w, r) // a proxy that does not offer xds.ALPN
 				return
 			}
 			api.ServeHTTP(w, r)
@@ -524,14 +552,10 @@ func (s *Server) Run(ctx context.Context) error {
 		// TLS 1.2 with forward-secret AEAD suites only, or 1.3, as the
 		// edge listeners: no CBC or static-RSA suite reaches the API.
 		// Peer servers, and only they, are asked for a certificate.
+		// splitListener does the handshake with this configuration.
 		TLSConfig: tlsCfg,
 	}
-	// Proxies hold one long stream each. A proxy that froze or was cut off
-	// without its socket closing keeps its lease alive through this server
-	// until the connection is declared dead: ping after 3 s of silence and
-	// give up 3 s later, so that its instance leaves within 10 s. A ping is
-	// a few bytes, cheap even for thousands of proxies.
-	if err := http2.ConfigureServer(hs, &http2.Server{ReadIdleTimeout: 3 * time.Second, PingTimeout: 3 * time.Second}); err != nil {
+	if err := http2.ConfigureServer(hs, &http2.Server{ReadIdleTimeout: pingAfter, PingTimeout: pingTimeout}); err != nil {
 		return err
 	}
 	l, err := net.Listen("tcp", s.cfg.Listen)
@@ -540,35 +564,52 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	addr := l.Addr().String()
 	s.addr.Store(&addr)
-	// The serving goroutine is Run's: every way out below waits for it,
-	// and for the handlers still running (http.Server.Close does not).
-	errc := make(chan error, 1)
 	// Running out of descriptors is retried with backoff and logged at
 	// warn (net/http's own retry lines go to ErrorLog, at debug).
-	retrying := (&netconn.Acceptor{Name: "api", Logger: s.log}).Listener(l)
-	go func() { errc <- hs.ServeTLS(retrying, "", "") }()
+	split := newSplitListener((&netconn.Acceptor{Name: "api", Logger: s.log}).Listener(l), tlsCfg, s.log)
+	// The serving goroutines are Run's: every way out below waits for
+	// them, and for the handlers still running (http.Server.Close does
+	// not).
+	var serving sync.WaitGroup
+	errc := make(chan error, 3)
+	serving.Go(func() { errc <- split.run() })
+	serving.Go(func() { errc <- hs.Serve(split.http) })
+	serving.Go(func() { errc <- gs.Serve(split.grpc) })
 	s.log.Info("control plane serving", "addr", addr, "trustDomain", s.signer().TrustDomain())
 	close(s.ready)
 	s.goBackground(func() { s.runPeering(bgCtx) })
 
+	var serveErr error
 	select {
-	case err := <-errc:
-		hs.Close()
-		s.waitHandlers()
-		return fmt.Errorf("serve: %w", err)
+	case serveErr = <-errc:
 	case <-ctx.Done():
 	}
 	s.stopping.Store(true)
 	// Proxy streams end now, each with a status that sends its proxy to
 	// another server at once; then the listener closes (GOAWAY).
 	s.movers.set(func() { s.movers.stopping = true })
+	split.close()
 	shutCtx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
+	stopped := make(chan struct{})
+	go func() { // ends when GracefulStop does, at the latest after Stop below
+		gs.GracefulStop()
+		close(stopped)
+	}()
 	if err := hs.Shutdown(shutCtx); err != nil {
 		hs.Close() // proxy streams never go idle; cut them after the grace period
 	}
-	<-errc
+	select {
+	case <-stopped:
+	case <-shutCtx.Done():
+		gs.Stop()
+		<-stopped
+	}
+	serving.Wait()
 	s.waitHandlers()
+	if serveErr != nil {
+		return fmt.Errorf("serve: %w", serveErr)
+	}
 	s.log.Info("control plane stopped")
 	return nil
 }

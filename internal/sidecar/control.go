@@ -132,10 +132,11 @@ func (p *Proxy) streamTo(ctx context.Context, t target, pool *l4.Pool) (connecte
 	host, _, _ := net.SplitHostPort(t.entry)
 	tlsCfg := p.api.TLSConfig()
 	tlsCfg.ServerName = host // the certificate names the list's host, not the address dialed
+	tlsCfg.NextProtos = []string{xds.ALPN, "h2"}
 	conn, err := grpc.NewClient("passthrough:///"+t.addr,
 		grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)),
 		grpc.WithPerRPCCredentials(tokenCreds(p.token)),
-		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 20 * time.Second, Timeout: 10 * time.Second}),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: xds.ClientPingInterval, Timeout: 10 * time.Second}),
 		// The connection lives for one stream: gRPC's reconnection
 		// backoff never runs long enough to matter.
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: grpcbackoff.DefaultConfig, MinConnectTimeout: connectTimeout}),

@@ -241,3 +241,15 @@ func validNodeName(s string) error {
 	}
 	return nil
 }
+
+// ALPN is the TLS application protocol a proxy offers first for its
+// stream: HTTP/2 carrying gRPC, served on gRPC's own transport. A server
+// that does not know it picks "h2", the proxy's second choice, and serves
+// the stream through its HTTP server as before.
+const ALPN = "trellis-xds"
+
+// ClientPingInterval is how often a proxy pings an idle control-plane
+// connection. The server accepts pings at half this interval and more
+// seldom; pinging more often than a server permits gets a connection
+// closed ("too many pings").
+const ClientPingInterval = 20 * time.Second
