@@ -193,16 +193,6 @@ func (ps *proxyStream) lose(cause error) {
 	}
 }
 
-// keepAlive renews the lease until the stream ends or loses the
-// registration, and returns why it stopped.
-func (ps *proxyStream) keepAlive(ctx context.Context) error {
-	err := ps.s.store.KeepAlive(ctx, ps.lease)
-	if c := context.Cause(ctx); errors.Is(c, errRegistrationMoved) {
-		return c
-	}
-	return err
-}
-
 // unregister deletes the instance's records and ends its lease, if this
 // stream still holds them.
 func (ps *proxyStream) unregister(ctx context.Context) error {

@@ -509,6 +509,7 @@ func (s *Server) Run(ctx context.Context) error {
 	const pingAfter, pingTimeout = 3 * time.Second, 3 * time.Second
 	gs := grpc.NewServer(
 		grpc.Creds(handshaken{}),
+		grpc.ForceServerCodecV2(xds.Codec{}), // shared encoded pushes (xds.Encoded)
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: pingAfter, Timeout: pingTimeout}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: xds.ClientPingInterval / 2, PermitWithoutStream: true}),
 		// A proxy sends small requests (acknowledgements) and receives

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"google.golang.org/protobuf/types/known/anypb"
 
 	v1 "github.com/trellis-mesh/trellis/api/v1"
 	"github.com/trellis-mesh/trellis/internal/certs"
@@ -78,16 +77,20 @@ type computed struct {
 	paths []v1.UpstreamPath // topology.Paths(snap)
 	roots []string          // fingerprints of snap's roots
 
+	// Responses are encoded once and shared by the view's streams
+	// (xds.Encoded): a push costs a stream its nonce.
 	fullOnce sync.Once
-	full     *anypb.Any
+	full     *xds.Encoded
+	fullErr  error
 
 	mu      sync.Mutex
 	patches map[string]patchEntry // by the version patched from; guarded by mu
 }
 
 type patchEntry struct {
-	res *anypb.Any
+	res *xds.Encoded
 	ok  bool
+	err error
 }
 
 // maxPatchesPerSnapshot bounds the patches a computed snapshot keeps:
@@ -214,32 +217,37 @@ func (c *snapCache) refresh(mesh func() *topology.Mesh) {
 	}
 }
 
-// wholeResource returns the encoded whole snapshot, made once.
-func (cp *computed) wholeResource() *anypb.Any {
-	cp.fullOnce.Do(func() { cp.full = xds.FullResource(cp.res) })
-	return cp.full
+// whole returns the response that carries the whole snapshot, encoded
+// once.
+func (cp *computed) whole() (*xds.Encoded, error) {
+	cp.fullOnce.Do(func() { cp.full, cp.fullErr = xds.EncodeResponse(cp.snap.Version, xds.FullResource(cp.res)) })
+	return cp.full, cp.fullErr
 }
 
-// patchFrom returns the patch that turns from's snapshot into cp's, or
-// false when the whole snapshot is as small. Streams at one version share
-// one patch.
-func (cp *computed) patchFrom(from *computed) (*anypb.Any, bool) {
+// patchFrom returns the response that patches from's snapshot into cp's,
+// encoded, or false when the whole snapshot is as small. Streams at one
+// version share one.
+func (cp *computed) patchFrom(from *computed) (*xds.Encoded, bool, error) {
 	cp.mu.Lock()
 	e, hit := cp.patches[from.snap.Version]
 	cp.mu.Unlock()
 	if hit {
-		return e.res, e.ok
+		return e.res, e.ok, e.err
 	}
 	res, ok := xds.PatchResource(from.res, cp.res)
+	if ok {
+		e.res, e.err = xds.EncodeResponse(cp.snap.Version, res)
+	}
+	e.ok = ok
 	cp.mu.Lock()
 	if cp.patches == nil {
 		cp.patches = map[string]patchEntry{}
 	}
 	if len(cp.patches) < maxPatchesPerSnapshot {
-		cp.patches[from.snap.Version] = patchEntry{res: res, ok: ok}
+		cp.patches[from.snap.Version] = e
 	}
 	cp.mu.Unlock()
-	return res, ok
+	return e.res, e.ok, e.err
 }
 
 // Debounce of view refreshes (Server.refreshViews): a round starts once

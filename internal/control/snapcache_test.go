@@ -41,7 +41,9 @@ func TestSnapCacheSharesOneSnapshotPerView(t *testing.T) {
 		t.Fatalf("views: a %p, b %p, other %p; want a == b != other", a, b, other)
 	}
 	ca, cb := c.get(a, mesh), c.get(b, mesh)
-	if ca != cb || ca.wholeResource() != cb.wholeResource() {
+	wa, _ := ca.whole()
+	wb, _ := cb.whole()
+	if ca != cb || wa != wb {
 		t.Errorf("two streams of one view got different snapshots or encodings")
 	}
 	c.get(other, mesh)
@@ -60,8 +62,8 @@ func TestSnapCacheSharesOneSnapshotPerView(t *testing.T) {
 	if got := testutil.ToFloat64(c.computes); got != 3 {
 		t.Errorf("computes = %v, want 3", got)
 	}
-	p1, ok1 := ca2.patchFrom(ca)
-	p2, ok2 := ca2.patchFrom(ca)
+	p1, ok1, _ := ca2.patchFrom(ca)
+	p2, ok2, _ := ca2.patchFrom(ca)
 	if !ok1 || !ok2 || p1 != p2 {
 		t.Errorf("patch from the old version: ok %v %v, shared %v; want one shared patch", ok1, ok2, p1 == p2)
 	}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"slices"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -15,7 +16,6 @@ import (
 	"google.golang.org/grpc/metadata"
 	grpcpeer "google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/anypb"
 
 	v1 "github.com/trellis-mesh/trellis/api/v1"
 	"github.com/trellis-mesh/trellis/internal/stats"
@@ -58,7 +58,8 @@ type proxyStream struct {
 	// the stream in the record, regRev is the record's revision that
 	// guards every write, adopted says the lease was taken over from an
 	// earlier stream. moved is set once another stream took it over (or
-	// its lease ended), stopLease then ends the keep-alive.
+	// its lease ended), stopLease then stops renewing the lease and ends
+	// the stream with the cause.
 	holder  string
 	regRev  int64
 	adopted bool
@@ -66,7 +67,7 @@ type proxyStream struct {
 	// sentAway is set when this server ends the stream for the proxy to
 	// go to another (failover.go): deregister leaves the registration.
 	sentAway  atomic.Bool
-	stopLease context.CancelCauseFunc
+	stopLease func(cause error)
 	// st is the status as written to the store (statusflush.go).
 	st streamStatus
 }
@@ -136,11 +137,24 @@ func (a *adsServer) StreamAggregatedResources(stream discoveryv3.AggregatedDisco
 	// The lease lives as long as the stream; losing it (the store was
 	// unreachable past the TTL) ends the stream so the proxy re-registers.
 	// Another stream taking the registration over ends it too (lose).
-	leaseCtx, cancelLease := context.WithCancelCause(ctx)
-	defer cancelLease(nil)
-	ps.stopLease = cancelLease
+	// The lease is renewed with every other stream's (store.Hold): no
+	// goroutine of its own.
 	leaseLost := make(chan error, 1)
-	s.goStream(func() { leaseLost <- ps.keepAlive(leaseCtx) })
+	report := func(err error) {
+		select {
+		case leaseLost <- err:
+		default: // the first reason is the one that ends the stream
+		}
+	}
+	release := s.store.Hold(ps.lease, s.cfg.RegistrationGrace, report)
+	defer release()
+	var stopOnce sync.Once
+	ps.stopLease = func(cause error) {
+		stopOnce.Do(func() {
+			release()
+			report(cause)
+		})
+	}
 
 	reqs := make(chan *discoveryv3.DiscoveryRequest)
 	recvErr := make(chan error, 1)
@@ -248,16 +262,21 @@ func (ps *proxyStream) push(ctx context.Context, stream discoveryv3.AggregatedDi
 		c := s.snaps.current(v, s.state.mesh)
 		if sent == nil || ps.resend || c.snap.Version != sent.snap.Version {
 			ps.nonce++
-			res, patched := (*anypb.Any)(nil), false
+			var resp *xds.Encoded
+			var err error
+			patched := false
 			if sent != nil && ps.patches && !ps.needWhole {
-				res, patched = c.patchFrom(sent)
+				resp, patched, err = c.patchFrom(sent)
 			}
-			if !patched {
-				res = c.wholeResource()
+			if err == nil && !patched {
+				resp, err = c.whole()
 				ps.lastWhole, ps.needWhole = ps.nonce, false
 			}
+			if err != nil {
+				return status.Errorf(codes.Internal, "snapshot %s: %v", c.snap.Version, err)
+			}
 			ps.resend = false
-			if err := stream.Send(xds.Respond(c.snap.Version, strconv.Itoa(ps.nonce), res)); err != nil {
+			if err := stream.SendMsg(resp.WithNonce(strconv.Itoa(ps.nonce))); err != nil {
 				return err
 			}
 			if sent == nil || c.snap.RootsPEM != sent.snap.RootsPEM {

@@ -37,6 +37,7 @@ type EtcdConfig struct {
 type Etcd struct {
 	c      *clientv3.Client
 	prefix string
+	keeper keeper // Hold's (keeper.go)
 }
 
 var _ Store = (*Etcd)(nil)
@@ -79,7 +80,9 @@ func NewEtcd(ctx context.Context, cfg EtcdConfig) (*Etcd, error) {
 		c.Close()
 		return nil, cfg.explain(ctx, err)
 	}
-	return &Etcd{c: c, prefix: cfg.Prefix}, nil
+	e := &Etcd{c: c, prefix: cfg.Prefix}
+	e.keeper.c = c
+	return e, nil
 }
 
 func (e *Etcd) kv(k *mvccpb.KeyValue) KV {
@@ -343,4 +346,7 @@ func (e *Etcd) Revoke(ctx context.Context, id LeaseID) error {
 }
 
 // Close implements Store.
-func (e *Etcd) Close() error { return e.c.Close() }
+func (e *Etcd) Close() error {
+	e.keeper.close()
+	return e.c.Close()
+}

@@ -103,6 +103,11 @@ type Store interface {
 	// KeepAlive renews the lease until ctx ends; it returns when the lease is
 	// lost (expired or revoked) or ctx ends.
 	KeepAlive(ctx context.Context, id LeaseID) error
+	// Hold keeps the lease alive, with every other lease held, until
+	// release is called; lost is called once if the lease is lost before
+	// that. For callers that hold many leases at once: it costs no
+	// goroutine per lease.
+	Hold(id LeaseID, ttl time.Duration, lost func(error)) (release func())
 	// Revoke ends the lease now, deleting its keys.
 	Revoke(ctx context.Context, id LeaseID) error
 	// Close releases the client.
