@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -76,5 +77,32 @@ func TestProxyStreamOnItsOwnProtocol(t *testing.T) {
 		if resp.GetTypeUrl() != xds.SnapshotType {
 			t.Errorf("offered %q: first response is %q", c.offer, resp.GetTypeUrl())
 		}
+	}
+}
+
+// A client that is not yet authenticated gets no more room on gRPC's
+// transport than on the HTTP server: a header block past 64 KiB is
+// refused before any handler runs.
+func TestProxyStreamHeaderBound(t *testing.T) {
+	rs := startRegServer(t, Config{})
+	caPEM, err := os.ReadFile(filepath.Join(rs.dir, "ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	cfg := &tls.Config{RootCAs: pool, ServerName: "127.0.0.1", NextProtos: []string{xds.ALPN, "h2"}}
+	conn, err := grpc.NewClient(rs.srv.Addr(), grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx := metadata.AppendToOutgoingContext(t.Context(), "x-pad", strings.Repeat("a", 100<<10))
+	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	if err == nil {
+		_, err = st.Recv()
+	}
+	if err == nil || !strings.Contains(err.Error(), "header") {
+		t.Fatalf("a 100 KiB header block: %v, want it refused for its size", err)
 	}
 }

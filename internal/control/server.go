@@ -517,7 +517,12 @@ func (s *Server) Run(ctx context.Context) error {
 		// between connections, not held by each between pushes.
 		grpc.ReadBufferSize(8<<10),
 		grpc.SharedWriteBuffer(true),
-		grpc.MaxConcurrentStreams(250), // as net/http's HTTP/2 server
+		// Bounds for a client not yet authenticated (the token is checked
+		// in the RPC): net/http's bounds, or tighter. A proxy's header
+		// block is a token and a few fields.
+		grpc.MaxConcurrentStreams(250),
+		grpc.MaxHeaderListSize(64<<10),
+		grpc.ConnectionTimeout(handshakeTimeout),
 		grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 			// Counted so that Run waits for it, as the HTTP handlers.
 			if !s.handlerStarts() {
