@@ -513,9 +513,10 @@ func (s *Server) Run(ctx context.Context) error {
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: pingAfter, Timeout: pingTimeout}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: xds.ClientPingInterval / 2, PermitWithoutStream: true}),
 		// A proxy sends small requests (acknowledgements) and receives
-		// snapshots: a small read buffer, and a write buffer shared
-		// between connections, not held by each between pushes.
-		grpc.ReadBufferSize(8<<10),
+		// snapshots. No read buffer of gRPC's own: TLS holds one
+		// already. A write buffer shared between connections, not held
+		// by each between pushes.
+		grpc.ReadBufferSize(0),
 		grpc.SharedWriteBuffer(true),
 		// Bounds for a client not yet authenticated (the token is checked
 		// in the RPC): net/http's bounds, or tighter. A proxy's header

@@ -50,7 +50,8 @@ type heldLease struct {
 // TTL as granted. If the lease is lost (etcd says it is gone, or no
 // keep-alive is answered for ttl), lost is called once, with an error
 // that wraps ErrLeaseLost, on the keeper's goroutine: it must not block.
-// After release returns, lost is not called.
+// A loss found as release is called may still be reported just after it
+// returns.
 func (e *Etcd) Hold(id LeaseID, ttl time.Duration, lost func(error)) (release func()) {
 	k := &e.keeper
 	now := time.Now()

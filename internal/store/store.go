@@ -104,8 +104,8 @@ type Store interface {
 	// lost (expired or revoked) or ctx ends.
 	KeepAlive(ctx context.Context, id LeaseID) error
 	// Hold keeps the lease alive, with every other lease held, until
-	// release is called; lost is called once if the lease is lost before
-	// that. For callers that hold many leases at once: it costs no
+	// release is called; lost is called once (without blocking) if the
+	// lease is lost before that. For callers that hold many leases at once: it costs no
 	// goroutine per lease.
 	Hold(id LeaseID, ttl time.Duration, lost func(error)) (release func())
 	// Revoke ends the lease now, deleting its keys.
