@@ -127,10 +127,12 @@ func (a *Client) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		ac.c.Close()
 		// A kept connection the app closed meanwhile fails before the app
-		// saw anything: try a new one, once, if the request can be sent
-		// again.
+		// saw anything: try a new one, once, if the request was not sent,
+		// or if nothing came back and sending it twice does no harm (an
+		// idempotent method, no body: net/http's rule). The app may have
+		// seen a request it closed on without answering.
 		var nw *notWritten
-		if reused && try == 0 && (errors.As(err, &nw) || errors.Is(err, io.EOF) && noBody(req)) {
+		if reused && try == 0 && (errors.As(err, &nw) || errors.Is(err, io.EOF) && replayable(req)) {
 			continue
 		}
 		return nil, err
@@ -151,6 +153,20 @@ func (e *notWritten) Error() string { return e.err.Error() }
 func (e *notWritten) Unwrap() error { return e.err }
 
 func noBody(req *http.Request) bool { return req.Body == nil || req.Body == http.NoBody }
+
+// replayable is a request that may be sent again after the app closed
+// the connection without answering: bodiless, and idempotent by its
+// method or by an idempotency key.
+func replayable(req *http.Request) bool {
+	if !noBody(req) {
+		return false
+	}
+	switch req.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+		return true
+	}
+	return req.Header.Get("Idempotency-Key") != "" || req.Header.Get("X-Idempotency-Key") != ""
+}
 
 func (a *Client) roundTrip(ac *appConn, req *http.Request) (*http.Response, error) {
 	var body *appBody

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -11,6 +12,7 @@ import (
 	"net/url"
 	"reflect"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -150,5 +152,89 @@ func TestAppClientRefusesBadFieldNames(t *testing.T) {
 			bw.Flush()
 			t.Errorf("field name %q written:\n%s", name, b.String())
 		}
+	}
+}
+
+// An app that closes a kept connection after answering (without saying
+// so) makes the next request on it find the connection ended before any
+// byte of a response: one that may be sent twice goes again on a new
+// connection; one that may not fails, as net/http's transport does.
+func TestRequestOnAConnectionTheAppClosed(t *testing.T) {
+	for _, c := range []struct {
+		method, key string
+		retried     bool
+	}{
+		{"GET", "", true},
+		{"HEAD", "", true},
+		{"POST", "", false},
+		{"DELETE", "", false},
+		{"POST", "k1", true},
+	} {
+		t.Run(c.method+c.key, func(t *testing.T) {
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Close()
+			closed := make(chan struct{}, 4)
+			var conns atomic.Int32
+			var serving sync.WaitGroup
+			defer serving.Wait()
+			defer l.Close()
+			serving.Go(func() {
+				for {
+					nc, err := l.Accept()
+					if err != nil {
+						return
+					}
+					conns.Add(1)
+					serving.Go(func() {
+						defer nc.Close()
+						br := bufio.NewReader(nc)
+						if _, err := http.ReadRequest(br); err != nil {
+							return
+						}
+						io.WriteString(nc, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+						nc.Close()
+						closed <- struct{}{}
+					})
+				}
+			})
+			a := &Client{Target: l.Addr().String(), MaxIdle: 4}
+			defer a.CloseIdleConnections()
+			do := func(method string) error {
+				req, err := http.NewRequest(method, "http://"+a.Target+"/", nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if c.key != "" {
+					req.Header.Set("Idempotency-Key", c.key)
+				}
+				resp, err := a.RoundTrip(req)
+				if err != nil {
+					return err
+				}
+				defer resp.Body.Close()
+				if method != "HEAD" {
+					if b, err := io.ReadAll(resp.Body); err != nil || string(b) != "ok" {
+						return fmt.Errorf("body %q, %v", b, err)
+					}
+				}
+				return nil
+			}
+			if err := do("GET"); err != nil {
+				t.Fatal(err)
+			}
+			<-closed // the kept connection is closed by the app now
+			err = do(c.method)
+			switch {
+			case c.retried && err != nil:
+				t.Fatalf("%s on a connection the app closed: %v, want it sent again on a new one", c.method, err)
+			case c.retried && conns.Load() != 2:
+				t.Fatalf("%d connections, want 2", conns.Load())
+			case !c.retried && err == nil:
+				t.Fatalf("%s sent again after the app closed without answering", c.method)
+			}
+		})
 	}
 }

@@ -25,6 +25,18 @@ type appResponse struct {
 	app  appBody
 }
 
+// errNoResponse is a connection that ended before any byte of the
+// response: io.ErrUnexpectedEOF, as net/http says, and also io.EOF, as
+// Client.RoundTrip asks whether the app closed a kept connection
+// before it saw the request.
+var errNoResponse error = noResponse{}
+
+type noResponse struct{}
+
+func (noResponse) Error() string { return io.ErrUnexpectedEOF.Error() }
+
+func (noResponse) Is(target error) bool { return target == io.ErrUnexpectedEOF || target == io.EOF }
+
 // readResponse reads the app's response to req from br, as
 // http.ReadResponse does. kept is the connection's (nil keeps nothing).
 // With the short way, ar is the response's appResponse (its app field
@@ -32,9 +44,10 @@ type appResponse struct {
 func readResponse(br *bufio.Reader, req *http.Request, kept *keptStrings) (resp *http.Response, ar *appResponse, err error) {
 	if _, err := br.Peek(1); err != nil {
 		// Nothing came: the error http.ReadResponse returns then, without
-		// a second read of a connection that failed.
+		// a second read of a connection that failed; and one the client
+		// can tell from a response cut short (errNoResponse).
 		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
+			err = errNoResponse
 		}
 		return nil, nil, err
 	}
