@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -37,6 +38,25 @@ type Metrics struct {
 	// Rejected counts requests Server's HTTP/1.1 reader refused, by
 	// reason (framing, line_ending, obs_fold, misdirected, ...).
 	Rejected *prometheus.CounterVec
+
+	// series holds Requests' and Duration's children by their labels, so
+	// that a request finds them with one lookup: WithLabelValues checks
+	// and hashes every label value, byte by byte, under a lock, for each
+	// vector on every request. It grows with the label sets the vectors
+	// hold, which are never deleted. (A map, not a sync.Map: a key of
+	// that size would be allocated on every lookup as an interface.)
+	seriesMu sync.RWMutex
+	series   map[seriesKey]*series
+}
+
+type seriesKey struct {
+	direction, source, destination, route, version string
+	code                                           int
+}
+
+type series struct {
+	requests prometheus.Counter
+	duration prometheus.Observer
 }
 
 // NewMetrics makes the metrics and registers them with reg (nil: none).
@@ -82,9 +102,25 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 }
 
 func (m *Metrics) observe(direction, source, destination, route, version string, code int, start time.Time) {
-	c := strconv.Itoa(code)
-	m.Requests.WithLabelValues(direction, source, destination, route, version, c).Inc()
-	m.Duration.WithLabelValues(direction, source, destination, route, version, c).Observe(time.Since(start).Seconds())
+	k := seriesKey{direction, source, destination, route, version, code}
+	m.seriesMu.RLock()
+	s := m.series[k]
+	m.seriesMu.RUnlock()
+	if s == nil {
+		c := strconv.Itoa(code)
+		s = &series{
+			requests: m.Requests.WithLabelValues(direction, source, destination, route, version, c),
+			duration: m.Duration.WithLabelValues(direction, source, destination, route, version, c),
+		}
+		m.seriesMu.Lock()
+		if m.series == nil {
+			m.series = map[seriesKey]*series{}
+		}
+		m.series[k] = s // the vectors return the same children for the same labels
+		m.seriesMu.Unlock()
+	}
+	s.requests.Inc()
+	s.duration.Observe(time.Since(start).Seconds())
 }
 
 // refused counts and logs a request refused before it went anywhere.
