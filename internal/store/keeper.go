@@ -15,9 +15,10 @@ import (
 // KeepAlive costs two goroutines per lease (the caller's loop and the
 // client's own closer), 20,000 at 10,000 proxies with their stacks; the
 // keeper renews every held lease on one keep-alive stream, from one
-// sending goroutine and one receiving goroutine, whatever their number.
+// sending goroutine and one receiving goroutine, whatever their number,
+// and a third goroutine checks their deadlines.
 
-// keeperTick is how often the keeper looks for leases due a keep-alive
+// keeperTick is how often the keeper looks for leases due a keep-alive,
 // and for leases past their deadline.
 const keeperTick = 250 * time.Millisecond
 
@@ -104,6 +105,26 @@ func (k *keeper) close() {
 // each held lease's keep-alive at a third of its TTL.
 func (k *keeper) run(ctx context.Context, done chan struct{}) {
 	defer close(done)
+	// Deadlines are checked apart from the stream: a Send blocks once etcd
+	// stops reading (a stall, or a partition that drops packets) and more
+	// keep-alives are due than the flow-control window holds, until the
+	// client's pings give the connection up, well past a short TTL. A lease
+	// must not stay held here meanwhile: etcd may let it go, and another
+	// server take its registration.
+	var expiring sync.WaitGroup
+	defer expiring.Wait() // before done closes (deferred calls run last first)
+	expiring.Go(func() {
+		t := time.NewTicker(keeperTick)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case now := <-t.C:
+				k.expire(now)
+			}
+		}
+	})
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		err := k.stream(ctx)
@@ -119,7 +140,6 @@ func (k *keeper) run(ctx context.Context, done chan struct{}) {
 		case <-t.C:
 		}
 		backoff = min(2*backoff, 2*time.Second)
-		k.expire(time.Now())
 	}
 }
 
@@ -163,9 +183,7 @@ func (k *keeper) stream(ctx context.Context) error {
 		case <-tick.C:
 		case <-k.wake:
 		}
-		now := time.Now()
-		k.expire(now)
-		due = k.due(now, due[:0])
+		due = k.due(time.Now(), due[:0])
 		for _, id := range due {
 			if err := st.Send(&pb.LeaseKeepAliveRequest{ID: int64(id)}); err != nil {
 				return err

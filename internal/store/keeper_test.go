@@ -136,3 +136,35 @@ func TestHoldThroughStalls(t *testing.T) {
 		}
 	}
 }
+
+// A held lease is reported lost within its TTL even when the keep-alive
+// stream is blocked: etcd stopped reading (stalled, or a partition that
+// drops packets) while more keep-alives are due than its flow-control
+// window takes, so the keeper's Send blocks until the client's pings give
+// the connection up, long after the TTL. Meanwhile etcd may let the lease
+// go and another server take the registration.
+func TestHoldLostWhileSendBlocks(t *testing.T) {
+	s, pid := newExternal(t, "/blocked")
+	ttl := 2 * time.Second
+	ids := leased(t, s, 1, ttl)
+	lost := make(chan error, 1)
+	defer s.Hold(ids[0], ttl, func(err error) { lost <- err })()
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Kill(pid, syscall.SIGCONT)
+	// Leases etcd never granted: their keep-alives only fill the window
+	// (a few hundred kilobytes) while etcd reads nothing.
+	const fill = 50000
+	for i := range fill {
+		defer s.Hold(store.LeaseID(1<<40+i), ttl, func(error) {})()
+	}
+	select {
+	case err := <-lost:
+		if !errors.Is(err, store.ErrLeaseLost) {
+			t.Errorf("lost as %v, want ErrLeaseLost", err)
+		}
+	case <-time.After(ttl + 3*time.Second): // the connection's pings give up at 15s
+		t.Fatal("lease not reported lost within its TTL while the keep-alive stream was blocked")
+	}
+}
