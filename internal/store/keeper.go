@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -43,20 +44,42 @@ type heldLease struct {
 	deadline time.Time // no renewal confirmed by then: lost
 	nextSend time.Time
 	sentAt   time.Time // of the oldest keep-alive not answered; zero when none
-	lost     func(error)
+	// holders are the Holds not released, each told of a loss: a lease
+	// may be held twice (a proxy's new stream adopting its registration
+	// before its old stream on this server ended).
+	holders []*holder
+}
+
+type holder struct{ lost func(error) }
+
+// lose takes h's holders, to be told of its loss (report) once k.mu is
+// unlocked: a release from now on finds none to remove. k.mu is held.
+func (h *heldLease) lose() []*holder {
+	holders := h.holders
+	h.holders = nil
+	return holders
+}
+
+// report tells holders that their lease is lost.
+func report(holders []*holder, err error) {
+	for _, o := range holders {
+		o.lost(err)
+	}
 }
 
 // Hold keeps the lease alive until release is called, together with every
 // other lease held, without a goroutine of its own. ttl is the lease's
-// TTL as granted. If the lease is lost (etcd says it is gone, or no
-// keep-alive is answered for ttl), lost is called once, with an error
+// TTL as granted (a lease held already keeps its own). A lease may be held
+// more than once: it is renewed until every Hold is released. If the lease
+// is lost (etcd says it is gone, or no keep-alive is answered for ttl),
+// lost is called once for each Hold not released, with an error
 // that wraps ErrLeaseLost, on the keeper's goroutine: it must not block.
 // A loss found as release is called may still be reported just after it
 // returns.
 func (e *Etcd) Hold(id LeaseID, ttl time.Duration, lost func(error)) (release func()) {
 	k := &e.keeper
 	now := time.Now()
-	h := &heldLease{ttl: ttl, deadline: now.Add(ttl), nextSend: now, lost: lost}
+	o := &holder{lost: lost}
 	k.mu.Lock()
 	if k.closed {
 		k.mu.Unlock()
@@ -67,7 +90,13 @@ func (e *Etcd) Hold(id LeaseID, ttl time.Duration, lost func(error)) (release fu
 		k.held = make(map[LeaseID]*heldLease)
 		k.wake = make(chan struct{}, 1)
 	}
-	k.held[id] = h
+	// Held already: one more holder, on the renewals under way.
+	h := k.held[id]
+	if h == nil {
+		h = &heldLease{ttl: ttl, deadline: now.Add(ttl), nextSend: now}
+		k.held[id] = h
+	}
+	h.holders = append(h.holders, o)
 	if !k.running {
 		k.running = true
 		ctx, cancel := context.WithCancel(context.Background())
@@ -81,10 +110,13 @@ func (e *Etcd) Hold(id LeaseID, ttl time.Duration, lost func(error)) (release fu
 	}
 	return func() {
 		k.mu.Lock()
-		if k.held[id] == h {
-			delete(k.held, id)
+		defer k.mu.Unlock()
+		if i := slices.Index(h.holders, o); i >= 0 {
+			h.holders = slices.Delete(h.holders, i, i+1)
+			if len(h.holders) == 0 && k.held[id] == h {
+				delete(k.held, id)
+			}
 		}
-		k.mu.Unlock()
 	}
 }
 
@@ -222,8 +254,9 @@ func (k *keeper) answered(id LeaseID, ttl int64, now time.Time) {
 	}
 	if ttl <= 0 {
 		delete(k.held, id)
+		holders := h.lose()
 		k.mu.Unlock()
-		h.lost(fmt.Errorf("lease %x: %w: etcd no longer has it", id, ErrLeaseLost))
+		report(holders, fmt.Errorf("lease %x: %w: etcd no longer has it", id, ErrLeaseLost))
 		return
 	}
 	if !h.sentAt.IsZero() {
@@ -237,17 +270,21 @@ func (k *keeper) answered(id LeaseID, ttl int64, now time.Time) {
 // expire reports the leases with no renewal confirmed within their TTL:
 // etcd may have let them go.
 func (k *keeper) expire(now time.Time) {
-	var lost []*heldLease
-	var ids []LeaseID
+	type loss struct {
+		id      LeaseID
+		ttl     time.Duration
+		holders []*holder
+	}
+	var lost []loss
 	k.mu.Lock()
 	for id, h := range k.held {
 		if now.After(h.deadline) {
 			delete(k.held, id)
-			lost, ids = append(lost, h), append(ids, id)
+			lost = append(lost, loss{id, h.ttl, h.lose()})
 		}
 	}
 	k.mu.Unlock()
-	for i, h := range lost {
-		h.lost(fmt.Errorf("lease %x: %w: no keep-alive answered within its TTL (%v)", ids[i], ErrLeaseLost, h.ttl))
+	for _, l := range lost {
+		report(l.holders, fmt.Errorf("lease %x: %w: no keep-alive answered within its TTL (%v)", l.id, ErrLeaseLost, l.ttl))
 	}
 }

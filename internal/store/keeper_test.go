@@ -168,3 +168,47 @@ func TestHoldLostWhileSendBlocks(t *testing.T) {
 		t.Fatal("lease not reported lost within its TTL while the keep-alive stream was blocked")
 	}
 }
+
+// A lease held twice (a proxy's new stream adopting the registration while
+// its old stream on the same server has not ended yet) stays held until
+// both release it, and each holder hears of its loss: the second Hold
+// neither takes the first's renewals with it when released nor silences
+// the first's report.
+func TestHoldSameLeaseTwice(t *testing.T) {
+	s, _ := newExternal(t, "/twice")
+	ttl := 2 * time.Second
+	ids := leased(t, s, 1, ttl)
+	first, second := make(chan error, 1), make(chan error, 1)
+	release1 := s.Hold(ids[0], ttl, func(err error) { first <- err })
+	defer release1()
+	release2 := s.Hold(ids[0], ttl, func(err error) { second <- err })
+	if err := s.Revoke(t.Context(), ids[0]); err != nil {
+		t.Fatal(err)
+	}
+	for name, lost := range map[string]chan error{"first": first, "second": second} {
+		select {
+		case err := <-lost:
+			if !errors.Is(err, store.ErrLeaseLost) {
+				t.Errorf("%s holder: lost as %v, want ErrLeaseLost", name, err)
+			}
+		case <-time.After(2 * ttl):
+			t.Errorf("%s holder of a revoked lease not told it was lost", name)
+		}
+	}
+	release2()
+
+	ids = leased(t, s, 1, ttl)
+	release1 = s.Hold(ids[0], ttl, func(err error) { first <- err })
+	defer release1()
+	s.Hold(ids[0], ttl, func(err error) { second <- err })() // held and released at once
+	// Past twice the TTL: only the first holder's keep-alives keep the key.
+	time.Sleep(2 * ttl)
+	if _, err := s.Get(t.Context(), "/held/0"); err != nil {
+		t.Errorf("key of a lease still held once, after 2 TTLs: %v", err)
+	}
+	select {
+	case err := <-first:
+		t.Errorf("lease still held reported lost: %v", err)
+	default:
+	}
+}
