@@ -523,6 +523,12 @@ func (s *Server) Run(ctx context.Context) error {
 		// block is a token and a few fields.
 		grpc.MaxConcurrentStreams(250),
 		grpc.MaxHeaderListSize(64<<10),
+		// Fixed flow-control windows: gRPC returns a connection's credit
+		// as data arrives, not as the handler reads it, so unread data is
+		// bounded by the windows; the adaptive ones grow to 16 MiB a
+		// stream. A proxy sends acknowledgements and summaries.
+		grpc.InitialWindowSize(64<<10),
+		grpc.InitialConnWindowSize(1<<20),
 		grpc.ConnectionTimeout(handshakeTimeout),
 		grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 			// Counted so that Run waits for it, as the HTTP handlers.
