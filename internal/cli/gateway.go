@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"net"
+	"runtime"
 	"runtime/debug"
 	"strconv"
 
@@ -31,6 +32,7 @@ func runGateway(ctx context.Context, e *env, args []string) error {
 	drain := fs.Duration("drain-timeout", 0, "how long shutdown waits for open connections (default 15s)")
 	statsInterval := fs.Duration("stats-interval", 0, "how often to send the control plane a traffic summary (default 5s; match the server's --stats-interval)")
 	pprof := fs.Bool("pprof", false, "serve the Go profiler under /debug/pprof on the admin listener (any local user can reach it)")
+	cores := coresFlag(fs, 0, "a gateway serves many apps' clients")
 	applyLimits := limitFlags(fs)
 	applyTracing := tracingFlags(fs)
 	mkLog := logFlags(fs, e, "info")
@@ -70,6 +72,9 @@ func runGateway(ctx context.Context, e *env, args []string) error {
 		return usageErr("%s", oneLine(err))
 	}
 	proxyGC(e)
+	if err := cores(e); err != nil {
+		return err
+	}
 	log, err := mkLog()
 	if err != nil {
 		return err
@@ -90,5 +95,30 @@ func runGateway(ctx context.Context, e *env, args []string) error {
 func proxyGC(e *env) {
 	if e.getenv("GOGC") == "" {
 		debug.SetGCPercent(50)
+	}
+}
+
+// coresFlag adds --cores, the cores a data-plane process's goroutines run
+// on at once (GOMAXPROCS), and returns what sets it before the process
+// starts its work. GOMAXPROCS in the environment, when set, is the
+// default instead of def.
+func coresFlag(fs *flagSet, def int, why string) func(e *env) error {
+	n := fs.Int("cores", def, "cores the process works on at once (GOMAXPROCS; 0: all that the machine or the container's CPU limit gives); "+why+"; env GOMAXPROCS, when set, is the default")
+	return func(e *env) error {
+		given := false
+		fs.Visit(func(f *flag.Flag) { given = given || f.Name == "cores" })
+		switch {
+		case *n < 0 || *n > 1024:
+			return usageErr("--cores %d: want 0 to 1024", *n)
+		case !given && e.getenv("GOMAXPROCS") != "":
+			return nil // the runtime read it at start
+		case *n == 0:
+			// Every CPU this process may run on, or fewer under a
+			// container's CPU limit, kept up to date by the runtime.
+			runtime.SetDefaultGOMAXPROCS()
+		default:
+			runtime.GOMAXPROCS(*n)
+		}
+		return nil
 	}
 }

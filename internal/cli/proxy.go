@@ -58,6 +58,7 @@ func runProxy(ctx context.Context, e *env, args []string) error {
 	dnsMode := fs.String("dns-mode", "", "what mesh names answer: vip (default: a virtual IP in 240.240.0.0/16, for transparent mode) or local (127.0.0.1 where the upstream's listener is on 127.0.0.1 at the Service's port)")
 	dnsUpstream := fs.String("dns-upstream", "", "the host's resolver, IP or IP:port, that names outside the mesh go to (default: the first nameserver of /etc/resolv.conf, read at start)")
 	pprof := fs.Bool("pprof", false, "serve the Go profiler under /debug/pprof on the admin listener (any local user can reach it)")
+	cores := coresFlag(fs, 1, "one suits a sidecar, which serves one app, and costs less CPU per request than two")
 	applyLimits := limitFlags(fs)
 	applyTracing := tracingFlags(fs)
 	mkLog := logFlags(fs, e, "info")
@@ -184,6 +185,9 @@ func runProxy(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	cfg.Logger = log
+	if err := cores(e); err != nil {
+		return err
+	}
 	p, err := sidecar.New(cfg)
 	if err != nil {
 		return err
