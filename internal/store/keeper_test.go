@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/trellis-mesh/trellis/internal/store"
+	"github.com/trellis-mesh/trellis/internal/trellistest"
 )
 
 // newExternal is a store on an etcd process of its own, and its pid.
@@ -68,8 +69,9 @@ func TestHoldManyLeases(t *testing.T) {
 	case <-time.After(2 * ttl):
 		t.Fatal("revoked lease not reported lost")
 	}
-	// Past twice the TTL: only keep-alives keep the keys.
-	time.Sleep(2 * ttl)
+	// The released lease's key going is the clock: its lease was granted
+	// with the others, so without keep-alives they would be gone too.
+	waitGone(t, s, "/held/1", 3*ttl)
 	for i := range ids {
 		_, err := s.Get(t.Context(), fmt.Sprintf("/held/%d", i))
 		switch i {
@@ -197,12 +199,13 @@ func TestHoldSameLeaseTwice(t *testing.T) {
 	}
 	release2()
 
-	ids = leased(t, s, 1, ttl)
+	ids = leased(t, s, 2, ttl)
 	release1 = s.Hold(ids[0], ttl, func(err error) { first <- err })
 	defer release1()
 	s.Hold(ids[0], ttl, func(err error) { second <- err })() // held and released at once
-	// Past twice the TTL: only the first holder's keep-alives keep the key.
-	time.Sleep(2 * ttl)
+	// The unheld lease's key going is the clock: only the first holder's
+	// keep-alives keep the other.
+	waitGone(t, s, "/held/1", 3*ttl)
 	if _, err := s.Get(t.Context(), "/held/0"); err != nil {
 		t.Errorf("key of a lease still held once, after 2 TTLs: %v", err)
 	}
@@ -211,4 +214,15 @@ func TestHoldSameLeaseTwice(t *testing.T) {
 		t.Errorf("lease still held reported lost: %v", err)
 	default:
 	}
+}
+
+// waitGone waits for key to be deleted (its lease expired).
+func waitGone(t *testing.T, s store.Store, key string, within time.Duration) {
+	t.Helper()
+	trellistest.Eventually(t, within, key+" gone with its lease", func() error {
+		if _, err := s.Get(t.Context(), key); !errors.Is(err, store.ErrNotFound) {
+			return fmt.Errorf("still there (%v)", err)
+		}
+		return nil
+	})
 }
