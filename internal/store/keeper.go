@@ -73,7 +73,8 @@ func report(holders []*holder, err error) {
 // more than once: it is renewed until every Hold is released. If the lease
 // is lost (etcd says it is gone, or no keep-alive is answered for ttl),
 // lost is called once for each Hold not released, with an error
-// that wraps ErrLeaseLost, on the keeper's goroutine: it must not block.
+// that wraps ErrLeaseLost, on the keeper's goroutine (on the caller's,
+// at once, when the store is closed): it must not block.
 // A loss found as release is called may still be reported just after it
 // returns.
 func (e *Etcd) Hold(id LeaseID, ttl time.Duration, lost func(error)) (release func()) {
