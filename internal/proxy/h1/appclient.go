@@ -113,17 +113,29 @@ func (a *Client) CloseIdleConnections() {
 // RoundTrip sends req to the app and returns its response; the response
 // body gives the connection back when read to its end or closed.
 func (a *Client) RoundTrip(req *http.Request) (*http.Response, error) {
+	_, resp, err := a.do(req, false)
+	return resp, err
+}
+
+// RoundTripFields is RoundTrip for a proxy: the usual response, read the
+// short way, comes as a Response, its head as fields and no http.Header
+// made; any other comes as an http.Response. One of the two is nil.
+func (a *Client) RoundTripFields(req *http.Request) (*Response, *http.Response, error) {
+	return a.do(req, true)
+}
+
+func (a *Client) do(req *http.Request, fields bool) (*Response, *http.Response, error) {
 	// The caller's sidecar already sent "100 Continue" if one was asked
 	// for, and the body is on its way: the app need not be asked again.
 	req.Header.Del("Expect")
 	for try := 0; ; try++ {
 		ac, reused, err := a.get(req.Context())
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		resp, err := a.roundTrip(ac, req)
+		fr, resp, err := a.roundTrip(ac, req, fields)
 		if err == nil {
-			return resp, nil
+			return fr, resp, nil
 		}
 		ac.c.Close()
 		// A kept connection the app closed meanwhile fails before the app
@@ -135,7 +147,7 @@ func (a *Client) RoundTrip(req *http.Request) (*http.Response, error) {
 		if reused && try == 0 && (errors.As(err, &nw) || errors.Is(err, io.EOF) && replayable(req)) {
 			continue
 		}
-		return nil, err
+		return nil, nil, err
 	}
 }
 
@@ -168,7 +180,9 @@ func replayable(req *http.Request) bool {
 	return req.Header.Get("Idempotency-Key") != "" || req.Header.Get("X-Idempotency-Key") != ""
 }
 
-func (a *Client) roundTrip(ac *appConn, req *http.Request) (*http.Response, error) {
+// roundTrip sends req on ac and reads the response head; with fields, one
+// read the short way comes as a Response.
+func (a *Client) roundTrip(ac *appConn, req *http.Request, fields bool) (*Response, *http.Response, error) {
 	var body *appBody
 	var stop func() bool
 	if af, ok := req.Context().(afterFuncer); ok {
@@ -191,10 +205,10 @@ func (a *Client) roundTrip(ac *appConn, req *http.Request) (*http.Response, erro
 	var written chan error
 	if noBody(req) {
 		if err := writeBodiless(ac.bw, req); err != nil {
-			return nil, &notWritten{err}
+			return nil, nil, &notWritten{err}
 		}
 		if err := ac.bw.Flush(); err != nil {
-			return nil, &notWritten{err}
+			return nil, nil, &notWritten{err}
 		}
 	} else {
 		// The body streams while the response is read: an app may answer
@@ -215,9 +229,13 @@ func (a *Client) roundTrip(ac *appConn, req *http.Request) (*http.Response, erro
 	var ar *appResponse
 	for {
 		var err error
-		resp, ar, err = readResponse(ac.br, req, &ac.kept)
+		if fields {
+			resp, ar, err = readResponseFields(ac.br, req, &ac.kept)
+		} else {
+			resp, ar, err = readResponse(ac.br, req, &ac.kept)
+		}
 		if err != nil {
-			return nil, fmt.Errorf("read response from app: %w", err)
+			return nil, nil, fmt.Errorf("read response from app: %w", err)
 		}
 		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
 			break
@@ -231,7 +249,11 @@ func (a *Client) roundTrip(ac *appConn, req *http.Request) (*http.Response, erro
 	}
 	*body = appBody{ReadCloser: resp.Body, a: a, ac: ac, reuse: !resp.Close && !req.Close, written: written}
 	resp.Body = body
-	return resp, nil
+	if fields && ar != nil {
+		ar.fields.Body = body
+		return &ar.fields, nil, nil
+	}
+	return nil, resp, nil
 }
 
 // writeBodiless writes a request without a body as req.Write does (Host

@@ -5,6 +5,8 @@ import (
 	"bytes"
 	"io"
 	"net/http"
+
+	"golang.org/x/net/http2/hpack"
 )
 
 // An app's answers to a proxy are nearly all alike: an HTTP/1.1 status
@@ -18,11 +20,25 @@ import (
 // could differ, rather than decide such a case itself.
 
 // appResponse is a response read the short way, with its body and its
-// appBody.
+// appBody. Its head is in fields; the http.Response's Header is made of
+// them only for RoundTrip.
 type appResponse struct {
 	http.Response
-	body lengthResponseBody
-	app  appBody
+	fields Response
+	body   lengthResponseBody
+	app    appBody
+}
+
+// Response is an app's response as RoundTripFields gives it: its head as
+// HTTP/2 header fields, names in lowercase and in the order the app sent
+// them, which a proxy relays as they are. Connection, Transfer-Encoding
+// and Trailer are never among them (such a head is read by net/http).
+type Response struct {
+	StatusCode int
+	Fields     []hpack.HeaderField
+	// ContentLength is the body's length; it is also among Fields.
+	ContentLength int64
+	Body          io.ReadCloser
 }
 
 // errNoResponse is a connection that ended before any byte of the
@@ -42,6 +58,16 @@ func (noResponse) Is(target error) bool { return target == io.ErrUnexpectedEOF |
 // With the short way, ar is the response's appResponse (its app field
 // free for the caller), else nil.
 func readResponse(br *bufio.Reader, req *http.Request, kept *keptStrings) (resp *http.Response, ar *appResponse, err error) {
+	resp, ar, err = readResponseFields(br, req, kept)
+	if ar != nil {
+		ar.Header = fieldsHeader(ar.fields.Fields)
+	}
+	return resp, ar, err
+}
+
+// readResponseFields is readResponse without the Header of a response
+// read the short way: its head is in ar.fields.
+func readResponseFields(br *bufio.Reader, req *http.Request, kept *keptStrings) (resp *http.Response, ar *appResponse, err error) {
 	if _, err := br.Peek(1); err != nil {
 		// Nothing came: the error http.ReadResponse returns then, without
 		// a second read of a connection that failed; and one the client
@@ -90,8 +116,7 @@ func readSimpleResponse(br *bufio.Reader, req *http.Request, kept *keptStrings) 
 	if lines > maxSimpleFields {
 		return nil
 	}
-	h := make(http.Header, lines)
-	values := make([]string, 0, lines)
+	fields := make([]hpack.HeaderField, 0, lines)
 	length := int64(-1)
 	for i := 1; len(rest) > 0; i++ {
 		nl := bytes.Index(rest, []byte("\r\n"))
@@ -101,13 +126,13 @@ func readSimpleResponse(br *bufio.Reader, req *http.Request, kept *keptStrings) 
 		if colon <= 0 || !isTokenBytes(line[:colon]) || !validLine(line) {
 			return nil // obs-fold, no name, a bad byte: the general reader's call
 		}
-		k := canonicalKey(line[:colon])
+		k := kept.name(i, line[:colon])
 		switch k {
-		case "Transfer-Encoding", "Connection", "Trailer", "Pragma":
+		case "transfer-encoding", "connection", "trailer", "pragma":
 			return nil // framing, connection and header rewrites: net/http's rules
 		}
 		v := bytes.Trim(line[colon+1:], " \t")
-		if k == "Content-Length" {
+		if k == "content-length" {
 			if length >= 0 || len(v) == 0 || len(v) > 18 {
 				return nil // repeated, empty, or perhaps too large
 			}
@@ -119,13 +144,7 @@ func readSimpleResponse(br *bufio.Reader, req *http.Request, kept *keptStrings) 
 				length = length*10 + int64(c-'0')
 			}
 		}
-		value := kept.get(i, v)
-		if vv, ok := h[k]; ok || len(values) == cap(values) {
-			h[k] = append(vv, value)
-		} else {
-			values = append(values, value)
-			h[k] = values[len(values)-1 : len(values) : len(values)]
-		}
+		fields = append(fields, hpack.HeaderField{Name: k, Value: kept.get(i, v)})
 	}
 	if length < 0 {
 		return nil // a body to the connection's end: net/http's rules
@@ -136,10 +155,9 @@ func readSimpleResponse(br *bufio.Reader, req *http.Request, kept *keptStrings) 
 		Proto:         "HTTP/1.1",
 		ProtoMajor:    1,
 		ProtoMinor:    1,
-		Header:        h,
 		ContentLength: length,
 		Request:       req,
-	}}
+	}, fields: Response{StatusCode: code, Fields: fields, ContentLength: length}}
 	// Only now is the head taken from br: an earlier refusal left it for
 	// http.ReadResponse.
 	br.Discard(end + 4)
@@ -150,6 +168,24 @@ func readSimpleResponse(br *bufio.Reader, req *http.Request, kept *keptStrings) 
 		ar.Body = &ar.body
 	}
 	return ar
+}
+
+// fieldsHeader makes the http.Header of a head's fields.
+func fieldsHeader(fields []hpack.HeaderField) http.Header {
+	h := make(http.Header, len(fields))
+	// One array holds the values: a slice per name would cost an
+	// allocation per field. A repeated name grows its own slice.
+	values := make([]string, len(fields))
+	for i, f := range fields {
+		k := canonicalKey([]byte(f.Name))
+		if vv, ok := h[k]; ok {
+			h[k] = append(vv, f.Value)
+			continue
+		}
+		values[i] = f.Value
+		h[k] = values[i : i+1 : i+1]
+	}
+	return h
 }
 
 // validLine reports whether a head line has only bytes a field value may

@@ -301,7 +301,8 @@ func readFields(br *bufio.Reader, scratch *[]byte, limit, n int, where string, k
 // only, and no more than keptLines of them, so that an idle connection
 // holds at most a few KiB.
 type keptStrings struct {
-	s [keptLines]string
+	s     [keptLines]string
+	names [keptLines]string // lowercase field names (name)
 }
 
 const (
@@ -323,6 +324,32 @@ func (k *keptStrings) get(i int, b []byte) string {
 	} else {
 		k.s[i] = s
 	}
+	return s
+}
+
+// name returns the field name b in lowercase, the kept one for line i
+// if it is the same name: field names repeat line by line from one
+// response to the next.
+func (k *keptStrings) name(i int, b []byte) string {
+	var buf [64]byte
+	if len(b) > len(buf) {
+		return string(bytes.ToLower(b))
+	}
+	lower := buf[:len(b)]
+	for j, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		lower[j] = c
+	}
+	if k == nil || i >= keptLines {
+		return string(lower)
+	}
+	if s := k.names[i]; s == string(lower) { // compared without a copy
+		return s
+	}
+	s := string(lower)
+	k.names[i] = s
 	return s
 }
 

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"golang.org/x/net/http/httpguts"
+	"golang.org/x/net/http2/hpack"
 )
 
 // responseWriter is the http.ResponseWriter of Server's HTTP/1.1
@@ -30,6 +31,8 @@ type responseWriter struct {
 	req      *http.Request
 	body     *requestBody // req's body; nil if it has none
 	header   http.Header
+	fields   []hpack.HeaderField // SetHeadFields's, written after header's
+	fieldsCL int64               // the Content-Length among fields, or -1
 	status   int
 	held     []byte
 	cl       int64 // the declared Content-Length, or -1
@@ -57,11 +60,51 @@ func (w *responseWriter) reset(req *http.Request, body *requestBody) {
 		clear(w.header) // the handler is done with it: keep its buckets
 	}
 	w.req, w.status, w.held = req, 0, w.held[:0]
+	w.fields, w.fieldsCL = nil, -1
 	w.cl, w.written, w.bodyless, w.chunked, w.close, w.err = -1, 0, false, false, false, nil
 	w.headDone = false
 }
 
 func (w *responseWriter) Header() http.Header { return w.header }
+
+// A HeadFieldsWriter is a ResponseWriter that also takes its head as
+// HTTP/2 header fields, which a proxy relays without making an
+// http.Header of them. SetHeadFields, called before the head is written,
+// gives fields that the head has after the Header map's; their names are
+// lowercase tokens, their values valid, and none is a connection-specific
+// field (RFC 9113 section 8.2.2) or Trailer. A Content-Length among them
+// frames the body as one in the map would. The writer keeps fields until
+// the head is out.
+type HeadFieldsWriter interface {
+	http.ResponseWriter
+	SetHeadFields(fields []hpack.HeaderField)
+}
+
+var _ HeadFieldsWriter = (*responseWriter)(nil)
+
+func (w *responseWriter) SetHeadFields(fields []hpack.HeaderField) {
+	w.fields, w.fieldsCL = fields, -1
+	for _, f := range fields {
+		if f.Name == "content-length" {
+			if n, err := strconv.ParseInt(f.Value, 10, 64); err == nil && n >= 0 {
+				w.fieldsCL = n
+			}
+			break
+		}
+	}
+}
+
+// declaredLength is the Content-Length the handler set, in the Header map
+// or among the head's fields, or -1.
+func (w *responseWriter) declaredLength() int64 {
+	if v := w.header["Content-Length"]; len(v) == 1 {
+		if n, err := strconv.ParseInt(v[0], 10, 64); err == nil && n >= 0 {
+			return n
+		}
+		return -1
+	}
+	return w.fieldsCL
+}
 
 func (w *responseWriter) WriteHeader(code int) {
 	if w.headDone || w.status != 0 || w.hijacked {
@@ -78,7 +121,7 @@ func (w *responseWriter) WriteHeader(code int) {
 		w.bw.WriteString("HTTP/1.1 ")
 		w.bw.WriteString(StatusLine(code))
 		w.bw.WriteString("\r\n")
-		w.writeFields(nil)
+		w.writeFields(nil, false)
 		w.bw.WriteString("\r\n")
 		w.err = w.bw.Flush()
 		w.mu.Unlock()
@@ -98,7 +141,7 @@ func (w *responseWriter) Write(p []byte) (int, error) {
 		return 0, w.err
 	}
 	if !w.headDone {
-		if w.header.Get("Content-Length") == "" && len(w.held)+len(p) <= maxHeld {
+		if w.header.Get("Content-Length") == "" && w.fieldsCL < 0 && len(w.held)+len(p) <= maxHeld {
 			w.held = append(w.held, p...)
 			return len(p), nil
 		}
@@ -205,11 +248,7 @@ func (w *responseWriter) writeHead(final bool) {
 	}
 	h, req := w.header, w.req
 	w.bodyless = req.Method == http.MethodHead || w.status == http.StatusNoContent || w.status == http.StatusNotModified
-	if v := h["Content-Length"]; len(v) == 1 {
-		if n, err := strconv.ParseInt(v[0], 10, 64); err == nil && n >= 0 {
-			w.cl = n
-		}
-	}
+	w.cl = w.declaredLength()
 	trailers := len(h["Trailer"]) > 0 || hasTrailerPrefix(h)
 	switch {
 	case w.status == http.StatusNoContent:
@@ -241,7 +280,7 @@ func (w *responseWriter) writeHead(final bool) {
 			return true
 		}
 		return strings.HasPrefix(k, http.TrailerPrefix)
-	})
+	}, true)
 	if w.cl >= 0 {
 		bw.WriteString("Content-Length: ")
 		// Into the writer's own buffer: an array of ours would escape
@@ -258,7 +297,7 @@ func (w *responseWriter) writeHead(final bool) {
 	case !req.ProtoAtLeast(1, 1):
 		bw.WriteString("Connection: keep-alive\r\n")
 	}
-	if _, ok := h["Date"]; !ok {
+	if _, ok := h["Date"]; !ok && !hasField(w.fields, "date") {
 		bw.WriteString("Date: ")
 		bw.WriteString(httpDate())
 		bw.WriteString("\r\n")
@@ -287,8 +326,9 @@ func (w *responseWriter) writeBodyFailure(pe *ProtocolError) {
 	w.held = w.held[:0]
 }
 
-// writeFields writes the header fields but those skip names.
-func (w *responseWriter) writeFields(skip func(string) bool) {
+// writeFields writes the Header map's fields but those skip names, and
+// with head the head's fields (SetHeadFields) but the framing ones.
+func (w *responseWriter) writeFields(skip func(string) bool, head bool) {
 	for k, vv := range w.header {
 		if !httpguts.ValidHeaderFieldName(k) || skip != nil && skip(k) {
 			continue
@@ -297,6 +337,26 @@ func (w *responseWriter) writeFields(skip func(string) bool) {
 			writeField(w.bw, k, v)
 		}
 	}
+	if !head {
+		return
+	}
+	for _, f := range w.fields {
+		switch f.Name {
+		case "content-length", "transfer-encoding", "connection":
+			// Framing is written from what writeHead decided.
+		default:
+			writeField(w.bw, f.Name, f.Value)
+		}
+	}
+}
+
+func hasField(fields []hpack.HeaderField, name string) bool {
+	for _, f := range fields {
+		if f.Name == name {
+			return true
+		}
+	}
+	return false
 }
 
 func (w *responseWriter) writeBody(p []byte) (int, error) {
@@ -405,7 +465,9 @@ func StatusLine(code int) string {
 // in the value become spaces and blanks around it go (spaces and tabs
 // only: other characters are the value's).
 func writeField(bw *bufio.Writer, k, v string) {
-	if strings.ContainsAny(v, "\r\n") {
+	// Two byte searches: ContainsAny's general path cost more than the
+	// rest of the line on every field.
+	if strings.IndexByte(v, '\r') >= 0 || strings.IndexByte(v, '\n') >= 0 {
 		v = newlineToSpace.Replace(v)
 	}
 	bw.WriteString(k)

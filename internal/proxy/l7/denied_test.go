@@ -15,7 +15,7 @@ func TestDeniedHeaderNotForwarded(t *testing.T) {
 		DeniedHeader: {"no intention allows a -> b"}, "X-App": {"1"},
 	}, Body: io.NopCloser(strings.NewReader("no"))}
 	w := httptest.NewRecorder()
-	copyResponse(w, resp)
+	writeResponse(w, httpResponse(resp))
 	if got := w.Header().Get(DeniedHeader); got != "" {
 		t.Errorf("forwarded %s: %q", DeniedHeader, got)
 	}

@@ -91,17 +91,3 @@ var (
 	smallBuffers = sync.Pool{New: func() any { b := make([]byte, 4<<10); return &b }}
 	largeBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 )
-
-// endTrailersOnly marks a gRPC Trailers-Only response (grpc-status in its
-// header block, which the gRPC spec allows only there) as bodiless.
-// copyResponse flushes the head of a response of unknown length at once; a
-// flushed head goes out without END_STREAM, and the client would then see
-// a stream that ended with no trailers. A response of length 0 is never
-// flushed early: its head leaves with END_STREAM when the handler returns.
-func endTrailersOnly(resp *http.Response) {
-	if resp.ContentLength == -1 && resp.Header.Get("Grpc-Status") != "" &&
-		strings.HasPrefix(resp.Header.Get("Content-Type"), "application/grpc") {
-		resp.Body.Close()
-		resp.ContentLength, resp.Body = 0, http.NoBody
-	}
-}

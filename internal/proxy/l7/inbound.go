@@ -226,11 +226,12 @@ func (in *Inbound) proxy(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var resp *http.Response
+	var fr *h1.Response
 	var err error
 	if p := in.Protocol(); p == v1.ProtocolHTTP2 || p == v1.ProtocolGRPC {
 		resp, err = in.h2c.RoundTrip(r)
 	} else {
-		resp, err = in.app.RoundTrip(r)
+		fr, resp, err = in.app.RoundTripFields(r)
 	}
 	if err != nil {
 		if r.Context().Err() != nil {
@@ -242,7 +243,11 @@ func (in *Inbound) proxy(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "trellis: app unreachable\n")
 		return
 	}
-	copyResponse(w, resp)
+	if fr != nil {
+		writeResponse(w, appResponse(fr))
+		return
+	}
+	writeResponse(w, httpResponse(resp))
 }
 
 // admit checks a request from peer (its head, then its authorization) and

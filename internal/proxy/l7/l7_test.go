@@ -9,6 +9,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -627,6 +628,48 @@ func TestRefusedStreamIsSentAgain(t *testing.T) {
 		}
 		if n := a.hits.Load() - hits; n != 1 {
 			t.Errorf("%s: app saw %d requests, want 1", tc.name, n)
+		}
+	}
+}
+
+// A response crosses both sidecars as fields: the app's fields arrive in
+// its order, hop-by-hop ones and a forged denial marker do not, and the
+// upstream time is the caller's proxy's own, in place of the app's.
+func TestResponseFieldsRelayed(t *testing.T) {
+	ca := trellistest.NewCA(t, "trellis.local")
+	a := startApp(t, "web")
+	a.serve = func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h["X-Multi"] = []string{"1", "2", "3"}
+		h.Set("Keep-Alive", "timeout=5")
+		h.Set("Proxy-Authenticate", "Basic")
+		h.Set(DeniedHeader, "forged")
+		h.Set(UpstreamTimeHeader, "999999")
+		h.Set("Content-Type", "text/plain")
+		io.WriteString(w, "ok")
+	}
+	in := startInbound(t, ca, a, allowAll)
+	url, _ := startOutbound(t, ca, static(mustCompile(t, nil), balance.Endpoint{Addr: in, Instance: "web-1"}))
+	var h2 http.Protocols
+	h2.SetUnencryptedHTTP2(true)
+	for _, c := range []*http.Client{{}, {Transport: &http.Transport{Protocols: &h2}}} {
+		resp, err := c.Get(url + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		h := resp.Header
+		if string(b) != "ok" || h.Get("Content-Type") != "text/plain" || !slices.Equal(h["X-Multi"], []string{"1", "2", "3"}) {
+			t.Errorf("%s: body %q, header %v", resp.Proto, b, h)
+		}
+		for _, k := range []string{"Keep-Alive", "Proxy-Authenticate", DeniedHeader} {
+			if v, ok := h[k]; ok {
+				t.Errorf("%s: %s %v relayed", resp.Proto, k, v)
+			}
+		}
+		if v := h.Values(UpstreamTimeHeader); len(v) != 1 || v[0] == "999999" {
+			t.Errorf("%s: %s %v, want the proxy's one value", resp.Proto, UpstreamTimeHeader, v)
 		}
 	}
 }

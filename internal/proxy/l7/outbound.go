@@ -15,12 +15,17 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/net/http2/hpack"
+
 	v1 "github.com/trellis-mesh/trellis/api/v1"
 	"github.com/trellis-mesh/trellis/internal/proxy/balance"
 	"github.com/trellis-mesh/trellis/internal/proxy/h1"
 	"github.com/trellis-mesh/trellis/internal/proxy/tunnel"
 	"github.com/trellis-mesh/trellis/internal/tracing"
 )
+
+// upstreamTimeField is UpstreamTimeHeader as a field name.
+var upstreamTimeField = strings.ToLower(UpstreamTimeHeader)
 
 // ALPN is the protocol of L7 connections between sidecars: plain HTTP/2,
 // beside the CONNECT tunnel's protocol on the same port.
@@ -118,13 +123,13 @@ func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		o.fail(w, r, err)
 		return
 	}
-	if resp.StatusCode == http.StatusSwitchingProtocols {
-		if err := serveUpgrade(w, up, resp); err != nil {
+	if resp.upgraded != nil {
+		if err := serveUpgrade(w, up, resp.upgraded); err != nil {
 			o.fail(w, r, err)
 		}
 		return
 	}
-	copyResponse(w, resp)
+	writeResponse(w, resp)
 }
 
 func refuse(w http.ResponseWriter, e *badRequest) {
@@ -157,7 +162,7 @@ const maxRefusedSends = 3
 // retired connection does) is sent again on a fresh connection whatever
 // the route's retry policy says, when the body can be had again: nothing
 // of it reached the app, and retiring a connection must fail no request.
-func (o *Outbound) send(ctx context.Context, req *http.Request, ep balance.Endpoint) (*http.Response, error) {
+func (o *Outbound) send(ctx context.Context, req *http.Request, ep balance.Endpoint) (*response, error) {
 	for try := 1; ; try++ {
 		conn, err := o.Conn(ctx, ep)
 		if err != nil {
@@ -214,7 +219,7 @@ func (o *Outbound) fail(w http.ResponseWriter, r *http.Request, err error) {
 
 // roundTrip routes, balances and retries one request. It ends sp (nil
 // when tracing is off) where it observes the request's metrics.
-func (o *Outbound) roundTrip(req *http.Request, sp *tracing.Span) (resp *http.Response, err error) {
+func (o *Outbound) roundTrip(req *http.Request, sp *tracing.Span) (resp *response, err error) {
 	clientBody := req.Body // before a retry's copy replaces it
 	holdsSlot := false     // of the circuit breaker, until the body is done
 	start := time.Now()
@@ -254,7 +259,11 @@ func (o *Outbound) roundTrip(req *http.Request, sp *tracing.Span) (resp *http.Re
 	}
 	if upgradeType(req.Header) != "" {
 		ep, _ := o.bal.Pick(cands, nil)
-		return o.roundTripUpgrade(req, rule, ep, start, sp)
+		up, err := o.roundTripUpgrade(req, rule, ep, start, sp)
+		if err != nil {
+			return nil, err
+		}
+		return httpResponse(up), nil
 	}
 
 	if lim := o.limits(); lim != nil && lim.MaxRequests > 0 {
@@ -297,7 +306,7 @@ func (o *Outbound) roundTrip(req *http.Request, sp *tracing.Span) (resp *http.Re
 	ctx, cancel := context.WithCancel(req.Context())
 	var timedOut atomic.Bool
 	timer := time.AfterFunc(rule.Timeout, func() { timedOut.Store(true); cancel() })
-	fail := func(err error, attempt int) (*http.Response, error) {
+	fail := func(err error, attempt int) (*response, error) {
 		timer.Stop()
 		cancel()
 		if timedOut.Load() {
@@ -343,42 +352,44 @@ func (o *Outbound) roundTrip(req *http.Request, sp *tracing.Span) (resp *http.Re
 		if tryTimer != nil && !tryTimer.Stop() && err == nil {
 			// The answer came as the per-try timer fired: its context is
 			// gone, so this attempt failed after all.
-			resp.Body.Close()
+			resp.body.Close()
 			resp, err = nil, context.DeadlineExceeded
 		}
 		if attempt > 1 {
 			o.retrying.Add(-1)
 		}
-		if err == nil && resp.StatusCode >= 500 {
+		if err == nil && resp.status >= 500 {
 			o.errored(ep)
 		}
 		if err == nil && attempt < attempts && rule.Retry.retryStatus(resp) {
 			o.bal.Done(ep.Key())
 			tryCancel()
 			// Drain a little so that the connection can be reused.
-			io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-			resp.Body.Close()
-			lastErr = fmt.Errorf("%s answered %d", ep.Instance, resp.StatusCode)
+			io.Copy(io.Discard, io.LimitReader(resp.body, 64<<10))
+			resp.body.Close()
+			lastErr = fmt.Errorf("%s answered %d", ep.Instance, resp.status)
 			continue
 		}
 		if err == nil && !timer.Stop() {
-			resp.Body.Close()
+			resp.body.Close()
 			o.bal.Done(ep.Key())
 			tryCancel()
 			return fail(context.DeadlineExceeded, attempt)
 		}
 		if err == nil {
-			if resp.StatusCode < 500 {
+			if resp.status < 500 {
 				o.bal.Succeeded(ep.Key())
 			}
-			if resp.StatusCode == http.StatusForbidden {
+			if resp.status == http.StatusForbidden {
 				o.denied(req, resp)
 			}
-			resp.Header.Set(UpstreamTimeHeader, strconv.FormatInt(time.Since(start).Milliseconds(), 10))
+			resp.del(upstreamTimeField)
+			resp.fields = append(resp.fields, hpack.HeaderField{Name: upstreamTimeField,
+				Value: strconv.FormatInt(time.Since(start).Milliseconds(), 10)})
 			// One struct for what ends with the body, not a closure: the
 			// variables a closure captured would each cost an allocation.
-			resp.Body = &trackedBody{ReadCloser: resp.Body, o: o, req: req, rule: rule, ep: ep,
-				code: resp.StatusCode, attempt: attempt, start: start, sp: sp, holdsSlot: holdsSlot,
+			resp.body = &trackedBody{ReadCloser: resp.body, o: o, req: req, rule: rule, ep: ep,
+				code: resp.status, attempt: attempt, start: start, sp: sp, holdsSlot: holdsSlot,
 				tryCancel: tryCancel, cancel: cancel}
 			return resp, nil
 		}
@@ -438,8 +449,8 @@ const deniedPrefix = "trellis: denied: "
 
 // denied logs, at warn level and at most refusalsPerSecond lines a
 // second, a call the destination refused by policy.
-func (o *Outbound) denied(req *http.Request, resp *http.Response) {
-	why := resp.Header.Get(DeniedHeader)
+func (o *Outbound) denied(req *http.Request, resp *response) {
+	why := resp.get(deniedField)
 	if why == "" {
 		return // the app's own 403
 	}
@@ -477,18 +488,18 @@ func (o *Outbound) takeRetry() bool {
 }
 
 // retryStatus reports whether resp is a failure the policy retries.
-func (p *Retry) retryStatus(resp *http.Response) bool {
+func (p *Retry) retryStatus(resp *response) bool {
 	if p == nil {
 		return false
 	}
-	c := resp.StatusCode
+	c := resp.status
 	switch {
 	case p.on["5xx"] && c >= 500:
 		return true
 	case p.on["gateway-error"] && (c == 502 || c == 503 || c == 504):
 		return true
 	case p.on["retriable-grpc"]:
-		switch resp.Header.Get("Grpc-Status") {
+		switch resp.get("grpc-status") {
 		case "14", "8": // UNAVAILABLE, RESOURCE_EXHAUSTED
 			return true
 		}

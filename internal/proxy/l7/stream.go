@@ -16,7 +16,6 @@ import (
 
 	"golang.org/x/net/http2/hpack"
 
-	"github.com/trellis-mesh/trellis/internal/proxy/h1"
 	"github.com/trellis-mesh/trellis/internal/proxy/tunnel"
 )
 
@@ -135,7 +134,8 @@ func declaredTrailers(h http.Header) http.Header {
 }
 
 // streamBody is a message body read from a stream. At its end it fills
-// trailer, the message's Trailer map, with the trailers that came.
+// trailer, when set, the message's Trailer map, with the trailers that
+// came.
 type streamBody struct {
 	s       *tunnel.Stream
 	trailer *http.Header
@@ -146,7 +146,7 @@ func (b *streamBody) Read(p []byte) (int, error) {
 	n, err := b.s.Read(p)
 	if err == io.EOF && !b.eof {
 		b.eof = true
-		if t := b.s.Trailers(); len(t) > 0 {
+		if t := b.s.Trailers(); len(t) > 0 && b.trailer != nil {
 			if *b.trailer == nil {
 				*b.trailer = http.Header{}
 			}
@@ -158,6 +158,15 @@ func (b *streamBody) Read(p []byte) (int, error) {
 		}
 	}
 	return n, err
+}
+
+// trailerFields are the trailers that came, once the body was read to
+// its end.
+func (b *streamBody) trailerFields() []hpack.HeaderField {
+	if !b.eof {
+		return nil
+	}
+	return b.s.Trailers()
 }
 
 // Close stops the body: if it was not read to its end, the stream is
@@ -176,7 +185,7 @@ const maxHeldBody = 16 << 10
 // sendRequest sends req (its URL already the endpoint's) on a request
 // stream of conn, which has a stream reserved, and waits for the response
 // headers.
-func sendRequest(ctx context.Context, conn *tunnel.Conn, req *http.Request) (*http.Response, error) {
+func sendRequest(ctx context.Context, conn *tunnel.Conn, req *http.Request) (*response, error) {
 	path := req.URL.RequestURI()
 	if req.Method == http.MethodOptions && path == "/*" {
 		path = "*"
@@ -265,32 +274,7 @@ func sendRequest(ctx context.Context, conn *tunnel.Conn, req *http.Request) (*ht
 		}
 		return nil, err
 	}
-	// The response and its body in one allocation.
-	rb := &responseAndBody{Response: http.Response{
-		Status:     h1.StatusLine(status),
-		StatusCode: status,
-		Proto:      "HTTP/2.0",
-		ProtoMajor: 2,
-		Header:     fieldsHeader(rfields),
-		Request:    req,
-	}}
-	resp := &rb.Response
-	resp.ContentLength = -1
-	if cl := resp.Header.Get("Content-Length"); cl != "" {
-		if n, err := strconv.ParseInt(cl, 10, 64); err == nil && n >= 0 {
-			resp.ContentLength = n
-		}
-	}
-	resp.Trailer = declaredTrailers(resp.Header)
-	rb.body = streamBody{s: s, trailer: &resp.Trailer}
-	resp.Body = &rb.body
-	return resp, nil
-}
-
-// responseAndBody is a response from a stream with its body.
-type responseAndBody struct {
-	http.Response
-	body streamBody
+	return streamResponse(s, status, rfields), nil
 }
 
 // sendBody streams a request body, then its trailers, to s.
@@ -483,6 +467,7 @@ type streamWriter struct {
 	ctx    streamContext // the request's
 	s      *tunnel.Stream
 	header http.Header
+	fields []hpack.HeaderField // SetHeadFields's, sent after header's
 	status int
 	sent   bool
 	held   []byte
@@ -496,16 +481,9 @@ func (w *streamWriter) Header() http.Header {
 	return w.header
 }
 
-// adoptHeader makes h the response's header, if none was set yet and the
-// head is not sent: a proxy relaying a response whose header map is its
-// own then hands it over instead of copying it into another map.
-func (w *streamWriter) adoptHeader(h http.Header) bool {
-	if len(w.header) > 0 || w.sent || w.status != 0 {
-		return false
-	}
-	w.header = h
-	return true
-}
+// SetHeadFields gives fields that the head has after the Header map's
+// (see h1.HeadFieldsWriter).
+func (w *streamWriter) SetHeadFields(fields []hpack.HeaderField) { w.fields = fields }
 
 func (w *streamWriter) WriteHeader(code int) {
 	if w.status != 0 || code < 200 {
@@ -550,10 +528,14 @@ func (w *streamWriter) sendHead(end bool) error {
 	declared := declaredTrailers(w.header)
 	// Sized for the usual one field a name: growing from nothing would
 	// cost an allocation per doubling.
-	fields := appendFields(make([]hpack.HeaderField, 0, len(w.header)), w.header, func(k string) bool {
-		_, trailer := declared[k]
-		return trailer || strings.HasPrefix(k, http.TrailerPrefix)
-	})
+	fields := w.fields
+	if len(w.header) > 0 {
+		fields = appendFields(make([]hpack.HeaderField, 0, len(w.header)+len(w.fields)), w.header, func(k string) bool {
+			_, trailer := declared[k]
+			return trailer || strings.HasPrefix(k, http.TrailerPrefix)
+		})
+		fields = append(fields, w.fields...)
+	}
 	w.err = w.s.WriteResponse(w.status, fields, w.held, end)
 	w.held = nil
 	return w.err

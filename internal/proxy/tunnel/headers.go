@@ -3,7 +3,6 @@ package tunnel
 import (
 	"errors"
 	"fmt"
-	"slices"
 
 	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2"
@@ -43,12 +42,15 @@ func (b *headerBlock) pseudo(name string) string {
 // reader's buffer.
 func (b *headerBlock) regular() []hpack.HeaderField { return b.fields[b.npseudo:] }
 
-// regularCopy returns the regular fields in a slice of their own.
+// regularCopy returns the regular fields in a slice of their own, with
+// room for two more: a proxy relaying a message adds a field or two of its
+// own, which would otherwise cost a second slice.
 func (b *headerBlock) regularCopy() []hpack.HeaderField {
 	if len(b.fields) == b.npseudo {
 		return nil
 	}
-	return slices.Clone(b.regular())
+	r := b.regular()
+	return append(make([]hpack.HeaderField, 0, len(r)+2), r...)
 }
 
 // headerReader decodes a connection's header blocks with its HPACK
