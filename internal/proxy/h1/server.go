@@ -2,6 +2,7 @@ package h1
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -323,13 +324,24 @@ func (sc *serverConn) serve() {
 	ctx = context.WithValue(ctx, http.LocalAddrContextKey, c.LocalAddr())
 	remote := c.RemoteAddr().String()
 	w := &responseWriter{c: c, br: br, bw: bw, pw: pw}
+	deadline := true // a read deadline is set on c
 	for first := true; ; first = false {
 		if !first {
 			c.SetReadDeadline(time.Now().Add(sc.s.idleTimeout()))
 			if _, err := br.Peek(1); err != nil {
 				return
 			}
-			c.SetReadDeadline(time.Now().Add(sc.s.headerReadTimeout()))
+			// A head that came whole in one read (most do) is read without
+			// another read of the connection: no header deadline, and none
+			// to clear after it. The idle one stays until the next read of
+			// c, each of which sets its own (a body's, the next request's,
+			// a hijack's); nothing reads c while the handler runs.
+			if !headBuffered(br) {
+				c.SetReadDeadline(time.Now().Add(sc.s.headerReadTimeout()))
+				deadline = true
+			} else {
+				deadline = false
+			}
 		}
 		if !sc.s.setIdle(sc, false) {
 			return
@@ -360,7 +372,9 @@ func (sc *serverConn) serve() {
 			return
 		}
 		lr.N = math.MaxInt64
-		c.SetReadDeadline(time.Time{})
+		if deadline {
+			c.SetReadDeadline(time.Time{})
+		}
 		if tlsState != nil && !sniNames(tlsState.ServerName, req.Host) {
 			sc.s.reject(remote, misdirected(tlsState.ServerName, req.Host), bw)
 			return
@@ -416,6 +430,13 @@ func (sc *serverConn) serve() {
 			return
 		}
 	}
+}
+
+// headBuffered reports whether br holds a whole request head: a blank
+// line after the request line and fields.
+func headBuffered(br *bufio.Reader) bool {
+	b, _ := br.Peek(br.Buffered())
+	return bytes.Index(b, []byte("\r\n\r\n")) >= 0
 }
 
 // isH2Preface reports whether the connection starts with the HTTP/2

@@ -29,9 +29,10 @@ type response struct {
 	// declared are the trailers announced in the head (canonical names,
 	// the mesh's own left out).
 	declared []string
-	// trailers returns the trailer fields once body has been read to its
-	// end; nil for a response that can have none.
-	trailers func() []hpack.HeaderField
+	// Where the trailers come from, once body has been read to its end:
+	// the stream's body, or net/http's response (neither: none).
+	streamBody *streamBody
+	httpResp   *http.Response
 	// upgraded, for a 101, is the upstream's response whose body is the
 	// switched connection (serveUpgrade).
 	upgraded *http.Response
@@ -102,7 +103,7 @@ func streamResponse(s *tunnel.Stream, status int, fields []hpack.HeaderField) *r
 	r.fields = fields
 	resp.body = streamBody{s: s}
 	r.body = &resp.body
-	r.trailers = resp.body.trailerFields
+	r.streamBody = &resp.body
 	return r
 }
 
@@ -148,7 +149,7 @@ func httpResponse(resp *http.Response) *response {
 	// net/http fills Trailer at the body's end; an HTTP/1.1 body of known
 	// length has none.
 	if resp.ContentLength < 0 || len(resp.Trailer) > 0 {
-		r.trailers = func() []hpack.HeaderField { return appendFields(nil, resp.Trailer, nil) }
+		r.httpResp = resp
 	}
 	return r
 }
@@ -205,13 +206,20 @@ func writeResponse(w http.ResponseWriter, resp *response) {
 	if !copyBody(w, resp.body, resp.length == -1) {
 		return
 	}
-	if resp.trailers == nil {
-		return
+	var trailers []hpack.HeaderField
+	switch {
+	case resp.streamBody != nil:
+		trailers = resp.streamBody.trailerFields()
+	case resp.httpResp != nil:
+		trailers = appendFields(nil, resp.httpResp.Trailer, nil)
+	}
+	if len(trailers) == 0 {
+		return // and no Header map made for nothing
 	}
 	// Each under http.TrailerPrefix: whether it was announced or not, the
 	// writers send it as a trailer, and only once.
 	h := w.Header()
-	for _, f := range resp.trailers() {
+	for _, f := range trailers {
 		if k := canonicalNames.get(f.Name); !meshTrailer(k) {
 			h[http.TrailerPrefix+k] = append(h[http.TrailerPrefix+k], f.Value)
 		}
