@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 
+	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2/hpack"
 
 	"github.com/trellis-mesh/trellis/internal/proxy/h1"
@@ -134,7 +135,7 @@ func httpResponse(resp *http.Response) *response {
 	}
 	removeHopByHop(resp.Header)
 	r := &response{status: resp.StatusCode, length: resp.ContentLength, body: resp.Body,
-		fields: appendFields(make([]hpack.HeaderField, 0, len(resp.Header)), resp.Header, nil)}
+		fields: appendFields(make([]hpack.HeaderField, 0, len(resp.Header)), resp.Header, invalidName)}
 	if r.length >= 0 && resp.Header.Get("Content-Length") == "" && !bodiless(resp.StatusCode) {
 		// net/http took it out of the header; the writers frame by it.
 		// A 204 or 304 has no body, and net/http's 0 is no length of
@@ -162,6 +163,12 @@ func httpResponse(resp *http.Response) *response {
 func bodiless(code int) bool {
 	return code < 200 || code == http.StatusNoContent || code == http.StatusNotModified
 }
+
+// invalidName reports whether a header key is no token. net/http reads
+// an HTTP/1.1 field whose name has a space in it, or before its colon
+// ("X A : v"), as a field of that name; the writers take fields as they
+// are (h1.HeadFieldsWriter), and a stream's peer refuses the whole head.
+func invalidName(k string) bool { return !httpguts.ValidHeaderFieldName(k) }
 
 // appResponse makes a response of an app's read the short way (whose head
 // has no Connection, Transfer-Encoding or Trailer field).
@@ -220,7 +227,7 @@ func writeResponse(w http.ResponseWriter, resp *response) {
 	case resp.streamBody != nil:
 		trailers = resp.streamBody.trailerFields()
 	case resp.httpResp != nil:
-		trailers = appendFields(nil, resp.httpResp.Trailer, nil)
+		trailers = appendFields(nil, resp.httpResp.Trailer, invalidName)
 	}
 	if len(trailers) == 0 {
 		return // and no Header map made for nothing
