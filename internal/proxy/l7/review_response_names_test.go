@@ -87,3 +87,24 @@ func TestInvalidResponseFieldNamesDropped(t *testing.T) {
 	raw, _ = io.ReadAll(mc)
 	check("mesh", raw)
 }
+
+// A field an HTTP/1.1 app's Connection field names is the hop's: it
+// stays behind, also when the Connection field says "close" too (which
+// net/http takes out of the header it reads), and also when folded.
+func TestConnectionNamedResponseFieldsDropped(t *testing.T) {
+	ca := trellistest.NewCA(t, "trellis.local")
+	for _, conn := range []string{"X-Secret, close", "close, x-secret", "X-Secret", "close,\r\n x-secret"} {
+		app := rawApp(t, "HTTP/1.1 200 OK\r\nConnection: "+conn+"\r\nX-Secret: s\r\nX-Good: 1\r\nContent-Length: 2\r\n\r\nok")
+		in := startInboundFor(t, ca, app, v1.ProtocolHTTP, allowAll)
+		url, _ := startOutbound(t, ca, static(mustCompile(t, nil), balance.Endpoint{Addr: in, Instance: "web-1"}))
+		resp, err := http.Get(url + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(b) != "ok" || resp.Header.Get("X-Good") != "1" || resp.Header.Get("X-Secret") != "" {
+			t.Errorf("Connection: %q: body %q, header %v", conn, b, resp.Header)
+		}
+	}
+}
