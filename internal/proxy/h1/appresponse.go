@@ -80,8 +80,47 @@ func readResponseFields(br *bufio.Reader, req *http.Request, kept *keptStrings) 
 	if ar := readSimpleResponse(br, req, kept); ar != nil {
 		return &ar.Response, ar, nil
 	}
+	conn := bufferedConnection(br)
 	resp, err = http.ReadResponse(br, req)
+	if err == nil && resp.Close && len(conn) > 0 && resp.Header["Connection"] == nil {
+		// net/http drops a Connection field that says "close", and with
+		// it the other fields it names as the hop's (RFC 9110 section
+		// 7.6.1): a proxy needs them to drop those fields too.
+		resp.Header["Connection"] = conn
+	}
 	return resp, nil, err
+}
+
+// bufferedConnection returns the values of the Connection fields of the
+// response head at the start of br's buffer, when all of the head is
+// there (a head larger than the buffer is not looked at).
+func bufferedConnection(br *bufio.Reader) []string {
+	b, _ := br.Peek(br.Buffered())
+	var vals []string
+	inConn := false
+	for first := true; ; first = false {
+		nl := bytes.IndexByte(b, '\n')
+		if nl < 0 {
+			return nil // not all here
+		}
+		line := bytes.TrimSuffix(b[:nl], []byte("\r"))
+		b = b[nl+1:]
+		switch {
+		case len(line) == 0:
+			return vals
+		case first:
+		case line[0] == ' ' || line[0] == '\t':
+			if inConn { // obs-fold: the value goes on
+				vals[len(vals)-1] += " " + string(bytes.TrimSpace(line))
+				continue
+			}
+		case len(line) >= 11 && line[10] == ':' && bytes.EqualFold(line[:10], []byte("connection")):
+			vals = append(vals, string(bytes.TrimSpace(line[11:])))
+			inConn = true
+			continue
+		}
+		inConn = false
+	}
 }
 
 // maxSimpleFields bounds the fields of a head read the short way.

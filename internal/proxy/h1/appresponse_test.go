@@ -5,7 +5,9 @@ import (
 	"bytes"
 	"io"
 	"net/http"
+	"net/textproto"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"unsafe"
@@ -118,4 +120,48 @@ func TestReadResponseShortWay(t *testing.T) {
 	if ar != nil || body != "abc" || chunked.ContentLength != -1 {
 		t.Fatalf("chunked: short way %v, body %q, length %d", ar != nil, body, chunked.ContentLength)
 	}
+}
+
+// bufferedConnection finds the Connection fields net/textproto reads in
+// a response head that is all in the buffer, and the same tokens.
+func FuzzBufferedConnection(f *testing.F) {
+	for _, s := range []string{
+		"HTTP/1.1 200 OK\r\nConnection: X-Secret, close\r\nX-Secret: s\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nconnection: close,\r\n x-a\r\n\tx-b\r\nConnection: x-c\r\n\r\nbody",
+		"HTTP/1.1 200 OK\nConnection: close\n\n",
+		"HTTP/1.1 200 OK\r\nConnection : x\r\nX-Connection: y\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nConnection: x\r\n",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		br := bufio.NewReaderSize(bytes.NewReader(data), 4<<10)
+		br.Peek(len(data))
+		got := bufferedConnection(br)
+		tr := textproto.NewReader(bufio.NewReader(bytes.NewReader(data)))
+		if line, err := tr.ReadLine(); err != nil || line == "" {
+			return // no status line: http.ReadResponse fails
+		}
+		h, err := tr.ReadMIMEHeader()
+		if err != nil {
+			return
+		}
+		if got == nil && len(data) > br.Size() {
+			return // not all buffered: not looked at
+		}
+		tokens := func(vv []string) []string {
+			var out []string
+			for _, v := range vv {
+				for _, tok := range strings.Split(v, ",") {
+					if tok = strings.ToLower(textproto.TrimString(tok)); tok != "" {
+						out = append(out, tok)
+					}
+				}
+			}
+			return out
+		}
+		if g, w := tokens(got), tokens(h["Connection"]); !slices.Equal(g, w) {
+			t.Fatalf("tokens %q, net/textproto's %q", g, w)
+		}
+	})
 }

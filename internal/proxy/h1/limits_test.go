@@ -89,30 +89,40 @@ func TestConnectionTimeoutsAreSettings(t *testing.T) {
 // A kept connection's next head that comes in pieces is bounded by
 // HeaderReadTimeout, not by IdleTimeout: the header deadline is left out
 // only for a head that came whole.
+// Empty lines before the request line (which the server skips) hold no
+// head either, nor do they make a partial head whole.
 func TestHeaderTimeoutOnAKeptConnection(t *testing.T) {
-	addr := limitsServer(t, func(s *Server) {
-		s.HeaderReadTimeout = 200 * time.Millisecond
-		s.IdleTimeout = 10 * time.Second
-	})
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	br := bufio.NewReader(c)
-	io.WriteString(c, "GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	io.Copy(io.Discard, resp.Body)
-	io.WriteString(c, "GET / HTTP/1.1\r\nHost: a\r\n") // and no end of head
-	start := time.Now()
-	if _, err := br.ReadByte(); err == nil {
-		t.Fatal("an answer to a head that never ended")
-	}
-	if took := time.Since(start); took > 5*time.Second {
-		t.Fatalf("closed after %s: the idle timeout, not the header one", took)
+	for _, tc := range []struct{ name, next string }{
+		{"partial head", "GET / HTTP/1.1\r\nHost: a\r\n"},
+		{"empty lines then partial head", "\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n"},
+		{"empty lines only", "\r\n\r\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			addr := limitsServer(t, func(s *Server) {
+				s.HeaderReadTimeout = 200 * time.Millisecond
+				s.IdleTimeout = 10 * time.Second
+			})
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			br := bufio.NewReader(c)
+			io.WriteString(c, "GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			io.WriteString(c, tc.next) // and no end of head
+			start := time.Now()
+			if _, err := br.ReadByte(); err == nil {
+				t.Fatal("an answer to a head that never ended")
+			}
+			if took := time.Since(start); took > 5*time.Second {
+				t.Fatalf("closed after %s: the idle timeout, not the header one", took)
+			}
+		})
 	}
 }
 

@@ -433,9 +433,12 @@ func (sc *serverConn) serve() {
 }
 
 // headBuffered reports whether br holds a whole request head: a blank
-// line after the request line and fields.
+// line after the request line and fields. The empty lines that may come
+// before a request line (and that serve skips) are no head: a client
+// sending them, then a head byte by byte, must meet the header deadline.
 func headBuffered(br *bufio.Reader) bool {
 	b, _ := br.Peek(br.Buffered())
+	b = bytes.TrimLeft(b, "\r\n")
 	return bytes.Index(b, []byte("\r\n\r\n")) >= 0
 }
 

@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 
+	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2/hpack"
 
 	"github.com/trellis-mesh/trellis/internal/proxy/h1"
@@ -134,9 +135,12 @@ func httpResponse(resp *http.Response) *response {
 	}
 	removeHopByHop(resp.Header)
 	r := &response{status: resp.StatusCode, length: resp.ContentLength, body: resp.Body,
-		fields: appendFields(make([]hpack.HeaderField, 0, len(resp.Header)), resp.Header, nil)}
-	if r.length >= 0 && resp.Header.Get("Content-Length") == "" {
+		fields: appendFields(make([]hpack.HeaderField, 0, len(resp.Header)), resp.Header, invalidName)}
+	if r.length >= 0 && resp.Header.Get("Content-Length") == "" && !bodiless(resp.StatusCode) {
 		// net/http took it out of the header; the writers frame by it.
+		// A 204 or 304 has no body, and net/http's 0 is no length of
+		// its: a Content-Length would be forbidden (204) or claim an
+		// empty representation (304, RFC 9110 section 8.6).
 		r.fields = append(r.fields, hpack.HeaderField{Name: "content-length", Value: strconv.FormatInt(r.length, 10)})
 	}
 	if len(resp.Trailer) > 0 {
@@ -147,12 +151,24 @@ func httpResponse(resp *http.Response) *response {
 		}
 	}
 	// net/http fills Trailer at the body's end; an HTTP/1.1 body of known
-	// length has none.
-	if resp.ContentLength < 0 || len(resp.Trailer) > 0 {
+	// length has none, an HTTP/2 one may have some it did not announce.
+	if resp.ContentLength < 0 || len(resp.Trailer) > 0 || resp.ProtoMajor >= 2 {
 		r.httpResp = resp
 	}
 	return r
 }
+
+// bodiless reports whether a response of status code has no body
+// whatever its head says (RFC 9110 sections 15.2, 15.3.5, 15.4.5).
+func bodiless(code int) bool {
+	return code < 200 || code == http.StatusNoContent || code == http.StatusNotModified
+}
+
+// invalidName reports whether a header key is no token. net/http reads
+// an HTTP/1.1 field whose name has a space in it, or before its colon
+// ("X A : v"), as a field of that name; the writers take fields as they
+// are (h1.HeadFieldsWriter), and a stream's peer refuses the whole head.
+func invalidName(k string) bool { return !httpguts.ValidHeaderFieldName(k) }
 
 // appResponse makes a response of an app's read the short way (whose head
 // has no Connection, Transfer-Encoding or Trailer field).
@@ -211,7 +227,7 @@ func writeResponse(w http.ResponseWriter, resp *response) {
 	case resp.streamBody != nil:
 		trailers = resp.streamBody.trailerFields()
 	case resp.httpResp != nil:
-		trailers = appendFields(nil, resp.httpResp.Trailer, nil)
+		trailers = appendFields(nil, resp.httpResp.Trailer, invalidName)
 	}
 	if len(trailers) == 0 {
 		return // and no Header map made for nothing
