@@ -23,7 +23,7 @@ func TestHeadFields(t *testing.T) {
 		w.Header().Set("X-Map", "m")
 		fields := []hpack.HeaderField{{Name: "x-field", Value: "a"}, {Name: "x-field", Value: "b"},
 			{Name: "date", Value: "Mon, 07 Dec 2026 00:00:00 GMT"}, {Name: "connection", Value: "keep-alive"},
-			{Name: "transfer-encoding", Value: "gzip"}}
+			{Name: "transfer-encoding", Value: "gzip"}, {Name: "bad name", Value: "v"}, {Name: "x-sp ", Value: "v"}}
 		if r.URL.Path == "/length" {
 			fields = append(fields, hpack.HeaderField{Name: "content-length", Value: "5"})
 		}
@@ -39,9 +39,9 @@ func TestHeadFields(t *testing.T) {
 		not  []string
 	}{
 		{"/length", []string{"HTTP/1.1 201 Created\r\n", "X-Map: m\r\n", "x-field: a\r\nx-field: b\r\ndate: Mon, 07 Dec 2026 00:00:00 GMT\r\n",
-			"Content-Length: 5\r\n", "\r\n\r\nhello"}, []string{"chunked", "Date:", "connection:", "gzip"}},
+			"Content-Length: 5\r\n", "\r\n\r\nhello"}, []string{"chunked", "Date:", "connection:", "gzip", "bad name", "x-sp"}},
 		{"/", []string{"HTTP/1.1 201 Created\r\n", "x-field: a\r\nx-field: b\r\n", "Transfer-Encoding: chunked\r\n", "2\r\nhe\r\n3\r\nllo\r\n0\r\n\r\n"},
-			[]string{"Content-Length", "Date:", "gzip"}},
+			[]string{"Content-Length", "Date:", "gzip", "bad name", "x-sp"}},
 	} {
 		got := exchange(t, addr, "GET "+tc.path+" HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
 		rest := got

@@ -86,7 +86,7 @@ func (w *responseWriter) SetHeadFields(fields []hpack.HeaderField) {
 	w.fields, w.fieldsCL = fields, -1
 	for _, f := range fields {
 		if f.Name == "content-length" {
-			if n, err := strconv.ParseInt(f.Value, 10, 64); err == nil && n >= 0 {
+			if n, ok := parseContentLength(f.Value); ok {
 				w.fieldsCL = n
 			}
 			break
@@ -341,9 +341,12 @@ func (w *responseWriter) writeFields(skip func(string) bool, head bool) {
 		return
 	}
 	for _, f := range w.fields {
-		switch f.Name {
-		case "content-length", "transfer-encoding", "connection":
+		switch {
+		case f.Name == "content-length" || f.Name == "transfer-encoding" || f.Name == "connection":
 			// Framing is written from what writeHead decided.
+		case !httpguts.ValidHeaderFieldName(f.Name):
+			// Producers check names; a name that is no token would still
+			// let the client read the head otherwise than we wrote it.
 		default:
 			writeField(w.bw, f.Name, f.Value)
 		}

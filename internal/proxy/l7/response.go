@@ -84,19 +84,27 @@ func streamResponse(s *tunnel.Stream, status int, fields []hpack.HeaderField) *r
 	// Connection-specific fields never come on a stream (the tunnel
 	// refuses them); what else is hop-by-hop goes, and the Trailer field
 	// is read for the names it announces.
-	hop := false
+	hop, badLength := false, false
 	for _, f := range fields {
 		switch {
 		case f.Name == "content-length":
-			if n, err := strconv.ParseInt(f.Value, 10, 64); err == nil && n >= 0 && r.length < 0 {
-				r.length = n
+			n, ok := parseLength(f.Value)
+			if !ok || r.length >= 0 && n != r.length {
+				badLength = true
 			}
+			r.length = n
 		case f.Name == "trailer":
 			r.declared = appendDeclared(r.declared, f.Value)
 			hop = true
 		case hopFields[f.Name]:
 			hop = true
 		}
+	}
+	if badLength {
+		// "+5", "5x", two lengths that disagree: none is relayed, and
+		// the body is framed as one of unknown length.
+		r.length = -1
+		fields = deleteFields(fields, func(n string) bool { return n == "content-length" })
 	}
 	if hop {
 		fields = deleteFields(fields, func(n string) bool { return hopFields[n] })
@@ -106,6 +114,22 @@ func streamResponse(s *tunnel.Stream, status int, fields []hpack.HeaderField) *r
 	r.body = &resp.body
 	r.streamBody = &resp.body
 	return r
+}
+
+// parseLength parses a Content-Length value: digits only (no sign, no
+// blanks), as RFC 9110 section 8.6 has it, and at most 18 of them.
+func parseLength(v string) (int64, bool) {
+	if v == "" || len(v) > 18 {
+		return -1, false
+	}
+	var n int64
+	for i := 0; i < len(v); i++ {
+		if v[i] < '0' || v[i] > '9' {
+			return -1, false
+		}
+		n = n*10 + int64(v[i]-'0')
+	}
+	return n, true
 }
 
 // responseWithBody is a stream's response with its body, in one

@@ -32,14 +32,20 @@ func TestStreamResponseHead(t *testing.T) {
 		t.Errorf("after del: %v", r.fields)
 	}
 
-	// No length, or a malformed one: the body's length is unknown.
-	for _, v := range []string{"", "-1", "5x"} {
+	// No length, a malformed one, or two that disagree: the body's length
+	// is unknown, and no Content-Length is relayed.
+	for _, vs := range [][]string{nil, {"-1"}, {"5x"}, {"+5"}, {" 5"}, {"5", "6"}, {"99999999999999999999"}} {
 		var f []hpack.HeaderField
-		if v != "" {
-			f = []hpack.HeaderField{{Name: "content-length", Value: v}}
+		for _, v := range vs {
+			f = append(f, hpack.HeaderField{Name: "content-length", Value: v})
 		}
-		if r := streamResponse(nil, 200, f); r.length != -1 {
-			t.Errorf("content-length %q: length %d, want -1", v, r.length)
+		if r := streamResponse(nil, 200, f); r.length != -1 || r.get("content-length") != "" {
+			t.Errorf("content-length %q: length %d, field %q; want -1 and none", vs, r.length, r.get("content-length"))
 		}
+	}
+	// Two that agree are one length.
+	two := []hpack.HeaderField{{Name: "content-length", Value: "5"}, {Name: "content-length", Value: "5"}}
+	if r := streamResponse(nil, 200, two); r.length != 5 {
+		t.Errorf("two equal lengths: %d", r.length)
 	}
 }
