@@ -22,7 +22,11 @@
 //     ResponseWriter that supports it (this package's, l7's stream
 //     writer), and StatusLine, the "200 OK" text of a status.
 //   - Client: an http.RoundTripper to one address (the local app) over
-//     kept HTTP/1.1 connections, without http.Transport's goroutines.
+//     kept HTTP/1.1 connections, without http.Transport's goroutines;
+//     RoundTripFields gives a proxy the usual response's head as HTTP/2
+//     fields (Response) instead of an http.Header.
+//   - HeadFieldsWriter: the server's ResponseWriter also takes a head as
+//     such fields (SetHeadFields), which a proxy relays as they came.
 //   - A request body of Server has a Failure method (*ProtocolError, or
 //     nil): a proxy tells by it a request that failed by the client's
 //     doing (malformed framing, a stall, a client gone) from an upstream's

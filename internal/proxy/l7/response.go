@@ -215,12 +215,6 @@ func (r *response) endTrailersOnly() {
 	}
 }
 
-// headFieldsWriter is a ResponseWriter that takes a head as fields (see
-// h1.HeadFieldsWriter).
-type headFieldsWriter interface {
-	SetHeadFields([]hpack.HeaderField)
-}
-
 // writeResponse sends resp to w: its head, its body, flushed at every read
 // when its length is unknown (streams), and its trailers. An error while
 // copying the body aborts the response, so that the client does not take
@@ -310,11 +304,12 @@ func copyBody(w http.ResponseWriter, body io.ReadCloser, stream bool) bool {
 	return true
 }
 
-// fieldsWriterOf finds the headFieldsWriter under w's wrappers, or nil.
-func fieldsWriterOf(w http.ResponseWriter) headFieldsWriter {
+// fieldsWriterOf finds the h1.HeadFieldsWriter under w's wrappers (the
+// HTTP/1.1 server's writer, a stream's), or nil.
+func fieldsWriterOf(w http.ResponseWriter) h1.HeadFieldsWriter {
 	for {
 		switch x := w.(type) {
-		case headFieldsWriter:
+		case h1.HeadFieldsWriter:
 			return x
 		case interface{ Unwrap() http.ResponseWriter }:
 			w = x.Unwrap()
@@ -324,4 +319,4 @@ func fieldsWriterOf(w http.ResponseWriter) headFieldsWriter {
 	}
 }
 
-var _ headFieldsWriter = h1.HeadFieldsWriter(nil)
+var _ h1.HeadFieldsWriter = (*streamWriter)(nil)
