@@ -18,27 +18,13 @@ import (
 
 // rawApp answers every request with head, then closes the connection.
 func rawApp(t *testing.T, head string) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				if req, err := http.ReadRequest(bufio.NewReader(c)); err == nil {
-					io.Copy(io.Discard, req.Body)
-					io.WriteString(c, head)
-				}
-			}()
+	return serveOn(t, func(c net.Conn) {
+		defer c.Close()
+		if req, err := http.ReadRequest(bufio.NewReader(c)); err == nil {
+			io.Copy(io.Discard, req.Body)
+			io.WriteString(c, head)
 		}
-	}()
-	return l.Addr().String()
+	})
 }
 
 // net/http reads a response field whose name has a space in it, or before
@@ -77,15 +63,7 @@ func TestInvalidResponseFieldNamesDropped(t *testing.T) {
 	ca := trellistest.NewCA(t, "trellis.local")
 	inAddr := startInboundFor(t, ca, app, v1.ProtocolHTTP, allowAll)
 	url, _ := startOutbound(t, ca, static(mustCompile(t, nil), balance.Endpoint{Addr: inAddr, Instance: "web-1"}))
-	mc, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer mc.Close()
-	mc.SetDeadline(time.Now().Add(10 * time.Second))
-	io.WriteString(mc, "GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
-	raw, _ = io.ReadAll(mc)
-	check("mesh", raw)
+	check("mesh", []byte(trellistest.Exchange(t, strings.TrimPrefix(url, "http://"), "GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")))
 }
 
 // A field an HTTP/1.1 app's Connection field names is the hop's: it
