@@ -48,11 +48,15 @@ import (
 	"slices"
 	"strings"
 
+	"golang.org/x/net/http2/hpack"
+
 	v1 "github.com/trellis-mesh/trellis/api/v1"
 )
 
-// Request is what a match looks at. Header keys are canonical, as in
-// net/http; the Host field is not in Header.
+// Request is what a match looks at. Its header fields come as Header, a
+// map with canonical keys as in net/http, or as Fields, a list with
+// lowercase names as HTTP/2 carries them (used when Header is nil): both
+// are read the same way. The Host field is in neither.
 type Request struct {
 	Method string
 	// Path is the normalized path, without query.
@@ -62,6 +66,7 @@ type Request struct {
 	// none.
 	Host   string
 	Header map[string][]string
+	Fields []hpack.HeaderField
 	// Query is the request target's query, as sent (without '?').
 	Query string
 	// Form says the request is a POST whose body may be a form (an
@@ -79,6 +84,9 @@ type Request struct {
 // values returns every field value of the header named canon (canonical
 // form), those of its '_' spellings included.
 func (r *Request) values(canon string) []string {
+	if r.Header == nil && r.Fields != nil {
+		return r.fieldValues(canon)
+	}
 	vs := r.Header[canon]
 	if !r.aliased {
 		r.aliased = true
@@ -96,6 +104,55 @@ func (r *Request) values(canon string) []string {
 		vs = append(slices.Clip(vs), extra...)
 	}
 	return vs
+}
+
+// fieldValues is values for a request given as Fields: the values of the
+// fields named canon, then those of its '_' spellings, several cookie
+// fields joined into one as net/http's header map has them (RFC 9113
+// section 8.2.3).
+func (r *Request) fieldValues(canon string) []string {
+	var vs, aliases []string
+	cookies := 0
+	for _, f := range r.Fields {
+		switch {
+		case len(f.Name) == len(canon) && sameName(f.Name, canon, false):
+			vs = append(vs, f.Value)
+			if f.Name == "cookie" {
+				cookies++
+			}
+		case len(f.Name) == len(canon) && strings.IndexByte(f.Name, '_') >= 0 && sameName(f.Name, canon, true):
+			aliases = append(aliases, f.Value)
+		}
+	}
+	if cookies > 1 {
+		joined := strings.Join(vs[:cookies], "; ")
+		vs = append(vs[:0], joined)
+	}
+	return append(vs, aliases...)
+}
+
+// sameName reports whether name is canon ignoring ASCII case (and,
+// with underscore, reading each '_' of name as '-'); the lengths are
+// equal. Field names are ASCII tokens: strings.EqualFold, which decodes
+// UTF-8, would find two different invalid bytes equal.
+func sameName(name, canon string, underscore bool) bool {
+	for i := 0; i < len(name); i++ {
+		a, b := name[i], canon[i]
+		if underscore && a == '_' {
+			a = '-'
+		}
+		if lower(a) != lower(b) {
+			return false
+		}
+	}
+	return true
+}
+
+func lower(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
 }
 
 // Mode says what a match decides, and so how strictly header lists and

@@ -1,6 +1,7 @@
 package httpmatch
 
 import (
+	"golang.org/x/net/http2/hpack"
 	"net/textproto"
 	"strings"
 	"testing"
@@ -261,4 +262,54 @@ func TestZeroMatcherMatchesNothing(t *testing.T) {
 			}
 		}
 	}
+}
+
+// FuzzFieldsAsHeader: a request given as a field list (Fields) matches
+// exactly as the same request given as net/http's header map, cookies
+// joined as HTTP/2 requests have them made into one (RFC 9113 section
+// 8.2.3), for every mode and kind of header match.
+func FuzzFieldsAsHeader(f *testing.F) {
+	f.Add("x-role: user\nx_role: admin\ncookie: a=1\ncookie: b=2", "x-role", "admin")
+	f.Add("cookie: a=1\ncookie: b=2\nx-http-method-override: DELETE", "cookie", "a=1; b=2")
+	f.Add("x-forwarded-host: admin\nforwarded: host=x", "host", "admin")
+	f.Fuzz(func(t *testing.T, lines, name, value string) {
+		var fields []hpack.HeaderField
+		header := map[string][]string{}
+		var cookies []string
+		for line := range strings.SplitSeq(lines, "\n") {
+			k, v, ok := strings.Cut(line, ": ")
+			k = strings.ToLower(k)
+			if !ok || k == "" || strings.ContainsAny(k, " :\x00\r\n") {
+				continue
+			}
+			fields = append(fields, hpack.HeaderField{Name: k, Value: v})
+			if k == "cookie" {
+				cookies = append(cookies, v)
+				continue
+			}
+			ck := textproto.CanonicalMIMEHeaderKey(k)
+			header[ck] = append(header[ck], v)
+		}
+		if len(cookies) > 0 {
+			header["Cookie"] = []string{strings.Join(cookies, "; ")}
+		}
+		if fields == nil || name == "" || strings.ContainsAny(name, ":\x00") {
+			return
+		}
+		base := Request{Method: "POST", Path: "/", Host: "web"}
+		for _, h := range []v1.HeaderMatch{{Name: name, Exact: value}, {Name: name, Prefix: value}, {Name: name}} {
+			m := v1.RouteMatch{Headers: []v1.HeaderMatch{h}, Methods: []string{"POST"}}
+			for _, mode := range []Mode{Route, Allow, Deny} {
+				c, err := Compile(m, mode)
+				if err != nil {
+					return
+				}
+				byMap, byList := base, base
+				byMap.Header, byList.Fields = header, fields
+				if a, b := c.Match(&byMap), c.Match(&byList); a != b {
+					t.Fatalf("%+v (mode %d) on %q: %v as a header map, %v as a field list", h, mode, lines, a, b)
+				}
+			}
+		}
+	})
 }
