@@ -8,11 +8,13 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"golang.org/x/net/http/httpguts"
+	"golang.org/x/net/http2/hpack"
 )
 
 // Client sends requests to the local app over HTTP/1.1 keep-alive
@@ -113,7 +115,7 @@ func (a *Client) CloseIdleConnections() {
 // RoundTrip sends req to the app and returns its response; the response
 // body gives the connection back when read to its end or closed.
 func (a *Client) RoundTrip(req *http.Request) (*http.Response, error) {
-	_, resp, err := a.do(req, false)
+	_, resp, err := a.do(&outgoing{ctx: req.Context(), req: req}, false)
 	return resp, err
 }
 
@@ -121,19 +123,82 @@ func (a *Client) RoundTrip(req *http.Request) (*http.Response, error) {
 // short way, comes as a Response, its head as fields and no http.Header
 // made; any other comes as an http.Response. One of the two is nil.
 func (a *Client) RoundTripFields(req *http.Request) (*Response, *http.Response, error) {
-	return a.do(req, true)
+	return a.do(&outgoing{ctx: req.Context(), req: req}, true)
 }
 
-func (a *Client) do(req *http.Request, fields bool) (*Response, *http.Response, error) {
-	// The caller's sidecar already sent "100 Continue" if one was asked
-	// for, and the body is on its way: the app need not be asked again.
-	req.Header.Del("Expect")
+// Head is a request for RoundTripHead, as the proxies carry one: HTTP/2's
+// pseudo-header values and a field list.
+type Head struct {
+	Method string
+	// Target is the request target in origin form (or "*"); Host is the
+	// authority.
+	Target, Host string
+	// Fields are the other fields, names in lowercase, in order, without
+	// hop-by-hop ones (the caller removed them): written as they are.
+	// Host, framing and Expect fields among them are left out. Without a
+	// user-agent field, the request has none.
+	Fields []hpack.HeaderField
+	// Body is the whole body, nil for none.
+	Body []byte
+}
+
+// RoundTripHead is RoundTripFields for a request given as a Head, its body
+// whole in memory: no http.Request or http.Header made to send it. ctx
+// ends the wait (and, when it is an afterFuncer, is asked to run the
+// interruption itself).
+func (a *Client) RoundTripHead(ctx context.Context, h *Head) (*Response, *http.Response, error) {
+	return a.do(&outgoing{ctx: ctx, head: h}, true)
+}
+
+// outgoing is a request to send: an http.Request, or a Head.
+type outgoing struct {
+	ctx  context.Context
+	req  *http.Request
+	head *Head
+}
+
+func (o *outgoing) bodiless() bool {
+	if o.head != nil {
+		return o.head.Body == nil
+	}
+	return noBody(o.req)
+}
+
+// forResponse is the request that reading the response is told of (its
+// method says whether a body follows): req, or a shared one of the Head's
+// method, which nothing writes to.
+func (o *outgoing) forResponse() *http.Request {
+	if o.req != nil {
+		return o.req
+	}
+	if r, ok := methodRequests[o.head.Method]; ok {
+		return r
+	}
+	return &http.Request{Method: o.head.Method}
+}
+
+var methodRequests = func() map[string]*http.Request {
+	m := map[string]*http.Request{}
+	for _, k := range []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut,
+		http.MethodDelete, http.MethodOptions, http.MethodTrace, http.MethodPatch} {
+		m[k] = &http.Request{Method: k}
+	}
+	return m
+}()
+
+func (a *Client) do(o *outgoing, fields bool) (*Response, *http.Response, error) {
+	if o.req != nil {
+		// The caller's sidecar already sent "100 Continue" if one was
+		// asked for, and the body is on its way: the app need not be
+		// asked again. (A Head's is left out as it is written.)
+		o.req.Header.Del("Expect")
+	}
 	for try := 0; ; try++ {
-		ac, reused, err := a.get(req.Context())
+		ac, reused, err := a.get(o.ctx)
 		if err != nil {
 			return nil, nil, err
 		}
-		fr, resp, err := a.roundTrip(ac, req, fields)
+		fr, resp, err := a.roundTrip(ac, o, fields)
 		if err == nil {
 			return fr, resp, nil
 		}
@@ -144,7 +209,7 @@ func (a *Client) do(req *http.Request, fields bool) (*Response, *http.Response, 
 		// idempotent method, no body: net/http's rule). The app may have
 		// seen a request it closed on without answering.
 		var nw *notWritten
-		if reused && try == 0 && (errors.As(err, &nw) || errors.Is(err, io.EOF) && replayable(req)) {
+		if reused && try == 0 && (errors.As(err, &nw) || errors.Is(err, io.EOF) && o.replayable()) {
 			continue
 		}
 		return nil, nil, err
@@ -169,29 +234,45 @@ func noBody(req *http.Request) bool { return req.Body == nil || req.Body == http
 // replayable is a request that may be sent again after the app closed
 // the connection without answering: bodiless, and idempotent by its
 // method or by an idempotency key.
-func replayable(req *http.Request) bool {
-	if !noBody(req) {
+func (o *outgoing) replayable() bool {
+	if !o.bodiless() {
 		return false
 	}
-	switch req.Method {
+	method := o.method()
+	switch method {
 	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
 		return true
 	}
-	return req.Header.Get("Idempotency-Key") != "" || req.Header.Get("X-Idempotency-Key") != ""
+	if o.req != nil {
+		return o.req.Header.Get("Idempotency-Key") != "" || o.req.Header.Get("X-Idempotency-Key") != ""
+	}
+	for _, f := range o.head.Fields {
+		if (f.Name == "idempotency-key" || f.Name == "x-idempotency-key") && f.Value != "" {
+			return true
+		}
+	}
+	return false
 }
 
-// roundTrip sends req on ac and reads the response head; with fields, one
+func (o *outgoing) method() string {
+	if o.head != nil {
+		return o.head.Method
+	}
+	return o.req.Method
+}
+
+// roundTrip sends o on ac and reads the response head; with fields, one
 // read the short way comes as a Response.
-func (a *Client) roundTrip(ac *appConn, req *http.Request, fields bool) (*Response, *http.Response, error) {
+func (a *Client) roundTrip(ac *appConn, o *outgoing, fields bool) (*Response, *http.Response, error) {
 	var body *appBody
 	var stop func() bool
-	if af, ok := req.Context().(afterFuncer); ok {
+	if af, ok := o.ctx.(afterFuncer); ok {
 		// A context that runs functions after its end itself (the
 		// inbound's request streams): what context.AfterFunc would ask
 		// it, without the context package's own allocations.
 		stop = af.AfterFunc(ac.interrupt)
 	} else {
-		stop = context.AfterFunc(req.Context(), ac.interrupt)
+		stop = context.AfterFunc(o.ctx, ac.interrupt)
 	}
 	defer func() {
 		if !stop() && body != nil {
@@ -203,7 +284,14 @@ func (a *Client) roundTrip(ac *appConn, req *http.Request, fields bool) (*Respon
 		}
 	}()
 	var written chan error
-	if noBody(req) {
+	if o.head != nil {
+		if err := writeHead(ac.bw, o.head); err != nil {
+			return nil, nil, &notWritten{err}
+		}
+		if err := ac.bw.Flush(); err != nil {
+			return nil, nil, &notWritten{err}
+		}
+	} else if req := o.req; noBody(req) {
 		if err := writeBodiless(ac.bw, req); err != nil {
 			return nil, nil, &notWritten{err}
 		}
@@ -227,6 +315,7 @@ func (a *Client) roundTrip(ac *appConn, req *http.Request, fields bool) (*Respon
 	}
 	var resp *http.Response
 	var ar *appResponse
+	req := o.forResponse()
 	for {
 		var err error
 		if fields {
@@ -247,7 +336,7 @@ func (a *Client) roundTrip(ac *appConn, req *http.Request, fields bool) (*Respon
 	} else {
 		body = new(appBody)
 	}
-	*body = appBody{ReadCloser: resp.Body, a: a, ac: ac, reuse: !resp.Close && !req.Close, written: written}
+	*body = appBody{ReadCloser: resp.Body, a: a, ac: ac, reuse: !resp.Close && !(o.req != nil && o.req.Close), written: written}
 	resp.Body = body
 	if fields && ar != nil {
 		ar.fields.Body = body
@@ -265,18 +354,9 @@ func writeBodiless(bw *bufio.Writer, req *http.Request) error {
 	if host == "" {
 		host = req.URL.Host
 	}
-	host, err := httpguts.PunycodeHostPort(host)
+	host, err := hostValue(host)
 	if err != nil {
 		return err
-	}
-	if !httpguts.ValidHostHeader(host) {
-		return errors.New("http: invalid Host header")
-	}
-	// An IPv6 zone names an interface of the sender, not a host.
-	if end := strings.LastIndexByte(host, ']'); end > 0 && host[0] == '[' {
-		if zone := strings.LastIndexByte(host[:end], '%'); zone > 0 {
-			host = host[:zone] + host[end:]
-		}
 	}
 	bw.WriteString(req.Method)
 	bw.WriteByte(' ')
@@ -314,6 +394,101 @@ func writeBodiless(bw *bufio.Writer, req *http.Request) error {
 	}
 	_, err = bw.WriteString("\r\n")
 	return err
+}
+
+// hostValue is the Host field's value for an authority, checked as
+// req.Write checks it.
+func hostValue(host string) (string, error) {
+	host, err := httpguts.PunycodeHostPort(host)
+	if err != nil {
+		return "", err
+	}
+	if !httpguts.ValidHostHeader(host) {
+		return "", errors.New("http: invalid Host header")
+	}
+	// An IPv6 zone names an interface of the sender, not a host.
+	if end := strings.LastIndexByte(host, ']'); end > 0 && host[0] == '[' {
+		if zone := strings.LastIndexByte(host[:end], '%'); zone > 0 {
+			host = host[:zone] + host[end:]
+		}
+	}
+	return host, nil
+}
+
+// writeHead writes h as writeBodiless writes a request: Host first, the
+// fields in their order, then the body's length and the body.
+func writeHead(bw *bufio.Writer, h *Head) error {
+	host, err := hostValue(h.Host)
+	if err != nil {
+		return err
+	}
+	bw.WriteString(h.Method)
+	bw.WriteByte(' ')
+	bw.WriteString(h.Target)
+	bw.WriteString(" HTTP/1.1\r\nHost: ")
+	bw.WriteString(host)
+	bw.WriteString("\r\n")
+	for _, f := range h.Fields {
+		if f.Name == "user-agent" {
+			// The first one only, and not when empty, as writeBodiless.
+			if f.Value != "" {
+				writeField(bw, "User-Agent", f.Value)
+			}
+			break
+		}
+	}
+	cookies := 0
+	for _, f := range h.Fields {
+		switch f.Name {
+		case "host", "content-length", "transfer-encoding", "trailer", "expect", "user-agent":
+			continue
+		case "cookie":
+			// HTTP/2 splits a cookie into fields; HTTP/1.1 has one
+			// (RFC 9113 section 8.2.3).
+			if cookies++; cookies == 1 {
+				writeField(bw, f.Name, joinCookies(h.Fields, f.Value))
+			}
+			continue
+		}
+		if !httpguts.ValidHeaderFieldName(f.Name) {
+			return fmt.Errorf("invalid header field name %q", f.Name)
+		}
+		writeField(bw, f.Name, f.Value)
+	}
+	switch {
+	case h.Body != nil:
+		bw.WriteString("Content-Length: ")
+		bw.Write(strconv.AppendInt(bw.AvailableBuffer(), int64(len(h.Body)), 10))
+		bw.WriteString("\r\n")
+	case h.Method == http.MethodPost || h.Method == http.MethodPut || h.Method == http.MethodPatch:
+		bw.WriteString("Content-Length: 0\r\n")
+	}
+	bw.WriteString("\r\n")
+	_, err = bw.Write(h.Body)
+	return err
+}
+
+// joinCookies is the value of every cookie field of fields, first the
+// first one's, joined with "; ".
+func joinCookies(fields []hpack.HeaderField, first string) string {
+	var b strings.Builder
+	n := 0
+	for _, f := range fields {
+		if f.Name != "cookie" {
+			continue
+		}
+		if n++; n == 2 {
+			b.WriteString(first)
+		}
+		if n > 1 {
+			b.WriteString("; ")
+			b.WriteString(f.Value)
+		}
+	}
+	if n < 2 {
+		return first
+	}
+	return b.String()
 }
 
 // appBody returns its connection to the pool once read to the end.

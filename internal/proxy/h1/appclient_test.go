@@ -11,10 +11,13 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"reflect"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/net/http2/hpack"
 )
 
 // writeBodiless must put on the wire what req.Write would for the same
@@ -66,6 +69,88 @@ func TestWriteBodilessAsRequestWrite(t *testing.T) {
 			}
 			if g.Method != w.Method || g.RequestURI != w.RequestURI || g.Host != w.Host || g.ContentLength != w.ContentLength ||
 				!reflect.DeepEqual(g.Header, w.Header) {
+				t.Errorf("wrote\n%q\nreq.Write writes\n%q", got.String(), want.String())
+			}
+		})
+	}
+}
+
+// writeHead must put on the wire what req.Write would for the same
+// request, its fields as an http.Header (several cookie fields joined
+// into one, as RFC 9113 section 8.2.3 has it), as a server reads it; and
+// no user agent of its own.
+func TestWriteHeadAsRequestWrite(t *testing.T) {
+	for _, tc := range []struct {
+		name, method, target, host string
+		fields                     []hpack.HeaderField
+		body                       string
+	}{
+		{"get", "GET", "/a/b?x=1&y=%20", "web", []hpack.HeaderField{{Name: "accept", Value: "*/*"}, {Name: "x-two", Value: "1"}, {Name: "x-two", Value: "2"}}, ""},
+		{"user agents", "GET", "/", "web:8080", []hpack.HeaderField{{Name: "user-agent", Value: "first"}, {Name: "user-agent", Value: "second"}}, ""},
+		{"empty user agent", "GET", "/", "web", []hpack.HeaderField{{Name: "user-agent", Value: ""}}, ""},
+		{"cookies joined", "GET", "/", "web", []hpack.HeaderField{{Name: "cookie", Value: "a=1"}, {Name: "x", Value: "y"}, {Name: "cookie", Value: "b=2"}, {Name: "cookie", Value: "c=3"}}, ""},
+		{"one cookie", "GET", "/", "web", []hpack.HeaderField{{Name: "cookie", Value: "a=1"}}, ""},
+		{"post without body", "POST", "/form", "web", []hpack.HeaderField{{Name: "content-length", Value: "0"}}, ""},
+		{"post with body", "POST", "/form", "web", []hpack.HeaderField{{Name: "content-length", Value: "99"}, {Name: "expect", Value: "100-continue"}}, "a=1&b=2"},
+		{"options star", "OPTIONS", "*", "web", nil, ""},
+		{"framing fields dropped", "GET", "/", "web", []hpack.HeaderField{{Name: "transfer-encoding", Value: "chunked"}, {Name: "trailer", Value: "x"}, {Name: "host", Value: "other"}}, ""},
+		{"value with line break", "GET", "/", "web", []hpack.HeaderField{{Name: "x-odd", Value: "a\r\nb "}}, ""},
+		{"IPv6 zone", "GET", "/", "[fe80::1%25eth0]:8080", nil, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			header := http.Header{"User-Agent": {""}}
+			var cookies []string
+			for _, f := range tc.fields {
+				switch k := http.CanonicalHeaderKey(f.Name); k {
+				case "Cookie":
+					cookies = append(cookies, f.Value)
+				case "Expect", "Host":
+				case "User-Agent":
+					if header[k][0] == "" && len(header[k]) == 1 {
+						header[k] = nil
+					}
+					header[k] = append(header[k], f.Value)
+				default:
+					header[k] = append(header[k], f.Value)
+				}
+			}
+			if cookies != nil {
+				header["Cookie"] = []string{strings.Join(cookies, "; ")}
+			}
+			u := &url.URL{Path: tc.target}
+			if tc.target != "*" {
+				var err error
+				if u, err = url.ParseRequestURI(tc.target); err != nil {
+					t.Fatal(err)
+				}
+			}
+			req := &http.Request{Method: tc.method, URL: u, Host: tc.host, Header: header, Body: http.NoBody}
+			h := &Head{Method: tc.method, Target: tc.target, Host: tc.host, Fields: tc.fields}
+			if tc.body != "" {
+				req.Body, req.ContentLength = io.NopCloser(strings.NewReader(tc.body)), int64(len(tc.body))
+				h.Body = []byte(tc.body)
+			}
+			var want, got bytes.Buffer
+			if err := req.Write(&want); err != nil {
+				t.Fatal(err)
+			}
+			bw := bufio.NewWriter(&got)
+			if err := writeHead(bw, h); err != nil {
+				t.Fatal(err)
+			}
+			bw.Flush()
+			w, err := http.ReadRequest(bufio.NewReader(&want))
+			if err != nil {
+				t.Fatal(err)
+			}
+			g, err := http.ReadRequest(bufio.NewReader(&got))
+			if err != nil {
+				t.Fatalf("%v in %q", err, got.String())
+			}
+			wb, _ := io.ReadAll(w.Body)
+			gb, _ := io.ReadAll(g.Body)
+			if g.Method != w.Method || g.RequestURI != w.RequestURI || g.Host != w.Host || g.ContentLength != w.ContentLength ||
+				!reflect.DeepEqual(g.Header, w.Header) || !bytes.Equal(gb, wb) {
 				t.Errorf("wrote\n%q\nreq.Write writes\n%q", got.String(), want.String())
 			}
 		})

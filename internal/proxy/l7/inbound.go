@@ -61,6 +61,9 @@ type Inbound struct {
 	edge     *Server
 	inflight atomic.Int64
 	by       atomic.Pointer[peerPrefix]
+	// httpOnly serves every request stream the http.Request way: the
+	// reference the fields path is tested against.
+	httpOnly bool
 }
 
 // peerPrefix is PeerHeader's value up to the caller's ID, for one Self,
@@ -181,7 +184,35 @@ func (in *Inbound) ServeStream(s *tunnel.Stream, peer identity.ID) {
 	in.init()
 	in.inflight.Add(1)
 	defer in.inflight.Add(-1)
+	if in.fieldsPath() && fieldsEligible(s) {
+		x := &fieldsExchange{} // one allocation for the writer and the request
+		x.w.s = s
+		readStreamRequest(&x.r, s, &x.w.ctx)
+		defer x.w.ctx.cancel()
+		in.serveFields(x, peer)
+		x.w.finish()
+		return
+	}
 	serveRequest(s, func(w http.ResponseWriter, r *http.Request) { in.serve(w, r, peer) })
+}
+
+// fieldsExchange is a request stream's request and response writer on
+// the fields path (request.go).
+type fieldsExchange struct {
+	w  streamWriter
+	sw statusWriter
+	r  request
+}
+
+// fieldsPath reports whether request streams may take the fields path:
+// the app speaks HTTP/1.1 and nothing is traced (spans read and write an
+// http.Header, for now).
+func (in *Inbound) fieldsPath() bool {
+	if in.httpOnly || in.Tracer != nil {
+		return false
+	}
+	p := in.Protocol()
+	return p != v1.ProtocolHTTP2 && p != v1.ProtocolGRPC
 }
 
 func (in *Inbound) serve(w http.ResponseWriter, r *http.Request, peer identity.ID) {

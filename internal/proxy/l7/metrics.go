@@ -1,6 +1,7 @@
 package l7
 
 import (
+	"context"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -125,6 +126,11 @@ func (m *Metrics) observe(direction, source, destination, route, version string,
 
 // refused counts and logs a request refused before it went anywhere.
 func (m *Metrics) refused(log *slog.Logger, r *http.Request, direction, source, destination string, e *badRequest) {
+	m.refusedRequest(log, r.Context(), r.Method, r.URL.Path, r.Host, direction, source, destination, e)
+}
+
+// refusedRequest is refused for a request given by its parts.
+func (m *Metrics) refusedRequest(log *slog.Logger, ctx context.Context, method, path, host, direction, source, destination string, e *badRequest) {
 	m.Refused.WithLabelValues(direction, source, destination, e.reason).Inc()
 	n, ok := m.refusals.Take(time.Now(), refusalsPerSecond)
 	if !ok {
@@ -132,13 +138,13 @@ func (m *Metrics) refused(log *slog.Logger, r *http.Request, direction, source, 
 	}
 	attrs := []slog.Attr{
 		slog.String("direction", direction), slog.String("source", source), slog.String("destination", destination),
-		slog.String("method", cut(r.Method, 32)), slog.String("path", cut(r.URL.Path, 512)), slog.String("host", cut(r.Host, 256)),
+		slog.String("method", cut(method, 32)), slog.String("path", cut(path, 512)), slog.String("host", cut(host, 256)),
 		slog.Int("status", e.status), slog.String("reason", e.reason), slog.String("why", e.msg),
 	}
 	if n > 0 {
 		attrs = append(attrs, slog.Int("suppressed", n))
 	}
-	log.LogAttrs(r.Context(), slog.LevelInfo, "request refused", attrs...)
+	log.LogAttrs(ctx, slog.LevelInfo, "request refused", attrs...)
 }
 
 // refusalsPerSecond bounds the lines a proxy logs a second for requests

@@ -1,0 +1,214 @@
+package l7
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"reflect"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2/hpack"
+
+	v1 "github.com/trellis-mesh/trellis/api/v1"
+	"github.com/trellis-mesh/trellis/internal/authz"
+	"github.com/trellis-mesh/trellis/internal/httpmatch"
+	"github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/proxy/tunnel"
+)
+
+// seen is what an app saw of a request.
+type seen struct {
+	Method, RequestURI, Host string
+	Header                   http.Header
+	Length                   int64
+	Body                     string
+}
+
+// recordingApp is an HTTP/1.1 app that keeps the last request it saw.
+type recordingApp struct {
+	addr string
+	mu   sync.Mutex
+	last *seen
+}
+
+func startRecordingApp(t testing.TB) *recordingApp {
+	a := &recordingApp{}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		a.mu.Lock()
+		a.last = &seen{r.Method, r.RequestURI, r.Host, r.Header.Clone(), r.ContentLength, string(b)}
+		a.mu.Unlock()
+		io.WriteString(w, "ok")
+	})}
+	go s.Serve(l)
+	t.Cleanup(func() { s.Close() })
+	a.addr = l.Addr().String()
+	return a
+}
+
+func (a *recordingApp) take() *seen {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	s := a.last
+	a.last = nil
+	return s
+}
+
+// inboundDialer serves in on loopback connections (no TLS: in is told the
+// caller is peer) and returns a function that opens one (which its caller
+// closes).
+func inboundDialer(t testing.TB, in *Inbound, peer identity.ID) func(testing.TB) *tunnel.Conn {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go in.ServeConn(c, peer)
+		}
+	}()
+	return func(t testing.TB) *tunnel.Conn {
+		c, err := net.Dial("tcp", l.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		tc, err := tunnel.NewClient(c, tunnel.Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tc
+	}
+}
+
+// exchangeStream sends one request stream on c and returns the status of its
+// answer (0 when the stream failed) and what app saw of it (nil: nothing).
+func exchangeStream(t testing.TB, c *tunnel.Conn, a *recordingApp, fields []hpack.HeaderField, body string) (int, *seen) {
+	if !c.Reserve() {
+		t.Fatal("no room for a stream")
+	}
+	var b []byte
+	if body != "" {
+		b = []byte(body)
+	}
+	s, err := c.OpenRequest(fields, b, true)
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	// Only so that a lost answer fails the test rather than hangs it.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	status, _, err := s.Response(ctx)
+	if ctx.Err() != nil {
+		t.Fatalf("no answer: %v", err)
+	}
+	if err != nil {
+		return 0, a.take()
+	}
+	io.Copy(io.Discard, s)
+	return status, a.take()
+}
+
+// policyAuthorize denies by a few deny rules that read the path, the
+// method and header fields (as a list on the fields path, as a map on the
+// other), and allows the rest.
+func policyAuthorize(t testing.TB) func(identity.ID, *httpmatch.Request) authz.Decision {
+	var denies []httpmatch.Matcher
+	for _, m := range []v1.RouteMatch{
+		{PathPrefix: "/admin"},
+		{Headers: []v1.HeaderMatch{{Name: "x-role", Exact: "admin"}}},
+		{Headers: []v1.HeaderMatch{{Name: "cookie", Prefix: "session=bad"}}},
+		{Methods: []string{"DELETE"}},
+		{Headers: []v1.HeaderMatch{{Name: "host", Exact: "admin.internal"}}},
+	} {
+		d, err := httpmatch.Compile(m, httpmatch.Deny)
+		if err != nil {
+			t.Fatal(err)
+		}
+		denies = append(denies, d)
+	}
+	return func(_ identity.ID, r *httpmatch.Request) authz.Decision {
+		for i, d := range denies {
+			if d.Match(r) {
+				return authz.Decision{Reason: fmt.Sprintf("deny %d", i), Code: "denied"}
+			}
+		}
+		return authz.Decision{Allow: true, Reason: "test"}
+	}
+}
+
+// FuzzInboundFieldsPath: a request stream served on the fields path
+// (request.go) gets the same answer, and the app the same request, as on
+// the http.Request path, for any request a caller's sidecar can send.
+func FuzzInboundFieldsPath(f *testing.F) {
+	f.Add("GET", "web", "/a/../b?x=1", "x-role: user\ncookie: a=1\ncookie: b=2\nuser-agent: u", "")
+	f.Add("POST", "web:8080", "/admin;x/", "content-type: text/plain\ncontent-length: 4\nx_role: admin", "abcd")
+	f.Add("GET", "Admin.Internal.", "/%41%2e/c|d!e?a=%zz&b", "te: trailers\nx-forwarded-client-cert: forged\ntrellis-x: 1\nhost: Admin.Internal.", "")
+	f.Add("GET", "web", "/c|d!e/%7c%41/'x'?q=|", "cookie: a=1\nx-b: 1\ncookie: c=2\nx-b: 2", "")
+	f.Add("OPTIONS", "web", "*", "expect: 100-continue\nuser-agent: \nuser-agent: second", "")
+	f.Add("get", "web", "/x", "http2-settings: x", "")
+	f.Add("POST", "web", "/f", "content-type: \tMultipart/Form-Data ; b=1\ncontent-length: 3", "a=1")
+	f.Add("PUT", "", "/%c0%ae/x?", "idempotency-key: 1\nproxy-authorization: x\nkeep-alive: 1", "body")
+	self, _ := identity.New("trellis.local", "web")
+	caller, _ := identity.New("trellis.local", "client")
+	allow := policyAuthorize(f)
+	var conns [2]*tunnel.Conn
+	var dials [2]func(testing.TB) *tunnel.Conn
+	var apps [2]*recordingApp
+	for i, httpOnly := range []bool{false, true} {
+		apps[i] = startRecordingApp(f)
+		in := &Inbound{Self: func() identity.ID { return self }, Authorize: allow, Target: apps[i].addr,
+			Protocol: func() string { return v1.ProtocolHTTP }, httpOnly: httpOnly}
+		dials[i] = inboundDialer(f, in, caller)
+		conns[i] = dials[i](f)
+	}
+	f.Cleanup(func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	f.Fuzz(func(t *testing.T, method, authority, path, lines, body string) {
+		fields := []hpack.HeaderField{{Name: ":method", Value: method}, {Name: ":scheme", Value: "http"},
+			{Name: ":authority", Value: authority}, {Name: ":path", Value: path}}
+		for line := range strings.SplitSeq(lines, "\n") {
+			if k, v, ok := strings.Cut(line, ": "); ok {
+				if k == "content-length" && v != strconv.Itoa(len(body)) {
+					// The tunnel resets such a stream, whenever its body
+					// comes: a race with the answer, on either path.
+					t.Skip("a body that is not its content-length")
+				}
+				fields = append(fields, hpack.HeaderField{Name: k, Value: v})
+			}
+		}
+		var got [2]int
+		var saw [2]*seen
+		for i := range conns {
+			if !conns[i].Usable() {
+				// A malformed stream can end its connection.
+				conns[i].Close()
+				conns[i] = dials[i](t)
+			}
+			got[i], saw[i] = exchangeStream(t, conns[i], apps[i], fields, body)
+		}
+		if got[0] != got[1] {
+			t.Fatalf("status %d on the fields path, %d on the http.Request path", got[0], got[1])
+		}
+		if !reflect.DeepEqual(saw[0], saw[1]) {
+			t.Fatalf("the app saw\n%+v\non the fields path, and\n%+v\non the http.Request path", saw[0], saw[1])
+		}
+	})
+}
