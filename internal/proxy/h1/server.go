@@ -69,6 +69,11 @@ type Server struct {
 	// user (l7) owns what a request stream means. nil: an HTTP/2 client's
 	// connection is closed unserved. Set before Serve.
 	ServeStream func(s *tunnel.Stream, serve func(http.ResponseWriter, *http.Request))
+	// ServeStreamDirect, when set, is offered each request stream of an
+	// HTTP/2 client without TLS first: it serves the stream itself, with
+	// no http.Request made, and returns true, or returns false having
+	// done nothing, and ServeStream serves it. Set before Serve.
+	ServeStreamDirect func(s *tunnel.Stream) bool
 	// H2MaxHeaderBytes is the header list size an HTTP/2 client may send
 	// (tunnel.Config.MaxHeaderBytes); zero means the tunnel's default.
 	// Set before Serve.
@@ -486,6 +491,9 @@ func (sc *serverConn) serveH2(c net.Conn, tlsState *tls.ConnectionState) {
 	}
 	tun := tunnel.NewServer(c, cfg,
 		func(st *tunnel.Stream) {
+			if tlsState == nil && s.ServeStreamDirect != nil && s.serveDirect(st, remote) {
+				return
+			}
 			s.ServeStream(st, func(w http.ResponseWriter, r *http.Request) {
 				defer func() {
 					if p := recover(); p != nil {
@@ -516,6 +524,20 @@ func (sc *serverConn) serveH2(c net.Conn, tlsState *tls.ConnectionState) {
 	}
 	tun.Run()
 }
+
+// serveDirect offers st to ServeStreamDirect; a panic resets the stream.
+func (s *Server) serveDirect(st *tunnel.Stream, remote string) (served bool) {
+	defer func() {
+		if p := recover(); p != nil {
+			logPanic(s.log, remote, p)
+			st.Cancel(errHandlerPanic) // a reset, not a response cut short
+			served = true
+		}
+	}()
+	return s.ServeStreamDirect(st)
+}
+
+var errHandlerPanic = errors.New("h1: the handler panicked")
 
 // refuseH2 answers, in place of the handler, an HTTP/2 request the server
 // refused; the stream ends with the response.

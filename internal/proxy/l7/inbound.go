@@ -188,6 +188,9 @@ func (in *Inbound) ServeStream(s *tunnel.Stream, peer identity.ID) {
 		x := &fieldsExchange{} // one allocation for the writer and the request
 		x.w.s = s
 		readStreamRequest(&x.r, s, &x.w.ctx)
+		if s.Drained() {
+			x.r.length = 0
+		}
 		defer x.w.ctx.cancel()
 		in.serveFields(x, peer)
 		x.w.finish()
@@ -199,9 +202,10 @@ func (in *Inbound) ServeStream(s *tunnel.Stream, peer identity.ID) {
 // fieldsExchange is a request stream's request and response writer on
 // the fields path (request.go).
 type fieldsExchange struct {
-	w  streamWriter
-	sw statusWriter
-	r  request
+	w    streamWriter
+	sw   statusWriter
+	r    request
+	head h1.Head // what the inbound's app client sends
 }
 
 // fieldsPath reports whether request streams may take the fields path:

@@ -21,6 +21,9 @@ type Server = h1.Server
 func NewServer(h http.Handler, log *slog.Logger) *Server {
 	s := h1.NewServer(h, log)
 	s.ServeStream = serveRequest
+	if o, ok := h.(*Outbound); ok {
+		s.ServeStreamDirect = o.ServeStream
+	}
 	s.H2MaxHeaderBytes = TunnelHeaderBytes
 	s.ForbidTrailer = meshTrailer
 	return s

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/net/http2/hpack"
 
 	v1 "github.com/trellis-mesh/trellis/api/v1"
+	"github.com/trellis-mesh/trellis/internal/httpmatch"
 	"github.com/trellis-mesh/trellis/internal/proxy/balance"
 	"github.com/trellis-mesh/trellis/internal/proxy/h1"
 	"github.com/trellis-mesh/trellis/internal/proxy/tunnel"
@@ -70,6 +71,9 @@ type Outbound struct {
 	bal      *balance.Balancer
 	active   atomic.Int64
 	retrying atomic.Int64
+	// httpOnly serves HTTP/2 clients' streams the http.Request way: the
+	// reference the fields path is tested against.
+	httpOnly bool
 }
 
 func (o *Outbound) init() {
@@ -84,7 +88,9 @@ func (o *Outbound) init() {
 	})
 }
 
-// ServeHTTP proxies one request of the local app.
+// ServeHTTP proxies one request of the local app over HTTP/1.1 (or of the
+// ingress): checked as an http.Request, then routed and sent on as the
+// fields path's request (request.go).
 func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	o.init()
 	// Only the spellings of fields the proxies set or strip: the others
@@ -117,19 +123,84 @@ func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		setRequestID(r.Header)
 		sp = o.Tracer.StartClient(r.Header, r.Method, o.Service)
 	}
+	if up != "" {
+		o.serveUpgrade(w, r, up, sp)
+		return
+	}
+	var x request
+	fromHTTP(&x, r)
+	o.proceed(w, &x, sp)
+}
+
+// ServeStream serves a request stream of an HTTP/2 client on the fields
+// path, as ServeHTTP serves an HTTP/1.1 client's request, and reports
+// whether it did: with a tracer set it does not (spans read and write an
+// http.Header, for now), and the stream goes the http.Request way.
+func (o *Outbound) ServeStream(s *tunnel.Stream) bool {
+	if o.Tracer != nil || o.httpOnly {
+		return false
+	}
+	o.init()
+	x := &fieldsExchange{}
+	x.w.s = s
+	defer x.w.ctx.cancel()
+	o.serveStream(&x.w, &x.r, s)
+	x.w.finish()
+	return true
+}
+
+func (o *Outbound) serveStream(w *streamWriter, r *request, s *tunnel.Stream) {
+	readOutboundStream(r, s, &w.ctx)
+	if r.bad == nil {
+		o.dropMeshUnderscored(r)
+	}
+	if bad := r.check(clientLimits); bad != nil {
+		o.Metrics.refusedRequest(o.Logger, r.ctx, r.method, r.target, r.authority, "outbound", o.Source, o.Service, bad)
+		refuse(w, bad)
+		o.Metrics.observe("outbound", o.Source, o.Service, "", "", bad.status, time.Now())
+		return
+	}
+	r.fields = deleteFields(r.fields, isInternalField)
+	r.prepare()
+	r.setContext()
+	o.proceed(w, r, nil)
+}
+
+// proceed routes, sends and answers a checked request.
+func (o *Outbound) proceed(w http.ResponseWriter, r *request, sp *tracing.Span) {
 	resp, err := o.roundTrip(r, sp)
 	if err != nil {
 		sp.End("", "", errorStatus(err), 1) // when roundTrip did not
 		o.fail(w, r, err)
 		return
 	}
-	if resp.upgraded != nil {
-		if err := serveUpgrade(w, up, resp.upgraded); err != nil {
-			o.fail(w, r, err)
-		}
-		return
-	}
 	writeResponse(w, resp)
+}
+
+// serveUpgrade sends an upgrade request (WebSocket) on a stream of its
+// own and joins the client's connection to it once the upstream switched.
+func (o *Outbound) serveUpgrade(w http.ResponseWriter, r *http.Request, up string, sp *tracing.Span) {
+	start := time.Now()
+	rule, _, cands, err := o.route(matchRequest(r), start, sp)
+	if err == nil {
+		if rule.hasRW {
+			r.URL.Path = rule.Rewrite(r.URL.Path)
+			r.URL.RawPath = ""
+		}
+		ep, _ := o.bal.Pick(cands, nil)
+		var resp *http.Response
+		if resp, err = o.roundTripUpgrade(r, rule, ep, start, sp); err == nil {
+			if resp.StatusCode != http.StatusSwitchingProtocols {
+				writeResponse(w, httpResponse(resp)) // refused: relayed as any answer
+				return
+			}
+			err = serveUpgrade(w, up, resp)
+		}
+	}
+	if err != nil {
+		sp.End("", "", errorStatus(err), 1) // when roundTripUpgrade did not
+		o.failHTTP(w, r.Context(), err)
+	}
 }
 
 func refuse(w http.ResponseWriter, e *badRequest) {
@@ -162,7 +233,7 @@ const maxRefusedSends = 3
 // retired connection does) is sent again on a fresh connection whatever
 // the route's retry policy says, when the body can be had again: nothing
 // of it reached the app, and retiring a connection must fail no request.
-func (o *Outbound) send(ctx context.Context, req *http.Request, ep balance.Endpoint) (*response, error) {
+func (o *Outbound) send(ctx context.Context, req *request, ep balance.Endpoint) (*response, error) {
 	for try := 1; ; try++ {
 		conn, err := o.Conn(ctx, ep)
 		if err != nil {
@@ -172,16 +243,16 @@ func (o *Outbound) send(ctx context.Context, req *http.Request, ep balance.Endpo
 		if err == nil || !tunnel.Refused(err) || try == maxRefusedSends || ctx.Err() != nil {
 			return resp, err
 		}
-		// A body sendRequest held (read ahead, so req.Body is NoBody
-		// now) comes back through GetBody as well.
+		// A body sendRequest held (read ahead, so req.in is nil now)
+		// comes back through getBody as well.
 		switch {
-		case req.GetBody != nil:
-			body, berr := req.GetBody()
+		case req.getBody != nil:
+			body, berr := req.getBody()
 			if berr != nil {
 				return nil, err
 			}
-			req.Body = body
-		case req.Body != nil && req.Body != http.NoBody:
+			req.in = body
+		case req.in != nil:
 			return nil, err
 		}
 	}
@@ -204,12 +275,17 @@ func errorStatus(err error) int {
 	return http.StatusBadGateway
 }
 
-func (o *Outbound) fail(w http.ResponseWriter, r *http.Request, err error) {
+func (o *Outbound) fail(w http.ResponseWriter, r *request, err error) {
+	o.failHTTP(w, r.ctx, err)
+}
+
+// failHTTP answers a request (its context ctx) that failed with err.
+func (o *Outbound) failHTTP(w http.ResponseWriter, ctx context.Context, err error) {
 	status, msg := http.StatusBadGateway, "trellis: upstream "+o.Service+" failed: "+err.Error()
 	var pe *proxyError
 	if errors.As(err, &pe) {
 		status, msg = pe.status, pe.msg
-	} else if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
+	} else if errors.Is(err, context.Canceled) && ctx.Err() != nil {
 		return // the caller went away
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -217,14 +293,11 @@ func (o *Outbound) fail(w http.ResponseWriter, r *http.Request, err error) {
 	io.WriteString(w, msg+"\n")
 }
 
-// roundTrip routes, balances and retries one request. It ends sp (nil
-// when tracing is off) where it observes the request's metrics.
-func (o *Outbound) roundTrip(req *http.Request, sp *tracing.Span) (resp *response, err error) {
-	clientBody := req.Body // before a retry's copy replaces it
-	holdsSlot := false     // of the circuit breaker, until the body is done
-	start := time.Now()
+// route picks the rule, the version and the endpoints for a request
+// (what rules see of it, m); with none, it observes the 503 it returns.
+func (o *Outbound) route(m *httpmatch.Request, start time.Time, sp *tracing.Span) (*Rule, string, []balance.Endpoint, error) {
 	router, eps := o.State()
-	rule := router.Match(req)
+	rule := router.MatchRequest(m)
 	version := rule.PickVersion()
 	cands := eps // read only: Pick does not change it
 	if version != "" {
@@ -251,23 +324,28 @@ func (o *Outbound) roundTrip(req *http.Request, sp *tracing.Span) (resp *respons
 		}
 		o.Metrics.observe("outbound", o.Source, o.Service, rule.Name, version, http.StatusServiceUnavailable, start)
 		sp.End(rule.Name, version, http.StatusServiceUnavailable, 0)
-		return nil, &proxyError{http.StatusServiceUnavailable, msg}
+		return rule, version, nil, &proxyError{http.StatusServiceUnavailable, msg}
+	}
+	return rule, version, cands, nil
+}
+
+// roundTrip routes, balances and retries one request. It ends sp (nil
+// when tracing is off) where it observes the request's metrics.
+func (o *Outbound) roundTrip(req *request, sp *tracing.Span) (resp *response, err error) {
+	clientBody := req.in // before a retry's copy replaces it
+	holdsSlot := false   // of the circuit breaker, until the body is done
+	start := time.Now()
+	rule, version, cands, err := o.route(req.matchRequest(), start, sp)
+	if err != nil {
+		return nil, err
 	}
 	if rule.hasRW {
-		req.URL.Path = rule.Rewrite(req.URL.Path)
-		req.URL.RawPath = ""
-	}
-	if upgradeType(req.Header) != "" {
-		ep, _ := o.bal.Pick(cands, nil)
-		up, err := o.roundTripUpgrade(req, rule, ep, start, sp)
-		if err != nil {
-			return nil, err
-		}
-		return httpResponse(up), nil
+		req.path = rule.Rewrite(req.path)
+		req.escaped = escapedPath(req.path, req.path)
 	}
 
 	if lim := o.limits(); lim != nil && lim.MaxRequests > 0 {
-		wait, cancel := context.WithTimeout(req.Context(), rule.Timeout)
+		wait, cancel := context.WithTimeout(req.ctx, rule.Timeout)
 		ok := o.limit.acquire(wait, lim.MaxRequests, lim.MaxPendingRequests)
 		cancel()
 		if !ok {
@@ -295,7 +373,7 @@ func (o *Outbound) roundTrip(req *http.Request, sp *tracing.Span) (resp *respons
 	}
 
 	attempts := 1
-	if rule.Retry != nil && (idempotent(req.Method) || rule.Retry.nonIdempotent) && replayable(req) {
+	if rule.Retry != nil && (idempotent(req.method) || rule.Retry.nonIdempotent) && replayable(req) {
 		attempts = rule.Retry.Attempts
 	}
 	o.active.Add(1)
@@ -303,7 +381,7 @@ func (o *Outbound) roundTrip(req *http.Request, sp *tracing.Span) (resp *respons
 
 	// The route timeout covers the wait for response headers, retries
 	// included; the body then streams for as long as it takes.
-	ctx, cancel := context.WithCancel(req.Context())
+	ctx, cancel := context.WithCancel(req.ctx)
 	var timedOut atomic.Bool
 	timer := time.AfterFunc(rule.Timeout, func() { timedOut.Store(true); cancel() })
 	fail := func(err error, attempt int) (*response, error) {
@@ -345,7 +423,7 @@ func (o *Outbound) roundTrip(req *http.Request, sp *tracing.Span) (resp *respons
 			tryTimer = time.AfterFunc(rule.Retry.PerTryTimeout, func() { perTryExpired.Store(true); tryCancel() })
 		}
 		if attempt > 1 {
-			req.Body, _ = req.GetBody()
+			req.in, _ = req.getBody()
 		}
 		o.bal.Start(ep.Key())
 		resp, err := o.send(tryCtx, req, ep)
@@ -398,12 +476,12 @@ func (o *Outbound) roundTrip(req *http.Request, sp *tracing.Span) (resp *respons
 		clientFault := clientBodyFailed(clientBody)
 		if errors.As(err, &de) {
 			o.bal.Failed(ep.Key())
-		} else if req.Context().Err() == nil && !clientFault {
+		} else if req.ctx.Err() == nil && !clientFault {
 			o.errored(ep)
 		}
 		tryCancel()
 		lastErr = err
-		if clientFault || timedOut.Load() || req.Context().Err() != nil || attempt >= attempts || !rule.Retry.retryError(err, perTryExpired.Load()) {
+		if clientFault || timedOut.Load() || req.ctx.Err() != nil || attempt >= attempts || !rule.Retry.retryError(err, perTryExpired.Load()) {
 			return fail(lastErr, attempt)
 		}
 	}
@@ -427,13 +505,13 @@ func (o *Outbound) limits() *v1.ServiceLimits {
 
 // access writes the access log line of a request (at info level: a JSON
 // access log with --log-format json).
-func (o *Outbound) access(req *http.Request, route string, ep balance.Endpoint, code, attempts int, start time.Time) {
-	if !o.Logger.Enabled(req.Context(), slog.LevelInfo) {
+func (o *Outbound) access(req *request, route string, ep balance.Endpoint, code, attempts int, start time.Time) {
+	if !o.Logger.Enabled(req.ctx, slog.LevelInfo) {
 		return
 	}
-	o.Logger.LogAttrs(req.Context(), slog.LevelInfo, "access",
-		slog.String("direction", "outbound"), slog.String("requestId", req.Header.Get(RequestIDHeader)),
-		slog.String("method", req.Method), slog.String("path", req.URL.Path), slog.String("destination", o.Service),
+	o.Logger.LogAttrs(req.ctx, slog.LevelInfo, "access",
+		slog.String("direction", "outbound"), slog.String("requestId", req.get("x-request-id")),
+		slog.String("method", req.method), slog.String("path", req.path), slog.String("destination", o.Service),
 		slog.String("route", route), slog.String("endpointInstance", ep.Instance), slog.String("version", ep.Version),
 		slog.Int("status", code), slog.Int("attempts", attempts), slog.Duration("duration", time.Since(start)))
 }
@@ -449,7 +527,7 @@ const deniedPrefix = "trellis: denied: "
 
 // denied logs, at warn level and at most refusalsPerSecond lines a
 // second, a call the destination refused by policy.
-func (o *Outbound) denied(req *http.Request, resp *response) {
+func (o *Outbound) denied(req *request, resp *response) {
 	why := resp.get(deniedField)
 	if why == "" {
 		return // the app's own 403
@@ -458,12 +536,12 @@ func (o *Outbound) denied(req *http.Request, resp *response) {
 	if !ok {
 		return
 	}
-	attrs := []slog.Attr{slog.String("upstream", o.Service), slog.String("method", cut(req.Method, 32)),
-		slog.String("path", cut(req.URL.Path, 512)), slog.String("reason", cut(why, 512))}
+	attrs := []slog.Attr{slog.String("upstream", o.Service), slog.String("method", cut(req.method, 32)),
+		slog.String("path", cut(req.path, 512)), slog.String("reason", cut(why, 512))}
 	if n > 0 {
 		attrs = append(attrs, slog.Int("suppressed", n))
 	}
-	o.Logger.LogAttrs(req.Context(), slog.LevelWarn, "call denied by the destination's policy", attrs...)
+	o.Logger.LogAttrs(req.ctx, slog.LevelWarn, "call denied by the destination's policy", attrs...)
 }
 
 // errored counts a failed request against ep: outlier detection.
@@ -525,24 +603,27 @@ func (p *Retry) retryError(err error, perTryExpired bool) bool {
 
 // replayable reports whether req's body can be sent again, reading a small
 // one into memory to make it so.
-func replayable(req *http.Request) bool {
-	if req.Body == nil || req.Body == http.NoBody {
-		req.GetBody = func() (io.ReadCloser, error) { return http.NoBody, nil }
+func replayable(req *request) bool {
+	if req.in == nil {
+		req.getBody = noBodyAgain
 		return true
 	}
-	if req.ContentLength <= 0 || req.ContentLength > maxReplayBody {
+	if req.length <= 0 || req.length > maxReplayBody {
 		return false
 	}
-	b, err := io.ReadAll(io.LimitReader(req.Body, maxReplayBody+1))
-	req.Body.Close()
-	if err != nil || int64(len(b)) != req.ContentLength {
-		req.Body = io.NopCloser(bytes.NewReader(b))
+	b, err := io.ReadAll(io.LimitReader(req.in, maxReplayBody+1))
+	req.in.Close()
+	if err != nil || int64(len(b)) != req.length {
+		req.in = io.NopCloser(bytes.NewReader(b))
 		return false
 	}
-	req.Body = io.NopCloser(bytes.NewReader(b))
-	req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }
+	req.in = io.NopCloser(bytes.NewReader(b))
+	req.getBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }
 	return true
 }
+
+// noBodyAgain is a bodiless request's getBody: no body again.
+func noBodyAgain() (io.ReadCloser, error) { return nil, nil }
 
 // trackedBody ends an attempt that answered (done) once, when its
 // response body is closed or read to the end.
@@ -551,7 +632,7 @@ type trackedBody struct {
 	once sync.Once
 
 	o                 *Outbound
-	req               *http.Request
+	req               *request
 	rule              *Rule
 	ep                balance.Endpoint
 	code, attempt     int

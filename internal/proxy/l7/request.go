@@ -1,6 +1,7 @@
 package l7
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -8,6 +9,7 @@ import (
 	"net/http"
 	"net/textproto"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -34,9 +36,10 @@ import (
 // body that streams or has trailers, tracing on, an HTTP/2 app) go the
 // http.Request way.
 
-// request is a request stream's request on the fields path.
+// request is a request on the fields path: a request stream's, or (on the
+// outbound) an HTTP/1.1 client's once checked (fromHTTP).
 type request struct {
-	ctx       *streamContext
+	ctx       context.Context
 	method    string
 	authority string // canonical once checked
 	target    string // :path as sent
@@ -49,8 +52,21 @@ type request struct {
 	body      []byte
 	bad       *badRequest // a stream that makes no request
 	s         *tunnel.Stream
-	head      h1.Head // what the app client sends
 	match     httpmatch.Request
+
+	// The outbound's: the body to send on (nil: none), how to have it
+	// again for a retry, the trailers it declared (canonical names), the
+	// trailers that came once it was read to its end, and whether it is
+	// an HTTP/1.1 body of unknown length (read ahead, see sendRequest).
+	in io.ReadCloser
+	// wire, when set, is the array that fields started in, four places
+	// before them kept for the pseudo-header fields: while fields still
+	// follow them, sendRequest sends the head from it without a copy.
+	wire         []hpack.HeaderField
+	getBody      func() (io.ReadCloser, error)
+	trailerNames []string
+	trailers     func() []hpack.HeaderField
+	readAhead    bool
 }
 
 // fieldsEligible reports whether the request on s can take the fields
@@ -139,9 +155,6 @@ func (r *request) fromStream() error {
 			return errors.New("invalid content-length")
 		}
 		r.length = n
-	}
-	if r.s.Drained() {
-		r.length = 0
 	}
 	return nil
 }
@@ -271,12 +284,7 @@ func (in *Inbound) admitFields(r *request, peer identity.ID) *badRequest {
 	if err := r.check(meshLimits); err != nil {
 		return err
 	}
-	r.match = httpmatch.Request{Method: r.method, Path: r.path, Host: matchHost(r.authority), Fields: r.fields,
-		Query: r.query, Form: r.mayBeForm()}
-	if r.match.Fields == nil {
-		r.match.Fields = []hpack.HeaderField{} // a list, though empty: not the header map
-	}
-	if d := in.Authorize(peer, &r.match); !d.Allow {
+	if d := in.Authorize(peer, r.matchRequest()); !d.Allow {
 		return &badRequest{http.StatusForbidden, deniedPrefix + d.Reason, d.Code}
 	}
 	dropped := 0
@@ -343,7 +351,7 @@ func (in *Inbound) serveFields(x *fieldsExchange, peer identity.ID) {
 		in.Metrics.refusedRequest(in.Logger, r.ctx, r.method, r.target, r.authority, "inbound", peer.Service(), in.Self().Service(), bad)
 		refuse(sw, bad)
 	} else {
-		in.proxyFields(sw, r)
+		in.proxyFields(sw, r, &x.head)
 	}
 	in.Metrics.observe("inbound", peer.Service(), in.Self().Service(), "", "", sw.status(), start)
 	if in.Logger.Enabled(r.ctx, slog.LevelInfo) {
@@ -355,26 +363,30 @@ func (in *Inbound) serveFields(x *fieldsExchange, peer identity.ID) {
 }
 
 // proxyFields is Inbound.proxy on the fields path.
-func (in *Inbound) proxyFields(w http.ResponseWriter, r *request) {
+func (in *Inbound) proxyFields(w http.ResponseWriter, r *request, head *h1.Head) {
 	r.prepare()
 	if r.length > 0 {
 		// Held whole before the app sees the head (holdBody).
 		b := make([]byte, r.length)
-		if _, err := io.ReadFull(r.s, b); err != nil || !r.drained() {
+		_, err := io.ReadFull(r.s, b)
+		if err == nil {
+			err = readEnd(r.s, r.length)
+		}
+		if err != nil {
 			if r.ctx.Err() == nil {
-				in.Logger.Debug("request body failed before it reached the app", "err", bodyError(err, r.length))
+				in.Logger.Debug("request body failed before it reached the app", "err", err)
 				abortResponse(w)
 			}
 			return
 		}
 		r.body = b
 	}
-	target := r.escaped
-	if r.hasQuery {
-		target += "?" + r.query
+	host := r.authority
+	if host == "" {
+		host = in.Target // what net/http's writer puts there: the URL's host
 	}
-	r.head = h1.Head{Method: r.method, Target: target, Host: r.authority, Fields: r.fields, Body: r.body}
-	fr, resp, err := in.app.RoundTripHead(r.ctx, &r.head)
+	*head = h1.Head{Method: r.method, Target: r.requestURI(), Host: host, Fields: r.fields, Body: r.body}
+	fr, resp, err := in.app.RoundTripHead(r.ctx, head)
 	if err != nil {
 		if r.ctx.Err() != nil {
 			return // the caller went away; its cancellation ended the call
@@ -392,17 +404,151 @@ func (in *Inbound) proxyFields(w http.ResponseWriter, r *request) {
 	writeResponse(w, httpResponse(resp))
 }
 
-// drained reports whether the body ended where its length said: one
-// more read finds its end and nothing else.
-func (r *request) drained() bool {
+// readEnd reads the end of a body whose length bytes were read: it must
+// end there.
+func readEnd(body io.Reader, length int64) error {
 	var one [1]byte
-	n, err := r.s.Read(one[:])
-	return n == 0 && err == io.EOF
+	for range 100 {
+		n, err := body.Read(one[:])
+		switch {
+		case n > 0:
+			return fmt.Errorf("body longer than its content-length %d", length)
+		case err == io.EOF:
+			return nil
+		case err != nil:
+			return err
+		}
+	}
+	return io.ErrNoProgress
 }
 
-func bodyError(err error, length int64) error {
-	if err != nil {
-		return err
+// The outbound's fields path: an HTTP/2 client's request stream (no TLS)
+// is checked, routed and sent on from its fields; an HTTP/1.1 client's
+// request is checked as an http.Request and then made a request by
+// fromHTTP, so that routing and sending are the same for both.
+
+// fromHTTP makes r, a checked request of an HTTP/1.1 client (or of the
+// ingress), a request in x.
+func fromHTTP(x *request, r *http.Request) {
+	*x = request{ctx: r.Context(), method: r.Method, authority: r.Host, path: r.URL.Path, escaped: r.URL.EscapedPath(),
+		query: r.URL.RawQuery, hasQuery: r.URL.ForceQuery || r.URL.RawQuery != "", length: r.ContentLength,
+		getBody: r.GetBody, readAhead: r.ProtoMajor == 1}
+	x.target = x.escaped
+	// Room for the pseudo-header fields before, and after for the fields
+	// the proxy adds on the way (request ID, trace context,
+	// content-length, trailer).
+	x.wire = make([]hpack.HeaderField, 4, 4+len(r.Header)+4)
+	x.fields = appendFields(x.wire[4:], r.Header, nil)
+	if !noBody(r) {
+		x.in = r.Body
 	}
-	return fmt.Errorf("body longer than its content-length %d", length)
+	if len(r.Trailer) > 0 {
+		x.trailerNames = make([]string, 0, len(r.Trailer))
+		for k := range r.Trailer {
+			x.trailerNames = append(x.trailerNames, k)
+		}
+		x.trailers = func() []hpack.HeaderField { return appendFields(nil, r.Trailer, nil) }
+	}
+}
+
+// readOutboundStream makes the request of stream s, an HTTP/2 client's,
+// in x, its body streaming from s.
+func readOutboundStream(x *request, s *tunnel.Stream, ctx *streamContext) {
+	readStreamRequest(x, s, ctx)
+	if x.bad != nil {
+		return
+	}
+	for _, f := range x.fields {
+		if f.Name != "trailer" {
+			continue
+		}
+		for name := range strings.SplitSeq(f.Value, ",") {
+			if k := canonicalNames.get(strings.TrimSpace(name)); k != "" && !meshTrailer(k) && !slices.Contains(x.trailerNames, k) {
+				x.trailerNames = append(x.trailerNames, k)
+			}
+		}
+	}
+	if s.Drained() && len(x.trailerNames) == 0 {
+		x.length = 0
+		return
+	}
+	x.in = &streamBody{s: s}
+	x.trailers = func() []hpack.HeaderField { return streamTrailers(s) }
+}
+
+// streamTrailers are the trailers that came on s, less those the proxies
+// set (they come in the head only) and those HTTP/2 does not carry.
+func streamTrailers(s *tunnel.Stream) []hpack.HeaderField {
+	var out []hpack.HeaderField
+	for _, f := range s.Trailers() {
+		if meshTrailer(f.Name) || connectionHeaders[f.Name] || f.Name == "host" || f.Name == "te" && f.Value != "trailers" {
+			continue
+		}
+		out = append(out, f)
+	}
+	return out
+}
+
+// dropMeshUnderscored removes the fields whose names, '_' read as '-',
+// are ones the proxies set, strip or frame by (DropUnderscoreFields with
+// meshOnly) and counts them.
+func (o *Outbound) dropMeshUnderscored(r *request) {
+	n := 0
+	r.fields = deleteFields(r.fields, func(name string) bool {
+		if strings.IndexByte(name, '_') < 0 || !meshFields[strings.ReplaceAll(name, "_", "-")] {
+			return false
+		}
+		n++
+		return true
+	})
+	if n > 0 {
+		o.Metrics.DroppedFields.WithLabelValues("outbound", "underscore").Add(float64(n))
+	}
+}
+
+// setContext is setRequestContext on the fields path: a request ID when
+// there is none, and a trace context whose parent is this hop.
+func (r *request) setContext() {
+	if r.get("x-request-id") == "" {
+		r.fields = deleteFields(r.fields, func(name string) bool { return name == "x-request-id" })
+		r.fields = append(r.fields, hpack.HeaderField{Name: "x-request-id", Value: newRequestID()})
+	}
+	tp := nextTraceparent(r.get("traceparent"))
+	r.fields = deleteFields(r.fields, func(name string) bool { return name == "traceparent" })
+	r.fields = append(r.fields, hpack.HeaderField{Name: "traceparent", Value: tp})
+}
+
+// matchRequest is what rules see of r, made once.
+func (r *request) matchRequest() *httpmatch.Request {
+	r.match = httpmatch.Request{Method: r.method, Path: r.path, Host: matchHost(r.authority), Fields: r.fields,
+		Query: r.query, Form: r.mayBeForm()}
+	if r.match.Fields == nil {
+		r.match.Fields = []hpack.HeaderField{} // a list, though empty: not the header map
+	}
+	return &r.match
+}
+
+// wireHead is the header list to send: the pseudo-header fields, then
+// fields, with room for n more.
+func (r *request) wireHead(n int) []hpack.HeaderField {
+	var h []hpack.HeaderField
+	if len(r.wire) == 4 && cap(r.fields) > 0 && &r.wire[:5][4] == &r.fields[:1][0] {
+		h = r.wire[:4+len(r.fields)] // the fields are where they started
+	} else {
+		h = make([]hpack.HeaderField, 4, 4+len(r.fields)+n)
+		h = append(h, r.fields...)
+	}
+	h[0] = hpack.HeaderField{Name: ":method", Value: r.method}
+	h[1] = hpack.HeaderField{Name: ":scheme", Value: "http"}
+	h[2] = hpack.HeaderField{Name: ":authority", Value: r.authority}
+	h[3] = hpack.HeaderField{Name: ":path", Value: r.requestURI()}
+	return h
+}
+
+// requestURI is the target to send: the escaped path and the query.
+func (r *request) requestURI() string {
+	if r.hasQuery {
+		return r.escaped + "?" + r.query
+	}
+	return r.escaped
 }

@@ -19,7 +19,9 @@ import (
 	"github.com/trellis-mesh/trellis/internal/authz"
 	"github.com/trellis-mesh/trellis/internal/httpmatch"
 	"github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/proxy/balance"
 	"github.com/trellis-mesh/trellis/internal/proxy/tunnel"
+	"github.com/trellis-mesh/trellis/internal/trellistest"
 )
 
 // seen is what an app saw of a request.
@@ -61,6 +63,9 @@ func (a *recordingApp) take() *seen {
 	defer a.mu.Unlock()
 	s := a.last
 	a.last = nil
+	if s != nil && s.Host == a.addr {
+		s.Host = "the app's address" // each test has an app of its own
+	}
 	return s
 }
 
@@ -163,6 +168,7 @@ func FuzzInboundFieldsPath(f *testing.F) {
 	f.Add("get", "web", "/x", "http2-settings: x", "")
 	f.Add("POST", "web", "/f", "content-type: \tMultipart/Form-Data ; b=1\ncontent-length: 3", "a=1")
 	f.Add("PUT", "", "/%c0%ae/x?", "idempotency-key: 1\nproxy-authorization: x\nkeep-alive: 1", "body")
+	f.Add("GET", "", "/", "", "")
 	self, _ := identity.New("trellis.local", "web")
 	caller, _ := identity.New("trellis.local", "client")
 	allow := policyAuthorize(f)
@@ -211,4 +217,137 @@ func FuzzInboundFieldsPath(f *testing.F) {
 			t.Fatalf("the app saw\n%+v\non the fields path, and\n%+v\non the http.Request path", saw[0], saw[1])
 		}
 	})
+}
+
+// normalizeSeen blanks, in what an app saw, what differs on every request:
+// a request ID the proxy made and the span ID of the trace context (and
+// its trace ID when the caller's was not valid and a new trace began).
+func normalizeSeen(s *seen, sentID, sentTrace string) {
+	if s == nil {
+		return
+	}
+	if ids := s.Header["X-Request-Id"]; len(ids) == 1 && ids[0] != sentID && len(ids[0]) == 36 {
+		s.Header["X-Request-Id"] = []string{"made"}
+	}
+	if tps := s.Header["Traceparent"]; len(tps) == 1 {
+		if p := strings.Split(tps[0], "-"); len(p) == 4 {
+			if !strings.Contains(sentTrace, p[1]) {
+				p[1] = "new"
+			}
+			p[2] = "span"
+			s.Header["Traceparent"] = []string{strings.Join(p, "-")}
+		}
+	}
+}
+
+// FuzzOutboundFieldsPath: an HTTP/2 client's request stream served on the
+// outbound's fields path (request.go) gets the same answer, and the app
+// behind the inbound the same request, as on the http.Request path, for
+// any request a client can send; routes match and rewrite the same.
+func FuzzOutboundFieldsPath(f *testing.F) {
+	f.Add("GET", "web", "/old/a?x=1", "x-v: 2\ncookie: a=1\ncookie: b=2\nuser-agent: u", "")
+	f.Add("POST", "web:8080", "/admin;x/", "content-type: text/plain\ncontent-length: 4\nx_request_id: admin\nx-request-id: keep", "abcd")
+	f.Add("GET", "web", "/%41%2e/c|d!e?a=%zz&b", "te: trailers\nx-forwarded-client-cert: forged\ntrellis-x: 1\nhost: web", "")
+	f.Add("GET", "web", "/x", "traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\ntracestate: a=b\nx-request-id: ", "")
+	f.Add("PUT", "", "/old/%c0%ae/x?", "trailer: x-t, x-request-id\nkeep-alive: 1", "body")
+	f.Add("OPTIONS", "web", "*", "", "")
+	ca := trellistest.NewCA(f, "trellis.local")
+	rt, err := Compile(&v1.RouteSpec{Rules: []v1.RouteRule{
+		{Name: "rw", Match: v1.RouteMatch{PathPrefix: "/old/", Headers: []v1.HeaderMatch{{Name: "x-v", Exact: "2"}}}, PrefixRewrite: "/new/"},
+		{Name: "form", Match: v1.RouteMatch{Methods: []string{"PUT"}}, PrefixRewrite: "/put"},
+	}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	var addrs [2]string
+	var conns [2]*tunnel.Conn
+	var apps [2]*recordingApp
+	dial := func(t testing.TB, addr string) *tunnel.Conn {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tc, err := tunnel.NewClient(c, tunnel.Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tc
+	}
+	for i, httpOnly := range []bool{false, true} {
+		apps[i] = startRecordingApp(f)
+		in := startInboundFor(f, ca, apps[i].addr, v1.ProtocolHTTP, allowAll)
+		url, _ := startOutbound(f, ca, static(rt, balance.Endpoint{Addr: in, Instance: "web-1"}),
+			func(o *Outbound) { o.httpOnly = httpOnly })
+		addrs[i] = strings.TrimPrefix(url, "http://")
+		conns[i] = dial(f, addrs[i])
+	}
+	f.Cleanup(func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	f.Fuzz(func(t *testing.T, method, authority, path, lines, body string) {
+		fields := []hpack.HeaderField{{Name: ":method", Value: method}, {Name: ":scheme", Value: "http"},
+			{Name: ":authority", Value: authority}, {Name: ":path", Value: path}}
+		sentID, sentTrace := "", ""
+		for line := range strings.SplitSeq(lines, "\n") {
+			if k, v, ok := strings.Cut(line, ": "); ok {
+				if k == "content-length" && v != strconv.Itoa(len(body)) {
+					t.Skip("a body that is not its content-length")
+				}
+				switch k {
+				case "x-request-id":
+					sentID = v
+				case "traceparent":
+					sentTrace += v
+				}
+				fields = append(fields, hpack.HeaderField{Name: k, Value: v})
+			}
+		}
+		var got [2]int
+		var saw [2]*seen
+		for i := range conns {
+			if !conns[i].Usable() {
+				// A malformed stream can end its connection.
+				conns[i].Close()
+				conns[i] = dial(t, addrs[i])
+			}
+			got[i], saw[i] = exchangeStream(t, conns[i], apps[i], fields, body)
+			normalizeSeen(saw[i], sentID, sentTrace)
+		}
+		if got[0] != got[1] {
+			t.Fatalf("status %d on the fields path, %d on the http.Request path", got[0], got[1])
+		}
+		if !reflect.DeepEqual(saw[0], saw[1]) {
+			t.Fatalf("the app saw\n%+v\non the fields path, and\n%+v\non the http.Request path", saw[0], saw[1])
+		}
+	})
+}
+
+// An HTTP/2 client's request with a content-length and a small body: the
+// outbound holds the body to send it with the head, and must then not
+// reset the client's stream as if it had stopped reading early (it did,
+// until the body was read to its end rather than to its length).
+func TestHTTP2ClientBodyOfKnownLength(t *testing.T) {
+	ca := trellistest.NewCA(t, "trellis.local")
+	a := startRecordingApp(t)
+	in := startInboundFor(t, ca, a.addr, v1.ProtocolHTTP, allowAll)
+	for _, httpOnly := range []bool{false, true} {
+		url, _ := startOutbound(t, ca, static(mustCompile(t, nil), balance.Endpoint{Addr: in, Instance: "web-1"}),
+			func(o *Outbound) { o.httpOnly = httpOnly })
+		c, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		tc, err := tunnel.NewClient(c, tunnel.Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tc.Close()
+		status, saw := exchangeStream(t, tc, a, []hpack.HeaderField{{Name: ":method", Value: "POST"}, {Name: ":scheme", Value: "http"},
+			{Name: ":authority", Value: "web"}, {Name: ":path", Value: "/items"}, {Name: "content-length", Value: "7"}}, `{"a":1}`)
+		if status != http.StatusOK || saw == nil || saw.Body != `{"a":1}` || saw.Length != 7 {
+			t.Errorf("httpOnly %v: status %d, the app saw %+v", httpOnly, status, saw)
+		}
+	}
 }

@@ -27,7 +27,7 @@ type Rule struct {
 	Name    string
 	Timeout time.Duration
 	Retry   *Retry
-	match   func(*http.Request) bool
+	match   func(*httpmatch.Request) bool
 	prefix  string // the matched path prefix, for rewriting
 	rewrite string
 	hasRW   bool
@@ -52,7 +52,7 @@ type Retry struct {
 // version). The control plane validated it already; a proxy checks again
 // because it must never apply what it cannot serve.
 func Compile(spec *v1.RouteSpec) (*Router, error) {
-	rt := &Router{fallback: &Rule{Name: "default", Timeout: DefaultTimeout, match: func(*http.Request) bool { return true }}}
+	rt := &Router{fallback: &Rule{Name: "default", Timeout: DefaultTimeout, match: func(*httpmatch.Request) bool { return true }}}
 	if spec == nil {
 		return rt, nil
 	}
@@ -113,20 +113,22 @@ func compileRule(i int, r v1.RouteRule) (*Rule, error) {
 	return rule, nil
 }
 
-func compileMatch(m v1.RouteMatch) (func(*http.Request) bool, error) {
+func compileMatch(m v1.RouteMatch) (func(*httpmatch.Request) bool, error) {
 	hm, err := httpmatch.Compile(m, httpmatch.Route)
 	if err != nil {
 		return nil, err
 	}
-	return func(r *http.Request) bool {
-		return hm.Match(matchRequest(r))
-	}, nil
+	return hm.Match, nil
 }
 
 // Match returns the first rule that matches r, or the fallback.
-func (rt *Router) Match(r *http.Request) *Rule {
+func (rt *Router) Match(r *http.Request) *Rule { return rt.MatchRequest(matchRequest(r)) }
+
+// MatchRequest returns the first rule that matches what rules see of a
+// request, or the fallback.
+func (rt *Router) MatchRequest(m *httpmatch.Request) *Rule {
 	for _, rule := range rt.rules {
-		if rule.match(r) {
+		if rule.match(m) {
 			return rule
 		}
 	}

@@ -182,18 +182,13 @@ func (b *streamBody) Close() error {
 // responses fit, and go out in one write with their head.
 const maxHeldBody = 16 << 10
 
-// sendRequest sends req (its URL already the endpoint's) on a request
-// stream of conn, which has a stream reserved, and waits for the response
-// headers.
-func sendRequest(ctx context.Context, conn *tunnel.Conn, req *http.Request) (*response, error) {
-	path := req.URL.RequestURI()
-	if req.Method == http.MethodOptions && path == "/*" {
-		path = "*"
-	}
+// sendRequest sends req on a request stream of conn, which has a stream
+// reserved, and waits for the response headers.
+func sendRequest(ctx context.Context, conn *tunnel.Conn, req *request) (*response, error) {
 	var body []byte
-	end := req.Body == nil || req.Body == http.NoBody || req.ContentLength == 0 && req.GetBody != nil
+	end := req.in == nil || req.length == 0 && req.getBody != nil
 	trailersOnly := false // the whole body is held, its trailers follow
-	if !end && req.ContentLength < 0 && req.ProtoMajor == 1 {
+	if !end && req.length < 0 && req.readAhead {
 		// An HTTP/1.1 body of unknown length (chunked) is read ahead up
 		// to maxHeldBody, as nginx buffers request bodies: a small one
 		// leaves with the head, and one whose framing fails within that
@@ -201,55 +196,57 @@ func sendRequest(ctx context.Context, conn *tunnel.Conn, req *http.Request) (*re
 		// and a failure resets the stream, so that the app never sees the
 		// request complete. HTTP/2 bodies (gRPC's streams among them)
 		// stream from the first byte: their framing cannot fail so.
-		b, err := io.ReadAll(io.LimitReader(req.Body, maxHeldBody+1))
+		b, err := io.ReadAll(io.LimitReader(req.in, maxHeldBody+1))
 		if err != nil {
-			req.Body.Close()
+			req.in.Close()
 			return nil, err
 		}
 		body = b
 		if len(b) <= maxHeldBody {
-			req.Body.Close()
-			req.Body = http.NoBody
+			req.in.Close()
+			req.in = nil
 			// So that a refused stream can be sent again (Outbound.send)
 			// with the body it held, not an empty one.
-			req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }
-			if len(req.Trailer) == 0 {
+			req.getBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }
+			if len(req.trailerNames) == 0 {
 				end = true
 			} else {
 				trailersOnly = true
 			}
 		}
 	}
-	fields := make([]hpack.HeaderField, 0, 8+len(req.Header))
-	fields = append(fields,
-		hpack.HeaderField{Name: ":method", Value: req.Method},
-		hpack.HeaderField{Name: ":scheme", Value: "http"},
-		hpack.HeaderField{Name: ":authority", Value: req.Host},
-		hpack.HeaderField{Name: ":path", Value: path})
-	fields = appendFields(fields, req.Header, nil)
-	if len(req.Trailer) > 0 {
+	fields := req.wireHead(2)
+	hasLength := false
+	for i := 4; i < len(fields); i++ {
+		f := &fields[i]
+		f.Sensitive = perRequest(f.Name)
+		hasLength = hasLength || f.Name == "content-length" && f.Value != ""
+	}
+	if len(req.trailerNames) > 0 {
 		// Declared, so that the far side keeps a place for them (a proxy
 		// drops the Trailer header as hop-by-hop).
-		names := make([]string, 0, len(req.Trailer))
-		for k := range req.Trailer {
-			names = append(names, k)
-		}
-		fields = append(fields, hpack.HeaderField{Name: "trailer", Value: strings.Join(names, ", ")})
+		fields = append(fields, hpack.HeaderField{Name: "trailer", Value: strings.Join(req.trailerNames, ", ")})
 	}
-	if req.ContentLength > 0 && req.Header.Get("Content-Length") == "" {
-		fields = append(fields, hpack.HeaderField{Name: "content-length", Value: strconv.FormatInt(req.ContentLength, 10)})
+	if req.length > 0 && !hasLength {
+		fields = append(fields, hpack.HeaderField{Name: "content-length", Value: strconv.FormatInt(req.length, 10)})
 	}
-	if !end && req.ContentLength > 0 && req.ContentLength <= maxHeldBody && len(req.Trailer) == 0 {
-		// Small and of known length: it leaves with the head.
-		b := make([]byte, req.ContentLength)
-		if _, err := io.ReadFull(req.Body, b); err != nil {
+	if !end && req.length > 0 && req.length <= maxHeldBody && len(req.trailerNames) == 0 {
+		// Small and of known length: it leaves with the head. Read to
+		// its end, not only to its length: a stream's body closed before
+		// its end resets the client's stream (streamBody.Close).
+		b := make([]byte, req.length)
+		if _, err := io.ReadFull(req.in, b); err != nil {
 			return nil, err
 		}
-		req.Body.Close()
+		if err := readEnd(req.in, req.length); err != nil {
+			req.in.Close()
+			return nil, err
+		}
+		req.in.Close()
 		body, end = b, true
-		if req.GetBody == nil {
+		if req.getBody == nil {
 			// So that a refused stream can be sent again (Outbound.send).
-			req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }
+			req.getBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }
 		}
 	}
 	s, err := conn.OpenRequest(fields, body, end)
@@ -260,12 +257,12 @@ func sendRequest(ctx context.Context, conn *tunnel.Conn, req *http.Request) (*re
 		return nil, err
 	}
 	if trailersOnly {
-		if err := s.CloseWrite(appendFields(nil, req.Trailer, nil)); err != nil {
+		if err := s.CloseWrite(req.trailers()); err != nil {
 			s.Cancel(err)
 			return nil, err
 		}
 	} else if !end {
-		go sendBody(s, req)
+		go sendBody(s, req.in, req.trailers)
 	}
 	status, rfields, err := s.Response(ctx)
 	if err != nil {
@@ -277,18 +274,19 @@ func sendRequest(ctx context.Context, conn *tunnel.Conn, req *http.Request) (*re
 	return streamResponse(s, status, rfields), nil
 }
 
-// sendBody streams a request body, then its trailers, to s.
-func sendBody(s *tunnel.Stream, req *http.Request) {
-	defer req.Body.Close()
-	if _, err := io.Copy(s, req.Body); err != nil {
+// sendBody streams a request body, then its trailers (when trailers is
+// set), to s.
+func sendBody(s *tunnel.Stream, body io.ReadCloser, trailers func() []hpack.HeaderField) {
+	defer body.Close()
+	if _, err := io.Copy(s, body); err != nil {
 		s.Cancel(err)
 		return
 	}
-	var trailers []hpack.HeaderField
-	if len(req.Trailer) > 0 {
-		trailers = appendFields(nil, req.Trailer, nil)
+	var t []hpack.HeaderField
+	if trailers != nil {
+		t = trailers()
 	}
-	if err := s.CloseWrite(trailers); err != nil {
+	if err := s.CloseWrite(t); err != nil {
 		s.Cancel(err)
 	}
 }
