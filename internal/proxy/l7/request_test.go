@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"reflect"
@@ -163,24 +164,7 @@ func FuzzInboundFieldsPath(f *testing.F) {
 	f.Add("get", "web", "/x", "http2-settings: x", "")
 	f.Add("POST", "web", "/f", "content-type: \tMultipart/Form-Data ; b=1\ncontent-length: 3", "a=1")
 	f.Add("PUT", "", "/%c0%ae/x?", "idempotency-key: 1\nproxy-authorization: x\nkeep-alive: 1", "body")
-	self, _ := identity.New("trellis.local", "web")
-	caller, _ := identity.New("trellis.local", "client")
-	allow := policyAuthorize(f)
-	var conns [2]*tunnel.Conn
-	var dials [2]func(testing.TB) *tunnel.Conn
-	var apps [2]*recordingApp
-	for i, httpOnly := range []bool{false, true} {
-		apps[i] = startRecordingApp(f)
-		in := &Inbound{Self: func() identity.ID { return self }, Authorize: allow, Target: apps[i].addr,
-			Protocol: func() string { return v1.ProtocolHTTP }, httpOnly: httpOnly}
-		dials[i] = inboundDialer(f, in, caller)
-		conns[i] = dials[i](f)
-	}
-	f.Cleanup(func() {
-		for _, c := range conns {
-			c.Close()
-		}
-	})
+	d := newDiffPair(f, nil)
 	f.Fuzz(func(t *testing.T, method, authority, path, lines, body string) {
 		fields := []hpack.HeaderField{{Name: ":method", Value: method}, {Name: ":scheme", Value: "http"},
 			{Name: ":authority", Value: authority}, {Name: ":path", Value: path}}
@@ -194,16 +178,7 @@ func FuzzInboundFieldsPath(f *testing.F) {
 				fields = append(fields, hpack.HeaderField{Name: k, Value: v})
 			}
 		}
-		var got [2]int
-		var saw [2]*seen
-		for i := range conns {
-			if !conns[i].Usable() {
-				// A malformed stream can end its connection.
-				conns[i].Close()
-				conns[i] = dials[i](t)
-			}
-			got[i], saw[i] = exchangeStream(t, conns[i], apps[i], fields, body)
-		}
+		got, saw := d.exchange(t, fields, body, nil)
 		if got[0] != got[1] {
 			t.Fatalf("status %d on the fields path, %d on the http.Request path", got[0], got[1])
 		}
@@ -211,4 +186,84 @@ func FuzzInboundFieldsPath(f *testing.F) {
 			t.Fatalf("the app saw\n%+v\non the fields path, and\n%+v\non the http.Request path", saw[0], saw[1])
 		}
 	})
+}
+
+// diffPair is two inbounds before two recording apps, alike but for the
+// way they serve request streams: [0] takes the fields path where it can,
+// [1] (httpOnly) never does.
+type diffPair struct {
+	conns [2]*tunnel.Conn
+	dials [2]func(testing.TB) *tunnel.Conn
+	apps  [2]*recordingApp
+	ins   [2]*Inbound
+}
+
+// newDiffPair starts a diffPair; logs, when not nil, is each inbound's
+// logger, [0] the fields path's.
+func newDiffPair(tb testing.TB, logs *[2]*slog.Logger) *diffPair {
+	self, _ := identity.New("trellis.local", "web")
+	caller, _ := identity.New("trellis.local", "client")
+	allow := policyAuthorize(tb)
+	d := &diffPair{}
+	for i, httpOnly := range []bool{false, true} {
+		d.apps[i] = startRecordingApp(tb)
+		d.ins[i] = &Inbound{Self: func() identity.ID { return self }, Authorize: allow, Target: d.apps[i].addr,
+			Protocol: func() string { return v1.ProtocolHTTP }, httpOnly: httpOnly}
+		if logs != nil {
+			d.ins[i].Logger = logs[i]
+		}
+		d.dials[i] = inboundDialer(tb, d.ins[i], caller)
+		d.conns[i] = d.dials[i](tb)
+	}
+	tb.Cleanup(func() {
+		for _, c := range d.conns {
+			c.Close()
+		}
+	})
+	return d
+}
+
+// exchange sends the same request stream to both inbounds: its head
+// fields and body and, when trailers is not nil, a trailer block after
+// the body. It returns the two statuses and what the two apps saw.
+func (d *diffPair) exchange(t testing.TB, fields []hpack.HeaderField, body string, trailers []hpack.HeaderField) (got [2]int, saw [2]*seen) {
+	for i := range d.conns {
+		if !d.conns[i].Usable() {
+			// A malformed stream can end its connection.
+			d.conns[i].Close()
+			d.conns[i] = d.dials[i](t)
+		}
+		if trailers == nil {
+			got[i], saw[i] = exchangeStream(t, d.conns[i], d.apps[i], fields, body)
+		} else {
+			got[i], saw[i] = exchangeTrailers(t, d.conns[i], d.apps[i], fields, body, trailers)
+		}
+	}
+	return got, saw
+}
+
+// exchangeTrailers is exchangeStream for a request whose body, once sent,
+// is followed by trailers.
+func exchangeTrailers(t testing.TB, c *tunnel.Conn, a *recordingApp, fields []hpack.HeaderField, body string, trailers []hpack.HeaderField) (int, *seen) {
+	if !c.Reserve() {
+		t.Fatal("no room for a stream")
+	}
+	s, err := c.OpenRequest(fields, []byte(body), false)
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	if err := s.CloseWrite(trailers); err != nil {
+		t.Fatalf("trailers: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	status, _, err := s.Response(ctx)
+	if ctx.Err() != nil {
+		t.Fatalf("no answer: %v", err)
+	}
+	if err != nil {
+		return 0, a.take()
+	}
+	io.Copy(io.Discard, s)
+	return status, a.take()
 }
