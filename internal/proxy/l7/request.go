@@ -164,8 +164,9 @@ func (r *request) check(lim headLimits) *badRequest {
 		return r.bad
 	}
 	// Counted as sanitizeWithin counts http.Header: several cookie
-	// fields are one there, joined with "; ".
-	n, size, cookies := 0, len(r.target)+len(r.authority), 0
+	// fields are one there, joined with "; "; and the target as the app
+	// would get it, escaped anew (uriLen), not as sent.
+	n, size, cookies := 0, uriLen(r.target)+len(r.authority), 0
 	for _, f := range r.fields {
 		if f.Name == "cookie" {
 			if cookies++; cookies > 1 {
@@ -228,6 +229,33 @@ func (r *request) check(lim headLimits) *badRequest {
 	}
 	r.path, r.escaped = dec, escapedPath(dec, p)
 	return nil
+}
+
+// uriLen is the length of url.URL's RequestURI for the url.URL that
+// url.ParseRequestURI makes of a target (one fromStream accepted): what
+// sanitizeWithin counts of it toward the head limits. A path holding a
+// character url.URL does not keep as sent (such as '|', a space or '#')
+// is escaped anew, each such character in three bytes: counted as sent,
+// a head refused with 431 on the http.Request way would reach the app.
+func uriLen(target string) int {
+	raw, _, _ := strings.Cut(target, "?")
+	for i := 0; i < len(raw); i++ {
+		if !keptInPath(raw[i]) {
+			dec, err := url.PathUnescape(raw)
+			if err != nil {
+				return len(target) // refused by fromStream
+			}
+			u := url.URL{Path: dec}
+			return len(u.EscapedPath()) + len(target) - len(raw)
+		}
+	}
+	return len(target)
+}
+
+// keptInPath reports whether url.URL keeps c as sent in an escaped path
+// (url's validEncoded for a path).
+func keptInPath(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("-_.~$&+,/:;=@!'()*[]%", c) >= 0
 }
 
 // escapedPath is the path the app gets for a normalized path p, decoded
