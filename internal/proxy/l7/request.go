@@ -258,6 +258,24 @@ func keptInPath(c byte) bool {
 	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("-_.~$&+,/:;=@!'()*[]%", c) >= 0
 }
 
+// logPath is the path the http.Request way logs for the request: the
+// normalized one once checked, else the path as url.URL reads it
+// (percent-decoded, without the query, which may carry a secret), and
+// none for a stream that made no request.
+func (r *request) logPath() string {
+	switch {
+	case r.bad != nil:
+		return ""
+	case r.path != "":
+		return r.path
+	}
+	raw, _, _ := strings.Cut(r.target, "?")
+	if dec, err := url.PathUnescape(raw); err == nil {
+		return dec
+	}
+	return raw
+}
+
 // escapedPath is the path the app gets for a normalized path p, decoded
 // dec: what url.URL's EscapedPath gives for them, as the http.Request way
 // sends it. Most paths are their own escaped form.
@@ -368,7 +386,7 @@ func (in *Inbound) serveFields(x *fieldsExchange, peer identity.ID) {
 	r, sw := &x.r, &x.sw
 	sw.ResponseWriter = &x.w
 	if bad := in.admitFields(r, peer); bad != nil {
-		in.Metrics.refusedRequest(in.Logger, r.ctx, r.method, r.target, r.authority, "inbound", peer.Service(), in.Self().Service(), bad)
+		in.Metrics.refusedRequest(in.Logger, r.ctx, r.method, r.logPath(), r.authority, "inbound", peer.Service(), in.Self().Service(), bad)
 		refuse(sw, bad)
 	} else {
 		in.proxyFields(sw, r)
@@ -377,7 +395,7 @@ func (in *Inbound) serveFields(x *fieldsExchange, peer identity.ID) {
 	if in.Logger.Enabled(r.ctx, slog.LevelInfo) {
 		in.Logger.LogAttrs(r.ctx, slog.LevelInfo, "access",
 			slog.String("direction", "inbound"), slog.String("requestId", r.get("x-request-id")),
-			slog.String("method", r.method), slog.String("path", r.path), slog.String("source", peer.String()),
+			slog.String("method", r.method), slog.String("path", r.logPath()), slog.String("source", peer.String()),
 			slog.Int("status", sw.status()), slog.Duration("duration", time.Since(start)))
 	}
 }

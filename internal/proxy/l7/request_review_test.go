@@ -1,8 +1,11 @@
 package l7
 
 import (
+	"context"
+	"log/slog"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 
 	"golang.org/x/net/http2/hpack"
@@ -54,4 +57,71 @@ func TestFieldsPathHeadSizeAsRequestURI(t *testing.T) {
 			t.Errorf("status %d on the fields path, %d on the http.Request path; want 200 and the same request", got[0], got[1])
 		}
 	})
+}
+
+// logRecords keeps the attributes of the records with a given message.
+type logRecords struct {
+	msg  string
+	mu   *sync.Mutex
+	recs *[]map[string]string
+}
+
+func newLogRecords(msg string) logRecords {
+	return logRecords{msg: msg, mu: &sync.Mutex{}, recs: new([]map[string]string)}
+}
+
+func (h logRecords) Enabled(context.Context, slog.Level) bool { return true }
+func (h logRecords) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h logRecords) WithGroup(string) slog.Handler            { return h }
+func (h logRecords) Handle(_ context.Context, r slog.Record) error {
+	if r.Message != h.msg {
+		return nil
+	}
+	m := map[string]string{}
+	r.Attrs(func(a slog.Attr) bool {
+		if a.Key != "duration" {
+			m[a.Key] = a.Value.String()
+		}
+		return true
+	})
+	h.mu.Lock()
+	*h.recs = append(*h.recs, m)
+	h.mu.Unlock()
+	return nil
+}
+
+func (h logRecords) take() []map[string]string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	r := *h.recs
+	*h.recs = nil
+	return r
+}
+
+// TestFieldsPathLogsAsRequest: the "request refused" and access lines of
+// a request are the same on both paths: the path logged is the request's
+// path, never its query (which may carry a token), and a refused
+// request's path is logged even when it never was normalized.
+func TestFieldsPathLogsAsRequest(t *testing.T) {
+	for _, msg := range []string{"request refused", "access"} {
+		t.Run(msg, func(t *testing.T) {
+			logs := [2]logRecords{newLogRecords(msg), newLogRecords(msg)}
+			d := newDiffPair(t, &[2]*slog.Logger{slog.New(logs[0]), slog.New(logs[1])})
+			for _, head := range [][]hpack.HeaderField{
+				requestHead("GET", "web", "/admin/x?token=secret"),                        // denied
+				requestHead("GET", "web", "/a%41/../b?token=secret", "x-role: admin"),     // denied, normalized
+				requestHead("get", "web", "/a%41/b?token=secret"),                         // a bad method
+				requestHead("GET", "web", "/%c0%ae/b?token=secret"),                       // a bad path
+				requestHead("GET", "web:x", "/a%20b?token=secret"),                        // a bad host
+				requestHead("GET", "web", "/"+strings.Repeat("a", meshLimits.bytes)+"?t"), // too large
+				requestHead("GET", "web", "/ok%41?token=secret"),                          // allowed
+			} {
+				d.exchange(t, head, "", nil)
+				recs := [2][]map[string]string{logs[0].take(), logs[1].take()}
+				if !reflect.DeepEqual(recs[0], recs[1]) {
+					t.Errorf("%s: logged\n%v\non the fields path, and\n%v\non the http.Request path", head[3].Value[:min(40, len(head[3].Value))], recs[0], recs[1])
+				}
+			}
+		})
+	}
 }
