@@ -227,7 +227,7 @@ func (r *request) check(lim headLimits) *badRequest {
 	if !utf8.ValidString(dec) {
 		return &badRequest{http.StatusBadRequest, "trellis: the path, percent-decoded, is not valid UTF-8", ReasonPath}
 	}
-	r.path, r.escaped = dec, escapedPath(dec, p)
+	r.path, r.escaped = dec, escapePath(p)
 	return nil
 }
 
@@ -252,12 +252,6 @@ func uriLen(target string) int {
 	return len(target)
 }
 
-// keptInPath reports whether url.URL keeps c as sent in an escaped path
-// (url's validEncoded for a path).
-func keptInPath(c byte) bool {
-	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("-_.~$&+,/:;=@!'()*[]%", c) >= 0
-}
-
 // logPath is the path the http.Request way logs for the request: the
 // normalized one once checked, else the path as url.URL reads it
 // (percent-decoded, without the query, which may carry a secret), and
@@ -274,22 +268,6 @@ func (r *request) logPath() string {
 		return dec
 	}
 	return raw
-}
-
-// escapedPath is the path the app gets for a normalized path p, decoded
-// dec: what url.URL's EscapedPath gives for them, as the http.Request way
-// sends it. Most paths are their own escaped form.
-func escapedPath(dec, p string) string {
-	for i := 0; i < len(p); i++ {
-		if c := p[i]; !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("-_.~$&+,/:;=@", c) >= 0) {
-			u := url.URL{Path: dec}
-			if dec != p {
-				u.RawPath = p
-			}
-			return u.EscapedPath()
-		}
-	}
-	return p
 }
 
 // mayBeForm is mayBeForm (sanitize.go) on the fields path.

@@ -125,3 +125,35 @@ func TestFieldsPathLogsAsRequest(t *testing.T) {
 		})
 	}
 }
+
+// TestFieldsPathPathAsSent: both paths read the path as sent and send the
+// app that path, escaped only where url.URL must: no encoded slash made a
+// slash, and no "%3B" made a ';' that an app reads "..;" with (a dot
+// segment to Tomcat: "/public/..;/admin|" is "/admin|" there, which the
+// rules never saw).
+func TestFieldsPathPathAsSent(t *testing.T) {
+	d := newDiffPair(t, nil)
+	for _, tc := range []struct {
+		path, uri string // uri "" means refused with 400
+	}{
+		{"/a%2Fb|", ""},
+		{"/a/..%2Fadmin|x", ""},
+		{"/public/..%3B/admin|", "/public/..%3B/admin%7C"},
+		{"/public/..%3b/admin", "/public/..%3B/admin"},
+		{"/a%3d%40|?q=1", "/a%3D%40%7C?q=1"},
+	} {
+		got, saw := d.exchange(t, requestHead("GET", "web", tc.path), "", nil)
+		want := 200
+		if tc.uri == "" {
+			want = 400
+		}
+		if got[0] != want || got[1] != want {
+			t.Errorf("%s: status %d on the fields path, %d on the http.Request path; want %d", tc.path, got[0], got[1], want)
+		}
+		for i, s := range saw {
+			if tc.uri != "" && (s == nil || s.RequestURI != tc.uri) {
+				t.Errorf("%s: the app (%d) saw %+v; want the target %s", tc.path, i, s, tc.uri)
+			}
+		}
+	}
+}

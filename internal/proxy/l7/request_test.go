@@ -164,6 +164,8 @@ func FuzzInboundFieldsPath(f *testing.F) {
 	f.Add("get", "web", "/x", "http2-settings: x", "")
 	f.Add("POST", "web", "/f", "content-type: \tMultipart/Form-Data ; b=1\ncontent-length: 3", "a=1")
 	f.Add("PUT", "", "/%c0%ae/x?", "idempotency-key: 1\nproxy-authorization: x\nkeep-alive: 1", "body")
+	f.Add("GET", "web", "/a/..%2Fadmin|x", "", "")
+	f.Add("GET", "web", "/public/..%3B/admin|?a=%3B", "", "")
 	d := newDiffPair(f, nil)
 	f.Fuzz(func(t *testing.T, method, authority, path, lines, body string) {
 		fields := []hpack.HeaderField{{Name: ":method", Value: method}, {Name: ":scheme", Value: "http"},
