@@ -397,7 +397,13 @@ func (in *Inbound) proxyFields(w http.ResponseWriter, r *request) {
 	if r.hasQuery {
 		target += "?" + r.query
 	}
-	r.head = h1.Head{Method: r.method, Target: target, Host: r.authority, Fields: r.fields, Body: r.body}
+	host := r.authority
+	if host == "" {
+		// As the http.Request way: a request with no Host names the
+		// app's address (req.Write's URL.Host).
+		host = in.Target
+	}
+	r.head = h1.Head{Method: r.method, Target: target, Host: host, Fields: r.fields, Body: r.body}
 	fr, resp, err := in.app.RoundTripHead(r.ctx, &r.head)
 	if err != nil {
 		if r.ctx.Err() != nil {

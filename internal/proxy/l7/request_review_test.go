@@ -157,3 +157,19 @@ func TestFieldsPathPathAsSent(t *testing.T) {
 		}
 	}
 }
+
+// TestFieldsPathEmptyAuthority: a request with no authority at all (an
+// empty :authority, no Host field) reaches the app with the Host the
+// http.Request path gives it, the app's address, not an empty one.
+func TestFieldsPathEmptyAuthority(t *testing.T) {
+	d := newDiffPair(t, nil)
+	for _, method := range []string{"GET", "POST"} {
+		got, saw := d.exchange(t, requestHead(method, "", "/x"), "", nil)
+		if got[0] != 200 || got[1] != 200 {
+			t.Fatalf("%s: status %d on the fields path, %d on the http.Request path; want 200", method, got[0], got[1])
+		}
+		if saw[0].Host != appHost || saw[1].Host != appHost {
+			t.Errorf("%s: the app saw the Host %q on the fields path, %q on the http.Request path; want its address", method, saw[0].Host, saw[1].Host)
+		}
+	}
+}
