@@ -168,7 +168,7 @@ func FuzzInboundFieldsPath(f *testing.F) {
 	f.Add("GET", "web", "/a/..%2Fadmin|x", "", "", "", false)
 	f.Add("POST", "web", "/t", "content-length: 4", "abcd", "x-checksum: 1\nx-forwarded-client-cert: forged", false)
 	f.Add("PUT", "web", "/t", "content-length: 2\ncontent-type: text/plain", "ab", "", true)
-	f.Add("POST", "web", "/t", "content-type: text/plain", "", "x_forwarded_client_cert: forged", true)
+	f.Add("POST", "web", "/t", "content-type: text/plain", "streamed", "x_forwarded_client_cert: forged\nx-c: 1", true)
 	f.Add("GET", "web", "/public/..%3B/admin|?a=%3B", "", "", "", false)
 	d := newDiffPair(f, nil)
 	f.Fuzz(func(t *testing.T, method, authority, path, lines, body, tail string, split bool) {
@@ -197,6 +197,13 @@ func FuzzInboundFieldsPath(f *testing.F) {
 		}
 		var got [2]int
 		var saw [2]*seen
+		if (split || trailers != nil) && body == "" && !strings.Contains("\n"+lines, "\ncontent-length: ") {
+			// No body and no length, the end after the head: whether
+			// the inbound sees the end with the head is a race, on
+			// either path, and what it does differs with it (a POST
+			// that may be a form, a chunked empty body).
+			t.Skip("an empty body of unknown length, ended after the head")
+		}
 		if split || trailers != nil {
 			// The body after the head, and the trailers, if any,
 			// after the body: the inbound may see the head before
