@@ -285,11 +285,18 @@ func (a *Client) roundTrip(ac *appConn, o *outgoing, fields bool) (*Response, *h
 	}()
 	var written chan error
 	if o.head != nil {
-		if err := writeHead(ac.bw, o.head); err != nil {
-			return nil, nil, &notWritten{err}
+		err := writeHead(ac.bw, o.head)
+		if err == nil {
+			err = ac.bw.Flush()
 		}
-		if err := ac.bw.Flush(); err != nil {
+		switch {
+		case err != nil && o.head.Body == nil:
 			return nil, nil, &notWritten{err}
+		case err != nil:
+			// Part of it may have reached the app (a large head or body
+			// goes out as the buffer fills): a request with a body is
+			// not sent twice, as one whose body streams never is.
+			return nil, nil, err
 		}
 	} else if req := o.req; noBody(req) {
 		if err := writeBodiless(ac.bw, req); err != nil {
@@ -422,6 +429,21 @@ func writeHead(bw *bufio.Writer, h *Head) error {
 	if err != nil {
 		return err
 	}
+	// The request line is written as it is, where req.Write escapes a
+	// URL: a method or target that is no token or holds white space or
+	// a line break would be read otherwise by the app, or be a second
+	// request.
+	if !validMethod(h.Method) {
+		return fmt.Errorf("invalid method %q", h.Method)
+	}
+	for i := 0; i < len(h.Target); i++ {
+		if c := h.Target[i]; c <= ' ' || c >= 0x7f {
+			return fmt.Errorf("invalid request target %q", h.Target)
+		}
+	}
+	if h.Target == "" {
+		return errors.New("empty request target")
+	}
 	bw.WriteString(h.Method)
 	bw.WriteByte(' ')
 	bw.WriteString(h.Target)
@@ -466,6 +488,19 @@ func writeHead(bw *bufio.Writer, h *Head) error {
 	bw.WriteString("\r\n")
 	_, err = bw.Write(h.Body)
 	return err
+}
+
+// validMethod reports whether m is a token (RFC 9110 section 9.1).
+func validMethod(m string) bool {
+	if m == "" {
+		return false
+	}
+	for i := 0; i < len(m); i++ {
+		if !httpguts.IsTokenRune(rune(m[i])) {
+			return false
+		}
+	}
+	return true
 }
 
 // joinCookies is the value of every cookie field of fields, first the

@@ -323,3 +323,27 @@ func TestRequestOnAConnectionTheAppClosed(t *testing.T) {
 		})
 	}
 }
+
+// writeHead writes the request line as it is given: a method or target
+// that would end the line early, or start another request, is refused
+// before anything is written, as req.Write refuses an invalid method and
+// escapes its URL.
+func TestWriteHeadRefusesUnsafeRequestLine(t *testing.T) {
+	for _, h := range []*Head{
+		{Method: "GET", Target: "/a HTTP/1.1\r\nHost: x\r\n\r\nGET /admin", Host: "web"},
+		{Method: "GET", Target: "/a\nb", Host: "web"},
+		{Method: "GET", Target: "/a b", Host: "web"},
+		{Method: "GET", Target: "/\x7f", Host: "web"},
+		{Method: "GET", Target: "", Host: "web"},
+		{Method: "GET / HTTP/1.1\r\n\r\nPOST", Target: "/", Host: "web"},
+		{Method: "", Target: "/", Host: "web"},
+	} {
+		var out bytes.Buffer
+		bw := bufio.NewWriter(&out)
+		err := writeHead(bw, h)
+		bw.Flush()
+		if err == nil || out.Len() > 0 {
+			t.Errorf("%q %q: wrote %q, %v; want an error and nothing written", h.Method, h.Target, out.String(), err)
+		}
+	}
+}

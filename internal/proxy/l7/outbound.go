@@ -184,8 +184,7 @@ func (o *Outbound) serveUpgrade(w http.ResponseWriter, r *http.Request, up strin
 	rule, _, cands, err := o.route(matchRequest(r), start, sp)
 	if err == nil {
 		if rule.hasRW {
-			r.URL.Path = rule.Rewrite(r.URL.Path)
-			r.URL.RawPath = ""
+			r.URL.RawPath, r.URL.Path = rule.rewritePaths(r.URL.EscapedPath(), r.URL.Path)
 		}
 		ep, _ := o.bal.Pick(cands, nil)
 		var resp *http.Response
@@ -340,8 +339,7 @@ func (o *Outbound) roundTrip(req *request, sp *tracing.Span) (resp *response, er
 		return nil, err
 	}
 	if rule.hasRW {
-		req.path = rule.Rewrite(req.path)
-		req.escaped = escapedPath(req.path, req.path)
+		req.escaped, req.path = rule.rewritePaths(req.escaped, req.path)
 	}
 
 	if lim := o.limits(); lim != nil && lim.MaxRequests > 0 {

@@ -177,8 +177,9 @@ func (r *request) check(lim headLimits) *badRequest {
 		return r.bad
 	}
 	// Counted as sanitizeWithin counts http.Header: several cookie
-	// fields are one there, joined with "; ".
-	n, size, cookies := 0, len(r.target)+len(r.authority), 0
+	// fields are one there, joined with "; "; and the target as the app
+	// would get it, escaped anew (uriLen), not as sent.
+	n, size, cookies := 0, uriLen(r.target)+len(r.authority), 0
 	for _, f := range r.fields {
 		if f.Name == "cookie" {
 			if cookies++; cookies > 1 {
@@ -239,24 +240,47 @@ func (r *request) check(lim headLimits) *badRequest {
 	if !utf8.ValidString(dec) {
 		return &badRequest{http.StatusBadRequest, "trellis: the path, percent-decoded, is not valid UTF-8", ReasonPath}
 	}
-	r.path, r.escaped = dec, escapedPath(dec, p)
+	r.path, r.escaped = dec, escapePath(p)
 	return nil
 }
 
-// escapedPath is the path the app gets for a normalized path p, decoded
-// dec: what url.URL's EscapedPath gives for them, as the http.Request way
-// sends it. Most paths are their own escaped form.
-func escapedPath(dec, p string) string {
-	for i := 0; i < len(p); i++ {
-		if c := p[i]; !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("-_.~$&+,/:;=@", c) >= 0) {
-			u := url.URL{Path: dec}
-			if dec != p {
-				u.RawPath = p
+// uriLen is the length of url.URL's RequestURI for the url.URL that
+// url.ParseRequestURI makes of a target (one fromStream accepted): what
+// sanitizeWithin counts of it toward the head limits. A path holding a
+// character url.URL does not keep as sent (such as '|', a space or '#')
+// is escaped anew, each such character in three bytes: counted as sent,
+// a head refused with 431 on the http.Request way would reach the app.
+func uriLen(target string) int {
+	raw, _, _ := strings.Cut(target, "?")
+	for i := 0; i < len(raw); i++ {
+		if !keptInPath(raw[i]) {
+			dec, err := url.PathUnescape(raw)
+			if err != nil {
+				return len(target) // refused by fromStream
 			}
-			return u.EscapedPath()
+			u := url.URL{Path: dec}
+			return len(u.EscapedPath()) + len(target) - len(raw)
 		}
 	}
-	return p
+	return len(target)
+}
+
+// logPath is the path the http.Request way logs for the request: the
+// normalized one once checked, else the path as url.URL reads it
+// (percent-decoded, without the query, which may carry a secret), and
+// none for a stream that made no request.
+func (r *request) logPath() string {
+	switch {
+	case r.bad != nil:
+		return ""
+	case r.path != "":
+		return r.path
+	}
+	raw, _, _ := strings.Cut(r.target, "?")
+	if dec, err := url.PathUnescape(raw); err == nil {
+		return dec
+	}
+	return raw
 }
 
 // mayBeForm is mayBeForm (sanitize.go) on the fields path.
@@ -348,7 +372,7 @@ func (in *Inbound) serveFields(x *fieldsExchange, peer identity.ID) {
 	r, sw := &x.r, &x.sw
 	sw.ResponseWriter = &x.w
 	if bad := in.admitFields(r, peer); bad != nil {
-		in.Metrics.refusedRequest(in.Logger, r.ctx, r.method, r.target, r.authority, "inbound", peer.Service(), in.Self().Service(), bad)
+		in.Metrics.refusedRequest(in.Logger, r.ctx, r.method, r.logPath(), r.authority, "inbound", peer.Service(), in.Self().Service(), bad)
 		refuse(sw, bad)
 	} else {
 		in.proxyFields(sw, r, &x.head)
@@ -357,7 +381,7 @@ func (in *Inbound) serveFields(x *fieldsExchange, peer identity.ID) {
 	if in.Logger.Enabled(r.ctx, slog.LevelInfo) {
 		in.Logger.LogAttrs(r.ctx, slog.LevelInfo, "access",
 			slog.String("direction", "inbound"), slog.String("requestId", r.get("x-request-id")),
-			slog.String("method", r.method), slog.String("path", r.path), slog.String("source", peer.String()),
+			slog.String("method", r.method), slog.String("path", r.logPath()), slog.String("source", peer.String()),
 			slog.Int("status", sw.status()), slog.Duration("duration", time.Since(start)))
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"reflect"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2/hpack"
 
 	v1 "github.com/trellis-mesh/trellis/api/v1"
@@ -64,7 +66,7 @@ func (a *recordingApp) take() *seen {
 	s := a.last
 	a.last = nil
 	if s != nil && s.Host == a.addr {
-		s.Host = "the app's address" // each test has an app of its own
+		s.Host = appHost // each test has an app of its own
 	}
 	return s
 }
@@ -160,34 +162,22 @@ func policyAuthorize(t testing.TB) func(identity.ID, *httpmatch.Request) authz.D
 // (request.go) gets the same answer, and the app the same request, as on
 // the http.Request path, for any request a caller's sidecar can send.
 func FuzzInboundFieldsPath(f *testing.F) {
-	f.Add("GET", "web", "/a/../b?x=1", "x-role: user\ncookie: a=1\ncookie: b=2\nuser-agent: u", "")
-	f.Add("POST", "web:8080", "/admin;x/", "content-type: text/plain\ncontent-length: 4\nx_role: admin", "abcd")
-	f.Add("GET", "Admin.Internal.", "/%41%2e/c|d!e?a=%zz&b", "te: trailers\nx-forwarded-client-cert: forged\ntrellis-x: 1\nhost: Admin.Internal.", "")
-	f.Add("GET", "web", "/c|d!e/%7c%41/'x'?q=|", "cookie: a=1\nx-b: 1\ncookie: c=2\nx-b: 2", "")
-	f.Add("OPTIONS", "web", "*", "expect: 100-continue\nuser-agent: \nuser-agent: second", "")
-	f.Add("get", "web", "/x", "http2-settings: x", "")
-	f.Add("POST", "web", "/f", "content-type: \tMultipart/Form-Data ; b=1\ncontent-length: 3", "a=1")
-	f.Add("PUT", "", "/%c0%ae/x?", "idempotency-key: 1\nproxy-authorization: x\nkeep-alive: 1", "body")
-	f.Add("GET", "", "/", "", "")
-	self, _ := identity.New("trellis.local", "web")
-	caller, _ := identity.New("trellis.local", "client")
-	allow := policyAuthorize(f)
-	var conns [2]*tunnel.Conn
-	var dials [2]func(testing.TB) *tunnel.Conn
-	var apps [2]*recordingApp
-	for i, httpOnly := range []bool{false, true} {
-		apps[i] = startRecordingApp(f)
-		in := &Inbound{Self: func() identity.ID { return self }, Authorize: allow, Target: apps[i].addr,
-			Protocol: func() string { return v1.ProtocolHTTP }, httpOnly: httpOnly}
-		dials[i] = inboundDialer(f, in, caller)
-		conns[i] = dials[i](f)
-	}
-	f.Cleanup(func() {
-		for _, c := range conns {
-			c.Close()
-		}
-	})
-	f.Fuzz(func(t *testing.T, method, authority, path, lines, body string) {
+	f.Add("GET", "web", "/a/../b?x=1", "x-role: user\ncookie: a=1\ncookie: b=2\nuser-agent: u", "", "", false)
+	f.Add("POST", "web:8080", "/admin;x/", "content-type: text/plain\ncontent-length: 4\nx_role: admin", "abcd", "", false)
+	f.Add("GET", "Admin.Internal.", "/%41%2e/c|d!e?a=%zz&b", "te: trailers\nx-forwarded-client-cert: forged\ntrellis-x: 1\nhost: Admin.Internal.", "", "", false)
+	f.Add("GET", "web", "/c|d!e/%7c%41/'x'?q=|", "cookie: a=1\nx-b: 1\ncookie: c=2\nx-b: 2", "", "", false)
+	f.Add("OPTIONS", "web", "*", "expect: 100-continue\nuser-agent: \nuser-agent: second", "", "", false)
+	f.Add("get", "web", "/x", "http2-settings: x", "", "", false)
+	f.Add("POST", "web", "/f", "content-type: \tMultipart/Form-Data ; b=1\ncontent-length: 3", "a=1", "", false)
+	f.Add("PUT", "", "/%c0%ae/x?", "idempotency-key: 1\nproxy-authorization: x\nkeep-alive: 1", "body", "", false)
+	f.Add("GET", "web", "/a/..%2Fadmin|x", "", "", "", false)
+	f.Add("POST", "web", "/t", "content-length: 4", "abcd", "x-checksum: 1\nx-forwarded-client-cert: forged", false)
+	f.Add("PUT", "web", "/t", "content-length: 2\ncontent-type: text/plain", "ab", "", true)
+	f.Add("POST", "web", "/t", "content-type: text/plain", "streamed", "x_forwarded_client_cert: forged\nx-c: 1", true)
+	f.Add("GET", "web", "/public/..%3B/admin|?a=%3B", "", "", "", false)
+	f.Add("GET", "web", "/a!b/(c)*'d'[e]", "", "", "", false)
+	d := newDiffPair(f, nil)
+	f.Fuzz(func(t *testing.T, method, authority, path, lines, body, tail string, split bool) {
 		fields := []hpack.HeaderField{{Name: ":method", Value: method}, {Name: ":scheme", Value: "http"},
 			{Name: ":authority", Value: authority}, {Name: ":path", Value: path}}
 		for line := range strings.SplitSeq(lines, "\n") {
@@ -200,15 +190,33 @@ func FuzzInboundFieldsPath(f *testing.F) {
 				fields = append(fields, hpack.HeaderField{Name: k, Value: v})
 			}
 		}
+		var trailers []hpack.HeaderField
+		for line := range strings.SplitSeq(tail, "\n") {
+			if k, v, ok := strings.Cut(line, ": "); ok {
+				if !validTrailer(k, v) {
+					// The tunnel resets the stream when they come: a
+					// race with the answer, on either path.
+					t.Skip("a trailer the tunnel refuses")
+				}
+				trailers = append(trailers, hpack.HeaderField{Name: k, Value: v})
+			}
+		}
 		var got [2]int
 		var saw [2]*seen
-		for i := range conns {
-			if !conns[i].Usable() {
-				// A malformed stream can end its connection.
-				conns[i].Close()
-				conns[i] = dials[i](t)
-			}
-			got[i], saw[i] = exchangeStream(t, conns[i], apps[i], fields, body)
+		if (split || trailers != nil) && body == "" && !strings.Contains("\n"+lines, "\ncontent-length: ") {
+			// No body and no length, the end after the head: whether
+			// the inbound sees the end with the head is a race, on
+			// either path, and what it does differs with it (a POST
+			// that may be a form, a chunked empty body).
+			t.Skip("an empty body of unknown length, ended after the head")
+		}
+		if split || trailers != nil {
+			// The body after the head, and the trailers, if any,
+			// after the body: the inbound may see the head before
+			// either (a race that either path must win alike).
+			got, saw = d.exchangeSplit(t, fields, body, trailers)
+		} else {
+			got, saw = d.exchange(t, fields, body, nil)
 		}
 		if got[0] != got[1] {
 			t.Fatalf("status %d on the fields path, %d on the http.Request path", got[0], got[1])
@@ -217,6 +225,127 @@ func FuzzInboundFieldsPath(f *testing.F) {
 			t.Fatalf("the app saw\n%+v\non the fields path, and\n%+v\non the http.Request path", saw[0], saw[1])
 		}
 	})
+}
+
+// diffPair is two inbounds before two recording apps, alike but for the
+// way they serve request streams: [0] takes the fields path where it can,
+// [1] (httpOnly) never does.
+type diffPair struct {
+	conns [2]*tunnel.Conn
+	dials [2]func(testing.TB) *tunnel.Conn
+	apps  [2]*recordingApp
+	ins   [2]*Inbound
+}
+
+// newDiffPair starts a diffPair; logs, when not nil, is each inbound's
+// logger, [0] the fields path's.
+func newDiffPair(tb testing.TB, logs *[2]*slog.Logger) *diffPair {
+	self, _ := identity.New("trellis.local", "web")
+	caller, _ := identity.New("trellis.local", "client")
+	allow := policyAuthorize(tb)
+	d := &diffPair{}
+	for i, httpOnly := range []bool{false, true} {
+		d.apps[i] = startRecordingApp(tb)
+		d.ins[i] = &Inbound{Self: func() identity.ID { return self }, Authorize: allow, Target: d.apps[i].addr,
+			Protocol: func() string { return v1.ProtocolHTTP }, httpOnly: httpOnly}
+		if logs != nil {
+			d.ins[i].Logger = logs[i]
+		}
+		d.dials[i] = inboundDialer(tb, d.ins[i], caller)
+		d.conns[i] = d.dials[i](tb)
+	}
+	tb.Cleanup(func() {
+		for _, c := range d.conns {
+			c.Close()
+		}
+	})
+	return d
+}
+
+// exchange sends the same request stream to both inbounds: its head
+// fields and body and, when trailers is not nil, a trailer block after
+// the body. It returns the two statuses and what the two apps saw.
+func (d *diffPair) exchange(t testing.TB, fields []hpack.HeaderField, body string, trailers []hpack.HeaderField) (got [2]int, saw [2]*seen) {
+	return d.each(t, func(c *tunnel.Conn, a *recordingApp) (int, *seen) {
+		if trailers == nil {
+			return exchangeStream(t, c, a, fields, body)
+		}
+		return exchangeParts(t, c, a, fields, body, false, trailers)
+	})
+}
+
+// exchangeSplit is exchange with the head sent alone, then the body, then
+// the trailers, if any.
+func (d *diffPair) exchangeSplit(t testing.TB, fields []hpack.HeaderField, body string, trailers []hpack.HeaderField) (got [2]int, saw [2]*seen) {
+	return d.each(t, func(c *tunnel.Conn, a *recordingApp) (int, *seen) {
+		return exchangeParts(t, c, a, fields, body, true, trailers)
+	})
+}
+
+func (d *diffPair) each(t testing.TB, exchange func(*tunnel.Conn, *recordingApp) (int, *seen)) (got [2]int, saw [2]*seen) {
+	for i := range d.conns {
+		if !d.conns[i].Usable() {
+			// A malformed stream can end its connection.
+			d.conns[i].Close()
+			d.conns[i] = d.dials[i](t)
+		}
+		got[i], saw[i] = exchange(d.conns[i], d.apps[i])
+		if saw[i] != nil && saw[i].Host == d.apps[i].addr {
+			saw[i].Host = appHost // the two apps' addresses differ
+		}
+	}
+	return got, saw
+}
+
+// appHost stands, in what a diffPair's app saw, for the app's address.
+const appHost = "(the app's address)"
+
+// exchangeParts is exchangeStream for a request whose body follows its
+// head (in a write of its own if split) and whose trailers, if any,
+// follow the body.
+func exchangeParts(t testing.TB, c *tunnel.Conn, a *recordingApp, fields []hpack.HeaderField, body string, split bool, trailers []hpack.HeaderField) (int, *seen) {
+	if !c.Reserve() {
+		t.Fatal("no room for a stream")
+	}
+	first := []byte(body)
+	if split {
+		first = nil
+	}
+	s, err := c.OpenRequest(fields, first, false)
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	if split && body != "" {
+		// An error here is the stream's failure, which its answer says.
+		s.Write([]byte(body))
+	}
+	s.CloseWrite(trailers)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	status, _, err := s.Response(ctx)
+	if ctx.Err() != nil {
+		t.Fatalf("no answer: %v", err)
+	}
+	if err != nil {
+		return 0, a.take()
+	}
+	io.Copy(io.Discard, s)
+	return status, a.take()
+}
+
+// validTrailer reports whether the tunnel takes a trailer field: a
+// lowercase token for a name, a valid value, and nothing
+// connection-specific.
+func validTrailer(name, value string) bool {
+	if name == "" || connectionHeaders[name] || name == "te" || !httpguts.ValidHeaderFieldValue(value) {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; 'A' <= c && c <= 'Z' || !httpguts.IsTokenRune(rune(c)) {
+			return false
+		}
+	}
+	return true
 }
 
 // normalizeSeen blanks, in what an app saw, what differs on every request:

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 
@@ -164,6 +165,23 @@ func (rule *Rule) Rewrite(path string) string {
 	out := rule.rewrite + strings.TrimPrefix(path, rule.prefix)
 	// "/api/" -> "/" on "/api/x" gives "/x"; never leave "//".
 	return strings.Replace(out, "//", "/", 1)
+}
+
+// rewritePaths applies the rule's prefix rewrite to a request's path,
+// escaped (as it is sent) and decoded (as rules read it). The escaped
+// path is rewritten as sent when it still reads as the rewritten decoded
+// one (the prefix spelled alike in both), so that what the caller encoded
+// ("%3B") stays encoded; else it is escaped anew from the decoded one.
+func (rule *Rule) rewritePaths(escaped, path string) (string, string) {
+	out := rule.Rewrite(path)
+	if out == path {
+		return escaped, path
+	}
+	esc := rule.Rewrite(escaped)
+	if dec, err := url.PathUnescape(esc); err == nil && dec == out {
+		return esc, out
+	}
+	return (&url.URL{Path: out}).EscapedPath(), out
 }
 
 // idempotent methods may be retried without the route saying so (RFC 9110

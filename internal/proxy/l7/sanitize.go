@@ -122,7 +122,15 @@ func sanitizeWithin(r *http.Request, lim headLimits) error {
 	if r.URL.Path == "*" && r.Method == http.MethodOptions {
 		return nil
 	}
-	p, err := NormalizePath(r.URL.EscapedPath())
+	// The path as sent: EscapedPath escapes it anew from its decoded
+	// form when it holds a character url.URL does not keep ('|', '{'),
+	// which makes an encoded slash a slash ("/a/..%2Fadmin|" would be
+	// "/admin|"). RawPath holds it then; otherwise EscapedPath is it.
+	escaped := r.URL.RawPath
+	if escaped == "" {
+		escaped = r.URL.EscapedPath()
+	}
+	p, err := NormalizePath(escaped)
 	if err != nil {
 		return &badRequest{http.StatusBadRequest, "trellis: " + err.Error(), ReasonPath}
 	}
@@ -136,10 +144,14 @@ func sanitizeWithin(r *http.Request, lim headLimits) error {
 		// the one routed and authorized.
 		return &badRequest{http.StatusBadRequest, "trellis: the path, percent-decoded, is not valid UTF-8", ReasonPath}
 	}
-	r.URL.Path, r.URL.RawPath = dec, p
-	if dec == p {
-		r.URL.RawPath = ""
-	}
+	// What the app gets is the normalized path as sent, only the
+	// characters url.URL does not keep escaped: escaped anew from its
+	// decoded form, "%3B" would reach the app as ';' ("/a/..%3B/b|"
+	// as "/a/..;/b%7C", a dot segment to some apps), and other reserved
+	// characters the rules saw decoded would change meaning.
+	// RawPath is set even when it is the path: url.URL would escape
+	// '!', '*' and the like anew from Path alone.
+	r.URL.Path, r.URL.RawPath = dec, escapePath(p)
 	return nil
 }
 
@@ -416,6 +428,37 @@ func unhex(c byte) int {
 		return int(c-'A') + 10
 	}
 	return -1
+}
+
+// escapePath is an escaped path with every byte that url.URL does not
+// keep as sent percent-encoded, and nothing else changed: url.URL then
+// takes it as the RawPath of its decoded form, and sends it as it is.
+func escapePath(p string) string {
+	n := 0
+	for i := 0; i < len(p); i++ {
+		if !keptInPath(p[i]) {
+			n++
+		}
+	}
+	if n == 0 {
+		return p
+	}
+	const hex = "0123456789ABCDEF"
+	b := make([]byte, 0, len(p)+2*n)
+	for i := 0; i < len(p); i++ {
+		if c := p[i]; keptInPath(c) {
+			b = append(b, c)
+		} else {
+			b = append(b, '%', hex[c>>4], hex[c&15])
+		}
+	}
+	return string(b)
+}
+
+// keptInPath reports whether url.URL keeps c as sent in an escaped path
+// (url's validEncoded for a path).
+func keptInPath(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("-_.~$&+,/:;=@!'()*[]%", c) >= 0
 }
 
 // unreserved is RFC 3986's set, which means the same encoded or not.

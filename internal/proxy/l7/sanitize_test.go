@@ -234,3 +234,38 @@ func refusable(p string) bool {
 	}
 	return false
 }
+
+// TestSanitizeReadsPathAsSent: sanitize normalizes the path as the
+// client sent it, and the app gets that path, escaped only where url.URL
+// must. EscapedPath escapes a path anew from its decoded form when it
+// holds a character url.URL does not keep ('|', '{'): "%2F" became a
+// slash ("/a/..%2Fadmin|" was "/admin|", past the refusal of encoded
+// slashes), and "%3B" a ';' for the app ("..;" a dot segment to some).
+func TestSanitizeReadsPathAsSent(t *testing.T) {
+	for _, tc := range []struct{ target, path, uri string }{
+		{"/a%2Fb|", "", ""},
+		{"/a/..%2Fadmin|x", "", ""},
+		{"/a%5cb{", "", ""},
+		{"/public/..%3B/admin|", "/public/..;/admin|", "/public/..%3B/admin%7C"},
+		{"/a%3d%40|?q=1", "/a=@|", "/a%3D%40%7C?q=1"},
+		{"/%41%2e/c|d!e", "/A./c|d!e", "/A./c%7Cd!e"},
+		{"/a/%2e%2e/b|", "/b|", "/b%7C"},
+		{"/a%7c/b", "/a|/b", "/a%7C/b"},
+		{"/a;b/c", "/a;b/c", "/a;b/c"},
+	} {
+		u, err := url.ParseRequestURI(tc.target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := &http.Request{Method: "GET", URL: u, RequestURI: tc.target, Host: "web", Header: http.Header{}}
+		err = sanitize(r)
+		switch {
+		case tc.path == "" && err == nil:
+			t.Errorf("%s: accepted as %q; want 400", tc.target, r.URL.Path)
+		case tc.path == "" && err.(*badRequest).reason != ReasonPath:
+			t.Errorf("%s: refused for %v; want %s", tc.target, err, ReasonPath)
+		case tc.path != "" && (err != nil || r.URL.Path != tc.path || r.URL.RequestURI() != tc.uri):
+			t.Errorf("%s: %q, sent as %q, %v; want %q, sent as %q", tc.target, r.URL.Path, r.URL.RequestURI(), err, tc.path, tc.uri)
+		}
+	}
+}
