@@ -146,14 +146,15 @@ type span struct {
 	errorMsg     string // not empty: status error
 }
 
-// start starts a span as the child of the span h's traceparent names,
-// or of none; a new trace is sampled at the tracer's ratio.
-func (t *Tracer) start(h http.Header, name string, kind int) *Span {
+// startFrom starts a span as the child of the span a traceparent names
+// (the request's first), or of none; a new trace is sampled at the
+// tracer's ratio. tracestate are the request's tracestate values.
+func (t *Tracer) startFrom(traceparent string, tracestate []string, name string, kind int) *Span {
 	sp := &Span{t: t}
 	sp.name, sp.kind, sp.start = name, kind, time.Now()
-	if p, err := parseTraceparent(h.Get("Traceparent")); err == nil {
+	if p, err := parseTraceparent(traceparent); err == nil {
 		sp.sc.traceID, sp.parent, sp.remoteParent, sp.sc.sampled = p.traceID, p.spanID, true, p.sampled
-		if ts := strings.Join(h.Values("Tracestate"), ","); len(ts) <= maxTracestate {
+		if ts := strings.Join(tracestate, ","); len(ts) <= maxTracestate {
 			sp.tracestate = ts
 		}
 	} else {
@@ -173,12 +174,20 @@ func (t *Tracer) start(h http.Header, name string, kind int) *Span {
 // the service peer, as the child of the span h's traceparent names (a
 // new trace without one), and makes h's traceparent name the new span.
 func (t *Tracer) StartClient(h http.Header, method, peer string) *Span {
-	sp := t.start(h, method+" "+peer, kindClient)
+	sp := t.StartClientFrom(h.Get("Traceparent"), h.Values("Tracestate"), method, peer)
+	sp.Inject(h)
+	return sp
+}
+
+// StartClientFrom is StartClient for a request given by its traceparent
+// (the first) and tracestate values; the caller sets the request's trace
+// context to the span's (Traceparent, Tracestate), as Inject does.
+func (t *Tracer) StartClientFrom(traceparent string, tracestate []string, method, peer string) *Span {
+	sp := t.startFrom(traceparent, tracestate, method+" "+peer, kindClient)
 	if sp.sc.sampled {
 		sp.attrs = make([]attr, 0, 6)
 		sp.attrs = append(sp.attrs, attr{key: AttrMethod, s: method}, attr{key: AttrPeerService, s: peer})
 	}
-	sp.Inject(h)
 	return sp
 }
 
@@ -187,7 +196,13 @@ func (t *Tracer) StartClient(h http.Header, method, peer string) *Span {
 // app, service, as the child of the span h's traceparent names. Inject
 // then hands the app the new span's traceparent.
 func (t *Tracer) StartServer(h http.Header, method, peer, service string) *Span {
-	sp := t.start(h, method+" "+service, kindServer)
+	return t.StartServerFrom(h.Get("Traceparent"), h.Values("Tracestate"), method, peer, service)
+}
+
+// StartServerFrom is StartServer for a request given by its traceparent
+// (the first) and tracestate values.
+func (t *Tracer) StartServerFrom(traceparent string, tracestate []string, method, peer, service string) *Span {
+	sp := t.startFrom(traceparent, tracestate, method+" "+service, kindServer)
 	if sp.sc.sampled {
 		sp.attrs = make([]attr, 0, 4)
 		sp.attrs = append(sp.attrs, attr{key: AttrMethod, s: method})
@@ -213,6 +228,13 @@ func (s *Span) Inject(h http.Header) {
 		h.Set("Tracestate", s.tracestate)
 	}
 }
+
+// Traceparent is the traceparent naming the span, and Tracestate the
+// tracestate it carries on ("" for none): what Inject sets.
+func (s *Span) Traceparent() string { return s.sc.traceparent() }
+
+// Tracestate: see Traceparent.
+func (s *Span) Tracestate() string { return s.tracestate }
 
 // End ends the span with what the hop came to: the route and the
 // version that answered (client spans; "" when none), the status code,

@@ -209,10 +209,9 @@ type fieldsExchange struct {
 }
 
 // fieldsPath reports whether request streams may take the fields path:
-// the app speaks HTTP/1.1 and nothing is traced (spans read and write an
-// http.Header, for now).
+// the app speaks HTTP/1.1.
 func (in *Inbound) fieldsPath() bool {
-	if in.httpOnly || in.Tracer != nil {
+	if in.httpOnly {
 		return false
 	}
 	p := in.Protocol()

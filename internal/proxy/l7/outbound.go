@@ -134,10 +134,9 @@ func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // ServeStream serves a request stream of an HTTP/2 client on the fields
 // path, as ServeHTTP serves an HTTP/1.1 client's request, and reports
-// whether it did: with a tracer set it does not (spans read and write an
-// http.Header, for now), and the stream goes the http.Request way.
+// whether it did (always, but for the tests' reference outbound).
 func (o *Outbound) ServeStream(s *tunnel.Stream) bool {
-	if o.Tracer != nil || o.httpOnly {
+	if o.httpOnly {
 		return false
 	}
 	o.init()
@@ -155,15 +154,23 @@ func (o *Outbound) serveStream(w *streamWriter, r *request, s *tunnel.Stream) {
 		o.dropMeshUnderscored(r)
 	}
 	if bad := r.check(clientLimits); bad != nil {
-		o.Metrics.refusedRequest(o.Logger, r.ctx, r.method, r.target, r.authority, "outbound", o.Source, o.Service, bad)
+		o.Metrics.refusedRequest(o.Logger, r.ctx, r.method, r.logPath(), r.authority, "outbound", o.Source, o.Service, bad)
 		refuse(w, bad)
 		o.Metrics.observe("outbound", o.Source, o.Service, "", "", bad.status, time.Now())
 		return
 	}
 	r.fields = deleteFields(r.fields, isInternalField)
 	r.prepare()
-	r.setContext()
-	o.proceed(w, r, nil)
+	var sp *tracing.Span
+	if o.Tracer == nil {
+		r.setContext()
+	} else {
+		r.setRequestID()
+		tp, ts := r.traceContext()
+		sp = o.Tracer.StartClientFrom(tp, ts, r.method, o.Service)
+		r.inject(sp)
+	}
+	o.proceed(w, r, sp)
 }
 
 // proceed routes, sends and answers a checked request.

@@ -22,6 +22,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/identity"
 	"github.com/trellis-mesh/trellis/internal/proxy/h1"
 	"github.com/trellis-mesh/trellis/internal/proxy/tunnel"
+	"github.com/trellis-mesh/trellis/internal/tracing"
 )
 
 // The inbound's fields path. A request stream from a caller's sidecar
@@ -33,8 +34,14 @@ import (
 // sanitizeWithin, admit, prepareRequest, holdBody, h1's writeBodiless);
 // FuzzInboundFieldsPath holds the two to the same results, request by
 // request, for as long as both exist. Requests the path does not take (a
-// body that streams or has trailers, tracing on, an HTTP/2 app) go the
-// http.Request way.
+// body that streams or has trailers, an HTTP/2 app) go the http.Request
+// way.
+//
+// The outbound's fields path (the end of this file) serves an HTTP/2
+// client's request stream the same way, and an HTTP/1.1 client's request
+// once checked as an http.Request: routing, retries and sending are one
+// code for both (Outbound.roundTrip, sendRequest). FuzzOutboundFieldsPath
+// holds its streams to the http.Request way's results.
 
 // request is a request on the fields path: a request stream's, or (on the
 // outbound) an HTTP/1.1 client's once checked (fromHTTP).
@@ -371,13 +378,20 @@ func (in *Inbound) serveFields(x *fieldsExchange, peer identity.ID) {
 	start := time.Now()
 	r, sw := &x.r, &x.sw
 	sw.ResponseWriter = &x.w
+	var sp *tracing.Span
+	if in.Tracer != nil {
+		tp, ts := r.traceContext()
+		sp = in.Tracer.StartServerFrom(tp, ts, r.method, peer.Service(), in.Self().Service())
+	}
 	if bad := in.admitFields(r, peer); bad != nil {
 		in.Metrics.refusedRequest(in.Logger, r.ctx, r.method, r.logPath(), r.authority, "inbound", peer.Service(), in.Self().Service(), bad)
 		refuse(sw, bad)
 	} else {
+		r.inject(sp)
 		in.proxyFields(sw, r, &x.head)
 	}
 	in.Metrics.observe("inbound", peer.Service(), in.Self().Service(), "", "", sw.status(), start)
+	sp.End("", "", sw.status(), 0)
 	if in.Logger.Enabled(r.ctx, slog.LevelInfo) {
 		in.Logger.LogAttrs(r.ctx, slog.LevelInfo, "access",
 			slog.String("direction", "inbound"), slog.String("requestId", r.get("x-request-id")),
@@ -533,13 +547,54 @@ func (o *Outbound) dropMeshUnderscored(r *request) {
 // setContext is setRequestContext on the fields path: a request ID when
 // there is none, and a trace context whose parent is this hop.
 func (r *request) setContext() {
+	r.setRequestID()
+	r.set("traceparent", nextTraceparent(r.get("traceparent")))
+}
+
+// setRequestID gives r a request ID if it has none (setRequestID).
+func (r *request) setRequestID() {
 	if r.get("x-request-id") == "" {
-		r.fields = deleteFields(r.fields, func(name string) bool { return name == "x-request-id" })
-		r.fields = append(r.fields, hpack.HeaderField{Name: "x-request-id", Value: newRequestID()})
+		r.set("x-request-id", newRequestID())
 	}
-	tp := nextTraceparent(r.get("traceparent"))
-	r.fields = deleteFields(r.fields, func(name string) bool { return name == "traceparent" })
-	r.fields = append(r.fields, hpack.HeaderField{Name: "traceparent", Value: tp})
+}
+
+// set replaces the fields named name (lowercase) with one of value.
+func (r *request) set(name, value string) {
+	r.fields = deleteFields(r.fields, func(n string) bool { return n == name })
+	r.fields = append(r.fields, hpack.HeaderField{Name: name, Value: value})
+}
+
+// values are the values of the fields named name (lowercase), in order.
+func (r *request) values(name string) []string {
+	var vs []string
+	for _, f := range r.fields {
+		if f.Name == name {
+			vs = append(vs, f.Value)
+		}
+	}
+	return vs
+}
+
+// traceContext is the request's traceparent (its first) and tracestate
+// values, which a span starts from: none for a stream that made no
+// request, as the http.Request way has none then.
+func (r *request) traceContext() (string, []string) {
+	if r.bad != nil {
+		return "", nil
+	}
+	return r.get("traceparent"), r.values("tracestate")
+}
+
+// inject sets r's trace context to sp's, as Span.Inject does.
+func (r *request) inject(sp *tracing.Span) {
+	if sp == nil {
+		return
+	}
+	r.fields = deleteFields(r.fields, func(n string) bool { return n == "tracestate" })
+	r.set("traceparent", sp.Traceparent())
+	if ts := sp.Tracestate(); ts != "" {
+		r.fields = append(r.fields, hpack.HeaderField{Name: "tracestate", Value: ts})
+	}
 }
 
 // matchRequest is what rules see of r, made once.

@@ -238,8 +238,9 @@ type diffPair struct {
 }
 
 // newDiffPair starts a diffPair; logs, when not nil, is each inbound's
-// logger, [0] the fields path's.
-func newDiffPair(tb testing.TB, logs *[2]*slog.Logger) *diffPair {
+// logger, [0] the fields path's. Each of configure changes both inbounds
+// before they serve.
+func newDiffPair(tb testing.TB, logs *[2]*slog.Logger, configure ...func(*Inbound)) *diffPair {
 	self, _ := identity.New("trellis.local", "web")
 	caller, _ := identity.New("trellis.local", "client")
 	allow := policyAuthorize(tb)
@@ -250,6 +251,9 @@ func newDiffPair(tb testing.TB, logs *[2]*slog.Logger) *diffPair {
 			Protocol: func() string { return v1.ProtocolHTTP }, httpOnly: httpOnly}
 		if logs != nil {
 			d.ins[i].Logger = logs[i]
+		}
+		for _, f := range configure {
+			f(d.ins[i])
 		}
 		d.dials[i] = inboundDialer(tb, d.ins[i], caller)
 		d.conns[i] = d.dials[i](tb)
@@ -477,6 +481,64 @@ func TestHTTP2ClientBodyOfKnownLength(t *testing.T) {
 			{Name: ":authority", Value: "web"}, {Name: ":path", Value: "/items"}, {Name: "content-length", Value: "7"}}, `{"a":1}`)
 		if status != http.StatusOK || saw == nil || saw.Body != `{"a":1}` || saw.Length != 7 {
 			t.Errorf("httpOnly %v: status %d, the app saw %+v", httpOnly, status, saw)
+		}
+	}
+}
+
+// With tracers, both ways hand the app the same trace context: the
+// caller's trace (when its traceparent is valid) and a span of the
+// inbound's, the caller's tracestate kept; on the inbound and on the
+// outbound, for HTTP/2 clients.
+func TestFieldsPathTraced(t *testing.T) {
+	rcv := trellistest.StartOTLP(t)
+	tr := startTracer(t, rcv, "web", "", 1)
+	d := newDiffPair(t, nil, func(in *Inbound) { in.Tracer = tr })
+	ca := trellistest.NewCA(t, "trellis.local")
+	ctr := startTracer(t, rcv, "client", "", 1)
+	var out [2]*tunnel.Conn
+	var apps [2]*recordingApp
+	for i, httpOnly := range []bool{false, true} {
+		apps[i] = startRecordingApp(t)
+		in := startInboundFor(t, ca, apps[i].addr, v1.ProtocolHTTP, allowAll)
+		url, _ := startOutbound(t, ca, static(mustCompile(t, nil), balance.Endpoint{Addr: in, Instance: "web-1"}),
+			func(o *Outbound) { o.httpOnly, o.Tracer = httpOnly, ctr })
+		c, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[i], err = tunnel.NewClient(c, tunnel.Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer out[i].Close()
+	}
+	const trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+	for _, lines := range [][]string{
+		nil,
+		{"traceparent: " + trace},
+		{"traceparent: " + trace, "tracestate: a=1", "tracestate: b=2", "x-request-id: keep"},
+		{"traceparent: 00-bad", "tracestate: a=1"},
+	} {
+		fields := requestHead("GET", "web", "/traced", lines...)
+		got, saw := d.exchange(t, fields, "", nil)
+		var sent [2]*seen
+		for i := range out {
+			var status int
+			status, sent[i] = exchangeStream(t, out[i], apps[i], fields, "")
+			if status != http.StatusOK || sent[i] == nil {
+				t.Fatalf("%q through the outbound (httpOnly %v): %d", lines, i == 1, status)
+			}
+		}
+		for _, pair := range [][2]*seen{saw, sent} {
+			for _, s := range pair {
+				normalizeSeen(s, "keep", trace)
+			}
+			if got[0] != http.StatusOK || !reflect.DeepEqual(pair[0], pair[1]) {
+				t.Errorf("%q: the app saw\n%+v\non the fields path, and\n%+v\non the http.Request path", lines, pair[0], pair[1])
+			}
+			if tp := pair[0].Header.Get("Traceparent"); !strings.HasSuffix(tp, "-span-01") {
+				t.Errorf("%q: the app got traceparent %q, no span of the proxy's", lines, tp)
+			}
 		}
 	}
 }
