@@ -50,27 +50,7 @@ func TestWriteBodilessAsRequestWrite(t *testing.T) {
 				}
 				return &http.Request{Method: tc.method, URL: u, Host: tc.host, Header: tc.header.Clone(), Body: http.NoBody}
 			}
-			var want, got bytes.Buffer
-			if err := mk().Write(&want); err != nil {
-				t.Fatal(err)
-			}
-			bw := bufio.NewWriter(&got)
-			if err := writeBodiless(bw, mk()); err != nil {
-				t.Fatal(err)
-			}
-			bw.Flush()
-			w, err := http.ReadRequest(bufio.NewReader(&want))
-			if err != nil {
-				t.Fatal(err)
-			}
-			g, err := http.ReadRequest(bufio.NewReader(&got))
-			if err != nil {
-				t.Fatalf("%v in %q", err, got.String())
-			}
-			if g.Method != w.Method || g.RequestURI != w.RequestURI || g.Host != w.Host || g.ContentLength != w.ContentLength ||
-				!reflect.DeepEqual(g.Header, w.Header) {
-				t.Errorf("wrote\n%q\nreq.Write writes\n%q", got.String(), want.String())
-			}
+			sameOnWire(t, mk(), func(bw *bufio.Writer) error { return writeBodiless(bw, mk()) })
 		})
 	}
 }
@@ -130,30 +110,37 @@ func TestWriteHeadAsRequestWrite(t *testing.T) {
 				req.Body, req.ContentLength = io.NopCloser(strings.NewReader(tc.body)), int64(len(tc.body))
 				h.Body = []byte(tc.body)
 			}
-			var want, got bytes.Buffer
-			if err := req.Write(&want); err != nil {
-				t.Fatal(err)
-			}
-			bw := bufio.NewWriter(&got)
-			if err := writeHead(bw, h); err != nil {
-				t.Fatal(err)
-			}
-			bw.Flush()
-			w, err := http.ReadRequest(bufio.NewReader(&want))
-			if err != nil {
-				t.Fatal(err)
-			}
-			g, err := http.ReadRequest(bufio.NewReader(&got))
-			if err != nil {
-				t.Fatalf("%v in %q", err, got.String())
-			}
-			wb, _ := io.ReadAll(w.Body)
-			gb, _ := io.ReadAll(g.Body)
-			if g.Method != w.Method || g.RequestURI != w.RequestURI || g.Host != w.Host || g.ContentLength != w.ContentLength ||
-				!reflect.DeepEqual(g.Header, w.Header) || !bytes.Equal(gb, wb) {
-				t.Errorf("wrote\n%q\nreq.Write writes\n%q", got.String(), want.String())
-			}
+			sameOnWire(t, req, func(bw *bufio.Writer) error { return writeHead(bw, h) })
 		})
+	}
+}
+
+// sameOnWire checks that write puts on the wire what req.Write would, as a
+// server reads the two: method, target, host, fields, length and body.
+func sameOnWire(t *testing.T, req *http.Request, write func(*bufio.Writer) error) {
+	t.Helper()
+	var want, got bytes.Buffer
+	if err := req.Write(&want); err != nil {
+		t.Fatal(err)
+	}
+	bw := bufio.NewWriter(&got)
+	if err := write(bw); err != nil {
+		t.Fatal(err)
+	}
+	bw.Flush()
+	w, err := http.ReadRequest(bufio.NewReader(&want))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := http.ReadRequest(bufio.NewReader(&got))
+	if err != nil {
+		t.Fatalf("%v in %q", err, got.String())
+	}
+	wb, _ := io.ReadAll(w.Body)
+	gb, _ := io.ReadAll(g.Body)
+	if g.Method != w.Method || g.RequestURI != w.RequestURI || g.Host != w.Host || g.ContentLength != w.ContentLength ||
+		!reflect.DeepEqual(g.Header, w.Header) || !bytes.Equal(gb, wb) {
+		t.Errorf("wrote\n%q\nreq.Write writes\n%q", got.String(), want.String())
 	}
 }
 

@@ -72,7 +72,7 @@ func (a *echoUpgradeApp) seen() []string {
 
 // serveOn accepts connections on a loopback listener and hands each to
 // serve; it returns the address.
-func serveOn(t *testing.T, serve func(net.Conn)) string {
+func serveOn(t testing.TB, serve func(net.Conn)) string {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

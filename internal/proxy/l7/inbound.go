@@ -267,8 +267,14 @@ func (in *Inbound) proxy(w http.ResponseWriter, r *http.Request) {
 	} else {
 		fr, resp, err = in.app.RoundTripFields(r)
 	}
+	in.relay(w, r.Context(), fr, resp, err)
+}
+
+// relay answers a request (its context ctx) with the app's response: fr,
+// read the short way, or resp; or, when the call failed with err, 502.
+func (in *Inbound) relay(w http.ResponseWriter, ctx context.Context, fr *h1.Response, resp *http.Response, err error) {
 	if err != nil {
-		if r.Context().Err() != nil {
+		if ctx.Err() != nil {
 			return // the caller went away; its cancellation ended the call
 		}
 		in.Logger.Warn("app request failed", "target", in.Target, "err", err)

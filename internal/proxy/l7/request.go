@@ -425,21 +425,7 @@ func (in *Inbound) proxyFields(w http.ResponseWriter, r *request, head *h1.Head)
 	}
 	*head = h1.Head{Method: r.method, Target: r.requestURI(), Host: host, Fields: r.fields, Body: r.body}
 	fr, resp, err := in.app.RoundTripHead(r.ctx, head)
-	if err != nil {
-		if r.ctx.Err() != nil {
-			return // the caller went away; its cancellation ended the call
-		}
-		in.Logger.Warn("app request failed", "target", in.Target, "err", err)
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		w.WriteHeader(http.StatusBadGateway)
-		io.WriteString(w, "trellis: app unreachable\n")
-		return
-	}
-	if fr != nil {
-		writeResponse(w, appResponse(fr))
-		return
-	}
-	writeResponse(w, httpResponse(resp))
+	in.relay(w, r.ctx, fr, resp, err)
 }
 
 // readEnd reads the end of a body whose length bytes were read: it must

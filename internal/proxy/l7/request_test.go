@@ -75,31 +75,22 @@ func (a *recordingApp) take() *seen {
 // caller is peer) and returns a function that opens one (which its caller
 // closes).
 func inboundDialer(t testing.TB, in *Inbound, peer identity.ID) func(testing.TB) *tunnel.Conn {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr := serveOn(t, func(c net.Conn) { in.ServeConn(c, peer) })
+	return func(t testing.TB) *tunnel.Conn { return dialTunnel(t, addr) }
+}
+
+// dialTunnel opens a tunnel connection (HTTP/2 with prior knowledge, no
+// TLS) to addr, which its caller closes.
+func dialTunnel(t testing.TB, addr string) *tunnel.Conn {
+	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go in.ServeConn(c, peer)
-		}
-	}()
-	return func(t testing.TB) *tunnel.Conn {
-		c, err := net.Dial("tcp", l.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		tc, err := tunnel.NewClient(c, tunnel.Config{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tc
+	tc, err := tunnel.NewClient(c, tunnel.Config{})
+	if err != nil {
+		t.Fatal(err)
 	}
+	return tc
 }
 
 // exchangeStream sends one request stream on c and returns the status of its
@@ -116,6 +107,12 @@ func exchangeStream(t testing.TB, c *tunnel.Conn, a *recordingApp, fields []hpac
 	if err != nil {
 		t.Fatalf("open: %v", err)
 	}
+	return awaitAnswer(t, s, a)
+}
+
+// awaitAnswer waits for the answer on s and returns its status (0 when
+// the stream failed) and what app saw of the request (nil: nothing).
+func awaitAnswer(t testing.TB, s *tunnel.Stream, a *recordingApp) (int, *seen) {
 	// Only so that a lost answer fails the test rather than hangs it.
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -324,17 +321,7 @@ func exchangeParts(t testing.TB, c *tunnel.Conn, a *recordingApp, fields []hpack
 		s.Write([]byte(body))
 	}
 	s.CloseWrite(trailers)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	status, _, err := s.Response(ctx)
-	if ctx.Err() != nil {
-		t.Fatalf("no answer: %v", err)
-	}
-	if err != nil {
-		return 0, a.take()
-	}
-	io.Copy(io.Discard, s)
-	return status, a.take()
+	return awaitAnswer(t, s, a)
 }
 
 // validTrailer reports whether the tunnel takes a trailer field: a
@@ -395,24 +382,13 @@ func FuzzOutboundFieldsPath(f *testing.F) {
 	var addrs [2]string
 	var conns [2]*tunnel.Conn
 	var apps [2]*recordingApp
-	dial := func(t testing.TB, addr string) *tunnel.Conn {
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tc, err := tunnel.NewClient(c, tunnel.Config{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tc
-	}
 	for i, httpOnly := range []bool{false, true} {
 		apps[i] = startRecordingApp(f)
 		in := startInboundFor(f, ca, apps[i].addr, v1.ProtocolHTTP, allowAll)
 		url, _ := startOutbound(f, ca, static(rt, balance.Endpoint{Addr: in, Instance: "web-1"}),
 			func(o *Outbound) { o.httpOnly = httpOnly })
 		addrs[i] = strings.TrimPrefix(url, "http://")
-		conns[i] = dial(f, addrs[i])
+		conns[i] = dialTunnel(f, addrs[i])
 	}
 	f.Cleanup(func() {
 		for _, c := range conns {
@@ -443,7 +419,7 @@ func FuzzOutboundFieldsPath(f *testing.F) {
 			if !conns[i].Usable() {
 				// A malformed stream can end its connection.
 				conns[i].Close()
-				conns[i] = dial(t, addrs[i])
+				conns[i] = dialTunnel(t, addrs[i])
 			}
 			got[i], saw[i] = exchangeStream(t, conns[i], apps[i], fields, body)
 			normalizeSeen(saw[i], sentID, sentTrace)
@@ -468,14 +444,7 @@ func TestHTTP2ClientBodyOfKnownLength(t *testing.T) {
 	for _, httpOnly := range []bool{false, true} {
 		url, _ := startOutbound(t, ca, static(mustCompile(t, nil), balance.Endpoint{Addr: in, Instance: "web-1"}),
 			func(o *Outbound) { o.httpOnly = httpOnly })
-		c, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		tc, err := tunnel.NewClient(c, tunnel.Config{})
-		if err != nil {
-			t.Fatal(err)
-		}
+		tc := dialTunnel(t, strings.TrimPrefix(url, "http://"))
 		defer tc.Close()
 		status, saw := exchangeStream(t, tc, a, []hpack.HeaderField{{Name: ":method", Value: "POST"}, {Name: ":scheme", Value: "http"},
 			{Name: ":authority", Value: "web"}, {Name: ":path", Value: "/items"}, {Name: "content-length", Value: "7"}}, `{"a":1}`)
@@ -502,14 +471,7 @@ func TestFieldsPathTraced(t *testing.T) {
 		in := startInboundFor(t, ca, apps[i].addr, v1.ProtocolHTTP, allowAll)
 		url, _ := startOutbound(t, ca, static(mustCompile(t, nil), balance.Endpoint{Addr: in, Instance: "web-1"}),
 			func(o *Outbound) { o.httpOnly, o.Tracer = httpOnly, ctr })
-		c, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		out[i], err = tunnel.NewClient(c, tunnel.Config{})
-		if err != nil {
-			t.Fatal(err)
-		}
+		out[i] = dialTunnel(t, strings.TrimPrefix(url, "http://"))
 		defer out[i].Close()
 	}
 	const trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
