@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -57,6 +58,13 @@ func served(port int) bool {
 // the terminal (SIGHUP) stops it; a start that fails on a busy port
 // creates nothing.
 func TestUpCannotBeWedged(t *testing.T) {
+	// The tests may run with hangups ignored (under nohup), which the
+	// up started below would inherit, and so ignore SIGHUP as a shell's
+	// nohup asks it to. Catching SIGHUP here gives it the default back:
+	// a caught signal is reset at exec, an ignored one is not.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	ports := []int{7700, 8080, 9000, 9001, 9002, 9191, 9192}
 	home := t.TempDir()
 	u := startUpIn(t, home, "../examples/greeter", ports)
