@@ -59,7 +59,7 @@ func TestRouterMatch(t *testing.T) {
 			k, v, _ := strings.Cut(tc.header, ": ")
 			r.Header.Set(k, v)
 		}
-		if got := rt.Match(r).Name; got != tc.want {
+		if got := rt.MatchRequest(matchRequest(r)).Name; got != tc.want {
 			t.Errorf("%s %s %s: rule %q, want %q", tc.method, tc.path, tc.header, got, tc.want)
 		}
 	}

@@ -122,9 +122,6 @@ func compileMatch(m v1.RouteMatch) (func(*httpmatch.Request) bool, error) {
 	return hm.Match, nil
 }
 
-// Match returns the first rule that matches r, or the fallback.
-func (rt *Router) Match(r *http.Request) *Rule { return rt.MatchRequest(matchRequest(r)) }
-
 // MatchRequest returns the first rule that matches what rules see of a
 // request, or the fallback.
 func (rt *Router) MatchRequest(m *httpmatch.Request) *Rule {
