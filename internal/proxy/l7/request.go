@@ -216,16 +216,11 @@ func (r *request) check(lim headLimits) *badRequest {
 		return &badRequest{http.StatusBadRequest, "trellis: malformed host: " + err.Error(), ReasonHost}
 	}
 	r.authority = canon
+	// checkH2C's other case, an upgrade to h2c, cannot come: an Upgrade
+	// field is connection-specific, refused by fromStream.
 	for _, f := range r.fields {
-		switch f.Name {
-		case "http2-settings":
+		if f.Name == "http2-settings" {
 			return &badRequest{http.StatusBadRequest, "trellis: HTTP2-Settings is not accepted (no upgrade to h2c)", ReasonH2C}
-		case "upgrade":
-			// Refused as a connection-specific field already; checked
-			// here too, as checkH2C does, should that ever change.
-			if bad := checkH2C(http.Header{"Upgrade": {f.Value}}); bad != nil {
-				return bad
-			}
 		}
 	}
 	raw, query, hasQuery := strings.Cut(r.target, "?")
