@@ -216,7 +216,7 @@ func fieldsHeader(fields []hpack.HeaderField) http.Header {
 	// allocation per field. A repeated name grows its own slice.
 	values := make([]string, len(fields))
 	for i, f := range fields {
-		k := canonicalKey([]byte(f.Name))
+		k := canonicalKey(f.Name)
 		if vv, ok := h[k]; ok {
 			h[k] = append(vv, f.Value)
 			continue

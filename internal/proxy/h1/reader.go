@@ -170,77 +170,92 @@ func readRequest(ctx context.Context, br *bufio.Reader, forbidTrailer func(name 
 // parseRequestLine parses "method SP request-target SP HTTP-version"
 // into req.
 func parseRequestLine(s string, req *http.Request) error {
+	method, target, proto, major, minor, err := splitRequestLine(s)
+	if err != nil {
+		return err
+	}
+	u, err := parseTarget(method, target)
+	if err != nil {
+		return err
+	}
+	req.Method, req.RequestURI, req.Proto, req.ProtoMajor, req.ProtoMinor, req.URL = method, target, proto, major, minor, u
+	return nil
+}
+
+// splitRequestLine checks a request line's parts and its HTTP version.
+func splitRequestLine(s string) (method, target, proto string, major, minor int, err error) {
 	bad := func(msg string) error { return refused(http.StatusBadRequest, "request_line", msg) }
 	method, rest, ok1 := strings.Cut(s, " ")
 	target, proto, ok2 := strings.Cut(rest, " ")
 	if !ok1 || !ok2 || strings.ContainsAny(proto, " \t") {
-		return bad("malformed request line: want method SP target SP version, single spaces")
+		return "", "", "", 0, 0, bad("malformed request line: want method SP target SP version, single spaces")
 	}
 	if method == "" || !isToken(method) {
-		return bad("invalid method in the request line")
+		return "", "", "", 0, 0, bad("invalid method in the request line")
 	}
 	if target == "" {
-		return bad("empty request target")
+		return "", "", "", 0, 0, bad("empty request target")
 	}
 	for i := 0; i < len(target); i++ {
 		switch c := target[i]; {
 		case c <= ' ' || c >= 0x7f:
-			return bad("a byte outside visible ASCII in the request target (at offset " + strconv.Itoa(i) + ")")
+			return "", "", "", 0, 0, bad("a byte outside visible ASCII in the request target (at offset " + strconv.Itoa(i) + ")")
 		case c == '#':
-			return bad("a fragment (#) in the request target")
+			return "", "", "", 0, 0, bad("a fragment (#) in the request target")
 		}
 	}
-	req.Method, req.RequestURI, req.Proto = method, target, proto
 	switch proto {
 	case "HTTP/1.1":
-		req.ProtoMajor, req.ProtoMinor = 1, 1
+		return method, target, proto, 1, 1, nil
 	case "HTTP/1.0":
-		req.ProtoMajor, req.ProtoMinor = 1, 0
-	default:
-		if len(proto) == 8 && strings.HasPrefix(proto, "HTTP/") && isDigit(proto[5]) && proto[6] == '.' && isDigit(proto[7]) {
-			return refused(http.StatusHTTPVersionNotSupported, "version", "HTTP version "+proto[5:]+" not supported: HTTP/1.0 and HTTP/1.1 only")
-		}
-		if len(proto) >= 5 && strings.EqualFold(proto[:5], "HTTP/") {
-			return bad("malformed HTTP version")
-		}
-		// Not HTTP/1 at all, nor the HTTP/2 preface (the server checks
-		// for it first): a peer speaking neither gets no HTTP/1.1 answer
-		// it could not read, only the close (RFC 9113 section 3.4).
-		return refused(http.StatusBadRequest, ReasonNotHTTP, "not an HTTP/1.x request line nor the HTTP/2 preface")
+		return method, target, proto, 1, 0, nil
 	}
+	if len(proto) == 8 && strings.HasPrefix(proto, "HTTP/") && isDigit(proto[5]) && proto[6] == '.' && isDigit(proto[7]) {
+		return "", "", "", 0, 0, refused(http.StatusHTTPVersionNotSupported, "version", "HTTP version "+proto[5:]+" not supported: HTTP/1.0 and HTTP/1.1 only")
+	}
+	if len(proto) >= 5 && strings.EqualFold(proto[:5], "HTTP/") {
+		return "", "", "", 0, 0, bad("malformed HTTP version")
+	}
+	// Not HTTP/1 at all, nor the HTTP/2 preface (the server checks
+	// for it first): a peer speaking neither gets no HTTP/1.1 answer
+	// it could not read, only the close (RFC 9113 section 3.4).
+	return "", "", "", 0, 0, refused(http.StatusBadRequest, ReasonNotHTTP, "not an HTTP/1.x request line nor the HTTP/2 preface")
+}
+
+// parseTarget parses a request target (its bytes checked) by its form.
+func parseTarget(method, target string) (*url.URL, error) {
+	bad := func(msg string) error { return refused(http.StatusBadRequest, "request_line", msg) }
 	switch {
 	case target == "*":
 		if method != http.MethodOptions {
-			return bad("the asterisk-form target (*) is for OPTIONS only")
+			return nil, bad("the asterisk-form target (*) is for OPTIONS only")
 		}
-		req.URL = &url.URL{Path: "*"}
+		return &url.URL{Path: "*"}, nil
 	case method == http.MethodConnect:
 		// authority-form: host:port and nothing else.
 		host, port, err := splitHostPort(target)
 		if err != nil || host == "" || port == "" || strings.ContainsAny(target, "/?@") {
-			return bad("a CONNECT target must be host:port")
+			return nil, bad("a CONNECT target must be host:port")
 		}
-		req.URL = &url.URL{Host: target}
+		return &url.URL{Host: target}, nil
 	case target[0] == '/':
 		u, err := url.ParseRequestURI(target)
 		if err != nil {
-			return bad("malformed request target")
+			return nil, bad("malformed request target")
 		}
-		req.URL = u
-	default:
-		u, err := url.ParseRequestURI(target)
-		if err != nil || u.Host == "" || u.Opaque != "" {
-			return bad("malformed request target: want /path, an absolute http(s) URI, or *")
-		}
-		if s := strings.ToLower(u.Scheme); s != "http" && s != "https" {
-			return bad("absolute-form target with scheme " + u.Scheme + ": http or https only")
-		}
-		if u.User != nil {
-			return bad("userinfo in the request target")
-		}
-		req.URL = u
+		return u, nil
 	}
-	return nil
+	u, err := url.ParseRequestURI(target)
+	if err != nil || u.Host == "" || u.Opaque != "" {
+		return nil, bad("malformed request target: want /path, an absolute http(s) URI, or *")
+	}
+	if s := strings.ToLower(u.Scheme); s != "http" && s != "https" {
+		return nil, bad("absolute-form target with scheme " + u.Scheme + ": http or https only")
+	}
+	if u.User != nil {
+		return nil, bad("userinfo in the request target")
+	}
+	return u, nil
 }
 
 // readFields reads field lines up to the empty line ending them: the
@@ -363,13 +378,14 @@ func upcomingLines(br *bufio.Reader) int {
 // canonicalKey returns the canonical form of a field name (a token), as
 // textproto.CanonicalMIMEHeaderKey does; the names most requests carry
 // come from a table, without a copy.
-func canonicalKey(name []byte) string {
+func canonicalKey[T string | []byte](name T) string {
 	var buf [32]byte
 	if len(name) > len(buf) {
 		return textproto.CanonicalMIMEHeaderKey(string(name))
 	}
 	upper := true
-	for i, c := range name {
+	for i := 0; i < len(name); i++ {
+		c := name[i]
 		switch {
 		case upper && 'a' <= c && c <= 'z':
 			c -= 'a' - 'A'

@@ -74,6 +74,12 @@ type Server struct {
 	// no http.Request made, and returns true, or returns false having
 	// done nothing, and ServeStream serves it. Set before Serve.
 	ServeStreamDirect func(s *tunnel.Stream) bool
+	// ServeHead, when set, serves the HTTP/1.1 requests of clients
+	// without TLS that are a head and a body of known length (or none):
+	// an origin-form target, no Transfer-Encoding, Expect or Upgrade
+	// field. They are read as fields (RequestHead) and reach ServeHead,
+	// not the handler; the handler gets the others. Set before Serve.
+	ServeHead func(w http.ResponseWriter, h *RequestHead)
 	// H2MaxHeaderBytes is the header list size an HTTP/2 client may send
 	// (tunnel.Config.MaxHeaderBytes); zero means the tunnel's default.
 	// Set before Serve.
@@ -268,6 +274,12 @@ type serverConn struct {
 	h2 *tunnel.Conn // an HTTP/2 connection's server, else nil
 
 	kept keptStrings // HTTP/1.1: the last request's head, to share its strings
+	// head and rh are the request being read as fields, and its
+	// RequestHead (ServeHead); stub is what the responseWriter reads of
+	// such a request (its method, version).
+	head head
+	rh   RequestHead
+	stub http.Request
 	// noBody is the requestBody of every request without a body: the
 	// handler never sees it (its request's Body is http.NoBody), so it is
 	// the connection's, as the responseWriter is.
@@ -361,7 +373,15 @@ func (sc *serverConn) serve() {
 			}
 			br.Discard(n)
 		}
-		req, err := readRequest(ctx, br, sc.s.ForbidTrailer, &sc.kept)
+		var req *http.Request
+		var rh *RequestHead
+		var err error
+		closeAfter := false
+		if sc.s.ServeHead != nil && tlsState == nil {
+			rh, req, closeAfter, err = sc.readHead(ctx, br)
+		} else {
+			req, err = readRequest(ctx, br, sc.s.ForbidTrailer, &sc.kept)
+		}
 		if err != nil {
 			var pe *ProtocolError
 			switch {
@@ -380,13 +400,21 @@ func (sc *serverConn) serve() {
 		if deadline {
 			c.SetReadDeadline(time.Time{})
 		}
+		if rh != nil {
+			pooled = false // until ServeHead returns, not panics
+			next, pool := sc.serveHead(w, rh, closeAfter, remote)
+			if pooled = pool; !next {
+				return
+			}
+			continue
+		}
 		if tlsState != nil && !sniNames(tlsState.ServerName, req.Host) {
 			sc.s.reject(remote, misdirected(tlsState.ServerName, req.Host), bw)
 			return
 		}
 		// The handler may clear req.Close (a proxy does, for the request it
 		// sends on): whether this connection ends is decided here.
-		closeAfter := req.Close
+		closeAfter = req.Close
 		req.RemoteAddr = remote
 		req.TLS = tlsState
 		var body *requestBody
@@ -435,6 +463,68 @@ func (sc *serverConn) serve() {
 			return
 		}
 	}
+}
+
+// readHead reads the next request as fields: a RequestHead when it is a
+// simple one (head.simple), else the http.Request readRequest makes of
+// it. It reports too whether the connection ends after a RequestHead.
+func (sc *serverConn) readHead(ctx context.Context, br *bufio.Reader) (*RequestHead, *http.Request, bool, error) {
+	h := &sc.head
+	if err := readHead(br, &sc.kept, h); err != nil {
+		return nil, nil, false, err
+	}
+	if !h.simple() {
+		req, err := h.toRequest(ctx, br, sc.s.ForbidTrailer)
+		return nil, req, false, err
+	}
+	rh := &sc.rh
+	closeAfter, err := h.requestHead(rh, br)
+	if err != nil {
+		return nil, nil, false, err
+	}
+	rh.Ctx = ctx
+	return rh, nil, closeAfter, nil
+}
+
+// serveHead serves a request read as fields, as serve serves one read as
+// an http.Request. It reports whether the connection carries on and, when
+// it does not, whether its buffers may go back to the pools.
+func (sc *serverConn) serveHead(w *responseWriter, rh *RequestHead, closeAfter bool, remote string) (next, pool bool) {
+	defer func() { sc.head, sc.rh = head{}, RequestHead{} }() // let the request go
+	var body *requestBody
+	if rh.Body == nil {
+		body = &sc.noBody
+		*body = requestBody{r: http.NoBody, c: sc.c, timeout: sc.s.bodyReadTimeout()}
+	} else {
+		body = &requestBody{r: rh.Body, c: sc.c, timeout: sc.s.bodyReadTimeout()}
+		rh.Body = body
+	}
+	// What the writer reads of the request: HEAD's bodyless answer, the
+	// version. Whether the connection ends is closeAfter's.
+	sc.stub = http.Request{Method: rh.Method, ProtoMajor: 1, ProtoMinor: 1}
+	if rh.Proto10 {
+		sc.stub.ProtoMinor = 0
+	}
+	w.reset(&sc.stub, body)
+	w.close = closeAfter
+	sc.s.ServeHead(w, rh)
+	if pe := body.Failure(); pe != nil {
+		sc.s.count(remote, pe) // answered by w in place of ServeHead's response
+	}
+	if w.hijacked {
+		return false, false
+	}
+	if sc.s.closing.Load() {
+		w.close = true // the last response of a draining server
+	}
+	w.finish()
+	if w.err != nil || w.close || closeAfter {
+		return false, body.done()
+	}
+	if !body.drain() {
+		return false, false
+	}
+	return sc.s.setIdle(sc, true), true
 }
 
 // headBuffered reports whether br holds a whole request head: a blank
