@@ -23,6 +23,9 @@ func NewServer(h http.Handler, log *slog.Logger) *Server {
 	s.ServeStream = serveRequest
 	if o, ok := h.(*Outbound); ok {
 		s.ServeStreamDirect = o.ServeStream
+		if !o.httpOnly {
+			s.ServeHead = o.ServeHead
+		}
 	}
 	s.H2MaxHeaderBytes = TunnelHeaderBytes
 	s.ForbidTrailer = meshTrailer

@@ -148,6 +148,39 @@ func (o *Outbound) ServeStream(s *tunnel.Stream) bool {
 	return true
 }
 
+// ServeHead serves an HTTP/1.1 client's request read as fields (see
+// h1.Server.ServeHead) as ServeHTTP serves one read as an http.Request,
+// with no http.Request, header map or url.URL made for it.
+// FuzzOutboundHeadPath holds the two to the same answers and the same
+// requests at the app.
+func (o *Outbound) ServeHead(w http.ResponseWriter, h *h1.RequestHead) {
+	o.init()
+	r := &request{ctx: h.Ctx, method: h.Method, authority: h.Host, target: h.Target, fields: h.Fields,
+		wire: h.Room, length: h.ContentLength, readAhead: true, fromH1: true}
+	if h.Body != nil {
+		r.in = h.Body
+	}
+	o.dropMeshUnderscored(r)
+	if bad := r.check(clientLimits); bad != nil {
+		o.Metrics.refusedRequest(o.Logger, r.ctx, r.method, r.logPath(), r.authority, "outbound", o.Source, o.Service, bad)
+		refuse(w, bad)
+		o.Metrics.observe("outbound", o.Source, o.Service, "", "", bad.status, time.Now())
+		return
+	}
+	r.fields = deleteFields(r.fields, isInternalField)
+	r.prepare()
+	var sp *tracing.Span
+	if o.Tracer == nil {
+		r.setContext()
+	} else {
+		r.setRequestID()
+		tp, ts := r.traceContext()
+		sp = o.Tracer.StartClientFrom(tp, ts, r.method, o.Service)
+		r.inject(sp)
+	}
+	o.proceed(w, r, sp)
+}
+
 func (o *Outbound) serveStream(w *streamWriter, r *request, s *tunnel.Stream) {
 	readOutboundStream(r, s, &w.ctx)
 	if r.bad == nil {
@@ -387,7 +420,7 @@ func (o *Outbound) roundTrip(req *request, sp *tracing.Span) (resp *response, er
 	// The route timeout covers the wait for response headers, retries
 	// included; the body then streams for as long as it takes.
 	ctx, cancel := context.WithCancel(req.ctx)
-	var timedOut atomic.Bool
+	timedOut := &req.timedOut
 	timer := time.AfterFunc(rule.Timeout, func() { timedOut.Store(true); cancel() })
 	fail := func(err error, attempt int) (*response, error) {
 		timer.Stop()
@@ -471,9 +504,11 @@ func (o *Outbound) roundTrip(req *request, sp *tracing.Span) (resp *response, er
 				Value: strconv.FormatInt(time.Since(start).Milliseconds(), 10)})
 			// One struct for what ends with the body, not a closure: the
 			// variables a closure captured would each cost an allocation.
-			resp.body = &trackedBody{ReadCloser: resp.body, o: o, req: req, rule: rule, ep: ep,
+			// In the request's own allocation, which lives as long.
+			req.tracked = trackedBody{ReadCloser: resp.body, o: o, req: req, rule: rule, ep: ep,
 				code: resp.status, attempt: attempt, start: start, sp: sp, holdsSlot: holdsSlot,
 				tryCancel: tryCancel, cancel: cancel}
+			resp.body = &req.tracked
 			return resp, nil
 		}
 		o.bal.Done(ep.Key())

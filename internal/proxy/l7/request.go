@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -74,6 +75,14 @@ type request struct {
 	trailerNames []string
 	trailers     func() []hpack.HeaderField
 	readAhead    bool
+	// fromH1 marks an HTTP/1.1 client's request (Outbound.ServeHead):
+	// its cookie fields are separate fields, as in its http.Request.
+	fromH1 bool
+	// Outbound.roundTrip's: whether the route's timeout fired, and what
+	// ends with the response body. Here rather than each an allocation
+	// of its own.
+	timedOut atomic.Bool
+	tracked  trackedBody
 }
 
 // fieldsEligible reports whether the request on s can take the fields
@@ -188,7 +197,7 @@ func (r *request) check(lim headLimits) *badRequest {
 	// would get it, escaped anew (uriLen), not as sent.
 	n, size, cookies := 0, uriLen(r.target)+len(r.authority), 0
 	for _, f := range r.fields {
-		if f.Name == "cookie" {
+		if f.Name == "cookie" && !r.fromH1 {
 			if cookies++; cookies > 1 {
 				size += len(f.Value) + 2
 				continue
@@ -331,10 +340,31 @@ func (in *Inbound) admitFields(r *request, peer identity.ID) *badRequest {
 }
 
 // prepare is prepareRequest on the fields path, for a request stream
-// (which carries no Connection or Upgrade field: refused as malformed).
+// (which carries no Connection or Upgrade field: refused as malformed)
+// or an HTTP/1.1 client's request without an Upgrade field.
 func (r *request) prepare() {
 	trailers := false
 	hop := false
+	// The fields a connection field names are this hop's too
+	// (removeHopByHop, which deletes them by their canonical name: a
+	// name that is no token names nothing). The hop-by-hop ones go
+	// below, once TE was read.
+	var named []string
+	for _, f := range r.fields {
+		if f.Name != "connection" {
+			continue
+		}
+		for name := range strings.SplitSeq(f.Value, ",") {
+			if name = textproto.TrimString(name); httpguts.ValidHeaderFieldName(name) {
+				if name = strings.ToLower(name); !isHopField(name) {
+					named = append(named, name)
+				}
+			}
+		}
+	}
+	if len(named) > 0 {
+		r.fields = deleteFields(r.fields, func(n string) bool { return slices.Contains(named, n) })
+	}
 	for _, f := range r.fields {
 		if isHopField(f.Name) {
 			hop = true

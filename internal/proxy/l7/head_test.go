@@ -1,0 +1,149 @@
+package l7
+
+import (
+	"io"
+	"net"
+	"net/http"
+	"reflect"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	v1 "github.com/trellis-mesh/trellis/api/v1"
+	"github.com/trellis-mesh/trellis/internal/proxy/balance"
+	"github.com/trellis-mesh/trellis/internal/trellistest"
+)
+
+// listApp is an HTTP/1.1 app that keeps every request it saw, in order.
+type listApp struct {
+	addr string
+	mu   sync.Mutex
+	saw  []*seen
+}
+
+func startListApp(t testing.TB) *listApp {
+	a := &listApp{}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		host := r.Host
+		if host == a.addr {
+			host = appHost // each way has an app of its own
+		}
+		a.mu.Lock()
+		a.saw = append(a.saw, &seen{r.Method, r.RequestURI, host, r.Header.Clone(), r.ContentLength, string(b)})
+		a.mu.Unlock()
+		io.WriteString(w, "ok")
+	})}
+	go s.Serve(l)
+	t.Cleanup(func() { s.Close() })
+	a.addr = l.Addr().String()
+	return a
+}
+
+func (a *listApp) take() []*seen {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	s := a.saw
+	a.saw = nil
+	return s
+}
+
+var statusLine = regexp.MustCompile(`(?m)^HTTP/1\.1 (\d{3}) `)
+
+// sendRaw writes raw to the HTTP/1.1 listener at addr, ends its side of
+// the connection, and returns the statuses of the responses that came
+// before the outbound closed it.
+func sendRaw(t testing.TB, addr, raw string) []string {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// Only so that a lost answer fails the test rather than hangs it.
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	if _, err := io.WriteString(c, raw); err != nil {
+		t.Fatal(err)
+	}
+	c.(*net.TCPConn).CloseWrite()
+	out, err := io.ReadAll(c)
+	if err != nil && !strings.Contains(err.Error(), "reset") {
+		t.Fatalf("reading the answers: %v", err)
+	}
+	var got []string
+	for _, m := range statusLine.FindAllStringSubmatch(string(out), -1) {
+		got = append(got, m[1])
+	}
+	return got
+}
+
+// FuzzOutboundHeadPath: an HTTP/1.1 client's requests served on the
+// outbound's fields path (Outbound.ServeHead, and the h1 server's head
+// reader before it) get the same answers, and the app behind the inbound
+// the same requests, as on the http.Request path, for any bytes a client
+// can send on a connection; routes match and rewrite the same.
+func FuzzOutboundHeadPath(f *testing.F) {
+	for _, s := range []string{
+		"GET /old/a?x=1 HTTP/1.1\nHost: web\nX-V: 2\nCookie: a=1\nCookie: b=2\nUser-Agent: u\n\n",
+		"POST /admin;x/ HTTP/1.1\nHost: web:8080\nContent-Type: text/plain\nContent-Length: 4\nX_Request_Id: admin\nX-Request-Id: keep\n\nabcd",
+		"GET /%41%2e/c|d!e?a=%zz&b HTTP/1.1\nHost: web\nTE: trailers, deflate\nConnection: te, x-drop, close\nX-Drop: 1\nX-Forwarded-Client-Cert: forged\n\n",
+		"GET /x HTTP/1.1\nHost: web\nTraceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\nTracestate: a=b\nX-Request-Id: \n\n",
+		"PUT /old/%c0%ae/x? HTTP/1.1\nHost: web\nTrailer: X-T\nKeep-Alive: 1\nContent-Length: 4\n\nbodyGET /second HTTP/1.1\nHost: web\n\n",
+		"POST /c HTTP/1.1\nHost: web\nTransfer-Encoding: chunked\n\n3\nabc\n0\n\n",
+		"GET / HTTP/1.0\nConnection: keep-alive\n\nGET /2 HTTP/1.0\nHost: web\n\n",
+		"GET /e HTTP/1.1\nHost: web\nExpect: 100-continue\nHTTP2-Settings: x\n\n",
+		"HEAD /h HTTP/1.1\nHost: web\nConnection: Upgrade\n\n",
+		"OPTIONS * HTTP/1.1\nHost: web\n\n",
+		"GET http://web/abs HTTP/1.1\nHost: other\n\n",
+	} {
+		f.Add(s)
+	}
+	ca := trellistest.NewCA(f, "trellis.local")
+	rt, err := Compile(&v1.RouteSpec{Rules: []v1.RouteRule{
+		{Name: "rw", Match: v1.RouteMatch{PathPrefix: "/old/", Headers: []v1.HeaderMatch{{Name: "x-v", Exact: "2"}}}, PrefixRewrite: "/new/"},
+		{Name: "form", Match: v1.RouteMatch{Methods: []string{"PUT"}}, PrefixRewrite: "/put"},
+	}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	var addrs [2]string
+	var apps [2]*listApp
+	for i, httpOnly := range []bool{false, true} {
+		apps[i] = startListApp(f)
+		in := startInboundFor(f, ca, apps[i].addr, v1.ProtocolHTTP, allowAll)
+		url, _ := startOutbound(f, ca, static(rt, balance.Endpoint{Addr: in, Instance: "web-1"}),
+			func(o *Outbound) { o.httpOnly = httpOnly })
+		addrs[i] = strings.TrimPrefix(url, "http://")
+	}
+	f.Fuzz(func(t *testing.T, head string) {
+		raw := strings.ReplaceAll(head, "\n", "\r\n")
+		var got [2][]string
+		var saw [2][]*seen
+		for i := range addrs {
+			got[i] = sendRaw(t, addrs[i], raw)
+			saw[i] = apps[i].take()
+			for _, s := range saw[i] {
+				normalizeSeen(s, "keep", "0af7651916cd43dd8448eb211c80319c")
+			}
+		}
+		if !reflect.DeepEqual(got[0], got[1]) {
+			t.Fatalf("statuses %v on the fields path, %v on the http.Request path", got[0], got[1])
+		}
+		if !reflect.DeepEqual(saw[0], saw[1]) {
+			t.Fatalf("the app saw\n%+v\non the fields path, and\n%+v\non the http.Request path", derefAll(saw[0]), derefAll(saw[1]))
+		}
+	})
+}
+
+func derefAll(ss []*seen) []seen {
+	out := make([]seen, len(ss))
+	for i, s := range ss {
+		out[i] = *s
+	}
+	return out
+}
