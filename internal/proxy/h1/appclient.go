@@ -15,6 +15,8 @@ import (
 
 	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/trellis-mesh/trellis/internal/proxy/netconn"
 )
 
 // Client sends requests to the local app over HTTP/1.1 keep-alive
@@ -52,6 +54,28 @@ type appConn struct {
 	// once per connection, not a closure per request.
 	interrupt func()
 	kept      keptStrings // the last response's head (readResponse)
+	// await, when the connection is one, writes a request's last bytes
+	// and waits for the answer in one call (armed for that write).
+	await netconn.Awaiter
+	armed bool
+}
+
+// connWriter is an appConn's buffered writer's destination.
+type connWriter struct{ ac *appConn }
+
+func (w connWriter) Write(p []byte) (int, error) {
+	if w.ac.armed && w.ac.await != nil {
+		return w.ac.await.WriteAwait(p)
+	}
+	return w.ac.c.Write(p)
+}
+
+// flushAwait flushes a request whose answer is read next.
+func (ac *appConn) flushAwait() error {
+	ac.armed = true
+	err := ac.bw.Flush()
+	ac.armed = false
+	return err
 }
 
 // idleTimeout closes connections unused this long: apps often close
@@ -79,7 +103,9 @@ func (a *Client) get(ctx context.Context) (*appConn, bool, error) {
 	if err != nil {
 		return nil, false, err
 	}
-	ac := &appConn{c: c, br: bufio.NewReaderSize(c, 4<<10), bw: bufio.NewWriterSize(c, 4<<10)}
+	ac := &appConn{c: c, br: bufio.NewReaderSize(c, 4<<10)}
+	ac.bw = bufio.NewWriterSize(connWriter{ac}, 4<<10)
+	ac.await, _ = c.(netconn.Awaiter)
 	ac.interrupt = func() { ac.c.SetDeadline(time.Unix(1, 0)) }
 	return ac, false, nil
 }
@@ -287,7 +313,7 @@ func (a *Client) roundTrip(ac *appConn, o *outgoing, fields bool) (*Response, *h
 	if o.head != nil {
 		err := writeHead(ac.bw, o.head)
 		if err == nil {
-			err = ac.bw.Flush()
+			err = ac.flushAwait()
 		}
 		switch {
 		case err != nil && o.head.Body == nil:
@@ -302,7 +328,7 @@ func (a *Client) roundTrip(ac *appConn, o *outgoing, fields bool) (*Response, *h
 		if err := writeBodiless(ac.bw, req); err != nil {
 			return nil, nil, &notWritten{err}
 		}
-		if err := ac.bw.Flush(); err != nil {
+		if err := ac.flushAwait(); err != nil {
 			return nil, nil, &notWritten{err}
 		}
 	} else {

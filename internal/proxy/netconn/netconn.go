@@ -56,3 +56,13 @@ func (l rawListener) Accept() (net.Conn, error) {
 	}
 	return Raw(c), nil
 }
+
+// An Awaiter is a connection that writes a request and waits for its
+// answer in one call, without a read that finds nothing first (Raw's, on
+// Linux): WriteAwait writes all of p or fails as Write does, then waits
+// until the connection has something to read or its read deadline
+// passes; the next Read reports a failed wait.
+type Awaiter interface {
+	net.Conn
+	WriteAwait(p []byte) (int, error)
+}

@@ -31,7 +31,7 @@ func Raw(c net.Conn) net.Conn {
 		return c
 	}
 	r := &rawConn{TCPConn: tc, rc: rc}
-	r.readFn, r.writeFn = r.read, r.write
+	r.readFn, r.writeFn, r.awaitFn = r.read, r.write, r.await
 	return r
 }
 
@@ -51,6 +51,9 @@ type rawConn struct {
 	wn      int
 	werr    syscall.Errno
 	writeFn func(uintptr) bool
+	// WriteAwait's, under both locks: its function, and whether it wrote.
+	awaitFn func(uintptr) bool
+	wrote   bool
 }
 
 // RawRead reads from the non-blocking socket fd into p, which is not
@@ -75,6 +78,53 @@ func (c *rawConn) read(fd uintptr) bool {
 func (c *rawConn) write(fd uintptr) bool {
 	c.wn, c.werr = RawWrite(fd, c.wbuf)
 	return c.werr != syscall.EAGAIN
+}
+
+// await is WriteAwait's function for the read wait: the first call
+// writes, the next (the socket is readable) ends the wait.
+func (c *rawConn) await(fd uintptr) bool {
+	if c.wrote {
+		return true
+	}
+	c.wrote = true
+	c.wn, c.werr = RawWrite(fd, c.wbuf)
+	if c.werr != 0 {
+		c.wn = 0
+	}
+	return c.werr != 0 || c.wn < len(c.wbuf)
+}
+
+// WriteAwait writes p, as Write does, and then waits until the socket
+// has something to read, or its read deadline passes: for a request
+// whose answer is read next. A read right after a write almost always
+// finds nothing yet, and costs a system call before the wait; the wait
+// here is the netpoller's, entered with the write (the readiness the
+// answer brings cannot come before it, so none is missed). The wait's
+// failure is the next Read's to report. What the socket does not take
+// at once is written as Write writes it, and the wait is then the next
+// Read's.
+func (c *rawConn) WriteAwait(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	c.rmu.Lock()
+	c.wmu.Lock()
+	c.wbuf, c.wrote = p, false
+	c.rc.Read(c.awaitFn)
+	n, errno, wrote := c.wn, c.werr, c.wrote
+	c.wbuf = nil
+	c.wmu.Unlock()
+	c.rmu.Unlock()
+	switch {
+	case !wrote:
+		return c.Write(p) // the read side is closed or timed out already
+	case errno != 0 && errno != syscall.EAGAIN && errno != syscall.EINTR:
+		return 0, c.opError("write", errno)
+	case n < len(p):
+		m, err := c.Write(p[n:])
+		return n + m, err
+	}
+	return n, nil
 }
 
 func (c *rawConn) Read(p []byte) (int, error) {

@@ -142,3 +142,69 @@ func TestRawListenerWrapsWhatItAccepts(t *testing.T) {
 		t.Fatalf("Accept after Close: %v, want net.ErrClosed", err)
 	}
 }
+
+// WriteAwait writes a request and returns once the answer is there to
+// read, not before (a request the socket takes at once); a larger one is
+// written whole; a wait cut short by the read deadline is the next
+// Read's error.
+func TestWriteAwait(t *testing.T) {
+	if !isLinux {
+		t.Skip("raw socket calls are Linux's")
+	}
+	for _, size := range []int{10, 8 << 20} { // one write; more than the socket takes at once
+		c, s := tcpPair(t)
+		a, ok := Raw(c).(Awaiter)
+		if !ok {
+			t.Fatalf("Raw(%T) is no Awaiter", c)
+		}
+		req := make([]byte, size)
+		rand.Read(req)
+		got, release := make(chan []byte, 1), make(chan struct{})
+		go func() {
+			b := make([]byte, size)
+			io.ReadFull(s, b)
+			got <- b
+			<-release
+			s.Write([]byte("answer"))
+		}()
+		done := make(chan error, 1)
+		go func() {
+			n, err := a.WriteAwait(req)
+			if err == nil && n != size {
+				err = errors.New("short write")
+			}
+			done <- err
+		}()
+		if b := <-got; !bytes.Equal(b, req) {
+			t.Fatalf("size %d: the peer got other bytes", size)
+		}
+		if size == 10 { // (a larger one leaves the wait to the next Read)
+			select {
+			case err := <-done:
+				t.Fatalf("size %d: WriteAwait returned (%v) before the answer was sent", size, err)
+			default:
+			}
+		}
+		close(release)
+		if err := <-done; err != nil {
+			t.Fatalf("size %d: WriteAwait: %v", size, err)
+		}
+		b := make([]byte, 16)
+		if n, err := a.Read(b); err != nil || string(b[:n]) != "answer" {
+			t.Fatalf("size %d: read %q, %v after the wait", size, b[:n], err)
+		}
+	}
+
+	c, s := tcpPair(t)
+	a := Raw(c).(Awaiter)
+	a.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+	if n, err := a.WriteAwait([]byte("ping")); n != 4 || err != nil {
+		t.Fatalf("WriteAwait with no answer coming = %d, %v; want the write done, the wait's end left to Read", n, err)
+	}
+	if _, err := a.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Read after a wait that timed out: %v, want the deadline", err)
+	}
+	if b := make([]byte, 4); func() bool { io.ReadFull(s, b); return string(b) != "ping" }() {
+		t.Fatalf("the peer got %q", b)
+	}
+}
