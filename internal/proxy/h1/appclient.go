@@ -55,10 +55,21 @@ type appConn struct {
 	interrupt func()
 	kept      keptStrings // the last response's head (readResponse)
 	// await, when the connection is one, writes a request's last bytes
-	// and waits for the answer in one call (armed for that write).
-	await netconn.Awaiter
-	armed bool
+	// and waits for the answer in one call (armed for that write); fresh
+	// says whether this request may (see awaitFresh).
+	await        netconn.Awaiter
+	armed, fresh bool
 }
+
+// awaitFresh is how recently a kept connection must have been used for
+// a request on it to be written with WriteAwait. The wait is for
+// readiness that comes after the write: what the app sent before it (a
+// close begun while the connection was idle: a FIN, an nginx-style
+// lingering close that reads on but answers nothing) would not end it,
+// and it would last until the request's deadline, where a read sees the
+// end at once and the request goes again on a new connection. Apps do
+// not close a connection used within the last second.
+const awaitFresh = time.Second
 
 // connWriter is an appConn's buffered writer's destination.
 type connWriter struct{ ac *appConn }
@@ -72,7 +83,7 @@ func (w connWriter) Write(p []byte) (int, error) {
 
 // flushAwait flushes a request whose answer is read next.
 func (ac *appConn) flushAwait() error {
-	ac.armed = true
+	ac.armed = ac.fresh
 	err := ac.bw.Flush()
 	ac.armed = false
 	return err
@@ -88,8 +99,9 @@ func (a *Client) get(ctx context.Context) (*appConn, bool, error) {
 	for n := len(a.idle); n > 0; n = len(a.idle) {
 		ac := a.idle[n-1]
 		a.idle = a.idle[:n-1]
-		if time.Since(ac.used) < idleTimeout {
+		if idle := time.Since(ac.used); idle < idleTimeout {
 			a.mu.Unlock()
+			ac.fresh = idle < awaitFresh
 			return ac, true, nil
 		}
 		ac.c.Close()
@@ -106,6 +118,7 @@ func (a *Client) get(ctx context.Context) (*appConn, bool, error) {
 	ac := &appConn{c: c, br: bufio.NewReaderSize(c, 4<<10)}
 	ac.bw = bufio.NewWriterSize(connWriter{ac}, 4<<10)
 	ac.await, _ = c.(netconn.Awaiter)
+	ac.fresh = true
 	ac.interrupt = func() { ac.c.SetDeadline(time.Unix(1, 0)) }
 	return ac, false, nil
 }

@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/trellis-mesh/trellis/internal/proxy/netconn"
 )
 
 // writeBodiless must put on the wire what req.Write would for the same
@@ -332,5 +334,85 @@ func TestWriteHeadRefusesUnsafeRequestLine(t *testing.T) {
 		if err == nil || out.Len() > 0 {
 			t.Errorf("%q %q: wrote %q, %v; want an error and nothing written", h.Method, h.Target, out.String(), err)
 		}
+	}
+}
+
+// An app that ends an idle kept connection with a lingering close (its
+// side shut, reading on, answering nothing, as nginx does) gets the next
+// request on a new connection at once: the request on the old one sees
+// the end of the connection rather than waiting for an answer that
+// cannot come (a connection idle that long is not written to with
+// WriteAwait).
+func TestRequestOnAConnectionTheAppLingersOn(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	shut := make(chan struct{}, 1)
+	done := make(chan struct{})
+	defer close(done)
+	var conns atomic.Int32
+	go func() {
+		for {
+			nc, err := l.Accept()
+			if err != nil {
+				return
+			}
+			first := conns.Add(1) == 1
+			go func() {
+				defer nc.Close()
+				br := bufio.NewReader(nc)
+				if _, err := http.ReadRequest(br); err != nil {
+					return
+				}
+				io.WriteString(nc, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+				if first {
+					nc.(*net.TCPConn).CloseWrite()
+					shut <- struct{}{}
+					io.Copy(io.Discard, br) // lingering: reads on, until the test ends
+					<-done
+				}
+			}()
+		}
+	}()
+	a := &Client{Target: l.Addr().String(), Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return netconn.Raw(c), nil
+	}}
+	defer a.CloseIdleConnections()
+	get := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		fr, resp, err := a.RoundTripHead(ctx, &Head{Method: "GET", Target: "/", Host: "app"})
+		if err != nil {
+			return err
+		}
+		if resp != nil {
+			resp.Body.Close()
+			return nil
+		}
+		_, err = io.ReadAll(fr.Body)
+		fr.Body.Close()
+		return err
+	}
+	if err := get(); err != nil {
+		t.Fatal(err)
+	}
+	<-shut
+	// Used over a second ago: as an idle connection an app closes.
+	a.mu.Lock()
+	for _, ac := range a.idle {
+		ac.used = ac.used.Add(-2 * awaitFresh)
+	}
+	a.mu.Unlock()
+	if err := get(); err != nil {
+		t.Fatalf("the request after the app's lingering close: %v, want it sent again on a new connection", err)
+	}
+	if n := conns.Load(); n != 2 {
+		t.Fatalf("%d connections, want 2", n)
 	}
 }
