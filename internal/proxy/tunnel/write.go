@@ -103,27 +103,16 @@ func (c *Conn) emit(build func() error) error {
 // 6-7 to a write instead of 1.1, and the L7 sidecars' CPU per request fell
 // by a quarter. A lone stream does not yield: nobody could join it, and
 // the yield would wake an idle P's thread for nothing (a single round trip
-// took 30 % longer). It yields again while a round added frames, up to
-// maxYields rounds: the handlers that ran may have woken others with
-// frames to send (a stream's answer its client's), and under load a
-// round or two more gathered a fuller write (session 20: ka64 CPU per
-// request -6 %, the rate +12 %; HTTP/2 -6 %). omu is held on entry and
-// released on return.
+// took 30 % longer). omu is held on entry and released on return.
 func (c *Conn) flushSoon() error {
 	c.writing = true
 	if c.open.Load() > 1 {
-		for i, n := 0, -1; i < maxYields && len(c.out) > n; i++ {
-			n = len(c.out)
-			c.omu.Unlock()
-			runtime.Gosched()
-			c.omu.Lock()
-		}
+		c.omu.Unlock()
+		runtime.Gosched()
+		c.omu.Lock()
 	}
 	return c.flushLocked()
 }
-
-// maxYields bounds flushSoon's rounds.
-const maxYields = 4
 
 // flushLocked writes the buffer out until it is empty. omu is held and
 // c.writing set on entry; omu is released on return.
