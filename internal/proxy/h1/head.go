@@ -2,13 +2,11 @@ package h1
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"io"
 	"net/http"
 	"net/url"
 	"slices"
-	"strconv"
 	"strings"
 
 	"golang.org/x/net/http/httpguts"
@@ -95,42 +93,20 @@ func readHead(br *bufio.Reader, kept *keptStrings, h *head) error {
 // readFieldList reads the header section as readFields does, into a list
 // whose first FieldRoom places are left free.
 func readFieldList(br *bufio.Reader, scratch *[]byte, kept *keptStrings) ([]hpack.HeaderField, error) {
-	const where = "the header section"
-	limit, n := MaxHeaderBytes, MaxHeaderFields
-	hint := min(upcomingLines(br), n)
+	hint := min(upcomingLines(br), MaxHeaderFields)
 	all := make([]hpack.HeaderField, FieldRoom, FieldRoom+hint+FieldRoom)
-	size, count := 0, 0
-	for {
-		line, err := readLine(br, scratch, limit, where)
-		if err != nil {
-			return nil, err
-		}
-		if len(line) == 0 {
-			return all, nil
-		}
-		if size += len(line) + 2; size > limit {
-			return nil, refused(http.StatusRequestHeaderFieldsTooLarge, "too_large", where+" over "+strconv.Itoa(limit>>10)+" KiB")
-		}
-		if count++; count > n {
-			return nil, refused(http.StatusRequestHeaderFieldsTooLarge, "too_large", where+" has over "+strconv.Itoa(n)+" fields")
-		}
-		if line[0] == ' ' || line[0] == '\t' {
-			return nil, refused(http.StatusBadRequest, "obs_fold", "a folded field line (obs-fold) in "+where)
-		}
-		i := bytes.IndexByte(line, ':')
-		if i <= 0 {
-			return nil, refused(http.StatusBadRequest, "field", "a field line without a name and a colon in "+where)
-		}
-		if !isTokenBytes(line[:i]) {
-			return nil, refused(http.StatusBadRequest, "field", "invalid field name "+quoteShort(string(line[:i]))+" in "+where+" (no whitespace before the colon)")
-		}
-		name := kept.name(count, line[:i])
-		value := kept.get(count, bytes.Trim(line[i+1:], " \t"))
+	err := scanFields(br, scratch, MaxHeaderBytes, MaxHeaderFields, "the header section", func(count int, name, v []byte) error {
+		value := kept.get(count, v)
 		if !httpguts.ValidHeaderFieldValue(value) {
-			return nil, refused(http.StatusBadRequest, "field", "a control character in the value of "+canonicalKey(line[:i]))
+			return refused(http.StatusBadRequest, "field", "a control character in the value of "+canonicalKey(name))
 		}
-		all = append(all, hpack.HeaderField{Name: name, Value: value})
+		all = append(all, hpack.HeaderField{Name: kept.name(count, name), Value: value})
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
+	return all, nil
 }
 
 // simple reports whether h is a request RequestHead can carry: an

@@ -267,41 +267,58 @@ func readFields(br *bufio.Reader, scratch *[]byte, limit, n int, where string, k
 	hint := min(upcomingLines(br), n)
 	h := make(http.Header, hint)
 	values := make([]string, 0, hint)
-	size, count := 0, 0
-	for {
-		line, err := readLine(br, scratch, limit, where)
-		if err != nil {
-			return nil, err
-		}
-		if len(line) == 0 {
-			return h, nil
-		}
-		if size += len(line) + 2; size > limit {
-			return nil, refused(http.StatusRequestHeaderFieldsTooLarge, "too_large", where+" over "+strconv.Itoa(limit>>10)+" KiB")
-		}
-		if count++; count > n {
-			return nil, refused(http.StatusRequestHeaderFieldsTooLarge, "too_large", where+" has over "+strconv.Itoa(n)+" fields")
-		}
-		if line[0] == ' ' || line[0] == '\t' {
-			return nil, refused(http.StatusBadRequest, "obs_fold", "a folded field line (obs-fold) in "+where)
-		}
-		i := bytes.IndexByte(line, ':')
-		if i <= 0 {
-			return nil, refused(http.StatusBadRequest, "field", "a field line without a name and a colon in "+where)
-		}
-		if !isTokenBytes(line[:i]) {
-			return nil, refused(http.StatusBadRequest, "field", "invalid field name "+quoteShort(string(line[:i]))+" in "+where+" (no whitespace before the colon)")
-		}
-		k := canonicalKey(line[:i])
-		value := kept.get(count, bytes.Trim(line[i+1:], " \t"))
+	err := scanFields(br, scratch, limit, n, where, func(count int, name, v []byte) error {
+		k := canonicalKey(name)
+		value := kept.get(count, v)
 		if !httpguts.ValidHeaderFieldValue(value) {
-			return nil, refused(http.StatusBadRequest, "field", "a control character in the value of "+k)
+			return refused(http.StatusBadRequest, "field", "a control character in the value of "+k)
 		}
 		if vv, ok := h[k]; ok || len(values) == cap(values) {
 			h[k] = append(vv, value)
 		} else {
 			values = append(values, value)
 			h[k] = values[len(values)-1 : len(values) : len(values)]
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return h, nil
+}
+
+// scanFields reads field lines up to the empty line ending them, within
+// limit bytes and n fields, refusing what readFields refuses, and gives
+// add each field's name (a token) and value (trimmed, not yet checked)
+// and its place (from 1).
+func scanFields(br *bufio.Reader, scratch *[]byte, limit, n int, where string, add func(count int, name, value []byte) error) error {
+	size, count := 0, 0
+	for {
+		line, err := readLine(br, scratch, limit, where)
+		if err != nil {
+			return err
+		}
+		if len(line) == 0 {
+			return nil
+		}
+		if size += len(line) + 2; size > limit {
+			return refused(http.StatusRequestHeaderFieldsTooLarge, "too_large", where+" over "+strconv.Itoa(limit>>10)+" KiB")
+		}
+		if count++; count > n {
+			return refused(http.StatusRequestHeaderFieldsTooLarge, "too_large", where+" has over "+strconv.Itoa(n)+" fields")
+		}
+		if line[0] == ' ' || line[0] == '\t' {
+			return refused(http.StatusBadRequest, "obs_fold", "a folded field line (obs-fold) in "+where)
+		}
+		i := bytes.IndexByte(line, ':')
+		if i <= 0 {
+			return refused(http.StatusBadRequest, "field", "a field line without a name and a colon in "+where)
+		}
+		if !isTokenBytes(line[:i]) {
+			return refused(http.StatusBadRequest, "field", "invalid field name "+quoteShort(string(line[:i]))+" in "+where+" (no whitespace before the colon)")
+		}
+		if err := add(count, line[:i], bytes.Trim(line[i+1:], " \t")); err != nil {
+			return err
 		}
 	}
 }
