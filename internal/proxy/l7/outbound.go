@@ -161,24 +161,7 @@ func (o *Outbound) ServeHead(w http.ResponseWriter, h *h1.RequestHead) {
 		r.in = h.Body
 	}
 	o.dropMeshUnderscored(r)
-	if bad := r.check(clientLimits); bad != nil {
-		o.Metrics.refusedRequest(o.Logger, r.ctx, r.method, r.logPath(), r.authority, "outbound", o.Source, o.Service, bad)
-		refuse(w, bad)
-		o.Metrics.observe("outbound", o.Source, o.Service, "", "", bad.status, time.Now())
-		return
-	}
-	r.fields = deleteFields(r.fields, isInternalField)
-	r.prepare()
-	var sp *tracing.Span
-	if o.Tracer == nil {
-		r.setContext()
-	} else {
-		r.setRequestID()
-		tp, ts := r.traceContext()
-		sp = o.Tracer.StartClientFrom(tp, ts, r.method, o.Service)
-		r.inject(sp)
-	}
-	o.proceed(w, r, sp)
+	o.serveFields(w, r)
 }
 
 func (o *Outbound) serveStream(w *streamWriter, r *request, s *tunnel.Stream) {
@@ -186,6 +169,12 @@ func (o *Outbound) serveStream(w *streamWriter, r *request, s *tunnel.Stream) {
 	if r.bad == nil {
 		o.dropMeshUnderscored(r)
 	}
+	o.serveFields(w, r)
+}
+
+// serveFields checks, routes, sends and answers a request on the fields
+// path, its mesh-spelled underscored fields dropped.
+func (o *Outbound) serveFields(w http.ResponseWriter, r *request) {
 	if bad := r.check(clientLimits); bad != nil {
 		o.Metrics.refusedRequest(o.Logger, r.ctx, r.method, r.logPath(), r.authority, "outbound", o.Source, o.Service, bad)
 		refuse(w, bad)
