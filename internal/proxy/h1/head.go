@@ -195,11 +195,7 @@ func (h *head) toRequest(ctx context.Context, br *bufio.Reader, forbidTrailer fu
 	}
 	req := hr.WithContext(ctx)
 	req.Header = fieldsHeader(h.all[FieldRoom:])
-	if err := setHost(req); err != nil {
-		return nil, err
-	}
-	req.Close = shouldClose(req)
-	if err := frameBody(req, br, forbidTrailer); err != nil {
+	if err := finishRequest(req, br, forbidTrailer); err != nil {
 		return nil, err
 	}
 	return req, nil

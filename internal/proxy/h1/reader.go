@@ -157,14 +157,20 @@ func readRequest(ctx context.Context, br *bufio.Reader, forbidTrailer func(name 
 		return nil, err
 	}
 	req.Header = h
-	if err := setHost(req); err != nil {
-		return nil, err
-	}
-	req.Close = shouldClose(req)
-	if err := frameBody(req, br, forbidTrailer); err != nil {
+	if err := finishRequest(req, br, forbidTrailer); err != nil {
 		return nil, err
 	}
 	return req, nil
+}
+
+// finishRequest completes a request whose line and fields were read: its
+// one authority, whether the connection ends after it, its body.
+func finishRequest(req *http.Request, br *bufio.Reader, forbidTrailer func(string) bool) error {
+	if err := setHost(req); err != nil {
+		return err
+	}
+	req.Close = shouldClose(req)
+	return frameBody(req, br, forbidTrailer)
 }
 
 // parseRequestLine parses "method SP request-target SP HTTP-version"

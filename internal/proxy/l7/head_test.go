@@ -104,13 +104,7 @@ func FuzzOutboundHeadPath(f *testing.F) {
 		f.Add(s)
 	}
 	ca := trellistest.NewCA(f, "trellis.local")
-	rt, err := Compile(&v1.RouteSpec{Rules: []v1.RouteRule{
-		{Name: "rw", Match: v1.RouteMatch{PathPrefix: "/old/", Headers: []v1.HeaderMatch{{Name: "x-v", Exact: "2"}}}, PrefixRewrite: "/new/"},
-		{Name: "form", Match: v1.RouteMatch{Methods: []string{"PUT"}}, PrefixRewrite: "/put"},
-	}})
-	if err != nil {
-		f.Fatal(err)
-	}
+	rt := diffRoutes(f)
 	var addrs [2]string
 	var apps [2]*listApp
 	for i, httpOnly := range []bool{false, true} {

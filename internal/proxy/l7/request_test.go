@@ -360,6 +360,15 @@ func normalizeSeen(s *seen, sentID, sentTrace string) {
 	}
 }
 
+// diffRoutes are the routes the outbound differential targets send
+// through: a prefix rewrite behind a header match, and one by method.
+func diffRoutes(tb testing.TB) *Router {
+	return mustCompile(tb, &v1.RouteSpec{Rules: []v1.RouteRule{
+		{Name: "rw", Match: v1.RouteMatch{PathPrefix: "/old/", Headers: []v1.HeaderMatch{{Name: "x-v", Exact: "2"}}}, PrefixRewrite: "/new/"},
+		{Name: "form", Match: v1.RouteMatch{Methods: []string{"PUT"}}, PrefixRewrite: "/put"},
+	}})
+}
+
 // FuzzOutboundFieldsPath: an HTTP/2 client's request stream served on the
 // outbound's fields path (request.go) gets the same answer, and the app
 // behind the inbound the same request, as on the http.Request path, for
@@ -372,13 +381,7 @@ func FuzzOutboundFieldsPath(f *testing.F) {
 	f.Add("PUT", "", "/old/%c0%ae/x?", "trailer: x-t, x-request-id\nkeep-alive: 1", "body")
 	f.Add("OPTIONS", "web", "*", "", "")
 	ca := trellistest.NewCA(f, "trellis.local")
-	rt, err := Compile(&v1.RouteSpec{Rules: []v1.RouteRule{
-		{Name: "rw", Match: v1.RouteMatch{PathPrefix: "/old/", Headers: []v1.HeaderMatch{{Name: "x-v", Exact: "2"}}}, PrefixRewrite: "/new/"},
-		{Name: "form", Match: v1.RouteMatch{Methods: []string{"PUT"}}, PrefixRewrite: "/put"},
-	}})
-	if err != nil {
-		f.Fatal(err)
-	}
+	rt := diffRoutes(f)
 	var addrs [2]string
 	var conns [2]*tunnel.Conn
 	var apps [2]*recordingApp
