@@ -3,11 +3,9 @@ package l7
 import (
 	"io"
 	"net"
-	"net/http"
 	"reflect"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,44 +13,6 @@ import (
 	"github.com/trellis-mesh/trellis/internal/proxy/balance"
 	"github.com/trellis-mesh/trellis/internal/trellistest"
 )
-
-// listApp is an HTTP/1.1 app that keeps every request it saw, in order.
-type listApp struct {
-	addr string
-	mu   sync.Mutex
-	saw  []*seen
-}
-
-func startListApp(t testing.TB) *listApp {
-	a := &listApp{}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		b, _ := io.ReadAll(r.Body)
-		host := r.Host
-		if host == a.addr {
-			host = appHost // each way has an app of its own
-		}
-		a.mu.Lock()
-		a.saw = append(a.saw, &seen{r.Method, r.RequestURI, host, r.Header.Clone(), r.ContentLength, string(b)})
-		a.mu.Unlock()
-		io.WriteString(w, "ok")
-	})}
-	go s.Serve(l)
-	t.Cleanup(func() { s.Close() })
-	a.addr = l.Addr().String()
-	return a
-}
-
-func (a *listApp) take() []*seen {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	s := a.saw
-	a.saw = nil
-	return s
-}
 
 var statusLine = regexp.MustCompile(`(?m)^HTTP/1\.1 (\d{3}) `)
 
@@ -106,9 +66,9 @@ func FuzzOutboundHeadPath(f *testing.F) {
 	ca := trellistest.NewCA(f, "trellis.local")
 	rt := diffRoutes(f)
 	var addrs [2]string
-	var apps [2]*listApp
+	var apps [2]*recordingApp
 	for i, httpOnly := range []bool{false, true} {
-		apps[i] = startListApp(f)
+		apps[i] = startRecordingApp(f)
 		in := startInboundFor(f, ca, apps[i].addr, v1.ProtocolHTTP, allowAll)
 		url, _ := startOutbound(f, ca, static(rt, balance.Endpoint{Addr: in, Instance: "web-1"}),
 			func(o *Outbound) { o.httpOnly = httpOnly })
@@ -120,7 +80,7 @@ func FuzzOutboundHeadPath(f *testing.F) {
 		var saw [2][]*seen
 		for i := range addrs {
 			got[i] = sendRaw(t, addrs[i], raw)
-			saw[i] = apps[i].take()
+			saw[i] = apps[i].takeAll()
 			for _, s := range saw[i] {
 				normalizeSeen(s, "keep", "0af7651916cd43dd8448eb211c80319c")
 			}

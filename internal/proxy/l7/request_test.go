@@ -34,11 +34,11 @@ type seen struct {
 	Body                     string
 }
 
-// recordingApp is an HTTP/1.1 app that keeps the last request it saw.
+// recordingApp is an HTTP/1.1 app that keeps the requests it saw.
 type recordingApp struct {
 	addr string
 	mu   sync.Mutex
-	last *seen
+	saw  []*seen
 }
 
 func startRecordingApp(t testing.TB) *recordingApp {
@@ -49,8 +49,12 @@ func startRecordingApp(t testing.TB) *recordingApp {
 	}
 	s := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
+		host := r.Host
+		if host == a.addr {
+			host = appHost // each test has an app of its own
+		}
 		a.mu.Lock()
-		a.last = &seen{r.Method, r.RequestURI, r.Host, r.Header.Clone(), r.ContentLength, string(b)}
+		a.saw = append(a.saw, &seen{r.Method, r.RequestURI, host, r.Header.Clone(), r.ContentLength, string(b)})
 		a.mu.Unlock()
 		io.WriteString(w, "ok")
 	})}
@@ -60,15 +64,24 @@ func startRecordingApp(t testing.TB) *recordingApp {
 	return a
 }
 
+// take returns the last request the app saw since the last take (nil:
+// none).
 func (a *recordingApp) take() *seen {
+	saw := a.takeAll()
+	if len(saw) == 0 {
+		return nil
+	}
+	return saw[len(saw)-1]
+}
+
+// takeAll returns the requests the app saw since the last take, in
+// order.
+func (a *recordingApp) takeAll() []*seen {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	s := a.last
-	a.last = nil
-	if s != nil && s.Host == a.addr {
-		s.Host = appHost // each test has an app of its own
-	}
-	return s
+	saw := a.saw
+	a.saw = nil
+	return saw
 }
 
 // inboundDialer serves in on loopback connections (no TLS: in is told the
