@@ -16,10 +16,10 @@ import (
 // Requests as fields. A proxy that sends a request on as HTTP/2 needs its
 // head as a list of fields, not as an http.Request: building the header
 // map, the url.URL and the request, and then a field list again from
-// them, was a fifth of the outbound's work per keep-alive request. When
-// Server.ServeHead is set, the server reads each head as fields
-// (readHead) and offers the requests that need nothing more than that to
-// ServeHead as a RequestHead; the others, and those ServeHead declines,
+// them, was a tenth of the outbound's work per keep-alive request. When
+// Server.ServeHead is set, the server reads each head of a client
+// without TLS as fields (readHead) and gives the requests that need
+// nothing more than that to ServeHead as a RequestHead; the others
 // become the http.Request that readRequest makes of the same bytes
 // (toRequest), for the handler. FuzzReadHead holds the two readers to
 // the same requests and the same refusals.
