@@ -156,10 +156,7 @@ func (o *Outbound) ServeStream(s *tunnel.Stream) bool {
 func (o *Outbound) ServeHead(w http.ResponseWriter, h *h1.RequestHead) {
 	o.init()
 	r := &request{ctx: h.Ctx, method: h.Method, authority: h.Host, target: h.Target, fields: h.Fields,
-		wire: h.Room, length: h.ContentLength, readAhead: true, fromH1: true}
-	if h.Body != nil {
-		r.in = h.Body
-	}
+		wire: h.Room, length: h.ContentLength, in: h.Body, readAhead: true, fromH1: true}
 	o.dropMeshUnderscored(r)
 	o.serveFields(w, r)
 }
