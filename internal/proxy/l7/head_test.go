@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	v1 "github.com/trellis-mesh/trellis/api/v1"
-	"github.com/trellis-mesh/trellis/internal/proxy/balance"
 	"github.com/trellis-mesh/trellis/internal/trellistest"
 )
 
@@ -64,16 +62,7 @@ func FuzzOutboundHeadPath(f *testing.F) {
 		f.Add(s)
 	}
 	ca := trellistest.NewCA(f, "trellis.local")
-	rt := diffRoutes(f)
-	var addrs [2]string
-	var apps [2]*recordingApp
-	for i, httpOnly := range []bool{false, true} {
-		apps[i] = startRecordingApp(f)
-		in := startInboundFor(f, ca, apps[i].addr, v1.ProtocolHTTP, allowAll)
-		url, _ := startOutbound(f, ca, static(rt, balance.Endpoint{Addr: in, Instance: "web-1"}),
-			func(o *Outbound) { o.httpOnly = httpOnly })
-		addrs[i] = strings.TrimPrefix(url, "http://")
-	}
+	addrs, apps := startOutboundPair(f, ca, diffRoutes(f))
 	f.Fuzz(func(t *testing.T, head string) {
 		raw := strings.ReplaceAll(head, "\n", "\r\n")
 		var got [2][]string

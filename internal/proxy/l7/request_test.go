@@ -382,6 +382,20 @@ func diffRoutes(tb testing.TB) *Router {
 	}})
 }
 
+// startOutboundPair starts two outbounds routing by rt, each to an
+// inbound before an app of its own: [0] serves on the fields path, [1]
+// the http.Request way. It returns their addresses and apps.
+func startOutboundPair(tb testing.TB, ca *trellistest.CA, rt *Router) (addrs [2]string, apps [2]*recordingApp) {
+	for i, httpOnly := range []bool{false, true} {
+		apps[i] = startRecordingApp(tb)
+		in := startInboundFor(tb, ca, apps[i].addr, v1.ProtocolHTTP, allowAll)
+		url, _ := startOutbound(tb, ca, static(rt, balance.Endpoint{Addr: in, Instance: "web-1"}),
+			func(o *Outbound) { o.httpOnly = httpOnly })
+		addrs[i] = strings.TrimPrefix(url, "http://")
+	}
+	return addrs, apps
+}
+
 // FuzzOutboundFieldsPath: an HTTP/2 client's request stream served on the
 // outbound's fields path (request.go) gets the same answer, and the app
 // behind the inbound the same request, as on the http.Request path, for
@@ -395,15 +409,9 @@ func FuzzOutboundFieldsPath(f *testing.F) {
 	f.Add("OPTIONS", "web", "*", "", "")
 	ca := trellistest.NewCA(f, "trellis.local")
 	rt := diffRoutes(f)
-	var addrs [2]string
+	addrs, apps := startOutboundPair(f, ca, rt)
 	var conns [2]*tunnel.Conn
-	var apps [2]*recordingApp
-	for i, httpOnly := range []bool{false, true} {
-		apps[i] = startRecordingApp(f)
-		in := startInboundFor(f, ca, apps[i].addr, v1.ProtocolHTTP, allowAll)
-		url, _ := startOutbound(f, ca, static(rt, balance.Endpoint{Addr: in, Instance: "web-1"}),
-			func(o *Outbound) { o.httpOnly = httpOnly })
-		addrs[i] = strings.TrimPrefix(url, "http://")
+	for i := range addrs {
 		conns[i] = dialTunnel(f, addrs[i])
 	}
 	f.Cleanup(func() {
